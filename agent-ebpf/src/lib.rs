@@ -1,0 +1,2 @@
+//! Records shared by the leash kernel programs and `leash-agent`.
+#![no_std]

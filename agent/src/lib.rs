@@ -1,0 +1,12 @@
+//! `leash-agent`: records every pod's egress connections and DNS answers with eBPF.
+//!
+//! Data flows one way: [`capture`] reads the kernel's ring buffers, [`attribution`] maps a
+//! cgroup to its pod, [`dns`] labels destinations with the names that resolved to them,
+//! [`aggregate`] folds kernel records into per-key deltas, and [`sink`] writes the v1 records.
+
+pub mod aggregate;
+pub mod attribution;
+pub mod capture;
+pub mod dns;
+pub mod metrics;
+pub mod sink;

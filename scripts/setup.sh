@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Idempotent set-up: installs what a fresh machine lacks to build and test leash.
+# - Debian's LLVM 22 (matches nightly rustc's LLVM) for bpf-linker
+# - the nightly rust-src component (aya-build uses -Z build-std=core)
+# - bpf-linker 0.13.0 built against LLVM 22
+# - nftables (lab ClusterIP DNAT), dnsmasq-base (lab DNS), iproute2
+set -euo pipefail
+
+BPF_LINKER_VERSION=0.13.0
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+need_pkgs=()
+for p in llvm-22-dev libpolly-22-dev zlib1g-dev libzstd-dev nftables dnsmasq-base iproute2 util-linux; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need_pkgs+=("$p")
+done
+if ((${#need_pkgs[@]})); then
+    log "installing ${need_pkgs[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+
+if ! rustup toolchain list | grep -q '^nightly'; then
+    log "installing nightly toolchain"
+    rustup toolchain install nightly --profile minimal
+fi
+if ! rustup component list --toolchain nightly --installed | grep -q '^rust-src'; then
+    log "adding rust-src to nightly"
+    rustup component add rust-src --toolchain nightly
+fi
+
+if ! { command -v bpf-linker >/dev/null && bpf-linker --version | grep -q "$BPF_LINKER_VERSION"; }; then
+    log "building bpf-linker $BPF_LINKER_VERSION against LLVM 22 (about a minute)"
+    PATH=/usr/lib/llvm-22/bin:$PATH cargo install bpf-linker --version "$BPF_LINKER_VERSION" --locked \
+        --no-default-features --features llvm-22
+fi
+log "ok"
