@@ -1,1 +1,15 @@
-//! leash contracts.
+//! The contracts shared by `leash-agent` and `leash`, kept in one crate so the two sides cannot drift.
+//!
+//! - [`record`]: the v1 JSON-lines records (`kind: flow` and `kind: dns`) and a reader that
+//!   names the file and line of every bad record.
+//! - [`snapshot`]: a cluster snapshot, as `kubectl get … -A -o yaml` prints it, loaded into
+//!   `k8s-openapi` types.
+
+pub mod record;
+pub mod snapshot;
+
+pub use record::{
+    DnsAnswer, DnsRecord, FlowRecord, Located, Outcome, PodRef, Protocol, Record, RecordError,
+    read_records,
+};
+pub use snapshot::{Snapshot, SnapshotError};
