@@ -1,0 +1,103 @@
+//! Locating (and if needed building) the `lab-client` binary.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+use crate::error::{Error, Result};
+
+/// Environment variable that overrides where `lab-client` is.
+pub const LAB_CLIENT_ENV: &str = "LEASH_LAB_CLIENT";
+
+static CACHE: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// The target profile directory of the running executable: `target/<profile>` for both test
+/// binaries (`target/<profile>/deps/<name>-<hash>`) and binaries (`target/<profile>/<name>`).
+fn profile_dir() -> Result<PathBuf> {
+    let exe =
+        std::env::current_exe().map_err(|e| Error::ClientBinary(format!("current_exe: {e}")))?;
+    let dir = exe
+        .parent()
+        .ok_or_else(|| Error::ClientBinary(format!("{} has no parent", exe.display())))?;
+    if dir
+        .file_name()
+        .is_some_and(|n| n == "deps" || n == "examples")
+    {
+        return dir
+            .parent()
+            .map(Path::to_path_buf)
+            .ok_or_else(|| Error::ClientBinary(format!("{} has no parent", dir.display())));
+    }
+    Ok(dir.to_path_buf())
+}
+
+/// Finds `lab-client`: `$LEASH_LAB_CLIENT`, else `target/<profile>/lab-client` next to the running
+/// executable. When it is missing there, builds it once with
+/// `cargo build -p leash-lab --bin lab-client [--release]` into that target directory.
+pub fn lab_client_path() -> Result<PathBuf> {
+    let mut cache = CACHE
+        .lock()
+        .map_err(|_| Error::ClientBinary("lock poisoned".into()))?;
+    if let Some(p) = cache.as_ref() {
+        return Ok(p.clone());
+    }
+    if let Some(p) = std::env::var_os(LAB_CLIENT_ENV) {
+        let p = PathBuf::from(p);
+        if !p.is_file() {
+            return Err(Error::ClientBinary(format!(
+                "${LAB_CLIENT_ENV}={} is not a file",
+                p.display()
+            )));
+        }
+        *cache = Some(p.clone());
+        return Ok(p);
+    }
+    let profile = profile_dir()?;
+    let bin = profile.join("lab-client");
+    if !bin.is_file() {
+        build(&profile)?;
+    }
+    if !bin.is_file() {
+        return Err(Error::ClientBinary(format!(
+            "{} still missing after building it",
+            bin.display()
+        )));
+    }
+    *cache = Some(bin.clone());
+    Ok(bin)
+}
+
+fn build(profile: &Path) -> Result<()> {
+    let target_dir = profile
+        .parent()
+        .ok_or_else(|| Error::ClientBinary(format!("{} has no parent", profile.display())))?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(&cargo);
+    cmd.args(["build", "-p", "leash-lab", "--bin", "lab-client"])
+        .env("CARGO_TARGET_DIR", target_dir);
+    match profile.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => {}
+        Some("release") => {
+            cmd.arg("--release");
+        }
+        Some(other) => {
+            cmd.args(["--profile", other]);
+        }
+        None => {}
+    }
+    // The workspace is where this crate's sources are.
+    if let Some(ws) = Path::new(env!("CARGO_MANIFEST_DIR")).parent() {
+        cmd.current_dir(ws);
+    }
+    let out = cmd.output().map_err(|e| {
+        Error::ClientBinary(format!("cannot run {}: {e}", Path::new(&cargo).display()))
+    })?;
+    if !out.status.success() {
+        return Err(Error::ClientBinary(format!(
+            "`cargo build -p leash-lab --bin lab-client` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
