@@ -1,1 +1,664 @@
-//! TODO(eval)
+//! The one NetworkPolicy evaluator of leash: pure, exact, no I/O.
+//!
+//! A connection from a source pod to `ip:port/protocol` is allowed when the source's egress
+//! allows it **and** the destination pod's ingress allows it (when the destination is a
+//! pod-network pod of the cluster). A Service address is first translated, as kube-proxy's
+//! DNAT does, to every ready backend on its resolved targetPort; the connection is allowed
+//! only if it is allowed to every backend.
+//!
+//! The semantics follow `shared/docs/networkpolicy-semantics.md`:
+//! - `policyTypes` defaulting, absent `podSelector` = all pods ([`policy`]);
+//! - selectors with matchExpressions (`NotIn`/`DoesNotExist` match a missing key);
+//! - ipBlock with `except`, matching pod IPs too, only within its own IP family;
+//! - protocol default TCP, named ports resolved on the **destination** pod, `endPort`;
+//! - hostNetwork pods are never matched by selectors (they appear as their node IP), cannot
+//!   be isolated, and their own egress cannot be restricted;
+//! - ingress from the destination pod's own node is always allowed.
+//!
+//! Deliberate choice: a flow to a Service address that leads nowhere (no ready backends, a port
+//! the Service does not expose, or an address in the Service range that no Service owns) is a
+//! **deny** with a [`Problem`], not an error: kube-proxy rejects such connections, and one stale
+//! flow should not stop an audit of thousands.
+
+mod policy;
+mod view;
+
+use std::{collections::BTreeSet, fmt, net::IpAddr};
+
+use k8s_openapi::api::{core::v1::Pod, networking::v1::NetworkPolicy};
+use leash_records::Protocol;
+use serde::Serialize;
+
+pub use policy::{CompiledPolicy, NamespaceMatch, Peer, PortMatch, PortRule, Rule, Selector};
+pub use view::{
+    Backend, ClusterView, ServiceLookup, StaticCluster, host_ips, is_host_network, pod_ips,
+    pod_labels, resolve_named_port,
+};
+
+/// Errors of the evaluator: only invalid policies; evaluation itself cannot fail.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A policy the API server would reject.
+    #[error("NetworkPolicy {policy}: {message}")]
+    InvalidPolicy {
+        /// `namespace/name`.
+        policy: String,
+        /// What is wrong, naming the field.
+        message: String,
+    },
+    /// Two policies with the same namespace and name.
+    #[error("NetworkPolicy {policy} is defined twice")]
+    DuplicatePolicy {
+        /// `namespace/name`.
+        policy: String,
+    },
+}
+
+/// The evaluator's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A namespaced object's identity, printed and sorted as `namespace/name`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PolicyId {
+    /// The namespace.
+    pub namespace: String,
+    /// The name.
+    pub name: String,
+}
+
+impl fmt::Display for PolicyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+impl Serialize for PolicyId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Allowed or denied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// The connection is allowed.
+    Allow,
+    /// The connection is denied.
+    Deny,
+}
+
+impl Verdict {
+    /// `allow` or `deny`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Allow => "allow",
+            Verdict::Deny => "deny",
+        }
+    }
+
+    fn from_bool(allowed: bool) -> Self {
+        if allowed {
+            Verdict::Allow
+        } else {
+            Verdict::Deny
+        }
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A validated set of policies, indexed by namespace and sorted by name.
+#[derive(Debug, Clone, Default)]
+pub struct PolicySet {
+    // Sorted by id, so every result lists policies in `ns/name` order.
+    policies: Vec<CompiledPolicy>,
+}
+
+impl PolicySet {
+    /// Validates every policy. Fails on the first invalid or duplicate policy, naming it.
+    pub fn new(policies: &[NetworkPolicy]) -> Result<Self> {
+        let mut compiled = policies
+            .iter()
+            .map(CompiledPolicy::compile)
+            .collect::<Result<Vec<_>>>()?;
+        compiled.sort_by(|a, b| a.id.cmp(&b.id));
+        if let Some(w) = compiled.windows(2).find(|w| w[0].id == w[1].id) {
+            return Err(Error::DuplicatePolicy {
+                policy: w[0].id.to_string(),
+            });
+        }
+        Ok(PolicySet { policies: compiled })
+    }
+
+    /// Every policy, sorted by `namespace/name`.
+    pub fn iter(&self) -> impl Iterator<Item = &CompiledPolicy> {
+        self.policies.iter()
+    }
+
+    /// The policy `namespace/name`.
+    pub fn get(&self, id: &PolicyId) -> Option<&CompiledPolicy> {
+        self.policies
+            .binary_search_by(|p| p.id.cmp(id))
+            .ok()
+            .map(|i| &self.policies[i])
+    }
+
+    /// The number of policies.
+    pub fn len(&self) -> usize {
+        self.policies.len()
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty()
+    }
+
+    fn in_namespace<'a>(&'a self, ns: &'a str) -> impl Iterator<Item = &'a CompiledPolicy> {
+        let start = self
+            .policies
+            .partition_point(|p| p.id.namespace.as_str() < ns);
+        self.policies[start..]
+            .iter()
+            .take_while(move |p| p.id.namespace == ns)
+    }
+}
+
+/// A connection attempt as the source pod sees it (before any DNAT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Flow {
+    /// The transport protocol.
+    pub protocol: Protocol,
+    /// The destination address the pod connected to.
+    pub dst: IpAddr,
+    /// The destination port the pod connected to.
+    pub dst_port: u16,
+}
+
+/// Why a direction was allowed or denied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reason {
+    /// No policy with this direction selects the pod: everything is allowed.
+    NotIsolated,
+    /// Egress of a hostNetwork pod cannot be restricted by NetworkPolicy.
+    SourceHostNetwork,
+    /// Ingress is only checked at pod-network pods; this destination is not one.
+    DestinationNotAPod,
+    /// The destination is a hostNetwork pod, which NetworkPolicy cannot isolate.
+    DestinationHostNetwork,
+    /// Ingress from the destination pod's own node is always allowed.
+    FromOwnNode,
+    /// At least one rule of an isolating policy matched.
+    RuleMatched,
+    /// The pod is isolated and no rule matched.
+    NoRuleMatched,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Reason::NotIsolated => "no policy isolates the pod in this direction",
+            Reason::SourceHostNetwork => {
+                "the source is a hostNetwork pod, whose egress NetworkPolicy cannot restrict"
+            }
+            Reason::DestinationNotAPod => "the destination is not a pod of the cluster",
+            Reason::DestinationHostNetwork => {
+                "the destination is a hostNetwork pod, which NetworkPolicy cannot isolate"
+            }
+            Reason::FromOwnNode => "ingress from the pod's own node is always allowed",
+            Reason::RuleMatched => "allowed by a rule",
+            Reason::NoRuleMatched => "isolated, and no rule allows it",
+        })
+    }
+}
+
+/// A rule that matched: which policy, which rule, and which peer and port entry matched first.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RuleMatch {
+    /// The policy.
+    pub policy: PolicyId,
+    /// The 0-based index of the rule in `spec.egress` or `spec.ingress`.
+    pub rule: usize,
+    /// The 0-based index of the matching `to`/`from` entry; `None` when the rule has none.
+    pub peer: Option<usize>,
+    /// The 0-based index of the matching `ports` entry; `None` when the rule has none.
+    pub port: Option<usize>,
+}
+
+/// The outcome of one direction (egress at the source or ingress at the destination).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectionResult {
+    /// Allowed or denied.
+    pub verdict: Verdict,
+    /// Why.
+    pub reason: Reason,
+    /// The policies that isolate the pod in this direction, sorted.
+    pub isolated_by: Vec<PolicyId>,
+    /// Every rule that allows the connection, sorted by policy and rule index.
+    pub matches: Vec<RuleMatch>,
+}
+
+impl DirectionResult {
+    fn exempt(reason: Reason) -> Self {
+        DirectionResult {
+            verdict: Verdict::Allow,
+            reason,
+            isolated_by: Vec::new(),
+            matches: Vec::new(),
+        }
+    }
+}
+
+/// What a (post-DNAT) destination address is.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Destination {
+    /// A pod-network pod of the cluster.
+    Pod(PolicyId),
+    /// A hostNetwork pod: reachable only by ipBlock, never isolated.
+    HostNetworkPod(PolicyId),
+    /// Anything else: a node, the API server, an address outside the cluster.
+    External,
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Destination::Pod(id) => write!(f, "pod {id}"),
+            Destination::HostNetworkPod(id) => write!(f, "hostNetwork pod {id}"),
+            Destination::External => f.write_str("a non-pod address"),
+        }
+    }
+}
+
+/// The evaluation against one concrete destination (the flow's own, or one Service backend).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetResult {
+    /// What the destination is.
+    pub destination: Destination,
+    /// The destination address after DNAT.
+    pub ip: IpAddr,
+    /// The destination port after DNAT (the targetPort for a Service).
+    pub port: u16,
+    /// Egress at the source pod.
+    pub egress: DirectionResult,
+    /// Ingress at the destination.
+    pub ingress: DirectionResult,
+}
+
+impl TargetResult {
+    /// Allowed when both directions allow.
+    pub fn verdict(&self) -> Verdict {
+        Verdict::from_bool(
+            self.egress.verdict == Verdict::Allow && self.ingress.verdict == Verdict::Allow,
+        )
+    }
+}
+
+/// Why a flow to a Service address could not be evaluated against any backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// The Service has no ready backend for this port and protocol.
+    NoReadyBackends(PolicyId),
+    /// The Service does not expose this port and protocol.
+    NoSuchServicePort(PolicyId),
+    /// The address is in the Service range but no Service owns it.
+    UnknownServiceAddress,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::NoReadyBackends(s) => {
+                write!(f, "Service {s} has no ready backend for this port")
+            }
+            Problem::NoSuchServicePort(s) => {
+                write!(f, "Service {s} does not expose this port and protocol")
+            }
+            Problem::UnknownServiceAddress => {
+                f.write_str("the address is in the Service range but no Service owns it")
+            }
+        }
+    }
+}
+
+/// The full result of evaluating one flow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evaluation {
+    /// Allowed only when every target allows it in both directions (and there is no problem).
+    pub verdict: Verdict,
+    /// Egress at the source, over every target.
+    pub egress: Verdict,
+    /// Ingress at the destination(s), over every target; `allow` for non-pod destinations.
+    pub ingress: Verdict,
+    /// The Service the destination address belongs to, when DNAT applied.
+    pub service: Option<PolicyId>,
+    /// Set when the flow leads to no backend at all (then it is denied, with no targets).
+    pub problem: Option<Problem>,
+    /// One result per destination: the flow's own, or one per ready Service backend,
+    /// sorted by address and port.
+    pub targets: Vec<TargetResult>,
+}
+
+impl Evaluation {
+    /// The deciding policies, sorted and deduplicated: for an allowed flow the policies whose
+    /// rules allow it; for a denied flow the policies that isolate it in a denying direction.
+    pub fn policies(&self) -> Vec<PolicyId> {
+        let mut out = BTreeSet::new();
+        for t in &self.targets {
+            for d in [&t.egress, &t.ingress] {
+                if self.verdict == Verdict::Allow {
+                    out.extend(d.matches.iter().map(|m| m.policy.clone()));
+                } else if d.verdict == Verdict::Deny {
+                    out.extend(d.isolated_by.iter().cloned());
+                }
+            }
+        }
+        out.into_iter().collect()
+    }
+}
+
+/// What ingress needs to know about the source of a connection.
+struct SourceInfo<'a> {
+    pod: &'a Pod,
+    namespace: &'a str,
+    host_network: bool,
+}
+
+/// Evaluates one flow from `source` against `policies`, resolving destinations with `view`.
+pub fn evaluate<V: ClusterView + ?Sized>(
+    view: &V,
+    policies: &PolicySet,
+    source: &Pod,
+    flow: &Flow,
+) -> Evaluation {
+    let src = SourceInfo {
+        pod: source,
+        namespace: source.metadata.namespace.as_deref().unwrap_or(""),
+        host_network: is_host_network(source),
+    };
+    let denied = |service, problem| Evaluation {
+        verdict: Verdict::Deny,
+        egress: Verdict::Deny,
+        ingress: Verdict::Deny,
+        service,
+        problem: Some(problem),
+        targets: Vec::new(),
+    };
+    let (service, backends) = match view.service(flow.dst, flow.dst_port, flow.protocol) {
+        ServiceLookup::NotAService => {
+            let backend = Backend {
+                pod: view.pod_by_ip(flow.dst),
+                ip: flow.dst,
+                port: flow.dst_port,
+            };
+            (None, vec![backend])
+        }
+        ServiceLookup::Backends { service, backends } if backends.is_empty() => {
+            return denied(Some(service.clone()), Problem::NoReadyBackends(service));
+        }
+        ServiceLookup::Backends { service, backends } => (Some(service), backends),
+        ServiceLookup::NoSuchPort { service } => {
+            return denied(Some(service.clone()), Problem::NoSuchServicePort(service));
+        }
+        ServiceLookup::UnknownServiceAddress => {
+            return denied(None, Problem::UnknownServiceAddress);
+        }
+    };
+    let mut targets: Vec<TargetResult> = backends
+        .iter()
+        .map(|b| evaluate_target(view, policies, &src, flow.protocol, b))
+        .collect();
+    targets.sort_by(|a, b| (a.ip, a.port, &a.destination).cmp(&(b.ip, b.port, &b.destination)));
+    targets.dedup();
+    let all = |f: &dyn Fn(&TargetResult) -> bool| Verdict::from_bool(targets.iter().all(f));
+    let egress = all(&|t| t.egress.verdict == Verdict::Allow);
+    let ingress = all(&|t| t.ingress.verdict == Verdict::Allow);
+    Evaluation {
+        verdict: Verdict::from_bool(egress == Verdict::Allow && ingress == Verdict::Allow),
+        egress,
+        ingress,
+        service,
+        problem: None,
+        targets,
+    }
+}
+
+fn pod_id(pod: &Pod) -> PolicyId {
+    PolicyId {
+        namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+        name: pod.metadata.name.clone().unwrap_or_default(),
+    }
+}
+
+/// A destination as rules see it: a pod-network pod is matchable by selectors and named
+/// ports; anything else only by ipBlock.
+struct DstInfo<'a> {
+    pod: Option<&'a Pod>,
+    ip: IpAddr,
+    port: u16,
+    protocol: Protocol,
+}
+
+fn evaluate_target<V: ClusterView + ?Sized>(
+    view: &V,
+    policies: &PolicySet,
+    src: &SourceInfo<'_>,
+    protocol: Protocol,
+    backend: &Backend<'_>,
+) -> TargetResult {
+    let (destination, dst_pod) = match backend.pod {
+        Some(p) if is_host_network(p) => (Destination::HostNetworkPod(pod_id(p)), None),
+        Some(p) => (Destination::Pod(pod_id(p)), Some(p)),
+        None => (Destination::External, None),
+    };
+    let dst = DstInfo {
+        pod: dst_pod,
+        ip: backend.ip,
+        port: backend.port,
+        protocol,
+    };
+    let egress = if src.host_network {
+        DirectionResult::exempt(Reason::SourceHostNetwork)
+    } else {
+        evaluate_direction(
+            policies,
+            src.pod,
+            Direction::Egress,
+            |peer| egress_peer_matches(view, peer, &dst),
+            &dst,
+        )
+    };
+    let ingress = match (&destination, dst_pod) {
+        (Destination::Pod(_), Some(pod)) => {
+            if src.host_network && same_node(src.pod, pod) {
+                let mut r = evaluate_direction(policies, pod, Direction::Ingress, |_| false, &dst);
+                if r.verdict == Verdict::Deny {
+                    r.verdict = Verdict::Allow;
+                    r.reason = Reason::FromOwnNode;
+                }
+                r
+            } else {
+                let src_ip = source_ip(src, backend.ip);
+                evaluate_direction(
+                    policies,
+                    pod,
+                    Direction::Ingress,
+                    |peer| ingress_peer_matches(view, peer, src, src_ip),
+                    &dst,
+                )
+            }
+        }
+        (Destination::HostNetworkPod(_), _) => {
+            DirectionResult::exempt(Reason::DestinationHostNetwork)
+        }
+        _ => DirectionResult::exempt(Reason::DestinationNotAPod),
+    };
+    TargetResult {
+        destination,
+        ip: backend.ip,
+        port: backend.port,
+        egress,
+        ingress,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Ingress,
+    Egress,
+}
+
+/// Runs the policies of `pod`'s namespace that select it and isolate `dir`.
+fn evaluate_direction(
+    policies: &PolicySet,
+    pod: &Pod,
+    dir: Direction,
+    peer_matches: impl Fn(&Peer) -> bool,
+    dst: &DstInfo<'_>,
+) -> DirectionResult {
+    if is_host_network(pod) {
+        // Cannot happen for egress (checked by the caller) or ingress (non-pod destination),
+        // but a hostNetwork pod is never isolated, whatever selects it.
+        return DirectionResult::exempt(Reason::NotIsolated);
+    }
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("");
+    let labels = pod_labels(pod);
+    let mut isolated_by = Vec::new();
+    let mut matches = Vec::new();
+    for p in policies.in_namespace(ns) {
+        let rules = match dir {
+            Direction::Ingress => &p.ingress,
+            Direction::Egress => &p.egress,
+        };
+        let Some(rules) = rules else { continue };
+        if !p.pod_selector.matches(labels) {
+            continue;
+        }
+        isolated_by.push(p.id.clone());
+        for (i, rule) in rules.iter().enumerate() {
+            let peer = if rule.peers.is_empty() {
+                Some(None)
+            } else {
+                rule.peers.iter().position(&peer_matches).map(Some)
+            };
+            let port = if rule.ports.is_empty() {
+                Some(None)
+            } else {
+                rule.ports
+                    .iter()
+                    .position(|pr| port_matches(pr, dst))
+                    .map(Some)
+            };
+            if let (Some(peer), Some(port)) = (peer, port) {
+                matches.push(RuleMatch {
+                    policy: p.id.clone(),
+                    rule: i,
+                    peer,
+                    port,
+                });
+            }
+        }
+    }
+    let (verdict, reason) = if isolated_by.is_empty() {
+        (Verdict::Allow, Reason::NotIsolated)
+    } else if matches.is_empty() {
+        (Verdict::Deny, Reason::NoRuleMatched)
+    } else {
+        (Verdict::Allow, Reason::RuleMatched)
+    };
+    DirectionResult {
+        verdict,
+        reason,
+        isolated_by,
+        matches,
+    }
+}
+
+/// Ports are always those of the destination, after DNAT, for both directions.
+fn port_matches(rule: &PortRule, dst: &DstInfo<'_>) -> bool {
+    if rule.protocol != dst.protocol {
+        return false;
+    }
+    match &rule.port {
+        PortMatch::Any => true,
+        PortMatch::Range(a, b) => (*a..=*b).contains(&dst.port),
+        // Named ports exist only on pod-network destination pods.
+        PortMatch::Named(name) => {
+            dst.pod
+                .and_then(|p| resolve_named_port(p, name, dst.protocol))
+                == Some(dst.port)
+        }
+    }
+}
+
+fn namespace_matches<V: ClusterView + ?Sized>(view: &V, m: &NamespaceMatch, ns: &str) -> bool {
+    match m {
+        NamespaceMatch::Own(own) => own == ns,
+        NamespaceMatch::Selector(sel) => match view.namespace_labels(ns) {
+            Some(labels) => sel.matches(labels),
+            // An unknown namespace still carries its automatic name label.
+            None => {
+                sel.matches(&[("kubernetes.io/metadata.name".to_string(), ns.to_string())].into())
+            }
+        },
+    }
+}
+
+fn egress_peer_matches<V: ClusterView + ?Sized>(view: &V, peer: &Peer, dst: &DstInfo<'_>) -> bool {
+    match peer {
+        Peer::IpBlock { cidr, except } => Peer::block_contains(cidr, except, dst.ip),
+        Peer::Pods { namespaces, pods } => dst.pod.is_some_and(|p| {
+            namespace_matches(
+                view,
+                namespaces,
+                p.metadata.namespace.as_deref().unwrap_or(""),
+            ) && pods.matches(pod_labels(p))
+        }),
+    }
+}
+
+fn ingress_peer_matches<V: ClusterView + ?Sized>(
+    view: &V,
+    peer: &Peer,
+    src: &SourceInfo<'_>,
+    src_ip: Option<IpAddr>,
+) -> bool {
+    match peer {
+        Peer::IpBlock { cidr, except } => {
+            src_ip.is_some_and(|ip| Peer::block_contains(cidr, except, ip))
+        }
+        Peer::Pods { namespaces, pods } => {
+            !src.host_network
+                && namespace_matches(view, namespaces, src.namespace)
+                && pods.matches(pod_labels(src.pod))
+        }
+    }
+}
+
+/// The source address the destination sees: the source's IP of the destination's family.
+/// A hostNetwork pod's IPs are its node's.
+fn source_ip(src: &SourceInfo<'_>, dst_ip: IpAddr) -> Option<IpAddr> {
+    let mut ips = pod_ips(src.pod);
+    if src.host_network {
+        ips.extend(host_ips(src.pod));
+    }
+    ips.into_iter().find(|ip| ip.is_ipv4() == dst_ip.is_ipv4())
+}
+
+fn same_node(a: &Pod, b: &Pod) -> bool {
+    let node = |p: &Pod| p.spec.as_ref().and_then(|s| s.node_name.clone());
+    if let (Some(x), Some(y)) = (node(a), node(b)) {
+        return x == y;
+    }
+    let hb = host_ips(b);
+    !hb.is_empty()
+        && host_ips(a)
+            .iter()
+            .chain(pod_ips(a).iter())
+            .any(|ip| hb.contains(ip))
+}

@@ -1,0 +1,638 @@
+//! Validation and compilation of `NetworkPolicy` objects into a form that is cheap to evaluate.
+//!
+//! Everything the API server would reject is an error here, so a bad policy never turns into a
+//! silent match or a silent miss. Defaulting (`policyTypes`, `protocol`, absent selectors) is
+//! applied once, here, so the evaluator never has to think about it.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::IpAddr,
+};
+
+use ipnet::IpNet;
+use k8s_openapi::{
+    api::networking::v1::{
+        IPBlock, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
+    },
+    apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
+};
+use leash_records::Protocol;
+
+use super::{Error, PolicyId, Result};
+
+/// One requirement of a label selector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Requirement {
+    /// The key is present with one of the values (`matchLabels` is `In` with one value).
+    In(String, BTreeSet<String>),
+    /// The key is absent, or present with none of the values.
+    NotIn(String, BTreeSet<String>),
+    /// The key is present.
+    Exists(String),
+    /// The key is absent.
+    DoesNotExist(String),
+}
+
+impl Requirement {
+    fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        match self {
+            Requirement::In(k, vs) => labels.get(k).is_some_and(|v| vs.contains(v)),
+            Requirement::NotIn(k, vs) => labels.get(k).is_none_or(|v| !vs.contains(v)),
+            Requirement::Exists(k) => labels.contains_key(k),
+            Requirement::DoesNotExist(k) => !labels.contains_key(k),
+        }
+    }
+}
+
+impl fmt::Display for Requirement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let join = |vs: &BTreeSet<String>| vs.iter().cloned().collect::<Vec<_>>().join(",");
+        match self {
+            Requirement::In(k, vs) if vs.len() == 1 => write!(f, "{k}={}", join(vs)),
+            Requirement::In(k, vs) => write!(f, "{k} in ({})", join(vs)),
+            Requirement::NotIn(k, vs) => write!(f, "{k} notin ({})", join(vs)),
+            Requirement::Exists(k) => write!(f, "{k}"),
+            Requirement::DoesNotExist(k) => write!(f, "!{k}"),
+        }
+    }
+}
+
+/// A validated label selector. The empty selector matches everything.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Selector {
+    requirements: Vec<Requirement>,
+}
+
+impl Selector {
+    /// Validates and compiles a `LabelSelector`; `what` names it in errors (e.g. `spec.podSelector`).
+    pub fn compile(sel: &LabelSelector, what: &str) -> Result<Self, String> {
+        let mut requirements = Vec::new();
+        for (k, v) in sel.match_labels.iter().flatten() {
+            check_label_key(k).map_err(|e| format!("{what}.matchLabels: {e}"))?;
+            check_label_value(v).map_err(|e| format!("{what}.matchLabels[{k}]: {e}"))?;
+            requirements.push(Requirement::In(k.clone(), BTreeSet::from([v.clone()])));
+        }
+        for (i, expr) in sel.match_expressions.iter().flatten().enumerate() {
+            let at = format!("{what}.matchExpressions[{i}]");
+            check_label_key(&expr.key).map_err(|e| format!("{at}: {e}"))?;
+            let values: BTreeSet<String> = expr.values.iter().flatten().cloned().collect();
+            for v in &values {
+                check_label_value(v).map_err(|e| format!("{at}.values: {e}"))?;
+            }
+            let key = expr.key.clone();
+            let req = match expr.operator.as_str() {
+                "In" | "NotIn" if values.is_empty() => {
+                    return Err(format!(
+                        "{at}: operator {} needs at least one value",
+                        expr.operator
+                    ));
+                }
+                "Exists" | "DoesNotExist" if !values.is_empty() => {
+                    return Err(format!("{at}: operator {} takes no values", expr.operator));
+                }
+                "In" => Requirement::In(key, values),
+                "NotIn" => Requirement::NotIn(key, values),
+                "Exists" => Requirement::Exists(key),
+                "DoesNotExist" => Requirement::DoesNotExist(key),
+                other => {
+                    return Err(format!(
+                        "{at}: unknown operator {other:?} (expected In, NotIn, Exists or DoesNotExist)"
+                    ));
+                }
+            };
+            requirements.push(req);
+        }
+        Ok(Selector { requirements })
+    }
+
+    /// Whether the labels satisfy every requirement.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.requirements.iter().all(|r| r.matches(labels))
+    }
+
+    /// Whether this is the empty selector, which matches everything.
+    pub fn is_empty(&self) -> bool {
+        self.requirements.is_empty()
+    }
+}
+
+impl fmt::Display for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.requirements.is_empty() {
+            return f.write_str("{}");
+        }
+        let parts: Vec<String> = self.requirements.iter().map(|r| r.to_string()).collect();
+        write!(f, "{{{}}}", parts.join(", "))
+    }
+}
+
+/// `[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?`, at most 63 characters.
+fn is_label_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+}
+
+/// A DNS-1123 subdomain: lowercase labels of `[a-z0-9-]`, dot-separated, at most 253 characters.
+fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253
+        && s.split('.').all(|l| {
+            let b = l.as_bytes();
+            !b.is_empty()
+                && b.len() <= 63
+                && b[0].is_ascii_alphanumeric()
+                && b[b.len() - 1].is_ascii_alphanumeric()
+                && b.iter()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        })
+}
+
+fn check_label_key(k: &str) -> Result<(), String> {
+    let ok = match k.split_once('/') {
+        Some((prefix, name)) => is_dns_subdomain(prefix) && is_label_name(name),
+        None => is_label_name(k),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("invalid label key {k:?}"))
+    }
+}
+
+fn check_label_value(v: &str) -> Result<(), String> {
+    if v.is_empty() || is_label_name(v) {
+        Ok(())
+    } else {
+        Err(format!("invalid label value {v:?}"))
+    }
+}
+
+/// An IANA service name, as a named port must be: at most 15 characters of `[a-z0-9-]`,
+/// at least one letter, no leading, trailing or doubled hyphen.
+fn is_port_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 15
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter().any(u8::is_ascii_lowercase)
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+        && !s.contains("--")
+}
+
+/// Parses a CIDR strictly: canonical network address, no host bits, no IPv4-mapped IPv6.
+pub(crate) fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    // std's address parsers reject IPv4 octets with leading zeros; ipnet's own parser does not.
+    let bad = || format!("invalid CIDR {s:?} (expected address/prefix)");
+    let (addr, prefix) = s.split_once('/').ok_or_else(bad)?;
+    let addr: IpAddr = addr.parse().map_err(|_| bad())?;
+    if prefix.is_empty()
+        || !prefix.bytes().all(|b| b.is_ascii_digit())
+        || (prefix.len() > 1 && prefix.starts_with('0'))
+    {
+        return Err(bad());
+    }
+    let prefix: u8 = prefix.parse().map_err(|_| bad())?;
+    let net = IpNet::new(addr, prefix).map_err(|_| bad())?;
+    if net.trunc() != net {
+        return Err(format!(
+            "CIDR {s:?} has host bits set beyond the prefix (the network is {})",
+            net.trunc()
+        ));
+    }
+    if let IpNet::V6(n) = net
+        && n.addr().to_ipv4_mapped().is_some()
+    {
+        return Err(format!("CIDR {s:?} is an IPv4-mapped IPv6 block"));
+    }
+    Ok(net)
+}
+
+/// Which namespaces a selector peer reaches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamespaceMatch {
+    /// Only the policy's own namespace (a `podSelector` without `namespaceSelector`).
+    Own(String),
+    /// Namespaces whose labels match.
+    Selector(Selector),
+}
+
+/// One validated `to`/`from` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Peer {
+    /// Pods selected by namespace and pod labels (AND'ed). hostNetwork pods never match.
+    Pods {
+        /// The namespaces.
+        namespaces: NamespaceMatch,
+        /// The pods inside them; an absent `podSelector` is the empty selector.
+        pods: Selector,
+    },
+    /// An address range, minus exceptions. Matches pod IPs too.
+    IpBlock {
+        /// The range.
+        cidr: IpNet,
+        /// Excluded sub-ranges, each strictly inside `cidr`.
+        except: Vec<IpNet>,
+    },
+}
+
+impl Peer {
+    fn compile(peer: &NetworkPolicyPeer, own_ns: &str, at: &str) -> Result<Self, String> {
+        match (&peer.ip_block, &peer.namespace_selector, &peer.pod_selector) {
+            (None, None, None) => Err(format!(
+                "{at}: a peer must set podSelector, namespaceSelector or ipBlock"
+            )),
+            (Some(_), Some(_), _) | (Some(_), _, Some(_)) => Err(format!(
+                "{at}: ipBlock cannot be combined with podSelector or namespaceSelector"
+            )),
+            (Some(block), None, None) => Self::compile_block(block, &format!("{at}.ipBlock")),
+            (None, ns, pods) => {
+                let namespaces = match ns {
+                    Some(s) => NamespaceMatch::Selector(Selector::compile(
+                        s,
+                        &format!("{at}.namespaceSelector"),
+                    )?),
+                    None => NamespaceMatch::Own(own_ns.to_string()),
+                };
+                let pods = match pods {
+                    Some(s) => Selector::compile(s, &format!("{at}.podSelector"))?,
+                    None => Selector::default(),
+                };
+                Ok(Peer::Pods { namespaces, pods })
+            }
+        }
+    }
+
+    fn compile_block(block: &IPBlock, at: &str) -> Result<Self, String> {
+        let cidr = parse_cidr(&block.cidr).map_err(|e| format!("{at}.cidr: {e}"))?;
+        let mut except = Vec::new();
+        for (i, e) in block.except.iter().flatten().enumerate() {
+            let net = parse_cidr(e).map_err(|m| format!("{at}.except[{i}]: {m}"))?;
+            let inside = match (cidr, net) {
+                (IpNet::V4(c), IpNet::V4(n)) => c.contains(&n) && n.prefix_len() > c.prefix_len(),
+                (IpNet::V6(c), IpNet::V6(n)) => c.contains(&n) && n.prefix_len() > c.prefix_len(),
+                _ => false,
+            };
+            if !inside {
+                return Err(format!(
+                    "{at}.except[{i}]: {e} is not strictly inside {} (or is of another IP family)",
+                    block.cidr
+                ));
+            }
+            except.push(net);
+        }
+        Ok(Peer::IpBlock { cidr, except })
+    }
+
+    /// Whether an address is inside the block (and outside its exceptions).
+    pub(crate) fn block_contains(cidr: &IpNet, except: &[IpNet], ip: IpAddr) -> bool {
+        cidr.contains(&ip) && !except.iter().any(|e| e.contains(&ip))
+    }
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Peer::Pods {
+                namespaces: NamespaceMatch::Own(ns),
+                pods,
+            } => write!(f, "pods {pods} in namespace {ns}"),
+            Peer::Pods {
+                namespaces: NamespaceMatch::Selector(ns),
+                pods,
+            } if pods.is_empty() => write!(f, "all pods in namespaces {ns}"),
+            Peer::Pods {
+                namespaces: NamespaceMatch::Selector(ns),
+                pods,
+            } => write!(f, "pods {pods} in namespaces {ns}"),
+            Peer::IpBlock { cidr, except } if except.is_empty() => write!(f, "ipBlock {cidr}"),
+            Peer::IpBlock { cidr, except } => {
+                let ex: Vec<String> = except.iter().map(ToString::to_string).collect();
+                write!(f, "ipBlock {cidr} except {}", ex.join(", "))
+            }
+        }
+    }
+}
+
+/// Which ports of a protocol a port entry allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortMatch {
+    /// Every port (an entry without `port`).
+    Any,
+    /// An inclusive numeric range (`port`, or `port`..=`endPort`).
+    Range(u16, u16),
+    /// A named port, resolved on the destination pod's container ports.
+    Named(String),
+}
+
+/// One validated `ports` entry; the protocol is defaulted to TCP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortRule {
+    /// The protocol.
+    pub protocol: Protocol,
+    /// The ports.
+    pub port: PortMatch,
+}
+
+impl PortRule {
+    fn compile(p: &NetworkPolicyPort, at: &str) -> Result<Self, String> {
+        let protocol = match p.protocol.as_deref() {
+            None => Protocol::Tcp,
+            Some("TCP") => Protocol::Tcp,
+            Some("UDP") => Protocol::Udp,
+            Some("SCTP") => Protocol::Sctp,
+            Some(other) => {
+                return Err(format!(
+                    "{at}.protocol: unsupported protocol {other:?} (expected TCP, UDP or SCTP)"
+                ));
+            }
+        };
+        let port = match (&p.port, p.end_port) {
+            (None, None) => PortMatch::Any,
+            (None, Some(_)) => return Err(format!("{at}.endPort: requires port")),
+            (Some(IntOrString::String(name)), None) => {
+                if !is_port_name(name) {
+                    return Err(format!("{at}.port: invalid port name {name:?}"));
+                }
+                PortMatch::Named(name.clone())
+            }
+            (Some(IntOrString::String(_)), Some(_)) => {
+                return Err(format!("{at}.endPort: requires a numeric port"));
+            }
+            (Some(IntOrString::Int(n)), end) => {
+                let start = port_number(*n).map_err(|e| format!("{at}.port: {e}"))?;
+                let end = match end {
+                    None => start,
+                    Some(e) => {
+                        let end = port_number(e).map_err(|m| format!("{at}.endPort: {m}"))?;
+                        if end < start {
+                            return Err(format!(
+                                "{at}.endPort: {end} must be at least port {start}"
+                            ));
+                        }
+                        end
+                    }
+                };
+                PortMatch::Range(start, end)
+            }
+        };
+        Ok(PortRule { protocol, port })
+    }
+}
+
+fn port_number(n: i32) -> Result<u16, String> {
+    match u16::try_from(n) {
+        Ok(p) if p != 0 => Ok(p),
+        _ => Err(format!("{n} is not a port number (1-65535)")),
+    }
+}
+
+impl fmt::Display for PortRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.port {
+            PortMatch::Any => write!(f, "any {} port", self.protocol),
+            PortMatch::Range(a, b) if a == b => write!(f, "{a}/{}", self.protocol),
+            PortMatch::Range(a, b) => write!(f, "{a}-{b}/{}", self.protocol),
+            PortMatch::Named(n) => write!(f, "{n}/{} (named)", self.protocol),
+        }
+    }
+}
+
+/// One validated ingress or egress rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// The peers (`to` or `from`); empty matches every peer.
+    pub peers: Vec<Peer>,
+    /// The ports; empty matches every port and protocol.
+    pub ports: Vec<PortRule>,
+}
+
+/// A validated policy with its defaulting applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompiledPolicy {
+    /// `namespace/name`.
+    pub id: PolicyId,
+    /// The pods it applies to, inside its namespace.
+    pub pod_selector: Selector,
+    /// `Some` when the policy isolates ingress: the rules (possibly none).
+    pub ingress: Option<Vec<Rule>>,
+    /// `Some` when the policy isolates egress: the rules (possibly none).
+    pub egress: Option<Vec<Rule>>,
+}
+
+impl CompiledPolicy {
+    /// Validates one policy, applying `policyTypes`, `podSelector` and `protocol` defaulting.
+    pub fn compile(np: &NetworkPolicy) -> Result<Self> {
+        let name = np.metadata.name.clone().unwrap_or_default();
+        let namespace = np.metadata.namespace.clone().unwrap_or_default();
+        if name.is_empty() {
+            return Err(Error::InvalidPolicy {
+                policy: format!("{namespace}/<unnamed>"),
+                message: "metadata.name is missing".into(),
+            });
+        }
+        if namespace.is_empty() {
+            return Err(Error::InvalidPolicy {
+                policy: name,
+                message: "metadata.namespace is missing (leash does not guess a namespace)".into(),
+            });
+        }
+        let id = PolicyId { namespace, name };
+        let invalid = |message: String| Error::InvalidPolicy {
+            policy: id.to_string(),
+            message,
+        };
+        let default_spec = NetworkPolicySpec::default();
+        let spec = np.spec.as_ref().unwrap_or(&default_spec);
+        let pod_selector = match &spec.pod_selector {
+            Some(s) => Selector::compile(s, "spec.podSelector").map_err(invalid)?,
+            None => Selector::default(),
+        };
+        let egress_rules = spec.egress.as_deref().unwrap_or_default();
+        let ingress_rules = spec.ingress.as_deref().unwrap_or_default();
+        let (mut isolates_ingress, mut isolates_egress) = (false, false);
+        match spec.policy_types.as_deref() {
+            None | Some([]) => {
+                // The API server's defaulting: Ingress always, Egress only with egress rules.
+                isolates_ingress = true;
+                isolates_egress = !egress_rules.is_empty();
+            }
+            Some(types) => {
+                for t in types {
+                    match t.as_str() {
+                        "Ingress" => isolates_ingress = true,
+                        "Egress" => isolates_egress = true,
+                        other => {
+                            return Err(invalid(format!(
+                                "spec.policyTypes: unknown type {other:?} (expected Ingress or Egress)"
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+        let egress = compile_rules(
+            egress_rules
+                .iter()
+                .map(|r| (r.to.as_deref(), r.ports.as_deref())),
+            &id.namespace,
+            "egress",
+            "to",
+        )
+        .map_err(invalid)?;
+        let ingress = compile_rules(
+            ingress_rules
+                .iter()
+                .map(|r| (r.from.as_deref(), r.ports.as_deref())),
+            &id.namespace,
+            "ingress",
+            "from",
+        )
+        .map_err(invalid)?;
+        Ok(CompiledPolicy {
+            id,
+            pod_selector,
+            ingress: isolates_ingress.then_some(ingress),
+            egress: isolates_egress.then_some(egress),
+        })
+    }
+}
+
+/// Compiles the rules of one direction; `dir` and `peer_field` name them in errors.
+fn compile_rules<'a>(
+    rules: impl Iterator<
+        Item = (
+            Option<&'a [NetworkPolicyPeer]>,
+            Option<&'a [NetworkPolicyPort]>,
+        ),
+    >,
+    own_ns: &str,
+    dir: &str,
+    peer_field: &str,
+) -> Result<Vec<Rule>, String> {
+    rules
+        .enumerate()
+        .map(|(i, (peers, ports))| {
+            let at = format!("spec.{dir}[{i}]");
+            let peers = peers
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+                .map(|(j, p)| Peer::compile(p, own_ns, &format!("{at}.{peer_field}[{j}]")))
+                .collect::<Result<Vec<_>, _>>()?;
+            let ports = ports
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+                .map(|(j, p)| PortRule::compile(p, &format!("{at}.ports[{j}]")))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Rule { peers, ports })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn expr(key: &str, op: &str, values: &[&str]) -> LabelSelector {
+        LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: key.into(),
+                operator: op.into(),
+                values: (!values.is_empty())
+                    .then(|| values.iter().map(|v| v.to_string()).collect()),
+            }]),
+            match_labels: None,
+        }
+    }
+
+    #[test]
+    fn selector_operators() {
+        let l = labels(&[("app", "web"), ("tier", "front")]);
+        let none = labels(&[]);
+        let m = |s: LabelSelector, l: &BTreeMap<String, String>| {
+            Selector::compile(&s, "s").unwrap().matches(l)
+        };
+        assert!(m(expr("app", "In", &["web", "api"]), &l));
+        assert!(!m(expr("app", "In", &["api"]), &l));
+        assert!(!m(expr("app", "In", &["web"]), &none));
+        assert!(m(expr("app", "NotIn", &["api"]), &l));
+        assert!(!m(expr("app", "NotIn", &["web"]), &l));
+        assert!(
+            m(expr("app", "NotIn", &["web"]), &none),
+            "NotIn matches a missing key"
+        );
+        assert!(m(expr("tier", "Exists", &[]), &l));
+        assert!(!m(expr("tier", "Exists", &[]), &none));
+        assert!(m(expr("tier", "DoesNotExist", &[]), &none));
+        assert!(!m(expr("tier", "DoesNotExist", &[]), &l));
+        assert!(
+            m(LabelSelector::default(), &none),
+            "empty selector matches all"
+        );
+    }
+
+    #[test]
+    fn invalid_selectors_are_errors() {
+        for (s, want) in [
+            (expr("app", "In", &[]), "needs at least one value"),
+            (expr("app", "NotIn", &[]), "needs at least one value"),
+            (expr("app", "Exists", &["x"]), "takes no values"),
+            (expr("app", "Equals", &["x"]), "unknown operator"),
+            (expr("-bad", "Exists", &[]), "invalid label key"),
+            (expr("Ex.com/a", "Exists", &[]), "invalid label key"),
+            (expr("app", "In", &["bad value"]), "invalid label value"),
+        ] {
+            let err = Selector::compile(&s, "spec.podSelector").unwrap_err();
+            assert!(err.contains(want), "{err}");
+            assert!(
+                err.starts_with("spec.podSelector.matchExpressions[0]"),
+                "{err}"
+            );
+        }
+        assert!(Selector::compile(&expr("example.com/app-x_y.z", "Exists", &[]), "s").is_ok());
+    }
+
+    #[test]
+    fn cidrs_are_strict() {
+        assert!(parse_cidr("10.0.0.0/24").is_ok());
+        assert!(parse_cidr("2001:db8::/32").is_ok());
+        assert!(parse_cidr("10.0.0.1/24").unwrap_err().contains("host bits"));
+        assert!(parse_cidr("010.0.0.0/24").is_err());
+        assert!(parse_cidr("10.0.0.0").is_err());
+        assert!(parse_cidr("10.0.0.0/33").is_err());
+        assert!(parse_cidr("10.0.0.0/024").is_err());
+        assert!(parse_cidr("10.0.0.0/+8").is_err());
+        assert!(parse_cidr("0.0.0.0/0").is_ok());
+        assert!(
+            parse_cidr("::ffff:10.0.0.0/120")
+                .unwrap_err()
+                .contains("IPv4-mapped")
+        );
+    }
+
+    #[test]
+    fn port_names() {
+        for ok in ["http", "dns-tcp", "a1", "metrics-port-15"] {
+            assert!(is_port_name(ok), "{ok}");
+        }
+        for bad in ["", "HTTP", "-a", "a-", "a--b", "123", "abcdefghijklmnop"] {
+            assert!(!is_port_name(bad), "{bad}");
+        }
+    }
+}
