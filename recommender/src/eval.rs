@@ -23,16 +23,20 @@
 mod policy;
 mod view;
 
-use std::{collections::BTreeSet, fmt, net::IpAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::IpAddr,
+};
 
-use k8s_openapi::api::{core::v1::Pod, networking::v1::NetworkPolicy};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use leash_records::Protocol;
 use serde::Serialize;
 
 pub use policy::{CompiledPolicy, NamespaceMatch, Peer, PortMatch, PortRule, Rule, Selector};
 pub use view::{
-    Backend, ClusterView, ServiceLookup, StaticCluster, host_ips, is_host_network, pod_ips,
-    pod_labels, resolve_named_port,
+    Backend, ClusterView, PodView, ServiceLookup, StaticCluster, host_ips, is_host_network,
+    pod_ips, pod_labels, resolve_named_port,
 };
 
 /// Errors of the evaluator: only invalid policies; evaluation itself cannot fail.
@@ -363,24 +367,31 @@ impl Evaluation {
 }
 
 /// What ingress needs to know about the source of a connection.
-struct SourceInfo<'a> {
-    pod: &'a Pod,
-    namespace: &'a str,
+struct SourceInfo<'a, P> {
+    pod: &'a P,
     host_network: bool,
+}
+
+/// Dual-stack sockets report IPv4 peers as IPv4-mapped IPv6 addresses; policies see IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    }
 }
 
 /// Evaluates one flow from `source` against `policies`, resolving destinations with `view`.
 pub fn evaluate<V: ClusterView + ?Sized>(
     view: &V,
     policies: &PolicySet,
-    source: &Pod,
+    source: &V::Pod,
     flow: &Flow,
 ) -> Evaluation {
     let src = SourceInfo {
         pod: source,
-        namespace: source.metadata.namespace.as_deref().unwrap_or(""),
-        host_network: is_host_network(source),
+        host_network: source.host_network(),
     };
+    let dst_ip = canonical(flow.dst);
     let denied = |service, problem| Evaluation {
         verdict: Verdict::Deny,
         egress: Verdict::Deny,
@@ -389,11 +400,11 @@ pub fn evaluate<V: ClusterView + ?Sized>(
         problem: Some(problem),
         targets: Vec::new(),
     };
-    let (service, backends) = match view.service(flow.dst, flow.dst_port, flow.protocol) {
+    let (service, backends) = match view.service(dst_ip, flow.dst_port, flow.protocol) {
         ServiceLookup::NotAService => {
             let backend = Backend {
-                pod: view.pod_by_ip(flow.dst),
-                ip: flow.dst,
+                pod: view.pod_by_ip(dst_ip),
+                ip: dst_ip,
                 port: flow.dst_port,
             };
             (None, vec![backend])
@@ -415,9 +426,8 @@ pub fn evaluate<V: ClusterView + ?Sized>(
         .collect();
     targets.sort_by(|a, b| (a.ip, a.port, &a.destination).cmp(&(b.ip, b.port, &b.destination)));
     targets.dedup();
-    let all = |f: &dyn Fn(&TargetResult) -> bool| Verdict::from_bool(targets.iter().all(f));
-    let egress = all(&|t| t.egress.verdict == Verdict::Allow);
-    let ingress = all(&|t| t.ingress.verdict == Verdict::Allow);
+    let egress = Verdict::from_bool(targets.iter().all(|t| t.egress.verdict == Verdict::Allow));
+    let ingress = Verdict::from_bool(targets.iter().all(|t| t.ingress.verdict == Verdict::Allow));
     Evaluation {
         verdict: Verdict::from_bool(egress == Verdict::Allow && ingress == Verdict::Allow),
         egress,
@@ -428,17 +438,17 @@ pub fn evaluate<V: ClusterView + ?Sized>(
     }
 }
 
-fn pod_id(pod: &Pod) -> PolicyId {
+fn pod_id<P: PodView>(pod: &P) -> PolicyId {
     PolicyId {
-        namespace: pod.metadata.namespace.clone().unwrap_or_default(),
-        name: pod.metadata.name.clone().unwrap_or_default(),
+        namespace: pod.namespace().to_string(),
+        name: pod.name().to_string(),
     }
 }
 
 /// A destination as rules see it: a pod-network pod is matchable by selectors and named
 /// ports; anything else only by ipBlock.
-struct DstInfo<'a> {
-    pod: Option<&'a Pod>,
+struct DstInfo<'a, P> {
+    pod: Option<&'a P>,
     ip: IpAddr,
     port: u16,
     protocol: Protocol,
@@ -447,12 +457,12 @@ struct DstInfo<'a> {
 fn evaluate_target<V: ClusterView + ?Sized>(
     view: &V,
     policies: &PolicySet,
-    src: &SourceInfo<'_>,
+    src: &SourceInfo<'_, V::Pod>,
     protocol: Protocol,
-    backend: &Backend<'_>,
+    backend: &Backend<'_, V::Pod>,
 ) -> TargetResult {
     let (destination, dst_pod) = match backend.pod {
-        Some(p) if is_host_network(p) => (Destination::HostNetworkPod(pod_id(p)), None),
+        Some(p) if p.host_network() => (Destination::HostNetworkPod(pod_id(p)), None),
         Some(p) => (Destination::Pod(pod_id(p)), Some(p)),
         None => (Destination::External, None),
     };
@@ -473,30 +483,29 @@ fn evaluate_target<V: ClusterView + ?Sized>(
             &dst,
         )
     };
-    let ingress = match (&destination, dst_pod) {
-        (Destination::Pod(_), Some(pod)) => {
-            if src.host_network && same_node(src.pod, pod) {
-                let mut r = evaluate_direction(policies, pod, Direction::Ingress, |_| false, &dst);
-                if r.verdict == Verdict::Deny {
-                    r.verdict = Verdict::Allow;
-                    r.reason = Reason::FromOwnNode;
-                }
-                r
-            } else {
-                let src_ip = source_ip(src, backend.ip);
-                evaluate_direction(
-                    policies,
-                    pod,
-                    Direction::Ingress,
-                    |peer| ingress_peer_matches(view, peer, src, src_ip),
-                    &dst,
-                )
+    let ingress = match dst_pod {
+        Some(pod) if src.host_network && same_node(src.pod, pod) => {
+            let mut r = evaluate_direction(policies, pod, Direction::Ingress, |_| false, &dst);
+            if r.verdict == Verdict::Deny {
+                r.verdict = Verdict::Allow;
+                r.reason = Reason::FromOwnNode;
             }
+            r
         }
-        (Destination::HostNetworkPod(_), _) => {
+        Some(pod) => {
+            let src_ip = source_ip(src, backend.ip);
+            evaluate_direction(
+                policies,
+                pod,
+                Direction::Ingress,
+                |peer| ingress_peer_matches(view, peer, src, src_ip),
+                &dst,
+            )
+        }
+        None if matches!(destination, Destination::HostNetworkPod(_)) => {
             DirectionResult::exempt(Reason::DestinationHostNetwork)
         }
-        _ => DirectionResult::exempt(Reason::DestinationNotAPod),
+        None => DirectionResult::exempt(Reason::DestinationNotAPod),
     };
     TargetResult {
         destination,
@@ -514,23 +523,22 @@ enum Direction {
 }
 
 /// Runs the policies of `pod`'s namespace that select it and isolate `dir`.
-fn evaluate_direction(
+fn evaluate_direction<P: PodView>(
     policies: &PolicySet,
-    pod: &Pod,
+    pod: &P,
     dir: Direction,
     peer_matches: impl Fn(&Peer) -> bool,
-    dst: &DstInfo<'_>,
+    dst: &DstInfo<'_, P>,
 ) -> DirectionResult {
-    if is_host_network(pod) {
-        // Cannot happen for egress (checked by the caller) or ingress (non-pod destination),
-        // but a hostNetwork pod is never isolated, whatever selects it.
+    if pod.host_network() {
+        // Unreachable through `evaluate_target`, but a hostNetwork pod is never isolated,
+        // whatever selects it.
         return DirectionResult::exempt(Reason::NotIsolated);
     }
-    let ns = pod.metadata.namespace.as_deref().unwrap_or("");
-    let labels = pod_labels(pod);
+    let labels = pod.labels();
     let mut isolated_by = Vec::new();
     let mut matches = Vec::new();
-    for p in policies.in_namespace(ns) {
+    for p in policies.in_namespace(pod.namespace()) {
         let rules = match dir {
             Direction::Ingress => &p.ingress,
             Direction::Egress => &p.egress,
@@ -580,7 +588,7 @@ fn evaluate_direction(
 }
 
 /// Ports are always those of the destination, after DNAT, for both directions.
-fn port_matches(rule: &PortRule, dst: &DstInfo<'_>) -> bool {
+fn port_matches<P: PodView>(rule: &PortRule, dst: &DstInfo<'_, P>) -> bool {
     if rule.protocol != dst.protocol {
         return false;
     }
@@ -589,9 +597,7 @@ fn port_matches(rule: &PortRule, dst: &DstInfo<'_>) -> bool {
         PortMatch::Range(a, b) => (*a..=*b).contains(&dst.port),
         // Named ports exist only on pod-network destination pods.
         PortMatch::Named(name) => {
-            dst.pod
-                .and_then(|p| resolve_named_port(p, name, dst.protocol))
-                == Some(dst.port)
+            dst.pod.and_then(|p| p.named_port(name, dst.protocol)) == Some(dst.port)
         }
     }
 }
@@ -602,22 +608,23 @@ fn namespace_matches<V: ClusterView + ?Sized>(view: &V, m: &NamespaceMatch, ns: 
         NamespaceMatch::Selector(sel) => match view.namespace_labels(ns) {
             Some(labels) => sel.matches(labels),
             // An unknown namespace still carries its automatic name label.
-            None => {
-                sel.matches(&[("kubernetes.io/metadata.name".to_string(), ns.to_string())].into())
-            }
+            None => sel.matches(&BTreeMap::from([(
+                "kubernetes.io/metadata.name".to_string(),
+                ns.to_string(),
+            )])),
         },
     }
 }
 
-fn egress_peer_matches<V: ClusterView + ?Sized>(view: &V, peer: &Peer, dst: &DstInfo<'_>) -> bool {
+fn egress_peer_matches<V: ClusterView + ?Sized>(
+    view: &V,
+    peer: &Peer,
+    dst: &DstInfo<'_, V::Pod>,
+) -> bool {
     match peer {
         Peer::IpBlock { cidr, except } => Peer::block_contains(cidr, except, dst.ip),
         Peer::Pods { namespaces, pods } => dst.pod.is_some_and(|p| {
-            namespace_matches(
-                view,
-                namespaces,
-                p.metadata.namespace.as_deref().unwrap_or(""),
-            ) && pods.matches(pod_labels(p))
+            namespace_matches(view, namespaces, p.namespace()) && pods.matches(p.labels())
         }),
     }
 }
@@ -625,7 +632,7 @@ fn egress_peer_matches<V: ClusterView + ?Sized>(view: &V, peer: &Peer, dst: &Dst
 fn ingress_peer_matches<V: ClusterView + ?Sized>(
     view: &V,
     peer: &Peer,
-    src: &SourceInfo<'_>,
+    src: &SourceInfo<'_, V::Pod>,
     src_ip: Option<IpAddr>,
 ) -> bool {
     match peer {
@@ -634,31 +641,22 @@ fn ingress_peer_matches<V: ClusterView + ?Sized>(
         }
         Peer::Pods { namespaces, pods } => {
             !src.host_network
-                && namespace_matches(view, namespaces, src.namespace)
-                && pods.matches(pod_labels(src.pod))
+                && namespace_matches(view, namespaces, src.pod.namespace())
+                && pods.matches(src.pod.labels())
         }
     }
 }
 
-/// The source address the destination sees: the source's IP of the destination's family.
-/// A hostNetwork pod's IPs are its node's.
-fn source_ip(src: &SourceInfo<'_>, dst_ip: IpAddr) -> Option<IpAddr> {
-    let mut ips = pod_ips(src.pod);
-    if src.host_network {
-        ips.extend(host_ips(src.pod));
-    }
-    ips.into_iter().find(|ip| ip.is_ipv4() == dst_ip.is_ipv4())
+/// The source address the destination sees: the source's IP of the destination's family
+/// (a hostNetwork pod's IPs are its node's).
+fn source_ip<P: PodView>(src: &SourceInfo<'_, P>, dst_ip: IpAddr) -> Option<IpAddr> {
+    src.pod
+        .ips()
+        .into_iter()
+        .map(canonical)
+        .find(|ip| ip.is_ipv4() == dst_ip.is_ipv4())
 }
 
-fn same_node(a: &Pod, b: &Pod) -> bool {
-    let node = |p: &Pod| p.spec.as_ref().and_then(|s| s.node_name.clone());
-    if let (Some(x), Some(y)) = (node(a), node(b)) {
-        return x == y;
-    }
-    let hb = host_ips(b);
-    !hb.is_empty()
-        && host_ips(a)
-            .iter()
-            .chain(pod_ips(a).iter())
-            .any(|ip| hb.contains(ip))
+fn same_node<P: PodView>(a: &P, b: &P) -> bool {
+    matches!((a.node(), b.node()), (Some(x), Some(y)) if x == y)
 }

@@ -21,21 +21,47 @@ use leash_records::{PodRef, Protocol};
 
 use super::PolicyId;
 
+/// What the evaluator needs to know about a pod.
+pub trait PodView {
+    /// Its namespace.
+    fn namespace(&self) -> &str;
+    /// Its name.
+    fn name(&self) -> &str;
+    /// Its labels.
+    fn labels(&self) -> &BTreeMap<String, String>;
+    /// Its IPs; for a hostNetwork pod, its node's.
+    fn ips(&self) -> Vec<IpAddr>;
+    /// Whether it runs in the host's network namespace.
+    fn host_network(&self) -> bool;
+    /// The node it runs on, when scheduled.
+    fn node(&self) -> Option<&str>;
+    /// Resolves a named container port: name and protocol must both match.
+    fn named_port(&self, name: &str, protocol: Protocol) -> Option<u16>;
+}
+
 /// One backend of a Service after kube-proxy's DNAT.
-#[derive(Debug, Clone, Copy)]
-pub struct Backend<'a> {
+#[derive(Debug)]
+pub struct Backend<'a, P> {
     /// The backend pod, when the endpoint is a known pod (it may be a hostNetwork pod).
     /// `None` for endpoints that are not pods, such as the API server behind `kubernetes`.
-    pub pod: Option<&'a Pod>,
+    pub pod: Option<&'a P>,
     /// The endpoint address the connection is DNATed to.
     pub ip: IpAddr,
     /// The resolved targetPort on that endpoint.
     pub port: u16,
 }
 
+impl<P> Clone for Backend<'_, P> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<P> Copy for Backend<'_, P> {}
+
 /// Where a destination address and port lead, Service-wise.
 #[derive(Debug, Clone)]
-pub enum ServiceLookup<'a> {
+pub enum ServiceLookup<'a, P> {
     /// The address is not a Service address: evaluate it as it is.
     NotAService,
     /// A Service listens here; these are its ready backends (possibly none).
@@ -43,7 +69,7 @@ pub enum ServiceLookup<'a> {
         /// The Service, as `namespace/name`.
         service: PolicyId,
         /// Its ready backends for this port and protocol.
-        backends: Vec<Backend<'a>>,
+        backends: Vec<Backend<'a, P>>,
     },
     /// The address belongs to a Service that exposes no such port and protocol.
     NoSuchPort {
@@ -56,25 +82,61 @@ pub enum ServiceLookup<'a> {
 
 /// The questions the evaluator asks about the cluster.
 pub trait ClusterView {
+    /// The cluster's pod type.
+    type Pod: PodView;
     /// The pod `namespace/name`.
-    fn pod(&self, namespace: &str, name: &str) -> Option<&Pod>;
+    fn pod(&self, namespace: &str, name: &str) -> Option<&Self::Pod>;
     /// The pod with this `metadata.uid`.
-    fn pod_by_uid(&self, uid: &str) -> Option<&Pod>;
+    fn pod_by_uid(&self, uid: &str) -> Option<&Self::Pod>;
     /// The pod-network (not hostNetwork) pod that owns this IP, in any of its `podIPs`.
-    fn pod_by_ip(&self, ip: IpAddr) -> Option<&Pod>;
+    fn pod_by_ip(&self, ip: IpAddr) -> Option<&Self::Pod>;
     /// A namespace's labels; `None` when the namespace is unknown.
     fn namespace_labels(&self, namespace: &str) -> Option<&BTreeMap<String, String>>;
     /// Where a connection to `ip:port/protocol` goes when `ip` may be a Service address.
-    fn service(&self, ip: IpAddr, port: u16, protocol: Protocol) -> ServiceLookup<'_>;
+    fn service(&self, ip: IpAddr, port: u16, protocol: Protocol) -> ServiceLookup<'_, Self::Pod>;
 
     /// Resolves a record's pod: by uid when it has one, else by namespace and name.
-    fn pod_by_ref(&self, pod: &PodRef) -> Option<&Pod> {
+    fn pod_by_ref(&self, pod: &PodRef) -> Option<&Self::Pod> {
         if !pod.uid.is_empty()
             && let Some(p) = self.pod_by_uid(&pod.uid)
         {
             return Some(p);
         }
         self.pod(&pod.namespace, &pod.name)
+    }
+}
+
+impl PodView for Pod {
+    fn namespace(&self) -> &str {
+        self.metadata.namespace.as_deref().unwrap_or("")
+    }
+
+    fn name(&self) -> &str {
+        self.metadata.name.as_deref().unwrap_or("")
+    }
+
+    fn labels(&self) -> &BTreeMap<String, String> {
+        pod_labels(self)
+    }
+
+    fn ips(&self) -> Vec<IpAddr> {
+        let ips = pod_ips(self);
+        if ips.is_empty() && is_host_network(self) {
+            return host_ips(self);
+        }
+        ips
+    }
+
+    fn host_network(&self) -> bool {
+        is_host_network(self)
+    }
+
+    fn node(&self) -> Option<&str> {
+        self.spec.as_ref().and_then(|s| s.node_name.as_deref())
+    }
+
+    fn named_port(&self, name: &str, protocol: Protocol) -> Option<u16> {
+        resolve_named_port(self, name, protocol)
     }
 }
 
@@ -226,7 +288,7 @@ impl StaticCluster {
         port_name: &str,
         protocol: Protocol,
         family_of: IpAddr,
-    ) -> Option<Vec<Backend<'a>>> {
+    ) -> Option<Vec<Backend<'a, Pod>>> {
         let slices: Vec<&EndpointSlice> = self
             .endpoint_slices
             .iter()
@@ -284,7 +346,7 @@ impl StaticCluster {
         target: &IntOrString,
         protocol: Protocol,
         family_of: IpAddr,
-    ) -> Vec<Backend<'a>> {
+    ) -> Vec<Backend<'a, Pod>> {
         let ns = svc.metadata.namespace.as_deref().unwrap_or("");
         let Some(selector) = svc.spec.as_ref().and_then(|s| s.selector.as_ref()) else {
             return Vec::new();
@@ -325,6 +387,8 @@ impl StaticCluster {
 }
 
 impl ClusterView for StaticCluster {
+    type Pod = Pod;
+
     fn pod(&self, namespace: &str, name: &str) -> Option<&Pod> {
         self.by_name
             .get(&(namespace.to_string(), name.to_string()))
@@ -343,7 +407,7 @@ impl ClusterView for StaticCluster {
         self.namespaces.get(namespace)
     }
 
-    fn service(&self, ip: IpAddr, port: u16, protocol: Protocol) -> ServiceLookup<'_> {
+    fn service(&self, ip: IpAddr, port: u16, protocol: Protocol) -> ServiceLookup<'_, Pod> {
         let owner = self.services.iter().find(|s| {
             let Some(spec) = &s.spec else { return false };
             if spec.type_.as_deref() == Some("ExternalName") {
@@ -387,6 +451,94 @@ impl ClusterView for StaticCluster {
         ServiceLookup::Backends {
             service: id,
             backends,
+        }
+    }
+}
+
+impl PodView for crate::cluster::PodInfo {
+    fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn labels(&self) -> &BTreeMap<String, String> {
+        &self.labels
+    }
+
+    fn ips(&self) -> Vec<IpAddr> {
+        self.ips.clone()
+    }
+
+    fn host_network(&self) -> bool {
+        self.host_network
+    }
+
+    fn node(&self) -> Option<&str> {
+        self.node.as_deref()
+    }
+
+    fn named_port(&self, name: &str, protocol: Protocol) -> Option<u16> {
+        self.ports
+            .iter()
+            .find(|p| p.name.as_deref() == Some(name) && p.protocol == protocol)
+            .map(|p| p.port)
+    }
+}
+
+/// The cluster model answers the evaluator's questions from its indexes.
+impl ClusterView for crate::cluster::Cluster {
+    type Pod = crate::cluster::PodInfo;
+
+    fn pod(&self, namespace: &str, name: &str) -> Option<&Self::Pod> {
+        self.pod_by_name(namespace, name)
+            .and_then(|id| self.pods.get(id))
+    }
+
+    fn pod_by_uid(&self, uid: &str) -> Option<&Self::Pod> {
+        crate::cluster::Cluster::pod_by_uid(self, uid).and_then(|id| self.pods.get(id))
+    }
+
+    fn pod_by_ip(&self, ip: IpAddr) -> Option<&Self::Pod> {
+        crate::cluster::Cluster::pod_by_ip(self, ip).and_then(|id| self.pods.get(id))
+    }
+
+    fn namespace_labels(&self, namespace: &str) -> Option<&BTreeMap<String, String>> {
+        self.namespaces.get(namespace).map(|n| &n.labels)
+    }
+
+    fn service(&self, ip: IpAddr, port: u16, protocol: Protocol) -> ServiceLookup<'_, Self::Pod> {
+        use crate::cluster::ServiceLookup as L;
+        let id = |sid: usize| {
+            self.services.get(sid).map_or_else(
+                || PolicyId {
+                    namespace: String::new(),
+                    name: format!("service#{sid}"),
+                },
+                |s| PolicyId {
+                    namespace: s.namespace.clone(),
+                    name: s.name.clone(),
+                },
+            )
+        };
+        match self.resolve_service(ip, port, protocol) {
+            L::NotService => ServiceLookup::NotAService,
+            L::NoSuchPort(sid) => ServiceLookup::NoSuchPort { service: id(sid) },
+            L::Resolved {
+                service, backends, ..
+            } => ServiceLookup::Backends {
+                service: id(service),
+                backends: backends
+                    .iter()
+                    .map(|b| Backend {
+                        pod: b.pod.and_then(|p| self.pods.get(p)),
+                        ip: b.ip,
+                        port: b.port,
+                    })
+                    .collect(),
+            },
         }
     }
 }
