@@ -5,8 +5,8 @@
 use std::collections::BTreeSet;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -111,8 +111,8 @@ pub(crate) struct Servers {
 
 /// How long a serving loop may block before it re-checks the stop flag.
 const TICK: Duration = Duration::from_millis(50);
-/// Connection handlers running at once per TCP server before new ones are served inline.
-const MAX_HANDLERS: usize = 64;
+/// Open connections kept per TCP server; beyond it the oldest is closed.
+const MAX_CONNS: usize = 1024;
 
 impl Servers {
     pub(crate) fn new() -> Self {
@@ -209,113 +209,164 @@ fn server_err(addr: SocketAddr, proto: Proto, what: &str, e: &io::Error) -> Erro
     }
 }
 
-fn serve_tcp(l: &TcpListener, stop: &Arc<AtomicBool>, c: &Arc<Counters>, b: &Behaviour) {
+/// One accepted connection of the event loop.
+struct Conn {
+    stream: TcpStream,
+    /// Unconsumed DNS-over-TCP bytes (length-prefixed framing).
+    pending: Vec<u8>,
+}
+
+/// A single-threaded poll loop: the listener plus up to [`MAX_CONNS`] open connections. Accepting
+/// without a thread per connection keeps up with bursts of thousands of short connections.
+fn serve_tcp(l: &TcpListener, stop: &AtomicBool, c: &Counters, b: &Behaviour) {
     if l.set_nonblocking(true).is_err() {
         return;
     }
-    let active = Arc::new(AtomicUsize::new(0));
-    let mut handlers: Vec<JoinHandle<()>> = Vec::new();
+    // std listens with a backlog of 128; raise it so bursts are not dropped (and retried by the
+    // client a second later). Calling listen(2) again on a listening socket updates the backlog.
+    // SAFETY: plain syscall on a valid socket.
+    unsafe { libc::listen(l.as_raw_fd(), 4096) };
+    let mut conns: Vec<Conn> = Vec::new();
+    let mut buf = vec![0u8; 65_536];
+    let mut fds: Vec<libc::pollfd> = Vec::new();
     while !stop.load(Ordering::SeqCst) {
-        if !sys::poll_readable(l.as_fd(), TICK) {
+        fds.clear();
+        fds.push(pollfd(l.as_raw_fd()));
+        fds.extend(conns.iter().map(|k| pollfd(k.stream.as_raw_fd())));
+        let ms = i32::try_from(TICK.as_millis()).unwrap_or(50);
+        let nfds = libc::nfds_t::try_from(fds.len()).unwrap_or(0);
+        // SAFETY: `fds` is a valid array of `nfds` pollfds.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), nfds, ms) };
+        if rc <= 0 {
             continue;
         }
-        let Ok((stream, peer)) = l.accept() else {
-            continue;
-        };
-        c.connections.fetch_add(1, Ordering::SeqCst);
-        c.peer(peer.ip());
-        handlers.retain(|h| !h.is_finished());
-        if active.load(Ordering::SeqCst) < MAX_HANDLERS {
-            active.fetch_add(1, Ordering::SeqCst);
-            let (c2, b2, s2, a2) = (
-                Arc::clone(c),
-                b.clone(),
-                Arc::clone(stop),
-                Arc::clone(&active),
-            );
-            match std::thread::Builder::new().spawn(move || {
-                handle_conn(stream, &c2, &b2, &s2);
-                a2.fetch_sub(1, Ordering::SeqCst);
-            }) {
-                Ok(h) => handlers.push(h),
-                Err(_) => {
-                    active.fetch_sub(1, Ordering::SeqCst);
-                }
+        // Serve readable connections; collect the ones to close.
+        let mut closed = vec![false; conns.len()];
+        for (k, pfd) in conns.iter_mut().zip(&fds[1..]).zip(closed.iter_mut()) {
+            let ((conn, pfd), done) = (k, pfd);
+            if pfd.revents != 0 {
+                *done = !serve_readable(conn, &mut buf, c, b);
             }
-        } else {
-            handle_conn(stream, c, b, stop);
         }
-    }
-    for h in handlers {
-        let _ = h.join();
+        let mut it = closed.iter();
+        conns.retain(|_| !it.next().copied().unwrap_or(false));
+        if fds[0].revents & libc::POLLIN != 0 {
+            // Bounded: at most 1024 accepts per wake-up.
+            for _ in 0..1024 {
+                let Ok((stream, peer)) = l.accept() else {
+                    break;
+                };
+                c.connections.fetch_add(1, Ordering::SeqCst);
+                c.peer(peer.ip());
+                if stream.set_nonblocking(true).is_err() {
+                    continue;
+                }
+                if conns.len() >= MAX_CONNS {
+                    conns.remove(0);
+                }
+                conns.push(Conn {
+                    stream,
+                    pending: Vec::new(),
+                });
+            }
+        }
     }
 }
 
-/// Serves one connection until EOF, an error, the stop flag, or one second of silence.
-fn handle_conn(mut s: TcpStream, c: &Counters, b: &Behaviour, stop: &AtomicBool) {
-    if s.set_nonblocking(false).is_err() || s.set_read_timeout(Some(TICK)).is_err() {
-        return;
+fn pollfd(fd: i32) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
     }
-    let mut buf = vec![0u8; 65_536];
-    let mut pending: Vec<u8> = Vec::new();
-    let mut idle_ticks = 0u32;
-    // Bounded: at most 20 idle ticks (1 s) between reads, and the stop flag.
-    while !stop.load(Ordering::SeqCst) && idle_ticks < 20 {
-        let n = match s.read(&mut buf) {
-            Ok(0) => return,
+}
+
+/// Reads what is available on a non-blocking connection and answers it. Returns false when the
+/// connection is finished (EOF, error, or a protocol violation).
+fn serve_readable(conn: &mut Conn, buf: &mut [u8], c: &Counters, b: &Behaviour) -> bool {
+    // Bounded: 64 reads per wake-up, then back to the poll loop.
+    for _ in 0..64 {
+        let n = match conn.stream.read(buf) {
+            Ok(0) => return false,
             Ok(n) => n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                idle_ticks += 1;
-                continue;
-            }
-            Err(_) => return,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return false,
         };
-        idle_ticks = 0;
         c.bytes.fetch_add(n as u64, Ordering::SeqCst);
         match b {
             Behaviour::Echo => {
-                if s.write_all(&buf[..n]).is_err() {
-                    return;
+                if write_fully(&mut conn.stream, &buf[..n]).is_err() {
+                    return false;
                 }
             }
             Behaviour::Dns(zone, dc) => {
-                pending.extend_from_slice(&buf[..n]);
+                conn.pending.extend_from_slice(&buf[..n]);
                 // DNS over TCP: 2-byte length prefix per message.
-                while pending.len() >= 2 {
-                    let len = usize::from(u16::from_be_bytes([pending[0], pending[1]]));
-                    if pending.len() < 2 + len {
+                while conn.pending.len() >= 2 {
+                    let len = usize::from(u16::from_be_bytes([conn.pending[0], conn.pending[1]]));
+                    if conn.pending.len() < 2 + len {
                         break;
                     }
-                    let msg: Vec<u8> = pending.drain(..2 + len).skip(2).collect();
+                    let msg: Vec<u8> = conn.pending.drain(..2 + len).skip(2).collect();
                     c.datagrams.fetch_add(1, Ordering::SeqCst);
                     if let Some(resp) = zone.respond(&msg, Transport::Tcp, dc) {
                         let Ok(rlen) = u16::try_from(resp.len()) else {
-                            return;
+                            return false;
                         };
                         let mut out = rlen.to_be_bytes().to_vec();
                         out.extend_from_slice(&resp);
-                        if s.write_all(&out).is_err() {
-                            return;
+                        if write_fully(&mut conn.stream, &out).is_err() {
+                            return false;
                         }
                     }
                 }
-                if pending.len() > 70_000 {
-                    return;
+                if conn.pending.len() > 70_000 {
+                    return false;
                 }
             }
         }
     }
+    true
+}
+
+/// Writes all of `data` to a non-blocking stream, waiting (bounded, 2 s) while its buffer is full.
+fn write_fully(s: &mut TcpStream, mut data: &[u8]) -> io::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while !data.is_empty() {
+        match s.write(data) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if std::time::Instant::now() > deadline {
+                    return Err(e);
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn serve_udp(s: &UdpSocket, stop: &AtomicBool, c: &Counters, b: &Behaviour) {
     if s.set_read_timeout(Some(TICK)).is_err() {
         return;
     }
+    // A large receive buffer, so bursts from load tests are counted rather than dropped.
+    // SO_RCVBUFFORCE ignores rmem_max (we have CAP_NET_ADMIN); failure only means a smaller buffer.
+    let size: libc::c_int = 8 << 20;
+    // SAFETY: plain setsockopt with a correctly sized int.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&raw const size).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
     let mut buf = vec![0u8; 65_536];
     while !stop.load(Ordering::SeqCst) {
         let Ok((n, peer)) = s.recv_from(&mut buf) else {

@@ -283,19 +283,6 @@ fn remove_dirs_bottom_up(dir: &Path) -> Result<()> {
     ))
 }
 
-/// `poll(2)` for readability on one fd. Returns true when readable.
-pub fn poll_readable(fd: BorrowedFd<'_>, timeout: Duration) -> bool {
-    let mut p = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-    // SAFETY: one valid pollfd.
-    let rc = unsafe { libc::poll(&mut p, 1, ms) };
-    rc > 0 && (p.revents & libc::POLLIN) != 0
-}
-
 /// Whether a process with this pid exists.
 pub fn pid_alive(pid: i32) -> bool {
     Path::new("/proc").join(pid.to_string()).exists()

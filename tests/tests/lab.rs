@@ -753,3 +753,47 @@ fn sweeper_removes_labs_of_dead_processes_only() {
 fn lab_mount() -> PathBuf {
     leash_lab::cgroup2_mount().expect("cgroup2 mount")
 }
+
+#[test]
+fn ten_thousand_connects_are_all_accepted_and_counted() {
+    if !leash_lab::require_privileged() {
+        return;
+    }
+    let lab = Lab::builder()
+        .pod(PodSpec::new("load", "client"))
+        .external("203.0.113.30", [Port::tcp(8443), Port::udp(8443)])
+        .build()
+        .unwrap();
+    let out = lab
+        .pod("load/client")
+        .run(&["tcp", "203.0.113.30", "8443", "--count", "10000"])
+        .unwrap();
+    assert!(out.success(), "{}", out.stdout);
+    assert_eq!(out.count("connected"), 10_000);
+    let s = lab
+        .wait_server_stats(
+            "203.0.113.30",
+            Proto::Tcp,
+            8443,
+            Duration::from_secs(10),
+            |s| s.connections >= 10_000,
+        )
+        .unwrap();
+    assert_eq!(s.connections, 10_000);
+    let out = lab
+        .pod("load/client")
+        .run(&["udp-sendto", "203.0.113.30", "8443", "--count", "2000"])
+        .unwrap();
+    assert_eq!(out.count("sent"), 2_000);
+    // UDP servers have an 8 MiB receive buffer, so a burst of 2000 arrives entirely.
+    let s = lab
+        .wait_server_stats(
+            "203.0.113.30",
+            Proto::Udp,
+            8443,
+            Duration::from_secs(2),
+            |s| s.datagrams >= 2_000,
+        )
+        .unwrap();
+    assert_eq!(s.datagrams, 2_000);
+}
