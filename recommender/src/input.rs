@@ -1,1 +1,311 @@
-//! TODO(input)
+//! Reading flow and DNS records and attributing them to pods of the [`Cluster`].
+//!
+//! The output, [`Observations`], keeps flows per *pod* (the self-check evaluates each observed
+//! connection from the pod that made it) and everything the classifier needs about DNS:
+//! which resolver addresses pods used, and which names each address answered for.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::BufReader;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use leash_records::{DnsRecord, FlowRecord, PodRef, Protocol, Record, RecordError};
+
+use crate::cluster::{Cluster, PodId};
+
+/// Errors reading records.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be opened.
+    #[error("{}: cannot open: {source}", path.display())]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A line is not a valid record (or the input could not be read).
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// A record names a pod that is not in the cluster snapshot.
+    #[error("{}:{line}: {kind} record for unknown pod {namespace}/{name} (uid {uid:?}) not in the cluster snapshot", path.display())]
+    UnknownPod {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// `flow` or `dns`.
+        kind: &'static str,
+        /// Namespace in the record.
+        namespace: String,
+        /// Name in the record.
+        name: String,
+        /// uid in the record.
+        uid: String,
+    },
+    /// `first_seen` is after `last_seen`.
+    #[error("{}:{line}: first_seen {first} is after last_seen {last}", path.display())]
+    TimeOrder {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// first_seen.
+        first: DateTime<Utc>,
+        /// last_seen.
+        last: DateTime<Utc>,
+    },
+}
+
+/// Result with this module's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// One observed connection key, from one pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    /// The source pod.
+    pub pod: PodId,
+    /// The destination address as the pod dialed it (pre-DNAT).
+    pub dst: IpAddr,
+    /// The destination port as dialed.
+    pub port: u16,
+    /// The protocol.
+    pub protocol: Protocol,
+}
+
+/// What was seen of a key: summed counts, time bounds and names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evidence {
+    /// Total events (sum of the records' `count` deltas).
+    pub count: u64,
+    /// Earliest `first_seen`.
+    pub first_seen: DateTime<Utc>,
+    /// Latest `last_seen`.
+    pub last_seen: DateTime<Utc>,
+    /// DNS names the destination was reached by (lower case, no trailing dot).
+    pub names: BTreeSet<String>,
+}
+
+impl Evidence {
+    /// Folds another piece of evidence into this one.
+    pub fn merge(&mut self, other: &Evidence) {
+        self.count = self.count.saturating_add(other.count);
+        self.first_seen = self.first_seen.min(other.first_seen);
+        self.last_seen = self.last_seen.max(other.last_seen);
+        self.names.extend(other.names.iter().cloned());
+    }
+}
+
+/// DNS use by one pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsUse {
+    /// Queries seen.
+    pub queries: u64,
+    /// First query.
+    pub first_seen: DateTime<Utc>,
+    /// Last query.
+    pub last_seen: DateTime<Utc>,
+}
+
+/// Everything read from the record files, attributed to pods.
+#[derive(Debug, Clone, Default)]
+pub struct Observations {
+    /// Flows per (pod, destination, port, protocol).
+    pub flows: HashMap<FlowKey, Evidence>,
+    /// Resolver addresses each pod sent DNS queries to (from DNS records).
+    pub dns: BTreeMap<(PodId, IpAddr), DnsUse>,
+    /// Every resolver address seen in DNS records, from pods or not.
+    pub resolvers: BTreeSet<IpAddr>,
+    /// Names that resolved to each address (A/AAAA answers, with the query name and CNAME
+    /// owners of the chain).
+    pub names_by_ip: HashMap<IpAddr, BTreeSet<String>>,
+    /// Flow records not attributed to any pod (host processes): counted, not enforceable.
+    pub unattributed_flows: u64,
+    /// Records read.
+    pub records: u64,
+}
+
+/// Normalizes a DNS name: lower case, without the trailing dot.
+pub fn normalize_name(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+impl Observations {
+    /// Reads every input (`-` is stdin) in order.
+    pub fn read_paths(paths: &[PathBuf], cluster: &Cluster) -> Result<Self> {
+        let mut obs = Self::default();
+        for path in paths {
+            if path.as_os_str() == "-" {
+                let stdin = std::io::stdin();
+                obs.read(stdin.lock(), path, cluster)?;
+            } else {
+                let file = std::fs::File::open(path).map_err(|source| Error::Open {
+                    path: path.clone(),
+                    source,
+                })?;
+                obs.read(BufReader::new(file), path, cluster)?;
+            }
+        }
+        Ok(obs)
+    }
+
+    /// Reads JSON-lines records from one input.
+    pub fn read(
+        &mut self,
+        reader: impl std::io::BufRead,
+        path: &Path,
+        cluster: &Cluster,
+    ) -> Result<()> {
+        for located in leash_records::read_records(reader, path) {
+            let located = located?;
+            self.add(&located.record, cluster)
+                .map_err(|e| e.at(path, located.line))?;
+        }
+        Ok(())
+    }
+
+    /// Adds one record. Errors come back without a location; [`Self::read`] adds it.
+    pub fn add(&mut self, record: &Record, cluster: &Cluster) -> Result<(), Unlocated> {
+        self.records += 1;
+        match record {
+            Record::Flow(f) => self.add_flow(f, cluster),
+            Record::Dns(d) => self.add_dns(d, cluster),
+        }
+    }
+
+    fn add_flow(&mut self, f: &FlowRecord, cluster: &Cluster) -> Result<(), Unlocated> {
+        let Some(pod_ref) = &f.pod else {
+            self.unattributed_flows = self.unattributed_flows.saturating_add(f.count);
+            return Ok(());
+        };
+        let pod = resolve_pod(cluster, pod_ref).ok_or_else(|| Unlocated::UnknownPod {
+            kind: "flow",
+            pod: pod_ref.clone(),
+        })?;
+        if f.first_seen > f.last_seen {
+            return Err(Unlocated::TimeOrder {
+                first: f.first_seen,
+                last: f.last_seen,
+            });
+        }
+        let key = FlowKey {
+            pod,
+            dst: canonical_ip(f.dst),
+            port: f.dst_port,
+            protocol: f.protocol,
+        };
+        let ev = Evidence {
+            count: f.count,
+            first_seen: f.first_seen,
+            last_seen: f.last_seen,
+            names: f.names.iter().map(|n| normalize_name(n)).collect(),
+        };
+        match self.flows.get_mut(&key) {
+            Some(e) => e.merge(&ev),
+            None => {
+                self.flows.insert(key, ev);
+            }
+        }
+        Ok(())
+    }
+
+    fn add_dns(&mut self, d: &DnsRecord, cluster: &Cluster) -> Result<(), Unlocated> {
+        let server = canonical_ip(d.server);
+        self.resolvers.insert(server);
+        // Answers: every A/AAAA address gets the query name and the names along the chain.
+        let mut chain: BTreeSet<String> = BTreeSet::new();
+        chain.insert(normalize_name(&d.query));
+        for a in &d.answers {
+            if a.rtype.eq_ignore_ascii_case("CNAME") {
+                chain.insert(normalize_name(&a.name));
+            }
+        }
+        for a in &d.answers {
+            if (a.rtype.eq_ignore_ascii_case("A") || a.rtype.eq_ignore_ascii_case("AAAA"))
+                && let Ok(ip) = a.data.parse::<IpAddr>()
+            {
+                {
+                    let names = self.names_by_ip.entry(canonical_ip(ip)).or_default();
+                    names.extend(chain.iter().filter(|n| !n.is_empty()).cloned());
+                    names.insert(normalize_name(&a.name));
+                }
+            }
+        }
+        let Some(pod_ref) = &d.pod else {
+            return Ok(());
+        };
+        let pod = resolve_pod(cluster, pod_ref).ok_or_else(|| Unlocated::UnknownPod {
+            kind: "dns",
+            pod: pod_ref.clone(),
+        })?;
+        let e = self.dns.entry((pod, server)).or_insert(DnsUse {
+            queries: 0,
+            first_seen: d.time,
+            last_seen: d.time,
+        });
+        e.queries += 1;
+        e.first_seen = e.first_seen.min(d.time);
+        e.last_seen = e.last_seen.max(d.time);
+        Ok(())
+    }
+}
+
+/// An IPv4-mapped IPv6 address is the IPv4 address (dual-stack sockets report them that way).
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Finds a record's pod: by uid, else by namespace and name (a StatefulSet pod recreated
+/// under the same name keeps its identity).
+pub fn resolve_pod(cluster: &Cluster, r: &PodRef) -> Option<PodId> {
+    (!r.uid.is_empty())
+        .then(|| cluster.pod_by_uid(&r.uid))
+        .flatten()
+        .or_else(|| cluster.pod_by_name(&r.namespace, &r.name))
+}
+
+/// A record error before its file and line are attached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unlocated {
+    /// The record's pod is not in the cluster.
+    UnknownPod {
+        /// `flow` or `dns`.
+        kind: &'static str,
+        /// The reference.
+        pod: PodRef,
+    },
+    /// `first_seen` after `last_seen`.
+    TimeOrder {
+        /// first_seen.
+        first: DateTime<Utc>,
+        /// last_seen.
+        last: DateTime<Utc>,
+    },
+}
+
+impl Unlocated {
+    /// Attaches the location.
+    pub fn at(self, path: &Path, line: usize) -> Error {
+        let path = path.to_path_buf();
+        match self {
+            Self::UnknownPod { kind, pod } => Error::UnknownPod {
+                path,
+                line,
+                kind,
+                namespace: pod.namespace,
+                name: pod.name,
+                uid: pod.uid,
+            },
+            Self::TimeOrder { first, last } => Error::TimeOrder {
+                path,
+                line,
+                first,
+                last,
+            },
+        }
+    }
+}

@@ -1,1 +1,154 @@
-fn main() {}
+//! `leash`: the command line. All logic lives in the library; this file parses arguments,
+//! calls it, and maps errors to exit codes (2: bad input, 3: denied with `--fail-on-deny`).
+
+use std::collections::BTreeSet;
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "leash",
+    version,
+    about = "Least-privilege egress NetworkPolicies from observed traffic"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Propose one egress NetworkPolicy per workload from observed flows.
+    Recommend {
+        /// The cluster snapshot (a Kubernetes List or multi-document stream, YAML or JSON).
+        #[arg(long)]
+        cluster: PathBuf,
+        /// Flow and DNS records (JSON lines, v1); `-` reads stdin. Repeatable.
+        #[arg(long = "flows", required = true)]
+        flows: Vec<PathBuf>,
+        /// Write `<ns>/<workload>-egress.yaml`, `<ns>/default-deny-egress.yaml` and REPORT.md
+        /// here instead of printing a YAML stream.
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+        /// Only workloads in these namespaces. Repeatable.
+        #[arg(long = "namespace")]
+        namespaces: Vec<String>,
+        /// At most this many ipBlocks per external rule.
+        #[arg(long, default_value_t = 8)]
+        max_cidrs: usize,
+        /// Never widen an IPv4 block beyond this prefix length.
+        #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u8).range(0..=32))]
+        max_prefix_v4: u8,
+        /// Never widen an IPv6 block beyond this prefix length.
+        #[arg(long, default_value_t = 48, value_parser = clap::value_parser!(u8).range(0..=128))]
+        max_prefix_v6: u8,
+        /// Flag workloads observed for less than this (e.g. 24h, 90m, 7d).
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        min_observation: chrono::Duration,
+        /// NodeLocal DNSCache addresses. Repeatable; default 169.254.20.10.
+        #[arg(long = "node-local-dns")]
+        node_local_dns: Vec<IpAddr>,
+    },
+}
+
+/// Parses `90s`, `15m`, `24h`, `7d`.
+fn parse_duration(s: &str) -> Result<chrono::Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: i64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (expected e.g. 24h, 90m, 7d)"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" | "" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("invalid duration unit in {s:?} (use s, m, h or d)")),
+    };
+    n.checked_mul(secs)
+        .and_then(chrono::Duration::try_seconds)
+        .ok_or_else(|| format!("duration {s:?} out of range"))
+}
+
+/// A failure and the exit code it maps to.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+fn bad_input(e: impl std::fmt::Display) -> Failure {
+    Failure {
+        code: 2,
+        message: e.to_string(),
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Recommend {
+            cluster,
+            flows,
+            output,
+            namespaces,
+            max_cidrs,
+            max_prefix_v4,
+            max_prefix_v6,
+            min_observation,
+            node_local_dns,
+        } => {
+            let mut opts = leash::synth::Options {
+                max_cidrs,
+                max_prefix_v4,
+                max_prefix_v6,
+                min_observation,
+                namespaces: namespaces.into_iter().collect(),
+                ..leash::synth::Options::default()
+            };
+            if !node_local_dns.is_empty() {
+                opts.classify.node_local_dns = node_local_dns.into_iter().collect::<BTreeSet<_>>();
+            }
+            let out = leash::synth::run(&cluster, &flows, &opts).map_err(|e| match e {
+                // Our own bug, not the user's input.
+                leash::synth::Error::SelfCheck(_) => Failure {
+                    code: 1,
+                    message: e.to_string(),
+                },
+                e => bad_input(e),
+            })?;
+            match output {
+                Some(dir) => leash::render::write_dir(&dir, &out.cluster, &out.recommendation)
+                    .map_err(bad_input)?,
+                None => {
+                    let text = leash::render::yaml_stream(&leash::synth::all_policies(
+                        &out.cluster,
+                        &out.recommendation,
+                    ))
+                    .map_err(bad_input)?;
+                    let mut stdout = std::io::stdout().lock();
+                    stdout
+                        .write_all(text.as_bytes())
+                        .and_then(|()| stdout.flush())
+                        .map_err(|e| Failure {
+                            code: 1,
+                            message: format!("cannot write to stdout: {e}"),
+                        })?;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("leash: error: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}

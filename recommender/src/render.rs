@@ -1,1 +1,359 @@
-//! TODO(render)
+//! Rendering: canonical YAML for policies, the multi-document stream, the `-o DIR` layout and
+//! `REPORT.md`. Byte-for-byte deterministic: maps are sorted, nothing depends on time or order
+//! of input.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+
+use crate::cluster::Cluster;
+use crate::synth::{self, PeerSpec, Recommendation, Rule, RuleEvidence, RuleKind};
+
+/// Errors rendering or writing output.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// YAML serialization failed.
+    #[error("cannot serialize policy {name}: {source}")]
+    Yaml {
+        /// The policy.
+        name: String,
+        /// The serializer's error.
+        source: serde_norway::Error,
+    },
+    /// Writing a file failed.
+    #[error("{}: cannot write: {source}", path.display())]
+    Write {
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// Result with this module's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// One policy as a YAML document (no `---` separator).
+pub fn policy_yaml(p: &NetworkPolicy) -> Result<String> {
+    serde_norway::to_string(p).map_err(|source| Error::Yaml {
+        name: format!(
+            "{}/{}",
+            p.metadata.namespace.as_deref().unwrap_or(""),
+            p.metadata.name.as_deref().unwrap_or("")
+        ),
+        source,
+    })
+}
+
+/// All policies as one multi-document YAML stream.
+pub fn yaml_stream(policies: &[NetworkPolicy]) -> Result<String> {
+    let mut out = String::new();
+    for p in policies {
+        out.push_str("---\n");
+        out.push_str(&policy_yaml(p)?);
+    }
+    Ok(out)
+}
+
+/// The files of the `-o DIR` layout, as (relative path, contents), sorted by path:
+/// `<namespace>/<workload>-egress.yaml`, `<namespace>/default-deny-egress.yaml`, `REPORT.md`.
+pub fn files(cluster: &Cluster, rec: &Recommendation) -> Result<Vec<(PathBuf, String)>> {
+    let mut out = Vec::new();
+    for ns in &rec.default_deny_namespaces {
+        let dir = PathBuf::from(ns);
+        out.push((
+            dir.join(format!("{}.yaml", synth::DEFAULT_DENY_NAME)),
+            policy_yaml(&synth::default_deny(ns))?,
+        ));
+    }
+    for p in &rec.policies {
+        out.push((
+            PathBuf::from(&p.namespace).join(format!("{}.yaml", p.name)),
+            policy_yaml(&synth::to_network_policy(cluster, p))?,
+        ));
+    }
+    out.push((PathBuf::from("REPORT.md"), report(cluster, rec)));
+    out.sort();
+    Ok(out)
+}
+
+/// Writes the `-o DIR` layout.
+pub fn write_dir(dir: &Path, cluster: &Cluster, rec: &Recommendation) -> Result<()> {
+    for (rel, text) in files(cluster, rec)? {
+        let path = dir.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|source| Error::Write {
+                path: parent.to_path_buf(),
+                source,
+            })?;
+        }
+        std::fs::write(&path, text).map_err(|source| Error::Write { path, source })?;
+    }
+    Ok(())
+}
+
+fn time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    t.map_or_else(
+        || "-".to_owned(),
+        |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    )
+}
+
+/// A human span such as `3d 4h`, `2h 5m`, `40s`.
+pub fn human_duration(d: chrono::Duration) -> String {
+    let s = d.num_seconds().max(0);
+    let (days, hours, mins, secs) = (s / 86400, s % 86400 / 3600, s % 3600 / 60, s % 60);
+    if days > 0 {
+        format!("{days}d {hours}h")
+    } else if hours > 0 {
+        format!("{hours}h {mins}m")
+    } else if mins > 0 {
+        format!("{mins}m {secs}s")
+    } else {
+        format!("{secs}s")
+    }
+}
+
+/// Escapes text for a Markdown table cell.
+fn cell(s: &str) -> String {
+    s.replace('|', "\\|").replace('\n', " ")
+}
+
+/// A list, shortened after `max` items.
+fn list(items: impl IntoIterator<Item = String>, max: usize) -> String {
+    let all: Vec<String> = items.into_iter().collect();
+    if all.is_empty() {
+        return "-".to_owned();
+    }
+    let shown: Vec<&str> = all.iter().take(max).map(String::as_str).collect();
+    let mut s = shown.join(", ");
+    if all.len() > max {
+        let _ = write!(s, " (+{} more)", all.len() - max);
+    }
+    cell(&s)
+}
+
+fn peer_text(p: &PeerSpec) -> String {
+    match p {
+        PeerSpec::Pods {
+            namespace,
+            selector,
+        } => match namespace {
+            Some(ns) => format!("ns `{ns}` AND pods `{selector}`"),
+            None => format!("pods `{selector}`"),
+        },
+        PeerSpec::Block { cidr, except } if except.is_empty() => format!("`{cidr}`"),
+        PeerSpec::Block { cidr, except } => format!(
+            "`{cidr}` except {}",
+            except
+                .iter()
+                .map(|e| format!("`{e}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+fn rule_kind(r: &Rule) -> String {
+    match &r.kind {
+        RuleKind::Dns => "DNS".to_owned(),
+        RuleKind::Workload(w) => format!("workload {w}"),
+        RuleKind::Hosts(kinds) => kinds
+            .iter()
+            .map(|k| k.describe())
+            .collect::<Vec<_>>()
+            .join(", "),
+        RuleKind::External => "external".to_owned(),
+    }
+}
+
+fn ports_text(r: &Rule) -> String {
+    r.ports
+        .iter()
+        .map(|p| match p.end_port {
+            Some(e) => format!("{}-{}/{}", p.port, e, p.protocol),
+            None => format!("{}/{}", p.port, p.protocol),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn over_permission(r: &Rule) -> String {
+    match r.unobserved_addresses {
+        None => "selector".to_owned(),
+        Some(0) => "0 (exact)".to_owned(),
+        Some(n) if r.budget_met => format!("{n} unobserved addresses"),
+        Some(n) => format!("{n} unobserved addresses (CIDR budget NOT met)"),
+    }
+}
+
+fn evidence_cells(e: &RuleEvidence) -> String {
+    format!(
+        "{} | {} | {} | {} | {}",
+        e.count,
+        time(e.first_seen),
+        time(e.last_seen),
+        list(e.names.iter().cloned(), 5),
+        list(e.pods.iter().cloned(), 5),
+    )
+}
+
+/// `REPORT.md`: what a reviewer of the policy pull request needs.
+pub fn report(cluster: &Cluster, rec: &Recommendation) -> String {
+    let mut s = String::new();
+    let wname = |w: usize| {
+        cluster
+            .workloads
+            .get(w)
+            .map_or_else(String::new, ToString::to_string)
+    };
+    let _ = writeln!(s, "# leash egress recommendation\n");
+    let _ = writeln!(
+        s,
+        "{} workload policies in {} namespaces, each with `default-deny-egress`. \
+         Every rule below lists the traffic that justifies it; every observed flow was \
+         checked against the generated policies before writing.\n",
+        rec.policies.len(),
+        rec.default_deny_namespaces.len()
+    );
+
+    let _ = writeln!(s, "## Needs attention\n");
+    let mut attention = false;
+    if !rec.isolated.is_empty() {
+        attention = true;
+        let _ = writeln!(
+            s,
+            "### Would be fully isolated by default-deny\n\nNo egress was observed from these \
+             workloads, so they get no allow policy. `default-deny-egress` will block all their \
+             egress. Confirm that this is intended before merging.\n"
+        );
+        for w in &rec.isolated {
+            let _ = writeln!(s, "- {}", wname(*w));
+        }
+        s.push('\n');
+    }
+    if !rec.briefly_observed.is_empty() {
+        attention = true;
+        let _ = writeln!(
+            s,
+            "### Observed too briefly to trust (under {})\n\nTraffic that did not happen in \
+             this window (nightly jobs, failovers) is missing from these policies.\n",
+            human_duration(rec.min_observation)
+        );
+        for (w, d) in &rec.briefly_observed {
+            let _ = writeln!(s, "- {}: observed for {}", wname(*w), human_duration(*d));
+        }
+        s.push('\n');
+    }
+    if !rec.host_network.is_empty() {
+        attention = true;
+        let _ = writeln!(
+            s,
+            "### hostNetwork egress: not enforceable by NetworkPolicy\n\nThese workloads run in \
+             the node's network namespace; NetworkPolicy cannot restrict them, so no policy is \
+             written for them.\n\n| workload | events | destinations |\n|---|---|---|"
+        );
+        for h in &rec.host_network {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} |",
+                cell(&wname(h.workload)),
+                h.evidence.count,
+                list(h.evidence.destinations.iter().cloned(), 8)
+            );
+        }
+        s.push('\n');
+    }
+    if !rec.unselectable.is_empty() {
+        attention = true;
+        let _ = writeln!(
+            s,
+            "### No stable labels: no policy written\n\nThese workloads' pods carry only \
+             unstable labels (hashes, uids, job names), so no selector can target them across \
+             restarts. Label them and re-run.\n"
+        );
+        for w in &rec.unselectable {
+            let _ = writeln!(s, "- {}", wname(*w));
+        }
+        s.push('\n');
+    }
+    if !rec.unresolved.is_empty() {
+        attention = true;
+        let _ = writeln!(
+            s,
+            "### Flows that became no rule\n\n| workload | destination | events | reason |\n|---|---|---|---|"
+        );
+        for u in &rec.unresolved {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} |",
+                cell(&wname(u.workload)),
+                cell(&u.destination),
+                u.count,
+                cell(&u.reason)
+            );
+        }
+        s.push('\n');
+    }
+    if rec.unattributed_flows > 0 {
+        attention = true;
+        let _ = writeln!(
+            s,
+            "### Unattributed traffic\n\n{} flow events came from host processes, not pods; \
+             NetworkPolicy does not apply to them.\n",
+            rec.unattributed_flows
+        );
+    }
+    if !attention {
+        let _ = writeln!(s, "Nothing.\n");
+    }
+
+    let _ = writeln!(s, "## Policies\n");
+    for p in &rec.policies {
+        let _ = writeln!(
+            s,
+            "### `{}/{}` for {}\n\nSelects pods `{}`. {} rules; {}.\n",
+            p.namespace,
+            p.name,
+            wname(p.workload),
+            p.pod_selector,
+            p.rules.len(),
+            synth::evidence_summary(&p.evidence)
+        );
+        let _ = writeln!(
+            s,
+            "| # | kind | to | ports | over-permission | events | first seen | last seen | DNS names | pods |\n|---|---|---|---|---|---|---|---|---|---|"
+        );
+        for (i, r) in p.rules.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} |",
+                i + 1,
+                cell(&rule_kind(r)),
+                cell(
+                    &r.peers
+                        .iter()
+                        .map(peer_text)
+                        .collect::<Vec<_>>()
+                        .join("<br>")
+                ),
+                ports_text(r),
+                over_permission(r),
+                evidence_cells(&r.evidence)
+            );
+        }
+        s.push('\n');
+        let _ = writeln!(s, "<details><summary>destinations as dialed</summary>\n");
+        for (i, r) in p.rules.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "- rule {}: {}",
+                i + 1,
+                list(r.evidence.destinations.iter().cloned(), 20)
+            );
+        }
+        let _ = writeln!(s, "\n</details>\n");
+    }
+    s
+}

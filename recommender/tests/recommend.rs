@@ -1,0 +1,769 @@
+//! `recommend` on small fixture clusters: each test pins one behaviour the issue names (DNS
+//! discovery, targetPort, cross-namespace AND, hostNetwork, API server, external covers, port
+//! runs, isolation reporting, determinism). Every run is self-checked with the evaluator and
+//! every policy checked against the API server's validation rules (see `support::run`).
+
+#[path = "fixtures/recommend/support.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyPeer};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use leash::synth::Options;
+use support::{Fx, dns, flow, policy, run};
+
+/// (protocol, port, endPort) of a rule.
+fn ports(r: &NetworkPolicyEgressRule) -> Vec<(String, i32, Option<i32>)> {
+    r.ports
+        .iter()
+        .flatten()
+        .map(|p| {
+            let port = match &p.port {
+                Some(IntOrString::Int(n)) => *n,
+                other => panic!("non-numeric port {other:?}"),
+            };
+            (p.protocol.clone().unwrap_or_default(), port, p.end_port)
+        })
+        .collect()
+}
+
+fn rules(p: &NetworkPolicy) -> &[NetworkPolicyEgressRule] {
+    p.spec
+        .as_ref()
+        .and_then(|s| s.egress.as_deref())
+        .unwrap_or_default()
+}
+
+fn ns_of(peer: &NetworkPolicyPeer) -> Option<String> {
+    peer.namespace_selector
+        .as_ref()
+        .and_then(|s| s.match_labels.as_ref())
+        .and_then(|l| l.get("kubernetes.io/metadata.name"))
+        .cloned()
+}
+
+fn pod_labels(peer: &NetworkPolicyPeer) -> BTreeMap<String, String> {
+    peer.pod_selector
+        .as_ref()
+        .and_then(|s| s.match_labels.clone())
+        .unwrap_or_default()
+}
+
+fn cidrs(r: &NetworkPolicyEgressRule) -> Vec<String> {
+    r.to.iter()
+        .flatten()
+        .filter_map(|p| p.ip_block.as_ref().map(|b| b.cidr.clone()))
+        .collect()
+}
+
+/// A rule whose only peer is a selector in namespace `ns` (None: the policy's own) with these
+/// pod labels.
+fn selector_rule<'a>(
+    p: &'a NetworkPolicy,
+    ns: Option<&str>,
+    labels: &[(&str, &str)],
+) -> &'a NetworkPolicyEgressRule {
+    let want: BTreeMap<String, String> = labels
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    rules(p)
+        .iter()
+        .find(|r| {
+            r.to.iter()
+                .flatten()
+                .any(|peer| ns_of(peer).as_deref() == ns && pod_labels(peer) == want)
+        })
+        .unwrap_or_else(|| panic!("no rule to {ns:?} {labels:?} in {p:#?}"))
+}
+
+fn rule_with_cidr<'a>(p: &'a NetworkPolicy, cidr: &str) -> &'a NetworkPolicyEgressRule {
+    rules(p)
+        .iter()
+        .find(|r| cidrs(r).iter().any(|c| c == cidr))
+        .unwrap_or_else(|| panic!("no rule with {cidr}"))
+}
+
+/// A shop namespace with a `web` Deployment (two pods) that the tests make flows from.
+fn shop() -> Fx {
+    let mut fx = Fx::new();
+    fx.node("n1", "10.0.0.1", "10.244.1.0/24");
+    fx.node("n2", "10.0.0.2", "10.244.2.0/24");
+    fx.namespace("shop");
+    fx.deployment(
+        "shop",
+        "web",
+        &[("app", "web")],
+        &["10.244.1.10", "10.244.1.11"],
+        &[],
+    );
+    fx
+}
+
+const WEB0: &str = "web-5c9f7d-p0";
+const WEB1: &str = "web-5c9f7d-p1";
+
+#[test]
+fn kubeadm_dns_rule_is_one_and_peer_udp_and_tcp_53() {
+    let mut fx = shop();
+    fx.kubeadm_dns();
+    let r = run(
+        &fx,
+        &[flow("shop", WEB0, "UDP", "10.96.0.10", 53, 10, &[])],
+        &Options::default(),
+    );
+    let p = policy(&r, "shop", "web-egress");
+    let rule = selector_rule(p, Some("kube-system"), &[("k8s-app", "kube-dns")]);
+    // namespaceSelector AND podSelector in ONE peer, not two peers (which would OR).
+    assert_eq!(rule.to.as_ref().map(Vec::len), Some(1));
+    assert_eq!(
+        ports(rule),
+        vec![("TCP".into(), 53, None), ("UDP".into(), 53, None)],
+        "TCP must be allowed too, even though only UDP was observed"
+    );
+}
+
+#[test]
+fn openshift_dns_uses_the_real_target_port_5353() {
+    let mut fx = shop();
+    fx.openshift_dns();
+    let r = run(
+        &fx,
+        &[
+            dns(
+                "shop",
+                WEB0,
+                "172.30.0.10",
+                "db.example.test.",
+                &["203.0.113.5"],
+            ),
+            flow("shop", WEB0, "UDP", "172.30.0.10", 53, 3, &[]),
+        ],
+        &Options::default(),
+    );
+    let p = policy(&r, "shop", "web-egress");
+    let rule = selector_rule(
+        p,
+        Some("openshift-dns"),
+        &[("dns.operator.openshift.io/daemonset-dns", "default")],
+    );
+    assert_eq!(
+        ports(rule),
+        vec![("TCP".into(), 5353, None), ("UDP".into(), 5353, None)]
+    );
+    assert!(
+        !r.yaml.contains("port: 53\n"),
+        "a rule on 53 breaks DNS on OpenShift:\n{}",
+        r.yaml
+    );
+}
+
+#[test]
+fn dns_records_alone_give_the_dns_rule() {
+    let mut fx = shop();
+    fx.kubeadm_dns();
+    // The workload resolved a name but no flow to the resolver was recorded.
+    let r = run(
+        &fx,
+        &[dns("shop", WEB1, "10.96.0.10", "x.test.", &["203.0.113.9"])],
+        &Options::default(),
+    );
+    let p = policy(&r, "shop", "web-egress");
+    selector_rule(p, Some("kube-system"), &[("k8s-app", "kube-dns")]);
+}
+
+#[test]
+fn node_local_dns_is_an_ipblock_32_with_udp_and_tcp() {
+    let mut fx = shop();
+    fx.kubeadm_dns();
+    let r = run(
+        &fx,
+        &[
+            dns("shop", WEB0, "169.254.20.10", "x.test.", &["203.0.113.9"]),
+            flow("shop", WEB0, "UDP", "169.254.20.10", 53, 4, &[]),
+        ],
+        &Options::default(),
+    );
+    let p = policy(&r, "shop", "web-egress");
+    let rule = rule_with_cidr(p, "169.254.20.10/32");
+    assert_eq!(
+        ports(rule),
+        vec![("TCP".into(), 53, None), ("UDP".into(), 53, None)]
+    );
+    // kube-dns was not used, so no rule for it.
+    assert!(!r.yaml.contains("k8s-app: kube-dns"), "{}", r.yaml);
+}
+
+#[test]
+fn configured_node_local_dns_address() {
+    let fx = shop();
+    let mut opts = Options::default();
+    opts.classify.node_local_dns = ["198.51.100.53".parse().unwrap()].into_iter().collect();
+    let r = run(
+        &fx,
+        &[flow("shop", WEB0, "UDP", "198.51.100.53", 53, 1, &[])],
+        &opts,
+    );
+    let rule = rule_with_cidr(policy(&r, "shop", "web-egress"), "198.51.100.53/32");
+    assert_eq!(
+        ports(rule),
+        vec![("TCP".into(), 53, None), ("UDP".into(), 53, None)]
+    );
+}
+
+#[test]
+fn service_port_80_becomes_named_target_port_8080_via_selector() {
+    let mut fx = shop();
+    fx.deployment(
+        "shop",
+        "api",
+        &[("app", "api")],
+        &["10.244.2.20"],
+        &[(Some("http"), 8080, "TCP")],
+    );
+    fx.service(
+        "shop",
+        "api",
+        "10.96.10.10",
+        Some(&[("app", "api")]),
+        &[("web", 80, "TCP", IntOrString::String("http".into()))],
+    );
+    let r = run(
+        &fx,
+        &[flow("shop", WEB0, "TCP", "10.96.10.10", 80, 5, &[])],
+        &Options::default(),
+    );
+    let p = policy(&r, "shop", "web-egress");
+    let rule = selector_rule(p, None, &[("app", "api")]);
+    assert_eq!(
+        ports(rule),
+        vec![("TCP".into(), 8080, None)],
+        "targetPort, not the Service port"
+    );
+    assert!(
+        !r.yaml.contains("10.96.10.10"),
+        "never the ClusterIP:\n{}",
+        r.yaml
+    );
+}
+
+#[test]
+fn service_target_port_from_endpoint_slices() {
+    let mut fx = shop();
+    let pods = fx.deployment(
+        "shop",
+        "api",
+        &[("app", "api")],
+        &["10.244.2.20"],
+        &[(Some("http"), 8080, "TCP")],
+    );
+    fx.service(
+        "shop",
+        "api",
+        "10.96.10.10",
+        Some(&[("app", "api")]),
+        &[("web", 80, "TCP", IntOrString::String("http".into()))],
+    );
+    // The slice says 8081 (the pod's port changed): the slice wins, it is what kube-proxy uses.
+    fx.slice(
+        "shop",
+        "api",
+        &[("web", 8081, "TCP")],
+        &[("10.244.2.20", Some(&pods[0]))],
+    );
+    let r = run(
+        &fx,
+        &[flow("shop", WEB0, "TCP", "10.96.10.10", 80, 5, &[])],
+        &Options::default(),
+    );
+    let rule = selector_rule(policy(&r, "shop", "web-egress"), None, &[("app", "api")]);
+    assert_eq!(ports(rule), vec![("TCP".into(), 8081, None)]);
+}
+
+#[test]
+fn cross_namespace_pod_gets_namespace_and_pod_selector_in_one_peer() {
+    let mut fx = shop();
+    fx.namespace("billing");
+    fx.snap.stateful_sets.push(
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": {"name": "ledger", "namespace": "billing"},
+            "spec": {"serviceName": "ledger", "selector": {"matchLabels": {"app": "ledger"}},
+                     "template": {"metadata": {"labels": {"app": "ledger"}}}}
+        }))
+        .unwrap(),
+    );
+    fx.pod(
+        "billing",
+        "ledger-0",
+        &[
+            ("app", "ledger"),
+            ("controller-revision-hash", "ledger-6c5"),
+            ("statefulset.kubernetes.io/pod-name", "ledger-0"),
+        ],
+        &["10.244.2.30"],
+        false,
+        "n2",
+        &[(None, 5432, "TCP")],
+        Some(("StatefulSet", "ledger")),
+    );
+    let r = run(
+        &fx,
+        &[flow("shop", WEB0, "TCP", "10.244.2.30", 5432, 2, &[])],
+        &Options::default(),
+    );
+    let rule = selector_rule(
+        policy(&r, "shop", "web-egress"),
+        Some("billing"),
+        &[("app", "ledger")],
+    );
+    assert_eq!(rule.to.as_ref().map(Vec::len), Some(1));
+    assert_eq!(ports(rule), vec![("TCP".into(), 5432, None)]);
+}
+
+#[test]
+fn bare_pod_gets_smallest_unique_stable_selector() {
+    let mut fx = shop();
+    // Two bare pods share `team`; only `role` tells them apart. The uid-valued label and the
+    // job-name label are never used.
+    fx.pod(
+        "shop",
+        "a",
+        &[
+            ("team", "x"),
+            ("role", "cache"),
+            ("job-name", "j1"),
+            ("owner-id", "8a1f5c2e-0b7d-4c39-9e1a-2b3c4d5e6f70"),
+        ],
+        &["10.244.1.40"],
+        false,
+        "n1",
+        &[(None, 6379, "TCP")],
+        None,
+    );
+    fx.pod(
+        "shop",
+        "b",
+        &[("team", "x"), ("role", "queue")],
+        &["10.244.1.41"],
+        false,
+        "n1",
+        &[],
+        None,
+    );
+    let r = run(
+        &fx,
+        &[flow("shop", WEB0, "TCP", "10.244.1.40", 6379, 2, &[])],
+        &Options::default(),
+    );
+    let rule = selector_rule(policy(&r, "shop", "web-egress"), None, &[("role", "cache")]);
+    assert_eq!(ports(rule), vec![("TCP".into(), 6379, None)]);
+}
+
+#[test]
+fn deployment_selector_never_has_pod_template_hash() {
+    let mut fx = shop();
+    fx.deployment("shop", "api", &[("app", "api")], &["10.244.2.20"], &[]);
+    let r = run(
+        &fx,
+        &[flow("shop", WEB0, "TCP", "10.244.2.20", 9000, 1, &[])],
+        &Options::default(),
+    );
+    assert!(!r.yaml.contains("pod-template-hash"), "{}", r.yaml);
+    let p = policy(&r, "shop", "web-egress");
+    assert_eq!(
+        p.spec
+            .as_ref()
+            .and_then(|s| s.pod_selector.as_ref())
+            .and_then(|s| s.match_labels.clone()),
+        Some(BTreeMap::from([("app".to_owned(), "web".to_owned())]))
+    );
+}
+
+#[test]
+fn api_server_is_ipblock_32_on_endpoint_port_6443() {
+    let mut fx = shop();
+    fx.api_server("10.0.0.1", 6443);
+    let r = run(
+        &fx,
+        &[flow("shop", WEB0, "TCP", "10.96.0.1", 443, 3, &[])],
+        &Options::default(),
+    );
+    let rule = rule_with_cidr(policy(&r, "shop", "web-egress"), "10.0.0.1/32");
+    assert_eq!(ports(rule), vec![("TCP".into(), 6443, None)]);
+    assert!(!r.yaml.contains("port: 443"), "{}", r.yaml);
+}
+
+#[test]
+fn k3s_api_server_port_6444_is_read_not_guessed() {
+    let mut fx = shop();
+    fx.api_server("10.0.0.2", 6444);
+    let r = run(
+        &fx,
+        &[flow("shop", WEB0, "TCP", "10.96.0.1", 443, 3, &[])],
+        &Options::default(),
+    );
+    let rule = rule_with_cidr(policy(&r, "shop", "web-egress"), "10.0.0.2/32");
+    assert_eq!(ports(rule), vec![("TCP".into(), 6444, None)]);
+}
+
+#[test]
+fn host_network_destination_is_ipblock_with_real_port() {
+    let mut fx = shop();
+    fx.namespace("monitoring");
+    fx.pod(
+        "monitoring",
+        "node-exporter-n2",
+        &[("app", "node-exporter")],
+        &["10.0.0.2"],
+        true,
+        "n2",
+        &[(Some("metrics"), 9100, "TCP")],
+        None,
+    );
+    let r = run(
+        &fx,
+        &[flow("shop", WEB0, "TCP", "10.0.0.2", 9100, 3, &[])],
+        &Options::default(),
+    );
+    let rule = rule_with_cidr(policy(&r, "shop", "web-egress"), "10.0.0.2/32");
+    assert_eq!(ports(rule), vec![("TCP".into(), 9100, None)]);
+    assert!(
+        !r.yaml.contains("node-exporter"),
+        "selectors cannot match hostNetwork pods:\n{}",
+        r.yaml
+    );
+}
+
+#[test]
+fn host_network_source_gets_no_policy_and_is_reported() {
+    let mut fx = shop();
+    fx.namespace("monitoring");
+    fx.pod(
+        "monitoring",
+        "agent-n1",
+        &[("app", "agent")],
+        &["10.0.0.1"],
+        true,
+        "n1",
+        &[],
+        None,
+    );
+    let r = run(
+        &fx,
+        &[flow(
+            "monitoring",
+            "agent-n1",
+            "TCP",
+            "203.0.113.7",
+            443,
+            3,
+            &[],
+        )],
+        &Options::default(),
+    );
+    assert!(r.policies.is_empty(), "{}", r.yaml);
+    assert_eq!(r.rec.host_network.len(), 1);
+    let report = leash::render::report(&r.cluster, &r.rec);
+    assert!(report.contains("not enforceable"), "{report}");
+    assert!(report.contains("monitoring/Pod/agent-n1"), "{report}");
+}
+
+#[test]
+fn external_name_with_three_ips_is_one_rule_exactly_merged() {
+    let fx = shop();
+    let ips = ["203.0.113.10", "203.0.113.11", "203.0.113.12"];
+    let mut recs = vec![dns("shop", WEB0, "10.96.0.10", "api.stripe.test.", &ips)];
+    for ip in ips {
+        recs.push(flow("shop", WEB0, "TCP", ip, 443, 2, &["api.stripe.test"]));
+    }
+    let r = run(&fx, &recs, &Options::default());
+    let rule = rule_with_cidr(policy(&r, "shop", "web-egress"), "203.0.113.10/31");
+    assert_eq!(cidrs(rule), vec!["203.0.113.10/31", "203.0.113.12/32"]);
+    assert_eq!(ports(rule), vec![("TCP".into(), 443, None)]);
+    let report = leash::render::report(&r.cluster, &r.rec);
+    assert!(report.contains("api.stripe.test"), "{report}");
+    assert!(report.contains("0 (exact)"), "{report}");
+}
+
+#[test]
+fn externals_over_budget_are_covered_within_max_cidrs_and_max_prefix() {
+    let fx = shop();
+    // 12 scattered addresses in one /24, budget 2: the cover may not widen past /24.
+    let recs: Vec<_> = (0..12u8)
+        .map(|i| {
+            flow(
+                "shop",
+                WEB0,
+                "TCP",
+                &format!("198.51.100.{}", i * 20 + 1),
+                443,
+                1,
+                &[],
+            )
+        })
+        .collect();
+    let opts = Options {
+        max_cidrs: 2,
+        ..Options::default()
+    };
+    let r = run(&fx, &recs, &opts);
+    let p = policy(&r, "shop", "web-egress");
+    let ext = rules(p)
+        .iter()
+        .find(|r| !cidrs(r).is_empty())
+        .expect("external rule");
+    assert!(cidrs(ext).len() <= 2, "{:?}", cidrs(ext));
+    for c in cidrs(ext) {
+        let n: ipnet::IpNet = c.parse().unwrap();
+        assert!(n.prefix_len() >= 24, "{c} wider than /24");
+    }
+    let rule = r.rec.policies[0]
+        .rules
+        .iter()
+        .find(|r| r.unobserved_addresses.is_some())
+        .unwrap();
+    assert!(
+        rule.unobserved_addresses.unwrap() > 0,
+        "the report states the over-permission"
+    );
+}
+
+#[test]
+fn externals_with_different_ports_or_names_are_separate_rules() {
+    let fx = shop();
+    let recs = vec![
+        flow("shop", WEB0, "TCP", "203.0.113.1", 443, 1, &["a.test"]),
+        flow("shop", WEB0, "TCP", "203.0.113.2", 443, 1, &["b.test"]),
+        flow("shop", WEB0, "TCP", "203.0.113.3", 80, 1, &["a.test"]),
+    ];
+    let r = run(&fx, &recs, &Options::default());
+    let p = policy(&r, "shop", "web-egress");
+    assert_eq!(rules(p).len(), 3, "{}", r.yaml);
+}
+
+#[test]
+fn dense_port_run_becomes_end_port_and_protocols_never_mix() {
+    let fx = shop();
+    let mut recs: Vec<_> = (9000..=9005)
+        .map(|p| flow("shop", WEB0, "TCP", "203.0.113.50", p, 1, &[]))
+        .collect();
+    recs.push(flow("shop", WEB0, "UDP", "203.0.113.50", 9000, 1, &[]));
+    recs.push(flow("shop", WEB0, "TCP", "203.0.113.50", 9100, 1, &[]));
+    let r = run(&fx, &recs, &Options::default());
+    let rule = rule_with_cidr(policy(&r, "shop", "web-egress"), "203.0.113.50/32");
+    assert_eq!(
+        ports(rule),
+        vec![
+            ("TCP".into(), 9000, Some(9005)),
+            ("TCP".into(), 9100, None),
+            ("UDP".into(), 9000, None)
+        ]
+    );
+}
+
+#[test]
+fn unobserved_workload_gets_no_policy_and_is_reported_isolated() {
+    let mut fx = shop();
+    fx.deployment("shop", "quiet", &[("app", "quiet")], &["10.244.2.50"], &[]);
+    let r = run(
+        &fx,
+        &[flow("shop", WEB0, "TCP", "203.0.113.1", 443, 1, &[])],
+        &Options::default(),
+    );
+    assert!(
+        r.policies
+            .iter()
+            .all(|p| p.metadata.name.as_deref() != Some("quiet-egress"))
+    );
+    for p in &r.policies {
+        let spec = p.spec.as_ref().unwrap();
+        if p.metadata.name.as_deref() != Some("default-deny-egress") {
+            assert!(
+                !spec.egress.as_deref().unwrap_or_default().is_empty(),
+                "rule-less allow policy"
+            );
+        }
+    }
+    let report = leash::render::report(&r.cluster, &r.rec);
+    assert!(
+        report.contains("Would be fully isolated by default-deny"),
+        "{report}"
+    );
+    assert!(report.contains("shop/Deployment/quiet"), "{report}");
+}
+
+#[test]
+fn default_deny_per_namespace_with_a_policy_only() {
+    let mut fx = shop();
+    fx.namespace("other");
+    fx.deployment("other", "idle", &[("app", "idle")], &["10.244.2.60"], &[]);
+    let r = run(
+        &fx,
+        &[flow("shop", WEB0, "TCP", "203.0.113.1", 443, 1, &[])],
+        &Options::default(),
+    );
+    let denies: Vec<_> = r
+        .policies
+        .iter()
+        .filter(|p| p.metadata.name.as_deref() == Some("default-deny-egress"))
+        .map(|p| p.metadata.namespace.clone().unwrap())
+        .collect();
+    assert_eq!(denies, vec!["shop"]);
+    let spec = policy(&r, "shop", "default-deny-egress")
+        .spec
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        spec.policy_types.as_deref(),
+        Some(&["Egress".to_owned()][..])
+    );
+    assert!(spec.egress.is_none());
+}
+
+#[test]
+fn namespace_filter_limits_sources() {
+    let mut fx = shop();
+    fx.namespace("other");
+    let pods = fx.deployment("other", "job", &[("app", "job")], &["10.244.2.60"], &[]);
+    let recs = vec![
+        flow("shop", WEB0, "TCP", "203.0.113.1", 443, 1, &[]),
+        flow("other", &pods[0], "TCP", "203.0.113.2", 443, 1, &[]),
+    ];
+    let opts = Options {
+        namespaces: ["other".to_owned()].into_iter().collect(),
+        ..Options::default()
+    };
+    let r = run(&fx, &recs, &opts);
+    assert!(
+        r.policies
+            .iter()
+            .all(|p| p.metadata.namespace.as_deref() == Some("other")),
+        "{}",
+        r.yaml
+    );
+    policy(&r, "other", "job-egress");
+}
+
+#[test]
+fn brief_observation_is_flagged() {
+    let fx = shop();
+    let r = run(
+        &fx,
+        &[flow("shop", WEB0, "TCP", "203.0.113.1", 443, 1, &[])],
+        &Options {
+            min_observation: chrono::Duration::days(7),
+            ..Options::default()
+        },
+    );
+    assert_eq!(r.rec.briefly_observed.len(), 1);
+    let report = leash::render::report(&r.cluster, &r.rec);
+    assert!(report.contains("Observed too briefly"), "{report}");
+    let r = run(
+        &fx,
+        &[flow("shop", WEB0, "TCP", "203.0.113.1", 443, 1, &[])],
+        &Options::default(),
+    );
+    assert!(
+        r.rec.briefly_observed.is_empty(),
+        "4 days of evidence is more than 24h"
+    );
+}
+
+#[test]
+fn dual_stack_external_v6_is_its_own_family() {
+    let fx = shop();
+    let recs = vec![
+        flow("shop", WEB0, "TCP", "2001:db8::10", 443, 1, &["v6.test"]),
+        flow("shop", WEB0, "TCP", "2001:db8::11", 443, 1, &["v6.test"]),
+    ];
+    let r = run(&fx, &recs, &Options::default());
+    let rule = rule_with_cidr(policy(&r, "shop", "web-egress"), "2001:db8::10/127");
+    assert_eq!(ports(rule), vec![("TCP".into(), 443, None)]);
+}
+
+#[test]
+fn service_without_endpoints_is_reported_not_ruled() {
+    let mut fx = shop();
+    fx.service(
+        "shop",
+        "gone",
+        "10.96.10.99",
+        Some(&[("app", "gone")]),
+        &[("web", 80, "TCP", IntOrString::Int(8080))],
+    );
+    let r = run(
+        &fx,
+        &[
+            flow("shop", WEB0, "TCP", "10.96.10.99", 80, 1, &[]),
+            flow("shop", WEB0, "TCP", "203.0.113.1", 443, 1, &[]),
+        ],
+        &Options::default(),
+    );
+    assert_eq!(r.rec.unresolved.len(), 1);
+    assert!(
+        r.rec.unresolved[0].reason.contains("no endpoints"),
+        "{:?}",
+        r.rec.unresolved
+    );
+    assert!(!r.yaml.contains("8080"), "{}", r.yaml);
+}
+
+#[test]
+fn self_check_catches_a_policy_that_denies_an_observed_flow() {
+    let fx = shop();
+    let recs = [flow("shop", WEB0, "TCP", "203.0.113.1", 443, 1, &[])];
+    let cluster = fx.cluster();
+    let mut obs = leash::input::Observations::default();
+    for r in &recs {
+        obs.add(r, &cluster).unwrap();
+    }
+    let mut rec = leash::synth::recommend(&cluster, &obs, &Options::default());
+    // Sabotage: allow 444 instead of 443.
+    rec.policies[0].rules[0].ports[0].port = 444;
+    let err = leash::synth::self_check(&cluster, &fx.view(), &obs, &rec).unwrap_err();
+    let leash::synth::SelfCheckError::Denied(d) = err else {
+        panic!("{err}")
+    };
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].pod, format!("shop/{WEB0}"));
+    assert_eq!(d[0].destination, "203.0.113.1:443/TCP");
+}
+
+#[test]
+fn output_is_identical_for_shuffled_input() {
+    let mut fx = shop();
+    fx.kubeadm_dns();
+    fx.api_server("10.0.0.1", 6443);
+    let mut recs = vec![
+        dns(
+            "shop",
+            WEB0,
+            "10.96.0.10",
+            "api.stripe.test.",
+            &["203.0.113.10", "203.0.113.11"],
+        ),
+        flow("shop", WEB0, "UDP", "10.96.0.10", 53, 3, &[]),
+        flow(
+            "shop",
+            WEB1,
+            "TCP",
+            "203.0.113.10",
+            443,
+            1,
+            &["api.stripe.test"],
+        ),
+        flow("shop", WEB0, "TCP", "203.0.113.11", 443, 1, &[]),
+        flow("shop", WEB1, "TCP", "10.96.0.1", 443, 1, &[]),
+        flow("shop", WEB1, "TCP", "198.51.100.3", 8443, 1, &[]),
+    ];
+    let a = run(&fx, &recs, &Options::default());
+    recs.reverse();
+    let b = run(&fx, &recs, &Options::default());
+    assert_eq!(a.yaml, b.yaml);
+    assert_eq!(
+        leash::render::files(&a.cluster, &a.rec).unwrap(),
+        leash::render::files(&b.cluster, &b.rec).unwrap()
+    );
+}
