@@ -103,6 +103,7 @@ mod tests {
     use super::*;
 
     use Protocol::{Sctp, Tcp, Udp};
+    use proptest::strategy::Strategy;
 
     fn single(protocol: Protocol, port: u16) -> PortRange {
         PortRange {
@@ -197,6 +198,66 @@ mod tests {
         let exact = group_ports(observed.iter().copied(), 4);
         for e in &exact {
             assert_eq!(unobserved_in(e, &observed), 0);
+        }
+    }
+
+    fn proto(i: u8) -> Protocol {
+        match i % 3 {
+            0 => Tcp,
+            1 => Udp,
+            _ => Sctp,
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn grouping_allows_exactly_the_observed_ports(
+            (raw, shuffled) in proptest::collection::vec((0u8..3, 0u16..120), 0..150)
+                .prop_flat_map(|v| (proptest::strategy::Just(v.clone()), proptest::strategy::Just(v).prop_shuffle())),
+            min_run in 0usize..8,
+        ) {
+            use proptest::prop_assert;
+            use proptest::prop_assert_eq;
+            let observed: Vec<(Protocol, u16)> = raw.iter().map(|&(p, port)| (proto(p), port)).collect();
+            let got = group_ports(observed.iter().copied(), min_run);
+            let set: std::collections::BTreeSet<(Protocol, u16)> =
+                observed.iter().copied().filter(|&(_, p)| p != 0).collect();
+            // Every observed port is allowed by exactly one entry.
+            for &(p, port) in &set {
+                prop_assert_eq!(got.iter().filter(|e| e.allows(p, port)).count(), 1);
+            }
+            for (i, e) in got.iter().enumerate() {
+                // Nothing unobserved is allowed.
+                for port in e.port..=e.last() {
+                    prop_assert!(set.contains(&(e.protocol, port)));
+                }
+                prop_assert_eq!(e.unobserved, 0);
+                prop_assert_eq!(unobserved_in(e, &observed), 0);
+                let run_start = e.port == 0 || !set.contains(&(e.protocol, e.port - 1));
+                let run_end = e.last() == u16::MAX || !set.contains(&(e.protocol, e.last() + 1));
+                if let Some(end) = e.end_port {
+                    // A range is a whole maximal run of at least the threshold.
+                    prop_assert!(end > e.port);
+                    prop_assert!(e.width() as usize >= min_run.max(2));
+                    prop_assert!(run_start && run_end);
+                } else {
+                    // A single port sits in a maximal run shorter than the threshold.
+                    let mut lo = e.port;
+                    while lo > 1 && set.contains(&(e.protocol, lo - 1)) {
+                        lo -= 1;
+                    }
+                    let mut hi = e.port;
+                    while hi < u16::MAX && set.contains(&(e.protocol, hi + 1)) {
+                        hi += 1;
+                    }
+                    prop_assert!(((hi - lo) as usize + 1) < min_run.max(2));
+                }
+                if i > 0 {
+                    prop_assert!((got[i - 1].protocol, got[i - 1].port) < (e.protocol, e.port));
+                }
+            }
+            let again: Vec<(Protocol, u16)> = shuffled.iter().map(|&(p, port)| (proto(p), port)).collect();
+            prop_assert_eq!(group_ports(again, min_run), got);
         }
     }
 }
