@@ -1,1 +1,457 @@
-//! TODO(audit)
+//! `leash audit`: evaluates every observed flow against a set of policies.
+//!
+//! The library side of the command: load the policies ([`load_policies`]), read the flows
+//! ([`read_flows`]), evaluate them in input order ([`audit`]) and render the report as JSON
+//! lines or a table ([`AuditReport`]). The CLI maps [`AuditReport::any_denied`] to exit code 3
+//! under `--fail-on-deny`, and every [`Error`] to exit code 2.
+
+use std::{
+    collections::HashMap,
+    fmt::Write as _,
+    io::BufReader,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use leash_records::{FlowRecord, Record, RecordError, read_records};
+use serde::Serialize;
+
+use crate::eval::{
+    self, ClusterView, CompiledPolicy, Evaluation, Flow, PodView, PolicyId, PolicySet, Verdict,
+    evaluate,
+};
+
+/// Errors of `audit`; each names the file (and line or object) at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file or directory could not be read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A policy file is not valid YAML/JSON or holds a malformed object.
+    #[error(transparent)]
+    Parse(#[from] leash_records::SnapshotError),
+    /// A policy the API server would reject.
+    #[error("{}: {source}", path.display())]
+    InvalidPolicy {
+        /// The file it was read from.
+        path: PathBuf,
+        /// What is wrong, naming the policy and field.
+        source: eval::Error,
+    },
+    /// The same policy in two places.
+    #[error("{}: NetworkPolicy {policy} is already defined in {}", path.display(), first.display())]
+    DuplicatePolicy {
+        /// The second file.
+        path: PathBuf,
+        /// `namespace/name`.
+        policy: PolicyId,
+        /// The first file.
+        first: PathBuf,
+    },
+    /// No NetworkPolicy found at the given path.
+    #[error("{}: no NetworkPolicy found (looked for *.yaml, *.yml and *.json)", path.display())]
+    NoPolicies {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// A flow record could not be read.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// A flow without a pod.
+    #[error("{}:{line}: flow record has no pod; audit needs the source pod", path.display())]
+    UnattributedFlow {
+        /// The flows file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+    },
+    /// A flow for a pod that is not in the cluster snapshot.
+    #[error(
+        "{}:{line}: flow record for unknown pod {namespace}/{name} (uid {uid:?}) not in the cluster snapshot",
+        path.display()
+    )]
+    UnknownPod {
+        /// The flows file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// The record's namespace.
+        namespace: String,
+        /// The record's pod name.
+        name: String,
+        /// The record's pod uid.
+        uid: String,
+    },
+}
+
+/// The result type of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn is_policy_file(path: &Path) -> bool {
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml" | "json")
+    )
+}
+
+fn is_hidden(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.'))
+}
+
+/// Collects policy files under `dir`, recursively, skipping hidden entries.
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let io = |source| Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()
+        .map_err(io)?;
+    entries.sort();
+    for path in entries {
+        if is_hidden(&path) {
+            continue;
+        }
+        if path.is_dir() {
+            walk(&path, out)?;
+        } else if is_policy_file(&path) {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// The policies of a file or of a directory tree, each with the file it came from.
+///
+/// A directory is walked recursively in sorted order, reading `*.yaml`, `*.yml` and `*.json`
+/// (hidden entries skipped). Files may be multi-document streams or `List`s. Objects of other
+/// kinds (a `kustomization.yaml`, a Deployment next to its policy) are ignored, as
+/// `kubectl apply -f` would apply them separately. Every policy is validated; errors name
+/// the file and the policy. Finding no policy at all is an error, since auditing against
+/// nothing would silently allow everything.
+pub fn load_policy_files(path: &Path) -> Result<Vec<(PathBuf, NetworkPolicy)>> {
+    let mut files = Vec::new();
+    if path.is_dir() {
+        walk(path, &mut files)?;
+    } else {
+        files.push(path.to_path_buf());
+    }
+    let mut out: Vec<(PathBuf, NetworkPolicy)> = Vec::new();
+    let mut seen: HashMap<PolicyId, PathBuf> = HashMap::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).map_err(|source| Error::Io {
+            path: file.clone(),
+            source,
+        })?;
+        let snapshot = leash_records::snapshot::parse_str(&text, &file)?;
+        for np in snapshot.network_policies {
+            let compiled = CompiledPolicy::compile(&np).map_err(|source| Error::InvalidPolicy {
+                path: file.clone(),
+                source,
+            })?;
+            if let Some(first) = seen.get(&compiled.id) {
+                return Err(Error::DuplicatePolicy {
+                    path: file.clone(),
+                    policy: compiled.id,
+                    first: first.clone(),
+                });
+            }
+            seen.insert(compiled.id, file.clone());
+            out.push((file.clone(), np));
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::NoPolicies {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(out)
+}
+
+/// The policies of a file or directory tree (see [`load_policy_files`]).
+pub fn load_policies(path: &Path) -> Result<Vec<NetworkPolicy>> {
+    Ok(load_policy_files(path)?
+        .into_iter()
+        .map(|(_, np)| np)
+        .collect())
+}
+
+/// The validated policy set of a file or directory tree.
+pub fn load_policy_set(path: &Path) -> Result<PolicySet> {
+    let policies = load_policies(path)?;
+    // Every policy was validated and deduplicated with its file name above.
+    PolicySet::new(&policies).map_err(|source| Error::InvalidPolicy {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// A flow record with where it was read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocatedFlow {
+    /// The file (`-` for stdin).
+    pub path: PathBuf,
+    /// 1-based line.
+    pub line: usize,
+    /// The record.
+    pub flow: FlowRecord,
+}
+
+/// Reads the flow records of a JSON-lines file (`-` for stdin), skipping DNS records.
+pub fn read_flows(path: &Path) -> Result<Vec<LocatedFlow>> {
+    let located = if path == Path::new("-") {
+        read_records(std::io::stdin().lock(), path).collect::<Result<Vec<_>, _>>()?
+    } else {
+        let file = std::fs::File::open(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        read_records(BufReader::new(file), path).collect::<Result<Vec<_>, _>>()?
+    };
+    Ok(located
+        .into_iter()
+        .filter_map(|l| match l.record {
+            Record::Flow(flow) => Some(LocatedFlow {
+                path: path.to_path_buf(),
+                line: l.line,
+                flow,
+            }),
+            Record::Dns(_) => None,
+        })
+        .collect())
+}
+
+/// The verdict for one input flow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// Where the flow was read.
+    pub path: PathBuf,
+    /// 1-based line.
+    pub line: usize,
+    /// The source pod, `namespace/name`.
+    pub source: PolicyId,
+    /// The flow as observed (before DNAT).
+    pub flow: Flow,
+    /// The evaluation.
+    pub evaluation: Evaluation,
+}
+
+/// One verdict per input flow, in input order.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AuditReport {
+    /// The entries, in input order.
+    pub entries: Vec<AuditEntry>,
+}
+
+/// Evaluates every flow, in input order. A flow without a pod, or for a pod not in the
+/// cluster, is an error naming its file and line.
+pub fn audit<V: ClusterView + ?Sized>(
+    view: &V,
+    policies: &PolicySet,
+    flows: &[LocatedFlow],
+) -> Result<AuditReport> {
+    // Agents emit many records per key over time: evaluate each (pod, flow) once.
+    let mut cache: HashMap<(PolicyId, Flow), Evaluation> = HashMap::new();
+    let mut entries = Vec::with_capacity(flows.len());
+    for lf in flows {
+        let Some(pod_ref) = &lf.flow.pod else {
+            return Err(Error::UnattributedFlow {
+                path: lf.path.clone(),
+                line: lf.line,
+            });
+        };
+        let Some(pod) = view.pod_by_ref(pod_ref) else {
+            return Err(Error::UnknownPod {
+                path: lf.path.clone(),
+                line: lf.line,
+                namespace: pod_ref.namespace.clone(),
+                name: pod_ref.name.clone(),
+                uid: pod_ref.uid.clone(),
+            });
+        };
+        let source = PolicyId {
+            namespace: pod.namespace().to_string(),
+            name: pod.name().to_string(),
+        };
+        let flow = Flow {
+            protocol: lf.flow.protocol,
+            dst: lf.flow.dst,
+            dst_port: lf.flow.dst_port,
+        };
+        let evaluation = cache
+            .entry((source.clone(), flow))
+            .or_insert_with(|| evaluate(view, policies, pod, &flow))
+            .clone();
+        entries.push(AuditEntry {
+            path: lf.path.clone(),
+            line: lf.line,
+            source,
+            flow,
+            evaluation,
+        });
+    }
+    Ok(AuditReport { entries })
+}
+
+/// The JSON shape of one verdict; field order is part of the contract.
+#[derive(Serialize)]
+struct JsonEntry<'a> {
+    source: JsonSource<'a>,
+    protocol: &'static str,
+    dst: String,
+    dst_port: u16,
+    verdict: Verdict,
+    egress: Verdict,
+    ingress: Verdict,
+    policies: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct JsonSource<'a> {
+    namespace: &'a str,
+    pod: &'a str,
+}
+
+fn host_port(ip: IpAddr, port: u16) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("{v4}:{port}"),
+        IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+    }
+}
+
+impl AuditReport {
+    /// Whether any flow is denied (`--fail-on-deny` exits 3 then).
+    pub fn any_denied(&self) -> bool {
+        self.entries
+            .iter()
+            .any(|e| e.evaluation.verdict == Verdict::Deny)
+    }
+
+    /// The number of denied flows.
+    pub fn denied(&self) -> usize {
+        self.entries
+            .iter()
+            .filter(|e| e.evaluation.verdict == Verdict::Deny)
+            .count()
+    }
+
+    /// One JSON object per flow, one per line, each line ending with `\n`:
+    /// `{"source":{"namespace":…,"pod":…},"protocol":…,"dst":…,"dst_port":…,"verdict":…,
+    /// "egress":…,"ingress":…,"policies":[…]}`.
+    pub fn to_json_lines(&self) -> String {
+        let mut out = String::new();
+        for e in &self.entries {
+            let entry = JsonEntry {
+                source: JsonSource {
+                    namespace: &e.source.namespace,
+                    pod: &e.source.name,
+                },
+                protocol: e.flow.protocol.as_str(),
+                dst: e.flow.dst.to_string(),
+                dst_port: e.flow.dst_port,
+                verdict: e.evaluation.verdict,
+                egress: e.evaluation.egress,
+                ingress: e.evaluation.ingress,
+                policies: e
+                    .evaluation
+                    .policies()
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+            };
+            // Plain strings, numbers and enums: serialization cannot fail.
+            if let Ok(line) = serde_json::to_string(&entry) {
+                out.push_str(&line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// An aligned, human-readable table with a summary line.
+    pub fn to_table(&self) -> String {
+        let header = [
+            "SOURCE",
+            "PROTO",
+            "DESTINATION",
+            "VERDICT",
+            "EGRESS",
+            "INGRESS",
+            "POLICIES",
+            "NOTE",
+        ];
+        let rows: Vec<[String; 8]> = self
+            .entries
+            .iter()
+            .map(|e| {
+                let ev = &e.evaluation;
+                let policies = ev.policies();
+                let note = match (&ev.problem, &ev.service) {
+                    (Some(p), _) => p.to_string(),
+                    (None, Some(s)) => format!("via Service {s}"),
+                    (None, None) => String::new(),
+                };
+                [
+                    e.source.to_string(),
+                    e.flow.protocol.to_string(),
+                    host_port(e.flow.dst, e.flow.dst_port),
+                    ev.verdict.to_string(),
+                    ev.egress.to_string(),
+                    ev.ingress.to_string(),
+                    if policies.is_empty() {
+                        "-".to_string()
+                    } else {
+                        policies
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    },
+                    note,
+                ]
+            })
+            .collect();
+        let mut widths = header.map(str::len);
+        for row in &rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let mut out = String::new();
+        let mut line = |cells: &[&str]| {
+            let mut l = String::new();
+            for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+                if i + 1 == cells.len() {
+                    l.push_str(cell);
+                } else {
+                    let _ = write!(l, "{cell:<w$}  ");
+                }
+            }
+            out.push_str(l.trim_end());
+            out.push('\n');
+        };
+        line(&header);
+        for row in &rows {
+            line(&row.each_ref().map(String::as_str));
+        }
+        let total = self.entries.len();
+        let denied = self.denied();
+        let _ = writeln!(
+            out,
+            "{total} flow{}: {} allowed, {denied} denied",
+            if total == 1 { "" } else { "s" },
+            total - denied
+        );
+        out
+    }
+}

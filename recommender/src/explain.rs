@@ -173,17 +173,20 @@ fn render(policies: &PolicySet, from: &PolicyId, flow: &Flow, ev: &Evaluation) -
         flow.protocol,
         ev.verdict.as_str().to_uppercase()
     );
-    if let Some(svc) = &ev.service {
-        let _ = writeln!(
-            out,
-            "  {} is Service {svc}: evaluated after DNAT against each of its {} ready backend(s)",
-            addr(flow.dst, flow.dst_port),
-            ev.targets.len()
-        );
-    }
-    if let Some(problem) = &ev.problem {
-        let _ = writeln!(out, "  denied: {problem}");
-        return out;
+    match (&ev.service, &ev.problem) {
+        (_, Some(problem)) => {
+            let _ = writeln!(out, "  denied: {problem}");
+            return out;
+        }
+        (Some(svc), None) => {
+            let _ = writeln!(
+                out,
+                "  {} is Service {svc}: evaluated after DNAT against each of its {} ready backend(s)",
+                addr(flow.dst, flow.dst_port),
+                ev.targets.len()
+            );
+        }
+        (None, None) => {}
     }
     let indent = if ev.service.is_some() { "    " } else { "  " };
     for t in &ev.targets {
@@ -266,7 +269,7 @@ fn render_result(
         Reason::NoRuleMatched => {
             let _ = writeln!(
                 out,
-                "deny: isolated by {} and no rule allows it",
+                "deny: isolated by {}; no rule allows it",
                 isolated.join(", ")
             );
         }

@@ -635,4 +635,42 @@ mod tests {
             assert!(!is_port_name(bad), "{bad}");
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_cidr_never_panics(s in "\\PC{0,50}") {
+            let _ = parse_cidr(&s);
+        }
+
+        #[test]
+        fn accepted_ipv4_cidrs_are_canonical(a in 0u8..=255, b in 0u8..=255, c in 0u8..=255, d in 0u8..=255, p in 0u8..=40, zero in proptest::bool::ANY) {
+            let s = if zero { format!("{a}.{b}.0{c}.{d}/{p}") } else { format!("{a}.{b}.{c}.{d}/{p}") };
+            if let Ok(net) = parse_cidr(&s) {
+                proptest::prop_assert_eq!(net.to_string(), s);
+            }
+        }
+
+        #[test]
+        fn block_contains_agrees_with_bit_arithmetic(
+            base in proptest::prelude::any::<u32>(),
+            len in 0u8..32,
+            ex in proptest::prelude::any::<u32>(),
+            ex_extra in 1u8..=32,
+            ip in proptest::prelude::any::<u32>(),
+        ) {
+            let mask = |l: u8| if l == 0 { 0 } else { u32::MAX << (32 - u32::from(l)) };
+            let net = base & mask(len);
+            let ex_len = len.saturating_add(ex_extra).min(32);
+            // An exception strictly inside the block.
+            let ex_net = (net | (ex & !mask(len))) & mask(ex_len);
+            let v4 = |a: u32| std::net::IpAddr::V4(std::net::Ipv4Addr::from(a));
+            let cidr = IpNet::new(v4(net), len).unwrap();
+            let except = vec![IpNet::new(v4(ex_net), ex_len).unwrap()];
+            let want = (ip & mask(len)) == net && (ip & mask(ex_len)) != ex_net;
+            proptest::prop_assert_eq!(Peer::block_contains(&cidr, &except, v4(ip)), want);
+            // Addresses of the other family never match.
+            let v6 = std::net::IpAddr::V6(std::net::Ipv4Addr::from(ip).to_ipv6_mapped());
+            proptest::prop_assert!(!Peer::block_contains(&cidr, &[], v6));
+        }
+    }
 }
