@@ -319,13 +319,23 @@ fn split_families(nets: &[IpNet]) -> (Prefixes<u32>, Prefixes<u128>) {
     for n in nets {
         match n {
             IpNet::V4(n) => v4.push((u32::from(n.addr()), n.prefix_len())),
-            IpNet::V6(n) => v6.push((u128::from(n.addr()), n.prefix_len())),
+            IpNet::V6(n) => {
+                let a = u128::from(n.addr());
+                // NetworkPolicy rejects IPv4-mapped IPv6 CIDRs, and the kernel reports IPv4
+                // peers of dual-stack sockets that way: count them as the IPv4 they are.
+                if a >> 32 == 0xffff && n.prefix_len() >= 96 {
+                    v4.push((a as u32, n.prefix_len() - 96));
+                } else {
+                    v6.push((a, n.prefix_len()));
+                }
+            }
         }
     }
     (v4, v6)
 }
 
 /// The exact merge of mixed-family prefixes: IPv4 blocks first, then IPv6, each sorted.
+/// IPv4-mapped IPv6 prefixes (`::ffff:a.b.c.d/96+n`) are treated as IPv4 (`a.b.c.d/n`).
 pub fn merge(nets: &[IpNet]) -> Vec<IpNet> {
     let (v4, v6) = split_families(nets);
     let mut out: Vec<IpNet> = merge_words(v4.into_iter())
@@ -786,7 +796,7 @@ fn exact_blocks<W: Word>(leaves: &[(W, u8)], out: &mut Vec<Block>) {
 }
 
 /// The budgeted cover of the observed addresses and prefixes `observed` (both families; the
-/// budget `max_cidrs` is shared by the two).
+/// budget `max_cidrs` is shared by the two; IPv4-mapped IPv6 counts as IPv4, as in [`merge`]).
 ///
 /// If the exact merge has at most `max_cidrs` blocks it is returned unchanged. Otherwise the
 /// result is the cover of at most `max_cidrs` blocks with the fewest allowed unobserved addresses
@@ -1102,6 +1112,18 @@ mod tests {
         // Either family can merge at cost 2 (/30 holding .1 and .2); IPv4 is first in the tie.
         assert_eq!(c.blocks.len(), 3);
         assert_eq!(c.unobserved_allowed(), 2);
+    }
+
+    #[test]
+    fn ipv4_mapped_ipv6_counts_as_ipv4() {
+        let got = merge_addrs(&[a("::ffff:198.51.100.1"), a("198.51.100.0")]);
+        assert_eq!(got, vec![n("198.51.100.0/31")]);
+        assert_eq!(
+            merge(&[n("::ffff:198.51.100.0/120")]),
+            vec![n("198.51.100.0/24")]
+        );
+        // Shorter than /96 it is an ordinary IPv6 prefix.
+        assert_eq!(merge(&[n("::/80")]), vec![n("::/80")]);
     }
 
     #[test]

@@ -294,9 +294,9 @@ impl Case {
         Ok(total)
     }
 
-    /// Brute force over all sets of at most K disjoint valid prefixes between `/min_len` and the
-    /// host length inside `[lo, hi]`: the least `(cost, blocks)`.
-    fn brute_force(&self, region: &IpNet) -> Option<(u128, usize)> {
+    /// Brute force: `(blocks, cost)` of every cover of the observed addresses (all inside
+    /// `region`) by disjoint valid prefixes inside `region` or containing it.
+    fn brute_force(&self, region: &IpNet) -> Vec<(usize, u128)> {
         let width = if self.v4 { 32 } else { 128 };
         let (rs, _) = span(region);
         let mut cands: Vec<(u128, u128, u128)> = Vec::new();
@@ -325,11 +325,10 @@ impl Case {
         let mut search = Search {
             cands: &cands,
             obs: &obs,
-            k: self.opts.max_cidrs.max(1),
-            best: None,
+            covers: Vec::new(),
         };
         search.go(0, None, 0, 0);
-        search.best
+        search.covers
     }
 }
 
@@ -337,8 +336,7 @@ impl Case {
 struct Search<'a> {
     cands: &'a [(u128, u128, u128)],
     obs: &'a [u128],
-    k: usize,
-    best: Option<(u128, usize)>,
+    covers: Vec<(usize, u128)>,
 }
 
 impl Search<'_> {
@@ -346,12 +344,7 @@ impl Search<'_> {
     /// order: the next candidate must contain the first observed address not yet covered.
     fn go(&mut self, next_obs: usize, after: Option<u128>, used: usize, cost: u128) {
         if next_obs == self.obs.len() {
-            if self.best.is_none_or(|b| (cost, used) < b) {
-                self.best = Some((cost, used));
-            }
-            return;
-        }
-        if used == self.k {
+            self.covers.push((used, cost));
             return;
         }
         let x = self.obs[next_obs];
@@ -409,12 +402,20 @@ proptest! {
         // Within budget the exact merge is kept as is (checked above); the optimum applies beyond.
         let exact = cidr::merge(&case.inputs()).len();
         prop_assume!(exact > k);
-        match case.brute_force(&region) {
-            Some((best_cost, best_blocks)) => {
-                prop_assert!(c.budget_met, "brute force found a cover within budget: {:?}", (best_cost, best_blocks));
-                prop_assert_eq!((cost, c.blocks.len()), (best_cost, best_blocks), "{:?}", c);
+        let covers = case.brute_force(&region);
+        let within = covers.iter().filter(|(n, _)| *n <= k).map(|&(n, c)| (c, n)).min();
+        match within {
+            // Least cost, then fewest blocks.
+            Some(best) => {
+                prop_assert!(c.budget_met, "brute force found a cover within budget: {:?}", best);
+                prop_assert_eq!((cost, c.blocks.len()), best, "{:?}", c);
             }
-            None => prop_assert!(!c.budget_met),
+            // Over budget: fewest blocks, then least cost.
+            None => {
+                prop_assert!(!c.budget_met);
+                let fewest = covers.iter().min().copied();
+                prop_assert_eq!(Some((c.blocks.len(), cost)), fewest, "{:?}", c);
+            }
         }
     }
 
