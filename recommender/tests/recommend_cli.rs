@@ -1,0 +1,267 @@
+//! The built `leash` binary: `recommend` output layout, golden output, determinism, stdin,
+//! and the error contract (one line naming the file and line or object, exit code 2).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/recommend")
+        .join(name)
+}
+
+fn leash(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_leash"))
+        .args(args)
+        .output()
+        .expect("runs the leash binary")
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts exit code 2 and one error line containing every `needle`.
+fn assert_bad_input(o: &Output, needles: &[&str]) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(2), "stderr: {err}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "one error line, got: {err}"
+    );
+    for n in needles {
+        assert!(err.contains(n), "{n:?} not in {err:?}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+fn kubeadm_args() -> (String, String) {
+    (
+        path_str(&fixture("kubeadm/cluster.yaml")).to_owned(),
+        path_str(&fixture("kubeadm/flows.jsonl")).to_owned(),
+    )
+}
+
+#[test]
+fn stream_matches_golden_and_is_deterministic() {
+    let (cluster, flows) = kubeadm_args();
+    let a = leash(&["recommend", "--cluster", &cluster, "--flows", &flows]);
+    assert_eq!(a.status.code(), Some(0), "{}", stderr(&a));
+    let b = leash(&["recommend", "--cluster", &cluster, "--flows", &flows]);
+    assert_eq!(a.stdout, b.stdout, "byte-for-byte deterministic");
+    let golden = fixture("kubeadm/expected.yaml");
+    if std::env::var_os("LEASH_BLESS").is_some() {
+        std::fs::write(&golden, &a.stdout).expect("writes golden");
+    }
+    let want = std::fs::read_to_string(&golden).expect("golden file (LEASH_BLESS=1 writes it)");
+    assert_eq!(String::from_utf8_lossy(&a.stdout), want);
+}
+
+#[test]
+fn output_dir_layout() {
+    let (cluster, flows) = kubeadm_args();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let o = leash(&[
+        "recommend",
+        "--cluster",
+        &cluster,
+        "--flows",
+        &flows,
+        "-o",
+        path_str(dir.path()),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(o.stdout.is_empty(), "with -o nothing goes to stdout");
+    let mut files: Vec<String> = Vec::new();
+    for e in walk(dir.path()) {
+        files.push(
+            e.strip_prefix(dir.path())
+                .expect("inside")
+                .display()
+                .to_string(),
+        );
+    }
+    files.sort();
+    assert_eq!(
+        files,
+        vec![
+            "REPORT.md",
+            "shop/default-deny-egress.yaml",
+            "shop/payment-egress.yaml"
+        ]
+    );
+    let policy =
+        std::fs::read_to_string(dir.path().join("shop/payment-egress.yaml")).expect("policy");
+    assert!(policy.contains("name: payment-egress"), "{policy}");
+    assert!(policy.contains("- Egress"), "{policy}");
+    let report = std::fs::read_to_string(dir.path().join("REPORT.md")).expect("report");
+    for needle in [
+        "shop/Pod/debug",
+        "Would be fully isolated by default-deny",
+        "kube-system/DaemonSet/node-exporter",
+        "not enforceable",
+        "api.stripe.test",
+        "Service shop/api 80/TCP → 8080",
+    ] {
+        assert!(
+            report.contains(needle),
+            "{needle:?} missing from REPORT.md:\n{report}"
+        );
+    }
+    // Same input, same files, byte for byte.
+    let dir2 = tempfile::tempdir().expect("tempdir");
+    let o = leash(&[
+        "recommend",
+        "--cluster",
+        &cluster,
+        "--flows",
+        &flows,
+        "-o",
+        path_str(dir2.path()),
+    ]);
+    assert_eq!(o.status.code(), Some(0));
+    for f in &files {
+        assert_eq!(
+            std::fs::read(dir.path().join(f)).expect("a"),
+            std::fs::read(dir2.path().join(f)).expect("b"),
+            "{f} differs between runs"
+        );
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("readable").flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn flows_from_stdin() {
+    let (cluster, flows) = kubeadm_args();
+    let input = std::fs::read(&flows).expect("flows");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_leash"))
+        .args(["recommend", "--cluster", &cluster, "--flows", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawns");
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(&input).expect("writes");
+    }
+    let o = child.wait_with_output().expect("waits");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let from_file = leash(&["recommend", "--cluster", &cluster, "--flows", &flows]);
+    assert_eq!(o.stdout, from_file.stdout);
+}
+
+#[test]
+fn unknown_pod_names_file_and_line() {
+    let (cluster, _) = kubeadm_args();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flows = dir.path().join("f.jsonl");
+    std::fs::write(
+        &flows,
+        concat!(
+            r#"{"v":1,"kind":"flow","node":"n1","pod":{"uid":"","namespace":"shop","name":"payment-7d4-x2"},"cgroup":"/k","protocol":"TCP","dst":"203.0.113.1","dst_port":443,"count":1,"first_seen":"2026-11-23T08:00:00Z","last_seen":"2026-11-25T08:00:00Z","names":[]}"#,
+            "\n\n",
+            r#"{"v":1,"kind":"flow","node":"n1","pod":{"uid":"","namespace":"shop","name":"ghost"},"cgroup":"/k","protocol":"TCP","dst":"203.0.113.1","dst_port":443,"count":1,"first_seen":"2026-11-23T08:00:00Z","last_seen":"2026-11-25T08:00:00Z","names":[]}"#,
+            "\n"
+        ),
+    )
+    .expect("writes");
+    let o = leash(&[
+        "recommend",
+        "--cluster",
+        &cluster,
+        "--flows",
+        path_str(&flows),
+    ]);
+    assert_bad_input(&o, &[&format!("{}:3", flows.display()), "shop/ghost"]);
+}
+
+#[test]
+fn malformed_record_names_file_and_line() {
+    let (cluster, _) = kubeadm_args();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flows = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &flows,
+        "{\"v\":1,\"kind\":\"flow\",\"dst\":\"not-an-ip\"}\n",
+    )
+    .expect("writes");
+    let o = leash(&[
+        "recommend",
+        "--cluster",
+        &cluster,
+        "--flows",
+        path_str(&flows),
+    ]);
+    assert_bad_input(&o, &[&format!("{}:1", flows.display())]);
+}
+
+#[test]
+fn malformed_yaml_names_the_file_and_line() {
+    let (_, flows) = kubeadm_args();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = dir.path().join("c.yaml");
+    std::fs::write(
+        &cluster,
+        "apiVersion: v1\nkind: List\nitems:\n- {kind: Pod, metadata: [\n",
+    )
+    .expect("writes");
+    let o = leash(&[
+        "recommend",
+        "--cluster",
+        path_str(&cluster),
+        "--flows",
+        &flows,
+    ]);
+    assert_bad_input(&o, &[path_str(&cluster)]);
+}
+
+#[test]
+fn invalid_cidr_names_the_object() {
+    let (_, flows) = kubeadm_args();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = dir.path().join("c.yaml");
+    let text = std::fs::read_to_string(fixture("kubeadm/cluster.yaml"))
+        .expect("fixture")
+        .replace("podCIDRs: [10.244.2.0/24]", "podCIDRs: [10.244.2.0/33]");
+    std::fs::write(&cluster, text).expect("writes");
+    let o = leash(&[
+        "recommend",
+        "--cluster",
+        path_str(&cluster),
+        "--flows",
+        &flows,
+    ]);
+    assert_bad_input(&o, &[path_str(&cluster), "Node n2", "10.244.2.0/33"]);
+}
+
+#[test]
+fn missing_file_is_bad_input() {
+    let (cluster, _) = kubeadm_args();
+    let o = leash(&[
+        "recommend",
+        "--cluster",
+        &cluster,
+        "--flows",
+        "/nonexistent/flows.jsonl",
+    ]);
+    assert_bad_input(&o, &["/nonexistent/flows.jsonl"]);
+}
