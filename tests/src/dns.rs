@@ -480,6 +480,38 @@ mod tests {
         assert!(Message::from_vec(&r).is_err());
     }
 
+    proptest::proptest! {
+        /// The server parses whatever arrives on its sockets: it must never panic, and whatever
+        /// it answers must carry the request's id.
+        #[test]
+        fn respond_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
+            let dc = DnsCounters::default();
+            let z = zone();
+            for t in [Transport::Udp, Transport::Tcp] {
+                if let Some(r) = z.respond(&bytes, t, &dc) {
+                    proptest::prop_assert!(r.len() >= 12);
+                    proptest::prop_assert_eq!(&r[..2], &bytes[..2]);
+                }
+            }
+        }
+
+        /// Mutated real queries (bit flips in a valid query) are handled the same way.
+        #[test]
+        fn respond_handles_mutated_queries(pos in 0usize..64, bit in 0u8..8, edns in proptest::option::of(0u16..1400)) {
+            let mut q = query("api.stripe.test.", RecordType::A, edns);
+            let i = pos % q.len();
+            q[i] ^= 1 << bit;
+            let dc = DnsCounters::default();
+            if let Some(r) = zone().respond(&q, Transport::Udp, &dc) {
+                proptest::prop_assert_eq!(&r[..2], &q[..2]);
+                // Over UDP the answer always fits the size the (possibly mutated) query allows.
+                if let Ok(m) = Message::from_vec(&q) {
+                    proptest::prop_assert!(r.len() <= usize::from(m.max_payload()));
+                }
+            }
+        }
+    }
+
     #[test]
     fn garbage_gets_formerr_or_nothing() {
         let dc = DnsCounters::default();

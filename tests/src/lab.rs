@@ -371,6 +371,7 @@ pub struct Lab {
     externals: Vec<External>,
     servers: Servers,
     dns: Option<DnsInfo>,
+    pub(crate) extra_objects: Vec<serde_json::Value>,
 }
 
 impl std::fmt::Debug for Lab {
@@ -392,9 +393,17 @@ pub struct LabBuilder {
     externals: Vec<(String, Vec<Port>)>,
     dns: Option<DnsConfig>,
     node_name: Option<String>,
+    extra_objects: Vec<serde_json::Value>,
 }
 
 impl LabBuilder {
+    /// Adds an arbitrary Kubernetes object (e.g. a NetworkPolicy) to the lab's snapshot, after
+    /// the objects the lab generates. The lab does not enforce it.
+    pub fn snapshot_object(mut self, object: serde_json::Value) -> Self {
+        self.extra_objects.push(object);
+        self
+    }
+
     /// Declares a namespace (namespaces of pods and services are added automatically).
     pub fn namespace(mut self, ns: &str) -> Self {
         self.namespaces.insert(ns.to_owned());
@@ -469,6 +478,7 @@ impl LabBuilder {
             externals: Vec::new(),
             servers: Servers::new(),
             dns: None,
+            extra_objects: self.extra_objects.clone(),
         };
         fs::create_dir(&cgroup_root).map_err(|e| Error::io("mkdir", &cgroup_root, e))?;
         lab.cgroup_created = true;

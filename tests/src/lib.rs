@@ -191,3 +191,42 @@ pub fn sweep_stale() -> Vec<String> {
     }
     removed
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_pid_parses_lab_names_only() {
+        assert_eq!(owner_pid("leash-lab-123-4-node"), Some(123));
+        assert_eq!(owner_pid("leash-lab-77-0"), Some(77));
+        assert_eq!(owner_pid("leash-lab-x-0"), None);
+        assert_eq!(owner_pid("cni-1234"), None);
+    }
+
+    #[test]
+    fn uids_are_uuid_shaped_and_distinct() {
+        let a = lab::uid_for(&["pod", "1-0", "shop/a"]);
+        let b = lab::uid_for(&["pod", "1-1", "shop/a"]);
+        assert_ne!(a, b);
+        let groups: Vec<usize> = a.split('-').map(str::len).collect();
+        assert_eq!(groups, [8, 4, 4, 4, 12]);
+        assert!(a.chars().all(|c| c == '-' || c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn lab_addresses_are_documentation_ranges_only() {
+        for ok in ["198.51.100.7", "203.0.113.200", "2001:db8:2::10"] {
+            assert!(is_lab_address(ok.parse().unwrap()), "{ok}");
+        }
+        for bad in [
+            "192.0.2.1",
+            "10.0.0.1",
+            "fd00::1",
+            "2001:db9::1",
+            "127.0.0.1",
+        ] {
+            assert!(!is_lab_address(bad.parse().unwrap()), "{bad}");
+        }
+    }
+}

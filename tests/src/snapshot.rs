@@ -406,6 +406,7 @@ pub fn snapshot_value(lab: &Lab) -> Value {
             None,
         ));
     }
+    items.extend(lab.extra_objects.iter().cloned());
     json!({
         "apiVersion": "v1",
         "kind": "List",

@@ -534,9 +534,48 @@ fn snapshot_is_a_kubectl_style_list() {
                 .port(ServicePort::tcp(80).target_named("http").name("http")),
         )
         .dns(DnsConfig::new())
+        .snapshot_object(serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"name": "deny-all", "namespace": "shop"},
+            "spec": {"podSelector": {}, "policyTypes": ["Egress"]},
+        }))
         .build()
         .unwrap();
     let yaml = lab.snapshot_yaml().unwrap();
+
+    // The project's own loader reads every object with its k8s-openapi type.
+    let snap = leash_records::snapshot::parse_str(&yaml, Path::new("lab-snapshot.yaml"))
+        .unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+    assert!(snap.ignored.is_empty(), "{:?}", snap.ignored);
+    assert_eq!(snap.pods.len(), lab.pods().len());
+    assert_eq!(snap.namespaces.len(), 3);
+    assert_eq!(snap.nodes.len(), 1);
+    assert_eq!(snap.services.len(), 2);
+    assert_eq!(snap.endpoint_slices.len(), 4);
+    assert_eq!(snap.replica_sets.len(), 3);
+    assert_eq!(snap.deployments.len(), 3);
+    assert_eq!(snap.stateful_sets.len(), 1);
+    assert_eq!(snap.network_policies.len(), 1);
+    let typed = snap
+        .pods
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == Some("payment-5c9-q7"))
+        .unwrap();
+    let payment = lab.pod("shop/payment-5c9-q7");
+    assert_eq!(typed.metadata.uid.as_deref(), Some(payment.uid()));
+    let ips: Vec<String> = typed
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ips.as_ref())
+        .unwrap()
+        .iter()
+        .map(|i| i.ip.clone())
+        .collect();
+    assert_eq!(
+        ips,
+        [payment.ipv4().to_string(), payment.ipv6().to_string()]
+    );
     let v: Value = serde_norway::from_str(&yaml).unwrap();
     assert_eq!(v["apiVersion"], "v1");
     assert_eq!(v["kind"], "List");

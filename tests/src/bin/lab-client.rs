@@ -85,6 +85,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
                 o.edns = Some(v.parse().map_err(|_| format!("bad --edns {v:?}"))?);
             }
             "--no-edns" => o.edns = None,
+            "--help" | "-h" => o.positional.insert(0, "help".to_owned()),
             s if s.starts_with("--") => return Err(format!("unknown option {s}")),
             s => o.positional.push(s.to_owned()),
         }
@@ -350,7 +351,7 @@ fn main() -> ExitCode {
         Some("udp-connected") => cmd_udp(&opts, true),
         Some("udp-sendto") => cmd_udp(&opts, false),
         Some("dns") => cmd_dns(&opts),
-        Some("--help") | Some("help") | None => {
+        Some("help") | None => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
         }
