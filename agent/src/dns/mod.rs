@@ -16,6 +16,7 @@ use hickory_proto::rr::{RData, RecordType};
 use leash_records::{DnsAnswer, DnsRecord};
 
 use crate::attribution::Attribution;
+use crate::metrics::Metrics;
 
 pub use cache::{DnsCache, DnsCacheConfig};
 
@@ -201,6 +202,67 @@ pub fn dns_record(
             })
             .collect(),
         time,
+    }
+}
+
+/// The agent's DNS path in one place: parse, count failures, cache, build the record.
+#[derive(Debug)]
+pub struct DnsTracker {
+    cache: DnsCache,
+    metrics: Metrics,
+}
+
+impl DnsTracker {
+    /// A tracker with an empty cache.
+    pub fn new(config: DnsCacheConfig, metrics: Metrics) -> Self {
+        Self {
+            cache: DnsCache::new(config, metrics.clone()),
+            metrics,
+        }
+    }
+
+    /// Handles one DNS response payload received by `attribution`'s process from `server` at
+    /// `time`: caches its answers under the pod key and returns the v1 record. A payload that does
+    /// not parse is counted in `dns_parse_errors`, logged at debug level, and gives `None`.
+    pub fn observe(
+        &mut self,
+        payload: &[u8],
+        server: IpAddr,
+        time: DateTime<Utc>,
+        node: &str,
+        attribution: &Attribution,
+    ) -> Option<DnsRecord> {
+        match parse_response(payload) {
+            Ok(response) => {
+                self.cache.insert(attribution.pod_key(), &response, time);
+                Some(dns_record(&response, server, time, node, attribution))
+            }
+            Err(error) => {
+                self.metrics.dns_parse_errors.inc();
+                tracing::debug!(%error, %server, cgroup = %attribution.cgroup, "skipping DNS payload");
+                None
+            }
+        }
+    }
+
+    /// The names that resolved to `ip` for `attribution`'s pod (or cgroup), valid at `at`.
+    pub fn names_for(
+        &self,
+        attribution: &Attribution,
+        ip: IpAddr,
+        at: DateTime<Utc>,
+    ) -> Vec<String> {
+        self.cache.names_for(attribution.pod_key(), ip, at)
+    }
+
+    /// Drops entries past TTL plus grace; call it on each flush.
+    pub fn purge(&mut self, at: DateTime<Utc>) -> usize {
+        self.cache.purge(at)
+    }
+
+    /// The underlying cache.
+    pub fn cache(&self) -> &DnsCache {
+        &self.cache
     }
 }
 
