@@ -18,8 +18,8 @@ use leash_records::{FlowRecord, Record, RecordError, read_records};
 use serde::Serialize;
 
 use crate::eval::{
-    self, ClusterView, CompiledPolicy, Evaluation, Flow, PodView, PolicyId, PolicySet, Verdict,
-    evaluate,
+    self, ClusterView, CompiledPolicy, Evaluation, Flow, PodView, PolicyId, PolicySet, Reason,
+    Verdict, evaluate,
 };
 
 /// Errors of `audit`; each names the file (and line or object) at fault.
@@ -396,11 +396,20 @@ impl AuditReport {
             .map(|e| {
                 let ev = &e.evaluation;
                 let policies = ev.policies();
-                let note = match (&ev.problem, &ev.service) {
-                    (Some(p), _) => p.to_string(),
-                    (None, Some(s)) => format!("via Service {s}"),
-                    (None, None) => String::new(),
-                };
+                let mut notes = Vec::new();
+                match (&ev.problem, &ev.service) {
+                    (Some(p), _) => notes.push(p.to_string()),
+                    (None, Some(s)) => notes.push(format!("via Service {s}")),
+                    (None, None) => {}
+                }
+                if ev
+                    .targets
+                    .iter()
+                    .any(|t| t.egress.reason == Reason::SourceHostNetwork)
+                {
+                    notes.push("hostNetwork source: NetworkPolicy cannot restrict it".into());
+                }
+                let note = notes.join("; ");
                 [
                     e.source.to_string(),
                     e.flow.protocol.to_string(),

@@ -7,18 +7,25 @@
 //! only if it is allowed to every backend.
 //!
 //! The semantics follow `shared/docs/networkpolicy-semantics.md`:
-//! - `policyTypes` defaulting, absent `podSelector` = all pods ([`policy`]);
+//! - `policyTypes` defaulting, absent `podSelector` = all pods (applied once, when a
+//!   [`PolicySet`] validates the policies; anything the API server would reject is an error);
 //! - selectors with matchExpressions (`NotIn`/`DoesNotExist` match a missing key);
 //! - ipBlock with `except`, matching pod IPs too, only within its own IP family;
 //! - protocol default TCP, named ports resolved on the **destination** pod, `endPort`;
 //! - hostNetwork pods are never matched by selectors (they appear as their node IP), cannot
 //!   be isolated, and their own egress cannot be restricted;
-//! - ingress from the destination pod's own node is always allowed.
+//! - ingress from the destination pod's own node (a hostNetwork source on that node) is
+//!   always allowed;
+//! - a namespace missing from the cluster still carries `kubernetes.io/metadata.name`;
+//! - an IPv4-mapped IPv6 destination is evaluated as the IPv4 address.
 //!
 //! Deliberate choice: a flow to a Service address that leads nowhere (no ready backends, a port
 //! the Service does not expose, or an address in the Service range that no Service owns) is a
 //! **deny** with a [`Problem`], not an error: kube-proxy rejects such connections, and one stale
 //! flow should not stop an audit of thousands.
+//!
+//! The cluster is reached through [`ClusterView`] (implemented by `cluster::Cluster` and by
+//! the in-memory [`StaticCluster`]); pods through [`PodView`].
 
 mod policy;
 mod view;

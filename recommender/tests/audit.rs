@@ -279,3 +279,25 @@ fn policy_errors_name_the_file() {
     let err = load_policies(&missing).expect_err("missing").to_string();
     assert!(err.starts_with(&missing.display().to_string()), "{err}");
 }
+
+#[test]
+fn table_notes_host_network_sources() {
+    let flows = read_flows(&fixture("flows.jsonl")).expect("parses");
+    let mut one: Vec<LocatedFlow> = flows[1..2].to_vec();
+    if let Some(p) = one[0].flow.pod.as_mut() {
+        p.uid = String::new();
+        p.name = "host-agent".into();
+    }
+    let policies = load_policy_set(&fixture("policies")).expect("loads");
+    let r = audit(&lab_cluster(), &policies, &one).expect("audit");
+    assert_eq!(r.entries[0].evaluation.verdict, Verdict::Allow);
+    let table = r.to_table();
+    assert!(
+        table
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with("shop/host-agent")
+                && l.ends_with("hostNetwork source: NetworkPolicy cannot restrict it")),
+        "{table}"
+    );
+}

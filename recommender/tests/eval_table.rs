@@ -576,3 +576,68 @@ fn selector_fallback_skips_pods_that_are_not_running() {
     let ports: Vec<u16> = ev.targets.iter().map(|t| t.port).collect();
     assert_eq!(ports, [8000, 8001]);
 }
+
+/// Egress-isolating policies of the table that select `shop/web`, renamed apart.
+fn egress_pool() -> Vec<(String, &'static str)> {
+    let mut pool: Vec<&'static str> = CASES
+        .iter()
+        .flat_map(|c| c.policies.iter())
+        .filter(|(id, spec)| {
+            id.starts_with("shop/") && spec.starts_with("{podSelector: {}, policyTypes: [Egress]")
+        })
+        .map(|(_, spec)| *spec)
+        .collect();
+    pool.sort_unstable();
+    pool.dedup();
+    pool.into_iter()
+        .enumerate()
+        .map(|(i, spec)| (format!("shop/p{i:02}"), spec))
+        .collect()
+}
+
+/// Every destination the table uses.
+fn targets() -> Vec<&'static str> {
+    let mut t: Vec<&'static str> = CASES.iter().map(|c| c.to).collect();
+    t.sort_unstable();
+    t.dedup();
+    t
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+
+    /// Rules of all policies isolating a pod are unioned: allowed by {A, B} exactly when
+    /// allowed by A alone or by B alone, whatever the order.
+    #[test]
+    fn egress_is_the_union_of_isolating_policies(
+        i in proptest::prelude::any::<proptest::sample::Index>(),
+        j in proptest::prelude::any::<proptest::sample::Index>(),
+        k in proptest::prelude::any::<proptest::sample::Index>(),
+    ) {
+        let pool = egress_pool();
+        proptest::prop_assume!(pool.len() >= 10);
+        let targets = targets();
+        let (a, b) = (&pool[i.index(pool.len())], &pool[j.index(pool.len())]);
+        let to = targets[k.index(targets.len())];
+        let c = lab_cluster();
+        let alone_a = run(&c, &[(a.0.as_str(), a.1)], "shop/web", to);
+        let alone_b = run(&c, &[(b.0.as_str(), b.1)], "shop/web", to);
+        let ab = if a.0 == b.0 {
+            run(&c, &[(a.0.as_str(), a.1)], "shop/web", to)
+        } else {
+            run(&c, &[(a.0.as_str(), a.1), (b.0.as_str(), b.1)], "shop/web", to)
+        };
+        let ba = if a.0 == b.0 {
+            ab.clone()
+        } else {
+            run(&c, &[(b.0.as_str(), b.1), (a.0.as_str(), a.1)], "shop/web", to)
+        };
+        proptest::prop_assert_eq!(&ab, &ba);
+        if ab.problem.is_none() {
+            let either = alone_a.egress == Verdict::Allow || alone_b.egress == Verdict::Allow;
+            proptest::prop_assert_eq!(ab.egress == Verdict::Allow, either, "{} + {} -> {}", a.1, b.1, to);
+        }
+        // Egress policies never change ingress.
+        proptest::prop_assert_eq!(ab.ingress, run(&c, &[], "shop/web", to).ingress);
+    }
+}
