@@ -1,5 +1,25 @@
+//! leash kernel programs (built for `bpfel-unknown-none` by `agent/build.rs`).
+//!
+//! All programs only observe: they always allow the operation.
+//!
+//! - `cgroup/connect4|6`, `cgroup/sendmsg4|6` count outbound flows per
+//!   (cgroup, protocol, destination, port) in the `FLOWS` LRU map and push a `FlowRecord`
+//!   for a new key, or for an active key at most once per refresh interval.
+//! - `sockops` counts the TCP outcome (established / failed) of connects seen by `connect4|6`,
+//!   using socket-local storage to find the flow key again.
+//! - `cgroup_skb/ingress` copies DNS responses (configurable source ports, UDP and TCP,
+//!   IPv4 and IPv6 without extension headers) to the `DNS_EVENTS` ring.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// Atomic add / compare-exchange intrinsics: the bpf target exposes no `AtomicU64::fetch_add`.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(
+    target_arch = "bpf",
+    expect(internal_features, reason = "core_intrinsics for BPF atomics")
+)]
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}
+
+#[cfg(target_arch = "bpf")]
+mod kernel;

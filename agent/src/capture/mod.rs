@@ -1,1 +1,656 @@
-//! TODO(capture)
+//! Loads the kernel programs, attaches them to a cgroup v2 directory, and reads what they
+//! report.
+//!
+//! [`Capture::start`] loads the embedded object, writes the configuration (refresh interval,
+//! DNS ports), and attaches the six programs (`connect4/6`, `sendmsg4/6`, `sockops`,
+//! `cgroup_skb/ingress`) to the directory. The caller then pulls events with
+//! [`Capture::next_event`] (async, cancel-safe) and drives the rest:
+//!
+//! - [`CaptureEvent::Flow`] carries a **cumulative** [`FlowSample`]; feed it to
+//!   [`crate::aggregate::Aggregator::observe`], which turns samples into per-key deltas.
+//! - [`CaptureEvent::Dns`] carries a raw [`DnsPacket`] for the DNS parser.
+//! - Periodically: settle quiet keys ([`crate::aggregate::Aggregator::due_for_settle`] +
+//!   [`Capture::lookup`]), read [`Capture::counters`] (drops per cause; on new flow drops run a
+//!   recovery [`Capture::sweep`]) and flush the aggregator.
+//! - On shutdown: [`Capture::detach`], drain with [`Capture::try_next_event`], then a final
+//!   [`Capture::sweep`] and flush.
+//!
+//! The consumer sets the pace: if it stops calling `next_event`, the kernel rings fill up and
+//! the kernel counts the failed reservations ([`KernelCounters`]); nothing is lost silently.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use leash_agent::aggregate::{Aggregator, SampleSource};
+//! use leash_agent::capture::{Capture, CaptureConfig, CaptureEvent};
+//!
+//! let config = CaptureConfig::new("/sys/fs/cgroup/unified/lab");
+//! let mut capture = Capture::start(&config)?;
+//! let mut agg = Aggregator::new(config.refresh, capture.clock());
+//! let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+//! # let stop = async {};
+//! # tokio::pin!(stop);
+//! loop {
+//!     tokio::select! {
+//!         event = capture.next_event() => match event? {
+//!             CaptureEvent::Flow(sample) => agg.observe(&sample, SampleSource::Ring),
+//!             CaptureEvent::Dns(packet) => { /* parse packet.payload */ }
+//!         },
+//!         _ = tick.tick() => {
+//!             for id in agg.due_for_settle(leash_agent::capture::monotonic_now_ns()) {
+//!                 match capture.lookup(&id)? {
+//!                     Some(sample) => agg.observe(&sample, SampleSource::Lookup),
+//!                     None => agg.mark_settled(&id),
+//!                 }
+//!             }
+//!             for delta in agg.flush() { /* write delta */ }
+//!         }
+//!         _ = &mut stop => break,
+//!     }
+//! }
+//! capture.detach()?;
+//! while let Some(event) = capture.try_next_event()? {
+//!     if let CaptureEvent::Flow(sample) = event { agg.observe(&sample, SampleSource::Ring) }
+//! }
+//! for sample in capture.sweep()? { agg.observe(&sample, SampleSource::Lookup) }
+//! for delta in agg.flush() { /* write delta */ }
+//! # Ok(()) }
+//! ```
+
+mod decode;
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    io,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use agent_ebpf::{
+    ConfigIndex, Counter, FlowKey, FlowValue, MAP_CONFIG, MAP_COUNTERS, MAP_DNS_EVENTS,
+    MAP_DNS_PORTS, MAP_FLOW_EVENTS, MAP_FLOWS,
+};
+use aya::{
+    Ebpf, EbpfError, EbpfLoader,
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError, SockOps,
+    },
+};
+pub use decode::{
+    DecodeError, DnsPacket, DnsTransport, FlowId, FlowSample, KernelClock, monotonic_now_ns,
+};
+use tokio::io::{Interest, unix::AsyncFd};
+
+/// The kernel programs, built by `build.rs` from `agent-ebpf`.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leash-ebpf"));
+
+/// `Result` of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+const PRIVILEGE_HINT: &str = "leash-agent needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (or root) to load and attach eBPF programs";
+
+/// Errors of loading, attaching and reading the kernel programs.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The `--cgroup` directory does not exist or cannot be opened.
+    #[error("cgroup directory {path} not found or not openable: {source}")]
+    CgroupNotFound {
+        /// The directory.
+        path: PathBuf,
+        /// The `open` error.
+        #[source]
+        source: io::Error,
+    },
+    /// The kernel refused an operation with EPERM: capabilities are missing.
+    #[error("permission denied while {action}: {PRIVILEGE_HINT}")]
+    MissingPrivileges {
+        /// What was being done (e.g. "loading program leash_connect4").
+        action: String,
+        /// The underlying error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The verifier rejected a program.
+    #[error("the kernel verifier rejected program {program} ({source}); verifier log:\n{log}")]
+    VerifierRejected {
+        /// The program's name.
+        program: String,
+        /// The `BPF_PROG_LOAD` error.
+        #[source]
+        source: io::Error,
+        /// The verifier's log.
+        log: String,
+    },
+    /// Parsing the object or creating its maps failed (other than missing privileges).
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[source] EbpfError),
+    /// The object lacks a program or map this module expects (build mismatch).
+    #[error("the eBPF object has no {kind} named {name}")]
+    Missing {
+        /// "program" or "map".
+        kind: &'static str,
+        /// Its name.
+        name: &'static str,
+    },
+    /// Loading or attaching a program failed for another reason.
+    #[error("{action} program {program} failed: {source}")]
+    Program {
+        /// "loading" or "attaching".
+        action: &'static str,
+        /// The program's name.
+        program: &'static str,
+        /// aya's error.
+        #[source]
+        source: ProgramError,
+    },
+    /// A system call made while loading or attaching a program failed.
+    #[error("{action} program {program} failed: {call}: {source}")]
+    ProgramSyscall {
+        /// "loading" or "attaching".
+        action: &'static str,
+        /// The program's name.
+        program: &'static str,
+        /// The system call's name.
+        call: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A map operation failed.
+    #[error("{action} on map {map} failed: {source}")]
+    Map {
+        /// The operation, e.g. "lookup" or "setting refresh interval".
+        action: &'static str,
+        /// The map's name.
+        map: &'static str,
+        /// aya's error.
+        #[source]
+        source: MapError,
+    },
+    /// A system call failed.
+    #[error("{call} failed: {source}")]
+    Syscall {
+        /// The system call's name.
+        call: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Whether `err` or any of its sources is an `io::Error` with EPERM.
+fn is_eperm(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<io::Error>()
+            && io.raw_os_error() == Some(libc::EPERM)
+        {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
+/// Configuration of [`Capture::start`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaptureConfig {
+    /// cgroup v2 directory to attach to; every cgroup below it is observed.
+    pub cgroup: PathBuf,
+    /// An active key is pushed to user space at most once per this interval (≥ 1 ms).
+    pub refresh: Duration,
+    /// Source ports whose UDP/TCP payloads are captured as DNS responses (at most 16).
+    pub dns_ports: Vec<u16>,
+}
+
+impl CaptureConfig {
+    /// Defaults: refresh 1 s, DNS port 53.
+    pub fn new(cgroup: impl Into<PathBuf>) -> Self {
+        Self {
+            cgroup: cgroup.into(),
+            refresh: Duration::from_nanos(agent_ebpf::DEFAULT_REFRESH_NS),
+            dns_ports: vec![53],
+        }
+    }
+}
+
+/// An event read from the kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CaptureEvent {
+    /// A flow's cumulative state (new key, or periodic refresh of an active key).
+    Flow(FlowSample),
+    /// A DNS response packet.
+    Dns(DnsPacket),
+    /// A ring record that could not be decoded (counted, skipped).
+    Malformed(DecodeError),
+}
+
+/// The kernel's per-cause counters, summed over CPUs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    /// Value per counter, in [`Counter::ALL`] order.
+    pub values: BTreeMap<Counter, u64>,
+}
+
+impl KernelCounters {
+    /// One counter's value.
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.values.get(&counter).copied().unwrap_or(0)
+    }
+
+    /// Flow records that were produced but not delivered (ring full).
+    pub fn flow_drops(&self) -> u64 {
+        self.get(Counter::FlowRingFull)
+    }
+
+    /// DNS packets produced but not delivered (ring full or copy failure).
+    pub fn dns_drops(&self) -> u64 {
+        self.get(Counter::DnsRingFull) + self.get(Counter::DnsLoadFailed)
+    }
+}
+
+/// Loaded and attached kernel programs plus their maps. Dropping it detaches everything.
+pub struct Capture {
+    // Field order: the readers and maps hold their own fds; `ebpf` owns programs and links.
+    flow_ring: AsyncFd<RingBuf<MapData>>,
+    dns_ring: AsyncFd<RingBuf<MapData>>,
+    flows: HashMap<MapData, FlowKey, FlowValue>,
+    counters: PerCpuArray<MapData, u64>,
+    dns_ports: HashMap<MapData, u16, u8>,
+    ebpf: Option<Ebpf>,
+    clock: KernelClock,
+    cgroup_id: u64,
+    prefer_dns: bool,
+}
+
+impl std::fmt::Debug for Capture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Capture")
+            .field("cgroup_id", &self.cgroup_id)
+            .field("attached", &self.ebpf.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+const SOCK_ADDR_PROGRAMS: [&str; 4] = [
+    "leash_connect4",
+    "leash_connect6",
+    "leash_sendmsg4",
+    "leash_sendmsg6",
+];
+const SOCKOPS_PROGRAM: &str = "leash_sockops";
+const DNS_PROGRAM: &str = "leash_dns_ingress";
+
+fn program_error(action: &'static str, program: &'static str, source: ProgramError) -> Error {
+    if let ProgramError::LoadError {
+        io_error,
+        verifier_log,
+    } = source
+    {
+        if io_error.raw_os_error() == Some(libc::EPERM) {
+            return Error::MissingPrivileges {
+                action: format!("{action} program {program}"),
+                source: Box::new(io_error),
+            };
+        }
+        return Error::VerifierRejected {
+            program: program.to_owned(),
+            source: io_error,
+            log: verifier_log.to_string(),
+        };
+    }
+    if is_eperm(&source) {
+        return Error::MissingPrivileges {
+            action: format!("{action} program {program}"),
+            source: Box::new(source),
+        };
+    }
+    match source {
+        ProgramError::SyscallError(aya::sys::SyscallError { call, io_error }) => {
+            Error::ProgramSyscall {
+                action,
+                program,
+                call,
+                source: io_error,
+            }
+        }
+        source => Error::Program {
+            action,
+            program,
+            source,
+        },
+    }
+}
+
+fn map_error(action: &'static str, map: &'static str, source: MapError) -> Error {
+    if is_eperm(&source) {
+        return Error::MissingPrivileges {
+            action: format!("{action} on map {map}"),
+            source: Box::new(source),
+        };
+    }
+    Error::Map {
+        action,
+        map,
+        source,
+    }
+}
+
+/// Registers a ring buffer with the tokio reactor (epoll), for readability only.
+fn register_ring(ring: RingBuf<MapData>) -> Result<AsyncFd<RingBuf<MapData>>> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(Error::Syscall {
+            call: "epoll_ctl",
+            source: io::Error::other("Capture::start must run inside a tokio runtime"),
+        });
+    }
+    // SAFETY: the RingBuf owns its map fd; it stays open and unchanged until the RingBuf,
+    // and thus the AsyncFd, is dropped.
+    unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.map_err(|e| {
+        Error::Syscall {
+            call: "epoll_ctl",
+            source: io::Error::from(e),
+        }
+    })
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map> {
+    ebpf.take_map(name)
+        .ok_or(Error::Missing { kind: "map", name })
+}
+
+impl Capture {
+    /// Loads the programs, configures them, and attaches them to `config.cgroup`.
+    ///
+    /// Must be called inside a tokio runtime (the ring buffers are registered with it).
+    pub fn start(config: &CaptureConfig) -> Result<Self> {
+        let cgroup = File::open(&config.cgroup).map_err(|source| Error::CgroupNotFound {
+            path: config.cgroup.clone(),
+            source,
+        })?;
+        let cgroup_id = cgroup
+            .metadata()
+            .map_err(|source| Error::Syscall {
+                call: "fstat",
+                source,
+            })?
+            .ino();
+        let clock = KernelClock::now();
+
+        let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT).map_err(|e| {
+            if is_eperm(&e) {
+                Error::MissingPrivileges {
+                    action: "creating eBPF maps".to_owned(),
+                    source: Box::new(e),
+                }
+            } else {
+                Error::Load(e)
+            }
+        })?;
+
+        {
+            let map = ebpf.map_mut(MAP_CONFIG).ok_or(Error::Missing {
+                kind: "map",
+                name: MAP_CONFIG,
+            })?;
+            let mut cfg: Array<_, u64> =
+                Array::try_from(map).map_err(|e| map_error("opening", MAP_CONFIG, e))?;
+            let refresh_ns = u64::try_from(config.refresh.as_nanos())
+                .unwrap_or(u64::MAX)
+                .max(1_000_000);
+            cfg.set(ConfigIndex::RefreshNs as u32, refresh_ns, 0)
+                .map_err(|e| map_error("setting the refresh interval", MAP_CONFIG, e))?;
+        }
+        let mut dns_ports: HashMap<MapData, u16, u8> =
+            HashMap::try_from(take_map(&mut ebpf, MAP_DNS_PORTS)?)
+                .map_err(|e| map_error("opening", MAP_DNS_PORTS, e))?;
+        for &port in &config.dns_ports {
+            dns_ports
+                .insert(port, 1, 0)
+                .map_err(|e| map_error("adding a DNS port", MAP_DNS_PORTS, e))?;
+        }
+        let flows = HashMap::try_from(take_map(&mut ebpf, MAP_FLOWS)?)
+            .map_err(|e| map_error("opening", MAP_FLOWS, e))?;
+        let counters = PerCpuArray::try_from(take_map(&mut ebpf, MAP_COUNTERS)?)
+            .map_err(|e| map_error("opening", MAP_COUNTERS, e))?;
+        let flow_ring = RingBuf::try_from(take_map(&mut ebpf, MAP_FLOW_EVENTS)?)
+            .map_err(|e| map_error("opening", MAP_FLOW_EVENTS, e))?;
+        let dns_ring = RingBuf::try_from(take_map(&mut ebpf, MAP_DNS_EVENTS)?)
+            .map_err(|e| map_error("opening", MAP_DNS_EVENTS, e))?;
+        let flow_ring = register_ring(flow_ring)?;
+        let dns_ring = register_ring(dns_ring)?;
+
+        // Load everything first, then attach, so that a verifier rejection leaves nothing
+        // half-attached.
+        for name in SOCK_ADDR_PROGRAMS {
+            let prog: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .ok_or(Error::Missing {
+                    kind: "program",
+                    name,
+                })?
+                .try_into()
+                .map_err(|e| program_error("loading", name, e))?;
+            prog.load().map_err(|e| program_error("loading", name, e))?;
+        }
+        let sockops: &mut SockOps = ebpf
+            .program_mut(SOCKOPS_PROGRAM)
+            .ok_or(Error::Missing {
+                kind: "program",
+                name: SOCKOPS_PROGRAM,
+            })?
+            .try_into()
+            .map_err(|e| program_error("loading", SOCKOPS_PROGRAM, e))?;
+        sockops
+            .load()
+            .map_err(|e| program_error("loading", SOCKOPS_PROGRAM, e))?;
+        let dns: &mut CgroupSkb = ebpf
+            .program_mut(DNS_PROGRAM)
+            .ok_or(Error::Missing {
+                kind: "program",
+                name: DNS_PROGRAM,
+            })?
+            .try_into()
+            .map_err(|e| program_error("loading", DNS_PROGRAM, e))?;
+        dns.load()
+            .map_err(|e| program_error("loading", DNS_PROGRAM, e))?;
+
+        // Attached through bpf_link (kernel ≥ 5.7), which is always multi-attach: several agents
+        // or tests may watch overlapping sub-trees. Link creation takes no attach flags.
+        let mode = CgroupAttachMode::Single;
+        for name in SOCK_ADDR_PROGRAMS {
+            let prog: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .ok_or(Error::Missing {
+                    kind: "program",
+                    name,
+                })?
+                .try_into()
+                .map_err(|e| program_error("attaching", name, e))?;
+            prog.attach(&cgroup, mode)
+                .map_err(|e| program_error("attaching", name, e))?;
+        }
+        let sockops: &mut SockOps = ebpf
+            .program_mut(SOCKOPS_PROGRAM)
+            .ok_or(Error::Missing {
+                kind: "program",
+                name: SOCKOPS_PROGRAM,
+            })?
+            .try_into()
+            .map_err(|e| program_error("attaching", SOCKOPS_PROGRAM, e))?;
+        sockops
+            .attach(&cgroup, mode)
+            .map_err(|e| program_error("attaching", SOCKOPS_PROGRAM, e))?;
+        let dns: &mut CgroupSkb = ebpf
+            .program_mut(DNS_PROGRAM)
+            .ok_or(Error::Missing {
+                kind: "program",
+                name: DNS_PROGRAM,
+            })?
+            .try_into()
+            .map_err(|e| program_error("attaching", DNS_PROGRAM, e))?;
+        dns.attach(&cgroup, CgroupSkbAttachType::Ingress, mode)
+            .map_err(|e| program_error("attaching", DNS_PROGRAM, e))?;
+
+        Ok(Self {
+            flow_ring,
+            dns_ring,
+            flows,
+            counters,
+            dns_ports,
+            ebpf: Some(ebpf),
+            clock,
+            cgroup_id,
+            prefer_dns: false,
+        })
+    }
+
+    /// cgroup id (inode) of the attach directory.
+    pub fn cgroup_id(&self) -> u64 {
+        self.cgroup_id
+    }
+
+    /// The monotonic-to-wall-clock conversion used for every timestamp.
+    pub fn clock(&self) -> KernelClock {
+        self.clock
+    }
+
+    /// Adds a DNS source port at run time.
+    pub fn add_dns_port(&mut self, port: u16) -> Result<()> {
+        self.dns_ports
+            .insert(port, 1, 0)
+            .map_err(|e| map_error("adding a DNS port", MAP_DNS_PORTS, e))
+    }
+
+    /// Detaches all programs (no new events); the rings and maps stay readable.
+    pub fn detach(&mut self) -> Result<()> {
+        // Dropping the Ebpf object closes the programs' links, which detaches them.
+        drop(self.ebpf.take());
+        Ok(())
+    }
+
+    /// Reads one already-available event without waiting; `None` when both rings are empty.
+    pub fn try_next_event(&mut self) -> Result<Option<CaptureEvent>> {
+        // Alternate which ring goes first so that neither starves the other.
+        self.prefer_dns = !self.prefer_dns;
+        let clock = self.clock;
+        let read_flow = |ring: &mut RingBuf<MapData>| {
+            ring.next()
+                .map(|item| match decode::decode_flow(&item, &clock) {
+                    Ok(sample) => CaptureEvent::Flow(sample),
+                    Err(e) => CaptureEvent::Malformed(e),
+                })
+        };
+        let read_dns = |ring: &mut RingBuf<MapData>| {
+            ring.next()
+                .map(|item| match decode::decode_dns(&item, &clock) {
+                    Ok(packet) => CaptureEvent::Dns(packet),
+                    Err(e) => CaptureEvent::Malformed(e),
+                })
+        };
+        let event = if self.prefer_dns {
+            read_dns(self.dns_ring.get_mut()).or_else(|| read_flow(self.flow_ring.get_mut()))
+        } else {
+            read_flow(self.flow_ring.get_mut()).or_else(|| read_dns(self.dns_ring.get_mut()))
+        };
+        Ok(event)
+    }
+
+    /// Waits for the next event. Cancel-safe: dropping the future loses nothing.
+    pub async fn next_event(&mut self) -> Result<CaptureEvent> {
+        loop {
+            if let Some(event) = self.try_next_event()? {
+                return Ok(event);
+            }
+            let Self {
+                flow_ring,
+                dns_ring,
+                ..
+            } = self;
+            // Clearing readiness before re-checking the rings cannot lose a wakeup: data that
+            // arrives afterwards raises a new epoll edge.
+            tokio::select! {
+                guard = flow_ring.readable_mut() => {
+                    guard.map_err(|source| Error::Syscall { call: "epoll_wait", source })?.clear_ready();
+                }
+                guard = dns_ring.readable_mut() => {
+                    guard.map_err(|source| Error::Syscall { call: "epoll_wait", source })?.clear_ready();
+                }
+            }
+        }
+    }
+
+    /// Reads the kernel counters (produced records, drops per cause), summed over CPUs.
+    pub fn counters(&self) -> Result<KernelCounters> {
+        let mut values = BTreeMap::new();
+        for counter in Counter::ALL {
+            let per_cpu = self
+                .counters
+                .get(&(counter as u32), 0)
+                .map_err(|e| map_error("lookup", MAP_COUNTERS, e))?;
+            values.insert(
+                counter,
+                per_cpu.iter().copied().fold(0u64, u64::wrapping_add),
+            );
+        }
+        Ok(KernelCounters { values })
+    }
+
+    /// The latest cumulative state of one flow ("settle"), or `None` if the kernel no longer
+    /// holds it (evicted).
+    pub fn lookup(&self, id: &FlowId) -> Result<Option<FlowSample>> {
+        let key = id.to_key();
+        match self.flows.get(&key, 0) {
+            Ok(value) => Ok(FlowSample::from_kernel(&key, &value, &self.clock)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_error("lookup", MAP_FLOWS, e)),
+        }
+    }
+
+    /// Every flow the kernel currently holds (recovery after drops, and the final sweep).
+    /// Keys evicted during the walk are skipped.
+    pub fn sweep(&self) -> Result<Vec<FlowSample>> {
+        let mut out = Vec::new();
+        for entry in self.flows.iter() {
+            match entry {
+                Ok((key, value)) => {
+                    out.extend(FlowSample::from_kernel(&key, &value, &self.clock));
+                }
+                Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_error("iterating", MAP_FLOWS, e)),
+            }
+        }
+        out.sort_by_key(|s| s.id);
+        Ok(out)
+    }
+
+    /// Number of keys currently in the kernel flow map (walks the map).
+    pub fn flow_keys(&self) -> usize {
+        self.flows.keys().filter(Result::is_ok).count()
+    }
+}
+
+/// The cgroup v2 mount point, found by filesystem magic (`/sys/fs/cgroup` on pure v2 hosts,
+/// `/sys/fs/cgroup/unified` on hybrid ones).
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| is_cgroup2(p))
+        .map(Path::to_path_buf)
+}
+
+/// Whether `path` is on a cgroup2 filesystem (statfs magic `CGROUP2_SUPER_MAGIC`).
+pub fn is_cgroup2(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt as _;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: zeroed statfs is a valid out-buffer; `c` is a NUL-terminated path.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    rc == 0 && st.f_type as u64 == libc::CGROUP2_SUPER_MAGIC as u64
+}

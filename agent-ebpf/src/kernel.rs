@@ -1,0 +1,494 @@
+//! The programs themselves; see the crate docs for the overview.
+
+use core::{
+    ffi::c_void,
+    intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd},
+    ptr::{addr_of, addr_of_mut, read_volatile, write_volatile},
+};
+
+use agent_ebpf::{
+    ConfigIndex, Counter, DEFAULT_REFRESH_NS, DNS_FLAG_TCP_PREFIX, DNS_FLAG_TRUNCATED,
+    DNS_PAYLOAD_MAX, DNS_PORTS_MAX, DNS_RING_BYTES, DnsHeader, DnsRecord, FAMILY_V4, FAMILY_V6,
+    FLOW_RING_BYTES, FLOWS_MAX_ENTRIES, FlowKey, FlowRecord, FlowValue, PROTO_TCP, PROTO_UDP,
+};
+use aya_ebpf::{
+    bindings::{
+        BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
+        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE, BPF_TCP_SYN_SENT,
+    },
+    btf_maps::SkStorage,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_ktime_get_ns, bpf_sk_storage_get, bpf_skb_cgroup_id,
+        bpf_skb_load_bytes,
+    },
+    macros::{btf_map, cgroup_skb, cgroup_sock_addr, map, sock_ops},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::{SkBuffContext, SockAddrContext, SockOpsContext},
+};
+
+/// Verdict of cgroup_sock_addr / cgroup_skb programs that lets the operation proceed.
+const ALLOW: i32 = 1;
+const EEXIST: i64 = 17;
+
+#[map]
+static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(FLOWS_MAX_ENTRIES, 0);
+
+#[map]
+static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(FLOW_RING_BYTES, 0);
+
+#[map]
+static DNS_EVENTS: RingBuf = RingBuf::with_byte_size(DNS_RING_BYTES, 0);
+
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+#[map]
+static CONFIG: Array<u64> = Array::with_max_entries(ConfigIndex::COUNT, 0);
+
+#[map]
+static DNS_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(DNS_PORTS_MAX, 0);
+
+/// The flow key of each TCP socket, stored at connect time so `sockops` can credit the
+/// outcome to the pre-DNAT destination and the connecting task's cgroup (sock_ops callbacks
+/// may run in softirq context, where the current cgroup is unrelated).
+#[btf_map]
+static SOCK_KEYS: SkStorage<FlowKey> = SkStorage::new();
+
+/// Atomic `*p += 1` (BPF `lock xadd`). The bpf target has no `AtomicU64::fetch_add`
+/// (it declares no CAS support), so the intrinsic is used directly.
+///
+/// # Safety
+/// `p` must point to a live, 8-byte aligned u64 (a map value field).
+#[inline(always)]
+unsafe fn atomic_inc(p: *mut u64) {
+    // SAFETY: guaranteed by the caller.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, 1) };
+}
+
+/// Atomic compare-exchange (BPF_CMPXCHG, ISA v3); true if `*p` was `old` and is now `new`.
+///
+/// # Safety
+/// As [`atomic_inc`].
+#[inline(always)]
+unsafe fn atomic_cas(p: *mut u64, old: u64, new: u64) -> bool {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(p, old, new)
+    }
+    .1
+}
+
+#[inline(always)]
+fn bump(counter: Counter) {
+    if let Some(p) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: `p` points into this CPU's slot of a live map value; the atomic add keeps a
+        // softirq on the same CPU from losing an increment.
+        unsafe { atomic_inc(p) };
+    }
+}
+
+#[inline(always)]
+fn refresh_ns() -> u64 {
+    match CONFIG.get(ConfigIndex::RefreshNs as u32) {
+        Some(&ns) if ns != 0 => ns,
+        _ => DEFAULT_REFRESH_NS,
+    }
+}
+
+/// Pushes a snapshot of `key`'s value; returns false (and counts the cause) on failure.
+#[inline(always)]
+fn push_flow(key: &FlowKey, value: *const FlowValue) -> bool {
+    bump(Counter::FlowProduced);
+    match FLOW_EVENTS.reserve::<FlowRecord>(0) {
+        Some(mut entry) => {
+            // SAFETY: `value` points at a live map value (or a stack copy).
+            let value = unsafe { read_volatile(value) };
+            entry.write(FlowRecord { key: *key, value });
+            entry.submit(0);
+            true
+        }
+        None => {
+            bump(Counter::FlowRingFull);
+            false
+        }
+    }
+}
+
+/// Pushes a record for an existing key if its last push is at least one refresh interval old
+/// (or failed: `last_emit_ns == 0`). A compare-exchange elects a single pusher across CPUs.
+#[inline(always)]
+fn maybe_emit(key: &FlowKey, value: *mut FlowValue, now: u64) {
+    // SAFETY: `value` is a live map value; its fields are naturally aligned u64s.
+    let last_emit = unsafe { addr_of_mut!((*value).last_emit_ns) };
+    // SAFETY: as above.
+    let previous = unsafe { read_volatile(last_emit) };
+    if previous != 0 && (now <= previous || now - previous < refresh_ns()) {
+        return;
+    }
+    // SAFETY: as above.
+    if !unsafe { atomic_cas(last_emit, previous, now) } {
+        return;
+    }
+    if !push_flow(key, value) {
+        // Leave the entry marked so that the next event retries the push. If another CPU
+        // already re-marked it, keep its state.
+        // SAFETY: as above.
+        unsafe { atomic_cas(last_emit, now, 0) };
+    }
+}
+
+/// Counts one event for an existing entry.
+#[inline(always)]
+fn add_event(key: &FlowKey, value: *mut FlowValue, now: u64) {
+    // SAFETY: live map value, aligned u64 fields.
+    unsafe {
+        atomic_inc(addr_of_mut!((*value).count));
+        // A plain store: concurrent writers race benignly (both are "now").
+        write_volatile(addr_of_mut!((*value).last_seen_ns), now);
+    }
+    maybe_emit(key, value, now);
+}
+
+/// Counts one connect/sendmsg event for `key`.
+#[inline(always)]
+fn record_flow(key: &FlowKey) {
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(value) = FLOWS.get_ptr_mut(key) {
+        add_event(key, value, now);
+        return;
+    }
+    let fresh = FlowValue {
+        count: 1,
+        first_seen_ns: now,
+        last_seen_ns: now,
+        last_emit_ns: now,
+        established: 0,
+        failed: 0,
+    };
+    match FLOWS.insert(key, &fresh, BPF_NOEXIST.into()) {
+        Ok(()) => {
+            if !push_flow(key, &fresh)
+                && let Some(value) = FLOWS.get_ptr_mut(key)
+            {
+                // SAFETY: live map value.
+                unsafe { atomic_cas(addr_of_mut!((*value).last_emit_ns), now, 0) };
+            }
+        }
+        // Another CPU created the key between our lookup and insert.
+        Err(e) if i64::from(e) == -EEXIST => match FLOWS.get_ptr_mut(key) {
+            Some(value) => add_event(key, value, now),
+            None => bump(Counter::FlowMapUpdateFailed),
+        },
+        Err(_) => bump(Counter::FlowMapUpdateFailed),
+    }
+}
+
+#[inline(always)]
+fn v4_key(cgroup_id: u64, ip_be: u32, port: u16, protocol: u8) -> FlowKey {
+    let mut addr = [0u8; 16];
+    let b = ip_be.to_ne_bytes();
+    addr[0] = b[0];
+    addr[1] = b[1];
+    addr[2] = b[2];
+    addr[3] = b[3];
+    FlowKey {
+        cgroup_id,
+        addr,
+        port,
+        protocol,
+        family: FAMILY_V4,
+        pad: [0; 4],
+    }
+}
+
+/// Builds the flow key of a sock_addr hook call. `v6` selects `user_ip6` (with IPv4-mapped
+/// addresses unwrapped to IPv4).
+#[inline(always)]
+fn sock_addr_key(ctx: &SockAddrContext, v6: bool) -> FlowKey {
+    let sa = ctx.sock_addr;
+    // SAFETY: the context pointer is valid for the whole program run; every field is read
+    // with a single aligned load at a constant offset, as the verifier requires.
+    let (port, protocol) = unsafe {
+        (
+            u16::from_be(read_volatile(addr_of!((*sa).user_port)) as u16),
+            read_volatile(addr_of!((*sa).protocol)) as u8,
+        )
+    };
+    // SAFETY: helper without arguments.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    if !v6 {
+        // SAFETY: as above.
+        let ip = unsafe { read_volatile(addr_of!((*sa).user_ip4)) };
+        return v4_key(cgroup_id, ip, port, protocol);
+    }
+    // SAFETY: as above; the four words are read separately (an array read through the
+    // context pointer is rejected as a "modified ctx ptr" dereference).
+    let w = unsafe {
+        [
+            read_volatile(addr_of!((*sa).user_ip6[0])),
+            read_volatile(addr_of!((*sa).user_ip6[1])),
+            read_volatile(addr_of!((*sa).user_ip6[2])),
+            read_volatile(addr_of!((*sa).user_ip6[3])),
+        ]
+    };
+    if w[0] == 0 && w[1] == 0 && w[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff]) {
+        return v4_key(cgroup_id, w[3], port, protocol);
+    }
+    let mut addr = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        let b = w[i].to_ne_bytes();
+        addr[i * 4] = b[0];
+        addr[i * 4 + 1] = b[1];
+        addr[i * 4 + 2] = b[2];
+        addr[i * 4 + 3] = b[3];
+        i += 1;
+    }
+    FlowKey {
+        cgroup_id,
+        addr,
+        port,
+        protocol,
+        family: FAMILY_V6,
+        pad: [0; 4],
+    }
+}
+
+#[inline(always)]
+fn try_connect(ctx: &SockAddrContext, v6: bool) -> Result<i32, i32> {
+    let mut key = sock_addr_key(ctx, v6);
+    record_flow(&key);
+    if key.protocol == PROTO_TCP {
+        // SAFETY: the helper validates the socket pointer taken from the context.
+        let slot = unsafe { SOCK_KEYS.get_or_insert_ptr_mut(ctx, Some(&mut key)) };
+        if !slot.is_null() {
+            // SAFETY: non-null pointer returned by bpf_sk_storage_get.
+            unsafe { slot.write(key) };
+        }
+    }
+    Ok(ALLOW)
+}
+
+#[inline(always)]
+fn try_sendmsg(ctx: &SockAddrContext, v6: bool) -> Result<i32, i32> {
+    let key = sock_addr_key(ctx, v6);
+    record_flow(&key);
+    Ok(ALLOW)
+}
+
+/// Observes IPv4 `connect()` (TCP, connected UDP).
+#[cgroup_sock_addr(connect4)]
+pub fn leash_connect4(ctx: SockAddrContext) -> i32 {
+    match try_connect(&ctx, false) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+/// Observes IPv6 `connect()`, including IPv4-mapped destinations.
+#[cgroup_sock_addr(connect6)]
+pub fn leash_connect6(ctx: SockAddrContext) -> i32 {
+    match try_connect(&ctx, true) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+/// Observes unconnected IPv4 UDP `sendto()/sendmsg()`.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn leash_sendmsg4(ctx: SockAddrContext) -> i32 {
+    match try_sendmsg(&ctx, false) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+/// Observes unconnected IPv6 UDP `sendto()/sendmsg()`.
+#[cgroup_sock_addr(sendmsg6)]
+pub fn leash_sendmsg6(ctx: SockAddrContext) -> i32 {
+    match try_sendmsg(&ctx, true) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+/// Which TCP outcome to count.
+#[derive(Clone, Copy)]
+enum Outcome {
+    Established,
+    Failed,
+}
+
+#[inline(always)]
+fn count_outcome(ctx: &SockOpsContext, outcome: Outcome) {
+    // SAFETY: ctx pointer valid for the run; `sk` is a pointer-sized ctx field the verifier
+    // types as a nullable socket pointer.
+    let sk = unsafe { read_volatile(addr_of!((*ctx.ops).__bindgen_anon_2.sk)) };
+    if sk.is_null() {
+        return;
+    }
+    let map = core::ptr::from_ref(&SOCK_KEYS).cast_mut().cast::<c_void>();
+    // SAFETY: lookup only (no create flag, no init value); the helper checks `sk`.
+    let slot = unsafe { bpf_sk_storage_get(map, sk.cast(), core::ptr::null_mut(), 0) };
+    if slot.is_null() {
+        return;
+    }
+    // SAFETY: non-null pointer to our FlowKey storage.
+    let key = unsafe { read_volatile(slot.cast::<FlowKey>()) };
+    let Some(value) = FLOWS.get_ptr_mut(&key) else {
+        bump(Counter::OutcomeKeyMissing);
+        return;
+    };
+    // SAFETY: live map value, aligned u64 fields.
+    unsafe {
+        let field = match outcome {
+            Outcome::Established => addr_of_mut!((*value).established),
+            Outcome::Failed => addr_of_mut!((*value).failed),
+        };
+        atomic_inc(field);
+    }
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    maybe_emit(&key, value, now);
+}
+
+fn try_sock_ops(ctx: &SockOpsContext) -> Result<u32, u32> {
+    match ctx.op() {
+        BPF_SOCK_OPS_TCP_CONNECT_CB => {
+            // Ask for state-change callbacks so that SYN_SENT -> CLOSE is seen.
+            let flags = ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG;
+            ctx.set_cb_flags(flags as i32).map_err(|_| 1u32)?;
+        }
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
+            count_outcome(ctx, Outcome::Established);
+            // The outcome is known: stop the per-state callbacks (their cost).
+            let flags = ctx.cb_flags() & !BPF_SOCK_OPS_STATE_CB_FLAG;
+            ctx.set_cb_flags(flags as i32).map_err(|_| 1u32)?;
+        }
+        BPF_SOCK_OPS_STATE_CB => {
+            if ctx.arg(0) == BPF_TCP_SYN_SENT && ctx.arg(1) == BPF_TCP_CLOSE {
+                count_outcome(ctx, Outcome::Failed);
+            }
+        }
+        _ => {}
+    }
+    Ok(1)
+}
+
+/// Counts TCP outcomes (established / failed) of sockets created in the cgroup.
+#[sock_ops]
+pub fn leash_sockops(ctx: SockOpsContext) -> u32 {
+    match try_sock_ops(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+#[inline(always)]
+fn is_dns_port(port: u16) -> bool {
+    // SAFETY: read-only lookup of a plain u8 value.
+    unsafe { DNS_PORTS.get(&port) }.is_some_and(|&v| v != 0)
+}
+
+fn try_dns(ctx: &SkBuffContext) -> Result<i32, i32> {
+    let skb = &ctx.skb;
+    let len = skb.len();
+    let first: u8 = skb.load(0).map_err(|_| ALLOW)?;
+    let mut addr = [0u8; 16];
+    let (family, l4, protocol) = match first >> 4 {
+        4 => {
+            let ihl = u32::from(first & 0x0f) * 4;
+            let protocol: u8 = skb.load(9).map_err(|_| ALLOW)?;
+            let src: [u8; 4] = skb.load(12).map_err(|_| ALLOW)?;
+            addr[0] = src[0];
+            addr[1] = src[1];
+            addr[2] = src[2];
+            addr[3] = src[3];
+            (FAMILY_V4, ihl, protocol)
+        }
+        // No extension headers: the next header must be UDP or TCP directly.
+        6 => {
+            let protocol: u8 = skb.load(6).map_err(|_| ALLOW)?;
+            addr = skb.load(8).map_err(|_| ALLOW)?;
+            (FAMILY_V6, 40, protocol)
+        }
+        _ => return Ok(ALLOW),
+    };
+    let (payload_off, flags) = match protocol {
+        PROTO_UDP => (l4 + 8, 0u8),
+        PROTO_TCP => {
+            let doff: u8 = skb.load(l4 as usize + 12).map_err(|_| ALLOW)?;
+            (l4 + u32::from(doff >> 4) * 4, DNS_FLAG_TCP_PREFIX)
+        }
+        _ => return Ok(ALLOW),
+    };
+    let sport = u16::from_be(skb.load::<u16>(l4 as usize).map_err(|_| ALLOW)?);
+    if !is_dns_port(sport) || payload_off >= len {
+        return Ok(ALLOW);
+    }
+    let payload_len = len - payload_off;
+    bump(Counter::DnsProduced);
+    let Some(mut entry) = DNS_EVENTS.reserve::<DnsRecord>(0) else {
+        bump(Counter::DnsRingFull);
+        return Ok(ALLOW);
+    };
+    let max = DNS_PAYLOAD_MAX as u32;
+    let (n, flags) = if payload_len > max {
+        (max, flags | DNS_FLAG_TRUNCATED)
+    } else {
+        (payload_len, flags)
+    };
+    // `n >= 1` holds (payload_off < len); this form lets the verifier bound it to 1..=MAX.
+    // SAFETY: reading a local.
+    let n = ((unsafe { read_volatile(&n) } - 1) & (max - 1)) + 1;
+    let record = entry.as_mut_ptr();
+    // SAFETY: `record` is a reserved, writable ring slot of size_of::<DnsRecord>() bytes;
+    // the helper writes at most `n <= DNS_PAYLOAD_MAX` bytes into the payload array.
+    let rc = unsafe {
+        bpf_skb_load_bytes(
+            skb.skb.cast::<c_void>().cast_const(),
+            payload_off,
+            addr_of_mut!((*record).payload).cast(),
+            n,
+        )
+    };
+    if rc < 0 {
+        entry.discard(0);
+        bump(Counter::DnsLoadFailed);
+        return Ok(ALLOW);
+    }
+    // SAFETY: helper on this program's skb; helper without arguments.
+    let (cgroup_id, time_ns) = unsafe { (bpf_skb_cgroup_id(skb.skb), bpf_ktime_get_ns()) };
+    // SAFETY: as above, writing the header part of the slot.
+    unsafe {
+        addr_of_mut!((*record).header).write(DnsHeader {
+            cgroup_id,
+            time_ns,
+            addr,
+            port: sport,
+            family,
+            transport: protocol,
+            flags,
+            pad: [0; 3],
+            captured_len: n,
+            payload_len,
+        });
+    }
+    entry.submit(0);
+    Ok(ALLOW)
+}
+
+/// Copies DNS responses received by sockets of the cgroup to user space.
+#[cgroup_skb(ingress)]
+pub fn leash_dns_ingress(ctx: SkBuffContext) -> i32 {
+    match try_dns(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
+    loop {}
+}
+
+/// Only non-GPL helpers are used; the project's own license applies.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 11] = *b"Apache-2.0\0";
