@@ -55,6 +55,20 @@ pub struct DnsConfig {
     pub(crate) records: Vec<(String, String, String)>,
     pub(crate) malformed: BTreeSet<String>,
     pub(crate) large: Vec<(String, u8)>,
+    pub(crate) flavour: DnsFlavour,
+}
+
+/// How the cluster's DNS is deployed, which names its objects in the snapshot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DnsFlavour {
+    /// kubeadm: Deployment `kube-system/coredns` (label `k8s-app: kube-dns`) behind Service
+    /// `kube-system/kube-dns`, ports `dns` 53/UDP and `dns-tcp` 53/TCP.
+    #[default]
+    Kubeadm,
+    /// OpenShift: DaemonSet `openshift-dns/dns-default` (label
+    /// `dns.operator.openshift.io/daemonset-dns: default`) behind Service `openshift-dns/dns-default`,
+    /// Service port 53 → targetPort `dns` / `dns-tcp` (5353).
+    OpenShift,
 }
 
 impl Default for DnsConfig {
@@ -73,7 +87,22 @@ impl DnsConfig {
             records: Vec::new(),
             malformed: BTreeSet::from([fqdn(MALFORMED_NAME)]),
             large: vec![(fqdn(LARGE_NAME), LARGE_COUNT)],
+            flavour: DnsFlavour::Kubeadm,
         }
+    }
+
+    /// The OpenShift layout ([`DnsFlavour::OpenShift`]), listening on 5353.
+    pub fn openshift() -> Self {
+        Self {
+            port: 5353,
+            flavour: DnsFlavour::OpenShift,
+            ..Self::new()
+        }
+    }
+
+    /// The deployment layout.
+    pub fn flavour(&self) -> DnsFlavour {
+        self.flavour
     }
 
     /// The port the DNS pod listens on (53 by default; 5353 for an OpenShift-style resolver,

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::client;
-use crate::dns::{DnsConfig, DnsCounters, DnsStats, Zone};
+use crate::dns::{DnsConfig, DnsCounters, DnsFlavour, DnsStats, Zone};
 use crate::error::{Error, Result};
 use crate::servers::{Behaviour, Proto, ServerStats, Servers};
 use crate::spec::{
@@ -38,6 +38,12 @@ pub const NODE_EXT_IPV6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 
 pub const DNS_VIP_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 138);
 /// The kube-dns IPv6 ClusterIP.
 pub const DNS_VIP_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 3, 0, 0, 0, 0, 0x8a);
+/// The `default/kubernetes` ClusterIP (with [`LabBuilder::api_server`]).
+pub const API_VIP_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 129);
+/// The `default/kubernetes` IPv6 ClusterIP.
+pub const API_VIP_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 3, 0, 0, 0, 0, 0x81);
+/// The port the lab's "API server" listens on in the node namespace.
+pub const API_SERVER_PORT: u16 = 6443;
 /// The pod IPv4 subnet.
 pub const POD_CIDR_V4: &str = "198.51.100.0/25";
 /// The pod IPv6 subnet.
@@ -315,6 +321,8 @@ pub struct Service {
     pub(crate) uid: String,
     /// Indices into the lab's pods.
     pub(crate) backends: Vec<usize>,
+    /// Endpoints given by address (Services without selector).
+    pub(crate) manual_endpoints: Vec<IpAddr>,
 }
 
 impl Service {
@@ -336,6 +344,16 @@ impl Service {
     /// The ports.
     pub fn ports(&self) -> &[ServicePort] {
         &self.ports
+    }
+
+    /// The Service's namespace.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The Service's name.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 }
 
@@ -394,6 +412,7 @@ pub struct LabBuilder {
     dns: Option<DnsConfig>,
     node_name: Option<String>,
     extra_objects: Vec<serde_json::Value>,
+    api_server: bool,
 }
 
 impl LabBuilder {
@@ -430,10 +449,20 @@ impl LabBuilder {
         self
     }
 
-    /// Runs the lab DNS server in a `kube-system/coredns-…` pod behind the `kube-system/kube-dns`
-    /// Service (198.51.100.138 / 2001:db8:3::8a, port 53 → the configured listen port).
+    /// Runs the lab DNS server in a `kube-system/coredns-lab` pod behind the `kube-system/kube-dns`
+    /// Service (198.51.100.138 / 2001:db8:3::8a, port 53 → the configured listen port), or, with
+    /// [`DnsConfig::openshift`], in `openshift-dns/dns-default-lab` behind
+    /// `openshift-dns/dns-default` (same VIPs, port 53 → 5353).
     pub fn dns(mut self, cfg: DnsConfig) -> Self {
         self.dns = Some(cfg);
+        self
+    }
+
+    /// Adds the `default/kubernetes` Service (198.51.100.129 / 2001:db8:3::81, `https` 443 →
+    /// 6443) whose endpoints are the node's addresses, with a TCP echo server on the node at
+    /// 198.51.100.1:6443 and [2001:db8:1::1]:6443 standing in for the API server.
+    pub fn api_server(mut self) -> Self {
+        self.api_server = true;
         self
     }
 
@@ -454,8 +483,19 @@ impl LabBuilder {
             LAB_COUNTER.fetch_add(1, Ordering::SeqCst)
         );
         let dns_port = self.dns.as_ref().map(DnsConfig::listen_port);
-        if let Some(port) = dns_port {
-            self.add_dns_objects(port);
+        let dns_key = self.dns.clone().map(|cfg| self.add_dns_objects(&cfg));
+        if self.api_server {
+            self.services.insert(
+                0,
+                ServiceSpec::new("default", "kubernetes")
+                    .label("component", "apiserver")
+                    .label("provider", "kubernetes")
+                    .cluster_ip(&API_VIP_V4.to_string())
+                    .cluster_ip(&API_VIP_V6.to_string())
+                    .port(ServicePort::tcp(443).target(API_SERVER_PORT).name("https"))
+                    .endpoint(&NODE_IPV4.to_string())
+                    .endpoint(&NODE_IPV6.to_string()),
+            );
         }
         let plan = Plan::new(&self, &id)?;
         let node_name = self
@@ -633,6 +673,17 @@ impl LabBuilder {
                 }
             }
         }
+        if self.api_server {
+            for ip in [IpAddr::V4(NODE_IPV4), IpAddr::V6(NODE_IPV6)] {
+                lab.servers.start(
+                    &node.fd,
+                    &node.name,
+                    SocketAddr::new(ip, API_SERVER_PORT),
+                    Proto::Tcp,
+                    Behaviour::Echo,
+                )?;
+            }
+        }
         for (ip, ports) in &plan.externals {
             for port in ports {
                 lab.servers.start(
@@ -665,10 +716,7 @@ impl LabBuilder {
             let pod = lab
                 .pods
                 .iter()
-                .position(|p| {
-                    p.namespace == "kube-system"
-                        && p.labels.get("k8s-app").is_some_and(|v| v == "kube-dns")
-                })
+                .position(|p| Some(p.key()) == dns_key)
                 .ok_or_else(|| Error::Config("DNS pod missing".into()))?;
             let fd = Arc::clone(&lab.pods[pod].netns_fd);
             let name = lab.pods[pod].netns_name.clone();
@@ -694,22 +742,41 @@ impl LabBuilder {
         Ok(lab)
     }
 
-    fn add_dns_objects(&mut self, port: u16) {
-        let pod = PodSpec::new("kube-system", "coredns-lab")
-            .label("k8s-app", "kube-dns")
-            .owner_deployment("coredns")
-            .container("coredns", "registry.k8s.io/coredns/coredns:v1.11.1")
+    /// Adds the DNS pod and Service for `cfg`'s flavour; returns the pod's key.
+    fn add_dns_objects(&mut self, cfg: &DnsConfig) -> String {
+        let port = cfg.listen_port();
+        let (pod, svc) = match cfg.flavour() {
+            DnsFlavour::Kubeadm => (
+                PodSpec::new("kube-system", "coredns-lab")
+                    .label("k8s-app", "kube-dns")
+                    .owner_deployment("coredns")
+                    .container("coredns", "registry.k8s.io/coredns/coredns:v1.11.1"),
+                ServiceSpec::new("kube-system", "kube-dns")
+                    .selector("k8s-app", "kube-dns")
+                    .label("k8s-app", "kube-dns"),
+            ),
+            DnsFlavour::OpenShift => (
+                PodSpec::new("openshift-dns", "dns-default-lab")
+                    .label("dns.operator.openshift.io/daemonset-dns", "default")
+                    .owner(Owner::DaemonSet("dns-default".into()))
+                    .container("dns", "quay.io/openshift/origin-coredns:4.16"),
+                ServiceSpec::new("openshift-dns", "dns-default")
+                    .selector("dns.operator.openshift.io/daemonset-dns", "default")
+                    .label("dns.operator.openshift.io/owning-dns", "default"),
+            ),
+        };
+        let pod = pod
             .port_unserved(Some("dns"), port, Proto::Udp)
             .port_unserved(Some("dns-tcp"), port, Proto::Tcp);
+        let key = pod.key();
         self.pods.insert(0, pod);
-        let svc = ServiceSpec::new("kube-system", "kube-dns")
-            .selector("k8s-app", "kube-dns")
-            .label("k8s-app", "kube-dns")
+        let svc = svc
             .cluster_ip(&DNS_VIP_V4.to_string())
             .cluster_ip(&DNS_VIP_V6.to_string())
             .port(ServicePort::udp(53).name("dns").target_named("dns"))
             .port(ServicePort::tcp(53).name("dns-tcp").target_named("dns-tcp"));
         self.services.insert(0, svc);
+        key
     }
 }
 
@@ -851,23 +918,35 @@ impl Plan {
         }
         let mut services = Vec::new();
         let mut skeys = BTreeSet::new();
+        // Explicit VIPs first, so automatic ones avoid them; the DNS VIP is always reserved.
         let mut vips4 = BTreeSet::from([DNS_VIP_V4]);
         let mut vips6 = BTreeSet::from([DNS_VIP_V6]);
+        let mut explicit4 = BTreeSet::new();
+        let mut explicit6 = BTreeSet::new();
+        for s in &b.services {
+            if let Some(ip) = s.cluster_ip.as_deref().map(svc_v4).transpose()? {
+                let reserved = ip == DNS_VIP_V4 && !is_dns_service(b, s);
+                if reserved || !explicit4.insert(ip) {
+                    return Err(Error::Config(format!("ClusterIP {ip} used twice")));
+                }
+                vips4.insert(ip);
+            }
+            if let Some(ip) = s.cluster_ip_v6.as_deref().map(svc_v6).transpose()? {
+                let reserved = ip == DNS_VIP_V6 && !is_dns_service(b, s);
+                if reserved || !explicit6.insert(ip) {
+                    return Err(Error::Config(format!("ClusterIP {ip} used twice")));
+                }
+                vips6.insert(ip);
+            }
+        }
         let mut next_vip = 129u8;
         for s in &b.services {
             if !skeys.insert(s.key()) {
                 return Err(Error::Config(format!("duplicate service {}", s.key())));
             }
             namespaces.insert(s.namespace.clone());
-            let explicit4 = s.cluster_ip.as_deref().map(svc_v4).transpose()?;
-            let v4 = match explicit4 {
-                Some(ip) if ip == DNS_VIP_V4 && s.key() == "kube-system/kube-dns" => ip,
-                Some(ip) => {
-                    if !vips4.insert(ip) {
-                        return Err(Error::Config(format!("ClusterIP {ip} used twice")));
-                    }
-                    ip
-                }
+            let v4 = match s.cluster_ip.as_deref().map(svc_v4).transpose()? {
+                Some(ip) => ip,
                 None => loop {
                     if next_vip > 190 {
                         return Err(Error::Config(
@@ -881,21 +960,26 @@ impl Plan {
                     }
                 },
             };
-            let explicit6 = s.cluster_ip_v6.as_deref().map(svc_v6).transpose()?;
-            let v6 = match explicit6 {
-                Some(ip) if ip == DNS_VIP_V6 && s.key() == "kube-system/kube-dns" => ip,
-                Some(ip) => {
-                    if !vips6.insert(ip) {
-                        return Err(Error::Config(format!("ClusterIP {ip} used twice")));
-                    }
-                    ip
-                }
+            let v6 = match s.cluster_ip_v6.as_deref().map(svc_v6).transpose()? {
+                Some(ip) => ip,
                 None => {
-                    let c = Ipv6Addr::new(0x2001, 0xdb8, 3, 0, 0, 0, 0, u16::from(v4.octets()[3]));
-                    vips6.insert(c);
-                    c
+                    // Mirror the v4 host part (2001:db8:3::81 for .129), or the next free one.
+                    let mut n = u16::from(v4.octets()[3]);
+                    loop {
+                        let c = Ipv6Addr::new(0x2001, 0xdb8, 3, 0, 0, 0, 0, n);
+                        n = n.wrapping_add(1);
+                        if vips6.insert(c) {
+                            break c;
+                        }
+                    }
                 }
             };
+            let mut manual_endpoints = Vec::new();
+            for e in &s.endpoints {
+                let ip = parse_ip(e)?;
+                check_lab_address(ip)?;
+                manual_endpoints.push(ip);
+            }
             let backends = if s.selector.is_empty() {
                 Vec::new()
             } else {
@@ -920,6 +1004,7 @@ impl Plan {
                 labels: s.labels.clone(),
                 uid: uid_for(&["service", id, &s.key()]),
                 backends,
+                manual_endpoints,
             });
         }
         let mut externals: Vec<(IpAddr, Vec<Port>)> = Vec::new();
@@ -948,6 +1033,15 @@ impl Plan {
             externals,
         })
     }
+}
+
+/// Whether `s` is the Service the builder added for its DNS server (which owns the DNS VIP).
+fn is_dns_service(b: &LabBuilder, s: &ServiceSpec) -> bool {
+    b.dns.is_some()
+        && matches!(
+            s.key().as_str(),
+            "kube-system/kube-dns" | "openshift-dns/dns-default"
+        )
 }
 
 fn pod_v4(s: &str) -> Result<Ipv4Addr> {
@@ -1018,7 +1112,7 @@ fn nft_ruleset(pods: &[Pod], services: &[Service]) -> String {
                 Proto::Udp => "udp",
             };
             for v6 in [false, true] {
-                let eps: Vec<(IpAddr, u16)> = s
+                let mut eps: Vec<(IpAddr, u16)> = s
                     .backends
                     .iter()
                     .filter_map(|&b| {
@@ -1031,6 +1125,14 @@ fn nft_ruleset(pods: &[Pod], services: &[Service]) -> String {
                         resolve_target(pod, sp).map(|port| (ip, port))
                     })
                     .collect();
+                if let TargetPort::Number(port) = sp.target {
+                    eps.extend(
+                        s.manual_endpoints
+                            .iter()
+                            .filter(|ip| ip.is_ipv6() == v6)
+                            .map(|ip| (*ip, port)),
+                    );
+                }
                 if eps.is_empty() {
                     continue;
                 }
@@ -1173,7 +1275,8 @@ impl Lab {
         self.dns.as_ref().map(|_| DNS_VIP_V4)
     }
 
-    /// The DNS pod (`kube-system/coredns-lab`), when DNS is configured.
+    /// The DNS pod (`kube-system/coredns-lab`, or `openshift-dns/dns-default-lab`), when DNS is
+    /// configured.
     pub fn dns_pod(&self) -> Option<&Pod> {
         self.dns.as_ref().map(|d| &self.pods[d.pod])
     }

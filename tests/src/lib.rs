@@ -79,13 +79,15 @@ use std::path::Path;
 
 pub use client::{LAB_CLIENT_ENV, lab_client_path};
 pub use dns::{
-    DnsConfig, DnsRecord, DnsStats, LARGE_COUNT, LARGE_NAME, MALFORMED_NAME, SERVER_EDNS_PAYLOAD,
+    DnsConfig, DnsFlavour, DnsRecord, DnsStats, LARGE_COUNT, LARGE_NAME, MALFORMED_NAME,
+    SERVER_EDNS_PAYLOAD,
 };
 pub use error::{Error, Result};
 pub use lab::{
-    ClientOutput, DNS_VIP_V4, DNS_VIP_V6, EXTERNAL_CIDR_V4, EXTERNAL_CIDR_V6, External, LAB_PREFIX,
-    Lab, LabBuilder, NODE_EXT_IPV4, NODE_EXT_IPV6, NODE_IPV4, NODE_IPV6, POD_CIDR_V4, POD_CIDR_V6,
-    Pod, SERVICE_CIDR_V4, SERVICE_CIDR_V6, Service, is_lab_address,
+    API_SERVER_PORT, API_VIP_V4, API_VIP_V6, ClientOutput, DNS_VIP_V4, DNS_VIP_V6,
+    EXTERNAL_CIDR_V4, EXTERNAL_CIDR_V6, External, LAB_PREFIX, Lab, LabBuilder, NODE_EXT_IPV4,
+    NODE_EXT_IPV6, NODE_IPV4, NODE_IPV6, POD_CIDR_V4, POD_CIDR_V6, Pod, SERVICE_CIDR_V4,
+    SERVICE_CIDR_V6, Service, is_lab_address,
 };
 pub use servers::{Proto, ServerStats};
 pub use snapshot::{snapshot_value, snapshot_yaml, write_snapshot};

@@ -206,7 +206,7 @@ fn endpointslices(lab: &Lab, s: &Service) -> Vec<Value> {
             json!([owner_ref("v1", "Service", &s.name, &s.uid)]),
         );
         let pods: Vec<&Pod> = s.backends.iter().map(|&i| &lab.pods[i]).collect();
-        let endpoints: Vec<Value> = pods
+        let mut endpoints: Vec<Value> = pods
             .iter()
             .map(|p| {
                 let ip = if v6 {
@@ -227,6 +227,17 @@ fn endpointslices(lab: &Lab, s: &Service) -> Vec<Value> {
                 })
             })
             .collect();
+        endpoints.extend(
+            s.manual_endpoints
+                .iter()
+                .filter(|ip| ip.is_ipv6() == v6)
+                .map(|ip| {
+                    json!({
+                        "addresses": [ip.to_string()],
+                        "conditions": {"ready": true, "serving": true, "terminating": false},
+                    })
+                }),
+        );
         let ports: Vec<Value> = s
             .ports
             .iter()

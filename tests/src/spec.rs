@@ -328,6 +328,7 @@ pub struct ServiceSpec {
     pub(crate) cluster_ip: Option<String>,
     pub(crate) cluster_ip_v6: Option<String>,
     pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) endpoints: Vec<String>,
 }
 
 impl ServiceSpec {
@@ -341,7 +342,16 @@ impl ServiceSpec {
             cluster_ip: None,
             cluster_ip_v6: None,
             labels: BTreeMap::new(),
+            endpoints: Vec::new(),
         }
+    }
+
+    /// Adds a manual endpoint address (for a Service without selector, like `default/kubernetes`):
+    /// traffic to the VIP goes to this address at each port's numeric `targetPort`. The address
+    /// must be a lab address.
+    pub fn endpoint(mut self, ip: &str) -> Self {
+        self.endpoints.push(ip.to_owned());
+        self
     }
 
     /// `namespace/name`.

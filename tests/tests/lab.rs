@@ -303,20 +303,28 @@ fn dns_large_edns_answer_and_malformed_answer() {
 }
 
 #[test]
-fn dns_on_port_5353_behind_service_port_53() {
+fn openshift_dns_on_5353_behind_service_port_53_and_api_server() {
     if !leash_lab::require_privileged() {
         return;
     }
     let lab = Lab::builder()
         .pod(PodSpec::new("shop", "client"))
-        .dns(
-            DnsConfig::new()
-                .port(5353)
-                .a("db.lab.test", ["198.51.100.77"]),
-        )
+        .dns(DnsConfig::openshift().a("db.lab.test", ["198.51.100.77"]))
+        .api_server()
+        .service(ServiceSpec::new("shop", "auto").port(ServicePort::tcp(1)))
         .build()
         .unwrap();
     assert_eq!(lab.dns_port(), Some(5353));
+    assert_eq!(
+        lab.dns_pod().unwrap().key(),
+        "openshift-dns/dns-default-lab"
+    );
+    // The API server VIP is reserved even though another Service needed an automatic one.
+    assert_eq!(
+        lab.service("default/kubernetes").cluster_ip(),
+        leash_lab::API_VIP_V4
+    );
+    assert_ne!(lab.service("shop/auto").cluster_ip(), leash_lab::API_VIP_V4);
     let c = lab.pod("shop/client");
     let vip = lab.dns_service_ip().unwrap().to_string();
     for args in [
@@ -340,6 +348,54 @@ fn dns_on_port_5353_behind_service_port_53() {
         .run(&["dns", &pod_ip, "db.lab.test", "A", "--timeout-ms", "300"])
         .unwrap();
     assert!(!out.success());
+
+    // The API server: VIP 443 -> node 6443, v4 and v6.
+    for vip in ["198.51.100.129", "2001:db8:3::81"] {
+        let out = c.run(&["tcp", vip, "443", "--send", "GET"]).unwrap();
+        assert!(out.success(), "{}", out.stdout);
+    }
+    for node in ["198.51.100.1", "2001:db8:1::1"] {
+        let s = lab
+            .wait_server_stats(node, Proto::Tcp, 6443, WAIT, |s| s.connections >= 1)
+            .unwrap();
+        assert_eq!(s.connections, 1, "{node}");
+    }
+
+    // The snapshot names the OpenShift DNS objects and the API server's endpoints.
+    let v: Value = serde_norway::from_str(&lab.snapshot_yaml().unwrap()).unwrap();
+    let items = v["items"].as_array().unwrap();
+    let dns_svc = items
+        .iter()
+        .find(|i| i["kind"] == "Service" && i["metadata"]["name"] == "dns-default")
+        .unwrap();
+    assert_eq!(dns_svc["metadata"]["namespace"], "openshift-dns");
+    assert_eq!(dns_svc["spec"]["ports"][0]["port"], 53);
+    assert_eq!(dns_svc["spec"]["ports"][0]["targetPort"], "dns");
+    let dns_eps = items
+        .iter()
+        .find(|i| {
+            i["kind"] == "EndpointSlice"
+                && i["metadata"]["labels"]["kubernetes.io/service-name"] == "dns-default"
+                && i["addressType"] == "IPv4"
+        })
+        .unwrap();
+    assert_eq!(dns_eps["ports"][0]["port"], 5353);
+    assert!(
+        items
+            .iter()
+            .any(|i| i["kind"] == "DaemonSet" && i["metadata"]["name"] == "dns-default")
+    );
+    let api_eps = items
+        .iter()
+        .find(|i| {
+            i["kind"] == "EndpointSlice"
+                && i["metadata"]["labels"]["kubernetes.io/service-name"] == "kubernetes"
+                && i["addressType"] == "IPv4"
+        })
+        .unwrap();
+    assert_eq!(api_eps["endpoints"][0]["addresses"][0], "198.51.100.1");
+    assert_eq!(api_eps["ports"][0]["port"], 6443);
+    assert_eq!(api_eps["ports"][0]["name"], "https");
 }
 
 #[test]
