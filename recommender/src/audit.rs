@@ -329,7 +329,37 @@ fn host_port(ip: IpAddr, port: u16) -> String {
     }
 }
 
+/// The output format of `leash audit --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// One JSON object per flow per line ([`AuditReport::to_json_lines`]).
+    Json,
+    /// An aligned table with a summary ([`AuditReport::to_table`]).
+    #[default]
+    Table,
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "json" => Ok(Format::Json),
+            "table" => Ok(Format::Table),
+            other => Err(format!("unknown format {other:?} (expected json or table)")),
+        }
+    }
+}
+
 impl AuditReport {
+    /// Renders the report in `format`.
+    pub fn render(&self, format: Format) -> String {
+        match format {
+            Format::Json => self.to_json_lines(),
+            Format::Table => self.to_table(),
+        }
+    }
+
     /// Whether any flow is denied (`--fail-on-deny` exits 3 then).
     pub fn any_denied(&self) -> bool {
         self.entries

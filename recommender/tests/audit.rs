@@ -13,8 +13,10 @@ use std::path::{Path, PathBuf};
 use builders::lab_cluster;
 use leash::{
     audit::{
-        Error, LocatedFlow, audit, load_policies, load_policy_files, load_policy_set, read_flows,
+        Error, Format, LocatedFlow, audit, load_policies, load_policy_files, load_policy_set,
+        read_flows,
     },
+    cluster::Cluster,
     eval::{PolicySet, Verdict},
 };
 
@@ -300,4 +302,50 @@ fn table_notes_host_network_sources() {
                 && l.ends_with("hostNetwork source: NetworkPolicy cannot restrict it")),
         "{table}"
     );
+}
+
+#[test]
+fn formats_parse_and_render() {
+    let r = report();
+    assert_eq!("json".parse::<Format>(), Ok(Format::Json));
+    assert_eq!("table".parse::<Format>(), Ok(Format::Table));
+    assert!(
+        "yaml"
+            .parse::<Format>()
+            .expect_err("unknown")
+            .contains("expected json or table")
+    );
+    assert_eq!(r.render(Format::Json), r.to_json_lines());
+    assert_eq!(r.render(Format::Table), r.to_table());
+}
+
+/// The CLI path: a snapshot file loaded into the real cluster model gives the same verdicts
+/// as the in-memory view built from the same objects.
+#[test]
+fn audit_through_a_snapshot_file_and_the_cluster_model() {
+    let parts = builders::lab_cluster_parts();
+    let mut items = Vec::new();
+    for v in parts
+        .namespaces
+        .iter()
+        .map(serde_json::to_value)
+        .chain(parts.pods.iter().map(serde_json::to_value))
+        .chain(parts.services.iter().map(serde_json::to_value))
+        .chain(parts.slices.iter().map(serde_json::to_value))
+    {
+        items.push(v.expect("serializes"));
+    }
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+    let dir = tempfile::tempdir().expect("tempdir");
+    let snap = write(
+        dir.path(),
+        "cluster.yaml",
+        &serde_norway::to_string(&list).expect("yaml"),
+    );
+    let cluster = Cluster::load(&snap).expect("snapshot loads");
+    let policies = load_policy_set(&fixture("policies")).expect("loads");
+    let flows = read_flows(&fixture("flows.jsonl")).expect("loads");
+    let via_model = audit(&cluster, &policies, &flows).expect("audit");
+    assert_eq!(via_model.to_json_lines(), report().to_json_lines());
+    assert_eq!(via_model.to_table(), report().to_table());
 }
