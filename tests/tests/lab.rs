@@ -827,11 +827,17 @@ fn sweeper_removes_labs_of_dead_processes_only() {
     let dead = c.id();
     c.wait().unwrap();
     let name = format!("leash-lab-{dead}-0-node");
-    let add = std::process::Command::new("ip")
-        .args(["netns", "add", &name])
-        .status()
-        .unwrap();
-    assert!(add.success());
+    // Other tests' build() calls sweep concurrently and may remove it while `ip` is still
+    // mounting it, so retry (bounded) until one creation succeeds.
+    let created = (0..10).any(|_| {
+        std::process::Command::new("ip")
+            .args(["netns", "add", &name])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    });
+    assert!(created);
     let cg = lab_mount().join(format!("leash-lab-{dead}-0"));
     std::fs::create_dir_all(cg.join("kubepods.slice")).unwrap();
     // Another test's build() may sweep it first; either way it must be gone afterwards.
