@@ -46,7 +46,7 @@ pub fn cgroup2_mount_points(mountinfo: &str) -> Vec<PathBuf> {
         .filter_map(|line| {
             // Fields: id parent major:minor root mount-point options [optional...] - fstype source super-options
             let fields: Vec<&str> = line.split(' ').collect();
-            let mount_point = fields.get(4)?;
+            let mount_point = fields.get(4).filter(|m| !m.is_empty())?;
             let dash = fields.iter().position(|f| *f == "-")?;
             let fstype = fields.get(dash + 1)?;
             (*fstype == "cgroup2").then(|| PathBuf::from(unescape_mountinfo(mount_point)))
@@ -317,6 +317,28 @@ mod tests {
             ]
         );
         assert!(cgroup2_mount_points("garbage\n- -\n1 2 3").is_empty());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn mountinfo_parser_never_panics(
+            lines in proptest::collection::vec(
+                proptest::collection::vec(
+                    proptest::prop_oneof![
+                        proptest::strategy::Just("-".to_owned()),
+                        proptest::strategy::Just("cgroup2".to_owned()),
+                        "[0-9/a-z\\\\]{0,6}",
+                    ],
+                    0..10,
+                ),
+                0..5,
+            )
+        ) {
+            let text = lines.iter().map(|l| l.join(" ")).collect::<Vec<_>>().join("\n");
+            for path in cgroup2_mount_points(&text) {
+                proptest::prop_assert!(!path.as_os_str().is_empty());
+            }
+        }
     }
 
     #[test]

@@ -480,6 +480,21 @@ mod tests {
     }
 
     #[test]
+    fn opt_record_in_answers_is_an_error() {
+        // Response with one question (a.test A) and an OPT pseudo-record in the answer section.
+        // OPT has no presentation form (its `Display` errors, which `to_string` turns into a
+        // panic); hickory rejects it outside the additional section, and so do we.
+        let mut bytes = vec![0x12, 0x34, 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0];
+        bytes.extend_from_slice(&[1, b'a', 4, b't', b'e', b's', b't', 0, 0, 1, 0, 1]);
+        bytes.extend_from_slice(&[0, 0, 41, 0x10, 0, 0, 0, 0, 0, 0, 0]);
+        assert!(matches!(parse_response(&bytes), Err(Error::Malformed(m)) if m.contains("OPT")));
+        // The same record in the additional section is EDNS and parses.
+        bytes[7] = 0;
+        bytes[11] = 1;
+        assert_eq!(parse_response(&bytes).unwrap().query, "a.test.");
+    }
+
+    #[test]
     fn tc_bit_reported() {
         let mut msg = message("a.test.", RecordType::A, ResponseCode::NoError, &[]);
         msg.metadata.truncation = true;
