@@ -460,7 +460,7 @@ impl LabBuilder {
 
     /// Adds the `default/kubernetes` Service (198.51.100.129 / 2001:db8:3::81, `https` 443 →
     /// 6443) whose endpoints are the node's addresses, with a TCP echo server on the node at
-    /// 198.51.100.1:6443 and [2001:db8:1::1]:6443 standing in for the API server.
+    /// 198.51.100.1:6443 and `[2001:db8:1::1]:6443` standing in for the API server.
     pub fn api_server(mut self) -> Self {
         self.api_server = true;
         self

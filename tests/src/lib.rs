@@ -25,6 +25,19 @@
 //! binary of this crate: `tcp`, `udp-connected`, `udp-sendto`, `dns`; see its `--help`). The
 //! child joins the pod's cgroup first and then enters its network namespace.
 //!
+//! `lab-client` is found by [`lab_client_path`]: `$LEASH_LAB_CLIENT` if set, else
+//! `target/<profile>/lab-client` next to the running test executable; if it is missing there it
+//! is built once with `cargo build -p leash-lab --bin lab-client` into the same target directory.
+//! Tests of other crates may prefer to build it up front with that command.
+//!
+//! Addresses: pods get 198.51.100.2.. and 2001:db8:1::2.. in order (the node is .1 / ::1),
+//! Services 198.51.100.129.. and 2001:db8:3::81.. (the DNS Service is always 198.51.100.138 /
+//! 2001:db8:3::8a, `default/kubernetes` 198.51.100.129), external hosts what you give them in
+//! 203.0.113.0/24 and 2001:db8:2::/64. Anything else is rejected with
+//! [`Error::AddressNotAllowed`]. Note that a DNS answer through a ClusterIP comes back from
+//! port 53 (conntrack reverses the DNAT); query the DNS pod's IP at its own port to see answers
+//! from 5353.
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use leash_lab::{DnsConfig, Lab, PodSpec, Port, Proto, ServicePort, ServiceSpec};

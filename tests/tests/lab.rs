@@ -83,6 +83,28 @@ fn pod_to_external_tcp_and_udp_arrive_v4_and_v6() {
         assert_eq!(s.datagrams, 9, "{dst}");
         assert_eq!(s.peers, BTreeSet::from([src]), "{dst}");
     }
+    // IPv4-mapped IPv6 destinations (an AF_INET6 socket talking to a v4 host) arrive as v4.
+    let out = fe
+        .run(&["tcp", "::ffff:203.0.113.10", "443", "--send", "m"])
+        .unwrap();
+    assert!(out.success(), "{}", out.stdout);
+    let out = fe
+        .run(&["udp-sendto", "::ffff:203.0.113.10", "4433"])
+        .unwrap();
+    assert!(out.success(), "{}", out.stdout);
+    let t = lab
+        .wait_server_stats("203.0.113.10", Proto::Tcp, 443, WAIT, |s| {
+            s.connections >= 4
+        })
+        .unwrap();
+    assert_eq!(t.connections, 4);
+    let u = lab
+        .wait_server_stats("203.0.113.10", Proto::Udp, 4433, WAIT, |s| {
+            s.datagrams >= 10
+        })
+        .unwrap();
+    assert_eq!(u.datagrams, 10);
+
     // A port nobody serves is refused, and the client says so.
     let out = fe.run(&["tcp", "203.0.113.10", "444"]).unwrap();
     assert!(!out.success());
