@@ -31,7 +31,7 @@ mod policy;
 mod view;
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     fmt,
     net::IpAddr,
 };
@@ -128,6 +128,19 @@ impl fmt::Display for Verdict {
 pub struct PolicySet {
     // Sorted by id, so every result lists policies in `ns/name` order.
     policies: Vec<CompiledPolicy>,
+    // Per namespace, which policies can select a pod: generated policy sets hold one policy
+    // per workload, so scanning every policy of a namespace for every flow would be
+    // quadratic in practice.
+    index: HashMap<String, NamespaceIndex>,
+}
+
+/// Candidate policies of one namespace, by the anchor label of their pod selector.
+#[derive(Debug, Clone, Default)]
+struct NamespaceIndex {
+    /// Label key → label value → policies whose selector requires `key in (…value…)`.
+    by_label: HashMap<String, HashMap<String, Vec<usize>>>,
+    /// Policies whose selector has no `In`/`matchLabels` requirement: always candidates.
+    unanchored: Vec<usize>,
 }
 
 impl PolicySet {
@@ -143,7 +156,24 @@ impl PolicySet {
                 policy: w[0].id.to_string(),
             });
         }
-        Ok(PolicySet { policies: compiled })
+        let mut index: HashMap<String, NamespaceIndex> = HashMap::new();
+        for (i, p) in compiled.iter().enumerate() {
+            let ns = index.entry(p.id.namespace.clone()).or_default();
+            match p.pod_selector.anchor() {
+                // A pod has one value per key, so it finds the policy in at most one bucket.
+                Some((key, values)) => {
+                    let by_value = ns.by_label.entry(key.to_string()).or_default();
+                    for v in values {
+                        by_value.entry(v.clone()).or_default().push(i);
+                    }
+                }
+                None => ns.unanchored.push(i),
+            }
+        }
+        Ok(PolicySet {
+            policies: compiled,
+            index,
+        })
     }
 
     /// Every policy, sorted by `namespace/name`.
@@ -169,13 +199,22 @@ impl PolicySet {
         self.policies.is_empty()
     }
 
-    fn in_namespace<'a>(&'a self, ns: &'a str) -> impl Iterator<Item = &'a CompiledPolicy> {
-        let start = self
-            .policies
-            .partition_point(|p| p.id.namespace.as_str() < ns);
-        self.policies[start..]
-            .iter()
-            .take_while(move |p| p.id.namespace == ns)
+    /// The policies of `ns` whose pod selector may match `labels` (a superset of those that
+    /// do), in `ns/name` order.
+    fn candidates(&self, ns: &str, labels: &BTreeMap<String, String>) -> Vec<&CompiledPolicy> {
+        let Some(idx) = self.index.get(ns) else {
+            return Vec::new();
+        };
+        let mut ids: Vec<usize> = idx.unanchored.clone();
+        for (k, v) in labels {
+            if let Some(list) = idx.by_label.get(k).and_then(|by_value| by_value.get(v)) {
+                ids.extend_from_slice(list);
+            }
+        }
+        ids.sort_unstable();
+        ids.into_iter()
+            .filter_map(|i| self.policies.get(i))
+            .collect()
     }
 }
 
@@ -545,7 +584,7 @@ fn evaluate_direction<P: PodView>(
     let labels = pod.labels();
     let mut isolated_by = Vec::new();
     let mut matches = Vec::new();
-    for p in policies.in_namespace(pod.namespace()) {
+    for p in policies.candidates(pod.namespace(), labels) {
         let rules = match dir {
             Direction::Ingress => &p.ingress,
             Direction::Egress => &p.egress,
@@ -666,4 +705,73 @@ fn source_ip<P: PodView>(src: &SourceInfo<'_, P>, dst_ip: IpAddr) -> Option<IpAd
 
 fn same_node<P: PodView>(a: &P, b: &P) -> bool {
     matches!((a.node(), b.node()), (Some(x), Some(y)) if x == y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn labels_strategy() -> impl Strategy<Value = BTreeMap<String, String>> {
+        proptest::collection::btree_map(
+            proptest::sample::select(vec!["a", "b", "c"]).prop_map(str::to_string),
+            proptest::sample::select(vec!["x", "y", "z"]).prop_map(str::to_string),
+            0..3,
+        )
+    }
+
+    /// A random pod selector over keys a-c and values x-z, as JSON.
+    fn selector_strategy() -> impl Strategy<Value = serde_json::Value> {
+        let expr = (
+            proptest::sample::select(vec!["a", "b", "c"]),
+            proptest::sample::select(vec!["In", "NotIn", "Exists", "DoesNotExist"]),
+            proptest::sample::subsequence(vec!["x", "y", "z"], 1..3),
+        )
+            .prop_map(|(k, op, vs)| {
+                if op == "Exists" || op == "DoesNotExist" {
+                    serde_json::json!({"key": k, "operator": op})
+                } else {
+                    serde_json::json!({"key": k, "operator": op, "values": vs})
+                }
+            });
+        (labels_strategy(), proptest::collection::vec(expr, 0..3))
+            .prop_map(|(ml, ex)| serde_json::json!({"matchLabels": ml, "matchExpressions": ex}))
+    }
+
+    proptest! {
+        /// The selector index never loses a policy: candidates filtered by the selector are
+        /// exactly the namespace's policies whose selector matches.
+        #[test]
+        fn index_finds_exactly_the_selecting_policies(
+            selectors in proptest::collection::vec((selector_strategy(), any::<bool>()), 0..12),
+            labels in labels_strategy(),
+        ) {
+            let nps: Vec<NetworkPolicy> = selectors
+                .iter()
+                .enumerate()
+                .map(|(i, (sel, other_ns))| {
+                    serde_json::from_value(serde_json::json!({
+                        "apiVersion": "networking.k8s.io/v1",
+                        "kind": "NetworkPolicy",
+                        "metadata": {"name": format!("p{i}"), "namespace": if *other_ns { "other" } else { "ns" }},
+                        "spec": {"podSelector": sel, "policyTypes": ["Egress"]},
+                    }))
+                    .unwrap()
+                })
+                .collect();
+            let set = PolicySet::new(&nps).unwrap();
+            let got: Vec<&PolicyId> = set
+                .candidates("ns", &labels)
+                .into_iter()
+                .filter(|p| p.pod_selector.matches(&labels))
+                .map(|p| &p.id)
+                .collect();
+            let want: Vec<&PolicyId> = set
+                .iter()
+                .filter(|p| p.id.namespace == "ns" && p.pod_selector.matches(&labels))
+                .map(|p| &p.id)
+                .collect();
+            prop_assert_eq!(got, want);
+        }
+    }
 }

@@ -111,6 +111,15 @@ impl Selector {
         self.requirements.iter().all(|r| r.matches(labels))
     }
 
+    /// The first `In` requirement (`matchLabels` entries come first): every object the
+    /// selector matches carries `key` with one of `values`. Used to index policies.
+    pub(crate) fn anchor(&self) -> Option<(&str, &BTreeSet<String>)> {
+        self.requirements.iter().find_map(|r| match r {
+            Requirement::In(k, vs) => Some((k.as_str(), vs)),
+            _ => None,
+        })
+    }
+
     /// Whether this is the empty selector, which matches everything.
     pub fn is_empty(&self) -> bool {
         self.requirements.is_empty()
