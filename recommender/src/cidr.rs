@@ -535,6 +535,88 @@ impl<W: Word> Protected<W> {
     }
 }
 
+/// Folds the compressed binary trie over `leaves` (sorted, disjoint prefixes) bottom-up, without
+/// building it: a stack holds the right spine, and each new leaf closes every subtree that
+/// branches deeper than its common prefix with the previous leaf. `leaf(st, i)` makes the value
+/// of leaf `i`; `join(st, left, right, start, len)` makes the value of the branching node
+/// `start/len`; both share the state `st`. Joins happen in the same order on every call with the
+/// same leaves.
+fn fold_trie<W: Word, S, T>(
+    leaves: &[(W, u8)],
+    st: &mut S,
+    mut leaf: impl FnMut(&mut S, usize) -> T,
+    mut join: impl FnMut(&mut S, T, T, W, u8) -> T,
+) -> Option<T> {
+    // (value, first address of the subtree, common-prefix length with the entry below)
+    let mut stack: Vec<(T, W, Option<u8>)> = Vec::new();
+    let mut pop_join = |stack: &mut Vec<(T, W, Option<u8>)>, st: &mut S| {
+        if let (Some((r, _, depth)), Some((l, start, link))) = (stack.pop(), stack.pop()) {
+            let depth = depth.unwrap_or(0);
+            let start = trunc(start, depth);
+            stack.push((join(st, l, r, start, depth), start, link));
+        }
+    };
+    let mut prev: Option<W> = None;
+    for (i, &(s, _)) in leaves.iter().enumerate() {
+        let link = prev.map(|p| common_len(p, s));
+        if let Some(d) = link {
+            while stack.len() >= 2 && stack.last().and_then(|e| e.2).is_some_and(|l| l > d) {
+                pop_join(&mut stack, st);
+            }
+        }
+        stack.push((leaf(st, i), s, link));
+        prev = Some(s);
+    }
+    while stack.len() >= 2 {
+        pop_join(&mut stack, st);
+    }
+    stack.pop().map(|e| e.0)
+}
+
+/// First pass over one family: which branching nodes may be chosen, at what cost, and the
+/// fewest blocks any cover needs. Needing that minimum before the DP lets every node cap its
+/// cost vector at `lo + slack` budgets instead of K.
+struct Shape<C> {
+    /// Cost of choosing each branching node, in join order; `None` if it may not be chosen.
+    costs: Vec<Option<C>>,
+    /// Fewest blocks that can cover the family (0 when empty).
+    lo: u32,
+}
+
+impl<C: Count> Shape<C> {
+    fn new<W: Word<Count = C>>(
+        leaves: &[(W, u8)],
+        max_prefix: u8,
+        protected: &Protected<W>,
+    ) -> Self {
+        let mut costs = Vec::with_capacity(leaves.len().saturating_sub(1));
+        let lo = fold_trie(
+            leaves,
+            &mut costs,
+            |_, i| (1u32, W::block_size(leaves[i].1)),
+            |costs, (llo, lobs), (rlo, robs), start, depth| {
+                let observed = lobs.sat_add(robs);
+                let cost = if depth >= max_prefix {
+                    protected
+                        .carve(start, depth)
+                        .map(|carved| W::block_size(depth).sat_sub(observed).sat_sub(carved))
+                } else {
+                    None
+                };
+                costs.push(cost);
+                let lo = if cost.is_some() {
+                    1
+                } else {
+                    llo.saturating_add(rlo)
+                };
+                (lo, observed)
+            },
+        )
+        .map_or(0, |(lo, _)| lo);
+        Self { costs, lo }
+    }
+}
+
 /// A reference into the trie: an exact block (leaf) or a branching node.
 #[derive(Debug, Clone, Copy)]
 enum Ref {
@@ -558,18 +640,26 @@ struct Node<W: Word> {
     cost: W::Count,
 }
 
-/// A subtree waiting on the construction stack.
-struct Pending<W: Word> {
+/// A subtree during the second pass.
+struct Subtree<C> {
     r: Ref,
-    start: W,
-    /// Common-prefix length with the subtree just below it on the stack (`None` for the first).
-    link: Option<u8>,
     leaves: usize,
-    observed: W::Count,
+    observed: C,
     lo: u32,
     hi: u32,
-    /// Offset of its cost vector (`g[j - lo]`: the least cost with at most `j` blocks).
+    /// Offset of its cost vector in the arena (`g[j - lo]`: least cost with at most `j` blocks).
     g_off: usize,
+}
+
+/// Working storage of [`Dp::solve`].
+struct SolveState<W: Word> {
+    nodes: Vec<Node<W>>,
+    choices: Vec<u32>,
+    /// Cost vectors of the pending subtrees, back to back in stack order: the two being joined
+    /// are always the last two.
+    garena: Vec<W::Count>,
+    sg: Vec<W::Count>,
+    sc: Vec<u32>,
 }
 
 /// The solved dynamic program of one family.
@@ -584,148 +674,99 @@ struct Dp<W: Word> {
     g: Vec<W::Count>,
 }
 
-/// Everything the merge step needs besides the two children.
-struct Ctx<'a, W: Word> {
-    k: u32,
-    max_prefix: u8,
-    protected: &'a Protected<W>,
-}
-
 impl<W: Word> Dp<W> {
-    /// Builds the compressed trie over the exact blocks `leaves` (sorted, disjoint) bottom-up with
-    /// a stack, solving the DP at each branching node as soon as both children are complete.
-    fn solve(leaves: Vec<(W, u8)>, ctx: &Ctx<'_, W>) -> Self {
-        let mut dp = Dp {
-            leaves,
-            nodes: Vec::new(),
+    /// Solves the DP over the trie of `leaves`: for every node and every budget `j` from its
+    /// fewest blocks `lo` up to `lo + slack` (and at most its leaf count), the least cost of
+    /// covering its observed addresses with at most `j` blocks, either by its own prefix or by
+    /// splitting `j` between its children (a min-plus convolution).
+    fn solve(leaves: Vec<(W, u8)>, shape: &Shape<W::Count>, slack: u32) -> Self {
+        let mut st = SolveState::<W> {
+            nodes: Vec::with_capacity(shape.costs.len()),
             choices: Vec::new(),
-            root: None,
-            lo: 0,
-            g: vec![W::Count::ZERO],
+            garena: Vec::new(),
+            sg: Vec::new(),
+            sc: Vec::new(),
         };
-        let mut stack: Vec<Pending<W>> = Vec::new();
-        // Cost vectors of the pending subtrees, back to back in stack order.
-        let mut garena: Vec<W::Count> = Vec::new();
-        let mut scratch_g: Vec<W::Count> = Vec::new();
-        let mut scratch_c: Vec<u32> = Vec::new();
-        let mut prev: Option<W> = None;
-        for i in 0..dp.leaves.len() {
-            let (s, len) = dp.leaves[i];
-            let link = prev.map(|p| common_len(p, s));
-            if let Some(d) = link {
-                // Close every subtree that branches below depth `d`.
-                while stack.len() >= 2 && stack.last().and_then(|p| p.link).is_some_and(|l| l > d) {
-                    dp.merge_top(&mut stack, &mut garena, &mut scratch_g, &mut scratch_c, ctx);
+        let root = fold_trie(
+            &leaves,
+            &mut st,
+            |st, i| {
+                st.garena.push(W::Count::ZERO);
+                Subtree {
+                    // Leaf indices fit in u32 for any input that fits in memory.
+                    r: Ref::Leaf(i as u32),
+                    leaves: 1,
+                    observed: W::block_size(leaves[i].1),
+                    lo: 1,
+                    hi: 1,
+                    g_off: st.garena.len() - 1,
                 }
-            }
-            // `i` < number of leaves, which fits in u32 for any input that fits in memory.
-            stack.push(Pending {
-                r: Ref::Leaf(i as u32),
-                start: s,
-                link,
-                leaves: 1,
-                observed: W::block_size(len),
-                lo: 1,
-                hi: 1,
-                g_off: garena.len(),
-            });
-            garena.push(W::Count::ZERO);
-            prev = Some(s);
-        }
-        while stack.len() >= 2 {
-            dp.merge_top(&mut stack, &mut garena, &mut scratch_g, &mut scratch_c, ctx);
-        }
-        if let Some(top) = stack.pop() {
-            dp.root = Some(top.r);
-            dp.lo = top.lo;
-            dp.g = garena[top.g_off..].to_vec();
-        }
-        dp
-    }
-
-    /// Merges the two topmost pending subtrees under a new branching node.
-    fn merge_top(
-        &mut self,
-        stack: &mut Vec<Pending<W>>,
-        garena: &mut Vec<W::Count>,
-        sg: &mut Vec<W::Count>,
-        sc: &mut Vec<u32>,
-        ctx: &Ctx<'_, W>,
-    ) {
-        let (Some(right), Some(left)) = (stack.pop(), stack.pop()) else {
-            return;
-        };
-        let depth = right.link.unwrap_or(0);
-        let start = trunc(left.start, depth);
-        let observed = left.observed.sat_add(right.observed);
-        let leaves = left.leaves + right.leaves;
-        let cost = if depth >= ctx.max_prefix {
-            ctx.protected
-                .carve(start, depth)
-                .map(|carved| W::block_size(depth).sat_sub(observed).sat_sub(carved))
-        } else {
-            None
-        };
-        let lo = if cost.is_some() {
-            1
-        } else {
-            left.lo.saturating_add(right.lo)
-        };
-        let cap = u32::try_from(leaves).unwrap_or(u32::MAX);
-        let hi = cap.min(ctx.k.max(lo));
-        let n = (hi - lo + 1) as usize;
-        sg.clear();
-        sc.clear();
-        sg.resize(n, cost.unwrap_or(W::Count::MAX));
-        sc.resize(n, 0);
-        {
-            let gl = &garena[left.g_off..left.g_off + (left.hi - left.lo + 1) as usize];
-            let gr = &garena[right.g_off..right.g_off + (right.hi - right.lo + 1) as usize];
-            // Min-plus convolution of the children's vectors, capped at `hi` blocks in total.
-            for a in left.lo..=left.hi {
-                if a + right.lo > hi {
-                    break;
+            },
+            |st, left, right, start, depth| {
+                let SolveState {
+                    nodes,
+                    choices,
+                    garena,
+                    sg,
+                    sc,
+                } = st;
+                let id = nodes.len();
+                let cost = shape.costs.get(id).copied().flatten();
+                let observed = left.observed.sat_add(right.observed);
+                let n_leaves = left.leaves + right.leaves;
+                let lo = if cost.is_some() {
+                    1
+                } else {
+                    left.lo.saturating_add(right.lo)
+                };
+                let cap = u32::try_from(n_leaves).unwrap_or(u32::MAX);
+                let hi = cap.min(lo.saturating_add(slack)).max(lo);
+                let n = (hi - lo + 1) as usize;
+                sg.clear();
+                sc.clear();
+                sg.resize(n, cost.unwrap_or(W::Count::MAX));
+                sc.resize(n, 0);
+                {
+                    let gl = &garena[left.g_off..left.g_off + (left.hi - left.lo + 1) as usize];
+                    let gr = &garena[right.g_off..right.g_off + (right.hi - right.lo + 1) as usize];
+                    convolve(gl, left.lo, gr, right.lo, lo, sg, sc);
                 }
-                let ga = gl[(a - left.lo) as usize];
-                let bmax = right.hi.min(hi - a);
-                let base = (a + right.lo - lo) as usize;
-                let gr = &gr[..=(bmax - right.lo) as usize];
-                let sg = &mut sg[base..base + gr.len()];
-                let sc = &mut sc[base..base + gr.len()];
-                for ((out, ch), &gb) in sg.iter_mut().zip(sc.iter_mut()).zip(gr) {
-                    let c = ga.sat_add(gb);
-                    if c < *out {
-                        *out = c;
-                        *ch = a;
-                    }
+                nodes.push(Node {
+                    start,
+                    len: depth,
+                    left: left.r,
+                    right: right.r,
+                    lo,
+                    choice_off: choices.len(),
+                    observed,
+                    cost: cost.unwrap_or(W::Count::MAX),
+                });
+                choices.extend_from_slice(sc);
+                garena.truncate(left.g_off);
+                let g_off = garena.len();
+                garena.extend_from_slice(sg);
+                Subtree {
+                    r: Ref::Node(id as u32),
+                    leaves: n_leaves,
+                    observed,
+                    lo,
+                    hi,
+                    g_off,
                 }
-            }
-        }
-        let id = self.nodes.len() as u32;
-        self.nodes.push(Node {
-            start,
-            len: depth,
-            left: left.r,
-            right: right.r,
-            lo,
-            choice_off: self.choices.len(),
-            observed,
-            cost: cost.unwrap_or(W::Count::MAX),
-        });
-        self.choices.extend_from_slice(sc);
-        garena.truncate(left.g_off);
-        let g_off = garena.len();
-        garena.extend_from_slice(sg);
-        stack.push(Pending {
-            r: Ref::Node(id),
-            start,
-            link: left.link,
+            },
+        );
+        let (root, lo, g) = match root {
+            Some(top) => (Some(top.r), top.lo, st.garena[top.g_off..].to_vec()),
+            None => (None, 0, vec![W::Count::ZERO]),
+        };
+        Dp {
             leaves,
-            observed,
+            nodes: st.nodes,
+            choices: st.choices,
+            root,
             lo,
-            hi,
-            g_off,
-        });
+            g,
+        }
     }
 
     /// The best budget for this family alone: `(blocks, cost)`.
@@ -785,6 +826,30 @@ impl<W: Word> Dp<W> {
     }
 }
 
+/// Min-plus convolution of the children's cost vectors `gl` (budgets from `ll`) and `gr` (from
+/// `rl`) into `sg`/`sc` (budgets from `lo`, as many as `sg` holds): an entry is replaced only when
+/// strictly beaten, and `sc` records the left child's share.
+fn convolve<C: Count>(gl: &[C], ll: u32, gr: &[C], rl: u32, lo: u32, sg: &mut [C], sc: &mut [u32]) {
+    let hi = lo + sg.len() as u32 - 1;
+    for (ai, &ga) in gl.iter().enumerate() {
+        let a = ll + ai as u32;
+        if a + rl > hi {
+            break;
+        }
+        let n = gr.len().min((hi - a - rl + 1) as usize);
+        let base = (a + rl - lo) as usize;
+        let sg = &mut sg[base..base + n];
+        let sc = &mut sc[base..base + n];
+        for ((out, ch), &gb) in sg.iter_mut().zip(sc.iter_mut()).zip(&gr[..n]) {
+            let c = ga.sat_add(gb);
+            // Branch-free: which side wins is data-dependent and unpredictable.
+            let better = c < *out;
+            *ch = if better { a } else { *ch };
+            *out = if better { c } else { *out };
+        }
+    }
+}
+
 /// Exact blocks of one family as blocks of a cover.
 fn exact_blocks<W: Word>(leaves: &[(W, u8)], out: &mut Vec<Block>) {
     out.extend(leaves.iter().map(|&(s, l)| Block {
@@ -821,22 +886,12 @@ pub fn cover(observed: &[IpNet], opts: &CoverOptions) -> Cover {
     let (p4, p6) = split_families(&[builtin_protected(), opts.protected.clone()].concat());
     let prot4 = Protected::new(p4.into_iter(), &leaves4);
     let prot6 = Protected::new(p6.into_iter(), &leaves6);
-    let dp4 = Dp::solve(
-        leaves4,
-        &Ctx {
-            k,
-            max_prefix: opts.max_prefix_v4.min(32),
-            protected: &prot4,
-        },
-    );
-    let dp6 = Dp::solve(
-        leaves6,
-        &Ctx {
-            k,
-            max_prefix: opts.max_prefix_v6.min(128),
-            protected: &prot6,
-        },
-    );
+    let shape4 = Shape::new(&leaves4, opts.max_prefix_v4.min(32), &prot4);
+    let shape6 = Shape::new(&leaves6, opts.max_prefix_v6.min(128), &prot6);
+    // Budgets beyond the fewest blocks, to be shared by both families.
+    let slack = k.saturating_sub(shape4.lo.saturating_add(shape6.lo));
+    let dp4 = Dp::solve(leaves4, &shape4, slack);
+    let dp6 = Dp::solve(leaves6, &shape6, slack);
     let (j4, j6, budget_met) = split_budget(&dp4, &dp6, k);
     dp4.blocks(j4, &prot4, &mut blocks);
     dp6.blocks(j6, &prot6, &mut blocks);
