@@ -291,6 +291,29 @@ pub struct DirectionResult {
     pub isolated_by: Vec<PolicyId>,
     /// Every rule that allows the connection, sorted by policy and rule index.
     pub matches: Vec<RuleMatch>,
+    /// When denied: the rules that matched the peer but no port, or a port but no peer,
+    /// sorted. They are what a reader most likely meant to allow.
+    pub near_misses: Vec<NearMiss>,
+}
+
+/// A rule that matched one half of a connection (peer or port) but not the other.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NearMiss {
+    /// The policy.
+    pub policy: PolicyId,
+    /// The 0-based rule index.
+    pub rule: usize,
+    /// Which half matched.
+    pub matched: Half,
+}
+
+/// One half of a rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Half {
+    /// The peer (`to`/`from`) matched, at this index (`None`: the rule has no peers); no port did.
+    Peer(Option<usize>),
+    /// A port matched, at this index (`None`: the rule has no ports); no peer did.
+    Port(Option<usize>),
 }
 
 impl DirectionResult {
@@ -300,6 +323,7 @@ impl DirectionResult {
             reason,
             isolated_by: Vec::new(),
             matches: Vec::new(),
+            near_misses: Vec::new(),
         }
     }
 }
@@ -584,6 +608,7 @@ fn evaluate_direction<P: PodView>(
     let labels = pod.labels();
     let mut isolated_by = Vec::new();
     let mut matches = Vec::new();
+    let mut near_misses = Vec::new();
     for p in policies.candidates(pod.namespace(), labels) {
         let rules = match dir {
             Direction::Ingress => &p.ingress,
@@ -608,12 +633,26 @@ fn evaluate_direction<P: PodView>(
                     .position(|pr| port_matches(pr, dst))
                     .map(Some)
             };
-            if let (Some(peer), Some(port)) = (peer, port) {
-                matches.push(RuleMatch {
+            let half = match (peer, port) {
+                (Some(peer), Some(port)) => {
+                    matches.push(RuleMatch {
+                        policy: p.id.clone(),
+                        rule: i,
+                        peer,
+                        port,
+                    });
+                    continue;
+                }
+                (Some(peer), None) => Half::Peer(peer),
+                (None, Some(port)) => Half::Port(port),
+                (None, None) => continue,
+            };
+            // Only worth reporting while nothing allows the connection.
+            if matches.is_empty() {
+                near_misses.push(NearMiss {
                     policy: p.id.clone(),
                     rule: i,
-                    peer,
-                    port,
+                    matched: half,
                 });
             }
         }
@@ -623,6 +662,7 @@ fn evaluate_direction<P: PodView>(
     } else if matches.is_empty() {
         (Verdict::Deny, Reason::NoRuleMatched)
     } else {
+        near_misses.clear();
         (Verdict::Allow, Reason::RuleMatched)
     };
     DirectionResult {
@@ -630,6 +670,7 @@ fn evaluate_direction<P: PodView>(
         reason,
         isolated_by,
         matches,
+        near_misses,
     }
 }
 

@@ -12,8 +12,8 @@ use std::{
 use leash_records::Protocol;
 
 use crate::eval::{
-    ClusterView, DirectionResult, Evaluation, Flow, PolicyId, PolicySet, Reason, Rule, RuleMatch,
-    TargetResult, Verdict, evaluate,
+    ClusterView, DirectionResult, Evaluation, Flow, Half, NearMiss, PolicyId, PolicySet, Reason,
+    Rule, RuleMatch, TargetResult, Verdict, evaluate,
 };
 
 /// Errors of `explain`.
@@ -272,6 +272,13 @@ fn render_result(
                 "deny: isolated by {}; no rule allows it",
                 isolated.join(", ")
             );
+            for nm in &r.near_misses {
+                let _ = writeln!(
+                    out,
+                    "{indent}  closest: {}",
+                    describe_near_miss(policies, nm, peer_word)
+                );
+            }
         }
         Reason::FromOwnNode if !isolated.is_empty() => {
             let _ = writeln!(
@@ -295,6 +302,47 @@ fn rule_of<'a>(policies: &'a PolicySet, m: &RuleMatch, peer_word: &str) -> Optio
         p.ingress.as_ref()?
     };
     rules.get(m.rule)
+}
+
+fn describe_near_miss(policies: &PolicySet, nm: &NearMiss, peer_word: &str) -> String {
+    let dir = if peer_word == "to" {
+        "egress"
+    } else {
+        "ingress"
+    };
+    let mut s = format!("{} rule {dir}[{}]: ", nm.policy, nm.rule);
+    let m = RuleMatch {
+        policy: nm.policy.clone(),
+        rule: nm.rule,
+        peer: None,
+        port: None,
+    };
+    let Some(rule) = rule_of(policies, &m, peer_word) else {
+        return s;
+    };
+    match nm.matched {
+        Half::Peer(peer) => {
+            match peer.and_then(|i| rule.peers.get(i).map(|p| (i, p))) {
+                Some((i, p)) => {
+                    let _ = write!(s, "{peer_word}[{i}] {p} matches");
+                }
+                None => s.push_str("any peer matches"),
+            }
+            let ports: Vec<String> = rule.ports.iter().map(ToString::to_string).collect();
+            let _ = write!(s, ", but no port does (ports: {})", ports.join(", "));
+        }
+        Half::Port(port) => {
+            match port.and_then(|i| rule.ports.get(i).map(|p| (i, p))) {
+                Some((i, p)) => {
+                    let _ = write!(s, "ports[{i}] {p} matches");
+                }
+                None => s.push_str("any port matches"),
+            }
+            let peers: Vec<String> = rule.peers.iter().map(ToString::to_string).collect();
+            let _ = write!(s, ", but no peer does ({peer_word}: {})", peers.join("; "));
+        }
+    }
+    s
 }
 
 fn describe_match(

@@ -10,8 +10,8 @@ use builders::{lab_cluster, pod, policy};
 use leash::{
     cluster::Cluster,
     eval::{
-        ClusterView, Destination, Error, Evaluation, PolicyId, PolicySet, Problem, Reason,
-        RuleMatch, Verdict, evaluate,
+        ClusterView, Destination, Error, Evaluation, Half, NearMiss, PolicyId, PolicySet, Problem,
+        Reason, RuleMatch, Verdict, evaluate,
     },
     explain::{parse_pod, parse_target},
 };
@@ -640,4 +640,41 @@ proptest::proptest! {
         // Egress policies never change ingress.
         proptest::prop_assert_eq!(ab.ingress, run(&c, &[], "shop/web", to).ingress);
     }
+}
+
+#[test]
+fn near_misses_name_rules_matching_only_peer_or_port() {
+    let p = (
+        "shop/p",
+        "{podSelector: {}, policyTypes: [Egress], egress: [
+            {to: [{ipBlock: {cidr: 203.0.113.0/24}}], ports: [{port: 80}]},
+            {to: [{ipBlock: {cidr: 198.51.100.0/24}}], ports: [{port: 443}]},
+            {to: [{ipBlock: {cidr: 198.51.100.0/24}}], ports: [{port: 80}]}]}",
+    );
+    let c = lab_cluster();
+    let ev = run(&c, &[p], "shop/web", "203.0.113.10:443/TCP");
+    assert_eq!(ev.verdict, Verdict::Deny);
+    assert_eq!(
+        ev.targets[0].egress.near_misses,
+        vec![
+            NearMiss {
+                policy: id("shop/p"),
+                rule: 0,
+                matched: Half::Peer(Some(0))
+            },
+            NearMiss {
+                policy: id("shop/p"),
+                rule: 1,
+                matched: Half::Port(Some(0))
+            },
+        ]
+    );
+    // Once a rule allows the connection, near misses are not reported.
+    let allow = (
+        "shop/q",
+        "{podSelector: {}, policyTypes: [Egress], egress: [{ports: [{port: 443}]}]}",
+    );
+    let ev = run(&c, &[p, allow], "shop/web", "203.0.113.10:443/TCP");
+    assert_eq!(ev.verdict, Verdict::Allow);
+    assert!(ev.targets[0].egress.near_misses.is_empty());
 }

@@ -44,6 +44,7 @@ shop/web -> 10.96.0.30:5432/TCP: DENY
     egress at shop/web: allow
       allowed by shop/web-egress rule egress[1]: to[0] pods {app=postgres} in namespaces {kubernetes.io/metadata.name=db}, ports[0] 5432/TCP
     ingress at db/replica: deny: isolated by db/postgres-ingress; no rule allows it
+      closest: db/postgres-ingress rule ingress[0]: from[0] pods {app=web} in namespaces {team=shop} matches, but no port does (ports: pg/TCP (named))
   backend 10.244.2.20:5432 (pod db/postgres): allow
     egress at shop/web: allow
       allowed by shop/web-egress rule egress[1]: to[0] pods {app=postgres} in namespaces {kubernetes.io/metadata.name=db}, ports[0] 5432/TCP
@@ -79,6 +80,12 @@ fn denied_names_every_isolating_policy() {
     );
     assert!(
         got.starts_with("shop/web -> [2001:db8:ffff::1]:443/TCP: DENY\n"),
+        "{got}"
+    );
+    assert!(
+        got.contains(
+            "    closest: shop/web-egress rule egress[2]: ports[0] 443/TCP matches, but no peer does (to: ipBlock 203.0.113.0/24)\n"
+        ),
         "{got}"
     );
 }
