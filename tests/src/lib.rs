@@ -211,6 +211,14 @@ pub fn sweep_stale() -> Vec<String> {
 mod tests {
     use super::*;
 
+    /// Tests share a lab between client threads.
+    #[test]
+    fn lab_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Lab>();
+        check::<Pod>();
+    }
+
     #[test]
     fn owner_pid_parses_lab_names_only() {
         assert_eq!(owner_pid("leash-lab-123-4-node"), Some(123));
