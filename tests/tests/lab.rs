@@ -945,3 +945,42 @@ fn lab_demo_without_agent_generates_the_demo_traffic() {
     );
     assert!(stdout.contains("dns: 3 UDP + 1 TCP queries"), "{stdout}");
 }
+
+#[test]
+fn forwarding_is_enabled_in_the_node_namespace_not_the_host() {
+    if !leash_lab::require_privileged() {
+        return;
+    }
+    let keys = [
+        "/proc/sys/net/ipv4/ip_forward",
+        "/proc/sys/net/ipv6/conf/all/forwarding",
+        "/proc/sys/net/ipv6/conf/default/accept_dad",
+    ];
+    let host_before: Vec<String> = keys
+        .iter()
+        .map(|k| std::fs::read_to_string(k).unwrap())
+        .collect();
+    let lab = Lab::builder().pod(PodSpec::new("a", "p")).build().unwrap();
+    let host_after: Vec<String> = keys
+        .iter()
+        .map(|k| std::fs::read_to_string(k).unwrap())
+        .collect();
+    assert_eq!(host_before, host_after);
+    let node = lab.node_netns();
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", node, "cat"])
+        .args(keys)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1\n1\n0\n");
+    // The host's root namespace has no lab interface or address.
+    let out = std::process::Command::new("ip")
+        .args(["-o", "addr"])
+        .output()
+        .unwrap();
+    let host = String::from_utf8_lossy(&out.stdout);
+    for lab_net in ["198.51.100.", "203.0.113.", "2001:db8:"] {
+        assert!(!host.contains(lab_net), "{host}");
+    }
+}
