@@ -984,3 +984,50 @@ fn forwarding_is_enabled_in_the_node_namespace_not_the_host() {
         assert!(!host.contains(lab_net), "{host}");
     }
 }
+
+#[test]
+fn port_span_spreads_attempts_over_consecutive_ports() {
+    if !leash_lab::require_privileged() {
+        return;
+    }
+    let ports: Vec<Port> = (7000..7004)
+        .flat_map(|p| [Port::tcp(p), Port::udp(p)])
+        .collect();
+    let lab = Lab::builder()
+        .pod(PodSpec::new("a", "client"))
+        .external("203.0.113.40", ports)
+        .build()
+        .unwrap();
+    let c = lab.pod("a/client");
+    for cmd in ["tcp", "udp-sendto", "udp-connected"] {
+        let out = c
+            .run(&[
+                cmd,
+                "203.0.113.40",
+                "7000",
+                "--count",
+                "8",
+                "--port-span",
+                "4",
+            ])
+            .unwrap();
+        assert!(out.success(), "{}", out.stdout);
+    }
+    for p in 7000..7004 {
+        let t = lab
+            .wait_server_stats("203.0.113.40", Proto::Tcp, p, WAIT, |s| s.connections >= 2)
+            .unwrap();
+        assert_eq!(t.connections, 2, "tcp {p}");
+        let u = lab
+            .wait_server_stats("203.0.113.40", Proto::Udp, p, WAIT, |s| s.datagrams >= 4)
+            .unwrap();
+        assert_eq!(u.datagrams, 4, "udp {p}");
+    }
+    // A span past 65535 is a usage error (exit 2), not traffic.
+    let out = c
+        .command(leash_lab::lab_client_path().unwrap())
+        .args(["tcp", "203.0.113.40", "65535", "--port-span", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -1,12 +1,15 @@
 //! `lab-client`: the traffic generator run inside lab pods.
 //!
 //! ```text
-//! lab-client tcp <ip> <port> [--count N] [--send TEXT] [--timeout-ms MS]
-//! lab-client udp-connected <ip> <port> [--count N] [--send TEXT] [--wait-echo] [--timeout-ms MS]
-//! lab-client udp-sendto <ip> <port> [--count N] [--send TEXT] [--wait-echo] [--timeout-ms MS]
+//! lab-client tcp <ip> <port> [--count N] [--port-span M] [--send TEXT] [--timeout-ms MS]
+//! lab-client udp-connected <ip> <port> [--count N] [--port-span M] [--send TEXT] [--wait-echo]
+//!                          [--timeout-ms MS]
+//! lab-client udp-sendto <ip> <port> [--count N] [--port-span M] [--send TEXT] [--wait-echo]
+//!                       [--timeout-ms MS]
 //! lab-client dns <server> <name> <A|AAAA|CNAME> [--tcp] [--connected] [--port P]
 //!                [--edns SIZE | --no-edns] [--timeout-ms MS]
 //! ```
+//! `--port-span M` makes attempt `i` go to port `port + i % M` (many distinct flow keys).
 //! Prints one JSON object on stdout. Exits 0 when every attempt succeeded, 1 when some failed,
 //! 2 on bad usage.
 
@@ -23,14 +26,15 @@ use serde_json::{Value, json};
 const MAX_COUNT: u64 = 1_000_000;
 
 const USAGE: &str = "usage:
-  lab-client tcp <ip> <port> [--count N] [--send TEXT] [--timeout-ms MS]
-  lab-client udp-connected <ip> <port> [--count N] [--send TEXT] [--wait-echo] [--timeout-ms MS]
-  lab-client udp-sendto <ip> <port> [--count N] [--send TEXT] [--wait-echo] [--timeout-ms MS]
+  lab-client tcp <ip> <port> [--count N] [--port-span M] [--send TEXT] [--timeout-ms MS]
+  lab-client udp-connected <ip> <port> [--count N] [--port-span M] [--send TEXT] [--wait-echo] [--timeout-ms MS]
+  lab-client udp-sendto <ip> <port> [--count N] [--port-span M] [--send TEXT] [--wait-echo] [--timeout-ms MS]
   lab-client dns <server> <name> <A|AAAA|CNAME> [--tcp] [--connected] [--port P] [--edns SIZE | --no-edns] [--timeout-ms MS]";
 
 struct Opts {
     positional: Vec<String>,
     count: u64,
+    port_span: u16,
     send: Option<String>,
     wait_echo: bool,
     timeout: Duration,
@@ -44,6 +48,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
     let mut o = Opts {
         positional: Vec::new(),
         count: 1,
+        port_span: 1,
         send: None,
         wait_echo: false,
         timeout: Duration::from_millis(2000),
@@ -68,6 +73,14 @@ fn parse(args: &[String]) -> Result<Opts, String> {
                 }
             }
             "--send" => o.send = Some(value("--send")?),
+            "--port-span" => {
+                let v = value("--port-span")?;
+                o.port_span = v
+                    .parse()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| format!("bad --port-span {v:?} (1..=65535)"))?;
+            }
             "--wait-echo" => o.wait_echo = true,
             "--timeout-ms" => {
                 let v = value("--timeout-ms")?;
@@ -99,7 +112,20 @@ fn target(o: &Opts) -> Result<SocketAddr, String> {
     };
     let ip: IpAddr = ip.parse().map_err(|_| format!("bad ip {ip:?}"))?;
     let port: u16 = port.parse().map_err(|_| format!("bad port {port:?}"))?;
+    if u32::from(port) + u32::from(o.port_span) - 1 > u32::from(u16::MAX) {
+        return Err(format!(
+            "port {port} + --port-span {} exceeds 65535",
+            o.port_span
+        ));
+    }
     Ok(SocketAddr::new(ip, port))
+}
+
+/// The destination of attempt `i`: `--port-span` cycles through consecutive ports.
+fn nth(dst: SocketAddr, span: u16, i: u64) -> SocketAddr {
+    // `target` checked that port + span - 1 fits in a u16.
+    let off = u16::try_from(i % u64::from(span)).unwrap_or(0);
+    SocketAddr::new(dst.ip(), dst.port().saturating_add(off))
 }
 
 fn unspecified(dst: &SocketAddr) -> SocketAddr {
@@ -119,8 +145,8 @@ fn cmd_tcp(o: &Opts) -> Result<(Value, bool), String> {
     let dst = target(o)?;
     let (mut connected, mut failed, mut echoed) = (0u64, 0u64, 0u64);
     let mut errors = Vec::new();
-    for _ in 0..o.count {
-        match TcpStream::connect_timeout(&dst, o.timeout) {
+    for i in 0..o.count {
+        match TcpStream::connect_timeout(&nth(dst, o.port_span, i), o.timeout) {
             Ok(mut s) => {
                 connected += 1;
                 if let Some(text) = &o.send {
@@ -156,18 +182,25 @@ fn cmd_udp(o: &Opts, connected_mode: bool) -> Result<(Value, bool), String> {
     let sock = UdpSocket::bind(unspecified(&dst)).map_err(|e| format!("bind: {e}"))?;
     sock.set_read_timeout(Some(o.timeout))
         .map_err(|e| format!("SO_RCVTIMEO: {e}"))?;
-    if connected_mode {
+    if connected_mode && o.port_span == 1 {
         sock.connect(dst)
             .map_err(|e| format!("connect {dst}: {e}"))?;
     }
     let (mut sent, mut failed, mut echoed) = (0u64, 0u64, 0u64);
     let mut errors = Vec::new();
     let mut buf = [0u8; 65_536];
-    for _ in 0..o.count {
+    for i in 0..o.count {
+        let to = nth(dst, o.port_span, i);
         let r = if connected_mode {
-            sock.send(payload.as_bytes())
+            // With a span, re-connect the socket to each port (one connect per send).
+            let c = if o.port_span > 1 {
+                sock.connect(to)
+            } else {
+                Ok(())
+            };
+            c.and_then(|()| sock.send(payload.as_bytes()))
         } else {
-            sock.send_to(payload.as_bytes(), dst)
+            sock.send_to(payload.as_bytes(), to)
         };
         match r {
             Ok(_) => sent += 1,
@@ -179,7 +212,7 @@ fn cmd_udp(o: &Opts, connected_mode: bool) -> Result<(Value, bool), String> {
         }
         if o.wait_echo {
             match sock.recv_from(&mut buf) {
-                Ok((n, from)) if from == dst && &buf[..n] == payload.as_bytes() => echoed += 1,
+                Ok((n, from)) if from == to && &buf[..n] == payload.as_bytes() => echoed += 1,
                 Ok((_, from)) => push_err(&mut errors, format!("unexpected reply from {from}")),
                 Err(e) => push_err(&mut errors, e),
             }
