@@ -358,6 +358,59 @@ impl Search<'_> {
     }
 }
 
+/// A second, independent optimum for medium inputs: a DP over the *uncompressed* binary trie of
+/// `region` with exact block counts `0..=cap`, judging every prefix from its definition, plus
+/// the region's ancestors down to `max_prefix` as single blocks. Returns `(blocks, cost)` for
+/// every feasible count.
+fn uncompressed_optimum(case: &Case, region: &IpNet, cap: usize) -> Vec<(usize, u128)> {
+    fn solve(case: &Case, p: &IpNet, cap: usize, width: u8) -> Vec<Option<u128>> {
+        let (s, e) = span(p);
+        let mut f = vec![None; cap + 1];
+        if case.observed_in(s, e) == 0 {
+            f[0] = Some(0);
+            return f;
+        }
+        if let Some((_, cost)) = case.judge(p) {
+            f[1] = Some(cost);
+        }
+        if p.prefix_len() < width {
+            let len = p.prefix_len() + 1;
+            let l = solve(case, &net(case.v4, s, len), cap, width);
+            let r = solve(
+                case,
+                &net(case.v4, s + (1u128 << (width - len)), len),
+                cap,
+                width,
+            );
+            for (a, la) in l.iter().enumerate() {
+                for (b, rb) in r.iter().enumerate().take(cap + 1 - a) {
+                    if let (Some(x), Some(y)) = (la, rb) {
+                        let c = x + y;
+                        if f[a + b].is_none_or(|old| c < old) {
+                            f[a + b] = Some(c);
+                        }
+                    }
+                }
+            }
+        }
+        f
+    }
+    let width = if case.v4 { 32 } else { 128 };
+    let mut f = solve(case, region, cap, width);
+    let (rs, _) = span(region);
+    for len in case.max_prefix()..region.prefix_len() {
+        if let Some((_, cost)) = case.judge(&net(case.v4, rs, len)) {
+            if f[1].is_none_or(|old| cost < old) {
+                f[1] = Some(cost);
+            }
+        }
+    }
+    f.iter()
+        .enumerate()
+        .filter_map(|(j, c)| c.map(|c| (j, c)))
+        .collect()
+}
+
 /// Small regions: plain, next to the metadata address, inside loopback, and IPv6.
 fn small_region(i: usize) -> IpNet {
     let regions = [
@@ -415,6 +468,39 @@ proptest! {
                 prop_assert!(!c.budget_met);
                 let fewest = covers.iter().min().copied();
                 prop_assert_eq!(Some((c.blocks.len(), cost)), fewest, "{:?}", c);
+            }
+        }
+    }
+
+    #[test]
+    fn cover_matches_an_uncompressed_dp_on_medium_inputs(
+        offs in prop::collection::vec(0u8.., 1..40),
+        extra in prop::collection::vec((any::<u8>(), 0u8..=8), 0..4),
+        k in 1usize..=12,
+        max_prefix in 22u8..=32,
+        metadata in any::<bool>(),
+    ) {
+        let region: IpNet = if metadata { "169.254.169.0/24" } else { "198.51.100.0/24" }
+            .parse()
+            .expect("fixed test regions parse");
+        let (rs, _) = span(&region);
+        let observed: BTreeSet<u128> = offs.iter().map(|&o| rs + u128::from(o)).collect();
+        let extra: Vec<IpNet> = extra.iter().map(|&(o, l)| net(true, rs + u128::from(o), 24 + l)).collect();
+        let opts = CoverOptions { max_cidrs: k, max_prefix_v4: max_prefix, ..CoverOptions::default() };
+        let case = Case::new(true, observed, extra, opts);
+        let c = cidr::cover(&case.inputs(), &case.opts);
+        let cost = case.check(&c)?;
+        prop_assume!(cidr::merge(&case.inputs()).len() > k);
+        let all = uncompressed_optimum(&case, &region, case.observed.len());
+        let within = all.iter().filter(|(n, _)| *n <= k).map(|&(n, c)| (c, n)).min();
+        match within {
+            Some(best) => {
+                prop_assert!(c.budget_met);
+                prop_assert_eq!((cost, c.blocks.len()), best);
+            }
+            None => {
+                prop_assert!(!c.budget_met);
+                prop_assert_eq!(Some((c.blocks.len(), cost)), all.iter().min().copied());
             }
         }
     }
