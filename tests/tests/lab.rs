@@ -1031,3 +1031,24 @@ fn port_span_spreads_attempts_over_consecutive_ports() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn fifty_pods_get_distinct_addresses_and_reach_each_other() {
+    if !leash_lab::require_privileged() {
+        return;
+    }
+    let mut b = Lab::builder();
+    for i in 0..50 {
+        b = b.pod(
+            PodSpec::new("many", &format!("p{i}"))
+                .label("app", "many")
+                .port(Some("http"), 8080, Proto::Tcp),
+        );
+    }
+    let lab = b.build().unwrap();
+    let ips: BTreeSet<_> = lab.pods().iter().map(|p| p.ipv4()).collect();
+    assert_eq!(ips.len(), 50);
+    let last = lab.pod("many/p49").ipv4().to_string();
+    let out = lab.pod("many/p0").run(&["tcp", &last, "8080"]).unwrap();
+    assert!(out.success(), "{}", out.stdout);
+}
