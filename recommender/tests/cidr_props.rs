@@ -399,10 +399,10 @@ fn uncompressed_optimum(case: &Case, region: &IpNet, cap: usize) -> Vec<(usize, 
     let mut f = solve(case, region, cap, width);
     let (rs, _) = span(region);
     for len in case.max_prefix()..region.prefix_len() {
-        if let Some((_, cost)) = case.judge(&net(case.v4, rs, len)) {
-            if f[1].is_none_or(|old| cost < old) {
-                f[1] = Some(cost);
-            }
+        if let Some((_, cost)) = case.judge(&net(case.v4, rs, len))
+            && f[1].is_none_or(|old| cost < old)
+        {
+            f[1] = Some(cost);
         }
     }
     f.iter()
