@@ -916,6 +916,12 @@ fn exact_blocks<W: Word>(leaves: &[(W, u8)], out: &mut Vec<Block>) {
 /// address of a protected range is allowed (`except` carves out protected ranges with no
 /// observed address; a prefix that would straddle a partly observed protected range, or lie inside
 /// a protected range, is split instead). Ties prefer fewer blocks.
+///
+/// Cost: a sort, then two linear passes over the n exact blocks; the second keeps, per trie
+/// node, a cost vector of at most `K - lo + 1` entries (lo = the fewest blocks possible), so the
+/// worst case is O(n·K) time and O(n·K) memory for the choices, and O(n) when the budget cannot
+/// be met. 1M distinct IPv4 addresses at K = 256 take a fraction of a second
+/// (`benches/cidr.rs`).
 pub fn cover(observed: &[IpNet], opts: &CoverOptions) -> Cover {
     let (v4, v6) = split_families(observed);
     let leaves4 = merge_words(v4.into_iter());
