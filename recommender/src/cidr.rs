@@ -53,6 +53,7 @@ macro_rules! impl_count {
         }
     };
 }
+impl_count!(u32);
 impl_count!(u64);
 impl_count!(u128);
 
@@ -76,6 +77,11 @@ trait Word:
     const ONE: Self;
     const MAX: Self;
     type Count: Count;
+    /// A cover cost (unobserved addresses). For IPv4 it fits in `u32`: a branching node holds at
+    /// least two observed addresses, so its cost is below 2^32 - 1, and so is any sum of costs of
+    /// disjoint nodes. `u32` halves the DP's memory traffic and lets its inner loop vectorize.
+    type Cost: Count;
+    fn cost(unobserved: Self::Count) -> Self::Cost;
     fn leading_zeros_(self) -> u32;
     fn trailing_zeros_(self) -> u32;
     /// Number of addresses in a prefix of length `len` (saturating).
@@ -91,6 +97,11 @@ impl Word for u32 {
     const ONE: Self = 1;
     const MAX: Self = u32::MAX;
     type Count = u64;
+    type Cost = u32;
+    #[inline]
+    fn cost(unobserved: u64) -> u32 {
+        u32::try_from(unobserved).unwrap_or(u32::MAX)
+    }
     #[inline]
     fn leading_zeros_(self) -> u32 {
         self.leading_zeros()
@@ -117,6 +128,11 @@ impl Word for u128 {
     const ONE: Self = 1;
     const MAX: Self = u128::MAX;
     type Count = u128;
+    type Cost = u128;
+    #[inline]
+    fn cost(unobserved: u128) -> u128 {
+        unobserved
+    }
     #[inline]
     fn leading_zeros_(self) -> u32 {
         self.leading_zeros()
@@ -623,19 +639,15 @@ fn fold_trie<W: Word, S, T>(
 /// First pass over one family: which branching nodes may be chosen, at what cost, and the
 /// fewest blocks any cover needs. Needing that minimum before the DP lets every node cap its
 /// cost vector at `lo + slack` budgets instead of K.
-struct Shape<C> {
+struct Shape<W: Word> {
     /// Cost of choosing each branching node, in join order; `None` if it may not be chosen.
-    costs: Vec<Option<C>>,
+    costs: Vec<Option<W::Cost>>,
     /// Fewest blocks that can cover the family (0 when empty).
     lo: u32,
 }
 
-impl<C: Count> Shape<C> {
-    fn new<W: Word<Count = C>>(
-        leaves: &[(W, u8)],
-        max_prefix: u8,
-        protected: &Protected<W>,
-    ) -> Self {
+impl<W: Word> Shape<W> {
+    fn new(leaves: &[(W, u8)], max_prefix: u8, protected: &Protected<W>) -> Self {
         let mut costs = Vec::with_capacity(leaves.len().saturating_sub(1));
         let lo = fold_trie(
             leaves,
@@ -644,9 +656,9 @@ impl<C: Count> Shape<C> {
             |costs, (llo, lobs), (rlo, robs), start, depth| {
                 let observed = lobs.sat_add(robs);
                 let cost = if depth >= max_prefix {
-                    protected
-                        .carve(start, depth)
-                        .map(|carved| W::block_size(depth).sat_sub(observed).sat_sub(carved))
+                    protected.carve(start, depth).map(|carved| {
+                        W::cost(W::block_size(depth).sat_sub(observed).sat_sub(carved))
+                    })
                 } else {
                     None
                 };
@@ -684,7 +696,7 @@ struct Node<W: Word> {
     /// "choose this node's own prefix", `a > 0` means "give `a` blocks to the left child".
     choice_off: usize,
     observed: W::Count,
-    cost: W::Count,
+    cost: W::Cost,
 }
 
 /// A subtree during the second pass.
@@ -704,8 +716,8 @@ struct SolveState<W: Word> {
     choices: Vec<u32>,
     /// Cost vectors of the pending subtrees, back to back in stack order: the two being joined
     /// are always the last two.
-    garena: Vec<W::Count>,
-    sg: Vec<W::Count>,
+    garena: Vec<W::Cost>,
+    sg: Vec<W::Cost>,
     sc: Vec<u32>,
 }
 
@@ -718,7 +730,7 @@ struct Dp<W: Word> {
     /// Fewest blocks that can cover everything.
     lo: u32,
     /// `g[j - lo]`: least cost with at most `j` blocks.
-    g: Vec<W::Count>,
+    g: Vec<W::Cost>,
 }
 
 impl<W: Word> Dp<W> {
@@ -726,7 +738,7 @@ impl<W: Word> Dp<W> {
     /// fewest blocks `lo` up to `lo + slack` (and at most its leaf count), the least cost of
     /// covering its observed addresses with at most `j` blocks, either by its own prefix or by
     /// splitting `j` between its children (a min-plus convolution).
-    fn solve(leaves: Vec<(W, u8)>, shape: &Shape<W::Count>, slack: u32) -> Self {
+    fn solve(leaves: Vec<(W, u8)>, shape: &Shape<W>, slack: u32) -> Self {
         let mut st = SolveState::<W> {
             nodes: Vec::with_capacity(shape.costs.len()),
             choices: Vec::new(),
@@ -738,7 +750,7 @@ impl<W: Word> Dp<W> {
             &leaves,
             &mut st,
             |st, i| {
-                st.garena.push(W::Count::ZERO);
+                st.garena.push(W::Cost::ZERO);
                 Subtree {
                     // Leaf indices fit in u32 for any input that fits in memory.
                     r: Ref::Leaf(i as u32),
@@ -771,7 +783,7 @@ impl<W: Word> Dp<W> {
                 let n = (hi - lo + 1) as usize;
                 sg.clear();
                 sc.clear();
-                sg.resize(n, cost.unwrap_or(W::Count::MAX));
+                sg.resize(n, cost.unwrap_or(W::Cost::MAX));
                 sc.resize(n, 0);
                 {
                     let gl = &garena[left.g_off..left.g_off + (left.hi - left.lo + 1) as usize];
@@ -786,7 +798,7 @@ impl<W: Word> Dp<W> {
                     lo,
                     choice_off: choices.len(),
                     observed,
-                    cost: cost.unwrap_or(W::Count::MAX),
+                    cost: cost.unwrap_or(W::Cost::MAX),
                 });
                 choices.extend_from_slice(sc);
                 garena.truncate(left.g_off);
@@ -804,7 +816,7 @@ impl<W: Word> Dp<W> {
         );
         let (root, lo, g) = match root {
             Some(top) => (Some(top.r), top.lo, st.garena[top.g_off..].to_vec()),
-            None => (None, 0, vec![W::Count::ZERO]),
+            None => (None, 0, vec![W::Cost::ZERO]),
         };
         Dp {
             leaves,
@@ -817,9 +829,9 @@ impl<W: Word> Dp<W> {
     }
 
     /// The best budget for this family alone: `(blocks, cost)`.
-    fn best(&self, k: u32) -> (u32, W::Count) {
+    fn best(&self, k: u32) -> (u32, W::Cost) {
         if self.root.is_none() {
-            return (0, W::Count::ZERO);
+            return (0, W::Cost::ZERO);
         }
         let hi = self.lo + self.g.len() as u32 - 1;
         let top = if self.lo > k { self.lo } else { hi.min(k) };
@@ -889,10 +901,11 @@ fn convolve<C: Count>(gl: &[C], ll: u32, gr: &[C], rl: u32, lo: u32, sg: &mut [C
         let sc = &mut sc[base..base + n];
         for ((out, ch), &gb) in sg.iter_mut().zip(sc.iter_mut()).zip(&gr[..n]) {
             let c = ga.sat_add(gb);
-            // Branch-free: which side wins is data-dependent and unpredictable.
-            let better = c < *out;
-            *ch = if better { a } else { *ch };
-            *out = if better { c } else { *out };
+            // Branch-free with an unconditional store, so that the loop vectorizes: which side
+            // wins is data-dependent and unpredictable.
+            let mask = 0u32.wrapping_sub(u32::from(c < *out));
+            *ch = (*ch & !mask) | (a & mask);
+            *out = if c < *out { c } else { *out };
         }
     }
 }
