@@ -1248,6 +1248,28 @@ mod tests {
     }
 
     #[test]
+    fn whole_ipv4_space_costs_fit() {
+        // The root of the IPv4 trie: the largest cost an IPv4 node can have.
+        let opts = CoverOptions {
+            max_cidrs: 1,
+            max_prefix_v4: 0,
+            ..CoverOptions::default()
+        };
+        let c = cover_addrs(&[a("0.0.0.1"), a("255.255.255.255")], &opts);
+        assert!(c.budget_met);
+        assert_eq!(cidrs(&c), ["0.0.0.0/0"]);
+        assert_eq!(
+            c.blocks[0].except,
+            vec![n("127.0.0.0/8"), n("169.254.169.254/32")]
+        );
+        assert_eq!(c.blocks[0].observed, 2);
+        assert_eq!(
+            c.blocks[0].unobserved_allowed,
+            (1u128 << 32) - 2 - (1 << 24) - 1
+        );
+    }
+
+    #[test]
     fn radix_sort_matches_std_sort() {
         // Large enough to take the radix path; one digit constant, others random.
         let mut x: u64 = 7;
