@@ -941,7 +941,6 @@ pub struct Cluster {
     pub pod_workload: Vec<WorkloadId>,
     slices: BTreeMap<(String, String), Vec<SliceInfo>>,
     pod_by_uid: HashMap<String, PodId>,
-    pod_by_name: HashMap<(String, String), PodId>,
     pod_by_ip: HashMap<IpAddr, PodId>,
     host_pods_by_ip: HashMap<IpAddr, Vec<PodId>>,
     node_by_ip: HashMap<IpAddr, NodeId>,
@@ -993,8 +992,6 @@ impl Cluster {
             if let Some(uid) = &p.uid {
                 c.pod_by_uid.insert(uid.clone(), i);
             }
-            c.pod_by_name
-                .insert((p.namespace.clone(), p.name.clone()), i);
             for ip in &p.ips {
                 if p.host_network {
                     c.host_pods_by_ip.entry(*ip).or_default().push(i);
@@ -1152,9 +1149,10 @@ impl Cluster {
 
     /// The pod `namespace/name`.
     pub fn pod_by_name(&self, namespace: &str, name: &str) -> Option<PodId> {
-        self.pod_by_name
-            .get(&(namespace.to_owned(), name.to_owned()))
-            .copied()
+        // Pods are sorted by (namespace, name).
+        self.pods
+            .binary_search_by(|p| (p.namespace.as_str(), p.name.as_str()).cmp(&(namespace, name)))
+            .ok()
     }
 
     /// The (non-hostNetwork) pod holding this IP.

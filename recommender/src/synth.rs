@@ -797,7 +797,11 @@ pub fn self_check<V: ClusterView + ?Sized>(
     let set = PolicySet::new(&all_policies(cluster, rec))
         .map_err(|e| SelfCheckError::Invalid(e.to_string()))?;
     let covered: BTreeSet<WorkloadId> = rec.policies.iter().map(|p| p.workload).collect();
-    let mut denied = Vec::new();
+    // Egress depends on the source only through its namespace and labels: evaluate each
+    // distinct (namespace, labels) once per destination, with a representative pod.
+    let mut reps: std::collections::HashMap<(&str, &crate::cluster::Labels), usize> =
+        std::collections::HashMap::new();
+    let mut checks: BTreeSet<(usize, IpAddr, u16, Protocol)> = BTreeSet::new();
     for key in obs.flows.keys() {
         let Some(pod) = cluster.pods.get(key.pod) else {
             continue;
@@ -808,8 +812,20 @@ pub fn self_check<V: ClusterView + ?Sized>(
         if !covered.contains(&w) || pod.host_network {
             continue;
         }
+        let rep = *reps.entry((&pod.namespace, &pod.labels)).or_insert(key.pod);
+        checks.insert((rep, key.dst, key.port, key.protocol));
+    }
+    let mut denied = Vec::new();
+    for (rep, dst, port, protocol) in checks {
+        let pod = &cluster.pods[rep];
         let Some(source) = view.pod(&pod.namespace, &pod.name) else {
             continue;
+        };
+        let key = crate::input::FlowKey {
+            pod: rep,
+            dst,
+            port,
+            protocol,
         };
         let flow = eval::Flow {
             protocol: key.protocol,

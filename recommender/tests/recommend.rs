@@ -767,3 +767,48 @@ fn output_is_identical_for_shuffled_input() {
         leash::render::files(&b.cluster, &b.rec).unwrap()
     );
 }
+
+#[path = "fixtures/recommend/synthetic.rs"]
+mod synthetic;
+
+#[test]
+fn synthetic_cluster_end_to_end_through_files() {
+    let shape = synthetic::Shape {
+        nodes: 4,
+        namespaces: 3,
+        deployments_per_namespace: 4,
+        pods_per_deployment: 3,
+        flow_records: 3_000,
+    };
+    // The bench's full shape is the issue's: 5,000 nodes, 150,000 pods, 10M records.
+    let full = synthetic::Shape::FULL;
+    assert_eq!((full.nodes, full.pods(), full.flow_records), (5_000, 150_000, 10_000_000));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let snap = dir.path().join("cluster.json");
+    let flows = dir.path().join("flows.jsonl");
+    let mut buf = Vec::new();
+    synthetic::write_snapshot(&shape, &mut buf).expect("generates");
+    std::fs::write(&snap, buf).expect("writes");
+    let mut buf = Vec::new();
+    synthetic::write_flows(&shape, &mut buf).expect("generates");
+    std::fs::write(&flows, buf).expect("writes");
+    // `run` self-checks every observed flow with the evaluator before returning.
+    let out = leash::synth::run(&snap, &[flows], &Options::default()).expect("recommends");
+    assert_eq!(out.observations.records, 3_000);
+    assert_eq!(out.cluster.pods.len(), 37);
+    // Every Deployment talks, so each gets a policy; every namespace a default deny.
+    assert_eq!(out.recommendation.policies.len(), 12);
+    assert_eq!(
+        out.recommendation.default_deny_namespaces,
+        vec!["ns-0", "ns-1", "ns-2"]
+    );
+    let p = &out.recommendation.policies[0];
+    assert!(
+        p.rules
+            .iter()
+            .any(|r| r.kind == leash::synth::RuleKind::Dns)
+    );
+    for np in leash::synth::all_policies(&out.cluster, &out.recommendation) {
+        assert_eq!(support::validate(&np), Vec::<String>::new());
+    }
+}

@@ -374,3 +374,80 @@ proptest! {
         prop_assert_eq!(stream(&cluster, &rec), stream(&cluster2, &rec2));
     }
 }
+
+fn arb_flow_record() -> impl Strategy<Value = leash_records::FlowRecord> {
+    (
+        "[a-z0-9-]{1,12}",
+        prop::option::of(("[a-f0-9-]{0,36}", "[a-z0-9-]{1,20}", "[a-z0-9.-]{1,30}")),
+        prop::sample::select(vec![
+            leash_records::Protocol::Tcp,
+            leash_records::Protocol::Udp,
+            leash_records::Protocol::Sctp,
+        ]),
+        any::<IpAddr>(),
+        any::<u16>(),
+        any::<u64>(),
+        (0i64..4_000_000_000, 0i64..1_000_000),
+        prop::collection::vec("[a-z0-9.-]{1,40}", 0..4),
+        prop::option::of((any::<u64>(), any::<u64>())),
+    )
+        .prop_map(
+            |(node, pod, protocol, dst, dst_port, count, (t, d), names, outcome)| {
+                let first = chrono::DateTime::from_timestamp(t, 0).unwrap_or_default();
+                leash_records::FlowRecord {
+                    node,
+                    pod: pod.map(|(uid, namespace, name)| leash_records::PodRef {
+                        uid,
+                        namespace,
+                        name,
+                    }),
+                    cgroup: "/kubepods.slice/x".to_owned(),
+                    protocol,
+                    dst,
+                    dst_port,
+                    count,
+                    first_seen: first,
+                    last_seen: first + chrono::Duration::seconds(d),
+                    names,
+                    outcome: outcome.map(|(established, failed)| leash_records::Outcome {
+                        established,
+                        failed,
+                    }),
+                }
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// The hot-loop flow parser accepts exactly what the contract parser accepts as a flow,
+    /// and yields the same record.
+    #[test]
+    fn fast_flow_parser_agrees_with_the_contract(rec in arb_flow_record(), mutation in 0u8..6) {
+        let line = Record::Flow(rec.clone()).to_json_line();
+        let line = match mutation {
+            0 => line,
+            1 => line.replacen("\"v\":1", "\"v\":2", 1),
+            2 => line.replacen("\"kind\":\"flow\"", "\"kind\":\"dns\"", 1),
+            3 => line.replacen("\"dst_port\":", "\"dst_port\":-", 1),
+            4 => line.replacen("\"v\":1,", "", 1),
+            _ => line.replacen("\"protocol\":\"", "\"protocol\":\"x", 1),
+        };
+        let fast = leash::input::parse_flow_fast(&line);
+        let slow = leash::input::parse_record(&line);
+        if mutation == 0 {
+            prop_assert_eq!(fast.clone(), Some(rec));
+        }
+        if let Some(f) = fast {
+            prop_assert_eq!(slow, Ok(Record::Flow(f)));
+        }
+    }
+
+    /// Neither parser panics on arbitrary text.
+    #[test]
+    fn record_parsers_never_panic(s in "\\PC{0,200}") {
+        let _ = leash::input::parse_flow_fast(&s);
+        let _ = leash::input::parse_record(&s);
+    }
+}
