@@ -9,4 +9,5 @@ pub mod attribution;
 pub mod capture;
 pub mod dns;
 pub mod metrics;
+pub mod pipeline;
 pub mod sink;

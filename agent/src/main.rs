@@ -1,1 +1,130 @@
-fn main() {}
+//! `leash-agent`: the command line. Parses flags, sets up logging and signals, and runs
+//! [`leash_agent::pipeline::run`].
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::Parser;
+use leash_agent::pipeline::{self, AgentConfig, PodSource};
+
+/// Records every pod's outbound connections and DNS answers with eBPF, as v1 JSON lines.
+#[derive(Parser, Debug)]
+#[command(name = "leash-agent", version)]
+struct Cli {
+    /// cgroup v2 directory to attach to (default: the detected cgroup v2 root).
+    #[arg(long, value_name = "DIR")]
+    cgroup: Option<PathBuf>,
+    /// Pod metadata from a cluster snapshot (a Kubernetes List, YAML or JSON).
+    #[arg(long, value_name = "FILE", conflicts_with = "kube")]
+    cluster_snapshot: Option<PathBuf>,
+    /// Pod metadata from the Kubernetes API (in-cluster config or kubeconfig), watching pods
+    /// with spec.nodeName = --node-name. The default inside a cluster.
+    #[arg(long)]
+    kube: bool,
+    /// Where records go: a file, or `-` for stdout.
+    #[arg(long, value_name = "FILE|-", default_value = "-")]
+    output: String,
+    /// How often aggregated records are written.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    flush_interval: Duration,
+    /// Stop by itself after this long (flushing first).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// This node's name (default: $NODE_NAME, else the hostname).
+    #[arg(long, value_name = "NAME")]
+    node_name: Option<String>,
+    /// Serve Prometheus metrics on this address, e.g. 0.0.0.0:9090.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<SocketAddr>,
+    /// Extra source ports whose answers are parsed as DNS (53 is always included), e.g. 5353.
+    #[arg(long = "dns-port", value_name = "PORT")]
+    dns_ports: Vec<u16>,
+    /// How long a DNS name keeps labelling an address after its TTL ran out.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    dns_grace: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))?;
+    if d.is_zero() {
+        return Err(format!("{s:?}: must be greater than zero"));
+    }
+    Ok(d)
+}
+
+fn node_name(flag: Option<String>) -> String {
+    if let Some(name) = flag.or_else(|| std::env::var("NODE_NAME").ok()) {
+        return name;
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(error = %e, "cannot install signal handlers; stop with --duration");
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LEASH_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let mut dns_ports = vec![53];
+    dns_ports.extend(cli.dns_ports.iter().copied().filter(|p| *p != 53));
+    dns_ports.sort_unstable();
+    dns_ports.dedup();
+    let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+    let pods = match (cli.cluster_snapshot, cli.kube || in_cluster) {
+        (Some(path), _) => PodSource::Snapshot(path),
+        (None, true) => PodSource::Kube,
+        (None, false) => PodSource::None,
+    };
+    let config = AgentConfig {
+        cgroup: cli.cgroup,
+        pods,
+        output: cli.output,
+        flush_interval: cli.flush_interval,
+        duration: cli.duration,
+        node_name: node_name(cli.node_name),
+        metrics_addr: cli.metrics_addr,
+        dns_ports,
+        dns_grace: cli.dns_grace,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("leash-agent: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(pipeline::run(config, shutdown_signal())) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("leash-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
