@@ -6,7 +6,11 @@ draws from 10.0.0.0/11), writes it to a file, runs the Rust example `cidr_collap
 Python's collapse_addresses on the same list, then prints both times, the speedup and whether
 the outputs are identical. Neither side's time includes parsing the input.
 
-Usage: scripts/cidr_compare.py [--count N] [--repeat R] [--bin PATH]
+With --prefixes the input is instead N random prefixes (/26../32, host bits set, overlapping),
+parsed with ip_network(strict=False) on the Python side and merged with merge_v4 on the Rust
+side: a check that the two agree on overlaps and containment too.
+
+Usage: scripts/cidr_compare.py [--count N] [--repeat R] [--bin PATH] [--prefixes]
 Without --bin the example is built with `cargo build --release -p leash --example cidr_collapse`.
 Exit status: 0 if the outputs are identical, 1 otherwise, 2 on usage or build errors.
 """
@@ -38,6 +42,15 @@ def merge_input(count):
     return [0x0A000000 | (next(rng) >> 43) for _ in range(count)]
 
 
+def prefix_input(count):
+    rng = splitmix64(MERGE_SEED ^ 0xFFFF)
+    out = []
+    for _ in range(count):
+        x = next(rng)
+        out.append((0x0A000000 | (x >> 43), 26 + (x & 0xFFFF) % 7))
+    return out
+
+
 def build_example(repo):
     cmd = ["cargo", "build", "--release", "-q", "-p", "leash", "--example", "cidr_collapse"]
     if subprocess.run(cmd, cwd=repo).returncode != 0:
@@ -51,18 +64,27 @@ def main():
     ap.add_argument("--count", type=int, default=1_000_000, help="addresses (default 1M)")
     ap.add_argument("--repeat", type=int, default=3, help="runs per side; best is kept")
     ap.add_argument("--bin", help="prebuilt cidr_collapse binary")
+    ap.add_argument("--prefixes", action="store_true", help="random prefixes, not addresses")
     args = ap.parse_args()
     if args.count <= 0 or args.repeat <= 0:
         ap.error("--count and --repeat must be positive")
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     binary = args.bin or build_example(repo)
 
-    words = merge_input(args.count)
-    addrs = [ipaddress.IPv4Address(w) for w in words]
+    if args.prefixes:
+        raw = prefix_input(args.count)
+        lines = [f"{ipaddress.IPv4Address(w)}/{n}" for w, n in raw]
+        addrs = [ipaddress.ip_network(line, strict=False) for line in lines]
+        what = f"{args.count} prefixes (/26../32) from 10.0.0.0/11"
+    else:
+        words = merge_input(args.count)
+        addrs = [ipaddress.IPv4Address(w) for w in words]
+        lines = [str(a) for a in addrs]
+        what = f"{args.count} addresses from 10.0.0.0/11 ({len(set(words))} distinct)"
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "addrs.txt")
         with open(path, "w") as f:
-            f.write("\n".join(str(a) for a in addrs))
+            f.write("\n".join(lines))
             f.write("\n")
         run = subprocess.run([binary, path, str(args.repeat)], capture_output=True, text=True)
     if run.returncode != 0:
@@ -85,11 +107,11 @@ def main():
     py_out = [str(n) for n in py_out]
 
     identical = py_out == rust_out
-    print(f"input:    {args.count} addresses from 10.0.0.0/11 "
-          f"({len(set(words))} distinct), splitmix64 seed {MERGE_SEED:#x}")
+    print(f"input:    {what}, splitmix64 seed {MERGE_SEED:#x}")
     print(f"prefixes: python {len(py_out)}, rust {len(rust_out)}")
     print(f"python ipaddress.collapse_addresses: {py_ms:10.1f} ms (best of {args.repeat})")
-    print(f"rust   leash::cidr::merge_v4_addrs:  {rust_ms:10.1f} ms (best of {args.repeat})")
+    rust_fn = "merge_v4" if args.prefixes else "merge_v4_addrs"
+    print(f"rust   leash::cidr::{rust_fn + ':':16} {rust_ms:10.1f} ms (best of {args.repeat})")
     print(f"speedup: {py_ms / rust_ms:.0f}x")
     print(f"identical output: {'yes' if identical else 'NO'}")
     if not identical:

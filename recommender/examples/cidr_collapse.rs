@@ -1,11 +1,16 @@
-//! Exact CIDR merge of the addresses in a file (one per line), for `scripts/cidr_compare.py`.
+//! Exact CIDR merge of the IPv4 addresses or prefixes in a file (one per line), for
+//! `scripts/cidr_compare.py`.
 //!
 //! Usage: `cidr_collapse FILE [REPEAT]`. Prints the merged prefixes to stdout, one per line, and
 //! the best merge time over REPEAT runs (default 3) to stderr as `elapsed_ms=<float>`. Parsing
-//! the file is not timed, just as the Python side times `collapse_addresses` alone.
+//! the file is not timed, just as the Python side times `collapse_addresses` alone. A file of
+//! plain addresses goes through `merge_v4_addrs`; if any line is a prefix (`a.b.c.d/n`, host bits
+//! allowed), the whole file goes through `merge_v4`.
 
 use std::io::{BufWriter, Write};
 use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -30,25 +35,39 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut addrs = Vec::new();
+    let mut nets = Vec::new();
+    let mut any_prefix = false;
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() {
             continue;
         }
-        match line.parse::<Ipv4Addr>() {
-            Ok(a) => addrs.push(a),
+        let parsed = if line.contains('/') {
+            any_prefix = true;
+            line.parse::<Ipv4Net>().map_err(|e| e.to_string())
+        } else {
+            line.parse::<Ipv4Addr>()
+                .map(Ipv4Net::from)
+                .map_err(|e| e.to_string())
+        };
+        match parsed {
+            Ok(n) => nets.push(n),
             Err(e) => {
                 eprintln!("{path}:{}: {line:?}: {e}", i + 1);
                 return ExitCode::from(2);
             }
         }
     }
+    let addrs: Vec<Ipv4Addr> = nets.iter().map(Ipv4Net::addr).collect();
     let mut best = f64::INFINITY;
     let mut merged = Vec::new();
     for _ in 0..repeat {
         let t = Instant::now();
-        merged = leash::cidr::merge_v4_addrs(&addrs);
+        merged = if any_prefix {
+            leash::cidr::merge_v4(&nets)
+        } else {
+            leash::cidr::merge_v4_addrs(&addrs)
+        };
         best = best.min(t.elapsed().as_secs_f64() * 1e3);
     }
     let mut out = BufWriter::new(std::io::stdout().lock());
@@ -61,8 +80,8 @@ fn main() -> ExitCode {
         return ExitCode::from(1);
     }
     eprintln!(
-        "elapsed_ms={best:.3} addresses={} prefixes={}",
-        addrs.len(),
+        "elapsed_ms={best:.3} inputs={} prefixes={}",
+        nets.len(),
         merged.len()
     );
     ExitCode::SUCCESS
