@@ -53,6 +53,41 @@ enum Command {
         #[arg(long = "node-local-dns")]
         node_local_dns: Vec<IpAddr>,
     },
+    /// Evaluate every flow against a set of policies (egress at the source, ingress at the
+    /// destination, Services after DNAT) and print a verdict for each.
+    Audit {
+        /// The cluster snapshot.
+        #[arg(long)]
+        cluster: PathBuf,
+        /// A policy file or a directory of them (searched recursively).
+        #[arg(long)]
+        policies: PathBuf,
+        /// Flow records (JSON lines, v1). Repeatable.
+        #[arg(long = "flows", required = true)]
+        flows: Vec<PathBuf>,
+        /// `json`: one object per flow, in input order; `table`: aligned, with a summary.
+        #[arg(long, default_value = "table")]
+        format: leash::audit::Format,
+        /// Exit with 3 when any flow is denied.
+        #[arg(long)]
+        fail_on_deny: bool,
+    },
+    /// Name the policy and rule that allow a connection, or the policies that isolate the
+    /// pod without allowing it.
+    Explain {
+        /// The cluster snapshot.
+        #[arg(long)]
+        cluster: PathBuf,
+        /// A policy file or a directory of them.
+        #[arg(long)]
+        policies: PathBuf,
+        /// The source pod, `NAMESPACE/POD`.
+        #[arg(long)]
+        from: String,
+        /// The destination as dialed, `IP:PORT/PROTO` (`[v6]:PORT/PROTO` for IPv6).
+        #[arg(long)]
+        to: String,
+    },
 }
 
 /// Parses `90s`, `15m`, `24h`, `7d`.
@@ -127,19 +162,71 @@ fn run(cli: Cli) -> Result<(), Failure> {
                         &out.recommendation,
                     ))
                     .map_err(bad_input)?;
-                    let mut stdout = std::io::stdout().lock();
-                    stdout
-                        .write_all(text.as_bytes())
-                        .and_then(|()| stdout.flush())
-                        .map_err(|e| Failure {
-                            code: 1,
-                            message: format!("cannot write to stdout: {e}"),
-                        })?;
+                    write_stdout(&text)?;
                 }
             }
             Ok(())
         }
+        Command::Audit {
+            cluster,
+            policies,
+            flows,
+            format,
+            fail_on_deny,
+        } => {
+            let cluster = leash::cluster::Cluster::load(&cluster).map_err(bad_input)?;
+            let set = leash::audit::load_policy_set(&policies).map_err(bad_input)?;
+            let mut located = Vec::new();
+            for f in &flows {
+                located.extend(leash::audit::read_flows(f).map_err(bad_input)?);
+            }
+            let report = leash::audit::audit(&cluster, &set, &located).map_err(bad_input)?;
+            write_stdout(&report.render(format))?;
+            if fail_on_deny && report.any_denied() {
+                return Err(Failure {
+                    code: 3,
+                    message: format!(
+                        "{} of {} flows denied",
+                        report.denied(),
+                        report.entries.len()
+                    ),
+                });
+            }
+            Ok(())
+        }
+        Command::Explain {
+            cluster,
+            policies,
+            from,
+            to,
+        } => {
+            let from = leash::explain::parse_pod(&from).map_err(bad_input)?;
+            let flow = leash::explain::parse_target(&to).map_err(bad_input)?;
+            let cluster = leash::cluster::Cluster::load(&cluster).map_err(bad_input)?;
+            let set = leash::audit::load_policy_set(&policies).map_err(bad_input)?;
+            let explanation =
+                leash::explain::explain(&cluster, &set, &from, &flow).map_err(bad_input)?;
+            write_stdout(&explanation.to_string())
+        }
     }
+}
+
+fn write_stdout(text: &str) -> Result<(), Failure> {
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| {
+            if text.ends_with('\n') || text.is_empty() {
+                Ok(())
+            } else {
+                stdout.write_all(b"\n")
+            }
+        })
+        .and_then(|()| stdout.flush())
+        .map_err(|e| Failure {
+            code: 1,
+            message: format!("cannot write to stdout: {e}"),
+        })
 }
 
 fn main() -> ExitCode {

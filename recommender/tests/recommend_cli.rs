@@ -265,3 +265,161 @@ fn missing_file_is_bad_input() {
     ]);
     assert_bad_input(&o, &["/nonexistent/flows.jsonl"]);
 }
+
+/// Recommend into a directory, then audit the observed flows against it: everything passes.
+/// Remove the workload policy and keep only the default deny: `--fail-on-deny` exits 3.
+#[test]
+fn audit_round_trip_and_fail_on_deny_exit_3() {
+    let (cluster, flows) = kubeadm_args();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("policies");
+    let o = leash(&[
+        "recommend",
+        "--cluster",
+        &cluster,
+        "--flows",
+        &flows,
+        "-o",
+        path_str(&out),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    std::fs::remove_file(out.join("REPORT.md")).expect("report exists");
+
+    let o = leash(&[
+        "audit",
+        "--cluster",
+        &cluster,
+        "--policies",
+        path_str(&out),
+        "--flows",
+        &flows,
+        "--format",
+        "json",
+        "--fail-on-deny",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}\n{}",
+        stderr(&o),
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    let input_flows = std::fs::read_to_string(&flows)
+        .expect("flows")
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"flow\""))
+        .count();
+    assert_eq!(lines.len(), input_flows, "one object per input flow");
+    assert!(lines.iter().all(|l| l["verdict"] == "allow"), "{lines:#?}");
+    assert_eq!(lines[0]["source"]["namespace"], "shop");
+
+    std::fs::remove_file(out.join("shop/payment-egress.yaml")).expect("policy exists");
+    let o = leash(&[
+        "audit",
+        "--cluster",
+        &cluster,
+        "--policies",
+        path_str(&out),
+        "--flows",
+        &flows,
+        "--fail-on-deny",
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(table.contains("deny"), "{table}");
+    // Without --fail-on-deny the same denials exit 0.
+    let o = leash(&[
+        "audit",
+        "--cluster",
+        &cluster,
+        "--policies",
+        path_str(&out),
+        "--flows",
+        &flows,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+#[test]
+fn explain_names_the_allowing_policy() {
+    let (cluster, flows) = kubeadm_args();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("p");
+    let o = leash(&[
+        "recommend",
+        "--cluster",
+        &cluster,
+        "--flows",
+        &flows,
+        "-o",
+        path_str(&out),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = leash(&[
+        "explain",
+        "--cluster",
+        &cluster,
+        "--policies",
+        path_str(&out),
+        "--from",
+        "shop/payment-7d4-x2",
+        "--to",
+        "10.96.10.10:80/TCP",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("shop/payment-egress"), "{text}");
+    // The debug pod is isolated by the default deny only.
+    let o = leash(&[
+        "explain",
+        "--cluster",
+        &cluster,
+        "--policies",
+        path_str(&out),
+        "--from",
+        "shop/debug",
+        "--to",
+        "203.0.113.10:443/TCP",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("default-deny-egress"), "{text}");
+}
+
+#[test]
+fn audit_and_explain_bad_input_exit_2() {
+    let (cluster, flows) = kubeadm_args();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: x, namespace: shop}\nspec:\n  podSelector: {}\n  policyTypes: [Egress]\n  egress:\n  - to:\n    - ipBlock: {cidr: 10.0.0.1/24}\n",
+    )
+    .expect("writes");
+    let o = leash(&[
+        "audit",
+        "--cluster",
+        &cluster,
+        "--policies",
+        path_str(&bad),
+        "--flows",
+        &flows,
+    ]);
+    assert_bad_input(&o, &[path_str(&bad), "10.0.0.1/24"]);
+    let o = leash(&[
+        "explain",
+        "--cluster",
+        &cluster,
+        "--policies",
+        path_str(&bad),
+        "--from",
+        "shop",
+        "--to",
+        "10.0.0.1:1/TCP",
+    ]);
+    assert_bad_input(&o, &["shop"]);
+}
