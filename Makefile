@@ -8,7 +8,7 @@ setup:
 	./scripts/setup.sh
 
 demo: setup
-	cargo build --release -p leash-agent -p leash -p leash-lab
+	cargo build --release -p leash-agent -p leash -p leash-lab --bins
 	./scripts/demo.sh
 
 test: setup
