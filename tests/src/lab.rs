@@ -255,6 +255,7 @@ impl Pod {
 
     /// Runs `lab-client <args>` in this pod and waits for it (bounded by the client's own
     /// timeouts). Returns its output even when it exits non-zero (e.g. refused connections).
+    /// The JSON fields are listed in the `lab-client` source (`tests/src/bin/lab-client.rs`).
     ///
     /// ```no_run
     /// # fn f(lab: &leash_lab::Lab) -> leash_lab::Result<()> {

@@ -11,7 +11,13 @@
 //! ```
 //! `--port-span M` makes attempt `i` go to port `port + i % M` (many distinct flow keys).
 //! Prints one JSON object on stdout. Exits 0 when every attempt succeeded, 1 when some failed,
-//! 2 on bad usage.
+//! 2 on bad usage. Fields:
+//! - `tcp`: `cmd dst port count connected failed echoed errors` (first 5 error messages);
+//! - `udp-*`: `cmd dst port count sent failed echoed errors`;
+//! - `dns`: `cmd server port transport connected query qtype id`, then either `error` (nothing
+//!   received), or `bytes raw_hex parsed` plus, when parsed, `rcode truncated edns_payload
+//!   answers[{name type data ttl}]` (CNAME data is the absolute target), else `parse_error`.
+//!   A received but unparsable answer still exits 0.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
