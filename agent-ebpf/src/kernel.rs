@@ -13,8 +13,9 @@ use agent_ebpf::{
 };
 use aya_ebpf::{
     bindings::{
-        BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
-        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE, BPF_TCP_SYN_SENT,
+        BPF_NOEXIST, BPF_SK_STORAGE_GET_F_CREATE, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
+        BPF_TCP_CLOSE, BPF_TCP_SYN_SENT,
     },
     btf_maps::SkStorage,
     helpers::{
@@ -23,7 +24,7 @@ use aya_ebpf::{
     },
     macros::{btf_map, cgroup_skb, cgroup_sock_addr, map, sock_ops},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::{SkBuffContext, SockAddrContext, SockOpsContext},
+    programs::{SkBuffContext, SockAddrContext, SockOpsContext, sk_buff::SkBuff},
 };
 
 /// Verdict of cgroup_sock_addr / cgroup_skb programs that lets the operation proceed.
@@ -166,7 +167,7 @@ fn record_flow(key: &FlowKey) {
         established: 0,
         failed: 0,
     };
-    match FLOWS.insert(key, &fresh, BPF_NOEXIST.into()) {
+    match FLOWS.insert(key, fresh, BPF_NOEXIST.into()) {
         Ok(()) => {
             if !push_flow(key, &fresh)
                 && let Some(value) = FLOWS.get_ptr_mut(key)
@@ -332,7 +333,7 @@ fn count_outcome(ctx: &SockOpsContext, outcome: Outcome) {
     }
     // SAFETY: non-null pointer to our FlowKey storage.
     let key = unsafe { read_volatile(slot.cast::<FlowKey>()) };
-    let Some(value) = FLOWS.get_ptr_mut(&key) else {
+    let Some(value) = FLOWS.get_ptr_mut(key) else {
         bump(Counter::OutcomeKeyMissing);
         return;
     };
@@ -362,10 +363,8 @@ fn try_sock_ops(ctx: &SockOpsContext) -> Result<u32, u32> {
             let flags = ctx.cb_flags() & !BPF_SOCK_OPS_STATE_CB_FLAG;
             ctx.set_cb_flags(flags as i32).map_err(|_| 1u32)?;
         }
-        BPF_SOCK_OPS_STATE_CB => {
-            if ctx.arg(0) == BPF_TCP_SYN_SENT && ctx.arg(1) == BPF_TCP_CLOSE {
-                count_outcome(ctx, Outcome::Failed);
-            }
+        BPF_SOCK_OPS_STATE_CB if ctx.arg(0) == BPF_TCP_SYN_SENT && ctx.arg(1) == BPF_TCP_CLOSE => {
+            count_outcome(ctx, Outcome::Failed);
         }
         _ => {}
     }
@@ -380,10 +379,59 @@ pub fn leash_sockops(ctx: SockOpsContext) -> u32 {
     }
 }
 
+/// Per-socket position of the next DNS message in a TCP stream (RFC 1035 4.2.2 framing).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct DnsTcpState {
+    /// Sequence number at which the next 2-byte length prefix starts.
+    next_seq: u32,
+    /// 0 until the first DNS segment of the socket was seen.
+    valid: u32,
+}
+
+/// Lets `leash_dns_ingress` take only segments that start a DNS message (the first segment
+/// of each response), skipping continuation segments and retransmissions.
+#[btf_map]
+static DNS_TCP: SkStorage<DnsTcpState> = SkStorage::new();
+
+/// Decides whether a TCP segment with sequence `seq` starts a DNS message and, if so, records
+/// where the following message starts. Without socket storage it errs on capturing.
+#[inline(always)]
+fn tcp_segment_starts_message(skb: &SkBuff, seq: u32, message_len: u16) -> bool {
+    // SAFETY: ctx field read; the verifier types it as a nullable socket pointer.
+    let sk = unsafe { read_volatile(addr_of!((*skb.skb).__bindgen_anon_2.sk)) };
+    if sk.is_null() {
+        return true;
+    }
+    let map = core::ptr::from_ref(&DNS_TCP).cast_mut().cast::<c_void>();
+    // SAFETY: the helper validates `sk` (full socket only) and zero-initialises a new value.
+    let state = unsafe {
+        bpf_sk_storage_get(
+            map,
+            sk.cast(),
+            core::ptr::null_mut(),
+            BPF_SK_STORAGE_GET_F_CREATE.into(),
+        )
+    }
+    .cast::<DnsTcpState>();
+    if state.is_null() {
+        return true;
+    }
+    // SAFETY: non-null pointer to this socket's storage; the socket is locked on receive.
+    unsafe {
+        if (*state).valid != 0 && (*state).next_seq != seq {
+            return false;
+        }
+        (*state).next_seq = seq.wrapping_add(2).wrapping_add(u32::from(message_len));
+        (*state).valid = 1;
+    }
+    true
+}
+
 #[inline(always)]
 fn is_dns_port(port: u16) -> bool {
     // SAFETY: read-only lookup of a plain u8 value.
-    unsafe { DNS_PORTS.get(&port) }.is_some_and(|&v| v != 0)
+    unsafe { DNS_PORTS.get(port) }.is_some_and(|&v| v != 0)
 }
 
 fn try_dns(ctx: &SkBuffContext) -> Result<i32, i32> {
@@ -423,6 +471,18 @@ fn try_dns(ctx: &SkBuffContext) -> Result<i32, i32> {
         return Ok(ALLOW);
     }
     let payload_len = len - payload_off;
+    if protocol == PROTO_TCP {
+        let seq = u32::from_be(skb.load::<u32>(l4 as usize + 4).map_err(|_| ALLOW)?);
+        // A 1-byte segment cannot hold the prefix; take it as a message start anyway.
+        let message_len = if payload_len >= 2 {
+            u16::from_be(skb.load::<u16>(payload_off as usize).map_err(|_| ALLOW)?)
+        } else {
+            0
+        };
+        if !tcp_segment_starts_message(skb, seq, message_len) {
+            return Ok(ALLOW);
+        }
+    }
     bump(Counter::DnsProduced);
     let Some(mut entry) = DNS_EVENTS.reserve::<DnsRecord>(0) else {
         bump(Counter::DnsRingFull);

@@ -8,7 +8,11 @@
 //! - `sockops` counts the TCP outcome (established / failed) of connects seen by `connect4|6`,
 //!   using socket-local storage to find the flow key again.
 //! - `cgroup_skb/ingress` copies DNS responses (configurable source ports, UDP and TCP,
-//!   IPv4 and IPv6 without extension headers) to the `DNS_EVENTS` ring.
+//!   IPv4 and IPv6 without extension headers) to the `DNS_EVENTS` ring. For TCP it takes only
+//!   segments that start a DNS message (tracked per socket by sequence number: the first
+//!   segment of each response, with its 2-byte length prefix); continuation segments and
+//!   retransmissions are skipped. If a segment boundary is missed (e.g. two responses in one
+//!   segment), the socket's later responses are skipped.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 // Atomic add / compare-exchange intrinsics: the bpf target exposes no `AtomicU64::fetch_add`.

@@ -127,7 +127,8 @@ fn run_child(cgroup: &Path, actions: &[String]) {
 
 /// Child entry point: performs the actions in `LEASH_CAPTURE_CHILD`, one per line:
 /// `tcp ADDR N` (N connects, errors ignored), `udpc ADDR N` (connected UDP sends),
-/// `udps ADDR N` (unconnected sends), `dns ADDR` (UDP query, waits for the answer),
+/// `udps ADDR N` (unconnected sends), `udpports ADDR N` (one send to each of N ports from
+/// ADDR's port on), `dns ADDR` (UDP query, waits for the answer),
 /// `dnstcp ADDR` (TCP query, waits for the answer).
 #[test]
 #[ignore = "child-process entry point, run by the other tests in this file"]
@@ -161,6 +162,16 @@ fn capture_child() {
                 let s = UdpSocket::bind(any(&addr)).expect("bind");
                 for _ in 0..n {
                     s.send_to(b"x", addr).expect("send_to");
+                }
+            }
+            "udpports" => {
+                // N unconnected sends to N consecutive ports: N distinct flow keys.
+                let s = UdpSocket::bind(any(&addr)).expect("bind");
+                for i in 0..n {
+                    let port = addr
+                        .port()
+                        .wrapping_add(u16::try_from(i).expect("port offset"));
+                    let _ = s.send_to(b"x", SocketAddr::new(addr.ip(), port));
                 }
             }
             "dns" => {
@@ -228,6 +239,13 @@ impl Servers {
 
     /// A TCP listener that accepts and closes connections; answers DNS-over-TCP if `dns`.
     fn tcp(&mut self, addr: &str, dns: Option<Vec<u8>>) -> SocketAddr {
+        self.tcp_split(addr, dns, None)
+    }
+
+    /// Like [`Servers::tcp`]; with `split = Some(n)` the framed answer is written as two
+    /// segments (first `n` bytes, a pause, the rest), so the client receives a continuation
+    /// segment.
+    fn tcp_split(&mut self, addr: &str, dns: Option<Vec<u8>>, split: Option<usize>) -> SocketAddr {
         let l = TcpListener::bind(addr).expect("bind tcp");
         l.set_nonblocking(true).expect("nonblocking");
         let local = l.local_addr().expect("addr");
@@ -245,7 +263,17 @@ impl Servers {
                                 let _ = s.read_exact(&mut q);
                                 let mut framed = (answer.len() as u16).to_be_bytes().to_vec();
                                 framed.extend_from_slice(answer);
-                                let _ = s.write_all(&framed);
+                                match split {
+                                    Some(n) => {
+                                        let _ = s.set_nodelay(true);
+                                        let _ = s.write_all(&framed[..n]);
+                                        thread::sleep(Duration::from_millis(50));
+                                        let _ = s.write_all(&framed[n..]);
+                                    }
+                                    None => {
+                                        let _ = s.write_all(&framed);
+                                    }
+                                }
                                 // Let the client read before closing.
                                 let _ = s.read(&mut len);
                             }
@@ -491,11 +519,19 @@ fn dns_answers_are_captured_intact_over_udp_and_tcp() {
     let udp = servers.udp("127.0.0.1:0", Some(small.clone()));
     let udp_large = servers.udp("[::1]:0", Some(large.clone()));
     let tcp = servers.tcp("127.0.0.1:0", Some(small.clone()));
+    // The answer arrives in two segments: only the first (message start) is captured.
+    let tcp_split = servers.tcp_split("[::1]:0", Some(large.clone()), Some(2 + 100));
     // Not a configured DNS port: must not be captured.
     let other = servers.udp("127.0.0.1:0", Some(small.clone()));
     runtime().block_on(async {
         let config = CaptureConfig {
-            dns_ports: vec![53, udp.port(), udp_large.port(), tcp.port()],
+            dns_ports: vec![
+                53,
+                udp.port(),
+                udp_large.port(),
+                tcp.port(),
+                tcp_split.port(),
+            ],
             ..CaptureConfig::new(&cg.path)
         };
         let capture = Capture::start(&config).expect("Capture::start");
@@ -506,6 +542,7 @@ fn dns_answers_are_captured_intact_over_udp_and_tcp() {
                 format!("dns {udp}"),
                 format!("dns {udp_large}"),
                 format!("dnstcp {tcp}"),
+                format!("dnstcp {tcp_split}"),
                 format!("dns {other}"),
             ],
         );
@@ -535,6 +572,13 @@ fn dns_answers_are_captured_intact_over_udp_and_tcp() {
             let m = Message::from_vec(&p.payload).expect("hickory parses the captured answer");
             assert_eq!(m.answers.len(), if bytes.len() > 1232 { 120 } else { 2 });
         }
+        let p = find(&tcp_split, DnsTransport::Tcp);
+        assert!(p.truncated, "first of two segments is a truncated message");
+        assert_eq!(
+            p.payload,
+            large[..100],
+            "first segment's payload, prefix stripped"
+        );
         assert!(
             got.dns.iter().all(|p| p.server_port != other.port()),
             "unconfigured port captured"
@@ -553,5 +597,49 @@ fn missing_cgroup_directory_is_a_clear_error() {
             msg.contains("leash-capture-does-not-exist") && msg.contains("not found"),
             "{msg}"
         );
+    });
+}
+
+#[test]
+fn stalled_consumer_drops_are_counted_and_recovered_by_a_sweep() {
+    let Some(mount) = privileged() else { return };
+    let cg = TestCgroup::new(&mount, "stall");
+    runtime().block_on(async {
+        let config = CaptureConfig::new(&cg.path);
+        let mut capture = Capture::start(&config).expect("Capture::start");
+        let id = capture.cgroup_id();
+        // 20,000 new keys while nobody reads: more records than the flow ring holds
+        // (1 MiB / 88 bytes ≈ 11,900). Destinations are closed loopback ports.
+        let keys: u16 = 20_000;
+        let base: u16 = 30_000;
+        run_child(&cg.path, &[format!("udpports 127.0.0.1:{base} {keys}")]);
+        let mut agg = Aggregator::new(config.refresh, capture.clock());
+        let mut delivered = 0u64;
+        while let Some(event) = capture.try_next_event().expect("drain") {
+            if let CaptureEvent::Flow(sample) = event {
+                delivered += 1;
+                agg.observe(&sample, SampleSource::Ring);
+            }
+        }
+        let counters = capture.counters().expect("counters");
+        let produced = counters.get(agent_ebpf::Counter::FlowProduced);
+        let dropped = counters.flow_drops();
+        eprintln!("produced {produced}, delivered {delivered}, dropped {dropped}");
+        assert!(dropped > 0, "the stalled ring must overflow: {counters:?}");
+        assert_eq!(produced, delivered + dropped, "zero unaccounted losses");
+        // Drops happened: a recovery sweep restores the exact counts.
+        for sample in capture.sweep().expect("sweep") {
+            agg.observe(&sample, SampleSource::Lookup);
+        }
+        let mut total = 0u64;
+        let mut ports = std::collections::BTreeSet::new();
+        for d in agg.flush() {
+            if d.id.cgroup_id == id && d.id.protocol == 17 {
+                total += d.count;
+                ports.insert(d.id.dst_port);
+            }
+        }
+        assert_eq!(total, u64::from(keys));
+        assert_eq!(ports.len(), usize::from(keys));
     });
 }

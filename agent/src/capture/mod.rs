@@ -67,9 +67,10 @@ use std::{
     time::Duration,
 };
 
+pub use agent_ebpf::Counter;
 use agent_ebpf::{
-    ConfigIndex, Counter, FlowKey, FlowValue, MAP_CONFIG, MAP_COUNTERS, MAP_DNS_EVENTS,
-    MAP_DNS_PORTS, MAP_FLOW_EVENTS, MAP_FLOWS,
+    ConfigIndex, FlowKey, FlowValue, MAP_CONFIG, MAP_COUNTERS, MAP_DNS_EVENTS, MAP_DNS_PORTS,
+    MAP_FLOW_EVENTS, MAP_FLOWS,
 };
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
