@@ -4,6 +4,7 @@
 //! connection from the pod that made it) and everything the classifier needs about DNS:
 //! which resolver addresses pods used, and which names each address answered for.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::BufReader;
 use std::net::IpAddr;
@@ -177,8 +178,11 @@ impl Observations {
             if text.trim().is_empty() {
                 continue;
             }
-            let result = match parse_flow_fast(text) {
-                Some(flow) => self.add_flow(&flow, cluster),
+            let result = match parse_wire_flow(text) {
+                Some(w) => {
+                    self.records += 1;
+                    self.add_flow_parts(&w.parts, w.names.iter().map(|n| n.as_ref()), cluster)
+                }
                 None => {
                     let record = parse_record(text).map_err(|message| RecordError::Invalid {
                         path: path.to_path_buf(),
@@ -209,13 +213,47 @@ impl Observations {
     }
 
     fn add_flow_inner(&mut self, f: &FlowRecord, cluster: &Cluster) -> Result<(), Unlocated> {
-        let Some(pod_ref) = &f.pod else {
+        self.add_flow_parts(
+            &FlowParts {
+                pod: f.pod.as_ref().map(|p| WirePod {
+                    uid: Cow::Borrowed(&p.uid),
+                    namespace: Cow::Borrowed(&p.namespace),
+                    name: Cow::Borrowed(&p.name),
+                }),
+                protocol: f.protocol,
+                dst: f.dst,
+                dst_port: f.dst_port,
+                count: f.count,
+                first_seen: f.first_seen,
+                last_seen: f.last_seen,
+            },
+            f.names.iter().map(String::as_str),
+            cluster,
+        )
+    }
+
+    /// Adds one flow given by parts; shared by the contract type and the fast path.
+    fn add_flow_parts<'n>(
+        &mut self,
+        f: &FlowParts<'_>,
+        names: impl Iterator<Item = &'n str>,
+        cluster: &Cluster,
+    ) -> Result<(), Unlocated> {
+        let Some(p) = &f.pod else {
             self.unattributed_flows = self.unattributed_flows.saturating_add(f.count);
             return Ok(());
         };
-        let pod = resolve_pod(cluster, pod_ref).ok_or_else(|| Unlocated::UnknownPod {
+        let found = (!p.uid.is_empty())
+            .then(|| cluster.pod_by_uid(&p.uid))
+            .flatten()
+            .or_else(|| cluster.pod_by_name(&p.namespace, &p.name));
+        let pod = found.ok_or_else(|| Unlocated::UnknownPod {
             kind: "flow",
-            pod: pod_ref.clone(),
+            pod: PodRef {
+                uid: p.uid.to_string(),
+                namespace: p.namespace.to_string(),
+                name: p.name.to_string(),
+            },
         })?;
         if f.first_seen > f.last_seen {
             return Err(Unlocated::TimeOrder {
@@ -229,16 +267,22 @@ impl Observations {
             port: f.dst_port,
             protocol: f.protocol,
         };
-        let ev = Evidence {
-            count: f.count,
+        let ev = self.flows.entry(key).or_insert_with(|| Evidence {
+            count: 0,
             first_seen: f.first_seen,
             last_seen: f.last_seen,
-            names: f.names.iter().map(|n| normalize_name(n)).collect(),
-        };
-        match self.flows.get_mut(&key) {
-            Some(e) => e.merge(&ev),
-            None => {
-                self.flows.insert(key, ev);
+            names: BTreeSet::new(),
+        });
+        ev.count = ev.count.saturating_add(f.count);
+        ev.first_seen = ev.first_seen.min(f.first_seen);
+        ev.last_seen = ev.last_seen.max(f.last_seen);
+        for n in names {
+            // Agents send names normalized already: allocate only for a new name.
+            let trimmed = n.trim_end_matches('.');
+            if trimmed.bytes().any(|b| b.is_ascii_uppercase()) {
+                ev.names.insert(trimmed.to_ascii_lowercase());
+            } else if !ev.names.contains(trimmed) {
+                ev.names.insert(trimmed.to_owned());
             }
         }
         Ok(())
@@ -290,26 +334,106 @@ pub fn parse_record(line: &str) -> Result<Record, String> {
     serde_json::from_str::<Record>(line).map_err(|e| e.to_string())
 }
 
-/// The `v` and `kind` of a line, skipping everything else without building a tree.
-#[derive(serde::Deserialize)]
-struct Tag<'a> {
-    v: Option<u64>,
-    #[serde(borrow)]
-    kind: Option<std::borrow::Cow<'a, str>>,
-}
-
-/// A fast path for the hot loop: a v1 flow line deserialized straight into [`FlowRecord`]
-/// (the contract's own type), without the generic JSON tree the contract parser builds to
-/// dispatch on `kind`. Anything else, or anything that fails, returns `None` and goes
-/// through [`parse_record`], which stays the authority for what is valid and for errors.
+/// The hot-loop parse of a flow line, as an owned [`FlowRecord`]: `None` for anything the
+/// fast path does not take (other kinds, versions, invalid lines), which then goes through
+/// [`parse_record`], the authority for what is valid and for error messages. Exposed so that
+/// tests can hold the two parsers to the same answers.
 pub fn parse_flow_fast(line: &str) -> Option<FlowRecord> {
-    let tag: Tag<'_> = serde_json::from_str(line).ok()?;
-    if tag.v != Some(u64::from(leash_records::record::VERSION))
-        || tag.kind.as_deref() != Some("flow")
-    {
+    let w: WireFlow<'_> = serde_json::from_str(line).ok()?;
+    if w.v != u64::from(leash_records::record::VERSION) || w.kind != "flow" {
         return None;
     }
-    serde_json::from_str(line).ok()
+    Some(FlowRecord {
+        node: w.node.into_owned(),
+        pod: w.pod.map(|p| PodRef {
+            uid: p.uid.into_owned(),
+            namespace: p.namespace.into_owned(),
+            name: p.name.into_owned(),
+        }),
+        cgroup: w.cgroup.into_owned(),
+        protocol: w.protocol,
+        dst: w.dst,
+        dst_port: w.dst_port,
+        count: w.count,
+        first_seen: w.first_seen,
+        last_seen: w.last_seen,
+        names: w.names.into_iter().map(Cow::into_owned).collect(),
+        outcome: w.outcome,
+    })
+}
+
+/// A pod reference, borrowed from the input line when it can be.
+#[derive(Debug, serde::Deserialize)]
+struct WirePod<'a> {
+    #[serde(default, borrow)]
+    uid: Cow<'a, str>,
+    #[serde(borrow)]
+    namespace: Cow<'a, str>,
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+}
+
+/// The fields of a flow that matter here.
+#[derive(Debug)]
+struct FlowParts<'a> {
+    pod: Option<WirePod<'a>>,
+    protocol: Protocol,
+    dst: IpAddr,
+    dst_port: u16,
+    count: u64,
+    first_seen: DateTime<Utc>,
+    last_seen: DateTime<Utc>,
+}
+
+/// A v1 flow line, borrowing its strings. It mirrors [`FlowRecord`] field for field (same
+/// required fields, same defaults, same types) so that it accepts exactly what the contract
+/// accepts; the property tests hold it to that.
+#[derive(Debug, serde::Deserialize)]
+struct WireFlow<'a> {
+    v: u64,
+    #[serde(borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    node: Cow<'a, str>,
+    #[serde(borrow)]
+    pod: Option<WirePod<'a>>,
+    #[serde(default, borrow)]
+    cgroup: Cow<'a, str>,
+    protocol: Protocol,
+    dst: IpAddr,
+    dst_port: u16,
+    count: u64,
+    first_seen: DateTime<Utc>,
+    last_seen: DateTime<Utc>,
+    #[serde(default, borrow)]
+    names: Vec<Cow<'a, str>>,
+    #[serde(default)]
+    outcome: Option<leash_records::Outcome>,
+}
+
+/// A parsed fast-path flow.
+struct Wire<'a> {
+    parts: FlowParts<'a>,
+    names: Vec<Cow<'a, str>>,
+}
+
+fn parse_wire_flow(line: &str) -> Option<Wire<'_>> {
+    let w: WireFlow<'_> = serde_json::from_str(line).ok()?;
+    if w.v != u64::from(leash_records::record::VERSION) || w.kind != "flow" {
+        return None;
+    }
+    Some(Wire {
+        parts: FlowParts {
+            pod: w.pod,
+            protocol: w.protocol,
+            dst: w.dst,
+            dst_port: w.dst_port,
+            count: w.count,
+            first_seen: w.first_seen,
+            last_seen: w.last_seen,
+        },
+        names: w.names,
+    })
 }
 
 /// An IPv4-mapped IPv6 address is the IPv4 address (dual-stack sockets report them that way).
