@@ -215,6 +215,16 @@ impl<'a> Classifier<'a> {
                         }
                     })
                     .collect();
+                // Reached on a node port: whether the DNAT happens before the egress check
+                // depends on the implementation (and, with kube-proxy, on whether the node is
+                // the local one), so allow the node address on the node port as well.
+                if !svc.cluster_ips.contains(&dst) && !svc.external_ips.contains(&dst) {
+                    targets.push(Target {
+                        peer: Peer::Host(dst, HostKind::Node),
+                        port,
+                        protocol,
+                    });
+                }
                 targets.sort();
                 targets.dedup();
                 return Class::Service { service, targets };

@@ -396,6 +396,8 @@ pub struct ServicePort {
     pub protocol: Protocol,
     /// Target port (defaults to `port`).
     pub target_port: TargetPort,
+    /// The node port, for NodePort and LoadBalancer Services.
+    pub node_port: Option<u16>,
 }
 
 /// A Service.
@@ -697,8 +699,14 @@ impl Inventory {
                     Err(_) => TargetPort::Name(s.clone()),
                 },
             };
+            let node_port = p
+                .node_port
+                .filter(|n| *n != 0)
+                .map(|n| parse_port(&object, "spec.ports.nodePort", n))
+                .transpose()?;
             ports.push(ServicePort {
                 name: p.name.clone(),
+                node_port,
                 port,
                 protocol: parse_protocol(&object, "spec.ports.protocol", p.protocol.as_ref())?,
                 target_port,
@@ -945,6 +953,8 @@ pub struct Cluster {
     host_pods_by_ip: HashMap<IpAddr, Vec<PodId>>,
     node_by_ip: HashMap<IpAddr, NodeId>,
     service_by_ip: HashMap<IpAddr, ServiceId>,
+    /// (nodePort, protocol) → (Service, index of its port).
+    node_ports: HashMap<(u16, Protocol), (ServiceId, usize)>,
     workload_pods: Vec<Vec<PodId>>,
 }
 
@@ -1009,6 +1019,11 @@ impl Cluster {
         for (i, s) in services.iter().enumerate() {
             for ip in s.cluster_ips.iter().chain(&s.external_ips) {
                 c.service_by_ip.entry(*ip).or_insert(i);
+            }
+            for (j, p) in s.ports.iter().enumerate() {
+                if let Some(np) = p.node_port {
+                    c.node_ports.entry((np, p.protocol)).or_insert((i, j));
+                }
             }
         }
         for s in slices {
@@ -1211,17 +1226,25 @@ impl Cluster {
     /// EndpointSlices when the Service has any, else its selector, with named target ports
     /// resolved on each backend pod for the flow's protocol.
     pub fn resolve_service(&self, ip: IpAddr, port: u16, proto: Protocol) -> ServiceLookup {
-        let Some(sid) = self.service_by_ip(ip) else {
+        let (sid, sp) = if let Some(sid) = self.service_by_ip(ip) {
+            let svc = &self.services[sid];
+            match svc
+                .ports
+                .iter()
+                .find(|p| p.port == port && p.protocol == proto)
+            {
+                Some(sp) => (sid, sp),
+                None => return ServiceLookup::NoSuchPort(sid),
+            }
+        } else if let Some(&(sid, idx)) = self.node_ports.get(&(port, proto))
+            && (self.node_by_ip(ip).is_some() || !self.host_pods_by_ip(ip).is_empty())
+        {
+            // A NodePort reached from inside the cluster is DNATed like the ClusterIP.
+            (sid, &self.services[sid].ports[idx])
+        } else {
             return ServiceLookup::NotService;
         };
         let svc = &self.services[sid];
-        let Some(sp) = svc
-            .ports
-            .iter()
-            .find(|p| p.port == port && p.protocol == proto)
-        else {
-            return ServiceLookup::NoSuchPort(sid);
-        };
         let family_ok = |a: &IpAddr| a.is_ipv4() == ip.is_ipv4();
         let slices = self.endpoint_slices(&svc.namespace, &svc.name);
         let mut ready = Vec::new();

@@ -180,11 +180,17 @@ fn ports_text(r: &Rule) -> String {
 }
 
 fn over_permission(r: &Rule) -> String {
-    match r.unobserved_addresses {
+    let addresses = match r.unobserved_addresses {
         None => "selector".to_owned(),
         Some(0) => "0 (exact)".to_owned(),
         Some(n) if r.budget_met => format!("{n} unobserved addresses"),
         Some(n) => format!("{n} unobserved addresses (CIDR budget NOT met)"),
+    };
+    let ports: u32 = r.ports.iter().map(|p| p.unobserved).sum();
+    if ports > 0 {
+        format!("{addresses}; {ports} unobserved ports in ranges")
+    } else {
+        addresses
     }
 }
 
@@ -271,10 +277,22 @@ pub fn report(cluster: &Cluster, rec: &Recommendation) -> String {
             s,
             "### No stable labels: no policy written\n\nThese workloads' pods carry only \
              unstable labels (hashes, uids, job names), so no selector can target them across \
-             restarts. Label them and re-run.\n"
+             restarts. Label them and re-run. Where their namespace gets `default-deny-egress`, \
+             it WILL block their observed egress.\n"
         );
         for w in &rec.unselectable {
-            let _ = writeln!(s, "- {}", wname(*w));
+            let ns = cluster.workloads.get(*w).map(|w| w.namespace.as_str());
+            let blocked = ns.is_some_and(|ns| rec.default_deny_namespaces.iter().any(|d| d == ns));
+            let _ = writeln!(
+                s,
+                "- {}{}",
+                wname(*w),
+                if blocked {
+                    " (blocked by default-deny-egress!)"
+                } else {
+                    ""
+                }
+            );
         }
         s.push('\n');
     }
@@ -344,6 +362,11 @@ pub fn report(cluster: &Cluster, rec: &Recommendation) -> String {
             );
         }
         s.push('\n');
+        for (i, r) in p.rules.iter().enumerate() {
+            for n in &r.notes {
+                let _ = writeln!(s, "> **rule {}:** {n}\n", i + 1);
+            }
+        }
         let _ = writeln!(s, "<details><summary>destinations as dialed</summary>\n");
         for (i, r) in p.rules.iter().enumerate() {
             let _ = writeln!(

@@ -165,6 +165,8 @@ pub struct Rule {
     pub unobserved_addresses: Option<u128>,
     /// For ipBlock rules: whether the CIDR budget could be met.
     pub budget_met: bool,
+    /// Things a reviewer should know about this rule.
+    pub notes: Vec<String>,
 }
 
 /// The recommended policy of one workload.
@@ -420,7 +422,18 @@ fn build_rules(
     for (r, evidence) in acc.dns {
         let dns_ports: BTreeSet<(Protocol, u16)> = classifier.dns_ports(r).into_iter().collect();
         let peers = dns_peers(cluster, own_ns, r);
+        let mut notes = Vec::new();
+        if let Resolver::Address(ip) = r
+            && !opts.classify.node_local_dns.contains(&ip)
+            && cover_opts.protected.iter().any(|p| p.contains(&ip))
+        {
+            notes.push(format!(
+                "resolver {ip} is inside the cluster's ranges but no Service or pod owns it in \
+                 the snapshot: after DNAT the real resolver pods may not match this ipBlock"
+            ));
+        }
         rules.push(Rule {
+            notes,
             kind: RuleKind::Dns,
             peers,
             ports: group(&dns_ports),
@@ -458,6 +471,7 @@ fn build_rules(
                     evidence,
                     unobserved_addresses: None,
                     budget_met: true,
+                    notes: Vec::new(),
                 });
             }
             Peer::Host(ip, kind) => {
@@ -492,13 +506,31 @@ fn build_rules(
             evidence,
             unobserved_addresses: Some(0),
             budget_met: true,
+            notes: Vec::new(),
         });
     }
     for ((port_set, _names), (mut ips, evidence)) in externals {
         ips.sort();
         ips.dedup();
         let cover = cidr::cover_addrs(&ips, cover_opts);
+        let notes = ips
+            .iter()
+            .filter_map(|ip| {
+                cover_opts
+                    .protected
+                    .iter()
+                    .find(|r| r.contains(ip))
+                    .map(|r| {
+                        format!(
+                            "{ip} lies in the protected range {r} (cluster pod/Service range, \
+                         metadata or loopback) but no pod or Service holds it now; it was \
+                         observed, so it is allowed exactly"
+                        )
+                    })
+            })
+            .collect();
         rules.push(Rule {
+            notes,
             kind: RuleKind::External,
             peers: cover
                 .blocks
@@ -600,7 +632,8 @@ fn name_policies(cluster: &Cluster, policies: &mut [PolicySpec]) {
             .get(&(w.namespace.clone(), w.name.clone()))
             .copied()
             .unwrap_or(0)
-            > 1;
+            > 1
+            || policy_name(&w.name) == DEFAULT_DENY_NAME;
         let base = if clash {
             format!("{}-{}", w.name, w.kind.to_ascii_lowercase())
         } else {

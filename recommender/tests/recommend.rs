@@ -782,7 +782,10 @@ fn synthetic_cluster_end_to_end_through_files() {
     };
     // The bench's full shape is the issue's: 5,000 nodes, 150,000 pods, 10M records.
     let full = synthetic::Shape::FULL;
-    assert_eq!((full.nodes, full.pods(), full.flow_records), (5_000, 150_000, 10_000_000));
+    assert_eq!(
+        (full.nodes, full.pods(), full.flow_records),
+        (5_000, 150_000, 10_000_000)
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let snap = dir.path().join("cluster.json");
     let flows = dir.path().join("flows.jsonl");
@@ -811,4 +814,86 @@ fn synthetic_cluster_end_to_end_through_files() {
     for np in leash::synth::all_policies(&out.cluster, &out.recommendation) {
         assert_eq!(support::validate(&np), Vec::<String>::new());
     }
+}
+
+#[test]
+fn node_port_from_inside_is_treated_like_the_cluster_ip() {
+    let mut fx = shop();
+    fx.deployment(
+        "shop",
+        "api",
+        &[("app", "api")],
+        &["10.244.2.20"],
+        &[(Some("http"), 8080, "TCP")],
+    );
+    fx.snap.services.push(
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "api", "namespace": "shop"},
+            "spec": {"type": "NodePort", "clusterIP": "10.96.10.10", "selector": {"app": "api"},
+                     "ports": [{"name": "web", "port": 80, "protocol": "TCP", "targetPort": "http", "nodePort": 30080}]}
+        }))
+        .unwrap(),
+    );
+    // The pod dials node n2's address on the node port. Where DNAT happens first (the local
+    // node with kube-proxy, socket-level load balancing) policy sees the backend and the
+    // targetPort; elsewhere it sees the node address and the node port. Both are allowed,
+    // and both evaluator views (with and without NodePort DNAT) agree.
+    let r = run(
+        &fx,
+        &[flow("shop", WEB0, "TCP", "10.0.0.2", 30080, 1, &[])],
+        &Options::default(),
+    );
+    let p = policy(&r, "shop", "web-egress");
+    let rule = selector_rule(p, None, &[("app", "api")]);
+    assert_eq!(ports(rule), vec![("TCP".into(), 8080, None)]);
+    assert_eq!(
+        ports(rule_with_cidr(p, "10.0.0.2/32")),
+        vec![("TCP".into(), 30080, None)]
+    );
+    leash::synth::self_check(&r.cluster, &r.cluster, &r.obs, &r.rec).expect("model view allows it");
+}
+
+#[test]
+fn workload_named_default_deny_does_not_collide() {
+    let mut fx = shop();
+    let pods = fx.deployment(
+        "shop",
+        "default-deny",
+        &[("app", "dd")],
+        &["10.244.2.70"],
+        &[],
+    );
+    let r = run(
+        &fx,
+        &[flow("shop", &pods[0], "TCP", "203.0.113.1", 443, 1, &[])],
+        &Options::default(),
+    );
+    let names: Vec<_> = r
+        .policies
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    assert_eq!(
+        names,
+        vec!["default-deny-egress", "default-deny-deployment-egress"]
+    );
+}
+
+#[test]
+fn observed_address_in_a_protected_range_is_allowed_exactly_and_flagged() {
+    let fx = shop();
+    // 10.244.1.99 is in node n1's pod CIDR but no pod holds it (a pod that went away).
+    let r = run(
+        &fx,
+        &[flow("shop", WEB0, "TCP", "10.244.1.99", 8443, 1, &[])],
+        &Options::default(),
+    );
+    let rule = rule_with_cidr(policy(&r, "shop", "web-egress"), "10.244.1.99/32");
+    assert_eq!(ports(rule), vec![("TCP".into(), 8443, None)]);
+    let report = leash::render::report(&r.cluster, &r.rec);
+    assert!(
+        report.contains("lies in the protected range 10.244.1.0/24"),
+        "{report}"
+    );
 }
