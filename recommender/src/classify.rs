@@ -108,6 +108,19 @@ impl Default for Config {
     }
 }
 
+/// Why a destination can be neither allowed nor denied by NetworkPolicy, if it cannot.
+/// Loopback never leaves the pod; port 0 cannot be written in a policy (and an empty port
+/// list would allow every port).
+pub fn unenforceable(dst: IpAddr, port: u16) -> Option<&'static str> {
+    if dst.is_loopback() {
+        Some("loopback: never leaves the pod, NetworkPolicy does not apply")
+    } else if port == 0 {
+        Some("port 0 cannot be expressed in a NetworkPolicy")
+    } else {
+        None
+    }
+}
+
 /// The classifier: the cluster, the discovered resolvers, and a cache per destination.
 #[derive(Debug)]
 pub struct Classifier<'a> {
@@ -172,6 +185,9 @@ impl<'a> Classifier<'a> {
     }
 
     fn classify_uncached(&self, dst: IpAddr, port: u16, protocol: Protocol) -> Class {
+        if let Some(reason) = unenforceable(dst, port) {
+            return Class::Unresolved(reason.to_owned());
+        }
         if self.is_resolver(dst, port, protocol) {
             return Class::Dns(self.resolver(dst));
         }

@@ -153,6 +153,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 },
                 e => bad_input(e),
             })?;
+            eprintln!("{}", leash::render::summary(&out.recommendation));
             match output {
                 Some(dir) => leash::render::write_dir(&dir, &out.cluster, &out.recommendation)
                     .map_err(bad_input)?,

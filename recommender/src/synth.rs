@@ -546,6 +546,8 @@ fn build_rules(
             budget_met: cover.budget_met,
         });
     }
+    // An empty `ports` or `to` list means "all": never emit one.
+    rules.retain(|r| !r.ports.is_empty() && !r.peers.is_empty());
     rules
 }
 
@@ -842,7 +844,10 @@ pub fn self_check<V: ClusterView + ?Sized>(
         let Some(w) = cluster.workload_of(key.pod) else {
             continue;
         };
-        if !covered.contains(&w) || pod.host_network {
+        if !covered.contains(&w)
+            || pod.host_network
+            || classify::unenforceable(key.dst, key.port).is_some()
+        {
             continue;
         }
         let rep = *reps.entry((&pod.namespace, &pod.labels)).or_insert(key.pod);

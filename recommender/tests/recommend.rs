@@ -897,3 +897,26 @@ fn observed_address_in_a_protected_range_is_allowed_exactly_and_flagged() {
         "{report}"
     );
 }
+
+#[test]
+fn loopback_and_port_zero_become_no_rule_and_are_reported() {
+    let fx = shop();
+    let r = run(
+        &fx,
+        &[
+            flow("shop", WEB0, "TCP", "127.0.0.1", 8080, 1, &[]),
+            flow("shop", WEB0, "UDP", "203.0.113.8", 0, 1, &[]),
+            flow("shop", WEB0, "TCP", "203.0.113.9", 443, 1, &[]),
+        ],
+        &Options::default(),
+    );
+    let p = policy(&r, "shop", "web-egress");
+    assert_eq!(rules(p).len(), 1, "{}", r.yaml);
+    assert_eq!(cidrs(&rules(p)[0]), vec!["203.0.113.9/32"]);
+    let reasons: Vec<_> = r.rec.unresolved.iter().map(|u| u.reason.as_str()).collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("loopback")),
+        "{reasons:?}"
+    );
+    assert!(reasons.iter().any(|r| r.contains("port 0")), "{reasons:?}");
+}

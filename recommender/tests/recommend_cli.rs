@@ -98,6 +98,16 @@ fn output_dir_layout() {
     let policy =
         std::fs::read_to_string(dir.path().join("shop/payment-egress.yaml")).expect("policy");
     assert!(policy.contains("name: payment-egress"), "{policy}");
+    assert!(
+        policy.starts_with("# Egress of Deployment shop/payment"),
+        "{policy}"
+    );
+    let summary = stderr(&o);
+    assert!(summary.contains("1 policies for 1 namespaces"), "{summary}");
+    assert!(
+        summary.contains("2 workloads would be fully isolated by default-deny"),
+        "{summary}"
+    );
     assert!(policy.contains("- Egress"), "{policy}");
     let report = std::fs::read_to_string(dir.path().join("REPORT.md")).expect("report");
     for needle in [
