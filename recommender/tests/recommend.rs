@@ -920,3 +920,150 @@ fn loopback_and_port_zero_become_no_rule_and_are_reported() {
     );
     assert!(reasons.iter().any(|r| r.contains("port 0")), "{reasons:?}");
 }
+
+#[test]
+fn cron_job_pods_resolve_to_the_cron_job_with_template_labels() {
+    let mut fx = shop();
+    fx.snap.cron_jobs.push(
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "batch/v1", "kind": "CronJob",
+            "metadata": {"name": "backup", "namespace": "shop"},
+            "spec": {"schedule": "0 * * * *", "jobTemplate": {"spec": {"template": {
+                "metadata": {"labels": {"app": "backup"}},
+                "spec": {"containers": [{"name": "c", "image": "i"}], "restartPolicy": "Never"}}}}}
+        }))
+        .unwrap(),
+    );
+    fx.snap.jobs.push(
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": "backup-29000000", "namespace": "shop",
+                         "ownerReferences": [{"apiVersion": "batch/v1", "kind": "CronJob", "name": "backup", "uid": "c", "controller": true}]},
+            "spec": {"selector": {"matchLabels": {"batch.kubernetes.io/controller-uid": "8a1f5c2e-0b7d-4c39-9e1a-2b3c4d5e6f70"}},
+                     "template": {"metadata": {"labels": {"app": "backup"}},
+                                  "spec": {"containers": [{"name": "c", "image": "i"}], "restartPolicy": "Never"}}}
+        }))
+        .unwrap(),
+    );
+    fx.pod(
+        "shop",
+        "backup-29000000-x7k2p",
+        &[
+            ("app", "backup"),
+            ("job-name", "backup-29000000"),
+            ("batch.kubernetes.io/job-name", "backup-29000000"),
+            (
+                "batch.kubernetes.io/controller-uid",
+                "8a1f5c2e-0b7d-4c39-9e1a-2b3c4d5e6f70",
+            ),
+            ("controller-uid", "8a1f5c2e-0b7d-4c39-9e1a-2b3c4d5e6f70"),
+        ],
+        &["10.244.1.60"],
+        false,
+        "n1",
+        &[],
+        Some(("Job", "backup-29000000")),
+    );
+    let r = run(
+        &fx,
+        &[flow(
+            "shop",
+            "backup-29000000-x7k2p",
+            "TCP",
+            "203.0.113.30",
+            443,
+            1,
+            &[],
+        )],
+        &Options::default(),
+    );
+    let p = policy(&r, "shop", "backup-egress");
+    assert_eq!(
+        p.spec
+            .as_ref()
+            .and_then(|s| s.pod_selector.as_ref())
+            .and_then(|s| s.match_labels.clone()),
+        Some(BTreeMap::from([("app".to_owned(), "backup".to_owned())]))
+    );
+    assert_eq!(
+        p.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("leash.dev/workload"))
+            .map(String::as_str),
+        Some("CronJob/backup")
+    );
+}
+
+#[test]
+fn missing_replica_set_still_resolves_the_deployment_by_name() {
+    let mut fx = shop();
+    // Only the pod is in the snapshot; its owner follows `<deployment>-<pod-template-hash>`.
+    fx.pod(
+        "shop",
+        "cart-6f7b9c-abcde",
+        &[("app", "cart"), ("pod-template-hash", "6f7b9c")],
+        &["10.244.1.70"],
+        false,
+        "n1",
+        &[],
+        Some(("ReplicaSet", "cart-6f7b9c")),
+    );
+    let r = run(
+        &fx,
+        &[flow(
+            "shop",
+            "cart-6f7b9c-abcde",
+            "TCP",
+            "203.0.113.31",
+            443,
+            1,
+            &[],
+        )],
+        &Options::default(),
+    );
+    let p = policy(&r, "shop", "cart-egress");
+    assert_eq!(
+        p.spec
+            .as_ref()
+            .and_then(|s| s.pod_selector.as_ref())
+            .and_then(|s| s.match_labels.clone()),
+        Some(BTreeMap::from([("app".to_owned(), "cart".to_owned())]))
+    );
+}
+
+#[test]
+fn pod_with_only_unstable_labels_gets_no_policy_and_is_flagged() {
+    let mut fx = shop();
+    fx.pod(
+        "shop",
+        "oneoff",
+        &[
+            ("controller-uid", "8a1f5c2e-0b7d-4c39-9e1a-2b3c4d5e6f70"),
+            ("job-name", "oneoff"),
+        ],
+        &["10.244.1.80"],
+        false,
+        "n1",
+        &[],
+        None,
+    );
+    let r = run(
+        &fx,
+        &[
+            flow("shop", "oneoff", "TCP", "203.0.113.32", 443, 1, &[]),
+            flow("shop", WEB0, "TCP", "203.0.113.33", 443, 1, &[]),
+        ],
+        &Options::default(),
+    );
+    assert!(
+        r.policies
+            .iter()
+            .all(|p| p.metadata.name.as_deref() != Some("oneoff-egress"))
+    );
+    let report = leash::render::report(&r.cluster, &r.rec);
+    assert!(
+        report.contains("shop/Pod/oneoff (blocked by default-deny-egress!)"),
+        "{report}"
+    );
+}
