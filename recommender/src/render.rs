@@ -179,15 +179,21 @@ fn peer_text(p: &PeerSpec) -> String {
             Some(ns) => format!("ns `{ns}` AND pods `{selector}`"),
             None => format!("pods `{selector}`"),
         },
-        PeerSpec::Block { cidr, except } if except.is_empty() => format!("`{cidr}`"),
-        PeerSpec::Block { cidr, except } => format!(
-            "`{cidr}` except {}",
-            except
-                .iter()
-                .map(|e| format!("`{e}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        PeerSpec::Block {
+            cidr,
+            except,
+            unobserved,
+        } => {
+            let mut s = format!("`{cidr}`");
+            if !except.is_empty() {
+                let ex: Vec<String> = except.iter().map(|e| format!("`{e}`")).collect();
+                let _ = write!(s, " except {}", ex.join(", "));
+            }
+            if *unobserved > 0 {
+                let _ = write!(s, " (+{unobserved} unobserved)");
+            }
+            s
+        }
     }
 }
 

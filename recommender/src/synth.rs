@@ -134,6 +134,8 @@ pub enum PeerSpec {
         cidr: IpNet,
         /// Canonical CIDRs strictly inside `cidr`.
         except: Vec<IpNet>,
+        /// Addresses the block allows that were never observed.
+        unobserved: u128,
     },
 }
 
@@ -500,6 +502,7 @@ fn build_rules(
                 .map(|ip| PeerSpec::Block {
                     cidr: host_prefix(ip),
                     except: Vec::new(),
+                    unobserved: 0,
                 })
                 .collect(),
             ports: group(&port_set),
@@ -538,6 +541,7 @@ fn build_rules(
                 .map(|b| PeerSpec::Block {
                     cidr: b.cidr,
                     except: b.except.clone(),
+                    unobserved: b.unobserved_allowed,
                 })
                 .collect(),
             ports: group(&port_set),
@@ -585,6 +589,7 @@ fn dns_peers(cluster: &Cluster, own_ns: &str, r: Resolver) -> Vec<PeerSpec> {
                                 None => PeerSpec::Block {
                                     cidr: host_prefix(b.ip),
                                     except: Vec::new(),
+                                    unobserved: 0,
                                 },
                             });
                         }
@@ -596,6 +601,7 @@ fn dns_peers(cluster: &Cluster, own_ns: &str, r: Resolver) -> Vec<PeerSpec> {
                     peers.insert(PeerSpec::Block {
                         cidr: host_prefix(*ip),
                         except: Vec::new(),
+                        unobserved: 0,
                     });
                 }
             }
@@ -611,6 +617,7 @@ fn dns_peers(cluster: &Cluster, own_ns: &str, r: Resolver) -> Vec<PeerSpec> {
         Resolver::Address(ip) => vec![PeerSpec::Block {
             cidr: host_prefix(ip),
             except: Vec::new(),
+            unobserved: 0,
         }],
     }
 }
@@ -703,7 +710,7 @@ fn k8s_peer(p: &PeerSpec) -> net::NetworkPolicyPeer {
             pod_selector: Some(selector.to_k8s()),
             ip_block: None,
         },
-        PeerSpec::Block { cidr, except } => net::NetworkPolicyPeer {
+        PeerSpec::Block { cidr, except, .. } => net::NetworkPolicyPeer {
             ip_block: Some(net::IPBlock {
                 cidr: cidr.to_string(),
                 except: (!except.is_empty())

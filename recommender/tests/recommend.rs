@@ -528,6 +528,8 @@ fn externals_over_budget_are_covered_within_max_cidrs_and_max_prefix() {
         rule.unobserved_addresses.unwrap() > 0,
         "the report states the over-permission"
     );
+    let report = leash::render::report(&r.cluster, &r.rec);
+    assert!(report.contains(" unobserved)"), "per-block over-permission:\n{report}");
 }
 
 #[test]

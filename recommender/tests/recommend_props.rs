@@ -334,7 +334,7 @@ proptest! {
                     .peers
                     .iter()
                     .filter_map(|peer| match peer {
-                        PeerSpec::Block { cidr, except } => Some((*cidr, except.clone())),
+                        PeerSpec::Block { cidr, except, .. } => Some((*cidr, except.clone())),
                         PeerSpec::Pods { .. } => None,
                     })
                     .collect();
