@@ -107,6 +107,8 @@ pub struct DnsUse {
     pub first_seen: DateTime<Utc>,
     /// Last query.
     pub last_seen: DateTime<Utc>,
+    /// The names queried.
+    pub names: BTreeSet<String>,
 }
 
 /// Everything read from the record files, attributed to pods.
@@ -321,8 +323,13 @@ impl Observations {
             queries: 0,
             first_seen: d.time,
             last_seen: d.time,
+            names: BTreeSet::new(),
         });
         e.queries += 1;
+        let q = normalize_name(&d.query);
+        if !q.is_empty() {
+            e.names.insert(q);
+        }
         e.first_seen = e.first_seen.min(d.time);
         e.last_seen = e.last_seen.max(d.time);
         Ok(())

@@ -310,7 +310,7 @@ pub fn recommend(cluster: &Cluster, obs: &Observations, opts: &Options) -> Recom
             count: u.queries,
             first_seen: u.first_seen,
             last_seen: u.last_seen,
-            names: BTreeSet::new(),
+            names: u.names.clone(),
         };
         let r = classifier.resolver(server);
         accs.entry(w).or_default().dns.entry(r).or_default().add(

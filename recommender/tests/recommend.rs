@@ -171,6 +171,10 @@ fn dns_records_alone_give_the_dns_rule() {
     );
     let p = policy(&r, "shop", "web-egress");
     selector_rule(p, Some("kube-system"), &[("k8s-app", "kube-dns")]);
+    // The queried names are the DNS rule's evidence.
+    let dns_rule = &r.rec.policies[0].rules[0];
+    assert_eq!(dns_rule.kind, leash::synth::RuleKind::Dns);
+    assert!(dns_rule.evidence.names.contains("x.test"), "{:?}", dns_rule.evidence);
 }
 
 #[test]
