@@ -830,7 +830,7 @@ pub struct Denied {
 /// pod that got a policy must be allowed at egress by the generated policies (the default
 /// denies included). Flows the report already lists as unresolved, hostNetwork or from
 /// unselectable workloads are skipped. Returns the denied flows, sorted.
-pub fn self_check<V: ClusterView + ?Sized>(
+pub fn self_check<V: ClusterView + Sync + ?Sized>(
     cluster: &Cluster,
     view: &V,
     obs: &Observations,
@@ -860,40 +860,49 @@ pub fn self_check<V: ClusterView + ?Sized>(
         let rep = *reps.entry((&pod.namespace, &pod.labels)).or_insert(key.pod);
         checks.insert((rep, key.dst, key.port, key.protocol));
     }
-    let mut denied = Vec::new();
-    for (rep, dst, port, protocol) in checks {
+    let checks: Vec<_> = checks.into_iter().collect();
+    let check_one = |&(rep, dst, port, protocol): &(usize, IpAddr, u16, Protocol)| {
         let pod = &cluster.pods[rep];
-        let Some(source) = view.pod(&pod.namespace, &pod.name) else {
-            continue;
-        };
-        let key = crate::input::FlowKey {
-            pod: rep,
-            dst,
-            port,
-            protocol,
-        };
+        let source = view.pod(&pod.namespace, &pod.name)?;
         let flow = eval::Flow {
-            protocol: key.protocol,
-            dst: key.dst,
-            dst_port: key.port,
+            protocol,
+            dst,
+            dst_port: port,
         };
         let ev = eval::evaluate(view, &set, source, &flow);
         // A flow with no backend at all is reported as unresolved, not checked here.
-        if ev.problem.is_none() && ev.egress == eval::Verdict::Deny {
-            let reason = ev
-                .targets
-                .iter()
-                .filter(|t| t.egress.verdict == eval::Verdict::Deny)
-                .map(|t| format!("{} {}:{}: {}", t.destination, t.ip, t.port, t.egress.reason))
-                .collect::<Vec<_>>()
-                .join("; ");
-            denied.push(Denied {
-                pod: format!("{}/{}", pod.namespace, pod.name),
-                destination: dest(key.dst, key.port, key.protocol),
-                reason,
-            });
+        if ev.problem.is_some() || ev.egress != eval::Verdict::Deny {
+            return None;
         }
-    }
+        let reason = ev
+            .targets
+            .iter()
+            .filter(|t| t.egress.verdict == eval::Verdict::Deny)
+            .map(|t| format!("{} {}:{}: {}", t.destination, t.ip, t.port, t.egress.reason))
+            .collect::<Vec<_>>()
+            .join("; ");
+        Some(Denied {
+            pod: format!("{}/{}", pod.namespace, pod.name),
+            destination: dest(dst, port, protocol),
+            reason,
+        })
+    };
+    // Evaluations are independent: spread them over the available cores.
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let chunk = checks.len().div_ceil(threads).max(1);
+    let mut denied: Vec<Denied> = std::thread::scope(|s| {
+        let handles: Vec<_> = checks
+            .chunks(chunk)
+            .map(|part| s.spawn(|| part.iter().filter_map(check_one).collect::<Vec<_>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| {
+                // A panicking evaluator is a bug; re-raise it on this thread.
+                h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
+            })
+            .collect()
+    });
     denied.sort();
     if denied.is_empty() {
         Ok(())
