@@ -260,7 +260,9 @@ fn sock_addr_key(ctx: &SockAddrContext, v6: bool) -> FlowKey {
 fn try_connect(ctx: &SockAddrContext, v6: bool) -> Result<i32, i32> {
     let mut key = sock_addr_key(ctx, v6);
     record_flow(&key);
-    if key.protocol == PROTO_TCP {
+    if key.protocol == PROTO_TCP
+        && !matches!(CONFIG.get(ConfigIndex::NoTcpOutcome as u32), Some(&v) if v != 0)
+    {
         // SAFETY: the helper validates the socket pointer taken from the context.
         let slot = unsafe { SOCK_KEYS.get_or_insert_ptr_mut(ctx, Some(&mut key)) };
         if !slot.is_null() {

@@ -191,11 +191,14 @@ impl Counter {
 pub enum ConfigIndex {
     /// Refresh interval in ns; 0 means [`DEFAULT_REFRESH_NS`].
     RefreshNs = 0,
+    /// Non-zero disables TCP outcome tracking in `connect4/6` (no socket storage is created;
+    /// user space then also leaves `sockops` detached).
+    NoTcpOutcome = 1,
 }
 
 impl ConfigIndex {
     /// Number of config slots (size of the `CONFIG` array).
-    pub const COUNT: u32 = 1;
+    pub const COUNT: u32 = 2;
 }
 
 #[cfg(not(target_arch = "bpf"))]

@@ -202,6 +202,61 @@ fn capture_child() {
     }
 }
 
+/// Child entry point for privilege tests: `Capture::start` on the cgroup in
+/// `LEASH_CAPTURE_START`, printing `START OK` or `START ERROR: <message>`.
+#[test]
+#[ignore = "child-process entry point, run by the privilege tests in this file"]
+fn capture_start_child() {
+    let cgroup = std::env::var("LEASH_CAPTURE_START").expect("runs only as a child");
+    let rt = runtime();
+    let _guard = rt.enter();
+    match Capture::start(&CaptureConfig::new(cgroup)) {
+        Ok(_) => println!("START OK"),
+        Err(e) => println!("START ERROR: {e}"),
+    }
+}
+
+/// Runs `capture_start_child` under `setpriv` with exactly `caps` (e.g. "+bpf,+perfmon").
+fn start_with_caps(cgroup: &Path, caps: &str) -> String {
+    let exe = std::env::current_exe().expect("current_exe");
+    let out = Command::new("setpriv")
+        .arg(format!("--inh-caps=-all{caps}"))
+        .arg(format!("--ambient-caps=-all{caps}"))
+        .arg(format!("--bounding-set=-all{caps}"))
+        .arg("--")
+        .arg(exe)
+        .args(["--ignored", "--exact", "capture_start_child", "--nocapture"])
+        .env("LEASH_CAPTURE_START", cgroup)
+        .output()
+        .expect("setpriv (util-linux) runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        stdout.contains("START "),
+        "child did not report: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn runs_with_exactly_bpf_perfmon_net_admin_and_names_missing_capabilities() {
+    let Some(mount) = privileged() else { return };
+    let cg = TestCgroup::new(&mount, "caps");
+    let ok = start_with_caps(&cg.path, ",+bpf,+perfmon,+net_admin");
+    assert!(
+        ok.contains("START OK"),
+        "with CAP_BPF+CAP_PERFMON+CAP_NET_ADMIN: {ok}"
+    );
+    let denied = start_with_caps(&cg.path, "");
+    assert!(
+        denied.contains("START ERROR"),
+        "without capabilities: {denied}"
+    );
+    for cap in ["CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON"] {
+        assert!(denied.contains(cap), "error names {cap}: {denied}");
+    }
+}
+
 fn query_bytes() -> Vec<u8> {
     let mut q = Message::new(0x4242, MessageType::Query, OpCode::Query);
     q.add_query(Query::query(

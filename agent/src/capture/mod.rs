@@ -204,6 +204,9 @@ pub struct CaptureConfig {
     pub refresh: Duration,
     /// Source ports whose UDP/TCP payloads are captured as DNS responses (at most 16).
     pub dns_ports: Vec<u16>,
+    /// Count TCP outcomes (established / failed) with the `sockops` program. Costs one
+    /// socket-storage allocation per TCP connect; see `benches/connect_latency.rs`.
+    pub tcp_outcome: bool,
 }
 
 impl CaptureConfig {
@@ -213,6 +216,7 @@ impl CaptureConfig {
             cgroup: cgroup.into(),
             refresh: Duration::from_nanos(agent_ebpf::DEFAULT_REFRESH_NS),
             dns_ports: vec![53],
+            tcp_outcome: true,
         }
     }
 }
@@ -403,6 +407,12 @@ impl Capture {
                 .max(1_000_000);
             cfg.set(ConfigIndex::RefreshNs as u32, refresh_ns, 0)
                 .map_err(|e| map_error("setting the refresh interval", MAP_CONFIG, e))?;
+            cfg.set(
+                ConfigIndex::NoTcpOutcome as u32,
+                u64::from(!config.tcp_outcome),
+                0,
+            )
+            .map_err(|e| map_error("setting TCP outcome tracking", MAP_CONFIG, e))?;
         }
         let mut dns_ports: HashMap<MapData, u16, u8> =
             HashMap::try_from(take_map(&mut ebpf, MAP_DNS_PORTS)?)
@@ -481,9 +491,11 @@ impl Capture {
             })?
             .try_into()
             .map_err(|e| program_error("attaching", SOCKOPS_PROGRAM, e))?;
-        sockops
-            .attach(&cgroup, mode)
-            .map_err(|e| program_error("attaching", SOCKOPS_PROGRAM, e))?;
+        if config.tcp_outcome {
+            sockops
+                .attach(&cgroup, mode)
+                .map_err(|e| program_error("attaching", SOCKOPS_PROGRAM, e))?;
+        }
         let dns: &mut CgroupSkb = ebpf
             .program_mut(DNS_PROGRAM)
             .ok_or(Error::Missing {
