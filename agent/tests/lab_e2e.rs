@@ -68,11 +68,12 @@ struct Agent {
 impl Agent {
     /// Starts the agent on `lab`'s cgroup root and waits until it has attached.
     fn start(lab: &Lab) -> Self {
-        Self::start_with(lab, false)
+        Self::start_with(lab, false, &[])
     }
 
-    /// As [`Agent::start`], optionally serving metrics on a free loopback port.
-    fn start_with(lab: &Lab, metrics: bool) -> Self {
+    /// As [`Agent::start`], optionally serving metrics on a free loopback port, with extra
+    /// command-line arguments.
+    fn start_with(lab: &Lab, metrics: bool, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let snapshot = dir.path().join("snapshot.yaml");
         lab.write_snapshot(&snapshot)
@@ -89,7 +90,9 @@ impl Agent {
             .arg(&snapshot)
             .arg("--output")
             .arg(&output)
-            .args(["--flush-interval", "200ms", "--duration", SAFETY_DURATION])
+            .arg("--flush-interval")
+            .arg(format!("{}ms", FLUSH.as_millis()))
+            .args(["--duration", SAFETY_DURATION])
             .arg("--node-name")
             .arg(&node)
             .env("LEASH_LOG", "info")
@@ -100,6 +103,7 @@ impl Agent {
         if let Some(addr) = metrics {
             cmd.arg("--metrics-addr").arg(addr.to_string());
         }
+        cmd.args(extra);
         let mut child = cmd.spawn().expect("spawning leash-agent");
         let stderr = child.stderr.take().expect("piped stderr");
         let log = Arc::new(Mutex::new(String::new()));
@@ -733,6 +737,80 @@ fn dns_answers_over_udp_and_tcp_v4_and_v6_label_later_flows() {
     assert_names(&out, pod, udp(&vip4, 53), &[]);
 }
 
+/// Answers from a 5353-style resolver are captured when the port is configured, and only then:
+/// two agents watch the same lab, one with `--dns-port 5353`.
+#[test]
+fn dns_answers_from_a_configured_resolver_port() {
+    if !leash_lab::require_privileged() {
+        return;
+    }
+    let lab = Lab::builder()
+        .pod(PodSpec::new("shop", "api-6d9-w2"))
+        .dns(DnsConfig::openshift().with_stripe_example())
+        .build()
+        .expect("building the lab");
+    assert_eq!(lab.dns_port(), Some(5353));
+    let pod = lab.pod("shop/api-6d9-w2");
+    let resolver = lab.dns_pod().expect("DNS pod").ipv4().to_string();
+    let vip4 = DNS_VIP_V4.to_string();
+    let with_port = Agent::start_with(&lab, false, &["--dns-port", "5353"]);
+    let without = Agent::start(&lab);
+
+    // Straight to the resolver: the answer comes from port 5353.
+    query(pod, &[&resolver, "api.stripe.test", "A", "--port", "5353"]);
+    query(
+        pod,
+        &[
+            &resolver,
+            "api.stripe.test",
+            "AAAA",
+            "--port",
+            "5353",
+            "--tcp",
+        ],
+    );
+    // Through the Service: port 53 → 5353, the answer comes back from the VIP's port 53.
+    query(pod, &[&vip4, "api.stripe.test", "A"]);
+
+    let v4: IpAddr = DNS_VIP_V4.into();
+    let direct: IpAddr = resolver.parse().expect("address");
+    let through_service = DnsSummary::new("api.stripe.test.", "A", v4, &stripe_chain());
+    let mut want = vec![
+        DnsSummary::new("api.stripe.test.", "A", direct, &stripe_chain()),
+        DnsSummary::new(
+            "api.stripe.test.",
+            "AAAA",
+            direct,
+            &[
+                ("api.stripe.test.", "CNAME", "edge.stripe.test."),
+                ("edge.stripe.test.", "AAAA", "2001:db8:2::10"),
+            ],
+        ),
+        through_service.clone(),
+    ];
+    want.sort();
+    let flows = BTreeMap::from([
+        (udp(&resolver, 5353), (1, 0, 0)),
+        (tcp(&resolver, 5353), (1, 1, 0)),
+        (udp(&vip4, 53), (1, 0, 0)),
+    ]);
+
+    let out = with_port.stop();
+    out.assert_attribution(&lab);
+    assert_eq!(out.dns_of(pod.cgroup_rel()), want, "log:\n{}", out.log);
+    assert_eq!(out.totals(pod.cgroup_rel()), flows);
+
+    let out = without.stop();
+    out.assert_attribution(&lab);
+    assert_eq!(
+        out.dns_of(pod.cgroup_rel()),
+        vec![through_service],
+        "only port 53 by default; log:\n{}",
+        out.log
+    );
+    assert_eq!(out.totals(pod.cgroup_rel()), flows);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 4. Malformed DNS
 // ---------------------------------------------------------------------------------------------
@@ -750,7 +828,7 @@ fn malformed_dns_answer_is_skipped_and_the_agent_keeps_recording() {
         .expect("building the lab");
     let pod = lab.pod("shop/cart-0");
     let vip4 = DNS_VIP_V4.to_string();
-    let agent = Agent::start_with(&lab, true);
+    let agent = Agent::start_with(&lab, true, &[]);
     let errors = "leash_agent_dns_parse_errors_total";
     assert_eq!(
         agent.wait_metric(errors, Duration::from_secs(10), |_| true),
@@ -926,27 +1004,30 @@ fn ten_thousand_connects_are_counted_exactly_in_few_records() {
     let window = Instant::now();
     let out = client_ok(pod, &["tcp", "203.0.113.30", "8443", "--count", "10000"]);
     assert_eq!(out.count("connected"), 10_000);
-    let out = {
-        let elapsed = window.elapsed();
-        let out = agent.stop();
-        // A record of the key can only come out of a flush, and a flush writes at most one
-        // record per key. Flushes happen on the agent's 200 ms ticks (never closer together)
-        // and once more on shutdown. The key has no events before `window` started, so its
-        // records come from the ticks inside the window (at most elapsed/200ms + 1), one tick
-        // that may fall between measuring `elapsed` and the agent handling SIGINT, and the
-        // final flush.
-        let ticks = u64::try_from(elapsed.as_millis() / FLUSH.as_millis()).expect("small");
-        let bound = ticks + 3;
-        let records = out.flows_of(pod.cgroup_rel(), tcp("203.0.113.30", 8443));
-        let n = u64::try_from(records.len()).expect("small");
-        eprintln!("10,000 connects in {elapsed:?}: {n} records (bound {bound})");
-        assert!(n <= bound, "{n} records for one key, more than {bound}");
-        assert!(
-            n * 100 <= 10_000,
-            "{n} records is not \"few\" for 10,000 events"
-        );
-        out
-    };
+    let connects_took = window.elapsed();
+    let out = agent.stop();
+    let elapsed = window.elapsed();
+    // A record of the key can only come out of a flush, and one flush writes at most one
+    // record per key. Flushes happen on the agent's 200 ms ticks (never closer together, missed
+    // ticks are delayed) and once more on shutdown. The key has no events before `window`
+    // started and the agent has exited when `elapsed` is measured, so its records come from at
+    // most elapsed/200ms + 1 ticks plus the final flush. (The kernel's refresh interval equals
+    // the flush interval, so this is also about how often the kernel pushes an active key.)
+    let ticks = u64::try_from(elapsed.as_millis() / FLUSH.as_millis()).expect("small");
+    let bound = ticks + 2;
+    let n = u64::try_from(
+        out.flows_of(pod.cgroup_rel(), tcp("203.0.113.30", 8443))
+            .len(),
+    )
+    .expect("small");
+    eprintln!(
+        "10,000 connects in {connects_took:?}, agent stopped after {elapsed:?}: {n} records \
+         (bound {bound})"
+    );
+    assert!(
+        n >= 1 && n <= bound,
+        "{n} records for one key, bound {bound}"
+    );
     out.assert_attribution(&lab);
     assert_eq!(
         out.totals(pod.cgroup_rel()),
