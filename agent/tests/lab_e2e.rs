@@ -63,24 +63,36 @@ struct Agent {
     log_thread: Option<thread::JoinHandle<()>>,
     metrics: Option<SocketAddr>,
     started: SystemTime,
+    /// The `--duration` given.
+    duration: Duration,
+}
+
+/// How to start an [`Agent`].
+#[derive(Default)]
+struct Options<'a> {
+    /// Serve metrics on a free loopback port.
+    metrics: bool,
+    /// `--duration` (default [`SAFETY_DURATION`]).
+    duration: Option<&'a str>,
+    /// Further command-line arguments.
+    extra: &'a [&'a str],
 }
 
 impl Agent {
     /// Starts the agent on `lab`'s cgroup root and waits until it has attached.
     fn start(lab: &Lab) -> Self {
-        Self::start_with(lab, false, &[])
+        Self::start_with(lab, &Options::default())
     }
 
-    /// As [`Agent::start`], optionally serving metrics on a free loopback port, with extra
-    /// command-line arguments.
-    fn start_with(lab: &Lab, metrics: bool, extra: &[&str]) -> Self {
+    /// As [`Agent::start`], with options.
+    fn start_with(lab: &Lab, options: &Options) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let snapshot = dir.path().join("snapshot.yaml");
         lab.write_snapshot(&snapshot)
             .expect("writing the lab snapshot");
         let output = dir.path().join("records.jsonl");
         let node = lab.node_name().to_owned();
-        let metrics = metrics.then(free_loopback_port);
+        let metrics = options.metrics.then(free_loopback_port);
         let started = SystemTime::now();
 
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_leash-agent"));
@@ -92,7 +104,8 @@ impl Agent {
             .arg(&output)
             .arg("--flush-interval")
             .arg(format!("{}ms", FLUSH.as_millis()))
-            .args(["--duration", SAFETY_DURATION])
+            .arg("--duration")
+            .arg(options.duration.unwrap_or(SAFETY_DURATION))
             .arg("--node-name")
             .arg(&node)
             .env("LEASH_LOG", "info")
@@ -103,7 +116,7 @@ impl Agent {
         if let Some(addr) = metrics {
             cmd.arg("--metrics-addr").arg(addr.to_string());
         }
-        cmd.args(extra);
+        cmd.args(options.extra);
         let mut child = cmd.spawn().expect("spawning leash-agent");
         let stderr = child.stderr.take().expect("piped stderr");
         let log = Arc::new(Mutex::new(String::new()));
@@ -129,6 +142,8 @@ impl Agent {
             log_thread: Some(log_thread),
             metrics,
             started,
+            duration: humantime::parse_duration(options.duration.unwrap_or(SAFETY_DURATION))
+                .expect("a valid --duration"),
         };
         match attached_rx.recv_timeout(ATTACH_TIMEOUT) {
             Ok(()) => {}
@@ -196,13 +211,32 @@ impl Agent {
     }
 
     /// Stops the agent with SIGINT, waits for a clean exit and reads what it wrote.
-    fn stop(mut self) -> Output {
+    fn stop(self) -> Output {
+        self.finish(Some(libc::SIGINT))
+    }
+
+    /// Stops the agent with SIGTERM, waits for a clean exit and reads what it wrote.
+    fn terminate(self) -> Output {
+        self.finish(Some(libc::SIGTERM))
+    }
+
+    /// Waits for the agent to stop by itself (`--duration`) and reads what it wrote.
+    fn wait_exit(self) -> Output {
+        self.finish(None)
+    }
+
+    fn finish(mut self, signal: Option<libc::c_int>) -> Output {
         let mut child = self.child.take().expect("agent still running");
-        let pid = i32::try_from(child.id()).expect("pid fits in i32");
-        // SAFETY: kill(2) on our own child, which has not been waited for, so the pid is ours.
-        let rc = unsafe { libc::kill(pid, libc::SIGINT) };
-        assert_eq!(rc, 0, "kill(SIGINT): {}", std::io::Error::last_os_error());
-        let status = wait_bounded(&mut child, STOP_TIMEOUT);
+        let mut timeout = STOP_TIMEOUT;
+        if let Some(signal) = signal {
+            let pid = i32::try_from(child.id()).expect("pid fits in i32");
+            // SAFETY: kill(2) on our own child, not yet waited for, so the pid is still ours.
+            let rc = unsafe { libc::kill(pid, signal) };
+            assert_eq!(rc, 0, "kill({signal}): {}", std::io::Error::last_os_error());
+        } else {
+            timeout += self.duration;
+        }
+        let status = wait_bounded(&mut child, timeout);
         if status.is_none() {
             let _ = child.kill();
             let _ = child.wait();
@@ -212,7 +246,7 @@ impl Agent {
         }
         let log = self.log();
         let status = status.unwrap_or_else(|| {
-            panic!("leash-agent did not exit within {STOP_TIMEOUT:?} of SIGINT; log:\n{log}")
+            panic!("leash-agent did not exit within {timeout:?} (signal {signal:?}); log:\n{log}")
         });
         assert!(
             status.success(),
@@ -551,11 +585,14 @@ fn tcp_v4_and_v6_flows_with_established_and_failed_outcomes() {
     assert_eq!(out.count("failed"), 2, "{}", out.stdout);
     let out = client(pod, &["tcp", "2001:db8:2::10", "444"]);
     assert_eq!(out.count("failed"), 1, "{}", out.stdout);
+    // An IPv4-mapped IPv6 destination is the IPv4 flow.
+    let out = client_ok(pod, &["tcp", "::ffff:203.0.113.10", "443"]);
+    assert_eq!(out.count("connected"), 1);
 
     let out = agent.stop();
     out.assert_attribution(&lab);
     let want = BTreeMap::from([
-        (tcp("203.0.113.10", 443), (3, 3, 0)),
+        (tcp("203.0.113.10", 443), (4, 4, 0)),
         (tcp("2001:db8:2::10", 443), (2, 2, 0)),
         (tcp("203.0.113.10", 444), (2, 0, 2)),
         (tcp("2001:db8:2::10", 444), (1, 0, 1)),
@@ -605,7 +642,7 @@ fn connected_and_unconnected_udp_v4_and_v6_are_counted_exactly() {
         assert_eq!(out.count("echoed"), sends);
     }
 
-    let out = agent.stop();
+    let out = agent.terminate();
     out.assert_attribution(&lab);
     let want = BTreeMap::from([
         (udp("203.0.113.20", 4433), (2, 0, 0)),
@@ -619,6 +656,47 @@ fn connected_and_unconnected_udp_v4_and_v6_are_counted_exactly() {
         BTreeSet::from([pod.cgroup_rel().to_owned()])
     );
     assert_eq!(out.dns().count(), 0, "echo replies are not DNS");
+}
+
+/// `--duration` stops the agent by itself, and what it saw is flushed before it exits.
+#[test]
+fn agent_stops_by_itself_after_duration_and_flushes() {
+    if !leash_lab::require_privileged() {
+        return;
+    }
+    let lab = Lab::builder()
+        .pod(PodSpec::new("shop", "worker-0"))
+        .external("203.0.113.10", [Port::tcp(443), Port::udp(4433)])
+        .build()
+        .expect("building the lab");
+    let pod = lab.pod("shop/worker-0");
+    let agent = Agent::start_with(
+        &lab,
+        &Options {
+            duration: Some("3s"),
+            ..Options::default()
+        },
+    );
+    let attached = Instant::now();
+    client_ok(pod, &["tcp", "203.0.113.10", "443", "--count", "2"]);
+    client_ok(pod, &["udp-sendto", "203.0.113.10", "4433", "--count", "3"]);
+    let out = agent.wait_exit();
+    // The deadline starts when capture is attached, just before the log line we waited for.
+    assert!(
+        attached.elapsed() >= Duration::from_secs(2),
+        "stopped after {:?}, before --duration 3s",
+        attached.elapsed()
+    );
+    out.assert_attribution(&lab);
+    assert_eq!(
+        out.totals(pod.cgroup_rel()),
+        BTreeMap::from([
+            (tcp("203.0.113.10", 443), (2, 2, 0)),
+            (udp("203.0.113.10", 4433), (3, 0, 0)),
+        ]),
+        "log:\n{}",
+        out.log
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -753,7 +831,13 @@ fn dns_answers_from_a_configured_resolver_port() {
     let pod = lab.pod("shop/api-6d9-w2");
     let resolver = lab.dns_pod().expect("DNS pod").ipv4().to_string();
     let vip4 = DNS_VIP_V4.to_string();
-    let with_port = Agent::start_with(&lab, false, &["--dns-port", "5353"]);
+    let with_port = Agent::start_with(
+        &lab,
+        &Options {
+            extra: &["--dns-port", "5353"],
+            ..Options::default()
+        },
+    );
     let without = Agent::start(&lab);
 
     // Straight to the resolver: the answer comes from port 5353.
@@ -828,7 +912,13 @@ fn malformed_dns_answer_is_skipped_and_the_agent_keeps_recording() {
         .expect("building the lab");
     let pod = lab.pod("shop/cart-0");
     let vip4 = DNS_VIP_V4.to_string();
-    let agent = Agent::start_with(&lab, true, &[]);
+    let agent = Agent::start_with(
+        &lab,
+        &Options {
+            metrics: true,
+            ..Options::default()
+        },
+    );
     let errors = "leash_agent_dns_parse_errors_total";
     assert_eq!(
         agent.wait_metric(errors, Duration::from_secs(10), |_| true),
