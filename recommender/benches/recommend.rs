@@ -25,17 +25,21 @@ fn peak_rss_kb() -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// CPU time of the main thread (all of `recommend` is single-threaded), from
-/// /proc/self/schedstat, so that a busy machine inflates wall time but not this figure.
+/// CPU time of the whole process (user + system, all threads), from /proc/self/stat, so
+/// that a busy machine inflates wall time but not this figure. Linux reports it in
+/// USER_HZ = 100 ticks per second.
 fn cpu_time() -> std::time::Duration {
-    std::fs::read_to_string("/proc/self/schedstat")
-        .ok()
-        .and_then(|s| {
-            s.split_whitespace()
-                .next()
-                .and_then(|n| n.parse::<u64>().ok())
-        })
-        .map_or(std::time::Duration::ZERO, std::time::Duration::from_nanos)
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return std::time::Duration::ZERO;
+    };
+    // Fields after the parenthesized command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    std::time::Duration::from_millis(ticks * 10)
 }
 
 /// Wall and CPU time of a phase.

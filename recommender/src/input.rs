@@ -153,49 +153,175 @@ impl Observations {
         Ok(obs)
     }
 
-    /// Reads JSON-lines records from one input.
+    /// Reads JSON-lines records from one input. Lines are parsed on every available core:
+    /// the input is cut into blocks at line ends, each worker folds its blocks into its own
+    /// observations, and the results are merged (sums, minima, maxima and unions, so the
+    /// outcome does not depend on scheduling). The error reported is the one on the earliest
+    /// line, as a sequential reader would report it.
     pub fn read(
         &mut self,
         reader: impl std::io::BufRead,
         path: &Path,
         cluster: &Cluster,
     ) -> Result<()> {
-        let mut reader = reader;
-        let mut line = String::new();
-        let mut line_no = 0usize;
-        loop {
-            line.clear();
-            let n = reader
-                .read_line(&mut line)
-                .map_err(|source| RecordError::Io {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
-            if n == 0 {
-                return Ok(());
+        let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Vec<u8>)>(threads * 2);
+        let rx = std::sync::Mutex::new(rx);
+        let (read_result, results) = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut local = Observations::default();
+                        let mut lines: Vec<(usize, usize)> = Vec::new();
+                        let mut first_err: Option<(usize, usize, ChunkError)> = None;
+                        loop {
+                            let next = match rx.lock() {
+                                Ok(guard) => guard.recv(),
+                                Err(_) => break,
+                            };
+                            let Ok((index, bytes)) = next else { break };
+                            let (count, err) = local.add_chunk(&bytes, cluster);
+                            lines.push((index, count));
+                            if let Some((rel, e)) = err
+                                && first_err
+                                    .as_ref()
+                                    .is_none_or(|(i, r, _)| (index, rel) < (*i, *r))
+                            {
+                                first_err = Some((index, rel, e));
+                            }
+                        }
+                        (local, lines, first_err)
+                    })
+                })
+                .collect();
+            let read_result = send_blocks(reader, &tx);
+            drop(tx);
+            let results: Vec<_> = workers
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect();
+            (read_result, results)
+        });
+        // Line numbers: each block starts after the lines of the blocks before it.
+        let mut counts: Vec<(usize, usize)> =
+            results.iter().flat_map(|r| r.1.iter().copied()).collect();
+        counts.sort_unstable();
+        let mut first_line = vec![1usize; counts.len() + 1];
+        for (i, (_, n)) in counts.iter().enumerate() {
+            first_line[i + 1] = first_line[i] + n;
+        }
+        let mut first_err: Option<(usize, usize, ChunkError)> = None;
+        for (local, _, err) in results {
+            self.merge(local);
+            if let Some((i, r, e)) = err
+                && first_err
+                    .as_ref()
+                    .is_none_or(|(fi, fr, _)| (i, r) < (*fi, *fr))
+            {
+                first_err = Some((i, r, e));
             }
-            line_no += 1;
-            let text = line.strip_suffix('\n').unwrap_or(&line);
-            let text = text.strip_suffix('\r').unwrap_or(text);
-            if text.trim().is_empty() {
+        }
+        if let Some((index, rel, e)) = first_err {
+            let line = first_line.get(index).copied().unwrap_or(1) + rel;
+            return Err(match e {
+                ChunkError::Parse(message) => Error::Record(RecordError::Invalid {
+                    path: path.to_path_buf(),
+                    line,
+                    message,
+                }),
+                ChunkError::Utf8 => Error::Record(RecordError::Io {
+                    path: path.to_path_buf(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("line {line}: stream did not contain valid UTF-8"),
+                    ),
+                }),
+                ChunkError::Record(u) => u.at(path, line),
+            });
+        }
+        read_result.map_err(|source| {
+            Error::Record(RecordError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        })
+    }
+
+    /// Folds one block of whole lines in; returns its line count and the first error with
+    /// its 0-based line within the block.
+    fn add_chunk(
+        &mut self,
+        bytes: &[u8],
+        cluster: &Cluster,
+    ) -> (usize, Option<(usize, ChunkError)>) {
+        let (text, bad_utf8) = match std::str::from_utf8(bytes) {
+            Ok(t) => (t, false),
+            // Lines before the invalid byte are still read, as a sequential reader would.
+            Err(e) => {
+                let valid = &bytes[..e.valid_up_to()];
+                let cut = valid.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+                (std::str::from_utf8(&bytes[..cut]).unwrap_or_default(), true)
+            }
+        };
+        let mut count = 0;
+        for (rel, line) in text.lines().enumerate() {
+            count = rel + 1;
+            if line.trim().is_empty() {
                 continue;
             }
-            let result = match parse_wire_flow(text) {
+            let result = match parse_wire_flow(line) {
                 Some(w) => {
                     self.records += 1;
                     self.add_flow_parts(&w.parts, w.names.iter().map(|n| n.as_ref()), cluster)
                 }
-                None => {
-                    let record = parse_record(text).map_err(|message| RecordError::Invalid {
-                        path: path.to_path_buf(),
-                        line: line_no,
-                        message,
-                    })?;
-                    self.add(&record, cluster)
-                }
+                None => match parse_record(line) {
+                    Ok(record) => self.add(&record, cluster),
+                    Err(message) => return (count, Some((rel, ChunkError::Parse(message)))),
+                },
             };
-            result.map_err(|e| e.at(path, line_no))?;
+            if let Err(u) = result {
+                return (count, Some((rel, ChunkError::Record(u))));
+            }
         }
+        if bad_utf8 {
+            let rel = count;
+            let total = bytes.iter().filter(|&&b| b == b'\n').count();
+            return (total.max(count + 1), Some((rel, ChunkError::Utf8)));
+        }
+        (count, None)
+    }
+
+    /// Folds another set of observations (of the same cluster) into this one.
+    pub fn merge(&mut self, other: Observations) {
+        for (k, e) in other.flows {
+            match self.flows.get_mut(&k) {
+                Some(mine) => mine.merge(&e),
+                None => {
+                    self.flows.insert(k, e);
+                }
+            }
+        }
+        for (k, u) in other.dns {
+            match self.dns.get_mut(&k) {
+                Some(mine) => {
+                    mine.queries += u.queries;
+                    mine.first_seen = mine.first_seen.min(u.first_seen);
+                    mine.last_seen = mine.last_seen.max(u.last_seen);
+                    mine.names.extend(u.names);
+                }
+                None => {
+                    self.dns.insert(k, u);
+                }
+            }
+        }
+        self.resolvers.extend(other.resolvers);
+        for (ip, names) in other.names_by_ip {
+            self.names_by_ip.entry(ip).or_default().extend(names);
+        }
+        self.unattributed_flows = self
+            .unattributed_flows
+            .saturating_add(other.unattributed_flows);
+        self.records += other.records;
     }
 
     /// Adds one record. Errors come back without a location; [`Self::read`] adds it.
@@ -333,6 +459,63 @@ impl Observations {
         e.first_seen = e.first_seen.min(d.time);
         e.last_seen = e.last_seen.max(d.time);
         Ok(())
+    }
+}
+
+/// Size of the blocks the reader hands to the parsing workers.
+const BLOCK: usize = 4 << 20;
+
+/// Why a block stopped.
+#[derive(Debug)]
+enum ChunkError {
+    /// Not a valid record.
+    Parse(String),
+    /// Invalid UTF-8.
+    Utf8,
+    /// A valid record that names an unknown pod, or similar.
+    Record(Unlocated),
+}
+
+/// Reads the input in blocks cut at line ends and sends them, numbered, to the workers.
+fn send_blocks(
+    mut reader: impl std::io::BufRead,
+    tx: &std::sync::mpsc::SyncSender<(usize, Vec<u8>)>,
+) -> std::io::Result<()> {
+    let mut carry: Vec<u8> = Vec::new();
+    let mut index = 0;
+    loop {
+        let mut buf = std::mem::take(&mut carry);
+        let start = buf.len();
+        buf.resize(start + BLOCK, 0);
+        let mut filled = start;
+        while filled < buf.len() {
+            match reader.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let eof = filled < buf.len();
+        buf.truncate(filled);
+        if !eof {
+            // Keep the unfinished last line for the next block (a line longer than a block
+            // just makes the next block bigger).
+            match buf.iter().rposition(|&b| b == b'\n') {
+                Some(i) => carry = buf.split_off(i + 1),
+                None => {
+                    carry = buf;
+                    continue;
+                }
+            }
+        }
+        if !buf.is_empty() && tx.send((index, buf)).is_err() {
+            return Ok(());
+        }
+        index += 1;
+        if eof {
+            return Ok(());
+        }
     }
 }
 

@@ -174,7 +174,11 @@ fn dns_records_alone_give_the_dns_rule() {
     // The queried names are the DNS rule's evidence.
     let dns_rule = &r.rec.policies[0].rules[0];
     assert_eq!(dns_rule.kind, leash::synth::RuleKind::Dns);
-    assert!(dns_rule.evidence.names.contains("x.test"), "{:?}", dns_rule.evidence);
+    assert!(
+        dns_rule.evidence.names.contains("x.test"),
+        "{:?}",
+        dns_rule.evidence
+    );
 }
 
 #[test]
@@ -533,7 +537,10 @@ fn externals_over_budget_are_covered_within_max_cidrs_and_max_prefix() {
         "the report states the over-permission"
     );
     let report = leash::render::report(&r.cluster, &r.rec);
-    assert!(report.contains(" unobserved)"), "per-block over-permission:\n{report}");
+    assert!(
+        report.contains(" unobserved)"),
+        "per-block over-permission:\n{report}"
+    );
 }
 
 #[test]
@@ -1072,4 +1079,63 @@ fn pod_with_only_unstable_labels_gets_no_policy_and_is_flagged() {
         report.contains("shop/Pod/oneoff (blocked by default-deny-egress!)"),
         "{report}"
     );
+}
+
+/// Many lines (several parse blocks): the parallel reader gives exactly the observations of
+/// adding the records one by one, and errors name the right line across block boundaries.
+#[test]
+fn parallel_reader_matches_sequential_and_numbers_lines_across_blocks() {
+    let fx = shop();
+    let cluster = fx.cluster();
+    let mut text = String::new();
+    let mut records = Vec::new();
+    for i in 0..40_000u32 {
+        let pod = if i % 3 == 0 { WEB0 } else { WEB1 };
+        let r = flow(
+            "shop",
+            pod,
+            if i % 5 == 0 { "UDP" } else { "TCP" },
+            &format!("203.0.113.{}", i % 200),
+            443 + u16::try_from(i % 7).unwrap(),
+            u64::from(i % 11),
+            &["a.test"],
+        );
+        text.push_str(&r.to_json_line());
+        text.push_str(if i % 1000 == 0 { "\r\n\n" } else { "\n" });
+        records.push(r);
+    }
+    assert!(text.len() > 3 * (4 << 20) / 2, "spans several blocks");
+    let mut parallel = leash::input::Observations::default();
+    parallel
+        .read(
+            std::io::Cursor::new(text.clone()),
+            std::path::Path::new("mem"),
+            &cluster,
+        )
+        .expect("reads");
+    let mut sequential = leash::input::Observations::default();
+    for r in &records {
+        sequential.add(r, &cluster).expect("adds");
+    }
+    assert_eq!(parallel.records, 40_000);
+    assert_eq!(parallel.flows, sequential.flows);
+
+    // An unknown pod far into the input: the error names its line (blank lines count).
+    let mut lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let bad = flow("shop", "ghost", "TCP", "203.0.113.1", 443, 1, &[]).to_json_line() + "\n";
+    let bad_garbage = "{not json\n".to_owned();
+    lines.insert(30_500, &bad);
+    lines.insert(35_000, &bad_garbage);
+    let with_errors: String = lines.concat();
+    let err = leash::input::Observations::default()
+        .read(
+            std::io::Cursor::new(with_errors),
+            std::path::Path::new("mem"),
+            &cluster,
+        )
+        .unwrap_err()
+        .to_string();
+    // `lines` holds every line, blank ones included: index 30_500 is line 30_501.
+    assert!(err.starts_with("mem:30501:"), "{err}");
+    assert!(err.contains("shop/ghost"), "{err}");
 }
