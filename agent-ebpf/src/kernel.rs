@@ -9,7 +9,8 @@ use core::{
 use agent_ebpf::{
     ConfigIndex, Counter, DEFAULT_REFRESH_NS, DNS_FLAG_TCP_PREFIX, DNS_FLAG_TRUNCATED,
     DNS_PAYLOAD_MAX, DNS_PORTS_MAX, DNS_RING_BYTES, DnsHeader, DnsRecord, FAMILY_V4, FAMILY_V6,
-    FLOW_RING_BYTES, FLOWS_MAX_ENTRIES, FlowKey, FlowRecord, FlowValue, PROTO_TCP, PROTO_UDP,
+    FLOW_RING_BYTES, FLOWS_MAX_ENTRIES, FlowKey, FlowRecord, FlowValue, PENDING_TCP_MAX_ENTRIES,
+    PROTO_TCP, PROTO_UDP,
 };
 use aya_ebpf::{
     bindings::{
@@ -19,8 +20,8 @@ use aya_ebpf::{
     },
     btf_maps::SkStorage,
     helpers::{
-        bpf_get_current_cgroup_id, bpf_ktime_get_ns, bpf_sk_storage_get, bpf_skb_cgroup_id,
-        bpf_skb_load_bytes,
+        bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_sk_storage_get,
+        bpf_skb_cgroup_id, bpf_skb_load_bytes,
     },
     macros::{btf_map, cgroup_skb, cgroup_sock_addr, map, sock_ops},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -49,11 +50,15 @@ static CONFIG: Array<u64> = Array::with_max_entries(ConfigIndex::COUNT, 0);
 #[map]
 static DNS_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(DNS_PORTS_MAX, 0);
 
-/// The flow key of each TCP socket, stored at connect time so `sockops` can credit the
-/// outcome to the pre-DNAT destination and the connecting task's cgroup (sock_ops callbacks
-/// may run in softirq context, where the current cgroup is unrelated).
-#[btf_map]
-static SOCK_KEYS: SkStorage<FlowKey> = SkStorage::new();
+/// The flow key of each TCP socket in SYN_SENT, by socket cookie, stored at connect time so
+/// `sockops` can credit the outcome to the pre-DNAT destination and the connecting task's
+/// cgroup (sock_ops callbacks may run in softirq context, where the current cgroup is
+/// unrelated). The entry is removed at the outcome (ESTABLISHED or SYN_SENT -> CLOSE, the only
+/// ways out of SYN_SENT); LRU bounds it if a callback is ever missed. A preallocated hash is
+/// used rather than socket-local storage because it costs no allocation per connect.
+#[map]
+static PENDING_TCP: LruHashMap<u64, FlowKey> =
+    LruHashMap::with_max_entries(PENDING_TCP_MAX_ENTRIES, 0);
 
 /// Atomic `*p += 1` (BPF `lock xadd`). The bpf target has no `AtomicU64::fetch_add`
 /// (it declares no CAS support), so the intrinsic is used directly.
@@ -258,17 +263,15 @@ fn sock_addr_key(ctx: &SockAddrContext, v6: bool) -> FlowKey {
 
 #[inline(always)]
 fn try_connect(ctx: &SockAddrContext, v6: bool) -> Result<i32, i32> {
-    let mut key = sock_addr_key(ctx, v6);
+    let key = sock_addr_key(ctx, v6);
     record_flow(&key);
     if key.protocol == PROTO_TCP
         && !matches!(CONFIG.get(ConfigIndex::NoTcpOutcome as u32), Some(&v) if v != 0)
     {
-        // SAFETY: the helper validates the socket pointer taken from the context.
-        let slot = unsafe { SOCK_KEYS.get_or_insert_ptr_mut(ctx, Some(&mut key)) };
-        if !slot.is_null() {
-            // SAFETY: non-null pointer returned by bpf_sk_storage_get.
-            unsafe { slot.write(key) };
-        }
+        // SAFETY: helper on this program's context.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+        // A failed insert only loses this socket's outcome (counted as missing later).
+        let _ = PENDING_TCP.insert(cookie, key, 0);
     }
     Ok(ALLOW)
 }
@@ -321,20 +324,13 @@ enum Outcome {
 
 #[inline(always)]
 fn count_outcome(ctx: &SockOpsContext, outcome: Outcome) {
-    // SAFETY: ctx pointer valid for the run; `sk` is a pointer-sized ctx field the verifier
-    // types as a nullable socket pointer.
-    let sk = unsafe { read_volatile(addr_of!((*ctx.ops).__bindgen_anon_2.sk)) };
-    if sk.is_null() {
+    // SAFETY: helper on this program's context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(key) = (unsafe { PENDING_TCP.get(cookie) }).copied() else {
         return;
-    }
-    let map = core::ptr::from_ref(&SOCK_KEYS).cast_mut().cast::<c_void>();
-    // SAFETY: lookup only (no create flag, no init value); the helper checks `sk`.
-    let slot = unsafe { bpf_sk_storage_get(map, sk.cast(), core::ptr::null_mut(), 0) };
-    if slot.is_null() {
-        return;
-    }
-    // SAFETY: non-null pointer to our FlowKey storage.
-    let key = unsafe { read_volatile(slot.cast::<FlowKey>()) };
+    };
+    let _ = PENDING_TCP.remove(cookie);
     let Some(value) = FLOWS.get_ptr_mut(key) else {
         bump(Counter::OutcomeKeyMissing);
         return;

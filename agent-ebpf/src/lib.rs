@@ -37,6 +37,8 @@ pub const MAP_DNS_PORTS: &str = "DNS_PORTS";
 
 /// Capacity of the flow LRU map (number of distinct keys kept in the kernel).
 pub const FLOWS_MAX_ENTRIES: u32 = 131_072;
+/// Capacity of the map of TCP sockets awaiting their outcome (connects in SYN_SENT).
+pub const PENDING_TCP_MAX_ENTRIES: u32 = 65_536;
 /// Maximum number of configurable DNS source ports.
 pub const DNS_PORTS_MAX: u32 = 16;
 /// Byte size of the flow ring buffer (a power of two, multiple of the page size).
@@ -191,8 +193,8 @@ impl Counter {
 pub enum ConfigIndex {
     /// Refresh interval in ns; 0 means [`DEFAULT_REFRESH_NS`].
     RefreshNs = 0,
-    /// Non-zero disables TCP outcome tracking in `connect4/6` (no socket storage is created;
-    /// user space then also leaves `sockops` detached).
+    /// Non-zero disables TCP outcome tracking in `connect4/6` (no pending-socket entry is
+    /// made; user space then also leaves `sockops` detached).
     NoTcpOutcome = 1,
 }
 
