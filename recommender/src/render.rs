@@ -56,12 +56,17 @@ pub fn yaml_stream(policies: &[NetworkPolicy]) -> Result<String> {
     Ok(out)
 }
 
+/// `1 policy`, `2 policies`.
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// A one-paragraph summary for the terminal: what was written and what needs attention.
 pub fn summary(rec: &Recommendation) -> String {
     let mut s = format!(
-        "leash: {} policies for {} namespaces",
-        rec.policies.len(),
-        rec.default_deny_namespaces.len()
+        "leash: {} for {}",
+        plural(rec.policies.len(), "policy", "policies"),
+        plural(rec.default_deny_namespaces.len(), "namespace", "namespaces"),
     );
     for (n, what) in [
         (
@@ -259,11 +264,11 @@ pub fn report(cluster: &Cluster, rec: &Recommendation) -> String {
     let _ = writeln!(s, "# leash egress recommendation\n");
     let _ = writeln!(
         s,
-        "{} workload policies in {} namespaces, each with `default-deny-egress`. \
-         Every rule below lists the traffic that justifies it; every observed flow was \
-         checked against the generated policies before writing.\n",
-        rec.policies.len(),
-        rec.default_deny_namespaces.len()
+        "{} in {}, each namespace with `default-deny-egress`. Every rule below lists the \
+         traffic that justifies it. Before writing, every observed flow of these workloads \
+         was checked with leash's NetworkPolicy evaluator and is allowed.\n",
+        plural(rec.policies.len(), "workload policy", "workload policies"),
+        plural(rec.default_deny_namespaces.len(), "namespace", "namespaces"),
     );
 
     let _ = writeln!(s, "## Needs attention\n");

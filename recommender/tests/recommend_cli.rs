@@ -103,7 +103,7 @@ fn output_dir_layout() {
         "{policy}"
     );
     let summary = stderr(&o);
-    assert!(summary.contains("1 policies for 1 namespaces"), "{summary}");
+    assert!(summary.contains("1 policy for 1 namespace;"), "{summary}");
     assert!(
         summary.contains("2 workloads would be fully isolated by default-deny"),
         "{summary}"
