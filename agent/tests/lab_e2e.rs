@@ -380,10 +380,17 @@ impl Output {
     /// Asserts that every record of a lab pod's cgroup names that pod exactly as the snapshot
     /// does, that TCP flows carry an outcome, and that nothing else claims a pod.
     fn assert_attribution(&self, lab: &Lab) {
+        self.assert_attribution_with(lab, &[]);
+    }
+
+    /// As [`Output::assert_attribution`], with further cgroups that belong to a lab pod (e.g.
+    /// containers the test started).
+    fn assert_attribution_with(&self, lab: &Lab, extra: &[(&str, &Pod)]) {
         let pods: BTreeMap<&str, PodRef> = lab
             .pods()
             .iter()
             .map(|p| (p.cgroup_rel(), pod_ref(p)))
+            .chain(extra.iter().map(|(cgroup, p)| (*cgroup, pod_ref(p))))
             .collect();
         for r in &self.records {
             let (cgroup, pod) = match r {
@@ -411,9 +418,11 @@ fn check_line(line: &str, no: usize, node: &str, (lo, hi): (DateTime<Utc>, DateT
         serde_json::from_str(line).unwrap_or_else(|e| panic!("line {no}: not JSON ({e}): {line}"));
     assert_eq!(v["v"], 1, "line {no}: v must be 1: {line}");
     assert_eq!(v["node"], node, "line {no}: node: {line}");
+    // No cgroup of these tests vanishes while the agent runs, so every one must resolve to a
+    // path (`cgroupid:<id>` is the agent's fallback when it could not).
     assert!(
         v["cgroup"].as_str().is_some_and(|c| c.starts_with('/')),
-        "line {no}: cgroup: {line}"
+        "line {no}: cgroup is not a resolved path: {line}"
     );
     assert!(
         v["pod"].is_null() || v["pod"].is_object(),
@@ -1257,25 +1266,28 @@ fn stalled_consumer_drops_are_counted_and_nothing_is_lost() {
 // 8. Attribution through the snapshot
 // ---------------------------------------------------------------------------------------------
 
-/// A process in the lab's cgroup tree but in no pod: `<lab root>/system.slice/<unit>`, in the
-/// lab's node network namespace.
-fn run_outside_pods(lab: &Lab, args: &[&str]) -> (String, ClientOutput) {
-    let dir = lab
-        .cgroup_root()
-        .join("system.slice/leash-e2e-probe.service");
-    fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+/// Runs `lab-client <args>` in a new cgroup `dir` (created here, below the lab's root, so the
+/// lab removes it) and the network namespace `netns` (a name under `/run/netns`). Returns the
+/// cgroup's path as the agent reports it (relative to the mount) and the client's output.
+fn run_in_new_cgroup(lab: &Lab, dir: &Path, netns: &str, args: &[&str]) -> (String, ClientOutput) {
+    assert!(
+        dir.starts_with(lab.cgroup_root()),
+        "{} outside the lab",
+        dir.display()
+    );
+    fs::create_dir_all(dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
     let procs = OpenOptions::new()
         .write(true)
         .open(dir.join("cgroup.procs"))
         .expect("open cgroup.procs");
-    let netns = File::open(Path::new("/run/netns").join(lab.node_netns())).expect("open netns");
+    let netns = File::open(Path::new("/run/netns").join(netns)).expect("open netns");
     let bin = leash_lab::lab_client_path().expect("lab-client");
     let mut cmd = Command::new(bin);
     cmd.args(args).stdin(Stdio::null());
     let (procs_fd, netns_fd) = (procs.as_raw_fd(), netns.as_raw_fd());
     // SAFETY: only write(2) and setns(2), async-signal-safe, on fds that stay open (owned by
-    // `procs` and `netns`) until the child is spawned. The cgroup is joined first because
-    // entering a namespace does not change it, and the order matches the lab's own pods.
+    // `procs` and `netns`) until the child is spawned. The cgroup is joined first, as the lab
+    // does for its pods (`ip netns exec` would remount /sys).
     unsafe {
         cmd.pre_exec(move || {
             if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
@@ -1287,13 +1299,13 @@ fn run_outside_pods(lab: &Lab, args: &[&str]) -> (String, ClientOutput) {
             Ok(())
         });
     }
-    let out = cmd.output().expect("running lab-client outside pods");
+    let out = cmd.output().expect("running lab-client");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let json = stdout
         .lines()
         .rev()
         .find_map(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| panic!("lab-client printed no JSON: {stdout}"));
+        .unwrap_or_else(|| panic!("lab-client {args:?} printed no JSON: {stdout}"));
     let rel = dir
         .strip_prefix(lab.cgroup_mount())
         .expect("below the mount");
@@ -1303,7 +1315,106 @@ fn run_outside_pods(lab: &Lab, args: &[&str]) -> (String, ClientOutput) {
         stdout,
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     };
+    assert!(
+        output.success(),
+        "lab-client {args:?} in {}: {}\n{}",
+        dir.display(),
+        output.stdout,
+        output.stderr
+    );
     (format!("/{}", rel.display()), output)
+}
+
+/// A process in the lab's cgroup tree but in no pod: `<lab root>/system.slice/<unit>`, in the
+/// lab's node network namespace.
+fn run_outside_pods(lab: &Lab, args: &[&str]) -> (String, ClientOutput) {
+    let dir = lab
+        .cgroup_root()
+        .join("system.slice/leash-e2e-probe.service");
+    run_in_new_cgroup(lab, &dir, lab.node_netns(), args)
+}
+
+/// Runs `lab-client <args>` in a new container of `pod` (a sibling scope of its first
+/// container, as after a container restart), in the pod's network namespace.
+fn run_in_new_container(lab: &Lab, pod: &Pod, id: u8, args: &[&str]) -> (String, ClientOutput) {
+    let slice = pod.cgroup_path().parent().expect("pod slice");
+    let container_id = format!("{id:02x}").repeat(32);
+    let dir = slice.join(format!("cri-containerd-{container_id}.scope"));
+    run_in_new_cgroup(lab, &dir, pod.netns(), args)
+}
+
+/// Containers that start while the agent runs (a restart, a rollout, several pods scheduled
+/// at once) are attributed to their pods from their very first event, even when they start
+/// close together.
+#[test]
+fn containers_started_while_running_are_attributed_from_their_first_event() {
+    if !leash_lab::require_privileged() {
+        return;
+    }
+    let lab = Lab::builder()
+        .pod(PodSpec::new("shop", "alpha-0"))
+        .pod(PodSpec::new("shop", "beta-0"))
+        .external("203.0.113.10", [Port::tcp(443)])
+        .dns(DnsConfig::new().with_stripe_example())
+        .build()
+        .expect("building the lab");
+    let vip4 = DNS_VIP_V4.to_string();
+    let agent = Agent::start(&lab);
+
+    // Each new container resolves a name first, then connects to the answer.
+    let dns = ["dns", vip4.as_str(), "api.stripe.test", "A"];
+    let connect = ["tcp", "203.0.113.10", "443"];
+    let mut containers = Vec::new();
+    for (i, key) in ["shop/alpha-0", "shop/beta-0"].into_iter().enumerate() {
+        let pod = lab.pod(key);
+        let id = u8::try_from(0xa0 + i).expect("small");
+        let (cgroup, _) = run_in_new_container(&lab, pod, id, &dns);
+        run_in_new_container(&lab, pod, id, &connect);
+        containers.push((pod, cgroup));
+    }
+
+    let out = agent.stop();
+    let extra: Vec<(&str, &Pod)> = containers.iter().map(|(p, c)| (c.as_str(), *p)).collect();
+    out.assert_attribution_with(&lab, &extra);
+    let v4: IpAddr = DNS_VIP_V4.into();
+    for (pod, cgroup) in &containers {
+        assert_eq!(
+            out.dns_of(cgroup),
+            vec![DnsSummary::new(
+                "api.stripe.test.",
+                "A",
+                v4,
+                &stripe_chain()
+            )],
+            "the new container's DNS answer, attributed to {}; all records: {:#?}",
+            pod.key(),
+            out.records
+        );
+        assert_eq!(
+            out.totals(cgroup),
+            BTreeMap::from([
+                (udp(&vip4, 53), (1, 0, 0)),
+                (tcp("203.0.113.10", 443), (1, 1, 0))
+            ]),
+            "{cgroup}"
+        );
+        for f in out.flows_of(cgroup, tcp("203.0.113.10", 443)) {
+            assert_eq!(
+                f.names,
+                names(&["api.stripe.test", "edge.stripe.test"]),
+                "{f:?}"
+            );
+        }
+    }
+    let unresolved: Vec<&Record> = out
+        .records
+        .iter()
+        .filter(|r| match r {
+            Record::Flow(f) => !f.cgroup.starts_with('/'),
+            Record::Dns(d) => !d.cgroup.starts_with('/'),
+        })
+        .collect();
+    assert!(unresolved.is_empty(), "unresolved cgroups: {unresolved:#?}");
 }
 
 #[test]
