@@ -174,7 +174,7 @@ impl Agent {
         self.dir.path().join("snapshot.yaml")
     }
 
-    /// Scrapes one unlabelled metric sample by its exact name.
+    /// Scrapes one metric sample by its exact series, e.g. `name` or `name{label="v"}`.
     fn metric(&self, name: &str) -> Option<f64> {
         let addr = self.metrics?;
         let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
@@ -186,9 +186,9 @@ impl Agent {
         stream.read_to_string(&mut body).ok()?;
         body.lines()
             .filter(|l| !l.starts_with('#'))
-            .find(|l| l.split([' ', '{']).next() == Some(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.trim().parse().ok())
+            .filter_map(|l| l.rsplit_once(' '))
+            .find(|(series, _)| *series == name)
+            .and_then(|(_, v)| v.trim().parse().ok())
     }
 
     /// Polls a metric until `pred` holds or `timeout` passes; returns the last value seen.
@@ -1134,6 +1134,68 @@ fn ten_thousand_connects_are_counted_exactly_in_few_records() {
         "log:\n{}",
         out.log
     );
+}
+
+/// A burst of distinct keys through the binary: whether or not the agent keeps up with the
+/// ring (a drop triggers its recovery sweep), every connect is in the output exactly once.
+#[test]
+fn a_burst_of_distinct_flows_is_recorded_completely() {
+    if !leash_lab::require_privileged() {
+        return;
+    }
+    let lab = Lab::builder()
+        .pod(PodSpec::new("load", "scanner-1"))
+        // Only the address matters: every port connected to is closed and answers with RST.
+        .external("203.0.113.41", [Port::tcp(443)])
+        .build()
+        .expect("building the lab");
+    let pod = lab.pod("load/scanner-1");
+    let agent = Agent::start_with(
+        &lab,
+        &Options {
+            metrics: true,
+            ..Options::default()
+        },
+    );
+    let keys: u16 = 20_000;
+    let base: u16 = 10_000;
+    let (keys_arg, base_arg) = (keys.to_string(), base.to_string());
+    let out = client(
+        pod,
+        &[
+            "tcp",
+            "203.0.113.41",
+            &base_arg,
+            "--count",
+            &keys_arg,
+            "--port-span",
+            &keys_arg,
+            "--timeout-ms",
+            "2000",
+        ],
+    );
+    assert_eq!(out.count("failed"), u64::from(keys), "{}", out.stdout);
+    let ring_full = agent.metric(r#"leash_agent_kernel_drops_total{cause="flow_ring_full"}"#);
+    let out = agent.stop();
+    eprintln!("{keys} distinct keys; kernel drops metric: {ring_full:?}");
+    out.assert_attribution(&lab);
+    let totals = out.totals(pod.cgroup_rel());
+    let want: BTreeMap<Key, Totals> = (0..keys)
+        .map(|i| (tcp("203.0.113.41", base + i), (1, 0, 1)))
+        .collect();
+    if totals != want {
+        let missing = want.keys().filter(|k| !totals.contains_key(k)).count();
+        let wrong: Vec<_> = totals
+            .iter()
+            .filter(|(k, t)| want.get(k) != Some(t))
+            .take(5)
+            .collect();
+        panic!(
+            "{} keys recorded, {missing} missing; first wrong: {wrong:?}; log:\n{}",
+            totals.len(),
+            out.log
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
