@@ -6,8 +6,10 @@
 //! --flush-interval 200ms --duration 90s --node-name <lab node>`.
 //! Once the agent logs `capturing`, lab pods make traffic with `lab-client`; then the test stops
 //! the agent with SIGINT (a clean shutdown flushes everything it holds; `--duration` is only a
-//! safety net) and asserts on the exact JSON lines written. Every line is also checked against
-//! the structural contract (`"v":1`, `kind`, `node`, RFC3339 times in order).
+//! safety net; one test stops it with SIGTERM, one lets `--duration` end it) and asserts on the
+//! exact JSON lines written. Every line is also checked against the structural contract
+//! (`"v":1`, `kind`, `node`, a resolved cgroup path, RFC3339 times in order and within the run).
+//! `LEASH_E2E_DUMP=1` prints each agent's output.
 //!
 //! The drop-accounting test drives the capture library directly, because it must stall the
 //! consumer on purpose.
