@@ -13,19 +13,15 @@ use agent_ebpf::{
     PROTO_TCP, PROTO_UDP,
 };
 use aya_ebpf::{
-    bindings::{
-        BPF_NOEXIST, BPF_SK_STORAGE_GET_F_CREATE, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
-        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
-        BPF_TCP_CLOSE, BPF_TCP_SYN_SENT,
-    },
+    bindings::{BPF_NOEXIST, BPF_SK_STORAGE_GET_F_CREATE},
     btf_maps::SkStorage,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_sk_storage_get,
         bpf_skb_cgroup_id, bpf_skb_load_bytes,
     },
-    macros::{btf_map, cgroup_skb, cgroup_sock_addr, map, sock_ops},
+    macros::{btf_map, cgroup_skb, cgroup_sock, cgroup_sock_addr, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::{SkBuffContext, SockAddrContext, SockOpsContext, sk_buff::SkBuff},
+    programs::{SkBuffContext, SockAddrContext, SockContext, sk_buff::SkBuff},
 };
 
 /// Verdict of cgroup_sock_addr / cgroup_skb programs that lets the operation proceed.
@@ -51,11 +47,11 @@ static CONFIG: Array<u64> = Array::with_max_entries(ConfigIndex::COUNT, 0);
 static DNS_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(DNS_PORTS_MAX, 0);
 
 /// The flow key of each TCP socket in SYN_SENT, by socket cookie, stored at connect time so
-/// `sockops` can credit the outcome to the pre-DNAT destination and the connecting task's
-/// cgroup (sock_ops callbacks may run in softirq context, where the current cgroup is
-/// unrelated). The entry is removed at the outcome (ESTABLISHED or SYN_SENT -> CLOSE, the only
-/// ways out of SYN_SENT); LRU bounds it if a callback is ever missed. A preallocated hash is
-/// used rather than socket-local storage because it costs no allocation per connect.
+/// that the outcome can be credited to the pre-DNAT destination and the connecting task's
+/// cgroup later, in contexts (softirq) where the current cgroup is unrelated. The entry is
+/// removed at the outcome: a SYN-ACK (established) or RST (refused) seen by `leash_ingress`,
+/// or the socket's release while still pending (failed: timed out or abandoned). LRU bounds
+/// the map if an outcome is ever missed. A preallocated hash costs no allocation per connect.
 #[map]
 static PENDING_TCP: LruHashMap<u64, FlowKey> =
     LruHashMap::with_max_entries(PENDING_TCP_MAX_ENTRIES, 0);
@@ -322,15 +318,17 @@ enum Outcome {
     Failed,
 }
 
+/// Credits the outcome of a pending TCP connect (by socket cookie) to its flow, once.
 #[inline(always)]
-fn count_outcome(ctx: &SockOpsContext, outcome: Outcome) {
-    // SAFETY: helper on this program's context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+fn settle_pending(cookie: u64, outcome: Outcome) {
     // SAFETY: the value is copied out before the entry is removed.
     let Some(key) = (unsafe { PENDING_TCP.get(cookie) }).copied() else {
         return;
     };
-    let _ = PENDING_TCP.remove(cookie);
+    // Only the CPU whose delete succeeds counts, so a race never counts twice.
+    if PENDING_TCP.remove(cookie).is_err() {
+        return;
+    }
     let Some(value) = FLOWS.get_ptr_mut(key) else {
         bump(Counter::OutcomeKeyMissing);
         return;
@@ -348,33 +346,24 @@ fn count_outcome(ctx: &SockOpsContext, outcome: Outcome) {
     maybe_emit(&key, value, now);
 }
 
-fn try_sock_ops(ctx: &SockOpsContext) -> Result<u32, u32> {
-    match ctx.op() {
-        BPF_SOCK_OPS_TCP_CONNECT_CB => {
-            // Ask for state-change callbacks so that SYN_SENT -> CLOSE is seen.
-            let flags = ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG;
-            ctx.set_cb_flags(flags as i32).map_err(|_| 1u32)?;
-        }
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
-            count_outcome(ctx, Outcome::Established);
-            // The outcome is known: stop the per-state callbacks (their cost).
-            let flags = ctx.cb_flags() & !BPF_SOCK_OPS_STATE_CB_FLAG;
-            ctx.set_cb_flags(flags as i32).map_err(|_| 1u32)?;
-        }
-        BPF_SOCK_OPS_STATE_CB if ctx.arg(0) == BPF_TCP_SYN_SENT && ctx.arg(1) == BPF_TCP_CLOSE => {
-            count_outcome(ctx, Outcome::Failed);
-        }
-        _ => {}
-    }
-    Ok(1)
-}
-
-/// Counts TCP outcomes (established / failed) of sockets created in the cgroup.
-#[sock_ops]
-pub fn leash_sockops(ctx: SockOpsContext) -> u32 {
-    match try_sock_ops(&ctx) {
+/// A TCP socket is released (closed): if its connect never got a SYN-ACK or RST, it failed
+/// (timed out, or was given up by the application).
+#[cgroup_sock(sock_release)]
+pub fn leash_sock_release(ctx: SockContext) -> i32 {
+    match try_sock_release(&ctx) {
         Ok(v) | Err(v) => v,
     }
+}
+
+fn try_sock_release(ctx: &SockContext) -> Result<i32, i32> {
+    // SAFETY: ctx field read at a constant offset.
+    let protocol = unsafe { read_volatile(addr_of!((*ctx.sock).protocol)) };
+    if protocol == u32::from(PROTO_TCP) {
+        // SAFETY: helper on this program's context.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.sock.cast()) };
+        settle_pending(cookie, Outcome::Failed);
+    }
+    Ok(ALLOW)
 }
 
 /// Per-socket position of the next DNS message in a TCP stream (RFC 1035 4.2.2 framing).
@@ -432,34 +421,42 @@ fn is_dns_port(port: u16) -> bool {
     unsafe { DNS_PORTS.get(port) }.is_some_and(|&v| v != 0)
 }
 
-fn try_dns(ctx: &SkBuffContext) -> Result<i32, i32> {
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+fn try_ingress(ctx: &SkBuffContext) -> Result<i32, i32> {
     let skb = &ctx.skb;
     let len = skb.len();
     let first: u8 = skb.load(0).map_err(|_| ALLOW)?;
-    let mut addr = [0u8; 16];
     let (family, l4, protocol) = match first >> 4 {
         4 => {
-            let ihl = u32::from(first & 0x0f) * 4;
             let protocol: u8 = skb.load(9).map_err(|_| ALLOW)?;
-            let src: [u8; 4] = skb.load(12).map_err(|_| ALLOW)?;
-            addr[0] = src[0];
-            addr[1] = src[1];
-            addr[2] = src[2];
-            addr[3] = src[3];
-            (FAMILY_V4, ihl, protocol)
+            (FAMILY_V4, u32::from(first & 0x0f) * 4, protocol)
         }
         // No extension headers: the next header must be UDP or TCP directly.
-        6 => {
-            let protocol: u8 = skb.load(6).map_err(|_| ALLOW)?;
-            addr = skb.load(8).map_err(|_| ALLOW)?;
-            (FAMILY_V6, 40, protocol)
-        }
+        6 => (FAMILY_V6, 40, skb.load::<u8>(6).map_err(|_| ALLOW)?),
         _ => return Ok(ALLOW),
     };
     let (payload_off, flags) = match protocol {
         PROTO_UDP => (l4 + 8, 0u8),
         PROTO_TCP => {
-            let doff: u8 = skb.load(l4 as usize + 12).map_err(|_| ALLOW)?;
+            // Data offset and flags bytes.
+            let [doff, tcp_flags]: [u8; 2] = skb.load(l4 as usize + 12).map_err(|_| ALLOW)?;
+            // TCP outcome of our connects: SYN-ACK = established, RST in SYN_SENT = refused.
+            if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
+                // SAFETY: helper on this program's skb.
+                settle_pending(
+                    unsafe { bpf_get_socket_cookie(skb.skb.cast()) },
+                    Outcome::Established,
+                );
+            } else if tcp_flags & TCP_RST != 0 {
+                // SAFETY: as above.
+                settle_pending(
+                    unsafe { bpf_get_socket_cookie(skb.skb.cast()) },
+                    Outcome::Failed,
+                );
+            }
             (l4 + u32::from(doff >> 4) * 4, DNS_FLAG_TCP_PREFIX)
         }
         _ => return Ok(ALLOW),
@@ -467,6 +464,16 @@ fn try_dns(ctx: &SkBuffContext) -> Result<i32, i32> {
     let sport = u16::from_be(skb.load::<u16>(l4 as usize).map_err(|_| ALLOW)?);
     if !is_dns_port(sport) || payload_off >= len {
         return Ok(ALLOW);
+    }
+    let mut addr = [0u8; 16];
+    if family == FAMILY_V4 {
+        let src: [u8; 4] = skb.load(12).map_err(|_| ALLOW)?;
+        addr[0] = src[0];
+        addr[1] = src[1];
+        addr[2] = src[2];
+        addr[3] = src[3];
+    } else {
+        addr = skb.load(8).map_err(|_| ALLOW)?;
     }
     let payload_len = len - payload_off;
     if protocol == PROTO_TCP {
@@ -532,10 +539,11 @@ fn try_dns(ctx: &SkBuffContext) -> Result<i32, i32> {
     Ok(ALLOW)
 }
 
-/// Copies DNS responses received by sockets of the cgroup to user space.
+/// Copies DNS responses received by sockets of the cgroup to user space, and settles the
+/// outcome of pending TCP connects (SYN-ACK / RST).
 #[cgroup_skb(ingress)]
-pub fn leash_dns_ingress(ctx: SkBuffContext) -> i32 {
-    match try_dns(&ctx) {
+pub fn leash_ingress(ctx: SkBuffContext) -> i32 {
+    match try_ingress(&ctx) {
         Ok(v) | Err(v) => v,
     }
 }

@@ -194,7 +194,7 @@ pub enum ConfigIndex {
     /// Refresh interval in ns; 0 means [`DEFAULT_REFRESH_NS`].
     RefreshNs = 0,
     /// Non-zero disables TCP outcome tracking in `connect4/6` (no pending-socket entry is
-    /// made; user space then also leaves `sockops` detached).
+    /// made; user space then also leaves `sock_release` detached).
     NoTcpOutcome = 1,
 }
 

@@ -5,9 +5,11 @@
 //! - `cgroup/connect4|6`, `cgroup/sendmsg4|6` count outbound flows per
 //!   (cgroup, protocol, destination, port) in the `FLOWS` LRU map and push a `FlowRecord`
 //!   for a new key, or for an active key at most once per refresh interval.
-//! - `sockops` counts the TCP outcome (established / failed) of connects seen by `connect4|6`,
-//!   using socket-local storage to find the flow key again.
-//! - `cgroup_skb/ingress` copies DNS responses (configurable source ports, UDP and TCP,
+//! - TCP outcome without sock_ops (whose per-callback cost is high): `connect4|6` remember the
+//!   flow key of each TCP socket by cookie; `cgroup_skb/ingress` counts a SYN-ACK as
+//!   established and an RST as failed; `cgroup/sock_release` counts a socket closed while still
+//!   pending as failed (timeout or abandoned connect).
+//! - `cgroup_skb/ingress` also copies DNS responses (configurable source ports, UDP and TCP,
 //!   IPv4 and IPv6 without extension headers) to the `DNS_EVENTS` ring. For TCP it takes only
 //!   segments that start a DNS message (tracked per socket by sequence number: the first
 //!   segment of each response, with its 2-byte length prefix); continuation segments and

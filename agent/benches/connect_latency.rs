@@ -149,7 +149,7 @@ fn main() {
          {records} ring records\n  \
          without programs:               {a:>10.3?}  1.000x\n  \
          all programs (with TCP outcome): {b:>10.3?}  {:.3}x (goal <= 1.10x)\n  \
-         without TCP outcome (sockops):  {c:>10.3?}  {:.3}x",
+         without TCP outcome tracking:   {c:>10.3?}  {:.3}x",
         ratio(b),
         ratio(c)
     );

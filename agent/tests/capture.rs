@@ -129,12 +129,26 @@ fn run_child(cgroup: &Path, actions: &[String]) {
 /// `tcp ADDR N` (N connects, errors ignored), `udpc ADDR N` (connected UDP sends),
 /// `udps ADDR N` (unconnected sends), `udpports ADDR N` (one send to each of N ports from
 /// ADDR's port on), `dns ADDR` (UDP query, waits for the answer),
-/// `dnstcp ADDR` (TCP query, waits for the answer).
+/// `dnstcp ADDR` (TCP query, waits for the answer), `unshare_net` (the following actions run in
+/// a new network namespace with loopback down).
 #[test]
 #[ignore = "child-process entry point, run by the other tests in this file"]
 fn capture_child() {
     let spec = std::env::var(CHILD_ENV).expect("capture_child runs only as a child");
     for line in spec.lines() {
+        if line == "unshare_net" {
+            // This thread moves to a fresh, private network namespace whose loopback is down:
+            // connects there fail locally without a single packet being sent.
+            // SAFETY: plain syscall; affects only the calling thread.
+            let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+            assert_eq!(
+                rc,
+                0,
+                "unshare(CLONE_NEWNET): {}",
+                std::io::Error::last_os_error()
+            );
+            continue;
+        }
         let parts: Vec<&str> = line.split_whitespace().collect();
         let addr: SocketAddr = parts[1].parse().expect("address");
         let n: usize = parts.get(2).map_or(1, |n| n.parse().expect("count"));
@@ -496,6 +510,10 @@ fn flows_of_every_kind_are_recorded_with_tcp_outcome() {
                 format!("udps {udp4} 5"),
                 format!("udpc {udp6} 1"),
                 format!("udps {udp6} 4"),
+                // Last: a connect that never gets an answer (the socket is closed while
+                // pending), counted as failed by the release hook.
+                "unshare_net".to_owned(),
+                "tcp 127.0.0.1:9 1".to_owned(),
             ],
         );
         let got = collect(capture, &config, Duration::from_millis(500)).await;
@@ -507,6 +525,10 @@ fn flows_of_every_kind_are_recorded_with_tcp_outcome() {
             // connected (2) and unconnected (5) UDP to the same destination.
             (flow(id, 17, &udp4), (7, 0, 0)),
             (flow(id, 17, &udp6), (5, 0, 0)),
+            (
+                flow(id, 6, &"127.0.0.1:9".parse().expect("addr")),
+                (1, 0, 1),
+            ),
         ];
         for (key, want) in expect {
             assert_eq!(

@@ -2,7 +2,7 @@
 //! report.
 //!
 //! [`Capture::start`] loads the embedded object, writes the configuration (refresh interval,
-//! DNS ports), and attaches the six programs (`connect4/6`, `sendmsg4/6`, `sockops`,
+//! DNS ports), and attaches the six programs (`connect4/6`, `sendmsg4/6`, `sock_release`,
 //! `cgroup_skb/ingress`) to the directory. The caller then pulls events with
 //! [`Capture::next_event`] (async, cancel-safe) and drives the rest:
 //!
@@ -76,7 +76,7 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError, SockOps,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, ProgramError,
     },
 };
 pub use decode::{
@@ -204,8 +204,8 @@ pub struct CaptureConfig {
     pub refresh: Duration,
     /// Source ports whose UDP/TCP payloads are captured as DNS responses (at most 16).
     pub dns_ports: Vec<u16>,
-    /// Count TCP outcomes (established / failed) with the `sockops` program. Costs one
-    /// socket-storage allocation per TCP connect; see `benches/connect_latency.rs`.
+    /// Count TCP outcomes (established / failed): one pending-map entry per TCP connect and
+    /// the `sock_release` program; see `benches/connect_latency.rs` for the cost.
     pub tcp_outcome: bool,
 }
 
@@ -285,8 +285,8 @@ const SOCK_ADDR_PROGRAMS: [&str; 4] = [
     "leash_sendmsg4",
     "leash_sendmsg6",
 ];
-const SOCKOPS_PROGRAM: &str = "leash_sockops";
-const DNS_PROGRAM: &str = "leash_dns_ingress";
+const RELEASE_PROGRAM: &str = "leash_sock_release";
+const INGRESS_PROGRAM: &str = "leash_ingress";
 
 fn program_error(action: &'static str, program: &'static str, source: ProgramError) -> Error {
     if let ProgramError::LoadError {
@@ -446,27 +446,27 @@ impl Capture {
                 .map_err(|e| program_error("loading", name, e))?;
             prog.load().map_err(|e| program_error("loading", name, e))?;
         }
-        let sockops: &mut SockOps = ebpf
-            .program_mut(SOCKOPS_PROGRAM)
+        let release: &mut CgroupSock = ebpf
+            .program_mut(RELEASE_PROGRAM)
             .ok_or(Error::Missing {
                 kind: "program",
-                name: SOCKOPS_PROGRAM,
+                name: RELEASE_PROGRAM,
             })?
             .try_into()
-            .map_err(|e| program_error("loading", SOCKOPS_PROGRAM, e))?;
-        sockops
+            .map_err(|e| program_error("loading", RELEASE_PROGRAM, e))?;
+        release
             .load()
-            .map_err(|e| program_error("loading", SOCKOPS_PROGRAM, e))?;
+            .map_err(|e| program_error("loading", RELEASE_PROGRAM, e))?;
         let dns: &mut CgroupSkb = ebpf
-            .program_mut(DNS_PROGRAM)
+            .program_mut(INGRESS_PROGRAM)
             .ok_or(Error::Missing {
                 kind: "program",
-                name: DNS_PROGRAM,
+                name: INGRESS_PROGRAM,
             })?
             .try_into()
-            .map_err(|e| program_error("loading", DNS_PROGRAM, e))?;
+            .map_err(|e| program_error("loading", INGRESS_PROGRAM, e))?;
         dns.load()
-            .map_err(|e| program_error("loading", DNS_PROGRAM, e))?;
+            .map_err(|e| program_error("loading", INGRESS_PROGRAM, e))?;
 
         // Attached through bpf_link (kernel ≥ 5.7), which is always multi-attach: several agents
         // or tests may watch overlapping sub-trees. Link creation takes no attach flags.
@@ -483,29 +483,29 @@ impl Capture {
             prog.attach(&cgroup, mode)
                 .map_err(|e| program_error("attaching", name, e))?;
         }
-        let sockops: &mut SockOps = ebpf
-            .program_mut(SOCKOPS_PROGRAM)
+        let release: &mut CgroupSock = ebpf
+            .program_mut(RELEASE_PROGRAM)
             .ok_or(Error::Missing {
                 kind: "program",
-                name: SOCKOPS_PROGRAM,
+                name: RELEASE_PROGRAM,
             })?
             .try_into()
-            .map_err(|e| program_error("attaching", SOCKOPS_PROGRAM, e))?;
+            .map_err(|e| program_error("attaching", RELEASE_PROGRAM, e))?;
         if config.tcp_outcome {
-            sockops
+            release
                 .attach(&cgroup, mode)
-                .map_err(|e| program_error("attaching", SOCKOPS_PROGRAM, e))?;
+                .map_err(|e| program_error("attaching", RELEASE_PROGRAM, e))?;
         }
         let dns: &mut CgroupSkb = ebpf
-            .program_mut(DNS_PROGRAM)
+            .program_mut(INGRESS_PROGRAM)
             .ok_or(Error::Missing {
                 kind: "program",
-                name: DNS_PROGRAM,
+                name: INGRESS_PROGRAM,
             })?
             .try_into()
-            .map_err(|e| program_error("attaching", DNS_PROGRAM, e))?;
+            .map_err(|e| program_error("attaching", INGRESS_PROGRAM, e))?;
         dns.attach(&cgroup, CgroupSkbAttachType::Ingress, mode)
-            .map_err(|e| program_error("attaching", DNS_PROGRAM, e))?;
+            .map_err(|e| program_error("attaching", INGRESS_PROGRAM, e))?;
 
         Ok(Self {
             flow_ring,
