@@ -34,6 +34,7 @@
 //!         event = capture.next_event() => match event? {
 //!             CaptureEvent::Flow(sample) => agg.observe(&sample, SampleSource::Ring),
 //!             CaptureEvent::Dns(packet) => { /* parse packet.payload */ }
+//!             CaptureEvent::Malformed(error) => { /* count and skip */ }
 //!         },
 //!         _ = tick.tick() => {
 //!             for id in agg.due_for_settle(leash_agent::capture::monotonic_now_ns()) {
@@ -666,4 +667,73 @@ pub fn is_cgroup2(path: &Path) -> bool {
     // SAFETY: as above.
     let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
     rc == 0 && st.f_type as u64 == libc::CGROUP2_SUPER_MAGIC as u64
+}
+
+// `Capture` is moved into the agent's tokio tasks.
+const _: fn() = || {
+    fn send<T: Send>() {}
+    send::<Capture>();
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn syscall(call: &'static str, errno: i32) -> ProgramError {
+        ProgramError::SyscallError(aya::sys::SyscallError {
+            call,
+            io_error: io::Error::from_raw_os_error(errno),
+        })
+    }
+
+    #[test]
+    fn eperm_names_the_three_capabilities() {
+        let err = program_error(
+            "attaching",
+            "leash_connect4",
+            syscall("bpf_link_create", libc::EPERM),
+        );
+        assert!(matches!(err, Error::MissingPrivileges { .. }), "{err:?}");
+        let msg = err.to_string();
+        for needle in ["CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON", "leash_connect4"] {
+            assert!(msg.contains(needle), "{msg}");
+        }
+    }
+
+    #[test]
+    fn other_syscall_errors_carry_the_call_name_and_errno() {
+        let err = program_error(
+            "attaching",
+            "leash_ingress",
+            syscall("bpf_link_create", libc::EINVAL),
+        );
+        let msg = err.to_string();
+        assert!(
+            matches!(
+                err,
+                Error::ProgramSyscall {
+                    call: "bpf_link_create",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(
+            msg.contains("leash_ingress") && msg.contains("bpf_link_create"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains(&io::Error::from_raw_os_error(libc::EINVAL).to_string()),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn cgroup2_detection_rejects_other_filesystems() {
+        assert!(!is_cgroup2(Path::new("/proc")));
+        assert!(!is_cgroup2(Path::new("/nonexistent/leash")));
+        if let Some(mount) = cgroup2_mount() {
+            assert!(is_cgroup2(&mount));
+        }
+    }
 }
