@@ -34,11 +34,9 @@ fn cpu_time() -> std::time::Duration {
     };
     // Fields after the parenthesized command name; utime and stime are fields 14 and 15.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = field(11) + field(12);
     std::time::Duration::from_millis(ticks * 10)
 }
 
@@ -163,11 +161,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         cpu.as_secs_f64(),
         if wall.as_secs() < 60 {
             "met"
-        } else if cpu.as_secs() < 60 {
-            "met in CPU time; wall time inflated by a busy machine"
         } else {
-            "MISSED"
+            "MISSED on this run"
         }
+    );
+    println!(
+        "  machine: {} cores, load average {}",
+        std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        std::fs::read_to_string("/proc/loadavg")
+            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
     );
     println!(
         "  policies {}, namespaces {}, peak RSS {} MB (after generation {} MB)",
