@@ -216,7 +216,7 @@ impl State {
             }
             CaptureEvent::Dns(packet) => {
                 self.metrics.add_kernel_delivered("dns", 1);
-                let attribution = attributor.attribute(packet.cgroup_id);
+                let attribution = attributor.attribute_seen(packet.cgroup_id, packet.time);
                 let time = DateTime::<Utc>::from(packet.time);
                 if let Some(record) = self.dns.observe(
                     &packet.payload,
@@ -310,7 +310,7 @@ impl State {
                 return None;
             }
         };
-        let attribution = attributor.attribute(delta.id.cgroup_id);
+        let attribution = attributor.attribute_seen(delta.id.cgroup_id, delta.last_seen);
         let last_seen = DateTime::<Utc>::from(delta.last_seen);
         let names = self.dns.names_for(&attribution, delta.id.dst, last_seen);
         let outcome = (protocol == Protocol::Tcp).then_some(Outcome {

@@ -688,15 +688,18 @@ fn agent_stops_by_itself_after_duration_and_flushes() {
             ..Options::default()
         },
     );
-    let attached = Instant::now();
+    let spawned = agent.started;
     client_ok(pod, &["tcp", "203.0.113.10", "443", "--count", "2"]);
     client_ok(pod, &["udp-sendto", "203.0.113.10", "4433", "--count", "3"]);
     let out = agent.wait_exit();
-    // The deadline starts when capture is attached, just before the log line we waited for.
+    // The agent's deadline starts after it was spawned, so it cannot have run for less than
+    // --duration since the spawn (a lower bound that load cannot break).
+    let ran = SystemTime::now()
+        .duration_since(spawned)
+        .unwrap_or_default();
     assert!(
-        attached.elapsed() >= Duration::from_secs(2),
-        "stopped after {:?}, before --duration 3s",
-        attached.elapsed()
+        ran >= Duration::from_secs(3),
+        "stopped after {ran:?}, before --duration 3s"
     );
     out.assert_attribution(&lab);
     assert_eq!(

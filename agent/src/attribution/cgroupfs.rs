@@ -6,7 +6,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::{Error, Result};
 use crate::metrics::Metrics;
@@ -128,6 +128,8 @@ pub struct CgroupPaths {
     entries: HashMap<u64, Entry>,
     generation: u64,
     last_scan: Option<Instant>,
+    /// Wall-clock start of the last walk: a cgroup that existed after it must have been seen.
+    last_scan_wall: Option<SystemTime>,
     min_rescan_interval: Duration,
     capacity: usize,
     metrics: Metrics,
@@ -148,6 +150,7 @@ impl CgroupPaths {
             entries: HashMap::new(),
             generation: 0,
             last_scan: None,
+            last_scan_wall: None,
             min_rescan_interval: Self::DEFAULT_MIN_RESCAN_INTERVAL,
             capacity: Self::DEFAULT_CAPACITY,
             metrics,
@@ -222,6 +225,29 @@ impl CgroupPaths {
         None
     }
 
+    /// The path of cgroup `id`, which produced an event at `seen_at`.
+    ///
+    /// A miss rescans whenever the last walk started before `seen_at`: the cgroup existed at
+    /// that moment, so a walk from now on can only miss it if it was deleted meanwhile. This
+    /// resolves cgroups created just after a walk (container restarts, rollouts) without a rate
+    /// limit that would drop them, and a miss storm from one batch of events still costs one
+    /// walk, because every event older than that walk is answered from it.
+    pub fn resolve_seen(&mut self, id: u64, seen_at: SystemTime) -> Option<Arc<str>> {
+        if let Some(entry) = self.entries.get(&id) {
+            return Some(entry.path.clone());
+        }
+        if self.last_scan_wall.is_none_or(|last| last <= seen_at) {
+            if let Err(error) = self.rescan_at(Instant::now(), Some(id)) {
+                tracing::warn!(%error, "cgroup rescan failed");
+            }
+            if let Some(entry) = self.entries.get(&id) {
+                return Some(entry.path.clone());
+            }
+        }
+        self.metrics.cgroup_path_misses.inc();
+        None
+    }
+
     /// Walks the tree now, regardless of the rate limit; returns the number of cgroups seen.
     pub fn rescan(&mut self) -> Result<usize> {
         self.rescan_at(Instant::now(), None)
@@ -229,6 +255,7 @@ impl CgroupPaths {
 
     fn rescan_at(&mut self, now: Instant, keep: Option<u64>) -> Result<usize> {
         self.last_scan = Some(now);
+        self.last_scan_wall = Some(SystemTime::now());
         self.generation += 1;
         self.metrics.cgroup_rescans.inc();
         let mut seen = 0usize;
@@ -408,6 +435,27 @@ mod tests {
         );
         assert_eq!(metrics.cgroup_rescans.get(), 2);
         assert_eq!(metrics.cgroup_path_cache_size.get(), paths.len() as i64);
+    }
+
+    #[test]
+    fn miss_after_the_last_walk_rescans_without_rate_limit() {
+        let (dir, _, _) = tree();
+        let metrics = Metrics::new();
+        let mut paths = CgroupPaths::new(dir.path(), metrics.clone())
+            .with_min_rescan_interval(Duration::from_secs(3600));
+        paths.rescan().unwrap();
+        let before = SystemTime::now();
+        // Created after the walk; its event is newer than the walk, so it must resolve at once.
+        let late = dir.path().join("late");
+        std::fs::create_dir(&late).unwrap();
+        let il = std::fs::metadata(&late).unwrap().ino();
+        let seen = SystemTime::now();
+        assert_eq!(paths.resolve_seen(il, seen).as_deref(), Some("/late"));
+        assert_eq!(metrics.cgroup_rescans.get(), 2);
+        // An unknown id whose event predates the last walk does not walk again.
+        assert_eq!(paths.resolve_seen(u64::MAX, before), None);
+        assert_eq!(metrics.cgroup_rescans.get(), 2);
+        assert_eq!(metrics.cgroup_path_misses.get(), 1);
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod pods;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use leash_records::PodRef;
 
@@ -158,9 +159,23 @@ impl Attributor {
     /// A pod UID found in the path but unknown to the pod store gives `pod: None` (with
     /// `pod_uid` kept) and counts an attribution miss.
     pub fn attribute(&mut self, cgroup_id: u64) -> Attribution {
+        self.attribute_inner(cgroup_id, None)
+    }
+
+    /// Attributes an event that cgroup `cgroup_id` produced at `seen_at`; a cgroup created
+    /// after the last walk of the tree is found by a new walk (see
+    /// [`CgroupPaths::resolve_seen`]). The agent's loop uses this one.
+    pub fn attribute_seen(&mut self, cgroup_id: u64, seen_at: SystemTime) -> Attribution {
+        self.attribute_inner(cgroup_id, Some(seen_at))
+    }
+
+    fn attribute_inner(&mut self, cgroup_id: u64, seen_at: Option<SystemTime>) -> Attribution {
         let resolved = match self.resolved.get(&cgroup_id) {
             Some(r) => r.clone(),
-            None => match self.paths.resolve(cgroup_id) {
+            None => match match seen_at {
+                Some(at) => self.paths.resolve_seen(cgroup_id, at),
+                None => self.paths.resolve(cgroup_id),
+            } {
                 Some(cgroup) => {
                     let parsed = parse_cgroup_path(&cgroup);
                     let r = Arc::new(Resolved {
