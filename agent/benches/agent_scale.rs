@@ -1,0 +1,600 @@
+//! The real `leash-agent` at scale: 100,000 active flow keys in a lab pod.
+//!
+//! Builds a lab (one pod, two external hosts), starts the release `leash-agent` binary on the
+//! lab's cgroup sub-tree with `--output` to a file and `--metrics-addr` on loopback, then from
+//! the pod:
+//! 1. creates `--keys` distinct flow keys with unconnected UDP `sendto` (one datagram per
+//!    (external host, port) pair: 203.0.113.10 and .11, ports 10000 upwards);
+//! 2. keeps `--active` of them active for `--rounds` flush intervals (one send per key per
+//!    interval);
+//! 3. waits for the agent to settle, scrapes `/metrics`, reads its peak RSS and CPU time from
+//!    `/proc`, stops it with SIGTERM and reads its output.
+//!
+//! It prints a table against the issue's goals:
+//! - user-space CPU per kernel record ≤ 1 µs (agent CPU after attach / ring records delivered);
+//! - RSS ≤ 64 MiB with 100,000 active keys (`VmHWM`, and `ru_maxrss` at exit);
+//! - zero unaccounted losses: produced = delivered + counted drops (kernel counters vs what
+//!   the agent read), and the sum of `count` over the output = the sends the pod made.
+//!
+//! Needs root (lab namespaces and cgroups, BPF). Otherwise it prints why and exits 0, unless
+//! `LEASH_REQUIRE_PRIVILEGED=1`, when it fails. Exits 1 when a goal is missed.
+//!
+//! `cargo build --release -p leash-agent && cargo bench -p leash-agent --bench agent_scale
+//! [-- --keys N --active N --rounds N --flush-ms MS]`; `LEASH_AGENT_BIN` overrides the agent.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Command, ExitCode, Stdio},
+    sync::{Arc, Mutex, mpsc},
+    time::{Duration, Instant},
+};
+
+use leash_lab::{Lab, PodSpec, Port};
+
+/// First destination port of the key space (above the lab's server ports).
+const BASE_PORT: u16 = 10_000;
+/// Ports available per external host from `BASE_PORT`.
+const PORTS_PER_HOST: usize = (u16::MAX - BASE_PORT) as usize + 1;
+/// External hosts the keys are spread over.
+const HOSTS: [&str; 2] = ["203.0.113.10", "203.0.113.11"];
+/// Goals from the issue.
+const GOAL_CPU_NS_PER_RECORD: f64 = 1_000.0;
+const GOAL_RSS_MIB: f64 = 64.0;
+/// Time the agent gets to load and attach before we give up.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(20);
+/// Time the agent gets to stop after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+struct Opts {
+    keys: usize,
+    active: usize,
+    rounds: u32,
+    flush: Duration,
+}
+
+fn parse_opts() -> Result<Opts, String> {
+    let mut o = Opts {
+        keys: 100_000,
+        active: 10_000,
+        rounds: 3,
+        flush: Duration::from_secs(1),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut num = |flag: &str| -> Result<u64, String> {
+            let v = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+            v.parse().map_err(|_| format!("bad {flag} {v:?}"))
+        };
+        match a.as_str() {
+            "--keys" => o.keys = num("--keys")? as usize,
+            "--active" => o.active = num("--active")? as usize,
+            "--rounds" => o.rounds = u32::try_from(num("--rounds")?).unwrap_or(u32::MAX),
+            "--flush-ms" => o.flush = Duration::from_millis(num("--flush-ms")?),
+            // `cargo bench` passes `--bench`; ignore it and other harness flags.
+            "--bench" => {}
+            other if other.starts_with("--") => return Err(format!("unknown option {other}")),
+            _ => {}
+        }
+    }
+    let max = HOSTS.len() * PORTS_PER_HOST;
+    if o.keys == 0 || o.keys > max {
+        return Err(format!("--keys must be 1..={max}"));
+    }
+    if o.active > o.keys {
+        return Err("--active must not exceed --keys".into());
+    }
+    if !(1..=10).contains(&o.rounds) {
+        return Err("--rounds must be 1..=10".into());
+    }
+    if o.flush < Duration::from_millis(100) || o.flush > Duration::from_secs(10) {
+        return Err("--flush-ms must be 100..=10000".into());
+    }
+    Ok(o)
+}
+
+/// `target/<profile>` of this executable (`target/release/deps/agent_scale-<hash>`).
+fn profile_dir() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let dir = exe.parent().ok_or("executable has no parent")?;
+    Ok(if dir.ends_with("deps") {
+        dir.parent().ok_or("deps has no parent")?.to_path_buf()
+    } else {
+        dir.to_path_buf()
+    })
+}
+
+/// The release agent: `$LEASH_AGENT_BIN`, else `<target>/release/leash-agent`, built if missing.
+fn agent_binary() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("LEASH_AGENT_BIN") {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!("$LEASH_AGENT_BIN={} is not a file", p.display()))
+        };
+    }
+    let profile = profile_dir()?;
+    let target = profile.parent().ok_or("profile dir has no parent")?;
+    let bin = target.join("release").join("leash-agent");
+    if !bin.is_file() {
+        eprintln!("agent_scale: building {}", bin.display());
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "leash-agent",
+                "--bin",
+                "leash-agent",
+            ])
+            .env("CARGO_TARGET_DIR", target)
+            .status()
+            .map_err(|e| format!("running cargo build: {e}"))?;
+        if !status.success() || !bin.is_file() {
+            return Err(format!("cargo build of {} failed: {status}", bin.display()));
+        }
+    }
+    Ok(bin)
+}
+
+/// CPU time of a process from `/proc/<pid>/stat` (all threads, in clock ticks) and the sum of
+/// its threads' `schedstat` run time (ns, finer grained).
+#[derive(Clone, Copy, Debug, Default)]
+struct Cpu {
+    user_ticks: u64,
+    system_ticks: u64,
+    run_ns: u64,
+}
+
+fn read_cpu(pid: i32) -> Result<Cpu, String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or("malformed /proc/<pid>/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| -> Result<u64, String> {
+        fields
+            .get(n - 3)
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| format!("/proc/{pid}/stat field {n} missing"))
+    };
+    let mut run_ns = 0u64;
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map_err(|e| format!("/proc/{pid}/task: {e}"))?;
+    for task in tasks.flatten() {
+        if let Ok(s) = std::fs::read_to_string(task.path().join("schedstat")) {
+            run_ns += s
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Ok(Cpu {
+        user_ticks: field(14)?,
+        system_ticks: field(15)?,
+        run_ns,
+    })
+}
+
+/// A `kB` line of `/proc/<pid>/status`, in KiB.
+fn status_kib(pid: i32, key: &str) -> Result<u64, String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| format!("/proc/{pid}/status has no {key}"))
+}
+
+fn clock_ticks_per_sec() -> u64 {
+    // SAFETY: plain sysconf query.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(t).ok().filter(|t| *t > 0).unwrap_or(100)
+}
+
+/// `GET /metrics` over loopback; returns `series{labels} -> value`.
+fn scrape(addr: SocketAddr) -> Result<BTreeMap<String, f64>, String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| format!("SO_RCVTIMEO: {e}"))?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .map_err(|e| format!("write {addr}: {e}"))?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)
+        .map_err(|e| format!("read {addr}: {e}"))?;
+    let mut out = BTreeMap::new();
+    for line in body.lines().filter(|l| l.starts_with("leash_agent_")) {
+        if let Some((name, value)) = line.rsplit_once(' ')
+            && let Ok(v) = value.parse::<f64>()
+        {
+            out.insert(name.to_owned(), v);
+        }
+    }
+    if out.is_empty() {
+        return Err(format!("no leash_agent_ series at {addr}: {body:.200}"));
+    }
+    Ok(out)
+}
+
+fn metric(m: &BTreeMap<String, f64>, name: &str) -> u64 {
+    m.get(name).copied().unwrap_or(0.0) as u64
+}
+
+/// The sum of every series of `prefix` (e.g. all drop causes).
+fn metric_sum(m: &BTreeMap<String, f64>, prefix: &str, causes: &[&str]) -> u64 {
+    causes
+        .iter()
+        .map(|c| metric(m, &format!("{prefix}{{cause=\"{c}\"}}")))
+        .sum()
+}
+
+/// A running agent: its pid and a channel of its stderr lines.
+struct Agent {
+    pid: i32,
+    lines: mpsc::Receiver<String>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Agent {
+    fn wait_for(&self, needle: &str, timeout: Duration) -> Result<String, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return Ok(line),
+                Ok(_) => {}
+                Err(_) => {
+                    return Err(format!(
+                        "agent did not log {needle:?} within {timeout:?}; its log:\n{}",
+                        self.log.lock().map(|l| l.join("\n")).unwrap_or_default()
+                    ));
+                }
+            }
+        }
+    }
+
+    /// SIGTERM, then reap with `wait4` for the rusage (peak RSS, total CPU). Bounded: SIGKILL
+    /// after [`STOP_TIMEOUT`].
+    fn stop(&self) -> Result<(i32, libc::rusage), String> {
+        // SAFETY: signalling our own child by pid.
+        if unsafe { libc::kill(self.pid, libc::SIGTERM) } != 0 {
+            return Err(format!("kill: {}", std::io::Error::last_os_error()));
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            let mut status = 0;
+            // SAFETY: zeroed rusage is a valid out-buffer.
+            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+            // SAFETY: valid out-pointers; `pid` is our child.
+            let rc = unsafe { libc::wait4(self.pid, &mut status, libc::WNOHANG, &mut usage) };
+            if rc == self.pid {
+                return Ok((status, usage));
+            }
+            if rc < 0 {
+                return Err(format!("wait4: {}", std::io::Error::last_os_error()));
+            }
+            if Instant::now() > deadline {
+                // SAFETY: as above.
+                unsafe { libc::kill(self.pid, libc::SIGKILL) };
+                return Err(format!(
+                    "agent did not stop within {STOP_TIMEOUT:?}; killed"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn start_agent(
+    bin: &Path,
+    lab: &Lab,
+    snapshot: &Path,
+    output: &Path,
+    metrics: SocketAddr,
+    flush: Duration,
+) -> Result<Agent, String> {
+    let mut child = Command::new(bin)
+        .arg("--cgroup")
+        .arg(lab.cgroup_root())
+        .arg("--cluster-snapshot")
+        .arg(snapshot)
+        .arg("--output")
+        .arg(output)
+        .arg("--flush-interval")
+        .arg(format!("{}ms", flush.as_millis()))
+        .arg("--node-name")
+        .arg(lab.node_name())
+        .arg("--metrics-addr")
+        .arg(metrics.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", bin.display()))?;
+    let pid = i32::try_from(child.id()).map_err(|_| "pid out of range")?;
+    let stderr = child.stderr.take().ok_or("no stderr pipe")?;
+    // The Child handle is dropped without waiting; `Agent::stop` reaps the pid with wait4.
+    drop(child);
+    let (tx, rx) = mpsc::channel();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let keep = Arc::clone(&log);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(mut l) = keep.lock() {
+                l.push(line.clone());
+            }
+            let _ = tx.send(line);
+        }
+    });
+    Ok(Agent {
+        pid,
+        lines: rx,
+        log,
+    })
+}
+
+/// Sends one datagram to each of `n` keys (host-major: ports of HOSTS[0] first); returns the
+/// number of datagrams the client reports as sent.
+fn send_keys(lab: &Lab, n: usize) -> Result<u64, String> {
+    let pod = lab.pod("bench/load");
+    let mut sent = 0;
+    let mut left = n;
+    for host in HOSTS {
+        if left == 0 {
+            break;
+        }
+        let here = left.min(PORTS_PER_HOST);
+        let (count, span, port) = (here.to_string(), here.to_string(), BASE_PORT.to_string());
+        let out = pod
+            .run(&[
+                "udp-sendto",
+                host,
+                &port,
+                "--count",
+                &count,
+                "--port-span",
+                &span,
+            ])
+            .map_err(|e| format!("lab-client: {e}"))?;
+        if !out.success() {
+            return Err(format!("lab-client udp-sendto {host} failed: {}", out.json));
+        }
+        sent += out.count("sent");
+        left -= here;
+    }
+    Ok(sent)
+}
+
+struct Row {
+    goal: &'static str,
+    measured: String,
+    target: String,
+    pass: bool,
+}
+
+fn run(o: &Opts) -> Result<bool, String> {
+    let bin = agent_binary()?;
+    let lab = Lab::builder()
+        .pod(PodSpec::new("bench", "load").label("app", "load"))
+        .external(HOSTS[0], [Port::udp(7)])
+        .external(HOSTS[1], [Port::udp(7)])
+        .build()
+        .map_err(|e| format!("building the lab: {e}"))?;
+    let tmp = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
+    let snapshot = tmp.path().join("snapshot.yaml");
+    lab.write_snapshot(&snapshot)
+        .map_err(|e| format!("snapshot: {e}"))?;
+    let output = tmp.path().join("records.jsonl");
+    let metrics_addr = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("picking a metrics port: {e}"))?;
+
+    let agent = start_agent(&bin, &lab, &snapshot, &output, metrics_addr, o.flush)?;
+    let attached = Instant::now();
+    agent.wait_for("capturing", ATTACH_TIMEOUT)?;
+    eprintln!(
+        "agent_scale: {} attached to {} in {:?}",
+        bin.display(),
+        lab.cgroup_root().display(),
+        attached.elapsed()
+    );
+    let cpu0 = read_cpu(agent.pid)?;
+    let rss_idle = status_kib(agent.pid, "VmRSS")?;
+
+    let t = Instant::now();
+    let mut sent = send_keys(&lab, o.keys)?;
+    eprintln!(
+        "agent_scale: {} keys created ({sent} datagrams) in {:?}",
+        o.keys,
+        t.elapsed()
+    );
+    for round in 0..o.rounds {
+        std::thread::sleep(o.flush);
+        let t = Instant::now();
+        if o.active > 0 {
+            sent += send_keys(&lab, o.active)?;
+        }
+        eprintln!(
+            "agent_scale: round {} kept {} keys active in {:?}",
+            round + 1,
+            o.active,
+            t.elapsed()
+        );
+    }
+    // Settle (one refresh interval), then a flush that mirrors the final kernel counters.
+    std::thread::sleep(o.flush * 3);
+    let m = scrape(metrics_addr)?;
+    let cpu1 = read_cpu(agent.pid)?;
+    let hwm = status_kib(agent.pid, "VmHWM")?;
+    let rss_end = status_kib(agent.pid, "VmRSS")?;
+    let (status, usage) = agent.stop()?;
+    let stopped = agent.wait_for("stopped", Duration::from_secs(1)).ok();
+
+    let produced = metric(
+        &m,
+        "leash_agent_kernel_records_produced_total{kind=\"flow\"}",
+    );
+    let delivered = metric(
+        &m,
+        "leash_agent_kernel_records_delivered_total{kind=\"flow\"}",
+    );
+    let ring_full = metric_sum(&m, "leash_agent_kernel_drops_total", &["flow_ring_full"]);
+    let map_failed = metric_sum(
+        &m,
+        "leash_agent_kernel_drops_total",
+        &["flow_map_update_failed"],
+    );
+    let dns_delivered = metric(
+        &m,
+        "leash_agent_kernel_records_delivered_total{kind=\"dns\"}",
+    );
+    let malformed = metric(&m, "leash_agent_dns_parse_errors_total");
+
+    let text = std::fs::read_to_string(&output)
+        .map_err(|e| format!("reading {}: {e}", output.display()))?;
+    let cgroup = lab.pod("bench/load").cgroup_rel().to_owned();
+    let (mut events, mut records, mut keys) = (0u64, 0u64, HashSet::new());
+    for (n, line) in text.lines().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| format!("{}:{}: {e}", output.display(), n + 1))?;
+        if v["kind"] == "flow" && v["cgroup"] == cgroup.as_str() {
+            records += 1;
+            events += v["count"].as_u64().unwrap_or(0);
+            keys.insert((
+                v["dst"].as_str().unwrap_or_default().to_owned(),
+                v["dst_port"].as_u64().unwrap_or(0),
+                v["protocol"].as_str().unwrap_or_default().to_owned(),
+            ));
+        }
+    }
+
+    let ticks = clock_ticks_per_sec() as f64;
+    let user_s = (cpu1.user_ticks - cpu0.user_ticks) as f64 / ticks;
+    let sys_s = (cpu1.system_ticks - cpu0.system_ticks) as f64 / ticks;
+    let run_ns = cpu1.run_ns.saturating_sub(cpu0.run_ns) as f64;
+    let records_in = (delivered + dns_delivered).max(1) as f64;
+    let ns_per_record = run_ns / records_in;
+    let user_ns_per_record = user_s * 1e9 / records_in;
+    let total_user_s = usage.ru_utime.tv_sec as f64 + usage.ru_utime.tv_usec as f64 / 1e6;
+    let total_sys_s = usage.ru_stime.tv_sec as f64 + usage.ru_stime.tv_usec as f64 / 1e6;
+    let hwm_mib = hwm as f64 / 1024.0;
+    let maxrss_mib = usage.ru_maxrss as f64 / 1024.0;
+
+    println!();
+    println!(
+        "agent_scale: {} keys, {} kept active for {} rounds, flush {:?}; {} datagrams sent",
+        o.keys, o.active, o.rounds, o.flush, sent
+    );
+    println!(
+        "  kernel flow records: produced {produced}, delivered {delivered}, ring-full drops \
+         {ring_full}, map-full losses {map_failed}; DNS records delivered {dns_delivered}; \
+         undecodable/unparsable {malformed}"
+    );
+    println!(
+        "  agent CPU after attach: {:.3} s run time ({user_s:.2} s user + {sys_s:.2} s system \
+         by /proc ticks); whole run incl. load/attach and shutdown: {total_user_s:.2} s user + \
+         {total_sys_s:.2} s system",
+        run_ns / 1e9
+    );
+    println!(
+        "  agent RSS: idle after attach {:.1} MiB, VmHWM {hwm_mib:.1} MiB, VmRSS at end {:.1} \
+         MiB, ru_maxrss at exit {maxrss_mib:.1} MiB",
+        rss_idle as f64 / 1024.0,
+        rss_end as f64 / 1024.0
+    );
+    println!(
+        "  output: {records} flow records for the pod, {} distinct keys, sum(count) {events}; \
+         exit status {status}; final log: {}",
+        keys.len(),
+        stopped.as_deref().unwrap_or("(none)")
+    );
+
+    let rss_peak = hwm_mib.max(maxrss_mib);
+    let rows = [
+        Row {
+            goal: "CPU per kernel record (all threads, after attach)",
+            measured: format!("{ns_per_record:.0} ns ({user_ns_per_record:.0} ns user)"),
+            target: format!("<= {GOAL_CPU_NS_PER_RECORD:.0} ns"),
+            pass: ns_per_record <= GOAL_CPU_NS_PER_RECORD,
+        },
+        Row {
+            goal: "peak RSS with the active keys",
+            measured: format!("{rss_peak:.1} MiB"),
+            target: format!("<= {GOAL_RSS_MIB:.0} MiB"),
+            pass: rss_peak <= GOAL_RSS_MIB,
+        },
+        Row {
+            goal: "produced = delivered + counted drops",
+            measured: format!("{produced} = {delivered} + {ring_full}"),
+            target: "equal".into(),
+            pass: produced == delivered + ring_full && produced > 0,
+        },
+        Row {
+            goal: "sum(count) in output = datagrams sent",
+            measured: format!("{events} vs {sent} (map-full losses {map_failed})"),
+            target: "equal".into(),
+            pass: events == sent,
+        },
+        Row {
+            goal: "distinct keys in output",
+            measured: format!("{}", keys.len()),
+            target: format!("{}", o.keys),
+            pass: keys.len() == o.keys,
+        },
+    ];
+    println!();
+    println!(
+        "  {:<52} {:>28} {:>12}  result",
+        "goal", "measured", "target"
+    );
+    for r in &rows {
+        println!(
+            "  {:<52} {:>28} {:>12}  {}",
+            r.goal,
+            r.measured,
+            r.target,
+            if r.pass { "PASS" } else { "FAIL" }
+        );
+    }
+    println!(
+        "  kernel LRU map capacity: {} keys ({})",
+        agent_ebpf::FLOWS_MAX_ENTRIES,
+        if agent_ebpf::FLOWS_MAX_ENTRIES as usize >= o.keys {
+            "holds the key set"
+        } else {
+            "SMALLER than the key set: keys are evicted"
+        }
+    );
+    Ok(rows.iter().all(|r| r.pass))
+}
+
+fn main() -> ExitCode {
+    let opts = match parse_opts() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("agent_scale: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if !leash_lab::require_privileged() {
+        println!("agent_scale: skipped (see above)");
+        return ExitCode::SUCCESS;
+    }
+    match run(&opts) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("agent_scale: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
