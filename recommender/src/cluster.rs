@@ -956,6 +956,7 @@ pub struct Cluster {
     /// (nodePort, protocol) → (Service, index of its port).
     node_ports: HashMap<(u16, Protocol), (ServiceId, usize)>,
     workload_pods: Vec<Vec<PodId>>,
+    node_local_dns: bool,
 }
 
 impl Cluster {
@@ -1032,6 +1033,12 @@ impl Cluster {
                 .or_default()
                 .push(s);
         }
+        // The upstream NodeLocal DNSCache DaemonSet labels its pods `k8s-app: node-local-dns`.
+        c.node_local_dns = pods.iter().any(|p| {
+            p.labels
+                .get("k8s-app")
+                .is_some_and(|v| v == "node-local-dns")
+        });
         c.nodes = nodes;
         c.pods = pods;
         c.services = services;
@@ -1155,6 +1162,12 @@ impl Cluster {
         let start = self.pods.partition_point(|p| p.namespace.as_str() < ns);
         let end = self.pods.partition_point(|p| p.namespace.as_str() <= ns);
         start..end
+    }
+
+    /// Whether NodeLocal DNSCache runs in the cluster (pods labelled
+    /// `k8s-app: node-local-dns`).
+    pub fn runs_node_local_dns(&self) -> bool {
+        self.node_local_dns
     }
 
     /// The pod with this uid.

@@ -434,6 +434,38 @@ fn build_rules(
                  the snapshot: after DNAT the real resolver pods may not match this ipBlock"
             ));
         }
+        // NodeLocal DNSCache in iptables mode answers on the kube-dns ClusterIP itself
+        // (NOTRACK, no DNAT): policy then sees the ClusterIP, so allow it too.
+        if let Resolver::Service(s) = r
+            && cluster.runs_node_local_dns()
+        {
+            let svc = &cluster.services[s];
+            let dialed: BTreeSet<(Protocol, u16)> = [Protocol::Tcp, Protocol::Udp]
+                .into_iter()
+                .map(|p| (p, classify::DNS_PORT))
+                .collect();
+            rules.push(Rule {
+                notes: vec![format!(
+                    "NodeLocal DNSCache runs in this cluster; in iptables mode it answers on \
+                     the {}/{} ClusterIP without DNAT",
+                    svc.namespace, svc.name
+                )],
+                kind: RuleKind::Dns,
+                peers: svc
+                    .cluster_ips
+                    .iter()
+                    .map(|ip| PeerSpec::Block {
+                        cidr: host_prefix(*ip),
+                        except: Vec::new(),
+                        unobserved: 0,
+                    })
+                    .collect(),
+                ports: group(&dialed),
+                evidence: evidence.clone(),
+                unobserved_addresses: Some(0),
+                budget_met: true,
+            });
+        }
         rules.push(Rule {
             notes,
             kind: RuleKind::Dns,
@@ -562,47 +594,49 @@ fn dns_peers(cluster: &Cluster, own_ns: &str, r: Resolver) -> Vec<PeerSpec> {
     match r {
         Resolver::Service(s) => {
             let svc = &cluster.services[s];
-            if let Some(sel) = &svc.selector {
-                return vec![PeerSpec::Pods {
-                    namespace: Some(svc.namespace.clone()),
-                    selector: Selector::labels(sel.clone()),
-                }];
-            }
-            // A selector-less Service: its endpoints' workloads, or their addresses.
+            let selector_peer = |selector: Selector| PeerSpec::Pods {
+                namespace: Some(svc.namespace.clone()),
+                selector,
+            };
+            let block = |ip: IpAddr| PeerSpec::Block {
+                cidr: host_prefix(ip),
+                except: Vec::new(),
+                unobserved: 0,
+            };
+            // Per backend: pod-network pods by selector (the Service's own, else their
+            // workload's); hostNetwork pods and non-pod endpoints by address, because
+            // selectors never match them.
             let mut peers = BTreeSet::new();
+            let mut any_backend = false;
             for ip in &svc.cluster_ips {
                 for proto in [Protocol::Udp, Protocol::Tcp] {
-                    if let crate::cluster::ServiceLookup::Resolved { backends, .. } =
+                    let crate::cluster::ServiceLookup::Resolved { backends, .. } =
                         cluster.resolve_service(*ip, classify::DNS_PORT, proto)
-                    {
-                        for b in backends {
-                            let sel = b
-                                .pod
-                                .filter(|&p| !cluster.pods[p].host_network)
-                                .and_then(|p| cluster.workload_of(p))
-                                .and_then(|w| cluster.workloads[w].selector.clone());
-                            peers.insert(match sel {
-                                Some(selector) => PeerSpec::Pods {
-                                    namespace: Some(svc.namespace.clone()),
-                                    selector,
-                                },
-                                None => PeerSpec::Block {
-                                    cidr: host_prefix(b.ip),
-                                    except: Vec::new(),
-                                    unobserved: 0,
-                                },
-                            });
-                        }
+                    else {
+                        continue;
+                    };
+                    for b in backends {
+                        any_backend = true;
+                        let pod = b.pod.filter(|&p| !cluster.pods[p].host_network);
+                        let selector = pod.and_then(|p| match &svc.selector {
+                            Some(sel) => Some(Selector::labels(sel.clone())),
+                            None => cluster
+                                .workload_of(p)
+                                .and_then(|w| cluster.workloads[w].selector.clone()),
+                        });
+                        peers.insert(match selector {
+                            Some(sel) => selector_peer(sel),
+                            None => block(b.ip),
+                        });
                     }
                 }
             }
-            if peers.is_empty() {
-                for ip in &svc.cluster_ips {
-                    peers.insert(PeerSpec::Block {
-                        cidr: host_prefix(*ip),
-                        except: Vec::new(),
-                        unobserved: 0,
-                    });
+            if !any_backend {
+                match &svc.selector {
+                    Some(sel) => {
+                        peers.insert(selector_peer(Selector::labels(sel.clone())));
+                    }
+                    None => peers.extend(svc.cluster_ips.iter().map(|ip| block(*ip))),
                 }
             }
             peers.into_iter().collect()

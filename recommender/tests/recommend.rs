@@ -1139,3 +1139,76 @@ fn parallel_reader_matches_sequential_and_numbers_lines_across_blocks() {
     assert!(err.starts_with("mem:30501:"), "{err}");
     assert!(err.contains("shop/ghost"), "{err}");
 }
+
+#[test]
+fn host_network_dns_backends_are_allowed_by_address() {
+    let mut fx = shop();
+    fx.namespace("kube-system");
+    // CoreDNS running on the host network: selectors cannot match it.
+    fx.pod(
+        "kube-system",
+        "coredns-host-n1",
+        &[("k8s-app", "kube-dns")],
+        &["10.0.0.1"],
+        true,
+        "n1",
+        &[(Some("dns"), 53, "UDP"), (Some("dns-tcp"), 53, "TCP")],
+        None,
+    );
+    fx.service(
+        "kube-system",
+        "kube-dns",
+        "10.96.0.10",
+        Some(&[("k8s-app", "kube-dns")]),
+        &[
+            ("dns", 53, "UDP", IntOrString::Int(53)),
+            ("dns-tcp", 53, "TCP", IntOrString::Int(53)),
+        ],
+    );
+    fx.slice(
+        "kube-system",
+        "kube-dns",
+        &[("dns", 53, "UDP"), ("dns-tcp", 53, "TCP")],
+        &[("10.0.0.1", Some("coredns-host-n1"))],
+    );
+    let r = run(
+        &fx,
+        &[flow("shop", WEB0, "UDP", "10.96.0.10", 53, 3, &[])],
+        &Options::default(),
+    );
+    let rule = rule_with_cidr(policy(&r, "shop", "web-egress"), "10.0.0.1/32");
+    assert_eq!(
+        ports(rule),
+        vec![("TCP".into(), 53, None), ("UDP".into(), 53, None)]
+    );
+    // The model-based evaluator (which knows the DNAT) agrees.
+    leash::synth::self_check(&r.cluster, &r.cluster, &r.obs, &r.rec).expect("allowed");
+}
+
+#[test]
+fn node_local_dns_in_iptables_mode_also_allows_the_kube_dns_cluster_ip() {
+    let mut fx = shop();
+    fx.kubeadm_dns();
+    fx.pod(
+        "kube-system",
+        "node-local-dns-n1",
+        &[("k8s-app", "node-local-dns")],
+        &["10.0.0.1"],
+        true,
+        "n1",
+        &[],
+        Some(("DaemonSet", "node-local-dns")),
+    );
+    let r = run(
+        &fx,
+        &[flow("shop", WEB0, "UDP", "10.96.0.10", 53, 3, &[])],
+        &Options::default(),
+    );
+    let p = policy(&r, "shop", "web-egress");
+    selector_rule(p, Some("kube-system"), &[("k8s-app", "kube-dns")]);
+    let rule = rule_with_cidr(p, "10.96.0.10/32");
+    assert_eq!(
+        ports(rule),
+        vec![("TCP".into(), 53, None), ("UDP".into(), 53, None)]
+    );
+}
