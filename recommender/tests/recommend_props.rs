@@ -322,6 +322,14 @@ proptest! {
         assert_all_allowed(&cluster, &set, &cluster, &obs)?;
         prop_assert!(synth::self_check(&cluster, &cluster, &obs, &rec).is_ok());
 
+        // No policy for hostNetwork workloads (NetworkPolicy cannot restrict them), and no
+        // rule-less allow policy, ever.
+        for p in &rec.policies {
+            let pods = cluster.workload_pods(p.workload);
+            prop_assert!(pods.iter().any(|&i| !cluster.pods[i].host_network));
+            prop_assert!(!p.rules.is_empty());
+        }
+
         // Protected ranges: no ipBlock allows an address there that was not observed.
         let protected = cluster.protected_ranges();
         let observed: BTreeSet<IpAddr> = obs.flows.keys().map(|k| k.dst).collect();
@@ -344,6 +352,24 @@ proptest! {
                 }
             }
         }
+    }
+
+    #[test]
+    fn namespace_filter_only_writes_policies_for_those_namespaces(
+        wls in prop::collection::vec(wl(), 1..7),
+        flows in prop::collection::vec(fl(), 1..30),
+        keep in 0u8..3,
+    ) {
+        let b = build(&wls, &flows);
+        let (cluster, obs) = observe(&b.fx, &b.records);
+        let ns = format!("ns{keep}");
+        let opts = Options { namespaces: [ns.clone()].into_iter().collect(), ..Options::default() };
+        let rec = synth::recommend(&cluster, &obs, &opts);
+        let all = synth::recommend(&cluster, &obs, &Options::default());
+        prop_assert!(rec.policies.iter().all(|p| p.namespace == ns));
+        // The same policies as an unfiltered run, for that namespace.
+        let mine: Vec<_> = all.policies.iter().filter(|p| p.namespace == ns).cloned().collect();
+        prop_assert_eq!(rec.policies, mine);
     }
 
     #[test]
