@@ -393,7 +393,23 @@ struct Collected {
     /// Number of ring records per flow.
     records: BTreeMap<FlowId, usize>,
     deltas: Vec<FlowDelta>,
+    /// Number of deltas obtained before the final sweep (ring records + settle lookups).
+    deltas_before_sweep: usize,
     dns: Vec<DnsPacket>,
+}
+
+impl Collected {
+    /// Summed deltas per flow over `deltas[..n]`.
+    fn totals_of(&self, n: usize) -> BTreeMap<FlowId, (u64, u64, u64)> {
+        let mut totals: BTreeMap<FlowId, (u64, u64, u64)> = BTreeMap::new();
+        for d in &self.deltas[..n] {
+            let t = totals.entry(d.id).or_default();
+            t.0 += d.count;
+            t.1 += d.established;
+            t.2 += d.failed;
+        }
+        totals
+    }
 }
 
 /// Reads events until `quiet` passes without one, then detaches, drains, and sweeps.
@@ -426,6 +442,7 @@ async fn collect(mut capture: Capture, config: &CaptureConfig, quiet: Duration) 
     }
     out.deltas.extend(agg.flush());
     capture.detach().expect("detach");
+    out.deltas_before_sweep = out.deltas.len();
     while let Some(event) = capture.try_next_event().expect("drain") {
         handle(event, &mut agg, &mut out);
     }
@@ -449,11 +466,8 @@ async fn collect(mut capture: Capture, config: &CaptureConfig, quiet: Duration) 
             d.first_seen <= d.last_seen,
             "delta bounds out of order: {d:?}"
         );
-        let t = out.totals.entry(d.id).or_default();
-        t.0 += d.count;
-        t.1 += d.established;
-        t.2 += d.failed;
     }
+    out.totals = out.totals_of(out.deltas.len());
     out
 }
 
@@ -538,6 +552,13 @@ fn flows_of_every_kind_are_recorded_with_tcp_outcome() {
                 got.totals
             );
         }
+        // Ring records plus one settle lookup per quiet key already gave the exact counts;
+        // the final sweep found nothing left.
+        assert_eq!(
+            got.totals_of(got.deltas_before_sweep),
+            got.totals,
+            "settle missed counts"
+        );
         assert!(
             got.totals.keys().all(|k| k.cgroup_id == id
                 && !matches!(k.dst, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some())),
