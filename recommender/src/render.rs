@@ -121,7 +121,10 @@ pub fn files(cluster: &Cluster, rec: &Recommendation) -> Result<Vec<(PathBuf, St
 
 /// Writes the `-o DIR` layout.
 pub fn write_dir(dir: &Path, cluster: &Cluster, rec: &Recommendation) -> Result<()> {
-    for (rel, text) in files(cluster, rec)? {
+    let files = files(cluster, rec)?;
+    let written: std::collections::BTreeSet<PathBuf> =
+        files.iter().map(|(rel, _)| dir.join(rel)).collect();
+    for (rel, text) in files {
         let path = dir.join(rel);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|source| Error::Write {
@@ -130,6 +133,46 @@ pub fn write_dir(dir: &Path, cluster: &Cluster, rec: &Recommendation) -> Result<
             })?;
         }
         std::fs::write(&path, text).map_err(|source| Error::Write { path, source })?;
+    }
+    remove_stale(dir, &written)
+}
+
+/// The label every policy leash writes carries; only files with it are ever removed.
+const MANAGED_MARK: &str = "app.kubernetes.io/managed-by: leash";
+
+/// Removes policies a previous run wrote that this run no longer recommends (so that the
+/// directory, like a pull request of it, shows the real change). Only `<ns>/*.yaml` files
+/// carrying leash's managed-by label are touched; anything else in DIR is left alone.
+fn remove_stale(dir: &Path, written: &std::collections::BTreeSet<PathBuf>) -> Result<()> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Write { path, source }
+    };
+    for ns in std::fs::read_dir(dir).map_err(io(dir))? {
+        let ns = ns.map_err(io(dir))?.path();
+        let hidden = ns
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+        if !ns.is_dir() || hidden {
+            continue;
+        }
+        let mut remaining = 0usize;
+        let mut removed = 0usize;
+        for f in std::fs::read_dir(&ns).map_err(io(&ns))? {
+            let f = f.map_err(io(&ns))?.path();
+            remaining += 1;
+            let stale = f.extension().is_some_and(|e| e == "yaml")
+                && !written.contains(&f)
+                && std::fs::read_to_string(&f).is_ok_and(|t| t.contains(MANAGED_MARK));
+            if stale {
+                std::fs::remove_file(&f).map_err(io(&f))?;
+                remaining -= 1;
+                removed += 1;
+            }
+        }
+        if remaining == 0 && removed > 0 {
+            std::fs::remove_dir(&ns).map_err(io(&ns))?;
+        }
     }
     Ok(())
 }

@@ -433,3 +433,48 @@ fn audit_and_explain_bad_input_exit_2() {
     ]);
     assert_bad_input(&o, &["shop"]);
 }
+
+/// A second run into the same directory removes the policies it no longer recommends (only
+/// files leash wrote), so the directory diff is the real change.
+#[test]
+fn rerun_removes_stale_leash_policies_only() {
+    let (cluster, flows) = kubeadm_args();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path();
+    // Left over from an earlier run: a leash policy for a workload now gone, in a namespace
+    // now without policies, and a hand-written file leash must not touch.
+    std::fs::create_dir_all(out.join("shop")).expect("mkdir");
+    std::fs::create_dir_all(out.join("gone")).expect("mkdir");
+    let stale = "metadata:\n  labels:\n    app.kubernetes.io/managed-by: leash\n";
+    std::fs::write(out.join("shop/old-egress.yaml"), stale).expect("writes");
+    std::fs::write(out.join("gone/default-deny-egress.yaml"), stale).expect("writes");
+    std::fs::write(out.join("shop/hand-written.yaml"), "kind: NetworkPolicy\n").expect("writes");
+    let o = leash(&[
+        "recommend",
+        "--cluster",
+        &cluster,
+        "--flows",
+        &flows,
+        "-o",
+        path_str(out),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let mut files: Vec<String> = walk(out)
+        .iter()
+        .map(|p| p.strip_prefix(out).expect("inside").display().to_string())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        vec![
+            "REPORT.md",
+            "shop/default-deny-egress.yaml",
+            "shop/hand-written.yaml",
+            "shop/payment-egress.yaml"
+        ]
+    );
+    assert!(
+        !out.join("gone").exists(),
+        "the emptied namespace directory is removed"
+    );
+}
