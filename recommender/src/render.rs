@@ -320,8 +320,8 @@ pub fn report(cluster: &Cluster, rec: &Recommendation) -> String {
         attention = true;
         let _ = writeln!(
             s,
-            "### Would be fully isolated by default-deny\n\nNo egress was observed from these \
-             workloads, so they get no allow policy. `default-deny-egress` will block all their \
+            "### Would be fully isolated by default-deny\n\nNo egress that a policy can allow was \
+             observed from these workloads, so they get no allow policy. `default-deny-egress` will block all their \
              egress. Confirm that this is intended before merging.\n"
         );
         for w in &rec.isolated {

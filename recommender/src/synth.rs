@@ -367,7 +367,11 @@ pub fn recommend(cluster: &Cluster, obs: &Observations, opts: &Options) -> Recom
             .workload_pods(w)
             .iter()
             .any(|&p| !cluster.pods[p].terminated && !cluster.pods[p].host_network);
-        if live && deny.contains(&wl.namespace) && !with_policy.contains(&w) {
+        if live
+            && deny.contains(&wl.namespace)
+            && !with_policy.contains(&w)
+            && !rec.unselectable.contains(&w)
+        {
             rec.isolated.push(w);
         }
     }

@@ -1079,6 +1079,15 @@ fn pod_with_only_unstable_labels_gets_no_policy_and_is_flagged() {
         report.contains("shop/Pod/oneoff (blocked by default-deny-egress!)"),
         "{report}"
     );
+    // It had egress, so it is not listed among the workloads without any.
+    assert!(
+        r.rec
+            .isolated
+            .iter()
+            .all(|&w| r.cluster.workloads[w].name != "oneoff"),
+        "{:?}",
+        r.rec.isolated
+    );
 }
 
 /// Many lines (several parse blocks): the parallel reader gives exactly the observations of
