@@ -4,7 +4,10 @@
 //! lab's cgroup sub-tree with `--output` to a file and `--metrics-addr` on loopback, then from
 //! the pod:
 //! 1. creates `--keys` distinct flow keys with unconnected UDP `sendto` (one datagram per
-//!    (external host, port) pair: 203.0.113.10 and .11, ports 10000 upwards);
+//!    (external host, port) pair: 203.0.113.10 and .11, ports 10000 upwards), `--chunk` keys
+//!    per client run, `--pause-ms` apart (paced so that the 1 MiB flow ring is not overrun on
+//!    a busy 2-vCPU machine; `--chunk 100000` sends them in one burst, which exercises the
+//!    ring-full recovery path instead);
 //! 2. keeps `--active` of them active for `--rounds` flush intervals (one send per key per
 //!    interval);
 //! 3. waits for the agent to settle, scrapes `/metrics`, reads its peak RSS and CPU time from
@@ -20,7 +23,9 @@
 //! `LEASH_REQUIRE_PRIVILEGED=1`, when it fails. Exits 1 when a goal is missed.
 //!
 //! `cargo build --release -p leash-agent && cargo bench -p leash-agent --bench agent_scale
-//! [-- --keys N --active N --rounds N --flush-ms MS]`; `LEASH_AGENT_BIN` overrides the agent.
+//! [-- --keys N --active N --rounds N --flush-ms MS --chunk N --pause-ms MS]`.
+//! Defaults: 100,000 keys in runs of 10,000 150 ms apart, 10,000 kept active for 3 rounds,
+//! flush interval 5 s (so that all 100k keys meet in one flush batch, the RSS worst case).; `LEASH_AGENT_BIN` overrides the agent.
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -49,6 +54,10 @@ const ATTACH_TIMEOUT: Duration = Duration::from_secs(20);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 struct Opts {
+    /// Keys created per `lab-client` run (pacing, so the 1 MiB flow ring is not overrun).
+    chunk: usize,
+    /// Pause between two runs.
+    pause: Duration,
     keys: usize,
     active: usize,
     rounds: u32,
@@ -57,10 +66,12 @@ struct Opts {
 
 fn parse_opts() -> Result<Opts, String> {
     let mut o = Opts {
+        chunk: 10_000,
+        pause: Duration::from_millis(150),
         keys: 100_000,
         active: 10_000,
         rounds: 3,
-        flush: Duration::from_secs(1),
+        flush: Duration::from_secs(5),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -73,6 +84,8 @@ fn parse_opts() -> Result<Opts, String> {
             "--active" => o.active = num("--active")? as usize,
             "--rounds" => o.rounds = u32::try_from(num("--rounds")?).unwrap_or(u32::MAX),
             "--flush-ms" => o.flush = Duration::from_millis(num("--flush-ms")?),
+            "--chunk" => o.chunk = num("--chunk")? as usize,
+            "--pause-ms" => o.pause = Duration::from_millis(num("--pause-ms")?),
             // `cargo bench` passes `--bench`; ignore it and other harness flags.
             "--bench" => {}
             other if other.starts_with("--") => return Err(format!("unknown option {other}")),
@@ -85,6 +98,9 @@ fn parse_opts() -> Result<Opts, String> {
     }
     if o.active > o.keys {
         return Err("--active must not exceed --keys".into());
+    }
+    if o.chunk == 0 || o.pause > Duration::from_secs(5) {
+        return Err("--chunk must be >= 1 and --pause-ms <= 5000".into());
     }
     if !(1..=10).contains(&o.rounds) {
         return Err("--rounds must be 1..=10".into());
@@ -342,18 +358,19 @@ fn start_agent(
     })
 }
 
-/// Sends one datagram to each of `n` keys (host-major: ports of HOSTS[0] first); returns the
-/// number of datagrams the client reports as sent.
-fn send_keys(lab: &Lab, n: usize) -> Result<u64, String> {
+/// Sends one datagram to each of `n` keys (host-major: ports of HOSTS[0] first), at most
+/// `chunk` per `lab-client` run with `pause` between runs; returns the number of datagrams the
+/// client reports as sent.
+fn send_keys(lab: &Lab, n: usize, chunk: usize, pause: Duration) -> Result<u64, String> {
     let pod = lab.pod("bench/load");
     let mut sent = 0;
-    let mut left = n;
-    for host in HOSTS {
-        if left == 0 {
-            break;
-        }
-        let here = left.min(PORTS_PER_HOST);
-        let (count, span, port) = (here.to_string(), here.to_string(), BASE_PORT.to_string());
+    let mut done = 0;
+    while done < n {
+        let host = HOSTS[done / PORTS_PER_HOST];
+        let offset = done % PORTS_PER_HOST;
+        let here = (n - done).min(chunk).min(PORTS_PER_HOST - offset);
+        let port = (usize::from(BASE_PORT) + offset).to_string();
+        let count = here.to_string();
         let out = pod
             .run(&[
                 "udp-sendto",
@@ -362,14 +379,17 @@ fn send_keys(lab: &Lab, n: usize) -> Result<u64, String> {
                 "--count",
                 &count,
                 "--port-span",
-                &span,
+                &count,
             ])
             .map_err(|e| format!("lab-client: {e}"))?;
         if !out.success() {
             return Err(format!("lab-client udp-sendto {host} failed: {}", out.json));
         }
         sent += out.count("sent");
-        left -= here;
+        done += here;
+        if done < n {
+            std::thread::sleep(pause);
+        }
     }
     Ok(sent)
 }
@@ -411,7 +431,7 @@ fn run(o: &Opts) -> Result<bool, String> {
     let rss_idle = status_kib(agent.pid, "VmRSS")?;
 
     let t = Instant::now();
-    let mut sent = send_keys(&lab, o.keys)?;
+    let mut sent = send_keys(&lab, o.keys, o.chunk, o.pause)?;
     eprintln!(
         "agent_scale: {} keys created ({sent} datagrams) in {:?}",
         o.keys,
@@ -421,7 +441,7 @@ fn run(o: &Opts) -> Result<bool, String> {
         std::thread::sleep(o.flush);
         let t = Instant::now();
         if o.active > 0 {
-            sent += send_keys(&lab, o.active)?;
+            sent += send_keys(&lab, o.active, o.chunk, o.pause)?;
         }
         eprintln!(
             "agent_scale: round {} kept {} keys active in {:?}",
@@ -490,14 +510,24 @@ fn run(o: &Opts) -> Result<bool, String> {
     let maxrss_mib = usage.ru_maxrss as f64 / 1024.0;
 
     println!();
+    let overflows = agent
+        .log
+        .lock()
+        .map(|l| {
+            l.iter()
+                .filter(|l| l.contains("flow ring overflowed"))
+                .count()
+        })
+        .unwrap_or(0);
     println!(
-        "agent_scale: {} keys, {} kept active for {} rounds, flush {:?}; {} datagrams sent",
-        o.keys, o.active, o.rounds, o.flush, sent
+        "agent_scale: {} keys ({} per lab-client run, {:?} apart), {} kept active for {} rounds, \
+         flush {:?}; {} datagrams sent",
+        o.keys, o.chunk, o.pause, o.active, o.rounds, o.flush, sent
     );
     println!(
         "  kernel flow records: produced {produced}, delivered {delivered}, ring-full drops \
          {ring_full}, map-full losses {map_failed}; DNS records delivered {dns_delivered}; \
-         undecodable/unparsable {malformed}"
+         undecodable/unparsable {malformed}; recovery sweeps after ring overflow {overflows}"
     );
     println!(
         "  agent CPU after attach: {:.3} s run time ({user_s:.2} s user + {sys_s:.2} s system \
