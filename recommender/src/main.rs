@@ -28,14 +28,14 @@ enum Command {
         #[arg(long)]
         cluster: PathBuf,
         /// Flow and DNS records (JSON lines, v1); `-` reads stdin. Repeatable.
-        #[arg(long = "flows", required = true)]
+        #[arg(long = "flows", required = true, num_args = 1..)]
         flows: Vec<PathBuf>,
         /// Write `<ns>/<workload>-egress.yaml`, `<ns>/default-deny-egress.yaml` and REPORT.md
         /// here instead of printing a YAML stream.
         #[arg(short = 'o', long = "output")]
         output: Option<PathBuf>,
         /// Only workloads in these namespaces. Repeatable.
-        #[arg(long = "namespace")]
+        #[arg(long = "namespace", num_args = 1..)]
         namespaces: Vec<String>,
         /// At most this many ipBlocks per external rule.
         #[arg(long, default_value_t = 8)]
@@ -50,7 +50,7 @@ enum Command {
         #[arg(long, default_value = "24h", value_parser = parse_duration)]
         min_observation: chrono::Duration,
         /// NodeLocal DNSCache addresses. Repeatable; default 169.254.20.10.
-        #[arg(long = "node-local-dns")]
+        #[arg(long = "node-local-dns", num_args = 1..)]
         node_local_dns: Vec<IpAddr>,
     },
     /// Evaluate every flow against a set of policies (egress at the source, ingress at the
@@ -63,7 +63,7 @@ enum Command {
         #[arg(long)]
         policies: PathBuf,
         /// Flow records (JSON lines, v1). Repeatable.
-        #[arg(long = "flows", required = true)]
+        #[arg(long = "flows", required = true, num_args = 1..)]
         flows: Vec<PathBuf>,
         /// `json`: one object per flow, in input order; `table`: aligned, with a summary.
         #[arg(long, default_value = "table")]

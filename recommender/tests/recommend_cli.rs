@@ -478,3 +478,50 @@ fn rerun_removes_stale_leash_policies_only() {
         "the emptied namespace directory is removed"
     );
 }
+
+/// `--namespace NS…` and `--flows FILE…` take several values after one flag, or repeated
+/// flags; a namespace without traffic yields nothing.
+#[test]
+fn multi_value_flags() {
+    let (cluster, flows) = kubeadm_args();
+    let a = leash(&[
+        "recommend",
+        "--cluster",
+        &cluster,
+        "--namespace",
+        "shop",
+        "billing",
+        "--flows",
+        &flows,
+        &flows,
+    ]);
+    assert_eq!(a.status.code(), Some(0), "{}", stderr(&a));
+    let b = leash(&[
+        "recommend",
+        "--cluster",
+        &cluster,
+        "--flows",
+        &flows,
+        "--flows",
+        &flows,
+    ]);
+    assert_eq!(a.stdout, b.stdout, "only shop has policies either way");
+    let text = String::from_utf8_lossy(&a.stdout);
+    // Reading the same records twice doubles the evidence, not the rules.
+    assert!(text.contains("366 events from 2 pod(s)"), "{text}");
+    let c = leash(&[
+        "recommend",
+        "--cluster",
+        &cluster,
+        "--namespace",
+        "billing",
+        "--flows",
+        &flows,
+    ]);
+    assert_eq!(c.status.code(), Some(0), "{}", stderr(&c));
+    assert!(
+        c.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&c.stdout)
+    );
+}
