@@ -34,9 +34,12 @@ pub enum Error {
 /// Result with this module's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// One policy as a YAML document (no `---` separator).
+/// One policy as a YAML document (no `---` separator), keys in reading order: identity
+/// first (`apiVersion`, `kind`, `metadata.name`, `namespace`), then `podSelector`,
+/// `policyTypes`, and each rule's `to` before its `ports`, each port's `protocol`, `port`,
+/// `endPort`. Deterministic: the order is fixed here, maps are sorted.
 pub fn policy_yaml(p: &NetworkPolicy) -> Result<String> {
-    serde_norway::to_string(p).map_err(|source| Error::Yaml {
+    serde_norway::to_string(&Ordered::from(p)).map_err(|source| Error::Yaml {
         name: format!(
             "{}/{}",
             p.metadata.namespace.as_deref().unwrap_or(""),
@@ -44,6 +47,100 @@ pub fn policy_yaml(p: &NetworkPolicy) -> Result<String> {
         ),
         source,
     })
+}
+
+/// A NetworkPolicy view whose field order is the order of the YAML.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Ordered<'a> {
+    api_version: &'static str,
+    kind: &'static str,
+    metadata: OrderedMeta<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    spec: Option<OrderedSpec<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct OrderedMeta<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    namespace: Option<&'a String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    labels: Option<&'a std::collections::BTreeMap<String, String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    annotations: Option<&'a std::collections::BTreeMap<String, String>>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OrderedSpec<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pod_selector: Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    policy_types: Option<&'a Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ingress: Option<&'a Vec<k8s_openapi::api::networking::v1::NetworkPolicyIngressRule>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    egress: Option<Vec<OrderedRule<'a>>>,
+}
+
+#[derive(serde::Serialize)]
+struct OrderedRule<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    to: Option<&'a Vec<k8s_openapi::api::networking::v1::NetworkPolicyPeer>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ports: Option<Vec<OrderedPort<'a>>>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OrderedPort<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    protocol: Option<&'a String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    port: Option<&'a k8s_openapi::apimachinery::pkg::util::intstr::IntOrString>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    end_port: Option<i32>,
+}
+
+impl<'a> From<&'a NetworkPolicy> for Ordered<'a> {
+    fn from(p: &'a NetworkPolicy) -> Self {
+        let m = &p.metadata;
+        Ordered {
+            api_version: "networking.k8s.io/v1",
+            kind: "NetworkPolicy",
+            metadata: OrderedMeta {
+                name: m.name.as_ref(),
+                namespace: m.namespace.as_ref(),
+                labels: m.labels.as_ref(),
+                annotations: m.annotations.as_ref(),
+            },
+            spec: p.spec.as_ref().map(|s| OrderedSpec {
+                pod_selector: s.pod_selector.as_ref(),
+                policy_types: s.policy_types.as_ref(),
+                ingress: s.ingress.as_ref(),
+                egress: s.egress.as_ref().map(|rules| {
+                    rules
+                        .iter()
+                        .map(|r| OrderedRule {
+                            to: r.to.as_ref(),
+                            ports: r.ports.as_ref().map(|ports| {
+                                ports
+                                    .iter()
+                                    .map(|p| OrderedPort {
+                                        protocol: p.protocol.as_ref(),
+                                        port: p.port.as_ref(),
+                                        end_port: p.end_port,
+                                    })
+                                    .collect()
+                            }),
+                        })
+                        .collect()
+                }),
+            }),
+        }
+    }
 }
 
 /// All policies as one multi-document YAML stream.

@@ -1221,3 +1221,23 @@ fn node_local_dns_in_iptables_mode_also_allows_the_kube_dns_cluster_ip() {
         vec![("TCP".into(), 53, None), ("UDP".into(), 53, None)]
     );
 }
+
+/// The reader-ordered YAML loses nothing: it parses back to the same object.
+#[test]
+fn policy_yaml_round_trips() {
+    let mut fx = shop();
+    fx.kubeadm_dns();
+    fx.api_server("10.0.0.1", 6443);
+    let mut recs: Vec<_> = (9000..=9005)
+        .map(|p| flow("shop", WEB0, "TCP", "203.0.113.50", p, 1, &[]))
+        .collect();
+    recs.push(flow("shop", WEB0, "UDP", "10.96.0.10", 53, 1, &[]));
+    recs.push(flow("shop", WEB1, "TCP", "10.96.0.1", 443, 1, &[]));
+    let r = run(&fx, &recs, &Options::default());
+    assert!(r.yaml.contains("endPort: 9005"), "{}", r.yaml);
+    for p in &r.policies {
+        let text = leash::render::policy_yaml(p).unwrap();
+        let back: NetworkPolicy = serde_norway::from_str(&text).unwrap();
+        assert_eq!(&back, p, "{text}");
+    }
+}
