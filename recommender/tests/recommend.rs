@@ -1241,3 +1241,38 @@ fn policy_yaml_round_trips() {
         assert_eq!(&back, p, "{text}");
     }
 }
+
+#[test]
+fn ipv6_service_resolves_to_the_v6_backend_by_selector() {
+    let mut fx = shop();
+    fx.pod(
+        "shop",
+        "api-0",
+        &[("app", "api")],
+        &["10.244.2.20", "2001:db8:244::20"],
+        false,
+        "n2",
+        &[(Some("http"), 8080, "TCP")],
+        None,
+    );
+    fx.service(
+        "shop",
+        "api6",
+        "2001:db8:96::a",
+        Some(&[("app", "api")]),
+        &[("web", 80, "TCP", IntOrString::String("http".into()))],
+    );
+    let r = run(
+        &fx,
+        &[
+            flow("shop", WEB0, "TCP", "2001:db8:96::a", 80, 1, &[]),
+            // The same pod by its IPv6 address directly: the same selector rule.
+            flow("shop", WEB0, "TCP", "2001:db8:244::20", 8080, 1, &[]),
+        ],
+        &Options::default(),
+    );
+    let p = policy(&r, "shop", "web-egress");
+    assert_eq!(rules(p).len(), 1, "{}", r.yaml);
+    let rule = selector_rule(p, None, &[("app", "api")]);
+    assert_eq!(ports(rule), vec![("TCP".into(), 8080, None)]);
+}
