@@ -115,15 +115,20 @@ pub fn load_path(path: &Path) -> Result<Snapshot> {
 /// Parses snapshot text; `source` names it in errors.
 pub fn parse_str(text: &str, source: &Path) -> Result<Snapshot> {
     let mut snapshot = Snapshot::default();
-    for (doc_index, doc) in documents(text, source)?.into_iter().enumerate() {
+    for (doc_index, mut doc) in documents(text, source)?.into_iter().enumerate() {
         let doc_loc = format!("document {}", doc_index + 1);
         if doc.is_null() {
             continue;
         }
-        let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default();
+        let kind = doc
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
         if kind == "List" || (kind.ends_with("List") && doc.get("items").is_some()) {
-            let items = match doc.get("items") {
-                Some(Value::Array(items)) => items.clone(),
+            // Take the items out of the document: a large snapshot is not copied.
+            let items = match doc.as_object_mut().and_then(|o| o.remove("items")) {
+                Some(Value::Array(items)) => items,
                 Some(Value::Null) | None => Vec::new(),
                 Some(_) => {
                     return Err(SnapshotError::NotAnObject {
