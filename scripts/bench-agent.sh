@@ -3,7 +3,8 @@
 #   connect   agent/benches/connect_latency.rs  added connect() latency, loopback (goal <= 1.10x)
 #   pipeline  agent/benches/pipeline.rs         user-space ns per kernel record (goal <= 1 us)
 #   scale     agent/benches/agent_scale.rs      real agent, 100k keys: CPU/record, RSS (<= 64 MiB),
-#                                               produced = delivered + drops, exact counts
+#                                               produced = delivered + drops, exact counts; run
+#                                               twice: paced, then one burst that overruns the ring
 # Usage: scripts/bench-agent.sh [connect] [pipeline] [scale]     (default: all three)
 # connect and scale need root (BPF, namespaces, cgroups); without it they print why and skip.
 # Extra arguments: CONNECT_ARGS="ROUNDS PER_ROUND", SCALE_ARGS="--keys N --active N --rounds N".
@@ -69,5 +70,7 @@ if wants scale; then
     echo "== real agent at 100k keys (agent_scale)"
     # shellcheck disable=SC2086 # SCALE_ARGS is a list of words
     cargo bench -p leash-agent --bench agent_scale -- ${SCALE_ARGS:-} || status=1
+    echo "== real agent, the same 100k keys in one burst with a 1 s flush (ring overrun and recovery)"
+    cargo bench -p leash-agent --bench agent_scale -- --chunk 100000 --flush-ms 1000 || status=1
 fi
 exit $status

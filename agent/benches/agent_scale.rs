@@ -394,6 +394,24 @@ fn send_keys(lab: &Lab, n: usize, chunk: usize, pause: Duration) -> Result<u64, 
     Ok(sent)
 }
 
+/// The line without terminal colour sequences (`ESC [ … letter`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 struct Row {
     goal: &'static str,
     measured: String,
@@ -457,7 +475,10 @@ fn run(o: &Opts) -> Result<bool, String> {
     let hwm = status_kib(agent.pid, "VmHWM")?;
     let rss_end = status_kib(agent.pid, "VmRSS")?;
     let (status, usage) = agent.stop()?;
-    let stopped = agent.wait_for("stopped", Duration::from_secs(1)).ok();
+    let stopped = agent
+        .wait_for("stopped", Duration::from_secs(1))
+        .ok()
+        .map(|l| strip_ansi(&l));
 
     let produced = metric(
         &m,
