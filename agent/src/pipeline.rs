@@ -26,6 +26,9 @@ use crate::{
     sink::{self, JsonLinesSink, Sink},
 };
 
+/// Flow records built and written per sink batch.
+const FLUSH_CHUNK: usize = 4096;
+
 /// Errors that stop the agent.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -277,24 +280,29 @@ impl State {
         self.summary.kernel = counters;
 
         let now = Utc::now();
-        let mut batch = std::mem::take(&mut self.pending);
-        for delta in self.aggregator.flush() {
-            if let Some(record) = self.flow_record(&delta, attributor) {
-                self.summary.flow_events += delta.count;
-                batch.push(Record::Flow(record));
+        // DNS first, so the names they carry are in the cache before flows are labelled.
+        let dns = std::mem::take(&mut self.pending);
+        self.summary.dns_records += dns.len() as u64;
+        if !dns.is_empty() {
+            sink.write_batch(dns).await?;
+        }
+        // Build and write flows in bounded chunks: a flush of 100k keys never holds 100k
+        // records and their JSON at once.
+        let deltas = self.aggregator.flush();
+        for chunk in deltas.chunks(FLUSH_CHUNK) {
+            let mut batch = Vec::with_capacity(chunk.len());
+            for delta in chunk {
+                if let Some(record) = self.flow_record(delta, attributor) {
+                    self.summary.flow_events += delta.count;
+                    batch.push(Record::Flow(record));
+                }
+            }
+            self.summary.flow_records += batch.len() as u64;
+            if !batch.is_empty() {
+                sink.write_batch(batch).await?;
             }
         }
         self.dns.purge(now);
-        if batch.is_empty() {
-            return Ok(());
-        }
-        for record in &batch {
-            match record {
-                Record::Flow(_) => self.summary.flow_records += 1,
-                Record::Dns(_) => self.summary.dns_records += 1,
-            }
-        }
-        sink.write_batch(batch).await?;
         Ok(())
     }
 

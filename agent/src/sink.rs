@@ -100,6 +100,7 @@ fn kind(record: &Record) -> &'static str {
 /// Writes one JSON object per line (`--output FILE|-`), flushing after every batch.
 pub struct JsonLinesSink {
     out: Box<dyn AsyncWrite + Send + Unpin>,
+    buf: Vec<u8>,
     target: String,
     metrics: Metrics,
 }
@@ -113,6 +114,9 @@ impl std::fmt::Debug for JsonLinesSink {
 }
 
 impl JsonLinesSink {
+    /// Largest serialisation buffer kept between batches (bytes).
+    const KEEP_BUFFER: usize = 4 << 20;
+
     /// Opens `--output`: `-` is stdout, anything else a file created (or truncated) now.
     pub async fn open(output: &str, metrics: Metrics) -> Result<Self> {
         if output == "-" {
@@ -136,6 +140,7 @@ impl JsonLinesSink {
     ) -> Self {
         Self {
             out: Box::new(out),
+            buf: Vec::new(),
             target: target.to_owned(),
             metrics,
         }
@@ -146,16 +151,31 @@ impl JsonLinesSink {
             return Ok(());
         }
         sort_batch(&mut batch);
-        let mut text = String::with_capacity(batch.len() * 256);
+        // One reused buffer for the whole batch: no per-record String, and the allocation
+        // survives between flushes instead of growing and shrinking every interval.
+        let mut text = std::mem::take(&mut self.buf);
+        text.clear();
         for record in &batch {
-            text.push_str(&record.to_json_line());
-            text.push('\n');
+            if let Err(e) = serde_json::to_writer(&mut text, record) {
+                self.buf = text;
+                self.metrics.sink_errors.inc_by(batch.len() as u64);
+                return Err(Error::Write {
+                    target: self.target.clone(),
+                    source: std::io::Error::other(e),
+                });
+            }
+            text.push(b'\n');
         }
         let written = async {
-            self.out.write_all(text.as_bytes()).await?;
+            self.out.write_all(&text).await?;
             self.out.flush().await
         }
         .await;
+        // Keep a modest buffer between flushes; a burst's large buffer is given back.
+        if text.capacity() > Self::KEEP_BUFFER {
+            text = Vec::new();
+        }
+        self.buf = text;
         if let Err(source) = written {
             self.metrics.sink_errors.inc_by(batch.len() as u64);
             return Err(Error::Write {
