@@ -38,7 +38,7 @@
 //! assert_eq!(agg.flush()[0].count, 4);
 //! ```
 
-use std::{collections::BTreeMap, time::Duration, time::SystemTime};
+use std::{collections::HashMap, time::Duration, time::SystemTime};
 
 use crate::capture::{FlowId, FlowSample, KernelClock};
 
@@ -106,7 +106,9 @@ struct KeyState {
 pub struct Aggregator {
     refresh_ns: u64,
     clock: KernelClock,
-    keys: BTreeMap<FlowId, KeyState>,
+    /// A hash map, not a tree: `observe` runs once per kernel record and must stay cheap;
+    /// the few callers that need key order sort their (smaller) results.
+    keys: HashMap<FlowId, KeyState>,
     stale_samples: u64,
 }
 
@@ -116,7 +118,7 @@ impl Aggregator {
         Self {
             refresh_ns: u64::try_from(refresh.as_nanos()).unwrap_or(u64::MAX),
             clock,
-            keys: BTreeMap::new(),
+            keys: HashMap::new(),
             stale_samples: 0,
         }
     }
@@ -216,11 +218,14 @@ impl Aggregator {
     /// (kernel monotonic ns, see [`crate::capture::monotonic_now_ns`]) and that were not read
     /// since. Sorted.
     pub fn due_for_settle(&self, now_ns: u64) -> Vec<FlowId> {
-        self.keys
+        let mut due: Vec<FlowId> = self
+            .keys
             .iter()
             .filter(|(_, s)| !s.settled && now_ns.saturating_sub(s.last_push_ns) >= self.refresh_ns)
             .map(|(id, _)| *id)
-            .collect()
+            .collect();
+        due.sort_unstable();
+        due
     }
 
     /// Marks a key as settled without a sample (the kernel no longer holds it).
@@ -233,7 +238,8 @@ impl Aggregator {
     /// Takes the pending deltas, sorted by key.
     pub fn flush(&mut self) -> Vec<FlowDelta> {
         let clock = self.clock;
-        self.keys
+        let mut deltas: Vec<FlowDelta> = self
+            .keys
             .iter_mut()
             .filter_map(|(id, state)| {
                 let p = state.pending.take()?;
@@ -248,7 +254,9 @@ impl Aggregator {
                     last_seen: clock.to_system_time(p.last_ns),
                 })
             })
-            .collect()
+            .collect();
+        deltas.sort_unstable_by_key(|d| d.id);
+        deltas
     }
 
     /// Forgets the given keys if they are settled and have nothing pending. Only safe for keys

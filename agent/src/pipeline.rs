@@ -26,6 +26,9 @@ use crate::{
     sink::{self, JsonLinesSink, Sink},
 };
 
+/// Kernel records handled per wake-up before other work (flush, signals) gets a turn.
+const DRAIN_BATCH: usize = 4096;
+
 /// Flow records built and written per sink batch.
 const FLUSH_CHUNK: usize = 4096;
 
@@ -147,6 +150,8 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         pending: Vec::new(),
         summary: Summary::default(),
         flow_losses_seen: 0,
+        delivered_flows: 0,
+        delivered_dns: 0,
         node: config.node_name.clone(),
         metrics,
     };
@@ -165,7 +170,17 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
 
     loop {
         tokio::select! {
-            event = capture.next_event() => state.on_event(event?, &mut attributor),
+            event = capture.next_event() => {
+                state.on_event(event?, &mut attributor);
+                // Drain what is already there before going back to select: one wake-up
+                // serves many records.
+                for _ in 0..DRAIN_BATCH {
+                    match capture.try_next_event()? {
+                        Some(event) => state.on_event(event, &mut attributor),
+                        None => break,
+                    }
+                }
+            }
             _ = tick.tick() => {
                 state.settle(&capture)?;
                 state.flush(&capture, &mut attributor, &mut sink).await?;
@@ -206,6 +221,9 @@ struct State {
     summary: Summary,
     /// Flow pushes lost so far (ring full or map full); a change triggers a recovery sweep.
     flow_losses_seen: u64,
+    /// Ring records received since the last flush (exported then, not per record).
+    delivered_flows: u64,
+    delivered_dns: u64,
     node: String,
     metrics: Metrics,
 }
@@ -214,11 +232,11 @@ impl State {
     fn on_event(&mut self, event: CaptureEvent, attributor: &mut Attributor) {
         match event {
             CaptureEvent::Flow(sample) => {
-                self.metrics.add_kernel_delivered("flow", 1);
+                self.delivered_flows += 1;
                 self.aggregator.observe(&sample, SampleSource::Ring);
             }
             CaptureEvent::Dns(packet) => {
-                self.metrics.add_kernel_delivered("dns", 1);
+                self.delivered_dns += 1;
                 let attribution = attributor.attribute_seen(packet.cgroup_id, packet.time);
                 let time = DateTime::<Utc>::from(packet.time);
                 if let Some(record) = self.dns.observe(
@@ -261,6 +279,10 @@ impl State {
         attributor: &mut Attributor,
         sink: &mut JsonLinesSink,
     ) -> Result<()> {
+        self.metrics
+            .add_kernel_delivered("flow", std::mem::take(&mut self.delivered_flows));
+        self.metrics
+            .add_kernel_delivered("dns", std::mem::take(&mut self.delivered_dns));
         let counters = capture.counters()?;
         self.export_counters(&counters);
         let losses = counters.flow_drops() + counters.get(Counter::FlowMapUpdateFailed);

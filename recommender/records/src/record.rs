@@ -163,32 +163,102 @@ pub enum Record {
     Dns(DnsRecord),
 }
 
-/// Serialization shape: `v` and `kind` first, then the record's own fields.
-#[derive(Serialize)]
-struct Tagged<'a, T> {
-    v: u32,
-    kind: &'static str,
-    #[serde(flatten)]
-    inner: &'a T,
-}
-
 impl Serialize for Record {
+    // Written out field by field rather than with `#[serde(flatten)]` around the record types:
+    // flatten goes through serde's map adapter, and this runs once per record the agent writes.
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
         match self {
-            Record::Flow(f) => Tagged {
-                v: VERSION,
-                kind: "flow",
-                inner: f,
+            Record::Flow(f) => {
+                let mut st = s.serialize_struct("Record", 14)?;
+                st.serialize_field("v", &VERSION)?;
+                st.serialize_field("kind", "flow")?;
+                st.serialize_field("node", &f.node)?;
+                st.serialize_field("pod", &f.pod)?;
+                st.serialize_field("cgroup", &f.cgroup)?;
+                st.serialize_field("protocol", &f.protocol)?;
+                st.serialize_field("dst", &f.dst)?;
+                st.serialize_field("dst_port", &f.dst_port)?;
+                st.serialize_field("count", &f.count)?;
+                st.serialize_field("first_seen", &Rfc3339(&f.first_seen))?;
+                st.serialize_field("last_seen", &Rfc3339(&f.last_seen))?;
+                st.serialize_field("names", &f.names)?;
+                if let Some(outcome) = &f.outcome {
+                    st.serialize_field("outcome", outcome)?;
+                }
+                st.end()
             }
-            .serialize(s),
-            Record::Dns(d) => Tagged {
-                v: VERSION,
-                kind: "dns",
-                inner: d,
+            Record::Dns(d) => {
+                let mut st = s.serialize_struct("Record", 11)?;
+                st.serialize_field("v", &VERSION)?;
+                st.serialize_field("kind", "dns")?;
+                st.serialize_field("node", &d.node)?;
+                st.serialize_field("pod", &d.pod)?;
+                st.serialize_field("cgroup", &d.cgroup)?;
+                st.serialize_field("server", &d.server)?;
+                st.serialize_field("query", &d.query)?;
+                st.serialize_field("qtype", &d.qtype)?;
+                st.serialize_field("rcode", &d.rcode)?;
+                st.serialize_field("answers", &d.answers)?;
+                st.serialize_field("time", &Rfc3339(&d.time))?;
+                st.end()
             }
-            .serialize(s),
         }
     }
+}
+
+/// A UTC time written as RFC 3339 with nanoseconds (`2026-11-25T09:00:00.000000001Z`).
+///
+/// Formatted by hand into a stack buffer: chrono's general formatter costs about 200 ns per
+/// timestamp, a fifth of a whole record. Dates before year 0 or after 9999 fall back to chrono.
+struct Rfc3339<'a>(&'a DateTime<Utc>);
+
+impl Serialize for Rfc3339<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match format_rfc3339(self.0) {
+            Some(buf) => {
+                // Only ASCII digits and separators were written.
+                let text = std::str::from_utf8(&buf).map_err(serde::ser::Error::custom)?;
+                s.serialize_str(text)
+            }
+            None => self.0.serialize(s),
+        }
+    }
+}
+
+fn format_rfc3339(t: &DateTime<Utc>) -> Option<[u8; 30]> {
+    let secs = t.timestamp();
+    let nanos = t.timestamp_subsec_nanos().min(999_999_999);
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    if !(0..=9999).contains(&year) {
+        return None;
+    }
+    let mut b = *b"0000-00-00T00:00:00.000000000Z";
+    let mut put = |at: usize, width: usize, mut v: u64| {
+        for i in (0..width).rev() {
+            b[at + i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, 4, year as u64);
+    put(5, 2, month as u64);
+    put(8, 2, day as u64);
+    put(11, 2, (sod / 3600) as u64);
+    put(14, 2, (sod % 3600 / 60) as u64);
+    put(17, 2, (sod % 60) as u64);
+    put(20, 9, u64::from(nanos));
+    Some(b)
 }
 
 impl<'de> Deserialize<'de> for Record {
@@ -378,7 +448,28 @@ mod tests {
         }
     }
 
+    #[test]
+    fn timestamps_are_rfc3339_with_nanoseconds() {
+        let t: DateTime<Utc> = "2024-02-29T23:59:59.000000001Z".parse().unwrap();
+        assert_eq!(
+            format_rfc3339(&t).map(|b| String::from_utf8(b.to_vec()).unwrap()),
+            Some("2024-02-29T23:59:59.000000001Z".to_owned())
+        );
+    }
+
     proptest::proptest! {
+        #[test]
+        fn fast_timestamps_round_trip_through_chrono(secs in -62_000_000_000i64..253_402_300_799, nanos in 0u32..1_000_000_000) {
+            let t = DateTime::<Utc>::from_timestamp(secs, nanos).unwrap();
+            let text = serde_json::to_string(&Rfc3339(&t)).unwrap();
+            let back: DateTime<Utc> = serde_json::from_str(&text).unwrap();
+            proptest::prop_assert_eq!(back, t);
+            if let Some(b) = format_rfc3339(&t) {
+                let chrono = t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+                proptest::prop_assert_eq!(std::str::from_utf8(&b).unwrap(), chrono.as_str());
+            }
+        }
+
         #[test]
         fn reader_never_panics(s in ".{0,200}") {
             for r in read_records(s.as_bytes(), Path::new("x")) {
