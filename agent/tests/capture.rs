@@ -29,7 +29,8 @@ use hickory_proto::{
 use leash_agent::{
     aggregate::{Aggregator, FlowDelta, SampleSource},
     capture::{
-        Capture, CaptureConfig, CaptureEvent, DnsPacket, DnsTransport, FlowId, cgroup2_mount,
+        Capture, CaptureConfig, CaptureEvent, DnsPacket, DnsTransport, FlowId, FlowSample,
+        LOOKUP_MANY_PER_KEY_MAX, MapRead, cgroup2_mount,
     },
 };
 
@@ -739,5 +740,126 @@ fn stalled_consumer_drops_are_counted_and_recovered_by_a_sweep() {
         }
         assert_eq!(total, u64::from(keys));
         assert_eq!(ports.len(), usize::from(keys));
+    });
+}
+
+#[test]
+fn batched_sweep_matches_the_per_key_walk_on_thousands_of_keys() {
+    let Some(mount) = privileged() else { return };
+    let cg = TestCgroup::new(&mount, "batch");
+    runtime().block_on(async {
+        let config = CaptureConfig::new(&cg.path);
+        let capture = Capture::start(&config).expect("Capture::start");
+        let id = capture.cgroup_id();
+        // 3,000 IPv4 + 600 IPv6 UDP keys (closed loopback ports) and one TCP key.
+        let closed = {
+            let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr")
+        };
+        run_child(
+            &cg.path,
+            &[
+                "udpports 127.0.0.1:20000 3000".to_owned(),
+                "udpports [::1]:20000 600".to_owned(),
+                format!("tcp {closed} 3"),
+            ],
+        );
+        // The child has exited: the map no longer changes between the reads below.
+        let batched = capture.sweep_with(MapRead::Batched).expect("batched sweep");
+        assert!(
+            capture.batch_reads_supported(),
+            "kernel ≥ 5.6 has batch ops"
+        );
+        let per_key = capture.sweep_with(MapRead::PerKey).expect("per-key sweep");
+        assert_eq!(batched.len(), per_key.len());
+        assert_eq!(batched, per_key, "batched and per-key walks differ");
+        assert_eq!(capture.sweep().expect("sweep"), batched);
+        assert_eq!(capture.flow_keys().expect("flow_keys"), batched.len());
+        assert!(batched.is_sorted_by_key(|s| s.id), "sweep output is sorted");
+
+        let mine: Vec<&FlowSample> = batched.iter().filter(|s| s.id.cgroup_id == id).collect();
+        let udp_ports = |v4: bool| -> std::collections::BTreeSet<u16> {
+            mine.iter()
+                .filter(|s| s.id.protocol == 17 && s.id.dst.is_ipv4() == v4)
+                .map(|s| s.id.dst_port)
+                .collect()
+        };
+        assert_eq!(udp_ports(true), (20_000..23_000).collect());
+        assert_eq!(udp_ports(false), (20_000..20_600).collect());
+        assert!(
+            mine.iter()
+                .filter(|s| s.id.protocol == 17)
+                .all(|s| s.count == 1),
+            "one send per UDP key"
+        );
+        let tcp = mine
+            .iter()
+            .find(|s| s.id == flow(id, 6, &closed))
+            .expect("TCP key");
+        assert_eq!((tcp.count, tcp.failed), (3, 3), "{tcp:?}");
+        assert_eq!(mine.len(), 3_601);
+    });
+}
+
+#[test]
+fn lookup_many_mixes_present_and_absent_ids_below_and_above_the_threshold() {
+    let Some(mount) = privileged() else { return };
+    let cg = TestCgroup::new(&mount, "many");
+    runtime().block_on(async {
+        let config = CaptureConfig::new(&cg.path);
+        let capture = Capture::start(&config).expect("Capture::start");
+        let id = capture.cgroup_id();
+        run_child(&cg.path, &["udpports 127.0.0.1:40000 2000".to_owned()]);
+        let present: Vec<FlowSample> = capture.sweep().expect("sweep");
+        assert_eq!(present.len(), 2_000);
+        let absent = |port: u16| FlowId {
+            cgroup_id: id,
+            protocol: 17,
+            dst: IpAddr::from([127, 0, 0, 1]),
+            dst_port: port,
+        };
+        // Interleave present and absent ids (absent: ports never sent to, the TCP twin of a
+        // present key, another cgroup), with a repeated id; input order must be kept.
+        let mut large: Vec<FlowId> = Vec::new();
+        for (i, s) in present.iter().enumerate() {
+            large.push(s.id);
+            if i % 4 == 0 {
+                large.push(absent(1_000 + u16::try_from(i).expect("small")));
+            }
+        }
+        large.push(FlowId {
+            protocol: 6,
+            ..present[7].id
+        });
+        large.push(FlowId {
+            cgroup_id: id + 1,
+            ..present[9].id
+        });
+        large.push(present[3].id);
+        large.reverse();
+        let small: Vec<FlowId> = large.iter().step_by(97).copied().collect();
+        assert!(small.len() <= LOOKUP_MANY_PER_KEY_MAX && small.len() > 10);
+        assert!(!capture.lookup_many_would_batch(small.len()));
+        assert!(capture.lookup_many_would_batch(large.len()));
+
+        for ids in [&small, &large] {
+            let expected: Vec<(FlowId, Option<FlowSample>)> = ids
+                .iter()
+                .map(|i| (*i, present.iter().find(|s| s.id == *i).copied()))
+                .collect();
+            let hits = expected.iter().filter(|(_, s)| s.is_some()).count();
+            assert!(hits > 0 && hits < ids.len(), "a mix of present and absent");
+            for method in [MapRead::Auto, MapRead::PerKey, MapRead::Batched] {
+                let got = capture
+                    .lookup_many_with(ids, method)
+                    .expect("lookup_many_with");
+                assert_eq!(got, expected, "{method:?} with {} ids", ids.len());
+            }
+            assert_eq!(capture.lookup_many(ids).expect("lookup_many"), expected);
+            for (i, sample) in &expected {
+                assert_eq!(&capture.lookup(i).expect("lookup"), sample);
+            }
+        }
+        assert!(capture.lookup_many(&[]).expect("empty").is_empty());
     });
 }
