@@ -10,6 +10,7 @@ use std::{
     os::fd::{AsRawFd as _, BorrowedFd},
 };
 
+use agent_ebpf::FlowKey;
 use aya::Pod;
 
 /// `bpf(2)` command number of `BPF_MAP_LOOKUP_BATCH` (uapi `enum bpf_cmd`).
@@ -135,6 +136,38 @@ pub(super) fn walk<K: Pod + Default, V: Pod + Default>(
         in_token.copy_from_slice(&out_token);
         started = true;
     }
+}
+
+/// A flow key as four words: cheaper to hash and compare than the derived `Hash` of
+/// [`FlowKey`] field by field (the index of [`super::Capture::lookup_many`] does one of each
+/// per map entry). Injective: every byte of the key lands in exactly one place.
+pub(super) fn key_words(key: &FlowKey) -> [u64; 4] {
+    let [
+        a0,
+        a1,
+        a2,
+        a3,
+        a4,
+        a5,
+        a6,
+        a7,
+        a8,
+        a9,
+        a10,
+        a11,
+        a12,
+        a13,
+        a14,
+        a15,
+    ] = key.addr;
+    let [p0, p1] = key.port.to_ne_bytes();
+    let [d0, d1, d2, d3] = key.pad;
+    [
+        key.cgroup_id,
+        u64::from_ne_bytes([a0, a1, a2, a3, a4, a5, a6, a7]),
+        u64::from_ne_bytes([a8, a9, a10, a11, a12, a13, a14, a15]),
+        u64::from_ne_bytes([p0, p1, key.protocol, key.family, d0, d1, d2, d3]),
+    ]
 }
 
 /// Hash state of the user-space index of requested keys: a multiply-rotate hash (FxHash
@@ -311,6 +344,26 @@ mod tests {
     }
 
     #[test]
+    fn key_words_are_injective_over_every_byte() {
+        let base = agent_ebpf::FlowKey::default();
+        let mut seen = std::collections::BTreeSet::new();
+        assert!(seen.insert(key_words(&base)));
+        // SAFETY-free byte view: flip each of the 32 key bytes in turn through the fields.
+        for byte in 0..32 {
+            let mut k = base;
+            match byte {
+                0..8 => k.cgroup_id = 1 << (8 * byte),
+                8..24 => k.addr[byte - 8] = 1,
+                24..26 => k.port = 1 << (8 * (byte - 24)),
+                26 => k.protocol = 1,
+                27 => k.family = 1,
+                _ => k.pad[byte - 28] = 1,
+            }
+            assert!(seen.insert(key_words(&k)), "byte {byte} collides");
+        }
+    }
+
+    #[test]
     fn key_hash_depends_on_every_field() {
         let state = KeyHashState::default();
         let base = agent_ebpf::FlowKey {
@@ -321,7 +374,7 @@ mod tests {
             family: 4,
             pad: [0; 4],
         };
-        let h = |k: &agent_ebpf::FlowKey| state.hash_one(k);
+        let h = |k: &agent_ebpf::FlowKey| state.hash_one(key_words(k));
         let mut variants = vec![base];
         variants.push(agent_ebpf::FlowKey {
             cgroup_id: 2,

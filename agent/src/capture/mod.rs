@@ -681,31 +681,37 @@ impl Capture {
             // each map entry once and writes the sample straight into its output slot.
             let mut out: Vec<(FlowId, Option<FlowSample>)> =
                 ids.iter().map(|id| (*id, None)).collect();
-            let mut index: std::collections::HashMap<FlowKey, usize, batch::KeyHashState> =
+            let mut index: std::collections::HashMap<[u64; 4], usize, batch::KeyHashState> =
                 std::collections::HashMap::with_capacity_and_hasher(
                     ids.len(),
                     batch::KeyHashState::default(),
                 );
             let mut duplicates = false;
             for (i, id) in ids.iter().enumerate() {
-                duplicates |= index.insert(id.to_key(), i).is_some();
-            }
-            if duplicates {
-                // Keep the first occurrence; the others are copied from it below.
-                for (i, id) in ids.iter().enumerate().rev() {
-                    index.insert(id.to_key(), i);
+                // The first occurrence gets the sample; repeats are copied from it below.
+                match index.entry(batch::key_words(&id.to_key())) {
+                    std::collections::hash_map::Entry::Occupied(_) => duplicates = true,
+                    std::collections::hash_map::Entry::Vacant(slot) => {
+                        slot.insert(i);
+                    }
                 }
             }
             let clock = self.clock;
             let walked = self.walk_batched(|key, value| {
-                if let Some(slot) = index.get(key).and_then(|&i| out.get_mut(i)) {
+                if let Some(slot) = index
+                    .get(&batch::key_words(key))
+                    .and_then(|&i| out.get_mut(i))
+                {
                     slot.1 = FlowSample::from_kernel(key, value, &clock);
                 }
             })?;
             if walked {
                 if duplicates {
                     for i in 0..out.len() {
-                        let first = index.get(&out[i].0.to_key()).copied().unwrap_or(i);
+                        let first = index
+                            .get(&batch::key_words(&out[i].0.to_key()))
+                            .copied()
+                            .unwrap_or(i);
                         out[i].1 = out[first].1;
                     }
                 }
