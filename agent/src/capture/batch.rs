@@ -348,7 +348,7 @@ mod tests {
         let base = agent_ebpf::FlowKey::default();
         let mut seen = std::collections::BTreeSet::new();
         assert!(seen.insert(key_words(&base)));
-        // SAFETY-free byte view: flip each of the 32 key bytes in turn through the fields.
+        // Set each of the 32 key bytes in turn, through the fields.
         for byte in 0..32 {
             let mut k = base;
             match byte {
