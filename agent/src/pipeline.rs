@@ -259,8 +259,10 @@ impl State {
     /// Reads the residue of keys that went quiet, so their last events are not left behind.
     fn settle(&mut self, capture: &Capture) -> Result<()> {
         let mut gone = Vec::new();
-        for id in self.aggregator.due_for_settle(monotonic_now_ns()) {
-            match capture.lookup(&id)? {
+        let due = self.aggregator.due_for_settle(monotonic_now_ns());
+        // Few keys: one lookup each; many: one batched walk of the map (capture decides).
+        for (id, sample) in capture.lookup_many(&due)? {
+            match sample {
                 Some(sample) => self.aggregator.observe(&sample, SampleSource::Lookup),
                 None => {
                     self.aggregator.mark_settled(&id);

@@ -518,7 +518,7 @@ mod tests {
         let line = leash_records::Record::Dns(rec).to_json_line();
         assert_eq!(
             line,
-            r#"{"v":1,"kind":"dns","node":"n1","pod":null,"cgroup":"/system.slice/foo.service","server":"198.51.100.53","query":"api.stripe.test.","qtype":"A","rcode":"NOERROR","answers":[{"name":"api.stripe.test.","type":"A","data":"203.0.113.10","ttl":60}],"time":"2026-11-25T09:00:00Z"}"#
+            r#"{"v":1,"kind":"dns","node":"n1","pod":null,"cgroup":"/system.slice/foo.service","server":"198.51.100.53","query":"api.stripe.test.","qtype":"A","rcode":"NOERROR","answers":[{"name":"api.stripe.test.","type":"A","data":"203.0.113.10","ttl":60}],"time":"2026-11-25T09:00:00.000000000Z"}"#
         );
     }
 
