@@ -38,7 +38,9 @@
 //! assert_eq!(agg.flush()[0].count, 4);
 //! ```
 
-use std::{collections::HashMap, time::Duration, time::SystemTime};
+use std::{time::Duration, time::SystemTime};
+
+use rustc_hash::FxHashMap;
 
 use crate::capture::{FlowId, FlowSample, KernelClock};
 
@@ -106,9 +108,11 @@ struct KeyState {
 pub struct Aggregator {
     refresh_ns: u64,
     clock: KernelClock,
-    /// A hash map, not a tree: `observe` runs once per kernel record and must stay cheap;
+    /// A hash map with a fast non-keyed hash (keys come from our own kernel programs, not from
+    /// an adversary that could choose collisions), not a tree: `observe` runs once per kernel
+    /// record and must stay cheap;
     /// the few callers that need key order sort their (smaller) results.
-    keys: HashMap<FlowId, KeyState>,
+    keys: FxHashMap<FlowId, KeyState>,
     stale_samples: u64,
 }
 
@@ -118,7 +122,7 @@ impl Aggregator {
         Self {
             refresh_ns: u64::try_from(refresh.as_nanos()).unwrap_or(u64::MAX),
             clock,
-            keys: HashMap::new(),
+            keys: FxHashMap::default(),
             stale_samples: 0,
         }
     }
