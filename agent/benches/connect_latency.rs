@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use leash_agent::capture::{Capture, CaptureConfig, cgroup2_mount};
+use leash_agent::capture::{Capture, CaptureConfig};
 
 fn own_cgroup(mount: &Path) -> Option<PathBuf> {
     let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
@@ -73,7 +73,7 @@ fn main() {
         println!("connect_latency: skipped (needs root to attach eBPF programs)");
         return;
     }
-    let Some(mount) = cgroup2_mount() else {
+    let Ok(mount) = leash_agent::attribution::find_cgroup2_mount() else {
         println!("connect_latency: skipped (no cgroup2 mount)");
         return;
     };

@@ -30,7 +30,7 @@ use leash_agent::{
     aggregate::{Aggregator, FlowDelta, SampleSource},
     capture::{
         Capture, CaptureConfig, CaptureEvent, DnsPacket, DnsTransport, FlowId, FlowSample,
-        LOOKUP_MANY_PER_KEY_MAX, MapRead, cgroup2_mount,
+        LOOKUP_MANY_PER_KEY_MAX, MapRead,
     },
 };
 
@@ -41,7 +41,7 @@ fn privileged() -> Option<PathBuf> {
     let required = std::env::var("LEASH_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1");
     // SAFETY: no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    let mount = cgroup2_mount();
+    let mount = leash_agent::attribution::find_cgroup2_mount().ok();
     let reason = match (root, &mount) {
         (false, _) => "not root",
         (true, None) => "no cgroup2 mount found",

@@ -66,7 +66,7 @@ use std::{
     fs::File,
     io,
     os::{fd::AsFd as _, unix::fs::MetadataExt as _},
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::atomic::{AtomicBool, AtomicUsize, Ordering},
     time::Duration,
 };
@@ -839,29 +839,6 @@ const WALK_FIXED_NS: usize = 110_000;
 const WALK_ENTRY_NS: usize = 300;
 const WALK_INDEX_NS: usize = 200;
 
-/// The cgroup v2 mount point, found by filesystem magic (`/sys/fs/cgroup` on pure v2 hosts,
-/// `/sys/fs/cgroup/unified` on hybrid ones).
-pub fn cgroup2_mount() -> Option<PathBuf> {
-    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
-        .into_iter()
-        .map(Path::new)
-        .find(|p| is_cgroup2(p))
-        .map(Path::to_path_buf)
-}
-
-/// Whether `path` is on a cgroup2 filesystem (statfs magic `CGROUP2_SUPER_MAGIC`).
-pub fn is_cgroup2(path: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt as _;
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: zeroed statfs is a valid out-buffer; `c` is a NUL-terminated path.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
-    rc == 0 && st.f_type as u64 == libc::CGROUP2_SUPER_MAGIC as u64
-}
-
 // `Capture` is moved into the agent's tokio tasks.
 const _: fn() = || {
     fn send<T: Send>() {}
@@ -919,14 +896,5 @@ mod tests {
             msg.contains(&io::Error::from_raw_os_error(libc::EINVAL).to_string()),
             "{msg}"
         );
-    }
-
-    #[test]
-    fn cgroup2_detection_rejects_other_filesystems() {
-        assert!(!is_cgroup2(Path::new("/proc")));
-        assert!(!is_cgroup2(Path::new("/nonexistent/leash")));
-        if let Some(mount) = cgroup2_mount() {
-            assert!(is_cgroup2(&mount));
-        }
     }
 }
