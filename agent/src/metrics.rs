@@ -66,6 +66,9 @@ pub struct Metrics {
     pub dns_parse_errors: Counter,
     /// Lookups of a pod UID (found in a cgroup path) that the pod metadata source did not know.
     pub attribution_misses: Counter,
+    /// Flow keys the kernel's LRU map evicted before user space read their final state: events
+    /// after their last push may be missing. A steady rise means the map is too small.
+    pub flow_keys_evicted: Counter,
     /// cgroup ids that could not be resolved to a path.
     pub cgroup_path_misses: Counter,
     /// Walks of the cgroup tree.
@@ -97,6 +100,7 @@ impl Metrics {
         let kernel_drops = Family::<CauseLabel, Counter>::default();
         let dns_parse_errors = Counter::default();
         let attribution_misses = Counter::default();
+        let flow_keys_evicted = Counter::default();
         let cgroup_path_misses = Counter::default();
         let cgroup_rescans = Counter::default();
         let cgroup_path_cache_size = Gauge::default();
@@ -139,6 +143,11 @@ impl Metrics {
             attribution_misses.clone(),
         );
         registry.register(
+            "flow_keys_evicted",
+            "Flow keys evicted from the kernel map before their final state was read",
+            flow_keys_evicted.clone(),
+        );
+        registry.register(
             "cgroup_path_misses",
             "cgroup ids not resolved to a path",
             cgroup_path_misses.clone(),
@@ -177,6 +186,7 @@ impl Metrics {
             kernel_drops,
             dns_parse_errors,
             attribution_misses,
+            flow_keys_evicted,
             cgroup_path_misses,
             cgroup_rescans,
             cgroup_path_cache_size,
@@ -401,8 +411,10 @@ mod tests {
 
         // Updates after start are visible on the next scrape.
         metrics.attribution_misses.inc_by(5);
+        metrics.flow_keys_evicted.inc_by(2);
         let body = get(addr, "/metrics").await;
         assert!(body.contains("leash_agent_attribution_misses_total 5\n"));
+        assert!(body.contains("leash_agent_flow_keys_evicted_total 2\n"));
 
         assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
         task.abort();

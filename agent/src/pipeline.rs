@@ -282,6 +282,15 @@ impl State {
                 }
             }
         }
+        if !gone.is_empty() {
+            // Evicted before their last state was read: events after their last push, if
+            // any, are gone. Said out loud rather than lost silently.
+            self.metrics.flow_keys_evicted.inc_by(gone.len() as u64);
+            tracing::warn!(
+                keys = gone.len(),
+                "flow keys evicted from the kernel map before settling; events after their last push may be missing"
+            );
+        }
         // Keys the kernel evicted are done; forgetting them keeps memory bounded.
         self.aggregator.forget(&gone);
         Ok(())
