@@ -60,7 +60,7 @@ use leash_agent::{
     metrics::Metrics,
     sink::sort_batch,
 };
-use leash_records::{FlowRecord, Outcome, Protocol, Record};
+use leash_records::{FlowRecord, Record};
 
 /// Distinct flow keys in the workload.
 const KEYS: usize = 100_000;
@@ -369,33 +369,10 @@ fn inode(path: &Path) -> u64 {
     std::fs::metadata(path).expect("stat cgroup dir").ino()
 }
 
-/// The pipeline's flow record, built the same way `pipeline::State::flow_record` builds it.
+/// The pipeline's flow record (the agent's own function).
 fn flow_record(delta: &FlowDelta, attributor: &mut Attributor, dns: &DnsTracker) -> FlowRecord {
-    let protocol = if delta.id.protocol == PROTO_TCP {
-        Protocol::Tcp
-    } else {
-        Protocol::Udp
-    };
-    let attribution = attributor.attribute(delta.id.cgroup_id);
-    let last_seen = DateTime::<Utc>::from(delta.last_seen);
-    let names = dns.names_for(&attribution, delta.id.dst, last_seen);
-    let outcome = (protocol == Protocol::Tcp).then_some(Outcome {
-        established: delta.established,
-        failed: delta.failed,
-    });
-    FlowRecord {
-        node: NODE.to_owned(),
-        pod: attribution.pod_ref(),
-        cgroup: attribution.cgroup.to_string(),
-        protocol,
-        dst: delta.id.dst,
-        dst_port: delta.id.dst_port,
-        count: delta.count,
-        first_seen: DateTime::<Utc>::from(delta.first_seen),
-        last_seen,
-        names,
-        outcome,
-    }
+    leash_agent::pipeline::flow_record(NODE, delta, attributor, dns)
+        .expect("the bench only makes TCP and UDP flows")
 }
 
 /// One flush interval of the pipeline loop over `ring` (see the module docs); returns the

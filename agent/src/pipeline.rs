@@ -352,37 +352,7 @@ impl State {
     }
 
     fn flow_record(&self, delta: &FlowDelta, attributor: &mut Attributor) -> Option<FlowRecord> {
-        let protocol = match delta.id.protocol {
-            agent_ebpf::PROTO_TCP => Protocol::Tcp,
-            agent_ebpf::PROTO_UDP => Protocol::Udp,
-            other => {
-                tracing::debug!(
-                    protocol = other,
-                    "skipping flow of a protocol NetworkPolicy cannot express"
-                );
-                return None;
-            }
-        };
-        let attribution = attributor.attribute_seen(delta.id.cgroup_id, delta.last_seen);
-        let last_seen = DateTime::<Utc>::from(delta.last_seen);
-        let names = self.dns.names_for(&attribution, delta.id.dst, last_seen);
-        let outcome = (protocol == Protocol::Tcp).then_some(Outcome {
-            established: delta.established,
-            failed: delta.failed,
-        });
-        Some(FlowRecord {
-            node: self.node.clone(),
-            pod: attribution.pod_ref(),
-            cgroup: attribution.cgroup.to_string(),
-            protocol,
-            dst: delta.id.dst,
-            dst_port: delta.id.dst_port,
-            count: delta.count,
-            first_seen: DateTime::<Utc>::from(delta.first_seen),
-            last_seen,
-            names,
-            outcome,
-        })
+        flow_record(&self.node, delta, attributor, &self.dns)
     }
 
     fn export_counters(&self, counters: &KernelCounters) {
@@ -395,4 +365,46 @@ impl State {
             }
         }
     }
+}
+
+/// The v1 flow record for one delta: attributed to its pod (or cgroup) and labelled with the
+/// DNS names that resolved to its destination for that pod. `None` for protocols NetworkPolicy
+/// cannot express (e.g. ICMP ping sockets).
+pub fn flow_record(
+    node: &str,
+    delta: &FlowDelta,
+    attributor: &mut Attributor,
+    dns: &DnsTracker,
+) -> Option<FlowRecord> {
+    let protocol = match delta.id.protocol {
+        agent_ebpf::PROTO_TCP => Protocol::Tcp,
+        agent_ebpf::PROTO_UDP => Protocol::Udp,
+        other => {
+            tracing::debug!(
+                protocol = other,
+                "skipping flow of a protocol NetworkPolicy cannot express"
+            );
+            return None;
+        }
+    };
+    let attribution = attributor.attribute_seen(delta.id.cgroup_id, delta.last_seen);
+    let last_seen = DateTime::<Utc>::from(delta.last_seen);
+    let names = dns.names_for(&attribution, delta.id.dst, last_seen);
+    let outcome = (protocol == Protocol::Tcp).then_some(Outcome {
+        established: delta.established,
+        failed: delta.failed,
+    });
+    Some(FlowRecord {
+        node: node.to_owned(),
+        pod: attribution.pod_ref(),
+        cgroup: attribution.cgroup.to_string(),
+        protocol,
+        dst: delta.id.dst,
+        dst_port: delta.id.dst_port,
+        count: delta.count,
+        first_seen: DateTime::<Utc>::from(delta.first_seen),
+        last_seen,
+        names,
+        outcome,
+    })
 }
