@@ -9,8 +9,8 @@ use core::{
 use agent_ebpf::{
     ConfigIndex, Counter, DEFAULT_REFRESH_NS, DNS_FLAG_TCP_PREFIX, DNS_FLAG_TRUNCATED,
     DNS_PAYLOAD_MAX, DNS_PORTS_MAX, DNS_RING_BYTES, DnsHeader, DnsRecord, FAMILY_V4, FAMILY_V6,
-    FLOW_RING_BYTES, FLOWS_MAX_ENTRIES, FlowKey, FlowRecord, FlowValue, PENDING_TCP_MAX_ENTRIES,
-    PROTO_TCP, PROTO_UDP,
+    FLOW_RECORD_RESIDUAL, FLOW_RING_BYTES, FLOWS_MAX_ENTRIES, FlowKey, FlowRecord, FlowValue,
+    PENDING_TCP_MAX_ENTRIES, PROTO_TCP, PROTO_UDP,
 };
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, BPF_SK_STORAGE_GET_F_CREATE},
@@ -97,15 +97,24 @@ fn refresh_ns() -> u64 {
     }
 }
 
-/// Pushes a snapshot of `key`'s value; returns false (and counts the cause) on failure.
+/// Pushes a snapshot of `key`'s value with `flags`; in a residual notice (`flags` has
+/// [`FLOW_RECORD_RESIDUAL`]) the snapshot's `last_emit_ns` is replaced by `emit_ns`, the push the
+/// notice refers to. Returns false (and counts the cause) on failure.
 #[inline(always)]
-fn push_flow(key: &FlowKey, value: *const FlowValue) -> bool {
+fn push_record(key: &FlowKey, value: *const FlowValue, flags: u64, emit_ns: u64) -> bool {
     bump(Counter::FlowProduced);
     match FLOW_EVENTS.reserve::<FlowRecord>(0) {
         Some(mut entry) => {
             // SAFETY: `value` points at a live map value (or a stack copy).
-            let value = unsafe { read_volatile(value) };
-            entry.write(FlowRecord { key: *key, value });
+            let mut value = unsafe { read_volatile(value) };
+            if flags & FLOW_RECORD_RESIDUAL != 0 {
+                value.last_emit_ns = emit_ns;
+            }
+            entry.write(FlowRecord {
+                key: *key,
+                value,
+                flags,
+            });
             entry.submit(0);
             true
         }
@@ -116,8 +125,38 @@ fn push_flow(key: &FlowKey, value: *const FlowValue) -> bool {
     }
 }
 
+/// Pushes a snapshot of `key`'s value; returns false (and counts the cause) on failure.
+#[inline(always)]
+fn push_flow(key: &FlowKey, value: *const FlowValue) -> bool {
+    push_record(key, value, 0, 0)
+}
+
+/// An event of `key` was counted but not pushed because the push at `emit` is less than one
+/// refresh interval old: tells user space once per push window, so that it reads the key back
+/// only when there is something to read.
+#[inline(always)]
+fn notice_residual(key: &FlowKey, value: *mut FlowValue, emit: u64) {
+    // SAFETY: `value` is a live map value; its fields are naturally aligned u64s.
+    let notice = unsafe { addr_of_mut!((*value).notice_emit_ns) };
+    // SAFETY: as above.
+    let seen = unsafe { read_volatile(notice) };
+    if emit == 0 || seen == emit {
+        return;
+    }
+    // SAFETY: as above. Only the CPU that swaps in `emit` sends the notice.
+    if !unsafe { atomic_cas(notice, seen, emit) } {
+        return;
+    }
+    if !push_record(key, value, FLOW_RECORD_RESIDUAL, emit) {
+        // Counted as a flow drop (user space then sweeps the map); let a later event retry.
+        // SAFETY: as above.
+        unsafe { atomic_cas(notice, emit, seen) };
+    }
+}
+
 /// Pushes a record for an existing key if its last push is at least one refresh interval old
 /// (or failed: `last_emit_ns == 0`). A compare-exchange elects a single pusher across CPUs.
+/// Otherwise the event is a residual of the latest push: see [`notice_residual`].
 #[inline(always)]
 fn maybe_emit(key: &FlowKey, value: *mut FlowValue, now: u64) {
     // SAFETY: `value` is a live map value; its fields are naturally aligned u64s.
@@ -125,10 +164,16 @@ fn maybe_emit(key: &FlowKey, value: *mut FlowValue, now: u64) {
     // SAFETY: as above.
     let previous = unsafe { read_volatile(last_emit) };
     if previous != 0 && (now <= previous || now - previous < refresh_ns()) {
+        notice_residual(key, value, previous);
         return;
     }
     // SAFETY: as above.
     if !unsafe { atomic_cas(last_emit, previous, now) } {
+        // Another CPU pushed (or failed) first; its snapshot may not include this event, so
+        // treat the event as a residual of whatever push is current.
+        // SAFETY: as above.
+        let current = unsafe { read_volatile(last_emit) };
+        notice_residual(key, value, current);
         return;
     }
     if !push_flow(key, value) {
@@ -167,6 +212,7 @@ fn record_flow(key: &FlowKey) {
         last_emit_ns: now,
         established: 0,
         failed: 0,
+        notice_emit_ns: 0,
     };
     match FLOWS.insert(key, fresh, BPF_NOEXIST.into()) {
         Ok(()) => {

@@ -86,7 +86,15 @@ pub struct FlowValue {
     pub established: u64,
     /// TCP connections of this key that went SYN_SENT -> CLOSE (cumulative).
     pub failed: u64,
+    /// The `last_emit_ns` whose window already sent a residual notice (0: none yet). Set by
+    /// compare-exchange so that at most one notice is pushed per push window.
+    pub notice_emit_ns: u64,
 }
+
+/// [`FlowRecord::flags`] bit: the record is a residual notice, not a push. The key had events
+/// after its push at `value.last_emit_ns` that did not trigger a push of their own, so user
+/// space must read the key back from the map once that push's refresh window is over.
+pub const FLOW_RECORD_RESIDUAL: u64 = 1;
 
 /// Ring record for a flow: the key and a snapshot of its cumulative value.
 #[repr(C)]
@@ -94,8 +102,11 @@ pub struct FlowValue {
 pub struct FlowRecord {
     /// The flow key.
     pub key: FlowKey,
-    /// Snapshot of the cumulative value, taken right after the triggering event.
+    /// Snapshot of the cumulative value, taken right after the triggering event. In a
+    /// residual notice, `last_emit_ns` is the push the notice refers to.
     pub value: FlowValue,
+    /// Bit set of [`FLOW_RECORD_RESIDUAL`].
+    pub flags: u64,
 }
 
 /// Header of a [`DnsRecord`].
@@ -208,7 +219,7 @@ mod pod {
     // SAFETY: plain-old-data, #[repr(C)], no implicit padding (explicit pad fields), every
     // bit pattern is valid.
     unsafe impl aya::Pod for super::FlowKey {}
-    // SAFETY: as above (six u64).
+    // SAFETY: as above (seven u64).
     unsafe impl aya::Pod for super::FlowValue {}
     // SAFETY: as above (key + value).
     unsafe impl aya::Pod for super::FlowRecord {}
@@ -224,8 +235,8 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<FlowKey>(), 8 + 16 + 2 + 1 + 1 + 4);
-        assert_eq!(size_of::<FlowValue>(), 6 * 8);
-        assert_eq!(size_of::<FlowRecord>(), 32 + 48);
+        assert_eq!(size_of::<FlowValue>(), 7 * 8);
+        assert_eq!(size_of::<FlowRecord>(), 32 + 56 + 8);
         assert_eq!(
             size_of::<DnsHeader>(),
             8 + 8 + 16 + 2 + 1 + 1 + 1 + 3 + 4 + 4

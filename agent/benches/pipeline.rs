@@ -343,6 +343,7 @@ impl Workload {
                 0
             },
             failed: 0,
+            notice_emit_ns: 0,
         }
     }
 

@@ -12,10 +12,15 @@
 //! counts are added on top.
 //!
 //! Residual counts: events that happen less than one refresh interval after a push do not
-//! trigger a push of their own. [`Aggregator::due_for_settle`] lists the keys whose last ring
-//! record is at least one refresh interval old and that have not been read since; one
+//! trigger a push of their own. The first such event of a push window makes the kernel send a
+//! *residual notice* (a ring record with [`FlowSample::residual_notice`], referring to the push
+//! at its `emitted_ns`). [`Aggregator::due_for_settle`] lists the keys that got a notice for
+//! their latest push (or a later one, whose push record may still be on another CPU's way),
+//! whose window is over, and that have not been read since; one
 //! [`crate::capture::Capture::lookup`] per such key (fed back with [`SampleSource::Lookup`])
-//! collects the residue, because any later event is again pushed by the kernel.
+//! collects the residue, because any later event is again pushed by the kernel. A key without
+//! a notice after its latest push has no residue and is never read. Lost notices are flow
+//! drops, which the caller answers with a full sweep.
 //!
 //! ```
 //! use leash_agent::aggregate::{Aggregator, SampleSource};
@@ -27,7 +32,7 @@
 //! let id = FlowId { cgroup_id: 1, protocol: 6, dst: "203.0.113.1".parse().unwrap(), dst_port: 443 };
 //! let sample = |count, last| FlowSample {
 //!     id, count, first_seen_ns: 10, last_seen_ns: last, emitted_ns: last,
-//!     established: 0, failed: 0,
+//!     residual_notice: false, established: 0, failed: 0,
 //!     first_seen: clock.to_system_time(10), last_seen: clock.to_system_time(last),
 //! };
 //! agg.observe(&sample(3, 20), SampleSource::Ring);
@@ -99,8 +104,22 @@ struct KeyState {
     pending: Option<Pending>,
     /// Kernel time of the latest ring push seen for this key.
     last_push_ns: u64,
-    /// True once a lookup happened after the latest push (or the key vanished).
+    /// Latest push time named by a residual notice (0: none seen).
+    notice_ns: u64,
+    /// True once a lookup happened after the latest push or notice (or the key vanished).
     settled: bool,
+}
+
+impl KeyState {
+    /// True if the latest push (or a later one) has residual events nobody has read yet.
+    fn needs_read(&self) -> bool {
+        !self.settled && self.notice_ns != 0 && self.notice_ns >= self.last_push_ns
+    }
+
+    /// Kernel time from which the residue is complete: the end of the noticed push window.
+    fn window_start_ns(&self) -> u64 {
+        self.last_push_ns.max(self.notice_ns)
+    }
 }
 
 /// Folds cumulative samples into deltas. See the module docs.
@@ -152,6 +171,7 @@ impl Aggregator {
             },
             pending: None,
             last_push_ns: 0,
+            notice_ns: 0,
             settled: true,
         });
         if sample.first_seen_ns < state.series.first_seen_ns {
@@ -178,6 +198,10 @@ impl Aggregator {
             last_seen_ns: old.last_seen_ns.max(sample.last_seen_ns),
         };
         match source {
+            SampleSource::Ring if sample.residual_notice => {
+                state.notice_ns = state.notice_ns.max(sample.emitted_ns);
+                state.settled = false;
+            }
             SampleSource::Ring => {
                 state.last_push_ns = state.last_push_ns.max(sample.emitted_ns);
                 state.settled = false;
@@ -218,18 +242,35 @@ impl Aggregator {
         state.pending = Some(merged);
     }
 
-    /// Keys whose latest ring record is at least one refresh interval older than `now_ns`
-    /// (kernel monotonic ns, see [`crate::capture::monotonic_now_ns`]) and that were not read
-    /// since. Sorted.
+    /// Keys with a residual notice for their latest push (or a later one) whose push window
+    /// is at least one refresh interval older than `now_ns` (kernel monotonic ns, see
+    /// [`crate::capture::monotonic_now_ns`]) and that were not read since. Sorted.
     pub fn due_for_settle(&self, now_ns: u64) -> Vec<FlowId> {
         let mut due: Vec<FlowId> = self
             .keys
             .iter()
-            .filter(|(_, s)| !s.settled && now_ns.saturating_sub(s.last_push_ns) >= self.refresh_ns)
+            .filter(|(_, s)| {
+                s.needs_read() && now_ns.saturating_sub(s.window_start_ns()) >= self.refresh_ns
+            })
             .map(|(id, _)| *id)
             .collect();
         due.sort_unstable();
         due
+    }
+
+    /// Keys with nothing pending and no residue to read, sorted: the candidates for
+    /// [`Aggregator::forget`] once a lookup shows that the kernel evicted them. Keys are no
+    /// longer read routinely, so the caller checks these when the aggregator outgrows the
+    /// kernel map (which cannot hold more keys than its capacity).
+    pub fn idle_keys(&self) -> Vec<FlowId> {
+        let mut idle: Vec<FlowId> = self
+            .keys
+            .iter()
+            .filter(|(_, s)| s.pending.is_none() && !s.needs_read())
+            .map(|(id, _)| *id)
+            .collect();
+        idle.sort_unstable();
+        idle
     }
 
     /// Marks a key as settled without a sample (the kernel no longer holds it).
@@ -301,6 +342,7 @@ mod tests {
             first_seen_ns: first,
             last_seen_ns: last,
             emitted_ns: last,
+            residual_notice: false,
             established: 0,
             failed: 0,
             first_seen: clock.to_system_time(first),
@@ -366,17 +408,61 @@ mod tests {
         assert_eq!((d[0].count, d[0].established, d[0].failed), (0, 1, 0));
     }
 
+    /// A residual notice for the push at `emit`, carrying the snapshot `count`/`last`.
+    fn notice(port: u16, first: u64, count: u64, last: u64, emit: u64) -> FlowSample {
+        FlowSample {
+            emitted_ns: emit,
+            residual_notice: true,
+            ..sample(port, first, count, last)
+        }
+    }
+
     #[test]
-    fn settle_is_due_one_interval_after_the_last_push_and_only_once() {
+    fn settle_is_due_one_interval_after_a_noticed_push_and_only_once() {
         let mut a = agg();
         a.observe(&sample(1, 10, 1, 10), SampleSource::Ring);
+        a.observe(&notice(1, 10, 2, 20, 10), SampleSource::Ring);
         a.observe(&sample(2, 10, 1, 80), SampleSource::Ring);
+        a.observe(&notice(2, 10, 2, 85, 80), SampleSource::Ring);
+        // Key 3 had no event after its push: nothing to read, ever.
+        a.observe(&sample(3, 10, 1, 10), SampleSource::Ring);
         assert!(a.due_for_settle(100).is_empty());
         assert_eq!(a.due_for_settle(110), vec![id(1)]);
         assert_eq!(a.due_for_settle(180), vec![id(1), id(2)]);
         a.observe(&sample(1, 10, 4, 60), SampleSource::Lookup);
         a.mark_settled(&id(2));
         assert!(a.due_for_settle(1000).is_empty());
+        assert_eq!(a.flush()[0].count, 4);
+    }
+
+    #[test]
+    fn notices_of_older_pushes_need_no_read() {
+        let mut a = agg();
+        a.observe(&sample(1, 10, 1, 10), SampleSource::Ring);
+        a.observe(&sample(1, 10, 3, 200), SampleSource::Ring);
+        // Read after the push at 200, which already covers it.
+        a.observe(&notice(1, 10, 2, 20, 10), SampleSource::Ring);
+        assert!(a.due_for_settle(10_000).is_empty());
+        assert_eq!(a.idle_keys(), Vec::<FlowId>::new(), "a delta is pending");
+        assert_eq!(a.flush()[0].count, 3);
+        assert_eq!(a.idle_keys(), vec![id(1)]);
+    }
+
+    #[test]
+    fn notice_read_before_its_push_keeps_the_key_unsettled() {
+        let mut a = agg();
+        a.observe(&sample(1, 10, 1, 10), SampleSource::Ring);
+        // The notice for the push at 200 overtakes that push (another CPU's ring record).
+        a.observe(&notice(1, 10, 3, 210, 200), SampleSource::Ring);
+        assert!(a.due_for_settle(250).is_empty(), "its window is still open");
+        assert_eq!(a.due_for_settle(300), vec![id(1)]);
+        a.observe(&sample(1, 10, 3, 210), SampleSource::Lookup);
+        assert!(a.due_for_settle(300).is_empty());
+        // The push itself arrives late: its window has a residue the read may have missed.
+        a.observe(&sample(1, 10, 2, 200), SampleSource::Ring);
+        assert_eq!(a.due_for_settle(300), vec![id(1)]);
+        a.observe(&sample(1, 10, 4, 290), SampleSource::Lookup);
+        assert!(a.due_for_settle(10_000).is_empty());
         assert_eq!(a.flush()[0].count, 4);
     }
 

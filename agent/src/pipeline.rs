@@ -291,6 +291,22 @@ impl State {
                 "flow keys evicted from the kernel map before settling; events after their last push may be missing"
             );
         }
+        // Keys are only read when the kernel reported a residue, so evicted keys are found
+        // here: the kernel map holds at most FLOWS_MAX_ENTRIES keys, so once we track twice
+        // that many, at least half are gone. Reading the idle ones then costs at most two
+        // reads per new key, amortised, and keeps memory bounded.
+        if self.aggregator.len() > 2 * agent_ebpf::FLOWS_MAX_ENTRIES as usize {
+            let idle = self.aggregator.idle_keys();
+            for (id, sample) in capture.lookup_many(&idle)? {
+                match sample {
+                    Some(sample) => self.aggregator.observe(&sample, SampleSource::Lookup),
+                    None => {
+                        self.aggregator.mark_settled(&id);
+                        gone.push(id);
+                    }
+                }
+            }
+        }
         // Keys the kernel evicted are done; forgetting them keeps memory bounded.
         self.aggregator.forget(&gone);
         Ok(())

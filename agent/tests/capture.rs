@@ -391,8 +391,12 @@ impl Drop for Servers {
 struct Collected {
     /// Summed deltas per flow (count, established, failed).
     totals: BTreeMap<FlowId, (u64, u64, u64)>,
-    /// Number of ring records per flow.
+    /// Number of ring pushes per flow (residual notices not included).
     records: BTreeMap<FlowId, usize>,
+    /// Number of residual notices per flow.
+    notices: BTreeMap<FlowId, usize>,
+    /// Keys read back by the settle step (before the final sweep).
+    settle_reads: Vec<FlowId>,
     deltas: Vec<FlowDelta>,
     /// Number of deltas obtained before the final sweep (ring records + settle lookups).
     deltas_before_sweep: usize,
@@ -420,7 +424,12 @@ async fn collect(mut capture: Capture, config: &CaptureConfig, quiet: Duration) 
     let deadline = Instant::now() + Duration::from_secs(30);
     let handle = |event: CaptureEvent, agg: &mut Aggregator, out: &mut Collected| match event {
         CaptureEvent::Flow(sample) => {
-            *out.records.entry(sample.id).or_default() += 1;
+            let per_flow = if sample.residual_notice {
+                &mut out.notices
+            } else {
+                &mut out.records
+            };
+            *per_flow.entry(sample.id).or_default() += 1;
             agg.observe(&sample, SampleSource::Ring);
         }
         CaptureEvent::Dns(packet) => out.dns.push(packet),
@@ -435,7 +444,8 @@ async fn collect(mut capture: Capture, config: &CaptureConfig, quiet: Duration) 
     }
     // Settle the keys whose last record is older than the refresh interval.
     tokio::time::sleep(config.refresh).await;
-    for id in agg.due_for_settle(leash_agent::capture::monotonic_now_ns()) {
+    out.settle_reads = agg.due_for_settle(leash_agent::capture::monotonic_now_ns());
+    for &id in &out.settle_reads {
         match capture.lookup(&id).expect("lookup") {
             Some(sample) => agg.observe(&sample, SampleSource::Lookup),
             None => agg.mark_settled(&id),
@@ -602,6 +612,55 @@ fn ten_thousand_connects_are_counted_exactly_in_few_records() {
         assert!(
             records <= 100,
             "{records} records is not a handful for 10000 connects"
+        );
+        // At most one residual notice per push window.
+        let notices = got.notices.get(&id).copied().unwrap_or(0);
+        assert!(notices <= records, "{notices} notices for {records} pushes");
+    });
+}
+
+#[test]
+fn keys_without_residual_events_are_never_read_back() {
+    let Some(mount) = privileged() else { return };
+    let cg = TestCgroup::new(&mount, "residual");
+    let mut servers = Servers::new();
+    // IPv6, so that its (ephemeral) port cannot be one of the IPv4 keys below.
+    let udp6 = servers.udp("[::1]:0", None);
+    runtime().block_on(async {
+        let config = CaptureConfig::new(&cg.path);
+        let capture = Capture::start(&config).expect("Capture::start");
+        let id = capture.cgroup_id();
+        // 2,000 keys with one event each (closed loopback ports), then one key with 5 events
+        // well within one refresh interval.
+        let keys: u16 = 2_000;
+        let base: u16 = 40_000;
+        run_child(
+            &cg.path,
+            &[
+                format!("udpports 127.0.0.1:{base} {keys}"),
+                format!("udps {udp6} 5"),
+            ],
+        );
+        let got = collect(capture, &config, Duration::from_millis(500)).await;
+        let busy = flow(id, 17, &udp6);
+        for port in base..base + keys {
+            let key = flow(id, 17, &format!("127.0.0.1:{port}").parse().expect("addr"));
+            assert_eq!(got.totals.get(&key), Some(&(1, 0, 0)), "port {port}");
+            assert_eq!(got.notices.get(&key), None, "port {port} had no residue");
+        }
+        assert_eq!(got.totals.get(&busy), Some(&(5, 0, 0)));
+        assert_eq!(got.records.get(&busy), Some(&1), "one push: the first send");
+        assert_eq!(
+            got.notices.get(&busy),
+            Some(&1),
+            "one notice per push window"
+        );
+        assert_eq!(got.settle_reads, vec![busy], "only the noticed key is read");
+        // The settle read alone completed the counts; the final sweep added nothing.
+        assert_eq!(
+            got.totals_of(got.deltas_before_sweep),
+            got.totals,
+            "settle missed counts"
         );
     });
 }

@@ -7,7 +7,7 @@ use std::{
 
 use agent_ebpf::{
     DNS_FLAG_TCP_PREFIX, DNS_FLAG_TRUNCATED, DNS_PAYLOAD_MAX, DnsHeader, FAMILY_V4, FAMILY_V6,
-    FlowKey, FlowRecord, FlowValue, PROTO_TCP, PROTO_UDP,
+    FLOW_RECORD_RESIDUAL, FlowKey, FlowRecord, FlowValue, PROTO_TCP, PROTO_UDP,
 };
 
 /// Converts kernel `bpf_ktime_get_ns` timestamps (CLOCK_MONOTONIC) to wall-clock time.
@@ -140,8 +140,13 @@ pub struct FlowSample {
     pub first_seen_ns: u64,
     /// Kernel monotonic ns of the latest event.
     pub last_seen_ns: u64,
-    /// Kernel monotonic ns of the entry's latest ring push (0: a push failed and is pending).
+    /// Kernel monotonic ns of the entry's latest ring push (0: a push failed and is pending);
+    /// in a residual notice, the push the notice refers to.
     pub emitted_ns: u64,
+    /// True for a residual notice: the key had events after its push at `emitted_ns` that
+    /// were not pushed, so it must be read back once that push's refresh window is over.
+    /// The cumulative fields are still a valid snapshot.
+    pub residual_notice: bool,
     /// TCP connections that reached ESTABLISHED (cumulative).
     pub established: u64,
     /// TCP connections that failed in SYN_SENT (cumulative).
@@ -161,6 +166,7 @@ impl FlowSample {
             first_seen_ns: value.first_seen_ns,
             last_seen_ns: value.last_seen_ns,
             emitted_ns: value.last_emit_ns,
+            residual_notice: false,
             established: value.established,
             failed: value.failed,
             first_seen: clock.to_system_time(value.first_seen_ns),
@@ -244,10 +250,13 @@ pub fn decode_flow(bytes: &[u8], clock: &KernelClock) -> Result<FlowSample, Deco
     // SAFETY: length checked; FlowRecord is plain data valid for any bit pattern;
     // read_unaligned because ring data carries no alignment guarantee for our type.
     let record: FlowRecord = unsafe { bytes.as_ptr().cast::<FlowRecord>().read_unaligned() };
-    FlowSample::from_kernel(&record.key, &record.value, clock).ok_or(DecodeError::Family {
-        kind: "flow",
-        family: record.key.family,
-    })
+    let mut sample =
+        FlowSample::from_kernel(&record.key, &record.value, clock).ok_or(DecodeError::Family {
+            kind: "flow",
+            family: record.key.family,
+        })?;
+    sample.residual_notice = record.flags & FLOW_RECORD_RESIDUAL != 0;
+    Ok(sample)
 }
 
 /// Decodes a DNS ring record (header + payload).
@@ -358,16 +367,30 @@ mod tests {
             last_emit_ns: 5,
             established: 3,
             failed: 1,
+            notice_emit_ns: 0,
         };
         let sample = decode_flow(
             &flow_bytes(&FlowRecord {
                 key: id.to_key(),
                 value,
+                flags: 0,
             }),
             &clock,
         )
         .unwrap();
         assert_eq!(sample.id, id);
+        assert!(!sample.residual_notice);
+        let notice = decode_flow(
+            &flow_bytes(&FlowRecord {
+                key: id.to_key(),
+                value,
+                flags: FLOW_RECORD_RESIDUAL,
+            }),
+            &clock,
+        )
+        .unwrap();
+        assert!(notice.residual_notice);
+        assert_eq!(notice.emitted_ns, 5);
         assert_eq!((sample.count, sample.established, sample.failed), (9, 3, 1));
         assert_eq!(
             sample.last_seen.duration_since(sample.first_seen).unwrap(),
