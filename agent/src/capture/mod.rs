@@ -313,6 +313,20 @@ const SOCK_ADDR_PROGRAMS: [&str; 4] = [
 const RELEASE_PROGRAM: &str = "leash_sock_release";
 const INGRESS_PROGRAM: &str = "leash_ingress";
 
+/// Program `name` of the object as its concrete type; `action` says what it is wanted for.
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str, action: &'static str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(Error::Missing {
+            kind: "program",
+            name,
+        })?
+        .try_into()
+        .map_err(|e| program_error(action, name, e))
+}
+
 fn program_error(action: &'static str, program: &'static str, source: ProgramError) -> Error {
     if let ProgramError::LoadError {
         io_error,
@@ -461,35 +475,14 @@ impl Capture {
         // Load everything first, then attach, so that a verifier rejection leaves nothing
         // half-attached.
         for name in SOCK_ADDR_PROGRAMS {
-            let prog: &mut CgroupSockAddr = ebpf
-                .program_mut(name)
-                .ok_or(Error::Missing {
-                    kind: "program",
-                    name,
-                })?
-                .try_into()
-                .map_err(|e| program_error("loading", name, e))?;
+            let prog: &mut CgroupSockAddr = program(&mut ebpf, name, "loading")?;
             prog.load().map_err(|e| program_error("loading", name, e))?;
         }
-        let release: &mut CgroupSock = ebpf
-            .program_mut(RELEASE_PROGRAM)
-            .ok_or(Error::Missing {
-                kind: "program",
-                name: RELEASE_PROGRAM,
-            })?
-            .try_into()
-            .map_err(|e| program_error("loading", RELEASE_PROGRAM, e))?;
+        let release: &mut CgroupSock = program(&mut ebpf, RELEASE_PROGRAM, "loading")?;
         release
             .load()
             .map_err(|e| program_error("loading", RELEASE_PROGRAM, e))?;
-        let dns: &mut CgroupSkb = ebpf
-            .program_mut(INGRESS_PROGRAM)
-            .ok_or(Error::Missing {
-                kind: "program",
-                name: INGRESS_PROGRAM,
-            })?
-            .try_into()
-            .map_err(|e| program_error("loading", INGRESS_PROGRAM, e))?;
+        let dns: &mut CgroupSkb = program(&mut ebpf, INGRESS_PROGRAM, "loading")?;
         dns.load()
             .map_err(|e| program_error("loading", INGRESS_PROGRAM, e))?;
 
@@ -497,38 +490,17 @@ impl Capture {
         // or tests may watch overlapping sub-trees. Link creation takes no attach flags.
         let mode = CgroupAttachMode::Single;
         for name in SOCK_ADDR_PROGRAMS {
-            let prog: &mut CgroupSockAddr = ebpf
-                .program_mut(name)
-                .ok_or(Error::Missing {
-                    kind: "program",
-                    name,
-                })?
-                .try_into()
-                .map_err(|e| program_error("attaching", name, e))?;
+            let prog: &mut CgroupSockAddr = program(&mut ebpf, name, "attaching")?;
             prog.attach(&cgroup, mode)
                 .map_err(|e| program_error("attaching", name, e))?;
         }
-        let release: &mut CgroupSock = ebpf
-            .program_mut(RELEASE_PROGRAM)
-            .ok_or(Error::Missing {
-                kind: "program",
-                name: RELEASE_PROGRAM,
-            })?
-            .try_into()
-            .map_err(|e| program_error("attaching", RELEASE_PROGRAM, e))?;
+        let release: &mut CgroupSock = program(&mut ebpf, RELEASE_PROGRAM, "attaching")?;
         if config.tcp_outcome {
             release
                 .attach(&cgroup, mode)
                 .map_err(|e| program_error("attaching", RELEASE_PROGRAM, e))?;
         }
-        let dns: &mut CgroupSkb = ebpf
-            .program_mut(INGRESS_PROGRAM)
-            .ok_or(Error::Missing {
-                kind: "program",
-                name: INGRESS_PROGRAM,
-            })?
-            .try_into()
-            .map_err(|e| program_error("attaching", INGRESS_PROGRAM, e))?;
+        let dns: &mut CgroupSkb = program(&mut ebpf, INGRESS_PROGRAM, "attaching")?;
         dns.attach(&cgroup, CgroupSkbAttachType::Ingress, mode)
             .map_err(|e| program_error("attaching", INGRESS_PROGRAM, e))?;
 
