@@ -20,6 +20,10 @@ if ((${#need_pkgs[@]})); then
     apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
 fi
 
+# The workspace builds with the default (stable) toolchain; fmt and clippy gate every change.
+for c in rustfmt clippy; do
+    rustup component list --installed | grep -q "^$c" || rustup component add "$c"
+done
 if ! rustup toolchain list | grep -q '^nightly'; then
     log "installing nightly toolchain"
     rustup toolchain install nightly --profile minimal
