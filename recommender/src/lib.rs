@@ -14,4 +14,5 @@ pub mod explain;
 pub mod input;
 pub mod ports;
 pub mod render;
+pub mod store;
 pub mod synth;

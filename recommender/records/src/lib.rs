@@ -1,10 +1,12 @@
 //! The contracts shared by `leash-agent` and `leash`, kept in one crate so the two sides cannot drift.
 //!
+//! - [`access`]: the Kubernetes API permissions each binary declares it uses.
 //! - [`record`]: the v1 JSON-lines records (`kind: flow` and `kind: dns`) and a reader that
 //!   names the file and line of every bad record.
 //! - [`snapshot`]: a cluster snapshot, as `kubectl get … -A -o yaml` prints it, loaded into
 //!   `k8s-openapi` types.
 
+pub mod access;
 pub mod record;
 pub mod snapshot;
 

@@ -1,0 +1,137 @@
+//! Where `leash serve` keeps what agents observed.
+//!
+//! Observations are aggregated by (workload, destination, port, protocol) for flows and by
+//! (workload, resolver, query) for DNS, with counts, first and last seen, and names. Batches
+//! from agents are committed exactly once: [`Store::commit`] records the batch id in the same
+//! transaction as its observations and ignores an id it has already stored.
+//!
+//! The engine only sees the [`Store`] trait, so a server-grade database can be added later
+//! without touching ingest, `recommend` or `audit`.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use chrono::{DateTime, Utc};
+use leash_records::Protocol;
+
+/// The unit observations are aggregated by: a workload, as the cluster model names it.
+///
+/// Flows from processes outside any pod are kept under `namespace = ""`, `kind = "Node"` and
+/// `name` = the node name, so that nothing an agent sent is lost.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WorkloadRef {
+    /// The namespace (`""` for node processes).
+    pub namespace: String,
+    /// Deployment, StatefulSet, DaemonSet, CronJob, Job, ReplicaSet, Pod (bare or unknown pod),
+    /// or Node (processes outside pods).
+    pub kind: String,
+    /// The workload's name (the pod's name for kind Pod).
+    pub name: String,
+}
+
+/// Identifies an agent's batch (`leash.v1.BatchId`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BatchId {
+    /// The agent's node.
+    pub node: String,
+    /// The agent process's random boot id.
+    pub boot_id: String,
+    /// The batch's sequence number within the boot id.
+    pub seq: u64,
+}
+
+/// Flow evidence for one (workload, destination, port, protocol).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowObservation {
+    /// Who connected.
+    pub workload: WorkloadRef,
+    /// The protocol.
+    pub protocol: Protocol,
+    /// The destination as dialed (pre-DNAT), IPv4-mapped addresses as IPv4.
+    pub dst: IpAddr,
+    /// The destination port as dialed.
+    pub port: u16,
+    /// Summed event counts.
+    pub count: u64,
+    /// Earliest event.
+    pub first_seen: DateTime<Utc>,
+    /// Latest event.
+    pub last_seen: DateTime<Utc>,
+    /// DNS names the destination was reached by (lower case, no trailing dot).
+    pub names: BTreeSet<String>,
+    /// Summed TCP connections that were established.
+    pub established: u64,
+    /// Summed TCP connections that failed.
+    pub failed: u64,
+}
+
+/// DNS evidence for one (workload, resolver, query name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsObservation {
+    /// Who asked.
+    pub workload: WorkloadRef,
+    /// The resolver address the query went to.
+    pub server: IpAddr,
+    /// The query name (lower case, no trailing dot).
+    pub query: String,
+    /// Answers seen.
+    pub count: u64,
+    /// Earliest answer.
+    pub first_seen: DateTime<Utc>,
+    /// Latest answer.
+    pub last_seen: DateTime<Utc>,
+    /// The addresses the query resolved to, each with the name that owned its A/AAAA record
+    /// (the query name, or the last name of its CNAME chain).
+    pub resolved: BTreeSet<(String, IpAddr)>,
+}
+
+/// What [`Store::commit`] did with a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// The batch was new and is now durable.
+    Stored,
+    /// The batch id was already stored; nothing changed.
+    Duplicate,
+}
+
+/// Errors of a store.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The database failed; `path` names the database file.
+    #[error("store {path}: {message}")]
+    Database {
+        /// The database file (or URL).
+        path: String,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// `Result` with this module's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Durable, aggregated observations. Implementations are synchronous; async callers use
+/// `spawn_blocking`.
+pub trait Store: Send + Sync {
+    /// Commits one batch atomically: its id and its observations (merged into the aggregates)
+    /// in one transaction. An id already stored changes nothing and returns
+    /// [`Commit::Duplicate`].
+    fn commit(
+        &self,
+        id: &BatchId,
+        flows: &[FlowObservation],
+        dns: &[DnsObservation],
+    ) -> Result<Commit>;
+
+    /// Flow observations last seen at or after `since` (all when `None`), sorted by workload,
+    /// destination, port and protocol.
+    fn flows(&self, since: Option<DateTime<Utc>>) -> Result<Vec<FlowObservation>>;
+
+    /// DNS observations last seen at or after `since` (all when `None`), sorted by workload,
+    /// resolver and query.
+    fn dns(&self, since: Option<DateTime<Utc>>) -> Result<Vec<DnsObservation>>;
+
+    /// Deletes observations last seen before `before`, and batch ids committed before it.
+    /// Returns how many observations were removed.
+    fn prune(&self, before: DateTime<Utc>) -> Result<u64>;
+}
