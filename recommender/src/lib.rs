@@ -12,6 +12,7 @@ pub mod classify;
 pub mod cluster;
 pub mod eval;
 pub mod explain;
+pub mod ingest;
 pub mod input;
 pub mod ports;
 pub mod render;
