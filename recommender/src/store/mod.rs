@@ -217,3 +217,42 @@ pub trait Store: Send + Sync {
     /// Returns how many observations were removed.
     fn prune(&self, before: DateTime<Utc>) -> Result<u64>;
 }
+
+/// Reads a store's observations last seen at or after `since` and attributes them to the
+/// cluster's pods ([`observe::observations`]), for `recommend` and `audit`.
+pub fn load(
+    store: &dyn Store,
+    cluster: &crate::cluster::Cluster,
+    since: Option<DateTime<Utc>>,
+) -> Result<(crate::input::Observations, Vec<Skipped>)> {
+    let flows = store.flows(since)?;
+    let dns = store.dns(since)?;
+    Ok(observations(cluster, &flows, &dns))
+}
+
+/// `leash audit --store`: the store's flows as audit input (see [`observe::audit_flows`]),
+/// the workloads skipped, and the flow events outside pods (which audit cannot evaluate).
+pub fn audit_input(
+    path: &std::path::Path,
+    cluster: &crate::cluster::Cluster,
+    since: Option<DateTime<Utc>>,
+) -> Result<AuditInput> {
+    let store = SqliteStore::open_existing(path)?;
+    let (obs, skipped) = load(&store, cluster, since)?;
+    Ok(AuditInput {
+        flows: observe::audit_flows(cluster, &obs, path),
+        skipped,
+        unattributed_flows: obs.unattributed_flows,
+    })
+}
+
+/// What [`audit_input`] read.
+#[derive(Debug, Clone)]
+pub struct AuditInput {
+    /// One flow per (pod, destination, port, protocol), sorted.
+    pub flows: Vec<crate::audit::LocatedFlow>,
+    /// Workloads whose observations could not be attributed.
+    pub skipped: Vec<Skipped>,
+    /// Flow events of processes outside pods.
+    pub unattributed_flows: u64,
+}

@@ -189,6 +189,19 @@ impl SqliteStore {
         Ok(store)
     }
 
+    /// Opens an existing database (as [`Self::open`]), failing when there is no file: a
+    /// reader given a wrong path should not get an empty store.
+    pub fn open_existing(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        match std::fs::metadata(path) {
+            Ok(_) => Self::open(path),
+            Err(source) => Err(Error::Open {
+                path: path.to_path_buf(),
+                source: Box::new(source),
+            }),
+        }
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
@@ -547,6 +560,18 @@ fn protocol_from_number(n: i64) -> Option<Protocol> {
     }
 }
 
+/// A `since` bound in stored units; bounds outside the storable range clamp to its ends.
+fn since_nanos(since: Option<DateTime<Utc>>) -> i64 {
+    match since {
+        None => i64::MIN,
+        Some(t) => t.timestamp_nanos_opt().unwrap_or(if t.timestamp() < 0 {
+            i64::MIN
+        } else {
+            i64::MAX
+        }),
+    }
+}
+
 fn clamp(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(MAX_COUNT)
 }
@@ -578,7 +603,7 @@ impl Store for SqliteStore {
     }
 
     fn flows(&self, since: Option<DateTime<Utc>>) -> Result<Vec<FlowObservation>> {
-        let since = since.map(|t| self.time(t)).transpose()?.unwrap_or(i64::MIN);
+        let since = since_nanos(since);
         let inner = self.lock();
         let conn = &inner.conn;
         let op = |e| self.op("read flows", e);
@@ -649,7 +674,7 @@ impl Store for SqliteStore {
     }
 
     fn dns(&self, since: Option<DateTime<Utc>>) -> Result<Vec<DnsObservation>> {
-        let since = since.map(|t| self.time(t)).transpose()?.unwrap_or(i64::MIN);
+        let since = since_nanos(since);
         let inner = self.lock();
         let conn = &inner.conn;
         let op = |e| self.op("read DNS observations", e);
