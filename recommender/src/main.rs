@@ -35,7 +35,7 @@ enum Command {
         #[arg(long)]
         store: Option<PathBuf>,
         /// With `--store`: only observations last seen within this long (e.g. 7d, 24h).
-        #[arg(long, requires = "store", value_parser = parse_duration)]
+        #[arg(long, requires = "store", conflicts_with = "flows", value_parser = parse_duration)]
         since: Option<chrono::Duration>,
         /// Write `<ns>/<workload>-egress.yaml`, `<ns>/default-deny-egress.yaml` and REPORT.md
         /// here instead of printing a YAML stream.
@@ -78,7 +78,7 @@ enum Command {
         #[arg(long)]
         store: Option<PathBuf>,
         /// With `--store`: only observations last seen within this long (e.g. 7d, 24h).
-        #[arg(long, requires = "store", value_parser = parse_duration)]
+        #[arg(long, requires = "store", conflicts_with = "flows", value_parser = parse_duration)]
         since: Option<chrono::Duration>,
         /// `json`: one object per flow, in input order; `table`: aligned, with a summary.
         #[arg(long, default_value = "table")]
