@@ -83,6 +83,7 @@ mod dns;
 mod error;
 mod lab;
 mod servers;
+pub mod shop;
 mod snapshot;
 mod spec;
 mod sys;
