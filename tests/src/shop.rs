@@ -45,6 +45,9 @@ pub const SHOP_NS: &str = "shop";
 /// The database's namespace.
 pub const DATA_NS: &str = "data";
 
+/// The lab node's name: also the client name of the agent's certificate in the demo.
+pub const NODE_NAME: &str = "lab-node";
+
 /// The frontend pod (`shop/frontend`, a Deployment).
 pub const FRONTEND: &str = "shop/frontend-5f8d7-k2x4p";
 /// The api pod (`shop/api`, a Deployment), serving 8080 (`http`).
@@ -146,6 +149,7 @@ fn pod(key: &str, app: &str) -> PodSpec {
 pub fn shop_spec() -> LabBuilder {
     let stripe: Vec<String> = STRIPE_ADDRS.iter().map(ToString::to_string).collect();
     Lab::builder()
+        .node_name(NODE_NAME)
         .namespace(SHOP_NS)
         .namespace(DATA_NS)
         .pod(pod(FRONTEND, "frontend").owner_deployment("frontend"))

@@ -45,8 +45,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 /// The agent stops by itself after this long, should the demo die without stopping it.
 const AGENT_SAFETY_DURATION: &str = "120s";
-/// The client name the agent's certificate carries (and the node name it reports).
-const CLIENT_NAME: &str = "lab-node";
+/// The client name the agent's certificate carries: the node name it reports.
+const CLIENT_NAME: &str = shop::NODE_NAME;
 
 const USAGE: &str =
     "usage: lab-demo [--out DIR] [--leash BIN] [--agent BIN] [--rounds N] [--no-serve]";
@@ -713,6 +713,21 @@ fn demo(o: &Opts) -> Result<()> {
         )
     })?;
     let files = policy_files(&policies);
+    if !files.iter().any(|f| !f.ends_with("/default-deny-egress")) {
+        let source = if o.serve {
+            "the store: did the agent's batches reach `leash serve`? see agent.log and serve.log"
+        } else {
+            "flows.jsonl"
+        };
+        return Err(fail(
+            "recommend policies",
+            format!(
+                "no workload policy in {} from {source}; stderr:\n{}",
+                policies.display(),
+                rec.stderr.trim_end()
+            ),
+        ));
+    }
     lap("recommend", &mut timings);
 
     // 7. Audits.
