@@ -81,6 +81,7 @@
 mod client;
 mod dns;
 mod error;
+pub mod fake_api;
 mod lab;
 mod servers;
 pub mod shop;
