@@ -84,6 +84,7 @@ mod error;
 pub mod fake_api;
 mod lab;
 mod servers;
+pub mod shop;
 mod snapshot;
 mod spec;
 mod sys;
