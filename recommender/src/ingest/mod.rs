@@ -30,7 +30,7 @@ use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::cluster::Cluster;
-use crate::store::{BatchId, Commit, Store};
+use crate::store::{BatchId, Commit, Store, observe};
 pub use metrics::{Cause, Metrics};
 
 /// Bounds on what one agent may send.
@@ -253,88 +253,5 @@ fn describe_peer<T>(request: &Request<T>) -> String {
         None => request
             .remote_addr()
             .map_or_else(|| "unknown".to_owned(), |a| a.to_string()),
-    }
-}
-
-/// Stand-in for `crate::store::observe::from_batch` until the store's version is merged: pods
-/// by (namespace, name), unattributed records under their node.
-mod observe {
-    use std::collections::{BTreeMap, BTreeSet};
-
-    use leash_records::{DnsRecord, FlowRecord, PodRef};
-
-    use crate::cluster::Cluster;
-    use crate::store::{DnsObservation, FlowObservation, WorkloadRef};
-
-    fn workload(pod: Option<&PodRef>, node: &str) -> WorkloadRef {
-        match pod {
-            Some(p) => WorkloadRef {
-                namespace: p.namespace.clone(),
-                kind: "Pod".to_owned(),
-                name: p.name.clone(),
-            },
-            None => WorkloadRef {
-                namespace: String::new(),
-                kind: "Node".to_owned(),
-                name: node.to_owned(),
-            },
-        }
-    }
-
-    pub(super) fn from_batch(
-        _cluster: &Cluster,
-        flows: &[FlowRecord],
-        dns: &[DnsRecord],
-    ) -> (Vec<FlowObservation>, Vec<DnsObservation>) {
-        let mut fo: BTreeMap<_, FlowObservation> = BTreeMap::new();
-        for f in flows {
-            let w = workload(f.pod.as_ref(), &f.node);
-            let key = (w.clone(), f.dst, f.dst_port, f.protocol);
-            let o = fo.entry(key).or_insert_with(|| FlowObservation {
-                workload: w,
-                protocol: f.protocol,
-                dst: f.dst,
-                port: f.dst_port,
-                count: 0,
-                first_seen: f.first_seen,
-                last_seen: f.last_seen,
-                names: BTreeSet::new(),
-                established: 0,
-                failed: 0,
-            });
-            o.count += f.count;
-            o.first_seen = o.first_seen.min(f.first_seen);
-            o.last_seen = o.last_seen.max(f.last_seen);
-            o.names.extend(f.names.iter().cloned());
-            if let Some(out) = f.outcome {
-                o.established += out.established;
-                o.failed += out.failed;
-            }
-        }
-        let mut dobs: BTreeMap<_, DnsObservation> = BTreeMap::new();
-        for d in dns {
-            let w = workload(d.pod.as_ref(), &d.node);
-            let query = d.query.trim_end_matches('.').to_ascii_lowercase();
-            let key = (w.clone(), d.server, query.clone());
-            let o = dobs.entry(key).or_insert_with(|| DnsObservation {
-                workload: w,
-                server: d.server,
-                query,
-                count: 0,
-                first_seen: d.time,
-                last_seen: d.time,
-                resolved: BTreeSet::new(),
-            });
-            o.count += 1;
-            o.first_seen = o.first_seen.min(d.time);
-            o.last_seen = o.last_seen.max(d.time);
-            for a in &d.answers {
-                if let Ok(ip) = a.data.parse() {
-                    o.resolved
-                        .insert((a.name.trim_end_matches('.').to_ascii_lowercase(), ip));
-                }
-            }
-        }
-        (fo.into_values().collect(), dobs.into_values().collect())
     }
 }
