@@ -3,6 +3,11 @@
 //! one-shot loading, objects that do not decode, the Events publisher, and the API permissions
 //! the code declares against the requests it actually made.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed setup step must fail the test loudly"
+)]
+
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;

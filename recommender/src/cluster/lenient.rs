@@ -20,8 +20,9 @@ pub(crate) enum Lenient<K> {
     Valid(K),
     /// The object did not decode.
     Invalid {
-        /// Its metadata, as far as it could be read (name, namespace, resourceVersion).
-        metadata: ObjectMeta,
+        /// Its metadata, as far as it could be read (name, namespace, resourceVersion); boxed,
+        /// as this is the rare case.
+        metadata: Box<ObjectMeta>,
         /// The decode error.
         error: String,
     },
@@ -33,7 +34,7 @@ impl<'de, K: DeserializeOwned> Deserialize<'de> for Lenient<K> {
         match K::deserialize(&value) {
             Ok(object) => Ok(Lenient::Valid(object)),
             Err(e) => Ok(Lenient::Invalid {
-                metadata: salvage_metadata(&value),
+                metadata: Box::new(salvage_metadata(&value)),
                 error: e.to_string(),
             }),
         }
