@@ -3,11 +3,6 @@
 //! replayed from the watch's `resourceVersion`, watches ended (resume) and expired with `410 Gone`
 //! (re-list).
 
-#![expect(
-    clippy::unwrap_used,
-    reason = "test helpers: a failed setup step must fail the test loudly"
-)]
-
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;

@@ -129,6 +129,32 @@ pub struct Observations {
     pub records: u64,
 }
 
+/// The names a DNS answer gives each address, as (name, address) pairs: every A/AAAA
+/// address gets the query name, the owner names of the answer's CNAME records (the chain),
+/// and its own record's owner name. Addresses are canonical ([`canonical_ip`]), names
+/// normalized ([`normalize_name`]); answers whose data is not an address are ignored.
+pub fn answer_names(d: &DnsRecord) -> BTreeSet<(String, IpAddr)> {
+    let mut chain: BTreeSet<String> = BTreeSet::new();
+    chain.insert(normalize_name(&d.query));
+    for a in &d.answers {
+        if a.rtype.eq_ignore_ascii_case("CNAME") {
+            chain.insert(normalize_name(&a.name));
+        }
+    }
+    chain.retain(|n| !n.is_empty());
+    let mut out = BTreeSet::new();
+    for a in &d.answers {
+        if (a.rtype.eq_ignore_ascii_case("A") || a.rtype.eq_ignore_ascii_case("AAAA"))
+            && let Ok(ip) = a.data.parse::<IpAddr>()
+        {
+            let ip = canonical_ip(ip);
+            out.extend(chain.iter().map(|n| (n.clone(), ip)));
+            out.insert((normalize_name(&a.name), ip));
+        }
+    }
+    out
+}
+
 /// Normalizes a DNS name: lower case, without the trailing dot.
 pub fn normalize_name(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
@@ -419,24 +445,8 @@ impl Observations {
     fn add_dns(&mut self, d: &DnsRecord, cluster: &Cluster) -> Result<(), Unlocated> {
         let server = canonical_ip(d.server);
         self.resolvers.insert(server);
-        // Answers: every A/AAAA address gets the query name and the names along the chain.
-        let mut chain: BTreeSet<String> = BTreeSet::new();
-        chain.insert(normalize_name(&d.query));
-        for a in &d.answers {
-            if a.rtype.eq_ignore_ascii_case("CNAME") {
-                chain.insert(normalize_name(&a.name));
-            }
-        }
-        for a in &d.answers {
-            if (a.rtype.eq_ignore_ascii_case("A") || a.rtype.eq_ignore_ascii_case("AAAA"))
-                && let Ok(ip) = a.data.parse::<IpAddr>()
-            {
-                {
-                    let names = self.names_by_ip.entry(canonical_ip(ip)).or_default();
-                    names.extend(chain.iter().filter(|n| !n.is_empty()).cloned());
-                    names.insert(normalize_name(&a.name));
-                }
-            }
+        for (name, ip) in answer_names(d) {
+            self.names_by_ip.entry(ip).or_default().insert(name);
         }
         let Some(pod_ref) = &d.pod else {
             return Ok(());

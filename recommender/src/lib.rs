@@ -6,6 +6,7 @@
 //! `audit`, `explain` and the self-check of `recommend`.
 
 pub mod audit;
+pub mod certs;
 pub mod cidr;
 pub mod classify;
 pub mod cluster;

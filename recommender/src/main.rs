@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{ArgGroup, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -23,13 +23,20 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Propose one egress NetworkPolicy per workload from observed flows.
+    #[command(group(ArgGroup::new("observed").required(true).args(["flows", "store"])))]
     Recommend {
         /// The cluster snapshot (a Kubernetes List or multi-document stream, YAML or JSON).
         #[arg(long)]
         cluster: PathBuf,
         /// Flow and DNS records (JSON lines, v1); `-` reads stdin. Repeatable.
-        #[arg(long = "flows", required = true, num_args = 1..)]
+        #[arg(long = "flows", num_args = 1..)]
         flows: Vec<PathBuf>,
+        /// The observation store of `leash serve` (a SQLite file), instead of `--flows`.
+        #[arg(long)]
+        store: Option<PathBuf>,
+        /// With `--store`: only observations last seen within this long (e.g. 7d, 24h).
+        #[arg(long, requires = "store", conflicts_with = "flows", value_parser = parse_duration)]
+        since: Option<chrono::Duration>,
         /// Write `<ns>/<workload>-egress.yaml`, `<ns>/default-deny-egress.yaml` and REPORT.md
         /// here instead of printing a YAML stream.
         #[arg(short = 'o', long = "output")]
@@ -55,6 +62,7 @@ enum Command {
     },
     /// Evaluate every flow against a set of policies (egress at the source, ingress at the
     /// destination, Services after DNAT) and print a verdict for each.
+    #[command(group(ArgGroup::new("observed").required(true).args(["flows", "store"])))]
     Audit {
         /// The cluster snapshot.
         #[arg(long)]
@@ -63,8 +71,15 @@ enum Command {
         #[arg(long)]
         policies: PathBuf,
         /// Flow records (JSON lines, v1). Repeatable.
-        #[arg(long = "flows", required = true, num_args = 1..)]
+        #[arg(long = "flows", num_args = 1..)]
         flows: Vec<PathBuf>,
+        /// The observation store of `leash serve` (a SQLite file), instead of `--flows`: one
+        /// verdict per stored (pod, destination, port, protocol).
+        #[arg(long)]
+        store: Option<PathBuf>,
+        /// With `--store`: only observations last seen within this long (e.g. 7d, 24h).
+        #[arg(long, requires = "store", conflicts_with = "flows", value_parser = parse_duration)]
+        since: Option<chrono::Duration>,
         /// `json`: one object per flow, in input order; `table`: aligned, with a summary.
         #[arg(long, default_value = "table")]
         format: leash::audit::Format,
@@ -126,6 +141,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Recommend {
             cluster,
             flows,
+            store,
+            since,
             output,
             namespaces,
             max_cidrs,
@@ -145,7 +162,15 @@ fn run(cli: Cli) -> Result<(), Failure> {
             if !node_local_dns.is_empty() {
                 opts.classify.node_local_dns = node_local_dns.into_iter().collect::<BTreeSet<_>>();
             }
-            let out = leash::synth::run(&cluster, &flows, &opts).map_err(|e| match e {
+            let out = match &store {
+                Some(store) => leash::synth::run_store(&cluster, store, since_time(since), &opts)
+                    .map(|(out, skipped)| {
+                        report_skipped(&skipped);
+                        out
+                    }),
+                None => leash::synth::run(&cluster, &flows, &opts),
+            }
+            .map_err(|e| match e {
                 // Our own bug, not the user's input.
                 leash::synth::Error::SelfCheck(_) => Failure {
                     code: 1,
@@ -172,12 +197,26 @@ fn run(cli: Cli) -> Result<(), Failure> {
             cluster,
             policies,
             flows,
+            store,
+            since,
             format,
             fail_on_deny,
         } => {
             let cluster = leash::cluster::Cluster::load(&cluster).map_err(bad_input)?;
             let set = leash::audit::load_policy_set(&policies).map_err(bad_input)?;
             let mut located = Vec::new();
+            if let Some(store) = &store {
+                let input = leash::store::audit_input(store, &cluster, since_time(since))
+                    .map_err(bad_input)?;
+                report_skipped(&input.skipped);
+                if input.unattributed_flows > 0 {
+                    eprintln!(
+                        "leash: {} flow events outside pods are not audited",
+                        input.unattributed_flows
+                    );
+                }
+                located = input.flows;
+            }
             for f in &flows {
                 located.extend(leash::audit::read_flows(f).map_err(bad_input)?);
             }
@@ -209,6 +248,19 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 leash::explain::explain(&cluster, &set, &from, &flow).map_err(bad_input)?;
             write_stdout(&explanation.to_string())
         }
+    }
+}
+
+/// `--since`: the earliest last-seen time to read, counted back from now.
+fn since_time(since: Option<chrono::Duration>) -> Option<chrono::DateTime<chrono::Utc>> {
+    // A window reaching past the earliest representable time means everything.
+    since.and_then(|d| chrono::Utc::now().checked_sub_signed(d))
+}
+
+/// Stored observations that could not be used, on stderr.
+fn report_skipped(skipped: &[leash::store::Skipped]) {
+    for s in skipped {
+        eprintln!("leash: {s}");
     }
 }
 

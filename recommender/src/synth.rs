@@ -973,6 +973,9 @@ pub enum Error {
     /// A record file is unreadable or invalid.
     #[error(transparent)]
     Input(#[from] crate::input::Error),
+    /// The observation store could not be read.
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
     /// The generated policies would deny an observed flow: a bug, never written out.
     #[error("self-check failed, refusing to write policies: {0}")]
     SelfCheck(#[from] SelfCheckError),
@@ -998,6 +1001,16 @@ pub fn run(
 ) -> Result<Outcome, Error> {
     let cluster = Cluster::load(cluster_path)?;
     let observations = Observations::read_paths(flows, &cluster)?;
+    run_observations(cluster, observations, opts)
+}
+
+/// `leash recommend` on observations already attributed to the cluster's pods (e.g. from a
+/// store): synthesize and self-check.
+pub fn run_observations(
+    cluster: Cluster,
+    observations: Observations,
+    opts: &Options,
+) -> Result<Outcome, Error> {
     let recommendation = recommend(&cluster, &observations, opts);
     // The cluster model is itself a view for the evaluator.
     self_check(&cluster, &cluster, &observations, &recommendation)?;
@@ -1006,4 +1019,19 @@ pub fn run(
         observations,
         recommendation,
     })
+}
+
+/// `leash recommend --store`: load the snapshot, read the store's observations last seen at
+/// or after `since`, synthesize, self-check. Also returns the stored workloads that could not
+/// be attributed to the snapshot's pods.
+pub fn run_store(
+    cluster_path: &std::path::Path,
+    store_path: &std::path::Path,
+    since: Option<DateTime<Utc>>,
+    opts: &Options,
+) -> Result<(Outcome, Vec<crate::store::Skipped>), Error> {
+    let cluster = Cluster::load(cluster_path)?;
+    let store = crate::store::SqliteStore::open_existing(store_path)?;
+    let (observations, skipped) = crate::store::load(&store, &cluster, since)?;
+    Ok((run_observations(cluster, observations, opts)?, skipped))
 }

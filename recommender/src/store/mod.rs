@@ -10,9 +10,16 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 use leash_records::Protocol;
+
+pub mod observe;
+pub mod sqlite;
+
+pub use observe::{SkipReason, Skipped, from_batch, observations};
+pub use sqlite::SqliteStore;
 
 /// The unit observations are aggregated by: a workload, as the cluster model names it.
 ///
@@ -94,10 +101,10 @@ pub enum Commit {
     Duplicate,
 }
 
-/// Errors of a store.
+/// Errors of a store. Each names the database file.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The database failed; `path` names the database file.
+    /// The database failed (for implementations without a more precise variant).
     #[error("store {path}: {message}")]
     Database {
         /// The database file (or URL).
@@ -105,7 +112,82 @@ pub enum Error {
         /// What failed.
         message: String,
     },
+    /// The directory that should hold the database could not be created.
+    #[error("store {}: cannot create directory: {source}", path.display())]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The database could not be opened (missing permissions, a directory, not a database).
+    #[error("store {}: cannot open: {source}", path.display())]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// The underlying error.
+        source: BoxError,
+    },
+    /// The database was written by a newer leash with a schema this build does not know.
+    #[error("store {}: schema version {found} is newer than this leash supports ({supported})", path.display())]
+    NewerSchema {
+        /// The database file.
+        path: PathBuf,
+        /// The database's schema version.
+        found: i64,
+        /// The newest version this build knows.
+        supported: i64,
+    },
+    /// A schema migration failed; the database stays at the version before it.
+    #[error("store {}: migration to schema version {version} ({description}) failed: {source}", path.display())]
+    Migrate {
+        /// The database file.
+        path: PathBuf,
+        /// The version being migrated to.
+        version: i64,
+        /// What the migration does.
+        description: &'static str,
+        /// The underlying error.
+        source: BoxError,
+    },
+    /// An operation on an open database failed.
+    #[error("store {}: cannot {operation}: {source}", path.display())]
+    Operation {
+        /// The database file.
+        path: PathBuf,
+        /// What was being done, e.g. `commit a batch`.
+        operation: &'static str,
+        /// The underlying error.
+        source: BoxError,
+    },
+    /// A time the store cannot represent (before 1677 or after 2262).
+    #[error("store {}: time {time} is outside the storable range (years 1677 to 2262)", path.display())]
+    TimeOutOfRange {
+        /// The database file.
+        path: PathBuf,
+        /// The time.
+        time: DateTime<Utc>,
+    },
+    /// A value the store cannot take.
+    #[error("store {}: {what}", path.display())]
+    Invalid {
+        /// The database file.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+    /// A stored value is not what this build wrote (edited or damaged database).
+    #[error("store {}: corrupt: {what}", path.display())]
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// What is wrong, naming the table.
+        what: String,
+    },
 }
+
+/// A boxed underlying error, so the trait does not depend on one database library.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// `Result` with this module's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -134,4 +216,43 @@ pub trait Store: Send + Sync {
     /// Deletes observations last seen before `before`, and batch ids committed before it.
     /// Returns how many observations were removed.
     fn prune(&self, before: DateTime<Utc>) -> Result<u64>;
+}
+
+/// Reads a store's observations last seen at or after `since` and attributes them to the
+/// cluster's pods ([`observe::observations`]), for `recommend` and `audit`.
+pub fn load(
+    store: &dyn Store,
+    cluster: &crate::cluster::Cluster,
+    since: Option<DateTime<Utc>>,
+) -> Result<(crate::input::Observations, Vec<Skipped>)> {
+    let flows = store.flows(since)?;
+    let dns = store.dns(since)?;
+    Ok(observations(cluster, &flows, &dns))
+}
+
+/// `leash audit --store`: the store's flows as audit input (see [`observe::audit_flows`]),
+/// the workloads skipped, and the flow events outside pods (which audit cannot evaluate).
+pub fn audit_input(
+    path: &std::path::Path,
+    cluster: &crate::cluster::Cluster,
+    since: Option<DateTime<Utc>>,
+) -> Result<AuditInput> {
+    let store = SqliteStore::open_existing(path)?;
+    let (obs, skipped) = load(&store, cluster, since)?;
+    Ok(AuditInput {
+        flows: observe::audit_flows(cluster, &obs, path),
+        skipped,
+        unattributed_flows: obs.unattributed_flows,
+    })
+}
+
+/// What [`audit_input`] read.
+#[derive(Debug, Clone)]
+pub struct AuditInput {
+    /// One flow per (pod, destination, port, protocol), sorted.
+    pub flows: Vec<crate::audit::LocatedFlow>,
+    /// Workloads whose observations could not be attributed.
+    pub skipped: Vec<Skipped>,
+    /// Flow events of processes outside pods.
+    pub unattributed_flows: u64,
 }

@@ -1,0 +1,789 @@
+//! The embedded store: one SQLite file (WAL, bundled SQLite), the default of `leash serve`.
+//!
+//! Schema: workloads and DNS names are interned into integer ids; flow and DNS aggregates
+//! are `WITHOUT ROWID` tables keyed by their aggregation key, so a commit is one upsert per
+//! observation into one b-tree. Addresses are stored as 4- or 16-byte blobs, times as
+//! nanoseconds since the Unix epoch (which limits them to the years 1677–2262), counts as
+//! integers saturating at 2^63−1.
+//!
+//! Migrations are [`MIGRATIONS`], applied in order inside one transaction each; the
+//! database's `PRAGMA user_version` is the number of migrations applied.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use leash_records::Protocol;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+
+use super::observe::{dns_order, flow_order};
+use super::{BatchId, Commit, DnsObservation, Error, FlowObservation, Result, Store, WorkloadRef};
+
+/// One schema migration.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    /// What it changes, for error messages.
+    pub description: &'static str,
+    /// The SQL, run in one transaction.
+    pub sql: &'static str,
+}
+
+/// The schema migrations, in order: the database is at version `n` when the first `n` have
+/// been applied. Append new versions; never edit a released one.
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        description: "aggregated flow and DNS observations, batch ids",
+        sql: "
+            CREATE TABLE workloads (
+                id INTEGER PRIMARY KEY,
+                namespace TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                name TEXT NOT NULL,
+                UNIQUE (namespace, kind, name)
+            );
+            CREATE TABLE names (
+                id INTEGER PRIMARY KEY,
+                name TEXT NOT NULL UNIQUE
+            );
+            CREATE TABLE batches (
+                node TEXT NOT NULL,
+                boot_id TEXT NOT NULL,
+                seq INTEGER NOT NULL,
+                committed_at INTEGER NOT NULL,
+                PRIMARY KEY (node, boot_id, seq)
+            ) WITHOUT ROWID;
+            CREATE TABLE flows (
+                workload INTEGER NOT NULL REFERENCES workloads (id),
+                dst BLOB NOT NULL,
+                port INTEGER NOT NULL,
+                protocol INTEGER NOT NULL,
+                count INTEGER NOT NULL,
+                first_seen INTEGER NOT NULL,
+                last_seen INTEGER NOT NULL,
+                established INTEGER NOT NULL,
+                failed INTEGER NOT NULL,
+                PRIMARY KEY (workload, dst, port, protocol)
+            ) WITHOUT ROWID;
+            CREATE TABLE flow_names (
+                workload INTEGER NOT NULL,
+                dst BLOB NOT NULL,
+                port INTEGER NOT NULL,
+                protocol INTEGER NOT NULL,
+                name INTEGER NOT NULL REFERENCES names (id),
+                PRIMARY KEY (workload, dst, port, protocol, name)
+            ) WITHOUT ROWID;
+            CREATE TABLE dns (
+                workload INTEGER NOT NULL REFERENCES workloads (id),
+                server BLOB NOT NULL,
+                query INTEGER NOT NULL REFERENCES names (id),
+                count INTEGER NOT NULL,
+                first_seen INTEGER NOT NULL,
+                last_seen INTEGER NOT NULL,
+                PRIMARY KEY (workload, server, query)
+            ) WITHOUT ROWID;
+            CREATE TABLE dns_resolved (
+                workload INTEGER NOT NULL,
+                server BLOB NOT NULL,
+                query INTEGER NOT NULL,
+                name INTEGER NOT NULL REFERENCES names (id),
+                ip BLOB NOT NULL,
+                PRIMARY KEY (workload, server, query, name, ip)
+            ) WITHOUT ROWID;
+        ",
+    },
+    Migration {
+        description: "index batch ids by commit time for retention",
+        // Batch ids accumulate one per agent push; pruning them by age should not scan all.
+        sql: "CREATE INDEX batches_committed_at ON batches (committed_at);",
+    },
+];
+
+/// The schema version this build writes: the number of [`MIGRATIONS`].
+pub fn schema_version() -> i64 {
+    i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX)
+}
+
+/// How long a statement waits for another connection's lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The largest count stored; sums saturate here (SQLite integers are signed 64-bit).
+const MAX_COUNT: i64 = i64::MAX;
+
+/// The SQLite store. The connection is behind a mutex: SQLite has one writer anyway.
+pub struct SqliteStore {
+    path: PathBuf,
+    inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The connection and the id caches of interned workloads and names.
+struct Inner {
+    conn: Connection,
+    workloads: HashMap<WorkloadRef, i64>,
+    names: HashMap<String, i64>,
+}
+
+fn boxed(e: rusqlite::Error) -> Box<dyn std::error::Error + Send + Sync> {
+    Box::new(e)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed, with its parent directory) the database at `path`, and
+    /// migrates it to the current schema. WAL journal, `synchronous=NORMAL` (a commit is
+    /// durable across process crashes; a power loss may lose the last commits, never corrupt
+    /// the file), busy timeout 5 s.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|source| Error::CreateDir {
+                path: parent.to_path_buf(),
+                source,
+            })?;
+        }
+        let open_err = |e: rusqlite::Error| Error::Open {
+            path: path.clone(),
+            source: boxed(e),
+        };
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        // The first statement reads the file: a non-database file fails here.
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(open_err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::Open {
+                path,
+                source: format!("cannot switch to WAL journal mode (got {mode})").into(),
+            });
+        }
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", false)
+            .map_err(open_err)?;
+        conn.set_prepared_statement_cache_capacity(32);
+        let mut store = Self {
+            path,
+            inner: Mutex::new(Inner {
+                conn,
+                workloads: HashMap::new(),
+                names: HashMap::new(),
+            }),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Opens an existing database (as [`Self::open`]), failing when there is no file: a
+    /// reader given a wrong path should not get an empty store.
+    pub fn open_existing(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        match std::fs::metadata(path) {
+            Ok(_) => Self::open(path),
+            Err(source) => Err(Error::Open {
+                path: path.to_path_buf(),
+                source: Box::new(source),
+            }),
+        }
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The schema version of the open database (after [`Self::open`], [`schema_version`]).
+    pub fn version(&self) -> Result<i64> {
+        let inner = self.lock();
+        inner
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| self.op("read the schema version", e))
+    }
+
+    fn migrate(&mut self) -> Result<()> {
+        let path = self.path.clone();
+        let inner = self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
+        let found: i64 = inner
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| Error::Open {
+                path: path.clone(),
+                source: boxed(e),
+            })?;
+        let supported = schema_version();
+        if found > supported {
+            return Err(Error::NewerSchema {
+                path,
+                found,
+                supported,
+            });
+        }
+        for (i, m) in MIGRATIONS
+            .iter()
+            .enumerate()
+            .skip(usize::try_from(found).unwrap_or(0))
+        {
+            let version = i64::try_from(i + 1).unwrap_or(i64::MAX);
+            let fail = |e: rusqlite::Error| Error::Migrate {
+                path: path.clone(),
+                version,
+                description: m.description,
+                source: boxed(e),
+            };
+            let tx = inner
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(fail)?;
+            tx.execute_batch(m.sql).map_err(fail)?;
+            tx.pragma_update(None, "user_version", version)
+                .map_err(fail)?;
+            tx.commit().map_err(fail)?;
+        }
+        Ok(())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|poisoned| {
+            // A panic mid-commit rolled its transaction back (dropped): the connection is
+            // sound, but ids cached during it may not exist.
+            let mut inner = poisoned.into_inner();
+            inner.workloads.clear();
+            inner.names.clear();
+            inner
+        })
+    }
+
+    fn op(&self, operation: &'static str, e: rusqlite::Error) -> Error {
+        Error::Operation {
+            path: self.path.clone(),
+            operation,
+            source: boxed(e),
+        }
+    }
+
+    fn time(&self, t: DateTime<Utc>) -> Result<i64> {
+        t.timestamp_nanos_opt()
+            .ok_or_else(|| Error::TimeOutOfRange {
+                path: self.path.clone(),
+                time: t,
+            })
+    }
+
+    fn commit_inner(
+        &self,
+        inner: &mut Inner,
+        id: &BatchId,
+        flows: &[FlowObservation],
+        dns: &[DnsObservation],
+    ) -> Result<Commit> {
+        let Inner {
+            conn,
+            workloads,
+            names,
+        } = inner;
+        let op = |e| self.op("commit a batch", e);
+        let seq = i64::try_from(id.seq).map_err(|_| Error::Invalid {
+            path: self.path.clone(),
+            what: format!("batch sequence number {} exceeds 2^63-1", id.seq),
+        })?;
+        let now = self.time(Utc::now())?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(op)?;
+        let inserted = tx
+            .prepare_cached(
+                "INSERT INTO batches (node, boot_id, seq, committed_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT DO NOTHING",
+            )
+            .and_then(|mut s| s.execute(params![id.node, id.boot_id, seq, now]))
+            .map_err(op)?;
+        if inserted == 0 {
+            // Dropping the transaction rolls back: nothing changed.
+            return Ok(Commit::Duplicate);
+        }
+        {
+            let mut upsert_flow = tx
+                .prepare_cached(
+                    "INSERT INTO flows (workload, dst, port, protocol, count, first_seen,
+                         last_seen, established, failed)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                     ON CONFLICT DO UPDATE SET
+                         count = CASE WHEN count > 9223372036854775807 - excluded.count
+                             THEN 9223372036854775807 ELSE count + excluded.count END,
+                         first_seen = min(first_seen, excluded.first_seen),
+                         last_seen = max(last_seen, excluded.last_seen),
+                         established = CASE
+                             WHEN established > 9223372036854775807 - excluded.established
+                             THEN 9223372036854775807
+                             ELSE established + excluded.established END,
+                         failed = CASE WHEN failed > 9223372036854775807 - excluded.failed
+                             THEN 9223372036854775807 ELSE failed + excluded.failed END",
+                )
+                .map_err(op)?;
+            let mut add_flow_name = tx
+                .prepare_cached(
+                    "INSERT INTO flow_names (workload, dst, port, protocol, name)
+                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+                )
+                .map_err(op)?;
+            let mut ids = Ids {
+                tx: &tx,
+                workloads,
+                names,
+            };
+            for f in flows {
+                let w = ids.workload(&f.workload).map_err(op)?;
+                let dst = IpBytes::new(f.dst);
+                let proto = protocol_number(f.protocol);
+                upsert_flow
+                    .execute(params![
+                        w,
+                        dst.as_slice(),
+                        f.port,
+                        proto,
+                        clamp(f.count),
+                        self.time(f.first_seen)?,
+                        self.time(f.last_seen)?,
+                        clamp(f.established),
+                        clamp(f.failed),
+                    ])
+                    .map_err(op)?;
+                for n in &f.names {
+                    let name = ids.name(n).map_err(op)?;
+                    add_flow_name
+                        .execute(params![w, dst.as_slice(), f.port, proto, name])
+                        .map_err(op)?;
+                }
+            }
+            let mut upsert_dns = tx
+                .prepare_cached(
+                    "INSERT INTO dns (workload, server, query, count, first_seen, last_seen)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT DO UPDATE SET
+                         count = CASE WHEN count > 9223372036854775807 - excluded.count
+                             THEN 9223372036854775807 ELSE count + excluded.count END,
+                         first_seen = min(first_seen, excluded.first_seen),
+                         last_seen = max(last_seen, excluded.last_seen)",
+                )
+                .map_err(op)?;
+            let mut add_resolved = tx
+                .prepare_cached(
+                    "INSERT INTO dns_resolved (workload, server, query, name, ip)
+                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+                )
+                .map_err(op)?;
+            for d in dns {
+                let w = ids.workload(&d.workload).map_err(op)?;
+                let server = IpBytes::new(d.server);
+                let query = ids.name(&d.query).map_err(op)?;
+                upsert_dns
+                    .execute(params![
+                        w,
+                        server.as_slice(),
+                        query,
+                        clamp(d.count),
+                        self.time(d.first_seen)?,
+                        self.time(d.last_seen)?,
+                    ])
+                    .map_err(op)?;
+                for (name, ip) in &d.resolved {
+                    let name = ids.name(name).map_err(op)?;
+                    add_resolved
+                        .execute(params![
+                            w,
+                            server.as_slice(),
+                            query,
+                            name,
+                            IpBytes::new(*ip).as_slice()
+                        ])
+                        .map_err(op)?;
+                }
+            }
+        }
+        tx.commit().map_err(op)?;
+        Ok(Commit::Stored)
+    }
+
+    fn workload_refs(&self, conn: &Connection) -> Result<HashMap<i64, WorkloadRef>> {
+        let op = |e| self.op("read workloads", e);
+        let mut stmt = conn
+            .prepare_cached("SELECT id, namespace, kind, name FROM workloads")
+            .map_err(op)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    WorkloadRef {
+                        namespace: r.get(1)?,
+                        kind: r.get(2)?,
+                        name: r.get(3)?,
+                    },
+                ))
+            })
+            .map_err(op)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(op)
+    }
+
+    fn decode_ip(&self, table: &'static str, bytes: &[u8]) -> Result<IpAddr> {
+        match bytes.len() {
+            4 => {
+                let mut a = [0u8; 4];
+                a.copy_from_slice(bytes);
+                Ok(IpAddr::V4(Ipv4Addr::from(a)))
+            }
+            16 => {
+                let mut a = [0u8; 16];
+                a.copy_from_slice(bytes);
+                Ok(IpAddr::V6(Ipv6Addr::from(a)))
+            }
+            n => Err(Error::Corrupt {
+                path: self.path.clone(),
+                what: format!("{table}: an address of {n} bytes (expected 4 or 16)"),
+            }),
+        }
+    }
+
+    fn decode_workload<'a>(
+        &self,
+        table: &'static str,
+        refs: &'a HashMap<i64, WorkloadRef>,
+        id: i64,
+    ) -> Result<&'a WorkloadRef> {
+        refs.get(&id).ok_or_else(|| Error::Corrupt {
+            path: self.path.clone(),
+            what: format!("{table}: unknown workload id {id}"),
+        })
+    }
+}
+
+/// Interns workloads and names inside a commit's transaction.
+struct Ids<'t, 'c> {
+    tx: &'t rusqlite::Transaction<'c>,
+    workloads: &'t mut HashMap<WorkloadRef, i64>,
+    names: &'t mut HashMap<String, i64>,
+}
+
+impl Ids<'_, '_> {
+    fn workload(&mut self, w: &WorkloadRef) -> rusqlite::Result<i64> {
+        if let Some(&id) = self.workloads.get(w) {
+            return Ok(id);
+        }
+        self.tx
+            .prepare_cached(
+                "INSERT INTO workloads (namespace, kind, name) VALUES (?1, ?2, ?3)
+                 ON CONFLICT DO NOTHING",
+            )?
+            .execute(params![w.namespace, w.kind, w.name])?;
+        let id: i64 = self
+            .tx
+            .prepare_cached(
+                "SELECT id FROM workloads WHERE namespace = ?1 AND kind = ?2 AND name = ?3",
+            )?
+            .query_row(params![w.namespace, w.kind, w.name], |r| r.get(0))?;
+        self.workloads.insert(w.clone(), id);
+        Ok(id)
+    }
+
+    fn name(&mut self, n: &str) -> rusqlite::Result<i64> {
+        if let Some(&id) = self.names.get(n) {
+            return Ok(id);
+        }
+        self.tx
+            .prepare_cached("INSERT INTO names (name) VALUES (?1) ON CONFLICT DO NOTHING")?
+            .execute(params![n])?;
+        let id: i64 = self
+            .tx
+            .prepare_cached("SELECT id FROM names WHERE name = ?1")?
+            .query_row(params![n], |r| r.get(0))?;
+        self.names.insert(n.to_owned(), id);
+        Ok(id)
+    }
+}
+
+/// An address as stored: 4 bytes for IPv4, 16 for IPv6.
+struct IpBytes {
+    bytes: [u8; 16],
+    len: usize,
+}
+
+impl IpBytes {
+    fn new(ip: IpAddr) -> Self {
+        let mut bytes = [0u8; 16];
+        match ip {
+            IpAddr::V4(a) => {
+                bytes[..4].copy_from_slice(&a.octets());
+                Self { bytes, len: 4 }
+            }
+            IpAddr::V6(a) => Self {
+                bytes: a.octets(),
+                len: 16,
+            },
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// The IANA protocol number.
+fn protocol_number(p: Protocol) -> i64 {
+    match p {
+        Protocol::Tcp => 6,
+        Protocol::Udp => 17,
+        Protocol::Sctp => 132,
+    }
+}
+
+fn protocol_from_number(n: i64) -> Option<Protocol> {
+    match n {
+        6 => Some(Protocol::Tcp),
+        17 => Some(Protocol::Udp),
+        132 => Some(Protocol::Sctp),
+        _ => None,
+    }
+}
+
+/// A `since` bound in stored units; bounds outside the storable range clamp to its ends.
+fn since_nanos(since: Option<DateTime<Utc>>) -> i64 {
+    match since {
+        None => i64::MIN,
+        Some(t) => t.timestamp_nanos_opt().unwrap_or(if t.timestamp() < 0 {
+            i64::MIN
+        } else {
+            i64::MAX
+        }),
+    }
+}
+
+fn clamp(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(MAX_COUNT)
+}
+
+fn unclamp(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// A flow's key as read back: (workload id, address bytes, port, protocol number).
+type RawFlowKey = (i64, Vec<u8>, i64, i64);
+/// A DNS observation's key as read back: (workload id, server bytes, query name id).
+type RawDnsKey = (i64, Vec<u8>, i64);
+
+impl Store for SqliteStore {
+    fn commit(
+        &self,
+        id: &BatchId,
+        flows: &[FlowObservation],
+        dns: &[DnsObservation],
+    ) -> Result<Commit> {
+        let mut inner = self.lock();
+        let result = self.commit_inner(&mut inner, id, flows, dns);
+        if result.is_err() {
+            // The transaction rolled back; ids cached during it may not exist.
+            inner.workloads.clear();
+            inner.names.clear();
+        }
+        result
+    }
+
+    fn flows(&self, since: Option<DateTime<Utc>>) -> Result<Vec<FlowObservation>> {
+        let since = since_nanos(since);
+        let inner = self.lock();
+        let conn = &inner.conn;
+        let op = |e| self.op("read flows", e);
+        let refs = self.workload_refs(conn)?;
+        let mut names: HashMap<RawFlowKey, BTreeSet<String>> = HashMap::new();
+        {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT n.workload, n.dst, n.port, n.protocol, names.name
+                     FROM flow_names n
+                     JOIN flows f USING (workload, dst, port, protocol)
+                     JOIN names ON names.id = n.name
+                     WHERE f.last_seen >= ?1",
+                )
+                .map_err(op)?;
+            let mut rows = stmt.query(params![since]).map_err(op)?;
+            while let Some(r) = rows.next().map_err(op)? {
+                let key: RawFlowKey = (
+                    r.get(0).map_err(op)?,
+                    r.get(1).map_err(op)?,
+                    r.get(2).map_err(op)?,
+                    r.get(3).map_err(op)?,
+                );
+                names.entry(key).or_default().insert(r.get(4).map_err(op)?);
+            }
+        }
+        let mut out = Vec::new();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT workload, dst, port, protocol, count, first_seen, last_seen,
+                     established, failed
+                 FROM flows WHERE last_seen >= ?1",
+            )
+            .map_err(op)?;
+        let mut rows = stmt.query(params![since]).map_err(op)?;
+        while let Some(r) = rows.next().map_err(op)? {
+            let key: RawFlowKey = (
+                r.get(0).map_err(op)?,
+                r.get(1).map_err(op)?,
+                r.get(2).map_err(op)?,
+                r.get(3).map_err(op)?,
+            );
+            let workload = self.decode_workload("flows", &refs, key.0)?.clone();
+            let dst = self.decode_ip("flows", &key.1)?;
+            let port = u16::try_from(key.2).map_err(|_| Error::Corrupt {
+                path: self.path.clone(),
+                what: format!("flows: port {} out of range", key.2),
+            })?;
+            let protocol = protocol_from_number(key.3).ok_or_else(|| Error::Corrupt {
+                path: self.path.clone(),
+                what: format!("flows: unknown protocol number {}", key.3),
+            })?;
+            out.push(FlowObservation {
+                workload,
+                protocol,
+                dst,
+                port,
+                count: unclamp(r.get(4).map_err(op)?),
+                first_seen: DateTime::from_timestamp_nanos(r.get(5).map_err(op)?),
+                last_seen: DateTime::from_timestamp_nanos(r.get(6).map_err(op)?),
+                names: names.remove(&key).unwrap_or_default(),
+                established: unclamp(r.get(7).map_err(op)?),
+                failed: unclamp(r.get(8).map_err(op)?),
+            });
+        }
+        out.sort_by(|a, b| flow_order(a).cmp(&flow_order(b)));
+        Ok(out)
+    }
+
+    fn dns(&self, since: Option<DateTime<Utc>>) -> Result<Vec<DnsObservation>> {
+        let since = since_nanos(since);
+        let inner = self.lock();
+        let conn = &inner.conn;
+        let op = |e| self.op("read DNS observations", e);
+        let refs = self.workload_refs(conn)?;
+        let mut resolved: HashMap<RawDnsKey, BTreeSet<(String, IpAddr)>> = HashMap::new();
+        {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT r.workload, r.server, r.query, names.name, r.ip
+                     FROM dns_resolved r
+                     JOIN dns d USING (workload, server, query)
+                     JOIN names ON names.id = r.name
+                     WHERE d.last_seen >= ?1",
+                )
+                .map_err(op)?;
+            let mut rows = stmt.query(params![since]).map_err(op)?;
+            while let Some(r) = rows.next().map_err(op)? {
+                let key: RawDnsKey = (
+                    r.get(0).map_err(op)?,
+                    r.get(1).map_err(op)?,
+                    r.get(2).map_err(op)?,
+                );
+                let ip: Vec<u8> = r.get(4).map_err(op)?;
+                let ip = self.decode_ip("dns_resolved", &ip)?;
+                resolved
+                    .entry(key)
+                    .or_default()
+                    .insert((r.get(3).map_err(op)?, ip));
+            }
+        }
+        let mut out = Vec::new();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT d.workload, d.server, d.query, names.name, d.count, d.first_seen,
+                     d.last_seen
+                 FROM dns d JOIN names ON names.id = d.query
+                 WHERE d.last_seen >= ?1",
+            )
+            .map_err(op)?;
+        let mut rows = stmt.query(params![since]).map_err(op)?;
+        while let Some(r) = rows.next().map_err(op)? {
+            let key: RawDnsKey = (
+                r.get(0).map_err(op)?,
+                r.get(1).map_err(op)?,
+                r.get(2).map_err(op)?,
+            );
+            out.push(DnsObservation {
+                workload: self.decode_workload("dns", &refs, key.0)?.clone(),
+                server: self.decode_ip("dns", &key.1)?,
+                query: r.get(3).map_err(op)?,
+                count: unclamp(r.get(4).map_err(op)?),
+                first_seen: DateTime::from_timestamp_nanos(r.get(5).map_err(op)?),
+                last_seen: DateTime::from_timestamp_nanos(r.get(6).map_err(op)?),
+                resolved: resolved.remove(&key).unwrap_or_default(),
+            });
+        }
+        out.sort_by(|a, b| dns_order(a).cmp(&dns_order(b)));
+        Ok(out)
+    }
+
+    fn prune(&self, before: DateTime<Utc>) -> Result<u64> {
+        let before = self.time(before)?;
+        let mut inner = self.lock();
+        let op = |e| self.op("prune", e);
+        let tx = inner
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(op)?;
+        tx.execute(
+            "DELETE FROM flow_names WHERE (workload, dst, port, protocol) IN
+                 (SELECT workload, dst, port, protocol FROM flows WHERE last_seen < ?1)",
+            params![before],
+        )
+        .map_err(op)?;
+        let flows = tx
+            .execute("DELETE FROM flows WHERE last_seen < ?1", params![before])
+            .map_err(op)?;
+        tx.execute(
+            "DELETE FROM dns_resolved WHERE (workload, server, query) IN
+                 (SELECT workload, server, query FROM dns WHERE last_seen < ?1)",
+            params![before],
+        )
+        .map_err(op)?;
+        let dns = tx
+            .execute("DELETE FROM dns WHERE last_seen < ?1", params![before])
+            .map_err(op)?;
+        tx.execute(
+            "DELETE FROM batches WHERE committed_at < ?1",
+            params![before],
+        )
+        .map_err(op)?;
+        tx.commit().map_err(op)?;
+        Ok(u64::try_from(flows + dns).unwrap_or(u64::MAX))
+    }
+}
+
+impl SqliteStore {
+    /// Whether the batch id is stored.
+    pub fn has_batch(&self, id: &BatchId) -> Result<bool> {
+        let seq = i64::try_from(id.seq).unwrap_or(i64::MAX);
+        let inner = self.lock();
+        inner
+            .conn
+            .prepare_cached("SELECT 1 FROM batches WHERE node = ?1 AND boot_id = ?2 AND seq = ?3")
+            .and_then(|mut s| {
+                s.query_row(params![id.node, id.boot_id, seq], |_| Ok(()))
+                    .optional()
+            })
+            .map(|r| r.is_some())
+            .map_err(|e| self.op("look up a batch id", e))
+    }
+}
