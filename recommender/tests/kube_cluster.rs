@@ -136,7 +136,9 @@ fn load_fixtures(api: &FakeApi) {
     ));
     api.apply(&typed::<NetworkPolicy>(
         json!({"apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy", "metadata": {"name": "default-deny", "namespace": "shop"},
+        "kind": "NetworkPolicy", "metadata": {"name": "default-deny", "namespace": "shop",
+            "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}", "team": "a"},
+            "managedFields": [{"manager": "kubectl", "operation": "Apply"}]},
         "spec": {"podSelector": {}, "policyTypes": ["Egress"]}}),
     ));
 }
@@ -283,6 +285,11 @@ async fn initial_lists_build_the_model_and_readiness_waits_for_all_of_them() {
         .collect();
     assert_eq!(policies, ["default-deny"]);
     assert_eq!(state.policy_set.len(), 1);
+    // The stores drop what the model never reads.
+    let meta = &state.policies[0].metadata;
+    assert!(meta.managed_fields.is_none());
+    let annotations: Vec<_> = meta.annotations.iter().flatten().map(|(k, _)| k).collect();
+    assert_eq!(annotations, ["team"]);
     assert!(state.rejected.is_empty(), "{:?}", state.rejected);
 
     assert_within(&api.requests(), API_ACCESS);
