@@ -421,6 +421,12 @@ impl FakeApi {
         });
     }
 
+    /// Removes every injected failure not yet used up (e.g. one set with `count`
+    /// `usize::MAX` to fail until the test says otherwise).
+    pub fn clear_failures(&self) {
+        self.lock().failures.clear();
+    }
+
     /// Every request received so far, in arrival order.
     pub fn requests(&self) -> Vec<Request> {
         self.lock().requests.clone()
