@@ -525,3 +525,47 @@ async fn unexpected_egress_events_are_created_then_patched() {
         .unwrap();
     assert_eq!(stored["series"]["count"], 2, "{stored}");
 }
+
+#[tokio::test]
+async fn bursts_are_debounced_and_the_task_ends_with_its_receivers() {
+    let api = FakeApi::start().await.unwrap();
+    load_fixtures(&api);
+    let options = WatchOptions {
+        debounce: Duration::from_millis(300),
+    };
+    let (mut rx, task) = watch_cluster(api.client().unwrap(), options);
+    let first = state_where(&mut rx, "ready", |_| true).await;
+
+    // A burst of 40 changes lands in one or two rebuilds, not forty.
+    for i in 0..40 {
+        api.apply(&pod(
+            &format!("burst-{i:02}"),
+            &format!("198.51.100.{}", 40 + i),
+            json!({"app": "burst"}),
+            None,
+        ));
+    }
+    let s = state_where(&mut rx, "the whole burst", |s| {
+        s.cluster.pods_in_namespace("shop").count() == 43
+    })
+    .await;
+    let rebuilds = s.generation - first.generation;
+    assert!(
+        (1..=2).contains(&rebuilds),
+        "{rebuilds} rebuilds for one burst"
+    );
+
+    // With every receiver gone, the task ends (and its watches close).
+    drop(rx);
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the watch task outlived its receivers")
+        .unwrap();
+    for _ in 0..500 {
+        if api.watch_count(None) == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(api.watch_count(None), 0, "watches left open");
+}

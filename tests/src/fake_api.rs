@@ -1007,9 +1007,13 @@ async fn watch(
     let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
     loop {
+        let mut probe = [0u8; 1];
         let msg = tokio::select! {
             msg = rx.recv() => msg,
             () = &mut deadline => None,
+            // The client hung up (nothing more is expected from it on this connection): the
+            // watch is over, so it no longer counts as open.
+            _ = stream.read(&mut probe) => return,
         };
         let Some(WatchMsg::Event(line)) = msg else {
             break;
