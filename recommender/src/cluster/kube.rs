@@ -338,8 +338,8 @@ fn build(stores: &Stores, generation: u64, watch_errors: u64) -> ClusterState {
 /// The receiver holds `None` until every kind has been listed once (readiness), then the
 /// latest [`ClusterState`]; a new state is published after each change, at most once per
 /// [`WatchOptions::debounce`]. Watch failures are logged and retried by kube-rs with its default
-/// backoff; the task (and its watches) ends when every receiver is dropped, or when aborted. Must be called
-/// inside a tokio runtime.
+/// backoff. The task (and its watches) ends when every receiver is dropped, or when aborted.
+/// Must be called inside a tokio runtime.
 pub fn watch_cluster(
     client: kube::Client,
     options: WatchOptions,
