@@ -101,7 +101,7 @@ fn main() -> ExitCode {
     let config = AgentConfig {
         cgroup: cli.cgroup,
         pods,
-        output: cli.output,
+        output: Some(cli.output),
         flush_interval: cli.flush_interval,
         duration: cli.duration,
         node_name: node_name(cli.node_name),

@@ -489,6 +489,87 @@ mod tests {
         assert!(!crate::is_lab_address(IpAddr::V4(METADATA_ADDR)));
     }
 
+    fn step(pod: &str, args: &[&str], json: Value) -> Step {
+        use std::os::unix::process::ExitStatusExt as _;
+        Step {
+            pod: pod.to_owned(),
+            args: args.iter().map(|s| (*s).to_owned()).collect(),
+            output: ClientOutput {
+                status: std::process::ExitStatus::from_raw(0),
+                json,
+                stdout: String::new(),
+                stderr: String::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn traffic_is_accounted_per_pod_destination_and_kind() {
+        let vip = "198.51.100.129";
+        let t = Traffic {
+            steps: vec![
+                step(
+                    FRONTEND,
+                    &["dns"],
+                    json!({"query": "api.stripe.test.", "rcode": "NOERROR"}),
+                ),
+                step(
+                    PAYMENT,
+                    &["dns"],
+                    json!({"query": "api.stripe.test.", "rcode": "NXDOMAIN"}),
+                ),
+                step(
+                    FRONTEND,
+                    &["tcp"],
+                    json!({"dst": vip, "port": 80, "connected": 2}),
+                ),
+                step(
+                    FRONTEND,
+                    &["tcp"],
+                    json!({"dst": vip, "port": 80, "connected": 3}),
+                ),
+                step(
+                    API,
+                    &["tcp"],
+                    json!({"dst": vip, "port": 80, "connected": 7}),
+                ),
+                step(
+                    WORKER,
+                    &["udp-sendto"],
+                    json!({"dst": "203.0.113.50", "port": 514, "sent": 3}),
+                ),
+            ],
+            elapsed: Duration::ZERO,
+        };
+        let vip: IpAddr = vip.parse().unwrap();
+        assert_eq!(t.connections(FRONTEND, vip, 80), 5);
+        assert_eq!(t.connections(FRONTEND, vip, 81), 0);
+        assert_eq!(t.connections(API, vip, 80), 7);
+        assert_eq!(t.datagrams(WORKER, IpAddr::V4(COLLECTOR_ADDR), 514), 3);
+        assert_eq!(t.lookups(STRIPE_HOST), 1);
+        assert_eq!(t.totals(), (12, 3, 2));
+    }
+
+    #[test]
+    fn dns_answers_are_read_from_the_client_result() {
+        let s = step(
+            PAYMENT,
+            &["dns"],
+            json!({"answers": [
+                {"type": "CNAME", "data": "edge.stripe.test."},
+                {"type": "A", "data": "203.0.113.10"},
+                {"type": "AAAA", "data": "2001:db8:2::10"},
+                {"type": "A", "data": "not an address"},
+            ]}),
+        );
+        let want: Vec<IpAddr> = vec![
+            "203.0.113.10".parse().unwrap(),
+            "2001:db8:2::10".parse().unwrap(),
+        ];
+        assert_eq!(answers(&s), want);
+        assert!(answers(&step(PAYMENT, &["dns"], json!({"error": "timeout"}))).is_empty());
+    }
+
     #[test]
     fn workloads_are_the_shop_pods() {
         let keys: Vec<&str> = WORKLOADS.iter().map(|w| w.0).collect();

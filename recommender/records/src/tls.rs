@@ -163,7 +163,8 @@ fn read(path: &Path) -> Result<Vec<u8>> {
     })
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+/// The certificates of a PEM file, in file order; at least one.
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     let pem = read(path)?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
@@ -201,6 +202,17 @@ fn read_roots(path: &Path) -> Result<Arc<RootCertStore>> {
         })?;
     }
     Ok(Arc::new(roots))
+}
+
+/// Checks that `name` can identify a server: a DNS name or an IP address, as rustls accepts
+/// it when verifying the server's certificate.
+pub fn check_server_name(name: &str) -> Result<()> {
+    ServerName::try_from(name)
+        .map(|_| ())
+        .map_err(|e| Error::ServerName {
+            name: name.to_owned(),
+            message: e.to_string(),
+        })
 }
 
 /// A server configuration from PEM files: `files.cert` + `files.key` as the server's identity,
