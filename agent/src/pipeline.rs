@@ -24,6 +24,7 @@ use crate::{
     dns::{DnsCacheConfig, DnsTracker},
     metrics::{Metrics, MetricsServer},
     sink::{self, FanOut, FlowView, JsonLinesSink, PodView, Sink},
+    transport::{GrpcSink, TransportConfig},
 };
 
 /// Kernel records handled per wake-up before other work (flush, signals) gets a turn.
@@ -54,6 +55,9 @@ pub enum Error {
     /// The Kubernetes client could not be configured.
     #[error("kubernetes client: {0}")]
     Kube(#[from] kube::Error),
+    /// The recommender transport could not be set up.
+    #[error("recommender transport: {0}")]
+    Transport(#[from] crate::transport::Error),
 }
 
 /// `Result` with this module's [`Error`].
@@ -79,6 +83,8 @@ pub struct AgentConfig {
     pub pods: PodSource,
     /// JSON lines to `-` (stdout) or a file; `None` when only the recommender gets records.
     pub output: Option<String>,
+    /// Stream records to the recommender over gRPC.
+    pub recommender: Option<TransportConfig>,
     /// How often records are flushed (and the kernel's per-key refresh interval).
     pub flush_interval: Duration,
     /// Stop by itself after this long, flushing first.
@@ -139,6 +145,9 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         sinks.push(Box::new(
             JsonLinesSink::open(output, metrics.clone()).await?,
         ));
+    }
+    if let Some(transport) = &config.recommender {
+        sinks.push(Box::new(GrpcSink::start(transport.clone(), &metrics)?));
     }
     let mut sink: Box<dyn Sink> = match sinks.len() {
         1 => sinks.remove(0),
