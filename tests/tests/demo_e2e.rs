@@ -459,8 +459,6 @@ fn demo_pipeline_without_serve() {
 /// policies come from the store. Also checks that the store saw everything the agent wrote:
 /// `leash recommend --flows out/flows.jsonl` proposes byte-identical policies.
 #[test]
-#[ignore = "needs `leash serve`, `leash certs`, `recommend --store` and the agent's --recommender \
-            (issue 4 sections 1-2, other branches); remove this once they are merged"]
 fn demo_pipeline_streams_through_leash_serve() {
     let Some(run) = run_demo(&["--rounds", "2"]) else {
         return;
