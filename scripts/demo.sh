@@ -7,10 +7,17 @@
 # Usage: scripts/demo.sh [lab-demo options], e.g. `--no-serve` (agent writes flows.jsonl only,
 # `leash recommend --flows`) or `--rounds 5`. Set-up and the release build run first; both are
 # no-ops when already done, so `make demo` (which also runs them) costs nothing extra.
+# LEASH_DEMO_PROFILE=debug uses (and builds) the debug binaries instead of release.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-target="$CARGO_TARGET_DIR/release"
+profile="${LEASH_DEMO_PROFILE:-release}"
+case "$profile" in
+    release) build_flags=(--release) ;;
+    debug) build_flags=() ;;
+    *) echo "demo: LEASH_DEMO_PROFILE must be release or debug, not '$profile'" >&2; exit 2 ;;
+esac
+target="$CARGO_TARGET_DIR/$profile"
 
 if [[ $(id -u) -ne 0 ]]; then
     echo "demo: needs root (network namespaces, cgroups and BPF programs); try: sudo make demo" >&2
@@ -19,6 +26,6 @@ fi
 
 echo "== set-up and build"
 ./scripts/setup.sh
-cargo build --release -p leash-agent -p leash -p leash-lab --bins
+cargo build "${build_flags[@]}" -p leash-agent -p leash -p leash-lab --bins
 
 exec "$target/lab-demo" --out out --leash "$target/leash" --agent "$target/leash-agent" "$@"

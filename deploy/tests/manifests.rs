@@ -280,3 +280,37 @@ fn self_signed_overlay_packs_the_generated_files_into_the_mounted_secrets() {
         BTreeSet::from([name_of("leash-recommender-tls-")])
     );
 }
+
+#[test]
+fn self_signed_overlay_reads_exactly_what_leash_certs_writes() {
+    // The files `leash certs --out … --server-name … --client leash-agent` writes, from its own
+    // code, are the ones the overlay's secretGenerator reads; the CA key stays out of the
+    // cluster.
+    let staged = Staged::new().unwrap_or_else(|e| panic!("{e}"));
+    let certs = staged.path("overlays/self-signed/certs");
+    leash::certs::generate(
+        &certs,
+        &[stage::SERVER_NAME.to_owned()],
+        &[stage::CLIENT_NAME.to_owned()],
+    )
+    .unwrap_or_else(|e| panic!("leash certs: {e}"));
+    let m = Manifests::load(&staged.path("overlays/self-signed")).unwrap_or_else(|e| panic!("{e}"));
+    let read = |name: &str| fs::read(certs.join(name)).expect("a file leash certs wrote");
+    let ca_key = read("ca-key.pem");
+    let mut packed = Vec::new();
+    for s in m.secrets() {
+        for (key, value) in s.data.iter().flatten() {
+            assert_ne!(value.0, ca_key, "the CA key must not be packed ({key})");
+            packed.push(value.0.clone());
+        }
+    }
+    for file in [
+        "ca.pem",
+        "server.pem",
+        "server-key.pem",
+        "leash-agent.pem",
+        "leash-agent-key.pem",
+    ] {
+        assert!(packed.contains(&read(file)), "{file} is not in any Secret");
+    }
+}

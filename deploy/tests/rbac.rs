@@ -6,54 +6,19 @@ use leash_deploy::rbac::{GrantDiff, grants_of_access, grants_of_rules};
 use leash_deploy::{Manifests, stage};
 use leash_records::access::ApiAccess;
 
-// INTEGRATOR: these are stand-ins for the declarations the code makes, written while those
-// were still on other branches. Once `leash::cluster::kube::{API_ACCESS, EVENTS_ACCESS}` and
-// `leash_agent::attribution::pods::API_ACCESS` are on main, add `leash` and `leash-agent` as
-// dev-dependencies of leash-deploy and replace the two functions' bodies with
-// `[leash::cluster::kube::API_ACCESS, leash::cluster::kube::EVENTS_ACCESS].concat()` and
-// `leash_agent::attribution::pods::API_ACCESS.to_vec()`.
-
 /// What `leash serve` uses: reflectors (list + watch) on the cluster model's kinds, and
 /// kube-rs's event `Recorder` (create, then patch for a repeated event).
 fn recommender_access() -> Vec<ApiAccess> {
-    const LIST_WATCH: &[&str] = &["list", "watch"];
-    let model = [
-        ("", "namespaces"),
-        ("", "nodes"),
-        ("", "pods"),
-        ("", "services"),
-        ("discovery.k8s.io", "endpointslices"),
-        ("networking.k8s.io", "networkpolicies"),
-        ("apps", "replicasets"),
-        ("apps", "deployments"),
-        ("apps", "statefulsets"),
-        ("apps", "daemonsets"),
-        ("batch", "jobs"),
-        ("batch", "cronjobs"),
-    ];
-    let mut access: Vec<ApiAccess> = model
-        .into_iter()
-        .map(|(group, resource)| ApiAccess {
-            group,
-            resource,
-            verbs: LIST_WATCH,
-        })
-        .collect();
-    access.push(ApiAccess {
-        group: "events.k8s.io",
-        resource: "events",
-        verbs: &["create", "patch"],
-    });
-    access
+    [
+        leash::cluster::kube::API_ACCESS,
+        leash::cluster::events::EVENTS_ACCESS,
+    ]
+    .concat()
 }
 
 /// What `leash-agent --kube` uses: a watcher on the pods of its node.
 fn agent_access() -> Vec<ApiAccess> {
-    vec![ApiAccess {
-        group: "",
-        resource: "pods",
-        verbs: &["get", "list", "watch"],
-    }]
+    leash_agent::attribution::pods::API_ACCESS.to_vec()
 }
 
 fn check_role(m: &Manifests, role: &str, declared: &[ApiAccess]) {
@@ -95,15 +60,15 @@ fn a_role_with_one_verb_more_or_less_fails_the_comparison() {
     let fewer = [ApiAccess {
         group: "",
         resource: "pods",
-        verbs: &["list", "watch"],
+        verbs: &["watch"],
     }];
     let diff = GrantDiff::between(&granted, &grants_of_access(&fewer));
     assert_eq!(diff.extra.len(), 1, "{diff}");
-    assert_eq!(diff.extra[0].to_string(), "get core/pods");
+    assert_eq!(diff.extra[0].to_string(), "list core/pods");
     let more = [ApiAccess {
         group: "",
         resource: "pods",
-        verbs: &["get", "list", "watch", "delete"],
+        verbs: &["list", "watch", "delete"],
     }];
     let diff = GrantDiff::between(&granted, &grants_of_access(&more));
     assert_eq!(diff.missing.len(), 1, "{diff}");

@@ -24,7 +24,7 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use leash::{
-    cluster::Cluster,
+    cluster::{Cluster, ClusterState},
     ingest::{IngestService, Limits},
     store::{BatchId, Store, observe::from_batch, sqlite::SqliteStore},
 };
@@ -249,7 +249,7 @@ fn start_server(
         key: pki.join("server-key.pem"),
         ca: pki.join("ca.pem"),
     };
-    let (_keep, cluster) = watch::channel(Arc::new(cluster));
+    let (_keep, cluster) = watch::channel(Some(Arc::new(ClusterState::from_cluster(cluster))));
     let service = IngestService::new(store, cluster, Limits::default());
     let server = service.clone().into_server();
     let addr = rt.block_on(async {

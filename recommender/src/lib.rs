@@ -16,5 +16,6 @@ pub mod ingest;
 pub mod input;
 pub mod ports;
 pub mod render;
+pub mod serve;
 pub mod store;
 pub mod synth;

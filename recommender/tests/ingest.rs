@@ -14,7 +14,7 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use leash::{
-    cluster::Cluster,
+    cluster::{Cluster, ClusterState},
     ingest::{IngestService, Limits},
     store::{self, BatchId, Commit, DnsObservation, FlowObservation, Store, sqlite::SqliteStore},
 };
@@ -162,7 +162,9 @@ async fn serve(pki: &Pki, store: Arc<dyn Store>, limits: Limits) -> Server {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let (_tx, cluster) = watch::channel(Arc::new(Cluster::default()));
+    let (_tx, cluster) = watch::channel(Some(Arc::new(ClusterState::from_cluster(
+        Cluster::default(),
+    ))));
     let service = IngestService::new(store, cluster, limits);
     let server = service.clone().into_server();
     let incoming = tls::incoming(listener, config.subscribe(), Duration::from_secs(5));

@@ -421,6 +421,12 @@ impl FakeApi {
         });
     }
 
+    /// Removes every injected failure not yet used up (e.g. one set with `count`
+    /// `usize::MAX` to fail until the test says otherwise).
+    pub fn clear_failures(&self) {
+        self.lock().failures.clear();
+    }
+
     /// Every request received so far, in arrival order.
     pub fn requests(&self) -> Vec<Request> {
         self.lock().requests.clone()
@@ -1001,9 +1007,13 @@ async fn watch(
     let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
     loop {
+        let mut probe = [0u8; 1];
         let msg = tokio::select! {
             msg = rx.recv() => msg,
             () = &mut deadline => None,
+            // The client hung up (nothing more is expected from it on this connection): the
+            // watch is over, so it no longer counts as open.
+            _ = stream.read(&mut probe) => return,
         };
         let Some(WatchMsg::Event(line)) = msg else {
             break;

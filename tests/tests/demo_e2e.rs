@@ -34,16 +34,20 @@ fn profile_dir() -> PathBuf {
     deps.parent().unwrap().to_path_buf()
 }
 
-/// A workspace binary: `$env`, else `target/<profile>/<name>`, built once if missing.
-fn workspace_bin(env: &str, package: &str, name: &str) -> PathBuf {
+/// A workspace binary: `$env`, else `target/<profile>/<name>`. When either of `leash` and
+/// `leash-agent` is missing there, both are built once (`cargo build -p leash -p leash-agent
+/// --bins`; `cargo test --workspace` has built them already).
+fn workspace_bin(env: &str, name: &str) -> PathBuf {
+    static BUILT: Mutex<bool> = Mutex::new(false);
     if let Some(p) = std::env::var_os(env) {
         return PathBuf::from(p);
     }
-    let path = profile_dir().join(name);
-    if !path.is_file() {
-        let profile = profile_dir();
+    let profile = profile_dir();
+    let path = profile.join(name);
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !path.is_file() && !*built {
         let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-        cmd.args(["build", "-p", package, "--bin", name])
+        cmd.args(["build", "-p", "leash", "-p", "leash-agent", "--bins"])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .env(
                 "CARGO_TARGET_DIR",
@@ -53,8 +57,13 @@ fn workspace_bin(env: &str, package: &str, name: &str) -> PathBuf {
             cmd.arg("--release");
         }
         let status = cmd.status().expect("running cargo build");
-        assert!(status.success(), "cargo build -p {package} --bin {name}");
+        assert!(
+            status.success(),
+            "cargo build -p leash -p leash-agent --bins"
+        );
+        *built = true;
     }
+    assert!(path.is_file(), "{} missing", path.display());
     path
 }
 
@@ -71,8 +80,8 @@ fn run_demo(extra: &[&str]) -> Option<Run> {
         return None;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let leash = workspace_bin("LEASH_BIN", "leash", "leash");
-    let agent = workspace_bin("LEASH_AGENT_BIN", "leash-agent", "leash-agent");
+    let leash = workspace_bin("LEASH_BIN", "leash");
+    let agent = workspace_bin("LEASH_AGENT_BIN", "leash-agent");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let t0 = std::time::Instant::now();
@@ -450,8 +459,6 @@ fn demo_pipeline_without_serve() {
 /// policies come from the store. Also checks that the store saw everything the agent wrote:
 /// `leash recommend --flows out/flows.jsonl` proposes byte-identical policies.
 #[test]
-#[ignore = "needs `leash serve`, `leash certs`, `recommend --store` and the agent's --recommender \
-            (issue 4 sections 1-2, other branches); remove this once they are merged"]
 fn demo_pipeline_streams_through_leash_serve() {
     let Some(run) = run_demo(&["--rounds", "2"]) else {
         return;

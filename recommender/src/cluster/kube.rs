@@ -31,6 +31,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+pub use super::events::EVENTS_ACCESS;
 use super::lenient::Lenient;
 use super::state::qualified_name;
 use super::{ClusterState, Rejected};
@@ -207,22 +208,34 @@ fn reflect<K: Kind>(
 ) -> (Store<Lenient<K>>, BoxStream<'static, (usize, Signal)>) {
     let api: Api<Lenient<K>> = Api::all(client.clone());
     let (reader, writer) = reflector::store();
-    let events = reflector::reflector(
-        writer,
-        watcher::watcher(api, watcher::Config::default()).default_backoff(),
-    )
-    .map(move |event| {
-        let signal = match event {
-            Ok(Event::InitDone) => Signal::Synced,
-            Ok(Event::Apply(_) | Event::Delete(_)) => Signal::Changed,
-            Ok(Event::Init | Event::InitApply(_)) => Signal::Progress,
-            Err(e) => Signal::Failed(e),
-        };
-        (index, signal)
-    })
-    .boxed();
+    let objects = watcher::watcher(api, watcher::Config::default())
+        .default_backoff()
+        .modify(strip);
+    let events = reflector::reflector(writer, objects)
+        .map(move |event| {
+            let signal = match event {
+                Ok(Event::InitDone) => Signal::Synced,
+                Ok(Event::Apply(_) | Event::Delete(_)) => Signal::Changed,
+                Ok(Event::Init | Event::InitApply(_)) => Signal::Progress,
+                Err(e) => Signal::Failed(e),
+            };
+            (index, signal)
+        })
+        .boxed();
     (reader, events)
 }
+
+/// Drops the metadata the model never reads and that often outweighs the rest of an object.
+fn strip<K: kube::Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
+/// `kubectl apply`'s copy of the whole object.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 impl Stores {
     /// Starts the reflectors; their events come out of the returned stream.
@@ -325,8 +338,8 @@ fn build(stores: &Stores, generation: u64, watch_errors: u64) -> ClusterState {
 /// The receiver holds `None` until every kind has been listed once (readiness), then the
 /// latest [`ClusterState`]; a new state is published after each change, at most once per
 /// [`WatchOptions::debounce`]. Watch failures are logged and retried by kube-rs with its default
-/// backoff; the task runs until every receiver is dropped or it is aborted. Must be called
-/// inside a tokio runtime.
+/// backoff. The task (and its watches) ends when every receiver is dropped, or when aborted.
+/// Must be called inside a tokio runtime.
 pub fn watch_cluster(
     client: kube::Client,
     options: WatchOptions,
@@ -364,6 +377,8 @@ async fn run(
             }
         };
         tokio::select! {
+            // Every receiver is gone: nobody needs the model any more.
+            () = tx.closed() => return,
             event = events.next() => {
                 let Some((index, signal)) = event else {
                     return;
@@ -462,7 +477,10 @@ async fn list_all<K: Kind>(client: &kube::Client, bad: &mut Vec<Rejected>) -> Re
                 source,
             }
         })?;
-        objects.extend(page.items);
+        objects.extend(page.items.into_iter().map(|mut o| {
+            strip(&mut o);
+            o
+        }));
         match page.metadata.continue_.filter(|c| !c.is_empty()) {
             Some(token) => params = params.continue_token(&token),
             None => break,

@@ -41,6 +41,19 @@ pub struct ClusterState {
 }
 
 impl ClusterState {
+    /// A state holding `cluster` and no applied policies, e.g. for tests and benchmarks.
+    pub fn from_cluster(cluster: Cluster) -> Self {
+        ClusterState {
+            cluster,
+            policies: Vec::new(),
+            policy_set: PolicySet::default(),
+            generation: 1,
+            built_at: SystemTime::now(),
+            rejected: Vec::new(),
+            watch_errors: 0,
+        }
+    }
+
     /// Builds the state from a snapshot. Never fails: an object the model or the policy
     /// evaluator rejects is left out and listed in [`Self::rejected`] with its name, so one bad
     /// object cannot take the whole cluster view down.

@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Code, Request, Response, Status, Streaming};
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, ClusterState};
 use crate::store::{BatchId, Commit, Store, observe};
 pub use metrics::{Cause, Metrics};
 
@@ -60,7 +60,7 @@ pub struct IngestService {
 
 struct Inner {
     store: Arc<dyn Store>,
-    cluster: watch::Receiver<Arc<Cluster>>,
+    cluster: watch::Receiver<Option<Arc<ClusterState>>>,
     limits: Limits,
     metrics: Metrics,
 }
@@ -70,7 +70,7 @@ impl IngestService {
     /// holds when each batch arrives.
     pub fn new(
         store: Arc<dyn Store>,
-        cluster: watch::Receiver<Arc<Cluster>>,
+        cluster: watch::Receiver<Option<Arc<ClusterState>>>,
         limits: Limits,
     ) -> Self {
         IngestService {
@@ -164,10 +164,15 @@ impl Inner {
                 self.limits.max_records
             )));
         }
-        let cluster = self.cluster.borrow().clone();
+        // `leash serve` accepts agents only once the model exists; stay total regardless.
+        let Some(state) = self.cluster.borrow().clone() else {
+            return Err(Status::unavailable(
+                "the cluster model is not built yet; retry",
+            ));
+        };
         let this = self.clone();
         // Conversion and commit are CPU and disk work: keep them off the async workers.
-        tokio::task::spawn_blocking(move || this.commit(batch, &cluster))
+        tokio::task::spawn_blocking(move || this.commit(batch, &state.cluster))
             .await
             .map_err(|e| Status::internal(format!("ingest task failed: {e}")))?
     }

@@ -7,6 +7,10 @@
 //!
 //! The engine only sees the [`Store`] trait, so a server-grade database can be added later
 //! without touching ingest, `recommend` or `audit`.
+//!
+//! - [`observe`]: agents' records → observations ([`from_batch`], what ingest commits), and
+//!   stored observations → the engine's `Observations` ([`observations`], [`load`]).
+//! - [`sqlite`]: the embedded implementation ([`SqliteStore`]).
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -87,8 +91,9 @@ pub struct DnsObservation {
     pub first_seen: DateTime<Utc>,
     /// Latest answer.
     pub last_seen: DateTime<Utc>,
-    /// The addresses the query resolved to, each with the name that owned its A/AAAA record
-    /// (the query name, or the last name of its CNAME chain).
+    /// The addresses the query resolved to, each with every name it answered for: the query
+    /// name, the owner names of the answer's CNAME chain and the owner of its A/AAAA record
+    /// (as [`crate::input::answer_names`] computes them).
     pub resolved: BTreeSet<(String, IpAddr)>,
 }
 

@@ -272,6 +272,18 @@ impl Background {
         self.child.as_mut()?.try_wait().ok().flatten()
     }
 
+    /// Waits up to `timeout` for it to exit by itself.
+    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let status = wait_bounded(self.child.as_mut()?, timeout);
+        if status.is_some() {
+            self.child = None;
+            if let Some(t) = self.log_thread.take() {
+                let _ = t.join();
+            }
+        }
+        status
+    }
+
     /// Sends SIGTERM and waits up to `timeout` for a successful exit.
     fn stop(&mut self, step: &'static str, timeout: Duration) -> Result<ExitStatus> {
         let Some(mut child) = self.child.take() else {
@@ -649,15 +661,29 @@ fn demo(o: &Opts) -> Result<()> {
         out.join("agent.log"),
         Some("capturing"),
     )?;
-    if attached.recv_timeout(ATTACH_TIMEOUT).is_err() {
-        let why = match agent.exited() {
-            Some(s) => format!("it exited with {s}"),
-            None => format!("it did not log `capturing` within {ATTACH_TIMEOUT:?}"),
-        };
-        return Err(fail(
-            "start leash-agent",
-            format!("{why}; {}", agent.log_tail()),
-        ));
+    match attached.recv_timeout(ATTACH_TIMEOUT) {
+        Ok(()) => {}
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            return Err(fail(
+                "start leash-agent",
+                format!(
+                    "it did not log `capturing` within {ATTACH_TIMEOUT:?}; {}",
+                    agent.log_tail()
+                ),
+            ));
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            // Its stderr closed: it is exiting. The status follows the closed pipe shortly.
+            let status = agent.wait_exit(Duration::from_secs(5));
+            return Err(fail(
+                "start leash-agent",
+                format!(
+                    "it exited ({}) before capturing; {}",
+                    status.map_or_else(|| "status unknown".to_owned(), |s| s.to_string()),
+                    agent.log_tail()
+                ),
+            ));
+        }
     }
     lap("agent attach", &mut timings);
 
