@@ -636,3 +636,54 @@ async fn clients_without_a_valid_certificate_cannot_push() {
         .await;
     assert!(!p.ack().await.duplicate);
 }
+
+/// Field 1 of `Batch` is a message; this puts a varint there, so the bytes do not decode.
+#[derive(Clone, PartialEq, prost::Message)]
+struct NotABatch {
+    #[prost(uint64, tag = "1")]
+    id: u64,
+}
+
+#[tokio::test]
+async fn bytes_that_do_not_decode_are_invalid_argument() {
+    let pki = Pki::new();
+    let store = Arc::new(MemStore::default());
+    let server = serve(&pki, store.clone(), Limits::default()).await;
+    let channel = Endpoint::from_shared(format!("https://{}", server.addr))
+        .expect("uri")
+        .connect_with_connector(TlsConnector::new(pki.client("node-a")))
+        .await
+        .expect("connect");
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("ready");
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(NotABatch { id: 7 }).await.expect("queued");
+    let codec = tonic_prost::ProstCodec::<NotABatch, v1::Ack>::default();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/leash.v1.Ingest/Push");
+    let mut acks = grpc
+        .streaming(tonic::Request::new(ReceiverStream::new(rx)), path, codec)
+        .await
+        .expect("call")
+        .into_inner();
+    let status = tokio::time::timeout(WAIT, acks.message())
+        .await
+        .expect("an answer in time")
+        .expect_err("rejected");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().starts_with(
+            "batch does not decode as leash.v1.Batch: failed to decode Protobuf message"
+        ),
+        "{status:?}"
+    );
+    assert_eq!(store.batches(), 0);
+    let text = metrics(&server);
+    assert_eq!(
+        metric_line(
+            &text,
+            "leash_ingest_rejected_batches_total{cause=\"malformed\"}"
+        ),
+        Some("leash_ingest_rejected_batches_total{cause=\"malformed\"} 1"),
+        "{text}"
+    );
+}

@@ -224,6 +224,19 @@ impl Inner {
                 status.message()
             )));
         }
+        // Per the gRPC spec tonic reports a message that does not parse as INTERNAL; to the
+        // agent it is a malformed batch.
+        if status.code() == Code::Internal
+            && status
+                .message()
+                .starts_with("failed to decode Protobuf message")
+        {
+            self.metrics.rejected(Cause::Malformed);
+            return Some(Status::invalid_argument(format!(
+                "batch does not decode as leash.v1.Batch: {}",
+                status.message()
+            )));
+        }
         match status.code() {
             Code::Cancelled | Code::Unknown => {
                 tracing::debug!("ingest stream ended: {}", status.message());
