@@ -9,7 +9,7 @@
 //! Migrations are [`MIGRATIONS`], applied in order inside one transaction each; the
 //! database's `PRAGMA user_version` is the number of migrations applied.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use leash_records::Protocol;
+// Fx hashing: the id caches are probed once per observation on the ingest path.
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use rustc_hash::FxHashMap as HashMap;
 
 use super::observe::{dns_order, flow_order};
 use super::{BatchId, Commit, DnsObservation, Error, FlowObservation, Result, Store, WorkloadRef};
@@ -188,8 +190,8 @@ impl SqliteStore {
             path,
             inner: Mutex::new(Inner {
                 conn,
-                workloads: HashMap::new(),
-                names: HashMap::new(),
+                workloads: HashMap::default(),
+                names: HashMap::default(),
             }),
         };
         store.migrate()?;
@@ -627,7 +629,7 @@ impl Store for SqliteStore {
         let conn = &inner.conn;
         let op = |e| self.op("read flows", e);
         let refs = self.workload_refs(conn)?;
-        let mut names: HashMap<RawFlowKey, BTreeSet<String>> = HashMap::new();
+        let mut names: HashMap<RawFlowKey, BTreeSet<String>> = HashMap::default();
         {
             let mut stmt = conn
                 .prepare_cached(
@@ -698,7 +700,7 @@ impl Store for SqliteStore {
         let conn = &inner.conn;
         let op = |e| self.op("read DNS observations", e);
         let refs = self.workload_refs(conn)?;
-        let mut resolved: HashMap<RawDnsKey, BTreeSet<(String, IpAddr)>> = HashMap::new();
+        let mut resolved: HashMap<RawDnsKey, BTreeSet<(String, IpAddr)>> = HashMap::default();
         {
             let mut stmt = conn
                 .prepare_cached(
