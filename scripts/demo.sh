@@ -1,24 +1,31 @@
 #!/usr/bin/env bash
-# The demo: a lab node with a small shop, the real leash-agent capturing its traffic, and the
-# recommender turning what it saw into NetworkPolicies. Needs root (namespaces, cgroups, BPF).
-# Leaves out/cluster.yaml, out/flows.jsonl, out/policies/ and out/REPORT.md behind.
+# The demo: the shop lab (two namespaces, Services, DNS, external hosts), the real leash-agent
+# streaming over mTLS to `leash serve` on SQLite, then `leash recommend` and two audits (every
+# observed flow allowed, every probe denied), and a summary table. Needs root (namespaces,
+# cgroups, BPF). Leaves out/cluster.yaml, out/flows.jsonl, out/policies/ and out/REPORT.md.
+#
+# Usage: scripts/demo.sh [lab-demo options], e.g. `--no-serve` (agent writes flows.jsonl only,
+# `leash recommend --flows`) or `--rounds 5`. Set-up and the release build run first; both are
+# no-ops when already done, so `make demo` (which also runs them) costs nothing extra.
+# LEASH_DEMO_PROFILE=debug uses (and builds) the debug binaries instead of release.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-target="${CARGO_TARGET_DIR:-target}/release"
-out=out
-rm -rf "$out" && mkdir -p "$out"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+profile="${LEASH_DEMO_PROFILE:-release}"
+case "$profile" in
+    release) build_flags=(--release) ;;
+    debug) build_flags=() ;;
+    *) echo "demo: LEASH_DEMO_PROFILE must be release or debug, not '$profile'" >&2; exit 2 ;;
+esac
+target="$CARGO_TARGET_DIR/$profile"
 
-echo "== lab + leash-agent (records as JSON lines)"
-"$target/lab-demo" --agent "$target/leash-agent" --snapshot "$out/cluster.yaml" \
-    --output "$out/flows.jsonl" --duration-secs 6
-echo
-echo "== leash recommend"
-"$target/leash" recommend --cluster "$out/cluster.yaml" --flows "$out/flows.jsonl" -o "$out/policies"
-mv "$out/policies/REPORT.md" "$out/REPORT.md"
-find "$out/policies" -name '*.yaml' | sort
-echo
-echo "== leash audit: every observed flow against the proposed policies"
-"$target/leash" audit --cluster "$out/cluster.yaml" --policies "$out/policies" \
-    --flows "$out/flows.jsonl" --format table --fail-on-deny
-echo
-echo "Artifacts: $out/cluster.yaml $out/flows.jsonl $out/policies/ $out/REPORT.md"
+if [[ $(id -u) -ne 0 ]]; then
+    echo "demo: needs root (network namespaces, cgroups and BPF programs); try: sudo make demo" >&2
+    exit 1
+fi
+
+echo "== set-up and build"
+./scripts/setup.sh
+cargo build "${build_flags[@]}" -p leash-agent -p leash -p leash-lab --bins
+
+exec "$target/lab-demo" --out out --leash "$target/leash" --agent "$target/leash-agent" "$@"

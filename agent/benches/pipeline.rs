@@ -17,12 +17,13 @@
 //! - `flush`: [`Aggregator::flush`] of 100k pending deltas.
 //! - `attribute_cached`, `dns_names_for`: [`Attributor::attribute`] (cache hit) and
 //!   [`DnsTracker::names_for`] per flow.
-//! - `record_json`: building the v1 `FlowRecord` as the pipeline does and serialising it; the
-//!   two halves separately as `record_build` (attribution, DNS names, clones) and `json_line`;
-//!   `sort_batch`: the sink's deterministic ordering of a 100k-record batch.
+//! - `record_json`: the pipeline's output path for 100k deltas: group per cgroup and attribute
+//!   once per group (`group_flows` alone), look up DNS names, serialise straight from the
+//!   borrowed `FlowView` (`json_line` alone; `json_line_serde` is the contract's serde path for
+//!   comparison, with the owned record cloned as the agent used to build it).
 //! - `interval/steady_100k` and `interval/first_100k`: one whole flush interval of the pipeline
 //!   loop (decode and observe every ring record, the settle scan, flush, attribute, DNS names,
-//!   build, sort, serialise into one buffer), per ring record. "steady": every key already known
+//!   serialise into one buffer), per ring record. "steady": every key already known
 //!   and refreshed once; "first": 100k new keys.
 //! - `dns_observe`: one DNS ring payload (real wire bytes): parse with hickory, cache, build and
 //!   serialise the `kind: dns` record.
@@ -58,7 +59,8 @@ use leash_agent::{
     capture::{FlowSample, KernelClock},
     dns::{DnsCacheConfig, DnsTracker},
     metrics::Metrics,
-    sink::sort_batch,
+    pipeline::{flow_view, group_flows},
+    sink::FlowView,
 };
 use leash_records::{FlowRecord, Record};
 
@@ -370,10 +372,37 @@ fn inode(path: &Path) -> u64 {
     std::fs::metadata(path).expect("stat cgroup dir").ino()
 }
 
-/// The pipeline's flow record (the agent's own function).
+/// The pipeline's flow record as an owned record (the agent's own functions).
 fn flow_record(delta: &FlowDelta, attributor: &mut Attributor, dns: &DnsTracker) -> FlowRecord {
-    leash_agent::pipeline::flow_record(NODE, delta, attributor, dns)
+    let attribution = attributor.attribute(delta.id.cgroup_id);
+    let names = dns.names_for(
+        &attribution,
+        delta.id.dst,
+        DateTime::<Utc>::from(delta.last_seen),
+    );
+    flow_view(NODE, &attribution, delta, &names)
         .expect("the bench only makes TCP and UDP flows")
+        .to_record()
+}
+
+/// Writes the flush's flows as the pipeline does: grouped per cgroup, attributed once per
+/// group, labelled, serialised straight from the borrowed view.
+fn write_flows(
+    deltas: &[FlowDelta],
+    attributor: &mut Attributor,
+    dns: &DnsTracker,
+    text: &mut Vec<u8>,
+) {
+    for group in group_flows(deltas, attributor) {
+        for delta in &deltas[group.deltas.clone()] {
+            let at = DateTime::<Utc>::from(delta.last_seen);
+            let names = dns.names_for(&group.attribution, delta.id.dst, at);
+            if let Some(view) = flow_view(NODE, &group.attribution, delta, &names) {
+                view.write_json(text);
+                text.push(b'\n');
+            }
+        }
+    }
 }
 
 /// One flush interval of the pipeline loop over `ring` (see the module docs); returns the
@@ -392,17 +421,9 @@ fn interval(
         }
     }
     black_box(agg.due_for_settle(now_ns));
-    let mut batch: Vec<Record> = agg
-        .flush()
-        .iter()
-        .map(|d| Record::Flow(flow_record(d, attributor, dns)))
-        .collect();
-    sort_batch(&mut batch);
-    let mut text = String::with_capacity(batch.len() * 256);
-    for record in &batch {
-        text.push_str(&record.to_json_line());
-        text.push('\n');
-    }
+    let deltas = agg.flush();
+    let mut text = Vec::with_capacity(deltas.len() * 256);
+    write_flows(&deltas, attributor, dns, &mut text);
     text.len()
 }
 
@@ -504,47 +525,36 @@ fn bench(c: &mut Criterion<ThreadCpu>) {
     });
     g.bench_function("record_json", |b| {
         b.iter(|| {
-            let mut bytes = 0;
-            for d in &deltas {
-                bytes += Record::Flow(flow_record(d, &mut w.attributor, &w.dns))
-                    .to_json_line()
-                    .len();
-            }
-            bytes
+            let mut text = Vec::with_capacity(KEYS * 256);
+            write_flows(&deltas, &mut w.attributor, &w.dns, &mut text);
+            text.len()
         })
     });
-    let records: Vec<Record> = deltas
+    let records: Vec<FlowRecord> = deltas
         .iter()
-        .map(|d| Record::Flow(flow_record(d, &mut w.attributor, &w.dns)))
+        .map(|d| flow_record(d, &mut w.attributor, &w.dns))
         .collect();
-    g.bench_function("record_build", |b| {
-        b.iter(|| {
-            for d in &deltas {
-                black_box(flow_record(d, &mut w.attributor, &w.dns));
-            }
-        })
+    g.bench_function("group_flows", |b| {
+        b.iter(|| black_box(group_flows(&deltas, &mut w.attributor)))
     });
     g.bench_function("json_line", |b| {
         b.iter(|| {
+            let mut text = Vec::with_capacity(KEYS * 256);
+            for r in &records {
+                FlowView::of(r).write_json(&mut text);
+                text.push(b'\n');
+            }
+            text.len()
+        })
+    });
+    g.bench_function("json_line_serde", |b| {
+        b.iter(|| {
             let mut bytes = 0;
             for r in &records {
-                bytes += r.to_json_line().len();
+                bytes += Record::Flow(r.clone()).to_json_line().len();
             }
             bytes
         })
-    });
-    let mut shuffled = records.clone();
-    // The flush hands over deltas in key order (cgroup id first), not output order.
-    shuffled.reverse();
-    g.bench_function("sort_batch", |b| {
-        b.iter_batched(
-            || shuffled.clone(),
-            |mut batch| {
-                sort_batch(&mut batch);
-                batch
-            },
-            BatchSize::LargeInput,
-        )
     });
     let now_ns = T0 + 3 * REFRESH.as_nanos() as u64;
     g.bench_function("interval/steady_100k", |b| {

@@ -43,9 +43,9 @@
 //! assert_eq!(agg.flush()[0].count, 4);
 //! ```
 
-use std::{time::Duration, time::SystemTime};
+use std::{net::IpAddr, time::Duration, time::SystemTime};
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::capture::{FlowId, FlowSample, KernelClock};
 
@@ -132,6 +132,9 @@ pub struct Aggregator {
     /// record and must stay cheap;
     /// the few callers that need key order sort their (smaller) results.
     keys: FxHashMap<FlowId, KeyState>,
+    /// Keys that got a residual notice and may need a read: the only candidates of
+    /// [`Aggregator::due_for_settle`], so a flush does not scan every quiet key.
+    noticed: FxHashSet<FlowId>,
     stale_samples: u64,
 }
 
@@ -142,6 +145,7 @@ impl Aggregator {
             refresh_ns: u64::try_from(refresh.as_nanos()).unwrap_or(u64::MAX),
             clock,
             keys: FxHashMap::default(),
+            noticed: FxHashSet::default(),
             stale_samples: 0,
         }
     }
@@ -201,10 +205,16 @@ impl Aggregator {
             SampleSource::Ring if sample.residual_notice => {
                 state.notice_ns = state.notice_ns.max(sample.emitted_ns);
                 state.settled = false;
+                self.noticed.insert(sample.id);
             }
             SampleSource::Ring => {
                 state.last_push_ns = state.last_push_ns.max(sample.emitted_ns);
                 state.settled = false;
+                // A push that arrives after its own notice (another CPU's ring) leaves a
+                // residue to read, even if the notice's read already happened.
+                if state.needs_read() {
+                    self.noticed.insert(sample.id);
+                }
             }
             SampleSource::Lookup => state.settled = true,
         }
@@ -245,14 +255,19 @@ impl Aggregator {
     /// Keys with a residual notice for their latest push (or a later one) whose push window
     /// is at least one refresh interval older than `now_ns` (kernel monotonic ns, see
     /// [`crate::capture::monotonic_now_ns`]) and that were not read since. Sorted.
-    pub fn due_for_settle(&self, now_ns: u64) -> Vec<FlowId> {
+    pub fn due_for_settle(&mut self, now_ns: u64) -> Vec<FlowId> {
+        let keys = &self.keys;
+        // Keys read (or pushed again) since their notice need nothing: dropped from the set.
+        self.noticed
+            .retain(|id| keys.get(id).is_some_and(KeyState::needs_read));
         let mut due: Vec<FlowId> = self
-            .keys
+            .noticed
             .iter()
-            .filter(|(_, s)| {
-                s.needs_read() && now_ns.saturating_sub(s.window_start_ns()) >= self.refresh_ns
+            .filter(|id| {
+                keys.get(*id)
+                    .is_some_and(|s| now_ns.saturating_sub(s.window_start_ns()) >= self.refresh_ns)
             })
-            .map(|(id, _)| *id)
+            .copied()
             .collect();
         due.sort_unstable();
         due
@@ -280,7 +295,8 @@ impl Aggregator {
         }
     }
 
-    /// Takes the pending deltas, sorted by key.
+    /// Takes the pending deltas, sorted by cgroup id, destination, port and protocol (the
+    /// output order within one cgroup, so the sink never sorts records).
     pub fn flush(&mut self) -> Vec<FlowDelta> {
         let clock = self.clock;
         let mut deltas: Vec<FlowDelta> = self
@@ -300,7 +316,15 @@ impl Aggregator {
                 })
             })
             .collect();
-        deltas.sort_unstable_by_key(|d| d.id);
+        // Integer keys compare faster than `IpAddr` (an enum); the order is the same: IPv4
+        // before IPv6, each by numeric value.
+        deltas.sort_unstable_by_key(|d| {
+            let (family, addr) = match d.id.dst {
+                IpAddr::V4(v4) => (0u8, u128::from(u32::from(v4))),
+                IpAddr::V6(v6) => (1u8, u128::from(v6)),
+            };
+            (d.id.cgroup_id, family, addr, d.id.dst_port, d.id.protocol)
+        });
         deltas
     }
 
@@ -315,6 +339,7 @@ impl Aggregator {
                 .is_some_and(|s| s.settled && s.pending.is_none())
             {
                 self.keys.remove(id);
+                self.noticed.remove(id);
             }
         }
     }

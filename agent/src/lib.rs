@@ -2,7 +2,8 @@
 //!
 //! Data flows one way: [`capture`] reads the kernel's ring buffers, [`attribution`] maps a
 //! cgroup to its pod, [`dns`] labels destinations with the names that resolved to them,
-//! [`aggregate`] folds kernel records into per-key deltas, and [`sink`] writes the v1 records.
+//! [`aggregate`] folds kernel records into per-key deltas, and [`sink`] writes the v1 records:
+//! as JSON lines, and/or streamed to the recommender over gRPC by [`transport`].
 
 pub mod aggregate;
 pub mod attribution;
@@ -11,3 +12,4 @@ pub mod dns;
 pub mod metrics;
 pub mod pipeline;
 pub mod sink;
+pub mod transport;

@@ -4,7 +4,10 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::Parser;
-use leash_agent::pipeline::{self, AgentConfig, PodSource};
+use leash_agent::{
+    pipeline::{self, AgentConfig, PodSource},
+    transport::TransportConfig,
+};
 
 /// Records every pod's outbound connections and DNS answers with eBPF, as v1 JSON lines.
 #[derive(Parser, Debug)]
@@ -20,9 +23,34 @@ struct Cli {
     /// with spec.nodeName = --node-name. The default inside a cluster.
     #[arg(long)]
     kube: bool,
-    /// Where records go: a file, or `-` for stdout.
-    #[arg(long, value_name = "FILE|-", default_value = "-")]
-    output: String,
+    /// Where JSON-lines records go: a file, or `-` for stdout. The default is stdout unless
+    /// --recommender is given; both together send records to both.
+    #[arg(long, value_name = "FILE|-")]
+    output: Option<String>,
+    /// Stream records to the recommender's gRPC endpoint, `https://HOST:PORT` (mutual TLS with
+    /// --tls-ca/--tls-cert/--tls-key), or `http://HOST:PORT` with --insecure.
+    #[arg(long, value_name = "URL")]
+    recommender: Option<String>,
+    /// CA certificate that signed the recommender's certificate (PEM).
+    #[arg(long, value_name = "FILE", requires = "recommender")]
+    tls_ca: Option<PathBuf>,
+    /// This agent's client certificate (PEM).
+    #[arg(long, value_name = "FILE", requires = "recommender")]
+    tls_cert: Option<PathBuf>,
+    /// This agent's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "recommender")]
+    tls_key: Option<PathBuf>,
+    /// Talk to the recommender in plaintext (http://); never use across a network you do not
+    /// control.
+    #[arg(long, requires = "recommender")]
+    insecure: bool,
+    /// Most distinct flow keys buffered for the recommender while it is unreachable (repeats
+    /// of a key are merged; new keys past this are dropped and counted).
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    buffer_keys: usize,
+    /// On shutdown, how long to wait for the recommender to acknowledge the last records.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    shutdown_timeout: Duration,
     /// How often aggregated records are written.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     flush_interval: Duration,
@@ -98,13 +126,42 @@ fn main() -> ExitCode {
         (None, true) => PodSource::Kube,
         (None, false) => PodSource::None,
     };
+    let node = node_name(cli.node_name);
+    let recommender = match &cli.recommender {
+        Some(url) => {
+            let tls = [
+                cli.tls_ca.as_ref(),
+                cli.tls_cert.as_ref(),
+                cli.tls_key.as_ref(),
+            ];
+            match TransportConfig::validate(url, cli.insecure, tls) {
+                Ok(tls) => {
+                    let mut transport = TransportConfig::new(url, tls, &node);
+                    transport.buffer_keys = cli.buffer_keys;
+                    transport.shutdown_timeout = cli.shutdown_timeout;
+                    Some(transport)
+                }
+                Err(e) => {
+                    eprintln!("leash-agent: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        None => None,
+    };
+    let output = match (cli.output, &recommender) {
+        (Some(output), _) => Some(output),
+        (None, None) => Some("-".to_owned()),
+        (None, Some(_)) => None,
+    };
     let config = AgentConfig {
         cgroup: cli.cgroup,
         pods,
-        output: cli.output,
+        output,
+        recommender,
         flush_interval: cli.flush_interval,
         duration: cli.duration,
-        node_name: node_name(cli.node_name),
+        node_name: node,
         metrics_addr: cli.metrics_addr,
         dns_ports,
         dns_grace: cli.dns_grace,

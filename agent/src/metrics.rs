@@ -81,6 +81,105 @@ pub struct Metrics {
     pub pod_metadata_size: Gauge,
     /// Errors of the Kubernetes pod watch (each is retried).
     pub kube_watch_errors: Counter,
+    /// Transport to the recommender: the gRPC sink's metrics.
+    pub transport: TransportMetrics,
+}
+
+/// The gRPC sink's metrics (`leash_agent_transport_*`).
+#[derive(Clone, Debug, Default)]
+pub struct TransportMetrics {
+    /// Flow keys in the merge buffer, waiting to be cut into a batch.
+    pub buffered_keys: Gauge,
+    /// DNS records in the buffer.
+    pub buffered_dns: Gauge,
+    /// Batches sent but not acknowledged yet.
+    pub unacked_batches: Gauge,
+    /// Batches sent for the first time.
+    pub batches_sent: Counter,
+    /// Batches the recommender acknowledged.
+    pub batches_acked: Counter,
+    /// Batches sent again after a reconnect (same id).
+    pub batches_resent: Counter,
+    /// 1 while a stream to the recommender is open.
+    pub connected: Gauge,
+    /// Failed connection attempts and broken streams (each is retried with backoff).
+    pub connect_errors: Counter,
+    /// Records not delivered, by cause (`buffer_full`, `dns_buffer_full`, `shutdown`).
+    pub dropped_records: Family<CauseLabel, Counter>,
+    /// Flow events (the sum of `count`) in those records, by cause.
+    pub dropped_events: Family<CauseLabel, Counter>,
+}
+
+impl TransportMetrics {
+    fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("transport");
+        r.register(
+            "buffered_keys",
+            "Flow keys in the merge buffer",
+            self.buffered_keys.clone(),
+        );
+        r.register(
+            "buffered_dns",
+            "DNS records in the buffer",
+            self.buffered_dns.clone(),
+        );
+        r.register(
+            "unacked_batches",
+            "Batches sent and not acknowledged yet",
+            self.unacked_batches.clone(),
+        );
+        r.register(
+            "batches_sent",
+            "Batches sent for the first time",
+            self.batches_sent.clone(),
+        );
+        r.register(
+            "batches_acked",
+            "Batches the recommender acknowledged",
+            self.batches_acked.clone(),
+        );
+        r.register(
+            "batches_resent",
+            "Batches sent again after a reconnect",
+            self.batches_resent.clone(),
+        );
+        r.register(
+            "connected",
+            "1 while a stream to the recommender is open",
+            self.connected.clone(),
+        );
+        r.register(
+            "connect_errors",
+            "Failed connections and broken streams to the recommender",
+            self.connect_errors.clone(),
+        );
+        r.register(
+            "dropped_records",
+            "Records not delivered to the recommender, by cause",
+            self.dropped_records.clone(),
+        );
+        r.register(
+            "dropped_events",
+            "Flow events in records not delivered to the recommender, by cause",
+            self.dropped_events.clone(),
+        );
+    }
+
+    /// Counts `records` records carrying `events` flow events as dropped for `cause`.
+    pub fn add_dropped(&self, cause: &'static str, records: u64, events: u64) {
+        let label = CauseLabel { cause };
+        self.dropped_records.get_or_create(&label).inc_by(records);
+        self.dropped_events.get_or_create(&label).inc_by(events);
+    }
+
+    /// Records dropped so far for `cause`.
+    pub fn dropped(&self, cause: &'static str) -> (u64, u64) {
+        let label = CauseLabel { cause };
+        (
+            self.dropped_records.get_or_create(&label).get(),
+            self.dropped_events.get_or_create(&label).get(),
+        )
+    }
 }
 
 impl Default for Metrics {
@@ -177,6 +276,8 @@ impl Metrics {
             "Errors of the Kubernetes pod watch",
             kube_watch_errors.clone(),
         );
+        let transport = TransportMetrics::default();
+        transport.register(&mut registry);
         Self {
             registry: Arc::new(registry),
             records_written,
@@ -193,6 +294,7 @@ impl Metrics {
             dns_cache_size,
             pod_metadata_size,
             kube_watch_errors,
+            transport,
         }
     }
 

@@ -8,22 +8,23 @@
 //!   deltas into `kind: flow` records labelled with pod and DNS names, and hands the batch to
 //!   the [`Sink`].
 //!
-//! On shutdown it detaches, drains the rings, sweeps the kernel map once more and flushes, so
-//! every counted event reaches the sink.
+//! On shutdown it detaches, drains the rings, reads the keys with a residue (or sweeps the
+//! whole map after a flow drop) and flushes, so every counted event reaches the sink.
 
-use std::{future::Future, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{future::Future, net::SocketAddr, ops::Range, path::PathBuf, time::Duration};
 
 use agent_ebpf::Counter;
 use chrono::{DateTime, Utc};
-use leash_records::{FlowRecord, Outcome, Protocol, Record};
+use leash_records::{DnsRecord, Outcome, Protocol};
 
 use crate::{
     aggregate::{Aggregator, FlowDelta, SampleSource},
-    attribution::{self, Attributor, CgroupPaths, PodStore},
+    attribution::{self, Attribution, Attributor, CgroupPaths, PodInfo, PodStore},
     capture::{self, Capture, CaptureConfig, CaptureEvent, KernelCounters, monotonic_now_ns},
     dns::{DnsCacheConfig, DnsTracker},
     metrics::{Metrics, MetricsServer},
-    sink::{self, JsonLinesSink, Sink},
+    sink::{self, FanOut, FlowView, JsonLinesSink, PodView, Sink},
+    transport::{GrpcSink, TransportConfig},
 };
 
 /// Kernel records handled per wake-up before other work (flush, signals) gets a turn.
@@ -54,6 +55,9 @@ pub enum Error {
     /// The Kubernetes client could not be configured.
     #[error("kubernetes client: {0}")]
     Kube(#[from] kube::Error),
+    /// The recommender transport could not be set up.
+    #[error("recommender transport: {0}")]
+    Transport(#[from] crate::transport::Error),
 }
 
 /// `Result` with this module's [`Error`].
@@ -77,8 +81,10 @@ pub struct AgentConfig {
     pub cgroup: Option<PathBuf>,
     /// Pod metadata source.
     pub pods: PodSource,
-    /// `-` for stdout, or a file path.
-    pub output: String,
+    /// JSON lines to `-` (stdout) or a file; `None` when only the recommender gets records.
+    pub output: Option<String>,
+    /// Stream records to the recommender over gRPC.
+    pub recommender: Option<TransportConfig>,
     /// How often records are flushed (and the kernel's per-key refresh interval).
     pub flush_interval: Duration,
     /// Stop by itself after this long, flushing first.
@@ -134,7 +140,19 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         tokio::spawn(server.serve());
     }
 
-    let mut sink = JsonLinesSink::open(&config.output, metrics.clone()).await?;
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    if let Some(output) = &config.output {
+        sinks.push(Box::new(
+            JsonLinesSink::open(output, metrics.clone()).await?,
+        ));
+    }
+    if let Some(transport) = &config.recommender {
+        sinks.push(Box::new(GrpcSink::start(transport.clone(), &metrics)?));
+    }
+    let mut sink: Box<dyn Sink> = match sinks.len() {
+        1 => sinks.remove(0),
+        _ => Box::new(FanOut::new(sinks)),
+    };
 
     let mut capture_config = CaptureConfig::new(&attach);
     capture_config.refresh = config.flush_interval;
@@ -194,23 +212,26 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
                 }
             }
             _ = tick.tick() => {
-                state.settle(&capture)?;
-                state.flush(&capture, &mut attributor, &mut sink).await?;
+                state.settle(&capture, monotonic_now_ns())?;
+                state.flush(&capture, &mut attributor, sink.as_mut()).await?;
             }
             _ = &mut deadline => break,
             _ = &mut shutdown => break,
         }
     }
 
-    // Final: stop new events, take what the rings hold, then everything the map still counts.
+    // Final: stop new events, take what the rings hold, then read every key with a residue.
+    // No event can follow the detach, so every push window is over. A lost push or notice (a
+    // flow drop) makes the flush sweep the whole map, as during the run; without one, keys
+    // without a notice after their latest push have nothing left to read.
     capture.detach()?;
     while let Some(event) = capture.try_next_event()? {
         state.on_event(event, &mut attributor);
     }
-    for sample in capture.sweep()? {
-        state.aggregator.observe(&sample, SampleSource::Lookup);
-    }
-    state.flush(&capture, &mut attributor, &mut sink).await?;
+    state.settle(&capture, u64::MAX)?;
+    state
+        .flush(&capture, &mut attributor, sink.as_mut())
+        .await?;
     sink.close().await?;
     let summary = state.summary;
     tracing::info!(
@@ -229,7 +250,7 @@ struct State {
     aggregator: Aggregator,
     dns: DnsTracker,
     /// DNS records waiting for the next flush.
-    pending: Vec<Record>,
+    pending: Vec<DnsRecord>,
     summary: Summary,
     /// Flow pushes lost so far (ring full or map full); a change triggers a recovery sweep.
     flow_losses_seen: u64,
@@ -258,7 +279,7 @@ impl State {
                     &self.node,
                     &attribution,
                 ) {
-                    self.pending.push(Record::Dns(record));
+                    self.pending.push(record);
                 }
             }
             CaptureEvent::Malformed(error) => {
@@ -269,9 +290,10 @@ impl State {
     }
 
     /// Reads the residue of keys that went quiet, so their last events are not left behind.
-    fn settle(&mut self, capture: &Capture) -> Result<()> {
+    /// `now_ns` is the kernel's monotonic time (`u64::MAX` once detached: every window is over).
+    fn settle(&mut self, capture: &Capture, now_ns: u64) -> Result<()> {
         let mut gone = Vec::new();
-        let due = self.aggregator.due_for_settle(monotonic_now_ns());
+        let due = self.aggregator.due_for_settle(now_ns);
         // Few keys: one lookup each; many: one batched walk of the map (capture decides).
         for (id, sample) in capture.lookup_many(&due)? {
             match sample {
@@ -316,7 +338,7 @@ impl State {
         &mut self,
         capture: &Capture,
         attributor: &mut Attributor,
-        sink: &mut JsonLinesSink,
+        sink: &mut dyn Sink,
     ) -> Result<()> {
         self.metrics
             .add_kernel_delivered("flow", std::mem::take(&mut self.delivered_flows));
@@ -342,33 +364,45 @@ impl State {
 
         let now = Utc::now();
         // DNS first, so the names they carry are in the cache before flows are labelled.
-        let dns = std::mem::take(&mut self.pending);
+        let mut dns = std::mem::take(&mut self.pending);
         self.summary.dns_records += dns.len() as u64;
-        if !dns.is_empty() {
-            sink.write_batch(dns).await?;
+        sink::sort_dns(&mut dns);
+        for record in &dns {
+            sink.write_dns(record);
         }
-        // Build and write flows in bounded chunks: a flush of 100k keys never holds 100k
-        // records and their JSON at once.
+        // Flows go out in bounded chunks: a flush of 100k keys never holds 100k records'
+        // JSON at once. Deltas come sorted within a cgroup and cgroups are put in output
+        // order, so no record is ever sorted (or built as an owned record).
         let deltas = self.aggregator.flush();
-        for chunk in deltas.chunks(FLUSH_CHUNK) {
-            let mut batch = Vec::with_capacity(chunk.len());
-            for delta in chunk {
-                if let Some(record) = self.flow_record(delta, attributor) {
-                    self.summary.flow_events += delta.count;
-                    batch.push(Record::Flow(record));
+        let groups = group_flows(&deltas, attributor);
+        let mut in_chunk = dns.len();
+        // Without any cached name there is nothing to look up (nor a time to convert).
+        let no_names = self.dns.cache().is_empty();
+        for group in &groups {
+            for delta in &deltas[group.deltas.clone()] {
+                let names = if no_names {
+                    Vec::new()
+                } else {
+                    let last_seen = DateTime::<Utc>::from(delta.last_seen);
+                    self.dns
+                        .names_for(&group.attribution, delta.id.dst, last_seen)
+                };
+                let Some(view) = flow_view(&self.node, &group.attribution, delta, &names) else {
+                    continue;
+                };
+                sink.write_flow(&view);
+                self.summary.flow_records += 1;
+                self.summary.flow_events += delta.count;
+                in_chunk += 1;
+                if in_chunk >= FLUSH_CHUNK {
+                    sink.flush().await?;
+                    in_chunk = 0;
                 }
             }
-            self.summary.flow_records += batch.len() as u64;
-            if !batch.is_empty() {
-                sink.write_batch(batch).await?;
-            }
         }
+        sink.flush().await?;
         self.dns.purge(now);
         Ok(())
-    }
-
-    fn flow_record(&self, delta: &FlowDelta, attributor: &mut Attributor) -> Option<FlowRecord> {
-        flow_record(&self.node, delta, attributor, &self.dns)
     }
 
     fn export_counters(&self, counters: &KernelCounters) {
@@ -383,15 +417,72 @@ impl State {
     }
 }
 
-/// The v1 flow record for one delta: attributed to its pod (or cgroup) and labelled with the
-/// DNS names that resolved to its destination for that pod. `None` for protocols NetworkPolicy
+/// The flow deltas of one cgroup (a range of [`Aggregator::flush`]'s output), attributed once.
+#[derive(Debug, Clone)]
+pub struct FlowGroup {
+    /// Who the cgroup belongs to.
+    pub attribution: Attribution,
+    /// The group's deltas: indices into the slice given to [`group_flows`].
+    pub deltas: Range<usize>,
+}
+
+/// Splits `deltas` (sorted as [`Aggregator::flush`] returns them) into per-cgroup groups,
+/// attributes each group once, and puts the groups in output order: by pod (namespace, name,
+/// uid; unattributed first), then cgroup path, then cgroup id. Within a group the deltas are
+/// already in output order (destination, port, protocol), so the records come out sorted
+/// without sorting records.
+pub fn group_flows(deltas: &[FlowDelta], attributor: &mut Attributor) -> Vec<FlowGroup> {
+    let mut groups = Vec::new();
+    let mut start = 0;
+    while start < deltas.len() {
+        let cgroup_id = deltas[start].id.cgroup_id;
+        let len = deltas[start..]
+            .iter()
+            .position(|d| d.id.cgroup_id != cgroup_id)
+            .unwrap_or(deltas.len() - start);
+        let end = start + len;
+        // The latest event of the group: a cgroup created after the last walk of the tree is
+        // found by a new walk.
+        let seen = deltas[start..end]
+            .iter()
+            .map(|d| d.last_seen)
+            .max()
+            .unwrap_or(std::time::UNIX_EPOCH);
+        groups.push(FlowGroup {
+            attribution: attributor.attribute_seen(cgroup_id, seen),
+            deltas: start..end,
+        });
+        start = end;
+    }
+    fn key(g: &FlowGroup) -> (Option<PodView<'_>>, &str, usize) {
+        (
+            g.attribution.pod.as_deref().map(pod_view),
+            &g.attribution.cgroup,
+            // Groups are in cgroup id order: the start breaks ties by cgroup id.
+            g.deltas.start,
+        )
+    }
+    groups.sort_by(|a, b| key(a).cmp(&key(b)));
+    groups
+}
+
+fn pod_view(pod: &PodInfo) -> PodView<'_> {
+    PodView {
+        namespace: &pod.namespace,
+        name: &pod.name,
+        uid: &pod.uid,
+    }
+}
+
+/// The v1 flow record for one delta of a cgroup attributed as `attribution`, labelled with
+/// `names` (from [`DnsTracker::names_for`]), borrowed. `None` for protocols NetworkPolicy
 /// cannot express (e.g. ICMP ping sockets).
-pub fn flow_record(
-    node: &str,
+pub fn flow_view<'a>(
+    node: &'a str,
+    attribution: &'a Attribution,
     delta: &FlowDelta,
-    attributor: &mut Attributor,
-    dns: &DnsTracker,
-) -> Option<FlowRecord> {
+    names: &'a [String],
+) -> Option<FlowView<'a>> {
     let protocol = match delta.id.protocol {
         agent_ebpf::PROTO_TCP => Protocol::Tcp,
         agent_ebpf::PROTO_UDP => Protocol::Udp,
@@ -403,24 +494,178 @@ pub fn flow_record(
             return None;
         }
     };
-    let attribution = attributor.attribute_seen(delta.id.cgroup_id, delta.last_seen);
-    let last_seen = DateTime::<Utc>::from(delta.last_seen);
-    let names = dns.names_for(&attribution, delta.id.dst, last_seen);
     let outcome = (protocol == Protocol::Tcp).then_some(Outcome {
         established: delta.established,
         failed: delta.failed,
     });
-    Some(FlowRecord {
-        node: node.to_owned(),
-        pod: attribution.pod_ref(),
-        cgroup: attribution.cgroup.to_string(),
+    Some(FlowView {
+        node,
+        pod: attribution.pod.as_deref().map(pod_view),
+        cgroup: &attribution.cgroup,
         protocol,
         dst: delta.id.dst,
         dst_port: delta.id.dst_port,
         count: delta.count,
-        first_seen: DateTime::<Utc>::from(delta.first_seen),
-        last_seen,
+        first_seen: delta.first_seen,
+        last_seen: delta.last_seen,
         names,
         outcome,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+    use std::os::unix::fs::MetadataExt as _;
+
+    use super::*;
+    use crate::attribution::pods::fixtures;
+    use crate::capture::{FlowId, KernelClock};
+    use crate::dns::DnsCacheConfig;
+    use crate::sink::testing::at;
+
+    fn delta(clock: &KernelClock, cgroup_id: u64, protocol: u8, dst: &str, port: u16) -> FlowDelta {
+        FlowDelta {
+            id: FlowId {
+                cgroup_id,
+                protocol,
+                dst: dst.parse().unwrap(),
+                dst_port: port,
+            },
+            count: 1,
+            established: 0,
+            failed: 0,
+            first_seen_ns: 1,
+            last_seen_ns: 2,
+            first_seen: clock.to_system_time(1),
+            last_seen: clock.to_system_time(2),
+        }
+    }
+
+    /// The records come out in the contract's order (pod, cgroup, destination, port,
+    /// protocol) from groups and the aggregator's delta order alone, whatever the cgroup ids.
+    #[test]
+    fn flows_come_out_in_output_order_without_sorting_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let uid = |n: u32| format!("0000000{n}-0000-4000-8000-000000000000");
+        let pod_dir = |n: u32| {
+            dir.path().join(format!(
+                "kubepods.slice/kubepods-pod{}.slice/cri-containerd-{}.scope",
+                uid(n).replace('-', "_"),
+                "ab".repeat(32)
+            ))
+        };
+        // Created so that directory inodes (cgroup ids) do not follow output order.
+        let dirs = [
+            pod_dir(1),
+            dir.path().join("system.slice/b.service"),
+            pod_dir(2),
+            dir.path().join("system.slice/a.service"),
+        ];
+        for d in &dirs {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let ids: Vec<u64> = dirs
+            .iter()
+            .map(|d| std::fs::metadata(d).unwrap().ino())
+            .collect();
+        let metrics = Metrics::new();
+        let pods = PodStore::new(metrics.clone());
+        // Pod 1 is "zeta/z", pod 2 is "alpha/a": alpha sorts first.
+        for (n, ns, name) in [(1, "zeta", "z"), (2, "alpha", "a")] {
+            pods.upsert(PodInfo::from_pod(&fixtures::pod(ns, name, &uid(n), "n1", &[])).unwrap());
+        }
+        let mut attributor = Attributor::new(
+            CgroupPaths::new(dir.path(), metrics.clone()),
+            pods,
+            metrics.clone(),
+        );
+        let clock = KernelClock::from_offset_ns(0);
+        let mut agg = Aggregator::new(Duration::from_secs(1), clock);
+        let tcp = agent_ebpf::PROTO_TCP;
+        let udp = agent_ebpf::PROTO_UDP;
+        for &id in &ids {
+            for (proto, dst, port) in [
+                (udp, "203.0.113.5", 53),
+                (tcp, "2001:db8::1", 443),
+                (tcp, "203.0.113.5", 53),
+                (tcp, "198.51.100.9", 8080),
+                (1, "198.51.100.9", 0),
+            ] {
+                let d = delta(&clock, id, proto, dst, port);
+                let sample = crate::capture::FlowSample {
+                    id: d.id,
+                    count: 1,
+                    first_seen_ns: 1,
+                    last_seen_ns: 2,
+                    emitted_ns: 2,
+                    residual_notice: false,
+                    established: 0,
+                    failed: 0,
+                    first_seen: d.first_seen,
+                    last_seen: d.last_seen,
+                };
+                agg.observe(&sample, SampleSource::Ring);
+            }
+        }
+        let deltas = agg.flush();
+        let dns = DnsTracker::new(DnsCacheConfig::default(), metrics);
+        let mut got = Vec::new();
+        for group in group_flows(&deltas, &mut attributor) {
+            for d in &deltas[group.deltas.clone()] {
+                let names = dns.names_for(&group.attribution, d.id.dst, at(0));
+                if let Some(view) = flow_view("n1", &group.attribution, d, &names) {
+                    got.push(view.to_record());
+                }
+            }
+        }
+        assert_eq!(got.len(), 16, "ICMP is skipped");
+        let mut want = got.clone();
+        want.sort_by(|x, y| {
+            let key = |f: &leash_records::FlowRecord| {
+                (
+                    f.pod
+                        .as_ref()
+                        .map(|p| (p.namespace.clone(), p.name.clone(), p.uid.clone())),
+                    f.cgroup.clone(),
+                    f.dst,
+                    f.dst_port,
+                    f.protocol,
+                )
+            };
+            key(x).cmp(&key(y))
+        });
+        assert_eq!(got, want);
+        let order: Vec<_> = got
+            .iter()
+            .step_by(4)
+            .map(|f| {
+                f.pod
+                    .as_ref()
+                    .map_or(f.cgroup.as_str(), |p| p.name.as_str())
+            })
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "/system.slice/a.service",
+                "/system.slice/b.service",
+                "a",
+                "z"
+            ]
+        );
+        let first: Vec<(IpAddr, u16, Protocol)> = got[..4]
+            .iter()
+            .map(|f| (f.dst, f.dst_port, f.protocol))
+            .collect();
+        assert_eq!(
+            first,
+            [
+                ("198.51.100.9".parse().unwrap(), 8080, Protocol::Tcp),
+                ("203.0.113.5".parse().unwrap(), 53, Protocol::Tcp),
+                ("203.0.113.5".parse().unwrap(), 53, Protocol::Udp),
+                ("2001:db8::1".parse().unwrap(), 443, Protocol::Tcp),
+            ]
+        );
+    }
 }

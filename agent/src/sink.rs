@@ -1,18 +1,26 @@
 //! Where flushed records go.
 //!
-//! The flush loop hands each batch of v1 [`Record`]s to a [`Sink`]. Capture and aggregation only
-//! know the trait, so a gRPC sink to the recommender can be added as another implementation.
-//! The trait returns boxed futures (rather than `async fn`) so that it stays object-safe and the
-//! agent can pick a sink at run time (`Box<dyn Sink>`).
+//! The flush loop hands each flow to a [`Sink`] as a borrowed [`FlowView`] (no per-record
+//! allocation: the strings point into the attribution and DNS state) and each DNS answer as a
+//! [`DnsRecord`], then calls [`Sink::flush`] once per chunk. Records arrive already in the
+//! deterministic output order (the pipeline sorts keys, not records). Capture and aggregation
+//! only know the trait, so the JSON-lines file and the gRPC stream to the recommender are two
+//! implementations, and [`FanOut`] feeds both. The async methods return boxed futures (rather
+//! than `async fn`) so that the trait stays object-safe and the agent picks sinks at run time
+//! (`Box<dyn Sink>`).
 
 use std::cmp::Ordering;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use futures::future::BoxFuture;
-use leash_records::{PodRef, Record};
+use leash_records::{DnsRecord, FlowRecord, Outcome, PodRef, Protocol, Record};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::metrics::Metrics;
+
+mod json;
 
 /// Errors of a sink.
 #[derive(Debug, thiserror::Error)]
@@ -38,69 +46,226 @@ pub enum Error {
 /// `Result` with this module's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// A destination for batches of records.
-pub trait Sink: Send {
-    /// Writes one batch and makes it durable to the degree the sink offers (a JSON-lines sink
-    /// flushes). The sink may reorder the batch (see [`sort_batch`]).
-    fn write_batch(&mut self, batch: Vec<Record>) -> BoxFuture<'_, Result<()>>;
+/// The pod of a [`FlowView`], borrowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PodView<'a> {
+    /// Namespace (first: the output order is namespace, name, uid).
+    pub namespace: &'a str,
+    /// Name.
+    pub name: &'a str,
+    /// `metadata.uid`.
+    pub uid: &'a str,
+}
 
-    /// Flushes and releases the output; called once on shutdown after the last batch.
+impl PodView<'_> {
+    /// The owned contract type.
+    pub fn to_pod_ref(&self) -> PodRef {
+        PodRef {
+            uid: self.uid.to_owned(),
+            namespace: self.namespace.to_owned(),
+            name: self.name.to_owned(),
+        }
+    }
+}
+
+impl<'a> From<&'a PodRef> for PodView<'a> {
+    fn from(p: &'a PodRef) -> Self {
+        Self {
+            namespace: &p.namespace,
+            name: &p.name,
+            uid: &p.uid,
+        }
+    }
+}
+
+/// A `kind: flow` record whose strings are borrowed: what the pipeline hands to sinks.
+/// [`FlowView::write_json`] writes exactly the bytes `serde_json` writes for the equivalent
+/// [`Record::Flow`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowView<'a> {
+    /// The node that observed the flow.
+    pub node: &'a str,
+    /// The pod, `None` when unattributed.
+    pub pod: Option<PodView<'a>>,
+    /// The cgroup v2 path.
+    pub cgroup: &'a str,
+    /// Transport protocol.
+    pub protocol: Protocol,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// Destination port.
+    pub dst_port: u16,
+    /// Events since the key's previous record.
+    pub count: u64,
+    /// Earliest event bound (a `SystemTime`, as the kernel clock gives it: converting to a
+    /// calendar type per record would cost more than formatting it).
+    pub first_seen: SystemTime,
+    /// Latest event bound.
+    pub last_seen: SystemTime,
+    /// DNS names for `dst`, sorted.
+    pub names: &'a [String],
+    /// TCP outcomes.
+    pub outcome: Option<Outcome>,
+}
+
+impl<'a> FlowView<'a> {
+    /// A view of an owned record.
+    pub fn of(record: &'a FlowRecord) -> Self {
+        Self {
+            node: &record.node,
+            pod: record.pod.as_ref().map(PodView::from),
+            cgroup: &record.cgroup,
+            protocol: record.protocol,
+            dst: record.dst,
+            dst_port: record.dst_port,
+            count: record.count,
+            first_seen: record.first_seen.into(),
+            last_seen: record.last_seen.into(),
+            names: &record.names,
+            outcome: record.outcome,
+        }
+    }
+
+    /// The owned contract record.
+    pub fn to_record(&self) -> FlowRecord {
+        FlowRecord {
+            node: self.node.to_owned(),
+            pod: self.pod.map(|p| p.to_pod_ref()),
+            cgroup: self.cgroup.to_owned(),
+            protocol: self.protocol,
+            dst: self.dst,
+            dst_port: self.dst_port,
+            count: self.count,
+            first_seen: self.first_seen.into(),
+            last_seen: self.last_seen.into(),
+            names: self.names.to_vec(),
+            outcome: self.outcome,
+        }
+    }
+
+    /// Appends the record as one JSON object (no newline), byte-identical to `serde_json`'s
+    /// serialisation of [`Record::Flow`].
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        json::write_flow(self, out);
+    }
+}
+
+/// A destination for records.
+///
+/// `write_*` only buffer (they never wait on I/O, so a slow or absent destination cannot stall
+/// the capture loop); [`Sink::flush`] hands the buffered records on.
+pub trait Sink: Send {
+    /// Buffers one flow record.
+    fn write_flow(&mut self, flow: &FlowView<'_>);
+
+    /// Buffers one DNS record.
+    fn write_dns(&mut self, dns: &DnsRecord);
+
+    /// Passes on what was buffered since the last flush, as far as the sink promises (the
+    /// JSON-lines sink writes and flushes its output; the gRPC sink only wakes its sender).
+    fn flush(&mut self) -> BoxFuture<'_, Result<()>>;
+
+    /// Flushes and releases the output; called once on shutdown after the last flush.
     fn close(&mut self) -> BoxFuture<'_, Result<()>>;
 }
 
-/// Sorts a batch into the deterministic output order: flows before DNS answers; then by pod
-/// (unattributed first), cgroup; flows by destination, port, protocol and time; DNS answers by
-/// time, query and server.
-pub fn sort_batch(batch: &mut [Record]) {
-    batch.sort_by(compare);
+/// Sorts DNS records into the output order: by pod (unattributed first), cgroup, time, query,
+/// server and type.
+pub fn sort_dns(records: &mut [DnsRecord]) {
+    records.sort_by(compare_dns);
 }
 
-fn pod_key(pod: Option<&PodRef>) -> Option<(&str, &str, &str)> {
-    pod.map(|p| (p.namespace.as_str(), p.name.as_str(), p.uid.as_str()))
+fn pod_key(pod: Option<&PodRef>) -> Option<PodView<'_>> {
+    pod.map(PodView::from)
 }
 
-fn compare(a: &Record, b: &Record) -> Ordering {
-    match (a, b) {
-        (Record::Flow(_), Record::Dns(_)) => Ordering::Less,
-        (Record::Dns(_), Record::Flow(_)) => Ordering::Greater,
-        (Record::Flow(x), Record::Flow(y)) => {
-            (pod_key(x.pod.as_ref()), &x.cgroup, x.dst, x.dst_port)
-                .cmp(&(pod_key(y.pod.as_ref()), &y.cgroup, y.dst, y.dst_port))
-                .then_with(|| x.protocol.as_str().cmp(y.protocol.as_str()))
-                .then_with(|| {
-                    (x.first_seen, x.last_seen, x.count).cmp(&(y.first_seen, y.last_seen, y.count))
-                })
+fn compare_dns(x: &DnsRecord, y: &DnsRecord) -> Ordering {
+    (
+        pod_key(x.pod.as_ref()),
+        &x.cgroup,
+        x.time,
+        &x.query,
+        x.server,
+        &x.qtype,
+    )
+        .cmp(&(
+            pod_key(y.pod.as_ref()),
+            &y.cgroup,
+            y.time,
+            &y.query,
+            y.server,
+            &y.qtype,
+        ))
+}
+
+/// Sends every record to several sinks (`--output` and `--recommender` together).
+pub struct FanOut {
+    sinks: Vec<Box<dyn Sink>>,
+}
+
+impl std::fmt::Debug for FanOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FanOut")
+            .field("sinks", &self.sinks.len())
+            .finish()
+    }
+}
+
+impl FanOut {
+    /// A fan-out over `sinks`, written in this order.
+    pub fn new(sinks: Vec<Box<dyn Sink>>) -> Self {
+        Self { sinks }
+    }
+}
+
+impl Sink for FanOut {
+    fn write_flow(&mut self, flow: &FlowView<'_>) {
+        for sink in &mut self.sinks {
+            sink.write_flow(flow);
         }
-        (Record::Dns(x), Record::Dns(y)) => (
-            pod_key(x.pod.as_ref()),
-            &x.cgroup,
-            x.time,
-            &x.query,
-            x.server,
-            &x.qtype,
-        )
-            .cmp(&(
-                pod_key(y.pod.as_ref()),
-                &y.cgroup,
-                y.time,
-                &y.query,
-                y.server,
-                &y.qtype,
-            )),
+    }
+
+    fn write_dns(&mut self, dns: &DnsRecord) {
+        for sink in &mut self.sinks {
+            sink.write_dns(dns);
+        }
+    }
+
+    fn flush(&mut self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            // Every sink gets its flush even when an earlier one failed; the first error wins.
+            let mut first = Ok(());
+            for sink in &mut self.sinks {
+                let result = sink.flush().await;
+                if first.is_ok() {
+                    first = result;
+                }
+            }
+            first
+        })
+    }
+
+    fn close(&mut self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let mut first = Ok(());
+            for sink in &mut self.sinks {
+                let result = sink.close().await;
+                if first.is_ok() {
+                    first = result;
+                }
+            }
+            first
+        })
     }
 }
 
-fn kind(record: &Record) -> &'static str {
-    match record {
-        Record::Flow(_) => "flow",
-        Record::Dns(_) => "dns",
-    }
-}
-
-/// Writes one JSON object per line (`--output FILE|-`), flushing after every batch.
+/// Writes one JSON object per line (`--output FILE|-`), writing and flushing on every
+/// [`Sink::flush`].
 pub struct JsonLinesSink {
     out: Box<dyn AsyncWrite + Send + Unpin>,
     buf: Vec<u8>,
+    flows: u64,
+    dns: u64,
     target: String,
     metrics: Metrics,
 }
@@ -114,7 +279,7 @@ impl std::fmt::Debug for JsonLinesSink {
 }
 
 impl JsonLinesSink {
-    /// Largest serialisation buffer kept between batches (bytes).
+    /// Largest serialisation buffer kept between flushes (bytes).
     const KEEP_BUFFER: usize = 4 << 20;
 
     /// Opens `--output`: `-` is stdout, anything else a file created (or truncated) now.
@@ -141,63 +306,72 @@ impl JsonLinesSink {
         Self {
             out: Box::new(out),
             buf: Vec::new(),
+            flows: 0,
+            dns: 0,
             target: target.to_owned(),
             metrics,
         }
     }
 
-    async fn write_sorted(&mut self, mut batch: Vec<Record>) -> Result<()> {
-        if batch.is_empty() {
+    async fn write_out(&mut self) -> Result<()> {
+        let (flows, dns) = (
+            std::mem::take(&mut self.flows),
+            std::mem::take(&mut self.dns),
+        );
+        if self.buf.is_empty() {
             return Ok(());
         }
-        sort_batch(&mut batch);
-        // One reused buffer for the whole batch: no per-record String, and the allocation
-        // survives between flushes instead of growing and shrinking every interval.
-        let mut text = std::mem::take(&mut self.buf);
-        text.clear();
-        for record in &batch {
-            if let Err(e) = serde_json::to_writer(&mut text, record) {
-                self.buf = text;
-                self.metrics.sink_errors.inc_by(batch.len() as u64);
-                return Err(Error::Write {
-                    target: self.target.clone(),
-                    source: std::io::Error::other(e),
-                });
-            }
-            text.push(b'\n');
-        }
         let written = async {
-            self.out.write_all(&text).await?;
+            self.out.write_all(&self.buf).await?;
             self.out.flush().await
         }
         .await;
+        self.buf.clear();
         // Keep a modest buffer between flushes; a burst's large buffer is given back.
-        if text.capacity() > Self::KEEP_BUFFER {
-            text = Vec::new();
+        if self.buf.capacity() > Self::KEEP_BUFFER {
+            self.buf = Vec::new();
         }
-        self.buf = text;
         if let Err(source) = written {
-            self.metrics.sink_errors.inc_by(batch.len() as u64);
+            self.metrics.sink_errors.inc_by(flows + dns);
             return Err(Error::Write {
                 target: self.target.clone(),
                 source,
             });
         }
-        let flows = batch.iter().filter(|r| kind(r) == "flow").count() as u64;
         self.metrics.add_records_written("flow", flows);
-        self.metrics
-            .add_records_written("dns", batch.len() as u64 - flows);
+        self.metrics.add_records_written("dns", dns);
         Ok(())
     }
 }
 
 impl Sink for JsonLinesSink {
-    fn write_batch(&mut self, batch: Vec<Record>) -> BoxFuture<'_, Result<()>> {
-        Box::pin(self.write_sorted(batch))
+    fn write_flow(&mut self, flow: &FlowView<'_>) {
+        flow.write_json(&mut self.buf);
+        self.buf.push(b'\n');
+        self.flows += 1;
+    }
+
+    fn write_dns(&mut self, dns: &DnsRecord) {
+        // Few DNS records: the contract's own serialiser, through an owned copy.
+        let record = Record::Dns(dns.clone());
+        let len = self.buf.len();
+        if serde_json::to_writer(&mut self.buf, &record).is_ok() {
+            self.buf.push(b'\n');
+            self.dns += 1;
+        } else {
+            // Unreachable for these plain structs; counted rather than written half.
+            self.buf.truncate(len);
+            self.metrics.sink_errors.inc();
+        }
+    }
+
+    fn flush(&mut self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.write_out())
     }
 
     fn close(&mut self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
+            self.write_out().await?;
             let target = self.target.clone();
             let result = async {
                 self.out.flush().await?;
@@ -272,8 +446,22 @@ mod tests {
     use super::testing::*;
     use super::*;
 
+    fn flow_of(record: &Record) -> &FlowRecord {
+        match record {
+            Record::Flow(f) => f,
+            Record::Dns(_) => panic!("not a flow"),
+        }
+    }
+
+    fn dns_of(record: Record) -> DnsRecord {
+        match record {
+            Record::Dns(d) => d,
+            Record::Flow(_) => panic!("not a DNS record"),
+        }
+    }
+
     #[tokio::test]
-    async fn writes_sorted_json_lines_to_a_file_per_batch() {
+    async fn writes_json_lines_to_a_file_per_flush() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out.jsonl");
         let metrics = Metrics::new();
@@ -281,79 +469,101 @@ mod tests {
             .await
             .unwrap();
         let shop = pod("shop", "payment");
-        sink.write_batch(vec![
-            dns(Some(shop.clone()), "api.stripe.test.", 5),
-            flow(Some(shop.clone()), "203.0.113.10", 443, 12),
+        let flows = [
             flow(None, "198.51.100.1", 80, 1),
-            flow(Some(shop.clone()), "203.0.113.10", 80, 2),
-            flow(Some(pod("alpha", "a")), "203.0.113.99", 1, 1),
-        ])
-        .await
-        .unwrap();
-        // Flushed per batch: readable before close.
+            flow(Some(shop.clone()), "203.0.113.10", 443, 12),
+        ];
+        let answer = dns(Some(shop.clone()), "api.stripe.test.", 5);
+        sink.write_dns(&dns_of(answer.clone()));
+        for f in &flows {
+            sink.write_flow(&FlowView::of(flow_of(f)));
+        }
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "",
+            "buffered until flush"
+        );
+        sink.flush().await.unwrap();
+        // Flushed: readable before close, in the order written.
         let text = std::fs::read_to_string(&path).unwrap();
         let records: Vec<Record> = text
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        assert_eq!(
-            records,
-            vec![
-                flow(None, "198.51.100.1", 80, 1),
-                flow(Some(pod("alpha", "a")), "203.0.113.99", 1, 1),
-                flow(Some(shop.clone()), "203.0.113.10", 80, 2),
-                flow(Some(shop.clone()), "203.0.113.10", 443, 12),
-                dns(Some(shop.clone()), "api.stripe.test.", 5),
-            ]
-        );
+        assert_eq!(records, vec![answer, flows[0].clone(), flows[1].clone()]);
         assert!(text.lines().all(|l| l.starts_with(r#"{"v":1,"kind":""#)));
+        assert_eq!(
+            text.lines().nth(1).unwrap(),
+            flows[0].to_json_line(),
+            "the contract's own bytes"
+        );
 
-        sink.write_batch(vec![dns(None, "b.test.", 1)])
-            .await
-            .unwrap();
-        sink.write_batch(Vec::new()).await.unwrap();
+        sink.write_dns(&dns_of(dns(None, "b.test.", 1)));
+        sink.flush().await.unwrap();
+        sink.flush().await.unwrap();
+        sink.write_flow(&FlowView::of(flow_of(&flows[0])));
         sink.close().await.unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(text.lines().count(), 6);
-        assert_eq!(
+        assert_eq!(text.lines().count(), 5, "close writes what was buffered");
+        let written = |kind| {
             metrics
                 .records_written
-                .get_or_create(&crate::metrics::KindLabel { kind: "flow" })
-                .get(),
-            4
-        );
-        assert_eq!(
-            metrics
-                .records_written
-                .get_or_create(&crate::metrics::KindLabel { kind: "dns" })
-                .get(),
-            2
-        );
+                .get_or_create(&crate::metrics::KindLabel { kind })
+                .get()
+        };
+        assert_eq!((written("flow"), written("dns")), (3, 2));
     }
 
     #[test]
-    fn order_is_independent_of_input_order() {
-        let base = vec![
+    fn dns_order_is_independent_of_input_order() {
+        let base: Vec<DnsRecord> = vec![
             dns(None, "b.test.", 2),
             dns(None, "a.test.", 2),
             dns(None, "z.test.", 1),
-            flow(Some(pod("ns", "p")), "2001:db8::1", 53, 1),
-            flow(Some(pod("ns", "p")), "198.51.100.1", 53, 1),
-        ];
+            dns(Some(pod("ns", "p")), "a.test.", 0),
+        ]
+        .into_iter()
+        .map(dns_of)
+        .collect();
         let mut sorted = base.clone();
-        sort_batch(&mut sorted);
+        sort_dns(&mut sorted);
         let mut reversed: Vec<_> = base.into_iter().rev().collect();
-        sort_batch(&mut reversed);
+        sort_dns(&mut reversed);
         assert_eq!(sorted, reversed);
-        let queries: Vec<_> = sorted
-            .iter()
-            .filter_map(|r| match r {
-                Record::Dns(d) => Some(d.query.as_str()),
-                Record::Flow(_) => None,
-            })
-            .collect();
-        assert_eq!(queries, ["z.test.", "a.test.", "b.test."]);
-        assert!(matches!(&sorted[0], Record::Flow(f) if f.dst.is_ipv4()));
+        let queries: Vec<_> = sorted.iter().map(|d| d.query.as_str()).collect();
+        assert_eq!(queries, ["z.test.", "a.test.", "b.test.", "a.test."]);
+        assert!(sorted[3].pod.is_some(), "unattributed first");
+    }
+
+    #[tokio::test]
+    async fn fan_out_writes_every_record_to_every_sink() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        let metrics = Metrics::new();
+        let mut sink = FanOut::new(vec![
+            Box::new(
+                JsonLinesSink::open(a.to_str().unwrap(), metrics.clone())
+                    .await
+                    .unwrap(),
+            ),
+            Box::new(
+                JsonLinesSink::open(b.to_str().unwrap(), metrics.clone())
+                    .await
+                    .unwrap(),
+            ),
+        ]);
+        let f = flow(None, "198.51.100.1", 80, 3);
+        sink.write_flow(&FlowView::of(flow_of(&f)));
+        sink.write_dns(&dns_of(dns(None, "a.test.", 1)));
+        sink.flush().await.unwrap();
+        sink.close().await.unwrap();
+        let (a, b) = (
+            std::fs::read_to_string(a).unwrap(),
+            std::fs::read_to_string(b).unwrap(),
+        );
+        assert_eq!(a, b);
+        assert_eq!(a.lines().next().unwrap(), f.to_json_line());
+        assert_eq!(a.lines().count(), 2);
     }
 
     #[tokio::test]
@@ -374,10 +584,8 @@ mod tests {
         let (reader, writer) = tokio::io::duplex(16);
         drop(reader);
         let mut sink = JsonLinesSink::from_writer(writer, "pipe", metrics.clone());
-        let err = sink
-            .write_batch(vec![flow(None, "198.51.100.1", 80, 1)])
-            .await
-            .unwrap_err();
+        sink.write_flow(&FlowView::of(flow_of(&flow(None, "198.51.100.1", 80, 1))));
+        let err = sink.flush().await.unwrap_err();
         assert!(err.to_string().contains("pipe"), "{err}");
         assert_eq!(metrics.sink_errors.get(), 1);
     }

@@ -6,13 +6,16 @@
 //! `audit`, `explain` and the self-check of `recommend`.
 
 pub mod audit;
+pub mod certs;
 pub mod cidr;
 pub mod classify;
 pub mod cluster;
 pub mod eval;
 pub mod explain;
+pub mod ingest;
 pub mod input;
 pub mod ports;
 pub mod render;
+pub mod serve;
 pub mod store;
 pub mod synth;

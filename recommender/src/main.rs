@@ -25,9 +25,8 @@ enum Command {
     /// Propose one egress NetworkPolicy per workload from observed flows.
     #[command(group(ArgGroup::new("observed").required(true).args(["flows", "store"])))]
     Recommend {
-        /// The cluster snapshot (a Kubernetes List or multi-document stream, YAML or JSON).
-        #[arg(long)]
-        cluster: PathBuf,
+        #[command(flatten)]
+        source: ClusterArgs,
         /// Flow and DNS records (JSON lines, v1); `-` reads stdin. Repeatable.
         #[arg(long = "flows", num_args = 1..)]
         flows: Vec<PathBuf>,
@@ -64,12 +63,12 @@ enum Command {
     /// destination, Services after DNAT) and print a verdict for each.
     #[command(group(ArgGroup::new("observed").required(true).args(["flows", "store"])))]
     Audit {
-        /// The cluster snapshot.
+        #[command(flatten)]
+        source: ClusterArgs,
+        /// A policy file or a directory of them (searched recursively). With `--kube` and no
+        /// `--policies`, the NetworkPolicies applied in the cluster.
         #[arg(long)]
-        cluster: PathBuf,
-        /// A policy file or a directory of them (searched recursively).
-        #[arg(long)]
-        policies: PathBuf,
+        policies: Option<PathBuf>,
         /// Flow records (JSON lines, v1). Repeatable.
         #[arg(long = "flows", num_args = 1..)]
         flows: Vec<PathBuf>,
@@ -90,12 +89,12 @@ enum Command {
     /// Name the policy and rule that allow a connection, or the policies that isolate the
     /// pod without allowing it.
     Explain {
-        /// The cluster snapshot.
+        #[command(flatten)]
+        source: ClusterArgs,
+        /// A policy file or a directory of them. With `--kube` and no `--policies`, the
+        /// NetworkPolicies applied in the cluster.
         #[arg(long)]
-        cluster: PathBuf,
-        /// A policy file or a directory of them.
-        #[arg(long)]
-        policies: PathBuf,
+        policies: Option<PathBuf>,
         /// The source pod, `NAMESPACE/POD`.
         #[arg(long)]
         from: String,
@@ -103,6 +102,81 @@ enum Command {
         #[arg(long)]
         to: String,
     },
+    /// Run the recommender as a service: agents stream records over gRPC (mTLS) into a
+    /// SQLite store; HTTP serves health, metrics, recommendations, destinations and audits.
+    Serve(Box<ServeArgs>),
+    /// Write a CA and mTLS certificates for `leash serve` and its agents (PEM files).
+    Certs {
+        /// The directory to write `ca.pem`, `server.pem`, `server-key.pem`, `<client>.pem`
+        /// and `<client>-key.pem` into (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// A DNS name or IP address the server is reached by. Repeatable.
+        #[arg(long = "server-name", required = true, num_args = 1..)]
+        server_names: Vec<String>,
+        /// A client (agent) certificate to issue, by common name. Repeatable.
+        #[arg(long = "client", num_args = 1..)]
+        clients: Vec<String>,
+    },
+}
+
+/// Where the cluster model comes from: a snapshot file, or the API server.
+#[derive(clap::Args, Debug, Clone)]
+struct ClusterArgs {
+    /// The cluster snapshot (a Kubernetes List or multi-document stream, YAML or JSON).
+    #[arg(long, required_unless_present = "kube", conflicts_with = "kube")]
+    cluster: Option<PathBuf>,
+    /// Read the cluster from the Kubernetes API (in-cluster config, `$KUBECONFIG`, or
+    /// `--kubeconfig`) instead of a snapshot.
+    #[arg(long)]
+    kube: bool,
+    /// With `--kube`: this kubeconfig file.
+    #[arg(long, requires = "kube")]
+    kubeconfig: Option<PathBuf>,
+}
+
+/// `leash serve`.
+#[derive(clap::Args, Debug)]
+#[command(group(ArgGroup::new("transport").required(true).args(["tls_cert", "insecure"])))]
+struct ServeArgs {
+    /// gRPC ingest address (agents connect here).
+    #[arg(long, default_value = "0.0.0.0:7443")]
+    listen: std::net::SocketAddr,
+    /// HTTP address: /healthz, /readyz, /metrics and the /v1 read API.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    http: std::net::SocketAddr,
+    /// The SQLite store (created if missing).
+    #[arg(long, default_value = "/var/lib/leash/leash.db")]
+    store: PathBuf,
+    #[command(flatten)]
+    source: ClusterArgs,
+    /// The server's PEM certificate chain (mTLS).
+    #[arg(long, requires_all = ["tls_key", "tls_client_ca"])]
+    tls_cert: Option<PathBuf>,
+    /// The server's PEM private key.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The PEM CA bundle agents' client certificates must chain to.
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// Accept agents over plaintext gRPC without client certificates. For tests only.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key", "tls_client_ca"])]
+    insecure: bool,
+    /// Delete observations last seen longer ago than this.
+    #[arg(long, default_value = "30d", value_parser = parse_std_duration)]
+    retention: std::time::Duration,
+    /// How often stored flows are checked against the applied policies (unexpected egress).
+    #[arg(long, default_value = "60s", value_parser = parse_std_duration)]
+    check_interval: std::time::Duration,
+    /// At most this many records in one batch.
+    #[arg(long, default_value_t = 65_536)]
+    max_batch_records: usize,
+    /// At most this many bytes in one gRPC message.
+    #[arg(long, default_value_t = 16 << 20)]
+    max_message_bytes: usize,
+    /// At most this many ipBlocks per external rule (served recommendations).
+    #[arg(long, default_value_t = 8)]
+    max_cidrs: usize,
 }
 
 /// Parses `90s`, `15m`, `24h`, `7d`.
@@ -123,6 +197,13 @@ fn parse_duration(s: &str) -> Result<chrono::Duration, String> {
         .ok_or_else(|| format!("duration {s:?} out of range"))
 }
 
+/// Parses `90s`, `15m`, `24h`, `30d` into a std duration.
+fn parse_std_duration(s: &str) -> Result<std::time::Duration, String> {
+    parse_duration(s)?
+        .to_std()
+        .map_err(|_| format!("duration {s:?} must not be negative"))
+}
+
 /// A failure and the exit code it maps to.
 struct Failure {
     code: u8,
@@ -139,7 +220,7 @@ fn bad_input(e: impl std::fmt::Display) -> Failure {
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Recommend {
-            cluster,
+            source,
             flows,
             store,
             since,
@@ -162,22 +243,18 @@ fn run(cli: Cli) -> Result<(), Failure> {
             if !node_local_dns.is_empty() {
                 opts.classify.node_local_dns = node_local_dns.into_iter().collect::<BTreeSet<_>>();
             }
-            let out = match &store {
-                Some(store) => leash::synth::run_store(&cluster, store, since_time(since), &opts)
-                    .map(|(out, skipped)| {
-                        report_skipped(&skipped);
-                        out
-                    }),
-                None => leash::synth::run(&cluster, &flows, &opts),
-            }
-            .map_err(|e| match e {
-                // Our own bug, not the user's input.
-                leash::synth::Error::SelfCheck(_) => Failure {
-                    code: 1,
-                    message: e.to_string(),
+            let (cluster, _) = load_cluster(&source)?;
+            let observations = observe(&cluster, store.as_deref(), since, &flows)?;
+            let out = leash::synth::run_observations(cluster, observations, &opts).map_err(
+                |e| match e {
+                    // Our own bug, not the user's input.
+                    leash::synth::Error::SelfCheck(_) => Failure {
+                        code: 1,
+                        message: e.to_string(),
+                    },
+                    e => bad_input(e),
                 },
-                e => bad_input(e),
-            })?;
+            )?;
             eprintln!("{}", leash::render::summary(&out.recommendation));
             match output {
                 Some(dir) => leash::render::write_dir(&dir, &out.cluster, &out.recommendation)
@@ -194,7 +271,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Audit {
-            cluster,
+            source,
             policies,
             flows,
             store,
@@ -202,8 +279,16 @@ fn run(cli: Cli) -> Result<(), Failure> {
             format,
             fail_on_deny,
         } => {
-            let cluster = leash::cluster::Cluster::load(&cluster).map_err(bad_input)?;
-            let set = leash::audit::load_policy_set(&policies).map_err(bad_input)?;
+            let (cluster, applied) = load_cluster(&source)?;
+            let set = match (policies, applied) {
+                (Some(path), _) => leash::audit::load_policy_set(&path).map_err(bad_input)?,
+                (None, Some(applied)) => applied,
+                (None, None) => {
+                    return Err(bad_input(
+                        "--policies is required unless --kube audits against the applied policies",
+                    ));
+                }
+            };
             let mut located = Vec::new();
             if let Some(store) = &store {
                 let input = leash::store::audit_input(store, &cluster, since_time(since))
@@ -235,20 +320,158 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Explain {
-            cluster,
+            source,
             policies,
             from,
             to,
         } => {
             let from = leash::explain::parse_pod(&from).map_err(bad_input)?;
             let flow = leash::explain::parse_target(&to).map_err(bad_input)?;
-            let cluster = leash::cluster::Cluster::load(&cluster).map_err(bad_input)?;
-            let set = leash::audit::load_policy_set(&policies).map_err(bad_input)?;
+            let (cluster, applied) = load_cluster(&source)?;
+            let set = match (policies, applied) {
+                (Some(path), _) => leash::audit::load_policy_set(&path).map_err(bad_input)?,
+                (None, Some(applied)) => applied,
+                (None, None) => {
+                    return Err(bad_input(
+                        "--policies is required unless --kube explains with the applied policies",
+                    ));
+                }
+            };
             let explanation =
                 leash::explain::explain(&cluster, &set, &from, &flow).map_err(bad_input)?;
             write_stdout(&explanation.to_string())
         }
+        Command::Serve(args) => serve(*args),
+        Command::Certs {
+            out,
+            server_names,
+            clients,
+        } => {
+            leash::certs::generate(&out, &server_names, &clients).map_err(bad_input)?;
+            eprintln!(
+                "leash: wrote the CA, server and client certificates to {}",
+                out.display()
+            );
+            Ok(())
+        }
     }
+}
+
+/// Reads observations from a store or from record files, attributed to `cluster`'s pods.
+fn observe(
+    cluster: &leash::cluster::Cluster,
+    store: Option<&std::path::Path>,
+    since: Option<chrono::Duration>,
+    flows: &[PathBuf],
+) -> Result<leash::input::Observations, Failure> {
+    match store {
+        Some(path) => {
+            let store = leash::store::SqliteStore::open_existing(path).map_err(bad_input)?;
+            let (observations, skipped) =
+                leash::store::load(&store, cluster, since_time(since)).map_err(bad_input)?;
+            report_skipped(&skipped);
+            Ok(observations)
+        }
+        None => leash::input::Observations::read_paths(flows, cluster).map_err(bad_input),
+    }
+}
+
+/// A tokio runtime for the commands that talk to the network.
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure {
+            code: 1,
+            message: format!("cannot start the async runtime: {e}"),
+        })
+}
+
+/// The cluster model from `--cluster FILE`, or from the API server with `--kube` (then also
+/// the NetworkPolicies applied there).
+fn load_cluster(
+    args: &ClusterArgs,
+) -> Result<(leash::cluster::Cluster, Option<leash::eval::PolicySet>), Failure> {
+    if let Some(path) = &args.cluster {
+        return Ok((
+            leash::cluster::Cluster::load(path).map_err(bad_input)?,
+            None,
+        ));
+    }
+    let state = runtime()?
+        .block_on(async {
+            let client = leash::cluster::kube::client(args.kubeconfig.as_deref()).await?;
+            leash::cluster::kube::load_once(client).await
+        })
+        .map_err(|e| Failure {
+            code: 1,
+            message: format!("cannot read the cluster from the Kubernetes API: {e}"),
+        })?;
+    state.log_rejected(None);
+    Ok((state.cluster, Some(state.policy_set)))
+}
+
+/// `leash serve`: runs until SIGINT or SIGTERM.
+fn serve(args: ServeArgs) -> Result<(), Failure> {
+    init_logging();
+    let cluster = match (&args.source.cluster, args.source.kube) {
+        (Some(path), _) => leash::serve::ClusterSource::File(path.clone()),
+        (None, _) => leash::serve::ClusterSource::Kube {
+            kubeconfig: args.source.kubeconfig.clone(),
+        },
+    };
+    let tls = match (args.tls_cert, args.tls_key, args.tls_client_ca) {
+        (Some(cert), Some(key), Some(ca)) => Some(leash_records::tls::TlsFiles { cert, key, ca }),
+        _ => None,
+    };
+    let config = leash::serve::Config {
+        listen: args.listen,
+        http: args.http,
+        store: args.store,
+        cluster,
+        tls,
+        retention: args.retention,
+        check_interval: args.check_interval,
+        max_batch_records: args.max_batch_records,
+        max_message_bytes: args.max_message_bytes,
+        options: leash::synth::Options {
+            max_cidrs: args.max_cidrs,
+            ..leash::synth::Options::default()
+        },
+    };
+    runtime()?
+        .block_on(leash::serve::run(config, shutdown_signal()))
+        .map_err(|e| Failure {
+            code: 1,
+            message: e.to_string(),
+        })
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            // Without a SIGTERM handler, SIGINT still stops the server.
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
+
+/// Logs to stderr; `RUST_LOG` overrides the default `info`.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// `--since`: the earliest last-seen time to read, counted back from now.

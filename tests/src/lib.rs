@@ -81,8 +81,10 @@
 mod client;
 mod dns;
 mod error;
+pub mod fake_api;
 mod lab;
 mod servers;
+pub mod shop;
 mod snapshot;
 mod spec;
 mod sys;

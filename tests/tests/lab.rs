@@ -922,31 +922,6 @@ fn ten_thousand_connects_are_all_accepted_and_counted() {
 }
 
 #[test]
-fn lab_demo_without_agent_generates_the_demo_traffic() {
-    if !leash_lab::require_privileged() {
-        return;
-    }
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lab-demo"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains("203.0.113.10 TCP 443: connections 5 "),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("2001:db8:2::10 TCP 443: connections 2 "),
-        "{stdout}"
-    );
-    assert!(stdout.contains("dns: 3 UDP + 1 TCP queries"), "{stdout}");
-}
-
-#[test]
 fn forwarding_is_enabled_in_the_node_namespace_not_the_host() {
     if !leash_lab::require_privileged() {
         return;

@@ -13,6 +13,15 @@ use leash_records::snapshot::Snapshot;
 use super::Result;
 use crate::metrics::Metrics;
 
+/// The Kubernetes API permissions the agent's pod watch ([`super::watch_pods`]) uses: it lists and
+/// watches the pods of its node (cluster-wide `pods`, narrowed by a `spec.nodeName` field
+/// selector). The deploy tests compare this with the agent's ClusterRole.
+pub const API_ACCESS: &[leash_records::access::ApiAccess] = &[leash_records::access::ApiAccess {
+    group: "",
+    resource: "pods",
+    verbs: &["list", "watch"],
+}];
+
 /// The controller that owns a pod (its controller `ownerReference`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwnerRef {

@@ -5,10 +5,14 @@
 //!   names the file and line of every bad record.
 //! - [`snapshot`]: a cluster snapshot, as `kubectl get … -A -o yaml` prints it, loaded into
 //!   `k8s-openapi` types.
+//! - [`tls`]: rustls configurations for both ends of the gRPC stream (mTLS, reloaded from files).
+//! - [`wire`]: the `leash.v1` gRPC messages, client and server, and their conversions to records.
 
 pub mod access;
 pub mod record;
 pub mod snapshot;
+pub mod tls;
+pub mod wire;
 
 pub use record::{
     DnsAnswer, DnsRecord, FlowRecord, Located, Outcome, PodRef, Protocol, Record, RecordError,

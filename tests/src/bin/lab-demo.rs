@@ -1,270 +1,984 @@
-//! `lab-demo`: builds a demo lab, optionally runs `leash-agent` on it, generates traffic from its
-//! pods and prints what the agent recorded.
+//! `lab-demo`: the whole leash loop on one machine, on the demo shop (`leash_lab::shop`).
 //!
 //! ```text
-//! lab-demo [--agent PATH] [--duration-secs N] [--output FILE] [--snapshot FILE]
+//! lab-demo [--out DIR] [--leash BIN] [--agent BIN] [--rounds N] [--no-serve]
 //! ```
-//! With `--agent`, it runs `PATH --cgroup <lab cgroup root> --cluster-snapshot <snapshot>
-//! --output <file> --flush-interval 1s --duration <N>s --node-name <node>` (the agent's CLI
-//! contract), generates traffic once the agent had time to attach, waits for the agent to exit
-//! and prints its JSON lines on stdout. Without `--agent` it only generates the traffic and
-//! prints what the lab's servers received. A summary goes to stderr.
+//! Steps, each failing with a message that names it and shows the failing command's stderr:
+//! 1. start the shop lab and write `DIR/cluster.yaml`;
+//! 2. `leash certs` into `DIR/certs`, then `leash serve` on free loopback ports with its SQLite
+//!    store at `DIR/leash.db`, and wait for `/readyz`;
+//! 3. run `leash-agent` on the lab's cgroup, writing `DIR/flows.jsonl` and streaming over mTLS to
+//!    `leash serve`; wait until it captures;
+//! 4. generate the shop's traffic, then stop the agent with SIGTERM (it flushes and waits for
+//!    acknowledgements);
+//! 5. write `DIR/probes.jsonl`, flows the shop never made;
+//! 6. `leash recommend --store DIR/leash.db` into `DIR/policies`, moving REPORT.md to
+//!    `DIR/REPORT.md`;
+//! 7. `leash audit` of `DIR/flows.jsonl` (every flow must be allowed) and of `DIR/probes.jsonl`
+//!    (every probe must be denied), as JSON lines in `DIR/audit-flows.jsonl` and
+//!    `DIR/audit-probes.jsonl`;
+//! 8. print a summary table and stop `leash serve`.
+//!
+//! `--no-serve` skips certificates and `leash serve`: the agent only writes `DIR/flows.jsonl` and
+//! `leash recommend` reads it with `--flows`. `leash` and `leash-agent` are found next to this
+//! binary unless given. Exit status 0 when every check passed, 1 otherwise.
 
-use std::path::PathBuf;
-use std::process::{Command, ExitCode, Stdio};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use leash_lab::{DnsConfig, Lab, PodSpec, Port, Proto, ServicePort, ServiceSpec};
+use leash_lab::shop::{self, Shop};
+use serde_json::Value;
 
-/// Time the agent gets to load and attach before traffic starts.
-const ATTACH_GRACE: Duration = Duration::from_secs(2);
+/// How long `leash serve` may take to report ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the agent may take to load and attach its programs.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the agent may take to flush and get its last batches acknowledged after SIGTERM.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Upper bound for any one foreground command (certs, recommend, audit).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+/// The agent stops by itself after this long, should the demo die without stopping it.
+const AGENT_SAFETY_DURATION: &str = "120s";
+/// The client name the agent's certificate carries: the node name it reports.
+const CLIENT_NAME: &str = shop::NODE_NAME;
+
+const USAGE: &str =
+    "usage: lab-demo [--out DIR] [--leash BIN] [--agent BIN] [--rounds N] [--no-serve]";
 
 struct Opts {
+    out: PathBuf,
+    leash: Option<PathBuf>,
     agent: Option<PathBuf>,
-    duration: u64,
-    output: Option<PathBuf>,
-    snapshot: Option<PathBuf>,
+    rounds: u32,
+    serve: bool,
 }
 
-fn parse() -> Result<Opts, String> {
+fn parse(args: impl IntoIterator<Item = String>) -> Result<Opts, String> {
     let mut o = Opts {
+        out: PathBuf::from("out"),
+        leash: None,
         agent: None,
-        duration: 6,
-        output: None,
-        snapshot: None,
+        rounds: 3,
+        serve: true,
     };
-    let mut args = std::env::args().skip(1);
+    let mut args = args.into_iter();
     while let Some(a) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{a} needs a value"));
         match a.as_str() {
+            "--out" => o.out = PathBuf::from(value()?),
+            "--leash" => o.leash = Some(PathBuf::from(value()?)),
             "--agent" => o.agent = Some(PathBuf::from(value()?)),
-            "--output" => o.output = Some(PathBuf::from(value()?)),
-            "--snapshot" => o.snapshot = Some(PathBuf::from(value()?)),
-            "--duration-secs" => {
+            "--rounds" => {
                 let v = value()?;
-                o.duration = v
+                o.rounds = v
                     .parse()
                     .ok()
-                    .filter(|d| (3..=600).contains(d))
-                    .ok_or_else(|| format!("--duration-secs must be 3..=600, got {v:?}"))?;
+                    .filter(|r| (1..=20).contains(r))
+                    .ok_or_else(|| format!("--rounds must be 1..=20, got {v:?}"))?;
             }
-            "--help" | "-h" => {
-                return Err(
-                    "usage: lab-demo [--agent PATH] [--duration-secs N] [--output FILE] [--snapshot FILE]"
-                        .into(),
-                );
-            }
-            other => return Err(format!("unknown argument {other:?}")),
+            "--no-serve" => o.serve = false,
+            "--help" | "-h" => return Err(USAGE.into()),
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
     }
     Ok(o)
 }
 
-fn build_lab() -> leash_lab::Result<Lab> {
-    Lab::builder()
-        .pod(
-            PodSpec::new("shop", "frontend-7d4-x2")
-                .label("app", "frontend")
-                .owner_deployment("frontend"),
-        )
-        .pod(
-            PodSpec::new("shop", "payment-5c9-q7")
-                .label("app", "payment")
-                .owner_deployment("payment")
-                .port(Some("http"), 8080, Proto::Tcp),
-        )
-        .pod(
-            PodSpec::new("shop", "cart-0")
-                .label("app", "cart")
-                .owner(leash_lab::Owner::StatefulSet("cart".into())),
-        )
-        .service(
-            ServiceSpec::new("shop", "payment")
-                .selector("app", "payment")
-                .port(ServicePort::tcp(80).target_named("http").name("http")),
-        )
-        .external("203.0.113.10", [Port::tcp(443)])
-        .external("203.0.113.11", [Port::tcp(443)])
-        .external("2001:db8:2::10", [Port::tcp(443)])
-        .external("203.0.113.50", [Port::udp(4433), Port::tcp(5432)])
-        .dns(
-            DnsConfig::new()
-                .with_stripe_example()
-                .a("db.partner.test", ["203.0.113.50"]),
-        )
-        .api_server()
-        .build()
+/// A failed step: its name and what went wrong.
+#[derive(Debug)]
+struct Failure {
+    step: &'static str,
+    message: String,
 }
 
-/// The traffic every demo run generates: (pod, lab-client arguments).
-fn traffic(lab: &Lab) -> Vec<(&'static str, Vec<String>)> {
-    let dns = lab
-        .dns_service_ip()
-        .map_or_else(|| "198.51.100.138".to_owned(), |ip| ip.to_string());
-    let payment_vip = lab.service("shop/payment").cluster_ip().to_string();
-    let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
-    vec![
-        (
-            "shop/frontend-7d4-x2",
-            s(&["dns", &dns, "api.stripe.test", "A"]),
-        ),
-        (
-            "shop/frontend-7d4-x2",
-            s(&["dns", &dns, "api.stripe.test", "AAAA", "--tcp"]),
-        ),
-        (
-            "shop/frontend-7d4-x2",
-            s(&["tcp", "203.0.113.10", "443", "--count", "5"]),
-        ),
-        (
-            "shop/frontend-7d4-x2",
-            s(&["tcp", "2001:db8:2::10", "443", "--count", "2"]),
-        ),
-        (
-            "shop/frontend-7d4-x2",
-            s(&["tcp", &payment_vip, "80", "--count", "3", "--send", "GET /"]),
-        ),
-        (
-            "shop/payment-5c9-q7",
-            s(&["dns", &dns, "db.partner.test", "A", "--connected"]),
-        ),
-        (
-            "shop/payment-5c9-q7",
-            s(&["tcp", "203.0.113.50", "5432", "--count", "2"]),
-        ),
-        (
-            "shop/payment-5c9-q7",
-            s(&["udp-sendto", "203.0.113.50", "4433", "--count", "4"]),
-        ),
-        ("shop/payment-5c9-q7", s(&["tcp", "198.51.100.129", "443"])),
-        (
-            "shop/cart-0",
-            s(&["udp-connected", "203.0.113.50", "4433", "--count", "2"]),
-        ),
-        (
-            "shop/cart-0",
-            s(&["tcp", "203.0.113.11", "444", "--timeout-ms", "500"]),
-        ),
-        (
-            "shop/cart-0",
-            s(&["dns", &dns, leash_lab::MALFORMED_NAME, "A"]),
-        ),
-    ]
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "step `{}` failed: {}", self.step, self.message)
+    }
 }
 
-fn run() -> Result<(), String> {
-    let o = parse()?;
-    leash_lab::check_privileged().map_err(|e| e.to_string())?;
-    let t0 = Instant::now();
-    let lab = build_lab().map_err(|e| format!("building the lab: {e}"))?;
-    eprintln!(
-        "lab {} up in {:?}: cgroup root {}, {} pods",
-        lab.id(),
-        t0.elapsed(),
-        lab.cgroup_root().display(),
-        lab.pods().len()
+type Result<T, E = Failure> = std::result::Result<T, E>;
+
+fn fail(step: &'static str, message: impl std::fmt::Display) -> Failure {
+    Failure {
+        step,
+        message: message.to_string(),
+    }
+}
+
+/// A command line for messages.
+fn cmdline(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// What a foreground command did.
+struct Ran {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `cmd` to completion (bounded by [`COMMAND_TIMEOUT`]), capturing its output.
+fn run(step: &'static str, cmd: &mut Command) -> Result<Ran> {
+    let line = cmdline(cmd);
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(step, format!("cannot start `{line}`: {e}")))?;
+    let reader = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_string(&mut s);
+            }
+            s
+        })
+    };
+    let out = reader(
+        child
+            .stdout
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
     );
-    let tmp = std::env::temp_dir().join(format!("leash-lab-demo-{}", lab.id()));
-    std::fs::create_dir_all(&tmp).map_err(|e| format!("mkdir {}: {e}", tmp.display()))?;
-    let snapshot = o
-        .snapshot
-        .clone()
-        .unwrap_or_else(|| tmp.join("snapshot.yaml"));
-    lab.write_snapshot(&snapshot).map_err(|e| e.to_string())?;
-    eprintln!("cluster snapshot: {}", snapshot.display());
-    let output = o
-        .output
-        .clone()
-        .unwrap_or_else(|| tmp.join("records.jsonl"));
+    let err = reader(
+        child
+            .stderr
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let status = wait_bounded(&mut child, COMMAND_TIMEOUT);
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(fail(
+            step,
+            format!("`{line}` did not finish within {COMMAND_TIMEOUT:?}; killed"),
+        ));
+    };
+    Ok(Ran {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    })
+}
 
-    let mut agent = match &o.agent {
-        Some(path) => {
-            let child = Command::new(path)
-                .arg("--cgroup")
-                .arg(lab.cgroup_root())
-                .arg("--cluster-snapshot")
-                .arg(&snapshot)
-                .arg("--output")
-                .arg(&output)
-                .args(["--flush-interval", "1s"])
-                .arg("--duration")
-                .arg(format!("{}s", o.duration))
-                .arg("--node-name")
-                .arg(lab.node_name())
-                .stdin(Stdio::null())
-                .spawn()
-                .map_err(|e| format!("starting {}: {e}", path.display()))?;
-            std::thread::sleep(ATTACH_GRACE);
-            Some(child)
+/// Runs `cmd` and requires exit status 0.
+fn run_ok(step: &'static str, cmd: &mut Command) -> Result<Ran> {
+    let line = cmdline(cmd);
+    let ran = run(step, cmd)?;
+    if !ran.status.success() {
+        return Err(fail(
+            step,
+            format!(
+                "`{line}` exited with {}; stderr:\n{}",
+                ran.status,
+                ran.stderr.trim_end()
+            ),
+        ));
+    }
+    Ok(ran)
+}
+
+fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(s)) => return Some(s),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            _ => return None,
         }
-        None => None,
+    }
+}
+
+/// A background process whose stderr goes to a log file. Killed at Drop if still running, so a
+/// failing demo leaves nothing behind.
+struct Background {
+    name: &'static str,
+    child: Option<Child>,
+    log: PathBuf,
+    log_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Background {
+    /// Starts `cmd`; returns it and a channel that receives once a stderr line contains `marker`
+    /// (never, without a marker).
+    fn start(
+        step: &'static str,
+        name: &'static str,
+        cmd: &mut Command,
+        log: PathBuf,
+        marker: Option<&'static str>,
+    ) -> Result<(Self, mpsc::Receiver<()>)> {
+        let line = cmdline(cmd);
+        let mut file = std::fs::File::create(&log)
+            .map_err(|e| fail(step, format!("creating {}: {e}", log.display())))?;
+        let _ = writeln!(file, "$ {line}");
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| fail(step, format!("cannot start `{line}`: {e}")))?;
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take();
+        let log_thread = std::thread::spawn(move || {
+            let Some(stderr) = stderr else { return };
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if marker.is_some_and(|m| line.contains(m)) {
+                    let _ = tx.send(());
+                }
+                let _ = writeln!(file, "{line}");
+            }
+        });
+        Ok((
+            Self {
+                name,
+                child: Some(child),
+                log,
+                log_thread: Some(log_thread),
+            },
+            rx,
+        ))
+    }
+
+    /// Its log so far (for error messages), at most the last 40 lines.
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let from = lines.len().saturating_sub(40);
+        format!(
+            "last lines of {} ({}):\n{}",
+            self.log.display(),
+            self.name,
+            lines[from..].join("\n")
+        )
+    }
+
+    /// Whether it already exited (and how).
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
+    /// Waits up to `timeout` for it to exit by itself.
+    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let status = wait_bounded(self.child.as_mut()?, timeout);
+        if status.is_some() {
+            self.child = None;
+            if let Some(t) = self.log_thread.take() {
+                let _ = t.join();
+            }
+        }
+        status
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for a successful exit.
+    fn stop(&mut self, step: &'static str, timeout: Duration) -> Result<ExitStatus> {
+        let Some(mut child) = self.child.take() else {
+            return Err(fail(step, format!("{} is not running", self.name)));
+        };
+        if let Ok(pid) = i32::try_from(child.id())
+            && child.try_wait().ok().flatten().is_none()
+        {
+            // SAFETY: kill(2) on our own child, not yet reaped, so the pid is still ours.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let status = wait_bounded(&mut child, timeout);
+        if status.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(t) = self.log_thread.take() {
+            let _ = t.join();
+        }
+        match status {
+            Some(s) if s.success() => Ok(s),
+            Some(s) => Err(fail(
+                step,
+                format!("{} exited with {s}; {}", self.name, self.log_tail()),
+            )),
+            None => Err(fail(
+                step,
+                format!(
+                    "{} did not exit within {timeout:?} of SIGTERM; killed; {}",
+                    self.name,
+                    self.log_tail()
+                ),
+            )),
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A free port on 127.0.0.1 (bound and released; the demo owns the machine's loopback briefly).
+fn free_port(step: &'static str) -> Result<u16> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| fail(step, format!("finding a free loopback port: {e}")))
+}
+
+/// The status code of `GET path` on `addr`, over plain HTTP/1.1.
+fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).ok()?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Finds a binary: the flag's value, else next to this executable.
+fn locate(step: &'static str, given: Option<&PathBuf>, name: &str, flag: &str) -> Result<PathBuf> {
+    if let Some(p) = given {
+        return if p.is_file() {
+            Ok(p.clone())
+        } else {
+            Err(fail(step, format!("{flag} {}: no such file", p.display())))
+        };
+    }
+    let exe = std::env::current_exe().map_err(|e| fail(step, format!("current_exe: {e}")))?;
+    let candidate = exe.with_file_name(name);
+    if candidate.is_file() {
+        Ok(candidate)
+    } else {
+        Err(fail(
+            step,
+            format!(
+                "{name} not found at {} (build it with `cargo build -p {} --bins`, or pass {flag} BIN)",
+                candidate.display(),
+                if name == "leash" {
+                    "leash"
+                } else {
+                    "leash-agent"
+                },
+            ),
+        ))
+    }
+}
+
+/// One audit verdict line of `leash audit --format json`.
+#[derive(Debug)]
+struct Verdict {
+    source: String,
+    protocol: String,
+    dst: String,
+    dst_port: u64,
+    allowed: bool,
+}
+
+fn parse_audit(step: &'static str, json_lines: &str) -> Result<Vec<Verdict>> {
+    json_lines
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(i, l)| {
+            let v: Value = serde_json::from_str(l)
+                .map_err(|e| fail(step, format!("audit output line {}: {e}: {l}", i + 1)))?;
+            let verdict = v["verdict"].as_str().unwrap_or_default();
+            if verdict != "allow" && verdict != "deny" {
+                return Err(fail(
+                    step,
+                    format!("audit output line {}: no verdict: {l}", i + 1),
+                ));
+            }
+            Ok(Verdict {
+                source: format!(
+                    "{}/{}",
+                    v["source"]["namespace"].as_str().unwrap_or_default(),
+                    v["source"]["pod"].as_str().unwrap_or_default()
+                ),
+                protocol: v["protocol"].as_str().unwrap_or_default().to_owned(),
+                dst: v["dst"].as_str().unwrap_or_default().to_owned(),
+                dst_port: v["dst_port"].as_u64().unwrap_or_default(),
+                allowed: verdict == "allow",
+            })
+        })
+        .collect()
+}
+
+/// Per-workload counts for the summary.
+#[derive(Default)]
+struct Row {
+    flows: u64,
+    dns: u64,
+    destinations: BTreeSet<String>,
+    policy: Option<String>,
+    allowed: usize,
+    probes: usize,
+    probes_denied: usize,
+}
+
+/// The workload name of a pod key, from the shop's table.
+fn workload_of(pod: &str) -> String {
+    shop::WORKLOADS
+        .iter()
+        .find(|(k, _, _)| *k == pod)
+        .map_or_else(
+            || pod.to_owned(),
+            |(k, _, name)| format!("{}/{name}", k.split('/').next().unwrap_or_default()),
+        )
+}
+
+/// Counts records per workload from the agent's output.
+fn count_records(rows: &mut BTreeMap<String, Row>, flows: &str) -> (usize, usize) {
+    let (mut nflow, mut ndns) = (0, 0);
+    for l in flows.lines() {
+        let Ok(v) = serde_json::from_str::<Value>(l) else {
+            continue;
+        };
+        let pod = format!(
+            "{}/{}",
+            v["pod"]["namespace"].as_str().unwrap_or("-"),
+            v["pod"]["name"].as_str().unwrap_or("-")
+        );
+        let row = rows.entry(workload_of(&pod)).or_default();
+        match v["kind"].as_str() {
+            Some("flow") => {
+                nflow += 1;
+                row.flows += v["count"].as_u64().unwrap_or(0);
+                row.destinations.insert(format!(
+                    "{}:{}/{}",
+                    v["dst"].as_str().unwrap_or("?"),
+                    v["dst_port"],
+                    v["protocol"].as_str().unwrap_or("?")
+                ));
+            }
+            Some("dns") => {
+                ndns += 1;
+                row.dns += 1;
+            }
+            _ => {}
+        }
+    }
+    (nflow, ndns)
+}
+
+/// The policy files below `dir` (`<ns>/<name>.yaml`), as `ns/name`.
+fn policy_files(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for ns in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if !ns.path().is_dir() {
+            continue;
+        }
+        for f in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
+            let p = f.path();
+            if p.extension().is_some_and(|e| e == "yaml")
+                && let Some(stem) = p.file_stem()
+            {
+                out.push(format!(
+                    "{}/{}",
+                    ns.file_name().to_string_lossy(),
+                    stem.to_string_lossy()
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
+
+fn demo(o: &Opts) -> Result<()> {
+    let t0 = Instant::now();
+    let mut timings: Vec<(&str, Duration)> = Vec::new();
+    let mut lap = {
+        let mut last = Instant::now();
+        move |name: &'static str, timings: &mut Vec<(&str, Duration)>| {
+            timings.push((name, last.elapsed()));
+            last = Instant::now();
+        }
     };
 
-    for (pod, args) in traffic(&lab) {
-        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        match lab.pod(pod).run(&argv) {
-            Ok(out) => eprintln!("{pod}: lab-client {} -> {}", args.join(" "), out.json),
-            Err(e) => eprintln!("{pod}: lab-client {} failed: {e}", args.join(" ")),
+    let leash = locate("locate binaries", o.leash.as_ref(), "leash", "--leash")?;
+    let agent_bin = locate(
+        "locate binaries",
+        o.agent.as_ref(),
+        "leash-agent",
+        "--agent",
+    )?;
+    leash_lab::check_privileged().map_err(|e| fail("check privileges", e))?;
+    let out = &o.out;
+    std::fs::create_dir_all(out)
+        .map_err(|e| fail("prepare out", format!("{}: {e}", out.display())))?;
+    for stale in [
+        "cluster.yaml",
+        "flows.jsonl",
+        "probes.jsonl",
+        "REPORT.md",
+        "leash.db",
+        "leash.db-wal",
+        "leash.db-shm",
+        "audit-flows.jsonl",
+        "audit-probes.jsonl",
+    ] {
+        let _ = std::fs::remove_file(out.join(stale));
+    }
+    let _ = std::fs::remove_dir_all(out.join("policies"));
+    let _ = std::fs::remove_dir_all(out.join("certs"));
+
+    // 1. The shop.
+    eprintln!("== starting the shop lab");
+    let shop = Shop::start().map_err(|e| fail("start the shop", e))?;
+    let lab = shop.lab();
+    let cluster = out.join("cluster.yaml");
+    lab.write_snapshot(&cluster)
+        .map_err(|e| fail("write the cluster snapshot", e))?;
+    eprintln!(
+        "   {} pods in namespaces shop and data, node {}; snapshot {}",
+        lab.pods().len(),
+        lab.node_name(),
+        cluster.display()
+    );
+    lap("lab", &mut timings);
+
+    // 2. Certificates and leash serve.
+    let certs = out.join("certs");
+    let mut serve = None;
+    let mut grpc = None;
+    if o.serve {
+        eprintln!("== leash certs + leash serve (mTLS, SQLite)");
+        run_ok(
+            "generate certificates",
+            Command::new(&leash)
+                .arg("certs")
+                .arg("--out")
+                .arg(&certs)
+                .args(["--server-name", "localhost", "--server-name", "127.0.0.1"])
+                .args(["--client", CLIENT_NAME]),
+        )?;
+        let listen = SocketAddr::from(([127, 0, 0, 1], free_port("start leash serve")?));
+        let http = SocketAddr::from(([127, 0, 0, 1], free_port("start leash serve")?));
+        let (mut bg, _) = Background::start(
+            "start leash serve",
+            "leash serve",
+            Command::new(&leash)
+                .arg("serve")
+                .arg("--listen")
+                .arg(listen.to_string())
+                .arg("--http")
+                .arg(http.to_string())
+                .arg("--store")
+                .arg(out.join("leash.db"))
+                .arg("--cluster")
+                .arg(&cluster)
+                .arg("--tls-cert")
+                .arg(certs.join("server.pem"))
+                .arg("--tls-key")
+                .arg(certs.join("server-key.pem"))
+                .arg("--tls-client-ca")
+                .arg(certs.join("ca.pem"))
+                .env("LEASH_LOG", "info")
+                .env("NO_COLOR", "1"),
+            out.join("serve.log"),
+            None,
+        )?;
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if http_status(http, "/readyz") == Some(200) {
+                break;
+            }
+            if let Some(status) = bg.exited() {
+                return Err(fail(
+                    "start leash serve",
+                    format!("leash serve exited with {status}; {}", bg.log_tail()),
+                ));
+            }
+            if Instant::now() >= deadline {
+                return Err(fail(
+                    "start leash serve",
+                    format!(
+                        "http://{http}/readyz did not answer 200 within {READY_TIMEOUT:?}; {}",
+                        bg.log_tail()
+                    ),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
+        eprintln!("   gRPC https://{listen}, HTTP http://{http} ready");
+        serve = Some(bg);
+        grpc = Some(listen);
+        lap("serve", &mut timings);
     }
 
-    if let Some(child) = agent.as_mut() {
-        // Bounded: the agent stops by itself after --duration; allow 10 s more, then kill it.
-        let deadline = Instant::now() + Duration::from_secs(o.duration + 10);
-        loop {
-            match child.try_wait() {
-                Ok(Some(status)) => {
-                    eprintln!("agent exited: {status}");
-                    break;
-                }
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    eprintln!("agent did not stop within {}s; killed", o.duration + 10);
-                    break;
-                }
-            }
+    // 3. The agent.
+    eprintln!("== leash-agent on the lab's cgroup");
+    let flows = out.join("flows.jsonl");
+    let mut cmd = Command::new(&agent_bin);
+    cmd.arg("--cgroup")
+        .arg(lab.cgroup_root())
+        .arg("--cluster-snapshot")
+        .arg(&cluster)
+        .arg("--output")
+        .arg(&flows)
+        .args(["--flush-interval", "1s"])
+        .args(["--duration", AGENT_SAFETY_DURATION])
+        .arg("--node-name")
+        .arg(lab.node_name())
+        .env("LEASH_LOG", "info")
+        .env("NO_COLOR", "1");
+    if let Some(listen) = grpc {
+        cmd.arg("--recommender")
+            .arg(format!("https://{listen}"))
+            .arg("--tls-ca")
+            .arg(certs.join("ca.pem"))
+            .arg("--tls-cert")
+            .arg(certs.join(format!("{CLIENT_NAME}.pem")))
+            .arg("--tls-key")
+            .arg(certs.join(format!("{CLIENT_NAME}-key.pem")));
+    }
+    let (mut agent, attached) = Background::start(
+        "start leash-agent",
+        "leash-agent",
+        &mut cmd,
+        out.join("agent.log"),
+        Some("capturing"),
+    )?;
+    match attached.recv_timeout(ATTACH_TIMEOUT) {
+        Ok(()) => {}
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            return Err(fail(
+                "start leash-agent",
+                format!(
+                    "it did not log `capturing` within {ATTACH_TIMEOUT:?}; {}",
+                    agent.log_tail()
+                ),
+            ));
         }
-        let records = std::fs::read_to_string(&output)
-            .map_err(|e| format!("reading {}: {e}", output.display()))?;
-        print!("{records}");
-        eprintln!(
-            "{} records in {}",
-            records.lines().count(),
-            output.display()
-        );
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            // Its stderr closed: it is exiting. The status follows the closed pipe shortly.
+            let status = agent.wait_exit(Duration::from_secs(5));
+            return Err(fail(
+                "start leash-agent",
+                format!(
+                    "it exited ({}) before capturing; {}",
+                    status.map_or_else(|| "status unknown".to_owned(), |s| s.to_string()),
+                    agent.log_tail()
+                ),
+            ));
+        }
+    }
+    lap("agent attach", &mut timings);
+
+    // 4. Traffic, then stop the agent.
+    eprintln!("== the shop's traffic ({} rounds)", o.rounds);
+    let traffic = shop
+        .traffic(o.rounds)
+        .map_err(|e| fail("generate traffic", e))?;
+    let (conns, datagrams, lookups) = traffic.totals();
+    eprintln!(
+        "   {conns} TCP connections, {datagrams} UDP datagrams, {lookups} DNS lookups in {}",
+        secs(traffic.elapsed)
+    );
+    lap("traffic", &mut timings);
+    agent.stop("stop leash-agent", STOP_TIMEOUT)?;
+    let flows_text = std::fs::read_to_string(&flows)
+        .map_err(|e| fail("stop leash-agent", format!("{}: {e}", flows.display())))?;
+    if flows_text.trim().is_empty() {
+        return Err(fail(
+            "stop leash-agent",
+            format!("{} is empty; {}", flows.display(), agent.log_tail()),
+        ));
+    }
+    lap("agent stop", &mut timings);
+
+    // 5. Probes.
+    let probes_path = out.join("probes.jsonl");
+    let probes = shop
+        .probes(&probes_path)
+        .map_err(|e| fail("write probes", e))?;
+
+    // 6. Recommend.
+    eprintln!("== leash recommend");
+    let policies = out.join("policies");
+    let mut cmd = Command::new(&leash);
+    cmd.arg("recommend");
+    if o.serve {
+        cmd.arg("--store").arg(out.join("leash.db"));
     } else {
-        for e in lab.externals() {
-            for p in &e.ports {
-                if let Ok(s) = lab.server_stats(&e.ip.to_string(), p.proto, p.port) {
-                    println!(
-                        "{} {} {}: connections {} datagrams {} bytes {} from {:?}",
-                        e.ip, p.proto, p.port, s.connections, s.datagrams, s.bytes, s.peers
-                    );
-                }
-            }
+        cmd.arg("--flows").arg(&flows);
+    }
+    cmd.arg("--cluster").arg(&cluster).arg("-o").arg(&policies);
+    let rec = run_ok("recommend policies", &mut cmd)?;
+    let report_src = policies.join("REPORT.md");
+    std::fs::rename(&report_src, out.join("REPORT.md")).map_err(|e| {
+        fail(
+            "recommend policies",
+            format!(
+                "moving {} to out/REPORT.md: {e}; stderr:\n{}",
+                report_src.display(),
+                rec.stderr
+            ),
+        )
+    })?;
+    let files = policy_files(&policies);
+    if !files.iter().any(|f| !f.ends_with("/default-deny-egress")) {
+        let source = if o.serve {
+            "the store: did the agent's batches reach `leash serve`? see agent.log and serve.log"
+        } else {
+            "flows.jsonl"
+        };
+        return Err(fail(
+            "recommend policies",
+            format!(
+                "no workload policy in {} from {source}; stderr:\n{}",
+                policies.display(),
+                rec.stderr.trim_end()
+            ),
+        ));
+    }
+    lap("recommend", &mut timings);
+
+    // 7. Audits.
+    eprintln!("== leash audit: observed flows, then probes");
+    let audit = |what: &Path, fail_on_deny: bool, step: &'static str| -> Result<Vec<Verdict>> {
+        let mut cmd = Command::new(&leash);
+        cmd.arg("audit")
+            .arg("--cluster")
+            .arg(&cluster)
+            .arg("--policies")
+            .arg(&policies)
+            .arg("--flows")
+            .arg(what)
+            .args(["--format", "json"]);
+        if fail_on_deny {
+            cmd.arg("--fail-on-deny");
         }
-        let d = lab.dns_stats();
-        println!(
-            "dns: {} UDP + {} TCP queries: {:?}",
-            d.udp_queries, d.tcp_queries, d.queries
-        );
+        let ran = run_ok(step, &mut cmd)?;
+        parse_audit(step, &ran.stdout)
+    };
+    let observed = audit(&flows, true, "audit observed flows")?;
+    let denied: Vec<&Verdict> = observed.iter().filter(|v| !v.allowed).collect();
+    if !denied.is_empty() || observed.is_empty() {
+        return Err(fail(
+            "audit observed flows",
+            format!(
+                "{} of {} observed flows denied: {denied:?}",
+                denied.len(),
+                observed.len()
+            ),
+        ));
     }
-    if o.snapshot.is_none() && o.output.is_none() {
-        let _ = std::fs::remove_dir_all(&tmp);
+    let probed = audit(&probes_path, false, "audit probes")?;
+    write_lines(out, "audit-flows.jsonl", &observed);
+    write_lines(out, "audit-probes.jsonl", &probed);
+    let allowed: Vec<&Verdict> = probed.iter().filter(|v| v.allowed).collect();
+    if !allowed.is_empty() || probed.len() != probes.len() {
+        return Err(fail(
+            "audit probes",
+            format!(
+                "{} of {} probes allowed (expected {} verdicts, all deny): {allowed:?}",
+                allowed.len(),
+                probed.len(),
+                probes.len()
+            ),
+        ));
     }
+    lap("audit", &mut timings);
+
+    // 8. Summary, then stop serve.
+    let mut rows: BTreeMap<String, Row> = BTreeMap::new();
+    for (pod, _, _) in shop::WORKLOADS {
+        rows.entry(workload_of(pod)).or_default();
+    }
+    let (nflow, ndns) = count_records(&mut rows, &flows_text);
+    for (w, row) in &mut rows {
+        let (ns, name) = w.split_once('/').unwrap_or(("", w));
+        row.policy = files
+            .iter()
+            .find(|f| {
+                *f == &format!("{ns}/{name}-egress") || f.starts_with(&format!("{ns}/{name}-"))
+            })
+            .cloned();
+    }
+    for v in &observed {
+        let row = rows.entry(workload_of(&v.source)).or_default();
+        row.allowed += 1;
+    }
+    for v in &probed {
+        let row = rows.entry(workload_of(&v.source)).or_default();
+        row.probes += 1;
+        row.probes_denied += usize::from(!v.allowed);
+    }
+    if let Some(mut bg) = serve.take() {
+        bg.stop("stop leash serve", STOP_TIMEOUT)?;
+    }
+    lap("stop", &mut timings);
+    print!(
+        "{}",
+        summary(o, &rows, (nflow, ndns), &files, &timings, t0.elapsed())
+    );
     Ok(())
 }
 
+fn write_lines(out: &Path, name: &str, verdicts: &[Verdict]) {
+    let mut s = String::new();
+    for v in verdicts {
+        let _ = writeln!(
+            s,
+            "{}",
+            serde_json::json!({"source": v.source, "protocol": v.protocol, "dst": v.dst,
+                               "dst_port": v.dst_port,
+                               "verdict": if v.allowed { "allow" } else { "deny" }})
+        );
+    }
+    let _ = std::fs::write(out.join(name), s);
+}
+
+fn summary(
+    o: &Opts,
+    rows: &BTreeMap<String, Row>,
+    (nflow, ndns): (usize, usize),
+    files: &[String],
+    timings: &[(&str, Duration)],
+    total: Duration,
+) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "\nleash demo ({}): every observed flow allowed, every probe denied\n",
+        if o.serve {
+            "agent -> mTLS -> leash serve -> SQLite"
+        } else {
+            "--no-serve: agent -> flows.jsonl"
+        }
+    );
+    let _ = writeln!(
+        s,
+        "{:<16} {:>6} {:>5} {:>6}  {:<30} {:>9} {:>14}",
+        "WORKLOAD", "EVENTS", "DNS", "DESTS", "POLICY", "ALLOWED", "PROBES DENIED"
+    );
+    for (w, r) in rows {
+        let _ = writeln!(
+            s,
+            "{:<16} {:>6} {:>5} {:>6}  {:<30} {:>9} {:>14}",
+            w,
+            r.flows,
+            r.dns,
+            r.destinations.len(),
+            r.policy.as_deref().unwrap_or("(none: no egress)"),
+            r.allowed,
+            format!("{}/{}", r.probes_denied, r.probes)
+        );
+    }
+    let deny = files
+        .iter()
+        .filter(|f| f.ends_with("/default-deny-egress"))
+        .count();
+    let _ = writeln!(
+        s,
+        "\n{nflow} flow records and {ndns} DNS records; {} policies ({} workload, {deny} default-deny)",
+        files.len(),
+        files.len() - deny,
+    );
+    let times: Vec<String> = timings
+        .iter()
+        .map(|(n, d)| format!("{n} {}", secs(*d)))
+        .collect();
+    let _ = writeln!(s, "time: {} total ({})", secs(total), times.join(", "));
+    let _ = writeln!(
+        s,
+        "artifacts: {0}/cluster.yaml {0}/flows.jsonl {0}/policies/ {0}/REPORT.md",
+        o.out.display()
+    );
+    s
+}
+
 fn main() -> ExitCode {
-    match run() {
+    let opts = match parse(std::env::args().skip(1)) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("lab-demo: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match demo(&opts) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("lab-demo: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn options_parse_and_reject_bad_values() {
+        let o = parse(args(&["--out", "/tmp/x", "--no-serve", "--rounds", "2"])).unwrap();
+        assert_eq!(o.out, PathBuf::from("/tmp/x"));
+        assert!(!o.serve);
+        assert_eq!(o.rounds, 2);
+        let d = parse(args(&[])).unwrap();
+        assert!(d.serve);
+        assert_eq!(d.out, PathBuf::from("out"));
+        assert!(parse(args(&["--rounds", "0"])).is_err());
+        assert!(parse(args(&["--leash"])).is_err());
+        assert!(parse(args(&["--bogus"])).is_err());
+    }
+
+    #[test]
+    fn audit_json_lines_parse_and_bad_lines_name_the_step() {
+        let v = parse_audit(
+            "audit probes",
+            r#"{"source":{"namespace":"shop","pod":"p"},"protocol":"TCP","dst":"203.0.113.10","dst_port":80,"verdict":"deny","egress":"deny","ingress":"allow","policies":[]}"#,
+        )
+        .unwrap();
+        assert_eq!(v.len(), 1);
+        assert!(!v[0].allowed);
+        assert_eq!(v[0].source, "shop/p");
+        assert_eq!(v[0].dst_port, 80);
+        let e = parse_audit("audit probes", "{\"verdict\":\"maybe\"}").unwrap_err();
+        assert!(e.to_string().contains("step `audit probes` failed"), "{e}");
+        assert!(parse_audit("x", "not json").is_err());
+    }
+
+    #[test]
+    fn records_are_counted_per_workload() {
+        let mut rows = BTreeMap::new();
+        let text = format!(
+            "{}\n{}\n{}\n",
+            serde_json::json!({"kind":"flow","pod":{"namespace":"shop","name":shop::FRONTEND.split('/').nth(1).unwrap()},
+                               "dst":"198.51.100.129","dst_port":80,"protocol":"TCP","count":4}),
+            serde_json::json!({"kind":"dns","pod":{"namespace":"shop","name":shop::FRONTEND.split('/').nth(1).unwrap()}}),
+            serde_json::json!({"kind":"flow","pod":null,"dst":"203.0.113.9","dst_port":1,"protocol":"UDP","count":1}),
+        );
+        assert_eq!(count_records(&mut rows, &text), (2, 1));
+        let fe = &rows["shop/frontend"];
+        assert_eq!((fe.flows, fe.dns, fe.destinations.len()), (4, 1, 1));
+        assert!(rows.contains_key("-/-"));
     }
 }

@@ -4,6 +4,18 @@
 //! the facts leash needs (built from a snapshot file today, from a kube watch later, or directly by
 //! test fixtures), and [`Cluster::new`] indexes it. Indexing is infallible; every input error is
 //! reported while building the inventory, naming the offending object.
+//!
+//! One model, two sources: a snapshot file ([`Cluster::load`]) or the live API server
+//! ([`kube::watch_cluster`], kept current by kube-rs reflectors, and [`kube::load_once`]). Both
+//! end in a [`ClusterState`] built from a `leash_records::Snapshot`; [`events`] publishes
+//! Kubernetes Events about workloads.
+
+pub mod events;
+pub mod kube;
+mod lenient;
+mod state;
+
+pub use state::{ClusterState, Rejected};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;

@@ -1,0 +1,451 @@
+//! The gRPC sink against a real tonic `Ingest` server on loopback, with mutual TLS from
+//! rcgen-generated certificates: exact counts across a server restart, bounded memory during
+//! an outage, resends with their original ids, a wrong CA retried, plaintext refused without
+//! `--insecure`. No root needed.
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed setup step must fail the test loudly"
+)]
+
+use std::{
+    collections::BTreeSet,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use leash_agent::{
+    metrics::Metrics,
+    sink::{FlowView, Sink},
+    transport::{GrpcSink, TlsFiles, TransportConfig, testing::RecordingServer as Server},
+};
+use leash_records::{DnsRecord, FlowRecord, Outcome, PodRef, Protocol};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+
+const NODE: &str = "node-a";
+const WAIT: Duration = Duration::from_secs(20);
+
+// ---------------------------------------------------------------- certificates
+
+struct Ca {
+    pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+fn new_ca(name: &str) -> Ca {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let key = KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    Ca {
+        pem: cert.pem(),
+        issuer: Issuer::new(params, key),
+    }
+}
+
+fn new_leaf(ca: &Ca, cn: &str, sans: &[&str]) -> (String, String) {
+    let mut params =
+        CertificateParams::new(sans.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca.issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+/// A CA, a server certificate for 127.0.0.1 and an agent client certificate, as files; plus a
+/// second, unrelated CA (`other-ca.pem`).
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = new_ca("leash test CA");
+        let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+        write("ca.pem", &ca.pem);
+        let (cert, key) = new_leaf(&ca, "leash", &["localhost", "127.0.0.1"]);
+        write("server.pem", &cert);
+        write("server-key.pem", &key);
+        let (cert, key) = new_leaf(&ca, NODE, &[]);
+        write("agent.pem", &cert);
+        write("agent-key.pem", &key);
+        write("other-ca.pem", &new_ca("someone else's CA").pem);
+        Pki { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn server(&self) -> TlsFiles {
+        TlsFiles {
+            cert: self.path("server.pem"),
+            key: self.path("server-key.pem"),
+            ca: self.path("ca.pem"),
+        }
+    }
+
+    fn agent(&self, ca: &str) -> TlsFiles {
+        TlsFiles {
+            cert: self.path("agent.pem"),
+            key: self.path("agent-key.pem"),
+            ca: self.path(ca),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- records
+
+fn at(secs: i64) -> DateTime<Utc> {
+    DateTime::<Utc>::UNIX_EPOCH + TimeDelta::days(20_000) + TimeDelta::seconds(secs)
+}
+
+fn flow(port: u16, count: u64, secs: i64) -> FlowRecord {
+    FlowRecord {
+        node: NODE.to_owned(),
+        pod: Some(PodRef {
+            uid: "uid-1".to_owned(),
+            namespace: "shop".to_owned(),
+            name: "payment".to_owned(),
+        }),
+        cgroup: "/kubepods.slice/pod-1".to_owned(),
+        protocol: Protocol::Tcp,
+        dst: IpAddr::from([203, 0, 113, 10]),
+        dst_port: port,
+        count,
+        first_seen: at(secs),
+        last_seen: at(secs + 1),
+        names: vec!["api.test".to_owned()],
+        outcome: Some(Outcome {
+            established: count,
+            failed: 0,
+        }),
+    }
+}
+
+fn dns(i: u64) -> DnsRecord {
+    DnsRecord {
+        node: NODE.to_owned(),
+        pod: None,
+        cgroup: "/system.slice/x".to_owned(),
+        server: IpAddr::from([198, 51, 100, 53]),
+        query: format!("q{i}.test."),
+        qtype: "A".to_owned(),
+        rcode: "NOERROR".to_owned(),
+        answers: Vec::new(),
+        time: at(i as i64),
+    }
+}
+
+fn config(server: &Server, tls: Option<TlsFiles>) -> TransportConfig {
+    let mut c = TransportConfig::new(&server.url(), tls, NODE);
+    c.backoff_base = Duration::from_millis(20);
+    c.backoff_max = Duration::from_millis(200);
+    c.batch_records = 50;
+    c.max_unacked = 4;
+    c.shutdown_timeout = Duration::from_secs(10);
+    c
+}
+
+async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn transport_value(metrics: &Metrics, name: &str) -> f64 {
+    let text = metrics.encode().unwrap();
+    text.lines()
+        .find_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            (k == name).then(|| v.parse().ok())?
+        })
+        .unwrap_or(0.0)
+}
+
+// ---------------------------------------------------------------- tests
+
+#[tokio::test]
+async fn counts_are_exact_across_a_server_restart() {
+    let pki = Pki::new();
+    let mut server = Server::start_new(Some(pki.server())).await;
+    let metrics = Metrics::new();
+    let mut sink = GrpcSink::start_with_boot_id(
+        config(&server, Some(pki.agent("ca.pem"))),
+        &metrics,
+        "boot-1".into(),
+    )
+    .unwrap();
+    let mut written = 0u64;
+    let mut dns_written = 0u64;
+    for round in 0..60u64 {
+        for port in 0..40u16 {
+            let f = flow(port + (round % 3) as u16 * 40, round + 1, round as i64);
+            written += f.count;
+            sink.write_flow(&FlowView::of(&f));
+        }
+        sink.write_dns(&dns(round));
+        dns_written += 1;
+        sink.flush().await.unwrap();
+        if round == 20 {
+            wait_for("some acks", || server.seen().acks > 0).await;
+            server.stop().await;
+        }
+        if round == 40 {
+            server.start().await;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sink.close().await.unwrap();
+    let (records, events) = metrics.transport.dropped("shutdown");
+    assert_eq!(
+        (records, events),
+        (0, 0),
+        "everything acknowledged before the deadline"
+    );
+    {
+        let s = server.seen();
+        assert_eq!(s.events, written, "sum of counts stored = sum written");
+        assert_eq!(s.dns, dns_written);
+        assert_eq!(s.invalid, 0);
+        let seqs: BTreeSet<u64> = s.arrivals.keys().map(|(_, seq)| *seq).collect();
+        let max = *seqs.last().unwrap();
+        assert_eq!(seqs, (1..=max).collect(), "every id from 1, none skipped");
+        assert!(s.arrivals.keys().all(|(boot, _)| boot == "boot-1"));
+    }
+    assert!(metrics.transport.batches_acked.get() >= metrics.transport.batches_sent.get());
+    assert!(
+        metrics.transport.connect_errors.get() > 0,
+        "the outage was seen"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn unacked_batches_are_resent_with_their_original_ids_in_order() {
+    let mut server = Server::start_new(None).await;
+    server.refuse_acks(true);
+    let metrics = Metrics::new();
+    let mut c = config(&server, None);
+    c.ack_timeout = Duration::from_millis(300);
+    let mut sink = GrpcSink::start_with_boot_id(c, &metrics, "boot-r".into()).unwrap();
+    let mut written = 0;
+    for port in 0..120u16 {
+        let f = flow(port, 2, 0);
+        written += f.count;
+        sink.write_flow(&FlowView::of(&f));
+    }
+    sink.flush().await.unwrap();
+    // 120 keys in batches of 50: 3 batches, sent, never acked: the stream times out and the
+    // same ids come again.
+    wait_for("a resend", || metrics.transport.batches_resent.get() >= 3).await;
+    server.refuse_acks(false);
+    sink.close().await.unwrap();
+    {
+        let s = server.seen();
+        assert_eq!(s.events, written, "duplicates are not counted twice");
+        let ids: Vec<_> = s.arrivals.keys().cloned().collect();
+        assert_eq!(
+            ids,
+            vec![
+                ("boot-r".to_owned(), 1),
+                ("boot-r".to_owned(), 2),
+                ("boot-r".to_owned(), 3)
+            ]
+        );
+        assert!(s.arrivals.values().all(|n| *n >= 2), "each id came again");
+        // Each connection sends the un-acked batches in order: 1, 2, 3, 1, 2, 3, ...
+        for window in s.order.chunks(3) {
+            assert_eq!(window, [1, 2, 3]);
+        }
+    }
+    assert_eq!(metrics.transport.dropped("shutdown"), (0, 0));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn memory_stays_bounded_during_an_outage_and_overflow_is_counted() {
+    let server = Server::start_new(None).await;
+    let url = server.url();
+    let mut dead = server;
+    dead.stop().await;
+    let metrics = Metrics::new();
+    let mut c = TransportConfig::new(&url, None, NODE);
+    c.buffer_keys = 100;
+    c.buffer_dns = 10;
+    c.backoff_base = Duration::from_millis(20);
+    c.backoff_max = Duration::from_millis(100);
+    c.shutdown_timeout = Duration::from_secs(10);
+    let mut sink = GrpcSink::start_with_boot_id(c, &metrics, "boot-o".into()).unwrap();
+    let mut written = 0u64;
+    // Many repeats of the same 100 keys: merged, nothing dropped, buffer never above 100.
+    for round in 0..200u64 {
+        for port in 0..100u16 {
+            let f = flow(port, 1, round as i64);
+            written += 1;
+            sink.write_flow(&FlowView::of(&f));
+        }
+        sink.flush().await.unwrap();
+        assert!(sink.buffered_keys() <= 100);
+    }
+    assert_eq!(metrics.transport.dropped("buffer_full"), (0, 0));
+    // New keys past the bound are dropped and counted, with their events.
+    for port in 100..150u16 {
+        let f = flow(port, 3, 0);
+        written += f.count;
+        sink.write_flow(&FlowView::of(&f));
+    }
+    for i in 0..15 {
+        sink.write_dns(&dns(i));
+    }
+    sink.flush().await.unwrap();
+    assert_eq!(sink.buffered_keys(), 100);
+    assert_eq!(metrics.transport.dropped("buffer_full"), (50, 150));
+    assert_eq!(metrics.transport.dropped("dns_buffer_full"), (5, 0));
+    assert_eq!(
+        transport_value(&metrics, "leash_agent_transport_buffered_keys"),
+        100.0
+    );
+    // The recommender comes back: everything buffered is delivered.
+    dead.start().await;
+    sink.close().await.unwrap();
+    let delivered = dead.seen().events;
+    let (_, dropped) = metrics.transport.dropped("buffer_full");
+    assert_eq!(
+        delivered + dropped,
+        written,
+        "produced = delivered + dropped"
+    );
+    assert_eq!(delivered, 200 * 100);
+    assert_eq!(dead.seen().flows, 100, "one merged record per key");
+    assert_eq!(dead.seen().dns, 10);
+    dead.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_deadline_counts_what_was_not_delivered() {
+    let server = Server::start_new(None).await;
+    let url = server.url();
+    let mut dead = server;
+    dead.stop().await;
+    let metrics = Metrics::new();
+    let mut c = TransportConfig::new(&url, None, NODE);
+    c.shutdown_timeout = Duration::from_millis(300);
+    let mut sink = GrpcSink::start_with_boot_id(c, &metrics, "boot-s".into()).unwrap();
+    for port in 0..10u16 {
+        sink.write_flow(&FlowView::of(&flow(port, 4, 0)));
+    }
+    sink.flush().await.unwrap();
+    let started = Instant::now();
+    sink.close().await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "close keeps its deadline"
+    );
+    assert_eq!(metrics.transport.dropped("shutdown"), (10, 40));
+}
+
+#[tokio::test]
+async fn a_wrong_ca_fails_the_handshake_and_is_retried() {
+    let pki = Pki::new();
+    let server = Server::start_new(Some(pki.server())).await;
+    let metrics = Metrics::new();
+    let mut c = config(&server, Some(pki.agent("other-ca.pem")));
+    c.shutdown_timeout = Duration::from_millis(200);
+    let mut sink = GrpcSink::start_with_boot_id(c, &metrics, "boot-w".into()).unwrap();
+    sink.write_flow(&FlowView::of(&flow(1, 1, 0)));
+    sink.flush().await.unwrap();
+    wait_for("retries", || metrics.transport.connect_errors.get() >= 3).await;
+    assert_eq!(metrics.transport.connected.get(), 0);
+    assert_eq!(server.seen().arrivals.len(), 0, "nothing got through");
+    assert!(transport_value(&metrics, "leash_agent_transport_connect_errors_total") >= 3.0);
+    sink.close().await.unwrap();
+    assert_eq!(metrics.transport.dropped("shutdown"), (1, 1));
+}
+
+#[tokio::test]
+async fn plaintext_tls_and_url_options_are_validated() {
+    let p = PathBuf::from("/x.pem");
+    let all = [Some(&p), Some(&p), Some(&p)];
+    let none = [None, None, None];
+    assert!(
+        TransportConfig::validate("https://r:7443", false, all)
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        TransportConfig::validate("http://r:7443", true, none)
+            .unwrap()
+            .is_none()
+    );
+    for (url, insecure, tls, needle) in [
+        ("http://r:7443", false, none, "--insecure"),
+        (
+            "https://r:7443",
+            false,
+            [Some(&p), None, Some(&p)],
+            "--tls-cert",
+        ),
+        ("https://r:7443", true, none, "http://"),
+        ("http://r:7443", true, all, "plaintext"),
+        ("r:7443", false, all, "https://"),
+        ("ftp://r:7443", false, all, "scheme"),
+        ("https://r:7443/path", false, all, "path"),
+    ] {
+        let err = TransportConfig::validate(url, insecure, tls)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(needle), "{url}: {err}");
+    }
+    // A bad TLS file stops the sink at start, naming the file.
+    let err = GrpcSink::start(
+        TransportConfig::new(
+            "https://127.0.0.1:1",
+            Some(TlsFiles {
+                cert: Path::new("/nonexistent/agent.pem").to_owned(),
+                key: Path::new("/nonexistent/agent-key.pem").to_owned(),
+                ca: Path::new("/nonexistent/ca.pem").to_owned(),
+            }),
+            NODE,
+        ),
+        &Metrics::new(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("/nonexistent/"), "{err}");
+}
+
+#[test]
+fn the_agent_refuses_plaintext_without_insecure() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_leash-agent"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&["--recommender", "http://127.0.0.1:7443", "--duration", "1s"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--insecure"), "{err}");
+    let (code, err) = run(&[
+        "--recommender",
+        "https://127.0.0.1:7443",
+        "--tls-ca",
+        "/ca.pem",
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--tls-cert"), "{err}");
+    let (code, err) = run(&["--insecure", "--duration", "1s"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--recommender"), "{err}");
+}

@@ -1,0 +1,392 @@
+//! The security invariants of the agent DaemonSet and the recommender StatefulSet, checked
+//! in the base and in every overlay (an overlay must not weaken them).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::{Container, PodSpec};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use leash_deploy::{Manifests, stage};
+
+fn renderings() -> Vec<Manifests> {
+    stage::every_rendering().unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+fn agent_pod(m: &Manifests) -> &PodSpec {
+    m.daemon_set("leash-agent")
+        .and_then(|d| d.spec.template.spec.as_ref())
+        .unwrap_or_else(|| panic!("{}: no leash-agent pod template", m.source))
+}
+
+fn recommender_pod(m: &Manifests) -> &PodSpec {
+    m.stateful_set("leash-recommender")
+        .and_then(|s| s.spec.template.spec.as_ref())
+        .unwrap_or_else(|| panic!("{}: no leash-recommender pod template", m.source))
+}
+
+/// Every container, init containers included: an init container must not escape the rules.
+fn all_containers(pod: &PodSpec) -> impl Iterator<Item = &Container> {
+    pod.init_containers.iter().flatten().chain(&pod.containers)
+}
+
+/// The value following `flag` in `args`.
+fn arg<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+}
+
+fn port_of(addr: &str) -> i32 {
+    addr.rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or_else(|| panic!("{addr}: no port"))
+}
+
+/// Container ports by name.
+fn ports(c: &Container) -> BTreeMap<String, i32> {
+    c.ports
+        .iter()
+        .flatten()
+        .filter_map(|p| Some((p.name.clone()?, p.container_port)))
+        .collect()
+}
+
+/// Checks what both workloads share: no host namespaces, seccomp RuntimeDefault, no
+/// privilege, no escalation, a read-only root, all capabilities dropped, resources bounded.
+fn common_invariants(source: &str, what: &str, pod: &PodSpec) {
+    let ctx = format!("{source}: {what}");
+    assert_ne!(pod.host_pid, Some(true), "{ctx}: hostPID");
+    assert_ne!(pod.host_network, Some(true), "{ctx}: hostNetwork");
+    assert_ne!(pod.host_ipc, Some(true), "{ctx}: hostIPC");
+    let seccomp = pod
+        .security_context
+        .as_ref()
+        .and_then(|s| s.seccomp_profile.as_ref())
+        .map(|p| p.type_.as_str());
+    assert_eq!(seccomp, Some("RuntimeDefault"), "{ctx}: pod seccompProfile");
+    for c in all_containers(pod) {
+        let ctx = format!("{ctx}, container {}", c.name);
+        let sc = c
+            .security_context
+            .as_ref()
+            .unwrap_or_else(|| panic!("{ctx}: no securityContext"));
+        assert_ne!(sc.privileged, Some(true), "{ctx}: privileged");
+        assert_eq!(
+            sc.allow_privilege_escalation,
+            Some(false),
+            "{ctx}: allowPrivilegeEscalation"
+        );
+        assert_eq!(
+            sc.read_only_root_filesystem,
+            Some(true),
+            "{ctx}: readOnlyRootFilesystem"
+        );
+        if let Some(p) = &sc.seccomp_profile {
+            assert_eq!(p.type_, "RuntimeDefault", "{ctx}: container seccompProfile");
+        }
+        let drop: Vec<&str> = sc
+            .capabilities
+            .as_ref()
+            .and_then(|c| c.drop.as_ref())
+            .map(|d| d.iter().map(String::as_str).collect())
+            .unwrap_or_default();
+        assert_eq!(drop, ["ALL"], "{ctx}: capabilities.drop");
+        let resources = c
+            .resources
+            .as_ref()
+            .unwrap_or_else(|| panic!("{ctx}: no resources"));
+        for (what, list) in [
+            ("requests", &resources.requests),
+            ("limits", &resources.limits),
+        ] {
+            assert!(
+                list.as_ref().is_some_and(|l| l.contains_key("memory")),
+                "{ctx}: no memory {what}"
+            );
+        }
+        for p in c.ports.iter().flatten() {
+            assert_eq!(p.host_port, None, "{ctx}: hostPort");
+        }
+    }
+}
+
+#[test]
+fn agent_daemonset_runs_with_exactly_three_capabilities_and_two_host_paths() {
+    for m in renderings() {
+        let pod = agent_pod(&m);
+        common_invariants(&m.source, "agent", pod);
+        let ctx = &m.source;
+        assert_eq!(
+            pod.service_account_name.as_deref(),
+            Some("leash-agent"),
+            "{ctx}"
+        );
+        assert_eq!(pod.containers.len(), 1, "{ctx}: one container");
+        assert!(pod.init_containers.is_none(), "{ctx}: no init containers");
+        let c = &pod.containers[0];
+        let sc = c.security_context.as_ref().expect("checked above");
+        let add: BTreeSet<String> = sc
+            .capabilities
+            .as_ref()
+            .and_then(|c| c.add.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        assert_eq!(
+            add,
+            set(&["BPF", "PERFMON", "NET_ADMIN"]),
+            "{ctx}: capabilities.add"
+        );
+
+        // Host paths: exactly the cgroup v2 hierarchy and the BPF filesystem.
+        let host_paths: BTreeMap<String, String> = pod
+            .volumes
+            .iter()
+            .flatten()
+            .filter_map(|v| Some((v.name.clone(), v.host_path.as_ref()?.path.clone())))
+            .collect();
+        let paths: BTreeSet<String> = host_paths.values().cloned().collect();
+        assert_eq!(
+            paths,
+            set(&["/sys/fs/cgroup", "/sys/fs/bpf"]),
+            "{ctx}: hostPath volumes"
+        );
+        // Every other volume is a Secret (the TLS material).
+        for v in pod.volumes.iter().flatten() {
+            assert!(
+                v.host_path.is_some() || v.secret.is_some(),
+                "{ctx}: unexpected volume {v:?}"
+            );
+        }
+        for mount in c.volume_mounts.iter().flatten() {
+            if host_paths.get(&mount.name).map(String::as_str) == Some("/sys/fs/cgroup") {
+                assert_eq!(
+                    mount.read_only,
+                    Some(true),
+                    "{ctx}: cgroup mount must be read-only"
+                );
+            }
+        }
+
+        // The node name comes from the downward API.
+        let node = c
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "NODE_NAME")
+            .unwrap_or_else(|| panic!("{ctx}: no NODE_NAME"));
+        let field = node
+            .value_from
+            .as_ref()
+            .and_then(|v| v.field_ref.as_ref())
+            .map(|f| f.field_path.as_str());
+        assert_eq!(field, Some("spec.nodeName"), "{ctx}: NODE_NAME source");
+        assert!(node.value.is_none());
+
+        // Runs on every node: one toleration matching every taint.
+        assert!(
+            pod.tolerations.iter().flatten().any(|t| {
+                t.operator.as_deref() == Some("Exists") && t.key.is_none() && t.effect.is_none()
+            }),
+            "{ctx}: must tolerate every taint"
+        );
+
+        // The metrics port is the one --metrics-addr binds.
+        let args = c.args.clone().unwrap_or_default();
+        let metrics = arg(&args, "--metrics-addr").expect("--metrics-addr");
+        assert_eq!(ports(c).get("metrics"), Some(&port_of(metrics)), "{ctx}");
+        assert!(args.contains(&"--kube".to_owned()), "{ctx}: --kube");
+    }
+}
+
+#[test]
+fn capabilities_in_the_agent_manifest_each_carry_their_reason() {
+    let text = std::fs::read_to_string(leash_deploy::base_dir().join("agent.yaml"))
+        .expect("reading agent.yaml");
+    let lines: Vec<&str> = text.lines().collect();
+    for cap in ["BPF", "PERFMON", "NET_ADMIN"] {
+        let at = lines
+            .iter()
+            .position(|l| l.trim() == format!("- {cap}"))
+            .unwrap_or_else(|| panic!("agent.yaml: no `- {cap}` line"));
+        let comment = lines[..at]
+            .iter()
+            .rev()
+            .take_while(|l| l.trim_start().starts_with('#'))
+            .count();
+        assert!(
+            comment > 0,
+            "agent.yaml: `- {cap}` has no comment giving its reason"
+        );
+        assert!(
+            lines[at - 1].contains(&format!("CAP_{cap}"))
+                || lines[at - comment].contains(&format!("CAP_{cap}")),
+            "agent.yaml: the comment above `- {cap}` must name CAP_{cap}"
+        );
+    }
+}
+
+#[test]
+fn recommender_statefulset_is_non_root_and_keeps_its_store_on_a_volume() {
+    for m in renderings() {
+        let ctx = &m.source;
+        let sts = m.stateful_set("leash-recommender").expect("StatefulSet");
+        let spec = &sts.spec;
+        assert_eq!(spec.replicas, Some(1), "{ctx}: one writer for SQLite");
+        let pod = recommender_pod(&m);
+        common_invariants(ctx, "recommender", pod);
+        assert_eq!(
+            pod.service_account_name.as_deref(),
+            Some("leash-recommender")
+        );
+        let psc = pod.security_context.as_ref().expect("pod securityContext");
+        assert_eq!(psc.run_as_non_root, Some(true), "{ctx}: runAsNonRoot");
+        assert!(psc.run_as_user.is_some_and(|u| u != 0), "{ctx}: runAsUser");
+        for v in pod.volumes.iter().flatten() {
+            assert!(v.host_path.is_none(), "{ctx}: recommender has no hostPath");
+        }
+        let c = pod
+            .containers
+            .iter()
+            .find(|c| c.name == "recommender")
+            .expect("recommender container");
+        let sc = c.security_context.as_ref().expect("checked");
+        assert!(
+            sc.capabilities
+                .as_ref()
+                .and_then(|c| c.add.as_ref())
+                .is_none_or(Vec::is_empty),
+            "{ctx}: the recommender adds no capability"
+        );
+        assert_ne!(sc.run_as_user, Some(0), "{ctx}");
+
+        // The store lives on the PVC.
+        let args = c.args.clone().unwrap_or_default();
+        assert_eq!(args.first().map(String::as_str), Some("serve"), "{ctx}");
+        assert!(args.contains(&"--kube".to_owned()), "{ctx}: --kube");
+        let store = arg(&args, "--store").expect("--store");
+        let claims: BTreeSet<String> = spec
+            .volume_claim_templates
+            .iter()
+            .flatten()
+            .filter_map(|p| p.metadata.name.clone())
+            .collect();
+        let data_mount = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|vm| claims.contains(&vm.name))
+            .unwrap_or_else(|| panic!("{ctx}: no mount of a volumeClaimTemplate"));
+        assert_eq!(data_mount.mount_path, "/var/lib/leash");
+        assert!(
+            store.starts_with("/var/lib/leash/"),
+            "{ctx}: --store {store}"
+        );
+
+        // Ports, probes and the addresses the server binds agree.
+        let named = ports(c);
+        assert_eq!(named.get("grpc"), Some(&7443), "{ctx}");
+        assert_eq!(named.get("http"), Some(&8080), "{ctx}");
+        assert_eq!(
+            Some(port_of(arg(&args, "--listen").expect("--listen"))),
+            named.get("grpc").copied()
+        );
+        assert_eq!(
+            Some(port_of(arg(&args, "--http").expect("--http"))),
+            named.get("http").copied()
+        );
+        for (probe, path) in [
+            (&c.liveness_probe, "/healthz"),
+            (&c.readiness_probe, "/readyz"),
+        ] {
+            let get = probe
+                .as_ref()
+                .and_then(|p| p.http_get.as_ref())
+                .unwrap_or_else(|| panic!("{ctx}: no {path} probe"));
+            assert_eq!(get.path.as_deref(), Some(path));
+            assert_eq!(get.port, IntOrString::String("http".into()));
+        }
+    }
+}
+
+#[test]
+fn tls_files_come_from_the_mounted_secret_and_the_service_matches_the_agents_url() {
+    for m in renderings() {
+        let ctx = &m.source;
+        for (pod, flags) in [
+            (agent_pod(&m), &["--tls-ca", "--tls-cert", "--tls-key"][..]),
+            (
+                recommender_pod(&m),
+                &["--tls-client-ca", "--tls-cert", "--tls-key"][..],
+            ),
+        ] {
+            let c = &pod.containers[0];
+            let secret_volumes: BTreeSet<&str> = pod
+                .volumes
+                .iter()
+                .flatten()
+                .filter(|v| v.secret.is_some())
+                .map(|v| v.name.as_str())
+                .collect();
+            let mount = c
+                .volume_mounts
+                .iter()
+                .flatten()
+                .find(|vm| secret_volumes.contains(vm.name.as_str()))
+                .unwrap_or_else(|| panic!("{ctx}: {}: no Secret mounted", c.name));
+            let args = c.args.clone().unwrap_or_default();
+            for flag in flags {
+                let file = arg(&args, flag).unwrap_or_else(|| panic!("{ctx}: {} {flag}", c.name));
+                assert!(
+                    file.starts_with(&format!("{}/", mount.mount_path)),
+                    "{ctx}: {} {flag} {file} is not in the Secret mount {}",
+                    c.name,
+                    mount.mount_path
+                );
+            }
+            assert!(
+                !args.contains(&"--insecure".to_owned()),
+                "{ctx}: --insecure"
+            );
+        }
+
+        let agent_args = agent_pod(&m).containers[0].args.clone().unwrap_or_default();
+        let url = arg(&agent_args, "--recommender").expect("--recommender");
+        let svc = m
+            .service("leash-recommender")
+            .expect("Service leash-recommender");
+        let svc_ns = svc.metadata.namespace.as_deref().expect("namespace");
+        let rest = url.strip_prefix("https://").expect("https URL");
+        let (host, port) = rest.split_once(':').expect("host:port");
+        assert_eq!(host, format!("leash-recommender.{svc_ns}.svc"), "{ctx}");
+        let spec = svc.spec.as_ref().expect("service spec");
+        let grpc = spec
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some("grpc"))
+            .expect("grpc service port");
+        assert_eq!(grpc.port.to_string(), port, "{ctx}");
+        assert_eq!(grpc.target_port, Some(IntOrString::String("grpc".into())));
+        assert!(
+            spec.ports
+                .iter()
+                .flatten()
+                .any(|p| p.name.as_deref() == Some("http") && p.port == 8080),
+            "{ctx}: http service port"
+        );
+        // The Service selects the recommender's pods.
+        let labels = m
+            .stateful_set("leash-recommender")
+            .and_then(|s| s.spec.template.metadata.as_ref()?.labels.clone())
+            .expect("pod labels");
+        for (k, v) in spec.selector.iter().flatten() {
+            assert_eq!(labels.get(k), Some(v), "{ctx}: selector {k}");
+        }
+        assert!(spec.selector.as_ref().is_some_and(|s| !s.is_empty()));
+    }
+}

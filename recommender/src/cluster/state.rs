@@ -1,0 +1,214 @@
+//! A built cluster model with the policies applied in it: what the live watch publishes and what a
+//! snapshot file gives, so `serve` treats both sources alike.
+
+use std::collections::BTreeSet;
+use std::time::SystemTime;
+
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use leash_records::Snapshot;
+
+use super::{Cluster, Inventory};
+use crate::eval::PolicySet;
+
+/// An object left out of the model, and why.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Rejected {
+    /// Its kind, e.g. `Pod`.
+    pub kind: String,
+    /// `namespace/name`, or `name` for cluster-scoped kinds.
+    pub name: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// The cluster model at one point in time, with the NetworkPolicies applied in it.
+#[derive(Debug, Clone)]
+pub struct ClusterState {
+    /// The indexed model.
+    pub cluster: Cluster,
+    /// The applied NetworkPolicies the evaluator accepts, sorted by namespace and name.
+    pub policies: Vec<NetworkPolicy>,
+    /// [`Self::policies`], compiled for evaluation.
+    pub policy_set: PolicySet,
+    /// Counts the states a source published: 1 for the first, +1 per rebuild.
+    pub generation: u64,
+    /// When this state was built.
+    pub built_at: SystemTime,
+    /// Objects left out (undecodable or rejected by the model), sorted.
+    pub rejected: Vec<Rejected>,
+    /// Watch errors the source has seen so far (each was retried); 0 for one-shot sources.
+    pub watch_errors: u64,
+}
+
+impl ClusterState {
+    /// A state holding `cluster` and no applied policies, e.g. for tests and benchmarks.
+    pub fn from_cluster(cluster: Cluster) -> Self {
+        ClusterState {
+            cluster,
+            policies: Vec::new(),
+            policy_set: PolicySet::default(),
+            generation: 1,
+            built_at: SystemTime::now(),
+            rejected: Vec::new(),
+            watch_errors: 0,
+        }
+    }
+
+    /// Builds the state from a snapshot. Never fails: an object the model or the policy
+    /// evaluator rejects is left out and listed in [`Self::rejected`] with its name, so one bad
+    /// object cannot take the whole cluster view down.
+    pub fn build(snapshot: &Snapshot, generation: u64) -> Self {
+        let mut rejected = Vec::new();
+        let mut inv = Inventory::default();
+        macro_rules! add_all {
+            ($field:ident, $add:ident, $kind:literal) => {
+                for o in &snapshot.$field {
+                    if let Err(e) = inv.$add(o) {
+                        rejected.push(Rejected {
+                            kind: $kind.to_owned(),
+                            name: qualified_name(&o.metadata),
+                            reason: e.to_string(),
+                        });
+                    }
+                }
+            };
+        }
+        add_all!(namespaces, add_namespace, "Namespace");
+        add_all!(nodes, add_node, "Node");
+        add_all!(pods, add_pod, "Pod");
+        add_all!(services, add_service, "Service");
+        add_all!(endpoint_slices, add_endpoint_slice, "EndpointSlice");
+        add_all!(replica_sets, add_replica_set, "ReplicaSet");
+        add_all!(deployments, add_deployment, "Deployment");
+        add_all!(stateful_sets, add_stateful_set, "StatefulSet");
+        add_all!(daemon_sets, add_daemon_set, "DaemonSet");
+        add_all!(jobs, add_job, "Job");
+        add_all!(cron_jobs, add_cron_job, "CronJob");
+        let cluster = Cluster::new(inv);
+
+        let mut policies: Vec<NetworkPolicy> = snapshot.network_policies.clone();
+        policies.sort_by_cached_key(|p| qualified_name(&p.metadata));
+        let mut seen = BTreeSet::new();
+        policies.retain(|p| {
+            let name = qualified_name(&p.metadata);
+            let verdict = if !seen.insert(name.clone()) {
+                Err("defined twice; the first one is kept".to_owned())
+            } else {
+                PolicySet::new(std::slice::from_ref(p))
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            };
+            match verdict {
+                Ok(()) => true,
+                Err(reason) => {
+                    rejected.push(Rejected {
+                        kind: "NetworkPolicy".to_owned(),
+                        name,
+                        reason,
+                    });
+                    false
+                }
+            }
+        });
+        // Each policy compiled alone and names are unique, so the set compiles; should it not,
+        // evaluating with no policies at all would silently allow everything, so say so loudly.
+        let policy_set = PolicySet::new(&policies).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "the applied NetworkPolicies do not compile as a set");
+            rejected.push(Rejected {
+                kind: "NetworkPolicy".to_owned(),
+                name: "*".to_owned(),
+                reason: e.to_string(),
+            });
+            PolicySet::default()
+        });
+        rejected.sort();
+        ClusterState {
+            cluster,
+            policies,
+            policy_set,
+            generation,
+            built_at: SystemTime::now(),
+            rejected,
+            watch_errors: 0,
+        }
+    }
+
+    /// Logs the rejected objects at `warn`, except those `previous` already listed (a live model
+    /// is rebuilt often; one bad object is reported when it appears, not on every rebuild).
+    pub fn log_rejected(&self, previous: Option<&ClusterState>) {
+        for r in &self.rejected {
+            if previous.is_some_and(|p| p.rejected.binary_search(r).is_ok()) {
+                continue;
+            }
+            tracing::warn!(kind = %r.kind, object = %r.name, reason = %r.reason,
+                "object left out of the cluster model");
+        }
+    }
+}
+
+/// `namespace/name`, or `name` for cluster-scoped objects.
+pub(crate) fn qualified_name(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> String {
+    let name = meta.name.as_deref().unwrap_or("<unnamed>");
+    match meta.namespace.as_deref() {
+        Some(ns) if !ns.is_empty() => format!("{ns}/{name}"),
+        _ => name.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    const SNAPSHOT: &str = r#"
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: good, namespace: shop, labels: {app: good}}
+  spec: {containers: [{name: c, image: i}]}
+  status: {podIP: 198.51.100.10}
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: bad-ip, namespace: shop}
+  spec: {containers: [{name: c, image: i}]}
+  status: {podIP: not-an-ip}
+- apiVersion: networking.k8s.io/v1
+  kind: NetworkPolicy
+  metadata: {name: deny, namespace: shop}
+  spec: {podSelector: {}, policyTypes: [Egress]}
+- apiVersion: networking.k8s.io/v1
+  kind: NetworkPolicy
+  metadata: {name: broken, namespace: shop}
+  spec:
+    podSelector: {}
+    egress: [{ports: [{port: 70000}]}]
+"#;
+
+    #[test]
+    fn rejected_objects_are_named_and_left_out() {
+        let snap = leash_records::snapshot::parse_str(SNAPSHOT, Path::new("s.yaml")).unwrap();
+        let state = ClusterState::build(&snap, 7);
+        assert_eq!(state.generation, 7);
+        let pods: Vec<&str> = state.cluster.pods.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(pods, ["good"]);
+        let names: Vec<&str> = state.rejected.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["shop/broken", "shop/bad-ip"],
+            "{:?}",
+            state.rejected
+        );
+        assert!(state.rejected[1].reason.contains("not-an-ip"));
+        let policies: Vec<_> = state
+            .policies
+            .iter()
+            .map(|p| p.metadata.name.as_deref())
+            .collect();
+        assert_eq!(policies, [Some("deny")]);
+        assert_eq!(state.policy_set.len(), 1);
+    }
+}

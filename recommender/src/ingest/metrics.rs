@@ -1,0 +1,115 @@
+//! Prometheus metrics of the ingest service.
+
+use prometheus_client::{
+    metrics::{
+        counter::Counter,
+        family::Family,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+/// Why a batch was rejected (the `cause` label of `leash_ingest_rejected_batches_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// A record or the batch id failed validation.
+    Malformed,
+    /// More records than the configured limit per batch.
+    TooManyRecords,
+    /// The encoded message exceeded the maximum decoding size.
+    TooLarge,
+    /// The store failed to commit.
+    Store,
+}
+
+impl Cause {
+    fn label(self) -> &'static str {
+        match self {
+            Cause::Malformed => "malformed",
+            Cause::TooManyRecords => "too_many_records",
+            Cause::TooLarge => "too_large",
+            Cause::Store => "store",
+        }
+    }
+}
+
+type Labels = [(&'static str, &'static str); 1];
+
+/// The ingest counters and the commit latency histogram; cheap to update from any thread.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    stored: Counter,
+    duplicates: Counter,
+    rejected: Family<Labels, Counter>,
+    records: Family<Labels, Counter>,
+    commit_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            stored: Counter::default(),
+            duplicates: Counter::default(),
+            rejected: Family::default(),
+            records: Family::default(),
+            // 100 µs to ~3.3 s.
+            commit_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+        }
+    }
+}
+
+impl Metrics {
+    /// Registers the metrics under `leash_ingest_*`.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("leash_ingest");
+        r.register(
+            "batches_stored",
+            "Batches committed to the store",
+            self.stored.clone(),
+        );
+        r.register(
+            "duplicate_batches",
+            "Batches acknowledged as duplicates (already stored) and ignored",
+            self.duplicates.clone(),
+        );
+        r.register(
+            "rejected_batches",
+            "Batches rejected, by cause",
+            self.rejected.clone(),
+        );
+        r.register(
+            "records",
+            "Records of stored batches, by kind (flow or dns)",
+            self.records.clone(),
+        );
+        r.register(
+            "commit_seconds",
+            "Time to commit one batch to the store",
+            self.commit_seconds.clone(),
+        );
+    }
+
+    pub(crate) fn stored(&self, flows: usize, dns: usize) {
+        self.stored.inc();
+        self.records
+            .get_or_create(&[("kind", "flow")])
+            .inc_by(flows as u64);
+        self.records
+            .get_or_create(&[("kind", "dns")])
+            .inc_by(dns as u64);
+    }
+
+    pub(crate) fn duplicate(&self) {
+        self.duplicates.inc();
+    }
+
+    pub(crate) fn rejected(&self, cause: Cause) {
+        self.rejected
+            .get_or_create(&[("cause", cause.label())])
+            .inc();
+    }
+
+    pub(crate) fn commit_took(&self, seconds: f64) {
+        self.commit_seconds.observe(seconds);
+    }
+}

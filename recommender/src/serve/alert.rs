@@ -1,0 +1,214 @@
+//! After lockdown: notice egress that the applied policies deny.
+//!
+//! Every interval, the flows stored since the previous check are evaluated against the
+//! NetworkPolicies applied in the cluster, as one current pod of their workload. A denied
+//! flow from a workload means it tried something its policy does not allow: a new dependency
+//! to add, or something to investigate. Each (workload, destination, port, protocol) is
+//! reported once per process: a log line, a metric, and (with `--kube`) a Kubernetes Event on
+//! the pod, carrying the DNS names the destination was reached by.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use leash_records::Protocol;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+use super::ModelRx;
+use super::verdicts::judge;
+use crate::cluster::ClusterState;
+use crate::eval::Verdict;
+use crate::store::{FlowObservation, Store, WorkloadRef};
+
+/// One denied flow, reported once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alert {
+    /// The workload that made it.
+    pub workload: WorkloadRef,
+    /// The pod it was evaluated as (namespace is the workload's).
+    pub pod: String,
+    /// The destination as dialed.
+    pub dst: IpAddr,
+    /// The port as dialed.
+    pub port: u16,
+    /// The protocol.
+    pub protocol: Protocol,
+    /// Events seen so far.
+    pub count: u64,
+    /// Last seen.
+    pub last_seen: DateTime<Utc>,
+    /// DNS names the destination was reached by.
+    pub names: Vec<String>,
+    /// The policies that isolate the pod without allowing the flow.
+    pub policies: Vec<String>,
+}
+
+impl Alert {
+    /// A one-line description, used for logs and Event notes.
+    pub fn message(&self) -> String {
+        let dst = match self.dst {
+            IpAddr::V4(a) => format!("{a}:{}", self.port),
+            IpAddr::V6(a) => format!("[{a}]:{}", self.port),
+        };
+        let names = if self.names.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", self.names.join(", "))
+        };
+        format!(
+            "{}/{} {} sent {} egress to {dst}/{}{names} that the applied policies deny ({}); last seen {}",
+            self.workload.kind,
+            self.workload.name,
+            self.pod,
+            self.count,
+            self.protocol,
+            self.policies.join(", "),
+            self.last_seen.format("%Y-%m-%dT%H:%M:%SZ"),
+        )
+    }
+}
+
+/// Where alerts go besides the log and the metric (Kubernetes Events with `--kube`).
+pub trait AlertSink: Send + Sync {
+    /// Publishes one alert; failures are the sink's to log.
+    fn publish<'a>(&'a self, alert: &'a Alert) -> BoxFuture<'a, ()>;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct AlertLabels {
+    namespace: String,
+}
+
+/// The watcher's metrics.
+#[derive(Debug, Clone, Default)]
+pub struct AlertMetrics {
+    unexpected: Family<AlertLabels, Counter>,
+    checks: Counter,
+}
+
+impl AlertMetrics {
+    /// Registers under `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "unexpected_egress",
+            "Distinct (workload, destination, port, protocol) flows denied by the applied policies",
+            self.unexpected.clone(),
+        );
+        registry.register(
+            "egress_checks",
+            "Checks of stored flows against the applied policies",
+            self.checks.clone(),
+        );
+    }
+}
+
+/// Finds denied flows among `flows`, skipping keys in `seen` and adding new ones to it.
+pub fn denied_flows(
+    state: &ClusterState,
+    flows: &[FlowObservation],
+    seen: &mut HashSet<(WorkloadRef, IpAddr, u16, Protocol)>,
+) -> Result<Vec<Alert>, crate::audit::Error> {
+    let fresh: Vec<FlowObservation> = flows
+        .iter()
+        .filter(|f| !seen.contains(&(f.workload.clone(), f.dst, f.port, f.protocol)))
+        .cloned()
+        .collect();
+    let (judged, _skipped) = judge(state, &fresh)?;
+    let mut out = Vec::new();
+    for j in judged {
+        if j.evaluation.verdict != Verdict::Deny {
+            continue;
+        }
+        let key = (
+            j.workload.clone(),
+            j.flow.dst,
+            j.flow.dst_port,
+            j.flow.protocol,
+        );
+        if !seen.insert(key) {
+            continue;
+        }
+        out.push(Alert {
+            workload: j.workload,
+            pod: j.pod,
+            dst: j.flow.dst,
+            port: j.flow.dst_port,
+            protocol: j.flow.protocol,
+            count: j.flow.count,
+            last_seen: j.flow.last_seen,
+            names: j.flow.names,
+            policies: j
+                .evaluation
+                .policies()
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+        });
+    }
+    Ok(out)
+}
+
+/// How far before the previous check's start the next check reads.
+const LOOKBACK: chrono::Duration = chrono::Duration::minutes(10);
+
+/// Runs the check every `interval` until the task is dropped.
+pub async fn watch(
+    store: Arc<dyn Store>,
+    model: ModelRx,
+    interval: Duration,
+    metrics: AlertMetrics,
+    sink: Option<Arc<dyn AlertSink>>,
+) {
+    let mut seen = HashSet::new();
+    let mut since: Option<DateTime<Utc>> = None;
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some(current) = model.borrow().clone() else {
+            continue;
+        };
+        let started = Utc::now();
+        let reader = Arc::clone(&store);
+        let flows = match tokio::task::spawn_blocking(move || reader.flows(since)).await {
+            Ok(Ok(flows)) => flows,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read flows to check against applied policies");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "flow check task failed");
+                continue;
+            }
+        };
+        let alerts = match denied_flows(&current, &flows, &mut seen) {
+            Ok(alerts) => alerts,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot evaluate stored flows");
+                continue;
+            }
+        };
+        metrics.checks.inc();
+        for alert in &alerts {
+            tracing::warn!(namespace = %alert.workload.namespace, "{}", alert.message());
+            metrics
+                .unexpected
+                .get_or_create(&AlertLabels {
+                    namespace: alert.workload.namespace.clone(),
+                })
+                .inc();
+            if let Some(sink) = &sink {
+                sink.publish(alert).await;
+            }
+        }
+        // Agents deliver a flow some time after its last event (flush interval, outages), so
+        // look back generously; `seen` keeps each key to one alert.
+        since = Some(started - LOOKBACK);
+    }
+}

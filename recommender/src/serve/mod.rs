@@ -1,0 +1,349 @@
+//! `leash serve`: the recommender as a service.
+//!
+//! Agents stream batches over gRPC ([`crate::ingest`]) into the [`crate::store`]; the cluster
+//! model comes from a snapshot file or is kept live from the API server; the HTTP side
+//! ([`http`]) serves health, metrics and the read API; [`alert`] reports egress that the
+//! applied policies deny. Data flows one way: agents → ingest → store → recommendations.
+
+pub mod alert;
+pub mod http;
+pub mod verdicts;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use chrono::Utc;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+
+use crate::cluster::ClusterState;
+use crate::store::Store;
+use crate::synth;
+
+/// The current cluster state, or `None` until the first one is built.
+pub type ModelRx = watch::Receiver<Option<Arc<ClusterState>>>;
+
+/// Where the cluster model comes from.
+#[derive(Debug, Clone)]
+pub enum ClusterSource {
+    /// A snapshot file, read once.
+    File(PathBuf),
+    /// The API server (in-cluster config, or this kubeconfig), watched.
+    Kube {
+        /// A kubeconfig file; `None` means in-cluster config or `$KUBECONFIG`.
+        kubeconfig: Option<PathBuf>,
+    },
+}
+
+/// Everything `leash serve` needs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// gRPC ingest address.
+    pub listen: SocketAddr,
+    /// HTTP address (health, metrics, read API).
+    pub http: SocketAddr,
+    /// The SQLite store file.
+    pub store: PathBuf,
+    /// The cluster model's source.
+    pub cluster: ClusterSource,
+    /// mTLS for ingest (`ca` verifies agents' client certificates); `None` only with
+    /// `--insecure`.
+    pub tls: Option<leash_records::tls::TlsFiles>,
+    /// Observations last seen longer ago than this are deleted.
+    pub retention: Duration,
+    /// How often stored flows are checked against the applied policies.
+    pub check_interval: Duration,
+    /// At most this many records in one batch.
+    pub max_batch_records: usize,
+    /// At most this many bytes in one gRPC message.
+    pub max_message_bytes: usize,
+    /// Knobs for recommendations served over HTTP.
+    pub options: synth::Options,
+}
+
+/// Errors that stop `leash serve`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The store cannot be opened.
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+    /// The cluster snapshot cannot be loaded.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::LoadError),
+    /// An address cannot be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// `gRPC` or `HTTP`.
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The TLS files cannot be loaded.
+    #[error(transparent)]
+    Tls(#[from] leash_records::tls::Error),
+    /// The Kubernetes API client cannot be built.
+    #[error(transparent)]
+    Kube(#[from] crate::cluster::kube::Error),
+    /// The gRPC server failed.
+    #[error("gRPC server on {addr}: {source}")]
+    Grpc {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: tonic::transport::Error,
+    },
+    /// The HTTP server failed.
+    #[error("HTTP server on {addr}: {source}")]
+    Http {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// `Result` with this module's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Builds the cluster state from a snapshot file. Objects the model rejects are logged and
+/// left out, as with the live source.
+pub fn state_from_file(path: &std::path::Path) -> Result<ClusterState> {
+    let snap = leash_records::snapshot::load_path(path)
+        .map_err(|e| Error::Cluster(crate::cluster::LoadError::Snapshot(e)))?;
+    let state = ClusterState::build(&snap, 1);
+    state.log_rejected(None);
+    Ok(state)
+}
+
+/// Publishes alerts as Kubernetes Events on the pod the flow was evaluated as.
+struct EventAlerts {
+    publisher: crate::cluster::events::EventPublisher,
+    model: ModelRx,
+}
+
+impl alert::AlertSink for EventAlerts {
+    fn publish<'a>(&'a self, alert: &'a alert::Alert) -> futures::future::BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let reference = {
+                let current = self.model.borrow().clone();
+                current.and_then(|state| {
+                    state
+                        .cluster
+                        .pod_by_name(&alert.workload.namespace, &alert.pod)
+                        .map(|p| crate::cluster::events::pod_reference(&state.cluster, p))
+                })
+            };
+            let Some(reference) = reference else {
+                return;
+            };
+            if let Err(e) = self
+                .publisher
+                .publish_unexpected_egress(&reference, &alert.message())
+                .await
+            {
+                tracing::warn!(error = %e, pod = %alert.pod, "cannot create the UnexpectedEgress event");
+            }
+        })
+    }
+}
+
+/// Deletes observations older than the retention window, every hour and once at start.
+async fn prune_loop(store: Arc<dyn Store>, retention: Duration) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        ticker.tick().await;
+        let Ok(window) = chrono::Duration::from_std(retention) else {
+            return;
+        };
+        let before = Utc::now() - window;
+        let s = Arc::clone(&store);
+        match tokio::task::spawn_blocking(move || s.prune(before)).await {
+            Ok(Ok(n)) if n > 0 => {
+                tracing::info!(removed = n, %before, "retention: pruned observations")
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "retention: prune failed"),
+            Err(e) => tracing::warn!(error = %e, "retention: prune task failed"),
+        }
+    }
+}
+
+/// Serves until `shutdown` completes.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let mut registry = Registry::with_prefix("leash");
+    let store: Arc<dyn Store> = Arc::new(crate::store::SqliteStore::open(&config.store)?);
+
+    // One model, two sources: a file read once, or the API server watched.
+    let (model_rx, alert_sink, _watch_task): (ModelRx, Option<Arc<dyn alert::AlertSink>>, _) =
+        match &config.cluster {
+            ClusterSource::File(path) => {
+                let state = Arc::new(state_from_file(path)?);
+                let (_tx, rx) = watch::channel(Some(state));
+                // The sender is dropped: receivers keep the last value forever.
+                (rx, None, None)
+            }
+            ClusterSource::Kube { kubeconfig } => {
+                let client = crate::cluster::kube::client(kubeconfig.as_deref()).await?;
+                let (rx, task) = crate::cluster::kube::watch_cluster(
+                    client.clone(),
+                    crate::cluster::kube::WatchOptions::default(),
+                );
+                let instance = std::env::var("POD_NAME").ok();
+                let sink = EventAlerts {
+                    publisher: crate::cluster::events::EventPublisher::new(client, instance),
+                    model: rx.clone(),
+                };
+                (
+                    rx,
+                    Some(Arc::new(sink) as Arc<dyn alert::AlertSink>),
+                    Some(AbortOnDrop(task)),
+                )
+            }
+        };
+
+    let alert_metrics = alert::AlertMetrics::default();
+    alert_metrics.register(&mut registry);
+    let ingest = ingest_service(&config, Arc::clone(&store), model_rx.clone(), &mut registry);
+
+    let grpc = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: config.listen,
+            what: "gRPC",
+            source,
+        })?;
+    let http_listener = tokio::net::TcpListener::bind(config.http)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: config.http,
+            what: "HTTP",
+            source,
+        })?;
+    let tls = match &config.tls {
+        Some(files) => Some(leash_records::tls::ReloadingServerConfig::start(
+            files.clone(),
+            leash_records::tls::DEFAULT_POLL,
+        )?),
+        None => {
+            tracing::warn!("--insecure: agents connect over plaintext gRPC without certificates");
+            None
+        }
+    };
+    let state = Arc::new(http::AppState {
+        store: Arc::clone(&store),
+        model: model_rx.clone(),
+        registry: Arc::new(registry),
+        ingest_listening: false.into(),
+        options: config.options.clone(),
+    });
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let _prune = AbortOnDrop(tokio::spawn(prune_loop(
+        Arc::clone(&store),
+        config.retention,
+    )));
+    let _check = AbortOnDrop(tokio::spawn(alert::watch(
+        Arc::clone(&store),
+        model_rx.clone(),
+        config.check_interval,
+        alert_metrics,
+        alert_sink,
+    )));
+
+    let http_server = axum::serve(http_listener, http::router(Arc::clone(&state)))
+        .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let http_task = tokio::spawn(async move { http_server.await });
+
+    // Ingest starts once the model exists, so every batch is attributed to workloads.
+    let mut ready = model_rx.clone();
+    let mut stop = stop_rx.clone();
+    tokio::select! {
+        r = ready.wait_for(Option::is_some) => { let _ = r; }
+        _ = stop.wait_for(|s| *s) => {}
+    }
+    let server = tonic::transport::Server::builder();
+    state.ingest_listening.store(true, Ordering::Release);
+    tracing::info!(grpc = %config.listen, http = %config.http, store = %config.store.display(), tls = tls.is_some(), "leash serve ready");
+    let grpc_result = match &tls {
+        Some(reloading) => {
+            let incoming = leash_records::tls::incoming(
+                grpc,
+                reloading.subscribe(),
+                leash_records::tls::DEFAULT_HANDSHAKE_TIMEOUT,
+            );
+            server
+                .serve_with_incoming_shutdown(ingest, incoming, stopped(stop_rx.clone()))
+                .await
+        }
+        None => {
+            server
+                .serve_with_incoming_shutdown(
+                    ingest,
+                    tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                    stopped(stop_rx.clone()),
+                )
+                .await
+        }
+    };
+    state.ingest_listening.store(false, Ordering::Release);
+    let http_result = http_task.await;
+    grpc_result.map_err(|source| Error::Grpc {
+        addr: config.listen,
+        source,
+    })?;
+    match http_result {
+        Ok(r) => r.map_err(|source| Error::Http {
+            addr: config.http,
+            source,
+        }),
+        Err(e) => Err(Error::Http {
+            addr: config.http,
+            source: std::io::Error::other(e),
+        }),
+    }
+}
+
+/// The gRPC ingest service over `store`, attributing with the current model.
+fn ingest_service(
+    config: &Config,
+    store: Arc<dyn Store>,
+    model: ModelRx,
+    registry: &mut Registry,
+) -> leash_records::wire::v1::ingest_server::IngestServer<crate::ingest::IngestService> {
+    let service = crate::ingest::IngestService::new(
+        store,
+        model,
+        crate::ingest::Limits {
+            max_records: config.max_batch_records,
+            max_message_bytes: config.max_message_bytes,
+        },
+    );
+    service.register(registry);
+    service.into_server()
+}
+
+/// Aborts a background task when dropped, so `run` leaves nothing behind.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

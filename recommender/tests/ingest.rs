@@ -1,0 +1,638 @@
+//! The ingest service over a real gRPC connection on loopback with mutual TLS (certificates
+//! from `leash certs`): acks after commit, duplicates, rejections and their statuses, isolation
+//! between agents, and clients without a valid certificate.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    pin::Pin,
+    sync::{Arc, Condvar, Mutex},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use chrono::{DateTime, Utc};
+use leash::{
+    cluster::{Cluster, ClusterState},
+    ingest::{IngestService, Limits},
+    store::{self, BatchId, Commit, DnsObservation, FlowObservation, Store, sqlite::SqliteStore},
+};
+use leash_records::{
+    FlowRecord, PodRef, Protocol,
+    tls::{self, TlsConnector, TlsFiles},
+    wire::{self, v1, v1::ingest_client::IngestClient},
+};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{
+    Code, Status, Streaming,
+    codegen::http::Uri,
+    transport::{Channel, Endpoint},
+};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+// ---- an in-memory store --------------------------------------------------------------------
+
+/// Batch ids and flow counts per (workload, dst, port), with a gate that holds commits and a
+/// switch that makes them fail.
+#[derive(Default)]
+struct MemStore {
+    state: Mutex<MemState>,
+    gate: Condvar,
+}
+
+#[derive(Default)]
+struct MemState {
+    batches: HashSet<BatchId>,
+    counts: HashMap<(String, String, u16), u64>,
+    held: bool,
+    failing: bool,
+}
+
+impl MemStore {
+    fn hold(&self, held: bool) {
+        self.state.lock().expect("lock").held = held;
+        self.gate.notify_all();
+    }
+
+    fn fail(&self, failing: bool) {
+        self.state.lock().expect("lock").failing = failing;
+    }
+
+    fn batches(&self) -> usize {
+        self.state.lock().expect("lock").batches.len()
+    }
+}
+
+impl Store for MemStore {
+    fn commit(
+        &self,
+        id: &BatchId,
+        flows: &[FlowObservation],
+        _dns: &[DnsObservation],
+    ) -> store::Result<Commit> {
+        let mut state = self.state.lock().expect("lock");
+        while state.held {
+            state = self.gate.wait(state).expect("lock");
+        }
+        if state.failing {
+            return Err(store::Error::Database {
+                path: "mem".into(),
+                message: "disk full".into(),
+            });
+        }
+        if !state.batches.insert(id.clone()) {
+            return Ok(Commit::Duplicate);
+        }
+        for f in flows {
+            *state
+                .counts
+                .entry((f.workload.name.clone(), f.dst.to_string(), f.port))
+                .or_default() += f.count;
+        }
+        Ok(Commit::Stored)
+    }
+
+    fn flows(&self, _since: Option<DateTime<Utc>>) -> store::Result<Vec<FlowObservation>> {
+        Ok(Vec::new())
+    }
+
+    fn dns(&self, _since: Option<DateTime<Utc>>) -> store::Result<Vec<DnsObservation>> {
+        Ok(Vec::new())
+    }
+
+    fn prune(&self, _before: DateTime<Utc>) -> store::Result<u64> {
+        Ok(0)
+    }
+}
+
+// ---- server and clients --------------------------------------------------------------------
+
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        leash::certs::generate(
+            dir.path(),
+            &["127.0.0.1".to_owned()],
+            &["node-a".to_owned(), "node-b".to_owned()],
+        )
+        .expect("certificates");
+        Pki { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn client(&self, name: &str) -> TlsFiles {
+        TlsFiles {
+            cert: self.path(&format!("{name}.pem")),
+            key: self.path(&format!("{name}-key.pem")),
+            ca: self.path("ca.pem"),
+        }
+    }
+}
+
+struct Server {
+    addr: SocketAddr,
+    service: IngestService,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(pki: &Pki, store: Arc<dyn Store>, limits: Limits) -> Server {
+    let files = TlsFiles {
+        cert: pki.path("server.pem"),
+        key: pki.path("server-key.pem"),
+        ca: pki.path("ca.pem"),
+    };
+    let config = tls::ReloadingServerConfig::start(files, tls::DEFAULT_POLL).expect("tls");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (_tx, cluster) = watch::channel(Some(Arc::new(ClusterState::from_cluster(
+        Cluster::default(),
+    ))));
+    let service = IngestService::new(store, cluster, limits);
+    let server = service.clone().into_server();
+    let incoming = tls::incoming(listener, config.subscribe(), Duration::from_secs(5));
+    let task = tokio::spawn(async move {
+        let _config = config;
+        // tonic's router feature is off: the one service is served directly.
+        tonic::transport::Server::builder()
+            .serve_with_incoming(server, incoming)
+            .await
+            .expect("server");
+    });
+    Server {
+        addr,
+        service,
+        task,
+    }
+}
+
+async fn client(pki: &Pki, name: &str, addr: SocketAddr) -> IngestClient<Channel> {
+    let channel = Endpoint::from_shared(format!("https://{addr}"))
+        .expect("uri")
+        .connect_with_connector(TlsConnector::new(pki.client(name)))
+        .await
+        .expect("connect");
+    IngestClient::new(channel)
+}
+
+/// One `Push` call: batches go in through `tx`, acks come out of `acks`.
+struct Push {
+    tx: mpsc::Sender<v1::Batch>,
+    acks: Streaming<v1::Ack>,
+}
+
+async fn push(client: &mut IngestClient<Channel>) -> Push {
+    let (tx, rx) = mpsc::channel(16);
+    let acks = client
+        .push(ReceiverStream::new(rx))
+        .await
+        .expect("push")
+        .into_inner();
+    Push { tx, acks }
+}
+
+impl Push {
+    async fn send(&self, batch: v1::Batch) {
+        self.tx.send(batch).await.expect("stream open");
+    }
+
+    async fn next(&mut self) -> Result<Option<v1::Ack>, Status> {
+        tokio::time::timeout(WAIT, self.acks.message())
+            .await
+            .expect("an answer in time")
+    }
+
+    async fn ack(&mut self) -> v1::Ack {
+        self.next().await.expect("ack").expect("stream open")
+    }
+
+    async fn status(&mut self) -> Status {
+        self.next().await.expect_err("the batch is rejected")
+    }
+}
+
+fn id(node: &str, seq: u64) -> v1::BatchId {
+    v1::BatchId {
+        node: node.into(),
+        boot_id: "boot-1".into(),
+        seq,
+    }
+}
+
+fn flow(node: &str, pod: &str, dst: u8, count: u64) -> FlowRecord {
+    let t: DateTime<Utc> = "2026-11-25T09:00:00Z".parse().expect("time");
+    FlowRecord {
+        node: node.into(),
+        pod: Some(PodRef {
+            uid: String::new(),
+            namespace: "shop".into(),
+            name: pod.into(),
+        }),
+        cgroup: String::new(),
+        protocol: Protocol::Tcp,
+        dst: [203, 0, 113, dst].into(),
+        dst_port: 443,
+        count,
+        first_seen: t,
+        last_seen: t,
+        names: vec!["api.stripe.test".into()],
+        outcome: None,
+    }
+}
+
+fn batch(node: &str, seq: u64, flows: &[FlowRecord]) -> v1::Batch {
+    wire::batch_to_wire(id(node, seq), flows, &[]).expect("valid batch")
+}
+
+fn metrics(server: &Server) -> String {
+    let mut registry = prometheus_client::registry::Registry::default();
+    server.service.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+    text
+}
+
+fn metric_line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+    text.lines().find(|l| l.starts_with(prefix))
+}
+
+// ---- tests ---------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn acks_arrive_only_after_the_commit() {
+    let pki = Pki::new();
+    let store = Arc::new(MemStore::default());
+    let server = serve(&pki, store.clone(), Limits::default()).await;
+    let mut c = client(&pki, "node-a", server.addr).await;
+    let mut p = push(&mut c).await;
+
+    store.hold(true);
+    p.send(batch("node-a", 1, &[flow("node-a", "payment-1", 10, 3)]))
+        .await;
+    let early = tokio::time::timeout(Duration::from_millis(400), p.acks.message()).await;
+    assert!(early.is_err(), "acked before the commit: {early:?}");
+    assert_eq!(store.batches(), 0);
+
+    store.hold(false);
+    let ack = p.ack().await;
+    assert_eq!(ack.id, Some(id("node-a", 1)));
+    assert!(!ack.duplicate);
+    assert_eq!(store.batches(), 1);
+    let counts = store.state.lock().expect("lock").counts.clone();
+    assert_eq!(
+        counts.get(&("payment-1".into(), "203.0.113.10".into(), 443)),
+        Some(&3)
+    );
+}
+
+/// Sends batch 1 twice on one stream and once more on a new connection: stored once.
+async fn resend_is_a_duplicate(store: Arc<dyn Store>) -> Server {
+    let pki = Pki::new();
+    let server = serve(&pki, store, Limits::default()).await;
+    let b1 = batch(
+        "node-a",
+        1,
+        &[
+            flow("node-a", "payment-1", 10, 3),
+            flow("node-a", "payment-1", 11, 4),
+        ],
+    );
+    let mut c = client(&pki, "node-a", server.addr).await;
+    let mut p = push(&mut c).await;
+    p.send(b1.clone()).await;
+    assert!(!p.ack().await.duplicate);
+    p.send(b1.clone()).await;
+    assert!(p.ack().await.duplicate);
+    drop(p);
+    let mut c = client(&pki, "node-a", server.addr).await;
+    let mut p = push(&mut c).await;
+    p.send(b1).await;
+    assert!(p.ack().await.duplicate);
+    p.send(batch("node-a", 2, &[flow("node-a", "payment-1", 10, 5)]))
+        .await;
+    assert!(!p.ack().await.duplicate);
+
+    let text = metrics(&server);
+    assert_eq!(
+        metric_line(&text, "leash_ingest_batches_stored_total"),
+        Some("leash_ingest_batches_stored_total 2"),
+        "{text}"
+    );
+    assert_eq!(
+        metric_line(&text, "leash_ingest_duplicate_batches_total"),
+        Some("leash_ingest_duplicate_batches_total 2"),
+        "{text}"
+    );
+    assert_eq!(
+        metric_line(&text, "leash_ingest_records_total{kind=\"flow\"}"),
+        Some("leash_ingest_records_total{kind=\"flow\"} 3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("leash_ingest_commit_seconds_count 4"),
+        "{text}"
+    );
+    server
+}
+
+#[tokio::test]
+async fn resent_batch_is_acked_as_duplicate_and_counted_once() {
+    let store = Arc::new(MemStore::default());
+    let _server = resend_is_a_duplicate(store.clone()).await;
+    assert_eq!(store.batches(), 2);
+    let counts = store.state.lock().expect("lock").counts.clone();
+    assert_eq!(
+        counts.get(&("payment-1".into(), "203.0.113.10".into(), 443)),
+        Some(&8)
+    );
+    assert_eq!(
+        counts.get(&("payment-1".into(), "203.0.113.11".into(), 443)),
+        Some(&4)
+    );
+}
+
+#[tokio::test]
+async fn resent_batch_is_counted_once_in_sqlite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(SqliteStore::open(dir.path().join("leash.db")).expect("store"));
+    let _server = resend_is_a_duplicate(store.clone()).await;
+    let flows = store.flows(None).expect("flows");
+    let counts: Vec<_> = flows
+        .iter()
+        .map(|f| (f.workload.name.as_str(), f.dst.to_string(), f.port, f.count))
+        .collect();
+    assert_eq!(
+        counts,
+        [
+            ("payment-1", "203.0.113.10".to_owned(), 443, 8),
+            ("payment-1", "203.0.113.11".to_owned(), 443, 4)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn malformed_record_is_rejected_by_name_while_another_agent_keeps_going() {
+    let pki = Pki::new();
+    let store = Arc::new(MemStore::default());
+    let server = serve(&pki, store.clone(), Limits::default()).await;
+    let mut a = client(&pki, "node-a", server.addr).await;
+    let mut b = client(&pki, "node-b", server.addr).await;
+    let mut pa = push(&mut a).await;
+    let mut pb = push(&mut b).await;
+    pb.send(batch("node-b", 1, &[flow("node-b", "api-1", 20, 1)]))
+        .await;
+    assert!(!pb.ack().await.duplicate);
+
+    let mut bad = batch("node-a", 1, &vec![flow("node-a", "payment-1", 10, 1); 5]);
+    bad.flows[3].dst = vec![203, 0, 113];
+    pa.send(bad).await;
+    let status = pa.status().await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(
+        status.message(),
+        "batch node-a/boot-1/1: flows[3]: dst: 3 bytes (expected 4 or 16)"
+    );
+    // That stream is over; the other agent's is not.
+    assert!(matches!(pa.next().await, Ok(None) | Err(_)));
+    pb.send(batch("node-b", 2, &[flow("node-b", "api-1", 20, 1)]))
+        .await;
+    assert_eq!(pb.ack().await.id, Some(id("node-b", 2)));
+    // Nothing of the bad batch was stored; node-a can reconnect and carry on.
+    assert_eq!(store.batches(), 2);
+    let mut a = client(&pki, "node-a", server.addr).await;
+    let mut pa = push(&mut a).await;
+    pa.send(batch("node-a", 1, &[flow("node-a", "payment-1", 10, 1)]))
+        .await;
+    assert!(!pa.ack().await.duplicate);
+
+    let text = metrics(&server);
+    assert_eq!(
+        metric_line(
+            &text,
+            "leash_ingest_rejected_batches_total{cause=\"malformed\"}"
+        ),
+        Some("leash_ingest_rejected_batches_total{cause=\"malformed\"} 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn oversized_messages_and_batches_are_resource_exhausted() {
+    let pki = Pki::new();
+    let store = Arc::new(MemStore::default());
+    let limits = Limits {
+        max_records: 100,
+        max_message_bytes: 64 << 10,
+    };
+    let server = serve(&pki, store.clone(), limits).await;
+    let mut a = client(&pki, "node-a", server.addr).await;
+    let mut b = client(&pki, "node-b", server.addr).await;
+    let mut pb = push(&mut b).await;
+
+    // 90 records (under the count limit) of ~1.1 KB each: over 64 KiB.
+    let mut big = flow("node-a", "payment-1", 10, 1);
+    big.names = (0..20)
+        .map(|i| format!("name-{i:02}-{}", "x".repeat(40)))
+        .collect();
+    let mut pa = push(&mut a).await;
+    pa.send(batch("node-a", 1, &vec![big; 90])).await;
+    let status = pa.status().await;
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("too large (the limit is 65536 bytes)"),
+        "{status:?}"
+    );
+
+    let mut pa = push(&mut a).await;
+    pa.send(batch(
+        "node-a",
+        2,
+        &vec![flow("node-a", "payment-1", 10, 1); 101],
+    ))
+    .await;
+    let status = pa.status().await;
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(
+        status.message(),
+        "batch node-a/boot-1/2: 101 records exceed the limit of 100 per batch"
+    );
+
+    pb.send(batch(
+        "node-b",
+        1,
+        &vec![flow("node-b", "api-1", 20, 1); 100],
+    ))
+    .await;
+    assert!(!pb.ack().await.duplicate);
+    assert_eq!(store.batches(), 1);
+    let text = metrics(&server);
+    for cause in ["too_large", "too_many_records"] {
+        let want = format!("leash_ingest_rejected_batches_total{{cause=\"{cause}\"}} 1");
+        assert!(text.lines().any(|l| l == want), "{want}\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn store_failure_is_unavailable_and_the_resend_succeeds() {
+    let pki = Pki::new();
+    let store = Arc::new(MemStore::default());
+    let server = serve(&pki, store.clone(), Limits::default()).await;
+    let mut c = client(&pki, "node-a", server.addr).await;
+    let b1 = batch("node-a", 1, &[flow("node-a", "payment-1", 10, 2)]);
+    store.fail(true);
+    let mut p = push(&mut c).await;
+    p.send(b1.clone()).await;
+    let status = p.status().await;
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(
+        status.message(),
+        "batch node-a/boot-1/1: store mem: disk full"
+    );
+    store.fail(false);
+    let mut p = push(&mut c).await;
+    p.send(b1).await;
+    assert!(!p.ack().await.duplicate);
+    assert_eq!(store.batches(), 1);
+}
+
+/// A connector that speaks TLS (trusting the CA) but presents no client certificate.
+#[derive(Clone)]
+struct NoCertConnector {
+    config: Arc<rustls::ClientConfig>,
+}
+
+impl NoCertConnector {
+    fn new(ca: &Path) -> Self {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in tls::read_certs(ca).expect("ca") {
+            roots.add(cert).expect("root");
+        }
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        NoCertConnector {
+            config: Arc::new(config),
+        }
+    }
+}
+
+type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+impl tower::Service<Uri> for NoCertConnector {
+    type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+    type Error = std::io::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let config = self.config.clone();
+        Box::pin(async move {
+            let port = uri.port_u16().unwrap_or(443);
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+            let name = "127.0.0.1".try_into().map_err(std::io::Error::other)?;
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await?;
+            Ok(hyper_util::rt::TokioIo::new(tls))
+        })
+    }
+}
+
+async fn push_fails(channel: Result<Channel, tonic::transport::Error>) {
+    let Ok(channel) = channel else { return };
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(batch("node-a", 1, &[flow("node-a", "payment-1", 10, 1)]))
+        .await
+        .expect("queued");
+    let result = tokio::time::timeout(WAIT, async move {
+        let mut acks = IngestClient::new(channel)
+            .push(ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        acks.message().await
+    })
+    .await
+    .expect("an answer in time");
+    assert!(
+        result.is_err(),
+        "a client without a valid certificate was served: {result:?}"
+    );
+}
+
+#[tokio::test]
+async fn clients_without_a_valid_certificate_cannot_push() {
+    let pki = Pki::new();
+    let store = Arc::new(MemStore::default());
+    let server = serve(&pki, store.clone(), Limits::default()).await;
+    let endpoint = Endpoint::from_shared(format!("https://{}", server.addr)).expect("uri");
+
+    // TLS without a client certificate.
+    push_fails(
+        endpoint
+            .connect_with_connector(NoCertConnector::new(&pki.path("ca.pem")))
+            .await,
+    )
+    .await;
+    // Plaintext HTTP/2.
+    push_fails(
+        Endpoint::from_shared(format!("http://{}", server.addr))
+            .expect("uri")
+            .connect()
+            .await,
+    )
+    .await;
+    // A certificate of another CA.
+    let other = tempfile::tempdir().expect("tempdir");
+    leash::certs::generate(
+        other.path(),
+        &["127.0.0.1".to_owned()],
+        &["node-a".to_owned()],
+    )
+    .expect("certificates");
+    let files = TlsFiles {
+        ca: pki.path("ca.pem"),
+        cert: other.path().join("node-a.pem"),
+        key: other.path().join("node-a-key.pem"),
+    };
+    push_fails(
+        endpoint
+            .connect_with_connector(TlsConnector::new(files))
+            .await,
+    )
+    .await;
+
+    assert_eq!(store.batches(), 0);
+    // The server is fine for valid clients.
+    let mut c = client(&pki, "node-a", server.addr).await;
+    let mut p = push(&mut c).await;
+    p.send(batch("node-a", 1, &[flow("node-a", "payment-1", 10, 1)]))
+        .await;
+    assert!(!p.ack().await.duplicate);
+}

@@ -1,0 +1,473 @@
+//! `leash serve` end to end, through the real binary: certificates from `leash certs`, agents'
+//! batches over a real mTLS gRPC connection, the SQLite store across a restart, the HTTP read
+//! API, and unexpected-egress alerts (as a metric, and as a Kubernetes Event with `--kube`
+//! against the lab's fake API server).
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed setup step must fail the test loudly"
+)]
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use leash_records::tls::{TlsConnector, TlsFiles};
+use leash_records::wire::v1::ingest_client::IngestClient;
+use leash_records::wire::{self, v1};
+use leash_records::{FlowRecord, PodRef, Protocol};
+
+const LEASH: &str = env!("CARGO_BIN_EXE_leash");
+
+/// A namespace with one Deployment whose egress is already locked down to DNS only.
+const SNAPSHOT: &str = r#"
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Namespace
+  metadata: {name: shop, labels: {kubernetes.io/metadata.name: shop}}
+- apiVersion: apps/v1
+  kind: Deployment
+  metadata: {name: web, namespace: shop, uid: uid-deploy-web}
+  spec:
+    selector: {matchLabels: {app: web}}
+    template:
+      metadata: {labels: {app: web}}
+      spec: {containers: [{name: web, image: web:1}]}
+- apiVersion: apps/v1
+  kind: ReplicaSet
+  metadata:
+    name: web-7d4
+    namespace: shop
+    uid: uid-rs-web
+    ownerReferences: [{apiVersion: apps/v1, kind: Deployment, name: web, uid: uid-deploy-web, controller: true}]
+  spec:
+    selector: {matchLabels: {app: web}}
+- apiVersion: v1
+  kind: Pod
+  metadata:
+    name: web-7d4-x2
+    namespace: shop
+    uid: uid-pod-web
+    labels: {app: web, pod-template-hash: 7d4}
+    ownerReferences: [{apiVersion: apps/v1, kind: ReplicaSet, name: web-7d4, uid: uid-rs-web, controller: true}]
+  spec: {nodeName: n1, containers: [{name: web, image: web:1}]}
+  status: {phase: Running, podIP: 198.51.100.10, podIPs: [{ip: 198.51.100.10}]}
+- apiVersion: networking.k8s.io/v1
+  kind: NetworkPolicy
+  metadata: {name: web-dns-only, namespace: shop}
+  spec:
+    podSelector: {matchLabels: {app: web}}
+    policyTypes: [Egress]
+    egress:
+    - ports: [{port: 53, protocol: UDP}]
+"#;
+
+fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// A running `leash serve`, killed on drop.
+struct Server {
+    child: Child,
+    grpc: SocketAddr,
+    http: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn start(dir: &Path, cluster: &[&str], grpc: SocketAddr, http: SocketAddr) -> Server {
+        let certs = dir.join("certs");
+        let child = Command::new(LEASH)
+            .arg("serve")
+            .args(["--listen", &grpc.to_string(), "--http", &http.to_string()])
+            .arg("--store")
+            .arg(dir.join("leash.db"))
+            .args(cluster)
+            .arg("--tls-cert")
+            .arg(certs.join("server.pem"))
+            .arg("--tls-key")
+            .arg(certs.join("server-key.pem"))
+            .arg("--tls-client-ca")
+            .arg(certs.join("ca.pem"))
+            .args(["--check-interval", "1s"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut server = Server { child, grpc, http };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok((200, _)) = get(server.http, "/readyz") {
+                return server;
+            }
+            if let Some(status) = server.child.try_wait().unwrap() {
+                panic!("leash serve exited before it was ready: {status}");
+            }
+            assert!(Instant::now() < deadline, "leash serve not ready in 30 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGTERM, then the exit status.
+    fn stop(mut self) -> std::process::ExitStatus {
+        let pid = i32::try_from(self.child.id()).unwrap();
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "leash serve ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 GET: the status and the body.
+fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+fn certs(dir: &Path) -> PathBuf {
+    let out = dir.join("certs");
+    let status = Command::new(LEASH)
+        .args(["certs", "--out"])
+        .arg(&out)
+        .args(["--server-name", "127.0.0.1", "--client", "n1"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    out
+}
+
+fn flow(dst: &str, port: u16, count: u64, at: DateTime<Utc>) -> FlowRecord {
+    FlowRecord {
+        node: "n1".into(),
+        pod: Some(PodRef {
+            uid: "uid-pod-web".into(),
+            namespace: "shop".into(),
+            name: "web-7d4-x2".into(),
+        }),
+        cgroup: "/kubepods.slice/x".into(),
+        protocol: Protocol::Tcp,
+        dst: dst.parse().unwrap(),
+        dst_port: port,
+        count,
+        first_seen: at,
+        last_seen: at,
+        names: vec!["api.stripe.test".into()],
+        outcome: None,
+    }
+}
+
+fn batch(seq: u64, flows: &[FlowRecord]) -> v1::Batch {
+    wire::batch_to_wire(
+        v1::BatchId {
+            node: "n1".into(),
+            boot_id: "boot-1".into(),
+            seq,
+        },
+        flows,
+        &[],
+    )
+    .unwrap()
+}
+
+/// Pushes batches over one mTLS stream and returns the acks' `duplicate` flags in order.
+async fn push(certs: &Path, grpc: SocketAddr, batches: Vec<v1::Batch>) -> Vec<(u64, bool)> {
+    let connector = TlsConnector::new(TlsFiles {
+        cert: certs.join("n1.pem"),
+        key: certs.join("n1-key.pem"),
+        ca: certs.join("ca.pem"),
+    });
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://{grpc}"))
+        .unwrap()
+        .connect_with_connector(connector)
+        .await
+        .unwrap();
+    let n = batches.len();
+    let mut client = IngestClient::new(channel);
+    let mut acks = client
+        .push(tokio_stream::iter(batches))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out = Vec::new();
+    while out.len() < n {
+        let ack = acks.message().await.unwrap().expect("an ack per batch");
+        out.push((ack.id.unwrap().seq, ack.duplicate));
+    }
+    out
+}
+
+fn wait_for(mut check: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn serve_ingests_exactly_once_and_answers_from_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cluster.yaml"), SNAPSHOT).unwrap();
+    let certs = certs(dir.path());
+    let cluster = dir.path().join("cluster.yaml");
+    let cluster_args = ["--cluster", cluster.to_str().unwrap()];
+    let (grpc, http) = (free_port(), free_port());
+    let server = Server::start(dir.path(), &cluster_args, grpc, http);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+
+    let now = Utc::now();
+    let b1 = batch(1, &[flow("203.0.113.10", 443, 5, now)]);
+    let b2 = batch(2, &[flow("203.0.113.10", 443, 3, now)]);
+    // The second b1 is a resend after a lost ack: stored once.
+    let acks = rt.block_on(push(
+        &certs,
+        server.grpc,
+        vec![b1.clone(), b2.clone(), b1.clone()],
+    ));
+    assert_eq!(acks, vec![(1, false), (2, false), (1, true)]);
+
+    let (status, body) = get(
+        server.http,
+        "/v1/namespaces/shop/workloads/Deployment/web/destinations",
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let dests: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(dests[0]["dst"], "203.0.113.10");
+    assert_eq!(dests[0]["port"], 443);
+    assert_eq!(dests[0]["count"], 8, "5 + 3, the resend ignored: {body}");
+    assert_eq!(dests[0]["names"][0], "api.stripe.test");
+
+    let (status, yaml) = get(server.http, "/v1/namespaces/shop/recommendations").unwrap();
+    assert_eq!(status, 200, "{yaml}");
+    assert!(yaml.contains("203.0.113.10/32"), "{yaml}");
+    assert!(yaml.contains("port: 443"), "{yaml}");
+    assert!(yaml.contains("default-deny-egress"), "{yaml}");
+
+    // The applied policy allows DNS only: the stored flow is denied, and named.
+    let (status, body) = get(server.http, "/v1/namespaces/shop/audit").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let audit: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(audit["applied_policies"], 1);
+    let web = &audit["workloads"][0];
+    assert_eq!(
+        (web["kind"].as_str(), web["name"].as_str()),
+        (Some("Deployment"), Some("web"))
+    );
+    assert_eq!(
+        (web["allowed"].as_u64(), web["denied"].as_u64()),
+        (Some(0), Some(1))
+    );
+    assert_eq!(web["flows"][0]["policies"][0], "shop/web-dns-only");
+
+    // The unexpected-egress check runs every second.
+    wait_for(
+        || {
+            get(server.http, "/metrics").is_ok_and(|(_, m)| {
+                m.contains("leash_unexpected_egress_total{namespace=\"shop\"} 1")
+            })
+        },
+        "the unexpected egress metric",
+    );
+
+    let (status, _) = get(server.http, "/v1/namespaces/nope/audit").unwrap();
+    assert_eq!(status, 404);
+    let (status, body) = get(server.http, "/v1/workloads").unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains("\"present\":true"), "{body}");
+
+    assert!(server.stop().success(), "clean exit on SIGTERM");
+
+    // Restart on the same store: counts kept, old ids still known.
+    let server = Server::start(dir.path(), &cluster_args, free_port(), free_port());
+    let acks = rt.block_on(push(&certs, server.grpc, vec![b2]));
+    assert_eq!(acks, vec![(2, true)]);
+    let (_, body) = get(
+        server.http,
+        "/v1/namespaces/shop/workloads/Deployment/web/destinations",
+    )
+    .unwrap();
+    assert!(body.contains("\"count\":8"), "{body}");
+}
+
+#[test]
+fn serve_refuses_agents_without_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cluster.yaml"), SNAPSHOT).unwrap();
+    let certs = certs(dir.path());
+    let cluster = dir.path().join("cluster.yaml");
+    let server = Server::start(
+        dir.path(),
+        &["--cluster", cluster.to_str().unwrap()],
+        free_port(),
+        free_port(),
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // Plaintext gRPC to the mTLS port: no batch gets through.
+    let result = rt.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.grpc))
+            .unwrap()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(5))
+            .connect()
+            .await;
+        match channel {
+            Err(e) => Err(e.to_string()),
+            Ok(ch) => IngestClient::new(ch)
+                .push(tokio_stream::iter(vec![batch(
+                    1,
+                    &[flow("203.0.113.10", 443, 1, Utc::now())],
+                )]))
+                .await
+                .map(|_| ())
+                .map_err(|s| s.to_string()),
+        }
+    });
+    assert!(result.is_err(), "a client without a certificate was served");
+    let _ = certs;
+    let (_, body) = get(server.http, "/v1/workloads").unwrap();
+    assert_eq!(body.trim(), "[]", "nothing was stored");
+}
+
+/// The snapshot's objects into the fake API server, by kind.
+fn load_into(api: &leash_lab::fake_api::FakeApi) {
+    let list: serde_json::Value = serde_norway::from_str(SNAPSHOT).unwrap();
+    for item in list["items"].as_array().unwrap() {
+        let collection = match item["kind"].as_str().unwrap() {
+            "Namespace" => "/api/v1/namespaces",
+            "Pod" => "/api/v1/pods",
+            "Deployment" => "/apis/apps/v1/deployments",
+            "ReplicaSet" => "/apis/apps/v1/replicasets",
+            "NetworkPolicy" => "/apis/networking.k8s.io/v1/networkpolicies",
+            other => panic!("no collection for {other}"),
+        };
+        api.apply_json(collection, item.clone());
+    }
+}
+
+#[test]
+fn serve_with_kube_watches_the_cluster_and_creates_events_for_unexpected_egress() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let api = rt.block_on(leash_lab::fake_api::FakeApi::start()).unwrap();
+    load_into(&api);
+    let dir = tempfile::tempdir().unwrap();
+    let certs = certs(dir.path());
+    let kubeconfig = dir.path().join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig).unwrap();
+    let server = Server::start(
+        dir.path(),
+        &["--kube", "--kubeconfig", kubeconfig.to_str().unwrap()],
+        free_port(),
+        free_port(),
+    );
+
+    let acks = rt.block_on(push(
+        &certs,
+        server.grpc,
+        vec![batch(1, &[flow("203.0.113.10", 443, 2, Utc::now())])],
+    ));
+    assert_eq!(acks, vec![(1, false)]);
+    // Attributed through the live model: the Deployment, not the pod.
+    let (status, body) = get(
+        server.http,
+        "/v1/namespaces/shop/workloads/Deployment/web/destinations",
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+
+    wait_for(
+        || {
+            api.requests().iter().any(|r| {
+                r.method == "POST"
+                    && r.path == "/apis/events.k8s.io/v1/namespaces/shop/events"
+                    && String::from_utf8_lossy(&r.body).contains("UnexpectedEgress")
+                    && String::from_utf8_lossy(&r.body).contains("203.0.113.10:443")
+            })
+        },
+        "an UnexpectedEgress event",
+    );
+    let event = api
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "POST" && r.path.ends_with("/events"))
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&event.body).unwrap();
+    assert_eq!(body["regarding"]["kind"], "Pod");
+    assert_eq!(body["regarding"]["name"], "web-7d4-x2");
+    assert!(
+        body["note"].as_str().unwrap().contains("shop/web-dns-only"),
+        "the note names the isolating policy: {body}"
+    );
+
+    // A policy change in the cluster reaches the served audit: allow 443 and the flow passes.
+    let mut policy: serde_json::Value =
+        serde_norway::from_str::<serde_json::Value>(SNAPSHOT).unwrap()["items"][4].clone();
+    policy["spec"]["egress"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"ports": [{"port": 443, "protocol": "TCP"}]}));
+    api.apply_json("/apis/networking.k8s.io/v1/networkpolicies", policy);
+    wait_for(
+        || {
+            get(server.http, "/v1/namespaces/shop/audit")
+                .is_ok_and(|(_, b)| b.contains("\"allowed\":1,\"denied\":0"))
+        },
+        "the audit to follow the updated policy",
+    );
+    assert!(server.stop().success());
+}

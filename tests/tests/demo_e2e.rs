@@ -1,0 +1,494 @@
+//! End to end: runs exactly the demo pipeline (`lab-demo`, what `make demo` runs) into a
+//! temporary directory and checks what it leaves behind, re-running `leash audit` on the
+//! artifacts independently. Privileged: skips without root (fails with
+//! LEASH_REQUIRE_PRIVILEGED=1).
+//!
+//! `leash` and `leash-agent` are taken from `$LEASH_BIN` / `$LEASH_AGENT_BIN`, else from the
+//! target directory of this test (built there with `cargo build` when missing).
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed setup or parse step must fail the test loudly"
+)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+use leash_lab::shop::{
+    API_PORT, API_TARGET_PORT, COLLECTOR_ADDR, DB_PORT, STRIPE_ADDRS, STRIPE_HOST, STRIPE_PORT,
+    SYSLOG_PORT,
+};
+use leash_records::{DnsRecord, FlowRecord, Protocol, Record, read_records};
+use serde_json::Value;
+
+/// One demo at a time: each runs an agent and a lab, and they would only compete for the CPU.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// `target/<profile>` of this test executable.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let deps = exe.parent().unwrap();
+    deps.parent().unwrap().to_path_buf()
+}
+
+/// A workspace binary: `$env`, else `target/<profile>/<name>`. When either of `leash` and
+/// `leash-agent` is missing there, both are built once (`cargo build -p leash -p leash-agent
+/// --bins`; `cargo test --workspace` has built them already).
+fn workspace_bin(env: &str, name: &str) -> PathBuf {
+    static BUILT: Mutex<bool> = Mutex::new(false);
+    if let Some(p) = std::env::var_os(env) {
+        return PathBuf::from(p);
+    }
+    let profile = profile_dir();
+    let path = profile.join(name);
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !path.is_file() && !*built {
+        let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+        cmd.args(["build", "-p", "leash", "-p", "leash-agent", "--bins"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env(
+                "CARGO_TARGET_DIR",
+                profile.parent().expect("target dir above the profile"),
+            );
+        if profile.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("running cargo build");
+        assert!(
+            status.success(),
+            "cargo build -p leash -p leash-agent --bins"
+        );
+        *built = true;
+    }
+    assert!(path.is_file(), "{} missing", path.display());
+    path
+}
+
+/// What one demo run left behind.
+struct Run {
+    out: PathBuf,
+    stdout: String,
+    leash: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn run_demo(extra: &[&str]) -> Option<Run> {
+    if !leash_lab::require_privileged() {
+        return None;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let leash = workspace_bin("LEASH_BIN", "leash");
+    let agent = workspace_bin("LEASH_AGENT_BIN", "leash-agent");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let t0 = std::time::Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_lab-demo"))
+        .arg("--out")
+        .arg(&out)
+        .arg("--leash")
+        .arg(&leash)
+        .arg("--agent")
+        .arg(&agent)
+        .args(extra)
+        .output()
+        .expect("running lab-demo");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "lab-demo {extra:?} failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        output.status
+    );
+    eprintln!("lab-demo {extra:?} took {:?}:\n{stdout}", t0.elapsed());
+    Some(Run {
+        out,
+        stdout,
+        leash,
+        _dir: dir,
+    })
+}
+
+fn records(path: &Path) -> Vec<Record> {
+    let text = std::fs::read_to_string(path).unwrap();
+    read_records(text.as_bytes(), path)
+        .map(|r| r.expect("valid v1 record").record)
+        .collect()
+}
+
+/// Flow records per (pod name prefix = workload, dst, port, protocol).
+fn flows_of<'a>(recs: &'a [Record], workload: &str) -> Vec<&'a FlowRecord> {
+    recs.iter()
+        .filter_map(|r| match r {
+            Record::Flow(f) => Some(f),
+            Record::Dns(_) => None,
+        })
+        .filter(|f| {
+            f.pod
+                .as_ref()
+                .is_some_and(|p| p.name.starts_with(&format!("{workload}-")))
+        })
+        .collect()
+}
+
+fn dns_of<'a>(recs: &'a [Record], workload: &str) -> Vec<&'a DnsRecord> {
+    recs.iter()
+        .filter_map(|r| match r {
+            Record::Dns(d) => Some(d),
+            Record::Flow(_) => None,
+        })
+        .filter(|d| {
+            d.pod
+                .as_ref()
+                .is_some_and(|p| p.name.starts_with(&format!("{workload}-")))
+        })
+        .collect()
+}
+
+fn has_flow(flows: &[&FlowRecord], dst: IpAddr, port: u16, proto: Protocol) -> bool {
+    flows
+        .iter()
+        .any(|f| f.dst == dst && f.dst_port == port && f.protocol == proto && f.count > 0)
+}
+
+/// The recommended NetworkPolicies, by `namespace/name`, as JSON.
+fn policies(dir: &Path) -> BTreeMap<String, Value> {
+    let mut out = BTreeMap::new();
+    for ns in std::fs::read_dir(dir).unwrap().flatten() {
+        if !ns.path().is_dir() {
+            continue;
+        }
+        for f in std::fs::read_dir(ns.path()).unwrap().flatten() {
+            let text = std::fs::read_to_string(f.path()).unwrap();
+            let v: Value = serde_norway::from_str(&text)
+                .unwrap_or_else(|e| panic!("{}: {e}", f.path().display()));
+            assert_eq!(v["kind"], "NetworkPolicy", "{}", f.path().display());
+            let key = format!(
+                "{}/{}",
+                v["metadata"]["namespace"].as_str().unwrap(),
+                v["metadata"]["name"].as_str().unwrap()
+            );
+            out.insert(key, v);
+        }
+    }
+    out
+}
+
+/// `(port, protocol)` pairs of every egress rule of a policy, with the rule.
+fn rules(policy: &Value) -> Vec<(BTreeSet<(u64, String)>, &Value)> {
+    policy["spec"]["egress"]
+        .as_array()
+        .map(|rules| {
+            rules
+                .iter()
+                .map(|r| {
+                    let ports = r["ports"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|p| {
+                            (
+                                p["port"].as_u64().unwrap_or(0),
+                                p["protocol"].as_str().unwrap_or("TCP").to_owned(),
+                            )
+                        })
+                        .collect();
+                    (ports, r)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn audit(run: &Run, flows: &Path) -> Vec<Value> {
+    let out = Command::new(&run.leash)
+        .arg("audit")
+        .arg("--cluster")
+        .arg(run.out.join("cluster.yaml"))
+        .arg("--policies")
+        .arg(run.out.join("policies"))
+        .arg("--flows")
+        .arg(flows)
+        .args(["--format", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "leash audit: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Every check of the demo's artifacts that holds in both modes.
+fn check_artifacts(run: &Run) {
+    let out = &run.out;
+    // The snapshot is the project's contract and knows the api Service.
+    let snap = leash_records::snapshot::load_path(&out.join("cluster.yaml")).unwrap();
+    let api_svc = snap
+        .services
+        .iter()
+        .find(|s| s.metadata.name.as_deref() == Some("api"))
+        .unwrap();
+    let vip: IpAddr = api_svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.cluster_ip.as_deref())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let db_svc = snap
+        .services
+        .iter()
+        .find(|s| s.metadata.name.as_deref() == Some("postgres"))
+        .unwrap();
+    let db_vip: IpAddr = db_svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.cluster_ip.as_deref())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let dns_vip: IpAddr = "198.51.100.138".parse().unwrap();
+
+    // What the agent observed.
+    let recs = records(&out.join("flows.jsonl"));
+    let fe = flows_of(&recs, "frontend");
+    assert!(has_flow(&fe, vip, API_PORT, Protocol::Tcp), "{fe:#?}");
+    let api = flows_of(&recs, "api");
+    assert!(has_flow(&api, db_vip, DB_PORT, Protocol::Tcp), "{api:#?}");
+    let pay = flows_of(&recs, "payment");
+    for ip in STRIPE_ADDRS {
+        let f = pay
+            .iter()
+            .find(|f| f.dst == IpAddr::V4(ip) && f.dst_port == STRIPE_PORT)
+            .unwrap_or_else(|| panic!("payment -> {ip}:443 in {pay:#?}"));
+        assert_eq!(f.protocol, Protocol::Tcp);
+        assert!(
+            f.names
+                .iter()
+                .any(|n| n.trim_end_matches('.') == STRIPE_HOST),
+            "the flow to {ip} is labelled with the name payment looked up: {f:?}"
+        );
+        assert!(f.outcome.is_some_and(|o| o.established > 0), "{f:?}");
+    }
+    let worker = flows_of(&recs, "worker");
+    assert!(
+        has_flow(
+            &worker,
+            IpAddr::V4(COLLECTOR_ADDR),
+            SYSLOG_PORT,
+            Protocol::Udp
+        ),
+        "{worker:#?}"
+    );
+    for w in ["frontend", "api", "payment", "worker"] {
+        assert!(
+            has_flow(&flows_of(&recs, w), dns_vip, 53, Protocol::Udp),
+            "{w} used the cluster DNS Service"
+        );
+    }
+    let stripe_dns = dns_of(&recs, "payment")
+        .into_iter()
+        .find(|d| d.query.trim_end_matches('.') == STRIPE_HOST && d.qtype == "A")
+        .expect("payment's lookup of api.stripe.test was recorded");
+    assert_eq!(stripe_dns.rcode, "NOERROR");
+    let answered: BTreeSet<&str> = stripe_dns
+        .answers
+        .iter()
+        .filter(|a| a.rtype == "A")
+        .map(|a| a.data.as_str())
+        .collect();
+    let want: Vec<String> = STRIPE_ADDRS.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        answered,
+        want.iter().map(String::as_str).collect::<BTreeSet<_>>()
+    );
+
+    // One policy per workload with egress, each with a DNS rule; Services on the targetPort.
+    let pols = policies(&out.join("policies"));
+    let by_app: BTreeMap<&str, &Value> = pols
+        .values()
+        .filter_map(|p| Some((p["spec"]["podSelector"]["matchLabels"]["app"].as_str()?, p)))
+        .collect();
+    assert_eq!(
+        by_app.keys().copied().collect::<Vec<_>>(),
+        ["api", "frontend", "payment", "worker"],
+        "{:?}",
+        pols.keys()
+    );
+    assert!(
+        pols.contains_key("shop/default-deny-egress"),
+        "{:?}",
+        pols.keys()
+    );
+    let dns_rule = BTreeSet::from([(53, "UDP".to_owned()), (53, "TCP".to_owned())]);
+    for (app, p) in &by_app {
+        assert_eq!(p["spec"]["policyTypes"], serde_json::json!(["Egress"]));
+        let rs = rules(p);
+        let dns = rs
+            .iter()
+            .find(|(ports, _)| *ports == dns_rule)
+            .unwrap_or_else(|| panic!("{app}: no DNS rule in {p}"));
+        let peer = &dns.1["to"][0];
+        assert_eq!(
+            peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"], "kube-system",
+            "{app}: {peer}"
+        );
+        assert_eq!(
+            peer["podSelector"]["matchLabels"]["k8s-app"], "kube-dns",
+            "{app}: {peer}"
+        );
+    }
+    let fe_rules = rules(by_app["frontend"]);
+    let to_api = fe_rules
+        .iter()
+        .find(|(ports, _)| ports.contains(&(u64::from(API_TARGET_PORT), "TCP".to_owned())))
+        .unwrap_or_else(|| panic!("frontend: no rule on 8080: {}", by_app["frontend"]));
+    assert_eq!(
+        to_api.1["to"][0]["podSelector"]["matchLabels"]["app"],
+        "api"
+    );
+    assert!(
+        fe_rules
+            .iter()
+            .all(|(ports, _)| !ports.iter().any(|(p, _)| *p == u64::from(API_PORT))),
+        "the Service port 80 must not appear, only the targetPort: {}",
+        by_app["frontend"]
+    );
+    let api_rules = rules(by_app["api"]);
+    let to_db = api_rules
+        .iter()
+        .find(|(ports, _)| ports.contains(&(u64::from(DB_PORT), "TCP".to_owned())))
+        .unwrap_or_else(|| panic!("api: no rule on 5432: {}", by_app["api"]));
+    assert_eq!(
+        to_db.1["to"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "data"
+    );
+    let pay_rules = rules(by_app["payment"]);
+    assert!(
+        pay_rules
+            .iter()
+            .any(|(ports, r)| ports.contains(&(443, "TCP".to_owned()))
+                && r["to"]
+                    .as_array()
+                    .is_some_and(|t| t.iter().all(|p| p["ipBlock"]["cidr"].as_str().is_some()))),
+        "payment: ipBlocks on 443: {}",
+        by_app["payment"]
+    );
+    assert!(
+        rules(by_app["worker"])
+            .iter()
+            .any(|(ports, _)| ports.contains(&(514, "UDP".to_owned()))),
+        "worker: syslog rule: {}",
+        by_app["worker"]
+    );
+    let report = std::fs::read_to_string(out.join("REPORT.md")).expect("out/REPORT.md");
+    assert!(report.contains("frontend"), "{report}");
+    assert!(!out.join("policies/REPORT.md").exists());
+
+    // The audits, re-run independently on the artifacts.
+    let observed = audit(run, &out.join("flows.jsonl"));
+    assert!(!observed.is_empty());
+    for v in &observed {
+        assert_eq!(v["verdict"], "allow", "observed flow denied: {v}");
+    }
+    let probes = audit(run, &out.join("probes.jsonl"));
+    assert_eq!(probes.len(), 4, "{probes:?}");
+    let mut denied = BTreeSet::new();
+    for v in &probes {
+        assert_eq!(v["verdict"], "deny", "probe allowed: {v}");
+        denied.insert((
+            v["source"]["pod"]
+                .as_str()
+                .unwrap()
+                .split('-')
+                .next()
+                .unwrap()
+                .to_owned(),
+            v["dst"].as_str().unwrap().to_owned(),
+            v["dst_port"].as_u64().unwrap(),
+        ));
+    }
+    assert!(denied.contains(&("frontend".into(), "169.254.169.254".into(), 80)));
+    assert!(denied.contains(&("payment".into(), "203.0.113.10".into(), 80)));
+    assert!(
+        denied
+            .iter()
+            .any(|(src, _, port)| src == "frontend" && *port == u64::from(DB_PORT))
+    );
+
+    // The summary table names every workload and the outcome.
+    for w in [
+        "shop/frontend",
+        "shop/api",
+        "shop/payment",
+        "shop/worker",
+        "data/postgres",
+    ] {
+        assert!(
+            run.stdout.contains(w),
+            "{w} in the summary:\n{}",
+            run.stdout
+        );
+    }
+    assert!(
+        run.stdout
+            .contains("every observed flow allowed, every probe denied"),
+        "{}",
+        run.stdout
+    );
+}
+
+/// The pipeline without `leash serve`: the agent writes flows.jsonl, `leash recommend --flows`.
+#[test]
+fn demo_pipeline_without_serve() {
+    let Some(run) = run_demo(&["--no-serve", "--rounds", "2"]) else {
+        return;
+    };
+    check_artifacts(&run);
+    assert!(!run.out.join("leash.db").exists());
+}
+
+/// The pipeline as `make demo` runs it: the agent streams over mTLS to `leash serve` on SQLite,
+/// policies come from the store. Also checks that the store saw everything the agent wrote:
+/// `leash recommend --flows out/flows.jsonl` proposes byte-identical policies.
+#[test]
+fn demo_pipeline_streams_through_leash_serve() {
+    let Some(run) = run_demo(&["--rounds", "2"]) else {
+        return;
+    };
+    check_artifacts(&run);
+    assert!(run.out.join("leash.db").is_file());
+    for f in [
+        "ca.pem",
+        "server.pem",
+        "server-key.pem",
+        "lab-node.pem",
+        "lab-node-key.pem",
+    ] {
+        assert!(run.out.join("certs").join(f).is_file(), "certs/{f}");
+    }
+    let from_file = tempfile::tempdir().unwrap();
+    let status = Command::new(&run.leash)
+        .arg("recommend")
+        .arg("--cluster")
+        .arg(run.out.join("cluster.yaml"))
+        .arg("--flows")
+        .arg(run.out.join("flows.jsonl"))
+        .arg("-o")
+        .arg(from_file.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(
+        policies(&run.out.join("policies")),
+        policies(from_file.path()),
+        "policies from the store differ from policies from flows.jsonl"
+    );
+}
