@@ -93,7 +93,8 @@ fn records_become_workload_observations_and_nothing_is_dropped() {
     let mut host = as_flow(flow("x", "y", "TCP", "198.51.100.3", 22, 3, &[]));
     host.pod = None;
     host.node = "n7".into();
-    let (flows, dns) = store::from_batch(&cluster, &[a, b, bare, unknown, host], &[]);
+    let (mut flows, dns) = store::from_batch(&cluster, &[a, b, bare, unknown, host], &[]);
+    flows.sort_by(|x, y| store::observe::flow_order(x).cmp(&store::observe::flow_order(y)));
     assert!(dns.is_empty());
     let keys: Vec<_> = flows
         .iter()
@@ -157,7 +158,8 @@ fn dns_answers_keep_the_cname_chain_names() {
     again.time = "2026-11-23T00:00:00Z".parse().expect("time");
     let mut unattributed = d.clone();
     unattributed.pod = None;
-    let (flows, obs) = store::from_batch(&cluster, &[], &[d.clone(), again, unattributed]);
+    let (flows, mut obs) = store::from_batch(&cluster, &[], &[d.clone(), again, unattributed]);
+    obs.sort_by(|x, y| store::observe::dns_order(x).cmp(&store::observe::dns_order(y)));
     assert!(flows.is_empty());
     assert_eq!(
         obs.len(),

@@ -4,12 +4,14 @@
 //! serve` commits); [`observations`] turns stored observations back into the engine's
 //! [`Observations`], so that `recommend` and `audit` run unchanged on a store.
 
+use std::collections::BTreeSet;
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::Path;
 
+// Fx hashing: these maps are probed once per record on the ingest path.
 use leash_records::{DnsRecord, FlowRecord, Outcome, PodRef, Protocol};
+use rustc_hash::FxHashMap as HashMap;
 
 use super::{DnsObservation, FlowObservation, WorkloadRef};
 use crate::audit::LocatedFlow;
@@ -40,9 +42,9 @@ impl<'c, 'r> Workloads<'c, 'r> {
         Self {
             cluster,
             refs: Vec::new(),
-            by_ref: HashMap::new(),
-            by_pod: HashMap::new(),
-            by_node: HashMap::new(),
+            by_ref: HashMap::default(),
+            by_pod: HashMap::default(),
+            by_node: HashMap::default(),
         }
     }
 
@@ -112,7 +114,9 @@ pub fn workload_ref(cluster: &Cluster, pod: &PodRef) -> WorkloadRef {
 /// are read from files. A record whose `first_seen` is after its `last_seen` contributes both
 /// times as bounds rather than being dropped.
 ///
-/// Both lists are sorted as [`super::Store::flows`] and [`super::Store::dns`] return them.
+/// Observations come in the order their keys first appear in the batch (deterministic; not
+/// sorted, since the store orders its writes itself and sorting by workload names costs
+/// more than the rest of this function).
 pub fn from_batch(
     cluster: &Cluster,
     flows: &[FlowRecord],
@@ -120,7 +124,7 @@ pub fn from_batch(
 ) -> (Vec<FlowObservation>, Vec<DnsObservation>) {
     let mut workloads = Workloads::new(cluster);
 
-    let mut flow_index: HashMap<(usize, IpAddr, u16, Protocol), usize> = HashMap::new();
+    let mut flow_index: HashMap<(usize, IpAddr, u16, Protocol), usize> = HashMap::default();
     let mut flow_out: Vec<FlowObservation> = Vec::new();
     for f in flows {
         let w = workloads.of(f.pod.as_ref(), &f.node);
@@ -158,7 +162,7 @@ pub fn from_batch(
         }
     }
 
-    let mut dns_index: HashMap<(usize, IpAddr, String), usize> = HashMap::new();
+    let mut dns_index: HashMap<(usize, IpAddr, String), usize> = HashMap::default();
     let mut dns_out: Vec<DnsObservation> = Vec::new();
     for d in dns {
         let w = workloads.of(d.pod.as_ref(), &d.node);
@@ -185,8 +189,6 @@ pub fn from_batch(
         o.resolved.extend(answer_names(d));
     }
 
-    flow_out.sort_by(|a, b| flow_order(a).cmp(&flow_order(b)));
-    dns_out.sort_by(|a, b| dns_order(a).cmp(&dns_order(b)));
     (flow_out, dns_out)
 }
 
@@ -276,7 +278,7 @@ impl<'c> Attach<'c> {
         Self {
             cluster,
             by_name,
-            resolved: HashMap::new(),
+            resolved: HashMap::default(),
         }
     }
 
@@ -325,7 +327,7 @@ pub fn observations(
 ) -> (Observations, Vec<Skipped>) {
     let mut obs = Observations::default();
     let mut attach = Attach::new(cluster);
-    let mut skipped: HashMap<WorkloadRef, Skipped> = HashMap::new();
+    let mut skipped: HashMap<WorkloadRef, Skipped> = HashMap::default();
 
     for f in flows {
         obs.records += 1;
