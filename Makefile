@@ -7,8 +7,8 @@ export CARGO_TARGET_DIR ?= $(CURDIR)/target
 setup:
 	./scripts/setup.sh
 
-demo: setup
-	cargo build --release -p leash-agent -p leash -p leash-lab --bins
+# demo.sh runs the set-up and the release build itself.
+demo:
 	./scripts/demo.sh
 
 test: setup
