@@ -5,9 +5,13 @@
 #   scale     agent/benches/agent_scale.rs      real agent, 100k keys: CPU/record, RSS (<= 64 MiB),
 #                                               produced = delivered + drops, exact counts; run
 #                                               twice: paced, then one burst that overruns the ring
-# Usage: scripts/bench-agent.sh [connect] [pipeline] [scale]     (default: all three)
+#   outage    agent/benches/outage.rs           real agent streaming to a recommender that is down
+#                                               for 5 minutes: RSS growth (<= +10%), exact counts
+# Usage: scripts/bench-agent.sh [connect] [pipeline] [scale] [outage]   (default: the first three;
+#        outage takes over 5 minutes, OUTAGE_ARGS=--quick makes it 30 s)
 # connect and scale need root (BPF, namespaces, cgroups); without it they print why and skip.
-# Extra arguments: CONNECT_ARGS="ROUNDS PER_ROUND", SCALE_ARGS="--keys N --active N --rounds N".
+# Extra arguments: CONNECT_ARGS="ROUNDS PER_ROUND", SCALE_ARGS="--keys N --active N --rounds N",
+# OUTAGE_ARGS="--quick | --outage SECS --keys N".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
@@ -16,9 +20,9 @@ which=("$@")
 [ ${#which[@]} -eq 0 ] && which=(connect pipeline scale)
 for w in "${which[@]}"; do
     case "$w" in
-        connect | pipeline | scale) ;;
+        connect | pipeline | scale | outage) ;;
         *)
-            echo "unknown benchmark '$w' (expected connect, pipeline or scale)" >&2
+            echo "unknown benchmark '$w' (expected connect, pipeline, scale or outage)" >&2
             exit 2
             ;;
     esac
@@ -30,7 +34,7 @@ echo "== machine: $(nproc) vCPU (${cpu:-unknown CPU}), kernel $(uname -r), $(rus
 
 # The benches run under cargo's bench profile (= release); the scale bench runs the release
 # agent binary and lab-client, so build them first.
-if wants scale; then
+if wants scale || wants outage; then
     cargo build --release -p leash-agent --bin leash-agent
     cargo build --release -p leash-lab --bin lab-client
 fi
@@ -72,5 +76,10 @@ if wants scale; then
     cargo bench -p leash-agent --bench agent_scale -- ${SCALE_ARGS:-} || status=1
     echo "== real agent, the same 100k keys in one burst with a 1 s flush (ring overrun and recovery)"
     cargo bench -p leash-agent --bench agent_scale -- --chunk 100000 --flush-ms 1000 || status=1
+fi
+if wants outage; then
+    echo "== real agent, recommender down and back (outage)"
+    # shellcheck disable=SC2086 # OUTAGE_ARGS is a list of words
+    cargo bench -p leash-agent --bench outage -- ${OUTAGE_ARGS:-} || status=1
 fi
 exit $status
