@@ -12,14 +12,14 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{LazyLock, Mutex, MutexGuard};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use leash_records::Protocol;
 // Fx hashing: the id caches are probed once per observation on the ingest path.
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
-use rustc_hash::FxHashMap as HashMap;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use super::observe::{dns_order, flow_order};
 use super::{BatchId, Commit, DnsObservation, Error, FlowObservation, Result, Store, WorkloadRef};
@@ -114,6 +114,60 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest count stored; sums saturate here (SQLite integers are signed 64-bit).
 const MAX_COUNT: i64 = i64::MAX;
 
+/// Rows per multi-row flow upsert, largest first: a batch's flows go out in statements of
+/// these sizes, so that per-statement overhead (bind, step, reset) is paid once per up to 64
+/// rows rather than once per row, with at most a few small statements for the remainder.
+const FLOW_CHUNKS: [usize; 4] = [64, 16, 4, 1];
+
+/// The parameters of one flow row in the multi-row upsert.
+const FLOW_COLUMNS: usize = 9;
+
+/// The flow upserts of [`FLOW_CHUNKS`] rows each, built once.
+static FLOW_UPSERTS: LazyLock<[String; 4]> = LazyLock::new(|| FLOW_CHUNKS.map(flow_upsert_sql));
+
+/// At most this many flow–name links are remembered as stored; past it the set starts over
+/// (a cache miss only costs a redundant `INSERT … ON CONFLICT DO NOTHING`). 2^19 links of
+/// 40 bytes are about 20 MiB with the table's overhead.
+const MAX_CACHED_LINKS: usize = 1 << 19;
+
+fn flow_upsert_sql(rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO flows (workload, dst, port, protocol, count, first_seen, last_seen,
+             established, failed) VALUES ",
+    );
+    for r in 0..rows {
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?)");
+    }
+    sql.push_str(
+        " ON CONFLICT DO UPDATE SET
+             count = CASE WHEN count > 9223372036854775807 - excluded.count
+                 THEN 9223372036854775807 ELSE count + excluded.count END,
+             first_seen = min(first_seen, excluded.first_seen),
+             last_seen = max(last_seen, excluded.last_seen),
+             established = CASE
+                 WHEN established > 9223372036854775807 - excluded.established
+                 THEN 9223372036854775807
+                 ELSE established + excluded.established END,
+             failed = CASE WHEN failed > 9223372036854775807 - excluded.failed
+                 THEN 9223372036854775807 ELSE failed + excluded.failed END",
+    );
+    sql
+}
+
+/// A `flow_names` row known to be stored: (workload id, address, port, protocol, name id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct LinkKey {
+    workload: i64,
+    name: i64,
+    dst: [u8; 16],
+    port: u16,
+    protocol: u8,
+    v6: bool,
+}
+
 /// The SQLite store. The connection is behind a mutex: SQLite has one writer anyway.
 pub struct SqliteStore {
     path: PathBuf,
@@ -128,11 +182,26 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
-/// The connection and the id caches of interned workloads and names.
+/// The connection and its caches: ids of interned workloads and names, and the flow–name
+/// links already stored (most of a busy agent's batches repeat the links of earlier ones).
 struct Inner {
     conn: Connection,
     workloads: HashMap<WorkloadRef, i64>,
     names: HashMap<String, i64>,
+    links: HashSet<LinkKey>,
+    /// `PRAGMA data_version` when the caches were last known valid: it changes when another
+    /// connection (say `leash store prune` on the same file) commits, which may have deleted
+    /// rows the caches claim exist.
+    data_version: Option<i64>,
+}
+
+impl Inner {
+    fn clear_caches(&mut self) {
+        self.workloads.clear();
+        self.names.clear();
+        self.links.clear();
+        self.data_version = None;
+    }
 }
 
 fn boxed(e: rusqlite::Error) -> Box<dyn std::error::Error + Send + Sync> {
@@ -192,6 +261,8 @@ impl SqliteStore {
                 conn,
                 workloads: HashMap::default(),
                 names: HashMap::default(),
+                links: HashSet::default(),
+                data_version: None,
             }),
         };
         store.migrate()?;
@@ -272,8 +343,7 @@ impl SqliteStore {
             // A panic mid-commit rolled its transaction back (dropped): the connection is
             // sound, but ids cached during it may not exist.
             let mut inner = poisoned.into_inner();
-            inner.workloads.clear();
-            inner.names.clear();
+            inner.clear_caches();
             inner
         })
     }
@@ -305,6 +375,8 @@ impl SqliteStore {
             conn,
             workloads,
             names,
+            links,
+            data_version,
         } = inner;
         let op = |e| self.op("commit a batch", e);
         let seq = i64::try_from(id.seq).map_err(|_| Error::Invalid {
@@ -315,6 +387,18 @@ impl SqliteStore {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(op)?;
+        // Holding the write lock now, nobody else commits until we do: if anyone did since
+        // our last commit, forget what the caches say is stored.
+        let version: i64 = tx
+            .prepare_cached("PRAGMA data_version")
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
+            .map_err(op)?;
+        if *data_version != Some(version) {
+            workloads.clear();
+            names.clear();
+            links.clear();
+            *data_version = Some(version);
+        }
         let inserted = tx
             .prepare_cached(
                 "INSERT INTO batches (node, boot_id, seq, committed_at) VALUES (?1, ?2, ?3, ?4)
@@ -327,24 +411,6 @@ impl SqliteStore {
             return Ok(Commit::Duplicate);
         }
         {
-            let mut upsert_flow = tx
-                .prepare_cached(
-                    "INSERT INTO flows (workload, dst, port, protocol, count, first_seen,
-                         last_seen, established, failed)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                     ON CONFLICT DO UPDATE SET
-                         count = CASE WHEN count > 9223372036854775807 - excluded.count
-                             THEN 9223372036854775807 ELSE count + excluded.count END,
-                         first_seen = min(first_seen, excluded.first_seen),
-                         last_seen = max(last_seen, excluded.last_seen),
-                         established = CASE
-                             WHEN established > 9223372036854775807 - excluded.established
-                             THEN 9223372036854775807
-                             ELSE established + excluded.established END,
-                         failed = CASE WHEN failed > 9223372036854775807 - excluded.failed
-                             THEN 9223372036854775807 ELSE failed + excluded.failed END",
-                )
-                .map_err(op)?;
             let mut add_flow_name = tx
                 .prepare_cached(
                     "INSERT INTO flow_names (workload, dst, port, protocol, name)
@@ -356,40 +422,53 @@ impl SqliteStore {
                 workloads,
                 names,
             };
-            // Upserts in key order walk the b-tree forward instead of jumping around it.
             let mut keyed = Vec::with_capacity(flows.len());
             for f in flows {
                 let w = ids.workload(&f.workload).map_err(op)?;
-                keyed.push((
-                    w,
-                    IpBytes::new(f.dst),
-                    f.port,
-                    protocol_number(f.protocol),
-                    f,
-                ));
+                keyed.push(FlowRow {
+                    workload: w,
+                    dst: IpBytes::new(f.dst),
+                    port: f.port,
+                    protocol: protocol_number(f.protocol),
+                    first_seen: self.time(f.first_seen)?,
+                    last_seen: self.time(f.last_seen)?,
+                    flow: f,
+                });
             }
-            keyed.sort_unstable_by(|a, b| {
-                (a.0, a.1.as_slice(), a.2, a.3).cmp(&(b.0, b.1.as_slice(), b.2, b.3))
-            });
-            for (w, dst, _, proto, f) in keyed {
-                upsert_flow
-                    .execute(params![
-                        w,
-                        dst.as_slice(),
-                        f.port,
-                        proto,
-                        clamp(f.count),
-                        self.time(f.first_seen)?,
-                        self.time(f.last_seen)?,
-                        clamp(f.established),
-                        clamp(f.failed),
-                    ])
-                    .map_err(op)?;
-                for n in &f.names {
+            // Upserts in key order walk the b-tree forward instead of jumping around it.
+            keyed.sort_unstable_by(|a, b| a.key().cmp(&b.key()));
+            let mut rest = keyed.as_slice();
+            for (&rows, sql) in FLOW_CHUNKS.iter().zip(FLOW_UPSERTS.iter()) {
+                while rest.len() >= rows {
+                    let (chunk, tail) = rest.split_at(rows);
+                    let mut upsert = tx.prepare_cached(sql).map_err(op)?;
+                    for (i, row) in chunk.iter().enumerate() {
+                        row.bind(&mut upsert, i * FLOW_COLUMNS).map_err(op)?;
+                    }
+                    upsert.raw_execute().map_err(op)?;
+                    rest = tail;
+                }
+            }
+            for row in &keyed {
+                for n in &row.flow.names {
                     let name = ids.name(n).map_err(op)?;
+                    let link = row.link(name);
+                    if links.contains(&link) {
+                        continue;
+                    }
                     add_flow_name
-                        .execute(params![w, dst.as_slice(), f.port, proto, name])
+                        .execute(params![
+                            row.workload,
+                            row.dst.as_slice(),
+                            row.port,
+                            row.protocol,
+                            name
+                        ])
                         .map_err(op)?;
+                    if links.len() >= MAX_CACHED_LINKS {
+                        links.clear();
+                    }
+                    links.insert(link);
                 }
             }
             let mut upsert_dns = tx
@@ -537,6 +616,49 @@ impl Ids<'_, '_> {
     }
 }
 
+/// One flow observation as its upsert binds it.
+struct FlowRow<'f> {
+    workload: i64,
+    dst: IpBytes,
+    port: u16,
+    protocol: u8,
+    first_seen: i64,
+    last_seen: i64,
+    flow: &'f FlowObservation,
+}
+
+impl FlowRow<'_> {
+    /// The `flows` primary key, in the table's order.
+    fn key(&self) -> (i64, &[u8], u16, u8) {
+        (self.workload, self.dst.as_slice(), self.port, self.protocol)
+    }
+
+    fn link(&self, name: i64) -> LinkKey {
+        LinkKey {
+            workload: self.workload,
+            name,
+            dst: self.dst.bytes,
+            port: self.port,
+            protocol: self.protocol,
+            v6: self.dst.len == 16,
+        }
+    }
+
+    /// Binds this row's parameters after the first `offset` of a multi-row upsert.
+    fn bind(&self, stmt: &mut rusqlite::Statement<'_>, offset: usize) -> rusqlite::Result<()> {
+        let f = self.flow;
+        stmt.raw_bind_parameter(offset + 1, self.workload)?;
+        stmt.raw_bind_parameter(offset + 2, self.dst.as_slice())?;
+        stmt.raw_bind_parameter(offset + 3, self.port)?;
+        stmt.raw_bind_parameter(offset + 4, self.protocol)?;
+        stmt.raw_bind_parameter(offset + 5, clamp(f.count))?;
+        stmt.raw_bind_parameter(offset + 6, self.first_seen)?;
+        stmt.raw_bind_parameter(offset + 7, self.last_seen)?;
+        stmt.raw_bind_parameter(offset + 8, clamp(f.established))?;
+        stmt.raw_bind_parameter(offset + 9, clamp(f.failed))
+    }
+}
+
 /// An address as stored: 4 bytes for IPv4, 16 for IPv6.
 struct IpBytes {
     bytes: [u8; 16],
@@ -564,7 +686,7 @@ impl IpBytes {
 }
 
 /// The IANA protocol number.
-fn protocol_number(p: Protocol) -> i64 {
+fn protocol_number(p: Protocol) -> u8 {
     match p {
         Protocol::Tcp => 6,
         Protocol::Udp => 17,
@@ -617,8 +739,7 @@ impl Store for SqliteStore {
         let result = self.commit_inner(&mut inner, id, flows, dns);
         if result.is_err() {
             // The transaction rolled back; ids cached during it may not exist.
-            inner.workloads.clear();
-            inner.names.clear();
+            inner.clear_caches();
         }
         result
     }
@@ -759,6 +880,8 @@ impl Store for SqliteStore {
     fn prune(&self, before: DateTime<Utc>) -> Result<u64> {
         let before = self.time(before)?;
         let mut inner = self.lock();
+        // Pruning deletes flow–name links the cache would otherwise claim are stored.
+        inner.links.clear();
         let op = |e| self.op("prune", e);
         let tx = inner
             .conn
@@ -806,5 +929,71 @@ impl SqliteStore {
             })
             .map(|r| r.is_some())
             .map_err(|e| self.op("look up a batch id", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(name: &str, t: i64) -> FlowObservation {
+        FlowObservation {
+            workload: WorkloadRef {
+                namespace: "shop".into(),
+                kind: "Deployment".into(),
+                name: "cart".into(),
+            },
+            protocol: Protocol::Tcp,
+            dst: IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7)),
+            port: 443,
+            count: 1,
+            first_seen: DateTime::from_timestamp(t, 0).unwrap_or_default(),
+            last_seen: DateTime::from_timestamp(t, 0).unwrap_or_default(),
+            names: [name.to_owned()].into(),
+            established: 1,
+            failed: 0,
+        }
+    }
+
+    fn id(seq: u64) -> BatchId {
+        BatchId {
+            node: "n".into(),
+            boot_id: "b".into(),
+            seq,
+        }
+    }
+
+    /// The cache of stored flow–name links must not outlive the rows: after a prune, by this
+    /// connection or by another one on the same file, a re-observed link is stored again.
+    #[test]
+    fn pruned_links_are_stored_again() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::Invalid {
+            path: PathBuf::new(),
+            what: e.to_string(),
+        })?;
+        let path = dir.path().join("leash.db");
+        let store = SqliteStore::open(&path)?;
+        let other = SqliteStore::open(&path)?;
+        let late = DateTime::from_timestamp(2_000_000_000, 0).unwrap_or_default();
+        for (seq, pruner) in [(1, &store), (3, &other)] {
+            store.commit(&id(seq), &[flow("a.example.test", 1_000)], &[])?;
+            assert_eq!(pruner.prune(late)?, 1);
+            assert!(store.flows(None)?.is_empty());
+            store.commit(&id(seq + 1), &[flow("a.example.test", 1_000)], &[])?;
+            let flows = store.flows(None)?;
+            assert_eq!(flows.len(), 1);
+            assert_eq!(
+                flows[0].names,
+                BTreeSet::from(["a.example.test".to_owned()]),
+                "after a prune by {}",
+                if std::ptr::eq(pruner, &store) {
+                    "this connection"
+                } else {
+                    "another connection"
+                }
+            );
+            assert_eq!(pruner.prune(late)?, 1);
+        }
+        Ok(())
     }
 }
