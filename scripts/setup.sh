@@ -3,7 +3,8 @@
 # - Debian's LLVM 22 (matches nightly rustc's LLVM) for bpf-linker
 # - the nightly rust-src component (aya-build uses -Z build-std=core)
 # - bpf-linker 0.13.0 built against LLVM 22
-# - nftables (lab ClusterIP DNAT), dnsmasq-base (lab DNS), iproute2
+# - nftables (lab ClusterIP DNAT), dnsmasq-base (lab DNS), iproute2, util-linux (setpriv)
+# - checks for kubectl (deploy tests), which it cannot install from the package mirrors
 set -euo pipefail
 
 BPF_LINKER_VERSION=0.13.0
@@ -18,6 +19,14 @@ if ((${#need_pkgs[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+
+# The deploy tests render the kustomizations with `kubectl kustomize` (offline). Machines of this
+# project's kind ship kubectl; Debian's own kubernetes-client (1.20) is too old for the overlays
+# (`resources: - ../../base`), and the network here reaches only package mirrors, so say so.
+if ! command -v kubectl >/dev/null; then
+    log "WARNING: kubectl (>= 1.21, for 'kubectl kustomize') is not on PATH; the deploy tests will fail." \
+        "Install it from https://kubernetes.io/docs/tasks/tools/ or set KUBECTL=/path/to/kubectl."
 fi
 
 # The workspace builds with the default (stable) toolchain; fmt and clippy gate every change.

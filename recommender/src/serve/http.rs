@@ -412,9 +412,11 @@ fn audit_namespace(
 /// Whether a stored workload still exists in the model.
 fn present(state: &ClusterState, w: &WorkloadRef) -> bool {
     let c = &state.cluster;
+    // `workloads` is sorted, and its order starts with (namespace, kind, name).
+    let key = (w.namespace.as_str(), w.kind.as_str(), w.name.as_str());
     c.workloads
-        .iter()
-        .any(|x| x.namespace == w.namespace && x.kind == w.kind && x.name == w.name)
+        .binary_search_by(|x| (x.namespace.as_str(), x.kind.as_str(), x.name.as_str()).cmp(&key))
+        .is_ok()
         || (w.kind == crate::store::observe::KIND_POD
             && c.pod_by_name(&w.namespace, &w.name).is_some())
 }
