@@ -250,7 +250,7 @@ fn start_server(
         ca: pki.join("ca.pem"),
     };
     let (_keep, cluster) = watch::channel(Some(Arc::new(ClusterState::from_cluster(cluster))));
-    let service = IngestService::new(store, cluster, Limits::default());
+    let service = IngestService::new(store, cluster, Limits::default())?;
     let server = service.clone().into_server();
     let addr = rt.block_on(async {
         let config = tls::ReloadingServerConfig::start(files, tls::DEFAULT_POLL)?;

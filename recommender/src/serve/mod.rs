@@ -98,6 +98,9 @@ pub enum Error {
         /// The error.
         source: tonic::transport::Error,
     },
+    /// The ingest service's store writer thread cannot be started.
+    #[error("cannot start the ingest store writer thread: {0}")]
+    Writer(#[source] std::io::Error),
     /// The HTTP server failed.
     #[error("HTTP server on {addr}: {source}")]
     Http {
@@ -212,7 +215,7 @@ pub async fn run(
 
     let alert_metrics = alert::AlertMetrics::default();
     alert_metrics.register(&mut registry);
-    let ingest = ingest_service(&config, Arc::clone(&store), model_rx.clone(), &mut registry);
+    let ingest = ingest_service(&config, Arc::clone(&store), model_rx.clone(), &mut registry)?;
 
     let grpc = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -326,7 +329,7 @@ fn ingest_service(
     store: Arc<dyn Store>,
     model: ModelRx,
     registry: &mut Registry,
-) -> leash_records::wire::v1::ingest_server::IngestServer<crate::ingest::IngestService> {
+) -> Result<leash_records::wire::v1::ingest_server::IngestServer<crate::ingest::IngestService>> {
     let service = crate::ingest::IngestService::new(
         store,
         model,
@@ -334,9 +337,10 @@ fn ingest_service(
             max_records: config.max_batch_records,
             max_message_bytes: config.max_message_bytes,
         },
-    );
+    )
+    .map_err(Error::Writer)?;
     service.register(registry);
-    service.into_server()
+    Ok(service.into_server())
 }
 
 /// Aborts a background task when dropped, so `run` leaves nothing behind.

@@ -21,6 +21,7 @@ use leash_records::Protocol;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
+use super::BatchCommit;
 use super::observe::{dns_order, flow_order};
 use super::{BatchId, Commit, DnsObservation, Error, FlowObservation, Result, Store, WorkloadRef};
 
@@ -364,13 +365,10 @@ impl SqliteStore {
             })
     }
 
-    fn commit_inner(
-        &self,
-        inner: &mut Inner,
-        id: &BatchId,
-        flows: &[FlowObservation],
-        dns: &[DnsObservation],
-    ) -> Result<Commit> {
+    /// Commits `batches` in one transaction (see [`Store::commit_many`]).
+    fn commit_inner(&self, inner: &mut Inner, batches: &[BatchCommit<'_>]) -> Result<Vec<Commit>> {
+        let op = |e| self.op("commit a batch", e);
+        let now = self.time(Utc::now())?;
         let Inner {
             conn,
             workloads,
@@ -378,12 +376,6 @@ impl SqliteStore {
             links,
             data_version,
         } = inner;
-        let op = |e| self.op("commit a batch", e);
-        let seq = i64::try_from(id.seq).map_err(|_| Error::Invalid {
-            path: self.path.clone(),
-            what: format!("batch sequence number {} exceeds 2^63-1", id.seq),
-        })?;
-        let now = self.time(Utc::now())?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(op)?;
@@ -399,6 +391,39 @@ impl SqliteStore {
             links.clear();
             *data_version = Some(version);
         }
+        let mut ids = Ids {
+            tx: &tx,
+            workloads,
+            names,
+        };
+        let outcomes = batches
+            .iter()
+            .map(|b| self.apply(&tx, &mut ids, links, now, b))
+            .collect::<Result<Vec<_>>>()?;
+        if outcomes.iter().all(|c| *c == Commit::Duplicate) {
+            // Nothing changed: dropping the transaction rolls back.
+            return Ok(outcomes);
+        }
+        tx.commit().map_err(op)?;
+        Ok(outcomes)
+    }
+
+    /// Applies one batch inside the group's transaction: records its id, or finds it already
+    /// stored (then changes nothing), and merges its observations into the aggregates.
+    fn apply(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        ids: &mut Ids<'_, '_>,
+        links: &mut HashSet<LinkKey>,
+        now: i64,
+        batch: &BatchCommit<'_>,
+    ) -> Result<Commit> {
+        let BatchCommit { id, flows, dns } = *batch;
+        let op = |e| self.op("commit a batch", e);
+        let seq = i64::try_from(id.seq).map_err(|_| Error::Invalid {
+            path: self.path.clone(),
+            what: format!("batch sequence number {} exceeds 2^63-1", id.seq),
+        })?;
         let inserted = tx
             .prepare_cached(
                 "INSERT INTO batches (node, boot_id, seq, committed_at) VALUES (?1, ?2, ?3, ?4)
@@ -407,7 +432,6 @@ impl SqliteStore {
             .and_then(|mut s| s.execute(params![id.node, id.boot_id, seq, now]))
             .map_err(op)?;
         if inserted == 0 {
-            // Dropping the transaction rolls back: nothing changed.
             return Ok(Commit::Duplicate);
         }
         {
@@ -417,11 +441,6 @@ impl SqliteStore {
                      VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
                 )
                 .map_err(op)?;
-            let mut ids = Ids {
-                tx: &tx,
-                workloads,
-                names,
-            };
             let mut keyed = Vec::with_capacity(flows.len());
             for f in flows {
                 let w = ids.workload(&f.workload).map_err(op)?;
@@ -516,7 +535,6 @@ impl SqliteStore {
                 }
             }
         }
-        tx.commit().map_err(op)?;
         Ok(Commit::Stored)
     }
 
@@ -735,8 +753,21 @@ impl Store for SqliteStore {
         flows: &[FlowObservation],
         dns: &[DnsObservation],
     ) -> Result<Commit> {
+        match self
+            .commit_many(&[BatchCommit { id, flows, dns }])?
+            .as_slice()
+        {
+            [one] => Ok(*one),
+            other => Err(Error::Invalid {
+                path: self.path.clone(),
+                what: format!("a commit of one batch returned {} outcomes", other.len()),
+            }),
+        }
+    }
+
+    fn commit_many(&self, batches: &[BatchCommit<'_>]) -> Result<Vec<Commit>> {
         let mut inner = self.lock();
-        let result = self.commit_inner(&mut inner, id, flows, dns);
+        let result = self.commit_inner(&mut inner, batches);
         if result.is_err() {
             // The transaction rolled back; ids cached during it may not exist.
             inner.clear_caches();
