@@ -552,13 +552,13 @@ async fn malformed_record_is_rejected_by_name_while_another_agent_keeps_going() 
     assert!(!pb.ack().await.duplicate);
 
     let mut bad = batch("node-a", 1, &vec![flow("node-a", "payment-1", 10, 1); 5]);
-    bad.flows[3].dst = vec![203, 0, 113];
+    bad.flow_groups[0].flows[3].dst = vec![203, 0, 113];
     pa.send(bad).await;
     let status = pa.status().await;
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert_eq!(
         status.message(),
-        "batch node-a/boot-1/1: flows[3]: dst: 3 bytes (expected 4 or 16)"
+        "batch node-a/boot-1/1: flow_groups[0].flows[3]: dst: 3 bytes (expected 4 or 16)"
     );
     // That stream is over; the other agent's is not.
     assert!(matches!(pa.next().await, Ok(None) | Err(_)));

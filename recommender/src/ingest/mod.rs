@@ -156,7 +156,7 @@ impl Ingest for IngestService {
 }
 
 /// Batches one stream may have read but not yet answered.
-const MAX_IN_FLIGHT: usize = 4;
+const MAX_IN_FLIGHT: usize = 8;
 
 /// The answer to one batch, once it is known.
 type Pending = oneshot::Receiver<Result<v1::Ack, Status>>;
@@ -208,7 +208,7 @@ impl Inner {
 
     /// Checks and converts one batch, then queues it for the group commit.
     async fn submit(self: &Arc<Self>, batch: v1::Batch) -> Pending {
-        let records = batch.flows.len() + batch.dns.len();
+        let records = batch.record_count();
         if records > self.limits.max_records {
             self.metrics.rejected(Cause::TooManyRecords);
             return ready(Err(Status::resource_exhausted(format!(
@@ -247,14 +247,15 @@ impl Inner {
         reply: oneshot::Sender<Result<v1::Ack, Status>>,
     ) -> Result<Job, (oneshot::Sender<Result<v1::Ack, Status>>, Status)> {
         let name = describe_batch(batch.id.as_ref());
-        let batch = match wire::batch_from_wire(batch) {
+        let batch = match wire::grouped_batch_from_wire(batch) {
             Ok(batch) => batch,
             Err(e) => {
                 self.metrics.rejected(Cause::Malformed);
                 return Err((reply, Status::invalid_argument(format!("{name}: {e}"))));
             }
         };
-        let (flows, dns) = observe::from_batch(cluster, &batch.flows, &batch.dns);
+        let (flows, dns) = observe::from_groups(cluster, &batch.id.node, &batch.groups, &batch.dns);
+        let records = (batch.flow_count(), batch.dns.len());
         let id = BatchId {
             node: batch.id.node.clone(),
             boot_id: batch.id.boot_id.clone(),
@@ -266,7 +267,7 @@ impl Inner {
             name,
             flows,
             dns,
-            records: (batch.flows.len(), batch.dns.len()),
+            records,
             reply,
         })
     }

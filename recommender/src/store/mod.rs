@@ -22,7 +22,7 @@ use leash_records::Protocol;
 pub mod observe;
 pub mod sqlite;
 
-pub use observe::{SkipReason, Skipped, from_batch, observations};
+pub use observe::{SkipReason, Skipped, from_batch, from_groups, observations};
 pub use sqlite::SqliteStore;
 
 /// The unit observations are aggregated by: a workload, as the cluster model names it.
