@@ -76,8 +76,8 @@ impl v1::ingest_server::Ingest for Recorder {
                     *n += 1;
                     let duplicate = *n > 1;
                     if !duplicate {
-                        seen.events += batch.all_flows().map(|f| f.count).sum::<u64>();
-                        seen.flows += batch.flow_count() as u64;
+                        seen.events += batch.flows.iter().map(|f| f.count).sum::<u64>();
+                        seen.flows += batch.flows.len() as u64;
                         seen.dns += batch.dns.len() as u64;
                     }
                     duplicate

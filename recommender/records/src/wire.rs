@@ -78,14 +78,6 @@ impl v1::Batch {
                 .map(|g| g.flows.len())
                 .sum::<usize>()
     }
-
-    /// The flow records (each with the pod and cgroup of its group, if grouped), in batch
-    /// order, without validating them.
-    pub fn all_flows(&self) -> impl Iterator<Item = &v1::Flow> {
-        self.flows
-            .iter()
-            .chain(self.flow_groups.iter().flat_map(|g| g.flows.iter()))
-    }
 }
 
 /// Why a batch or record cannot cross the wire.
