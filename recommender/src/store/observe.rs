@@ -182,7 +182,12 @@ fn aggregate<'r>(
         o.established = o.established.saturating_add(established);
         o.failed = o.failed.saturating_add(failed);
         for n in &f.names {
-            o.names.insert(normalize_name(n));
+            // Agents send names normalized already: look up before allocating a copy.
+            let trimmed = n.trim_end_matches('.');
+            let normalized = trimmed.bytes().all(|b| !b.is_ascii_uppercase());
+            if !(normalized && o.names.contains(trimmed)) {
+                o.names.insert(normalize_name(n));
+            }
         }
     }
 

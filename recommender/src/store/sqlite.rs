@@ -442,8 +442,18 @@ impl SqliteStore {
                 )
                 .map_err(op)?;
             let mut keyed = Vec::with_capacity(flows.len());
+            // A batch's observations come workload by workload: reuse the last id rather than
+            // hashing the same workload again.
+            let mut last: Option<(&WorkloadRef, i64)> = None;
             for f in flows {
-                let w = ids.workload(&f.workload).map_err(op)?;
+                let w = match last {
+                    Some((r, id)) if *r == f.workload => id,
+                    _ => {
+                        let id = ids.workload(&f.workload).map_err(op)?;
+                        last = Some((&f.workload, id));
+                        id
+                    }
+                };
                 keyed.push(FlowRow {
                     workload: w,
                     dst: IpBytes::new(f.dst),
@@ -458,9 +468,13 @@ impl SqliteStore {
             keyed.sort_unstable_by(|a, b| a.key().cmp(&b.key()));
             let mut rest = keyed.as_slice();
             for (&rows, sql) in FLOW_CHUNKS.iter().zip(FLOW_UPSERTS.iter()) {
+                if rest.len() < rows {
+                    continue;
+                }
+                // Looked up once per size, not per chunk: the cache hashes the whole SQL text.
+                let mut upsert = tx.prepare_cached(sql).map_err(op)?;
                 while rest.len() >= rows {
                     let (chunk, tail) = rest.split_at(rows);
-                    let mut upsert = tx.prepare_cached(sql).map_err(op)?;
                     for (i, row) in chunk.iter().enumerate() {
                         row.bind(&mut upsert, i * FLOW_COLUMNS).map_err(op)?;
                     }
