@@ -7,14 +7,17 @@
 //! converted batches to the [`Committer`] in order and get each batch's ack back through a
 //! oneshot channel; the queue is FIFO, so every agent's batches commit in its stream's order.
 //!
+//! While few records wait, the writer holds a group open for up to [`COMMIT_DELAY`] so that
+//! batches arriving together share a transaction.
+//!
 //! One batch must never fail others: when a group's transaction fails, its batches are
 //! committed again one by one, so only the batch that caused the failure is rejected.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use leash_records::wire::v1;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, mpsc::error::TryRecvError, oneshot};
 use tonic::Status;
 
 use super::metrics::{Cause, Metrics};
@@ -28,6 +31,15 @@ const MAX_GROUP_BATCHES: usize = 64;
 
 /// Most records in one transaction, so that a group's transaction stays short.
 const MAX_GROUP_RECORDS: usize = 100_000;
+
+/// Below this many records, the writer waits up to [`COMMIT_DELAY`] for more batches before
+/// committing (as databases delay a commit to group it with others): under load, batches
+/// arrive within milliseconds of each other and one transaction then serves several.
+const MIN_GROUP_RECORDS: usize = 16_384;
+
+/// The longest a batch waits for others to share its transaction (added to its ack's delay
+/// only when fewer than [`MIN_GROUP_RECORDS`] records are waiting).
+const COMMIT_DELAY: Duration = Duration::from_millis(5);
 
 /// A converted batch on its way to the store, and where its ack goes.
 pub(crate) struct Job {
@@ -59,9 +71,13 @@ impl Committer {
     pub fn start(store: Arc<dyn Store>, metrics: Metrics) -> std::io::Result<Self> {
         let (queue, jobs) = mpsc::channel(QUEUE);
         let writer = metrics.clone();
+        // The writer's own clock for the commit delay; its commits block only its thread.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()?;
         std::thread::Builder::new()
             .name("leash-ingest-commit".to_owned())
-            .spawn(move || run(jobs, store.as_ref(), &writer))?;
+            .spawn(move || runtime.block_on(run(jobs, store.as_ref(), &writer)))?;
         Ok(Committer { queue, metrics })
     }
 
@@ -79,21 +95,29 @@ impl Committer {
     }
 }
 
-/// The writer: takes the first waiting job, everything else already queued up to the group
-/// limits, commits them together and replies to each.
-fn run(mut jobs: mpsc::Receiver<Job>, store: &dyn Store, metrics: &Metrics) {
+/// The writer: takes the first waiting job, then what else is queued (waiting up to
+/// [`COMMIT_DELAY`] while the group is small) up to the group limits, commits them together
+/// and replies to each.
+async fn run(mut jobs: mpsc::Receiver<Job>, store: &dyn Store, metrics: &Metrics) {
     let mut group: Vec<Job> = Vec::with_capacity(MAX_GROUP_BATCHES);
-    while let Some(first) = jobs.blocking_recv() {
+    while let Some(first) = jobs.recv().await {
+        let deadline = Instant::now() + COMMIT_DELAY;
         let mut records = first.records.0 + first.records.1;
         group.push(first);
         while group.len() < MAX_GROUP_BATCHES && records < MAX_GROUP_RECORDS {
-            match jobs.try_recv() {
-                Ok(job) => {
-                    records += job.records.0 + job.records.1;
-                    group.push(job);
+            let next = match jobs.try_recv() {
+                Ok(job) => Some(job),
+                Err(TryRecvError::Empty) if records < MIN_GROUP_RECORDS => {
+                    tokio::time::timeout_at(deadline.into(), jobs.recv())
+                        .await
+                        .ok()
+                        .flatten()
                 }
-                Err(_) => break,
-            }
+                Err(_) => None,
+            };
+            let Some(job) = next else { break };
+            records += job.records.0 + job.records.1;
+            group.push(job);
         }
         metrics.queued(-i64::try_from(group.len()).unwrap_or(i64::MAX));
         commit_group(store, metrics, &mut group);
