@@ -925,8 +925,9 @@ impl Store for SqliteStore {
     fn prune(&self, before: DateTime<Utc>) -> Result<u64> {
         let before = self.time(before)?;
         let mut inner = self.lock();
-        // Pruning deletes flow–name links the cache would otherwise claim are stored.
-        inner.links.clear();
+        // Pruning deletes links, names and workloads the caches would otherwise claim are
+        // stored.
+        inner.clear_caches();
         let op = |e| self.op("prune", e);
         let tx = inner
             .conn
@@ -953,6 +954,16 @@ impl Store for SqliteStore {
         tx.execute(
             "DELETE FROM batches WHERE committed_at < ?1",
             params![before],
+        )
+        .map_err(op)?;
+        // Interned names and workloads nothing refers to any more: without this, names seen
+        // once (say, generated host names) would stay forever.
+        tx.execute_batch(
+            "DELETE FROM names WHERE id NOT IN (SELECT name FROM flow_names)
+                 AND id NOT IN (SELECT query FROM dns)
+                 AND id NOT IN (SELECT name FROM dns_resolved);
+             DELETE FROM workloads WHERE id NOT IN (SELECT workload FROM flows)
+                 AND id NOT IN (SELECT workload FROM dns);",
         )
         .map_err(op)?;
         tx.commit().map_err(op)?;
@@ -1039,6 +1050,49 @@ mod tests {
             );
             assert_eq!(pruner.prune(late)?, 1);
         }
+        Ok(())
+    }
+
+    /// Counts the rows of `table` through the store's own connection.
+    fn rows(store: &SqliteStore, table: &str) -> Result<i64> {
+        let inner = store.lock();
+        inner
+            .conn
+            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .map_err(|e| store.op("count rows", e))
+    }
+
+    #[test]
+    fn prune_removes_names_and_workloads_nothing_refers_to() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::Invalid {
+            path: PathBuf::new(),
+            what: e.to_string(),
+        })?;
+        let store = SqliteStore::open(dir.path().join("leash.db"))?;
+        let late = DateTime::from_timestamp(2_000_000_000, 0).unwrap_or_default();
+        let mut kept = flow("kept.example.test", 1_000);
+        kept.last_seen = DateTime::from_timestamp(2_100_000_000, 0).unwrap_or_default();
+        kept.workload.name = "kept".into();
+        store.commit(
+            &id(1),
+            &[flow("gone.example.test", 1_000), kept.clone()],
+            &[],
+        )?;
+        assert_eq!((rows(&store, "names")?, rows(&store, "workloads")?), (2, 2));
+        assert_eq!(store.prune(late)?, 1);
+        // Only what the kept flow refers to is left.
+        assert_eq!((rows(&store, "names")?, rows(&store, "workloads")?), (1, 1));
+        assert_eq!(store.flows(None)?, [kept.clone()]);
+        // The caches forgot the deleted ids: the pruned workload and name come back intact.
+        store.commit(&id(2), &[flow("gone.example.test", 1_000)], &[])?;
+        let flows = store.flows(None)?;
+        assert_eq!(flows.len(), 2);
+        assert!(
+            flows
+                .iter()
+                .any(|f| f.names.contains("gone.example.test") && f.workload.name != "kept"),
+            "{flows:?}"
+        );
         Ok(())
     }
 }
