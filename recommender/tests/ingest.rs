@@ -60,6 +60,8 @@ struct MemState {
 }
 
 const POISON: &str = "poison";
+/// Batches from this node make the store panic, as a bug would.
+const CRASH: &str = "crash";
 
 impl MemStore {
     fn hold(&self, held: bool) {
@@ -101,6 +103,10 @@ impl MemStore {
                 path: "mem".into(),
                 message: "disk full".into(),
             });
+        }
+        if ids.iter().any(|id| id.node == CRASH) {
+            drop(state);
+            panic!("a bug in the store (test)");
         }
         if ids.iter().any(|id| id.node == POISON) {
             return Err(store::Error::Database {
@@ -424,6 +430,33 @@ async fn queued_batches_commit_together_and_a_failing_one_fails_alone() {
     assert_eq!(store.count("payment-1", "203.0.113.10"), Some(3 + 32 + 64));
     assert_eq!(store.count("payment-2", "203.0.113.10"), Some(8 + 128));
     assert_eq!(metric_value(&server, queued), Some(0.0));
+}
+
+#[tokio::test]
+async fn a_writer_that_died_is_reported_and_batches_are_refused() {
+    let pki = Pki::new();
+    let store = Arc::new(MemStore::default());
+    let server = serve(&pki, store.clone(), Limits::default()).await;
+    assert!(server.service.writer_alive());
+    let mut c = client(&pki, "node-a", server.addr).await;
+    let mut p = push(&mut c).await;
+    p.send(batch(CRASH, 1, &[flow(CRASH, "payment-1", 10, 1)]))
+        .await;
+    assert_eq!(p.status().await.code(), Code::Internal);
+    wait_until("the writer is reported dead", || {
+        !server.service.writer_alive()
+    })
+    .await;
+    let mut p = push(&mut c).await;
+    p.send(batch("node-a", 1, &[flow("node-a", "payment-1", 10, 1)]))
+        .await;
+    let status = p.status().await;
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("the store writer has stopped"),
+        "{status:?}"
+    );
+    assert_eq!(store.batches(), 0);
 }
 
 #[tokio::test]

@@ -14,6 +14,7 @@
 //! committed again one by one, so only the batch that caused the failure is rejected.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use leash_records::wire::v1;
@@ -64,6 +65,17 @@ pub(crate) struct Job {
 pub(crate) struct Committer {
     queue: mpsc::Sender<Job>,
     metrics: Metrics,
+    /// Cleared when the writer thread ends, however it ends.
+    alive: Arc<AtomicBool>,
+}
+
+/// Clears the flag when dropped: on the writer's return and on its unwinding alike.
+struct AliveGuard(Arc<AtomicBool>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 impl Committer {
@@ -75,10 +87,25 @@ impl Committer {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()?;
+        let alive = Arc::new(AtomicBool::new(true));
+        let guard = AliveGuard(Arc::clone(&alive));
         std::thread::Builder::new()
             .name("leash-ingest-commit".to_owned())
-            .spawn(move || runtime.block_on(run(jobs, store.as_ref(), &writer)))?;
-        Ok(Committer { queue, metrics })
+            .spawn(move || {
+                let _guard = guard;
+                runtime.block_on(run(jobs, store.as_ref(), &writer));
+            })?;
+        Ok(Committer {
+            queue,
+            metrics,
+            alive,
+        })
+    }
+
+    /// Whether the writer thread is still running (it only ends when every handle is gone,
+    /// or by a panic, after which no batch could be stored again).
+    pub fn alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
     }
 
     /// Queues `job` (waiting while the queue is full). When the writer is gone, the job's

@@ -97,6 +97,12 @@ impl IngestService {
         &self.inner.metrics
     }
 
+    /// Whether the store's writer thread still runs. It stops only with a bug (a panic); then
+    /// no batch can be stored any more, and the process should be restarted.
+    pub fn writer_alive(&self) -> bool {
+        self.inner.committer.alive()
+    }
+
     /// Registers the service's metrics under `leash_ingest_*`.
     pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
         self.inner.metrics.register(registry);
