@@ -122,8 +122,10 @@ pub fn from_batch(
     flows: &[FlowRecord],
     dns: &[DnsRecord],
 ) -> (Vec<FlowObservation>, Vec<DnsObservation>) {
-    let sourced = flows.iter().map(|f| (f.pod.as_ref(), f.node.as_str(), f));
-    aggregate(cluster, sourced, dns)
+    let sourced = flows
+        .iter()
+        .map(|f| (f.pod.as_ref(), f.node.as_str(), std::slice::from_ref(f)));
+    aggregate(cluster, sourced, flows.len(), dns)
 }
 
 /// [`from_batch`] for a batch whose flows are kept by source, as ingest reads them: each
@@ -136,57 +138,63 @@ pub fn from_groups(
 ) -> (Vec<FlowObservation>, Vec<DnsObservation>) {
     let sourced = groups
         .iter()
-        .flat_map(|g| g.flows.iter().map(move |f| (g.pod.as_ref(), node, f)));
-    aggregate(cluster, sourced, dns)
+        .map(|g| (g.pod.as_ref(), node, g.flows.as_slice()));
+    let records = groups.iter().map(|g| g.flows.len()).sum();
+    aggregate(cluster, sourced, records, dns)
 }
 
 /// Aggregates flow records, each with the pod and node it came from, and DNS records.
 fn aggregate<'r>(
     cluster: &Cluster,
-    flows: impl Iterator<Item = (Option<&'r PodRef>, &'r str, &'r FlowRecord)>,
+    sources: impl Iterator<Item = (Option<&'r PodRef>, &'r str, &'r [FlowRecord])>,
+    records: usize,
     dns: &'r [DnsRecord],
 ) -> (Vec<FlowObservation>, Vec<DnsObservation>) {
     let mut workloads = Workloads::new(cluster);
 
-    let mut flow_index: HashMap<(usize, IpAddr, u16, Protocol), usize> = HashMap::default();
+    let mut flow_index: HashMap<(usize, IpAddr, u16, Protocol), usize> =
+        HashMap::with_capacity_and_hasher(records, Default::default());
     let mut flow_out: Vec<FlowObservation> = Vec::new();
-    for (pod, node, f) in flows {
+    for (pod, node, flows) in sources {
+        // One lookup of the workload per source, not per record.
         let w = workloads.of(pod, node);
-        let dst = canonical_ip(f.dst);
-        let (first, last) = (f.first_seen.min(f.last_seen), f.first_seen.max(f.last_seen));
-        let Outcome {
-            established,
-            failed,
-        } = f.outcome.unwrap_or_default();
-        let i = *flow_index
-            .entry((w, dst, f.dst_port, f.protocol))
-            .or_insert_with(|| {
-                flow_out.push(FlowObservation {
-                    workload: workloads.refs[w].clone(),
-                    protocol: f.protocol,
-                    dst,
-                    port: f.dst_port,
-                    count: 0,
-                    first_seen: first,
-                    last_seen: last,
-                    names: BTreeSet::new(),
-                    established: 0,
-                    failed: 0,
+        for f in flows {
+            let dst = canonical_ip(f.dst);
+            let (first, last) = (f.first_seen.min(f.last_seen), f.first_seen.max(f.last_seen));
+            let Outcome {
+                established,
+                failed,
+            } = f.outcome.unwrap_or_default();
+            let i = *flow_index
+                .entry((w, dst, f.dst_port, f.protocol))
+                .or_insert_with(|| {
+                    flow_out.push(FlowObservation {
+                        workload: workloads.refs[w].clone(),
+                        protocol: f.protocol,
+                        dst,
+                        port: f.dst_port,
+                        count: 0,
+                        first_seen: first,
+                        last_seen: last,
+                        names: BTreeSet::new(),
+                        established: 0,
+                        failed: 0,
+                    });
+                    flow_out.len() - 1
                 });
-                flow_out.len() - 1
-            });
-        let o = &mut flow_out[i];
-        o.count = o.count.saturating_add(f.count);
-        o.first_seen = o.first_seen.min(first);
-        o.last_seen = o.last_seen.max(last);
-        o.established = o.established.saturating_add(established);
-        o.failed = o.failed.saturating_add(failed);
-        for n in &f.names {
-            // Agents send names normalized already: look up before allocating a copy.
-            let trimmed = n.trim_end_matches('.');
-            let normalized = trimmed.bytes().all(|b| !b.is_ascii_uppercase());
-            if !(normalized && o.names.contains(trimmed)) {
-                o.names.insert(normalize_name(n));
+            let o = &mut flow_out[i];
+            o.count = o.count.saturating_add(f.count);
+            o.first_seen = o.first_seen.min(first);
+            o.last_seen = o.last_seen.max(last);
+            o.established = o.established.saturating_add(established);
+            o.failed = o.failed.saturating_add(failed);
+            for n in &f.names {
+                // Agents send names normalized already: look up before allocating a copy.
+                let trimmed = n.trim_end_matches('.');
+                let normalized = trimmed.bytes().all(|b| !b.is_ascii_uppercase());
+                if !(normalized && o.names.contains(trimmed)) {
+                    o.names.insert(normalize_name(n));
+                }
             }
         }
     }
