@@ -104,13 +104,12 @@ const NO_PENDING: u32 = u32::MAX;
 #[derive(Clone, Copy, Debug)]
 struct KeyState {
     series: Series,
-    /// Index of this key's delta in [`Aggregator::pending`], valid while `pending_epoch` is
-    /// the aggregator's current epoch. Deltas live in a dense vector rather than in the key's
-    /// entry: a flush takes that vector instead of scanning every key (most are quiet), and
-    /// the per-key entry stays small (the hash map is the agent's largest structure).
+    /// Index of this key's delta in [`Aggregator::pending`] if that entry is this key's
+    /// (after a flush the vector starts over, so an old index is out of range or names
+    /// another key). Deltas live in a dense vector rather than in the key's entry: a flush
+    /// takes that vector instead of scanning every key (most are quiet), and the per-key
+    /// entry stays small (64 bytes; the hash map is the agent's largest structure).
     pending: u32,
-    /// [`Aggregator::epoch`] when `pending` was set; an older epoch means "flushed since".
-    pending_epoch: u32,
     /// Kernel time of the latest ring push seen for this key.
     last_push_ns: u64,
     /// Latest push time named by a residual notice (0: none seen).
@@ -123,11 +122,6 @@ impl KeyState {
     /// True if the latest push (or a later one) has residual events nobody has read yet.
     fn needs_read(&self) -> bool {
         !self.settled && self.notice_ns != 0 && self.notice_ns >= self.last_push_ns
-    }
-
-    /// Whether a delta is waiting for the flush of `epoch`.
-    fn has_pending(&self, epoch: u32) -> bool {
-        self.pending != NO_PENDING && self.pending_epoch == epoch
     }
 
     /// Kernel time from which the residue is complete: the end of the noticed push window.
@@ -160,6 +154,16 @@ impl SortKey {
     }
 }
 
+// One key's state fits a cache line (with its 32-byte key, a hash-map entry is 96 bytes).
+const _: () = assert!(std::mem::size_of::<KeyState>() == 64);
+
+/// Whether `id` (whose state is `state`) has a delta in `pending`.
+fn has_pending(pending: &[(FlowId, Pending)], id: &FlowId, state: &KeyState) -> bool {
+    pending
+        .get(state.pending as usize)
+        .is_some_and(|(other, _)| other == id)
+}
+
 /// Keeps a scratch vector's allocation for the next use unless it is far larger than the
 /// latest use needed (`used` elements): a burst does not pin its memory for good, while
 /// steady flushes stop paying for fresh memory (page faults) every time.
@@ -184,8 +188,6 @@ pub struct Aggregator {
     keys: FxHashMap<FlowId, KeyState>,
     /// The deltas waiting for the next flush, in first-change order (see [`KeyState::pending`]).
     pending: Vec<(FlowId, Pending)>,
-    /// Flushes so far (wrapping): marks which keys' `pending` indices are current.
-    epoch: u32,
     /// Scratch of [`Aggregator::flush_into`], kept between flushes (see [`recycle`]).
     order: Vec<(SortKey, u32)>,
     /// Keys that got a residual notice and may need a read: the only candidates of
@@ -202,7 +204,6 @@ impl Aggregator {
             clock,
             keys: FxHashMap::default(),
             pending: Vec::new(),
-            epoch: 0,
             order: Vec::new(),
             noticed: FxHashSet::default(),
             stale_samples: 0,
@@ -233,7 +234,6 @@ impl Aggregator {
                 ..Series::default()
             },
             pending: NO_PENDING,
-            pending_epoch: 0,
             last_push_ns: 0,
             notice_ns: 0,
             settled: true,
@@ -300,12 +300,10 @@ impl Aggregator {
             first_ns,
             last_ns,
         };
-        // The id check makes a stale index harmless (an epoch that wrapped around).
-        if state.has_pending(self.epoch)
-            && let Some((_, p)) = self
-                .pending
-                .get_mut(state.pending as usize)
-                .filter(|(id, _)| *id == sample.id)
+        if let Some((_, p)) = self
+            .pending
+            .get_mut(state.pending as usize)
+            .filter(|(id, _)| *id == sample.id)
         {
             *p = Pending {
                 count: p.count + count,
@@ -322,7 +320,6 @@ impl Aggregator {
             .ok()
             .filter(|&i| i != NO_PENDING)
             .unwrap_or(NO_PENDING);
-        state.pending_epoch = self.epoch;
         self.pending.push((sample.id, new));
     }
 
@@ -355,7 +352,7 @@ impl Aggregator {
         let mut idle: Vec<FlowId> = self
             .keys
             .iter()
-            .filter(|(_, s)| !s.has_pending(self.epoch) && !s.needs_read())
+            .filter(|(id, s)| !has_pending(&self.pending, id, s) && !s.needs_read())
             .map(|(id, _)| *id)
             .collect();
         idle.sort_unstable();
@@ -383,8 +380,6 @@ impl Aggregator {
     pub fn flush_into(&mut self, deltas: &mut Vec<FlowDelta>) {
         deltas.clear();
         let mut pending = std::mem::take(&mut self.pending);
-        // Every index handed out so far now refers to a flushed delta.
-        self.epoch = self.epoch.wrapping_add(1);
         // Sorting compact integer keys plus an index, rather than the deltas themselves,
         // moves a third of the bytes and compares without decoding `IpAddr`s.
         let mut order = std::mem::take(&mut self.order);
@@ -447,7 +442,7 @@ impl Aggregator {
             if self
                 .keys
                 .get(id)
-                .is_some_and(|s| s.settled && !s.has_pending(self.epoch))
+                .is_some_and(|s| s.settled && !has_pending(&self.pending, id, s))
             {
                 self.keys.remove(id);
                 self.noticed.remove(id);

@@ -187,17 +187,25 @@ fn string(s: &str, out: &mut Vec<u8>) {
     out.push(b'"');
 }
 
-/// A decimal unsigned integer.
+/// A decimal unsigned integer, two digits at a time.
 fn uint(mut v: u64, out: &mut Vec<u8>) {
+    if v < 10 {
+        out.push(b'0' + v as u8);
+        return;
+    }
     let mut buf = [0u8; 20];
     let mut at = buf.len();
-    loop {
+    while v >= 100 {
+        at -= 2;
+        buf[at..at + 2].copy_from_slice(two_digits((v % 100) as usize));
+        v /= 100;
+    }
+    if v >= 10 {
+        at -= 2;
+        buf[at..at + 2].copy_from_slice(two_digits(v as usize));
+    } else {
         at -= 1;
-        buf[at] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
+        buf[at] = b'0' + v as u8;
     }
     out.extend_from_slice(&buf[at..]);
 }
@@ -236,36 +244,69 @@ fn rfc3339(t: &SystemTime) -> Option<[u8; 30]> {
             }
         }
     };
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
     let mut b = *b"0000-00-00T00:00:00.000000000Z";
-    // Records of one flush share a few days: the calendar arithmetic runs once per day.
-    let date = LAST_DATE.with(|cell| match cell.get() {
-        (d, Some(date)) if d == days => Some(date),
+    // Records of one flush share a few seconds (they are written in destination order, which
+    // for a burst is close to time order): the calendar and clock digits are reused from the
+    // previous call when the second is the same, and only the fraction is formatted.
+    let head = LAST_SECOND.with(|cell| match cell.get() {
+        (s, Some(head)) if s == secs => Some(head),
         _ => {
-            let date = civil_date(days)?;
-            cell.set((days, Some(date)));
-            Some(date)
+            let head = date_time(secs)?;
+            cell.set((secs, Some(head)));
+            Some(head)
         }
     })?;
-    b[..10].copy_from_slice(&date);
-    let mut put = |at: usize, width: usize, v: i64| {
-        let mut v = v.unsigned_abs();
-        for i in (0..width).rev() {
-            b[at + i] = b'0' + (v % 10) as u8;
-            v /= 10;
-        }
-    };
-    put(11, 2, sod / 3600);
-    put(14, 2, sod % 3600 / 60);
-    put(17, 2, sod % 60);
-    put(20, 9, i64::from(nanos));
+    b[..19].copy_from_slice(&head);
+    // The nine fraction digits: one, then four pairs.
+    b[20] = b'0' + (nanos / 100_000_000) as u8;
+    let rest = nanos % 100_000_000;
+    for (i, pair) in [
+        rest / 1_000_000,
+        rest / 10_000 % 100,
+        rest / 100 % 100,
+        rest % 100,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        b[21 + 2 * i..23 + 2 * i].copy_from_slice(two_digits(pair as usize));
+    }
     Some(b)
 }
 
+/// `YYYY-MM-DDTHH:MM:SS` of `secs` since the Unix epoch; `None` outside years 0..=9999.
+fn date_time(secs: i64) -> Option<[u8; 19]> {
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400) as usize;
+    let mut b = *b"0000-00-00T00:00:00";
+    b[..10].copy_from_slice(&civil_date(days)?);
+    b[11..13].copy_from_slice(two_digits(sod / 3600));
+    b[14..16].copy_from_slice(two_digits(sod % 3600 / 60));
+    b[17..19].copy_from_slice(two_digits(sod % 60));
+    Some(b)
+}
+
+/// `"00"` to `"99"`.
+const DIGIT_PAIRS: [u8; 200] = {
+    let mut t = [0u8; 200];
+    let mut i = 0;
+    while i < 100 {
+        t[2 * i] = b'0' + (i / 10) as u8;
+        t[2 * i + 1] = b'0' + (i % 10) as u8;
+        i += 1;
+    }
+    t
+};
+
+/// The two decimal digits of `v` (< 100; larger values are reduced modulo 100).
+fn two_digits(v: usize) -> &'static [u8] {
+    let at = 2 * (v % 100);
+    &DIGIT_PAIRS[at..at + 2]
+}
+
 thread_local! {
-    /// The last day formatted, and its `YYYY-MM-DD`.
-    static LAST_DATE: std::cell::Cell<(i64, Option<[u8; 10]>)> =
+    /// The last second formatted, and its `YYYY-MM-DDTHH:MM:SS`.
+    static LAST_SECOND: std::cell::Cell<(i64, Option<[u8; 19]>)> =
         const { std::cell::Cell::new((i64::MIN, None)) };
 }
 
