@@ -9,7 +9,8 @@
 //! Data: 200 DaemonSet workloads with 2 pods each, every pod talking to many destinations;
 //! each batch carries `LEASH_BENCH_BATCH` (default 4,000) distinct pod-level keys, taken in
 //! turn from a universe of 400 pods × 100 destinations, so keys repeat across batches as an
-//! agent's do; every 20th record goes to a destination never seen before.
+//! agent's do; every 20th record goes to a destination never seen before. Records come by
+//! cgroup, as the agent sends them, about 10 per pod per batch.
 //!
 //! `cargo bench -p leash --bench ingest` (env `LEASH_BENCH_RECORDS`, default 1,000,000).
 
@@ -26,7 +27,11 @@ use chrono::{DateTime, Utc};
 use leash::{
     cluster::{Cluster, ClusterState},
     ingest::{IngestService, Limits},
-    store::{BatchId, Store, observe::from_batch, sqlite::SqliteStore},
+    store::{
+        BatchCommit, BatchId, Store,
+        observe::{from_batch, from_groups},
+        sqlite::SqliteStore,
+    },
 };
 use leash_records::{
     FlowRecord, Outcome, PodRef, Protocol, Snapshot,
@@ -100,10 +105,12 @@ fn cluster() -> Result<Cluster, Error> {
     Ok(Cluster::from_snapshot(&snapshot)?)
 }
 
-/// The records of batch `round` (0-based), as an agent on `node-1` sends them.
+/// The records of batch `round` (0-based), as an agent on `node-1` sends them: in the order
+/// its merge buffer cuts them, by cgroup (so `batch_to_wire` sends each pod's runs as one
+/// flow group, as the agent's batches do).
 fn records(round: usize, per_batch: usize) -> Vec<FlowRecord> {
     let t = base_time() + chrono::Duration::seconds(i64::try_from(round).unwrap_or(0));
-    (0..per_batch)
+    let mut records: Vec<FlowRecord> = (0..per_batch)
         .map(|i| {
             let k = (round * per_batch + i) % (PODS * DESTINATIONS);
             let p = k % PODS;
@@ -134,7 +141,9 @@ fn records(round: usize, per_batch: usize) -> Vec<FlowRecord> {
                 }),
             }
         })
-        .collect()
+        .collect();
+    records.sort_by(|a, b| a.cgroup.cmp(&b.cgroup));
+    records
 }
 
 fn batch_id(boot: &str, seq: u64) -> v1::BatchId {
@@ -250,7 +259,7 @@ fn start_server(
         ca: pki.join("ca.pem"),
     };
     let (_keep, cluster) = watch::channel(Some(Arc::new(ClusterState::from_cluster(cluster))));
-    let service = IngestService::new(store, cluster, Limits::default());
+    let service = IngestService::new(store, cluster, Limits::default())?;
     let server = service.clone().into_server();
     let addr = rt.block_on(async {
         let config = tls::ReloadingServerConfig::start(files, tls::DEFAULT_POLL)?;
@@ -303,10 +312,10 @@ fn breakdown(
         let batch = v1::Batch::decode(bytes.as_slice())?;
         let t1 = cpu()?;
         decode += t1 - t;
-        let batch = wire::batch_from_wire(batch)?;
+        let batch = wire::grouped_batch_from_wire(batch)?;
         let t2 = cpu()?;
         convert += t2 - t1;
-        let (flows, dns) = from_batch(cluster, &batch.flows, &batch.dns);
+        let (flows, dns) = from_groups(cluster, &batch.id.node, &batch.groups, &batch.dns);
         let t3 = cpu()?;
         observe += t3 - t2;
         let id = BatchId {
@@ -325,7 +334,7 @@ fn breakdown(
     println!("  per record, in-process on one thread, thread CPU time ({rounds} batches):");
     println!("    prost decode       {:6.3} µs", us(decode));
     println!("    wire → record      {:6.3} µs", us(convert));
-    println!("    from_batch         {:6.3} µs", us(observe));
+    println!("    from_groups        {:6.3} µs", us(observe));
     println!(
         "    Store::commit      {:6.3} µs  (wall {:.3} µs)",
         us(commit),
@@ -336,6 +345,34 @@ fn breakdown(
         us(sum),
         n / sum
     );
+
+    // The same rounds again (new batch ids), committed in groups as the ingest writer does
+    // when batches queue up.
+    for group in [1usize, 4, 8] {
+        let prepared: Vec<(BatchId, Vec<_>, Vec<_>)> = (0..rounds)
+            .map(|r| {
+                let (flows, dns) = from_batch(cluster, &records(r, per_batch), &[]);
+                let id = BatchId {
+                    node: "node-1".into(),
+                    boot_id: format!("breakdown-group-{group}"),
+                    seq: r as u64 + 1,
+                };
+                (id, flows, dns)
+            })
+            .collect();
+        let t = cpu()?;
+        for chunk in prepared.chunks(group) {
+            let batches: Vec<BatchCommit<'_>> = chunk
+                .iter()
+                .map(|(id, flows, dns)| BatchCommit { id, flows, dns })
+                .collect();
+            store.commit_many(&batches)?;
+        }
+        println!(
+            "    Store::commit_many {:6.3} µs  ({group} batches per transaction)",
+            us(cpu()? - t)
+        );
+    }
     Ok(())
 }
 
@@ -391,6 +428,7 @@ fn main() -> Result<(), Error> {
     prometheus_client::encoding::text::encode(&mut text, &registry)?;
     let stored = metric(&text, "leash_ingest_records_total{kind=\"flow\"}");
     let commit_secs = metric(&text, "leash_ingest_commit_seconds_sum");
+    let transactions = metric(&text, "leash_ingest_batches_per_commit_count");
 
     let n = total as f64;
     let server_cpu = (cpu1.user - cpu0.user) + (cpu1.sys - cpu0.sys);
@@ -413,7 +451,11 @@ fn main() -> Result<(), Error> {
     );
     println!("  records/s per core (server)   {:.0}", n / server_cpu);
     println!(
-        "  of which Store::commit (wall) {commit_secs:.3} s ({:.0}% of server CPU)",
+        "  store transactions            {transactions} ({:.1} batches each on average)",
+        total.div_ceil(per_batch) as f64 / transactions
+    );
+    println!(
+        "  of which commits (wall)       {commit_secs:.3} s ({:.0}% of server CPU)",
         commit_secs / server_cpu * 100.0
     );
     println!(

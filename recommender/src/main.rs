@@ -244,8 +244,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 opts.classify.node_local_dns = node_local_dns.into_iter().collect::<BTreeSet<_>>();
             }
             let (cluster, _) = load_cluster(&source)?;
-            let observations = observe(&cluster, store.as_deref(), since, &flows)?;
-            let out = leash::synth::run_observations(cluster, observations, &opts).map_err(
+            let (observations, skipped) = observe(&cluster, store.as_deref(), since, &flows)?;
+            let mut out = leash::synth::run_observations(cluster, observations, &opts).map_err(
                 |e| match e {
                     // Our own bug, not the user's input.
                     leash::synth::Error::SelfCheck(_) => Failure {
@@ -255,6 +255,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     e => bad_input(e),
                 },
             )?;
+            out.recommendation.skipped_input = leash::synth::skipped_lines(&skipped);
             eprintln!("{}", leash::render::summary(&out.recommendation));
             match output {
                 Some(dir) => leash::render::write_dir(&dir, &out.cluster, &out.recommendation)
@@ -357,22 +358,26 @@ fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
-/// Reads observations from a store or from record files, attributed to `cluster`'s pods.
+/// Reads observations from a store or from record files, attributed to `cluster`'s pods,
+/// with the stored observations that could not be (also said on stderr).
 fn observe(
     cluster: &leash::cluster::Cluster,
     store: Option<&std::path::Path>,
     since: Option<chrono::Duration>,
     flows: &[PathBuf],
-) -> Result<leash::input::Observations, Failure> {
+) -> Result<(leash::input::Observations, Vec<leash::store::Skipped>), Failure> {
     match store {
         Some(path) => {
             let store = leash::store::SqliteStore::open_existing(path).map_err(bad_input)?;
             let (observations, skipped) =
                 leash::store::load(&store, cluster, since_time(since)).map_err(bad_input)?;
             report_skipped(&skipped);
-            Ok(observations)
+            Ok((observations, skipped))
         }
-        None => leash::input::Observations::read_paths(flows, cluster).map_err(bad_input),
+        None => Ok((
+            leash::input::Observations::read_paths(flows, cluster).map_err(bad_input)?,
+            Vec::new(),
+        )),
     }
 }
 

@@ -510,6 +510,20 @@ pub fn report(cluster: &Cluster, rec: &Recommendation) -> String {
             rec.unattributed_flows
         );
     }
+    if !rec.skipped_input.is_empty() {
+        attention = true;
+        let _ = writeln!(
+            s,
+            "### Observations left out
+
+These observations match nothing in the cluster              model (the workload was deleted or renamed), so none of their traffic is in the              policies above.
+"
+        );
+        for line in &rec.skipped_input {
+            let _ = writeln!(s, "- {}", cell(line));
+        }
+        s.push('\n');
+    }
     if !attention {
         let _ = writeln!(s, "Nothing.\n");
     }

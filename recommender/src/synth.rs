@@ -231,6 +231,10 @@ pub struct Recommendation {
     pub unattributed_flows: u64,
     /// The minimum observation span used.
     pub min_observation: Duration,
+    /// Observations that were left out, one line each (e.g. stored workloads that are gone
+    /// from the cluster model), sorted: their traffic is in no policy. Filled by the caller
+    /// that read them (`recommend --store`).
+    pub skipped_input: Vec<String>,
 }
 
 /// Per-workload accumulation before rules are built.
@@ -1033,5 +1037,14 @@ pub fn run_store(
     let cluster = Cluster::load(cluster_path)?;
     let store = crate::store::SqliteStore::open_existing(store_path)?;
     let (observations, skipped) = crate::store::load(&store, &cluster, since)?;
-    Ok((run_observations(cluster, observations, opts)?, skipped))
+    let mut outcome = run_observations(cluster, observations, opts)?;
+    outcome.recommendation.skipped_input = skipped_lines(&skipped);
+    Ok((outcome, skipped))
+}
+
+/// The report lines of skipped stored observations, sorted.
+pub fn skipped_lines(skipped: &[crate::store::Skipped]) -> Vec<String> {
+    let mut lines: Vec<String> = skipped.iter().map(ToString::to_string).collect();
+    lines.sort();
+    lines
 }

@@ -7,7 +7,7 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     pin::Pin,
-    sync::{Arc, Condvar, Mutex},
+    sync::{Arc, Condvar, Mutex, MutexGuard},
     task::{Context, Poll},
     time::Duration,
 };
@@ -16,7 +16,10 @@ use chrono::{DateTime, Utc};
 use leash::{
     cluster::{Cluster, ClusterState},
     ingest::{IngestService, Limits},
-    store::{self, BatchId, Commit, DnsObservation, FlowObservation, Store, sqlite::SqliteStore},
+    store::{
+        self, BatchCommit, BatchId, Commit, DnsObservation, FlowObservation, Store,
+        sqlite::SqliteStore,
+    },
 };
 use leash_records::{
     FlowRecord, PodRef, Protocol,
@@ -36,7 +39,8 @@ const WAIT: Duration = Duration::from_secs(10);
 // ---- an in-memory store --------------------------------------------------------------------
 
 /// Batch ids and flow counts per (workload, dst, port), with a gate that holds commits and a
-/// switch that makes them fail.
+/// switch that makes them fail. Batches from node `poison` fail to commit, and so does every
+/// group commit that contains one (atomically, as a database transaction would).
 #[derive(Default)]
 struct MemStore {
     state: Mutex<MemState>,
@@ -47,9 +51,17 @@ struct MemStore {
 struct MemState {
     batches: HashSet<BatchId>,
     counts: HashMap<(String, String, u16), u64>,
+    /// The size of every group commit, in order.
+    groups: Vec<usize>,
     held: bool,
     failing: bool,
+    /// Commits waiting at the gate.
+    waiting: usize,
 }
+
+const POISON: &str = "poison";
+/// Batches from this node make the store panic, as a bug would.
+const CRASH: &str = "crash";
 
 impl MemStore {
     fn hold(&self, held: bool) {
@@ -64,6 +76,59 @@ impl MemStore {
     fn batches(&self) -> usize {
         self.state.lock().expect("lock").batches.len()
     }
+
+    fn waiting(&self) -> usize {
+        self.state.lock().expect("lock").waiting
+    }
+
+    fn count(&self, pod: &str, dst: &str) -> Option<u64> {
+        let state = self.state.lock().expect("lock");
+        state.counts.get(&(pod.into(), dst.into(), 443)).copied()
+    }
+
+    /// Waits while held, records a group commit's size, then fails when failing or when a
+    /// batch is poisoned.
+    fn enter(&self, ids: &[&BatchId], group: bool) -> store::Result<MutexGuard<'_, MemState>> {
+        let mut state = self.state.lock().expect("lock");
+        state.waiting += 1;
+        while state.held {
+            state = self.gate.wait(state).expect("lock");
+        }
+        state.waiting -= 1;
+        if group {
+            state.groups.push(ids.len());
+        }
+        if state.failing {
+            return Err(store::Error::Database {
+                path: "mem".into(),
+                message: "disk full".into(),
+            });
+        }
+        if ids.iter().any(|id| id.node == CRASH) {
+            drop(state);
+            panic!("a bug in the store (test)");
+        }
+        if ids.iter().any(|id| id.node == POISON) {
+            return Err(store::Error::Database {
+                path: "mem".into(),
+                message: "poisoned batch".into(),
+            });
+        }
+        Ok(state)
+    }
+}
+
+fn apply(state: &mut MemState, id: &BatchId, flows: &[FlowObservation]) -> Commit {
+    if !state.batches.insert(id.clone()) {
+        return Commit::Duplicate;
+    }
+    for f in flows {
+        *state
+            .counts
+            .entry((f.workload.name.clone(), f.dst.to_string(), f.port))
+            .or_default() += f.count;
+    }
+    Commit::Stored
 }
 
 impl Store for MemStore {
@@ -73,26 +138,17 @@ impl Store for MemStore {
         flows: &[FlowObservation],
         _dns: &[DnsObservation],
     ) -> store::Result<Commit> {
-        let mut state = self.state.lock().expect("lock");
-        while state.held {
-            state = self.gate.wait(state).expect("lock");
-        }
-        if state.failing {
-            return Err(store::Error::Database {
-                path: "mem".into(),
-                message: "disk full".into(),
-            });
-        }
-        if !state.batches.insert(id.clone()) {
-            return Ok(Commit::Duplicate);
-        }
-        for f in flows {
-            *state
-                .counts
-                .entry((f.workload.name.clone(), f.dst.to_string(), f.port))
-                .or_default() += f.count;
-        }
-        Ok(Commit::Stored)
+        let mut state = self.enter(&[id], false)?;
+        Ok(apply(&mut state, id, flows))
+    }
+
+    fn commit_many(&self, batches: &[BatchCommit<'_>]) -> store::Result<Vec<Commit>> {
+        let ids: Vec<&BatchId> = batches.iter().map(|b| b.id).collect();
+        let mut state = self.enter(&ids, true)?;
+        Ok(batches
+            .iter()
+            .map(|b| apply(&mut state, b.id, b.flows))
+            .collect())
     }
 
     fn flows(&self, _since: Option<DateTime<Utc>>) -> store::Result<Vec<FlowObservation>> {
@@ -165,7 +221,7 @@ async fn serve(pki: &Pki, store: Arc<dyn Store>, limits: Limits) -> Server {
     let (_tx, cluster) = watch::channel(Some(Arc::new(ClusterState::from_cluster(
         Cluster::default(),
     ))));
-    let service = IngestService::new(store, cluster, limits);
+    let service = IngestService::new(store, cluster, limits).expect("ingest service");
     let server = service.clone().into_server();
     let incoming = tls::incoming(listener, config.subscribe(), Duration::from_secs(5));
     let task = tokio::spawn(async move {
@@ -274,6 +330,134 @@ fn metric_line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
 }
 
 // ---- tests ---------------------------------------------------------------------------------
+
+/// Polls `done` every 10 ms for up to [`WAIT`].
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn metric_value(server: &Server, name: &str) -> Option<f64> {
+    let text = metrics(server);
+    let line = metric_line(&text, &format!("{name} "))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[tokio::test]
+async fn queued_batches_commit_together_and_a_failing_one_fails_alone() {
+    let pki = Pki::new();
+    let store = Arc::new(MemStore::default());
+    let server = serve(&pki, store.clone(), Limits::default()).await;
+    let (mut ca, mut cb, mut cp) = (
+        client(&pki, "node-a", server.addr).await,
+        client(&pki, "node-b", server.addr).await,
+        client(&pki, "node-b", server.addr).await,
+    );
+    let (mut a, mut b, mut p) = (
+        push(&mut ca).await,
+        push(&mut cb).await,
+        push(&mut cp).await,
+    );
+    let queued = "leash_ingest_queued_batches";
+
+    // The writer takes the first batch and waits at the gate; the next ones queue up behind
+    // it, three of them from one stream (a stream keeps reading while it waits for acks).
+    store.hold(true);
+    a.send(batch("node-a", 1, &[flow("node-a", "payment-1", 10, 1)]))
+        .await;
+    wait_until("the writer holds batch a1", || store.waiting() == 1).await;
+    a.send(batch("node-a", 2, &[flow("node-a", "payment-1", 10, 2)]))
+        .await;
+    a.send(batch("node-a", 3, &[flow("node-a", "payment-1", 11, 4)]))
+        .await;
+    b.send(batch("node-b", 1, &[flow("node-b", "payment-2", 10, 8)]))
+        .await;
+    p.send(batch(POISON, 1, &[flow(POISON, "payment-3", 10, 16)]))
+        .await;
+    wait_until("four batches queued", || {
+        metric_value(&server, queued) == Some(4.0)
+    })
+    .await;
+    store.hold(false);
+
+    // Every good batch is stored and acked, in each stream's order...
+    for seq in 1..=3 {
+        let ack = a.ack().await;
+        assert_eq!(ack.id, Some(id("node-a", seq)));
+        assert!(!ack.duplicate);
+    }
+    assert_eq!(b.ack().await.id, Some(id("node-b", 1)));
+    // ...and only the poisoned one is refused, by name.
+    let status = p.status().await;
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("batch poison/boot-1/1"),
+        "{status:?}"
+    );
+    assert_eq!(store.batches(), 4);
+    assert_eq!(store.count("payment-1", "203.0.113.10"), Some(3));
+    assert_eq!(store.count("payment-1", "203.0.113.11"), Some(4));
+    assert_eq!(store.count("payment-2", "203.0.113.10"), Some(8));
+    assert_eq!(store.count("payment-3", "203.0.113.10"), None);
+    // a1 alone, then the four queued ones in one transaction (which failed, so each was
+    // committed again on its own).
+    assert_eq!(store.state.lock().expect("lock").groups, [1, 4]);
+
+    // Without a poisoned batch, the queued ones go in as one group.
+    store.hold(true);
+    a.send(batch("node-a", 4, &[flow("node-a", "payment-1", 10, 32)]))
+        .await;
+    wait_until("the writer holds batch a4", || store.waiting() == 1).await;
+    a.send(batch("node-a", 5, &[flow("node-a", "payment-1", 10, 64)]))
+        .await;
+    b.send(batch("node-b", 2, &[flow("node-b", "payment-2", 10, 128)]))
+        .await;
+    wait_until("two batches queued", || {
+        metric_value(&server, queued) == Some(2.0)
+    })
+    .await;
+    store.hold(false);
+    assert_eq!(a.ack().await.id, Some(id("node-a", 4)));
+    assert_eq!(a.ack().await.id, Some(id("node-a", 5)));
+    assert_eq!(b.ack().await.id, Some(id("node-b", 2)));
+    assert_eq!(store.state.lock().expect("lock").groups, [1, 4, 1, 2]);
+    assert_eq!(store.count("payment-1", "203.0.113.10"), Some(3 + 32 + 64));
+    assert_eq!(store.count("payment-2", "203.0.113.10"), Some(8 + 128));
+    assert_eq!(metric_value(&server, queued), Some(0.0));
+}
+
+#[tokio::test]
+async fn a_writer_that_died_is_reported_and_batches_are_refused() {
+    let pki = Pki::new();
+    let store = Arc::new(MemStore::default());
+    let server = serve(&pki, store.clone(), Limits::default()).await;
+    assert!(server.service.writer_alive());
+    let mut c = client(&pki, "node-a", server.addr).await;
+    let mut p = push(&mut c).await;
+    p.send(batch(CRASH, 1, &[flow(CRASH, "payment-1", 10, 1)]))
+        .await;
+    assert_eq!(p.status().await.code(), Code::Internal);
+    wait_until("the writer is reported dead", || {
+        !server.service.writer_alive()
+    })
+    .await;
+    let mut p = push(&mut c).await;
+    p.send(batch("node-a", 1, &[flow("node-a", "payment-1", 10, 1)]))
+        .await;
+    let status = p.status().await;
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("the store writer has stopped"),
+        "{status:?}"
+    );
+    assert_eq!(store.batches(), 0);
+}
 
 #[tokio::test]
 async fn acks_arrive_only_after_the_commit() {
@@ -401,13 +585,13 @@ async fn malformed_record_is_rejected_by_name_while_another_agent_keeps_going() 
     assert!(!pb.ack().await.duplicate);
 
     let mut bad = batch("node-a", 1, &vec![flow("node-a", "payment-1", 10, 1); 5]);
-    bad.flows[3].dst = vec![203, 0, 113];
+    bad.flow_groups[0].flows[3].dst = vec![203, 0, 113];
     pa.send(bad).await;
     let status = pa.status().await;
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert_eq!(
         status.message(),
-        "batch node-a/boot-1/1: flows[3]: dst: 3 bytes (expected 4 or 16)"
+        "batch node-a/boot-1/1: flow_groups[0].flows[3]: dst: 3 bytes (expected 4 or 16)"
     );
     // That stream is over; the other agent's is not.
     assert!(matches!(pa.next().await, Ok(None) | Err(_)));

@@ -7,7 +7,8 @@ use std::net::IpAddr;
 use chrono::{DateTime, Duration, Utc};
 use leash::store::sqlite::{MIGRATIONS, schema_version};
 use leash::store::{
-    BatchId, Commit, DnsObservation, Error, FlowObservation, SqliteStore, Store, WorkloadRef,
+    BatchCommit, BatchId, Commit, DnsObservation, Error, FlowObservation, SqliteStore, Store,
+    WorkloadRef,
 };
 use leash_records::Protocol;
 
@@ -616,6 +617,129 @@ fn unstorable_times_are_errors_and_change_nothing() {
     // Rolled back: the batch id is not taken, nothing was stored.
     assert!(!store.has_batch(&id("n1", 1)).expect("lookup"));
     assert!(store.flows(None).expect("flows").is_empty());
+}
+
+#[test]
+fn a_group_commit_applies_each_batch_once_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(&dir);
+    let api = wl("shop", "Deployment", "api");
+    let at = |count, dst: &str| {
+        flow(
+            &api,
+            dst,
+            443,
+            count,
+            "2026-11-20T00:00:00Z",
+            "2026-11-20T01:00:00Z",
+            &["api.stripe.test"],
+            (count, 0),
+        )
+    };
+    let one = [at(1, "203.0.113.7")];
+    let two = [at(2, "203.0.113.7"), at(20, "203.0.113.8")];
+    let four = [at(4, "203.0.113.7")];
+    let eight = [at(8, "203.0.113.7")];
+    assert_eq!(
+        store.commit(&id("n1", 1), &one, &[]).expect("commit"),
+        Commit::Stored
+    );
+    let (n1_1, n1_2, n2_1) = (id("n1", 1), id("n1", 2), id("n2", 1));
+    let group = [
+        // Already stored before the group.
+        BatchCommit {
+            id: &n1_1,
+            flows: &eight,
+            dns: &[],
+        },
+        BatchCommit {
+            id: &n1_2,
+            flows: &two,
+            dns: &[],
+        },
+        BatchCommit {
+            id: &n2_1,
+            flows: &four,
+            dns: &[],
+        },
+        // The same id twice in one group (an agent that resent on a new stream).
+        BatchCommit {
+            id: &n1_2,
+            flows: &eight,
+            dns: &[],
+        },
+    ];
+    assert_eq!(
+        store.commit_many(&group).expect("group commit"),
+        [
+            Commit::Duplicate,
+            Commit::Stored,
+            Commit::Stored,
+            Commit::Duplicate
+        ]
+    );
+    let flows = store.flows(None).expect("flows");
+    let counts: Vec<(String, u64, u64)> = flows
+        .iter()
+        .map(|f| (f.dst.to_string(), f.count, f.established))
+        .collect();
+    assert_eq!(
+        counts,
+        [
+            ("203.0.113.7".to_owned(), 1 + 2 + 4, 1 + 2 + 4),
+            ("203.0.113.8".to_owned(), 20, 20)
+        ]
+    );
+    // A group of nothing but stored ids changes nothing.
+    assert_eq!(
+        store.commit_many(&group[..1]).expect("group commit"),
+        [Commit::Duplicate]
+    );
+    assert_eq!(store.flows(None).expect("flows"), flows);
+}
+
+#[test]
+fn a_failing_group_commit_stores_none_of_its_batches() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(&dir);
+    let api = wl("shop", "Deployment", "api");
+    let good = [flow(
+        &api,
+        "203.0.113.7",
+        443,
+        5,
+        "2026-11-20T00:00:00Z",
+        "2026-11-20T01:00:00Z",
+        &[],
+        (0, 0),
+    )];
+    let mut bad = good.clone();
+    bad[0].last_seen = t("2500-01-01T00:00:00Z");
+    let (a, b) = (id("n1", 1), id("n2", 1));
+    let err = store
+        .commit_many(&[
+            BatchCommit {
+                id: &a,
+                flows: &good,
+                dns: &[],
+            },
+            BatchCommit {
+                id: &b,
+                flows: &bad,
+                dns: &[],
+            },
+        ])
+        .expect_err("year 2500");
+    assert!(matches!(err, Error::TimeOutOfRange { .. }), "{err:?}");
+    assert!(!store.has_batch(&a).expect("lookup"));
+    assert!(!store.has_batch(&b).expect("lookup"));
+    assert!(store.flows(None).expect("flows").is_empty());
+    // The good batch alone still goes in: the failed group left nothing behind.
+    assert_eq!(
+        store.commit(&a, &good, &[]).expect("commit"),
+        Commit::Stored
+    );
+    assert_eq!(store.flows(None).expect("flows")[0].count, 5);
 }
 
 #[test]

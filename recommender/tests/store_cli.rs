@@ -192,6 +192,15 @@ fn recommend_from_a_store_writes_the_output_directory_and_reports_skipped_worklo
         !report.contains("198.51.100.250"),
         "skipped traffic is in no rule"
     );
+    // The reviewer of the pull request sees what was left out, not only the operator.
+    let left_out = report
+        .split("### Observations left out")
+        .nth(1)
+        .expect("a section for what was left out");
+    assert!(
+        left_out.contains("skipped shop/Deployment/gone") && left_out.contains("7 flow events"),
+        "{report}"
+    );
 }
 
 #[test]

@@ -21,8 +21,9 @@ use leash::cluster::Cluster;
 use leash::input::Observations;
 use leash::store::{self, BatchId, Commit, SqliteStore, Store};
 use leash::synth::{self, Options, Recommendation};
-use leash_records::{DnsAnswer, DnsRecord, FlowRecord, Outcome, PodRef, Protocol, Record};
+use leash_records::{DnsAnswer, DnsRecord, FlowRecord, Outcome, PodRef, Protocol, Record, wire};
 use proptest::prelude::*;
+use prost::Message as _;
 use support::Fx;
 
 #[derive(Debug, Clone)]
@@ -396,6 +397,33 @@ fn through_store(
             })
             .collect();
         let (fo, dno) = store::from_batch(cluster, &flows, &dns);
+        // Ingest reads the same records from the wire, grouped by source, one node per batch:
+        // it must aggregate them alike.
+        for node in ["n1", "n2"] {
+            // (The wire refuses empty names, which agents never send.)
+            let flows: Vec<FlowRecord> = flows
+                .iter()
+                .filter(|f| f.node == node && f.names.iter().all(|n| !n.is_empty()))
+                .cloned()
+                .collect();
+            let dns: Vec<DnsRecord> = dns.iter().filter(|d| d.node == node).cloned().collect();
+            let id = wire::v1::BatchId {
+                node: node.into(),
+                boot_id: "b".into(),
+                seq: 1,
+            };
+            let bytes = wire::batch_to_wire(id, &flows, &dns)
+                .expect("valid records")
+                .encode_to_vec();
+            let grouped = wire::grouped_batch_from_wire(
+                wire::v1::Batch::decode(bytes.as_slice()).expect("decodes"),
+            )
+            .expect("valid batch");
+            assert_eq!(
+                store::from_groups(cluster, node, &grouped.groups, &grouped.dns),
+                store::from_batch(cluster, &flows, &dns)
+            );
+        }
         let id = BatchId {
             node: "n1".into(),
             boot_id: "b".into(),

@@ -1,6 +1,7 @@
 //! The contracts shared by `leash-agent` and `leash`, kept in one crate so the two sides cannot drift.
 //!
 //! - [`access`]: the Kubernetes API permissions each binary declares it uses.
+//! - [`codec`]: the gRPC codec of `leash.v1` (prost, decoded from one contiguous slice).
 //! - [`record`]: the v1 JSON-lines records (`kind: flow` and `kind: dns`) and a reader that
 //!   names the file and line of every bad record.
 //! - [`snapshot`]: a cluster snapshot, as `kubectl get … -A -o yaml` prints it, loaded into
@@ -9,6 +10,7 @@
 //! - [`wire`]: the `leash.v1` gRPC messages, client and server, and their conversions to records.
 
 pub mod access;
+pub mod codec;
 pub mod record;
 pub mod snapshot;
 pub mod tls;

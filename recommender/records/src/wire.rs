@@ -26,13 +26,22 @@ pub mod v1 {
     tonic::include_proto!("leash.v1");
 }
 
-/// A record of a batch: `flows[i]` or `dns[i]`.
+/// A record of a batch: `flows[i]`, `dns[i]`, `flow_groups[g]` or `flow_groups[g].flows[i]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecordIndex {
     /// The i-th flow of the batch (0-based).
     Flow(usize),
     /// The i-th DNS record of the batch (0-based).
     Dns(usize),
+    /// The g-th flow group itself (its pod or cgroup).
+    FlowGroup(usize),
+    /// The i-th flow of the g-th flow group.
+    GroupedFlow {
+        /// The group (0-based).
+        group: usize,
+        /// The flow within the group (0-based).
+        flow: usize,
+    },
 }
 
 impl fmt::Display for RecordIndex {
@@ -40,7 +49,34 @@ impl fmt::Display for RecordIndex {
         match self {
             RecordIndex::Flow(i) => write!(f, "flows[{i}]"),
             RecordIndex::Dns(i) => write!(f, "dns[{i}]"),
+            RecordIndex::FlowGroup(g) => write!(f, "flow_groups[{g}]"),
+            RecordIndex::GroupedFlow { group, flow } => {
+                write!(f, "flow_groups[{group}].flows[{flow}]")
+            }
         }
+    }
+}
+
+impl v1::Batch {
+    /// How many records the batch carries: flows, grouped flows and DNS records.
+    pub fn record_count(&self) -> usize {
+        self.flows.len()
+            + self.dns.len()
+            + self
+                .flow_groups
+                .iter()
+                .map(|g| g.flows.len())
+                .sum::<usize>()
+    }
+
+    /// How many flow records the batch carries, grouped or not.
+    pub fn flow_count(&self) -> usize {
+        self.flows.len()
+            + self
+                .flow_groups
+                .iter()
+                .map(|g| g.flows.len())
+                .sum::<usize>()
     }
 }
 
@@ -92,25 +128,118 @@ pub struct Batch {
     pub dns: Vec<DnsRecord>,
 }
 
-/// Validates a wire batch and converts it to contract records.
+/// Validates a wire batch and converts it to contract records: `flows`, then the flows of
+/// `flow_groups` in order, each with its group's pod and cgroup.
 pub fn batch_from_wire(batch: v1::Batch) -> Result<Batch> {
+    Ok(grouped_batch_from_wire(batch)?.into_batch())
+}
+
+/// Flow records of one source (pod and cgroup), as a [`v1::FlowGroup`] carries them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceFlows {
+    /// The pod, or `None` when unattributed.
+    pub pod: Option<PodRef>,
+    /// The cgroup path.
+    pub cgroup: String,
+    /// The records. Their `node`, `pod` and `cgroup` are left empty: they are the batch's and
+    /// the group's, and not copied into every record.
+    pub flows: Vec<FlowRecord>,
+}
+
+/// A batch converted from the wire with its flows kept by source, for readers that handle a
+/// source once rather than per record (the recommender's ingest).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupedBatch {
+    /// The batch id; `node` and `boot_id` are non-empty.
+    pub id: v1::BatchId,
+    /// `flows` (a source each), then `flow_groups`, in wire order.
+    pub groups: Vec<SourceFlows>,
+    /// The DNS records, in wire order.
+    pub dns: Vec<DnsRecord>,
+}
+
+impl GroupedBatch {
+    /// Flow records in the batch.
+    pub fn flow_count(&self) -> usize {
+        self.groups.iter().map(|g| g.flows.len()).sum()
+    }
+
+    /// The batch with every flow record carrying its node, pod and cgroup.
+    pub fn into_batch(self) -> Batch {
+        let mut flows = Vec::with_capacity(self.flow_count());
+        for group in self.groups {
+            for mut f in group.flows {
+                f.node.clone_from(&self.id.node);
+                f.pod.clone_from(&group.pod);
+                f.cgroup.clone_from(&group.cgroup);
+                flows.push(f);
+            }
+        }
+        Batch {
+            id: self.id,
+            flows,
+            dns: self.dns,
+        }
+    }
+}
+
+/// Validates a wire batch and converts it to contract records kept by source (see
+/// [`GroupedBatch`]); the same checks and errors as [`batch_from_wire`].
+pub fn grouped_batch_from_wire(batch: v1::Batch) -> Result<GroupedBatch> {
     let id = batch.id.ok_or(WireError::MissingId)?;
     validate_id(&id)?;
     // Sized up front: collecting into a `Result` gives no size hint, and growing a vector of
     // thousands of records by doubling copies each one twice on average.
-    let mut flows = Vec::with_capacity(batch.flows.len());
-    for (i, f) in batch.flows.into_iter().enumerate() {
-        flows.push(flow_from_wire(&id.node, RecordIndex::Flow(i), f)?);
+    let mut groups = Vec::with_capacity(batch.flows.len() + batch.flow_groups.len());
+    for (i, mut f) in batch.flows.into_iter().enumerate() {
+        let record = RecordIndex::Flow(i);
+        let pod = f.pod.take();
+        let cgroup = std::mem::take(&mut f.cgroup);
+        let flow = flow_fields_from_wire(record, f)?;
+        groups.push(SourceFlows {
+            pod: pod_from_wire(record, pod)?,
+            cgroup,
+            flows: vec![flow],
+        });
+    }
+    for (g, group) in batch.flow_groups.into_iter().enumerate() {
+        let pod = pod_from_wire(RecordIndex::FlowGroup(g), group.pod)?;
+        let mut flows = Vec::with_capacity(group.flows.len());
+        for (i, f) in group.flows.into_iter().enumerate() {
+            let record = RecordIndex::GroupedFlow { group: g, flow: i };
+            if f.pod.is_some() {
+                return Err(invalid(
+                    record,
+                    "pod",
+                    "set, but a grouped flow takes its group's",
+                ));
+            }
+            if !f.cgroup.is_empty() {
+                return Err(invalid(
+                    record,
+                    "cgroup",
+                    "set, but a grouped flow takes its group's",
+                ));
+            }
+            flows.push(flow_fields_from_wire(record, f)?);
+        }
+        groups.push(SourceFlows {
+            pod,
+            cgroup: group.cgroup,
+            flows,
+        });
     }
     let mut dns = Vec::with_capacity(batch.dns.len());
     for (i, d) in batch.dns.into_iter().enumerate() {
         dns.push(dns_from_wire(&id.node, RecordIndex::Dns(i), d)?);
     }
-    Ok(Batch { id, flows, dns })
+    Ok(GroupedBatch { id, groups, dns })
 }
 
-/// Builds a wire batch. Every record's node must be `id.node`; the first that differs is named
-/// in the error. Timestamps must lie after 1970 and before 2262 (nanoseconds in an `i64`).
+/// Builds a wire batch, its flows in `flow_groups` (consecutive records of the same pod and
+/// cgroup share a group; the order is kept). Every record's node must be `id.node`; the first
+/// that differs is named in the error. Timestamps must lie after 1970 and before 2262
+/// (nanoseconds in an `i64`).
 pub fn batch_to_wire(
     id: v1::BatchId,
     flows: &[FlowRecord],
@@ -128,10 +257,24 @@ pub fn batch_to_wire(
             ))
         }
     };
-    let mut wire_flows = Vec::with_capacity(flows.len());
+    // Consecutive records of one source share a group, so that each pod and cgroup crosses
+    // the wire once per run rather than once per record; the order is kept.
+    let mut groups: Vec<v1::FlowGroup> = Vec::new();
+    let mut source: Option<(&Option<PodRef>, &str)> = None;
     for (i, f) in flows.iter().enumerate() {
         check_node(RecordIndex::Flow(i), &f.node)?;
-        wire_flows.push(flow_to_wire(RecordIndex::Flow(i), f)?);
+        let wire = flow_fields_to_wire(RecordIndex::Flow(i), f)?;
+        match groups.last_mut() {
+            Some(group) if source == Some((&f.pod, f.cgroup.as_str())) => group.flows.push(wire),
+            _ => {
+                source = Some((&f.pod, f.cgroup.as_str()));
+                groups.push(v1::FlowGroup {
+                    pod: f.pod.as_ref().map(pod_to_wire),
+                    cgroup: f.cgroup.clone(),
+                    flows: vec![wire],
+                });
+            }
+        }
     }
     let mut wire_dns = Vec::with_capacity(dns.len());
     for (i, d) in dns.iter().enumerate() {
@@ -140,8 +283,9 @@ pub fn batch_to_wire(
     }
     Ok(v1::Batch {
         id: Some(id),
-        flows: wire_flows,
+        flows: Vec::new(),
         dns: wire_dns,
+        flow_groups: groups,
     })
 }
 
@@ -163,7 +307,18 @@ fn validate_id(id: &v1::BatchId) -> Result<()> {
 
 /// Converts one wire flow to a contract record with the given node, validating every field.
 /// `record` names the flow in errors.
-pub fn flow_from_wire(node: &str, record: RecordIndex, f: v1::Flow) -> Result<FlowRecord> {
+pub fn flow_from_wire(node: &str, record: RecordIndex, mut f: v1::Flow) -> Result<FlowRecord> {
+    let pod = f.pod.take();
+    let cgroup = std::mem::take(&mut f.cgroup);
+    let mut flow = flow_fields_from_wire(record, f)?;
+    flow.node = node.to_owned();
+    flow.pod = pod_from_wire(record, pod)?;
+    flow.cgroup = cgroup;
+    Ok(flow)
+}
+
+/// A wire flow's own fields, validated, as a record without node, pod and cgroup.
+fn flow_fields_from_wire(record: RecordIndex, f: v1::Flow) -> Result<FlowRecord> {
     let protocol = match v1::Protocol::try_from(f.protocol) {
         Ok(v1::Protocol::Tcp) => Protocol::Tcp,
         Ok(v1::Protocol::Udp) => Protocol::Udp,
@@ -200,9 +355,9 @@ pub fn flow_from_wire(node: &str, record: RecordIndex, f: v1::Flow) -> Result<Fl
         }
     }
     Ok(FlowRecord {
-        node: node.to_owned(),
-        pod: pod_from_wire(record, f.pod)?,
-        cgroup: f.cgroup,
+        node: String::new(),
+        pod: None,
+        cgroup: String::new(),
         protocol,
         dst,
         dst_port,
@@ -264,6 +419,15 @@ pub fn flow_to_wire(record: RecordIndex, f: &FlowRecord) -> Result<v1::Flow> {
     Ok(v1::Flow {
         pod: f.pod.as_ref().map(pod_to_wire),
         cgroup: f.cgroup.clone(),
+        ..flow_fields_to_wire(record, f)?
+    })
+}
+
+/// A flow's fields without its source (pod and cgroup), as in a [`v1::FlowGroup`].
+fn flow_fields_to_wire(record: RecordIndex, f: &FlowRecord) -> Result<v1::Flow> {
+    Ok(v1::Flow {
+        pod: None,
+        cgroup: String::new(),
         protocol: match f.protocol {
             Protocol::Tcp => v1::Protocol::Tcp,
             Protocol::Udp => v1::Protocol::Udp,

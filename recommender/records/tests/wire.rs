@@ -200,14 +200,71 @@ proptest! {
     fn arbitrary_wire_records_never_panic(
         flows in proptest::collection::vec(wire_flow(), 0..4),
         dns in proptest::collection::vec(wire_dns(), 0..4),
+        groups in proptest::collection::vec(
+            (
+                proptest::option::of((".{0,4}", ".{0,4}", ".{0,4}")),
+                ".{0,4}",
+                proptest::collection::vec(wire_flow(), 0..3),
+            ),
+            0..3,
+        ),
         node in ".{0,3}",
     ) {
-        let batch = v1::Batch { id: Some(v1::BatchId { node, boot_id: "b".into(), seq: 1 }), flows, dns };
+        let flow_groups: Vec<v1::FlowGroup> = groups
+            .into_iter()
+            .map(|(pod, cgroup, flows)| v1::FlowGroup {
+                pod: pod.map(|(uid, namespace, name)| v1::Pod { uid, namespace, name }),
+                cgroup,
+                flows,
+            })
+            .collect();
+        let batch = v1::Batch {
+            id: Some(v1::BatchId { node, boot_id: "b".into(), seq: 1 }),
+            flows,
+            dns,
+            flow_groups,
+        };
         if let Ok(b) = wire::batch_from_wire(batch.clone()) {
-            // Whatever is accepted converts back to the same wire message.
-            let again = wire::batch_to_wire(b.id, &b.flows, &b.dns).unwrap();
-            prop_assert_eq!(again, batch);
+            prop_assert_eq!(b.flows.len(), batch.flow_count());
+            // Whatever is accepted converts back to a wire message of the same records.
+            let again = wire::batch_to_wire(b.id.clone(), &b.flows, &b.dns).unwrap();
+            prop_assert!(again.flows.is_empty());
+            prop_assert_eq!(&again.dns, &batch.dns);
+            prop_assert_eq!(wire::batch_from_wire(again).unwrap(), b);
         }
+    }
+
+    #[test]
+    fn groups_are_the_runs_of_one_source(
+        flows in proptest::collection::vec(flow(), 0..12),
+        picks in proptest::collection::vec(0..3usize, 12),
+    ) {
+        // Few distinct sources, so that runs form.
+        let sources: Vec<(Option<PodRef>, String)> = flows
+            .iter()
+            .take(3)
+            .map(|f| (f.pod.clone(), f.cgroup.clone()))
+            .collect();
+        let mut flows = flows;
+        if !sources.is_empty() {
+            for (f, pick) in flows.iter_mut().zip(&picks) {
+                let (pod, cgroup) = sources[pick % sources.len()].clone();
+                f.pod = pod;
+                f.cgroup = cgroup;
+            }
+        }
+        let batch = wire::batch_to_wire(id(), &flows, &[]).unwrap();
+        let runs = flows
+            .windows(2)
+            .filter(|w| (&w[0].pod, &w[0].cgroup) != (&w[1].pod, &w[1].cgroup))
+            .count()
+            + usize::from(!flows.is_empty());
+        prop_assert_eq!(batch.flow_groups.len(), runs);
+        for g in &batch.flow_groups {
+            prop_assert!(!g.flows.is_empty());
+            prop_assert!(g.flows.iter().all(|f| f.pod.is_none() && f.cgroup.is_empty()));
+        }
+        prop_assert_eq!(wire::batch_from_wire(batch).unwrap().flows, flows);
     }
 
     #[test]
@@ -284,6 +341,65 @@ fn valid_batch_converts_with_the_batch_node() {
     assert_eq!(b.dns[3], sample_dns());
 }
 
+/// The same batch with every flow carrying its own pod and cgroup (`flows`, no groups).
+fn ungrouped(mut batch: v1::Batch) -> v1::Batch {
+    for group in std::mem::take(&mut batch.flow_groups) {
+        for mut f in group.flows {
+            f.pod.clone_from(&group.pod);
+            f.cgroup.clone_from(&group.cgroup);
+            batch.flows.push(f);
+        }
+    }
+    batch
+}
+
+#[test]
+fn flows_of_one_source_cross_the_wire_once_per_group() {
+    let a = sample_flow();
+    let mut b = sample_flow();
+    b.cgroup = "/kubepods.slice/y".into();
+    b.pod = None;
+    let flows = vec![a.clone(), a.clone(), b, a];
+    let batch = wire::batch_to_wire(id(), &flows, &[]).unwrap();
+    let sizes: Vec<usize> = batch.flow_groups.iter().map(|g| g.flows.len()).collect();
+    assert_eq!(sizes, [2, 1, 1]);
+    assert_eq!(batch.flow_groups[1].pod, None);
+    assert_eq!(batch.flow_groups[1].cgroup, "/kubepods.slice/y");
+    assert_eq!(batch.record_count(), 4);
+    // Smaller than the same records each naming their source.
+    let grouped = wire::batch_to_wire(id(), &vec![sample_flow(); 20], &[]).unwrap();
+    assert!(
+        grouped.encoded_len() < ungrouped(grouped.clone()).encoded_len() * 2 / 3,
+        "{} vs {}",
+        grouped.encoded_len(),
+        ungrouped(grouped).encoded_len()
+    );
+    // Both forms carry the same records, and a batch may mix them.
+    let mut mixed = wire::batch_to_wire(id(), &flows[..2], &[]).unwrap();
+    mixed.flows = ungrouped(wire::batch_to_wire(id(), &flows[2..], &[]).unwrap()).flows;
+    let back = wire::batch_from_wire(mixed).unwrap().flows;
+    assert_eq!(back, [&flows[2..], &flows[..2]].concat());
+}
+
+#[test]
+fn grouped_flows_cannot_name_their_own_source() {
+    let mut batch = valid_batch();
+    batch.flow_groups[0].flows[5].cgroup = "/elsewhere".into();
+    assert_eq!(
+        rejected(batch),
+        "flow_groups[0].flows[5]: cgroup: set, but a grouped flow takes its group's"
+    );
+    let mut batch = valid_batch();
+    batch.flow_groups[0].flows[6].pod = batch.flow_groups[0].pod.clone();
+    assert_eq!(
+        rejected(batch),
+        "flow_groups[0].flows[6]: pod: set, but a grouped flow takes its group's"
+    );
+    let mut batch = valid_batch();
+    batch.flow_groups[0].pod.as_mut().unwrap().name.clear();
+    assert_eq!(rejected(batch), "flow_groups[0]: pod.name: empty");
+}
+
 #[test]
 fn malformed_flows_are_named_with_their_field() {
     let cases: Vec<(Breaker<v1::Flow>, &str)> = vec![
@@ -319,10 +435,19 @@ fn malformed_flows_are_named_with_their_field() {
         ),
     ];
     for (break_it, want) in cases {
-        let mut batch = valid_batch();
+        let mut batch = ungrouped(valid_batch());
         break_it(&mut batch.flows[17]);
         let err = rejected(batch);
         assert!(err.starts_with(want), "want {want:?}, got {err:?}");
+        // The same flow in a group is named by its group.
+        if want.contains(": pod.") {
+            continue;
+        }
+        let mut batch = valid_batch();
+        break_it(&mut batch.flow_groups[0].flows[17]);
+        let want = want.replacen("flows[17]", "flow_groups[0].flows[17]", 1);
+        let err = rejected(batch);
+        assert!(err.starts_with(&want), "want {want:?}, got {err:?}");
     }
 }
 

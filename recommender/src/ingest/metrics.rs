@@ -4,6 +4,7 @@ use prometheus_client::{
     metrics::{
         counter::Counter,
         family::Family,
+        gauge::Gauge,
         histogram::{Histogram, exponential_buckets},
     },
     registry::Registry,
@@ -43,6 +44,8 @@ pub struct Metrics {
     rejected: Family<Labels, Counter>,
     records: Family<Labels, Counter>,
     commit_seconds: Histogram,
+    batches_per_commit: Histogram,
+    queued: Gauge,
 }
 
 impl Default for Metrics {
@@ -54,6 +57,9 @@ impl Default for Metrics {
             records: Family::default(),
             // 100 µs to ~3.3 s.
             commit_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            // 1 to 64 (the most batches one transaction takes).
+            batches_per_commit: Histogram::new(exponential_buckets(1.0, 2.0, 7)),
+            queued: Gauge::default(),
         }
     }
 }
@@ -84,8 +90,18 @@ impl Metrics {
         );
         r.register(
             "commit_seconds",
-            "Time to commit one batch to the store",
+            "Time of one store transaction (a group commit of one or more batches)",
             self.commit_seconds.clone(),
+        );
+        r.register(
+            "batches_per_commit",
+            "Batches committed together in one store transaction",
+            self.batches_per_commit.clone(),
+        );
+        r.register(
+            "queued_batches",
+            "Converted batches waiting for the store writer",
+            self.queued.clone(),
         );
     }
 
@@ -109,7 +125,12 @@ impl Metrics {
             .inc();
     }
 
-    pub(crate) fn commit_took(&self, seconds: f64) {
+    pub(crate) fn queued(&self, change: i64) {
+        self.queued.inc_by(change);
+    }
+
+    pub(crate) fn commit_took(&self, seconds: f64, batches: usize) {
         self.commit_seconds.observe(seconds);
+        self.batches_per_commit.observe(batches as f64);
     }
 }

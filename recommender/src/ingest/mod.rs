@@ -3,17 +3,21 @@
 //!
 //! Per batch, in stream order: check the record count against [`Limits`] → validate and
 //! convert the wire records ([`leash_records::wire`]) → turn them into observations against
-//! the current cluster model → [`Store::commit`] (on a blocking thread) → `Ack`. The ack is
-//! sent only after the commit returned, so an agent that never got it resends the batch and
-//! the store's batch ids make the resend a no-op (`Ack.duplicate`).
+//! the current cluster model (on a blocking thread) → the store's writer thread, which
+//! commits all batches waiting from every stream in one transaction ([`Store::commit_many`],
+//! a group commit) → `Ack`. A stream keeps reading while its earlier batches wait for their
+//! commit (up to a few in flight), and acks go out in stream order. The ack is sent only
+//! after the commit returned, so an agent that never got it resends the batch and the
+//! store's batch ids make the resend a no-op (`Ack.duplicate`).
 //!
 //! A rejected batch ends only its own stream, with a status naming the batch and the record:
 //! malformed → `INVALID_ARGUMENT`, too many records or too large a message →
 //! `RESOURCE_EXHAUSTED`, store failure → `UNAVAILABLE` (the agent reconnects and resends).
 
+mod committer;
 pub mod metrics;
 
-use std::{pin::Pin, sync::Arc, time::Instant};
+use std::{pin::Pin, sync::Arc};
 
 use leash_records::{
     tls::TlsConnectInfo,
@@ -25,12 +29,13 @@ use leash_records::{
         },
     },
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::cluster::{Cluster, ClusterState};
-use crate::store::{BatchId, Commit, Store, observe};
+use crate::store::{BatchId, Store, observe};
+use committer::{Committer, Job};
 pub use metrics::{Cause, Metrics};
 
 /// Bounds on what one agent may send.
@@ -59,7 +64,7 @@ pub struct IngestService {
 }
 
 struct Inner {
-    store: Arc<dyn Store>,
+    committer: Committer,
     cluster: watch::Receiver<Option<Arc<ClusterState>>>,
     limits: Limits,
     metrics: Metrics,
@@ -68,24 +73,34 @@ struct Inner {
 impl IngestService {
     /// A service committing into `store`, attributing records with the cluster model `cluster`
     /// holds when each batch arrives.
+    ///
+    /// Starts the store's writer thread, which group-commits the batches of all streams;
+    /// fails when that thread cannot be started.
     pub fn new(
         store: Arc<dyn Store>,
         cluster: watch::Receiver<Option<Arc<ClusterState>>>,
         limits: Limits,
-    ) -> Self {
-        IngestService {
+    ) -> std::io::Result<Self> {
+        let metrics = Metrics::default();
+        Ok(IngestService {
             inner: Arc::new(Inner {
-                store,
+                committer: Committer::start(store, metrics.clone())?,
                 cluster,
                 limits,
-                metrics: Metrics::default(),
+                metrics,
             }),
-        }
+        })
     }
 
     /// The service's metrics, to register with [`Metrics::register`].
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// Whether the store's writer thread still runs. It stops only with a bug (a panic); then
+    /// no batch can be stored any more, and the process should be restarted.
+    pub fn writer_alive(&self) -> bool {
+        self.inner.committer.alive()
     }
 
     /// Registers the service's metrics under `leash_ingest_*`.
@@ -112,28 +127,19 @@ impl Ingest for IngestService {
         request: Request<Streaming<v1::Batch>>,
     ) -> Result<Response<AckStream>, Status> {
         let peer = describe_peer(&request);
-        let mut batches = request.into_inner();
+        let batches = request.into_inner();
         let inner = self.inner.clone();
         // Acks queue here while the agent reads them; a few suffice as batches are sequential.
         let (tx, rx) = mpsc::channel(8);
+        // Batches read but not yet answered, in stream order: the stream keeps reading (and
+        // converting) while earlier batches wait for their group commit.
+        let (pending_tx, mut pending) = mpsc::channel::<Pending>(MAX_IN_FLIGHT);
+        tokio::spawn(inner.clone().read(batches, pending_tx, peer.clone()));
         tokio::spawn(async move {
-            tracing::debug!(%peer, "ingest stream opened");
-            loop {
-                let next = tokio::select! {
-                    next = batches.message() => next,
-                    // The agent went away: stop reading its stream.
-                    () = tx.closed() => return,
-                };
-                let result = match next {
-                    Ok(Some(batch)) => inner.ingest(batch).await,
-                    Ok(None) => {
-                        tracing::debug!(%peer, "ingest stream closed by the agent");
-                        return;
-                    }
-                    Err(status) => match inner.stream_error(status) {
-                        Some(status) => Err(status),
-                        None => return,
-                    },
+            while let Some(reply) = pending.recv().await {
+                let result = match reply.await {
+                    Ok(result) => result,
+                    Err(_) => Err(Status::internal("ingest task failed")),
                 };
                 match result {
                     Ok(ack) => {
@@ -144,6 +150,8 @@ impl Ingest for IngestService {
                     Err(status) => {
                         tracing::warn!(%peer, code = ?status.code(), "rejected: {}", status.message());
                         let _ = tx.send(Err(status)).await;
+                        // Dropping `pending` stops the reader: nothing after a rejected
+                        // batch is read.
                         return;
                     }
                 }
@@ -153,61 +161,120 @@ impl Ingest for IngestService {
     }
 }
 
+/// Batches one stream may have read but not yet answered.
+const MAX_IN_FLIGHT: usize = 8;
+
+/// The answer to one batch, once it is known.
+type Pending = oneshot::Receiver<Result<v1::Ack, Status>>;
+
+/// A reply that is already known (a rejection before the store).
+fn ready(result: Result<v1::Ack, Status>) -> Pending {
+    let (tx, rx) = oneshot::channel();
+    let _ = tx.send(result);
+    rx
+}
+
 impl Inner {
-    async fn ingest(self: &Arc<Self>, batch: v1::Batch) -> Result<v1::Ack, Status> {
-        let records = batch.flows.len() + batch.dns.len();
+    /// Reads one agent's stream: each batch is checked, converted and queued for the store,
+    /// and its pending answer handed on in order. Ends with the stream, after an error, or
+    /// when nobody waits for answers any more.
+    async fn read(
+        self: Arc<Self>,
+        mut batches: Streaming<v1::Batch>,
+        pending: mpsc::Sender<Pending>,
+        peer: String,
+    ) {
+        tracing::debug!(%peer, "ingest stream opened");
+        loop {
+            let next = tokio::select! {
+                next = batches.message() => next,
+                // The answers are no longer read (the agent went away or a batch was
+                // rejected): stop reading its stream.
+                () = pending.closed() => return,
+            };
+            let (reply, last) = match next {
+                Ok(Some(batch)) => {
+                    let reply = self.submit(batch).await;
+                    (reply, false)
+                }
+                Ok(None) => {
+                    tracing::debug!(%peer, "ingest stream closed by the agent");
+                    return;
+                }
+                Err(status) => match self.stream_error(status) {
+                    Some(status) => (ready(Err(status)), true),
+                    None => return,
+                },
+            };
+            if pending.send(reply).await.is_err() || last {
+                return;
+            }
+        }
+    }
+
+    /// Checks and converts one batch, then queues it for the group commit.
+    async fn submit(self: &Arc<Self>, batch: v1::Batch) -> Pending {
+        let records = batch.record_count();
         if records > self.limits.max_records {
             self.metrics.rejected(Cause::TooManyRecords);
-            return Err(Status::resource_exhausted(format!(
+            return ready(Err(Status::resource_exhausted(format!(
                 "{}: {records} records exceed the limit of {} per batch",
                 describe_batch(batch.id.as_ref()),
                 self.limits.max_records
-            )));
+            ))));
         }
         // `leash serve` accepts agents only once the model exists; stay total regardless.
         let Some(state) = self.cluster.borrow().clone() else {
-            return Err(Status::unavailable(
+            return ready(Err(Status::unavailable(
                 "the cluster model is not built yet; retry",
-            ));
+            )));
         };
         let this = self.clone();
-        // Conversion and commit are CPU and disk work: keep them off the async workers.
-        tokio::task::spawn_blocking(move || this.commit(batch, &state.cluster))
-            .await
-            .map_err(|e| Status::internal(format!("ingest task failed: {e}")))?
+        let (reply, answer) = oneshot::channel();
+        // Conversion is CPU work: keep it off the async workers.
+        let job =
+            tokio::task::spawn_blocking(move || this.convert(batch, &state.cluster, reply)).await;
+        match job {
+            Ok(Ok(job)) => self.committer.submit(job).await,
+            Ok(Err((reply, status))) => {
+                let _ = reply.send(Err(status));
+            }
+            Err(e) => return ready(Err(Status::internal(format!("ingest task failed: {e}")))),
+        }
+        answer
     }
 
-    fn commit(&self, batch: v1::Batch, cluster: &Cluster) -> Result<v1::Ack, Status> {
+    /// Validates and converts a batch into the store's observations; a rejection hands the
+    /// reply channel back with its status.
+    fn convert(
+        &self,
+        batch: v1::Batch,
+        cluster: &Cluster,
+        reply: oneshot::Sender<Result<v1::Ack, Status>>,
+    ) -> Result<Job, (oneshot::Sender<Result<v1::Ack, Status>>, Status)> {
         let name = describe_batch(batch.id.as_ref());
-        let batch = wire::batch_from_wire(batch).map_err(|e| {
-            self.metrics.rejected(Cause::Malformed);
-            Status::invalid_argument(format!("{name}: {e}"))
-        })?;
-        let (flows, dns) = observe::from_batch(cluster, &batch.flows, &batch.dns);
+        let batch = match wire::grouped_batch_from_wire(batch) {
+            Ok(batch) => batch,
+            Err(e) => {
+                self.metrics.rejected(Cause::Malformed);
+                return Err((reply, Status::invalid_argument(format!("{name}: {e}"))));
+            }
+        };
+        let (flows, dns) = observe::from_groups(cluster, &batch.id.node, &batch.groups, &batch.dns);
+        let records = (batch.flow_count(), batch.dns.len());
         let id = BatchId {
             node: batch.id.node.clone(),
             boot_id: batch.id.boot_id.clone(),
             seq: batch.id.seq,
         };
-        let start = Instant::now();
-        let outcome = self.store.commit(&id, &flows, &dns).map_err(|e| {
-            self.metrics.rejected(Cause::Store);
-            Status::unavailable(format!("{name}: {e}"))
-        })?;
-        self.metrics.commit_took(start.elapsed().as_secs_f64());
-        let duplicate = match outcome {
-            Commit::Stored => {
-                self.metrics.stored(batch.flows.len(), batch.dns.len());
-                false
-            }
-            Commit::Duplicate => {
-                self.metrics.duplicate();
-                true
-            }
-        };
-        Ok(v1::Ack {
-            id: Some(batch.id),
-            duplicate,
+        Ok(Job {
+            id,
+            ack_id: batch.id,
+            name,
+            flows,
+            dns,
+            records,
+            reply,
         })
     }
 

@@ -1,6 +1,6 @@
 //! The HTTP side of `leash serve`: health, metrics and a read API.
 //!
-//! - `GET /healthz`: the process is up.
+//! - `GET /healthz`: the process is up and ingest can still store batches.
 //! - `GET /readyz`: the store is open, the cluster model is built and ingest is listening.
 //! - `GET /metrics`: Prometheus text.
 //! - `GET /v1/workloads`: every workload with stored observations, with totals.
@@ -41,6 +41,9 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// Set once the gRPC listener accepts connections.
     pub ingest_listening: AtomicBool,
+    /// Whether ingest can still store batches (its writer thread runs); `/healthz` fails
+    /// otherwise, so that the kubelet restarts the process.
+    pub ingest_alive: Box<dyn Fn() -> bool + Send + Sync>,
     /// Knobs for recommendations.
     pub options: synth::Options,
 }
@@ -79,8 +82,16 @@ fn unavailable(what: impl std::fmt::Display) -> ApiError {
     ApiError(StatusCode::SERVICE_UNAVAILABLE, what.to_string())
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+async fn healthz(State(s): State<Arc<AppState>>) -> Response {
+    if (s.ingest_alive)() {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ingest store writer stopped: batches can no longer be stored\n",
+        )
+            .into_response()
+    }
 }
 
 async fn readyz(State(s): State<Arc<AppState>>) -> Response {

@@ -98,6 +98,9 @@ pub enum Error {
         /// The error.
         source: tonic::transport::Error,
     },
+    /// The ingest service's store writer thread cannot be started.
+    #[error("cannot start the ingest store writer thread: {0}")]
+    Writer(#[source] std::io::Error),
     /// The HTTP server failed.
     #[error("HTTP server on {addr}: {source}")]
     Http {
@@ -212,7 +215,8 @@ pub async fn run(
 
     let alert_metrics = alert::AlertMetrics::default();
     alert_metrics.register(&mut registry);
-    let ingest = ingest_service(&config, Arc::clone(&store), model_rx.clone(), &mut registry);
+    let (ingest, ingest_handle) =
+        ingest_service(&config, Arc::clone(&store), model_rx.clone(), &mut registry)?;
 
     let grpc = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -243,6 +247,7 @@ pub async fn run(
         model: model_rx.clone(),
         registry: Arc::new(registry),
         ingest_listening: false.into(),
+        ingest_alive: Box::new(move || ingest_handle.writer_alive()),
         options: config.options.clone(),
     });
 
@@ -320,13 +325,17 @@ pub async fn run(
     }
 }
 
-/// The gRPC ingest service over `store`, attributing with the current model.
+/// The gRPC ingest service over `store`, attributing with the current model, and a handle to
+/// it for the health check.
 fn ingest_service(
     config: &Config,
     store: Arc<dyn Store>,
     model: ModelRx,
     registry: &mut Registry,
-) -> leash_records::wire::v1::ingest_server::IngestServer<crate::ingest::IngestService> {
+) -> Result<(
+    leash_records::wire::v1::ingest_server::IngestServer<crate::ingest::IngestService>,
+    crate::ingest::IngestService,
+)> {
     let service = crate::ingest::IngestService::new(
         store,
         model,
@@ -334,9 +343,10 @@ fn ingest_service(
             max_records: config.max_batch_records,
             max_message_bytes: config.max_message_bytes,
         },
-    );
+    )
+    .map_err(Error::Writer)?;
     service.register(registry);
-    service.into_server()
+    Ok((service.clone().into_server(), service))
 }
 
 /// Aborts a background task when dropped, so `run` leaves nothing behind.

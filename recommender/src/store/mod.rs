@@ -22,7 +22,7 @@ use leash_records::Protocol;
 pub mod observe;
 pub mod sqlite;
 
-pub use observe::{SkipReason, Skipped, from_batch, observations};
+pub use observe::{SkipReason, Skipped, from_batch, from_groups, observations};
 pub use sqlite::SqliteStore;
 
 /// The unit observations are aggregated by: a workload, as the cluster model names it.
@@ -95,6 +95,17 @@ pub struct DnsObservation {
     /// name, the owner names of the answer's CNAME chain and the owner of its A/AAAA record
     /// (as [`crate::input::answer_names`] computes them).
     pub resolved: BTreeSet<(String, IpAddr)>,
+}
+
+/// One batch of a group commit ([`Store::commit_many`]).
+#[derive(Debug, Clone, Copy)]
+pub struct BatchCommit<'a> {
+    /// The batch's id.
+    pub id: &'a BatchId,
+    /// Its flow observations.
+    pub flows: &'a [FlowObservation],
+    /// Its DNS observations.
+    pub dns: &'a [DnsObservation],
 }
 
 /// What [`Store::commit`] did with a batch.
@@ -209,6 +220,20 @@ pub trait Store: Send + Sync {
         flows: &[FlowObservation],
         dns: &[DnsObservation],
     ) -> Result<Commit>;
+
+    /// Commits several batches in one transaction (a group commit: one durable write for
+    /// all of them, which is most of a commit's cost). Each batch is applied, or found already
+    /// stored, exactly as [`Store::commit`] would in that order, and the result has one
+    /// [`Commit`] per batch. On error nothing of the group is stored.
+    ///
+    /// The default commits the batches one by one, so on error the ones before the failing
+    /// batch stay stored; implementations that can should override it.
+    fn commit_many(&self, batches: &[BatchCommit<'_>]) -> Result<Vec<Commit>> {
+        batches
+            .iter()
+            .map(|b| self.commit(b.id, b.flows, b.dns))
+            .collect()
+    }
 
     /// Flow observations last seen at or after `since` (all when `None`), sorted by workload,
     /// destination, port and protocol.

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::path::Path;
 
 // Fx hashing: these maps are probed once per record on the ingest path.
-use leash_records::{DnsRecord, FlowRecord, Outcome, PodRef, Protocol};
+use leash_records::{DnsRecord, FlowRecord, Outcome, PodRef, Protocol, wire::SourceFlows};
 use rustc_hash::FxHashMap as HashMap;
 
 use super::{DnsObservation, FlowObservation, WorkloadRef};
@@ -122,12 +122,36 @@ pub fn from_batch(
     flows: &[FlowRecord],
     dns: &[DnsRecord],
 ) -> (Vec<FlowObservation>, Vec<DnsObservation>) {
+    let sourced = flows.iter().map(|f| (f.pod.as_ref(), f.node.as_str(), f));
+    aggregate(cluster, sourced, dns)
+}
+
+/// [`from_batch`] for a batch whose flows are kept by source, as ingest reads them: each
+/// group's pod is resolved once, and records carry no copy of it (see [`SourceFlows`]).
+pub fn from_groups(
+    cluster: &Cluster,
+    node: &str,
+    groups: &[SourceFlows],
+    dns: &[DnsRecord],
+) -> (Vec<FlowObservation>, Vec<DnsObservation>) {
+    let sourced = groups
+        .iter()
+        .flat_map(|g| g.flows.iter().map(move |f| (g.pod.as_ref(), node, f)));
+    aggregate(cluster, sourced, dns)
+}
+
+/// Aggregates flow records, each with the pod and node it came from, and DNS records.
+fn aggregate<'r>(
+    cluster: &Cluster,
+    flows: impl Iterator<Item = (Option<&'r PodRef>, &'r str, &'r FlowRecord)>,
+    dns: &'r [DnsRecord],
+) -> (Vec<FlowObservation>, Vec<DnsObservation>) {
     let mut workloads = Workloads::new(cluster);
 
     let mut flow_index: HashMap<(usize, IpAddr, u16, Protocol), usize> = HashMap::default();
     let mut flow_out: Vec<FlowObservation> = Vec::new();
-    for f in flows {
-        let w = workloads.of(f.pod.as_ref(), &f.node);
+    for (pod, node, f) in flows {
+        let w = workloads.of(pod, node);
         let dst = canonical_ip(f.dst);
         let (first, last) = (f.first_seen.min(f.last_seen), f.first_seen.max(f.last_seen));
         let Outcome {
@@ -158,7 +182,12 @@ pub fn from_batch(
         o.established = o.established.saturating_add(established);
         o.failed = o.failed.saturating_add(failed);
         for n in &f.names {
-            o.names.insert(normalize_name(n));
+            // Agents send names normalized already: look up before allocating a copy.
+            let trimmed = n.trim_end_matches('.');
+            let normalized = trimmed.bytes().all(|b| !b.is_ascii_uppercase());
+            if !(normalized && o.names.contains(trimmed)) {
+                o.names.insert(normalize_name(n));
+            }
         }
     }
 

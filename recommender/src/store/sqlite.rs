@@ -21,6 +21,7 @@ use leash_records::Protocol;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
+use super::BatchCommit;
 use super::observe::{dns_order, flow_order};
 use super::{BatchId, Commit, DnsObservation, Error, FlowObservation, Result, Store, WorkloadRef};
 
@@ -364,13 +365,10 @@ impl SqliteStore {
             })
     }
 
-    fn commit_inner(
-        &self,
-        inner: &mut Inner,
-        id: &BatchId,
-        flows: &[FlowObservation],
-        dns: &[DnsObservation],
-    ) -> Result<Commit> {
+    /// Commits `batches` in one transaction (see [`Store::commit_many`]).
+    fn commit_inner(&self, inner: &mut Inner, batches: &[BatchCommit<'_>]) -> Result<Vec<Commit>> {
+        let op = |e| self.op("commit a batch", e);
+        let now = self.time(Utc::now())?;
         let Inner {
             conn,
             workloads,
@@ -378,12 +376,6 @@ impl SqliteStore {
             links,
             data_version,
         } = inner;
-        let op = |e| self.op("commit a batch", e);
-        let seq = i64::try_from(id.seq).map_err(|_| Error::Invalid {
-            path: self.path.clone(),
-            what: format!("batch sequence number {} exceeds 2^63-1", id.seq),
-        })?;
-        let now = self.time(Utc::now())?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(op)?;
@@ -399,6 +391,39 @@ impl SqliteStore {
             links.clear();
             *data_version = Some(version);
         }
+        let mut ids = Ids {
+            tx: &tx,
+            workloads,
+            names,
+        };
+        let outcomes = batches
+            .iter()
+            .map(|b| self.apply(&tx, &mut ids, links, now, b))
+            .collect::<Result<Vec<_>>>()?;
+        if outcomes.iter().all(|c| *c == Commit::Duplicate) {
+            // Nothing changed: dropping the transaction rolls back.
+            return Ok(outcomes);
+        }
+        tx.commit().map_err(op)?;
+        Ok(outcomes)
+    }
+
+    /// Applies one batch inside the group's transaction: records its id, or finds it already
+    /// stored (then changes nothing), and merges its observations into the aggregates.
+    fn apply(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        ids: &mut Ids<'_, '_>,
+        links: &mut HashSet<LinkKey>,
+        now: i64,
+        batch: &BatchCommit<'_>,
+    ) -> Result<Commit> {
+        let BatchCommit { id, flows, dns } = *batch;
+        let op = |e| self.op("commit a batch", e);
+        let seq = i64::try_from(id.seq).map_err(|_| Error::Invalid {
+            path: self.path.clone(),
+            what: format!("batch sequence number {} exceeds 2^63-1", id.seq),
+        })?;
         let inserted = tx
             .prepare_cached(
                 "INSERT INTO batches (node, boot_id, seq, committed_at) VALUES (?1, ?2, ?3, ?4)
@@ -407,7 +432,6 @@ impl SqliteStore {
             .and_then(|mut s| s.execute(params![id.node, id.boot_id, seq, now]))
             .map_err(op)?;
         if inserted == 0 {
-            // Dropping the transaction rolls back: nothing changed.
             return Ok(Commit::Duplicate);
         }
         {
@@ -417,14 +441,19 @@ impl SqliteStore {
                      VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
                 )
                 .map_err(op)?;
-            let mut ids = Ids {
-                tx: &tx,
-                workloads,
-                names,
-            };
             let mut keyed = Vec::with_capacity(flows.len());
+            // A batch's observations come workload by workload: reuse the last id rather than
+            // hashing the same workload again.
+            let mut last: Option<(&WorkloadRef, i64)> = None;
             for f in flows {
-                let w = ids.workload(&f.workload).map_err(op)?;
+                let w = match last {
+                    Some((r, id)) if *r == f.workload => id,
+                    _ => {
+                        let id = ids.workload(&f.workload).map_err(op)?;
+                        last = Some((&f.workload, id));
+                        id
+                    }
+                };
                 keyed.push(FlowRow {
                     workload: w,
                     dst: IpBytes::new(f.dst),
@@ -439,9 +468,13 @@ impl SqliteStore {
             keyed.sort_unstable_by(|a, b| a.key().cmp(&b.key()));
             let mut rest = keyed.as_slice();
             for (&rows, sql) in FLOW_CHUNKS.iter().zip(FLOW_UPSERTS.iter()) {
+                if rest.len() < rows {
+                    continue;
+                }
+                // Looked up once per size, not per chunk: the cache hashes the whole SQL text.
+                let mut upsert = tx.prepare_cached(sql).map_err(op)?;
                 while rest.len() >= rows {
                     let (chunk, tail) = rest.split_at(rows);
-                    let mut upsert = tx.prepare_cached(sql).map_err(op)?;
                     for (i, row) in chunk.iter().enumerate() {
                         row.bind(&mut upsert, i * FLOW_COLUMNS).map_err(op)?;
                     }
@@ -516,7 +549,6 @@ impl SqliteStore {
                 }
             }
         }
-        tx.commit().map_err(op)?;
         Ok(Commit::Stored)
     }
 
@@ -735,8 +767,21 @@ impl Store for SqliteStore {
         flows: &[FlowObservation],
         dns: &[DnsObservation],
     ) -> Result<Commit> {
+        match self
+            .commit_many(&[BatchCommit { id, flows, dns }])?
+            .as_slice()
+        {
+            [one] => Ok(*one),
+            other => Err(Error::Invalid {
+                path: self.path.clone(),
+                what: format!("a commit of one batch returned {} outcomes", other.len()),
+            }),
+        }
+    }
+
+    fn commit_many(&self, batches: &[BatchCommit<'_>]) -> Result<Vec<Commit>> {
         let mut inner = self.lock();
-        let result = self.commit_inner(&mut inner, id, flows, dns);
+        let result = self.commit_inner(&mut inner, batches);
         if result.is_err() {
             // The transaction rolled back; ids cached during it may not exist.
             inner.clear_caches();
@@ -880,8 +925,9 @@ impl Store for SqliteStore {
     fn prune(&self, before: DateTime<Utc>) -> Result<u64> {
         let before = self.time(before)?;
         let mut inner = self.lock();
-        // Pruning deletes flow–name links the cache would otherwise claim are stored.
-        inner.links.clear();
+        // Pruning deletes links, names and workloads the caches would otherwise claim are
+        // stored.
+        inner.clear_caches();
         let op = |e| self.op("prune", e);
         let tx = inner
             .conn
@@ -908,6 +954,16 @@ impl Store for SqliteStore {
         tx.execute(
             "DELETE FROM batches WHERE committed_at < ?1",
             params![before],
+        )
+        .map_err(op)?;
+        // Interned names and workloads nothing refers to any more: without this, names seen
+        // once (say, generated host names) would stay forever.
+        tx.execute_batch(
+            "DELETE FROM names WHERE id NOT IN (SELECT name FROM flow_names)
+                 AND id NOT IN (SELECT query FROM dns)
+                 AND id NOT IN (SELECT name FROM dns_resolved);
+             DELETE FROM workloads WHERE id NOT IN (SELECT workload FROM flows)
+                 AND id NOT IN (SELECT workload FROM dns);",
         )
         .map_err(op)?;
         tx.commit().map_err(op)?;
@@ -994,6 +1050,49 @@ mod tests {
             );
             assert_eq!(pruner.prune(late)?, 1);
         }
+        Ok(())
+    }
+
+    /// Counts the rows of `table` through the store's own connection.
+    fn rows(store: &SqliteStore, table: &str) -> Result<i64> {
+        let inner = store.lock();
+        inner
+            .conn
+            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .map_err(|e| store.op("count rows", e))
+    }
+
+    #[test]
+    fn prune_removes_names_and_workloads_nothing_refers_to() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::Invalid {
+            path: PathBuf::new(),
+            what: e.to_string(),
+        })?;
+        let store = SqliteStore::open(dir.path().join("leash.db"))?;
+        let late = DateTime::from_timestamp(2_000_000_000, 0).unwrap_or_default();
+        let mut kept = flow("kept.example.test", 1_000);
+        kept.last_seen = DateTime::from_timestamp(2_100_000_000, 0).unwrap_or_default();
+        kept.workload.name = "kept".into();
+        store.commit(
+            &id(1),
+            &[flow("gone.example.test", 1_000), kept.clone()],
+            &[],
+        )?;
+        assert_eq!((rows(&store, "names")?, rows(&store, "workloads")?), (2, 2));
+        assert_eq!(store.prune(late)?, 1);
+        // Only what the kept flow refers to is left.
+        assert_eq!((rows(&store, "names")?, rows(&store, "workloads")?), (1, 1));
+        assert_eq!(store.flows(None)?, [kept.clone()]);
+        // The caches forgot the deleted ids: the pruned workload and name come back intact.
+        store.commit(&id(2), &[flow("gone.example.test", 1_000)], &[])?;
+        let flows = store.flows(None)?;
+        assert_eq!(flows.len(), 2);
+        assert!(
+            flows
+                .iter()
+                .any(|f| f.names.contains("gone.example.test") && f.workload.name != "kept"),
+            "{flows:?}"
+        );
         Ok(())
     }
 }

@@ -1,7 +1,7 @@
 //! `lab-demo`: the whole leash loop on one machine, on the demo shop (`leash_lab::shop`).
 //!
 //! ```text
-//! lab-demo [--out DIR] [--leash BIN] [--agent BIN] [--rounds N] [--no-serve]
+//! lab-demo [--out DIR] [--leash BIN] [--agent BIN] [--rounds N] [--no-serve] [--restart-agent]
 //! ```
 //! Steps, each failing with a message that names it and shows the failing command's stderr:
 //! 1. start the shop lab and write `DIR/cluster.yaml`;
@@ -19,7 +19,9 @@
 //!    `DIR/audit-probes.jsonl`;
 //! 8. print a summary table and stop `leash serve`.
 //!
-//! `--no-serve` skips certificates and `leash serve`: the agent only writes `DIR/flows.jsonl` and
+//! `--restart-agent` stops the agent after half of the rounds and starts a new one for the rest
+//! (its records are appended to `DIR/flows.jsonl`), to show that counts stay exact across an
+//! agent restart. `--no-serve` skips certificates and `leash serve`: the agent only writes `DIR/flows.jsonl` and
 //! `leash recommend` reads it with `--flows`. `leash` and `leash-agent` are found next to this
 //! binary unless given. Exit status 0 when every check passed, 1 otherwise.
 
@@ -48,8 +50,7 @@ const AGENT_SAFETY_DURATION: &str = "120s";
 /// The client name the agent's certificate carries: the node name it reports.
 const CLIENT_NAME: &str = shop::NODE_NAME;
 
-const USAGE: &str =
-    "usage: lab-demo [--out DIR] [--leash BIN] [--agent BIN] [--rounds N] [--no-serve]";
+const USAGE: &str = "usage: lab-demo [--out DIR] [--leash BIN] [--agent BIN] [--rounds N] [--no-serve] [--restart-agent]";
 
 struct Opts {
     out: PathBuf,
@@ -57,6 +58,7 @@ struct Opts {
     agent: Option<PathBuf>,
     rounds: u32,
     serve: bool,
+    restart_agent: bool,
 }
 
 fn parse(args: impl IntoIterator<Item = String>) -> Result<Opts, String> {
@@ -66,6 +68,7 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Opts, String> {
         agent: None,
         rounds: 3,
         serve: true,
+        restart_agent: false,
     };
     let mut args = args.into_iter();
     while let Some(a) = args.next() {
@@ -83,6 +86,7 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Opts, String> {
                     .ok_or_else(|| format!("--rounds must be 1..=20, got {v:?}"))?;
             }
             "--no-serve" => o.serve = false,
+            "--restart-agent" => o.restart_agent = true,
             "--help" | "-h" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
@@ -538,6 +542,7 @@ fn demo(o: &Opts) -> Result<()> {
         "leash.db-shm",
         "audit-flows.jsonl",
         "audit-probes.jsonl",
+        "flows-2.jsonl",
     ] {
         let _ = std::fs::remove_file(out.join(stale));
     }
@@ -631,74 +636,114 @@ fn demo(o: &Opts) -> Result<()> {
     // 3. The agent.
     eprintln!("== leash-agent on the lab's cgroup");
     let flows = out.join("flows.jsonl");
-    let mut cmd = Command::new(&agent_bin);
-    cmd.arg("--cgroup")
-        .arg(lab.cgroup_root())
-        .arg("--cluster-snapshot")
-        .arg(&cluster)
-        .arg("--output")
-        .arg(&flows)
-        .args(["--flush-interval", "1s"])
-        .args(["--duration", AGENT_SAFETY_DURATION])
-        .arg("--node-name")
-        .arg(lab.node_name())
-        .env("LEASH_LOG", "info")
-        .env("NO_COLOR", "1");
-    if let Some(listen) = grpc {
-        cmd.arg("--recommender")
-            .arg(format!("https://{listen}"))
-            .arg("--tls-ca")
-            .arg(certs.join("ca.pem"))
-            .arg("--tls-cert")
-            .arg(certs.join(format!("{CLIENT_NAME}.pem")))
-            .arg("--tls-key")
-            .arg(certs.join(format!("{CLIENT_NAME}-key.pem")));
-    }
-    let (mut agent, attached) = Background::start(
-        "start leash-agent",
-        "leash-agent",
-        &mut cmd,
-        out.join("agent.log"),
-        Some("capturing"),
-    )?;
-    match attached.recv_timeout(ATTACH_TIMEOUT) {
-        Ok(()) => {}
-        Err(mpsc::RecvTimeoutError::Timeout) => {
-            return Err(fail(
+    let start_agent = |output: &Path, log: &str| -> Result<Background> {
+        let mut cmd = Command::new(&agent_bin);
+        cmd.arg("--cgroup")
+            .arg(lab.cgroup_root())
+            .arg("--cluster-snapshot")
+            .arg(&cluster)
+            .arg("--output")
+            .arg(output)
+            .args(["--flush-interval", "1s"])
+            .args(["--duration", AGENT_SAFETY_DURATION])
+            .arg("--node-name")
+            .arg(lab.node_name())
+            .env("LEASH_LOG", "info")
+            .env("NO_COLOR", "1");
+        if let Some(listen) = grpc {
+            cmd.arg("--recommender")
+                .arg(format!("https://{listen}"))
+                .arg("--tls-ca")
+                .arg(certs.join("ca.pem"))
+                .arg("--tls-cert")
+                .arg(certs.join(format!("{CLIENT_NAME}.pem")))
+                .arg("--tls-key")
+                .arg(certs.join(format!("{CLIENT_NAME}-key.pem")));
+        }
+        let (mut agent, attached) = Background::start(
+            "start leash-agent",
+            "leash-agent",
+            &mut cmd,
+            out.join(log),
+            Some("capturing"),
+        )?;
+        match attached.recv_timeout(ATTACH_TIMEOUT) {
+            Ok(()) => Ok(agent),
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(fail(
                 "start leash-agent",
                 format!(
                     "it did not log `capturing` within {ATTACH_TIMEOUT:?}; {}",
                     agent.log_tail()
                 ),
-            ));
+            )),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                // Its stderr closed: it is exiting. The status follows the closed pipe shortly.
+                let status = agent.wait_exit(Duration::from_secs(5));
+                Err(fail(
+                    "start leash-agent",
+                    format!(
+                        "it exited ({}) before capturing; {}",
+                        status.map_or_else(|| "status unknown".to_owned(), |s| s.to_string()),
+                        agent.log_tail()
+                    ),
+                ))
+            }
         }
-        Err(mpsc::RecvTimeoutError::Disconnected) => {
-            // Its stderr closed: it is exiting. The status follows the closed pipe shortly.
-            let status = agent.wait_exit(Duration::from_secs(5));
-            return Err(fail(
-                "start leash-agent",
-                format!(
-                    "it exited ({}) before capturing; {}",
-                    status.map_or_else(|| "status unknown".to_owned(), |s| s.to_string()),
-                    agent.log_tail()
-                ),
-            ));
-        }
-    }
+    };
+    let mut agent = start_agent(&flows, "agent.log")?;
     lap("agent attach", &mut timings);
 
-    // 4. Traffic, then stop the agent.
-    eprintln!("== the shop's traffic ({} rounds)", o.rounds);
+    // 4. Traffic, then stop the agent (with --restart-agent: half of it, a new agent, the rest).
+    let first = if o.restart_agent {
+        (o.rounds / 2).max(1)
+    } else {
+        o.rounds
+    };
+    eprintln!("== the shop's traffic ({first} rounds)");
     let traffic = shop
-        .traffic(o.rounds)
+        .traffic(first)
         .map_err(|e| fail("generate traffic", e))?;
-    let (conns, datagrams, lookups) = traffic.totals();
-    eprintln!(
-        "   {conns} TCP connections, {datagrams} UDP datagrams, {lookups} DNS lookups in {}",
-        secs(traffic.elapsed)
-    );
+    let (mut conns, mut datagrams, mut lookups) = traffic.totals();
+    let mut traffic_time = traffic.elapsed;
     lap("traffic", &mut timings);
     agent.stop("stop leash-agent", STOP_TIMEOUT)?;
+    if o.restart_agent {
+        // A new process (new boot id) takes over; the first one flushed and was acknowledged
+        // before exiting, so together they stored every event exactly once.
+        let second = o.rounds.saturating_sub(first).max(1);
+        eprintln!("== a new leash-agent, then {second} more rounds");
+        let flows_2 = out.join("flows-2.jsonl");
+        let mut agent_2 = start_agent(&flows_2, "agent-2.log")?;
+        let traffic = shop
+            .traffic(second)
+            .map_err(|e| fail("generate traffic", e))?;
+        let (c, d, l) = traffic.totals();
+        (conns, datagrams, lookups) = (conns + c, datagrams + d, lookups + l);
+        traffic_time += traffic.elapsed;
+        agent_2.stop("stop the second leash-agent", STOP_TIMEOUT)?;
+        // One record file for both: the contract's counts are deltas, so they still add up.
+        let text = std::fs::read(&flows_2).map_err(|e| {
+            fail(
+                "stop the second leash-agent",
+                format!("{}: {e}", flows_2.display()),
+            )
+        })?;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&flows)
+            .and_then(|mut f| f.write_all(&text))
+            .map_err(|e| {
+                fail(
+                    "stop the second leash-agent",
+                    format!("{}: {e}", flows.display()),
+                )
+            })?;
+        let _ = std::fs::remove_file(&flows_2);
+    }
+    eprintln!(
+        "   {conns} TCP connections, {datagrams} UDP datagrams, {lookups} DNS lookups in {}",
+        secs(traffic_time)
+    );
     let flows_text = std::fs::read_to_string(&flows)
         .map_err(|e| fail("stop leash-agent", format!("{}: {e}", flows.display())))?;
     if flows_text.trim().is_empty() {
