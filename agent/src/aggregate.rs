@@ -110,6 +110,10 @@ struct KeyState {
     /// takes that vector instead of scanning every key (most are quiet), and the per-key
     /// entry stays small (64 bytes; the hash map is the agent's largest structure).
     pending: u32,
+    /// Low bits of [`Aggregator::epoch`] when `pending` was set: a different value means the
+    /// index is from an earlier flush, known without reading `pending` (a cache miss). Equal
+    /// bits are confirmed by the key check, so the counter may wrap. Fits the entry's padding.
+    pending_epoch: u16,
     /// Kernel time of the latest ring push seen for this key.
     last_push_ns: u64,
     /// Latest push time named by a residual notice (0: none seen).
@@ -157,11 +161,12 @@ impl SortKey {
 // One key's state fits a cache line (with its 32-byte key, a hash-map entry is 96 bytes).
 const _: () = assert!(std::mem::size_of::<KeyState>() == 64);
 
-/// Whether `id` (whose state is `state`) has a delta in `pending`.
-fn has_pending(pending: &[(FlowId, Pending)], id: &FlowId, state: &KeyState) -> bool {
-    pending
-        .get(state.pending as usize)
-        .is_some_and(|(other, _)| other == id)
+/// Whether `id` (whose state is `state`) has a delta in `pending`, as of flush `epoch`.
+fn has_pending(pending: &[(FlowId, Pending)], epoch: u16, id: &FlowId, state: &KeyState) -> bool {
+    state.pending_epoch == epoch
+        && pending
+            .get(state.pending as usize)
+            .is_some_and(|(other, _)| other == id)
 }
 
 /// Keeps a scratch vector's allocation for the next use unless it is far larger than the
@@ -188,6 +193,8 @@ pub struct Aggregator {
     keys: FxHashMap<FlowId, KeyState>,
     /// The deltas waiting for the next flush, in first-change order (see [`KeyState::pending`]).
     pending: Vec<(FlowId, Pending)>,
+    /// Flushes so far, wrapping (see [`KeyState::pending_epoch`]).
+    epoch: u16,
     /// Scratch of [`Aggregator::flush_into`], kept between flushes (see [`recycle`]).
     order: Vec<(SortKey, u32)>,
     /// Keys that got a residual notice and may need a read: the only candidates of
@@ -204,6 +211,7 @@ impl Aggregator {
             clock,
             keys: FxHashMap::default(),
             pending: Vec::new(),
+            epoch: 0,
             order: Vec::new(),
             noticed: FxHashSet::default(),
             stale_samples: 0,
@@ -234,6 +242,7 @@ impl Aggregator {
                 ..Series::default()
             },
             pending: NO_PENDING,
+            pending_epoch: 0,
             last_push_ns: 0,
             notice_ns: 0,
             settled: true,
@@ -300,10 +309,11 @@ impl Aggregator {
             first_ns,
             last_ns,
         };
-        if let Some((_, p)) = self
-            .pending
-            .get_mut(state.pending as usize)
-            .filter(|(id, _)| *id == sample.id)
+        if state.pending_epoch == self.epoch
+            && let Some((_, p)) = self
+                .pending
+                .get_mut(state.pending as usize)
+                .filter(|(id, _)| *id == sample.id)
         {
             *p = Pending {
                 count: p.count + count,
@@ -320,6 +330,7 @@ impl Aggregator {
             .ok()
             .filter(|&i| i != NO_PENDING)
             .unwrap_or(NO_PENDING);
+        state.pending_epoch = self.epoch;
         self.pending.push((sample.id, new));
     }
 
@@ -352,7 +363,7 @@ impl Aggregator {
         let mut idle: Vec<FlowId> = self
             .keys
             .iter()
-            .filter(|(id, s)| !has_pending(&self.pending, id, s) && !s.needs_read())
+            .filter(|(id, s)| !has_pending(&self.pending, self.epoch, id, s) && !s.needs_read())
             .map(|(id, _)| *id)
             .collect();
         idle.sort_unstable();
@@ -380,6 +391,7 @@ impl Aggregator {
     pub fn flush_into(&mut self, deltas: &mut Vec<FlowDelta>) {
         deltas.clear();
         let mut pending = std::mem::take(&mut self.pending);
+        self.epoch = self.epoch.wrapping_add(1);
         // Sorting compact integer keys plus an index, rather than the deltas themselves,
         // moves a third of the bytes and compares without decoding `IpAddr`s.
         let mut order = std::mem::take(&mut self.order);
@@ -442,7 +454,7 @@ impl Aggregator {
             if self
                 .keys
                 .get(id)
-                .is_some_and(|s| s.settled && !has_pending(&self.pending, id, s))
+                .is_some_and(|s| s.settled && !has_pending(&self.pending, self.epoch, id, s))
             {
                 self.keys.remove(id);
                 self.noticed.remove(id);
@@ -627,6 +639,23 @@ mod tests {
         assert_eq!(got, [(2, 4)]);
         assert_eq!(a.idle_keys(), vec![id(1), id(2), id(3)]);
         assert!(a.flush().is_empty());
+    }
+
+    /// After 65,536 flushes the epoch bits repeat: a key's old index then names another key's
+    /// delta, and the key check keeps the two apart.
+    #[test]
+    fn a_wrapped_epoch_never_mixes_keys() {
+        let mut a = agg();
+        a.observe(&sample(1, 10, 1, 10), SampleSource::Ring);
+        assert_eq!(a.flush().len(), 1);
+        for _ in 0..u16::MAX {
+            assert!(a.flush().is_empty());
+        }
+        // Key 2 takes index 0, which key 1's stale state points at with matching epoch bits.
+        a.observe(&sample(2, 10, 1, 10), SampleSource::Ring);
+        a.observe(&sample(1, 10, 3, 30), SampleSource::Ring);
+        let got: Vec<(u16, u64)> = a.flush().iter().map(|d| (d.id.dst_port, d.count)).collect();
+        assert_eq!(got, [(1, 2), (2, 1)]);
     }
 
     fn arb_id() -> impl Strategy<Value = FlowId> {
