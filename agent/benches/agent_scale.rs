@@ -29,15 +29,16 @@
 
 use std::{
     collections::{BTreeMap, HashSet},
-    io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
-    path::{Path, PathBuf},
-    process::{Command, ExitCode, Stdio},
-    sync::{Arc, Mutex, mpsc},
+    net::{SocketAddr, TcpListener},
+    path::Path,
+    process::{Command, ExitCode},
     time::{Duration, Instant},
 };
 
 use leash_lab::{Lab, PodSpec, Port};
+use support::Agent;
+
+mod support;
 
 /// First destination port of the key space (above the lab's server ports).
 const BASE_PORT: u16 = 10_000;
@@ -111,52 +112,6 @@ fn parse_opts() -> Result<Opts, String> {
     Ok(o)
 }
 
-/// `target/<profile>` of this executable (`target/release/deps/agent_scale-<hash>`).
-fn profile_dir() -> Result<PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
-    let dir = exe.parent().ok_or("executable has no parent")?;
-    Ok(if dir.ends_with("deps") {
-        dir.parent().ok_or("deps has no parent")?.to_path_buf()
-    } else {
-        dir.to_path_buf()
-    })
-}
-
-/// The release agent: `$LEASH_AGENT_BIN`, else `<target>/release/leash-agent`, built if missing.
-fn agent_binary() -> Result<PathBuf, String> {
-    if let Some(p) = std::env::var_os("LEASH_AGENT_BIN") {
-        let p = PathBuf::from(p);
-        return if p.is_file() {
-            Ok(p)
-        } else {
-            Err(format!("$LEASH_AGENT_BIN={} is not a file", p.display()))
-        };
-    }
-    let profile = profile_dir()?;
-    let target = profile.parent().ok_or("profile dir has no parent")?;
-    let bin = target.join("release").join("leash-agent");
-    if !bin.is_file() {
-        eprintln!("agent_scale: building {}", bin.display());
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "--release",
-                "-p",
-                "leash-agent",
-                "--bin",
-                "leash-agent",
-            ])
-            .env("CARGO_TARGET_DIR", target)
-            .status()
-            .map_err(|e| format!("running cargo build: {e}"))?;
-        if !status.success() || !bin.is_file() {
-            return Err(format!("cargo build of {} failed: {status}", bin.display()));
-        }
-    }
-    Ok(bin)
-}
-
 /// CPU time of a process from `/proc/<pid>/stat` (all threads, in clock ticks) and the sum of
 /// its threads' `schedstat` run time (ns, finer grained).
 #[derive(Clone, Copy, Debug, Default)]
@@ -200,43 +155,17 @@ fn read_cpu(pid: i32) -> Result<Cpu, String> {
     })
 }
 
-/// A `kB` line of `/proc/<pid>/status`, in KiB.
-fn status_kib(pid: i32, key: &str) -> Result<u64, String> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| format!("/proc/{pid}/status has no {key}"))
-}
-
 fn clock_ticks_per_sec() -> u64 {
     // SAFETY: plain sysconf query.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     u64::try_from(t).ok().filter(|t| *t > 0).unwrap_or(100)
 }
 
-/// `GET /metrics` over loopback; returns `series{labels} -> value`.
+/// `GET /metrics` over loopback; returns `series{labels} -> value`, at least one.
 fn scrape(addr: SocketAddr) -> Result<BTreeMap<String, f64>, String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-        .map_err(|e| format!("connect {addr}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| format!("SO_RCVTIMEO: {e}"))?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .map_err(|e| format!("write {addr}: {e}"))?;
-    let mut body = String::new();
-    s.read_to_string(&mut body)
-        .map_err(|e| format!("read {addr}: {e}"))?;
-    let mut out = BTreeMap::new();
-    for line in body.lines().filter(|l| l.starts_with("leash_agent_")) {
-        if let Some((name, value)) = line.rsplit_once(' ')
-            && let Ok(v) = value.parse::<f64>()
-        {
-            out.insert(name.to_owned(), v);
-        }
-    }
+    let out = support::scrape(addr)?;
     if out.is_empty() {
-        return Err(format!("no leash_agent_ series at {addr}: {body:.200}"));
+        return Err(format!("no leash_agent_ series at {addr}"));
     }
     Ok(out)
 }
@@ -253,63 +182,6 @@ fn metric_sum(m: &BTreeMap<String, f64>, prefix: &str, causes: &[&str]) -> u64 {
         .sum()
 }
 
-/// A running agent: its pid and a channel of its stderr lines.
-struct Agent {
-    pid: i32,
-    lines: mpsc::Receiver<String>,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Agent {
-    fn wait_for(&self, needle: &str, timeout: Duration) -> Result<String, String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return Ok(line),
-                Ok(_) => {}
-                Err(_) => {
-                    return Err(format!(
-                        "agent did not log {needle:?} within {timeout:?}; its log:\n{}",
-                        self.log.lock().map(|l| l.join("\n")).unwrap_or_default()
-                    ));
-                }
-            }
-        }
-    }
-
-    /// SIGTERM, then reap with `wait4` for the rusage (peak RSS, total CPU). Bounded: SIGKILL
-    /// after [`STOP_TIMEOUT`].
-    fn stop(&self) -> Result<(i32, libc::rusage), String> {
-        // SAFETY: signalling our own child by pid.
-        if unsafe { libc::kill(self.pid, libc::SIGTERM) } != 0 {
-            return Err(format!("kill: {}", std::io::Error::last_os_error()));
-        }
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            let mut status = 0;
-            // SAFETY: zeroed rusage is a valid out-buffer.
-            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-            // SAFETY: valid out-pointers; `pid` is our child.
-            let rc = unsafe { libc::wait4(self.pid, &mut status, libc::WNOHANG, &mut usage) };
-            if rc == self.pid {
-                return Ok((status, usage));
-            }
-            if rc < 0 {
-                return Err(format!("wait4: {}", std::io::Error::last_os_error()));
-            }
-            if Instant::now() > deadline {
-                // SAFETY: as above.
-                unsafe { libc::kill(self.pid, libc::SIGKILL) };
-                return Err(format!(
-                    "agent did not stop within {STOP_TIMEOUT:?}; killed"
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
 fn start_agent(
     bin: &Path,
     lab: &Lab,
@@ -318,7 +190,8 @@ fn start_agent(
     metrics: SocketAddr,
     flush: Duration,
 ) -> Result<Agent, String> {
-    let mut child = Command::new(bin)
+    let mut command = Command::new(bin);
+    command
         .arg("--cgroup")
         .arg(lab.cgroup_root())
         .arg("--cluster-snapshot")
@@ -330,32 +203,8 @@ fn start_agent(
         .arg("--node-name")
         .arg(lab.node_name())
         .arg("--metrics-addr")
-        .arg(metrics.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("starting {}: {e}", bin.display()))?;
-    let pid = i32::try_from(child.id()).map_err(|_| "pid out of range")?;
-    let stderr = child.stderr.take().ok_or("no stderr pipe")?;
-    // The Child handle is dropped without waiting; `Agent::stop` reaps the pid with wait4.
-    drop(child);
-    let (tx, rx) = mpsc::channel();
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let keep = Arc::clone(&log);
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(mut l) = keep.lock() {
-                l.push(line.clone());
-            }
-            let _ = tx.send(line);
-        }
-    });
-    Ok(Agent {
-        pid,
-        lines: rx,
-        log,
-    })
+        .arg(metrics.to_string());
+    Agent::spawn(command)
 }
 
 /// Sends one datagram to each of `n` keys (host-major: ports of HOSTS[0] first), at most
@@ -420,7 +269,7 @@ struct Row {
 }
 
 fn run(o: &Opts) -> Result<bool, String> {
-    let bin = agent_binary()?;
+    let bin = support::agent_binary("agent_scale", true)?;
     let lab = Lab::builder()
         .pod(PodSpec::new("bench", "load").label("app", "load"))
         .external(HOSTS[0], [Port::udp(7)])
@@ -446,7 +295,7 @@ fn run(o: &Opts) -> Result<bool, String> {
         attached.elapsed()
     );
     let cpu0 = read_cpu(agent.pid)?;
-    let rss_idle = status_kib(agent.pid, "VmRSS")?;
+    let rss_idle = support::status_kib(agent.pid, "VmRSS")?;
 
     let t = Instant::now();
     let mut sent = send_keys(&lab, o.keys, o.chunk, o.pause)?;
@@ -472,9 +321,9 @@ fn run(o: &Opts) -> Result<bool, String> {
     std::thread::sleep(o.flush * 3);
     let m = scrape(metrics_addr)?;
     let cpu1 = read_cpu(agent.pid)?;
-    let hwm = status_kib(agent.pid, "VmHWM")?;
-    let rss_end = status_kib(agent.pid, "VmRSS")?;
-    let (status, usage) = agent.stop()?;
+    let hwm = support::status_kib(agent.pid, "VmHWM")?;
+    let rss_end = support::status_kib(agent.pid, "VmRSS")?;
+    let (status, usage) = agent.stop(STOP_TIMEOUT)?;
     let stopped = agent
         .wait_for("stopped", Duration::from_secs(1))
         .ok()

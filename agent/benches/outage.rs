@@ -22,16 +22,18 @@
 //! [-- --quick | --outage SECS] [--keys N --warmup SECS --after SECS]`.
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
-    path::{Path, PathBuf},
-    process::{Command, ExitCode, Stdio},
-    sync::{Arc, Mutex, mpsc},
+    collections::BTreeMap,
+    net::{SocketAddr, TcpListener},
+    path::Path,
+    process::{Command, ExitCode},
     time::{Duration, Instant},
 };
 
 use leash_agent::transport::testing::RecordingServer;
 use leash_lab::{Lab, PodSpec, Port};
+use support::Agent;
+
+mod support;
 
 const HOST: &str = "203.0.113.20";
 const BASE_PORT: u16 = 20_000;
@@ -79,142 +81,23 @@ fn parse_opts() -> Result<Opts, String> {
     Ok(o)
 }
 
-/// The release agent: `$LEASH_AGENT_BIN`, else `<target>/release/leash-agent`.
-fn agent_binary() -> Result<PathBuf, String> {
-    if let Some(p) = std::env::var_os("LEASH_AGENT_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
-    let target = exe
-        .ancestors()
-        .nth(3)
-        .ok_or("cannot find the target directory")?;
-    let bin = target.join("release").join("leash-agent");
-    if bin.is_file() {
-        Ok(bin)
-    } else {
-        Err(format!(
-            "{} missing: cargo build --release -p leash-agent first",
-            bin.display()
-        ))
-    }
-}
-
-fn rss_kib(pid: i32) -> Result<u64, String> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| "no VmRSS".to_owned())
-}
-
-fn scrape(addr: SocketAddr) -> Result<Vec<(String, f64)>, String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-        .map_err(|e| format!("connect {addr}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| format!("SO_RCVTIMEO: {e}"))?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .map_err(|e| format!("write {addr}: {e}"))?;
-    let mut body = String::new();
-    s.read_to_string(&mut body)
-        .map_err(|e| format!("read {addr}: {e}"))?;
-    Ok(body
-        .lines()
-        .filter(|l| l.starts_with("leash_agent_"))
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_owned(), v.parse().ok()?))
-        })
-        .collect())
-}
-
 /// Sum of the series whose name (before labels) is `name`.
-fn metric(m: &[(String, f64)], name: &str) -> u64 {
+fn metric(m: &BTreeMap<String, f64>, name: &str) -> u64 {
     m.iter()
-        .filter(|(k, _)| k == name || k.starts_with(&format!("{name}{{")))
+        .filter(|(k, _)| *k == name || k.starts_with(&format!("{name}{{")))
         .map(|(_, v)| *v as u64)
         .sum()
 }
 
-struct Agent {
-    pid: i32,
-    lines: mpsc::Receiver<String>,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Agent {
-    fn start(bin: &Path, lab: &Lab, url: &str, metrics: SocketAddr) -> Result<Self, String> {
-        let mut child = Command::new(bin)
-            .arg("--cgroup")
-            .arg(lab.cgroup_root())
-            .args(["--recommender", url, "--insecure", "--flush-interval", "1s"])
-            .args(["--node-name", lab.node_name()])
-            .args(["--metrics-addr", &metrics.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("starting {}: {e}", bin.display()))?;
-        let pid = i32::try_from(child.id()).map_err(|_| "pid out of range")?;
-        let stderr = child.stderr.take().ok_or("no stderr pipe")?;
-        drop(child);
-        let (tx, rx) = mpsc::channel();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let keep = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(mut l) = keep.lock() {
-                    l.push(line.clone());
-                }
-                let _ = tx.send(line);
-            }
-        });
-        Ok(Self {
-            pid,
-            lines: rx,
-            log,
-        })
-    }
-
-    fn wait_for(&self, needle: &str, timeout: Duration) -> Result<String, String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return Ok(line),
-                Ok(_) => {}
-                Err(_) => {
-                    return Err(format!(
-                        "agent did not log {needle:?} within {timeout:?}; its log:\n{}",
-                        self.log.lock().map(|l| l.join("\n")).unwrap_or_default()
-                    ));
-                }
-            }
-        }
-    }
-
-    fn stop(&self) -> Result<i32, String> {
-        // SAFETY: signalling our own child by pid.
-        if unsafe { libc::kill(self.pid, libc::SIGTERM) } != 0 {
-            return Err(format!("kill: {}", std::io::Error::last_os_error()));
-        }
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            let mut status = 0;
-            // SAFETY: valid out-pointer; `pid` is our child.
-            let rc = unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) };
-            if rc == self.pid {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                // SAFETY: as above.
-                unsafe { libc::kill(self.pid, libc::SIGKILL) };
-                return Err("agent did not stop in time; killed".into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+fn start_agent(bin: &Path, lab: &Lab, url: &str, metrics: SocketAddr) -> Result<Agent, String> {
+    let mut command = Command::new(bin);
+    command
+        .arg("--cgroup")
+        .arg(lab.cgroup_root())
+        .args(["--recommender", url, "--insecure", "--flush-interval", "1s"])
+        .args(["--node-name", lab.node_name()])
+        .args(["--metrics-addr", &metrics.to_string()]);
+    Agent::spawn(command)
 }
 
 /// One datagram to each key; returns the datagrams sent.
@@ -246,7 +129,7 @@ fn traffic(lab: &Lab, keys: usize, pid: i32, length: Duration) -> Result<(u64, V
     let mut next = start;
     while start.elapsed() < length {
         sent += send_round(lab, keys)?;
-        rss.push(rss_kib(pid)?);
+        rss.push(support::status_kib(pid, "VmRSS")?);
         next += Duration::from_secs(1);
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
     }
@@ -254,7 +137,7 @@ fn traffic(lab: &Lab, keys: usize, pid: i32, length: Duration) -> Result<(u64, V
 }
 
 fn run(o: &Opts) -> Result<bool, String> {
-    let bin = agent_binary()?;
+    let bin = support::agent_binary("outage", false)?;
     let lab = Lab::builder()
         .pod(PodSpec::new("bench", "load").label("app", "load"))
         .external(HOST, [Port::udp(7)])
@@ -269,7 +152,7 @@ fn run(o: &Opts) -> Result<bool, String> {
     let metrics_addr = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map_err(|e| format!("picking a metrics port: {e}"))?;
-    let agent = Agent::start(&bin, &lab, &server.url(), metrics_addr)?;
+    let agent = start_agent(&bin, &lab, &server.url(), metrics_addr)?;
     agent.wait_for("capturing", ATTACH_TIMEOUT)?;
 
     let (mut sent, _) = traffic(&lab, o.keys, agent.pid, o.warmup)?;
@@ -279,18 +162,18 @@ fn run(o: &Opts) -> Result<bool, String> {
         "outage: recommender down for {:?} ({} keys, one datagram per key per second; {acked_before} batches acked before)",
         o.outage, o.keys
     );
-    let rss_start = rss_kib(agent.pid)?;
+    let rss_start = support::status_kib(agent.pid, "VmRSS")?;
     let (n, during) = traffic(&lab, o.keys, agent.pid, o.outage)?;
     sent += n;
-    let m_outage = scrape(metrics_addr)?;
+    let m_outage = support::scrape(metrics_addr)?;
     rt.block_on(server.start());
     eprintln!("outage: recommender back");
     let (n, _) = traffic(&lab, o.keys, agent.pid, o.after)?;
     sent += n;
     // Let the last flush reach the server, then stop (the agent waits for its acks).
     std::thread::sleep(Duration::from_secs(3));
-    let m = scrape(metrics_addr)?;
-    let status = agent.stop()?;
+    let m = support::scrape(metrics_addr)?;
+    let (status, _) = agent.stop(STOP_TIMEOUT)?;
     let shutdown_line = agent
         .log
         .lock()

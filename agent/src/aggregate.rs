@@ -98,10 +98,22 @@ struct Pending {
     last_ns: u64,
 }
 
+/// No pending delta (see [`KeyState::pending`]).
+const NO_PENDING: u32 = u32::MAX;
+
 #[derive(Clone, Copy, Debug)]
 struct KeyState {
     series: Series,
-    pending: Option<Pending>,
+    /// Index of this key's delta in [`Aggregator::pending`] if that entry is this key's
+    /// (after a flush the vector starts over, so an old index is out of range or names
+    /// another key). Deltas live in a dense vector rather than in the key's entry: a flush
+    /// takes that vector instead of scanning every key (most are quiet), and the per-key
+    /// entry stays small (64 bytes; the hash map is the agent's largest structure).
+    pending: u32,
+    /// Low bits of [`Aggregator::epoch`] when `pending` was set: a different value means the
+    /// index is from an earlier flush, known without reading `pending` (a cache miss). Equal
+    /// bits are confirmed by the key check, so the counter may wrap. Fits the entry's padding.
+    pending_epoch: u16,
     /// Kernel time of the latest ring push seen for this key.
     last_push_ns: u64,
     /// Latest push time named by a residual notice (0: none seen).
@@ -122,6 +134,53 @@ impl KeyState {
     }
 }
 
+/// A [`FlowId`] as four words that sort in output order: cgroup id, then family (IPv4 before
+/// IPv6), address, port and protocol. Bit layout after the cgroup id: family (1 bit), address
+/// (128 bits, IPv4 zero-extended), port (16), protocol (8), packed from the most significant
+/// bit down; distinct ids give distinct keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct SortKey([u64; 4]);
+
+impl SortKey {
+    fn of(id: &FlowId) -> Self {
+        let (family, addr) = match id.dst {
+            IpAddr::V4(v4) => (0u64, u128::from(u32::from(v4))),
+            IpAddr::V6(v6) => (1u64, u128::from(v6)),
+        };
+        let hi = (addr >> 64) as u64;
+        let lo = addr as u64;
+        Self([
+            id.cgroup_id,
+            family << 63 | hi >> 1,
+            (hi & 1) << 63 | lo >> 1,
+            (lo & 1) << 63 | u64::from(id.dst_port) << 8 | u64::from(id.protocol),
+        ])
+    }
+}
+
+// One key's state fits a cache line (with its 32-byte key, a hash-map entry is 96 bytes).
+const _: () = assert!(std::mem::size_of::<KeyState>() == 64);
+
+/// Whether `id` (whose state is `state`) has a delta in `pending`, as of flush `epoch`.
+fn has_pending(pending: &[(FlowId, Pending)], epoch: u16, id: &FlowId, state: &KeyState) -> bool {
+    state.pending_epoch == epoch
+        && pending
+            .get(state.pending as usize)
+            .is_some_and(|(other, _)| other == id)
+}
+
+/// Keeps a scratch vector's allocation for the next use unless it is far larger than the
+/// latest use needed (`used` elements): a burst does not pin its memory for good, while
+/// steady flushes stop paying for fresh memory (page faults) every time.
+pub fn recycle<T>(scratch: &mut Vec<T>, used: usize) {
+    const SLACK: usize = 4;
+    const FLOOR: usize = 4096;
+    let keep = used.max(FLOOR).saturating_mul(SLACK);
+    if scratch.capacity() > keep {
+        scratch.shrink_to(used.max(FLOOR));
+    }
+}
+
 /// Folds cumulative samples into deltas. See the module docs.
 #[derive(Clone, Debug)]
 pub struct Aggregator {
@@ -132,6 +191,12 @@ pub struct Aggregator {
     /// record and must stay cheap;
     /// the few callers that need key order sort their (smaller) results.
     keys: FxHashMap<FlowId, KeyState>,
+    /// The deltas waiting for the next flush, in first-change order (see [`KeyState::pending`]).
+    pending: Vec<(FlowId, Pending)>,
+    /// Flushes so far, wrapping (see [`KeyState::pending_epoch`]).
+    epoch: u16,
+    /// Scratch of [`Aggregator::flush_into`], kept between flushes (see [`recycle`]).
+    order: Vec<(SortKey, u32)>,
     /// Keys that got a residual notice and may need a read: the only candidates of
     /// [`Aggregator::due_for_settle`], so a flush does not scan every quiet key.
     noticed: FxHashSet<FlowId>,
@@ -145,6 +210,9 @@ impl Aggregator {
             refresh_ns: u64::try_from(refresh.as_nanos()).unwrap_or(u64::MAX),
             clock,
             keys: FxHashMap::default(),
+            pending: Vec::new(),
+            epoch: 0,
+            order: Vec::new(),
             noticed: FxHashSet::default(),
             stale_samples: 0,
         }
@@ -173,7 +241,8 @@ impl Aggregator {
                 first_seen_ns: sample.first_seen_ns,
                 ..Series::default()
             },
-            pending: None,
+            pending: NO_PENDING,
+            pending_epoch: 0,
             last_push_ns: 0,
             notice_ns: 0,
             settled: true,
@@ -233,23 +302,36 @@ impl Aggregator {
         } else {
             (old.last_seen_ns, sample.last_seen_ns.max(old.last_seen_ns))
         };
-        let merged = match state.pending {
-            None => Pending {
-                count,
-                established,
-                failed,
-                first_ns,
-                last_ns,
-            },
-            Some(p) => Pending {
+        let new = Pending {
+            count,
+            established,
+            failed,
+            first_ns,
+            last_ns,
+        };
+        if state.pending_epoch == self.epoch
+            && let Some((_, p)) = self
+                .pending
+                .get_mut(state.pending as usize)
+                .filter(|(id, _)| *id == sample.id)
+        {
+            *p = Pending {
                 count: p.count + count,
                 established: p.established + established,
                 failed: p.failed + failed,
                 first_ns: p.first_ns.min(first_ns),
                 last_ns: p.last_ns.max(last_ns),
-            },
-        };
-        state.pending = Some(merged);
+            };
+            return;
+        }
+        // More than u32::MAX - 1 pending keys cannot happen (the kernel map holds 131,072);
+        // should it, the delta is merged at flush time all the same (see `flush`).
+        state.pending = u32::try_from(self.pending.len())
+            .ok()
+            .filter(|&i| i != NO_PENDING)
+            .unwrap_or(NO_PENDING);
+        state.pending_epoch = self.epoch;
+        self.pending.push((sample.id, new));
     }
 
     /// Keys with a residual notice for their latest push (or a later one) whose push window
@@ -281,7 +363,7 @@ impl Aggregator {
         let mut idle: Vec<FlowId> = self
             .keys
             .iter()
-            .filter(|(_, s)| s.pending.is_none() && !s.needs_read())
+            .filter(|(id, s)| !has_pending(&self.pending, self.epoch, id, s) && !s.needs_read())
             .map(|(id, _)| *id)
             .collect();
         idle.sort_unstable();
@@ -298,34 +380,70 @@ impl Aggregator {
     /// Takes the pending deltas, sorted by cgroup id, destination, port and protocol (the
     /// output order within one cgroup, so the sink never sorts records).
     pub fn flush(&mut self) -> Vec<FlowDelta> {
-        let clock = self.clock;
-        let mut deltas: Vec<FlowDelta> = self
-            .keys
-            .iter_mut()
-            .filter_map(|(id, state)| {
-                let p = state.pending.take()?;
-                Some(FlowDelta {
-                    id: *id,
-                    count: p.count,
-                    established: p.established,
-                    failed: p.failed,
-                    first_seen_ns: p.first_ns,
-                    last_seen_ns: p.last_ns,
-                    first_seen: clock.to_system_time(p.first_ns),
-                    last_seen: clock.to_system_time(p.last_ns),
-                })
-            })
-            .collect();
-        // Integer keys compare faster than `IpAddr` (an enum); the order is the same: IPv4
-        // before IPv6, each by numeric value.
-        deltas.sort_unstable_by_key(|d| {
-            let (family, addr) = match d.id.dst {
-                IpAddr::V4(v4) => (0u8, u128::from(u32::from(v4))),
-                IpAddr::V6(v6) => (1u8, u128::from(v6)),
-            };
-            (d.id.cgroup_id, family, addr, d.id.dst_port, d.id.protocol)
-        });
+        let mut deltas = Vec::new();
+        self.flush_into(&mut deltas);
         deltas
+    }
+
+    /// [`Aggregator::flush`] into `deltas` (cleared first), so that a caller flushing
+    /// periodically reuses one allocation: at 100k keys the deltas take about 10 MiB, and
+    /// faulting fresh memory in for every flush cost more than writing it.
+    pub fn flush_into(&mut self, deltas: &mut Vec<FlowDelta>) {
+        deltas.clear();
+        let mut pending = std::mem::take(&mut self.pending);
+        self.epoch = self.epoch.wrapping_add(1);
+        // Sorting compact integer keys plus an index, rather than the deltas themselves,
+        // moves a third of the bytes and compares without decoding `IpAddr`s.
+        let mut order = std::mem::take(&mut self.order);
+        order.clear();
+        order.extend(
+            pending
+                .iter()
+                .zip(0u32..)
+                .map(|((id, _), i)| (SortKey::of(id), i)),
+        );
+        order.sort_unstable();
+        let clock = self.clock;
+        deltas.reserve(order.len());
+        let mut last_key = None;
+        for &(key, i) in &order {
+            let Some(&(id, p)) = pending.get(i as usize) else {
+                continue;
+            };
+            // Two entries of one key only if its index did not fit in a `u32` (see
+            // `observe`): merged here, so the output has one delta per key all the same.
+            if last_key == Some(key)
+                && let Some(d) = deltas.last_mut()
+            {
+                d.count += p.count;
+                d.established += p.established;
+                d.failed += p.failed;
+                d.first_seen_ns = d.first_seen_ns.min(p.first_ns);
+                d.last_seen_ns = d.last_seen_ns.max(p.last_ns);
+                d.first_seen = clock.to_system_time(d.first_seen_ns);
+                d.last_seen = clock.to_system_time(d.last_seen_ns);
+                continue;
+            }
+            last_key = Some(key);
+            deltas.push(FlowDelta {
+                id,
+                count: p.count,
+                established: p.established,
+                failed: p.failed,
+                first_seen_ns: p.first_ns,
+                last_seen_ns: p.last_ns,
+                first_seen: clock.to_system_time(p.first_ns),
+                last_seen: clock.to_system_time(p.last_ns),
+            });
+        }
+        // The next interval reuses both allocations.
+        let used = pending.len();
+        pending.clear();
+        recycle(&mut pending, used);
+        self.pending = pending;
+        order.clear();
+        recycle(&mut order, used);
+        self.order = order;
     }
 
     /// Forgets the given keys if they are settled and have nothing pending. Only safe for keys
@@ -336,7 +454,7 @@ impl Aggregator {
             if self
                 .keys
                 .get(id)
-                .is_some_and(|s| s.settled && s.pending.is_none())
+                .is_some_and(|s| s.settled && !has_pending(&self.pending, self.epoch, id, s))
             {
                 self.keys.remove(id);
                 self.noticed.remove(id);
@@ -500,6 +618,100 @@ mod tests {
         a.flush();
         a.forget(&[id(1)]);
         assert!(a.is_empty());
+    }
+
+    #[test]
+    fn pending_deltas_follow_their_key_across_flushes() {
+        let mut a = agg();
+        // Flush 1: keys 1, 2, 3 in that order of arrival.
+        for port in [3, 1, 2] {
+            a.observe(&sample(port, 10, 1, 10), SampleSource::Ring);
+        }
+        a.observe(&sample(1, 10, 4, 20), SampleSource::Ring);
+        let d = a.flush();
+        let got: Vec<(u16, u64)> = d.iter().map(|d| (d.id.dst_port, d.count)).collect();
+        assert_eq!(got, [(1, 4), (2, 1), (3, 1)]);
+        // Flush 2: only key 2 changes, at an index key 3 had before; nothing else is pending.
+        a.observe(&sample(2, 10, 5, 30), SampleSource::Ring);
+        a.observe(&sample(3, 10, 1, 10), SampleSource::Lookup);
+        let d = a.flush();
+        let got: Vec<(u16, u64)> = d.iter().map(|d| (d.id.dst_port, d.count)).collect();
+        assert_eq!(got, [(2, 4)]);
+        assert_eq!(a.idle_keys(), vec![id(1), id(2), id(3)]);
+        assert!(a.flush().is_empty());
+    }
+
+    /// After 65,536 flushes the epoch bits repeat: a key's old index then names another key's
+    /// delta, and the key check keeps the two apart.
+    #[test]
+    fn a_wrapped_epoch_never_mixes_keys() {
+        let mut a = agg();
+        a.observe(&sample(1, 10, 1, 10), SampleSource::Ring);
+        assert_eq!(a.flush().len(), 1);
+        for _ in 0..u16::MAX {
+            assert!(a.flush().is_empty());
+        }
+        // Key 2 takes index 0, which key 1's stale state points at with matching epoch bits.
+        a.observe(&sample(2, 10, 1, 10), SampleSource::Ring);
+        a.observe(&sample(1, 10, 3, 30), SampleSource::Ring);
+        let got: Vec<(u16, u64)> = a.flush().iter().map(|d| (d.id.dst_port, d.count)).collect();
+        assert_eq!(got, [(1, 2), (2, 1)]);
+    }
+
+    fn arb_id() -> impl Strategy<Value = FlowId> {
+        let ip = prop_oneof![
+            any::<u32>().prop_map(|v| IpAddr::V4(v.into())),
+            any::<u128>().prop_map(|v| IpAddr::V6(v.into())),
+            // Small IPv6 values, which must still sort after every IPv4 address.
+            (0u128..4).prop_map(|v| IpAddr::V6(v.into())),
+        ];
+        (0u64..3, any::<u8>(), ip, any::<u16>()).prop_map(|(cgroup_id, protocol, dst, dst_port)| {
+            FlowId {
+                cgroup_id,
+                protocol,
+                dst,
+                dst_port,
+            }
+        })
+    }
+
+    proptest! {
+        /// The packed sort key orders ids exactly as the output does: cgroup id, IPv4 before
+        /// IPv6, address, port, protocol; and distinct ids never share a key.
+        #[test]
+        fn sort_key_is_the_output_order(a in arb_id(), b in arb_id()) {
+            let output = |id: &FlowId| {
+                let (family, addr) = match id.dst {
+                    IpAddr::V4(v4) => (0u8, u128::from(u32::from(v4))),
+                    IpAddr::V6(v6) => (1u8, u128::from(v6)),
+                };
+                (id.cgroup_id, family, addr, id.dst_port, id.protocol)
+            };
+            prop_assert_eq!(SortKey::of(&a).cmp(&SortKey::of(&b)), output(&a).cmp(&output(&b)));
+        }
+
+        /// Flushed deltas come out in that order, one per key, whatever the arrival order.
+        #[test]
+        fn flush_is_sorted_with_one_delta_per_key(
+            ids in proptest::collection::vec(arb_id(), 1..40),
+        ) {
+            let clock = KernelClock::from_offset_ns(0);
+            let mut a = agg();
+            for (n, id) in ids.iter().enumerate() {
+                let n = n as u64 + 1;
+                a.observe(&FlowSample {
+                    id: *id, count: n, first_seen_ns: 1, last_seen_ns: n, emitted_ns: n,
+                    residual_notice: false, established: 0, failed: 0,
+                    first_seen: clock.to_system_time(1), last_seen: clock.to_system_time(n),
+                }, SampleSource::Ring);
+            }
+            let d = a.flush();
+            let mut want: Vec<FlowId> = ids.clone();
+            want.sort_by_key(SortKey::of);
+            want.dedup();
+            let got: Vec<FlowId> = d.iter().map(|d| d.id).collect();
+            prop_assert_eq!(got, want);
+        }
     }
 
     proptest! {

@@ -170,6 +170,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             metrics.clone(),
         ),
         pending: Vec::new(),
+        deltas: Vec::new(),
         summary: Summary::default(),
         flow_losses_seen: 0,
         delivered_flows: 0,
@@ -251,6 +252,8 @@ struct State {
     dns: DnsTracker,
     /// DNS records waiting for the next flush.
     pending: Vec<DnsRecord>,
+    /// The flush's flow deltas, kept between flushes ([`Aggregator::flush_into`]).
+    deltas: Vec<FlowDelta>,
     summary: Summary,
     /// Flow pushes lost so far (ring full or map full); a change triggers a recovery sweep.
     flow_losses_seen: u64,
@@ -373,7 +376,8 @@ impl State {
         // Flows go out in bounded chunks: a flush of 100k keys never holds 100k records'
         // JSON at once. Deltas come sorted within a cgroup and cgroups are put in output
         // order, so no record is ever sorted (or built as an owned record).
-        let deltas = self.aggregator.flush();
+        let mut deltas = std::mem::take(&mut self.deltas);
+        self.aggregator.flush_into(&mut deltas);
         let groups = group_flows(&deltas, attributor);
         let mut in_chunk = dns.len();
         // Without any cached name there is nothing to look up (nor a time to convert).
@@ -400,6 +404,10 @@ impl State {
                 }
             }
         }
+        let used = deltas.len();
+        deltas.clear();
+        crate::aggregate::recycle(&mut deltas, used);
+        self.deltas = deltas;
         sink.flush().await?;
         self.dns.purge(now);
         Ok(())

@@ -259,11 +259,53 @@ impl Sink for FanOut {
     }
 }
 
+/// Where a [`JsonLinesSink`] writes.
+enum Output {
+    /// A regular file, written with plain `write(2)` on the calling thread. A page-cache write
+    /// does not wait for a reader, and the flush loop awaits the write anyway; going through
+    /// `tokio::fs` instead copied every buffer once more and handed each write to a blocking
+    /// thread (a wake-up and two context switches per chunk), about a fifth of the agent's
+    /// CPU at 100k keys (`benches/agent_scale.rs`).
+    File(std::fs::File),
+    /// stdout (may be a pipe with a slow reader) or any other writer, asynchronously.
+    Async(Box<dyn AsyncWrite + Send + Unpin>),
+}
+
+impl Output {
+    async fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        match self {
+            Self::File(file) => std::io::Write::write_all(file, buf),
+            Self::Async(out) => {
+                out.write_all(buf).await?;
+                out.flush().await
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Self::File(file) => std::io::Write::flush(file),
+            Self::Async(out) => out.flush().await,
+        }
+    }
+
+    async fn shutdown(&mut self) -> std::io::Result<()> {
+        match self {
+            Self::File(file) => std::io::Write::flush(file),
+            Self::Async(out) => {
+                out.flush().await?;
+                out.shutdown().await
+            }
+        }
+    }
+}
+
 /// Writes one JSON object per line (`--output FILE|-`), writing and flushing on every
 /// [`Sink::flush`].
 pub struct JsonLinesSink {
-    out: Box<dyn AsyncWrite + Send + Unpin>,
+    out: Output,
     buf: Vec<u8>,
+    writer: json::FlowWriter,
     flows: u64,
     dns: u64,
     target: String,
@@ -288,13 +330,11 @@ impl JsonLinesSink {
             return Ok(Self::from_writer(tokio::io::stdout(), "stdout", metrics));
         }
         let path = Path::new(output);
-        let file = tokio::fs::File::create(path)
-            .await
-            .map_err(|source| Error::Open {
-                path: path.to_owned(),
-                source,
-            })?;
-        Ok(Self::from_writer(file, output, metrics))
+        let file = std::fs::File::create(path).map_err(|source| Error::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(Self::with_output(Output::File(file), output, metrics))
     }
 
     /// A sink over any writer; `target` names it in errors.
@@ -303,9 +343,14 @@ impl JsonLinesSink {
         target: &str,
         metrics: Metrics,
     ) -> Self {
+        Self::with_output(Output::Async(Box::new(out)), target, metrics)
+    }
+
+    fn with_output(out: Output, target: &str, metrics: Metrics) -> Self {
         Self {
-            out: Box::new(out),
+            out,
             buf: Vec::new(),
+            writer: json::FlowWriter::default(),
             flows: 0,
             dns: 0,
             target: target.to_owned(),
@@ -321,11 +366,7 @@ impl JsonLinesSink {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let written = async {
-            self.out.write_all(&self.buf).await?;
-            self.out.flush().await
-        }
-        .await;
+        let written = self.out.write_all(&self.buf).await;
         self.buf.clear();
         // Keep a modest buffer between flushes; a burst's large buffer is given back.
         if self.buf.capacity() > Self::KEEP_BUFFER {
@@ -346,7 +387,7 @@ impl JsonLinesSink {
 
 impl Sink for JsonLinesSink {
     fn write_flow(&mut self, flow: &FlowView<'_>) {
-        flow.write_json(&mut self.buf);
+        self.writer.write(flow, &mut self.buf);
         self.buf.push(b'\n');
         self.flows += 1;
     }
@@ -373,15 +414,12 @@ impl Sink for JsonLinesSink {
         Box::pin(async move {
             self.write_out().await?;
             let target = self.target.clone();
-            let result = async {
-                self.out.flush().await?;
-                // Shutting down stdout would close the process's fd 1 for everyone else.
-                if target != "stdout" {
-                    self.out.shutdown().await?;
-                }
-                Ok(())
-            }
-            .await;
+            // Shutting down stdout would close the process's fd 1 for everyone else.
+            let result = if target == "stdout" {
+                self.out.flush().await
+            } else {
+                self.out.shutdown().await
+            };
             result.map_err(|source| Error::Write { target, source })
         })
     }
