@@ -9,7 +9,10 @@
 use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use leash_records::{Record, record::VERSION};
+use leash_records::{
+    Record,
+    record::{VERSION, civil_date},
+};
 
 use super::FlowView;
 
@@ -308,35 +311,6 @@ thread_local! {
     /// The last second formatted, and its `YYYY-MM-DDTHH:MM:SS`.
     static LAST_SECOND: std::cell::Cell<(i64, Option<[u8; 19]>)> =
         const { std::cell::Cell::new((i64::MIN, None)) };
-}
-
-/// `YYYY-MM-DD` of `days` since 1970-01-01; `None` outside years 0..=9999.
-fn civil_date(days: i64) -> Option<[u8; 10]> {
-    // Civil date from days since 1970-01-01 (Howard Hinnant's days_from_civil, inverted).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    if !(0..=9999).contains(&year) {
-        return None;
-    }
-    let mut b = *b"0000-00-00";
-    let mut put = |at: usize, width: usize, v: i64| {
-        let mut v = v.unsigned_abs();
-        for i in (0..width).rev() {
-            b[at + i] = b'0' + (v % 10) as u8;
-            v /= 10;
-        }
-    };
-    put(0, 4, year);
-    put(5, 2, month);
-    put(8, 2, day);
-    Some(b)
 }
 
 #[cfg(test)]

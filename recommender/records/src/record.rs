@@ -229,9 +229,27 @@ impl Serialize for Rfc3339<'_> {
 fn format_rfc3339(t: &DateTime<Utc>) -> Option<[u8; 30]> {
     let secs = t.timestamp();
     let nanos = t.timestamp_subsec_nanos().min(999_999_999);
-    let days = secs.div_euclid(86_400);
     let sod = secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let mut b = *b"0000-00-00T00:00:00.000000000Z";
+    b[..10].copy_from_slice(&civil_date(secs.div_euclid(86_400))?);
+    let mut put = |at: usize, width: usize, mut v: u64| {
+        for i in (0..width).rev() {
+            b[at + i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(11, 2, (sod / 3600) as u64);
+    put(14, 2, (sod % 3600 / 60) as u64);
+    put(17, 2, (sod % 60) as u64);
+    put(20, 9, u64::from(nanos));
+    Some(b)
+}
+
+/// `YYYY-MM-DD` of `days` since 1970-01-01; `None` outside years 0..=9999 (which RFC 3339
+/// cannot write). Shared by the record serialiser and the agent's JSON writer, so both print
+/// the same dates.
+pub fn civil_date(days: i64) -> Option<[u8; 10]> {
+    // Civil date from days since 1970-01-01 (Howard Hinnant's days_from_civil, inverted).
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -244,20 +262,16 @@ fn format_rfc3339(t: &DateTime<Utc>) -> Option<[u8; 30]> {
     if !(0..=9999).contains(&year) {
         return None;
     }
-    let mut b = *b"0000-00-00T00:00:00.000000000Z";
+    let mut b = *b"0000-00-00";
     let mut put = |at: usize, width: usize, mut v: u64| {
         for i in (0..width).rev() {
             b[at + i] = b'0' + (v % 10) as u8;
             v /= 10;
         }
     };
-    put(0, 4, year as u64);
-    put(5, 2, month as u64);
-    put(8, 2, day as u64);
-    put(11, 2, (sod / 3600) as u64);
-    put(14, 2, (sod % 3600 / 60) as u64);
-    put(17, 2, (sod % 60) as u64);
-    put(20, 9, u64::from(nanos));
+    put(0, 4, year.unsigned_abs());
+    put(5, 2, month.unsigned_abs());
+    put(8, 2, day.unsigned_abs());
     Some(b)
 }
 
