@@ -305,18 +305,6 @@ fn validate_id(id: &v1::BatchId) -> Result<()> {
     Ok(())
 }
 
-/// Converts one wire flow to a contract record with the given node, validating every field.
-/// `record` names the flow in errors.
-pub fn flow_from_wire(node: &str, record: RecordIndex, mut f: v1::Flow) -> Result<FlowRecord> {
-    let pod = f.pod.take();
-    let cgroup = std::mem::take(&mut f.cgroup);
-    let mut flow = flow_fields_from_wire(record, f)?;
-    flow.node = node.to_owned();
-    flow.pod = pod_from_wire(record, pod)?;
-    flow.cgroup = cgroup;
-    Ok(flow)
-}
-
 /// A wire flow's own fields, validated, as a record without node, pod and cgroup.
 fn flow_fields_from_wire(record: RecordIndex, f: v1::Flow) -> Result<FlowRecord> {
     let protocol = match v1::Protocol::try_from(f.protocol) {

@@ -54,10 +54,18 @@ pub(crate) struct Job {
     pub flows: Vec<FlowObservation>,
     /// The batch's DNS observations.
     pub dns: Vec<DnsObservation>,
-    /// The batch's record counts (before aggregation), for metrics.
+    /// The batch's flow and DNS record counts (before aggregation), for metrics and the
+    /// group limits.
     pub records: (usize, usize),
     /// Receives the ack, or the status that ends the agent's stream.
     pub reply: oneshot::Sender<Result<v1::Ack, Status>>,
+}
+
+impl Job {
+    /// Flow and DNS records together.
+    fn record_count(&self) -> usize {
+        self.records.0 + self.records.1
+    }
 }
 
 /// The handle streams submit jobs through; the writer thread ends when every handle is gone.
@@ -129,7 +137,7 @@ async fn run(mut jobs: mpsc::Receiver<Job>, store: &dyn Store, metrics: &Metrics
     let mut group: Vec<Job> = Vec::with_capacity(MAX_GROUP_BATCHES);
     while let Some(first) = jobs.recv().await {
         let deadline = Instant::now() + COMMIT_DELAY;
-        let mut records = first.records.0 + first.records.1;
+        let mut records = first.record_count();
         group.push(first);
         while group.len() < MAX_GROUP_BATCHES && records < MAX_GROUP_RECORDS {
             let next = match jobs.try_recv() {
@@ -143,7 +151,7 @@ async fn run(mut jobs: mpsc::Receiver<Job>, store: &dyn Store, metrics: &Metrics
                 Err(_) => None,
             };
             let Some(job) = next else { break };
-            records += job.records.0 + job.records.1;
+            records += job.record_count();
             group.push(job);
         }
         metrics.queued(-i64::try_from(group.len()).unwrap_or(i64::MAX));

@@ -128,13 +128,12 @@ impl Ingest for IngestService {
     ) -> Result<Response<AckStream>, Status> {
         let peer = describe_peer(&request);
         let batches = request.into_inner();
-        let inner = self.inner.clone();
         // Acks queue here while the agent reads them; a few suffice as batches are sequential.
         let (tx, rx) = mpsc::channel(8);
         // Batches read but not yet answered, in stream order: the stream keeps reading (and
         // converting) while earlier batches wait for their group commit.
         let (pending_tx, mut pending) = mpsc::channel::<Pending>(MAX_IN_FLIGHT);
-        tokio::spawn(inner.clone().read(batches, pending_tx, peer.clone()));
+        tokio::spawn(self.inner.clone().read(batches, pending_tx, peer.clone()));
         tokio::spawn(async move {
             while let Some(reply) = pending.recv().await {
                 let result = match reply.await {
@@ -230,36 +229,24 @@ impl Inner {
             )));
         };
         let this = self.clone();
-        let (reply, answer) = oneshot::channel();
         // Conversion is CPU work: keep it off the async workers.
-        let job =
-            tokio::task::spawn_blocking(move || this.convert(batch, &state.cluster, reply)).await;
-        match job {
-            Ok(Ok(job)) => self.committer.submit(job).await,
-            Ok(Err((reply, status))) => {
-                let _ = reply.send(Err(status));
+        match tokio::task::spawn_blocking(move || this.convert(batch, &state.cluster)).await {
+            Ok(Ok((job, answer))) => {
+                self.committer.submit(job).await;
+                answer
             }
-            Err(e) => return ready(Err(Status::internal(format!("ingest task failed: {e}")))),
+            Ok(Err(status)) => ready(Err(status)),
+            Err(e) => ready(Err(Status::internal(format!("ingest task failed: {e}")))),
         }
-        answer
     }
 
-    /// Validates and converts a batch into the store's observations; a rejection hands the
-    /// reply channel back with its status.
-    fn convert(
-        &self,
-        batch: v1::Batch,
-        cluster: &Cluster,
-        reply: oneshot::Sender<Result<v1::Ack, Status>>,
-    ) -> Result<Job, (oneshot::Sender<Result<v1::Ack, Status>>, Status)> {
+    /// Validates and converts a batch into the store's job, and the receiver of its answer.
+    fn convert(&self, batch: v1::Batch, cluster: &Cluster) -> Result<(Job, Pending), Status> {
         let name = describe_batch(batch.id.as_ref());
-        let batch = match wire::grouped_batch_from_wire(batch) {
-            Ok(batch) => batch,
-            Err(e) => {
-                self.metrics.rejected(Cause::Malformed);
-                return Err((reply, Status::invalid_argument(format!("{name}: {e}"))));
-            }
-        };
+        let batch = wire::grouped_batch_from_wire(batch).map_err(|e| {
+            self.metrics.rejected(Cause::Malformed);
+            Status::invalid_argument(format!("{name}: {e}"))
+        })?;
         let (flows, dns) = observe::from_groups(cluster, &batch.id.node, &batch.groups, &batch.dns);
         let records = (batch.flow_count(), batch.dns.len());
         let id = BatchId {
@@ -267,7 +254,8 @@ impl Inner {
             boot_id: batch.id.boot_id.clone(),
             seq: batch.id.seq,
         };
-        Ok(Job {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
             id,
             ack_id: batch.id,
             name,
@@ -275,7 +263,8 @@ impl Inner {
             dns,
             records,
             reply,
-        })
+        };
+        Ok((job, answer))
     }
 
     /// Maps an error reading the stream to the status to end it with, or `None` when the
