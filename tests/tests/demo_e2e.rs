@@ -230,30 +230,17 @@ fn check_artifacts(run: &Run) {
     let out = &run.out;
     // The snapshot is the project's contract and knows the api Service.
     let snap = leash_records::snapshot::load_path(&out.join("cluster.yaml")).unwrap();
-    let api_svc = snap
-        .services
-        .iter()
-        .find(|s| s.metadata.name.as_deref() == Some("api"))
-        .unwrap();
-    let vip: IpAddr = api_svc
-        .spec
-        .as_ref()
-        .and_then(|s| s.cluster_ip.as_deref())
-        .unwrap()
-        .parse()
-        .unwrap();
-    let db_svc = snap
-        .services
-        .iter()
-        .find(|s| s.metadata.name.as_deref() == Some("postgres"))
-        .unwrap();
-    let db_vip: IpAddr = db_svc
-        .spec
-        .as_ref()
-        .and_then(|s| s.cluster_ip.as_deref())
-        .unwrap()
-        .parse()
-        .unwrap();
+    let cluster_ip = |name: &str| -> IpAddr {
+        snap.services
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some(name))
+            .and_then(|s| s.spec.as_ref()?.cluster_ip.as_deref())
+            .unwrap_or_else(|| panic!("Service {name} with a ClusterIP in the snapshot"))
+            .parse()
+            .unwrap()
+    };
+    let vip = cluster_ip("api");
+    let db_vip = cluster_ip("postgres");
     let dns_vip: IpAddr = "198.51.100.138".parse().unwrap();
 
     // What the agent observed.
