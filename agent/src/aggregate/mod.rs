@@ -45,10 +45,13 @@
 
 use std::{hash::BuildHasher as _, net::IpAddr, time::Duration, time::SystemTime};
 
-use hashbrown::HashTable;
 use rustc_hash::{FxBuildHasher, FxHashSet};
 
 use crate::capture::{FlowId, FlowSample, KernelClock};
+
+mod index;
+
+use index::Index;
 
 /// Where a [`FlowSample`] came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -184,26 +187,29 @@ pub fn recycle<T>(scratch: &mut Vec<T>, used: usize) {
     }
 }
 
-/// Keys the index is sized for up front: the kernel map's capacity, which bounds the keys
-/// alive at once. The index then never grows in normal operation (about 1.3 MiB).
+/// Keys the index and the entry vector are sized for up front: the kernel map's capacity,
+/// which bounds the keys alive at once. The index (2 MiB) then never grows in normal
+/// operation, and the entries never move; memory not yet used is only reserved, not resident.
 const INDEX_CAPACITY: usize = agent_ebpf::FLOWS_MAX_ENTRIES as usize;
 
 /// Folds cumulative samples into deltas. See the module docs.
 ///
 /// Layout, chosen for `observe`, which runs once per kernel record: the entries live in one
 /// dense vector in arrival order, and a separate hash index maps an id to its entry's
-/// position. The index holds only `u32` positions (about 1 MiB for the kernel map's
-/// capacity, so it stays in the CPU cache), and a new key is appended at the end of the
-/// vector. A hash map holding the entries themselves (about 100 bytes each) scatters every
-/// new key to a random cache line and page and moves all of them on each growth; that was
-/// the agent's largest cost per record.
+/// position with one 8-byte slot per key (see [`index`]), so a new key costs one probe of a
+/// small table plus an append. A hash map holding the entries themselves (about 100 bytes
+/// each) scattered every new key to a random cache line and page and moved all of them on
+/// each growth; that was the agent's largest cost per record. [`Aggregator::observe_all`]
+/// also prefetches the index slots of a batch before the lookups.
 #[derive(Clone, Debug)]
 pub struct Aggregator {
     refresh_ns: u64,
     clock: KernelClock,
     /// Entry positions by id, hashed with a fast non-keyed hash (keys come from our own
     /// kernel programs, not from an adversary that could choose collisions).
-    index: HashTable<u32>,
+    index: Index,
+    /// Hashes of the batch in [`Aggregator::observe_all`] (scratch)
+    hashes: Vec<u64>,
     entries: Vec<Entry>,
     /// Positions of the entries with a delta for the next flush, in first-change order: a
     /// flush visits these instead of scanning every key (most are quiet).
@@ -226,9 +232,10 @@ impl Aggregator {
         Self {
             refresh_ns: u64::try_from(refresh.as_nanos()).unwrap_or(u64::MAX),
             clock,
-            index: HashTable::with_capacity(INDEX_CAPACITY),
-            entries: Vec::new(),
-            dirty: Vec::new(),
+            index: Index::with_capacity(INDEX_CAPACITY),
+            hashes: Vec::new(),
+            entries: Vec::with_capacity(INDEX_CAPACITY),
+            dirty: Vec::with_capacity(INDEX_CAPACITY),
             order: Vec::new(),
             noticed: FxHashSet::default(),
             stale_samples: 0,
@@ -254,30 +261,47 @@ impl Aggregator {
     /// The position of `id`'s entry.
     fn position(&self, id: &FlowId) -> Option<u32> {
         let entries = &self.entries;
-        self.index
-            .find(hash(id), |&i| entries[i as usize].id == *id)
-            .copied()
+        self.index.find(hash(id), |i| entries[i as usize].id == *id)
     }
 
     /// The position of `id`'s entry, created (with `first_seen_ns` as its series start) if
     /// new; `None` only if `u32` positions ran out, which would take billions of keys.
-    fn position_or_insert(&mut self, id: &FlowId, first_seen_ns: u64) -> Option<u32> {
-        let h = hash(id);
+    fn position_or_insert(&mut self, h: u64, id: &FlowId, first_seen_ns: u64) -> Option<u32> {
         let Self { index, entries, .. } = self;
-        if let Some(&i) = index.find(h, |&i| entries[i as usize].id == *id) {
-            return Some(i);
+        let new = u32::try_from(entries.len())
+            .ok()
+            .filter(|&n| n != u32::MAX)?;
+        match index.find_or_insert(h, |i| entries[i as usize].id == *id, new) {
+            Ok(i) => Some(i),
+            Err(i) => {
+                entries.push(Entry::new(*id, first_seen_ns));
+                Some(i)
+            }
         }
-        let i = u32::try_from(entries.len()).ok()?;
-        entries.push(Entry::new(*id, first_seen_ns));
-        // Growing the index past its initial size re-hashes the ids (only when far more keys
-        // are tracked than the kernel map holds, i.e. evicted keys not yet forgotten).
-        index.insert_unique(h, i, |&j| hash(&entries[j as usize].id));
-        Some(i)
     }
 
     /// Takes one cumulative sample into account.
     pub fn observe(&mut self, sample: &FlowSample, source: SampleSource) {
-        let Some(i) = self.position_or_insert(&sample.id, sample.first_seen_ns) else {
+        self.observe_hashed(sample, hash(&sample.id), source);
+    }
+
+    /// [`Aggregator::observe`] of each sample in order; the index slots of the whole batch are
+    /// requested from memory first, so that their cache misses overlap.
+    pub fn observe_all(&mut self, samples: &[FlowSample], source: SampleSource) {
+        let mut hashes = std::mem::take(&mut self.hashes);
+        hashes.clear();
+        hashes.extend(samples.iter().map(|s| hash(&s.id)));
+        for &h in &hashes {
+            self.index.prefetch(h);
+        }
+        for (sample, &h) in samples.iter().zip(&hashes) {
+            self.observe_hashed(sample, h, source);
+        }
+        self.hashes = hashes;
+    }
+
+    fn observe_hashed(&mut self, sample: &FlowSample, h: u64, source: SampleSource) {
+        let Some(i) = self.position_or_insert(h, &sample.id, sample.first_seen_ns) else {
             self.stale_samples += 1;
             return;
         };
@@ -469,8 +493,6 @@ impl Aggregator {
             }
             self.remove_at(i);
         }
-        let len = self.entries.len();
-        recycle(&mut self.entries, len);
     }
 
     /// Removes the entry at `i` (which has nothing pending): the last entry moves into its
@@ -483,17 +505,12 @@ impl Aggregator {
             noticed,
             ..
         } = self;
-        let h = hash(&entries[i as usize].id);
-        if let Ok(slot) = index.find_entry(h, |&j| j == i) {
-            slot.remove();
-        }
+        index.remove(hash(&entries[i as usize].id), i);
         noticed.remove(&i);
         let last = (entries.len() - 1) as u32;
         if i != last {
             let moved = entries[last as usize];
-            if let Some(slot) = index.find_mut(hash(&moved.id), |&j| j == last) {
-                *slot = i;
-            }
+            index.repoint(hash(&moved.id), last, i);
             if noticed.remove(&last) {
                 noticed.insert(i);
             }
