@@ -54,7 +54,7 @@ use hickory_proto::{
     rr::{Name, RData, Record as DnsRr, RecordType, rdata::A, rdata::AAAA, rdata::CNAME},
 };
 use leash_agent::{
-    aggregate::{Aggregator, FlowDelta, SampleSource},
+    aggregate::{Aggregator, FlowDelta, SampleSource, cgroup_runs},
     attribution::{Attributor, CgroupPaths, PodInfo, PodStore, pods::fixtures},
     capture::{FlowSample, KernelClock},
     dns::{DnsCacheConfig, DnsTracker},
@@ -75,6 +75,8 @@ const T0: u64 = 1_000_000_000_000;
 /// Refresh interval of the simulated kernel programs.
 const REFRESH: Duration = Duration::from_secs(1);
 const NODE: &str = "bench-node";
+/// Deltas taken per part of a flush (the pipeline's chunk size).
+const FLUSH_PART: usize = 4096;
 
 /// Criterion measurement: CPU time of the benchmark thread. criterion only ships wall time.
 struct ThreadCpu;
@@ -393,7 +395,7 @@ fn write_flows(
     dns: &DnsTracker,
     text: &mut Vec<u8>,
 ) {
-    for group in group_flows(deltas, attributor) {
+    for group in group_flows(&cgroup_runs(deltas), attributor) {
         for delta in &deltas[group.deltas.clone()] {
             let at = DateTime::<Utc>::from(delta.last_seen);
             let names = dns.names_for(&group.attribution, delta.id.dst, at);
@@ -421,9 +423,26 @@ fn interval(
         }
     }
     black_box(agg.due_for_settle(now_ns));
-    let deltas = agg.flush();
-    let mut text = Vec::with_capacity(deltas.len() * 256);
-    write_flows(&deltas, attributor, dns, &mut text);
+    // As the pipeline's flush: per-cgroup runs, then each group's deltas in parts.
+    let mut runs = Vec::new();
+    agg.begin_flush(&mut runs);
+    let mut text = Vec::with_capacity(ring.len() * 256);
+    let mut deltas = Vec::with_capacity(FLUSH_PART);
+    for group in group_flows(&runs, attributor) {
+        for at in group.deltas.clone().step_by(FLUSH_PART) {
+            deltas.clear();
+            agg.take_deltas(at..group.deltas.end.min(at + FLUSH_PART), &mut deltas);
+            for delta in &deltas {
+                let when = DateTime::<Utc>::from(delta.last_seen);
+                let names = dns.names_for(&group.attribution, delta.id.dst, when);
+                if let Some(view) = flow_view(NODE, &group.attribution, delta, &names) {
+                    view.write_json(&mut text);
+                    text.push(b'\n');
+                }
+            }
+        }
+    }
+    agg.end_flush();
     text.len()
 }
 
@@ -535,7 +554,7 @@ fn bench(c: &mut Criterion<ThreadCpu>) {
         .map(|d| flow_record(d, &mut w.attributor, &w.dns))
         .collect();
     g.bench_function("group_flows", |b| {
-        b.iter(|| black_box(group_flows(&deltas, &mut w.attributor)))
+        b.iter(|| black_box(group_flows(&cgroup_runs(&deltas), &mut w.attributor)))
     });
     g.bench_function("json_line", |b| {
         b.iter(|| {

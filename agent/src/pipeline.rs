@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use leash_records::{DnsRecord, Outcome, Protocol};
 
 use crate::{
-    aggregate::{Aggregator, FlowDelta, SampleSource},
+    aggregate::{Aggregator, CgroupRun, FlowDelta, SampleSource},
     attribution::{self, Attribution, Attributor, CgroupPaths, PodInfo, PodStore},
     capture::{self, Capture, CaptureConfig, CaptureEvent, KernelCounters, monotonic_now_ns},
     dns::{DnsCacheConfig, DnsTracker},
@@ -179,6 +179,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         pending: Vec::new(),
         samples: Vec::with_capacity(OBSERVE_BATCH),
         deltas: Vec::new(),
+        runs: Vec::new(),
         summary: Summary::default(),
         flow_losses_seen: 0,
         delivered_flows: 0,
@@ -264,8 +265,10 @@ struct State {
     pending: Vec<DnsRecord>,
     /// Flow ring samples not yet folded into the aggregator (up to [`OBSERVE_BATCH`]).
     samples: Vec<crate::capture::FlowSample>,
-    /// The flush's flow deltas, kept between flushes ([`Aggregator::flush_into`]).
+    /// A part of the flush's flow deltas (scratch, kept between flushes).
     deltas: Vec<FlowDelta>,
+    /// The flush's per-cgroup runs (scratch, kept between flushes).
+    runs: Vec<CgroupRun>,
     summary: Summary,
     /// Flow pushes lost so far (ring full or map full); a change triggers a recovery sweep.
     flow_losses_seen: u64,
@@ -397,41 +400,50 @@ impl State {
         for record in &dns {
             sink.write_dns(record);
         }
-        // Flows go out in bounded chunks: a flush of 100k keys never holds 100k records'
-        // JSON at once. Deltas come sorted within a cgroup and cgroups are put in output
-        // order, so no record is ever sorted (or built as an owned record).
+        // Flows go out in bounded chunks: a flush of 100k keys never holds 100k deltas or
+        // records' JSON at once. Deltas come sorted within a cgroup and cgroups are put in
+        // output order, so no record is ever sorted (or built as an owned record).
+        let mut runs = std::mem::take(&mut self.runs);
+        self.aggregator.begin_flush(&mut runs);
+        let groups = group_flows(&runs, attributor);
         let mut deltas = std::mem::take(&mut self.deltas);
-        self.aggregator.flush_into(&mut deltas);
-        let groups = group_flows(&deltas, attributor);
         let mut in_chunk = dns.len();
         // Without any cached name there is nothing to look up (nor a time to convert).
         let no_names = self.dns.cache().is_empty();
         for group in &groups {
-            for delta in &deltas[group.deltas.clone()] {
-                let names = if no_names {
-                    Vec::new()
-                } else {
-                    let last_seen = DateTime::<Utc>::from(delta.last_seen);
-                    self.dns
-                        .names_for(&group.attribution, delta.id.dst, last_seen)
-                };
-                let Some(view) = flow_view(&self.node, &group.attribution, delta, &names) else {
-                    continue;
-                };
-                sink.write_flow(&view);
-                self.summary.flow_records += 1;
-                self.summary.flow_events += delta.count;
-                in_chunk += 1;
-                if in_chunk >= FLUSH_CHUNK {
-                    sink.flush().await?;
-                    in_chunk = 0;
+            let mut at = group.deltas.start;
+            while at < group.deltas.end {
+                let end = group.deltas.end.min(at + FLUSH_CHUNK);
+                deltas.clear();
+                self.aggregator.take_deltas(at..end, &mut deltas);
+                at = end;
+                for delta in &deltas {
+                    let names = if no_names {
+                        Vec::new()
+                    } else {
+                        let last_seen = DateTime::<Utc>::from(delta.last_seen);
+                        self.dns
+                            .names_for(&group.attribution, delta.id.dst, last_seen)
+                    };
+                    let Some(view) = flow_view(&self.node, &group.attribution, delta, &names)
+                    else {
+                        continue;
+                    };
+                    sink.write_flow(&view);
+                    self.summary.flow_records += 1;
+                    self.summary.flow_events += delta.count;
+                    in_chunk += 1;
+                    if in_chunk >= FLUSH_CHUNK {
+                        sink.flush().await?;
+                        in_chunk = 0;
+                    }
                 }
             }
         }
-        let used = deltas.len();
+        self.aggregator.end_flush();
         deltas.clear();
-        crate::aggregate::recycle(&mut deltas, used);
         self.deltas = deltas;
+        self.runs = runs;
         sink.flush().await?;
         self.dns.purge(now);
         Ok(())
@@ -449,48 +461,33 @@ impl State {
     }
 }
 
-/// The flow deltas of one cgroup (a range of [`Aggregator::flush`]'s output), attributed once.
+/// The flow deltas of one cgroup, attributed once.
 #[derive(Debug, Clone)]
 pub struct FlowGroup {
     /// Who the cgroup belongs to.
     pub attribution: Attribution,
-    /// The group's deltas: indices into the slice given to [`group_flows`].
+    /// The group's deltas: the range of its [`CgroupRun`].
     pub deltas: Range<usize>,
 }
 
-/// Splits `deltas` (sorted as [`Aggregator::flush`] returns them) into per-cgroup groups,
-/// attributes each group once, and puts the groups in output order: by pod (namespace, name,
-/// uid; unattributed first), then cgroup path, then cgroup id. Within a group the deltas are
-/// already in output order (destination, port, protocol), so the records come out sorted
-/// without sorting records.
-pub fn group_flows(deltas: &[FlowDelta], attributor: &mut Attributor) -> Vec<FlowGroup> {
-    let mut groups = Vec::new();
-    let mut start = 0;
-    while start < deltas.len() {
-        let cgroup_id = deltas[start].id.cgroup_id;
-        let len = deltas[start..]
-            .iter()
-            .position(|d| d.id.cgroup_id != cgroup_id)
-            .unwrap_or(deltas.len() - start);
-        let end = start + len;
-        // The latest event of the group: a cgroup created after the last walk of the tree is
-        // found by a new walk.
-        let seen = deltas[start..end]
-            .iter()
-            .map(|d| d.last_seen)
-            .max()
-            .unwrap_or(std::time::UNIX_EPOCH);
-        groups.push(FlowGroup {
-            attribution: attributor.attribute_seen(cgroup_id, seen),
-            deltas: start..end,
-        });
-        start = end;
-    }
+/// Attributes each per-cgroup run of a flush (see [`Aggregator::begin_flush`], or
+/// [`crate::aggregate::cgroup_runs`] of [`Aggregator::flush`]'s result) once, and puts the
+/// groups in output order: by pod (namespace, name, uid; unattributed first), then cgroup
+/// path, then cgroup id. Within a group the deltas are already in output order (destination,
+/// port, protocol), so the records come out sorted without sorting records.
+pub fn group_flows(runs: &[CgroupRun], attributor: &mut Attributor) -> Vec<FlowGroup> {
+    let mut groups: Vec<FlowGroup> = runs
+        .iter()
+        .map(|run| FlowGroup {
+            attribution: attributor.attribute_seen(run.cgroup_id, run.last_seen),
+            deltas: run.deltas.clone(),
+        })
+        .collect();
     fn key(g: &FlowGroup) -> (Option<PodView<'_>>, &str, usize) {
         (
             g.attribution.pod.as_deref().map(pod_view),
             &g.attribution.cgroup,
-            // Groups are in cgroup id order: the start breaks ties by cgroup id.
+            // Runs are in cgroup id order: the start breaks ties by cgroup id.
             g.deltas.start,
         )
     }
@@ -643,7 +640,7 @@ mod tests {
         let deltas = agg.flush();
         let dns = DnsTracker::new(DnsCacheConfig::default(), metrics);
         let mut got = Vec::new();
-        for group in group_flows(&deltas, &mut attributor) {
+        for group in group_flows(&crate::aggregate::cgroup_runs(&deltas), &mut attributor) {
             for d in &deltas[group.deltas.clone()] {
                 let names = dns.names_for(&group.attribution, d.id.dst, at(0));
                 if let Some(view) = flow_view("n1", &group.attribution, d, &names) {

@@ -43,7 +43,7 @@
 //! assert_eq!(agg.flush()[0].count, 4);
 //! ```
 
-use std::{hash::BuildHasher as _, net::IpAddr, time::Duration, time::SystemTime};
+use std::{hash::BuildHasher as _, net::IpAddr, ops::Range, time::Duration, time::SystemTime};
 
 use rustc_hash::{FxBuildHasher, FxHashSet};
 
@@ -81,6 +81,44 @@ pub struct FlowDelta {
     pub first_seen: SystemTime,
     /// `last_seen_ns` as wall-clock time.
     pub last_seen: SystemTime,
+}
+
+/// The deltas of one cgroup: a range of a flush's output order (see
+/// [`Aggregator::begin_flush`]), or of [`Aggregator::flush`]'s result (see [`cgroup_runs`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CgroupRun {
+    /// The cgroup.
+    pub cgroup_id: u64,
+    /// Its deltas.
+    pub deltas: Range<usize>,
+    /// The latest event among them (a cgroup created after the last walk of the cgroup tree
+    /// is found by a new walk).
+    pub last_seen: SystemTime,
+}
+
+/// The per-cgroup runs of `deltas`, sorted as [`Aggregator::flush`] returns them.
+pub fn cgroup_runs(deltas: &[FlowDelta]) -> Vec<CgroupRun> {
+    let mut runs = Vec::new();
+    let mut start = 0;
+    while let Some(first) = deltas.get(start) {
+        let cgroup_id = first.id.cgroup_id;
+        let len = deltas[start..]
+            .iter()
+            .position(|d| d.id.cgroup_id != cgroup_id)
+            .unwrap_or(deltas.len() - start);
+        let last_seen = deltas[start..start + len]
+            .iter()
+            .map(|d| d.last_seen)
+            .max()
+            .unwrap_or(std::time::UNIX_EPOCH);
+        runs.push(CgroupRun {
+            cgroup_id,
+            deltas: start..start + len,
+            last_seen,
+        });
+        start += len;
+    }
+    runs
 }
 
 /// Cumulative state of one kernel incarnation of a key, as far as we have seen it.
@@ -434,11 +472,23 @@ impl Aggregator {
         deltas
     }
 
-    /// [`Aggregator::flush`] into `deltas` (cleared first), so that a caller flushing
-    /// periodically reuses one allocation: at 100k keys the deltas take about 10 MiB, and
-    /// faulting fresh memory in for every flush cost more than writing it.
+    /// [`Aggregator::flush`] into `deltas` (cleared first), reusing its allocation.
     pub fn flush_into(&mut self, deltas: &mut Vec<FlowDelta>) {
         deltas.clear();
+        let mut runs = Vec::new();
+        self.begin_flush(&mut runs);
+        self.take_deltas(0..self.order.len(), deltas);
+        self.end_flush();
+    }
+
+    /// Starts a flush that hands its deltas out in parts, so that a flush of 100k keys never
+    /// holds all of them (about 10 MiB) at once: puts the pending keys in output order and
+    /// fills `runs` (cleared first) with that order's per-cgroup runs. Then
+    /// [`Aggregator::take_deltas`] takes any ranges of that order, and
+    /// [`Aggregator::end_flush`] ends the flush. Deltas not taken by then stay pending.
+    pub fn begin_flush(&mut self, runs: &mut Vec<CgroupRun>) {
+        self.end_flush();
+        runs.clear();
         let mut dirty = std::mem::take(&mut self.dirty);
         // Sorting compact integer keys plus a position, rather than the deltas themselves,
         // moves a third of the bytes and compares without decoding `IpAddr`s.
@@ -450,12 +500,49 @@ impl Aggregator {
                 .filter_map(|&i| Some((SortKey::of(&self.entries.get(i as usize)?.id), i))),
         );
         order.sort_unstable();
+        // Until the flush ends, `order` lists the pending keys.
+        let used = dirty.len();
+        dirty.clear();
+        recycle(&mut dirty, used);
+        self.dirty = dirty;
+
+        let mut start = 0;
+        while let Some(&(SortKey([cgroup_id, ..]), _)) = order.get(start) {
+            let len = order[start..]
+                .iter()
+                .position(|(k, _)| k.0[0] != cgroup_id)
+                .unwrap_or(order.len() - start);
+            let last_ns = order[start..start + len]
+                .iter()
+                .filter_map(|&(_, i)| self.entries.get(i as usize))
+                .map(|e| e.pending.last_ns)
+                .max()
+                .unwrap_or(0);
+            runs.push(CgroupRun {
+                cgroup_id,
+                deltas: start..start + len,
+                last_seen: self.clock.to_system_time(last_ns),
+            });
+            start += len;
+        }
+        self.order = order;
+    }
+
+    /// Appends the deltas of `range` of the current flush's order (see
+    /// [`Aggregator::begin_flush`]) to `deltas`; each is handed out once.
+    pub fn take_deltas(&mut self, range: Range<usize>, deltas: &mut Vec<FlowDelta>) {
         let clock = self.clock;
-        deltas.reserve(order.len());
-        for &(_, i) in &order {
+        let Some(part) = self.order.get(range) else {
+            return;
+        };
+        deltas.reserve(part.len());
+        for &(_, i) in part {
             let Some(e) = self.entries.get_mut(i as usize) else {
                 continue;
             };
+            if !e.dirty {
+                continue;
+            }
             e.dirty = false;
             let p = e.pending;
             deltas.push(FlowDelta {
@@ -469,20 +556,35 @@ impl Aggregator {
                 last_seen: clock.to_system_time(p.last_ns),
             });
         }
-        // The next interval reuses both allocations.
-        let used = dirty.len();
-        dirty.clear();
-        recycle(&mut dirty, used);
-        self.dirty = dirty;
+    }
+
+    /// Ends the current flush (if any): deltas not taken stay pending for the next one.
+    pub fn end_flush(&mut self) {
+        let Self {
+            entries,
+            dirty,
+            order,
+            ..
+        } = self;
+        for &(_, i) in order.iter() {
+            if let Some(e) = entries.get_mut(i as usize)
+                && e.dirty
+            {
+                e.dirty_pos = dirty.len() as u32;
+                dirty.push(i);
+            }
+        }
+        let used = order.len();
         order.clear();
-        recycle(&mut order, used);
-        self.order = order;
+        recycle(order, used);
     }
 
     /// Forgets the given keys if they are settled and have nothing pending. Only safe for keys
     /// the kernel no longer holds (a lookup returned `None`); otherwise a later sample of the
     /// same incarnation would be counted again from zero.
     pub fn forget(&mut self, ids: &[FlowId]) {
+        // Positions move below: no flush may be holding some.
+        self.end_flush();
         for id in ids {
             let Some(i) = self.position(id) else {
                 continue;
@@ -699,6 +801,49 @@ mod tests {
         let got: Vec<(u16, u64)> = d.iter().map(|d| (d.id.dst_port, d.count)).collect();
         assert_eq!(got, [(2, 4)]);
         assert_eq!(a.idle_keys(), vec![id(1), id(2), id(3)]);
+        assert!(a.flush().is_empty());
+    }
+
+    /// A flush handed out in parts: runs per cgroup, each delta once, and what was not taken
+    /// before the flush ended stays pending (with later events merged in).
+    #[test]
+    fn flush_in_parts_hands_out_each_delta_once() {
+        let mut a = agg();
+        let other = |port: u16, count: u64| FlowSample {
+            id: FlowId {
+                cgroup_id: 3,
+                ..id(port)
+            },
+            ..sample(port, 10, count, 10 + count)
+        };
+        for port in [2, 1, 3] {
+            a.observe(
+                &sample(port, 10, 1, 10 + u64::from(port)),
+                SampleSource::Ring,
+            );
+        }
+        a.observe(&other(7, 2), SampleSource::Ring);
+        let mut runs = Vec::new();
+        a.begin_flush(&mut runs);
+        let got: Vec<(u64, Range<usize>)> = runs
+            .iter()
+            .map(|r| (r.cgroup_id, r.deltas.clone()))
+            .collect();
+        assert_eq!(got, [(3, 0..1), (9, 1..4)]);
+        assert_eq!(
+            runs[1].last_seen,
+            KernelClock::from_offset_ns(0).to_system_time(13)
+        );
+        let mut d = Vec::new();
+        a.take_deltas(1..3, &mut d);
+        a.take_deltas(1..3, &mut d);
+        let ports: Vec<u16> = d.iter().map(|d| d.id.dst_port).collect();
+        assert_eq!(ports, [1, 2], "each delta once");
+        a.end_flush();
+        // Ports 3 and 7 were not taken: still pending, with new events added.
+        a.observe(&sample(3, 10, 4, 40), SampleSource::Ring);
+        let got: Vec<(u16, u64)> = a.flush().iter().map(|d| (d.id.dst_port, d.count)).collect();
+        assert_eq!(got, [(7, 2), (3, 4)]);
         assert!(a.flush().is_empty());
     }
 
