@@ -15,7 +15,9 @@
 //!
 //! It prints a table against the issue's goals:
 //! - user-space CPU per kernel record ≤ 1 µs (agent CPU after attach / ring records delivered);
-//! - RSS ≤ 64 MiB with 100,000 active keys (`VmHWM`, and `ru_maxrss` at exit);
+//! - RSS ≤ 64 MiB with 100,000 active keys (`VmHWM` of the agent's process image, read after
+//!   the final settle; `ru_maxrss` is printed but not judged: Linux keeps the peak of the
+//!   pre-`exec` image, the fork of this bench, whose own RSS grows with each run's output);
 //! - zero unaccounted losses: produced = delivered + counted drops (kernel counters vs what
 //!   the agent read), and the sum of `count` over the output = the sends the pod made.
 //!
@@ -23,7 +25,9 @@
 //! `LEASH_REQUIRE_PRIVILEGED=1`, when it fails. Exits 1 when a goal is missed.
 //!
 //! `cargo build --release -p leash-agent && cargo bench -p leash-agent --bench agent_scale
-//! [-- --keys N --active N --rounds N --flush-ms MS --chunk N --pause-ms MS]`.
+//! [-- --keys N --active N --rounds N --flush-ms MS --chunk N --pause-ms MS --runs N]`.
+//! The whole scenario runs `--runs` times (default 3), each with a fresh lab and agent; CPU is
+//! judged on the median run, RSS and exactness on every run.
 //! Defaults: 100,000 keys in runs of 10,000 150 ms apart, 10,000 kept active for 3 rounds,
 //! flush interval 5 s (so that all 100k keys meet in one flush batch, the RSS worst case).; `LEASH_AGENT_BIN` overrides the agent.
 
@@ -63,6 +67,8 @@ struct Opts {
     active: usize,
     rounds: u32,
     flush: Duration,
+    /// Whole runs (fresh lab and agent each); the CPU goal is judged on their median.
+    runs: usize,
 }
 
 fn parse_opts() -> Result<Opts, String> {
@@ -73,6 +79,7 @@ fn parse_opts() -> Result<Opts, String> {
         active: 10_000,
         rounds: 3,
         flush: Duration::from_secs(5),
+        runs: 3,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -87,6 +94,7 @@ fn parse_opts() -> Result<Opts, String> {
             "--flush-ms" => o.flush = Duration::from_millis(num("--flush-ms")?),
             "--chunk" => o.chunk = num("--chunk")? as usize,
             "--pause-ms" => o.pause = Duration::from_millis(num("--pause-ms")?),
+            "--runs" => o.runs = num("--runs")? as usize,
             // `cargo bench` passes `--bench`; ignore it and other harness flags.
             "--bench" => {}
             other if other.starts_with("--") => return Err(format!("unknown option {other}")),
@@ -102,6 +110,9 @@ fn parse_opts() -> Result<Opts, String> {
     }
     if o.chunk == 0 || o.pause > Duration::from_secs(5) {
         return Err("--chunk must be >= 1 and --pause-ms <= 5000".into());
+    }
+    if !(1..=9).contains(&o.runs) {
+        return Err("--runs must be 1..=9".into());
     }
     if !(1..=10).contains(&o.rounds) {
         return Err("--rounds must be 1..=10".into());
@@ -268,7 +279,7 @@ struct Row {
     pass: bool,
 }
 
-fn run(o: &Opts) -> Result<bool, String> {
+fn run(o: &Opts) -> Result<Measured, String> {
     let bin = support::agent_binary("agent_scale", true)?;
     let lab = Lab::builder()
         .pod(PodSpec::new("bench", "load").label("app", "load"))
@@ -407,7 +418,7 @@ fn run(o: &Opts) -> Result<bool, String> {
     );
     println!(
         "  agent RSS: idle after attach {:.1} MiB, VmHWM {hwm_mib:.1} MiB, VmRSS at end {:.1} \
-         MiB, ru_maxrss at exit {maxrss_mib:.1} MiB",
+         MiB, ru_maxrss at exit {maxrss_mib:.1} MiB (includes the pre-exec fork of the bench)",
         rss_idle as f64 / 1024.0,
         rss_end as f64 / 1024.0
     );
@@ -418,47 +429,101 @@ fn run(o: &Opts) -> Result<bool, String> {
         stopped.as_deref().unwrap_or("(none)")
     );
 
-    let rss_peak = hwm_mib.max(maxrss_mib);
+    Ok(Measured {
+        ns_per_record,
+        user_ns_per_record,
+        rss_peak_mib: hwm_mib,
+        produced,
+        delivered,
+        ring_full,
+        events,
+        sent,
+        map_failed,
+        distinct_keys: keys.len(),
+    })
+}
+
+/// What one run measured.
+struct Measured {
+    ns_per_record: f64,
+    user_ns_per_record: f64,
+    rss_peak_mib: f64,
+    produced: u64,
+    delivered: u64,
+    ring_full: u64,
+    events: u64,
+    sent: u64,
+    map_failed: u64,
+    distinct_keys: usize,
+}
+
+/// The goals over all runs: CPU by the median run (this VM's run-to-run spread is large:
+/// softirq time of the lab's own traffic is charged to whichever task runs), RSS and
+/// exactness in every run.
+fn report(o: &Opts, runs: &[Measured]) -> bool {
+    let mut cpu: Vec<f64> = runs.iter().map(|m| m.ns_per_record).collect();
+    cpu.sort_by(f64::total_cmp);
+    let mut user: Vec<f64> = runs.iter().map(|m| m.user_ns_per_record).collect();
+    user.sort_by(f64::total_cmp);
+    let median = |v: &[f64]| v.get(v.len() / 2).copied().unwrap_or(f64::NAN);
+    let (lo, hi) = (cpu[0], cpu[cpu.len() - 1]);
+    let rss_peak = runs.iter().map(|m| m.rss_peak_mib).fold(0.0, f64::max);
+    let exact = |m: &Measured| m.produced == m.delivered + m.ring_full && m.produced > 0;
+    let balances: Vec<String> = runs
+        .iter()
+        .map(|m| format!("{} = {} + {}", m.produced, m.delivered, m.ring_full))
+        .collect();
+    let sums: Vec<String> = runs
+        .iter()
+        .map(|m| format!("{} vs {} (map-full {})", m.events, m.sent, m.map_failed))
+        .collect();
+    let keys: Vec<String> = runs.iter().map(|m| m.distinct_keys.to_string()).collect();
+    let per_run: Vec<String> = runs
+        .iter()
+        .map(|m| format!("{:.0}", m.ns_per_record))
+        .collect();
     let rows = [
         Row {
             goal: "CPU per kernel record (all threads, after attach)",
-            measured: format!("{ns_per_record:.0} ns ({user_ns_per_record:.0} ns user)"),
+            measured: format!(
+                "median {:.0} ns ({:.0} ns user); runs {} ns (range {lo:.0}-{hi:.0})",
+                median(&cpu),
+                median(&user),
+                per_run.join(", ")
+            ),
             target: format!("<= {GOAL_CPU_NS_PER_RECORD:.0} ns"),
-            pass: ns_per_record <= GOAL_CPU_NS_PER_RECORD,
+            pass: median(&cpu) <= GOAL_CPU_NS_PER_RECORD,
         },
         Row {
-            goal: "peak RSS with the active keys",
+            goal: "peak RSS with the active keys (highest run)",
             measured: format!("{rss_peak:.1} MiB"),
             target: format!("<= {GOAL_RSS_MIB:.0} MiB"),
             pass: rss_peak <= GOAL_RSS_MIB,
         },
         Row {
-            goal: "produced = delivered + counted drops",
-            measured: format!("{produced} = {delivered} + {ring_full}"),
+            goal: "produced = delivered + counted drops (each run)",
+            measured: balances.join("; "),
             target: "equal".into(),
-            pass: produced == delivered + ring_full && produced > 0,
+            pass: runs.iter().all(exact),
         },
         Row {
-            goal: "sum(count) in output = datagrams sent",
-            measured: format!("{events} vs {sent} (map-full losses {map_failed})"),
+            goal: "sum(count) in output = datagrams sent (each run)",
+            measured: sums.join("; "),
             target: "equal".into(),
-            pass: events == sent,
+            pass: runs.iter().all(|m| m.events == m.sent),
         },
         Row {
-            goal: "distinct keys in output",
-            measured: format!("{}", keys.len()),
+            goal: "distinct keys in output (each run)",
+            measured: keys.join(", "),
             target: format!("{}", o.keys),
-            pass: keys.len() == o.keys,
+            pass: runs.iter().all(|m| m.distinct_keys == o.keys),
         },
     ];
     println!();
-    println!(
-        "  {:<52} {:>28} {:>12}  result",
-        "goal", "measured", "target"
-    );
+    println!("agent_scale: {} run(s)", runs.len());
     for r in &rows {
         println!(
-            "  {:<52} {:>28} {:>12}  {}",
+            "  {:<50} {}  target {}  {}",
             r.goal,
             r.measured,
             r.target,
@@ -474,7 +539,7 @@ fn run(o: &Opts) -> Result<bool, String> {
             "SMALLER than the key set: keys are evicted"
         }
     );
-    Ok(rows.iter().all(|r| r.pass))
+    rows.iter().all(|r| r.pass)
 }
 
 fn main() -> ExitCode {
@@ -489,12 +554,21 @@ fn main() -> ExitCode {
         println!("agent_scale: skipped (see above)");
         return ExitCode::SUCCESS;
     }
-    match run(&opts) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("agent_scale: {e}");
-            ExitCode::FAILURE
+    let mut runs = Vec::new();
+    for n in 1..=opts.runs {
+        println!();
+        println!("agent_scale: run {n} of {}", opts.runs);
+        match run(&opts) {
+            Ok(m) => runs.push(m),
+            Err(e) => {
+                eprintln!("agent_scale: {e}");
+                return ExitCode::FAILURE;
+            }
         }
+    }
+    if report(&opts, &runs) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
