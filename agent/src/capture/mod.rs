@@ -327,6 +327,17 @@ where
         .map_err(|e| program_error(action, name, e))
 }
 
+/// Loads the `cgroup_skb` program `name` of `ebpf` into the kernel (without attaching it), as
+/// [`Capture::start`] does for its ingress program.
+///
+/// A verifier rejection comes back as [`Error::VerifierRejected`] with the kernel's log, a
+/// missing capability as [`Error::MissingPrivileges`], and a program that is absent or of
+/// another type as [`Error::Missing`] or [`Error::Program`].
+pub fn load_cgroup_skb(ebpf: &mut Ebpf, name: &'static str) -> Result<()> {
+    let prog: &mut CgroupSkb = program(ebpf, name, "loading")?;
+    prog.load().map_err(|e| program_error("loading", name, e))
+}
+
 fn program_error(action: &'static str, program: &'static str, source: ProgramError) -> Error {
     if let ProgramError::LoadError {
         io_error,
@@ -482,9 +493,7 @@ impl Capture {
         release
             .load()
             .map_err(|e| program_error("loading", RELEASE_PROGRAM, e))?;
-        let dns: &mut CgroupSkb = program(&mut ebpf, INGRESS_PROGRAM, "loading")?;
-        dns.load()
-            .map_err(|e| program_error("loading", INGRESS_PROGRAM, e))?;
+        load_cgroup_skb(&mut ebpf, INGRESS_PROGRAM)?;
 
         // Attached through bpf_link (kernel ≥ 5.7), which is always multi-attach: several agents
         // or tests may watch overlapping sub-trees. Link creation takes no attach flags.
