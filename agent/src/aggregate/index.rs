@@ -11,6 +11,22 @@
 //! so growing and deleting (backward shift) never read the entries themselves, and a probe
 //! compares an entry's id only when the hash bits match. At most half the slots are used.
 
+/// Starts loading the cache line holding `value` (a hint: it never faults and reads nothing;
+/// a no-op on targets without a stable prefetch instruction).
+#[inline]
+pub(super) fn prefetch<T>(value: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `_mm_prefetch` only hints the cache; the pointer comes from a live reference.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch(
+            (value as *const T).cast::<i8>(),
+            core::arch::x86_64::_MM_HINT_T0,
+        );
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = value;
+}
+
 /// Slots at the start; doubled whenever more than half are used.
 const MIN_SLOTS: usize = 16;
 
@@ -67,19 +83,17 @@ impl Index {
     /// Starts loading the slot `hash` probes first into the cache.
     #[inline]
     pub(super) fn prefetch(&self, hash: u64) {
-        let home = self.home(tag(hash));
-        #[cfg(target_arch = "x86_64")]
-        if let Some(p) = self.slots.get(home) {
-            // SAFETY: prefetching is a hint; it never faults and does not read the value.
-            unsafe {
-                core::arch::x86_64::_mm_prefetch(
-                    (p as *const u64).cast::<i8>(),
-                    core::arch::x86_64::_MM_HINT_T0,
-                );
-            }
+        if let Some(p) = self.slots.get(self.home(tag(hash))) {
+            prefetch(p);
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = home;
+    }
+
+    /// The position in the first slot `hash` probes if that slot's hash bits match: most
+    /// likely the id's entry, to prefetch before the lookup confirms it.
+    #[inline]
+    pub(super) fn guess(&self, hash: u64) -> Option<u32> {
+        let s = *self.slots.get(self.home(tag(hash)))?;
+        (s != 0 && tag_of(s) == tag(hash)).then(|| pos_of(s))
     }
 
     /// The position stored for `hash` for which `is` holds.

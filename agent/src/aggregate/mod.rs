@@ -323,14 +323,26 @@ impl Aggregator {
         self.observe_hashed(sample, hash(&sample.id), source);
     }
 
-    /// [`Aggregator::observe`] of each sample in order; the index slots of the whole batch are
-    /// requested from memory first, so that their cache misses overlap.
+    /// [`Aggregator::observe`] of each sample in order. The index slots of the whole batch are
+    /// requested from memory first, then the entries they most likely point at, so that the
+    /// cache misses of a batch overlap instead of coming one after the other.
     pub fn observe_all(&mut self, samples: &[FlowSample], source: SampleSource) {
         let mut hashes = std::mem::take(&mut self.hashes);
         hashes.clear();
         hashes.extend(samples.iter().map(|s| hash(&s.id)));
         for &h in &hashes {
             self.index.prefetch(h);
+        }
+        for &h in &hashes {
+            if let Some(e) = self
+                .index
+                .guess(h)
+                .and_then(|i| self.entries.get(i as usize))
+            {
+                // The id and series, then the pending delta (an entry spans three lines).
+                index::prefetch(e);
+                index::prefetch(&e.pending);
+            }
         }
         for (sample, &h) in samples.iter().zip(&hashes) {
             self.observe_hashed(sample, h, source);

@@ -217,12 +217,18 @@ fn uint(mut v: u64, out: &mut Vec<u8>) {
 fn ip(addr: IpAddr, out: &mut Vec<u8>) {
     match addr {
         IpAddr::V4(v4) => {
+            let mut text = [0u8; 15];
+            let mut len = 0;
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push(b'.');
+                    text[len] = b'.';
+                    len += 1;
                 }
-                uint(u64::from(octet), out);
+                let (digits, n) = OCTETS[usize::from(octet)];
+                text[len..len + 3].copy_from_slice(&digits);
+                len += usize::from(n);
             }
+            out.extend_from_slice(&text[..len]);
         }
         IpAddr::V6(v6) => {
             use std::io::Write as _;
@@ -249,15 +255,21 @@ fn rfc3339(t: &SystemTime) -> Option<[u8; 30]> {
     };
     let mut b = *b"0000-00-00T00:00:00.000000000Z";
     // Records of one flush share a few seconds (they are written in destination order, which
-    // for a burst is close to time order): the calendar and clock digits are reused from the
-    // previous call when the second is the same, and only the fraction is formatted.
-    let head = LAST_SECOND.with(|cell| match cell.get() {
-        (s, Some(head)) if s == secs => Some(head),
-        _ => {
-            let head = date_time(secs)?;
-            cell.set((secs, Some(head)));
-            Some(head)
+    // for a burst is close to time order): the calendar and clock digits are reused from a
+    // recent call when the second is the same, and only the fraction is formatted. Two
+    // seconds are kept because a record's two bounds often lie in different seconds.
+    let head = LAST_SECONDS.with(|cell| {
+        let [newer, older] = cell.get();
+        for (s, head) in [newer, older] {
+            if s == secs
+                && let Some(head) = head
+            {
+                return Some(head);
+            }
         }
+        let head = date_time(secs)?;
+        cell.set([(secs, Some(head)), newer]);
+        Some(head)
     })?;
     b[..19].copy_from_slice(&head);
     // The nine fraction digits: one, then four pairs.
@@ -289,6 +301,24 @@ fn date_time(secs: i64) -> Option<[u8; 19]> {
     Some(b)
 }
 
+/// The decimal digits of 0..=255 (left-aligned) and their number.
+const OCTETS: [([u8; 3], u8); 256] = {
+    let mut t = [([0u8; 3], 0u8); 256];
+    let mut i = 0;
+    while i < 256 {
+        let (h, d, u) = ((i / 100) as u8, (i / 10 % 10) as u8, (i % 10) as u8);
+        t[i] = if i >= 100 {
+            ([b'0' + h, b'0' + d, b'0' + u], 3)
+        } else if i >= 10 {
+            ([b'0' + d, b'0' + u, 0], 2)
+        } else {
+            ([b'0' + u, 0, 0], 1)
+        };
+        i += 1;
+    }
+    t
+};
+
 /// `"00"` to `"99"`.
 const DIGIT_PAIRS: [u8; 200] = {
     let mut t = [0u8; 200];
@@ -308,9 +338,9 @@ fn two_digits(v: usize) -> &'static [u8] {
 }
 
 thread_local! {
-    /// The last second formatted, and its `YYYY-MM-DDTHH:MM:SS`.
-    static LAST_SECOND: std::cell::Cell<(i64, Option<[u8; 19]>)> =
-        const { std::cell::Cell::new((i64::MIN, None)) };
+    /// The two latest seconds formatted (newest first), and their `YYYY-MM-DDTHH:MM:SS`.
+    static LAST_SECONDS: std::cell::Cell<[(i64, Option<[u8; 19]>); 2]> =
+        const { std::cell::Cell::new([(i64::MIN, None); 2]) };
 }
 
 #[cfg(test)]
@@ -437,6 +467,22 @@ mod tests {
                 writer.write(&FlowView::of(record), &mut ours);
                 let theirs = serde_json::to_vec(&Record::Flow(record.clone())).unwrap();
                 prop_assert_eq!(String::from_utf8_lossy(&ours), String::from_utf8_lossy(&theirs));
+            }
+        }
+    }
+
+    proptest! {
+        /// Timestamps drawn from a few seconds, in any order, so that the cached calendar
+        /// digits are reused and replaced: each is formatted as chrono formats it.
+        #[test]
+        fn cached_seconds_format_like_chrono(
+            times in proptest::collection::vec((0i64..3, 0u32..1_000_000_000), 1..40),
+        ) {
+            for (s, nanos) in times {
+                let t = UNIX_EPOCH + std::time::Duration::new(1_764_000_000 + (s * 86_399) as u64, nanos);
+                let want = DateTime::<Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+                let got = rfc3339(&t).map(|b| String::from_utf8_lossy(&b).into_owned());
+                prop_assert_eq!(got, Some(want));
             }
         }
     }
