@@ -4,7 +4,7 @@
 #   pipeline  agent/benches/pipeline.rs         user-space ns per kernel record (goal <= 1 us)
 #   scale     agent/benches/agent_scale.rs      real agent, 100k keys: CPU/record, RSS (<= 64 MiB),
 #                                               produced = delivered + drops, exact counts; run
-#                                               twice: paced, then one burst that overruns the ring
+#                                               twice: paced, then all keys in one burst
 #   outage    agent/benches/outage.rs           real agent streaming to a recommender that is down
 #                                               for 5 minutes: RSS growth (<= +10%), exact counts
 # Usage: scripts/bench-agent.sh [connect] [pipeline] [scale] [outage]   (default: the first three;
@@ -74,7 +74,7 @@ if wants scale; then
     echo "== real agent at 100k keys (agent_scale)"
     # shellcheck disable=SC2086 # SCALE_ARGS is a list of words
     cargo bench -p leash-agent --bench agent_scale -- ${SCALE_ARGS:-} || status=1
-    echo "== real agent, the same 100k keys in one burst with a 1 s flush (ring overrun and recovery)"
+    echo "== real agent, the same 100k keys in one burst with a 1 s flush (counted drops, if the ring overruns, are recovered by a sweep)"
     cargo bench -p leash-agent --bench agent_scale -- --chunk 100000 --flush-ms 1000 || status=1
 fi
 if wants outage; then

@@ -6,8 +6,8 @@
 //! 1. creates `--keys` distinct flow keys with unconnected UDP `sendto` (one datagram per
 //!    (external host, port) pair: 203.0.113.10 and .11, ports 10000 upwards), `--chunk` keys
 //!    per client run, `--pause-ms` apart (paced so that the 1 MiB flow ring is not overrun on
-//!    a busy 2-vCPU machine; `--chunk 100000` sends them in one burst, which exercises the
-//!    ring-full recovery path instead);
+//!    a busy 2-vCPU machine; `--chunk 100000` sends them in one burst, which may overrun it
+//!    and then exercises the ring-full recovery path);
 //! 2. keeps `--active` of them active for `--rounds` flush intervals (one send per key per
 //!    interval);
 //! 3. waits for the agent to settle, scrapes `/metrics`, reads its peak RSS and CPU time from
