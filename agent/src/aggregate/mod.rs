@@ -512,10 +512,9 @@ impl Aggregator {
                 .filter_map(|&i| Some((SortKey::of(&self.entries.get(i as usize)?.id), i))),
         );
         order.sort_unstable();
-        // Until the flush ends, `order` lists the pending keys.
-        let used = dirty.len();
+        // Until the flush ends, `order` lists the pending keys. The dirty list keeps its
+        // reservation (4 bytes per key of the kernel map, resident only once used).
         dirty.clear();
-        recycle(&mut dirty, used);
         self.dirty = dirty;
 
         let mut start = 0;
