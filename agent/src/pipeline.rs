@@ -411,12 +411,10 @@ impl State {
         // Without any cached name there is nothing to look up (nor a time to convert).
         let no_names = self.dns.cache().is_empty();
         for group in &groups {
-            let mut at = group.deltas.start;
-            while at < group.deltas.end {
-                let end = group.deltas.end.min(at + FLUSH_CHUNK);
+            for at in group.deltas.clone().step_by(FLUSH_CHUNK) {
                 deltas.clear();
-                self.aggregator.take_deltas(at..end, &mut deltas);
-                at = end;
+                let part = at..group.deltas.end.min(at + FLUSH_CHUNK);
+                self.aggregator.take_deltas(part, &mut deltas);
                 for delta in &deltas {
                     let names = if no_names {
                         Vec::new()

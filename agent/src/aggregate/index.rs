@@ -96,21 +96,28 @@ impl Index {
         (s != 0 && tag_of(s) == tag(hash)).then(|| pos_of(s))
     }
 
-    /// The position stored for `hash` for which `is` holds.
+    /// Probes the run of `hash`'s home slot: the index of the slot whose hash bits match and
+    /// whose position `is` accepts, or else of the empty slot that ends the run.
     #[inline]
-    pub(super) fn find(&self, hash: u64, mut is: impl FnMut(u32) -> bool) -> Option<u32> {
+    fn probe(&self, hash: u64, mut is: impl FnMut(u32) -> bool) -> Result<usize, usize> {
         let t = tag(hash);
         let mut i = self.home(t);
         loop {
             let s = self.slots[i];
             if s == 0 {
-                return None;
+                return Err(i);
             }
             if tag_of(s) == t && is(pos_of(s)) {
-                return Some(pos_of(s));
+                return Ok(i);
             }
             i = (i + 1) & self.mask;
         }
+    }
+
+    /// The position stored for `hash` for which `is` holds.
+    #[inline]
+    pub(super) fn find(&self, hash: u64, is: impl FnMut(u32) -> bool) -> Option<u32> {
+        self.probe(hash, is).ok().map(|i| pos_of(self.slots[i]))
     }
 
     /// [`Index::find`], or inserts `new` for `hash` when nothing matches; returns the
@@ -119,59 +126,36 @@ impl Index {
     pub(super) fn find_or_insert(
         &mut self,
         hash: u64,
-        mut is: impl FnMut(u32) -> bool,
+        is: impl FnMut(u32) -> bool,
         new: u32,
     ) -> Result<u32, u32> {
         if (self.len + 1) * 2 > self.slots.len() {
             self.grow();
         }
-        let t = tag(hash);
-        let mut i = self.home(t);
-        loop {
-            let s = self.slots[i];
-            if s == 0 {
-                self.slots[i] = slot(t, new);
+        match self.probe(hash, is) {
+            Ok(i) => Ok(pos_of(self.slots[i])),
+            Err(empty) => {
+                self.slots[empty] = slot(tag(hash), new);
                 self.len += 1;
-                return Err(new);
+                Err(new)
             }
-            if tag_of(s) == t && is(pos_of(s)) {
-                return Ok(pos_of(s));
-            }
-            i = (i + 1) & self.mask;
         }
     }
 
     /// Replaces the stored position `old` of `hash` by `new`; false if it is not stored.
     pub(super) fn repoint(&mut self, hash: u64, old: u32, new: u32) -> bool {
-        let t = tag(hash);
-        let mut i = self.home(t);
-        loop {
-            let s = self.slots[i];
-            if s == 0 {
-                return false;
-            }
-            if s == slot(t, old) {
-                self.slots[i] = slot(t, new);
-                return true;
-            }
-            i = (i + 1) & self.mask;
-        }
+        let Ok(i) = self.probe(hash, |p| p == old) else {
+            return false;
+        };
+        self.slots[i] = slot(tag(hash), new);
+        true
     }
 
     /// Removes the stored position `pos` of `hash`; false if it is not stored.
     pub(super) fn remove(&mut self, hash: u64, pos: u32) -> bool {
-        let t = tag(hash);
-        let mut i = self.home(t);
-        loop {
-            let s = self.slots[i];
-            if s == 0 {
-                return false;
-            }
-            if s == slot(t, pos) {
-                break;
-            }
-            i = (i + 1) & self.mask;
-        }
+        let Ok(i) = self.probe(hash, |p| p == pos) else {
+            return false;
+        };
         // Backward shift: later slots of the run that may live at `i` move up, so that no
         // probe meets a hole before its slot.
         let mut hole = i;

@@ -99,26 +99,37 @@ pub struct CgroupRun {
 /// The per-cgroup runs of `deltas`, sorted as [`Aggregator::flush`] returns them.
 pub fn cgroup_runs(deltas: &[FlowDelta]) -> Vec<CgroupRun> {
     let mut runs = Vec::new();
-    let mut start = 0;
-    while let Some(first) = deltas.get(start) {
-        let cgroup_id = first.id.cgroup_id;
-        let len = deltas[start..]
-            .iter()
-            .position(|d| d.id.cgroup_id != cgroup_id)
-            .unwrap_or(deltas.len() - start);
-        let last_seen = deltas[start..start + len]
-            .iter()
-            .map(|d| d.last_seen)
-            .max()
-            .unwrap_or(std::time::UNIX_EPOCH);
-        runs.push(CgroupRun {
-            cgroup_id,
-            deltas: start..start + len,
-            last_seen,
-        });
-        start += len;
-    }
+    push_runs(
+        deltas,
+        |d| d.id.cgroup_id,
+        &mut runs,
+        |run| {
+            run.iter()
+                .map(|d| d.last_seen)
+                .max()
+                .unwrap_or(std::time::UNIX_EPOCH)
+        },
+    );
     runs
+}
+
+/// Appends the runs of equal `cgroup` in `items` (sorted by it) to `runs`; `last_seen` gives
+/// each run's latest event.
+fn push_runs<T>(
+    items: &[T],
+    cgroup: impl Fn(&T) -> u64,
+    runs: &mut Vec<CgroupRun>,
+    mut last_seen: impl FnMut(&[T]) -> SystemTime,
+) {
+    let mut start = 0;
+    for run in items.chunk_by(|a, b| cgroup(a) == cgroup(b)) {
+        runs.push(CgroupRun {
+            cgroup_id: cgroup(&run[0]),
+            deltas: start..start + run.len(),
+            last_seen: last_seen(run),
+        });
+        start += run.len();
+    }
 }
 
 /// Cumulative state of one kernel incarnation of a key, as far as we have seen it.
@@ -216,7 +227,7 @@ impl SortKey {
 /// Keeps a scratch vector's allocation for the next use unless it is far larger than the
 /// latest use needed (`used` elements): a burst does not pin its memory for good, while
 /// steady flushes stop paying for fresh memory (page faults) every time.
-pub fn recycle<T>(scratch: &mut Vec<T>, used: usize) {
+fn recycle<T>(scratch: &mut Vec<T>, used: usize) {
     const SLACK: usize = 4;
     const FLOOR: usize = 4096;
     let keep = used.max(FLOOR).saturating_mul(SLACK);
@@ -487,8 +498,7 @@ impl Aggregator {
     /// [`Aggregator::flush`] into `deltas` (cleared first), reusing its allocation.
     pub fn flush_into(&mut self, deltas: &mut Vec<FlowDelta>) {
         deltas.clear();
-        let mut runs = Vec::new();
-        self.begin_flush(&mut runs);
+        self.sort_pending();
         self.take_deltas(0..self.order.len(), deltas);
         self.end_flush();
     }
@@ -499,8 +509,29 @@ impl Aggregator {
     /// [`Aggregator::take_deltas`] takes any ranges of that order, and
     /// [`Aggregator::end_flush`] ends the flush. Deltas not taken by then stay pending.
     pub fn begin_flush(&mut self, runs: &mut Vec<CgroupRun>) {
-        self.end_flush();
+        self.sort_pending();
         runs.clear();
+        let (entries, clock) = (&self.entries, self.clock);
+        push_runs(
+            &self.order,
+            |(key, _)| key.0[0],
+            runs,
+            |run| {
+                let last_ns = run
+                    .iter()
+                    .filter_map(|&(_, i)| entries.get(i as usize))
+                    .map(|e| e.pending.last_ns)
+                    .max()
+                    .unwrap_or(0);
+                clock.to_system_time(last_ns)
+            },
+        );
+    }
+
+    /// Ends any flush in progress, then moves the pending keys from the dirty list into
+    /// `order`, sorted in output order.
+    fn sort_pending(&mut self) {
+        self.end_flush();
         let mut dirty = std::mem::take(&mut self.dirty);
         // Sorting compact integer keys plus a position, rather than the deltas themselves,
         // moves a third of the bytes and compares without decoding `IpAddr`s.
@@ -516,26 +547,6 @@ impl Aggregator {
         // reservation (4 bytes per key of the kernel map, resident only once used).
         dirty.clear();
         self.dirty = dirty;
-
-        let mut start = 0;
-        while let Some(&(SortKey([cgroup_id, ..]), _)) = order.get(start) {
-            let len = order[start..]
-                .iter()
-                .position(|(k, _)| k.0[0] != cgroup_id)
-                .unwrap_or(order.len() - start);
-            let last_ns = order[start..start + len]
-                .iter()
-                .filter_map(|&(_, i)| self.entries.get(i as usize))
-                .map(|e| e.pending.last_ns)
-                .max()
-                .unwrap_or(0);
-            runs.push(CgroupRun {
-                cgroup_id,
-                deltas: start..start + len,
-                last_seen: self.clock.to_system_time(last_ns),
-            });
-            start += len;
-        }
         self.order = order;
     }
 
