@@ -59,7 +59,7 @@ use leash_agent::{
     capture::{FlowSample, KernelClock},
     dns::{DnsCacheConfig, DnsTracker},
     metrics::Metrics,
-    pipeline::{flow_view, group_flows},
+    pipeline::{FlowGroup, flow_view, group_flows},
     sink::FlowView,
 };
 use leash_records::{FlowRecord, Record};
@@ -397,13 +397,18 @@ fn write_flows(
 ) {
     for group in group_flows(&cgroup_runs(deltas), attributor) {
         for delta in &deltas[group.deltas.clone()] {
-            let at = DateTime::<Utc>::from(delta.last_seen);
-            let names = dns.names_for(&group.attribution, delta.id.dst, at);
-            if let Some(view) = flow_view(NODE, &group.attribution, delta, &names) {
-                view.write_json(text);
-                text.push(b'\n');
-            }
+            write_line(&group, delta, dns, text);
         }
+    }
+}
+
+/// One delta of `group` as the pipeline writes it: labelled, serialised from the view.
+fn write_line(group: &FlowGroup, delta: &FlowDelta, dns: &DnsTracker, text: &mut Vec<u8>) {
+    let at = DateTime::<Utc>::from(delta.last_seen);
+    let names = dns.names_for(&group.attribution, delta.id.dst, at);
+    if let Some(view) = flow_view(NODE, &group.attribution, delta, &names) {
+        view.write_json(text);
+        text.push(b'\n');
     }
 }
 
@@ -417,10 +422,15 @@ fn interval(
     dns: &DnsTracker,
     now_ns: u64,
 ) -> usize {
-    for (key, value) in ring {
-        if let Some(sample) = FlowSample::from_kernel(key, value, clock) {
-            agg.observe(&sample, SampleSource::Ring);
-        }
+    // As the pipeline folds ring records: in batches of 64.
+    let mut batch = Vec::with_capacity(64);
+    for part in ring.chunks(64) {
+        batch.clear();
+        batch.extend(
+            part.iter()
+                .filter_map(|(key, value)| FlowSample::from_kernel(key, value, clock)),
+        );
+        agg.observe_all(&batch, SampleSource::Ring);
     }
     black_box(agg.due_for_settle(now_ns));
     // As the pipeline's flush: per-cgroup runs, then each group's deltas in parts.
@@ -433,12 +443,7 @@ fn interval(
             deltas.clear();
             agg.take_deltas(at..group.deltas.end.min(at + FLUSH_PART), &mut deltas);
             for delta in &deltas {
-                let when = DateTime::<Utc>::from(delta.last_seen);
-                let names = dns.names_for(&group.attribution, delta.id.dst, when);
-                if let Some(view) = flow_view(NODE, &group.attribution, delta, &names) {
-                    view.write_json(&mut text);
-                    text.push(b'\n');
-                }
+                write_line(&group, delta, dns, &mut text);
             }
         }
     }
