@@ -48,6 +48,13 @@ pub struct CauseLabel {
     pub cause: &'static str,
 }
 
+/// The `reason` label of records the recommender refused, e.g. `invalid_name`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// The recommender's reason (`leash.v1.RejectReason`), in snake case.
+    pub reason: &'static str,
+}
+
 /// All of the agent's metrics, registered under the `leash_agent_` prefix.
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -104,10 +111,17 @@ pub struct TransportMetrics {
     pub connected: Gauge,
     /// Failed connection attempts and broken streams (each is retried with backoff).
     pub connect_errors: Counter,
-    /// Records not delivered, by cause (`buffer_full`, `dns_buffer_full`, `shutdown`).
+    /// Records not delivered, by cause (`buffer_full`, `dns_buffer_full`, `shutdown`,
+    /// `unencodable`, and `rejected` and `too_large` for records the recommender refused).
     pub dropped_records: Family<CauseLabel, Counter>,
     /// Flow events (the sum of `count`) in those records, by cause.
     pub dropped_events: Family<CauseLabel, Counter>,
+    /// Records the recommender refused and listed in its acks, by its reason (they are also
+    /// in `dropped_records{cause="rejected"}`).
+    pub rejected_records: Family<ReasonLabel, Counter>,
+    /// Batches the recommender refused whole (invalid or too large) that were split in two
+    /// and resent as halves.
+    pub batches_split: Counter,
 }
 
 impl TransportMetrics {
@@ -163,6 +177,16 @@ impl TransportMetrics {
             "Flow events in records not delivered to the recommender, by cause",
             self.dropped_events.clone(),
         );
+        r.register(
+            "rejected_records",
+            "Records the recommender refused as invalid or too large and listed in its acks, by reason",
+            self.rejected_records.clone(),
+        );
+        r.register(
+            "batches_split",
+            "Batches the recommender refused whole, split in two and resent as halves",
+            self.batches_split.clone(),
+        );
     }
 
     /// Counts `records` records carrying `events` flow events as dropped for `cause`.
@@ -170,6 +194,20 @@ impl TransportMetrics {
         let label = CauseLabel { cause };
         self.dropped_records.get_or_create(&label).inc_by(records);
         self.dropped_events.get_or_create(&label).inc_by(events);
+    }
+
+    /// Counts `records` records the recommender refused for `reason` (listed in its acks).
+    pub fn add_rejected(&self, reason: &'static str, records: u64) {
+        self.rejected_records
+            .get_or_create(&ReasonLabel { reason })
+            .inc_by(records);
+    }
+
+    /// Records the recommender refused so far for `reason`.
+    pub fn rejected(&self, reason: &'static str) -> u64 {
+        self.rejected_records
+            .get_or_create(&ReasonLabel { reason })
+            .get()
     }
 
     /// Records dropped so far for `cause`.

@@ -9,15 +9,27 @@
 //! The un-acked window is bounded too: when it is full, no batch is cut and the merge buffer
 //! keeps absorbing (merging repeats of the same keys, so memory stays flat in an outage).
 //!
+//! What the recommender refuses for good is never resent as it is (`Ack` in `ingest.proto`).
+//! Records its ack lists as refused were not stored: they are counted by reason
+//! (`leash_agent_transport_rejected_records_total{reason}`) and dropped. A batch refused whole
+//! (INVALID_ARGUMENT, RESOURCE_EXHAUSTED, or OUT_OF_RANGE for a message over the limit) ends
+//! the stream: it is [`split`] into halves with fresh ids, resent first on a new stream over the
+//! same connection, down to single records; a single refused record is dropped. Every other
+//! error (UNAVAILABLE, a broken connection, no ack in time) is transient: the same batches are
+//! resent after the backoff.
+//!
 //! What cannot be delivered is counted, never lost silently
 //! (`leash_agent_transport_dropped_{records,events}_total{cause}`): `buffer_full` (a new flow
-//! key when the buffer holds `--buffer-keys` keys), `dns_buffer_full`, and `shutdown` (what was
-//! still buffered or un-acked when the shutdown deadline passed). So the sum of `count` the
-//! recommender received equals the sum written to the sink minus the dropped events.
+//! key when the buffer holds `--buffer-keys` keys), `dns_buffer_full`, `shutdown` (what was
+//! still buffered or un-acked when the shutdown deadline passed), `rejected` (refused as
+//! invalid: listed in an ack, or a single record answered INVALID_ARGUMENT), `too_large` (a
+//! single record answered RESOURCE_EXHAUSTED or OUT_OF_RANGE) and `unencodable`. So the sum of
+//! `count` the recommender stored equals the sum written to the sink minus the dropped events.
 
 pub mod backoff;
 pub mod buffer;
 pub mod client;
+pub mod split;
 pub mod testing;
 
 use std::collections::VecDeque;
