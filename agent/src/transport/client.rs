@@ -124,30 +124,31 @@ impl Refusal {
     }
 }
 
-/// Summarises refused records in the log: the first at once, then one line per
+/// Summarises refused records in the log: the first at once, then at most one line per
 /// [`REFUSAL_LOG_EVERY`] with the counts since the last line and one example.
 #[derive(Debug, Default)]
 struct RefusalLog {
     last: Option<Instant>,
     /// Records refused since the last line, by cause and reason.
     pending: BTreeMap<String, u64>,
-    /// The latest refusal, described (escaped).
-    example: String,
 }
 
 impl RefusalLog {
-    fn note(&mut self, what: String, records: u64, example: impl FnOnce() -> String) {
+    /// Counts `records` refused for `what` towards the next line.
+    fn add(&mut self, what: String, records: u64) {
         *self.pending.entry(what).or_default() += records;
+    }
+
+    /// Writes the line if one is due; `example` describes the latest refusal.
+    fn log(&mut self, example: impl FnOnce() -> String) {
         let now = Instant::now();
-        if self
-            .last
-            .is_some_and(|t| now.duration_since(t) < REFUSAL_LOG_EVERY)
+        if self.pending.is_empty()
+            || self
+                .last
+                .is_some_and(|t| now.duration_since(t) < REFUSAL_LOG_EVERY)
         {
-            self.example.clear();
-            self.example.push_str(&example());
             return;
         }
-        let example = example();
         let refused = self
             .pending
             .iter()
@@ -156,11 +157,10 @@ impl RefusalLog {
             .join(" ");
         tracing::warn!(
             %refused,
-            example = %example,
+            example = %example(),
             "the recommender refused records as invalid or too large: dropped, never resent (counted in leash_agent_transport_dropped_records_total)"
         );
         self.pending.clear();
-        self.example.clear();
         self.last = Some(now);
     }
 }
@@ -418,7 +418,8 @@ fn refuse_oldest(
             shared
                 .metrics
                 .add_dropped(refusal.cause(), oldest.records, oldest.events);
-            refusals.note(refusal.cause().to_owned(), oldest.records, || {
+            refusals.add(refusal.cause().to_owned(), oldest.records);
+            refusals.log(|| {
                 format!(
                     "{}: {:?}: {}",
                     describe_single(&oldest.batch),
@@ -551,14 +552,18 @@ fn count_refused(shared: &Shared, batch: &SentBatch, ack: &v1::Ack, refusals: &m
             "the recommender's ack lists refused records that the batch does not have; ignored"
         );
     }
-    let example = refused.example.unwrap_or_default();
     for (reason, (records, events)) in refused.by_reason {
         shared.metrics.add_rejected(reason, records);
         shared.metrics.add_dropped("rejected", records, events);
-        refusals.note(format!("rejected/{reason}"), records, || {
-            format!("batch {}, {example}", batch.seq)
-        });
+        refusals.add(format!("rejected/{reason}"), records);
     }
+    refusals.log(|| {
+        format!(
+            "batch {}, {}",
+            batch.seq,
+            refused.example.unwrap_or_default()
+        )
+    });
 }
 
 fn on_ack(shared: &Shared, ack: &v1::Ack, refusals: &mut RefusalLog) {
