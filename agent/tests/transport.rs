@@ -529,7 +529,10 @@ async fn a_refusal_by_an_old_recommender_costs_only_the_invalid_record() {
         );
         assert_eq!(s.events + 7, written, "produced = delivered + dropped");
         assert_eq!((s.flows, s.dns), (150, 5));
-        assert_eq!(s.acks_with_rejected, 0, "the old server lists no refused records");
+        assert_eq!(
+            s.acks_with_rejected, 0,
+            "the old server lists no refused records"
+        );
         // The batch of 50 holding the invalid record is halved until the record is alone: one
         // refusal per level, at most ceil(log2(50)) + 1 = 7.
         assert!(
@@ -617,7 +620,9 @@ async fn a_record_over_the_message_limit_is_split_out_and_dropped_by_either_vers
             }
             // A name flood: one record of about 40 KB, over the 16 KiB limit on its own.
             let big = FlowRecord {
-                names: (0..2_000).map(|i| format!("flood-{i:05}.big.test")).collect(),
+                names: (0..2_000)
+                    .map(|i| format!("flood-{i:05}.big.test"))
+                    .collect(),
                 ..flow(9_999, 11, 0)
             };
             written += big.count;
@@ -630,11 +635,19 @@ async fn a_record_over_the_message_limit_is_split_out_and_dropped_by_either_vers
             written += write_later(&mut sink).await;
             sink.close().await.unwrap();
             let s = server.seen();
-            assert_eq!(metrics.transport.dropped("too_large"), (1, 11), "{answers:?}");
+            assert_eq!(
+                metrics.transport.dropped("too_large"),
+                (1, 11),
+                "{answers:?}"
+            );
             assert_eq!(metrics.transport.dropped("shutdown"), (0, 0), "{answers:?}");
             assert_eq!(s.events + 11, written, "{answers:?}: delivered + dropped");
             assert_eq!(s.flows, 150, "{answers:?}");
-            assert!((1..=7).contains(&s.too_large), "{answers:?}: {}", s.too_large);
+            assert!(
+                (1..=7).contains(&s.too_large),
+                "{answers:?}: {}",
+                s.too_large
+            );
             assert_eq!(metrics.transport.batches_split.get() + 1, s.too_large);
             assert_eq!(metrics.transport.connect_errors.get(), 0, "{answers:?}");
         }
@@ -691,8 +704,7 @@ async fn unavailable_is_retried_with_the_same_batch() {
         server.unavailable_for(2);
         let metrics = Metrics::new();
         let mut sink =
-            GrpcSink::start_with_boot_id(config(&server, None), &metrics, "boot-u".into())
-                .unwrap();
+            GrpcSink::start_with_boot_id(config(&server, None), &metrics, "boot-u".into()).unwrap();
         let mut written = 0;
         for port in 0..10u16 {
             let f = flow(port, 3, 0);

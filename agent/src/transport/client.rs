@@ -439,10 +439,7 @@ fn refuse_oldest(
 /// The record of a one-record batch, for the log: its kind, pod and destination or query,
 /// escaped; never its names, which whoever answers DNS chooses.
 fn describe_single(batch: &v1::Batch) -> String {
-    let mut text = format!(
-        "batch {}",
-        batch.id.as_ref().map_or(0, |id| id.seq)
-    );
+    let mut text = format!("batch {}", batch.id.as_ref().map_or(0, |id| id.seq));
     let pod = |pod: Option<&v1::Pod>| {
         pod.map_or_else(
             || "unattributed".to_owned(),
@@ -477,8 +474,10 @@ fn describe_single(batch: &v1::Batch) -> String {
 /// A wire address (4 or 16 bytes) for the log.
 fn wire_addr(bytes: &[u8]) -> String {
     match bytes.len() {
-        4 => <[u8; 4]>::try_from(bytes).map_or_else(|_| "?".to_owned(), |a| IpAddr::from(a).to_string()),
-        16 => <[u8; 16]>::try_from(bytes).map_or_else(|_| "?".to_owned(), |a| IpAddr::from(a).to_string()),
+        4 => <[u8; 4]>::try_from(bytes)
+            .map_or_else(|_| "?".to_owned(), |a| IpAddr::from(a).to_string()),
+        16 => <[u8; 16]>::try_from(bytes)
+            .map_or_else(|_| "?".to_owned(), |a| IpAddr::from(a).to_string()),
         n => format!("<{n} bytes>"),
     }
 }
@@ -520,10 +519,7 @@ fn refused(batch: &v1::Batch, rejected: &[v1::RejectedRecord]) -> Refused {
         entry.0 += 1;
         entry.1 += record.events();
         if out.example.is_none() {
-            out.example = Some(format!(
-                "record {i}: {reason}: {}",
-                excerpt(&r.detail)
-            ));
+            out.example = Some(format!("record {i}: {reason}: {}", excerpt(&r.detail)));
         }
     }
     out
@@ -689,6 +685,9 @@ mod tests {
         let e = excerpt(&long);
         assert_eq!(e.chars().count(), EXCERPT_CHARS + 1);
         assert!(e.ends_with('…'));
-        assert_eq!(excerpt(&"x".repeat(EXCERPT_CHARS)), "x".repeat(EXCERPT_CHARS));
+        assert_eq!(
+            excerpt(&"x".repeat(EXCERPT_CHARS)),
+            "x".repeat(EXCERPT_CHARS)
+        );
     }
 }

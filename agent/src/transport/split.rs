@@ -33,7 +33,6 @@ impl WireRecord<'_> {
             WireRecord::Dns(_) => 0,
         }
     }
-
 }
 
 /// The records of `batch` in contract order.
@@ -50,7 +49,9 @@ pub fn records(batch: &v1::Batch) -> impl Iterator<Item = WireRecord<'_>> {
             flow: f,
         })
     });
-    flows.chain(grouped).chain(batch.dns.iter().map(WireRecord::Dns))
+    flows
+        .chain(grouped)
+        .chain(batch.dns.iter().map(WireRecord::Dns))
 }
 
 /// Sum of `count` over the batch's flows, grouped or not.

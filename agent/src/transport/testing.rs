@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -114,7 +114,9 @@ impl Recorder {
             .is_ok()
         {
             self.seen().unavailable += 1;
-            return Err(Status::unavailable(format!("{name}: the store is busy; retry")));
+            return Err(Status::unavailable(format!(
+                "{name}: the store is busy; retry"
+            )));
         }
         if self.refuse_all.load(Ordering::SeqCst) {
             self.seen().refused_batches += 1;
@@ -179,10 +181,9 @@ impl Recorder {
         self.seen().too_large += 1;
         match self.answers() {
             Answers::Old => status,
-            Answers::Current => Status::resource_exhausted(format!(
-                "batch message too large: {}",
-                status.message()
-            )),
+            Answers::Current => {
+                Status::resource_exhausted(format!("batch message too large: {}", status.message()))
+            }
         }
     }
 }
