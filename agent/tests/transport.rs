@@ -14,6 +14,7 @@ use std::{
     collections::BTreeSet,
     net::IpAddr,
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -184,6 +185,36 @@ fn transport_value(metrics: &Metrics, name: &str) -> f64 {
             (k == name).then(|| v.parse().ok())?
         })
         .unwrap_or(0.0)
+}
+
+/// The agent's log lines, captured.
+#[derive(Clone, Default)]
+struct LogCapture(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogCapture {
+    fn subscriber(&self) -> impl tracing::Subscriber + Send + Sync + 'static {
+        let sink = self.clone();
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || sink.clone())
+            .finish()
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
 }
 
 async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
@@ -506,13 +537,20 @@ fn the_agent_refuses_plaintext_without_insecure() {
 
 #[tokio::test]
 async fn a_refusal_by_an_old_recommender_costs_only_the_invalid_record() {
+    // The runtime is single-threaded: the sender task logs into this thread's subscriber.
+    let log = LogCapture::default();
+    let _subscriber = tracing::subscriber::set_default(log.subscriber());
     bounded(async {
-        let server = Server::start_new(None).await;
+        let pki = Pki::new();
+        let server = Server::start_new(Some(pki.server())).await;
         server.answer_like(Answers::Old);
         let metrics = Metrics::new();
-        let mut sink =
-            GrpcSink::start_with_boot_id(config(&server, None), &metrics, "boot-old".into())
-                .unwrap();
+        let mut sink = GrpcSink::start_with_boot_id(
+            config(&server, Some(pki.agent("ca.pem"))),
+            &metrics,
+            "boot-old".into(),
+        )
+        .unwrap();
         let mut written = write_with_one_invalid(&mut sink).await;
         wait_for("the invalid record dropped", || {
             metrics.transport.dropped("rejected").0 == 1
@@ -562,6 +600,16 @@ async fn a_refusal_by_an_old_recommender_costs_only_the_invalid_record() {
         );
     })
     .await;
+    let text = log.text();
+    assert!(
+        text.contains("refused records") && text.contains("refused=rejected=1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("names[0]: empty"),
+        "the server's reason: {text}"
+    );
+    assert!(!text.contains("unreachable"), "{text}");
 }
 
 #[tokio::test]

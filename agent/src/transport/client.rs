@@ -436,8 +436,8 @@ fn refuse_oldest(
     true
 }
 
-/// The record of a one-record batch, for the log: its kind, pod and destination or query,
-/// escaped; never its names, which whoever answers DNS chooses.
+/// The record of a one-record batch, for the log: its kind, pod (escaped) and destination or
+/// DNS server; never its names, which whoever answers DNS chooses.
 fn describe_single(batch: &v1::Batch) -> String {
     let mut text = format!("batch {}", batch.id.as_ref().map_or(0, |id| id.seq));
     let pod = |pod: Option<&v1::Pod>| {
