@@ -3,8 +3,8 @@
 //! (each id once), can refuse to acknowledge, and can be stopped and restarted on its port.
 //!
 //! It answers what it cannot take like a recommender of either version, to test both against
-//! the agent ([`Answers`]): a record with an empty DNS name (a flow's name, a DNS query) is its
-//! invalid record, and `--max-message-bytes` its size limit. It can also refuse every batch
+//! the agent ([`Answers`]): a flow with a name that is no valid DNS name (an empty one, as a
+//! root-owned answer makes) is its invalid record, and `--max-message-bytes` its size limit. It can also refuse every batch
 //! (an id the recommender does not take) or answer UNAVAILABLE (overload).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use leash_records::names;
 use leash_records::tls::{self, TlsFiles};
 use leash_records::wire::{self, v1};
 use tokio::net::TcpListener;
@@ -188,18 +189,18 @@ impl Recorder {
     }
 }
 
-/// The records this server refuses, as (contract index, detail): a flow with an empty name,
-/// a DNS record with an empty query.
+/// The records this server refuses, as (contract index, detail): a flow with a name that is
+/// no DNS name as leash stores it ([`names::dns_name`]: an empty name, a bad character, …).
 fn invalid_records(batch: &v1::Batch) -> Vec<(usize, String)> {
     split::records(batch)
         .enumerate()
         .filter_map(|(i, record)| match record {
-            WireRecord::Flow { flow, .. } => flow
-                .names
-                .iter()
-                .position(String::is_empty)
-                .map(|n| (i, format!("names[{n}]: empty"))),
-            WireRecord::Dns(d) => d.query.is_empty().then(|| (i, "query: empty".to_owned())),
+            WireRecord::Flow { flow, .. } => flow.names.iter().enumerate().find_map(|(n, name)| {
+                names::dns_name(name)
+                    .err()
+                    .map(|e| (i, format!("names[{n}]: {e}")))
+            }),
+            WireRecord::Dns(_) => None,
         })
         .collect()
 }
