@@ -122,6 +122,9 @@ pub struct TransportMetrics {
     /// Batches the recommender refused whole (invalid or too large) that were split in two
     /// and resent as halves.
     pub batches_split: Counter,
+    /// Names left out of buffered flow records past the bound per key (the records and their
+    /// counts are kept).
+    pub names_dropped: Counter,
 }
 
 impl TransportMetrics {
@@ -186,6 +189,11 @@ impl TransportMetrics {
             "batches_split",
             "Batches the recommender refused whole, split in two and resent as halves",
             self.batches_split.clone(),
+        );
+        r.register(
+            "names_dropped",
+            "Names left out of buffered flow records past the bound per key",
+            self.names_dropped.clone(),
         );
     }
 

@@ -657,9 +657,10 @@ async fn a_record_over_the_message_limit_is_split_out_and_dropped_by_either_vers
             let server = Server::start_limited(None, Some(16 * 1024)).await;
             server.answer_like(answers);
             let metrics = Metrics::new();
-            let mut sink =
-                GrpcSink::start_with_boot_id(config(&server, None), &metrics, "boot-big".into())
-                    .unwrap();
+            let mut c = config(&server, None);
+            // The record must reach the wire whole: the buffer's bound on names would cut it.
+            c.max_names_per_key = 10_000;
+            let mut sink = GrpcSink::start_with_boot_id(c, &metrics, "boot-big".into()).unwrap();
             let mut written = 0;
             for port in 0..120u16 {
                 let f = flow(port, 2, 0);
@@ -774,6 +775,49 @@ async fn unavailable_is_retried_with_the_same_batch() {
         }
         assert_eq!(metrics.transport.batches_split.get(), 0);
         assert!(metrics.transport.connect_errors.get() >= 2);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_name_flood_during_an_outage_keeps_the_counts_and_bounds_the_names() {
+    bounded(async {
+        let mut server = Server::start_new(None).await;
+        server.stop().await;
+        let metrics = Metrics::new();
+        let mut sink =
+            GrpcSink::start_with_boot_id(config(&server, None), &metrics, "boot-f".into()).unwrap();
+        // One key, 100 flush intervals, 16 new names each: 1,600 names for one address.
+        let mut written = 0;
+        for round in 0..100u64 {
+            let mut names: Vec<String> = (0..16)
+                .map(|i| format!("flood-{round:03}-{i:02}.test"))
+                .collect();
+            names.sort();
+            let f = FlowRecord {
+                names,
+                ..flow(443, 1, round as i64)
+            };
+            written += f.count;
+            sink.write_flow(&FlowView::of(&f));
+            sink.flush().await.unwrap();
+        }
+        assert_eq!(sink.buffered_keys(), 1);
+        assert_eq!(metrics.transport.names_dropped.get(), 1_600 - 64);
+        server.start().await;
+        sink.close().await.unwrap();
+        let s = server.seen();
+        assert_eq!(
+            (s.flows, s.events),
+            (1, written),
+            "the record and its counts"
+        );
+        assert_eq!(s.max_names, 64, "the names the buffer took first");
+        assert_eq!(metrics.transport.dropped("shutdown"), (0, 0));
+        assert_eq!(
+            transport_value(&metrics, "leash_agent_transport_names_dropped_total"),
+            1_536.0
+        );
     })
     .await;
 }

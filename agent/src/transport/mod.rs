@@ -84,6 +84,8 @@ pub struct TransportConfig {
     pub buffer_keys: usize,
     /// Most DNS records buffered.
     pub buffer_dns: usize,
+    /// Most names a buffered flow key carries ([`buffer::DEFAULT_MAX_NAMES`]).
+    pub max_names_per_key: usize,
     /// Most records per batch.
     pub batch_records: usize,
     /// Most batches sent and not acknowledged.
@@ -99,7 +101,8 @@ pub struct TransportConfig {
 }
 
 impl TransportConfig {
-    /// Defaults for `url` and `node`: 100,000 keys, 10,000 DNS records, 2,000 records per batch,
+    /// Defaults for `url` and `node`: 100,000 keys, 10,000 DNS records, 64 names per key,
+    /// 2,000 records per batch,
     /// 16 batches in flight, backoff 100 ms to 30 s, 30 s ack timeout, 10 s shutdown deadline.
     pub fn new(url: &str, tls: Option<TlsFiles>, node: &str) -> Self {
         Self {
@@ -108,6 +111,7 @@ impl TransportConfig {
             node: node.to_owned(),
             buffer_keys: 100_000,
             buffer_dns: 10_000,
+            max_names_per_key: buffer::DEFAULT_MAX_NAMES,
             batch_records: 2_000,
             max_unacked: 16,
             backoff_base: Duration::from_millis(100),
@@ -245,7 +249,8 @@ impl GrpcSink {
         let connector = client::Connector::new(&config)?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                buffer: MergeBuffer::new(config.buffer_keys, config.buffer_dns),
+                buffer: MergeBuffer::new(config.buffer_keys, config.buffer_dns)
+                    .with_max_names(config.max_names_per_key),
                 unacked: VecDeque::new(),
                 next_seq: 1,
                 closing: false,
@@ -338,6 +343,10 @@ impl Sink for GrpcSink {
         let mut state = self.shared.lock();
         if state.buffer.push_flow(flow) == Pushed::Dropped {
             self.dropped(&mut state, "buffer_full", 1, flow.count);
+        }
+        let names = state.buffer.take_names_dropped();
+        if names > 0 {
+            self.shared.metrics.names_dropped.inc_by(names);
         }
     }
 

@@ -53,6 +53,8 @@ pub struct Seen {
     pub flows: u64,
     /// DNS records stored.
     pub dns: u64,
+    /// The most names a stored flow record carried.
+    pub max_names: usize,
     /// Acks sent.
     pub acks: u64,
     /// Batches that failed validation.
@@ -146,6 +148,8 @@ impl Recorder {
             if !duplicate {
                 seen.events += valid.flows.iter().map(|f| f.count).sum::<u64>();
                 seen.flows += valid.flows.len() as u64;
+                let most = valid.flows.iter().map(|f| f.names.len()).max();
+                seen.max_names = seen.max_names.max(most.unwrap_or(0));
                 seen.dns += valid.dns.len() as u64;
                 seen.rejected += invalid.len() as u64;
             }
