@@ -679,7 +679,8 @@ mod tests {
         c.insert("p", &answer("c.test.", "c.test.", "203.0.113.21", 1000), t0());
         c.insert("p", &answer("d.test.", "d.test.", "203.0.113.21", 1000), t0());
         c.insert("p", &answer("e.test.", "e.test.", "203.0.113.21", 1000), t0());
-        assert_eq!(c.names_for("p", addr, t0()), ["b.test", "e.test"]);
+        // c.test is the new asked name; b.test, older than d.test and e.test, went first.
+        assert_eq!(c.names_for("p", addr, t0()), ["c.test", "e.test"]);
     }
 
     #[test]

@@ -780,7 +780,7 @@ mod tests {
         // come from text; the check is the same one the parser's output goes through.
         let long_label = format!("{}.test.", "a".repeat(64));
         assert_eq!(checked_name(&long_label), Err(NameError::LabelTooLong { len: 64 }));
-        let long_name = format!("{}a.", "abcdefghi.".repeat(25));
+        let long_name = format!("{}a.", "abcdefghi.".repeat(26));
         assert!(matches!(checked_name(&long_name), Err(NameError::TooLong { .. })));
         assert_eq!(checked_name("."), Err(NameError::Empty));
         assert_eq!(checked_name(""), Err(NameError::Empty));
@@ -904,7 +904,7 @@ mod tests {
             query in any_name(),
             answers in proptest::collection::vec(
                 (any_name(), prop_oneof![
-                    (0u8..4).prop_map(|i| Err(i)),
+                    (0u8..4).prop_map(Err::<Name, u8>),
                     any_name().prop_map(Ok),
                 ]),
                 0..40,

@@ -88,6 +88,7 @@ impl v1::ingest_server::Ingest for Recorder {
                 let ack = v1::Ack {
                     id: Some(batch.id),
                     duplicate,
+                    rejected: Vec::new(),
                 };
                 if tx.send(Ok(ack)).await.is_err() {
                     break;
