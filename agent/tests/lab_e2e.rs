@@ -177,8 +177,8 @@ impl Agent {
         self.dir.path().join("snapshot.yaml")
     }
 
-    /// Scrapes one metric sample by its exact series, e.g. `name` or `name{label="v"}`.
-    fn metric(&self, name: &str) -> Option<f64> {
+    /// The whole `/metrics` response, `None` when it does not answer.
+    fn scrape(&self) -> Option<String> {
         let addr = self.metrics?;
         let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
         stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
@@ -187,6 +187,12 @@ impl Agent {
             .ok()?;
         let mut body = String::new();
         stream.read_to_string(&mut body).ok()?;
+        Some(body)
+    }
+
+    /// Scrapes one metric sample by its exact series, e.g. `name` or `name{label="v"}`.
+    fn metric(&self, name: &str) -> Option<f64> {
+        let body = self.scrape()?;
         body.lines()
             .filter(|l| !l.starts_with('#'))
             .filter_map(|l| l.rsplit_once(' '))
@@ -206,7 +212,8 @@ impl Agent {
             }
             assert!(
                 Instant::now() < deadline,
-                "metric {name} not served within {timeout:?}; log:\n{}",
+                "metric {name} not served within {timeout:?}; metrics:\n{}\nlog:\n{}",
+                self.scrape().unwrap_or_default(),
                 self.log()
             );
             thread::sleep(Duration::from_millis(50));
