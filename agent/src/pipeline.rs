@@ -593,6 +593,70 @@ mod tests {
         }
     }
 
+    /// A pod answering itself faster than the agent flushes: at most [`MAX_PENDING_DNS`] DNS
+    /// records wait, the rest are counted; their names still label the pod's flows.
+    #[test]
+    fn pending_dns_records_are_bounded_and_counted() {
+        use crate::capture::{DnsPacket, DnsTransport};
+        use crate::dns::testing::{TestRecord, response};
+        use hickory_proto::op::ResponseCode;
+        use hickory_proto::rr::RecordType;
+
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::new();
+        let mut attributor = Attributor::new(
+            CgroupPaths::new(dir.path(), metrics.clone()),
+            PodStore::new(metrics.clone()),
+            metrics.clone(),
+        );
+        let clock = KernelClock::from_offset_ns(0);
+        let mut state = State {
+            aggregator: Aggregator::new(Duration::from_secs(1), clock),
+            dns: DnsTracker::new(DnsCacheConfig::default(), metrics.clone()),
+            pending: Vec::new(),
+            pending_dropped: 0,
+            samples: Vec::new(),
+            deltas: Vec::new(),
+            runs: Vec::new(),
+            summary: Summary::default(),
+            flow_losses_seen: 0,
+            delivered_flows: 0,
+            delivered_dns: 0,
+            node: "n1".to_owned(),
+            metrics: metrics.clone(),
+        };
+        let packet = |name: &'static str, addr: [u8; 4]| {
+            CaptureEvent::Dns(DnsPacket {
+                cgroup_id: 7,
+                time: std::time::SystemTime::now(),
+                server: IpAddr::from([127, 0, 0, 1]),
+                server_port: 53,
+                transport: DnsTransport::Udp,
+                payload: response(
+                    name,
+                    RecordType::A,
+                    ResponseCode::NoError,
+                    &[TestRecord::Addr(name, IpAddr::from(addr), 60)],
+                ),
+                truncated: false,
+            })
+        };
+        for _ in 0..MAX_PENDING_DNS + 4 {
+            state.on_event(packet("a.flood.test.", [203, 0, 113, 1]), &mut attributor);
+        }
+        state.on_event(packet("last.flood.test.", [203, 0, 113, 2]), &mut attributor);
+        assert_eq!(state.pending.len(), MAX_PENDING_DNS);
+        assert_eq!(state.pending_dropped, 5);
+        assert_eq!(metrics.dns_records_dropped.get(), 5);
+        let attribution = attributor.attribute(7);
+        assert_eq!(
+            state
+                .dns
+                .names_for(&attribution, IpAddr::from([203, 0, 113, 2]), Utc::now()),
+            ["last.flood.test"]
+        );
+    }
+
     /// The records come out in the contract's order (pod, cgroup, destination, port,
     /// protocol) from groups and the aggregator's delta order alone, whatever the cgroup ids.
     #[test]
