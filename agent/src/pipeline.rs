@@ -644,7 +644,10 @@ mod tests {
         for _ in 0..MAX_PENDING_DNS + 4 {
             state.on_event(packet("a.flood.test.", [203, 0, 113, 1]), &mut attributor);
         }
-        state.on_event(packet("last.flood.test.", [203, 0, 113, 2]), &mut attributor);
+        state.on_event(
+            packet("last.flood.test.", [203, 0, 113, 2]),
+            &mut attributor,
+        );
         assert_eq!(state.pending.len(), MAX_PENDING_DNS);
         assert_eq!(state.pending_dropped, 5);
         assert_eq!(metrics.dns_records_dropped.get(), 5);

@@ -294,7 +294,11 @@ fn self_answer(query: Name, owner: Name, addr: &str) -> Vec<u8> {
 fn hostile_self_answers_make_records_the_recommender_accepts() {
     let metrics = Metrics::new();
     let mut tracker = DnsTracker::new(DnsCacheConfig::default(), metrics.clone());
-    let pod = in_pod("hostile", "attacker", "5b1c2f9e-3b0a-4c1e-9a7d-2d4b5e6f7a8b");
+    let pod = in_pod(
+        "hostile",
+        "attacker",
+        "5b1c2f9e-3b0a-4c1e-9a7d-2d4b5e6f7a8b",
+    );
     let server_ip = IpAddr::from([127, 0, 0, 1]);
     let name = |s: &str| Name::from_str(s).unwrap();
     let mut responses = vec![self_answer(

@@ -1640,10 +1640,16 @@ impl Serve {
         };
         let deadline = Instant::now() + SERVE_READY_TIMEOUT;
         loop {
-            if serve.get("/readyz").is_some_and(|(status, _)| status == 200) {
+            if serve
+                .get("/readyz")
+                .is_some_and(|(status, _)| status == 200)
+            {
                 return serve;
             }
-            let exited = serve.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            let exited = serve
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
             assert!(
                 exited.is_none() && Instant::now() < deadline,
                 "leash serve not ready within {SERVE_READY_TIMEOUT:?} (exit {exited:?}); log:\n{}",
@@ -1669,7 +1675,9 @@ impl Serve {
     /// `GET path` on the HTTP API: status and body, `None` when it does not answer.
     fn get(&self, path: &str) -> Option<(u16, String)> {
         let mut stream = TcpStream::connect_timeout(&self.http, Duration::from_secs(2)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .ok()?;
         write!(
             stream,
             "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
@@ -1684,11 +1692,7 @@ impl Serve {
             .to_ascii_lowercase()
             .contains("transfer-encoding: chunked")
         {
-            body.lines()
-                .skip(1)
-                .step_by(2)
-                .collect::<Vec<_>>()
-                .join("")
+            body.lines().skip(1).step_by(2).collect::<Vec<_>>().join("")
         } else {
             body.to_owned()
         };
@@ -1725,9 +1729,12 @@ impl Drop for Serve {
 }
 
 /// The stored destination `dst:port`, if any.
-fn stored<'a>(list: &'a [serde_json::Value], dst: &str, port: u16) -> Option<&'a serde_json::Value> {
-    list.iter()
-        .find(|d| d["dst"] == dst && d["port"] == port)
+fn stored<'a>(
+    list: &'a [serde_json::Value],
+    dst: &str,
+    port: u16,
+) -> Option<&'a serde_json::Value> {
+    list.iter().find(|d| d["dst"] == dst && d["port"] == port)
 }
 
 /// A pod answers itself over loopback (from port 53, in its own network namespace) with an A

@@ -673,12 +673,28 @@ mod tests {
         // Once the asked name expires and is purged, the next question that leads here is kept.
         let mut c = bounded(2, &metrics);
         c.insert("p", &answer("a.test.", "a.test.", "203.0.113.21", 10), t0());
-        c.insert("p", &answer("b.test.", "b.test.", "203.0.113.21", 1000), t0());
+        c.insert(
+            "p",
+            &answer("b.test.", "b.test.", "203.0.113.21", 1000),
+            t0(),
+        );
         c.purge(t0() + secs(10 + 300 + 1));
         assert_eq!(c.names_for("p", addr, t0()), ["b.test"]);
-        c.insert("p", &answer("c.test.", "c.test.", "203.0.113.21", 1000), t0());
-        c.insert("p", &answer("d.test.", "d.test.", "203.0.113.21", 1000), t0());
-        c.insert("p", &answer("e.test.", "e.test.", "203.0.113.21", 1000), t0());
+        c.insert(
+            "p",
+            &answer("c.test.", "c.test.", "203.0.113.21", 1000),
+            t0(),
+        );
+        c.insert(
+            "p",
+            &answer("d.test.", "d.test.", "203.0.113.21", 1000),
+            t0(),
+        );
+        c.insert(
+            "p",
+            &answer("e.test.", "e.test.", "203.0.113.21", 1000),
+            t0(),
+        );
         // c.test is the new asked name; b.test, older than d.test and e.test, went first.
         assert_eq!(c.names_for("p", addr, t0()), ["c.test", "e.test"]);
     }

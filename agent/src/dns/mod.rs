@@ -664,11 +664,19 @@ mod tests {
     }
 
     fn a_record(owner: Name, addr: &str) -> Record {
-        Record::from_rdata(owner, 60, RData::A(hickory_proto::rr::rdata::A(addr.parse().unwrap())))
+        Record::from_rdata(
+            owner,
+            60,
+            RData::A(hickory_proto::rr::rdata::A(addr.parse().unwrap())),
+        )
     }
 
     fn cname_record(owner: Name, target: Name) -> Record {
-        Record::from_rdata(owner, 60, RData::CNAME(hickory_proto::rr::rdata::CNAME(target)))
+        Record::from_rdata(
+            owner,
+            60,
+            RData::CNAME(hickory_proto::rr::rdata::CNAME(target)),
+        )
     }
 
     /// A NOERROR response to `query` A with `answers`, as wire bytes.
@@ -715,7 +723,11 @@ mod tests {
             .unwrap();
         assert_eq!(record.query, "evil.lab.test.");
         assert_eq!(
-            record.answers.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(),
+            record
+                .answers
+                .iter()
+                .map(|a| a.name.as_str())
+                .collect::<Vec<_>>(),
             ["ok.lab.test."]
         );
         assert_eq!(t.names_for(&pod, ip("203.0.113.10"), t0()), ["ok.lab.test"]);
@@ -728,23 +740,43 @@ mod tests {
         let metrics = Metrics::new();
         let mut t = tracker(&metrics);
         let pod = Attribution::cgroup_only("/pod-a");
-        for query in [Name::root(), raw(&[b"a b", b"test"]), raw(&[b"<script>", b"test"])] {
-            let bytes = hostile(query, vec![a_record(testing::name("ok.test."), "203.0.113.10")]);
-            assert!(t.observe(&bytes, ip("198.51.100.53"), t0(), "n1", &pod).is_none());
+        for query in [
+            Name::root(),
+            raw(&[b"a b", b"test"]),
+            raw(&[b"<script>", b"test"]),
+        ] {
+            let bytes = hostile(
+                query,
+                vec![a_record(testing::name("ok.test."), "203.0.113.10")],
+            );
+            assert!(
+                t.observe(&bytes, ip("198.51.100.53"), t0(), "n1", &pod)
+                    .is_none()
+            );
         }
         assert!(t.cache().is_empty(), "nothing labelled");
         assert_eq!(metrics.dns_names_skipped_for("empty"), 1);
         assert_eq!(metrics.dns_names_skipped_for("invalid_char"), 2);
         assert_eq!(metrics.dns_answers_cut_for("query_refused"), 3);
-        assert_eq!(metrics.dns_parse_errors.get(), 0, "these parse; they are refused");
+        assert_eq!(
+            metrics.dns_parse_errors.get(),
+            0,
+            "these parse; they are refused"
+        );
     }
 
     #[test]
     fn names_outside_the_character_set_are_refused_and_valid_ones_kept() {
         let cases: [(Name, Option<&str>); 9] = [
             (raw(&[b"Api", b"Stripe", b"test"]), Some("api.stripe.test")),
-            (raw(&[b"_sip", b"_tcp", b"x-1", b"test"]), Some("_sip._tcp.x-1.test")),
-            (raw(&[b"xn--bcher-kva", b"test"]), Some("xn--bcher-kva.test")),
+            (
+                raw(&[b"_sip", b"_tcp", b"x-1", b"test"]),
+                Some("_sip._tcp.x-1.test"),
+            ),
+            (
+                raw(&[b"xn--bcher-kva", b"test"]),
+                Some("xn--bcher-kva.test"),
+            ),
             (raw(&[b"a.b", b"test"]), None),
             (raw(&["b\u{fc}cher".as_bytes(), b"test"]), None),
             (raw(&[b"a\nb", b"test"]), None),
@@ -756,8 +788,13 @@ mod tests {
             let metrics = Metrics::new();
             let mut t = tracker(&metrics);
             let pod = Attribution::cgroup_only("/p");
-            let bytes = hostile(testing::name("q.test."), vec![a_record(owner.clone(), "203.0.113.7")]);
-            let record = t.observe(&bytes, ip("198.51.100.53"), t0(), "n1", &pod).unwrap();
+            let bytes = hostile(
+                testing::name("q.test."),
+                vec![a_record(owner.clone(), "203.0.113.7")],
+            );
+            let record = t
+                .observe(&bytes, ip("198.51.100.53"), t0(), "n1", &pod)
+                .unwrap();
             assert_valid_names(&record);
             let names = t.names_for(&pod, ip("203.0.113.7"), t0());
             match want {
@@ -779,9 +816,15 @@ mod tests {
         // The wire format cannot carry a label over 63 bytes or a name over 255 octets, so these
         // come from text; the check is the same one the parser's output goes through.
         let long_label = format!("{}.test.", "a".repeat(64));
-        assert_eq!(checked_name(&long_label), Err(NameError::LabelTooLong { len: 64 }));
+        assert_eq!(
+            checked_name(&long_label),
+            Err(NameError::LabelTooLong { len: 64 })
+        );
         let long_name = format!("{}a.", "abcdefghi.".repeat(26));
-        assert!(matches!(checked_name(&long_name), Err(NameError::TooLong { .. })));
+        assert!(matches!(
+            checked_name(&long_name),
+            Err(NameError::TooLong { .. })
+        ));
         assert_eq!(checked_name("."), Err(NameError::Empty));
         assert_eq!(checked_name(""), Err(NameError::Empty));
         // A 253-character name with 63-byte labels, the longest there is, passes.
@@ -794,7 +837,11 @@ mod tests {
             vec![a_record(raw(&[&[0xff, 0x01], b"test"]), "203.0.113.7")],
         ))
         .unwrap();
-        assert!(escaped.answers[0].name.contains('\\'), "{:?}", escaped.answers[0].name);
+        assert!(
+            escaped.answers[0].name.contains('\\'),
+            "{:?}",
+            escaped.answers[0].name
+        );
         assert_eq!(
             checked_name(&escaped.answers[0].name).map_err(|e| e.reason()),
             Err("invalid_char")
@@ -815,10 +862,16 @@ mod tests {
                 a_record(testing::name("c.test."), "203.0.113.8"),
             ],
         );
-        let record = t.observe(&bytes, ip("198.51.100.53"), t0(), "n1", &pod).unwrap();
+        let record = t
+            .observe(&bytes, ip("198.51.100.53"), t0(), "n1", &pod)
+            .unwrap();
         assert_valid_names(&record);
         assert_eq!(
-            record.answers.iter().map(|a| (a.name.as_str(), a.rtype.as_str())).collect::<Vec<_>>(),
+            record
+                .answers
+                .iter()
+                .map(|a| (a.name.as_str(), a.rtype.as_str()))
+                .collect::<Vec<_>>(),
             [("c.test.", "A")]
         );
         // `a.test` led to the address only through the refused name: it does not label it.
@@ -835,7 +888,10 @@ mod tests {
             .map(|i| a_record(testing::name("many.test."), &format!("198.51.100.{i}")))
             .collect();
         let response = parse_response(&hostile(testing::name("many.test."), many)).unwrap();
-        assert_eq!((response.answers.len(), response.omitted_answers), (MAX_ANSWERS, 2));
+        assert_eq!(
+            (response.answers.len(), response.omitted_answers),
+            (MAX_ANSWERS, 2)
+        );
         let kept = check_response(response, &metrics).unwrap();
         assert_eq!(kept.answers.len(), MAX_ANSWERS);
         assert_eq!(metrics.dns_answers_cut_for("too_many"), 2);

@@ -401,12 +401,16 @@ fn cmd_dns_self(o: &Opts) -> Result<(Value, bool), String> {
         }
         "flood" => (0..o.count)
             .map(|i| {
-                let name = Name::from_ascii(format!("n{i}.flood.lab.test."))
-                    .map_err(|e| e.to_string())?;
+                let name =
+                    Name::from_ascii(format!("n{i}.flood.lab.test.")).map_err(|e| e.to_string())?;
                 Ok((name.clone(), a(name)))
             })
             .collect::<Result<_, String>>()?,
-        other => return Err(format!("unknown dns-self kind {other:?} (root-owned, flood)")),
+        other => {
+            return Err(format!(
+                "unknown dns-self kind {other:?} (root-owned, flood)"
+            ));
+        }
     };
     let loopback = Ipv4Addr::LOCALHOST;
     let server = UdpSocket::bind((loopback, 53)).map_err(|e| format!("bind 127.0.0.1:53: {e}"))?;
@@ -414,7 +418,9 @@ fn cmd_dns_self(o: &Opts) -> Result<(Value, bool), String> {
     client
         .set_read_timeout(Some(o.timeout))
         .map_err(|e| format!("SO_RCVTIMEO: {e}"))?;
-    let to = client.local_addr().map_err(|e| format!("local_addr: {e}"))?;
+    let to = client
+        .local_addr()
+        .map_err(|e| format!("local_addr: {e}"))?;
     let (mut sent, mut received) = (0u64, 0u64);
     let mut buf = vec![0u8; 4096];
     for (i, (query, answer)) in responses.into_iter().enumerate() {
