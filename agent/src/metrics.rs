@@ -562,6 +562,10 @@ mod tests {
         metrics.set_kernel_drops("ringbuf_full", 4);
         metrics.dns_parse_errors.inc();
         metrics.dns_cache_size.set(42);
+        metrics.add_dns_name_skipped("empty");
+        metrics.add_dns_answers_cut("invalid_name", 2);
+        metrics.add_dns_answers_cut("too_many", 0);
+        metrics.dns_names_evicted.inc_by(3);
         let server = MetricsServer::bind("127.0.0.1:0".parse().unwrap(), metrics.clone())
             .await
             .unwrap();
@@ -585,6 +589,36 @@ mod tests {
         );
         assert_eq!(value(body, "leash_agent_dns_parse_errors_total"), Some(1.0));
         assert_eq!(value(body, "leash_agent_dns_cache_entries"), Some(42.0));
+        assert_eq!(
+            value(
+                body,
+                "leash_agent_dns_names_skipped_total{reason=\"empty\"}"
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(
+                body,
+                "leash_agent_dns_answers_cut_total{cause=\"invalid_name\"}"
+            ),
+            Some(2.0)
+        );
+        // Nothing cut for a cause: no series (a zero is not counted).
+        assert_eq!(
+            value(
+                body,
+                "leash_agent_dns_answers_cut_total{cause=\"too_many\"}"
+            ),
+            None
+        );
+        assert_eq!(
+            value(body, "leash_agent_dns_names_evicted_total"),
+            Some(3.0)
+        );
+        assert_eq!(
+            value(body, "leash_agent_dns_records_dropped_total"),
+            Some(0.0)
+        );
         assert!(body.ends_with("# EOF\n"));
 
         // Updates after start are visible on the next scrape.

@@ -12,7 +12,9 @@
 //! `LEASH_E2E_DUMP=1` prints each agent's output.
 //!
 //! The drop-accounting test drives the capture library directly, because it must stall the
-//! consumer on purpose.
+//! consumer on purpose. The hostile-DNS test also starts a real `leash serve --insecure` (found
+//! or built by [`leash_lab::leash_path`]; `LEASH_BIN` overrides it) and reads what it stored
+//! through its HTTP API.
 //!
 //! These tests need root and BPF: without them they skip with a reason, unless
 //! `LEASH_REQUIRE_PRIVILEGED=1`, which makes them fail instead. `lab-client` is found, or built
@@ -1672,31 +1674,19 @@ impl Serve {
         fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
     }
 
-    /// `GET path` on the HTTP API: status and body, `None` when it does not answer.
+    /// `GET path` on the HTTP API: status and body, `None` when it does not answer. HTTP/1.0,
+    /// so that the body is never chunked: it ends when the server closes the connection.
     fn get(&self, path: &str) -> Option<(u16, String)> {
         let mut stream = TcpStream::connect_timeout(&self.http, Duration::from_secs(2)).ok()?;
         stream
             .set_read_timeout(Some(Duration::from_secs(30)))
             .ok()?;
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
         let mut response = String::new();
         stream.read_to_string(&mut response).ok()?;
         let (head, body) = response.split_once("\r\n\r\n")?;
         let status = head.split(' ').nth(1)?.parse().ok()?;
-        // Chunked bodies: the JSON is in one chunk between the size lines.
-        let body = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            body.lines().skip(1).step_by(2).collect::<Vec<_>>().join("")
-        } else {
-            body.to_owned()
-        };
-        Some((status, body))
+        Some((status, body.to_owned()))
     }
 
     /// The stored destinations of `pod`'s workload (its namespace has no other workload).
