@@ -420,23 +420,20 @@ pub fn plan(
                         what: describe(t),
                     });
                 }
-                Some(t) => {
-                    let current = if rel == Path::new(REPORT) {
-                        // The report is leash's by its place in the layout.
-                        read_regular(&path, u64::MAX).map_err(io_error(&path, "read"))?
-                    } else {
-                        owned(&path)?
-                    };
-                    match current {
-                        Some(bytes) => Some(bytes),
-                        None => {
-                            return Err(Error::Refused {
-                                path,
-                                what: describe(t),
-                            });
-                        }
-                    }
+                // The report is leash's by its place in the layout; one too large to
+                // compare is simply replaced.
+                Some(_) if rel == Path::new(REPORT) => {
+                    read_regular(&path, MAX_OWNED_BYTES).map_err(io_error(&path, "read"))?
                 }
+                Some(t) => match owned(&path)? {
+                    Some(bytes) => Some(bytes),
+                    None => {
+                        return Err(Error::Refused {
+                            path,
+                            what: describe(t),
+                        });
+                    }
+                },
             }
         };
         if existing.as_deref() != Some(text.as_bytes()) {
