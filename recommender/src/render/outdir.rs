@@ -667,6 +667,50 @@ mod tests {
         assert_eq!(owned(&fifo).expect("does not block"), None);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn file_names_fit_and_are_distinct(
+            a in "[a-z0-9]([a-z0-9.-]{0,250}[a-z0-9])?",
+            b in "[a-z0-9]([a-z0-9.-]{0,250}[a-z0-9])?",
+        ) {
+            let (fa, fb) = (file_name(&a), file_name(&b));
+            proptest::prop_assert!(fa.len() <= MAX_FILE_NAME);
+            proptest::prop_assert!(!fa.contains('/') && fa.ends_with(".yaml"));
+            proptest::prop_assert_eq!(&fa, &file_name(&a));
+            proptest::prop_assert_eq!(a == b, fa == fb);
+        }
+
+        #[test]
+        fn recognising_never_panics(text in ".{0,400}") {
+            let _ = is_leash_policy(text.as_bytes());
+        }
+    }
+
+    #[test]
+    fn what_leash_does_not_own_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = leash_file("shop", "web");
+        let elsewhere = dir.path().join("elsewhere.md");
+        fs::write(&elsewhere, "mine\n").expect("writes");
+        let out = dir.path().join("out");
+        fs::create_dir_all(out.join("shop/web-egress.yaml")).expect("mkdir");
+        std::os::unix::fs::symlink(&elsewhere, out.join(REPORT)).expect("symlink");
+        fs::write(out.join("shop/hand-egress.yaml"), "kind: NetworkPolicy\n").expect("writes");
+        let cases = [
+            (REPORT, "a symlink"),
+            ("shop/web-egress.yaml", "a directory"),
+            ("shop/hand-egress.yaml", "a file leash did not write"),
+        ];
+        for (rel, what) in cases {
+            let err = plan_of(&out, &[(rel, &text)], &[]).expect_err("refused");
+            assert!(
+                matches!(&err, Error::Refused { path, what: w } if path == &out.join(rel) && *w == what),
+                "{err}"
+            );
+        }
+        assert_eq!(fs::read_to_string(&elsewhere).expect("reads"), "mine\n");
+    }
+
     fn plan_of(dir: &Path, files: &[(&str, &str)], scope: &[&str]) -> Result<Plan> {
         plan(
             dir,
