@@ -158,8 +158,19 @@ fn default_deny_header(ns: &str) -> String {
     )
 }
 
-/// The header of a workload's policy file.
+/// A workload kind to show. It comes from an owner reference, so anything but a plain word
+/// is escaped (a line break would end a comment and inject YAML, or forge an error line).
+fn shown_kind(kind: &str) -> String {
+    if kind.bytes().all(|c| c.is_ascii_alphanumeric()) {
+        kind.to_owned()
+    } else {
+        names::display_prefix(kind).to_string()
+    }
+}
+
+/// The header of a workload's policy file; `ns` and `name` are checked Kubernetes names.
 fn policy_header(kind: &str, ns: &str, name: &str) -> String {
+    let kind = shown_kind(kind);
     format!(
         "# Egress of {kind} {ns}/{name}, {HEADER_MARK} from observed traffic.\n\
          # REPORT.md lists the evidence for every rule below.\n"
@@ -179,7 +190,8 @@ pub fn files(cluster: &Cluster, rec: &Recommendation) -> Result<Vec<(PathBuf, St
         let (kind, wname) = w.map_or(("", ""), |w| (w.kind.as_str(), w.name.as_str()));
         let object = || {
             format!(
-                "{kind} {} in {}",
+                "{} {} in {}",
+                shown_kind(kind),
                 names::display_prefix(wname),
                 namespace_object(&p.namespace)
             )
@@ -197,7 +209,7 @@ pub fn files(cluster: &Cluster, rec: &Recommendation) -> Result<Vec<(PathBuf, St
             Path::new(&p.namespace).join(file_name(&p.name)),
             policy_header(kind, &p.namespace, wname)
                 + &super::policy_yaml(&synth::to_network_policy(cluster, p))?,
-            format!("policy {}/{}", p.namespace, p.name),
+            format!("{} {}/{wname}", shown_kind(kind), p.namespace),
         ));
     }
     for ns in &rec.default_deny_namespaces {
@@ -205,7 +217,7 @@ pub fn files(cluster: &Cluster, rec: &Recommendation) -> Result<Vec<(PathBuf, St
         out.push((
             Path::new(ns).join(file_name(synth::DEFAULT_DENY_NAME)),
             default_deny_header(ns) + &super::policy_yaml(&synth::default_deny(ns))?,
-            format!("policy {ns}/{}", synth::DEFAULT_DENY_NAME),
+            format!("{ns}/{}", synth::DEFAULT_DENY_NAME),
         ));
     }
     out.push((
@@ -607,6 +619,17 @@ mod tests {
     fn leash_file(ns: &str, name: &str) -> String {
         policy_header("Deployment", ns, name)
             + &super::super::policy_yaml(&synth::default_deny(ns)).expect("renders")
+    }
+
+    #[test]
+    fn a_hostile_kind_stays_in_the_comment() {
+        let header = policy_header("Deployment\nspec: {}", "shop", "web");
+        assert_eq!(header.lines().count(), 2, "{header}");
+        assert!(header.lines().all(|l| l.starts_with("# ")), "{header}");
+        assert!(
+            policy_header("StatefulSet", "shop", "db")
+                .starts_with("# Egress of StatefulSet shop/db,")
+        );
     }
 
     #[test]
