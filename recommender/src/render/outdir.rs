@@ -82,7 +82,7 @@ pub enum Error {
         what: &'static str,
     },
     /// A directory leash would write into is a symlink or not a directory.
-    #[error("{}: refusing to write into {what}, which leash never follows; nothing was written", path.display())]
+    #[error("{}: refusing to write into {what}: leash writes only into real directories inside DIR, and nothing was written", path.display())]
     NotADirectory {
         /// The path.
         path: PathBuf,
