@@ -37,7 +37,8 @@ enum Command {
         #[arg(long, requires = "store", conflicts_with = "flows", value_parser = parse_duration)]
         since: Option<chrono::Duration>,
         /// Write `<ns>/<workload>-egress.yaml`, `<ns>/default-deny-egress.yaml` and REPORT.md
-        /// here instead of printing a YAML stream.
+        /// here instead of printing a YAML stream; remove the policy files earlier runs wrote
+        /// that this run no longer recommends (only in the namespaces it covers).
         #[arg(short = 'o', long = "output")]
         output: Option<PathBuf>,
         /// Only workloads in these namespaces. Repeatable.
@@ -256,11 +257,24 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 },
             )?;
             out.recommendation.skipped_input = leash::synth::skipped_lines(&skipped);
-            eprintln!("{}", leash::render::summary(&out.recommendation));
             match output {
-                Some(dir) => leash::render::write_dir(&dir, &out.cluster, &out.recommendation)
-                    .map_err(bad_input)?,
+                Some(dir) => {
+                    // Every name is checked and DIR inspected before anything is written; a
+                    // failed run leaves DIR as it was, and says only why.
+                    let written = leash::render::write_dir(
+                        &dir,
+                        &out.cluster,
+                        &out.recommendation,
+                        &opts.namespaces,
+                    )
+                    .map_err(bad_input)?;
+                    for w in &written.warnings {
+                        eprintln!("leash: warning: {w}");
+                    }
+                    eprintln!("{}", leash::render::summary(&out.recommendation));
+                }
                 None => {
+                    eprintln!("{}", leash::render::summary(&out.recommendation));
                     let text = leash::render::yaml_stream(&leash::synth::all_policies(
                         &out.cluster,
                         &out.recommendation,
