@@ -312,6 +312,23 @@ fn index_u32(i: usize) -> u32 {
 /// [`names::uid`]), the names and answers per record ([`MAX_NAMES_PER_RECORD`],
 /// [`MAX_ANSWERS_PER_RECORD`]) and the cgroup path ([`MAX_CGROUP_BYTES`]).
 pub fn grouped_batch_from_wire(batch: v1::Batch) -> Result<GroupedBatch> {
+    grouped_batch_from_wire_with(batch, |_| Ok(()))
+}
+
+/// A check of a record's pod beyond its names, for [`grouped_batch_from_wire_with`]: the
+/// problem, or `Ok`.
+pub type PodCheck<'a> = dyn FnMut(&PodRef) -> std::result::Result<(), String> + 'a;
+
+/// [`grouped_batch_from_wire`], with a further check of each source's pod (once per group,
+/// flow or DNS record): a pod it refuses refuses its records with
+/// [`v1::RejectReason::InvalidPod`] and the field `workload`. The recommender checks there
+/// the workload its cluster model derives from the pod, whose names come from the pod's
+/// owner references.
+pub fn grouped_batch_from_wire_with(
+    batch: v1::Batch,
+    mut check_pod: impl FnMut(&PodRef) -> std::result::Result<(), String>,
+) -> Result<GroupedBatch> {
+    let check_pod: &mut PodCheck<'_> = &mut check_pod;
     let id = batch.id.ok_or(WireError::MissingId)?;
     validate_id(&id)?;
     let mut refused = Vec::new();
@@ -334,7 +351,7 @@ pub fn grouped_batch_from_wire(batch: v1::Batch) -> Result<GroupedBatch> {
         next += 1;
         let pod = f.pod.take();
         let cgroup = std::mem::take(&mut f.cgroup);
-        let checked = source_from_wire(pod, &cgroup).and_then(|pod| {
+        let checked = source_from_wire(pod, &cgroup, check_pod).and_then(|pod| {
             let flow = flow_fields_from_wire(record, f)?;
             Ok((pod, flow))
         });
@@ -350,7 +367,7 @@ pub fn grouped_batch_from_wire(batch: v1::Batch) -> Result<GroupedBatch> {
     for (g, group) in batch.flow_groups.into_iter().enumerate() {
         let base = next;
         next += group.flows.len();
-        let source = match source_from_wire(group.pod, &group.cgroup) {
+        let source = match source_from_wire(group.pod, &group.cgroup, check_pod) {
             Ok(pod) => pod,
             Err(p) => {
                 // The group's source is every flow's source: each of them is refused.
@@ -395,7 +412,7 @@ pub fn grouped_batch_from_wire(batch: v1::Batch) -> Result<GroupedBatch> {
     }
     let mut dns = Vec::with_capacity(batch.dns.len());
     for (i, d) in batch.dns.into_iter().enumerate() {
-        match dns_record_from_wire(&id.node, RecordIndex::Dns(i), d) {
+        match dns_record_from_wire(&id.node, RecordIndex::Dns(i), d, check_pod) {
             Ok(d) => dns.push(d),
             Err(p) => refuse(RecordIndex::Dns(i), next + i, p),
         }
@@ -513,8 +530,13 @@ fn check_mnemonic(field: impl Into<String>, value: &str) -> Result<(), Problem> 
     }
 }
 
-/// A record's source: its pod (checked as Kubernetes names) and its cgroup path (bounded).
-fn source_from_wire(pod: Option<v1::Pod>, cgroup: &str) -> Result<Option<PodRef>, Problem> {
+/// A record's source: its pod (checked as Kubernetes names, then by `check_pod`) and its
+/// cgroup path (bounded).
+fn source_from_wire(
+    pod: Option<v1::Pod>,
+    cgroup: &str,
+    check_pod: &mut PodCheck<'_>,
+) -> Result<Option<PodRef>, Problem> {
     if cgroup.len() > MAX_CGROUP_BYTES {
         return Err(problem(
             v1::RejectReason::TooLarge,
@@ -522,7 +544,11 @@ fn source_from_wire(pod: Option<v1::Pod>, cgroup: &str) -> Result<Option<PodRef>
             format!("{} bytes, more than {MAX_CGROUP_BYTES}", cgroup.len()),
         ));
     }
-    pod_from_wire(pod)
+    let pod = pod_from_wire(pod)?;
+    if let Some(p) = &pod {
+        check_pod(p).map_err(|what| problem(v1::RejectReason::InvalidPod, "workload", what))?;
+    }
+    Ok(pod)
 }
 
 /// [`time_from_wire`] for a record being checked.
@@ -598,16 +624,22 @@ fn flow_fields_from_wire(record: RecordIndex, f: v1::Flow) -> Result<FlowRecord,
 /// Converts one wire DNS record to a contract record with the given node, validating every
 /// field as [`grouped_batch_from_wire`] does. `record` names the record in errors.
 pub fn dns_from_wire(node: &str, record: RecordIndex, d: v1::Dns) -> Result<DnsRecord> {
-    dns_record_from_wire(node, record, d).map_err(|p| invalid(record, p.field, p.problem))
+    dns_record_from_wire(node, record, d, &mut |_| Ok(()))
+        .map_err(|p| invalid(record, p.field, p.problem))
 }
 
-fn dns_record_from_wire(node: &str, record: RecordIndex, d: v1::Dns) -> Result<DnsRecord, Problem> {
+fn dns_record_from_wire(
+    node: &str,
+    record: RecordIndex,
+    d: v1::Dns,
+    check_pod: &mut PodCheck<'_>,
+) -> Result<DnsRecord, Problem> {
     let server = addr_from_wire("server", &d.server)?;
     check_dns_name("query", &d.query)?;
     check_mnemonic("qtype", &d.qtype)?;
     check_mnemonic("rcode", &d.rcode)?;
     let time = time_field(record, "time_unix_nanos", d.time_unix_nanos)?;
-    let pod = source_from_wire(d.pod, &d.cgroup)?;
+    let pod = source_from_wire(d.pod, &d.cgroup, check_pod)?;
     if d.answers.len() > MAX_ANSWERS_PER_RECORD {
         return Err(problem(
             v1::RejectReason::TooLarge,
