@@ -208,9 +208,59 @@ fn cell(s: &str) -> String {
     s.replace('|', "\\|").replace('\n', " ")
 }
 
-/// A list, shortened after `max` items.
+/// Escapes text that comes from the cluster or from agents (names of workloads, pods and DNS
+/// names, and messages carrying them) for inline Markdown: the characters that start
+/// emphasis, links, code, HTML or entities are backslash-escaped, and control characters
+/// (line breaks among them) become U+FFFD. Names are checked where they enter (ingest, the
+/// snapshot), but a store written by an older version, or a model built from objects nobody
+/// checked, may still hold anything; the report must stay the report. Pipes are left to
+/// [`cell`], for tables.
+fn md(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' | '`' | '*' | '_' | '~' | '[' | ']' | '<' | '>' | '&' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if c.is_control() => out.push(char::REPLACEMENT_CHARACTER),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A Markdown code span showing `s` literally: fenced by more backticks than any run of them
+/// inside, control characters replaced as in [`md`]. In a table, pass it through [`cell`].
+fn code(s: &str) -> String {
+    let s: String = s
+        .chars()
+        .map(|c| {
+            if c.is_control() {
+                char::REPLACEMENT_CHARACTER
+            } else {
+                c
+            }
+        })
+        .collect();
+    let longest = s
+        .split(|c| c != '`')
+        .map(str::len)
+        .max()
+        .unwrap_or(0);
+    let fence = "`".repeat(longest + 1);
+    // A span that starts or ends with a backtick needs a space, which the parser strips.
+    if s.starts_with('`') || s.ends_with('`') {
+        format!("{fence} {s} {fence}")
+    } else {
+        format!("{fence}{s}{fence}")
+    }
+}
+
+/// A list of names or other text from the data, each escaped ([`md`]), shortened after `max`
+/// items, for a table cell.
 fn list(items: impl IntoIterator<Item = String>, max: usize) -> String {
-    let all: Vec<String> = items.into_iter().collect();
+    let all: Vec<String> = items.into_iter().map(|i| md(&i)).collect();
     if all.is_empty() {
         return "-".to_owned();
     }
@@ -228,17 +278,17 @@ fn peer_text(p: &PeerSpec) -> String {
             namespace,
             selector,
         } => match namespace {
-            Some(ns) => format!("ns `{ns}` AND pods `{selector}`"),
-            None => format!("pods `{selector}`"),
+            Some(ns) => format!("ns {} AND pods {}", code(ns), code(&selector.to_string())),
+            None => format!("pods {}", code(&selector.to_string())),
         },
         PeerSpec::Block {
             cidr,
             except,
             unobserved,
         } => {
-            let mut s = format!("`{cidr}`");
+            let mut s = code(&cidr.to_string());
             if !except.is_empty() {
-                let ex: Vec<String> = except.iter().map(|e| format!("`{e}`")).collect();
+                let ex: Vec<String> = except.iter().map(|e| code(&e.to_string())).collect();
                 let _ = write!(s, " except {}", ex.join(", "));
             }
             if *unobserved > 0 {
@@ -252,7 +302,7 @@ fn peer_text(p: &PeerSpec) -> String {
 fn rule_kind(r: &Rule) -> String {
     match &r.kind {
         RuleKind::Dns => "DNS".to_owned(),
-        RuleKind::Workload(w) => format!("workload {w}"),
+        RuleKind::Workload(w) => format!("workload {}", md(w)),
         RuleKind::Hosts(kinds) => kinds
             .iter()
             .map(|k| k.describe())
@@ -306,7 +356,7 @@ pub fn report(cluster: &Cluster, rec: &Recommendation) -> String {
         cluster
             .workloads
             .get(w)
-            .map_or_else(String::new, ToString::to_string)
+            .map_or_else(String::new, |w| md(&w.to_string()))
     };
     let _ = writeln!(s, "# leash egress recommendation\n");
     let _ = writeln!(
@@ -401,9 +451,9 @@ pub fn report(cluster: &Cluster, rec: &Recommendation) -> String {
                 s,
                 "| {} | {} | {} | {} |",
                 cell(&wname(u.workload)),
-                cell(&u.destination),
+                cell(&md(&u.destination)),
                 u.count,
-                cell(&u.reason)
+                cell(&md(&u.reason))
             );
         }
         s.push('\n');
@@ -427,7 +477,7 @@ These observations match nothing in the cluster              model (the workload
 "
         );
         for line in &rec.skipped_input {
-            let _ = writeln!(s, "- {}", cell(line));
+            let _ = writeln!(s, "- {}", md(line));
         }
         s.push('\n');
     }
@@ -439,11 +489,10 @@ These observations match nothing in the cluster              model (the workload
     for p in &rec.policies {
         let _ = writeln!(
             s,
-            "### `{}/{}` for {}\n\nSelects pods `{}`. {} rules; {}.\n",
-            p.namespace,
-            p.name,
+            "### {} for {}\n\nSelects pods {}. {} rules; {}.\n",
+            code(&format!("{}/{}", p.namespace, p.name)),
             wname(p.workload),
-            p.pod_selector,
+            code(&p.pod_selector.to_string()),
             p.rules.len(),
             synth::evidence_summary(&p.evidence)
         );
@@ -472,7 +521,7 @@ These observations match nothing in the cluster              model (the workload
         s.push('\n');
         for (i, r) in p.rules.iter().enumerate() {
             for n in &r.notes {
-                let _ = writeln!(s, "> **rule {}:** {n}\n", i + 1);
+                let _ = writeln!(s, "> **rule {}:** {}\n", i + 1, md(n));
             }
         }
         let _ = writeln!(s, "<details><summary>destinations as dialed</summary>\n");
@@ -487,4 +536,123 @@ These observations match nothing in the cluster              model (the workload
         let _ = writeln!(s, "\n</details>\n");
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::cluster::{Selector, Workload};
+    use crate::synth::{PolicySpec, Unresolved};
+
+    #[test]
+    fn text_and_code_are_escaped_for_markdown() {
+        assert_eq!(md("api.stripe.test"), "api.stripe.test");
+        assert_eq!(md("_sip._tcp.x"), "\\_sip.\\_tcp.x");
+        assert_eq!(
+            md("<b>[x](y)*z*`w`&amp;\\"),
+            "\\<b\\>\\[x\\](y)\\*z\\*\\`w\\`\\&amp;\\\\"
+        );
+        assert_eq!(md("a\nb\rc"), "a\u{fffd}b\u{fffd}c");
+        assert_eq!(code("shop/web"), "`shop/web`");
+        assert_eq!(code("a`b"), "``a`b``");
+        assert_eq!(code("`a``"), "``` `a`` ```");
+        assert_eq!(code("x\ny"), "`x\u{fffd}y`");
+    }
+
+    /// Where every `<` of `report` is: escaped, or one of the report's own tags.
+    fn raw_html(report: &str) -> Vec<&str> {
+        const OWN: [&str; 5] = ["<br>", "<details>", "</details>", "<summary>", "</summary>"];
+        report
+            .match_indices('<')
+            .filter(|(i, _)| !report[..*i].ends_with('\\'))
+            .map(|(i, _)| &report[i..report.len().min(i + 16)])
+            .filter(|rest| !OWN.iter().any(|t| rest.starts_with(t)))
+            .collect()
+    }
+
+    /// Pipes of `line` that separate table cells (not escaped).
+    fn cell_pipes(line: &str) -> usize {
+        line.match_indices('|')
+            .filter(|(i, _)| !line[..*i].ends_with('\\'))
+            .count()
+    }
+
+    /// Names that bypassed ingest (an old store, a snapshot nobody checked) cannot inject
+    /// HTML, links, headings or table cells into REPORT.md.
+    #[test]
+    fn hostile_names_stay_text_in_the_report() {
+        let hostile = "evil|<script>alert(1)</script>\n# Owned";
+        let mut cluster = Cluster::default();
+        cluster.workloads.push(Workload {
+            namespace: "shop".into(),
+            kind: "Deployment".into(),
+            name: hostile.into(),
+            selector: None,
+        });
+        let evidence = RuleEvidence {
+            count: 1,
+            names: BTreeSet::from(["<img src=x onerror=alert(1)>".into(), "a|b".into()]),
+            pods: BTreeSet::from(["p_1_ [x](http://e.test)".into()]),
+            destinations: BTreeSet::from(["203.0.113.1:443/TCP\n| x | y |".into()]),
+            ..RuleEvidence::default()
+        };
+        let rule = Rule {
+            kind: RuleKind::Workload(hostile.into()),
+            peers: vec![PeerSpec::Pods {
+                namespace: Some("ns|`x".into()),
+                selector: Selector::default(),
+            }],
+            ports: Vec::new(),
+            evidence: evidence.clone(),
+            unobserved_addresses: None,
+            budget_met: true,
+            notes: vec!["note <b>bold</b>".into()],
+        };
+        let rec = Recommendation {
+            policies: vec![PolicySpec {
+                workload: 0,
+                namespace: "shop".into(),
+                name: "evil`x".into(),
+                pod_selector: Selector::default(),
+                rules: vec![rule],
+                evidence,
+            }],
+            isolated: vec![0],
+            unresolved: vec![Unresolved {
+                workload: 0,
+                destination: "[x](http://e.test)".into(),
+                reason: "a *b* <i>".into(),
+                count: 1,
+            }],
+            skipped_input: vec!["skipped <x>\n## Injected".into()],
+            ..Recommendation::default()
+        };
+        let report = report(&cluster, &rec);
+        assert_eq!(raw_html(&report), Vec::<&str>::new(), "{report}");
+        for line in report.lines() {
+            assert!(
+                !line.starts_with("# Owned") && !line.starts_with("## Injected"),
+                "{line:?}\n{report}"
+            );
+            // Every table row keeps its number of cells.
+            if line.starts_with("| ") {
+                let header = if line.contains("| # |") || line.split(" | ").count() > 6 {
+                    11
+                } else {
+                    5
+                };
+                assert_eq!(cell_pipes(line), header, "{line:?}\n{report}");
+            }
+        }
+        assert!(report.contains("### ``shop/evil`x`` for "), "{report}");
+        // Link syntax only escaped.
+        assert!(
+            report
+                .match_indices("](")
+                .all(|(i, _)| report[..i].ends_with('\\')),
+            "{report}"
+        );
+    }
 }
