@@ -243,11 +243,7 @@ fn code(s: &str) -> String {
             }
         })
         .collect();
-    let longest = s
-        .split(|c| c != '`')
-        .map(str::len)
-        .max()
-        .unwrap_or(0);
+    let longest = s.split(|c| c != '`').map(str::len).max().unwrap_or(0);
     let fence = "`".repeat(longest + 1);
     // A span that starts or ends with a backtick needs a space, which the parser strips.
     if s.starts_with('`') || s.ends_with('`') {

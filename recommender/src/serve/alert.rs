@@ -310,7 +310,10 @@ mod tests {
         names.insert(1, "x".repeat(10_000));
         let m = alert(names, "web\r\nforged").message();
         assert!(m.len() <= MAX_MESSAGE, "{} bytes", m.len());
-        assert!(!m.chars().any(|c| c.is_control() || c == '\u{202e}'), "{m:?}");
+        assert!(
+            !m.chars().any(|c| c.is_control() || c == '\u{202e}'),
+            "{m:?}"
+        );
         assert!(
             m.starts_with("Deployment/web\u{fffd}\u{fffd}forged web-1 sent 3 egress"),
             "{m}"
@@ -319,7 +322,10 @@ mod tests {
             m.contains("(evil.test\u{fffd}Warning: forged line\u{fffd}, xxx"),
             "{m}"
         );
-        assert!(m.contains(&format!(", {}…, n0.test", "x".repeat(253))), "{m}");
+        assert!(
+            m.contains(&format!(", {}…, n0.test", "x".repeat(253))),
+            "{m}"
+        );
         assert!(m.contains(" and 97 more)"), "{m}");
     }
 }
