@@ -76,12 +76,10 @@ struct Cli {
     dns_max_names_per_address: u16,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))?;
-    if d.is_zero() {
-        return Err(format!("{s:?}: must be greater than zero"));
-    }
-    Ok(d)
+/// Every duration flag is an interval or a timeout: positive, range-checked by the one
+/// grammar of `leash_records::duration`.
+fn parse_duration(s: &str) -> Result<Duration, leash_records::duration::Error> {
+    leash_records::duration::parse_positive(s)
 }
 
 fn node_name(flag: Option<String>) -> String {

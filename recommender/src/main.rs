@@ -164,10 +164,10 @@ struct ServeArgs {
     #[arg(long, conflicts_with_all = ["tls_cert", "tls_key", "tls_client_ca"])]
     insecure: bool,
     /// Delete observations last seen longer ago than this.
-    #[arg(long, default_value = "30d", value_parser = parse_std_duration)]
+    #[arg(long, default_value = "30d", value_parser = leash_records::duration::parse)]
     retention: std::time::Duration,
     /// How often stored flows are checked against the applied policies (unexpected egress).
-    #[arg(long, default_value = "60s", value_parser = parse_std_duration)]
+    #[arg(long, default_value = "60s", value_parser = leash_records::duration::parse_positive)]
     check_interval: std::time::Duration,
     /// At most this many records in one batch.
     #[arg(long, default_value_t = 65_536)]
@@ -180,29 +180,9 @@ struct ServeArgs {
     max_cidrs: usize,
 }
 
-/// Parses `90s`, `15m`, `24h`, `7d`.
-fn parse_duration(s: &str) -> Result<chrono::Duration, String> {
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: i64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?} (expected e.g. 24h, 90m, 7d)"))?;
-    let secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" | "" => 3600,
-        "d" => 86400,
-        _ => return Err(format!("invalid duration unit in {s:?} (use s, m, h or d)")),
-    };
-    n.checked_mul(secs)
-        .and_then(chrono::Duration::try_seconds)
-        .ok_or_else(|| format!("duration {s:?} out of range"))
-}
-
-/// Parses `90s`, `15m`, `24h`, `30d` into a std duration.
-fn parse_std_duration(s: &str) -> Result<std::time::Duration, String> {
-    parse_duration(s)?
-        .to_std()
-        .map_err(|_| format!("duration {s:?} must not be negative"))
+/// A window or span (`24h`, `7d`, `90m`), as `leash_records::duration` parses every duration.
+fn parse_duration(s: &str) -> Result<chrono::Duration, leash_records::duration::Error> {
+    leash_records::duration::parse_chrono(s)
 }
 
 /// A failure and the exit code it maps to.

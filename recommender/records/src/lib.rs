@@ -2,6 +2,7 @@
 //!
 //! - [`access`]: the Kubernetes API permissions each binary declares it uses.
 //! - [`codec`]: the gRPC codec of `leash.v1` (prost, decoded from one contiguous slice).
+//! - [`duration`]: the one duration grammar of every flag and query parameter, range-checked.
 //! - [`names`]: which DNS names, Kubernetes names and label keys leash accepts.
 //! - [`record`]: the v1 JSON-lines records (`kind: flow` and `kind: dns`) and a reader that
 //!   names the file and line of every bad record.
@@ -12,6 +13,7 @@
 
 pub mod access;
 pub mod codec;
+pub mod duration;
 pub mod names;
 pub mod record;
 pub mod snapshot;

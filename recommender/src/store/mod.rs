@@ -117,6 +117,54 @@ pub enum Commit {
     Duplicate,
 }
 
+/// Whose observations a scoped read returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Subject {
+    /// Every workload.
+    #[default]
+    All,
+    /// The workloads of one namespace.
+    Namespace(String),
+    /// One workload.
+    Workload(WorkloadRef),
+}
+
+impl Subject {
+    /// Whether `w` is in this subject.
+    pub fn contains(&self, w: &WorkloadRef) -> bool {
+        match self {
+            Subject::All => true,
+            Subject::Namespace(ns) => w.namespace == *ns,
+            Subject::Workload(one) => w == one,
+        }
+    }
+}
+
+/// What a scoped read ([`Store::flows_in`], [`Store::dns_in`]) returns: observations of a
+/// subject last seen at or after `since` (all when `None`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    /// The earliest last-seen time kept.
+    pub since: Option<DateTime<Utc>>,
+    /// Whose observations.
+    pub subject: Subject,
+}
+
+/// Totals of one workload's flow observations ([`Store::workload_totals`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadTotals {
+    /// The workload.
+    pub workload: WorkloadRef,
+    /// Distinct (destination, port, protocol) observed.
+    pub destinations: u64,
+    /// Summed event counts (saturating).
+    pub count: u64,
+    /// Earliest event.
+    pub first_seen: DateTime<Utc>,
+    /// Latest event.
+    pub last_seen: DateTime<Utc>,
+}
+
 /// Errors of a store. Each names the database file.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -243,9 +291,80 @@ pub trait Store: Send + Sync {
     /// resolver and query.
     fn dns(&self, since: Option<DateTime<Utc>>) -> Result<Vec<DnsObservation>>;
 
+    /// Flow observations in `scope`, at most `max` of them: whole workloads first, in
+    /// (namespace, kind, name) order, so a caller asking for one more than it accepts learns
+    /// whether there were more. Sorted as [`Store::flows`].
+    ///
+    /// Implementations should read only the subject asked for, without blocking commits; the
+    /// default filters [`Store::flows`].
+    fn flows_in(&self, scope: &Scope, max: usize) -> Result<Vec<FlowObservation>> {
+        let mut flows = self.flows(scope.since)?;
+        flows.retain(|f| scope.subject.contains(&f.workload));
+        flows.truncate(max);
+        Ok(flows)
+    }
+
+    /// DNS observations in `scope`, at most `max` of them (as [`Store::flows_in`]). Sorted as
+    /// [`Store::dns`].
+    fn dns_in(&self, scope: &Scope, max: usize) -> Result<Vec<DnsObservation>> {
+        let mut dns = self.dns(scope.since)?;
+        dns.retain(|d| scope.subject.contains(&d.workload));
+        dns.truncate(max);
+        Ok(dns)
+    }
+
+    /// Per-workload totals of flows last seen at or after `since`, for at most `max`
+    /// workloads with such flows, in (namespace, kind, name) order, starting after `after`
+    /// (a page's last workload). The default totals [`Store::flows`].
+    fn workload_totals(
+        &self,
+        since: Option<DateTime<Utc>>,
+        after: Option<&WorkloadRef>,
+        max: usize,
+    ) -> Result<Vec<WorkloadTotals>> {
+        let mut out: Vec<WorkloadTotals> = Vec::new();
+        // `flows` is sorted by workload first: totals come out in order.
+        for f in self.flows(since)? {
+            if after.is_some_and(|a| f.workload <= *a) {
+                continue;
+            }
+            match out.last_mut() {
+                Some(t) if t.workload == f.workload => t.add(&f),
+                _ => {
+                    if out.len() == max {
+                        break;
+                    }
+                    out.push(WorkloadTotals::first(&f));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Deletes observations last seen before `before`, and batch ids committed before it.
     /// Returns how many observations were removed.
     fn prune(&self, before: DateTime<Utc>) -> Result<u64>;
+}
+
+impl WorkloadTotals {
+    /// The totals of one flow.
+    pub fn first(f: &FlowObservation) -> Self {
+        WorkloadTotals {
+            workload: f.workload.clone(),
+            destinations: 1,
+            count: f.count,
+            first_seen: f.first_seen,
+            last_seen: f.last_seen,
+        }
+    }
+
+    /// Adds another flow of the same workload.
+    pub fn add(&mut self, f: &FlowObservation) {
+        self.destinations = self.destinations.saturating_add(1);
+        self.count = self.count.saturating_add(f.count);
+        self.first_seen = self.first_seen.min(f.first_seen);
+        self.last_seen = self.last_seen.max(f.last_seen);
+    }
 }
 
 /// Reads a store's observations last seen at or after `since` and attributes them to the

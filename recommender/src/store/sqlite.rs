@@ -23,7 +23,10 @@ use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use super::BatchCommit;
 use super::observe::{dns_order, flow_order};
-use super::{BatchId, Commit, DnsObservation, Error, FlowObservation, Result, Store, WorkloadRef};
+use super::{
+    BatchId, Commit, DnsObservation, Error, FlowObservation, Result, Scope, Store, Subject,
+    WorkloadRef, WorkloadTotals,
+};
 
 /// One schema migration.
 #[derive(Debug, Clone, Copy)]
@@ -173,6 +176,8 @@ struct LinkKey {
 pub struct SqliteStore {
     path: PathBuf,
     inner: Mutex<Inner>,
+    /// Connections for reads, so that reads never wait for the writer's mutex.
+    readers: ReadPool,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -265,6 +270,9 @@ impl SqliteStore {
                 links: HashSet::default(),
                 data_version: None,
             }),
+            readers: ReadPool {
+                idle: Mutex::new(Vec::new()),
+            },
         };
         store.migrate()?;
         Ok(store)
@@ -552,26 +560,6 @@ impl SqliteStore {
         Ok(Commit::Stored)
     }
 
-    fn workload_refs(&self, conn: &Connection) -> Result<HashMap<i64, WorkloadRef>> {
-        let op = |e| self.op("read workloads", e);
-        let mut stmt = conn
-            .prepare_cached("SELECT id, namespace, kind, name FROM workloads")
-            .map_err(op)?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    WorkloadRef {
-                        namespace: r.get(1)?,
-                        kind: r.get(2)?,
-                        name: r.get(3)?,
-                    },
-                ))
-            })
-            .map_err(op)?;
-        rows.collect::<rusqlite::Result<_>>().map_err(op)
-    }
-
     fn decode_ip(&self, table: &'static str, bytes: &[u8]) -> Result<IpAddr> {
         match bytes.len() {
             4 => {
@@ -590,17 +578,314 @@ impl SqliteStore {
             }),
         }
     }
+}
 
-    fn decode_workload<'a>(
-        &self,
-        table: &'static str,
-        refs: &'a HashMap<i64, WorkloadRef>,
-        id: i64,
-    ) -> Result<&'a WorkloadRef> {
-        refs.get(&id).ok_or_else(|| Error::Corrupt {
-            path: self.path.clone(),
-            what: format!("{table}: unknown workload id {id}"),
+/// A failure while reading on a read connection: SQL, or a stored value this build did not
+/// write.
+enum ReadError {
+    Sql(rusqlite::Error),
+    Store(Error),
+}
+
+impl ReadError {
+    /// The store error, naming `op` for SQL failures.
+    fn or_op(self, op: impl FnOnce(rusqlite::Error) -> Error) -> Error {
+        match self {
+            ReadError::Sql(e) => op(e),
+            ReadError::Store(e) => e,
+        }
+    }
+}
+
+impl From<Error> for ReadError {
+    fn from(e: Error) -> Self {
+        ReadError::Store(e)
+    }
+}
+
+type ReadResult<T> = std::result::Result<T, ReadError>;
+
+/// At most this many idle read connections are kept for reuse; more may be open while
+/// busy (callers such as the HTTP API bound their own concurrency).
+const MAX_IDLE_READERS: usize = 8;
+
+/// Page cache of one read connection: 8 MiB (the writer's is 64 MiB).
+const READER_CACHE_KIB: i64 = 8_192;
+
+/// Read-only connections to the database, reused. In WAL mode a reader sees the last commit
+/// before its read began and never waits for the writer, nor the writer for it: reads take
+/// none of the writer's locks.
+struct ReadPool {
+    idle: Mutex<Vec<Connection>>,
+}
+
+/// A read connection, returned to its pool when dropped.
+struct Reader<'p> {
+    conn: Option<Connection>,
+    pool: &'p ReadPool,
+}
+
+impl Drop for Reader<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            let mut idle = self.pool.idle.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() < MAX_IDLE_READERS {
+                idle.push(conn);
+            }
+        }
+    }
+}
+
+impl SqliteStore {
+    /// A read connection from the pool, or a new one.
+    fn reader(&self) -> Result<Reader<'_>> {
+        let pooled = self
+            .readers
+            .idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop();
+        let conn = match pooled {
+            Some(conn) => conn,
+            None => self.open_reader()?,
+        };
+        Ok(Reader {
+            conn: Some(conn),
+            pool: &self.readers,
         })
+    }
+
+    fn open_reader(&self) -> Result<Connection> {
+        let open_err = |e: rusqlite::Error| Error::Open {
+            path: self.path.clone(),
+            source: boxed(e),
+        };
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        conn.pragma_update(None, "cache_size", -READER_CACHE_KIB)
+            .map_err(open_err)?;
+        conn.set_prepared_statement_cache_capacity(16);
+        Ok(conn)
+    }
+
+    /// Runs `f` in one read transaction (one consistent snapshot) on a read connection.
+    fn read<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> ReadResult<T>) -> ReadResult<T> {
+        let mut reader = self.reader()?;
+        let Some(conn) = reader.conn.as_mut() else {
+            return Err(ReadError::Store(Error::Invalid {
+                path: self.path.clone(),
+                what: "a read connection was used after its return".into(),
+            }));
+        };
+        let tx = conn.transaction().map_err(ReadError::Sql)?;
+        let out = f(&tx)?;
+        // Nothing was written: ending the read transaction releases its snapshot.
+        tx.rollback().map_err(ReadError::Sql)?;
+        Ok(out)
+    }
+
+    /// Calls `each` with every workload of `subject` (after `after`, when given), in
+    /// (namespace, kind, name) order, until it returns `false`.
+    fn each_workload(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        subject: &Subject,
+        after: Option<&WorkloadRef>,
+        mut each: impl FnMut(i64, &WorkloadRef) -> ReadResult<bool>,
+    ) -> ReadResult<()> {
+        // One statement per subject, so that each uses the (namespace, kind, name) index.
+        let (sql, args): (&str, Vec<&str>) = match (subject, after) {
+            (Subject::All, None) => (
+                "SELECT id, namespace, kind, name FROM workloads ORDER BY namespace, kind, name",
+                vec![],
+            ),
+            (Subject::All, Some(a)) => (
+                "SELECT id, namespace, kind, name FROM workloads
+                 WHERE (namespace, kind, name) > (?1, ?2, ?3) ORDER BY namespace, kind, name",
+                vec![&a.namespace, &a.kind, &a.name],
+            ),
+            (Subject::Namespace(ns), None) => (
+                "SELECT id, namespace, kind, name FROM workloads WHERE namespace = ?1
+                 ORDER BY namespace, kind, name",
+                vec![ns],
+            ),
+            (Subject::Namespace(ns), Some(a)) => (
+                "SELECT id, namespace, kind, name FROM workloads
+                 WHERE namespace = ?1 AND (namespace, kind, name) > (?2, ?3, ?4)
+                 ORDER BY namespace, kind, name",
+                vec![ns, &a.namespace, &a.kind, &a.name],
+            ),
+            (Subject::Workload(w), None) => (
+                "SELECT id, namespace, kind, name FROM workloads
+                 WHERE namespace = ?1 AND kind = ?2 AND name = ?3",
+                vec![&w.namespace, &w.kind, &w.name],
+            ),
+            (Subject::Workload(w), Some(a)) => (
+                "SELECT id, namespace, kind, name FROM workloads
+                 WHERE namespace = ?1 AND kind = ?2 AND name = ?3
+                     AND (namespace, kind, name) > (?4, ?5, ?6)",
+                vec![&w.namespace, &w.kind, &w.name, &a.namespace, &a.kind, &a.name],
+            ),
+        };
+        let mut stmt = tx.prepare_cached(sql).map_err(ReadError::Sql)?;
+        let mut rows = stmt
+            .query(rusqlite::params_from_iter(args))
+            .map_err(ReadError::Sql)?;
+        while let Some(r) = rows.next().map_err(ReadError::Sql)? {
+            let id: i64 = r.get(0).map_err(ReadError::Sql)?;
+            let workload = WorkloadRef {
+                namespace: r.get(1).map_err(ReadError::Sql)?,
+                kind: r.get(2).map_err(ReadError::Sql)?,
+                name: r.get(3).map_err(ReadError::Sql)?,
+            };
+            if !each(id, &workload)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends one workload's flows last seen at or after `since` (stored nanoseconds).
+    fn workload_flows(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        id: i64,
+        workload: &WorkloadRef,
+        since: i64,
+        out: &mut Vec<FlowObservation>,
+    ) -> ReadResult<()> {
+        let first = out.len();
+        // (address bytes, port, protocol) → index into `out`, for attaching names.
+        let mut index: HashMap<(Vec<u8>, i64, i64), usize> = HashMap::default();
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT dst, port, protocol, count, first_seen, last_seen, established, failed
+                     FROM flows WHERE workload = ?1 AND last_seen >= ?2",
+                )
+                .map_err(ReadError::Sql)?;
+            let mut rows = stmt.query(params![id, since]).map_err(ReadError::Sql)?;
+            while let Some(r) = rows.next().map_err(ReadError::Sql)? {
+                let dst_bytes: Vec<u8> = r.get(0).map_err(ReadError::Sql)?;
+                let port: i64 = r.get(1).map_err(ReadError::Sql)?;
+                let proto: i64 = r.get(2).map_err(ReadError::Sql)?;
+                let dst = self.decode_ip("flows", &dst_bytes)?;
+                let port_u16 = u16::try_from(port).map_err(|_| Error::Corrupt {
+                    path: self.path.clone(),
+                    what: format!("flows: port {port} out of range"),
+                })?;
+                let protocol = protocol_from_number(proto).ok_or_else(|| Error::Corrupt {
+                    path: self.path.clone(),
+                    what: format!("flows: unknown protocol number {proto}"),
+                })?;
+                index.insert((dst_bytes, port, proto), out.len());
+                out.push(FlowObservation {
+                    workload: workload.clone(),
+                    protocol,
+                    dst,
+                    port: port_u16,
+                    count: unclamp(r.get(3).map_err(ReadError::Sql)?),
+                    first_seen: DateTime::from_timestamp_nanos(r.get(4).map_err(ReadError::Sql)?),
+                    last_seen: DateTime::from_timestamp_nanos(r.get(5).map_err(ReadError::Sql)?),
+                    names: BTreeSet::new(),
+                    established: unclamp(r.get(6).map_err(ReadError::Sql)?),
+                    failed: unclamp(r.get(7).map_err(ReadError::Sql)?),
+                });
+            }
+        }
+        if out.len() == first {
+            return Ok(());
+        }
+        let mut stmt = tx
+            .prepare_cached(
+                "SELECT n.dst, n.port, n.protocol, names.name
+                 FROM flow_names n JOIN names ON names.id = n.name
+                 WHERE n.workload = ?1",
+            )
+            .map_err(ReadError::Sql)?;
+        let mut rows = stmt.query(params![id]).map_err(ReadError::Sql)?;
+        while let Some(r) = rows.next().map_err(ReadError::Sql)? {
+            let key = (
+                r.get(0).map_err(ReadError::Sql)?,
+                r.get(1).map_err(ReadError::Sql)?,
+                r.get(2).map_err(ReadError::Sql)?,
+            );
+            // Links of flows outside the window have no entry.
+            if let Some(&i) = index.get(&key)
+                && let Some(f) = out.get_mut(i)
+            {
+                f.names.insert(r.get(3).map_err(ReadError::Sql)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends one workload's DNS observations last seen at or after `since`.
+    fn workload_dns(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        id: i64,
+        workload: &WorkloadRef,
+        since: i64,
+        out: &mut Vec<DnsObservation>,
+    ) -> ReadResult<()> {
+        let first = out.len();
+        // (server bytes, query name id) → index into `out`.
+        let mut index: HashMap<(Vec<u8>, i64), usize> = HashMap::default();
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT d.server, d.query, names.name, d.count, d.first_seen, d.last_seen
+                     FROM dns d JOIN names ON names.id = d.query
+                     WHERE d.workload = ?1 AND d.last_seen >= ?2",
+                )
+                .map_err(ReadError::Sql)?;
+            let mut rows = stmt.query(params![id, since]).map_err(ReadError::Sql)?;
+            while let Some(r) = rows.next().map_err(ReadError::Sql)? {
+                let server_bytes: Vec<u8> = r.get(0).map_err(ReadError::Sql)?;
+                let query_id: i64 = r.get(1).map_err(ReadError::Sql)?;
+                let server = self.decode_ip("dns", &server_bytes)?;
+                index.insert((server_bytes, query_id), out.len());
+                out.push(DnsObservation {
+                    workload: workload.clone(),
+                    server,
+                    query: r.get(2).map_err(ReadError::Sql)?,
+                    count: unclamp(r.get(3).map_err(ReadError::Sql)?),
+                    first_seen: DateTime::from_timestamp_nanos(r.get(4).map_err(ReadError::Sql)?),
+                    last_seen: DateTime::from_timestamp_nanos(r.get(5).map_err(ReadError::Sql)?),
+                    resolved: BTreeSet::new(),
+                });
+            }
+        }
+        if out.len() == first {
+            return Ok(());
+        }
+        let mut stmt = tx
+            .prepare_cached(
+                "SELECT r.server, r.query, names.name, r.ip
+                 FROM dns_resolved r JOIN names ON names.id = r.name
+                 WHERE r.workload = ?1",
+            )
+            .map_err(ReadError::Sql)?;
+        let mut rows = stmt.query(params![id]).map_err(ReadError::Sql)?;
+        while let Some(r) = rows.next().map_err(ReadError::Sql)? {
+            let key = (
+                r.get(0).map_err(ReadError::Sql)?,
+                r.get(1).map_err(ReadError::Sql)?,
+            );
+            if let Some(&i) = index.get(&key)
+                && let Some(d) = out.get_mut(i)
+            {
+                let ip: Vec<u8> = r.get(3).map_err(ReadError::Sql)?;
+                let ip = self.decode_ip("dns_resolved", &ip)?;
+                d.resolved.insert((r.get(2).map_err(ReadError::Sql)?, ip));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -755,10 +1040,6 @@ fn unclamp(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-/// A flow's key as read back: (workload id, address bytes, port, protocol number).
-type RawFlowKey = (i64, Vec<u8>, i64, i64);
-/// A DNS observation's key as read back: (workload id, server bytes, query name id).
-type RawDnsKey = (i64, Vec<u8>, i64);
 
 impl Store for SqliteStore {
     fn commit(
@@ -790,135 +1071,106 @@ impl Store for SqliteStore {
     }
 
     fn flows(&self, since: Option<DateTime<Utc>>) -> Result<Vec<FlowObservation>> {
-        let since = since_nanos(since);
-        let inner = self.lock();
-        let conn = &inner.conn;
+        self.flows_in(
+            &Scope {
+                since,
+                subject: Subject::All,
+            },
+            usize::MAX,
+        )
+    }
+
+    fn dns(&self, since: Option<DateTime<Utc>>) -> Result<Vec<DnsObservation>> {
+        self.dns_in(
+            &Scope {
+                since,
+                subject: Subject::All,
+            },
+            usize::MAX,
+        )
+    }
+
+    fn flows_in(&self, scope: &Scope, max: usize) -> Result<Vec<FlowObservation>> {
+        let since = since_nanos(scope.since);
         let op = |e| self.op("read flows", e);
-        let refs = self.workload_refs(conn)?;
-        let mut names: HashMap<RawFlowKey, BTreeSet<String>> = HashMap::default();
-        {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT n.workload, n.dst, n.port, n.protocol, names.name
-                     FROM flow_names n
-                     JOIN flows f USING (workload, dst, port, protocol)
-                     JOIN names ON names.id = n.name
-                     WHERE f.last_seen >= ?1",
-                )
-                .map_err(op)?;
-            let mut rows = stmt.query(params![since]).map_err(op)?;
-            while let Some(r) = rows.next().map_err(op)? {
-                let key: RawFlowKey = (
-                    r.get(0).map_err(op)?,
-                    r.get(1).map_err(op)?,
-                    r.get(2).map_err(op)?,
-                    r.get(3).map_err(op)?,
-                );
-                names.entry(key).or_default().insert(r.get(4).map_err(op)?);
-            }
-        }
         let mut out = Vec::new();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT workload, dst, port, protocol, count, first_seen, last_seen,
-                     established, failed
-                 FROM flows WHERE last_seen >= ?1",
-            )
-            .map_err(op)?;
-        let mut rows = stmt.query(params![since]).map_err(op)?;
-        while let Some(r) = rows.next().map_err(op)? {
-            let key: RawFlowKey = (
-                r.get(0).map_err(op)?,
-                r.get(1).map_err(op)?,
-                r.get(2).map_err(op)?,
-                r.get(3).map_err(op)?,
-            );
-            let workload = self.decode_workload("flows", &refs, key.0)?.clone();
-            let dst = self.decode_ip("flows", &key.1)?;
-            let port = u16::try_from(key.2).map_err(|_| Error::Corrupt {
-                path: self.path.clone(),
-                what: format!("flows: port {} out of range", key.2),
-            })?;
-            let protocol = protocol_from_number(key.3).ok_or_else(|| Error::Corrupt {
-                path: self.path.clone(),
-                what: format!("flows: unknown protocol number {}", key.3),
-            })?;
-            out.push(FlowObservation {
-                workload,
-                protocol,
-                dst,
-                port,
-                count: unclamp(r.get(4).map_err(op)?),
-                first_seen: DateTime::from_timestamp_nanos(r.get(5).map_err(op)?),
-                last_seen: DateTime::from_timestamp_nanos(r.get(6).map_err(op)?),
-                names: names.remove(&key).unwrap_or_default(),
-                established: unclamp(r.get(7).map_err(op)?),
-                failed: unclamp(r.get(8).map_err(op)?),
-            });
-        }
+        self.read(|tx| {
+            self.each_workload(tx, &scope.subject, None, |id, workload| {
+                self.workload_flows(tx, id, workload, since, &mut out)?;
+                Ok(out.len() < max)
+            })
+        })
+        .map_err(|e| e.or_op(op))?;
+        out.truncate(max);
         out.sort_by(|a, b| flow_order(a).cmp(&flow_order(b)));
         Ok(out)
     }
 
-    fn dns(&self, since: Option<DateTime<Utc>>) -> Result<Vec<DnsObservation>> {
-        let since = since_nanos(since);
-        let inner = self.lock();
-        let conn = &inner.conn;
+    fn dns_in(&self, scope: &Scope, max: usize) -> Result<Vec<DnsObservation>> {
+        let since = since_nanos(scope.since);
         let op = |e| self.op("read DNS observations", e);
-        let refs = self.workload_refs(conn)?;
-        let mut resolved: HashMap<RawDnsKey, BTreeSet<(String, IpAddr)>> = HashMap::default();
-        {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT r.workload, r.server, r.query, names.name, r.ip
-                     FROM dns_resolved r
-                     JOIN dns d USING (workload, server, query)
-                     JOIN names ON names.id = r.name
-                     WHERE d.last_seen >= ?1",
-                )
-                .map_err(op)?;
-            let mut rows = stmt.query(params![since]).map_err(op)?;
-            while let Some(r) = rows.next().map_err(op)? {
-                let key: RawDnsKey = (
-                    r.get(0).map_err(op)?,
-                    r.get(1).map_err(op)?,
-                    r.get(2).map_err(op)?,
-                );
-                let ip: Vec<u8> = r.get(4).map_err(op)?;
-                let ip = self.decode_ip("dns_resolved", &ip)?;
-                resolved
-                    .entry(key)
-                    .or_default()
-                    .insert((r.get(3).map_err(op)?, ip));
-            }
-        }
         let mut out = Vec::new();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT d.workload, d.server, d.query, names.name, d.count, d.first_seen,
-                     d.last_seen
-                 FROM dns d JOIN names ON names.id = d.query
-                 WHERE d.last_seen >= ?1",
-            )
-            .map_err(op)?;
-        let mut rows = stmt.query(params![since]).map_err(op)?;
-        while let Some(r) = rows.next().map_err(op)? {
-            let key: RawDnsKey = (
-                r.get(0).map_err(op)?,
-                r.get(1).map_err(op)?,
-                r.get(2).map_err(op)?,
-            );
-            out.push(DnsObservation {
-                workload: self.decode_workload("dns", &refs, key.0)?.clone(),
-                server: self.decode_ip("dns", &key.1)?,
-                query: r.get(3).map_err(op)?,
-                count: unclamp(r.get(4).map_err(op)?),
-                first_seen: DateTime::from_timestamp_nanos(r.get(5).map_err(op)?),
-                last_seen: DateTime::from_timestamp_nanos(r.get(6).map_err(op)?),
-                resolved: resolved.remove(&key).unwrap_or_default(),
-            });
-        }
+        self.read(|tx| {
+            self.each_workload(tx, &scope.subject, None, |id, workload| {
+                self.workload_dns(tx, id, workload, since, &mut out)?;
+                Ok(out.len() < max)
+            })
+        })
+        .map_err(|e| e.or_op(op))?;
+        out.truncate(max);
         out.sort_by(|a, b| dns_order(a).cmp(&dns_order(b)));
+        Ok(out)
+    }
+
+    fn workload_totals(
+        &self,
+        since: Option<DateTime<Utc>>,
+        after: Option<&WorkloadRef>,
+        max: usize,
+    ) -> Result<Vec<WorkloadTotals>> {
+        let since = since_nanos(since);
+        let op = |e| self.op("read workload totals", e);
+        let mut out = Vec::new();
+        if max == 0 {
+            return Ok(out);
+        }
+        self.read(|tx| {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT count, first_seen, last_seen FROM flows
+                     WHERE workload = ?1 AND last_seen >= ?2",
+                )
+                .map_err(ReadError::Sql)?;
+            self.each_workload(tx, &Subject::All, after, |id, workload| {
+                let mut rows = stmt.query(params![id, since]).map_err(ReadError::Sql)?;
+                let mut totals: Option<WorkloadTotals> = None;
+                while let Some(r) = rows.next().map_err(ReadError::Sql)? {
+                    let count = unclamp(r.get(0).map_err(ReadError::Sql)?);
+                    let first = DateTime::from_timestamp_nanos(r.get(1).map_err(ReadError::Sql)?);
+                    let last = DateTime::from_timestamp_nanos(r.get(2).map_err(ReadError::Sql)?);
+                    match &mut totals {
+                        None => {
+                            totals = Some(WorkloadTotals {
+                                workload: workload.clone(),
+                                destinations: 1,
+                                count,
+                                first_seen: first,
+                                last_seen: last,
+                            });
+                        }
+                        Some(t) => {
+                            t.destinations = t.destinations.saturating_add(1);
+                            t.count = t.count.saturating_add(count);
+                            t.first_seen = t.first_seen.min(first);
+                            t.last_seen = t.last_seen.max(last);
+                        }
+                    }
+                }
+                out.extend(totals);
+                Ok(out.len() < max)
+            })
+        })
+        .map_err(|e| e.or_op(op))?;
         Ok(out)
     }
 
