@@ -4,33 +4,43 @@
 //! - `GET /readyz`: the store is open, the cluster model is built, ingest is listening and its
 //!   store writer keeps up (no batch has waited longer than `Limits::slow_commit`).
 //! - `GET /metrics`: Prometheus text.
-//! - `GET /v1/workloads`: every workload with stored observations, with totals.
+//! - `GET /v1/workloads`: workloads with stored observations, with totals, a page at a time.
 //! - `GET /v1/namespaces/{ns}/recommendations`: the recommended policies as a YAML stream.
 //! - `GET /v1/namespaces/{ns}/workloads/{kind}/{name}/destinations`: observed destinations.
 //! - `GET /v1/namespaces/{ns}/audit`: each workload's stored flows against the applied policies.
 //!
 //! Every answer is computed from the store and the current model, and sorted.
+//!
+//! The `/v1` API must not slow ingest down nor grow memory without bound ([`ReadLimits`]):
+//! it reads on the store's read connections, which never wait for the commit writer; each
+//! request reads only the namespace or workload it names; at most `concurrent` requests
+//! are answered at once, and the others wait briefly, then get `503` with `Retry-After`;
+//! answers are paged (`/v1/workloads`) or computed from at most `max_observations`
+//! observations (`422` beyond). Health and metrics are outside the limit.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{FromRef, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::{DateTime, Utc};
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::ModelRx;
 use super::verdicts::judge;
 use crate::cluster::ClusterState;
 use crate::eval::Verdict;
 use crate::ingest::IngestService;
-use crate::store::{DnsObservation, FlowObservation, Store, WorkloadRef};
+use crate::store::{FlowObservation, Scope, Store, Subject, WorkloadRef, WorkloadTotals};
 use crate::synth;
 
 /// What the handlers share.
@@ -50,8 +60,59 @@ pub struct AppState {
     pub options: synth::Options,
 }
 
-/// The router over `state`.
+/// Bounds of the `/v1` read API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadLimits {
+    /// At most this many `/v1` requests are answered at once.
+    pub concurrent: usize,
+    /// How long a request waits for one of them before it gets `503`.
+    pub wait: Duration,
+    /// At most this many flow (and as many DNS) observations are read for one answer.
+    pub max_observations: usize,
+    /// Workloads per `/v1/workloads` page unless `?limit=` says fewer.
+    pub page: usize,
+}
+
+impl Default for ReadLimits {
+    fn default() -> Self {
+        ReadLimits {
+            concurrent: 4,
+            wait: Duration::from_secs(2),
+            max_observations: 200_000,
+            page: 1_000,
+        }
+    }
+}
+
+/// The `Retry-After` of a `503` for a busy read API, in seconds.
+const RETRY_AFTER_SECS: u64 = 1;
+
+/// The router's state: the shared state, and the read API's slots.
+#[derive(Clone)]
+struct Shared {
+    app: Arc<AppState>,
+    limits: ReadLimits,
+    slots: Arc<Semaphore>,
+}
+
+impl FromRef<Shared> for Arc<AppState> {
+    fn from_ref(s: &Shared) -> Self {
+        Arc::clone(&s.app)
+    }
+}
+
+/// The router over `state`, with the default [`ReadLimits`].
 pub fn router(state: Arc<AppState>) -> Router {
+    router_with(state, ReadLimits::default())
+}
+
+/// The router over `state`, bounding the read API by `limits`.
+pub fn router_with(state: Arc<AppState>, limits: ReadLimits) -> Router {
+    let shared = Shared {
+        app: state,
+        limits,
+        slots: Arc::new(Semaphore::new(limits.concurrent.max(1))),
+    };
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -66,7 +127,43 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(destinations),
         )
         .route("/v1/namespaces/{namespace}/audit", get(audit))
-        .with_state(state)
+        .with_state(shared)
+}
+
+/// One of the read API's concurrent slots, held until the answer is computed. Handlers move
+/// it into their blocking task, so that a client that hangs up does not free the slot while
+/// the work it started still runs.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    limits: ReadLimits,
+}
+
+impl FromRequestParts<Shared> for Slot {
+    type Rejection = Response;
+
+    async fn from_request_parts(_parts: &mut Parts, s: &Shared) -> Result<Self, Self::Rejection> {
+        match tokio::time::timeout(s.limits.wait, Arc::clone(&s.slots).acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(Slot {
+                _permit: permit,
+                limits: s.limits,
+            }),
+            // Timed out, or the semaphore was closed (never done): busy either way.
+            Ok(Err(_)) | Err(_) => {
+                let mut response = ApiError(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "busy: {} /v1 requests are being answered; retry later",
+                        s.limits.concurrent.max(1)
+                    ),
+                )
+                .into_response();
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+                Err(response)
+            }
+        }
+    }
 }
 
 /// An error answer: a status and a one-line message.
@@ -144,15 +241,15 @@ struct Window {
 }
 
 impl Window {
+    /// The earliest last-seen time kept; `None` for everything. A duration outside the one
+    /// grammar (`leash_records::duration`) or its range is a `400`.
     fn cutoff(&self) -> ApiResult<Option<DateTime<Utc>>> {
         let Some(s) = &self.since else {
             return Ok(None);
         };
-        let d = humantime::parse_duration(s)
-            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("since={s:?}: {e}")))?;
-        let d = chrono::Duration::from_std(d)
-            .map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("since={s:?}: too long")))?;
-        Ok(Some(Utc::now() - d))
+        let d = leash_records::duration::parse(s)
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("since: {e}")))?;
+        Ok(leash_records::duration::window_start(Utc::now(), d))
     }
 }
 
@@ -163,25 +260,50 @@ fn current_model(s: &AppState) -> ApiResult<Arc<ClusterState>> {
         .ok_or_else(|| unavailable("the cluster model is not built yet"))
 }
 
-/// Reads the store off the async runtime (SQLite is blocking).
-async fn read_store(
-    s: &Arc<AppState>,
-    since: Option<DateTime<Utc>>,
-    with_dns: bool,
-) -> ApiResult<(Vec<FlowObservation>, Vec<DnsObservation>)> {
-    let store = Arc::clone(&s.store);
+/// Runs `f` off the async runtime (SQLite and the engine are blocking), holding `slot`.
+async fn blocking<T: Send + 'static>(
+    slot: Slot,
+    f: impl FnOnce(&ReadLimits) -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
     tokio::task::spawn_blocking(move || {
-        let flows = store.flows(since)?;
-        let dns = if with_dns {
-            store.dns(since)?
-        } else {
-            Vec::new()
-        };
-        Ok::<_, crate::store::Error>((flows, dns))
+        let out = f(&slot.limits);
+        drop(slot);
+        out
     })
     .await
     .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-    .map_err(unavailable)
+}
+
+/// A store failure as an answer.
+fn store_error(e: crate::store::Error) -> ApiError {
+    unavailable(e)
+}
+
+/// `422` for an answer that would need more than `max` observations.
+fn too_many(what: &str, max: usize) -> ApiError {
+    ApiError(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        format!(
+            "{what} has more than {max} observations in the window: narrow it with ?since=, \
+             or use `leash recommend --store` / `leash audit --store` on the store file"
+        ),
+    )
+}
+
+/// Reads the flow observations of `scope`, refusing more than `max`.
+fn scoped_flows(
+    store: &dyn Store,
+    scope: &Scope,
+    max: usize,
+    what: &str,
+) -> ApiResult<Vec<FlowObservation>> {
+    let flows = store
+        .flows_in(scope, max.saturating_add(1))
+        .map_err(store_error)?;
+    if flows.len() > max {
+        return Err(too_many(what, max));
+    }
+    Ok(flows)
 }
 
 fn known_namespace(model: &ClusterState, ns: &str) -> ApiResult<()> {
@@ -201,7 +323,7 @@ struct WorkloadSummary {
     namespace: String,
     kind: String,
     name: String,
-    destinations: usize,
+    destinations: u64,
     count: u64,
     first_seen: DateTime<Utc>,
     last_seen: DateTime<Utc>,
@@ -209,49 +331,133 @@ struct WorkloadSummary {
     present: bool,
 }
 
-async fn workloads(State(s): State<Arc<AppState>>, Query(w): Query<Window>) -> ApiResult<Response> {
-    let model = current_model(&s)?;
-    let (flows, _) = read_store(&s, w.cutoff()?, false).await?;
-    let mut by: BTreeMap<&WorkloadRef, WorkloadSummary> = BTreeMap::new();
-    for f in &flows {
-        let e = by.entry(&f.workload).or_insert_with(|| WorkloadSummary {
-            namespace: f.workload.namespace.clone(),
-            kind: f.workload.kind.clone(),
-            name: f.workload.name.clone(),
-            destinations: 0,
-            count: 0,
-            first_seen: f.first_seen,
-            last_seen: f.last_seen,
-            present: present(&model, &f.workload),
-        });
-        e.destinations += 1;
-        e.count = e.count.saturating_add(f.count);
-        e.first_seen = e.first_seen.min(f.first_seen);
-        e.last_seen = e.last_seen.max(f.last_seen);
+/// `/v1/workloads?since=&limit=&after=`: a page of workloads.
+#[derive(Debug, Deserialize)]
+struct Page {
+    since: Option<String>,
+    /// Workloads per page, at most [`ReadLimits::page`].
+    limit: Option<usize>,
+    /// The last workload of the previous page, `NAMESPACE/KIND/NAME`.
+    after: Option<String>,
+}
+
+/// Parses a page cursor, `NAMESPACE/KIND/NAME` (the namespace is empty for node processes).
+fn parse_after(s: &str) -> ApiResult<WorkloadRef> {
+    let mut parts = s.splitn(3, '/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(namespace), Some(kind), Some(name)) if !kind.is_empty() && !name.is_empty() => {
+            Ok(WorkloadRef {
+                namespace: namespace.to_owned(),
+                kind: kind.to_owned(),
+                name: name.to_owned(),
+            })
+        }
+        _ => Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("after={s:?}: expected NAMESPACE/KIND/NAME"),
+        )),
     }
-    Ok(axum::Json(by.into_values().collect::<Vec<_>>()).into_response())
+}
+
+async fn workloads(
+    slot: Slot,
+    State(s): State<Arc<AppState>>,
+    Query(p): Query<Page>,
+) -> ApiResult<Response> {
+    let model = current_model(&s)?;
+    let since = Window {
+        since: p.since.clone(),
+    }
+    .cutoff()?;
+    let limit = match p.limit {
+        None => slot.limits.page,
+        Some(n) if (1..=slot.limits.page).contains(&n) => n,
+        Some(n) => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("limit={n}: must be 1 to {}", slot.limits.page),
+            ));
+        }
+    };
+    let after = p.after.as_deref().map(parse_after).transpose()?;
+    let store = Arc::clone(&s.store);
+    let mut page = blocking(slot, move |_| {
+        store
+            .workload_totals(since, after.as_ref(), limit.saturating_add(1))
+            .map_err(store_error)
+    })
+    .await?;
+    // One more than the page was asked for: whether there is a next page.
+    let next = if page.len() > limit {
+        page.truncate(limit);
+        page.last().map(|last| next_page(last, &p, limit))
+    } else {
+        None
+    };
+    let body: Vec<WorkloadSummary> = page
+        .into_iter()
+        .map(|t| WorkloadSummary {
+            present: present(&model, &t.workload),
+            namespace: t.workload.namespace,
+            kind: t.workload.kind,
+            name: t.workload.name,
+            destinations: t.destinations,
+            count: t.count,
+            first_seen: t.first_seen,
+            last_seen: t.last_seen,
+        })
+        .collect();
+    let mut response = axum::Json(body).into_response();
+    if let Some(link) = next.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        response.headers_mut().insert(header::LINK, link);
+    }
+    Ok(response)
+}
+
+/// The `Link` header value pointing to the page after `last`.
+fn next_page(last: &WorkloadTotals, p: &Page, limit: usize) -> String {
+    let w = &last.workload;
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    query.append_pair("after", &format!("{}/{}/{}", w.namespace, w.kind, w.name));
+    query.append_pair("limit", &limit.to_string());
+    if let Some(since) = &p.since {
+        query.append_pair("since", since);
+    }
+    format!("</v1/workloads?{}>; rel=\"next\"", query.finish())
 }
 
 async fn recommendations(
+    slot: Slot,
     State(s): State<Arc<AppState>>,
     Path(ns): Path<String>,
     Query(w): Query<Window>,
 ) -> ApiResult<Response> {
     let model = current_model(&s)?;
     known_namespace(&model, &ns)?;
-    let (mut flows, mut dns) = read_store(&s, w.cutoff()?, true).await?;
-    flows.retain(|f| f.workload.namespace == ns);
-    dns.retain(|d| d.workload.namespace == ns);
+    let scope = Scope {
+        since: w.cutoff()?,
+        subject: Subject::Namespace(ns.clone()),
+    };
     let mut opts = s.options.clone();
     opts.namespaces = BTreeSet::from([ns.clone()]);
-    let text = tokio::task::spawn_blocking(move || {
+    let store = Arc::clone(&s.store);
+    let text = blocking(slot, move |limits| {
+        let max = limits.max_observations;
+        let what = format!("namespace {ns:?}");
+        let flows = scoped_flows(store.as_ref(), &scope, max, &what)?;
+        let dns = store
+            .dns_in(&scope, max.saturating_add(1))
+            .map_err(store_error)?;
+        if dns.len() > max {
+            return Err(too_many(&what, max));
+        }
         let (obs, _skipped) = crate::store::observe::observations(&model.cluster, &flows, &dns);
+        drop((flows, dns));
         let rec = synth::recommend(&model.cluster, &obs, &opts);
         crate::render::yaml_stream(&synth::all_policies(&model.cluster, &rec))
+            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
     })
-    .await
-    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    .await?;
     Ok(([(header::CONTENT_TYPE, "application/yaml")], text).into_response())
 }
 
@@ -302,21 +508,30 @@ impl From<&FlowObservation> for Destination {
 }
 
 async fn destinations(
+    slot: Slot,
     State(s): State<Arc<AppState>>,
     Path((ns, kind, name)): Path<(String, String, String)>,
     Query(w): Query<Window>,
 ) -> ApiResult<Response> {
-    let (flows, _) = read_store(&s, w.cutoff()?, false).await?;
     let workload = WorkloadRef {
         namespace: ns,
         kind,
         name,
     };
-    let list: Vec<Destination> = flows
-        .iter()
-        .filter(|f| f.workload == workload)
-        .map(Destination::from)
-        .collect();
+    let scope = Scope {
+        since: w.cutoff()?,
+        subject: Subject::Workload(workload.clone()),
+    };
+    let store = Arc::clone(&s.store);
+    let what = format!(
+        "{}/{}/{}",
+        workload.namespace, workload.kind, workload.name
+    );
+    let list: Vec<Destination> = blocking(slot, move |limits| {
+        let flows = scoped_flows(store.as_ref(), &scope, limits.max_observations, &what)?;
+        Ok(flows.iter().map(Destination::from).collect())
+    })
+    .await?;
     if list.is_empty() {
         return Err(ApiError(
             StatusCode::NOT_FOUND,
@@ -364,18 +579,25 @@ struct NamespaceAudit {
 }
 
 async fn audit(
+    slot: Slot,
     State(s): State<Arc<AppState>>,
     Path(ns): Path<String>,
     Query(w): Query<Window>,
 ) -> ApiResult<Response> {
     let model = current_model(&s)?;
     known_namespace(&model, &ns)?;
-    let (mut flows, _) = read_store(&s, w.cutoff()?, false).await?;
-    flows.retain(|f| f.workload.namespace == ns);
-    let report = tokio::task::spawn_blocking(move || audit_namespace(&model, &ns, &flows))
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let scope = Scope {
+        since: w.cutoff()?,
+        subject: Subject::Namespace(ns.clone()),
+    };
+    let store = Arc::clone(&s.store);
+    let report = blocking(slot, move |limits| {
+        let what = format!("namespace {ns:?}");
+        let flows = scoped_flows(store.as_ref(), &scope, limits.max_observations, &what)?;
+        audit_namespace(&model, &ns, &flows)
+            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+    })
+    .await?;
     Ok(axum::Json(report).into_response())
 }
 
