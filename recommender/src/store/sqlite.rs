@@ -1305,6 +1305,135 @@ mod tests {
         Ok(())
     }
 
+    /// A commit does not wait for a read in progress: while a read transaction is open on a
+    /// read connection, the writer commits, and the reader keeps its snapshot. (Were reads
+    /// on the writer's connection, behind its mutex, this commit could not start.)
+    #[test]
+    fn a_commit_completes_while_a_read_is_in_progress() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::Invalid {
+            path: PathBuf::new(),
+            what: e.to_string(),
+        })?;
+        let store = std::sync::Arc::new(SqliteStore::open(dir.path().join("leash.db"))?);
+        store.commit(&id(1), &[flow("a.example.test", 1_000)], &[])?;
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let s = std::sync::Arc::clone(&store);
+        // On its own thread, so that a regression fails the test instead of hanging it.
+        std::thread::spawn(move || {
+            let result = s
+                .read(|tx| {
+                    let count = |tx: &rusqlite::Transaction<'_>| -> ReadResult<i64> {
+                        tx.query_row("SELECT count(*) FROM flows", [], |r| r.get(0))
+                            .map_err(ReadError::Sql)
+                    };
+                    let before = count(tx)?;
+                    let mut other = flow("b.example.test", 2_000);
+                    other.port = 8443;
+                    let committed = s.commit(&id(2), &[other], &[])?;
+                    Ok((before, committed, count(tx)?))
+                })
+                .map_err(|e| e.or_op(|e| s.op("read", e)));
+            let _ = done_tx.send(result);
+        });
+        let (before, committed, during) = done
+            .recv_timeout(Duration::from_secs(60))
+            .map_err(|_| Error::Invalid {
+                path: PathBuf::new(),
+                what: "the commit waited for the read".into(),
+            })??;
+        assert_eq!((before, committed, during), (1, Commit::Stored, 1));
+        assert_eq!(store.flows(None)?.len(), 2, "a new read sees the commit");
+        Ok(())
+    }
+
+    /// Scoped reads return exactly what filtering a full read would, names and DNS answers
+    /// included, and stop at `max` whole workloads' worth.
+    #[test]
+    fn scoped_reads_equal_filtered_full_reads() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::Invalid {
+            path: PathBuf::new(),
+            what: e.to_string(),
+        })?;
+        let store = SqliteStore::open(dir.path().join("leash.db"))?;
+        let mut flows = Vec::new();
+        let mut dns = Vec::new();
+        for (ns, name, t) in [("shop", "cart", 1_000), ("shop", "web", 3_000), ("bank", "ledger", 3_000)] {
+            for port in [443, 8443] {
+                let mut f = flow(&format!("{name}.example.test"), t);
+                f.workload.namespace = ns.into();
+                f.workload.name = name.into();
+                f.port = port;
+                f.names.insert("also.example.test".into());
+                flows.push(f);
+            }
+            let at = DateTime::from_timestamp(t, 0).unwrap_or_default();
+            dns.push(DnsObservation {
+                workload: WorkloadRef {
+                    namespace: ns.into(),
+                    kind: "Deployment".into(),
+                    name: name.into(),
+                },
+                server: IpAddr::V4(Ipv4Addr::new(198, 51, 100, 53)),
+                query: format!("{name}.example.test"),
+                count: 1,
+                first_seen: at,
+                last_seen: at,
+                resolved: [(format!("{name}.example.test"), IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7)))].into(),
+            });
+        }
+        store.commit(&id(1), &flows, &dns)?;
+        let web = WorkloadRef {
+            namespace: "shop".into(),
+            kind: "Deployment".into(),
+            name: "web".into(),
+        };
+        for since in [None, DateTime::from_timestamp(2_000, 0)] {
+            let all_flows = store.flows(since)?;
+            let all_dns = store.dns(since)?;
+            for subject in [
+                Subject::All,
+                Subject::Namespace("shop".into()),
+                Subject::Namespace("none".into()),
+                Subject::Workload(web.clone()),
+            ] {
+                let scope = Scope {
+                    since,
+                    subject: subject.clone(),
+                };
+                let want: Vec<_> = all_flows
+                    .iter()
+                    .filter(|f| subject.contains(&f.workload))
+                    .cloned()
+                    .collect();
+                assert_eq!(store.flows_in(&scope, usize::MAX)?, want, "{scope:?}");
+                let want: Vec<_> = all_dns
+                    .iter()
+                    .filter(|d| subject.contains(&d.workload))
+                    .cloned()
+                    .collect();
+                assert_eq!(store.dns_in(&scope, usize::MAX)?, want, "{scope:?}");
+            }
+        }
+        assert_eq!(store.flows(None)?.len(), 6);
+        assert_eq!(
+            store.flows_in(&Scope::default(), 3)?.len(),
+            3,
+            "at most max observations"
+        );
+        let totals = store.workload_totals(None, None, 2)?;
+        let names: Vec<&str> = totals.iter().map(|t| t.workload.name.as_str()).collect();
+        assert_eq!(names, ["ledger", "cart"]);
+        assert_eq!((totals[0].destinations, totals[0].count), (2, 2));
+        let rest = store.workload_totals(
+            DateTime::from_timestamp(2_000, 0),
+            Some(&totals[0].workload),
+            10,
+        )?;
+        let names: Vec<&str> = rest.iter().map(|t| t.workload.name.as_str()).collect();
+        assert_eq!(names, ["web"], "after ledger, in the window");
+        Ok(())
+    }
+
     /// Counts the rows of `table` through the store's own connection.
     fn rows(store: &SqliteStore, table: &str) -> Result<i64> {
         let inner = store.lock();
