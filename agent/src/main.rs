@@ -190,3 +190,26 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The agent's duration flags share the recommender's grammar and range: too long or
+    /// zero is a usage error (exit 2).
+    #[test]
+    fn duration_flags_are_range_checked() {
+        for (flag, value, message) in [
+            ("--flush-interval", "300000years", "longer than the maximum"),
+            ("--shutdown-timeout", "0s", "greater than zero"),
+            ("--dns-grace", "24", "invalid duration"),
+        ] {
+            let Err(e) = Cli::try_parse_from(["leash-agent", flag, value]) else {
+                panic!("{flag} {value} parsed");
+            };
+            assert_eq!(e.exit_code(), 2, "{flag} {value}");
+            assert!(e.to_string().contains(message), "{flag} {value}: {e}");
+        }
+        assert!(Cli::try_parse_from(["leash-agent", "--duration", "1000y"]).is_ok());
+    }
+}

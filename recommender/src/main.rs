@@ -514,3 +514,76 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every duration flag goes through the one grammar: too long is a usage error (exit 2)
+    /// naming the value, never a panic further on.
+    #[test]
+    fn duration_flags_are_range_checked() {
+        let cases: [&[&str]; 3] = [
+            &[
+                "leash",
+                "recommend",
+                "--cluster",
+                "c",
+                "--store",
+                "s",
+                "--since",
+                "300000years",
+            ],
+            &[
+                "leash",
+                "recommend",
+                "--cluster",
+                "c",
+                "--flows",
+                "f",
+                "--min-observation",
+                "2000y",
+            ],
+            &[
+                "leash",
+                "serve",
+                "--cluster",
+                "c",
+                "--insecure",
+                "--retention",
+                "300000years",
+            ],
+        ];
+        for args in cases {
+            let Err(e) = Cli::try_parse_from(args) else {
+                panic!("{args:?} parsed");
+            };
+            assert_eq!(e.exit_code(), 2, "{args:?}");
+            assert!(e.to_string().contains("longer than the maximum"), "{e}");
+        }
+        let Err(e) = Cli::try_parse_from([
+            "leash",
+            "serve",
+            "--cluster",
+            "c",
+            "--insecure",
+            "--check-interval",
+            "0s",
+        ]) else {
+            panic!("a zero check interval parsed");
+        };
+        assert!(e.to_string().contains("greater than zero"), "{e}");
+        assert!(
+            Cli::try_parse_from([
+                "leash",
+                "serve",
+                "--cluster",
+                "c",
+                "--insecure",
+                "--retention",
+                "1000y"
+            ])
+            .is_ok()
+        );
+    }
+}

@@ -271,7 +271,11 @@ async fn since_out_of_range_or_malformed_is_a_bad_request_on_every_path() {
         // `300000years` before now is not a representable time: it used to panic.
         for since in ["300000years", "1001y", "7", "soon"] {
             let (status, _, body) = get(&f.app, &format!("{path}?since={since}")).await;
-            assert_eq!(status, StatusCode::BAD_REQUEST, "{path}?since={since}: {body}");
+            assert_eq!(
+                status,
+                StatusCode::BAD_REQUEST,
+                "{path}?since={since}: {body}"
+            );
             assert!(body.contains(since), "the answer names the value: {body}");
         }
         let (status, _, body) = get(&f.app, &format!("{path}?since=1000y")).await;
@@ -307,7 +311,9 @@ async fn read_api_answers_503_beyond_its_concurrency_limit_and_health_stays_up()
         let (status, headers, body) = get(&f.app, path).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{path}: {body}");
         assert_eq!(
-            headers.get(header::RETRY_AFTER).map(|v| v.to_str().unwrap()),
+            headers
+                .get(header::RETRY_AFTER)
+                .map(|v| v.to_str().unwrap()),
             Some("1"),
             "{path}"
         );
@@ -315,7 +321,11 @@ async fn read_api_answers_503_beyond_its_concurrency_limit_and_health_stays_up()
     // Health and metrics are outside the limit.
     for path in ["/healthz", "/readyz", "/metrics"] {
         let (status, _, body) = get(&f.app, path).await;
-        assert_eq!(status, StatusCode::OK, "{path} while /v1 is saturated: {body}");
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "{path} while /v1 is saturated: {body}"
+        );
     }
 
     release.send(()).unwrap();
@@ -334,7 +344,10 @@ async fn namespace_endpoints_read_and_return_only_that_namespace() {
     let (status, _, audit) = get(&f.app, "/v1/namespaces/shop/audit").await;
     assert_eq!(status, StatusCode::OK, "{audit}");
     assert!(audit.contains("203.0.113.10"), "{audit}");
-    assert!(!audit.contains("203.0.113.20"), "bank's flow in shop's audit: {audit}");
+    assert!(
+        !audit.contains("203.0.113.20"),
+        "bank's flow in shop's audit: {audit}"
+    );
     let audit: serde_json::Value = serde_json::from_str(&audit).unwrap();
     assert_eq!(audit["workloads"].as_array().unwrap().len(), 1);
     assert_eq!(audit["workloads"][0]["name"], "web");
@@ -342,7 +355,10 @@ async fn namespace_endpoints_read_and_return_only_that_namespace() {
     let (status, _, yaml) = get(&f.app, "/v1/namespaces/bank/recommendations").await;
     assert_eq!(status, StatusCode::OK, "{yaml}");
     assert!(yaml.contains("203.0.113.20/32"), "{yaml}");
-    assert!(!yaml.contains("203.0.113.10"), "shop's flow in bank's policies: {yaml}");
+    assert!(
+        !yaml.contains("203.0.113.10"),
+        "shop's flow in bank's policies: {yaml}"
+    );
     assert!(!yaml.contains("namespace: shop"), "{yaml}");
 
     let (status, _, body) = get(
@@ -403,14 +419,29 @@ async fn workloads_come_in_pages_linked_by_a_cursor() {
     assert_eq!(page[0]["namespace"], "shop");
     assert_eq!(page[0]["destinations"], 1);
     assert_eq!(page[0]["count"], 2);
-    assert!(headers.get(header::LINK).is_none(), "the last page links on");
+    assert!(
+        headers.get(header::LINK).is_none(),
+        "the last page links on"
+    );
 
     let (status, headers, body) = get(&f.app, "/v1/workloads").await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap().as_array().unwrap().len(), 2);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
     assert!(headers.get(header::LINK).is_none());
 
-    for bad in ["limit=0", "limit=1001", "after=shop", "after=shop/Deployment"] {
+    for bad in [
+        "limit=0",
+        "limit=1001",
+        "after=shop",
+        "after=shop/Deployment",
+    ] {
         let (status, _, body) = get(&f.app, &format!("/v1/workloads?{bad}")).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
     }

@@ -112,7 +112,10 @@ mod tests {
     fn refuses_out_of_range_and_malformed_input() {
         for text in ["300000years", "1001y", "18446744073709551615s"] {
             assert!(
-                matches!(parse(text), Err(Error::TooLong { .. }) | Err(Error::Invalid { .. })),
+                matches!(
+                    parse(text),
+                    Err(Error::TooLong { .. }) | Err(Error::Invalid { .. })
+                ),
                 "{text}: {:?}",
                 parse(text)
             );

@@ -523,10 +523,7 @@ async fn destinations(
         subject: Subject::Workload(workload.clone()),
     };
     let store = Arc::clone(&s.store);
-    let what = format!(
-        "{}/{}/{}",
-        workload.namespace, workload.kind, workload.name
-    );
+    let what = format!("{}/{}/{}", workload.namespace, workload.kind, workload.name);
     let list: Vec<Destination> = blocking(slot, move |limits| {
         let flows = scoped_flows(store.as_ref(), &scope, limits.max_observations, &what)?;
         Ok(flows.iter().map(Destination::from).collect())

@@ -673,7 +673,10 @@ impl SqliteStore {
     }
 
     /// Runs `f` in one read transaction (one consistent snapshot) on a read connection.
-    fn read<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> ReadResult<T>) -> ReadResult<T> {
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> ReadResult<T>,
+    ) -> ReadResult<T> {
         let mut reader = self.reader()?;
         let Some(conn) = reader.conn.as_mut() else {
             return Err(ReadError::Store(Error::Invalid {
@@ -728,7 +731,14 @@ impl SqliteStore {
                 "SELECT id, namespace, kind, name FROM workloads
                  WHERE namespace = ?1 AND kind = ?2 AND name = ?3
                      AND (namespace, kind, name) > (?4, ?5, ?6)",
-                vec![&w.namespace, &w.kind, &w.name, &a.namespace, &a.kind, &a.name],
+                vec![
+                    &w.namespace,
+                    &w.kind,
+                    &w.name,
+                    &a.namespace,
+                    &a.kind,
+                    &a.name,
+                ],
             ),
         };
         let mut stmt = tx.prepare_cached(sql).map_err(ReadError::Sql)?;
@@ -1040,7 +1050,6 @@ fn unclamp(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-
 impl Store for SqliteStore {
     fn commit(
         &self,
@@ -1335,12 +1344,12 @@ mod tests {
                 .map_err(|e| e.or_op(|e| s.op("read", e)));
             let _ = done_tx.send(result);
         });
-        let (before, committed, during) = done
-            .recv_timeout(Duration::from_secs(60))
-            .map_err(|_| Error::Invalid {
-                path: PathBuf::new(),
-                what: "the commit waited for the read".into(),
-            })??;
+        let (before, committed, during) =
+            done.recv_timeout(Duration::from_secs(60))
+                .map_err(|_| Error::Invalid {
+                    path: PathBuf::new(),
+                    what: "the commit waited for the read".into(),
+                })??;
         assert_eq!((before, committed, during), (1, Commit::Stored, 1));
         assert_eq!(store.flows(None)?.len(), 2, "a new read sees the commit");
         Ok(())
@@ -1357,7 +1366,11 @@ mod tests {
         let store = SqliteStore::open(dir.path().join("leash.db"))?;
         let mut flows = Vec::new();
         let mut dns = Vec::new();
-        for (ns, name, t) in [("shop", "cart", 1_000), ("shop", "web", 3_000), ("bank", "ledger", 3_000)] {
+        for (ns, name, t) in [
+            ("shop", "cart", 1_000),
+            ("shop", "web", 3_000),
+            ("bank", "ledger", 3_000),
+        ] {
             for port in [443, 8443] {
                 let mut f = flow(&format!("{name}.example.test"), t);
                 f.workload.namespace = ns.into();
@@ -1378,7 +1391,11 @@ mod tests {
                 count: 1,
                 first_seen: at,
                 last_seen: at,
-                resolved: [(format!("{name}.example.test"), IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7)))].into(),
+                resolved: [(
+                    format!("{name}.example.test"),
+                    IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7)),
+                )]
+                .into(),
             });
         }
         store.commit(&id(1), &flows, &dns)?;
