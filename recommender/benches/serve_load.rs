@@ -62,7 +62,9 @@ fn env_usize(name: &str, default: usize) -> usize {
 fn dst(i: usize) -> IpAddr {
     let i = u32::try_from(i).unwrap_or(u32::MAX);
     // 203.0.113.0/24 and further /24s above it: the address value does not matter here.
-    IpAddr::V4(Ipv4Addr::from(0xCB00_7100u32 + (i % 256) + ((i / 256) << 8)))
+    IpAddr::V4(Ipv4Addr::from(
+        0xCB00_7100u32 + (i % 256) + ((i / 256) << 8),
+    ))
 }
 
 fn namespace(w: usize) -> String {

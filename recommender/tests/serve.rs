@@ -327,6 +327,10 @@ fn serve_ingests_exactly_once_and_answers_from_the_store() {
 
     let (status, _) = get(server.http, "/v1/namespaces/nope/audit").unwrap();
     assert_eq!(status, 404);
+    // A window reaching before any representable time is refused, not a dead handler.
+    let (status, body) = get(server.http, "/v1/workloads?since=300000years").unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("1000 years"), "{body}");
     let (status, body) = get(server.http, "/v1/workloads").unwrap();
     assert_eq!(status, 200);
     assert!(body.contains("\"present\":true"), "{body}");

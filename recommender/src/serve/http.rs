@@ -260,18 +260,51 @@ fn current_model(s: &AppState) -> ApiResult<Arc<ClusterState>> {
         .ok_or_else(|| unavailable("the cluster model is not built yet"))
 }
 
-/// Runs `f` off the async runtime (SQLite and the engine are blocking), holding `slot`.
+/// How much lower than ingest a read thread runs (`nice` +10: under CPU contention the
+/// scheduler gives it about a tenth of the share of a normal thread).
+const READ_NICE: libc::c_int = 10;
+
+/// Runs `f` off the async runtime (SQLite and the engine are blocking), holding `slot`, on a
+/// thread of its own at a lower CPU priority than ingest: when reads and ingest compete for
+/// the CPU, acknowledgements win. (Not on tokio's blocking pool: ingest uses it too, and a
+/// thread's priority cannot be raised back without privileges.)
 async fn blocking<T: Send + 'static>(
     slot: Slot,
     f: impl FnOnce(&ReadLimits) -> ApiResult<T> + Send + 'static,
 ) -> ApiResult<T> {
-    tokio::task::spawn_blocking(move || {
-        let out = f(&slot.limits);
-        drop(slot);
-        out
-    })
-    .await
-    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("leash-http-read".into())
+        .spawn(move || {
+            lower_priority();
+            let out = f(&slot.limits);
+            drop(slot);
+            let _ = tx.send(out);
+        })
+        .map_err(|e| unavailable(format!("cannot start a read thread: {e}")))?;
+    rx.await.map_err(|_| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the read thread stopped without an answer".into(),
+        )
+    })?
+}
+
+/// Lowers the calling thread's CPU priority by [`READ_NICE`]; failing that, it runs as is.
+fn lower_priority() {
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    let Ok(tid) = libc::id_t::try_from(tid) else {
+        return;
+    };
+    // SAFETY: setpriority on this thread's own id; on Linux PRIO_PROCESS with a thread id
+    // changes only that thread.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, READ_NICE) } != 0 {
+        tracing::debug!(
+            error = %std::io::Error::last_os_error(),
+            "cannot lower the priority of a read thread"
+        );
+    }
 }
 
 /// A store failure as an answer.
