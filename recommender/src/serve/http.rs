@@ -414,37 +414,49 @@ async fn workloads(
     };
     let after = p.after.as_deref().map(parse_after).transpose()?;
     let store = Arc::clone(&s.store);
-    let mut page = blocking(slot, move |_| {
-        store
+    let (body, next) = blocking(slot, move |_| {
+        let mut page = store
             .workload_totals(since, after.as_ref(), limit.saturating_add(1))
-            .map_err(store_error)
+            .map_err(store_error)?;
+        // One more than the page was asked for: whether there is a next page.
+        let next = if page.len() > limit {
+            page.truncate(limit);
+            page.last().map(|last| next_page(last, &p, limit))
+        } else {
+            None
+        };
+        let summaries: Vec<WorkloadSummary> = page
+            .into_iter()
+            .map(|t| WorkloadSummary {
+                present: present(&model, &t.workload),
+                namespace: t.workload.namespace,
+                kind: t.workload.kind,
+                name: t.workload.name,
+                destinations: t.destinations,
+                count: t.count,
+                first_seen: t.first_seen,
+                last_seen: t.last_seen,
+            })
+            .collect();
+        Ok((to_json(&summaries)?, next))
     })
     .await?;
-    // One more than the page was asked for: whether there is a next page.
-    let next = if page.len() > limit {
-        page.truncate(limit);
-        page.last().map(|last| next_page(last, &p, limit))
-    } else {
-        None
-    };
-    let body: Vec<WorkloadSummary> = page
-        .into_iter()
-        .map(|t| WorkloadSummary {
-            present: present(&model, &t.workload),
-            namespace: t.workload.namespace,
-            kind: t.workload.kind,
-            name: t.workload.name,
-            destinations: t.destinations,
-            count: t.count,
-            first_seen: t.first_seen,
-            last_seen: t.last_seen,
-        })
-        .collect();
-    let mut response = axum::Json(body).into_response();
+    let mut response = json_response(body);
     if let Some(link) = next.and_then(|l| HeaderValue::from_str(&l).ok()) {
         response.headers_mut().insert(header::LINK, link);
     }
     Ok(response)
+}
+
+/// JSON bytes, serialized on the read thread rather than on the runtime that also serves
+/// ingest.
+fn to_json<T: Serialize>(value: &T) -> ApiResult<Vec<u8>> {
+    serde_json::to_vec(value)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+fn json_response(body: Vec<u8>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// The `Link` header value pointing to the page after `last`.
@@ -557,12 +569,16 @@ async fn destinations(
     };
     let store = Arc::clone(&s.store);
     let what = format!("{}/{}/{}", workload.namespace, workload.kind, workload.name);
-    let list: Vec<Destination> = blocking(slot, move |limits| {
+    let list = blocking(slot, move |limits| {
         let flows = scoped_flows(store.as_ref(), &scope, limits.max_observations, &what)?;
-        Ok(flows.iter().map(Destination::from).collect())
+        if flows.is_empty() {
+            return Ok(None);
+        }
+        let list: Vec<Destination> = flows.iter().map(Destination::from).collect();
+        to_json(&list).map(Some)
     })
     .await?;
-    if list.is_empty() {
+    let Some(list) = list else {
         return Err(ApiError(
             StatusCode::NOT_FOUND,
             format!(
@@ -570,8 +586,8 @@ async fn destinations(
                 workload.namespace, workload.kind, workload.name
             ),
         ));
-    }
-    Ok(axum::Json(list).into_response())
+    };
+    Ok(json_response(list))
 }
 
 /// One stored flow's verdict under the applied policies.
@@ -624,11 +640,12 @@ async fn audit(
     let report = blocking(slot, move |limits| {
         let what = format!("namespace {ns:?}");
         let flows = scoped_flows(store.as_ref(), &scope, limits.max_observations, &what)?;
-        audit_namespace(&model, &ns, &flows)
-            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+        let report = audit_namespace(&model, &ns, &flows)
+            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        to_json(&report)
     })
     .await?;
-    Ok(axum::Json(report).into_response())
+    Ok(json_response(report))
 }
 
 /// Evaluates the namespace's stored flows and groups the verdicts by workload.
