@@ -223,13 +223,19 @@ fn fixture(limits: ReadLimits) -> Fixture {
         hold: Mutex::new(None),
     });
     let (_tx, model) = watch::channel(Some(Arc::new(state)));
+    let ingest = leash::ingest::IngestService::new(
+        Arc::clone(&store) as Arc<dyn Store>,
+        model.clone(),
+        leash::ingest::Limits::default(),
+    )
+    .unwrap();
     let app = router_with(
         Arc::new(AppState {
             store: Arc::clone(&store) as Arc<dyn Store>,
             model,
             registry: Arc::new(prometheus_client::registry::Registry::default()),
             ingest_listening: AtomicBool::new(true),
-            ingest_alive: Box::new(|| true),
+            ingest,
             options: leash::synth::Options::default(),
         }),
         limits,
