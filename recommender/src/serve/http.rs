@@ -76,7 +76,8 @@ pub struct ReadLimits {
 impl Default for ReadLimits {
     fn default() -> Self {
         ReadLimits {
-            concurrent: 4,
+            // Reads are CPU-bound: more at once than CPUs only adds memory and contention.
+            concurrent: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
             wait: Duration::from_secs(2),
             max_observations: 200_000,
             page: 1_000,
