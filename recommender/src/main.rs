@@ -177,6 +177,37 @@ struct ServeArgs {
     /// At most this many ipBlocks per external rule (served recommendations).
     #[arg(long, default_value_t = 8)]
     max_cidrs: usize,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// What one gRPC client may hold of `leash serve` (see `leash::serve::conn`).
+#[derive(clap::Args, Debug)]
+struct LimitArgs {
+    /// At most this many open gRPC connections in all; more are closed at accept.
+    #[arg(long, default_value_t = 4096)]
+    max_connections: usize,
+    /// At most this many open gRPC connections from one client IP address; more are closed
+    /// at accept. Raise it when agents reach the server through NAT or a proxy.
+    #[arg(long, default_value_t = 4)]
+    max_connections_per_address: usize,
+    /// At most this many concurrent gRPC streams on one connection (an agent needs one).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    max_streams_per_connection: u32,
+    /// A TLS handshake, a connection's first stream and HTTP request headers must complete
+    /// within this.
+    #[arg(long, default_value = "10s", value_parser = parse_std_duration)]
+    handshake_timeout: std::time::Duration,
+    /// A stream that has sent part of a message and then nothing for this long is reset.
+    #[arg(long, default_value = "30s", value_parser = parse_std_duration)]
+    read_timeout: std::time::Duration,
+    /// A gRPC connection without an open stream for this long is closed.
+    #[arg(long, default_value = "5m", value_parser = parse_std_duration)]
+    idle_timeout: std::time::Duration,
+    /// At most this many bytes of partially received gRPC messages, over all clients; at
+    /// least --max-message-bytes.
+    #[arg(long, default_value_t = 256 << 20)]
+    max_inflight_bytes: usize,
 }
 
 /// Parses `90s`, `15m`, `24h`, `7d`.
@@ -429,7 +460,24 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         (Some(cert), Some(key), Some(ca)) => Some(leash_records::tls::TlsFiles { cert, key, ca }),
         _ => None,
     };
+    if args.limits.max_inflight_bytes < args.max_message_bytes {
+        return Err(bad_input(format!(
+            "--max-inflight-bytes ({}) must be at least --max-message-bytes ({})",
+            args.limits.max_inflight_bytes, args.max_message_bytes
+        )));
+    }
+    let limits = &args.limits;
+    let limits = leash::serve::conn::Limits {
+        max_connections: limits.max_connections,
+        max_connections_per_address: limits.max_connections_per_address,
+        max_streams_per_connection: limits.max_streams_per_connection,
+        handshake_timeout: limits.handshake_timeout,
+        read_timeout: limits.read_timeout,
+        idle_timeout: limits.idle_timeout,
+        max_inflight_bytes: limits.max_inflight_bytes,
+    };
     let config = leash::serve::Config {
+        limits,
         listen: args.listen,
         http: args.http,
         store: args.store,

@@ -200,6 +200,7 @@ fn commit_group(store: &dyn Store, metrics: &Metrics, group: &mut Vec<Job>) {
                 Ok(v1::Ack {
                     id: Some(job.ack_id),
                     duplicate: false,
+                    rejected: Vec::new(),
                 })
             }
             Ok(Commit::Duplicate) => {
@@ -207,6 +208,7 @@ fn commit_group(store: &dyn Store, metrics: &Metrics, group: &mut Vec<Job>) {
                 Ok(v1::Ack {
                     id: Some(job.ack_id),
                     duplicate: true,
+                    rejected: Vec::new(),
                 })
             }
             Err(e) => {
