@@ -143,7 +143,7 @@ impl Shared {
 
     /// Registers the metrics under `leash_grpc_*`.
     pub fn register(&self, registry: &mut Registry) {
-        let r = registry.sub_registry_with_prefix("leash_grpc");
+        let r = registry.sub_registry_with_prefix("grpc");
         let m = &self.metrics;
         r.register("connections", "Open gRPC connections", m.open.clone());
         r.register(
@@ -349,6 +349,8 @@ struct Streams {
     open: AtomicUsize,
     /// Whether a stream was ever opened: before that, the handshake timeout applies.
     opened: AtomicBool,
+    /// Whether the connection is gone: its streams waiting for budget stop waiting.
+    closed: AtomicBool,
     /// The connection's reader, woken when its last stream ends so that its idle timer starts.
     reader: AtomicWaker,
 }
@@ -436,6 +438,14 @@ impl<IO> Tracked<IO> {
             io::ErrorKind::TimedOut,
             format!("connection {what} for {limit:?}"),
         ))
+    }
+}
+
+impl<IO> Drop for Tracked<IO> {
+    fn drop(&mut self) {
+        self.streams.closed.store(true, Ordering::Release);
+        // Its streams may wait for budget, where they do not read their (now failed) bodies.
+        self.shared.released.notify_waiters();
     }
 }
 
@@ -585,7 +595,7 @@ where
                 held: 0,
                 stalled: None,
                 budget: None,
-                _stream: request_guard,
+                stream: request_guard,
             })
         });
         let response = self.inner.call(request);
@@ -687,16 +697,25 @@ struct InflightBody {
     stalled: Option<Pin<Box<Sleep>>>,
     /// Armed while waiting for budget.
     budget: Option<Pin<Box<OwnedNotified>>>,
-    _stream: Option<Arc<StreamGuard>>,
+    stream: Option<Arc<StreamGuard>>,
 }
 
 impl InflightBody {
-    /// Whether the budget has room; if not, registers for a wake-up when it may have.
-    fn poll_budget(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    /// Whether the budget has room; if not, registers for a wake-up when it may have. `Err`
+    /// when the stream's connection closed meanwhile.
+    fn poll_budget(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
         loop {
             if self.shared.has_room() {
                 self.budget = None;
-                return Poll::Ready(());
+                return Poll::Ready(Ok(()));
+            }
+            if self.connection_closed() {
+                self.budget = None;
+                let held = std::mem::take(&mut self.held);
+                self.shared.recharge(held, 0);
+                return Poll::Ready(Err(Status::unavailable(
+                    "the connection closed while the stream waited for in-flight budget",
+                )));
             }
             let released = Arc::clone(&self.shared.released);
             let notified = self
@@ -704,15 +723,19 @@ impl InflightBody {
                 .get_or_insert_with(|| Box::pin(released.notified_owned()));
             // Registered before checking again, so a release in between is not missed.
             notified.as_mut().enable();
-            if self.shared.has_room() {
+            if self.shared.has_room() || closed(self.stream.as_ref()) {
                 self.budget = None;
-                return Poll::Ready(());
+                continue;
             }
             match notified.as_mut().poll(cx) {
                 Poll::Ready(()) => self.budget = None,
                 Poll::Pending => return Poll::Pending,
             }
         }
+    }
+
+    fn connection_closed(&self) -> bool {
+        closed(self.stream.as_ref())
     }
 
     /// Resets the stream once its incomplete message has waited for its timeout.
@@ -756,6 +779,10 @@ impl InflightBody {
     }
 }
 
+fn closed(stream: Option<&Arc<StreamGuard>>) -> bool {
+    stream.is_some_and(|s| s.0.closed.load(Ordering::Acquire))
+}
+
 impl http_body::Body for InflightBody {
     type Data = tonic::codegen::Bytes;
     type Error = Status;
@@ -765,11 +792,15 @@ impl http_body::Body for InflightBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = &mut *self;
-        if this.poll_budget(cx).is_pending() {
-            return match this.poll_stalled(cx, true) {
-                Poll::Ready(status) => Poll::Ready(Some(Err(status))),
-                Poll::Pending => Poll::Pending,
-            };
+        match this.poll_budget(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(status)) => return Poll::Ready(Some(Err(status))),
+            Poll::Pending => {
+                return match this.poll_stalled(cx, true) {
+                    Poll::Ready(status) => Poll::Ready(Some(Err(status))),
+                    Poll::Pending => Poll::Pending,
+                };
+            }
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
