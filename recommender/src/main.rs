@@ -204,10 +204,14 @@ struct LimitArgs {
     /// A gRPC connection without an open stream for this long is closed.
     #[arg(long, default_value = "5m", value_parser = parse_std_duration)]
     idle_timeout: std::time::Duration,
-    /// At most this many bytes of partially received gRPC messages, over all clients; at
-    /// least --max-message-bytes.
+    /// At most this many bytes of partially received gRPC messages, over all clients and
+    /// beyond each connection's --inflight-bytes-per-connection; at least --max-message-bytes.
     #[arg(long, default_value_t = 256 << 20)]
     max_inflight_bytes: usize,
+    /// Bytes of partially received messages each gRPC connection may hold without drawing on
+    /// --max-inflight-bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    inflight_bytes_per_connection: usize,
 }
 
 /// Parses `90s`, `15m`, `24h`, `7d`.
@@ -475,6 +479,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         read_timeout: limits.read_timeout,
         idle_timeout: limits.idle_timeout,
         max_inflight_bytes: limits.max_inflight_bytes,
+        inflight_bytes_per_connection: limits.inflight_bytes_per_connection,
     };
     let config = leash::serve::Config {
         limits,

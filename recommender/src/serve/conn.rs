@@ -16,22 +16,27 @@
 //! - **Streams**: HTTP/2 `max_concurrent_streams` refuses streams beyond
 //!   [`Limits::max_streams_per_connection`] (set up in [`super::run`]).
 //! - **Memory in flight** ([`StreamLayer`]): tonic buffers a message until it is complete, up
-//!   to `--max-message-bytes` per stream. Every byte of a message not yet complete is charged
-//!   to one budget of [`Limits::max_inflight_bytes`] for the whole server; a stream reads its
-//!   next HTTP/2 DATA frame only while the budget has room, otherwise it waits and HTTP/2 flow
-//!   control stops its client. The bytes are given back when the message is complete (tonic
-//!   decodes it at once) or the stream ends. A stream with an incomplete message that gets
-//!   no byte further for [`Limits::read_timeout`] (its client stalls, or it waits for budget
-//!   held by stalled clients) is reset, which frees its bytes; a stream between messages
-//!   holds nothing and may wait as long as it likes.
+//!   to `--max-message-bytes` per stream. Every byte of a message not yet complete is
+//!   counted (`leash_grpc_inflight_bytes`). Each connection may hold
+//!   [`Limits::inflight_bytes_per_connection`] of them on its own (an agent's batches are
+//!   smaller, so stalled clients never hold them up); bytes beyond that are drawn from one
+//!   budget of [`Limits::max_inflight_bytes`] for the whole server. A stream reads its next
+//!   HTTP/2 DATA frame only while its connection is within its allowance or the budget has
+//!   room; otherwise it waits, and HTTP/2 flow control stops its client. Bytes are given back
+//!   when the message is complete (tonic decodes it at once) or the stream ends. A stream with
+//!   an incomplete message that gets no byte further for [`Limits::read_timeout`] (its client
+//!   stalls, or it waits for budget that stalled clients hold) is reset, which frees its
+//!   bytes; a stream between messages holds nothing and may wait as long as it likes. A
+//!   stream waiting for budget stops waiting when its connection closes.
 //!
-//! The bound: partially received messages hold at most `max_inflight_bytes` plus one DATA
-//! frame (16 KiB, HTTP/2's default maximum frame size, which the server advertises) per open
-//! stream, since the frame that crosses the budget is charged after it is read. Below tonic,
-//! hyper buffers at most one connection window (`CONNECTION_WINDOW`) per connection for
-//! streams that are not read. So, with `c` connections open (at most `max_connections`):
-//! `max_inflight_bytes + c × (CONNECTION_WINDOW + max_streams_per_connection × 16 KiB)`, plus
-//! each connection's TLS and HTTP/2 state.
+//! The bound: a frame is charged after it is read, so each open stream may pass its limit by
+//! one DATA frame (16 KiB, HTTP/2's default maximum frame size, which the server keeps).
+//! Partially received messages therefore hold at most `max_inflight_bytes + c ×
+//! (inflight_bytes_per_connection + max_streams_per_connection × 16 KiB)` with `c` connections
+//! open (at most `max_connections`). Below tonic, hyper buffers at most one connection window
+//! ([`CONNECTION_WINDOW`]) per connection for streams that are not read, and each connection
+//! has its TLS and HTTP/2 state. Tonic reserves a message's announced length at its first
+//! bytes; that reservation is address space, not memory, until the bytes arrive.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -77,8 +82,12 @@ pub struct Limits {
     pub read_timeout: Duration,
     /// A connection without an open stream for this long is closed.
     pub idle_timeout: Duration,
-    /// Bytes of partially received messages, over all streams.
+    /// Bytes of partially received messages, over all streams, beyond each connection's
+    /// [`Limits::inflight_bytes_per_connection`]: the shared budget.
     pub max_inflight_bytes: usize,
+    /// Bytes of partially received messages each connection may hold without drawing on the
+    /// shared budget, so that stalled clients filling it do not hold up an agent's batches.
+    pub inflight_bytes_per_connection: usize,
 }
 
 impl Default for Limits {
@@ -94,6 +103,7 @@ impl Default for Limits {
             read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(300),
             max_inflight_bytes: 256 << 20,
+            inflight_bytes_per_connection: CONNECTION_WINDOW as usize,
         }
     }
 }
@@ -119,6 +129,8 @@ pub struct Shared {
     open: Mutex<Open>,
     /// Bytes of incomplete messages held now.
     inflight: AtomicUsize,
+    /// The part of them drawn from the shared budget.
+    budget_used: AtomicUsize,
     /// Woken when bytes are given back to the budget.
     released: Arc<Notify>,
 }
@@ -137,6 +149,7 @@ impl Shared {
             metrics: Metrics::default(),
             open: Mutex::new(Open::default()),
             inflight: AtomicUsize::new(0),
+            budget_used: AtomicUsize::new(0),
             released: Arc::new(Notify::new()),
         })
     }
@@ -202,17 +215,36 @@ impl Shared {
         })
     }
 
-    fn has_room(&self) -> bool {
-        self.inflight.load(Ordering::Acquire) < self.limits.max_inflight_bytes
+    /// Whether a stream of `connection` may read more: its connection is within its
+    /// allowance, or the shared budget has room.
+    fn may_read(&self, connection: Option<&Streams>) -> bool {
+        connection.is_some_and(|c| {
+            c.inflight.load(Ordering::Acquire) < self.limits.inflight_bytes_per_connection
+        }) || self.budget_used.load(Ordering::Acquire) < self.limits.max_inflight_bytes
     }
 
-    /// Changes the bytes held from `from` to `to`; wakes waiting streams when bytes are freed.
-    fn recharge(&self, from: usize, to: usize) {
+    /// Changes the bytes a stream of `connection` holds from `from` to `to`: what exceeds the
+    /// connection's allowance is drawn from (or given back to) the shared budget. Wakes
+    /// waiting streams when bytes are freed.
+    fn recharge(&self, connection: Option<&Streams>, from: usize, to: usize) {
+        let allowance = match connection {
+            Some(_) => self.limits.inflight_bytes_per_connection,
+            None => 0,
+        };
+        let over = |n: usize| n.saturating_sub(allowance);
         if to > from {
-            let now = self.inflight.fetch_add(to - from, Ordering::AcqRel) + (to - from);
+            let d = to - from;
+            let before = connection.map_or(0, |c| c.inflight.fetch_add(d, Ordering::AcqRel));
+            self.budget_used
+                .fetch_add(over(before + d) - over(before), Ordering::AcqRel);
+            let now = self.inflight.fetch_add(d, Ordering::AcqRel) + d;
             self.metrics.inflight.set(gauge_value(now));
         } else if from > to {
-            let now = self.inflight.fetch_sub(from - to, Ordering::AcqRel) - (from - to);
+            let d = from - to;
+            let before = connection.map_or(d, |c| c.inflight.fetch_sub(d, Ordering::AcqRel));
+            self.budget_used
+                .fetch_sub(over(before) - over(before - d), Ordering::AcqRel);
+            let now = self.inflight.fetch_sub(d, Ordering::AcqRel) - d;
             self.metrics.inflight.set(gauge_value(now));
             self.released.notify_waiters();
         }
@@ -351,6 +383,8 @@ struct Streams {
     opened: AtomicBool,
     /// Whether the connection is gone: its streams waiting for budget stop waiting.
     closed: AtomicBool,
+    /// Bytes of incomplete messages its streams hold.
+    inflight: AtomicUsize,
     /// The connection's reader, woken when its last stream ends so that its idle timer starts.
     reader: AtomicWaker,
 }
@@ -705,14 +739,13 @@ impl InflightBody {
     /// when the stream's connection closed meanwhile.
     fn poll_budget(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
         loop {
-            if self.shared.has_room() {
+            if self.shared.may_read(connection(self.stream.as_ref())) {
                 self.budget = None;
                 return Poll::Ready(Ok(()));
             }
             if self.connection_closed() {
                 self.budget = None;
-                let held = std::mem::take(&mut self.held);
-                self.shared.recharge(held, 0);
+                self.release();
                 return Poll::Ready(Err(Status::unavailable(
                     "the connection closed while the stream waited for in-flight budget",
                 )));
@@ -723,7 +756,8 @@ impl InflightBody {
                 .get_or_insert_with(|| Box::pin(released.notified_owned()));
             // Registered before checking again, so a release in between is not missed.
             notified.as_mut().enable();
-            if self.shared.has_room() || closed(self.stream.as_ref()) {
+            let stream = self.stream.as_ref();
+            if self.shared.may_read(connection(stream)) || closed(stream) {
                 self.budget = None;
                 continue;
             }
@@ -736,6 +770,13 @@ impl InflightBody {
 
     fn connection_closed(&self) -> bool {
         closed(self.stream.as_ref())
+    }
+
+    /// Gives back all bytes held.
+    fn release(&mut self) {
+        let held = std::mem::take(&mut self.held);
+        self.shared
+            .recharge(connection(self.stream.as_ref()), held, 0);
     }
 
     /// Resets the stream once its incomplete message has waited for its timeout.
@@ -752,8 +793,8 @@ impl InflightBody {
             return Poll::Pending;
         }
         self.stalled = None;
-        let held = std::mem::take(&mut self.held);
-        self.shared.recharge(held, 0);
+        let held = self.held;
+        self.release();
         let (cause, status) = if for_budget {
             (
                 "budget",
@@ -777,6 +818,10 @@ impl InflightBody {
         tracing::debug!("{}", status.message());
         Poll::Ready(status)
     }
+}
+
+fn connection(stream: Option<&Arc<StreamGuard>>) -> Option<&Streams> {
+    stream.map(|s| &*s.0)
 }
 
 fn closed(stream: Option<&Arc<StreamGuard>>) -> bool {
@@ -807,7 +852,8 @@ impl http_body::Body for InflightBody {
                 if let Some(data) = frame.data_ref() {
                     this.stalled = None;
                     let partial = this.framing.advance(data);
-                    this.shared.recharge(this.held, partial);
+                    this.shared
+                        .recharge(connection(this.stream.as_ref()), this.held, partial);
                     this.held = partial;
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -831,7 +877,7 @@ impl http_body::Body for InflightBody {
 
 impl Drop for InflightBody {
     fn drop(&mut self) {
-        self.shared.recharge(self.held, 0);
+        self.release();
     }
 }
 
