@@ -335,7 +335,7 @@ where
                     continue;
                 }
             };
-            let Some(slot) = shared.admit(remote.ip()) else {
+            let Some(slot) = shared.admit(remote.ip().to_canonical()) else {
                 tracing::debug!(%remote, "connection refused: over the connection limits");
                 drop(tcp);
                 continue;
