@@ -453,6 +453,7 @@ fn load_cluster(
 
 /// `leash serve`: runs until SIGINT or SIGTERM.
 fn serve(args: ServeArgs) -> Result<(), Failure> {
+    leash::serve::conn::return_freed_buffers_to_the_system();
     init_logging();
     let cluster = match (&args.source.cluster, args.source.kube) {
         (Some(path), _) => leash::serve::ClusterSource::File(path.clone()),

@@ -881,6 +881,20 @@ impl Drop for InflightBody {
     }
 }
 
+/// Has glibc's malloc give every block of 128 KiB or more its own mapping, returned to the
+/// system when freed. By default glibc raises that threshold to the largest block freed so
+/// far (up to 32 MiB); after the first large message buffer is freed, buffers of up to
+/// `--max-message-bytes` then come from its heaps, which keep freed memory: the buffers of
+/// stalled clients stayed resident after they closed. Call it once, before the server starts.
+pub fn return_freed_buffers_to_the_system() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallopt sets one of the allocator's parameters, under glibc's own lock; no
+        // memory is touched.
+        let _ = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10) };
+    }
+}
+
 /// Serves `router` over HTTP/1 on `listener` until `stop` turns true, then lets open
 /// requests finish. A connection whose request headers (the first request's, or the next one
 /// on a kept-alive connection) are not complete within `header_timeout` is closed: a client
