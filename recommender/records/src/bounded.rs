@@ -135,8 +135,8 @@ fn parse_size(s: &str) -> Option<u64> {
     n.checked_mul(1 << shift).filter(|&n| n > 0)
 }
 
-/// What a file is, in words, when it is not a regular file.
-fn kind_of(t: std::fs::FileType) -> Option<&'static str> {
+/// What a file is, in words (`FIFO`, `socket`, …), when it is not a regular file.
+pub fn kind_of(t: std::fs::FileType) -> Option<&'static str> {
     if t.is_file() {
         None
     } else if t.is_dir() {

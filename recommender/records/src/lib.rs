@@ -22,6 +22,6 @@ pub mod wire;
 
 pub use record::{
     DnsAnswer, DnsRecord, FlowRecord, Located, Outcome, PodRef, Protocol, Record, RecordError,
-    read_records,
+    TimeError, check_flow_times, check_time, read_records, read_records_limited,
 };
 pub use snapshot::{Snapshot, SnapshotError};
