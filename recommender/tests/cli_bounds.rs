@@ -41,8 +41,8 @@ fn leash_env(args: &[&str], env: &[(&str, &str)]) -> Run {
     let err_file = std::fs::File::create(&err_path).expect("stderr file");
     let mut child = Command::new(env!("CARGO_BIN_EXE_leash"))
         .args(args)
-        .envs(env.iter().copied())
         .env_remove("LEASH_MAX_INPUT_BYTES")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(err_file)
@@ -221,18 +221,31 @@ const PAYMENT_LABELS: &str = "    name: payment-7d4-x2\n    namespace: shop\n   
 #[test]
 fn invalid_label_key_is_bad_input_naming_the_object() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let labels = PAYMENT_LABELS.replace("tier: backend", "\"tier backend!\": x");
-    let cluster = edited_cluster(dir.path(), PAYMENT_LABELS, labels.as_bytes());
     let flows = kubeadm("flows.jsonl");
+    // In the workload's selector it became the generated policy's podSelector, and the
+    // self-check failed with exit 1.
+    let cluster = edited_cluster(
+        dir.path(),
+        "selector: {matchLabels: {app: payment}}",
+        b"selector: {matchLabels: {\"app payment!\": x}}",
+    );
     let r = leash(&["recommend", "--cluster", s(&cluster), "--flows", &flows]);
     assert_bad_input(
         &r,
         &[
             &cluster.display().to_string(),
-            "(Pod shop/payment-7d4-x2): metadata.labels: invalid label key \"tier backend!\"",
+            "(Deployment shop/payment): spec.selector.matchLabels: invalid label key \"app payment!\"",
         ],
     );
     assert!(!r.stderr.contains("self-check"), "{}", r.stderr);
+    // In a pod's own labels.
+    let labels = PAYMENT_LABELS.replace("tier: backend", "\"tier backend!\": x");
+    let cluster = edited_cluster(dir.path(), PAYMENT_LABELS, labels.as_bytes());
+    let r = leash(&["recommend", "--cluster", s(&cluster), "--flows", &flows]);
+    assert_bad_input(
+        &r,
+        &["(Pod shop/payment-7d4-x2): metadata.labels: invalid label key \"tier backend!\""],
+    );
 }
 
 #[test]

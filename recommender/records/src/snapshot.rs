@@ -107,23 +107,70 @@ pub fn load_path(path: &Path) -> Result<Snapshot> {
     parse_str(&text, path)
 }
 
-/// Checks what leash relies on in an object's metadata, as the API server would have: a
-/// non-empty `name`, and label keys and values of valid syntax (a label becomes a selector
-/// in a generated policy). Shared by the snapshot loader and the API watchers.
-pub fn check_metadata(item: &Value) -> std::result::Result<(), String> {
+/// Checks what leash relies on in an object, as the API server would have: a non-empty
+/// `metadata.name`, and label keys and values of valid syntax in its labels and in the label
+/// selectors and pod-template labels of workloads and Services (they become the selectors of
+/// generated policies). Shared by the snapshot loader and the API watchers.
+pub fn check_object(item: &Value) -> std::result::Result<(), String> {
+    fn at<'a>(v: Option<&'a Value>, key: &str) -> Option<&'a Value> {
+        v.and_then(|v| v.get(key))
+    }
     let meta = item.get("metadata");
-    match meta.and_then(|m| m.get("name")).and_then(Value::as_str) {
+    match at(meta, "name").and_then(Value::as_str) {
         Some(name) if !name.is_empty() => {}
         _ => return Err("metadata.name is missing or empty".into()),
     }
-    if let Some(labels) = meta.and_then(|m| m.get("labels")).and_then(Value::as_object) {
-        for (k, v) in labels {
+    check_labels("metadata.labels", at(meta, "labels"))?;
+    let spec = item.get("spec");
+    check_selector("spec.selector", at(spec, "selector"))?;
+    fn template_labels(t: Option<&Value>) -> Option<&Value> {
+        at(at(t, "metadata"), "labels")
+    }
+    check_labels(
+        "spec.template.metadata.labels",
+        template_labels(at(spec, "template")),
+    )?;
+    let job = at(at(spec, "jobTemplate"), "spec");
+    check_selector("spec.jobTemplate.spec.selector", at(job, "selector"))?;
+    check_labels(
+        "spec.jobTemplate.spec.template.metadata.labels",
+        template_labels(at(job, "template")),
+    )
+}
+
+/// A map of labels (or a Service's selector) at `field`.
+fn check_labels(field: &str, labels: Option<&Value>) -> std::result::Result<(), String> {
+    for (k, v) in labels.and_then(Value::as_object).into_iter().flatten() {
+        crate::names::label_key(k)
+            .map_err(|e| format!("{field}: invalid label key {k:?}: {e}"))?;
+        if let Some(v) = v.as_str() {
+            crate::names::label_value(v)
+                .map_err(|e| format!("{field}[{k}]: invalid label value {v:?}: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// A `LabelSelector` (`matchLabels`, `matchExpressions`), or a Service's plain map.
+fn check_selector(field: &str, selector: Option<&Value>) -> std::result::Result<(), String> {
+    let Some(sel) = selector else {
+        return Ok(());
+    };
+    if sel.get("matchLabels").is_none() && sel.get("matchExpressions").is_none() {
+        return check_labels(field, Some(sel));
+    }
+    check_labels(&format!("{field}.matchLabels"), sel.get("matchLabels"))?;
+    let exprs = sel.get("matchExpressions").and_then(Value::as_array);
+    for (i, e) in exprs.into_iter().flatten().enumerate() {
+        let at = format!("{field}.matchExpressions[{i}]");
+        if let Some(k) = e.get("key").and_then(Value::as_str) {
             crate::names::label_key(k)
-                .map_err(|e| format!("metadata.labels: invalid label key {k:?}: {e}"))?;
-            if let Some(v) = v.as_str() {
-                crate::names::label_value(v)
-                    .map_err(|e| format!("metadata.labels[{k}]: invalid label value {v:?}: {e}"))?;
-            }
+                .map_err(|err| format!("{at}.key: invalid label key {k:?}: {err}"))?;
+        }
+        let values = e.get("values").and_then(Value::as_array);
+        for v in values.into_iter().flatten().filter_map(Value::as_str) {
+            crate::names::label_value(v)
+                .map_err(|err| format!("{at}.values: invalid label value {v:?}: {err}"))?;
         }
     }
     Ok(())
@@ -242,7 +289,7 @@ impl Snapshot {
             message: e.to_string(),
         };
         if is_modeled(&api_version, &kind) {
-            check_metadata(&item).map_err(|message| SnapshotError::InvalidObject {
+            check_object(&item).map_err(|message| SnapshotError::InvalidObject {
                 path: source.to_path_buf(),
                 location: location.to_string(),
                 kind: kind.clone(),
@@ -420,6 +467,12 @@ items:
         let bad_value = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a, labels: {team: \"-x\"}}\n";
         let err = parse_str(bad_value, Path::new("n.yaml")).unwrap_err().to_string();
         assert!(err.starts_with("n.yaml: document 1 (Namespace a): metadata.labels[team]: invalid label value"), "{err}");
+        let bad_selector = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d, namespace: shop}\nspec:\n  selector: {matchLabels: {\"app d!\": x}}\n  template: {metadata: {labels: {app: d}}, spec: {containers: []}}\n";
+        let err = parse_str(bad_selector, Path::new("d.yaml")).unwrap_err().to_string();
+        assert!(err.starts_with("d.yaml: document 1 (Deployment shop/d): spec.selector.matchLabels: invalid label key \"app d!\""), "{err}");
+        let bad_service = "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: shop}\nspec: {selector: {app: \"a b\"}}\n";
+        let err = parse_str(bad_service, Path::new("s.yaml")).unwrap_err().to_string();
+        assert!(err.contains("(Service shop/s): spec.selector[app]: invalid label value \"a b\""), "{err}");
         // Kinds leash only counts are not checked.
         let other = "apiVersion: v1\nkind: ConfigMap\nmetadata: {labels: {\"bad key\": x}}\n";
         assert_eq!(parse_str(other, Path::new("o.yaml")).unwrap().ignored.len(), 1);

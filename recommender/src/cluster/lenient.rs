@@ -31,12 +31,12 @@ pub(crate) enum Lenient<K> {
 impl<'de, K: DeserializeOwned> Deserialize<'de> for Lenient<K> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let value = Value::deserialize(deserializer)?;
-        // The same metadata check as a snapshot's: a label leash would turn into a selector
-        // must be valid, whichever way the object came.
+        // The same check as a snapshot's: a label leash would turn into a selector must be
+        // valid, whichever way the object came.
         let decoded = K::deserialize(&value)
             .map_err(|e| e.to_string())
             .and_then(|object| {
-                leash_records::snapshot::check_metadata(&value)?;
+                leash_records::snapshot::check_object(&value)?;
                 Ok(object)
             });
         match decoded {
