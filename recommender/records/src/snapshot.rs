@@ -462,7 +462,7 @@ items:
         let err = parse_str(&bad_key, Path::new("c.yaml")).unwrap_err().to_string();
         assert_eq!(
             err,
-            "c.yaml: document 1, item 2 (Pod shop/p): metadata.labels: invalid label key \"bad key\""
+            "c.yaml: document 1, item 2 (Pod shop/p): metadata.labels: invalid label key \"bad key\": character not allowed at byte 3"
         );
         let bad_value = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a, labels: {team: \"-x\"}}\n";
         let err = parse_str(bad_value, Path::new("n.yaml")).unwrap_err().to_string();

@@ -139,7 +139,10 @@ mod tests {
         let Lenient::Invalid { error, .. } = &bad_label else {
             panic!("decoded {bad_label:?}");
         };
-        assert_eq!(error, "metadata.labels: invalid label key \"bad key\"");
+        assert_eq!(
+            error,
+            "metadata.labels: invalid label key \"bad key\": character not allowed at byte 3"
+        );
         assert_eq!(bad_label.meta().name.as_deref(), Some("d"));
     }
 }
