@@ -194,10 +194,7 @@ fn existing_ca(dir: &Path, force: bool) -> Result<Option<Issuer<'static, KeyPair
             } else {
                 (key_path, cert_path)
             };
-            return Err(Error::CaIncomplete {
-                present,
-                missing,
-            });
+            return Err(Error::CaIncomplete { present, missing });
         }
     }
     let unusable = |message: String| Error::CaUnusable {
@@ -214,11 +211,22 @@ fn existing_ca(dir: &Path, force: bool) -> Result<Option<Issuer<'static, KeyPair
         leash_records::bounded::Limits::default(),
     )
     .map_err(|e| unusable(e.to_string()))?;
-    let key = KeyPair::from_pem(&key_pem)
-        .map_err(|_| unusable(format!("{} holds no usable private key", key_path.display())))?;
+    let key = KeyPair::from_pem(&key_pem).map_err(|_| {
+        unusable(format!(
+            "{} holds no usable private key",
+            key_path.display()
+        ))
+    })?;
     let (_, parsed) = x509_parser::parse_x509_certificate(&cert)
         .map_err(|e| unusable(format!("{}: {e}", cert_path.display())))?;
-    if parsed.tbs_certificate.subject_pki.subject_public_key.data.as_ref() != key.public_key_raw() {
+    if parsed
+        .tbs_certificate
+        .subject_pki
+        .subject_public_key
+        .data
+        .as_ref()
+        != key.public_key_raw()
+    {
         return Err(unusable(format!(
             "{} is not the key of {}",
             key_path.display(),
@@ -390,6 +398,56 @@ mod tests {
                 let peer = conn.info().peer.clone().unwrap();
                 assert_eq!(peer.common_name.as_deref(), Some(client));
             }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reused_ca_keeps_earlier_clients_valid() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("pki");
+        let server = names(&["127.0.0.1"]);
+        assert_eq!(
+            generate(&out, &server, &names(&["old"]), false).unwrap(),
+            CaSource::Created
+        );
+        // A second run for a new client: the CA signs again, and the client issued by the
+        // first run still completes a handshake with the server certificate of the second.
+        assert_eq!(
+            generate(&out, &server, &names(&["new"]), false).unwrap(),
+            CaSource::Reused
+        );
+        let files = |cert: &str, key: &str| TlsFiles {
+            cert: out.join(cert),
+            key: out.join(key),
+            ca: out.join("ca.pem"),
+        };
+        let config = tls::ReloadingServerConfig::start(
+            files("server.pem", "server-key.pem"),
+            tls::DEFAULT_POLL,
+        )
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut incoming = tls::incoming(listener, config.subscribe(), Duration::from_secs(5));
+        let uri = format!("https://127.0.0.1:{port}").parse().unwrap();
+        for client in ["old", "new"] {
+            let connector = TlsConnector::new(files(
+                &format!("{client}.pem"),
+                &format!("{client}-key.pem"),
+            ));
+            tokio::time::timeout(Duration::from_secs(5), connector.connect(&uri))
+                .await
+                .unwrap()
+                .unwrap();
+            let conn = tokio::time::timeout(Duration::from_secs(5), incoming.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                conn.info().peer.clone().unwrap().common_name.as_deref(),
+                Some(client)
+            );
         }
     }
 

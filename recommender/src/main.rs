@@ -368,10 +368,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
             clients,
             force,
         } => {
-            let ca = leash::certs::generate(&out, &server_names, &clients, force)
-                .map_err(bad_input)?;
+            let ca =
+                leash::certs::generate(&out, &server_names, &clients, force).map_err(bad_input)?;
             let what = match ca {
-                leash::certs::CaSource::Reused => "server and client certificates, signed by the existing CA,",
+                leash::certs::CaSource::Reused => {
+                    "server and client certificates, signed by the existing CA,"
+                }
                 leash::certs::CaSource::Created => "a new CA, server and client certificates",
             };
             eprintln!("leash: wrote {what} to {}", out.display());

@@ -118,11 +118,23 @@ fn endless_inputs_stop_at_the_line_limit_naming_the_file() {
     let r = leash(&["recommend", "--cluster", &cluster, "--flows", "/dev/zero"]);
     assert_bad_input(&r, &want);
     let r = leash(&[
-        "audit", "--cluster", &cluster, "--policies", pol, "--flows", "/dev/zero",
+        "audit",
+        "--cluster",
+        &cluster,
+        "--policies",
+        pol,
+        "--flows",
+        "/dev/zero",
     ]);
     assert_bad_input(&r, &want);
     let r = leash(&[
-        "audit", "--cluster", &cluster, "--policies", "/dev/zero", "--flows", &flows,
+        "audit",
+        "--cluster",
+        &cluster,
+        "--policies",
+        "/dev/zero",
+        "--flows",
+        &flows,
     ]);
     assert_bad_input(&r, &want);
 }
@@ -175,7 +187,10 @@ fn fifo_in_a_policy_directory_is_refused_without_blocking() {
     ]);
     assert_bad_input(
         &r,
-        &[&format!("{}: is a FIFO, not a regular file", fifo.display())],
+        &[&format!(
+            "{}: is a FIFO, not a regular file",
+            fifo.display()
+        )],
     );
 }
 
@@ -195,7 +210,13 @@ fn symlink_loops_are_walked_once_and_links_out_of_the_tree_not_followed() {
     std::os::unix::fs::symlink(outside.path(), root.join("elsewhere")).expect("symlink");
     let (cluster, flows) = (kubeadm("cluster.yaml"), kubeadm("flows.jsonl"));
     let r = leash(&[
-        "audit", "--cluster", &cluster, "--policies", s(root), "--flows", &flows,
+        "audit",
+        "--cluster",
+        &cluster,
+        "--policies",
+        s(root),
+        "--flows",
+        &flows,
     ]);
     // The policy is found once (twice would be "already defined"), the outside file never.
     assert_eq!(r.code, Some(0), "{}", r.stderr);
@@ -257,10 +278,10 @@ fn pod_without_a_name_and_bad_utf8_are_located() {
     let r = leash(&["recommend", "--cluster", s(&cluster), "--flows", &flows]);
     assert_bad_input(
         &r,
-        &[&format!(
-            "{}: document 1, item ",
-            cluster.display()
-        ), "(Pod shop/<unnamed>): metadata.name is missing or empty"],
+        &[
+            &format!("{}: document 1, item ", cluster.display()),
+            "(Pod shop/<unnamed>): metadata.name is missing or empty",
+        ],
     );
 
     let cluster = edited_cluster(dir.path(), "tier: backend", b"tier: back\xffend");
@@ -282,9 +303,19 @@ fn flows_with_times(dir: &Path, first: &str, last: &str) -> PathBuf {
     let text = std::fs::read_to_string(kubeadm("flows.jsonl")).expect("flows");
     let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
     lines[1] = lines[1]
-        .replace("\"first_seen\":\"2026-11-23T08:00:00Z\"", &format!("\"first_seen\":\"{first}\""))
-        .replace("\"last_seen\":\"2026-11-25T08:00:00Z\"", &format!("\"last_seen\":\"{last}\""));
-    assert!(lines[1].contains(first) && lines[1].contains(last), "{}", lines[1]);
+        .replace(
+            "\"first_seen\":\"2026-11-23T08:00:00Z\"",
+            &format!("\"first_seen\":\"{first}\""),
+        )
+        .replace(
+            "\"last_seen\":\"2026-11-25T08:00:00Z\"",
+            &format!("\"last_seen\":\"{last}\""),
+        );
+    assert!(
+        lines[1].contains(first) && lines[1].contains(last),
+        "{}",
+        lines[1]
+    );
     let path = dir.join(format!("flows-{first}-{last}.jsonl"));
     std::fs::write(&path, lines.join("\n") + "\n").expect("writes flows");
     path
@@ -296,9 +327,21 @@ fn recommend_and_audit_apply_one_time_check() {
     let policies = policy_dir();
     let cluster = kubeadm("cluster.yaml");
     for (first, last, want) in [
-        ("2026-11-25T09:00:00Z", "2026-11-25T08:00:00Z", "is after last_seen"),
-        ("1900-01-01T00:00:00Z", "2026-11-25T08:00:00Z", "first_seen 1900-01-01 00:00:00 UTC is not after 1970-01-01"),
-        ("2026-11-23T08:00:00Z", "2999-01-01T00:00:00Z", "last_seen 2999-01-01 00:00:00 UTC is more than a day after the current time"),
+        (
+            "2026-11-25T09:00:00Z",
+            "2026-11-25T08:00:00Z",
+            "is after last_seen",
+        ),
+        (
+            "1900-01-01T00:00:00Z",
+            "2026-11-25T08:00:00Z",
+            "first_seen 1900-01-01 00:00:00 UTC is not after 1970-01-01",
+        ),
+        (
+            "2026-11-23T08:00:00Z",
+            "2999-01-01T00:00:00Z",
+            "last_seen 2999-01-01 00:00:00 UTC is more than a day after the current time",
+        ),
     ] {
         let flows = flows_with_times(dir.path(), first, last);
         let at = format!("{}:2: ", flows.display());
@@ -344,11 +387,20 @@ fn certs_reuse_the_ca_unless_forced() {
 
     let r = certs("node-b", false);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
-    assert!(r.stderr.contains("signed by the existing CA"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("signed by the existing CA"),
+        "{}",
+        r.stderr
+    );
     assert_eq!(read("ca.pem"), ca, "the CA is kept");
     assert_eq!(read("ca-key.pem"), ca_key, "the CA key is kept");
     assert!(out.join("node-b.pem").exists());
-    for key in ["ca-key.pem", "server-key.pem", "node-a-key.pem", "node-b-key.pem"] {
+    for key in [
+        "ca-key.pem",
+        "server-key.pem",
+        "node-a-key.pem",
+        "node-b-key.pem",
+    ] {
         let mode = std::fs::metadata(out.join(key))
             .expect("key file")
             .permissions()

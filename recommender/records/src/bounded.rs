@@ -428,7 +428,10 @@ mod tests {
         };
         let mut r = LineReader::new(zero, Path::new("/dev/zero"), limits);
         let err = r.next_line().unwrap_err();
-        assert!(matches!(err, InputError::LineTooLong { line: 1, .. }), "{err}");
+        assert!(
+            matches!(err, InputError::LineTooLong { line: 1, .. }),
+            "{err}"
+        );
         let mut r = LineReader::new(std::io::repeat(0), Path::new("z"), limits);
         assert!(r.next_block(4096).is_err());
     }
@@ -450,7 +453,10 @@ mod tests {
         let bad = dir.path().join("bad.yaml");
         std::fs::write(&bad, b"a: 1\nb: \xff\n").unwrap();
         let err = read_to_string(&bad, true, Limits::default()).unwrap_err();
-        assert_eq!(err.to_string(), format!("{}:2: invalid UTF-8", bad.display()));
+        assert_eq!(
+            err.to_string(),
+            format!("{}:2: invalid UTF-8", bad.display())
+        );
         let fifo = dir.path().join("p.yaml");
         let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
         // SAFETY: a valid NUL-terminated path.
@@ -461,7 +467,13 @@ mod tests {
             "{err}"
         );
         let err = open(dir.path(), false).unwrap_err();
-        assert!(matches!(err, InputError::NotRegular { kind: "directory", .. }));
+        assert!(matches!(
+            err,
+            InputError::NotRegular {
+                kind: "directory",
+                ..
+            }
+        ));
     }
 
     /// A reader that hands out at most `n` bytes per read, to cut lines across reads.

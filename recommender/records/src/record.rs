@@ -370,11 +370,18 @@ pub enum TimeError {
 /// The one check of a record time, for every reader (files, the store's ingest): after the
 /// Unix epoch and at most [`MAX_CLOCK_SKEW`] after `now`. Without it a bogus time (1900, or
 /// year 3000) would stretch a workload's observed span and hide that it was observed briefly.
-pub fn check_time(field: &'static str, time: DateTime<Utc>, now: DateTime<Utc>) -> Result<(), TimeError> {
+pub fn check_time(
+    field: &'static str,
+    time: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<(), TimeError> {
     if time <= DateTime::UNIX_EPOCH {
         return Err(TimeError::BeforeEpoch { field, time });
     }
-    if now.checked_add_signed(MAX_CLOCK_SKEW).is_some_and(|limit| time > limit) {
+    if now
+        .checked_add_signed(MAX_CLOCK_SKEW)
+        .is_some_and(|limit| time > limit)
+    {
         return Err(TimeError::Future { field, time });
     }
     Ok(())
@@ -534,14 +541,34 @@ mod tests {
     fn times_outside_what_can_be_observed_are_rejected_with_their_line() {
         let now: DateTime<Utc> = "2026-11-26T00:00:00Z".parse().unwrap();
         let t = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
-        assert!(check_flow_times(t("2026-11-25T09:00:00Z"), t("2026-11-26T23:59:59Z"), now).is_ok());
+        assert!(
+            check_flow_times(t("2026-11-25T09:00:00Z"), t("2026-11-26T23:59:59Z"), now).is_ok()
+        );
         for (first, last, want) in [
-            ("1969-12-31T23:59:59Z", "2026-11-25T09:00:00Z", "first_seen 1969-12-31 23:59:59 UTC is not after 1970-01-01"),
-            ("1970-01-01T00:00:00Z", "2026-11-25T09:00:00Z", "not after 1970-01-01"),
-            ("2026-11-25T09:00:00Z", "2026-11-27T00:00:01Z", "last_seen 2026-11-27 00:00:01 UTC is more than a day after"),
-            ("2026-11-25T09:00:01Z", "2026-11-25T09:00:00Z", "first_seen 2026-11-25 09:00:01 UTC is after last_seen"),
+            (
+                "1969-12-31T23:59:59Z",
+                "2026-11-25T09:00:00Z",
+                "first_seen 1969-12-31 23:59:59 UTC is not after 1970-01-01",
+            ),
+            (
+                "1970-01-01T00:00:00Z",
+                "2026-11-25T09:00:00Z",
+                "not after 1970-01-01",
+            ),
+            (
+                "2026-11-25T09:00:00Z",
+                "2026-11-27T00:00:01Z",
+                "last_seen 2026-11-27 00:00:01 UTC is more than a day after",
+            ),
+            (
+                "2026-11-25T09:00:01Z",
+                "2026-11-25T09:00:00Z",
+                "first_seen 2026-11-25 09:00:01 UTC is after last_seen",
+            ),
         ] {
-            let err = check_flow_times(t(first), t(last), now).unwrap_err().to_string();
+            let err = check_flow_times(t(first), t(last), now)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(want), "{first} {last}: {err}");
         }
         let future = FLOW.replace("2026-11-25T09:00:05Z", "2999-01-01T00:00:00Z");
@@ -550,11 +577,17 @@ mod tests {
         let input = format!("{FLOW}\n{future}\n");
         let got: Vec<_> = read_records(input.as_bytes(), Path::new("f.jsonl")).collect();
         let err = got[1].as_ref().unwrap_err().to_string();
-        assert!(err.starts_with("f.jsonl:2: invalid record: last_seen 2999"), "{err}");
+        assert!(
+            err.starts_with("f.jsonl:2: invalid record: last_seen 2999"),
+            "{err}"
+        );
         for (text, want) in [(old, "time 1900"), (reversed, "is after last_seen")] {
             let got: Vec<_> = read_records(text.as_bytes(), Path::new("f.jsonl")).collect();
             let err = got[0].as_ref().unwrap_err().to_string();
-            assert!(err.starts_with("f.jsonl:1: invalid record: ") && err.contains(want), "{err}");
+            assert!(
+                err.starts_with("f.jsonl:1: invalid record: ") && err.contains(want),
+                "{err}"
+            );
         }
     }
 

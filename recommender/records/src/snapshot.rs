@@ -141,8 +141,7 @@ pub fn check_object(item: &Value) -> std::result::Result<(), String> {
 /// A map of labels (or a Service's selector) at `field`.
 fn check_labels(field: &str, labels: Option<&Value>) -> std::result::Result<(), String> {
     for (k, v) in labels.and_then(Value::as_object).into_iter().flatten() {
-        crate::names::label_key(k)
-            .map_err(|e| format!("{field}: invalid label key {k:?}: {e}"))?;
+        crate::names::label_key(k).map_err(|e| format!("{field}: invalid label key {k:?}: {e}"))?;
         if let Some(v) = v.as_str() {
             crate::names::label_value(v)
                 .map_err(|e| format!("{field}[{k}]: invalid label value {v:?}: {e}"))?;
@@ -329,10 +328,8 @@ impl Snapshot {
 fn is_modeled(api_version: &str, kind: &str) -> bool {
     matches!(
         (api_version, kind),
-        (
-            "v1",
-            "Namespace" | "Node" | "Pod" | "Service"
-        ) | ("discovery.k8s.io/v1", "EndpointSlice")
+        ("v1", "Namespace" | "Node" | "Pod" | "Service")
+            | ("discovery.k8s.io/v1", "EndpointSlice")
             | ("networking.k8s.io/v1", "NetworkPolicy")
             | (
                 "apps/v1",
@@ -450,32 +447,58 @@ items:
     #[test]
     fn objects_without_a_name_or_with_invalid_labels_are_named() {
         let list = |item: &str| {
-            format!("apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Namespace\n  metadata: {{name: shop}}\n{item}")
+            format!(
+                "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Namespace\n  metadata: {{name: shop}}\n{item}"
+            )
         };
         let unnamed = list("- apiVersion: v1\n  kind: Pod\n  metadata: {namespace: shop}\n");
-        let err = parse_str(&unnamed, Path::new("c.yaml")).unwrap_err().to_string();
+        let err = parse_str(&unnamed, Path::new("c.yaml"))
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             err,
             "c.yaml: document 1, item 2 (Pod shop/<unnamed>): metadata.name is missing or empty"
         );
-        let bad_key = list("- apiVersion: v1\n  kind: Pod\n  metadata: {name: p, namespace: shop, labels: {\"bad key\": x}}\n");
-        let err = parse_str(&bad_key, Path::new("c.yaml")).unwrap_err().to_string();
+        let bad_key = list(
+            "- apiVersion: v1\n  kind: Pod\n  metadata: {name: p, namespace: shop, labels: {\"bad key\": x}}\n",
+        );
+        let err = parse_str(&bad_key, Path::new("c.yaml"))
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             err,
             "c.yaml: document 1, item 2 (Pod shop/p): metadata.labels: invalid label key \"bad key\": character not allowed at byte 3"
         );
-        let bad_value = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a, labels: {team: \"-x\"}}\n";
-        let err = parse_str(bad_value, Path::new("n.yaml")).unwrap_err().to_string();
-        assert!(err.starts_with("n.yaml: document 1 (Namespace a): metadata.labels[team]: invalid label value"), "{err}");
+        let bad_value =
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: a, labels: {team: \"-x\"}}\n";
+        let err = parse_str(bad_value, Path::new("n.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "n.yaml: document 1 (Namespace a): metadata.labels[team]: invalid label value"
+            ),
+            "{err}"
+        );
         let bad_selector = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d, namespace: shop}\nspec:\n  selector: {matchLabels: {\"app d!\": x}}\n  template: {metadata: {labels: {app: d}}, spec: {containers: []}}\n";
-        let err = parse_str(bad_selector, Path::new("d.yaml")).unwrap_err().to_string();
+        let err = parse_str(bad_selector, Path::new("d.yaml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("d.yaml: document 1 (Deployment shop/d): spec.selector.matchLabels: invalid label key \"app d!\""), "{err}");
         let bad_service = "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: shop}\nspec: {selector: {app: \"a b\"}}\n";
-        let err = parse_str(bad_service, Path::new("s.yaml")).unwrap_err().to_string();
-        assert!(err.contains("(Service shop/s): spec.selector[app]: invalid label value \"a b\""), "{err}");
+        let err = parse_str(bad_service, Path::new("s.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("(Service shop/s): spec.selector[app]: invalid label value \"a b\""),
+            "{err}"
+        );
         // Kinds leash only counts are not checked.
         let other = "apiVersion: v1\nkind: ConfigMap\nmetadata: {labels: {\"bad key\": x}}\n";
-        assert_eq!(parse_str(other, Path::new("o.yaml")).unwrap().ignored.len(), 1);
+        assert_eq!(
+            parse_str(other, Path::new("o.yaml")).unwrap().ignored.len(),
+            1
+        );
     }
 
     proptest::proptest! {

@@ -512,7 +512,8 @@ fn time_from_wire(record: RecordIndex, field: &'static str, nanos: i64) -> Resul
         ));
     }
     let time = DateTime::from_timestamp_nanos(nanos);
-    crate::record::check_time(field, time, Utc::now()).map_err(|e| invalid(record, field, e.to_string()))?;
+    crate::record::check_time(field, time, Utc::now())
+        .map_err(|e| invalid(record, field, e.to_string()))?;
     Ok(time)
 }
 
