@@ -100,8 +100,17 @@ pub enum CaSource {
 /// Writes a server certificate whose SANs are `server_names` (DNS names or IP addresses; the
 /// first is also its CN), and one client certificate per `client_names` entry with CN = the
 /// name, as PEM into `out_dir` (created if missing), signed by the CA in `out_dir` (`ca.pem`
-/// and `ca-key.pem`). Without one, or with `force`, a new CA is made and written first.
+/// and `ca-key.pem`). Without one, a new CA is made and written first.
 pub fn generate(
+    out_dir: &Path,
+    server_names: &[String],
+    client_names: &[String],
+) -> Result<CaSource> {
+    generate_with(out_dir, server_names, client_names, false)
+}
+
+/// [`generate`]; with `force`, a new CA replaces the one in `out_dir`.
+pub fn generate_with(
     out_dir: &Path,
     server_names: &[String],
     client_names: &[String],
@@ -341,7 +350,6 @@ mod tests {
             &out,
             &names(&["leash.leash.svc", "127.0.0.1"]),
             &names(&["node-a", "node-b"]),
-            false,
         )
         .unwrap();
 
@@ -407,13 +415,13 @@ mod tests {
         let out = dir.path().join("pki");
         let server = names(&["127.0.0.1"]);
         assert_eq!(
-            generate(&out, &server, &names(&["old"]), false).unwrap(),
+            generate(&out, &server, &names(&["old"])).unwrap(),
             CaSource::Created
         );
         // A second run for a new client: the CA signs again, and the client issued by the
         // first run still completes a handshake with the server certificate of the second.
         assert_eq!(
-            generate(&out, &server, &names(&["new"]), false).unwrap(),
+            generate(&out, &server, &names(&["new"])).unwrap(),
             CaSource::Reused
         );
         let files = |cert: &str, key: &str| TlsFiles {
@@ -464,7 +472,7 @@ mod tests {
             (&["ok"], &[""], "empty"),
         ];
         for (servers, clients, want) in cases {
-            let err = generate(&out, &names(servers), &names(clients), false)
+            let err = generate(&out, &names(servers), &names(clients))
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(want), "{servers:?} {clients:?}: {err}");

@@ -368,8 +368,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
             clients,
             force,
         } => {
-            let ca =
-                leash::certs::generate(&out, &server_names, &clients, force).map_err(bad_input)?;
+            let ca = leash::certs::generate_with(&out, &server_names, &clients, force)
+                .map_err(bad_input)?;
             let what = match ca {
                 leash::certs::CaSource::Reused => {
                     "server and client certificates, signed by the existing CA,"
