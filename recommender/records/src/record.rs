@@ -592,6 +592,31 @@ mod tests {
     }
 
     #[test]
+    fn the_wire_applies_the_same_time_check() {
+        let dns = |t: DateTime<Utc>| crate::wire::v1::Dns {
+            pod: None,
+            cgroup: String::new(),
+            server: vec![203, 0, 113, 53],
+            query: "a.test.".into(),
+            qtype: "A".into(),
+            rcode: "NOERROR".into(),
+            answers: Vec::new(),
+            time_unix_nanos: t.timestamp_nanos_opt().unwrap(),
+        };
+        let now = Utc::now();
+        let ok = crate::wire::dns_from_wire("n1", crate::wire::RecordIndex::Dns(0), dns(now));
+        assert!(ok.is_ok(), "{ok:?}");
+        let late = now + TimeDelta::days(2);
+        let err = crate::wire::dns_from_wire("n1", crate::wire::RecordIndex::Dns(0), dns(late))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("is more than a day after the current time"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn rejects_other_versions_and_kinds() {
         for (text, want) in [
             (r#"{"v":2,"kind":"flow"}"#, "unsupported record version 2"),
