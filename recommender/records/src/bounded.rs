@@ -354,7 +354,10 @@ impl<R: Read> LineReader<R> {
             if cut == self.start {
                 return Ok(None);
             }
-            let rest = self.buf.split_off(cut);
+            // The next block grows in a buffer sized for it, not by doubling from the tail.
+            let mut rest = Vec::with_capacity(min.saturating_add(CHUNK).min(1 << 30));
+            rest.extend_from_slice(&self.buf[cut..]);
+            self.buf.truncate(cut);
             let mut block = std::mem::replace(&mut self.buf, rest);
             if self.start > 0 {
                 block.drain(..self.start);
