@@ -106,7 +106,8 @@ enum Command {
     /// Run the recommender as a service: agents stream records over gRPC (mTLS) into a
     /// SQLite store; HTTP serves health, metrics, recommendations, destinations and audits.
     Serve(Box<ServeArgs>),
-    /// Write a CA and mTLS certificates for `leash serve` and its agents (PEM files).
+    /// Write mTLS certificates for `leash serve` and its agents (PEM files), signed by the CA
+    /// in `--out` (made there if missing).
     Certs {
         /// The directory to write `ca.pem`, `server.pem`, `server-key.pem`, `<client>.pem`
         /// and `<client>-key.pem` into (created if missing).
@@ -118,6 +119,10 @@ enum Command {
         /// A client (agent) certificate to issue, by common name. Repeatable.
         #[arg(long = "client", num_args = 1..)]
         clients: Vec<String>,
+        /// Make a new CA even if `ca.pem` and `ca-key.pem` exist in `--out` (certificates the
+        /// old CA signed stop being trusted). Without it, the existing CA signs.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -361,12 +366,17 @@ fn run(cli: Cli) -> Result<(), Failure> {
             out,
             server_names,
             clients,
+            force,
         } => {
-            leash::certs::generate(&out, &server_names, &clients).map_err(bad_input)?;
-            eprintln!(
-                "leash: wrote the CA, server and client certificates to {}",
-                out.display()
-            );
+            let ca = leash::certs::generate_with(&out, &server_names, &clients, force)
+                .map_err(bad_input)?;
+            let what = match ca {
+                leash::certs::CaSource::Reused => {
+                    "server and client certificates, signed by the existing CA,"
+                }
+                leash::certs::CaSource::Created => "a new CA, server and client certificates",
+            };
+            eprintln!("leash: wrote {what} to {}", out.display());
             Ok(())
         }
     }
