@@ -69,6 +69,11 @@ struct Cli {
     /// How long a DNS name keeps labelling an address after its TTL ran out.
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
     dns_grace: Duration,
+    /// Most DNS names kept per pod and address (so per flow record): the first name the pod
+    /// asked for, then the most recent ones.
+    #[arg(long, value_name = "N", default_value_t = 16,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    dns_max_names_per_address: u16,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -165,6 +170,7 @@ fn main() -> ExitCode {
         metrics_addr: cli.metrics_addr,
         dns_ports,
         dns_grace: cli.dns_grace,
+        dns_max_names: usize::from(cli.dns_max_names_per_address),
     };
     // One thread: the loop is sequential anyway, and a single thread avoids cross-thread
     // wake-ups on every ring notification (measured as a large share of the agent's CPU).

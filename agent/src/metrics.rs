@@ -48,6 +48,15 @@ pub struct CauseLabel {
     pub cause: &'static str,
 }
 
+/// The `reason` label: why the recommender refused a record (`leash.v1.RejectReason` in snake
+/// case, e.g. `invalid_name`), or why the agent refused a DNS name (a
+/// [`leash_records::names::NameError::reason`] word, e.g. `empty`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// The reason word.
+    pub reason: &'static str,
+}
+
 /// All of the agent's metrics, registered under the `leash_agent_` prefix.
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -64,6 +73,17 @@ pub struct Metrics {
     pub kernel_drops: Family<CauseLabel, Counter>,
     /// DNS payloads that failed to parse.
     pub dns_parse_errors: Counter,
+    /// DNS names refused before they entered a record (query names, answer owners, CNAME
+    /// targets), by reason.
+    pub dns_names_skipped: Family<ReasonLabel, Counter>,
+    /// Names dropped from a (pod, address) entry of the DNS cache over
+    /// `--dns-max-names-per-address`.
+    pub dns_names_evicted: Counter,
+    /// Answers left out of DNS records, by cause (`too_many`, `invalid_name`, `too_large`,
+    /// `query_refused`).
+    pub dns_answers_cut: Family<CauseLabel, Counter>,
+    /// DNS records dropped because more than the pipeline's bound waited for one flush.
+    pub dns_records_dropped: Counter,
     /// Lookups of a pod UID (found in a cgroup path) that the pod metadata source did not know.
     pub attribution_misses: Counter,
     /// Flow keys the kernel's LRU map evicted before user space read their final state: events
@@ -104,10 +124,20 @@ pub struct TransportMetrics {
     pub connected: Gauge,
     /// Failed connection attempts and broken streams (each is retried with backoff).
     pub connect_errors: Counter,
-    /// Records not delivered, by cause (`buffer_full`, `dns_buffer_full`, `shutdown`).
+    /// Records not delivered, by cause (`buffer_full`, `dns_buffer_full`, `shutdown`,
+    /// `unencodable`, and `rejected` and `too_large` for records the recommender refused).
     pub dropped_records: Family<CauseLabel, Counter>,
     /// Flow events (the sum of `count`) in those records, by cause.
     pub dropped_events: Family<CauseLabel, Counter>,
+    /// Records the recommender refused and listed in its acks, by its reason (they are also
+    /// in `dropped_records{cause="rejected"}`).
+    pub rejected_records: Family<ReasonLabel, Counter>,
+    /// Batches the recommender refused whole (invalid or too large) that were split in two
+    /// and resent as halves.
+    pub batches_split: Counter,
+    /// Names left out of buffered flow records past the bound per key (the records and their
+    /// counts are kept).
+    pub names_dropped: Counter,
 }
 
 impl TransportMetrics {
@@ -163,6 +193,21 @@ impl TransportMetrics {
             "Flow events in records not delivered to the recommender, by cause",
             self.dropped_events.clone(),
         );
+        r.register(
+            "rejected_records",
+            "Records the recommender refused as invalid or too large and listed in its acks, by reason",
+            self.rejected_records.clone(),
+        );
+        r.register(
+            "batches_split",
+            "Batches the recommender refused whole, split in two and resent as halves",
+            self.batches_split.clone(),
+        );
+        r.register(
+            "names_dropped",
+            "Names left out of buffered flow records past the bound per key",
+            self.names_dropped.clone(),
+        );
     }
 
     /// Counts `records` records carrying `events` flow events as dropped for `cause`.
@@ -170,6 +215,20 @@ impl TransportMetrics {
         let label = CauseLabel { cause };
         self.dropped_records.get_or_create(&label).inc_by(records);
         self.dropped_events.get_or_create(&label).inc_by(events);
+    }
+
+    /// Counts `records` records the recommender refused for `reason` (listed in its acks).
+    pub fn add_rejected(&self, reason: &'static str, records: u64) {
+        self.rejected_records
+            .get_or_create(&ReasonLabel { reason })
+            .inc_by(records);
+    }
+
+    /// Records the recommender refused so far for `reason`.
+    pub fn rejected(&self, reason: &'static str) -> u64 {
+        self.rejected_records
+            .get_or_create(&ReasonLabel { reason })
+            .get()
     }
 
     /// Records dropped so far for `cause`.
@@ -198,6 +257,10 @@ impl Metrics {
         let kernel_records_delivered = Family::<KindLabel, Counter>::default();
         let kernel_drops = Family::<CauseLabel, Counter>::default();
         let dns_parse_errors = Counter::default();
+        let dns_names_skipped = Family::<ReasonLabel, Counter>::default();
+        let dns_names_evicted = Counter::default();
+        let dns_answers_cut = Family::<CauseLabel, Counter>::default();
+        let dns_records_dropped = Counter::default();
         let attribution_misses = Counter::default();
         let flow_keys_evicted = Counter::default();
         let cgroup_path_misses = Counter::default();
@@ -235,6 +298,26 @@ impl Metrics {
             "dns_parse_errors",
             "DNS payloads that failed to parse",
             dns_parse_errors.clone(),
+        );
+        registry.register(
+            "dns_names_skipped",
+            "DNS names refused before they entered a record, by reason",
+            dns_names_skipped.clone(),
+        );
+        registry.register(
+            "dns_names_evicted",
+            "DNS names dropped from a pod's address entry over --dns-max-names-per-address",
+            dns_names_evicted.clone(),
+        );
+        registry.register(
+            "dns_answers_cut",
+            "Answers left out of DNS records, by cause",
+            dns_answers_cut.clone(),
+        );
+        registry.register(
+            "dns_records_dropped",
+            "DNS records dropped because too many waited for one flush",
+            dns_records_dropped.clone(),
         );
         registry.register(
             "attribution_misses",
@@ -286,6 +369,10 @@ impl Metrics {
             kernel_records_delivered,
             kernel_drops,
             dns_parse_errors,
+            dns_names_skipped,
+            dns_names_evicted,
+            dns_answers_cut,
+            dns_records_dropped,
             attribution_misses,
             flow_keys_evicted,
             cgroup_path_misses,
@@ -332,6 +419,36 @@ impl Metrics {
         self.kernel_records_delivered
             .get_or_create(&KindLabel { kind })
             .inc_by(n);
+    }
+
+    /// Counts a DNS name refused for `reason` (a [`leash_records::names::NameError::reason`]).
+    pub fn add_dns_name_skipped(&self, reason: &'static str) {
+        self.dns_names_skipped
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// Counts `n` answers left out of a DNS record for `cause`.
+    pub fn add_dns_answers_cut(&self, cause: &'static str, n: u64) {
+        if n > 0 {
+            self.dns_answers_cut
+                .get_or_create(&CauseLabel { cause })
+                .inc_by(n);
+        }
+    }
+
+    /// DNS names refused so far for `reason`.
+    pub fn dns_names_skipped_for(&self, reason: &'static str) -> u64 {
+        self.dns_names_skipped
+            .get_or_create(&ReasonLabel { reason })
+            .get()
+    }
+
+    /// Answers cut so far for `cause`.
+    pub fn dns_answers_cut_for(&self, cause: &'static str) -> u64 {
+        self.dns_answers_cut
+            .get_or_create(&CauseLabel { cause })
+            .get()
     }
 
     /// Counts records written by a sink for `kind`.
@@ -486,6 +603,10 @@ mod tests {
         metrics.set_kernel_drops("ringbuf_full", 4);
         metrics.dns_parse_errors.inc();
         metrics.dns_cache_size.set(42);
+        metrics.add_dns_name_skipped("empty");
+        metrics.add_dns_answers_cut("invalid_name", 2);
+        metrics.add_dns_answers_cut("too_many", 0);
+        metrics.dns_names_evicted.inc_by(3);
         let server = MetricsServer::bind("127.0.0.1:0".parse().unwrap(), metrics.clone())
             .await
             .unwrap();
@@ -509,6 +630,36 @@ mod tests {
         );
         assert_eq!(value(body, "leash_agent_dns_parse_errors_total"), Some(1.0));
         assert_eq!(value(body, "leash_agent_dns_cache_entries"), Some(42.0));
+        assert_eq!(
+            value(
+                body,
+                "leash_agent_dns_names_skipped_total{reason=\"empty\"}"
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(
+                body,
+                "leash_agent_dns_answers_cut_total{cause=\"invalid_name\"}"
+            ),
+            Some(2.0)
+        );
+        // Nothing cut for a cause: no series (a zero is not counted).
+        assert_eq!(
+            value(
+                body,
+                "leash_agent_dns_answers_cut_total{cause=\"too_many\"}"
+            ),
+            None
+        );
+        assert_eq!(
+            value(body, "leash_agent_dns_names_evicted_total"),
+            Some(3.0)
+        );
+        assert_eq!(
+            value(body, "leash_agent_dns_records_dropped_total"),
+            Some(0.0)
+        );
         assert!(body.ends_with("# EOF\n"));
 
         // Updates after start are visible on the next scrape.

@@ -44,6 +44,12 @@ const OBSERVE_BATCH: usize = 64;
 /// Flow records built and written per sink batch.
 const FLUSH_CHUNK: usize = 4096;
 
+/// DNS records held for one flush; more are dropped and counted (`dns_records_dropped`). Any
+/// pod can send itself DNS answers as fast as loopback carries them; each record is at most
+/// about 4.5 KiB ([`crate::dns::MAX_ANSWER_BYTES`]), so this bounds the wait to about 45 MiB.
+/// The names of dropped records still label flows (they are cached before the record is built).
+const MAX_PENDING_DNS: usize = 10_000;
+
 /// Errors that stop the agent.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -104,6 +110,8 @@ pub struct AgentConfig {
     pub dns_ports: Vec<u16>,
     /// How long a DNS name keeps labelling an address after its TTL ran out.
     pub dns_grace: Duration,
+    /// Most DNS names kept per (pod, address), so per flow record.
+    pub dns_max_names: usize,
 }
 
 /// What a run did, for the final log line and for tests.
@@ -172,11 +180,13 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         dns: DnsTracker::new(
             DnsCacheConfig {
                 grace: config.dns_grace,
+                max_names: config.dns_max_names,
                 ..DnsCacheConfig::default()
             },
             metrics.clone(),
         ),
         pending: Vec::new(),
+        pending_dropped: 0,
         samples: Vec::with_capacity(OBSERVE_BATCH),
         deltas: Vec::new(),
         runs: Vec::new(),
@@ -261,8 +271,10 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
 struct State {
     aggregator: Aggregator,
     dns: DnsTracker,
-    /// DNS records waiting for the next flush.
+    /// DNS records waiting for the next flush (at most [`MAX_PENDING_DNS`]).
     pending: Vec<DnsRecord>,
+    /// DNS records dropped since the last flush because `pending` was full.
+    pending_dropped: u64,
     /// Flow ring samples not yet folded into the aggregator (up to [`OBSERVE_BATCH`]).
     samples: Vec<crate::capture::FlowSample>,
     /// A part of the flush's flow deltas (scratch, kept between flushes).
@@ -300,7 +312,12 @@ impl State {
                     &self.node,
                     &attribution,
                 ) {
-                    self.pending.push(record);
+                    if self.pending.len() < MAX_PENDING_DNS {
+                        self.pending.push(record);
+                    } else {
+                        self.pending_dropped += 1;
+                        self.metrics.dns_records_dropped.inc();
+                    }
                 }
             }
             CaptureEvent::Malformed(error) => {
@@ -395,6 +412,13 @@ impl State {
         let now = Utc::now();
         // DNS first, so the names they carry are in the cache before flows are labelled.
         let mut dns = std::mem::take(&mut self.pending);
+        if self.pending_dropped > 0 {
+            tracing::warn!(
+                dropped = std::mem::take(&mut self.pending_dropped),
+                kept = dns.len(),
+                "more DNS answers than one flush holds; dropped the rest (their names still label flows)"
+            );
+        }
         self.summary.dns_records += dns.len() as u64;
         sink::sort_dns(&mut dns);
         for record in &dns {
@@ -567,6 +591,73 @@ mod tests {
             first_seen: clock.to_system_time(1),
             last_seen: clock.to_system_time(2),
         }
+    }
+
+    /// A pod answering itself faster than the agent flushes: at most [`MAX_PENDING_DNS`] DNS
+    /// records wait, the rest are counted; their names still label the pod's flows.
+    #[test]
+    fn pending_dns_records_are_bounded_and_counted() {
+        use crate::capture::{DnsPacket, DnsTransport};
+        use crate::dns::testing::{TestRecord, response};
+        use hickory_proto::op::ResponseCode;
+        use hickory_proto::rr::RecordType;
+
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::new();
+        let mut attributor = Attributor::new(
+            CgroupPaths::new(dir.path(), metrics.clone()),
+            PodStore::new(metrics.clone()),
+            metrics.clone(),
+        );
+        let clock = KernelClock::from_offset_ns(0);
+        let mut state = State {
+            aggregator: Aggregator::new(Duration::from_secs(1), clock),
+            dns: DnsTracker::new(DnsCacheConfig::default(), metrics.clone()),
+            pending: Vec::new(),
+            pending_dropped: 0,
+            samples: Vec::new(),
+            deltas: Vec::new(),
+            runs: Vec::new(),
+            summary: Summary::default(),
+            flow_losses_seen: 0,
+            delivered_flows: 0,
+            delivered_dns: 0,
+            node: "n1".to_owned(),
+            metrics: metrics.clone(),
+        };
+        let packet = |name: &'static str, addr: [u8; 4]| {
+            CaptureEvent::Dns(DnsPacket {
+                cgroup_id: 7,
+                time: std::time::SystemTime::now(),
+                server: IpAddr::from([127, 0, 0, 1]),
+                server_port: 53,
+                transport: DnsTransport::Udp,
+                payload: response(
+                    name,
+                    RecordType::A,
+                    ResponseCode::NoError,
+                    &[TestRecord::Addr(name, IpAddr::from(addr), 60)],
+                ),
+                truncated: false,
+            })
+        };
+        for _ in 0..MAX_PENDING_DNS + 4 {
+            state.on_event(packet("a.flood.test.", [203, 0, 113, 1]), &mut attributor);
+        }
+        state.on_event(
+            packet("last.flood.test.", [203, 0, 113, 2]),
+            &mut attributor,
+        );
+        assert_eq!(state.pending.len(), MAX_PENDING_DNS);
+        assert_eq!(state.pending_dropped, 5);
+        assert_eq!(metrics.dns_records_dropped.get(), 5);
+        let attribution = attributor.attribute(7);
+        assert_eq!(
+            state
+                .dns
+                .names_for(&attribution, IpAddr::from([203, 0, 113, 2]), Utc::now()),
+            ["last.flood.test"]
+        );
     }
 
     /// The records come out in the contract's order (pod, cgroup, destination, port,

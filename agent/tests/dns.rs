@@ -253,3 +253,118 @@ fn real_responses_label_flows_per_pod() {
     assert_eq!(tracker.purge(gone), 44);
     assert_eq!(metrics.dns_cache_size.get(), 0);
 }
+
+/// A "resolver" that is the pod itself: it sends `responses` unasked from a loopback socket, and
+/// the pod's socket receives them, as the kernel would copy them from source port 53.
+fn answer_self(responses: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let to = client.local_addr().unwrap();
+    let mut buf = vec![0u8; 4096];
+    responses
+        .iter()
+        .map(|bytes| {
+            server.send_to(bytes, to).unwrap();
+            let n = client.recv(&mut buf).unwrap();
+            buf[..n].to_vec()
+        })
+        .collect()
+}
+
+/// A NOERROR response to `query` A whose one answer gives `addr` to `owner`.
+fn self_answer(query: Name, owner: Name, addr: &str) -> Vec<u8> {
+    let mut msg = Message::new(1, MessageType::Response, OpCode::Query);
+    msg.add_query(Query::query(query, RecordType::A));
+    msg.add_answer(hickory_proto::rr::Record::from_rdata(
+        owner,
+        60,
+        hickory_proto::rr::RData::A(hickory_proto::rr::rdata::A(addr.parse().unwrap())),
+    ));
+    msg.to_vec().unwrap()
+}
+
+/// The root-owned answer and a flood of 2,000 names for one address, over real UDP: the records
+/// built from them pass the `leash.v1` validation `leash serve` applies (before the fix, a
+/// flow record carried the name `""` and the whole batch was refused), and the flow record to
+/// the flooded address carries 16 names: the first asked for and the 15 most recent.
+#[test]
+fn hostile_self_answers_make_records_the_recommender_accepts() {
+    let metrics = Metrics::new();
+    let mut tracker = DnsTracker::new(DnsCacheConfig::default(), metrics.clone());
+    let pod = in_pod(
+        "hostile",
+        "attacker",
+        "5b1c2f9e-3b0a-4c1e-9a7d-2d4b5e6f7a8b",
+    );
+    let server_ip = IpAddr::from([127, 0, 0, 1]);
+    let name = |s: &str| Name::from_str(s).unwrap();
+    let mut responses = vec![self_answer(
+        name("evil.lab.test."),
+        Name::root(),
+        "203.0.113.11",
+    )];
+    responses.extend((0..2000).map(|i| {
+        let n = name(&format!("n{i}.flood.lab.test."));
+        self_answer(n.clone(), n, "203.0.113.11")
+    }));
+    let mut dns = Vec::new();
+    for payload in answer_self(&responses) {
+        dns.extend(tracker.observe(&payload, server_ip, t0(), "n1", &pod));
+    }
+    assert_eq!(dns.len(), 2001);
+    assert!(dns[0].answers.is_empty(), "{:?}", dns[0]);
+    assert_eq!(metrics.dns_names_skipped_for("empty"), 1);
+    assert_eq!(metrics.dns_names_evicted.get(), 2000 - 16);
+
+    let names = tracker.names_for(&pod, IpAddr::from([203, 0, 113, 11]), t0());
+    let mut want: Vec<String> = std::iter::once(0)
+        .chain(1985..2000)
+        .map(|i| format!("n{i}.flood.lab.test"))
+        .collect();
+    want.sort();
+    assert_eq!(names, want);
+
+    let flow = leash_records::FlowRecord {
+        node: "n1".to_owned(),
+        pod: pod.pod_ref(),
+        cgroup: pod.cgroup.to_string(),
+        protocol: leash_records::Protocol::Tcp,
+        dst: IpAddr::from([203, 0, 113, 11]),
+        dst_port: 443,
+        count: 5,
+        first_seen: t0(),
+        last_seen: t0(),
+        names,
+        outcome: None,
+    };
+    let id = leash_records::wire::v1::BatchId {
+        node: "n1".to_owned(),
+        boot_id: "boot".to_owned(),
+        seq: 1,
+    };
+    let wire = leash_records::wire::batch_to_wire(id, std::slice::from_ref(&flow), &dns).unwrap();
+    let back = leash_records::wire::batch_from_wire(wire).unwrap();
+    assert_eq!(back.flows, [flow]);
+    assert_eq!(back.dns, dns);
+}
+
+/// `--dns-max-names-per-address` is checked before anything starts: 0 and more than 256 are
+/// usage errors (exit 2) naming the flag.
+#[test]
+fn max_names_flag_is_range_checked() {
+    for bad in ["0", "257", "many"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_leash-agent"))
+            .args(["--dns-max-names-per-address", bad, "--duration", "1s"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("--dns-max-names-per-address"),
+            "{bad}: {stderr}"
+        );
+    }
+}

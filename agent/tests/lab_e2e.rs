@@ -12,7 +12,9 @@
 //! `LEASH_E2E_DUMP=1` prints each agent's output.
 //!
 //! The drop-accounting test drives the capture library directly, because it must stall the
-//! consumer on purpose.
+//! consumer on purpose. The hostile-DNS test also starts a real `leash serve --insecure` (found
+//! or built by [`leash_lab::leash_path`]; `LEASH_BIN` overrides it) and reads what it stored
+//! through its HTTP API.
 //!
 //! These tests need root and BPF: without them they skip with a reason, unless
 //! `LEASH_REQUIRE_PRIVILEGED=1`, which makes them fail instead. `lab-client` is found, or built
@@ -34,6 +36,7 @@ use std::time::{Duration, Instant, SystemTime};
 use chrono::{DateTime, Utc};
 use leash_agent::aggregate::{Aggregator, SampleSource};
 use leash_agent::capture::{Capture, CaptureConfig, CaptureEvent};
+use leash_agent::dns::checked_name;
 use leash_lab::{
     CgroupDriver, ClientOutput, DNS_VIP_V4, DNS_VIP_V6, DnsConfig, Lab, Pod, PodSpec, Port, Qos,
     Runtime,
@@ -176,8 +179,8 @@ impl Agent {
         self.dir.path().join("snapshot.yaml")
     }
 
-    /// Scrapes one metric sample by its exact series, e.g. `name` or `name{label="v"}`.
-    fn metric(&self, name: &str) -> Option<f64> {
+    /// The whole `/metrics` response, `None` when it does not answer.
+    fn scrape(&self) -> Option<String> {
         let addr = self.metrics?;
         let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
         stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
@@ -186,6 +189,12 @@ impl Agent {
             .ok()?;
         let mut body = String::new();
         stream.read_to_string(&mut body).ok()?;
+        Some(body)
+    }
+
+    /// Scrapes one metric sample by its exact series, e.g. `name` or `name{label="v"}`.
+    fn metric(&self, name: &str) -> Option<f64> {
+        let body = self.scrape()?;
         body.lines()
             .filter(|l| !l.starts_with('#'))
             .filter_map(|l| l.rsplit_once(' '))
@@ -205,7 +214,8 @@ impl Agent {
             }
             assert!(
                 Instant::now() < deadline,
-                "metric {name} not served within {timeout:?}; log:\n{}",
+                "metric {name} not served within {timeout:?}; metrics:\n{}\nlog:\n{}",
+                self.scrape().unwrap_or_default(),
                 self.log()
             );
             thread::sleep(Duration::from_millis(50));
@@ -1578,5 +1588,282 @@ fn pods_of_every_cgroup_shape_are_attributed_through_the_snapshot() {
     assert!(
         outside_flows.iter().all(|f| f.pod.is_none()),
         "{outside_flows:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. Hostile DNS answers, through a real `leash serve`
+// ---------------------------------------------------------------------------------------------
+
+/// How long `leash serve` may take to report ready.
+const SERVE_READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A running `leash serve --insecure` on free loopback ports, storing into a temporary SQLite
+/// file, with the lab's snapshot as its cluster. Killed on drop.
+struct Serve {
+    child: Option<Child>,
+    grpc: SocketAddr,
+    http: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Serve {
+    fn start(lab: &Lab) -> Self {
+        let leash = leash_lab::leash_path().expect("finding or building `leash`");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let snapshot = dir.path().join("snapshot.yaml");
+        lab.write_snapshot(&snapshot)
+            .expect("writing the lab snapshot");
+        let (grpc, http) = (free_loopback_port(), free_loopback_port());
+        let log = File::create(dir.path().join("serve.log")).expect("creating serve.log");
+        let child = Command::new(leash)
+            .arg("serve")
+            .arg("--insecure")
+            .arg("--listen")
+            .arg(grpc.to_string())
+            .arg("--http")
+            .arg(http.to_string())
+            .arg("--store")
+            .arg(dir.path().join("leash.db"))
+            .arg("--cluster")
+            .arg(&snapshot)
+            .env("LEASH_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawning leash serve");
+        let mut serve = Self {
+            child: Some(child),
+            grpc,
+            http,
+            dir,
+        };
+        let deadline = Instant::now() + SERVE_READY_TIMEOUT;
+        loop {
+            if serve
+                .get("/readyz")
+                .is_some_and(|(status, _)| status == 200)
+            {
+                return serve;
+            }
+            let exited = serve
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            assert!(
+                exited.is_none() && Instant::now() < deadline,
+                "leash serve not ready within {SERVE_READY_TIMEOUT:?} (exit {exited:?}); log:\n{}",
+                serve.log()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The agent's `--recommender` arguments.
+    fn agent_args(&self) -> [String; 3] {
+        [
+            "--recommender".to_owned(),
+            format!("http://{}", self.grpc),
+            "--insecure".to_owned(),
+        ]
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
+    }
+
+    /// `GET path` on the HTTP API: status and body, `None` when it does not answer. HTTP/1.0,
+    /// so that the body is never chunked: it ends when the server closes the connection.
+    fn get(&self, path: &str) -> Option<(u16, String)> {
+        let mut stream = TcpStream::connect_timeout(&self.http, Duration::from_secs(2)).ok()?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .ok()?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let (head, body) = response.split_once("\r\n\r\n")?;
+        let status = head.split(' ').nth(1)?.parse().ok()?;
+        Some((status, body.to_owned()))
+    }
+
+    /// The stored destinations of `pod`'s workload (its namespace has no other workload).
+    fn destinations(&self, pod: &Pod) -> Vec<serde_json::Value> {
+        let (status, body) = self.get("/v1/workloads").expect("GET /v1/workloads");
+        assert_eq!(status, 200, "/v1/workloads: {body}");
+        let list: Vec<serde_json::Value> = serde_json::from_str(&body).expect("workloads JSON");
+        let Some(w) = list.iter().find(|w| w["namespace"] == pod.namespace()) else {
+            return Vec::new();
+        };
+        let path = format!(
+            "/v1/namespaces/{}/workloads/{}/{}/destinations",
+            pod.namespace(),
+            w["kind"].as_str().expect("kind"),
+            w["name"].as_str().expect("name")
+        );
+        let (status, body) = self.get(&path).expect("GET destinations");
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str(&body).expect("destinations JSON")
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The stored destination `dst:port`, if any.
+fn stored<'a>(
+    list: &'a [serde_json::Value],
+    dst: &str,
+    port: u16,
+) -> Option<&'a serde_json::Value> {
+    list.iter().find(|d| d["dst"] == dst && d["port"] == port)
+}
+
+/// A pod answers itself over loopback (from port 53, in its own network namespace) with an A
+/// record owned by the root name `.`, then with 2,000 distinct names for one address. Before the
+/// fix, the first became the name `""` in a flow record, which `leash serve` refuses, and the
+/// agent resent that batch forever: nothing more from the node was stored. Now the root-owned
+/// name and the flood are cut in the agent and counted on `/metrics`, and the attacker's later
+/// flows and another pod's flows are stored by a real `leash serve`.
+#[test]
+fn hostile_dns_answers_are_cut_and_the_node_keeps_delivering() {
+    if !leash_lab::require_privileged() {
+        return;
+    }
+    const FLOOD: u64 = 2_000;
+    let lab = Lab::builder()
+        .pod(PodSpec::new("hostile", "attacker-0"))
+        .pod(PodSpec::new("shop", "cart-0"))
+        .external("203.0.113.10", [Port::tcp(443)])
+        .external("203.0.113.11", [Port::tcp(443)])
+        .dns(DnsConfig::new().with_stripe_example())
+        .build()
+        .expect("building the lab");
+    let attacker = lab.pod("hostile/attacker-0");
+    let cart = lab.pod("shop/cart-0");
+    let serve = Serve::start(&lab);
+    let recommender = serve.agent_args();
+    let extra: Vec<&str> = recommender.iter().map(String::as_str).collect();
+    let agent = Agent::start_with(
+        &lab,
+        &Options {
+            metrics: true,
+            extra: &extra,
+            ..Options::default()
+        },
+    );
+    let wait = Duration::from_secs(30);
+
+    // 1. The root-owned answer, then a flow to its address.
+    let out = client_ok(attacker, &["dns-self", "root-owned", "203.0.113.11"]);
+    assert_eq!(out.json["received"], 1, "{}", out.stdout);
+    let skipped = "leash_agent_dns_names_skipped_total{reason=\"empty\"}";
+    assert_eq!(
+        agent.wait_metric(skipped, wait, |v| v >= 1.0),
+        1.0,
+        "log:\n{}",
+        agent.log()
+    );
+    client_ok(attacker, &["tcp", "203.0.113.11", "443", "--count", "2"]);
+    // Let that flow's record go out (and, before the fix, be refused) before the rest.
+    thread::sleep(FLUSH * 3);
+
+    // 2. The flood of names for the same address, then more flows to it.
+    let count = FLOOD.to_string();
+    let out = client_ok(
+        attacker,
+        &["dns-self", "flood", "203.0.113.11", "--count", &count],
+    );
+    assert_eq!(out.json["received"], FLOOD, "{}", out.stdout);
+    let evicted = "leash_agent_dns_names_evicted_total";
+    assert_eq!(
+        agent.wait_metric(evicted, wait, |v| v >= (FLOOD - 16) as f64),
+        (FLOOD - 16) as f64,
+        "all but 16 names evicted; log:\n{}",
+        agent.log()
+    );
+    client_ok(attacker, &["tcp", "203.0.113.11", "443", "--count", "3"]);
+
+    // 3. Another pod, as usual.
+    let vip4 = DNS_VIP_V4.to_string();
+    query(cart, &[&vip4, "api.stripe.test", "A"]);
+    client_ok(cart, &["tcp", "203.0.113.10", "443", "--count", "2"]);
+
+    assert_eq!(
+        agent.metric("leash_agent_dns_answers_cut_total{cause=\"invalid_name\"}"),
+        Some(1.0)
+    );
+    assert_eq!(agent.metric(skipped), Some(1.0));
+    let out = agent.stop();
+    out.assert_attribution(&lab);
+
+    // What the agent wrote: every name valid, at most 16 per record; the last record to the
+    // flooded address has the first name asked for and the 15 most recent.
+    for f in out.flows() {
+        assert!(f.names.len() <= 16, "{f:?}");
+        for n in &f.names {
+            assert!(leash_records::names::dns_name(n).is_ok(), "{n:?} in {f:?}");
+        }
+    }
+    for d in out.dns() {
+        assert!(checked_name(&d.query).is_ok(), "{d:?}");
+        for a in &d.answers {
+            assert!(checked_name(&a.name).is_ok(), "{d:?}");
+        }
+    }
+    let flooded = out.flows_of(attacker.cgroup_rel(), tcp("203.0.113.11", 443));
+    let last = flooded.last().expect("attacker flows to 203.0.113.11");
+    let mut want: Vec<String> = std::iter::once(0)
+        .chain(FLOOD - 15..FLOOD)
+        .map(|i| format!("n{i}.flood.lab.test"))
+        .collect();
+    want.sort();
+    assert_eq!(last.names, want, "log:\n{}", out.log);
+    assert_eq!(
+        out.totals(attacker.cgroup_rel())[&tcp("203.0.113.11", 443)],
+        (5, 5, 0)
+    );
+
+    // What `leash serve` stored: the attacker's flows before and after the answers, and the
+    // other pod's.
+    let deadline = Instant::now() + wait;
+    let (hostile, shop) = loop {
+        let (hostile, shop) = (serve.destinations(attacker), serve.destinations(cart));
+        let done = stored(&hostile, "203.0.113.11", 443).is_some_and(|d| d["count"] == 5)
+            && stored(&shop, "203.0.113.10", 443).is_some_and(|d| d["count"] == 2);
+        if done || Instant::now() >= deadline {
+            break (hostile, shop);
+        }
+        thread::sleep(Duration::from_millis(200));
+    };
+    let flood = stored(&hostile, "203.0.113.11", 443).unwrap_or_else(|| {
+        panic!(
+            "attacker's flows not stored: {hostile:?}\nagent log:\n{}\nserve log:\n{}",
+            out.log,
+            serve.log()
+        )
+    });
+    assert_eq!(flood["count"], 5, "{flood}");
+    let names = flood["names"].as_array().expect("names");
+    assert!(names.len() <= 16, "{flood}");
+    let cart_flow = stored(&shop, "203.0.113.10", 443).unwrap_or_else(|| {
+        panic!(
+            "the other pod's flows not stored: {shop:?}\nagent log:\n{}\nserve log:\n{}",
+            out.log,
+            serve.log()
+        )
+    });
+    assert_eq!(cart_flow["count"], 2, "{cart_flow}");
+    assert_eq!(
+        cart_flow["names"],
+        serde_json::json!(["api.stripe.test", "edge.stripe.test"])
     );
 }

@@ -1,7 +1,9 @@
 //! The gRPC sink against a real tonic `Ingest` server on loopback, with mutual TLS from
 //! rcgen-generated certificates: exact counts across a server restart, bounded memory during
 //! an outage, resends with their original ids, a wrong CA retried, plaintext refused without
-//! `--insecure`. No root needed.
+//! `--insecure`; records the recommender refuses (listed in acks, or batches refused whole by
+//! a recommender of the previous version or for their size) dropped and counted, never resent,
+//! while every other record is delivered; overload retried. No root needed.
 
 #![expect(
     clippy::unwrap_used,
@@ -12,6 +14,7 @@ use std::{
     collections::BTreeSet,
     net::IpAddr,
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -19,13 +22,18 @@ use chrono::{DateTime, TimeDelta, Utc};
 use leash_agent::{
     metrics::Metrics,
     sink::{FlowView, Sink},
-    transport::{GrpcSink, TlsFiles, TransportConfig, testing::RecordingServer as Server},
+    transport::{
+        GrpcSink, TlsFiles, TransportConfig,
+        testing::{Answers, RecordingServer as Server},
+    },
 };
 use leash_records::{DnsRecord, FlowRecord, Outcome, PodRef, Protocol};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 
 const NODE: &str = "node-a";
 const WAIT: Duration = Duration::from_secs(20);
+/// Every test that could resend forever ends within this.
+const TEST_LIMIT: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------- certificates
 
@@ -128,6 +136,15 @@ fn flow(port: u16, count: u64, secs: i64) -> FlowRecord {
     }
 }
 
+/// A flow whose name is empty, as the root-owned DNS answer of issue 10 made it: refused by
+/// the recommender (and by the test server).
+fn invalid_flow(port: u16, count: u64) -> FlowRecord {
+    FlowRecord {
+        names: vec![String::new()],
+        ..flow(port, count, 0)
+    }
+}
+
 fn dns(i: u64) -> DnsRecord {
     DnsRecord {
         node: NODE.to_owned(),
@@ -168,6 +185,74 @@ fn transport_value(metrics: &Metrics, name: &str) -> f64 {
             (k == name).then(|| v.parse().ok())?
         })
         .unwrap_or(0.0)
+}
+
+/// The agent's log lines, captured.
+#[derive(Clone, Default)]
+struct LogCapture(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogCapture {
+    fn subscriber(&self) -> impl tracing::Subscriber + Send + Sync + 'static {
+        let sink = self.clone();
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || sink.clone())
+            .finish()
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
+    tokio::time::timeout(TEST_LIMIT, test)
+        .await
+        .expect("the test ends in time (no endless resend)");
+}
+
+/// Writes 120 valid flows (count 2) on ports 0..120, one invalid flow (count 7) and 5 DNS
+/// records; flushes. Returns the events written.
+async fn write_with_one_invalid(sink: &mut GrpcSink) -> u64 {
+    let mut written = 0;
+    for port in 0..120u16 {
+        let f = flow(port, 2, 0);
+        written += f.count;
+        sink.write_flow(&FlowView::of(&f));
+    }
+    let bad = invalid_flow(9_999, 7);
+    written += bad.count;
+    sink.write_flow(&FlowView::of(&bad));
+    for i in 0..5 {
+        sink.write_dns(&dns(i));
+    }
+    sink.flush().await.unwrap();
+    written
+}
+
+/// Writes 30 more valid flows (count 3) on ports 200..230 and flushes: they must get through
+/// after a refusal. Returns the events written.
+async fn write_later(sink: &mut GrpcSink) -> u64 {
+    let mut written = 0;
+    for port in 200..230u16 {
+        let f = flow(port, 3, 5);
+        written += f.count;
+        sink.write_flow(&FlowView::of(&f));
+    }
+    sink.flush().await.unwrap();
+    written
 }
 
 // ---------------------------------------------------------------- tests
@@ -448,4 +533,291 @@ fn the_agent_refuses_plaintext_without_insecure() {
     let (code, err) = run(&["--insecure", "--duration", "1s"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--recommender"), "{err}");
+}
+
+#[tokio::test]
+async fn a_refusal_by_an_old_recommender_costs_only_the_invalid_record() {
+    // The runtime is single-threaded: the sender task logs into this thread's subscriber.
+    let log = LogCapture::default();
+    let _subscriber = tracing::subscriber::set_default(log.subscriber());
+    bounded(async {
+        let pki = Pki::new();
+        let server = Server::start_new(Some(pki.server())).await;
+        server.answer_like(Answers::Old);
+        let metrics = Metrics::new();
+        let mut sink = GrpcSink::start_with_boot_id(
+            config(&server, Some(pki.agent("ca.pem"))),
+            &metrics,
+            "boot-old".into(),
+        )
+        .unwrap();
+        let mut written = write_with_one_invalid(&mut sink).await;
+        wait_for("the invalid record dropped", || {
+            metrics.transport.dropped("rejected").0 == 1
+        })
+        .await;
+        written += write_later(&mut sink).await;
+        sink.close().await.unwrap();
+        let s = server.seen();
+        assert_eq!(metrics.transport.dropped("rejected"), (1, 7));
+        assert_eq!(
+            metrics.transport.dropped("shutdown"),
+            (0, 0),
+            "every other record acknowledged"
+        );
+        assert_eq!(s.events + 7, written, "produced = delivered + dropped");
+        assert_eq!((s.flows, s.dns), (150, 5));
+        assert_eq!(
+            s.acks_with_rejected, 0,
+            "the old server lists no refused records"
+        );
+        // The batch of 50 holding the invalid record is halved until the record is alone: one
+        // refusal per level, at most ceil(log2(50)) + 1 = 7.
+        assert!(
+            (1..=7).contains(&s.refused_batches),
+            "{} refusals",
+            s.refused_batches
+        );
+        assert_eq!(metrics.transport.batches_split.get() + 1, s.refused_batches);
+        assert_eq!(
+            metrics.transport.connect_errors.get(),
+            0,
+            "a refusal is not an outage"
+        );
+        assert_eq!(
+            transport_value(
+                &metrics,
+                "leash_agent_transport_dropped_records_total{cause=\"rejected\"}"
+            ),
+            1.0
+        );
+        assert_eq!(
+            transport_value(
+                &metrics,
+                "leash_agent_transport_dropped_events_total{cause=\"rejected\"}"
+            ),
+            7.0
+        );
+    })
+    .await;
+    let text = log.text();
+    assert!(
+        text.contains("refused records") && text.contains("refused=rejected=1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("names[0]: empty"),
+        "the server's reason: {text}"
+    );
+    assert!(!text.contains("unreachable"), "{text}");
+}
+
+#[tokio::test]
+async fn records_listed_as_refused_in_an_ack_are_counted_and_never_resent() {
+    bounded(async {
+        let server = Server::start_new(None).await;
+        server.answer_like(Answers::Current);
+        let metrics = Metrics::new();
+        let mut sink =
+            GrpcSink::start_with_boot_id(config(&server, None), &metrics, "boot-new".into())
+                .unwrap();
+        let mut written = write_with_one_invalid(&mut sink).await;
+        written += write_later(&mut sink).await;
+        sink.close().await.unwrap();
+        let s = server.seen();
+        assert_eq!(metrics.transport.dropped("rejected"), (1, 7));
+        assert_eq!(metrics.transport.rejected("invalid_name"), 1);
+        assert_eq!(metrics.transport.dropped("shutdown"), (0, 0));
+        assert_eq!(s.events + 7, written, "produced = delivered + dropped");
+        assert_eq!((s.flows, s.dns, s.rejected), (150, 5, 1));
+        assert_eq!(s.acks_with_rejected, 1);
+        assert_eq!(s.refused_batches, 0);
+        assert!(
+            s.arrivals.values().all(|n| *n == 1),
+            "no batch sent twice: {:?}",
+            s.arrivals
+        );
+        assert_eq!(metrics.transport.batches_resent.get(), 0);
+        assert_eq!(metrics.transport.batches_split.get(), 0);
+        assert_eq!(
+            transport_value(
+                &metrics,
+                "leash_agent_transport_rejected_records_total{reason=\"invalid_name\"}"
+            ),
+            1.0
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_record_over_the_message_limit_is_split_out_and_dropped_by_either_version() {
+    bounded(async {
+        for answers in [Answers::Current, Answers::Old] {
+            let server = Server::start_limited(None, Some(16 * 1024)).await;
+            server.answer_like(answers);
+            let metrics = Metrics::new();
+            let mut c = config(&server, None);
+            // The record must reach the wire whole: the buffer's bound on names would cut it.
+            c.max_names_per_key = 10_000;
+            let mut sink = GrpcSink::start_with_boot_id(c, &metrics, "boot-big".into()).unwrap();
+            let mut written = 0;
+            for port in 0..120u16 {
+                let f = flow(port, 2, 0);
+                written += f.count;
+                sink.write_flow(&FlowView::of(&f));
+            }
+            // A name flood: one record of about 40 KB, over the 16 KiB limit on its own.
+            let big = FlowRecord {
+                names: (0..2_000)
+                    .map(|i| format!("flood-{i:05}.big.test"))
+                    .collect(),
+                ..flow(9_999, 11, 0)
+            };
+            written += big.count;
+            sink.write_flow(&FlowView::of(&big));
+            sink.flush().await.unwrap();
+            wait_for("the large record dropped", || {
+                metrics.transport.dropped("too_large").0 == 1
+            })
+            .await;
+            written += write_later(&mut sink).await;
+            sink.close().await.unwrap();
+            let s = server.seen();
+            assert_eq!(
+                metrics.transport.dropped("too_large"),
+                (1, 11),
+                "{answers:?}"
+            );
+            assert_eq!(metrics.transport.dropped("shutdown"), (0, 0), "{answers:?}");
+            assert_eq!(s.events + 11, written, "{answers:?}: delivered + dropped");
+            assert_eq!(s.flows, 150, "{answers:?}");
+            assert!(
+                (1..=7).contains(&s.too_large),
+                "{answers:?}: {}",
+                s.too_large
+            );
+            assert_eq!(metrics.transport.batches_split.get() + 1, s.too_large);
+            assert_eq!(metrics.transport.connect_errors.get(), 0, "{answers:?}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_batch_whose_id_is_refused_drops_each_record_once_and_the_stream_moves_on() {
+    bounded(async {
+        let server = Server::start_new(None).await;
+        server.refuse_all(true);
+        let metrics = Metrics::new();
+        let mut sink =
+            GrpcSink::start_with_boot_id(config(&server, None), &metrics, "boot-id".into())
+                .unwrap();
+        let mut refused_events = 0;
+        for port in 0..6u16 {
+            let f = flow(port, 5, 0);
+            refused_events += f.count;
+            sink.write_flow(&FlowView::of(&f));
+        }
+        sink.write_dns(&dns(1));
+        sink.write_dns(&dns(2));
+        sink.flush().await.unwrap();
+        wait_for("all 8 records dropped", || {
+            metrics.transport.dropped("rejected").0 == 8
+        })
+        .await;
+        {
+            let s = server.seen();
+            // 8 records halve into a full binary tree: 2 * 8 - 1 batches, each refused once.
+            assert_eq!(s.refused_batches, 15);
+            assert_eq!(s.arrivals.len(), 15);
+            assert!(s.arrivals.values().all(|n| *n == 1), "{:?}", s.arrivals);
+            assert!(s.stored.is_empty());
+        }
+        assert_eq!(metrics.transport.dropped("rejected"), (8, refused_events));
+        // The recommender takes batches again: the agent still sends.
+        server.refuse_all(false);
+        let written = write_later(&mut sink).await;
+        sink.close().await.unwrap();
+        assert_eq!(server.seen().events, written);
+        assert_eq!(metrics.transport.dropped("shutdown"), (0, 0));
+        assert_eq!(metrics.transport.dropped("rejected").0, 8);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unavailable_is_retried_with_the_same_batch() {
+    bounded(async {
+        let server = Server::start_new(None).await;
+        server.unavailable_for(2);
+        let metrics = Metrics::new();
+        let mut sink =
+            GrpcSink::start_with_boot_id(config(&server, None), &metrics, "boot-u".into()).unwrap();
+        let mut written = 0;
+        for port in 0..10u16 {
+            let f = flow(port, 3, 0);
+            written += f.count;
+            sink.write_flow(&FlowView::of(&f));
+        }
+        sink.flush().await.unwrap();
+        sink.close().await.unwrap();
+        let s = server.seen();
+        assert_eq!(s.unavailable, 2);
+        assert_eq!(
+            s.arrivals.get(&("boot-u".to_owned(), 1)),
+            Some(&3),
+            "the same batch, twice refused for now, then stored"
+        );
+        assert_eq!(s.events, written);
+        for cause in ["rejected", "too_large", "shutdown"] {
+            assert_eq!(metrics.transport.dropped(cause), (0, 0), "{cause}");
+        }
+        assert_eq!(metrics.transport.batches_split.get(), 0);
+        assert!(metrics.transport.connect_errors.get() >= 2);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_name_flood_during_an_outage_keeps_the_counts_and_bounds_the_names() {
+    bounded(async {
+        let mut server = Server::start_new(None).await;
+        server.stop().await;
+        let metrics = Metrics::new();
+        let mut sink =
+            GrpcSink::start_with_boot_id(config(&server, None), &metrics, "boot-f".into()).unwrap();
+        // One key, 100 flush intervals, 16 new names each: 1,600 names for one address.
+        let mut written = 0;
+        for round in 0..100u64 {
+            let mut names: Vec<String> = (0..16)
+                .map(|i| format!("flood-{round:03}-{i:02}.test"))
+                .collect();
+            names.sort();
+            let f = FlowRecord {
+                names,
+                ..flow(443, 1, round as i64)
+            };
+            written += f.count;
+            sink.write_flow(&FlowView::of(&f));
+            sink.flush().await.unwrap();
+        }
+        assert_eq!(sink.buffered_keys(), 1);
+        assert_eq!(metrics.transport.names_dropped.get(), 1_600 - 64);
+        server.start().await;
+        sink.close().await.unwrap();
+        let s = server.seen();
+        assert_eq!(
+            (s.flows, s.events),
+            (1, written),
+            "the record and its counts"
+        );
+        assert_eq!(s.max_names, 64, "the names the buffer took first");
+        assert_eq!(metrics.transport.dropped("shutdown"), (0, 0));
+        assert_eq!(
+            transport_value(&metrics, "leash_agent_transport_names_dropped_total"),
+            1_536.0
+        );
+    })
+    .await;
 }

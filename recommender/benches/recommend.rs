@@ -114,7 +114,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (check, p_check) = timed(|| leash::synth::self_check(&cluster, &cluster, &obs, &rec));
     check?;
     let out = dir.path().join("out");
-    let (written, p_render) = timed(|| leash::render::write_dir(&out, &cluster, &rec));
+    let (written, p_render) =
+        timed(|| leash::render::write_dir(&out, &cluster, &rec, &opts.namespaces));
     written?;
     let phases = [
         ("load snapshot", &p_load),

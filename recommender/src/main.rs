@@ -37,7 +37,8 @@ enum Command {
         #[arg(long, requires = "store", conflicts_with = "flows", value_parser = parse_duration)]
         since: Option<chrono::Duration>,
         /// Write `<ns>/<workload>-egress.yaml`, `<ns>/default-deny-egress.yaml` and REPORT.md
-        /// here instead of printing a YAML stream.
+        /// here instead of printing a YAML stream; remove the policy files earlier runs wrote
+        /// that this run no longer recommends (only in the namespaces it covers).
         #[arg(short = 'o', long = "output")]
         output: Option<PathBuf>,
         /// Only workloads in these namespaces. Repeatable.
@@ -105,7 +106,8 @@ enum Command {
     /// Run the recommender as a service: agents stream records over gRPC (mTLS) into a
     /// SQLite store; HTTP serves health, metrics, recommendations, destinations and audits.
     Serve(Box<ServeArgs>),
-    /// Write a CA and mTLS certificates for `leash serve` and its agents (PEM files).
+    /// Write mTLS certificates for `leash serve` and its agents (PEM files), signed by the CA
+    /// in `--out` (made there if missing).
     Certs {
         /// The directory to write `ca.pem`, `server.pem`, `server-key.pem`, `<client>.pem`
         /// and `<client>-key.pem` into (created if missing).
@@ -117,6 +119,10 @@ enum Command {
         /// A client (agent) certificate to issue, by common name. Repeatable.
         #[arg(long = "client", num_args = 1..)]
         clients: Vec<String>,
+        /// Make a new CA even if `ca.pem` and `ca-key.pem` exist in `--out` (certificates the
+        /// old CA signed stop being trusted). Without it, the existing CA signs.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -291,11 +297,24 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 },
             )?;
             out.recommendation.skipped_input = leash::synth::skipped_lines(&skipped);
-            eprintln!("{}", leash::render::summary(&out.recommendation));
             match output {
-                Some(dir) => leash::render::write_dir(&dir, &out.cluster, &out.recommendation)
-                    .map_err(bad_input)?,
+                Some(dir) => {
+                    // Every name is checked and DIR inspected before anything is written; a
+                    // failed run leaves DIR as it was, and says only why.
+                    let written = leash::render::write_dir(
+                        &dir,
+                        &out.cluster,
+                        &out.recommendation,
+                        &opts.namespaces,
+                    )
+                    .map_err(bad_input)?;
+                    for w in &written.warnings {
+                        eprintln!("leash: warning: {w}");
+                    }
+                    eprintln!("{}", leash::render::summary(&out.recommendation));
+                }
                 None => {
+                    eprintln!("{}", leash::render::summary(&out.recommendation));
                     let text = leash::render::yaml_stream(&leash::synth::all_policies(
                         &out.cluster,
                         &out.recommendation,
@@ -382,12 +401,17 @@ fn run(cli: Cli) -> Result<(), Failure> {
             out,
             server_names,
             clients,
+            force,
         } => {
-            leash::certs::generate(&out, &server_names, &clients).map_err(bad_input)?;
-            eprintln!(
-                "leash: wrote the CA, server and client certificates to {}",
-                out.display()
-            );
+            let ca = leash::certs::generate_with(&out, &server_names, &clients, force)
+                .map_err(bad_input)?;
+            let what = match ca {
+                leash::certs::CaSource::Reused => {
+                    "server and client certificates, signed by the existing CA,"
+                }
+                leash::certs::CaSource::Created => "a new CA, server and client certificates",
+            };
+            eprintln!("leash: wrote {what} to {}", out.display());
             Ok(())
         }
     }

@@ -1,6 +1,8 @@
 //! The ingest service over a real gRPC connection on loopback with mutual TLS (certificates
-//! from `leash certs`): acks after commit, duplicates, rejections and their statuses, isolation
-//! between agents, and clients without a valid certificate.
+//! from `leash certs`): acks after commit, duplicates, refused records listed in the ack while
+//! the others are stored, rejections and their statuses, isolation between agents, acks an
+//! older agent still reads, readiness while commits are slow, and clients without a valid
+//! certificate.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -208,6 +210,10 @@ impl Drop for Server {
 }
 
 async fn serve(pki: &Pki, store: Arc<dyn Store>, limits: Limits) -> Server {
+    serve_model(pki, store, limits, Cluster::default()).await
+}
+
+async fn serve_model(pki: &Pki, store: Arc<dyn Store>, limits: Limits, model: Cluster) -> Server {
     let files = TlsFiles {
         cert: pki.path("server.pem"),
         key: pki.path("server-key.pem"),
@@ -218,9 +224,7 @@ async fn serve(pki: &Pki, store: Arc<dyn Store>, limits: Limits) -> Server {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let (_tx, cluster) = watch::channel(Some(Arc::new(ClusterState::from_cluster(
-        Cluster::default(),
-    ))));
+    let (_tx, cluster) = watch::channel(Some(Arc::new(ClusterState::from_cluster(model))));
     let service = IngestService::new(store, cluster, limits).expect("ingest service");
     let server = service.clone().into_server();
     let incoming = tls::incoming(listener, config.subscribe(), Duration::from_secs(5));
@@ -571,41 +575,170 @@ async fn resent_batch_is_counted_once_in_sqlite() {
     );
 }
 
+/// The refused records of an ack, as (index, reason, detail).
+fn refused(ack: &v1::Ack) -> Vec<(u32, v1::RejectReason, &str)> {
+    ack.rejected
+        .iter()
+        .map(|r| {
+            let reason = v1::RejectReason::try_from(r.reason).expect("a known reason");
+            (r.index, reason, r.detail.as_str())
+        })
+        .collect()
+}
+
+/// The (destination, port) of every stored flow observation, sorted.
+fn stored_flows(store: &SqliteStore) -> Vec<(String, String)> {
+    let mut flows: Vec<(String, String)> = store
+        .flows(None)
+        .expect("flows")
+        .iter()
+        .map(|f| (f.workload.name.clone(), f.dst.to_string()))
+        .collect();
+    flows.sort();
+    flows
+}
+
 #[tokio::test]
-async fn malformed_record_is_rejected_by_name_while_another_agent_keeps_going() {
+async fn a_bad_record_is_refused_in_the_ack_and_the_others_are_stored() {
     let pki = Pki::new();
-    let store = Arc::new(MemStore::default());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(SqliteStore::open(dir.path().join("leash.db")).expect("store"));
     let server = serve(&pki, store.clone(), Limits::default()).await;
     let mut a = client(&pki, "node-a", server.addr).await;
     let mut b = client(&pki, "node-b", server.addr).await;
     let mut pa = push(&mut a).await;
     let mut pb = push(&mut b).await;
+
+    let flows: Vec<FlowRecord> = (0..5)
+        .map(|i| flow("node-a", "payment-1", 10 + i, 1))
+        .collect();
+    let mut bad = batch("node-a", 1, &flows);
+    bad.flow_groups[0].flows[1].dst = vec![203, 0, 113];
+    // The finding: an answer owned by the root name `.` became the name "".
+    bad.flow_groups[0].flows[3].names = vec![String::new()];
+    pa.send(bad.clone()).await;
+    let ack = pa.ack().await;
+    assert_eq!(ack.id, Some(id("node-a", 1)));
+    assert!(!ack.duplicate);
+    assert_eq!(
+        refused(&ack),
+        [
+            (
+                1,
+                v1::RejectReason::InvalidField,
+                "dst: 3 bytes (expected 4 or 16)"
+            ),
+            (3, v1::RejectReason::InvalidName, "names[0]: empty"),
+        ]
+    );
+    let payment = |dst: &str| ("payment-1".to_owned(), format!("203.0.113.{dst}"));
+    assert_eq!(
+        stored_flows(&store),
+        [payment("10"), payment("12"), payment("14")]
+    );
+    // The stream goes on; a resend gets the same answer, as a duplicate.
+    pa.send(batch("node-a", 2, &[flow("node-a", "payment-1", 20, 1)]))
+        .await;
+    let ack = pa.ack().await;
+    assert_eq!((ack.id, ack.rejected.len()), (Some(id("node-a", 2)), 0));
+    pa.send(bad).await;
+    let ack = pa.ack().await;
+    assert!(ack.duplicate);
+    assert_eq!(refused(&ack).len(), 2);
+    // Another agent was never affected.
     pb.send(batch("node-b", 1, &[flow("node-b", "api-1", 20, 1)]))
         .await;
-    assert!(!pb.ack().await.duplicate);
+    assert_eq!(pb.ack().await.id, Some(id("node-b", 1)));
 
-    let mut bad = batch("node-a", 1, &vec![flow("node-a", "payment-1", 10, 1); 5]);
-    bad.flow_groups[0].flows[3].dst = vec![203, 0, 113];
-    pa.send(bad).await;
-    let status = pa.status().await;
+    let text = metrics(&server);
+    for reason in ["invalid_field", "invalid_name"] {
+        let want = format!("leash_ingest_rejected_records_total{{reason=\"{reason}\"}} 1");
+        assert!(text.lines().any(|l| l == want), "{want}\n{text}");
+    }
+    assert!(
+        !text.contains("leash_ingest_rejected_batches_total{"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_batch_whose_records_are_all_refused_is_still_acknowledged() {
+    let pki = Pki::new();
+    let store = Arc::new(MemStore::default());
+    let server = serve(&pki, store.clone(), Limits::default()).await;
+    let mut c = client(&pki, "node-a", server.addr).await;
+    let mut p = push(&mut c).await;
+    let mut bad = batch("node-a", 1, &vec![flow("node-a", "payment-1", 10, 1); 2]);
+    bad.flow_groups[0].pod.as_mut().expect("pod").name = "Payment 1".into();
+    p.send(bad.clone()).await;
+    let ack = p.ack().await;
+    let detail = r#"pod.name: "Payment\u{20}1": character not allowed at byte 0"#;
+    assert_eq!(
+        refused(&ack),
+        [
+            (0, v1::RejectReason::InvalidPod, detail),
+            (1, v1::RejectReason::InvalidPod, detail),
+        ]
+    );
+    // The batch id is stored, so a resend is a duplicate; no record was.
+    assert_eq!(store.batches(), 1);
+    assert_eq!(store.count("Payment 1", "203.0.113.10"), None);
+    p.send(bad).await;
+    assert!(p.ack().await.duplicate);
+}
+
+#[tokio::test]
+async fn a_16_mib_name_is_refused_alone_and_the_other_records_are_stored() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(SqliteStore::open(dir.path().join("leash.db")).expect("store"));
+    let server = serve(&pki, store.clone(), Limits::default()).await;
+    let mut c = client(&pki, "node-a", server.addr).await;
+    let mut p = push(&mut c).await;
+    let flows: Vec<FlowRecord> = (0..3)
+        .map(|i| flow("node-a", "payment-1", 10 + i, 1))
+        .collect();
+    let mut b = batch("node-a", 1, &flows);
+    // As large as the default message limit allows.
+    let huge = "x".repeat((16 << 20) - 4096);
+    b.flow_groups[0].flows[1].names.push(huge);
+    assert!(prost::Message::encoded_len(&b) < Limits::default().max_message_bytes);
+    p.send(b).await;
+    let ack = p.ack().await;
+    assert_eq!(ack.id, Some(id("node-a", 1)));
+    let got = refused(&ack);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!((got[0].0, got[0].1), (1, v1::RejectReason::InvalidName));
+    assert!(
+        got[0].2.starts_with("names[1]: \"xxxx") && got[0].2.len() < 200,
+        "{}",
+        got[0].2
+    );
+    let payment = |dst: &str| ("payment-1".to_owned(), format!("203.0.113.{dst}"));
+    assert_eq!(stored_flows(&store), [payment("10"), payment("12")]);
+    // No stored name is longer than a DNS name.
+    let names = store.flows(None).expect("flows");
+    assert!(names.iter().flat_map(|f| &f.names).all(|n| n.len() <= 253));
+}
+
+#[tokio::test]
+async fn a_bad_batch_id_still_refuses_the_whole_batch() {
+    let pki = Pki::new();
+    let store = Arc::new(MemStore::default());
+    let server = serve(&pki, store.clone(), Limits::default()).await;
+    let mut c = client(&pki, "node-a", server.addr).await;
+    let mut p = push(&mut c).await;
+    let mut bad = batch("node-a", 1, &[flow("node-a", "payment-1", 10, 1)]);
+    bad.id = Some(id("Node|A", 1));
+    p.send(bad).await;
+    let status = p.status().await;
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert_eq!(
         status.message(),
-        "batch node-a/boot-1/1: flow_groups[0].flows[3]: dst: 3 bytes (expected 4 or 16)"
+        r#"batch Node|A/boot-1/1: batch id: node: "Node\u{7c}A": character not allowed at byte 0"#
     );
-    // That stream is over; the other agent's is not.
-    assert!(matches!(pa.next().await, Ok(None) | Err(_)));
-    pb.send(batch("node-b", 2, &[flow("node-b", "api-1", 20, 1)]))
-        .await;
-    assert_eq!(pb.ack().await.id, Some(id("node-b", 2)));
-    // Nothing of the bad batch was stored; node-a can reconnect and carry on.
-    assert_eq!(store.batches(), 2);
-    let mut a = client(&pki, "node-a", server.addr).await;
-    let mut pa = push(&mut a).await;
-    pa.send(batch("node-a", 1, &[flow("node-a", "payment-1", 10, 1)]))
-        .await;
-    assert!(!pa.ack().await.duplicate);
-
+    assert!(matches!(p.next().await, Ok(None) | Err(_)));
+    assert_eq!(store.batches(), 0);
     let text = metrics(&server);
     assert_eq!(
         metric_line(
@@ -617,6 +750,217 @@ async fn malformed_record_is_rejected_by_name_while_another_agent_keeps_going() 
     );
 }
 
+/// `leash.v1.Ack` as agents before `rejected` existed compiled it.
+#[derive(Clone, PartialEq, prost::Message)]
+struct OldAck {
+    #[prost(message, optional, tag = "1")]
+    id: Option<v1::BatchId>,
+    #[prost(bool, tag = "2")]
+    duplicate: bool,
+}
+
+#[tokio::test]
+async fn an_old_agent_reads_the_new_ack_and_moves_on() {
+    // The encoding: the new field is skipped by an old decoder.
+    let new = v1::Ack {
+        id: Some(id("node-a", 7)),
+        duplicate: true,
+        rejected: vec![v1::RejectedRecord {
+            index: 3,
+            reason: v1::RejectReason::InvalidName as i32,
+            detail: "names[0]: empty".into(),
+        }],
+    };
+    let old = <OldAck as prost::Message>::decode(prost::Message::encode_to_vec(&new).as_slice())
+        .expect("an old agent decodes the new ack");
+    assert_eq!(
+        old,
+        OldAck {
+            id: Some(id("node-a", 7)),
+            duplicate: true
+        }
+    );
+
+    // Over gRPC, an old agent's stream: it reads each ack's id and sends the next batch.
+    let pki = Pki::new();
+    let store = Arc::new(MemStore::default());
+    let server = serve(&pki, store.clone(), Limits::default()).await;
+    let mut grpc = raw_client(&pki, &server).await;
+    let (tx, rx) = mpsc::channel(4);
+    let codec = tonic_prost::ProstCodec::<v1::Batch, OldAck>::default();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/leash.v1.Ingest/Push");
+    let mut acks = grpc
+        .streaming(tonic::Request::new(ReceiverStream::new(rx)), path, codec)
+        .await
+        .expect("call")
+        .into_inner();
+    for seq in 1..=2 {
+        let mut b = batch("node-a", seq, &vec![flow("node-a", "payment-1", 10, 1); 3]);
+        b.flow_groups[0].flows[0].names = vec![".".into()];
+        tx.send(b).await.expect("stream open");
+        let ack = tokio::time::timeout(WAIT, acks.message())
+            .await
+            .expect("an answer in time")
+            .expect("acked")
+            .expect("stream open");
+        assert_eq!(
+            ack,
+            OldAck {
+                id: Some(id("node-a", seq)),
+                duplicate: false
+            }
+        );
+    }
+    assert_eq!(store.batches(), 2);
+    assert_eq!(store.count("payment-1", "203.0.113.10"), Some(4));
+}
+
+/// A cluster with two pods in `shop`: `web-1` of Deployment `web`, and `evil-1`, whose owner
+/// reference (which the API server does not check as a name) names a Deployment
+/// `evil|<img src=x>`.
+fn cluster_with_a_hostile_owner() -> Cluster {
+    use k8s_openapi::api::core::v1::Pod;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+    let pod = |name: &str, owner: &str| Pod {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("shop".into()),
+            uid: Some(format!("uid-{name}")),
+            owner_references: Some(vec![OwnerReference {
+                api_version: "apps/v1".into(),
+                kind: "Deployment".into(),
+                name: owner.into(),
+                uid: format!("uid-{owner}"),
+                controller: Some(true),
+                ..OwnerReference::default()
+            }]),
+            ..ObjectMeta::default()
+        },
+        ..Pod::default()
+    };
+    let mut inventory = leash::cluster::Inventory::default();
+    inventory.add_pod(&pod("web-1", "web")).expect("pod");
+    inventory
+        .add_pod(&pod("evil-1", "evil|<img src=x>"))
+        .expect("pod");
+    Cluster::new(inventory)
+}
+
+#[tokio::test]
+async fn a_workload_with_a_hostile_name_never_reaches_the_store() {
+    let pki = Pki::new();
+    let store = Arc::new(MemStore::default());
+    let server = serve_model(
+        &pki,
+        store.clone(),
+        Limits::default(),
+        cluster_with_a_hostile_owner(),
+    )
+    .await;
+    let mut c = client(&pki, "node-a", server.addr).await;
+    let mut p = push(&mut c).await;
+    let flows = [
+        flow("node-a", "web-1", 10, 1),
+        flow("node-a", "evil-1", 11, 2),
+        flow("node-a", "evil-1", 12, 4),
+    ];
+    p.send(batch("node-a", 1, &flows)).await;
+    let ack = p.ack().await;
+    let detail = r#"workload: name "evil\u{7c}\u{3c}img\u{20}src\u{3d}x\u{3e}": character not allowed at byte 4"#;
+    assert_eq!(
+        refused(&ack),
+        [
+            (1, v1::RejectReason::InvalidPod, detail),
+            (2, v1::RejectReason::InvalidPod, detail)
+        ]
+    );
+    assert_eq!(store.count("web", "203.0.113.10"), Some(1));
+    let state = store.state.lock().expect("lock");
+    assert!(
+        state.counts.keys().all(|(w, _, _)| w == "web"),
+        "{:?}",
+        state.counts
+    );
+}
+
+/// GETs `path` from the HTTP router of `service`: the status and the body.
+async fn http_get(service: &IngestService, path: &str) -> (u16, String) {
+    use tower::ServiceExt as _;
+    let (_tx, model) = watch::channel(Some(Arc::new(ClusterState::from_cluster(
+        Cluster::default(),
+    ))));
+    let state = Arc::new(leash::serve::http::AppState {
+        store: Arc::new(MemStore::default()),
+        model,
+        registry: Arc::new(prometheus_client::registry::Registry::default()),
+        ingest_listening: true.into(),
+        ingest: service.clone(),
+        options: leash::synth::Options::default(),
+    });
+    let request = axum::http::Request::get(path)
+        .body(axum::body::Body::empty())
+        .expect("request");
+    let response = leash::serve::http::router(state)
+        .oneshot(request)
+        .await
+        .expect("response");
+    let status = response.status().as_u16();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn readyz_is_not_ready_while_a_commit_is_slow_and_healthz_stays_ok() {
+    let pki = Pki::new();
+    let store = Arc::new(MemStore::default());
+    let limits = Limits {
+        slow_commit: Duration::from_millis(200),
+        ..Limits::default()
+    };
+    let server = serve(&pki, store.clone(), limits).await;
+    let mut c = client(&pki, "node-a", server.addr).await;
+    let mut p = push(&mut c).await;
+    assert_eq!(http_get(&server.service, "/readyz").await.0, 200);
+
+    // The store takes its time over a commit.
+    store.hold(true);
+    p.send(batch("node-a", 1, &[flow("node-a", "payment-1", 10, 1)]))
+        .await;
+    wait_until("the writer is in the commit", || store.waiting() == 1).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let (status, body) = loop {
+        let (status, body) = http_get(&server.service, "/readyz").await;
+        if status != 200 || tokio::time::Instant::now() > deadline {
+            break (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("ingest store writer slow: a batch has waited"),
+        "{body}"
+    );
+    // Busy is not dead: the liveness probe must not restart a server under load.
+    assert_eq!(
+        http_get(&server.service, "/healthz").await,
+        (200, "ok\n".to_owned())
+    );
+
+    store.hold(false);
+    assert_eq!(p.ack().await.id, Some(id("node-a", 1)));
+    assert_eq!(
+        http_get(&server.service, "/readyz").await,
+        (200, "ready\n".to_owned())
+    );
+    let text = metrics(&server);
+    assert!(
+        text.contains("leash_ingest_commit_seconds_count 1"),
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn oversized_messages_and_batches_are_resource_exhausted() {
     let pki = Pki::new();
@@ -624,6 +968,7 @@ async fn oversized_messages_and_batches_are_resource_exhausted() {
     let limits = Limits {
         max_records: 100,
         max_message_bytes: 64 << 10,
+        ..Limits::default()
     };
     let server = serve(&pki, store.clone(), limits).await;
     let mut a = client(&pki, "node-a", server.addr).await;
@@ -833,13 +1178,7 @@ async fn bytes_that_do_not_decode_are_invalid_argument() {
     let pki = Pki::new();
     let store = Arc::new(MemStore::default());
     let server = serve(&pki, store.clone(), Limits::default()).await;
-    let channel = Endpoint::from_shared(format!("https://{}", server.addr))
-        .expect("uri")
-        .connect_with_connector(TlsConnector::new(pki.client("node-a")))
-        .await
-        .expect("connect");
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.expect("ready");
+    let mut grpc = raw_client(&pki, &server).await;
     let (tx, rx) = mpsc::channel(1);
     tx.send(NotABatch { id: 7 }).await.expect("queued");
     let codec = tonic_prost::ProstCodec::<NotABatch, v1::Ack>::default();
@@ -870,4 +1209,17 @@ async fn bytes_that_do_not_decode_are_invalid_argument() {
         Some("leash_ingest_rejected_batches_total{cause=\"malformed\"} 1"),
         "{text}"
     );
+}
+
+/// A generic gRPC client over mutual TLS as `node-a`, for streams with message types of the
+/// test's own (an old agent's `Ack`, bytes that are no `Batch`).
+async fn raw_client(pki: &Pki, server: &Server) -> tonic::client::Grpc<tonic::transport::Channel> {
+    let channel = Endpoint::from_shared(format!("https://{}", server.addr))
+        .expect("uri")
+        .connect_with_connector(TlsConnector::new(pki.client("node-a")))
+        .await
+        .expect("connect");
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("ready");
+    grpc
 }

@@ -1,4 +1,4 @@
-//! Locating (and if needed building) the `lab-client` binary.
+//! Locating (and if needed building) the `lab-client` binary, and the workspace's `leash`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -8,8 +8,11 @@ use crate::error::{Error, Result};
 
 /// Environment variable that overrides where `lab-client` is.
 pub const LAB_CLIENT_ENV: &str = "LEASH_LAB_CLIENT";
+/// Environment variable that overrides where `leash` (the recommender) is.
+pub const LEASH_BIN_ENV: &str = "LEASH_BIN";
 
 static CACHE: Mutex<Option<PathBuf>> = Mutex::new(None);
+static LEASH_CACHE: Mutex<Option<PathBuf>> = Mutex::new(None);
 
 /// The target profile directory of the running executable: `target/<profile>` for both test
 /// binaries (`target/<profile>/deps/<name>-<hash>`) and binaries (`target/<profile>/<name>`).
@@ -35,17 +38,32 @@ fn profile_dir() -> Result<PathBuf> {
 /// executable. When it is missing there, builds it once with
 /// `cargo build -p leash-lab --bin lab-client [--release]` into that target directory.
 pub fn lab_client_path() -> Result<PathBuf> {
-    let mut cache = CACHE
+    workspace_bin(&CACHE, LAB_CLIENT_ENV, "leash-lab", "lab-client")
+}
+
+/// Finds the recommender binary `leash` the same way: `$LEASH_BIN`, else
+/// `target/<profile>/leash`, built once with `cargo build -p leash --bin leash` when missing.
+pub fn leash_path() -> Result<PathBuf> {
+    workspace_bin(&LEASH_CACHE, LEASH_BIN_ENV, "leash", "leash")
+}
+
+fn workspace_bin(
+    cache: &Mutex<Option<PathBuf>>,
+    env: &str,
+    package: &str,
+    name: &str,
+) -> Result<PathBuf> {
+    let mut cache = cache
         .lock()
         .map_err(|_| Error::ClientBinary("lock poisoned".into()))?;
     if let Some(p) = cache.as_ref() {
         return Ok(p.clone());
     }
-    if let Some(p) = std::env::var_os(LAB_CLIENT_ENV) {
+    if let Some(p) = std::env::var_os(env) {
         let p = PathBuf::from(p);
         if !p.is_file() {
             return Err(Error::ClientBinary(format!(
-                "${LAB_CLIENT_ENV}={} is not a file",
+                "${env}={} is not a file",
                 p.display()
             )));
         }
@@ -53,9 +71,9 @@ pub fn lab_client_path() -> Result<PathBuf> {
         return Ok(p);
     }
     let profile = profile_dir()?;
-    let bin = profile.join("lab-client");
+    let bin = profile.join(name);
     if !bin.is_file() {
-        build(&profile)?;
+        build(&profile, package, name)?;
     }
     if !bin.is_file() {
         return Err(Error::ClientBinary(format!(
@@ -67,13 +85,13 @@ pub fn lab_client_path() -> Result<PathBuf> {
     Ok(bin)
 }
 
-fn build(profile: &Path) -> Result<()> {
+fn build(profile: &Path, package: &str, name: &str) -> Result<()> {
     let target_dir = profile
         .parent()
         .ok_or_else(|| Error::ClientBinary(format!("{} has no parent", profile.display())))?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(&cargo);
-    cmd.args(["build", "-p", "leash-lab", "--bin", "lab-client"])
+    cmd.args(["build", "-p", package, "--bin", name])
         .env("CARGO_TARGET_DIR", target_dir);
     match profile.file_name().and_then(|n| n.to_str()) {
         Some("debug") => {}
@@ -94,7 +112,7 @@ fn build(profile: &Path) -> Result<()> {
     })?;
     if !out.status.success() {
         return Err(Error::ClientBinary(format!(
-            "`cargo build -p leash-lab --bin lab-client` failed ({}): {}",
+            "`cargo build -p {package} --bin {name}` failed ({}): {}",
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         )));

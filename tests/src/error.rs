@@ -75,8 +75,8 @@ pub enum Error {
         /// The key that was looked up.
         key: String,
     },
-    /// The `lab-client` binary could not be found or built.
-    #[error("lab-client binary: {0}")]
+    /// A workspace binary (`lab-client`, `leash`) could not be found or built.
+    #[error("workspace binary: {0}")]
     ClientBinary(String),
     /// `lab-client` printed something that is not the expected JSON.
     #[error(

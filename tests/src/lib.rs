@@ -92,7 +92,7 @@ mod sys;
 use std::fs;
 use std::path::Path;
 
-pub use client::{LAB_CLIENT_ENV, lab_client_path};
+pub use client::{LAB_CLIENT_ENV, LEASH_BIN_ENV, lab_client_path, leash_path};
 pub use dns::{
     DnsConfig, DnsFlavour, DnsRecord, DnsStats, LARGE_COUNT, LARGE_NAME, MALFORMED_NAME,
     SERVER_EDNS_PAYLOAD,

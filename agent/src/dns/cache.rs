@@ -8,10 +8,18 @@
 //! path to the address, then stays usable for a grace period, because clients keep using
 //! addresses after their TTL (connection pools, long-lived connections).
 //!
-//! Names are stored lower case without the trailing dot. Only `NOERROR` answers count. Entries are
+//! Names are stored lower case without the trailing dot. Only `NOERROR` answers count; give the
+//! cache responses [`super::check_response`] returned, so that every name is valid. Entries are
 //! keyed by a pod key (the pod UID, or the cgroup path for processes outside pods), so two pods
 //! never see each other's answers. Size is bounded per pod and in total; when over a bound the
 //! least recently updated (pod, IP) entry goes first.
+//!
+//! **Names per address** are bounded too (`max_names`, `--dns-max-names-per-address`): a pod can
+//! answer itself with any number of names for one address, and each of them would otherwise
+//! ride along in every flow record to that address. The entry keeps the name the pod asked for
+//! first (the first query name whose answer led to the address), then the most recently
+//! answered ones; the least recently answered other name goes first, counted in
+//! `dns_names_evicted`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
@@ -34,6 +42,8 @@ pub struct DnsCacheConfig {
     pub max_total: usize,
     /// Longest CNAME chain followed (guards against loops and hostile chains).
     pub max_chain: usize,
+    /// Maximum names per (pod, IP) entry: the names of one flow record.
+    pub max_names: usize,
 }
 
 impl Default for DnsCacheConfig {
@@ -43,15 +53,27 @@ impl Default for DnsCacheConfig {
             max_per_pod: 4096,
             max_total: 65_536,
             max_chain: 16,
+            max_names: 16,
         }
     }
 }
 
-/// The names of one (pod, IP), with when each one stops being valid (TTL, before grace).
+/// The names of one (pod, IP).
 #[derive(Debug)]
 struct IpEntry {
-    names: BTreeMap<Arc<str>, DateTime<Utc>>,
+    names: BTreeMap<Arc<str>, NameSlot>,
+    /// The first query name that led to this IP: kept whatever else arrives, until it expires.
+    asked: Option<Arc<str>>,
     seq: u64,
+}
+
+/// One name of an [`IpEntry`].
+#[derive(Debug, Clone, Copy)]
+struct NameSlot {
+    /// When the name stops being valid (TTL, before grace).
+    expires: DateTime<Utc>,
+    /// When an answer last gave this name (the cache's name counter), for eviction.
+    answered: u64,
 }
 
 #[derive(Debug, Default)]
@@ -69,6 +91,8 @@ pub struct DnsCache {
     /// Update order of all entries, for global eviction.
     order: BTreeMap<u64, (Arc<str>, IpAddr)>,
     next_seq: u64,
+    /// Counter stamping each name an answer gives (its [`NameSlot::answered`]).
+    next_answer: u64,
     metrics: Metrics,
 }
 
@@ -79,11 +103,13 @@ impl DnsCache {
             config: DnsCacheConfig {
                 max_per_pod: config.max_per_pod.max(1),
                 max_total: config.max_total.max(1),
+                max_names: config.max_names.max(1),
                 ..config
             },
             pods: HashMap::new(),
             order: BTreeMap::new(),
             next_seq: 0,
+            next_answer: 0,
             metrics,
         }
     }
@@ -106,12 +132,13 @@ impl DnsCache {
         // Reverse CNAME edges: target → [(alias, ttl)], to walk from an address's owner back to
         // every name that led to it.
         let mut aliases: HashMap<String, Vec<(String, u32)>> = HashMap::new();
+        let query = super::normalize(&response.query);
         for answer in &response.answers {
             if let AnswerData::Cname(target) = &answer.data {
                 aliases
-                    .entry(normalize(target))
+                    .entry(super::normalize(target))
                     .or_default()
-                    .push((normalize(&answer.name), answer.ttl));
+                    .push((super::normalize(&answer.name), answer.ttl));
             }
         }
         let mut labels: Vec<(IpAddr, Vec<(String, u32)>)> = Vec::new();
@@ -119,7 +146,7 @@ impl DnsCache {
             if let AnswerData::Addr(ip) = answer.data {
                 labels.push((
                     ip,
-                    self.chain(&aliases, normalize(&answer.name), answer.ttl),
+                    self.chain(&aliases, super::normalize(&answer.name), answer.ttl),
                 ));
             }
         }
@@ -131,7 +158,7 @@ impl DnsCache {
             None => Arc::from(pod_key),
         };
         for (ip, names) in labels {
-            self.upsert(&pod_key, ip, names, at);
+            self.upsert(&pod_key, ip, names, &query, at);
         }
         self.metrics.dns_cache_size.set(self.len() as i64);
     }
@@ -167,6 +194,7 @@ impl DnsCache {
         pod_key: &Arc<str>,
         ip: IpAddr,
         names: Vec<(String, u32)>,
+        query: &str,
         at: DateTime<Utc>,
     ) {
         let seq = self.next_seq;
@@ -174,6 +202,7 @@ impl DnsCache {
         let pod = self.pods.entry(pod_key.clone()).or_default();
         let entry = pod.by_ip.entry(ip).or_insert_with(|| IpEntry {
             names: BTreeMap::new(),
+            asked: None,
             seq,
         });
         // Re-stamp the entry as most recently updated.
@@ -182,10 +211,39 @@ impl DnsCache {
         entry.seq = seq;
         pod.order.insert(seq, ip);
         self.order.insert(seq, (pod_key.clone(), ip));
+        // Each name is stamped in chain order (the address's owner first), so a response that
+        // alone brings more than `max_names` names keeps the aliases nearest the question.
         for (name, ttl) in names {
             let expires = at + TimeDelta::seconds(i64::from(ttl));
-            let slot = entry.names.entry(Arc::from(name)).or_insert(expires);
-            *slot = (*slot).max(expires);
+            let answered = self.next_answer;
+            self.next_answer += 1;
+            match entry.names.get_mut(name.as_str()) {
+                Some(slot) => {
+                    slot.expires = slot.expires.max(expires);
+                    slot.answered = answered;
+                }
+                None => {
+                    entry
+                        .names
+                        .insert(Arc::from(name), NameSlot { expires, answered });
+                }
+            }
+        }
+        if entry.asked.is_none()
+            && let Some((name, _)) = entry.names.get_key_value(query)
+        {
+            entry.asked = Some(name.clone());
+        }
+        while entry.names.len() > self.config.max_names {
+            let oldest = entry
+                .names
+                .iter()
+                .filter(|(name, _)| entry.asked.as_ref() != Some(name))
+                .min_by_key(|(_, slot)| slot.answered)
+                .map(|(name, _)| name.clone());
+            let Some(oldest) = oldest else { break };
+            entry.names.remove(&oldest);
+            self.metrics.dns_names_evicted.inc();
         }
         // Per-pod bound, then the global one.
         while pod.by_ip.len() > self.config.max_per_pod {
@@ -224,8 +282,9 @@ impl DnsCache {
         entry
             .names
             .iter()
-            .filter(|(_, expires)| {
-                at <= expires
+            .filter(|(_, slot)| {
+                at <= slot
+                    .expires
                     .checked_add_signed(grace)
                     .unwrap_or(DateTime::<Utc>::MAX_UTC)
             })
@@ -240,11 +299,19 @@ impl DnsCache {
         let mut dead = Vec::new();
         for (key, pod) in &mut self.pods {
             for (ip, entry) in &mut pod.by_ip {
-                entry.names.retain(|_, expires| {
-                    at <= expires
+                entry.names.retain(|_, slot| {
+                    at <= slot
+                        .expires
                         .checked_add_signed(grace)
                         .unwrap_or(DateTime::<Utc>::MAX_UTC)
                 });
+                if entry
+                    .asked
+                    .as_ref()
+                    .is_some_and(|asked| !entry.names.contains_key(asked))
+                {
+                    entry.asked = None;
+                }
                 if entry.names.is_empty() {
                     dead.push((key.clone(), *ip, entry.seq));
                 }
@@ -257,11 +324,6 @@ impl DnsCache {
         self.metrics.dns_cache_size.set(self.len() as i64);
         dead.len()
     }
-}
-
-/// Lower case, no trailing dot.
-fn normalize(name: &str) -> String {
-    name.strip_suffix('.').unwrap_or(name).to_lowercase()
 }
 
 #[cfg(test)]
@@ -514,6 +576,142 @@ mod tests {
         assert_eq!(c.names_for("a", ip("198.51.100.4"), t0()), ["n.test"]);
         assert_eq!(c.names_for("a", ip("198.51.100.2"), t0()), ["n.test"]);
         assert_eq!(c.names_for("b", ip("203.0.113.1"), t0()), ["n.test"]);
+    }
+
+    /// A response to `query` whose answer gives `owner` the address `addr`.
+    fn answer(query: &str, owner: &str, addr: &str, ttl: u32) -> DnsResponse {
+        let mut msg = super::super::testing::message(
+            "placeholder.test.",
+            RecordType::A,
+            ResponseCode::NoError,
+            &[],
+        );
+        msg.queries.clear();
+        msg.add_query(hickory_proto::op::Query::query(
+            super::super::testing::name(query),
+            RecordType::A,
+        ));
+        msg.add_answer(hickory_proto::rr::Record::from_rdata(
+            super::super::testing::name(owner),
+            ttl,
+            hickory_proto::rr::RData::A(hickory_proto::rr::rdata::A(addr.parse().unwrap())),
+        ));
+        parse_response(&msg.to_vec().unwrap()).unwrap()
+    }
+
+    fn bounded(max_names: usize, metrics: &Metrics) -> DnsCache {
+        DnsCache::new(
+            DnsCacheConfig {
+                max_names,
+                ..DnsCacheConfig::default()
+            },
+            metrics.clone(),
+        )
+    }
+
+    #[test]
+    fn names_per_address_keep_the_first_asked_then_the_most_recent() {
+        let metrics = Metrics::new();
+        let mut c = bounded(4, &metrics);
+        let addr = ip("203.0.113.20");
+        for i in 0..10 {
+            let n = format!("n{i}.flood.test.");
+            c.insert("p", &answer(&n, &n, "203.0.113.20", 60), t0() + secs(i));
+        }
+        // n0 was asked first; n7..n9 are the most recent.
+        assert_eq!(
+            c.names_for("p", addr, t0()),
+            [
+                "n0.flood.test",
+                "n7.flood.test",
+                "n8.flood.test",
+                "n9.flood.test"
+            ]
+        );
+        assert_eq!(metrics.dns_names_evicted.get(), 6);
+        // Answering n7 again makes it the most recent: n8 goes next.
+        c.insert(
+            "p",
+            &answer("n7.flood.test.", "n7.flood.test.", "203.0.113.20", 60),
+            t0() + secs(20),
+        );
+        c.insert(
+            "p",
+            &answer("n10.flood.test.", "n10.flood.test.", "203.0.113.20", 60),
+            t0() + secs(21),
+        );
+        assert_eq!(
+            c.names_for("p", addr, t0()),
+            [
+                "n0.flood.test",
+                "n10.flood.test",
+                "n7.flood.test",
+                "n9.flood.test"
+            ]
+        );
+        assert_eq!(metrics.dns_names_evicted.get(), 7);
+        // Other addresses and pods have their own bound.
+        c.insert(
+            "q",
+            &answer("other.test.", "other.test.", "203.0.113.20", 60),
+            t0(),
+        );
+        assert_eq!(c.names_for("q", addr, t0()), ["other.test"]);
+    }
+
+    #[test]
+    fn the_asked_name_is_the_first_query_that_led_to_the_address() {
+        let metrics = Metrics::new();
+        let mut c = bounded(2, &metrics);
+        let addr = ip("203.0.113.21");
+        // A question whose answer is about another name does not pin anything.
+        c.insert("p", &answer("x.test.", "y.test.", "203.0.113.21", 60), t0());
+        c.insert("p", &answer("z.test.", "z.test.", "203.0.113.21", 60), t0());
+        c.insert("p", &answer("w.test.", "w.test.", "203.0.113.21", 60), t0());
+        c.insert("p", &answer("v.test.", "v.test.", "203.0.113.21", 60), t0());
+        assert_eq!(c.names_for("p", addr, t0()), ["v.test", "z.test"]);
+        // Once the asked name expires and is purged, the next question that leads here is kept.
+        let mut c = bounded(2, &metrics);
+        c.insert("p", &answer("a.test.", "a.test.", "203.0.113.21", 10), t0());
+        c.insert(
+            "p",
+            &answer("b.test.", "b.test.", "203.0.113.21", 1000),
+            t0(),
+        );
+        c.purge(t0() + secs(10 + 300 + 1));
+        assert_eq!(c.names_for("p", addr, t0()), ["b.test"]);
+        c.insert(
+            "p",
+            &answer("c.test.", "c.test.", "203.0.113.21", 1000),
+            t0(),
+        );
+        c.insert(
+            "p",
+            &answer("d.test.", "d.test.", "203.0.113.21", 1000),
+            t0(),
+        );
+        c.insert(
+            "p",
+            &answer("e.test.", "e.test.", "203.0.113.21", 1000),
+            t0(),
+        );
+        // c.test is the new asked name; b.test, older than d.test and e.test, went first.
+        assert_eq!(c.names_for("p", addr, t0()), ["c.test", "e.test"]);
+    }
+
+    #[test]
+    fn default_bound_is_sixteen_names() {
+        let metrics = Metrics::new();
+        let mut c = DnsCache::new(DnsCacheConfig::default(), metrics.clone());
+        for i in 0..2000 {
+            let n = format!("n{i}.flood.test.");
+            c.insert("p", &answer(&n, &n, "203.0.113.22", 60), t0());
+        }
+        let names = c.names_for("p", ip("203.0.113.22"), t0());
+        assert_eq!(names.len(), 16);
+        assert!(names.contains(&"n0.flood.test".to_owned()));
+        assert!(names.contains(&"n1999.flood.test".to_owned()));
+        assert_eq!(metrics.dns_names_evicted.get(), 2000 - 16);
     }
 
     #[test]

@@ -2,6 +2,10 @@
 //!
 //! - [`parse_response`]: a DNS response payload (no TCP length prefix) into a [`DnsResponse`],
 //!   with `hickory-proto`. Hostile input is an [`Error`], never a panic.
+//! - [`check_response`]: what of a response leash may record. DNS names are chosen by whoever
+//!   answers, and any pod can answer itself (a packet to itself over loopback from port 53), so
+//!   every name is checked with [`leash_records::names::dns_name`] before it enters a record or
+//!   the cache, and a record's size is bounded.
 //! - [`cache::DnsCache`]: which names resolved to which IP, per pod, honouring TTLs plus grace.
 //! - [`dns_record`]: the v1 `kind: dns` record.
 
@@ -13,6 +17,7 @@ use std::net::IpAddr;
 use chrono::{DateTime, Utc};
 use hickory_proto::op::{Message, MessageType, ResponseCode};
 use hickory_proto::rr::{RData, RecordType};
+use leash_records::names::{self, NameError};
 use leash_records::{DnsAnswer, DnsRecord};
 
 use crate::attribution::Attribution;
@@ -70,6 +75,19 @@ pub struct Answer {
     pub ttl: u32,
 }
 
+impl Answer {
+    /// The bytes this answer's text takes in a record (owner, type and data).
+    fn text_len(&self) -> usize {
+        let data = match &self.data {
+            // An address is at most 39 characters; formatting it only to measure is waste.
+            AnswerData::Addr(IpAddr::V4(_)) => 15,
+            AnswerData::Addr(IpAddr::V6(_)) => 39,
+            AnswerData::Cname(text) | AnswerData::Other(text) => text.len(),
+        };
+        self.name.len() + self.rtype.len() + data
+    }
+}
+
 /// A parsed DNS response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DnsResponse {
@@ -85,13 +103,26 @@ pub struct DnsResponse {
     pub truncated: bool,
     /// The answer section, in packet order, at most [`MAX_ANSWERS`] records.
     pub answers: Vec<Answer>,
+    /// Answers of the packet beyond [`MAX_ANSWERS`], not kept.
+    pub omitted_answers: usize,
 }
 
 /// Answers kept per response; a legitimate response to a pod has far fewer, and a hostile one
 /// must not cost unbounded memory downstream.
 pub const MAX_ANSWERS: usize = 128;
 
+/// The most text (owner names, types and data, in bytes) the answers of one DNS record carry.
+///
+/// Name compression lets a 4 KiB payload expand to tens of kilobytes of text (128 answers
+/// pointing at one 253-byte name); with this bound a record stays under about 4.5 KiB, as a
+/// flow record with 16 names of 253 bytes does.
+pub const MAX_ANSWER_BYTES: usize = 4096;
+
 /// Parses a DNS response payload (for DNS over TCP, without the 2-byte length prefix).
+///
+/// Names are in their ASCII presentation form, as in the packet (case kept, trailing dot):
+/// IDNs stay in punycode, and bytes outside a hostname's characters are escaped with `\`, so
+/// such names fail [`checked_name`] instead of being shown in a look-alike form.
 pub fn parse_response(payload: &[u8]) -> Result<DnsResponse> {
     let message = Message::from_vec(payload).map_err(|e| Error::Malformed(e.to_string()))?;
     if message.metadata.message_type != MessageType::Response {
@@ -103,12 +134,12 @@ pub fn parse_response(payload: &[u8]) -> Result<DnsResponse> {
         .iter()
         .take(MAX_ANSWERS)
         .map(|record| Answer {
-            name: display(&record.name),
+            name: record.name.to_ascii(),
             rtype: rtype_name(record.record_type()),
             data: match &record.data {
                 RData::A(a) => AnswerData::Addr(IpAddr::V4(a.0)),
                 RData::AAAA(a) => AnswerData::Addr(IpAddr::V6(a.0)),
-                RData::CNAME(c) => AnswerData::Cname(display(&c.0)),
+                RData::CNAME(c) => AnswerData::Cname(c.0.to_ascii()),
                 other => AnswerData::Other(display(other)),
             },
             ttl: record.ttl,
@@ -116,11 +147,12 @@ pub fn parse_response(payload: &[u8]) -> Result<DnsResponse> {
         .collect();
     Ok(DnsResponse {
         id: message.metadata.id,
-        query: display(&question.name),
+        query: question.name.to_ascii(),
         qtype: rtype_name(question.query_type),
         rcode: rcode_name(message.metadata.response_code),
         truncated: message.metadata.truncation,
         answers,
+        omitted_answers: message.answers.len().saturating_sub(MAX_ANSWERS),
     })
 }
 
@@ -172,10 +204,79 @@ pub fn rcode_name(rcode: ResponseCode) -> String {
     name.to_owned()
 }
 
+/// A DNS name as leash stores it: without the trailing dot, ASCII lower case.
+pub fn normalize(name: &str) -> String {
+    name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
+}
+
+/// `name` (as in the packet, trailing dot allowed) in the form leash stores
+/// ([`normalize`]), when [`names::dns_name`] accepts it. The root `.` is empty, so refused.
+pub fn checked_name(name: &str) -> Result<String, NameError> {
+    let normalized = normalize(name);
+    names::dns_name(&normalized)?;
+    Ok(normalized)
+}
+
+/// What of `response` leash may record, or `None` when nothing may. Counts what it leaves out
+/// in `metrics` (`dns_names_skipped{reason}` per refused name, `dns_answers_cut{cause}` per
+/// answer).
+///
+/// - A refused question name: the whole response is dropped (no record, no label). The answer
+///   cannot be tied to a name the pod asked for, and a resolver never answers an address lookup
+///   for such a name (a root `.` query has no address answers).
+/// - An answer whose owner name, or whose CNAME target, is refused is left out: its address is
+///   not labelled with that name, and a CNAME chain through a refused name is cut there (names
+///   before it do not reach the address).
+/// - Answers beyond [`MAX_ANSWERS`] (`too_many`) and beyond [`MAX_ANSWER_BYTES`] of text
+///   (`too_large`) are left out; later, smaller answers may still fit.
+///
+/// The answers kept both label flows (through the cache) and go into the record, so what a
+/// record shows is what labelled the pod's flows.
+pub fn check_response(mut response: DnsResponse, metrics: &Metrics) -> Option<DnsResponse> {
+    metrics.add_dns_answers_cut("too_many", response.omitted_answers as u64);
+    if let Err(error) = checked_name(&response.query) {
+        metrics.add_dns_name_skipped(error.reason());
+        metrics.add_dns_answers_cut("query_refused", response.answers.len() as u64);
+        tracing::debug!(
+            query = %names::display_prefix(&response.query),
+            %error,
+            "skipping DNS response: question name refused"
+        );
+        return None;
+    }
+    let mut budget = MAX_ANSWER_BYTES;
+    response.answers.retain(|answer| {
+        let target = match &answer.data {
+            AnswerData::Cname(target) => checked_name(target).map(drop),
+            AnswerData::Addr(_) | AnswerData::Other(_) => Ok(()),
+        };
+        if let Err(error) = checked_name(&answer.name).map(drop).and(target) {
+            metrics.add_dns_name_skipped(error.reason());
+            metrics.add_dns_answers_cut("invalid_name", 1);
+            tracing::debug!(
+                owner = %names::display_prefix(&answer.name),
+                %error,
+                "skipping DNS answer: name refused"
+            );
+            return false;
+        }
+        let len = answer.text_len();
+        if len > budget {
+            metrics.add_dns_answers_cut("too_large", 1);
+            return false;
+        }
+        budget -= len;
+        true
+    });
+    Some(response)
+}
+
 /// The v1 `kind: dns` record for `response`, received from `server` at `time` by the process
 /// `attribution` describes, on `node`.
 ///
 /// Answers keep packet order (it is the order of the CNAME chain), names keep their trailing dot.
+/// Give it a response [`check_response`] returned, so that every name passes the record
+/// contract.
 pub fn dns_record(
     response: &DnsResponse,
     server: IpAddr,
@@ -205,7 +306,7 @@ pub fn dns_record(
     }
 }
 
-/// The agent's DNS path in one place: parse, count failures, cache, build the record.
+/// The agent's DNS path in one place: parse, check, count failures, cache, build the record.
 #[derive(Debug)]
 pub struct DnsTracker {
     cache: DnsCache,
@@ -222,8 +323,10 @@ impl DnsTracker {
     }
 
     /// Handles one DNS response payload received by `attribution`'s process from `server` at
-    /// `time`: caches its answers under the pod key and returns the v1 record. A payload that does
-    /// not parse is counted in `dns_parse_errors`, logged at debug level, and gives `None`.
+    /// `time`: checks it ([`check_response`]), caches its answers under the pod key and returns
+    /// the v1 record. A payload that does not parse is counted in `dns_parse_errors`, logged at
+    /// debug level, and gives `None`; so does a response whose question name is refused
+    /// (counted in `dns_names_skipped`).
     pub fn observe(
         &mut self,
         payload: &[u8],
@@ -234,6 +337,7 @@ impl DnsTracker {
     ) -> Option<DnsRecord> {
         match parse_response(payload) {
             Ok(response) => {
+                let response = check_response(response, &self.metrics)?;
                 self.cache.insert(attribution.pod_key(), &response, time);
                 Some(dns_record(&response, server, time, node, attribution))
             }
@@ -286,7 +390,8 @@ pub mod testing {
         Txt(&'static str, &'static str, u32),
     }
 
-    fn name(s: &str) -> Name {
+    /// A test name from its text form (`.` is the root); panics on a bad test name.
+    pub fn name(s: &str) -> Name {
         Name::from_str(s).unwrap_or_else(|e| panic!("test name {s:?}: {e}"))
     }
 
@@ -342,7 +447,7 @@ mod tests {
     use super::testing::{TestRecord::*, message, response};
     use super::*;
     use hickory_proto::op::{Edns, MessageType, OpCode, Query};
-    use hickory_proto::rr::Name;
+    use hickory_proto::rr::{Name, Record};
     use proptest::prelude::*;
     use std::str::FromStr;
 
@@ -545,10 +650,356 @@ mod tests {
         ]
     }
 
+    fn t0() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-11-25T09:00:00Z")
+            .unwrap()
+            .to_utc()
+    }
+
+    /// A name from raw label bytes (anything a packet can carry).
+    fn raw(labels: &[&[u8]]) -> Name {
+        let mut name = Name::from_labels(labels.iter().map(|l| l.to_vec())).unwrap();
+        name.set_fqdn(true);
+        name
+    }
+
+    fn a_record(owner: Name, addr: &str) -> Record {
+        Record::from_rdata(
+            owner,
+            60,
+            RData::A(hickory_proto::rr::rdata::A(addr.parse().unwrap())),
+        )
+    }
+
+    fn cname_record(owner: Name, target: Name) -> Record {
+        Record::from_rdata(
+            owner,
+            60,
+            RData::CNAME(hickory_proto::rr::rdata::CNAME(target)),
+        )
+    }
+
+    /// A NOERROR response to `query` A with `answers`, as wire bytes.
+    fn hostile(query: Name, answers: Vec<Record>) -> Vec<u8> {
+        let mut msg = Message::new(7, MessageType::Response, OpCode::Query);
+        msg.add_query(Query::query(query, RecordType::A));
+        for answer in answers {
+            msg.add_answer(answer);
+        }
+        msg.to_vec().unwrap()
+    }
+
+    /// Every name in `record` (question, owners, CNAME targets) passes the shared check.
+    fn assert_valid_names(record: &DnsRecord) {
+        assert!(checked_name(&record.query).is_ok(), "{record:?}");
+        for a in &record.answers {
+            assert!(checked_name(&a.name).is_ok(), "{record:?}");
+            if a.rtype == "CNAME" {
+                assert!(checked_name(&a.data).is_ok(), "{record:?}");
+            }
+        }
+    }
+
+    fn tracker(metrics: &Metrics) -> DnsTracker {
+        DnsTracker::new(DnsCacheConfig::default(), metrics.clone())
+    }
+
+    #[test]
+    fn root_owned_answer_labels_nothing_and_is_counted() {
+        let metrics = Metrics::new();
+        let mut t = tracker(&metrics);
+        let pod = Attribution::cgroup_only("/pod-a");
+        let bytes = hostile(
+            testing::name("evil.lab.test."),
+            vec![
+                a_record(Name::root(), "203.0.113.10"),
+                a_record(testing::name("ok.lab.test."), "203.0.113.10"),
+            ],
+        );
+        // The parser shows the root as `.`; without the check it became `""` in flow records.
+        assert_eq!(parse_response(&bytes).unwrap().answers[0].name, ".");
+        let record = t
+            .observe(&bytes, ip("198.51.100.53"), t0(), "n1", &pod)
+            .unwrap();
+        assert_eq!(record.query, "evil.lab.test.");
+        assert_eq!(
+            record
+                .answers
+                .iter()
+                .map(|a| a.name.as_str())
+                .collect::<Vec<_>>(),
+            ["ok.lab.test."]
+        );
+        assert_eq!(t.names_for(&pod, ip("203.0.113.10"), t0()), ["ok.lab.test"]);
+        assert_eq!(metrics.dns_names_skipped_for("empty"), 1);
+        assert_eq!(metrics.dns_answers_cut_for("invalid_name"), 1);
+    }
+
+    #[test]
+    fn refused_question_drops_the_whole_response() {
+        let metrics = Metrics::new();
+        let mut t = tracker(&metrics);
+        let pod = Attribution::cgroup_only("/pod-a");
+        for query in [
+            Name::root(),
+            raw(&[b"a b", b"test"]),
+            raw(&[b"<script>", b"test"]),
+        ] {
+            let bytes = hostile(
+                query,
+                vec![a_record(testing::name("ok.test."), "203.0.113.10")],
+            );
+            assert!(
+                t.observe(&bytes, ip("198.51.100.53"), t0(), "n1", &pod)
+                    .is_none()
+            );
+        }
+        assert!(t.cache().is_empty(), "nothing labelled");
+        assert_eq!(metrics.dns_names_skipped_for("empty"), 1);
+        assert_eq!(metrics.dns_names_skipped_for("invalid_char"), 2);
+        assert_eq!(metrics.dns_answers_cut_for("query_refused"), 3);
+        assert_eq!(
+            metrics.dns_parse_errors.get(),
+            0,
+            "these parse; they are refused"
+        );
+    }
+
+    #[test]
+    fn names_outside_the_character_set_are_refused_and_valid_ones_kept() {
+        let cases: [(Name, Option<&str>); 9] = [
+            (raw(&[b"Api", b"Stripe", b"test"]), Some("api.stripe.test")),
+            (
+                raw(&[b"_sip", b"_tcp", b"x-1", b"test"]),
+                Some("_sip._tcp.x-1.test"),
+            ),
+            (
+                raw(&[b"xn--bcher-kva", b"test"]),
+                Some("xn--bcher-kva.test"),
+            ),
+            (raw(&[b"a.b", b"test"]), None),
+            (raw(&["b\u{fc}cher".as_bytes(), b"test"]), None),
+            (raw(&[b"a\nb", b"test"]), None),
+            (raw(&[b"*", b"test"]), None),
+            (raw(&[b"a\"b", b"test"]), None),
+            (Name::root(), None),
+        ];
+        for (owner, want) in cases {
+            let metrics = Metrics::new();
+            let mut t = tracker(&metrics);
+            let pod = Attribution::cgroup_only("/p");
+            let bytes = hostile(
+                testing::name("q.test."),
+                vec![a_record(owner.clone(), "203.0.113.7")],
+            );
+            let record = t
+                .observe(&bytes, ip("198.51.100.53"), t0(), "n1", &pod)
+                .unwrap();
+            assert_valid_names(&record);
+            let names = t.names_for(&pod, ip("203.0.113.7"), t0());
+            match want {
+                Some(want) => {
+                    assert_eq!(names, [want], "{owner:?}");
+                    assert_eq!(record.answers.len(), 1);
+                }
+                None => {
+                    assert!(names.is_empty(), "{owner:?} labelled {names:?}");
+                    assert!(record.answers.is_empty());
+                    assert_eq!(metrics.dns_answers_cut_for("invalid_name"), 1, "{owner:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn names_and_labels_over_the_length_limits_are_refused() {
+        // The wire format cannot carry a label over 63 bytes or a name over 255 octets, so these
+        // come from text; the check is the same one the parser's output goes through.
+        let long_label = format!("{}.test.", "a".repeat(64));
+        assert_eq!(
+            checked_name(&long_label),
+            Err(NameError::LabelTooLong { len: 64 })
+        );
+        let long_name = format!("{}a.", "abcdefghi.".repeat(26));
+        assert!(matches!(
+            checked_name(&long_name),
+            Err(NameError::TooLong { .. })
+        ));
+        assert_eq!(checked_name("."), Err(NameError::Empty));
+        assert_eq!(checked_name(""), Err(NameError::Empty));
+        // A 253-character name with 63-byte labels, the longest there is, passes.
+        let longest = format!("{0}.{0}.{0}.{1}.", "a".repeat(63), "b".repeat(61));
+        assert_eq!(normalize(&longest).len(), 253);
+        assert!(checked_name(&longest).is_ok());
+        // Escapes the parser writes for unusual bytes are refused (as `\` is).
+        let escaped = parse_response(&hostile(
+            testing::name("q.test."),
+            vec![a_record(raw(&[&[0xff, 0x01], b"test"]), "203.0.113.7")],
+        ))
+        .unwrap();
+        assert!(
+            escaped.answers[0].name.contains('\\'),
+            "{:?}",
+            escaped.answers[0].name
+        );
+        assert_eq!(
+            checked_name(&escaped.answers[0].name).map_err(|e| e.reason()),
+            Err("invalid_char")
+        );
+    }
+
+    #[test]
+    fn cname_chain_through_a_refused_name_is_cut() {
+        let metrics = Metrics::new();
+        let mut t = tracker(&metrics);
+        let pod = Attribution::cgroup_only("/p");
+        let bad = raw(&[b"b c", b"test"]);
+        let bytes = hostile(
+            testing::name("a.test."),
+            vec![
+                cname_record(testing::name("a.test."), bad.clone()),
+                cname_record(bad, testing::name("c.test.")),
+                a_record(testing::name("c.test."), "203.0.113.8"),
+            ],
+        );
+        let record = t
+            .observe(&bytes, ip("198.51.100.53"), t0(), "n1", &pod)
+            .unwrap();
+        assert_valid_names(&record);
+        assert_eq!(
+            record
+                .answers
+                .iter()
+                .map(|a| (a.name.as_str(), a.rtype.as_str()))
+                .collect::<Vec<_>>(),
+            [("c.test.", "A")]
+        );
+        // `a.test` led to the address only through the refused name: it does not label it.
+        assert_eq!(t.names_for(&pod, ip("203.0.113.8"), t0()), ["c.test"]);
+        assert_eq!(metrics.dns_answers_cut_for("invalid_name"), 2);
+        assert_eq!(metrics.dns_names_skipped_for("invalid_char"), 2);
+    }
+
+    #[test]
+    fn answers_are_bounded_in_count_and_bytes() {
+        let metrics = Metrics::new();
+        // 130 answers: 2 over MAX_ANSWERS.
+        let many: Vec<Record> = (0..130u8)
+            .map(|i| a_record(testing::name("many.test."), &format!("198.51.100.{i}")))
+            .collect();
+        let response = parse_response(&hostile(testing::name("many.test."), many)).unwrap();
+        assert_eq!(
+            (response.answers.len(), response.omitted_answers),
+            (MAX_ANSWERS, 2)
+        );
+        let kept = check_response(response, &metrics).unwrap();
+        assert_eq!(kept.answers.len(), MAX_ANSWERS);
+        assert_eq!(metrics.dns_answers_cut_for("too_many"), 2);
+
+        // 40 answers owned by a 253-character name: compression makes each cost a few bytes of
+        // packet, but 4,400 bytes of text; those past the budget are cut, a short one after
+        // them still fits.
+        let long = format!("{0}.{0}.{0}.{1}.", "a".repeat(63), "b".repeat(61));
+        let mut answers: Vec<Record> = (0..40u8)
+            .map(|i| a_record(testing::name(&long), &format!("198.51.100.{i}")))
+            .collect();
+        answers.push(a_record(testing::name("s.test."), "203.0.113.9"));
+        let response = parse_response(&hostile(testing::name("s.test."), answers)).unwrap();
+        let kept = check_response(response, &metrics).unwrap();
+        let text: usize = kept.answers.iter().map(Answer::text_len).sum();
+        assert!(text <= MAX_ANSWER_BYTES, "{text}");
+        let fit = MAX_ANSWER_BYTES / (254 + 1 + 15);
+        assert_eq!(kept.answers.len(), fit + 1);
+        assert_eq!(kept.answers[fit].name, "s.test.");
+        assert_eq!(metrics.dns_answers_cut_for("too_large"), (40 - fit) as u64);
+    }
+
+    /// Hostile names: raw labels of any bytes, the root among them.
+    fn any_name() -> impl Strategy<Value = Name> {
+        prop_oneof![
+            1 => Just(Name::root()),
+            8 => proptest::collection::vec(
+                prop_oneof![
+                    proptest::collection::vec(any::<u8>(), 1..64),
+                    proptest::collection::vec(
+                        proptest::sample::select(b"abcAB0-_.".to_vec()),
+                        1..64
+                    ),
+                ],
+                1..5,
+            )
+            .prop_map(|labels| {
+                Name::from_labels(labels)
+                    .map(|mut n| {
+                        n.set_fqdn(true);
+                        n
+                    })
+                    .unwrap_or_else(|_| Name::root())
+            }),
+        ]
+    }
+
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..1500)) {
-            let _ = parse_response(&bytes);
+            if let Ok(response) = parse_response(&bytes) {
+                let metrics = Metrics::new();
+                if let Some(checked) = check_response(response, &metrics) {
+                    let attribution = Attribution::cgroup_only("/p");
+                    let record = dns_record(&checked, ip("198.51.100.53"), t0(), "n1", &attribution);
+                    assert_valid_names(&record);
+                }
+            }
+        }
+
+        /// Hostile responses (any owner, CNAME and question names, up to 40 answers) never make
+        /// a record or a label with a name the shared check refuses, nor more names per address
+        /// than the bound.
+        #[test]
+        fn hostile_responses_yield_only_valid_bounded_names(
+            query in any_name(),
+            answers in proptest::collection::vec(
+                (any_name(), prop_oneof![
+                    (0u8..4).prop_map(Err::<Name, u8>),
+                    any_name().prop_map(Ok),
+                ]),
+                0..40,
+            ),
+            max_names in 1usize..6,
+        ) {
+            let records: Vec<Record> = answers
+                .into_iter()
+                .map(|(owner, data)| match data {
+                    Err(i) => a_record(owner, &format!("203.0.113.{i}")),
+                    Ok(target) => cname_record(owner, target),
+                })
+                .collect();
+            let mut msg = Message::new(7, MessageType::Response, OpCode::Query);
+            msg.add_query(Query::query(query, RecordType::A));
+            for r in records {
+                msg.add_answer(r);
+            }
+            let Ok(bytes) = msg.to_vec() else { return Ok(()) };
+            let metrics = Metrics::new();
+            let mut t = DnsTracker::new(
+                DnsCacheConfig { max_names, ..DnsCacheConfig::default() },
+                metrics.clone(),
+            );
+            let pod = Attribution::cgroup_only("/p");
+            // Twice, so that a second answer adds names to the same addresses.
+            for _ in 0..2 {
+                if let Some(record) = t.observe(&bytes, ip("198.51.100.53"), t0(), "n1", &pod) {
+                    assert_valid_names(&record);
+                }
+            }
+            for i in 0..4u8 {
+                let names = t.names_for(&pod, IpAddr::from([203, 0, 113, i]), t0());
+                prop_assert!(names.len() <= max_names, "{names:?}");
+                for name in &names {
+                    prop_assert!(names::dns_name(name).is_ok(), "{name:?}");
+                    prop_assert_eq!(name, &name.to_ascii_lowercase());
+                }
+            }
         }
 
         #[test]
@@ -566,6 +1017,11 @@ mod tests {
             bytes.truncate(cut.max(12));
             if let Ok(r) = parse_response(&bytes) {
                 prop_assert!(r.answers.len() <= MAX_ANSWERS);
+                let metrics = Metrics::new();
+                if let Some(checked) = check_response(r, &metrics) {
+                    let attribution = Attribution::cgroup_only("/p");
+                    assert_valid_names(&dns_record(&checked, ip("198.51.100.53"), t0(), "n1", &attribution));
+                }
             }
         }
     }

@@ -6,6 +6,11 @@
 //! of distinct keys, not with time, and a long outage costs no more memory than a short one.
 //! DNS answers are events that cannot be merged; they get their own, separate bound. Past a
 //! bound, records are refused and the caller counts them as dropped.
+//!
+//! The names of a key are bounded too ([`DEFAULT_MAX_NAMES`]): a pod that resolves a flood of
+//! names to one address would otherwise grow one merged record, during an outage, past what
+//! the recommender takes in a message, and the whole record, counts included, would be lost.
+//! The names buffered first are kept; the names left out are counted.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -15,6 +20,10 @@ use leash_records::{DnsRecord, FlowRecord, Outcome, PodRef, Protocol};
 use rustc_hash::FxHashMap;
 
 use crate::sink::{FlowView, PodView};
+
+/// Most names a buffered flow key carries by default: four times the agent's default bound
+/// per (pod, address), so that merging the records of a few flush intervals loses none.
+pub const DEFAULT_MAX_NAMES: usize = 64;
 
 /// What [`MergeBuffer::push_flow`] did with a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,24 +81,33 @@ struct FlowSum {
 }
 
 impl FlowSum {
-    fn new(view: &FlowView<'_>) -> Self {
+    /// The sum of one record; names past `max_names` are left out and added to `dropped`.
+    fn new(view: &FlowView<'_>, max_names: usize, dropped: &mut u64) -> Self {
+        let kept = view.names.len().min(max_names);
+        *dropped += (view.names.len() - kept) as u64;
         Self {
             count: view.count,
             first_seen: view.first_seen.into(),
             last_seen: view.last_seen.into(),
-            names: view.names.to_vec(),
+            names: view.names[..kept].to_vec(),
             outcome: view.outcome,
         }
     }
 
-    fn merge(&mut self, view: &FlowView<'_>) {
+    /// Adds a record of the same key; new names past `max_names` are left out and added to
+    /// `dropped`.
+    fn merge(&mut self, view: &FlowView<'_>, max_names: usize, dropped: &mut u64) {
         self.count = self.count.saturating_add(view.count);
         self.first_seen = self.first_seen.min(view.first_seen.into());
         self.last_seen = self.last_seen.max(view.last_seen.into());
         for name in view.names {
             // Both lists are short and sorted; a binary search keeps them so.
             if let Err(at) = self.names.binary_search(name) {
-                self.names.insert(at, name.clone());
+                if self.names.len() >= max_names {
+                    *dropped += 1;
+                } else {
+                    self.names.insert(at, name.clone());
+                }
             }
         }
         self.outcome = match (self.outcome, view.outcome) {
@@ -119,6 +137,9 @@ pub struct MergeBuffer {
     max_keys: usize,
     dns: VecDeque<DnsRecord>,
     max_dns: usize,
+    max_names: usize,
+    /// Names left out since [`MergeBuffer::take_names_dropped`].
+    names_dropped: u64,
 }
 
 impl MergeBuffer {
@@ -130,7 +151,21 @@ impl MergeBuffer {
             max_keys,
             dns: VecDeque::new(),
             max_dns,
+            max_names: DEFAULT_MAX_NAMES,
+            names_dropped: 0,
         }
+    }
+
+    /// The same buffer keeping at most `max_names` names per flow key.
+    #[must_use]
+    pub fn with_max_names(mut self, max_names: usize) -> Self {
+        self.max_names = max_names;
+        self
+    }
+
+    /// Names left out (past the bound per key) since the last call.
+    pub fn take_names_dropped(&mut self) -> u64 {
+        std::mem::take(&mut self.names_dropped)
     }
 
     /// Flow keys buffered.
@@ -175,13 +210,16 @@ impl MergeBuffer {
             }
         };
         if let Some(sum) = flows.get_mut(&dest) {
-            sum.merge(view);
+            sum.merge(view, self.max_names, &mut self.names_dropped);
             return Pushed::Merged;
         }
         if full {
             return Pushed::Dropped;
         }
-        flows.insert(dest, FlowSum::new(view));
+        flows.insert(
+            dest,
+            FlowSum::new(view, self.max_names, &mut self.names_dropped),
+        );
         self.keys += 1;
         Pushed::Added
     }
@@ -309,6 +347,46 @@ mod tests {
         );
         assert!(buf.is_empty());
         assert_eq!(buf.cut("n1", 100), None);
+    }
+
+    #[test]
+    fn names_per_key_are_bounded_keeping_the_first_and_counting_the_rest() {
+        let mut buf = MergeBuffer::new(10, 10).with_max_names(3);
+        let a = flow(None, "/a", 443, 1, (0, 1), &["b.test", "d.test"]);
+        let b = flow(
+            None,
+            "/a",
+            443,
+            2,
+            (1, 2),
+            &["a.test", "c.test", "d.test", "e.test"],
+        );
+        let wide = flow(
+            None,
+            "/a",
+            80,
+            4,
+            (0, 1),
+            &["a.test", "b.test", "c.test", "d.test"],
+        );
+        buf.push_flow(&FlowView::of(&a));
+        assert_eq!(buf.take_names_dropped(), 0);
+        assert_eq!(buf.push_flow(&FlowView::of(&b)), Pushed::Merged);
+        // d.test is known; a.test fits; c.test and e.test do not.
+        assert_eq!(buf.take_names_dropped(), 2);
+        assert_eq!(buf.take_names_dropped(), 0, "taken");
+        buf.push_flow(&FlowView::of(&wide));
+        assert_eq!(buf.take_names_dropped(), 1);
+        let mut batch = buf.cut("n1", 10).unwrap();
+        batch.flows.sort_by_key(|f| f.dst_port);
+        let names: Vec<Vec<String>> = batch.flows.into_iter().map(|f| f.names).collect();
+        assert_eq!(
+            names,
+            [
+                vec!["a.test", "b.test", "c.test"],
+                vec!["a.test", "b.test", "d.test"]
+            ]
+        );
     }
 
     #[test]

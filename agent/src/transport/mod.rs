@@ -9,15 +9,27 @@
 //! The un-acked window is bounded too: when it is full, no batch is cut and the merge buffer
 //! keeps absorbing (merging repeats of the same keys, so memory stays flat in an outage).
 //!
+//! What the recommender refuses for good is never resent as it is (`Ack` in `ingest.proto`).
+//! Records its ack lists as refused were not stored: they are counted by reason
+//! (`leash_agent_transport_rejected_records_total{reason}`) and dropped. A batch refused whole
+//! (INVALID_ARGUMENT, RESOURCE_EXHAUSTED, or OUT_OF_RANGE for a message over the limit) ends
+//! the stream: it is [`split`] into halves with fresh ids, resent first on a new stream over the
+//! same connection, down to single records; a single refused record is dropped. Every other
+//! error (UNAVAILABLE, a broken connection, no ack in time) is transient: the same batches are
+//! resent after the backoff.
+//!
 //! What cannot be delivered is counted, never lost silently
 //! (`leash_agent_transport_dropped_{records,events}_total{cause}`): `buffer_full` (a new flow
-//! key when the buffer holds `--buffer-keys` keys), `dns_buffer_full`, and `shutdown` (what was
-//! still buffered or un-acked when the shutdown deadline passed). So the sum of `count` the
-//! recommender received equals the sum written to the sink minus the dropped events.
+//! key when the buffer holds `--buffer-keys` keys), `dns_buffer_full`, `shutdown` (what was
+//! still buffered or un-acked when the shutdown deadline passed), `rejected` (refused as
+//! invalid: listed in an ack, or a single record answered INVALID_ARGUMENT), `too_large` (a
+//! single record answered RESOURCE_EXHAUSTED or OUT_OF_RANGE) and `unencodable`. So the sum of
+//! `count` the recommender stored equals the sum written to the sink minus the dropped events.
 
 pub mod backoff;
 pub mod buffer;
 pub mod client;
+pub mod split;
 pub mod testing;
 
 use std::collections::VecDeque;
@@ -72,6 +84,8 @@ pub struct TransportConfig {
     pub buffer_keys: usize,
     /// Most DNS records buffered.
     pub buffer_dns: usize,
+    /// Most names a buffered flow key carries ([`buffer::DEFAULT_MAX_NAMES`]).
+    pub max_names_per_key: usize,
     /// Most records per batch.
     pub batch_records: usize,
     /// Most batches sent and not acknowledged.
@@ -87,7 +101,8 @@ pub struct TransportConfig {
 }
 
 impl TransportConfig {
-    /// Defaults for `url` and `node`: 100,000 keys, 10,000 DNS records, 2,000 records per batch,
+    /// Defaults for `url` and `node`: 100,000 keys, 10,000 DNS records, 64 names per key,
+    /// 2,000 records per batch,
     /// 16 batches in flight, backoff 100 ms to 30 s, 30 s ack timeout, 10 s shutdown deadline.
     pub fn new(url: &str, tls: Option<TlsFiles>, node: &str) -> Self {
         Self {
@@ -96,6 +111,7 @@ impl TransportConfig {
             node: node.to_owned(),
             buffer_keys: 100_000,
             buffer_dns: 10_000,
+            max_names_per_key: buffer::DEFAULT_MAX_NAMES,
             batch_records: 2_000,
             max_unacked: 16,
             backoff_base: Duration::from_millis(100),
@@ -233,7 +249,8 @@ impl GrpcSink {
         let connector = client::Connector::new(&config)?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                buffer: MergeBuffer::new(config.buffer_keys, config.buffer_dns),
+                buffer: MergeBuffer::new(config.buffer_keys, config.buffer_dns)
+                    .with_max_names(config.max_names_per_key),
                 unacked: VecDeque::new(),
                 next_seq: 1,
                 closing: false,
@@ -326,6 +343,10 @@ impl Sink for GrpcSink {
         let mut state = self.shared.lock();
         if state.buffer.push_flow(flow) == Pushed::Dropped {
             self.dropped(&mut state, "buffer_full", 1, flow.count);
+        }
+        let names = state.buffer.take_names_dropped();
+        if names > 0 {
+            self.shared.metrics.names_dropped.inc_by(names);
         }
     }
 

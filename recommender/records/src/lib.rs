@@ -1,7 +1,9 @@
 //! The contracts shared by `leash-agent` and `leash`, kept in one crate so the two sides cannot drift.
 //!
 //! - [`access`]: the Kubernetes API permissions each binary declares it uses.
+//! - [`bounded`]: bounded reading of input files (line length, file size, file type).
 //! - [`codec`]: the gRPC codec of `leash.v1` (prost, decoded from one contiguous slice).
+//! - [`names`]: which DNS names, Kubernetes names and label keys leash accepts.
 //! - [`record`]: the v1 JSON-lines records (`kind: flow` and `kind: dns`) and a reader that
 //!   names the file and line of every bad record.
 //! - [`snapshot`]: a cluster snapshot, as `kubectl get … -A -o yaml` prints it, loaded into
@@ -10,7 +12,9 @@
 //! - [`wire`]: the `leash.v1` gRPC messages, client and server, and their conversions to records.
 
 pub mod access;
+pub mod bounded;
 pub mod codec;
+pub mod names;
 pub mod record;
 pub mod snapshot;
 pub mod tls;
@@ -18,6 +22,6 @@ pub mod wire;
 
 pub use record::{
     DnsAnswer, DnsRecord, FlowRecord, Located, Outcome, PodRef, Protocol, Record, RecordError,
-    read_records,
+    TimeError, check_flow_times, check_time, read_records, read_records_limited,
 };
 pub use snapshot::{Snapshot, SnapshotError};

@@ -5,14 +5,18 @@
 //! wire therefore checks that every record's node is the batch's node, and converting from the
 //! wire takes the node from the batch id.
 //!
-//! Converting from the wire validates everything the JSON reader would reject (address
-//! lengths, protocol, port range, timestamps, empty names), so a malformed batch is rejected
-//! with an error naming the record (`flows[17]`, `dns[3]`) and its field, never a panic.
+//! Converting from the wire validates each record: everything the JSON reader would reject
+//! (address lengths, protocol, port range, timestamps), and the bounds on what the recommender
+//! stores (DNS and Kubernetes names through [`crate::names`], names and answers per record,
+//! cgroup length). An invalid record is refused alone, named by its index, reason and field
+//! ([`Refused`], sent back in `Ack.rejected`); only a problem of the batch itself fails the
+//! whole conversion. Nothing panics.
 
 use std::{fmt, net::IpAddr};
 
 use chrono::{DateTime, Utc};
 
+use crate::names;
 use crate::record::{DnsAnswer, DnsRecord, FlowRecord, Outcome, PodRef, Protocol};
 
 /// The generated `leash.v1` messages, `ingest_client::IngestClient` and
@@ -80,6 +84,21 @@ impl v1::Batch {
     }
 }
 
+/// Most DNS names one flow record may carry. An agent keeps at most 16 names per address by
+/// default (`--dns-max-names-per-address`); a record over this bound is refused
+/// ([`v1::RejectReason::TooLarge`]) rather than stored, so that no address can make one
+/// record, or one commit, arbitrarily large.
+pub const MAX_NAMES_PER_RECORD: usize = 64;
+/// Most answers one DNS record may carry (the agent keeps at most 128 per response).
+pub const MAX_ANSWERS_PER_RECORD: usize = 128;
+/// Longest cgroup path accepted, in bytes (Linux's `PATH_MAX`).
+pub const MAX_CGROUP_BYTES: usize = 4096;
+/// Longest answer data accepted for types whose data is neither an address nor a name (TXT,
+/// MX, SRV, …), in bytes. Such data is not stored, but it is read, so it is bounded too.
+pub const MAX_ANSWER_DATA_BYTES: usize = 4096;
+/// Longest record type or response code mnemonic (`A`, `TYPE65280`, `NXDOMAIN`, `RCODE3000`).
+pub const MAX_MNEMONIC_BYTES: usize = 16;
+
 /// Why a batch or record cannot cross the wire.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
@@ -117,6 +136,90 @@ fn invalid(record: RecordIndex, field: impl Into<String>, problem: impl Into<Str
     }
 }
 
+/// What is wrong with one field of a record, before the record is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Problem {
+    reason: v1::RejectReason,
+    field: String,
+    problem: String,
+}
+
+fn problem(
+    reason: v1::RejectReason,
+    field: impl Into<String>,
+    problem: impl Into<String>,
+) -> Problem {
+    Problem {
+        reason,
+        field: field.into(),
+        problem: problem.into(),
+    }
+}
+
+fn bad_field(field: impl Into<String>, what: impl Into<String>) -> Problem {
+    problem(v1::RejectReason::InvalidField, field, what)
+}
+
+/// A record of a batch that was refused, and why; the batch's other records are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// The record, by its place in the message.
+    pub record: RecordIndex,
+    /// Its index in the contract's numbering (see [`v1::RejectedRecord::index`]): `flows`,
+    /// then each group's flows in order, then `dns`.
+    pub index: u32,
+    /// Why, as the agent counts it.
+    pub reason: v1::RejectReason,
+    /// The field, e.g. `names[0]` or `pod.namespace`.
+    pub field: String,
+    /// What is wrong with it; never the value beyond a short escaped prefix
+    /// ([`names::display_prefix`]).
+    pub problem: String,
+}
+
+impl Refused {
+    /// The `detail` of the ack: the field and the problem, e.g. `names[0]: empty`.
+    pub fn detail(&self) -> String {
+        format!("{}: {}", self.field, self.problem)
+    }
+
+    /// The entry of [`v1::Ack::rejected`].
+    pub fn to_wire(&self) -> v1::RejectedRecord {
+        v1::RejectedRecord {
+            index: self.index,
+            reason: self.reason as i32,
+            detail: self.detail(),
+        }
+    }
+
+    /// The error [`batch_from_wire`] reports for this record.
+    fn into_error(self) -> WireError {
+        WireError::Record {
+            record: self.record,
+            field: self.field,
+            problem: self.problem,
+        }
+    }
+}
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {}", self.record, self.field, self.problem)
+    }
+}
+
+/// A short stable name of a reason, for metrics labels and logs: `invalid_name`,
+/// `invalid_pod`, `invalid_field`, `too_large` or `unspecified`.
+pub fn reason_label(reason: v1::RejectReason) -> &'static str {
+    match reason {
+        v1::RejectReason::Unspecified => "unspecified",
+        v1::RejectReason::InvalidName => "invalid_name",
+        v1::RejectReason::InvalidPod => "invalid_pod",
+        v1::RejectReason::InvalidField => "invalid_field",
+        v1::RejectReason::TooLarge => "too_large",
+    }
+}
+
 /// A batch converted from the wire: its id and its records, each carrying the batch's node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Batch {
@@ -129,9 +232,15 @@ pub struct Batch {
 }
 
 /// Validates a wire batch and converts it to contract records: `flows`, then the flows of
-/// `flow_groups` in order, each with its group's pod and cgroup.
+/// `flow_groups` in order, each with its group's pod and cgroup. Strict: the first refused
+/// record (in the contract's order) is the error. The recommender keeps the valid records
+/// instead, with [`grouped_batch_from_wire`]; this is the same conversion.
 pub fn batch_from_wire(batch: v1::Batch) -> Result<Batch> {
-    Ok(grouped_batch_from_wire(batch)?.into_batch())
+    let mut grouped = grouped_batch_from_wire(batch)?;
+    if !grouped.refused.is_empty() {
+        return Err(grouped.refused.swap_remove(0).into_error());
+    }
+    Ok(grouped.into_batch())
 }
 
 /// Flow records of one source (pod and cgroup), as a [`v1::FlowGroup`] carries them.
@@ -152,14 +261,17 @@ pub struct SourceFlows {
 pub struct GroupedBatch {
     /// The batch id; `node` and `boot_id` are non-empty.
     pub id: v1::BatchId,
-    /// `flows` (a source each), then `flow_groups`, in wire order.
+    /// The valid flows: `flows` (a source each), then `flow_groups`, in wire order. A source
+    /// none of whose flows is valid is left out.
     pub groups: Vec<SourceFlows>,
-    /// The DNS records, in wire order.
+    /// The valid DNS records, in wire order.
     pub dns: Vec<DnsRecord>,
+    /// The refused records, by index; they are in neither `groups` nor `dns`.
+    pub refused: Vec<Refused>,
 }
 
 impl GroupedBatch {
-    /// Flow records in the batch.
+    /// Valid flow records in the batch.
     pub fn flow_count(&self) -> usize {
         self.groups.iter().map(|g| g.flows.len()).sum()
     }
@@ -183,57 +295,134 @@ impl GroupedBatch {
     }
 }
 
+/// Index numbering of the contract, as `u32` (a batch within the message size limit has far
+/// fewer records).
+fn index_u32(i: usize) -> u32 {
+    u32::try_from(i).unwrap_or(u32::MAX)
+}
+
 /// Validates a wire batch and converts it to contract records kept by source (see
-/// [`GroupedBatch`]); the same checks and errors as [`batch_from_wire`].
+/// [`GroupedBatch`]), record by record: an invalid record is listed in
+/// [`GroupedBatch::refused`] and the others are kept. Only a problem of the batch itself (no
+/// id, an invalid id) is an error.
+///
+/// Besides what the JSON reader checks (addresses, protocol, port, timestamps), this bounds
+/// what may be stored: every DNS name ([`names::dns_name`], after one trailing dot), the
+/// pod's namespace, name and uid ([`names::dns1123_label`], [`names::dns1123_subdomain`],
+/// [`names::uid`]), the names and answers per record ([`MAX_NAMES_PER_RECORD`],
+/// [`MAX_ANSWERS_PER_RECORD`]) and the cgroup path ([`MAX_CGROUP_BYTES`]).
 pub fn grouped_batch_from_wire(batch: v1::Batch) -> Result<GroupedBatch> {
+    grouped_batch_from_wire_with(batch, |_| Ok(()))
+}
+
+/// A check of a record's pod beyond its names, for [`grouped_batch_from_wire_with`]: the
+/// problem, or `Ok`.
+pub type PodCheck<'a> = dyn FnMut(&PodRef) -> std::result::Result<(), String> + 'a;
+
+/// [`grouped_batch_from_wire`], with a further check of each source's pod (once per group,
+/// flow or DNS record): a pod it refuses refuses its records with
+/// [`v1::RejectReason::InvalidPod`] and the field `workload`. The recommender checks there
+/// the workload its cluster model derives from the pod, whose names come from the pod's
+/// owner references.
+pub fn grouped_batch_from_wire_with(
+    batch: v1::Batch,
+    mut check_pod: impl FnMut(&PodRef) -> std::result::Result<(), String>,
+) -> Result<GroupedBatch> {
+    let check_pod: &mut PodCheck<'_> = &mut check_pod;
     let id = batch.id.ok_or(WireError::MissingId)?;
     validate_id(&id)?;
-    // Sized up front: collecting into a `Result` gives no size hint, and growing a vector of
-    // thousands of records by doubling copies each one twice on average.
+    let mut refused = Vec::new();
+    let mut next = 0usize;
+    let mut refuse = |record: RecordIndex, index: usize, p: Problem| {
+        refused.push(Refused {
+            record,
+            index: index_u32(index),
+            reason: p.reason,
+            field: p.field,
+            problem: p.problem,
+        });
+    };
+    // Sized up front: growing a vector of thousands of records by doubling copies each one
+    // twice on average.
     let mut groups = Vec::with_capacity(batch.flows.len() + batch.flow_groups.len());
     for (i, mut f) in batch.flows.into_iter().enumerate() {
         let record = RecordIndex::Flow(i);
+        let index = next;
+        next += 1;
         let pod = f.pod.take();
         let cgroup = std::mem::take(&mut f.cgroup);
-        let flow = flow_fields_from_wire(record, f)?;
-        groups.push(SourceFlows {
-            pod: pod_from_wire(record, pod)?,
-            cgroup,
-            flows: vec![flow],
+        let checked = source_from_wire(pod, &cgroup, check_pod).and_then(|pod| {
+            let flow = flow_fields_from_wire(record, f)?;
+            Ok((pod, flow))
         });
+        match checked {
+            Ok((pod, flow)) => groups.push(SourceFlows {
+                pod,
+                cgroup,
+                flows: vec![flow],
+            }),
+            Err(p) => refuse(record, index, p),
+        }
     }
     for (g, group) in batch.flow_groups.into_iter().enumerate() {
-        let pod = pod_from_wire(RecordIndex::FlowGroup(g), group.pod)?;
+        let base = next;
+        next += group.flows.len();
+        let source = match source_from_wire(group.pod, &group.cgroup, check_pod) {
+            Ok(pod) => pod,
+            Err(p) => {
+                // The group's source is every flow's source: each of them is refused.
+                for i in 0..group.flows.len() {
+                    refuse(
+                        RecordIndex::GroupedFlow { group: g, flow: i },
+                        base + i,
+                        p.clone(),
+                    );
+                }
+                continue;
+            }
+        };
         let mut flows = Vec::with_capacity(group.flows.len());
         for (i, f) in group.flows.into_iter().enumerate() {
             let record = RecordIndex::GroupedFlow { group: g, flow: i };
-            if f.pod.is_some() {
-                return Err(invalid(
-                    record,
+            let checked = if f.pod.is_some() {
+                Err(bad_field(
                     "pod",
                     "set, but a grouped flow takes its group's",
-                ));
-            }
-            if !f.cgroup.is_empty() {
-                return Err(invalid(
-                    record,
+                ))
+            } else if !f.cgroup.is_empty() {
+                Err(bad_field(
                     "cgroup",
                     "set, but a grouped flow takes its group's",
-                ));
+                ))
+            } else {
+                flow_fields_from_wire(record, f)
+            };
+            match checked {
+                Ok(flow) => flows.push(flow),
+                Err(p) => refuse(record, base + i, p),
             }
-            flows.push(flow_fields_from_wire(record, f)?);
         }
-        groups.push(SourceFlows {
-            pod,
-            cgroup: group.cgroup,
-            flows,
-        });
+        if !flows.is_empty() {
+            groups.push(SourceFlows {
+                pod: source,
+                cgroup: group.cgroup,
+                flows,
+            });
+        }
     }
     let mut dns = Vec::with_capacity(batch.dns.len());
     for (i, d) in batch.dns.into_iter().enumerate() {
-        dns.push(dns_from_wire(&id.node, RecordIndex::Dns(i), d)?);
+        match dns_record_from_wire(&id.node, RecordIndex::Dns(i), d, check_pod) {
+            Ok(d) => dns.push(d),
+            Err(p) => refuse(RecordIndex::Dns(i), next + i, p),
+        }
     }
-    Ok(GroupedBatch { id, groups, dns })
+    Ok(GroupedBatch {
+        id,
+        groups,
+        dns,
+        refused,
+    })
 }
 
 /// Builds a wire batch, its flows in `flow_groups` (consecutive records of the same pod and
@@ -290,46 +479,113 @@ pub fn batch_to_wire(
 }
 
 fn validate_id(id: &v1::BatchId) -> Result<()> {
-    if id.node.is_empty() {
+    // The node names the pseudo-workload of a node's own processes, and the boot id is kept
+    // with every stored batch: both are bounded like the names they stand for.
+    if let Err(e) = names::dns1123_subdomain(&id.node) {
         return Err(WireError::BatchId {
             field: "node",
-            problem: "empty".into(),
+            problem: shown(&id.node, e),
         });
     }
-    if id.boot_id.is_empty() {
+    if let Err(e) = names::uid(&id.boot_id) {
         return Err(WireError::BatchId {
             field: "boot_id",
-            problem: "empty".into(),
+            problem: shown(&id.boot_id, e),
         });
     }
     Ok(())
 }
 
+/// A refused value, for a message: empty, or a short escaped prefix and the problem.
+fn shown(value: &str, e: names::NameError) -> String {
+    if value.is_empty() {
+        e.to_string()
+    } else {
+        format!("{}: {e}", names::display_prefix(value))
+    }
+}
+
+/// Checks a DNS name as it crosses the wire: fully qualified (one trailing dot, as in the
+/// packet) or not.
+fn check_dns_name(field: impl Into<String>, name: &str) -> Result<(), Problem> {
+    let bare = name.strip_suffix('.').unwrap_or(name);
+    names::dns_name(bare).map_err(|e| problem(v1::RejectReason::InvalidName, field, shown(name, e)))
+}
+
+/// Checks a record type or response code mnemonic: ASCII letters and digits.
+fn check_mnemonic(field: impl Into<String>, value: &str) -> Result<(), Problem> {
+    if value.is_empty() {
+        Err(bad_field(field, "empty"))
+    } else if value.len() > MAX_MNEMONIC_BYTES || !value.bytes().all(|c| c.is_ascii_alphanumeric())
+    {
+        Err(bad_field(
+            field,
+            format!(
+                "{}: not a mnemonic (letters and digits, at most {MAX_MNEMONIC_BYTES} bytes)",
+                names::display_prefix(value)
+            ),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// A record's source: its pod (checked as Kubernetes names, then by `check_pod`) and its
+/// cgroup path (bounded).
+fn source_from_wire(
+    pod: Option<v1::Pod>,
+    cgroup: &str,
+    check_pod: &mut PodCheck<'_>,
+) -> Result<Option<PodRef>, Problem> {
+    if cgroup.len() > MAX_CGROUP_BYTES {
+        return Err(problem(
+            v1::RejectReason::TooLarge,
+            "cgroup",
+            format!("{} bytes, more than {MAX_CGROUP_BYTES}", cgroup.len()),
+        ));
+    }
+    let pod = pod_from_wire(pod)?;
+    if let Some(p) = &pod {
+        check_pod(p).map_err(|what| problem(v1::RejectReason::InvalidPod, "workload", what))?;
+    }
+    Ok(pod)
+}
+
+/// [`time_from_wire`] for a record being checked.
+fn time_field(
+    record: RecordIndex,
+    field: &'static str,
+    nanos: i64,
+) -> Result<DateTime<Utc>, Problem> {
+    time_from_wire(record, field, nanos).map_err(|e| match e {
+        WireError::Record { field, problem, .. } => bad_field(field, problem),
+        other => bad_field(field, other.to_string()),
+    })
+}
+
 /// A wire flow's own fields, validated, as a record without node, pod and cgroup.
-fn flow_fields_from_wire(record: RecordIndex, f: v1::Flow) -> Result<FlowRecord> {
+fn flow_fields_from_wire(record: RecordIndex, f: v1::Flow) -> Result<FlowRecord, Problem> {
     let protocol = match v1::Protocol::try_from(f.protocol) {
         Ok(v1::Protocol::Tcp) => Protocol::Tcp,
         Ok(v1::Protocol::Udp) => Protocol::Udp,
         Ok(v1::Protocol::Sctp) => Protocol::Sctp,
         Ok(v1::Protocol::Unspecified) => {
-            return Err(invalid(record, "protocol", "unspecified"));
+            return Err(bad_field("protocol", "unspecified"));
         }
         Err(_) => {
-            return Err(invalid(
-                record,
+            return Err(bad_field(
                 "protocol",
                 format!("unknown value {}", f.protocol),
             ));
         }
     };
-    let dst = addr_from_wire(record, "dst", &f.dst)?;
+    let dst = addr_from_wire("dst", &f.dst)?;
     let dst_port = u16::try_from(f.dst_port)
-        .map_err(|_| invalid(record, "dst_port", format!("{} exceeds 65535", f.dst_port)))?;
-    let first_seen = time_from_wire(record, "first_seen_unix_nanos", f.first_seen_unix_nanos)?;
-    let last_seen = time_from_wire(record, "last_seen_unix_nanos", f.last_seen_unix_nanos)?;
+        .map_err(|_| bad_field("dst_port", format!("{} exceeds 65535", f.dst_port)))?;
+    let first_seen = time_field(record, "first_seen_unix_nanos", f.first_seen_unix_nanos)?;
+    let last_seen = time_field(record, "last_seen_unix_nanos", f.last_seen_unix_nanos)?;
     if first_seen > last_seen {
-        return Err(invalid(
-            record,
+        return Err(bad_field(
             "first_seen_unix_nanos",
             format!(
                 "{} is after last_seen_unix_nanos {}",
@@ -337,10 +593,15 @@ fn flow_fields_from_wire(record: RecordIndex, f: v1::Flow) -> Result<FlowRecord>
             ),
         ));
     }
+    if f.names.len() > MAX_NAMES_PER_RECORD {
+        return Err(problem(
+            v1::RejectReason::TooLarge,
+            "names",
+            format!("{} names, more than {MAX_NAMES_PER_RECORD}", f.names.len()),
+        ));
+    }
     for (i, name) in f.names.iter().enumerate() {
-        if name.is_empty() {
-            return Err(invalid(record, format!("names[{i}]"), "empty"));
-        }
+        check_dns_name(format!("names[{i}]"), name)?;
     }
     Ok(FlowRecord {
         node: String::new(),
@@ -361,27 +622,39 @@ fn flow_fields_from_wire(record: RecordIndex, f: v1::Flow) -> Result<FlowRecord>
 }
 
 /// Converts one wire DNS record to a contract record with the given node, validating every
-/// field. `record` names the record in errors.
+/// field as [`grouped_batch_from_wire`] does. `record` names the record in errors.
 pub fn dns_from_wire(node: &str, record: RecordIndex, d: v1::Dns) -> Result<DnsRecord> {
-    let server = addr_from_wire(record, "server", &d.server)?;
-    if d.query.is_empty() {
-        return Err(invalid(record, "query", "empty"));
+    dns_record_from_wire(node, record, d, &mut |_| Ok(()))
+        .map_err(|p| invalid(record, p.field, p.problem))
+}
+
+fn dns_record_from_wire(
+    node: &str,
+    record: RecordIndex,
+    d: v1::Dns,
+    check_pod: &mut PodCheck<'_>,
+) -> Result<DnsRecord, Problem> {
+    let server = addr_from_wire("server", &d.server)?;
+    check_dns_name("query", &d.query)?;
+    check_mnemonic("qtype", &d.qtype)?;
+    check_mnemonic("rcode", &d.rcode)?;
+    let time = time_field(record, "time_unix_nanos", d.time_unix_nanos)?;
+    let pod = source_from_wire(d.pod, &d.cgroup, check_pod)?;
+    if d.answers.len() > MAX_ANSWERS_PER_RECORD {
+        return Err(problem(
+            v1::RejectReason::TooLarge,
+            "answers",
+            format!(
+                "{} answers, more than {MAX_ANSWERS_PER_RECORD}",
+                d.answers.len()
+            ),
+        ));
     }
-    if d.qtype.is_empty() {
-        return Err(invalid(record, "qtype", "empty"));
-    }
-    if d.rcode.is_empty() {
-        return Err(invalid(record, "rcode", "empty"));
-    }
-    let time = time_from_wire(record, "time_unix_nanos", d.time_unix_nanos)?;
     let mut answers = Vec::with_capacity(d.answers.len());
     for (i, a) in d.answers.into_iter().enumerate() {
-        if a.name.is_empty() {
-            return Err(invalid(record, format!("answers[{i}].name"), "empty"));
-        }
-        if a.r#type.is_empty() {
-            return Err(invalid(record, format!("answers[{i}].type"), "empty"));
-        }
+        check_dns_name(format!("answers[{i}].name"), &a.name)?;
+        check_mnemonic(format!("answers[{i}].type"), &a.r#type)?;
+        check_answer_data(i, &a.r#type, &a.data)?;
         answers.push(DnsAnswer {
             name: a.name,
             rtype: a.r#type,
@@ -391,7 +664,7 @@ pub fn dns_from_wire(node: &str, record: RecordIndex, d: v1::Dns) -> Result<DnsR
     }
     Ok(DnsRecord {
         node: node.to_owned(),
-        pod: pod_from_wire(record, d.pod)?,
+        pod,
         cgroup: d.cgroup,
         server,
         query: d.query,
@@ -400,6 +673,31 @@ pub fn dns_from_wire(node: &str, record: RecordIndex, d: v1::Dns) -> Result<DnsR
         answers,
         time,
     })
+}
+
+/// An answer's data by its type: an address for `A` and `AAAA`, a DNS name for the types whose
+/// data is one name (`CNAME`, `DNAME`, `NS`, `PTR`), and bounded text for the others.
+fn check_answer_data(i: usize, rtype: &str, data: &str) -> Result<(), Problem> {
+    let field = || format!("answers[{i}].data");
+    let rtype = rtype.to_ascii_uppercase();
+    match rtype.as_str() {
+        "A" if data.parse::<std::net::Ipv4Addr>().is_err() => Err(bad_field(
+            field(),
+            format!("{}: not an IPv4 address", names::display_prefix(data)),
+        )),
+        "AAAA" if data.parse::<std::net::Ipv6Addr>().is_err() => Err(bad_field(
+            field(),
+            format!("{}: not an IPv6 address", names::display_prefix(data)),
+        )),
+        "A" | "AAAA" => Ok(()),
+        "CNAME" | "DNAME" | "NS" | "PTR" => check_dns_name(field(), data),
+        _ if data.len() > MAX_ANSWER_DATA_BYTES => Err(problem(
+            v1::RejectReason::TooLarge,
+            field(),
+            format!("{} bytes, more than {MAX_ANSWER_DATA_BYTES}", data.len()),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Converts a contract flow to the wire (the node is not carried; see [`batch_to_wire`]).
@@ -465,13 +763,15 @@ fn pod_to_wire(p: &PodRef) -> v1::Pod {
     }
 }
 
-fn pod_from_wire(record: RecordIndex, pod: Option<v1::Pod>) -> Result<Option<PodRef>> {
+fn pod_from_wire(pod: Option<v1::Pod>) -> Result<Option<PodRef>, Problem> {
     let Some(p) = pod else { return Ok(None) };
-    if p.namespace.is_empty() {
-        return Err(invalid(record, "pod.namespace", "empty"));
-    }
-    if p.name.is_empty() {
-        return Err(invalid(record, "pod.name", "empty"));
+    let bad_pod =
+        |field: &str, value: &str, e| problem(v1::RejectReason::InvalidPod, field, shown(value, e));
+    names::dns1123_label(&p.namespace).map_err(|e| bad_pod("pod.namespace", &p.namespace, e))?;
+    names::dns1123_subdomain(&p.name).map_err(|e| bad_pod("pod.name", &p.name, e))?;
+    // The uid is empty when only namespace and name are known.
+    if !p.uid.is_empty() {
+        names::uid(&p.uid).map_err(|e| bad_pod("pod.uid", &p.uid, e))?;
     }
     Ok(Some(PodRef {
         uid: p.uid,
@@ -487,14 +787,13 @@ fn addr_to_wire(ip: IpAddr) -> Vec<u8> {
     }
 }
 
-fn addr_from_wire(record: RecordIndex, field: &'static str, bytes: &[u8]) -> Result<IpAddr> {
+fn addr_from_wire(field: &'static str, bytes: &[u8]) -> Result<IpAddr, Problem> {
     if let Ok(v4) = <[u8; 4]>::try_from(bytes) {
         Ok(IpAddr::from(v4))
     } else if let Ok(v6) = <[u8; 16]>::try_from(bytes) {
         Ok(IpAddr::from(v6))
     } else {
-        Err(invalid(
-            record,
+        Err(bad_field(
             field,
             format!("{} bytes (expected 4 or 16)", bytes.len()),
         ))
@@ -511,7 +810,10 @@ fn time_from_wire(record: RecordIndex, field: &'static str, nanos: i64) -> Resul
             format!("{nanos} is not after 1970-01-01 (unset?)"),
         ));
     }
-    Ok(DateTime::from_timestamp_nanos(nanos))
+    let time = DateTime::from_timestamp_nanos(nanos);
+    crate::record::check_time(field, time, Utc::now())
+        .map_err(|e| invalid(record, field, e.to_string()))?;
+    Ok(time)
 }
 
 fn time_to_wire(record: RecordIndex, field: &'static str, t: &DateTime<Utc>) -> Result<i64> {

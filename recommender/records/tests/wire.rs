@@ -1,10 +1,11 @@
 //! The wire contract: contract → wire → bytes → wire → contract is the identity for valid
-//! records, malformed wire records are rejected naming record and field, nothing panics.
+//! records, malformed wire records are refused one by one (index, reason, field) while the
+//! others are kept, a bad batch id refuses the batch, nothing panics.
 
 use std::net::IpAddr;
 
 use chrono::{DateTime, Utc};
-use leash_records::wire::{self, RecordIndex, WireError, v1};
+use leash_records::wire::{self, RecordIndex, Refused, WireError, v1};
 use leash_records::{DnsAnswer, DnsRecord, FlowRecord, Outcome, PodRef, Protocol};
 use proptest::prelude::*;
 use prost::Message as _;
@@ -26,20 +27,40 @@ fn ip() -> impl Strategy<Value = IpAddr> {
     ]
 }
 
+/// Any time the wire accepts: after the epoch, not after now (record::check_time).
 fn time() -> impl Strategy<Value = DateTime<Utc>> {
-    (1..i64::MAX).prop_map(DateTime::from_timestamp_nanos)
+    let now = Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+    (1..now).prop_map(DateTime::from_timestamp_nanos)
 }
 
 fn pod() -> impl Strategy<Value = Option<PodRef>> {
     proptest::option::of(
-        ("[a-f0-9-]{0,12}", "[a-z]{1,8}", "[a-z0-9-]{1,12}").prop_map(|(uid, namespace, name)| {
-            PodRef {
+        (
+            "[a-f0-9-]{0,12}",
+            "[a-z]{1,8}",
+            "[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?",
+        )
+            .prop_map(|(uid, namespace, name)| PodRef {
                 uid,
                 namespace,
                 name,
-            }
-        }),
+            }),
     )
+}
+
+/// A valid DNS name, sometimes fully qualified.
+fn dns_name() -> impl Strategy<Value = String> {
+    "[a-zA-Z0-9_-]{1,10}(\\.[a-z0-9_-]{1,10}){0,2}\\.?"
+}
+
+/// A valid answer: its type, and data of that type.
+fn answer_data() -> impl Strategy<Value = (String, String)> {
+    prop_oneof![
+        any::<std::net::Ipv4Addr>().prop_map(|a| ("A".to_owned(), a.to_string())),
+        any::<std::net::Ipv6Addr>().prop_map(|a| ("AAAA".to_owned(), a.to_string())),
+        dns_name().prop_map(|n| ("CNAME".to_owned(), n)),
+        ".{0,12}".prop_map(|t| ("TXT".to_owned(), t)),
+    ]
 }
 
 fn flow() -> impl Strategy<Value = FlowRecord> {
@@ -56,7 +77,7 @@ fn flow() -> impl Strategy<Value = FlowRecord> {
         any::<u64>(),
         time(),
         time(),
-        proptest::collection::vec(".{1,12}", 0..3),
+        proptest::collection::vec(dns_name(), 0..3),
         proptest::option::of(
             (any::<u64>(), any::<u64>()).prop_map(|(established, failed)| Outcome {
                 established,
@@ -86,18 +107,18 @@ fn dns() -> impl Strategy<Value = DnsRecord> {
         pod(),
         ".{0,20}",
         ip(),
-        ".{1,20}",
+        dns_name(),
         "[A-Z]{1,5}",
         "[A-Z]{1,8}",
         proptest::collection::vec(
-            (".{1,12}", "[A-Z]{1,5}", ".{0,12}", any::<u32>()).prop_map(
-                |(name, rtype, data, ttl)| DnsAnswer {
+            (dns_name(), answer_data(), any::<u32>()).prop_map(|(name, (rtype, data), ttl)| {
+                DnsAnswer {
                     name,
                     rtype,
                     data,
                     ttl,
-                },
-            ),
+                }
+            }),
             0..3,
         ),
         time(),
@@ -119,13 +140,17 @@ fn dns() -> impl Strategy<Value = DnsRecord> {
 
 fn wire_flow() -> impl Strategy<Value = v1::Flow> {
     (
-        proptest::option::of((".{0,4}", ".{0,4}", ".{0,4}")),
+        proptest::option::of((
+            "[a-f0-9]{0,4}|.{0,4}",
+            "[a-z]{1,4}|.{0,4}",
+            "[a-z]{1,4}|.{0,4}",
+        )),
         -2..6i32,
         proptest::collection::vec(any::<u8>(), 0..20),
         prop_oneof![any::<u32>(), 0..70_000u32],
         any::<i64>(),
         any::<i64>(),
-        proptest::collection::vec(".{0,3}", 0..3),
+        proptest::collection::vec(prop_oneof!["[a-z]{1,3}", ".{0,3}"], 0..3),
         proptest::option::of(any::<(u64, u64)>()),
     )
         .prop_map(
@@ -154,10 +179,10 @@ fn wire_flow() -> impl Strategy<Value = v1::Flow> {
 fn wire_dns() -> impl Strategy<Value = v1::Dns> {
     (
         proptest::collection::vec(any::<u8>(), 0..20),
-        ".{0,3}",
-        ".{0,3}",
-        ".{0,3}",
-        proptest::collection::vec((".{0,3}", ".{0,3}"), 0..3),
+        "[a-z]{1,3}|.{0,3}",
+        "[A-Z]{1,3}|.{0,3}",
+        "[A-Z]{1,3}|.{0,3}",
+        proptest::collection::vec(("[a-z]{1,3}|.{0,3}", "TXT|.{0,3}"), 0..3),
         any::<i64>(),
     )
         .prop_map(|(server, query, qtype, rcode, answers, time)| v1::Dns {
@@ -202,13 +227,13 @@ proptest! {
         dns in proptest::collection::vec(wire_dns(), 0..4),
         groups in proptest::collection::vec(
             (
-                proptest::option::of((".{0,4}", ".{0,4}", ".{0,4}")),
+                proptest::option::of(("[a-f0-9]{0,4}|.{0,4}", "[a-z]{1,4}|.{0,4}", "[a-z]{1,4}|.{0,4}")),
                 ".{0,4}",
                 proptest::collection::vec(wire_flow(), 0..3),
             ),
             0..3,
         ),
-        node in ".{0,3}",
+        node in "[a-z]{1,3}|.{0,3}",
     ) {
         let flow_groups: Vec<v1::FlowGroup> = groups
             .into_iter()
@@ -224,13 +249,33 @@ proptest! {
             dns,
             flow_groups,
         };
-        if let Ok(b) = wire::batch_from_wire(batch.clone()) {
-            prop_assert_eq!(b.flows.len(), batch.flow_count());
-            // Whatever is accepted converts back to a wire message of the same records.
-            let again = wire::batch_to_wire(b.id.clone(), &b.flows, &b.dns).unwrap();
-            prop_assert!(again.flows.is_empty());
-            prop_assert_eq!(&again.dns, &batch.dns);
-            prop_assert_eq!(wire::batch_from_wire(again).unwrap(), b);
+        let Ok(grouped) = wire::grouped_batch_from_wire(batch.clone()) else {
+            // Only the batch id refuses a whole batch.
+            prop_assert!(wire::batch_from_wire(batch).is_err());
+            return Ok(());
+        };
+        // Every record is either kept or refused, once, by its index in the contract's order.
+        let kept = grouped.flow_count() + grouped.dns.len();
+        prop_assert_eq!(kept + grouped.refused.len(), batch.record_count());
+        let indices: Vec<u32> = grouped.refused.iter().map(|r| r.index).collect();
+        prop_assert!(indices.windows(2).all(|w| w[0] < w[1]), "{:?}", indices);
+        prop_assert!(indices.iter().all(|&i| (i as usize) < batch.record_count()));
+        for r in &grouped.refused {
+            prop_assert!(r.reason != v1::RejectReason::Unspecified);
+            prop_assert!(r.detail().len() < 256, "{}", r.detail());
+        }
+        match wire::batch_from_wire(batch.clone()) {
+            Ok(b) => {
+                prop_assert!(grouped.refused.is_empty());
+                prop_assert_eq!(b.flows.len(), batch.flow_count());
+                // Whatever is accepted converts back to a wire message of the same records.
+                let again = wire::batch_to_wire(b.id.clone(), &b.flows, &b.dns).unwrap();
+                prop_assert!(again.flows.is_empty());
+                prop_assert_eq!(&again.dns, &batch.dns);
+                prop_assert_eq!(wire::batch_from_wire(again).unwrap(), b);
+            }
+            // The strict form fails with the first refused record.
+            Err(e) => prop_assert_eq!(e.to_string(), grouped.refused[0].to_string()),
         }
     }
 
@@ -397,7 +442,7 @@ fn grouped_flows_cannot_name_their_own_source() {
     );
     let mut batch = valid_batch();
     batch.flow_groups[0].pod.as_mut().unwrap().name.clear();
-    assert_eq!(rejected(batch), "flow_groups[0]: pod.name: empty");
+    assert_eq!(rejected(batch), "flow_groups[0].flows[0]: pod.name: empty");
 }
 
 #[test]
@@ -512,4 +557,327 @@ fn to_wire_rejects_records_of_another_node_and_unrepresentable_times() {
             .starts_with("flows[4]: first_seen: 1969-12-31"),
         "{err}"
     );
+}
+
+/// The refused records of `batch`, as (index, reason, detail), and the counts of kept flows
+/// and DNS records.
+fn refusals(batch: v1::Batch) -> (Vec<(u32, v1::RejectReason, String)>, usize, usize) {
+    let g = wire::grouped_batch_from_wire(batch).expect("a valid batch id");
+    let refused = g
+        .refused
+        .iter()
+        .map(|r| (r.index, r.reason, r.detail()))
+        .collect();
+    (refused, g.flow_count(), g.dns.len())
+}
+
+#[test]
+fn one_bad_record_is_refused_and_the_others_kept() {
+    use v1::RejectReason::{InvalidField, InvalidName};
+    let mut batch = valid_batch();
+    // The root-owned answer of the finding: an empty name.
+    batch.flow_groups[0].flows[3].names[0] = String::new();
+    batch.dns[2].query = ".".into();
+    batch.dns[4].server = vec![1, 2, 3];
+    let (refused, flows, dns) = refusals(batch.clone());
+    assert_eq!(
+        refused,
+        [
+            (3, InvalidName, "names[0]: empty".to_owned()),
+            (22, InvalidName, r#"query: ".": empty"#.to_owned()),
+            (
+                24,
+                InvalidField,
+                "server: 3 bytes (expected 4 or 16)".to_owned()
+            ),
+        ]
+    );
+    assert_eq!((flows, dns), (19, 3));
+    // The records kept are the valid ones, unchanged.
+    let g = wire::grouped_batch_from_wire(batch).unwrap();
+    assert_eq!(g.groups.len(), 1);
+    assert_eq!(g.into_batch().flows[3], sample_flow());
+}
+
+#[test]
+fn indices_follow_the_contract_order_and_a_bad_source_refuses_its_group() {
+    use v1::RejectReason::{InvalidField, InvalidPod};
+    // `flows` (2), then groups of 3 and 2 flows, then 2 DNS records: indices 0..=8.
+    let mut batch = wire::batch_to_wire(id(), &vec![sample_flow(); 3], &vec![sample_dns(); 2])
+        .expect("valid fixture");
+    let mut other = sample_flow();
+    other.cgroup = "/kubepods.slice/y".into();
+    batch.flow_groups.extend(
+        wire::batch_to_wire(id(), &vec![other; 2], &[])
+            .expect("valid fixture")
+            .flow_groups,
+    );
+    batch.flows = ungrouped(wire::batch_to_wire(id(), &vec![sample_flow(); 2], &[]).unwrap()).flows;
+    assert_eq!(batch.record_count(), 9);
+    batch.flows[1].dst_port = 70_000;
+    batch.flow_groups[1].pod.as_mut().unwrap().namespace = "../../escape-ns".into();
+    batch.flow_groups[0].flows[2].protocol = 0;
+    batch.dns[0].time_unix_nanos = -1;
+    let g = wire::grouped_batch_from_wire(batch).unwrap();
+    let got: Vec<(u32, RecordIndex, v1::RejectReason, &str)> = g
+        .refused
+        .iter()
+        .map(|r| (r.index, r.record, r.reason, r.field.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (1, RecordIndex::Flow(1), InvalidField, "dst_port"),
+            (
+                4,
+                RecordIndex::GroupedFlow { group: 0, flow: 2 },
+                InvalidField,
+                "protocol"
+            ),
+            (
+                5,
+                RecordIndex::GroupedFlow { group: 1, flow: 0 },
+                InvalidPod,
+                "pod.namespace"
+            ),
+            (
+                6,
+                RecordIndex::GroupedFlow { group: 1, flow: 1 },
+                InvalidPod,
+                "pod.namespace"
+            ),
+            (7, RecordIndex::Dns(0), InvalidField, "time_unix_nanos"),
+        ]
+    );
+    assert_eq!(
+        g.refused[2].problem,
+        r#""..\u{2f}..\u{2f}escape-ns": character not allowed at byte 0"#.replace("\\\\", "\\")
+    );
+    assert_eq!((g.flow_count(), g.dns.len()), (3, 1));
+    // A refused record becomes the ack's entry.
+    assert_eq!(
+        g.refused[0].to_wire(),
+        v1::RejectedRecord {
+            index: 1,
+            reason: InvalidField as i32,
+            detail: "dst_port: 70000 exceeds 65535".into(),
+        }
+    );
+}
+
+#[test]
+fn names_and_answers_per_record_and_cgroups_are_bounded() {
+    use v1::RejectReason::TooLarge;
+    let names = |n: usize| (0..n).map(|i| format!("n{i}.test")).collect::<Vec<_>>();
+    let mut batch = valid_batch();
+    batch.flow_groups[0].flows[0].names = names(wire::MAX_NAMES_PER_RECORD);
+    batch.flow_groups[0].flows[1].names = names(wire::MAX_NAMES_PER_RECORD + 1);
+    let answer = sample_dns().answers[0].clone();
+    let answers = |n: usize| {
+        vec![
+            v1::DnsAnswer {
+                name: answer.name.clone(),
+                r#type: answer.rtype.clone(),
+                data: answer.data.clone(),
+                ttl: answer.ttl,
+            };
+            n
+        ]
+    };
+    batch.dns[0].answers = answers(wire::MAX_ANSWERS_PER_RECORD);
+    batch.dns[1].answers = answers(wire::MAX_ANSWERS_PER_RECORD + 1);
+    batch.dns[2].cgroup = "c".repeat(wire::MAX_CGROUP_BYTES);
+    batch.dns[3].cgroup = "c".repeat(wire::MAX_CGROUP_BYTES + 1);
+    let (refused, flows, dns) = refusals(batch);
+    assert_eq!(
+        refused,
+        [
+            (1, TooLarge, "names: 65 names, more than 64".to_owned()),
+            (
+                21,
+                TooLarge,
+                "answers: 129 answers, more than 128".to_owned()
+            ),
+            (
+                23,
+                TooLarge,
+                "cgroup: 4097 bytes, more than 4096".to_owned()
+            ),
+        ]
+    );
+    assert_eq!((flows, dns), (19, 3));
+    // A group's cgroup refuses all its flows.
+    let mut batch = valid_batch();
+    batch.flow_groups[0].cgroup = "c".repeat(wire::MAX_CGROUP_BYTES + 1);
+    let (refused, flows, _) = refusals(batch);
+    assert_eq!(refused.len(), 20);
+    assert!(
+        refused
+            .iter()
+            .all(|r| r.1 == TooLarge && r.2.starts_with("cgroup: "))
+    );
+    assert_eq!(flows, 0);
+}
+
+#[test]
+fn a_16_mib_name_is_refused_alone_with_a_short_detail() {
+    let mut batch = valid_batch();
+    batch.flow_groups[0].flows[7]
+        .names
+        .push("x".repeat(16 << 20));
+    let g = wire::grouped_batch_from_wire(batch).unwrap();
+    assert_eq!(g.refused.len(), 1);
+    let r = &g.refused[0];
+    assert_eq!((r.index, r.reason), (7, v1::RejectReason::InvalidName));
+    assert_eq!(
+        r.detail(),
+        format!(
+            "names[1]: \"{}\"… (16777216 bytes): 16777216 bytes, more than 253",
+            "x".repeat(64)
+        )
+    );
+    assert_eq!((g.flow_count(), g.dns.len()), (19, 5));
+}
+
+#[test]
+fn hostile_names_are_refused_and_never_echoed_raw() {
+    use v1::RejectReason::{InvalidField, InvalidName, InvalidPod, TooLarge};
+    let hostile = [
+        "<script>alert(1)</script>",
+        "a|b",
+        "line\nbreak.test",
+        "[x](https://evil.test)",
+        "`code`",
+        "a..b",
+        "é.test",
+        &"a".repeat(64),
+    ];
+    for name in hostile {
+        let mut batch = valid_batch();
+        batch.flow_groups[0].flows[0].names = vec![name.to_owned()];
+        batch.dns[0].query = name.to_owned();
+        batch.dns[1].answers[0].name = name.to_owned();
+        batch.dns[2].answers[0].r#type = "CNAME".into();
+        batch.dns[2].answers[0].data = name.to_owned();
+        let (refused, flows, dns) = refusals(batch);
+        let got: Vec<(u32, v1::RejectReason)> = refused.iter().map(|r| (r.0, r.1)).collect();
+        assert_eq!(
+            got,
+            [
+                (0, InvalidName),
+                (20, InvalidName),
+                (21, InvalidName),
+                (22, InvalidName)
+            ],
+            "{name:?}"
+        );
+        assert_eq!((flows, dns), (19, 2));
+        for (_, _, detail) in &refused {
+            // After the field, which is ours (`names[0]`): the escaped value and the problem.
+            let (_, told) = detail.split_once(": ").expect("field: problem");
+            for c in ['<', '>', '|', '\n', '[', '`'] {
+                assert!(!told.contains(c), "{detail:?}");
+            }
+        }
+    }
+    // Pod names are Kubernetes names; answer data matches its type.
+    let cases: Vec<(Breaker<v1::Dns>, v1::RejectReason, &str)> = vec![
+        (
+            |d| {
+                d.pod = Some(v1::Pod {
+                    uid: String::new(),
+                    namespace: "Shop".into(),
+                    name: "web".into(),
+                })
+            },
+            InvalidPod,
+            r#"pod.namespace: "Shop": character not allowed at byte 0"#,
+        ),
+        (
+            |d| {
+                d.pod = Some(v1::Pod {
+                    uid: String::new(),
+                    namespace: "shop".into(),
+                    name: "web/../x".into(),
+                })
+            },
+            InvalidPod,
+            r#"pod.name: "web\u{2f}..\u{2f}x": character not allowed at byte 3"#,
+        ),
+        (
+            |d| {
+                d.pod = Some(v1::Pod {
+                    uid: "a b".into(),
+                    namespace: "shop".into(),
+                    name: "web".into(),
+                })
+            },
+            InvalidPod,
+            r#"pod.uid: "a\u{20}b": character not allowed at byte 1"#,
+        ),
+        (
+            |d| d.answers[0].data = "example".into(),
+            InvalidField,
+            r#"answers[0].data: "example": not an IPv4 address"#,
+        ),
+        (
+            |d| {
+                d.answers[0].r#type = "TXT".into();
+                d.answers[0].data = "t".repeat(wire::MAX_ANSWER_DATA_BYTES + 1);
+            },
+            TooLarge,
+            "answers[0].data: 4097 bytes, more than 4096",
+        ),
+        (
+            |d| d.qtype = "A<b>".into(),
+            InvalidField,
+            r#"qtype: "A\u{3c}b\u{3e}": not a mnemonic (letters and digits, at most 16 bytes)"#,
+        ),
+    ];
+    for (break_it, reason, detail) in cases {
+        let mut batch = valid_batch();
+        break_it(&mut batch.dns[3]);
+        let (refused, _, dns) = refusals(batch);
+        assert_eq!(refused, [(23, reason, detail.to_owned())]);
+        assert_eq!(dns, 4);
+    }
+    // TXT data is not a name: any short text is kept.
+    let mut batch = valid_batch();
+    batch.dns[3].answers[0].r#type = "TXT".into();
+    batch.dns[3].answers[0].data = "v=spf1 include:_spf.example.test ~all".into();
+    assert_eq!(refusals(batch).0, []);
+}
+
+#[test]
+fn a_bad_batch_id_refuses_the_whole_batch() {
+    let mut b = valid_batch();
+    b.id.as_mut().unwrap().node = "Node_A".into();
+    let err = wire::grouped_batch_from_wire(b).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        r#"batch id: node: "Node_A": character not allowed at byte 0"#
+    );
+    let mut b = valid_batch();
+    b.id.as_mut().unwrap().boot_id = "x".repeat(200);
+    assert!(matches!(
+        wire::grouped_batch_from_wire(b),
+        Err(WireError::BatchId {
+            field: "boot_id",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn refused_records_name_their_place() {
+    let r = Refused {
+        record: RecordIndex::GroupedFlow { group: 2, flow: 5 },
+        index: 40,
+        reason: v1::RejectReason::InvalidName,
+        field: "names[0]".into(),
+        problem: "empty".into(),
+    };
+    assert_eq!(r.to_string(), "flow_groups[2].flows[5]: names[0]: empty");
+    assert_eq!(r.detail(), "names[0]: empty");
+    assert_eq!(wire::reason_label(r.reason), "invalid_name");
 }

@@ -17,7 +17,7 @@ use k8s_openapi::{
     },
     apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
 };
-use leash_records::Protocol;
+use leash_records::{Protocol, names};
 
 use super::{Error, PolicyId, Result};
 
@@ -137,48 +137,12 @@ impl fmt::Display for Selector {
 }
 
 /// `[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?`, at most 63 characters.
-fn is_label_name(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b[0].is_ascii_alphanumeric()
-        && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
-}
-
-/// A DNS-1123 subdomain: lowercase labels of `[a-z0-9-]`, dot-separated, at most 253 characters.
-fn is_dns_subdomain(s: &str) -> bool {
-    s.len() <= 253
-        && s.split('.').all(|l| {
-            let b = l.as_bytes();
-            !b.is_empty()
-                && b.len() <= 63
-                && b[0].is_ascii_alphanumeric()
-                && b[b.len() - 1].is_ascii_alphanumeric()
-                && b.iter()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        })
-}
-
 fn check_label_key(k: &str) -> Result<(), String> {
-    let ok = match k.split_once('/') {
-        Some((prefix, name)) => is_dns_subdomain(prefix) && is_label_name(name),
-        None => is_label_name(k),
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("invalid label key {k:?}"))
-    }
+    names::label_key(k).map_err(|e| format!("invalid label key {k:?}: {e}"))
 }
 
 fn check_label_value(v: &str) -> Result<(), String> {
-    if v.is_empty() || is_label_name(v) {
-        Ok(())
-    } else {
-        Err(format!("invalid label value {v:?}"))
-    }
+    names::label_value(v).map_err(|e| format!("invalid label value {v:?}: {e}"))
 }
 
 /// An IANA service name, as a named port must be: at most 15 characters of `[a-z0-9-]`,

@@ -12,12 +12,16 @@
 //!
 //! One batch must never fail others: when a group's transaction fails, its batches are
 //! committed again one by one, so only the batch that caused the failure is rejected.
+//!
+//! The writer publishes when the batch it is working on was queued ([`Committer::waiting`]):
+//! the queue is FIFO, so that batch is the oldest one without an answer, and how long it has
+//! waited is how far behind the writer is.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use leash_records::wire::v1;
+use leash_records::wire::{self, Refused, v1};
 use tokio::sync::{mpsc, mpsc::error::TryRecvError, oneshot};
 use tonic::Status;
 
@@ -54,9 +58,13 @@ pub(crate) struct Job {
     pub flows: Vec<FlowObservation>,
     /// The batch's DNS observations.
     pub dns: Vec<DnsObservation>,
-    /// The batch's flow and DNS record counts (before aggregation), for metrics and the
-    /// group limits.
+    /// The batch's valid flow and DNS record counts (before aggregation), for metrics and
+    /// the group limits.
     pub records: (usize, usize),
+    /// The batch's refused records, for the ack.
+    pub refused: Vec<Refused>,
+    /// When the batch was queued for the writer (set by [`Committer::submit`]).
+    pub queued_at: Instant,
     /// Receives the ack, or the status that ends the agent's stream.
     pub reply: oneshot::Sender<Result<v1::Ack, Status>>,
 }
@@ -75,6 +83,37 @@ pub(crate) struct Committer {
     metrics: Metrics,
     /// Cleared when the writer thread ends, however it ends.
     alive: Arc<AtomicBool>,
+    /// When the batch the writer is working on was queued.
+    busy: Arc<Busy>,
+}
+
+/// When the oldest batch still waiting for its commit was queued, as nanoseconds after
+/// `epoch` plus one; 0 while the writer is idle.
+struct Busy {
+    epoch: Instant,
+    since: AtomicU64,
+}
+
+impl Busy {
+    fn set(&self, queued_at: Instant) {
+        let nanos = queued_at.saturating_duration_since(self.epoch).as_nanos();
+        let nanos = u64::try_from(nanos).unwrap_or(u64::MAX - 1);
+        self.since.store(nanos + 1, Ordering::Release);
+    }
+
+    fn clear(&self) {
+        self.since.store(0, Ordering::Release);
+    }
+
+    fn waiting(&self) -> Option<Duration> {
+        match self.since.load(Ordering::Acquire) {
+            0 => None,
+            n => {
+                let queued = self.epoch + Duration::from_nanos(n - 1);
+                Some(Instant::now().saturating_duration_since(queued))
+            }
+        }
+    }
 }
 
 /// Clears the flag when dropped: on the writer's return and on its unwinding alike.
@@ -97,17 +136,29 @@ impl Committer {
             .build()?;
         let alive = Arc::new(AtomicBool::new(true));
         let guard = AliveGuard(Arc::clone(&alive));
+        let busy = Arc::new(Busy {
+            epoch: Instant::now(),
+            since: AtomicU64::new(0),
+        });
+        let writer_busy = Arc::clone(&busy);
         std::thread::Builder::new()
             .name("leash-ingest-commit".to_owned())
             .spawn(move || {
                 let _guard = guard;
-                runtime.block_on(run(jobs, store.as_ref(), &writer));
+                runtime.block_on(run(jobs, store.as_ref(), &writer, &writer_busy));
             })?;
         Ok(Committer {
             queue,
             metrics,
             alive,
+            busy,
         })
+    }
+
+    /// How long the oldest batch without an answer has waited for the writer, or `None`
+    /// when nothing waits.
+    pub fn waiting(&self) -> Option<Duration> {
+        self.busy.waiting()
     }
 
     /// Whether the writer thread is still running (it only ends when every handle is gone,
@@ -118,7 +169,8 @@ impl Committer {
 
     /// Queues `job` (waiting while the queue is full). When the writer is gone, the job's
     /// reply says so.
-    pub async fn submit(&self, job: Job) {
+    pub async fn submit(&self, mut job: Job) {
+        job.queued_at = Instant::now();
         self.metrics.queued(1);
         if let Err(mpsc::error::SendError(job)) = self.queue.send(job).await {
             self.metrics.queued(-1);
@@ -133,9 +185,10 @@ impl Committer {
 /// The writer: takes the first waiting job, then what else is queued (waiting up to
 /// [`COMMIT_DELAY`] while the group is small) up to the group limits, commits them together
 /// and replies to each.
-async fn run(mut jobs: mpsc::Receiver<Job>, store: &dyn Store, metrics: &Metrics) {
+async fn run(mut jobs: mpsc::Receiver<Job>, store: &dyn Store, metrics: &Metrics, busy: &Busy) {
     let mut group: Vec<Job> = Vec::with_capacity(MAX_GROUP_BATCHES);
     while let Some(first) = jobs.recv().await {
+        busy.set(first.queued_at);
         let deadline = Instant::now() + COMMIT_DELAY;
         let mut records = first.record_count();
         group.push(first);
@@ -155,11 +208,13 @@ async fn run(mut jobs: mpsc::Receiver<Job>, store: &dyn Store, metrics: &Metrics
             group.push(job);
         }
         metrics.queued(-i64::try_from(group.len()).unwrap_or(i64::MAX));
-        commit_group(store, metrics, &mut group);
+        commit_group(store, metrics, busy, &mut group);
     }
 }
 
-fn commit_group(store: &dyn Store, metrics: &Metrics, group: &mut Vec<Job>) {
+/// Commits `group` and answers each batch; `busy` is cleared once the store has answered,
+/// before the acks go out.
+fn commit_group(store: &dyn Store, metrics: &Metrics, busy: &Busy, group: &mut Vec<Job>) {
     let batches: Vec<BatchCommit<'_>> = group
         .iter()
         .map(|j| BatchCommit {
@@ -193,23 +248,24 @@ fn commit_group(store: &dyn Store, metrics: &Metrics, group: &mut Vec<Job>) {
         Err(e) => vec![Err(e.to_string())],
     };
     drop(batches);
+    busy.clear();
     for (job, outcome) in group.drain(..).zip(outcomes) {
         let reply = match outcome {
             Ok(Commit::Stored) => {
                 metrics.stored(job.records.0, job.records.1);
-                Ok(v1::Ack {
-                    id: Some(job.ack_id),
-                    duplicate: false,
-                    rejected: Vec::new(),
-                })
+                if !job.refused.is_empty() {
+                    log_refused(&job);
+                    for r in &job.refused {
+                        metrics.refused_record(r.reason);
+                    }
+                }
+                Ok(ack(&job, false))
             }
             Ok(Commit::Duplicate) => {
+                // The same records are refused again (validation does not change), so the
+                // agent gets the same answer; they were counted when the batch was stored.
                 metrics.duplicate();
-                Ok(v1::Ack {
-                    id: Some(job.ack_id),
-                    duplicate: true,
-                    rejected: Vec::new(),
-                })
+                Ok(ack(&job, true))
             }
             Err(e) => {
                 metrics.rejected(Cause::Store);
@@ -218,5 +274,40 @@ fn commit_group(store: &dyn Store, metrics: &Metrics, group: &mut Vec<Job>) {
         };
         // The agent may have gone; its batch is stored (or not) either way.
         let _ = job.reply.send(reply);
+    }
+}
+
+fn ack(job: &Job, duplicate: bool) -> v1::Ack {
+    v1::Ack {
+        id: Some(job.ack_id.clone()),
+        duplicate,
+        rejected: job.refused.iter().map(Refused::to_wire).collect(),
+    }
+}
+
+/// One line per batch with refused records, however many: their count by reason and the
+/// first one.
+fn log_refused(job: &Job) {
+    let mut by_reason: Vec<(&'static str, usize)> = Vec::new();
+    for r in &job.refused {
+        let label = wire::reason_label(r.reason);
+        match by_reason.iter_mut().find(|(l, _)| *l == label) {
+            Some((_, n)) => *n += 1,
+            None => by_reason.push((label, 1)),
+        }
+    }
+    by_reason.sort_unstable();
+    let counts = by_reason
+        .iter()
+        .map(|(l, n)| format!("{l}={n}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    if let Some(first) = job.refused.first() {
+        tracing::warn!(
+            batch = %job.name,
+            refused = job.refused.len(),
+            stored = job.records.0 + job.records.1,
+            "records refused ({counts}), e.g. {first}"
+        );
     }
 }

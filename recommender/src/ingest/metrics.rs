@@ -1,5 +1,6 @@
 //! Prometheus metrics of the ingest service.
 
+use leash_records::wire::{self, v1};
 use prometheus_client::{
     metrics::{
         counter::Counter,
@@ -42,6 +43,7 @@ pub struct Metrics {
     stored: Counter,
     duplicates: Counter,
     rejected: Family<Labels, Counter>,
+    refused_records: Family<Labels, Counter>,
     records: Family<Labels, Counter>,
     commit_seconds: Histogram,
     batches_per_commit: Histogram,
@@ -54,9 +56,10 @@ impl Default for Metrics {
             stored: Counter::default(),
             duplicates: Counter::default(),
             rejected: Family::default(),
+            refused_records: Family::default(),
             records: Family::default(),
-            // 100 µs to ~3.3 s.
-            commit_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            // 100 µs to ~52 s: a slow store shows in the top buckets, not only in +Inf.
+            commit_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 20)),
             // 1 to 64 (the most batches one transaction takes).
             batches_per_commit: Histogram::new(exponential_buckets(1.0, 2.0, 7)),
             queued: Gauge::default(),
@@ -82,6 +85,12 @@ impl Metrics {
             "rejected_batches",
             "Batches rejected, by cause",
             self.rejected.clone(),
+        );
+        r.register(
+            "rejected_records",
+            "Records refused from stored batches (listed in the ack, not stored), by reason: \
+             invalid_name, invalid_pod, invalid_field or too_large",
+            self.refused_records.clone(),
         );
         r.register(
             "records",
@@ -122,6 +131,12 @@ impl Metrics {
     pub(crate) fn rejected(&self, cause: Cause) {
         self.rejected
             .get_or_create(&[("cause", cause.label())])
+            .inc();
+    }
+
+    pub(crate) fn refused_record(&self, reason: v1::RejectReason) {
+        self.refused_records
+            .get_or_create(&[("reason", wire::reason_label(reason))])
             .inc();
     }
 

@@ -10,16 +10,30 @@
 //! after the commit returned, so an agent that never got it resends the batch and the
 //! store's batch ids make the resend a no-op (`Ack.duplicate`).
 //!
-//! A rejected batch ends only its own stream, with a status naming the batch and the record:
-//! malformed → `INVALID_ARGUMENT`, too many records or too large a message →
-//! `RESOURCE_EXHAUSTED`, store failure → `UNAVAILABLE` (the agent reconnects and resends).
+//! Records are validated one by one ([`wire::grouped_batch_from_wire_with`]): an invalid record
+//! (a name that is no DNS or Kubernetes name, a bound exceeded, a bad field) is refused alone,
+//! the batch's other records are stored, and the ack lists the refused ones (`Ack.rejected`:
+//! index, reason, field). A batch whose records are all refused is still acknowledged. The
+//! refused records are counted by reason (`leash_ingest_rejected_records_total`) and logged
+//! once per batch, as a summary.
+//!
+//! A rejected batch ends only its own stream, with a status naming the batch: a bad batch id
+//! or a message that does not decode → `INVALID_ARGUMENT`, too many records or too large a
+//! message → `RESOURCE_EXHAUSTED`, store failure → `UNAVAILABLE` (the agent reconnects and
+//! resends).
+//!
+//! Readiness ([`IngestService::ready`]): the service is not ready while a batch has waited for
+//! its commit longer than [`Limits::slow_commit`], which a slow store or a backlog causes; it
+//! is ready again once the writer catches up. Only a dead writer makes it unhealthy
+//! ([`IngestService::writer_alive`]).
 
 mod committer;
 pub mod metrics;
 
-use std::{pin::Pin, sync::Arc};
+use std::{pin::Pin, sync::Arc, time::Duration};
 
 use leash_records::{
+    PodRef, names,
     tls::TlsConnectInfo,
     wire::{
         self,
@@ -34,25 +48,30 @@ use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::cluster::{Cluster, ClusterState};
-use crate::store::{BatchId, Store, observe};
+use crate::store::{BatchId, Store, WorkloadRef, observe};
 use committer::{Committer, Job};
 pub use metrics::{Cause, Metrics};
 
-/// Bounds on what one agent may send.
+/// Bounds on what one agent may send, and on how long the store may keep a batch waiting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Most records (flows + DNS) in one batch.
     pub max_records: usize,
     /// Largest encoded `Batch` accepted, in bytes (gRPC's maximum decoding message size).
     pub max_message_bytes: usize,
+    /// The service is not ready ([`IngestService::ready`]) while a batch has waited this long
+    /// for its commit.
+    pub slow_commit: Duration,
 }
 
 impl Default for Limits {
     /// 20,000 records and 16 MiB: an agent's batches are a few thousand records of ~100 bytes.
+    /// Slow after 10 s: a commit normally takes milliseconds, and agents' acks wait for it.
     fn default() -> Self {
         Limits {
             max_records: 20_000,
             max_message_bytes: 16 << 20,
+            slow_commit: Duration::from_secs(10),
         }
     }
 }
@@ -101,6 +120,24 @@ impl IngestService {
     /// no batch can be stored any more, and the process should be restarted.
     pub fn writer_alive(&self) -> bool {
         self.inner.committer.alive()
+    }
+
+    /// Whether ingest keeps up, for `/readyz`: an error saying why not when the writer has
+    /// stopped, or when a batch has waited longer than [`Limits::slow_commit`] for its
+    /// commit (the writer is stuck in a slow commit, or far behind). A slow writer is not a
+    /// dead one: it makes the server not ready, never unhealthy.
+    pub fn ready(&self) -> Result<(), String> {
+        if !self.writer_alive() {
+            return Err("ingest store writer stopped".to_owned());
+        }
+        match self.inner.committer.waiting() {
+            Some(waited) if waited > self.inner.limits.slow_commit => Err(format!(
+                "ingest store writer slow: a batch has waited {:.1} s for its commit (more than {} s)",
+                waited.as_secs_f64(),
+                self.inner.limits.slow_commit.as_secs_f64()
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Registers the service's metrics under `leash_ingest_*`.
@@ -241,9 +278,22 @@ impl Inner {
     }
 
     /// Validates and converts a batch into the store's job, and the receiver of its answer.
+    /// Invalid records are left out and listed in the job, for the ack.
     fn convert(&self, batch: v1::Batch, cluster: &Cluster) -> Result<(Job, Pending), Status> {
         let name = describe_batch(batch.id.as_ref());
-        let batch = wire::grouped_batch_from_wire(batch).map_err(|e| {
+        // The workload a pod's records are stored under comes from the cluster model, where
+        // its kind and name may come from the pod's owner references, which the API server
+        // does not check as names: check them before they reach the store.
+        let mut last: Option<(PodRef, Result<(), String>)> = None;
+        let check = |pod: &PodRef| match &last {
+            Some((p, verdict)) if p == pod => verdict.clone(),
+            _ => {
+                let verdict = check_workload(&observe::workload_ref(cluster, pod));
+                last = Some((pod.clone(), verdict.clone()));
+                verdict
+            }
+        };
+        let batch = wire::grouped_batch_from_wire_with(batch, check).map_err(|e| {
             self.metrics.rejected(Cause::Malformed);
             Status::invalid_argument(format!("{name}: {e}"))
         })?;
@@ -262,6 +312,8 @@ impl Inner {
             flows,
             dns,
             records,
+            refused: batch.refused,
+            queued_at: std::time::Instant::now(),
             reply,
         };
         Ok((job, answer))
@@ -301,6 +353,27 @@ impl Inner {
             _ => Some(status),
         }
     }
+}
+
+/// Checks the names a workload is stored under: a Kubernetes namespace and object name, and a
+/// kind made of letters and digits. The problem names the part, with the value escaped.
+fn check_workload(w: &WorkloadRef) -> Result<(), String> {
+    let shown = |what: &str, value: &str, e: names::NameError| {
+        format!("{what} {}: {e}", names::display_prefix(value))
+    };
+    names::dns1123_label(&w.namespace).map_err(|e| shown("namespace", &w.namespace, e))?;
+    // Kinds are CamelCase words (`Deployment`); no Kubernetes name rule covers them.
+    if w.kind.is_empty()
+        || w.kind.len() > names::MAX_LABEL
+        || !w.kind.bytes().all(|c| c.is_ascii_alphanumeric())
+    {
+        return Err(format!(
+            "kind {}: not 1 to {} letters and digits",
+            names::display_prefix(&w.kind),
+            names::MAX_LABEL
+        ));
+    }
+    names::dns1123_subdomain(&w.name).map_err(|e| shown("name", &w.name, e))
 }
 
 fn describe_batch(id: Option<&v1::BatchId>) -> String {

@@ -49,8 +49,56 @@ pub struct Alert {
     pub policies: Vec<String>,
 }
 
+/// The longest alert message, in bytes: an Event's note is limited to 1 kB, and a log line
+/// should stay a line.
+pub const MAX_MESSAGE: usize = 1024;
+/// DNS names shown per alert; the rest are counted.
+const NAMES_SHOWN: usize = 5;
+/// The longest name or other value shown, in characters (a DNS name has at most 253).
+const MAX_SHOWN: usize = 253;
+
+/// `s` as plain text on one line: control and invisible formatting characters (line breaks,
+/// bidirectional overrides) become U+FFFD, and it is cut after `max` characters. Names are
+/// checked where they enter, but one from an older store may hold anything, and the message
+/// ends up in logs and in `kubectl describe`.
+fn plain(s: &str, max: usize) -> String {
+    let mut out: String = s
+        .chars()
+        .take(max)
+        .map(|c| {
+            if c.is_control()
+                || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+            {
+                char::REPLACEMENT_CHARACTER
+            } else {
+                c
+            }
+        })
+        .collect();
+    if s.chars().nth(max).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// A list of values as plain text, at most `shown` of them, the rest counted.
+fn plain_list(items: &[String], shown: usize) -> String {
+    let mut out = items
+        .iter()
+        .take(shown)
+        .map(|n| plain(n, MAX_SHOWN))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if items.len() > shown {
+        out.push_str(&format!(" and {} more", items.len() - shown));
+    }
+    out
+}
+
 impl Alert {
-    /// A one-line description, used for logs and Event notes.
+    /// A one-line plain-text description, used for logs and Event notes: every value from
+    /// the data is made plain ([`plain`]), names are capped at five, and the whole at
+    /// [`MAX_MESSAGE`] bytes.
     pub fn message(&self) -> String {
         let dst = match self.dst {
             IpAddr::V4(a) => format!("{a}:{}", self.port),
@@ -59,18 +107,27 @@ impl Alert {
         let names = if self.names.is_empty() {
             String::new()
         } else {
-            format!(" ({})", self.names.join(", "))
+            format!(" ({})", plain_list(&self.names, NAMES_SHOWN))
         };
-        format!(
+        let mut message = format!(
             "{}/{} {} sent {} egress to {dst}/{}{names} that the applied policies deny ({}); last seen {}",
-            self.workload.kind,
-            self.workload.name,
-            self.pod,
+            plain(&self.workload.kind, MAX_SHOWN),
+            plain(&self.workload.name, MAX_SHOWN),
+            plain(&self.pod, MAX_SHOWN),
             self.count,
             self.protocol,
-            self.policies.join(", "),
+            plain_list(&self.policies, NAMES_SHOWN),
             self.last_seen.format("%Y-%m-%dT%H:%M:%SZ"),
-        )
+        );
+        if message.len() > MAX_MESSAGE {
+            let mut end = MAX_MESSAGE - '…'.len_utf8();
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+            message.push('…');
+        }
+        message
     }
 }
 
@@ -210,5 +267,65 @@ pub async fn watch(
         // Agents deliver a flow some time after its last event (flush interval, outages), so
         // look back generously; `seen` keeps each key to one alert.
         since = Some(started - LOOKBACK);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alert(names: Vec<String>, name: &str) -> Alert {
+        Alert {
+            workload: WorkloadRef {
+                namespace: "shop".into(),
+                kind: "Deployment".into(),
+                name: name.into(),
+            },
+            pod: "web-1".into(),
+            dst: "203.0.113.10".parse().expect("address"),
+            port: 443,
+            protocol: Protocol::Tcp,
+            count: 3,
+            last_seen: DateTime::from_timestamp(1_800_000_000, 0).expect("time"),
+            names,
+            policies: vec!["shop/web-egress".into()],
+        }
+    }
+
+    #[test]
+    fn messages_name_the_flow() {
+        assert_eq!(
+            alert(vec!["api.stripe.test".into()], "web").message(),
+            "Deployment/web web-1 sent 3 egress to 203.0.113.10:443/TCP (api.stripe.test) that \
+             the applied policies deny (shop/web-egress); last seen 2027-01-15T08:00:00Z"
+        );
+    }
+
+    /// Names that bypassed ingest (an old store) cannot add lines, hide text or grow the
+    /// Event past its limit.
+    #[test]
+    fn hostile_names_stay_one_bounded_line() {
+        let mut names: Vec<String> = (0..100).map(|i| format!("n{i}.test")).collect();
+        names.insert(0, "evil.test\nWarning: forged line\u{202e}".into());
+        names.insert(1, "x".repeat(10_000));
+        let m = alert(names, "web\r\nforged").message();
+        assert!(m.len() <= MAX_MESSAGE, "{} bytes", m.len());
+        assert!(
+            !m.chars().any(|c| c.is_control() || c == '\u{202e}'),
+            "{m:?}"
+        );
+        assert!(
+            m.starts_with("Deployment/web\u{fffd}\u{fffd}forged web-1 sent 3 egress"),
+            "{m}"
+        );
+        assert!(
+            m.contains("(evil.test\u{fffd}Warning: forged line\u{fffd}, xxx"),
+            "{m}"
+        );
+        assert!(
+            m.contains(&format!(", {}…, n0.test", "x".repeat(253))),
+            "{m}"
+        );
+        assert!(m.contains(" and 97 more)"), "{m}");
     }
 }

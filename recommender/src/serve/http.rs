@@ -1,7 +1,8 @@
 //! The HTTP side of `leash serve`: health, metrics and a read API.
 //!
 //! - `GET /healthz`: the process is up and ingest can still store batches.
-//! - `GET /readyz`: the store is open, the cluster model is built and ingest is listening.
+//! - `GET /readyz`: the store is open, the cluster model is built, ingest is listening and its
+//!   store writer keeps up (no batch has waited longer than `Limits::slow_commit`).
 //! - `GET /metrics`: Prometheus text.
 //! - `GET /v1/workloads`: every workload with stored observations, with totals.
 //! - `GET /v1/namespaces/{ns}/recommendations`: the recommended policies as a YAML stream.
@@ -28,6 +29,7 @@ use super::ModelRx;
 use super::verdicts::judge;
 use crate::cluster::ClusterState;
 use crate::eval::Verdict;
+use crate::ingest::IngestService;
 use crate::store::{DnsObservation, FlowObservation, Store, WorkloadRef};
 use crate::synth;
 
@@ -41,9 +43,9 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// Set once the gRPC listener accepts connections.
     pub ingest_listening: AtomicBool,
-    /// Whether ingest can still store batches (its writer thread runs); `/healthz` fails
-    /// otherwise, so that the kubelet restarts the process.
-    pub ingest_alive: Box<dyn Fn() -> bool + Send + Sync>,
+    /// The ingest service: `/healthz` fails when its writer has stopped (the kubelet then
+    /// restarts the process), `/readyz` while its writer is slow ([`IngestService::ready`]).
+    pub ingest: IngestService,
     /// Knobs for recommendations.
     pub options: synth::Options,
 }
@@ -83,7 +85,7 @@ fn unavailable(what: impl std::fmt::Display) -> ApiError {
 }
 
 async fn healthz(State(s): State<Arc<AppState>>) -> Response {
-    if (s.ingest_alive)() {
+    if s.ingest.writer_alive() {
         (StatusCode::OK, "ok\n").into_response()
     } else {
         (
@@ -97,10 +99,13 @@ async fn healthz(State(s): State<Arc<AppState>>) -> Response {
 async fn readyz(State(s): State<Arc<AppState>>) -> Response {
     let mut missing = Vec::new();
     if s.model.borrow().is_none() {
-        missing.push("cluster model not built yet");
+        missing.push("cluster model not built yet".to_owned());
     }
     if !s.ingest_listening.load(Ordering::Acquire) {
-        missing.push("ingest not listening yet");
+        missing.push("ingest not listening yet".to_owned());
+    }
+    if let Err(slow) = s.ingest.ready() {
+        missing.push(slow);
     }
     if missing.is_empty() {
         (StatusCode::OK, "ready\n").into_response()

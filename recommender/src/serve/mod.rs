@@ -259,7 +259,7 @@ pub async fn run(
         model: model_rx.clone(),
         registry: Arc::new(registry),
         ingest_listening: false.into(),
-        ingest_alive: Box::new(move || ingest_handle.writer_alive()),
+        ingest: ingest_handle,
         options: config.options.clone(),
     });
 
@@ -368,6 +368,7 @@ fn ingest_service(
         crate::ingest::Limits {
             max_records: config.max_batch_records,
             max_message_bytes: config.max_message_bytes,
+            ..crate::ingest::Limits::default()
         },
     )
     .map_err(Error::Writer)?;

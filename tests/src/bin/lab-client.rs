@@ -8,6 +8,7 @@
 //!                       [--timeout-ms MS]
 //! lab-client dns <server> <name> <A|AAAA|CNAME> [--tcp] [--connected] [--port P]
 //!                [--edns SIZE | --no-edns] [--timeout-ms MS]
+//! lab-client dns-self <root-owned|flood> <ipv4> [--count N] [--timeout-ms MS]
 //! ```
 //! `--port-span M` makes attempt `i` go to port `port + i % M` (many distinct flow keys).
 //! Prints one JSON object on stdout. Exits 0 when every attempt succeeded, 1 when some failed,
@@ -18,14 +19,21 @@
 //!   received), or `bytes raw_hex parsed` plus, when parsed, `rcode truncated edns_payload
 //!   answers[{name type data ttl}]` (CNAME data is the absolute target), else `parse_error`.
 //!   A received but unparsable answer still exits 0.
+//! - `dns-self`: `cmd kind addr sent received`. The pod answers itself, as any pod can: from
+//!   127.0.0.1:53 to a socket of its own on loopback, in its own network namespace, a DNS
+//!   response giving `<ipv4>` to `root-owned` (question `evil.lab.test.`, an A record owned by
+//!   the root name `.`) or to `flood` (`--count` responses, response `i` for
+//!   `n<i>.flood.lab.test.`, so as many distinct names for one address). Paced so that the
+//!   agent's DNS ring keeps up.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use hickory_proto::op::{Edns, Message, Query};
-use hickory_proto::rr::{Name, RData, RecordType};
+use hickory_proto::op::{Edns, Message, OpCode, Query};
+use hickory_proto::rr::rdata::A;
+use hickory_proto::rr::{Name, RData, Record, RecordType};
 use serde_json::{Value, json};
 
 /// Upper bound on `--count`, so a typo cannot flood the lab.
@@ -35,7 +43,8 @@ const USAGE: &str = "usage:
   lab-client tcp <ip> <port> [--count N] [--port-span M] [--send TEXT] [--timeout-ms MS]
   lab-client udp-connected <ip> <port> [--count N] [--port-span M] [--send TEXT] [--wait-echo] [--timeout-ms MS]
   lab-client udp-sendto <ip> <port> [--count N] [--port-span M] [--send TEXT] [--wait-echo] [--timeout-ms MS]
-  lab-client dns <server> <name> <A|AAAA|CNAME> [--tcp] [--connected] [--port P] [--edns SIZE | --no-edns] [--timeout-ms MS]";
+  lab-client dns <server> <name> <A|AAAA|CNAME> [--tcp] [--connected] [--port P] [--edns SIZE | --no-edns] [--timeout-ms MS]
+  lab-client dns-self <root-owned|flood> <ipv4> [--count N] [--timeout-ms MS]";
 
 struct Opts {
     positional: Vec<String>,
@@ -376,6 +385,65 @@ fn cmd_dns(o: &Opts) -> Result<(Value, bool), String> {
     Ok((Value::Object(out), true))
 }
 
+/// Responses sent between pauses by `dns-self`: the agent's DNS ring holds about 500 records.
+const SELF_BURST: u64 = 64;
+
+fn cmd_dns_self(o: &Opts) -> Result<(Value, bool), String> {
+    let [kind, addr] = o.positional.get(1..3).ok_or("need <kind> <ipv4>")? else {
+        return Err("need <kind> <ipv4>".into());
+    };
+    let ip: Ipv4Addr = addr.parse().map_err(|_| format!("bad ipv4 {addr:?}"))?;
+    let a = |owner: Name| Record::from_rdata(owner, 60, RData::A(A(ip)));
+    let responses: Vec<(Name, Record)> = match kind.as_str() {
+        "root-owned" => {
+            let query = Name::from_ascii("evil.lab.test.").map_err(|e| e.to_string())?;
+            vec![(query, a(Name::root()))]
+        }
+        "flood" => (0..o.count)
+            .map(|i| {
+                let name =
+                    Name::from_ascii(format!("n{i}.flood.lab.test.")).map_err(|e| e.to_string())?;
+                Ok((name.clone(), a(name)))
+            })
+            .collect::<Result<_, String>>()?,
+        other => {
+            return Err(format!(
+                "unknown dns-self kind {other:?} (root-owned, flood)"
+            ));
+        }
+    };
+    let loopback = Ipv4Addr::LOCALHOST;
+    let server = UdpSocket::bind((loopback, 53)).map_err(|e| format!("bind 127.0.0.1:53: {e}"))?;
+    let client = UdpSocket::bind((loopback, 0)).map_err(|e| format!("bind: {e}"))?;
+    client
+        .set_read_timeout(Some(o.timeout))
+        .map_err(|e| format!("SO_RCVTIMEO: {e}"))?;
+    let to = client
+        .local_addr()
+        .map_err(|e| format!("local_addr: {e}"))?;
+    let (mut sent, mut received) = (0u64, 0u64);
+    let mut buf = vec![0u8; 4096];
+    for (i, (query, answer)) in responses.into_iter().enumerate() {
+        let mut msg = Message::response(u16::try_from(i % 65_536).unwrap_or(0), OpCode::Query);
+        msg.add_query(Query::query(query, RecordType::A));
+        msg.add_answer(answer);
+        let bytes = msg.to_vec().map_err(|e| format!("encode response: {e}"))?;
+        server
+            .send_to(&bytes, to)
+            .map_err(|e| format!("sendto {to}: {e}"))?;
+        sent += 1;
+        if client.recv(&mut buf).is_ok() {
+            received += 1;
+        }
+        if sent % SELF_BURST == 0 {
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+    let out = json!({"cmd": "dns-self", "kind": kind, "addr": ip.to_string(),
+                     "sent": sent, "received": received});
+    Ok((out, received == sent))
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let opts = match parse(&args) {
@@ -390,6 +458,7 @@ fn main() -> ExitCode {
         Some("udp-connected") => cmd_udp(&opts, true),
         Some("udp-sendto") => cmd_udp(&opts, false),
         Some("dns") => cmd_dns(&opts),
+        Some("dns-self") => cmd_dns_self(&opts),
         Some("help") | None => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
