@@ -6,15 +6,16 @@
 //! under `--fail-on-deny`, and every [`Error`] to exit code 2.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fmt::Write as _,
-    io::BufReader,
     net::IpAddr,
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use leash_records::{FlowRecord, Record, RecordError, read_records};
+use leash_records::bounded::{self, InputError, Limits};
+use leash_records::{FlowRecord, Record, RecordError, read_records_limited};
 use serde::Serialize;
 
 use crate::eval::{
@@ -36,6 +37,9 @@ pub enum Error {
     /// A policy file is not valid YAML/JSON or holds a malformed object.
     #[error(transparent)]
     Parse(#[from] leash_records::SnapshotError),
+    /// An input exceeds its bounds, or is not a regular file where one is needed.
+    #[error(transparent)]
+    Input(#[from] InputError),
     /// A policy the API server would reject.
     #[error("{}: {source}", path.display())]
     InvalidPolicy {
@@ -106,26 +110,64 @@ fn is_hidden(path: &Path) -> bool {
         .is_some_and(|n| n.starts_with('.'))
 }
 
-/// Collects policy files under `dir`, recursively, skipping hidden entries.
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let io = |source| Error::Io {
-        path: dir.to_path_buf(),
-        source,
+/// A directory walk: the real root, and the real directories visited.
+struct Walk {
+    root: PathBuf,
+    seen: HashSet<(u64, u64)>,
+    files: Vec<PathBuf>,
+}
+
+/// Collects policy files under `dir`, recursively, skipping hidden entries. Each real
+/// directory is visited once (symlink loops end), a symlink to a directory outside the tree
+/// is not followed, and a policy-named entry that is not a regular file (a FIFO, a socket, a
+/// device) is an error naming it: opening it could block, or never end.
+fn walk(dir: &Path, w: &mut Walk) -> Result<()> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io { path, source }
     };
+    let meta = std::fs::metadata(dir).map_err(io(dir))?;
+    if !w.seen.insert((meta.dev(), meta.ino())) {
+        return Ok(());
+    }
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(io)?
+        .map_err(io(dir))?
         .map(|e| e.map(|e| e.path()))
         .collect::<std::io::Result<_>>()
-        .map_err(io)?;
+        .map_err(io(dir))?;
     entries.sort();
     for path in entries {
         if is_hidden(&path) {
             continue;
         }
-        if path.is_dir() {
-            walk(&path, out)?;
+        let own = std::fs::symlink_metadata(&path).map_err(io(&path))?;
+        let (meta, linked) = if own.file_type().is_symlink() {
+            match std::fs::metadata(&path) {
+                Ok(m) => (m, true),
+                // A dangling link: reading it says so, if it is a policy file.
+                Err(_) => {
+                    if is_policy_file(&path) {
+                        w.files.push(path);
+                    }
+                    continue;
+                }
+            }
+        } else {
+            (own, false)
+        };
+        if meta.is_dir() {
+            if linked {
+                let real = std::fs::canonicalize(&path).map_err(io(&path))?;
+                if !real.starts_with(&w.root) {
+                    continue;
+                }
+            }
+            walk(&path, w)?;
         } else if is_policy_file(&path) {
-            out.push(path);
+            if let Some(kind) = bounded::kind_of(meta.file_type()) {
+                return Err(InputError::NotRegular { path, kind }.into());
+            }
+            w.files.push(path);
         }
     }
     Ok(())
@@ -139,20 +181,34 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 /// `kubectl apply -f` would apply them separately. Every policy is validated; errors name
 /// the file and the policy. Finding no policy at all is an error, since auditing against
 /// nothing would silently allow everything.
+///
+/// Symlinks to directories are followed only within the tree, and each real directory is
+/// read once; files found in the tree must be regular files. Every file is read within the
+/// [`Limits`] of the environment.
 pub fn load_policy_files(path: &Path) -> Result<Vec<(PathBuf, NetworkPolicy)>> {
-    let mut files = Vec::new();
-    if path.is_dir() {
-        walk(path, &mut files)?;
+    let limits = Limits::from_env()?;
+    let files = if path.is_dir() {
+        let root = std::fs::canonicalize(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut w = Walk {
+            root,
+            seen: HashSet::new(),
+            files: Vec::new(),
+        };
+        walk(path, &mut w)?;
+        w.files
     } else {
-        files.push(path.to_path_buf());
-    }
+        vec![path.to_path_buf()]
+    };
+    // A file named by the user is read whatever it is (bounded); one found by the walk must
+    // be a regular file, also when it was swapped for a FIFO after the walk looked.
+    let named = !path.is_dir();
     let mut out: Vec<(PathBuf, NetworkPolicy)> = Vec::new();
     let mut seen: HashMap<PolicyId, PathBuf> = HashMap::new();
     for file in files {
-        let text = std::fs::read_to_string(&file).map_err(|source| Error::Io {
-            path: file.clone(),
-            source,
-        })?;
+        let text = bounded::read_to_string(&file, !named, limits)?;
         let snapshot = leash_records::snapshot::parse_str(&text, &file)?;
         for np in snapshot.network_policies {
             let compiled = CompiledPolicy::compile(&np).map_err(|source| Error::InvalidPolicy {
@@ -207,16 +263,16 @@ pub struct LocatedFlow {
     pub flow: FlowRecord,
 }
 
-/// Reads the flow records of a JSON-lines file (`-` for stdin), skipping DNS records.
+/// Reads the flow records of a JSON-lines file (`-` for stdin), skipping DNS records,
+/// within the [`Limits`] of the environment.
 pub fn read_flows(path: &Path) -> Result<Vec<LocatedFlow>> {
+    let limits = Limits::from_env()?;
     let located = if path == Path::new("-") {
-        read_records(std::io::stdin().lock(), path).collect::<Result<Vec<_>, _>>()?
+        read_records_limited(std::io::stdin().lock(), path, limits)
+            .collect::<Result<Vec<_>, _>>()?
     } else {
-        let file = std::fs::File::open(path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        read_records(BufReader::new(file), path).collect::<Result<Vec<_>, _>>()?
+        let file = bounded::open(path, false)?;
+        read_records_limited(file, path, limits).collect::<Result<Vec<_>, _>>()?
     };
     Ok(located
         .into_iter()

@@ -2,9 +2,13 @@
 //! recommender mTLS, for labs and clusters without cert-manager.
 //!
 //! Writes into the output directory: `ca.pem`, `ca-key.pem`, `server.pem`, `server-key.pem`,
-//! and `<client>.pem`, `<client>-key.pem` per client. Key files are created with mode 0600.
-//! Existing files of those names are replaced (atomically, so a server polling them never
-//! reads half a file).
+//! and `<client>.pem`, `<client>-key.pem` per client. Key files are created with mode 0600,
+//! and no key is ever printed.
+//!
+//! An existing CA (`ca.pem` and `ca-key.pem`) in the directory is reused to sign the new
+//! certificates, so that certificates issued earlier stay valid; only `force` makes a new CA.
+//! Other files of those names are replaced (atomically, so a server polling them never reads
+//! half a file).
 
 use std::{
     io::Write as _,
@@ -54,6 +58,23 @@ pub enum Error {
         /// What rcgen said.
         message: String,
     },
+    /// Only one of `ca.pem` and `ca-key.pem` exists: reusing is impossible, and replacing
+    /// would orphan what the other signed.
+    #[error("{} exists but {} does not; pass --force to create a new CA", present.display(), missing.display())]
+    CaIncomplete {
+        /// The file that exists.
+        present: PathBuf,
+        /// The file that is missing.
+        missing: PathBuf,
+    },
+    /// The existing CA cannot be used (unreadable, not PEM, or its key does not match).
+    #[error("cannot reuse the CA in {}: {message}; pass --force to create a new CA", dir.display())]
+    CaUnusable {
+        /// The output directory.
+        dir: PathBuf,
+        /// What is wrong (never the key's contents).
+        message: String,
+    },
     /// A file could not be written.
     #[error("cannot write {}: {source}", path.display())]
     Write {
@@ -67,10 +88,34 @@ pub enum Error {
 /// `Result` with this module's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Generates a CA, a server certificate whose SANs are `server_names` (DNS names or IP
-/// addresses; the first is also its CN), and one client certificate per `client_names` entry
-/// with CN = the name, and writes them as PEM into `out_dir` (created if missing).
-pub fn generate(out_dir: &Path, server_names: &[String], client_names: &[String]) -> Result<()> {
+/// Where the CA that signed the certificates came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaSource {
+    /// The CA already in the output directory.
+    Reused,
+    /// A CA made by this run (none was there, or `force`).
+    Created,
+}
+
+/// Writes a server certificate whose SANs are `server_names` (DNS names or IP addresses; the
+/// first is also its CN), and one client certificate per `client_names` entry with CN = the
+/// name, as PEM into `out_dir` (created if missing), signed by the CA in `out_dir` (`ca.pem`
+/// and `ca-key.pem`). Without one, a new CA is made and written first.
+pub fn generate(
+    out_dir: &Path,
+    server_names: &[String],
+    client_names: &[String],
+) -> Result<CaSource> {
+    generate_with(out_dir, server_names, client_names, false)
+}
+
+/// [`generate`]; with `force`, a new CA replaces the one in `out_dir`.
+pub fn generate_with(
+    out_dir: &Path,
+    server_names: &[String],
+    client_names: &[String],
+    force: bool,
+) -> Result<CaSource> {
     let first_server = server_names.first().ok_or(Error::NoServerName)?;
     let sans = server_names
         .iter()
@@ -99,18 +144,23 @@ pub fn generate(out_dir: &Path, server_names: &[String], client_names: &[String]
         }
     };
 
-    let mut ca = CertificateParams::default();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca.distinguished_name.push(DnType::CommonName, "leash CA");
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    set_validity(&mut ca, CA_DAYS);
-    let ca_key = KeyPair::generate().map_err(gen_err("the CA key"))?;
-    let ca_cert = ca
-        .self_signed(&ca_key)
-        .map_err(gen_err("the CA certificate"))?;
-    write(out_dir, "ca.pem", &ca_cert.pem(), false)?;
-    write(out_dir, "ca-key.pem", &ca_key.serialize_pem(), true)?;
-    let issuer = Issuer::new(ca, ca_key);
+    let (issuer, source) = match existing_ca(out_dir, force)? {
+        Some(issuer) => (issuer, CaSource::Reused),
+        None => {
+            let mut ca = CertificateParams::default();
+            ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+            ca.distinguished_name.push(DnType::CommonName, "leash CA");
+            ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            set_validity(&mut ca, CA_DAYS);
+            let ca_key = KeyPair::generate().map_err(gen_err("the CA key"))?;
+            let ca_cert = ca
+                .self_signed(&ca_key)
+                .map_err(gen_err("the CA certificate"))?;
+            write(out_dir, "ca.pem", &ca_cert.pem(), false)?;
+            write(out_dir, "ca-key.pem", &ca_key.serialize_pem(), true)?;
+            (Issuer::new(ca, ca_key), CaSource::Created)
+        }
+    };
 
     let mut server = leaf_params(first_server, ExtendedKeyUsagePurpose::ServerAuth);
     server.subject_alt_names = sans;
@@ -135,7 +185,66 @@ pub fn generate(out_dir: &Path, server_names: &[String], client_names: &[String]
             true,
         )?;
     }
-    Ok(())
+    Ok(source)
+}
+
+/// The CA in `dir` to sign with, unless `force` or there is none. Half a CA (one of the
+/// two files), an unreadable one, or a key that is not the certificate's is an error: making
+/// a new CA then would silently invalidate every certificate the old one signed.
+fn existing_ca(dir: &Path, force: bool) -> Result<Option<Issuer<'static, KeyPair>>> {
+    let (cert_path, key_path) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
+    let exists = |p: &Path| std::fs::symlink_metadata(p).is_ok();
+    match (force, exists(&cert_path), exists(&key_path)) {
+        (true, _, _) | (false, false, false) => return Ok(None),
+        (false, true, true) => {}
+        (false, cert, _) => {
+            let (present, missing) = if cert {
+                (cert_path, key_path)
+            } else {
+                (key_path, cert_path)
+            };
+            return Err(Error::CaIncomplete { present, missing });
+        }
+    }
+    let unusable = |message: String| Error::CaUnusable {
+        dir: dir.to_path_buf(),
+        message,
+    };
+    let cert = leash_records::tls::read_certs(&cert_path)
+        .map_err(|e| unusable(e.to_string()))?
+        .swap_remove(0);
+    // Read bounded and as a regular file only; the error names the file, never its text.
+    let key_pem = leash_records::bounded::read_to_string(
+        &key_path,
+        true,
+        leash_records::bounded::Limits::default(),
+    )
+    .map_err(|e| unusable(e.to_string()))?;
+    let key = KeyPair::from_pem(&key_pem).map_err(|_| {
+        unusable(format!(
+            "{} holds no usable private key",
+            key_path.display()
+        ))
+    })?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(&cert)
+        .map_err(|e| unusable(format!("{}: {e}", cert_path.display())))?;
+    if parsed
+        .tbs_certificate
+        .subject_pki
+        .subject_public_key
+        .data
+        .as_ref()
+        != key.public_key_raw()
+    {
+        return Err(unusable(format!(
+            "{} is not the key of {}",
+            key_path.display(),
+            cert_path.display()
+        )));
+    }
+    Issuer::from_ca_cert_der(&cert, key)
+        .map(Some)
+        .map_err(|e| unusable(format!("{}: {e}", cert_path.display())))
 }
 
 fn leaf_params(cn: &str, usage: ExtendedKeyUsagePurpose) -> CertificateParams {
@@ -297,6 +406,56 @@ mod tests {
                 let peer = conn.info().peer.clone().unwrap();
                 assert_eq!(peer.common_name.as_deref(), Some(client));
             }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reused_ca_keeps_earlier_clients_valid() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("pki");
+        let server = names(&["127.0.0.1"]);
+        assert_eq!(
+            generate(&out, &server, &names(&["old"])).unwrap(),
+            CaSource::Created
+        );
+        // A second run for a new client: the CA signs again, and the client issued by the
+        // first run still completes a handshake with the server certificate of the second.
+        assert_eq!(
+            generate(&out, &server, &names(&["new"])).unwrap(),
+            CaSource::Reused
+        );
+        let files = |cert: &str, key: &str| TlsFiles {
+            cert: out.join(cert),
+            key: out.join(key),
+            ca: out.join("ca.pem"),
+        };
+        let config = tls::ReloadingServerConfig::start(
+            files("server.pem", "server-key.pem"),
+            tls::DEFAULT_POLL,
+        )
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut incoming = tls::incoming(listener, config.subscribe(), Duration::from_secs(5));
+        let uri = format!("https://127.0.0.1:{port}").parse().unwrap();
+        for client in ["old", "new"] {
+            let connector = TlsConnector::new(files(
+                &format!("{client}.pem"),
+                &format!("{client}-key.pem"),
+            ));
+            tokio::time::timeout(Duration::from_secs(5), connector.connect(&uri))
+                .await
+                .unwrap()
+                .unwrap();
+            let conn = tokio::time::timeout(Duration::from_secs(5), incoming.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                conn.info().peer.clone().unwrap().common_name.as_deref(),
+                Some(client)
+            );
         }
     }
 

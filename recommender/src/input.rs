@@ -6,27 +6,20 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::BufReader;
+use std::io::Read;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
-use leash_records::{DnsRecord, FlowRecord, PodRef, Protocol, Record, RecordError};
+use leash_records::bounded::{self, InputError, Limits, LineReader};
+use leash_records::{DnsRecord, FlowRecord, PodRef, Protocol, Record, RecordError, TimeError};
 
 use crate::cluster::{Cluster, PodId};
 
 /// Errors reading records.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A file could not be opened.
-    #[error("{}: cannot open: {source}", path.display())]
-    Open {
-        /// The file.
-        path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
-    },
-    /// A line is not a valid record (or the input could not be read).
+    /// A line is not a valid record, or the input could not be read within its bounds.
     #[error(transparent)]
     Record(#[from] RecordError),
     /// A record names a pod that is not in the cluster snapshot.
@@ -45,17 +38,15 @@ pub enum Error {
         /// uid in the record.
         uid: String,
     },
-    /// `first_seen` is after `last_seen`.
-    #[error("{}:{line}: first_seen {first} is after last_seen {last}", path.display())]
-    TimeOrder {
+    /// A record's time is before 1970, in the future, or `first_seen` is after `last_seen`.
+    #[error("{}:{line}: {source}", path.display())]
+    Time {
         /// The file.
         path: PathBuf,
         /// 1-based line.
         line: usize,
-        /// first_seen.
-        first: DateTime<Utc>,
-        /// last_seen.
-        last: DateTime<Utc>,
+        /// What is wrong.
+        source: TimeError,
     },
 }
 
@@ -161,19 +152,18 @@ pub fn normalize_name(name: &str) -> String {
 }
 
 impl Observations {
-    /// Reads every input (`-` is stdin) in order.
+    /// Reads every input (`-` is stdin) in order, each within the [`Limits`] of the
+    /// environment.
     pub fn read_paths(paths: &[PathBuf], cluster: &Cluster) -> Result<Self> {
+        let limits = Limits::from_env().map_err(RecordError::from)?;
         let mut obs = Self::default();
         for path in paths {
             if path.as_os_str() == "-" {
                 let stdin = std::io::stdin();
-                obs.read(stdin.lock(), path, cluster)?;
+                obs.read_limited(stdin.lock(), path, cluster, limits)?;
             } else {
-                let file = std::fs::File::open(path).map_err(|source| Error::Open {
-                    path: path.clone(),
-                    source,
-                })?;
-                obs.read(BufReader::new(file), path, cluster)?;
+                let file = bounded::open(path, false).map_err(RecordError::from)?;
+                obs.read_limited(file, path, cluster, limits)?;
             }
         }
         Ok(obs)
@@ -184,12 +174,19 @@ impl Observations {
     /// observations, and the results are merged (sums, minima, maxima and unions, so the
     /// outcome does not depend on scheduling). The error reported is the one on the earliest
     /// line, as a sequential reader would report it.
-    pub fn read(
+    pub fn read(&mut self, reader: impl Read, path: &Path, cluster: &Cluster) -> Result<()> {
+        self.read_limited(reader, path, cluster, Limits::default())
+    }
+
+    /// [`Self::read`] within `limits`.
+    pub fn read_limited(
         &mut self,
-        reader: impl std::io::BufRead,
+        reader: impl Read,
         path: &Path,
         cluster: &Cluster,
+        limits: Limits,
     ) -> Result<()> {
+        let now = Utc::now();
         let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Vec<u8>)>(threads * 2);
         let rx = std::sync::Mutex::new(rx);
@@ -206,7 +203,7 @@ impl Observations {
                                 Err(_) => break,
                             };
                             let Ok((index, bytes)) = next else { break };
-                            let (count, err) = local.add_chunk(&bytes, cluster);
+                            let (count, err) = local.add_chunk(&bytes, cluster, now);
                             lines.push((index, count));
                             if let Some((rel, e)) = err
                                 && first_err
@@ -220,7 +217,7 @@ impl Observations {
                     })
                 })
                 .collect();
-            let read_result = send_blocks(reader, &tx);
+            let read_result = send_blocks(LineReader::new(reader, path, limits), &tx);
             drop(tx);
             let results: Vec<_> = workers
                 .into_iter()
@@ -265,12 +262,7 @@ impl Observations {
                 ChunkError::Record(u) => u.at(path, line),
             });
         }
-        read_result.map_err(|source| {
-            Error::Record(RecordError::Io {
-                path: path.to_path_buf(),
-                source,
-            })
-        })
+        read_result.map_err(|e| Error::Record(e.into()))
     }
 
     /// Folds one block of whole lines in; returns its line count and the first error with
@@ -279,6 +271,7 @@ impl Observations {
         &mut self,
         bytes: &[u8],
         cluster: &Cluster,
+        now: DateTime<Utc>,
     ) -> (usize, Option<(usize, ChunkError)>) {
         let (text, bad_utf8) = match std::str::from_utf8(bytes) {
             Ok(t) => (t, false),
@@ -298,10 +291,18 @@ impl Observations {
             let result = match parse_wire_flow(line) {
                 Some(w) => {
                     self.records += 1;
-                    self.add_flow_parts(&w.parts, w.names.iter().map(|n| n.as_ref()), cluster)
+                    leash_records::check_flow_times(w.parts.first_seen, w.parts.last_seen, now)
+                        .map_err(Unlocated::Time)
+                        .and_then(|()| {
+                            self.add_flow_parts(
+                                &w.parts,
+                                w.names.iter().map(|n| n.as_ref()),
+                                cluster,
+                            )
+                        })
                 }
                 None => match parse_record(line) {
-                    Ok(record) => self.add(&record, cluster),
+                    Ok(record) => self.add_checked(&record, cluster, now),
                     Err(message) => return (count, Some((rel, ChunkError::Parse(message)))),
                 },
             };
@@ -350,8 +351,20 @@ impl Observations {
         self.records += other.records;
     }
 
-    /// Adds one record. Errors come back without a location; [`Self::read`] adds it.
+    /// Adds one record, whose times must pass [`Record::check_times`]. Errors come back
+    /// without a location; [`Self::read`] adds it.
     pub fn add(&mut self, record: &Record, cluster: &Cluster) -> Result<(), Unlocated> {
+        self.add_checked(record, cluster, Utc::now())
+    }
+
+    /// [`Self::add`] with the time the bounds are checked against.
+    fn add_checked(
+        &mut self,
+        record: &Record,
+        cluster: &Cluster,
+        now: DateTime<Utc>,
+    ) -> Result<(), Unlocated> {
+        record.check_times(now).map_err(Unlocated::Time)?;
         match record {
             Record::Flow(f) => self.add_flow(f, cluster),
             Record::Dns(d) => {
@@ -409,12 +422,6 @@ impl Observations {
                 name: p.name.to_string(),
             },
         })?;
-        if f.first_seen > f.last_seen {
-            return Err(Unlocated::TimeOrder {
-                first: f.first_seen,
-                last: f.last_seen,
-            });
-        }
         let key = FlowKey {
             pod,
             dst: canonical_ip(f.dst),
@@ -488,45 +495,17 @@ enum ChunkError {
 
 /// Reads the input in blocks cut at line ends and sends them, numbered, to the workers.
 fn send_blocks(
-    mut reader: impl std::io::BufRead,
+    mut lines: LineReader<impl Read>,
     tx: &std::sync::mpsc::SyncSender<(usize, Vec<u8>)>,
-) -> std::io::Result<()> {
-    let mut carry: Vec<u8> = Vec::new();
+) -> Result<(), InputError> {
     let mut index = 0;
-    loop {
-        let mut buf = std::mem::take(&mut carry);
-        let start = buf.len();
-        buf.resize(start + BLOCK, 0);
-        let mut filled = start;
-        while filled < buf.len() {
-            match reader.read(&mut buf[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        let eof = filled < buf.len();
-        buf.truncate(filled);
-        if !eof {
-            // Keep the unfinished last line for the next block (a line longer than a block
-            // just makes the next block bigger).
-            match buf.iter().rposition(|&b| b == b'\n') {
-                Some(i) => carry = buf.split_off(i + 1),
-                None => {
-                    carry = buf;
-                    continue;
-                }
-            }
-        }
-        if !buf.is_empty() && tx.send((index, buf)).is_err() {
+    while let Some(block) = lines.next_block(BLOCK)? {
+        if tx.send((index, block)).is_err() {
             return Ok(());
         }
         index += 1;
-        if eof {
-            return Ok(());
-        }
     }
+    Ok(())
 }
 
 /// The authoritative parse of one line: the `leash-records` contract.
@@ -663,13 +642,8 @@ pub enum Unlocated {
         /// The reference.
         pod: PodRef,
     },
-    /// `first_seen` after `last_seen`.
-    TimeOrder {
-        /// first_seen.
-        first: DateTime<Utc>,
-        /// last_seen.
-        last: DateTime<Utc>,
-    },
+    /// A time outside what can have been observed (see [`leash_records::check_time`]).
+    Time(TimeError),
 }
 
 impl Unlocated {
@@ -685,12 +659,7 @@ impl Unlocated {
                 name: pod.name,
                 uid: pod.uid,
             },
-            Self::TimeOrder { first, last } => Error::TimeOrder {
-                path,
-                line,
-                first,
-                last,
-            },
+            Self::Time(source) => Error::Time { path, line, source },
         }
     }
 }

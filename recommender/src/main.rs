@@ -106,7 +106,8 @@ enum Command {
     /// Run the recommender as a service: agents stream records over gRPC (mTLS) into a
     /// SQLite store; HTTP serves health, metrics, recommendations, destinations and audits.
     Serve(Box<ServeArgs>),
-    /// Write a CA and mTLS certificates for `leash serve` and its agents (PEM files).
+    /// Write mTLS certificates for `leash serve` and its agents (PEM files), signed by the CA
+    /// in `--out` (made there if missing).
     Certs {
         /// The directory to write `ca.pem`, `server.pem`, `server-key.pem`, `<client>.pem`
         /// and `<client>-key.pem` into (created if missing).
@@ -118,6 +119,10 @@ enum Command {
         /// A client (agent) certificate to issue, by common name. Repeatable.
         #[arg(long = "client", num_args = 1..)]
         clients: Vec<String>,
+        /// Make a new CA even if `ca.pem` and `ca-key.pem` exist in `--out` (certificates the
+        /// old CA signed stop being trusted). Without it, the existing CA signs.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -178,6 +183,41 @@ struct ServeArgs {
     /// At most this many ipBlocks per external rule (served recommendations).
     #[arg(long, default_value_t = 8)]
     max_cidrs: usize,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// What one gRPC client may hold of `leash serve` (see `leash::serve::conn`).
+#[derive(clap::Args, Debug)]
+struct LimitArgs {
+    /// At most this many open gRPC connections in all; more are closed at accept.
+    #[arg(long, default_value_t = 4096)]
+    max_connections: usize,
+    /// At most this many open gRPC connections from one client IP address; more are closed
+    /// at accept. Raise it when agents reach the server through NAT or a proxy.
+    #[arg(long, default_value_t = 4)]
+    max_connections_per_address: usize,
+    /// At most this many concurrent gRPC streams on one connection (an agent needs one).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    max_streams_per_connection: u32,
+    /// A TLS handshake, a connection's first stream and HTTP request headers must complete
+    /// within this.
+    #[arg(long, default_value = "10s", value_parser = leash_records::duration::parse_positive)]
+    handshake_timeout: std::time::Duration,
+    /// A stream that has sent part of a message and then nothing for this long is reset.
+    #[arg(long, default_value = "30s", value_parser = leash_records::duration::parse_positive)]
+    read_timeout: std::time::Duration,
+    /// A gRPC connection without an open stream for this long is closed.
+    #[arg(long, default_value = "5m", value_parser = leash_records::duration::parse_positive)]
+    idle_timeout: std::time::Duration,
+    /// At most this many bytes of partially received gRPC messages, over all clients and
+    /// beyond each connection's --inflight-bytes-per-connection; at least --max-message-bytes.
+    #[arg(long, default_value_t = 256 << 20)]
+    max_inflight_bytes: usize,
+    /// Bytes of partially received messages each gRPC connection may hold without drawing on
+    /// --max-inflight-bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    inflight_bytes_per_connection: usize,
 }
 
 /// A window or span (`24h`, `7d`, `90m`), as `leash_records::duration` parses every duration.
@@ -341,12 +381,17 @@ fn run(cli: Cli) -> Result<(), Failure> {
             out,
             server_names,
             clients,
+            force,
         } => {
-            leash::certs::generate(&out, &server_names, &clients).map_err(bad_input)?;
-            eprintln!(
-                "leash: wrote the CA, server and client certificates to {}",
-                out.display()
-            );
+            let ca = leash::certs::generate_with(&out, &server_names, &clients, force)
+                .map_err(bad_input)?;
+            let what = match ca {
+                leash::certs::CaSource::Reused => {
+                    "server and client certificates, signed by the existing CA,"
+                }
+                leash::certs::CaSource::Created => "a new CA, server and client certificates",
+            };
+            eprintln!("leash: wrote {what} to {}", out.display());
             Ok(())
         }
     }
@@ -412,6 +457,7 @@ fn load_cluster(
 
 /// `leash serve`: runs until SIGINT or SIGTERM.
 fn serve(args: ServeArgs) -> Result<(), Failure> {
+    leash::serve::conn::return_freed_buffers_to_the_system();
     init_logging();
     let cluster = match (&args.source.cluster, args.source.kube) {
         (Some(path), _) => leash::serve::ClusterSource::File(path.clone()),
@@ -423,7 +469,25 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         (Some(cert), Some(key), Some(ca)) => Some(leash_records::tls::TlsFiles { cert, key, ca }),
         _ => None,
     };
+    if args.limits.max_inflight_bytes < args.max_message_bytes {
+        return Err(bad_input(format!(
+            "--max-inflight-bytes ({}) must be at least --max-message-bytes ({})",
+            args.limits.max_inflight_bytes, args.max_message_bytes
+        )));
+    }
+    let limits = &args.limits;
+    let limits = leash::serve::conn::Limits {
+        max_connections: limits.max_connections,
+        max_connections_per_address: limits.max_connections_per_address,
+        max_streams_per_connection: limits.max_streams_per_connection,
+        handshake_timeout: limits.handshake_timeout,
+        read_timeout: limits.read_timeout,
+        idle_timeout: limits.idle_timeout,
+        max_inflight_bytes: limits.max_inflight_bytes,
+        inflight_bytes_per_connection: limits.inflight_bytes_per_connection,
+    };
     let config = leash::serve::Config {
+        limits,
         listen: args.listen,
         http: args.http,
         store: args.store,

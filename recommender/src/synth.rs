@@ -694,10 +694,11 @@ fn name_policies(cluster: &Cluster, policies: &mut [PolicySpec]) {
     }
 }
 
-/// `<base>-egress`, lower-cased to DNS-1123 and cut to 253 characters.
+/// `<base>-egress`, lower-cased to DNS-1123 and at most 253 characters (a long base keeps a
+/// prefix and a stable hash of the whole, [`leash_records::names::shorten`]).
 pub fn policy_name(base: &str) -> String {
     let suffix = "-egress";
-    let mut clean: String = base
+    let clean: String = base
         .chars()
         .map(|c| {
             let c = c.to_ascii_lowercase();
@@ -708,7 +709,9 @@ pub fn policy_name(base: &str) -> String {
             }
         })
         .collect();
-    clean.truncate(MAX_NAME - suffix.len());
+    // A long name keeps a prefix and a hash of the whole, so two workloads whose names share
+    // the first 246 characters still get distinct policies.
+    let clean = leash_records::names::shorten(&clean, MAX_NAME - suffix.len());
     let trimmed = clean.trim_matches(|c: char| c == '-' || c == '.');
     let base = if trimmed.is_empty() {
         "workload"

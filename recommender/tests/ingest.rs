@@ -785,13 +785,7 @@ async fn an_old_agent_reads_the_new_ack_and_moves_on() {
     let pki = Pki::new();
     let store = Arc::new(MemStore::default());
     let server = serve(&pki, store.clone(), Limits::default()).await;
-    let channel = Endpoint::from_shared(format!("https://{}", server.addr))
-        .expect("uri")
-        .connect_with_connector(TlsConnector::new(pki.client("node-a")))
-        .await
-        .expect("connect");
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.expect("ready");
+    let mut grpc = raw_client(&pki, &server).await;
     let (tx, rx) = mpsc::channel(4);
     let codec = tonic_prost::ProstCodec::<v1::Batch, OldAck>::default();
     let path = tonic::codegen::http::uri::PathAndQuery::from_static("/leash.v1.Ingest/Push");
@@ -1184,13 +1178,7 @@ async fn bytes_that_do_not_decode_are_invalid_argument() {
     let pki = Pki::new();
     let store = Arc::new(MemStore::default());
     let server = serve(&pki, store.clone(), Limits::default()).await;
-    let channel = Endpoint::from_shared(format!("https://{}", server.addr))
-        .expect("uri")
-        .connect_with_connector(TlsConnector::new(pki.client("node-a")))
-        .await
-        .expect("connect");
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.expect("ready");
+    let mut grpc = raw_client(&pki, &server).await;
     let (tx, rx) = mpsc::channel(1);
     tx.send(NotABatch { id: 7 }).await.expect("queued");
     let codec = tonic_prost::ProstCodec::<NotABatch, v1::Ack>::default();
@@ -1221,4 +1209,17 @@ async fn bytes_that_do_not_decode_are_invalid_argument() {
         Some("leash_ingest_rejected_batches_total{cause=\"malformed\"} 1"),
         "{text}"
     );
+}
+
+/// A generic gRPC client over mutual TLS as `node-a`, for streams with message types of the
+/// test's own (an old agent's `Ack`, bytes that are no `Batch`).
+async fn raw_client(pki: &Pki, server: &Server) -> tonic::client::Grpc<tonic::transport::Channel> {
+    let channel = Endpoint::from_shared(format!("https://{}", server.addr))
+        .expect("uri")
+        .connect_with_connector(TlsConnector::new(pki.client("node-a")))
+        .await
+        .expect("connect");
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("ready");
+    grpc
 }

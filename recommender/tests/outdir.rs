@@ -416,3 +416,44 @@ fn longest_workload_name_gets_a_stable_file() {
     }
     assert_eq!(seen[0], seen[1], "the same file name every run");
 }
+
+#[test]
+fn long_workload_names_sharing_a_prefix_get_distinct_policies() {
+    // Two valid names that agree in their first 251 characters: cutting them to fit
+    // `-egress` alone gave one policy name twice (a failed self-check, exit 1).
+    let stem = format!(
+        "{}.{}.{}.{}",
+        "a".repeat(63),
+        "b".repeat(63),
+        "c".repeat(63),
+        "d".repeat(59)
+    );
+    let (one, two) = (format!("{stem}x1"), format!("{stem}x2"));
+    assert_eq!(one.len(), 253);
+    let root = tempfile::tempdir().expect("tempdir");
+    let input = input(
+        root.path(),
+        "a",
+        &[("shop", &one, 443), ("shop", &two, 443)],
+    );
+    let dir = root.path().join("out");
+    assert_ok(&recommend(&input, &dir, &[]));
+    let policies: Vec<String> = files(&dir)
+        .into_iter()
+        .filter(|f| f.starts_with("shop/") && !f.ends_with("/default-deny-egress.yaml"))
+        .collect();
+    assert_eq!(policies.len(), 2, "{policies:?}");
+    let (a, b) = (
+        leash::synth::policy_name(&one),
+        leash::synth::policy_name(&two),
+    );
+    assert_ne!(a, b);
+    for name in [&a, &b] {
+        assert!(name.len() <= 253 && name.ends_with("-egress"), "{name}");
+        assert_eq!(
+            leash_records::names::dns1123_subdomain(name),
+            Ok(()),
+            "{name}"
+        );
+    }
+}

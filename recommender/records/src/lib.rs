@@ -1,6 +1,7 @@
 //! The contracts shared by `leash-agent` and `leash`, kept in one crate so the two sides cannot drift.
 //!
 //! - [`access`]: the Kubernetes API permissions each binary declares it uses.
+//! - [`bounded`]: bounded reading of input files (line length, file size, file type).
 //! - [`codec`]: the gRPC codec of `leash.v1` (prost, decoded from one contiguous slice).
 //! - [`duration`]: the one duration grammar of every flag and query parameter, range-checked.
 //! - [`names`]: which DNS names, Kubernetes names and label keys leash accepts.
@@ -12,6 +13,7 @@
 //! - [`wire`]: the `leash.v1` gRPC messages, client and server, and their conversions to records.
 
 pub mod access;
+pub mod bounded;
 pub mod codec;
 pub mod duration;
 pub mod names;
@@ -22,6 +24,6 @@ pub mod wire;
 
 pub use record::{
     DnsAnswer, DnsRecord, FlowRecord, Located, Outcome, PodRef, Protocol, Record, RecordError,
-    read_records,
+    TimeError, check_flow_times, check_time, read_records, read_records_limited,
 };
 pub use snapshot::{Snapshot, SnapshotError};

@@ -104,17 +104,16 @@ pub fn dns1123_label(name: &str) -> Result {
     dns1123_part(name, 0)
 }
 
-/// Checks a DNS-1123 subdomain (a pod or workload name): at most 253 bytes of dot-separated
-/// DNS-1123 labels.
+/// Checks a DNS-1123 subdomain (a pod or workload name) as Kubernetes does: at most 253 bytes
+/// of dot-separated parts of lowercase letters, digits and `-`, each starting and ending with a
+/// letter or digit. Unlike a DNS name, a part may be longer than 63 bytes (Kubernetes does not
+/// limit them, and long Deployment names give such pod names).
 pub fn dns1123_subdomain(name: &str) -> Result {
     check_len(name, MAX_SUBDOMAIN)?;
     let mut offset = 0;
     for label in name.split('.') {
         if label.is_empty() {
             return Err(NameError::EmptyLabel);
-        }
-        if label.len() > MAX_LABEL {
-            return Err(NameError::LabelTooLong { len: label.len() });
         }
         dns1123_part(label, offset)?;
         offset += label.len() + 1;
@@ -165,6 +164,31 @@ pub fn label_value(value: &str) -> Result {
     } else {
         label_name(value)
     }
+}
+
+/// How many hex digits of the SHA-256 [`shorten`] appends.
+pub const SHORTEN_HASH_HEX: usize = 16;
+
+/// `name` when it is at most `max` bytes; otherwise a prefix of it, `-`, and the first 16 hex
+/// digits of the whole name's SHA-256, `max` bytes at most. Deterministic, so a generated name
+/// or file name stays the same across runs, and two long names that differ only after the
+/// prefix still differ. The prefix loses trailing `-` and `.`, so a DNS-1123 name stays one.
+/// `max` must leave room for the hash (at least 17 bytes).
+pub fn shorten(name: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if name.len() <= max {
+        return std::borrow::Cow::Borrowed(name);
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, name.as_bytes());
+    let mut out = String::with_capacity(max);
+    let keep = name.floor_char_boundary(max.saturating_sub(SHORTEN_HASH_HEX + 1));
+    out.push_str(name[..keep].trim_end_matches(['-', '.']));
+    if !out.is_empty() {
+        out.push('-');
+    }
+    for b in &digest.as_ref()[..SHORTEN_HASH_HEX / 2] {
+        out.push_str(&format!("{b:02x}"));
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// A name shown to people, for error messages about names that were refused: at most 64
@@ -314,6 +338,8 @@ mod tests {
         );
         let name = ["a".repeat(63).as_str(); 4].join(".");
         assert_eq!(dns1123_subdomain(&name[..253]), Ok(()));
+        // Kubernetes limits a subdomain's length, not its parts'.
+        assert_eq!(dns1123_subdomain(&"a".repeat(200)), Ok(()));
         assert_eq!(uid("0f5a3c1e-8d2b-4c7e-9a1f-2b3c4d5e6f70"), Ok(()));
         assert_eq!(uid("a/b"), Err(NameError::InvalidChar { offset: 1 }));
         assert_eq!(label_key("app.kubernetes.io/name"), Ok(()));
@@ -345,6 +371,28 @@ mod tests {
         );
     }
 
+    #[test]
+    fn shorten_keeps_short_names_and_hashes_long_ones() {
+        assert_eq!(shorten("web", 10), "web");
+        let a = "a".repeat(300);
+        let b = format!("{}b", "a".repeat(299));
+        let sa = shorten(&a, 253);
+        assert_eq!(sa.len(), 253);
+        assert_eq!(sa, shorten(&a, 253), "deterministic");
+        assert_ne!(
+            sa,
+            shorten(&b, 253),
+            "a difference past the prefix still shows"
+        );
+        assert!(sa.starts_with(&"a".repeat(236)), "{sa}");
+        // A prefix ending in '-' or '.' loses them, so the result stays a DNS-1123 subdomain.
+        // Parts of 58 bytes put a dot at byte 235, where the prefix is cut.
+        let dotted = ["a".repeat(58).as_str(); 6].join(".");
+        let short = shorten(&dotted, 253);
+        assert!(!short.contains(".-"), "{short}");
+        assert_eq!(dns1123_subdomain(&short), Ok(()));
+    }
+
     proptest! {
         /// Any accepted DNS name is within the limits and made of the allowed bytes, so it is
         /// safe to show in markdown, HTML and Events without a further check; and no input
@@ -360,14 +408,17 @@ mod tests {
             let _ = display_prefix(&s).to_string();
         }
 
-        /// Every subdomain is a valid DNS name too, and every label a subdomain.
+        /// Every namespace name is a subdomain and a DNS name; a long subdomain shortened with
+        /// [`shorten`] stays one.
         #[test]
-        fn kubernetes_names_nest(s in "[a-z0-9.-]{0,260}") {
+        fn kubernetes_names_nest(s in "[a-z0-9.-]{0,300}") {
             if dns1123_label(&s).is_ok() {
                 prop_assert_eq!(dns1123_subdomain(&s), Ok(()));
-            }
-            if dns1123_subdomain(&s).is_ok() {
                 prop_assert_eq!(dns_name(&s), Ok(()));
+            }
+            let parts_ok = s.split('.').all(|p| dns1123_part(p, 0).is_ok() && !p.is_empty());
+            if s.len() > MAX_SUBDOMAIN && parts_ok {
+                prop_assert_eq!(dns1123_subdomain(&shorten(&s, MAX_SUBDOMAIN)), Ok(()));
             }
         }
     }

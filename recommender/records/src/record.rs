@@ -2,12 +2,12 @@
 
 use std::{
     fmt,
-    io::BufRead,
+    io::Read,
     net::IpAddr,
     path::{Path, PathBuf},
 };
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
 /// The only record version this crate reads and writes.
@@ -324,6 +324,81 @@ impl Record {
             Record::Dns(d) => d.pod.as_ref(),
         }
     }
+
+    /// Checks the record's times with [`check_flow_times`] or [`check_time`].
+    pub fn check_times(&self, now: DateTime<Utc>) -> Result<(), TimeError> {
+        match self {
+            Record::Flow(f) => check_flow_times(f.first_seen, f.last_seen, now),
+            Record::Dns(d) => check_time("time", d.time, now),
+        }
+    }
+}
+
+/// How far after the reader's clock a record's time may lie: node clocks disagree a little,
+/// never by a day.
+pub const MAX_CLOCK_SKEW: TimeDelta = TimeDelta::days(1);
+
+/// A record time outside what can have been observed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TimeError {
+    /// Not after 1970-01-01T00:00:00Z (the wire's "unset" and earlier).
+    #[error("{field} {time} is not after 1970-01-01T00:00:00Z")]
+    BeforeEpoch {
+        /// The field.
+        field: &'static str,
+        /// Its value.
+        time: DateTime<Utc>,
+    },
+    /// More than [`MAX_CLOCK_SKEW`] after the current time.
+    #[error("{field} {time} is more than a day after the current time")]
+    Future {
+        /// The field.
+        field: &'static str,
+        /// Its value.
+        time: DateTime<Utc>,
+    },
+    /// `first_seen` after `last_seen`.
+    #[error("first_seen {first} is after last_seen {last}")]
+    Order {
+        /// first_seen.
+        first: DateTime<Utc>,
+        /// last_seen.
+        last: DateTime<Utc>,
+    },
+}
+
+/// The one check of a record time, for every reader (files, the store's ingest): after the
+/// Unix epoch and at most [`MAX_CLOCK_SKEW`] after `now`. Without it a bogus time (1900, or
+/// year 3000) would stretch a workload's observed span and hide that it was observed briefly.
+pub fn check_time(
+    field: &'static str,
+    time: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<(), TimeError> {
+    if time <= DateTime::UNIX_EPOCH {
+        return Err(TimeError::BeforeEpoch { field, time });
+    }
+    if now
+        .checked_add_signed(MAX_CLOCK_SKEW)
+        .is_some_and(|limit| time > limit)
+    {
+        return Err(TimeError::Future { field, time });
+    }
+    Ok(())
+}
+
+/// [`check_time`] for both bounds of a flow, and `first_seen <= last_seen`.
+pub fn check_flow_times(
+    first: DateTime<Utc>,
+    last: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<(), TimeError> {
+    check_time("first_seen", first, now)?;
+    check_time("last_seen", last, now)?;
+    if first > last {
+        return Err(TimeError::Order { first, last });
+    }
+    Ok(())
 }
 
 /// A record that could not be read, with where it came from.
@@ -337,6 +412,9 @@ pub enum RecordError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// The input exceeds its bounds, or is not a readable file.
+    #[error(transparent)]
+    Input(#[from] crate::bounded::InputError),
     /// A line is not a valid v1 record.
     #[error("{path}:{line}: invalid record: {message}")]
     Invalid {
@@ -358,47 +436,59 @@ pub struct Located {
     pub record: Record,
 }
 
-/// Reads v1 records from JSON lines. Blank lines are skipped. Stops at the first bad line,
-/// reporting `path:line`.
+/// Reads v1 records from JSON lines within the default [`Limits`](crate::bounded::Limits).
+/// Blank lines are skipped. Stops at the first bad line, reporting `path:line`.
 pub fn read_records(
-    reader: impl BufRead,
+    reader: impl Read,
     path: &Path,
 ) -> impl Iterator<Item = Result<Located, RecordError>> {
+    read_records_limited(reader, path, crate::bounded::Limits::default())
+}
+
+/// [`read_records`] within `limits`. Every record's times pass [`Record::check_times`].
+pub fn read_records_limited(
+    reader: impl Read,
+    path: &Path,
+    limits: crate::bounded::Limits,
+) -> impl Iterator<Item = Result<Located, RecordError>> {
     let path = path.to_path_buf();
+    let now = Utc::now();
+    let mut lines = crate::bounded::LineReader::new(reader, &path, limits);
     let mut failed = false;
-    reader.lines().enumerate().filter_map(move |(i, line)| {
-        if failed {
-            return None;
-        }
-        let line_no = i + 1;
-        let text = match line {
-            Ok(t) => t,
-            Err(source) => {
-                failed = true;
-                return Some(Err(RecordError::Io {
-                    path: path.clone(),
-                    source,
-                }));
-            }
-        };
-        if text.trim().is_empty() {
-            return None;
-        }
-        Some(
-            serde_json::from_str::<Record>(&text)
-                .map(|record| Located {
-                    line: line_no,
-                    record,
-                })
-                .map_err(|e| {
+    std::iter::from_fn(move || {
+        while !failed {
+            let invalid = |line: usize, message: String| RecordError::Invalid {
+                path: path.clone(),
+                line,
+                message,
+            };
+            let next = lines.next_line().map(|l| l.map(<[u8]>::to_vec));
+            let bytes = match next {
+                Ok(Some(b)) => b,
+                Ok(None) => return None,
+                Err(e) => {
                     failed = true;
-                    RecordError::Invalid {
-                        path: path.clone(),
-                        line: line_no,
-                        message: e.to_string(),
-                    }
-                }),
-        )
+                    return Some(Err(e.into()));
+                }
+            };
+            let line = lines.line();
+            let Ok(text) = std::str::from_utf8(&bytes) else {
+                failed = true;
+                return Some(Err(invalid(line, "invalid UTF-8".into())));
+            };
+            if text.trim().is_empty() {
+                continue;
+            }
+            let result = serde_json::from_str::<Record>(text)
+                .map_err(|e| e.to_string())
+                .and_then(|record| {
+                    record.check_times(now).map_err(|e| e.to_string())?;
+                    Ok(Located { line, record })
+                });
+            failed = result.is_err();
+            return Some(result.map_err(|message| invalid(line, message)));
+        }
+        None
     })
 }
 
@@ -445,6 +535,85 @@ mod tests {
         assert_eq!(got[0].as_ref().unwrap().line, 1);
         let err = got[1].as_ref().unwrap_err().to_string();
         assert!(err.starts_with("flows.jsonl:3: invalid record:"), "{err}");
+    }
+
+    #[test]
+    fn times_outside_what_can_be_observed_are_rejected_with_their_line() {
+        let now: DateTime<Utc> = "2026-11-26T00:00:00Z".parse().unwrap();
+        let t = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        assert!(
+            check_flow_times(t("2026-11-25T09:00:00Z"), t("2026-11-26T23:59:59Z"), now).is_ok()
+        );
+        for (first, last, want) in [
+            (
+                "1969-12-31T23:59:59Z",
+                "2026-11-25T09:00:00Z",
+                "first_seen 1969-12-31 23:59:59 UTC is not after 1970-01-01",
+            ),
+            (
+                "1970-01-01T00:00:00Z",
+                "2026-11-25T09:00:00Z",
+                "not after 1970-01-01",
+            ),
+            (
+                "2026-11-25T09:00:00Z",
+                "2026-11-27T00:00:01Z",
+                "last_seen 2026-11-27 00:00:01 UTC is more than a day after",
+            ),
+            (
+                "2026-11-25T09:00:01Z",
+                "2026-11-25T09:00:00Z",
+                "first_seen 2026-11-25 09:00:01 UTC is after last_seen",
+            ),
+        ] {
+            let err = check_flow_times(t(first), t(last), now)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{first} {last}: {err}");
+        }
+        let future = FLOW.replace("2026-11-25T09:00:05Z", "2999-01-01T00:00:00Z");
+        let old = DNS.replace("2026-11-25T09:00:00Z", "1900-01-01T00:00:00Z");
+        let reversed = FLOW.replace("09:00:00Z", "09:00:09Z");
+        let input = format!("{FLOW}\n{future}\n");
+        let got: Vec<_> = read_records(input.as_bytes(), Path::new("f.jsonl")).collect();
+        let err = got[1].as_ref().unwrap_err().to_string();
+        assert!(
+            err.starts_with("f.jsonl:2: invalid record: last_seen 2999"),
+            "{err}"
+        );
+        for (text, want) in [(old, "time 1900"), (reversed, "is after last_seen")] {
+            let got: Vec<_> = read_records(text.as_bytes(), Path::new("f.jsonl")).collect();
+            let err = got[0].as_ref().unwrap_err().to_string();
+            assert!(
+                err.starts_with("f.jsonl:1: invalid record: ") && err.contains(want),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_wire_applies_the_same_time_check() {
+        let dns = |t: DateTime<Utc>| crate::wire::v1::Dns {
+            pod: None,
+            cgroup: String::new(),
+            server: vec![203, 0, 113, 53],
+            query: "a.test.".into(),
+            qtype: "A".into(),
+            rcode: "NOERROR".into(),
+            answers: Vec::new(),
+            time_unix_nanos: t.timestamp_nanos_opt().unwrap(),
+        };
+        let now = Utc::now();
+        let ok = crate::wire::dns_from_wire("n1", crate::wire::RecordIndex::Dns(0), dns(now));
+        assert!(ok.is_ok(), "{ok:?}");
+        let late = now + TimeDelta::days(2);
+        let err = crate::wire::dns_from_wire("n1", crate::wire::RecordIndex::Dns(0), dns(late))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("is more than a day after the current time"),
+            "{err}"
+        );
     }
 
     #[test]

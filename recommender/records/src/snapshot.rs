@@ -22,17 +22,14 @@ use k8s_openapi::{
 };
 use serde_json::Value;
 
+use crate::bounded::{self, InputError};
+
 /// A snapshot that could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
-    /// The file could not be read.
-    #[error("{path}: cannot read cluster snapshot: {source}")]
-    Io {
-        /// The snapshot file.
-        path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
-    },
+    /// The file could not be read within its bounds (size, line length, type, UTF-8).
+    #[error(transparent)]
+    Input(#[from] InputError),
     /// The text is not valid YAML or JSON.
     #[error("{path}:{line}: invalid YAML/JSON: {message}")]
     Syntax {
@@ -103,13 +100,79 @@ pub struct Snapshot {
     pub ignored: BTreeMap<String, usize>,
 }
 
-/// Loads a snapshot file (YAML or JSON).
+/// Loads a snapshot file (YAML or JSON), read within the [`Limits`](bounded::Limits) of the
+/// environment. A FIFO or device named here is read (`<(kubectl get …)`), bounded all the same.
 pub fn load_path(path: &Path) -> Result<Snapshot> {
-    let text = std::fs::read_to_string(path).map_err(|source| SnapshotError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = bounded::read_to_string(path, false, bounded::Limits::from_env()?)?;
     parse_str(&text, path)
+}
+
+/// Checks what leash relies on in an object, as the API server would have: a non-empty
+/// `metadata.name`, and label keys and values of valid syntax in its labels and in the label
+/// selectors and pod-template labels of workloads and Services (they become the selectors of
+/// generated policies). Shared by the snapshot loader and the API watchers.
+pub fn check_object(item: &Value) -> std::result::Result<(), String> {
+    fn at<'a>(v: Option<&'a Value>, key: &str) -> Option<&'a Value> {
+        v.and_then(|v| v.get(key))
+    }
+    let meta = item.get("metadata");
+    match at(meta, "name").and_then(Value::as_str) {
+        Some(name) if !name.is_empty() => {}
+        _ => return Err("metadata.name is missing or empty".into()),
+    }
+    check_labels("metadata.labels", at(meta, "labels"))?;
+    let spec = item.get("spec");
+    check_selector("spec.selector", at(spec, "selector"))?;
+    fn template_labels(t: Option<&Value>) -> Option<&Value> {
+        at(at(t, "metadata"), "labels")
+    }
+    check_labels(
+        "spec.template.metadata.labels",
+        template_labels(at(spec, "template")),
+    )?;
+    let job = at(at(spec, "jobTemplate"), "spec");
+    check_selector("spec.jobTemplate.spec.selector", at(job, "selector"))?;
+    check_labels(
+        "spec.jobTemplate.spec.template.metadata.labels",
+        template_labels(at(job, "template")),
+    )
+}
+
+/// A map of labels (or a Service's selector) at `field`.
+fn check_labels(field: &str, labels: Option<&Value>) -> std::result::Result<(), String> {
+    for (k, v) in labels.and_then(Value::as_object).into_iter().flatten() {
+        crate::names::label_key(k).map_err(|e| format!("{field}: invalid label key {k:?}: {e}"))?;
+        if let Some(v) = v.as_str() {
+            crate::names::label_value(v)
+                .map_err(|e| format!("{field}[{k}]: invalid label value {v:?}: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// A `LabelSelector` (`matchLabels`, `matchExpressions`), or a Service's plain map.
+fn check_selector(field: &str, selector: Option<&Value>) -> std::result::Result<(), String> {
+    let Some(sel) = selector else {
+        return Ok(());
+    };
+    if sel.get("matchLabels").is_none() && sel.get("matchExpressions").is_none() {
+        return check_labels(field, Some(sel));
+    }
+    check_labels(&format!("{field}.matchLabels"), sel.get("matchLabels"))?;
+    let exprs = sel.get("matchExpressions").and_then(Value::as_array);
+    for (i, e) in exprs.into_iter().flatten().enumerate() {
+        let at = format!("{field}.matchExpressions[{i}]");
+        if let Some(k) = e.get("key").and_then(Value::as_str) {
+            crate::names::label_key(k)
+                .map_err(|err| format!("{at}.key: invalid label key {k:?}: {err}"))?;
+        }
+        let values = e.get("values").and_then(Value::as_array);
+        for v in values.into_iter().flatten().filter_map(Value::as_str) {
+            crate::names::label_value(v)
+                .map_err(|err| format!("{at}.values: invalid label value {v:?}: {err}"))?;
+        }
+    }
+    Ok(())
 }
 
 /// Parses snapshot text; `source` names it in errors.
@@ -224,6 +287,15 @@ impl Snapshot {
             name: name.clone(),
             message: e.to_string(),
         };
+        if is_modeled(&api_version, &kind) {
+            check_object(&item).map_err(|message| SnapshotError::InvalidObject {
+                path: source.to_path_buf(),
+                location: location.to_string(),
+                kind: kind.clone(),
+                name: name.clone(),
+                message,
+            })?;
+        }
         match (api_version.as_str(), kind.as_str()) {
             ("v1", "Namespace") => self.namespaces.push(decode(item).map_err(invalid)?),
             ("v1", "Node") => self.nodes.push(decode(item).map_err(invalid)?),
@@ -250,6 +322,21 @@ impl Snapshot {
         }
         Ok(())
     }
+}
+
+/// Whether leash models objects of this kind (the others are only counted).
+fn is_modeled(api_version: &str, kind: &str) -> bool {
+    matches!(
+        (api_version, kind),
+        ("v1", "Namespace" | "Node" | "Pod" | "Service")
+            | ("discovery.k8s.io/v1", "EndpointSlice")
+            | ("networking.k8s.io/v1", "NetworkPolicy")
+            | (
+                "apps/v1",
+                "ReplicaSet" | "Deployment" | "StatefulSet" | "DaemonSet"
+            )
+            | ("batch/v1", "Job" | "CronJob")
+    )
 }
 
 fn decode<T: serde::de::DeserializeOwned>(item: Value) -> serde_json::Result<T> {
@@ -355,6 +442,63 @@ items:
             .unwrap_err()
             .to_string();
         assert!(err.contains("not a Kubernetes object"), "{err}");
+    }
+
+    #[test]
+    fn objects_without_a_name_or_with_invalid_labels_are_named() {
+        let list = |item: &str| {
+            format!(
+                "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Namespace\n  metadata: {{name: shop}}\n{item}"
+            )
+        };
+        let unnamed = list("- apiVersion: v1\n  kind: Pod\n  metadata: {namespace: shop}\n");
+        let err = parse_str(&unnamed, Path::new("c.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "c.yaml: document 1, item 2 (Pod shop/<unnamed>): metadata.name is missing or empty"
+        );
+        let bad_key = list(
+            "- apiVersion: v1\n  kind: Pod\n  metadata: {name: p, namespace: shop, labels: {\"bad key\": x}}\n",
+        );
+        let err = parse_str(&bad_key, Path::new("c.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "c.yaml: document 1, item 2 (Pod shop/p): metadata.labels: invalid label key \"bad key\": character not allowed at byte 3"
+        );
+        let bad_value =
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: a, labels: {team: \"-x\"}}\n";
+        let err = parse_str(bad_value, Path::new("n.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "n.yaml: document 1 (Namespace a): metadata.labels[team]: invalid label value"
+            ),
+            "{err}"
+        );
+        let bad_selector = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d, namespace: shop}\nspec:\n  selector: {matchLabels: {\"app d!\": x}}\n  template: {metadata: {labels: {app: d}}, spec: {containers: []}}\n";
+        let err = parse_str(bad_selector, Path::new("d.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("d.yaml: document 1 (Deployment shop/d): spec.selector.matchLabels: invalid label key \"app d!\""), "{err}");
+        let bad_service = "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: shop}\nspec: {selector: {app: \"a b\"}}\n";
+        let err = parse_str(bad_service, Path::new("s.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("(Service shop/s): spec.selector[app]: invalid label value \"a b\""),
+            "{err}"
+        );
+        // Kinds leash only counts are not checked.
+        let other = "apiVersion: v1\nkind: ConfigMap\nmetadata: {labels: {\"bad key\": x}}\n";
+        assert_eq!(
+            parse_str(other, Path::new("o.yaml")).unwrap().ignored.len(),
+            1
+        );
     }
 
     proptest::proptest! {

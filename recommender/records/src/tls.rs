@@ -7,7 +7,8 @@
 //!   links). A bad file on reload is logged and the previous configuration kept.
 //! - [`incoming`]: TLS connections for `tonic::transport::Server::serve_with_incoming`; each
 //!   new connection uses the configuration current at its accept, and its peer certificate's
-//!   identity is available to handlers as [`TlsConnectInfo`].
+//!   identity is available to handlers as [`TlsConnectInfo`]. [`handshake`] is its step for
+//!   one accepted connection, for servers that run their own accept loop.
 //! - [`TlsConnector`]: a connector for `tonic::transport::Endpoint::connect_with_connector`
 //!   that dials TCP + TLS, building the client configuration from its files on each connection
 //!   so that a reconnect picks up renewed certificates.
@@ -521,10 +522,31 @@ impl Drop for Incoming {
     }
 }
 
-/// Accepts TCP connections on `listener` and completes their TLS handshakes concurrently,
-/// each with the configuration `config` holds at its accept. A handshake that fails (no or
-/// untrusted client certificate) or takes longer than `handshake_timeout` is logged and
-/// dropped; it never reaches tonic.
+/// Completes the server side of a TLS handshake on an accepted TCP connection with `config`
+/// (a client certificate is required by [`server_config`]), within `timeout`. A client that
+/// does not finish in time gets `TimedOut`: it would otherwise hold its socket and buffers
+/// for as long as it likes.
+pub async fn handshake(
+    tcp: TcpStream,
+    config: Arc<ServerConfig>,
+    timeout: Duration,
+) -> io::Result<TlsConnection> {
+    // gRPC streams small frames both ways; Nagle would delay acks.
+    let _ = tcp.set_nodelay(true);
+    match tokio::time::timeout(timeout, TlsAcceptor::from(config).accept(tcp)).await {
+        Ok(Ok(stream)) => Ok(TlsConnection::new(stream)),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("TLS handshake not finished within {timeout:?}"),
+        )),
+    }
+}
+
+/// Accepts TCP connections on `listener` and completes their TLS handshakes concurrently
+/// ([`handshake`]), each with the configuration `config` holds at its accept. A handshake that
+/// fails (no or untrusted client certificate) or takes longer than `handshake_timeout` is
+/// logged and dropped; it never reaches tonic.
 ///
 /// # Panics
 /// Outside a tokio runtime.
@@ -549,19 +571,14 @@ pub fn incoming(
                     continue;
                 }
             };
-            // gRPC streams small frames both ways; Nagle would delay acks.
-            let _ = tcp.set_nodelay(true);
-            let acceptor = TlsAcceptor::from(config.borrow().clone());
+            let config = config.borrow().clone();
             let tx = tx.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
-                        let _ = tx.send(Ok(TlsConnection::new(stream))).await;
+                match handshake(tcp, config, handshake_timeout).await {
+                    Ok(connection) => {
+                        let _ = tx.send(Ok(connection)).await;
                     }
-                    Ok(Err(e)) => tracing::warn!("TLS handshake with {remote} failed: {e}"),
-                    Err(_) => tracing::warn!(
-                        "TLS handshake with {remote} timed out after {handshake_timeout:?}"
-                    ),
+                    Err(e) => tracing::warn!("TLS handshake with {remote} failed: {e}"),
                 }
             });
         }

@@ -810,7 +810,10 @@ fn time_from_wire(record: RecordIndex, field: &'static str, nanos: i64) -> Resul
             format!("{nanos} is not after 1970-01-01 (unset?)"),
         ));
     }
-    Ok(DateTime::from_timestamp_nanos(nanos))
+    let time = DateTime::from_timestamp_nanos(nanos);
+    crate::record::check_time(field, time, Utc::now())
+        .map_err(|e| invalid(record, field, e.to_string()))?;
+    Ok(time)
 }
 
 fn time_to_wire(record: RecordIndex, field: &'static str, t: &DateTime<Utc>) -> Result<i64> {

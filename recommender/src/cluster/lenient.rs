@@ -31,11 +31,19 @@ pub(crate) enum Lenient<K> {
 impl<'de, K: DeserializeOwned> Deserialize<'de> for Lenient<K> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let value = Value::deserialize(deserializer)?;
-        match K::deserialize(&value) {
+        // The same check as a snapshot's: a label leash would turn into a selector must be
+        // valid, whichever way the object came.
+        let decoded = K::deserialize(&value)
+            .map_err(|e| e.to_string())
+            .and_then(|object| {
+                leash_records::snapshot::check_object(&value)?;
+                Ok(object)
+            });
+        match decoded {
             Ok(object) => Ok(Lenient::Valid(object)),
-            Err(e) => Ok(Lenient::Invalid {
+            Err(error) => Ok(Lenient::Invalid {
                 metadata: Box::new(salvage_metadata(&value)),
-                error: e.to_string(),
+                error,
             }),
         }
     }
@@ -124,5 +132,17 @@ mod tests {
             serde_json::from_str(r#"{"metadata":{"name":"c","labels":[1]}}"#).unwrap();
         assert_eq!(worse.meta().name.as_deref(), Some("c"));
         assert_eq!(<Lenient<Pod>>::plural(&()), "pods");
+        let bad_label: Lenient<Pod> = serde_json::from_str(
+            r#"{"metadata":{"name":"d","namespace":"shop","labels":{"bad key":"x"}}}"#,
+        )
+        .unwrap();
+        let Lenient::Invalid { error, .. } = &bad_label else {
+            panic!("decoded {bad_label:?}");
+        };
+        assert_eq!(
+            error,
+            "metadata.labels: invalid label key \"bad key\": character not allowed at byte 3"
+        );
+        assert_eq!(bad_label.meta().name.as_deref(), Some("d"));
     }
 }

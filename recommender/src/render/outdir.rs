@@ -37,9 +37,6 @@ const GENERATED_BY: &str = "leash recommend";
 /// The longest file name (bytes) on Linux file systems.
 const MAX_FILE_NAME: usize = 255;
 
-/// Hex digits of the hash that shortens a file name too long for the file system.
-const HASH_HEX: usize = 16;
-
 /// A file in DIR larger than this is not leash's (its policies are far smaller), so it is
 /// never read whole to find out.
 const MAX_OWNED_BYTES: u64 = 16 << 20;
@@ -138,16 +135,7 @@ fn namespace_object(ns: &str) -> String {
 /// SHA-256 (deterministic, so every run picks the same name).
 pub fn file_name(stem: &str) -> String {
     const EXT: &str = ".yaml";
-    if stem.len() + EXT.len() <= MAX_FILE_NAME {
-        return format!("{stem}{EXT}");
-    }
-    let digest = ring::digest::digest(&ring::digest::SHA256, stem.as_bytes());
-    let hash: String = digest.as_ref()[..HASH_HEX / 2]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let keep = stem.floor_char_boundary(MAX_FILE_NAME - EXT.len() - 1 - HASH_HEX);
-    format!("{}-{hash}{EXT}", &stem[..keep])
+    format!("{}{EXT}", names::shorten(stem, MAX_FILE_NAME - EXT.len()))
 }
 
 /// The header of `<ns>/default-deny-egress.yaml`.

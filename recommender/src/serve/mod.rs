@@ -6,6 +6,7 @@
 //! applied policies deny. Data flows one way: agents → ingest → store → recommendations.
 
 pub mod alert;
+pub mod conn;
 pub mod http;
 pub mod verdicts;
 
@@ -63,7 +64,16 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Knobs for recommendations served over HTTP.
     pub options: synth::Options,
+    /// What one gRPC client may hold (connections, streams, time, memory in flight);
+    /// `handshake_timeout` also bounds HTTP request headers.
+    pub limits: conn::Limits,
 }
+
+/// How often the server pings an HTTP/2 connection to learn that its client is still there.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How long the server waits for a ping's answer before it closes the connection.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Errors that stop `leash serve`.
 #[derive(Debug, thiserror::Error)]
@@ -217,6 +227,8 @@ pub async fn run(
     alert_metrics.register(&mut registry);
     let (ingest, ingest_handle) =
         ingest_service(&config, Arc::clone(&store), model_rx.clone(), &mut registry)?;
+    let connections = conn::Shared::new(config.limits);
+    connections.register(&mut registry);
 
     let grpc = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -272,9 +284,12 @@ pub async fn run(
         alert_sink,
     )));
 
-    let http_server = axum::serve(http_listener, http::router(Arc::clone(&state)))
-        .with_graceful_shutdown(stopped(stop_rx.clone()));
-    let http_task = tokio::spawn(async move { http_server.await });
+    let http_task = tokio::spawn(conn::serve_http(
+        http_listener,
+        http::router(Arc::clone(&state)),
+        config.limits.handshake_timeout,
+        stop_rx.clone(),
+    ));
 
     // Ingest starts once the model exists, so every batch is attributed to workloads.
     let mut ready = model_rx.clone();
@@ -283,27 +298,44 @@ pub async fn run(
         r = ready.wait_for(Option::is_some) => { let _ = r; }
         _ = stop.wait_for(|s| *s) => {}
     }
-    let server = tonic::transport::Server::builder();
+    // Agents need one stream each; the windows bound what a connection buffers below tonic
+    // (see `conn`); keepalive pings find clients that went away without closing.
+    let server = tonic::transport::Server::builder()
+        .max_concurrent_streams(config.limits.max_streams_per_connection)
+        .initial_connection_window_size(conn::CONNECTION_WINDOW)
+        .initial_stream_window_size(conn::CONNECTION_WINDOW)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
     state.ingest_listening.store(true, Ordering::Release);
     tracing::info!(grpc = %config.listen, http = %config.http, store = %config.store.display(), tls = tls.is_some(), "leash serve ready");
     let grpc_result = match &tls {
         Some(reloading) => {
-            let incoming = leash_records::tls::incoming(
-                grpc,
-                reloading.subscribe(),
-                leash_records::tls::DEFAULT_HANDSHAKE_TIMEOUT,
-            );
+            let current = reloading.subscribe();
+            let timeout = config.limits.handshake_timeout;
+            let incoming = conn::incoming(grpc, Arc::clone(&connections), move |tcp| {
+                leash_records::tls::handshake(tcp, current.borrow().clone(), timeout)
+            });
             server
+                .layer(
+                    conn::StreamLayer::<leash_records::tls::TlsConnectInfo>::new(Arc::clone(
+                        &connections,
+                    )),
+                )
                 .serve_with_incoming_shutdown(ingest, incoming, stopped(stop_rx.clone()))
                 .await
         }
         None => {
+            let incoming = conn::incoming(grpc, Arc::clone(&connections), |tcp| async move {
+                let _ = tcp.set_nodelay(true);
+                Ok(tcp)
+            });
             server
-                .serve_with_incoming_shutdown(
-                    ingest,
-                    tokio_stream::wrappers::TcpListenerStream::new(grpc),
-                    stopped(stop_rx.clone()),
+                .layer(
+                    conn::StreamLayer::<tonic::transport::server::TcpConnectInfo>::new(Arc::clone(
+                        &connections,
+                    )),
                 )
+                .serve_with_incoming_shutdown(ingest, incoming, stopped(stop_rx.clone()))
                 .await
         }
     };
@@ -313,16 +345,10 @@ pub async fn run(
         addr: config.listen,
         source,
     })?;
-    match http_result {
-        Ok(r) => r.map_err(|source| Error::Http {
-            addr: config.http,
-            source,
-        }),
-        Err(e) => Err(Error::Http {
-            addr: config.http,
-            source: std::io::Error::other(e),
-        }),
-    }
+    http_result.map_err(|e| Error::Http {
+        addr: config.http,
+        source: std::io::Error::other(e),
+    })
 }
 
 /// The gRPC ingest service over `store`, attributing with the current model, and a handle to
