@@ -5,6 +5,8 @@
 //! - (b) 60 gRPC streams, each on its own mTLS connection with a valid client certificate,
 //!   announce a 16 MB message, send 15 MB of it and stall.
 //!
+//! `LEASH_BENCH_SERVE_ARGS` adds flags to `leash serve` (e.g. `--max-connections-per-address
+//! 100`, so that every stalled stream gets a connection from the bench's one address).
 //! Each scenario runs `LEASH_BENCH_SECS` (default 20) seconds; the agent alone runs first as
 //! the baseline. Printed per scenario: acknowledgement latency p50/p99/max, what the load
 //! achieved, and the server's RSS (from `/proc/PID/status`) before, at its peak and after.
@@ -461,6 +463,7 @@ fn main() -> Result<(), Error> {
     let secs = env_usize("LEASH_BENCH_SECS", 20).max(1) as u64;
     let scenario = Duration::from_secs(secs);
     let prefill_flows = env_usize("LEASH_BENCH_PREFILL", 50_000);
+    let extra_args = std::env::var("LEASH_BENCH_SERVE_ARGS").unwrap_or_default();
 
     let dir = tempfile::tempdir()?;
     let pki = dir.path().join("pki");
@@ -485,6 +488,8 @@ fn main() -> Result<(), Error> {
             .arg(pki.join("server-key.pem"))
             .arg("--tls-client-ca")
             .arg(pki.join("ca.pem"))
+            // e.g. `--max-connections-per-address 100`, to let all stalled streams in.
+            .args(extra_args.split_whitespace())
             .env("RUST_LOG", "error")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
