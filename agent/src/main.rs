@@ -70,9 +70,10 @@ struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
     dns_grace: Duration,
     /// Most DNS names kept per pod and address (so per flow record): the first name the pod
-    /// asked for, then the most recent ones.
+    /// asked for, then the most recent ones. At most what the recommender accepts per record.
     #[arg(long, value_name = "N", default_value_t = 16,
-          value_parser = clap::value_parser!(u16).range(1..=256))]
+          value_parser = clap::value_parser!(u16)
+              .range(1..=leash_records::wire::MAX_NAMES_PER_RECORD as i64))]
     dns_max_names_per_address: u16,
 }
 

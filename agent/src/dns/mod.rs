@@ -107,9 +107,9 @@ pub struct DnsResponse {
     pub omitted_answers: usize,
 }
 
-/// Answers kept per response; a legitimate response to a pod has far fewer, and a hostile one
-/// must not cost unbounded memory downstream.
-pub const MAX_ANSWERS: usize = 128;
+/// Answers kept per response: what the recommender accepts per record. A legitimate response to
+/// a pod has far fewer, and a hostile one must not cost unbounded memory downstream.
+pub const MAX_ANSWERS: usize = leash_records::wire::MAX_ANSWERS_PER_RECORD;
 
 /// The most text (owner names, types and data, in bytes) the answers of one DNS record carry.
 ///

@@ -21,9 +21,10 @@ use rustc_hash::FxHashMap;
 
 use crate::sink::{FlowView, PodView};
 
-/// Most names a buffered flow key carries by default: four times the agent's default bound
-/// per (pod, address), so that merging the records of a few flush intervals loses none.
-pub const DEFAULT_MAX_NAMES: usize = 64;
+/// Most names a buffered flow key carries by default: what the recommender accepts per record
+/// (four times the agent's default bound per (pod, address), so that merging the records of a
+/// few flush intervals loses none).
+pub const DEFAULT_MAX_NAMES: usize = leash_records::wire::MAX_NAMES_PER_RECORD;
 
 /// What [`MergeBuffer::push_flow`] did with a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
