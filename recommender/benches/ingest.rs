@@ -27,11 +27,8 @@ use chrono::{DateTime, Utc};
 use leash::{
     cluster::{Cluster, ClusterState},
     ingest::{IngestService, Limits},
-    store::{
-        BatchCommit, BatchId, Store,
-        observe::{from_batch, from_groups},
-        sqlite::SqliteStore,
-    },
+    observations::{from_batch, from_groups},
+    store::{BatchCommit, BatchId, Store, sqlite::SqliteStore},
 };
 use leash_records::{
     FlowRecord, Outcome, PodRef, Protocol, Snapshot,

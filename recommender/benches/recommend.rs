@@ -107,7 +107,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (cluster, p_load) = timed(|| leash::cluster::Cluster::load(&snap_path));
     let cluster = cluster?;
     let (obs, p_read) = timed(|| {
-        leash::input::Observations::read_paths(std::slice::from_ref(&flows_path), &cluster)
+        leash::observations::Observations::read_paths(std::slice::from_ref(&flows_path), &cluster)
     });
     let obs = obs?;
     let (rec, p_synth) = timed(|| leash::synth::recommend(&cluster, &obs, &opts));

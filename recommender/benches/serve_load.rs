@@ -141,6 +141,7 @@ fn prefill(db: &Path, total: usize) -> Result<(), Error> {
                 first_seen: now,
                 last_seen: now,
                 names: BTreeSet::from([format!("svc-{}.example.test", d % 50)]),
+                pods: Default::default(),
                 established: 3,
                 failed: 0,
             })

@@ -62,6 +62,7 @@ fn batch(round: usize, fresh: &mut usize) -> Vec<FlowObservation> {
                 first_seen: t,
                 last_seen: t + Duration::milliseconds(900),
                 names: Default::default(),
+                pods: Default::default(),
                 established: 1,
                 failed: 0,
             }
@@ -107,6 +108,7 @@ fn filled_store(dir: &tempfile::TempDir) -> SqliteStore {
                 first_seen: t,
                 last_seen: t,
                 names: ["api.example.test".to_owned()].into_iter().collect(),
+                pods: Default::default(),
                 established: 0,
                 failed: 0,
             })

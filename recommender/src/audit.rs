@@ -15,8 +15,11 @@ use std::{
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use leash_records::bounded::{self, InputError, Limits};
-use leash_records::{FlowRecord, Record, RecordError, read_records_limited};
+use leash_records::{PodRef, Record, RecordError, read_records_limited};
 use serde::Serialize;
+
+use crate::cluster::Cluster;
+use crate::observations::{Evidence, FlowKey, Observations};
 
 use crate::eval::{
     self, ClusterView, CompiledPolicy, Evaluation, Flow, PodView, PolicyId, PolicySet, Reason,
@@ -91,6 +94,14 @@ pub enum Error {
         name: String,
         /// The record's pod uid.
         uid: String,
+    },
+    /// A stored flow for a pod that is not in the cluster the policies are evaluated in.
+    #[error("store: flow for unknown pod {namespace}/{name} not in the cluster model")]
+    UnknownStoredPod {
+        /// The pod's namespace.
+        namespace: String,
+        /// The pod's name.
+        name: String,
     },
 }
 
@@ -252,20 +263,75 @@ pub fn load_policy_set(path: &Path) -> Result<PolicySet> {
     })
 }
 
-/// A flow record with where it was read.
+/// Where an audited flow was observed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LocatedFlow {
-    /// The file (`-` for stdin).
-    pub path: PathBuf,
-    /// 1-based line.
-    pub line: usize,
-    /// The record.
-    pub flow: FlowRecord,
+pub enum Origin {
+    /// A line of a record file.
+    File {
+        /// The file (`-` for stdin).
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+    },
+    /// The observation store of `leash serve`.
+    Store,
+}
+
+impl Origin {
+    /// The line of a file origin.
+    pub fn line(&self) -> Option<usize> {
+        match self {
+            Origin::File { line, .. } => Some(*line),
+            Origin::Store => None,
+        }
+    }
+}
+
+/// A flow to audit: where it was observed, the pod that made it, and what it dialed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttributedFlow {
+    /// Where it was observed.
+    pub origin: Origin,
+    /// The source pod, resolved by uid, else by namespace and name. `None` for a record
+    /// without a pod, which [`audit`] refuses naming its file and line.
+    pub pod: Option<PodRef>,
+    /// The destination as dialed (before DNAT).
+    pub flow: Flow,
+}
+
+/// The flows of observations read from a store, as audit input: one per (pod, destination,
+/// port, protocol), sorted, each with its evidence. A workload's flows come from the pod its
+/// evidence is attached to (see `crate::observations::from_stored`).
+pub fn stored_flows<'o>(
+    cluster: &Cluster,
+    obs: &'o Observations,
+) -> Vec<(AttributedFlow, &'o Evidence)> {
+    let mut keys: Vec<(&FlowKey, &Evidence)> = obs.flows.iter().collect();
+    keys.sort_by_key(|(k, _)| **k);
+    keys.into_iter()
+        .filter_map(|(k, ev)| {
+            let pod = cluster.pods.get(k.pod)?;
+            let flow = AttributedFlow {
+                origin: Origin::Store,
+                pod: Some(PodRef {
+                    uid: pod.uid.clone().unwrap_or_default(),
+                    namespace: pod.namespace.clone(),
+                    name: pod.name.clone(),
+                }),
+                flow: Flow {
+                    protocol: k.protocol,
+                    dst: k.dst,
+                    dst_port: k.port,
+                },
+            };
+            Some((flow, ev))
+        })
+        .collect()
 }
 
 /// Reads the flow records of a JSON-lines file (`-` for stdin), skipping DNS records,
 /// within the [`Limits`] of the environment.
-pub fn read_flows(path: &Path) -> Result<Vec<LocatedFlow>> {
+pub fn read_flows(path: &Path) -> Result<Vec<AttributedFlow>> {
     let limits = Limits::from_env()?;
     let located = if path == Path::new("-") {
         read_records_limited(std::io::stdin().lock(), path, limits)
@@ -277,10 +343,17 @@ pub fn read_flows(path: &Path) -> Result<Vec<LocatedFlow>> {
     Ok(located
         .into_iter()
         .filter_map(|l| match l.record {
-            Record::Flow(flow) => Some(LocatedFlow {
-                path: path.to_path_buf(),
-                line: l.line,
-                flow,
+            Record::Flow(flow) => Some(AttributedFlow {
+                origin: Origin::File {
+                    path: path.to_path_buf(),
+                    line: l.line,
+                },
+                pod: flow.pod,
+                flow: Flow {
+                    protocol: flow.protocol,
+                    dst: flow.dst,
+                    dst_port: flow.dst_port,
+                },
             }),
             Record::Dns(_) => None,
         })
@@ -290,10 +363,8 @@ pub fn read_flows(path: &Path) -> Result<Vec<LocatedFlow>> {
 /// The verdict for one input flow.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEntry {
-    /// Where the flow was read.
-    pub path: PathBuf,
-    /// 1-based line.
-    pub line: usize,
+    /// Where the flow was observed.
+    pub origin: Origin,
     /// The source pod, `namespace/name`.
     pub source: PolicyId,
     /// The flow as observed (before DNAT).
@@ -310,53 +381,57 @@ pub struct AuditReport {
 }
 
 /// Evaluates every flow, in input order. A flow without a pod, or for a pod not in the
-/// cluster, is an error naming its file and line.
+/// cluster, is an error naming its origin (file and line, or the store).
 pub fn audit<V: ClusterView + ?Sized>(
     view: &V,
     policies: &PolicySet,
-    flows: &[LocatedFlow],
+    flows: &[AttributedFlow],
 ) -> Result<AuditReport> {
     // Agents emit many records per key over time: evaluate each (pod, flow) once.
     let mut cache: HashMap<(PolicyId, Flow), Evaluation> = HashMap::new();
     let mut entries = Vec::with_capacity(flows.len());
-    for lf in flows {
-        let Some(pod_ref) = &lf.flow.pod else {
-            return Err(Error::UnattributedFlow {
-                path: lf.path.clone(),
-                line: lf.line,
-            });
-        };
-        let Some(pod) = view.pod_by_ref(pod_ref) else {
-            return Err(Error::UnknownPod {
-                path: lf.path.clone(),
-                line: lf.line,
-                namespace: pod_ref.namespace.clone(),
-                name: pod_ref.name.clone(),
-                uid: pod_ref.uid.clone(),
-            });
+    for af in flows {
+        let Some(pod) = af.pod.as_ref().and_then(|r| view.pod_by_ref(r)) else {
+            return Err(unattributed(af));
         };
         let source = PolicyId {
             namespace: pod.namespace().to_string(),
             name: pod.name().to_string(),
         };
-        let flow = Flow {
-            protocol: lf.flow.protocol,
-            dst: lf.flow.dst,
-            dst_port: lf.flow.dst_port,
-        };
+        let flow = af.flow;
         let evaluation = cache
             .entry((source.clone(), flow))
             .or_insert_with(|| evaluate(view, policies, pod, &flow))
             .clone();
         entries.push(AuditEntry {
-            path: lf.path.clone(),
-            line: lf.line,
+            origin: af.origin.clone(),
             source,
             flow,
             evaluation,
         });
     }
     Ok(AuditReport { entries })
+}
+
+/// The error for a flow whose pod is missing or not in the cluster, naming its origin.
+fn unattributed(af: &AttributedFlow) -> Error {
+    match (&af.origin, &af.pod) {
+        (Origin::File { path, line }, None) => Error::UnattributedFlow {
+            path: path.clone(),
+            line: *line,
+        },
+        (Origin::File { path, line }, Some(r)) => Error::UnknownPod {
+            path: path.clone(),
+            line: *line,
+            namespace: r.namespace.clone(),
+            name: r.name.clone(),
+            uid: r.uid.clone(),
+        },
+        (Origin::Store, r) => Error::UnknownStoredPod {
+            namespace: r.as_ref().map_or_else(String::new, |r| r.namespace.clone()),
+            name: r.as_ref().map_or_else(String::new, |r| r.name.clone()),
+        },
+    }
 }
 
 /// The JSON shape of one verdict; field order is part of the contract.

@@ -1,8 +1,9 @@
 //! `leash`: turns observed egress into least-privilege NetworkPolicies.
 //!
-//! Pure logic, no I/O except in [`input`] and [`render`]:
-//! records → [`cluster`] model → [`classify`] → [`synth`] ([`cidr`], [`ports`], selectors)
-//! → [`render`] (YAML, REPORT.md). [`eval`] is the one NetworkPolicy engine, used by
+//! Pure logic, no I/O except in [`observations`] (reading record files) and [`render`]:
+//! records → [`ingest`] → [`store`] → [`observations`] (attributed to the [`cluster`]
+//! model) → [`classify`] → [`synth`] ([`cidr`], [`ports`], selectors) → [`render`] (YAML,
+//! REPORT.md). [`eval`] is the one NetworkPolicy engine, used by
 //! `audit`, `explain` and the self-check of `recommend`.
 
 pub mod audit;
@@ -11,9 +12,10 @@ pub mod cidr;
 pub mod classify;
 pub mod cluster;
 pub mod eval;
+pub mod evidence;
 pub mod explain;
 pub mod ingest;
-pub mod input;
+pub mod observations;
 pub mod ports;
 pub mod render;
 pub mod serve;

@@ -326,16 +326,21 @@ fn run(cli: Cli) -> Result<(), Failure> {
             };
             let mut located = Vec::new();
             if let Some(store) = &store {
-                let input = leash::store::audit_input(store, &cluster, since_time(since))
-                    .map_err(bad_input)?;
-                report_skipped(&input.skipped);
-                if input.unattributed_flows > 0 {
+                let store = open_store(store)?;
+                let (obs, skipped) =
+                    leash::observations::load(&store, &cluster, since_time(since))
+                        .map_err(bad_input)?;
+                report_skipped(&skipped);
+                if obs.unattributed_flows > 0 {
                     eprintln!(
                         "leash: {} flow events outside pods are not audited",
-                        input.unattributed_flows
+                        obs.unattributed_flows
                     );
                 }
-                located = input.flows;
+                located = leash::audit::stored_flows(&cluster, &obs)
+                    .into_iter()
+                    .map(|(flow, _)| flow)
+                    .collect();
             }
             for f in &flows {
                 located.extend(leash::audit::read_flows(f).map_err(bad_input)?);
@@ -404,20 +409,27 @@ fn observe(
     store: Option<&std::path::Path>,
     since: Option<chrono::Duration>,
     flows: &[PathBuf],
-) -> Result<(leash::input::Observations, Vec<leash::store::Skipped>), Failure> {
+) -> Result<(leash::observations::Observations, Vec<leash::observations::Skipped>), Failure> {
     match store {
         Some(path) => {
-            let store = leash::store::SqliteStore::open_existing(path).map_err(bad_input)?;
+            let store = open_store(path)?;
             let (observations, skipped) =
-                leash::store::load(&store, cluster, since_time(since)).map_err(bad_input)?;
+                leash::observations::load(&store, cluster, since_time(since))
+                    .map_err(bad_input)?;
             report_skipped(&skipped);
             Ok((observations, skipped))
         }
         None => Ok((
-            leash::input::Observations::read_paths(flows, cluster).map_err(bad_input)?,
+            leash::observations::Observations::read_paths(flows, cluster).map_err(bad_input)?,
             Vec::new(),
         )),
     }
+}
+
+/// Opens the store file of `leash serve` for reading; a missing file is an error, not an
+/// empty store.
+fn open_store(path: &std::path::Path) -> Result<leash::store::SqliteStore, Failure> {
+    leash::store::SqliteStore::open_existing(path).map_err(bad_input)
 }
 
 /// A tokio runtime for the commands that talk to the network.
@@ -544,7 +556,7 @@ fn since_time(since: Option<chrono::Duration>) -> Option<chrono::DateTime<chrono
 }
 
 /// Stored observations that could not be used, on stderr.
-fn report_skipped(skipped: &[leash::store::Skipped]) {
+fn report_skipped(skipped: &[leash::observations::Skipped]) {
     for s in skipped {
         eprintln!("leash: {s}");
     }

@@ -341,8 +341,31 @@ fn evidence_cells(e: &RuleEvidence) -> String {
         time(e.first_seen),
         time(e.last_seen),
         list(e.names.iter().cloned(), 5),
-        list(e.pods.iter().cloned(), 5),
+        pod_list(e, 5),
     )
+}
+
+/// The source pods of a rule: at most `max` names, then "and N more", or "and at least N
+/// more" when a store left pods unnamed (it keeps a bounded number per observation).
+fn pod_list(e: &RuleEvidence, max: usize) -> String {
+    let named = e.pods.len();
+    let shown: Vec<String> = e.pods.iter().take(max).map(|p| md(p)).collect();
+    let rest = u64::try_from(named - shown.len())
+        .unwrap_or(u64::MAX)
+        .saturating_add(e.more_pods);
+    let at_least = if e.more_pods > 0 { "at least " } else { "" };
+    let mut s = shown.join(", ");
+    match (shown.is_empty(), rest) {
+        (true, 0) => return "-".to_owned(),
+        (true, _) => {
+            let _ = write!(s, "{at_least}{rest} pods");
+        }
+        (false, 0) => {}
+        (false, _) => {
+            let _ = write!(s, " and {at_least}{rest} more");
+        }
+    }
+    cell(&s)
 }
 
 /// `REPORT.md`: what a reviewer of the policy pull request needs.

@@ -18,7 +18,8 @@ use crate::cidr::{self, CoverOptions};
 use crate::classify::{self, Class, Classifier, HostKind, Peer, Resolver, Target};
 use crate::cluster::{Cluster, NAMESPACE_NAME_LABEL, Selector, WorkloadId};
 use crate::eval::{self, ClusterView, PolicySet};
-use crate::input::{Evidence, Observations};
+use crate::evidence::merge_pods;
+use crate::observations::{Evidence, Observations, PodNames};
 use crate::ports::{self, PortRange};
 
 /// Annotation naming the generator.
@@ -76,36 +77,55 @@ pub struct RuleEvidence {
     pub names: BTreeSet<String>,
     /// Source pods (`namespace/name` is implied: the workload's namespace).
     pub pods: BTreeSet<String>,
+    /// At least this many other source pods, not named: a store keeps a bounded number of
+    /// pod names per observation ([`PodNames`]).
+    pub more_pods: u64,
     /// Destinations as dialed (`10.96.0.10:53/UDP`, `Service shop/api 80/TCP → 8080`).
     pub destinations: BTreeSet<String>,
 }
 
 impl RuleEvidence {
-    fn add(&mut self, ev: &Evidence, pod: &str, destination: String) {
-        self.count = self.count.saturating_add(ev.count);
-        self.first_seen = Some(
-            self.first_seen
-                .map_or(ev.first_seen, |f| f.min(ev.first_seen)),
-        );
-        self.last_seen = Some(self.last_seen.map_or(ev.last_seen, |l| l.max(ev.last_seen)));
+    fn add(&mut self, ev: &Evidence, pods: Who<'_>, destination: String) {
+        self.fold(ev.count, Some(ev.first_seen), Some(ev.last_seen));
         self.names.extend(ev.names.iter().cloned());
-        self.pods.insert(pod.to_owned());
+        match pods {
+            Who::Pod(pod) => {
+                self.pods.insert(pod.to_owned());
+            }
+            Who::Stored(p) => merge_pods(
+                &mut self.pods,
+                &mut self.more_pods,
+                p.names.iter().map(String::as_str),
+                p.more,
+            ),
+        }
         self.destinations.insert(destination);
     }
 
     fn merge(&mut self, o: &RuleEvidence) {
-        self.count = self.count.saturating_add(o.count);
-        self.first_seen = match (self.first_seen, o.first_seen) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        self.last_seen = match (self.last_seen, o.last_seen) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        };
+        self.fold(o.count, o.first_seen, o.last_seen);
         self.names.extend(o.names.iter().cloned());
-        self.pods.extend(o.pods.iter().cloned());
+        merge_pods(
+            &mut self.pods,
+            &mut self.more_pods,
+            o.pods.iter().map(String::as_str),
+            o.more_pods,
+        );
         self.destinations.extend(o.destinations.iter().cloned());
+    }
+
+    /// The one evidence fold ([`crate::evidence::fold`]), on times that may be unset.
+    fn fold(&mut self, count: u64, first: Option<DateTime<Utc>>, last: Option<DateTime<Utc>>) {
+        let (Some(first), Some(last)) = (first.or(self.first_seen), last.or(self.last_seen))
+        else {
+            self.count = self.count.saturating_add(count);
+            return;
+        };
+        let mut f = self.first_seen.unwrap_or(first);
+        let mut l = self.last_seen.unwrap_or(last);
+        crate::evidence::fold(&mut self.count, &mut f, &mut l, count, first, last);
+        self.first_seen = Some(f);
+        self.last_seen = Some(l);
     }
 
     /// How long the evidence spans.
@@ -237,6 +257,16 @@ pub struct Recommendation {
     pub skipped_input: Vec<String>,
 }
 
+/// Who made a flow: the key's pod, or the pods a store kept for the flow (whose key's pod
+/// only stands in for its workload).
+#[derive(Debug, Clone, Copy)]
+enum Who<'a> {
+    /// The pod of the observation's key.
+    Pod(&'a str),
+    /// The pods stored with the observation.
+    Stored(&'a PodNames),
+}
+
 /// Per-workload accumulation before rules are built.
 #[derive(Default)]
 struct Acc {
@@ -273,17 +303,15 @@ pub fn recommend(cluster: &Cluster, obs: &Observations, opts: &Options) -> Recom
             continue;
         }
         let dialed = dest(key.dst, key.port, key.protocol);
+        let who = obs.pods.get(key).map_or(Who::Pod(&pod.name), Who::Stored);
         if pod.host_network {
-            host_network
-                .entry(w)
-                .or_default()
-                .add(ev, &pod.name, dialed);
+            host_network.entry(w).or_default().add(ev, who, dialed);
             continue;
         }
         let acc = accs.entry(w).or_default();
         match classifier.classify(key.dst, key.port, key.protocol) {
-            Class::Dns(r) => acc.dns.entry(r).or_default().add(ev, &pod.name, dialed),
-            Class::Direct(t) => add_target(acc, t, ev, &pod.name, dialed),
+            Class::Dns(r) => acc.dns.entry(r).or_default().add(ev, who, dialed),
+            Class::Direct(t) => add_target(acc, t, ev, who, dialed),
             Class::Service { service, targets } => {
                 let svc = &cluster.services[service];
                 let label = format!(
@@ -291,7 +319,7 @@ pub fn recommend(cluster: &Cluster, obs: &Observations, opts: &Options) -> Recom
                     svc.namespace, svc.name, key.port, key.protocol
                 );
                 for t in targets {
-                    add_target(acc, t, ev, &pod.name, format!("{label} → {}", t.port));
+                    add_target(acc, t, ev, who, format!("{label} → {}", t.port));
                 }
             }
             Class::Unresolved(reason) => {
@@ -310,16 +338,10 @@ pub fn recommend(cluster: &Cluster, obs: &Observations, opts: &Options) -> Recom
         if !in_scope(&pod.namespace) || pod.host_network {
             continue;
         }
-        let ev = Evidence {
-            count: u.queries,
-            first_seen: u.first_seen,
-            last_seen: u.last_seen,
-            names: u.names.clone(),
-        };
         let r = classifier.resolver(server);
         accs.entry(w).or_default().dns.entry(r).or_default().add(
-            &ev,
-            &pod.name,
+            u,
+            Who::Pod(&pod.name),
             format!("{server} (DNS queries)"),
         );
     }
@@ -396,13 +418,13 @@ pub fn recommend(cluster: &Cluster, obs: &Observations, opts: &Options) -> Recom
     rec
 }
 
-fn add_target(acc: &mut Acc, t: Target, ev: &Evidence, pod: &str, destination: String) {
+fn add_target(acc: &mut Acc, t: Target, ev: &Evidence, pods: Who<'_>, destination: String) {
     acc.peers
         .entry(t.peer)
         .or_default()
         .entry((t.protocol, t.port))
         .or_default()
-        .add(ev, pod, destination);
+        .add(ev, pods, destination);
 }
 
 fn host_prefix(ip: IpAddr) -> IpNet {
@@ -733,7 +755,10 @@ pub fn evidence_summary(e: &RuleEvidence) -> String {
     format!(
         "{} events from {} pod(s), {} to {}",
         e.count,
-        e.pods.len(),
+        // With a store, pods past its bound are counted, not named.
+        u64::try_from(e.pods.len())
+            .unwrap_or(u64::MAX)
+            .saturating_add(e.more_pods),
         fmt(e.first_seen),
         fmt(e.last_seen)
     )
@@ -979,7 +1004,7 @@ pub enum Error {
     Cluster(#[from] crate::cluster::LoadError),
     /// A record file is unreadable or invalid.
     #[error(transparent)]
-    Input(#[from] crate::input::Error),
+    Input(#[from] crate::observations::Error),
     /// The observation store could not be read.
     #[error(transparent)]
     Store(#[from] crate::store::Error),
@@ -1036,17 +1061,17 @@ pub fn run_store(
     store_path: &std::path::Path,
     since: Option<DateTime<Utc>>,
     opts: &Options,
-) -> Result<(Outcome, Vec<crate::store::Skipped>), Error> {
+) -> Result<(Outcome, Vec<crate::observations::Skipped>), Error> {
     let cluster = Cluster::load(cluster_path)?;
     let store = crate::store::SqliteStore::open_existing(store_path)?;
-    let (observations, skipped) = crate::store::load(&store, &cluster, since)?;
+    let (observations, skipped) = crate::observations::load(&store, &cluster, since)?;
     let mut outcome = run_observations(cluster, observations, opts)?;
     outcome.recommendation.skipped_input = skipped_lines(&skipped);
     Ok((outcome, skipped))
 }
 
 /// The report lines of skipped stored observations, sorted.
-pub fn skipped_lines(skipped: &[crate::store::Skipped]) -> Vec<String> {
+pub fn skipped_lines(skipped: &[crate::observations::Skipped]) -> Vec<String> {
     let mut lines: Vec<String> = skipped.iter().map(ToString::to_string).collect();
     lines.sort();
     lines

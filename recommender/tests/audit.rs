@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use builders::lab_cluster;
 use leash::{
     audit::{
-        Error, Format, LocatedFlow, audit, load_policies, load_policy_files, load_policy_set,
+        Error, Format, AttributedFlow, audit, load_policies, load_policy_files, load_policy_set,
         read_flows,
     },
     cluster::Cluster,
@@ -92,7 +92,7 @@ fn json_lines_one_per_flow_in_input_order() {
 #[test]
 fn entries_keep_file_lines_and_skip_dns_records() {
     let r = report();
-    let lines: Vec<usize> = r.entries.iter().map(|e| e.line).collect();
+    let lines: Vec<usize> = r.entries.iter().filter_map(|e| e.origin.line()).collect();
     // Line 5 is a DNS record and line 6 is blank.
     assert_eq!(lines, [1, 2, 3, 4, 7, 8]);
     assert!(r.any_denied());
@@ -105,7 +105,7 @@ fn input_order_is_preserved_not_sorted() {
     flows.reverse();
     let policies = load_policy_set(&fixture("policies")).expect("loads");
     let r = audit(&lab_cluster(), &policies, &flows).expect("audit");
-    let lines: Vec<usize> = r.entries.iter().map(|e| e.line).collect();
+    let lines: Vec<usize> = r.entries.iter().filter_map(|e| e.origin.line()).collect();
     assert_eq!(lines, [8, 7, 4, 3, 2, 1]);
     assert_eq!(r.entries[0].evaluation.verdict, Verdict::Deny);
     assert_eq!(r.entries[1].evaluation.verdict, Verdict::Allow);
@@ -173,13 +173,13 @@ fn unknown_pod_is_an_error_naming_file_and_line() {
 fn unattributed_flow_is_an_error_naming_file_and_line() {
     let flows = read_flows(&fixture("flows.jsonl")).expect("parses");
     let mut one = flows[..2].to_vec();
-    one[1].flow.pod = None;
+    one[1].pod = None;
     let err = audit(&lab_cluster(), &PolicySet::default(), &one).expect_err("no pod");
     assert_eq!(
         err.to_string(),
         format!(
             "{}:2: flow record has no pod; audit needs the source pod",
-            one[1].path.display()
+            fixture("flows.jsonl").display()
         )
     );
 }
@@ -200,8 +200,8 @@ fn bad_flow_line_is_an_error_naming_file_and_line() {
 fn uid_resolves_before_name() {
     // A record whose uid names web but whose name is stale still audits as shop/web.
     let flows = read_flows(&fixture("flows.jsonl")).expect("parses");
-    let mut one: Vec<LocatedFlow> = flows[..1].to_vec();
-    if let Some(p) = one[0].flow.pod.as_mut() {
+    let mut one: Vec<AttributedFlow> = flows[..1].to_vec();
+    if let Some(p) = one[0].pod.as_mut() {
         p.name = "web-old".into();
     }
     let r = audit(&lab_cluster(), &PolicySet::default(), &one).expect("audit");
@@ -285,8 +285,8 @@ fn policy_errors_name_the_file() {
 #[test]
 fn table_notes_host_network_sources() {
     let flows = read_flows(&fixture("flows.jsonl")).expect("parses");
-    let mut one: Vec<LocatedFlow> = flows[1..2].to_vec();
-    if let Some(p) = one[0].flow.pod.as_mut() {
+    let mut one: Vec<AttributedFlow> = flows[1..2].to_vec();
+    if let Some(p) = one[0].pod.as_mut() {
         p.uid = String::new();
         p.name = "host-agent".into();
     }

@@ -728,7 +728,7 @@ fn self_check_catches_a_policy_that_denies_an_observed_flow() {
     let fx = shop();
     let recs = [flow("shop", WEB0, "TCP", "203.0.113.1", 443, 1, &[])];
     let cluster = fx.cluster();
-    let mut obs = leash::input::Observations::default();
+    let mut obs = leash::observations::Observations::default();
     for r in &recs {
         obs.add(r, &cluster).unwrap();
     }
@@ -1114,7 +1114,7 @@ fn parallel_reader_matches_sequential_and_numbers_lines_across_blocks() {
         records.push(r);
     }
     assert!(text.len() > 3 * (4 << 20) / 2, "spans several blocks");
-    let mut parallel = leash::input::Observations::default();
+    let mut parallel = leash::observations::Observations::default();
     parallel
         .read(
             std::io::Cursor::new(text.clone()),
@@ -1122,7 +1122,7 @@ fn parallel_reader_matches_sequential_and_numbers_lines_across_blocks() {
             &cluster,
         )
         .expect("reads");
-    let mut sequential = leash::input::Observations::default();
+    let mut sequential = leash::observations::Observations::default();
     for r in &records {
         sequential.add(r, &cluster).expect("adds");
     }
@@ -1136,7 +1136,7 @@ fn parallel_reader_matches_sequential_and_numbers_lines_across_blocks() {
     lines.insert(30_500, &bad);
     lines.insert(35_000, &bad_garbage);
     let with_errors: String = lines.concat();
-    let err = leash::input::Observations::default()
+    let err = leash::observations::Observations::default()
         .read(
             std::io::Cursor::new(with_errors),
             std::path::Path::new("mem"),

@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use leash::eval::{self, ClusterView, PolicySet, Verdict};
-use leash::input::Observations;
+use leash::observations::Observations;
 use leash::synth::{self, Options, PeerSpec, RuleKind};
 use leash_records::Record;
 use proptest::prelude::*;
@@ -460,8 +460,8 @@ proptest! {
             4 => line.replacen("\"v\":1,", "", 1),
             _ => line.replacen("\"protocol\":\"", "\"protocol\":\"x", 1),
         };
-        let fast = leash::input::parse_flow_fast(&line);
-        let slow = leash::input::parse_record(&line);
+        let fast = leash::observations::parse_flow_fast(&line);
+        let slow = leash::observations::parse_record(&line);
         if mutation == 0 {
             prop_assert_eq!(fast.clone(), Some(rec));
         }
@@ -473,7 +473,7 @@ proptest! {
     /// Neither parser panics on arbitrary text.
     #[test]
     fn record_parsers_never_panic(s in "\\PC{0,200}") {
-        let _ = leash::input::parse_flow_fast(&s);
-        let _ = leash::input::parse_record(&s);
+        let _ = leash::observations::parse_flow_fast(&s);
+        let _ = leash::observations::parse_record(&s);
     }
 }

@@ -100,6 +100,7 @@ fn flow(w: &WorkloadRef, dst: &str, name: &str, at: DateTime<Utc>) -> FlowObserv
         first_seen: at,
         last_seen: at,
         names: BTreeSet::from([name.to_owned()]),
+        pods: Default::default(),
         established: 2,
         failed: 0,
     }

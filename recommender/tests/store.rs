@@ -52,6 +52,7 @@ fn flow(
         first_seen: t(first),
         last_seen: t(last),
         names: names.iter().map(|n| (*n).to_owned()).collect(),
+        pods: Default::default(),
         established: outcome.0,
         failed: outcome.1,
     }

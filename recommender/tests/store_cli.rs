@@ -7,7 +7,8 @@ use std::process::{Command, Output};
 
 use chrono::Utc;
 use leash::cluster::Cluster;
-use leash::store::{self, BatchId, FlowObservation, SqliteStore, Store, WorkloadRef};
+use leash::observations;
+use leash::store::{BatchId, FlowObservation, SqliteStore, Store, WorkloadRef};
 use leash_records::{DnsRecord, FlowRecord, Protocol, Record};
 
 fn fixture(name: &str) -> PathBuf {
@@ -59,7 +60,7 @@ fn fill_store(db: &Path) -> SqliteStore {
                 Record::Flow(_) => None,
             })
             .collect();
-        let (f, d) = store::from_batch(&cluster, &flows, &dns);
+        let (f, d) = observations::from_batch(&cluster, &flows, &dns);
         let id = BatchId {
             node: "n1".into(),
             boot_id: "boot".into(),
@@ -157,6 +158,7 @@ fn recommend_from_a_store_writes_the_output_directory_and_reports_skipped_worklo
         first_seen: now,
         last_seen: now,
         names: Default::default(),
+        pods: Default::default(),
         established: 0,
         failed: 0,
     };

@@ -1,4 +1,4 @@
-//! Records to per-workload observations and back ([`leash::store::observe`]).
+//! Records to per-workload observations and back ([`leash::observations`]).
 
 #[path = "fixtures/recommend/support.rs"]
 mod support;
@@ -6,7 +6,8 @@ mod support;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use leash::store::{self, SkipReason, WorkloadRef};
+use leash::observations::{self, SkipReason};
+use leash::store::{self, WorkloadRef};
 use leash_records::{DnsRecord, FlowRecord, Outcome, Record};
 use support::{Fx, dns, flow};
 
@@ -93,8 +94,8 @@ fn records_become_workload_observations_and_nothing_is_dropped() {
     let mut host = as_flow(flow("x", "y", "TCP", "198.51.100.3", 22, 3, &[]));
     host.pod = None;
     host.node = "n7".into();
-    let (mut flows, dns) = store::from_batch(&cluster, &[a, b, bare, unknown, host], &[]);
-    flows.sort_by(|x, y| store::observe::flow_order(x).cmp(&store::observe::flow_order(y)));
+    let (mut flows, dns) = observations::from_batch(&cluster, &[a, b, bare, unknown, host], &[]);
+    flows.sort_by(|x, y| store::flow_order(x).cmp(&store::flow_order(y)));
     assert!(dns.is_empty());
     let keys: Vec<_> = flows
         .iter()
@@ -122,7 +123,7 @@ fn records_become_workload_observations_and_nothing_is_dropped() {
 
     // Back to the engine: the Deployment's evidence on its first pod, the node's counted as
     // unattributed, the unknown pod skipped with its events.
-    let (obs, skipped) = store::observations(&cluster, &flows, &dns);
+    let (obs, skipped) = observations::from_stored(&cluster, &flows, &dns);
     assert_eq!(obs.unattributed_flows, 3);
     assert_eq!(obs.flows.len(), 2);
     let first = cluster.pod_by_name("shop", "api-5c9f7d-p0").expect("pod");
@@ -158,8 +159,8 @@ fn dns_answers_keep_the_cname_chain_names() {
     again.time = "2026-11-23T00:00:00Z".parse().expect("time");
     let mut unattributed = d.clone();
     unattributed.pod = None;
-    let (flows, mut obs) = store::from_batch(&cluster, &[], &[d.clone(), again, unattributed]);
-    obs.sort_by(|x, y| store::observe::dns_order(x).cmp(&store::observe::dns_order(y)));
+    let (flows, mut obs) = observations::from_batch(&cluster, &[], &[d.clone(), again, unattributed]);
+    obs.sort_by(|x, y| store::dns_order(x).cmp(&store::dns_order(y)));
     assert!(flows.is_empty());
     assert_eq!(
         obs.len(),
@@ -180,11 +181,11 @@ fn dns_answers_keep_the_cname_chain_names() {
     assert_eq!(obs[0].workload, wl("", "Node", "n1"));
 
     // The engine learns the same names as from the record itself.
-    let (engine, skipped) = store::observations(&cluster, &[], &obs);
+    let (engine, skipped) = observations::from_stored(&cluster, &[], &obs);
     assert!(skipped.is_empty());
-    let mut direct = leash::input::Observations::default();
+    let mut direct = leash::observations::Observations::default();
     direct.add(&Record::Dns(d), &cluster).expect("known pod");
     assert_eq!(engine.names_by_ip, direct.names_by_ip);
     assert_eq!(engine.resolvers, direct.resolvers);
-    assert_eq!(engine.dns.values().map(|u| u.queries).sum::<u64>(), 2);
+    assert_eq!(engine.dns.values().map(|u| u.count).sum::<u64>(), 2);
 }

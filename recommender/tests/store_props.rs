@@ -1,9 +1,9 @@
 //! The store path gives the same policies as the file path.
 //!
 //! For random clusters and record sets: records read as JSON lines (the `--flows` path) and
-//! the same records turned into observations batch by batch ([`store::from_batch`]),
+//! the same records turned into observations batch by batch ([`observations::from_batch`]),
 //! committed to a real SQLite file in several batches (one of them sent twice), read back
-//! and attributed to pods again ([`store::observations`]) make `recommend` decide the same.
+//! and attributed to pods again ([`observations::from_stored`]) make `recommend` decide the same.
 //!
 //! The one thing a per-workload store cannot keep is which pods of a workload made the
 //! traffic: the evidence's pod sets differ (the store attaches a workload's evidence to one
@@ -18,8 +18,9 @@ use std::net::IpAddr;
 use chrono::{DateTime, Duration, Utc};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use leash::cluster::Cluster;
-use leash::input::Observations;
-use leash::store::{self, BatchId, Commit, SqliteStore, Store};
+use leash::observations::Observations;
+use leash::observations;
+use leash::store::{BatchId, Commit, SqliteStore, Store};
 use leash::synth::{self, Options, Recommendation};
 use leash_records::{DnsAnswer, DnsRecord, FlowRecord, Outcome, PodRef, Protocol, Record, wire};
 use proptest::prelude::*;
@@ -373,7 +374,7 @@ fn through_store(
     cluster: &Cluster,
     records: &[Record],
     cuts: &[usize],
-) -> (Observations, Vec<store::Skipped>) {
+) -> (Observations, Vec<observations::Skipped>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = SqliteStore::open(dir.path().join("leash.db")).expect("store");
     let mut bounds: Vec<usize> = cuts.iter().map(|c| c % (records.len() + 1)).collect();
@@ -396,7 +397,7 @@ fn through_store(
                 Record::Flow(_) => None,
             })
             .collect();
-        let (fo, dno) = store::from_batch(cluster, &flows, &dns);
+        let (fo, dno) = observations::from_batch(cluster, &flows, &dns);
         // Ingest reads the same records from the wire, grouped by source, one node per batch:
         // it must aggregate them alike.
         for node in ["n1", "n2"] {
@@ -420,8 +421,8 @@ fn through_store(
             )
             .expect("valid batch");
             assert_eq!(
-                store::from_groups(cluster, node, &grouped.groups, &grouped.dns),
-                store::from_batch(cluster, &flows, &dns)
+                observations::from_groups(cluster, node, &grouped.groups, &grouped.dns),
+                observations::from_batch(cluster, &flows, &dns)
             );
         }
         let id = BatchId {
@@ -440,7 +441,7 @@ fn through_store(
     // Reopen: what is read comes from the file.
     drop(db);
     let db = SqliteStore::open(dir.path().join("leash.db")).expect("store");
-    store::load(&db, cluster, None).expect("load")
+    observations::load(&db, cluster, None).expect("load")
 }
 
 /// A recommendation with the evidence's pod names removed (see the module docs).

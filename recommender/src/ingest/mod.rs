@@ -48,7 +48,8 @@ use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::cluster::{Cluster, ClusterState};
-use crate::store::{BatchId, Store, WorkloadRef, observe};
+use crate::observations;
+use crate::store::{BatchId, Store, WorkloadRef};
 use committer::{Committer, Job};
 pub use metrics::{Cause, Metrics};
 
@@ -288,7 +289,7 @@ impl Inner {
         let check = |pod: &PodRef| match &last {
             Some((p, verdict)) if p == pod => verdict.clone(),
             _ => {
-                let verdict = check_workload(&observe::workload_ref(cluster, pod));
+                let verdict = check_workload(&observations::workload_ref(cluster, pod));
                 last = Some((pod.clone(), verdict.clone()));
                 verdict
             }
@@ -297,7 +298,7 @@ impl Inner {
             self.metrics.rejected(Cause::Malformed);
             Status::invalid_argument(format!("{name}: {e}"))
         })?;
-        let (flows, dns) = observe::from_groups(cluster, &batch.id.node, &batch.groups, &batch.dns);
+        let (flows, dns) = observations::from_groups(cluster, &batch.id.node, &batch.groups, &batch.dns);
         let records = (batch.flow_count(), batch.dns.len());
         let id = BatchId {
             node: batch.id.node.clone(),

@@ -197,9 +197,9 @@ pub fn denied_flows(
             dst: j.flow.dst,
             port: j.flow.dst_port,
             protocol: j.flow.protocol,
-            count: j.flow.count,
-            last_seen: j.flow.last_seen,
-            names: j.flow.names,
+            count: j.evidence.count,
+            last_seen: j.evidence.last_seen,
+            names: j.evidence.names.into_iter().collect(),
             policies: j
                 .evaluation
                 .policies()

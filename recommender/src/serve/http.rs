@@ -497,7 +497,7 @@ async fn recommendations(
         if dns.len() > max {
             return Err(too_many(&what, max));
         }
-        let (obs, _skipped) = crate::store::observe::observations(&model.cluster, &flows, &dns);
+        let (obs, _skipped) = crate::observations::from_stored(&model.cluster, &flows, &dns);
         drop((flows, dns));
         let rec = synth::recommend(&model.cluster, &obs, &opts);
         crate::render::yaml_stream(&synth::all_policies(&model.cluster, &rec))
@@ -522,17 +522,18 @@ struct Destination {
 }
 
 impl Destination {
-    fn from_record(f: &leash_records::FlowRecord) -> Self {
+    /// A judged flow: its evidence is summed over the workload's pods, without outcomes.
+    fn judged(f: &crate::eval::Flow, e: &crate::observations::Evidence) -> Self {
         Destination {
             protocol: f.protocol.as_str(),
             dst: f.dst,
             port: f.dst_port,
-            count: f.count,
-            first_seen: f.first_seen,
-            last_seen: f.last_seen,
-            names: f.names.clone(),
-            established: f.outcome.map_or(0, |o| o.established),
-            failed: f.outcome.map_or(0, |o| o.failed),
+            count: e.count,
+            first_seen: e.first_seen,
+            last_seen: e.last_seen,
+            names: e.names.iter().cloned().collect(),
+            established: 0,
+            failed: 0,
         }
     }
 }
@@ -674,7 +675,7 @@ fn audit_namespace(
             entry.denied += 1;
         }
         entry.flows.push(AuditedFlow {
-            destination: Destination::from_record(&j.flow),
+            destination: Destination::judged(&j.flow, &j.evidence),
             verdict: j.evaluation.verdict,
             egress: j.evaluation.egress,
             ingress: j.evaluation.ingress,
@@ -703,6 +704,6 @@ fn present(state: &ClusterState, w: &WorkloadRef) -> bool {
     c.workloads
         .binary_search_by(|x| (x.namespace.as_str(), x.kind.as_str(), x.name.as_str()).cmp(&key))
         .is_ok()
-        || (w.kind == crate::store::observe::KIND_POD
+        || (w.kind == crate::store::KIND_POD
             && c.pod_by_name(&w.namespace, &w.name).is_some())
 }

@@ -1,13 +1,11 @@
 //! Stored flows judged against the policies applied in the cluster, with the one evaluator
 //! `leash audit` uses: each workload's flows are evaluated as one of its current pods.
 
-use std::path::Path;
-
 use crate::audit;
 use crate::cluster::ClusterState;
-use crate::eval::Evaluation;
-use crate::store::{FlowObservation, Skipped, WorkloadRef, observe};
-use leash_records::FlowRecord;
+use crate::eval::{Evaluation, Flow};
+use crate::observations::{self, Evidence, Skipped};
+use crate::store::{FlowObservation, KIND_POD, WorkloadRef};
 
 /// One stored flow and its verdict.
 #[derive(Debug, Clone)]
@@ -16,8 +14,10 @@ pub struct Judged {
     pub workload: WorkloadRef,
     /// The pod it was evaluated as.
     pub pod: String,
-    /// The flow, with its summed evidence.
-    pub flow: FlowRecord,
+    /// The destination as dialed.
+    pub flow: Flow,
+    /// Its summed evidence.
+    pub evidence: Evidence,
     /// The evaluator's answer.
     pub evaluation: Evaluation,
 }
@@ -29,13 +29,15 @@ pub fn judge(
     flows: &[FlowObservation],
 ) -> Result<(Vec<Judged>, Vec<Skipped>), audit::Error> {
     let cluster = &state.cluster;
-    let (obs, skipped) = observe::observations(cluster, flows, &[]);
-    let located = observe::audit_flows(cluster, &obs, Path::new("store"));
-    let report = audit::audit(cluster, &state.policy_set, &located)?;
-    let judged = located
+    let (obs, skipped) = observations::from_stored(cluster, flows, &[]);
+    let (attributed, evidence): (Vec<_>, Vec<_>) =
+        audit::stored_flows(cluster, &obs).into_iter().unzip();
+    let report = audit::audit(cluster, &state.policy_set, &attributed)?;
+    let judged = report
+        .entries
         .into_iter()
-        .zip(report.entries)
-        .map(|(lf, entry)| {
+        .zip(evidence)
+        .map(|(entry, ev)| {
             let workload = cluster
                 .pod_by_name(&entry.source.namespace, &entry.source.name)
                 .and_then(|p| cluster.workload_of(p))
@@ -43,7 +45,7 @@ pub fn judge(
                 .map_or_else(
                     || WorkloadRef {
                         namespace: entry.source.namespace.clone(),
-                        kind: observe::KIND_POD.to_owned(),
+                        kind: KIND_POD.to_owned(),
                         name: entry.source.name.clone(),
                     },
                     |w| WorkloadRef {
@@ -55,7 +57,8 @@ pub fn judge(
             Judged {
                 workload,
                 pod: entry.source.name,
-                flow: lf.flow,
+                flow: entry.flow,
+                evidence: ev.clone(),
                 evaluation: entry.evaluation,
             }
         })

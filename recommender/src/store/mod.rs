@@ -5,12 +5,12 @@
 //! from agents are committed exactly once: [`Store::commit`] records the batch id in the same
 //! transaction as its observations and ignores an id it has already stored.
 //!
-//! The engine only sees the [`Store`] trait, so a server-grade database can be added later
-//! without touching ingest, `recommend` or `audit`.
+//! Persistence only: the [`Store`] trait, its row types, and [`sqlite`], the embedded
+//! implementation ([`SqliteStore`]). It knows nothing of records or of the cluster model:
+//! `crate::observations` turns batches into rows and rows into the engine's observations.
 //!
-//! - [`observe`]: agents' records → observations ([`from_batch`], what ingest commits), and
-//!   stored observations → the engine's `Observations` ([`observations`], [`load`]).
-//! - [`sqlite`]: the embedded implementation ([`SqliteStore`]).
+//! Ingest, `recommend`, `audit` and `serve` see only the [`Store`] trait, so a server-grade
+//! database can be added later without touching them; commands open the file.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -19,10 +19,10 @@ use std::path::PathBuf;
 use chrono::{DateTime, Utc};
 use leash_records::Protocol;
 
-pub mod observe;
+use crate::evidence::{PodNames, fold};
+
 pub mod sqlite;
 
-pub use observe::{SkipReason, Skipped, from_batch, from_groups, observations};
 pub use sqlite::SqliteStore;
 
 /// The unit observations are aggregated by: a workload, as the cluster model names it.
@@ -70,6 +70,9 @@ pub struct FlowObservation {
     pub last_seen: DateTime<Utc>,
     /// DNS names the destination was reached by (lower case, no trailing dot).
     pub names: BTreeSet<String>,
+    /// The pods that made the connections: at most [`PodNames::MAX`] by name, and how many
+    /// others at least.
+    pub pods: PodNames,
     /// Summed TCP connections that were established.
     pub established: u64,
     /// Summed TCP connections that failed.
@@ -93,7 +96,7 @@ pub struct DnsObservation {
     pub last_seen: DateTime<Utc>,
     /// The addresses the query resolved to, each with every name it answered for: the query
     /// name, the owner names of the answer's CNAME chain and the owner of its A/AAAA record
-    /// (as [`crate::input::answer_names`] computes them).
+    /// (as `crate::observations::answer_names` computes them).
     pub resolved: BTreeSet<(String, IpAddr)>,
 }
 
@@ -360,48 +363,51 @@ impl WorkloadTotals {
 
     /// Adds another flow of the same workload.
     pub fn add(&mut self, f: &FlowObservation) {
+        self.add_counts(f.count, f.first_seen, f.last_seen);
+    }
+
+    /// Adds another destination: `count` events between `first` and `last`.
+    pub fn add_counts(&mut self, count: u64, first: DateTime<Utc>, last: DateTime<Utc>) {
         self.destinations = self.destinations.saturating_add(1);
-        self.count = self.count.saturating_add(f.count);
-        self.first_seen = self.first_seen.min(f.first_seen);
-        self.last_seen = self.last_seen.max(f.last_seen);
+        fold(
+            &mut self.count,
+            &mut self.first_seen,
+            &mut self.last_seen,
+            count,
+            first,
+            last,
+        );
     }
 }
 
-/// Reads a store's observations last seen at or after `since` and attributes them to the
-/// cluster's pods ([`observe::observations`]), for `recommend` and `audit`.
-pub fn load(
-    store: &dyn Store,
-    cluster: &crate::cluster::Cluster,
-    since: Option<DateTime<Utc>>,
-) -> Result<(crate::input::Observations, Vec<Skipped>)> {
-    let flows = store.flows(since)?;
-    let dns = store.dns(since)?;
-    Ok(observations(cluster, &flows, &dns))
+/// The kind of [`WorkloadRef`] for processes outside any pod.
+pub const KIND_NODE: &str = "Node";
+/// The kind of [`WorkloadRef`] for a bare pod, or a pod the cluster model does not know.
+pub const KIND_POD: &str = "Pod";
+
+impl WorkloadRef {
+    /// Whether this is the pseudo-workload of processes outside pods.
+    pub fn is_node(&self) -> bool {
+        self.kind == KIND_NODE && self.namespace.is_empty()
+    }
 }
 
-/// `leash audit --store`: the store's flows as audit input (see [`observe::audit_flows`]),
-/// the workloads skipped, and the flow events outside pods (which audit cannot evaluate).
-pub fn audit_input(
-    path: &std::path::Path,
-    cluster: &crate::cluster::Cluster,
-    since: Option<DateTime<Utc>>,
-) -> Result<AuditInput> {
-    let store = SqliteStore::open_existing(path)?;
-    let (obs, skipped) = load(&store, cluster, since)?;
-    Ok(AuditInput {
-        flows: observe::audit_flows(cluster, &obs, path),
-        skipped,
-        unattributed_flows: obs.unattributed_flows,
-    })
+impl std::fmt::Display for WorkloadRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_node() {
+            write!(f, "Node/{}", self.name)
+        } else {
+            write!(f, "{}/{}/{}", self.namespace, self.kind, self.name)
+        }
+    }
 }
 
-/// What [`audit_input`] read.
-#[derive(Debug, Clone)]
-pub struct AuditInput {
-    /// One flow per (pod, destination, port, protocol), sorted.
-    pub flows: Vec<crate::audit::LocatedFlow>,
-    /// Workloads whose observations could not be attributed.
-    pub skipped: Vec<Skipped>,
-    /// Flow events of processes outside pods.
-    pub unattributed_flows: u64,
+/// The documented order of flow observations: workload, destination, port, protocol.
+pub fn flow_order(o: &FlowObservation) -> (&WorkloadRef, IpAddr, u16, Protocol) {
+    (&o.workload, o.dst, o.port, o.protocol)
+}
+
+/// The documented order of DNS observations: workload, resolver, query.
+pub fn dns_order(o: &DnsObservation) -> (&WorkloadRef, IpAddr, &str) {
+    (&o.workload, o.server, o.query.as_str())
 }

@@ -21,12 +21,11 @@ use leash_records::Protocol;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
-use super::BatchCommit;
-use super::observe::{dns_order, flow_order};
 use super::{
-    BatchId, Commit, DnsObservation, Error, FlowObservation, Result, Scope, Store, Subject,
-    WorkloadRef, WorkloadTotals,
+    BatchCommit, BatchId, Commit, DnsObservation, Error, FlowObservation, Result, Scope, Store,
+    Subject, WorkloadRef, WorkloadTotals, dns_order, flow_order,
 };
+use crate::evidence::PodNames;
 
 /// One schema migration.
 #[derive(Debug, Clone, Copy)]
@@ -105,6 +104,23 @@ pub const MIGRATIONS: &[Migration] = &[
         // Batch ids accumulate one per agent push; pruning them by age should not scan all.
         sql: "CREATE INDEX batches_committed_at ON batches (committed_at);",
     },
+    Migration {
+        description: "the pods that made each flow observation",
+        // `flows.pods`: at least this many distinct pods made the flow (0 in rows written
+        // before this version, which name none). `flow_pods`: up to `PodNames::MAX` of them
+        // by name; a pod past the bound only raises `flows.pods`.
+        sql: "
+            ALTER TABLE flows ADD COLUMN pods INTEGER NOT NULL DEFAULT 0;
+            CREATE TABLE flow_pods (
+                workload INTEGER NOT NULL,
+                dst BLOB NOT NULL,
+                port INTEGER NOT NULL,
+                protocol INTEGER NOT NULL,
+                pod INTEGER NOT NULL REFERENCES names (id),
+                PRIMARY KEY (workload, dst, port, protocol, pod)
+            ) WITHOUT ROWID;
+        ",
+    },
 ];
 
 /// The schema version this build writes: the number of [`MIGRATIONS`].
@@ -124,7 +140,7 @@ const MAX_COUNT: i64 = i64::MAX;
 const FLOW_CHUNKS: [usize; 4] = [64, 16, 4, 1];
 
 /// The parameters of one flow row in the multi-row upsert.
-const FLOW_COLUMNS: usize = 9;
+const FLOW_COLUMNS: usize = 10;
 
 /// The flow upserts of [`FLOW_CHUNKS`] rows each, built once.
 static FLOW_UPSERTS: LazyLock<[String; 4]> = LazyLock::new(|| FLOW_CHUNKS.map(flow_upsert_sql));
@@ -137,13 +153,13 @@ const MAX_CACHED_LINKS: usize = 1 << 19;
 fn flow_upsert_sql(rows: usize) -> String {
     let mut sql = String::from(
         "INSERT INTO flows (workload, dst, port, protocol, count, first_seen, last_seen,
-             established, failed) VALUES ",
+             established, failed, pods) VALUES ",
     );
     for r in 0..rows {
         if r > 0 {
             sql.push_str(", ");
         }
-        sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?)");
+        sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
     }
     sql.push_str(
         " ON CONFLICT DO UPDATE SET
@@ -156,12 +172,14 @@ fn flow_upsert_sql(rows: usize) -> String {
                  THEN 9223372036854775807
                  ELSE established + excluded.established END,
              failed = CASE WHEN failed > 9223372036854775807 - excluded.failed
-                 THEN 9223372036854775807 ELSE failed + excluded.failed END",
+                 THEN 9223372036854775807 ELSE failed + excluded.failed END,
+             pods = max(pods, excluded.pods)",
     );
     sql
 }
 
-/// A `flow_names` row known to be stored: (workload id, address, port, protocol, name id).
+/// A `flow_names` row, a `flow_pods` row, or a pod left out of a full `flow_pods`, known to be
+/// stored: (workload id, address, port, protocol, name id).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct LinkKey {
     workload: i64,
@@ -170,6 +188,18 @@ struct LinkKey {
     port: u16,
     protocol: u8,
     v6: bool,
+    link: Link,
+}
+
+/// What a [`LinkKey`] links.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Link {
+    /// A DNS name of the flow (`flow_names`).
+    Name,
+    /// A pod of the flow (`flow_pods`).
+    Pod,
+    /// A pod of the flow past the bound of `flow_pods`: counted, not named.
+    PodLeftOut,
 }
 
 /// The SQLite store. The connection is behind a mutex: SQLite has one writer anyway.
@@ -511,6 +541,36 @@ impl SqliteStore {
                     }
                     links.insert(link);
                 }
+                // Pods of this batch that a full row cannot name: all distinct, and none of
+                // the names it keeps.
+                let mut left_out: u64 = 0;
+                for p in &row.flow.pods.names {
+                    let name = ids.name(p).map_err(op)?;
+                    let linked = LinkKey {
+                        link: Link::Pod,
+                        ..row.link(name)
+                    };
+                    let out = LinkKey {
+                        link: Link::PodLeftOut,
+                        ..linked
+                    };
+                    if links.contains(&linked) {
+                        continue;
+                    }
+                    let link = if links.contains(&out) || !self.add_pod(tx, row, name).map_err(op)? {
+                        left_out += 1;
+                        out
+                    } else {
+                        linked
+                    };
+                    if links.len() >= MAX_CACHED_LINKS {
+                        links.clear();
+                    }
+                    links.insert(link);
+                }
+                if left_out > 0 {
+                    self.count_pods_left_out(tx, row, left_out).map_err(op)?;
+                }
             }
             let mut upsert_dns = tx
                 .prepare_cached(
@@ -558,6 +618,75 @@ impl SqliteStore {
             }
         }
         Ok(Commit::Stored)
+    }
+
+    /// Links a pod to a flow row while the row names fewer than [`PodNames::MAX`] pods.
+    /// Whether the pod is linked: `false` when the row is full without it.
+    fn add_pod(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        row: &FlowRow<'_>,
+        pod: i64,
+    ) -> rusqlite::Result<bool> {
+        let max = i64::try_from(PodNames::MAX).unwrap_or(i64::MAX);
+        let added = tx
+            .prepare_cached(
+                "INSERT INTO flow_pods (workload, dst, port, protocol, pod)
+                 SELECT ?1, ?2, ?3, ?4, ?5
+                 WHERE (SELECT count(*) FROM flow_pods
+                        WHERE workload = ?1 AND dst = ?2 AND port = ?3 AND protocol = ?4) < ?6
+                 ON CONFLICT DO NOTHING",
+            )?
+            .execute(params![
+                row.workload,
+                row.dst.as_slice(),
+                row.port,
+                row.protocol,
+                pod,
+                max
+            ])?;
+        if added > 0 {
+            return Ok(true);
+        }
+        tx.prepare_cached(
+            "SELECT 1 FROM flow_pods
+             WHERE workload = ?1 AND dst = ?2 AND port = ?3 AND protocol = ?4 AND pod = ?5",
+        )?
+        .exists(params![
+            row.workload,
+            row.dst.as_slice(),
+            row.port,
+            row.protocol,
+            pod
+        ])
+    }
+
+    /// Raises a full row's count of pods to its [`PodNames::MAX`] names and the `left_out`
+    /// distinct pods of one batch it could not name: a lower bound, since pods left out by
+    /// earlier batches may or may not be among them.
+    fn count_pods_left_out(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        row: &FlowRow<'_>,
+        left_out: u64,
+    ) -> rusqlite::Result<()> {
+        let at_least = clamp(
+            u64::try_from(PodNames::MAX)
+                .unwrap_or(u64::MAX)
+                .saturating_add(left_out),
+        );
+        tx.prepare_cached(
+            "UPDATE flows SET pods = max(pods, ?5)
+             WHERE workload = ?1 AND dst = ?2 AND port = ?3 AND protocol = ?4",
+        )?
+        .execute(params![
+            row.workload,
+            row.dst.as_slice(),
+            row.port,
+            row.protocol,
+            at_least
+        ])?;
+        Ok(())
     }
 
     fn decode_ip(&self, table: &'static str, bytes: &[u8]) -> Result<IpAddr> {
@@ -774,7 +903,8 @@ impl SqliteStore {
         {
             let mut stmt = tx
                 .prepare_cached(
-                    "SELECT dst, port, protocol, count, first_seen, last_seen, established, failed
+                    "SELECT dst, port, protocol, count, first_seen, last_seen, established, failed,
+                         pods
                      FROM flows WHERE workload = ?1 AND last_seen >= ?2",
                 )
                 .map_err(ReadError::Sql)?;
@@ -802,6 +932,12 @@ impl SqliteStore {
                     first_seen: DateTime::from_timestamp_nanos(r.get(4).map_err(ReadError::Sql)?),
                     last_seen: DateTime::from_timestamp_nanos(r.get(5).map_err(ReadError::Sql)?),
                     names: BTreeSet::new(),
+                    // The count of pods for now; less the names once they are read.
+                    pods: PodNames {
+                        names: BTreeSet::new(),
+                        more: unclamp(r.get(8).map_err(ReadError::Sql)?),
+                    },
+                    pods: Default::default(),
                     established: unclamp(r.get(6).map_err(ReadError::Sql)?),
                     failed: unclamp(r.get(7).map_err(ReadError::Sql)?),
                 });
@@ -809,6 +945,32 @@ impl SqliteStore {
         }
         if out.len() == first {
             return Ok(());
+        }
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT p.dst, p.port, p.protocol, names.name
+                     FROM flow_pods p JOIN names ON names.id = p.pod
+                     WHERE p.workload = ?1",
+                )
+                .map_err(ReadError::Sql)?;
+            let mut rows = stmt.query(params![id]).map_err(ReadError::Sql)?;
+            while let Some(r) = rows.next().map_err(ReadError::Sql)? {
+                let key = (
+                    r.get(0).map_err(ReadError::Sql)?,
+                    r.get(1).map_err(ReadError::Sql)?,
+                    r.get(2).map_err(ReadError::Sql)?,
+                );
+                if let Some(&i) = index.get(&key)
+                    && let Some(f) = out.get_mut(i)
+                {
+                    f.pods.names.insert(r.get(3).map_err(ReadError::Sql)?);
+                }
+            }
+        }
+        for f in out.iter_mut().skip(first) {
+            let named = u64::try_from(f.pods.names.len()).unwrap_or(u64::MAX);
+            f.pods.more = f.pods.more.saturating_sub(named);
         }
         let mut stmt = tx
             .prepare_cached(
@@ -968,6 +1130,7 @@ impl FlowRow<'_> {
             port: self.port,
             protocol: self.protocol,
             v6: self.dst.len == 16,
+            link: Link::Name,
         }
     }
 
@@ -982,7 +1145,8 @@ impl FlowRow<'_> {
         stmt.raw_bind_parameter(offset + 6, self.first_seen)?;
         stmt.raw_bind_parameter(offset + 7, self.last_seen)?;
         stmt.raw_bind_parameter(offset + 8, clamp(f.established))?;
-        stmt.raw_bind_parameter(offset + 9, clamp(f.failed))
+        stmt.raw_bind_parameter(offset + 9, clamp(f.failed))?;
+        stmt.raw_bind_parameter(offset + 10, clamp(f.pods.total()))
     }
 }
 
@@ -1167,12 +1331,7 @@ impl Store for SqliteStore {
                                 last_seen: last,
                             });
                         }
-                        Some(t) => {
-                            t.destinations = t.destinations.saturating_add(1);
-                            t.count = t.count.saturating_add(count);
-                            t.first_seen = t.first_seen.min(first);
-                            t.last_seen = t.last_seen.max(last);
-                        }
+                        Some(t) => t.add_counts(count, first, last),
                     }
                 }
                 out.extend(totals);
@@ -1200,6 +1359,12 @@ impl Store for SqliteStore {
             params![before],
         )
         .map_err(op)?;
+        tx.execute(
+            "DELETE FROM flow_pods WHERE (workload, dst, port, protocol) IN
+                 (SELECT workload, dst, port, protocol FROM flows WHERE last_seen < ?1)",
+            params![before],
+        )
+        .map_err(op)?;
         let flows = tx
             .execute("DELETE FROM flows WHERE last_seen < ?1", params![before])
             .map_err(op)?;
@@ -1221,6 +1386,7 @@ impl Store for SqliteStore {
         // once (say, generated host names) would stay forever.
         tx.execute_batch(
             "DELETE FROM names WHERE id NOT IN (SELECT name FROM flow_names)
+                 AND id NOT IN (SELECT pod FROM flow_pods)
                  AND id NOT IN (SELECT query FROM dns)
                  AND id NOT IN (SELECT name FROM dns_resolved);
              DELETE FROM workloads WHERE id NOT IN (SELECT workload FROM flows)
@@ -1267,6 +1433,7 @@ mod tests {
             first_seen: DateTime::from_timestamp(t, 0).unwrap_or_default(),
             last_seen: DateTime::from_timestamp(t, 0).unwrap_or_default(),
             names: [name.to_owned()].into(),
+            pods: Default::default(),
             established: 1,
             failed: 0,
         }

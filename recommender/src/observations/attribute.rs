@@ -1,11 +1,7 @@
-//! Reading flow and DNS records and attributing them to pods of the [`Cluster`].
-//!
-//! The output, [`Observations`], keeps flows per *pod* (the self-check evaluates each observed
-//! connection from the pod that made it) and everything the classifier needs about DNS:
-//! which resolver addresses pods used, and which names each address answered for.
+//! Reading flow and DNS records and attributing each to its pod of the [`Cluster`], and so
+//! to the pod's workload: record files → [`Observations`].
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Read;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -14,6 +10,7 @@ use chrono::{DateTime, Utc};
 use leash_records::bounded::{self, InputError, Limits, LineReader};
 use leash_records::{DnsRecord, FlowRecord, PodRef, Protocol, Record, RecordError, TimeError};
 
+use super::{Evidence, FlowKey, Observations, answer_names, normalize_name};
 use crate::cluster::{Cluster, PodId};
 
 /// Errors reading records.
@@ -52,104 +49,6 @@ pub enum Error {
 
 /// Result with this module's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// One observed connection key, from one pod.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FlowKey {
-    /// The source pod.
-    pub pod: PodId,
-    /// The destination address as the pod dialed it (pre-DNAT).
-    pub dst: IpAddr,
-    /// The destination port as dialed.
-    pub port: u16,
-    /// The protocol.
-    pub protocol: Protocol,
-}
-
-/// What was seen of a key: summed counts, time bounds and names.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Evidence {
-    /// Total events (sum of the records' `count` deltas).
-    pub count: u64,
-    /// Earliest `first_seen`.
-    pub first_seen: DateTime<Utc>,
-    /// Latest `last_seen`.
-    pub last_seen: DateTime<Utc>,
-    /// DNS names the destination was reached by (lower case, no trailing dot).
-    pub names: BTreeSet<String>,
-}
-
-impl Evidence {
-    /// Folds another piece of evidence into this one.
-    pub fn merge(&mut self, other: &Evidence) {
-        self.count = self.count.saturating_add(other.count);
-        self.first_seen = self.first_seen.min(other.first_seen);
-        self.last_seen = self.last_seen.max(other.last_seen);
-        self.names.extend(other.names.iter().cloned());
-    }
-}
-
-/// DNS use by one pod.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DnsUse {
-    /// Queries seen.
-    pub queries: u64,
-    /// First query.
-    pub first_seen: DateTime<Utc>,
-    /// Last query.
-    pub last_seen: DateTime<Utc>,
-    /// The names queried.
-    pub names: BTreeSet<String>,
-}
-
-/// Everything read from the record files, attributed to pods.
-#[derive(Debug, Clone, Default)]
-pub struct Observations {
-    /// Flows per (pod, destination, port, protocol).
-    pub flows: HashMap<FlowKey, Evidence>,
-    /// Resolver addresses each pod sent DNS queries to (from DNS records).
-    pub dns: BTreeMap<(PodId, IpAddr), DnsUse>,
-    /// Every resolver address seen in DNS records, from pods or not.
-    pub resolvers: BTreeSet<IpAddr>,
-    /// Names that resolved to each address (A/AAAA answers, with the query name and CNAME
-    /// owners of the chain).
-    pub names_by_ip: HashMap<IpAddr, BTreeSet<String>>,
-    /// Flow records not attributed to any pod (host processes): counted, not enforceable.
-    pub unattributed_flows: u64,
-    /// Records read.
-    pub records: u64,
-}
-
-/// The names a DNS answer gives each address, as (name, address) pairs: every A/AAAA
-/// address gets the query name, the owner names of the answer's CNAME records (the chain),
-/// and its own record's owner name. Addresses are canonical ([`canonical_ip`]), names
-/// normalized ([`normalize_name`]); answers whose data is not an address are ignored.
-pub fn answer_names(d: &DnsRecord) -> BTreeSet<(String, IpAddr)> {
-    let mut chain: BTreeSet<String> = BTreeSet::new();
-    chain.insert(normalize_name(&d.query));
-    for a in &d.answers {
-        if a.rtype.eq_ignore_ascii_case("CNAME") {
-            chain.insert(normalize_name(&a.name));
-        }
-    }
-    chain.retain(|n| !n.is_empty());
-    let mut out = BTreeSet::new();
-    for a in &d.answers {
-        if (a.rtype.eq_ignore_ascii_case("A") || a.rtype.eq_ignore_ascii_case("AAAA"))
-            && let Ok(ip) = a.data.parse::<IpAddr>()
-        {
-            let ip = canonical_ip(ip);
-            out.extend(chain.iter().map(|n| (n.clone(), ip)));
-            out.insert((normalize_name(&a.name), ip));
-        }
-    }
-    out
-}
-
-/// Normalizes a DNS name: lower case, without the trailing dot.
-pub fn normalize_name(name: &str) -> String {
-    name.trim_end_matches('.').to_ascii_lowercase()
-}
 
 impl Observations {
     /// Reads every input (`-` is stdin) in order, each within the [`Limits`] of the
@@ -318,39 +217,6 @@ impl Observations {
         (count, None)
     }
 
-    /// Folds another set of observations (of the same cluster) into this one.
-    pub fn merge(&mut self, other: Observations) {
-        for (k, e) in other.flows {
-            match self.flows.get_mut(&k) {
-                Some(mine) => mine.merge(&e),
-                None => {
-                    self.flows.insert(k, e);
-                }
-            }
-        }
-        for (k, u) in other.dns {
-            match self.dns.get_mut(&k) {
-                Some(mine) => {
-                    mine.queries += u.queries;
-                    mine.first_seen = mine.first_seen.min(u.first_seen);
-                    mine.last_seen = mine.last_seen.max(u.last_seen);
-                    mine.names.extend(u.names);
-                }
-                None => {
-                    self.dns.insert(k, u);
-                }
-            }
-        }
-        self.resolvers.extend(other.resolvers);
-        for (ip, names) in other.names_by_ip {
-            self.names_by_ip.entry(ip).or_default().extend(names);
-        }
-        self.unattributed_flows = self
-            .unattributed_flows
-            .saturating_add(other.unattributed_flows);
-        self.records += other.records;
-    }
-
     /// Adds one record, whose times must pass [`Record::check_times`]. Errors come back
     /// without a location; [`Self::read`] adds it.
     pub fn add(&mut self, record: &Record, cluster: &Cluster) -> Result<(), Unlocated> {
@@ -424,19 +290,15 @@ impl Observations {
         })?;
         let key = FlowKey {
             pod,
-            dst: canonical_ip(f.dst),
+            dst: f.dst.to_canonical(),
             port: f.dst_port,
             protocol: f.protocol,
         };
-        let ev = self.flows.entry(key).or_insert_with(|| Evidence {
-            count: 0,
-            first_seen: f.first_seen,
-            last_seen: f.last_seen,
-            names: BTreeSet::new(),
-        });
-        ev.count = ev.count.saturating_add(f.count);
-        ev.first_seen = ev.first_seen.min(f.first_seen);
-        ev.last_seen = ev.last_seen.max(f.last_seen);
+        let ev = self
+            .flows
+            .entry(key)
+            .or_insert_with(|| Evidence::new(0, f.first_seen, f.last_seen));
+        ev.add(f.count, f.first_seen, f.last_seen);
         for n in names {
             // Agents send names normalized already: allocate only for a new name.
             let trimmed = n.trim_end_matches('.');
@@ -450,7 +312,7 @@ impl Observations {
     }
 
     fn add_dns(&mut self, d: &DnsRecord, cluster: &Cluster) -> Result<(), Unlocated> {
-        let server = canonical_ip(d.server);
+        let server = d.server.to_canonical();
         self.resolvers.insert(server);
         for (name, ip) in answer_names(d) {
             self.names_by_ip.entry(ip).or_default().insert(name);
@@ -462,19 +324,15 @@ impl Observations {
             kind: "dns",
             pod: pod_ref.clone(),
         })?;
-        let e = self.dns.entry((pod, server)).or_insert(DnsUse {
-            queries: 0,
-            first_seen: d.time,
-            last_seen: d.time,
-            names: BTreeSet::new(),
-        });
-        e.queries += 1;
+        let e = self
+            .dns
+            .entry((pod, server))
+            .or_insert_with(|| Evidence::new(0, d.time, d.time));
+        e.add(1, d.time, d.time);
         let q = normalize_name(&d.query);
         if !q.is_empty() {
             e.names.insert(q);
         }
-        e.first_seen = e.first_seen.min(d.time);
-        e.last_seen = e.last_seen.max(d.time);
         Ok(())
     }
 }
@@ -613,14 +471,6 @@ fn parse_wire_flow(line: &str) -> Option<Wire<'_>> {
         },
         names: w.names,
     })
-}
-
-/// An IPv4-mapped IPv6 address is the IPv4 address (dual-stack sockets report them that way).
-pub fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
-    }
 }
 
 /// Finds a record's pod: by uid, else by namespace and name (a StatefulSet pod recreated
