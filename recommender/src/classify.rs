@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 
 use crate::cluster::{Cluster, ServiceId, ServiceLookup, WorkloadId};
-use crate::input::Observations;
+use crate::observations::Observations;
 use leash_records::Protocol;
 
 /// The NodeLocal DNSCache default listen address.

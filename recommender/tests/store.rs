@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use chrono::{DateTime, Duration, Utc};
+use leash::evidence::PodNames;
 use leash::store::sqlite::{MIGRATIONS, schema_version};
 use leash::store::{
     BatchCommit, BatchId, Commit, DnsObservation, Error, FlowObservation, SqliteStore, Store,
@@ -797,4 +798,138 @@ fn the_store_is_shared_across_threads() {
         h.join().expect("thread");
     }
     assert_eq!(store.flows(None).expect("flows")[0].count, 100);
+}
+
+fn with_pods(names: &[&str], more: u64) -> FlowObservation {
+    let mut f = flow(
+        &wl("shop", "Deployment", "api"),
+        "203.0.113.7",
+        443,
+        1,
+        "2026-11-20T00:00:00Z",
+        "2026-11-20T00:00:00Z",
+        &[],
+        (0, 0),
+    );
+    f.pods = PodNames {
+        names: names.iter().map(|n| (*n).to_owned()).collect(),
+        more,
+    };
+    f
+}
+
+fn stored_pods(store: &SqliteStore) -> PodNames {
+    let flows = store.flows(None).expect("flows");
+    assert_eq!(flows.len(), 1);
+    flows[0].pods.clone()
+}
+
+/// README (`leash recommend --store`): the pods that made a flow are stored with it, at most
+/// `PodNames::MAX` by name and the others counted, at least as many as one batch proves.
+#[test]
+fn pods_are_stored_bounded_and_counted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(&dir);
+    let named = |names: &[&str]| -> BTreeSet<String> {
+        names.iter().map(|n| (*n).to_owned()).collect()
+    };
+    store
+        .commit(
+            &id("n1", 1),
+            &[with_pods(&["p0", "p1", "p2", "p3", "p4", "p5"], 0)],
+            &[],
+        )
+        .expect("commit");
+    assert_eq!(
+        stored_pods(&store),
+        PodNames {
+            names: named(&["p0", "p1", "p2", "p3", "p4", "p5"]),
+            more: 0
+        }
+    );
+    // Two more fit; p8 and p9 are counted: p0 to p9 are ten pods.
+    store
+        .commit(
+            &id("n2", 1),
+            &[with_pods(&["p0", "p6", "p7", "p8", "p9"], 0)],
+            &[],
+        )
+        .expect("commit");
+    let full = PodNames {
+        names: named(&["p0", "p1", "p2", "p3", "p4", "p5", "p6", "p7"]),
+        more: 2,
+    };
+    assert_eq!(stored_pods(&store), full);
+    // The same pods again prove nothing new.
+    store
+        .commit(&id("n3", 1), &[with_pods(&["p8", "p9"], 0)], &[])
+        .expect("commit");
+    assert_eq!(stored_pods(&store), full);
+    // A batch that itself counted pods past its names proves that many.
+    store
+        .commit(&id("n4", 1), &[with_pods(&["p0"], 14)], &[])
+        .expect("commit");
+    assert_eq!(
+        stored_pods(&store),
+        PodNames {
+            more: 7,
+            ..full.clone()
+        }
+    );
+    // Reopened, the same; pruned, the pods go with their flow.
+    drop(store);
+    let store = open(&dir);
+    assert_eq!(stored_pods(&store).more, 7);
+    assert_eq!(store.prune(t("2027-01-01T00:00:00Z")).expect("prune"), 1);
+    drop(store);
+    let conn = rusqlite::Connection::open(dir.path().join("leash.db")).expect("sqlite");
+    let (links, names): (i64, i64) = conn
+        .query_row(
+            "SELECT (SELECT count(*) FROM flow_pods), (SELECT count(*) FROM names)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("query");
+    assert_eq!((links, names), (0, 0));
+}
+
+/// A store written before pods were stored (schema version 2) opens: its flows name no pods,
+/// and later commits add them.
+#[test]
+fn a_version_2_database_gains_the_pods_of_new_commits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("v2.db");
+    {
+        let conn = rusqlite::Connection::open(&path).expect("sqlite");
+        for m in &MIGRATIONS[..2] {
+            conn.execute_batch(m.sql).expect("old schema");
+        }
+        conn.pragma_update(None, "user_version", 2)
+            .expect("version");
+        conn.execute(
+            "INSERT INTO workloads (id, namespace, kind, name) VALUES (1, 'shop', 'Deployment', 'api')",
+            [],
+        )
+        .expect("insert");
+        conn.execute(
+            "INSERT INTO flows VALUES (1, X'CB007107', 443, 6, 3, 1000000000, 2000000000, 0, 0)",
+            [],
+        )
+        .expect("insert");
+    }
+    let store = SqliteStore::open(&path).expect("migrates");
+    assert_eq!(store.version().expect("version"), schema_version());
+    assert_eq!(stored_pods(&store), PodNames::default());
+    store
+        .commit(&id("n1", 1), &[with_pods(&["p0", "p1"], 0)], &[])
+        .expect("commit");
+    let flows = store.flows(None).expect("flows");
+    assert_eq!(flows[0].count, 4);
+    assert_eq!(
+        flows[0].pods,
+        PodNames {
+            names: BTreeSet::from(["p0".to_owned(), "p1".to_owned()]),
+            more: 0
+        }
+    );
 }

@@ -1,6 +1,9 @@
 //! The built `leash` binary with `--store`: `recommend` and `audit` read a SQLite store this
 //! test fills from the kubeadm fixture's records, and agree with the `--flows` path.
 
+#[path = "fixtures/recommend/support.rs"]
+mod support;
+
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -337,4 +340,108 @@ fn exactly_one_of_flows_and_store_and_errors_name_the_store() {
         "{err}"
     );
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+}
+
+/// README: with `--store`, REPORT.md's "pods" column names the pods that made the
+/// connections (up to the store's bound per observation, then "and N more"), not one
+/// stand-in pod per workload.
+#[test]
+fn recommend_from_a_store_reports_the_pods_that_connected() {
+    let mut fx = support::Fx::new();
+    fx.node("n1", "10.0.0.1", "10.244.1.0/24");
+    fx.namespace("shop");
+    let web = fx.deployment(
+        "shop",
+        "web",
+        &[("app", "web")],
+        &["10.244.1.40", "10.244.1.41", "10.244.1.42"],
+        &[],
+    );
+    let ips: Vec<String> = (10..22).map(|i| format!("10.244.1.{i}")).collect();
+    let ips: Vec<&str> = ips.iter().map(String::as_str).collect();
+    let api = fx.deployment("shop", "api", &[("app", "api")], &ips, &[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let snapshot = dir.path().join("cluster.json");
+    std::fs::write(&snapshot, snapshot_json(&fx.snap)).expect("write the snapshot");
+    let cluster = fx.cluster();
+
+    // web's second and third pods call one destination; all twelve of api's another, in
+    // two batches from two nodes.
+    let calls = |pods: &[String], dst: &str| -> Vec<FlowRecord> {
+        pods.iter()
+            .map(|p| match support::flow("shop", p, "TCP", dst, 443, 1, &[]) {
+                Record::Flow(f) => f,
+                Record::Dns(_) => unreachable!("a flow record"),
+            })
+            .collect()
+    };
+    let db = dir.path().join("leash.db");
+    let store = SqliteStore::open(&db).expect("store opens");
+    let mut first = calls(&web[1..], "203.0.113.7");
+    first.extend(calls(&api[..6], "198.51.100.9"));
+    let second = calls(&api[6..], "198.51.100.9");
+    for (seq, batch) in [first, second].iter().enumerate() {
+        let (f, d) = observations::from_batch(&cluster, batch, &[]);
+        let id = BatchId {
+            node: format!("n{seq}"),
+            boot_id: "boot".into(),
+            seq: 1,
+        };
+        store.commit(&id, &f, &d).expect("commit");
+    }
+    drop(store);
+
+    let out = dir.path().join("out");
+    let o = leash(&[
+        "recommend",
+        "--cluster",
+        path_str(&snapshot),
+        "--store",
+        path_str(&db),
+        "-o",
+        path_str(&out),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let report = std::fs::read_to_string(out.join("REPORT.md")).expect("REPORT.md");
+    let row = |dst: &str| -> &str {
+        report
+            .lines()
+            .find(|l| l.starts_with('|') && l.contains(dst))
+            .unwrap_or_else(|| panic!("a rule for {dst}:\n{report}"))
+    };
+    // The pods that called, not the workload's first pod standing in for all of them.
+    let web_row = row("203.0.113.7");
+    assert!(
+        web_row.ends_with("| web-5c9f7d-p1, web-5c9f7d-p2 |"),
+        "{web_row}"
+    );
+    // Twelve pods: five shown; of the other seven, the store named three and counted four.
+    let api_row = row("198.51.100.9");
+    assert!(
+        api_row.ends_with(
+            "| api-5c9f7d-p0, api-5c9f7d-p1, api-5c9f7d-p10, api-5c9f7d-p11, api-5c9f7d-p2 \
+             and at least 7 more |"
+        ),
+        "{api_row}"
+    );
+}
+
+/// A snapshot file of `snap`: one `List` of its objects, as `kubectl get -o json` writes.
+fn snapshot_json(snap: &leash_records::Snapshot) -> String {
+    fn items<T: serde::Serialize>(objects: &[T], out: &mut Vec<serde_json::Value>) {
+        out.extend(
+            objects
+                .iter()
+                .map(|o| serde_json::to_value(o).expect("objects serialize")),
+        );
+    }
+    let mut all = Vec::new();
+    items(&snap.namespaces, &mut all);
+    items(&snap.nodes, &mut all);
+    items(&snap.pods, &mut all);
+    items(&snap.services, &mut all);
+    items(&snap.endpoint_slices, &mut all);
+    items(&snap.replica_sets, &mut all);
+    items(&snap.deployments, &mut all);
+    serde_json::json!({"apiVersion": "v1", "kind": "List", "items": all}).to_string()
 }

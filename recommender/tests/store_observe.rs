@@ -6,7 +6,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use leash::observations::{self, SkipReason};
+use leash::observations::{self, PodNames, SkipReason};
 use leash::store::{self, WorkloadRef};
 use leash_records::{DnsRecord, FlowRecord, Outcome, Record};
 use support::{Fx, dns, flow};
@@ -188,4 +188,68 @@ fn dns_answers_keep_the_cname_chain_names() {
     assert_eq!(engine.names_by_ip, direct.names_by_ip);
     assert_eq!(engine.resolvers, direct.resolvers);
     assert_eq!(engine.dns.values().map(|u| u.count).sum::<u64>(), 2);
+}
+
+/// Every count saturates (README, store). DNS query counts of the engine's observations did
+/// not: merging observations, or adding a query to a count at the top, overflowed (a panic
+/// in debug builds, a wrap in release).
+#[test]
+fn dns_query_counts_saturate() {
+    let cluster = fx().cluster();
+    let stored = store::DnsObservation {
+        workload: wl("shop", "Pod", "debug"),
+        server: "10.96.0.10".parse().expect("ip"),
+        query: "pay.test".into(),
+        count: u64::MAX - 1,
+        first_seen: "2026-11-20T00:00:00Z".parse().expect("time"),
+        last_seen: "2026-11-20T00:00:00Z".parse().expect("time"),
+        resolved: BTreeSet::new(),
+    };
+    let (mut a, _) = observations::from_stored(&cluster, &[], std::slice::from_ref(&stored));
+    let (b, _) = observations::from_stored(&cluster, &[], &[stored]);
+    a.merge(b);
+    let counts = |o: &observations::Observations| o.dns.values().map(|u| u.count).collect::<Vec<_>>();
+    assert_eq!(counts(&a), [u64::MAX]);
+    let query = dns("shop", "debug", "10.96.0.10", "pay.test", &["203.0.113.7"]);
+    a.add(&query, &cluster).expect("known pod");
+    assert_eq!(counts(&a), [u64::MAX]);
+}
+
+/// A batch keeps the pods that made each flow, the smallest names up to the bound and the
+/// others counted, and the engine gets them back from the store's rows.
+#[test]
+fn a_batch_keeps_the_pods_of_each_flow_bounded() {
+    let mut fx = Fx::new();
+    fx.node("n1", "10.0.0.1", "10.244.1.0/24");
+    fx.namespace("shop");
+    let ips: Vec<String> = (10..22).map(|i| format!("10.244.1.{i}")).collect();
+    let ips: Vec<&str> = ips.iter().map(String::as_str).collect();
+    let pods = fx.deployment("shop", "api", &[("app", "api")], &ips, &[]);
+    let cluster = fx.cluster();
+    let records: Vec<FlowRecord> = pods
+        .iter()
+        .map(|p| as_flow(flow("shop", p, "TCP", "203.0.113.7", 443, 1, &[])))
+        .collect();
+    let (flows, _) = observations::from_batch(&cluster, &records, &[]);
+    assert_eq!(flows.len(), 1);
+    let mut sorted = pods.clone();
+    sorted.sort();
+    let kept: BTreeSet<String> = sorted.iter().take(PodNames::MAX).cloned().collect();
+    assert_eq!(
+        flows[0].pods,
+        PodNames {
+            names: kept.clone(),
+            more: 4
+        }
+    );
+    let (obs, _) = observations::from_stored(&cluster, &flows, &[]);
+    let stored: Vec<&PodNames> = obs.pods.values().collect();
+    assert_eq!(stored, [&PodNames { names: kept, more: 4 }]);
+    // Records from files name their pod in the key; they have no stored pods.
+    let mut direct = observations::Observations::default();
+    for r in &records {
+        direct.add(&Record::Flow(r.clone()), &cluster).expect("known pod");
+    }
+    assert!(direct.pods.is_empty());
+    assert_eq!(direct.flows.len(), 12);
 }
