@@ -13,9 +13,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use chrono::{DateTime, Duration, Utc};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group};
 use leash::cluster::Cluster;
-use leash::store::{
-    BatchId, DnsObservation, FlowObservation, SqliteStore, Store, WorkloadRef, from_batch,
-};
+use leash::observations::from_batch;
+use leash::store::{BatchId, DnsObservation, FlowObservation, SqliteStore, Store, WorkloadRef};
 use leash_records::{FlowRecord, PodRef, Protocol, Snapshot};
 
 const WORKLOADS: usize = 200;

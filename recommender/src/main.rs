@@ -327,9 +327,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let mut located = Vec::new();
             if let Some(store) = &store {
                 let store = open_store(store)?;
-                let (obs, skipped) =
-                    leash::observations::load(&store, &cluster, since_time(since))
-                        .map_err(bad_input)?;
+                let (obs, skipped) = leash::observations::load(&store, &cluster, since_time(since))
+                    .map_err(bad_input)?;
                 report_skipped(&skipped);
                 if obs.unattributed_flows > 0 {
                     eprintln!(
@@ -409,13 +408,18 @@ fn observe(
     store: Option<&std::path::Path>,
     since: Option<chrono::Duration>,
     flows: &[PathBuf],
-) -> Result<(leash::observations::Observations, Vec<leash::observations::Skipped>), Failure> {
+) -> Result<
+    (
+        leash::observations::Observations,
+        Vec<leash::observations::Skipped>,
+    ),
+    Failure,
+> {
     match store {
         Some(path) => {
             let store = open_store(path)?;
             let (observations, skipped) =
-                leash::observations::load(&store, cluster, since_time(since))
-                    .map_err(bad_input)?;
+                leash::observations::load(&store, cluster, since_time(since)).map_err(bad_input)?;
             report_skipped(&skipped);
             Ok((observations, skipped))
         }

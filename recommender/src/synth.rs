@@ -116,8 +116,7 @@ impl RuleEvidence {
 
     /// The one evidence fold ([`crate::evidence::fold`]), on times that may be unset.
     fn fold(&mut self, count: u64, first: Option<DateTime<Utc>>, last: Option<DateTime<Utc>>) {
-        let (Some(first), Some(last)) = (first.or(self.first_seen), last.or(self.last_seen))
-        else {
+        let (Some(first), Some(last)) = (first.or(self.first_seen), last.or(self.last_seen)) else {
             self.count = self.count.saturating_add(count);
             return;
         };

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use builders::lab_cluster;
 use leash::{
     audit::{
-        Error, Format, AttributedFlow, audit, load_policies, load_policy_files, load_policy_set,
+        AttributedFlow, Error, Format, audit, load_policies, load_policy_files, load_policy_set,
         read_flows,
     },
     cluster::Cluster,

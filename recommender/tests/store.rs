@@ -830,9 +830,8 @@ fn stored_pods(store: &SqliteStore) -> PodNames {
 fn pods_are_stored_bounded_and_counted() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open(&dir);
-    let named = |names: &[&str]| -> BTreeSet<String> {
-        names.iter().map(|n| (*n).to_owned()).collect()
-    };
+    let named =
+        |names: &[&str]| -> BTreeSet<String> { names.iter().map(|n| (*n).to_owned()).collect() };
     store
         .commit(
             &id("n1", 1),

@@ -369,10 +369,12 @@ fn recommend_from_a_store_reports_the_pods_that_connected() {
     // two batches from two nodes.
     let calls = |pods: &[String], dst: &str| -> Vec<FlowRecord> {
         pods.iter()
-            .map(|p| match support::flow("shop", p, "TCP", dst, 443, 1, &[]) {
-                Record::Flow(f) => f,
-                Record::Dns(_) => unreachable!("a flow record"),
-            })
+            .map(
+                |p| match support::flow("shop", p, "TCP", dst, 443, 1, &[]) {
+                    Record::Flow(f) => f,
+                    Record::Dns(_) => unreachable!("a flow record"),
+                },
+            )
             .collect()
     };
     let db = dir.path().join("leash.db");

@@ -159,7 +159,8 @@ fn dns_answers_keep_the_cname_chain_names() {
     again.time = "2026-11-23T00:00:00Z".parse().expect("time");
     let mut unattributed = d.clone();
     unattributed.pod = None;
-    let (flows, mut obs) = observations::from_batch(&cluster, &[], &[d.clone(), again, unattributed]);
+    let (flows, mut obs) =
+        observations::from_batch(&cluster, &[], &[d.clone(), again, unattributed]);
     obs.sort_by(|x, y| store::dns_order(x).cmp(&store::dns_order(y)));
     assert!(flows.is_empty());
     assert_eq!(
@@ -208,7 +209,8 @@ fn dns_query_counts_saturate() {
     let (mut a, _) = observations::from_stored(&cluster, &[], std::slice::from_ref(&stored));
     let (b, _) = observations::from_stored(&cluster, &[], &[stored]);
     a.merge(b);
-    let counts = |o: &observations::Observations| o.dns.values().map(|u| u.count).collect::<Vec<_>>();
+    let counts =
+        |o: &observations::Observations| o.dns.values().map(|u| u.count).collect::<Vec<_>>();
     assert_eq!(counts(&a), [u64::MAX]);
     let query = dns("shop", "debug", "10.96.0.10", "pay.test", &["203.0.113.7"]);
     a.add(&query, &cluster).expect("known pod");
@@ -244,11 +246,19 @@ fn a_batch_keeps_the_pods_of_each_flow_bounded() {
     );
     let (obs, _) = observations::from_stored(&cluster, &flows, &[]);
     let stored: Vec<&PodNames> = obs.pods.values().collect();
-    assert_eq!(stored, [&PodNames { names: kept, more: 4 }]);
+    assert_eq!(
+        stored,
+        [&PodNames {
+            names: kept,
+            more: 4
+        }]
+    );
     // Records from files name their pod in the key; they have no stored pods.
     let mut direct = observations::Observations::default();
     for r in &records {
-        direct.add(&Record::Flow(r.clone()), &cluster).expect("known pod");
+        direct
+            .add(&Record::Flow(r.clone()), &cluster)
+            .expect("known pod");
     }
     assert!(direct.pods.is_empty());
     assert_eq!(direct.flows.len(), 12);

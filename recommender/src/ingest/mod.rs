@@ -298,7 +298,8 @@ impl Inner {
             self.metrics.rejected(Cause::Malformed);
             Status::invalid_argument(format!("{name}: {e}"))
         })?;
-        let (flows, dns) = observations::from_groups(cluster, &batch.id.node, &batch.groups, &batch.dns);
+        let (flows, dns) =
+            observations::from_groups(cluster, &batch.id.node, &batch.groups, &batch.dns);
         let records = (batch.flow_count(), batch.dns.len());
         let id = BatchId {
             node: batch.id.node.clone(),

@@ -704,6 +704,5 @@ fn present(state: &ClusterState, w: &WorkloadRef) -> bool {
     c.workloads
         .binary_search_by(|x| (x.namespace.as_str(), x.kind.as_str(), x.name.as_str()).cmp(&key))
         .is_ok()
-        || (w.kind == crate::store::KIND_POD
-            && c.pod_by_name(&w.namespace, &w.name).is_some())
+        || (w.kind == crate::store::KIND_POD && c.pod_by_name(&w.namespace, &w.name).is_some())
 }

@@ -557,12 +557,13 @@ impl SqliteStore {
                     if links.contains(&linked) {
                         continue;
                     }
-                    let link = if links.contains(&out) || !self.add_pod(tx, row, name).map_err(op)? {
-                        left_out += 1;
-                        out
-                    } else {
-                        linked
-                    };
+                    let link =
+                        if links.contains(&out) || !self.add_pod(tx, row, name).map_err(op)? {
+                            left_out += 1;
+                            out
+                        } else {
+                            linked
+                        };
                     if links.len() >= MAX_CACHED_LINKS {
                         links.clear();
                     }
@@ -937,7 +938,6 @@ impl SqliteStore {
                         names: BTreeSet::new(),
                         more: unclamp(r.get(8).map_err(ReadError::Sql)?),
                     },
-                    pods: Default::default(),
                     established: unclamp(r.get(6).map_err(ReadError::Sql)?),
                     failed: unclamp(r.get(7).map_err(ReadError::Sql)?),
                 });
