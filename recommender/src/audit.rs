@@ -1,8 +1,9 @@
 //! `leash audit`: evaluates every observed flow against a set of policies.
 //!
-//! The library side of the command: load the policies ([`load_policies`]), read the flows
-//! ([`read_flows`]), evaluate them in input order ([`audit`]) and render the report as JSON
-//! lines or a table ([`AuditReport`]). The CLI maps [`AuditReport::any_denied`] to exit code 3
+//! The library side of the command: load the policies ([`load_policies`]), take the flows
+//! from record files ([`read_flows`]) or from a store's observations ([`stored_flows`]), each
+//! with its [`Origin`], evaluate them in input order ([`audit`]) and render the report as
+//! JSON lines or a table ([`AuditReport`]). The CLI maps [`AuditReport::any_denied`] to exit code 3
 //! under `--fail-on-deny`, and every [`Error`] to exit code 2.
 
 use std::{

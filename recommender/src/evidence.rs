@@ -76,10 +76,11 @@ impl Evidence {
 
 /// The pods that made a stored flow observation: some by name, and at least `more` others.
 ///
-/// A store keeps at most [`PodNames::MAX`] names per observation, so that a workload whose
-/// pods are replaced daily does not grow its rows without bound. Once names have been left
-/// out, the number of the others is a lower bound: the store cannot tell a pod it dropped
-/// from one it dropped before.
+/// A batch names at most [`PodNames::MAX`] pods per observation (the smallest names) and a
+/// store keeps at most as many (the first to arrive), so that a workload whose pods are
+/// replaced daily does not grow its rows without bound. Once names have been left out, the
+/// number of the others is a lower bound: the store cannot tell a pod it left out from one it
+/// left out before. Exact as long as nothing was left out.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PodNames {
     /// Pod names (without namespace: the workload's).
