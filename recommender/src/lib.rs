@@ -14,6 +14,8 @@ pub mod eval;
 pub mod explain;
 pub mod ingest;
 pub mod input;
+pub mod json;
+pub mod policy_state;
 pub mod ports;
 pub mod render;
 pub mod serve;
