@@ -397,14 +397,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
             clients,
             force,
         } => {
-            let ca = leash::certs::generate_with(&out, &server_names, &clients, force).map_err(
-                |e| match e {
-                    leash::certs::Error::Write { .. } | leash::certs::Error::Generate { .. } => {
-                        runtime_error(e)
+            let ca =
+                leash::certs::generate_with(&out, &server_names, &clients, force).map_err(|e| {
+                    match e {
+                        leash::certs::Error::Write { .. }
+                        | leash::certs::Error::Generate { .. } => runtime_error(e),
+                        e => bad_input(e),
                     }
-                    e => bad_input(e),
-                },
-            )?;
+                })?;
             let what = match ca {
                 leash::certs::CaSource::Reused => {
                     "server and client certificates, signed by the existing CA,"
@@ -478,7 +478,11 @@ fn load_cluster(args: &ClusterArgs) -> Result<(leash::cluster::Cluster, Applied)
             let client = leash::cluster::kube::client(args.kubeconfig.as_deref()).await?;
             leash::cluster::kube::load_once(client).await
         })
-        .map_err(|e| runtime_error(format!("cannot read the cluster from the Kubernetes API: {e}")))?;
+        .map_err(|e| {
+            runtime_error(format!(
+                "cannot read the cluster from the Kubernetes API: {e}"
+            ))
+        })?;
     state.log_rejected(None);
     let applied = Applied {
         policies: state.policies,
@@ -490,10 +494,7 @@ fn load_cluster(args: &ClusterArgs) -> Result<(leash::cluster::Cluster, Applied)
 /// The policies `audit` and `explain` evaluate (see `leash::policy_state`): the applied
 /// ones, with `--policies` in place of those it replaces, or with `--policies-only` the
 /// given set alone. An empty state is valid (nothing is isolated); stderr says so.
-fn policy_state(
-    applied: Applied,
-    args: &PolicyArgs,
-) -> Result<leash::eval::PolicySet, Failure> {
+fn policy_state(applied: Applied, args: &PolicyArgs) -> Result<leash::eval::PolicySet, Failure> {
     let state = match &args.policies {
         None => leash::policy_state::combine(&applied.policies, &[]),
         Some(path) => {
@@ -525,7 +526,9 @@ fn policy_state(
         }
     };
     if state.objects.is_empty() {
-        eprintln!("leash: no NetworkPolicy to evaluate: nothing is isolated, every flow is allowed");
+        eprintln!(
+            "leash: no NetworkPolicy to evaluate: nothing is isolated, every flow is allowed"
+        );
     }
     // The given policies were validated with their files; an error is in an applied one.
     leash::eval::PolicySet::new(&state.objects)

@@ -155,9 +155,8 @@ mod tests {
             metadata: ObjectMeta {
                 namespace: (!namespace.is_empty()).then(|| namespace.to_owned()),
                 name: Some(name.to_owned()),
-                labels: managed.then(|| {
-                    BTreeMap::from([(MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned())])
-                }),
+                labels: managed
+                    .then(|| BTreeMap::from([(MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned())])),
                 ..ObjectMeta::default()
             },
             ..NetworkPolicy::default()
@@ -165,7 +164,10 @@ mod tests {
     }
 
     fn names(objects: &[NetworkPolicy]) -> Vec<String> {
-        objects.iter().map(|o| ObjectKey::of(o).to_string()).collect()
+        objects
+            .iter()
+            .map(|o| ObjectKey::of(o).to_string())
+            .collect()
     }
 
     #[test]
@@ -179,7 +181,10 @@ mod tests {
             // Managed, but in a namespace the given set does not cover.
             np("db", "leash-elsewhere", true),
         ];
-        let given = [np("shop", "web-egress", true), np("shop", "same-name", true)];
+        let given = [
+            np("shop", "web-egress", true),
+            np("shop", "same-name", true),
+        ];
         let state = combine(&applied, &given);
         assert_eq!(
             names(&state.objects),

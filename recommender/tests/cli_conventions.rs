@@ -230,7 +230,10 @@ fn audit_combines_the_given_set_with_the_applied_policies() {
         "{err}"
     );
     let json = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(json.contains(r#""policies":["db/postgres-ingress"]"#), "{json}");
+    assert!(
+        json.contains(r#""policies":["db/postgres-ingress"]"#),
+        "{json}"
+    );
 
     // The given set alone: db's ingress policy is not part of it.
     let (o, rows) = audit_json(&f, &["--policies", p(&f.proposal), "--policies-only"]);
@@ -289,13 +292,21 @@ fn an_empty_policy_directory_is_an_empty_set() {
     let f = fixture();
     let (o, rows) = audit_json(
         &f,
-        &["--policies", p(&f.empty), "--policies-only", "--fail-on-deny"],
+        &[
+            "--policies",
+            p(&f.empty),
+            "--policies-only",
+            "--fail-on-deny",
+        ],
     );
     assert_code(&o, 0);
     assert_eq!(rows.len(), 3);
     assert!(rows.iter().all(|r| r[1] == "allow"), "{rows:?}");
     let err = stderr(&o);
-    assert!(err.contains(p(&f.empty)) && err.contains("no NetworkPolicy found"), "{err}");
+    assert!(
+        err.contains(p(&f.empty)) && err.contains("no NetworkPolicy found"),
+        "{err}"
+    );
     assert!(err.contains("nothing is isolated"), "{err}");
 
     // With the applied policies, an empty proposal replaces nothing.
@@ -340,7 +351,12 @@ fn exit_codes() {
     assert_code(&o, 3);
     assert!(stderr(&o).contains("1 of 3 flows denied"), "{}", stderr(&o));
     assert_code(
-        &audit(&["--policies", p(&f.proposal), "--policies-only", "--fail-on-deny"]),
+        &audit(&[
+            "--policies",
+            p(&f.proposal),
+            "--policies-only",
+            "--fail-on-deny",
+        ]),
         0,
     );
 
@@ -348,7 +364,15 @@ fn exit_codes() {
     assert_code(&audit(&["--no-such-flag"]), 2);
     assert_code(&audit(&["--policies-only"]), 2);
     assert_code(&audit(&["--policies", p(&f.dir.path().join("missing"))]), 2);
-    let o = leash(&["explain", "--cluster", p(&f.cluster), "--from", "shop", "--to", "x"]);
+    let o = leash(&[
+        "explain",
+        "--cluster",
+        p(&f.cluster),
+        "--from",
+        "shop",
+        "--to",
+        "x",
+    ]);
     assert_code(&o, 2);
 
     // 1: a runtime failure, here writing the answer to a full device.
@@ -362,7 +386,11 @@ fn exit_codes() {
         .output()
         .expect("runs the leash binary");
     assert_code(&o, 1);
-    assert!(stderr(&o).contains("cannot write to stdout"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("cannot write to stdout"),
+        "{}",
+        stderr(&o)
+    );
 
     // 1: the network (an API server that is not there).
     let kubeconfig = f.dir.path().join("kubeconfig");
@@ -446,7 +474,8 @@ fn since_takes_one_grammar() {
         assert_code(&o, 0);
         let out = String::from_utf8_lossy(&o.stdout).into_owned();
         assert!(
-            out.lines().all(|l| l.contains(r#""workload":"Deployment/web""#)),
+            out.lines()
+                .all(|l| l.contains(r#""workload":"Deployment/web""#)),
             "{out}"
         );
         out.lines().count()
@@ -479,23 +508,61 @@ fn duration_flags_share_one_range_check() {
     let db = store(&f);
     let cases: [(&[&str], &str); 5] = [
         (
-            &["audit", "--cluster", p(&f.cluster), "--store", p(&db), "--since", "300000years"],
+            &[
+                "audit",
+                "--cluster",
+                p(&f.cluster),
+                "--store",
+                p(&db),
+                "--since",
+                "300000years",
+            ],
             "longer than the maximum",
         ),
         (
-            &["recommend", "--cluster", p(&f.cluster), "--store", p(&db), "--since", "24"],
+            &[
+                "recommend",
+                "--cluster",
+                p(&f.cluster),
+                "--store",
+                p(&db),
+                "--since",
+                "24",
+            ],
             "invalid duration",
         ),
         (
-            &["recommend", "--cluster", p(&f.cluster), "--flows", p(&f.flows), "--min-observation", "1001y"],
+            &[
+                "recommend",
+                "--cluster",
+                p(&f.cluster),
+                "--flows",
+                p(&f.flows),
+                "--min-observation",
+                "1001y",
+            ],
             "longer than the maximum",
         ),
         (
-            &["serve", "--cluster", p(&f.cluster), "--insecure", "--retention", "1h30"],
+            &[
+                "serve",
+                "--cluster",
+                p(&f.cluster),
+                "--insecure",
+                "--retention",
+                "1h30",
+            ],
             "invalid duration",
         ),
         (
-            &["serve", "--cluster", p(&f.cluster), "--insecure", "--check-interval", "0s"],
+            &[
+                "serve",
+                "--cluster",
+                p(&f.cluster),
+                "--insecure",
+                "--check-interval",
+                "0s",
+            ],
             "greater than zero",
         ),
     ];
