@@ -512,13 +512,13 @@ fn policy_state(applied: Applied, args: &PolicyArgs) -> Result<leash::eval::Poli
                 let state = leash::policy_state::combine(&applied.policies, &given);
                 if state.kept + state.replaced.len() > 0 {
                     eprintln!(
-                        "leash: {} given NetworkPolicies with those applied in {}: {} kept, {} \
-                         replaced{}",
+                        "leash: policy state: {} given, {} applied kept, {} applied replaced{} \
+                         (applied: {}; --policies-only evaluates the given set alone)",
                         given.len(),
-                        applied.source,
                         state.kept,
                         state.replaced.len(),
-                        listed(&state.replaced)
+                        listed(&state.replaced),
+                        applied.source,
                     );
                 }
                 state
@@ -527,7 +527,7 @@ fn policy_state(applied: Applied, args: &PolicyArgs) -> Result<leash::eval::Poli
     };
     if state.objects.is_empty() {
         eprintln!(
-            "leash: no NetworkPolicy to evaluate: nothing is isolated, every flow is allowed"
+            "leash: no NetworkPolicy to evaluate: nothing is isolated, every connection is allowed"
         );
     }
     // The given policies were validated with their files; an error is in an applied one.

@@ -224,7 +224,7 @@ fn audit_combines_the_given_set_with_the_applied_policies() {
     );
     let err = stderr(&o);
     assert!(
-        err.contains("1 kept, 2 replaced")
+        err.contains("1 given, 1 applied kept, 2 applied replaced")
             && err.contains("NetworkPolicy shop/web-egress")
             && err.contains("NetworkPolicy shop/worker-egress"),
         "{err}"
