@@ -62,12 +62,6 @@ pub enum Error {
         /// The first file.
         first: PathBuf,
     },
-    /// No NetworkPolicy found at the given path.
-    #[error("{}: no NetworkPolicy found (looked for *.yaml, *.yml and *.json)", path.display())]
-    NoPolicies {
-        /// The path given.
-        path: PathBuf,
-    },
     /// A flow record could not be read.
     #[error(transparent)]
     Record(#[from] RecordError),
@@ -191,8 +185,8 @@ fn walk(dir: &Path, w: &mut Walk) -> Result<()> {
 /// (hidden entries skipped). Files may be multi-document streams or `List`s. Objects of other
 /// kinds (a `kustomization.yaml`, a Deployment next to its policy) are ignored, as
 /// `kubectl apply -f` would apply them separately. Every policy is validated; errors name
-/// the file and the policy. Finding no policy at all is an error, since auditing against
-/// nothing would silently allow everything.
+/// the file and the policy. Finding no policy at all is not an error: an empty set is a valid
+/// state (it isolates nothing), and the caller says so.
 ///
 /// Symlinks to directories are followed only within the tree, and each real directory is
 /// read once; files found in the tree must be regular files. Every file is read within the
@@ -237,11 +231,6 @@ pub fn load_policy_files(path: &Path) -> Result<Vec<(PathBuf, NetworkPolicy)>> {
             seen.insert(compiled.id, file.clone());
             out.push((file.clone(), np));
         }
-    }
-    if out.is_empty() {
-        return Err(Error::NoPolicies {
-            path: path.to_path_buf(),
-        });
     }
     Ok(out)
 }
@@ -368,6 +357,8 @@ pub struct AuditEntry {
     pub origin: Origin,
     /// The source pod, `namespace/name`.
     pub source: PolicyId,
+    /// The source pod's workload, `Kind/name` ([`crate::json::workload`]).
+    pub workload: String,
     /// The flow as observed (before DNAT).
     pub flow: Flow,
     /// The evaluation.
@@ -399,6 +390,10 @@ pub fn audit<V: ClusterView + ?Sized>(
             namespace: pod.namespace().to_string(),
             name: pod.name().to_string(),
         };
+        let workload = view.pod_workload(pod).map_or_else(
+            || crate::json::bare_pod(pod.name()),
+            |(kind, name)| crate::json::workload(kind, name),
+        );
         let flow = af.flow;
         let evaluation = cache
             .entry((source.clone(), flow))
@@ -407,6 +402,7 @@ pub fn audit<V: ClusterView + ?Sized>(
         entries.push(AuditEntry {
             origin: af.origin.clone(),
             source,
+            workload,
             flow,
             evaluation,
         });
@@ -451,6 +447,8 @@ struct JsonEntry<'a> {
 #[derive(Serialize)]
 struct JsonSource<'a> {
     namespace: &'a str,
+    /// `Kind/name`, as in every JSON output.
+    workload: &'a str,
     pod: &'a str,
 }
 
@@ -508,7 +506,7 @@ impl AuditReport {
     }
 
     /// One JSON object per flow, one per line, each line ending with `\n`:
-    /// `{"source":{"namespace":…,"pod":…},"protocol":…,"dst":…,"dst_port":…,"verdict":…,
+    /// `{"source":{"namespace":…,"workload":"Kind/name","pod":…},"protocol":…,"dst":…,"dst_port":…,"verdict":…,
     /// "egress":…,"ingress":…,"policies":[…]}`.
     pub fn to_json_lines(&self) -> String {
         let mut out = String::new();
@@ -516,6 +514,7 @@ impl AuditReport {
             let entry = JsonEntry {
                 source: JsonSource {
                     namespace: &e.source.namespace,
+                    workload: &e.workload,
                     pod: &e.source.name,
                 },
                 protocol: e.flow.protocol.as_str(),

@@ -1,5 +1,6 @@
 //! `leash`: the command line. All logic lives in the library; this file parses arguments,
-//! calls it, and maps errors to exit codes (2: bad input, 3: denied with `--fail-on-deny`).
+//! calls it, and maps errors to exit codes ([`Failure`]: 1 runtime, 2 bad input or usage,
+//! 3 a requested check found a problem).
 
 use std::collections::BTreeSet;
 use std::io::Write as _;
@@ -33,9 +34,9 @@ enum Command {
         /// The observation store of `leash serve` (a SQLite file), instead of `--flows`.
         #[arg(long)]
         store: Option<PathBuf>,
-        /// With `--store`: only observations last seen within this long (e.g. 7d, 24h).
-        #[arg(long, requires = "store", conflicts_with = "flows", value_parser = parse_duration)]
-        since: Option<chrono::Duration>,
+        /// With `--store`: only observations last seen within this long (e.g. 7d, 1h30m).
+        #[arg(long, requires = "store", conflicts_with = "flows", value_parser = leash_records::duration::parse)]
+        since: Option<std::time::Duration>,
         /// Write `<ns>/<workload>-egress.yaml`, `<ns>/default-deny-egress.yaml` and REPORT.md
         /// here instead of printing a YAML stream; remove the policy files earlier runs wrote
         /// that this run no longer recommends (only in the namespaces it covers).
@@ -54,7 +55,7 @@ enum Command {
         #[arg(long, default_value_t = 48, value_parser = clap::value_parser!(u8).range(0..=128))]
         max_prefix_v6: u8,
         /// Flag workloads observed for less than this (e.g. 24h, 90m, 7d).
-        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        #[arg(long, default_value = "24h", value_parser = leash_records::duration::parse_chrono)]
         min_observation: chrono::Duration,
         /// NodeLocal DNSCache addresses. Repeatable; default 169.254.20.10.
         #[arg(long = "node-local-dns", num_args = 1..)]
@@ -66,10 +67,8 @@ enum Command {
     Audit {
         #[command(flatten)]
         source: ClusterArgs,
-        /// A policy file or a directory of them (searched recursively). With `--kube` and no
-        /// `--policies`, the NetworkPolicies applied in the cluster.
-        #[arg(long)]
-        policies: Option<PathBuf>,
+        #[command(flatten)]
+        policies: PolicyArgs,
         /// Flow records (JSON lines, v1). Repeatable.
         #[arg(long = "flows", num_args = 1..)]
         flows: Vec<PathBuf>,
@@ -77,9 +76,9 @@ enum Command {
         /// verdict per stored (pod, destination, port, protocol).
         #[arg(long)]
         store: Option<PathBuf>,
-        /// With `--store`: only observations last seen within this long (e.g. 7d, 24h).
-        #[arg(long, requires = "store", conflicts_with = "flows", value_parser = parse_duration)]
-        since: Option<chrono::Duration>,
+        /// With `--store`: only observations last seen within this long (e.g. 7d, 1h30m).
+        #[arg(long, requires = "store", conflicts_with = "flows", value_parser = leash_records::duration::parse)]
+        since: Option<std::time::Duration>,
         /// `json`: one object per flow, in input order; `table`: aligned, with a summary.
         #[arg(long, default_value = "table")]
         format: leash::audit::Format,
@@ -92,10 +91,8 @@ enum Command {
     Explain {
         #[command(flatten)]
         source: ClusterArgs,
-        /// A policy file or a directory of them. With `--kube` and no `--policies`, the
-        /// NetworkPolicies applied in the cluster.
-        #[arg(long)]
-        policies: Option<PathBuf>,
+        #[command(flatten)]
+        policies: PolicyArgs,
         /// The source pod, `NAMESPACE/POD`.
         #[arg(long)]
         from: String,
@@ -139,6 +136,21 @@ struct ClusterArgs {
     /// With `--kube`: this kubeconfig file.
     #[arg(long, requires = "kube")]
     kubeconfig: Option<PathBuf>,
+}
+
+/// The policies `audit` and `explain` evaluate: the policy state (`leash::policy_state`).
+#[derive(clap::Args, Debug, Clone)]
+struct PolicyArgs {
+    /// A policy file or a directory of them (searched recursively): a proposal. It replaces
+    /// the applied policies labelled `app.kubernetes.io/managed-by: leash` in the namespaces
+    /// it covers, and applied ones of the same namespace and name; the other applied
+    /// policies (those of the snapshot, or of the API server with `--kube`) stay. Without
+    /// it, the applied policies alone.
+    #[arg(long)]
+    policies: Option<PathBuf>,
+    /// Evaluate the `--policies` set alone, without the applied policies.
+    #[arg(long, requires = "policies")]
+    policies_only: bool,
 }
 
 /// `leash serve`.
@@ -220,22 +232,40 @@ struct LimitArgs {
     inflight_bytes_per_connection: usize,
 }
 
-/// A window or span (`24h`, `7d`, `90m`), as `leash_records::duration` parses every duration.
-fn parse_duration(s: &str) -> Result<chrono::Duration, leash_records::duration::Error> {
-    leash_records::duration::parse_chrono(s)
+/// Why a command failed. Each kind is one exit code (README, "Conventions"); clap's own
+/// usage errors exit 2 as well.
+enum Failure {
+    /// Exit 1: I/O, the network, a provider, or a failed self-check (a bug of leash's).
+    Runtime(String),
+    /// Exit 2: bad input or usage (a file named on the command line that is missing or
+    /// malformed, a bad value).
+    BadInput(String),
+    /// Exit 3: a check the user asked for found a problem (`--fail-on-deny`).
+    CheckFailed(String),
 }
 
-/// A failure and the exit code it maps to.
-struct Failure {
-    code: u8,
-    message: String,
+impl Failure {
+    fn code(&self) -> u8 {
+        match self {
+            Failure::Runtime(_) => 1,
+            Failure::BadInput(_) => 2,
+            Failure::CheckFailed(_) => 3,
+        }
+    }
+
+    fn message(&self) -> &str {
+        match self {
+            Failure::Runtime(m) | Failure::BadInput(m) | Failure::CheckFailed(m) => m,
+        }
+    }
 }
 
 fn bad_input(e: impl std::fmt::Display) -> Failure {
-    Failure {
-        code: 2,
-        message: e.to_string(),
-    }
+    Failure::BadInput(e.to_string())
+}
+
+fn runtime_error(e: impl std::fmt::Display) -> Failure {
+    Failure::Runtime(e.to_string())
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
@@ -264,15 +294,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
             if !node_local_dns.is_empty() {
                 opts.classify.node_local_dns = node_local_dns.into_iter().collect::<BTreeSet<_>>();
             }
-            let (cluster, _) = load_cluster(&source)?;
+            let (cluster, _applied) = load_cluster(&source)?;
             let (observations, skipped) = observe(&cluster, store.as_deref(), since, &flows)?;
             let mut out = leash::synth::run_observations(cluster, observations, &opts).map_err(
                 |e| match e {
                     // Our own bug, not the user's input.
-                    leash::synth::Error::SelfCheck(_) => Failure {
-                        code: 1,
-                        message: e.to_string(),
-                    },
+                    leash::synth::Error::SelfCheck(_) => runtime_error(e),
                     e => bad_input(e),
                 },
             )?;
@@ -287,7 +314,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
                         &out.recommendation,
                         &opts.namespaces,
                     )
-                    .map_err(bad_input)?;
+                    .map_err(|e| match e {
+                        // The checks passed; writing failed.
+                        leash::render::outdir::Error::Io { .. }
+                        | leash::render::outdir::Error::Render(_) => runtime_error(e),
+                        e => bad_input(e),
+                    })?;
                     for w in &written.warnings {
                         eprintln!("leash: warning: {w}");
                     }
@@ -299,7 +331,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
                         &out.cluster,
                         &out.recommendation,
                     ))
-                    .map_err(bad_input)?;
+                    // Serializing our own objects: a bug, not the user's input.
+                    .map_err(runtime_error)?;
                     write_stdout(&text)?;
                 }
             }
@@ -315,15 +348,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             fail_on_deny,
         } => {
             let (cluster, applied) = load_cluster(&source)?;
-            let set = match (policies, applied) {
-                (Some(path), _) => leash::audit::load_policy_set(&path).map_err(bad_input)?,
-                (None, Some(applied)) => applied,
-                (None, None) => {
-                    return Err(bad_input(
-                        "--policies is required unless --kube audits against the applied policies",
-                    ));
-                }
-            };
+            let set = policy_state(applied, &policies)?;
             let mut located = Vec::new();
             if let Some(store) = &store {
                 let store = open_store(store)?;
@@ -347,14 +372,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let report = leash::audit::audit(&cluster, &set, &located).map_err(bad_input)?;
             write_stdout(&report.render(format))?;
             if fail_on_deny && report.any_denied() {
-                return Err(Failure {
-                    code: 3,
-                    message: format!(
-                        "{} of {} flows denied",
-                        report.denied(),
-                        report.entries.len()
-                    ),
-                });
+                return Err(Failure::CheckFailed(format!(
+                    "{} of {} flows denied",
+                    report.denied(),
+                    report.entries.len()
+                )));
             }
             Ok(())
         }
@@ -367,15 +389,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let from = leash::explain::parse_pod(&from).map_err(bad_input)?;
             let flow = leash::explain::parse_target(&to).map_err(bad_input)?;
             let (cluster, applied) = load_cluster(&source)?;
-            let set = match (policies, applied) {
-                (Some(path), _) => leash::audit::load_policy_set(&path).map_err(bad_input)?,
-                (None, Some(applied)) => applied,
-                (None, None) => {
-                    return Err(bad_input(
-                        "--policies is required unless --kube explains with the applied policies",
-                    ));
-                }
-            };
+            let set = policy_state(applied, &policies)?;
             let explanation =
                 leash::explain::explain(&cluster, &set, &from, &flow).map_err(bad_input)?;
             write_stdout(&explanation.to_string())
@@ -387,8 +401,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
             clients,
             force,
         } => {
-            let ca = leash::certs::generate_with(&out, &server_names, &clients, force)
-                .map_err(bad_input)?;
+            let ca =
+                leash::certs::generate_with(&out, &server_names, &clients, force).map_err(|e| {
+                    match e {
+                        leash::certs::Error::Write { .. }
+                        | leash::certs::Error::Generate { .. } => runtime_error(e),
+                        e => bad_input(e),
+                    }
+                })?;
             let what = match ca {
                 leash::certs::CaSource::Reused => {
                     "server and client certificates, signed by the existing CA,"
@@ -406,7 +426,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
 fn observe(
     cluster: &leash::cluster::Cluster,
     store: Option<&std::path::Path>,
-    since: Option<chrono::Duration>,
+    since: Option<std::time::Duration>,
     flows: &[PathBuf],
 ) -> Result<
     (
@@ -441,34 +461,109 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| Failure {
-            code: 1,
-            message: format!("cannot start the async runtime: {e}"),
-        })
+        .map_err(|e| runtime_error(format!("cannot start the async runtime: {e}")))
 }
 
-/// The cluster model from `--cluster FILE`, or from the API server with `--kube` (then also
-/// the NetworkPolicies applied there).
-fn load_cluster(
-    args: &ClusterArgs,
-) -> Result<(leash::cluster::Cluster, Option<leash::eval::PolicySet>), Failure> {
+/// The NetworkPolicies applied in the cluster source, and where they were read.
+struct Applied {
+    /// As the source holds them.
+    policies: Vec<k8s_openapi::api::networking::v1::NetworkPolicy>,
+    /// The snapshot file, or the API server.
+    source: String,
+}
+
+/// The cluster model from `--cluster FILE` or from the API server with `--kube`, and the
+/// NetworkPolicies applied there (the snapshot's, or the API server's).
+fn load_cluster(args: &ClusterArgs) -> Result<(leash::cluster::Cluster, Applied), Failure> {
     if let Some(path) = &args.cluster {
-        return Ok((
-            leash::cluster::Cluster::load(path).map_err(bad_input)?,
-            None,
-        ));
+        let snapshot = leash_records::snapshot::load_path(path).map_err(bad_input)?;
+        let cluster = leash::cluster::Cluster::from_snapshot(&snapshot)
+            .map_err(|source| leash::cluster::LoadError::Model {
+                path: path.clone(),
+                source,
+            })
+            .map_err(bad_input)?;
+        let applied = Applied {
+            policies: snapshot.network_policies,
+            source: path.display().to_string(),
+        };
+        return Ok((cluster, applied));
     }
     let state = runtime()?
         .block_on(async {
             let client = leash::cluster::kube::client(args.kubeconfig.as_deref()).await?;
             leash::cluster::kube::load_once(client).await
         })
-        .map_err(|e| Failure {
-            code: 1,
-            message: format!("cannot read the cluster from the Kubernetes API: {e}"),
+        .map_err(|e| {
+            runtime_error(format!(
+                "cannot read the cluster from the Kubernetes API: {e}"
+            ))
         })?;
     state.log_rejected(None);
-    Ok((state.cluster, Some(state.policy_set)))
+    let applied = Applied {
+        policies: state.policies,
+        source: "the Kubernetes API".to_owned(),
+    };
+    Ok((state.cluster, applied))
+}
+
+/// The policies `audit` and `explain` evaluate (see `leash::policy_state`): the applied
+/// ones, with `--policies` in place of those it replaces, or with `--policies-only` the
+/// given set alone. An empty state is valid (nothing is isolated); stderr says so.
+fn policy_state(applied: Applied, args: &PolicyArgs) -> Result<leash::eval::PolicySet, Failure> {
+    let state = match &args.policies {
+        None => leash::policy_state::combine(&applied.policies, &[]),
+        Some(path) => {
+            let given = leash::audit::load_policies(path).map_err(bad_input)?;
+            if given.is_empty() {
+                eprintln!(
+                    "leash: {}: no NetworkPolicy found (looked for *.yaml, *.yml and *.json): \
+                     the given set is empty",
+                    path.display()
+                );
+            }
+            if args.policies_only {
+                leash::policy_state::given_only(&given)
+            } else {
+                let state = leash::policy_state::combine(&applied.policies, &given);
+                if state.kept + state.replaced.len() > 0 {
+                    eprintln!(
+                        "leash: policy state: {} given, {} applied kept, {} applied replaced{} \
+                         (applied: {}; --policies-only evaluates the given set alone)",
+                        given.len(),
+                        state.kept,
+                        state.replaced.len(),
+                        listed(&state.replaced),
+                        applied.source,
+                    );
+                }
+                state
+            }
+        }
+    };
+    if state.objects.is_empty() {
+        eprintln!(
+            "leash: no NetworkPolicy to evaluate: nothing is isolated, every connection is allowed"
+        );
+    }
+    // The given policies were validated with their files; an error is in an applied one.
+    leash::eval::PolicySet::new(&state.objects)
+        .map_err(|e| bad_input(format!("{}: {e}", applied.source)))
+}
+
+/// ` (a, b, c and N more)`: a bounded list for one stderr line; empty for none.
+fn listed(keys: &[leash::policy_state::ObjectKey]) -> String {
+    const SHOWN: usize = 5;
+    if keys.is_empty() {
+        return String::new();
+    }
+    let names: Vec<String> = keys.iter().take(SHOWN).map(ToString::to_string).collect();
+    let more = keys.len().saturating_sub(SHOWN);
+    if more == 0 {
+        format!(" ({})", names.join(", "))
+    } else {
+        format!(" ({} and {more} more)", names.join(", "))
+    }
 }
 
 /// `leash serve`: runs until SIGINT or SIGTERM.
@@ -520,9 +615,10 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
     };
     runtime()?
         .block_on(leash::serve::run(config, shutdown_signal()))
-        .map_err(|e| Failure {
-            code: 1,
-            message: e.to_string(),
+        .map_err(|e| match e {
+            // A --cluster file or TLS file that cannot be used is the user's input.
+            leash::serve::Error::Cluster(_) | leash::serve::Error::Tls(_) => bad_input(e),
+            e => runtime_error(e),
         })
 }
 
@@ -553,10 +649,9 @@ fn init_logging() {
         .try_init();
 }
 
-/// `--since`: the earliest last-seen time to read, counted back from now.
-fn since_time(since: Option<chrono::Duration>) -> Option<chrono::DateTime<chrono::Utc>> {
-    // A window reaching past the earliest representable time means everything.
-    since.and_then(|d| chrono::Utc::now().checked_sub_signed(d))
+/// `--since`: the earliest last-seen time to read, counted back from now, as `?since=` is.
+fn since_time(since: Option<std::time::Duration>) -> Option<chrono::DateTime<chrono::Utc>> {
+    since.and_then(|d| leash_records::duration::window_start(chrono::Utc::now(), d))
 }
 
 /// Stored observations that could not be used, on stderr.
@@ -578,10 +673,7 @@ fn write_stdout(text: &str) -> Result<(), Failure> {
             }
         })
         .and_then(|()| stdout.flush())
-        .map_err(|e| Failure {
-            code: 1,
-            message: format!("cannot write to stdout: {e}"),
-        })
+        .map_err(|e| runtime_error(format!("cannot write to stdout: {e}")))
 }
 
 fn main() -> ExitCode {
@@ -589,8 +681,8 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("leash: error: {}", f.message);
-            ExitCode::from(f.code)
+            eprintln!("leash: error: {}", f.message());
+            ExitCode::from(f.code())
         }
     }
 }

@@ -290,6 +290,42 @@ async fn since_out_of_range_or_malformed_is_a_bad_request_on_every_path() {
     }
 }
 
+/// The duration grammar of the flags: `1h30m` (no space) is a window here too, as on the
+/// command line (tests/cli_conventions.rs).
+#[tokio::test]
+async fn since_takes_the_flags_grammar() {
+    let f = fixture(ReadLimits::default());
+    for path in V1_PATHS {
+        for since in ["1h30m", "1h%2030m", "90m"] {
+            let (status, _, body) = get(&f.app, &format!("{path}?since={since}")).await;
+            assert_eq!(status, StatusCode::OK, "{path}?since={since}: {body}");
+        }
+    }
+}
+
+/// Every JSON answer names a workload by `namespace` plus `workload: "Kind/name"`; `/v1`
+/// keeps `kind` and `name` besides.
+#[tokio::test]
+async fn json_answers_name_workloads_by_namespace_and_kind_slash_name() {
+    let f = fixture(ReadLimits::default());
+    let (status, _, body) = get(&f.app, "/v1/workloads").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(page[0]["namespace"], "bank");
+    assert_eq!(page[0]["workload"], "Deployment/ledger");
+    assert_eq!(page[0]["kind"], "Deployment");
+    assert_eq!(page[0]["name"], "ledger");
+    assert_eq!(page[1]["workload"], "Deployment/web");
+
+    let (status, _, body) = get(&f.app, "/v1/namespaces/shop/audit").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let audit: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let w = &audit["workloads"][0];
+    assert_eq!(w["namespace"], "shop");
+    assert_eq!(w["workload"], "Deployment/web");
+    assert_eq!(w["pod"], "web-x2");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_api_answers_503_beyond_its_concurrency_limit_and_health_stays_up() {
     let f = fixture(ReadLimits {

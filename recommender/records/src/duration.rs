@@ -1,8 +1,8 @@
 //! The one duration grammar of leash: command-line flags of both binaries (`--since 7d`,
 //! `--retention 30d`, `--flush-interval 1s`) and HTTP query parameters (`?since=7d`).
 //!
-//! The grammar is `humantime`'s (`90s`, `15m`, `24h`, `7d`, `2w`, `1y`, `1h 30m`); a number
-//! needs a unit. Every duration is range-checked here, once: at most [`MAX`] (1,000 years),
+//! The grammar is `humantime`'s (`90s`, `15m`, `24h`, `7d`, `2w`, `1y`, `1h30m`, `1h 30m`); a
+//! number needs a unit. Every duration is range-checked here, once: at most [`MAX`] (1,000 years),
 //! so that a window subtracted from the current time, or an interval added to it, cannot
 //! overflow anywhere downstream.
 
@@ -100,6 +100,7 @@ mod tests {
             ("7d", 604_800),
             ("30d", 2_592_000),
             ("1h 30m", 5_400),
+            ("1h30m", 5_400),
             ("0s", 0),
             ("100000d", 8_640_000_000),
             ("1000y", 1_000 * YEAR_SECS),

@@ -95,6 +95,12 @@ pub trait ClusterView {
     /// Where a connection to `ip:port/protocol` goes when `ip` may be a Service address.
     fn service(&self, ip: IpAddr, port: u16, protocol: Protocol) -> ServiceLookup<'_, Self::Pod>;
 
+    /// The workload running a pod, `(kind, name)`; `None` when the pod is its own (a bare
+    /// pod, or a view without owners).
+    fn pod_workload(&self, _pod: &Self::Pod) -> Option<(&str, &str)> {
+        None
+    }
+
     /// Resolves a record's pod: by uid when it has one, else by namespace and name.
     fn pod_by_ref(&self, pod: &PodRef) -> Option<&Self::Pod> {
         if !pod.uid.is_empty()
@@ -507,6 +513,14 @@ impl ClusterView for crate::cluster::Cluster {
 
     fn namespace_labels(&self, namespace: &str) -> Option<&BTreeMap<String, String>> {
         self.namespaces.get(namespace).map(|n| &n.labels)
+    }
+
+    fn pod_workload(&self, pod: &Self::Pod) -> Option<(&str, &str)> {
+        let w = self
+            .pod_by_name(&pod.namespace, &pod.name)
+            .and_then(|id| self.workload_of(id))
+            .and_then(|w| self.workloads.get(w))?;
+        Some((&w.kind, &w.name))
     }
 
     fn service(&self, ip: IpAddr, port: u16, protocol: Protocol) -> ServiceLookup<'_, Self::Pod> {

@@ -355,6 +355,8 @@ fn known_namespace(model: &ClusterState, ns: &str) -> ApiResult<()> {
 #[derive(Debug, Serialize)]
 struct WorkloadSummary {
     namespace: String,
+    /// `Kind/name` ([`crate::json`]).
+    workload: String,
     kind: String,
     name: String,
     destinations: u64,
@@ -430,6 +432,7 @@ async fn workloads(
             .into_iter()
             .map(|t| WorkloadSummary {
                 present: present(&model, &t.workload),
+                workload: crate::json::workload(&t.workload.kind, &t.workload.name),
                 namespace: t.workload.namespace,
                 kind: t.workload.kind,
                 name: t.workload.name,
@@ -606,6 +609,9 @@ struct AuditedFlow {
 /// One workload's audit.
 #[derive(Debug, Serialize)]
 struct WorkloadAudit {
+    namespace: String,
+    /// `Kind/name` ([`crate::json`]).
+    workload: String,
     kind: String,
     name: String,
     /// The pod the flows were evaluated as.
@@ -662,6 +668,8 @@ fn audit_namespace(
         let entry = workloads
             .entry(j.workload.clone())
             .or_insert_with(|| WorkloadAudit {
+                namespace: j.workload.namespace.clone(),
+                workload: crate::json::workload(&j.workload.kind, &j.workload.name),
                 kind: j.workload.kind.clone(),
                 name: j.workload.name.clone(),
                 pod: j.pod.clone(),
