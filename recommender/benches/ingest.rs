@@ -25,7 +25,8 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use leash::{
-    cluster::{Cluster, ClusterState},
+    cluster::Cluster,
+    state::ClusterState,
     ingest::{IngestService, Limits},
     store::{
         BatchCommit, BatchId, Store,

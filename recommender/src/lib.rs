@@ -3,7 +3,8 @@
 //! Pure logic, no I/O except in [`input`] and [`render`]:
 //! records → [`cluster`] model → [`classify`] → [`synth`] ([`cidr`], [`ports`], selectors)
 //! → [`render`] (YAML, REPORT.md). [`eval`] is the one NetworkPolicy engine, used by
-//! `audit`, `explain` and the self-check of `recommend`.
+//! `audit`, `explain` and the self-check of `recommend`. [`state`] joins the model with the
+//! policies applied in the cluster, for `serve` and `ingest`.
 
 pub mod audit;
 pub mod certs;
@@ -17,5 +18,6 @@ pub mod input;
 pub mod ports;
 pub mod render;
 pub mod serve;
+pub mod state;
 pub mod store;
 pub mod synth;

@@ -444,8 +444,8 @@ fn load_cluster(
     }
     let state = runtime()?
         .block_on(async {
-            let client = leash::cluster::kube::client(args.kubeconfig.as_deref()).await?;
-            leash::cluster::kube::load_once(client).await
+            let client = leash::cluster::watch::client(args.kubeconfig.as_deref()).await?;
+            leash::cluster::watch::load_once::<leash::state::ClusterState>(client).await
         })
         .map_err(|e| Failure {
             code: 1,

@@ -16,7 +16,8 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use leash::{
-    cluster::{Cluster, ClusterState},
+    cluster::Cluster,
+    state::ClusterState,
     ingest::{IngestService, Limits},
     store::{
         self, BatchCommit, BatchId, Commit, DnsObservation, FlowObservation, Store,

@@ -47,7 +47,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Code, Request, Response, Status, Streaming};
 
-use crate::cluster::{Cluster, ClusterState};
+use crate::cluster::Cluster;
+use crate::state::ClusterState;
 use crate::store::{BatchId, Store, WorkloadRef, observe};
 use committer::{Committer, Job};
 pub use metrics::{Cause, Metrics};

@@ -22,7 +22,7 @@ use prometheus_client::registry::Registry;
 
 use super::ModelRx;
 use super::verdicts::judge;
-use crate::cluster::ClusterState;
+use crate::state::ClusterState;
 use crate::eval::Verdict;
 use crate::store::{FlowObservation, Store, WorkloadRef};
 

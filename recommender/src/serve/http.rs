@@ -37,7 +37,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::ModelRx;
 use super::verdicts::judge;
-use crate::cluster::ClusterState;
+use crate::state::ClusterState;
 use crate::eval::Verdict;
 use crate::ingest::IngestService;
 use crate::store::{FlowObservation, Scope, Store, Subject, WorkloadRef, WorkloadTotals};

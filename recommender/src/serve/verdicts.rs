@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use crate::audit;
-use crate::cluster::ClusterState;
+use crate::state::ClusterState;
 use crate::eval::Evaluation;
 use crate::store::{FlowObservation, Skipped, WorkloadRef, observe};
 use leash_records::FlowRecord;
