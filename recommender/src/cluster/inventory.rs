@@ -152,6 +152,9 @@ pub struct PodInfo {
     pub owner: Option<OwnerRef>,
     /// Phase Succeeded or Failed: its IPs may already belong to another pod.
     pub terminated: bool,
+    /// Phase Running, or no phase stated. A pod that is not (Pending, Unknown) is not a ready
+    /// backend of the Services selecting it.
+    pub running: bool,
 }
 
 /// How a Service port reaches its backends.
@@ -424,6 +427,7 @@ impl Inventory {
             ports,
             owner: controller_of(&pod.metadata),
             terminated: matches!(phase, Some("Succeeded" | "Failed")),
+            running: matches!(phase, None | Some("Running")),
         });
         Ok(())
     }

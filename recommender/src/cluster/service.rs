@@ -38,8 +38,9 @@ pub enum ServiceLookup {
 
 impl Cluster {
     /// Resolves a connection to `ip:port/proto` through a Service, as kube-proxy's DNAT would:
-    /// EndpointSlices when the Service has any, else its selector, with named target ports
-    /// resolved on each backend pod for the flow's protocol.
+    /// EndpointSlices when the Service has any, else its selector (a pod that is not running
+    /// counts as not ready), with named target ports resolved on each backend pod for the flow's
+    /// protocol.
     pub fn resolve_service(&self, ip: IpAddr, port: u16, proto: Protocol) -> ServiceLookup {
         let (sid, sp) = if let Some(sid) = self.service_by_ip(ip) {
             let svc = &self.services[sid];
@@ -108,11 +109,17 @@ impl Cluster {
                 };
                 let Some(target) = target else { continue };
                 for a in pod.ips.iter().filter(|a| family_ok(a)) {
-                    ready.push(ServiceBackend {
+                    let b = ServiceBackend {
                         ip: *a,
                         port: target,
                         pod: Some(p),
-                    });
+                    };
+                    // The EndpointSlice controller would list a pod that is not running as a
+                    // not-ready endpoint: the same fallback as for slices applies.
+                    if pod.running {
+                        ready.push(b.clone());
+                    }
+                    all.push(b);
                 }
             }
         }
@@ -142,5 +149,49 @@ impl Cluster {
             }
             _ => Vec::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1 as core;
+
+    fn pod(name: &str, ip: &str, phase: &str) -> core::Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "ns", "name": name, "labels": {"app": "a"}},
+            "spec": {"containers": [{"name": "c"}]},
+            "status": {"phase": phase, "podIP": ip},
+        }))
+        .expect("pod")
+    }
+
+    fn backends(pods: &[core::Pod]) -> Vec<IpAddr> {
+        let svc: core::Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "ns", "name": "s"},
+            "spec": {"clusterIP": "10.96.0.5", "selector": {"app": "a"}, "ports": [{"port": 80}]},
+        }))
+        .expect("service");
+        let c = Cluster::from_objects(&[], &[], pods, &[svc], &[], &[], &[], &[], &[], &[], &[])
+            .expect("valid");
+        let ip = "10.96.0.5".parse().expect("ip");
+        match c.resolve_service(ip, 80, Protocol::Tcp) {
+            ServiceLookup::Resolved { backends, .. } => backends.iter().map(|b| b.ip).collect(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Without EndpointSlices, pods that are not running are backends only when no pod is.
+    #[test]
+    fn selector_fallback_prefers_running_pods() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let running = pod("r", "10.0.0.1", "Running");
+        let pending = pod("p", "10.0.0.2", "Pending");
+        let done = pod("d", "10.0.0.3", "Succeeded");
+        assert_eq!(
+            backends(&[running, pending.clone(), done.clone()]),
+            [ip("10.0.0.1")]
+        );
+        assert_eq!(backends(&[pending, done]), [ip("10.0.0.2")]);
     }
 }
