@@ -26,8 +26,8 @@ use std::{
 use chrono::{DateTime, Utc};
 use leash::{
     cluster::Cluster,
-    state::ClusterState,
     ingest::{IngestService, Limits},
+    state::ClusterState,
     store::{
         BatchCommit, BatchId, Store,
         observe::{from_batch, from_groups},

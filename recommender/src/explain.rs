@@ -12,8 +12,8 @@ use std::{
 use leash_records::Protocol;
 
 use crate::eval::{
-    ClusterView, DirectionResult, Evaluation, Flow, Half, NearMiss, PolicyId, PolicySet, Reason,
-    PolicyRule, RuleMatch, TargetResult, Verdict, evaluate,
+    ClusterView, DirectionResult, Evaluation, Flow, Half, NearMiss, PolicyId, PolicyRule,
+    PolicySet, Reason, RuleMatch, TargetResult, Verdict, evaluate,
 };
 
 /// Errors of `explain`.

@@ -133,8 +133,12 @@ impl FromSnapshot for ClusterState {
     }
 
     fn log_rebuilt(&self) {
-        tracing::debug!(generation = self.generation, pods = self.cluster.pods.len(),
-            policies = self.policies.len(), "cluster model rebuilt");
+        tracing::debug!(
+            generation = self.generation,
+            pods = self.cluster.pods.len(),
+            policies = self.policies.len(),
+            "cluster model rebuilt"
+        );
     }
 }
 

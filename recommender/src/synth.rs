@@ -333,7 +333,13 @@ pub fn recommend(cluster: &Cluster, obs: &Observations, opts: &Options) -> Recom
         max_cidrs: opts.max_cidrs,
         max_prefix_v4: opts.max_prefix_v4,
         max_prefix_v6: opts.max_prefix_v6,
-        protected: ipnet::IpNet::aggregate(&[crate::cidr::builtin_protected(), cluster.pod_and_service_ranges()].concat()),
+        protected: ipnet::IpNet::aggregate(
+            &[
+                crate::cidr::builtin_protected(),
+                cluster.pod_and_service_ranges(),
+            ]
+            .concat(),
+        ),
     };
     for (w, acc) in accs {
         let wl = &cluster.workloads[w];

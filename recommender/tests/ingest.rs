@@ -17,8 +17,8 @@ use std::{
 use chrono::{DateTime, Utc};
 use leash::{
     cluster::Cluster,
-    state::ClusterState,
     ingest::{IngestService, Limits},
+    state::ClusterState,
     store::{
         self, BatchCommit, BatchId, Commit, DnsObservation, FlowObservation, Store,
         sqlite::SqliteStore,

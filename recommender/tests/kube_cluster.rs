@@ -433,7 +433,9 @@ async fn undecodable_and_invalid_objects_are_named_and_skipped() {
                "metadata": {"name": "garbled-2", "namespace": "shop"},
                "status": {"podIPs": "x"}}),
     );
-    let once = load_once::<ClusterState>(api.client().unwrap()).await.unwrap();
+    let once = load_once::<ClusterState>(api.client().unwrap())
+        .await
+        .unwrap();
     assert_eq!(once.rejected.len(), 1, "{:?}", once.rejected);
     assert_eq!(once.rejected[0].name, "shop/garbled-2");
     assert_eq!(once.cluster.pods.len(), 4);
@@ -465,7 +467,10 @@ async fn load_once_lists_each_kind_once_through_a_kubeconfig() {
     // A failing list names the resource.
     api.fail_next("list", Some(&collection_path::<StatefulSet>()), 403, 1);
     let client = api.client().unwrap();
-    let err = load_once::<ClusterState>(client).await.unwrap_err().to_string();
+    let err = load_once::<ClusterState>(client)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("apps/statefulsets"), "{err}");
 
     // A missing kubeconfig names the file.
@@ -481,7 +486,9 @@ async fn load_once_lists_each_kind_once_through_a_kubeconfig() {
 async fn unexpected_egress_events_are_created_then_patched() {
     let api = FakeApi::start().await.unwrap();
     load_fixtures(&api);
-    let state = load_once::<ClusterState>(api.client().unwrap()).await.unwrap();
+    let state = load_once::<ClusterState>(api.client().unwrap())
+        .await
+        .unwrap();
     let c = &state.cluster;
     let pod = c.pod_by_name("shop", "frontend-7d4-x1").unwrap();
     let regarding = workload_reference(c, c.workload_of(pod).unwrap());

@@ -135,7 +135,6 @@ impl Cluster {
         c
     }
 
-
     /// Pods of a namespace, as a range of ids (pods are sorted by namespace).
     pub fn pods_in_namespace(&self, ns: &str) -> impl Iterator<Item = PodId> + '_ {
         let start = self.pods.partition_point(|p| p.namespace.as_str() < ns);

@@ -78,7 +78,6 @@ pub enum Error {
 /// Result with this module's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-
 /// Parses the Kubernetes spelling of a protocol (exactly `TCP`, `UDP` or `SCTP`).
 pub fn parse_k8s_protocol(s: &str) -> Option<Protocol> {
     match s {
@@ -250,7 +249,7 @@ pub struct ControllerInfo {
     pub template_labels: Labels,
 }
 
-/// The flat, validated facts a [`Cluster`] is indexed from.
+/// The flat, validated facts a [`Cluster`](super::Cluster) is indexed from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Inventory {
     /// Namespaces.
@@ -659,4 +658,3 @@ impl Inventory {
         self.add_controller("CronJob", &o.metadata, None, labels)
     }
 }
-

@@ -26,7 +26,7 @@ pub struct Rejected {
 }
 
 /// `namespace/name`, or `name` for cluster-scoped objects.
-pub fn qualified_name(meta: &meta::ObjectMeta) -> String {
+pub(crate) fn qualified_name(meta: &meta::ObjectMeta) -> String {
     let name = meta.name.as_deref().unwrap_or("<unnamed>");
     match meta.namespace.as_deref() {
         Some(ns) if !ns.is_empty() => format!("{ns}/{name}"),

@@ -36,7 +36,8 @@ pub use inventory::{
     OwnerRef, PodInfo, Protocol, Result, ServiceInfo, ServicePort, SliceInfo, SlicePort,
     TargetPort, parse_k8s_protocol,
 };
-pub use load::{LoadError, Rejected, qualified_name};
+pub(crate) use load::qualified_name;
+pub use load::{LoadError, Rejected};
 pub use selector::{LabelSelector, Labels, NAMESPACE_NAME_LABEL, Operator, Requirement};
 pub use service::{ServiceBackend, ServiceLookup};
 pub use workload::{Workload, is_stable_key, looks_like_uid, stable_labels};

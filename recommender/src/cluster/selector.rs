@@ -276,9 +276,8 @@ mod tests {
     fn selector_operators() {
         let l = labels(&[("app", "web"), ("tier", "front")]);
         let none = labels(&[]);
-        let m = |s: meta::LabelSelector, l: &Labels| {
-            LabelSelector::parse(&s, "s").unwrap().matches(l)
-        };
+        let m =
+            |s: meta::LabelSelector, l: &Labels| LabelSelector::parse(&s, "s").unwrap().matches(l);
         assert!(m(expr("app", "In", &["web", "api"]), &l));
         assert!(!m(expr("app", "In", &["api"]), &l));
         assert!(!m(expr("app", "In", &["web"]), &none));
@@ -316,9 +315,7 @@ mod tests {
                 "{err}"
             );
         }
-        assert!(
-            LabelSelector::parse(&expr("example.com/app-x_y.z", "Exists", &[]), "s").is_ok()
-        );
+        assert!(LabelSelector::parse(&expr("example.com/app-x_y.z", "Exists", &[]), "s").is_ok());
     }
 
     #[test]

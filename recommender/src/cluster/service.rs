@@ -35,7 +35,6 @@ pub enum ServiceLookup {
     },
 }
 
-
 impl Cluster {
     /// Resolves a connection to `ip:port/proto` through a Service, as kube-proxy's DNAT would:
     /// EndpointSlices when the Service has any, else its selector (a pod that is not running

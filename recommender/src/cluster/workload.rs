@@ -80,7 +80,6 @@ impl fmt::Display for Workload {
     }
 }
 
-
 type ControllerIndex<'a> = HashMap<(&'a str, &'a str, &'a str), &'a ControllerInfo>;
 
 /// Follows the owner chain Pod → ReplicaSet → Deployment, Job → CronJob (StatefulSet and

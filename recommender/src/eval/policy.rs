@@ -157,7 +157,9 @@ impl fmt::Display for PolicyPeer {
                 namespaces: NamespaceMatch::Selector(ns),
                 pods,
             } => write!(f, "pods {} in namespaces {}", pods.braced(), ns.braced()),
-            PolicyPeer::IpBlock { cidr, except } if except.is_empty() => write!(f, "ipBlock {cidr}"),
+            PolicyPeer::IpBlock { cidr, except } if except.is_empty() => {
+                write!(f, "ipBlock {cidr}")
+            }
             PolicyPeer::IpBlock { cidr, except } => {
                 let ex: Vec<String> = except.iter().map(ToString::to_string).collect();
                 write!(f, "ipBlock {cidr} except {}", ex.join(", "))

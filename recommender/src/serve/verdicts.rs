@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use crate::audit;
-use crate::state::ClusterState;
 use crate::eval::Evaluation;
+use crate::state::ClusterState;
 use crate::store::{FlowObservation, Skipped, WorkloadRef, observe};
 use leash_records::FlowRecord;
 
