@@ -130,6 +130,8 @@ fn resolve_owner(
 }
 
 impl Cluster {
+    /// Groups the pods into workloads by their owners, and gives each workload a selector: its
+    /// controller's (stable terms only), else the smallest unique set of shared stable labels.
     pub(super) fn index_workloads(&mut self, controllers: &[ControllerInfo]) {
         let by_key: HashMap<(&str, &str, &str), &ControllerInfo> = controllers
             .iter()
