@@ -13,7 +13,7 @@
 //! The model knows nothing of its consumers (classification, recommendation, the evaluator):
 //! they ask it questions.
 //!
-//! - [`selector`](LabelSelector): labels and the one label selector type;
+//! - `selector`: labels and the one label selector type ([`LabelSelector`]);
 //! - `inventory`: the facts read from each object kind ([`Inventory`]);
 //! - `workload`: owners and workload selectors ([`Workload`]);
 //! - `service`: Service resolution ([`Cluster::resolve_service`]);
