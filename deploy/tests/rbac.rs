@@ -10,7 +10,7 @@ use leash_records::access::ApiAccess;
 /// kube-rs's event `Recorder` (create, then patch for a repeated event).
 fn recommender_access() -> Vec<ApiAccess> {
     [
-        leash::cluster::kube::API_ACCESS,
+        leash::cluster::watch::API_ACCESS,
         leash::cluster::events::EVENTS_ACCESS,
     ]
     .concat()

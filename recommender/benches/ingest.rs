@@ -25,9 +25,10 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use leash::{
-    cluster::{Cluster, ClusterState},
+    cluster::Cluster,
     ingest::{IngestService, Limits},
     observations::{from_batch, from_groups},
+    state::ClusterState,
     store::{BatchCommit, BatchId, Store, sqlite::SqliteStore},
 };
 use leash_records::{

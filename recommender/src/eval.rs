@@ -24,9 +24,10 @@
 //! **deny** with a [`Problem`], not an error: kube-proxy rejects such connections, and one stale
 //! flow should not stop an audit of thousands.
 //!
-//! The cluster is reached through [`ClusterView`] (implemented by `cluster::Cluster` and by
-//! the in-memory [`StaticCluster`]); pods through [`PodView`].
+//! The cluster is reached through [`ClusterView`] (implemented by `cluster::Cluster`, in
+//! `cluster_view`); pods through [`PodView`].
 
+mod cluster_view;
 mod policy;
 mod view;
 
@@ -40,11 +41,8 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use leash_records::Protocol;
 use serde::Serialize;
 
-pub use policy::{CompiledPolicy, NamespaceMatch, Peer, PortMatch, PortRule, Rule, Selector};
-pub use view::{
-    Backend, ClusterView, PodView, ServiceLookup, StaticCluster, host_ips, is_host_network,
-    pod_ips, pod_labels, resolve_named_port,
-};
+pub use policy::{CompiledPolicy, NamespaceMatch, PolicyPeer, PolicyRule, PortMatch, PortRule};
+pub use view::{BackendView, ClusterView, PodView, ServiceRoute};
 
 /// Errors of the evaluator: only invalid policies; evaluation itself cannot fail.
 #[derive(Debug, thiserror::Error)]
@@ -442,14 +440,6 @@ struct SourceInfo<'a, P> {
     host_network: bool,
 }
 
-/// Dual-stack sockets report IPv4 peers as IPv4-mapped IPv6 addresses; policies see IPv4.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
-    }
-}
-
 /// Evaluates one flow from `source` against `policies`, resolving destinations with `view`.
 pub fn evaluate<V: ClusterView + ?Sized>(
     view: &V,
@@ -461,7 +451,8 @@ pub fn evaluate<V: ClusterView + ?Sized>(
         pod: source,
         host_network: source.host_network(),
     };
-    let dst_ip = canonical(flow.dst);
+    // Dual-stack sockets report IPv4 peers as IPv4-mapped IPv6 addresses; policies see IPv4.
+    let dst_ip = flow.dst.to_canonical();
     let denied = |service, problem| Evaluation {
         verdict: Verdict::Deny,
         egress: Verdict::Deny,
@@ -471,22 +462,22 @@ pub fn evaluate<V: ClusterView + ?Sized>(
         targets: Vec::new(),
     };
     let (service, backends) = match view.service(dst_ip, flow.dst_port, flow.protocol) {
-        ServiceLookup::NotAService => {
-            let backend = Backend {
+        ServiceRoute::NotAService => {
+            let backend = BackendView {
                 pod: view.pod_by_ip(dst_ip),
                 ip: dst_ip,
                 port: flow.dst_port,
             };
             (None, vec![backend])
         }
-        ServiceLookup::Backends { service, backends } if backends.is_empty() => {
+        ServiceRoute::Backends { service, backends } if backends.is_empty() => {
             return denied(Some(service.clone()), Problem::NoReadyBackends(service));
         }
-        ServiceLookup::Backends { service, backends } => (Some(service), backends),
-        ServiceLookup::NoSuchPort { service } => {
+        ServiceRoute::Backends { service, backends } => (Some(service), backends),
+        ServiceRoute::NoSuchPort { service } => {
             return denied(Some(service.clone()), Problem::NoSuchServicePort(service));
         }
-        ServiceLookup::UnknownServiceAddress => {
+        ServiceRoute::UnknownServiceAddress => {
             return denied(None, Problem::UnknownServiceAddress);
         }
     };
@@ -529,7 +520,7 @@ fn evaluate_target<V: ClusterView + ?Sized>(
     policies: &PolicySet,
     src: &SourceInfo<'_, V::Pod>,
     protocol: Protocol,
-    backend: &Backend<'_, V::Pod>,
+    backend: &BackendView<'_, V::Pod>,
 ) -> TargetResult {
     let (destination, dst_pod) = match backend.pod {
         Some(p) if p.host_network() => (Destination::HostNetworkPod(pod_id(p)), None),
@@ -597,7 +588,7 @@ fn evaluate_direction<P: PodView>(
     policies: &PolicySet,
     pod: &P,
     dir: Direction,
-    peer_matches: impl Fn(&Peer) -> bool,
+    peer_matches: impl Fn(&PolicyPeer) -> bool,
     dst: &DstInfo<'_, P>,
 ) -> DirectionResult {
     if pod.host_network() {
@@ -705,12 +696,12 @@ fn namespace_matches<V: ClusterView + ?Sized>(view: &V, m: &NamespaceMatch, ns: 
 
 fn egress_peer_matches<V: ClusterView + ?Sized>(
     view: &V,
-    peer: &Peer,
+    peer: &PolicyPeer,
     dst: &DstInfo<'_, V::Pod>,
 ) -> bool {
     match peer {
-        Peer::IpBlock { cidr, except } => Peer::block_contains(cidr, except, dst.ip),
-        Peer::Pods { namespaces, pods } => dst.pod.is_some_and(|p| {
+        PolicyPeer::IpBlock { cidr, except } => PolicyPeer::block_contains(cidr, except, dst.ip),
+        PolicyPeer::Pods { namespaces, pods } => dst.pod.is_some_and(|p| {
             namespace_matches(view, namespaces, p.namespace()) && pods.matches(p.labels())
         }),
     }
@@ -718,15 +709,15 @@ fn egress_peer_matches<V: ClusterView + ?Sized>(
 
 fn ingress_peer_matches<V: ClusterView + ?Sized>(
     view: &V,
-    peer: &Peer,
+    peer: &PolicyPeer,
     src: &SourceInfo<'_, V::Pod>,
     src_ip: Option<IpAddr>,
 ) -> bool {
     match peer {
-        Peer::IpBlock { cidr, except } => {
-            src_ip.is_some_and(|ip| Peer::block_contains(cidr, except, ip))
+        PolicyPeer::IpBlock { cidr, except } => {
+            src_ip.is_some_and(|ip| PolicyPeer::block_contains(cidr, except, ip))
         }
-        Peer::Pods { namespaces, pods } => {
+        PolicyPeer::Pods { namespaces, pods } => {
             !src.host_network
                 && namespace_matches(view, namespaces, src.pod.namespace())
                 && pods.matches(src.pod.labels())
@@ -740,7 +731,7 @@ fn source_ip<P: PodView>(src: &SourceInfo<'_, P>, dst_ip: IpAddr) -> Option<IpAd
     src.pod
         .ips()
         .into_iter()
-        .map(canonical)
+        .map(|ip| ip.to_canonical())
         .find(|ip| ip.is_ipv4() == dst_ip.is_ipv4())
 }
 

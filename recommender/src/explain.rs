@@ -12,8 +12,8 @@ use std::{
 use leash_records::Protocol;
 
 use crate::eval::{
-    ClusterView, DirectionResult, Evaluation, Flow, Half, NearMiss, PolicyId, PolicySet, Reason,
-    Rule, RuleMatch, TargetResult, Verdict, evaluate,
+    ClusterView, DirectionResult, Evaluation, Flow, Half, NearMiss, PolicyId, PolicyRule,
+    PolicySet, Reason, RuleMatch, TargetResult, Verdict, evaluate,
 };
 
 /// Errors of `explain`.
@@ -294,7 +294,7 @@ fn render_result(
     }
 }
 
-fn rule_of<'a>(policies: &'a PolicySet, m: &RuleMatch, peer_word: &str) -> Option<&'a Rule> {
+fn rule_of<'a>(policies: &'a PolicySet, m: &RuleMatch, peer_word: &str) -> Option<&'a PolicyRule> {
     let p = policies.get(&m.policy)?;
     let rules = if peer_word == "to" {
         p.egress.as_ref()?

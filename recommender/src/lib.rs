@@ -5,6 +5,7 @@
 //! model) → [`classify`] → [`synth`] ([`cidr`], [`ports`], selectors) → [`render`] (YAML,
 //! REPORT.md). [`eval`] is the one NetworkPolicy engine, used by
 //! `audit`, `explain` and the self-check of `recommend`.
+//! [`state`] joins the model with the policies applied in the cluster, for `serve` and `ingest`.
 
 pub mod audit;
 pub mod certs;
@@ -21,5 +22,6 @@ pub mod policy_state;
 pub mod ports;
 pub mod render;
 pub mod serve;
+pub mod state;
 pub mod store;
 pub mod synth;

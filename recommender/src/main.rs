@@ -491,8 +491,8 @@ fn load_cluster(args: &ClusterArgs) -> Result<(leash::cluster::Cluster, Applied)
     }
     let state = runtime()?
         .block_on(async {
-            let client = leash::cluster::kube::client(args.kubeconfig.as_deref()).await?;
-            leash::cluster::kube::load_once(client).await
+            let client = leash::cluster::watch::client(args.kubeconfig.as_deref()).await?;
+            leash::cluster::watch::load_once::<leash::state::ClusterState>(client).await
         })
         .map_err(|e| {
             runtime_error(format!(

@@ -562,7 +562,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
-    use crate::cluster::{Selector, Workload};
+    use crate::cluster::{LabelSelector, Workload};
     use crate::synth::{PolicySpec, Unresolved};
 
     #[test]
@@ -621,7 +621,7 @@ mod tests {
             kind: RuleKind::Workload(hostile.into()),
             peers: vec![PeerSpec::Pods {
                 namespace: Some("ns|`x".into()),
-                selector: Selector::default(),
+                selector: LabelSelector::default(),
             }],
             ports: Vec::new(),
             evidence: evidence.clone(),
@@ -634,7 +634,7 @@ mod tests {
                 workload: 0,
                 namespace: "shop".into(),
                 name: "evil`x".into(),
-                pod_selector: Selector::default(),
+                pod_selector: LabelSelector::default(),
                 rules: vec![rule],
                 evidence,
             }],

@@ -16,7 +16,7 @@ use leash_records::Protocol;
 
 use crate::cidr::{self, CoverOptions};
 use crate::classify::{self, Class, Classifier, HostKind, Peer, Resolver, Target};
-use crate::cluster::{Cluster, NAMESPACE_NAME_LABEL, Selector, WorkloadId};
+use crate::cluster::{Cluster, LabelSelector, NAMESPACE_NAME_LABEL, WorkloadId};
 use crate::eval::{self, ClusterView, PolicySet};
 use crate::evidence::merge_pods;
 use crate::observations::{Evidence, Observations, PodNames};
@@ -145,7 +145,7 @@ pub enum PeerSpec {
         /// The namespace, when it is not the policy's own.
         namespace: Option<String>,
         /// The pod selector.
-        selector: Selector,
+        selector: LabelSelector,
     },
     /// An ipBlock.
     Block {
@@ -200,7 +200,7 @@ pub struct PolicySpec {
     /// Policy name (`<workload>-egress`).
     pub name: String,
     /// The workload's pod selector.
-    pub pod_selector: Selector,
+    pub pod_selector: LabelSelector,
     /// Rules, in a fixed order: DNS, workloads, hosts, externals.
     pub rules: Vec<Rule>,
     /// All evidence of the workload.
@@ -354,7 +354,13 @@ pub fn recommend(cluster: &Cluster, obs: &Observations, opts: &Options) -> Recom
         max_cidrs: opts.max_cidrs,
         max_prefix_v4: opts.max_prefix_v4,
         max_prefix_v6: opts.max_prefix_v6,
-        protected: cluster.protected_ranges(),
+        protected: ipnet::IpNet::aggregate(
+            &[
+                crate::cidr::builtin_protected(),
+                cluster.pod_and_service_ranges(),
+            ]
+            .concat(),
+        ),
     };
     for (w, acc) in accs {
         let wl = &cluster.workloads[w];
@@ -623,7 +629,7 @@ fn dns_peers(cluster: &Cluster, own_ns: &str, r: Resolver) -> Vec<PeerSpec> {
     match r {
         Resolver::Service(s) => {
             let svc = &cluster.services[s];
-            let selector_peer = |selector: Selector| PeerSpec::Pods {
+            let selector_peer = |selector: LabelSelector| PeerSpec::Pods {
                 namespace: Some(svc.namespace.clone()),
                 selector,
             };
@@ -648,7 +654,7 @@ fn dns_peers(cluster: &Cluster, own_ns: &str, r: Resolver) -> Vec<PeerSpec> {
                         any_backend = true;
                         let pod = b.pod.filter(|&p| !cluster.pods[p].host_network);
                         let selector = pod.and_then(|p| match &svc.selector {
-                            Some(sel) => Some(Selector::labels(sel.clone())),
+                            Some(sel) => Some(LabelSelector::labels(sel.clone())),
                             None => cluster
                                 .workload_of(p)
                                 .and_then(|w| cluster.workloads[w].selector.clone()),
@@ -663,7 +669,7 @@ fn dns_peers(cluster: &Cluster, own_ns: &str, r: Resolver) -> Vec<PeerSpec> {
             if !any_backend {
                 match &svc.selector {
                     Some(sel) => {
-                        peers.insert(selector_peer(Selector::labels(sel.clone())));
+                        peers.insert(selector_peer(LabelSelector::labels(sel.clone())));
                     }
                     None => peers.extend(svc.cluster_ips.iter().map(|ip| block(*ip))),
                 }

@@ -197,14 +197,15 @@ fn run_table<V: ClusterView>(cluster: &V, skip: &[&str]) {
     );
 }
 
+/// The table on the lab cluster: the production model plus the lab's Service range.
 #[test]
-fn table_on_static_cluster() {
+fn table_on_lab_cluster() {
     run_table(&lab_cluster(), &[]);
 }
 
-/// The same table through the real cluster model (`leash::cluster::Cluster`), built from the
-/// same objects. The model has no notion of the Service CIDR, so the one case about an
-/// unowned Service-range address does not apply to it.
+/// The same table on the bare cluster model (`leash::cluster::Cluster`), built from the same
+/// objects. The model has no notion of the Service CIDR, so the one case about an unowned
+/// Service-range address does not apply to it.
 #[test]
 fn table_on_cluster_model() {
     run_table(
@@ -214,21 +215,7 @@ fn table_on_cluster_model() {
 }
 
 fn cluster_model() -> Cluster {
-    let p = builders::lab_cluster_parts();
-    Cluster::from_objects(
-        &p.namespaces,
-        &[],
-        &p.pods,
-        &p.services,
-        &p.slices,
-        &[],
-        &[],
-        &[],
-        &[],
-        &[],
-        &[],
-    )
-    .expect("lab cluster is valid")
+    builders::lab_cluster_parts().model()
 }
 
 #[test]

@@ -16,8 +16,9 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use leash::{
-    cluster::{Cluster, ClusterState},
+    cluster::Cluster,
     ingest::{IngestService, Limits},
+    state::ClusterState,
     store::{
         self, BatchCommit, BatchId, Commit, DnsObservation, FlowObservation, Store,
         sqlite::SqliteStore,

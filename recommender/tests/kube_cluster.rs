@@ -18,8 +18,9 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use leash::cluster::events::{EVENTS_ACCESS, EventPublisher, workload_reference};
-use leash::cluster::kube::{API_ACCESS, WatchOptions, load_once, watch_cluster};
-use leash::cluster::{Cluster, ClusterState, ServiceLookup};
+use leash::cluster::watch::{API_ACCESS, WatchOptions, load_once, watch_cluster};
+use leash::cluster::{Cluster, ServiceLookup};
+use leash::state::ClusterState;
 use leash_lab::fake_api::{FakeApi, Request, collection_path};
 use leash_records::Protocol;
 use leash_records::access::ApiAccess;
@@ -215,7 +216,7 @@ async fn initial_lists_build_the_model_and_readiness_waits_for_all_of_them() {
     // The CronJob list fails until released: every other kind is listed, but the model waits.
     let cronjobs = collection_path::<CronJob>();
     api.fail_next("list", Some(&cronjobs), 500, usize::MAX);
-    let (mut rx, task) = watch_cluster(api.client().unwrap(), fast());
+    let (mut rx, task) = watch_cluster::<ClusterState>(api.client().unwrap(), fast());
     let cronjob_lists = || {
         api.requests()
             .iter()
@@ -309,7 +310,7 @@ async fn initial_lists_build_the_model_and_readiness_waits_for_all_of_them() {
 async fn updates_deletions_restarts_and_410_gone_converge() {
     let api = FakeApi::start().await.unwrap();
     load_fixtures(&api);
-    let (mut rx, task) = watch_cluster(api.client().unwrap(), fast());
+    let (mut rx, task) = watch_cluster::<ClusterState>(api.client().unwrap(), fast());
     let first = state_where(&mut rx, "ready", |_| true).await;
 
     // MODIFIED: a relabelled pod; ADDED: a new policy.
@@ -398,7 +399,7 @@ async fn undecodable_and_invalid_objects_are_named_and_skipped() {
                "spec": {"containers": 7}}),
     );
     api.apply(&pod("bad-ip", "not-an-ip", json!({}), None));
-    let (mut rx, task) = watch_cluster(api.client().unwrap(), fast());
+    let (mut rx, task) = watch_cluster::<ClusterState>(api.client().unwrap(), fast());
     let s = state_where(&mut rx, "ready", |_| true).await;
     let rejected: Vec<(&str, &str)> = s
         .rejected
@@ -432,7 +433,9 @@ async fn undecodable_and_invalid_objects_are_named_and_skipped() {
                "metadata": {"name": "garbled-2", "namespace": "shop"},
                "status": {"podIPs": "x"}}),
     );
-    let once = load_once(api.client().unwrap()).await.unwrap();
+    let once = load_once::<ClusterState>(api.client().unwrap())
+        .await
+        .unwrap();
     assert_eq!(once.rejected.len(), 1, "{:?}", once.rejected);
     assert_eq!(once.rejected[0].name, "shop/garbled-2");
     assert_eq!(once.cluster.pods.len(), 4);
@@ -446,10 +449,10 @@ async fn load_once_lists_each_kind_once_through_a_kubeconfig() {
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     api.write_kubeconfig(&kubeconfig).unwrap();
-    let client = leash::cluster::kube::client(Some(&kubeconfig))
+    let client = leash::cluster::watch::client(Some(&kubeconfig))
         .await
         .unwrap();
-    let state = load_once(client).await.unwrap();
+    let state = load_once::<ClusterState>(client).await.unwrap();
     assert_eq!(state.cluster.pods.len(), 3);
     assert_eq!(
         workload_of(&state.cluster, "shop", "frontend-7d4-x1").as_deref(),
@@ -464,12 +467,15 @@ async fn load_once_lists_each_kind_once_through_a_kubeconfig() {
     // A failing list names the resource.
     api.fail_next("list", Some(&collection_path::<StatefulSet>()), 403, 1);
     let client = api.client().unwrap();
-    let err = load_once(client).await.unwrap_err().to_string();
+    let err = load_once::<ClusterState>(client)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("apps/statefulsets"), "{err}");
 
     // A missing kubeconfig names the file.
     let missing = dir.path().join("nope");
-    let err = match leash::cluster::kube::client(Some(&missing)).await {
+    let err = match leash::cluster::watch::client(Some(&missing)).await {
         Ok(_) => panic!("a missing kubeconfig was accepted"),
         Err(e) => e.to_string(),
     };
@@ -480,7 +486,9 @@ async fn load_once_lists_each_kind_once_through_a_kubeconfig() {
 async fn unexpected_egress_events_are_created_then_patched() {
     let api = FakeApi::start().await.unwrap();
     load_fixtures(&api);
-    let state = load_once(api.client().unwrap()).await.unwrap();
+    let state = load_once::<ClusterState>(api.client().unwrap())
+        .await
+        .unwrap();
     let c = &state.cluster;
     let pod = c.pod_by_name("shop", "frontend-7d4-x1").unwrap();
     let regarding = workload_reference(c, c.workload_of(pod).unwrap());
@@ -533,7 +541,7 @@ async fn bursts_are_debounced_and_the_task_ends_with_its_receivers() {
     let options = WatchOptions {
         debounce: Duration::from_millis(300),
     };
-    let (mut rx, task) = watch_cluster(api.client().unwrap(), options);
+    let (mut rx, task) = watch_cluster::<ClusterState>(api.client().unwrap(), options);
     let first = state_where(&mut rx, "ready", |_| true).await;
 
     // A burst of 40 changes lands in one or two rebuilds, not forty.

@@ -4,146 +4,19 @@
 //! silent match or a silent miss. Defaulting (`policyTypes`, `protocol`, absent selectors) is
 //! applied once, here, so the evaluator never has to think about it.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    fmt,
-    net::IpAddr,
-};
+use std::{fmt, net::IpAddr};
 
 use ipnet::IpNet;
 use k8s_openapi::{
     api::networking::v1::{
         IPBlock, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
     },
-    apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
+    apimachinery::pkg::util::intstr::IntOrString,
 };
-use leash_records::{Protocol, names};
+use leash_records::Protocol;
 
 use super::{Error, PolicyId, Result};
-
-/// One requirement of a label selector.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Requirement {
-    /// The key is present with one of the values (`matchLabels` is `In` with one value).
-    In(String, BTreeSet<String>),
-    /// The key is absent, or present with none of the values.
-    NotIn(String, BTreeSet<String>),
-    /// The key is present.
-    Exists(String),
-    /// The key is absent.
-    DoesNotExist(String),
-}
-
-impl Requirement {
-    fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        match self {
-            Requirement::In(k, vs) => labels.get(k).is_some_and(|v| vs.contains(v)),
-            Requirement::NotIn(k, vs) => labels.get(k).is_none_or(|v| !vs.contains(v)),
-            Requirement::Exists(k) => labels.contains_key(k),
-            Requirement::DoesNotExist(k) => !labels.contains_key(k),
-        }
-    }
-}
-
-impl fmt::Display for Requirement {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let join = |vs: &BTreeSet<String>| vs.iter().cloned().collect::<Vec<_>>().join(",");
-        match self {
-            Requirement::In(k, vs) if vs.len() == 1 => write!(f, "{k}={}", join(vs)),
-            Requirement::In(k, vs) => write!(f, "{k} in ({})", join(vs)),
-            Requirement::NotIn(k, vs) => write!(f, "{k} notin ({})", join(vs)),
-            Requirement::Exists(k) => write!(f, "{k}"),
-            Requirement::DoesNotExist(k) => write!(f, "!{k}"),
-        }
-    }
-}
-
-/// A validated label selector. The empty selector matches everything.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Selector {
-    requirements: Vec<Requirement>,
-}
-
-impl Selector {
-    /// Validates and compiles a `LabelSelector`; `what` names it in errors (e.g. `spec.podSelector`).
-    pub fn compile(sel: &LabelSelector, what: &str) -> Result<Self, String> {
-        let mut requirements = Vec::new();
-        for (k, v) in sel.match_labels.iter().flatten() {
-            check_label_key(k).map_err(|e| format!("{what}.matchLabels: {e}"))?;
-            check_label_value(v).map_err(|e| format!("{what}.matchLabels[{k}]: {e}"))?;
-            requirements.push(Requirement::In(k.clone(), BTreeSet::from([v.clone()])));
-        }
-        for (i, expr) in sel.match_expressions.iter().flatten().enumerate() {
-            let at = format!("{what}.matchExpressions[{i}]");
-            check_label_key(&expr.key).map_err(|e| format!("{at}: {e}"))?;
-            let values: BTreeSet<String> = expr.values.iter().flatten().cloned().collect();
-            for v in &values {
-                check_label_value(v).map_err(|e| format!("{at}.values: {e}"))?;
-            }
-            let key = expr.key.clone();
-            let req = match expr.operator.as_str() {
-                "In" | "NotIn" if values.is_empty() => {
-                    return Err(format!(
-                        "{at}: operator {} needs at least one value",
-                        expr.operator
-                    ));
-                }
-                "Exists" | "DoesNotExist" if !values.is_empty() => {
-                    return Err(format!("{at}: operator {} takes no values", expr.operator));
-                }
-                "In" => Requirement::In(key, values),
-                "NotIn" => Requirement::NotIn(key, values),
-                "Exists" => Requirement::Exists(key),
-                "DoesNotExist" => Requirement::DoesNotExist(key),
-                other => {
-                    return Err(format!(
-                        "{at}: unknown operator {other:?} (expected In, NotIn, Exists or DoesNotExist)"
-                    ));
-                }
-            };
-            requirements.push(req);
-        }
-        Ok(Selector { requirements })
-    }
-
-    /// Whether the labels satisfy every requirement.
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.requirements.iter().all(|r| r.matches(labels))
-    }
-
-    /// The first `In` requirement (`matchLabels` entries come first): every object the
-    /// selector matches carries `key` with one of `values`. Used to index policies.
-    pub(crate) fn anchor(&self) -> Option<(&str, &BTreeSet<String>)> {
-        self.requirements.iter().find_map(|r| match r {
-            Requirement::In(k, vs) => Some((k.as_str(), vs)),
-            _ => None,
-        })
-    }
-
-    /// Whether this is the empty selector, which matches everything.
-    pub fn is_empty(&self) -> bool {
-        self.requirements.is_empty()
-    }
-}
-
-impl fmt::Display for Selector {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.requirements.is_empty() {
-            return f.write_str("{}");
-        }
-        let parts: Vec<String> = self.requirements.iter().map(|r| r.to_string()).collect();
-        write!(f, "{{{}}}", parts.join(", "))
-    }
-}
-
-/// `[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?`, at most 63 characters.
-fn check_label_key(k: &str) -> Result<(), String> {
-    names::label_key(k).map_err(|e| format!("invalid label key {k:?}: {e}"))
-}
-
-fn check_label_value(v: &str) -> Result<(), String> {
-    names::label_value(v).map_err(|e| format!("invalid label value {v:?}: {e}"))
-}
+use crate::cluster::LabelSelector;
 
 /// An IANA service name, as a named port must be: at most 15 characters of `[a-z0-9-]`,
 /// at least one letter, no leading, trailing or doubled hyphen.
@@ -193,18 +66,18 @@ pub enum NamespaceMatch {
     /// Only the policy's own namespace (a `podSelector` without `namespaceSelector`).
     Own(String),
     /// Namespaces whose labels match.
-    Selector(Selector),
+    Selector(LabelSelector),
 }
 
 /// One validated `to`/`from` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Peer {
+pub enum PolicyPeer {
     /// Pods selected by namespace and pod labels (AND'ed). hostNetwork pods never match.
     Pods {
         /// The namespaces.
         namespaces: NamespaceMatch,
         /// The pods inside them; an absent `podSelector` is the empty selector.
-        pods: Selector,
+        pods: LabelSelector,
     },
     /// An address range, minus exceptions. Matches pod IPs too.
     IpBlock {
@@ -215,7 +88,7 @@ pub enum Peer {
     },
 }
 
-impl Peer {
+impl PolicyPeer {
     fn compile(peer: &NetworkPolicyPeer, own_ns: &str, at: &str) -> Result<Self, String> {
         match (&peer.ip_block, &peer.namespace_selector, &peer.pod_selector) {
             (None, None, None) => Err(format!(
@@ -227,17 +100,17 @@ impl Peer {
             (Some(block), None, None) => Self::compile_block(block, &format!("{at}.ipBlock")),
             (None, ns, pods) => {
                 let namespaces = match ns {
-                    Some(s) => NamespaceMatch::Selector(Selector::compile(
+                    Some(s) => NamespaceMatch::Selector(LabelSelector::parse(
                         s,
                         &format!("{at}.namespaceSelector"),
                     )?),
                     None => NamespaceMatch::Own(own_ns.to_string()),
                 };
                 let pods = match pods {
-                    Some(s) => Selector::compile(s, &format!("{at}.podSelector"))?,
-                    None => Selector::default(),
+                    Some(s) => LabelSelector::parse(s, &format!("{at}.podSelector"))?,
+                    None => LabelSelector::default(),
                 };
-                Ok(Peer::Pods { namespaces, pods })
+                Ok(PolicyPeer::Pods { namespaces, pods })
             }
         }
     }
@@ -260,7 +133,7 @@ impl Peer {
             }
             except.push(net);
         }
-        Ok(Peer::IpBlock { cidr, except })
+        Ok(PolicyPeer::IpBlock { cidr, except })
     }
 
     /// Whether an address is inside the block (and outside its exceptions).
@@ -269,23 +142,25 @@ impl Peer {
     }
 }
 
-impl fmt::Display for Peer {
+impl fmt::Display for PolicyPeer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Peer::Pods {
+            PolicyPeer::Pods {
                 namespaces: NamespaceMatch::Own(ns),
                 pods,
-            } => write!(f, "pods {pods} in namespace {ns}"),
-            Peer::Pods {
+            } => write!(f, "pods {} in namespace {ns}", pods.braced()),
+            PolicyPeer::Pods {
                 namespaces: NamespaceMatch::Selector(ns),
                 pods,
-            } if pods.is_empty() => write!(f, "all pods in namespaces {ns}"),
-            Peer::Pods {
+            } if pods.is_empty() => write!(f, "all pods in namespaces {}", ns.braced()),
+            PolicyPeer::Pods {
                 namespaces: NamespaceMatch::Selector(ns),
                 pods,
-            } => write!(f, "pods {pods} in namespaces {ns}"),
-            Peer::IpBlock { cidr, except } if except.is_empty() => write!(f, "ipBlock {cidr}"),
-            Peer::IpBlock { cidr, except } => {
+            } => write!(f, "pods {} in namespaces {}", pods.braced(), ns.braced()),
+            PolicyPeer::IpBlock { cidr, except } if except.is_empty() => {
+                write!(f, "ipBlock {cidr}")
+            }
+            PolicyPeer::IpBlock { cidr, except } => {
                 let ex: Vec<String> = except.iter().map(ToString::to_string).collect();
                 write!(f, "ipBlock {cidr} except {}", ex.join(", "))
             }
@@ -379,9 +254,9 @@ impl fmt::Display for PortRule {
 
 /// One validated ingress or egress rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rule {
+pub struct PolicyRule {
     /// The peers (`to` or `from`); empty matches every peer.
-    pub peers: Vec<Peer>,
+    pub peers: Vec<PolicyPeer>,
     /// The ports; empty matches every port and protocol.
     pub ports: Vec<PortRule>,
 }
@@ -392,11 +267,11 @@ pub struct CompiledPolicy {
     /// `namespace/name`.
     pub id: PolicyId,
     /// The pods it applies to, inside its namespace.
-    pub pod_selector: Selector,
+    pub pod_selector: LabelSelector,
     /// `Some` when the policy isolates ingress: the rules (possibly none).
-    pub ingress: Option<Vec<Rule>>,
+    pub ingress: Option<Vec<PolicyRule>>,
     /// `Some` when the policy isolates egress: the rules (possibly none).
-    pub egress: Option<Vec<Rule>>,
+    pub egress: Option<Vec<PolicyRule>>,
 }
 
 impl CompiledPolicy {
@@ -424,8 +299,8 @@ impl CompiledPolicy {
         let default_spec = NetworkPolicySpec::default();
         let spec = np.spec.as_ref().unwrap_or(&default_spec);
         let pod_selector = match &spec.pod_selector {
-            Some(s) => Selector::compile(s, "spec.podSelector").map_err(invalid)?,
-            None => Selector::default(),
+            Some(s) => LabelSelector::parse(s, "spec.podSelector").map_err(invalid)?,
+            None => LabelSelector::default(),
         };
         let egress_rules = spec.egress.as_deref().unwrap_or_default();
         let ingress_rules = spec.ingress.as_deref().unwrap_or_default();
@@ -488,7 +363,7 @@ fn compile_rules<'a>(
     own_ns: &str,
     dir: &str,
     peer_field: &str,
-) -> Result<Vec<Rule>, String> {
+) -> Result<Vec<PolicyRule>, String> {
     rules
         .enumerate()
         .map(|(i, (peers, ports))| {
@@ -497,7 +372,7 @@ fn compile_rules<'a>(
                 .unwrap_or_default()
                 .iter()
                 .enumerate()
-                .map(|(j, p)| Peer::compile(p, own_ns, &format!("{at}.{peer_field}[{j}]")))
+                .map(|(j, p)| PolicyPeer::compile(p, own_ns, &format!("{at}.{peer_field}[{j}]")))
                 .collect::<Result<Vec<_>, _>>()?;
             let ports = ports
                 .unwrap_or_default()
@@ -505,7 +380,7 @@ fn compile_rules<'a>(
                 .enumerate()
                 .map(|(j, p)| PortRule::compile(p, &format!("{at}.ports[{j}]")))
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok(Rule { peers, ports })
+            Ok(PolicyRule { peers, ports })
         })
         .collect()
 }
@@ -513,73 +388,6 @@ fn compile_rules<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
-
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    fn expr(key: &str, op: &str, values: &[&str]) -> LabelSelector {
-        LabelSelector {
-            match_expressions: Some(vec![LabelSelectorRequirement {
-                key: key.into(),
-                operator: op.into(),
-                values: (!values.is_empty())
-                    .then(|| values.iter().map(|v| v.to_string()).collect()),
-            }]),
-            match_labels: None,
-        }
-    }
-
-    #[test]
-    fn selector_operators() {
-        let l = labels(&[("app", "web"), ("tier", "front")]);
-        let none = labels(&[]);
-        let m = |s: LabelSelector, l: &BTreeMap<String, String>| {
-            Selector::compile(&s, "s").unwrap().matches(l)
-        };
-        assert!(m(expr("app", "In", &["web", "api"]), &l));
-        assert!(!m(expr("app", "In", &["api"]), &l));
-        assert!(!m(expr("app", "In", &["web"]), &none));
-        assert!(m(expr("app", "NotIn", &["api"]), &l));
-        assert!(!m(expr("app", "NotIn", &["web"]), &l));
-        assert!(
-            m(expr("app", "NotIn", &["web"]), &none),
-            "NotIn matches a missing key"
-        );
-        assert!(m(expr("tier", "Exists", &[]), &l));
-        assert!(!m(expr("tier", "Exists", &[]), &none));
-        assert!(m(expr("tier", "DoesNotExist", &[]), &none));
-        assert!(!m(expr("tier", "DoesNotExist", &[]), &l));
-        assert!(
-            m(LabelSelector::default(), &none),
-            "empty selector matches all"
-        );
-    }
-
-    #[test]
-    fn invalid_selectors_are_errors() {
-        for (s, want) in [
-            (expr("app", "In", &[]), "needs at least one value"),
-            (expr("app", "NotIn", &[]), "needs at least one value"),
-            (expr("app", "Exists", &["x"]), "takes no values"),
-            (expr("app", "Equals", &["x"]), "unknown operator"),
-            (expr("-bad", "Exists", &[]), "invalid label key"),
-            (expr("Ex.com/a", "Exists", &[]), "invalid label key"),
-            (expr("app", "In", &["bad value"]), "invalid label value"),
-        ] {
-            let err = Selector::compile(&s, "spec.podSelector").unwrap_err();
-            assert!(err.contains(want), "{err}");
-            assert!(
-                err.starts_with("spec.podSelector.matchExpressions[0]"),
-                "{err}"
-            );
-        }
-        assert!(Selector::compile(&expr("example.com/app-x_y.z", "Exists", &[]), "s").is_ok());
-    }
 
     #[test]
     fn cidrs_are_strict() {
@@ -640,10 +448,10 @@ mod tests {
             let cidr = IpNet::new(v4(net), len).unwrap();
             let except = vec![IpNet::new(v4(ex_net), ex_len).unwrap()];
             let want = (ip & mask(len)) == net && (ip & mask(ex_len)) != ex_net;
-            proptest::prop_assert_eq!(Peer::block_contains(&cidr, &except, v4(ip)), want);
+            proptest::prop_assert_eq!(PolicyPeer::block_contains(&cidr, &except, v4(ip)), want);
             // Addresses of the other family never match.
             let v6 = std::net::IpAddr::V6(std::net::Ipv4Addr::from(ip).to_ipv6_mapped());
-            proptest::prop_assert!(!Peer::block_contains(&cidr, &[], v6));
+            proptest::prop_assert!(!PolicyPeer::block_contains(&cidr, &[], v6));
         }
     }
 }

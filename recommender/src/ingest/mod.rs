@@ -47,8 +47,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Code, Request, Response, Status, Streaming};
 
-use crate::cluster::{Cluster, ClusterState};
+use crate::cluster::Cluster;
 use crate::observations;
+use crate::state::ClusterState;
 use crate::store::{BatchId, Store, WorkloadRef};
 use committer::{Committer, Job};
 pub use metrics::{Cause, Metrics};

@@ -22,8 +22,8 @@ use prometheus_client::registry::Registry;
 
 use super::ModelRx;
 use super::verdicts::judge;
-use crate::cluster::ClusterState;
 use crate::eval::Verdict;
+use crate::state::ClusterState;
 use crate::store::{FlowObservation, Store, WorkloadRef};
 
 /// One denied flow, reported once.

@@ -37,9 +37,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::ModelRx;
 use super::verdicts::judge;
-use crate::cluster::ClusterState;
 use crate::eval::Verdict;
 use crate::ingest::IngestService;
+use crate::state::ClusterState;
 use crate::store::{FlowObservation, Scope, Store, Subject, WorkloadRef, WorkloadTotals};
 use crate::synth;
 

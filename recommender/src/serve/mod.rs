@@ -21,7 +21,7 @@ use chrono::Utc;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
-use crate::cluster::ClusterState;
+use crate::state::ClusterState;
 use crate::store::Store;
 use crate::synth;
 
@@ -99,7 +99,7 @@ pub enum Error {
     Tls(#[from] leash_records::tls::Error),
     /// The Kubernetes API client cannot be built.
     #[error(transparent)]
-    Kube(#[from] crate::cluster::kube::Error),
+    Kube(#[from] crate::cluster::watch::Error),
     /// The gRPC server failed.
     #[error("gRPC server on {addr}: {source}")]
     Grpc {
@@ -205,10 +205,10 @@ pub async fn run(
                 (rx, None, None)
             }
             ClusterSource::Kube { kubeconfig } => {
-                let client = crate::cluster::kube::client(kubeconfig.as_deref()).await?;
-                let (rx, task) = crate::cluster::kube::watch_cluster(
+                let client = crate::cluster::watch::client(kubeconfig.as_deref()).await?;
+                let (rx, task) = crate::cluster::watch::watch_cluster(
                     client.clone(),
-                    crate::cluster::kube::WatchOptions::default(),
+                    crate::cluster::watch::WatchOptions::default(),
                 );
                 let instance = std::env::var("POD_NAME").ok();
                 let sink = EventAlerts {

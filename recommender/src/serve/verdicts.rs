@@ -2,9 +2,9 @@
 //! `leash audit` uses: each workload's flows are evaluated as one of its current pods.
 
 use crate::audit;
-use crate::cluster::ClusterState;
 use crate::eval::{Evaluation, Flow};
 use crate::observations::{self, Evidence, Skipped};
+use crate::state::ClusterState;
 use crate::store::{FlowObservation, KIND_POD, WorkloadRef};
 
 /// One stored flow and its verdict.

@@ -1,5 +1,9 @@
-//! A built cluster model with the policies applied in it: what the live watch publishes and what a
-//! snapshot file gives, so `serve` treats both sources alike.
+//! The cluster state: the model with the NetworkPolicies applied in it, compiled for the
+//! evaluator. What the live watch publishes and what a snapshot file gives, so `serve` and
+//! `ingest` treat both sources alike.
+//!
+//! It lives outside [`crate::cluster`] because it joins the model with the evaluator's
+//! [`PolicySet`]; the model itself knows nothing of the evaluator.
 
 use std::collections::BTreeSet;
 use std::time::SystemTime;
@@ -7,19 +11,9 @@ use std::time::SystemTime;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use leash_records::Snapshot;
 
-use super::{Cluster, Inventory};
+use crate::cluster::watch::FromSnapshot;
+use crate::cluster::{Cluster, Rejected, qualified_name};
 use crate::eval::PolicySet;
-
-/// An object left out of the model, and why.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Rejected {
-    /// Its kind, e.g. `Pod`.
-    pub kind: String,
-    /// `namespace/name`, or `name` for cluster-scoped kinds.
-    pub name: String,
-    /// What is wrong with it.
-    pub reason: String,
-}
 
 /// The cluster model at one point in time, with the NetworkPolicies applied in it.
 #[derive(Debug, Clone)]
@@ -58,33 +52,7 @@ impl ClusterState {
     /// evaluator rejects is left out and listed in [`Self::rejected`] with its name, so one bad
     /// object cannot take the whole cluster view down.
     pub fn build(snapshot: &Snapshot, generation: u64) -> Self {
-        let mut rejected = Vec::new();
-        let mut inv = Inventory::default();
-        macro_rules! add_all {
-            ($field:ident, $add:ident, $kind:literal) => {
-                for o in &snapshot.$field {
-                    if let Err(e) = inv.$add(o) {
-                        rejected.push(Rejected {
-                            kind: $kind.to_owned(),
-                            name: qualified_name(&o.metadata),
-                            reason: e.to_string(),
-                        });
-                    }
-                }
-            };
-        }
-        add_all!(namespaces, add_namespace, "Namespace");
-        add_all!(nodes, add_node, "Node");
-        add_all!(pods, add_pod, "Pod");
-        add_all!(services, add_service, "Service");
-        add_all!(endpoint_slices, add_endpoint_slice, "EndpointSlice");
-        add_all!(replica_sets, add_replica_set, "ReplicaSet");
-        add_all!(deployments, add_deployment, "Deployment");
-        add_all!(stateful_sets, add_stateful_set, "StatefulSet");
-        add_all!(daemon_sets, add_daemon_set, "DaemonSet");
-        add_all!(jobs, add_job, "Job");
-        add_all!(cron_jobs, add_cron_job, "CronJob");
-        let cluster = Cluster::new(inv);
+        let (cluster, mut rejected) = Cluster::from_snapshot_lenient(snapshot);
 
         let mut policies: Vec<NetworkPolicy> = snapshot.network_policies.clone();
         policies.sort_by_cached_key(|p| qualified_name(&p.metadata));
@@ -146,14 +114,31 @@ impl ClusterState {
     }
 }
 
-/// `namespace/name`, or `name` for cluster-scoped objects.
-pub(crate) fn qualified_name(
-    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-) -> String {
-    let name = meta.name.as_deref().unwrap_or("<unnamed>");
-    match meta.namespace.as_deref() {
-        Some(ns) if !ns.is_empty() => format!("{ns}/{name}"),
-        _ => name.to_owned(),
+impl FromSnapshot for ClusterState {
+    fn from_snapshot(
+        snapshot: &Snapshot,
+        generation: u64,
+        undecodable: Vec<Rejected>,
+        watch_errors: u64,
+    ) -> Self {
+        let mut state = ClusterState::build(snapshot, generation);
+        state.rejected.extend(undecodable);
+        state.rejected.sort();
+        state.watch_errors = watch_errors;
+        state
+    }
+
+    fn log_rejected(&self, previous: Option<&Self>) {
+        ClusterState::log_rejected(self, previous);
+    }
+
+    fn log_rebuilt(&self) {
+        tracing::debug!(
+            generation = self.generation,
+            pods = self.cluster.pods.len(),
+            policies = self.policies.len(),
+            "cluster model rebuilt"
+        );
     }
 }
 

@@ -1,4 +1,4 @@
-//! The cluster model from the live API server.
+//! Watches the live API server: the cluster model's second source, besides snapshot files.
 //!
 //! [`watch_cluster`] keeps one kube-rs reflector per modelled kind (namespaces, nodes, pods,
 //! services, endpointslices, networkpolicies and the workload controllers). kube-rs's `watcher`
@@ -6,7 +6,8 @@
 //! server answers `410 Gone`; the reflector store swaps a re-list in whole, so objects deleted
 //! while the watch was down disappear. Once every kind has been listed, and then after each
 //! change (debounced), the stores are turned into a `leash_records::Snapshot`, sorted so the
-//! result does not depend on event order, and built into a [`ClusterState`]: the same path a
+//! result does not depend on event order, and built into whatever the caller asks for through
+//! [`FromSnapshot`] (the model with the policies applied in it, for `serve`): the same path a
 //! snapshot file takes. [`load_once`] lists each kind once instead, for one-shot commands.
 
 use std::fmt::Debug;
@@ -33,8 +34,29 @@ use tokio::time::Instant;
 
 pub use super::events::EVENTS_ACCESS;
 use super::lenient::Lenient;
-use super::state::qualified_name;
-use super::{ClusterState, Rejected};
+use super::{Rejected, qualified_name};
+
+/// What a cluster source builds from each snapshot it takes, e.g. the model with the policies
+/// applied in it. The source knows only this trait: what consumers derive from the objects is
+/// theirs, and the model does not depend on them.
+pub trait FromSnapshot: Send + Sync + Sized + 'static {
+    /// Builds from the decoded objects. `generation` counts the states a source published (1
+    /// for the first); `undecodable` names the objects that did not decode; `watch_errors`
+    /// counts the watch errors seen so far (0 for one-shot sources).
+    fn from_snapshot(
+        snapshot: &Snapshot,
+        generation: u64,
+        undecodable: Vec<Rejected>,
+        watch_errors: u64,
+    ) -> Self;
+
+    /// Logs the objects left out, except those `previous` already listed (a live model is
+    /// rebuilt often; one bad object is reported when it appears, not on every rebuild).
+    fn log_rejected(&self, previous: Option<&Self>);
+
+    /// Logs, at debug level, that the watch published this state.
+    fn log_rebuilt(&self);
+}
 
 /// The Kubernetes API permissions [`watch_cluster`] and [`load_once`] use: list and watch of
 /// every kind the model reads, cluster-wide. The deploy tests compare this with the
@@ -324,35 +346,31 @@ fn valid_sorted<'a, K: Kind>(
 }
 
 /// Builds a state from the stores' current objects.
-fn build(stores: &Stores, generation: u64, watch_errors: u64) -> ClusterState {
+fn build<S: FromSnapshot>(stores: &Stores, generation: u64, watch_errors: u64) -> S {
     let (snapshot, undecodable) = stores.snapshot();
-    let mut state = ClusterState::build(&snapshot, generation);
-    state.rejected.extend(undecodable);
-    state.rejected.sort();
-    state.watch_errors = watch_errors;
-    state
+    S::from_snapshot(&snapshot, generation, undecodable, watch_errors)
 }
 
 /// Watches the cluster and publishes its model.
 ///
 /// The receiver holds `None` until every kind has been listed once (readiness), then the
-/// latest [`ClusterState`]; a new state is published after each change, at most once per
+/// latest state `S`; a new state is published after each change, at most once per
 /// [`WatchOptions::debounce`]. Watch failures are logged and retried by kube-rs with its default
 /// backoff. The task (and its watches) ends when every receiver is dropped, or when aborted.
 /// Must be called inside a tokio runtime.
-pub fn watch_cluster(
+pub fn watch_cluster<S: FromSnapshot>(
     client: kube::Client,
     options: WatchOptions,
-) -> (watch::Receiver<Option<Arc<ClusterState>>>, JoinHandle<()>) {
+) -> (watch::Receiver<Option<Arc<S>>>, JoinHandle<()>) {
     let (tx, rx) = watch::channel(None);
     let task = tokio::spawn(run(client, options, tx));
     (rx, task)
 }
 
-async fn run(
+async fn run<S: FromSnapshot>(
     client: kube::Client,
     options: WatchOptions,
-    tx: watch::Sender<Option<Arc<ClusterState>>>,
+    tx: watch::Sender<Option<Arc<S>>>,
 ) {
     let (stores, mut events) = Stores::start(&client);
     let mut synced = [false; KINDS.len()];
@@ -360,7 +378,7 @@ async fn run(
     let mut dirty_since: Option<Instant> = None;
     let mut generation = 0u64;
     let mut watch_errors = 0u64;
-    let mut previous: Option<Arc<ClusterState>> = None;
+    let mut previous: Option<Arc<S>> = None;
     loop {
         let ready = synced.iter().all(|s| *s);
         let rebuild_at = dirty_since.filter(|_| ready).map(|since| {
@@ -408,7 +426,7 @@ async fn run(
                 let state = {
                     let stores = stores.clone();
                     // Building a large model is CPU work; keep it off the async workers.
-                    tokio::task::spawn_blocking(move || build(&stores, generation, watch_errors))
+                    tokio::task::spawn_blocking(move || build::<S>(&stores, generation, watch_errors))
                         .await
                 };
                 let state = match state {
@@ -419,8 +437,7 @@ async fn run(
                     }
                 };
                 state.log_rejected(previous.as_deref());
-                tracing::debug!(generation, pods = state.cluster.pods.len(),
-                    policies = state.policies.len(), "cluster model rebuilt");
+                state.log_rebuilt();
                 previous = Some(state.clone());
                 if tx.send(Some(state)).is_err() {
                     // Every receiver is gone: nobody needs the model any more.
@@ -434,8 +451,8 @@ async fn run(
 /// Lists every kind once (following continue tokens) and builds the model: for one-shot
 /// commands (`leash recommend --kube`). Fails on the first list that fails, naming the
 /// resource; objects that do not decode or that the model rejects are left out and listed in
-/// [`ClusterState::rejected`].
-pub async fn load_once(client: kube::Client) -> Result<ClusterState> {
+/// the built state (see [`FromSnapshot::from_snapshot`]).
+pub async fn load_once<S: FromSnapshot>(client: kube::Client) -> Result<S> {
     let mut bad = Vec::new();
     let snapshot = Snapshot {
         namespaces: list_all(&client, &mut bad).await?,
@@ -452,9 +469,7 @@ pub async fn load_once(client: kube::Client) -> Result<ClusterState> {
         cron_jobs: list_all(&client, &mut bad).await?,
         ignored: Default::default(),
     };
-    let mut state = ClusterState::build(&snapshot, 1);
-    state.rejected.extend(bad);
-    state.rejected.sort();
+    let state = S::from_snapshot(&snapshot, 1, bad, 0);
     state.log_rejected(None);
     Ok(state)
 }
