@@ -253,30 +253,30 @@ fn run(cli: Cli) -> Result<(), Failure> {
             min_observation,
             node_local_dns,
         } => {
-            let mut opts = leash::synth::Options {
+            let mut opts = leash::recommend::Options {
                 max_cidrs,
                 max_prefix_v4,
                 max_prefix_v6,
                 min_observation,
                 namespaces: namespaces.into_iter().collect(),
-                ..leash::synth::Options::default()
+                ..leash::recommend::Options::default()
             };
             if !node_local_dns.is_empty() {
                 opts.classify.node_local_dns = node_local_dns.into_iter().collect::<BTreeSet<_>>();
             }
             let (cluster, _) = load_cluster(&source)?;
             let (observations, skipped) = observe(&cluster, store.as_deref(), since, &flows)?;
-            let mut out = leash::synth::run_observations(cluster, observations, &opts).map_err(
+            let mut out = leash::recommend::run_observations(cluster, observations, &opts).map_err(
                 |e| match e {
                     // Our own bug, not the user's input.
-                    leash::synth::Error::SelfCheck(_) => Failure {
+                    leash::recommend::Error::SelfCheck(_) => Failure {
                         code: 1,
                         message: e.to_string(),
                     },
                     e => bad_input(e),
                 },
             )?;
-            out.recommendation.skipped_input = leash::synth::skipped_lines(&skipped);
+            out.recommendation.skipped_input = leash::recommend::skipped_lines(&skipped);
             match output {
                 Some(dir) => {
                     // Every name is checked and DIR inspected before anything is written; a
@@ -295,7 +295,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 }
                 None => {
                     eprintln!("{}", leash::render::summary(&out.recommendation));
-                    let text = leash::render::yaml_stream(&leash::synth::all_policies(
+                    let text = leash::render::yaml_stream(&leash::recommend::all_policies(
                         &out.cluster,
                         &out.recommendation,
                     ))
@@ -497,9 +497,9 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         check_interval: args.check_interval,
         max_batch_records: args.max_batch_records,
         max_message_bytes: args.max_message_bytes,
-        options: leash::synth::Options {
+        options: leash::recommend::Options {
             max_cidrs: args.max_cidrs,
-            ..leash::synth::Options::default()
+            ..leash::recommend::Options::default()
         },
     };
     runtime()?

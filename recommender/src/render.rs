@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 use crate::cluster::Cluster;
-use crate::synth::{self, PeerSpec, Recommendation, Rule, RuleEvidence, RuleKind};
+use crate::recommend::{self, PeerSpec, Recommendation, Rule, RuleEvidence, RuleKind};
 
 pub mod outdir;
 
@@ -490,7 +490,7 @@ These observations match nothing in the cluster              model (the workload
             wname(p.workload),
             code(&p.pod_selector.to_string()),
             p.rules.len(),
-            synth::evidence_summary(&p.evidence)
+            recommend::evidence_summary(&p.evidence)
         );
         let _ = writeln!(
             s,
@@ -540,7 +540,7 @@ mod tests {
 
     use super::*;
     use crate::cluster::{Selector, Workload};
-    use crate::synth::{PolicySpec, Unresolved};
+    use crate::recommend::{PolicySpec, Unresolved};
 
     #[test]
     fn text_and_code_are_escaped_for_markdown() {

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyPeer};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use leash::synth::Options;
+use leash::recommend::Options;
 use support::{Fx, dns, flow, policy, run};
 
 /// (protocol, port, endPort) of a rule.
@@ -173,7 +173,7 @@ fn dns_records_alone_give_the_dns_rule() {
     selector_rule(p, Some("kube-system"), &[("k8s-app", "kube-dns")]);
     // The queried names are the DNS rule's evidence.
     let dns_rule = &r.rec.policies[0].rules[0];
-    assert_eq!(dns_rule.kind, leash::synth::RuleKind::Dns);
+    assert_eq!(dns_rule.kind, leash::recommend::RuleKind::Dns);
     assert!(
         dns_rule.evidence.names.contains("x.test"),
         "{:?}",
@@ -732,11 +732,11 @@ fn self_check_catches_a_policy_that_denies_an_observed_flow() {
     for r in &recs {
         obs.add(r, &cluster).unwrap();
     }
-    let mut rec = leash::synth::recommend(&cluster, &obs, &Options::default());
+    let mut rec = leash::recommend::recommend(&cluster, &obs, &Options::default());
     // Sabotage: allow 444 instead of 443.
     rec.policies[0].rules[0].ports[0].port = 444;
-    let err = leash::synth::self_check(&cluster, &fx.view(), &obs, &rec).unwrap_err();
-    let leash::synth::SelfCheckError::Denied(d) = err else {
+    let err = leash::recommend::self_check(&cluster, &fx.view(), &obs, &rec).unwrap_err();
+    let leash::recommend::SelfCheckError::Denied(d) = err else {
         panic!("{err}")
     };
     assert_eq!(d.len(), 1);
@@ -809,7 +809,7 @@ fn synthetic_cluster_end_to_end_through_files() {
     synthetic::write_flows(&shape, &mut buf).expect("generates");
     std::fs::write(&flows, buf).expect("writes");
     // `run` self-checks every observed flow with the evaluator before returning.
-    let out = leash::synth::run(&snap, &[flows], &Options::default()).expect("recommends");
+    let out = leash::recommend::run(&snap, &[flows], &Options::default()).expect("recommends");
     assert_eq!(out.observations.records, 3_000);
     assert_eq!(out.cluster.pods.len(), 37);
     // Every Deployment talks, so each gets a policy; every namespace a default deny.
@@ -822,9 +822,9 @@ fn synthetic_cluster_end_to_end_through_files() {
     assert!(
         p.rules
             .iter()
-            .any(|r| r.kind == leash::synth::RuleKind::Dns)
+            .any(|r| r.kind == leash::recommend::RuleKind::Dns)
     );
-    for np in leash::synth::all_policies(&out.cluster, &out.recommendation) {
+    for np in leash::recommend::all_policies(&out.cluster, &out.recommendation) {
         assert_eq!(support::validate(&np), Vec::<String>::new());
     }
 }
@@ -864,7 +864,7 @@ fn node_port_from_inside_is_treated_like_the_cluster_ip() {
         ports(rule_with_cidr(p, "10.0.0.2/32")),
         vec![("TCP".into(), 30080, None)]
     );
-    leash::synth::self_check(&r.cluster, &r.cluster, &r.obs, &r.rec).expect("model view allows it");
+    leash::recommend::self_check(&r.cluster, &r.cluster, &r.obs, &r.rec).expect("model view allows it");
 }
 
 #[test]
@@ -1191,7 +1191,7 @@ fn host_network_dns_backends_are_allowed_by_address() {
         vec![("TCP".into(), 53, None), ("UDP".into(), 53, None)]
     );
     // The model-based evaluator (which knows the DNAT) agrees.
-    leash::synth::self_check(&r.cluster, &r.cluster, &r.obs, &r.rec).expect("allowed");
+    leash::recommend::self_check(&r.cluster, &r.cluster, &r.obs, &r.rec).expect("allowed");
 }
 
 #[test]

@@ -236,7 +236,7 @@ fn fixture(limits: ReadLimits) -> Fixture {
             registry: Arc::new(prometheus_client::registry::Registry::default()),
             ingest_listening: AtomicBool::new(true),
             ingest,
-            options: leash::synth::Options::default(),
+            options: leash::recommend::Options::default(),
         }),
         limits,
     );

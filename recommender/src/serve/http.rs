@@ -41,7 +41,7 @@ use crate::cluster::ClusterState;
 use crate::eval::Verdict;
 use crate::ingest::IngestService;
 use crate::store::{FlowObservation, Scope, Store, Subject, WorkloadRef, WorkloadTotals};
-use crate::synth;
+use crate::recommend;
 
 /// What the handlers share.
 pub struct AppState {
@@ -57,7 +57,7 @@ pub struct AppState {
     /// restarts the process), `/readyz` while its writer is slow ([`IngestService::ready`]).
     pub ingest: IngestService,
     /// Knobs for recommendations.
-    pub options: synth::Options,
+    pub options: recommend::Options,
 }
 
 /// Bounds of the `/v1` read API.
@@ -499,8 +499,8 @@ async fn recommendations(
         }
         let (obs, _skipped) = crate::store::observe::observations(&model.cluster, &flows, &dns);
         drop((flows, dns));
-        let rec = synth::recommend(&model.cluster, &obs, &opts);
-        crate::render::yaml_stream(&synth::all_policies(&model.cluster, &rec))
+        let rec = recommend::recommend(&model.cluster, &obs, &opts);
+        crate::render::yaml_stream(&recommend::all_policies(&model.cluster, &rec))
             .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
     })
     .await?;

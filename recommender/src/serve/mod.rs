@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 use crate::cluster::ClusterState;
 use crate::store::Store;
-use crate::synth;
+use crate::recommend;
 
 /// The current cluster state, or `None` until the first one is built.
 pub type ModelRx = watch::Receiver<Option<Arc<ClusterState>>>;
@@ -63,7 +63,7 @@ pub struct Config {
     /// At most this many bytes in one gRPC message.
     pub max_message_bytes: usize,
     /// Knobs for recommendations served over HTTP.
-    pub options: synth::Options,
+    pub options: recommend::Options,
     /// What one gRPC client may hold (connections, streams, time, memory in flight);
     /// `handshake_timeout` also bounds HTTP request headers.
     pub limits: conn::Limits,
