@@ -266,38 +266,34 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             let (cluster, _) = load_cluster(&source)?;
             let (observations, skipped) = observe(&cluster, store.as_deref(), since, &flows)?;
-            let mut out = leash::recommend::run_observations(cluster, observations, &opts).map_err(
-                |e| match e {
+            let mut recommendation = leash::recommend::checked(&cluster, &observations, &opts)
+                .map_err(|e| Failure {
                     // Our own bug, not the user's input.
-                    leash::recommend::Error::SelfCheck(_) => Failure {
-                        code: 1,
-                        message: e.to_string(),
-                    },
-                    e => bad_input(e),
-                },
-            )?;
-            out.recommendation.skipped_input = leash::recommend::skipped_lines(&skipped);
+                    code: 1,
+                    message: format!("self-check failed, refusing to write policies: {e}"),
+                })?;
+            recommendation.skipped_input = leash::recommend::skipped_lines(&skipped);
             match output {
                 Some(dir) => {
                     // Every name is checked and DIR inspected before anything is written; a
                     // failed run leaves DIR as it was, and says only why.
                     let written = leash::render::write_dir(
                         &dir,
-                        &out.cluster,
-                        &out.recommendation,
+                        &cluster,
+                        &recommendation,
                         &opts.namespaces,
                     )
                     .map_err(bad_input)?;
                     for w in &written.warnings {
                         eprintln!("leash: warning: {w}");
                     }
-                    eprintln!("{}", leash::render::summary(&out.recommendation));
+                    eprintln!("{}", leash::render::summary(&recommendation));
                 }
                 None => {
-                    eprintln!("{}", leash::render::summary(&out.recommendation));
+                    eprintln!("{}", leash::render::summary(&recommendation));
                     let text = leash::render::yaml_stream(&leash::recommend::all_policies(
-                        &out.cluster,
-                        &out.recommendation,
+                        &cluster,
+                        &recommendation,
                     ))
                     .map_err(bad_input)?;
                     write_stdout(&text)?;

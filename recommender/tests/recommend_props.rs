@@ -16,7 +16,7 @@ use ipnet::IpNet;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use leash::eval::{self, ClusterView, PolicySet, Verdict};
 use leash::input::Observations;
-use leash::recommend::{self, Options, PeerSpec, RuleKind};
+use leash::recommend::{self, Options, EgressPeer, RuleKind};
 use leash_records::Record;
 use proptest::prelude::*;
 use support::{Fx, flow, validate};
@@ -342,8 +342,8 @@ proptest! {
                     .peers
                     .iter()
                     .filter_map(|peer| match peer {
-                        PeerSpec::Block { cidr, except, .. } => Some((*cidr, except.clone())),
-                        PeerSpec::Pods { .. } => None,
+                        EgressPeer::Block { cidr, except, .. } => Some((*cidr, except.clone())),
+                        EgressPeer::Pods { .. } => None,
                     })
                     .collect();
                 for range in &protected {

@@ -499,7 +499,15 @@ async fn recommendations(
         }
         let (obs, _skipped) = crate::store::observe::observations(&model.cluster, &flows, &dns);
         drop((flows, dns));
-        let rec = recommend::recommend(&model.cluster, &obs, &opts);
+        // The same self-check as `leash recommend`: policies that would deny an observed flow
+        // are a bug in leash, answered as one, never served.
+        let rec = recommend::checked(&model.cluster, &obs, &opts).map_err(|e| {
+            tracing::error!(namespace = %ns, "self-check failed: {e}");
+            ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("self-check failed, refusing to answer policies (a bug in leash): {e}"),
+            )
+        })?;
         crate::render::yaml_stream(&recommend::all_policies(&model.cluster, &rec))
             .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
     })
