@@ -586,7 +586,7 @@ pub fn cover_addrs(observed: &[IpAddr], opts: &CoverOptions) -> Cover {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cidr::merge;
+    use crate::cidr::{merge, merge_addrs};
 
     fn n(s: &str) -> IpNet {
         s.parse().unwrap()

@@ -169,10 +169,6 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn cidrs(c: &Cover) -> Vec<String> {
-        c.blocks.iter().map(|b| b.cidr.to_string()).collect()
-    }
-
     #[test]
     fn two_neighbours_collapse() {
         assert_eq!(

@@ -34,6 +34,9 @@ pub mod model;
 pub mod objects;
 mod rules;
 
+use objects::name_policies;
+use rules::build_rules;
+
 pub use check::{Denied, SelfCheckError, self_check};
 pub use evidence::RuleEvidence;
 pub use model::{
