@@ -277,13 +277,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 Some(dir) => {
                     // Every name is checked and DIR inspected before anything is written; a
                     // failed run leaves DIR as it was, and says only why.
-                    let written = leash::render::write_dir(
-                        &dir,
-                        &cluster,
-                        &recommendation,
-                        &opts.namespaces,
-                    )
-                    .map_err(bad_input)?;
+                    let written =
+                        leash::render::write_dir(&dir, &cluster, &recommendation, &opts.namespaces)
+                            .map_err(bad_input)?;
                     for w in &written.warnings {
                         eprintln!("leash: warning: {w}");
                     }

@@ -869,8 +869,8 @@ fn synthetic_cluster_end_to_end_through_files() {
     let observations =
         leash::input::Observations::read_paths(&[flows], &cluster).expect("reads records");
     // `checked` self-checks every observed flow with the evaluator before returning.
-    let recommendation =
-        leash::recommend::checked(&cluster, &observations, &Options::default()).expect("recommends");
+    let recommendation = leash::recommend::checked(&cluster, &observations, &Options::default())
+        .expect("recommends");
     assert_eq!(observations.records, 3_000);
     assert_eq!(cluster.pods.len(), 37);
     // Every Deployment talks, so each gets a policy; every namespace a default deny.
@@ -925,7 +925,8 @@ fn node_port_from_inside_is_treated_like_the_cluster_ip() {
         ports(rule_with_cidr(p, "10.0.0.2/32")),
         vec![("TCP".into(), 30080, None)]
     );
-    leash::recommend::self_check(&r.cluster, &r.cluster, &r.obs, &r.rec).expect("model view allows it");
+    leash::recommend::self_check(&r.cluster, &r.cluster, &r.obs, &r.rec)
+        .expect("model view allows it");
 }
 
 #[test]

@@ -16,7 +16,7 @@ use ipnet::IpNet;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use leash::eval::{self, ClusterView, PolicySet, Verdict};
 use leash::input::Observations;
-use leash::recommend::{self, Options, EgressPeer, RuleKind};
+use leash::recommend::{self, EgressPeer, Options, RuleKind};
 use leash_records::Record;
 use proptest::prelude::*;
 use support::{Fx, flow, validate};

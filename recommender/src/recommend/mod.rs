@@ -80,7 +80,6 @@ impl Default for Options {
     }
 }
 
-
 /// Per-workload accumulation before rules are built.
 #[derive(Default)]
 struct Acc {
@@ -269,4 +268,3 @@ pub fn skipped_lines(skipped: &[crate::store::Skipped]) -> Vec<String> {
     lines.sort();
     lines
 }
-

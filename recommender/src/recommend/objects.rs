@@ -212,4 +212,3 @@ pub fn all_policies(cluster: &Cluster, rec: &Recommendation) -> Vec<net::Network
     }
     out
 }
-

@@ -272,4 +272,3 @@ fn dns_peers(cluster: &Cluster, own_ns: &str, r: Resolver) -> Vec<EgressPeer> {
         }],
     }
 }
-

@@ -40,8 +40,8 @@ use super::verdicts::judge;
 use crate::cluster::ClusterState;
 use crate::eval::Verdict;
 use crate::ingest::IngestService;
-use crate::store::{FlowObservation, Scope, Store, Subject, WorkloadRef, WorkloadTotals};
 use crate::recommend;
+use crate::store::{FlowObservation, Scope, Store, Subject, WorkloadRef, WorkloadTotals};
 
 /// What the handlers share.
 pub struct AppState {

@@ -22,8 +22,8 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
 use crate::cluster::ClusterState;
-use crate::store::Store;
 use crate::recommend;
+use crate::store::Store;
 
 /// The current cluster state, or `None` until the first one is built.
 pub type ModelRx = watch::Receiver<Option<Arc<ClusterState>>>;
