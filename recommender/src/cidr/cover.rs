@@ -499,7 +499,7 @@ fn exact_blocks<W: Word>(leaves: &[(W, u8)], out: &mut Vec<Block>) {
 }
 
 /// The budgeted cover of the observed addresses and prefixes `observed` (both families; the
-/// budget `max_cidrs` is shared by the two; IPv4-mapped IPv6 counts as IPv4, as in [`merge`]).
+/// budget `max_cidrs` is shared by the two; IPv4-mapped IPv6 counts as IPv4, as in [`merge`](fn@super::merge)).
 ///
 /// If the exact merge has at most `max_cidrs` blocks it is returned unchanged. Otherwise the
 /// result is the cover of at most `max_cidrs` blocks with the fewest allowed unobserved addresses
