@@ -95,12 +95,12 @@ pub enum Class {
 
 /// Classifier configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Config {
+pub struct ClassifierConfig {
     /// NodeLocal DNSCache addresses (`--node-local-dns`; default 169.254.20.10).
     pub node_local_dns: BTreeSet<IpAddr>,
 }
 
-impl Default for Config {
+impl Default for ClassifierConfig {
     fn default() -> Self {
         Self {
             node_local_dns: BTreeSet::from([NODE_LOCAL_DNS_DEFAULT]),
@@ -125,7 +125,7 @@ pub fn unenforceable(dst: IpAddr, port: u16) -> Option<&'static str> {
 #[derive(Debug)]
 pub struct Classifier<'a> {
     cluster: &'a Cluster,
-    config: &'a Config,
+    config: &'a ClassifierConfig,
     /// Addresses that answered DNS (from DNS records), plus NodeLocal addresses.
     resolvers: BTreeSet<IpAddr>,
     /// Whether any DNS record was read (else resolvers are guessed from port 53).
@@ -135,7 +135,7 @@ pub struct Classifier<'a> {
 
 impl<'a> Classifier<'a> {
     /// A classifier for these observations (their DNS records name the resolvers).
-    pub fn new(cluster: &'a Cluster, config: &'a Config, obs: &Observations) -> Self {
+    pub fn new(cluster: &'a Cluster, config: &'a ClassifierConfig, obs: &Observations) -> Self {
         let mut resolvers = obs.resolvers.clone();
         let saw_dns = !resolvers.is_empty();
         resolvers.extend(config.node_local_dns.iter().copied());

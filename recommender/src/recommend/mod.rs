@@ -51,7 +51,7 @@ pub use objects::{
 #[derive(Debug, Clone)]
 pub struct Options {
     /// Resolver discovery.
-    pub classify: classify::Config,
+    pub classify: classify::ClassifierConfig,
     /// At most this many ipBlocks per external rule (`--max-cidrs`).
     pub max_cidrs: usize,
     /// Never widen an IPv4 block past this prefix (`--max-prefix-v4`).
@@ -69,7 +69,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Self {
-            classify: classify::Config::default(),
+            classify: classify::ClassifierConfig::default(),
             max_cidrs: 8,
             max_prefix_v4: 24,
             max_prefix_v6: 48,
@@ -87,6 +87,7 @@ struct Acc {
     peers: BTreeMap<DestinationPeer, BTreeMap<(Protocol, u16), RuleEvidence>>,
 }
 
+/// A destination as dialed, for the report: `ip:port/PROTO`, an IPv6 address in brackets.
 fn dest(ip: IpAddr, port: u16, proto: Protocol) -> String {
     match ip {
         IpAddr::V4(a) => format!("{a}:{port}/{proto}"),
@@ -262,8 +263,8 @@ pub fn checked(
     Ok(rec)
 }
 
-/// The report lines of skipped stored observations, sorted.
-pub fn skipped_lines(skipped: &[crate::store::Skipped]) -> Vec<String> {
+/// The report lines of skipped observations (e.g. the store's `Skipped`), sorted.
+pub fn skipped_lines<T: std::fmt::Display>(skipped: &[T]) -> Vec<String> {
     let mut lines: Vec<String> = skipped.iter().map(ToString::to_string).collect();
     lines.sort();
     lines
