@@ -341,54 +341,6 @@ fn over_permission(r: &EgressRule) -> String {
     }
 }
 
-/// How many ipBlocks a rule has, per family: `1486 (IPv6 1486)`.
-fn block_counts(r: &EgressRule) -> String {
-    let (v4, v6) = block_families(r);
-    let mut parts = Vec::new();
-    if v4 > 0 {
-        parts.push(format!("IPv4 {v4}"));
-    }
-    if v6 > 0 {
-        parts.push(format!("IPv6 {v6}"));
-    }
-    format!("{} ({})", v4 + v6, parts.join(", "))
-}
-
-/// The number of IPv4 and IPv6 ipBlocks of a rule.
-fn block_families(r: &EgressRule) -> (usize, usize) {
-    r.peers.iter().fold((0, 0), |(v4, v6), p| match p {
-        EgressPeer::Block {
-            cidr: ipnet::IpNet::V4(_),
-            ..
-        } => (v4 + 1, v6),
-        EgressPeer::Block {
-            cidr: ipnet::IpNet::V6(_),
-            ..
-        } => (v4, v6 + 1),
-        EgressPeer::Pods { .. } => (v4, v6),
-    })
-}
-
-/// What would bring a rule over its CIDR budget within it: a wider maximum prefix for each
-/// family with blocks to join (one block cannot get fewer), more blocks, or an FQDN policy.
-fn budget_fixes(r: &EgressRule) -> String {
-    let (v4, v6) = block_families(r);
-    let mut fixes = Vec::new();
-    if v6 > 1 {
-        fixes.push("a wider `--max-prefix-v6` (a smaller number)".to_owned());
-    }
-    if v4 > 1 {
-        fixes.push("a wider `--max-prefix-v4` (a smaller number)".to_owned());
-    }
-    fixes.push(format!("`--max-cidrs {}`", v4 + v6));
-    fixes.push(if r.evidence.names.is_empty() {
-        "an FQDN policy".to_owned()
-    } else {
-        "an FQDN policy for its DNS names".to_owned()
-    });
-    fixes.join(", or ")
-}
-
 fn evidence_cells(e: &RuleEvidence) -> String {
     format!(
         "{} | {} | {} | {} | {}",
@@ -621,6 +573,54 @@ These observations match nothing in the cluster              model (the workload
         let _ = writeln!(s, "\n</details>\n");
     }
     s
+}
+
+/// How many ipBlocks a rule has, per family: `1486 (IPv6 1486)`.
+fn block_counts(r: &EgressRule) -> String {
+    let (v4, v6) = block_families(r);
+    let mut parts = Vec::new();
+    if v4 > 0 {
+        parts.push(format!("IPv4 {v4}"));
+    }
+    if v6 > 0 {
+        parts.push(format!("IPv6 {v6}"));
+    }
+    format!("{} ({})", v4 + v6, parts.join(", "))
+}
+
+/// The number of IPv4 and IPv6 ipBlocks of a rule.
+fn block_families(r: &EgressRule) -> (usize, usize) {
+    r.peers.iter().fold((0, 0), |(v4, v6), p| match p {
+        EgressPeer::Block {
+            cidr: ipnet::IpNet::V4(_),
+            ..
+        } => (v4 + 1, v6),
+        EgressPeer::Block {
+            cidr: ipnet::IpNet::V6(_),
+            ..
+        } => (v4, v6 + 1),
+        EgressPeer::Pods { .. } => (v4, v6),
+    })
+}
+
+/// What would bring a rule over its CIDR budget within it: a wider maximum prefix for each
+/// family with blocks to join (one block cannot get fewer), more blocks, or an FQDN policy.
+fn budget_fixes(r: &EgressRule) -> String {
+    let (v4, v6) = block_families(r);
+    let mut fixes = Vec::new();
+    if v6 > 1 {
+        fixes.push("a wider `--max-prefix-v6` (a smaller number)".to_owned());
+    }
+    if v4 > 1 {
+        fixes.push("a wider `--max-prefix-v4` (a smaller number)".to_owned());
+    }
+    fixes.push(format!("`--max-cidrs {}`", v4 + v6));
+    fixes.push(if r.evidence.names.is_empty() {
+        "an FQDN policy".to_owned()
+    } else {
+        "an FQDN policy for its DNS names".to_owned()
+    });
+    fixes.join(", or ")
 }
 
 #[cfg(test)]
