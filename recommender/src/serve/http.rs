@@ -500,7 +500,8 @@ async fn recommendations(
         let (obs, _skipped) = crate::store::observe::observations(&model.cluster, &flows, &dns);
         drop((flows, dns));
         // The same self-check as `leash recommend`: policies that would deny an observed flow
-        // are a bug in leash, answered as one, never served.
+        // are a bug in leash, answered as one, never served. (Its worker threads inherit this
+        // thread's lower priority.)
         let rec = recommend::checked(&model.cluster, &obs, &opts).map_err(|e| {
             tracing::error!(namespace = %ns, "self-check failed: {e}");
             ApiError(
