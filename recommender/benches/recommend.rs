@@ -103,15 +103,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     let parsed = parsed?;
 
-    let opts = leash::synth::Options::default();
+    let opts = leash::recommend::Options::default();
     let (cluster, p_load) = timed(|| leash::cluster::Cluster::load(&snap_path));
     let cluster = cluster?;
     let (obs, p_read) = timed(|| {
         leash::observations::Observations::read_paths(std::slice::from_ref(&flows_path), &cluster)
     });
     let obs = obs?;
-    let (rec, p_synth) = timed(|| leash::synth::recommend(&cluster, &obs, &opts));
-    let (check, p_check) = timed(|| leash::synth::self_check(&cluster, &cluster, &obs, &rec));
+    let (rec, p_synth) = timed(|| leash::recommend::recommend(&cluster, &obs, &opts));
+    let (check, p_check) = timed(|| leash::recommend::self_check(&cluster, &cluster, &obs, &rec));
     check?;
     let out = dir.path().join("out");
     let (written, p_render) =

@@ -42,9 +42,9 @@ impl HostKind {
     }
 }
 
-/// A post-DNAT peer.
+/// What a flow reaches after DNAT: the peer a rule must allow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Peer {
+pub enum DestinationPeer {
     /// The pods of a workload, selectable by labels.
     Workload(WorkloadId),
     /// An address selectors cannot match; needs an ipBlock /32.
@@ -68,7 +68,7 @@ pub enum Resolver {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Target {
     /// The peer.
-    pub peer: Peer,
+    pub peer: DestinationPeer,
     /// The port the policy must allow (the targetPort for Services).
     pub port: u16,
     /// The protocol.
@@ -95,12 +95,12 @@ pub enum Class {
 
 /// Classifier configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Config {
+pub struct ClassifierConfig {
     /// NodeLocal DNSCache addresses (`--node-local-dns`; default 169.254.20.10).
     pub node_local_dns: BTreeSet<IpAddr>,
 }
 
-impl Default for Config {
+impl Default for ClassifierConfig {
     fn default() -> Self {
         Self {
             node_local_dns: BTreeSet::from([NODE_LOCAL_DNS_DEFAULT]),
@@ -125,7 +125,7 @@ pub fn unenforceable(dst: IpAddr, port: u16) -> Option<&'static str> {
 #[derive(Debug)]
 pub struct Classifier<'a> {
     cluster: &'a Cluster,
-    config: &'a Config,
+    config: &'a ClassifierConfig,
     /// Addresses that answered DNS (from DNS records), plus NodeLocal addresses.
     resolvers: BTreeSet<IpAddr>,
     /// Whether any DNS record was read (else resolvers are guessed from port 53).
@@ -135,7 +135,7 @@ pub struct Classifier<'a> {
 
 impl<'a> Classifier<'a> {
     /// A classifier for these observations (their DNS records name the resolvers).
-    pub fn new(cluster: &'a Cluster, config: &'a Config, obs: &Observations) -> Self {
+    pub fn new(cluster: &'a Cluster, config: &'a ClassifierConfig, obs: &Observations) -> Self {
         let mut resolvers = obs.resolvers.clone();
         let saw_dns = !resolvers.is_empty();
         resolvers.extend(config.node_local_dns.iter().copied());
@@ -218,11 +218,11 @@ impl<'a> Classifier<'a> {
                     .map(|b| {
                         let peer = match b.pod {
                             Some(p) => self.pod_peer(p, b.ip),
-                            None if is_api => Peer::Host(b.ip, HostKind::ApiServer),
+                            None if is_api => DestinationPeer::Host(b.ip, HostKind::ApiServer),
                             None if c.node_by_ip(b.ip).is_some() => {
-                                Peer::Host(b.ip, HostKind::Node)
+                                DestinationPeer::Host(b.ip, HostKind::Node)
                             }
-                            None => Peer::Host(b.ip, HostKind::Endpoint),
+                            None => DestinationPeer::Host(b.ip, HostKind::Endpoint),
                         };
                         Target {
                             peer,
@@ -236,7 +236,7 @@ impl<'a> Classifier<'a> {
                 // the local one), so allow the node address on the node port as well.
                 if !svc.cluster_ips.contains(&dst) && !svc.external_ips.contains(&dst) {
                     targets.push(Target {
-                        peer: Peer::Host(dst, HostKind::Node),
+                        peer: DestinationPeer::Host(dst, HostKind::Node),
                         port,
                         protocol,
                     });
@@ -249,9 +249,9 @@ impl<'a> Classifier<'a> {
         let peer = if let Some(p) = c.pod_by_ip(dst) {
             self.pod_peer(p, dst)
         } else if c.node_by_ip(dst).is_some() || !c.host_pods_by_ip(dst).is_empty() {
-            Peer::Host(dst, HostKind::Node)
+            DestinationPeer::Host(dst, HostKind::Node)
         } else {
-            Peer::External(dst)
+            DestinationPeer::External(dst)
         };
         Class::Direct(Target {
             peer,
@@ -260,17 +260,17 @@ impl<'a> Classifier<'a> {
         })
     }
 
-    fn pod_peer(&self, pod: usize, ip: IpAddr) -> Peer {
+    fn pod_peer(&self, pod: usize, ip: IpAddr) -> DestinationPeer {
         let c = self.cluster;
         let Some(p) = c.pods.get(pod) else {
-            return Peer::External(ip);
+            return DestinationPeer::External(ip);
         };
         if p.host_network {
-            return Peer::Host(ip, HostKind::Node);
+            return DestinationPeer::Host(ip, HostKind::Node);
         }
         match c.workload_of(pod) {
-            Some(w) if c.workloads[w].selector.is_some() => Peer::Workload(w),
-            _ => Peer::Host(ip, HostKind::UnselectablePod),
+            Some(w) if c.workloads[w].selector.is_some() => DestinationPeer::Workload(w),
+            _ => DestinationPeer::Host(ip, HostKind::UnselectablePod),
         }
     }
 

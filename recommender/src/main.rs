@@ -283,53 +283,47 @@ fn run(cli: Cli) -> Result<(), Failure> {
             min_observation,
             node_local_dns,
         } => {
-            let mut opts = leash::synth::Options {
+            let mut opts = leash::recommend::Options {
                 max_cidrs,
                 max_prefix_v4,
                 max_prefix_v6,
                 min_observation,
                 namespaces: namespaces.into_iter().collect(),
-                ..leash::synth::Options::default()
+                ..leash::recommend::Options::default()
             };
             if !node_local_dns.is_empty() {
                 opts.classify.node_local_dns = node_local_dns.into_iter().collect::<BTreeSet<_>>();
             }
             let (cluster, _applied) = load_cluster(&source)?;
             let (observations, skipped) = observe(&cluster, store.as_deref(), since, &flows)?;
-            let mut out = leash::synth::run_observations(cluster, observations, &opts).map_err(
-                |e| match e {
+            let mut recommendation = leash::recommend::checked(&cluster, &observations, &opts)
+                .map_err(|e| {
                     // Our own bug, not the user's input.
-                    leash::synth::Error::SelfCheck(_) => runtime_error(e),
-                    e => bad_input(e),
-                },
-            )?;
-            out.recommendation.skipped_input = leash::synth::skipped_lines(&skipped);
+                    Failure::Runtime(format!("self-check failed, refusing to write policies: {e}"))
+                })?;
+            recommendation.skipped_input = leash::recommend::skipped_lines(&skipped);
             match output {
                 Some(dir) => {
                     // Every name is checked and DIR inspected before anything is written; a
                     // failed run leaves DIR as it was, and says only why.
-                    let written = leash::render::write_dir(
-                        &dir,
-                        &out.cluster,
-                        &out.recommendation,
-                        &opts.namespaces,
-                    )
-                    .map_err(|e| match e {
-                        // The checks passed; writing failed.
-                        leash::render::outdir::Error::Io { .. }
-                        | leash::render::outdir::Error::Render(_) => runtime_error(e),
-                        e => bad_input(e),
-                    })?;
+                    let written =
+                        leash::render::write_dir(&dir, &cluster, &recommendation, &opts.namespaces)
+                            .map_err(|e| match e {
+                                // The checks passed; writing failed.
+                                leash::render::outdir::Error::Io { .. }
+                                | leash::render::outdir::Error::Render(_) => runtime_error(e),
+                                e => bad_input(e),
+                            })?;
                     for w in &written.warnings {
                         eprintln!("leash: warning: {w}");
                     }
-                    eprintln!("{}", leash::render::summary(&out.recommendation));
+                    eprintln!("{}", leash::render::summary(&recommendation));
                 }
                 None => {
-                    eprintln!("{}", leash::render::summary(&out.recommendation));
-                    let text = leash::render::yaml_stream(&leash::synth::all_policies(
-                        &out.cluster,
-                        &out.recommendation,
+                    eprintln!("{}", leash::render::summary(&recommendation));
+                    let text = leash::render::yaml_stream(&leash::recommend::all_policies(
+                        &cluster,
+                        &recommendation,
                     ))
                     // Serializing our own objects: a bug, not the user's input.
                     .map_err(runtime_error)?;
@@ -608,9 +602,9 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         check_interval: args.check_interval,
         max_batch_records: args.max_batch_records,
         max_message_bytes: args.max_message_bytes,
-        options: leash::synth::Options {
+        options: leash::recommend::Options {
             max_cidrs: args.max_cidrs,
-            ..leash::synth::Options::default()
+            ..leash::recommend::Options::default()
         },
     };
     runtime()?

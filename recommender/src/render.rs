@@ -7,7 +7,9 @@ use std::fmt::Write as _;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 use crate::cluster::Cluster;
-use crate::synth::{self, PeerSpec, Recommendation, Rule, RuleEvidence, RuleKind};
+use crate::recommend::{
+    self, EgressPeer, EgressRule, PolicySpec, Recommendation, RuleEvidence, RuleKind,
+};
 
 pub mod outdir;
 
@@ -172,6 +174,14 @@ pub fn summary(rec: &Recommendation) -> String {
         ),
         (rec.unselectable.len(), "workloads without stable labels"),
         (rec.unresolved.len(), "flows that became no rule"),
+        (
+            rec.policies
+                .iter()
+                .flat_map(|p| &p.rules)
+                .filter(|r| !r.budget_met)
+                .count(),
+            "rules over the CIDR budget",
+        ),
     ] {
         if n > 0 {
             let _ = write!(s, "; {n} {what}");
@@ -182,10 +192,7 @@ pub fn summary(rec: &Recommendation) -> String {
 }
 
 fn time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
-    t.map_or_else(
-        || "-".to_owned(),
-        |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-    )
+    t.map_or_else(|| "-".to_owned(), leash_records::time::rfc3339)
 }
 
 /// A human span such as `3d 4h`, `2h 5m`, `40s`.
@@ -268,16 +275,16 @@ fn list(items: impl IntoIterator<Item = String>, max: usize) -> String {
     cell(&s)
 }
 
-fn peer_text(p: &PeerSpec) -> String {
+fn peer_text(p: &EgressPeer) -> String {
     match p {
-        PeerSpec::Pods {
+        EgressPeer::Pods {
             namespace,
             selector,
         } => match namespace {
             Some(ns) => format!("ns {} AND pods {}", code(ns), code(&selector.to_string())),
             None => format!("pods {}", code(&selector.to_string())),
         },
-        PeerSpec::Block {
+        EgressPeer::Block {
             cidr,
             except,
             unobserved,
@@ -295,7 +302,7 @@ fn peer_text(p: &PeerSpec) -> String {
     }
 }
 
-fn rule_kind(r: &Rule) -> String {
+fn rule_kind(r: &EgressRule) -> String {
     match &r.kind {
         RuleKind::Dns => "DNS".to_owned(),
         RuleKind::Workload(w) => format!("workload {}", md(w)),
@@ -308,7 +315,7 @@ fn rule_kind(r: &Rule) -> String {
     }
 }
 
-fn ports_text(r: &Rule) -> String {
+fn ports_text(r: &EgressRule) -> String {
     r.ports
         .iter()
         .map(|p| match p.end_port {
@@ -319,7 +326,7 @@ fn ports_text(r: &Rule) -> String {
         .join(", ")
 }
 
-fn over_permission(r: &Rule) -> String {
+fn over_permission(r: &EgressRule) -> String {
     let addresses = match r.unobserved_addresses {
         None => "selector".to_owned(),
         Some(0) => "0 (exact)".to_owned(),
@@ -477,6 +484,40 @@ pub fn report(cluster: &Cluster, rec: &Recommendation) -> String {
         }
         s.push('\n');
     }
+    let over_budget: Vec<(&PolicySpec, usize, &EgressRule)> = rec
+        .policies
+        .iter()
+        .flat_map(|p| {
+            p.rules
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| !r.budget_met)
+                .map(move |(i, r)| (p, i + 1, r))
+        })
+        .collect();
+    if !over_budget.is_empty() {
+        attention = true;
+        let _ = writeln!(
+            s,
+            "### CIDR budget not met\n\nThese rules need more ipBlocks than `--max-cidrs` \
+             allows: no cover within the budget stays inside `--max-prefix-v4` / \
+             `--max-prefix-v6` and off the protected ranges, so each keeps the cover with the \
+             fewest blocks. Allow wider blocks, raise `--max-cidrs`, or allow these \
+             destinations by DNS name with an FQDN policy (e.g. Cilium `toFQDNs`), which \
+             NetworkPolicy cannot express.\n\n| policy | rule | ipBlocks | DNS names | what would fix it |\n|---|---|---|---|---|"
+        );
+        for (p, i, r) in over_budget {
+            let _ = writeln!(
+                s,
+                "| {} | {i} | {} | {} | {} |",
+                cell(&code(&format!("{}/{}", p.namespace, p.name))),
+                block_counts(r),
+                list(r.evidence.names.iter().cloned(), 5),
+                budget_fixes(r),
+            );
+        }
+        s.push('\n');
+    }
     if rec.unattributed_flows > 0 {
         attention = true;
         let _ = writeln!(
@@ -513,7 +554,7 @@ These observations match nothing in the cluster              model (the workload
             wname(p.workload),
             code(&p.pod_selector.to_string()),
             p.rules.len(),
-            synth::evidence_summary(&p.evidence)
+            recommend::evidence_summary(&p.evidence)
         );
         let _ = writeln!(
             s,
@@ -557,13 +598,61 @@ These observations match nothing in the cluster              model (the workload
     s
 }
 
+/// How many ipBlocks a rule has, per family: `1486 (IPv6 1486)`.
+fn block_counts(r: &EgressRule) -> String {
+    let (v4, v6) = block_families(r);
+    let mut parts = Vec::new();
+    if v4 > 0 {
+        parts.push(format!("IPv4 {v4}"));
+    }
+    if v6 > 0 {
+        parts.push(format!("IPv6 {v6}"));
+    }
+    format!("{} ({})", v4 + v6, parts.join(", "))
+}
+
+/// The number of IPv4 and IPv6 ipBlocks of a rule.
+fn block_families(r: &EgressRule) -> (usize, usize) {
+    r.peers.iter().fold((0, 0), |(v4, v6), p| match p {
+        EgressPeer::Block {
+            cidr: ipnet::IpNet::V4(_),
+            ..
+        } => (v4 + 1, v6),
+        EgressPeer::Block {
+            cidr: ipnet::IpNet::V6(_),
+            ..
+        } => (v4, v6 + 1),
+        EgressPeer::Pods { .. } => (v4, v6),
+    })
+}
+
+/// What would bring a rule over its CIDR budget within it: a wider maximum prefix for each
+/// family with blocks to join (one block cannot get fewer), more blocks, or an FQDN policy.
+fn budget_fixes(r: &EgressRule) -> String {
+    let (v4, v6) = block_families(r);
+    let mut fixes = Vec::new();
+    if v6 > 1 {
+        fixes.push("a wider `--max-prefix-v6` (a smaller number)".to_owned());
+    }
+    if v4 > 1 {
+        fixes.push("a wider `--max-prefix-v4` (a smaller number)".to_owned());
+    }
+    fixes.push(format!("`--max-cidrs {}`", v4 + v6));
+    fixes.push(if r.evidence.names.is_empty() {
+        "an FQDN policy".to_owned()
+    } else {
+        "an FQDN policy for its DNS names".to_owned()
+    });
+    fixes.join(", or ")
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
     use crate::cluster::{LabelSelector, Workload};
-    use crate::synth::{PolicySpec, Unresolved};
+    use crate::recommend::Unresolved;
 
     #[test]
     fn text_and_code_are_escaped_for_markdown() {
@@ -617,9 +706,9 @@ mod tests {
             destinations: BTreeSet::from(["203.0.113.1:443/TCP\n| x | y |".into()]),
             ..RuleEvidence::default()
         };
-        let rule = Rule {
+        let rule = EgressRule {
             kind: RuleKind::Workload(hostile.into()),
-            peers: vec![PeerSpec::Pods {
+            peers: vec![EgressPeer::Pods {
                 namespace: Some("ns|`x".into()),
                 selector: LabelSelector::default(),
             }],

@@ -896,7 +896,7 @@ async fn http_get(service: &IngestService, path: &str) -> (u16, String) {
         registry: Arc::new(prometheus_client::registry::Registry::default()),
         ingest_listening: true.into(),
         ingest: service.clone(),
-        options: leash::synth::Options::default(),
+        options: leash::recommend::Options::default(),
     });
     let request = axum::http::Request::get(path)
         .body(axum::body::Body::empty())

@@ -409,7 +409,7 @@ fn longest_workload_name_gets_a_stable_file() {
         assert!(file.ends_with(".yaml"), "{file}");
         let text = std::fs::read_to_string(dir.join("shop").join(&file)).expect("reads");
         // The policy keeps its full (valid, 253-character) name inside.
-        let policy_name = leash::synth::policy_name(&name);
+        let policy_name = leash::recommend::policy_name(&name);
         assert_eq!(policy_name.len(), 253);
         assert!(text.contains(&format!("name: {policy_name}\n")), "{text}");
         seen.push(file);
@@ -444,8 +444,8 @@ fn long_workload_names_sharing_a_prefix_get_distinct_policies() {
         .collect();
     assert_eq!(policies.len(), 2, "{policies:?}");
     let (a, b) = (
-        leash::synth::policy_name(&one),
-        leash::synth::policy_name(&two),
+        leash::recommend::policy_name(&one),
+        leash::recommend::policy_name(&two),
     );
     assert_ne!(a, b);
     for name in [&a, &b] {

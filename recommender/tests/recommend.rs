@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyPeer};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use leash::synth::Options;
+use leash::recommend::Options;
 use support::{Fx, dns, flow, policy, run};
 
 /// (protocol, port, endPort) of a rule.
@@ -173,7 +173,7 @@ fn dns_records_alone_give_the_dns_rule() {
     selector_rule(p, Some("kube-system"), &[("k8s-app", "kube-dns")]);
     // The queried names are the DNS rule's evidence.
     let dns_rule = &r.rec.policies[0].rules[0];
-    assert_eq!(dns_rule.kind, leash::synth::RuleKind::Dns);
+    assert_eq!(dns_rule.kind, leash::recommend::RuleKind::Dns);
     assert!(
         dns_rule.evidence.names.contains("x.test"),
         "{:?}",
@@ -543,6 +543,62 @@ fn externals_over_budget_are_covered_within_max_cidrs_and_max_prefix() {
     );
 }
 
+/// The section of `report` under `## heading`, up to the next `## `.
+fn report_section<'a>(report: &'a str, heading: &str) -> &'a str {
+    let start = report
+        .find(&format!("## {heading}\n"))
+        .unwrap_or_else(|| panic!("no {heading:?} in\n{report}"));
+    let rest = &report[start + heading.len() + 4..];
+    &rest[..rest.find("\n## ").unwrap_or(rest.len())]
+}
+
+#[test]
+fn a_missed_cidr_budget_needs_attention_and_says_what_would_fix_it() {
+    let fx = shop();
+    // Three IPv6 addresses in three /48s, budget 2: no cover within /48 has two blocks.
+    let recs: Vec<_> = ["2001:db8:1::1", "2001:db8:2::1", "2001:db8:3::1"]
+        .iter()
+        .map(|dst| flow("shop", WEB0, "TCP", dst, 443, 1, &["api.stripe.test"]))
+        .collect();
+    let opts = Options {
+        max_cidrs: 2,
+        ..Options::default()
+    };
+    let r = run(&fx, &recs, &opts);
+    let (i, rule) = r.rec.policies[0]
+        .rules
+        .iter()
+        .enumerate()
+        .find(|(_, r)| r.kind == leash::recommend::RuleKind::External)
+        .expect("external rule");
+    assert!(!rule.budget_met, "{:?}", rule);
+    assert_eq!(rule.peers.len(), 3);
+    let report = leash::render::report(&r.cluster, &r.rec);
+    // It used to say "Nothing." here while the rule below said "CIDR budget NOT met".
+    let attention = report_section(&report, "Needs attention");
+    assert!(!attention.contains("Nothing."), "{attention}");
+    assert!(attention.contains("### CIDR budget not met"), "{attention}");
+    let row = attention
+        .lines()
+        .find(|l| l.starts_with("| `shop/web-egress` |"))
+        .unwrap_or_else(|| panic!("no row for the rule:\n{attention}"));
+    assert!(
+        row.starts_with(&format!("| `shop/web-egress` | {} | 3 (IPv6 3) |", i + 1)),
+        "{row}"
+    );
+    assert!(row.contains("api.stripe.test"), "{row}");
+    // What would fix it: only IPv6 blocks, so a wider --max-prefix-v6, not -v4.
+    assert!(row.contains("`--max-prefix-v6`"), "{row}");
+    assert!(!row.contains("--max-prefix-v4"), "{row}");
+    assert!(row.contains("`--max-cidrs 3`"), "{row}");
+    assert!(row.contains("FQDN policy"), "{row}");
+    assert!(
+        leash::render::summary(&r.rec).contains("1 rules over the CIDR budget"),
+        "{}",
+        leash::render::summary(&r.rec)
+    );
+}
+
 #[test]
 fn externals_with_different_ports_or_names_are_separate_rules() {
     let fx = shop();
@@ -732,11 +788,11 @@ fn self_check_catches_a_policy_that_denies_an_observed_flow() {
     for r in &recs {
         obs.add(r, &cluster).unwrap();
     }
-    let mut rec = leash::synth::recommend(&cluster, &obs, &Options::default());
+    let mut rec = leash::recommend::recommend(&cluster, &obs, &Options::default());
     // Sabotage: allow 444 instead of 443.
     rec.policies[0].rules[0].ports[0].port = 444;
-    let err = leash::synth::self_check(&cluster, &fx.view(), &obs, &rec).unwrap_err();
-    let leash::synth::SelfCheckError::Denied(d) = err else {
+    let err = leash::recommend::self_check(&cluster, &fx.view(), &obs, &rec).unwrap_err();
+    let leash::recommend::SelfCheckError::Denied(d) = err else {
         panic!("{err}")
     };
     assert_eq!(d.len(), 1);
@@ -808,23 +864,28 @@ fn synthetic_cluster_end_to_end_through_files() {
     let mut buf = Vec::new();
     synthetic::write_flows(&shape, &mut buf).expect("generates");
     std::fs::write(&flows, buf).expect("writes");
-    // `run` self-checks every observed flow with the evaluator before returning.
-    let out = leash::synth::run(&snap, &[flows], &Options::default()).expect("recommends");
-    assert_eq!(out.observations.records, 3_000);
-    assert_eq!(out.cluster.pods.len(), 37);
+    // The command's I/O: load the snapshot, read the records.
+    let cluster = leash::cluster::Cluster::load(&snap).expect("loads");
+    let observations =
+        leash::observations::Observations::read_paths(&[flows], &cluster).expect("reads records");
+    // `checked` self-checks every observed flow with the evaluator before returning.
+    let recommendation = leash::recommend::checked(&cluster, &observations, &Options::default())
+        .expect("recommends");
+    assert_eq!(observations.records, 3_000);
+    assert_eq!(cluster.pods.len(), 37);
     // Every Deployment talks, so each gets a policy; every namespace a default deny.
-    assert_eq!(out.recommendation.policies.len(), 12);
+    assert_eq!(recommendation.policies.len(), 12);
     assert_eq!(
-        out.recommendation.default_deny_namespaces,
+        recommendation.default_deny_namespaces,
         vec!["ns-0", "ns-1", "ns-2"]
     );
-    let p = &out.recommendation.policies[0];
+    let p = &recommendation.policies[0];
     assert!(
         p.rules
             .iter()
-            .any(|r| r.kind == leash::synth::RuleKind::Dns)
+            .any(|r| r.kind == leash::recommend::RuleKind::Dns)
     );
-    for np in leash::synth::all_policies(&out.cluster, &out.recommendation) {
+    for np in leash::recommend::all_policies(&cluster, &recommendation) {
         assert_eq!(support::validate(&np), Vec::<String>::new());
     }
 }
@@ -864,7 +925,8 @@ fn node_port_from_inside_is_treated_like_the_cluster_ip() {
         ports(rule_with_cidr(p, "10.0.0.2/32")),
         vec![("TCP".into(), 30080, None)]
     );
-    leash::synth::self_check(&r.cluster, &r.cluster, &r.obs, &r.rec).expect("model view allows it");
+    leash::recommend::self_check(&r.cluster, &r.cluster, &r.obs, &r.rec)
+        .expect("model view allows it");
 }
 
 #[test]
@@ -1191,7 +1253,7 @@ fn host_network_dns_backends_are_allowed_by_address() {
         vec![("TCP".into(), 53, None), ("UDP".into(), 53, None)]
     );
     // The model-based evaluator (which knows the DNAT) agrees.
-    leash::synth::self_check(&r.cluster, &r.cluster, &r.obs, &r.rec).expect("allowed");
+    leash::recommend::self_check(&r.cluster, &r.cluster, &r.obs, &r.rec).expect("allowed");
 }
 
 #[test]

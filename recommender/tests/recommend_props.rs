@@ -16,7 +16,7 @@ use ipnet::IpNet;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use leash::eval::{self, ClusterView, PolicySet, Verdict};
 use leash::observations::Observations;
-use leash::synth::{self, Options, PeerSpec, RuleKind};
+use leash::recommend::{self, EgressPeer, Options, RuleKind};
 use leash_records::Record;
 use proptest::prelude::*;
 use support::{Fx, flow, validate};
@@ -310,8 +310,8 @@ proptest! {
         let b = build(&wls, &flows);
         let (cluster, obs) = observe(&b.fx, &b.records);
         let opts = Options { max_cidrs, max_prefix_v4, ..Options::default() };
-        let rec = synth::recommend(&cluster, &obs, &opts);
-        let policies = synth::all_policies(&cluster, &rec);
+        let rec = recommend::recommend(&cluster, &obs, &opts);
+        let policies = recommend::all_policies(&cluster, &rec);
         for p in &policies {
             let problems = validate(p);
             prop_assert!(problems.is_empty(), "{:?}: {:?}", p.metadata.name, problems);
@@ -320,7 +320,7 @@ proptest! {
         // Two independent views of the same cluster must agree that everything is allowed.
         assert_all_allowed(&b.fx.view(), &set, &cluster, &obs)?;
         assert_all_allowed(&cluster, &set, &cluster, &obs)?;
-        prop_assert!(synth::self_check(&cluster, &cluster, &obs, &rec).is_ok());
+        prop_assert!(recommend::self_check(&cluster, &cluster, &obs, &rec).is_ok());
 
         // No policy for hostNetwork workloads (NetworkPolicy cannot restrict them), and no
         // rule-less allow policy, ever.
@@ -342,8 +342,8 @@ proptest! {
                     .peers
                     .iter()
                     .filter_map(|peer| match peer {
-                        PeerSpec::Block { cidr, except, .. } => Some((*cidr, except.clone())),
-                        PeerSpec::Pods { .. } => None,
+                        EgressPeer::Block { cidr, except, .. } => Some((*cidr, except.clone())),
+                        EgressPeer::Pods { .. } => None,
                     })
                     .collect();
                 for range in &protected {
@@ -364,8 +364,8 @@ proptest! {
         let (cluster, obs) = observe(&b.fx, &b.records);
         let ns = format!("ns{keep}");
         let opts = Options { namespaces: [ns.clone()].into_iter().collect(), ..Options::default() };
-        let rec = synth::recommend(&cluster, &obs, &opts);
-        let all = synth::recommend(&cluster, &obs, &Options::default());
+        let rec = recommend::recommend(&cluster, &obs, &opts);
+        let all = recommend::recommend(&cluster, &obs, &Options::default());
         prop_assert!(rec.policies.iter().all(|p| p.namespace == ns));
         // The same policies as an unfiltered run, for that namespace.
         let mine: Vec<_> = all.policies.iter().filter(|p| p.namespace == ns).cloned().collect();
@@ -380,7 +380,7 @@ proptest! {
     ) {
         let b = build(&wls, &flows);
         let (cluster, obs) = observe(&b.fx, &b.records);
-        let rec = synth::recommend(&cluster, &obs, &Options::default());
+        let rec = recommend::recommend(&cluster, &obs, &Options::default());
         let files = leash::render::files(&cluster, &rec).expect("renders");
 
         // Same records, another order (a seeded Fisher-Yates keeps the case reproducible).
@@ -394,9 +394,9 @@ proptest! {
             shuffled.swap(i, j);
         }
         let (cluster2, obs2) = observe(&b.fx, &shuffled);
-        let rec2 = synth::recommend(&cluster2, &obs2, &Options::default());
+        let rec2 = recommend::recommend(&cluster2, &obs2, &Options::default());
         prop_assert_eq!(files, leash::render::files(&cluster2, &rec2).expect("renders"));
-        let stream = |c, r| leash::render::yaml_stream(&synth::all_policies(c, r)).expect("renders");
+        let stream = |c, r| leash::render::yaml_stream(&recommend::all_policies(c, r)).expect("renders");
         prop_assert_eq!(stream(&cluster, &rec), stream(&cluster2, &rec2));
     }
 }

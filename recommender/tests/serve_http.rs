@@ -193,9 +193,14 @@ struct Fixture {
 /// The read API over a store holding flows of shop/web (203.0.113.10) and bank/ledger
 /// (203.0.113.20), and DNS answers of each.
 fn fixture(limits: ReadLimits) -> Fixture {
+    fixture_with(limits, SNAPSHOT)
+}
+
+/// [`fixture`] with the cluster model of `snapshot`.
+fn fixture_with(limits: ReadLimits, snapshot: &str) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let cluster = dir.path().join("cluster.yaml");
-    std::fs::write(&cluster, SNAPSHOT).unwrap();
+    std::fs::write(&cluster, snapshot).unwrap();
     let state = leash::serve::state_from_file(&cluster).unwrap();
     let inner = SqliteStore::open(dir.path().join("leash.db")).unwrap();
     let now = Utc::now();
@@ -237,7 +242,7 @@ fn fixture(limits: ReadLimits) -> Fixture {
             registry: Arc::new(prometheus_client::registry::Registry::default()),
             ingest_listening: AtomicBool::new(true),
             ingest,
-            options: leash::synth::Options::default(),
+            options: leash::recommend::Options::default(),
         }),
         limits,
     );
@@ -501,4 +506,30 @@ async fn answers_past_the_observation_bound_are_refused_not_computed() {
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{path}: {body}");
         assert!(body.contains("more than 0 observations"), "{body}");
     }
+}
+
+#[tokio::test]
+async fn recommendations_are_self_checked_like_leash_recommend() {
+    // The ledger pod no longer carries its Deployment's label: the policy leash derives from
+    // the Deployment's selector would not select it, and `default-deny-egress` would cut its
+    // observed egress. `leash recommend` refuses such policies; the API used to serve them.
+    let relabelled = SNAPSHOT.replace(
+        "    uid: uid-pod-ledger\n    labels: {app: ledger}",
+        "    uid: uid-pod-ledger\n    labels: {app: ledger-canary}",
+    );
+    assert_ne!(relabelled, SNAPSHOT);
+    let f = fixture_with(ReadLimits::default(), &relabelled);
+    let (status, _, body) = get(&f.app, "/v1/namespaces/bank/recommendations").await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert!(body.contains("self-check failed"), "{body}");
+    assert!(body.contains("a bug in leash"), "{body}");
+    assert!(
+        body.contains("bank/ledger-y7 -> 203.0.113.20:443/TCP"),
+        "names the flow it would deny: {body}"
+    );
+    assert!(!body.contains("kind: NetworkPolicy"), "no policies: {body}");
+    // Other namespaces are unaffected.
+    let (status, _, yaml) = get(&f.app, "/v1/namespaces/shop/recommendations").await;
+    assert_eq!(status, StatusCode::OK, "{yaml}");
+    assert!(yaml.contains("203.0.113.10/32"), "{yaml}");
 }

@@ -76,7 +76,7 @@ impl Server {
             check_interval: Duration::from_secs(3600),
             max_batch_records: 1000,
             max_message_bytes,
-            options: leash::synth::Options::default(),
+            options: leash::recommend::Options::default(),
             limits,
         };
         let (stop, stopped) = oneshot::channel::<()>();

@@ -20,8 +20,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use leash::cluster::Cluster;
 use leash::observations;
 use leash::observations::Observations;
+use leash::recommend::{self, Options, Recommendation};
 use leash::store::{BatchId, Commit, SqliteStore, Store};
-use leash::synth::{self, Options, Recommendation};
 use leash_records::{DnsAnswer, DnsRecord, FlowRecord, Outcome, PodRef, Protocol, Record, wire};
 use proptest::prelude::*;
 use prost::Message as _;
@@ -485,15 +485,15 @@ proptest! {
         prop_assert_eq!(&stored.resolvers, &direct.resolvers);
         prop_assert_eq!(&stored.names_by_ip, &direct.names_by_ip);
 
-        let a = synth::recommend(&cluster, &direct, &opts(max_cidrs));
-        let b = synth::recommend(&cluster, &stored, &opts(max_cidrs));
-        prop_assert!(synth::self_check(&cluster, &cluster, &stored, &b).is_ok());
+        let a = recommend::recommend(&cluster, &direct, &opts(max_cidrs));
+        let b = recommend::recommend(&cluster, &stored, &opts(max_cidrs));
+        prop_assert!(recommend::self_check(&cluster, &cluster, &stored, &b).is_ok());
         // The Kubernetes objects, but for the evidence annotation's pod count.
         let objects = |rec: &Recommendation| {
-            let mut out = synth::all_policies(&cluster, rec);
+            let mut out = recommend::all_policies(&cluster, rec);
             for p in &mut out {
                 if let Some(a) = p.metadata.annotations.as_mut() {
-                    a.remove(synth::ANNOTATION_EVIDENCE);
+                    a.remove(recommend::ANNOTATION_EVIDENCE);
                 }
             }
             out
@@ -513,8 +513,8 @@ proptest! {
         let cluster = fx.cluster();
         let direct = from_files(&cluster, &records);
         let (stored, _) = through_store(&cluster, &records, &cuts);
-        let a = synth::recommend(&cluster, &direct, &Options::default());
-        let b = synth::recommend(&cluster, &stored, &Options::default());
+        let a = recommend::recommend(&cluster, &direct, &Options::default());
+        let b = recommend::recommend(&cluster, &stored, &Options::default());
         prop_assert_eq!(
             leash::render::files(&cluster, &a).expect("renders"),
             leash::render::files(&cluster, &b).expect("renders")

@@ -9,6 +9,7 @@
 //!   names the file and line of every bad record.
 //! - [`snapshot`]: a cluster snapshot, as `kubectl get … -A -o yaml` prints it, loaded into
 //!   `k8s-openapi` types.
+//! - [`time`]: the one RFC 3339 form of timestamps shown to people (reports, annotations, alerts).
 //! - [`tls`]: rustls configurations for both ends of the gRPC stream (mTLS, reloaded from files).
 //! - [`wire`]: the `leash.v1` gRPC messages, client and server, and their conversions to records.
 
@@ -19,6 +20,7 @@ pub mod duration;
 pub mod names;
 pub mod record;
 pub mod snapshot;
+pub mod time;
 pub mod tls;
 pub mod wire;
 

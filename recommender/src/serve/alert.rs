@@ -117,7 +117,7 @@ impl Alert {
             self.count,
             self.protocol,
             plain_list(&self.policies, NAMES_SHOWN),
-            self.last_seen.format("%Y-%m-%dT%H:%M:%SZ"),
+            leash_records::time::rfc3339(self.last_seen),
         );
         if message.len() > MAX_MESSAGE {
             let mut end = MAX_MESSAGE - '…'.len_utf8();

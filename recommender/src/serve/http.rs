@@ -39,9 +39,9 @@ use super::ModelRx;
 use super::verdicts::judge;
 use crate::eval::Verdict;
 use crate::ingest::IngestService;
+use crate::recommend;
 use crate::state::ClusterState;
 use crate::store::{FlowObservation, Scope, Store, Subject, WorkloadRef, WorkloadTotals};
-use crate::synth;
 
 /// What the handlers share.
 pub struct AppState {
@@ -57,7 +57,7 @@ pub struct AppState {
     /// restarts the process), `/readyz` while its writer is slow ([`IngestService::ready`]).
     pub ingest: IngestService,
     /// Knobs for recommendations.
-    pub options: synth::Options,
+    pub options: recommend::Options,
 }
 
 /// Bounds of the `/v1` read API.
@@ -502,8 +502,17 @@ async fn recommendations(
         }
         let (obs, _skipped) = crate::observations::from_stored(&model.cluster, &flows, &dns);
         drop((flows, dns));
-        let rec = synth::recommend(&model.cluster, &obs, &opts);
-        crate::render::yaml_stream(&synth::all_policies(&model.cluster, &rec))
+        // The same self-check as `leash recommend`: policies that would deny an observed flow
+        // are a bug in leash, answered as one, never served. (Its worker threads inherit this
+        // thread's lower priority.)
+        let rec = recommend::checked(&model.cluster, &obs, &opts).map_err(|e| {
+            tracing::error!(namespace = %ns, "self-check failed: {e}");
+            ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("self-check failed, refusing to answer policies (a bug in leash): {e}"),
+            )
+        })?;
+        crate::render::yaml_stream(&recommend::all_policies(&model.cluster, &rec))
             .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
     })
     .await?;

@@ -21,9 +21,9 @@ use chrono::Utc;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
+use crate::recommend;
 use crate::state::ClusterState;
 use crate::store::Store;
-use crate::synth;
 
 /// The current cluster state, or `None` until the first one is built.
 pub type ModelRx = watch::Receiver<Option<Arc<ClusterState>>>;
@@ -63,7 +63,7 @@ pub struct Config {
     /// At most this many bytes in one gRPC message.
     pub max_message_bytes: usize,
     /// Knobs for recommendations served over HTTP.
-    pub options: synth::Options,
+    pub options: recommend::Options,
     /// What one gRPC client may hold (connections, streams, time, memory in flight);
     /// `handshake_timeout` also bounds HTTP request headers.
     pub limits: conn::Limits,
