@@ -9,7 +9,6 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
-use support::eval::lab_cluster;
 use leash::{
     audit::{
         Error, Format, LocatedFlow, audit, load_policies, load_policy_files, load_policy_set,
@@ -18,6 +17,7 @@ use leash::{
     cluster::Cluster,
     eval::{PolicySet, Verdict},
 };
+use support::eval::lab_cluster;
 
 fn fixture(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -9,7 +9,6 @@
 )]
 mod support;
 
-use support::eval::{lab_cluster, pod, policy};
 use leash::{
     cluster::Cluster,
     eval::{
@@ -18,6 +17,7 @@ use leash::{
     },
     explain::{parse_pod, parse_target},
 };
+use support::eval::{lab_cluster, pod, policy};
 
 use Verdict::{Allow as A, Deny as D};
 

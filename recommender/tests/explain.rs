@@ -8,13 +8,13 @@ mod support;
 
 use std::path::Path;
 
-use support::eval::lab_cluster;
 use leash::{
     audit::load_policy_set,
     eval::{PolicyId, PolicySet, Verdict},
     explain::{Error, explain, parse_pod, parse_target},
 };
 use leash_records::Protocol;
+use support::eval::lab_cluster;
 
 fn policies() -> PolicySet {
     load_policy_set(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/eval/policies"))
