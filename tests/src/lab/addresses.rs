@@ -20,7 +20,7 @@ pub const NODE_EXT_IPV6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 
 pub const DNS_VIP_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 138);
 /// The kube-dns IPv6 ClusterIP.
 pub const DNS_VIP_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 3, 0, 0, 0, 0, 0x8a);
-/// The `default/kubernetes` ClusterIP (with [`LabBuilder::api_server`]).
+/// The `default/kubernetes` ClusterIP (with [`LabBuilder::api_server`](super::LabBuilder::api_server)).
 pub const API_VIP_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 129);
 /// The `default/kubernetes` IPv6 ClusterIP.
 pub const API_VIP_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 3, 0, 0, 0, 0, 0x81);

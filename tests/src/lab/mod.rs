@@ -48,7 +48,9 @@ pub(crate) struct NetNs {
     pub(crate) fd: Arc<OwnedFd>,
 }
 
+/// The lab's DNS server.
 struct DnsInfo {
+    /// Index of its pod in the lab's pods.
     pod: usize,
     counters: Arc<DnsCounters>,
     port: u16,

@@ -23,6 +23,7 @@ pub(super) struct PlannedPod {
     pub(super) ipv6: Ipv6Addr,
 }
 
+/// Everything decided for a lab before anything is created.
 pub(super) struct Plan {
     pub(super) namespaces: BTreeSet<String>,
     pub(super) pods: Vec<PlannedPod>,
