@@ -8,13 +8,10 @@
 //! `cargo bench -p leash --bench recommend` runs the full size; set
 //! `LEASH_BENCH_SCALE=0.1` (a fraction of namespaces and records) for a quick run.
 
-#[path = "../tests/fixtures/recommend/synthetic.rs"]
-mod synthetic;
-
 use std::io::{BufWriter, Write as _};
 use std::time::Instant;
 
-use synthetic::Shape;
+use leash_lab::synthetic::{self, Shape};
 
 /// Peak resident set size of this process, from /proc (kB), if available.
 fn peak_rss_kb() -> Option<u64> {

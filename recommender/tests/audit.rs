@@ -1,16 +1,14 @@
 //! `leash audit` library tests: policy loading from real files, flows read from a real
 //! JSON-lines file, verdicts in input order, JSON and table rendering, and error messages.
 
-#[path = "fixtures/eval/builders.rs"]
 #[expect(
     dead_code,
-    reason = "shared with eval_table.rs, which uses every builder"
+    reason = "each test crate uses only part of the shared test support"
 )]
-mod builders;
+mod support;
 
 use std::path::{Path, PathBuf};
 
-use builders::lab_cluster;
 use leash::{
     audit::{
         AttributedFlow, Error, Format, audit, load_policies, load_policy_files, load_policy_set,
@@ -19,6 +17,7 @@ use leash::{
     cluster::Cluster,
     eval::{PolicySet, Verdict},
 };
+use support::eval::lab_cluster;
 
 fn fixture(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -322,7 +321,7 @@ fn formats_parse_and_render() {
 /// as the in-memory view built from the same objects.
 #[test]
 fn audit_through_a_snapshot_file_and_the_cluster_model() {
-    let parts = builders::lab_cluster_parts();
+    let parts = support::eval::lab_cluster_parts();
     let mut items = Vec::new();
     for v in parts
         .namespaces

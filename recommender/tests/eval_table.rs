@@ -1,12 +1,14 @@
 //! Table tests of the NetworkPolicy evaluator, written from
 //! `shared/docs/networkpolicy-semantics.md`. Every case runs against the same small lab
-//! cluster (see `fixtures/eval/builders.rs`) with its own policies and one flow, and states the
+//! cluster (see `support/eval.rs`) with its own policies and one flow, and states the
 //! expected egress, ingress and final verdicts plus the deciding policies.
 
-#[path = "fixtures/eval/builders.rs"]
-mod builders;
+#[expect(
+    dead_code,
+    reason = "each test crate uses only part of the shared test support"
+)]
+mod support;
 
-use builders::{lab_cluster, pod, policy};
 use leash::{
     cluster::Cluster,
     eval::{
@@ -15,6 +17,7 @@ use leash::{
     },
     explain::{parse_pod, parse_target},
 };
+use support::eval::{lab_cluster, pod, policy};
 
 use Verdict::{Allow as A, Deny as D};
 
@@ -215,7 +218,7 @@ fn table_on_cluster_model() {
 }
 
 fn cluster_model() -> Cluster {
-    builders::lab_cluster_parts().model()
+    support::eval::lab_cluster_parts().model()
 }
 
 #[test]
@@ -371,13 +374,13 @@ fn host_network_reasons() {
 fn host_network_backend_is_not_isolated() {
     // A Service whose only backend is a hostNetwork pod (like NodeLocal DNS behind a
     // Service): selectors do not match it, an ipBlock of its node IP does.
-    let mut objs = builders::lab_cluster_parts();
-    objs.services.push(builders::service(
+    let mut objs = support::eval::lab_cluster_parts();
+    objs.services.push(support::eval::service(
         "shop",
         "agent-svc",
         &["10.96.0.50"],
         &[("app", "host-agent")],
-        &[("", 9100, "metrics", builders::TCP)],
+        &[("", 9100, "metrics", support::eval::TCP)],
     ));
     let c = objs.build();
     let sel = (
@@ -420,7 +423,7 @@ fn policy_order_does_not_matter() {
 fn pod_not_in_snapshot_namespace_list_still_has_name_label() {
     // A pod whose namespace object is missing from the snapshot: the automatic
     // kubernetes.io/metadata.name label is still assumed.
-    let mut objs = builders::lab_cluster_parts();
+    let mut objs = support::eval::lab_cluster_parts();
     objs.pods.push(
         pod("ghost", "g")
             .labels(&[("app", "g")])
@@ -550,12 +553,12 @@ fn duplicate_and_unnamespaced_policies_are_errors() {
 #[test]
 fn selector_fallback_skips_pods_that_are_not_running() {
     // api-svc has no EndpointSlice: backends come from its selector. A Pending pod is not one.
-    let mut objs = builders::lab_cluster_parts();
+    let mut objs = support::eval::lab_cluster_parts();
     objs.pods.push(
         pod("shop", "api-3")
             .labels(&[("app", "api")])
             .ip("10.244.2.15")
-            .port("http", 8002, builders::TCP)
+            .port("http", 8002, support::eval::TCP)
             .phase("Pending")
             .build(),
     );

@@ -1,21 +1,20 @@
 //! `leash explain` tests: argument parsing and the rendered explanation.
 
-#[path = "fixtures/eval/builders.rs"]
 #[expect(
     dead_code,
-    reason = "shared with eval_table.rs, which uses every builder"
+    reason = "each test crate uses only part of the shared test support"
 )]
-mod builders;
+mod support;
 
 use std::path::Path;
 
-use builders::lab_cluster;
 use leash::{
     audit::load_policy_set,
     eval::{PolicyId, PolicySet, Verdict},
     explain::{Error, explain, parse_pod, parse_target},
 };
 use leash_records::Protocol;
+use support::eval::lab_cluster;
 
 fn policies() -> PolicySet {
     load_policy_set(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/eval/policies"))
@@ -92,7 +91,7 @@ fn denied_names_every_isolating_policy() {
 
 #[test]
 fn rule_without_peers_or_ports_says_so() {
-    let set = PolicySet::new(&[builders::policy(
+    let set = PolicySet::new(&[support::eval::policy(
         "shop/all",
         "{podSelector: {}, policyTypes: [Egress], egress: [{}]}",
     )])

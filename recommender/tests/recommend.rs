@@ -1,9 +1,13 @@
 //! `recommend` on small fixture clusters: each test pins one behaviour the issue names (DNS
 //! discovery, targetPort, cross-namespace AND, hostNetwork, API server, external covers, port
 //! runs, isolation reporting, determinism). Every run is self-checked with the evaluator and
-//! every policy checked against the API server's validation rules (see `support::run`).
+//! every policy checked against the API server's validation rules (see
+//! `support::recommend::run`).
 
-#[path = "fixtures/recommend/support.rs"]
+#[expect(
+    dead_code,
+    reason = "each test crate uses only part of the shared test support"
+)]
 mod support;
 
 use std::collections::BTreeMap;
@@ -11,7 +15,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyPeer};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use leash::recommend::Options;
-use support::{Fx, dns, flow, policy, run};
+use leash_lab::synthetic;
+use support::recommend::{Fx, dns, flow, policy, run};
 
 /// (protocol, port, endPort) of a rule.
 fn ports(r: &NetworkPolicyEgressRule) -> Vec<(String, i32, Option<i32>)> {
@@ -837,9 +842,6 @@ fn output_is_identical_for_shuffled_input() {
     );
 }
 
-#[path = "fixtures/recommend/synthetic.rs"]
-mod synthetic;
-
 #[test]
 fn synthetic_cluster_end_to_end_through_files() {
     let shape = synthetic::Shape {
@@ -886,7 +888,7 @@ fn synthetic_cluster_end_to_end_through_files() {
             .any(|r| r.kind == leash::recommend::RuleKind::Dns)
     );
     for np in leash::recommend::all_policies(&cluster, &recommendation) {
-        assert_eq!(support::validate(&np), Vec::<String>::new());
+        assert_eq!(support::recommend::validate(&np), Vec::<String>::new());
     }
 }
 

@@ -6,7 +6,10 @@
 //! - every policy passes the API server's validation rules;
 //! - the output is byte-for-byte the same for the same records in another order.
 
-#[path = "fixtures/recommend/support.rs"]
+#[expect(
+    dead_code,
+    reason = "each test crate uses only part of the shared test support"
+)]
 mod support;
 
 use std::collections::BTreeSet;
@@ -19,7 +22,7 @@ use leash::observations::Observations;
 use leash::recommend::{self, EgressPeer, Options, RuleKind};
 use leash_records::Record;
 use proptest::prelude::*;
-use support::{Fx, flow, validate};
+use support::recommend::{Fx, flow, validate};
 
 #[derive(Debug, Clone)]
 struct Svc {
@@ -347,7 +350,7 @@ proptest! {
                     })
                     .collect();
                 for range in &protected {
-                    let extra = support::allowed_unobserved_in(&blocks, range, &observed);
+                    let extra = support::recommend::allowed_unobserved_in(&blocks, range, &observed);
                     prop_assert_eq!(extra, 0, "rule {:?} opens {} unobserved addresses of {}", blocks, extra, range);
                 }
             }

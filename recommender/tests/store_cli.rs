@@ -1,7 +1,10 @@
 //! The built `leash` binary with `--store`: `recommend` and `audit` read a SQLite store this
 //! test fills from the kubeadm fixture's records, and agree with the `--flows` path.
 
-#[path = "fixtures/recommend/support.rs"]
+#[expect(
+    dead_code,
+    reason = "each test crate uses only part of the shared test support"
+)]
 mod support;
 
 use std::io::BufReader;
@@ -347,7 +350,7 @@ fn exactly_one_of_flows_and_store_and_errors_name_the_store() {
 /// stand-in pod per workload.
 #[test]
 fn recommend_from_a_store_reports_the_pods_that_connected() {
-    let mut fx = support::Fx::new();
+    let mut fx = support::recommend::Fx::new();
     fx.node("n1", "10.0.0.1", "10.244.1.0/24");
     fx.namespace("shop");
     let web = fx.deployment(
@@ -370,7 +373,7 @@ fn recommend_from_a_store_reports_the_pods_that_connected() {
     let calls = |pods: &[String], dst: &str| -> Vec<FlowRecord> {
         pods.iter()
             .map(
-                |p| match support::flow("shop", p, "TCP", dst, 443, 1, &[]) {
+                |p| match support::recommend::flow("shop", p, "TCP", dst, 443, 1, &[]) {
                     Record::Flow(f) => f,
                     Record::Dns(_) => unreachable!("a flow record"),
                 },

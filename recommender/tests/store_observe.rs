@@ -1,6 +1,9 @@
 //! Records to per-workload observations and back ([`leash::observations`]).
 
-#[path = "fixtures/recommend/support.rs"]
+#[expect(
+    dead_code,
+    reason = "each test crate uses only part of the shared test support"
+)]
 mod support;
 
 use std::collections::BTreeSet;
@@ -9,7 +12,7 @@ use std::net::IpAddr;
 use leash::observations::{self, PodNames, SkipReason};
 use leash::store::{self, WorkloadRef};
 use leash_records::{DnsRecord, FlowRecord, Outcome, Record};
-use support::{Fx, dns, flow};
+use support::recommend::{Fx, dns, flow};
 
 fn fx() -> Fx {
     let mut fx = Fx::new();

@@ -10,7 +10,10 @@
 //! pod), so they are compared without pod names; with one pod per workload even the
 //! rendered files, REPORT.md included, are byte-for-byte the same.
 
-#[path = "fixtures/recommend/support.rs"]
+#[expect(
+    dead_code,
+    reason = "each test crate uses only part of the shared test support"
+)]
 mod support;
 
 use std::net::IpAddr;
@@ -25,7 +28,7 @@ use leash::store::{BatchId, Commit, SqliteStore, Store};
 use leash_records::{DnsAnswer, DnsRecord, FlowRecord, Outcome, PodRef, Protocol, Record, wire};
 use proptest::prelude::*;
 use prost::Message as _;
-use support::Fx;
+use support::recommend::Fx;
 
 #[derive(Debug, Clone)]
 struct Wl {

@@ -38,6 +38,10 @@
 //! port 53 (conntrack reverses the DNAT); query the DNS pod's IP at its own port to see answers
 //! from 5353.
 //!
+//! Besides the lab, the crate holds test tools that need no privileges: a fake Kubernetes API
+//! server ([`fake_api`]), the shop demo ([`shop`]), and a synthetic cluster and flow generator
+//! for scale tests and benches ([`synthetic`]).
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use leash_lab::{DnsConfig, Lab, PodSpec, Port, Proto, ServicePort, ServiceSpec};
@@ -87,6 +91,7 @@ mod servers;
 pub mod shop;
 mod snapshot;
 mod spec;
+pub mod synthetic;
 mod sys;
 
 use std::fs;

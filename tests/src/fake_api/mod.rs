@@ -1,0 +1,235 @@
+//! A fake Kubernetes API server on 127.0.0.1, for testing watch and write code through kube-rs's
+//! real HTTP client.
+//!
+//! It serves HTTP/1.1 (hyper, through axum) and does what clients of the Kubernetes API do:
+//! - **list** `GET /api/v1/pods`, `/apis/apps/v1/namespaces/shop/deployments`, … for any resource
+//!   path, with `labelSelector`, `fieldSelector`, `limit` and `continue`;
+//! - **watch** the same paths with `watch=true`: a chunked stream of JSON watch events. A watch
+//!   from `resourceVersion` N replays every recorded event newer than N (as the real server does
+//!   from its watch cache); from `""`/`"0"` it starts with an `ADDED` event per existing object;
+//!   from a version older than the last compaction it gets an `ERROR` event with a `410 Gone`
+//!   status, which makes kube-rs's watcher re-list. `timeoutSeconds` ends the stream;
+//! - **get**, **create** (`POST`), **patch** (`PATCH`, merge semantics), **replace** (`PUT`) and
+//!   **delete** of single objects, each producing the matching watch event.
+//!
+//! Tests change objects with [`FakeApi::apply`], [`FakeApi::delete`], and their `*_silently`
+//! variants (changes no watch will ever replay, as if the events had been compacted away while a
+//! client was disconnected); they end watches with [`FakeApi::end_watches`] (the client should
+//! resume from its last version), expire them with [`FakeApi::expire_watches`] (the client must
+//! re-list), or make the next watches fail at the HTTP level with
+//! [`FakeApi::fail_next_watches`]. Every request is recorded ([`FakeApi::requests`]) with its
+//! method, path, decoded query and body, and [`Request::access`] names the RBAC verb and resource
+//! it needs, so a test can check a client against its declared permissions.
+//!
+//! The server binds 127.0.0.1 only, on a port the kernel picks. Dropping the [`FakeApi`] stops it
+//! and ends the open watches.
+//!
+//! By concern: `request` (what a request asks for), `store` (objects, versions, history,
+//! injected failures), `select` (label and field selectors), `objects` (list, get and the
+//! writes), `watch` (replay and streaming), `http` (the HTTP layer), `config` (how clients
+//! reach the server).
+
+mod config;
+mod http;
+mod objects;
+mod request;
+mod select;
+mod store;
+#[cfg(test)]
+mod tests;
+mod watch;
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub use request::{Access, Request, collection_path};
+use store::{Failure, State, lock, status, to_json};
+use watch::WatchMsg;
+
+/// The fake API server. See the module docs.
+pub struct FakeApi {
+    state: Arc<Mutex<State>>,
+    addr: SocketAddr,
+    accept: JoinHandle<()>,
+}
+
+impl FakeApi {
+    /// Starts a server on 127.0.0.1 (a free port). Needs a tokio runtime.
+    pub async fn start() -> io::Result<Self> {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let addr = listener.local_addr()?;
+        let state: Arc<Mutex<State>> = Arc::default();
+        let accept = tokio::spawn(http::serve(listener, state.clone()));
+        Ok(FakeApi {
+            state,
+            addr,
+            accept,
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    /// Creates or replaces a typed object, sending `ADDED` or `MODIFIED` to matching watches.
+    /// Returns the object's new resource version.
+    pub fn apply<K: k8s_openapi::Resource + serde::Serialize>(&self, object: &K) -> u64 {
+        self.apply_json(&collection_path::<K>(), to_json(object))
+    }
+
+    /// Creates or replaces an object given as JSON in `collection` (e.g. `/api/v1/pods`); the
+    /// object need not be valid for its kind, which is how tests feed clients broken objects.
+    pub fn apply_json(&self, collection: &str, object: Value) -> u64 {
+        self.lock().put(collection, object, true)
+    }
+
+    /// Creates or replaces a typed object without any watch event ever telling of it.
+    pub fn apply_silently<K: k8s_openapi::Resource + serde::Serialize>(&self, object: &K) -> u64 {
+        self.lock()
+            .put(&collection_path::<K>(), to_json(object), false)
+    }
+
+    /// JSON version of [`Self::apply_silently`].
+    pub fn apply_json_silently(&self, collection: &str, object: Value) -> u64 {
+        self.lock().put(collection, object, false)
+    }
+
+    /// Deletes an object (`namespace` `""` for cluster-scoped kinds), sending `DELETED`.
+    /// Returns whether it existed.
+    pub fn delete<K: k8s_openapi::Resource>(&self, namespace: &str, name: &str) -> bool {
+        self.delete_json(&collection_path::<K>(), namespace, name)
+    }
+
+    /// [`Self::delete`] by collection path.
+    pub fn delete_json(&self, collection: &str, namespace: &str, name: &str) -> bool {
+        self.lock()
+            .remove(collection, namespace, name, true)
+            .is_some()
+    }
+
+    /// Deletes an object without any watch event ever telling of it.
+    pub fn delete_silently<K: k8s_openapi::Resource>(&self, namespace: &str, name: &str) -> bool {
+        self.lock()
+            .remove(&collection_path::<K>(), namespace, name, false)
+            .is_some()
+    }
+
+    /// The stored object, if any.
+    pub fn get_json(&self, collection: &str, namespace: &str, name: &str) -> Option<Value> {
+        self.lock()
+            .collections
+            .get(collection)?
+            .objects
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    /// Every stored object of a collection, sorted by namespace and name.
+    pub fn objects(&self, collection: &str) -> Vec<Value> {
+        self.lock()
+            .collections
+            .get(collection)
+            .map(|c| c.objects.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The current (latest) resource version.
+    pub fn resource_version(&self) -> u64 {
+        self.lock().resource_version
+    }
+
+    /// The number of open watch streams (of `collection`, or all when `None`).
+    pub fn watch_count(&self, collection: Option<&str>) -> usize {
+        let mut state = self.lock();
+        state.watchers.retain(|w| !w.tx.is_closed());
+        state
+            .watchers
+            .iter()
+            .filter(|w| collection.is_none_or(|c| w.collection == c))
+            .count()
+    }
+
+    /// Ends every watch stream cleanly, as the server does at `timeoutSeconds`; clients resume
+    /// from their last version and lose nothing.
+    pub fn end_watches(&self) {
+        for w in self.lock().watchers.drain(..) {
+            let _ = w.tx.send(WatchMsg::End);
+        }
+    }
+
+    /// Forgets the event history: a watch resuming from any version older than now gets an
+    /// `ERROR` event with `410 Gone` (the client must re-list).
+    pub fn compact(&self) {
+        let mut state = self.lock();
+        state.compacted = state.resource_version + 1;
+        state.log.clear();
+    }
+
+    /// Compacts the history and sends every open watch an `ERROR` event with `410 Gone`, then
+    /// ends it: kube-rs's watcher re-lists, and must converge to the current objects.
+    pub fn expire_watches(&self) {
+        self.compact();
+        let gone = json!({"type": "ERROR", "object": status(
+            410, "Expired", "too old resource version")})
+        .to_string();
+        for w in self.lock().watchers.drain(..) {
+            let _ = w.tx.send(WatchMsg::Event(gone.clone()));
+            let _ = w.tx.send(WatchMsg::End);
+        }
+    }
+
+    /// Answers the next `count` watch requests (of any collection) with HTTP `status` (e.g.
+    /// 410 or 500) and a `Status` body, instead of a stream.
+    pub fn fail_next_watches(&self, status: u16, count: usize) {
+        self.fail_next("watch", None, status, count);
+    }
+
+    /// Answers the next `count` requests with RBAC verb `verb` (`list`, `watch`, `create`, …;
+    /// see [`Request::access`]) on `collection` (e.g. `/apis/batch/v1/cronjobs`; `None` for
+    /// any) with HTTP `status` and a `Status` body.
+    pub fn fail_next(&self, verb: &str, collection: Option<&str>, status: u16, count: usize) {
+        self.lock().failures.push(Failure {
+            verb: verb.to_owned(),
+            collection: collection.map(str::to_owned),
+            status,
+            remaining: count,
+        });
+    }
+
+    /// Removes every injected failure not yet used up (e.g. one set with `count`
+    /// `usize::MAX` to fail until the test says otherwise).
+    pub fn clear_failures(&self) {
+        self.lock().failures.clear();
+    }
+
+    /// Every request received so far, in arrival order.
+    pub fn requests(&self) -> Vec<Request> {
+        self.lock().requests.clone()
+    }
+
+    /// Forgets the recorded requests.
+    pub fn clear_requests(&self) {
+        self.lock().requests.clear();
+    }
+}
+
+impl Drop for FakeApi {
+    fn drop(&mut self) {
+        self.accept.abort();
+        if let Ok(mut state) = self.state.lock() {
+            for w in state.watchers.drain(..) {
+                let _ = w.tx.send(WatchMsg::End);
+            }
+        }
+    }
+}

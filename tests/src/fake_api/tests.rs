@@ -1,0 +1,87 @@
+//! Unit tests of the parts below the HTTP layer.
+
+use serde_json::json;
+
+use super::objects::merge_patch;
+use super::request::{Request, Target};
+use super::select::Filter;
+
+fn req(method: &str, path: &str, query: &[(&str, &str)]) -> Request {
+    Request {
+        method: method.into(),
+        path: path.into(),
+        query: query
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        content_type: None,
+        body: Vec::new(),
+    }
+}
+
+#[test]
+fn paths_name_group_resource_namespace_and_verb() {
+    let a = |m, p, q: &[(&str, &str)]| req(m, p, q).access().unwrap();
+    let list = a("GET", "/api/v1/pods", &[]);
+    assert_eq!(
+        (list.group.as_str(), list.resource.as_str(), list.verb),
+        ("", "pods", "list")
+    );
+    let watch = a(
+        "GET",
+        "/apis/networking.k8s.io/v1/networkpolicies",
+        &[("watch", "true")],
+    );
+    assert_eq!(
+        (watch.group.as_str(), watch.resource.as_str(), watch.verb),
+        ("networking.k8s.io", "networkpolicies", "watch")
+    );
+    let create = a("POST", "/apis/events.k8s.io/v1/namespaces/shop/events", &[]);
+    assert_eq!(
+        (create.resource.as_str(), create.verb, create.namespace),
+        ("events", "create", Some("shop".into()))
+    );
+    let patch = a(
+        "PATCH",
+        "/apis/events.k8s.io/v1/namespaces/shop/events/e1",
+        &[],
+    );
+    assert_eq!(patch.verb, "patch");
+    let ns = a("GET", "/api/v1/namespaces", &[]);
+    assert_eq!((ns.resource.as_str(), ns.verb), ("namespaces", "list"));
+    let one = a("GET", "/api/v1/namespaces/shop", &[]);
+    assert_eq!((one.resource.as_str(), one.verb), ("namespaces", "get"));
+    assert!(req("GET", "/version", &[]).access().is_none());
+}
+
+#[test]
+fn selectors_match_labels_and_fields() {
+    let pod = json!({"metadata": {"name": "a", "namespace": "shop",
+        "labels": {"app": "web", "tier": "front"}}, "spec": {"nodeName": "n1"}});
+    let f = |labels: &str, fields: &str| {
+        let target = Target::parse("/api/v1/pods").unwrap();
+        Filter::new(
+            &target,
+            &req(
+                "GET",
+                "/api/v1/pods",
+                &[("labelSelector", labels), ("fieldSelector", fields)],
+            ),
+        )
+        .unwrap()
+        .matches(&pod)
+    };
+    assert!(f("app=web", "spec.nodeName=n1"));
+    assert!(f("app in (db, web),tier", "metadata.namespace==shop"));
+    assert!(!f("app notin (web)", ""));
+    assert!(!f("", "spec.nodeName=n2"));
+    assert!(f("!missing,app!=db", "spec.nodeName!=n2"));
+    assert!(!f("missing", ""));
+}
+
+#[test]
+fn merge_patch_follows_rfc_7386() {
+    let mut doc = json!({"a": 1, "b": {"c": 2, "d": 3}});
+    merge_patch(&mut doc, &json!({"a": null, "b": {"c": 5}, "e": [1]}));
+    assert_eq!(doc, json!({"b": {"c": 5, "d": 3}, "e": [1]}));
+}
