@@ -1,11 +1,26 @@
 //! `leash`: turns observed egress into least-privilege NetworkPolicies.
 //!
-//! Pure logic, no I/O except in [`observations`] (reading record files) and [`render`]:
-//! records → [`ingest`] → [`store`] → [`observations`] (attributed to the [`cluster`]
-//! model) → [`classify`] → [`recommend`] ([`cidr`], [`ports`], selectors) → [`render`] (YAML,
-//! REPORT.md). [`eval`] is the one NetworkPolicy engine, used by
-//! `audit`, `explain` and the self-check of `recommend`.
-//! [`state`] joins the model with the policies applied in the cluster, for `serve` and `ingest`.
+//! Data flows one way (`ARCHITECTURE.md` at the repository root has the whole map):
+//!
+//! ```text
+//! records ─▶ ingest ─▶ store ─▶ observations ─▶ classify ─▶ recommend ─▶ render
+//!                                    ▲              ▲       (cidr, ports)
+//!                          cluster model ───────────┘
+//! ```
+//!
+//! - [`ingest`] commits agents' batches to a [`store`], which is persistence only.
+//! - [`observations`] attributes records, batches and stored rows to pods and workloads of
+//!   the [`cluster`] model, with the one [`evidence`] fold.
+//! - [`classify`] says what each destination is (after DNAT); [`recommend`] builds one egress
+//!   policy per workload with [`cidr`] and [`ports`]; [`render`] writes YAML and REPORT.md.
+//! - [`eval`] is the one NetworkPolicy engine. It sees the model through its own
+//!   [`eval::ClusterView`] trait and serves the self-check of [`recommend`], [`audit`],
+//!   [`explain`] and the alerts of [`serve`]. [`state`] joins the model with the applied
+//!   policies; [`policy_state`] lays a given set over them.
+//!
+//! Pure logic (classify, cidr, ports, recommend, eval, policy_state) takes values and does no
+//! I/O; the command (`main.rs`), [`serve`], [`ingest`] and the file readers of [`audit`],
+//! [`cluster`] and [`observations`] do the I/O at the edges.
 
 pub mod audit;
 pub mod certs;

@@ -97,7 +97,7 @@ fn plain_list(items: &[String], shown: usize) -> String {
 
 impl Alert {
     /// A one-line plain-text description, used for logs and Event notes: every value from
-    /// the data is made plain ([`plain`]), names are capped at five, and the whole at
+    /// the data is made plain (`plain`), names are capped at five, and the whole at
     /// [`MAX_MESSAGE`] bytes.
     pub fn message(&self) -> String {
         let dst = match self.dst {
