@@ -4,6 +4,8 @@
 //! - [`bounded`]: bounded reading of input files (line length, file size, file type).
 //! - [`codec`]: the gRPC codec of `leash.v1` (prost, decoded from one contiguous slice).
 //! - [`duration`]: the one duration grammar of every flag and query parameter, range-checked.
+//! - [`error`]: [`Chain`](error::Chain), the one printer of an error and its causes (an
+//!   error's message never includes its source; the printers print the chain).
 //! - [`names`]: which DNS names, Kubernetes names and label keys leash accepts.
 //! - [`record`]: the v1 JSON-lines records (`kind: flow` and `kind: dns`) and a reader that
 //!   names the file and line of every bad record.
@@ -17,6 +19,7 @@ pub mod access;
 pub mod bounded;
 pub mod codec;
 pub mod duration;
+pub mod error;
 pub mod names;
 pub mod record;
 pub mod snapshot;
