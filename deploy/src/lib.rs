@@ -24,7 +24,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// `kubectl` could not be started.
-    #[error("{overlay}: cannot run `kubectl kustomize`: {source}")]
+    #[error("{overlay}: cannot run `kubectl kustomize`")]
     Spawn {
         /// The kustomization directory.
         overlay: PathBuf,

@@ -31,7 +31,7 @@ use crate::eval::{
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A file or directory could not be read.
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Io {
         /// The path.
         path: PathBuf,
@@ -45,7 +45,7 @@ pub enum Error {
     #[error(transparent)]
     Input(#[from] InputError),
     /// A policy the API server would reject.
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     InvalidPolicy {
         /// The file it was read from.
         path: PathBuf,

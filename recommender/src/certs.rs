@@ -18,6 +18,7 @@ use std::{
 };
 
 use chrono::{Datelike as _, Days, NaiveDate, Utc};
+use leash_records::error::Chain;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
@@ -76,7 +77,7 @@ pub enum Error {
         message: String,
     },
     /// A file could not be written.
-    #[error("cannot write {}: {source}", path.display())]
+    #[error("cannot write {}", path.display())]
     Write {
         /// The file.
         path: PathBuf,
@@ -140,7 +141,7 @@ pub fn generate_with(
         let what = what.to_owned();
         move |e: rcgen::Error| Error::Generate {
             what: what.clone(),
-            message: e.to_string(),
+            message: Chain(&e).to_string(),
         }
     };
 
@@ -211,7 +212,7 @@ fn existing_ca(dir: &Path, force: bool) -> Result<Option<Issuer<'static, KeyPair
         message,
     };
     let cert = leash_records::tls::read_certs(&cert_path)
-        .map_err(|e| unusable(e.to_string()))?
+        .map_err(|e| unusable(Chain(&e).to_string()))?
         .swap_remove(0);
     // Read bounded and as a regular file only; the error names the file, never its text.
     let key_pem = leash_records::bounded::read_to_string(
@@ -219,7 +220,7 @@ fn existing_ca(dir: &Path, force: bool) -> Result<Option<Issuer<'static, KeyPair
         true,
         leash_records::bounded::Limits::default(),
     )
-    .map_err(|e| unusable(e.to_string()))?;
+    .map_err(|e| unusable(Chain(&e).to_string()))?;
     let key = KeyPair::from_pem(&key_pem).map_err(|_| {
         unusable(format!(
             "{} holds no usable private key",
@@ -227,7 +228,7 @@ fn existing_ca(dir: &Path, force: bool) -> Result<Option<Issuer<'static, KeyPair
         ))
     })?;
     let (_, parsed) = x509_parser::parse_x509_certificate(&cert)
-        .map_err(|e| unusable(format!("{}: {e}", cert_path.display())))?;
+        .map_err(|e| unusable(format!("{}: {}", cert_path.display(), Chain(&e))))?;
     if parsed
         .tbs_certificate
         .subject_pki
@@ -244,7 +245,7 @@ fn existing_ca(dir: &Path, force: bool) -> Result<Option<Issuer<'static, KeyPair
     }
     Issuer::from_ca_cert_der(&cert, key)
         .map(Some)
-        .map_err(|e| unusable(format!("{}: {e}", cert_path.display())))
+        .map_err(|e| unusable(format!("{}: {}", cert_path.display(), Chain(&e))))
 }
 
 fn leaf_params(cn: &str, usage: ExtendedKeyUsagePurpose) -> CertificateParams {
@@ -279,11 +280,11 @@ fn san(name: &str) -> Result<SanType> {
     // The same check a client applies when it verifies the server by this name.
     leash_records::tls::check_server_name(name).map_err(|e| match e {
         leash_records::tls::Error::ServerName { message, .. } => invalid(message),
-        other => invalid(other.to_string()),
+        other => invalid(Chain(&other).to_string()),
     })?;
     let ia5 = name
         .try_into()
-        .map_err(|e: rcgen::Error| invalid(e.to_string()))?;
+        .map_err(|e: rcgen::Error| invalid(Chain(&e).to_string()))?;
     Ok(SanType::DnsName(ia5))
 }
 

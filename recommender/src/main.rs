@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{ArgGroup, Parser, Subcommand};
+use leash_records::error::Chain;
 
 #[derive(Parser)]
 #[command(
@@ -260,12 +261,14 @@ impl Failure {
     }
 }
 
-fn bad_input(e: impl std::fmt::Display) -> Failure {
-    Failure::BadInput(e.to_string())
+/// Exit 2 with `e` and its causes (errors never include their source in their message).
+fn bad_input(e: impl std::error::Error) -> Failure {
+    Failure::BadInput(Chain(&e).to_string())
 }
 
-fn runtime_error(e: impl std::fmt::Display) -> Failure {
-    Failure::Runtime(e.to_string())
+/// Exit 1 with `e` and its causes.
+fn runtime_error(e: impl std::error::Error) -> Failure {
+    Failure::Runtime(Chain(&e).to_string())
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
@@ -299,7 +302,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let mut recommendation = leash::recommend::checked(&cluster, &observations, &opts)
                 .map_err(|e| {
                     // Our own bug, not the user's input.
-                    Failure::Runtime(format!("self-check failed, refusing to write policies: {e}"))
+                    Failure::Runtime(format!(
+                        "self-check failed, refusing to write policies: {}",
+                        Chain(&e)
+                    ))
                 })?;
             recommendation.skipped_input = leash::recommend::skipped_lines(&skipped);
             match output {
@@ -455,7 +461,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| runtime_error(format!("cannot start the async runtime: {e}")))
+        .map_err(|e| Failure::Runtime(format!("cannot start the async runtime: {}", Chain(&e))))
 }
 
 /// The NetworkPolicies applied in the cluster source, and where they were read.
@@ -489,8 +495,9 @@ fn load_cluster(args: &ClusterArgs) -> Result<(leash::cluster::Cluster, Applied)
             leash::cluster::watch::load_once::<leash::state::ClusterState>(client).await
         })
         .map_err(|e| {
-            runtime_error(format!(
-                "cannot read the cluster from the Kubernetes API: {e}"
+            Failure::Runtime(format!(
+                "cannot read the cluster from the Kubernetes API: {}",
+                Chain(&e)
             ))
         })?;
     state.log_rejected(None);
@@ -542,7 +549,7 @@ fn policy_state(applied: Applied, args: &PolicyArgs) -> Result<leash::eval::Poli
     }
     // The given policies were validated with their files; an error is in an applied one.
     leash::eval::PolicySet::new(&state.objects)
-        .map_err(|e| bad_input(format!("{}: {e}", applied.source)))
+        .map_err(|e| Failure::BadInput(format!("{}: {}", applied.source, Chain(&e))))
 }
 
 /// ` (a, b, c and N more)`: a bounded list for one stderr line; empty for none.
@@ -575,7 +582,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         _ => None,
     };
     if args.limits.max_inflight_bytes < args.max_message_bytes {
-        return Err(bad_input(format!(
+        return Err(Failure::BadInput(format!(
             "--max-inflight-bytes ({}) must be at least --max-message-bytes ({})",
             args.limits.max_inflight_bytes, args.max_message_bytes
         )));
@@ -667,7 +674,7 @@ fn write_stdout(text: &str) -> Result<(), Failure> {
             }
         })
         .and_then(|()| stdout.flush())
-        .map_err(|e| runtime_error(format!("cannot write to stdout: {e}")))
+        .map_err(|e| Failure::Runtime(format!("cannot write to stdout: {}", Chain(&e))))
 }
 
 fn main() -> ExitCode {

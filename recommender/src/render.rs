@@ -19,7 +19,7 @@ pub use outdir::{files, write_dir};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// YAML serialization failed.
-    #[error("cannot serialize policy {name}: {source}")]
+    #[error("cannot serialize policy {name}")]
     Yaml {
         /// The policy.
         name: String,

@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::time::SystemTime;
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use leash_records::error::Chain;
 use leash_records::Snapshot;
 
 use crate::cluster::watch::FromSnapshot;
@@ -64,7 +65,7 @@ impl ClusterState {
             } else {
                 PolicySet::new(std::slice::from_ref(p))
                     .map(drop)
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| Chain(&e).to_string())
             };
             match verdict {
                 Ok(()) => true,
@@ -81,11 +82,11 @@ impl ClusterState {
         // Each policy compiled alone and names are unique, so the set compiles; should it not,
         // evaluating with no policies at all would silently allow everything, so say so loudly.
         let policy_set = PolicySet::new(&policies).unwrap_or_else(|e| {
-            tracing::error!(error = %e, "the applied NetworkPolicies do not compile as a set");
+            tracing::error!(error = %Chain(&e), "the applied NetworkPolicies do not compile as a set");
             rejected.push(Rejected {
                 kind: "NetworkPolicy".to_owned(),
                 name: "*".to_owned(),
-                reason: e.to_string(),
+                reason: Chain(&e).to_string(),
             });
             PolicySet::default()
         });

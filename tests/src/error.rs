@@ -16,7 +16,7 @@ pub enum Error {
     )]
     NoCgroup2,
     /// A system call failed.
-    #[error("{syscall}({what}) failed: {source}")]
+    #[error("{syscall}({what}) failed")]
     Syscall {
         /// Name of the system call, e.g. `setns`.
         syscall: &'static str,
@@ -26,7 +26,7 @@ pub enum Error {
         source: io::Error,
     },
     /// A file operation failed.
-    #[error("{op} {path}: {source}")]
+    #[error("{op} {path}")]
     Io {
         /// What was attempted, e.g. `mkdir`.
         op: &'static str,
@@ -36,7 +36,7 @@ pub enum Error {
         source: io::Error,
     },
     /// An external command could not be started.
-    #[error("cannot run `{cmd}`: {source}")]
+    #[error("cannot run `{cmd}`")]
     Spawn {
         /// The command line.
         cmd: String,

@@ -116,7 +116,7 @@ pub enum Error {
         output: String,
     },
     /// Writing the probe records failed.
-    #[error("writing probes to {path}: {source}")]
+    #[error("writing probes to {path}")]
     Write {
         /// The file.
         path: PathBuf,

@@ -32,7 +32,7 @@ const CHUNK: usize = 256 << 10;
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
     /// The file could not be opened or its type read.
-    #[error("{}: cannot open: {source}", path.display())]
+    #[error("{}: cannot open", path.display())]
     Open {
         /// The file.
         path: PathBuf,
@@ -48,7 +48,7 @@ pub enum InputError {
         kind: &'static str,
     },
     /// Reading failed.
-    #[error("{}: read failed: {source}", path.display())]
+    #[error("{}: read failed", path.display())]
     Read {
         /// The file (`-` for stdin).
         path: PathBuf,

@@ -6,6 +6,7 @@
 //! itself only moves a pointer. Encoding is tonic-prost's, unchanged; the bytes on the wire
 //! are the same either way.
 
+use crate::error::Chain;
 use std::marker::PhantomData;
 
 use prost::{DecodeError, Message, bytes::Buf};
@@ -66,7 +67,7 @@ impl<U: Message + Default> Decoder for SliceDecoder<U> {
         // (the gRPC convention; ingest maps it to INVALID_ARGUMENT for agents).
         decode_all(buf)
             .map(Some)
-            .map_err(|e| Status::internal(e.to_string()))
+            .map_err(|e| Status::internal(Chain(&e).to_string()))
     }
 
     fn buffer_settings(&self) -> BufferSettings {

@@ -6,6 +6,7 @@
 //! so that a window subtracted from the current time, or an interval added to it, cannot
 //! overflow anywhere downstream.
 
+use crate::error::Chain;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -50,7 +51,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub fn parse(s: &str) -> Result<Duration> {
     let d = humantime::parse_duration(s.trim()).map_err(|e| Error::Invalid {
         input: s.to_owned(),
-        reason: e.to_string(),
+        reason: Chain(&e).to_string(),
     })?;
     if d > MAX {
         return Err(Error::TooLong {

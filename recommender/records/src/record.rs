@@ -1,5 +1,6 @@
 //! The v1 record contract: one JSON object per line, `"v":1`, `"kind":"flow"|"dns"`.
 
+use crate::error::Chain;
 use std::{
     fmt,
     io::Read,
@@ -405,7 +406,7 @@ pub fn check_flow_times(
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
     /// Reading the input failed.
-    #[error("{path}: read failed: {source}")]
+    #[error("{path}: read failed")]
     Io {
         /// The input's name (`-` for stdin).
         path: PathBuf,
@@ -480,9 +481,9 @@ pub fn read_records_limited(
                 continue;
             }
             let result = serde_json::from_str::<Record>(text)
-                .map_err(|e| e.to_string())
+                .map_err(|e| Chain(&e).to_string())
                 .and_then(|record| {
-                    record.check_times(now).map_err(|e| e.to_string())?;
+                    record.check_times(now).map_err(|e| Chain(&e).to_string())?;
                     Ok(Located { line, record })
                 });
             failed = result.is_err();

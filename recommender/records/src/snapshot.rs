@@ -22,6 +22,7 @@ use k8s_openapi::{
 };
 use serde_json::Value;
 
+use crate::error::Chain;
 use crate::bounded::{self, InputError};
 
 /// A snapshot that could not be loaded.
@@ -141,10 +142,10 @@ pub fn check_object(item: &Value) -> std::result::Result<(), String> {
 /// A map of labels (or a Service's selector) at `field`.
 fn check_labels(field: &str, labels: Option<&Value>) -> std::result::Result<(), String> {
     for (k, v) in labels.and_then(Value::as_object).into_iter().flatten() {
-        crate::names::label_key(k).map_err(|e| format!("{field}: invalid label key {k:?}: {e}"))?;
+        crate::names::label_key(k).map_err(|e| format!("{field}: invalid label key {k:?}: {}", Chain(&e)))?;
         if let Some(v) = v.as_str() {
             crate::names::label_value(v)
-                .map_err(|e| format!("{field}[{k}]: invalid label value {v:?}: {e}"))?;
+                .map_err(|e| format!("{field}[{k}]: invalid label value {v:?}: {}", Chain(&e)))?;
         }
     }
     Ok(())
@@ -164,12 +165,12 @@ fn check_selector(field: &str, selector: Option<&Value>) -> std::result::Result<
         let at = format!("{field}.matchExpressions[{i}]");
         if let Some(k) = e.get("key").and_then(Value::as_str) {
             crate::names::label_key(k)
-                .map_err(|err| format!("{at}.key: invalid label key {k:?}: {err}"))?;
+                .map_err(|err| format!("{at}.key: invalid label key {k:?}: {}", Chain(&err)))?;
         }
         let values = e.get("values").and_then(Value::as_array);
         for v in values.into_iter().flatten().filter_map(Value::as_str) {
             crate::names::label_value(v)
-                .map_err(|err| format!("{at}.values: invalid label value {v:?}: {err}"))?;
+                .map_err(|err| format!("{at}.values: invalid label value {v:?}: {}", Chain(&err)))?;
         }
     }
     Ok(())
@@ -229,7 +230,7 @@ fn documents(text: &str, source: &Path) -> Result<Vec<Value>> {
             .map_err(|e| SnapshotError::Syntax {
                 path: source.to_path_buf(),
                 line: e.line(),
-                message: e.to_string(),
+                message: Chain(&e).to_string(),
             });
     }
     let mut docs = Vec::new();
@@ -237,7 +238,7 @@ fn documents(text: &str, source: &Path) -> Result<Vec<Value>> {
         let value = Value::deserialize(de).map_err(|e| SnapshotError::Syntax {
             path: source.to_path_buf(),
             line: e.location().map_or(0, |l| l.line()),
-            message: e.to_string(),
+            message: Chain(&e).to_string(),
         })?;
         docs.push(value);
     }
@@ -285,7 +286,7 @@ impl Snapshot {
             location: location.to_string(),
             kind: kind.clone(),
             name: name.clone(),
-            message: e.to_string(),
+            message: Chain(&e).to_string(),
         };
         if is_modeled(&api_version, &kind) {
             check_object(&item).map_err(|message| SnapshotError::InvalidObject {

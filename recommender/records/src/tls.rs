@@ -16,6 +16,7 @@
 //! The crypto provider is always ring, passed explicitly: nothing here reads or installs the
 //! process-wide default provider.
 
+use crate::error::Chain;
 use std::{
     fmt,
     future::Future,
@@ -60,7 +61,7 @@ static PROVIDER: LazyLock<Arc<CryptoProvider>> =
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A file could not be read.
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
@@ -120,7 +121,7 @@ pub enum Error {
     #[error("endpoint {0} has no host")]
     NoHost(String),
     /// The TCP connection failed.
-    #[error("cannot connect to {target}: {source}")]
+    #[error("cannot connect to {target}")]
     Connect {
         /// `host:port`.
         target: String,
@@ -128,7 +129,7 @@ pub enum Error {
         source: io::Error,
     },
     /// The TLS handshake with the server failed.
-    #[error("TLS handshake with {target} failed: {source}")]
+    #[error("TLS handshake with {target} failed")]
     Handshake {
         /// `host:port`.
         target: String,
@@ -171,7 +172,7 @@ pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| Error::Pem {
             path: path.to_owned(),
-            message: e.to_string(),
+            message: Chain(&e).to_string(),
         })?;
     if certs.is_empty() {
         return Err(Error::NoCertificate {
@@ -199,7 +200,7 @@ fn read_roots(path: &Path) -> Result<Arc<RootCertStore>> {
     for cert in read_certs(path)? {
         roots.add(cert).map_err(|e| Error::Ca {
             path: path.to_owned(),
-            message: e.to_string(),
+            message: Chain(&e).to_string(),
         })?;
     }
     Ok(Arc::new(roots))
@@ -212,7 +213,7 @@ pub fn check_server_name(name: &str) -> Result<()> {
         .map(|_| ())
         .map_err(|e| Error::ServerName {
             name: name.to_owned(),
-            message: e.to_string(),
+            message: Chain(&e).to_string(),
         })
 }
 
@@ -226,17 +227,17 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>> {
         .build()
         .map_err(|e| Error::Ca {
             path: files.ca.clone(),
-            message: e.to_string(),
+            message: Chain(&e).to_string(),
         })?;
     let mut config = ServerConfig::builder_with_provider(PROVIDER.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Config(e.to_string()))?
+        .map_err(|e| Error::Config(Chain(&e).to_string()))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
         .map_err(|e| Error::Identity {
             cert: files.cert.clone(),
             key: files.key.clone(),
-            message: e.to_string(),
+            message: Chain(&e).to_string(),
         })?;
     config.alpn_protocols = vec![H2.to_vec()];
     Ok(Arc::new(config))
@@ -250,13 +251,13 @@ pub fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>> {
     let key = read_key(&files.key)?;
     let mut config = ClientConfig::builder_with_provider(PROVIDER.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Config(e.to_string()))?
+        .map_err(|e| Error::Config(Chain(&e).to_string()))?
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)
         .map_err(|e| Error::Identity {
             cert: files.cert.clone(),
             key: files.key.clone(),
-            message: e.to_string(),
+            message: Chain(&e).to_string(),
         })?;
     config.alpn_protocols = vec![H2.to_vec()];
     Ok(Arc::new(config))
@@ -325,7 +326,7 @@ impl ReloadingServerConfig {
                     }
                     // Keep `seen` so the next poll retries: a secret update may be half done.
                     Err(e) => {
-                        let message = e.to_string();
+                        let message = Chain(&e).to_string();
                         if last_error.as_ref() != Some(&message) {
                             tracing::warn!("keeping the previous TLS configuration: {message}");
                             last_error = Some(message);
@@ -566,7 +567,7 @@ pub fn incoming(
                 Ok(a) => a,
                 Err(e) => {
                     // E.g. out of file descriptors: back off instead of spinning.
-                    tracing::warn!("accept failed: {e}");
+                    tracing::warn!("accept failed: {}", Chain(&e));
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -578,7 +579,7 @@ pub fn incoming(
                     Ok(connection) => {
                         let _ = tx.send(Ok(connection)).await;
                     }
-                    Err(e) => tracing::warn!("TLS handshake with {remote} failed: {e}"),
+                    Err(e) => tracing::warn!("TLS handshake with {remote} failed: {}", Chain(&e)),
                 }
             });
         }
@@ -611,7 +612,7 @@ impl TlsConnector {
     pub fn with_server_name(mut self, name: &str) -> Result<Self> {
         let name = ServerName::try_from(name.to_owned()).map_err(|e| Error::ServerName {
             name: name.to_owned(),
-            message: e.to_string(),
+            message: Chain(&e).to_string(),
         })?;
         self.server_name = Some(name);
         Ok(self)
@@ -635,7 +636,7 @@ impl TlsConnector {
             Some(name) => name.clone(),
             None => ServerName::try_from(host.clone()).map_err(|e| Error::ServerName {
                 name: host.clone(),
-                message: e.to_string(),
+                message: Chain(&e).to_string(),
             })?,
         };
         let config = client_config(&self.files)?;

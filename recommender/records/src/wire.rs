@@ -16,6 +16,7 @@ use std::{fmt, net::IpAddr};
 
 use chrono::{DateTime, Utc};
 
+use crate::error::Chain;
 use crate::names;
 use crate::record::{DnsAnswer, DnsRecord, FlowRecord, Outcome, PodRef, Protocol};
 
@@ -499,9 +500,9 @@ fn validate_id(id: &v1::BatchId) -> Result<()> {
 /// A refused value, for a message: empty, or a short escaped prefix and the problem.
 fn shown(value: &str, e: names::NameError) -> String {
     if value.is_empty() {
-        e.to_string()
+        Chain(&e).to_string()
     } else {
-        format!("{}: {e}", names::display_prefix(value))
+        format!("{}: {}", names::display_prefix(value), Chain(&e))
     }
 }
 
@@ -812,7 +813,7 @@ fn time_from_wire(record: RecordIndex, field: &'static str, nanos: i64) -> Resul
     }
     let time = DateTime::from_timestamp_nanos(nanos);
     crate::record::check_time(field, time, Utc::now())
-        .map_err(|e| invalid(record, field, e.to_string()))?;
+        .map_err(|e| invalid(record, field, Chain(&e).to_string()))?;
     Ok(time)
 }
 

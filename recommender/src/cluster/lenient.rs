@@ -12,6 +12,7 @@ use std::borrow::Cow;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Deserializer, de::DeserializeOwned};
 use serde_json::Value;
+use leash_records::error::Chain;
 
 /// A `K`, or what could be read of an object that is not a valid `K`.
 #[derive(Debug, Clone)]
@@ -34,7 +35,7 @@ impl<'de, K: DeserializeOwned> Deserialize<'de> for Lenient<K> {
         // The same check as a snapshot's: a label leash would turn into a selector must be
         // valid, whichever way the object came.
         let decoded = K::deserialize(&value)
-            .map_err(|e| e.to_string())
+            .map_err(|e| Chain(&e).to_string())
             .and_then(|object| {
                 leash_records::snapshot::check_object(&value)?;
                 Ok(object)

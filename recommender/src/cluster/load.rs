@@ -9,6 +9,7 @@ use k8s_openapi::api::batch::v1 as batch;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
+use leash_records::error::Chain;
 use leash_records::Snapshot;
 
 use super::index::Cluster;
@@ -108,7 +109,7 @@ pub enum LoadError {
     #[error(transparent)]
     Snapshot(#[from] leash_records::SnapshotError),
     /// An object in the snapshot holds an invalid value.
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Model {
         /// The snapshot file.
         path: std::path::PathBuf,
@@ -131,7 +132,7 @@ impl Cluster {
                         rejected.push(Rejected {
                             kind: $kind.to_owned(),
                             name: qualified_name(&o.metadata),
-                            reason: e.to_string(),
+                            reason: Chain(&e).to_string(),
                         });
                     }
                 }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
+use leash_records::error::Chain;
 use leash_records::names;
 
 /// Labels of an object, sorted by key.
@@ -241,11 +242,11 @@ impl fmt::Display for Braced<'_> {
 /// `[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?`, at most 63 characters, with an optional DNS
 /// subdomain prefix.
 fn check_label_key(k: &str) -> Result<(), String> {
-    names::label_key(k).map_err(|e| format!("invalid label key {k:?}: {e}"))
+    names::label_key(k).map_err(|e| format!("invalid label key {k:?}: {}", Chain(&e)))
 }
 
 fn check_label_value(v: &str) -> Result<(), String> {
-    names::label_value(v).map_err(|e| format!("invalid label value {v:?}: {e}"))
+    names::label_value(v).map_err(|e| format!("invalid label value {v:?}: {}", Chain(&e)))
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ use kube::api::{Api, ListParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
+use leash_records::error::Chain;
 use leash_records::Snapshot;
 use leash_records::access::ApiAccess;
 use serde::de::DeserializeOwned;
@@ -88,7 +89,7 @@ const fn access(group: &'static str, resource: &'static str) -> ApiAccess {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The kubeconfig file could not be read or used.
-    #[error("kubeconfig {}: {source}", path.display())]
+    #[error("kubeconfig {}", path.display())]
     Kubeconfig {
         /// The file.
         path: PathBuf,
@@ -99,14 +100,14 @@ pub enum Error {
     /// service account worked.
     #[error(
         "no kubeconfig given, and neither $KUBECONFIG / ~/.kube/config nor the in-cluster \
-         service account gave a configuration: {0}"
+         service account gave a configuration"
     )]
     Infer(#[source] kube::config::InferConfigError),
     /// The client could not be built from the configuration.
-    #[error("cannot build a Kubernetes client: {0}")]
+    #[error("cannot build a Kubernetes client")]
     Client(#[source] kube::Error),
     /// Listing a resource failed.
-    #[error("listing {resource} failed: {source}")]
+    #[error("listing {resource} failed")]
     List {
         /// The resource, e.g. `pods` or `apps/deployments`.
         resource: String,
@@ -415,7 +416,7 @@ async fn run<S: FromSnapshot>(
                     Signal::Progress => {}
                     Signal::Failed(error) => {
                         watch_errors += 1;
-                        tracing::warn!(resource = KINDS[index], %error,
+                        tracing::warn!(resource = KINDS[index], error = %Chain(&error),
                             "cluster watch failed; retrying with backoff");
                     }
                 }
@@ -432,7 +433,7 @@ async fn run<S: FromSnapshot>(
                 let state = match state {
                     Ok(state) => Arc::new(state),
                     Err(e) => {
-                        tracing::error!(error = %e, "building the cluster model failed");
+                        tracing::error!(error = %Chain(&e), "building the cluster model failed");
                         continue;
                     }
                 };

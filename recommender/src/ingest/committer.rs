@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use leash_records::error::Chain;
 use leash_records::wire::{self, Refused, v1};
 use tokio::sync::{mpsc, mpsc::error::TryRecvError, oneshot};
 use tonic::Status;
@@ -237,7 +238,7 @@ fn commit_group(store: &dyn Store, metrics: &Metrics, busy: &Busy, group: &mut V
                     let start = Instant::now();
                     let outcome = store.commit(&j.id, &j.flows, &j.dns);
                     metrics.commit_took(start.elapsed().as_secs_f64(), 1);
-                    outcome.map_err(|e| e.to_string())
+                    outcome.map_err(|e| Chain(&e).to_string())
                 })
                 .collect()
         }
@@ -245,7 +246,7 @@ fn commit_group(store: &dyn Store, metrics: &Metrics, busy: &Busy, group: &mut V
             "the store returned {} outcomes for one batch",
             outcomes.len()
         ))],
-        Err(e) => vec![Err(e.to_string())],
+        Err(e) => vec![Err(Chain(&e).to_string())],
     };
     drop(batches);
     busy.clear();

@@ -32,6 +32,7 @@ pub mod metrics;
 
 use std::{pin::Pin, sync::Arc, time::Duration};
 
+use leash_records::error::Chain;
 use leash_records::{
     PodRef, names,
     tls::TlsConnectInfo,
@@ -275,7 +276,7 @@ impl Inner {
                 answer
             }
             Ok(Err(status)) => ready(Err(status)),
-            Err(e) => ready(Err(Status::internal(format!("ingest task failed: {e}")))),
+            Err(e) => ready(Err(Status::internal(format!("ingest task failed: {}", Chain(&e))))),
         }
     }
 
@@ -297,7 +298,7 @@ impl Inner {
         };
         let batch = wire::grouped_batch_from_wire_with(batch, check).map_err(|e| {
             self.metrics.rejected(Cause::Malformed);
-            Status::invalid_argument(format!("{name}: {e}"))
+            Status::invalid_argument(format!("{name}: {}", Chain(&e)))
         })?;
         let (flows, dns) =
             observations::from_groups(cluster, &batch.id.node, &batch.groups, &batch.dns);
@@ -362,7 +363,7 @@ impl Inner {
 /// kind made of letters and digits. The problem names the part, with the value escaped.
 fn check_workload(w: &WorkloadRef) -> Result<(), String> {
     let shown = |what: &str, value: &str, e: names::NameError| {
-        format!("{what} {}: {e}", names::display_prefix(value))
+        format!("{what} {}: {}", names::display_prefix(value), Chain(&e))
     };
     names::dns1123_label(&w.namespace).map_err(|e| shown("namespace", &w.namespace, e))?;
     // Kinds are CamelCase words (`Deployment`); no Kubernetes name rule covers them.

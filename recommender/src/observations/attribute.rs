@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
+use leash_records::error::Chain;
 use leash_records::bounded::{self, InputError, Limits, LineReader};
 use leash_records::{DnsRecord, FlowRecord, PodRef, Protocol, Record, RecordError, TimeError};
 
@@ -36,7 +37,7 @@ pub enum Error {
         uid: String,
     },
     /// A record's time is before 1970, in the future, or `first_seen` is after `last_seen`.
-    #[error("{}:{line}: {source}", path.display())]
+    #[error("{}:{line}", path.display())]
     Time {
         /// The file.
         path: PathBuf,
@@ -368,7 +369,7 @@ fn send_blocks(
 
 /// The authoritative parse of one line: the `leash-records` contract.
 pub fn parse_record(line: &str) -> Result<Record, String> {
-    serde_json::from_str::<Record>(line).map_err(|e| e.to_string())
+    serde_json::from_str::<Record>(line).map_err(|e| Chain(&e).to_string())
 }
 
 /// The hot-loop parse of a flow line, as an owned [`FlowRecord`]: `None` for anything the

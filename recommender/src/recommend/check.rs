@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
+use leash_records::error::Chain;
 use leash_records::Protocol;
 
 use super::{Recommendation, all_policies, dest};
@@ -33,7 +34,7 @@ pub fn self_check<V: ClusterView + Sync + ?Sized>(
     rec: &Recommendation,
 ) -> Result<(), SelfCheckError> {
     let set = PolicySet::new(&all_policies(cluster, rec))
-        .map_err(|e| SelfCheckError::Invalid(e.to_string()))?;
+        .map_err(|e| SelfCheckError::Invalid(Chain(&e).to_string()))?;
     let covered: BTreeSet<WorkloadId> = rec.policies.iter().map(|p| p.workload).collect();
     // Egress depends on the source only through its namespace and labels: evaluate each
     // distinct (namespace, labels) once per destination, with a representative pod.

@@ -87,7 +87,7 @@ pub enum Error {
         what: &'static str,
     },
     /// A file system operation failed.
-    #[error("{}: cannot {action}: {source}", path.display())]
+    #[error("{}: cannot {action}", path.display())]
     Io {
         /// The file or directory.
         path: PathBuf,

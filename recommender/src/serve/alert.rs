@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
+use leash_records::error::Chain;
 use leash_records::Protocol;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -236,18 +237,18 @@ pub async fn watch(
         let flows = match tokio::task::spawn_blocking(move || reader.flows(since)).await {
             Ok(Ok(flows)) => flows,
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "cannot read flows to check against applied policies");
+                tracing::warn!(error = %Chain(&e), "cannot read flows to check against applied policies");
                 continue;
             }
             Err(e) => {
-                tracing::warn!(error = %e, "flow check task failed");
+                tracing::warn!(error = %Chain(&e), "flow check task failed");
                 continue;
             }
         };
         let alerts = match denied_flows(&current, &flows, &mut seen) {
             Ok(alerts) => alerts,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot evaluate stored flows");
+                tracing::warn!(error = %Chain(&e), "cannot evaluate stored flows");
                 continue;
             }
         };

@@ -61,6 +61,7 @@ use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::http::{Request, Response};
 use tonic::transport::server::Connected;
+use leash_records::error::Chain;
 
 /// The HTTP/2 flow-control window of one connection (and of each of its streams): what a
 /// client may send that the server has not read yet. Agents' batches are a few hundred KiB,
@@ -330,7 +331,7 @@ where
                 Ok(a) => a,
                 Err(e) => {
                     // E.g. out of file descriptors: back off instead of spinning.
-                    tracing::warn!("accept failed: {e}");
+                    tracing::warn!("accept failed: {}", Chain(&e));
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -353,7 +354,7 @@ where
                         if e.kind() == io::ErrorKind::TimedOut {
                             shared.closed("handshake");
                         }
-                        tracing::warn!("handshake with {remote} failed: {e}");
+                        tracing::warn!("handshake with {remote} failed: {}", Chain(&e));
                     }
                     Err(_) => {
                         shared.closed("handshake");
@@ -914,7 +915,7 @@ pub async fn serve_http(
         let tcp = match accepted {
             Ok((tcp, _)) => tcp,
             Err(e) => {
-                tracing::warn!("HTTP accept failed: {e}");
+                tracing::warn!("HTTP accept failed: {}", Chain(&e));
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -936,7 +937,7 @@ pub async fn serve_http(
                 }
             };
             if let Err(e) = result {
-                tracing::debug!("HTTP connection ended: {e}");
+                tracing::debug!("HTTP connection ended: {}", Chain(&e));
             }
         });
         while connections.try_join_next().is_some() {}

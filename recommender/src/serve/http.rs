@@ -37,6 +37,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::ModelRx;
 use super::verdicts::judge;
+use leash_records::error::Chain;
 use crate::eval::Verdict;
 use crate::ingest::IngestService;
 use crate::recommend;
@@ -229,7 +230,7 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
             .into_response(),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot encode metrics: {e}\n"),
+            format!("cannot encode metrics: {}\n", Chain(&e)),
         )
             .into_response(),
     }
@@ -249,7 +250,7 @@ impl Window {
             return Ok(None);
         };
         let d = leash_records::duration::parse(s)
-            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("since: {e}")))?;
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("since: {}", Chain(&e))))?;
         Ok(leash_records::duration::window_start(Utc::now(), d))
     }
 }
@@ -282,7 +283,7 @@ async fn blocking<T: Send + 'static>(
             drop(slot);
             let _ = tx.send(out);
         })
-        .map_err(|e| unavailable(format!("cannot start a read thread: {e}")))?;
+        .map_err(|e| unavailable(format!("cannot start a read thread: {}", Chain(&e))))?;
     rx.await.map_err(|_| {
         ApiError(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -310,7 +311,7 @@ fn lower_priority() {
 
 /// A store failure as an answer.
 fn store_error(e: crate::store::Error) -> ApiError {
-    unavailable(e)
+    unavailable(Chain(&e))
 }
 
 /// `422` for an answer that would need more than `max` observations.
@@ -456,7 +457,7 @@ async fn workloads(
 /// ingest.
 fn to_json<T: Serialize>(value: &T) -> ApiResult<Vec<u8>> {
     serde_json::to_vec(value)
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, Chain(&e).to_string()))
 }
 
 fn json_response(body: Vec<u8>) -> Response {
@@ -506,14 +507,17 @@ async fn recommendations(
         // are a bug in leash, answered as one, never served. (Its worker threads inherit this
         // thread's lower priority.)
         let rec = recommend::checked(&model.cluster, &obs, &opts).map_err(|e| {
-            tracing::error!(namespace = %ns, "self-check failed: {e}");
+            tracing::error!(namespace = %ns, "self-check failed: {}", Chain(&e));
             ApiError(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                format!("self-check failed, refusing to answer policies (a bug in leash): {e}"),
+                format!(
+                    "self-check failed, refusing to answer policies (a bug in leash): {}",
+                    Chain(&e)
+                ),
             )
         })?;
         crate::render::yaml_stream(&recommend::all_policies(&model.cluster, &rec))
-            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, Chain(&e).to_string()))
     })
     .await?;
     Ok(([(header::CONTENT_TYPE, "application/yaml")], text).into_response())
@@ -658,7 +662,7 @@ async fn audit(
         let what = format!("namespace {ns:?}");
         let flows = scoped_flows(store.as_ref(), &scope, limits.max_observations, &what)?;
         let report = audit_namespace(&model, &ns, &flows)
-            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, Chain(&e).to_string()))?;
         to_json(&report)
     })
     .await?;

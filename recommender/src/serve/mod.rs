@@ -21,6 +21,7 @@ use chrono::Utc;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
+use leash_records::error::Chain;
 use crate::recommend;
 use crate::state::ClusterState;
 use crate::store::Store;
@@ -85,7 +86,7 @@ pub enum Error {
     #[error(transparent)]
     Cluster(#[from] crate::cluster::LoadError),
     /// An address cannot be bound.
-    #[error("cannot listen on {addr} ({what}): {source}")]
+    #[error("cannot listen on {addr} ({what})")]
     Bind {
         /// The address.
         addr: SocketAddr,
@@ -101,7 +102,7 @@ pub enum Error {
     #[error(transparent)]
     Kube(#[from] crate::cluster::watch::Error),
     /// The gRPC server failed.
-    #[error("gRPC server on {addr}: {source}")]
+    #[error("gRPC server on {addr} failed")]
     Grpc {
         /// The address.
         addr: SocketAddr,
@@ -109,10 +110,10 @@ pub enum Error {
         source: tonic::transport::Error,
     },
     /// The ingest service's store writer thread cannot be started.
-    #[error("cannot start the ingest store writer thread: {0}")]
+    #[error("cannot start the ingest store writer thread")]
     Writer(#[source] std::io::Error),
     /// The HTTP server failed.
-    #[error("HTTP server on {addr}: {source}")]
+    #[error("HTTP server on {addr} failed")]
     Http {
         /// The address.
         addr: SocketAddr,
@@ -160,7 +161,7 @@ impl alert::AlertSink for EventAlerts {
                 .publish_unexpected_egress(&reference, &alert.message())
                 .await
             {
-                tracing::warn!(error = %e, pod = %alert.pod, "cannot create the UnexpectedEgress event");
+                tracing::warn!(error = %Chain(&e), pod = %alert.pod, "cannot create the UnexpectedEgress event");
             }
         })
     }
@@ -181,8 +182,8 @@ async fn prune_loop(store: Arc<dyn Store>, retention: Duration) {
                 tracing::info!(removed = n, %before, "retention: pruned observations")
             }
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "retention: prune failed"),
-            Err(e) => tracing::warn!(error = %e, "retention: prune task failed"),
+            Ok(Err(e)) => tracing::warn!(error = %Chain(&e), "retention: prune failed"),
+            Err(e) => tracing::warn!(error = %Chain(&e), "retention: prune task failed"),
         }
     }
 }

@@ -180,7 +180,7 @@ pub enum Error {
         message: String,
     },
     /// The directory that should hold the database could not be created.
-    #[error("store {}: cannot create directory: {source}", path.display())]
+    #[error("store {}: cannot create directory", path.display())]
     CreateDir {
         /// The directory.
         path: PathBuf,
@@ -188,7 +188,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The database could not be opened (missing permissions, a directory, not a database).
-    #[error("store {}: cannot open: {source}", path.display())]
+    #[error("store {}: cannot open", path.display())]
     Open {
         /// The database file.
         path: PathBuf,
@@ -206,7 +206,7 @@ pub enum Error {
         supported: i64,
     },
     /// A schema migration failed; the database stays at the version before it.
-    #[error("store {}: migration to schema version {version} ({description}) failed: {source}", path.display())]
+    #[error("store {}: migration to schema version {version} ({description}) failed", path.display())]
     Migrate {
         /// The database file.
         path: PathBuf,
@@ -218,7 +218,7 @@ pub enum Error {
         source: BoxError,
     },
     /// An operation on an open database failed.
-    #[error("store {}: cannot {operation}: {source}", path.display())]
+    #[error("store {}: cannot {operation}", path.display())]
     Operation {
         /// The database file.
         path: PathBuf,
