@@ -8,6 +8,7 @@ use k8s_openapi::api::{
     core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount},
     rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
 };
+use leash_records::error::Chain;
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
@@ -118,12 +119,12 @@ fn parse_strictly<T: DeserializeOwned + Serialize>(
     let typed: T = serde_json::from_value(value.clone()).map_err(|e| Error::Schema {
         source_name: source.to_owned(),
         object: Box::new(id.clone()),
-        message: e.to_string(),
+        message: Chain(&e).to_string(),
     })?;
     let back = serde_json::to_value(&typed).map_err(|e| Error::Schema {
         source_name: source.to_owned(),
         object: Box::new(id.clone()),
-        message: format!("cannot serialise the typed form back: {e}"),
+        message: format!("cannot serialise the typed form back: {}", Chain(&e)),
     })?;
     let paths = strict::dropped_fields(value, &back);
     if paths.is_empty() {

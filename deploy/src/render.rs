@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use leash_records::error::Chain;
 use serde::Deserialize as _;
 use serde_json::Value;
 
@@ -62,7 +63,7 @@ pub fn parse_yaml_stream(text: &str, overlay: &Path) -> Result<Vec<Value>> {
         let value = Value::deserialize(de).map_err(|e| Error::Yaml {
             overlay: overlay.to_path_buf(),
             document: i + 1,
-            message: e.to_string(),
+            message: Chain(&e).to_string(),
         })?;
         if !value.is_null() {
             docs.push(value);

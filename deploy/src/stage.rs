@@ -5,6 +5,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use leash_records::error::Chain;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 
 use crate::{Error, Manifests, Result, render};
@@ -21,10 +22,10 @@ pub struct Staged {
     dir: tempfile::TempDir,
 }
 
-fn io_error(path: &Path, e: impl std::fmt::Display) -> Error {
+fn io_error(path: &Path, e: impl std::error::Error) -> Error {
     Error::Stage {
         path: path.to_path_buf(),
-        message: e.to_string(),
+        message: Chain(&e).to_string(),
     }
 }
 

@@ -10,6 +10,7 @@ use std::process::Command;
 
 use leash_deploy::flags::{flag_names, missing_from_help};
 use leash_deploy::{Manifests, stage};
+use leash_records::error::Chain;
 
 /// `target/<profile>/<name>`, from this test binary's own path (`target/<profile>/deps/…`).
 fn built_binary(name: &str) -> Option<PathBuf> {
@@ -60,7 +61,7 @@ fn binaries_accept_every_flag_the_manifests_pass() {
     };
     let agent_help = help(&agent, &[]);
     let serve_help = help(&leash, &["serve"]);
-    for m in stage::every_rendering().unwrap_or_else(|e| panic!("{e}")) {
+    for m in stage::every_rendering().unwrap_or_else(|e| panic!("{}", Chain(&e))) {
         let agent_args = container_args(&m, "leash-agent");
         let missing = missing_from_help(&agent_help, &flag_names(&agent_args));
         assert!(

@@ -8,6 +8,7 @@ use std::fs;
 use k8s_openapi::api::core::v1::PodSpec;
 use leash_deploy::stage::{self, Staged};
 use leash_deploy::{Error, Manifests, render};
+use leash_records::error::Chain;
 
 fn kinds(m: &Manifests) -> BTreeSet<String> {
     m.objects.iter().map(|t| t.id.kind.clone()).collect()
@@ -36,7 +37,7 @@ fn mounted_secrets(spec: &PodSpec) -> BTreeSet<String> {
 
 #[test]
 fn base_and_every_overlay_render_and_parse_strictly() {
-    let renderings = stage::every_rendering().unwrap_or_else(|e| panic!("{e}"));
+    let renderings = stage::every_rendering().unwrap_or_else(|e| panic!("{}", Chain(&e)));
     let overlays = leash_deploy::overlay_dirs().expect("listing overlays");
     let overlay_names: BTreeSet<String> = overlays
         .iter()
@@ -75,8 +76,9 @@ fn base_and_every_overlay_render_and_parse_strictly() {
 
 #[test]
 fn a_misspelt_field_is_rejected_with_its_object_and_path() {
-    let mut values = render::render(&leash_deploy::base_dir()).unwrap_or_else(|e| panic!("{e}"));
-    Manifests::parse("base", &values).unwrap_or_else(|e| panic!("{e}"));
+    let mut values =
+        render::render(&leash_deploy::base_dir()).unwrap_or_else(|e| panic!("{}", Chain(&e)));
+    Manifests::parse("base", &values).unwrap_or_else(|e| panic!("{}", Chain(&e)));
     let ds = values
         .iter_mut()
         .find(|v| v["kind"] == "DaemonSet")
@@ -110,7 +112,7 @@ fn a_misspelt_field_is_rejected_with_its_object_and_path() {
 #[test]
 fn a_misspelt_field_in_a_manifest_file_fails_the_rendering() {
     // Through the real files and kubectl, which passes unknown fields through unchecked.
-    let staged = Staged::new().unwrap_or_else(|e| panic!("{e}"));
+    let staged = Staged::new().unwrap_or_else(|e| panic!("{}", Chain(&e)));
     let file = staged.path("base/recommender.yaml");
     let text = fs::read_to_string(&file).expect("reading recommender.yaml");
     assert!(text.contains("readinessProbe:"));
@@ -127,7 +129,7 @@ fn a_misspelt_field_in_a_manifest_file_fails_the_rendering() {
 #[test]
 fn a_misspelt_cert_manager_field_is_rejected() {
     let mut values = render::render(&leash_deploy::deploy_dir().join("overlays/cert-manager"))
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap_or_else(|e| panic!("{}", Chain(&e)));
     let cert = values
         .iter_mut()
         .find(|v| v["kind"] == "Certificate" && v["metadata"]["name"] == "leash-recommender-tls")
@@ -146,7 +148,7 @@ fn a_misspelt_cert_manager_field_is_rejected() {
 
 #[test]
 fn a_missing_certificate_file_is_an_error_naming_the_overlay() {
-    let staged = Staged::new().unwrap_or_else(|e| panic!("{e}"));
+    let staged = Staged::new().unwrap_or_else(|e| panic!("{}", Chain(&e)));
     let overlay = staged.path("overlays/self-signed");
     match render::render(&overlay) {
         Err(e @ Error::Kustomize { .. }) => {
@@ -161,7 +163,7 @@ fn a_missing_certificate_file_is_an_error_naming_the_overlay() {
 #[test]
 fn cert_manager_overlay_issues_the_secrets_the_pods_mount() {
     let m = Manifests::load(&leash_deploy::deploy_dir().join("overlays/cert-manager"))
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap_or_else(|e| panic!("{}", Chain(&e)));
     let ds = m.daemon_set("leash-agent").expect("agent DaemonSet");
     let sts = m.stateful_set("leash-recommender").expect("StatefulSet");
     let agent_pod = ds.spec.template.spec.as_ref();
@@ -227,8 +229,10 @@ fn cert_manager_overlay_issues_the_secrets_the_pods_mount() {
 
 #[test]
 fn self_signed_overlay_packs_the_generated_files_into_the_mounted_secrets() {
-    let staged = Staged::new().unwrap_or_else(|e| panic!("{e}"));
-    let files = staged.generate_certs().unwrap_or_else(|e| panic!("{e}"));
+    let staged = Staged::new().unwrap_or_else(|e| panic!("{}", Chain(&e)));
+    let files = staged
+        .generate_certs()
+        .unwrap_or_else(|e| panic!("{}", Chain(&e)));
     let pem = |name: &str| {
         files
             .iter()
@@ -236,7 +240,8 @@ fn self_signed_overlay_packs_the_generated_files_into_the_mounted_secrets() {
             .map(|(_, p)| p.as_bytes().to_vec())
             .expect("generated file")
     };
-    let m = Manifests::load(&staged.path("overlays/self-signed")).unwrap_or_else(|e| panic!("{e}"));
+    let m = Manifests::load(&staged.path("overlays/self-signed"))
+        .unwrap_or_else(|e| panic!("{}", Chain(&e)));
     let secrets: Vec<_> = m.secrets().collect();
     assert_eq!(secrets.len(), 2);
     let find = |prefix: &str| {
@@ -286,7 +291,7 @@ fn self_signed_overlay_reads_exactly_what_leash_certs_writes() {
     // The files `leash certs --out … --server-name … --client leash-agent` writes, from its own
     // code, are the ones the overlay's secretGenerator reads; the CA key stays out of the
     // cluster.
-    let staged = Staged::new().unwrap_or_else(|e| panic!("{e}"));
+    let staged = Staged::new().unwrap_or_else(|e| panic!("{}", Chain(&e)));
     let certs = staged.path("overlays/self-signed/certs");
     leash::certs::generate(
         &certs,
@@ -294,7 +299,8 @@ fn self_signed_overlay_reads_exactly_what_leash_certs_writes() {
         &[stage::CLIENT_NAME.to_owned()],
     )
     .unwrap_or_else(|e| panic!("leash certs: {e}"));
-    let m = Manifests::load(&staged.path("overlays/self-signed")).unwrap_or_else(|e| panic!("{e}"));
+    let m = Manifests::load(&staged.path("overlays/self-signed"))
+        .unwrap_or_else(|e| panic!("{}", Chain(&e)));
     let read = |name: &str| fs::read(certs.join(name)).expect("a file leash certs wrote");
     let ca_key = read("ca-key.pem");
     let mut packed = Vec::new();

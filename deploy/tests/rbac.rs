@@ -5,6 +5,7 @@
 use leash_deploy::rbac::{GrantDiff, grants_of_access, grants_of_rules};
 use leash_deploy::{Manifests, stage};
 use leash_records::access::ApiAccess;
+use leash_records::error::Chain;
 
 /// What `leash serve` uses: reflectors (list + watch) on the cluster model's kinds, and
 /// kube-rs's event `Recorder` (create, then patch for a repeated event).
@@ -38,7 +39,7 @@ fn check_role(m: &Manifests, role: &str, declared: &[ApiAccess]) {
 
 #[test]
 fn cluster_roles_grant_exactly_what_the_code_declares() {
-    for m in stage::every_rendering().unwrap_or_else(|e| panic!("{e}")) {
+    for m in stage::every_rendering().unwrap_or_else(|e| panic!("{}", Chain(&e))) {
         check_role(&m, "leash-recommender", &recommender_access());
         check_role(&m, "leash-agent", &agent_access());
         // No other roles sneak in through an overlay.
@@ -54,7 +55,7 @@ fn cluster_roles_grant_exactly_what_the_code_declares() {
 
 #[test]
 fn a_role_with_one_verb_more_or_less_fails_the_comparison() {
-    let m = Manifests::load(&leash_deploy::base_dir()).unwrap_or_else(|e| panic!("{e}"));
+    let m = Manifests::load(&leash_deploy::base_dir()).unwrap_or_else(|e| panic!("{}", Chain(&e)));
     let cr = m.cluster_role("leash-agent").expect("agent role");
     let granted = grants_of_rules(cr.rules.as_deref().unwrap_or_default()).expect("plain rules");
     let fewer = [ApiAccess {
@@ -77,7 +78,7 @@ fn a_role_with_one_verb_more_or_less_fails_the_comparison() {
 
 #[test]
 fn each_role_is_bound_to_its_workloads_service_account() {
-    for m in stage::every_rendering().unwrap_or_else(|e| panic!("{e}")) {
+    for m in stage::every_rendering().unwrap_or_else(|e| panic!("{}", Chain(&e))) {
         let bindings: Vec<_> = m.cluster_role_bindings().collect();
         assert_eq!(bindings.len(), 2, "{}", m.source);
         for name in ["leash-agent", "leash-recommender"] {

@@ -6,9 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::core::v1::{Container, PodSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use leash_deploy::{Manifests, stage};
+use leash_records::error::Chain;
 
 fn renderings() -> Vec<Manifests> {
-    stage::every_rendering().unwrap_or_else(|e| panic!("{e}"))
+    stage::every_rendering().unwrap_or_else(|e| panic!("{}", Chain(&e)))
 }
 
 fn set(items: &[&str]) -> BTreeSet<String> {

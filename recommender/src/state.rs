@@ -9,8 +9,8 @@ use std::collections::BTreeSet;
 use std::time::SystemTime;
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use leash_records::error::Chain;
 use leash_records::Snapshot;
+use leash_records::error::Chain;
 
 use crate::cluster::watch::FromSnapshot;
 use crate::cluster::{Cluster, Rejected, qualified_name};

@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
+use leash_records::error::Chain;
+
 use crate::error::{Error, Result};
 
 /// Environment variable that overrides where `lab-client` is.
@@ -17,8 +19,8 @@ static LEASH_CACHE: Mutex<Option<PathBuf>> = Mutex::new(None);
 /// The target profile directory of the running executable: `target/<profile>` for both test
 /// binaries (`target/<profile>/deps/<name>-<hash>`) and binaries (`target/<profile>/<name>`).
 fn profile_dir() -> Result<PathBuf> {
-    let exe =
-        std::env::current_exe().map_err(|e| Error::ClientBinary(format!("current_exe: {e}")))?;
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::ClientBinary(format!("current_exe: {}", Chain(&e))))?;
     let dir = exe
         .parent()
         .ok_or_else(|| Error::ClientBinary(format!("{} has no parent", exe.display())))?;
@@ -108,7 +110,11 @@ fn build(profile: &Path, package: &str, name: &str) -> Result<()> {
         cmd.current_dir(ws);
     }
     let out = cmd.output().map_err(|e| {
-        Error::ClientBinary(format!("cannot run {}: {e}", Path::new(&cargo).display()))
+        Error::ClientBinary(format!(
+            "cannot run {}: {e}",
+            Path::new(&cargo).display(),
+            e = Chain(&e)
+        ))
     })?;
     if !out.status.success() {
         return Err(Error::ClientBinary(format!(

@@ -97,6 +97,8 @@ mod sys;
 use std::fs;
 use std::path::Path;
 
+use leash_records::error::Chain;
+
 pub use client::{LAB_CLIENT_ENV, LEASH_BIN_ENV, lab_client_path, leash_path};
 pub use dns::{
     DnsConfig, DnsFlavour, DnsRecord, DnsStats, LARGE_COUNT, LARGE_NAME, MALFORMED_NAME,
@@ -166,9 +168,12 @@ pub fn require_privileged() -> bool {
         Ok(()) => true,
         Err(e) => {
             if std::env::var(REQUIRE_PRIVILEGED_ENV).is_ok_and(|v| v == "1") {
-                panic!("{REQUIRE_PRIVILEGED_ENV}=1 but the lab cannot run: {e}");
+                panic!(
+                    "{REQUIRE_PRIVILEGED_ENV}=1 but the lab cannot run: {}",
+                    Chain(&e)
+                );
             }
-            eprintln!("SKIPPED: the lab cannot run here: {e}");
+            eprintln!("SKIPPED: the lab cannot run here: {}", Chain(&e));
             false
         }
     }

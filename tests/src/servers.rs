@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use leash_records::error::Chain;
+
 use crate::dns::{DnsCounters, Transport, Zone};
 use crate::error::{Error, Result};
 use crate::sys;
@@ -205,7 +207,7 @@ fn server_err(addr: SocketAddr, proto: Proto, what: &str, e: &io::Error) -> Erro
     Error::Server {
         addr: addr.to_string(),
         proto: proto.as_str(),
-        message: format!("{what}: {e}"),
+        message: format!("{what}: {}", Chain(&e)),
     }
 }
 

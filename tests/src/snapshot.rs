@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use leash_records::error::Chain;
 use serde_json::{Map, Value, json};
 
 use crate::error::{Error, Result};
@@ -428,7 +429,8 @@ pub fn snapshot_value(lab: &Lab) -> Value {
 
 /// The lab as YAML, as `kubectl get … -o yaml` prints a `List`.
 pub fn snapshot_yaml(lab: &Lab) -> Result<String> {
-    serde_norway::to_string(&snapshot_value(lab)).map_err(|e| Error::Snapshot(e.to_string()))
+    serde_norway::to_string(&snapshot_value(lab))
+        .map_err(|e| Error::Snapshot(Chain(&e).to_string()))
 }
 
 /// Writes [`snapshot_yaml`] to `path`.

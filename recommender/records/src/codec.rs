@@ -6,7 +6,6 @@
 //! itself only moves a pointer. Encoding is tonic-prost's, unchanged; the bytes on the wire
 //! are the same either way.
 
-use crate::error::Chain;
 use std::marker::PhantomData;
 
 use prost::{DecodeError, Message, bytes::Buf};
@@ -15,6 +14,8 @@ use tonic::{
     codec::{BufferSettings, Codec, DecodeBuf, Decoder},
 };
 use tonic_prost::ProstEncoder;
+
+use crate::error::Chain;
 
 /// A [`Codec`] for prost messages that decodes from a contiguous slice (see the module docs).
 /// The generated `leash.v1` client and server use it in place of `tonic_prost::ProstCodec`.

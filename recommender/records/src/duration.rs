@@ -6,10 +6,11 @@
 //! so that a window subtracted from the current time, or an interval added to it, cannot
 //! overflow anywhere downstream.
 
-use crate::error::Chain;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+
+use crate::error::Chain;
 
 /// A year as the grammar counts it (`1y` = 365.25 days).
 const YEAR_SECS: u64 = 31_557_600;

@@ -1,6 +1,5 @@
 //! The v1 record contract: one JSON object per line, `"v":1`, `"kind":"flow"|"dns"`.
 
-use crate::error::Chain;
 use std::{
     fmt,
     io::Read,
@@ -10,6 +9,8 @@ use std::{
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
+
+use crate::error::Chain;
 
 /// The only record version this crate reads and writes.
 pub const VERSION: u32 = 1;

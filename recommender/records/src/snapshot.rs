@@ -22,8 +22,8 @@ use k8s_openapi::{
 };
 use serde_json::Value;
 
-use crate::error::Chain;
 use crate::bounded::{self, InputError};
+use crate::error::Chain;
 
 /// A snapshot that could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -142,7 +142,8 @@ pub fn check_object(item: &Value) -> std::result::Result<(), String> {
 /// A map of labels (or a Service's selector) at `field`.
 fn check_labels(field: &str, labels: Option<&Value>) -> std::result::Result<(), String> {
     for (k, v) in labels.and_then(Value::as_object).into_iter().flatten() {
-        crate::names::label_key(k).map_err(|e| format!("{field}: invalid label key {k:?}: {}", Chain(&e)))?;
+        crate::names::label_key(k)
+            .map_err(|e| format!("{field}: invalid label key {k:?}: {}", Chain(&e)))?;
         if let Some(v) = v.as_str() {
             crate::names::label_value(v)
                 .map_err(|e| format!("{field}[{k}]: invalid label value {v:?}: {}", Chain(&e)))?;
@@ -169,8 +170,9 @@ fn check_selector(field: &str, selector: Option<&Value>) -> std::result::Result<
         }
         let values = e.get("values").and_then(Value::as_array);
         for v in values.into_iter().flatten().filter_map(Value::as_str) {
-            crate::names::label_value(v)
-                .map_err(|err| format!("{at}.values: invalid label value {v:?}: {}", Chain(&err)))?;
+            crate::names::label_value(v).map_err(|err| {
+                format!("{at}.values: invalid label value {v:?}: {}", Chain(&err))
+            })?;
         }
     }
     Ok(())

@@ -16,7 +16,6 @@
 //! The crypto provider is always ring, passed explicitly: nothing here reads or installs the
 //! process-wide default provider.
 
-use crate::error::Chain;
 use std::{
     fmt,
     future::Future,
@@ -43,6 +42,8 @@ use tokio::{
 };
 use tokio_rustls::{TlsAcceptor, client, server};
 use tonic::codegen::http::Uri;
+
+use crate::error::Chain;
 
 /// How often [`ReloadingServerConfig`] checks its files by default.
 pub const DEFAULT_POLL: Duration = Duration::from_secs(5);

@@ -10,9 +10,9 @@
 use std::borrow::Cow;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use leash_records::error::Chain;
 use serde::{Deserialize, Deserializer, de::DeserializeOwned};
 use serde_json::Value;
-use leash_records::error::Chain;
 
 /// A `K`, or what could be read of an object that is not a valid `K`.
 #[derive(Debug, Clone)]

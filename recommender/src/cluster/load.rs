@@ -9,8 +9,8 @@ use k8s_openapi::api::batch::v1 as batch;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
-use leash_records::error::Chain;
 use leash_records::Snapshot;
+use leash_records::error::Chain;
 
 use super::index::Cluster;
 use super::inventory::{Error, Inventory, Result};

@@ -276,7 +276,10 @@ impl Inner {
                 answer
             }
             Ok(Err(status)) => ready(Err(status)),
-            Err(e) => ready(Err(Status::internal(format!("ingest task failed: {}", Chain(&e))))),
+            Err(e) => ready(Err(Status::internal(format!(
+                "ingest task failed: {}",
+                Chain(&e)
+            )))),
         }
     }
 

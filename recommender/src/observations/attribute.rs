@@ -7,8 +7,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
-use leash_records::error::Chain;
 use leash_records::bounded::{self, InputError, Limits, LineReader};
+use leash_records::error::Chain;
 use leash_records::{DnsRecord, FlowRecord, PodRef, Protocol, Record, RecordError, TimeError};
 
 use super::{Evidence, FlowKey, Observations, answer_names, normalize_name};

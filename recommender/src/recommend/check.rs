@@ -4,8 +4,8 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use leash_records::error::Chain;
 use leash_records::Protocol;
+use leash_records::error::Chain;
 
 use super::{Recommendation, all_policies, dest};
 use crate::classify;

@@ -51,6 +51,7 @@ use std::time::Duration;
 
 use futures::task::AtomicWaker;
 use http_body::{Frame, SizeHint};
+use leash_records::error::Chain;
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -61,7 +62,6 @@ use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::http::{Request, Response};
 use tonic::transport::server::Connected;
-use leash_records::error::Chain;
 
 /// The HTTP/2 flow-control window of one connection (and of each of its streams): what a
 /// client may send that the server has not read yet. Agents' batches are a few hundred KiB,

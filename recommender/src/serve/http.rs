@@ -31,13 +31,13 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::{DateTime, Utc};
+use leash_records::error::Chain;
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::ModelRx;
 use super::verdicts::judge;
-use leash_records::error::Chain;
 use crate::eval::Verdict;
 use crate::ingest::IngestService;
 use crate::recommend;

@@ -18,10 +18,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::Utc;
+use leash_records::error::Chain;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
-use leash_records::error::Chain;
 use crate::recommend;
 use crate::state::ClusterState;
 use crate::store::Store;

@@ -34,6 +34,7 @@ use std::time::Duration;
 use hickory_proto::op::{Edns, Message, OpCode, Query};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
+use leash_records::error::Chain;
 use serde_json::{Value, json};
 
 /// Upper bound on `--count`, so a typo cannot flood the lab.
@@ -173,13 +174,13 @@ fn cmd_tcp(o: &Opts) -> Result<(Value, bool), String> {
                     {
                         Ok(()) if buf == text.as_bytes() => echoed += 1,
                         Ok(()) => push_err(&mut errors, "echo mismatch"),
-                        Err(e) => push_err(&mut errors, e),
+                        Err(e) => push_err(&mut errors, Chain(&e)),
                     }
                 }
             }
             Err(e) => {
                 failed += 1;
-                push_err(&mut errors, e);
+                push_err(&mut errors, Chain(&e));
             }
         }
     }
@@ -194,12 +195,12 @@ fn cmd_tcp(o: &Opts) -> Result<(Value, bool), String> {
 fn cmd_udp(o: &Opts, connected_mode: bool) -> Result<(Value, bool), String> {
     let dst = target(o)?;
     let payload = o.send.clone().unwrap_or_else(|| "leash-lab".to_owned());
-    let sock = UdpSocket::bind(unspecified(&dst)).map_err(|e| format!("bind: {e}"))?;
+    let sock = UdpSocket::bind(unspecified(&dst)).map_err(|e| format!("bind: {}", Chain(&e)))?;
     sock.set_read_timeout(Some(o.timeout))
-        .map_err(|e| format!("SO_RCVTIMEO: {e}"))?;
+        .map_err(|e| format!("SO_RCVTIMEO: {}", Chain(&e)))?;
     if connected_mode && o.port_span == 1 {
         sock.connect(dst)
-            .map_err(|e| format!("connect {dst}: {e}"))?;
+            .map_err(|e| format!("connect {dst}: {}", Chain(&e)))?;
     }
     let (mut sent, mut failed, mut echoed) = (0u64, 0u64, 0u64);
     let mut errors = Vec::new();
@@ -221,7 +222,7 @@ fn cmd_udp(o: &Opts, connected_mode: bool) -> Result<(Value, bool), String> {
             Ok(_) => sent += 1,
             Err(e) => {
                 failed += 1;
-                push_err(&mut errors, e);
+                push_err(&mut errors, Chain(&e));
                 continue;
             }
         }
@@ -229,7 +230,7 @@ fn cmd_udp(o: &Opts, connected_mode: bool) -> Result<(Value, bool), String> {
             match sock.recv_from(&mut buf) {
                 Ok((n, from)) if from == to && &buf[..n] == payload.as_bytes() => echoed += 1,
                 Ok((_, from)) => push_err(&mut errors, format!("unexpected reply from {from}")),
-                Err(e) => push_err(&mut errors, e),
+                Err(e) => push_err(&mut errors, Chain(&e)),
             }
         }
     }
@@ -265,36 +266,40 @@ fn hex(bytes: &[u8]) -> String {
 fn dns_exchange(o: &Opts, server: SocketAddr, query: &[u8]) -> Result<Vec<u8>, String> {
     if o.tcp {
         let mut s = TcpStream::connect_timeout(&server, o.timeout)
-            .map_err(|e| format!("connect {server}: {e}"))?;
+            .map_err(|e| format!("connect {server}: {}", Chain(&e)))?;
         s.set_read_timeout(Some(o.timeout))
-            .map_err(|e| format!("SO_RCVTIMEO: {e}"))?;
+            .map_err(|e| format!("SO_RCVTIMEO: {}", Chain(&e)))?;
         let len = u16::try_from(query.len()).map_err(|_| "query too long")?;
         let mut out = len.to_be_bytes().to_vec();
         out.extend_from_slice(query);
-        s.write_all(&out).map_err(|e| format!("write: {e}"))?;
+        s.write_all(&out)
+            .map_err(|e| format!("write: {}", Chain(&e)))?;
         let mut lb = [0u8; 2];
         s.read_exact(&mut lb)
-            .map_err(|e| format!("read length: {e}"))?;
+            .map_err(|e| format!("read length: {}", Chain(&e)))?;
         let mut body = vec![0u8; usize::from(u16::from_be_bytes(lb))];
         s.read_exact(&mut body)
-            .map_err(|e| format!("read body: {e}"))?;
+            .map_err(|e| format!("read body: {}", Chain(&e)))?;
         return Ok(body);
     }
-    let sock = UdpSocket::bind(unspecified(&server)).map_err(|e| format!("bind: {e}"))?;
+    let sock = UdpSocket::bind(unspecified(&server)).map_err(|e| format!("bind: {}", Chain(&e)))?;
     sock.set_read_timeout(Some(o.timeout))
-        .map_err(|e| format!("SO_RCVTIMEO: {e}"))?;
+        .map_err(|e| format!("SO_RCVTIMEO: {}", Chain(&e)))?;
     if o.connected {
         sock.connect(server)
-            .map_err(|e| format!("connect {server}: {e}"))?;
-        sock.send(query).map_err(|e| format!("send: {e}"))?;
+            .map_err(|e| format!("connect {server}: {}", Chain(&e)))?;
+        sock.send(query)
+            .map_err(|e| format!("send: {}", Chain(&e)))?;
     } else {
         sock.send_to(query, server)
-            .map_err(|e| format!("sendto {server}: {e}"))?;
+            .map_err(|e| format!("sendto {server}: {}", Chain(&e)))?;
     }
     let mut buf = vec![0u8; 65_536];
     // Bounded: a few stray datagrams at most, each within the timeout.
     for _ in 0..8 {
-        let (n, from) = sock.recv_from(&mut buf).map_err(|e| format!("recv: {e}"))?;
+        let (n, from) = sock
+            .recv_from(&mut buf)
+            .map_err(|e| format!("recv: {}", Chain(&e)))?;
         if from == server && n >= 2 && buf[..2] == query[..2] {
             return Ok(buf[..n].to_vec());
         }
@@ -320,7 +325,8 @@ fn cmd_dns(o: &Opts) -> Result<(Value, bool), String> {
         "CNAME" => RecordType::CNAME,
         other => return Err(format!("unsupported qtype {other:?} (A, AAAA, CNAME)")),
     };
-    let mut qname = Name::from_ascii(name).map_err(|e| format!("bad name {name:?}: {e}"))?;
+    let mut qname =
+        Name::from_ascii(name).map_err(|e| format!("bad name {name:?}: {}", Chain(&e)))?;
     qname.set_fqdn(true);
     let mut msg = Message::query();
     msg.metadata.recursion_desired = true;
@@ -330,7 +336,9 @@ fn cmd_dns(o: &Opts) -> Result<(Value, bool), String> {
         e.set_max_payload(size);
         msg.set_edns(e);
     }
-    let query = msg.to_vec().map_err(|e| format!("encode query: {e}"))?;
+    let query = msg
+        .to_vec()
+        .map_err(|e| format!("encode query: {}", Chain(&e)))?;
     let transport = if o.tcp { "tcp" } else { "udp" };
     let base = json!({"cmd": "dns", "server": ip.to_string(), "port": server.port(),
                       "transport": transport, "connected": o.connected,
@@ -379,7 +387,7 @@ fn cmd_dns(o: &Opts) -> Result<(Value, bool), String> {
         }
         Err(e) => {
             out.insert("parsed".into(), false.into());
-            out.insert("parse_error".into(), e.to_string().into());
+            out.insert("parse_error".into(), Chain(&e).to_string().into());
         }
     }
     Ok((Value::Object(out), true))
@@ -396,13 +404,13 @@ fn cmd_dns_self(o: &Opts) -> Result<(Value, bool), String> {
     let a = |owner: Name| Record::from_rdata(owner, 60, RData::A(A(ip)));
     let responses: Vec<(Name, Record)> = match kind.as_str() {
         "root-owned" => {
-            let query = Name::from_ascii("evil.lab.test.").map_err(|e| e.to_string())?;
+            let query = Name::from_ascii("evil.lab.test.").map_err(|e| Chain(&e).to_string())?;
             vec![(query, a(Name::root()))]
         }
         "flood" => (0..o.count)
             .map(|i| {
-                let name =
-                    Name::from_ascii(format!("n{i}.flood.lab.test.")).map_err(|e| e.to_string())?;
+                let name = Name::from_ascii(format!("n{i}.flood.lab.test."))
+                    .map_err(|e| Chain(&e).to_string())?;
                 Ok((name.clone(), a(name)))
             })
             .collect::<Result<_, String>>()?,
@@ -413,24 +421,27 @@ fn cmd_dns_self(o: &Opts) -> Result<(Value, bool), String> {
         }
     };
     let loopback = Ipv4Addr::LOCALHOST;
-    let server = UdpSocket::bind((loopback, 53)).map_err(|e| format!("bind 127.0.0.1:53: {e}"))?;
-    let client = UdpSocket::bind((loopback, 0)).map_err(|e| format!("bind: {e}"))?;
+    let server =
+        UdpSocket::bind((loopback, 53)).map_err(|e| format!("bind 127.0.0.1:53: {}", Chain(&e)))?;
+    let client = UdpSocket::bind((loopback, 0)).map_err(|e| format!("bind: {}", Chain(&e)))?;
     client
         .set_read_timeout(Some(o.timeout))
-        .map_err(|e| format!("SO_RCVTIMEO: {e}"))?;
+        .map_err(|e| format!("SO_RCVTIMEO: {}", Chain(&e)))?;
     let to = client
         .local_addr()
-        .map_err(|e| format!("local_addr: {e}"))?;
+        .map_err(|e| format!("local_addr: {}", Chain(&e)))?;
     let (mut sent, mut received) = (0u64, 0u64);
     let mut buf = vec![0u8; 4096];
     for (i, (query, answer)) in responses.into_iter().enumerate() {
         let mut msg = Message::response(u16::try_from(i % 65_536).unwrap_or(0), OpCode::Query);
         msg.add_query(Query::query(query, RecordType::A));
         msg.add_answer(answer);
-        let bytes = msg.to_vec().map_err(|e| format!("encode response: {e}"))?;
+        let bytes = msg
+            .to_vec()
+            .map_err(|e| format!("encode response: {}", Chain(&e)))?;
         server
             .send_to(&bytes, to)
-            .map_err(|e| format!("sendto {to}: {e}"))?;
+            .map_err(|e| format!("sendto {to}: {}", Chain(&e)))?;
         sent += 1;
         if client.recv(&mut buf).is_ok() {
             received += 1;

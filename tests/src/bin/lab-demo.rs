@@ -35,6 +35,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use leash_lab::shop::{self, Shop};
+use leash_records::error::Chain;
 use serde_json::Value;
 
 /// How long `leash serve` may take to report ready.
@@ -140,7 +141,7 @@ fn run(step: &'static str, cmd: &mut Command) -> Result<Ran> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| fail(step, format!("cannot start `{line}`: {e}")))?;
+        .map_err(|e| fail(step, format!("cannot start `{line}`: {}", Chain(&e))))?;
     let reader = |r: Option<Box<dyn Read + Send>>| {
         std::thread::spawn(move || {
             let mut s = String::new();
@@ -226,15 +227,19 @@ impl Background {
         marker: Option<&'static str>,
     ) -> Result<(Self, mpsc::Receiver<()>)> {
         let line = cmdline(cmd);
-        let mut file = std::fs::File::create(&log)
-            .map_err(|e| fail(step, format!("creating {}: {e}", log.display())))?;
+        let mut file = std::fs::File::create(&log).map_err(|e| {
+            fail(
+                step,
+                format!("creating {}: {e}", log.display(), e = Chain(&e)),
+            )
+        })?;
         let _ = writeln!(file, "$ {line}");
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| fail(step, format!("cannot start `{line}`: {e}")))?;
+            .map_err(|e| fail(step, format!("cannot start `{line}`: {}", Chain(&e))))?;
         let (tx, rx) = mpsc::channel();
         let stderr = child.stderr.take();
         let log_thread = std::thread::spawn(move || {
@@ -339,7 +344,7 @@ fn free_port(step: &'static str) -> Result<u16> {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .map_err(|e| fail(step, format!("finding a free loopback port: {e}")))
+        .map_err(|e| fail(step, format!("finding a free loopback port: {}", Chain(&e))))
 }
 
 /// The status code of `GET path` on `addr`, over plain HTTP/1.1.
@@ -365,7 +370,8 @@ fn locate(step: &'static str, given: Option<&PathBuf>, name: &str, flag: &str) -
             Err(fail(step, format!("{flag} {}: no such file", p.display())))
         };
     }
-    let exe = std::env::current_exe().map_err(|e| fail(step, format!("current_exe: {e}")))?;
+    let exe =
+        std::env::current_exe().map_err(|e| fail(step, format!("current_exe: {}", Chain(&e))))?;
     let candidate = exe.with_file_name(name);
     if candidate.is_file() {
         Ok(candidate)
@@ -401,8 +407,12 @@ fn parse_audit(step: &'static str, json_lines: &str) -> Result<Vec<Verdict>> {
         .filter(|l| !l.trim().is_empty())
         .enumerate()
         .map(|(i, l)| {
-            let v: Value = serde_json::from_str(l)
-                .map_err(|e| fail(step, format!("audit output line {}: {e}: {l}", i + 1)))?;
+            let v: Value = serde_json::from_str(l).map_err(|e| {
+                fail(
+                    step,
+                    format!("audit output line {}: {e}: {l}", i + 1, e = Chain(&e)),
+                )
+            })?;
             let verdict = v["verdict"].as_str().unwrap_or_default();
             if verdict != "allow" && verdict != "deny" {
                 return Err(fail(
@@ -528,10 +538,14 @@ fn demo(o: &Opts) -> Result<()> {
         "leash-agent",
         "--agent",
     )?;
-    leash_lab::check_privileged().map_err(|e| fail("check privileges", e))?;
+    leash_lab::check_privileged().map_err(|e| fail("check privileges", Chain(&e)))?;
     let out = &o.out;
-    std::fs::create_dir_all(out)
-        .map_err(|e| fail("prepare out", format!("{}: {e}", out.display())))?;
+    std::fs::create_dir_all(out).map_err(|e| {
+        fail(
+            "prepare out",
+            format!("{}: {e}", out.display(), e = Chain(&e)),
+        )
+    })?;
     for stale in [
         "cluster.yaml",
         "flows.jsonl",
@@ -551,11 +565,11 @@ fn demo(o: &Opts) -> Result<()> {
 
     // 1. The shop.
     eprintln!("== starting the shop lab");
-    let shop = Shop::start().map_err(|e| fail("start the shop", e))?;
+    let shop = Shop::start().map_err(|e| fail("start the shop", Chain(&e)))?;
     let lab = shop.lab();
     let cluster = out.join("cluster.yaml");
     lab.write_snapshot(&cluster)
-        .map_err(|e| fail("write the cluster snapshot", e))?;
+        .map_err(|e| fail("write the cluster snapshot", Chain(&e)))?;
     eprintln!(
         "   {} pods in namespaces shop and data, node {}; snapshot {}",
         lab.pods().len(),
@@ -702,7 +716,7 @@ fn demo(o: &Opts) -> Result<()> {
     eprintln!("== the shop's traffic ({first} rounds)");
     let traffic = shop
         .traffic(first)
-        .map_err(|e| fail("generate traffic", e))?;
+        .map_err(|e| fail("generate traffic", Chain(&e)))?;
     let (mut conns, mut datagrams, mut lookups) = traffic.totals();
     let mut traffic_time = traffic.elapsed;
     lap("traffic", &mut timings);
@@ -716,7 +730,7 @@ fn demo(o: &Opts) -> Result<()> {
         let mut agent_2 = start_agent(&flows_2, "agent-2.log")?;
         let traffic = shop
             .traffic(second)
-            .map_err(|e| fail("generate traffic", e))?;
+            .map_err(|e| fail("generate traffic", Chain(&e)))?;
         let (c, d, l) = traffic.totals();
         (conns, datagrams, lookups) = (conns + c, datagrams + d, lookups + l);
         traffic_time += traffic.elapsed;
@@ -725,7 +739,7 @@ fn demo(o: &Opts) -> Result<()> {
         let text = std::fs::read(&flows_2).map_err(|e| {
             fail(
                 "stop the second leash-agent",
-                format!("{}: {e}", flows_2.display()),
+                format!("{}: {e}", flows_2.display(), e = Chain(&e)),
             )
         })?;
         std::fs::OpenOptions::new()
@@ -735,7 +749,7 @@ fn demo(o: &Opts) -> Result<()> {
             .map_err(|e| {
                 fail(
                     "stop the second leash-agent",
-                    format!("{}: {e}", flows.display()),
+                    format!("{}: {e}", flows.display(), e = Chain(&e)),
                 )
             })?;
         let _ = std::fs::remove_file(&flows_2);
@@ -744,8 +758,12 @@ fn demo(o: &Opts) -> Result<()> {
         "   {conns} TCP connections, {datagrams} UDP datagrams, {lookups} DNS lookups in {}",
         secs(traffic_time)
     );
-    let flows_text = std::fs::read_to_string(&flows)
-        .map_err(|e| fail("stop leash-agent", format!("{}: {e}", flows.display())))?;
+    let flows_text = std::fs::read_to_string(&flows).map_err(|e| {
+        fail(
+            "stop leash-agent",
+            format!("{}: {e}", flows.display(), e = Chain(&e)),
+        )
+    })?;
     if flows_text.trim().is_empty() {
         return Err(fail(
             "stop leash-agent",
@@ -758,7 +776,7 @@ fn demo(o: &Opts) -> Result<()> {
     let probes_path = out.join("probes.jsonl");
     let probes = shop
         .probes(&probes_path)
-        .map_err(|e| fail("write probes", e))?;
+        .map_err(|e| fail("write probes", Chain(&e)))?;
 
     // 6. Recommend.
     eprintln!("== leash recommend");
@@ -779,7 +797,8 @@ fn demo(o: &Opts) -> Result<()> {
             format!(
                 "moving {} to out/REPORT.md: {e}; stderr:\n{}",
                 report_src.display(),
-                rec.stderr
+                rec.stderr,
+                e = Chain(&e)
             ),
         )
     })?;

@@ -9,6 +9,7 @@ use axum::body::Body;
 use axum::extract::Request as HttpRequest;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
+use leash_records::error::Chain;
 use tokio::net::TcpListener;
 
 use super::objects;
@@ -80,7 +81,7 @@ async fn read_request(request: HttpRequest) -> Result<Request, String> {
     let (parts, body) = request.into_parts();
     let body = axum::body::to_bytes(body, MAX_BODY)
         .await
-        .map_err(|e| format!("reading the request body: {e}"))?;
+        .map_err(|e| format!("reading the request body: {}", Chain(&e)))?;
     let query = parts
         .uri
         .query()

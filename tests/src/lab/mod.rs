@@ -36,6 +36,8 @@ pub(crate) use plan::uid_for;
 pub use pod::{ClientOutput, Pod};
 pub use service::{External, Service};
 
+use leash_records::error::Chain;
+
 use crate::dns::{DnsCounters, DnsStats};
 use crate::error::{Error, Result};
 use crate::servers::{Proto, ServerStats, Servers};
@@ -132,7 +134,7 @@ impl Lab {
     pub fn pod(&self, key: &str) -> &Pod {
         match self.try_pod(key) {
             Ok(p) => p,
-            Err(e) => panic!("{e}"),
+            Err(e) => panic!("{}", Chain(&e)),
         }
     }
 
@@ -156,7 +158,7 @@ impl Lab {
     pub fn service(&self, key: &str) -> &Service {
         match self.try_service(key) {
             Ok(s) => s,
-            Err(e) => panic!("{e}"),
+            Err(e) => panic!("{}", Chain(&e)),
         }
     }
 

@@ -1,5 +1,7 @@
 //! Tearing a lab down: servers, processes, cgroups, network namespaces.
 
+use leash_records::error::Chain;
+
 use super::Lab;
 use crate::sys;
 
@@ -9,13 +11,21 @@ impl Drop for Lab {
         if self.cgroup_created
             && let Err(e) = sys::remove_cgroup_tree(&self.cgroup_root)
         {
-            tracing::warn!("lab {}: removing cgroups: {e}", self.id);
-            eprintln!("leash-lab {}: removing cgroups: {e}", self.id);
+            tracing::warn!("lab {}: removing cgroups: {e}", self.id, e = Chain(&e));
+            eprintln!(
+                "leash-lab {}: removing cgroups: {e}",
+                self.id,
+                e = Chain(&e)
+            );
         }
         for ns in &self.netns_created {
             if let Err(e) = sys::delete_netns(ns) {
-                tracing::warn!("lab {}: deleting netns {ns}: {e}", self.id);
-                eprintln!("leash-lab {}: deleting netns {ns}: {e}", self.id);
+                tracing::warn!("lab {}: deleting netns {ns}: {e}", self.id, e = Chain(&e));
+                eprintln!(
+                    "leash-lab {}: deleting netns {ns}: {e}",
+                    self.id,
+                    e = Chain(&e)
+                );
             }
         }
     }
