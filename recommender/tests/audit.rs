@@ -17,6 +17,7 @@ use leash::{
     cluster::Cluster,
     eval::{PolicySet, Verdict},
 };
+use leash_records::error::Chain;
 use support::eval::lab_cluster;
 
 fn fixture(rel: &str) -> PathBuf {
@@ -229,9 +230,8 @@ fn policy_errors_name_the_file() {
             "{GOOD}---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: q, namespace: shop}}\nspec: {{podSelector: {{}}, egress: [{{to: [{{ipBlock: {{cidr: 10.0.0.1/8}}}}]}}]}}\n"
         ),
     );
-    let err = load_policies(&host_bits)
-        .expect_err("host bits")
-        .to_string();
+    // As a person sees it: the message, then its cause.
+    let err = Chain(&load_policies(&host_bits).expect_err("host bits")).to_string();
     assert_eq!(
         err,
         format!(

@@ -12,6 +12,7 @@ use leash::store::{
     WorkloadRef,
 };
 use leash_records::Protocol;
+use leash_records::error::Chain;
 
 fn t(s: &str) -> DateTime<Utc> {
     s.parse().expect("test time")
@@ -568,7 +569,8 @@ fn errors_name_the_file() {
     let junk = dir.path().join("junk.db");
     std::fs::write(&junk, vec![b'x'; 8192]).expect("write");
     let err = SqliteStore::open(&junk).expect_err("not a database");
-    let msg = err.to_string();
+    // As a person sees it: the message, then its cause.
+    let msg = Chain(&err).to_string();
     assert!(msg.contains(&junk.display().to_string()), "{msg}");
     assert!(msg.contains("not a database"), "{msg}");
 

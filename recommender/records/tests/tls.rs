@@ -7,6 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use leash_records::error::Chain;
 use leash_records::tls::{self, TlsConnection, TlsConnector, TlsFiles};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls_pki_types::{CertificateDer, pem::PemObject as _};
@@ -339,9 +340,8 @@ fn errors_name_the_file_and_the_problem() {
         ca: pki.path("nope/ca.pem"),
         ..files.clone()
     };
-    let err = tls::server_config(&missing)
-        .expect_err("missing CA")
-        .to_string();
+    // As a person sees it: the message, then its cause.
+    let err = Chain(&tls::server_config(&missing).expect_err("missing CA")).to_string();
     assert!(
         err.starts_with(&format!(
             "cannot read {}: ",
