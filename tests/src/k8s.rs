@@ -283,7 +283,7 @@ pub fn endpoint_slice(namespace: &str, service: &str, family: &str) -> EndpointS
         slice: EndpointSlice {
             metadata: m,
             address_type: family.to_owned(),
-            endpoints: Vec::new(),
+            endpoints: Some(Vec::new()),
             ports: None,
         },
         namespace: namespace.to_owned(),
@@ -314,7 +314,7 @@ impl EndpointSliceBuilder {
             name: Some(name.to_owned()),
             ..ObjectReference::default()
         });
-        self.slice.endpoints.push(Endpoint {
+        self.slice.endpoints.get_or_insert_with(Vec::new).push(Endpoint {
             addresses: vec![address.to_owned()],
             conditions: Some(EndpointConditions {
                 ready: Some(ready),
@@ -391,8 +391,9 @@ mod tests {
             .endpoint("198.51.100.11", false, None)
             .build();
         assert_eq!(e.metadata.name.as_deref(), Some("web-abcde"));
-        assert_eq!(e.endpoints.len(), 2);
-        assert!(e.endpoints[1].target_ref.is_none());
+        let endpoints = e.endpoints.unwrap_or_default();
+        assert_eq!(endpoints.len(), 2);
+        assert!(endpoints[1].target_ref.is_none());
         let ns = namespace("shop", &[("team", "a")]);
         assert_eq!(ns.metadata.labels.map(|l| l.len()), Some(2));
     }
