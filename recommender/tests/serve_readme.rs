@@ -24,6 +24,33 @@ const LEASH: &str = env!("CARGO_BIN_EXE_leash");
 
 const EMPTY_CLUSTER: &str = "apiVersion: v1\nkind: List\nitems: []\n";
 
+/// A Deployment's pod whose egress is locked down to DNS: [`batch`]'s flow is unexpected.
+const LOCKED_DOWN: &str = r#"
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Namespace
+  metadata: {name: shop, labels: {kubernetes.io/metadata.name: shop}}
+- apiVersion: v1
+  kind: Pod
+  metadata:
+    name: web-7d4-x2
+    namespace: shop
+    uid: uid-pod-web
+    labels: {app: web}
+  spec: {nodeName: n1, containers: [{name: web, image: web:1}]}
+  status: {phase: Running, podIP: 198.51.100.10, podIPs: [{ip: 198.51.100.10}]}
+- apiVersion: networking.k8s.io/v1
+  kind: NetworkPolicy
+  metadata: {name: web-dns-only, namespace: shop}
+  spec:
+    podSelector: {matchLabels: {app: web}}
+    policyTypes: [Egress]
+    egress:
+    - ports: [{port: 53, protocol: UDP}]
+"#;
+
 fn free_port() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -49,11 +76,12 @@ impl Drop for Server {
 }
 
 impl Server {
-    /// Starts with exactly the log variables `env` gives (the test's own are removed).
-    fn start(env: &[(&str, &str)]) -> Server {
+    /// Starts on the cluster `snapshot` with `args` and exactly the log variables `env` gives
+    /// (the test's own are removed).
+    fn start(snapshot: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let cluster = dir.path().join("cluster.yaml");
-        std::fs::write(&cluster, EMPTY_CLUSTER).unwrap();
+        std::fs::write(&cluster, snapshot).unwrap();
         let (grpc, http) = (free_port(), free_port());
         let mut command = Command::new(LEASH);
         command
@@ -64,6 +92,7 @@ impl Server {
             .arg(dir.path().join("leash.db"))
             .arg("--cluster")
             .arg(&cluster)
+            .args(args)
             .env_remove("LEASH_LOG")
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
@@ -146,6 +175,7 @@ impl Server {
     }
 }
 
+/// One batch of two flows from `shop/web-7d4-x2`: one stored, one refused.
 fn batch() -> v1::Batch {
     let now = chrono::Utc::now();
     let flow = FlowRecord {
@@ -170,7 +200,12 @@ fn batch() -> v1::Batch {
         boot_id: "boot-1".into(),
         seq: 1,
     };
-    wire::batch_to_wire(id, &[flow], &[]).unwrap()
+    let mut other = flow.clone();
+    other.dst = "203.0.113.11".parse().unwrap();
+    let mut batch = wire::batch_to_wire(id, &[flow, other], &[]).unwrap();
+    // A name no DNS answer may give: this record is refused (`rejected_records`).
+    batch.flow_groups[0].flows[1].names = vec![String::new()];
+    batch
 }
 
 /// A minimal HTTP/1.1 GET: the status and the body (the server answers with a length).
@@ -259,13 +294,116 @@ fn served_names(text: &str) -> BTreeSet<String> {
     names
 }
 
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// An HTTP/2 frame.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap();
+    let mut out = len.to_be_bytes()[1..].to_vec();
+    out.extend([kind, flags]);
+    out.extend(stream.to_be_bytes());
+    out.extend(payload);
+    out
+}
+
+/// A plaintext HTTP/2 connection that opens an `Ingest/Push` stream, sends the first 10 bytes
+/// of a 1,000-byte message and then nothing, so that the read timeout resets the stream.
+fn stalled_stream(grpc: SocketAddr) -> TcpStream {
+    const SETTINGS: u8 = 4;
+    let mut s = TcpStream::connect(grpc).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(PREFACE).unwrap();
+    s.write_all(&frame(SETTINGS, 0, 0, &[])).unwrap();
+    // The server's settings, acknowledged (they apply from the acknowledgement on).
+    loop {
+        let mut head = [0u8; 9];
+        s.read_exact(&mut head).unwrap();
+        let mut payload = vec![0u8; u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize];
+        s.read_exact(&mut payload).unwrap();
+        if head[3] == SETTINGS && head[4] & 1 == 0 {
+            s.write_all(&frame(SETTINGS, 1, 0, &[])).unwrap();
+            break;
+        }
+    }
+    let mut block = Vec::new();
+    for (name, value) in [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/leash.v1.Ingest/Push"),
+        (":authority", "127.0.0.1"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ] {
+        // HPACK: a literal header field without indexing, plain strings.
+        block.extend([0, u8::try_from(name.len()).unwrap()]);
+        block.extend(name.as_bytes());
+        block.push(u8::try_from(value.len()).unwrap());
+        block.extend(value.as_bytes());
+    }
+    s.write_all(&frame(1, 4, 1, &block)).unwrap(); // HEADERS, END_HEADERS
+    let mut message = vec![0u8];
+    message.extend(1000u32.to_be_bytes());
+    message.extend([0x5a; 5]);
+    s.write_all(&frame(0, 0, 1, &message)).unwrap(); // DATA
+    s
+}
+
 #[test]
 fn every_metric_the_readmes_name_is_on_the_served_metrics() {
-    let server = Server::start(&[]);
+    let named = readme_metric_names();
+    assert!(named.contains("leash_ingest_*"), "{named:?}");
+    // Short timeouts and a per-address limit of 2, so that each labelled family gets a value.
+    let server = Server::start(
+        LOCKED_DOWN,
+        &[
+            "--check-interval",
+            "1s",
+            "--max-connections-per-address",
+            "2",
+            "--handshake-timeout",
+            "2s",
+            "--read-timeout",
+            "1s",
+        ],
+        &[],
+    );
+    // ingest_*, and an unexpected flow for the check.
     server.push_one();
-    let (status, text) = get(server.http, "/metrics").unwrap();
-    assert_eq!(status, 200, "{text}");
-    let served = served_names(&text);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !get(server.http, "/metrics")
+        .unwrap()
+        .1
+        .contains("\nleash_grpc_connections 0\n")
+    {
+        assert!(Instant::now() < deadline, "the agent's connection stays open");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // streams_reset{read_timeout}, then connections_closed{handshake} (a silent connection)
+    // and connections_refused{per_address} (a third connection while both are open).
+    let stalled = stalled_stream(server.grpc);
+    let silent = TcpStream::connect(server.grpc).unwrap();
+    let refused = TcpStream::connect(server.grpc).unwrap();
+
+    let missing = |served: &BTreeSet<String>| -> Vec<String> {
+        named
+            .iter()
+            .filter(|name| match name.strip_suffix('*') {
+                Some(prefix) => !served.iter().any(|s| s.starts_with(prefix)),
+                None => !served.contains(*name),
+            })
+            .cloned()
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let served = loop {
+        let (status, text) = get(server.http, "/metrics").unwrap();
+        assert_eq!(status, 200, "{text}");
+        let served = served_names(&text);
+        if missing(&served).is_empty() || Instant::now() > deadline {
+            break served;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
 
     let doubled: Vec<&String> = served
         .iter()
@@ -278,19 +416,13 @@ fn every_metric_the_readmes_name_is_on_the_served_metrics() {
         served.contains("leash_ingest_batches_stored_total"),
         "{served:?}"
     );
-
-    let named = readme_metric_names();
-    assert!(named.contains("leash_ingest_*"), "{named:?}");
-    for name in &named {
-        let found = match name.strip_suffix('*') {
-            Some(prefix) => served.iter().any(|s| s.starts_with(prefix)),
-            None => served.contains(name),
-        };
-        assert!(
-            found,
-            "the README names {name}, which leash serve does not serve; it serves {served:?}"
-        );
-    }
+    assert_eq!(
+        missing(&served),
+        Vec::<String>::new(),
+        "the READMEs name these, which leash serve does not serve; it serves {served:?}"
+    );
+    // A graceful stop waits for open connections.
+    drop((stalled, silent, refused));
     server.stop();
 }
 
@@ -307,33 +439,33 @@ fn any_level(lines: &[String], level: &str) -> bool {
 #[test]
 fn leash_log_sets_the_log_filter_and_rust_log_is_its_fallback() {
     // The manifests' LEASH_LOG=debug: leash's own debug lines appear.
-    let server = Server::start(&[("LEASH_LOG", "debug")]);
+    let server = Server::start(EMPTY_CLUSTER, &[], &[("LEASH_LOG", "debug")]);
     server.push_one();
     let lines = server.stop();
     assert!(has(&lines, "DEBUG", "ingest stream opened"), "{lines:#?}");
 
     // Neither variable: info, no debug.
-    let server = Server::start(&[]);
+    let server = Server::start(EMPTY_CLUSTER, &[], &[]);
     server.push_one();
     let lines = server.stop();
     assert!(has(&lines, "INFO", "leash serve ready"), "{lines:#?}");
     assert!(!any_level(&lines, "DEBUG"), "{lines:#?}");
 
     // LEASH_LOG wins over RUST_LOG.
-    let server = Server::start(&[("LEASH_LOG", "warn"), ("RUST_LOG", "debug")]);
+    let server = Server::start(EMPTY_CLUSTER, &[], &[("LEASH_LOG", "warn"), ("RUST_LOG", "debug")]);
     server.push_one();
     let lines = server.stop();
     assert!(!any_level(&lines, "INFO"), "{lines:#?}");
     assert!(!any_level(&lines, "DEBUG"), "{lines:#?}");
 
     // RUST_LOG alone still works.
-    let server = Server::start(&[("RUST_LOG", "debug")]);
+    let server = Server::start(EMPTY_CLUSTER, &[], &[("RUST_LOG", "debug")]);
     server.push_one();
     let lines = server.stop();
     assert!(has(&lines, "DEBUG", "ingest stream opened"), "{lines:#?}");
 
     // A filter that does not parse: info, and a warning that says so.
-    let server = Server::start(&[("LEASH_LOG", "leash=loud")]);
+    let server = Server::start(EMPTY_CLUSTER, &[], &[("LEASH_LOG", "leash=loud")]);
     let lines = server.stop();
     assert!(has(&lines, "WARN", "invalid log filter"), "{lines:#?}");
     assert!(has(&lines, "INFO", "leash serve ready"), "{lines:#?}");
