@@ -44,7 +44,10 @@ async fn store_follows_adds_updates_deletes_and_relists() {
             .owner("ReplicaSet", "a-7d4")
             .build(),
         k8s::pod("shop", "b").uid(UID_B).node("n1").build(),
-        k8s::pod("shop", "c-elsewhere").uid(UID_C).node("n2").build(),
+        k8s::pod("shop", "c-elsewhere")
+            .uid(UID_C)
+            .node("n2")
+            .build(),
     ] {
         api.apply(&pod);
     }

@@ -42,7 +42,12 @@ fn the_recommender_gets_its_pod_name_from_the_downward_api() {
             .stateful_set("leash-recommender")
             .and_then(|s| s.spec.template.spec.as_ref());
         let var = env(container(pod, "recommender", &m.source), name, &m.source);
-        assert_eq!(field_path(var), Some("metadata.name"), "{}: {var:?}", m.source);
+        assert_eq!(
+            field_path(var),
+            Some("metadata.name"),
+            "{}: {var:?}",
+            m.source
+        );
         assert_eq!(var.value, None, "{}: {var:?}", m.source);
     }
 }

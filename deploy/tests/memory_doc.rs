@@ -92,8 +92,20 @@ fn deploy_docs_refer_to_the_measured_peak_instead_of_copying_it() {
                 .unwrap_or_else(|| panic!("{}: no agent memory", m.source))
         };
         let (request, limit) = (of(&resources.requests), of(&resources.limits));
-        assert!(request >= peak, "{}: request {request} MiB < peak {peak} MiB", m.source);
-        assert!(limit >= 2.0 * peak, "{}: limit {limit} MiB < 2 × peak {peak} MiB", m.source);
-        assert_eq!(limit, 256.0, "{}: the limit deploy/README.md states", m.source);
+        assert!(
+            request >= peak,
+            "{}: request {request} MiB < peak {peak} MiB",
+            m.source
+        );
+        assert!(
+            limit >= 2.0 * peak,
+            "{}: limit {limit} MiB < 2 × peak {peak} MiB",
+            m.source
+        );
+        assert_eq!(
+            limit, 256.0,
+            "{}: the limit deploy/README.md states",
+            m.source
+        );
     }
 }

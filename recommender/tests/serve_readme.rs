@@ -221,7 +221,9 @@ fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     assert!(
-        !head.to_ascii_lowercase().contains("transfer-encoding: chunked"),
+        !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
         "chunked answer: {head}"
     );
     let status = head
@@ -375,7 +377,10 @@ fn every_metric_the_readmes_name_is_on_the_served_metrics() {
         .1
         .contains("\nleash_grpc_connections 0\n")
     {
-        assert!(Instant::now() < deadline, "the agent's connection stays open");
+        assert!(
+            Instant::now() < deadline,
+            "the agent's connection stays open"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     // streams_reset{read_timeout}, then connections_closed{handshake} (a silent connection)
@@ -452,7 +457,11 @@ fn leash_log_sets_the_log_filter_and_rust_log_is_its_fallback() {
     assert!(!any_level(&lines, "DEBUG"), "{lines:#?}");
 
     // LEASH_LOG wins over RUST_LOG.
-    let server = Server::start(EMPTY_CLUSTER, &[], &[("LEASH_LOG", "warn"), ("RUST_LOG", "debug")]);
+    let server = Server::start(
+        EMPTY_CLUSTER,
+        &[],
+        &[("LEASH_LOG", "warn"), ("RUST_LOG", "debug")],
+    );
     server.push_one();
     let lines = server.stop();
     assert!(!any_level(&lines, "INFO"), "{lines:#?}");

@@ -32,9 +32,7 @@ use k8s_openapi::api::core::v1::{
     Container, ContainerPort, HostIP, Namespace, ObjectReference, Pod, PodIP, PodSpec, PodStatus,
     Service, ServicePort, ServiceSpec,
 };
-use k8s_openapi::api::discovery::v1::{
-    Endpoint, EndpointConditions, EndpointPort, EndpointSlice,
-};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -314,15 +312,18 @@ impl EndpointSliceBuilder {
             name: Some(name.to_owned()),
             ..ObjectReference::default()
         });
-        self.slice.endpoints.get_or_insert_with(Vec::new).push(Endpoint {
-            addresses: vec![address.to_owned()],
-            conditions: Some(EndpointConditions {
-                ready: Some(ready),
-                ..EndpointConditions::default()
-            }),
-            target_ref,
-            ..Endpoint::default()
-        });
+        self.slice
+            .endpoints
+            .get_or_insert_with(Vec::new)
+            .push(Endpoint {
+                addresses: vec![address.to_owned()],
+                conditions: Some(EndpointConditions {
+                    ready: Some(ready),
+                    ..EndpointConditions::default()
+                }),
+                target_ref,
+                ..Endpoint::default()
+            });
         self
     }
 
@@ -360,7 +361,10 @@ mod tests {
         assert_eq!(p.metadata.uid.as_deref(), Some("u"));
         assert_eq!(p.metadata.labels.as_ref().map(BTreeMap::len), Some(2));
         let owner = &p.metadata.owner_references.as_deref().unwrap_or_default()[0];
-        assert_eq!((owner.kind.as_str(), owner.controller), ("ReplicaSet", Some(true)));
+        assert_eq!(
+            (owner.kind.as_str(), owner.controller),
+            ("ReplicaSet", Some(true))
+        );
         let spec = p.spec.unwrap_or_default();
         assert_eq!(spec.node_name.as_deref(), Some("n1"));
         assert_eq!(spec.host_network, Some(true));
@@ -383,7 +387,10 @@ mod tests {
             .unwrap_or_default();
         assert_eq!(s.cluster_ip.as_deref(), Some("198.51.100.130"));
         let ports = s.ports.unwrap_or_default();
-        assert_eq!(ports[0].target_port, Some(IntOrString::String("http".into())));
+        assert_eq!(
+            ports[0].target_port,
+            Some(IntOrString::String("http".into()))
+        );
         assert_eq!(ports[1].target_port, Some(IntOrString::Int(8081)));
         let e = endpoint_slice("shop", "web", "IPv4")
             .port(Some("http"), 8080, "TCP")

@@ -236,8 +236,13 @@ mod tests {
         let metrics = Metrics::new();
         let store = PodStore::new(metrics.clone());
         store.upsert(
-            PodInfo::from_pod(&k8s::pod("shop", "payment-7d4-x2").uid(UID).node("n1").build())
-                .unwrap(),
+            PodInfo::from_pod(
+                &k8s::pod("shop", "payment-7d4-x2")
+                    .uid(UID)
+                    .node("n1")
+                    .build(),
+            )
+            .unwrap(),
         );
         let mut attributor = Attributor::new(
             CgroupPaths::new(dir.path(), metrics.clone()),
@@ -262,8 +267,7 @@ mod tests {
 
         // The pod shows up later (kube watch latency): attributed from then on.
         store.upsert(
-            PodInfo::from_pod(&k8s::pod("ns", "late").uid(unknown_uid).node("n1").build())
-                .unwrap(),
+            PodInfo::from_pod(&k8s::pod("ns", "late").uid(unknown_uid).node("n1").build()).unwrap(),
         );
         assert_eq!(
             attributor

@@ -140,7 +140,10 @@ fn the_agent_attaches_every_program_of_its_object() {
         .collect();
     let in_object: BTreeSet<String> = object_programs().into_iter().map(|(_, f)| f).collect();
     assert_eq!(
-        in_object.iter().map(String::as_str).collect::<BTreeSet<_>>(),
+        in_object
+            .iter()
+            .map(String::as_str)
+            .collect::<BTreeSet<_>>(),
         loaded,
         "programs of the object vs those Capture::start loads and attaches"
     );
@@ -177,10 +180,21 @@ fn the_readmes_name_only_programs_the_agent_loads_and_readme_names_all() {
 
 #[test]
 fn program_spans_are_recognised() {
-    for yes in ["sock_ops", "cgroup/connect4", "cgroup/connect*", "cgroup_skb/ingress"] {
+    for yes in [
+        "sock_ops",
+        "cgroup/connect4",
+        "cgroup/connect*",
+        "cgroup_skb/ingress",
+    ] {
         assert!(names_a_program(yes), "{yes}");
     }
-    for no in ["cgroup", "/sys/fs/cgroup", "pod", "kubepods.slice/x", "cgroup/ x"] {
+    for no in [
+        "cgroup",
+        "/sys/fs/cgroup",
+        "pod",
+        "kubepods.slice/x",
+        "cgroup/ x",
+    ] {
         assert!(!names_a_program(no), "{no}");
     }
     assert_eq!(
