@@ -4,6 +4,7 @@
 //! - [`bounded`]: bounded reading of input files (line length, file size, file type).
 //! - [`codec`]: the gRPC codec of `leash.v1` (prost, decoded from one contiguous slice).
 //! - [`duration`]: the one duration grammar of every flag and query parameter, range-checked.
+//! - [`log`]: the one logging rule of both binaries (`LEASH_LOG`, else `RUST_LOG`, else `info`).
 //! - [`names`]: which DNS names, Kubernetes names and label keys leash accepts.
 //! - [`record`]: the v1 JSON-lines records (`kind: flow` and `kind: dns`) and a reader that
 //!   names the file and line of every bad record.
@@ -17,6 +18,7 @@ pub mod access;
 pub mod bounded;
 pub mod codec;
 pub mod duration;
+pub mod log;
 pub mod names;
 pub mod record;
 pub mod snapshot;
