@@ -299,7 +299,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let mut recommendation = leash::recommend::checked(&cluster, &observations, &opts)
                 .map_err(|e| {
                     // Our own bug, not the user's input.
-                    Failure::Runtime(format!("self-check failed, refusing to write policies: {e}"))
+                    Failure::Runtime(format!(
+                        "self-check failed, refusing to write policies: {e}"
+                    ))
                 })?;
             recommendation.skipped_input = leash::recommend::skipped_lines(&skipped);
             match output {
