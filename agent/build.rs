@@ -20,6 +20,9 @@ fn main() -> anyhow::Result<()> {
         .to_str()
         .ok_or_else(|| anyhow!("non-UTF-8 path {}", root.display()))?;
     println!("cargo::rerun-if-changed=build.rs");
+    // Set only by `make product-check`: a test-only module compiled without the `testing`
+    // feature hits its `compile_error!`.
+    println!("cargo::rustc-check-cfg=cfg(leash_product_build)");
     // aya-build relays the nested cargo's stderr as `cargo:warning`s; keep its progress
     // lines ("Compiling ...") out of every build's output. Errors are still printed.
     // SAFETY: build scripts are single-threaded at this point.

@@ -55,13 +55,14 @@ use hickory_proto::{
 };
 use leash_agent::{
     aggregate::{Aggregator, FlowDelta, SampleSource, cgroup_runs},
-    attribution::{Attributor, CgroupPaths, PodInfo, PodStore, pods::fixtures},
+    attribution::{Attributor, CgroupPaths, PodInfo, PodStore},
     capture::{FlowSample, KernelClock},
     dns::{DnsCacheConfig, DnsTracker},
     metrics::Metrics,
     pipeline::{FlowGroup, flow_view, group_flows},
     sink::FlowView,
 };
+use leash_lab::k8s;
 use leash_records::{FlowRecord, Record};
 
 /// Distinct flow keys in the workload.
@@ -267,13 +268,11 @@ impl Workload {
                 container_id(i)
             ));
             std::fs::create_dir_all(&path).expect("create pod cgroup directory");
-            let pod = fixtures::pod(
-                "shop",
-                &format!("app-{i}-7d4-x2"),
-                &uid,
-                NODE,
-                &[("app", "bench")],
-            );
+            let pod = k8s::pod("shop", &format!("app-{i}-7d4-x2"))
+                .uid(&uid)
+                .node(NODE)
+                .labels(&[("app", "bench")])
+                .build();
             store.upsert(PodInfo::from_pod(&pod).expect("fixture pod has a uid"));
             pods.push(PodFixture {
                 cgroup_id: inode(&path),

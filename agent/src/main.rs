@@ -112,13 +112,8 @@ async fn shutdown_signal() {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LEASH_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // `LEASH_LOG`, else `RUST_LOG`, else `info`: the rule `leash` follows too.
+    leash_records::log::init_stderr();
     let cli = Cli::parse();
     let mut dns_ports = vec![53];
     dns_ports.extend(cli.dns_ports.iter().copied().filter(|p| *p != 53));

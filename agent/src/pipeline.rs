@@ -570,10 +570,10 @@ mod tests {
     use std::os::unix::fs::MetadataExt as _;
 
     use super::*;
-    use crate::attribution::pods::fixtures;
     use crate::capture::{FlowId, KernelClock};
     use crate::dns::DnsCacheConfig;
     use crate::sink::testing::at;
+    use leash_lab::k8s;
 
     fn delta(clock: &KernelClock, cgroup_id: u64, protocol: u8, dst: &str, port: u16) -> FlowDelta {
         FlowDelta {
@@ -691,7 +691,8 @@ mod tests {
         let pods = PodStore::new(metrics.clone());
         // Pod 1 is "zeta/z", pod 2 is "alpha/a": alpha sorts first.
         for (n, ns, name) in [(1, "zeta", "z"), (2, "alpha", "a")] {
-            pods.upsert(PodInfo::from_pod(&fixtures::pod(ns, name, &uid(n), "n1", &[])).unwrap());
+            let pod = k8s::pod(ns, name).uid(&uid(n)).node("n1").build();
+            pods.upsert(PodInfo::from_pod(&pod).unwrap());
         }
         let mut attributor = Attributor::new(
             CgroupPaths::new(dir.path(), metrics.clone()),

@@ -425,8 +425,14 @@ impl Sink for JsonLinesSink {
     }
 }
 
-/// Builders of v1 records, for tests here and in integration tests.
+/// Builders of v1 records, for tests here and in integration tests (feature `testing`).
+#[cfg(any(test, feature = "testing"))]
 pub mod testing {
+    // `make product-check` builds the library with this cfg and without the `testing`
+    // feature: it passes only if this module is left out of the product.
+    #[cfg(leash_product_build)]
+    compile_error!("test-only code compiled into the product library");
+
     use std::net::IpAddr;
 
     use chrono::{DateTime, TimeDelta, Utc};

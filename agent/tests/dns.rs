@@ -16,11 +16,11 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RecordType};
-use leash_agent::attribution::pods::fixtures;
 use leash_agent::attribution::{Attribution, PodInfo};
 use leash_agent::dns::testing::{TestRecord, message};
 use leash_agent::dns::{DnsCacheConfig, DnsTracker};
 use leash_agent::metrics::Metrics;
+use leash_lab::k8s;
 use leash_records::Record;
 
 /// Answers for each name the test resolver knows.
@@ -130,7 +130,7 @@ fn resolve(server: SocketAddr, name: &str, qtype: RecordType, edns: bool) -> Vec
 }
 
 fn in_pod(namespace: &str, name: &str, uid: &str) -> Attribution {
-    let info = PodInfo::from_pod(&fixtures::pod(namespace, name, uid, "n1", &[])).unwrap();
+    let info = PodInfo::from_pod(&k8s::pod(namespace, name).uid(uid).node("n1").build()).unwrap();
     Attribution {
         cgroup: Arc::from(format!(
             "/kubepods.slice/kubepods-pod{}.slice",

@@ -6,10 +6,10 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use leash_agent::attribution::pods::fixtures;
 use leash_agent::attribution::{PodStore, watch_pods};
 use leash_agent::metrics::Metrics;
 use leash_lab::fake_api::{FakeApi, collection_path};
+use leash_lab::k8s;
 
 const UID_A: &str = "aaaaaaaa-0000-4000-8000-000000000001";
 const UID_B: &str = "bbbbbbbb-0000-4000-8000-000000000002";
@@ -37,13 +37,17 @@ fn names(store: &PodStore) -> Vec<String> {
 async fn store_follows_adds_updates_deletes_and_relists() {
     let api = FakeApi::start().await.unwrap();
     for pod in [
-        fixtures::owned_by(
-            fixtures::pod("shop", "a", UID_A, "n1", &[("app", "a")]),
-            "ReplicaSet",
-            "a-7d4",
-        ),
-        fixtures::pod("shop", "b", UID_B, "n1", &[]),
-        fixtures::pod("shop", "c-elsewhere", UID_C, "n2", &[]),
+        k8s::pod("shop", "a")
+            .uid(UID_A)
+            .node("n1")
+            .labels(&[("app", "a")])
+            .owner("ReplicaSet", "a-7d4")
+            .build(),
+        k8s::pod("shop", "b").uid(UID_B).node("n1").build(),
+        k8s::pod("shop", "c-elsewhere")
+            .uid(UID_C)
+            .node("n2")
+            .build(),
     ] {
         api.apply(&pod);
     }
@@ -81,31 +85,30 @@ async fn store_follows_adds_updates_deletes_and_relists() {
     }
 
     // ADDED (plus one for another node, which the selector keeps away).
-    api.apply(&fixtures::host_network(fixtures::pod(
-        "kube-system",
-        "d",
-        UID_D,
-        "n1",
-        &[],
-    )));
-    api.apply(&fixtures::pod(
-        "shop",
-        "other-node",
-        "99999999-0000-4000-8000-000000000009",
-        "n2",
-        &[],
-    ));
+    api.apply(
+        &k8s::pod("kube-system", "d")
+            .uid(UID_D)
+            .node("n1")
+            .host_network()
+            .build(),
+    );
+    api.apply(
+        &k8s::pod("shop", "other-node")
+            .uid("99999999-0000-4000-8000-000000000009")
+            .node("n2")
+            .build(),
+    );
     eventually("pod d added", || store.get(UID_D).is_some()).await;
     assert!(store.get(UID_D).unwrap().host_network);
 
     // MODIFIED.
-    api.apply(&fixtures::pod(
-        "shop",
-        "a",
-        UID_A,
-        "n1",
-        &[("app", "a"), ("version", "2")],
-    ));
+    api.apply(
+        &k8s::pod("shop", "a")
+            .uid(UID_A)
+            .node("n1")
+            .labels(&[("app", "a"), ("version", "2")])
+            .build(),
+    );
     eventually("pod a relabelled", || {
         store
             .get(UID_A)
@@ -121,7 +124,7 @@ async fn store_follows_adds_updates_deletes_and_relists() {
 
     // The watch ends (server timeout): the client resumes from its version, no event lost.
     api.end_watches();
-    api.apply(&fixtures::pod("shop", "e", UID_E, "n1", &[]));
+    api.apply(&k8s::pod("shop", "e").uid(UID_E).node("n1").build());
     eventually("pod e added after watch restart", || {
         store.get(UID_E).is_some()
     })
@@ -129,7 +132,7 @@ async fn store_follows_adds_updates_deletes_and_relists() {
 
     // Changes while the watch is down, then 410 Gone: the re-list replaces the store.
     assert!(api.delete_silently::<Pod>("shop", "a"));
-    api.apply_silently(&fixtures::pod("shop", "f", UID_F, "n1", &[]));
+    api.apply_silently(&k8s::pod("shop", "f").uid(UID_F).node("n1").build());
     api.expire_watches();
     eventually("re-list applied", || {
         store.get(UID_F).is_some() && store.get(UID_A).is_none()

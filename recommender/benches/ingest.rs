@@ -420,7 +420,8 @@ fn main() -> Result<(), Error> {
     }
     let client_cpu = rusage(libc::RUSAGE_CHILDREN)?;
 
-    let mut registry = prometheus_client::registry::Registry::default();
+    // Prefixed as `leash serve`'s registry is.
+    let mut registry = prometheus_client::registry::Registry::with_prefix("leash");
     service.register(&mut registry);
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry)?;

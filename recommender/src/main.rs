@@ -640,14 +640,9 @@ async fn shutdown_signal() {
     }
 }
 
-/// Logs to stderr; `RUST_LOG` overrides the default `info`.
+/// Logs to stderr as the agent does: `LEASH_LOG`, else `RUST_LOG`, else `info`.
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    leash_records::log::init_stderr();
 }
 
 /// `--since`: the earliest last-seen time to read, counted back from now, as `?since=` is.

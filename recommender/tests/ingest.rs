@@ -323,7 +323,8 @@ fn batch(node: &str, seq: u64, flows: &[FlowRecord]) -> v1::Batch {
 }
 
 fn metrics(server: &Server) -> String {
-    let mut registry = prometheus_client::registry::Registry::default();
+    // Prefixed as `leash serve`'s registry is.
+    let mut registry = prometheus_client::registry::Registry::with_prefix("leash");
     server.service.register(&mut registry);
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");

@@ -86,6 +86,7 @@ mod client;
 mod dns;
 mod error;
 pub mod fake_api;
+pub mod k8s;
 mod lab;
 mod servers;
 pub mod shop;

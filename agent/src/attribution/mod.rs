@@ -211,8 +211,8 @@ impl Attributor {
 
 #[cfg(test)]
 mod tests {
-    use super::pods::fixtures;
     use super::*;
+    use leash_lab::k8s;
     use std::os::unix::fs::MetadataExt;
 
     const UID: &str = "6f1c2f9e-3b0a-4c1e-9a7d-2d4b5e6f7a8b";
@@ -236,7 +236,13 @@ mod tests {
         let metrics = Metrics::new();
         let store = PodStore::new(metrics.clone());
         store.upsert(
-            PodInfo::from_pod(&fixtures::pod("shop", "payment-7d4-x2", UID, "n1", &[])).unwrap(),
+            PodInfo::from_pod(
+                &k8s::pod("shop", "payment-7d4-x2")
+                    .uid(UID)
+                    .node("n1")
+                    .build(),
+            )
+            .unwrap(),
         );
         let mut attributor = Attributor::new(
             CgroupPaths::new(dir.path(), metrics.clone()),
@@ -261,7 +267,7 @@ mod tests {
 
         // The pod shows up later (kube watch latency): attributed from then on.
         store.upsert(
-            PodInfo::from_pod(&fixtures::pod("ns", "late", unknown_uid, "n1", &[])).unwrap(),
+            PodInfo::from_pod(&k8s::pod("ns", "late").uid(unknown_uid).node("n1").build()).unwrap(),
         );
         assert_eq!(
             attributor

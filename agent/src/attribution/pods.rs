@@ -192,67 +192,10 @@ impl PodStore {
     }
 }
 
-/// Builders of test pods, shared by unit and integration tests.
-pub mod fixtures {
-    use k8s_openapi::api::core::v1::{Pod, PodSpec};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-
-    /// A pod `namespace/name` with `uid`, scheduled on `node`, with the given labels.
-    pub fn pod(namespace: &str, name: &str, uid: &str, node: &str, labels: &[(&str, &str)]) -> Pod {
-        Pod {
-            metadata: ObjectMeta {
-                namespace: Some(namespace.to_owned()),
-                name: Some(name.to_owned()),
-                uid: Some(uid.to_owned()),
-                resource_version: Some("1".to_owned()),
-                labels: Some(
-                    labels
-                        .iter()
-                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                        .collect(),
-                ),
-                ..ObjectMeta::default()
-            },
-            spec: Some(PodSpec {
-                node_name: Some(node.to_owned()),
-                ..PodSpec::default()
-            }),
-            status: None,
-        }
-    }
-
-    /// `pod` with a controller owner reference.
-    pub fn owned_by(mut pod: Pod, kind: &str, name: &str) -> Pod {
-        pod.metadata.owner_references = Some(vec![OwnerReference {
-            api_version: "apps/v1".to_owned(),
-            kind: kind.to_owned(),
-            name: name.to_owned(),
-            uid: "00000000-0000-0000-0000-000000000001".to_owned(),
-            controller: Some(true),
-            block_owner_deletion: None,
-        }]);
-        pod
-    }
-
-    /// `pod` with `spec.hostNetwork: true`.
-    pub fn host_network(mut pod: Pod) -> Pod {
-        if let Some(spec) = pod.spec.as_mut() {
-            spec.host_network = Some(true);
-        }
-        pod
-    }
-
-    /// `pod` with `metadata.resourceVersion` set.
-    pub fn with_resource_version(mut pod: Pod, rv: &str) -> Pod {
-        pod.metadata.resource_version = Some(rv.to_owned());
-        pod
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::fixtures::*;
     use super::*;
+    use leash_lab::k8s;
 
     const SNAPSHOT: &str = r#"
 apiVersion: v1
@@ -331,18 +274,14 @@ items:
     }
 
     #[test]
-    fn fixtures_round_trip_through_pod_info() {
-        let pod = host_network(owned_by(
-            pod(
-                "ns",
-                "web-1",
-                "0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9",
-                "n1",
-                &[("app", "web")],
-            ),
-            "StatefulSet",
-            "web",
-        ));
+    fn builder_pods_round_trip_through_pod_info() {
+        let pod = k8s::pod("ns", "web-1")
+            .uid("0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9")
+            .node("n1")
+            .labels(&[("app", "web")])
+            .owner("StatefulSet", "web")
+            .host_network()
+            .build();
         let info = PodInfo::from_pod(&pod).unwrap();
         assert_eq!(
             info.pod_ref(),
@@ -364,21 +303,19 @@ items:
     fn upsert_remove_replace() {
         let store = PodStore::new(Metrics::new());
         assert!(!store.is_synced());
-        let a = PodInfo::from_pod(&pod(
-            "ns",
-            "a",
-            "0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9",
-            "n1",
-            &[],
-        ))
+        let a = PodInfo::from_pod(
+            &k8s::pod("ns", "a")
+                .uid("0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9")
+                .node("n1")
+                .build(),
+        )
         .unwrap();
-        let b = PodInfo::from_pod(&pod(
-            "ns",
-            "b",
-            "6f1c2f9e-3b0a-4c1e-9a7d-2d4b5e6f7a8b",
-            "n1",
-            &[],
-        ))
+        let b = PodInfo::from_pod(
+            &k8s::pod("ns", "b")
+                .uid("6f1c2f9e-3b0a-4c1e-9a7d-2d4b5e6f7a8b")
+                .node("n1")
+                .build(),
+        )
         .unwrap();
         store.upsert(a.clone());
         store.upsert(b.clone());

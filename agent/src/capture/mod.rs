@@ -60,6 +60,8 @@
 
 mod batch;
 mod decode;
+#[cfg(test)]
+mod docs;
 
 use std::{
     collections::BTreeMap,

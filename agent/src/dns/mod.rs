@@ -370,8 +370,15 @@ impl DnsTracker {
     }
 }
 
-/// Builders of real DNS messages with hickory-proto, for tests here and in `tests/`.
+/// Builders of real DNS messages with hickory-proto, for tests here and in `tests/` (feature
+/// `testing`).
+#[cfg(any(test, feature = "testing"))]
 pub mod testing {
+    // `make product-check` builds the library with this cfg and without the `testing`
+    // feature: it passes only if this module is left out of the product.
+    #[cfg(leash_product_build)]
+    compile_error!("test-only code compiled into the product library");
+
     use std::net::IpAddr;
     use std::str::FromStr;
 

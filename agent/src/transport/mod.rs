@@ -30,6 +30,7 @@ pub mod backoff;
 pub mod buffer;
 pub mod client;
 pub mod split;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 use std::collections::VecDeque;

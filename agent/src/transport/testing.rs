@@ -6,6 +6,14 @@
 //! the agent ([`Answers`]): a flow with a name that is no valid DNS name (an empty one, as a
 //! root-owned answer makes) is its invalid record, and `--max-message-bytes` its size limit. It can also refuse every batch
 //! (an id the recommender does not take) or answer UNAVAILABLE (overload).
+//!
+//! Test-only: compiled for this crate's unit tests and with the `testing` feature, which only
+//! this crate's own dev-dependency enables.
+
+// `make product-check` builds the library with this cfg and without the `testing`
+// feature: it passes only if this module is left out of the product.
+#[cfg(leash_product_build)]
+compile_error!("test-only code compiled into the product library");
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;

@@ -6,6 +6,7 @@
 //! - [`duration`]: the one duration grammar of every flag and query parameter, range-checked.
 //! - [`error`]: [`Chain`](error::Chain), the one printer of an error and its causes (an
 //!   error's message never includes its source; the printers print the chain).
+//! - [`log`]: the one logging rule of both binaries (`LEASH_LOG`, else `RUST_LOG`, else `info`).
 //! - [`names`]: which DNS names, Kubernetes names and label keys leash accepts.
 //! - [`record`]: the v1 JSON-lines records (`kind: flow` and `kind: dns`) and a reader that
 //!   names the file and line of every bad record.
@@ -20,6 +21,7 @@ pub mod bounded;
 pub mod codec;
 pub mod duration;
 pub mod error;
+pub mod log;
 pub mod names;
 pub mod record;
 pub mod snapshot;

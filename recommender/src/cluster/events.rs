@@ -23,6 +23,10 @@ pub const EVENTS_ACCESS: &[ApiAccess] = &[ApiAccess {
 /// The reporting controller named in leash's events.
 pub const REPORTING_CONTROLLER: &str = "leash";
 
+/// The environment variable `leash serve` takes its events' reporting instance from: the pod
+/// name, which the deploy manifests set from the downward API (`metadata.name`).
+pub const INSTANCE_ENV: &str = "POD_NAME";
+
 /// The `reason` of [`EventPublisher::publish_unexpected_egress`] events.
 pub const REASON_UNEXPECTED_EGRESS: &str = "UnexpectedEgress";
 

@@ -68,9 +68,10 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Registers the metrics under `leash_ingest_*`.
+    /// Registers the metrics under `ingest_*` of `registry`: `leash_ingest_*` in `leash
+    /// serve`, whose registry carries the `leash` prefix (as for `leash_grpc_*`).
     pub fn register(&self, registry: &mut Registry) {
-        let r = registry.sub_registry_with_prefix("leash_ingest");
+        let r = registry.sub_registry_with_prefix("ingest");
         r.register(
             "batches_stored",
             "Batches committed to the store",

@@ -143,7 +143,8 @@ impl IngestService {
         }
     }
 
-    /// Registers the service's metrics under `leash_ingest_*`.
+    /// Registers the service's metrics under `ingest_*` of `registry` (`leash_ingest_*` in
+    /// `leash serve`'s registry, prefixed `leash`).
     pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
         self.inner.metrics.register(registry);
     }

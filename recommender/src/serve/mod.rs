@@ -211,7 +211,7 @@ pub async fn run(
                     client.clone(),
                     crate::cluster::watch::WatchOptions::default(),
                 );
-                let instance = std::env::var("POD_NAME").ok();
+                let instance = std::env::var(crate::cluster::events::INSTANCE_ENV).ok();
                 let sink = EventAlerts {
                     publisher: crate::cluster::events::EventPublisher::new(client, instance),
                     model: rx.clone(),

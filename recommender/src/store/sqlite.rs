@@ -946,54 +946,31 @@ impl SqliteStore {
         if out.len() == first {
             return Ok(());
         }
-        {
-            let mut stmt = tx
-                .prepare_cached(
-                    "SELECT p.dst, p.port, p.protocol, names.name
-                     FROM flow_pods p JOIN names ON names.id = p.pod
-                     WHERE p.workload = ?1",
-                )
-                .map_err(ReadError::Sql)?;
-            let mut rows = stmt.query(params![id]).map_err(ReadError::Sql)?;
-            while let Some(r) = rows.next().map_err(ReadError::Sql)? {
-                let key = (
-                    r.get(0).map_err(ReadError::Sql)?,
-                    r.get(1).map_err(ReadError::Sql)?,
-                    r.get(2).map_err(ReadError::Sql)?,
-                );
-                if let Some(&i) = index.get(&key)
-                    && let Some(f) = out.get_mut(i)
-                {
-                    f.pods.names.insert(r.get(3).map_err(ReadError::Sql)?);
-                }
-            }
-        }
+        attach_names(
+            tx,
+            "SELECT p.dst, p.port, p.protocol, names.name
+             FROM flow_pods p JOIN names ON names.id = p.pod
+             WHERE p.workload = ?1",
+            id,
+            &index,
+            out,
+            |f| &mut f.pods.names,
+        )?;
         for f in out.iter_mut().skip(first) {
             let named = u64::try_from(f.pods.names.len()).unwrap_or(u64::MAX);
             f.pods.more = f.pods.more.saturating_sub(named);
         }
-        let mut stmt = tx
-            .prepare_cached(
-                "SELECT n.dst, n.port, n.protocol, names.name
-                 FROM flow_names n JOIN names ON names.id = n.name
-                 WHERE n.workload = ?1",
-            )
-            .map_err(ReadError::Sql)?;
-        let mut rows = stmt.query(params![id]).map_err(ReadError::Sql)?;
-        while let Some(r) = rows.next().map_err(ReadError::Sql)? {
-            let key = (
-                r.get(0).map_err(ReadError::Sql)?,
-                r.get(1).map_err(ReadError::Sql)?,
-                r.get(2).map_err(ReadError::Sql)?,
-            );
-            // Links of flows outside the window have no entry.
-            if let Some(&i) = index.get(&key)
-                && let Some(f) = out.get_mut(i)
-            {
-                f.names.insert(r.get(3).map_err(ReadError::Sql)?);
-            }
-        }
-        Ok(())
+        // Links of flows outside the window have no entry.
+        attach_names(
+            tx,
+            "SELECT n.dst, n.port, n.protocol, names.name
+             FROM flow_names n JOIN names ON names.id = n.name
+             WHERE n.workload = ?1",
+            id,
+            &index,
+            out,
+            |f| &mut f.names,
+        )
     }
 
     /// Appends one workload's DNS observations last seen at or after `since`.
@@ -1208,6 +1185,34 @@ fn since_nanos(since: Option<DateTime<Utc>>) -> i64 {
 
 fn clamp(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(MAX_COUNT)
+}
+
+/// Reads `(dst, port, protocol, name)` rows of one workload (`sql` takes the workload id as
+/// `?1`) and adds each name to the set `field` picks of the flow `index` maps the key to.
+/// Rows of flows outside the read window have no entry and are skipped.
+fn attach_names(
+    tx: &rusqlite::Transaction<'_>,
+    sql: &str,
+    id: i64,
+    index: &HashMap<(Vec<u8>, i64, i64), usize>,
+    out: &mut [FlowObservation],
+    field: impl Fn(&mut FlowObservation) -> &mut BTreeSet<String>,
+) -> ReadResult<()> {
+    let mut stmt = tx.prepare_cached(sql).map_err(ReadError::Sql)?;
+    let mut rows = stmt.query(params![id]).map_err(ReadError::Sql)?;
+    while let Some(r) = rows.next().map_err(ReadError::Sql)? {
+        let key = (
+            r.get(0).map_err(ReadError::Sql)?,
+            r.get(1).map_err(ReadError::Sql)?,
+            r.get(2).map_err(ReadError::Sql)?,
+        );
+        if let Some(&i) = index.get(&key)
+            && let Some(f) = out.get_mut(i)
+        {
+            field(f).insert(r.get(3).map_err(ReadError::Sql)?);
+        }
+    }
+    Ok(())
 }
 
 fn unclamp(v: i64) -> u64 {
