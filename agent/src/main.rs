@@ -8,6 +8,7 @@ use leash_agent::{
     pipeline::{self, AgentConfig, PodSource},
     transport::TransportConfig,
 };
+use leash_records::error::Chain;
 
 /// Records every pod's outbound connections and DNS answers with eBPF, as v1 JSON lines.
 #[derive(Parser, Debug)]
@@ -105,7 +106,7 @@ async fn shutdown_signal() {
             }
         }
         (Err(e), _) | (_, Err(e)) => {
-            tracing::warn!(error = %e, "cannot install signal handlers; stop with --duration");
+            tracing::warn!(error = %Chain(&e), "cannot install signal handlers; stop with --duration");
             std::future::pending::<()>().await;
         }
     }
@@ -141,7 +142,7 @@ fn main() -> ExitCode {
                     Some(transport)
                 }
                 Err(e) => {
-                    eprintln!("leash-agent: {e}");
+                    eprintln!("leash-agent: {}", Chain(&e));
                     return ExitCode::from(2);
                 }
             }
@@ -174,14 +175,14 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("leash-agent: cannot start the async runtime: {e}");
+            eprintln!("leash-agent: cannot start the async runtime: {}", Chain(&e));
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(pipeline::run(config, shutdown_signal())) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("leash-agent: {e}");
+            eprintln!("leash-agent: {}", Chain(&e));
             ExitCode::FAILURE
         }
     }

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use leash_records::error::Chain;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -19,7 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Binding the `--metrics-addr` listener failed.
-    #[error("cannot listen for metrics on {addr}: {source}")]
+    #[error("cannot listen for metrics on {addr}")]
     Bind {
         /// The address asked for.
         addr: SocketAddr,
@@ -27,7 +28,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// Encoding the registry failed (a bug: text encoding into a `String` cannot fail otherwise).
-    #[error("cannot encode metrics: {0}")]
+    #[error("cannot encode metrics")]
     Encode(#[from] std::fmt::Error),
 }
 
@@ -504,12 +505,12 @@ impl MetricsServer {
                     let metrics = self.metrics.clone();
                     tokio::spawn(async move {
                         if let Err(error) = handle(stream, &metrics).await {
-                            tracing::debug!(%error, "metrics connection failed");
+                            tracing::debug!(error = %Chain(&error), "metrics connection failed");
                         }
                     });
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "metrics accept failed");
+                    tracing::warn!(error = %Chain(&error), "metrics accept failed");
                     // Avoid a hot loop when out of file descriptors.
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -531,7 +532,7 @@ async fn handle(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()>
             Err(error) => (
                 "500 Internal Server Error",
                 "text/plain",
-                format!("{error}\n"),
+                format!("{}\n", Chain(&error)),
             ),
         },
         ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_owned()),

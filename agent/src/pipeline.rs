@@ -15,6 +15,7 @@ use std::{future::Future, net::SocketAddr, ops::Range, path::PathBuf, time::Dura
 
 use agent_ebpf::Counter;
 use chrono::{DateTime, Utc};
+use leash_records::error::Chain;
 use leash_records::{DnsRecord, Outcome, Protocol};
 
 use crate::{
@@ -66,10 +67,10 @@ pub enum Error {
     #[error(transparent)]
     Metrics(#[from] crate::metrics::Error),
     /// The Kubernetes client could not be configured.
-    #[error("kubernetes client: {0}")]
+    #[error("cannot configure the Kubernetes client")]
     Kube(#[from] kube::Error),
     /// The recommender transport could not be set up.
-    #[error("recommender transport: {0}")]
+    #[error("cannot set up the recommender transport")]
     Transport(#[from] crate::transport::Error),
 }
 
@@ -322,7 +323,7 @@ impl State {
             }
             CaptureEvent::Malformed(error) => {
                 self.metrics.dns_parse_errors.inc();
-                tracing::debug!(%error, "skipping undecodable kernel record");
+                tracing::debug!(error = %Chain(&error), "skipping undecodable kernel record");
             }
         }
     }

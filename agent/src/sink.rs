@@ -26,7 +26,7 @@ mod json;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The output file could not be created.
-    #[error("cannot create output file {path}: {source}")]
+    #[error("cannot create output file {path}")]
     Open {
         /// The `--output` path.
         path: PathBuf,
@@ -34,7 +34,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// Writing or flushing the output failed.
-    #[error("cannot write records to {target}: {source}")]
+    #[error("cannot write records to {target}")]
     Write {
         /// The output (`stdout` or the file path).
         target: String,

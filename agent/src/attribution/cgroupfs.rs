@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use leash_records::error::Chain;
+
 use super::{Error, Result};
 use crate::metrics::Metrics;
 
@@ -215,7 +217,7 @@ impl CgroupPaths {
             .is_none_or(|last| now.saturating_duration_since(last) >= self.min_rescan_interval);
         if allowed {
             if let Err(error) = self.rescan_at(now, Some(id)) {
-                tracing::warn!(%error, "cgroup rescan failed");
+                tracing::warn!(error = %Chain(&error), "cgroup rescan failed");
             }
             if let Some(entry) = self.entries.get(&id) {
                 return Some(entry.path.clone());
@@ -238,7 +240,7 @@ impl CgroupPaths {
         }
         if self.last_scan_wall.is_none_or(|last| last <= seen_at) {
             if let Err(error) = self.rescan_at(Instant::now(), Some(id)) {
-                tracing::warn!(%error, "cgroup rescan failed");
+                tracing::warn!(error = %Chain(&error), "cgroup rescan failed");
             }
             if let Some(entry) = self.entries.get(&id) {
                 return Some(entry.path.clone());

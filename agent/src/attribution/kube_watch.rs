@@ -5,6 +5,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
+use leash_records::error::Chain;
 
 use super::pods::{PodInfo, PodStore};
 use crate::metrics::Metrics;
@@ -52,7 +53,7 @@ pub async fn watch_pods(client: kube::Client, node_name: &str, store: PodStore, 
             }
             Err(error) => {
                 metrics.kube_watch_errors.inc();
-                tracing::warn!(%error, node = node_name, "pod watch failed; retrying");
+                tracing::warn!(error = %Chain(&error), node = node_name, "pod watch failed; retrying");
             }
         }
     }

@@ -39,7 +39,7 @@ pub enum Error {
         checked: Vec<PathBuf>,
     },
     /// `statfs(2)` failed on a path.
-    #[error("statfs {path}: {source}")]
+    #[error("statfs {path}")]
     Statfs {
         /// The path passed to statfs.
         path: PathBuf,
@@ -55,7 +55,7 @@ pub enum Error {
         mount: PathBuf,
     },
     /// Reading the cgroup tree failed.
-    #[error("reading cgroup directory {path}: {source}")]
+    #[error("reading cgroup directory {path}")]
     Io {
         /// The directory.
         path: PathBuf,

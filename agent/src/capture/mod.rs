@@ -103,7 +103,7 @@ const PRIVILEGE_HINT: &str = "leash-agent needs CAP_BPF, CAP_NET_ADMIN and CAP_P
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The `--cgroup` directory does not exist or cannot be opened.
-    #[error("cgroup directory {path} not found or not openable: {source}")]
+    #[error("cgroup directory {path} not found or not openable")]
     CgroupNotFound {
         /// The directory.
         path: PathBuf,
@@ -121,6 +121,8 @@ pub enum Error {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The verifier rejected a program.
+    // The one message that shows its source: the multi-line log must come last, after the
+    // errno, so the errno goes in the middle. `Chain` skips a cause already written.
     #[error("the kernel verifier rejected program {program} ({source}); verifier log:\n{log}")]
     VerifierRejected {
         /// The program's name.
@@ -132,7 +134,7 @@ pub enum Error {
         log: String,
     },
     /// Parsing the object or creating its maps failed (other than missing privileges).
-    #[error("loading the eBPF object failed: {0}")]
+    #[error("loading the eBPF object failed")]
     Load(#[source] EbpfError),
     /// The object lacks a program or map this module expects (build mismatch).
     #[error("the eBPF object has no {kind} named {name}")]
@@ -143,7 +145,7 @@ pub enum Error {
         name: &'static str,
     },
     /// Loading or attaching a program failed for another reason.
-    #[error("{action} program {program} failed: {source}")]
+    #[error("{action} program {program} failed")]
     Program {
         /// "loading" or "attaching".
         action: &'static str,
@@ -154,7 +156,7 @@ pub enum Error {
         source: ProgramError,
     },
     /// A system call made while loading or attaching a program failed.
-    #[error("{action} program {program} failed: {call}: {source}")]
+    #[error("{action} program {program}: {call} failed")]
     ProgramSyscall {
         /// "loading" or "attaching".
         action: &'static str,
@@ -167,7 +169,7 @@ pub enum Error {
         source: io::Error,
     },
     /// A map operation failed.
-    #[error("{action} on map {map} failed: {source}")]
+    #[error("{action} on map {map} failed")]
     Map {
         /// The operation, e.g. "lookup" or "setting refresh interval".
         action: &'static str,
@@ -178,7 +180,7 @@ pub enum Error {
         source: MapError,
     },
     /// A system call failed.
-    #[error("{call} failed: {source}")]
+    #[error("{call} failed")]
     Syscall {
         /// The system call's name.
         call: &'static str,

@@ -17,6 +17,7 @@ use std::net::IpAddr;
 use chrono::{DateTime, Utc};
 use hickory_proto::op::{Message, MessageType, ResponseCode};
 use hickory_proto::rr::{RData, RecordType};
+use leash_records::error::Chain;
 use leash_records::names::{self, NameError};
 use leash_records::{DnsAnswer, DnsRecord};
 
@@ -124,7 +125,8 @@ pub const MAX_ANSWER_BYTES: usize = 4096;
 /// IDNs stay in punycode, and bytes outside a hostname's characters are escaped with `\`, so
 /// such names fail [`checked_name`] instead of being shown in a look-alike form.
 pub fn parse_response(payload: &[u8]) -> Result<DnsResponse> {
-    let message = Message::from_vec(payload).map_err(|e| Error::Malformed(e.to_string()))?;
+    let message =
+        Message::from_vec(payload).map_err(|e| Error::Malformed(Chain(&e).to_string()))?;
     if message.metadata.message_type != MessageType::Response {
         return Err(Error::NotAResponse);
     }
@@ -239,7 +241,7 @@ pub fn check_response(mut response: DnsResponse, metrics: &Metrics) -> Option<Dn
         metrics.add_dns_answers_cut("query_refused", response.answers.len() as u64);
         tracing::debug!(
             query = %names::display_prefix(&response.query),
-            %error,
+            error = %Chain(&error),
             "skipping DNS response: question name refused"
         );
         return None;
@@ -255,7 +257,7 @@ pub fn check_response(mut response: DnsResponse, metrics: &Metrics) -> Option<Dn
             metrics.add_dns_answers_cut("invalid_name", 1);
             tracing::debug!(
                 owner = %names::display_prefix(&answer.name),
-                %error,
+                error = %Chain(&error),
                 "skipping DNS answer: name refused"
             );
             return false;
@@ -343,7 +345,7 @@ impl DnsTracker {
             }
             Err(error) => {
                 self.metrics.dns_parse_errors.inc();
-                tracing::debug!(%error, %server, cgroup = %attribution.cgroup, "skipping DNS payload");
+                tracing::debug!(error = %Chain(&error), %server, cgroup = %attribution.cgroup, "skipping DNS payload");
                 None
             }
         }

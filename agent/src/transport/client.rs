@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use leash_records::error::Chain;
 use leash_records::tls;
 use leash_records::wire::{self, v1};
 use tokio::sync::mpsc;
@@ -46,7 +47,7 @@ impl Connector {
         let endpoint = Endpoint::from_shared(config.url.clone())
             .map_err(|e| Error::Url {
                 url: config.url.clone(),
-                reason: e.to_string(),
+                reason: Chain(&e).to_string(),
             })?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
@@ -56,7 +57,7 @@ impl Connector {
             Some(files) => {
                 // Read the files once now, so that a bad file stops the agent at start with
                 // the file's name; the connector re-reads them per connection (renewals).
-                tls::client_config(files).map_err(|e| Error::Tls(e.to_string()))?;
+                tls::client_config(files).map_err(|e| Error::Tls(Chain(&e).to_string()))?;
                 Some(tls::TlsConnector::new(files.clone()))
             }
             None => None,
@@ -213,7 +214,7 @@ pub(super) async fn run(shared: Arc<Shared>, connector: Connector) {
                     }
                 }
             }
-            Err(e) => format!("connect: {}", error_chain(&e)),
+            Err(e) => format!("connect: {}", Chain(&e)),
         };
         shared.metrics.connected.set(0);
         shared.metrics.connect_errors.inc();
@@ -295,7 +296,7 @@ fn cut_batch(shared: &Shared) -> Option<SentBatch> {
                 shared
                     .metrics
                     .add_dropped("unencodable", records.len() as u64, records.events());
-                tracing::error!(error = %e, records = records.len(), "batch cannot be encoded; dropped");
+                tracing::error!(error = %Chain(&e), records = records.len(), "batch cannot be encoded; dropped");
             }
         }
     }
@@ -589,17 +590,6 @@ fn on_ack(shared: &Shared, ack: &v1::Ack, refusals: &mut RefusalLog) {
 }
 
 /// An error with its sources, `a: b: c` (tonic's transport errors hide the cause otherwise).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

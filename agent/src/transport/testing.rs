@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use leash_records::error::Chain;
 use leash_records::names;
 use leash_records::tls::{self, TlsFiles};
 use leash_records::wire::{self, v1};
@@ -148,7 +149,7 @@ impl Recorder {
         let valid = split::select(&batch, |i| !invalid.iter().any(|(at, _)| *at == i));
         let valid = wire::batch_from_wire(valid).map_err(|e| {
             self.seen().invalid += 1;
-            Status::invalid_argument(format!("{name}: {e}"))
+            Status::invalid_argument(format!("{name}: {}", Chain(&e)))
         })?;
         let duplicate = {
             let mut seen = self.seen();
@@ -210,7 +211,7 @@ fn invalid_records(batch: &v1::Batch) -> Vec<(usize, String)> {
             WireRecord::Flow { flow, .. } => flow.names.iter().enumerate().find_map(|(n, name)| {
                 names::dns_name(name)
                     .err()
-                    .map(|e| (i, format!("names[{n}]: {e}")))
+                    .map(|e| (i, format!("names[{n}]: {}", Chain(&e))))
             }),
             WireRecord::Dns(_) => None,
         })
