@@ -621,6 +621,28 @@ mod tests {
         );
     }
 
+    /// The OS cause is the error's source, not part of its message: walking the chain meets
+    /// it once, and the chain printer shows it once, after the path.
+    #[tokio::test]
+    async fn open_error_holds_its_cause_once() {
+        let err = JsonLinesSink::open("/nonexistent-dir/leash/out.jsonl", Metrics::new())
+            .await
+            .unwrap_err();
+        let cause = std::io::Error::from_raw_os_error(libc::ENOENT).to_string();
+        let mut all = Vec::new();
+        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+        while let Some(e) = next {
+            all.push(e.to_string());
+            next = e.source();
+        }
+        let all = all.join("\n");
+        assert_eq!(all.matches(&cause).count(), 1, "{all}");
+        assert_eq!(
+            leash_records::error::Chain(&err).to_string(),
+            format!("cannot create output file /nonexistent-dir/leash/out.jsonl: {cause}")
+        );
+    }
+
     #[tokio::test]
     async fn write_errors_are_reported_and_counted() {
         let metrics = Metrics::new();

@@ -862,7 +862,8 @@ mod tests {
             "leash_ingress",
             syscall("bpf_link_create", libc::EINVAL),
         );
-        let msg = err.to_string();
+        // As a person sees it: the message, then its cause.
+        let msg = leash_records::error::Chain(&err).to_string();
         assert!(
             matches!(
                 err,
