@@ -535,6 +535,39 @@ fn the_agent_refuses_plaintext_without_insecure() {
     assert!(err.contains("--recommender"), "{err}");
 }
 
+/// A TLS file that cannot be read stops the agent with one line: what failed, the file, and
+/// the OS cause once (errors print their chain; no message repeats its source).
+#[test]
+fn the_agent_names_an_unreadable_tls_file_with_its_cause_once() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_leash-agent"))
+        .args([
+            "--recommender",
+            "https://127.0.0.1:7443",
+            "--tls-ca",
+            "/nonexistent/ca.pem",
+            "--tls-cert",
+            "/nonexistent/agent.pem",
+            "--tls-key",
+            "/nonexistent/agent-key.pem",
+            "--duration",
+            "1s",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let cause = std::io::Error::from_raw_os_error(libc::ENOENT).to_string();
+    assert_eq!(err.matches(&cause).count(), 1, "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("leash-agent: "))
+        .unwrap_or_else(|| panic!("no error line: {err}"));
+    assert!(
+        line.ends_with(&format!("cannot read /nonexistent/ca.pem: {cause}")),
+        "{line}"
+    );
+}
+
 #[tokio::test]
 async fn a_refusal_by_an_old_recommender_costs_only_the_invalid_record() {
     // The runtime is single-threaded: the sender task logs into this thread's subscriber.
