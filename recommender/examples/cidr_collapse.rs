@@ -11,6 +11,7 @@ use std::io::{BufWriter, Write};
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
+use leash_records::error::Chain;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -31,7 +32,7 @@ fn main() -> ExitCode {
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("{path}: {e}");
+            eprintln!("{path}: {}", Chain(&e));
             return ExitCode::from(2);
         }
     };
@@ -44,11 +45,11 @@ fn main() -> ExitCode {
         }
         let parsed = if line.contains('/') {
             any_prefix = true;
-            line.parse::<Ipv4Net>().map_err(|e| e.to_string())
+            line.parse::<Ipv4Net>().map_err(|e| Chain(&e).to_string())
         } else {
             line.parse::<Ipv4Addr>()
                 .map(Ipv4Net::from)
-                .map_err(|e| e.to_string())
+                .map_err(|e| Chain(&e).to_string())
         };
         match parsed {
             Ok(n) => nets.push(n),

@@ -44,7 +44,7 @@ pub fn init_stderr() {
         tracing::warn!(
             variable = source.unwrap_or(LOG_ENV),
             value = %directives,
-            %error,
+            error = %crate::error::Chain(&error),
             "invalid log filter; logging at {DEFAULT_LOG_FILTER}"
         );
     }
