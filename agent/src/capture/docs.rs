@@ -7,6 +7,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
+use leash_records::error::Chain;
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _, SectionKind};
 
 use super::{EBPF_OBJECT, INGRESS_PROGRAM, RELEASE_PROGRAM, SOCK_ADDR_PROGRAMS};
@@ -129,7 +130,8 @@ fn matches(span: &str, section: &str) -> bool {
 
 fn read(relative: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display(), e = Chain(&e)))
 }
 
 #[test]

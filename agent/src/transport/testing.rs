@@ -292,10 +292,10 @@ impl RecordingServer {
     /// As [`RecordingServer::start_new`].
     pub async fn start_limited(tls: Option<TlsFiles>, max_message_bytes: Option<usize>) -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap_or_else(|e| panic!("bind 127.0.0.1:0: {e}"));
+            .unwrap_or_else(|e| panic!("bind 127.0.0.1:0: {}", Chain(&e)));
         let addr = listener
             .local_addr()
-            .unwrap_or_else(|e| panic!("local_addr: {e}"));
+            .unwrap_or_else(|e| panic!("local_addr: {}", Chain(&e)));
         let mut server = Self {
             addr,
             tls,
@@ -310,7 +310,7 @@ impl RecordingServer {
     fn serve(&mut self, listener: std::net::TcpListener) {
         if let Some(files) = &self.tls {
             // Fail here, in the caller's thread, rather than silently in the server's.
-            tls::server_config(files).unwrap_or_else(|e| panic!("server TLS: {e}"));
+            tls::server_config(files).unwrap_or_else(|e| panic!("server TLS: {}", Chain(&e)));
         }
         let mut svc = v1::ingest_server::IngestServer::new(self.recorder.clone());
         if let Some(limit) = self.max_message_bytes {
@@ -374,7 +374,9 @@ impl RecordingServer {
         let listener = loop {
             match std::net::TcpListener::bind(self.addr) {
                 Ok(l) => break l,
-                Err(e) if Instant::now() > deadline => panic!("rebind {}: {e}", self.addr),
+                Err(e) if Instant::now() > deadline => {
+                    panic!("rebind {}: {e}", self.addr, e = Chain(&e))
+                }
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         };
