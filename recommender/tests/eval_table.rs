@@ -558,7 +558,7 @@ fn selector_fallback_skips_pods_that_are_not_running() {
         pod("shop", "api-3")
             .labels(&[("app", "api")])
             .ip("10.244.2.15")
-            .port("http", 8002, support::eval::TCP)
+            .port(Some("http"), 8002, support::eval::TCP)
             .phase("Pending")
             .build(),
     );
