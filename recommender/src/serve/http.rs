@@ -341,6 +341,18 @@ fn scoped_flows(
     Ok(flows)
 }
 
+/// The current model and the scope of a per-namespace request: the namespace must be known,
+/// and the window is the request's `?since=`.
+fn namespace_scope(s: &AppState, ns: &str, w: &Window) -> ApiResult<(Arc<ClusterState>, Scope)> {
+    let model = current_model(s)?;
+    known_namespace(&model, ns)?;
+    let scope = Scope {
+        since: w.cutoff()?,
+        subject: Subject::Namespace(ns.to_owned()),
+    };
+    Ok((model, scope))
+}
+
 fn known_namespace(model: &ClusterState, ns: &str) -> ApiResult<()> {
     if model.cluster.namespaces.contains_key(ns) {
         Ok(())
@@ -482,12 +494,7 @@ async fn recommendations(
     Path(ns): Path<String>,
     Query(w): Query<Window>,
 ) -> ApiResult<Response> {
-    let model = current_model(&s)?;
-    known_namespace(&model, &ns)?;
-    let scope = Scope {
-        since: w.cutoff()?,
-        subject: Subject::Namespace(ns.clone()),
-    };
+    let (model, scope) = namespace_scope(&s, &ns, &w)?;
     let mut opts = s.options.clone();
     opts.namespaces = BTreeSet::from([ns.clone()]);
     let store = Arc::clone(&s.store);
@@ -651,12 +658,7 @@ async fn audit(
     Path(ns): Path<String>,
     Query(w): Query<Window>,
 ) -> ApiResult<Response> {
-    let model = current_model(&s)?;
-    known_namespace(&model, &ns)?;
-    let scope = Scope {
-        since: w.cutoff()?,
-        subject: Subject::Namespace(ns.clone()),
-    };
+    let (model, scope) = namespace_scope(&s, &ns, &w)?;
     let store = Arc::clone(&s.store);
     let report = blocking(slot, move |limits| {
         let what = format!("namespace {ns:?}");
