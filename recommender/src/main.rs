@@ -297,7 +297,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             if !node_local_dns.is_empty() {
                 opts.classify.node_local_dns = node_local_dns.into_iter().collect::<BTreeSet<_>>();
             }
-            let (cluster, _applied) = load_cluster(&source)?;
+            let (cluster, applied) = load_cluster(&source)?;
             let (observations, skipped) = observe(&cluster, store.as_deref(), since, &flows)?;
             let mut recommendation = leash::recommend::checked(&cluster, &observations, &opts)
                 .map_err(|e| {
@@ -308,6 +308,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     ))
                 })?;
             recommendation.skipped_input = leash::recommend::skipped_lines(&skipped);
+            recommendation.shared_egress =
+                leash::recommend::shared_egress(&cluster, &applied.policies, &recommendation);
             match output {
                 Some(dir) => {
                     // Every name is checked and DIR inspected before anything is written; a

@@ -422,6 +422,26 @@ pub fn report(cluster: &Cluster, rec: &Recommendation) -> String {
         }
         s.push('\n');
     }
+    if !rec.shared_egress.is_empty() {
+        attention = true;
+        let _ = writeln!(
+            s,
+            "### Egress already restricted by another author\n\nAn applied egress \
+             NetworkPolicy that leash did not write already selects these workloads' pods. \
+             leash's policy allows what was observed on its own, but two authors of one \
+             workload's egress need a human: decide who owns it, then remove or merge the other \
+             policy.\n\n| workload | other policies |\n|---|---|"
+        );
+        for e in &rec.shared_egress {
+            let _ = writeln!(
+                s,
+                "| {} | {} |",
+                cell(&wname(e.workload)),
+                list(e.policies.iter().cloned(), 8)
+            );
+        }
+        s.push('\n');
+    }
     if !rec.host_network.is_empty() {
         attention = true;
         let _ = writeln!(

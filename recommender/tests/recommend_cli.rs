@@ -535,3 +535,97 @@ fn multi_value_flags() {
         String::from_utf8_lossy(&c.stdout)
     );
 }
+
+/// An applied egress policy that leash did not write and that selects a workload leash
+/// proposes a policy for needs a human; leash's own policies, ingress-only policies and
+/// policies of other namespaces do not.
+#[test]
+fn egress_already_restricted_by_another_author_needs_attention() {
+    let (cluster, flows) = kubeadm_args();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let snapshot = dir.path().join("cluster.yaml");
+    let mut text = std::fs::read_to_string(&cluster).expect("fixture");
+    text.push_str(
+        r#"
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: payment-lockdown, namespace: shop}
+spec:
+  podSelector: {matchLabels: {tier: backend}}
+  policyTypes: [Egress]
+  egress: [{to: [{ipBlock: {cidr: 203.0.113.0/24}}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: payment-egress-old
+  namespace: shop
+  labels: {app.kubernetes.io/managed-by: leash}
+spec:
+  podSelector: {matchLabels: {app: payment}}
+  policyTypes: [Egress]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: payment-ingress, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: payment}}
+  ingress: [{}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: everything, namespace: kube-system}
+spec:
+  podSelector: {}
+  policyTypes: [Egress]
+"#,
+    );
+    std::fs::write(&snapshot, text).expect("write snapshot");
+    let out = dir.path().join("out");
+    let o = leash(&[
+        "recommend",
+        "--cluster",
+        path_str(&snapshot),
+        "--flows",
+        &flows,
+        "-o",
+        path_str(&out),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let report = std::fs::read_to_string(out.join("REPORT.md")).expect("report");
+    let section = report
+        .split("### Egress already restricted by another author")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no section in\n{report}"));
+    let section = section.split("\n### ").next().unwrap_or(section);
+    assert!(
+        section.contains("| shop/Deployment/payment | shop/payment-lockdown |"),
+        "{section}"
+    );
+    for other in [
+        "payment-egress-old",
+        "payment-ingress",
+        "kube-system/everything",
+    ] {
+        assert!(!section.contains(other), "{other} flagged:\n{section}");
+    }
+
+    // Without another author's egress policy, nothing is flagged.
+    let plain = dir.path().join("plain");
+    let o = leash(&[
+        "recommend",
+        "--cluster",
+        &cluster,
+        "--flows",
+        &flows,
+        "-o",
+        path_str(&plain),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let report = std::fs::read_to_string(plain.join("REPORT.md")).expect("report");
+    assert!(
+        !report.contains("Egress already restricted by another author"),
+        "{report}"
+    );
+}

@@ -30,6 +30,7 @@ use crate::ports;
 
 pub mod check;
 pub mod evidence;
+pub mod existing;
 pub mod model;
 pub mod objects;
 mod rules;
@@ -40,6 +41,7 @@ use rules::build_rules;
 pub use check::{Denied, SelfCheckError, self_check};
 pub use evidence::RuleEvidence;
 use evidence::Who;
+pub use existing::{SharedEgress, shared_egress};
 pub use model::{
     EgressPeer, EgressRule, HostNetworkFinding, PolicySpec, Recommendation, RuleKind, Unresolved,
 };

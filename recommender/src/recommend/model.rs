@@ -129,4 +129,8 @@ pub struct Recommendation {
     /// from the cluster model), sorted: their traffic is in no policy. Filled by the caller
     /// that read them (`recommend --store`).
     pub skipped_input: Vec<String>,
+    /// Workloads whose egress an applied NetworkPolicy leash did not write already restricts
+    /// ([`super::shared_egress`]). Filled by the caller that has the applied policies
+    /// (`recommend`).
+    pub shared_egress: Vec<super::SharedEgress>,
 }
