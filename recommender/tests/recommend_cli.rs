@@ -582,18 +582,7 @@ spec:
 "#,
     );
     std::fs::write(&snapshot, text).expect("write snapshot");
-    let out = dir.path().join("out");
-    let o = leash(&[
-        "recommend",
-        "--cluster",
-        path_str(&snapshot),
-        "--flows",
-        &flows,
-        "-o",
-        path_str(&out),
-    ]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let report = std::fs::read_to_string(out.join("REPORT.md")).expect("report");
+    let report = report_of(path_str(&snapshot), &flows, &dir.path().join("out"));
     let section = report
         .split("### Egress already restricted by another author")
         .nth(1)
@@ -612,20 +601,24 @@ spec:
     }
 
     // Without another author's egress policy, nothing is flagged.
-    let plain = dir.path().join("plain");
-    let o = leash(&[
-        "recommend",
-        "--cluster",
-        &cluster,
-        "--flows",
-        &flows,
-        "-o",
-        path_str(&plain),
-    ]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let report = std::fs::read_to_string(plain.join("REPORT.md")).expect("report");
+    let report = report_of(&cluster, &flows, &dir.path().join("plain"));
     assert!(
         !report.contains("Egress already restricted by another author"),
         "{report}"
     );
+}
+
+/// REPORT.md of a successful `leash recommend --cluster CLUSTER --flows FLOWS -o OUT`.
+fn report_of(cluster: &str, flows: &str, out: &Path) -> String {
+    let o = leash(&[
+        "recommend",
+        "--cluster",
+        cluster,
+        "--flows",
+        flows,
+        "-o",
+        path_str(out),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    std::fs::read_to_string(out.join("REPORT.md")).expect("report")
 }
