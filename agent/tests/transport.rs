@@ -187,13 +187,29 @@ fn transport_value(metrics: &Metrics, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// The agent's log lines, captured.
+/// The agent's log lines on one test thread, captured.
+///
+/// One global subscriber serves every test of this binary and hands each line to the capture
+/// of the thread that logged it (the tests run on current-thread runtimes). A scoped
+/// subscriber (`set_default`) is not enough: while other test threads create and drop theirs,
+/// tracing may cache a call site as uninteresting, and a line goes missing.
 #[derive(Clone, Default)]
 struct LogCapture(Arc<Mutex<Vec<u8>>>);
 
-impl std::io::Write for LogCapture {
+thread_local! {
+    static CAPTURE: std::cell::RefCell<Option<LogCapture>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Writes a log line to the current thread's capture, if any.
+struct ThreadCapture;
+
+impl std::io::Write for ThreadCapture {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
+        CAPTURE.with(|c| {
+            if let Some(cap) = c.borrow().as_ref() {
+                cap.0.lock().unwrap().extend_from_slice(buf);
+            }
+        });
         Ok(buf.len())
     }
 
@@ -202,14 +218,30 @@ impl std::io::Write for LogCapture {
     }
 }
 
+/// Ends the capture of this thread's lines when dropped.
+struct Capturing;
+
+impl Drop for Capturing {
+    fn drop(&mut self) {
+        CAPTURE.with(|c| c.borrow_mut().take());
+    }
+}
+
 impl LogCapture {
-    fn subscriber(&self) -> impl tracing::Subscriber + Send + Sync + 'static {
-        let sink = self.clone();
-        tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_max_level(tracing::Level::INFO)
-            .with_writer(move || sink.clone())
-            .finish()
+    /// Captures this thread's INFO and higher lines until the guard drops.
+    fn start(&self) -> Capturing {
+        static GLOBAL: std::sync::Once = std::sync::Once::new();
+        GLOBAL.call_once(|| {
+            let subscriber = tracing_subscriber::fmt()
+                .with_ansi(false)
+                .with_max_level(tracing::Level::INFO)
+                .with_writer(|| ThreadCapture)
+                .finish();
+            tracing::subscriber::set_global_default(subscriber)
+                .expect("the only global subscriber of this test binary");
+        });
+        CAPTURE.with(|c| *c.borrow_mut() = Some(self.clone()));
+        Capturing
     }
 
     fn text(&self) -> String {
@@ -572,7 +604,7 @@ fn the_agent_names_an_unreadable_tls_file_with_its_cause_once() {
 async fn a_refusal_by_an_old_recommender_costs_only_the_invalid_record() {
     // The runtime is single-threaded: the sender task logs into this thread's subscriber.
     let log = LogCapture::default();
-    let _subscriber = tracing::subscriber::set_default(log.subscriber());
+    let _capturing = log.start();
     bounded(async {
         let pki = Pki::new();
         let server = Server::start_new(Some(pki.server())).await;
