@@ -234,26 +234,6 @@ fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     Ok((status, body.to_owned()))
 }
 
-/// The inline code spans of a Markdown text, outside fenced code blocks.
-fn code_spans(markdown: &str) -> Vec<String> {
-    let mut prose = String::new();
-    let mut fenced = false;
-    for line in markdown.lines() {
-        if line.trim_start().starts_with("```") {
-            fenced = !fenced;
-        } else if !fenced {
-            prose.push_str(line);
-            prose.push('\n');
-        }
-    }
-    prose
-        .split('`')
-        .skip(1)
-        .step_by(2)
-        .map(str::to_owned)
-        .collect()
-}
-
 /// The metric names of `leash serve` the README names: `leash_*` but not the agent's
 /// `leash_agent_*`, without labels (`leash_ingest_rejected_records_total`, `leash_ingest_*`).
 fn readme_metric_names() -> BTreeSet<String> {
@@ -261,7 +241,7 @@ fn readme_metric_names() -> BTreeSet<String> {
     for readme in ["../README.md", "../deploy/README.md"] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(readme);
         let text = std::fs::read_to_string(&path).unwrap();
-        for span in code_spans(&text) {
+        for span in leash_lab::markdown::code_spans(&text) {
             let name = span.split('{').next().unwrap_or_default();
             let metric_like = name
                 .chars()

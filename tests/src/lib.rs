@@ -88,6 +88,7 @@ mod error;
 pub mod fake_api;
 pub mod k8s;
 mod lab;
+pub mod markdown;
 mod servers;
 pub mod shop;
 mod snapshot;

@@ -85,26 +85,6 @@ fn object_programs() -> BTreeSet<(String, String)> {
     programs
 }
 
-/// The inline code spans of a Markdown text, outside fenced code blocks.
-fn code_spans(markdown: &str) -> Vec<String> {
-    let mut prose = String::new();
-    let mut fenced = false;
-    for line in markdown.lines() {
-        if line.trim_start().starts_with("```") {
-            fenced = !fenced;
-        } else if !fenced {
-            prose.push_str(line);
-            prose.push('\n');
-        }
-    }
-    prose
-        .split('`')
-        .skip(1)
-        .step_by(2)
-        .map(|span| span.split_whitespace().collect::<Vec<_>>().join(" "))
-        .collect()
-}
-
 /// Whether a code span names an eBPF program section (`cgroup/connect4`, `cgroup/connect*`,
 /// `sock_ops`).
 fn names_a_program(span: &str) -> bool {
@@ -159,7 +139,7 @@ fn the_readmes_name_only_programs_the_agent_loads_and_readme_names_all() {
         "object sections: {sections:?}"
     );
     for readme in ["../README.md", "../deploy/README.md"] {
-        let named: BTreeSet<String> = code_spans(&read(readme))
+        let named: BTreeSet<String> = leash_lab::markdown::code_spans(&read(readme))
             .into_iter()
             .filter(|s| names_a_program(s))
             .collect();
@@ -199,10 +179,6 @@ fn program_spans_are_recognised() {
     ] {
         assert!(!names_a_program(no), "{no}");
     }
-    assert_eq!(
-        code_spans("a `sock_ops` b\n```\n`xdp`\n```\n`cgroup/\nconnect4`"),
-        ["sock_ops", "cgroup/ connect4"]
-    );
     assert!(matches("cgroup/connect*", "cgroup/connect6"));
     assert!(!matches("cgroup/connect4", "cgroup/connect6"));
 }
