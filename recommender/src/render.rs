@@ -11,6 +11,7 @@ use crate::recommend::{
     self, EgressPeer, EgressRule, PolicySpec, Recommendation, RuleEvidence, RuleKind,
 };
 
+pub mod evidence;
 pub mod outdir;
 
 pub use outdir::{files, write_dir};
@@ -312,6 +313,7 @@ fn rule_kind(r: &EgressRule) -> String {
             .collect::<Vec<_>>()
             .join(", "),
         RuleKind::External => "external".to_owned(),
+        RuleKind::Previous => "previous proposal".to_owned(),
     }
 }
 
@@ -327,6 +329,9 @@ fn ports_text(r: &EgressRule) -> String {
 }
 
 fn over_permission(r: &EgressRule) -> String {
+    if r.kind == RuleKind::Previous {
+        return "kept from the previous proposal".to_owned();
+    }
     let addresses = match r.unobserved_addresses {
         None => "selector".to_owned(),
         Some(0) => "0 (exact)".to_owned(),
@@ -375,8 +380,198 @@ fn pod_list(e: &RuleEvidence, max: usize) -> String {
     cell(&s)
 }
 
-/// `REPORT.md`: what a reviewer of the policy pull request needs.
+/// The report of a whole recommendation, every namespace in one text: what a reviewer of
+/// the policy pull request needs. With `-o DIR` each namespace gets its own
+/// ([`namespace_report`]) and DIR's `REPORT.md` indexes them ([`index`]).
 pub fn report(cluster: &Cluster, rec: &Recommendation) -> String {
+    report_titled(cluster, rec, "# leash egress recommendation")
+}
+
+/// `<ns>/REPORT.md`: the report of the namespace's part of `rec` ([`scoped`]).
+pub fn namespace_report(cluster: &Cluster, rec: &Recommendation, ns: &str) -> String {
+    report_titled(
+        cluster,
+        &scoped(cluster, rec, ns),
+        &format!("# leash egress recommendation: namespace {}", code(ns)),
+    )
+}
+
+/// The namespaces `rec` has anything to report for (a policy, a finding or a change),
+/// sorted: each gets `<ns>/REPORT.md` and `<ns>/evidence.json`.
+pub fn namespaces(cluster: &Cluster, rec: &Recommendation) -> std::collections::BTreeSet<String> {
+    let ns_of = |w: usize| cluster.workloads.get(w).map(|w| w.namespace.clone());
+    let mut out: std::collections::BTreeSet<String> =
+        rec.default_deny_namespaces.iter().cloned().collect();
+    out.extend(rec.policies.iter().map(|p| p.namespace.clone()));
+    out.extend(rec.changes.iter().map(|c| c.namespace.clone()));
+    let workloads = rec
+        .isolated
+        .iter()
+        .chain(rec.briefly_observed.iter().map(|(w, _)| w))
+        .chain(rec.host_network.iter().map(|h| &h.workload))
+        .chain(&rec.unselectable)
+        .chain(rec.unresolved.iter().map(|u| &u.workload))
+        .chain(rec.shared_egress.iter().map(|e| &e.workload));
+    out.extend(workloads.filter_map(|&w| ns_of(w)));
+    out
+}
+
+/// The part of `rec` about namespace `ns`: its policies, findings and changes. What belongs
+/// to no namespace (unattributed traffic, observations left out) stays in the index.
+pub fn scoped(cluster: &Cluster, rec: &Recommendation, ns: &str) -> Recommendation {
+    let here = |w: &usize| cluster.workloads.get(*w).is_some_and(|w| w.namespace == ns);
+    Recommendation {
+        policies: rec.policies.iter().filter(|p| p.namespace == ns).cloned().collect(),
+        default_deny_namespaces: rec
+            .default_deny_namespaces
+            .iter()
+            .filter(|n| *n == ns)
+            .cloned()
+            .collect(),
+        isolated: rec.isolated.iter().copied().filter(here).collect(),
+        briefly_observed: rec.briefly_observed.iter().filter(|(w, _)| here(w)).cloned().collect(),
+        host_network: rec.host_network.iter().filter(|h| here(&h.workload)).cloned().collect(),
+        unselectable: rec.unselectable.iter().copied().filter(here).collect(),
+        unresolved: rec.unresolved.iter().filter(|u| here(&u.workload)).cloned().collect(),
+        unattributed_flows: 0,
+        min_observation: rec.min_observation,
+        skipped_input: Vec::new(),
+        shared_egress: rec.shared_egress.iter().filter(|e| here(&e.workload)).cloned().collect(),
+        has_previous: rec.has_previous,
+        changes: rec.changes.iter().filter(|c| c.namespace == ns).cloned().collect(),
+    }
+}
+
+/// DIR's `REPORT.md` with `-o DIR`: a table of the namespaces with their counts and links to
+/// `<ns>/REPORT.md` and `<ns>/evidence.json`, then what belongs to no namespace.
+pub fn index(cluster: &Cluster, rec: &Recommendation) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# leash egress recommendation\n");
+    let _ = writeln!(
+        s,
+        "{} in {}. Each namespace has its own report (the evidence of every rule, what \
+         needs attention, the changes since the previous proposal) and `evidence.json` (the \
+         same evidence, for machines and for `leash recommend --previous`).\n",
+        plural(rec.policies.len(), "workload policy", "workload policies"),
+        plural(rec.default_deny_namespaces.len(), "namespace", "namespaces"),
+    );
+    let _ = writeln!(
+        s,
+        "| namespace | policies | needs attention | changes | report | evidence |\n|---|---|---|---|---|---|"
+    );
+    for ns in namespaces(cluster, rec) {
+        let part = scoped(cluster, rec, &ns);
+        let attention = part.isolated.len()
+            + part.briefly_observed.len()
+            + part.host_network.len()
+            + part.unselectable.len()
+            + part.unresolved.len()
+            + part.shared_egress.len()
+            + part
+                .policies
+                .iter()
+                .flat_map(|p| &p.rules)
+                .filter(|r| !r.budget_met)
+                .count();
+        // Namespaces are checked DNS-1123 labels before any file is written: safe in a link.
+        let _ = writeln!(
+            s,
+            "| {} | {} | {attention} | {} | [{ns}/REPORT.md]({ns}/REPORT.md) | [{ns}/evidence.json]({ns}/evidence.json) |",
+            cell(&code(&ns)),
+            part.policies.len(),
+            if rec.has_previous {
+                part.changes.len().to_string()
+            } else {
+                "new".to_owned()
+            },
+        );
+    }
+    s.push('\n');
+    if rec.unattributed_flows > 0 || !rec.skipped_input.is_empty() {
+        let _ = writeln!(s, "## In no namespace\n");
+        unattributed_sections(&mut s, rec);
+    }
+    s
+}
+
+/// Unattributed traffic and observations left out: sections of the index (with `-o DIR`)
+/// or of the whole report. Returns whether there was any.
+fn unattributed_sections(s: &mut String, rec: &Recommendation) -> bool {
+    let mut any = false;
+    if rec.unattributed_flows > 0 {
+        any = true;
+        let _ = writeln!(
+            s,
+            "### Unattributed traffic\n\n{} flow events came from host processes, not pods; \
+             NetworkPolicy does not apply to them.\n",
+            rec.unattributed_flows
+        );
+    }
+    if !rec.skipped_input.is_empty() {
+        any = true;
+        let _ = writeln!(
+            s,
+            "### Observations left out\n\nThese observations match nothing in the cluster \
+             model (the workload was deleted or renamed), so none of their traffic is in the \
+             policies.\n"
+        );
+        for line in &rec.skipped_input {
+            let _ = writeln!(s, "- {}", md(line));
+        }
+        s.push('\n');
+    }
+    any
+}
+
+/// "Changes since the previous proposal": per policy, each added, widened, narrowed and
+/// removed rule with the evidence that caused it.
+fn changes_section(s: &mut String, rec: &Recommendation) {
+    let _ = writeln!(s, "## Changes since the previous proposal\n");
+    if !rec.has_previous {
+        let _ = writeln!(
+            s,
+            "No previous proposal (`--previous DIR`, or leash's applied policies): every rule \
+             is new.\n"
+        );
+        return;
+    }
+    if rec.changes.is_empty() {
+        let _ = writeln!(s, "None: every rule is as in the previous proposal.\n");
+        return;
+    }
+    let mut current: Option<(&str, &str)> = None;
+    for c in &rec.changes {
+        if current != Some((&c.namespace, &c.policy)) {
+            if current.is_some() {
+                s.push('\n');
+            }
+            current = Some((&c.namespace, &c.policy));
+            let _ = writeln!(
+                s,
+                "### {} for {}/{}\n\n| change | before | after | events | last seen | pods | why |\n|---|---|---|---|---|---|---|",
+                code(&format!("{}/{}", c.namespace, c.policy)),
+                md(&c.namespace),
+                md(&c.workload),
+            );
+        }
+        let rule = |r: &Option<String>| r.as_deref().map_or_else(|| "-".to_owned(), |r| cell(&code(r)));
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            c.kind.as_str(),
+            rule(&c.before),
+            rule(&c.after),
+            c.evidence.count,
+            time(c.evidence.last_seen),
+            pod_list(&c.evidence, 5),
+            cell(&md(&c.why)),
+        );
+    }
+    s.push('\n');
+}
+
+/// A report with its own title line.
+fn report_titled(cluster: &Cluster, rec: &Recommendation, title: &str) -> String {
     let mut s = String::new();
     let wname = |w: usize| {
         cluster
@@ -384,7 +579,7 @@ pub fn report(cluster: &Cluster, rec: &Recommendation) -> String {
             .get(w)
             .map_or_else(String::new, |w| md(&w.to_string()))
     };
-    let _ = writeln!(s, "# leash egress recommendation\n");
+    let _ = writeln!(s, "{title}\n");
     let _ = writeln!(
         s,
         "{} in {}, each namespace with `default-deny-egress`. Every rule below lists the \
@@ -538,32 +733,13 @@ pub fn report(cluster: &Cluster, rec: &Recommendation) -> String {
         }
         s.push('\n');
     }
-    if rec.unattributed_flows > 0 {
+    if unattributed_sections(&mut s, rec) {
         attention = true;
-        let _ = writeln!(
-            s,
-            "### Unattributed traffic\n\n{} flow events came from host processes, not pods; \
-             NetworkPolicy does not apply to them.\n",
-            rec.unattributed_flows
-        );
-    }
-    if !rec.skipped_input.is_empty() {
-        attention = true;
-        let _ = writeln!(
-            s,
-            "### Observations left out
-
-These observations match nothing in the cluster              model (the workload was deleted or renamed), so none of their traffic is in the              policies above.
-"
-        );
-        for line in &rec.skipped_input {
-            let _ = writeln!(s, "- {}", md(line));
-        }
-        s.push('\n');
     }
     if !attention {
         let _ = writeln!(s, "Nothing.\n");
     }
+    changes_section(&mut s, rec);
 
     let _ = writeln!(s, "## Policies\n");
     for p in &rec.policies {
@@ -602,6 +778,15 @@ These observations match nothing in the cluster              model (the workload
         for (i, r) in p.rules.iter().enumerate() {
             for n in &r.notes {
                 let _ = writeln!(s, "> **rule {}:** {}\n", i + 1, md(n));
+            }
+            if !r.also_allowed_by.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "> **rule {}:** also allowed by applied policies leash did not write: {}. \
+                     leash's rule stays, so that its policies stand alone if those are deleted.\n",
+                    i + 1,
+                    list(r.also_allowed_by.iter().cloned(), 8)
+                );
             }
         }
         let _ = writeln!(s, "<details><summary>destinations as dialed</summary>\n");
@@ -736,6 +921,8 @@ mod tests {
             evidence: evidence.clone(),
             unobserved_addresses: None,
             budget_met: true,
+            not_seen_in_window: false,
+            also_allowed_by: Vec::new(),
             notes: vec!["note <b>bold</b>".into()],
         };
         let rec = Recommendation {

@@ -583,10 +583,59 @@ pub fn cover_addrs(observed: &[IpAddr], opts: &CoverOptions) -> Cover {
     cover(&nets, opts)
 }
 
+/// The budgeted cover of `observed` that keeps the `previous` blocks (hysteresis): each
+/// previous block is one more observed block, so the cover never splits or drops it, and it
+/// changes only when the budget forces it into a wider block. The counts of the result are
+/// of `observed` only: a kept block's addresses that were not observed count as unobserved.
+/// Without previous blocks this is [`cover`].
+pub fn cover_keeping(observed: &[IpNet], previous: &[IpNet], opts: &CoverOptions) -> Cover {
+    if previous.is_empty() {
+        return cover(observed, opts);
+    }
+    let all: Vec<IpNet> = observed.iter().chain(previous).copied().collect();
+    let mut c = cover(&all, opts);
+    let exact = super::merge(observed);
+    for b in &mut c.blocks {
+        let seen = exact
+            .iter()
+            .filter(|o| b.cidr.contains(*o))
+            .fold(0u128, |acc, o| acc.saturating_add(super::net_size(o)));
+        let carved = b
+            .except
+            .iter()
+            .fold(0u128, |acc, e| acc.saturating_add(super::net_size(e)));
+        b.observed = seen;
+        b.unobserved_allowed = super::net_size(&b.cidr)
+            .saturating_sub(seen)
+            .saturating_sub(carved);
+    }
+    c
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cidr::{merge, merge_addrs};
+
+    #[test]
+    fn previous_blocks_are_kept_until_the_budget_forces_a_change() {
+        let opts = CoverOptions {
+            max_cidrs: 2,
+            ..CoverOptions::default()
+        };
+        let prev = [n("203.0.113.0/24")];
+        // Inside the previous block: it stays, not narrowed to the observed address.
+        let c = cover_keeping(&[n("203.0.113.7/32")], &prev, &opts);
+        let cidrs: Vec<IpNet> = c.blocks.iter().map(|b| b.cidr).collect();
+        assert_eq!(cidrs, [n("203.0.113.0/24")]);
+        assert_eq!((c.blocks[0].observed, c.blocks[0].unobserved_allowed), (1, 255));
+        // A new address outside: one more block, the previous one unchanged.
+        let c = cover_keeping(&[n("203.0.113.7/32"), n("198.51.100.1/32")], &prev, &opts);
+        let cidrs: Vec<IpNet> = c.blocks.iter().map(|b| b.cidr).collect();
+        assert_eq!(cidrs, [n("198.51.100.1/32"), n("203.0.113.0/24")]);
+        // Without previous blocks: the plain cover.
+        assert_eq!(cover_keeping(&[n("203.0.113.7/32")], &[], &opts), cover(&[n("203.0.113.7/32")], &opts));
+    }
 
     fn n(s: &str) -> IpNet {
         s.parse().unwrap()

@@ -33,6 +33,7 @@ pub mod evidence;
 pub mod existing;
 pub mod model;
 pub mod objects;
+pub mod previous;
 mod rules;
 
 use objects::name_policies;
@@ -43,10 +44,12 @@ pub use evidence::RuleEvidence;
 use evidence::Who;
 pub use existing::{SharedEgress, shared_egress};
 pub use model::{
-    EgressPeer, EgressRule, HostNetworkFinding, PolicySpec, Recommendation, RuleKind, Unresolved,
+    Change, ChangeKind, EgressPeer, EgressRule, HostNetworkFinding, PolicySpec, Recommendation,
+    RuleKind, Unresolved,
 };
+pub use previous::{Previous, Stability};
 pub use objects::{
-    ANNOTATION_EVIDENCE, ANNOTATION_GENERATED_BY, ANNOTATION_WORKLOAD, DEFAULT_DENY_NAME,
+    ANNOTATION_GENERATED_BY, ANNOTATION_WORKLOAD, DEFAULT_DENY_NAME,
     all_policies, default_deny, evidence_summary, policy_name, to_network_policy,
 };
 
@@ -98,8 +101,20 @@ fn dest(ip: IpAddr, port: u16, proto: Protocol) -> String {
     }
 }
 
-/// Builds the recommendation. Pure: no I/O.
+/// Builds the recommendation, without a previous proposal. Pure: no I/O.
 pub fn recommend(cluster: &Cluster, obs: &Observations, opts: &Options) -> Recommendation {
+    recommend_stable(cluster, obs, opts, &Stability::none())
+}
+
+/// Builds the recommendation over the previous proposal of `stab` ([`previous`]): previous
+/// rules are kept until they expire, previous blocks are kept by the covers, and the changes
+/// are listed. Pure: no I/O.
+pub fn recommend_stable(
+    cluster: &Cluster,
+    obs: &Observations,
+    opts: &Options,
+    stab: &Stability<'_>,
+) -> Recommendation {
     let mut classifier = Classifier::new(cluster, &opts.classify, obs);
     let in_scope = |ns: &str| opts.namespaces.is_empty() || opts.namespaces.contains(ns);
     let mut accs: BTreeMap<WorkloadId, Acc> = BTreeMap::new();
@@ -163,9 +178,11 @@ pub fn recommend(cluster: &Cluster, obs: &Observations, opts: &Options) -> Recom
         );
     }
 
+    let (carried, gone) = previous::carried(cluster, obs, stab, in_scope);
     let mut rec = Recommendation {
         min_observation: opts.min_observation,
         unattributed_flows: obs.unattributed_flows,
+        has_previous: stab.previous.is_some(),
         ..Recommendation::default()
     };
     let cover_opts = CoverOptions {
@@ -180,13 +197,33 @@ pub fn recommend(cluster: &Cluster, obs: &Observations, opts: &Options) -> Recom
             .concat(),
         ),
     };
+    // Workloads with observations in the window, or a previous policy.
+    let mut workloads: BTreeMap<WorkloadId, Option<Acc>> =
+        carried.keys().map(|&w| (w, None)).collect();
     for (w, acc) in accs {
+        workloads.insert(w, Some(acc));
+    }
+    let mut changes: Vec<(WorkloadId, Change)> = Vec::new();
+    for (w, acc) in workloads {
         let wl = &cluster.workloads[w];
         let Some(selector) = wl.selector.clone() else {
-            rec.unselectable.push(w);
+            if acc.is_some() {
+                rec.unselectable.push(w);
+            }
             continue;
         };
-        let rules = build_rules(cluster, &classifier, obs, &cover_opts, opts, w, acc);
+        let prev = carried.get(&w);
+        let live = prev.map_or(&[][..], |c| c.live.as_slice());
+        let new = match acc {
+            Some(acc) => build_rules(cluster, &classifier, obs, &cover_opts, opts, w, acc, live),
+            None => Vec::new(),
+        };
+        let (rules, ch) = if rec.has_previous {
+            previous::merge(new, prev, stab.expire_after)
+        } else {
+            (new, Vec::new())
+        };
+        changes.extend(ch.into_iter().map(|c| (w, c)));
         if rules.is_empty() {
             continue;
         }
@@ -209,6 +246,23 @@ pub fn recommend(cluster: &Cluster, obs: &Observations, opts: &Options) -> Recom
     name_policies(cluster, &mut rec.policies);
     rec.policies
         .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    let names: BTreeMap<WorkloadId, &str> =
+        rec.policies.iter().map(|p| (p.workload, p.name.as_str())).collect();
+    for (w, mut c) in changes {
+        let wl = &cluster.workloads[w];
+        c.namespace.clone_from(&wl.namespace);
+        c.workload = format!("{}/{}", wl.kind, wl.name);
+        c.policy = match names.get(&w) {
+            Some(n) => (*n).to_owned(),
+            None => carried.get(&w).map(|c| c.policy.clone()).unwrap_or_default(),
+        };
+        rec.changes.push(c);
+    }
+    rec.changes.extend(gone);
+    rec.changes.sort_by(|a, b| {
+        (&a.namespace, &a.policy, a.kind, &a.before, &a.after)
+            .cmp(&(&b.namespace, &b.policy, b.kind, &b.before, &b.after))
+    });
     let deny: BTreeSet<String> = rec.policies.iter().map(|p| p.namespace.clone()).collect();
     let with_policy: BTreeSet<WorkloadId> = rec.policies.iter().map(|p| p.workload).collect();
     for (w, wl) in cluster.workloads.iter().enumerate() {
@@ -259,7 +313,17 @@ pub fn checked(
     obs: &Observations,
     opts: &Options,
 ) -> Result<Recommendation, SelfCheckError> {
-    let rec = recommend(cluster, obs, opts);
+    checked_stable(cluster, obs, opts, &Stability::none())
+}
+
+/// [`checked`] over a previous proposal ([`recommend_stable`]).
+pub fn checked_stable(
+    cluster: &Cluster,
+    obs: &Observations,
+    opts: &Options,
+    stab: &Stability<'_>,
+) -> Result<Recommendation, SelfCheckError> {
+    let rec = recommend_stable(cluster, obs, opts, stab);
     self_check(cluster, cluster, obs, &rec)?;
     Ok(rec)
 }

@@ -44,6 +44,9 @@ pub enum RuleKind {
     Hosts(BTreeSet<HostKind>),
     /// External addresses.
     External,
+    /// A rule of the previous proposal, kept: inside the expiry period, and not covered by
+    /// the rules of this window's observations.
+    Previous,
 }
 
 /// One egress rule with its justification.
@@ -63,6 +66,76 @@ pub struct EgressRule {
     pub budget_met: bool,
     /// Things a reviewer should know about this rule.
     pub notes: Vec<String>,
+    /// A rule kept from the previous proposal that no observation of this window backs: its
+    /// evidence is the previous proposal's, or older observations of the store.
+    pub not_seen_in_window: bool,
+    /// Applied NetworkPolicies leash did not write that also allow this rule's observed
+    /// flows (`namespace/name`, sorted). leash's rule stays: its policies must stand alone.
+    pub also_allowed_by: Vec<String>,
+}
+
+impl EgressRule {
+    /// A rule with no notes, seen in this window, allowed by no other policy.
+    pub fn new(kind: RuleKind, peers: Vec<EgressPeer>, ports: Vec<PortRange>, evidence: RuleEvidence) -> Self {
+        EgressRule {
+            kind,
+            peers,
+            ports,
+            evidence,
+            unobserved_addresses: None,
+            budget_met: true,
+            notes: Vec::new(),
+            not_seen_in_window: false,
+            also_allowed_by: Vec::new(),
+        }
+    }
+
+    /// The rule's destinations, one text per peer: `10.0.0.0/24 except 10.0.0.8/29`,
+    /// `pods app=api`, `ns data AND pods app=db`.
+    pub fn peer_texts(&self) -> Vec<String> {
+        self.peers.iter().map(ToString::to_string).collect()
+    }
+
+    /// The rule's ports as text: `53/UDP, 8000-8080/TCP`.
+    pub fn ports_text(&self) -> String {
+        self.ports
+            .iter()
+            .map(|p| match p.end_port {
+                Some(e) => format!("{}-{}/{}", p.port, e, p.protocol),
+                None => format!("{}/{}", p.port, p.protocol),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// What the rule allows, as one line (`to … on …`): the key that matches a rule of one
+    /// run with its evidence in `evidence.json`, and the text of the changes section.
+    pub fn key(&self) -> String {
+        format!("to {} on {}", self.peer_texts().join(" | "), self.ports_text())
+    }
+}
+
+impl std::fmt::Display for EgressPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EgressPeer::Pods {
+                namespace: Some(ns),
+                selector,
+            } => write!(f, "ns {ns} AND pods {selector}"),
+            EgressPeer::Pods {
+                namespace: None,
+                selector,
+            } => write!(f, "pods {selector}"),
+            EgressPeer::Block { cidr, except, .. } => {
+                write!(f, "{cidr}")?;
+                if !except.is_empty() {
+                    let ex: Vec<String> = except.iter().map(ToString::to_string).collect();
+                    write!(f, " except {}", ex.join(","))?;
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 /// The recommended policy of one workload.
@@ -133,4 +206,56 @@ pub struct Recommendation {
     /// ([`super::shared_egress`]). Filled by the caller that has the applied policies
     /// (`recommend`).
     pub shared_egress: Vec<super::SharedEgress>,
+    /// Whether a previous proposal was given (`--previous`, or leash's applied policies);
+    /// without one, REPORT.md says every rule is new.
+    pub has_previous: bool,
+    /// What changed since the previous proposal, sorted by (namespace, policy, kind, rule).
+    pub changes: Vec<Change>,
+}
+
+/// How a rule changed since the previous proposal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ChangeKind {
+    /// A rule that allows something the previous proposal did not.
+    Added,
+    /// A previous rule replaced by one that allows more.
+    Widened,
+    /// A previous rule, expired, replaced by one that allows less.
+    Narrowed,
+    /// A previous rule dropped: its last evidence is older than `--expire-after`, or its
+    /// workload is gone.
+    Removed,
+}
+
+impl ChangeKind {
+    /// `added`, `widened`, `narrowed`, `removed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::Added => "added",
+            ChangeKind::Widened => "widened",
+            ChangeKind::Narrowed => "narrowed",
+            ChangeKind::Removed => "removed",
+        }
+    }
+}
+
+/// One change of a policy since the previous proposal, with the evidence that caused it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The namespace.
+    pub namespace: String,
+    /// The policy name.
+    pub policy: String,
+    /// The workload, `Kind/name`.
+    pub workload: String,
+    /// What happened.
+    pub kind: ChangeKind,
+    /// The previous rule ([`EgressRule::key`]), for widened, narrowed and removed rules.
+    pub before: Option<String>,
+    /// The new rule, for added, widened and narrowed rules.
+    pub after: Option<String>,
+    /// The evidence that caused it: the new rule's, or the removed rule's last.
+    pub evidence: RuleEvidence,
+    /// Why, in words (`last seen … , older than --expire-after 30d`).
+    pub why: String,
 }

@@ -17,8 +17,6 @@ use crate::ports::PortRange;
 pub const ANNOTATION_GENERATED_BY: &str = "leash.dev/generated-by";
 /// Annotation naming the workload a policy is for.
 pub const ANNOTATION_WORKLOAD: &str = "leash.dev/workload";
-/// Annotation summarizing the evidence.
-pub const ANNOTATION_EVIDENCE: &str = "leash.dev/evidence";
 /// The name of the per-namespace default-deny policy.
 pub const DEFAULT_DENY_NAME: &str = "default-deny-egress";
 
@@ -79,8 +77,8 @@ pub fn policy_name(base: &str) -> String {
     format!("{base}{suffix}")
 }
 
-/// A one-line evidence summary for the policy annotation (deterministic: derived from the
-/// observations only).
+/// A one-line evidence summary for the report (deterministic: derived from the observations
+/// only).
 pub fn evidence_summary(e: &RuleEvidence) -> String {
     let fmt = |t: Option<DateTime<Utc>>| t.map_or_else(|| "-".to_owned(), rfc3339);
     format!(
@@ -139,7 +137,9 @@ fn managed_labels() -> BTreeMap<String, String> {
     )])
 }
 
-/// The Kubernetes object of a recommended policy.
+/// The Kubernetes object of a recommended policy. It carries the policy, not the evidence
+/// (counts and times change with every run; they go to REPORT.md and `evidence.json`), so
+/// its bytes change only when its spec does.
 pub fn to_network_policy(cluster: &Cluster, p: &PolicySpec) -> net::NetworkPolicy {
     let w = &cluster.workloads[p.workload];
     let annotations = BTreeMap::from([
@@ -150,10 +150,6 @@ pub fn to_network_policy(cluster: &Cluster, p: &PolicySpec) -> net::NetworkPolic
         (
             ANNOTATION_WORKLOAD.to_owned(),
             format!("{}/{}", w.kind, w.name),
-        ),
-        (
-            ANNOTATION_EVIDENCE.to_owned(),
-            evidence_summary(&p.evidence),
         ),
     ]);
     net::NetworkPolicy {

@@ -23,6 +23,9 @@ type PortSet = BTreeSet<(Protocol, u16)>;
 /// Host addresses sharing a port set, why they need ipBlocks, and their evidence.
 type HostGroup = (BTreeSet<IpAddr>, BTreeSet<HostKind>, RuleEvidence);
 
+/// `live`: the workload's previous rules inside the expiry period, whose blocks the covers
+/// keep ([`super::previous::kept_blocks`]).
+#[expect(clippy::too_many_arguments, reason = "the one call site passes the walk's state")]
 pub(super) fn build_rules(
     cluster: &Cluster,
     classifier: &Classifier<'_>,
@@ -31,7 +34,9 @@ pub(super) fn build_rules(
     opts: &Options,
     w: WorkloadId,
     acc: Acc,
+    live: &[super::previous::Live],
 ) -> Vec<EgressRule> {
+    let mut claimed = BTreeSet::new();
     let own_ns = &cluster.workloads[w].namespace;
     let group = |set: &BTreeSet<(Protocol, u16)>| {
         ports::group_ports(set.iter().copied(), opts.min_port_run)
@@ -81,6 +86,8 @@ pub(super) fn build_rules(
                 evidence: evidence.clone(),
                 unobserved_addresses: Some(0),
                 budget_met: true,
+                not_seen_in_window: false,
+                also_allowed_by: Vec::new(),
             });
         }
         rules.push(EgressRule {
@@ -91,6 +98,8 @@ pub(super) fn build_rules(
             evidence,
             unobserved_addresses: None,
             budget_met: true,
+            not_seen_in_window: false,
+            also_allowed_by: Vec::new(),
         });
     }
 
@@ -122,6 +131,8 @@ pub(super) fn build_rules(
                     evidence,
                     unobserved_addresses: None,
                     budget_met: true,
+                    not_seen_in_window: false,
+                    also_allowed_by: Vec::new(),
                     notes: Vec::new(),
                 });
             }
@@ -158,13 +169,21 @@ pub(super) fn build_rules(
             evidence,
             unobserved_addresses: Some(0),
             budget_met: true,
+            not_seen_in_window: false,
+            also_allowed_by: Vec::new(),
             notes: Vec::new(),
         });
     }
     for ((port_set, _names), (mut ips, evidence)) in externals {
         ips.sort();
         ips.dedup();
-        let cover = cidr::cover_addrs(&ips, cover_opts);
+        let kept = super::previous::kept_blocks(live, &mut claimed, &ips, &group(&port_set));
+        let cover = if kept.is_empty() {
+            cidr::cover_addrs(&ips, cover_opts)
+        } else {
+            let observed: Vec<IpNet> = ips.iter().map(|ip| host_prefix(*ip)).collect();
+            cidr::cover_keeping(&observed, &kept, cover_opts)
+        };
         let notes = ips
             .iter()
             .filter_map(|ip| {
@@ -197,6 +216,8 @@ pub(super) fn build_rules(
             evidence,
             unobserved_addresses: Some(cover.unobserved_allowed()),
             budget_met: cover.budget_met,
+            not_seen_in_window: false,
+            also_allowed_by: Vec::new(),
         });
     }
     // An empty `ports` or `to` list means "all": never emit one.

@@ -161,12 +161,14 @@ fn policy_header(kind: &str, ns: &str, name: &str) -> String {
     let kind = shown_kind(kind);
     format!(
         "# Egress of {kind} {ns}/{name}, {HEADER_MARK} from observed traffic.\n\
-         # REPORT.md lists the evidence for every rule below.\n"
+         # REPORT.md and evidence.json in this directory hold the evidence for every rule.\n"
     )
 }
 
 /// The files of the `-o DIR` layout, as (relative path, contents), sorted by path:
-/// `<namespace>/<workload>-egress.yaml`, `<namespace>/default-deny-egress.yaml`, `REPORT.md`.
+/// `<namespace>/<workload>-egress.yaml`, `<namespace>/default-deny-egress.yaml`,
+/// `<namespace>/REPORT.md` and `<namespace>/evidence.json` for every namespace with anything
+/// to report ([`super::namespaces`]), and the index `REPORT.md`.
 /// Every namespace must be a DNS-1123 label and every workload name a DNS-1123 subdomain
 /// before it becomes a path; a policy name too long for a file name is shortened by
 /// [`file_name`].
@@ -208,9 +210,22 @@ pub fn files(cluster: &Cluster, rec: &Recommendation) -> Result<Vec<(PathBuf, St
             format!("{ns}/{}", recommend::DEFAULT_DENY_NAME),
         ));
     }
+    for ns in super::namespaces(cluster, rec) {
+        check_namespace(&ns, || namespace_object(&ns))?;
+        out.push((
+            Path::new(&ns).join(REPORT),
+            super::namespace_report(cluster, rec, &ns),
+            format!("{ns}/{REPORT}"),
+        ));
+        out.push((
+            Path::new(&ns).join(super::evidence::FILE),
+            super::evidence::render(cluster, rec, &ns),
+            format!("{ns}/{}", super::evidence::FILE),
+        ));
+    }
     out.push((
         PathBuf::from(REPORT),
-        super::report(cluster, rec),
+        super::index(cluster, rec),
         REPORT.to_owned(),
     ));
     out.sort();
@@ -333,11 +348,22 @@ pub fn is_leash_policy(text: &[u8]) -> bool {
     labelled && (header || annotated)
 }
 
-/// The contents of a regular file leash wrote at `path`, `None` when it is anything else.
+/// The title line every report leash writes starts with.
+const REPORT_TITLE: &[u8] = b"# leash egress recommendation";
+
+/// Whether `text` is a namespace's report or evidence file leash wrote: the report's title,
+/// or the evidence file's `generator`.
+fn is_leash_record(text: &[u8]) -> bool {
+    text.starts_with(REPORT_TITLE)
+        || std::str::from_utf8(text).is_ok_and(|t| super::evidence::parse(t).is_ok())
+}
+
+/// The contents of a regular file leash wrote at `path` (a policy, or a namespace's report
+/// or evidence file), `None` when it is anything else.
 fn owned(path: &Path) -> Result<Option<Vec<u8>>> {
     Ok(read_regular(path, MAX_OWNED_BYTES)
         .map_err(io_error(path, "read"))?
-        .filter(|b| is_leash_policy(b)))
+        .filter(|b| is_leash_policy(b) || is_leash_record(b)))
 }
 
 /// Decides what writing `files` into `dir` changes, without changing anything: checks that
@@ -480,7 +506,10 @@ impl Plan {
             }
             for (file, t) in read_dir_sorted(&ns_dir)? {
                 let path = ns_dir.join(&file);
-                if !file.ends_with(".yaml") || file.starts_with('.') || targets.contains(&path) {
+                let leash_name = file.ends_with(".yaml")
+                    || file == REPORT
+                    || file == super::evidence::FILE;
+                if !leash_name || file.starts_with('.') || targets.contains(&path) {
                     continue;
                 }
                 if t.is_symlink() {
@@ -583,6 +612,85 @@ impl Plan {
         }
         Ok(())
     }
+}
+
+/// Why the previous proposal could not be read (`recommend --previous DIR`).
+#[derive(Debug, thiserror::Error)]
+pub enum PreviousError {
+    /// DIR or a file in it could not be listed or read.
+    #[error(transparent)]
+    Io(#[from] Error),
+    /// An evidence file of leash's shape that cannot be used.
+    #[error("{}: cannot read the evidence", path.display())]
+    Evidence {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: super::evidence::ParseError,
+    },
+    /// A policy file leash wrote that is not one NetworkPolicy.
+    #[error("{}: not a NetworkPolicy", path.display())]
+    Policy {
+        /// The file.
+        path: PathBuf,
+        /// The parser's error.
+        source: serde_norway::Error,
+    },
+}
+
+/// The previous proposal in `dir` (normally an earlier run's `-o DIR`): the policies leash
+/// wrote and the rules' evidence of its evidence files, in DIR and its namespace
+/// directories. Files are recognised by content, not by name: a policy by leash's label and
+/// header ([`is_leash_policy`]), an evidence file by its `generator`. Everything else is
+/// left alone; symlinks are not followed.
+pub fn read_previous(
+    dir: &Path,
+) -> Result<(Vec<NetworkPolicy>, recommend::previous::EvidenceIndex), PreviousError> {
+    let mut policies = Vec::new();
+    let mut evidence = recommend::previous::EvidenceIndex::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    for (name, t) in read_dir_sorted(dir)? {
+        if t.is_dir() && !name.starts_with('.') {
+            dirs.push(dir.join(name));
+        }
+    }
+    for d in dirs {
+        for (name, t) in read_dir_sorted(&d)? {
+            if !t.is_file() || name.starts_with('.') {
+                continue;
+            }
+            let path = d.join(&name);
+            let Some(bytes) = read_regular(&path, MAX_OWNED_BYTES).map_err(io_error(&path, "read"))?
+            else {
+                continue;
+            };
+            if is_leash_policy(&bytes) {
+                let text = String::from_utf8_lossy(&bytes);
+                let np: NetworkPolicy = serde_norway::from_str(&text)
+                    .map_err(|source| PreviousError::Policy { path: path.clone(), source })?;
+                policies.push(np);
+                continue;
+            }
+            let Ok(text) = std::str::from_utf8(&bytes) else {
+                continue;
+            };
+            // Only JSON whose generator is leash's is an evidence file; anything else is not
+            // leash's and left alone.
+            let is_evidence = serde_json::from_str::<serde_json::Value>(text).is_ok_and(|v| {
+                v.get("generator").and_then(serde_json::Value::as_str)
+                    == Some(super::evidence::GENERATOR)
+            });
+            if !is_evidence {
+                continue;
+            }
+            let rules = super::evidence::parse(text)
+                .map_err(|source| PreviousError::Evidence { path: path.clone(), source })?;
+            for (ns, policy, key, e) in rules {
+                evidence.insert((ns, policy, key), e);
+            }
+        }
+    }
+    Ok((policies, evidence))
 }
 
 /// A directory's entries as (UTF-8 name, type without following symlinks), sorted; names

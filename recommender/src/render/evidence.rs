@@ -1,0 +1,199 @@
+//! `<namespace>/evidence.json`: the evidence of every rule of a namespace's policies, for
+//! machines, and for the next run (`recommend --previous`). The policy files carry the
+//! policy only; what backs each rule (events, first and last seen, DNS names, pods) changes
+//! with every run and lives here and in REPORT.md.
+//!
+//! Deterministic: fields in a fixed order, lists sorted, times in RFC 3339.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::Cluster;
+use crate::recommend::{Recommendation, RuleEvidence};
+
+/// The value of `generator` in every evidence file leash writes: how it recognises its own.
+pub const GENERATOR: &str = "leash recommend";
+
+/// The version of the file's shape.
+pub const FORMAT: u32 = 1;
+
+/// The file name, in each namespace directory.
+pub const FILE: &str = "evidence.json";
+
+/// One namespace's evidence file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvidenceFile {
+    /// Always [`GENERATOR`].
+    pub generator: String,
+    /// Always [`FORMAT`].
+    pub format: u32,
+    /// The namespace.
+    pub namespace: String,
+    /// Its workload policies, by name.
+    pub policies: Vec<PolicyEvidence>,
+}
+
+/// The evidence of one policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyEvidence {
+    /// The policy name.
+    pub policy: String,
+    /// The workload, `Kind/name`.
+    pub workload: String,
+    /// One entry per egress rule, in the policy's order.
+    pub rules: Vec<Rule>,
+}
+
+/// The evidence of one rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rule {
+    /// 1-based position in the policy's `egress`.
+    pub rule: usize,
+    /// What the rule allows (`to … on …`): matches the rule in the next run.
+    pub key: String,
+    /// False for a rule kept from the previous proposal without evidence in this window.
+    pub seen_in_window: bool,
+    /// Events (DNS queries for a DNS rule's query evidence).
+    pub events: u64,
+    /// First seen, RFC 3339.
+    pub first_seen: Option<String>,
+    /// Last seen, RFC 3339.
+    pub last_seen: Option<String>,
+    /// DNS names, sorted.
+    pub names: BTreeSet<String>,
+    /// Source pods, sorted.
+    pub pods: BTreeSet<String>,
+    /// At least this many more source pods, not named (a store's bound).
+    #[serde(default)]
+    pub more_pods: u64,
+    /// Destinations as dialed, sorted.
+    #[serde(default)]
+    pub destinations: BTreeSet<String>,
+    /// Applied policies leash did not write that also allow these flows, sorted.
+    #[serde(default)]
+    pub also_allowed_by: Vec<String>,
+}
+
+/// The evidence file of namespace `ns`, as JSON text ending in a newline.
+pub fn render(cluster: &Cluster, rec: &Recommendation, ns: &str) -> String {
+    let time = |t: Option<DateTime<Utc>>| t.map(leash_records::time::rfc3339);
+    let file = EvidenceFile {
+        generator: GENERATOR.to_owned(),
+        format: FORMAT,
+        namespace: ns.to_owned(),
+        policies: rec
+            .policies
+            .iter()
+            .filter(|p| p.namespace == ns)
+            .map(|p| PolicyEvidence {
+                policy: p.name.clone(),
+                workload: cluster
+                    .workloads
+                    .get(p.workload)
+                    .map(|w| format!("{}/{}", w.kind, w.name))
+                    .unwrap_or_default(),
+                rules: p
+                    .rules
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| Rule {
+                        rule: i + 1,
+                        key: r.key(),
+                        seen_in_window: !r.not_seen_in_window,
+                        events: r.evidence.count,
+                        first_seen: time(r.evidence.first_seen),
+                        last_seen: time(r.evidence.last_seen),
+                        names: r.evidence.names.clone(),
+                        pods: r.evidence.pods.clone(),
+                        more_pods: r.evidence.more_pods,
+                        destinations: r.evidence.destinations.clone(),
+                        also_allowed_by: r.also_allowed_by.clone(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    };
+    // Serializing plain strings and numbers cannot fail.
+    let mut text = serde_json::to_string_pretty(&file).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+/// Why an evidence file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    /// Not JSON of the evidence file's shape.
+    #[error("not an evidence file of leash")]
+    Shape(#[source] serde_json::Error),
+    /// Valid JSON that another tool wrote (its `generator` is not leash's).
+    #[error("not written by leash (generator {0:?})")]
+    NotLeash(String),
+    /// A time that is not RFC 3339.
+    #[error("policy {policy} rule {rule}: {field} is not an RFC 3339 time")]
+    Time {
+        /// The policy.
+        policy: String,
+        /// The rule.
+        rule: usize,
+        /// `first_seen` or `last_seen`.
+        field: &'static str,
+    },
+}
+
+/// The rules' evidence of an evidence file: (namespace, policy, rule key, evidence).
+pub fn parse(text: &str) -> Result<Vec<(String, String, String, RuleEvidence)>, ParseError> {
+    let file: EvidenceFile = serde_json::from_str(text).map_err(ParseError::Shape)?;
+    if file.generator != GENERATOR {
+        return Err(ParseError::NotLeash(file.generator));
+    }
+    let mut out = Vec::new();
+    for p in file.policies {
+        for r in p.rules {
+            let time = |t: &Option<String>, field| {
+                t.as_deref()
+                    .map(|t| {
+                        DateTime::parse_from_rfc3339(t)
+                            .map(|t| t.with_timezone(&Utc))
+                            .map_err(|_| ParseError::Time {
+                                policy: p.policy.clone(),
+                                rule: r.rule,
+                                field,
+                            })
+                    })
+                    .transpose()
+            };
+            let evidence = RuleEvidence {
+                count: r.events,
+                first_seen: time(&r.first_seen, "first_seen")?,
+                last_seen: time(&r.last_seen, "last_seen")?,
+                names: r.names,
+                pods: r.pods,
+                more_pods: r.more_pods,
+                destinations: r.destinations,
+            };
+            out.push((file.namespace.clone(), p.policy.clone(), r.key, evidence));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn another_generator_is_refused() {
+        let text = r#"{"generator":"other","format":1,"namespace":"x","policies":[]}"#;
+        assert!(matches!(parse(text), Err(ParseError::NotLeash(g)) if g == "other"));
+        assert!(matches!(parse("[]"), Err(ParseError::Shape(_))));
+    }
+
+    #[test]
+    fn an_empty_namespace_round_trips() {
+        let text = render(&Cluster::default(), &Recommendation::default(), "shop");
+        assert!(text.ends_with("}\n"), "{text}");
+        assert_eq!(parse(&text).expect("parses"), Vec::new());
+    }
+}
