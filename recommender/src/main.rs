@@ -61,6 +61,13 @@ enum Command {
         /// NodeLocal DNSCache addresses. Repeatable; default 169.254.20.10.
         #[arg(long = "node-local-dns", num_args = 1..)]
         node_local_dns: Vec<IpAddr>,
+        /// The last proposal (normally the `-o` DIR of the last run), with its evidence.json
+        /// files; default: leash's policies applied in the cluster source.
+        #[arg(long)]
+        previous: Option<PathBuf>,
+        /// Drop a previous rule whose last evidence is older than this (e.g. 30d).
+        #[arg(long, default_value = "30d", value_parser = leash_records::duration::parse_chrono)]
+        expire_after: chrono::Duration,
     },
     /// Evaluate every flow against a set of policies (egress at the source, ingress at the
     /// destination, Services after DNAT) and print a verdict for each.
@@ -181,9 +188,14 @@ struct ServeArgs {
     /// Accept agents over plaintext gRPC without client certificates. For tests only.
     #[arg(long, conflicts_with_all = ["tls_cert", "tls_key", "tls_client_ca"])]
     insecure: bool,
-    /// Delete observations last seen longer ago than this.
-    #[arg(long, default_value = "30d", value_parser = leash_records::duration::parse)]
+    /// Delete observations last seen longer ago than this. Keep it at least
+    /// `--expire-after`: a rule's last evidence comes from what the store still holds.
+    #[arg(long, default_value = "45d", value_parser = leash_records::duration::parse)]
     retention: std::time::Duration,
+    /// The `--expire-after` of the recommendations made from this store: `serve` warns when
+    /// `--retention` is shorter.
+    #[arg(long, default_value = "30d", value_parser = leash_records::duration::parse)]
+    expire_after: std::time::Duration,
     /// How often stored flows are checked against the applied policies (unexpected egress).
     #[arg(long, default_value = "60s", value_parser = leash_records::duration::parse_positive)]
     check_interval: std::time::Duration,
@@ -285,6 +297,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
             max_prefix_v6,
             min_observation,
             node_local_dns,
+            previous,
+            expire_after,
         } => {
             let mut opts = leash::recommend::Options {
                 max_cidrs,
@@ -299,7 +313,35 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             let (cluster, applied) = load_cluster(&source)?;
             let (observations, skipped) = observe(&cluster, store.as_deref(), since, &flows)?;
-            let mut recommendation = leash::recommend::checked(&cluster, &observations, &opts)
+            // Stability: the previous proposal, and the last evidence of its rules over the
+            // store's whole retention (not only --since).
+            let prev = previous_proposal(previous.as_deref(), &applied.policies)?;
+            let history = match (&store, since) {
+                (Some(path), Some(_)) => Some(
+                    leash::observations::load(&open_store(path)?, &cluster, None)
+                        .map_err(bad_input)?
+                        .0,
+                ),
+                _ => None,
+            };
+            let stability = leash::recommend::Stability {
+                previous: prev.as_ref(),
+                history: history.as_ref(),
+                // A store's window ends now; record files end at their last observation, so
+                // that a re-run on the same files gives the same bytes.
+                as_of: match store {
+                    Some(_) => chrono::Utc::now(),
+                    None => leash::recommend::previous::window_end(&observations)
+                        .unwrap_or_else(chrono::Utc::now),
+                },
+                expire_after,
+            };
+            let mut recommendation = leash::recommend::checked_stable(
+                &cluster,
+                &observations,
+                &opts,
+                &stability,
+            )
                 .map_err(|e| {
                     // Our own bug, not the user's input.
                     Failure::Runtime(format!(
@@ -310,6 +352,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
             recommendation.skipped_input = leash::recommend::skipped_lines(&skipped);
             recommendation.shared_egress =
                 leash::recommend::shared_egress(&cluster, &applied.policies, &recommendation);
+            leash::recommend::also_allowed(
+                &cluster,
+                &applied.policies,
+                &observations,
+                &mut recommendation,
+            );
             match output {
                 Some(dir) => {
                     // Every name is checked and DIR inspected before anything is written; a
@@ -421,6 +469,23 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// The previous proposal of `recommend`: `--previous DIR`, else leash's applied policies
+/// (without evidence), else none. Rules that cannot be carried are said on stderr.
+fn previous_proposal(
+    dir: Option<&std::path::Path>,
+    applied: &[k8s_openapi::api::networking::v1::NetworkPolicy],
+) -> Result<Option<leash::recommend::Previous>, Failure> {
+    let (policies, evidence) = match dir {
+        Some(dir) => leash::render::outdir::read_previous(dir).map_err(bad_input)?,
+        None => (applied.to_vec(), Default::default()),
+    };
+    let (prev, skipped) = leash::recommend::Previous::from_policies(&policies, &evidence);
+    for s in skipped {
+        eprintln!("leash: {s}");
+    }
+    Ok((dir.is_some() || !prev.policies.is_empty()).then_some(prev))
 }
 
 /// Reads observations from a store or from record files, attributed to `cluster`'s pods,
@@ -573,6 +638,14 @@ fn listed(keys: &[leash::policy_state::ObjectKey]) -> String {
 fn serve(args: ServeArgs) -> Result<(), Failure> {
     leash::serve::conn::return_freed_buffers_to_the_system();
     init_logging();
+    if args.retention < args.expire_after {
+        tracing::warn!(
+            retention = %humantime::format_duration(args.retention),
+            expire_after = %humantime::format_duration(args.expire_after),
+            "--retention is shorter than --expire-after: rules will expire from proposals \
+             while still in use, because the store forgets their evidence first"
+        );
+    }
     let cluster = match (&args.source.cluster, args.source.kube) {
         (Some(path), _) => leash::serve::ClusterSource::File(path.clone()),
         (None, _) => leash::serve::ClusterSource::Kube {

@@ -42,7 +42,7 @@ use rules::build_rules;
 pub use check::{Denied, SelfCheckError, self_check};
 pub use evidence::RuleEvidence;
 use evidence::Who;
-pub use existing::{SharedEgress, shared_egress};
+pub use existing::{SharedEgress, also_allowed, shared_egress};
 pub use model::{
     Change, ChangeKind, EgressPeer, EgressRule, HostNetworkFinding, PolicySpec, Recommendation,
     RuleKind, Unresolved,

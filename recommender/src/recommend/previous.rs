@@ -240,6 +240,15 @@ impl Stability<'_> {
     }
 }
 
+/// The last time anything of `obs` was seen: the end of a window of record files.
+pub fn window_end(obs: &Observations) -> Option<DateTime<Utc>> {
+    obs.flows
+        .values()
+        .chain(obs.dns.values())
+        .map(|e| e.last_seen)
+        .max()
+}
+
 /// A previous rule inside the expiry period.
 #[derive(Debug, Clone)]
 pub(super) struct Live {
