@@ -249,7 +249,9 @@ fn symlinked_namespace_directory_is_not_entered() {
         [
             "REPORT.md",
             "other",
+            "shop/REPORT.md",
             "shop/default-deny-egress.yaml",
+            "shop/evidence.json",
             "shop/web-egress.yaml"
         ]
     );
@@ -271,7 +273,12 @@ fn namespace_filter_keeps_other_namespaces_files() {
         .collect();
     assert_eq!(
         beta,
-        ["beta/api-egress.yaml", "beta/default-deny-egress.yaml"]
+        [
+            "beta/REPORT.md",
+            "beta/api-egress.yaml",
+            "beta/default-deny-egress.yaml",
+            "beta/evidence.json"
+        ]
     );
 
     // alpha's workload is gone: its stale policy goes, beta's files stay.
@@ -286,10 +293,14 @@ fn namespace_filter_keeps_other_namespaces_files() {
         files(&dir),
         [
             "REPORT.md",
+            "alpha/REPORT.md",
             "alpha/db-egress.yaml",
             "alpha/default-deny-egress.yaml",
+            "alpha/evidence.json",
+            "beta/REPORT.md",
             "beta/api-egress.yaml",
-            "beta/default-deny-egress.yaml"
+            "beta/default-deny-egress.yaml",
+            "beta/evidence.json"
         ]
     );
 }
@@ -340,7 +351,9 @@ fn foreign_files_survive_and_stale_leash_files_go() {
             "README.md",
             "REPORT.md",
             "kustomization.yaml",
+            "shop/REPORT.md",
             "shop/default-deny-egress.yaml",
+            "shop/evidence.json",
             "shop/hand-egress.yaml",
             "shop/kustomization.yaml",
             "shop/web-egress.yaml"
@@ -400,7 +413,8 @@ fn longest_workload_name_gets_a_stable_file() {
         assert_ok(&recommend(&input, &dir, &[]));
         let policies: Vec<String> = files(&dir)
             .into_iter()
-            .filter(|f| f.starts_with("shop/") && !f.ends_with("/default-deny-egress.yaml"))
+            .filter(|f| f.starts_with("shop/") && f.ends_with(".yaml"))
+            .filter(|f| !f.ends_with("/default-deny-egress.yaml"))
             .collect();
         assert_eq!(policies.len(), 1, "{policies:?}");
         let file = policies[0].trim_start_matches("shop/").to_owned();
@@ -440,7 +454,8 @@ fn long_workload_names_sharing_a_prefix_get_distinct_policies() {
     assert_ok(&recommend(&input, &dir, &[]));
     let policies: Vec<String> = files(&dir)
         .into_iter()
-        .filter(|f| f.starts_with("shop/") && !f.ends_with("/default-deny-egress.yaml"))
+        .filter(|f| f.starts_with("shop/") && f.ends_with(".yaml"))
+        .filter(|f| !f.ends_with("/default-deny-egress.yaml"))
         .collect();
     assert_eq!(policies.len(), 2, "{policies:?}");
     let (a, b) = (

@@ -91,7 +91,11 @@ fn output_dir_layout() {
         files,
         vec![
             "REPORT.md",
+            "kube-system/REPORT.md",
+            "kube-system/evidence.json",
+            "shop/REPORT.md",
             "shop/default-deny-egress.yaml",
+            "shop/evidence.json",
             "shop/payment-egress.yaml"
         ]
     );
@@ -109,20 +113,25 @@ fn output_dir_layout() {
         "{summary}"
     );
     assert!(policy.contains("- Egress"), "{policy}");
-    let report = std::fs::read_to_string(dir.path().join("REPORT.md")).expect("report");
-    for needle in [
-        "shop/Pod/debug",
-        "Would be fully isolated by default-deny",
-        "kube-system/DaemonSet/node-exporter",
-        "not enforceable",
-        "api.stripe.test",
-        "Service shop/api 80/TCP → 8080",
+    let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).expect("report");
+    for (file, needle) in [
+        ("shop/REPORT.md", "shop/Pod/debug"),
+        ("shop/REPORT.md", "Would be fully isolated by default-deny"),
+        ("kube-system/REPORT.md", "kube-system/DaemonSet/node-exporter"),
+        ("kube-system/REPORT.md", "not enforceable"),
+        ("shop/REPORT.md", "api.stripe.test"),
+        ("shop/REPORT.md", "Service shop/api 80/TCP → 8080"),
+        ("REPORT.md", "[shop/REPORT.md](shop/REPORT.md)"),
+        ("REPORT.md", "[kube-system/evidence.json](kube-system/evidence.json)"),
     ] {
+        let report = read(file);
         assert!(
             report.contains(needle),
-            "{needle:?} missing from REPORT.md:\n{report}"
+            "{needle:?} missing from {file}:\n{report}"
         );
     }
+    // The policy carries the policy, not the evidence.
+    assert!(!policy.contains("events"), "{policy}");
     // Same input, same files, byte for byte.
     let dir2 = tempfile::tempdir().expect("tempdir");
     let o = leash(&[
@@ -473,7 +482,11 @@ fn rerun_removes_stale_leash_policies_only() {
         files,
         vec![
             "REPORT.md",
+            "kube-system/REPORT.md",
+            "kube-system/evidence.json",
+            "shop/REPORT.md",
             "shop/default-deny-egress.yaml",
+            "shop/evidence.json",
             "shop/hand-written.yaml",
             "shop/labelled-egress.yaml",
             "shop/payment-egress.yaml"
@@ -516,8 +529,21 @@ fn multi_value_flags() {
         &flows,
     ]);
     assert_eq!(a.stdout, b.stdout, "only shop has policies either way");
-    let text = String::from_utf8_lossy(&a.stdout);
-    // Reading the same records twice doubles the evidence, not the rules.
+    // Reading the same records twice doubles the evidence (in the report: policy files
+    // carry none), not the rules.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let o = leash(&[
+        "recommend",
+        "--cluster",
+        &cluster,
+        "--flows",
+        &flows,
+        &flows,
+        "-o",
+        path_str(dir.path()),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = std::fs::read_to_string(dir.path().join("shop/REPORT.md")).expect("report");
     assert!(text.contains("366 events from 2 pod(s)"), "{text}");
     let c = leash(&[
         "recommend",
@@ -620,5 +646,5 @@ fn report_of(cluster: &str, flows: &str, out: &Path) -> String {
         path_str(out),
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    std::fs::read_to_string(out.join("REPORT.md")).expect("report")
+    std::fs::read_to_string(out.join("shop/REPORT.md")).expect("report")
 }

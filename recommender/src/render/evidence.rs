@@ -22,9 +22,21 @@ pub const FORMAT: u32 = 1;
 /// The file name, in each namespace directory.
 pub const FILE: &str = "evidence.json";
 
-/// One namespace's evidence file.
+/// One namespace's evidence file. It is also an empty Kubernetes `List` (`apiVersion: v1`,
+/// `kind: List`, no `items`), so that tools that read every `.json` file of a policy
+/// directory (`kubectl apply -f DIR`, `leash audit --policies DIR`) find nothing to apply
+/// in it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EvidenceFile {
+    /// Always `v1`.
+    #[serde(rename = "apiVersion", default)]
+    pub api_version: String,
+    /// Always `List`.
+    #[serde(default)]
+    pub kind: String,
+    /// Always empty.
+    #[serde(default)]
+    pub items: Vec<serde_json::Value>,
     /// Always [`GENERATOR`].
     pub generator: String,
     /// Always [`FORMAT`].
@@ -80,6 +92,9 @@ pub struct Rule {
 pub fn render(cluster: &Cluster, rec: &Recommendation, ns: &str) -> String {
     let time = |t: Option<DateTime<Utc>>| t.map(leash_records::time::rfc3339);
     let file = EvidenceFile {
+        api_version: "v1".to_owned(),
+        kind: "List".to_owned(),
+        items: Vec::new(),
         generator: GENERATOR.to_owned(),
         format: FORMAT,
         namespace: ns.to_owned(),
