@@ -440,9 +440,45 @@ fn peer_contains(outer: &EgressPeer, inner: &EgressPeer) -> bool {
     }
 }
 
+/// The ipBlocks without `except` of a previous rule: what a cover can keep.
+pub(super) fn blocks_of(l: &Live) -> Vec<IpNet> {
+    l.rule
+        .peers
+        .iter()
+        .filter_map(|p| match p {
+            EgressPeer::Block { cidr, except, .. } if except.is_empty() => Some(*cidr),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The first previous rule that already allows `ip` on every port of `ports`: the
+/// destination is explained by it, and its rule is built against that rule's blocks alone,
+/// so that new evidence for an old destination changes no spec.
+pub(super) fn explaining(
+    live: &[Live],
+    ip: IpAddr,
+    ports: &BTreeSet<(Protocol, u16)>,
+) -> Option<usize> {
+    live.iter().position(|l| {
+        let holds = l.rule.peers.iter().any(|p| match p {
+            EgressPeer::Block { cidr, except, .. } => {
+                cidr.contains(&ip) && !except.iter().any(|e| e.contains(&ip))
+            }
+            EgressPeer::Pods { .. } => false,
+        });
+        holds
+            && ports
+                .iter()
+                .all(|&(proto, port)| l.rule.ports.iter().any(|r| r.allows(proto, port)))
+    })
+}
+
 /// The blocks of `live` rules that the cover of an external rule towards `ips` on `ports`
-/// keeps (hysteresis): all blocks of a previous rule of the same ports holding one of
-/// `ips` (unless an earlier group claimed it), and any previous block holding one of `ips`.
+/// keeps (hysteresis): all blocks of each previous ipBlock rule of the same ports that holds
+/// one of `ips`, unless an earlier group claimed it (that group's rule then contains it, and
+/// this group's rule folds into that one, [`merge`]). Blocks of rules of other ports are
+/// not taken: they would open these ports to them.
 pub(super) fn kept_blocks(
     live: &[Live],
     claimed: &mut BTreeSet<usize>,
@@ -451,30 +487,22 @@ pub(super) fn kept_blocks(
 ) -> Vec<IpNet> {
     let mut out = Vec::new();
     for (i, l) in live.iter().enumerate() {
-        let blocks: Vec<IpNet> = l
+        let same_ports = l
             .rule
-            .peers
+            .ports
             .iter()
-            .filter_map(|p| match p {
-                EgressPeer::Block { cidr, except, .. } if except.is_empty() => Some(*cidr),
-                _ => None,
-            })
-            .collect();
-        let holding: Vec<IpNet> = blocks
-            .iter()
-            .copied()
-            .filter(|b| ips.iter().any(|ip| b.contains(ip)))
-            .collect();
-        if holding.is_empty() {
+            .map(|p| (p.protocol, p.port, p.end_port))
+            .eq(ports.iter().map(|p| (p.protocol, p.port, p.end_port)));
+        if !same_ports || claimed.contains(&i) {
             continue;
         }
-        let same_ports = l.rule.ports.iter().map(|p| (p.protocol, p.port, p.end_port)).eq(ports
-            .iter()
-            .map(|p| (p.protocol, p.port, p.end_port)));
-        if same_ports && blocks.len() == l.rule.peers.len() && claimed.insert(i) {
+        let blocks = blocks_of(l);
+        if blocks.len() != l.rule.peers.len() {
+            continue;
+        }
+        if blocks.iter().any(|b| ips.iter().any(|ip| b.contains(ip))) {
+            claimed.insert(i);
             out.extend(blocks);
-        } else {
-            out.extend(holding);
         }
     }
     out.sort();
@@ -564,6 +592,17 @@ pub(super) fn merge(new: Vec<EgressRule>, c: Option<&Carried>, expire_after: Dur
         .collect();
     for (i, n) in new.into_iter().enumerate() {
         if placed[i] {
+            continue;
+        }
+        // Inside a rule already written (another group's cover kept a previous block that
+        // holds it): its evidence joins that rule, and the spec does not change.
+        if let Some(o) = out.iter_mut().find(|o| contains(o, &n)) {
+            if o.not_seen_in_window {
+                o.evidence = RuleEvidence::default();
+                o.not_seen_in_window = false;
+                o.notes.retain(|n| !n.starts_with("not seen in this window"));
+            }
+            o.evidence.merge(&n.evidence);
             continue;
         }
         if !narrowed.contains(&n.key()) {

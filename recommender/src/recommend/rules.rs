@@ -104,8 +104,10 @@ pub(super) fn build_rules(
     }
 
     let mut hosts: BTreeMap<PortSet, HostGroup> = BTreeMap::new();
-    let mut externals: BTreeMap<(PortSet, BTreeSet<String>), (Vec<IpAddr>, RuleEvidence)> =
-        BTreeMap::new();
+    // Keyed by the previous rule that already allows the destination (if any), so that an
+    // old destination's new evidence is built against that rule's blocks alone.
+    type ExternalKey = (Option<usize>, PortSet, BTreeSet<String>);
+    let mut externals: BTreeMap<ExternalKey, (Vec<IpAddr>, RuleEvidence)> = BTreeMap::new();
     for (peer, by_port) in acc.peers {
         let port_set: BTreeSet<(Protocol, u16)> = by_port.keys().copied().collect();
         let mut evidence = RuleEvidence::default();
@@ -148,7 +150,8 @@ pub(super) fn build_rules(
                     names.extend(n.iter().cloned());
                 }
                 evidence.names.clone_from(&names);
-                let e = externals.entry((port_set, names)).or_default();
+                let explained = super::previous::explaining(live, ip, &port_set);
+                let e = externals.entry((explained, port_set, names)).or_default();
                 e.0.push(ip);
                 e.1.merge(&evidence);
             }
@@ -174,10 +177,13 @@ pub(super) fn build_rules(
             notes: Vec::new(),
         });
     }
-    for ((port_set, _names), (mut ips, evidence)) in externals {
+    for ((explained, port_set, _names), (mut ips, evidence)) in externals {
         ips.sort();
         ips.dedup();
-        let kept = super::previous::kept_blocks(live, &mut claimed, &ips, &group(&port_set));
+        let kept = match explained {
+            Some(i) => super::previous::blocks_of(&live[i]),
+            None => super::previous::kept_blocks(live, &mut claimed, &ips, &group(&port_set)),
+        };
         let cover = if kept.is_empty() {
             cidr::cover_addrs(&ips, cover_opts)
         } else {
