@@ -336,19 +336,15 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 },
                 expire_after,
             };
-            let mut recommendation = leash::recommend::checked_stable(
-                &cluster,
-                &observations,
-                &opts,
-                &stability,
-            )
-                .map_err(|e| {
-                    // Our own bug, not the user's input.
-                    Failure::Runtime(format!(
-                        "self-check failed, refusing to write policies: {}",
-                        Chain(&e)
-                    ))
-                })?;
+            let mut recommendation =
+                leash::recommend::checked_stable(&cluster, &observations, &opts, &stability)
+                    .map_err(|e| {
+                        // Our own bug, not the user's input.
+                        Failure::Runtime(format!(
+                            "self-check failed, refusing to write policies: {}",
+                            Chain(&e)
+                        ))
+                    })?;
             recommendation.skipped_input = leash::recommend::skipped_lines(&skipped);
             recommendation.shared_egress =
                 leash::recommend::shared_egress(&cluster, &applied.policies, &recommendation);

@@ -421,7 +421,12 @@ pub fn namespaces(cluster: &Cluster, rec: &Recommendation) -> std::collections::
 pub fn scoped(cluster: &Cluster, rec: &Recommendation, ns: &str) -> Recommendation {
     let here = |w: &usize| cluster.workloads.get(*w).is_some_and(|w| w.namespace == ns);
     Recommendation {
-        policies: rec.policies.iter().filter(|p| p.namespace == ns).cloned().collect(),
+        policies: rec
+            .policies
+            .iter()
+            .filter(|p| p.namespace == ns)
+            .cloned()
+            .collect(),
         default_deny_namespaces: rec
             .default_deny_namespaces
             .iter()
@@ -429,16 +434,41 @@ pub fn scoped(cluster: &Cluster, rec: &Recommendation, ns: &str) -> Recommendati
             .cloned()
             .collect(),
         isolated: rec.isolated.iter().copied().filter(here).collect(),
-        briefly_observed: rec.briefly_observed.iter().filter(|(w, _)| here(w)).cloned().collect(),
-        host_network: rec.host_network.iter().filter(|h| here(&h.workload)).cloned().collect(),
+        briefly_observed: rec
+            .briefly_observed
+            .iter()
+            .filter(|(w, _)| here(w))
+            .cloned()
+            .collect(),
+        host_network: rec
+            .host_network
+            .iter()
+            .filter(|h| here(&h.workload))
+            .cloned()
+            .collect(),
         unselectable: rec.unselectable.iter().copied().filter(here).collect(),
-        unresolved: rec.unresolved.iter().filter(|u| here(&u.workload)).cloned().collect(),
+        unresolved: rec
+            .unresolved
+            .iter()
+            .filter(|u| here(&u.workload))
+            .cloned()
+            .collect(),
         unattributed_flows: 0,
         min_observation: rec.min_observation,
         skipped_input: Vec::new(),
-        shared_egress: rec.shared_egress.iter().filter(|e| here(&e.workload)).cloned().collect(),
+        shared_egress: rec
+            .shared_egress
+            .iter()
+            .filter(|e| here(&e.workload))
+            .cloned()
+            .collect(),
         has_previous: rec.has_previous,
-        changes: rec.changes.iter().filter(|c| c.namespace == ns).cloned().collect(),
+        changes: rec
+            .changes
+            .iter()
+            .filter(|c| c.namespace == ns)
+            .cloned()
+            .collect(),
     }
 }
 
@@ -554,7 +584,10 @@ fn changes_section(s: &mut String, rec: &Recommendation) {
                 md(&c.workload),
             );
         }
-        let rule = |r: &Option<String>| r.as_deref().map_or_else(|| "-".to_owned(), |r| cell(&code(r)));
+        let rule = |r: &Option<String>| {
+            r.as_deref()
+                .map_or_else(|| "-".to_owned(), |r| cell(&code(r)))
+        };
         let _ = writeln!(
             s,
             "| {} | {} | {} | {} | {} | {} | {} |",

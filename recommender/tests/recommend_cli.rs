@@ -117,12 +117,18 @@ fn output_dir_layout() {
     for (file, needle) in [
         ("shop/REPORT.md", "shop/Pod/debug"),
         ("shop/REPORT.md", "Would be fully isolated by default-deny"),
-        ("kube-system/REPORT.md", "kube-system/DaemonSet/node-exporter"),
+        (
+            "kube-system/REPORT.md",
+            "kube-system/DaemonSet/node-exporter",
+        ),
         ("kube-system/REPORT.md", "not enforceable"),
         ("shop/REPORT.md", "api.stripe.test"),
         ("shop/REPORT.md", "Service shop/api 80/TCP → 8080"),
         ("REPORT.md", "[shop/REPORT.md](shop/REPORT.md)"),
-        ("REPORT.md", "[kube-system/evidence.json](kube-system/evidence.json)"),
+        (
+            "REPORT.md",
+            "[kube-system/evidence.json](kube-system/evidence.json)",
+        ),
     ] {
         let report = read(file);
         assert!(

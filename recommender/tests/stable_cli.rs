@@ -47,7 +47,9 @@ fn flows(dir: &Path, name: &str, days: i64, drop: &str, copy: Option<(&str, &str
         for k in ["time", "first_seen", "last_seen"] {
             if let Some(t) = r[k].as_str() {
                 let t: DateTime<Utc> = t.parse().expect("a time");
-                r[k] = serde_json::Value::String(leash_records::time::rfc3339(t + Duration::days(days)));
+                r[k] = serde_json::Value::String(leash_records::time::rfc3339(
+                    t + Duration::days(days),
+                ));
             }
         }
         out.push_str(&r.to_string());
@@ -129,9 +131,13 @@ fn layout_keeps_evidence_out_of_policies_and_a_rerun_changes_no_policy() {
         ]
     );
     let policy = read(&out, "shop/payment-egress.yaml");
-    assert!(!policy.contains("events") && !policy.contains("2026-"), "{policy}");
+    assert!(
+        !policy.contains("events") && !policy.contains("2026-"),
+        "{policy}"
+    );
     // evidence.json: per rule, events, first and last seen, names, pods; an empty List.
-    let ev: serde_json::Value = serde_json::from_str(&read(&out, "shop/evidence.json")).expect("JSON");
+    let ev: serde_json::Value =
+        serde_json::from_str(&read(&out, "shop/evidence.json")).expect("JSON");
     assert_eq!(ev["kind"], "List");
     assert_eq!(ev["items"], serde_json::json!([]));
     assert_eq!(ev["generator"], "leash recommend");
@@ -139,16 +145,29 @@ fn layout_keeps_evidence_out_of_policies_and_a_rerun_changes_no_policy() {
     assert_eq!(ev["policies"][0]["policy"], "payment-egress");
     let stripe = rules
         .iter()
-        .find(|r| r["key"].as_str().is_some_and(|k| k.contains("203.0.113.10/31")))
+        .find(|r| {
+            r["key"]
+                .as_str()
+                .is_some_and(|k| k.contains("203.0.113.10/31"))
+        })
         .expect("the stripe rule");
     assert_eq!(stripe["events"], 20);
     assert_eq!(stripe["last_seen"], "2026-11-25T08:00:00Z");
     assert_eq!(stripe["names"], serde_json::json!(["api.stripe.test"]));
-    assert_eq!(stripe["pods"], serde_json::json!(["payment-7d4-x2", "payment-7d4-y3"]));
+    assert_eq!(
+        stripe["pods"],
+        serde_json::json!(["payment-7d4-x2", "payment-7d4-y3"])
+    );
     // The index links each namespace's report and evidence.
     let index = read(&out, "REPORT.md");
-    assert!(index.contains("[shop/REPORT.md](shop/REPORT.md)"), "{index}");
-    assert!(index.contains("[shop/evidence.json](shop/evidence.json)"), "{index}");
+    assert!(
+        index.contains("[shop/REPORT.md](shop/REPORT.md)"),
+        "{index}"
+    );
+    assert!(
+        index.contains("[shop/evidence.json](shop/evidence.json)"),
+        "{index}"
+    );
     assert!(changes(&read(&out, "shop/REPORT.md")).contains("No previous proposal"));
 
     // The same records again, over the previous proposal: policies and evidence byte for
@@ -168,11 +187,16 @@ fn layout_keeps_evidence_out_of_policies_and_a_rerun_changes_no_policy() {
     );
     for (f, bytes) in &before {
         if !f.ends_with("REPORT.md") {
-            assert_eq!(&std::fs::read(out.join(f)).expect("reads"), bytes, "{f} changed");
+            assert_eq!(
+                &std::fs::read(out.join(f)).expect("reads"),
+                bytes,
+                "{f} changed"
+            );
         }
     }
     assert!(
-        changes(&read(&out, "shop/REPORT.md")).contains("None: every rule is as in the previous proposal"),
+        changes(&read(&out, "shop/REPORT.md"))
+            .contains("None: every rule is as in the previous proposal"),
         "{}",
         stderr(&o)
     );
@@ -192,7 +216,13 @@ fn a_later_window_adds_keeps_and_expires_rules() {
     );
     for (days_ago, expired) in [(10, false), (40, true)] {
         let out = dir.path().join(format!("out-{days_ago}"));
-        let then = flows(dir.path(), &format!("then-{days_ago}.jsonl"), -days_ago, "-", None);
+        let then = flows(
+            dir.path(),
+            &format!("then-{days_ago}.jsonl"),
+            -days_ago,
+            "-",
+            None,
+        );
         recommend(&cluster, &then, &out, &[]);
         let before = read(&out, "shop/payment-egress.yaml");
         recommend(&cluster, &now, &out, &["--previous", path_str(&out)]);
@@ -204,7 +234,10 @@ fn a_later_window_adds_keeps_and_expires_rules() {
             "{section}"
         );
         let last_seen = leash_records::time::rfc3339(
-            "2026-11-25T08:00:00Z".parse::<DateTime<Utc>>().expect("time") - Duration::days(days_ago),
+            "2026-11-25T08:00:00Z"
+                .parse::<DateTime<Utc>>()
+                .expect("time")
+                - Duration::days(days_ago),
         );
         let ev: serde_json::Value =
             serde_json::from_str(&read(&out, "shop/evidence.json")).expect("JSON");
@@ -212,13 +245,18 @@ fn a_later_window_adds_keeps_and_expires_rules() {
             .as_array()
             .expect("rules")
             .iter()
-            .find(|r| r["key"].as_str().is_some_and(|k| k.contains("198.51.100.7/32")))
+            .find(|r| {
+                r["key"]
+                    .as_str()
+                    .is_some_and(|k| k.contains("198.51.100.7/32"))
+            })
             .cloned();
         if expired {
             assert!(!policy.contains("198.51.100.7/32"), "{policy}");
             assert!(
                 section.contains("| removed | `to 198.51.100.7/32 on 9000-9003/TCP` | - |")
-                    && section.contains(&format!("last seen {last_seen}, older than --expire-after")),
+                    && section
+                        .contains(&format!("last seen {last_seen}, older than --expire-after")),
                 "{section}"
             );
             assert!(old_rule.is_none());
@@ -237,7 +275,10 @@ fn a_later_window_adds_keeps_and_expires_rules() {
             let at = |needle: &str| policy.find(needle).unwrap_or_else(|| panic!("{needle}"));
             assert!(at("198.51.100.7/32") < at("203.0.113.200/32"), "{policy}");
             assert_eq!(
-                before.lines().filter(|l| l.contains("cidr:")).collect::<Vec<_>>(),
+                before
+                    .lines()
+                    .filter(|l| l.contains("cidr:"))
+                    .collect::<Vec<_>>(),
                 policy
                     .lines()
                     .filter(|l| l.contains("cidr:") && !l.contains("203.0.113.200"))
@@ -251,7 +292,12 @@ fn a_later_window_adds_keeps_and_expires_rules() {
 fn applied_leash_policies_are_the_previous_proposal_and_others_are_named() {
     let dir = tempfile::tempdir().expect("tempdir");
     let first = dir.path().join("first");
-    recommend(&fixture("cluster.yaml"), &fixture("flows.jsonl"), &first, &[]);
+    recommend(
+        &fixture("cluster.yaml"),
+        &fixture("flows.jsonl"),
+        &first,
+        &[],
+    );
     // The proposal is applied, and another team's policy also allows the stripe addresses.
     let mut snapshot = std::fs::read_to_string(fixture("cluster.yaml")).expect("fixture");
     snapshot.push_str("\n---\n");
@@ -282,12 +328,12 @@ spec:
     assert!(policy.contains("cidr: 203.0.113.10/31"), "{policy}");
     assert_eq!(policy, read(&first, "shop/payment-egress.yaml"));
     assert!(
-        report.contains(
-            "also allowed by applied policies leash did not write: shop/payment-stripe."
-        ),
+        report
+            .contains("also allowed by applied policies leash did not write: shop/payment-stripe."),
         "{report}"
     );
-    let ev: serde_json::Value = serde_json::from_str(&read(&out, "shop/evidence.json")).expect("JSON");
+    let ev: serde_json::Value =
+        serde_json::from_str(&read(&out, "shop/evidence.json")).expect("JSON");
     let named: Vec<&serde_json::Value> = ev["policies"][0]["rules"]
         .as_array()
         .expect("rules")
@@ -295,7 +341,11 @@ spec:
         .filter(|r| r["also_allowed_by"] == serde_json::json!(["shop/payment-stripe"]))
         .collect();
     assert_eq!(named.len(), 1, "{ev}");
-    assert!(named[0]["key"].as_str().is_some_and(|k| k.contains("203.0.113.10/31")));
+    assert!(
+        named[0]["key"]
+            .as_str()
+            .is_some_and(|k| k.contains("203.0.113.10/31"))
+    );
 }
 
 #[test]
@@ -335,8 +385,18 @@ fn serve_warns_when_retention_is_shorter_than_expiry() {
     };
     let warning = "--retention is shorter than --expire-after";
     let short = run(&["--retention", "7d"]);
-    assert!(short.contains(warning) && short.contains("7days"), "{short}");
-    assert!(!run(&[]).contains(warning), "the defaults (45d, 30d) are consistent");
-    assert!(run(&["--retention", "20d", "--expire-after", "10d"]).lines().all(|l| !l.contains(warning)));
+    assert!(
+        short.contains(warning) && short.contains("7days"),
+        "{short}"
+    );
+    assert!(
+        !run(&[]).contains(warning),
+        "the defaults (45d, 30d) are consistent"
+    );
+    assert!(
+        run(&["--retention", "20d", "--expire-after", "10d"])
+            .lines()
+            .all(|l| !l.contains(warning))
+    );
     assert!(run(&["--retention", "20d", "--expire-after", "21d"]).contains(warning));
 }

@@ -40,20 +40,27 @@ struct Obs {
 }
 
 fn obs() -> impl Strategy<Value = Obs> {
-    (0u8..4, 0u8..16, prop::sample::select(vec![443u16, 8443, 80]), 0u8..3, 1u64..50).prop_map(
-        |(pool, host, port, age, count)| Obs {
+    (
+        0u8..4,
+        0u8..16,
+        prop::sample::select(vec![443u16, 8443, 80]),
+        0u8..3,
+        1u64..50,
+    )
+        .prop_map(|(pool, host, port, age, count)| Obs {
             pool,
             host,
             port,
             age,
             count,
-        },
-    )
+        })
 }
 
 /// The end of the first window.
 fn t0() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).single().expect("a time")
+    Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0)
+        .single()
+        .expect("a time")
 }
 
 fn fixture() -> Fx {
@@ -68,7 +75,13 @@ fn fixture() -> Fx {
         &["10.244.1.10", "10.244.1.11"],
         &[],
     );
-    fx.deployment("shop", "api", &[("app", "api")], &["10.244.1.20"], &[(Some("http"), 8080, "TCP")]);
+    fx.deployment(
+        "shop",
+        "api",
+        &[("app", "api")],
+        &["10.244.1.20"],
+        &[(Some("http"), 8080, "TCP")],
+    );
     fx
 }
 

@@ -77,7 +77,6 @@ fn fill_store(db: &Path) -> SqliteStore {
     store
 }
 
-
 #[test]
 fn recommend_from_a_store_matches_recommend_from_the_records() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -102,10 +101,7 @@ fn recommend_from_a_store_matches_recommend_from_the_records() {
     ]);
     assert_eq!(from_store.status.code(), Some(0), "{}", stderr(&from_store));
     assert!(stdout(&from_store).contains("kind: NetworkPolicy"));
-    assert_eq!(
-        stdout(&from_store),
-        stdout(&from_flows)
-    );
+    assert_eq!(stdout(&from_store), stdout(&from_flows));
 
     // A window covering everything changes nothing; one covering nothing gives no policy.
     let wide = leash(&[

@@ -628,13 +628,19 @@ mod tests {
         let c = cover_keeping(&[n("203.0.113.7/32")], &prev, &opts);
         let cidrs: Vec<IpNet> = c.blocks.iter().map(|b| b.cidr).collect();
         assert_eq!(cidrs, [n("203.0.113.0/24")]);
-        assert_eq!((c.blocks[0].observed, c.blocks[0].unobserved_allowed), (1, 255));
+        assert_eq!(
+            (c.blocks[0].observed, c.blocks[0].unobserved_allowed),
+            (1, 255)
+        );
         // A new address outside: one more block, the previous one unchanged.
         let c = cover_keeping(&[n("203.0.113.7/32"), n("198.51.100.1/32")], &prev, &opts);
         let cidrs: Vec<IpNet> = c.blocks.iter().map(|b| b.cidr).collect();
         assert_eq!(cidrs, [n("198.51.100.1/32"), n("203.0.113.0/24")]);
         // Without previous blocks: the plain cover.
-        assert_eq!(cover_keeping(&[n("203.0.113.7/32")], &[], &opts), cover(&[n("203.0.113.7/32")], &opts));
+        assert_eq!(
+            cover_keeping(&[n("203.0.113.7/32")], &[], &opts),
+            cover(&[n("203.0.113.7/32")], &opts)
+        );
     }
 
     fn n(s: &str) -> IpNet {

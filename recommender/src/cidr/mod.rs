@@ -20,8 +20,6 @@ mod cover;
 mod merge;
 mod word;
 
-pub use cover::{
-    Block, Cover, CoverOptions, builtin_protected, cover, cover_addrs, cover_keeping,
-};
+pub use cover::{Block, Cover, CoverOptions, builtin_protected, cover, cover_addrs, cover_keeping};
 pub use merge::{merge, merge_addrs, merge_v4, merge_v4_addrs, merge_v6, merge_v6_addrs};
 pub use word::net_size;

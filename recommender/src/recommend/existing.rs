@@ -129,7 +129,10 @@ pub fn also_allowed(
                     continue;
                 };
                 for o in &b.egress.matches {
-                    found.entry((p, m.rule)).or_default().insert(o.policy.to_string());
+                    found
+                        .entry((p, m.rule))
+                        .or_default()
+                        .insert(o.policy.to_string());
                 }
             }
         }

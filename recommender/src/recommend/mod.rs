@@ -47,11 +47,11 @@ pub use model::{
     Change, ChangeKind, EgressPeer, EgressRule, HostNetworkFinding, PolicySpec, Recommendation,
     RuleKind, Unresolved,
 };
-pub use previous::{Previous, Stability};
 pub use objects::{
-    ANNOTATION_GENERATED_BY, ANNOTATION_WORKLOAD, DEFAULT_DENY_NAME,
-    all_policies, default_deny, evidence_summary, policy_name, to_network_policy,
+    ANNOTATION_GENERATED_BY, ANNOTATION_WORKLOAD, DEFAULT_DENY_NAME, all_policies, default_deny,
+    evidence_summary, policy_name, to_network_policy,
 };
+pub use previous::{Previous, Stability};
 
 /// Knobs of [`recommend`].
 #[derive(Debug, Clone)]
@@ -246,22 +246,33 @@ pub fn recommend_stable(
     name_policies(cluster, &mut rec.policies);
     rec.policies
         .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    let names: BTreeMap<WorkloadId, &str> =
-        rec.policies.iter().map(|p| (p.workload, p.name.as_str())).collect();
+    let names: BTreeMap<WorkloadId, &str> = rec
+        .policies
+        .iter()
+        .map(|p| (p.workload, p.name.as_str()))
+        .collect();
     for (w, mut c) in changes {
         let wl = &cluster.workloads[w];
         c.namespace.clone_from(&wl.namespace);
         c.workload = format!("{}/{}", wl.kind, wl.name);
         c.policy = match names.get(&w) {
             Some(n) => (*n).to_owned(),
-            None => carried.get(&w).map(|c| c.policy.clone()).unwrap_or_default(),
+            None => carried
+                .get(&w)
+                .map(|c| c.policy.clone())
+                .unwrap_or_default(),
         };
         rec.changes.push(c);
     }
     rec.changes.extend(gone);
     rec.changes.sort_by(|a, b| {
-        (&a.namespace, &a.policy, a.kind, &a.before, &a.after)
-            .cmp(&(&b.namespace, &b.policy, b.kind, &b.before, &b.after))
+        (&a.namespace, &a.policy, a.kind, &a.before, &a.after).cmp(&(
+            &b.namespace,
+            &b.policy,
+            b.kind,
+            &b.before,
+            &b.after,
+        ))
     });
     let deny: BTreeSet<String> = rec.policies.iter().map(|p| p.namespace.clone()).collect();
     let with_policy: BTreeSet<WorkloadId> = rec.policies.iter().map(|p| p.workload).collect();

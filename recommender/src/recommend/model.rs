@@ -76,7 +76,12 @@ pub struct EgressRule {
 
 impl EgressRule {
     /// A rule with no notes, seen in this window, allowed by no other policy.
-    pub fn new(kind: RuleKind, peers: Vec<EgressPeer>, ports: Vec<PortRange>, evidence: RuleEvidence) -> Self {
+    pub fn new(
+        kind: RuleKind,
+        peers: Vec<EgressPeer>,
+        ports: Vec<PortRange>,
+        evidence: RuleEvidence,
+    ) -> Self {
         EgressRule {
             kind,
             peers,
@@ -111,7 +116,11 @@ impl EgressRule {
     /// What the rule allows, as one line (`to … on …`): the key that matches a rule of one
     /// run with its evidence in `evidence.json`, and the text of the changes section.
     pub fn key(&self) -> String {
-        format!("to {} on {}", self.peer_texts().join(" | "), self.ports_text())
+        format!(
+            "to {} on {}",
+            self.peer_texts().join(" | "),
+            self.ports_text()
+        )
     }
 }
 

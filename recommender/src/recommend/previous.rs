@@ -27,7 +27,10 @@ use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyEgressRule, N
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use leash_records::Protocol;
 
-use super::{ANNOTATION_WORKLOAD, Change, ChangeKind, EgressPeer, EgressRule, PolicySpec, RuleEvidence, RuleKind};
+use super::{
+    ANNOTATION_WORKLOAD, Change, ChangeKind, EgressPeer, EgressRule, PolicySpec, RuleEvidence,
+    RuleKind,
+};
 use crate::cluster::{Cluster, LabelSelector, NAMESPACE_NAME_LABEL, WorkloadId};
 use crate::eval::{self, ClusterView, PolicySet};
 use crate::observations::Observations;
@@ -93,7 +96,10 @@ impl Previous {
     /// namespaces' default denies, with each rule's evidence from `evidence`. Rules leash
     /// could not have written (named ports, other peers) cannot be carried and are returned
     /// as lines for the caller to show; the rest of their policy is kept.
-    pub fn from_policies(policies: &[NetworkPolicy], evidence: &EvidenceIndex) -> (Self, Vec<String>) {
+    pub fn from_policies(
+        policies: &[NetworkPolicy],
+        evidence: &EvidenceIndex,
+    ) -> (Self, Vec<String>) {
         let mut out = Vec::new();
         let mut skipped = Vec::new();
         for np in policies.iter().filter(|np| is_managed(&np.metadata)) {
@@ -339,7 +345,9 @@ fn find_workload(cluster: &Cluster, p: &PreviousPolicy) -> Option<WorkloadId> {
             .filter(|(_, w)| w.namespace == p.namespace)
     };
     if let Some((kind, name)) = p.workload.as_deref().and_then(|w| w.split_once('/')) {
-        return in_ns().find(|(_, w)| w.kind == kind && w.name == name).map(|(i, _)| i);
+        return in_ns()
+            .find(|(_, w)| w.kind == kind && w.name == name)
+            .map(|(i, _)| i);
     }
     in_ns()
         .find(|(_, w)| super::policy_name(&w.name) == p.name)
@@ -364,7 +372,9 @@ fn history_last_seen(
             continue;
         }
         rep = Some(rep.map_or(k.pod, |r: usize| r.min(k.pod)));
-        let e = dests.entry((k.dst, k.port, k.protocol)).or_insert(ev.last_seen);
+        let e = dests
+            .entry((k.dst, k.port, k.protocol))
+            .or_insert(ev.last_seen);
         *e = (*e).max(ev.last_seen);
     }
     let Some(rep) = rep else { return last };
@@ -408,12 +418,12 @@ pub fn contains(outer: &EgressRule, inner: &EgressRule) -> bool {
         .peers
         .iter()
         .all(|i| outer.peers.iter().any(|o| peer_contains(o, i)))
-        && inner
-            .ports
-            .iter()
-            .all(|i| outer.ports.iter().any(|o| {
-                o.protocol == i.protocol && o.port <= i.port && i.last() <= o.last()
-            }))
+        && inner.ports.iter().all(|i| {
+            outer
+                .ports
+                .iter()
+                .any(|o| o.protocol == i.protocol && o.port <= i.port && i.last() <= o.last())
+        })
 }
 
 fn peer_contains(outer: &EgressPeer, inner: &EgressPeer) -> bool {
@@ -432,9 +442,9 @@ fn peer_contains(outer: &EgressPeer, inner: &EgressPeer) -> bool {
             },
         ) => {
             oc.contains(ic)
-                && oe
-                    .iter()
-                    .all(|x| !(x.contains(ic) || ic.contains(x)) || ie.iter().any(|y| y.contains(x)))
+                && oe.iter().all(|x| {
+                    !(x.contains(ic) || ic.contains(x)) || ie.iter().any(|y| y.contains(x))
+                })
         }
         _ => false,
     }
@@ -512,9 +522,16 @@ pub(super) fn kept_blocks(
 
 /// One workload's rules after the previous proposal: the previous order kept, new rules
 /// last; and what changed. `policy` and `namespace` of the changes are filled later.
-pub(super) fn merge(new: Vec<EgressRule>, c: Option<&Carried>, expire_after: Duration) -> (Vec<EgressRule>, Vec<Change>) {
+pub(super) fn merge(
+    new: Vec<EgressRule>,
+    c: Option<&Carried>,
+    expire_after: Duration,
+) -> (Vec<EgressRule>, Vec<Change>) {
     let Some(c) = c else {
-        let changes = new.iter().map(|n| change(ChangeKind::Added, None, Some(n), "observed in this window")).collect();
+        let changes = new
+            .iter()
+            .map(|n| change(ChangeKind::Added, None, Some(n), "observed in this window"))
+            .collect();
         return (new, changes);
     };
     let mut placed = vec![false; new.len()];
@@ -526,7 +543,12 @@ pub(super) fn merge(new: Vec<EgressRule>, c: Option<&Carried>, expire_after: Dur
             if new[i].key() != prev.key() {
                 changes.push(Change {
                     before: Some(prev.key()),
-                    ..change(ChangeKind::Widened, None, Some(&new[i]), "observed in this window, beyond the previous rule")
+                    ..change(
+                        ChangeKind::Widened,
+                        None,
+                        Some(&new[i]),
+                        "observed in this window, beyond the previous rule",
+                    )
                 });
             }
             if !placed[i] {
@@ -559,7 +581,9 @@ pub(super) fn merge(new: Vec<EgressRule>, c: Option<&Carried>, expire_after: Dur
                     leash_records::time::rfc3339(t),
                     leash_records::time::rfc3339(t + expire_after)
                 ),
-                None => "not seen in this window; last seen unknown (no evidence kept), kept".to_owned(),
+                None => {
+                    "not seen in this window; last seen unknown (no evidence kept), kept".to_owned()
+                }
             });
         }
         out.push(kept);
@@ -600,20 +624,31 @@ pub(super) fn merge(new: Vec<EgressRule>, c: Option<&Carried>, expire_after: Dur
             if o.not_seen_in_window {
                 o.evidence = RuleEvidence::default();
                 o.not_seen_in_window = false;
-                o.notes.retain(|n| !n.starts_with("not seen in this window"));
+                o.notes
+                    .retain(|n| !n.starts_with("not seen in this window"));
             }
             o.evidence.merge(&n.evidence);
             continue;
         }
         if !narrowed.contains(&n.key()) {
-            changes.push(change(ChangeKind::Added, None, Some(&n), "observed in this window"));
+            changes.push(change(
+                ChangeKind::Added,
+                None,
+                Some(&n),
+                "observed in this window",
+            ));
         }
         out.push(n);
     }
     (out, changes)
 }
 
-fn change(kind: ChangeKind, before: Option<&EgressRule>, after: Option<&EgressRule>, why: &str) -> Change {
+fn change(
+    kind: ChangeKind,
+    before: Option<&EgressRule>,
+    after: Option<&EgressRule>,
+    why: &str,
+) -> Change {
     Change {
         namespace: String::new(),
         policy: String::new(),
@@ -621,7 +656,10 @@ fn change(kind: ChangeKind, before: Option<&EgressRule>, after: Option<&EgressRu
         kind,
         before: before.map(EgressRule::key),
         after: after.map(EgressRule::key),
-        evidence: after.or(before).map(|r| r.evidence.clone()).unwrap_or_default(),
+        evidence: after
+            .or(before)
+            .map(|r| r.evidence.clone())
+            .unwrap_or_default(),
         why: why.to_owned(),
     }
 }
@@ -653,10 +691,22 @@ mod tests {
 
     #[test]
     fn containment_is_by_block_and_port() {
-        assert!(contains(&block("10.0.0.0/24", &[443]), &block("10.0.0.8/29", &[443])));
-        assert!(!contains(&block("10.0.0.8/29", &[443]), &block("10.0.0.0/24", &[443])));
-        assert!(!contains(&block("10.0.0.0/24", &[443]), &block("10.0.0.8/29", &[80])));
-        assert!(contains(&block("10.0.0.0/24", &[80, 443]), &block("10.0.0.0/24", &[443])));
+        assert!(contains(
+            &block("10.0.0.0/24", &[443]),
+            &block("10.0.0.8/29", &[443])
+        ));
+        assert!(!contains(
+            &block("10.0.0.8/29", &[443]),
+            &block("10.0.0.0/24", &[443])
+        ));
+        assert!(!contains(
+            &block("10.0.0.0/24", &[443]),
+            &block("10.0.0.8/29", &[80])
+        ));
+        assert!(contains(
+            &block("10.0.0.0/24", &[80, 443]),
+            &block("10.0.0.0/24", &[443])
+        ));
     }
 
     #[test]
@@ -675,11 +725,21 @@ mod tests {
             }],
             expired: vec![(prev("10.9.0.0/24"), t)],
         };
-        let (rules, changes) = merge(vec![block("192.0.2.1/32", &[443])], Some(&carried), Duration::days(30));
+        let (rules, changes) = merge(
+            vec![block("192.0.2.1/32", &[443])],
+            Some(&carried),
+            Duration::days(30),
+        );
         assert_eq!(rules.len(), 2);
-        assert!(rules[0].not_seen_in_window && rules[0].notes[0].contains("not seen in this window"));
+        assert!(
+            rules[0].not_seen_in_window && rules[0].notes[0].contains("not seen in this window")
+        );
         let kinds: Vec<ChangeKind> = changes.iter().map(|c| c.kind).collect();
         assert_eq!(kinds, [ChangeKind::Removed, ChangeKind::Added]);
-        assert!(changes[0].why.contains("older than --expire-after"), "{:?}", changes[0]);
+        assert!(
+            changes[0].why.contains("older than --expire-after"),
+            "{:?}",
+            changes[0]
+        );
     }
 }

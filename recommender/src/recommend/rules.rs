@@ -25,7 +25,10 @@ type HostGroup = (BTreeSet<IpAddr>, BTreeSet<HostKind>, RuleEvidence);
 
 /// `live`: the workload's previous rules inside the expiry period, whose blocks the covers
 /// keep ([`super::previous::kept_blocks`]).
-#[expect(clippy::too_many_arguments, reason = "the one call site passes the walk's state")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the one call site passes the walk's state"
+)]
 pub(super) fn build_rules(
     cluster: &Cluster,
     classifier: &Classifier<'_>,

@@ -506,9 +506,8 @@ impl Plan {
             }
             for (file, t) in read_dir_sorted(&ns_dir)? {
                 let path = ns_dir.join(&file);
-                let leash_name = file.ends_with(".yaml")
-                    || file == REPORT
-                    || file == super::evidence::FILE;
+                let leash_name =
+                    file.ends_with(".yaml") || file == REPORT || file == super::evidence::FILE;
                 if !leash_name || file.starts_with('.') || targets.contains(&path) {
                     continue;
                 }
@@ -660,14 +659,18 @@ pub fn read_previous(
                 continue;
             }
             let path = d.join(&name);
-            let Some(bytes) = read_regular(&path, MAX_OWNED_BYTES).map_err(io_error(&path, "read"))?
+            let Some(bytes) =
+                read_regular(&path, MAX_OWNED_BYTES).map_err(io_error(&path, "read"))?
             else {
                 continue;
             };
             if is_leash_policy(&bytes) {
                 let text = String::from_utf8_lossy(&bytes);
-                let np: NetworkPolicy = serde_norway::from_str(&text)
-                    .map_err(|source| PreviousError::Policy { path: path.clone(), source })?;
+                let np: NetworkPolicy =
+                    serde_norway::from_str(&text).map_err(|source| PreviousError::Policy {
+                        path: path.clone(),
+                        source,
+                    })?;
                 policies.push(np);
                 continue;
             }
@@ -683,8 +686,10 @@ pub fn read_previous(
             if !is_evidence {
                 continue;
             }
-            let rules = super::evidence::parse(text)
-                .map_err(|source| PreviousError::Evidence { path: path.clone(), source })?;
+            let rules = super::evidence::parse(text).map_err(|source| PreviousError::Evidence {
+                path: path.clone(),
+                source,
+            })?;
             for (ns, policy, key, e) in rules {
                 evidence.insert((ns, policy, key), e);
             }
