@@ -183,6 +183,18 @@ pub fn summary(rec: &Recommendation) -> String {
                 .count(),
             "rules over the CIDR budget",
         ),
+        (
+            rec.changes.len(),
+            "rule changes since the previous proposal",
+        ),
+        (
+            rec.policies
+                .iter()
+                .flat_map(|p| &p.rules)
+                .filter(|r| r.not_seen_in_window)
+                .count(),
+            "previous rules kept without evidence in this window",
+        ),
     ] {
         if n > 0 {
             let _ = write!(s, "; {n} {what}");

@@ -400,3 +400,93 @@ fn serve_warns_when_retention_is_shorter_than_expiry() {
     );
     assert!(run(&["--retention", "20d", "--expire-after", "21d"]).contains(warning));
 }
+
+/// The last evidence of a previous rule comes from the store's whole retention, not only
+/// `--since`: here leash's applied policy is the previous proposal (no evidence file), and
+/// the store last saw its 198.51.100.7 traffic 20 days ago, outside the 7-day window.
+#[test]
+fn the_store_dates_previous_rules_beyond_the_window() {
+    use leash::store::{BatchId, SqliteStore, Store};
+    use leash_records::{FlowRecord, Record};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = dir.path().join("first");
+    recommend(
+        &fixture("cluster.yaml"),
+        &fixture("flows.jsonl"),
+        &first,
+        &[],
+    );
+    let mut snapshot = std::fs::read_to_string(fixture("cluster.yaml")).expect("fixture");
+    snapshot.push_str("\n---\n");
+    snapshot.push_str(&read(&first, "shop/payment-egress.yaml"));
+    let cluster_file = dir.path().join("cluster.yaml");
+    std::fs::write(&cluster_file, snapshot).expect("writes");
+
+    // The fixture's flows, 198.51.100.7 last seen 20 days ago, the rest an hour ago.
+    let now = DateTime::<Utc>::from_timestamp(Utc::now().timestamp(), 0).expect("now");
+    let old = now - Duration::days(20);
+    let cluster = leash::cluster::Cluster::load(&fixture("cluster.yaml")).expect("fixture");
+    let path = fixture("flows.jsonl");
+    let file = std::fs::File::open(&path).expect("fixture flows");
+    let flows: Vec<FlowRecord> = leash_records::read_records(std::io::BufReader::new(file), &path)
+        .filter_map(|l| match l.expect("valid").record {
+            Record::Flow(mut f) => {
+                let at = if f.dst.to_string().starts_with("198.51.100.") {
+                    old
+                } else {
+                    now - Duration::hours(1)
+                };
+                f.first_seen = at - Duration::hours(1);
+                f.last_seen = at;
+                Some(f)
+            }
+            Record::Dns(_) => None,
+        })
+        .collect();
+    let db = dir.path().join("leash.db");
+    let store = SqliteStore::open(&db).expect("store opens");
+    let (f, d) = leash::observations::from_batch(&cluster, &flows, &[]);
+    let id = BatchId {
+        node: "n1".into(),
+        boot_id: "boot".into(),
+        seq: 0,
+    };
+    store.commit(&id, &f, &d).expect("commit");
+    drop(store);
+
+    let run = |expire: &str, out: &str| {
+        let out = dir.path().join(out);
+        let o = leash(&[
+            "recommend",
+            "--cluster",
+            path_str(&cluster_file),
+            "--store",
+            path_str(&db),
+            "--since",
+            "7d",
+            "--expire-after",
+            expire,
+            "-o",
+            path_str(&out),
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        (
+            read(&out, "shop/payment-egress.yaml"),
+            read(&out, "shop/REPORT.md"),
+        )
+    };
+    let stamp = leash_records::time::rfc3339(old);
+    let (policy, report) = run("30d", "kept");
+    assert!(policy.contains("198.51.100.7/32"), "{policy}");
+    assert!(
+        report.contains(&format!("not seen in this window; last seen {stamp}")),
+        "{report}"
+    );
+    let (policy, report) = run("10d", "expired");
+    assert!(!policy.contains("198.51.100.7/32"), "{policy}");
+    assert!(
+        changes(&report).contains(&format!("last seen {stamp}, older than --expire-after")),
+        "{report}"
+    );
+}
