@@ -937,6 +937,120 @@ mod tests {
             .count()
     }
 
+    fn two_namespaces() -> (Cluster, Recommendation) {
+        let mut cluster = Cluster::default();
+        for (ns, name) in [("alpha", "web"), ("beta", "api")] {
+            cluster.workloads.push(Workload {
+                namespace: ns.into(),
+                kind: "Deployment".into(),
+                name: name.into(),
+                selector: Some(LabelSelector::default()),
+            });
+        }
+        let policy = |w: usize, ns: &str, name: &str| PolicySpec {
+            workload: w,
+            namespace: ns.into(),
+            name: name.into(),
+            pod_selector: LabelSelector::default(),
+            rules: Vec::new(),
+            evidence: RuleEvidence::default(),
+        };
+        let rec = Recommendation {
+            policies: vec![
+                policy(0, "alpha", "web-egress"),
+                policy(1, "beta", "api-egress"),
+            ],
+            default_deny_namespaces: vec!["alpha".into(), "beta".into()],
+            unattributed_flows: 7,
+            isolated: vec![1],
+            ..Recommendation::default()
+        };
+        (cluster, rec)
+    }
+
+    #[test]
+    fn the_index_links_each_namespace_and_keeps_what_has_none() {
+        let (cluster, rec) = two_namespaces();
+        let index = index(&cluster, &rec);
+        assert!(
+            index.contains("| `alpha` | 1 | 0 | new | [alpha/REPORT.md](alpha/REPORT.md) | [alpha/evidence.json](alpha/evidence.json) |"),
+            "{index}"
+        );
+        assert!(index.contains("| `beta` | 1 | 1 | new |"), "{index}");
+        assert!(
+            index.contains("## In no namespace") && index.contains("7 flow events"),
+            "{index}"
+        );
+        let alpha = namespace_report(&cluster, &rec, "alpha");
+        assert!(
+            alpha.starts_with("# leash egress recommendation: namespace `alpha`"),
+            "{alpha}"
+        );
+        assert!(
+            alpha.contains("`alpha/web-egress`") && !alpha.contains("api"),
+            "{alpha}"
+        );
+        assert!(!alpha.contains("Unattributed"), "{alpha}");
+        assert!(namespace_report(&cluster, &rec, "beta").contains("beta/Deployment/api"));
+    }
+
+    #[test]
+    fn the_changes_section_lists_each_change_with_its_evidence() {
+        let (cluster, mut rec) = two_namespaces();
+        assert!(report(&cluster, &rec).contains("No previous proposal"));
+        rec.has_previous = true;
+        assert!(
+            report(&cluster, &rec).contains("None: every rule is as in the previous proposal.")
+        );
+        let at = chrono::DateTime::<chrono::Utc>::from_timestamp(1_764_000_000, 0);
+        rec.changes = vec![
+            crate::recommend::Change {
+                namespace: "alpha".into(),
+                policy: "web-egress".into(),
+                workload: "Deployment/web".into(),
+                kind: crate::recommend::ChangeKind::Widened,
+                before: Some("to 10.0.0.0/25 on 443/TCP".into()),
+                after: Some("to 10.0.0.0/24 on 443/TCP".into()),
+                evidence: RuleEvidence {
+                    count: 5,
+                    last_seen: at,
+                    pods: BTreeSet::from(["web-1".into()]),
+                    ..RuleEvidence::default()
+                },
+                why: "observed in this window, beyond the previous rule".into(),
+            },
+            crate::recommend::Change {
+                namespace: "alpha".into(),
+                policy: "web-egress".into(),
+                workload: "Deployment/web".into(),
+                kind: crate::recommend::ChangeKind::Removed,
+                before: Some("to 192.0.2.1/32 on 80/TCP".into()),
+                after: None,
+                evidence: RuleEvidence::default(),
+                why: "last seen 2025-01-01T00:00:00Z, older than --expire-after".into(),
+            },
+        ];
+        let alpha = namespace_report(&cluster, &rec, "alpha");
+        assert!(
+            alpha.contains("### `alpha/web-egress` for alpha/Deployment/web"),
+            "{alpha}"
+        );
+        assert!(
+            alpha.contains("| widened | `to 10.0.0.0/25 on 443/TCP` | `to 10.0.0.0/24 on 443/TCP` | 5 | 2025-11-24T16:00:00Z | web-1 | observed in this window, beyond the previous rule |"),
+            "{alpha}"
+        );
+        assert!(
+            alpha.contains("| removed | `to 192.0.2.1/32 on 80/TCP` | - | 0 | - | - | last seen"),
+            "{alpha}"
+        );
+        let beta = namespace_report(&cluster, &rec, "beta");
+        assert!(
+            beta.contains("None: every rule is as in the previous proposal."),
+            "{beta}"
+        );
+        assert!(index(&cluster, &rec).contains("| `alpha` | 1 | 0 | 2 |"));
+    }
+
     /// Names that bypassed ingest (an old store, a snapshot nobody checked) cannot inject
     /// HTML, links, headings or table cells into REPORT.md.
     #[test]

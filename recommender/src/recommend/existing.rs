@@ -97,16 +97,23 @@ pub fn also_allowed(
         .map(|(i, p)| ((p.namespace.as_str(), p.name.as_str()), i))
         .collect();
     let with_policy: BTreeSet<WorkloadId> = rec.policies.iter().map(|p| p.workload).collect();
-    // Egress depends on the source through its namespace and labels: one evaluation per
-    // (pod, destination), pods deduplicated by the key's order.
+    // Egress depends on the source through its namespace and labels only: one evaluation
+    // per distinct (namespace, labels) and destination, from the lowest pod id among them.
+    let mut reps: BTreeMap<(&str, &crate::cluster::Labels), usize> = BTreeMap::new();
+    let mut keys: Vec<_> = obs.flows.keys().collect();
+    keys.sort();
     let mut checks: BTreeSet<(usize, std::net::IpAddr, u16, leash_records::Protocol)> =
         BTreeSet::new();
-    for k in obs.flows.keys() {
+    for k in keys {
+        let Some(pod) = cluster.pods.get(k.pod) else {
+            continue;
+        };
         let covered = cluster
             .workload_of(k.pod)
             .is_some_and(|w| with_policy.contains(&w));
-        if covered && !cluster.pods[k.pod].host_network {
-            checks.insert((k.pod, k.dst, k.port, k.protocol));
+        if covered && !pod.host_network {
+            let rep = *reps.entry((&pod.namespace, &pod.labels)).or_insert(k.pod);
+            checks.insert((rep, k.dst, k.port, k.protocol));
         }
     }
     let mut found: BTreeMap<(usize, usize), BTreeSet<String>> = BTreeMap::new();

@@ -287,10 +287,16 @@ pub(super) fn carried(
     let Some(prev) = stab.previous else {
         return (out, gone);
     };
-    let history = stab.history.unwrap_or(window);
+    let history = by_workload(cluster, stab.history.unwrap_or(window));
     let cutoff = stab.as_of - stab.expire_after;
+    let workloads: BTreeMap<(&str, &str, &str), WorkloadId> = cluster
+        .workloads
+        .iter()
+        .enumerate()
+        .map(|(i, w)| ((w.namespace.as_str(), w.kind.as_str(), w.name.as_str()), i))
+        .collect();
     for p in prev.policies.iter().filter(|p| in_scope(&p.namespace)) {
-        let Some(w) = find_workload(cluster, p) else {
+        let Some(w) = find_workload(cluster, &workloads, p) else {
             for r in &p.rules {
                 gone.push(Change {
                     namespace: p.namespace.clone(),
@@ -305,7 +311,10 @@ pub(super) fn carried(
             }
             continue;
         };
-        let seen = history_last_seen(cluster, history, w, p);
+        let seen = history.get(&w).map_or_else(
+            || vec![None; p.rules.len()],
+            |h| history_last_seen(cluster, h, w, p),
+        );
         let c: &mut Carried = out.entry(w).or_default();
         c.policy.clone_from(&p.name);
         for (rule, seen) in p.rules.iter().zip(seen) {
@@ -336,52 +345,70 @@ pub(super) fn carried(
 
 /// The workload a previous policy was for: by its `leash.dev/workload` annotation, else by
 /// the name leash gives a workload's policy.
-fn find_workload(cluster: &Cluster, p: &PreviousPolicy) -> Option<WorkloadId> {
-    let in_ns = || {
-        cluster
-            .workloads
-            .iter()
-            .enumerate()
-            .filter(|(_, w)| w.namespace == p.namespace)
-    };
+fn find_workload(
+    cluster: &Cluster,
+    index: &BTreeMap<(&str, &str, &str), WorkloadId>,
+    p: &PreviousPolicy,
+) -> Option<WorkloadId> {
     if let Some((kind, name)) = p.workload.as_deref().and_then(|w| w.split_once('/')) {
-        return in_ns()
-            .find(|(_, w)| w.kind == kind && w.name == name)
-            .map(|(i, _)| i);
+        return index.get(&(p.namespace.as_str(), kind, name)).copied();
     }
-    in_ns()
-        .find(|(_, w)| super::policy_name(&w.name) == p.name)
-        .map(|(i, _)| i)
+    index
+        .range((p.namespace.as_str(), "", "")..)
+        .take_while(|((ns, _, _), _)| *ns == p.namespace)
+        .find(|((_, _, name), _)| super::policy_name(name) == p.name)
+        .map(|(_, &w)| w)
+        .filter(|&w| cluster.workloads[w].namespace == p.namespace)
 }
 
-/// Per rule of `p`, the latest observation of `history` from `w`'s pods that the rule
-/// allows at egress, by the one evaluator.
-fn history_last_seen(
-    cluster: &Cluster,
-    history: &Observations,
-    w: WorkloadId,
-    p: &PreviousPolicy,
-) -> Vec<Option<DateTime<Utc>>> {
-    let mut last = vec![None; p.rules.len()];
-    // One representative pod per workload: the policy below selects every pod of the
-    // namespace, so egress depends on the destination only.
-    let mut dests: BTreeMap<(IpAddr, u16, Protocol), DateTime<Utc>> = BTreeMap::new();
-    let mut rep = None;
-    for (k, ev) in &history.flows {
-        if cluster.workload_of(k.pod) != Some(w) || cluster.pods[k.pod].host_network {
+/// A workload's observed destinations (address, port, protocol) with their latest time,
+/// and a pod of it to evaluate them from.
+struct History {
+    pod: usize,
+    dests: BTreeMap<(IpAddr, u16, Protocol), DateTime<Utc>>,
+}
+
+/// The flows of `obs` per workload (pod-network pods only: hostNetwork egress is never in a
+/// policy).
+fn by_workload(cluster: &Cluster, obs: &Observations) -> BTreeMap<WorkloadId, History> {
+    let mut out: BTreeMap<WorkloadId, History> = BTreeMap::new();
+    for (k, ev) in &obs.flows {
+        let (Some(w), Some(pod)) = (cluster.workload_of(k.pod), cluster.pods.get(k.pod)) else {
+            continue;
+        };
+        if pod.host_network {
             continue;
         }
-        rep = Some(rep.map_or(k.pod, |r: usize| r.min(k.pod)));
-        let e = dests
+        let h = out.entry(w).or_insert_with(|| History {
+            pod: k.pod,
+            dests: BTreeMap::new(),
+        });
+        // The lowest pod id, whatever the map's order.
+        h.pod = h.pod.min(k.pod);
+        let e = h
+            .dests
             .entry((k.dst, k.port, k.protocol))
             .or_insert(ev.last_seen);
         *e = (*e).max(ev.last_seen);
     }
-    let Some(rep) = rep else { return last };
-    let pod = &cluster.pods[rep];
+    out
+}
+
+/// Per rule of `p`, the latest observation in `history` (of workload `w`) that the rule
+/// allows at egress, by the one evaluator.
+fn history_last_seen(
+    cluster: &Cluster,
+    history: &History,
+    w: WorkloadId,
+    p: &PreviousPolicy,
+) -> Vec<Option<DateTime<Utc>>> {
+    let mut last = vec![None; p.rules.len()];
+    let pod = &cluster.pods[history.pod];
     let Some(source) = ClusterView::pod(cluster, &pod.namespace, &pod.name) else {
         return last;
     };
+    // The policy selects every pod of the namespace: egress then depends on the destination
+    // only, and one pod of the workload stands for all.
     let spec = PolicySpec {
         workload: w,
         namespace: p.namespace.clone(),
@@ -393,7 +420,7 @@ fn history_last_seen(
     let Ok(set) = PolicySet::new(&[super::to_network_policy(cluster, &spec)]) else {
         return last;
     };
-    for ((dst, port, protocol), seen) in dests {
+    for (&(dst, port, protocol), &seen) in &history.dests {
         let flow = eval::Flow {
             protocol,
             dst,
