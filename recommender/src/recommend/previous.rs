@@ -736,6 +736,93 @@ mod tests {
         ));
     }
 
+    fn prev(c: &str, ports: &[u16]) -> PreviousRule {
+        let r = block(c, ports);
+        PreviousRule {
+            peers: r.peers,
+            ports: r.ports,
+            evidence: None,
+        }
+    }
+
+    #[test]
+    fn wider_new_rules_widen_and_narrower_ones_narrow_an_expired_rule() {
+        let t = DateTime::<Utc>::from_timestamp(1_700_000_000, 0).expect("time");
+        let carried = Carried {
+            policy: "web-egress".into(),
+            live: vec![Live {
+                rule: prev("10.0.0.0/25", &[443]),
+                last_seen: Some(t),
+            }],
+            expired: vec![(prev("192.0.2.0/24", &[443]), t)],
+        };
+        let new = vec![block("10.0.0.0/24", &[443]), block("192.0.2.7/32", &[443])];
+        let (rules, changes) = merge(new, Some(&carried), Duration::days(30));
+        let keys: Vec<String> = rules.iter().map(EgressRule::key).collect();
+        assert_eq!(
+            keys,
+            ["to 10.0.0.0/24 on 443/TCP", "to 192.0.2.7/32 on 443/TCP"]
+        );
+        let got: Vec<(ChangeKind, Option<&str>, Option<&str>)> = changes
+            .iter()
+            .map(|c| (c.kind, c.before.as_deref(), c.after.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    ChangeKind::Widened,
+                    Some("to 10.0.0.0/25 on 443/TCP"),
+                    Some("to 10.0.0.0/24 on 443/TCP")
+                ),
+                (
+                    ChangeKind::Narrowed,
+                    Some("to 192.0.2.0/24 on 443/TCP"),
+                    Some("to 192.0.2.7/32 on 443/TCP")
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn only_leash_policies_in_leash_shapes_are_carried_with_their_evidence() {
+        let yaml = |name: &str, labels: &str, egress: &str| -> NetworkPolicy {
+            serde_norway::from_str(&format!(
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: {name}\n  namespace: shop\n  labels: {labels}\n  annotations: {{leash.dev/workload: Deployment/web}}\nspec:\n  podSelector: {{}}\n  egress: {egress}\n"
+            ))
+            .expect("a policy")
+        };
+        let managed = "{app.kubernetes.io/managed-by: leash}";
+        let rules = "[{to: [{ipBlock: {cidr: 10.0.0.0/24}}], ports: [{protocol: TCP, port: 443}]}, \
+                     {to: [{namespaceSelector: {matchLabels: {team: x}}}], ports: [{port: 80}]}, \
+                     {to: [{ipBlock: {cidr: 10.0.1.0/24}}], ports: [{port: http}]}]";
+        let policies = [
+            yaml("web-egress", managed, rules),
+            yaml("theirs", "{}", rules),
+            yaml("default-deny-egress", managed, "[]"),
+        ];
+        let key = prev("10.0.0.0/24", &[443]).key();
+        let evidence = EvidenceIndex::from([(
+            ("shop".into(), "web-egress".into(), key.clone()),
+            RuleEvidence {
+                count: 3,
+                ..RuleEvidence::default()
+            },
+        )]);
+        let (p, skipped) = Previous::from_policies(&policies, &evidence);
+        assert_eq!(p.policies.len(), 1, "{p:?}");
+        let web = &p.policies[0];
+        assert_eq!(web.workload.as_deref(), Some("Deployment/web"));
+        assert_eq!(web.rules.len(), 1);
+        assert_eq!(web.rules[0].key(), key);
+        assert_eq!(web.rules[0].evidence.as_ref().map(|e| e.count), Some(3));
+        assert_eq!(skipped.len(), 2, "{skipped:?}");
+        assert!(
+            skipped[0].contains("shop/web-egress: egress rule 2"),
+            "{skipped:?}"
+        );
+    }
+
     #[test]
     fn an_unseen_rule_is_kept_and_an_expired_one_removed() {
         let t = DateTime::<Utc>::from_timestamp(1_700_000_000, 0).expect("time");
