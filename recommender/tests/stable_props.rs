@@ -334,3 +334,54 @@ proptest! {
         }
     }
 }
+
+/// Addresses allowed by a cover: its blocks without their excepts.
+fn allowed_size(c: &leash::cidr::Cover) -> u128 {
+    c.blocks
+        .iter()
+        .map(|b| {
+            leash::cidr::net_size(&b.cidr)
+                - b.except.iter().map(leash::cidr::net_size).sum::<u128>()
+        })
+        .sum()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Hysteresis in the cover: keeping the previous blocks costs nothing over the plain
+    /// optimal cover of the same addresses (same allowed addresses, same budget), never
+    /// splits a previous block, and keeps at least as many of them unchanged.
+    #[test]
+    fn the_cover_prefers_previous_blocks_at_equal_cost(
+        first in prop::collection::btree_set(0u32..512, 1..12),
+        more in prop::collection::btree_set(0u32..512, 0..12),
+        max_cidrs in 1usize..5,
+    ) {
+        use ipnet::IpNet;
+        use leash::cidr::{CoverOptions, cover, cover_keeping};
+        let net = |w: u32| IpNet::from(std::net::IpAddr::V4(std::net::Ipv4Addr::from(0xCB00_7100 + w)));
+        let opts = CoverOptions { max_cidrs, max_prefix_v4: 20, ..CoverOptions::default() };
+        let obs1: Vec<IpNet> = first.iter().map(|&w| net(w)).collect();
+        let prev: Vec<IpNet> = cover(&obs1, &opts).blocks.iter().map(|b| b.cidr).collect();
+        let obs2: Vec<IpNet> = first.union(&more).map(|&w| net(w)).collect();
+        let kept = cover_keeping(&obs2, &prev, &opts);
+        let all: Vec<IpNet> = obs2.iter().chain(&prev).copied().collect();
+        let plain = cover(&all, &opts);
+        prop_assert_eq!(allowed_size(&kept), allowed_size(&plain));
+        prop_assert_eq!(kept.budget_met, plain.budget_met);
+        if plain.budget_met {
+            prop_assert!(kept.blocks.len() <= max_cidrs);
+        }
+        for p in &prev {
+            prop_assert!(kept.blocks.iter().any(|b| b.cidr.contains(p)), "{} split", p);
+        }
+        let unchanged = |c: &leash::cidr::Cover| prev.iter().filter(|p| c.blocks.iter().any(|b| b.cidr == **p)).count();
+        prop_assert!(unchanged(&kept) >= unchanged(&plain), "{:?} vs {:?}", kept.blocks, plain.blocks);
+        // Nothing new: the previous cover stays exactly.
+        if more.is_subset(&first) {
+            let same: Vec<IpNet> = kept.blocks.iter().map(|b| b.cidr).collect();
+            prop_assert_eq!(same, prev);
+        }
+    }
+}

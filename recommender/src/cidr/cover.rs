@@ -281,6 +281,8 @@ struct Node<W: Word> {
 struct Subtree<C> {
     r: Ref,
     leaves: usize,
+    /// Previous blocks among its leaves (hysteresis; 0 without previous blocks).
+    prev: u32,
     observed: C,
     lo: u32,
     hi: u32,
@@ -297,6 +299,10 @@ struct SolveState<W: Word> {
     garena: Vec<W::Cost>,
     sg: Vec<W::Cost>,
     sc: Vec<u32>,
+    /// With previous blocks: beside each cost, the previous blocks the choice merges into a
+    /// wider block (`barena` parallels `garena`, `sb` parallels `sg`).
+    barena: Vec<u32>,
+    sb: Vec<u32>,
 }
 
 /// The solved dynamic program of one family.
@@ -309,6 +315,8 @@ struct Dp<W: Word> {
     lo: u32,
     /// `g[j - lo]`: least cost with at most `j` blocks.
     g: Vec<W::Cost>,
+    /// With previous blocks, beside `g`: the previous blocks merged away (else empty).
+    b: Vec<u32>,
 }
 
 impl<W: Word> Dp<W> {
@@ -316,23 +324,34 @@ impl<W: Word> Dp<W> {
     /// fewest blocks `lo` up to `lo + slack` (and at most its leaf count), the least cost of
     /// covering its observed addresses with at most `j` blocks, either by its own prefix or by
     /// splitting `j` between its children (a min-plus convolution).
-    fn solve(leaves: Vec<(W, u8)>, shape: &Shape<W>, slack: u32) -> Self {
+    ///
+    /// `prev[i]` says whether leaf `i` is a previous block (empty: none is). Then ties of cost
+    /// are broken by the fewest previous blocks merged into wider ones (hysteresis); without,
+    /// the plain DP runs unchanged.
+    fn solve(leaves: Vec<(W, u8)>, shape: &Shape<W>, slack: u32, prev: &[bool]) -> Self {
+        let keeping = !prev.is_empty();
         let mut st = SolveState::<W> {
             nodes: Vec::with_capacity(shape.costs.len()),
             choices: Vec::new(),
             garena: Vec::new(),
             sg: Vec::new(),
             sc: Vec::new(),
+            barena: Vec::new(),
+            sb: Vec::new(),
         };
         let root = fold_trie(
             &leaves,
             &mut st,
             |st, i| {
                 st.garena.push(W::Cost::ZERO);
+                if keeping {
+                    st.barena.push(0);
+                }
                 Subtree {
                     // Leaf indices fit in u32 for any input that fits in memory.
                     r: Ref::Leaf(i as u32),
                     leaves: 1,
+                    prev: u32::from(prev.get(i).copied().unwrap_or(false)),
                     observed: W::block_size(leaves[i].1),
                     lo: 1,
                     hi: 1,
@@ -346,7 +365,10 @@ impl<W: Word> Dp<W> {
                     garena,
                     sg,
                     sc,
+                    barena,
+                    sb,
                 } = st;
+                let prev_below = left.prev.saturating_add(right.prev);
                 let id = nodes.len();
                 let cost = shape.costs.get(id).copied().flatten();
                 let observed = left.observed.sat_add(right.observed);
@@ -364,9 +386,18 @@ impl<W: Word> Dp<W> {
                 sg.resize(n, cost.unwrap_or(W::Cost::MAX));
                 sc.resize(n, 0);
                 {
-                    let gl = &garena[left.g_off..left.g_off + (left.hi - left.lo + 1) as usize];
-                    let gr = &garena[right.g_off..right.g_off + (right.hi - right.lo + 1) as usize];
-                    convolve(gl, left.lo, gr, right.lo, lo, sg, sc);
+                    let lr = left.g_off..left.g_off + (left.hi - left.lo + 1) as usize;
+                    let rr = right.g_off..right.g_off + (right.hi - right.lo + 1) as usize;
+                    let (gl, gr) = (&garena[lr.clone()], &garena[rr.clone()]);
+                    if keeping {
+                        // The own prefix merges every previous block below into one.
+                        sb.clear();
+                        sb.resize(n, if cost.is_some() { prev_below } else { u32::MAX });
+                        let (bl, br) = (&barena[lr], &barena[rr]);
+                        convolve_keeping((gl, bl, left.lo), (gr, br, right.lo), lo, sg, sb, sc);
+                    } else {
+                        convolve(gl, left.lo, gr, right.lo, lo, sg, sc);
+                    }
                 }
                 nodes.push(Node {
                     start,
@@ -382,9 +413,14 @@ impl<W: Word> Dp<W> {
                 garena.truncate(left.g_off);
                 let g_off = garena.len();
                 garena.extend_from_slice(sg);
+                if keeping {
+                    barena.truncate(left.g_off);
+                    barena.extend_from_slice(sb);
+                }
                 Subtree {
                     r: Ref::Node(id as u32),
                     leaves: n_leaves,
+                    prev: prev_below,
                     observed,
                     lo,
                     hi,
@@ -392,9 +428,17 @@ impl<W: Word> Dp<W> {
                 }
             },
         );
-        let (root, lo, g) = match root {
-            Some(top) => (Some(top.r), top.lo, st.garena[top.g_off..].to_vec()),
-            None => (None, 0, vec![W::Cost::ZERO]),
+        let (root, lo, g, b) = match root {
+            Some(top) => (
+                Some(top.r),
+                top.lo,
+                st.garena[top.g_off..].to_vec(),
+                st.barena
+                    .get(top.g_off..)
+                    .map(<[u32]>::to_vec)
+                    .unwrap_or_default(),
+            ),
+            None => (None, 0, vec![W::Cost::ZERO], Vec::new()),
         };
         Dp {
             leaves,
@@ -403,7 +447,14 @@ impl<W: Word> Dp<W> {
             root,
             lo,
             g,
+            b,
         }
+    }
+
+    /// The previous blocks merged away by the optimal cover with at most `j` blocks (0
+    /// without previous blocks).
+    fn broken(&self, j: u32) -> u32 {
+        self.b.get((j - self.lo) as usize).copied().unwrap_or(0)
     }
 
     /// The best budget for this family alone: `(blocks, cost)`.
@@ -420,9 +471,12 @@ impl<W: Word> Dp<W> {
     /// The fewest blocks reaching the same cost as `j` blocks (`lo ≤ j ≤ hi`).
     fn fewest(&self, j: u32) -> u32 {
         let target = self.g[(j - self.lo) as usize];
-        (self.lo..=j)
-            .find(|&i| self.g[(i - self.lo) as usize] == target)
-            .unwrap_or(j)
+        let same = (self.lo..=j).filter(|&i| self.g[(i - self.lo) as usize] == target);
+        if self.b.is_empty() {
+            return same.min().unwrap_or(j);
+        }
+        // Hysteresis: among budgets of the same cost, the fewest previous blocks merged away.
+        same.min_by_key(|&i| (self.broken(i), i)).unwrap_or(j)
     }
 
     /// Emits the blocks of the optimal cover with at most `j` blocks, sorted.
@@ -488,6 +542,37 @@ fn convolve<C: Count>(gl: &[C], ll: u32, gr: &[C], rl: u32, lo: u32, sg: &mut [C
     }
 }
 
+/// [`convolve`] with the previous blocks merged away as a second criterion: an entry is
+/// replaced when its (cost, merged previous blocks) is strictly beaten. Scalar: only covers
+/// that keep previous blocks take this path.
+fn convolve_keeping<C: Count>(
+    (gl, bl, ll): (&[C], &[u32], u32),
+    (gr, br, rl): (&[C], &[u32], u32),
+    lo: u32,
+    sg: &mut [C],
+    sb: &mut [u32],
+    sc: &mut [u32],
+) {
+    let hi = lo + sg.len() as u32 - 1;
+    for (ai, (&ga, &ba)) in gl.iter().zip(bl).enumerate() {
+        let a = ll + ai as u32;
+        if a + rl > hi {
+            break;
+        }
+        let n = gr.len().min((hi - a - rl + 1) as usize);
+        let base = (a + rl - lo) as usize;
+        for (k, (&gb, &bb)) in gr[..n].iter().zip(&br[..n]).enumerate() {
+            let (c, b) = (ga.sat_add(gb), ba.saturating_add(bb));
+            let i = base + k;
+            if (c, b) < (sg[i], sb[i]) {
+                sg[i] = c;
+                sb[i] = b;
+                sc[i] = a;
+            }
+        }
+    }
+}
+
 /// Exact blocks of one family as blocks of a cover.
 fn exact_blocks<W: Word>(leaves: &[(W, u8)], out: &mut Vec<Block>) {
     out.extend(leaves.iter().map(|&(s, l)| Block {
@@ -514,6 +599,19 @@ fn exact_blocks<W: Word>(leaves: &[(W, u8)], out: &mut Vec<Block>) {
 /// be met. 1M distinct IPv4 addresses at K = 256 take a fraction of a second
 /// (`benches/cidr.rs`).
 pub fn cover(observed: &[IpNet], opts: &CoverOptions) -> Cover {
+    cover_with(observed, &[], opts)
+}
+
+/// [`cover`] of `observed` and `previous` together; ties of cost prefer the covers that keep
+/// the previous blocks (those that remain leaves of the trie) as they are.
+fn cover_with(observed: &[IpNet], previous: &[IpNet], opts: &CoverOptions) -> Cover {
+    let all: Vec<IpNet>;
+    let observed = if previous.is_empty() {
+        observed
+    } else {
+        all = observed.iter().chain(previous).copied().collect();
+        &all
+    };
     let (v4, v6) = split_families(observed);
     let leaves4 = merge_words(v4.into_iter());
     let leaves6 = merge_words(v6.into_iter());
@@ -534,12 +632,25 @@ pub fn cover(observed: &[IpNet], opts: &CoverOptions) -> Cover {
     let shape6 = Shape::new(&leaves6, opts.max_prefix_v6.min(128), &prot6);
     // Budgets beyond the fewest blocks, to be shared by both families.
     let slack = k.saturating_sub(shape4.lo.saturating_add(shape6.lo));
-    let dp4 = Dp::solve(leaves4, &shape4, slack);
-    let dp6 = Dp::solve(leaves6, &shape6, slack);
+    let (prev4, prev6) = if previous.is_empty() {
+        (Vec::new(), Vec::new())
+    } else {
+        let (p4, p6) = split_families(previous);
+        (previous_leaves(&leaves4, p4), previous_leaves(&leaves6, p6))
+    };
+    let dp4 = Dp::solve(leaves4, &shape4, slack, &prev4);
+    let dp6 = Dp::solve(leaves6, &shape6, slack, &prev6);
     let (j4, j6, budget_met) = split_budget(&dp4, &dp6, k);
     dp4.blocks(j4, &prot4, &mut blocks);
     dp6.blocks(j6, &prot6, &mut blocks);
     Cover { blocks, budget_met }
+}
+
+/// Per leaf, whether it is one of the `previous` blocks as it was (not merged with observed
+/// addresses into a larger exact block).
+fn previous_leaves<W: Word>(leaves: &[(W, u8)], previous: Vec<(W, u8)>) -> Vec<bool> {
+    let previous: std::collections::BTreeSet<(W, u8)> = previous.into_iter().collect();
+    leaves.iter().map(|l| previous.contains(l)).collect()
 }
 
 /// Shares the budget `k` between the two families: least total cost, then fewest blocks.
@@ -559,20 +670,22 @@ fn split_budget(dp4: &Dp<u32>, dp6: &Dp<u128>, k: u32) -> (u32, u32, bool) {
     }
     let hi4 = dp4.lo + dp4.g.len() as u32 - 1;
     let hi6 = dp6.lo + dp6.g.len() as u32 - 1;
-    let mut best: Option<(u128, u32, u32, u32)> = None;
+    let mut best: Option<(u128, u32, u32, u32, u32)> = None;
     for a in dp4.lo..=hi4.min(k - dp6.lo) {
         // The IPv6 side gets the rest of the budget, then gives back what does not lower its cost.
         let b = dp6.fewest(hi6.min(k - a));
         let c = dp4.g[(a - dp4.lo) as usize]
             .to_u128()
             .saturating_add(dp6.g[(b - dp6.lo) as usize]);
-        let cand = (c, a + b, a, b);
-        if best.is_none_or(|bst| (cand.0, cand.1) < (bst.0, bst.1)) {
+        // Cost, then previous blocks merged away (always 0 without them), then blocks.
+        let broken = dp4.broken(a).saturating_add(dp6.broken(b));
+        let cand = (c, broken, a + b, a, b);
+        if best.is_none_or(|bst| (cand.0, cand.1, cand.2) < (bst.0, bst.1, bst.2)) {
             best = Some(cand);
         }
     }
     match best {
-        Some((_, _, a, b)) => (a, b, true),
+        Some((_, _, _, a, b)) => (a, b, true),
         None => (dp4.lo, dp6.lo, false),
     }
 }
@@ -592,8 +705,7 @@ pub fn cover_keeping(observed: &[IpNet], previous: &[IpNet], opts: &CoverOptions
     if previous.is_empty() {
         return cover(observed, opts);
     }
-    let all: Vec<IpNet> = observed.iter().chain(previous).copied().collect();
-    let mut c = cover(&all, opts);
+    let mut c = cover_with(observed, previous, opts);
     let exact = super::merge(observed);
     for b in &mut c.blocks {
         let seen = exact
@@ -616,6 +728,34 @@ pub fn cover_keeping(observed: &[IpNet], previous: &[IpNet], opts: &CoverOptions
 mod tests {
     use super::*;
     use crate::cidr::{merge, merge_addrs};
+
+    /// Two merges of equal cost, one budget short: the one that keeps the previous block
+    /// as it is wins, whichever side it is on.
+    #[test]
+    fn equal_cost_covers_keep_the_previous_blocks() {
+        let opts = CoverOptions {
+            max_cidrs: 3,
+            ..CoverOptions::default()
+        };
+        let observed = [
+            n("10.0.0.0/32"),
+            n("10.0.0.2/32"),
+            n("10.0.1.0/32"),
+            n("10.0.1.2/32"),
+        ];
+        let cidrs = |c: &Cover| c.blocks.iter().map(|b| b.cidr).collect::<Vec<_>>();
+        let plain = cover(&observed, &opts);
+        assert_eq!(plain.blocks.len(), 3);
+        for (prev, merged) in [
+            ("10.0.0.0/32", "10.0.1.0/30"),
+            ("10.0.1.2/32", "10.0.0.0/30"),
+        ] {
+            let c = cover_keeping(&observed, &[n(prev)], &opts);
+            assert!(cidrs(&c).contains(&n(prev)), "{prev}: {:?}", cidrs(&c));
+            assert!(cidrs(&c).contains(&n(merged)), "{prev}: {:?}", cidrs(&c));
+            assert_eq!(c.unobserved_allowed(), plain.unobserved_allowed());
+        }
+    }
 
     #[test]
     fn previous_blocks_are_kept_until_the_budget_forces_a_change() {
