@@ -37,6 +37,7 @@ pub mod policy_state;
 pub mod ports;
 pub mod recommend;
 pub mod render;
+pub mod rollout;
 pub mod serve;
 pub mod state;
 pub mod store;

@@ -442,6 +442,7 @@ pub fn report(cluster: &Cluster, rec: &Recommendation) -> String {
         }
         s.push('\n');
     }
+    attention |= crate::rollout::report_withheld(&mut s, cluster, &rec.withheld);
     if !rec.host_network.is_empty() {
         attention = true;
         let _ = writeln!(
