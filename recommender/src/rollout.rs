@@ -523,14 +523,15 @@ pub fn to_table(statuses: &[WorkloadStatus]) -> String {
 /// (their policy is applied already: leaving it out of the output directory would remove it
 /// on the next apply), and moves the others to [`Recommendation::withheld`] with their phase
 /// and why. A namespace keeps its `default-deny-egress` only when none of its proposed
-/// workloads was withheld: the default-deny would otherwise cut off their egress.
-pub fn keep_ready(rec: &mut Recommendation, statuses: &[WorkloadStatus]) {
+/// workloads was withheld: the default-deny would otherwise cut off their egress. The
+/// report's other findings then speak only of the policies kept.
+pub fn keep_ready(cluster: &Cluster, rec: &mut Recommendation, statuses: &[WorkloadStatus]) {
     let by_id: BTreeMap<WorkloadId, &WorkloadStatus> =
         statuses.iter().map(|s| (s.id, s)).collect();
     let mut withheld = Vec::new();
     rec.policies.retain(|p| {
         let Some(s) = by_id.get(&p.workload) else {
-            // Not on the board (hostNetwork only): no phase, so not ready.
+            // Not on the board (no pod on the pod network): no phase, so not ready.
             withheld.push(Withheld {
                 workload: p.workload,
                 phase: "unknown".to_owned(),
@@ -548,23 +549,23 @@ pub fn keep_ready(rec: &mut Recommendation, statuses: &[WorkloadStatus]) {
         });
         false
     });
-    let cut: BTreeSet<usize> = withheld.iter().map(|w| w.workload).collect();
-    let blocked: BTreeSet<&str> = statuses
+    let namespace_of = |w: WorkloadId| cluster.workloads.get(w).map(|w| w.namespace.as_str());
+    let blocked: BTreeSet<&str> = withheld
         .iter()
-        .filter(|s| cut.contains(&s.id))
-        .map(|s| s.namespace.as_str())
+        .filter_map(|w| namespace_of(w.workload))
         .collect();
     rec.default_deny_namespaces
         .retain(|ns| !blocked.contains(ns.as_str()));
-    let kept: BTreeSet<&str> = rec
+    let denying: BTreeSet<&str> = rec
         .default_deny_namespaces
         .iter()
         .map(String::as_str)
         .collect();
-    // Workloads a withheld default-deny no longer isolates.
-    let namespace_of = |w: usize| statuses.iter().find(|s| s.id == w).map(|s| s.namespace.as_str());
     rec.isolated
-        .retain(|&w| namespace_of(w).is_none_or(|ns| kept.contains(ns)));
+        .retain(|&w| namespace_of(w).is_some_and(|ns| denying.contains(ns)));
+    let kept: BTreeSet<WorkloadId> = rec.policies.iter().map(|p| p.workload).collect();
+    rec.briefly_observed.retain(|(w, _)| kept.contains(w));
+    rec.shared_egress.retain(|e| kept.contains(&e.workload));
     withheld.sort_by_key(|w| w.workload);
     rec.withheld = withheld;
 }

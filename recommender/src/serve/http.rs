@@ -759,7 +759,8 @@ async fn namespace_rollout(
     State(s): State<Arc<AppState>>,
     Path(ns): Path<String>,
 ) -> ApiResult<Response> {
-    known_namespace(&current_model(&s)?, &ns)?;
+    let model = current_model(&s)?;
+    known_namespace(&model, &ns)?;
     let board = current_board(&s)?;
     let body = blocking(slot, move |_| {
         let mine: Vec<&crate::rollout::WorkloadStatus> = board
