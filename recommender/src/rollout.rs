@@ -312,8 +312,7 @@ pub fn phases(
     let mut keys: Vec<_> = obs.flows.iter().collect();
     keys.sort_by_key(|(k, _)| **k);
     for (key, ev) in keys {
-        let (Some(pod), Some(w)) = (cluster.pods.get(key.pod), cluster.workload_of(key.pod))
-        else {
+        let (Some(pod), Some(w)) = (cluster.pods.get(key.pod), cluster.workload_of(key.pod)) else {
             continue;
         };
         if !in_scope(&pod.namespace) {
@@ -337,7 +336,10 @@ pub fn phases(
     }
     for (&(pod, _), ev) in &obs.dns {
         if let Some(w) = cluster.workload_of(pod)
-            && cluster.pods.get(pod).is_some_and(|p| in_scope(&p.namespace))
+            && cluster
+                .pods
+                .get(pod)
+                .is_some_and(|p| in_scope(&p.namespace))
         {
             seen.entry(w).or_default().saw(ev.first_seen);
         }
@@ -364,7 +366,8 @@ pub fn phases(
         if members.iter().all(|p| p.host_network) {
             continue;
         }
-        let selects = |p: &CompiledPolicy| members.iter().any(|m| p.pod_selector.matches(&m.labels));
+        let selects =
+            |p: &CompiledPolicy| members.iter().any(|m| p.pod_selector.matches(&m.labels));
         let ns = by_namespace.get(&wl.namespace).unwrap_or(&empty);
         let foreign: Vec<String> = ns
             .foreign
@@ -404,7 +407,11 @@ pub fn phases(
             observed_for_seconds: u64::try_from(observed_for.num_seconds()).unwrap_or(0),
             would_deny,
             denied,
-            policies: if phase == Phase::Unmanaged { foreign } else { own },
+            policies: if phase == Phase::Unmanaged {
+                foreign
+            } else {
+                own
+            },
             id,
             min_observation: opts.min_observation,
         });
@@ -526,8 +533,7 @@ pub fn to_table(statuses: &[WorkloadStatus]) -> String {
 /// workloads was withheld: the default-deny would otherwise cut off their egress. The
 /// report's other findings then speak only of the policies kept.
 pub fn keep_ready(cluster: &Cluster, rec: &mut Recommendation, statuses: &[WorkloadStatus]) {
-    let by_id: BTreeMap<WorkloadId, &WorkloadStatus> =
-        statuses.iter().map(|s| (s.id, s)).collect();
+    let by_id: BTreeMap<WorkloadId, &WorkloadStatus> = statuses.iter().map(|s| (s.id, s)).collect();
     let mut withheld = Vec::new();
     rec.policies.retain(|p| {
         let Some(s) = by_id.get(&p.workload) else {

@@ -160,9 +160,8 @@ fn statuses(
     now: DateTime<Utc>,
 ) -> Vec<WorkloadStatus> {
     let applied_set = PolicySet::new(applied).expect("applied policies compile");
-    let proposed = proposed.map(|given| {
-        PolicySet::new(&combine(applied, given).objects).expect("proposal compiles")
-    });
+    let proposed = proposed
+        .map(|given| PolicySet::new(&combine(applied, given).objects).expect("proposal compiles"));
     rollout::phases(
         cluster,
         obs,
@@ -234,7 +233,10 @@ fn each_phase_first_that_applies() {
         ["198.51.100.7:5432/TCP"]
     );
     assert_eq!(cart.policies, ["shop/cart-egress"]);
-    assert_eq!(phase_of(&s, "Deployment/legacy").policies, ["shop/legacy-egress"]);
+    assert_eq!(
+        phase_of(&s, "Deployment/legacy").policies,
+        ["shop/legacy-egress"]
+    );
     assert_eq!(phase_of(&s, "Deployment/web").policies, ["shop/web-egress"]);
     let fresh = phase_of(&s, "Deployment/fresh");
     assert_eq!(fresh.observed_for_seconds, 2 * 3600);
@@ -257,7 +259,15 @@ fn precedence_follows_the_table_order() {
     let obs = observations(&cluster, &records());
     // legacy is both unmanaged and drifted (its foreign policy denies what it dials on 8080).
     let mut recs = records();
-    recs.push(flow("shop", &pod("legacy"), "TCP", "203.0.113.1", 8080, 1, &[]));
+    recs.push(flow(
+        "shop",
+        &pod("legacy"),
+        "TCP",
+        "203.0.113.1",
+        8080,
+        1,
+        &[],
+    ));
     let with_denied = observations(&cluster, &recs);
     let s = statuses(&cluster, &with_denied, &applied(), None, now);
     let legacy = phase_of(&s, "Deployment/legacy");
@@ -286,7 +296,10 @@ fn without_a_proposal_there_is_no_would_deny() {
     assert!(s.iter().all(|w| w.phase != Phase::WouldDeny), "{s:#?}");
     // A workload never seen is observing, for 0 seconds.
     let fresh = phase_of(&s, "Deployment/fresh");
-    assert_eq!((fresh.phase, fresh.observed_for_seconds), (Phase::Observing, 0));
+    assert_eq!(
+        (fresh.phase, fresh.observed_for_seconds),
+        (Phase::Observing, 0)
+    );
 }
 
 #[test]
@@ -296,7 +309,13 @@ fn dns_evidence_counts_as_observed() {
     // fresh made no flow, but asked the resolver on 2026-11-22.
     let obs = observations(
         &cluster,
-        &[dns("shop", &pod("fresh"), "10.96.0.10", "db.test", &["203.0.113.50"])],
+        &[dns(
+            "shop",
+            &pod("fresh"),
+            "10.96.0.10",
+            "db.test",
+            &["203.0.113.50"],
+        )],
     );
     let s = statuses(&cluster, &obs, &[], None, a_week_later());
     let fresh = phase_of(&s, "Deployment/fresh");
@@ -331,7 +350,12 @@ items:
 "#;
     let snap = leash_records::snapshot::parse_str(text, std::path::Path::new("cluster.yaml"))
         .expect("snapshot parses");
-    assert_eq!(snap.ignored.values().sum::<usize>(), 1, "{:?}", snap.ignored);
+    assert_eq!(
+        snap.ignored.values().sum::<usize>(),
+        1,
+        "{:?}",
+        snap.ignored
+    );
     let cluster = Cluster::from_snapshot(&snap).expect("model");
     let obs = observations(
         &cluster,
@@ -379,7 +403,13 @@ fn the_table_names_each_phase_and_why() {
     let fx = shop();
     let cluster = fx.cluster();
     let obs = observations(&cluster, &records());
-    let s = statuses(&cluster, &obs, &applied(), Some(&proposal()), a_week_later());
+    let s = statuses(
+        &cluster,
+        &obs,
+        &applied(),
+        Some(&proposal()),
+        a_week_later(),
+    );
     let table = rollout::to_table(&s);
     let lines: Vec<&str> = table.lines().collect();
     assert!(lines[0].starts_with("NAMESPACE  WORKLOAD"), "{table}");
@@ -388,7 +418,9 @@ fn the_table_names_each_phase_and_why() {
         "{table}"
     );
     assert!(
-        lines[1].ends_with("the proposal denies 1 recent flow: 203.0.113.4:8443/TCP api.partner.test (3 events)"),
+        lines[1].ends_with(
+            "the proposal denies 1 recent flow: 203.0.113.4:8443/TCP api.partner.test (3 events)"
+        ),
         "{table}"
     );
     assert_eq!(

@@ -93,7 +93,11 @@ fn egress_policy(ns: &str, name: &str, app: &str, ports: &[u16], leash: bool) ->
 fn policy_file(ns: &str, name: &str, app: &str, ports: &[u16]) -> String {
     let item = egress_policy(ns, name, app, ports, true);
     item.lines()
-        .map(|l| l.strip_prefix("- ").or_else(|| l.strip_prefix("  ")).unwrap_or(l))
+        .map(|l| {
+            l.strip_prefix("- ")
+                .or_else(|| l.strip_prefix("  "))
+                .unwrap_or(l)
+        })
         .collect::<Vec<_>>()
         .join("\n")
         + "\n"
@@ -146,7 +150,14 @@ fn board_fixture(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         record("shop", "api", "203.0.113.4", 8443, 3, old),
         record("shop", "batch", "203.0.113.5", 443, 2, old),
         record("shop", "web", "203.0.113.6", 443, 2, old),
-        record("shop", "fresh", "203.0.113.7", 443, 1, Utc::now() - chrono::Duration::hours(1)),
+        record(
+            "shop",
+            "fresh",
+            "203.0.113.7",
+            443,
+            1,
+            Utc::now() - chrono::Duration::hours(1),
+        ),
         record("bank", "ledger", "203.0.113.8", 443, 1, old),
     ];
     std::fs::write(&flows, lines.join("\n") + "\n").unwrap();
@@ -239,7 +250,12 @@ fn rollout_status_json_and_table() {
     assert_eq!(api["would_deny"][0]["dst_port"], 8443);
     assert_eq!(api["would_deny"][0]["protocol"], "TCP");
     assert_eq!(api["would_deny"][0]["events"], 3);
-    assert!(api["would_deny"][0]["last_seen"].as_str().unwrap().ends_with('Z'));
+    assert!(
+        api["would_deny"][0]["last_seen"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z')
+    );
     assert_eq!(objects[0]["policies"][0], "bank/ledger-egress");
 
     let o = leash(&base);
@@ -251,7 +267,10 @@ fn rollout_status_json_and_table() {
         let cells: Vec<&str> = lines[i + 1].split_whitespace().collect();
         assert_eq!(&cells[..3], [*ns, *workload, *phase], "{table}");
     }
-    assert!(lines[2].contains("203.0.113.4:8443/TCP (3 events)"), "{table}");
+    assert!(
+        lines[2].contains("203.0.113.4:8443/TCP (3 events)"),
+        "{table}"
+    );
     assert_eq!(
         lines[6],
         "5 workloads: 1 unmanaged, 1 enforced, 1 observing, 1 would-deny, 1 ready"
@@ -293,7 +312,11 @@ fn rollout_status_json_and_table() {
         "/nonexistent/policies",
     ]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("/nonexistent/policies"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("/nonexistent/policies"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -317,7 +340,14 @@ fn recommend_ready_only_writes_ready_workloads_and_lists_the_others() {
     let flows = dir.path().join("flows.jsonl");
     let lines = [
         record("shop", "api", "203.0.113.4", 443, 5, old),
-        record("shop", "fresh", "203.0.113.7", 443, 1, Utc::now() - chrono::Duration::hours(1)),
+        record(
+            "shop",
+            "fresh",
+            "203.0.113.7",
+            443,
+            1,
+            Utc::now() - chrono::Duration::hours(1),
+        ),
         record("bank", "ledger", "203.0.113.8", 443, 1, old),
         record("data", "etl", "203.0.113.9", 443, 1, old),
     ];
@@ -377,7 +407,11 @@ fn recommend_ready_only_writes_ready_workloads_and_lists_the_others() {
     assert!(yaml.contains("name: api-egress"), "{yaml}");
     assert!(yaml.contains("name: etl-egress"), "{yaml}");
     assert!(!yaml.contains("name: fresh-egress"), "{yaml}");
-    assert_eq!(yaml.matches("name: default-deny-egress").count(), 1, "{yaml}");
+    assert_eq!(
+        yaml.matches("name: default-deny-egress").count(),
+        1,
+        "{yaml}"
+    );
 }
 
 fn free_port() -> SocketAddr {
@@ -519,7 +553,14 @@ fn store(path: &Path) {
                 flow("shop", "api", "203.0.113.4", 8443, 3, old),
                 flow("shop", "batch", "203.0.113.5", 443, 2, old),
                 flow("shop", "web", "203.0.113.6", 443, 2, old),
-                flow("shop", "fresh", "203.0.113.7", 443, 1, Utc::now() - chrono::Duration::hours(1)),
+                flow(
+                    "shop",
+                    "fresh",
+                    "203.0.113.7",
+                    443,
+                    1,
+                    Utc::now() - chrono::Duration::hours(1),
+                ),
                 flow("bank", "ledger", "203.0.113.8", 443, 1, old),
             ],
             &[],
@@ -573,7 +614,11 @@ fn serve_shadow_evaluates_the_proposal_and_reloads_it_when_the_directory_changes
     }
 
     // A proposal that no longer parses keeps the previous one, and is counted.
-    std::fs::write(proposed.join("api-egress.yaml"), "kind: NetworkPolicy\nspec: [").unwrap();
+    std::fs::write(
+        proposed.join("api-egress.yaml"),
+        "kind: NetworkPolicy\nspec: [",
+    )
+    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !server
         .metrics()
@@ -632,7 +677,9 @@ fn serve_follows_a_git_branch_of_proposed_policies() {
     git(&repo, &["commit", "-q", "-a", "-m", "allow 8443"]);
     server.wait_for_phase("Deployment/api", "ready");
     assert!(
-        server.metrics().contains("leash_proposed_reloads_total 1\n"),
+        server
+            .metrics()
+            .contains("leash_proposed_reloads_total 1\n"),
         "{}",
         server.metrics()
     );
