@@ -39,8 +39,8 @@ pub enum Error {
     Policies {
         /// The state.
         state: String,
-        /// What failed, naming the file.
-        source: audit::Error,
+        /// What failed, naming the file (boxed: audit's errors are large).
+        source: Box<audit::Error>,
     },
     /// The `git` command could not run, or refused.
     #[error("policy state {state}: git {args}: {message}")]
@@ -155,7 +155,7 @@ impl PolicySource {
         };
         let files = files.map_err(|source| Error::Policies {
             state: self.to_string(),
-            source,
+            source: Box::new(source),
         })?;
         Ok(Some(files.into_iter().map(|(_, np)| np).collect()))
     }
@@ -184,7 +184,7 @@ impl PolicySource {
         let listing = git(&state, &repo, &args)?;
         let limits = Limits::from_env().map_err(|e| Error::Policies {
             state: state.clone(),
-            source: e.into(),
+            source: Box::new(e.into()),
         })?;
         let mut files: Vec<(String, String)> = Vec::new();
         let mut any = false;
