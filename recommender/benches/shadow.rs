@@ -124,7 +124,7 @@ fn flows(n: usize) -> Vec<FlowObservation> {
                 1 => (Protocol::Udp, 53),
                 _ => (Protocol::Tcp, 8443),
             };
-            let dst = if k % 2 == 0 {
+            let dst = if k.is_multiple_of(2) {
                 pod_ip((w * 7 + k) % (WORKLOADS * 2))
             } else {
                 let k = u32::try_from(k).unwrap_or(u32::MAX);
