@@ -300,7 +300,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Lowers the calling thread's CPU priority by [`READ_NICE`]; failing that, it runs as is.
-fn lower_priority() {
+pub(super) fn lower_priority() {
     // SAFETY: gettid has no preconditions.
     let tid = unsafe { libc::gettid() };
     let Ok(tid) = libc::id_t::try_from(tid) else {

@@ -327,7 +327,7 @@ pub async fn watch(
         };
         let reader = Arc::clone(&store);
         let proposal_generation = given.as_ref().map(|p| p.generation);
-        let task = tokio::task::spawn_blocking(move || {
+        let task = on_low_priority_thread(move || {
             let flows = reader.flows(None)?;
             let dns = reader.dns(None)?;
             let now = Utc::now();
@@ -347,7 +347,14 @@ pub async fn watch(
                 evaluated_at: now,
             })
         });
-        match task.await {
+        let answer = match task {
+            Ok(rx) => rx.await,
+            Err(e) => {
+                tracing::warn!(error = %Chain(&e), "cannot start the rollout board thread");
+                continue;
+            }
+        };
+        match answer {
             Ok(Ok(b)) => {
                 metrics.observe(&b, &mut counted);
                 tracing::debug!(
@@ -360,7 +367,23 @@ pub async fn watch(
             Ok(Err(e)) => {
                 tracing::warn!(error = %Chain(&e), "cannot read stored flows for the rollout board")
             }
-            Err(e) => tracing::warn!(error = %Chain(&e), "rollout board task failed"),
+            Err(_) => tracing::warn!("the rollout board thread stopped without an answer"),
         }
     }
+}
+
+/// Runs `f` on a thread of its own at the read API's lower CPU priority: evaluating the whole
+/// store is CPU-bound, and when it competes with ingest, acknowledgements must win (not on
+/// tokio's blocking pool, whose threads ingest uses too).
+fn on_low_priority_thread<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<tokio::sync::oneshot::Receiver<T>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("leash-rollout".into())
+        .spawn(move || {
+            super::http::lower_priority();
+            let _ = tx.send(f());
+        })?;
+    Ok(rx)
 }
