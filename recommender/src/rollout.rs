@@ -19,7 +19,8 @@
 //! pod of its namespace (a default-deny) does not make a workload `enforced`.
 //!
 //! Pure: [`phases`] takes the model, the observations, the compiled policy sets and `now`,
-//! and does no I/O. `leash rollout status`, `leash serve` (`GET /v1/rollout`, the metrics)
+//! and does no I/O (it spreads the evaluations over the available cores, as the
+//! recommendation's self-check does). `leash rollout status`, `leash serve` (`GET /v1/rollout`, the metrics)
 //! and `leash recommend --ready-only` share it.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -244,6 +245,14 @@ struct EgressPolicies {
     managed: Vec<(CompiledPolicy, bool)>,
 }
 
+/// A flow of the observations in scope: its key and evidence, its pod and workload.
+type Keyed<'a> = (
+    &'a crate::observations::FlowKey,
+    &'a crate::observations::Evidence,
+    &'a crate::cluster::PodInfo,
+    WorkloadId,
+);
+
 /// Summed denied flows of one workload, by destination.
 type Denials = BTreeMap<(IpAddr, u16, Protocol), DeniedFlow>;
 
@@ -307,30 +316,56 @@ pub fn phases(
         }
     }
 
-    let mut seen: BTreeMap<WorkloadId, Seen> = BTreeMap::new();
     // Sorted, so that equal inputs give equal lists whatever the map order.
-    let mut keys: Vec<_> = obs.flows.iter().collect();
-    keys.sort_by_key(|(k, _)| **k);
-    for (key, ev) in keys {
-        let (Some(pod), Some(w)) = (cluster.pods.get(key.pod), cluster.workload_of(key.pod)) else {
-            continue;
-        };
-        if !in_scope(&pod.namespace) {
-            continue;
-        }
-        let s = seen.entry(w).or_default();
+    let mut keys: Vec<_> = obs
+        .flows
+        .iter()
+        .filter_map(|(k, ev)| {
+            let pod = cluster.pods.get(k.pod)?;
+            let w = cluster.workload_of(k.pod)?;
+            in_scope(&pod.namespace).then_some((k, ev, pod, w))
+        })
+        .collect();
+    keys.sort_by_key(|(k, ..)| **k);
+    let flow_of = |k: &crate::observations::FlowKey| Flow {
+        protocol: k.protocol,
+        dst: k.dst,
+        dst_port: k.port,
+    };
+    // (applied denies, proposal denies) per key. Evaluations are independent: spread them
+    // over the available cores.
+    let judge = |(k, _, pod, _): &Keyed<'_>| {
+        let flow = flow_of(k);
+        let denied = evaluate(cluster, policies.applied_set, *pod, &flow).verdict == Verdict::Deny;
+        let would = policies
+            .proposed
+            .is_some_and(|p| evaluate(cluster, p, *pod, &flow).verdict == Verdict::Deny);
+        (denied, would)
+    };
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let chunk = keys.len().div_ceil(threads).max(1);
+    let verdicts: Vec<(bool, bool)> = std::thread::scope(|s| {
+        let handles: Vec<_> = keys
+            .chunks(chunk)
+            .map(|part| s.spawn(|| part.iter().map(&judge).collect::<Vec<_>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| {
+                // A panicking evaluator is a bug; re-raise it on this thread.
+                h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
+            })
+            .collect()
+    });
+    let mut seen: BTreeMap<WorkloadId, Seen> = BTreeMap::new();
+    for ((k, ev, _, w), (denied, would)) in keys.iter().zip(verdicts) {
+        let s = seen.entry(*w).or_default();
         s.saw(ev.first_seen);
-        let flow = Flow {
-            protocol: key.protocol,
-            dst: key.dst,
-            dst_port: key.port,
-        };
-        if evaluate(cluster, policies.applied_set, pod, &flow).verdict == Verdict::Deny {
+        let flow = flow_of(k);
+        if denied {
             add_denied(&mut s.denied, &flow, ev);
         }
-        if let Some(proposed) = policies.proposed
-            && evaluate(cluster, proposed, pod, &flow).verdict == Verdict::Deny
-        {
+        if would {
             add_denied(&mut s.would_deny, &flow, ev);
         }
     }
