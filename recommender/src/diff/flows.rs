@@ -67,12 +67,12 @@ impl FlowChange {
 /// What the observed traffic says about a change of policy state.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ObservedFlows {
-    /// The flows whose verdict changes, sorted by source, destination, port, protocol and
-    /// verdicts.
+    /// The flows whose verdict changes, sorted by source workload, then protocol,
+    /// destination, port and verdicts.
     pub changes: Vec<FlowChange>,
     /// The workloads whose observed flows were evaluated (with or without a change).
     pub workloads: BTreeSet<WorkloadKey>,
-    /// Observed (pod, destination, port, protocol) keys evaluated.
+    /// Observed (workload, destination, port, protocol) evaluated.
     pub evaluated: usize,
     /// Flow events outside pods: not evaluated (NetworkPolicy does not apply to them).
     pub unattributed_events: u64,
@@ -89,6 +89,7 @@ pub fn changes(
 ) -> ObservedFlows {
     type Key = (WorkloadKey, Flow, Verdict, Verdict);
     let mut groups: BTreeMap<Key, (BTreeSet<String>, Evidence)> = BTreeMap::new();
+    let mut seen: BTreeSet<(WorkloadKey, Flow)> = BTreeSet::new();
     let mut out = ObservedFlows {
         unattributed_events: obs.unattributed_flows,
         ..ObservedFlows::default()
@@ -106,8 +107,7 @@ pub fn changes(
             dst: key.dst,
             dst_port: key.port,
         };
-        out.evaluated += 1;
-        out.workloads.insert(source.clone());
+        seen.insert((source.clone(), flow));
         let before = evaluate(cluster, from, pod, &flow).verdict;
         let after = evaluate(cluster, to, pod, &flow).verdict;
         if before == after {
@@ -134,6 +134,8 @@ pub fn changes(
             }
         }
     }
+    out.evaluated = seen.len();
+    out.workloads = seen.into_iter().map(|(w, _)| w).collect();
     out.changes = groups
         .into_iter()
         .map(|((source, flow, from, to), (pods, evidence))| FlowChange {
@@ -276,7 +278,8 @@ spec:
             &policies(ONLY_HTTPS),
             &BTreeSet::new(),
         );
-        assert_eq!(out.evaluated, 4);
+        // web-1 and web-2 to one destination are one flow of their workload.
+        assert_eq!(out.evaluated, 3);
         assert_eq!(out.unattributed_events, 4);
         assert_eq!(
             out.workloads
