@@ -602,7 +602,8 @@ fn diff(args: DiffArgs) -> Result<(), Failure> {
         let given = s
             .load()
             .map_err(|e| Failure::BadInput(format!("{flag}: {}", Chain(&e))))?;
-        let state = leash::policy_state::combine(&applied.policies, given.as_deref().unwrap_or(&[]));
+        let state =
+            leash::policy_state::combine(&applied.policies, given.as_deref().unwrap_or(&[]));
         // The given policies were validated with their files; an error is in an applied one.
         leash::eval::PolicySet::new(&state.objects)
             .map_err(|e| Failure::BadInput(format!("{}: {}", applied.source, Chain(&e))))

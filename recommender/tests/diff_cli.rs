@@ -133,7 +133,15 @@ const APPLIED: &[&str] = &["203.0.113.0/24"];
 /// Only wider: nothing observed breaks.
 const WIDER: &[&str] = &["203.0.113.0/24", "198.51.100.0/24"];
 
-fn flow(pod: &str, dst: &str, port: u16, count: u64, first: &str, last: &str, names: &str) -> String {
+fn flow(
+    pod: &str,
+    dst: &str,
+    port: u16,
+    count: u64,
+    first: &str,
+    last: &str,
+    names: &str,
+) -> String {
     let ns = if pod == "debug" { "ops" } else { "shop" };
     format!(
         r#"{{"v":1,"kind":"flow","node":"n1","pod":{{"uid":"uid-{pod}","namespace":"{ns}","name":"{pod}"}},"cgroup":"/k","protocol":"TCP","dst":"{dst}","dst_port":{port},"count":{count},"first_seen":"{first}","last_seen":"{last}","names":[{names}]}}"#
@@ -186,8 +194,11 @@ struct Fixture {
 
 fn write_policy(dir: &Path, blocks: &[&str]) {
     std::fs::create_dir_all(dir.join("shop")).expect("mkdir");
-    std::fs::write(dir.join("shop/frontend-egress.yaml"), frontend_egress(blocks))
-        .expect("writes the policy");
+    std::fs::write(
+        dir.join("shop/frontend-egress.yaml"),
+        frontend_egress(blocks),
+    )
+    .expect("writes the policy");
 }
 
 fn fixture() -> Fixture {
@@ -308,7 +319,11 @@ fn reachability_json_lines_are_the_contract() {
     let f = fixture();
     let o = diff(&f, "applied", p(&f.proposal), &["--format", "json"]);
     assert_code(&o, 0);
-    let want: Vec<&str> = REACH_LINES.iter().chain(FLOW_LINES.iter()).copied().collect();
+    let want: Vec<&str> = REACH_LINES
+        .iter()
+        .chain(FLOW_LINES.iter())
+        .copied()
+        .collect();
     assert_eq!(stdout(&o).lines().collect::<Vec<_>>(), want);
 }
 
@@ -337,7 +352,12 @@ fn reachability_in_markdown_per_workload() {
 #[test]
 fn fail_on_break_exits_3_on_a_break_and_0_without() {
     let f = fixture();
-    let o = diff(&f, "applied", p(&f.proposal), &["--fail-on-break", "--format", "json"]);
+    let o = diff(
+        &f,
+        "applied",
+        p(&f.proposal),
+        &["--fail-on-break", "--format", "json"],
+    );
     assert_code(&o, 3);
     assert!(
         stderr(&o).contains(&format!(
@@ -350,7 +370,12 @@ fn fail_on_break_exits_3_on_a_break_and_0_without() {
     // The report is still written.
     assert_eq!(lines_of(&o, "flow"), FLOW_LINES);
 
-    let o = diff(&f, "applied", p(&f.wider), &["--fail-on-break", "--format", "json"]);
+    let o = diff(
+        &f,
+        "applied",
+        p(&f.wider),
+        &["--fail-on-break", "--format", "json"],
+    );
     assert_code(&o, 0);
     let flows = lines_of(&o, "flow");
     assert_eq!(flows, [FLOW_LINES[0]], "only the newly allowed flow");
@@ -420,7 +445,11 @@ fn git_revisions_are_states() {
     git(&["add", "-A"]);
     git(&["commit", "-q", "-m", "proposal"]);
     // The working tree no longer parses: only the revisions are read.
-    std::fs::write(repo.join("policies/shop/frontend-egress.yaml"), "not: [yaml").expect("w");
+    std::fs::write(
+        repo.join("policies/shop/frontend-egress.yaml"),
+        "not: [yaml",
+    )
+    .expect("w");
 
     let run = |from: &str, to: &str| {
         leash_in(
@@ -557,7 +586,10 @@ fn namespace_filters_sources() {
     let o = diff(&f, "applied", p(&f.proposal), &["--namespace", "ops"]);
     assert_code(&o, 0);
     let md = stdout(&o);
-    assert!(md.contains("- `ops`: no break; no change (1 workload)\n"), "{md}");
+    assert!(
+        md.contains("- `ops`: no break; no change (1 workload)\n"),
+        "{md}"
+    );
     assert!(!md.contains("`shop`"), "{md}");
     assert!(!md.contains("`data`"), "{md}");
     // Repeatable: both namespaces.
@@ -565,7 +597,14 @@ fn namespace_filters_sources() {
         &f,
         "applied",
         p(&f.proposal),
-        &["--namespace", "ops", "--namespace", "shop", "--format", "json"],
+        &[
+            "--namespace",
+            "ops",
+            "--namespace",
+            "shop",
+            "--format",
+            "json",
+        ],
     );
     assert_code(&o, 0);
     assert_eq!(lines_of(&o, "flow"), FLOW_LINES);
@@ -613,7 +652,10 @@ fn markdown_gives_summaries_breaks_changes_then_unchanged() {
         ),
         "{table}"
     );
-    assert!(table.ends_with("2 of 6 observed flows change verdict, 1 break\n"), "{table}");
+    assert!(
+        table.ends_with("2 of 6 observed flows change verdict, 1 break\n"),
+        "{table}"
+    );
 }
 
 #[test]

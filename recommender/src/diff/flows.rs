@@ -188,8 +188,20 @@ mod tests {
             k8s::namespace("shop", &[("kubernetes.io/metadata.name", "shop")]),
             k8s::namespace("db", &[("kubernetes.io/metadata.name", "db")]),
         ];
-        Cluster::from_objects(&namespaces, &[], &pods, &[], &[], &[], &[], &[], &[], &[], &[])
-            .expect("valid cluster")
+        Cluster::from_objects(
+            &namespaces,
+            &[],
+            &pods,
+            &[],
+            &[],
+            &[],
+            &[],
+            &[],
+            &[],
+            &[],
+            &[],
+        )
+        .expect("valid cluster")
     }
 
     fn policies(yaml: &str) -> PolicySet {

@@ -277,11 +277,23 @@ spec: {podSelector: {matchLabels: {app: web}}, policyTypes: [Egress]}
             .collect();
         assert_eq!(changed, ["shop/Deployment/web"]);
         assert_eq!(d.workloads.len(), 3);
+        // Only web's egress changes, and only towards denial.
+        assert!(
+            d.reachability
+                .iter()
+                .all(
+                    |r| source_workload(&c, &r.source).to_string() == "shop/Deployment/web"
+                        && r.change == Change::NewlyDenied
+                ),
+            "{:?}",
+            d.reachability
+        );
         let s = d.summaries();
         assert_eq!(
             s.get("shop").copied(),
             Some(NamespaceSummary {
                 breaks: 1,
+                newly_denied: d.reachability.len(),
                 changed: 1,
                 unchanged: 1,
                 ..NamespaceSummary::default()
@@ -311,7 +323,10 @@ spec: {podSelector: {matchLabels: {app: web}}, policyTypes: [Egress]}
         );
         assert_eq!(d.breaks().count(), 0);
         assert_eq!(
-            d.workloads.keys().map(ToString::to_string).collect::<Vec<_>>(),
+            d.workloads
+                .keys()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
             ["db/Pod/pg-0"]
         );
         // Without traffic there is nothing observed, and no break.
@@ -324,5 +339,28 @@ spec: {podSelector: {matchLabels: {app: web}}, policyTypes: [Egress]}
         );
         assert!(none.observed.is_none());
         assert_eq!(none.flow_changes().len(), 0);
+    }
+
+    /// A pod source belongs to its workload; a pod the cluster does not know is its own.
+    #[test]
+    fn pod_sources_count_for_their_workload() {
+        let c = cluster();
+        let pod = |ns: &str, pod: &str| Source::Pod {
+            namespace: ns.into(),
+            pod: pod.into(),
+        };
+        assert_eq!(
+            source_workload(&c, &pod("shop", "web-1")).to_string(),
+            "shop/Deployment/web"
+        );
+        assert_eq!(
+            source_workload(&c, &pod("shop", "gone")).to_string(),
+            "shop/Pod/gone"
+        );
+        let w = Source::Workload {
+            namespace: "db".into(),
+            workload: "Pod/pg-0".into(),
+        };
+        assert_eq!(source_workload(&c, &w).to_string(), "db/Pod/pg-0");
     }
 }

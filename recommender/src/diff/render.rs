@@ -211,7 +211,8 @@ fn range_text(first: IpAddr, last: IpAddr) -> String {
     // The number of host bits a block from `f` to `l` would have.
     let span = l - f;
     let host_bits = 128 - span.leading_zeros();
-    let aligned = span.count_ones() == host_bits && (host_bits == 128 || f.trailing_zeros() >= host_bits);
+    let aligned =
+        span.count_ones() == host_bits && (host_bits == 128 || f.trailing_zeros() >= host_bits);
     if aligned {
         format!("{first}/{}", bits - host_bits)
     } else {
@@ -333,7 +334,9 @@ pub fn markdown(diff: &Diff) -> String {
                 "Observed traffic allowed under `{}` and denied under `{}`:\n",
                 diff.from, diff.to
             );
-            out.push_str("| Source | Pod | Destination | Protocol | Events | Last seen | Names |\n");
+            out.push_str(
+                "| Source | Pod | Destination | Protocol | Events | Last seen | Names |\n",
+            );
             out.push_str("|---|---|---|---|---|---|---|\n");
             for b in &breaks {
                 let _ = writeln!(
@@ -764,10 +767,7 @@ Observed traffic newly allowed:
             *c = WorkloadChanges::default();
         }
         let md = markdown(&d);
-        assert!(
-            md.contains("- `shop`: no change (2 workloads)\n"),
-            "{md}"
-        );
+        assert!(md.contains("- `shop`: no change (2 workloads)\n"), "{md}");
         assert!(md.contains("breaks were not checked"), "{md}");
         assert!(md.contains("### Changes per workload\n\nNone.\n"), "{md}");
         assert!(md.ends_with("3 of 3 workloads unchanged.\n"), "{md}");
