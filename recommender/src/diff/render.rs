@@ -9,6 +9,10 @@ use serde::Serialize;
 
 use super::{Change, Diff, FlowChange, ReachChange, Source, Target};
 use crate::eval::Verdict;
+use crate::render::{cell, code, list};
+
+/// DNS names shown per flow in markdown; the others are counted.
+const MAX_NAMES: usize = 5;
 
 /// The output format of `leash diff --format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -274,7 +278,8 @@ fn names_text(f: &FlowChange) -> String {
 /// allowed), and the unchanged workloads as a count.
 pub fn markdown(diff: &Diff) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "## leash diff: `{}` → `{}`\n", diff.from, diff.to);
+    let (from, to) = (code(&diff.from), code(&diff.to));
+    let _ = writeln!(out, "## leash diff: {from} → {to}\n");
 
     let summaries = diff.summaries();
     if summaries.is_empty() {
@@ -312,7 +317,7 @@ pub fn markdown(diff: &Diff) -> String {
                 s.unchanged
             ));
         }
-        let _ = writeln!(out, "- `{ns}`: {}", parts.join("; "));
+        let _ = writeln!(out, "- {}: {}", code(ns), parts.join("; "));
     }
 
     out.push_str("\n### Breaks\n\n");
@@ -324,15 +329,13 @@ pub fn markdown(diff: &Diff) -> String {
         Some(_) if breaks.is_empty() => {
             let _ = writeln!(
                 out,
-                "None: no observed flow is allowed under `{}` and denied under `{}`.",
-                diff.from, diff.to
+                "None: no observed flow is allowed under {from} and denied under {to}."
             );
         }
         Some(_) => {
             let _ = writeln!(
                 out,
-                "Observed traffic allowed under `{}` and denied under `{}`:\n",
-                diff.from, diff.to
+                "Observed traffic allowed under {from} and denied under {to}:\n"
             );
             out.push_str(
                 "| Source | Pod | Destination | Protocol | Events | Last seen | Names |\n",
@@ -341,14 +344,14 @@ pub fn markdown(diff: &Diff) -> String {
             for b in &breaks {
                 let _ = writeln!(
                     out,
-                    "| `{}` | `{}` | `{}` | {} | {} | {} | {} |",
-                    b.source,
-                    b.pod,
-                    host_port(b.flow.dst, b.flow.dst_port),
+                    "| {} | {} | {} | {} | {} | {} | {} |",
+                    cell(&code(&b.source.to_string())),
+                    cell(&code(&b.pod)),
+                    code(&host_port(b.flow.dst, b.flow.dst_port)),
                     b.flow.protocol,
                     b.evidence.count,
                     leash_records::time::rfc3339(b.evidence.last_seen),
-                    names_text(b)
+                    list(b.evidence.names.iter().cloned(), MAX_NAMES)
                 );
             }
         }
@@ -373,7 +376,7 @@ pub fn markdown(diff: &Diff) -> String {
             continue;
         }
         any = true;
-        let _ = writeln!(out, "\n#### `{w}`");
+        let _ = writeln!(out, "\n#### {}", code(&w.to_string()));
         for (change, title) in [
             (Change::NewlyAllowed, "Newly allowed"),
             (Change::NewlyDenied, "Newly denied"),
@@ -385,15 +388,17 @@ pub fn markdown(diff: &Diff) -> String {
             let _ = writeln!(out, "\n{title}:\n");
             for c in items {
                 let pod = match &c.source {
-                    Source::Pod { pod, .. } => format!("from `{}`: ", crate::json::bare_pod(pod)),
+                    Source::Pod { pod, .. } => {
+                        format!("from {}: ", code(&crate::json::bare_pod(pod)))
+                    }
                     Source::Workload { .. } => String::new(),
                 };
                 let _ = writeln!(
                     out,
-                    "- {pod}{} {} to `{}`",
+                    "- {pod}{} {} to {}",
                     c.protocol,
                     ports(c.port_from, c.port_to),
-                    target_text(&c.destination)
+                    code(&target_text(&c.destination))
                 );
             }
         }
@@ -403,14 +408,14 @@ pub fn markdown(diff: &Diff) -> String {
                 let names = if f.evidence.names.is_empty() {
                     String::new()
                 } else {
-                    format!(" ({})", names_text(f))
+                    format!(" ({})", list(f.evidence.names.iter().cloned(), MAX_NAMES))
                 };
                 let _ = writeln!(
                     out,
-                    "- `{}` {}{names} from `{}`: {}, last seen {}",
-                    host_port(f.flow.dst, f.flow.dst_port),
+                    "- {} {}{names} from {}: {}, last seen {}",
+                    code(&host_port(f.flow.dst, f.flow.dst_port)),
                     f.flow.protocol,
-                    f.pod,
+                    code(&f.pod),
                     plural(
                         usize::try_from(f.evidence.count).unwrap_or(usize::MAX),
                         "event",
@@ -771,6 +776,26 @@ Observed traffic newly allowed:
         assert!(md.contains("breaks were not checked"), "{md}");
         assert!(md.contains("### Changes per workload\n\nNone.\n"), "{md}");
         assert!(md.ends_with("3 of 3 workloads unchanged.\n"), "{md}");
+    }
+
+    /// Names from the cluster, the agents and the command line cannot change the markdown's
+    /// structure.
+    #[test]
+    fn markdown_escapes_what_it_did_not_write() {
+        let mut d = sample();
+        d.to = "pol`icies".into();
+        if let Some(o) = d.observed.as_mut() {
+            o.changes[0].evidence.names = ["x_y.example.com".to_owned(), "a|b".to_owned()].into();
+        }
+        let md = markdown(&d);
+        assert!(
+            md.starts_with("## leash diff: `applied` → ``pol`icies``\n"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 2026-11-23T08:00:00Z | a\\|b, x\\_y.example.com |\n"),
+            "{md}"
+        );
     }
 
     #[test]
