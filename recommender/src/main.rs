@@ -604,6 +604,16 @@ fn diff(args: DiffArgs) -> Result<(), Failure> {
             .map_err(|e| Failure::BadInput(format!("{flag}: {}", Chain(&e))))?;
         let state =
             leash::policy_state::combine(&applied.policies, given.as_deref().unwrap_or(&[]));
+        if let Some(given) = &given {
+            eprintln!(
+                "leash: {flag} {s}: {} given, {} applied kept, {} applied replaced{} (applied: {})",
+                given.len(),
+                state.kept,
+                state.replaced.len(),
+                listed(&state.replaced),
+                applied.source,
+            );
+        }
         // The given policies were validated with their files; an error is in an applied one.
         leash::eval::PolicySet::new(&state.objects)
             .map_err(|e| Failure::BadInput(format!("{}: {}", applied.source, Chain(&e))))

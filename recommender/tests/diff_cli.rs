@@ -407,6 +407,16 @@ fn a_directory_is_combined_with_the_applied_policies() {
         "debug's flows keep their verdict: {}",
         stdout(&o)
     );
+    assert!(
+        stderr(&o).contains(&format!(
+            "leash: --to {}: 1 given, 1 applied kept, 1 applied replaced \
+             (NetworkPolicy shop/frontend-egress) (applied: {})",
+            p(&f.proposal),
+            p(&f.cluster)
+        )),
+        "{}",
+        stderr(&o)
+    );
     // The applied policies written out as a directory are the applied state.
     let same = f.dir.path().join("same");
     write_policy(&same, APPLIED);
