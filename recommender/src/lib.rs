@@ -34,6 +34,7 @@ pub mod explain;
 pub mod ingest;
 pub mod json;
 pub mod observations;
+pub mod policy_source;
 pub mod policy_state;
 pub mod ports;
 pub mod recommend;
