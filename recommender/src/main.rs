@@ -165,10 +165,10 @@ struct DiffArgs {
     source: ClusterArgs,
     /// The state before: `applied` (the cluster source's policies), a policy file or
     /// directory (over the applied policies, as `audit --policies`), or `git:REV:PATH`.
-    #[arg(long)]
+    #[arg(long, value_name = "STATE")]
     from: leash::policy_source::PolicySource,
     /// The state after, in the grammar of `--from`.
-    #[arg(long)]
+    #[arg(long, value_name = "STATE")]
     to: leash::policy_source::PolicySource,
     /// Flow and DNS records (JSON lines, v1) whose flows are evaluated under both states;
     /// `-` reads stdin. Repeatable.
