@@ -105,6 +105,9 @@ enum Command {
         #[arg(long)]
         to: String,
     },
+    /// Compare two policy states: the exact reachability change per source workload, and the
+    /// observed traffic whose verdict changes (allowed before and denied after: a break).
+    Diff(DiffArgs),
     /// Each workload's rollout phase from its observed flows, the applied policies and a
     /// proposal: unmanaged, drifted, enforced, observing, would-deny or ready.
     #[command(subcommand)]
@@ -194,6 +197,40 @@ struct PolicyArgs {
     /// Evaluate the `--policies` set alone, without the applied policies.
     #[arg(long, requires = "policies")]
     policies_only: bool,
+}
+
+/// `leash diff`.
+#[derive(clap::Args, Debug)]
+#[command(group(ArgGroup::new("observed").args(["flows", "store"])))]
+struct DiffArgs {
+    #[command(flatten)]
+    source: ClusterArgs,
+    /// The state before: `applied` (the cluster source's policies), a policy file or
+    /// directory (over the applied policies, as `audit --policies`), or `git:REV:PATH`.
+    #[arg(long, value_name = "STATE")]
+    from: leash::policy_source::PolicySource,
+    /// The state after, in the grammar of `--from`.
+    #[arg(long, value_name = "STATE")]
+    to: leash::policy_source::PolicySource,
+    /// Flow and DNS records (JSON lines, v1) whose flows are evaluated under both states;
+    /// `-` reads stdin. Repeatable.
+    #[arg(long = "flows", num_args = 1..)]
+    flows: Vec<PathBuf>,
+    /// The observation store of `leash serve` (a SQLite file), instead of `--flows`.
+    #[arg(long)]
+    store: Option<PathBuf>,
+    /// With `--store`: only observations last seen within this long (e.g. 7d, 1h30m).
+    #[arg(long, requires = "store", value_parser = leash_records::duration::parse)]
+    since: Option<std::time::Duration>,
+    /// Only sources in these namespaces. Repeatable.
+    #[arg(long = "namespace", num_args = 1..)]
+    namespaces: Vec<String>,
+    /// `markdown` (a pull-request body), `json` (one object per line) or `table`.
+    #[arg(long, default_value = "markdown")]
+    format: leash::diff::Format,
+    /// Exit with 3 when an observed flow allowed under `--from` is denied under `--to`.
+    #[arg(long, requires = "observed")]
+    fail_on_break: bool,
 }
 
 /// `leash serve`.
@@ -294,7 +331,7 @@ enum Failure {
     /// Exit 2: bad input or usage (a file named on the command line that is missing or
     /// malformed, a bad value).
     BadInput(String),
-    /// Exit 3: a check the user asked for found a problem (`--fail-on-deny`).
+    /// Exit 3: a check the user asked for found a problem (`--fail-on-deny`, `--fail-on-break`).
     CheckFailed(String),
 }
 
@@ -490,6 +527,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             write_stdout(&leash::rollout::render(&statuses, format))
         }
         Command::Serve(args) => serve(*args),
+        Command::Diff(args) => diff(args),
         Command::Certs {
             out,
             server_names,
@@ -679,6 +717,68 @@ fn rollout_statuses(
             namespaces,
         },
     ))
+}
+
+/// `leash diff`: both states over the same cluster source, the observed traffic when
+/// given, the report on stdout; exit 3 on a break with `--fail-on-break`.
+fn diff(args: DiffArgs) -> Result<(), Failure> {
+    let (cluster, applied) = load_cluster(&args.source)?;
+    // A state other than `applied` replaces the applied policies it covers, as `--policies`
+    // does. Errors name the state; the flag says which side.
+    let state = |flag: &str, s: &leash::policy_source::PolicySource| {
+        let given = s
+            .load()
+            .map_err(|e| Failure::BadInput(format!("{flag}: {}", Chain(&e))))?;
+        let state =
+            leash::policy_state::combine(&applied.policies, given.as_deref().unwrap_or(&[]));
+        if let Some(given) = &given {
+            eprintln!(
+                "leash: {flag} {s}: {} given, {} applied kept, {} applied replaced{} (applied: {})",
+                given.len(),
+                state.kept,
+                state.replaced.len(),
+                listed(&state.replaced),
+                applied.source,
+            );
+        }
+        // The given policies were validated with their files; an error is in an applied one.
+        leash::eval::PolicySet::new(&state.objects)
+            .map_err(|e| Failure::BadInput(format!("{}: {}", applied.source, Chain(&e))))
+    };
+    let (before, after) = (state("--from", &args.from)?, state("--to", &args.to)?);
+    let observations = if args.store.is_some() || !args.flows.is_empty() {
+        let (obs, _) = observe(&cluster, args.store.as_deref(), args.since, &args.flows)?;
+        if obs.unattributed_flows > 0 {
+            eprintln!(
+                "leash: {} flow events outside pods are not evaluated",
+                obs.unattributed_flows
+            );
+        }
+        Some(obs)
+    } else {
+        None
+    };
+    let opts = leash::diff::Options {
+        namespaces: args.namespaces.into_iter().collect(),
+    };
+    let report = leash::diff::diff(
+        &cluster,
+        (&args.from.to_string(), &before),
+        (&args.to.to_string(), &after),
+        observations.as_ref(),
+        &opts,
+    );
+    write_stdout(&leash::diff::render::render(&report, args.format))?;
+    let breaks = report.breaks().count();
+    if args.fail_on_break && breaks > 0 {
+        return Err(Failure::CheckFailed(format!(
+            "{breaks} observed flow{} allowed under {} would be denied under {}",
+            if breaks == 1 { "" } else { "s" },
+            args.from,
+            args.to
+        )));
+    }
+    Ok(())
 }
 
 /// ` (a, b, c and N more)`: a bounded list for one stderr line; empty for none.
