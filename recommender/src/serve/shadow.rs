@@ -387,3 +387,115 @@ fn on_low_priority_thread<T: Send + 'static>(
         })?;
     Ok(rx)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rollout::{DeniedFlow, Phase};
+
+    fn status(workload: &str, phase: Phase, events: &[u64]) -> WorkloadStatus {
+        WorkloadStatus {
+            namespace: "shop".into(),
+            workload: workload.into(),
+            phase,
+            observed_for_seconds: 0,
+            would_deny: events
+                .iter()
+                .enumerate()
+                .map(|(i, &events)| DeniedFlow {
+                    dst: IpAddr::from([203, 0, 113, u8::try_from(i).unwrap_or(0)]),
+                    dst_port: 443,
+                    protocol: Protocol::Tcp,
+                    events,
+                    last_seen: DateTime::UNIX_EPOCH,
+                    names: Vec::new(),
+                })
+                .collect(),
+            denied: Vec::new(),
+            policies: Vec::new(),
+            id: 0,
+            min_observation: chrono::Duration::hours(24),
+        }
+    }
+
+    fn board(statuses: Vec<WorkloadStatus>) -> Board {
+        Board {
+            statuses,
+            model_generation: 1,
+            proposal_generation: Some(1),
+            flows: 0,
+            evaluated_at: DateTime::UNIX_EPOCH,
+        }
+    }
+
+    fn exposed(metrics: &ShadowMetrics) -> String {
+        let mut registry = Registry::with_prefix("leash");
+        metrics.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap_or_default();
+        text
+    }
+
+    /// The counter counts a denied flow's events once, then only its new events; the gauges
+    /// follow the latest board, every phase listed.
+    #[test]
+    fn denied_events_are_counted_once_and_phases_follow_the_board() {
+        let metrics = ShadowMetrics::default();
+        let mut counted = Counted::new();
+        metrics.observe(
+            &board(vec![status("Deployment/api", Phase::WouldDeny, &[3, 2])]),
+            &mut counted,
+        );
+        let text = exposed(&metrics);
+        assert!(
+            text.contains(
+                "leash_shadow_denied_total{namespace=\"shop\",workload=\"Deployment/api\"} 5\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("leash_rollout_workloads{phase=\"would-deny\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("leash_rollout_workloads{phase=\"ready\"} 0\n"),
+            "{text}"
+        );
+        // The same board again adds nothing; one flow's count grew by 4.
+        metrics.observe(
+            &board(vec![status("Deployment/api", Phase::WouldDeny, &[3, 2])]),
+            &mut counted,
+        );
+        metrics.observe(
+            &board(vec![status("Deployment/api", Phase::WouldDeny, &[7, 2])]),
+            &mut counted,
+        );
+        let text = exposed(&metrics);
+        assert!(
+            text.contains(
+                "leash_shadow_denied_total{namespace=\"shop\",workload=\"Deployment/api\"} 9\n"
+            ),
+            "{text}"
+        );
+        // Allowed again: the counter stays, the gauges move.
+        metrics.observe(
+            &board(vec![status("Deployment/api", Phase::Ready, &[])]),
+            &mut counted,
+        );
+        let text = exposed(&metrics);
+        assert!(
+            text.contains(
+                "leash_shadow_denied_total{namespace=\"shop\",workload=\"Deployment/api\"} 9\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("leash_rollout_workloads{phase=\"would-deny\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("leash_rollout_workloads{phase=\"ready\"} 1\n"),
+            "{text}"
+        );
+    }
+}
