@@ -332,15 +332,20 @@ pub fn phases(
         dst: k.dst,
         dst_port: k.port,
     };
-    // (applied denies, proposal denies) per key. Evaluations are independent: spread them
-    // over the available cores.
+    // (applied denies, proposal denies) per key. A flow to a Service address that leads
+    // nowhere (no backend, no such port) is denied by kube-proxy, not by a policy: it makes no
+    // workload drifted nor a proposal wrong (recommend's self-check skips it too).
+    // Evaluations are independent: spread them over the available cores.
     let judge = |(k, _, pod, _): &Keyed<'_>| {
         let flow = flow_of(k);
-        let denied = evaluate(cluster, policies.applied_set, *pod, &flow).verdict == Verdict::Deny;
-        let would = policies
-            .proposed
-            .is_some_and(|p| evaluate(cluster, p, *pod, &flow).verdict == Verdict::Deny);
-        (denied, would)
+        let denies = |set: &PolicySet| {
+            let e = evaluate(cluster, set, *pod, &flow);
+            e.verdict == Verdict::Deny && e.problem.is_none()
+        };
+        (
+            denies(policies.applied_set),
+            policies.proposed.is_some_and(denies),
+        )
     };
     let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let chunk = keys.len().div_ceil(threads).max(1);

@@ -429,3 +429,38 @@ fn the_table_names_each_phase_and_why() {
     );
     assert_eq!(table, rollout::to_table(&s), "deterministic");
 }
+
+#[test]
+fn a_flow_to_a_service_without_backends_is_no_policy_denial() {
+    let mut fx = shop();
+    // A Service whose backends are gone: kube-proxy rejects the connection, no policy does.
+    fx.service(
+        "shop",
+        "gone",
+        "10.96.0.50",
+        None,
+        &[(
+            "http",
+            80,
+            "TCP",
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(8080),
+        )],
+    );
+    let cluster = fx.cluster();
+    let mut recs = records();
+    recs.push(flow("shop", &pod("web"), "TCP", "10.96.0.50", 80, 2, &[]));
+    recs.push(flow("shop", &pod("batch"), "TCP", "10.96.0.50", 80, 2, &[]));
+    let obs = observations(&cluster, &recs);
+    let s = statuses(
+        &cluster,
+        &obs,
+        &applied(),
+        Some(&proposal()),
+        a_week_later(),
+    );
+    let web = phase_of(&s, "Deployment/web");
+    assert_eq!(web.phase, Phase::Enforced, "{web:#?}");
+    let batch = phase_of(&s, "Deployment/batch");
+    assert_eq!(batch.phase, Phase::Ready, "{batch:#?}");
+    assert!(batch.would_deny.is_empty());
+}
