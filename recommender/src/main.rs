@@ -927,7 +927,7 @@ mod tests {
     /// naming the value, never a panic further on.
     #[test]
     fn duration_flags_are_range_checked() {
-        let cases: [&[&str]; 3] = [
+        let cases: [&[&str]; 4] = [
             &[
                 "leash",
                 "recommend",
@@ -957,6 +957,17 @@ mod tests {
                 "--retention",
                 "300000years",
             ],
+            &[
+                "leash",
+                "rollout",
+                "status",
+                "--cluster",
+                "c",
+                "--flows",
+                "f",
+                "--min-observation",
+                "2000y",
+            ],
         ];
         for args in cases {
             let Err(e) = Cli::try_parse_from(args) else {
@@ -975,6 +986,18 @@ mod tests {
             "0s",
         ]) else {
             panic!("a zero check interval parsed");
+        };
+        assert!(e.to_string().contains("greater than zero"), "{e}");
+        let Err(e) = Cli::try_parse_from([
+            "leash",
+            "serve",
+            "--cluster",
+            "c",
+            "--insecure",
+            "--proposed-poll",
+            "0s",
+        ]) else {
+            panic!("a zero proposed poll parsed");
         };
         assert!(e.to_string().contains("greater than zero"), "{e}");
         assert!(
