@@ -224,7 +224,7 @@ pub fn human_duration(d: chrono::Duration) -> String {
 }
 
 /// Escapes text for a Markdown table cell.
-fn cell(s: &str) -> String {
+pub(crate) fn cell(s: &str) -> String {
     s.replace('|', "\\|").replace('\n', " ")
 }
 
@@ -235,7 +235,7 @@ fn cell(s: &str) -> String {
 /// snapshot), but a store written by an older version, or a model built from objects nobody
 /// checked, may still hold anything; the report must stay the report. Pipes are left to
 /// [`cell`], for tables.
-fn md(s: &str) -> String {
+pub(crate) fn md(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -252,7 +252,7 @@ fn md(s: &str) -> String {
 
 /// A Markdown code span showing `s` literally: fenced by more backticks than any run of them
 /// inside, control characters replaced as in [`md`]. In a table, pass it through [`cell`].
-fn code(s: &str) -> String {
+pub(crate) fn code(s: &str) -> String {
     let s: String = s
         .chars()
         .map(|c| {
@@ -275,7 +275,7 @@ fn code(s: &str) -> String {
 
 /// A list of names or other text from the data, each escaped ([`md`]), shortened after `max`
 /// items, for a table cell.
-fn list(items: impl IntoIterator<Item = String>, max: usize) -> String {
+pub(crate) fn list(items: impl IntoIterator<Item = String>, max: usize) -> String {
     let all: Vec<String> = items.into_iter().map(|i| md(&i)).collect();
     if all.is_empty() {
         return "-".to_owned();
@@ -423,7 +423,8 @@ pub fn namespaces(cluster: &Cluster, rec: &Recommendation) -> std::collections::
         .chain(rec.host_network.iter().map(|h| &h.workload))
         .chain(&rec.unselectable)
         .chain(rec.unresolved.iter().map(|u| &u.workload))
-        .chain(rec.shared_egress.iter().map(|e| &e.workload));
+        .chain(rec.shared_egress.iter().map(|e| &e.workload))
+        .chain(rec.withheld.iter().map(|w| &w.workload));
     out.extend(workloads.filter_map(|&w| ns_of(w)));
     out
 }
@@ -481,6 +482,12 @@ pub fn scoped(cluster: &Cluster, rec: &Recommendation, ns: &str) -> Recommendati
             .filter(|c| c.namespace == ns)
             .cloned()
             .collect(),
+        withheld: rec
+            .withheld
+            .iter()
+            .filter(|w| here(&w.workload))
+            .cloned()
+            .collect(),
     }
 }
 
@@ -504,6 +511,7 @@ pub fn index(cluster: &Cluster, rec: &Recommendation) -> String {
     for ns in namespaces(cluster, rec) {
         let part = scoped(cluster, rec, &ns);
         let attention = part.isolated.len()
+            + part.withheld.len()
             + part.briefly_observed.len()
             + part.host_network.len()
             + part.unselectable.len()
@@ -682,6 +690,7 @@ fn report_titled(cluster: &Cluster, rec: &Recommendation, title: &str) -> String
         }
         s.push('\n');
     }
+    attention |= crate::rollout::report_withheld(&mut s, cluster, &rec.withheld);
     if !rec.host_network.is_empty() {
         attention = true;
         let _ = writeln!(

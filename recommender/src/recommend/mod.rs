@@ -45,7 +45,7 @@ use evidence::Who;
 pub use existing::{SharedEgress, also_allowed, shared_egress};
 pub use model::{
     Change, ChangeKind, EgressPeer, EgressRule, HostNetworkFinding, PolicySpec, Recommendation,
-    RuleKind, Unresolved,
+    RuleKind, Unresolved, Withheld,
 };
 pub use objects::{
     ANNOTATION_GENERATED_BY, ANNOTATION_WORKLOAD, DEFAULT_DENY_NAME, all_policies, default_deny,

@@ -220,6 +220,19 @@ pub struct Recommendation {
     pub has_previous: bool,
     /// What changed since the previous proposal, sorted by (namespace, policy, kind, rule).
     pub changes: Vec<Change>,
+    /// Policies left out by `recommend --ready-only` (`crate::rollout::keep_ready`), sorted.
+    pub withheld: Vec<Withheld>,
+}
+
+/// A workload whose policy `recommend --ready-only` left out: its rollout phase and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Withheld {
+    /// The workload.
+    pub workload: WorkloadId,
+    /// Its rollout phase (`crate::rollout::Phase`).
+    pub phase: String,
+    /// Why it is in that phase, one line.
+    pub why: String,
 }
 
 /// How a rule changed since the previous proposal.
