@@ -373,7 +373,10 @@ fn recommend_ready_only_writes_ready_workloads_and_lists_the_others() {
     // A default-deny would cut off the withheld workloads' egress.
     assert!(!exists("shop/default-deny-egress.yaml"));
     assert!(!exists("bank/default-deny-egress.yaml"));
-    let report = std::fs::read_to_string(out.join("REPORT.md")).unwrap();
+    // Each namespace's report lists its withheld workloads.
+    let report = ["bank/REPORT.md", "shop/REPORT.md"]
+        .map(|f| std::fs::read_to_string(out.join(f)).unwrap())
+        .concat();
     assert!(
         report.contains("### Not ready: no policy written (--ready-only)"),
         "{report}"
@@ -395,7 +398,7 @@ fn recommend_ready_only_writes_ready_workloads_and_lists_the_others() {
     assert!(all.join("shop/fresh-egress.yaml").exists());
     assert!(all.join("shop/default-deny-egress.yaml").exists());
     assert!(
-        !std::fs::read_to_string(all.join("REPORT.md"))
+        !std::fs::read_to_string(all.join("shop/REPORT.md"))
             .unwrap()
             .contains("--ready-only")
     );
