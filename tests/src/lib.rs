@@ -86,6 +86,8 @@ mod client;
 mod dns;
 mod error;
 pub mod fake_api;
+pub mod forge;
+pub mod git_server;
 pub mod k8s;
 mod lab;
 pub mod markdown;
