@@ -182,8 +182,9 @@ fn credentials_from_a_helper_after_the_challenge() {
 
 #[test]
 fn large_push_streams_through() {
-    // Larger than git's default http.postBuffer (1 MiB): git sends the pack chunked, without a
-    // Content-Length, and the server streams it into the backend.
+    // Larger than git's default http.postBuffer (1 MiB): git probes with a 4-byte request,
+    // then sends the pack chunked, without a Content-Length, and the server streams it into
+    // the backend.
     let (root, server) = setup();
     let work = tempfile::tempdir().unwrap();
     git(
@@ -216,7 +217,8 @@ fn large_push_streams_through() {
     let pack = server
         .requests()
         .into_iter()
-        .find(|r| r.method == "POST" && r.path.ends_with("/git-receive-pack"))
+        .filter(|r| r.method == "POST" && r.path.ends_with("/git-receive-pack"))
+        .last()
         .unwrap();
     assert_eq!(pack.content_length, None, "the pack was not sent chunked");
     let size = git(&bare, &["cat-file", "-s", "big:big.bin"]).unwrap();
