@@ -118,7 +118,10 @@ impl GitRequest {
         if let Some(s) = self.query.strip_prefix("service=") {
             return Some(s.split('&').next().unwrap_or(s));
         }
-        self.path.rsplit('/').next().filter(|s| s.starts_with("git-"))
+        self.path
+            .rsplit('/')
+            .next()
+            .filter(|s| s.starts_with("git-"))
     }
 }
 
@@ -400,7 +403,10 @@ async fn handle(State(shared): State<Arc<Shared>>, request: HttpRequest) -> Resp
     else {
         let _ = child.kill();
         let _ = child.wait();
-        return plain(StatusCode::INTERNAL_SERVER_ERROR, "no pipes to the backend\n");
+        return plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "no pipes to the backend\n",
+        );
     };
 
     // The backend's pipes are blocking: a thread each, joined to the async side by channels
@@ -588,7 +594,16 @@ pub fn create_bare_repo(root: &Path, name: &str, files: &[(&str, &str)]) -> Resu
     std::fs::create_dir_all(root).map_err(io(format!("creating {}", root.display())))?;
     let bare = root.join(name);
     let bare_s = bare.to_string_lossy().into_owned();
-    git(root, &["init", "--quiet", "--bare", "--initial-branch=main", &bare_s])?;
+    git(
+        root,
+        &[
+            "init",
+            "--quiet",
+            "--bare",
+            "--initial-branch=main",
+            &bare_s,
+        ],
+    )?;
     let scratch = std::env::temp_dir().join(format!(
         "leash-lab-seed-{}-{}",
         std::process::id(),
@@ -603,8 +618,7 @@ pub fn create_bare_repo(root: &Path, name: &str, files: &[(&str, &str)]) -> Resu
             }
             std::fs::write(&file, text).map_err(io(format!("writing {}", file.display())))?;
         }
-        std::fs::create_dir_all(&scratch)
-            .map_err(io(format!("creating {}", scratch.display())))?;
+        std::fs::create_dir_all(&scratch).map_err(io(format!("creating {}", scratch.display())))?;
         git(&scratch, &["init", "--quiet", "--initial-branch=main"])?;
         git(&scratch, &["add", "--all"])?;
         git(
@@ -668,7 +682,10 @@ mod tests {
 
     #[test]
     fn base64_decodes_basic_credentials() {
-        assert_eq!(base64_decode("dXNlcjpwYXNz").as_deref(), Some(&b"user:pass"[..]));
+        assert_eq!(
+            base64_decode("dXNlcjpwYXNz").as_deref(),
+            Some(&b"user:pass"[..])
+        );
         assert_eq!(base64_decode("YQ==").as_deref(), Some(&b"a"[..]));
         assert_eq!(base64_decode("YWI=").as_deref(), Some(&b"ab"[..]));
         assert_eq!(base64_decode("not base64!"), None);
@@ -679,11 +696,20 @@ mod tests {
         let mut h = HeaderMap::new();
         assert_eq!(authorize(&h, "t0k"), (None, false));
         // "x:t0k" and "x:bad"
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic eDp0MGs="));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic eDp0MGs="),
+        );
         assert_eq!(authorize(&h, "t0k"), (Some("x".into()), true));
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic eDpiYWQ="));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic eDpiYWQ="),
+        );
         assert_eq!(authorize(&h, "t0k"), (Some("x".into()), false));
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer t0k"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer t0k"),
+        );
         assert_eq!(authorize(&h, "t0k"), (Some(String::new()), true));
     }
 
@@ -702,7 +728,10 @@ mod tests {
             r("/a.git/info/refs", "service=git-receive-pack").service(),
             Some("git-receive-pack")
         );
-        assert_eq!(r("/a.git/git-upload-pack", "").service(), Some("git-upload-pack"));
+        assert_eq!(
+            r("/a.git/git-upload-pack", "").service(),
+            Some("git-upload-pack")
+        );
         assert_eq!(r("/a.git/HEAD", "").service(), None);
     }
 }

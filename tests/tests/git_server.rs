@@ -51,10 +51,16 @@ fn bare_repo_has_one_reproducible_commit_on_main() {
     assert_eq!(Some(head.clone()), rev_parse(&rb, "main").unwrap());
     assert_eq!(git(&ra, &["rev-list", "--count", "main"]).unwrap(), "1");
     assert_eq!(files_at(&ra, "main").unwrap(), ["x/y.txt", "z.txt"]);
-    assert_eq!(file_at(&ra, "main", "x/y.txt").unwrap().as_deref(), Some("y\n"));
+    assert_eq!(
+        file_at(&ra, "main", "x/y.txt").unwrap().as_deref(),
+        Some("y\n")
+    );
     assert_eq!(file_at(&ra, "main", "nope").unwrap(), None);
     assert_eq!(rev_parse(&ra, "leash/shop").unwrap(), None);
-    assert_eq!(git(&ra, &["symbolic-ref", "HEAD"]).unwrap(), "refs/heads/main");
+    assert_eq!(
+        git(&ra, &["symbolic-ref", "HEAD"]).unwrap(),
+        "refs/heads/main"
+    );
 }
 
 #[test]
@@ -81,14 +87,24 @@ fn clone_and_push_with_the_token() {
     let pushed = git(&wc, &["rev-parse", "HEAD"]).unwrap();
     assert_eq!(rev_parse(&bare, "leash/shop").unwrap(), Some(pushed));
     assert_eq!(
-        file_at(&bare, "leash/shop", "deploy/shop.yaml").unwrap().as_deref(),
+        file_at(&bare, "leash/shop", "deploy/shop.yaml")
+            .unwrap()
+            .as_deref(),
         Some("kind: NetworkPolicy # shop\n")
     );
-    assert_eq!(rev_parse(&bare, "main").unwrap(), Some(main_before), "main moved");
+    assert_eq!(
+        rev_parse(&bare, "main").unwrap(),
+        Some(main_before),
+        "main moved"
+    );
     assert_eq!(branches(&bare).unwrap(), ["leash/shop", "main"]);
 
     // A force-push of the branch (what `leash pr` does to its own branches) is accepted too.
-    git(&wc, &["commit", "--quiet", "--amend", "-m", "leash: shop, again"]).unwrap();
+    git(
+        &wc,
+        &["commit", "--quiet", "--amend", "-m", "leash: shop, again"],
+    )
+    .unwrap();
     git(&wc, &["push", "--quiet", "--force", "origin", "leash/shop"]).unwrap();
     let amended = git(&wc, &["rev-parse", "HEAD"]).unwrap();
     assert_eq!(rev_parse(&bare, "leash/shop").unwrap(), Some(amended));
@@ -124,7 +140,10 @@ fn refused_without_the_token_or_with_a_wrong_one() {
     // The 401's Basic challenge made git look for credentials (and, with prompts off, fail).
     assert!(stderr.contains("could not read Username"), "{stderr}");
 
-    let wrong = format!("http://x-access-token:wrong@{}/policies.git", &server.base_url()[7..]);
+    let wrong = format!(
+        "http://x-access-token:wrong@{}/policies.git",
+        &server.base_url()[7..]
+    );
     let (ok, stderr) = try_git(work.path(), &["clone", "--quiet", &wrong, "b"]);
     assert!(!ok, "cloned with a wrong token");
     assert!(stderr.contains("Authentication failed"), "{stderr}");
@@ -132,13 +151,25 @@ fn refused_without_the_token_or_with_a_wrong_one() {
     let requests = server.requests();
     assert!(!requests.is_empty());
     assert!(requests.iter().all(|r| !r.authorized), "{requests:?}");
-    assert!(requests.iter().any(|r| r.user.as_deref() == Some("x-access-token")));
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.user.as_deref() == Some("x-access-token"))
+    );
 
     // A push with a wrong token changes nothing.
     let bare = root.path().join("policies.git");
     let wc = work.path().join("c");
-    git(work.path(), &["clone", "--quiet", &server.url_with_credentials("policies.git"), "c"])
-        .unwrap();
+    git(
+        work.path(),
+        &[
+            "clone",
+            "--quiet",
+            &server.url_with_credentials("policies.git"),
+            "c",
+        ],
+    )
+    .unwrap();
     git(&wc, &["commit", "--quiet", "--allow-empty", "-m", "sneaky"]).unwrap();
     let (ok, _) = try_git(&wc, &["push", "--quiet", &wrong, "HEAD:refs/heads/sneaky"]);
     assert!(!ok, "pushed with a wrong token");
@@ -166,9 +197,16 @@ fn credentials_from_a_helper_after_the_challenge() {
         ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let requests = server.requests();
-    assert!(!requests[0].authorized && requests[0].user.is_none(), "{requests:?}");
+    assert!(
+        !requests[0].authorized && requests[0].user.is_none(),
+        "{requests:?}"
+    );
     assert!(
         requests
             .iter()
@@ -189,7 +227,12 @@ fn large_push_streams_through() {
     let work = tempfile::tempdir().unwrap();
     git(
         work.path(),
-        &["clone", "--quiet", &server.url_with_credentials("policies.git"), "wc"],
+        &[
+            "clone",
+            "--quiet",
+            &server.url_with_credentials("policies.git"),
+            "wc",
+        ],
     )
     .unwrap();
     let wc = work.path().join("wc");
@@ -229,5 +272,8 @@ fn large_push_streams_through() {
 fn missing_git_is_reported_as_unavailable() {
     // The error a missing installation gives names the cause, so tests can skip with a reason.
     let e = git_server::Error::Unavailable("cannot run `git --exec-path`".into());
-    assert_eq!(e.to_string(), "git is unavailable: cannot run `git --exec-path`");
+    assert_eq!(
+        e.to_string(),
+        "git is unavailable: cannot run `git --exec-path`"
+    );
 }

@@ -115,7 +115,8 @@ impl GitHubBuilder {
 
     /// Serves repository `owner/repo`, whose branches are those of the bare repository `git`.
     pub fn repo_with_git(mut self, full_name: &str, git: &Path) -> Self {
-        self.repos.push((full_name.to_owned(), Some(git.to_owned())));
+        self.repos
+            .push((full_name.to_owned(), Some(git.to_owned())));
         self
     }
 
@@ -345,7 +346,8 @@ impl GitHubState {
         };
         match req.header("accept").map(str::trim) {
             Some(
-                "application/vnd.github+json" | "application/vnd.github.v3+json"
+                "application/vnd.github+json"
+                | "application/vnd.github.v3+json"
                 | "application/json",
             ) => {}
             other => {
@@ -580,10 +582,7 @@ impl GitHubState {
                 .finish();
             reply = reply.with(
                 "link",
-                format!(
-                    "<{}{}?{q}>; rel=\"next\"",
-                    self.base_url, req.path
-                ),
+                format!("<{}{}?{q}>; rel=\"next\"", self.base_url, req.path),
             );
         }
         reply
@@ -685,7 +684,10 @@ impl GitHubState {
         {
             return Self::already_exists(&owner, branch, CREATE_DOCS);
         }
-        let draft = object.get("draft").and_then(Value::as_bool).unwrap_or(false);
+        let draft = object
+            .get("draft")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         let number = self.add_pull(
             repo,
             branch,

@@ -311,7 +311,11 @@ impl GitLabState {
         let body = if write {
             match serde_json::from_str::<Value>(&req.body) {
                 Ok(v) => Some(v),
-                Err(_) => return bad_params("The provided content-type 'application/json' is not valid JSON"),
+                Err(_) => {
+                    return bad_params(
+                        "The provided content-type 'application/json' is not valid JSON",
+                    );
+                }
             }
         } else {
             None
@@ -341,13 +345,11 @@ impl GitLabState {
     fn to_json(&self, m: &MergeRequest) -> Value {
         let project = self.project(&m.project);
         let id = project.map_or(0, |p| p.id);
-        let sha = project
-            .and_then(|p| p.git.as_deref())
-            .and_then(|dir| {
-                crate::git_server::rev_parse(dir, &format!("refs/heads/{}", m.source_branch))
-                    .ok()
-                    .flatten()
-            });
+        let sha = project.and_then(|p| p.git.as_deref()).and_then(|dir| {
+            crate::git_server::rev_parse(dir, &format!("refs/heads/{}", m.source_branch))
+                .ok()
+                .flatten()
+        });
         let author = json!({"id": 1, "username": self.username, "name": self.username,
                             "state": "active"});
         json!({
