@@ -95,6 +95,7 @@ mod servers;
 pub mod shop;
 mod snapshot;
 mod spec;
+pub mod sshd;
 pub mod synthetic;
 mod sys;
 
