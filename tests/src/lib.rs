@@ -39,8 +39,10 @@
 //! from 5353.
 //!
 //! Besides the lab, the crate holds test tools that need no privileges: a fake Kubernetes API
-//! server ([`fake_api`]), the shop demo ([`shop`]), and a synthetic cluster and flow generator
-//! for scale tests and benches ([`synthetic`]).
+//! server ([`fake_api`]), the shop demo ([`shop`]), a synthetic cluster and flow generator
+//! for scale tests and benches ([`synthetic`]), and the stand-ins of a git host: an HTTP git
+//! server with token authentication ([`git_server`]), a local OpenSSH server for git over SSH
+//! ([`sshd`]), and GitHub and GitLab pull request APIs ([`forge`]).
 //!
 //! ```no_run
 //! use std::time::Duration;

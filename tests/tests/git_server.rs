@@ -260,8 +260,8 @@ fn large_push_streams_through() {
     let pack = server
         .requests()
         .into_iter()
-        .filter(|r| r.method == "POST" && r.path.ends_with("/git-receive-pack"))
-        .last()
+        .rev()
+        .find(|r| r.method == "POST" && r.path.ends_with("/git-receive-pack"))
         .unwrap();
     assert_eq!(pack.content_length, None, "the pack was not sent chunked");
     let size = git(&bare, &["cat-file", "-s", "big:big.bin"]).unwrap();
