@@ -676,6 +676,79 @@ pub fn file_at(repo: &Path, rev: &str, path: &str) -> Result<Option<String>, Err
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
 }
 
+/// Where `needle` (a token, say) occurs under `dir`: every file's raw bytes (a working copy,
+/// its `.git/config` and logs, a bare repository's refs and config), and, when `dir` is a
+/// repository or a working copy, the content of every object (loose objects are compressed, so
+/// their bytes alone would hide it). Returns the places, sorted: file paths relative to `dir`,
+/// or `object <id>`. Files larger than 64 MiB are skipped.
+pub fn find_text(dir: &Path, needle: &str) -> Result<Vec<String>, Error> {
+    const MAX_FILE: u64 = 64 << 20;
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let entries = std::fs::read_dir(&d).map_err(|source| Error::Io {
+            what: format!("listing {}", d.display()),
+            source,
+        })?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if meta.is_dir() {
+                stack.push(path);
+            } else if meta.is_file()
+                && meta.len() <= MAX_FILE
+                && let Ok(bytes) = std::fs::read(&path)
+                && contains(&bytes, needle.as_bytes())
+            {
+                let rel = path.strip_prefix(dir).unwrap_or(&path);
+                found.push(rel.display().to_string());
+            }
+        }
+    }
+    // Every object of the repository, decompressed, with its id.
+    let out = git_command()
+        .current_dir(dir)
+        .args([
+            "cat-file",
+            "--batch-all-objects",
+            "--unordered",
+            "--batch=%(objectname) %(objectsize)",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| Error::Unavailable(format!("cannot run git: {e}")))?;
+    if out.status.success() {
+        // `<id> <size>\n<content>\n`, object after object.
+        let mut rest = &out.stdout[..];
+        while let Some(eol) = rest.iter().position(|b| *b == b'\n') {
+            let head = String::from_utf8_lossy(&rest[..eol]).into_owned();
+            let Some((id, size)) = head.split_once(' ') else {
+                break;
+            };
+            let Ok(size) = size.parse::<usize>() else {
+                break;
+            };
+            let start = eol + 1;
+            let Some(content) = rest.get(start..start + size) else {
+                break;
+            };
+            if contains(content, needle.as_bytes()) {
+                found.push(format!("object {id}"));
+            }
+            rest = rest.get(start + size + 1..).unwrap_or_default();
+        }
+    }
+    found.sort();
+    found.dedup();
+    Ok(found)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

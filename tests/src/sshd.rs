@@ -137,6 +137,23 @@ fn greets(port: u16, timeout: Duration) -> bool {
     s.read_exact(&mut banner).is_ok() && &banner == b"SSH-2.0-"
 }
 
+/// The server's version, `(major, minor)` of `OpenSSH_9.2p1, …` (`(0, 0)` if unknown).
+fn version(sshd: &Path) -> (u32, u32) {
+    // `sshd -V` prints the version on stderr (older ones exit 1 on the unknown option, still
+    // printing it).
+    let Ok(out) = Command::new(sshd).arg("-V").stdin(Stdio::null()).output() else {
+        return (0, 0);
+    };
+    let text = String::from_utf8_lossy(&out.stderr);
+    let Some(v) = text.split("OpenSSH_").nth(1) else {
+        return (0, 0);
+    };
+    let mut parts = v.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let minor = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    (major, minor)
+}
+
 /// Waits (at most [`READY_TIMEOUT`]) until the server greets on `port`, or fails with the end
 /// of its log if it exits or stays silent.
 fn wait_ready(child: &mut Child, port: u16, log: &Path) -> Result<(), Error> {
@@ -222,6 +239,13 @@ impl Sshd {
         let host_pub: Vec<&str> = host_pub.split_whitespace().take(2).collect();
         let host_pub = host_pub.join(" ");
 
+        // OpenSSH 9.8 and later penalise a source address after failed logins; a test that
+        // shows a refusal must not lock out the next connection from 127.0.0.1.
+        let penalties = if version(sshd) >= (9, 8) {
+            "PerSourcePenalties no\n"
+        } else {
+            ""
+        };
         let mut last = None;
         for _ in 0..3 {
             let port = free_port()?;
@@ -253,7 +277,8 @@ impl Sshd {
                      AllowAgentForwarding no\n\
                      PermitTTY no\n\
                      LoginGraceTime 30\n\
-                     LogLevel VERBOSE\n",
+                     LogLevel VERBOSE\n\
+                     {penalties}",
                     host = host_key.display(),
                     pid = dir.join("sshd.pid").display(),
                     authorized = authorized.display(),

@@ -11,7 +11,8 @@ use std::path::Path;
 
 use leash_lab::forge::random_token;
 use leash_lab::git_server::{
-    self, GitServer, branches, create_bare_repo, file_at, files_at, git, git_command, rev_parse,
+    self, GitServer, branches, create_bare_repo, file_at, files_at, find_text, git, git_command,
+    rev_parse,
 };
 
 /// A server over a fresh root holding `policies.git` (README.md and deploy/np.yaml on main).
@@ -275,5 +276,44 @@ fn missing_git_is_reported_as_unavailable() {
     assert_eq!(
         e.to_string(),
         "git is unavailable: cannot run `git --exec-path`"
+    );
+}
+
+#[test]
+fn find_text_sees_tokens_in_files_and_objects() {
+    let (root, server) = setup();
+    let bare = root.path().join("policies.git");
+    let token = server.token().to_owned();
+    let work = tempfile::tempdir().unwrap();
+    git(
+        work.path(),
+        &[
+            "clone",
+            "--quiet",
+            &server.url_with_credentials("policies.git"),
+            "wc",
+        ],
+    )
+    .unwrap();
+    let wc = work.path().join("wc");
+    assert_eq!(find_text(&bare, &token).unwrap(), Vec::<String>::new());
+    // A URL with credentials lands in the working copy's configuration.
+    assert_eq!(find_text(&wc, &token).unwrap(), [".git/config"]);
+
+    // A committed token is found in the (compressed) objects, pushed or not.
+    std::fs::write(wc.join("leak.txt"), format!("token={token}\n")).unwrap();
+    git(&wc, &["add", "leak.txt"]).unwrap();
+    git(&wc, &["commit", "--quiet", "-m", "leak"]).unwrap();
+    git(&wc, &["push", "--quiet", "origin", "HEAD:refs/heads/leak"]).unwrap();
+    let blob = git(&wc, &["rev-parse", "HEAD:leak.txt"]).unwrap();
+    let in_bare = find_text(&bare, &token).unwrap();
+    assert_eq!(in_bare, [format!("object {blob}")]);
+    let in_wc = find_text(&wc, &token).unwrap();
+    assert!(in_wc.contains(&format!("object {blob}")), "{in_wc:?}");
+    assert!(in_wc.contains(&"leak.txt".to_owned()), "{in_wc:?}");
+    assert!(
+        find_text(&bare, "no such text anywhere")
+            .unwrap()
+            .is_empty()
     );
 }

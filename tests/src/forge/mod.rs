@@ -5,7 +5,8 @@
 //! runtime, so it answers whether the test is async or blocks on a child process (`leash pr`,
 //! `git push`). It
 //! - **records** every request ([`Request`]: method, raw path, decoded query, headers, JSON body,
-//!   time), whatever the answer was;
+//!   time), whatever the answer was (only a body over [`MAX_API_BODY`], refused with 413, is
+//!   not recorded);
 //! - **checks** what the providers document: the method and path, the token (GitHub:
 //!   `Authorization: Bearer T` or `token T`; GitLab: `PRIVATE-TOKEN: T` or `Authorization:
 //!   Bearer T`), `Content-Type: application/json` on writes, GitHub's `Accept` and `User-Agent`,
