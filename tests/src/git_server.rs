@@ -676,6 +676,37 @@ pub fn file_at(repo: &Path, rev: &str, path: &str) -> Result<Option<String>, Err
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
 }
 
+/// Protects `branch` of the bare repository `repo` as a forge's branch protection does: a
+/// `pre-receive` hook refuses every update of it (whatever the transport: HTTP, SSH or a local
+/// path), with GitHub's message, so a test shows that a client never pushes to it.
+pub fn protect_branch(repo: &Path, branch: &str) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt;
+    let hooks = repo.join("hooks");
+    let hook = hooks.join("pre-receive");
+    let io = |what: String| move |source| Error::Io { what, source };
+    std::fs::create_dir_all(&hooks).map_err(io(format!("creating {}", hooks.display())))?;
+    let mut text = if hook.is_file() {
+        std::fs::read_to_string(&hook).map_err(io(format!("reading {}", hook.display())))?
+    } else {
+        "#!/bin/sh\n# leash-lab: protected branches\nwhile read -r old new ref; do\n  case \"$ref\" in\n"
+            .to_owned()
+    };
+    let tail = "  esac\ndone\nexit 0\n";
+    if let Some(body) = text.strip_suffix(tail) {
+        text = body.to_owned();
+    }
+    // Branch names cannot contain quotes or spaces (git check-ref-format), but stay safe.
+    let quoted = branch.replace('\'', "");
+    text.push_str(&format!(
+        "    'refs/heads/{quoted}') echo \"error: GH006: Protected branch update failed for refs/heads/{quoted}.\" >&2; exit 1 ;;\n"
+    ));
+    text.push_str(tail);
+    std::fs::write(&hook, text).map_err(io(format!("writing {}", hook.display())))?;
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755))
+        .map_err(io(format!("chmod {}", hook.display())))?;
+    Ok(())
+}
+
 /// Where `needle` (a token, say) occurs under `dir`: every file's raw bytes (a working copy,
 /// its `.git/config` and logs, a bare repository's refs and config), and, when `dir` is a
 /// repository or a working copy, the content of every object (loose objects are compressed, so

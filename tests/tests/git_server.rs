@@ -12,7 +12,7 @@ use std::path::Path;
 use leash_lab::forge::random_token;
 use leash_lab::git_server::{
     self, GitServer, branches, create_bare_repo, file_at, files_at, find_text, git, git_command,
-    rev_parse,
+    protect_branch, rev_parse,
 };
 
 /// A server over a fresh root holding `policies.git` (README.md and deploy/np.yaml on main).
@@ -316,4 +316,43 @@ fn find_text_sees_tokens_in_files_and_objects() {
             .unwrap()
             .is_empty()
     );
+}
+
+#[test]
+fn a_protected_branch_refuses_pushes() {
+    let (root, server) = setup();
+    let bare = root.path().join("policies.git");
+    protect_branch(&bare, "main").unwrap();
+    protect_branch(&bare, "release").unwrap();
+    let main = rev_parse(&bare, "main").unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let url = server.url_with_credentials("policies.git");
+    git(work.path(), &["clone", "--quiet", &url, "wc"]).unwrap();
+    let wc = work.path().join("wc");
+    git(
+        &wc,
+        &["commit", "--quiet", "--allow-empty", "-m", "to main"],
+    )
+    .unwrap();
+    for target in ["main", "release"] {
+        let (ok, stderr) = try_git(
+            &wc,
+            &["push", "--quiet", "origin", &format!("HEAD:{target}")],
+        );
+        assert!(!ok, "pushed to the protected {target}");
+        assert!(
+            stderr.contains(&format!(
+                "Protected branch update failed for refs/heads/{target}"
+            )),
+            "{stderr}"
+        );
+    }
+    assert_eq!(rev_parse(&bare, "main").unwrap(), main);
+    // Other branches still take pushes.
+    git(
+        &wc,
+        &["push", "--quiet", "origin", "HEAD:refs/heads/leash/all"],
+    )
+    .unwrap();
+    assert_eq!(branches(&bare).unwrap(), ["leash/all", "main"]);
 }
