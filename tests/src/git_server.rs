@@ -695,10 +695,11 @@ pub fn protect_branch(repo: &Path, branch: &str) -> Result<(), Error> {
     if let Some(body) = text.strip_suffix(tail) {
         text = body.to_owned();
     }
-    // Branch names cannot contain quotes or spaces (git check-ref-format), but stay safe.
-    let quoted = branch.replace('\'', "");
+    // Single-quoted for the shell (branch names may hold `$`, `(` or quotes).
+    let quoted = branch.replace('\'', "'\\''");
     text.push_str(&format!(
-        "    'refs/heads/{quoted}') echo \"error: GH006: Protected branch update failed for refs/heads/{quoted}.\" >&2; exit 1 ;;\n"
+        "    'refs/heads/{quoted}') echo 'error: GH006: Protected branch update failed for \
+         refs/heads/{quoted}.' >&2; exit 1 ;;\n"
     ));
     text.push_str(tail);
     std::fs::write(&hook, text).map_err(io(format!("writing {}", hook.display())))?;

@@ -323,7 +323,7 @@ fn a_protected_branch_refuses_pushes() {
     let (root, server) = setup();
     let bare = root.path().join("policies.git");
     protect_branch(&bare, "main").unwrap();
-    protect_branch(&bare, "release").unwrap();
+    protect_branch(&bare, "it's-$(x)").unwrap();
     let main = rev_parse(&bare, "main").unwrap();
     let work = tempfile::tempdir().unwrap();
     let url = server.url_with_credentials("policies.git");
@@ -334,7 +334,7 @@ fn a_protected_branch_refuses_pushes() {
         &["commit", "--quiet", "--allow-empty", "-m", "to main"],
     )
     .unwrap();
-    for target in ["main", "release"] {
+    for target in ["main", "it's-$(x)"] {
         let (ok, stderr) = try_git(
             &wc,
             &["push", "--quiet", "origin", &format!("HEAD:{target}")],

@@ -629,14 +629,13 @@ impl GitHubState {
             Err(problem) => return invalid_request(&problem, CREATE_DOCS),
         };
         let text = |name: &str| object.get(name).and_then(Value::as_str);
-        for required in ["head", "base", "title"] {
-            if text(required).is_none() {
-                return invalid_request(&format!("{required:?} wasn't supplied."), CREATE_DOCS);
-            }
-        }
         let (Some(head), Some(base), Some(title)) = (text("head"), text("base"), text("title"))
         else {
-            return invalid_request("\"head\" wasn't supplied.", CREATE_DOCS);
+            let missing = ["head", "base", "title"]
+                .into_iter()
+                .find(|f| text(f).is_none())
+                .unwrap_or("head");
+            return invalid_request(&format!("{missing:?} wasn't supplied."), CREATE_DOCS);
         };
         if let Some(reply) = Self::body_too_long(text("body"), CREATE_DOCS) {
             return reply;
