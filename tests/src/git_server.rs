@@ -9,6 +9,9 @@
 //! makes the git command ask its credential helpers and retry with credentials. Every request is
 //! recorded ([`GitRequest`]) with its method, path, user and whether it was let in.
 //!
+//! [`GitServer::start_tls`] serves HTTPS instead, with a certificate from a
+//! [`TestCa`](crate::forge::TestCa) made for the run.
+//!
 //! Bodies are streamed both ways (a push's pack goes straight to the backend's stdin, a clone's
 //! pack straight from its stdout); a request body over [`MAX_GIT_BODY`] is refused, the CGI
 //! headers are bounded too. The backend runs with `GIT_HTTP_EXPORT_ALL` and `http.receivepack`
@@ -44,7 +47,7 @@ use axum::response::Response;
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::forge::{Loopback, lock};
+use crate::forge::{Loopback, TestCa, lock};
 
 /// Request bodies (pushes' packs) larger than this are refused with 413.
 pub const MAX_GIT_BODY: usize = 256 << 20;
@@ -140,8 +143,18 @@ pub struct GitServer {
 }
 
 impl GitServer {
-    /// Serves the bare repositories under `root` to clients presenting `token`.
+    /// Serves the bare repositories under `root` over HTTP to clients presenting `token`.
     pub fn start(root: &Path, token: &str) -> Result<Self, Error> {
+        Self::start_with(root, token, None)
+    }
+
+    /// [`Self::start`] over HTTPS, with a certificate from `ca` (git must be told to trust it:
+    /// `-c http.sslCAInfo=FILE` with [`TestCa::ca_pem`] in FILE).
+    pub fn start_tls(root: &Path, token: &str, ca: &TestCa) -> Result<Self, Error> {
+        Self::start_with(root, token, Some(ca))
+    }
+
+    fn start_with(root: &Path, token: &str, tls: Option<&TestCa>) -> Result<Self, Error> {
         let backend = http_backend()?;
         let root = root.canonicalize().map_err(|source| Error::Io {
             what: format!("resolving {}", root.display()),
@@ -155,16 +168,16 @@ impl GitServer {
             stderr: Mutex::default(),
         });
         let app = Router::new().fallback(handle).with_state(shared.clone());
-        let server = Loopback::start("git-server", app).map_err(|source| Error::Io {
+        let server = Loopback::start("git-server", app, tls).map_err(|source| Error::Io {
             what: "starting the git HTTP server".into(),
             source,
         })?;
         Ok(GitServer { shared, server })
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` when started with [`Self::start_tls`]).
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.server.addr())
+        self.server.base_url()
     }
 
     /// The URL of repository `name` (a path under the root, e.g. `policies.git`), without
@@ -176,10 +189,11 @@ impl GitServer {
     /// The URL of `name` with the token in it (`http://x-access-token:TOKEN@…`), for the tests'
     /// own git commands (a product never puts a token in a URL it might log or store).
     pub fn url_with_credentials(&self, name: &str) -> String {
+        let base = self.base_url();
+        let (scheme, host) = base.split_once("://").unwrap_or(("http", &base));
         format!(
-            "http://x-access-token:{}@{}/{}",
+            "{scheme}://x-access-token:{}@{host}/{}",
             self.shared.token,
-            self.server.addr(),
             name.trim_start_matches('/')
         )
     }
@@ -552,16 +566,35 @@ fn read_cgi_headers(out: &mut impl BufRead) -> Result<Head, String> {
     }
 }
 
-/// A git command isolated from the machine's configuration (no system or global config, no
-/// prompts, fixed identity and dates), to which the caller adds arguments.
+/// Variables of the environment that would change what the tests' git commands do: a
+/// repository elsewhere, trust settings (`GIT_SSL_CAINFO` overrides `-c http.sslCAInfo`, and
+/// machines set it), credentials from a helper program, another ssh.
+pub const GIT_ENV_REMOVED: [&str; 12] = [
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_INDEX_FILE",
+    "GIT_SSL_CAINFO",
+    "GIT_SSL_CAPATH",
+    "GIT_SSL_NO_VERIFY",
+    "GIT_SSL_CERT",
+    "GIT_SSL_KEY",
+    "GIT_ASKPASS",
+    "SSH_ASKPASS",
+    "GIT_SSH",
+    "GIT_SSH_COMMAND",
+];
+
+/// A git command isolated from the machine's configuration (no system or global config, none
+/// of [`GIT_ENV_REMOVED`], no prompts, fixed identity and dates), to which the caller adds
+/// arguments and environment.
 pub fn git_command() -> Command {
     let mut cmd = Command::new("git");
+    for var in GIT_ENV_REMOVED {
+        cmd.env_remove(var);
+    }
     cmd.env("GIT_CONFIG_NOSYSTEM", "1")
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
         .env("GIT_TERMINAL_PROMPT", "0")
-        .env_remove("GIT_DIR")
-        .env_remove("GIT_WORK_TREE")
-        .env_remove("GIT_INDEX_FILE")
         .envs(IDENTITY);
     cmd
 }

@@ -6,6 +6,7 @@
     reason = "test helpers: a failed setup step must fail the test loudly"
 )]
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
@@ -14,8 +15,9 @@ use hyper::header::HeaderMap;
 use hyper_util::rt::TokioIo;
 use leash_lab::forge::github::{self, GitHub};
 use leash_lab::forge::gitlab::{self, GitLab};
-use leash_lab::forge::random_token;
+use leash_lab::forge::{TestCa, random_token};
 use leash_lab::git_server::{create_bare_repo, git};
+use rustls::pki_types::pem::PemObject;
 use serde_json::{Value, json};
 
 /// An answer: status, headers, body (JSON when it parses, else `Value::String`).
@@ -37,7 +39,50 @@ async fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&s
     let uri: hyper::Uri = url.parse().unwrap();
     let authority = uri.authority().unwrap().to_string();
     let stream = tokio::net::TcpStream::connect(&authority).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    exchange(stream, &uri, method, headers, body).await
+}
+
+/// [`send`] over TLS, trusting only `ca_pem`; the handshake's failure is returned.
+async fn send_tls(
+    ca_pem: &str,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<Answer, std::io::Error> {
+    let uri: hyper::Uri = url.parse().unwrap();
+    assert_eq!(uri.scheme_str(), Some("https"));
+    let authority = uri.authority().unwrap().to_string();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(&authority).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(uri.host().unwrap().to_owned()).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await?;
+    Ok(exchange(tls, &uri, method, headers, None).await)
+}
+
+async fn exchange<I>(
+    io: I,
+    uri: &hyper::Uri,
+    method: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Answer
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let authority = uri.authority().unwrap().to_string();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .unwrap();
     tokio::spawn(conn);
@@ -924,4 +969,59 @@ async fn gitlab_rate_limit_and_git_sha() {
         .await;
     assert_eq!(a.status, 201);
     assert_eq!(a.body["sha"], git(&bare, &["rev-parse", "main"]).unwrap());
+}
+
+// ---------------------------------------------------------------- HTTPS
+
+#[tokio::test]
+async fn https_with_the_test_ca() {
+    let ca = TestCa::generate().unwrap();
+    let token = random_token("ghp_");
+    let gh = GitHub::builder(&token)
+        .repo("acme/policies")
+        .tls(&ca)
+        .start()
+        .unwrap();
+    assert!(gh.api_url().starts_with("https://127.0.0.1:"));
+    let auth = format!("Bearer {token}");
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("accept", "application/vnd.github+json"),
+        ("user-agent", "t"),
+    ];
+    let url = format!("{}/repos/acme/policies/pulls", gh.api_url());
+    let a = send_tls(ca.ca_pem(), "GET", &url, &headers).await.unwrap();
+    assert_eq!((a.status, a.body), (200, json!([])));
+    let n = gh.open_pull("acme/policies", "b", "main", "t");
+    let a = send_tls(ca.ca_pem(), "GET", &format!("{url}/{n}"), &headers)
+        .await
+        .unwrap();
+    assert_eq!(
+        a.body["html_url"],
+        format!("{}/acme/policies/pull/1", gh.base_url())
+    );
+
+    // A client trusting another CA refuses the server; the server goes on serving.
+    let other = TestCa::generate().unwrap();
+    let e = send_tls(other.ca_pem(), "GET", &url, &headers)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("certificate"), "{e}");
+    let gl_token = random_token("glpat-");
+    let gl = GitLab::builder(&gl_token)
+        .project("acme/policies")
+        .tls(&ca)
+        .start()
+        .unwrap();
+    let a = send_tls(
+        ca.ca_pem(),
+        "GET",
+        &format!("{}/projects/1/merge_requests", gl.api_url()),
+        &[("private-token", &gl_token)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.status, 200);
+    let a = send_tls(ca.ca_pem(), "GET", &url, &headers).await.unwrap();
+    assert_eq!(a.status, 200);
 }

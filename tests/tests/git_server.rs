@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use leash_lab::forge::random_token;
+use leash_lab::forge::{TestCa, random_token};
 use leash_lab::git_server::{
     self, GitServer, branches, create_bare_repo, file_at, files_at, find_text, git, git_command,
     protect_branch, rev_parse,
@@ -355,4 +355,45 @@ fn a_protected_branch_refuses_pushes() {
     )
     .unwrap();
     assert_eq!(branches(&bare).unwrap(), ["leash/all", "main"]);
+}
+
+#[test]
+fn https_clone_trusts_only_the_test_ca() {
+    let root = tempfile::tempdir().unwrap();
+    create_bare_repo(root.path(), "p.git", &[("a", "a\n")]).unwrap();
+    let ca = TestCa::generate().unwrap();
+    let server = GitServer::start_tls(root.path(), &random_token("lab_"), &ca).unwrap();
+    let url = server.url_with_credentials("p.git");
+    assert!(url.starts_with("https://x-access-token:"), "{url}");
+    let work = tempfile::tempdir().unwrap();
+    let (ok, stderr) = try_git(work.path(), &["clone", "--quiet", &url, "untrusted"]);
+    assert!(!ok, "cloned without trusting the CA");
+    assert!(stderr.contains("certificate"), "{stderr}");
+
+    let ca_file = work.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.ca_pem()).unwrap();
+    let trust = format!("http.sslCAInfo={}", ca_file.display());
+    git(work.path(), &["-c", &trust, "clone", "--quiet", &url, "wc"]).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(work.path().join("wc/a")).unwrap(),
+        "a\n"
+    );
+    let wc = work.path().join("wc");
+    git(&wc, &["commit", "--quiet", "--allow-empty", "-m", "x"]).unwrap();
+    git(
+        &wc,
+        &[
+            "-c",
+            &trust,
+            "push",
+            "--quiet",
+            "origin",
+            "HEAD:refs/heads/leash/all",
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        branches(&root.path().join("p.git")).unwrap(),
+        ["leash/all", "main"]
+    );
 }

@@ -41,8 +41,8 @@ use axum::response::Response;
 use serde_json::{Map, Value, json};
 
 use super::{
-    Kind, Loopback, Reply, Request, Throttle, authorization, ceil_secs, check_fields, epoch_after,
-    is_json_content, lock, read_request, timestamp,
+    Kind, Loopback, Reply, Request, TestCa, Throttle, authorization, ceil_secs, check_fields,
+    epoch_after, is_json_content, lock, read_request, timestamp,
 };
 
 /// GitHub's limit on a pull request's body, in characters.
@@ -104,6 +104,7 @@ pub struct GitHubBuilder {
     login: String,
     prefix: String,
     repos: Vec<(String, Option<PathBuf>)>,
+    tls: Option<TestCa>,
 }
 
 impl GitHubBuilder {
@@ -132,6 +133,12 @@ impl GitHubBuilder {
         self
     }
 
+    /// Serves HTTPS with a certificate from `ca` (clients must trust [`TestCa::ca_pem`]).
+    pub fn tls(mut self, ca: &TestCa) -> Self {
+        self.tls = Some(ca.clone());
+        self
+    }
+
     /// Starts the server on 127.0.0.1.
     pub fn start(self) -> std::io::Result<GitHub> {
         let state = Arc::new(Mutex::new(GitHubState {
@@ -149,8 +156,8 @@ impl GitHubBuilder {
             throttle: Throttle::default(),
         }));
         let app = Router::new().fallback(handle).with_state(state.clone());
-        let server = Loopback::start("github-stand-in", app)?;
-        lock(&state).base_url = format!("http://{}", server.addr());
+        let server = Loopback::start("github-stand-in", app, self.tls.as_ref())?;
+        lock(&state).base_url = server.base_url();
         Ok(GitHub { state, server })
     }
 }
@@ -169,12 +176,14 @@ impl GitHub {
             login: "leash-bot".into(),
             prefix: String::new(),
             repos: Vec::new(),
+            tls: None,
         }
     }
 
-    /// `http://127.0.0.1:PORT`, where the pull requests' `html_url`s point.
+    /// `http://127.0.0.1:PORT` (`https://` with [`GitHubBuilder::tls`]), where the pull
+    /// requests' `html_url`s point.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.server.addr())
+        self.server.base_url()
     }
 
     /// The API's root URL (what a client's `--api-url` takes): the base URL and the prefix.

@@ -38,8 +38,8 @@ use axum::response::Response;
 use serde_json::{Value, json};
 
 use super::{
-    Kind, Loopback, Reply, Request, Throttle, authorization, ceil_secs, check_fields, epoch_after,
-    is_json_content, lock, read_request, timestamp,
+    Kind, Loopback, Reply, Request, TestCa, Throttle, authorization, ceil_secs, check_fields,
+    epoch_after, is_json_content, lock, read_request, timestamp,
 };
 
 /// GitLab's limit on a merge request's description, in characters.
@@ -91,6 +91,7 @@ pub struct GitLabBuilder {
     token: String,
     username: String,
     projects: Vec<(String, Option<PathBuf>)>,
+    tls: Option<TestCa>,
 }
 
 impl GitLabBuilder {
@@ -113,6 +114,12 @@ impl GitLabBuilder {
         self
     }
 
+    /// Serves HTTPS with a certificate from `ca` (clients must trust [`TestCa::ca_pem`]).
+    pub fn tls(mut self, ca: &TestCa) -> Self {
+        self.tls = Some(ca.clone());
+        self
+    }
+
     /// Starts the server on 127.0.0.1.
     pub fn start(self) -> std::io::Result<GitLab> {
         let state = Arc::new(Mutex::new(GitLabState {
@@ -130,8 +137,8 @@ impl GitLabBuilder {
             throttle: Throttle::default(),
         }));
         let app = Router::new().fallback(handle).with_state(state.clone());
-        let server = Loopback::start("gitlab-stand-in", app)?;
-        lock(&state).base_url = format!("http://{}", server.addr());
+        let server = Loopback::start("gitlab-stand-in", app, self.tls.as_ref())?;
+        lock(&state).base_url = server.base_url();
         Ok(GitLab { state, server })
     }
 }
@@ -149,12 +156,14 @@ impl GitLab {
             token: token.to_owned(),
             username: "leash-bot".into(),
             projects: Vec::new(),
+            tls: None,
         }
     }
 
-    /// `http://127.0.0.1:PORT`, where the merge requests' `web_url`s point.
+    /// `http://127.0.0.1:PORT` (`https://` with [`GitLabBuilder::tls`]), where the merge
+    /// requests' `web_url`s point.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.server.addr())
+        self.server.base_url()
     }
 
     /// The API's root, `http://127.0.0.1:PORT/api/v4`.

@@ -19,6 +19,10 @@
 //!   and `RateLimit-*`) for the next N requests when a test asks;
 //! - lets a test act as a user would (close or merge a pull request) and read the pull requests.
 //!
+//! They serve plain HTTP (which a product should accept for loopback addresses only), or HTTPS
+//! with a certificate from a [`TestCa`] made for the run (`tls(&ca)` on the builders), so a test
+//! can show that a client trusts exactly the CA it is given (`--api-ca-file`) and no other.
+//!
 //! Tokens are generated per run with [`random_token`]; nothing secret is committed. Dropping a
 //! stand-in stops its server (its runtime and every connection with it).
 //!
@@ -29,7 +33,7 @@ pub mod gitlab;
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
@@ -364,49 +368,149 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// A private certificate authority made for one run, and the server certificate it signed for
+/// `127.0.0.1` and `localhost`: what a stand-in serves HTTPS with, and what a client must be
+/// told to trust (a product's `--api-ca-file`, git's `http.sslCAInfo`).
+#[derive(Clone)]
+pub struct TestCa {
+    ca_pem: String,
+    config: Arc<rustls::ServerConfig>,
+}
+
+impl std::fmt::Debug for TestCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestCa").finish_non_exhaustive()
+    }
+}
+
+impl TestCa {
+    /// Generates the CA and the server certificate (ECDSA P-256; nothing is written to disk).
+    pub fn generate() -> io::Result<Self> {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, KeyUsagePurpose, SanType,
+        };
+        let err = |e: rcgen::Error| io::Error::other(format!("generating the test CA: {e}"));
+        let ca_key = KeyPair::generate().map_err(err)?;
+        let mut ca = CertificateParams::default();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        ca.distinguished_name
+            .push(DnType::CommonName, "leash-lab test CA");
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_cert = ca.self_signed(&ca_key).map_err(err)?;
+        let ca_pem = ca_cert.pem();
+        let issuer = Issuer::new(ca, ca_key);
+        let mut leaf = CertificateParams::new(vec!["localhost".to_owned()]).map_err(err)?;
+        leaf.subject_alt_names
+            .push(SanType::IpAddress(Ipv4Addr::LOCALHOST.into()));
+        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let leaf_key = KeyPair::generate().map_err(err)?;
+        let leaf_cert = leaf.signed_by(&leaf_key, &issuer).map_err(err)?;
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(io::Error::other)?
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf_cert.der().clone()], key)
+        .map_err(io::Error::other)?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(TestCa {
+            ca_pem,
+            config: Arc::new(config),
+        })
+    }
+
+    /// The CA certificate, PEM.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+}
+
+/// A TLS listener for axum: accepts TCP, then completes the handshake (at most 5 s; a failed
+/// handshake, such as a client that does not trust the CA, drops that connection only).
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.tcp.accept().await else {
+                // Out of descriptors or similar: wait a little instead of spinning.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            let handshake = self.acceptor.accept(tcp);
+            if let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(5), handshake).await {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
 /// An HTTP server on 127.0.0.1 (a port the kernel picks) serving a router on a thread of its
-/// own, with its own single-threaded runtime. Dropping it stops the runtime: the listener, every
-/// connection and every task (child processes spawned with `kill_on_drop` die with them).
+/// own, with its own single-threaded runtime; HTTPS when given a [`TestCa`]. Dropping it stops
+/// the runtime: the listener, every connection and every task.
 pub(crate) struct Loopback {
     addr: SocketAddr,
+    tls: bool,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Loopback {
     /// Binds and starts serving `app`.
-    pub(crate) fn start(name: &str, app: Router) -> io::Result<Self> {
+    pub(crate) fn start(name: &str, app: Router, tls: Option<&TestCa>) -> io::Result<Self> {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
+        let acceptor = tls.map(|ca| tokio_rustls::TlsAcceptor::from(ca.config.clone()));
         let (stop, stopped) = oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name(name.to_owned())
             .spawn(move || {
                 runtime.block_on(async move {
-                    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                    let Ok(tcp) = tokio::net::TcpListener::from_std(listener) else {
                         return;
                     };
-                    tokio::select! {
-                        _ = axum::serve(listener, app) => {}
-                        _ = stopped => {}
+                    match acceptor {
+                        None => tokio::select! {
+                            _ = axum::serve(tcp, app) => {}
+                            _ = stopped => {}
+                        },
+                        Some(acceptor) => tokio::select! {
+                            _ = axum::serve(TlsListener { tcp, acceptor }, app) => {}
+                            _ = stopped => {}
+                        },
                     }
                 });
                 // Dropping the runtime here cancels the connections' tasks.
             })?;
         Ok(Loopback {
             addr,
+            tls: tls.is_some(),
             stop: Some(stop),
             thread: Some(thread),
         })
     }
 
-    /// The address served.
-    pub(crate) fn addr(&self) -> SocketAddr {
-        self.addr
+    /// `http://127.0.0.1:PORT` or `https://…`.
+    pub(crate) fn base_url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 }
 
