@@ -39,8 +39,10 @@
 //! from 5353.
 //!
 //! Besides the lab, the crate holds test tools that need no privileges: a fake Kubernetes API
-//! server ([`fake_api`]), the shop demo ([`shop`]), and a synthetic cluster and flow generator
-//! for scale tests and benches ([`synthetic`]).
+//! server ([`fake_api`]), the shop demo ([`shop`]), a synthetic cluster and flow generator
+//! for scale tests and benches ([`synthetic`]), and the stand-ins of a git host: an HTTP git
+//! server with token authentication ([`git_server`]), a local OpenSSH server for git over SSH
+//! ([`sshd`]), and GitHub and GitLab pull request APIs ([`forge`]).
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -86,6 +88,8 @@ mod client;
 mod dns;
 mod error;
 pub mod fake_api;
+pub mod forge;
+pub mod git_server;
 pub mod k8s;
 mod lab;
 pub mod markdown;
@@ -93,6 +97,7 @@ mod servers;
 pub mod shop;
 mod snapshot;
 mod spec;
+pub mod sshd;
 pub mod synthetic;
 mod sys;
 
