@@ -27,6 +27,7 @@ pub mod certs;
 pub mod cidr;
 pub mod classify;
 pub mod cluster;
+pub mod diff;
 pub mod eval;
 pub mod evidence;
 pub mod explain;

@@ -1,0 +1,3 @@
+//! `leash diff`: what exactly changes between two policy states.
+
+pub mod reach;

@@ -1,0 +1,1010 @@
+//! The exact reachability change between two policy states, computed symbolically.
+//!
+//! A connection from a source pod to `ip:port/protocol` is allowed when the source's egress
+//! allows it and, for a pod-network pod destination, that pod's ingress allows it: the rules of
+//! [`crate::eval::evaluate`], which this module must always agree with (a property test checks
+//! it against brute-force evaluation). Instead of probing, it works on sets:
+//!
+//! - ports are interval sets per protocol, addresses interval sets per IP family, over the
+//!   whole IPv4 and IPv6 spaces;
+//! - pods fall into classes that no policy can tell apart: a **source class** shares namespace,
+//!   labels, hostNetwork (and then its node) and which ipBlock interval holds its address; a
+//!   **destination class** (one per pod address) shares namespace, labels, container ports,
+//!   family and ipBlock interval;
+//! - only pairs where the states differ are evaluated: a source class whose egress policies are
+//!   the same in both states can only change towards destinations whose ingress changed, and
+//!   of those only the ones some rule's peer can match (and vice versa);
+//! - non-pod destinations are evaluated per interval between the changed rules' ipBlock
+//!   boundaries, then cut around the pod addresses and Service addresses.
+//!
+//! What is a destination:
+//! - a Service address is never one: a connection to it is a connection to its backends on
+//!   their targetPort, which appear as pod destinations (or addresses); the ports of NodePort
+//!   Services on node addresses are left out of address ranges for the same reason;
+//! - a pod-network pod is named by its workload ([`Target::Workload`]), or by itself
+//!   ([`Target::Pod`]) when its workload's pods change differently, or by its own address
+//!   ([`Target::Range`] of one address) in the rare case that its addresses (dual stack) change
+//!   differently;
+//! - everything else (nodes, hostNetwork pods, the world) is an address range, maximal for each
+//!   (change, protocol, port range). IPv4-mapped IPv6 addresses are evaluated as IPv4 by the
+//!   evaluator, so they are left out of the IPv6 ranges.
+//!
+//! Sources are workloads, or single pods ([`Source::Pod`]) for the entries that not every pod of
+//! their workload shares.
+
+mod sets;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+
+use leash_records::Protocol;
+use serde::Serialize;
+
+use crate::cluster::{Cluster, LabelSelector, Labels, NAMESPACE_NAME_LABEL, PodId, PodInfo};
+use crate::eval::{
+    CompiledPolicy, NamespaceMatch, PodView, PolicyPeer, PolicyRule, PolicySet, PortMatch,
+};
+use sets::{Family, PortSet, addr, key, merge_ranges, without};
+
+/// Who connects: a workload, or one pod of it when its pods would change differently.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Source {
+    /// Every pod of a workload.
+    Workload {
+        /// The namespace.
+        namespace: String,
+        /// `Kind/name`; a bare pod is `Pod/<name>`.
+        workload: String,
+    },
+    /// One pod.
+    Pod {
+        /// The namespace.
+        namespace: String,
+        /// The pod's name.
+        pod: String,
+    },
+}
+
+/// Where to: a workload's pods, one pod, or a range of non-pod addresses.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Target {
+    /// Every pod-network pod of a workload that has an address.
+    Workload {
+        /// The namespace.
+        namespace: String,
+        /// `Kind/name`; a bare pod is `Pod/<name>`.
+        workload: String,
+    },
+    /// One pod (every address of it).
+    Pod {
+        /// The namespace.
+        namespace: String,
+        /// The pod's name.
+        pod: String,
+    },
+    /// An inclusive range of addresses of one family.
+    Range {
+        /// The first address.
+        first: IpAddr,
+        /// The last address.
+        last: IpAddr,
+    },
+}
+
+/// The direction of a verdict change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Change {
+    /// Denied in `from`, allowed in `to`.
+    NewlyAllowed,
+    /// Allowed in `from`, denied in `to`.
+    NewlyDenied,
+}
+
+/// One change: from `source` to `destination` on `protocol` ports `port_from..=port_to`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct ReachChange {
+    /// Who connects.
+    pub source: Source,
+    /// Which way the verdict changes.
+    pub change: Change,
+    /// The protocol.
+    pub protocol: Protocol,
+    /// The first port of the range.
+    pub port_from: u16,
+    /// The last port of the range (inclusive).
+    pub port_to: u16,
+    /// Where to.
+    pub destination: Target,
+}
+
+/// (change, protocol, first port, last port): one entry of a change set.
+type Entry = (Change, Protocol, u16, u16);
+
+/// Both states, indexed 0 (`from`) and 1 (`to`).
+const STATES: [usize; 2] = [0, 1];
+
+/// Every reachability change from `from` to `to`, sorted, adjacent ranges with the same change
+/// merged.
+pub fn reachability(cluster: &Cluster, from: &PolicySet, to: &PolicySet) -> Vec<ReachChange> {
+    let e = Engine::new(cluster, [from, to]);
+    let pairs = e.pairs();
+    let mut per_source: Vec<BTreeSet<(Entry, Target)>> = vec![BTreeSet::new(); e.sources.len()];
+    for (sk, dks) in pairs {
+        let found: Vec<(usize, Vec<Entry>)> = dks
+            .into_iter()
+            .filter_map(|dk| {
+                let entries = e.pair_changes(sk, dk);
+                (!entries.is_empty()).then_some((dk, entries))
+            })
+            .collect();
+        let out = &mut per_source[sk];
+        e.pod_targets(sk, &found, out);
+    }
+    for (sk, out) in per_source.iter_mut().enumerate() {
+        if e.egress_changed(sk) {
+            e.external_changes(sk, out);
+        }
+    }
+    e.by_source_workload(&per_source)
+}
+
+/// The policies selecting one (namespace, labels) group, per state.
+struct Group<'a> {
+    labels: &'a Labels,
+    egress: [Vec<&'a CompiledPolicy>; 2],
+    ingress: [Vec<&'a CompiledPolicy>; 2],
+    egress_changed: bool,
+    ingress_changed: bool,
+}
+
+/// A source class: pods no policy can tell apart as sources.
+struct SourceClass {
+    group: usize,
+    /// The node of a hostNetwork source (ingress from a pod's own node is always allowed).
+    host_node: Option<Option<String>>,
+    /// The member pods; the first is the representative.
+    pods: Vec<PodId>,
+}
+
+/// A destination class: pod addresses no policy can tell apart.
+struct DestClass {
+    group: usize,
+    family: Family,
+    /// Indices into `Engine::units`; the first is the representative.
+    units: Vec<usize>,
+}
+
+/// Either every destination class, or some.
+enum Dests {
+    All,
+    Some(BTreeSet<usize>),
+}
+
+struct Engine<'a> {
+    cluster: &'a Cluster,
+    groups: Vec<Group<'a>>,
+    sources: Vec<SourceClass>,
+    dests: Vec<DestClass>,
+    /// Pod destinations: (pod, address).
+    units: Vec<(PodId, IpAddr)>,
+    /// How many units each pod and each workload has.
+    units_of_pod: HashMap<PodId, usize>,
+    units_of_workload: HashMap<usize, usize>,
+    /// ipBlock boundaries of both states, per family: the start of every interval.
+    bounds: [Vec<u128>; 2],
+    dests_by_namespace: HashMap<&'a str, Vec<usize>>,
+    dests_by_atom: BTreeMap<(Family, usize), Vec<usize>>,
+    sources_by_namespace: HashMap<&'a str, Vec<usize>>,
+    sources_by_atom: BTreeMap<(Family, usize), Vec<usize>>,
+    namespace_cache: std::cell::RefCell<HashMap<LabelSelector, Vec<&'a str>>>,
+    /// Addresses that are not destinations of their own: pod addresses and Service addresses
+    /// (and IPv4-mapped IPv6), per family, sorted and merged.
+    holes: [Vec<(u128, u128)>; 2],
+    /// Node addresses, where NodePort ports lead to Services, per family, sorted.
+    node_addresses: [Vec<u128>; 2],
+    node_ports: PortSet,
+}
+
+impl<'a> Engine<'a> {
+    fn new(cluster: &'a Cluster, states: [&'a PolicySet; 2]) -> Self {
+        let mut by_ns: [HashMap<&'a str, Vec<&'a CompiledPolicy>>; 2] = [HashMap::new(), HashMap::new()];
+        let mut bounds: [Vec<u128>; 2] = [Vec::new(), Vec::new()];
+        for s in STATES {
+            for p in states[s].iter() {
+                by_ns[s].entry(&p.id.namespace).or_default().push(p);
+                for rule in p.egress.iter().chain(&p.ingress).flatten() {
+                    for peer in &rule.peers {
+                        if let PolicyPeer::IpBlock { cidr, except } = peer {
+                            for net in std::iter::once(cidr).chain(except) {
+                                push_bounds(&mut bounds, net);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for b in &mut bounds {
+            b.sort_unstable();
+            b.dedup();
+        }
+        let mut e = Engine {
+            cluster,
+            groups: Vec::new(),
+            sources: Vec::new(),
+            dests: Vec::new(),
+            units: Vec::new(),
+            units_of_pod: HashMap::new(),
+            units_of_workload: HashMap::new(),
+            bounds,
+            dests_by_namespace: HashMap::new(),
+            dests_by_atom: BTreeMap::new(),
+            sources_by_namespace: HashMap::new(),
+            sources_by_atom: BTreeMap::new(),
+            namespace_cache: std::cell::RefCell::new(HashMap::new()),
+            holes: [Vec::new(), Vec::new()],
+            node_addresses: [Vec::new(), Vec::new()],
+            node_ports: PortSet::empty(),
+        };
+
+        // Groups of pods by (namespace, labels): what selectors see.
+        let mut group_of: HashMap<(&str, &Labels), usize> = HashMap::new();
+        let mut pod_group = Vec::with_capacity(cluster.pods.len());
+        for pod in &cluster.pods {
+            let k = (pod.namespace.as_str(), &pod.labels);
+            let next = e.groups.len();
+            let g = *group_of.entry(k).or_insert(next);
+            if g == next {
+                let select = |s: usize, egress: bool| -> Vec<&CompiledPolicy> {
+                    by_ns[s]
+                        .get(pod.namespace.as_str())
+                        .into_iter()
+                        .flatten()
+                        .copied()
+                        .filter(|p| {
+                            let dir = if egress { &p.egress } else { &p.ingress };
+                            dir.is_some() && p.pod_selector.matches(&pod.labels)
+                        })
+                        .collect()
+                };
+                let egress = [select(0, true), select(1, true)];
+                let ingress = [select(0, false), select(1, false)];
+                e.groups.push(Group {
+                    labels: &pod.labels,
+                    egress_changed: !same_rules(&egress, true),
+                    ingress_changed: !same_rules(&ingress, false),
+                    egress,
+                    ingress,
+                });
+            }
+            pod_group.push(g);
+        }
+
+        // Source classes.
+        let mut source_of: HashMap<SourceKey, usize> = HashMap::new();
+        for (pid, pod) in cluster.pods.iter().enumerate() {
+            let atoms = Family::ALL.map(|f| source_ip(pod, f).map(|ip| e.atom(ip)));
+            let k = SourceKey {
+                group: pod_group[pid],
+                host_node: pod.host_network.then(|| pod.node.clone()),
+                atoms,
+            };
+            let next = e.sources.len();
+            let sk = *source_of.entry(k.clone()).or_insert(next);
+            if sk == next {
+                e.sources.push(SourceClass {
+                    group: k.group,
+                    host_node: k.host_node,
+                    pods: Vec::new(),
+                });
+                if !pod.host_network {
+                    e.sources_by_namespace
+                        .entry(&pod.namespace)
+                        .or_default()
+                        .push(sk);
+                }
+                for (f, a) in Family::ALL.iter().zip(atoms) {
+                    if let Some(a) = a {
+                        e.sources_by_atom.entry((*f, a)).or_default().push(sk);
+                    }
+                }
+            }
+            e.sources[sk].pods.push(pid);
+        }
+
+        // Destination classes: every address a pod-network pod owns (as the evaluator's
+        // lookup sees it) that is not a Service address.
+        let mut dest_of: HashMap<DestKey<'_>, usize> = HashMap::new();
+        let mut holes: [Vec<(u128, u128)>; 2] = [Vec::new(), Vec::new()];
+        for (pid, pod) in cluster.pods.iter().enumerate() {
+            if pod.host_network {
+                continue;
+            }
+            for &ip in &pod.ips {
+                if ip.to_canonical() != ip
+                    || cluster.pod_by_ip(ip) != Some(pid)
+                    || cluster.service_by_ip(ip).is_some()
+                {
+                    continue;
+                }
+                let (f, x) = key(ip);
+                holes[f.index()].push((x, x));
+                let k = DestKey {
+                    group: pod_group[pid],
+                    ports: pod
+                        .ports
+                        .iter()
+                        .filter_map(|p| Some((p.name.as_deref()?, p.protocol, p.port)))
+                        .collect(),
+                    family: f,
+                    atom: e.atom(ip),
+                };
+                let unit = e.units.len();
+                e.units.push((pid, ip));
+                *e.units_of_pod.entry(pid).or_default() += 1;
+                if let Some(w) = cluster.workload_of(pid) {
+                    *e.units_of_workload.entry(w).or_default() += 1;
+                }
+                let next = e.dests.len();
+                let dk = *dest_of.entry(k).or_insert(next);
+                if dk == next {
+                    e.dests.push(DestClass {
+                        group: pod_group[pid],
+                        family: f,
+                        units: Vec::new(),
+                    });
+                    e.dests_by_namespace
+                        .entry(&pod.namespace)
+                        .or_default()
+                        .push(dk);
+                    e.dests_by_atom
+                        .entry((f, e.atom(ip)))
+                        .or_default()
+                        .push(dk);
+                }
+                e.dests[dk].units.push(unit);
+            }
+        }
+        for s in &cluster.services {
+            for &ip in s.cluster_ips.iter().chain(&s.external_ips) {
+                let (f, x) = key(ip);
+                holes[f.index()].push((x, x));
+            }
+        }
+        // ::ffff:0:0/96: the evaluator reads these as IPv4 addresses.
+        holes[1].push((0xffff_0000_0000, 0xffff_ffff_ffff));
+        e.holes = holes.map(merge_ranges);
+
+        // NodePorts: on a node's address they lead to a Service, not to the node.
+        for s in &cluster.services {
+            for p in &s.ports {
+                if let Some(np) = p.node_port {
+                    e.node_ports.add(p.protocol, np, np);
+                }
+            }
+        }
+        let node_ips = cluster.nodes.iter().flat_map(|n| n.ips.iter()).chain(
+            cluster
+                .pods
+                .iter()
+                .filter(|p| p.host_network)
+                .flat_map(|p| p.ips.iter()),
+        );
+        for ip in node_ips {
+            let (f, x) = key(*ip);
+            e.node_addresses[f.index()].push(x);
+        }
+        for v in &mut e.node_addresses {
+            v.sort_unstable();
+            v.dedup();
+        }
+        e
+    }
+
+    /// The ipBlock interval holding `ip`: addresses in the same one are in the same blocks.
+    fn atom(&self, ip: IpAddr) -> usize {
+        let (f, x) = key(ip);
+        self.bounds[f.index()].partition_point(|b| *b <= x)
+    }
+
+    fn egress_changed(&self, sk: usize) -> bool {
+        let s = &self.sources[sk];
+        s.host_node.is_none() && self.groups[s.group].egress_changed
+    }
+
+    /// The namespaces a peer's namespace part matches.
+    fn namespaces(&self, m: &'a NamespaceMatch) -> Vec<&'a str> {
+        match m {
+            NamespaceMatch::Own(ns) => vec![ns.as_str()],
+            NamespaceMatch::Selector(sel) => {
+                if let Some(v) = self.namespace_cache.borrow().get(sel) {
+                    return v.clone();
+                }
+                let v: Vec<&str> = self
+                    .cluster
+                    .namespaces
+                    .values()
+                    .filter(|n| sel.matches(&n.labels))
+                    .map(|n| n.name.as_str())
+                    .collect();
+                self.namespace_cache.borrow_mut().insert(sel.clone(), v.clone());
+                v
+            }
+        }
+    }
+
+    /// Every (source class, destination classes) pair whose verdicts may differ.
+    fn pairs(&self) -> BTreeMap<usize, BTreeSet<usize>> {
+        let mut pairs: BTreeMap<usize, Dests> = BTreeMap::new();
+        // Sources whose egress changed: every destination some peer of theirs can match.
+        for sk in 0..self.sources.len() {
+            if !self.egress_changed(sk) {
+                continue;
+            }
+            let g = &self.groups[self.sources[sk].group];
+            let Some(rules) = changed_rules(&g.egress, true) else {
+                pairs.insert(sk, Dests::All);
+                continue;
+            };
+            let mut set = BTreeSet::new();
+            for peer in rules.iter().flat_map(|r| &r.peers) {
+                self.dests_for_peer(peer, &mut set);
+            }
+            pairs.insert(sk, Dests::Some(set));
+        }
+        // Destinations whose ingress changed: every source some peer of theirs can match.
+        for (dk, d) in self.dests.iter().enumerate() {
+            let g = &self.groups[d.group];
+            if !g.ingress_changed {
+                continue;
+            }
+            let sks: Vec<usize> = match changed_rules(&g.ingress, false) {
+                None => (0..self.sources.len()).collect(),
+                Some(rules) => {
+                    let mut set = BTreeSet::new();
+                    for peer in rules.iter().flat_map(|r| &r.peers) {
+                        self.sources_for_peer(peer, d.family, &mut set);
+                    }
+                    set.into_iter().collect()
+                }
+            };
+            for sk in sks {
+                match pairs.entry(sk).or_insert_with(|| Dests::Some(BTreeSet::new())) {
+                    Dests::All => {}
+                    Dests::Some(set) => {
+                        set.insert(dk);
+                    }
+                }
+            }
+        }
+        pairs
+            .into_iter()
+            .map(|(sk, d)| {
+                let set = match d {
+                    Dests::All => (0..self.dests.len()).collect(),
+                    Dests::Some(set) => set,
+                };
+                (sk, set)
+            })
+            .collect()
+    }
+
+    fn dests_for_peer(&self, peer: &'a PolicyPeer, out: &mut BTreeSet<usize>) {
+        match peer {
+            PolicyPeer::Pods { namespaces, pods } => {
+                for ns in self.namespaces(namespaces) {
+                    for &dk in self.dests_by_namespace.get(ns).into_iter().flatten() {
+                        if pods.matches(self.groups[self.dests[dk].group].labels) {
+                            out.insert(dk);
+                        }
+                    }
+                }
+            }
+            PolicyPeer::IpBlock { cidr, except } => {
+                for dk in self.in_block(&self.dests_by_atom, cidr) {
+                    let (_, ip) = self.units[self.dests[dk].units[0]];
+                    if PolicyPeer::block_contains(cidr, except, ip) {
+                        out.insert(dk);
+                    }
+                }
+            }
+        }
+    }
+
+    fn sources_for_peer(&self, peer: &'a PolicyPeer, family: Family, out: &mut BTreeSet<usize>) {
+        match peer {
+            PolicyPeer::Pods { namespaces, pods } => {
+                for ns in self.namespaces(namespaces) {
+                    for &sk in self.sources_by_namespace.get(ns).into_iter().flatten() {
+                        if pods.matches(self.groups[self.sources[sk].group].labels) {
+                            out.insert(sk);
+                        }
+                    }
+                }
+            }
+            PolicyPeer::IpBlock { cidr, except } => {
+                for sk in self.in_block(&self.sources_by_atom, cidr) {
+                    let pod = &self.cluster.pods[self.sources[sk].pods[0]];
+                    if source_ip(pod, family)
+                        .is_some_and(|ip| PolicyPeer::block_contains(cidr, except, ip))
+                    {
+                        out.insert(sk);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The classes indexed under the ipBlock intervals inside `cidr`.
+    fn in_block(
+        &self,
+        index: &BTreeMap<(Family, usize), Vec<usize>>,
+        cidr: &ipnet::IpNet,
+    ) -> Vec<usize> {
+        let first = self.atom(cidr.network());
+        let last = self.atom(cidr.broadcast());
+        let (f, _) = key(cidr.network());
+        index
+            .range((f, first)..=(f, last))
+            .flat_map(|(_, v)| v.iter().copied())
+            .collect()
+    }
+
+    /// The change set between one source class and one destination class (as if on
+    /// different nodes: `pod_targets` leaves out a hostNetwork source's own node).
+    fn pair_changes(&self, sk: usize, dk: usize) -> Vec<Entry> {
+        let s = &self.sources[sk];
+        let src = &self.cluster.pods[s.pods[0]];
+        let d = &self.dests[dk];
+        let (dpid, dip) = self.units[d.units[0]];
+        let dst = &self.cluster.pods[dpid];
+        let sg = &self.groups[s.group];
+        let dg = &self.groups[d.group];
+        let src_ip = source_ip(src, d.family);
+        let verdicts = STATES.map(|st| {
+            let egress = if s.host_node.is_some() || sg.egress[st].is_empty() {
+                PortSet::full()
+            } else {
+                allowed(&sg.egress[st], true, |p| self.egress_peer(p, Some(dst), dip), Some(dst))
+            };
+            if egress.is_empty() {
+                return egress;
+            }
+            let ingress = if dg.ingress[st].is_empty() {
+                PortSet::full()
+            } else {
+                allowed(
+                    &dg.ingress[st],
+                    false,
+                    |p| self.ingress_peer(p, src, src_ip),
+                    Some(dst),
+                )
+            };
+            egress.intersect(&ingress)
+        });
+        entries(&verdicts)
+    }
+
+    fn egress_peer(&self, peer: &PolicyPeer, dst: Option<&PodInfo>, ip: IpAddr) -> bool {
+        match peer {
+            PolicyPeer::IpBlock { cidr, except } => PolicyPeer::block_contains(cidr, except, ip),
+            PolicyPeer::Pods { namespaces, pods } => dst.is_some_and(|p| {
+                self.namespace_matches(namespaces, &p.namespace) && pods.matches(&p.labels)
+            }),
+        }
+    }
+
+    fn ingress_peer(&self, peer: &PolicyPeer, src: &PodInfo, src_ip: Option<IpAddr>) -> bool {
+        match peer {
+            PolicyPeer::IpBlock { cidr, except } => {
+                src_ip.is_some_and(|ip| PolicyPeer::block_contains(cidr, except, ip))
+            }
+            PolicyPeer::Pods { namespaces, pods } => {
+                !src.host_network
+                    && self.namespace_matches(namespaces, &src.namespace)
+                    && pods.matches(&src.labels)
+            }
+        }
+    }
+
+    fn namespace_matches(&self, m: &NamespaceMatch, ns: &str) -> bool {
+        match m {
+            NamespaceMatch::Own(own) => own == ns,
+            NamespaceMatch::Selector(sel) => match self.cluster.namespaces.get(ns) {
+                Some(n) => sel.matches(&n.labels),
+                None => sel.matches(&Labels::from([(
+                    NAMESPACE_NAME_LABEL.to_string(),
+                    ns.to_string(),
+                )])),
+            },
+        }
+    }
+
+    /// Turns a source class's changes towards destination classes into targets: workloads
+    /// whose every address shares an entry, else pods, else single addresses.
+    fn pod_targets(
+        &self,
+        sk: usize,
+        found: &[(usize, Vec<Entry>)],
+        out: &mut BTreeSet<(Entry, Target)>,
+    ) {
+        let host_node = self.sources[sk].host_node.as_ref();
+        let mut by_entry: BTreeMap<Entry, Vec<usize>> = BTreeMap::new();
+        for (dk, entries) in found {
+            for &unit in &self.dests[*dk].units {
+                let pod = &self.cluster.pods[self.units[unit].0];
+                // Ingress from a pod's own node is always allowed: a hostNetwork source
+                // changes nothing towards the pods of its node.
+                if let Some(Some(node)) = host_node
+                    && pod.node.as_deref() == Some(node.as_str())
+                {
+                    continue;
+                }
+                for entry in entries {
+                    by_entry.entry(*entry).or_default().push(unit);
+                }
+            }
+        }
+        for (entry, units) in by_entry {
+            let mut by_workload: BTreeMap<usize, BTreeMap<PodId, Vec<IpAddr>>> = BTreeMap::new();
+            for unit in units {
+                let (pid, ip) = self.units[unit];
+                let w = self.cluster.workload_of(pid).unwrap_or(usize::MAX);
+                by_workload
+                    .entry(w)
+                    .or_default()
+                    .entry(pid)
+                    .or_default()
+                    .push(ip);
+            }
+            for (w, pods) in by_workload {
+                let count: usize = pods.values().map(Vec::len).sum();
+                if let Some(wl) = self.cluster.workloads.get(w)
+                    && self.units_of_workload.get(&w) == Some(&count)
+                {
+                    out.insert((
+                        entry,
+                        Target::Workload {
+                            namespace: wl.namespace.clone(),
+                            workload: crate::json::workload(&wl.kind, &wl.name),
+                        },
+                    ));
+                    continue;
+                }
+                for (pid, ips) in pods {
+                    let pod = &self.cluster.pods[pid];
+                    if self.units_of_pod.get(&pid) == Some(&ips.len()) {
+                        out.insert((
+                            entry,
+                            Target::Pod {
+                                namespace: pod.namespace.clone(),
+                                pod: pod.name.clone(),
+                            },
+                        ));
+                    } else {
+                        for ip in ips {
+                            out.insert((entry, Target::Range { first: ip, last: ip }));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The changes of a source class (whose egress changed) towards non-pod addresses.
+    fn external_changes(&self, sk: usize, out: &mut BTreeSet<(Entry, Target)>) {
+        let g = &self.groups[self.sources[sk].group];
+        for f in Family::ALL {
+            // The intervals between this class's own ipBlock boundaries.
+            let mut b: [Vec<u128>; 2] = [Vec::new(), Vec::new()];
+            for st in STATES {
+                for rule in g.egress[st].iter().flat_map(|p| direction(p, true)) {
+                    for peer in &rule.peers {
+                        if let PolicyPeer::IpBlock { cidr, except } = peer {
+                            for net in std::iter::once(cidr).chain(except) {
+                                push_bounds(&mut b, net);
+                            }
+                        }
+                    }
+                }
+            }
+            let mut starts = std::mem::take(&mut b[f.index()]);
+            starts.push(0);
+            starts.sort_unstable();
+            starts.dedup();
+            let mut runs = Runs::default();
+            for (i, &lo) in starts.iter().enumerate() {
+                let hi = starts.get(i + 1).map_or(f.max(), |next| next - 1);
+                let ip = addr(f, lo);
+                let verdicts = STATES.map(|st| {
+                    if g.egress[st].is_empty() {
+                        PortSet::full()
+                    } else {
+                        allowed(&g.egress[st], true, |p| self.egress_peer(p, None, ip), None)
+                    }
+                });
+                if verdicts[0] == verdicts[1] {
+                    continue;
+                }
+                let plain = entries(&verdicts);
+                let cut = verdicts.clone().map(|v| v.minus(&self.node_ports));
+                let at_node = entries(&cut);
+                for (plo, phi) in without(lo, hi, &self.holes[f.index()]) {
+                    // On a node's address, NodePorts lead to Services: leave them out.
+                    let nodes: &[u128] = if self.node_ports.is_empty() {
+                        &[]
+                    } else {
+                        let n = &self.node_addresses[f.index()];
+                        let a = n.partition_point(|x| *x < plo);
+                        let z = n.partition_point(|x| *x <= phi);
+                        &n[a..z]
+                    };
+                    let mut cur = Some(plo);
+                    for &n in nodes {
+                        let c = cur.unwrap_or(n);
+                        if n > c {
+                            runs.add(c, n - 1, &plain, f, out);
+                        }
+                        runs.add(n, n, &at_node, f, out);
+                        cur = n.checked_add(1);
+                    }
+                    if let Some(c) = cur
+                        && c <= phi
+                    {
+                        runs.add(c, phi, &plain, f, out);
+                    }
+                }
+            }
+            runs.flush(f, out);
+        }
+    }
+
+    /// Per source workload: entries every pod shares go to the workload, the others to pods.
+    fn by_source_workload(&self, per_source: &[BTreeSet<(Entry, Target)>]) -> Vec<ReachChange> {
+        let mut class_of = vec![0usize; self.cluster.pods.len()];
+        for (sk, s) in self.sources.iter().enumerate() {
+            for &pid in &s.pods {
+                class_of[pid] = sk;
+            }
+        }
+        let mut out = Vec::new();
+        let push = |out: &mut Vec<ReachChange>, source: &Source, (e, t): &(Entry, Target)| {
+            out.push(ReachChange {
+                source: source.clone(),
+                change: e.0,
+                protocol: e.1,
+                port_from: e.2,
+                port_to: e.3,
+                destination: t.clone(),
+            });
+        };
+        let mut seen = vec![false; self.cluster.pods.len()];
+        let workloads = (0..self.cluster.workloads.len()).map(|w| {
+            let pods = self.cluster.workload_pods(w).to_vec();
+            (Some(w), pods)
+        });
+        let mut groups: Vec<(Option<usize>, Vec<PodId>)> = workloads.collect();
+        for pods in groups.iter().map(|(_, p)| p) {
+            for &p in pods {
+                seen[p] = true;
+            }
+        }
+        // A pod without a workload entry (not expected) is its own source.
+        for (pid, s) in seen.iter().enumerate() {
+            if !s {
+                groups.push((None, vec![pid]));
+            }
+        }
+        for (w, pods) in groups {
+            let classes: BTreeSet<usize> = pods.iter().map(|p| class_of[*p]).collect();
+            if classes.iter().all(|c| per_source[*c].is_empty()) {
+                continue;
+            }
+            let workload_source = w.and_then(|w| self.cluster.workloads.get(w)).map(|wl| {
+                Source::Workload {
+                    namespace: wl.namespace.clone(),
+                    workload: crate::json::workload(&wl.kind, &wl.name),
+                }
+            });
+            let pod_source = |pid: PodId| {
+                let p = &self.cluster.pods[pid];
+                Source::Pod {
+                    namespace: p.namespace.clone(),
+                    pod: p.name.clone(),
+                }
+            };
+            let common: BTreeSet<&(Entry, Target)> = match &workload_source {
+                Some(_) => {
+                    let mut it = classes.iter();
+                    let first: BTreeSet<&(Entry, Target)> = it
+                        .next()
+                        .map(|c| per_source[*c].iter().collect())
+                        .unwrap_or_default();
+                    it.fold(first, |acc, c| {
+                        acc.into_iter()
+                            .filter(|x| per_source[*c].contains(*x))
+                            .collect()
+                    })
+                }
+                None => BTreeSet::new(),
+            };
+            if let Some(src) = &workload_source {
+                for x in &common {
+                    push(&mut out, src, x);
+                }
+            }
+            for pid in pods {
+                let src = pod_source(pid);
+                for x in &per_source[class_of[pid]] {
+                    if !common.contains(x) {
+                        push(&mut out, &src, x);
+                    }
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct SourceKey {
+    group: usize,
+    host_node: Option<Option<String>>,
+    atoms: [Option<usize>; 2],
+}
+
+#[derive(PartialEq, Eq, Hash)]
+struct DestKey<'a> {
+    group: usize,
+    ports: Vec<(&'a str, Protocol, u16)>,
+    family: Family,
+    atom: usize,
+}
+
+/// Open address runs per entry, so that adjacent pieces with the same entry merge.
+#[derive(Default)]
+struct Runs {
+    open: BTreeMap<Entry, (u128, u128)>,
+}
+
+impl Runs {
+    fn add(
+        &mut self,
+        lo: u128,
+        hi: u128,
+        entries: &[Entry],
+        f: Family,
+        out: &mut BTreeSet<(Entry, Target)>,
+    ) {
+        for e in entries {
+            match self.open.get_mut(e) {
+                Some(run) if run.1.checked_add(1) == Some(lo) => run.1 = hi,
+                Some(run) => {
+                    let old = std::mem::replace(run, (lo, hi));
+                    out.insert((*e, range(f, old)));
+                }
+                None => {
+                    self.open.insert(*e, (lo, hi));
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self, f: Family, out: &mut BTreeSet<(Entry, Target)>) {
+        for (e, run) in std::mem::take(&mut self.open) {
+            out.insert((e, range(f, run)));
+        }
+    }
+}
+
+fn range(f: Family, (lo, hi): (u128, u128)) -> Target {
+    Target::Range {
+        first: addr(f, lo),
+        last: addr(f, hi),
+    }
+}
+
+/// The entries of a change from `v[0]` (from) to `v[1]` (to).
+fn entries(v: &[PortSet; 2]) -> Vec<Entry> {
+    let allowed = v[1].minus(&v[0]);
+    let denied = v[0].minus(&v[1]);
+    allowed
+        .ranges()
+        .map(|(p, a, b)| (Change::NewlyAllowed, p, a, b))
+        .chain(
+            denied
+                .ranges()
+                .map(|(p, a, b)| (Change::NewlyDenied, p, a, b)),
+        )
+        .collect()
+}
+
+/// The ports the rules of `policies` (one direction) allow towards a destination, given which
+/// peers match it; `dst` resolves named ports (`None`: not a pod-network pod).
+fn allowed(
+    policies: &[&CompiledPolicy],
+    egress: bool,
+    peer_matches: impl Fn(&PolicyPeer) -> bool,
+    dst: Option<&PodInfo>,
+) -> PortSet {
+    let mut out = PortSet::empty();
+    for rule in policies.iter().flat_map(|p| direction(p, egress)) {
+        if rule.peers.is_empty() || rule.peers.iter().any(&peer_matches) {
+            out.union_with(&rule_ports(rule, dst));
+            if out.is_full() {
+                break;
+            }
+        }
+    }
+    out
+}
+
+fn direction(p: &CompiledPolicy, egress: bool) -> &[PolicyRule] {
+    let rules = if egress { &p.egress } else { &p.ingress };
+    rules.as_deref().unwrap_or_default()
+}
+
+fn rule_ports(rule: &PolicyRule, dst: Option<&PodInfo>) -> PortSet {
+    if rule.ports.is_empty() {
+        return PortSet::full();
+    }
+    let mut out = PortSet::empty();
+    for pr in &rule.ports {
+        match &pr.port {
+            PortMatch::Any => out.add_protocol(pr.protocol),
+            PortMatch::Range(a, b) => out.add(pr.protocol, *a, *b),
+            PortMatch::Named(name) => {
+                if let Some(port) = dst.and_then(|d| d.named_port(name, pr.protocol)) {
+                    out.add(pr.protocol, port, port);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Whether the policies of one direction mean the same in both states.
+fn same_rules(p: &[Vec<&CompiledPolicy>; 2], egress: bool) -> bool {
+    p[0].len() == p[1].len()
+        && p[0]
+            .iter()
+            .zip(&p[1])
+            .all(|(a, b)| a.id == b.id && direction(a, egress) == direction(b, egress))
+}
+
+/// The rules of both states when every peer-less destination is denied in both (both states
+/// isolate, every rule names peers); `None` when any destination may change.
+fn changed_rules<'p>(
+    p: &[Vec<&'p CompiledPolicy>; 2],
+    egress: bool,
+) -> Option<Vec<&'p PolicyRule>> {
+    if p[0].is_empty() || p[1].is_empty() {
+        return None;
+    }
+    let rules: Vec<&PolicyRule> = p
+        .iter()
+        .flatten()
+        .copied()
+        .flat_map(|pol| direction(pol, egress))
+        .collect();
+    rules.iter().all(|r| !r.peers.is_empty()).then_some(rules)
+}
+
+/// The address a pod connects from towards a destination of `family` (the evaluator's rule:
+/// its first address of that family).
+fn source_ip(pod: &PodInfo, family: Family) -> Option<IpAddr> {
+    pod.ips
+        .iter()
+        .map(|ip| ip.to_canonical())
+        .find(|ip| key(*ip).0 == family)
+}
+
+fn push_bounds(bounds: &mut [Vec<u128>; 2], net: &ipnet::IpNet) {
+    let (f, lo) = key(net.network());
+    let (_, hi) = key(net.broadcast());
+    bounds[f.index()].push(lo);
+    if hi < f.max() {
+        bounds[f.index()].push(hi + 1);
+    }
+}
