@@ -127,9 +127,12 @@ const STATES: [usize; 2] = [0, 1];
 /// merged.
 pub fn reachability(cluster: &Cluster, from: &PolicySet, to: &PolicySet) -> Vec<ReachChange> {
     let e = Engine::new(cluster, [from, to]);
-    let pairs = e.pairs();
     let mut per_source: Vec<BTreeSet<(Entry, Target)>> = vec![BTreeSet::new(); e.sources.len()];
-    for (sk, dks) in pairs {
+    for (sk, dests) in e.pairs() {
+        let dks: Vec<usize> = match dests {
+            Dests::All => (0..e.dests.len()).collect(),
+            Dests::Some(set) => set.into_iter().collect(),
+        };
         let found: Vec<(usize, Vec<Entry>)> = dks
             .into_iter()
             .filter_map(|dk| {
@@ -137,12 +140,16 @@ pub fn reachability(cluster: &Cluster, from: &PolicySet, to: &PolicySet) -> Vec<
                 (!entries.is_empty()).then_some((dk, entries))
             })
             .collect();
-        let out = &mut per_source[sk];
-        e.pod_targets(sk, &found, out);
+        e.pod_targets(sk, &found, &mut per_source[sk]);
     }
+    // Towards addresses only egress counts, which depends on the group alone.
+    let mut external: HashMap<usize, BTreeSet<(Entry, Target)>> = HashMap::new();
     for (sk, out) in per_source.iter_mut().enumerate() {
         if e.egress_changed(sk) {
-            e.external_changes(sk, out);
+            let found = external
+                .entry(e.sources[sk].group)
+                .or_insert_with(|| e.external_changes(sk));
+            out.extend(found.iter().cloned());
         }
     }
     e.by_source_workload(&per_source)
@@ -433,7 +440,7 @@ impl<'a> Engine<'a> {
     }
 
     /// Every (source class, destination classes) pair whose verdicts may differ.
-    fn pairs(&self) -> BTreeMap<usize, BTreeSet<usize>> {
+    fn pairs(&self) -> BTreeMap<usize, Dests> {
         let mut pairs: BTreeMap<usize, Dests> = BTreeMap::new();
         // Sources whose egress changed: every destination some peer of theirs can match.
         for sk in 0..self.sources.len() {
@@ -477,15 +484,6 @@ impl<'a> Engine<'a> {
             }
         }
         pairs
-            .into_iter()
-            .map(|(sk, d)| {
-                let set = match d {
-                    Dests::All => (0..self.dests.len()).collect(),
-                    Dests::Some(set) => set,
-                };
-                (sk, set)
-            })
-            .collect()
     }
 
     fn dests_for_peer(&self, peer: &'a PolicyPeer, out: &mut BTreeSet<usize>) {
@@ -695,7 +693,9 @@ impl<'a> Engine<'a> {
     }
 
     /// The changes of a source class (whose egress changed) towards non-pod addresses.
-    fn external_changes(&self, sk: usize, out: &mut BTreeSet<(Entry, Target)>) {
+    fn external_changes(&self, sk: usize) -> BTreeSet<(Entry, Target)> {
+        let mut set = BTreeSet::new();
+        let out = &mut set;
         let g = &self.groups[self.sources[sk].group];
         for f in Family::ALL {
             // The intervals between this class's own ipBlock boundaries.
@@ -760,6 +760,7 @@ impl<'a> Engine<'a> {
             }
             runs.flush(f, out);
         }
+        set
     }
 
     /// Per source workload: along the port axis of each (change, protocol, target), a piece
@@ -788,12 +789,12 @@ impl<'a> Engine<'a> {
         let mut out: BTreeMap<(Source, Change, Protocol, Target), Vec<(u16, u16)>> =
             BTreeMap::new();
         for (w, pods) in groups {
-            let classes: Vec<usize> = pods
-                .iter()
-                .map(|p| class_of[*p])
-                .collect::<BTreeSet<_>>()
-                .into_iter()
-                .collect();
+            let mut members: BTreeMap<usize, Vec<PodId>> = BTreeMap::new();
+            for &p in &pods {
+                members.entry(class_of[p]).or_default().push(p);
+            }
+            let (classes, pods_of_class): (Vec<usize>, Vec<Vec<PodId>>) =
+                members.into_iter().unzip();
             if classes.iter().all(|c| per_source[*c].is_empty()) {
                 continue;
             }
@@ -817,9 +818,9 @@ impl<'a> Engine<'a> {
                 for (lo, hi, members) in segment(list) {
                     let sources: Vec<Source> = match &workload {
                         Some(src) if members.len() == classes.len() => vec![src.clone()],
-                        _ => pods
+                        _ => members
                             .iter()
-                            .filter(|p| members.iter().any(|m| classes[*m] == class_of[**p]))
+                            .flat_map(|m| &pods_of_class[*m])
                             .map(|&pid| {
                                 let p = &self.cluster.pods[pid];
                                 Source::Pod {
