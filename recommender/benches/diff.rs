@@ -103,10 +103,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         w.flush()?;
     }
     let cluster = leash::cluster::Cluster::load(&snap_path)?;
-    let obs = leash::observations::Observations::read_paths(
-        std::slice::from_ref(&flows_path),
-        &cluster,
-    )?;
+    let obs =
+        leash::observations::Observations::read_paths(std::slice::from_ref(&flows_path), &cluster)?;
     let rec = leash::recommend::recommend(&cluster, &obs, &leash::recommend::Options::default());
     let first = leash::recommend::all_policies(&cluster, &rec);
     let (second, n_changed) = changed(&first);

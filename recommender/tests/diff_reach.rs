@@ -24,7 +24,10 @@ use support::eval::{TCP, lab_cluster_parts, pod, policy};
 /// labels differ (`role: a` and `role: b`).
 fn cluster() -> Cluster {
     let mut parts = lab_cluster_parts();
-    for (name, role, ip) in [("cache-0", "a", "10.244.1.60"), ("cache-1", "b", "10.244.2.61")] {
+    for (name, role, ip) in [
+        ("cache-0", "a", "10.244.1.60"),
+        ("cache-1", "b", "10.244.2.61"),
+    ] {
         parts.pods.push(
             pod("shop", name)
                 .labels(&[("app", "cache"), ("role", role)])
@@ -576,7 +579,12 @@ fn probe_addresses(c: &Cluster, random: &[IpAddr]) -> BTreeSet<IpAddr> {
     for n in NODES {
         out.insert(n.parse().expect("ip"));
     }
-    for a in ["0.0.0.0", "255.255.255.255", "::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"] {
+    for a in [
+        "0.0.0.0",
+        "255.255.255.255",
+        "::",
+        "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+    ] {
         out.insert(a.parse().expect("ip"));
     }
     out.retain(|a| c.service_by_ip(*a).is_none() && a.to_canonical() == *a);
@@ -587,12 +595,20 @@ fn step(a: IpAddr, d: i8) -> Option<IpAddr> {
     match a {
         IpAddr::V4(v) => {
             let n = u32::from(v);
-            let n = if d > 0 { n.checked_add(1) } else { n.checked_sub(1) }?;
+            let n = if d > 0 {
+                n.checked_add(1)
+            } else {
+                n.checked_sub(1)
+            }?;
             Some(IpAddr::V4(n.into()))
         }
         IpAddr::V6(v) => {
             let n = u128::from(v);
-            let n = if d > 0 { n.checked_add(1) } else { n.checked_sub(1) }?;
+            let n = if d > 0 {
+                n.checked_add(1)
+            } else {
+                n.checked_sub(1)
+            }?;
             Some(IpAddr::V6(n.into()))
         }
     }

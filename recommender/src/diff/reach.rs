@@ -120,6 +120,12 @@ pub struct ReachChange {
 /// (change, protocol, first port, last port): one entry of a change set.
 type Entry = (Change, Protocol, u16, u16);
 
+/// Port ranges held by members: (member, first port, last port).
+type Held = Vec<(usize, u16, u16)>;
+
+/// Inclusive port ranges.
+type Ports = Vec<(u16, u16)>;
+
 /// Both states, indexed 0 (`from`) and 1 (`to`).
 const STATES: [usize; 2] = [0, 1];
 
@@ -214,7 +220,8 @@ struct Engine<'a> {
 
 impl<'a> Engine<'a> {
     fn new(cluster: &'a Cluster, states: [&'a PolicySet; 2]) -> Self {
-        let mut by_ns: [HashMap<&'a str, Vec<&'a CompiledPolicy>>; 2] = [HashMap::new(), HashMap::new()];
+        let mut by_ns: [HashMap<&'a str, Vec<&'a CompiledPolicy>>; 2] =
+            [HashMap::new(), HashMap::new()];
         let mut bounds: [Vec<u128>; 2] = [Vec::new(), Vec::new()];
         for s in STATES {
             for p in states[s].iter() {
@@ -363,10 +370,7 @@ impl<'a> Engine<'a> {
                         .entry(&pod.namespace)
                         .or_default()
                         .push(dk);
-                    e.dests_by_atom
-                        .entry((f, e.atom(ip)))
-                        .or_default()
-                        .push(dk);
+                    e.dests_by_atom.entry((f, e.atom(ip))).or_default().push(dk);
                 }
                 e.dests[dk].units.push(unit);
             }
@@ -433,7 +437,9 @@ impl<'a> Engine<'a> {
                     .filter(|n| sel.matches(&n.labels))
                     .map(|n| n.name.as_str())
                     .collect();
-                self.namespace_cache.borrow_mut().insert(sel.clone(), v.clone());
+                self.namespace_cache
+                    .borrow_mut()
+                    .insert(sel.clone(), v.clone());
                 v
             }
         }
@@ -475,7 +481,10 @@ impl<'a> Engine<'a> {
                 }
             };
             for sk in sks {
-                match pairs.entry(sk).or_insert_with(|| Dests::Some(BTreeSet::new())) {
+                match pairs
+                    .entry(sk)
+                    .or_insert_with(|| Dests::Some(BTreeSet::new()))
+                {
                     Dests::All => {}
                     Dests::Some(set) => {
                         set.insert(dk);
@@ -562,7 +571,12 @@ impl<'a> Engine<'a> {
             let egress = if s.host_node.is_some() || sg.egress[st].is_empty() {
                 PortSet::full()
             } else {
-                allowed(&sg.egress[st], true, |p| self.egress_peer(p, Some(dst), dip), Some(dst))
+                allowed(
+                    &sg.egress[st],
+                    true,
+                    |p| self.egress_peer(p, Some(dst), dip),
+                    Some(dst),
+                )
             };
             if egress.is_empty() {
                 return egress;
@@ -627,7 +641,7 @@ impl<'a> Engine<'a> {
         out: &mut BTreeSet<(Entry, Target)>,
     ) {
         let host_node = self.sources[sk].host_node.as_ref();
-        let mut items: BTreeMap<(Change, Protocol), Vec<(usize, u16, u16)>> = BTreeMap::new();
+        let mut items: BTreeMap<(Change, Protocol), Held> = BTreeMap::new();
         for (dk, entries) in found {
             for &unit in &self.dests[*dk].units {
                 let pod = &self.cluster.pods[self.units[unit].0];
@@ -685,7 +699,10 @@ impl<'a> Engine<'a> {
                         pod: pod.name.clone(),
                     });
                 } else {
-                    out.extend(ips.into_iter().map(|ip| Target::Range { first: ip, last: ip }));
+                    out.extend(ips.into_iter().map(|ip| Target::Range {
+                        first: ip,
+                        last: ip,
+                    }));
                 }
             }
         }
@@ -786,8 +803,7 @@ impl<'a> Engine<'a> {
                 .filter(|(_, s)| !**s)
                 .map(|(pid, _)| (None, vec![pid])),
         );
-        let mut out: BTreeMap<(Source, Change, Protocol, Target), Vec<(u16, u16)>> =
-            BTreeMap::new();
+        let mut out: BTreeMap<(Source, Change, Protocol, Target), Ports> = BTreeMap::new();
         for (w, pods) in groups {
             let mut members: BTreeMap<usize, Vec<PodId>> = BTreeMap::new();
             for &p in &pods {
@@ -798,14 +814,13 @@ impl<'a> Engine<'a> {
             if classes.iter().all(|c| per_source[*c].is_empty()) {
                 continue;
             }
-            let workload = w.and_then(|w| self.cluster.workloads.get(w)).map(|wl| {
-                Source::Workload {
-                    namespace: wl.namespace.clone(),
-                    workload: crate::json::workload(&wl.kind, &wl.name),
-                }
-            });
-            let mut items: BTreeMap<(Change, Protocol, &Target), Vec<(usize, u16, u16)>> =
-                BTreeMap::new();
+            let workload =
+                w.and_then(|w| self.cluster.workloads.get(w))
+                    .map(|wl| Source::Workload {
+                        namespace: wl.namespace.clone(),
+                        workload: crate::json::workload(&wl.kind, &wl.name),
+                    });
+            let mut items: BTreeMap<(Change, Protocol, &Target), Held> = BTreeMap::new();
             for (i, c) in classes.iter().enumerate() {
                 for ((chg, proto, lo, hi), t) in &per_source[*c] {
                     items
@@ -859,7 +874,7 @@ impl<'a> Engine<'a> {
 
 /// Splits the port ranges of several members into pieces each held by a fixed set of members
 /// (sorted), merging adjacent pieces held by the same set.
-fn segment(mut items: Vec<(usize, u16, u16)>) -> Vec<(u16, u16, Vec<usize>)> {
+fn segment(mut items: Held) -> Vec<(u16, u16, Vec<usize>)> {
     items.sort_unstable();
     let mut cuts: Vec<u32> = items
         .iter()

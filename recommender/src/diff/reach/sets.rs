@@ -28,7 +28,11 @@ impl PortSet {
 
     /// Every port (0 included, as an absent `ports` or `port` matches it) of every protocol.
     pub fn full() -> Self {
-        Self([vec![(0, u16::MAX)], vec![(0, u16::MAX)], vec![(0, u16::MAX)]])
+        Self([
+            vec![(0, u16::MAX)],
+            vec![(0, u16::MAX)],
+            vec![(0, u16::MAX)],
+        ])
     }
 
     /// Whether the set holds nothing.
@@ -257,7 +261,10 @@ mod tests {
 
     #[test]
     fn holes_are_cut_out() {
-        assert_eq!(without(0, 10, &[(0, 0), (5, 6), (10, 12)]), [(1, 4), (7, 9)]);
+        assert_eq!(
+            without(0, 10, &[(0, 0), (5, 6), (10, 12)]),
+            [(1, 4), (7, 9)]
+        );
         assert_eq!(without(0, u128::MAX, &[(3, u128::MAX)]), [(0, 2)]);
         assert_eq!(without(4, 4, &[(4, 4)]), []);
         assert_eq!(merge_ranges(vec![(5, 6), (1, 4), (8, 9)]), [(1, 6), (8, 9)]);
