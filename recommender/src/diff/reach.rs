@@ -42,7 +42,7 @@ use serde::Serialize;
 
 use crate::cluster::{Cluster, LabelSelector, Labels, NAMESPACE_NAME_LABEL, PodId, PodInfo};
 use crate::eval::{
-    CompiledPolicy, NamespaceMatch, PodView, PolicyPeer, PolicyRule, PolicySet, PortMatch,
+    CompiledPolicy, NamespaceMatch, PodView, PolicyId, PolicyPeer, PolicyRule, PolicySet, PortMatch,
 };
 use sets::{Family, PortSet, addr, key, merge_ranges, without};
 
@@ -148,12 +148,18 @@ pub fn reachability(cluster: &Cluster, from: &PolicySet, to: &PolicySet) -> Vec<
             .collect();
         e.pod_targets(sk, &found, &mut per_source[sk]);
     }
-    // Towards addresses only egress counts, which depends on the group alone.
-    let mut external: HashMap<usize, BTreeSet<(Entry, Target)>> = HashMap::new();
+    // Towards addresses only egress counts: the same for every class with the same egress
+    // policies (pods of a StatefulSet, say, each with its own labels).
+    let mut external: HashMap<[Vec<&PolicyId>; 2], BTreeSet<(Entry, Target)>> = HashMap::new();
     for (sk, out) in per_source.iter_mut().enumerate() {
         if e.egress_changed(sk) {
+            let g = &e.groups[e.sources[sk].group];
+            let key = g
+                .egress
+                .each_ref()
+                .map(|ps| ps.iter().map(|p| &p.id).collect());
             let found = external
-                .entry(e.sources[sk].group)
+                .entry(key)
                 .or_insert_with(|| e.external_changes(sk));
             out.extend(found.iter().cloned());
         }
