@@ -374,7 +374,7 @@ const BLOCKS: &[(&str, &[&str])] = &[
     ("0.0.0.0/0", &["10.0.0.0/8"]),
     ("172.18.0.2/32", &[]),
     ("::/0", &[]),
-    ("2001:db8::/64", &["2001:db8::10/124"]),
+    ("2001:db8::/64", &["2001:db8::12/127"]),
 ];
 
 fn peer_strategy() -> impl Strategy<Value = serde_json::Value> {
@@ -658,7 +658,7 @@ proptest! {
 
     #[test]
     fn symbolic_diff_agrees_with_brute_force(
-        pods in proptest::collection::vec(pod_strategy(), 1..6),
+        pods in proptest::collection::vec(pod_strategy(), 1..7),
         (from, to) in states_strategy(),
         random in proptest::collection::vec(
             prop_oneof![

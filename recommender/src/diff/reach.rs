@@ -717,24 +717,23 @@ impl<'a> Engine<'a> {
 
     /// The changes of a source class (whose egress changed) towards non-pod addresses.
     fn external_changes(&self, sk: usize) -> BTreeSet<(Entry, Target)> {
-        let mut set = BTreeSet::new();
-        let out = &mut set;
+        let mut out = BTreeSet::new();
         let g = &self.groups[self.sources[sk].group];
-        for f in Family::ALL {
-            // The intervals between this class's own ipBlock boundaries.
-            let mut b: [Vec<u128>; 2] = [Vec::new(), Vec::new()];
-            for st in STATES {
-                for rule in g.egress[st].iter().flat_map(|p| direction(p, true)) {
-                    for peer in &rule.peers {
-                        if let PolicyPeer::IpBlock { cidr, except } = peer {
-                            for net in std::iter::once(cidr).chain(except) {
-                                push_bounds(&mut b, net);
-                            }
+        // The intervals between this class's own ipBlock boundaries.
+        let mut bounds: [Vec<u128>; 2] = [Vec::new(), Vec::new()];
+        for st in STATES {
+            for rule in g.egress[st].iter().flat_map(|p| direction(p, true)) {
+                for peer in &rule.peers {
+                    if let PolicyPeer::IpBlock { cidr, except } = peer {
+                        for net in std::iter::once(cidr).chain(except) {
+                            push_bounds(&mut bounds, net);
                         }
                     }
                 }
             }
-            let mut starts = std::mem::take(&mut b[f.index()]);
+        }
+        for f in Family::ALL {
+            let mut starts = std::mem::take(&mut bounds[f.index()]);
             starts.push(0);
             starts.sort_unstable();
             starts.dedup();
@@ -769,21 +768,21 @@ impl<'a> Engine<'a> {
                     for &n in nodes {
                         let c = cur.unwrap_or(n);
                         if n > c {
-                            runs.add(c, n - 1, &plain, f, out);
+                            runs.add(c, n - 1, &plain, f, &mut out);
                         }
-                        runs.add(n, n, &at_node, f, out);
+                        runs.add(n, n, &at_node, f, &mut out);
                         cur = n.checked_add(1);
                     }
                     if let Some(c) = cur
                         && c <= phi
                     {
-                        runs.add(c, phi, &plain, f, out);
+                        runs.add(c, phi, &plain, f, &mut out);
                     }
                 }
             }
-            runs.flush(f, out);
+            runs.flush(f, &mut out);
         }
-        set
+        out
     }
 
     /// Per source workload: along the port axis of each (change, protocol, target), a piece
