@@ -244,6 +244,18 @@ const CASES: &[Case] = &[
         ],
     },
     Case {
+        name: "a workload whose pods differ by one port: the shared port on the workload",
+        from: &[("shop/cache", "{podSelector: {matchLabels: {app: cache}}, policyTypes: [Egress], egress: []}")],
+        to: &[
+            ("shop/cache", "{podSelector: {matchLabels: {app: cache}}, policyTypes: [Egress], egress: [{to: [{ipBlock: {cidr: 203.0.113.0/24}}], ports: [{port: 443}]}]}"),
+            ("shop/cache-a", "{podSelector: {matchLabels: {role: a}}, policyTypes: [Egress], egress: [{to: [{ipBlock: {cidr: 203.0.113.0/24}}], ports: [{port: 444}]}]}"),
+        ],
+        want: &[
+            "shop StatefulSet/cache allowed TCP 443 -> 203.0.113.0-203.0.113.255",
+            "shop pod:cache-0 allowed TCP 444 -> 203.0.113.0-203.0.113.255",
+        ],
+    },
+    Case {
         name: "a destination workload whose pods differ is split into pods",
         from: &[WEB_DENY_ALL],
         to: &[("shop/web-egress", "{podSelector: {matchLabels: {app: web}}, policyTypes: [Egress], egress: [{to: [{podSelector: {matchLabels: {app: cache}}}], ports: [{port: 6379}]}, {to: [{podSelector: {matchLabels: {role: a}}}], ports: [{port: 6380}]}]}")],
@@ -516,6 +528,13 @@ fn random_cluster(pods: &[PodSpec]) -> Cluster {
             .host_ip("172.18.0.2")
             .ip("172.18.0.2")
             .port(Some("http"), 8080, TCP)
+            .build(),
+    );
+    // A pending pod without an address: a source, never a destination.
+    objects.push(
+        pod("b", "pending")
+            .labels(&[("app", "db")])
+            .phase("Pending")
             .build(),
     );
     let mut service = support::eval::service(
