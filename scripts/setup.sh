@@ -4,6 +4,7 @@
 # - the nightly rust-src component (aya-build uses -Z build-std=core)
 # - bpf-linker 0.13.0 built against LLVM 22
 # - nftables (lab ClusterIP DNAT), dnsmasq-base (lab DNS), iproute2, util-linux (setpriv)
+# - git (policy states at a revision, `git:REV:PATH`, and their tests)
 # - checks for kubectl (deploy tests), which it cannot install from the package mirrors
 set -euo pipefail
 
@@ -11,7 +12,7 @@ BPF_LINKER_VERSION=0.13.0
 log() { printf 'setup: %s\n' "$*" >&2; }
 
 need_pkgs=()
-for p in llvm-22-dev libpolly-22-dev zlib1g-dev libzstd-dev nftables dnsmasq-base iproute2 util-linux; do
+for p in llvm-22-dev libpolly-22-dev zlib1g-dev libzstd-dev nftables dnsmasq-base iproute2 util-linux git; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need_pkgs+=("$p")
 done
 if ((${#need_pkgs[@]})); then

@@ -103,7 +103,7 @@ pub enum Error {
 /// The result type of this module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-fn is_policy_file(path: &Path) -> bool {
+pub(crate) fn is_policy_file(path: &Path) -> bool {
     matches!(
         path.extension().and_then(|e| e.to_str()),
         Some("yaml" | "yml" | "json")
@@ -211,10 +211,22 @@ pub fn load_policy_files(path: &Path) -> Result<Vec<(PathBuf, NetworkPolicy)>> {
     // A file named by the user is read whatever it is (bounded); one found by the walk must
     // be a regular file, also when it was swapped for a FIFO after the walk looked.
     let named = !path.is_dir();
+    let texts = files
+        .into_iter()
+        .map(|file| Ok((bounded::read_to_string(&file, !named, limits)?, file)));
+    policies_of_texts(texts)
+}
+
+/// The policies of files already read, as `(text, name)` in order: parsed, validated, and
+/// refused when one is defined twice. The name is what errors show (a path, or a git
+/// revision and path).
+pub fn policies_of_texts(
+    texts: impl IntoIterator<Item = Result<(String, PathBuf)>>,
+) -> Result<Vec<(PathBuf, NetworkPolicy)>> {
     let mut out: Vec<(PathBuf, NetworkPolicy)> = Vec::new();
     let mut seen: HashMap<PolicyId, PathBuf> = HashMap::new();
-    for file in files {
-        let text = bounded::read_to_string(&file, !named, limits)?;
+    for text in texts {
+        let (text, file) = text?;
         let snapshot = leash_records::snapshot::parse_str(&text, &file)?;
         for np in snapshot.network_policies {
             let compiled = CompiledPolicy::compile(&np).map_err(|source| Error::InvalidPolicy {

@@ -15,8 +15,9 @@
 //!   policy per workload with [`cidr`] and [`ports`]; [`render`] writes YAML and REPORT.md.
 //! - [`eval`] is the one NetworkPolicy engine. It sees the model through its own
 //!   [`eval::ClusterView`] trait and serves the self-check of [`recommend`], [`audit`],
-//!   [`explain`] and the alerts of [`serve`]. [`state`] joins the model with the applied
-//!   policies; [`policy_state`] lays a given set over them.
+//!   [`explain`], the alerts and shadow enforcement of [`serve`] and the phases of
+//!   [`rollout`]. [`state`] joins the model with the applied policies; [`policy_state`] lays a
+//!   given set over them.
 //!
 //! Pure logic (classify, cidr, ports, recommend, eval, policy_state) takes values and does no
 //! I/O; the command (`main.rs`), [`serve`], [`ingest`] and the file readers of [`audit`],
@@ -34,10 +35,12 @@ pub mod explain;
 pub mod ingest;
 pub mod json;
 pub mod observations;
+pub mod policy_source;
 pub mod policy_state;
 pub mod ports;
 pub mod recommend;
 pub mod render;
+pub mod rollout;
 pub mod serve;
 pub mod state;
 pub mod store;

@@ -61,6 +61,10 @@ enum Command {
         /// NodeLocal DNSCache addresses. Repeatable; default 169.254.20.10.
         #[arg(long = "node-local-dns", num_args = 1..)]
         node_local_dns: Vec<IpAddr>,
+        /// Write policies only for workloads whose rollout phase is `ready` (and keep those
+        /// of `enforced` ones); REPORT.md lists the others with their phase and why.
+        #[arg(long)]
+        ready_only: bool,
     },
     /// Evaluate every flow against a set of policies (egress at the source, ingress at the
     /// destination, Services after DNAT) and print a verdict for each.
@@ -101,6 +105,13 @@ enum Command {
         #[arg(long)]
         to: String,
     },
+    /// Compare two policy states: the exact reachability change per source workload, and the
+    /// observed traffic whose verdict changes (allowed before and denied after: a break).
+    Diff(DiffArgs),
+    /// Each workload's rollout phase from its observed flows, the applied policies and a
+    /// proposal: unmanaged, drifted, enforced, observing, would-deny or ready.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
     /// Run the recommender as a service: agents stream records over gRPC (mTLS) into a
     /// SQLite store; HTTP serves health, metrics, recommendations, destinations and audits.
     Serve(Box<ServeArgs>),
@@ -121,6 +132,40 @@ enum Command {
         /// old CA signed stop being trusted). Without it, the existing CA signs.
         #[arg(long)]
         force: bool,
+    },
+}
+
+/// `leash rollout`.
+#[derive(Subcommand)]
+enum RolloutCommand {
+    /// One line (or JSON object) per workload: its phase, how long it was observed, and the
+    /// flows the applied policies or the proposal deny.
+    #[command(group(ArgGroup::new("observed").required(true).args(["flows", "store"])))]
+    Status {
+        #[command(flatten)]
+        source: ClusterArgs,
+        /// Flow and DNS records (JSON lines, v1). Repeatable.
+        #[arg(long = "flows", num_args = 1..)]
+        flows: Vec<PathBuf>,
+        /// The observation store of `leash serve` (a SQLite file), instead of `--flows`.
+        #[arg(long)]
+        store: Option<PathBuf>,
+        /// With `--store`: only observations last seen within this long are recent flows.
+        #[arg(long, requires = "store", conflicts_with = "flows", value_parser = leash_records::duration::parse)]
+        since: Option<std::time::Duration>,
+        /// The proposal: a policy file or directory, or `git:REV:PATH`; laid over the applied
+        /// policies as `audit --policies` does. Without it there is no `would-deny`.
+        #[arg(long)]
+        proposed: Option<leash::policy_source::PolicySource>,
+        /// A workload observed for less than this is `observing`.
+        #[arg(long, default_value = "24h", value_parser = leash_records::duration::parse_chrono)]
+        min_observation: chrono::Duration,
+        /// Only workloads in these namespaces. Repeatable.
+        #[arg(long = "namespace", num_args = 1..)]
+        namespaces: Vec<String>,
+        /// `table`: aligned, with a summary; `json`: one object per workload per line.
+        #[arg(long, default_value = "table")]
+        format: leash::rollout::Format,
     },
 }
 
@@ -152,6 +197,40 @@ struct PolicyArgs {
     /// Evaluate the `--policies` set alone, without the applied policies.
     #[arg(long, requires = "policies")]
     policies_only: bool,
+}
+
+/// `leash diff`.
+#[derive(clap::Args, Debug)]
+#[command(group(ArgGroup::new("observed").args(["flows", "store"])))]
+struct DiffArgs {
+    #[command(flatten)]
+    source: ClusterArgs,
+    /// The state before: `applied` (the cluster source's policies), a policy file or
+    /// directory (over the applied policies, as `audit --policies`), or `git:REV:PATH`.
+    #[arg(long, value_name = "STATE")]
+    from: leash::policy_source::PolicySource,
+    /// The state after, in the grammar of `--from`.
+    #[arg(long, value_name = "STATE")]
+    to: leash::policy_source::PolicySource,
+    /// Flow and DNS records (JSON lines, v1) whose flows are evaluated under both states;
+    /// `-` reads stdin. Repeatable.
+    #[arg(long = "flows", num_args = 1..)]
+    flows: Vec<PathBuf>,
+    /// The observation store of `leash serve` (a SQLite file), instead of `--flows`.
+    #[arg(long)]
+    store: Option<PathBuf>,
+    /// With `--store`: only observations last seen within this long (e.g. 7d, 1h30m).
+    #[arg(long, requires = "store", value_parser = leash_records::duration::parse)]
+    since: Option<std::time::Duration>,
+    /// Only sources in these namespaces. Repeatable.
+    #[arg(long = "namespace", num_args = 1..)]
+    namespaces: Vec<String>,
+    /// `markdown` (a pull-request body), `json` (one object per line) or `table`.
+    #[arg(long, default_value = "markdown")]
+    format: leash::diff::Format,
+    /// Exit with 3 when an observed flow allowed under `--from` is denied under `--to`.
+    #[arg(long, requires = "observed")]
+    fail_on_break: bool,
 }
 
 /// `leash serve`.
@@ -196,6 +275,17 @@ struct ServeArgs {
     /// At most this many ipBlocks per external rule (served recommendations).
     #[arg(long, default_value_t = 8)]
     max_cidrs: usize,
+    /// Proposed policies to shadow-evaluate every stored flow against (a file or directory,
+    /// or `git:REV:PATH`), laid over the applied ones: the rollout board's `would-deny`.
+    #[arg(long)]
+    proposed: Option<leash::policy_source::PolicySource>,
+    /// How often `--proposed` is read again; when its policies changed, the stored flows
+    /// are evaluated again at once.
+    #[arg(long, default_value = "10s", value_parser = leash_records::duration::parse_positive)]
+    proposed_poll: std::time::Duration,
+    /// On the rollout board, a workload observed for less than this is `observing`.
+    #[arg(long, default_value = "24h", value_parser = leash_records::duration::parse_chrono)]
+    min_observation: chrono::Duration,
     #[command(flatten)]
     limits: LimitArgs,
 }
@@ -241,7 +331,7 @@ enum Failure {
     /// Exit 2: bad input or usage (a file named on the command line that is missing or
     /// malformed, a bad value).
     BadInput(String),
-    /// Exit 3: a check the user asked for found a problem (`--fail-on-deny`).
+    /// Exit 3: a check the user asked for found a problem (`--fail-on-deny`, `--fail-on-break`).
     CheckFailed(String),
 }
 
@@ -285,6 +375,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             max_prefix_v6,
             min_observation,
             node_local_dns,
+            ready_only,
         } => {
             let mut opts = leash::recommend::Options {
                 max_cidrs,
@@ -310,6 +401,19 @@ fn run(cli: Cli) -> Result<(), Failure> {
             recommendation.skipped_input = leash::recommend::skipped_lines(&skipped);
             recommendation.shared_egress =
                 leash::recommend::shared_egress(&cluster, &applied.policies, &recommendation);
+            if ready_only {
+                // The proposal is this recommendation laid over the applied policies.
+                let given = leash::recommend::all_policies(&cluster, &recommendation);
+                let statuses = rollout_statuses(
+                    &cluster,
+                    &applied,
+                    &observations,
+                    Some(&given),
+                    min_observation,
+                    opts.namespaces.clone(),
+                )?;
+                leash::rollout::keep_ready(&cluster, &mut recommendation, &statuses);
+            }
             match output {
                 Some(dir) => {
                     // Every name is checked and DIR inspected before anything is written; a
@@ -396,7 +500,34 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 leash::explain::explain(&cluster, &set, &from, &flow).map_err(bad_input)?;
             write_stdout(&explanation.to_string())
         }
+        Command::Rollout(RolloutCommand::Status {
+            source,
+            flows,
+            store,
+            since,
+            proposed,
+            min_observation,
+            namespaces,
+            format,
+        }) => {
+            let (cluster, applied) = load_cluster(&source)?;
+            let given = match &proposed {
+                Some(p) => p.load().map_err(bad_input)?,
+                None => None,
+            };
+            let (observations, _skipped) = observe(&cluster, store.as_deref(), since, &flows)?;
+            let statuses = rollout_statuses(
+                &cluster,
+                &applied,
+                &observations,
+                given.as_deref(),
+                min_observation,
+                namespaces.into_iter().collect(),
+            )?;
+            write_stdout(&leash::rollout::render(&statuses, format))
+        }
         Command::Serve(args) => serve(*args),
+        Command::Diff(args) => diff(args),
         Command::Certs {
             out,
             server_names,
@@ -554,6 +685,102 @@ fn policy_state(applied: Applied, args: &PolicyArgs) -> Result<leash::eval::Poli
         .map_err(|e| Failure::BadInput(format!("{}: {}", applied.source, Chain(&e))))
 }
 
+/// Every workload's rollout phase (`leash::rollout`) against the applied policies and, when
+/// `given` is, the proposal `given` laid over them.
+fn rollout_statuses(
+    cluster: &leash::cluster::Cluster,
+    applied: &Applied,
+    observations: &leash::observations::Observations,
+    given: Option<&[k8s_openapi::api::networking::v1::NetworkPolicy]>,
+    min_observation: chrono::Duration,
+    namespaces: BTreeSet<String>,
+) -> Result<Vec<leash::rollout::WorkloadStatus>, Failure> {
+    let compile = |objects: &[_]| {
+        leash::eval::PolicySet::new(objects)
+            .map_err(|e| Failure::BadInput(format!("{}: {}", applied.source, Chain(&e))))
+    };
+    let applied_set = compile(&applied.policies)?;
+    let proposed = given
+        .map(|g| compile(&leash::policy_state::combine(&applied.policies, g).objects))
+        .transpose()?;
+    Ok(leash::rollout::phases(
+        cluster,
+        observations,
+        &leash::rollout::Policies {
+            applied: &applied.policies,
+            applied_set: &applied_set,
+            proposed: proposed.as_ref(),
+        },
+        &leash::rollout::Options {
+            min_observation,
+            now: chrono::Utc::now(),
+            namespaces,
+        },
+    ))
+}
+
+/// `leash diff`: both states over the same cluster source, the observed traffic when
+/// given, the report on stdout; exit 3 on a break with `--fail-on-break`.
+fn diff(args: DiffArgs) -> Result<(), Failure> {
+    let (cluster, applied) = load_cluster(&args.source)?;
+    // A state other than `applied` replaces the applied policies it covers, as `--policies`
+    // does. Errors name the state; the flag says which side.
+    let state = |flag: &str, s: &leash::policy_source::PolicySource| {
+        let given = s
+            .load()
+            .map_err(|e| Failure::BadInput(format!("{flag}: {}", Chain(&e))))?;
+        let state =
+            leash::policy_state::combine(&applied.policies, given.as_deref().unwrap_or(&[]));
+        if let Some(given) = &given {
+            eprintln!(
+                "leash: {flag} {s}: {} given, {} applied kept, {} applied replaced{} (applied: {})",
+                given.len(),
+                state.kept,
+                state.replaced.len(),
+                listed(&state.replaced),
+                applied.source,
+            );
+        }
+        // The given policies were validated with their files; an error is in an applied one.
+        leash::eval::PolicySet::new(&state.objects)
+            .map_err(|e| Failure::BadInput(format!("{}: {}", applied.source, Chain(&e))))
+    };
+    let (before, after) = (state("--from", &args.from)?, state("--to", &args.to)?);
+    let observations = if args.store.is_some() || !args.flows.is_empty() {
+        let (obs, _) = observe(&cluster, args.store.as_deref(), args.since, &args.flows)?;
+        if obs.unattributed_flows > 0 {
+            eprintln!(
+                "leash: {} flow events outside pods are not evaluated",
+                obs.unattributed_flows
+            );
+        }
+        Some(obs)
+    } else {
+        None
+    };
+    let opts = leash::diff::Options {
+        namespaces: args.namespaces.into_iter().collect(),
+    };
+    let report = leash::diff::diff(
+        &cluster,
+        (&args.from.to_string(), &before),
+        (&args.to.to_string(), &after),
+        observations.as_ref(),
+        &opts,
+    );
+    write_stdout(&leash::diff::render::render(&report, args.format))?;
+    let breaks = report.breaks().count();
+    if args.fail_on_break && breaks > 0 {
+        return Err(Failure::CheckFailed(format!(
+            "{breaks} observed flow{} allowed under {} would be denied under {}",
+            if breaks == 1 { "" } else { "s" },
+            args.from,
+            args.to
+        )));
+    }
+    Ok(())
+}
+
 /// ` (a, b, c and N more)`: a bounded list for one stderr line; empty for none.
 fn listed(keys: &[leash::policy_state::ObjectKey]) -> String {
     const SHOWN: usize = 5;
@@ -615,12 +842,19 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             max_cidrs: args.max_cidrs,
             ..leash::recommend::Options::default()
         },
+        rollout: leash::serve::shadow::Options {
+            proposed: args.proposed,
+            poll: args.proposed_poll,
+            min_observation: args.min_observation,
+        },
     };
     runtime()?
         .block_on(leash::serve::run(config, shutdown_signal()))
         .map_err(|e| match e {
             // A --cluster file or TLS file that cannot be used is the user's input.
-            leash::serve::Error::Cluster(_) | leash::serve::Error::Tls(_) => bad_input(e),
+            leash::serve::Error::Cluster(_)
+            | leash::serve::Error::Tls(_)
+            | leash::serve::Error::Proposed(_) => bad_input(e),
             e => runtime_error(e),
         })
 }
@@ -693,7 +927,7 @@ mod tests {
     /// naming the value, never a panic further on.
     #[test]
     fn duration_flags_are_range_checked() {
-        let cases: [&[&str]; 3] = [
+        let cases: [&[&str]; 4] = [
             &[
                 "leash",
                 "recommend",
@@ -723,6 +957,17 @@ mod tests {
                 "--retention",
                 "300000years",
             ],
+            &[
+                "leash",
+                "rollout",
+                "status",
+                "--cluster",
+                "c",
+                "--flows",
+                "f",
+                "--min-observation",
+                "2000y",
+            ],
         ];
         for args in cases {
             let Err(e) = Cli::try_parse_from(args) else {
@@ -741,6 +986,18 @@ mod tests {
             "0s",
         ]) else {
             panic!("a zero check interval parsed");
+        };
+        assert!(e.to_string().contains("greater than zero"), "{e}");
+        let Err(e) = Cli::try_parse_from([
+            "leash",
+            "serve",
+            "--cluster",
+            "c",
+            "--insecure",
+            "--proposed-poll",
+            "0s",
+        ]) else {
+            panic!("a zero proposed poll parsed");
         };
         assert!(e.to_string().contains("greater than zero"), "{e}");
         assert!(

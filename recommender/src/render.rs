@@ -211,7 +211,7 @@ pub fn human_duration(d: chrono::Duration) -> String {
 }
 
 /// Escapes text for a Markdown table cell.
-fn cell(s: &str) -> String {
+pub(crate) fn cell(s: &str) -> String {
     s.replace('|', "\\|").replace('\n', " ")
 }
 
@@ -222,7 +222,7 @@ fn cell(s: &str) -> String {
 /// snapshot), but a store written by an older version, or a model built from objects nobody
 /// checked, may still hold anything; the report must stay the report. Pipes are left to
 /// [`cell`], for tables.
-fn md(s: &str) -> String {
+pub(crate) fn md(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -239,7 +239,7 @@ fn md(s: &str) -> String {
 
 /// A Markdown code span showing `s` literally: fenced by more backticks than any run of them
 /// inside, control characters replaced as in [`md`]. In a table, pass it through [`cell`].
-fn code(s: &str) -> String {
+pub(crate) fn code(s: &str) -> String {
     let s: String = s
         .chars()
         .map(|c| {
@@ -262,7 +262,7 @@ fn code(s: &str) -> String {
 
 /// A list of names or other text from the data, each escaped ([`md`]), shortened after `max`
 /// items, for a table cell.
-fn list(items: impl IntoIterator<Item = String>, max: usize) -> String {
+pub(crate) fn list(items: impl IntoIterator<Item = String>, max: usize) -> String {
     let all: Vec<String> = items.into_iter().map(|i| md(&i)).collect();
     if all.is_empty() {
         return "-".to_owned();
@@ -442,6 +442,7 @@ pub fn report(cluster: &Cluster, rec: &Recommendation) -> String {
         }
         s.push('\n');
     }
+    attention |= crate::rollout::report_withheld(&mut s, cluster, &rec.withheld);
     if !rec.host_network.is_empty() {
         attention = true;
         let _ = writeln!(

@@ -898,6 +898,7 @@ async fn http_get(service: &IngestService, path: &str) -> (u16, String) {
         ingest_listening: true.into(),
         ingest: service.clone(),
         options: leash::recommend::Options::default(),
+        rollout: leash::serve::shadow::no_board(),
     });
     let request = axum::http::Request::get(path)
         .body(axum::body::Body::empty())

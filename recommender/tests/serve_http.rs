@@ -243,6 +243,7 @@ fn fixture_with(limits: ReadLimits, snapshot: &str) -> Fixture {
             ingest_listening: AtomicBool::new(true),
             ingest,
             options: leash::recommend::Options::default(),
+            rollout: leash::serve::shadow::no_board(),
         }),
         limits,
     );

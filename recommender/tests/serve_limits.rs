@@ -78,6 +78,7 @@ impl Server {
             max_message_bytes,
             options: leash::recommend::Options::default(),
             limits,
+            rollout: leash::serve::shadow::Options::default(),
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {

@@ -334,10 +334,19 @@ fn stalled_stream(grpc: SocketAddr) -> TcpStream {
 fn every_metric_the_readmes_name_is_on_the_served_metrics() {
     let named = readme_metric_names();
     assert!(named.contains("leash_ingest_*"), "{named:?}");
+    // A proposal that denies the pushed flow too, so that the shadow counter gets a value.
+    let proposed = tempfile::tempdir().unwrap();
+    std::fs::write(
+        proposed.path().join("web-egress.yaml"),
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web-egress, namespace: shop}\nspec: {podSelector: {matchLabels: {app: web}}, policyTypes: [Egress]}\n",
+    )
+    .unwrap();
     // Short timeouts and a per-address limit of 2, so that each labelled family gets a value.
     let server = Server::start(
         LOCKED_DOWN,
         &[
+            "--proposed",
+            proposed.path().to_str().unwrap(),
             "--check-interval",
             "1s",
             "--max-connections-per-address",

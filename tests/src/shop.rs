@@ -88,6 +88,13 @@ pub const COLLECTOR_HOST: &str = "syslog.collector.test";
 pub const COLLECTOR_ADDR: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 50);
 /// The syslog port (UDP).
 pub const SYSLOG_PORT: u16 = 514;
+/// The fraud-check API's name: the call payment makes only in the demo's lockdown step
+/// ([`Shop::new_call`]), after the proposal was applied.
+pub const FRAUD_HOST: &str = "fraud.check.test";
+/// The address [`FRAUD_HOST`] resolves to.
+pub const FRAUD_ADDR: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 60);
+/// The port payment connects to on [`FRAUD_ADDR`].
+pub const FRAUD_PORT: u16 = 8443;
 /// The cloud metadata address, used only in probe records (never as a destination of traffic).
 pub const METADATA_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
 
@@ -185,10 +192,12 @@ pub fn shop_spec() -> LabBuilder {
         .external(&stripe[1], [Port::tcp(STRIPE_PORT)])
         .external(&stripe[2], [Port::tcp(STRIPE_PORT)])
         .external(&COLLECTOR_ADDR.to_string(), [Port::udp(SYSLOG_PORT)])
+        .external(&FRAUD_ADDR.to_string(), [Port::tcp(FRAUD_PORT)])
         .dns(
             DnsConfig::new()
                 .a(STRIPE_HOST, stripe.iter().map(String::as_str))
-                .a(COLLECTOR_HOST, [COLLECTOR_ADDR.to_string().as_str()]),
+                .a(COLLECTOR_HOST, [COLLECTOR_ADDR.to_string().as_str()])
+                .a(FRAUD_HOST, [FRAUD_ADDR.to_string().as_str()]),
         )
 }
 
@@ -349,6 +358,39 @@ impl Shop {
                 }
             }
         }
+        traffic.elapsed = t0.elapsed();
+        Ok(traffic)
+    }
+
+    /// The call the shop never made before: payment looks up [`FRAUD_HOST`] and opens one TCP
+    /// connection to it on [`FRAUD_PORT`]. Nothing enforces policies in the lab, so it
+    /// succeeds; only leash's evaluation says the applied policies deny it.
+    pub fn new_call(&self) -> Result<Traffic> {
+        let t0 = Instant::now();
+        let mut traffic = Traffic::default();
+        let dns = DNS_VIP_V4.to_string();
+        let lookup = self.step(PAYMENT, &["dns", &dns, FRAUD_HOST, "A"])?;
+        let addrs = answers(&lookup);
+        if addrs != [IpAddr::V4(FRAUD_ADDR)] {
+            return Err(traffic_error(
+                &lookup,
+                "the answer is not the fraud-check address",
+            ));
+        }
+        traffic.steps.push(lookup);
+        let (addr, port) = (FRAUD_ADDR.to_string(), FRAUD_PORT.to_string());
+        traffic.steps.push(self.step(
+            PAYMENT,
+            &[
+                "tcp",
+                &addr,
+                &port,
+                "--count",
+                "1",
+                "--send",
+                "POST /v1/score",
+            ],
+        )?);
         traffic.elapsed = t0.elapsed();
         Ok(traffic)
     }

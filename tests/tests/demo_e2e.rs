@@ -18,8 +18,8 @@ use std::process::Command;
 use std::sync::Mutex;
 
 use leash_lab::shop::{
-    API_PORT, API_TARGET_PORT, COLLECTOR_ADDR, DB_PORT, STRIPE_ADDRS, STRIPE_HOST, STRIPE_PORT,
-    SYSLOG_PORT,
+    API_PORT, API_TARGET_PORT, COLLECTOR_ADDR, DB_PORT, FRAUD_ADDR, FRAUD_HOST, FRAUD_PORT,
+    STRIPE_ADDRS, STRIPE_HOST, STRIPE_PORT, SYSLOG_PORT,
 };
 use leash_records::{DnsRecord, FlowRecord, Protocol, Record, read_records};
 use serde_json::Value;
@@ -408,6 +408,68 @@ fn check_artifacts(run: &Run) {
         denied
             .iter()
             .any(|(src, _, port)| src == "frontend" && *port == u64::from(DB_PORT))
+    );
+
+    // The lockdown: payment's new call was seen, drifted it, and is exactly what the next
+    // proposal newly allows.
+    let new = records(&out.join("flows-new.jsonl"));
+    let fraud = flows_of(&new, "payment");
+    assert!(
+        fraud.iter().any(|f| f.dst == IpAddr::V4(FRAUD_ADDR)
+            && f.dst_port == FRAUD_PORT
+            && f.names
+                .iter()
+                .any(|n| n.trim_end_matches('.') == FRAUD_HOST)),
+        "payment's new call, named: {fraud:#?}"
+    );
+    let rollout: Vec<Value> = std::fs::read_to_string(out.join("rollout.json"))
+        .expect("out/rollout.json")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let phase = |w: &str| {
+        rollout
+            .iter()
+            .find(|l| l["workload"] == w)
+            .map(|l| l["phase"].as_str().unwrap().to_owned())
+    };
+    assert_eq!(
+        phase("Deployment/payment").as_deref(),
+        Some("drifted"),
+        "{rollout:?}"
+    );
+    assert_eq!(
+        phase("Deployment/frontend").as_deref(),
+        Some("enforced"),
+        "{rollout:?}"
+    );
+    let diff: Vec<Value> = std::fs::read_to_string(out.join("diff.jsonl"))
+        .expect("out/diff.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let reach: Vec<&Value> = diff
+        .iter()
+        .filter(|l| l["kind"] == "reachability")
+        .collect();
+    let fraud_ip = FRAUD_ADDR.to_string();
+    assert_eq!(
+        reach,
+        [&serde_json::json!({
+            "kind": "reachability",
+            "source": {"namespace": "shop", "workload": "Deployment/payment"},
+            "change": "newly-allowed",
+            "protocol": "TCP",
+            "port_from": FRAUD_PORT,
+            "port_to": FRAUD_PORT,
+            "destination": {"first": fraud_ip, "last": fraud_ip},
+        })]
+    );
+    assert!(
+        diff.iter()
+            .filter(|l| l["kind"] == "flow")
+            .all(|l| l["to"] == "allow"),
+        "no break: {diff:?}"
     );
 
     // The summary table names every workload and the outcome.

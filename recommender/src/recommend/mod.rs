@@ -44,6 +44,7 @@ use evidence::Who;
 pub use existing::{SharedEgress, shared_egress};
 pub use model::{
     EgressPeer, EgressRule, HostNetworkFinding, PolicySpec, Recommendation, RuleKind, Unresolved,
+    Withheld,
 };
 pub use objects::{
     ANNOTATION_EVIDENCE, ANNOTATION_GENERATED_BY, ANNOTATION_WORKLOAD, DEFAULT_DENY_NAME,

@@ -133,4 +133,17 @@ pub struct Recommendation {
     /// ([`super::shared_egress`]). Filled by the caller that has the applied policies
     /// (`recommend`).
     pub shared_egress: Vec<super::SharedEgress>,
+    /// Policies left out by `recommend --ready-only` (`crate::rollout::keep_ready`), sorted.
+    pub withheld: Vec<Withheld>,
+}
+
+/// A workload whose policy `recommend --ready-only` left out: its rollout phase and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Withheld {
+    /// The workload.
+    pub workload: WorkloadId,
+    /// Its rollout phase (`crate::rollout::Phase`).
+    pub phase: String,
+    /// Why it is in that phase, one line.
+    pub why: String,
 }

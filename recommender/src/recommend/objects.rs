@@ -204,12 +204,21 @@ pub fn default_deny(namespace: &str) -> net::NetworkPolicy {
 }
 
 /// Every policy of a recommendation as Kubernetes objects: per namespace, the default deny
-/// first, then the workloads' policies by name.
+/// first (when it has one: `recommend --ready-only` withholds it where a workload's policy
+/// was withheld), then the workloads' policies by name.
 pub fn all_policies(cluster: &Cluster, rec: &Recommendation) -> Vec<net::NetworkPolicy> {
+    let namespaces: std::collections::BTreeSet<&str> = rec
+        .default_deny_namespaces
+        .iter()
+        .chain(rec.policies.iter().map(|p| &p.namespace))
+        .map(String::as_str)
+        .collect();
     let mut out = Vec::new();
-    for ns in &rec.default_deny_namespaces {
-        out.push(default_deny(ns));
-        for p in rec.policies.iter().filter(|p| &p.namespace == ns) {
+    for ns in namespaces {
+        if rec.default_deny_namespaces.iter().any(|d| d == ns) {
+            out.push(default_deny(ns));
+        }
+        for p in rec.policies.iter().filter(|p| p.namespace == ns) {
             out.push(to_network_policy(cluster, p));
         }
     }

@@ -8,6 +8,9 @@
 //! - `GET /v1/namespaces/{ns}/recommendations`: the recommended policies as a YAML stream.
 //! - `GET /v1/namespaces/{ns}/workloads/{kind}/{name}/destinations`: observed destinations.
 //! - `GET /v1/namespaces/{ns}/audit`: each workload's stored flows against the applied policies.
+//! - `GET /v1/rollout`, `GET /v1/namespaces/{ns}/rollout`: each workload's rollout phase, from
+//!   the latest board of [`super::shadow`] (the whole store against the applied and the
+//!   proposed policies).
 //!
 //! Every answer is computed from the store and the current model, and sorted.
 //!
@@ -59,6 +62,8 @@ pub struct AppState {
     pub ingest: IngestService,
     /// Knobs for recommendations.
     pub options: recommend::Options,
+    /// The latest rollout board ([`super::shadow::watch`]).
+    pub rollout: super::shadow::BoardRx,
 }
 
 /// Bounds of the `/v1` read API.
@@ -129,6 +134,8 @@ pub fn router_with(state: Arc<AppState>, limits: ReadLimits) -> Router {
             get(destinations),
         )
         .route("/v1/namespaces/{namespace}/audit", get(audit))
+        .route("/v1/rollout", get(rollout))
+        .route("/v1/namespaces/{namespace}/rollout", get(namespace_rollout))
         .with_state(shared)
 }
 
@@ -293,7 +300,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Lowers the calling thread's CPU priority by [`READ_NICE`]; failing that, it runs as is.
-fn lower_priority() {
+pub(super) fn lower_priority() {
     // SAFETY: gettid has no preconditions.
     let tid = unsafe { libc::gettid() };
     let Ok(tid) = libc::id_t::try_from(tid) else {
@@ -728,4 +735,41 @@ fn present(state: &ClusterState, w: &WorkloadRef) -> bool {
         .binary_search_by(|x| (x.namespace.as_str(), x.kind.as_str(), x.name.as_str()).cmp(&key))
         .is_ok()
         || (w.kind == crate::store::KIND_POD && c.pod_by_name(&w.namespace, &w.name).is_some())
+}
+
+/// The latest rollout board, or `503` until the first evaluation.
+fn current_board(s: &AppState) -> ApiResult<Arc<super::shadow::Board>> {
+    s.rollout
+        .borrow()
+        .clone()
+        .ok_or_else(|| unavailable("the rollout board is not evaluated yet"))
+}
+
+/// `/v1/rollout`: every workload's rollout phase, as `leash rollout status --format json`
+/// writes them, in one array.
+async fn rollout(slot: Slot, State(s): State<Arc<AppState>>) -> ApiResult<Response> {
+    let board = current_board(&s)?;
+    let body = blocking(slot, move |_| to_json(&board.statuses)).await?;
+    Ok(json_response(body))
+}
+
+/// `/v1/namespaces/{ns}/rollout`: the rollout phases of one namespace's workloads.
+async fn namespace_rollout(
+    slot: Slot,
+    State(s): State<Arc<AppState>>,
+    Path(ns): Path<String>,
+) -> ApiResult<Response> {
+    let model = current_model(&s)?;
+    known_namespace(&model, &ns)?;
+    let board = current_board(&s)?;
+    let body = blocking(slot, move |_| {
+        let mine: Vec<&crate::rollout::WorkloadStatus> = board
+            .statuses
+            .iter()
+            .filter(|w| w.namespace == ns)
+            .collect();
+        to_json(&mine)
+    })
+    .await?;
+    Ok(json_response(body))
 }

@@ -3,11 +3,13 @@
 //! Agents stream batches over gRPC ([`crate::ingest`]) into the [`crate::store`]; the cluster
 //! model comes from a snapshot file or is kept live from the API server; the HTTP side
 //! ([`http`]) serves health, metrics and the read API; [`alert`] reports egress that the
-//! applied policies deny. Data flows one way: agents → ingest → store → recommendations.
+//! applied policies deny; [`shadow`] judges the stored flows against a proposed set too and
+//! keeps the rollout board. Data flows one way: agents → ingest → store → recommendations.
 
 pub mod alert;
 pub mod conn;
 pub mod http;
+pub mod shadow;
 pub mod verdicts;
 
 use std::future::Future;
@@ -57,7 +59,8 @@ pub struct Config {
     pub tls: Option<leash_records::tls::TlsFiles>,
     /// Observations last seen longer ago than this are deleted.
     pub retention: Duration,
-    /// How often stored flows are checked against the applied policies.
+    /// How often stored flows are checked against the applied policies, and the rollout
+    /// board evaluated again.
     pub check_interval: Duration,
     /// At most this many records in one batch.
     pub max_batch_records: usize,
@@ -68,6 +71,8 @@ pub struct Config {
     /// What one gRPC client may hold (connections, streams, time, memory in flight);
     /// `handshake_timeout` also bounds HTTP request headers.
     pub limits: conn::Limits,
+    /// Shadow enforcement and the rollout board (`--proposed`, `--min-observation`).
+    pub rollout: shadow::Options,
 }
 
 /// How often the server pings an HTTP/2 connection to learn that its client is still there.
@@ -112,6 +117,9 @@ pub enum Error {
     /// The ingest service's store writer thread cannot be started.
     #[error("cannot start the ingest store writer thread")]
     Writer(#[source] std::io::Error),
+    /// The proposed policies (`--proposed`) cannot be read.
+    #[error(transparent)]
+    Proposed(#[from] shadow::Error),
     /// The HTTP server failed.
     #[error("HTTP server on {addr} failed")]
     Http {
@@ -195,6 +203,12 @@ pub async fn run(
 ) -> Result<()> {
     let mut registry = Registry::with_prefix("leash");
     let store: Arc<dyn Store> = Arc::new(crate::store::SqliteStore::open(&config.store)?);
+    // A proposal that cannot be read is refused at start; later, a bad reload keeps the last.
+    let proposal = match &config.rollout.proposed {
+        Some(source) => Some(Arc::new(shadow::load(source)?)),
+        None => None,
+    };
+    let (proposal_tx, proposal_rx) = watch::channel(proposal.clone());
 
     // One model, two sources: a file read once, or the API server watched.
     let (model_rx, alert_sink, _watch_task): (ModelRx, Option<Arc<dyn alert::AlertSink>>, _) =
@@ -226,6 +240,9 @@ pub async fn run(
 
     let alert_metrics = alert::AlertMetrics::default();
     alert_metrics.register(&mut registry);
+    let shadow_metrics = shadow::ShadowMetrics::default();
+    shadow_metrics.register(&mut registry);
+    let (board_tx, board_rx) = watch::channel(None);
     let (ingest, ingest_handle) =
         ingest_service(&config, Arc::clone(&store), model_rx.clone(), &mut registry)?;
     let connections = conn::Shared::new(config.limits);
@@ -262,6 +279,7 @@ pub async fn run(
         ingest_listening: false.into(),
         ingest: ingest_handle,
         options: config.options.clone(),
+        rollout: board_rx,
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -284,6 +302,29 @@ pub async fn run(
         alert_metrics,
         alert_sink,
     )));
+
+    let _shadow = AbortOnDrop(tokio::spawn(shadow::watch(
+        Arc::clone(&store),
+        model_rx.clone(),
+        proposal_rx,
+        config.check_interval,
+        config.rollout.min_observation,
+        shadow_metrics.clone(),
+        board_tx,
+    )));
+    // Without `--proposed` the sender is dropped: the board is evaluated without a proposal.
+    let _reload = match (&config.rollout.proposed, proposal) {
+        (Some(source), Some(_)) => Some(AbortOnDrop(tokio::spawn(shadow::reload(
+            source.clone(),
+            config.rollout.poll,
+            proposal_tx,
+            shadow_metrics,
+        )))),
+        _ => {
+            drop(proposal_tx);
+            None
+        }
+    };
 
     let http_task = tokio::spawn(conn::serve_http(
         http_listener,

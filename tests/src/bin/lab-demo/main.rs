@@ -17,7 +17,9 @@
 //! 7. `leash audit` of `DIR/flows.jsonl` (every flow must be allowed) and of `DIR/probes.jsonl`
 //!    (every probe must be denied), as JSON lines in `DIR/audit-flows.jsonl` and
 //!    `DIR/audit-probes.jsonl`;
-//! 8. print a summary table and stop `leash serve`.
+//! 8. lock down (`lockdown`): apply the proposal to the snapshot, make one new call, then
+//!    `leash rollout status`, `leash recommend --previous` and `leash diff` must show exactly it;
+//! 9. print a summary table and stop `leash serve`.
 //!
 //! `--restart-agent` stops the agent after half of the rounds and starts a new one for the rest
 //! (its records are appended to `DIR/flows.jsonl`), to show that counts stay exact across an
@@ -33,6 +35,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+mod lockdown;
 
 use leash_lab::shop::{self, Shop};
 use leash_records::error::Chain;
@@ -557,6 +561,10 @@ fn demo(o: &Opts) -> Result<()> {
         "audit-flows.jsonl",
         "audit-probes.jsonl",
         "flows-2.jsonl",
+        "flows-new.jsonl",
+        "cluster-locked.yaml",
+        "rollout.json",
+        "diff.jsonl",
     ] {
         let _ = std::fs::remove_file(out.join(stale));
     }
@@ -867,7 +875,16 @@ fn demo(o: &Opts) -> Result<()> {
     }
     lap("audit", &mut timings);
 
-    // 8. Summary, then stop serve.
+    // 8. Lock down, then keep it true.
+    let observed_in = if o.serve {
+        lockdown::Observed::Store(out.join("leash.db"))
+    } else {
+        lockdown::Observed::Flows(vec![flows.clone()])
+    };
+    let locked = lockdown::lockdown(&leash, out, &shop, &policies, observed_in, &start_agent)?;
+    lap("lockdown", &mut timings);
+
+    // 9. Summary, then stop serve.
     let mut rows: BTreeMap<String, Row> = BTreeMap::new();
     for (pod, _, _) in shop::WORKLOADS {
         rows.entry(workload_of(pod)).or_default();
@@ -899,6 +916,7 @@ fn demo(o: &Opts) -> Result<()> {
         "{}",
         summary(o, &rows, (nflow, ndns), &files, &timings, t0.elapsed())
     );
+    print!("{}", lockdown_summary(&locked));
     Ok(())
 }
 
@@ -969,8 +987,31 @@ fn summary(
     let _ = writeln!(s, "time: {} total ({})", secs(total), times.join(", "));
     let _ = writeln!(
         s,
-        "artifacts: {0}/cluster.yaml {0}/flows.jsonl {0}/policies/ {0}/REPORT.md",
+        "artifacts: {0}/cluster.yaml {0}/flows.jsonl {0}/policies/ {0}/REPORT.md \
+         {0}/cluster-locked.yaml {0}/rollout.json {0}/diff.jsonl",
         o.out.display()
+    );
+    s
+}
+
+fn lockdown_summary(l: &lockdown::Outcome) -> String {
+    let mut s = String::from("\nlockdown: the proposal applied, then one new call\n");
+    let phases: Vec<String> = l.phases.iter().map(|(w, p)| format!("{w} {p}")).collect();
+    let _ = writeln!(s, "rollout status: {}", phases.join(", "));
+    let _ = writeln!(
+        s,
+        "recommend --previous: changed {}",
+        l.changed
+            .iter()
+            .map(|f| format!("{f}.yaml"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let _ = writeln!(
+        s,
+        "diff applied -> proposal: {}; {} observed flow(s) change verdict, no break",
+        l.reachability.join(", "),
+        l.flow_changes
     );
     s
 }

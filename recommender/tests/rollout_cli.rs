@@ -1,0 +1,686 @@
+//! The rollout board through the built binary: `leash rollout status` (table and JSON),
+//! `leash recommend --ready-only`, and `leash serve --proposed` over real HTTP (the
+//! `/v1/rollout` endpoints, the metrics, and a reload when the proposed directory changes or
+//! a git branch gets a new commit).
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed setup step must fail the test loudly"
+)]
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use leash::store::{BatchId, FlowObservation, SqliteStore, Store, WorkloadRef};
+use leash_records::Protocol;
+use serde_json::Value;
+
+const LEASH: &str = env!("CARGO_BIN_EXE_leash");
+
+fn leash(args: &[&str]) -> Output {
+    Command::new(LEASH)
+        .args(args)
+        .output()
+        .expect("runs the leash binary")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A cluster snapshot: per (namespace, name, pod IP) a Deployment with one pod labelled
+/// `app: name`, then `extra` (more objects, as YAML list items).
+fn snapshot(workloads: &[(&str, &str, &str)], extra: &str) -> String {
+    let mut out = String::from("apiVersion: v1\nkind: List\nitems:\n");
+    let mut namespaces: Vec<&str> = workloads.iter().map(|w| w.0).collect();
+    namespaces.dedup();
+    for ns in namespaces {
+        out.push_str(&format!(
+            "- apiVersion: v1\n  kind: Namespace\n  metadata: {{name: {ns}, labels: {{kubernetes.io/metadata.name: {ns}}}}}\n"
+        ));
+    }
+    for (ns, name, ip) in workloads {
+        out.push_str(&format!(
+            r#"- apiVersion: apps/v1
+  kind: Deployment
+  metadata: {{name: {name}, namespace: {ns}, uid: uid-deploy-{name}}}
+  spec:
+    selector: {{matchLabels: {{app: {name}}}}}
+    template:
+      metadata: {{labels: {{app: {name}}}}}
+      spec: {{containers: [{{name: c, image: i}}]}}
+- apiVersion: v1
+  kind: Pod
+  metadata:
+    name: {name}-x1
+    namespace: {ns}
+    uid: uid-pod-{name}
+    labels: {{app: {name}}}
+    ownerReferences: [{{apiVersion: apps/v1, kind: Deployment, name: {name}, uid: uid-deploy-{name}, controller: true}}]
+  spec: {{nodeName: n1, containers: [{{name: c, image: i}}]}}
+  status: {{phase: Running, podIP: {ip}, podIPs: [{{ip: {ip}}}]}}
+"#
+        ));
+    }
+    out.push_str(extra);
+    out
+}
+
+/// An egress NetworkPolicy `ns/name` for pods `app: app`, allowing TCP `ports`; with
+/// leash's managed-by label when `leash`.
+fn egress_policy(ns: &str, name: &str, app: &str, ports: &[u16], leash: bool) -> String {
+    let labels = if leash {
+        ", labels: {app.kubernetes.io/managed-by: leash}"
+    } else {
+        ""
+    };
+    let ports: Vec<String> = ports.iter().map(|p| format!("{{port: {p}}}")).collect();
+    format!(
+        "- apiVersion: networking.k8s.io/v1\n  kind: NetworkPolicy\n  metadata: {{name: {name}, namespace: {ns}{labels}}}\n  spec:\n    podSelector: {{matchLabels: {{app: {app}}}}}\n    policyTypes: [Egress]\n    egress: [{{ports: [{}]}}]\n",
+        ports.join(", ")
+    )
+}
+
+/// The same policy as a file of its own (a document, not a list item).
+fn policy_file(ns: &str, name: &str, app: &str, ports: &[u16]) -> String {
+    let item = egress_policy(ns, name, app, ports, true);
+    item.lines()
+        .map(|l| {
+            l.strip_prefix("- ")
+                .or_else(|| l.strip_prefix("  "))
+                .unwrap_or(l)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    leash_records::time::rfc3339(t)
+}
+
+/// A v1 flow record from the pod of Deployment `name`, first seen `first`, last seen an
+/// hour before now.
+fn record(ns: &str, name: &str, dst: &str, port: u16, count: u64, first: DateTime<Utc>) -> String {
+    let last = Utc::now() - chrono::Duration::hours(1);
+    let last = last.max(first);
+    format!(
+        r#"{{"v":1,"kind":"flow","node":"n1","pod":{{"uid":"uid-pod-{name}","namespace":"{ns}","name":"{name}-x1"}},"cgroup":"/k","protocol":"TCP","dst":"{dst}","dst_port":{port},"count":{count},"first_seen":"{}","last_seen":"{}","names":[]}}"#,
+        rfc3339(first),
+        rfc3339(last)
+    )
+}
+
+fn days_ago(d: i64) -> DateTime<Utc> {
+    Utc::now() - chrono::Duration::days(d)
+}
+
+/// shop: `api` dials 443 and 8443, `batch` 443, `web` 443 (leash's applied policy allows
+/// it), `fresh` 443 since an hour ago; bank: `ledger`, whose egress a hand-written policy
+/// restricts.
+fn board_fixture(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let cluster = dir.join("cluster.yaml");
+    std::fs::write(
+        &cluster,
+        snapshot(
+            &[
+                ("bank", "ledger", "10.0.2.10"),
+                ("shop", "api", "10.0.1.10"),
+                ("shop", "batch", "10.0.1.11"),
+                ("shop", "fresh", "10.0.1.13"),
+                ("shop", "web", "10.0.1.12"),
+            ],
+            &(egress_policy("shop", "web-egress", "web", &[443], true)
+                + &egress_policy("bank", "ledger-egress", "ledger", &[443], false)),
+        ),
+    )
+    .unwrap();
+    let old = days_ago(8);
+    let flows = dir.join("flows.jsonl");
+    let lines = [
+        record("shop", "api", "203.0.113.4", 443, 5, old),
+        record("shop", "api", "203.0.113.4", 8443, 3, old),
+        record("shop", "batch", "203.0.113.5", 443, 2, old),
+        record("shop", "web", "203.0.113.6", 443, 2, old),
+        record(
+            "shop",
+            "fresh",
+            "203.0.113.7",
+            443,
+            1,
+            Utc::now() - chrono::Duration::hours(1),
+        ),
+        record("bank", "ledger", "203.0.113.8", 443, 1, old),
+    ];
+    std::fs::write(&flows, lines.join("\n") + "\n").unwrap();
+    let proposed = dir.join("proposed");
+    std::fs::create_dir(&proposed).unwrap();
+    write_proposal(&proposed, &[443]);
+    (cluster, flows, proposed)
+}
+
+/// The proposal: `api` may use `api_ports`, `batch` 443, `fresh` only 80.
+fn write_proposal(dir: &Path, api_ports: &[u16]) {
+    std::fs::write(
+        dir.join("api-egress.yaml"),
+        policy_file("shop", "api-egress", "api", api_ports),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("batch-egress.yaml"),
+        policy_file("shop", "batch-egress", "batch", &[443]),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("fresh-egress.yaml"),
+        policy_file("shop", "fresh-egress", "fresh", &[80]),
+    )
+    .unwrap();
+}
+
+fn json_lines(o: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn phases(objects: &[Value]) -> Vec<(String, String, String)> {
+    objects
+        .iter()
+        .map(|o| {
+            (
+                o["namespace"].as_str().unwrap().to_owned(),
+                o["workload"].as_str().unwrap().to_owned(),
+                o["phase"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn owned(rows: &[(&str, &str, &str)]) -> Vec<(String, String, String)> {
+    rows.iter()
+        .map(|(a, b, c)| ((*a).to_owned(), (*b).to_owned(), (*c).to_owned()))
+        .collect()
+}
+
+/// The expected board of [`board_fixture`] with its proposal.
+const BOARD: [(&str, &str, &str); 5] = [
+    ("bank", "Deployment/ledger", "unmanaged"),
+    ("shop", "Deployment/api", "would-deny"),
+    ("shop", "Deployment/batch", "ready"),
+    ("shop", "Deployment/fresh", "observing"),
+    ("shop", "Deployment/web", "enforced"),
+];
+
+#[test]
+fn rollout_status_json_and_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, flows, proposed) = board_fixture(dir.path());
+    let base = [
+        "rollout",
+        "status",
+        "--cluster",
+        path_str(&cluster),
+        "--flows",
+        path_str(&flows),
+        "--proposed",
+        path_str(&proposed),
+    ];
+    let o = leash(&[&base[..], &["--format", "json"]].concat());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let objects = json_lines(&o);
+    assert_eq!(phases(&objects), owned(&BOARD));
+    let api = &objects[1];
+    let observed = api["observed_for_seconds"].as_u64().unwrap();
+    assert!(
+        (8 * 86_400 - 120..=8 * 86_400 + 120).contains(&observed),
+        "{observed}"
+    );
+    assert_eq!(api["would_deny"].as_array().unwrap().len(), 1, "{api}");
+    assert_eq!(api["would_deny"][0]["dst"], "203.0.113.4");
+    assert_eq!(api["would_deny"][0]["dst_port"], 8443);
+    assert_eq!(api["would_deny"][0]["protocol"], "TCP");
+    assert_eq!(api["would_deny"][0]["events"], 3);
+    assert!(
+        api["would_deny"][0]["last_seen"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z')
+    );
+    assert_eq!(objects[0]["policies"][0], "bank/ledger-egress");
+
+    let o = leash(&base);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let table = String::from_utf8_lossy(&o.stdout).into_owned();
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("NAMESPACE  WORKLOAD"), "{table}");
+    for (i, (ns, workload, phase)) in BOARD.iter().enumerate() {
+        let cells: Vec<&str> = lines[i + 1].split_whitespace().collect();
+        assert_eq!(&cells[..3], [*ns, *workload, *phase], "{table}");
+    }
+    assert!(
+        lines[2].contains("203.0.113.4:8443/TCP (3 events)"),
+        "{table}"
+    );
+    assert_eq!(
+        lines[6],
+        "5 workloads: 1 unmanaged, 1 enforced, 1 observing, 1 would-deny, 1 ready"
+    );
+
+    // Without a proposal there is no would-deny; --namespace narrows the board.
+    let o = leash(&[
+        "rollout",
+        "status",
+        "--cluster",
+        path_str(&cluster),
+        "--flows",
+        path_str(&flows),
+        "--namespace",
+        "shop",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        phases(&json_lines(&o)),
+        owned(&[
+            ("shop", "Deployment/api", "ready"),
+            ("shop", "Deployment/batch", "ready"),
+            ("shop", "Deployment/fresh", "observing"),
+            ("shop", "Deployment/web", "enforced"),
+        ])
+    );
+
+    // A proposal that cannot be read is bad input, naming it.
+    let o = leash(&[
+        "rollout",
+        "status",
+        "--cluster",
+        path_str(&cluster),
+        "--flows",
+        path_str(&flows),
+        "--proposed",
+        "/nonexistent/policies",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("/nonexistent/policies"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn recommend_ready_only_writes_ready_workloads_and_lists_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = dir.path().join("cluster.yaml");
+    std::fs::write(
+        &cluster,
+        snapshot(
+            &[
+                ("bank", "ledger", "10.0.2.10"),
+                ("data", "etl", "10.0.3.10"),
+                ("shop", "api", "10.0.1.10"),
+                ("shop", "fresh", "10.0.1.13"),
+            ],
+            &egress_policy("bank", "ledger-egress", "ledger", &[443], false),
+        ),
+    )
+    .unwrap();
+    let old = days_ago(8);
+    let flows = dir.path().join("flows.jsonl");
+    let lines = [
+        record("shop", "api", "203.0.113.4", 443, 5, old),
+        record(
+            "shop",
+            "fresh",
+            "203.0.113.7",
+            443,
+            1,
+            Utc::now() - chrono::Duration::hours(1),
+        ),
+        record("bank", "ledger", "203.0.113.8", 443, 1, old),
+        record("data", "etl", "203.0.113.9", 443, 1, old),
+    ];
+    std::fs::write(&flows, lines.join("\n") + "\n").unwrap();
+    let out = dir.path().join("out");
+    let args = [
+        "recommend",
+        "--cluster",
+        path_str(&cluster),
+        "--flows",
+        path_str(&flows),
+        "-o",
+        path_str(&out),
+    ];
+    let o = leash(&[&args[..], &["--ready-only"]].concat());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let exists = |p: &str| out.join(p).exists();
+    assert!(exists("shop/api-egress.yaml"));
+    assert!(exists("data/etl-egress.yaml"));
+    assert!(exists("data/default-deny-egress.yaml"));
+    assert!(!exists("shop/fresh-egress.yaml"), "fresh is observing");
+    assert!(!exists("bank/ledger-egress.yaml"), "ledger is unmanaged");
+    // A default-deny would cut off the withheld workloads' egress.
+    assert!(!exists("shop/default-deny-egress.yaml"));
+    assert!(!exists("bank/default-deny-egress.yaml"));
+    let report = std::fs::read_to_string(out.join("REPORT.md")).unwrap();
+    assert!(
+        report.contains("### Not ready: no policy written (--ready-only)"),
+        "{report}"
+    );
+    assert!(
+        report.contains("| bank/Deployment/ledger | `unmanaged` | an egress NetworkPolicy leash did not write selects it (bank/ledger-egress) |"),
+        "{report}"
+    );
+    assert!(
+        report.contains("| shop/Deployment/fresh | `observing` | observed for 1h 0m, less than the minimum of 1d 0h |"),
+        "{report}"
+    );
+    assert!(!report.contains("shop/Deployment/api |"), "{report}");
+
+    // Without the flag every workload gets its policy.
+    let all = dir.path().join("all");
+    let o = leash(&[&args[..5], &["-o", path_str(&all)]].concat());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(all.join("shop/fresh-egress.yaml").exists());
+    assert!(all.join("shop/default-deny-egress.yaml").exists());
+    assert!(
+        !std::fs::read_to_string(all.join("REPORT.md"))
+            .unwrap()
+            .contains("--ready-only")
+    );
+
+    // The YAML stream follows the same rule: ready policies, even where no default-deny is.
+    let o = leash(&[&args[..5], &["--ready-only"]].concat());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let yaml = String::from_utf8_lossy(&o.stdout);
+    assert!(yaml.contains("name: api-egress"), "{yaml}");
+    assert!(yaml.contains("name: etl-egress"), "{yaml}");
+    assert!(!yaml.contains("name: fresh-egress"), "{yaml}");
+    assert_eq!(
+        yaml.matches("name: default-deny-egress").count(),
+        1,
+        "{yaml}"
+    );
+}
+
+fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// A minimal HTTP/1.1 GET: the status and the body.
+fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((status, body.to_owned()))
+}
+
+/// A running `leash serve --insecure`, killed on drop.
+struct Server {
+    child: Child,
+    http: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// Starts on `cluster` and the store `db` with `--proposed proposed`, polled every
+    /// 200 ms; the check interval is an hour, so only a reload re-evaluates the store.
+    fn start(cluster: &Path, db: &Path, proposed: &str) -> Server {
+        let http = free_port();
+        let child = Command::new(LEASH)
+            .arg("serve")
+            .arg("--insecure")
+            .args(["--listen", &free_port().to_string()])
+            .args(["--http", &http.to_string()])
+            .arg("--store")
+            .arg(db)
+            .arg("--cluster")
+            .arg(cluster)
+            .args(["--proposed", proposed, "--proposed-poll", "200ms"])
+            .args(["--check-interval", "1h"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut server = Server { child, http };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok((200, _)) = get(server.http, "/v1/rollout") {
+                return server;
+            }
+            if let Some(status) = server.child.try_wait().unwrap() {
+                panic!("leash serve exited before its board was ready: {status}");
+            }
+            assert!(Instant::now() < deadline, "no rollout board in 30 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn board(&self, path: &str) -> Vec<Value> {
+        let (status, body) = get(self.http, path).unwrap();
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    fn metrics(&self) -> String {
+        get(self.http, "/metrics").unwrap().1
+    }
+
+    /// Waits (at most 20 s) until `/v1/rollout` gives `phase` for `workload`.
+    fn wait_for_phase(&self, workload: &str, phase: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let board = self.board("/v1/rollout");
+            if board
+                .iter()
+                .any(|o| o["workload"] == workload && o["phase"] == phase)
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{workload} not {phase} in 20 s: {board:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// The store of [`board_fixture`]'s flows, as agents would have delivered them.
+fn store(path: &Path) {
+    let store = SqliteStore::open(path).unwrap();
+    let flow = |ns: &str, name: &str, dst: &str, port: u16, count: u64, first: DateTime<Utc>| {
+        FlowObservation {
+            workload: WorkloadRef {
+                namespace: ns.into(),
+                kind: "Deployment".into(),
+                name: name.into(),
+            },
+            protocol: Protocol::Tcp,
+            dst: dst.parse().unwrap(),
+            port,
+            count,
+            first_seen: first,
+            last_seen: Utc::now() - chrono::Duration::minutes(5),
+            names: Default::default(),
+            pods: Default::default(),
+            established: count,
+            failed: 0,
+        }
+    };
+    let old = days_ago(8);
+    store
+        .commit(
+            &BatchId {
+                node: "n1".into(),
+                boot_id: "b".into(),
+                seq: 1,
+            },
+            &[
+                flow("shop", "api", "203.0.113.4", 443, 5, old),
+                flow("shop", "api", "203.0.113.4", 8443, 3, old),
+                flow("shop", "batch", "203.0.113.5", 443, 2, old),
+                flow("shop", "web", "203.0.113.6", 443, 2, old),
+                flow(
+                    "shop",
+                    "fresh",
+                    "203.0.113.7",
+                    443,
+                    1,
+                    Utc::now() - chrono::Duration::hours(1),
+                ),
+                flow("bank", "ledger", "203.0.113.8", 443, 1, old),
+            ],
+            &[],
+        )
+        .unwrap();
+}
+
+#[test]
+fn serve_shadow_evaluates_the_proposal_and_reloads_it_when_the_directory_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, _flows, proposed) = board_fixture(dir.path());
+    let db = dir.path().join("leash.db");
+    store(&db);
+    let server = Server::start(&cluster, &db, path_str(&proposed));
+
+    let board = server.board("/v1/rollout");
+    assert_eq!(phases(&board), owned(&BOARD));
+    assert_eq!(board[1]["would_deny"][0]["dst_port"], 8443);
+    let shop = server.board("/v1/namespaces/shop/rollout");
+    assert_eq!(phases(&shop), owned(&BOARD[1..]));
+    let (status, body) = get(server.http, "/v1/namespaces/nowhere/rollout").unwrap();
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("\"nowhere\""), "{body}");
+
+    let metrics = server.metrics();
+    for line in [
+        "leash_rollout_workloads{phase=\"would-deny\"} 1\n",
+        "leash_rollout_workloads{phase=\"ready\"} 1\n",
+        "leash_rollout_workloads{phase=\"drifted\"} 0\n",
+        // api's 8443 flow (3 events), and fresh's 443 flow that the proposal limits to 80.
+        "leash_shadow_denied_total{namespace=\"shop\",workload=\"Deployment/api\"} 3\n",
+        "leash_shadow_denied_total{namespace=\"shop\",workload=\"Deployment/fresh\"} 1\n",
+        "leash_proposed_reloads_total 0\n",
+    ] {
+        assert!(metrics.contains(line), "{line:?} not in\n{metrics}");
+    }
+
+    // The proposal now allows 8443: the reload re-evaluates the store at once (the check
+    // interval is an hour).
+    write_proposal(&proposed, &[443, 8443]);
+    server.wait_for_phase("Deployment/api", "ready");
+    let metrics = server.metrics();
+    for line in [
+        "leash_rollout_workloads{phase=\"would-deny\"} 0\n",
+        "leash_rollout_workloads{phase=\"ready\"} 2\n",
+        "leash_proposed_reloads_total 1\n",
+        // A counter: what was denied stays counted.
+        "leash_shadow_denied_total{namespace=\"shop\",workload=\"Deployment/api\"} 3\n",
+    ] {
+        assert!(metrics.contains(line), "{line:?} not in\n{metrics}");
+    }
+
+    // A proposal that no longer parses keeps the previous one, and is counted.
+    std::fs::write(
+        proposed.join("api-egress.yaml"),
+        "kind: NetworkPolicy\nspec: [",
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !server
+        .metrics()
+        .contains("leash_proposed_reload_errors_total 1")
+    {
+        assert!(Instant::now() < deadline, "no reload error counted in 20 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let board = server.board("/v1/rollout");
+    assert_eq!(board[1]["phase"], "ready", "{board:?}");
+}
+
+fn git(repo: &Path, args: &[&str]) {
+    let o = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args([
+            "-c",
+            "user.name=leash test",
+            "-c",
+            "user.email=test@leash.invalid",
+            "-c",
+            "commit.gpgsign=false",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn serve_follows_a_git_branch_of_proposed_policies() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, _flows, _dir_proposal) = board_fixture(dir.path());
+    let db = dir.path().join("leash.db");
+    store(&db);
+    let repo = dir.path().join("repo");
+    let policies = repo.join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    write_proposal(&policies, &[443]);
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "proposal"]);
+    // The working tree differs from the revision: only the commit counts.
+    write_proposal(&policies, &[443, 8443]);
+
+    let source = format!("git:main:{}", policies.display());
+    let server = Server::start(&cluster, &db, &source);
+    assert_eq!(phases(&server.board("/v1/rollout")), owned(&BOARD));
+
+    // A new commit on the branch is a new proposal.
+    git(&repo, &["commit", "-q", "-a", "-m", "allow 8443"]);
+    server.wait_for_phase("Deployment/api", "ready");
+    assert!(
+        server
+            .metrics()
+            .contains("leash_proposed_reloads_total 1\n"),
+        "{}",
+        server.metrics()
+    );
+}
