@@ -134,19 +134,32 @@ const STATES: [usize; 2] = [0, 1];
 pub fn reachability(cluster: &Cluster, from: &PolicySet, to: &PolicySet) -> Vec<ReachChange> {
     let e = Engine::new(cluster, [from, to]);
     let mut per_source: Vec<BTreeSet<(Entry, Target)>> = vec![BTreeSet::new(); e.sources.len()];
-    for (sk, dests) in e.pairs() {
-        let dks: Vec<usize> = match dests {
-            Dests::All => (0..e.dests.len()).collect(),
-            Dests::Some(set) => set.into_iter().collect(),
-        };
-        let found: Vec<(usize, Vec<Entry>)> = dks
-            .into_iter()
-            .filter_map(|dk| {
-                let entries = e.pair_changes(sk, dk);
-                (!entries.is_empty()).then_some((dk, entries))
+    let pairs: Vec<(usize, Dests)> = e.pairs().into_iter().collect();
+    // Source classes are independent: spread them over the available cores.
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let chunk = pairs.len().div_ceil(threads).max(1);
+    let towards_pods: Vec<(usize, BTreeSet<(Entry, Target)>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = pairs
+            .chunks(chunk)
+            .map(|part| {
+                let e = &e;
+                s.spawn(move || {
+                    part.iter()
+                        .map(|(sk, dests)| (*sk, e.towards_pods(*sk, dests)))
+                        .collect::<Vec<_>>()
+                })
             })
             .collect();
-        e.pod_targets(sk, &found, &mut per_source[sk]);
+        handles
+            .into_iter()
+            .flat_map(|h| {
+                // A panic here is a bug; re-raise it on this thread.
+                h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
+            })
+            .collect()
+    });
+    for (sk, found) in towards_pods {
+        per_source[sk] = found;
     }
     // Towards addresses only egress counts: the same for every class with the same egress
     // policies (pods of a StatefulSet, say, each with its own labels).
@@ -215,7 +228,7 @@ struct Engine<'a> {
     dests_by_atom: BTreeMap<(Family, usize), Vec<usize>>,
     sources_by_namespace: HashMap<&'a str, Vec<usize>>,
     sources_by_atom: BTreeMap<(Family, usize), Vec<usize>>,
-    namespace_cache: std::cell::RefCell<HashMap<LabelSelector, Vec<&'a str>>>,
+    namespace_cache: std::sync::Mutex<HashMap<LabelSelector, Vec<&'a str>>>,
     /// Addresses that are not destinations of their own: pod addresses and Service addresses
     /// (and IPv4-mapped IPv6), per family, sorted and merged.
     holes: [Vec<(u128, u128)>; 2],
@@ -260,7 +273,7 @@ impl<'a> Engine<'a> {
             dests_by_atom: BTreeMap::new(),
             sources_by_namespace: HashMap::new(),
             sources_by_atom: BTreeMap::new(),
-            namespace_cache: std::cell::RefCell::new(HashMap::new()),
+            namespace_cache: std::sync::Mutex::new(HashMap::new()),
             holes: [Vec::new(), Vec::new()],
             node_addresses: [Vec::new(), Vec::new()],
             node_ports: PortSet::empty(),
@@ -433,20 +446,22 @@ impl<'a> Engine<'a> {
         match m {
             NamespaceMatch::Own(ns) => vec![ns.as_str()],
             NamespaceMatch::Selector(sel) => {
-                if let Some(v) = self.namespace_cache.borrow().get(sel) {
-                    return v.clone();
-                }
-                let v: Vec<&str> = self
-                    .cluster
-                    .namespaces
-                    .values()
-                    .filter(|n| sel.matches(&n.labels))
-                    .map(|n| n.name.as_str())
-                    .collect();
-                self.namespace_cache
-                    .borrow_mut()
-                    .insert(sel.clone(), v.clone());
-                v
+                // A poisoned cache only means another thread panicked: its entries are whole.
+                let mut cache = self
+                    .namespace_cache
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                cache
+                    .entry(sel.clone())
+                    .or_insert_with(|| {
+                        self.cluster
+                            .namespaces
+                            .values()
+                            .filter(|n| sel.matches(&n.labels))
+                            .map(|n| n.name.as_str())
+                            .collect()
+                    })
+                    .clone()
             }
         }
     }
@@ -635,6 +650,21 @@ impl<'a> Engine<'a> {
                 )])),
             },
         }
+    }
+
+    /// The changes of a source class towards the destination classes paired with it.
+    fn towards_pods(&self, sk: usize, dests: &Dests) -> BTreeSet<(Entry, Target)> {
+        let changes = |dk: usize| {
+            let entries = self.pair_changes(sk, dk);
+            (!entries.is_empty()).then_some((dk, entries))
+        };
+        let found: Vec<(usize, Vec<Entry>)> = match dests {
+            Dests::All => (0..self.dests.len()).filter_map(changes).collect(),
+            Dests::Some(set) => set.iter().copied().filter_map(changes).collect(),
+        };
+        let mut out = BTreeSet::new();
+        self.pod_targets(sk, &found, &mut out);
+        out
     }
 
     /// Turns a source class's changes towards destination classes into targets. Along the
