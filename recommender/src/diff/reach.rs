@@ -485,23 +485,27 @@ impl<'a> Engine<'a> {
             }
             pairs.insert(sk, Dests::Some(set));
         }
-        // Destinations whose ingress changed: every source some peer of theirs can match.
+        // Destinations whose ingress changed: every source some peer of theirs can match (the
+        // same for every destination class of a group and family).
+        let mut candidates: HashMap<(usize, Family), Vec<usize>> = HashMap::new();
         for (dk, d) in self.dests.iter().enumerate() {
             let g = &self.groups[d.group];
             if !g.ingress_changed {
                 continue;
             }
-            let sks: Vec<usize> = match changed_rules(&g.ingress, false) {
-                None => (0..self.sources.len()).collect(),
-                Some(rules) => {
-                    let mut set = BTreeSet::new();
-                    for peer in rules.iter().flat_map(|r| &r.peers) {
-                        self.sources_for_peer(peer, d.family, &mut set);
+            let sks = candidates
+                .entry((d.group, d.family))
+                .or_insert_with(|| match changed_rules(&g.ingress, false) {
+                    None => (0..self.sources.len()).collect(),
+                    Some(rules) => {
+                        let mut set = BTreeSet::new();
+                        for peer in rules.iter().flat_map(|r| &r.peers) {
+                            self.sources_for_peer(peer, d.family, &mut set);
+                        }
+                        set.into_iter().collect()
                     }
-                    set.into_iter().collect()
-                }
-            };
-            for sk in sks {
+                });
+            for &sk in sks.iter() {
                 match pairs
                     .entry(sk)
                     .or_insert_with(|| Dests::Some(BTreeSet::new()))
