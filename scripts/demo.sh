@@ -2,7 +2,9 @@
 # The demo: the shop lab (two namespaces, Services, DNS, external hosts), the real leash-agent
 # streaming over mTLS to `leash serve` on SQLite, then `leash recommend` and two audits (every
 # observed flow allowed, every probe denied), and a summary table. Needs root (namespaces,
-# cgroups, BPF). Leaves out/cluster.yaml, out/flows.jsonl, out/policies/ and out/REPORT.md.
+# cgroups, BPF). Then the lockdown: the proposal applied, one new call, rollout status,
+# recommend --previous and diff. Leaves out/cluster.yaml, out/flows.jsonl, out/policies/
+# (with its REPORT.md index), out/cluster-locked.yaml, out/rollout.json and out/diff.jsonl.
 #
 # Usage: scripts/demo.sh [lab-demo options], e.g. `--no-serve` (agent writes flows.jsonl only,
 # `leash recommend --flows`) or `--rounds 5`. Set-up and the release build run first; both are

@@ -375,9 +375,14 @@ fn check_artifacts(run: &Run) {
         "worker: syslog rule: {}",
         by_app["worker"]
     );
-    let report = std::fs::read_to_string(out.join("REPORT.md")).expect("out/REPORT.md");
+    let index = std::fs::read_to_string(out.join("policies/REPORT.md")).expect("the index");
+    assert!(index.contains("shop/REPORT.md"), "{index}");
+    let report = std::fs::read_to_string(out.join("policies/shop/REPORT.md")).expect("shop's");
     assert!(report.contains("frontend"), "{report}");
-    assert!(!out.join("policies/REPORT.md").exists());
+    assert!(
+        out.join("policies/shop/evidence.json").is_file(),
+        "shop's evidence"
+    );
 
     // The audits, re-run independently on the artifacts.
     let observed = audit(run, &out.join("flows.jsonl"));

@@ -12,8 +12,8 @@
 //! 4. generate the shop's traffic, then stop the agent with SIGTERM (it flushes and waits for
 //!    acknowledgements);
 //! 5. write `DIR/probes.jsonl`, flows the shop never made;
-//! 6. `leash recommend --store DIR/leash.db` into `DIR/policies`, moving REPORT.md to
-//!    `DIR/REPORT.md`;
+//! 6. `leash recommend --store DIR/leash.db` into `DIR/policies` (policies, and per namespace
+//!    REPORT.md and evidence.json, indexed by `DIR/policies/REPORT.md`);
 //! 7. `leash audit` of `DIR/flows.jsonl` (every flow must be allowed) and of `DIR/probes.jsonl`
 //!    (every probe must be denied), as JSON lines in `DIR/audit-flows.jsonl` and
 //!    `DIR/audit-probes.jsonl`;
@@ -798,18 +798,16 @@ fn demo(o: &Opts) -> Result<()> {
     }
     cmd.arg("--cluster").arg(&cluster).arg("-o").arg(&policies);
     let rec = run_ok("recommend policies", &mut cmd)?;
-    let report_src = policies.join("REPORT.md");
-    std::fs::rename(&report_src, out.join("REPORT.md")).map_err(|e| {
-        fail(
+    if !policies.join("REPORT.md").is_file() {
+        return Err(fail(
             "recommend policies",
             format!(
-                "moving {} to out/REPORT.md: {e}; stderr:\n{}",
-                report_src.display(),
-                rec.stderr,
-                e = Chain(&e)
+                "no REPORT.md in {}; stderr:\n{}",
+                policies.display(),
+                rec.stderr.trim_end()
             ),
-        )
-    })?;
+        ));
+    }
     let files = policy_files(&policies);
     if !files.iter().any(|f| !f.ends_with("/default-deny-egress")) {
         let source = if o.serve {
@@ -987,7 +985,7 @@ fn summary(
     let _ = writeln!(s, "time: {} total ({})", secs(total), times.join(", "));
     let _ = writeln!(
         s,
-        "artifacts: {0}/cluster.yaml {0}/flows.jsonl {0}/policies/ {0}/REPORT.md \
+        "artifacts: {0}/cluster.yaml {0}/flows.jsonl {0}/policies/ (REPORT.md) \
          {0}/cluster-locked.yaml {0}/rollout.json {0}/diff.jsonl",
         o.out.display()
     );
