@@ -161,6 +161,10 @@ fn policies(dir: &Path) -> BTreeMap<String, Value> {
             continue;
         }
         for f in std::fs::read_dir(ns.path()).unwrap().flatten() {
+            // Beside the policies: the namespace's REPORT.md and evidence.json.
+            if f.path().extension().is_none_or(|e| e != "yaml") {
+                continue;
+            }
             let text = std::fs::read_to_string(f.path()).unwrap();
             let v: Value = serde_norway::from_str(&text)
                 .unwrap_or_else(|e| panic!("{}: {e}", f.path().display()));
@@ -529,12 +533,15 @@ fn demo_pipeline_streams_through_leash_serve() {
         assert!(run.out.join("certs").join(f).is_file(), "certs/{f}");
     }
     let from_file = tempfile::tempdir().unwrap();
+    // The store also holds the lockdown step's new call, and out/policies is the proposal
+    // made after it, over the locked snapshot.
     let status = Command::new(&run.leash)
         .arg("recommend")
         .arg("--cluster")
-        .arg(run.out.join("cluster.yaml"))
+        .arg(run.out.join("cluster-locked.yaml"))
         .arg("--flows")
         .arg(run.out.join("flows.jsonl"))
+        .arg(run.out.join("flows-new.jsonl"))
         .arg("-o")
         .arg(from_file.path())
         .status()
@@ -559,8 +566,11 @@ fn counts_are_exact_across_an_agent_restart() {
     let agent_2 = std::fs::read_to_string(run.out.join("agent-2.log")).unwrap();
     assert!(agent_2.contains("capturing"), "{agent_2}");
 
+    // Everything the three agents wrote: two for the traffic, one for the lockdown's call.
     let (mut flow_events, mut dns_records) = (0u64, 0u64);
-    for r in records(&run.out.join("flows.jsonl")) {
+    let mut recs = records(&run.out.join("flows.jsonl"));
+    recs.extend(records(&run.out.join("flows-new.jsonl")));
+    for r in recs {
         match r {
             Record::Flow(f) => flow_events += f.count,
             Record::Dns(_) => dns_records += 1,
@@ -581,6 +591,6 @@ fn counts_are_exact_across_an_agent_restart() {
         flow_events
     );
     assert_eq!(sum("SELECT coalesce(sum(count), 0) FROM dns"), dns_records);
-    // Two agent processes, each with its own boot id, each batch stored once.
-    assert_eq!(sum("SELECT count(DISTINCT boot_id) FROM batches"), 2);
+    // Three agent processes, each with its own boot id, each batch stored once.
+    assert_eq!(sum("SELECT count(DISTINCT boot_id) FROM batches"), 3);
 }
