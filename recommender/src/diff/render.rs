@@ -440,30 +440,6 @@ pub fn markdown(diff: &Diff) -> String {
     out
 }
 
-/// Left-aligned columns separated by two spaces, without trailing blanks.
-fn aligned<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
-    let mut widths = header.map(|h| h.chars().count());
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let mut line = |cells: [&str; N]| {
-        let mut l = String::new();
-        for (cell, w) in cells.iter().zip(widths) {
-            let _ = write!(l, "{cell:<w$}  ");
-        }
-        out.push_str(l.trim_end());
-        out.push('\n');
-    };
-    line(header);
-    for row in rows {
-        line(row.each_ref().map(String::as_str));
-    }
-    out
-}
-
 /// Aligned columns for a terminal: the reachability changes, the observed flows that change
 /// verdict, and a summary line.
 pub fn table(diff: &Diff) -> String {
@@ -482,7 +458,7 @@ pub fn table(diff: &Diff) -> String {
                 ]
             })
             .collect();
-        out.push_str(&aligned(
+        out.push_str(&crate::render::columns::aligned(
             ["SOURCE", "CHANGE", "PROTO", "PORTS", "DESTINATION"],
             &rows,
         ));
@@ -509,7 +485,7 @@ pub fn table(diff: &Diff) -> String {
                 ]
             })
             .collect();
-        out.push_str(&aligned(
+        out.push_str(&crate::render::columns::aligned(
             [
                 "SOURCE",
                 "POD",
