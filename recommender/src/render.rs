@@ -152,8 +152,8 @@ pub fn yaml_stream(policies: &[NetworkPolicy]) -> Result<String> {
     Ok(out)
 }
 
-/// `1 policy`, `2 policies`.
-fn plural(n: usize, one: &str, many: &str) -> String {
+/// `1 policy`, `2 policies`: the count with the word that agrees with it.
+pub(crate) fn plural(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 

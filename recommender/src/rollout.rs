@@ -226,7 +226,9 @@ fn flows_text(flows: &[DeniedFlow], one: &str, many: &str) -> String {
             } else {
                 format!(" {}", f.names.join(" "))
             };
-            format!("{}{names} ({} events)", f.destination(), f.events)
+            let events = usize::try_from(f.events).unwrap_or(usize::MAX);
+            let events = crate::render::plural(events, "event", "events");
+            format!("{}{names} ({events})", f.destination())
         })
         .collect();
     out.push_str(&shown.join(", "));

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::{Change, Diff, FlowChange, ReachChange, Source, Target};
 use crate::eval::Verdict;
-use crate::render::{cell, code, list};
+use crate::render::{cell, code, list, plural};
 
 /// DNS names shown per flow in markdown; the others are counted.
 const MAX_NAMES: usize = 5;
@@ -253,10 +253,6 @@ fn host_port(ip: IpAddr, port: u16) -> String {
         IpAddr::V4(v4) => format!("{v4}:{port}"),
         IpAddr::V6(v6) => format!("[{v6}]:{port}"),
     }
-}
-
-fn plural(n: usize, one: &str, many: &str) -> String {
-    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// The names of a flow's destination, comma-separated; `-` for none.
