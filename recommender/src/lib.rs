@@ -35,6 +35,7 @@ pub mod explain;
 pub mod ingest;
 pub mod json;
 pub mod observations;
+pub mod parallel;
 pub mod policy_source;
 pub mod policy_state;
 pub mod ports;

@@ -349,21 +349,7 @@ pub fn phases(
             policies.proposed.is_some_and(denies),
         )
     };
-    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    let chunk = keys.len().div_ceil(threads).max(1);
-    let verdicts: Vec<(bool, bool)> = std::thread::scope(|s| {
-        let handles: Vec<_> = keys
-            .chunks(chunk)
-            .map(|part| s.spawn(|| part.iter().map(&judge).collect::<Vec<_>>()))
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| {
-                // A panicking evaluator is a bug; re-raise it on this thread.
-                h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
-            })
-            .collect()
-    });
+    let verdicts: Vec<(bool, bool)> = crate::parallel::map(&keys, judge);
     let mut seen: BTreeMap<WorkloadId, Seen> = BTreeMap::new();
     for ((k, ev, _, w), (denied, would)) in keys.iter().zip(verdicts) {
         let s = seen.entry(*w).or_default();

@@ -186,9 +186,16 @@ pub fn open(path: &Path, regular_only: bool) -> Result<File> {
 /// invalid UTF-8 is reported with its line.
 pub fn read_to_string(path: &Path, regular_only: bool, limits: Limits) -> Result<String> {
     let file = open(path, regular_only)?;
-    let mut reader = LineReader::new(file, path, limits);
+    // Reads sized to the file: a directory of thousands of small policy files would
+    // otherwise allocate and clear a whole chunk for each (seconds, in `leash diff` on
+    // 31,000 files); a FIFO or a growing file still reads in chunks.
+    let size = file.metadata().map_or(0, |m| m.len());
+    let chunk = usize::try_from(size.saturating_add(1))
+        .unwrap_or(CHUNK)
+        .clamp(4 << 10, CHUNK);
+    let mut reader = LineReader::new(file, path, limits).with_chunk(chunk);
     let mut text = Vec::new();
-    while let Some(block) = reader.next_block(CHUNK)? {
+    while let Some(block) = reader.next_block(chunk)? {
         text.extend_from_slice(&block);
     }
     String::from_utf8(text).map_err(|e| {
@@ -224,6 +231,8 @@ pub struct LineReader<R> {
     lines_out: usize,
     /// Whether the input has ended.
     eof: bool,
+    /// Bytes asked of the input per read.
+    chunk: usize,
 }
 
 impl<R: Read> LineReader<R> {
@@ -241,7 +250,15 @@ impl<R: Read> LineReader<R> {
             total: 0,
             lines_out: 0,
             eof: false,
+            chunk: CHUNK,
         }
+    }
+
+    /// Reads `chunk` bytes at a time (at least 1) instead of the default 256 KiB: for
+    /// inputs known to be small.
+    pub fn with_chunk(mut self, chunk: usize) -> Self {
+        self.chunk = chunk.max(1);
+        self
     }
 
     /// The 1-based number of the line last returned by [`Self::next_line`].
@@ -267,7 +284,7 @@ impl<R: Read> LineReader<R> {
     /// Reads one chunk, checking the lines it ends and the one it leaves open.
     fn fill(&mut self) -> Result<()> {
         let old = self.buf.len();
-        self.buf.resize(old + CHUNK, 0);
+        self.buf.resize(old + self.chunk, 0);
         let n = loop {
             match self.inner.read(&mut self.buf[old..]) {
                 Ok(n) => break n,
@@ -355,7 +372,7 @@ impl<R: Read> LineReader<R> {
                 return Ok(None);
             }
             // The next block grows in a buffer sized for it, not by doubling from the tail.
-            let mut rest = Vec::with_capacity(min.saturating_add(CHUNK).min(1 << 30));
+            let mut rest = Vec::with_capacity(min.saturating_add(self.chunk).min(1 << 30));
             rest.extend_from_slice(&self.buf[cut..]);
             self.buf.truncate(cut);
             let mut block = std::mem::replace(&mut self.buf, rest);
@@ -477,6 +494,46 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    /// Reads sized to the file read every byte of files around and across the read sizes, and
+    /// still refuse a file over the limit or with a line over the limit.
+    #[test]
+    fn read_to_string_reads_files_of_any_size_within_the_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.yaml");
+        for len in [
+            0,
+            1,
+            4095,
+            4096,
+            4097,
+            CHUNK - 1,
+            CHUNK,
+            CHUNK + 1,
+            3 * CHUNK + 7,
+        ] {
+            let text: String = (0..len)
+                .map(|i| if i % 61 == 60 { '\n' } else { 'x' })
+                .collect();
+            std::fs::write(&path, &text).unwrap();
+            assert_eq!(
+                read_to_string(&path, true, Limits::default()).unwrap(),
+                text,
+                "{len} bytes"
+            );
+        }
+        std::fs::write(&path, "x\n".repeat(3000)).unwrap();
+        let small = Limits {
+            max_line: 1000,
+            max_file: 5999,
+        };
+        assert!(matches!(
+            read_to_string(&path, true, small),
+            Err(InputError::TooLarge { .. })
+        ));
+        std::fs::write(&path, format!("a\n{}\n", "y".repeat(1001))).unwrap();
+        assert!(read_to_string(&path, true, small).is_err());
     }
 
     /// A reader that hands out at most `n` bytes per read, to cut lines across reads.

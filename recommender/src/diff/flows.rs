@@ -6,7 +6,7 @@
 //! protocol, verdicts) with the one evidence fold ([`Evidence::merge`]); one that was allowed
 //! and becomes denied is a break.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::cluster::{Cluster, PodInfo};
 use crate::eval::{
@@ -87,6 +87,9 @@ pub struct ObservedFlows {
 /// flows are of workloads whose policies did not change.
 struct Changed<'a> {
     by_namespace: HashMap<&'a str, Vec<&'a CompiledPolicy>>,
+    /// Whether any of them isolates ingress: proposals of egress policies never do, and then
+    /// no destination needs resolving.
+    any_ingress: bool,
 }
 
 impl<'a> Changed<'a> {
@@ -105,7 +108,11 @@ impl<'a> Changed<'a> {
                 }
             }
         }
-        Changed { by_namespace }
+        let any_ingress = by_namespace.values().flatten().any(|p| p.ingress.is_some());
+        Changed {
+            by_namespace,
+            any_ingress,
+        }
     }
 
     /// Whether a changed policy selects `pod` in one direction.
@@ -132,6 +139,9 @@ impl<'a> Changed<'a> {
         if self.selects(pod, true) {
             return true;
         }
+        if !self.any_ingress {
+            return false;
+        }
         let dst = flow.dst.to_canonical();
         match cluster.service(dst, flow.dst_port, flow.protocol) {
             ServiceRoute::NotAService => crate::eval::ClusterView::pod_by_ip(cluster, dst)
@@ -156,12 +166,20 @@ pub fn changes(
 ) -> ObservedFlows {
     type Key = (WorkloadKey, Flow, Verdict, Verdict);
     let mut groups: BTreeMap<Key, (BTreeSet<String>, Evidence)> = BTreeMap::new();
-    let mut seen: BTreeSet<(WorkloadKey, Flow)> = BTreeSet::new();
+    // Workloads by number, computed once per pod: millions of flows come from a few
+    // thousand workloads, and keying every flow by two strings was most of the time.
+    let mut workload_ids: HashMap<usize, usize> = HashMap::new();
+    let mut interned: HashMap<WorkloadKey, usize> = HashMap::new();
+    let mut keys: Vec<WorkloadKey> = Vec::new();
+    let mut seen: HashSet<(usize, Flow)> = HashSet::new();
     let mut out = ObservedFlows {
         unattributed_events: obs.unattributed_flows,
         ..ObservedFlows::default()
     };
     let changed = Changed::new(from, to);
+    // First the flows a changed policy can reach; then their evaluations, over the cores;
+    // then the fold, in the observations' order.
+    let mut candidates = Vec::new();
     for (key, ev) in &obs.flows {
         let Some(pod) = cluster.pods.get(key.pod) else {
             continue;
@@ -169,18 +187,30 @@ pub fn changes(
         if !namespaces.is_empty() && !namespaces.contains(&pod.namespace) {
             continue;
         }
-        let source = workload_of(cluster, pod);
+        let id = *workload_ids.entry(key.pod).or_insert_with(|| {
+            let w = workload_of(cluster, pod);
+            *interned.entry(w.clone()).or_insert_with(|| {
+                keys.push(w);
+                keys.len() - 1
+            })
+        });
         let flow = Flow {
             protocol: key.protocol,
             dst: key.dst,
             dst_port: key.port,
         };
-        seen.insert((source.clone(), flow));
-        if !changed.may_change(cluster, pod, &flow) {
-            continue;
+        seen.insert((id, flow));
+        if changed.may_change(cluster, pod, &flow) {
+            candidates.push((key, ev, pod, id, flow));
         }
-        let before = evaluate(cluster, from, pod, &flow).verdict;
-        let after = evaluate(cluster, to, pod, &flow).verdict;
+    }
+    let verdicts = crate::parallel::map(&candidates, |(_, _, pod, _, flow)| {
+        (
+            evaluate(cluster, from, *pod, flow).verdict,
+            evaluate(cluster, to, *pod, flow).verdict,
+        )
+    });
+    for ((key, ev, pod, id, flow), (before, after)) in candidates.into_iter().zip(verdicts) {
         if before == after {
             continue;
         }
@@ -194,7 +224,7 @@ pub fn changes(
         if let Some(names) = obs.names_by_ip.get(&key.dst.to_canonical()) {
             evidence.names.extend(names.iter().cloned());
         }
-        match groups.entry((source, flow, before, after)) {
+        match groups.entry((keys[id].clone(), flow, before, after)) {
             std::collections::btree_map::Entry::Occupied(mut e) => {
                 let (names, folded) = e.get_mut();
                 names.extend(pods.into_iter().map(str::to_owned));
@@ -206,7 +236,8 @@ pub fn changes(
         }
     }
     out.evaluated = seen.len();
-    out.workloads = seen.into_iter().map(|(w, _)| w).collect();
+    let ids: HashSet<usize> = seen.iter().map(|(w, _)| *w).collect();
+    out.workloads = ids.into_iter().map(|w| keys[w].clone()).collect();
     out.changes = groups
         .into_iter()
         .map(|((source, flow, from, to), (pods, evidence))| FlowChange {

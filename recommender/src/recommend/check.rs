@@ -85,21 +85,10 @@ pub fn self_check<V: ClusterView + Sync + ?Sized>(
         })
     };
     // Evaluations are independent: spread them over the available cores.
-    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    let chunk = checks.len().div_ceil(threads).max(1);
-    let mut denied: Vec<Denied> = std::thread::scope(|s| {
-        let handles: Vec<_> = checks
-            .chunks(chunk)
-            .map(|part| s.spawn(|| part.iter().filter_map(check_one).collect::<Vec<_>>()))
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| {
-                // A panicking evaluator is a bug; re-raise it on this thread.
-                h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
-            })
-            .collect()
-    });
+    let mut denied: Vec<Denied> = crate::parallel::map(&checks, check_one)
+        .into_iter()
+        .flatten()
+        .collect();
     denied.sort();
     if denied.is_empty() {
         Ok(())
