@@ -783,13 +783,23 @@ fn rollout_statuses(
 /// `leash diff`: both states over the same cluster source, the observed traffic when
 /// given, the report on stdout; exit 3 on a break with `--fail-on-break`.
 fn diff(args: DiffArgs) -> Result<(), Failure> {
-    let (cluster, applied) = load_cluster(&args.source)?;
+    // The states' files are read while the cluster loads: neither needs the other, and both
+    // take seconds on a large cluster.
+    let (loaded, from_given, to_given) = std::thread::scope(|s| {
+        let from = s.spawn(|| args.from.load());
+        let to = s.spawn(|| args.to.load());
+        let loaded = load_cluster(&args.source);
+        let from = from.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+        let to = to.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+        (loaded, from, to)
+    });
+    let (cluster, applied) = loaded?;
     // A state other than `applied` replaces the applied policies it covers, as `--policies`
     // does. Errors name the state; the flag says which side.
-    let state = |flag: &str, s: &leash::policy_source::PolicySource| {
-        let given = s
-            .load()
-            .map_err(|e| Failure::BadInput(format!("{flag}: {}", Chain(&e))))?;
+    let state = |flag: &str,
+                 s: &leash::policy_source::PolicySource,
+                 given: leash::policy_source::Result<Option<Vec<_>>>| {
+        let given = given.map_err(|e| Failure::BadInput(format!("{flag}: {}", Chain(&e))))?;
         let state =
             leash::policy_state::combine(&applied.policies, given.as_deref().unwrap_or(&[]));
         if let Some(given) = &given {
@@ -806,7 +816,8 @@ fn diff(args: DiffArgs) -> Result<(), Failure> {
         leash::eval::PolicySet::new(&state.objects)
             .map_err(|e| Failure::BadInput(format!("{}: {}", applied.source, Chain(&e))))
     };
-    let (before, after) = (state("--from", &args.from)?, state("--to", &args.to)?);
+    let before = state("--from", &args.from, from_given)?;
+    let after = state("--to", &args.to, to_given)?;
     let observations = if args.store.is_some() || !args.flows.is_empty() {
         let (obs, _) = observe(&cluster, args.store.as_deref(), args.since, &args.flows)?;
         if obs.unattributed_flows > 0 {
