@@ -131,22 +131,8 @@ fn children_peak_rss_kb() -> Option<u64> {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing: do a tiny run then.
-    let benching = std::env::args().any(|a| a == "--bench");
-    let scale: f64 = match std::env::var("LEASH_BENCH_SCALE") {
-        Ok(s) => s.parse()?,
-        Err(_) if benching => 1.0,
-        Err(_) => 0.002,
-    };
-    let full = Shape::FULL;
-    let scaled = |n: u32| ((f64::from(n) * scale).round() as u32).max(1);
     // A fifth of the recommend bench's records still gives every workload its destinations.
-    let shape = Shape {
-        nodes: scaled(full.nodes),
-        namespaces: scaled(full.namespaces),
-        flow_records: ((full.flow_records as f64 * scale / 5.0) as u64).max(1),
-        ..full
-    };
+    let shape = Shape::for_bench(0.2)?;
     let dir = tempfile::tempdir()?;
     let snap_path = dir.path().join("cluster.json");
     let flows_path = dir.path().join("flows.jsonl");
