@@ -14,7 +14,7 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use leash::cluster::Cluster;
-use leash::diff::reach::{Change, ReachChange, Source, Target, reachability};
+use leash::diff::reach::{Change, ReachChange, Source, Target, reachability, reachability_of};
 use leash::eval::{Flow, PolicySet, Verdict, evaluate};
 use leash_records::Protocol;
 use proptest::prelude::*;
@@ -696,6 +696,19 @@ proptest! {
             return Ok(());
         };
         let diff = reachability(&c, &from, &to);
+        // Sources restricted by namespace give exactly those sources' changes.
+        for ns in NAMESPACES {
+            let restricted = reachability_of(&c, &from, &to, |n| n == ns);
+            let filtered: Vec<&ReachChange> = diff
+                .iter()
+                .filter(|e| match &e.source {
+                    Source::Workload { namespace, .. } | Source::Pod { namespace, .. } => {
+                        namespace == ns
+                    }
+                })
+                .collect();
+            prop_assert_eq!(restricted.iter().collect::<Vec<_>>(), filtered);
+        }
         let addrs = probe_addresses(&c, &random);
         for (pid, src) in c.pods.iter().enumerate() {
             let entries: Vec<&ReachChange> =

@@ -89,10 +89,7 @@ pub fn diff(
     opts: &Options,
 ) -> Diff {
     let wanted = |ns: &str| opts.namespaces.is_empty() || opts.namespaces.contains(ns);
-    let reachability: Vec<ReachChange> = reach::reachability(cluster, from, to)
-        .into_iter()
-        .filter(|c| wanted(source_namespace(&c.source)))
-        .collect();
+    let reachability: Vec<ReachChange> = reach::reachability_of(cluster, from, to, wanted);
     let observed = observations.map(|o| flows::changes(cluster, o, from, to, &opts.namespaces));
 
     let mut workloads: BTreeMap<WorkloadKey, WorkloadChanges> = cluster
@@ -125,13 +122,6 @@ pub fn diff(
         reachability,
         observed,
         workloads,
-    }
-}
-
-/// The namespace of a source.
-fn source_namespace(s: &Source) -> &str {
-    match s {
-        Source::Workload { namespace, .. } | Source::Pod { namespace, .. } => namespace,
     }
 }
 
