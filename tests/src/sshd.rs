@@ -89,6 +89,34 @@ fn io(what: String) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io { what, source }
 }
 
+/// The name of the effective user, from the password database (sshd logs that user in).
+fn user_name() -> Result<String, Error> {
+    // SAFETY: getpwuid_r writes only into `pwd` and `buf`, both live and sized as passed, and
+    // `found` points at `pwd` (or is null) afterwards; pw_name then points into `buf`.
+    unsafe {
+        let mut pwd: libc::passwd = std::mem::zeroed();
+        let mut buf = vec![0 as libc::c_char; 16 << 10];
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        let rc = libc::getpwuid_r(
+            libc::geteuid(),
+            &raw mut pwd,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &raw mut found,
+        );
+        if rc != 0 || found.is_null() || pwd.pw_name.is_null() {
+            return Err(Error::Io {
+                what: "getpwuid_r: the effective user has no entry in the password database"
+                    .to_owned(),
+                source: std::io::Error::from_raw_os_error(if rc == 0 { libc::ENOENT } else { rc }),
+            });
+        }
+        Ok(std::ffi::CStr::from_ptr(pwd.pw_name)
+            .to_string_lossy()
+            .into_owned())
+    }
+}
+
 /// Runs a helper command, returning its stdout.
 fn run(cmd: &mut Command) -> Result<String, Error> {
     let line = format!("{cmd:?}");
@@ -217,7 +245,7 @@ impl Sshd {
         fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
             .map_err(io(format!("chmod {}", dir.display())))?;
-        let user = run(Command::new("id").arg("-un"))?;
+        let user = user_name()?;
         // SAFETY: plain syscall.
         if unsafe { libc::geteuid() } == 0 && !Path::new("/run/sshd").is_dir() {
             // OpenSSH's privilege separation chroot; Debian's unit creates it at boot.
