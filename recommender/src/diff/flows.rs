@@ -253,7 +253,7 @@ pub fn changes(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::net::IpAddr;
     use std::path::Path;
 
@@ -264,8 +264,9 @@ mod tests {
     use super::*;
     use crate::observations::{FlowKey, PodNames};
 
-    /// shop: Deployment `web` (pods web-1, web-2) and a bare pod `worker`; db: `pg-0`.
-    fn cluster() -> Cluster {
+    /// shop: Deployment `web` (pods web-1, web-2) and a bare pod `worker`; db: `pg-0`. The
+    /// diff module's tests share it.
+    pub(in crate::diff) fn cluster() -> Cluster {
         let pods = [
             k8s::pod("shop", "web-1")
                 .labels(&[("app", "web")])
@@ -306,7 +307,7 @@ mod tests {
         .expect("valid cluster")
     }
 
-    fn policies(yaml: &str) -> PolicySet {
+    pub(in crate::diff) fn policies(yaml: &str) -> PolicySet {
         let snap =
             leash_records::snapshot::parse_str(yaml, Path::new("p.yaml")).expect("valid YAML");
         PolicySet::new(&snap.network_policies).expect("valid policies")

@@ -190,44 +190,22 @@ impl Diff {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use chrono::{DateTime, Utc};
-    use leash_lab::k8s;
     use leash_records::Protocol;
 
+    use super::flows::tests::{cluster, policies};
     use super::*;
     use crate::observations::{Evidence, FlowKey};
 
-    fn cluster() -> Cluster {
-        let pods = [
-            k8s::pod("shop", "web-1")
-                .labels(&[("app", "web")])
-                .owner("Deployment", "web")
-                .ip("10.244.1.10")
-                .build(),
-            k8s::pod("shop", "worker")
-                .labels(&[("app", "worker")])
-                .ip("10.244.1.12")
-                .build(),
-            k8s::pod("db", "pg-0")
-                .labels(&[("app", "pg")])
-                .ip("10.244.2.20")
-                .build(),
-        ];
-        Cluster::from_objects(&[], &[], &pods, &[], &[], &[], &[], &[], &[], &[], &[])
-            .expect("valid cluster")
-    }
-
     fn deny_shop_egress() -> PolicySet {
-        let yaml = r"
+        policies(
+            r"
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: deny, namespace: shop}
 spec: {podSelector: {matchLabels: {app: web}}, policyTypes: [Egress]}
-";
-        let snap = leash_records::snapshot::parse_str(yaml, Path::new("p.yaml")).expect("YAML");
-        PolicySet::new(&snap.network_policies).expect("valid")
+",
+        )
     }
 
     fn observations(c: &Cluster) -> Observations {
