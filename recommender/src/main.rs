@@ -756,13 +756,11 @@ fn rollout_statuses(
     min_observation: chrono::Duration,
     namespaces: BTreeSet<String>,
 ) -> Result<Vec<leash::rollout::WorkloadStatus>, Failure> {
-    let compile = |objects: &[_]| {
-        leash::eval::PolicySet::new(objects)
-            .map_err(|e| Failure::BadInput(format!("{}: {}", applied.source, Chain(&e))))
-    };
-    let applied_set = compile(&applied.policies)?;
+    let invalid =
+        |e: leash::eval::Error| Failure::BadInput(format!("{}: {}", applied.source, Chain(&e)));
+    let applied_set = leash::eval::PolicySet::new(&applied.policies).map_err(invalid)?;
     let proposed = given
-        .map(|g| compile(&leash::policy_state::combine(&applied.policies, g).objects))
+        .map(|g| leash::policy_state::compiled(&applied.policies, g).map_err(invalid))
         .transpose()?;
     Ok(leash::rollout::phases(
         cluster,

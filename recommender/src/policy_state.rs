@@ -134,6 +134,15 @@ where
     }
 }
 
+/// The NetworkPolicies `given` laid over `applied` ([`combine`]), compiled for the evaluator:
+/// the proposed state of `serve --proposed` and `rollout status --proposed`.
+pub fn compiled(
+    applied: &[k8s_openapi::api::networking::v1::NetworkPolicy],
+    given: &[k8s_openapi::api::networking::v1::NetworkPolicy],
+) -> crate::eval::Result<crate::eval::PolicySet> {
+    crate::eval::PolicySet::new(&combine(applied, given).objects)
+}
+
 /// The state of the given set alone, applied objects ignored (`--policies-only`).
 pub fn given_only<T>(given: &[T]) -> PolicyState<T>
 where

@@ -114,8 +114,7 @@ pub fn load(source: &PolicySource) -> Result<Proposal, Error> {
 
 /// The proposed policy state of `state`: `given` laid over its applied policies, compiled.
 pub fn proposed_set(state: &ClusterState, given: &[NetworkPolicy]) -> Result<PolicySet, Error> {
-    let combined = crate::policy_state::combine(&state.policies, given);
-    PolicySet::new(&combined.objects).map_err(Error::Combine)
+    crate::policy_state::compiled(&state.policies, given).map_err(Error::Combine)
 }
 
 /// Evaluates every stored flow against the applied policies and `proposed` (the compiled
