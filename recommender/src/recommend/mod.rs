@@ -254,7 +254,7 @@ pub fn recommend_stable(
     for (w, mut c) in changes {
         let wl = &cluster.workloads[w];
         c.namespace.clone_from(&wl.namespace);
-        c.workload = format!("{}/{}", wl.kind, wl.name);
+        c.workload = crate::json::workload(&wl.kind, &wl.name);
         c.policy = match names.get(&w) {
             Some(n) => (*n).to_owned(),
             None => carried

@@ -149,7 +149,7 @@ pub fn to_network_policy(cluster: &Cluster, p: &PolicySpec) -> net::NetworkPolic
         ),
         (
             ANNOTATION_WORKLOAD.to_owned(),
-            format!("{}/{}", w.kind, w.name),
+            crate::json::workload(&w.kind, &w.name),
         ),
     ]);
     net::NetworkPolicy {

@@ -107,7 +107,7 @@ pub fn render(cluster: &Cluster, rec: &Recommendation, ns: &str) -> String {
                 workload: cluster
                     .workloads
                     .get(p.workload)
-                    .map(|w| format!("{}/{}", w.kind, w.name))
+                    .map(|w| crate::json::workload(&w.kind, &w.name))
                     .unwrap_or_default(),
                 rules: p
                     .rules

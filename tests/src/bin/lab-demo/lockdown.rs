@@ -138,7 +138,7 @@ pub(crate) fn lockdown(
             line["phase"].as_str().unwrap_or_default().to_owned(),
         );
     }
-    let payment = workload_key(shop::PAYMENT);
+    let payment = super::workload_of(shop::PAYMENT);
     if phases.get(&payment).map(String::as_str) != Some("drifted") {
         return Err(fail(
             step,
@@ -242,11 +242,6 @@ pub(crate) fn lockdown(
         )],
         flow_changes: flows.len(),
     })
-}
-
-/// `shop/payment-6d9f4-m3n7r` → `shop/payment`.
-fn workload_key(pod: &str) -> String {
-    super::workload_of(pod)
 }
 
 /// Every file under `dir`, by its path relative to `dir`, with its text.
