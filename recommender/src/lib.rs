@@ -38,6 +38,7 @@ pub mod observations;
 pub mod parallel;
 pub mod policy_source;
 pub mod policy_state;
+pub mod pr;
 pub mod ports;
 pub mod recommend;
 pub mod render;
