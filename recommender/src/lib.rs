@@ -32,6 +32,7 @@ pub mod diff;
 pub mod eval;
 pub mod evidence;
 pub mod explain;
+pub mod https;
 pub mod ingest;
 pub mod json;
 pub mod observations;
