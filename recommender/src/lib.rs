@@ -39,6 +39,7 @@ pub mod observations;
 pub mod parallel;
 pub mod policy_source;
 pub mod policy_state;
+pub mod proposal;
 pub mod pr;
 pub mod ports;
 pub mod recommend;

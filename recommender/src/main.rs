@@ -407,57 +407,30 @@ fn run(cli: Cli) -> Result<(), Failure> {
             // Stability: the previous proposal, and the last evidence of its rules over the
             // store's whole retention (not only --since).
             let prev = previous_proposal(previous.as_deref(), &applied.policies)?;
-            let history = match (&store, since) {
-                (Some(path), Some(_)) => Some(
-                    leash::observations::load(&open_store(path)?, &cluster, None)
-                        .map_err(bad_input)?
-                        .0,
-                ),
-                _ => None,
-            };
-            let stability = leash::recommend::Stability {
-                previous: prev.as_ref(),
+            let history = store_history(store.as_deref(), since, &cluster)?;
+            let skipped = leash::recommend::skipped_lines(&skipped);
+            let inputs = leash::proposal::Inputs {
+                cluster: &cluster,
+                applied: &applied.policies,
+                applied_source: &applied.source,
+                observations: &observations,
                 history: history.as_ref(),
-                // A store's window ends now; record files end at their last observation, so
-                // that a re-run on the same files gives the same bytes.
-                as_of: match store {
-                    Some(_) => chrono::Utc::now(),
-                    None => leash::recommend::previous::window_end(&observations)
-                        .unwrap_or_else(chrono::Utc::now),
-                },
-                expire_after,
+                previous: prev.as_ref(),
+                as_of: window_end(store.is_some(), &observations),
+                skipped: &skipped,
             };
-            let mut recommendation =
-                leash::recommend::checked_stable(&cluster, &observations, &opts, &stability)
-                    .map_err(|e| {
-                        // Our own bug, not the user's input.
-                        Failure::Runtime(format!(
-                            "self-check failed, refusing to write policies: {}",
-                            Chain(&e)
-                        ))
-                    })?;
-            recommendation.skipped_input = leash::recommend::skipped_lines(&skipped);
-            recommendation.shared_egress =
-                leash::recommend::shared_egress(&cluster, &applied.policies, &recommendation);
-            leash::recommend::also_allowed(
-                &cluster,
-                &applied.policies,
-                &observations,
-                &mut recommendation,
-            );
-            if ready_only {
-                // The proposal is this recommendation laid over the applied policies.
-                let given = leash::recommend::all_policies(&cluster, &recommendation);
-                let statuses = rollout_statuses(
-                    &cluster,
-                    &applied,
-                    &observations,
-                    Some(&given),
-                    min_observation,
-                    opts.namespaces.clone(),
-                )?;
-                leash::rollout::keep_ready(&cluster, &mut recommendation, &statuses);
-            }
+            let proposal = leash::proposal::propose(
+                &inputs,
+                &leash::proposal::Options {
+                    recommend: opts.clone(),
+                    expire_after,
+                    ready_only,
+                    rollout: false,
+                },
+                chrono::Utc::now(),
+            )
+            .map_err(proposal_failure)?;
+            let recommendation = proposal.recommendation;
             match output {
                 Some(dir) => {
                     // Every name is checked and DIR inspected before anything is written; a
@@ -615,6 +588,45 @@ fn previous_proposal(
     Ok((dir.is_some() || !prev.policies.is_empty()).then_some(prev))
 }
 
+/// The observations of the store's whole retention when `--since` narrows the window (the
+/// last evidence of previous rules), else none: the window's are the history.
+fn store_history(
+    store: Option<&std::path::Path>,
+    since: Option<std::time::Duration>,
+    cluster: &leash::cluster::Cluster,
+) -> Result<Option<leash::observations::Observations>, Failure> {
+    match (store, since) {
+        (Some(path), Some(_)) => Ok(Some(
+            leash::observations::load(&open_store(path)?, cluster, None)
+                .map_err(bad_input)?
+                .0,
+        )),
+        _ => Ok(None),
+    }
+}
+
+/// The end of the observation window: a store's ends now; record files end at their last
+/// observation, so that a re-run on the same files gives the same bytes.
+fn window_end(
+    from_store: bool,
+    observations: &leash::observations::Observations,
+) -> chrono::DateTime<chrono::Utc> {
+    if from_store {
+        chrono::Utc::now()
+    } else {
+        leash::recommend::previous::window_end(observations).unwrap_or_else(chrono::Utc::now)
+    }
+}
+
+/// A proposal that could not be made: a failed self-check is leash's bug (exit 1), an
+/// applied policy that cannot be evaluated is the input's (exit 2).
+fn proposal_failure(e: leash::proposal::Error) -> Failure {
+    match e {
+        leash::proposal::Error::SelfCheck(_) => runtime_error(e),
+        leash::proposal::Error::Applied { .. } => bad_input(e),
+    }
+}
+
 /// Reads observations from a store or from record files, attributed to `cluster`'s pods,
 /// with the stored observations that could not be (also said on stderr).
 fn observe(
@@ -756,26 +768,18 @@ fn rollout_statuses(
     min_observation: chrono::Duration,
     namespaces: BTreeSet<String>,
 ) -> Result<Vec<leash::rollout::WorkloadStatus>, Failure> {
-    let invalid =
-        |e: leash::eval::Error| Failure::BadInput(format!("{}: {}", applied.source, Chain(&e)));
-    let applied_set = leash::eval::PolicySet::new(&applied.policies).map_err(invalid)?;
-    let proposed = given
-        .map(|g| leash::policy_state::compiled(&applied.policies, g).map_err(invalid))
-        .transpose()?;
-    Ok(leash::rollout::phases(
+    let inputs = leash::proposal::Inputs {
         cluster,
+        applied: &applied.policies,
+        applied_source: &applied.source,
         observations,
-        &leash::rollout::Policies {
-            applied: &applied.policies,
-            applied_set: &applied_set,
-            proposed: proposed.as_ref(),
-        },
-        &leash::rollout::Options {
-            min_observation,
-            now: chrono::Utc::now(),
-            namespaces,
-        },
-    ))
+        history: None,
+        previous: None,
+        as_of: chrono::Utc::now(),
+        skipped: &[],
+    };
+    leash::proposal::phases(&inputs, given, min_observation, namespaces, chrono::Utc::now())
+        .map_err(|e| Failure::BadInput(format!("{}: {}", applied.source, Chain(&e))))
 }
 
 /// `leash diff`: both states over the same cluster source, the observed traffic when
