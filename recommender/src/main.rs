@@ -43,35 +43,12 @@ enum Command {
         /// that this run no longer recommends (only in the namespaces it covers).
         #[arg(short = 'o', long = "output")]
         output: Option<PathBuf>,
-        /// Only workloads in these namespaces. Repeatable.
-        #[arg(long = "namespace", num_args = 1..)]
-        namespaces: Vec<String>,
-        /// At most this many ipBlocks per external rule.
-        #[arg(long, default_value_t = 8)]
-        max_cidrs: usize,
-        /// Never widen an IPv4 block beyond this prefix length.
-        #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u8).range(0..=32))]
-        max_prefix_v4: u8,
-        /// Never widen an IPv6 block beyond this prefix length.
-        #[arg(long, default_value_t = 48, value_parser = clap::value_parser!(u8).range(0..=128))]
-        max_prefix_v6: u8,
-        /// Flag workloads observed for less than this (e.g. 24h, 90m, 7d).
-        #[arg(long, default_value = "24h", value_parser = leash_records::duration::parse_chrono)]
-        min_observation: chrono::Duration,
-        /// NodeLocal DNSCache addresses. Repeatable; default 169.254.20.10.
-        #[arg(long = "node-local-dns", num_args = 1..)]
-        node_local_dns: Vec<IpAddr>,
+        #[command(flatten)]
+        knobs: RecommendArgs,
         /// The last proposal (normally the `-o` DIR of the last run), with its evidence.json
         /// files; default: leash's policies applied in the cluster source.
         #[arg(long)]
         previous: Option<PathBuf>,
-        /// Drop a previous rule whose last evidence is older than this (e.g. 30d).
-        #[arg(long, default_value = "30d", value_parser = leash_records::duration::parse_chrono)]
-        expire_after: chrono::Duration,
-        /// Write policies only for workloads whose rollout phase is `ready` (and keep those
-        /// of `enforced` ones); REPORT.md lists the others with their phase and why.
-        #[arg(long)]
-        ready_only: bool,
     },
     /// Evaluate every flow against a set of policies (egress at the source, ingress at the
     /// destination, Services after DNAT) and print a verdict for each.
@@ -174,6 +151,59 @@ enum RolloutCommand {
         #[arg(long, default_value = "table")]
         format: leash::rollout::Format,
     },
+}
+
+/// The recommender's knobs, shared by `recommend` and `pr`.
+#[derive(clap::Args, Debug, Clone)]
+struct RecommendArgs {
+    /// Only workloads in these namespaces. Repeatable.
+    #[arg(long = "namespace", num_args = 1..)]
+    namespaces: Vec<String>,
+    /// At most this many ipBlocks per external rule.
+    #[arg(long, default_value_t = 8)]
+    max_cidrs: usize,
+    /// Never widen an IPv4 block beyond this prefix length.
+    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u8).range(0..=32))]
+    max_prefix_v4: u8,
+    /// Never widen an IPv6 block beyond this prefix length.
+    #[arg(long, default_value_t = 48, value_parser = clap::value_parser!(u8).range(0..=128))]
+    max_prefix_v6: u8,
+    /// Flag workloads observed for less than this (e.g. 24h, 90m, 7d).
+    #[arg(long, default_value = "24h", value_parser = leash_records::duration::parse_chrono)]
+    min_observation: chrono::Duration,
+    /// NodeLocal DNSCache addresses. Repeatable; default 169.254.20.10.
+    #[arg(long = "node-local-dns", num_args = 1..)]
+    node_local_dns: Vec<IpAddr>,
+    /// Drop a previous rule whose last evidence is older than this (e.g. 30d).
+    #[arg(long, default_value = "30d", value_parser = leash_records::duration::parse_chrono)]
+    expire_after: chrono::Duration,
+    /// Write policies only for workloads whose rollout phase is `ready` (and keep those
+    /// of `enforced` ones); REPORT.md lists the others with their phase and why.
+    #[arg(long)]
+    ready_only: bool,
+}
+
+impl RecommendArgs {
+    /// The proposal's options.
+    fn options(&self) -> leash::proposal::Options {
+        let mut recommend = leash::recommend::Options {
+            max_cidrs: self.max_cidrs,
+            max_prefix_v4: self.max_prefix_v4,
+            max_prefix_v6: self.max_prefix_v6,
+            min_observation: self.min_observation,
+            namespaces: self.namespaces.iter().cloned().collect(),
+            ..leash::recommend::Options::default()
+        };
+        if !self.node_local_dns.is_empty() {
+            recommend.classify.node_local_dns = self.node_local_dns.iter().copied().collect();
+        }
+        leash::proposal::Options {
+            recommend,
+            expire_after: self.expire_after,
+            ready_only: self.ready_only,
+            rollout: false,
+        }
+    }
 }
 
 /// Where the cluster model comes from: a snapshot file, or the API server.
@@ -381,27 +411,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
             store,
             since,
             output,
-            namespaces,
-            max_cidrs,
-            max_prefix_v4,
-            max_prefix_v6,
-            min_observation,
-            node_local_dns,
+            knobs,
             previous,
-            expire_after,
-            ready_only,
         } => {
-            let mut opts = leash::recommend::Options {
-                max_cidrs,
-                max_prefix_v4,
-                max_prefix_v6,
-                min_observation,
-                namespaces: namespaces.into_iter().collect(),
-                ..leash::recommend::Options::default()
-            };
-            if !node_local_dns.is_empty() {
-                opts.classify.node_local_dns = node_local_dns.into_iter().collect::<BTreeSet<_>>();
-            }
+            let options = knobs.options();
             let (cluster, applied) = load_cluster(&source)?;
             let (observations, skipped) = observe(&cluster, store.as_deref(), since, &flows)?;
             // Stability: the previous proposal, and the last evidence of its rules over the
@@ -419,30 +432,25 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 as_of: window_end(store.is_some(), &observations),
                 skipped: &skipped,
             };
-            let proposal = leash::proposal::propose(
-                &inputs,
-                &leash::proposal::Options {
-                    recommend: opts.clone(),
-                    expire_after,
-                    ready_only,
-                    rollout: false,
-                },
-                chrono::Utc::now(),
-            )
-            .map_err(proposal_failure)?;
+            let proposal = leash::proposal::propose(&inputs, &options, chrono::Utc::now())
+                .map_err(proposal_failure)?;
             let recommendation = proposal.recommendation;
             match output {
                 Some(dir) => {
                     // Every name is checked and DIR inspected before anything is written; a
                     // failed run leaves DIR as it was, and says only why.
-                    let written =
-                        leash::render::write_dir(&dir, &cluster, &recommendation, &opts.namespaces)
-                            .map_err(|e| match e {
-                                // The checks passed; writing failed.
-                                leash::render::outdir::Error::Io { .. }
-                                | leash::render::outdir::Error::Render(_) => runtime_error(e),
-                                e => bad_input(e),
-                            })?;
+                    let written = leash::render::write_dir(
+                        &dir,
+                        &cluster,
+                        &recommendation,
+                        &options.recommend.namespaces,
+                    )
+                    .map_err(|e| match e {
+                        // The checks passed; writing failed.
+                        leash::render::outdir::Error::Io { .. }
+                        | leash::render::outdir::Error::Render(_) => runtime_error(e),
+                        e => bad_input(e),
+                    })?;
                     for w in &written.warnings {
                         eprintln!("leash: warning: {w}");
                     }
@@ -778,8 +786,14 @@ fn rollout_statuses(
         as_of: chrono::Utc::now(),
         skipped: &[],
     };
-    leash::proposal::phases(&inputs, given, min_observation, namespaces, chrono::Utc::now())
-        .map_err(|e| Failure::BadInput(format!("{}: {}", applied.source, Chain(&e))))
+    leash::proposal::phases(
+        &inputs,
+        given,
+        min_observation,
+        namespaces,
+        chrono::Utc::now(),
+    )
+    .map_err(|e| Failure::BadInput(format!("{}: {}", applied.source, Chain(&e))))
 }
 
 /// `leash diff`: both states over the same cluster source, the observed traffic when
