@@ -119,7 +119,9 @@ pub enum Error {
     #[error(transparent)]
     Http(#[from] https::Error),
     /// A success answer that is not the JSON the API documents.
-    #[error("{provider} at {api}: {method} {path}: the answer is not the documented JSON: {message}")]
+    #[error(
+        "{provider} at {api}: {method} {path}: the answer is not the documented JSON: {message}"
+    )]
     Decode {
         /// `GitHub` or `GitLab`.
         provider: &'static str,
@@ -145,7 +147,9 @@ pub enum Error {
     },
     /// The provider said a pull request is already open for the branch (another run made it
     /// at the same time), but it cannot be found.
-    #[error("{provider} at {api}: a pull request for branch {branch} already exists, but no open one was found")]
+    #[error(
+        "{provider} at {api}: a pull request for branch {branch} already exists, but no open one was found"
+    )]
     Vanished {
         /// `GitHub` or `GitLab`.
         provider: &'static str,
@@ -732,7 +736,10 @@ mod tests {
                 ca_file: None,
             })
             .expect_err(project);
-            assert!(matches!(e, Error::Endpoint { .. }), "{kind:?} {project}: {e}");
+            assert!(
+                matches!(e, Error::Endpoint { .. }),
+                "{kind:?} {project}: {e}"
+            );
         }
     }
 }

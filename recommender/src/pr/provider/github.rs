@@ -15,8 +15,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
-    Api, Call, Found, Kind, Limit, PER_PAGE, Proposal, PullRequest, after, encode_path,
-    epoch, header_secs, json_message,
+    Api, Call, Found, Kind, Limit, PER_PAGE, Proposal, PullRequest, after, encode_path, epoch,
+    header_secs, json_message,
 };
 use crate::https;
 use crate::pr::secret::Secret;
@@ -173,7 +173,9 @@ impl Api for GitHub {
                 Some(m) => m.to_owned(),
                 None => {
                     let text = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("");
-                    format!("{} {}", text("field"), text("code")).trim().to_owned()
+                    format!("{} {}", text("field"), text("code"))
+                        .trim()
+                        .to_owned()
                 }
             })
             .filter(|m| !m.is_empty())
@@ -216,12 +218,18 @@ mod tests {
 
     #[test]
     fn web_root_of_github_com_and_enterprise() {
-        assert_eq!(GitHub.web_root("https://api.github.com/"), "https://github.com");
+        assert_eq!(
+            GitHub.web_root("https://api.github.com/"),
+            "https://github.com"
+        );
         assert_eq!(
             GitHub.web_root("https://ghe.example.test/api/v3"),
             "https://ghe.example.test"
         );
-        assert_eq!(GitHub.web_root("http://127.0.0.1:8080"), "http://127.0.0.1:8080");
+        assert_eq!(
+            GitHub.web_root("http://127.0.0.1:8080"),
+            "http://127.0.0.1:8080"
+        );
     }
 
     #[test]

@@ -184,10 +184,15 @@ mod tests {
             "Another open merge request already exists for this source branch: !1"
         );
         assert_eq!(
-            GitLab.message(br#"{"message":{"description":["is too long (maximum is 1048576 characters)"]}}"#),
+            GitLab.message(
+                br#"{"message":{"description":["is too long (maximum is 1048576 characters)"]}}"#
+            ),
             "description is too long (maximum is 1048576 characters)"
         );
-        assert_eq!(GitLab.message(br#"{"error":"title is missing"}"#), "title is missing");
+        assert_eq!(
+            GitLab.message(br#"{"error":"title is missing"}"#),
+            "title is missing"
+        );
         assert_eq!(GitLab.message(b"Retry later\n"), "Retry later\n");
     }
 
