@@ -45,8 +45,14 @@ fn seed(root: &Path) -> PathBuf {
         "policies.git",
         &[
             ("README.md", "the team's policies\n"),
-            ("policies/other/team.yaml", "kind: NetworkPolicy # by hand\n"),
-            ("policies/shop/custom.yaml", "kind: NetworkPolicy # by the team\n"),
+            (
+                "policies/other/team.yaml",
+                "kind: NetworkPolicy # by hand\n",
+            ),
+            (
+                "policies/shop/custom.yaml",
+                "kind: NetworkPolicy # by the team\n",
+            ),
         ],
     )
     .expect("bare repository")
@@ -93,7 +99,10 @@ fn local_repository_gets_leash_branch_and_nothing_else() {
     wc.push(&c1, "leash/shop").expect("push");
 
     assert_eq!(branches(&bare).expect("branches"), ["leash/shop", "main"]);
-    assert_eq!(rev_parse(&bare, "leash/shop").expect("rev").as_deref(), Some(&*c1));
+    assert_eq!(
+        rev_parse(&bare, "leash/shop").expect("rev").as_deref(),
+        Some(&*c1)
+    );
     assert_eq!(
         files_at(&bare, "leash/shop").expect("files"),
         [
@@ -104,14 +113,26 @@ fn local_repository_gets_leash_branch_and_nothing_else() {
             "policies/shop/custom.yaml"
         ]
     );
-    assert_eq!(file_at(&bare, "leash/shop", "policies/shop/a.yaml").expect("a").as_deref(), Some(a));
     assert_eq!(
-        file_at(&bare, "leash/shop", "README.md").expect("readme").as_deref(),
+        file_at(&bare, "leash/shop", "policies/shop/a.yaml")
+            .expect("a")
+            .as_deref(),
+        Some(a)
+    );
+    assert_eq!(
+        file_at(&bare, "leash/shop", "README.md")
+            .expect("readme")
+            .as_deref(),
         Some("the team's policies\n")
     );
     let log = git(
         &bare,
-        &["log", "-1", "--format=%an <%ae>|%cn <%ce>|%P|%B", "leash/shop"],
+        &[
+            "log",
+            "-1",
+            "--format=%an <%ae>|%cn <%ce>|%P|%B",
+            "leash/shop",
+        ],
     )
     .expect("log");
     assert_eq!(
@@ -122,11 +143,21 @@ fn local_repository_gets_leash_branch_and_nothing_else() {
         ),
         "author, committer, parent and message (markdown headings kept)"
     );
-    assert_eq!(rev_parse(&bare, "main").expect("rev").as_deref(), Some(&*base));
+    assert_eq!(
+        rev_parse(&bare, "main").expect("rev").as_deref(),
+        Some(&*base)
+    );
     assert_eq!(wc.branch_tip("leash/shop").as_deref(), Some(&*c1));
 
     // Never the base branch, never a branch outside the prefix.
-    for branch in ["main", "feature/x", "leash/", "leash", "-f", "leash/../main"] {
+    for branch in [
+        "main",
+        "feature/x",
+        "leash/",
+        "leash",
+        "-f",
+        "leash/../main",
+    ] {
         let e = wc.push(&c1, branch).expect_err(branch);
         assert!(
             matches!(e, Error::Refused { .. } | Error::Name { .. }),
@@ -135,7 +166,10 @@ fn local_repository_gets_leash_branch_and_nothing_else() {
         assert!(Chain(&e).to_string().contains(branch), "{}", Chain(&e));
     }
     assert_eq!(branches(&bare).expect("branches"), ["leash/shop", "main"]);
-    assert_eq!(rev_parse(&bare, "main").expect("rev").as_deref(), Some(&*base));
+    assert_eq!(
+        rev_parse(&bare, "main").expect("rev").as_deref(),
+        Some(&*base)
+    );
 
     // checkout makes the work tree exactly the commit: changes, untracked and ignored files go.
     write(wc.dir(), ".gitignore", "*.tmp\n");
@@ -171,8 +205,16 @@ fn local_repository_gets_leash_branch_and_nothing_else() {
             "policies/shop/custom.yaml"
         ]
     );
-    assert_eq!(file_at(&bare, "leash/shop", "policies/shop/a.yaml").expect("a").as_deref(), Some(a2));
-    assert_eq!(rev_parse(&bare, "main").expect("rev").as_deref(), Some(&*base));
+    assert_eq!(
+        file_at(&bare, "leash/shop", "policies/shop/a.yaml")
+            .expect("a")
+            .as_deref(),
+        Some(a2)
+    );
+    assert_eq!(
+        rev_parse(&bare, "main").expect("rev").as_deref(),
+        Some(&*base)
+    );
 }
 
 #[test]
@@ -193,9 +235,20 @@ fn force_with_lease_protects_others_pushes() {
     git(&other, &["checkout", "--quiet", "leash/shop"]).expect("checkout");
     write(&other, "policies/shop/a.yaml", "theirs\n");
     git(&other, &["commit", "--quiet", "-am", "by hand"]).expect("commit");
-    git(&other, &["push", "--quiet", "origin", "leash/shop", "leash/shop:leash/new"])
-        .expect("push");
-    let theirs = rev_parse(&bare, "leash/shop").expect("rev").expect("theirs");
+    git(
+        &other,
+        &[
+            "push",
+            "--quiet",
+            "origin",
+            "leash/shop",
+            "leash/shop:leash/new",
+        ],
+    )
+    .expect("push");
+    let theirs = rev_parse(&bare, "leash/shop")
+        .expect("rev")
+        .expect("theirs");
 
     wc.checkout(wc.base_commit()).expect("checkout");
     let c2 = propose(&wc, &[("a.yaml", "two\n")], "leash: two").expect("commit");
@@ -204,8 +257,14 @@ fn force_with_lease_protects_others_pushes() {
         let text = Chain(&e).to_string();
         assert!(matches!(e, Error::Rejected { .. }), "{e:?}");
         assert!(text.contains(branch) && text.contains(bare_s), "{text}");
-        assert!(text.contains("stale info") && text.contains("sync again"), "{text}");
-        assert_eq!(rev_parse(&bare, branch).expect("rev").as_deref(), Some(&*theirs));
+        assert!(
+            text.contains("stale info") && text.contains("sync again"),
+            "{text}"
+        );
+        assert_eq!(
+            rev_parse(&bare, branch).expect("rev").as_deref(),
+            Some(&*theirs)
+        );
     }
     drop(wc);
 
@@ -215,8 +274,12 @@ fn force_with_lease_protects_others_pushes() {
     let c3 = propose(&wc, &[("a.yaml", "three\n")], "leash: three").expect("commit");
     let parent = git(&bare, &["rev-parse", &format!("{c3}^")]);
     assert!(parent.is_err(), "c3 is not in the bare repository yet");
-    wc.push(&c3, "leash/shop").expect("non-fast-forward push with lease");
-    assert_eq!(rev_parse(&bare, "leash/shop").expect("rev").as_deref(), Some(&*c3));
+    wc.push(&c3, "leash/shop")
+        .expect("non-fast-forward push with lease");
+    assert_eq!(
+        rev_parse(&bare, "leash/shop").expect("rev").as_deref(),
+        Some(&*c3)
+    );
     assert_eq!(
         git(&bare, &["merge-base", "--is-ancestor", &theirs, &c3]).ok(),
         None,
@@ -241,33 +304,67 @@ fn remote_protection_and_hooks() {
     let cache = tmp.path().join("cache");
     let wc = WorkingCopy::sync(&cache, local(&bare), "main", "leash/").expect("sync");
 
-    // The clone's own hooks never run.
+    // The clone's own hooks never run (those `--no-verify` would not skip among them).
     let marker = tmp.path().join("hook-ran");
-    let hook = wc.dir().join(".git/hooks/pre-commit");
-    std::fs::write(&hook, format!("#!/bin/sh\ntouch '{}'\nexit 1\n", marker.display()))
+    for name in [
+        "post-checkout",
+        "post-commit",
+        "pre-push",
+        "reference-transaction",
+    ] {
+        let hook = wc.dir().join(".git/hooks").join(name);
+        std::fs::write(
+            &hook,
+            format!("#!/bin/sh\necho {name} >> '{}'\nexit 1\n", marker.display()),
+        )
         .expect("hook");
-    {
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     }
-    let c = propose(&wc, &[("shop.yaml", "kind: NetworkPolicy\n")], "leash: shop").expect("commit");
-    assert!(!marker.exists(), "the clone's hook ran");
-    wc.push(&c, "leash/shop").expect("push next to a protected base");
+    wc.checkout(wc.base_commit()).expect("checkout");
+    let c = propose(
+        &wc,
+        &[("shop.yaml", "kind: NetworkPolicy\n")],
+        "leash: shop",
+    )
+    .expect("commit");
+    wc.push(&c, "leash/shop")
+        .expect("push next to a protected base");
+    assert!(
+        !marker.exists(),
+        "the clone's hooks ran: {:?}",
+        std::fs::read_to_string(&marker)
+    );
 
     // The remote's hooks do run: its branch protection answers leash.
     let e = wc.push(&c, "leash/locked").expect_err("protected");
     let text = Chain(&e).to_string();
     assert!(matches!(e, Error::Rejected { .. }), "{e:?}");
-    assert!(text.contains("GH006") && text.contains("leash/locked"), "{text}");
+    assert!(
+        text.contains("GH006") && text.contains("leash/locked"),
+        "{text}"
+    );
 
-    assert_eq!(rev_parse(&bare, "main").expect("rev").as_deref(), Some(&*base));
+    assert_eq!(
+        rev_parse(&bare, "main").expect("rev").as_deref(),
+        Some(&*base)
+    );
     assert_eq!(branches(&bare).expect("branches"), ["leash/shop", "main"]);
     for (path, text) in [
         ("README.md", "the team's policies\n"),
-        ("policies/other/team.yaml", "kind: NetworkPolicy # by hand\n"),
-        ("policies/shop/custom.yaml", "kind: NetworkPolicy # by the team\n"),
+        (
+            "policies/other/team.yaml",
+            "kind: NetworkPolicy # by hand\n",
+        ),
+        (
+            "policies/shop/custom.yaml",
+            "kind: NetworkPolicy # by the team\n",
+        ),
     ] {
-        assert_eq!(file_at(&bare, "leash/shop", path).expect("file").as_deref(), Some(text));
+        assert_eq!(
+            file_at(&bare, "leash/shop", path).expect("file").as_deref(),
+            Some(text)
+        );
     }
 }
 
@@ -352,8 +449,13 @@ fn https_with_a_token_and_a_private_ca() {
     // Plain HTTP on loopback.
     let server = GitServer::start(&root, &token).expect("git server");
     let url = server.url("policies.git");
-    let e = WorkingCopy::sync(&cache, with(url.clone(), &token_file(&secrets, &wrong), None), "main", "leash/")
-        .expect_err("wrong token");
+    let e = WorkingCopy::sync(
+        &cache,
+        with(url.clone(), &token_file(&secrets, &wrong), None),
+        "main",
+        "leash/",
+    )
+    .expect_err("wrong token");
     let text = Chain(&e).to_string();
     assert!(matches!(e, Error::Git { .. }), "{e:?}");
     assert!(text.contains(&url), "{text}");
@@ -364,27 +466,37 @@ fn https_with_a_token_and_a_private_ca() {
         auth: Auth::None,
         ca_file: None,
     };
-    let e = WorkingCopy::sync(&cache, anonymous, "main", "leash/").expect_err("no token, no prompt");
+    let e =
+        WorkingCopy::sync(&cache, anonymous, "main", "leash/").expect_err("no token, no prompt");
     errors.push(Chain(&e).to_string());
 
     let secret = token_file(&secrets, &token);
-    let wc = WorkingCopy::sync(&cache, with(url.clone(), &secret, None), "main", "leash/").expect("sync");
+    let wc = WorkingCopy::sync(&cache, with(url.clone(), &secret, None), "main", "leash/")
+        .expect("sync");
     assert_eq!(wc.base_commit(), base);
     let c = propose(&wc, &[("a.yaml", "over http\n")], "leash: http").expect("commit");
     wc.push(&c, "leash/shop").expect("push");
-    assert_eq!(rev_parse(&bare, "leash/shop").expect("rev").as_deref(), Some(&*c));
+    assert_eq!(
+        rev_parse(&bare, "leash/shop").expect("rev").as_deref(),
+        Some(&*c)
+    );
     let e = wc.branch_tip("main").map(|_| ()).ok_or("base tracked");
     assert!(e.is_ok());
     let requests = server.requests();
     assert!(
-        requests.iter().any(|r| r.authorized && r.service() == Some("git-receive-pack")),
+        requests
+            .iter()
+            .any(|r| r.authorized && r.service() == Some("git-receive-pack")),
         "{requests:?}"
     );
     for r in requests.iter().filter(|r| r.authorized) {
         assert_eq!(r.user.as_deref(), Some("x-access-token"), "{r:?}");
     }
     for r in &requests {
-        assert!(!r.path.contains(&token) && !r.query.contains(&token), "{r:?}");
+        assert!(
+            !r.path.contains(&token) && !r.query.contains(&token),
+            "{r:?}"
+        );
     }
     drop(wc);
     drop(server);
@@ -399,21 +511,41 @@ fn https_with_a_token_and_a_private_ca() {
     let e = WorkingCopy::sync(&cache, with(url.clone(), &secret, None), "main", "leash/")
         .expect_err("untrusted certificate");
     let text = Chain(&e).to_string();
-    assert!(text.contains(&url) && text.contains("certificate"), "{text}");
+    assert!(
+        text.contains(&url) && text.contains("certificate"),
+        "{text}"
+    );
     errors.push(text);
-    let wc = WorkingCopy::sync(&cache, with(url.clone(), &secret, Some(ca_file)), "main", "leash/")
-        .expect("sync over https");
+    let wc = WorkingCopy::sync(
+        &cache,
+        with(url.clone(), &secret, Some(ca_file)),
+        "main",
+        "leash/",
+    )
+    .expect("sync over https");
     let c = propose(&wc, &[("a.yaml", "over https\n")], "leash: https").expect("commit");
     wc.push(&c, "leash/tls").expect("push over https");
-    assert_eq!(rev_parse(&bare, "leash/tls").expect("rev").as_deref(), Some(&*c));
-    assert_eq!(rev_parse(&bare, "main").expect("rev").as_deref(), Some(&*base));
+    assert_eq!(
+        rev_parse(&bare, "leash/tls").expect("rev").as_deref(),
+        Some(&*c)
+    );
+    assert_eq!(
+        rev_parse(&bare, "main").expect("rev").as_deref(),
+        Some(&*base)
+    );
     drop(wc);
 
     // The token is nowhere: not in the clone (config, logs, objects), not in any error.
     let basic = leash::pr::secret::base64(format!("x-access-token:{token}").as_bytes());
     for needle in [&token, &wrong, &basic] {
-        assert_eq!(find_text(&cache, needle).expect("find"), Vec::<String>::new());
-        assert_eq!(find_text(&bare, needle).expect("find"), Vec::<String>::new());
+        assert_eq!(
+            find_text(&cache, needle).expect("find"),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            find_text(&bare, needle).expect("find"),
+            Vec::<String>::new()
+        );
     }
     for text in &errors {
         assert!(!text.contains(&token) && !text.contains(&wrong), "{text}");
@@ -433,23 +565,38 @@ fn a_hanging_remote_times_out_and_the_cache_is_locked() {
         ca_file: None,
     };
     let started = Instant::now();
-    let e = WorkingCopy::sync_with_timeout(&cache, remote, "main", "leash/", Duration::from_secs(2))
-        .expect_err("timeout");
+    let e =
+        WorkingCopy::sync_with_timeout(&cache, remote, "main", "leash/", Duration::from_secs(2))
+            .expect_err("timeout");
     assert!(matches!(e, Error::Timeout { .. }), "{e:?}");
     assert!(Chain(&e).to_string().contains(&url), "{}", Chain(&e));
-    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
 
     let bare = seed(&tmp.path().join("repos"));
     let wc = WorkingCopy::sync(&cache, local(&bare), "main", "leash/").expect("sync");
-    let e = WorkingCopy::sync_with_timeout(&cache, local(&bare), "main", "leash/", Duration::from_millis(300))
-        .expect_err("locked");
+    let e = WorkingCopy::sync_with_timeout(
+        &cache,
+        local(&bare),
+        "main",
+        "leash/",
+        Duration::from_millis(300),
+    )
+    .expect_err("locked");
     assert!(matches!(e, Error::Busy { .. }), "{e:?}");
     drop(wc);
     WorkingCopy::sync(&cache, local(&bare), "main", "leash/").expect("free again");
 
     let e = WorkingCopy::sync(&cache, local(&bare), "release", "leash/").expect_err("no base");
     assert!(matches!(e, Error::NoBase { .. }), "{e:?}");
-    assert!(Chain(&e).to_string().contains("\"release\""), "{}", Chain(&e));
+    assert!(
+        Chain(&e).to_string().contains("\"release\""),
+        "{}",
+        Chain(&e)
+    );
 }
 
 /// The SSH server, or `None` (the test skips) when `sshd` is not installed and
@@ -490,13 +637,24 @@ fn ssh_with_a_key_file() {
         ca_file: None,
     };
 
-    let wc = WorkingCopy::sync(&cache, remote(sshd.client_key(), sshd.known_hosts()), "main", "leash/")
-        .unwrap_or_else(|e| panic!("sync over ssh: {}\n{}", Chain(&e), sshd.log()));
+    let wc = WorkingCopy::sync(
+        &cache,
+        remote(sshd.client_key(), sshd.known_hosts()),
+        "main",
+        "leash/",
+    )
+    .unwrap_or_else(|e| panic!("sync over ssh: {}\n{}", Chain(&e), sshd.log()));
     assert_eq!(wc.base_commit(), base);
     let c = propose(&wc, &[("a.yaml", "over ssh\n")], "leash: ssh").expect("commit");
     wc.push(&c, "leash/shop").expect("push over ssh");
-    assert_eq!(rev_parse(&bare, "leash/shop").expect("rev").as_deref(), Some(&*c));
-    assert_eq!(rev_parse(&bare, "main").expect("rev").as_deref(), Some(&*base));
+    assert_eq!(
+        rev_parse(&bare, "leash/shop").expect("rev").as_deref(),
+        Some(&*c)
+    );
+    assert_eq!(
+        rev_parse(&bare, "main").expect("rev").as_deref(),
+        Some(&*base)
+    );
     drop(wc);
 
     // Another host key pinned: the server is not trusted.
@@ -510,14 +668,25 @@ fn ssh_with_a_key_file() {
         format!("[127.0.0.1]:{} {}\n", sshd.port(), pinned.join(" ")),
     )
     .expect("known_hosts");
-    let e = WorkingCopy::sync(&cache, remote(sshd.client_key(), wrong_hosts), "main", "leash/")
-        .expect_err("wrong host key");
+    let e = WorkingCopy::sync(
+        &cache,
+        remote(sshd.client_key(), wrong_hosts),
+        "main",
+        "leash/",
+    )
+    .expect_err("wrong host key");
     let text = Chain(&e).to_string();
-    assert!(text.contains(&url) && text.contains("Host key verification failed"), "{text}");
+    assert!(
+        text.contains(&url) && text.contains("Host key verification failed"),
+        "{text}"
+    );
 
     // A key the server does not know is refused.
     let e = WorkingCopy::sync(&cache, remote(other, sshd.known_hosts()), "main", "leash/")
         .expect_err("unknown key");
     let text = Chain(&e).to_string();
-    assert!(text.contains(&url) && text.contains("Permission denied"), "{text}");
+    assert!(
+        text.contains(&url) && text.contains("Permission denied"),
+        "{text}"
+    );
 }

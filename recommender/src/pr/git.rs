@@ -332,12 +332,11 @@ impl WorkingCopy {
             }
             runner.check(&args, &out)?;
         }
-        let base_commit = resolve(&runner, &dir, &format!("{TRACKING}{base}"))?.ok_or_else(
-            || Error::NoBase {
+        let base_commit =
+            resolve(&runner, &dir, &format!("{TRACKING}{base}"))?.ok_or_else(|| Error::NoBase {
                 url: address.url.clone(),
                 base: base.to_owned(),
-            },
-        )?;
+            })?;
         let wc = WorkingCopy {
             dir,
             url: address.url,
@@ -384,10 +383,11 @@ impl WorkingCopy {
                 os(&id),
             ],
         )?;
-        self.runner
-            .ok(&self.dir, &[os("reset"), os("--quiet"), os("--hard"), os(&id)])?;
-        self.runner
-            .ok(&self.dir, &[os("clean"), os("-ffdxq")])?;
+        self.runner.ok(
+            &self.dir,
+            &[os("reset"), os("--quiet"), os("--hard"), os(&id)],
+        )?;
+        self.runner.ok(&self.dir, &[os("clean"), os("-ffdxq")])?;
         Ok(())
     }
 
@@ -829,7 +829,10 @@ fn check_author(author: &Author) -> Result<()> {
         if field.trim().is_empty() {
             return Err(bad("the name and the e-mail address must not be empty"));
         }
-        if field.chars().any(|c| c.is_control() || c == '<' || c == '>') {
+        if field
+            .chars()
+            .any(|c| c.is_control() || c == '<' || c == '>')
+        {
             return Err(bad("holds '<', '>' or a control character"));
         }
     }
@@ -860,7 +863,10 @@ mod tests {
 
     #[test]
     fn pathspecs_stay_inside_the_work_tree() {
-        assert_eq!(pathspec(Path::new("policies/shop")).expect("ok"), ":(literal)policies/shop");
+        assert_eq!(
+            pathspec(Path::new("policies/shop")).expect("ok"),
+            ":(literal)policies/shop"
+        );
         assert_eq!(pathspec(Path::new("./a/./b")).expect("ok"), ":(literal)a/b");
         assert_eq!(pathspec(Path::new("*")).expect("ok"), ":(literal)*");
         assert_eq!(pathspec(Path::new("")).expect("ok"), ".");
@@ -872,7 +878,10 @@ mod tests {
     #[test]
     fn the_ssh_command_quotes_paths() {
         assert_eq!(
-            ssh_command(Some(Path::new("/k/it's key")), Some(Path::new("/k/known hosts"))),
+            ssh_command(
+                Some(Path::new("/k/it's key")),
+                Some(Path::new("/k/known hosts"))
+            ),
             "ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes \
              -i '/k/it'\\''s key' -o UserKnownHostsFile='/k/known hosts' \
              -o GlobalKnownHostsFile=/dev/null"

@@ -219,7 +219,9 @@ impl Runner {
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
         let collect = |wait: Duration, out: &mut Vec<u8>, err: &mut Vec<u8>| {
             let until = Instant::now() + wait;
-            while let Ok((is_err, bytes)) = rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+            while let Ok((is_err, bytes)) =
+                rx.recv_timeout(until.saturating_duration_since(Instant::now()))
+            {
                 if is_err {
                     *err = bytes;
                 } else {

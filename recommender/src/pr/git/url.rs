@@ -220,10 +220,7 @@ mod tests {
             ("/work/repos/r.git".to_owned(), Transport::File)
         );
         // A '/' before the first ':' makes a local path, as git reads it.
-        assert_eq!(
-            ok("./a:b"),
-            ("/work/./a:b".to_owned(), Transport::File)
-        );
+        assert_eq!(ok("./a:b"), ("/work/./a:b".to_owned(), Transport::File));
     }
 
     #[test]
@@ -254,7 +251,10 @@ mod tests {
                 "https://x-access-token:s3cr3t@github.com/o/r.git",
                 "https://github.com/o/r.git",
             ),
-            ("https://s3cr3t@github.com/o/r.git", "https://github.com/o/r.git"),
+            (
+                "https://s3cr3t@github.com/o/r.git",
+                "https://github.com/o/r.git",
+            ),
             ("http://u:s3cr3t@127.0.0.1:9/r", "http://127.0.0.1:9/r"),
             ("ssh://git:s3cr3t@host/r.git", "ssh://host/r.git"),
         ] {
