@@ -480,8 +480,7 @@ fn https_with_a_token_and_a_private_ca() {
         rev_parse(&bare, "leash/shop").expect("rev").as_deref(),
         Some(&*c)
     );
-    let e = wc.branch_tip("main").map(|_| ()).ok_or("base tracked");
-    assert!(e.is_ok());
+    assert_eq!(wc.branch_tip("main").as_deref(), Some(&*base));
     let requests = server.requests();
     assert!(
         requests

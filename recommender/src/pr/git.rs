@@ -279,6 +279,12 @@ impl WorkingCopy {
             what: format!("creating the cache directory {}", cache.display()),
             source,
         })?;
+        // Absolute: git runs in the work tree with `GIT_DIR` given, which a relative path
+        // would resolve against the wrong directory.
+        let cache = &cache.canonicalize().map_err(|source| Error::Io {
+            what: format!("resolving the cache directory {}", cache.display()),
+            source,
+        })?;
         let name = short_hash(&address.url);
         let lock_path = cache.join(format!("{name}.lock"));
         let lock = lock(&lock_path, timeout)?;
