@@ -217,23 +217,24 @@ impl Runner {
             pause = (pause * 2).min(Duration::from_millis(50));
         };
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        // Both readers end when their pipe closes; returns whether both did within `wait`.
         let collect = |wait: Duration, out: &mut Vec<u8>, err: &mut Vec<u8>| {
             let until = Instant::now() + wait;
-            while let Ok((is_err, bytes)) =
-                rx.recv_timeout(until.saturating_duration_since(Instant::now()))
-            {
-                if is_err {
-                    *err = bytes;
-                } else {
-                    *out = bytes;
+            loop {
+                match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                    Ok((true, bytes)) => *err = bytes,
+                    Ok((false, bytes)) => *out = bytes,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return true,
+                    Err(mpsc::RecvTimeoutError::Timeout) => return false,
                 }
             }
         };
-        collect(PIPE_GRACE, &mut stdout, &mut stderr);
-        // A helper git left behind still holds a pipe: its group outlives git, so the id is
-        // still the group's and not reused.
-        kill_group(pgid);
-        collect(Duration::from_millis(200), &mut stdout, &mut stderr);
+        if !collect(PIPE_GRACE, &mut stdout, &mut stderr) {
+            // A helper git left behind holds a pipe: the group still has a member, so its id
+            // is not reused and names only what git started.
+            kill_group(pgid);
+            collect(Duration::from_millis(200), &mut stdout, &mut stderr);
+        }
         Ok(Output {
             status,
             stdout: String::from_utf8_lossy(&stdout).into_owned(),
