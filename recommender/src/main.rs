@@ -950,7 +950,10 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
                 .alerts
                 .alert_webhook
                 .map(leash::serve::webhook::UrlSource::Url)
-                .or(args.alerts.alert_webhook_file.map(leash::serve::webhook::UrlSource::File))
+                .or(args
+                    .alerts
+                    .alert_webhook_file
+                    .map(leash::serve::webhook::UrlSource::File))
                 .map(|url| leash::serve::webhook::Options {
                     url,
                     ca_file: args.alerts.alert_webhook_ca_file,

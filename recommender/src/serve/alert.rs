@@ -396,9 +396,12 @@ pub fn denied_flows(
             }
         };
         memory.insert(key, now);
-        let source = fresh
-            .iter()
-            .find(|f| f.workload == j.workload && f.dst.to_canonical() == j.flow.dst && f.port == j.flow.dst_port && f.protocol == j.flow.protocol);
+        let source = fresh.iter().find(|f| {
+            f.workload == j.workload
+                && f.dst.to_canonical() == j.flow.dst
+                && f.port == j.flow.dst_port
+                && f.protocol == j.flow.protocol
+        });
         let fix = source.and_then(|f| proposed_fix(state, f, check.options));
         let alert = Alert {
             pull_request: check.pull_requests.get(&j.workload.namespace).cloned(),
@@ -438,7 +441,8 @@ pub fn proposed_fix(
     options: &recommend::Options,
 ) -> Option<String> {
     let cluster = &state.cluster;
-    let (obs, _skipped) = crate::observations::from_stored(cluster, std::slice::from_ref(flow), &[]);
+    let (obs, _skipped) =
+        crate::observations::from_stored(cluster, std::slice::from_ref(flow), &[]);
     let mut options = options.clone();
     options.namespaces = [flow.workload.namespace.clone()].into();
     let rec = recommend::recommend(cluster, &obs, &options);
@@ -449,7 +453,10 @@ pub fn proposed_fix(
             && w.name == flow.workload.name
     })?;
     let object = recommend::to_network_policy(cluster, policy);
-    let rules = object.spec.and_then(|s| s.egress).filter(|r| !r.is_empty())?;
+    let rules = object
+        .spec
+        .and_then(|s| s.egress)
+        .filter(|r| !r.is_empty())?;
     match crate::render::egress_yaml(&flow.workload.to_string(), &rules) {
         Ok(yaml) => Some(yaml),
         Err(e) => {

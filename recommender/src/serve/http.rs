@@ -792,15 +792,17 @@ async fn alerts(
 ) -> ApiResult<Response> {
     let store = Arc::clone(&s.store);
     let body = blocking(slot, move |_| {
-        let records = store
-            .alerts(q.namespace.as_deref())
-            .map_err(store_error)?;
+        let records = store.alerts(q.namespace.as_deref()).map_err(store_error)?;
         let mut out = Vec::with_capacity(records.len());
         for r in records {
             let alert: super::alert::AlertJson = serde_json::from_str(&r.detail).map_err(|e| {
                 ApiError(
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("a remembered alert of {} is not readable: {}", r.workload, Chain(&e)),
+                    format!(
+                        "a remembered alert of {} is not readable: {}",
+                        r.workload,
+                        Chain(&e)
+                    ),
                 )
             })?;
             out.push(alert);

@@ -200,7 +200,9 @@ impl WebhookMetrics {
     }
 
     fn count(&self, result: &'static str) {
-        self.deliveries.get_or_create(&ResultLabels { result }).inc();
+        self.deliveries
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 }
 
@@ -323,7 +325,12 @@ pub enum Outcome {
 }
 
 /// Posts `body` to `url`, retrying as `retry` says.
-pub async fn deliver(client: &https::Client, url: &WebhookUrl, body: &Bytes, retry: &Retry) -> Outcome {
+pub async fn deliver(
+    client: &https::Client,
+    url: &WebhookUrl,
+    body: &Bytes,
+    retry: &Retry,
+) -> Outcome {
     let started = tokio::time::Instant::now();
     let mut delay = retry.first_delay;
     let mut attempts = 0;
@@ -333,7 +340,10 @@ pub async fn deliver(client: &https::Client, url: &WebhookUrl, body: &Bytes, ret
             .method(Method::POST)
             .uri(url.0.clone())
             .header(header::CONTENT_TYPE, "application/json")
-            .header(header::USER_AGENT, concat!("leash/", env!("CARGO_PKG_VERSION")))
+            .header(
+                header::USER_AGENT,
+                concat!("leash/", env!("CARGO_PKG_VERSION")),
+            )
             .body(Full::new(body.clone()));
         let request = match request {
             Ok(r) => r,
@@ -348,7 +358,10 @@ pub async fn deliver(client: &https::Client, url: &WebhookUrl, body: &Bytes, ret
             Ok(answer) if answer.status.is_success() => return Outcome::Delivered { attempts },
             Ok(answer) if retryable(answer.status) => {
                 let wait = answer.header("retry-after").and_then(retry_after);
-                (format!("POST {}: answered {}", url.origin(), answer.status), wait)
+                (
+                    format!("POST {}: answered {}", url.origin(), answer.status),
+                    wait,
+                )
             }
             Ok(answer) => {
                 return Outcome::Failed {
@@ -392,9 +405,11 @@ mod tests {
 
     #[test]
     fn urls_show_their_origin_only() {
-        let url = WebhookUrl::parse("https://hooks.slack.test/services/T0/B0/SECRET")
-            .expect("url");
-        assert_eq!(format!("{url} {url:?}"), "https://hooks.slack.test WebhookUrl(https://hooks.slack.test)");
+        let url = WebhookUrl::parse("https://hooks.slack.test/services/T0/B0/SECRET").expect("url");
+        assert_eq!(
+            format!("{url} {url:?}"),
+            "https://hooks.slack.test WebhookUrl(https://hooks.slack.test)"
+        );
         assert!(WebhookUrl::parse("http://hooks.example.test/x").is_err());
     }
 

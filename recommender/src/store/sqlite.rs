@@ -22,8 +22,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use super::{
-    AlertRecord, BatchCommit, BatchId, Commit, DnsObservation, Error, FlowObservation, Result, Scope, Store,
-    Subject, WorkloadRef, WorkloadTotals, dns_order, flow_order,
+    AlertRecord, BatchCommit, BatchId, Commit, DnsObservation, Error, FlowObservation, Result,
+    Scope, Store, Subject, WorkloadRef, WorkloadTotals, dns_order, flow_order,
 };
 use crate::evidence::PodNames;
 
