@@ -266,10 +266,11 @@ pub async fn run(
 
     let alert_metrics = alert::AlertMetrics::default();
     alert_metrics.register(&mut registry);
+    // Registered without a webhook too: the family is served, empty.
+    let webhook_metrics = webhook::WebhookMetrics::default();
+    webhook_metrics.register(&mut registry);
     if let Some(options) = &config.alerts.webhook {
-        let metrics = webhook::WebhookMetrics::default();
-        metrics.register(&mut registry);
-        alert_sinks.push(Arc::new(webhook::WebhookSink::start(options, metrics)?));
+        alert_sinks.push(Arc::new(webhook::WebhookSink::start(options, webhook_metrics)?));
     }
     // The pull-request loop will send each namespace's open pull request here; until then
     // the sender is kept, unused, so alerts carry none.
