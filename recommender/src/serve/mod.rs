@@ -270,7 +270,10 @@ pub async fn run(
     let webhook_metrics = webhook::WebhookMetrics::default();
     webhook_metrics.register(&mut registry);
     if let Some(options) = &config.alerts.webhook {
-        alert_sinks.push(Arc::new(webhook::WebhookSink::start(options, webhook_metrics)?));
+        alert_sinks.push(Arc::new(webhook::WebhookSink::start(
+            options,
+            webhook_metrics,
+        )?));
     }
     // The pull-request loop will send each namespace's open pull request here; until then
     // the sender is kept, unused, so alerts carry none.

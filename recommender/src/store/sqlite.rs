@@ -1789,4 +1789,65 @@ mod tests {
         );
         Ok(())
     }
+
+    fn alert(ns: &str, dst: IpAddr, last_seen: i64, occurrences: u64) -> AlertRecord {
+        let t = |s| DateTime::from_timestamp(s, 123).unwrap_or_default();
+        AlertRecord {
+            workload: WorkloadRef {
+                namespace: ns.into(),
+                kind: "Deployment".into(),
+                name: "web".into(),
+            },
+            dst,
+            port: 443,
+            protocol: Protocol::Tcp,
+            first_sent: t(1_000),
+            last_sent: t(1_500),
+            last_seen: t(last_seen),
+            occurrences,
+            detail: format!("{{\"occurrences\":{occurrences}}}"),
+        }
+    }
+
+    /// Alerts come back as stored, sorted by address (not by their blobs), replaced by key,
+    /// filtered by namespace, across a reopen, and pruned with the observations.
+    #[test]
+    fn alerts_are_remembered_replaced_and_pruned() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::Invalid {
+            path: PathBuf::new(),
+            what: e.to_string(),
+        })?;
+        let path = dir.path().join("leash.db");
+        let v6 = alert(
+            "shop",
+            "::1".parse().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            3_000,
+            1,
+        );
+        let v4 = alert("shop", IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7)), 2_000, 1);
+        let other = alert("bank", IpAddr::V4(Ipv4Addr::new(203, 0, 113, 8)), 2_000, 4);
+        {
+            let store = SqliteStore::open(&path)?;
+            assert!(store.alerts(None)?.is_empty());
+            store.remember_alerts(&[v6.clone(), v4.clone(), other.clone()])?;
+            let again = AlertRecord {
+                occurrences: 2,
+                detail: "{\"occurrences\":2}".into(),
+                ..v4.clone()
+            };
+            store.remember_alerts(std::slice::from_ref(&again))?;
+        }
+        let store = SqliteStore::open(&path)?;
+        let mut v4_now = v4.clone();
+        v4_now.occurrences = 2;
+        v4_now.detail = "{\"occurrences\":2}".into();
+        assert_eq!(
+            store.alerts(None)?,
+            [other.clone(), v4_now.clone(), v6.clone()]
+        );
+        assert_eq!(store.alerts(Some("shop"))?, [v4_now, v6.clone()]);
+        store.prune(DateTime::from_timestamp(2_500, 0).unwrap_or_default())?;
+        assert_eq!(store.alerts(None)?, [v6]);
+        Ok(())
+    }
 }
