@@ -266,7 +266,7 @@ pub async fn run(
 
     let alert_metrics = alert::AlertMetrics::default();
     alert_metrics.register(&mut registry);
-    // Registered without a webhook too: the family is served, empty.
+    // Registered without a webhook too: the family is served, at 0.
     let webhook_metrics = webhook::WebhookMetrics::default();
     webhook_metrics.register(&mut registry);
     if let Some(options) = &config.alerts.webhook {

@@ -190,8 +190,12 @@ pub struct WebhookMetrics {
 }
 
 impl WebhookMetrics {
-    /// Registers under `registry`.
+    /// Registers under `registry`, every result at 0 (so that the family is served, and a
+    /// rate can be taken from the start).
     pub fn register(&self, registry: &mut Registry) {
+        for result in ["delivered", "failed", "dropped"] {
+            self.deliveries.get_or_create(&ResultLabels { result });
+        }
         registry.register(
             "alert_webhook_deliveries",
             "Alerts the webhook sink delivered, failed to deliver, or dropped",
