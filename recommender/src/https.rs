@@ -54,9 +54,7 @@ pub enum Error {
         message: String,
     },
     /// No trusted root at all: the system has none and no CA file was given.
-    #[error(
-        "no trusted CA certificates: the system's store is empty or unreadable ({message}); give a CA file"
-    )]
+    #[error("no trusted CA certificates: the system's store is empty or unreadable ({message}); give a CA file")]
     NoRoots {
         /// What the system's store said.
         message: String,
@@ -154,10 +152,10 @@ impl Client {
             }
         }
         if roots.is_empty() {
-            let message = native.errors.first().map_or_else(
-                || "no certificate found".to_owned(),
-                |e| Chain(e).to_string(),
-            );
+            let message = native
+                .errors
+                .first()
+                .map_or_else(|| "no certificate found".to_owned(), |e| Chain(e).to_string());
             return Err(Error::NoRoots { message });
         }
         let config = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -206,9 +204,7 @@ impl Client {
                 .collect()
                 .await
                 .map_err(|e| {
-                    if e.downcast_ref::<http_body_util::LengthLimitError>()
-                        .is_some()
-                    {
+                    if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
                         Error::TooLarge {
                             method: method.clone(),
                             url: url.clone(),
