@@ -330,6 +330,25 @@ struct ServeArgs {
     min_observation: chrono::Duration,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    alerts: AlertArgs,
+}
+
+/// Where `leash serve`'s alerts go (see `leash::serve::webhook`).
+#[derive(clap::Args, Debug)]
+struct AlertArgs {
+    /// POST every alert as JSON to this URL (https, or http to loopback), with retries.
+    #[arg(long, value_parser = leash::serve::webhook::WebhookUrl::parse)]
+    alert_webhook: Option<leash::serve::webhook::WebhookUrl>,
+    /// Read the webhook URL from this file (it is a secret: Slack's carries its credentials).
+    #[arg(long, conflicts_with = "alert_webhook")]
+    alert_webhook_file: Option<PathBuf>,
+    /// Trust this PEM CA for the webhook, besides the system's roots.
+    #[arg(long)]
+    alert_webhook_ca_file: Option<PathBuf>,
+    /// Send an alert that keeps happening again after this long.
+    #[arg(long, default_value = "24h", value_parser = leash_records::duration::parse_positive)]
+    alert_repeat: std::time::Duration,
 }
 
 /// What one gRPC client may hold of `leash serve` (see `leash::serve::conn`).
@@ -943,6 +962,22 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             poll: args.proposed_poll,
             min_observation: args.min_observation,
         },
+        alerts: leash::serve::AlertOptions {
+            repeat: args.alerts.alert_repeat,
+            webhook: args
+                .alerts
+                .alert_webhook
+                .map(leash::serve::webhook::UrlSource::Url)
+                .or(args
+                    .alerts
+                    .alert_webhook_file
+                    .map(leash::serve::webhook::UrlSource::File))
+                .map(|url| leash::serve::webhook::Options {
+                    url,
+                    ca_file: args.alerts.alert_webhook_ca_file,
+                    retry: leash::serve::webhook::Retry::default(),
+                }),
+        },
     };
     runtime()?
         .block_on(leash::serve::run(config, shutdown_signal()))
@@ -950,7 +985,8 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             // A --cluster file or TLS file that cannot be used is the user's input.
             leash::serve::Error::Cluster(_)
             | leash::serve::Error::Tls(_)
-            | leash::serve::Error::Proposed(_) => bad_input(e),
+            | leash::serve::Error::Proposed(_)
+            | leash::serve::Error::Webhook(_) => bad_input(e),
             e => runtime_error(e),
         })
 }

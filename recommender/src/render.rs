@@ -119,27 +119,44 @@ impl<'a> From<&'a NetworkPolicy> for Ordered<'a> {
                 pod_selector: s.pod_selector.as_ref(),
                 policy_types: s.policy_types.as_ref(),
                 ingress: s.ingress.as_ref(),
-                egress: s.egress.as_ref().map(|rules| {
-                    rules
-                        .iter()
-                        .map(|r| OrderedRule {
-                            to: r.to.as_ref(),
-                            ports: r.ports.as_ref().map(|ports| {
-                                ports
-                                    .iter()
-                                    .map(|p| OrderedPort {
-                                        protocol: p.protocol.as_ref(),
-                                        port: p.port.as_ref(),
-                                        end_port: p.end_port,
-                                    })
-                                    .collect()
-                            }),
-                        })
-                        .collect()
-                }),
+                egress: s
+                    .egress
+                    .as_ref()
+                    .map(|rules| rules.iter().map(OrderedRule::from).collect()),
             }),
         }
     }
+}
+
+impl<'a> From<&'a k8s_openapi::api::networking::v1::NetworkPolicyEgressRule> for OrderedRule<'a> {
+    fn from(r: &'a k8s_openapi::api::networking::v1::NetworkPolicyEgressRule) -> Self {
+        OrderedRule {
+            to: r.to.as_ref(),
+            ports: r.ports.as_ref().map(|ports| {
+                ports
+                    .iter()
+                    .map(|p| OrderedPort {
+                        protocol: p.protocol.as_ref(),
+                        port: p.port.as_ref(),
+                        end_port: p.end_port,
+                    })
+                    .collect()
+            }),
+        }
+    }
+}
+
+/// Egress rules as a YAML sequence, what goes under a policy's `spec.egress`, in the field
+/// order of [`policy_yaml`] (an alert's proposed fix). `what` names them in an error.
+pub fn egress_yaml(
+    what: &str,
+    rules: &[k8s_openapi::api::networking::v1::NetworkPolicyEgressRule],
+) -> Result<String> {
+    let ordered: Vec<OrderedRule<'_>> = rules.iter().map(OrderedRule::from).collect();
+    serde_norway::to_string(&ordered).map_err(|source| Error::Yaml {
+        name: what.to_owned(),
+        source,
+    })
 }
 
 /// All policies as one multi-document YAML stream.

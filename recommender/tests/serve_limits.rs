@@ -79,6 +79,7 @@ impl Server {
             options: leash::recommend::Options::default(),
             limits,
             rollout: leash::serve::shadow::Options::default(),
+            alerts: leash::serve::AlertOptions::default(),
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {

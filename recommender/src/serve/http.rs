@@ -11,6 +11,8 @@
 //! - `GET /v1/rollout`, `GET /v1/namespaces/{ns}/rollout`: each workload's rollout phase, from
 //!   the latest board of [`super::shadow`] (the whole store against the applied and the
 //!   proposed policies).
+//! - `GET /v1/alerts[?namespace=NS]`: the alerts remembered in the store ([`super::alert`]), as
+//!   the webhook sends them.
 //!
 //! Every answer is computed from the store and the current model, and sorted.
 //!
@@ -135,6 +137,7 @@ pub fn router_with(state: Arc<AppState>, limits: ReadLimits) -> Router {
         )
         .route("/v1/namespaces/{namespace}/audit", get(audit))
         .route("/v1/rollout", get(rollout))
+        .route("/v1/alerts", get(alerts))
         .route("/v1/namespaces/{namespace}/rollout", get(namespace_rollout))
         .with_state(shared)
 }
@@ -769,6 +772,42 @@ async fn namespace_rollout(
             .filter(|w| w.namespace == ns)
             .collect();
         to_json(&mine)
+    })
+    .await?;
+    Ok(json_response(body))
+}
+
+/// `/v1/alerts?namespace=`: remembered alerts of one namespace, or of all.
+#[derive(Debug, Deserialize)]
+struct AlertsQuery {
+    namespace: Option<String>,
+}
+
+/// `/v1/alerts`: the remembered alerts, sorted by workload, destination, port and protocol,
+/// each in the shape of the webhook's `alert` ([`super::alert::AlertJson`]).
+async fn alerts(
+    slot: Slot,
+    State(s): State<Arc<AppState>>,
+    Query(q): Query<AlertsQuery>,
+) -> ApiResult<Response> {
+    let store = Arc::clone(&s.store);
+    let body = blocking(slot, move |_| {
+        let records = store.alerts(q.namespace.as_deref()).map_err(store_error)?;
+        let mut out = Vec::with_capacity(records.len());
+        for r in records {
+            let alert: super::alert::AlertJson = serde_json::from_str(&r.detail).map_err(|e| {
+                ApiError(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!(
+                        "a remembered alert of {} is not readable: {}",
+                        r.workload,
+                        Chain(&e)
+                    ),
+                )
+            })?;
+            out.push(alert);
+        }
+        to_json(&out)
     })
     .await?;
     Ok(json_response(body))

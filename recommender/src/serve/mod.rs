@@ -11,6 +11,7 @@ pub mod conn;
 pub mod http;
 pub mod shadow;
 pub mod verdicts;
+pub mod webhook;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -73,6 +74,28 @@ pub struct Config {
     pub limits: conn::Limits,
     /// Shadow enforcement and the rollout board (`--proposed`, `--min-observation`).
     pub rollout: shadow::Options,
+    /// Alerts: how long before a recurring one is sent again (`--alert-repeat`), and the
+    /// webhook sink (`--alert-webhook`).
+    pub alerts: AlertOptions,
+}
+
+/// Where alerts go besides logs, metrics and (with `--kube`) Kubernetes Events.
+#[derive(Debug, Clone)]
+pub struct AlertOptions {
+    /// A recurring alert is sent again once this has passed since it was last sent.
+    pub repeat: Duration,
+    /// The webhook sink, when configured.
+    pub webhook: Option<webhook::Options>,
+}
+
+impl Default for AlertOptions {
+    /// Sent again after a day, no webhook: the defaults of the flags.
+    fn default() -> Self {
+        AlertOptions {
+            repeat: Duration::from_secs(24 * 3600),
+            webhook: None,
+        }
+    }
 }
 
 /// How often the server pings an HTTP/2 connection to learn that its client is still there.
@@ -120,6 +143,9 @@ pub enum Error {
     /// The proposed policies (`--proposed`) cannot be read.
     #[error(transparent)]
     Proposed(#[from] shadow::Error),
+    /// The alert webhook cannot be set up.
+    #[error(transparent)]
+    Webhook(#[from] webhook::Error),
     /// The HTTP server failed.
     #[error("HTTP server on {addr} failed")]
     Http {
@@ -211,13 +237,13 @@ pub async fn run(
     let (proposal_tx, proposal_rx) = watch::channel(proposal.clone());
 
     // One model, two sources: a file read once, or the API server watched.
-    let (model_rx, alert_sink, _watch_task): (ModelRx, Option<Arc<dyn alert::AlertSink>>, _) =
+    let (model_rx, mut alert_sinks, _watch_task): (ModelRx, Vec<Arc<dyn alert::AlertSink>>, _) =
         match &config.cluster {
             ClusterSource::File(path) => {
                 let state = Arc::new(state_from_file(path)?);
                 let (_tx, rx) = watch::channel(Some(state));
                 // The sender is dropped: receivers keep the last value forever.
-                (rx, None, None)
+                (rx, Vec::new(), None)
             }
             ClusterSource::Kube { kubeconfig } => {
                 let client = crate::cluster::watch::client(kubeconfig.as_deref()).await?;
@@ -232,7 +258,7 @@ pub async fn run(
                 };
                 (
                     rx,
-                    Some(Arc::new(sink) as Arc<dyn alert::AlertSink>),
+                    vec![Arc::new(sink) as Arc<dyn alert::AlertSink>],
                     Some(AbortOnDrop(task)),
                 )
             }
@@ -240,6 +266,18 @@ pub async fn run(
 
     let alert_metrics = alert::AlertMetrics::default();
     alert_metrics.register(&mut registry);
+    // Registered without a webhook too: the family is served, at 0.
+    let webhook_metrics = webhook::WebhookMetrics::default();
+    webhook_metrics.register(&mut registry);
+    if let Some(options) = &config.alerts.webhook {
+        alert_sinks.push(Arc::new(webhook::WebhookSink::start(
+            options,
+            webhook_metrics,
+        )?));
+    }
+    // The pull-request loop will send each namespace's open pull request here; until then
+    // the sender is kept, unused, so alerts carry none.
+    let (_pull_requests_tx, pull_requests_rx) = watch::channel(std::collections::BTreeMap::new());
     let shadow_metrics = shadow::ShadowMetrics::default();
     shadow_metrics.register(&mut registry);
     let (board_tx, board_rx) = watch::channel(None);
@@ -298,9 +336,16 @@ pub async fn run(
     let _check = AbortOnDrop(tokio::spawn(alert::watch(
         Arc::clone(&store),
         model_rx.clone(),
-        config.check_interval,
+        alert::Options {
+            interval: config.check_interval,
+            repeat: config.alerts.repeat,
+            retention: config.retention,
+            recommend: config.options.clone(),
+        },
         alert_metrics,
-        alert_sink,
+        alert_sinks,
+        pull_requests_rx,
+        None,
     )));
 
     let _shadow = AbortOnDrop(tokio::spawn(shadow::watch(

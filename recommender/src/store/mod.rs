@@ -344,9 +344,54 @@ pub trait Store: Send + Sync {
         Ok(out)
     }
 
-    /// Deletes observations last seen before `before`, and batch ids committed before it.
-    /// Returns how many observations were removed.
+    /// Deletes observations last seen before `before`, batch ids committed before it, and
+    /// remembered alerts last seen before it. Returns how many observations were removed.
     fn prune(&self, before: DateTime<Utc>) -> Result<u64>;
+
+    /// The remembered alerts ([`AlertRecord`]), of one namespace when given, sorted by
+    /// workload, destination, port and protocol. The default remembers none.
+    fn alerts(&self, namespace: Option<&str>) -> Result<Vec<AlertRecord>> {
+        let _ = namespace;
+        Ok(Vec::new())
+    }
+
+    /// Stores `records`, each replacing the one of its key, in one transaction. The default
+    /// forgets them (a store without alert memory: alerts are sent again after a restart).
+    fn remember_alerts(&self, records: &[AlertRecord]) -> Result<()> {
+        let _ = records;
+        Ok(())
+    }
+}
+
+/// An alert of `leash serve` (`crate::serve::alert`), remembered so that a restart does not
+/// send it again. Keyed by (workload, destination, port, protocol).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertRecord {
+    /// The workload that made the flow.
+    pub workload: WorkloadRef,
+    /// The destination as dialed.
+    pub dst: IpAddr,
+    /// The port as dialed.
+    pub port: u16,
+    /// The protocol.
+    pub protocol: Protocol,
+    /// When it was first sent.
+    pub first_sent: DateTime<Utc>,
+    /// When it was last sent.
+    pub last_sent: DateTime<Utc>,
+    /// The flow's latest event when it was last found.
+    pub last_seen: DateTime<Utc>,
+    /// How many checks found it with new events.
+    pub occurrences: u64,
+    /// The alert as last found, as JSON (the `/v1/alerts` shape); opaque to the store.
+    pub detail: String,
+}
+
+impl AlertRecord {
+    /// The record's key, in the order records are sorted by.
+    pub fn key(&self) -> (&WorkloadRef, IpAddr, u16, Protocol) {
+        (&self.workload, self.dst, self.port, self.protocol)
+    }
 }
 
 impl WorkloadTotals {

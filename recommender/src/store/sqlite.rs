@@ -22,8 +22,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use super::{
-    BatchCommit, BatchId, Commit, DnsObservation, Error, FlowObservation, Result, Scope, Store,
-    Subject, WorkloadRef, WorkloadTotals, dns_order, flow_order,
+    AlertRecord, BatchCommit, BatchId, Commit, DnsObservation, Error, FlowObservation, Result,
+    Scope, Store, Subject, WorkloadRef, WorkloadTotals, dns_order, flow_order,
 };
 use crate::evidence::PodNames;
 
@@ -119,6 +119,28 @@ pub const MIGRATIONS: &[Migration] = &[
                 pod INTEGER NOT NULL REFERENCES names (id),
                 PRIMARY KEY (workload, dst, port, protocol, pod)
             ) WITHOUT ROWID;
+        ",
+    },
+    Migration {
+        description: "remembered alerts",
+        // Keyed by the workload's names rather than its interned id: pruning deletes
+        // workloads without observations, and an alert may outlive its flows' rows.
+        sql: "
+            CREATE TABLE alerts (
+                namespace TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                name TEXT NOT NULL,
+                dst BLOB NOT NULL,
+                port INTEGER NOT NULL,
+                protocol INTEGER NOT NULL,
+                first_sent INTEGER NOT NULL,
+                last_sent INTEGER NOT NULL,
+                last_seen INTEGER NOT NULL,
+                occurrences INTEGER NOT NULL,
+                detail TEXT NOT NULL,
+                PRIMARY KEY (namespace, kind, name, dst, port, protocol)
+            ) WITHOUT ROWID;
+            CREATE INDEX alerts_last_seen ON alerts (last_seen);
         ",
     },
 ];
@@ -1387,6 +1409,8 @@ impl Store for SqliteStore {
             params![before],
         )
         .map_err(op)?;
+        tx.execute("DELETE FROM alerts WHERE last_seen < ?1", params![before])
+            .map_err(op)?;
         // Interned names and workloads nothing refers to any more: without this, names seen
         // once (say, generated host names) would stay forever.
         tx.execute_batch(
@@ -1400,6 +1424,106 @@ impl Store for SqliteStore {
         .map_err(op)?;
         tx.commit().map_err(op)?;
         Ok(u64::try_from(flows + dns).unwrap_or(u64::MAX))
+    }
+
+    fn alerts(&self, namespace: Option<&str>) -> Result<Vec<AlertRecord>> {
+        let op = |e| self.op("read remembered alerts", e);
+        let mut out = self
+            .read(|tx| {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "SELECT namespace, kind, name, dst, port, protocol, first_sent, last_sent,
+                                last_seen, occurrences, detail
+                         FROM alerts WHERE ?1 IS NULL OR namespace = ?1",
+                    )
+                    .map_err(ReadError::Sql)?;
+                let mut rows = stmt.query(params![namespace]).map_err(ReadError::Sql)?;
+                let mut out = Vec::new();
+                while let Some(r) = rows.next().map_err(ReadError::Sql)? {
+                    let dst: Vec<u8> = r.get(3).map_err(ReadError::Sql)?;
+                    let port: i64 = r.get(4).map_err(ReadError::Sql)?;
+                    let protocol: i64 = r.get(5).map_err(ReadError::Sql)?;
+                    let corrupt = |what: String| Error::Corrupt {
+                        path: self.path.clone(),
+                        what: format!("alerts: {what}"),
+                    };
+                    let port = u16::try_from(port)
+                        .map_err(|_| corrupt(format!("port {port} is out of range")))?;
+                    let protocol = protocol_from_number(protocol)
+                        .ok_or_else(|| corrupt(format!("unknown protocol number {protocol}")))?;
+                    let time = |i: usize| -> ReadResult<DateTime<Utc>> {
+                        Ok(DateTime::from_timestamp_nanos(
+                            r.get(i).map_err(ReadError::Sql)?,
+                        ))
+                    };
+                    out.push(AlertRecord {
+                        workload: WorkloadRef {
+                            namespace: r.get(0).map_err(ReadError::Sql)?,
+                            kind: r.get(1).map_err(ReadError::Sql)?,
+                            name: r.get(2).map_err(ReadError::Sql)?,
+                        },
+                        dst: self.decode_ip("alerts", &dst)?,
+                        port,
+                        protocol,
+                        first_sent: time(6)?,
+                        last_sent: time(7)?,
+                        last_seen: time(8)?,
+                        occurrences: unclamp(r.get(9).map_err(ReadError::Sql)?),
+                        detail: r.get(10).map_err(ReadError::Sql)?,
+                    });
+                }
+                Ok(out)
+            })
+            .map_err(|e| e.or_op(op))?;
+        // Addresses are stored as blobs, whose order is not the addresses' order.
+        out.sort_by(|a, b| a.key().cmp(&b.key()));
+        Ok(out)
+    }
+
+    fn remember_alerts(&self, records: &[AlertRecord]) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let op = |e| self.op("remember alerts", e);
+        let mut times = Vec::with_capacity(records.len());
+        for a in records {
+            times.push([
+                self.time(a.first_sent)?,
+                self.time(a.last_sent)?,
+                self.time(a.last_seen)?,
+            ]);
+        }
+        let mut inner = self.lock();
+        let tx = inner
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(op)?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO alerts (namespace, kind, name, dst, port, protocol,
+                         first_sent, last_sent, last_seen, occurrences, detail)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                )
+                .map_err(op)?;
+            for (a, [first, last, seen]) in records.iter().zip(times) {
+                stmt.execute(params![
+                    a.workload.namespace,
+                    a.workload.kind,
+                    a.workload.name,
+                    IpBytes::new(a.dst.to_canonical()).as_slice(),
+                    a.port,
+                    protocol_number(a.protocol),
+                    first,
+                    last,
+                    seen,
+                    clamp(a.occurrences),
+                    a.detail,
+                ])
+                .map_err(op)?;
+            }
+        }
+        tx.commit().map_err(op)
     }
 }
 
@@ -1663,6 +1787,67 @@ mod tests {
                 .any(|f| f.names.contains("gone.example.test") && f.workload.name != "kept"),
             "{flows:?}"
         );
+        Ok(())
+    }
+
+    fn alert(ns: &str, dst: IpAddr, last_seen: i64, occurrences: u64) -> AlertRecord {
+        let t = |s| DateTime::from_timestamp(s, 123).unwrap_or_default();
+        AlertRecord {
+            workload: WorkloadRef {
+                namespace: ns.into(),
+                kind: "Deployment".into(),
+                name: "web".into(),
+            },
+            dst,
+            port: 443,
+            protocol: Protocol::Tcp,
+            first_sent: t(1_000),
+            last_sent: t(1_500),
+            last_seen: t(last_seen),
+            occurrences,
+            detail: format!("{{\"occurrences\":{occurrences}}}"),
+        }
+    }
+
+    /// Alerts come back as stored, sorted by address (not by their blobs), replaced by key,
+    /// filtered by namespace, across a reopen, and pruned with the observations.
+    #[test]
+    fn alerts_are_remembered_replaced_and_pruned() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::Invalid {
+            path: PathBuf::new(),
+            what: e.to_string(),
+        })?;
+        let path = dir.path().join("leash.db");
+        let v6 = alert(
+            "shop",
+            "::1".parse().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            3_000,
+            1,
+        );
+        let v4 = alert("shop", IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7)), 2_000, 1);
+        let other = alert("bank", IpAddr::V4(Ipv4Addr::new(203, 0, 113, 8)), 2_000, 4);
+        {
+            let store = SqliteStore::open(&path)?;
+            assert!(store.alerts(None)?.is_empty());
+            store.remember_alerts(&[v6.clone(), v4.clone(), other.clone()])?;
+            let again = AlertRecord {
+                occurrences: 2,
+                detail: "{\"occurrences\":2}".into(),
+                ..v4.clone()
+            };
+            store.remember_alerts(std::slice::from_ref(&again))?;
+        }
+        let store = SqliteStore::open(&path)?;
+        let mut v4_now = v4.clone();
+        v4_now.occurrences = 2;
+        v4_now.detail = "{\"occurrences\":2}".into();
+        assert_eq!(
+            store.alerts(None)?,
+            [other.clone(), v4_now.clone(), v6.clone()]
+        );
+        assert_eq!(store.alerts(Some("shop"))?, [v4_now, v6.clone()]);
+        store.prune(DateTime::from_timestamp(2_500, 0).unwrap_or_default())?;
+        assert_eq!(store.alerts(None)?, [v6]);
         Ok(())
     }
 }
