@@ -96,6 +96,11 @@ enum Command {
     /// proposal: unmanaged, drifted, enforced, observing, would-deny or ready.
     #[command(subcommand)]
     Rollout(RolloutCommand),
+    /// Propose the policies as pull requests to the team's policy repository: per namespace
+    /// (or for all) a branch with the proposal in the layout of `recommend -o`, committed,
+    /// pushed and opened or updated as a pull request with the diff and the evidence; nothing
+    /// at all when no policy changed. Exit 3 when a change would break observed traffic.
+    Pr(Box<PrCommand>),
     /// Run the recommender as a service: agents stream records over gRPC (mTLS) into a
     /// SQLite store; HTTP serves health, metrics, recommendations, destinations and audits.
     Serve(Box<ServeArgs>),
@@ -153,57 +158,212 @@ enum RolloutCommand {
     },
 }
 
-/// The recommender's knobs, shared by `recommend` and `pr`.
-#[derive(clap::Args, Debug, Clone)]
-struct RecommendArgs {
-    /// Only workloads in these namespaces. Repeatable.
-    #[arg(long = "namespace", num_args = 1..)]
-    namespaces: Vec<String>,
-    /// At most this many ipBlocks per external rule.
-    #[arg(long, default_value_t = 8)]
-    max_cidrs: usize,
-    /// Never widen an IPv4 block beyond this prefix length.
-    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u8).range(0..=32))]
-    max_prefix_v4: u8,
-    /// Never widen an IPv6 block beyond this prefix length.
-    #[arg(long, default_value_t = 48, value_parser = clap::value_parser!(u8).range(0..=128))]
-    max_prefix_v6: u8,
-    /// Flag workloads observed for less than this (e.g. 24h, 90m, 7d).
-    #[arg(long, default_value = "24h", value_parser = leash_records::duration::parse_chrono)]
-    min_observation: chrono::Duration,
-    /// NodeLocal DNSCache addresses. Repeatable; default 169.254.20.10.
-    #[arg(long = "node-local-dns", num_args = 1..)]
-    node_local_dns: Vec<IpAddr>,
-    /// Drop a previous rule whose last evidence is older than this (e.g. 30d).
-    #[arg(long, default_value = "30d", value_parser = leash_records::duration::parse_chrono)]
-    expire_after: chrono::Duration,
-    /// Write policies only for workloads whose rollout phase is `ready` (and keep those
-    /// of `enforced` ones); REPORT.md lists the others with their phase and why.
-    #[arg(long)]
-    ready_only: bool,
+/// The recommender's knobs of `recommend` and `pr`, and their `--pr-` twins of `leash
+/// serve`: one list, so they never drift apart.
+macro_rules! recommend_flags {
+    ($(#[$meta:meta])* $name:ident, $prefix:literal) => {
+        $(#[$meta])*
+        #[derive(clap::Args, Debug, Clone)]
+        struct $name {
+            /// Only workloads in these namespaces. Repeatable.
+            #[arg(long = concat!($prefix, "namespace"), num_args = 1..)]
+            namespaces: Vec<String>,
+            /// At most this many ipBlocks per external rule.
+            #[arg(long = concat!($prefix, "max-cidrs"), default_value_t = 8)]
+            max_cidrs: usize,
+            /// Never widen an IPv4 block beyond this prefix length.
+            #[arg(long = concat!($prefix, "max-prefix-v4"), default_value_t = 24, value_parser = clap::value_parser!(u8).range(0..=32))]
+            max_prefix_v4: u8,
+            /// Never widen an IPv6 block beyond this prefix length.
+            #[arg(long = concat!($prefix, "max-prefix-v6"), default_value_t = 48, value_parser = clap::value_parser!(u8).range(0..=128))]
+            max_prefix_v6: u8,
+            /// Flag workloads observed for less than this (e.g. 24h, 90m, 7d).
+            #[arg(long = concat!($prefix, "min-observation"), default_value = "24h", value_parser = leash_records::duration::parse_chrono)]
+            min_observation: chrono::Duration,
+            /// NodeLocal DNSCache addresses. Repeatable; default 169.254.20.10.
+            #[arg(long = concat!($prefix, "node-local-dns"), num_args = 1..)]
+            node_local_dns: Vec<IpAddr>,
+            /// Drop a previous rule whose last evidence is older than this (e.g. 30d).
+            #[arg(long = concat!($prefix, "expire-after"), default_value = "30d", value_parser = leash_records::duration::parse_chrono)]
+            expire_after: chrono::Duration,
+            /// Write policies only for workloads whose rollout phase is `ready` (and keep those
+            /// of `enforced` ones); REPORT.md lists the others with their phase and why.
+            #[arg(long = concat!($prefix, "ready-only"))]
+            ready_only: bool,
+        }
+
+        impl $name {
+            /// The proposal's options.
+            fn options(&self) -> leash::proposal::Options {
+                let mut recommend = leash::recommend::Options {
+                    max_cidrs: self.max_cidrs,
+                    max_prefix_v4: self.max_prefix_v4,
+                    max_prefix_v6: self.max_prefix_v6,
+                    min_observation: self.min_observation,
+                    namespaces: self.namespaces.iter().cloned().collect(),
+                    ..leash::recommend::Options::default()
+                };
+                if !self.node_local_dns.is_empty() {
+                    recommend.classify.node_local_dns = self.node_local_dns.iter().copied().collect();
+                }
+                leash::proposal::Options {
+                    recommend,
+                    expire_after: self.expire_after,
+                    ready_only: self.ready_only,
+                    rollout: false,
+                }
+            }
+        }
+    };
 }
 
-impl RecommendArgs {
-    /// The proposal's options.
-    fn options(&self) -> leash::proposal::Options {
-        let mut recommend = leash::recommend::Options {
-            max_cidrs: self.max_cidrs,
-            max_prefix_v4: self.max_prefix_v4,
-            max_prefix_v6: self.max_prefix_v6,
-            min_observation: self.min_observation,
-            namespaces: self.namespaces.iter().cloned().collect(),
-            ..leash::recommend::Options::default()
-        };
-        if !self.node_local_dns.is_empty() {
-            recommend.classify.node_local_dns = self.node_local_dns.iter().copied().collect();
+recommend_flags!(
+    /// The recommender's knobs of `recommend` and `pr`.
+    RecommendArgs, ""
+);
+recommend_flags!(
+    /// The recommender's knobs of the pull-request loop of `leash serve`.
+    ServePrRecommendArgs, "pr-"
+);
+
+/// `leash pr`.
+#[derive(clap::Args, Debug)]
+#[command(group(ArgGroup::new("observed").required(true).args(["flows", "store"])))]
+struct PrCommand {
+    #[command(flatten)]
+    source: ClusterArgs,
+    /// Flow and DNS records (JSON lines, v1); `-` reads stdin. Repeatable.
+    #[arg(long = "flows", num_args = 1..)]
+    flows: Vec<PathBuf>,
+    /// The observation store of `leash serve` (a SQLite file), instead of `--flows`.
+    #[arg(long)]
+    store: Option<PathBuf>,
+    /// With `--store`: only observations last seen within this long (e.g. 7d, 1h30m).
+    #[arg(long, requires = "store", conflicts_with = "flows", value_parser = leash_records::duration::parse)]
+    since: Option<std::time::Duration>,
+    #[command(flatten)]
+    target: PrArgs,
+    /// Where clones of the repository are kept; default `$XDG_CACHE_HOME/leash/repos`
+    /// (`~/.cache/leash/repos`).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    knobs: RecommendArgs,
+}
+
+/// The flags of `leash pr` that say where the proposal goes, and their `--pr-` twins of
+/// `leash serve`: one list, so the two never drift apart.
+macro_rules! pr_flags {
+    ($(#[$meta:meta])* $name:ident, $prefix:literal, required = $required:literal) => {
+        $(#[$meta])*
+        #[derive(clap::Args, Debug, Clone)]
+        struct $name {
+            /// The policy repository: an `https://` or `ssh://` URL, `user@host:path`, or a
+            /// local path (`http://` only on loopback).
+            #[arg(long = concat!($prefix, "repo"), required = $required, value_name = "URL|PATH")]
+            repo: Option<String>,
+            /// The proposal's directory inside the repository, in the layout of
+            /// `recommend -o`.
+            #[arg(long = concat!($prefix, "path"), default_value = ".", value_name = "DIR")]
+            path: PathBuf,
+            /// The branch pull requests go to; leash never pushes to it.
+            #[arg(long = concat!($prefix, "base"), default_value = "main")]
+            base: String,
+            /// leash's branches are `<prefix><namespace>` or `<prefix>all`; only they are pushed.
+            #[arg(long = concat!($prefix, "branch-prefix"), default_value = "leash/")]
+            branch_prefix: String,
+            /// One pull request per namespace, or one for all.
+            #[arg(long = concat!($prefix, "group-by"), value_enum, default_value = "namespace")]
+            group_by: leash::pr::run::GroupBy,
+            /// The pull request API; default from the repository URL's host (`github…` or
+            /// `gitlab…`), `none` for a local path. `none` only pushes branches.
+            #[arg(long = concat!($prefix, "provider"), value_enum)]
+            provider: Option<leash::pr::provider::Kind>,
+            /// The provider's API (GitHub Enterprise, self-hosted GitLab); default from the
+            /// repository URL.
+            #[arg(long = concat!($prefix, "api-url"), value_name = "URL")]
+            api_url: Option<String>,
+            /// A PEM CA bundle to trust for the provider's API and the repository's HTTPS
+            /// (a private CA), besides the system's.
+            #[arg(long = concat!($prefix, "api-ca-file"), value_name = "FILE")]
+            api_ca_file: Option<PathBuf>,
+            /// The repository at the provider (`owner/repo`, `group/project`); default from
+            /// the repository URL; needed for a local path or a mirror.
+            #[arg(long = concat!($prefix, "project"), value_name = "OWNER/NAME")]
+            project: Option<String>,
+            /// A file holding the provider's token (for HTTPS git and the API); default:
+            /// the environment variable LEASH_GIT_TOKEN.
+            #[arg(long = concat!($prefix, "token-file"), value_name = "FILE")]
+            token_file: Option<PathBuf>,
+            /// For an SSH repository: the private key file.
+            #[arg(long = concat!($prefix, "ssh-key"), value_name = "FILE")]
+            ssh_key: Option<PathBuf>,
+            /// For an SSH repository: the known_hosts file the server's key must be in.
+            #[arg(long = concat!($prefix, "ssh-known-hosts"), value_name = "FILE")]
+            ssh_known_hosts: Option<PathBuf>,
+            /// Author and committer of leash's commits, `Name <email>`.
+            #[arg(long = concat!($prefix, "author"), default_value = "leash <leash@localhost>")]
+            author: String,
+            /// Open the pull request even when the change breaks observed traffic.
+            #[arg(long = concat!($prefix, "allow-breaks"))]
+            allow_breaks: bool,
+            /// Print each commit message and pull request body; push nothing, call no API.
+            #[arg(long = concat!($prefix, "dry-run"))]
+            dry_run: bool,
         }
-        leash::proposal::Options {
-            recommend,
-            expire_after: self.expire_after,
-            ready_only: self.ready_only,
-            rollout: false,
+
+        impl $name {
+            /// The flags, whatever their prefix.
+            fn spec(&self) -> PrSpec {
+                PrSpec {
+                    repo: self.repo.clone(),
+                    path: self.path.clone(),
+                    base: self.base.clone(),
+                    branch_prefix: self.branch_prefix.clone(),
+                    group_by: self.group_by,
+                    provider: self.provider,
+                    api_url: self.api_url.clone(),
+                    api_ca_file: self.api_ca_file.clone(),
+                    project: self.project.clone(),
+                    token_file: self.token_file.clone(),
+                    ssh_key: self.ssh_key.clone(),
+                    ssh_known_hosts: self.ssh_known_hosts.clone(),
+                    author: self.author.clone(),
+                    allow_breaks: self.allow_breaks,
+                    dry_run: self.dry_run,
+                }
+            }
         }
-    }
+    };
+}
+
+pr_flags!(
+    /// Where `leash pr` proposes.
+    PrArgs, "", required = true
+);
+pr_flags!(
+    /// The pull-request loop of `leash serve` (`--pr-repo` turns it on).
+    ServePrArgs, "pr-", required = false
+);
+
+/// The flags of [`pr_flags!`], whatever their prefix.
+#[derive(Debug, Clone)]
+struct PrSpec {
+    repo: Option<String>,
+    path: PathBuf,
+    base: String,
+    branch_prefix: String,
+    group_by: leash::pr::run::GroupBy,
+    provider: Option<leash::pr::provider::Kind>,
+    api_url: Option<String>,
+    api_ca_file: Option<PathBuf>,
+    project: Option<String>,
+    token_file: Option<PathBuf>,
+    ssh_key: Option<PathBuf>,
+    ssh_known_hosts: Option<PathBuf>,
+    author: String,
+    allow_breaks: bool,
+    dry_run: bool,
 }
 
 /// Where the cluster model comes from: a snapshot file, or the API server.
@@ -332,6 +492,21 @@ struct ServeArgs {
     limits: LimitArgs,
     #[command(flatten)]
     alerts: AlertArgs,
+    #[command(flatten)]
+    pr: ServePrArgs,
+    #[command(flatten)]
+    pr_knobs: ServePrRecommendArgs,
+    /// With `--pr-repo`: a pull-request run at least this often.
+    #[arg(long, default_value = "24h", value_parser = leash_records::duration::parse_positive)]
+    pr_interval: std::time::Duration,
+    /// With `--pr-repo`: an unexpected-egress alert triggers a run once it recurred in this
+    /// many checks.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    pr_after: u64,
+    /// Where `serve` keeps its working state (the clones of `--pr-repo`); default: the
+    /// store's directory, on the recommender's volume.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
 }
 
 /// Where `leash serve`'s alerts go (see `leash::serve::webhook`).
@@ -570,6 +745,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             )?;
             write_stdout(&leash::rollout::render(&statuses, format))
         }
+        Command::Pr(args) => pr(*args),
         Command::Serve(args) => serve(*args),
         Command::Diff(args) => diff(args),
         Command::Certs {
@@ -903,6 +1079,194 @@ fn listed(keys: &[leash::policy_state::ObjectKey]) -> String {
     }
 }
 
+/// `leash pr`: the proposal over the base branch's, then per group a commit, a push and a
+/// pull request; `--dry-run` prints them instead. Exit 3 when a group was refused for
+/// breaking observed traffic (the others still ran).
+fn pr(args: PrCommand) -> Result<(), Failure> {
+    let spec = args.target.spec();
+    let cache = match args.cache_dir {
+        Some(dir) => dir,
+        None => default_cache_dir()?,
+    };
+    let target = pr_target(&spec, cache)?;
+    let (cluster, applied) = load_cluster(&args.source)?;
+    let (observations, skipped) =
+        observe(&cluster, args.store.as_deref(), args.since, &args.flows)?;
+    let history = store_history(args.store.as_deref(), args.since, &cluster)?;
+    let skipped = leash::recommend::skipped_lines(&skipped);
+    let observed = leash::pr::run::Observed {
+        cluster: &cluster,
+        applied: &applied.policies,
+        applied_source: &applied.source,
+        observations: &observations,
+        history: history.as_ref(),
+        as_of: window_end(args.store.is_some(), &observations),
+        skipped: &skipped,
+    };
+    let opts = leash::pr::run::Options {
+        propose: args.knobs.options(),
+        allow_breaks: spec.allow_breaks,
+        dry_run: spec.dry_run,
+        command: reproducing_command(),
+        trigger: None,
+    };
+    let rt = runtime()?;
+    let report = leash::pr::run::run(&target, &observed, &opts, rt.handle()).map_err(pr_failure)?;
+    for w in &report.warnings {
+        eprintln!("leash: {w}");
+    }
+    let mut out = String::new();
+    for g in &report.groups {
+        out.push_str(&leash::pr::run::describe(g));
+    }
+    write_stdout(&out)?;
+    if report.refused() {
+        return Err(Failure::CheckFailed(
+            "a pull request was refused: its change breaks observed traffic (see above; \
+             --allow-breaks opens it anyway)"
+                .to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+/// `$XDG_CACHE_HOME/leash/repos`, else `$HOME/.cache/leash/repos`.
+fn default_cache_dir() -> Result<PathBuf, Failure> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".cache"))
+        })
+        .ok_or_else(|| {
+            Failure::BadInput(
+                "neither XDG_CACHE_HOME nor HOME is set: give --cache-dir".to_owned(),
+            )
+        })?;
+    Ok(base.join("leash").join("repos"))
+}
+
+/// The command line as run, for a pull request's body: its arguments hold paths, never a
+/// secret (tokens come from files or the environment).
+fn reproducing_command() -> String {
+    let quote = |a: String| {
+        if !a.is_empty()
+            && a
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+%".contains(c))
+        {
+            a
+        } else {
+            format!("'{}'", a.replace('\'', r"'\''"))
+        }
+    };
+    std::iter::once("leash".to_owned())
+        .chain(std::env::args().skip(1).map(quote))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The target of `leash pr` and of `serve --pr-repo` from their flags: the remote with its
+/// authentication, the provider's client, the author. Every problem is the user's input.
+fn pr_target(spec: &PrSpec, cache: PathBuf) -> Result<leash::pr::run::Target, Failure> {
+    use leash::pr::{git, provider, secret::Secret};
+    let repo = spec
+        .repo
+        .clone()
+        .ok_or_else(|| Failure::BadInput("--repo is required".to_owned()))?;
+    let kind = match spec.provider {
+        Some(k) => k,
+        None => provider::infer_kind(&repo).ok_or_else(|| {
+            Failure::BadInput(format!(
+                "{}: cannot tell the provider from the repository's host; give --provider \
+                 github, gitlab or none",
+                git::display_url(&repo)
+            ))
+        })?,
+    };
+    let token = Secret::from_file_or_env(spec.token_file.as_deref()).map_err(bad_input)?;
+    let auth = match (&spec.ssh_key, &token) {
+        (Some(key), _) => git::Auth::SshKey {
+            key: key.clone(),
+            known_hosts: spec.ssh_known_hosts.clone(),
+        },
+        (None, Some(token)) if git::is_http(&repo) => git::Auth::Token {
+            user: kind.git_user().to_owned(),
+            token: token.clone(),
+        },
+        _ => git::Auth::None,
+    };
+    let client = match kind {
+        provider::Kind::None => None,
+        kind => {
+            let token = token.ok_or_else(|| {
+                Failure::BadInput(format!(
+                    "--provider {}: a token is needed: --token-file FILE or the environment \
+                     variable {}",
+                    kind.name(),
+                    leash::pr::secret::TOKEN_ENV
+                ))
+            })?;
+            let api_url = match &spec.api_url {
+                Some(u) => u.clone(),
+                None => provider::default_api_url(kind, &repo).ok_or_else(|| {
+                    Failure::BadInput(format!(
+                        "{}: cannot tell the provider's API from the repository; give --api-url",
+                        git::display_url(&repo)
+                    ))
+                })?,
+            };
+            let project = match &spec.project {
+                Some(p) => p.clone(),
+                None => provider::project_from_url(&repo).ok_or_else(|| {
+                    Failure::BadInput(format!(
+                        "{}: cannot tell the project from the repository; give --project \
+                         OWNER/NAME",
+                        git::display_url(&repo)
+                    ))
+                })?,
+            };
+            Some(
+                provider::Client::new(provider::Endpoint {
+                    kind,
+                    api_url,
+                    project,
+                    token,
+                    ca_file: spec.api_ca_file.clone(),
+                })
+                .map_err(bad_input)?,
+            )
+        }
+    };
+    let author = git::Author::parse(&spec.author).map_err(bad_input)?;
+    Ok(leash::pr::run::Target {
+        remote: git::Remote {
+            url: repo,
+            auth,
+            ca_file: spec.api_ca_file.clone(),
+        },
+        cache,
+        path: spec.path.clone(),
+        base: spec.base.clone(),
+        branch_prefix: spec.branch_prefix.clone(),
+        group_by: spec.group_by,
+        provider: client,
+        author,
+    })
+}
+
+/// A failed run: the provider's or git's refusal of the user's configuration (a bad token,
+/// a missing project or branch) and bad files are input (exit 2); the rest runtime (exit 1).
+fn pr_failure(e: leash::pr::run::Error) -> Failure {
+    if e.is_input() {
+        bad_input(e)
+    } else {
+        runtime_error(e)
+    }
+}
+
 /// `leash serve`: runs until SIGINT or SIGTERM.
 fn serve(args: ServeArgs) -> Result<(), Failure> {
     leash::serve::conn::return_freed_buffers_to_the_system();
@@ -942,6 +1306,46 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         max_inflight_bytes: limits.max_inflight_bytes,
         inflight_bytes_per_connection: limits.inflight_bytes_per_connection,
     };
+    let pull_requests = match &args.pr.repo {
+        None => None,
+        Some(repo) => {
+            let spec = args.pr.spec();
+            let state_dir = match &args.state_dir {
+                Some(d) => d.clone(),
+                None => args
+                    .store
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .map_or_else(|| PathBuf::from("."), std::path::Path::to_path_buf),
+            };
+            let cluster_flag = match &args.source.cluster {
+                Some(path) => format!("--cluster {}", path.display()),
+                None => "--kube".to_owned(),
+            };
+            let command = format!(
+                "leash pr {cluster_flag} --store {} --repo {repo} --path {} --base {} --group-by {}",
+                args.store.display(),
+                spec.path.display(),
+                spec.base,
+                match spec.group_by {
+                    leash::pr::run::GroupBy::Namespace => "namespace",
+                    leash::pr::run::GroupBy::All => "all",
+                },
+            );
+            Some(std::sync::Arc::new(leash::serve::propose::Options {
+                target: pr_target(&spec, state_dir.join("repos"))?,
+                run: leash::pr::run::Options {
+                    propose: args.pr_knobs.options(),
+                    allow_breaks: spec.allow_breaks,
+                    dry_run: spec.dry_run,
+                    command,
+                    trigger: None,
+                },
+                interval: args.pr_interval,
+                after: args.pr_after,
+            }))
+        }
+    };
     let config = leash::serve::Config {
         limits,
         listen: args.listen,
@@ -978,6 +1382,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
                     retry: leash::serve::webhook::Retry::default(),
                 }),
         },
+        pull_requests,
     };
     runtime()?
         .block_on(leash::serve::run(config, shutdown_signal()))

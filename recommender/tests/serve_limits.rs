@@ -80,6 +80,7 @@ impl Server {
             limits,
             rollout: leash::serve::shadow::Options::default(),
             alerts: leash::serve::AlertOptions::default(),
+            pull_requests: None,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {

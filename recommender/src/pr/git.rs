@@ -207,6 +207,42 @@ pub struct Author {
     pub email: String,
 }
 
+impl Author {
+    /// `Name <email>`, as `--author` takes it.
+    pub fn parse(text: &str) -> Result<Self> {
+        let parsed = text
+            .trim()
+            .strip_suffix('>')
+            .and_then(|t| t.rsplit_once('<'))
+            .map(|(name, email)| Author {
+                name: name.trim().to_owned(),
+                email: email.trim().to_owned(),
+            });
+        let author = parsed.ok_or_else(|| Error::Author {
+            name: text.to_owned(),
+            email: String::new(),
+            reason: "expected `Name <email>`",
+        })?;
+        check_author(&author)?;
+        Ok(author)
+    }
+}
+
+/// `url` as messages show it: without credentials, if it has any.
+pub fn display_url(url: &str) -> String {
+    match url::parse(url, Path::new("/")) {
+        Ok(_) | Err(url::Refusal::Other(_)) => url.to_owned(),
+        Err(url::Refusal::Credentials { shown }) => shown,
+    }
+}
+
+/// Whether `url` is reached over HTTP(S), where a token authenticates.
+pub fn is_http(url: &str) -> bool {
+    url::parse(url, Path::new("/")).is_ok_and(|a| {
+        matches!(a.transport, url::Transport::Https | url::Transport::Http)
+    })
+}
+
 /// A clone leash owns, locked for this value's lifetime. See the module docs.
 pub struct WorkingCopy {
     dir: PathBuf,
@@ -848,6 +884,32 @@ fn check_author(author: &Author) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn authors_parse_from_name_and_address() {
+        assert_eq!(
+            Author::parse("leash bot <leash@example.test>").expect("author"),
+            Author {
+                name: "leash bot".into(),
+                email: "leash@example.test".into()
+            }
+        );
+        for bad in ["leash", "<x@y>", "a <>", "a <b\n> ", "a <b<c>"] {
+            assert!(Author::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn urls_shown_without_credentials() {
+        assert_eq!(
+            display_url("https://x-access-token:ghp_secret@github.test/o/r.git"),
+            "https://github.test/o/r.git"
+        );
+        assert!(is_http("https://github.test/o/r.git"));
+        assert!(is_http("http://127.0.0.1:9/o/r.git"));
+        assert!(!is_http("git@github.test:o/r.git"));
+        assert!(!is_http("/srv/policies.git"));
+    }
 
     #[test]
     fn branch_names_follow_gits_rules() {

@@ -26,7 +26,7 @@ use serde_json::Value;
 use crate::https;
 use crate::pr::secret::Secret;
 
-pub use url::{default_api_url, project_from_url};
+pub use url::{default_api_url, infer_kind, project_from_url};
 
 /// `User-Agent` of every request (GitHub refuses requests without one).
 pub const USER_AGENT_VALUE: &str = concat!("leash/", env!("CARGO_PKG_VERSION"));
@@ -188,6 +188,16 @@ impl Kind {
             Kind::Github => "GitHub",
             Kind::Gitlab => "GitLab",
             Kind::None => "none",
+        }
+    }
+
+    /// The user name a token goes with in git's HTTPS Basic authorization: GitHub takes
+    /// `x-access-token`, GitLab `oauth2` (both among [`crate::pr::secret::BASIC_USERS`], which
+    /// redaction knows).
+    pub fn git_user(self) -> &'static str {
+        match self {
+            Kind::Gitlab => "oauth2",
+            Kind::Github | Kind::None => "x-access-token",
         }
     }
 }

@@ -71,6 +71,35 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// Whether the user's input or configuration is at fault (a bad address, name, token or
+    /// project, a missing base branch, unreadable files in the repository, an applied policy
+    /// that cannot be evaluated), rather than the network, the disk or leash.
+    pub fn is_input(&self) -> bool {
+        match self {
+            Error::Git(e) => matches!(
+                e,
+                git::Error::Url { .. }
+                    | git::Error::Credentials { .. }
+                    | git::Error::Auth { .. }
+                    | git::Error::Name { .. }
+                    | git::Error::Author { .. }
+                    | git::Error::NoBase { .. }
+                    | git::Error::Refused { .. }
+            ),
+            Error::Provider(e) => matches!(
+                e,
+                provider::Error::Endpoint { .. }
+                    | provider::Error::Unauthorized { .. }
+                    | provider::Error::NotFound { .. }
+            ),
+            Error::Read { .. } | Error::Eval { .. } => true,
+            Error::Proposal(e) => matches!(e, proposal::Error::Applied { .. }),
+            Error::Write(_) | Error::Io { .. } => false,
+        }
+    }
+}
+
 /// `Result` with this module's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -175,6 +204,8 @@ pub struct GroupReport {
     pub group: String,
     /// Its branch.
     pub branch: String,
+    /// The namespaces its proposal covers.
+    pub namespaces: BTreeSet<String>,
     /// What happened.
     pub outcome: Outcome,
 }
@@ -206,6 +237,66 @@ impl Report {
             _ => None,
         })
     }
+}
+
+/// What happened to a group, for a person: one line, and with `--dry-run` the commit
+/// message and the body; refused groups list their breaks.
+pub fn describe(g: &GroupReport) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    match &g.outcome {
+        Outcome::Unchanged => {
+            let _ = writeln!(s, "{}: unchanged (the base branch holds these policies)", g.group);
+        }
+        Outcome::UpToDate => {
+            let _ = writeln!(s, "{}: {} already holds these policies", g.group, g.branch);
+        }
+        Outcome::Refused { breaks } => {
+            let _ = writeln!(
+                s,
+                "{}: refused: the change breaks {} observed flow{} (--allow-breaks opens it anyway):",
+                g.group,
+                breaks.len(),
+                if breaks.len() == 1 { "" } else { "s" }
+            );
+            for b in breaks {
+                let _ = writeln!(
+                    s,
+                    "  {} {} ({}) -> {}/{}, {} events, last seen {}",
+                    b.source.namespace,
+                    b.source.workload,
+                    b.pod,
+                    std::net::SocketAddr::new(b.flow.dst, b.flow.dst_port),
+                    b.flow.protocol,
+                    b.evidence.count,
+                    leash_records::time::rfc3339(b.evidence.last_seen),
+                );
+            }
+        }
+        Outcome::DryRun {
+            message,
+            title,
+            body,
+        } => {
+            let _ = writeln!(
+                s,
+                "{}: would commit to {} and propose \"{title}\" (--dry-run)\n\n--- commit message\n{message}\n--- body\n{body}\n---",
+                g.group, g.branch
+            );
+        }
+        Outcome::Pushed {
+            commit,
+            pull_request,
+        } => {
+            let pr = match pull_request {
+                Some(provider::Outcome::Created(p)) => format!(", opened #{} {}", p.number, p.url),
+                Some(provider::Outcome::Updated(p)) => format!(", updated #{} {}", p.number, p.url),
+                None => String::new(),
+            };
+            let _ = writeln!(s, "{}: pushed {} to {}{pr}", g.group, short(commit), g.branch);
+        }
+    }
+    s
 }
 
 /// Runs once. Blocking (git runs as child processes); the provider's calls run on `rt`.
@@ -300,9 +391,18 @@ pub fn run(
                 dir: &dir,
             },
         )?;
+        let covered = match target.group_by {
+            GroupBy::Namespace => namespaces,
+            GroupBy::All => render::namespaces(cluster, rec)
+                .into_iter()
+                .chain(base_policies.iter().filter_map(namespace_of))
+                .filter(|ns| in_scope(ns))
+                .collect(),
+        };
         report.groups.push(GroupReport {
             group,
             branch,
+            namespaces: covered,
             outcome,
         });
     }

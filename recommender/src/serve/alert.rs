@@ -11,8 +11,8 @@
 //!
 //! Alerts are remembered in the store ([`crate::store::AlertRecord`]): a restart does not send
 //! them again. A remembered alert whose flow has new events *recurs*: its `occurrences` grow by
-//! one per check that finds new events, it is fed to the `recurrences` channel of [`watch`],
-//! and it is sent again once `repeat` has passed since it was last sent.
+//! one per check that finds new events, it is fed to the `recurrences` channel of [`watch`]
+//! (as a new alert is), and it is sent again once `repeat` has passed since it was last sent.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -489,9 +489,10 @@ pub struct Options {
 ///
 /// `pull_requests` holds the web URL of the open pull request of each namespace (the
 /// pull-request loop sends it); alerts carry their namespace's. `recurrences` receives every
-/// alert that recurs (a check found new events of a remembered key), with its current
-/// `occurrences`, whether or not it is sent again; when the channel is full the alert is
-/// dropped from it (`try_send`), never waited for.
+/// alert a check finds: a new one (`occurrences` 1) and each recurrence (a check found new
+/// events of a remembered key), with its current `occurrences`, whether or not it is sent
+/// again; when the channel is full the alert is dropped from it (`try_send`), never waited
+/// for.
 pub async fn watch(
     store: Arc<dyn Store>,
     model: ModelRx,
@@ -546,8 +547,7 @@ pub async fn watch(
         remember(&store, &found).await;
         for f in &found {
             let alert = &f.alert;
-            if f.recurred
-                && let Some(tx) = &recurrences
+            if let Some(tx) = &recurrences
                 && tx.try_send(alert.clone()).is_err()
             {
                 tracing::debug!(namespace = %alert.workload.namespace, "the recurrence feed is full or closed; dropped one");

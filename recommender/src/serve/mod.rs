@@ -9,6 +9,7 @@
 pub mod alert;
 pub mod conn;
 pub mod http;
+pub mod propose;
 pub mod shadow;
 pub mod verdicts;
 pub mod webhook;
@@ -74,6 +75,8 @@ pub struct Config {
     pub limits: conn::Limits,
     /// Shadow enforcement and the rollout board (`--proposed`, `--min-observation`).
     pub rollout: shadow::Options,
+    /// The pull-request loop (`--pr-repo` and its twins); `None` without it.
+    pub pull_requests: Option<Arc<propose::Options>>,
     /// Alerts: how long before a recurring one is sent again (`--alert-repeat`), and the
     /// webhook sink (`--alert-webhook`).
     pub alerts: AlertOptions,
@@ -97,6 +100,10 @@ impl Default for AlertOptions {
         }
     }
 }
+
+/// Alerts waiting for the pull-request loop; more are dropped (the next check feeds them
+/// again).
+const RECURRENCES: usize = 256;
 
 /// How often the server pings an HTTP/2 connection to learn that its client is still there.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -275,9 +282,18 @@ pub async fn run(
             webhook_metrics,
         )?));
     }
-    // The pull-request loop will send each namespace's open pull request here; until then
-    // the sender is kept, unused, so alerts carry none.
-    let (_pull_requests_tx, pull_requests_rx) = watch::channel(std::collections::BTreeMap::new());
+    // The pull-request loop sends each namespace's open pull request here; alerts carry it.
+    let (pull_requests_tx, pull_requests_rx) = watch::channel(std::collections::BTreeMap::new());
+    let pr_metrics = propose::PrMetrics::default();
+    pr_metrics.register(&mut registry);
+    // Alerts feed the loop's triggers; without the loop there is no feed.
+    let (recurrences_tx, recurrences_rx) = match &config.pull_requests {
+        Some(_) => {
+            let (tx, rx) = tokio::sync::mpsc::channel(RECURRENCES);
+            (Some(tx), Some(rx))
+        }
+        None => (None, None),
+    };
     let shadow_metrics = shadow::ShadowMetrics::default();
     shadow_metrics.register(&mut registry);
     let (board_tx, board_rx) = watch::channel(None);
@@ -317,7 +333,7 @@ pub async fn run(
         ingest_listening: false.into(),
         ingest: ingest_handle,
         options: config.options.clone(),
-        rollout: board_rx,
+        rollout: board_rx.clone(),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -345,7 +361,7 @@ pub async fn run(
         alert_metrics,
         alert_sinks,
         pull_requests_rx,
-        None,
+        recurrences_tx,
     )));
 
     let _shadow = AbortOnDrop(tokio::spawn(shadow::watch(
@@ -357,6 +373,18 @@ pub async fn run(
         shadow_metrics.clone(),
         board_tx,
     )));
+    let _pull_requests = match (&config.pull_requests, recurrences_rx) {
+        (Some(options), Some(recurrences)) => Some(AbortOnDrop(tokio::spawn(propose::watch(
+            Arc::clone(&store),
+            model_rx.clone(),
+            board_rx,
+            recurrences,
+            Arc::clone(options),
+            pr_metrics,
+            pull_requests_tx,
+        )))),
+        _ => None,
+    };
     // Without `--proposed` the sender is dropped: the board is evaluated without a proposal.
     let _reload = match (&config.rollout.proposed, proposal) {
         (Some(source), Some(_)) => Some(AbortOnDrop(tokio::spawn(shadow::reload(

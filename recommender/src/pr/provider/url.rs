@@ -108,9 +108,40 @@ pub fn default_api_url(kind: Kind, repo_url: &str) -> Option<String> {
     }
 }
 
+/// The provider a repository URL's host names: a host with `github` in it is GitHub, one
+/// with `gitlab` GitLab; a local path has none ([`Kind::None`]). None when the host says
+/// nothing: `--provider` must then be given.
+pub fn infer_kind(repo_url: &str) -> Option<Kind> {
+    let Some(remote) = remote(repo_url) else {
+        return Some(Kind::None);
+    };
+    let host = remote.host.to_ascii_lowercase();
+    if host.contains("github") {
+        Some(Kind::Github)
+    } else if host.contains("gitlab") {
+        Some(Kind::Gitlab)
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn providers_inferred_from_the_host() {
+        for (url, kind) in [
+            ("https://github.com/o/r.git", Some(Kind::Github)),
+            ("git@github.example.test:o/r.git", Some(Kind::Github)),
+            ("https://gitlab.example.test/g/p", Some(Kind::Gitlab)),
+            ("/srv/git/policies.git", Some(Kind::None)),
+            ("file:///srv/git/policies.git", Some(Kind::None)),
+            ("https://git.example.test/o/r", None),
+        ] {
+            assert_eq!(infer_kind(url), kind, "{url}");
+        }
+    }
 
     #[test]
     fn remotes_taken_apart() {

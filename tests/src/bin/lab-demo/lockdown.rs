@@ -245,7 +245,7 @@ pub(crate) fn lockdown(
 }
 
 /// Every file under `dir`, by its path relative to `dir`, with its text.
-fn read_tree(step: &'static str, dir: &Path) -> Result<BTreeMap<String, String>> {
+pub(crate) fn read_tree(step: &'static str, dir: &Path) -> Result<BTreeMap<String, String>> {
     let mut files = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {

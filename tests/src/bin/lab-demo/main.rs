@@ -37,6 +37,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 mod lockdown;
+mod pull_request;
 
 use leash_lab::shop::{self, Shop};
 use leash_records::error::Chain;
@@ -363,6 +364,25 @@ fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
     let mut line = String::new();
     BufReader::new(s).read_line(&mut line).ok()?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The body of a `200` answer to `GET path` on `addr`, over plain HTTP/1.1 (`Connection:
+/// close`, so the body runs to the end of the stream).
+fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut answer = String::new();
+    s.take(16 << 20).read_to_string(&mut answer).ok()?;
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    head.split_whitespace()
+        .nth(1)
+        .is_some_and(|code| code == "200")
+        .then(|| body.to_owned())
 }
 
 /// Finds a binary: the flag's value, else next to this executable.
@@ -879,10 +899,33 @@ fn demo(o: &Opts) -> Result<()> {
     } else {
         lockdown::Observed::Flows(vec![flows.clone()])
     };
+    let initial = lockdown::read_tree("read the proposal", &policies)?;
+    let pr_source = match &observed_in {
+        lockdown::Observed::Store(db) => pull_request::Source::Serve(db.clone()),
+        lockdown::Observed::Flows(files) => {
+            let mut files = files.clone();
+            files.push(out.join("flows-new.jsonl"));
+            pull_request::Source::Flows(files)
+        }
+    };
     let locked = lockdown::lockdown(&leash, out, &shop, &policies, observed_in, &start_agent)?;
     lap("lockdown", &mut timings);
 
-    // 9. Summary, then stop serve.
+    // 9. The loop: an alert on the new call opens a pull request. The first serve stops
+    // first: the loop's serve works on the same store.
+    if let Some(mut bg) = serve.take() {
+        bg.stop("stop leash serve", STOP_TIMEOUT)?;
+    }
+    let looped = pull_request::pull_request(
+        &leash,
+        out,
+        &initial,
+        &out.join("cluster-locked.yaml"),
+        pr_source,
+    )?;
+    lap("pull request", &mut timings);
+
+    // 10. Summary.
     let mut rows: BTreeMap<String, Row> = BTreeMap::new();
     for (pod, _, _) in shop::WORKLOADS {
         rows.entry(workload_of(pod)).or_default();
@@ -915,6 +958,7 @@ fn demo(o: &Opts) -> Result<()> {
         summary(o, &rows, (nflow, ndns), &files, &timings, t0.elapsed())
     );
     print!("{}", lockdown_summary(&locked));
+    print!("{}", loop_summary(&looped));
     Ok(())
 }
 
@@ -988,6 +1032,22 @@ fn summary(
         "artifacts: {0}/cluster.yaml {0}/flows.jsonl {0}/policies/ (REPORT.md) \
          {0}/cluster-locked.yaml {0}/rollout.json {0}/diff.jsonl",
         o.out.display()
+    );
+    s
+}
+
+fn loop_summary(l: &pull_request::Outcome) -> String {
+    let mut s = String::from("\nthe loop: ");
+    match &l.alert {
+        Some(a) => {
+            let _ = write!(s, "alert {a}\n  -> ");
+        }
+        None => s.push_str("leash pr -> "),
+    }
+    let _ = writeln!(
+        s,
+        "pull request #{} \"{}\" ({} -> main; body in pull-request.md)",
+        l.number, l.title, l.branch
     );
     s
 }

@@ -1,0 +1,307 @@
+//! The closed loop: `leash serve --pr-repo` keeps the policy repository true. On the
+//! interval, and soon after a trigger, the proposal is made again from the store and the
+//! same run as `leash pr` ([`crate::pr::run`]) commits, pushes and opens or updates the pull
+//! requests. Triggers: an unexpected-egress alert that keeps recurring (`--pr-after`
+//! occurrences), and workloads newly `ready` on the rollout board. Each pull request says
+//! what triggered it.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use leash_records::Protocol;
+use leash_records::error::Chain;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::sync::{mpsc, watch};
+
+use super::ModelRx;
+use super::alert::Alert;
+use super::shadow::BoardRx;
+use crate::pr::run::{self, Outcome, Report, Target};
+use crate::rollout::Phase;
+use crate::store::{Store, WorkloadRef};
+
+/// What the loop needs.
+#[derive(Debug)]
+pub struct Options {
+    /// Where the proposal goes (`--pr-repo` and its twins).
+    pub target: Target,
+    /// How to run (`--pr-allow-breaks`, the recommender's knobs, the reproducing command).
+    pub run: run::Options,
+    /// A run at least this often (`--pr-interval`).
+    pub interval: Duration,
+    /// An alert triggers a run once it recurred this many times (`--pr-after`).
+    pub after: u64,
+}
+
+/// Namespace → the web URL of the pull request that carries its proposal; alerts link it.
+pub type PullsTx = watch::Sender<BTreeMap<String, String>>;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
+/// The loop's metrics.
+#[derive(Debug, Clone, Default)]
+pub struct PrMetrics {
+    runs: Family<ResultLabels, Counter>,
+    open: Gauge,
+    last_success: Gauge<f64, AtomicU64>,
+}
+
+impl PrMetrics {
+    /// Registers under `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "pr_runs",
+            "Runs of the pull-request loop by result: pushed (a branch changed), unchanged, \
+             refused (the change breaks observed traffic), error",
+            self.runs.clone(),
+        );
+        registry.register(
+            "pr_open",
+            "Pull requests leash opened or updated that carry a proposal not yet in the base \
+             branch",
+            self.open.clone(),
+        );
+        registry.register(
+            "pr_last_success_timestamp_seconds",
+            "When a run of the pull-request loop last completed without error (Unix time)",
+            self.last_success.clone(),
+        );
+    }
+
+    fn count(&self, result: &str) {
+        self.runs
+            .get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+}
+
+/// A recurring alert's key: one trigger per key and process.
+type AlertKey = (WorkloadRef, IpAddr, u16, Protocol);
+
+/// Runs until the task is dropped: once when the model is first there, then on the
+/// interval and on triggers. Runs never overlap; triggers that arrive during a run are
+/// folded into the next one.
+pub async fn watch(
+    store: Arc<dyn Store>,
+    mut model: ModelRx,
+    mut board: BoardRx,
+    mut recurrences: mpsc::Receiver<Alert>,
+    opts: Arc<Options>,
+    metrics: PrMetrics,
+    pulls: PullsTx,
+) {
+    if model.wait_for(Option::is_some).await.is_err() {
+        return;
+    }
+    let mut ticker = tokio::time::interval(opts.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut triggered: HashSet<AlertKey> = HashSet::new();
+    let mut ready: Option<BTreeSet<(String, String)>> = None;
+    let mut board_open = true;
+    let mut alerts_open = true;
+    loop {
+        let trigger = tokio::select! {
+            _ = ticker.tick() => Some(format!(
+                "the periodic run (every {})",
+                humantime::format_duration(opts.interval)
+            )),
+            alert = recurrences.recv(), if alerts_open => match alert {
+                Some(a) => recurring(&a, opts.after, &mut triggered),
+                None => { alerts_open = false; None }
+            },
+            changed = board.changed(), if board_open => match changed {
+                Ok(()) => newly_ready(&board, &mut ready),
+                Err(_) => { board_open = false; None }
+            },
+        };
+        let Some(mut trigger) = trigger else {
+            continue;
+        };
+        // Triggers already waiting share this run.
+        while let Ok(a) = recurrences.try_recv() {
+            if let Some(more) = recurring(&a, opts.after, &mut triggered) {
+                trigger = format!("{trigger}; {more}");
+            }
+        }
+        run_once(&store, &model, &opts, &metrics, &pulls, trigger).await;
+        // The interval counts from the last run.
+        ticker.reset();
+    }
+}
+
+/// The trigger of a recurring alert, once it recurred `after` times (once per key).
+fn recurring(alert: &Alert, after: u64, triggered: &mut HashSet<AlertKey>) -> Option<String> {
+    if alert.occurrences < after {
+        return None;
+    }
+    let key = (
+        alert.workload.clone(),
+        alert.dst,
+        alert.port,
+        alert.protocol,
+    );
+    if !triggered.insert(key) {
+        return None;
+    }
+    let dst = match alert.dst {
+        IpAddr::V4(a) => format!("{a}:{}", alert.port),
+        IpAddr::V6(a) => format!("[{a}]:{}", alert.port),
+    };
+    Some(format!(
+        "unexpected egress from {}/{} in {} to {dst}/{}, seen in {} checks",
+        alert.workload.kind,
+        alert.workload.name,
+        alert.workload.namespace,
+        alert.protocol,
+        alert.occurrences
+    ))
+}
+
+/// The trigger of workloads that became `ready` since the last board (none on the first
+/// board: the run at start covers them).
+fn newly_ready(board: &BoardRx, seen: &mut Option<BTreeSet<(String, String)>>) -> Option<String> {
+    let current = board.borrow().clone()?;
+    let now: BTreeSet<(String, String)> = current
+        .statuses
+        .iter()
+        .filter(|s| s.phase == Phase::Ready)
+        .map(|s| (s.namespace.clone(), s.workload.clone()))
+        .collect();
+    let new: Vec<String> = match seen {
+        Some(before) => now
+            .difference(before)
+            .map(|(ns, w)| format!("{w} in {ns}"))
+            .collect(),
+        None => Vec::new(),
+    };
+    *seen = Some(now);
+    if new.is_empty() {
+        return None;
+    }
+    Some(format!("newly ready: {}", new.join(", ")))
+}
+
+/// One run of [`run::run`] over the whole store, on a blocking thread.
+async fn run_once(
+    store: &Arc<dyn Store>,
+    model: &ModelRx,
+    opts: &Arc<Options>,
+    metrics: &PrMetrics,
+    pulls: &PullsTx,
+    trigger: String,
+) {
+    let Some(state) = model.borrow().clone() else {
+        return;
+    };
+    let store = Arc::clone(store);
+    let opts = Arc::clone(opts);
+    let handle = tokio::runtime::Handle::current();
+    tracing::info!(%trigger, "pull-request run");
+    let done = tokio::task::spawn_blocking(move || -> Result<Report, String> {
+        let (observations, skipped) =
+            crate::observations::load(store.as_ref(), &state.cluster, None)
+                .map_err(|e| Chain(&e).to_string())?;
+        let skipped = crate::recommend::skipped_lines(&skipped);
+        let observed = run::Observed {
+            cluster: &state.cluster,
+            applied: &state.policies,
+            applied_source: "the cluster",
+            observations: &observations,
+            history: None,
+            as_of: chrono::Utc::now(),
+            skipped: &skipped,
+        };
+        let run_opts = run::Options {
+            trigger: Some(trigger),
+            ..opts.run.clone()
+        };
+        run::run(&opts.target, &observed, &run_opts, &handle).map_err(|e| Chain(&e).to_string())
+    })
+    .await;
+    let report = match done {
+        Ok(Ok(report)) => report,
+        Ok(Err(e)) => {
+            metrics.count("error");
+            tracing::warn!(error = %e, "pull-request run failed");
+            return;
+        }
+        Err(e) => {
+            metrics.count("error");
+            tracing::warn!(error = %Chain(&e), "pull-request run task failed");
+            return;
+        }
+    };
+    metrics.count(result(&report));
+    metrics
+        .last_success
+        .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+    pulls.send_modify(|open| {
+        for g in &report.groups {
+            match &g.outcome {
+                Outcome::Pushed {
+                    pull_request: Some(pr),
+                    ..
+                } => {
+                    let url = match pr {
+                        crate::pr::provider::Outcome::Created(p)
+                        | crate::pr::provider::Outcome::Updated(p) => p.url.clone(),
+                    };
+                    for ns in &g.namespaces {
+                        open.insert(ns.clone(), url.clone());
+                    }
+                }
+                // The base holds the proposal: its pull request was merged or is obsolete.
+                Outcome::Unchanged => {
+                    for ns in &g.namespaces {
+                        open.remove(ns);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let distinct: BTreeSet<&String> = open.values().collect();
+        metrics
+            .open
+            .set(i64::try_from(distinct.len()).unwrap_or(i64::MAX));
+    });
+    for g in &report.groups {
+        match &g.outcome {
+            Outcome::Refused { breaks } => tracing::warn!(
+                group = %g.group,
+                breaks = breaks.len(),
+                "pull request refused: the change breaks observed traffic (--pr-allow-breaks)"
+            ),
+            Outcome::Pushed { commit, .. } => {
+                tracing::info!(group = %g.group, branch = %g.branch, %commit, "pull request pushed")
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The run's result label: the strongest of its groups' outcomes.
+fn result(report: &Report) -> &'static str {
+    if report.refused() {
+        "refused"
+    } else if report
+        .groups
+        .iter()
+        .any(|g| matches!(g.outcome, Outcome::Pushed { .. }))
+    {
+        "pushed"
+    } else {
+        "unchanged"
+    }
+}
