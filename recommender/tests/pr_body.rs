@@ -406,12 +406,20 @@ fn escaped_at(s: &str, i: usize) -> bool {
 
 /// No markup from the hostile text: no link or image, no HTML, no heading, no mention.
 fn assert_inert(text: &str) {
-    assert!(!text.contains("](http"), "a link: {text}");
+    assert!(
+        text.match_indices("](").all(|(i, _)| escaped_at(text, i)),
+        "a link: {text}"
+    );
     assert!(
         text.match_indices("<img").all(|(i, _)| escaped_at(text, i)),
         "HTML: {text}"
     );
-    assert!(!text.contains("# injected"), "a heading: {text}");
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.trim_start().starts_with('#') && l.contains("injected")),
+        "a heading: {text}"
+    );
     assert!(
         text.match_indices('@')
             .all(|(i, _)| text[i + 1..].starts_with(BREAK)),
@@ -457,6 +465,14 @@ fn hostile_names_cannot_become_markup() {
         own.contains(&format!("\n## Trigger\n\n{}\n", escape(&trigger))),
         "{own}"
     );
+    // The short body says what triggered it, as inert.
+    let short = body::body(&input, 1200, Some("https://x.example/r.md"));
+    assert!(short.chars().count() <= 1200, "{short}");
+    assert!(
+        short.contains(&format!("\nTriggered by: {}\n", escape(&trigger))),
+        "{short}"
+    );
+    assert_inert(short.replace("[the full report](<https://x.example/r.md>)", "").as_str());
     // The title and commit message: one line each, no line break from the name.
     let title = body::title(&input);
     assert!(!title.contains('\n'));
@@ -467,6 +483,19 @@ fn hostile_names_cannot_become_markup() {
         .expect("trigger line");
     assert!(trigger_line.contains("@\u{200B}team"), "{trigger_line}");
     assert!(!msg.contains("\n# injected"), "{msg}");
+}
+
+/// The diff section is `diff::render::markdown`'s, whose names go through `render::md`: it
+/// backslash-escapes emphasis, links, code and HTML, but leaves `@` (a mention) and `scheme://`
+/// (an autolink) as they are. Ignored until `render::md` neutralises them too.
+#[test]
+#[ignore = "render::md leaves mentions and URL autolinks in diff::render::markdown"]
+fn hostile_names_cannot_become_markup_in_the_diff_section() {
+    let case = Case::growing("x](http://evil.example)<img src=x>@team\n# injected");
+    let full = body::full_body(&case.input());
+    assert!(full.contains("Observed traffic newly allowed"), "{full}");
+    assert_inert(&full);
+    assert!(!full.contains("http://evil.example"), "an autolink: {full}");
 }
 
 /// Names the cluster model refuses (a pod with a pipe and backticks, a namespace that would
@@ -633,7 +662,7 @@ proptest! {
             if c == '\\' {
                 let next = chars.next();
                 prop_assert!(next.is_some_and(|n| n.is_ascii_punctuation()), "{e:?}");
-                if let Some(n) = next && ['@', '#', '!', '~', '%', '$', '&', ':'].contains(&n) {
+                if let Some(n) = next && ['@', '#', '!', '~', '%', '$', '&'].contains(&n) {
                     prop_assert_eq!(chars.next(), Some(BREAK), "{:?}", e);
                 }
             } else {
@@ -641,6 +670,7 @@ proptest! {
             }
         }
         prop_assert!(!e.to_ascii_lowercase().contains("www\\."), "{e:?}");
+        prop_assert!(!e.contains(":\\/"), "a URL scheme: {e:?}");
         let want: String = s
             .chars()
             .filter(|&c| c != BREAK)
@@ -649,3 +679,4 @@ proptest! {
         prop_assert_eq!(unescape(&e), want);
     }
 }
+

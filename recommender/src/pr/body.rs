@@ -317,7 +317,7 @@ fn flow_counts(diff: &crate::diff::Diff) -> (usize, usize) {
 }
 
 /// The body within `max_chars` characters: the full body ([`full_body`]) when it fits, else a
-/// short one (the marker, the summary's counts, the breaks, a note on the limit linking
+/// short one (the marker, the summary's counts, the breaks, the trigger, a note on the limit linking
 /// `full_report_url`, the full body the caller commits on the branch). Never cut inside a
 /// construct: when even the short body is too long, whole lines are left out from its end,
 /// the marker and the note last.
@@ -349,6 +349,9 @@ fn short_body(input: &Input, max_chars: usize, full_report_url: Option<&str>) ->
     let breaks = input.diff.breaks().count();
     if breaks > 0 {
         blocks.push((2, warning(breaks, input.allow_breaks).lines().map(str::to_owned).collect()));
+    }
+    if let Some(t) = input.trigger {
+        blocks.push((2, vec![format!("Triggered by: {}", escape(t))]));
     }
     blocks.push((3, vec![note]));
     let text = |blocks: &[(u8, Vec<String>)]| {

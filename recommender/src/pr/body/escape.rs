@@ -7,8 +7,8 @@
 pub const BREAK: char = '\u{200B}';
 
 /// Characters that start a reference GitHub or GitLab link in the rendered text: `@user`,
-/// `#12`, GitLab's `!12`, `~label`, `%milestone`, `$snippet`, `&epic`, and `scheme:` of a URL
-/// or `:emoji:`.
+/// `#12`, GitLab's `!12`, `~label`, `%milestone`, `$snippet`, `&epic`, and the `scheme:/` of
+/// a URL.
 const SIGILS: [char; 8] = ['@', '#', '!', '~', '%', '$', '&', ':'];
 
 /// Whether `c` changes how text around it reads or breaks a line without being a control
@@ -34,8 +34,8 @@ pub(crate) fn is_replaced(c: char) -> bool {
 ///   and the backslash then shows nothing): no emphasis, link, image, code span, HTML tag,
 ///   entity, heading, list, quote, table cell (`|`), footnote or math can start;
 /// - a zero-width space follows every reference sigil (`@`, `#`, `!`, `~`, `%`, `$`, `&`,
-///   `:`): forges link mentions, issue references and URLs in the rendered text, where the
-///   backslash is gone; a `www.` gets one before its dot;
+///   and `:` before `/`): forges link mentions, issue references and URLs in the rendered
+///   text, where the backslash is gone; a `www.` gets one before its dot;
 /// - control characters, line and paragraph separators and bidirectional controls become
 ///   U+FFFD: no line break, no reordered text.
 ///
@@ -44,7 +44,8 @@ pub fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + text.len() / 4);
     // The last three characters read, lower-cased, to find `www.`.
     let mut last3 = ['\0'; 3];
-    for c in text.chars() {
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
         if is_replaced(c) {
             out.push(char::REPLACEMENT_CHARACTER);
         } else if c.is_ascii_punctuation() {
@@ -53,7 +54,8 @@ pub fn escape(text: &str) -> String {
             }
             out.push('\\');
             out.push(c);
-            if SIGILS.contains(&c) {
+            // A colon starts a link only as `scheme:/`: IPv6 addresses and times keep theirs.
+            if SIGILS.contains(&c) && (c != ':' || chars.peek() == Some(&'/')) {
                 out.push(BREAK);
             }
         } else {
@@ -120,6 +122,7 @@ mod tests {
         assert_eq!(escape("@team"), "\\@\u{200B}team");
         assert_eq!(escape("http://e.com"), "http\\:\u{200B}\\/\\/e\\.com");
         assert_eq!(escape("WWW.e"), "WWW\u{200B}\\.e");
+        assert_eq!(escape("2001:db8::1"), "2001\\:db8\\:\\:1");
         assert_eq!(escape("a\nb\u{202E}c"), "a\u{FFFD}b\u{FFFD}c");
         assert_eq!(escape("ünï"), "ünï");
     }
