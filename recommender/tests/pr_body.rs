@@ -31,7 +31,8 @@ use support::recommend::{Fx, flow};
 /// heading.
 const HOSTILE: &str = "x](http://evil)<img src=x>@team\n# injected";
 
-const COMMAND: &str = "leash pr --cluster snap.json --store leash.db --repo https://git.example/p.git";
+const COMMAND: &str =
+    "leash pr --cluster snap.json --store leash.db --repo https://git.example/p.git";
 
 fn at(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s)
@@ -238,10 +239,7 @@ fn summary_counts_policies_added_changed_and_unchanged() {
     );
 
     let full = body::full_body(&input);
-    assert!(
-        full.starts_with("<!-- leash:pr group=shop -->\n"),
-        "{full}"
-    );
+    assert!(full.starts_with("<!-- leash:pr group=shop -->\n"), "{full}");
     assert!(
         full.contains("\n- Policies: 1 added, 1 changed, 0 removed, 3 unchanged\n"),
         "{full}"
@@ -270,17 +268,12 @@ fn summary_counts_policies_added_changed_and_unchanged() {
     // Every workload's phase has its row.
     for s in &case.rollout {
         assert!(
-            full.contains(&format!(
-                "| `shop/{}` | {} |",
-                s.workload,
-                s.phase.as_str()
-            )),
+            full.contains(&format!("| `shop/{}` | {} |", s.workload, s.phase.as_str())),
             "{full}"
         );
     }
     assert!(
-        full.contains("\n- Reachability: 2 newly allowed, 0 newly denied; observed traffic: 0 breaks, 2 flows newly allowed\n")
-            || full.contains("newly allowed, 0 newly denied; observed traffic: 0 breaks"),
+        full.contains("\n- Reachability: 2 newly allowed, 0 newly denied; observed traffic: 0 breaks, 2 flows newly allowed\n"),
         "{full}"
     );
     assert!(!full.contains("[!CAUTION]"), "{full}");
@@ -288,7 +281,10 @@ fn summary_counts_policies_added_changed_and_unchanged() {
         full.contains("\n## Observation window\n\nFrom 2026-11-20T00:00:00Z to 2026-11-24T00:00:00Z (4d 0h).\n"),
         "{full}"
     );
-    assert!(full.ends_with(&format!("\n## Reproduce\n\n```sh\n{COMMAND}\n```\n")), "{full}");
+    assert!(
+        full.ends_with(&format!("\n## Reproduce\n\n```sh\n{COMMAND}\n```\n")),
+        "{full}"
+    );
 
     assert_eq!(
         body::title(&input),
@@ -309,7 +305,10 @@ fn summary_counts_policies_added_changed_and_unchanged() {
         "{msg}"
     );
     assert!(!msg.contains("Policies removed"), "{msg}");
-    assert!(msg.contains("Observed traffic: 0 breaks, 2 flows newly allowed.\n"), "{msg}");
+    assert!(
+        msg.contains("Observed traffic: 0 breaks, 2 flows newly allowed.\n"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -323,7 +322,10 @@ fn nothing_changed_counts_as_no_change() {
         "leash: egress policies for namespace shop (no policy change)"
     );
     let full = body::full_body(&case.input());
-    assert!(full.contains("\n## Evidence\n\nNo rule added or changed.\n"), "{full}");
+    assert!(
+        full.contains("\n## Evidence\n\nNo rule added or changed.\n"),
+        "{full}"
+    );
 }
 
 #[test]
@@ -343,7 +345,11 @@ fn breaks_are_listed_and_warned_about() {
     let changes = full.find("### Changes per workload").expect("changes");
     assert!(w < breaks && breaks < row && row < changes, "{full}");
     assert!(full.contains("observed traffic: **1 break**"), "{full}");
-    assert!(body::title(&input).ends_with(", 1 break)"), "{}", body::title(&input));
+    assert!(
+        body::title(&input).ends_with(", 1 break)"),
+        "{}",
+        body::title(&input)
+    );
     assert!(
         body::commit_message(&input).contains("Observed traffic: 1 break,"),
         "{}",
@@ -387,16 +393,121 @@ fn evidence_covers_added_and_changed_rules_only() {
     );
     let fresh = key_of("fresh-egress", "203.0.113.9");
     assert!(
-        evidence.contains(&format!("### `shop/fresh-egress` (`Deployment/fresh`), added\n")),
+        evidence.contains("### `shop/fresh-egress` (`Deployment/fresh`), added\n"),
         "{evidence}"
     );
-    assert!(evidence.contains(&format!("| `{fresh}` | 2 |")), "{evidence}");
+    assert!(
+        evidence.contains(&format!("| `{fresh}` | 2 |")),
+        "{evidence}"
+    );
     // web's old rule is unchanged, api's and cart's policies too: no evidence for them.
     let web_old = key_of("web-egress", "203.0.113.2");
     assert!(!evidence.contains(&web_old), "{evidence}");
     assert!(!evidence.contains("api-egress"), "{evidence}");
     assert!(!evidence.contains("cart-egress"), "{evidence}");
     assert!(!evidence.contains("203.0.113.1"), "{evidence}");
+}
+
+/// A rule the new proposal drops (its evidence expired) shows under its changed policy, with
+/// why; the rule it keeps shows no evidence.
+#[test]
+fn rules_removed_from_a_changed_policy_say_why() {
+    let cluster = shop().cluster();
+    let opts = recommend::Options {
+        namespaces: BTreeSet::from(["shop".to_owned()]),
+        ..recommend::Options::default()
+    };
+    let mut base = base_records();
+    base.push(flow(
+        "shop",
+        &pod("web"),
+        "TCP",
+        "198.51.100.7",
+        8443,
+        3,
+        &[],
+    ));
+    let base_rec = recommend::recommend(&cluster, &observations(&cluster, &base), &opts);
+    let before = recommend::all_policies(&cluster, &base_rec);
+    let index: recommend::previous::EvidenceIndex = base_rec
+        .policies
+        .iter()
+        .flat_map(|p| {
+            p.rules.iter().map(|r| {
+                (
+                    (p.namespace.clone(), p.name.clone(), r.key()),
+                    r.evidence.clone(),
+                )
+            })
+        })
+        .collect();
+    let (previous, skipped) = recommend::Previous::from_policies(&before, &index);
+    assert!(skipped.is_empty(), "{skipped:?}");
+    // The new window sees web's 8443 only (newer than the rest); 443 has expired by then.
+    let mut new: Vec<Record> = base_records()
+        .into_iter()
+        .filter(|r| !matches!(r, Record::Flow(f) if f.pod.as_ref().is_some_and(|p| p.name == pod("web"))))
+        .collect();
+    let mut late = flow("shop", &pod("web"), "TCP", "198.51.100.7", 8443, 3, &[]);
+    if let Record::Flow(f) = &mut late {
+        f.first_seen = at("2026-12-06T00:00:00Z");
+        f.last_seen = at("2026-12-06T00:00:00Z");
+    }
+    new.push(late);
+    let obs = observations(&cluster, &new);
+    let rec = recommend::recommend_stable(
+        &cluster,
+        &obs,
+        &opts,
+        &recommend::Stability {
+            previous: Some(&previous),
+            history: None,
+            as_of: at("2026-12-06T00:00:00Z"),
+            expire_after: Duration::days(10),
+        },
+    );
+    let removed: Vec<&recommend::Change> = rec
+        .changes
+        .iter()
+        .filter(|c| c.policy == "web-egress" && c.kind == recommend::ChangeKind::Removed)
+        .collect();
+    assert_eq!(removed.len(), 1, "{:?}", rec.changes);
+    let after = recommend::all_policies(&cluster, &rec);
+    let from = leash::policy_state::compiled(&[], &before).expect("compiles");
+    let to = leash::policy_state::compiled(&[], &after).expect("compiles");
+    let diff = leash::diff::diff(
+        &cluster,
+        ("base", &from),
+        ("proposal", &to),
+        Some(&obs),
+        &leash::diff::Options::default(),
+    );
+    let input = Input {
+        cluster: &cluster,
+        group: "shop",
+        recommendation: &rec,
+        before: &before,
+        after: &after,
+        diff: &diff,
+        rollout: &[],
+        window: None,
+        command: COMMAND,
+        trigger: None,
+        allow_breaks: false,
+    };
+    let full = body::full_body(&input);
+    let evidence = section(&full, "\n## Evidence\n", "## ");
+    let old = removed[0].before.as_deref().expect("a removed rule's key");
+    assert!(old.contains("203.0.113.2"), "{old}");
+    assert!(
+        evidence.contains(&format!(
+            "### `shop/web-egress` (`Deployment/web`), changed\n\nRules removed:\n\n- `{old}`: {}\n",
+            escape(&removed[0].why)
+        )),
+        "{evidence}"
+    );
+    // The rule kept has no row: it did not change.
+    assert!(!evidence.contains("| `to 198.51.100.7"), "{evidence}");
 }
 
 /// Whether `c` at byte `i` of `s` is preceded by an odd number of backslashes.
@@ -472,7 +583,11 @@ fn hostile_names_cannot_become_markup() {
         short.contains(&format!("\nTriggered by: {}\n", escape(&trigger))),
         "{short}"
     );
-    assert_inert(short.replace("[the full report](<https://x.example/r.md>)", "").as_str());
+    assert_inert(
+        short
+            .replace("[the full report](<https://x.example/r.md>)", "")
+            .as_str(),
+    );
     // The title and commit message: one line each, no line break from the name.
     let title = body::title(&input);
     assert!(!title.contains('\n'));
@@ -505,7 +620,12 @@ fn hostile_names_cannot_become_markup_in_the_diff_section() {
 fn hostile_pods_groups_and_commands_stay_in_their_constructs() {
     let mut case = Case::growing("pay.example.com");
     let hostile_pod = "a|`b` @x\n<i>";
-    for p in case.rec.policies.iter_mut().filter(|p| p.name == "web-egress") {
+    for p in case
+        .rec
+        .policies
+        .iter_mut()
+        .filter(|p| p.name == "web-egress")
+    {
         for r in &mut p.rules {
             r.evidence.pods.insert(hostile_pod.to_owned());
         }
@@ -564,6 +684,12 @@ fn subjects_and_titles_stay_bounded() {
     assert!(subject.chars().count() <= MAX_SUBJECT, "{subject}");
     assert!(subject.ends_with("(1 added, 1 changed)"), "{subject}");
     assert!(msg[subject.len()..].starts_with("\n\n"), "{msg}");
+    input.group = "all";
+    assert_eq!(
+        body::title(&input),
+        "leash: egress policies for all namespaces (1 added, 1 changed)"
+    );
+    assert!(body::full_body(&input).starts_with("<!-- leash:pr group=all -->\n**leash** proposes the egress NetworkPolicies of all namespaces,"));
 }
 
 #[test]
@@ -582,18 +708,29 @@ fn a_body_over_the_limit_becomes_the_short_one() {
     let max = chars - 1;
     let short = body::body(&input, max, Some(url));
     assert!(short.chars().count() <= max);
-    assert!(short.starts_with("<!-- leash:pr group=shop -->\n"), "{short}");
+    assert!(
+        short.starts_with("<!-- leash:pr group=shop -->\n"),
+        "{short}"
+    );
     assert!(
         short.contains(&format!("[the full report](<{url}>)")),
         "{short}"
     );
-    assert!(short.contains("- Policies: 1 added, 1 changed, 1 removed, 2 unchanged"), "{short}");
-    assert!(short.contains("**This change breaks 1 observed flow**"), "{short}");
+    assert!(
+        short.contains("- Policies: 1 added, 1 changed, 1 removed, 2 unchanged"),
+        "{short}"
+    );
+    assert!(
+        short.contains("**This change breaks 1 observed flow**"),
+        "{short}"
+    );
     assert!(!short.contains("### Breaks"), "{short}");
     // Every line of it is whole: one the full body has, or the note.
     for line in short.lines() {
         assert!(
-            line.is_empty() || full.lines().any(|l| l == line) || line.starts_with("The full body is longer"),
+            line.is_empty()
+                || full.lines().any(|l| l == line)
+                || line.starts_with("The full body is longer"),
             "{line:?}"
         );
     }
@@ -601,7 +738,10 @@ fn a_body_over_the_limit_becomes_the_short_one() {
     // A tighter limit drops the summary before the note and the marker.
     let tight = body::body(&input, 260, Some(url));
     assert!(tight.chars().count() <= 260, "{tight}");
-    assert!(tight.starts_with("<!-- leash:pr group=shop -->\n"), "{tight}");
+    assert!(
+        tight.starts_with("<!-- leash:pr group=shop -->\n"),
+        "{tight}"
+    );
     assert!(tight.contains(url), "{tight}");
     // Tighter than anything: still within, still whole lines.
     for max in [0, 10, 40] {
@@ -679,4 +819,3 @@ proptest! {
         prop_assert_eq!(unescape(&e), want);
     }
 }
-

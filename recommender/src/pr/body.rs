@@ -240,9 +240,13 @@ pub fn title(input: &Input) -> String {
 /// reachability and observed-traffic counts, and the trigger.
 pub fn commit_message(input: &Input) -> String {
     let counts = title_counts(input);
-    let fixed = format!("leash: egress policies for  ({counts})").chars().count();
+    let fixed = format!("leash: egress policies for  ({counts})")
+        .chars()
+        .count();
     // The group gets what the rest of the line leaves.
-    let room = MAX_SUBJECT.saturating_sub(fixed + "namespace ".len()).max(8);
+    let room = MAX_SUBJECT
+        .saturating_sub(fixed + "namespace ".len())
+        .max(8);
     let subject = escape::truncate(
         &format!(
             "leash: egress policies for {} ({counts})",
@@ -348,7 +352,13 @@ fn short_body(input: &Input, max_chars: usize, full_report_url: Option<&str>) ->
     ];
     let breaks = input.diff.breaks().count();
     if breaks > 0 {
-        blocks.push((2, warning(breaks, input.allow_breaks).lines().map(str::to_owned).collect()));
+        blocks.push((
+            2,
+            warning(breaks, input.allow_breaks)
+                .lines()
+                .map(str::to_owned)
+                .collect(),
+        ));
     }
     if let Some(t) = input.trigger {
         blocks.push((2, vec![format!("Triggered by: {}", escape(t))]));
@@ -538,7 +548,12 @@ fn rollout_table(out: &mut String, statuses: &[WorkloadStatus]) {
         return;
     }
     let mut rows: Vec<&WorkloadStatus> = statuses.iter().collect();
-    let rank = |p: Phase| Phase::ALL.iter().position(|&q| q == p).unwrap_or(usize::MAX);
+    let rank = |p: Phase| {
+        Phase::ALL
+            .iter()
+            .position(|&q| q == p)
+            .unwrap_or(usize::MAX)
+    };
     rows.sort_by(|a, b| {
         (rank(a.phase), &a.namespace, &a.workload).cmp(&(rank(b.phase), &b.namespace, &b.workload))
     });
@@ -584,10 +599,8 @@ fn evidence_section(out: &mut String, input: &Input, entries: &[PolicyEntry]) {
         };
         // The rules as written: rule i of the spec is egress rule i of the object.
         let object = crate::recommend::to_network_policy(input.cluster, p);
-        let written: Vec<NetworkPolicyEgressRule> = object
-            .spec
-            .and_then(|s| s.egress)
-            .unwrap_or_default();
+        let written: Vec<NetworkPolicyEgressRule> =
+            object.spec.and_then(|s| s.egress).unwrap_or_default();
         let old = before_rules(&p.namespace, &p.name);
         let new_rules: Vec<&EgressRule> = p
             .rules
@@ -616,14 +629,14 @@ fn evidence_section(out: &mut String, input: &Input, entries: &[PolicyEntry]) {
             .unwrap_or_default();
         let _ = writeln!(
             out,
-            "\n### {} ({}), {}\n",
+            "\n### {} ({}), {}",
             code(&format!("{}/{}", p.namespace, p.name)),
             code(&workload),
             change.as_str()
         );
         if !new_rules.is_empty() {
             out.push_str(
-                "| Rule | Events | First seen | Last seen | DNS names | Pods |\n\
+                "\n| Rule | Events | First seen | Last seen | DNS names | Pods |\n\
                  |---|---|---|---|---|---|\n",
             );
             for r in new_rules {
