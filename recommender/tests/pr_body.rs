@@ -743,11 +743,40 @@ fn a_body_over_the_limit_becomes_the_short_one() {
         "{tight}"
     );
     assert!(tight.contains(url), "{tight}");
-    // Tighter than anything: still within, still whole lines.
-    for max in [0, 10, 40] {
+    // Every limit: within it, whole lines, the warning's quote whole or gone, and what goes
+    // first is the intro and summary, then the trigger, the warning, the note, the marker.
+    let mut input = input;
+    input.trigger = Some("an alert");
+    let full = body::full_body(&input);
+    for max in (0..700).step_by(7) {
         let s = body::body(&input, max, Some(url));
         assert!(s.chars().count() <= max, "{max}: {s:?}");
-        assert!(s.lines().all(|l| full.lines().any(|f| f == l)), "{s:?}");
+        for line in s.lines() {
+            assert!(
+                line.is_empty()
+                    || full.lines().any(|l| l == line)
+                    || line.starts_with("The full body is longer")
+                    || line == "Triggered by: an alert",
+                "{max}: {line:?}"
+            );
+        }
+        assert_eq!(
+            s.contains("> [!CAUTION]"),
+            s.contains("> **This change breaks"),
+            "{max}: {s}"
+        );
+        if !s.is_empty() {
+            assert!(s.starts_with("<!-- leash:pr group=shop -->"), "{max}: {s}");
+        }
+        if s.contains("[!CAUTION]") {
+            assert!(s.contains(url), "{max}: {s}");
+        }
+        if s.contains("Triggered by") {
+            assert!(s.contains("[!CAUTION]"), "{max}: {s}");
+        }
+        if s.contains("- Policies:") {
+            assert!(s.contains("Triggered by"), "{max}: {s}");
+        }
     }
 }
 

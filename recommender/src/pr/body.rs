@@ -321,10 +321,10 @@ fn flow_counts(diff: &crate::diff::Diff) -> (usize, usize) {
 }
 
 /// The body within `max_chars` characters: the full body ([`full_body`]) when it fits, else a
-/// short one (the marker, the summary's counts, the breaks, the trigger, a note on the limit linking
-/// `full_report_url`, the full body the caller commits on the branch). Never cut inside a
-/// construct: when even the short body is too long, whole lines are left out from its end,
-/// the marker and the note last.
+/// short one (the marker, the summary's counts, the breaks, the trigger, and a note on the
+/// limit linking `full_report_url`, the full body the caller commits on the branch). Never cut
+/// inside a construct: when even the short body is too long, whole lines are left out, the
+/// intro and summary first, then the trigger, the warning, the note and the marker last.
 pub fn body(input: &Input, max_chars: usize, full_report_url: Option<&str>) -> String {
     let full = full_body(input);
     if full.chars().count() <= max_chars {
@@ -343,45 +343,52 @@ fn short_body(input: &Input, max_chars: usize, full_report_url: Option<&str>) ->
         "The full body is longer than this provider's limit ({max_chars} characters): read \
          {where_}."
     );
-    // Blocks (priority, lines): past the limit, lines are left out from the end of the
-    // lowest-priority block first, whole lines only, so every construct left stays intact.
-    let mut blocks: Vec<(u8, Vec<String>)> = vec![
-        (4, vec![marker(input.group)]),
-        (0, vec![intro(input)]),
-        (1, summary_lines(input)),
+    // Blocks (priority, whether it goes whole, lines): past the limit, lines are left out from
+    // the end of the lowest-priority block first, whole lines only (the warning's quote all at
+    // once), so every construct left stays intact.
+    let mut blocks: Vec<(u8, bool, Vec<String>)> = vec![
+        (6, false, vec![marker(input.group)]),
+        (1, false, vec![intro(input)]),
+        (2, false, summary_lines(input)),
     ];
     let breaks = input.diff.breaks().count();
     if breaks > 0 {
-        blocks.push((
-            2,
-            warning(breaks, input.allow_breaks)
-                .lines()
-                .map(str::to_owned)
-                .collect(),
-        ));
+        let lines = warning(breaks, input.allow_breaks)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        blocks.push((4, true, lines));
     }
     if let Some(t) = input.trigger {
-        blocks.push((2, vec![format!("Triggered by: {}", escape(t))]));
+        blocks.push((3, false, vec![format!("Triggered by: {}", escape(t))]));
     }
-    blocks.push((3, vec![note]));
-    let text = |blocks: &[(u8, Vec<String>)]| {
+    blocks.push((5, false, vec![note]));
+    let text = |blocks: &[(u8, bool, Vec<String>)]| {
         let parts: Vec<String> = blocks
             .iter()
-            .filter(|(_, lines)| !lines.is_empty())
-            .map(|(_, lines)| lines.join("\n"))
+            .filter(|(_, _, lines)| !lines.is_empty())
+            .map(|(_, _, lines)| lines.join("\n"))
             .collect();
-        format!("{}\n", parts.join("\n\n"))
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!("{}\n", parts.join("\n\n"))
+        }
     };
     let mut out = text(&blocks);
     while out.chars().count() > max_chars {
-        let Some(block) = blocks
+        let Some((_, whole, lines)) = blocks
             .iter_mut()
-            .filter(|(_, lines)| !lines.is_empty())
-            .min_by_key(|(priority, _)| *priority)
+            .filter(|(_, _, lines)| !lines.is_empty())
+            .min_by_key(|(priority, _, _)| *priority)
         else {
             return String::new();
         };
-        block.1.pop();
+        if *whole {
+            lines.clear();
+        } else {
+            lines.pop();
+        }
         out = text(&blocks);
     }
     out
