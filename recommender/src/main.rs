@@ -166,29 +166,29 @@ macro_rules! recommend_flags {
         #[derive(clap::Args, Debug, Clone)]
         struct $name {
             /// Only workloads in these namespaces. Repeatable.
-            #[arg(long = concat!($prefix, "namespace"), num_args = 1..)]
+            #[arg(id = concat!($prefix, "namespace"), long = concat!($prefix, "namespace"), num_args = 1..)]
             namespaces: Vec<String>,
             /// At most this many ipBlocks per external rule.
-            #[arg(long = concat!($prefix, "max-cidrs"), default_value_t = 8)]
+            #[arg(id = concat!($prefix, "max-cidrs"), long = concat!($prefix, "max-cidrs"), default_value_t = 8)]
             max_cidrs: usize,
             /// Never widen an IPv4 block beyond this prefix length.
-            #[arg(long = concat!($prefix, "max-prefix-v4"), default_value_t = 24, value_parser = clap::value_parser!(u8).range(0..=32))]
+            #[arg(id = concat!($prefix, "max-prefix-v4"), long = concat!($prefix, "max-prefix-v4"), default_value_t = 24, value_parser = clap::value_parser!(u8).range(0..=32))]
             max_prefix_v4: u8,
             /// Never widen an IPv6 block beyond this prefix length.
-            #[arg(long = concat!($prefix, "max-prefix-v6"), default_value_t = 48, value_parser = clap::value_parser!(u8).range(0..=128))]
+            #[arg(id = concat!($prefix, "max-prefix-v6"), long = concat!($prefix, "max-prefix-v6"), default_value_t = 48, value_parser = clap::value_parser!(u8).range(0..=128))]
             max_prefix_v6: u8,
             /// Flag workloads observed for less than this (e.g. 24h, 90m, 7d).
-            #[arg(long = concat!($prefix, "min-observation"), default_value = "24h", value_parser = leash_records::duration::parse_chrono)]
+            #[arg(id = concat!($prefix, "min-observation"), long = concat!($prefix, "min-observation"), default_value = "24h", value_parser = leash_records::duration::parse_chrono)]
             min_observation: chrono::Duration,
             /// NodeLocal DNSCache addresses. Repeatable; default 169.254.20.10.
-            #[arg(long = concat!($prefix, "node-local-dns"), num_args = 1..)]
+            #[arg(id = concat!($prefix, "node-local-dns"), long = concat!($prefix, "node-local-dns"), num_args = 1..)]
             node_local_dns: Vec<IpAddr>,
             /// Drop a previous rule whose last evidence is older than this (e.g. 30d).
-            #[arg(long = concat!($prefix, "expire-after"), default_value = "30d", value_parser = leash_records::duration::parse_chrono)]
+            #[arg(id = concat!($prefix, "expire-after"), long = concat!($prefix, "expire-after"), default_value = "30d", value_parser = leash_records::duration::parse_chrono)]
             expire_after: chrono::Duration,
             /// Write policies only for workloads whose rollout phase is `ready` (and keep those
             /// of `enforced` ones); REPORT.md lists the others with their phase and why.
-            #[arg(long = concat!($prefix, "ready-only"))]
+            #[arg(id = concat!($prefix, "ready-only"), long = concat!($prefix, "ready-only"))]
             ready_only: bool,
         }
 
@@ -260,55 +260,55 @@ macro_rules! pr_flags {
         struct $name {
             /// The policy repository: an `https://` or `ssh://` URL, `user@host:path`, or a
             /// local path (`http://` only on loopback).
-            #[arg(long = concat!($prefix, "repo"), required = $required, value_name = "URL|PATH")]
+            #[arg(id = concat!($prefix, "repo"), long = concat!($prefix, "repo"), required = $required, value_name = "URL|PATH")]
             repo: Option<String>,
             /// The proposal's directory inside the repository, in the layout of
             /// `recommend -o`.
-            #[arg(long = concat!($prefix, "path"), default_value = ".", value_name = "DIR")]
+            #[arg(id = concat!($prefix, "path"), long = concat!($prefix, "path"), default_value = ".", value_name = "DIR")]
             path: PathBuf,
             /// The branch pull requests go to; leash never pushes to it.
-            #[arg(long = concat!($prefix, "base"), default_value = "main")]
+            #[arg(id = concat!($prefix, "base"), long = concat!($prefix, "base"), default_value = "main")]
             base: String,
             /// leash's branches are `<prefix><namespace>` or `<prefix>all`; only they are pushed.
-            #[arg(long = concat!($prefix, "branch-prefix"), default_value = "leash/")]
+            #[arg(id = concat!($prefix, "branch-prefix"), long = concat!($prefix, "branch-prefix"), default_value = "leash/")]
             branch_prefix: String,
             /// One pull request per namespace, or one for all.
-            #[arg(long = concat!($prefix, "group-by"), value_enum, default_value = "namespace")]
+            #[arg(id = concat!($prefix, "group-by"), long = concat!($prefix, "group-by"), value_enum, default_value = "namespace")]
             group_by: leash::pr::run::GroupBy,
             /// The pull request API; default from the repository URL's host (`github…` or
             /// `gitlab…`), `none` for a local path. `none` only pushes branches.
-            #[arg(long = concat!($prefix, "provider"), value_enum)]
+            #[arg(id = concat!($prefix, "provider"), long = concat!($prefix, "provider"), value_enum)]
             provider: Option<leash::pr::provider::Kind>,
             /// The provider's API (GitHub Enterprise, self-hosted GitLab); default from the
             /// repository URL.
-            #[arg(long = concat!($prefix, "api-url"), value_name = "URL")]
+            #[arg(id = concat!($prefix, "api-url"), long = concat!($prefix, "api-url"), value_name = "URL")]
             api_url: Option<String>,
             /// A PEM CA bundle to trust for the provider's API and the repository's HTTPS
             /// (a private CA), besides the system's.
-            #[arg(long = concat!($prefix, "api-ca-file"), value_name = "FILE")]
+            #[arg(id = concat!($prefix, "api-ca-file"), long = concat!($prefix, "api-ca-file"), value_name = "FILE")]
             api_ca_file: Option<PathBuf>,
             /// The repository at the provider (`owner/repo`, `group/project`); default from
             /// the repository URL; needed for a local path or a mirror.
-            #[arg(long = concat!($prefix, "project"), value_name = "OWNER/NAME")]
+            #[arg(id = concat!($prefix, "project"), long = concat!($prefix, "project"), value_name = "OWNER/NAME")]
             project: Option<String>,
             /// A file holding the provider's token (for HTTPS git and the API); default:
             /// the environment variable LEASH_GIT_TOKEN.
-            #[arg(long = concat!($prefix, "token-file"), value_name = "FILE")]
+            #[arg(id = concat!($prefix, "token-file"), long = concat!($prefix, "token-file"), value_name = "FILE")]
             token_file: Option<PathBuf>,
             /// For an SSH repository: the private key file.
-            #[arg(long = concat!($prefix, "ssh-key"), value_name = "FILE")]
+            #[arg(id = concat!($prefix, "ssh-key"), long = concat!($prefix, "ssh-key"), value_name = "FILE")]
             ssh_key: Option<PathBuf>,
             /// For an SSH repository: the known_hosts file the server's key must be in.
-            #[arg(long = concat!($prefix, "ssh-known-hosts"), value_name = "FILE")]
+            #[arg(id = concat!($prefix, "ssh-known-hosts"), long = concat!($prefix, "ssh-known-hosts"), value_name = "FILE")]
             ssh_known_hosts: Option<PathBuf>,
             /// Author and committer of leash's commits, `Name <email>`.
-            #[arg(long = concat!($prefix, "author"), default_value = "leash <leash@localhost>")]
+            #[arg(id = concat!($prefix, "author"), long = concat!($prefix, "author"), default_value = "leash <leash@localhost>")]
             author: String,
             /// Open the pull request even when the change breaks observed traffic.
-            #[arg(long = concat!($prefix, "allow-breaks"))]
+            #[arg(id = concat!($prefix, "allow-breaks"), long = concat!($prefix, "allow-breaks"))]
             allow_breaks: bool,
             /// Print each commit message and pull request body; push nothing, call no API.
-            #[arg(long = concat!($prefix, "dry-run"))]
+            #[arg(id = concat!($prefix, "dry-run"), long = concat!($prefix, "dry-run"))]
             dry_run: bool,
         }
 
@@ -1141,9 +1141,7 @@ fn default_cache_dir() -> Result<PathBuf, Failure> {
                 .map(|h| PathBuf::from(h).join(".cache"))
         })
         .ok_or_else(|| {
-            Failure::BadInput(
-                "neither XDG_CACHE_HOME nor HOME is set: give --cache-dir".to_owned(),
-            )
+            Failure::BadInput("neither XDG_CACHE_HOME nor HOME is set: give --cache-dir".to_owned())
         })?;
     Ok(base.join("leash").join("repos"))
 }
@@ -1153,8 +1151,7 @@ fn default_cache_dir() -> Result<PathBuf, Failure> {
 fn reproducing_command() -> String {
     let quote = |a: String| {
         if !a.is_empty()
-            && a
-                .chars()
+            && a.chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+%".contains(c))
         {
             a

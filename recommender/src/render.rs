@@ -12,6 +12,7 @@ use crate::recommend::{
 };
 
 pub mod columns;
+pub mod escape;
 pub mod evidence;
 pub mod outdir;
 
@@ -246,27 +247,7 @@ pub(crate) fn cell(s: &str) -> String {
     s.replace('|', "\\|").replace('\n', " ")
 }
 
-/// Escapes text that comes from the cluster or from agents (names of workloads, pods and DNS
-/// names, and messages carrying them) for inline Markdown: the characters that start
-/// emphasis, links, code, HTML or entities are backslash-escaped, and control characters
-/// (line breaks among them) become U+FFFD. Names are checked where they enter (ingest, the
-/// snapshot), but a store written by an older version, or a model built from objects nobody
-/// checked, may still hold anything; the report must stay the report. Pipes are left to
-/// [`cell`], for tables.
-pub(crate) fn md(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '\\' | '`' | '*' | '_' | '~' | '[' | ']' | '<' | '>' | '&' => {
-                out.push('\\');
-                out.push(c);
-            }
-            c if c.is_control() => out.push(char::REPLACEMENT_CHARACTER),
-            c => out.push(c),
-        }
-    }
-    out
-}
+pub(crate) use escape::md;
 
 /// A Markdown code span showing `s` literally: fenced by more backticks than any run of them
 /// inside, control characters replaced as in [`md`]. In a table, pass it through [`cell`].
@@ -937,7 +918,7 @@ mod tests {
         assert_eq!(md("_sip._tcp.x"), "\\_sip.\\_tcp.x");
         assert_eq!(
             md("<b>[x](y)*z*`w`&amp;\\"),
-            "\\<b\\>\\[x\\](y)\\*z\\*\\`w\\`\\&amp;\\\\"
+            "\\<b\\>\\[x\\](y)\\*z\\*\\`w\\`\\&\u{200b}amp;\\\\"
         );
         assert_eq!(md("a\nb\rc"), "a\u{fffd}b\u{fffd}c");
         assert_eq!(code("shop/web"), "`shop/web`");

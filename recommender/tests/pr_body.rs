@@ -604,7 +604,6 @@ fn hostile_names_cannot_become_markup() {
 /// backslash-escapes emphasis, links, code and HTML, but leaves `@` (a mention) and `scheme://`
 /// (an autolink) as they are. Ignored until `render::md` neutralises them too.
 #[test]
-#[ignore = "render::md leaves mentions and URL autolinks in diff::render::markdown"]
 fn hostile_names_cannot_become_markup_in_the_diff_section() {
     let case = Case::growing("x](http://evil.example)<img src=x>@team\n# injected");
     let full = body::full_body(&case.input());

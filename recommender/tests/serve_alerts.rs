@@ -652,8 +652,15 @@ async fn recurrences_feed_the_pull_request_loop_and_alerts_carry_the_pull_reques
         "{text}"
     );
 
-    // Each check that finds new events is a recurrence, fed with its occurrences; within
-    // the repeat interval it is not published again.
+    // A new alert is fed as it is found (occurrences 1); each check that finds new events is
+    // a recurrence, fed with its occurrences; within the repeat interval it is not published
+    // again.
+    let found = tokio::time::timeout(Duration::from_secs(20), recur_rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.occurrences, 1);
+    assert_eq!(found.key(), first.key());
     for (seq, occurrences) in [(2, 2), (3, 3)] {
         commit(&db, seq, &[flow("198.51.100.20", 5432, &[], Utc::now())]);
         let recurred = tokio::time::timeout(Duration::from_secs(20), recur_rx.recv())

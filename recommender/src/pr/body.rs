@@ -10,15 +10,14 @@
 //! through [`escape`] or a code span. Past a provider's limit, [`body`] gives a short body
 //! that links the full one, which the caller commits on the branch.
 
-mod escape;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyEgressRule};
 
-pub use escape::{BREAK, escape, marker_value, plain};
+use crate::render::escape;
+pub use crate::render::escape::{BREAK, escape, plain};
 
 use crate::recommend::{ANNOTATION_WORKLOAD, ChangeKind, EgressRule, PolicySpec, RuleEvidence};
 use crate::render::{cell, code, plural};
@@ -727,4 +726,18 @@ fn code_block(command: &str) -> String {
     let longest = text.split(|c| c != '`').map(str::len).max().unwrap_or(0);
     let fence = "`".repeat(longest.max(2) + 1);
     format!("{fence}sh\n{}\n{fence}\n", text.trim_end_matches('\n'))
+}
+
+/// The group in the marker comment, which must stay one HTML comment: ASCII letters, digits,
+/// `.`, `_` and `-` as they are, every other byte as `%XX`.
+pub fn marker_value(group: &str) -> String {
+    let mut out = String::with_capacity(group.len());
+    for b in group.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

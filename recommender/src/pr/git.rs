@@ -238,9 +238,8 @@ pub fn display_url(url: &str) -> String {
 
 /// Whether `url` is reached over HTTP(S), where a token authenticates.
 pub fn is_http(url: &str) -> bool {
-    url::parse(url, Path::new("/")).is_ok_and(|a| {
-        matches!(a.transport, url::Transport::Https | url::Transport::Http)
-    })
+    url::parse(url, Path::new("/"))
+        .is_ok_and(|a| matches!(a.transport, url::Transport::Https | url::Transport::Http))
 }
 
 /// A clone leash owns, locked for this value's lifetime. See the module docs.
@@ -894,7 +893,7 @@ mod tests {
                 email: "leash@example.test".into()
             }
         );
-        for bad in ["leash", "<x@y>", "a <>", "a <b\n> ", "a <b<c>"] {
+        for bad in ["leash", "<x@y>", "a <>", "a <b\nc>", "a <b<c>"] {
             assert!(Author::parse(bad).is_err(), "{bad:?}");
         }
     }

@@ -45,11 +45,11 @@ pub enum Error {
         /// The directory.
         path: PathBuf,
         /// Why.
-        source: render::outdir::PreviousError,
+        source: Box<render::outdir::PreviousError>,
     },
     /// The new proposal cannot be written into the working copy.
     #[error("cannot write the proposal into the working copy")]
-    Write(#[source] render::outdir::Error),
+    Write(#[source] Box<render::outdir::Error>),
     /// A file of the working copy cannot be written.
     #[error("{}: cannot write", path.display())]
     Io {
@@ -246,7 +246,11 @@ pub fn describe(g: &GroupReport) -> String {
     let mut s = String::new();
     match &g.outcome {
         Outcome::Unchanged => {
-            let _ = writeln!(s, "{}: unchanged (the base branch holds these policies)", g.group);
+            let _ = writeln!(
+                s,
+                "{}: unchanged (the base branch holds these policies)",
+                g.group
+            );
         }
         Outcome::UpToDate => {
             let _ = writeln!(s, "{}: {} already holds these policies", g.group, g.branch);
@@ -293,7 +297,13 @@ pub fn describe(g: &GroupReport) -> String {
                 Some(provider::Outcome::Updated(p)) => format!(", updated #{} {}", p.number, p.url),
                 None => String::new(),
             };
-            let _ = writeln!(s, "{}: pushed {} to {}{pr}", g.group, short(commit), g.branch);
+            let _ = writeln!(
+                s,
+                "{}: pushed {} to {}{pr}",
+                g.group,
+                short(commit),
+                g.branch
+            );
         }
     }
     s
@@ -366,8 +376,11 @@ pub fn run(
             GroupBy::All => rec.clone(),
             GroupBy::Namespace => render::scoped(cluster, rec, &group),
         };
-        let before: Vec<NetworkPolicy> =
-            base_policies.iter().filter(|p| covers(p)).cloned().collect();
+        let before: Vec<NetworkPolicy> = base_policies
+            .iter()
+            .filter(|p| covers(p))
+            .cloned()
+            .collect();
         let after = recommend::all_policies(cluster, &group_rec);
         let outcome = propose_group(
             &wc,
@@ -552,13 +565,13 @@ fn propose_group(
 /// files of those namespaces removed. A namespace's group leaves the index `REPORT.md`
 /// alone, so that the branches of two namespaces never conflict.
 fn write_group(dir: &Path, cluster: &Cluster, g: Group<'_>) -> Result<()> {
-    let mut files = render::outdir::files(cluster, g.recommendation).map_err(Error::Write)?;
+    let mut files = render::outdir::files(cluster, g.recommendation).map_err(|e| Error::Write(Box::new(e)))?;
     if g.name != "all" {
         files.retain(|(path, _)| path != Path::new(render::outdir::REPORT));
     }
     render::outdir::plan(dir, files, g.namespaces)
         .and_then(render::outdir::Plan::commit)
-        .map_err(Error::Write)?;
+        .map_err(|e| Error::Write(Box::new(e)))?;
     Ok(())
 }
 
@@ -597,7 +610,7 @@ fn read_proposal(
     render::outdir::read_previous(dir).map_err(|source| Error::Read {
         what: what.to_owned(),
         path: dir.to_owned(),
-        source,
+        source: Box::new(source),
     })
 }
 

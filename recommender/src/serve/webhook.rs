@@ -194,7 +194,7 @@ impl WebhookMetrics {
     /// rate can be taken from the start).
     pub fn register(&self, registry: &mut Registry) {
         for result in ["delivered", "failed", "dropped"] {
-            self.deliveries.get_or_create(&ResultLabels { result });
+            let _ = self.deliveries.get_or_create(&ResultLabels { result });
         }
         registry.register(
             "alert_webhook_deliveries",

@@ -65,8 +65,7 @@ pub(crate) fn pull_request(
         .map(|(p, t)| (p.as_str(), t.as_str()))
         .collect();
     git_server::create_bare_repo(out, "policies.git", &files).map_err(|e| fail(step, Chain(&e)))?;
-    let main_before =
-        git_server::rev_parse(&bare, "main").map_err(|e| fail(step, Chain(&e)))?;
+    let main_before = git_server::rev_parse(&bare, "main").map_err(|e| fail(step, Chain(&e)))?;
 
     // 2. The provider.
     let step = "GitHub stand-in";
@@ -98,7 +97,9 @@ pub(crate) fn pull_request(
     match source {
         Source::Serve(store) => {
             let step = "leash serve --pr-repo";
-            eprintln!("== leash serve --pr-repo: an alert on payment's new call opens a pull request");
+            eprintln!(
+                "== leash serve --pr-repo: an alert on payment's new call opens a pull request"
+            );
             let listen = SocketAddr::from(([127, 0, 0, 1], free_port(step)?));
             let http = SocketAddr::from(([127, 0, 0, 1], free_port(step)?));
             let mut cmd = Command::new(leash);
@@ -114,8 +115,13 @@ pub(crate) fn pull_request(
                 .args(pr_flags("pr-"))
                 .env("LEASH_LOG", "info")
                 .env("NO_COLOR", "1");
-            let (mut serve, _) =
-                Background::start(step, "leash serve --pr-repo", &mut cmd, out.join("serve-pr.log"), None)?;
+            let (mut serve, _) = Background::start(
+                step,
+                "leash serve --pr-repo",
+                &mut cmd,
+                out.join("serve-pr.log"),
+                None,
+            )?;
             let deadline = Instant::now() + READY_TIMEOUT + PR_TIMEOUT;
             loop {
                 if !github.pulls(PROJECT).is_empty() {
@@ -130,7 +136,10 @@ pub(crate) fn pull_request(
                 if Instant::now() >= deadline {
                     return Err(fail(
                         step,
-                        format!("no pull request within {PR_TIMEOUT:?}; {}", serve.log_tail()),
+                        format!(
+                            "no pull request within {PR_TIMEOUT:?}; {}",
+                            serve.log_tail()
+                        ),
                     ));
                 }
                 std::thread::sleep(Duration::from_millis(200));
@@ -142,10 +151,14 @@ pub(crate) fn pull_request(
                 .lines()
                 .find(|l| l.contains(&fraud))
                 .or_else(|| alerts.contains(&fraud).then_some(alerts.as_str()))
-                .ok_or_else(|| fail(step, format!("/v1/alerts has no alert for {fraud}: {alerts}")))?;
+                .ok_or_else(|| {
+                    fail(
+                        step,
+                        format!("/v1/alerts has no alert for {fraud}: {alerts}"),
+                    )
+                })?;
             alert = Some(line.to_owned());
-            std::fs::write(out.join("alerts.json"), &alerts)
-                .map_err(|e| fail(step, Chain(&e)))?;
+            std::fs::write(out.join("alerts.json"), &alerts).map_err(|e| fail(step, Chain(&e)))?;
             serve.stop("stop leash serve --pr-repo", STOP_TIMEOUT)?;
         }
         Source::Flows(files) => {
@@ -168,16 +181,25 @@ pub(crate) fn pull_request(
     let step = "the pull request";
     let pulls = github.pulls(PROJECT);
     let [pr] = pulls.as_slice() else {
-        return Err(fail(step, format!("expected one pull request, got {pulls:?}")));
+        return Err(fail(
+            step,
+            format!("expected one pull request, got {pulls:?}"),
+        ));
     };
     let branch = format!("leash/{}", shop::SHOP_NS);
     if pr.head != branch || pr.base != "main" || pr.state != "open" {
-        return Err(fail(step, format!("expected an open {branch} -> main, got {pr:?}")));
+        return Err(fail(
+            step,
+            format!("expected an open {branch} -> main, got {pr:?}"),
+        ));
     }
     let body = pr.body.clone().unwrap_or_default();
     let fraud = IpAddr::V4(shop::FRAUD_ADDR).to_string();
     if !body.contains(&fraud) || !body.contains("payment") {
-        return Err(fail(step, format!("the body does not show {fraud} for payment:\n{body}")));
+        return Err(fail(
+            step,
+            format!("the body does not show {fraud} for payment:\n{body}"),
+        ));
     }
     std::fs::write(out.join("pull-request.md"), &body).map_err(|e| fail(step, Chain(&e)))?;
     let main_after = git_server::rev_parse(&bare, "main").map_err(|e| fail(step, Chain(&e)))?;
@@ -189,7 +211,10 @@ pub(crate) fn pull_request(
         .map_err(|e| fail(step, Chain(&e)))?
         .unwrap_or_default();
     if !on_branch.contains(&format!("{fraud}/32")) {
-        return Err(fail(step, format!("{branch}:{payment_file} does not allow {fraud}/32")));
+        return Err(fail(
+            step,
+            format!("{branch}:{payment_file} does not allow {fraud}/32"),
+        ));
     }
     eprintln!(
         "   pull request #{} {} ({branch} -> main):\n\n{body}\n",

@@ -1,5 +1,7 @@
-//! Text from the cluster and from DNS answers, which tenants control, made inert for a pull
-//! request's markdown ([`escape`]) and for its title and commit message ([`plain`]).
+//! Text from the cluster and from DNS answers, which tenants control, made inert: for inline
+//! markdown that people read raw too (REPORT.md, `leash diff`: [`md`]), for a pull request's
+//! markdown, which people read rendered ([`escape`]), and for one-line plain text (a title,
+//! a commit message: [`plain`]). One module, so that every output breaks the same markup.
 
 /// U+200B ZERO WIDTH SPACE: put after a character that would start a reference the forge
 /// links after rendering (a mention, an issue reference, a URL scheme), where a backslash no
@@ -24,7 +26,7 @@ fn is_invisible_control(c: char) -> bool {
 
 /// Whether `c` is replaced by U+FFFD in every output: control characters (line breaks among
 /// them), separators and bidirectional controls.
-pub(crate) fn is_replaced(c: char) -> bool {
+pub fn is_replaced(c: char) -> bool {
     c.is_control() || is_invisible_control(c)
 }
 
@@ -86,7 +88,7 @@ pub fn plain(text: &str, max: usize) -> String {
 }
 
 /// `s` within `max` characters: a longer one keeps `max - 1` and ends with `…`.
-pub(crate) fn truncate(s: &str, max: usize) -> String {
+pub fn truncate(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
         return s.to_owned();
     }
@@ -97,16 +99,35 @@ pub(crate) fn truncate(s: &str, max: usize) -> String {
     out
 }
 
-/// The group in the marker comment, which must stay one HTML comment: ASCII letters, digits,
-/// `.`, `_` and `-` as they are, every other byte as `%XX`.
-pub fn marker_value(group: &str) -> String {
-    let mut out = String::with_capacity(group.len());
-    for b in group.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {
-            out.push(char::from(b));
+/// Inline markdown for text read raw as well as rendered (REPORT.md, `leash diff`): the
+/// characters that start emphasis, links, code, HTML or entities are backslash-escaped, a
+/// zero-width space follows reference sigils (as in [`escape`]: mentions, issue references,
+/// URL schemes and `www.` autolinks), and controls become U+FFFD. Dots, dashes, slashes and
+/// colons of names and addresses stay as they are. Pipes are left to `render::cell`, for
+/// tables.
+pub fn md(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut last3 = ['\0'; 3];
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if is_replaced(c) {
+            out.push(char::REPLACEMENT_CHARACTER);
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            if c == '.' && last3 == ['w', 'w', 'w'] {
+                out.push(BREAK);
+            }
+            if matches!(
+                c,
+                '\\' | '`' | '*' | '_' | '~' | '[' | ']' | '<' | '>' | '&'
+            ) {
+                out.push('\\');
+            }
+            out.push(c);
+            if SIGILS.contains(&c) && (c != ':' || chars.peek() == Some(&'/')) {
+                out.push(BREAK);
+            }
         }
+        last3 = [last3[1], last3[2], c.to_ascii_lowercase()];
     }
     out
 }
@@ -136,8 +157,15 @@ mod tests {
     }
 
     #[test]
-    fn marker_values_cannot_close_the_comment() {
-        assert_eq!(marker_value("shop"), "shop");
-        assert_eq!(marker_value("a-->b c"), "a--%3Eb%20c");
+    fn md_keeps_names_readable_and_inert() {
+        assert_eq!(md("api.stripe.test"), "api.stripe.test");
+        assert_eq!(md("2001:db8::1"), "2001:db8::1");
+        assert_eq!(md("x_y [a](b)"), "x\\_y \\[a\\](b)");
+        assert_eq!(
+            md("@team #1 http://e"),
+            "@\u{200B}team #\u{200B}1 http:\u{200B}//e"
+        );
+        assert_eq!(md("www.e"), "www\u{200B}.e");
+        assert_eq!(md("a\nb\u{202E}"), "a\u{FFFD}b\u{FFFD}");
     }
 }
