@@ -3,8 +3,12 @@
 # streaming over mTLS to `leash serve` on SQLite, then `leash recommend` and two audits (every
 # observed flow allowed, every probe denied), and a summary table. Needs root (namespaces,
 # cgroups, BPF). Then the lockdown: the proposal applied, one new call, rollout status,
-# recommend --previous and diff. Leaves out/cluster.yaml, out/flows.jsonl, out/policies/
-# (with its REPORT.md index), out/cluster-locked.yaml, out/rollout.json and out/diff.jsonl.
+# recommend --previous and diff. Then the loop: the policy repository (a local bare repository)
+# holds the applied proposal, `leash serve --pr-repo` raises an alert on the new call and opens
+# a pull request at a GitHub stand-in on loopback, and its body is printed. Leaves
+# out/cluster.yaml, out/flows.jsonl, out/policies/ (with its REPORT.md index),
+# out/cluster-locked.yaml, out/rollout.json, out/diff.jsonl, out/policies.git (branch
+# leash/shop) and out/pull-request.md.
 #
 # Usage: scripts/demo.sh [lab-demo options], e.g. `--no-serve` (agent writes flows.jsonl only,
 # `leash recommend --flows`) or `--rounds 5`. Set-up and the release build run first; both are

@@ -481,6 +481,52 @@ fn check_artifacts(run: &Run) {
         "no break: {diff:?}"
     );
 
+    // The loop: the policy repository's main holds the applied proposal; leash pushed
+    // leash/shop with payment's new rule and nothing else, and the pull request's body shows
+    // the change, no break and the evidence.
+    let repo = out.join("policies.git");
+    assert_eq!(
+        leash_lab::git_server::branches(&repo).unwrap(),
+        ["leash/shop", "main"]
+    );
+    let payment = "shop/payment-egress.yaml";
+    let on_main = leash_lab::git_server::file_at(&repo, "main", payment)
+        .unwrap()
+        .expect("payment's policy on main");
+    let on_branch = leash_lab::git_server::file_at(&repo, "leash/shop", payment)
+        .unwrap()
+        .expect("payment's policy on leash/shop");
+    assert!(!on_main.contains(&format!("{fraud_ip}/32")), "{on_main}");
+    assert!(on_branch.contains(&format!("{fraud_ip}/32")), "{on_branch}");
+    for f in leash_lab::git_server::files_at(&repo, "main").unwrap() {
+        if f.ends_with(".yaml") && f != payment {
+            assert_eq!(
+                leash_lab::git_server::file_at(&repo, "main", &f).unwrap(),
+                leash_lab::git_server::file_at(&repo, "leash/shop", &f).unwrap(),
+                "only payment's policy changes: {f}"
+            );
+        }
+    }
+    let body = std::fs::read_to_string(out.join("pull-request.md")).expect("out/pull-request.md");
+    assert!(body.starts_with("<!-- leash:pr group=shop -->"), "{body}");
+    for needle in [
+        "0 added, 1 changed, 0 removed",
+        "No break",
+        "TCP 8443 to `203.0.113.60`",
+        "`shop/payment-egress` (`Deployment/payment`), changed",
+        "leash pr ",
+    ] {
+        assert!(
+            body.to_lowercase().contains(&needle.to_lowercase()),
+            "{needle:?} in the body:\n{body}"
+        );
+    }
+    assert!(
+        run.stdout.contains("pull request #1"),
+        "the loop in the summary:\n{}",
+        run.stdout
+    );
+
     // The summary table names every workload and the outcome.
     for w in [
         "shop/frontend",

@@ -1030,7 +1030,8 @@ fn summary(
     let _ = writeln!(
         s,
         "artifacts: {0}/cluster.yaml {0}/flows.jsonl {0}/policies/ (REPORT.md) \
-         {0}/cluster-locked.yaml {0}/rollout.json {0}/diff.jsonl",
+         {0}/cluster-locked.yaml {0}/rollout.json {0}/diff.jsonl {0}/policies.git \
+         {0}/pull-request.md",
         o.out.display()
     );
     s

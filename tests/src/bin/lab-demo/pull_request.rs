@@ -146,18 +146,35 @@ pub(crate) fn pull_request(
             }
             let alerts = super::http_get(http, "/v1/alerts")
                 .ok_or_else(|| fail(step, "GET /v1/alerts failed"))?;
+            let listed: Vec<serde_json::Value> = serde_json::from_str(&alerts)
+                .map_err(|e| fail(step, format!("/v1/alerts: {}: {alerts}", Chain(&e))))?;
             let fraud = IpAddr::V4(shop::FRAUD_ADDR).to_string();
-            let line = alerts
-                .lines()
-                .find(|l| l.contains(&fraud))
-                .or_else(|| alerts.contains(&fraud).then_some(alerts.as_str()))
+            let found = listed
+                .iter()
+                .find(|a| a["dst"] == fraud.as_str())
                 .ok_or_else(|| {
                     fail(
                         step,
                         format!("/v1/alerts has no alert for {fraud}: {alerts}"),
                     )
                 })?;
-            alert = Some(line.to_owned());
+            alert = Some(format!(
+                "{} {} -> {}:{}/{} ({}), occurrences {}",
+                found["namespace"].as_str().unwrap_or_default(),
+                found["workload"].as_str().unwrap_or_default(),
+                fraud,
+                found["port"],
+                found["protocol"].as_str().unwrap_or_default(),
+                found["names"]
+                    .as_array()
+                    .map(|n| n
+                        .iter()
+                        .filter_map(|v| v.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "))
+                    .unwrap_or_default(),
+                found["occurrences"],
+            ));
             std::fs::write(out.join("alerts.json"), &alerts).map_err(|e| fail(step, Chain(&e)))?;
             serve.stop("stop leash serve --pr-repo", STOP_TIMEOUT)?;
         }
