@@ -14,9 +14,16 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     && install -D -m 0755 target/release/leash /out/leash \
     && strip /out/leash
 
-# glibc and libgcc only, no shell; runs as the image's unprivileged user 65532.
-FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
+# `leash pr` and `serve --pr-repo` run the `git` command (HTTPS, and SSH through ssh), so the
+# runtime is Debian slim with git, openssh-client and the CA certificates, and nothing else;
+# it runs as the unprivileged user 65532 with HOME on the writable /tmp (the root file system
+# is read-only in the manifests).
+FROM docker.io/library/debian:bookworm-slim AS runtime
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends git openssh-client ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
 COPY --from=build /out/leash /usr/local/bin/leash
+ENV HOME=/tmp
 USER 65532:65532
 EXPOSE 7443 8080
 ENTRYPOINT ["/usr/local/bin/leash"]
