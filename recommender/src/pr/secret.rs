@@ -2,7 +2,7 @@
 //! error or written anywhere. Every text that may hold it (a command's stderr, a provider's
 //! answer) passes through [`Secret::redact`] before anyone sees it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The environment variable the token is read from without `--token-file`.
 pub const TOKEN_ENV: &str = "LEASH_GIT_TOKEN";
@@ -16,20 +16,10 @@ const MAX_TOKEN_BYTES: u64 = 64 << 10;
 /// Errors reading a token. None of them carries the token's text.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The token file cannot be read.
-    #[error("{}: cannot read the token file", path.display())]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// The token file is larger than any token.
-    #[error("{}: the token file is larger than {MAX_TOKEN_BYTES} bytes", path.display())]
-    TooLarge {
-        /// The file.
-        path: PathBuf,
-    },
+    /// The token file cannot be read (missing, not a regular file, larger than any token,
+    /// not UTF-8); the error names the file, never its content.
+    #[error("cannot read the token file")]
+    Read(#[source] leash_records::bounded::InputError),
     /// The token is empty, or holds characters no token has (whitespace inside, control
     /// characters, non-ASCII), which would break the HTTP header it goes into.
     #[error("{what}: the token is empty or holds characters other than printable ASCII")]
@@ -70,21 +60,12 @@ impl Secret {
 
     /// Reads the token from `path` (its surrounding whitespace dropped).
     pub fn from_file(path: &Path) -> Result<Self, Error> {
-        use std::io::Read as _;
-        let read = |source| Error::Read {
-            path: path.to_path_buf(),
-            source,
+        let limits = leash_records::bounded::Limits {
+            max_line: MAX_TOKEN_BYTES as usize,
+            max_file: MAX_TOKEN_BYTES,
         };
-        let file = std::fs::File::open(path).map_err(read)?;
-        let mut text = String::new();
-        file.take(MAX_TOKEN_BYTES + 1)
-            .read_to_string(&mut text)
-            .map_err(read)?;
-        if text.len() as u64 > MAX_TOKEN_BYTES {
-            return Err(Error::TooLarge {
-                path: path.to_path_buf(),
-            });
-        }
+        let text =
+            leash_records::bounded::read_to_string(path, true, limits).map_err(Error::Read)?;
         Self::parse(&text, || path.display().to_string())
     }
 

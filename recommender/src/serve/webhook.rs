@@ -32,7 +32,10 @@ use super::alert::{Alert, AlertJson, AlertSink};
 use crate::https;
 
 /// The largest webhook URL file read, in bytes.
-const MAX_URL_FILE: u64 = 64 << 10;
+const SECRET_FILE_LIMITS: leash_records::bounded::Limits = leash_records::bounded::Limits {
+    max_line: 64 << 10,
+    max_file: 64 << 10,
+};
 
 /// Alerts waiting for delivery; more are dropped (and counted) until the queue drains.
 pub const QUEUE: usize = 256;
@@ -40,20 +43,10 @@ pub const QUEUE: usize = 256;
 /// Errors setting the sink up. None of them shows the URL beyond its origin.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The URL file cannot be read.
-    #[error("{}: cannot read the webhook URL file", path.display())]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// The URL file is larger than any URL.
-    #[error("{}: the webhook URL file is larger than {MAX_URL_FILE} bytes", path.display())]
-    TooLarge {
-        /// The file.
-        path: PathBuf,
-    },
+    /// The URL file cannot be read (missing, not a regular file, larger than any URL, not
+    /// UTF-8); the error names the file, never its content.
+    #[error("cannot read the webhook URL file")]
+    Read(#[source] leash_records::bounded::InputError),
     /// The URL of the file is not one leash may call.
     #[error("{}: not a usable webhook URL", path.display())]
     FileUrl {
@@ -91,21 +84,8 @@ impl WebhookUrl {
 
     /// Reads the URL from `path` (surrounding whitespace dropped).
     pub fn from_file(path: &Path) -> Result<Self, Error> {
-        use std::io::Read as _;
-        let read = |source| Error::Read {
-            path: path.to_path_buf(),
-            source,
-        };
-        let file = std::fs::File::open(path).map_err(read)?;
-        let mut text = String::new();
-        file.take(MAX_URL_FILE + 1)
-            .read_to_string(&mut text)
-            .map_err(read)?;
-        if text.len() as u64 > MAX_URL_FILE {
-            return Err(Error::TooLarge {
-                path: path.to_path_buf(),
-            });
-        }
+        let text = leash_records::bounded::read_to_string(path, true, SECRET_FILE_LIMITS)
+            .map_err(Error::Read)?;
         Self::parse(&text).map_err(|source| Error::FileUrl {
             path: path.to_path_buf(),
             source,
