@@ -15,8 +15,8 @@ pub const SERVER_NAME: &str = "leash-recommender.leash-system.svc";
 /// The agents' client certificate name.
 pub const CLIENT_NAME: &str = "leash-agent";
 
-/// A temporary copy of `deploy/base` and `deploy/overlays`, without any `*.pem` a user may
-/// have generated. Removed on drop.
+/// A temporary copy of `deploy/base`, `deploy/overlays` and `deploy/components`, without any
+/// `*.pem` a user may have generated. Removed on drop.
 #[derive(Debug)]
 pub struct Staged {
     dir: tempfile::TempDir,
@@ -36,6 +36,7 @@ impl Staged {
         let deploy = render::deploy_dir();
         copy_tree(&deploy.join("base"), &dir.path().join("base"))?;
         copy_tree(&deploy.join("overlays"), &dir.path().join("overlays"))?;
+        copy_tree(&deploy.join("components"), &dir.path().join("components"))?;
         Ok(Self { dir })
     }
 
@@ -94,6 +95,24 @@ pub fn generate_certs() -> Result<Vec<(String, String)>, rcgen::Error> {
         (format!("{CLIENT_NAME}.pem"), client),
         (format!("{CLIENT_NAME}-key.pem"), client_key),
     ])
+}
+
+/// The cert-manager overlay with the component `deploy/components/<name>` added, as a user's
+/// overlay would add it.
+pub fn with_component(name: &str) -> Result<Manifests> {
+    let staged = Staged::new()?;
+    let overlay = staged.path(&format!("overlays/with-{name}"));
+    fs::create_dir_all(&overlay).map_err(|e| io_error(&overlay, e))?;
+    let kustomization = overlay.join("kustomization.yaml");
+    fs::write(
+        &kustomization,
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
+             resources:\n  - ../cert-manager\ncomponents:\n  - ../../components/{name}\n"
+        ),
+    )
+    .map_err(|e| io_error(&kustomization, e))?;
+    Manifests::load(&overlay)
 }
 
 /// The base and every overlay, rendered and parsed strictly. Overlays that read certificate

@@ -61,7 +61,10 @@ fn binaries_accept_every_flag_the_manifests_pass() {
     };
     let agent_help = help(&agent, &[]);
     let serve_help = help(&leash, &["serve"]);
-    for m in stage::every_rendering().unwrap_or_else(|e| panic!("{}", Chain(&e))) {
+    let mut renderings = stage::every_rendering().unwrap_or_else(|e| panic!("{}", Chain(&e)));
+    renderings
+        .push(stage::with_component("pull-requests").unwrap_or_else(|e| panic!("{}", Chain(&e))));
+    for m in renderings {
         let agent_args = container_args(&m, "leash-agent");
         let missing = missing_from_help(&agent_help, &flag_names(&agent_args));
         assert!(

@@ -320,3 +320,65 @@ fn self_signed_overlay_reads_exactly_what_leash_certs_writes() {
         assert!(packed.contains(&read(file)), "{file} is not in any Secret");
     }
 }
+
+/// The pull-requests component: `leash serve` gets `--pr-repo` and reads its token from a file
+/// of the Secret it mounts, read-only; the clones go to the store's volume (no `--state-dir`:
+/// the store's directory), since the root file system is read-only.
+#[test]
+fn pull_requests_component_mounts_the_token_file_it_names() {
+    let m = leash_deploy::stage::with_component("pull-requests")
+        .unwrap_or_else(|e| panic!("{}", leash_records::error::Chain(&e)));
+    let spec = m
+        .stateful_set("leash-recommender")
+        .and_then(|s| s.spec.template.spec.as_ref())
+        .expect("the recommender's pod spec");
+    let container = &spec.containers[0];
+    let args = container.args.clone().unwrap_or_default();
+    let value = |flag: &str| {
+        args.iter()
+            .find_map(|a| a.strip_prefix(&format!("{flag}=")))
+            .map(str::to_owned)
+    };
+    assert!(value("--pr-repo").is_some(), "{args:?}");
+    assert!(
+        args.iter().all(|a| !a.starts_with("--state-dir")),
+        "{args:?}"
+    );
+    let token = value("--pr-token-file").expect("--pr-token-file");
+    let mount = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|v| token.starts_with(&format!("{}/", v.mount_path)))
+        .expect("the token file's directory is mounted");
+    assert_eq!(mount.read_only, Some(true));
+    let volume = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)
+        .expect("the mounted volume");
+    assert_eq!(
+        volume
+            .secret
+            .as_ref()
+            .and_then(|s| s.secret_name.as_deref()),
+        Some("leash-git-token")
+    );
+    assert!(mounted_secrets(spec).contains("leash-git-token"));
+    // The store's directory, where the clones go, is the data volume.
+    let store = value("--store").or_else(|| {
+        args.iter()
+            .position(|a| a == "--store")
+            .and_then(|i| args.get(i + 1).cloned())
+    });
+    let store = store.expect("--store");
+    assert!(
+        container
+            .volume_mounts
+            .iter()
+            .flatten()
+            .any(|v| v.name == "data" && store.starts_with(&format!("{}/", v.mount_path))),
+        "{store}"
+    );
+}
