@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use leash_records::Protocol;
 use leash_records::error::Chain;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -21,11 +20,11 @@ use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, watch};
 
 use super::ModelRx;
-use super::alert::Alert;
-use super::shadow::BoardRx;
+use super::alert::{Alert, AlertKey};
+use super::shadow::{Board, BoardRx};
 use crate::pr::run::{self, Outcome, Report, Target};
 use crate::rollout::Phase;
-use crate::store::{Store, WorkloadRef};
+use crate::store::Store;
 
 /// What the loop needs.
 #[derive(Debug)]
@@ -87,17 +86,55 @@ impl PrMetrics {
     }
 }
 
-/// A recurring alert's key: one trigger per key and process.
-type AlertKey = (WorkloadRef, IpAddr, u16, Protocol);
+/// How long the loop waits after a trigger for others to fold into the same run.
+const DEBOUNCE: Duration = Duration::from_secs(1);
+/// The longest a trigger waits for its run while more keep coming.
+const DEBOUNCE_MAX: Duration = Duration::from_secs(5);
 
-/// Runs until the task is dropped: once when the model is first there, then on the
-/// interval and on triggers. Runs never overlap; triggers that arrive during a run are
-/// folded into the next one.
+/// What the loop listens to besides the interval.
+struct Triggers {
+    recurrences: mpsc::Receiver<Alert>,
+    alerts_open: bool,
+    board: BoardRx,
+    board_open: bool,
+    /// Keys that triggered a run already (once per key and process).
+    triggered: HashSet<AlertKey>,
+    /// The workloads `ready` on the last board; `None` before the first.
+    ready: Option<BTreeSet<(String, String)>>,
+}
+
+impl Triggers {
+    /// The next trigger from an alert or the board; `None` for news that triggers nothing
+    /// (and, forever, once both feeds are closed).
+    async fn next(&mut self, opts: &Options) -> Option<String> {
+        if !self.alerts_open && !self.board_open {
+            return std::future::pending().await;
+        }
+        tokio::select! {
+            alert = self.recurrences.recv(), if self.alerts_open => match alert {
+                Some(a) => recurring(&a, opts, &mut self.triggered),
+                None => { self.alerts_open = false; None }
+            },
+            changed = self.board.changed(), if self.board_open => match changed {
+                Ok(()) => {
+                    let board = self.board.borrow_and_update().clone();
+                    newly_ready(board.as_deref(), &scope(opts), &mut self.ready)
+                }
+                Err(_) => { self.board_open = false; None }
+            },
+        }
+    }
+}
+
+/// Runs until the task is dropped, once the model is there: on the interval (the first run
+/// one interval after start), and soon after a trigger (others arriving within [`DEBOUNCE`]
+/// share its run, for at most [`DEBOUNCE_MAX`]). Runs never overlap; triggers that arrive
+/// during a run are folded into the next one.
 pub async fn watch(
     store: Arc<dyn Store>,
     mut model: ModelRx,
-    mut board: BoardRx,
-    mut recurrences: mpsc::Receiver<Alert>,
+    board: BoardRx,
+    recurrences: mpsc::Receiver<Alert>,
     opts: Arc<Options>,
     metrics: PrMetrics,
     pulls: PullsTx,
@@ -105,54 +142,64 @@ pub async fn watch(
     if model.wait_for(Option::is_some).await.is_err() {
         return;
     }
-    let mut ticker = tokio::time::interval(opts.interval);
+    let start = tokio::time::Instant::now();
+    let mut ticker = tokio::time::interval_at(start + opts.interval, opts.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut triggered: HashSet<AlertKey> = HashSet::new();
-    let mut ready: Option<BTreeSet<(String, String)>> = None;
-    let mut board_open = true;
-    let mut alerts_open = true;
+    let mut triggers = Triggers {
+        recurrences,
+        alerts_open: true,
+        board,
+        board_open: true,
+        triggered: HashSet::new(),
+        ready: None,
+    };
     loop {
         let trigger = tokio::select! {
-            _ = ticker.tick() => Some(format!(
+            _ = ticker.tick() => format!(
                 "the periodic run (every {})",
                 humantime::format_duration(opts.interval)
-            )),
-            alert = recurrences.recv(), if alerts_open => match alert {
-                Some(a) => recurring(&a, opts.after, &mut triggered),
-                None => { alerts_open = false; None }
-            },
-            changed = board.changed(), if board_open => match changed {
-                Ok(()) => newly_ready(&board, &mut ready),
-                Err(_) => { board_open = false; None }
+            ),
+            t = triggers.next(&opts) => match t {
+                Some(first) => fold(first, &mut triggers, &opts).await,
+                None => continue,
             },
         };
-        let Some(mut trigger) = trigger else {
-            continue;
-        };
-        // Triggers already waiting share this run.
-        while let Ok(a) = recurrences.try_recv() {
-            if let Some(more) = recurring(&a, opts.after, &mut triggered) {
-                trigger = format!("{trigger}; {more}");
-            }
-        }
         run_once(&store, &model, &opts, &metrics, &pulls, trigger).await;
         // The interval counts from the last run.
         ticker.reset();
     }
 }
 
-/// The trigger of a recurring alert, once it recurred `after` times (once per key).
-fn recurring(alert: &Alert, after: u64, triggered: &mut HashSet<AlertKey>) -> Option<String> {
-    if alert.occurrences < after {
+/// `first` and the triggers that follow it until none came for [`DEBOUNCE`] (waiting at
+/// most [`DEBOUNCE_MAX`]), joined.
+async fn fold(first: String, triggers: &mut Triggers, opts: &Options) -> String {
+    let mut all = vec![first];
+    let deadline = tokio::time::Instant::now() + DEBOUNCE_MAX;
+    loop {
+        let quiet = (tokio::time::Instant::now() + DEBOUNCE).min(deadline);
+        tokio::select! {
+            () = tokio::time::sleep_until(quiet) => break,
+            t = triggers.next(opts) => all.extend(t),
+        }
+    }
+    all.join("; ")
+}
+
+/// The namespaces the loop proposes for (`--pr-namespace`); empty means all.
+fn scope(opts: &Options) -> BTreeSet<String> {
+    opts.run.propose.recommend.namespaces.clone()
+}
+
+/// The trigger of a recurring alert, once it recurred `--pr-after` times (once per key), in
+/// a namespace the loop proposes for.
+fn recurring(alert: &Alert, opts: &Options, triggered: &mut HashSet<AlertKey>) -> Option<String> {
+    let scope = scope(opts);
+    if alert.occurrences < opts.after
+        || !(scope.is_empty() || scope.contains(&alert.workload.namespace))
+    {
         return None;
     }
-    let key = (
-        alert.workload.clone(),
-        alert.dst,
-        alert.port,
-        alert.protocol,
-    );
-    if !triggered.insert(key) {
+    if !triggered.insert(alert.key()) {
         return None;
     }
     let dst = match alert.dst {
@@ -169,14 +216,20 @@ fn recurring(alert: &Alert, after: u64, triggered: &mut HashSet<AlertKey>) -> Op
     ))
 }
 
-/// The trigger of workloads that became `ready` since the last board (none on the first
-/// board: the run at start covers them).
-fn newly_ready(board: &BoardRx, seen: &mut Option<BTreeSet<(String, String)>>) -> Option<String> {
-    let current = board.borrow().clone()?;
+/// The trigger of workloads (in `scope`, empty meaning all) that became `ready` since the
+/// last board. The first board only sets what is known: workloads ready at start are not new,
+/// and the periodic run covers them.
+fn newly_ready(
+    board: Option<&Board>,
+    scope: &BTreeSet<String>,
+    seen: &mut Option<BTreeSet<(String, String)>>,
+) -> Option<String> {
+    let current = board?;
     let now: BTreeSet<(String, String)> = current
         .statuses
         .iter()
         .filter(|s| s.phase == Phase::Ready)
+        .filter(|s| scope.is_empty() || scope.contains(&s.namespace))
         .map(|s| (s.namespace.clone(), s.workload.clone()))
         .collect();
     let new: Vec<String> = match seen {
@@ -286,6 +339,8 @@ async fn run_once(
             Outcome::Pushed { commit, .. } => {
                 tracing::info!(group = %g.group, branch = %g.branch, %commit, "pull request pushed")
             }
+            // `--pr-dry-run`: the log is where the commit and the body are shown.
+            Outcome::DryRun { .. } => tracing::info!("{}", run::describe(g)),
             _ => {}
         }
     }
