@@ -101,24 +101,28 @@ struct Triggers {
     triggered: HashSet<AlertKey>,
     /// The workloads `ready` on the last board; `None` before the first.
     ready: Option<BTreeSet<(String, String)>>,
+    /// An alert triggers once it recurred this many times (`--pr-after`).
+    after: u64,
+    /// The namespaces the loop proposes for (`--pr-namespace`); empty means all.
+    scope: BTreeSet<String>,
 }
 
 impl Triggers {
     /// The next trigger from an alert or the board; `None` for news that triggers nothing
     /// (and, forever, once both feeds are closed).
-    async fn next(&mut self, opts: &Options) -> Option<String> {
+    async fn next(&mut self) -> Option<String> {
         if !self.alerts_open && !self.board_open {
             return std::future::pending().await;
         }
         tokio::select! {
             alert = self.recurrences.recv(), if self.alerts_open => match alert {
-                Some(a) => recurring(&a, opts, &mut self.triggered),
+                Some(a) => recurring(&a, self.after, &self.scope, &mut self.triggered),
                 None => { self.alerts_open = false; None }
             },
             changed = self.board.changed(), if self.board_open => match changed {
                 Ok(()) => {
                     let board = self.board.borrow_and_update().clone();
-                    newly_ready(board.as_deref(), &scope(opts), &mut self.ready)
+                    newly_ready(board.as_deref(), &self.scope, &mut self.ready)
                 }
                 Err(_) => { self.board_open = false; None }
             },
@@ -152,6 +156,8 @@ pub async fn watch(
         board_open: true,
         triggered: HashSet::new(),
         ready: None,
+        after: opts.after,
+        scope: opts.run.propose.recommend.namespaces.clone(),
     };
     loop {
         let trigger = tokio::select! {
@@ -159,8 +165,8 @@ pub async fn watch(
                 "the periodic run (every {})",
                 humantime::format_duration(opts.interval)
             ),
-            t = triggers.next(&opts) => match t {
-                Some(first) => fold(first, &mut triggers, &opts).await,
+            t = triggers.next() => match t {
+                Some(first) => fold(first, &mut triggers).await,
                 None => continue,
             },
         };
@@ -172,29 +178,35 @@ pub async fn watch(
 
 /// `first` and the triggers that follow it until none came for [`DEBOUNCE`] (waiting at
 /// most [`DEBOUNCE_MAX`]), joined.
-async fn fold(first: String, triggers: &mut Triggers, opts: &Options) -> String {
+async fn fold(first: String, triggers: &mut Triggers) -> String {
     let mut all = vec![first];
-    let deadline = tokio::time::Instant::now() + DEBOUNCE_MAX;
+    let now = tokio::time::Instant::now;
+    let deadline = now() + DEBOUNCE_MAX;
+    let mut quiet = now() + DEBOUNCE;
     loop {
-        let quiet = (tokio::time::Instant::now() + DEBOUNCE).min(deadline);
         tokio::select! {
-            () = tokio::time::sleep_until(quiet) => break,
-            t = triggers.next(opts) => all.extend(t),
+            () = tokio::time::sleep_until(quiet.min(deadline)) => break,
+            t = triggers.next() => {
+                // News that triggers nothing (every check's board) does not delay the run.
+                if let Some(t) = t {
+                    all.push(t);
+                    quiet = now() + DEBOUNCE;
+                }
+            }
         }
     }
     all.join("; ")
 }
 
-/// The namespaces the loop proposes for (`--pr-namespace`); empty means all.
-fn scope(opts: &Options) -> BTreeSet<String> {
-    opts.run.propose.recommend.namespaces.clone()
-}
-
-/// The trigger of a recurring alert, once it recurred `--pr-after` times (once per key), in
-/// a namespace the loop proposes for.
-fn recurring(alert: &Alert, opts: &Options, triggered: &mut HashSet<AlertKey>) -> Option<String> {
-    let scope = scope(opts);
-    if alert.occurrences < opts.after
+/// The trigger of a recurring alert, once it recurred `after` times (once per key), in a
+/// namespace of `scope` (empty meaning all).
+fn recurring(
+    alert: &Alert,
+    after: u64,
+    scope: &BTreeSet<String>,
+    triggered: &mut HashSet<AlertKey>,
+) -> Option<String> {
+    if alert.occurrences < after
         || !(scope.is_empty() || scope.contains(&alert.workload.namespace))
     {
         return None;
@@ -358,5 +370,160 @@ fn result(report: &Report) -> &'static str {
         "pushed"
     } else {
         "unchanged"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::WorkloadRef;
+    use leash_records::Protocol;
+
+    fn status(ns: &str, workload: &str, phase: Phase) -> crate::rollout::WorkloadStatus {
+        crate::rollout::WorkloadStatus {
+            namespace: ns.into(),
+            workload: workload.into(),
+            phase,
+            observed_for_seconds: 0,
+            would_deny: Vec::new(),
+            denied: Vec::new(),
+            policies: Vec::new(),
+            id: 0,
+            min_observation: chrono::Duration::hours(24),
+        }
+    }
+
+    fn board(statuses: Vec<crate::rollout::WorkloadStatus>) -> Board {
+        Board {
+            statuses,
+            model_generation: 1,
+            proposal_generation: Some(1),
+            flows: 0,
+            evaluated_at: chrono::Utc::now(),
+        }
+    }
+
+    fn alert(ns: &str, occurrences: u64) -> Alert {
+        let t = chrono::DateTime::from_timestamp(1_800_000_000, 0).expect("time");
+        Alert {
+            workload: WorkloadRef {
+                namespace: ns.into(),
+                kind: "Deployment".into(),
+                name: "payment".into(),
+            },
+            pod: "payment-1".into(),
+            dst: "2001:db8::60".parse().expect("address"),
+            port: 8443,
+            protocol: Protocol::Tcp,
+            count: 2,
+            last_seen: t,
+            names: Vec::new(),
+            policies: Vec::new(),
+            fix: None,
+            pull_request: None,
+            occurrences,
+            first_sent: t,
+            last_sent: t,
+        }
+    }
+
+    /// The first board is what is known; a workload turning `ready` later triggers once;
+    /// workloads outside the scope never do.
+    #[test]
+    fn workloads_newly_ready_trigger_once() {
+        let all = BTreeSet::new();
+        let mut seen = None;
+        assert_eq!(newly_ready(None, &all, &mut seen), None, "no board yet");
+        assert_eq!(seen, None);
+        let first = board(vec![
+            status("shop", "Deployment/a", Phase::Ready),
+            status("shop", "Deployment/b", Phase::Observing),
+        ]);
+        assert_eq!(newly_ready(Some(&first), &all, &mut seen), None);
+        let second = board(vec![
+            status("bank", "Deployment/z", Phase::Ready),
+            status("shop", "Deployment/a", Phase::Ready),
+            status("shop", "Deployment/b", Phase::Ready),
+        ]);
+        assert_eq!(
+            newly_ready(Some(&second), &all, &mut seen).as_deref(),
+            Some("newly ready: Deployment/z in bank, Deployment/b in shop")
+        );
+        assert_eq!(newly_ready(Some(&second), &all, &mut seen), None, "once");
+
+        // Scoped to shop: bank's workload turning ready is not a trigger.
+        let shop = BTreeSet::from(["shop".to_owned()]);
+        let mut seen = None;
+        assert_eq!(newly_ready(Some(&first), &shop, &mut seen), None);
+        assert_eq!(
+            newly_ready(Some(&second), &shop, &mut seen).as_deref(),
+            Some("newly ready: Deployment/b in shop")
+        );
+        // Leaving `ready` and coming back is new again.
+        assert_eq!(newly_ready(Some(&first), &shop, &mut seen), None);
+        assert_eq!(
+            newly_ready(Some(&second), &shop, &mut seen).as_deref(),
+            Some("newly ready: Deployment/b in shop")
+        );
+    }
+
+    /// An alert triggers at `after` occurrences, once per key, only in scope.
+    #[test]
+    fn a_recurring_alert_triggers_once_per_key() {
+        let all = BTreeSet::new();
+        let mut triggered = HashSet::new();
+        assert_eq!(recurring(&alert("shop", 2), 3, &all, &mut triggered), None);
+        assert_eq!(
+            recurring(&alert("shop", 3), 3, &all, &mut triggered).as_deref(),
+            Some(
+                "unexpected egress from Deployment/payment in shop to [2001:db8::60]:8443/TCP, \
+                 seen in 3 checks"
+            )
+        );
+        assert_eq!(recurring(&alert("shop", 4), 3, &all, &mut triggered), None);
+        assert!(recurring(&alert("bank", 5), 3, &all, &mut triggered).is_some());
+        let shop = BTreeSet::from(["shop".to_owned()]);
+        let mut triggered = HashSet::new();
+        assert_eq!(recurring(&alert("bank", 5), 3, &shop, &mut triggered), None);
+        assert!(triggered.is_empty());
+    }
+
+    /// Triggers arriving within the debounce share a run; board updates that trigger nothing
+    /// (one per check) do not delay it.
+    #[tokio::test]
+    async fn triggers_soon_after_one_share_its_run() {
+        let (alerts_tx, recurrences) = mpsc::channel(16);
+        let same = Arc::new(board(vec![status("shop", "Deployment/a", Phase::Ready)]));
+        let (board_tx, board_rx) = watch::channel(None);
+        let mut triggers = Triggers {
+            recurrences,
+            alerts_open: true,
+            board: board_rx,
+            board_open: true,
+            triggered: HashSet::new(),
+            ready: None,
+            after: 2,
+            scope: BTreeSet::new(),
+        };
+        let feed = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            alerts_tx.send(alert("shop", 1)).await.expect("open");
+            alerts_tx.send(alert("shop", 2)).await.expect("open");
+            for _ in 0..40 {
+                board_tx.send_replace(Some(Arc::clone(&same)));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        let start = std::time::Instant::now();
+        let joined = fold("the first".to_owned(), &mut triggers).await;
+        let took = start.elapsed();
+        assert_eq!(
+            joined,
+            "the first; unexpected egress from Deployment/payment in shop to \
+             [2001:db8::60]:8443/TCP, seen in 2 checks"
+        );
+        assert!(took >= Duration::from_millis(1300), "{took:?}");
+        assert!(took < Duration::from_millis(4000), "{took:?}");
+        feed.abort();
     }
 }
