@@ -111,7 +111,11 @@ fn files_under(dir: &Path) -> Vec<(String, String)> {
             if path.is_dir() {
                 dirs.push(path);
             } else {
-                let rel = path.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+                let rel = path
+                    .strip_prefix(dir)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
                 out.push((rel, std::fs::read_to_string(&path).unwrap()));
             }
         }
@@ -428,7 +432,10 @@ fn a_recurring_alert_opens_one_pull_request_that_names_its_trigger() {
         unescaped(&body).contains(&format!("## Trigger\n\n{TRIGGER} 3 checks")),
         "the body names the trigger:\n{body}"
     );
-    assert!(body.contains("203"), "the diff names the destination:\n{body}");
+    assert!(
+        body.contains("203"),
+        "the diff names the destination:\n{body}"
+    );
     let tip = lab.branch_tip("leash/shop").unwrap();
     let message = git_server::git(&lab.repo, &["log", "-1", "--format=%B", &tip]).unwrap();
     assert!(
@@ -437,12 +444,7 @@ fn a_recurring_alert_opens_one_pull_request_that_names_its_trigger() {
     );
     let policy = git_server::file_at(&lab.repo, &tip, "policies/shop/payment-egress.yaml")
         .unwrap()
-        .unwrap_or_else(|| {
-            panic!(
-                "{:?}",
-                git_server::files_at(&lab.repo, &tip).unwrap()
-            )
-        });
+        .unwrap_or_else(|| panic!("{:?}", git_server::files_at(&lab.repo, &tip).unwrap()));
     assert!(policy.contains("203.0.113.60/32"), "{policy}");
     assert!(policy.contains("8443"), "{policy}");
     assert_eq!(
@@ -482,7 +484,9 @@ fn a_recurring_alert_opens_one_pull_request_that_names_its_trigger() {
     assert_eq!(lab.github.pulls(PROJECT).len(), 1);
     assert_eq!(lab.branch_tip("leash/shop").unwrap(), tip);
     assert!(
-        !server.metrics().contains("leash_pr_runs_total{result=\"unchanged\"}"),
+        !server
+            .metrics()
+            .contains("leash_pr_runs_total{result=\"unchanged\"}"),
         "no run: {}",
         server.metrics()
     );

@@ -206,8 +206,7 @@ fn recurring(
     scope: &BTreeSet<String>,
     triggered: &mut HashSet<AlertKey>,
 ) -> Option<String> {
-    if alert.occurrences < after
-        || !(scope.is_empty() || scope.contains(&alert.workload.namespace))
+    if alert.occurrences < after || !(scope.is_empty() || scope.contains(&alert.workload.namespace))
     {
         return None;
     }
