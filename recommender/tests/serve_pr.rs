@@ -514,7 +514,8 @@ fn a_recurring_alert_opens_one_pull_request_that_names_its_trigger() {
 
 /// Without `--state-dir`, the clone is under the store's directory; a periodic run comes one
 /// interval after start, not at start; a run with nothing new (the branch already holds the
-/// proposal) makes no commit and no API call and counts `unchanged`.
+/// proposal) makes no commit and no API call and counts `unchanged`; after a restart, the
+/// interval counts from the last run.
 #[test]
 fn the_periodic_run_waits_an_interval_and_a_run_with_nothing_new_calls_no_api() {
     let lab = Lab::new();
@@ -560,6 +561,24 @@ fn the_periodic_run_waits_an_interval_and_a_run_with_nothing_new_calls_no_api() 
     let clones = clones(&lab.db.parent().unwrap().join("repos"));
     assert_eq!(clones.len(), 1, "the clone is beside the store: {clones:?}");
     assert!(clones[0].join(".git").is_dir());
+
+    // A restart more than an interval after the last run runs at once: restarting more often
+    // than --pr-interval does not postpone the periodic run forever.
+    drop(server);
+    std::thread::sleep(Duration::from_secs(5));
+    let mut flags = lab.pr_flags(100);
+    flags.extend(["--pr-interval".into(), "20s".into()]);
+    let started = Instant::now();
+    let server = Server::start(&lab, &flags);
+    wait_for("the run after the restart", || {
+        server.metric("leash_pr_runs_total{result=\"unchanged\"}") == Some(1.0)
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "due since the last run, not an interval after start: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(lab.github.requests().len(), requests, "no API call");
 }
 
 /// A run the provider refuses (a wrong token: 401) counts as an error; serve keeps running

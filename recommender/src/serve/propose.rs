@@ -3,7 +3,8 @@
 //! same run as `leash pr` ([`crate::pr::run`]) commits, pushes and opens or updates the pull
 //! requests. Triggers: an unexpected-egress alert that keeps recurring (`--pr-after`
 //! occurrences), and workloads newly `ready` on the rollout board. Each pull request says
-//! what triggered it.
+//! what triggered it. The interval counts from the last run, remembered under the clone
+//! cache (`last-run`) so that restarts do not postpone it.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
@@ -146,8 +147,12 @@ pub async fn watch(
     if model.wait_for(Option::is_some).await.is_err() {
         return;
     }
-    let start = tokio::time::Instant::now();
-    let mut ticker = tokio::time::interval_at(start + opts.interval, opts.interval);
+    let first = first_run_in(
+        last_run(&opts.target.cache),
+        chrono::Utc::now(),
+        opts.interval,
+    );
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + first, opts.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut triggers = Triggers {
         recurrences,
@@ -171,9 +176,50 @@ pub async fn watch(
             },
         };
         run_once(&store, &model, &opts, &metrics, &pulls, trigger).await;
-        // The interval counts from the last run.
+        // The interval counts from the last run, across restarts too.
         ticker.reset();
+        remember_run(&opts.target.cache, chrono::Utc::now());
     }
+}
+
+/// The file under the clone cache that holds when the last run ended (RFC 3339): a restart
+/// more often than `--pr-interval` must not postpone the periodic run forever.
+const LAST_RUN: &str = "last-run";
+
+/// When the last run ended, if a run was remembered under `cache`.
+fn last_run(cache: &std::path::Path) -> Option<chrono::DateTime<chrono::Utc>> {
+    let text = std::fs::read_to_string(cache.join(LAST_RUN)).ok()?;
+    chrono::DateTime::parse_from_rfc3339(text.trim())
+        .ok()
+        .map(|t| t.with_timezone(&chrono::Utc))
+}
+
+/// Remembers under `cache` that a run ended at `at`; a failure is logged (the periodic run then
+/// waits a whole interval after a restart).
+fn remember_run(cache: &std::path::Path, at: chrono::DateTime<chrono::Utc>) {
+    let path = cache.join(LAST_RUN);
+    let tmp = cache.join(format!("{LAST_RUN}.tmp"));
+    let written = std::fs::create_dir_all(cache)
+        .and_then(|()| std::fs::write(&tmp, leash_records::time::rfc3339(at) + "\n"))
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        tracing::warn!(error = %Chain(&e), path = %path.display(), "cannot remember the pull-request run's time");
+    }
+}
+
+/// How long until the first periodic run: an interval after the last run remembered (at
+/// once when that is past), an interval after start without one, never more than an
+/// interval (a clock set back).
+fn first_run_in(
+    last: Option<chrono::DateTime<chrono::Utc>>,
+    now: chrono::DateTime<chrono::Utc>,
+    interval: Duration,
+) -> Duration {
+    let Some(last) = last else {
+        return interval;
+    };
+    let since = now.signed_duration_since(last).to_std().unwrap_or_default();
+    interval.saturating_sub(since)
 }
 
 /// `first` and the triggers that follow it until none came for [`DEBOUNCE`] (waiting at
@@ -464,6 +510,25 @@ mod tests {
             newly_ready(Some(&second), &shop, &mut seen).as_deref(),
             Some("newly ready: Deployment/b in shop")
         );
+    }
+
+    /// The first periodic run: an interval after start, or after the last run remembered
+    /// (at once when that is past).
+    #[test]
+    fn the_first_periodic_run_counts_from_the_last_run() {
+        let now = chrono::DateTime::from_timestamp(1_800_000_000, 0).expect("time");
+        let hour = Duration::from_secs(3600);
+        let ago = |s: i64| Some(now - chrono::Duration::seconds(s));
+        assert_eq!(first_run_in(None, now, hour), hour);
+        assert_eq!(first_run_in(ago(600), now, hour), Duration::from_secs(3000));
+        assert_eq!(first_run_in(ago(7200), now, hour), Duration::ZERO);
+        assert_eq!(first_run_in(ago(-600), now, hour), hour, "clock set back");
+
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let cache = dir.path().join("repos");
+        assert_eq!(last_run(&cache), None);
+        remember_run(&cache, now);
+        assert_eq!(last_run(&cache), Some(now));
     }
 
     /// An alert triggers at `after` occurrences, once per key, only in scope.
