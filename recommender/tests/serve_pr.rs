@@ -2,7 +2,9 @@
 //! snapshot and a store, a real bare git repository holding a first proposal (made with
 //! `leash recommend -o`), and the GitHub stand-in over loopback HTTP. Flows written into the
 //! store between checks make an unexpected-egress alert recur; after `--pr-after` occurrences
-//! a pull request is opened, saying what triggered it, and alerts link it.
+//! a pull request is opened, saying what triggered it, and alerts link it. A workload newly
+//! `ready` triggers one too; the interval counts from the last run; a failing run is counted
+//! and serve goes on.
 
 #![expect(
     clippy::unwrap_used,
@@ -27,7 +29,8 @@ const LEASH: &str = env!("CARGO_BIN_EXE_leash");
 /// The repository at the stand-in.
 const PROJECT: &str = "acme/policies";
 
-/// shop/payment, with no policy yet: the base's proposal is made from its first flows.
+/// shop/payment, with no policy yet: the base's proposal is made from its first flows; bank/db,
+/// not yet observed, which becomes `ready` when its flows arrive.
 const SNAPSHOT: &str = r#"
 apiVersion: v1
 kind: List
@@ -53,6 +56,27 @@ items:
     ownerReferences: [{apiVersion: apps/v1, kind: Deployment, name: payment, uid: uid-deploy-payment, controller: true}]
   spec: {nodeName: n1, containers: [{name: payment, image: payment:1}]}
   status: {phase: Running, podIP: 198.51.100.10, podIPs: [{ip: 198.51.100.10}]}
+- apiVersion: v1
+  kind: Namespace
+  metadata: {name: bank, labels: {kubernetes.io/metadata.name: bank}}
+- apiVersion: apps/v1
+  kind: Deployment
+  metadata: {name: db, namespace: bank, uid: uid-deploy-db}
+  spec:
+    selector: {matchLabels: {app: db}}
+    template:
+      metadata: {labels: {app: db}}
+      spec: {containers: [{name: db, image: db:1}]}
+- apiVersion: v1
+  kind: Pod
+  metadata:
+    name: db-y7
+    namespace: bank
+    uid: uid-pod-db
+    labels: {app: db}
+    ownerReferences: [{apiVersion: apps/v1, kind: Deployment, name: db, uid: uid-deploy-db, controller: true}]
+  spec: {nodeName: n1, containers: [{name: db, image: db:1}]}
+  status: {phase: Running, podIP: 198.51.100.20, podIPs: [{ip: 198.51.100.20}]}
 "#;
 
 /// The destination the base's proposal allows.
@@ -70,12 +94,16 @@ fn free_port() -> SocketAddr {
         .unwrap()
 }
 
-fn flow((dst, port): (&str, u16), at: DateTime<Utc>) -> FlowObservation {
+fn flow(dst: (&str, u16), at: DateTime<Utc>) -> FlowObservation {
+    flow_of("shop", "payment", dst, at)
+}
+
+fn flow_of(ns: &str, name: &str, (dst, port): (&str, u16), at: DateTime<Utc>) -> FlowObservation {
     FlowObservation {
         workload: WorkloadRef {
-            namespace: "shop".into(),
+            namespace: ns.into(),
             kind: "Deployment".into(),
-            name: "payment".into(),
+            name: name.into(),
         },
         protocol: Protocol::Tcp,
         dst: dst.parse().unwrap(),
@@ -612,4 +640,43 @@ fn a_failing_run_counts_an_error_and_serve_keeps_running() {
     assert!(log.contains("pull-request run failed"), "{log}");
     assert!(!log.contains(&wrong), "the token is never logged:\n{log}");
     assert!(!log.contains(&lab.token));
+}
+
+/// A workload that becomes `ready` on the rollout board (bank/db, observed for longer than
+/// `--min-observation` once its first flows arrive) triggers a run: its pull request opens on
+/// `leash/bank` and names it.
+#[test]
+fn a_workload_newly_ready_opens_its_pull_request() {
+    let lab = Lab::new();
+    let mut flags = lab.pr_flags(100);
+    flags.extend([
+        "--pr-interval".into(),
+        "1h".into(),
+        "--min-observation".into(),
+        "30m".into(),
+    ]);
+    let server = Server::start(&lab, &flags);
+    wait_for("the first board", || {
+        get(server.http, "/v1/rollout").is_ok_and(|(status, _)| status == 200)
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(lab.github.requests().is_empty());
+
+    let first_seen = Utc::now() - chrono::Duration::hours(1);
+    let mut db = flow_of("bank", "db", ("203.0.113.70", 5432), first_seen);
+    db.last_seen = Utc::now();
+    commit(&lab.db, 2, &[db]);
+    wait_for("the pull request", || !lab.github.pulls(PROJECT).is_empty());
+    let pulls = lab.github.pulls(PROJECT);
+    assert_eq!(pulls.len(), 1, "{pulls:?}");
+    assert_eq!(pulls[0].head, "leash/bank");
+    let body = pulls[0].body.clone().unwrap();
+    assert!(
+        unescaped(&body).contains("## Trigger\n\nnewly ready: Deployment/db in bank"),
+        "{body}"
+    );
+    wait_for("the run's metric", || {
+        server.metric("leash_pr_runs_total{result=\"pushed\"}") == Some(1.0)
+    });
+    assert_eq!(lab.branch_tip("leash/shop"), None, "shop is unchanged");
 }
