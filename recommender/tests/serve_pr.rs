@@ -537,6 +537,14 @@ fn a_recurring_alert_opens_one_pull_request_that_names_its_trigger() {
 
     let log = server.log();
     assert!(!log.contains(&lab.token), "the token is never logged");
+    for dir in [&state_dir, &lab.repo] {
+        assert_eq!(
+            git_server::find_text(dir, &lab.token).unwrap(),
+            Vec::<String>::new(),
+            "the token is nowhere in {}",
+            dir.display()
+        );
+    }
     server.assert_running();
 }
 
