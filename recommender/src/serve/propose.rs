@@ -3,7 +3,8 @@
 //! same run as `leash pr` ([`crate::pr::run`]) commits, pushes and opens or updates the pull
 //! requests. Triggers: an unexpected-egress alert that keeps recurring (`--pr-after`
 //! occurrences), and workloads newly `ready` on the rollout board. Each pull request says
-//! what triggered it.
+//! what triggered it. The interval counts from the last run, remembered under the clone
+//! cache (`last-run`) so that restarts do not postpone it.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
@@ -11,7 +12,6 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use leash_records::Protocol;
 use leash_records::error::Chain;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -21,11 +21,11 @@ use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, watch};
 
 use super::ModelRx;
-use super::alert::Alert;
-use super::shadow::BoardRx;
+use super::alert::{Alert, AlertKey};
+use super::shadow::{Board, BoardRx};
 use crate::pr::run::{self, Outcome, Report, Target};
 use crate::rollout::Phase;
-use crate::store::{Store, WorkloadRef};
+use crate::store::Store;
 
 /// What the loop needs.
 #[derive(Debug)]
@@ -87,17 +87,59 @@ impl PrMetrics {
     }
 }
 
-/// A recurring alert's key: one trigger per key and process.
-type AlertKey = (WorkloadRef, IpAddr, u16, Protocol);
+/// How long the loop waits after a trigger for others to fold into the same run.
+const DEBOUNCE: Duration = Duration::from_secs(1);
+/// The longest a trigger waits for its run while more keep coming.
+const DEBOUNCE_MAX: Duration = Duration::from_secs(5);
 
-/// Runs until the task is dropped: once when the model is first there, then on the
-/// interval and on triggers. Runs never overlap; triggers that arrive during a run are
-/// folded into the next one.
+/// What the loop listens to besides the interval.
+struct Triggers {
+    recurrences: mpsc::Receiver<Alert>,
+    alerts_open: bool,
+    board: BoardRx,
+    board_open: bool,
+    /// Keys that triggered a run already (once per key and process).
+    triggered: HashSet<AlertKey>,
+    /// The workloads `ready` on the last board; `None` before the first.
+    ready: Option<BTreeSet<(String, String)>>,
+    /// An alert triggers once it recurred this many times (`--pr-after`).
+    after: u64,
+    /// The namespaces the loop proposes for (`--pr-namespace`); empty means all.
+    scope: BTreeSet<String>,
+}
+
+impl Triggers {
+    /// The next trigger from an alert or the board; `None` for news that triggers nothing
+    /// (and, forever, once both feeds are closed).
+    async fn next(&mut self) -> Option<String> {
+        if !self.alerts_open && !self.board_open {
+            return std::future::pending().await;
+        }
+        tokio::select! {
+            alert = self.recurrences.recv(), if self.alerts_open => match alert {
+                Some(a) => recurring(&a, self.after, &self.scope, &mut self.triggered),
+                None => { self.alerts_open = false; None }
+            },
+            changed = self.board.changed(), if self.board_open => match changed {
+                Ok(()) => {
+                    let board = self.board.borrow_and_update().clone();
+                    newly_ready(board.as_deref(), &self.scope, &mut self.ready)
+                }
+                Err(_) => { self.board_open = false; None }
+            },
+        }
+    }
+}
+
+/// Runs until the task is dropped, once the model is there: on the interval (the first run
+/// one interval after start), and soon after a trigger (others arriving within [`DEBOUNCE`]
+/// share its run, for at most [`DEBOUNCE_MAX`]). Runs never overlap; triggers that arrive
+/// during a run are folded into the next one.
 pub async fn watch(
     store: Arc<dyn Store>,
     mut model: ModelRx,
-    mut board: BoardRx,
-    mut recurrences: mpsc::Receiver<Alert>,
+    board: BoardRx,
+    recurrences: mpsc::Receiver<Alert>,
     opts: Arc<Options>,
     metrics: PrMetrics,
     pulls: PullsTx,
@@ -105,54 +147,116 @@ pub async fn watch(
     if model.wait_for(Option::is_some).await.is_err() {
         return;
     }
-    let mut ticker = tokio::time::interval(opts.interval);
+    let first = first_run_in(
+        last_run(&opts.target.cache),
+        chrono::Utc::now(),
+        opts.interval,
+    );
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + first, opts.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut triggered: HashSet<AlertKey> = HashSet::new();
-    let mut ready: Option<BTreeSet<(String, String)>> = None;
-    let mut board_open = true;
-    let mut alerts_open = true;
+    let mut triggers = Triggers {
+        recurrences,
+        alerts_open: true,
+        board,
+        board_open: true,
+        triggered: HashSet::new(),
+        ready: None,
+        after: opts.after,
+        scope: opts.run.propose.recommend.namespaces.clone(),
+    };
     loop {
         let trigger = tokio::select! {
-            _ = ticker.tick() => Some(format!(
+            _ = ticker.tick() => format!(
                 "the periodic run (every {})",
                 humantime::format_duration(opts.interval)
-            )),
-            alert = recurrences.recv(), if alerts_open => match alert {
-                Some(a) => recurring(&a, opts.after, &mut triggered),
-                None => { alerts_open = false; None }
-            },
-            changed = board.changed(), if board_open => match changed {
-                Ok(()) => newly_ready(&board, &mut ready),
-                Err(_) => { board_open = false; None }
+            ),
+            t = triggers.next() => match t {
+                Some(first) => fold(first, &mut triggers).await,
+                None => continue,
             },
         };
-        let Some(mut trigger) = trigger else {
-            continue;
-        };
-        // Triggers already waiting share this run.
-        while let Ok(a) = recurrences.try_recv() {
-            if let Some(more) = recurring(&a, opts.after, &mut triggered) {
-                trigger = format!("{trigger}; {more}");
-            }
-        }
         run_once(&store, &model, &opts, &metrics, &pulls, trigger).await;
-        // The interval counts from the last run.
+        // The interval counts from the last run, across restarts too.
         ticker.reset();
+        remember_run(&opts.target.cache, chrono::Utc::now());
     }
 }
 
-/// The trigger of a recurring alert, once it recurred `after` times (once per key).
-fn recurring(alert: &Alert, after: u64, triggered: &mut HashSet<AlertKey>) -> Option<String> {
-    if alert.occurrences < after {
+/// The file under the clone cache that holds when the last run ended (RFC 3339): a restart
+/// more often than `--pr-interval` must not postpone the periodic run forever.
+const LAST_RUN: &str = "last-run";
+
+/// When the last run ended, if a run was remembered under `cache`.
+fn last_run(cache: &std::path::Path) -> Option<chrono::DateTime<chrono::Utc>> {
+    let text = std::fs::read_to_string(cache.join(LAST_RUN)).ok()?;
+    chrono::DateTime::parse_from_rfc3339(text.trim())
+        .ok()
+        .map(|t| t.with_timezone(&chrono::Utc))
+}
+
+/// Remembers under `cache` that a run ended at `at`; a failure is logged (the periodic run then
+/// waits a whole interval after a restart).
+fn remember_run(cache: &std::path::Path, at: chrono::DateTime<chrono::Utc>) {
+    let path = cache.join(LAST_RUN);
+    let tmp = cache.join(format!("{LAST_RUN}.tmp"));
+    let written = std::fs::create_dir_all(cache)
+        .and_then(|()| std::fs::write(&tmp, leash_records::time::rfc3339(at) + "\n"))
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        tracing::warn!(error = %Chain(&e), path = %path.display(), "cannot remember the pull-request run's time");
+    }
+}
+
+/// How long until the first periodic run: an interval after the last run remembered (at
+/// once when that is past), an interval after start without one, never more than an
+/// interval (a clock set back).
+fn first_run_in(
+    last: Option<chrono::DateTime<chrono::Utc>>,
+    now: chrono::DateTime<chrono::Utc>,
+    interval: Duration,
+) -> Duration {
+    let Some(last) = last else {
+        return interval;
+    };
+    let since = now.signed_duration_since(last).to_std().unwrap_or_default();
+    interval.saturating_sub(since)
+}
+
+/// `first` and the triggers that follow it until none came for [`DEBOUNCE`] (waiting at
+/// most [`DEBOUNCE_MAX`]), joined.
+async fn fold(first: String, triggers: &mut Triggers) -> String {
+    let mut all = vec![first];
+    let now = tokio::time::Instant::now;
+    let deadline = now() + DEBOUNCE_MAX;
+    let mut quiet = now() + DEBOUNCE;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(quiet.min(deadline)) => break,
+            t = triggers.next() => {
+                // News that triggers nothing (every check's board) does not delay the run.
+                if let Some(t) = t {
+                    all.push(t);
+                    quiet = now() + DEBOUNCE;
+                }
+            }
+        }
+    }
+    all.join("; ")
+}
+
+/// The trigger of a recurring alert, once it recurred `after` times (once per key), in a
+/// namespace of `scope` (empty meaning all).
+fn recurring(
+    alert: &Alert,
+    after: u64,
+    scope: &BTreeSet<String>,
+    triggered: &mut HashSet<AlertKey>,
+) -> Option<String> {
+    if alert.occurrences < after || !(scope.is_empty() || scope.contains(&alert.workload.namespace))
+    {
         return None;
     }
-    let key = (
-        alert.workload.clone(),
-        alert.dst,
-        alert.port,
-        alert.protocol,
-    );
-    if !triggered.insert(key) {
+    if !triggered.insert(alert.key()) {
         return None;
     }
     let dst = match alert.dst {
@@ -169,14 +273,20 @@ fn recurring(alert: &Alert, after: u64, triggered: &mut HashSet<AlertKey>) -> Op
     ))
 }
 
-/// The trigger of workloads that became `ready` since the last board (none on the first
-/// board: the run at start covers them).
-fn newly_ready(board: &BoardRx, seen: &mut Option<BTreeSet<(String, String)>>) -> Option<String> {
-    let current = board.borrow().clone()?;
+/// The trigger of workloads (in `scope`, empty meaning all) that became `ready` since the
+/// last board. The first board only sets what is known: workloads ready at start are not new,
+/// and the periodic run covers them.
+fn newly_ready(
+    board: Option<&Board>,
+    scope: &BTreeSet<String>,
+    seen: &mut Option<BTreeSet<(String, String)>>,
+) -> Option<String> {
+    let current = board?;
     let now: BTreeSet<(String, String)> = current
         .statuses
         .iter()
         .filter(|s| s.phase == Phase::Ready)
+        .filter(|s| scope.is_empty() || scope.contains(&s.namespace))
         .map(|s| (s.namespace.clone(), s.workload.clone()))
         .collect();
     let new: Vec<String> = match seen {
@@ -286,6 +396,8 @@ async fn run_once(
             Outcome::Pushed { commit, .. } => {
                 tracing::info!(group = %g.group, branch = %g.branch, %commit, "pull request pushed")
             }
+            // `--pr-dry-run`: the log is where the commit and the body are shown.
+            Outcome::DryRun { .. } => tracing::info!("{}", run::describe(g)),
             _ => {}
         }
     }
@@ -303,5 +415,179 @@ fn result(report: &Report) -> &'static str {
         "pushed"
     } else {
         "unchanged"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::WorkloadRef;
+    use leash_records::Protocol;
+
+    fn status(ns: &str, workload: &str, phase: Phase) -> crate::rollout::WorkloadStatus {
+        crate::rollout::WorkloadStatus {
+            namespace: ns.into(),
+            workload: workload.into(),
+            phase,
+            observed_for_seconds: 0,
+            would_deny: Vec::new(),
+            denied: Vec::new(),
+            policies: Vec::new(),
+            id: 0,
+            min_observation: chrono::Duration::hours(24),
+        }
+    }
+
+    fn board(statuses: Vec<crate::rollout::WorkloadStatus>) -> Board {
+        Board {
+            statuses,
+            model_generation: 1,
+            proposal_generation: Some(1),
+            flows: 0,
+            evaluated_at: chrono::Utc::now(),
+        }
+    }
+
+    fn alert(ns: &str, occurrences: u64) -> Alert {
+        let t = chrono::DateTime::from_timestamp(1_800_000_000, 0).expect("time");
+        Alert {
+            workload: WorkloadRef {
+                namespace: ns.into(),
+                kind: "Deployment".into(),
+                name: "payment".into(),
+            },
+            pod: "payment-1".into(),
+            dst: "2001:db8::60".parse().expect("address"),
+            port: 8443,
+            protocol: Protocol::Tcp,
+            count: 2,
+            last_seen: t,
+            names: Vec::new(),
+            policies: Vec::new(),
+            fix: None,
+            pull_request: None,
+            occurrences,
+            first_sent: t,
+            last_sent: t,
+        }
+    }
+
+    /// The first board is what is known; a workload turning `ready` later triggers once;
+    /// workloads outside the scope never do.
+    #[test]
+    fn workloads_newly_ready_trigger_once() {
+        let all = BTreeSet::new();
+        let mut seen = None;
+        assert_eq!(newly_ready(None, &all, &mut seen), None, "no board yet");
+        assert_eq!(seen, None);
+        let first = board(vec![
+            status("shop", "Deployment/a", Phase::Ready),
+            status("shop", "Deployment/b", Phase::Observing),
+        ]);
+        assert_eq!(newly_ready(Some(&first), &all, &mut seen), None);
+        let second = board(vec![
+            status("bank", "Deployment/z", Phase::Ready),
+            status("shop", "Deployment/a", Phase::Ready),
+            status("shop", "Deployment/b", Phase::Ready),
+        ]);
+        assert_eq!(
+            newly_ready(Some(&second), &all, &mut seen).as_deref(),
+            Some("newly ready: Deployment/z in bank, Deployment/b in shop")
+        );
+        assert_eq!(newly_ready(Some(&second), &all, &mut seen), None, "once");
+
+        // Scoped to shop: bank's workload turning ready is not a trigger.
+        let shop = BTreeSet::from(["shop".to_owned()]);
+        let mut seen = None;
+        assert_eq!(newly_ready(Some(&first), &shop, &mut seen), None);
+        assert_eq!(
+            newly_ready(Some(&second), &shop, &mut seen).as_deref(),
+            Some("newly ready: Deployment/b in shop")
+        );
+        // Leaving `ready` and coming back is new again.
+        assert_eq!(newly_ready(Some(&first), &shop, &mut seen), None);
+        assert_eq!(
+            newly_ready(Some(&second), &shop, &mut seen).as_deref(),
+            Some("newly ready: Deployment/b in shop")
+        );
+    }
+
+    /// The first periodic run: an interval after start, or after the last run remembered
+    /// (at once when that is past).
+    #[test]
+    fn the_first_periodic_run_counts_from_the_last_run() {
+        let now = chrono::DateTime::from_timestamp(1_800_000_000, 0).expect("time");
+        let hour = Duration::from_secs(3600);
+        let ago = |s: i64| Some(now - chrono::Duration::seconds(s));
+        assert_eq!(first_run_in(None, now, hour), hour);
+        assert_eq!(first_run_in(ago(600), now, hour), Duration::from_secs(3000));
+        assert_eq!(first_run_in(ago(7200), now, hour), Duration::ZERO);
+        assert_eq!(first_run_in(ago(-600), now, hour), hour, "clock set back");
+
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let cache = dir.path().join("repos");
+        assert_eq!(last_run(&cache), None);
+        remember_run(&cache, now);
+        assert_eq!(last_run(&cache), Some(now));
+    }
+
+    /// An alert triggers at `after` occurrences, once per key, only in scope.
+    #[test]
+    fn a_recurring_alert_triggers_once_per_key() {
+        let all = BTreeSet::new();
+        let mut triggered = HashSet::new();
+        assert_eq!(recurring(&alert("shop", 2), 3, &all, &mut triggered), None);
+        assert_eq!(
+            recurring(&alert("shop", 3), 3, &all, &mut triggered).as_deref(),
+            Some(
+                "unexpected egress from Deployment/payment in shop to [2001:db8::60]:8443/TCP, \
+                 seen in 3 checks"
+            )
+        );
+        assert_eq!(recurring(&alert("shop", 4), 3, &all, &mut triggered), None);
+        assert!(recurring(&alert("bank", 5), 3, &all, &mut triggered).is_some());
+        let shop = BTreeSet::from(["shop".to_owned()]);
+        let mut triggered = HashSet::new();
+        assert_eq!(recurring(&alert("bank", 5), 3, &shop, &mut triggered), None);
+        assert!(triggered.is_empty());
+    }
+
+    /// Triggers arriving within the debounce share a run; board updates that trigger nothing
+    /// (one per check) do not delay it.
+    #[tokio::test]
+    async fn triggers_soon_after_one_share_its_run() {
+        let (alerts_tx, recurrences) = mpsc::channel(16);
+        let same = Arc::new(board(vec![status("shop", "Deployment/a", Phase::Ready)]));
+        let (board_tx, board_rx) = watch::channel(None);
+        let mut triggers = Triggers {
+            recurrences,
+            alerts_open: true,
+            board: board_rx,
+            board_open: true,
+            triggered: HashSet::new(),
+            ready: None,
+            after: 2,
+            scope: BTreeSet::new(),
+        };
+        let feed = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            alerts_tx.send(alert("shop", 1)).await.expect("open");
+            alerts_tx.send(alert("shop", 2)).await.expect("open");
+            for _ in 0..40 {
+                board_tx.send_replace(Some(Arc::clone(&same)));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        let start = std::time::Instant::now();
+        let joined = fold("the first".to_owned(), &mut triggers).await;
+        let took = start.elapsed();
+        assert_eq!(
+            joined,
+            "the first; unexpected egress from Deployment/payment in shop to \
+             [2001:db8::60]:8443/TCP, seen in 2 checks"
+        );
+        assert!(took >= Duration::from_millis(1300), "{took:?}");
+        assert!(took < Duration::from_millis(4000), "{took:?}");
+        feed.abort();
     }
 }
