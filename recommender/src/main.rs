@@ -1238,12 +1238,15 @@ fn pr_target(spec: &PrSpec, cache: PathBuf) -> Result<leash::pr::run::Target, Fa
         }
     };
     let author = git::Author::parse(&spec.author).map_err(bad_input)?;
+    let remote = git::Remote {
+        url: repo,
+        auth,
+        ca_file: spec.api_ca_file.clone(),
+    };
+    // Refused now, not at each run of `serve`'s loop.
+    git::check(&remote, &spec.base, &spec.branch_prefix).map_err(bad_input)?;
     Ok(leash::pr::run::Target {
-        remote: git::Remote {
-            url: repo,
-            auth,
-            ca_file: spec.api_ca_file.clone(),
-        },
+        remote,
         cache,
         path: spec.path.clone(),
         base: spec.base.clone(),

@@ -309,7 +309,7 @@ async fn github_refusals_are_named_without_the_token() {
     assert_eq!(
         text,
         format!(
-            "GitHub at {origin}: the token was refused (Bad credentials); check --token-file or $LEASH_GIT_TOKEN"
+            "GitHub at {origin}: the token was refused (Bad credentials); check the token file (--token-file, or --pr-token-file of serve) or $LEASH_GIT_TOKEN"
         )
     );
 
@@ -618,7 +618,7 @@ async fn gitlab_refusals_and_rate_limits() {
     assert_eq!(
         shown(&e, &[&token, &wrong]),
         format!(
-            "GitLab at {origin}: the token was refused (401 Unauthorized); check --token-file or $LEASH_GIT_TOKEN"
+            "GitLab at {origin}: the token was refused (401 Unauthorized); check the token file (--token-file, or --pr-token-file of serve) or $LEASH_GIT_TOKEN"
         )
     );
 

@@ -244,6 +244,7 @@ fn fixture_with(limits: ReadLimits, snapshot: &str) -> Fixture {
             ingest,
             options: leash::recommend::Options::default(),
             rollout: leash::serve::shadow::no_board(),
+            pull_requests: tokio::sync::watch::channel(Default::default()).1,
         }),
         limits,
     );

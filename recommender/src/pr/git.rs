@@ -228,6 +228,43 @@ impl Author {
     }
 }
 
+/// Checks what [`WorkingCopy::sync`] checks before it runs git: the base branch and the
+/// prefix, the address and the authentication for its transport. For refusing a bad
+/// configuration at start (`leash serve --pr-repo`), not at the first run.
+pub fn check(remote: &Remote, base: &str, prefix: &str) -> Result<()> {
+    checked(remote, base, prefix, TIMEOUT).map(|_| ())
+}
+
+fn checked(
+    remote: &Remote,
+    base: &str,
+    prefix: &str,
+    timeout: Duration,
+) -> Result<(url::Address, Runner)> {
+    check_branch("base branch", base)?;
+    check_prefix(prefix)?;
+    if base.starts_with(prefix) {
+        return Err(Error::Name {
+            what: "base branch",
+            value: base.to_owned(),
+            reason: "starts with the branch prefix, under which leash force-pushes",
+        });
+    }
+    let cwd = std::env::current_dir().map_err(|source| Error::Io {
+        what: "reading the current directory".into(),
+        source,
+    })?;
+    let address = url::parse(&remote.url, &cwd).map_err(|r| match r {
+        Refusal::Credentials { shown } => Error::Credentials { url: shown },
+        Refusal::Other(reason) => Error::Url {
+            url: redact_opt(&remote.auth, &remote.url),
+            reason,
+        },
+    })?;
+    let runner = runner_for(&address, remote, timeout)?;
+    Ok((address, runner))
+}
+
 /// `url` as messages show it: without credentials, if it has any.
 pub fn display_url(url: &str) -> String {
     match url::parse(url, Path::new("/")) {
@@ -288,27 +325,7 @@ impl WorkingCopy {
         prefix: &str,
         timeout: Duration,
     ) -> Result<Self> {
-        check_branch("base branch", base)?;
-        check_prefix(prefix)?;
-        if base.starts_with(prefix) {
-            return Err(Error::Name {
-                what: "base branch",
-                value: base.to_owned(),
-                reason: "starts with the branch prefix, under which leash force-pushes",
-            });
-        }
-        let cwd = std::env::current_dir().map_err(|source| Error::Io {
-            what: "reading the current directory".into(),
-            source,
-        })?;
-        let address = url::parse(&remote.url, &cwd).map_err(|r| match r {
-            Refusal::Credentials { shown } => Error::Credentials { url: shown },
-            Refusal::Other(reason) => Error::Url {
-                url: redact_opt(&remote.auth, &remote.url),
-                reason,
-            },
-        })?;
-        let mut runner = runner_for(&address, &remote, timeout)?;
+        let (address, mut runner) = checked(&remote, base, prefix, timeout)?;
 
         std::fs::create_dir_all(cache).map_err(|source| Error::Io {
             what: format!("creating the cache directory {}", cache.display()),

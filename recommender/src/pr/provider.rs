@@ -67,7 +67,7 @@ pub enum Error {
     },
     /// The provider refused the token (401).
     #[error(
-        "{provider} at {api}: the token was refused ({message}); check --token-file or ${}",
+        "{provider} at {api}: the token was refused ({message}); check the token file (--token-file, or --pr-token-file of serve) or ${}",
         crate::pr::secret::TOKEN_ENV
     )]
     Unauthorized {

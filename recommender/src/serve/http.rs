@@ -66,6 +66,9 @@ pub struct AppState {
     pub options: recommend::Options,
     /// The latest rollout board ([`super::shadow::watch`]).
     pub rollout: super::shadow::BoardRx,
+    /// Each namespace's open pull request (`serve --pr-repo`): a remembered alert shows the
+    /// current one, even when its flow stopped before the pull request was opened.
+    pub pull_requests: tokio::sync::watch::Receiver<std::collections::BTreeMap<String, String>>,
 }
 
 /// Bounds of the `/v1` read API.
@@ -791,6 +794,7 @@ async fn alerts(
     Query(q): Query<AlertsQuery>,
 ) -> ApiResult<Response> {
     let store = Arc::clone(&s.store);
+    let pulls = s.pull_requests.borrow().clone();
     let body = blocking(slot, move |_| {
         let records = store.alerts(q.namespace.as_deref()).map_err(store_error)?;
         let mut out = Vec::with_capacity(records.len());
@@ -805,6 +809,10 @@ async fn alerts(
                     ),
                 )
             })?;
+            let mut alert = alert;
+            if let Some(url) = pulls.get(&alert.namespace) {
+                alert.pull_request = Some(url.clone());
+            }
             out.push(alert);
         }
         to_json(&out)

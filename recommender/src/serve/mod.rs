@@ -334,6 +334,7 @@ pub async fn run(
         ingest: ingest_handle,
         options: config.options.clone(),
         rollout: board_rx.clone(),
+        pull_requests: pull_requests_rx.clone(),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
