@@ -545,14 +545,24 @@ fn propose_group(
     let Some(commit) = wc.commit(&target.path, &message, &target.author)? else {
         return Ok(Outcome::Unchanged);
     };
+    let previous_tip = wc.branch_tip(g.branch);
     wc.push(&commit, g.branch)?;
     let pull_request = match &target.provider {
-        Some(client) => Some(rt.block_on(client.open_or_update(&provider::Proposal {
+        Some(client) => match rt.block_on(client.open_or_update(&provider::Proposal {
             branch: g.branch,
             base: &target.base,
             title: &title,
             body: &body_text,
-        }))?),
+        })) {
+            Ok(pr) => Some(pr),
+            Err(e) => {
+                // Put the branch back (on the base when it is new), or the next run would
+                // find these policies on it, take them as proposed, and never open the pull
+                // request. The provider's error is the one to report.
+                let _ = wc.push(previous_tip.as_deref().unwrap_or(g.base_commit), g.branch);
+                return Err(e.into());
+            }
+        },
         None => None,
     };
     Ok(Outcome::Pushed {
