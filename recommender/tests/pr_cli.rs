@@ -791,7 +791,39 @@ fn usage_errors_exit_2_before_any_request() {
     assert!(stderr(&o).contains("http://api.example.test"), "{}", stderr(&o));
     assert_eq!(gh.requests(), []);
     assert_eq!(lab.branches(), ["main"]);
-    assert!(!lab.cache.exists() || find_text(&lab.cache, "leash/").expect("find").is_empty());
+
+    // --path stays inside the repository: nothing is written outside it, even with
+    // --dry-run.
+    let outside = lab.tmp.path().join("outside");
+    for path in [
+        p(&outside).to_owned(),
+        "../../outside".to_owned(),
+        ".git/hooks".to_owned(),
+    ] {
+        let o = leash(
+            &[
+                "pr",
+                "--cluster",
+                p(&lab.cluster),
+                "--flows",
+                p(&flows),
+                "--repo",
+                p(&lab.bare),
+                "--path",
+                &path,
+                "--cache-dir",
+                p(&lab.cache),
+                "--provider",
+                "none",
+                "--dry-run",
+            ],
+            &[],
+        );
+        assert_code(&o, 2);
+        assert!(stderr(&o).contains(&path), "{}", stderr(&o));
+        assert!(!outside.exists(), "{path}: written outside the repository");
+    }
+    assert_eq!(lab.branches(), ["main"]);
 }
 
 /// The SSH server, or `None` (the test skips) when `sshd` is not installed and

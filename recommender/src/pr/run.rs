@@ -316,6 +316,7 @@ pub fn run(
     opts: &Options,
     rt: &tokio::runtime::Handle,
 ) -> Result<Report> {
+    check_path(&target.path)?;
     let wc = git::WorkingCopy::sync(
         &target.cache,
         target.remote.clone(),
@@ -607,6 +608,23 @@ fn write_full_body(path: &Path, full: &str) -> Result<()> {
         std::fs::create_dir_all(parent).map_err(io)?;
     }
     std::fs::write(path, format!("{FULL_BODY_MARK}\n{full}")).map_err(io)
+}
+
+/// `--path` names a directory inside the repository: checked before anything is read or
+/// written there (the commit checks it too, but files would be written first).
+fn check_path(path: &Path) -> Result<()> {
+    use std::path::Component;
+    let mut parts = path.components().filter(|c| *c != Component::CurDir);
+    let inside = parts.clone().all(|c| matches!(c, Component::Normal(_)))
+        && parts.next() != Some(Component::Normal(".git".as_ref()));
+    if inside {
+        return Ok(());
+    }
+    Err(Error::Git(git::Error::Name {
+        what: "directory",
+        value: path.display().to_string(),
+        reason: "must be relative and stay inside the repository, outside .git",
+    }))
 }
 
 /// leash's policies and evidence under `dir` (none when it does not exist).
