@@ -886,3 +886,32 @@ fn ssh_repository_with_a_key_pushes_the_branches() {
             .contains(&"policies/shop/frontend-egress.yaml".to_owned())
     );
 }
+
+/// A `--path` that is a symlink in the repository (to a directory outside it) is refused:
+/// leash never writes through the repository's links.
+#[test]
+fn a_symlinked_path_in_the_repository_is_refused() {
+    let lab = lab(SNAPSHOT);
+    let victim = lab.tmp.path().join("victim");
+    std::fs::create_dir_all(&victim).expect("mkdir");
+    // The team's repository holds `policies -> VICTIM`.
+    let scratch = lab.tmp.path().join("scratch");
+    git(lab.tmp.path(), &["clone", "--quiet", p(&lab.bare), p(&scratch)]).expect("clone");
+    std::fs::remove_dir_all(scratch.join("policies")).expect("rm");
+    std::os::unix::fs::symlink(&victim, scratch.join("policies")).expect("symlink");
+    git(&scratch, &["add", "--all"]).expect("add");
+    git(&scratch, &["commit", "--quiet", "-m", "link"]).expect("commit");
+    git(&scratch, &["push", "--quiet", "origin", "main"]).expect("push");
+    let flows = lab.flows("flows.jsonl", &base_flows());
+    for extra in [&["--provider", "none"][..], &["--provider", "none", "--dry-run"]] {
+        let o = lab.pr(&flows, extra);
+        assert_code(&o, 2);
+        assert!(stderr(&o).contains("policies"), "{}", stderr(&o));
+        assert_eq!(
+            std::fs::read_dir(&victim).expect("lists").count(),
+            0,
+            "written through the link"
+        );
+    }
+    assert_eq!(lab.branches(), ["main"]);
+}

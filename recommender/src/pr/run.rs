@@ -58,6 +58,16 @@ pub enum Error {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The proposal's directory, or a directory above it, is a symlink (or not a directory)
+    /// in the repository: leash neither reads nor writes through the repository's links.
+    #[error(
+        "{}: is a symlink or not a directory in the repository; leash does not follow it",
+        path.display()
+    )]
+    Link {
+        /// The path inside the repository.
+        path: PathBuf,
+    },
     /// No proposal could be made.
     #[error(transparent)]
     Proposal(#[from] proposal::Error),
@@ -93,7 +103,7 @@ impl Error {
                     | provider::Error::Unauthorized { .. }
                     | provider::Error::NotFound { .. }
             ),
-            Error::Read { .. } | Error::Eval { .. } => true,
+            Error::Read { .. } | Error::Eval { .. } | Error::Link { .. } => true,
             Error::Proposal(e) => matches!(e, proposal::Error::Applied { .. }),
             Error::Write(_) | Error::Io { .. } => false,
         }
@@ -326,6 +336,7 @@ pub fn run(
     let dir = wc.dir().join(&target.path);
     let base_commit = wc.base_commit().to_owned();
     wc.checkout(&base_commit)?;
+    no_link(wc.dir(), &target.path)?;
     let (base_policies, base_evidence) = read_proposal(&dir, &target.base)?;
     let (previous, warnings) = Previous::from_policies(&base_policies, &base_evidence);
     let cluster = observed.cluster;
@@ -450,6 +461,7 @@ fn propose_group(
     }
     if let Some(tip) = wc.branch_tip(g.branch) {
         wc.checkout(&tip)?;
+        no_link(wc.dir(), &target.path)?;
         let (on_branch, _) = read_proposal(g.dir, g.branch)?;
         let on_branch: Vec<NetworkPolicy> = on_branch
             .into_iter()
@@ -625,6 +637,25 @@ fn check_path(path: &Path) -> Result<()> {
         value: path.display().to_string(),
         reason: "must be relative and stay inside the repository, outside .git",
     }))
+}
+
+/// Checks that `path` (relative, see [`check_path`]) and each directory above it inside
+/// `root` is a directory or absent, never a symlink: a link committed in the repository
+/// would make leash read and write outside the working copy.
+fn no_link(root: &Path, path: &Path) -> Result<()> {
+    let mut at = root.to_path_buf();
+    let mut rel = PathBuf::new();
+    for c in path.components() {
+        at.push(c);
+        rel.push(c);
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(Error::Link { path: rel }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => return Err(Error::Io { path: at, source }),
+        }
+    }
+    Ok(())
 }
 
 /// leash's policies and evidence under `dir` (none when it does not exist).
