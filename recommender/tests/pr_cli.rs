@@ -98,6 +98,17 @@ fn base_flows() -> Vec<String> {
     ]
 }
 
+/// `lines` with every time moved `days` later: the next days' records of the same traffic.
+fn later(lines: &[String], days: u32) -> Vec<String> {
+    lines
+        .iter()
+        .map(|l| {
+            l.replace("2026-11-20T", &format!("2026-11-{}T", 20 + days))
+                .replace("2026-11-23T", &format!("2026-11-{}T", 23 + days))
+        })
+        .collect()
+}
+
 /// The lab: a bare repository with the team's files, a snapshot, a token file, a cache.
 struct Lab {
     tmp: tempfile::TempDir,
@@ -404,6 +415,19 @@ fn same_observations_do_nothing_and_new_ones_update_the_same_pull_request() {
     assert_eq!(lab.tip("leash/shop"), shop);
     assert_eq!(lab.tip("leash/data"), data);
 
+    // The next days' records of the same traffic: the evidence and reports differ, the
+    // policies do not, so nothing happens either.
+    let next = lab.flows("next.jsonl", &later(&base_flows(), 2));
+    let o = lab.pr(&next, &lab.github_flags(&api));
+    assert_code(&o, 0);
+    assert!(
+        stdout(&o).contains("shop: leash/shop already holds these policies"),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(gh.requests().len(), requests, "an API call for new evidence alone");
+    assert_eq!(lab.tip("leash/shop"), shop);
+
     // frontend calls a new address: the same pull request, updated.
     let mut more = base_flows();
     more.push(flow("shop", "frontend-1", "192.0.2.50", 8443, r#""new.pay.test""#));
@@ -509,6 +533,23 @@ fn after_a_merge_the_same_observations_are_unchanged() {
     assert_eq!(gh.requests().len(), requests, "an API call without a change");
     let after: Vec<Option<String>> = lab.branches().iter().map(|b| lab.tip(b)).collect();
     assert_eq!(after, tips);
+
+    // The next change to shop starts from the merged main and opens a new pull request.
+    let main = lab.tip("main").expect("main");
+    let mut more = base_flows();
+    more.push(flow("shop", "frontend-1", "192.0.2.50", 8443, ""));
+    let flows = lab.flows("more.jsonl", &more);
+    let o = lab.pr(&flows, &lab.github_flags(&api));
+    assert_code(&o, 0);
+    assert!(stdout(&o).contains(" to leash/shop, opened #3 "), "{}", stdout(&o));
+    assert_eq!(
+        git(&lab.bare, &["rev-parse", "leash/shop^"]).expect("parent"),
+        main
+    );
+    let diff = git(&lab.bare, &["diff", "--stat", "main", "leash/shop", "--", "policies/shop/frontend-egress.yaml"])
+        .expect("diff");
+    assert!(diff.contains("1 file changed"), "{diff}");
+    assert_eq!(lab.tip("main").as_deref(), Some(&*main));
 }
 
 /// `--dry-run` prints the commit message and the body, and pushes and asks nothing.
@@ -773,6 +814,10 @@ fn usage_errors_exit_2_before_any_request() {
     );
     assert_code(&o, 2);
     assert!(stderr(&o).contains("--project"), "{}", stderr(&o));
+
+    let o = lab.pr(&flows, &["--provider", "none", "--base", "release"]);
+    assert_code(&o, 2);
+    assert!(stderr(&o).contains("release"), "{}", stderr(&o));
 
     let o = lab.pr(
         &flows,
