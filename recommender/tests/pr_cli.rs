@@ -960,3 +960,107 @@ fn a_symlinked_path_in_the_repository_is_refused() {
     }
     assert_eq!(lab.branches(), ["main"]);
 }
+
+/// shop with `n` Deployments `app-I` (one pod each, 10.244.5.I).
+fn many_workloads(n: usize) -> String {
+    let mut s = String::from(
+        "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Namespace\n  metadata: {name: shop, labels: {kubernetes.io/metadata.name: shop}}\n",
+    );
+    for i in 0..n {
+        s.push_str(&format!(
+            r"- apiVersion: v1
+  kind: Pod
+  metadata:
+    name: app-{i}-1
+    namespace: shop
+    uid: uid-app-{i}-1
+    labels: {{app: app-{i}, pod-template-hash: 5d8f}}
+    ownerReferences: [{{apiVersion: apps/v1, kind: ReplicaSet, name: app-{i}-5d8f, uid: uid-rs-{i}, controller: true}}]
+  spec: {{nodeName: n1, containers: [{{name: c, image: c:1}}]}}
+  status: {{phase: Running, podIP: 10.244.{}.{}, podIPs: [{{ip: 10.244.{}.{}}}]}}
+",
+            5 + i / 200,
+            i % 200 + 1,
+            5 + i / 200,
+            i % 200 + 1,
+        ));
+    }
+    s
+}
+
+/// A body over GitHub's limit: the full body is committed on the branch, and the pull
+/// request's body, within the limit, links it.
+#[test]
+fn a_body_over_the_limit_links_the_full_body_on_the_branch() {
+    const N: usize = 300;
+    let lab = lab(&many_workloads(N));
+    let gh = github(&lab);
+    let lines_: Vec<String> = (0..N)
+        .map(|i| {
+            flow(
+                "shop",
+                &format!("app-{i}-1"),
+                &format!("198.18.{}.{}", i / 200, i % 200 + 1),
+                443,
+                &format!(r#""svc-{i}.partner.test""#),
+            )
+        })
+        .collect();
+    let flows = lab.flows("flows.jsonl", &lines_);
+    let api = gh.api_url();
+    let o = lab.pr(&flows, &lab.github_flags(&api));
+    assert_code(&o, 0);
+    let pull = gh.pull("o/policies", 1).expect("#1");
+    let body = pull.body.expect("body");
+    assert!(body.chars().count() <= 65_536, "{}", body.len());
+    assert!(body.starts_with("<!-- leash:pr group=shop -->\n"), "{body}");
+    let link = format!(
+        "{}/o/policies/blob/leash/shop/policies/shop/PULL_REQUEST.md",
+        gh.base_url()
+    );
+    assert!(body.contains(&link), "{body}");
+    let full = file_at(&lab.bare, "leash/shop", "policies/shop/PULL_REQUEST.md")
+        .expect("file")
+        .expect("the full body on the branch");
+    assert!(full.chars().count() > 65_536, "{}", full.len());
+    assert!(full.contains("svc\\-299\\.partner\\.test"), "the last evidence row");
+
+    // Unchanged observations: still nothing to do (the full body is not a policy).
+    let requests = gh.requests().len();
+    let tip = lab.tip("leash/shop");
+    let o = lab.pr(&flows, &lab.github_flags(&api));
+    assert_code(&o, 0);
+    assert_eq!(gh.requests().len(), requests);
+    assert_eq!(lab.tip("leash/shop"), tip);
+}
+
+/// A workload gone from the cluster: its merged policy is removed on leash's branch, and the
+/// team's file beside it stays.
+#[test]
+fn a_workload_gone_from_the_cluster_has_its_policy_removed() {
+    let lab = lab(SNAPSHOT);
+    let gh = github(&lab);
+    let flows = lab.flows("flows.jsonl", &base_flows());
+    let api = gh.api_url();
+    assert_code(&lab.pr(&flows, &lab.github_flags(&api)), 0);
+    git(&lab.bare, &["update-ref", "refs/heads/main", "refs/heads/leash/shop"]).expect("merge");
+    assert!(gh.merge_pull("o/policies", 2));
+    // frontend is deleted: the snapshot without its pod, the records without its flows.
+    let start = SNAPSHOT.find("- apiVersion: v1\n  kind: Pod\n").expect("first pod");
+    let end = start + SNAPSHOT[start..].find("- apiVersion: v1\n  kind: Pod\n  metadata:\n    name: postgres-0").expect("second pod");
+    let without = format!("{}{}", &SNAPSHOT[..start], &SNAPSHOT[end..]);
+    assert!(!without.contains("frontend"), "{without}");
+    std::fs::write(&lab.cluster, without).expect("writes");
+    let flows = lab.flows("after.jsonl", &base_flows()[2..]);
+    let o = lab.pr(&flows, &lab.github_flags(&api));
+    assert_code(&o, 0);
+    assert!(stdout(&o).contains(" to leash/shop, opened #3 "), "{}", stdout(&o));
+    let files = files_at(&lab.bare, "leash/shop").expect("files");
+    assert!(
+        !files.iter().any(|f| f.ends_with("frontend-egress.yaml") || f.ends_with("default-deny-egress.yaml")),
+        "{files:?}"
+    );
+    assert!(files.contains(&"policies/shop/custom.yaml".to_owned()), "{files:?}");
+    let body = gh.pull("o/policies", 3).expect("#3").body.expect("body");
+    assert!(body.contains("2 removed"), "{body}");
+}
