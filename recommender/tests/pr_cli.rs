@@ -94,7 +94,13 @@ fn base_flows() -> Vec<String> {
             r#""api.pay.test""#,
         ),
         flow("shop", "frontend-1", "10.96.0.20", 5432, ""),
-        flow("data", "postgres-0", "198.51.100.5", 443, r#""backup.test""#),
+        flow(
+            "data",
+            "postgres-0",
+            "198.51.100.5",
+            443,
+            r#""backup.test""#,
+        ),
     ]
 }
 
@@ -158,7 +164,7 @@ impl Lab {
 
     /// `leash pr --cluster C --flows F --repo BARE --path policies --cache-dir CACHE` and `extra`.
     fn pr(&self, flows: &Path, extra: &[&str]) -> Output {
-        self.pr_repo(&p(&self.bare), flows, extra, &[])
+        self.pr_repo(p(&self.bare), flows, extra, &[])
     }
 
     fn pr_repo(&self, repo: &str, flows: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
@@ -311,8 +317,8 @@ fn first_run_opens_one_pull_request_per_namespace() {
     assert_eq!(files_at(&lab.bare, "leash/shop").expect("files"), shop);
     let data = files_at(&lab.bare, "leash/data").expect("files");
     assert!(
-        data.iter().all(|f| !f.starts_with("policies/shop/")
-            || team.contains(&f.as_str())),
+        data.iter()
+            .all(|f| !f.starts_with("policies/shop/") || team.contains(&f.as_str())),
         "{data:?}"
     );
     assert!(
@@ -329,17 +335,24 @@ fn first_run_opens_one_pull_request_per_namespace() {
             );
         }
     }
-    let policy = file_at(&lab.bare, "leash/shop", "policies/shop/frontend-egress.yaml")
-        .expect("file")
-        .expect("policy");
+    let policy = file_at(
+        &lab.bare,
+        "leash/shop",
+        "policies/shop/frontend-egress.yaml",
+    )
+    .expect("file")
+    .expect("policy");
     assert!(policy.contains("203.0.113.10/32"), "{policy}");
     // One commit on top of main, by leash, with a summary.
     assert_eq!(
         git(&lab.bare, &["rev-parse", "leash/shop^"]).expect("parent"),
         main
     );
-    let message = git(&lab.bare, &["log", "-1", "--format=%an <%ae>%n%B", "leash/shop"])
-        .expect("log");
+    let message = git(
+        &lab.bare,
+        &["log", "-1", "--format=%an <%ae>%n%B", "leash/shop"],
+    )
+    .expect("log");
     assert!(
         message.starts_with("leash <leash@localhost>\nleash: egress policies for namespace shop"),
         "{message}"
@@ -367,10 +380,7 @@ fn first_run_opens_one_pull_request_per_namespace() {
     assert_eq!(json_str(post, "head"), "leash/shop");
     assert_eq!(json_str(post, "base"), "main");
     let body = json_str(post, "body");
-    assert!(
-        body.starts_with("<!-- leash:pr group=shop -->\n"),
-        "{body}"
-    );
+    assert!(body.starts_with("<!-- leash:pr group=shop -->\n"), "{body}");
     assert!(body.contains("## leash diff: "), "{body}");
     assert!(body.contains("## Evidence"), "{body}");
     assert!(body.contains("203.0.113.10/32"), "{body}");
@@ -381,7 +391,10 @@ fn first_run_opens_one_pull_request_per_namespace() {
         "{body}"
     );
     assert!(body.contains("```sh\nleash pr --cluster "), "{body}");
-    assert!(!body.contains("198.51.100.5"), "data's evidence in shop's body");
+    assert!(
+        !body.contains("198.51.100.5"),
+        "data's evidence in shop's body"
+    );
     let pulls = gh.pulls("o/policies");
     assert_eq!(pulls.len(), 2);
     assert!(pulls.iter().all(|p| p.state == "open" && p.base == "main"));
@@ -411,7 +424,11 @@ fn same_observations_do_nothing_and_new_ones_update_the_same_pull_request() {
         "{}",
         stdout(&o)
     );
-    assert_eq!(gh.requests().len(), requests, "an API call without a change");
+    assert_eq!(
+        gh.requests().len(),
+        requests,
+        "an API call without a change"
+    );
     assert_eq!(lab.tip("leash/shop"), shop);
     assert_eq!(lab.tip("leash/data"), data);
 
@@ -425,12 +442,22 @@ fn same_observations_do_nothing_and_new_ones_update_the_same_pull_request() {
         "{}",
         stdout(&o)
     );
-    assert_eq!(gh.requests().len(), requests, "an API call for new evidence alone");
+    assert_eq!(
+        gh.requests().len(),
+        requests,
+        "an API call for new evidence alone"
+    );
     assert_eq!(lab.tip("leash/shop"), shop);
 
     // frontend calls a new address: the same pull request, updated.
     let mut more = base_flows();
-    more.push(flow("shop", "frontend-1", "192.0.2.50", 8443, r#""new.pay.test""#));
+    more.push(flow(
+        "shop",
+        "frontend-1",
+        "192.0.2.50",
+        8443,
+        r#""new.pay.test""#,
+    ));
     let flows = lab.flows("more.jsonl", &more);
     let o = lab.pr(&flows, &lab.github_flags(&api));
     assert_code(&o, 0);
@@ -450,9 +477,13 @@ fn same_observations_do_nothing_and_new_ones_update_the_same_pull_request() {
     assert!(json_str(&new[requests + 1], "body").contains("192.0.2.50"));
     assert_ne!(lab.tip("leash/shop"), shop);
     assert_eq!(lab.tip("leash/data"), data, "data's branch moved");
-    let policy = file_at(&lab.bare, "leash/shop", "policies/shop/frontend-egress.yaml")
-        .expect("file")
-        .expect("policy");
+    let policy = file_at(
+        &lab.bare,
+        "leash/shop",
+        "policies/shop/frontend-egress.yaml",
+    )
+    .expect("file")
+    .expect("policy");
     assert!(policy.contains("192.0.2.50/32"), "{policy}");
     let pull = gh.pull("o/policies", 2).expect("#2");
     assert_eq!((pull.state.as_str(), pull.updates), ("open", 1));
@@ -475,7 +506,11 @@ fn a_closed_pull_request_is_not_reopened_and_the_next_change_opens_a_new_one() {
 
     let o = lab.pr(&flows, &lab.github_flags(&api));
     assert_code(&o, 0);
-    assert_eq!(gh.requests().len(), requests, "an API call without a change");
+    assert_eq!(
+        gh.requests().len(),
+        requests,
+        "an API call without a change"
+    );
     assert_eq!(lab.tip("leash/shop"), shop);
     assert_eq!(gh.pull("o/policies", 2).expect("#2").state, "closed");
 
@@ -500,7 +535,10 @@ fn a_closed_pull_request_is_not_reopened_and_the_next_change_opens_a_new_one() {
     let closed = gh.pull("o/policies", 2).expect("#2");
     assert_eq!((closed.state.as_str(), closed.updates), ("closed", 0));
     let opened = gh.pull("o/policies", 3).expect("#3");
-    assert_eq!((opened.state.as_str(), opened.head.as_str()), ("open", "leash/shop"));
+    assert_eq!(
+        (opened.state.as_str(), opened.head.as_str()),
+        ("open", "leash/shop")
+    );
 }
 
 /// Once the user merged leash's branch, the same observations are unchanged against the base:
@@ -513,7 +551,11 @@ fn after_a_merge_the_same_observations_are_unchanged() {
     let api = gh.api_url();
     assert_code(&lab.pr(&flows, &lab.github_flags(&api)), 0);
     // The user merges #2: main fast-forwards to leash/shop.
-    git(&lab.bare, &["update-ref", "refs/heads/main", "refs/heads/leash/shop"]).expect("merge");
+    git(
+        &lab.bare,
+        &["update-ref", "refs/heads/main", "refs/heads/leash/shop"],
+    )
+    .expect("merge");
     assert!(gh.merge_pull("o/policies", 2));
     let requests = gh.requests().len();
     let tips: Vec<Option<String>> = lab.branches().iter().map(|b| lab.tip(b)).collect();
@@ -530,7 +572,11 @@ fn after_a_merge_the_same_observations_are_unchanged() {
         "{}",
         stdout(&o)
     );
-    assert_eq!(gh.requests().len(), requests, "an API call without a change");
+    assert_eq!(
+        gh.requests().len(),
+        requests,
+        "an API call without a change"
+    );
     let after: Vec<Option<String>> = lab.branches().iter().map(|b| lab.tip(b)).collect();
     assert_eq!(after, tips);
 
@@ -541,13 +587,27 @@ fn after_a_merge_the_same_observations_are_unchanged() {
     let flows = lab.flows("more.jsonl", &more);
     let o = lab.pr(&flows, &lab.github_flags(&api));
     assert_code(&o, 0);
-    assert!(stdout(&o).contains(" to leash/shop, opened #3 "), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains(" to leash/shop, opened #3 "),
+        "{}",
+        stdout(&o)
+    );
     assert_eq!(
         git(&lab.bare, &["rev-parse", "leash/shop^"]).expect("parent"),
         main
     );
-    let diff = git(&lab.bare, &["diff", "--stat", "main", "leash/shop", "--", "policies/shop/frontend-egress.yaml"])
-        .expect("diff");
+    let diff = git(
+        &lab.bare,
+        &[
+            "diff",
+            "--stat",
+            "main",
+            "leash/shop",
+            "--",
+            "policies/shop/frontend-egress.yaml",
+        ],
+    )
+    .expect("diff");
     assert!(diff.contains("1 file changed"), "{diff}");
     assert_eq!(lab.tip("main").as_deref(), Some(&*main));
 }
@@ -595,7 +655,9 @@ fn a_change_that_breaks_observed_traffic_is_refused_unless_allowed() {
     assert_code(&o, 3);
     let out = stdout(&o);
     assert!(
-        out.contains("shop: refused: the change breaks 1 observed flow (--allow-breaks opens it anyway):"),
+        out.contains(
+            "shop: refused: the change breaks 1 observed flow (--allow-breaks opens it anyway):"
+        ),
         "{out}"
     );
     assert!(
@@ -617,7 +679,11 @@ fn a_change_that_breaks_observed_traffic_is_refused_unless_allowed() {
     args.push("--allow-breaks");
     let o = lab.pr(&flows, &args);
     assert_code(&o, 0);
-    assert!(stdout(&o).contains(" to leash/shop, opened #2 "), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains(" to leash/shop, opened #2 "),
+        "{}",
+        stdout(&o)
+    );
     let pull = gh.pull("o/policies", 2).expect("#2");
     let body = pull.body.expect("a body");
     assert!(
@@ -657,7 +723,11 @@ fn gitlab_one_merge_request_for_all_namespaces() {
     );
     assert_code(&o, 0);
     assert!(stdout(&o).contains("all: pushed "), "{}", stdout(&o));
-    assert!(stdout(&o).contains(" to leash/all, opened #1 "), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains(" to leash/all, opened #1 "),
+        "{}",
+        stdout(&o)
+    );
     assert_eq!(lab.branches(), ["leash/all", "main"]);
     assert_eq!(lab.tip("main"), main);
     let files = files_at(&lab.bare, "leash/all").expect("files");
@@ -686,7 +756,11 @@ fn gitlab_one_merge_request_for_all_namespaces() {
     assert_eq!(mrs.len(), 1);
     let mr = &mrs[0];
     assert_eq!(
-        (mr.source_branch.as_str(), mr.target_branch.as_str(), mr.state.as_str()),
+        (
+            mr.source_branch.as_str(),
+            mr.target_branch.as_str(),
+            mr.state.as_str()
+        ),
         ("leash/all", "main", "opened")
     );
     let body = mr.description.clone().expect("description");
@@ -710,7 +784,11 @@ fn http_repository_with_a_token_keeps_the_token_secret() {
     let flows = lab.flows("flows.jsonl", &base_flows());
     let o = lab.pr_repo(&url, &flows, &lab.github_flags(&api), &[]);
     assert_code(&o, 0);
-    assert!(stdout(&o).contains(" to leash/shop, opened #2 "), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains(" to leash/shop, opened #2 "),
+        "{}",
+        stdout(&o)
+    );
     assert_eq!(lab.branches(), ["leash/data", "leash/shop", "main"]);
     assert!(
         server
@@ -738,7 +816,11 @@ fn http_repository_with_a_token_keeps_the_token_secret() {
         &[("LEASH_GIT_TOKEN", &lab.token)],
     );
     assert_code(&o2, 0);
-    assert!(stdout(&o2).contains(" to leash/shop, updated #2 "), "{}", stdout(&o2));
+    assert!(
+        stdout(&o2).contains(" to leash/shop, updated #2 "),
+        "{}",
+        stdout(&o2)
+    );
     lab.assert_no_token(&lab.token, &[&o, &o2]);
     assert!(!stdout(&o).contains(&lab.token) && !stdout(&o2).contains(&lab.token));
 }
@@ -775,7 +857,11 @@ fn a_wrong_token_fails_without_showing_it() {
     // Over a local path, the API refuses it.
     let o2 = lab.pr(&flows, &flags);
     assert_code(&o2, 2);
-    assert!(stderr(&o2).contains("401") || stderr(&o2).contains("Bad credentials"), "{}", stderr(&o2));
+    assert!(
+        stderr(&o2).contains("401") || stderr(&o2).contains("Bad credentials"),
+        "{}",
+        stderr(&o2)
+    );
     lab.assert_no_token(&wrong, &[&o, &o2]);
     // The branch pushed before the API refused was put back on the base, so that the next
     // run does not take it as proposed already.
@@ -833,7 +919,11 @@ fn usage_errors_exit_2_before_any_request() {
         ],
     );
     assert_code(&o, 2);
-    assert!(stderr(&o).contains("http://api.example.test"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("http://api.example.test"),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(gh.requests(), []);
     assert_eq!(lab.branches(), ["main"]);
 
@@ -941,14 +1031,21 @@ fn a_symlinked_path_in_the_repository_is_refused() {
     std::fs::create_dir_all(&victim).expect("mkdir");
     // The team's repository holds `policies -> VICTIM`.
     let scratch = lab.tmp.path().join("scratch");
-    git(lab.tmp.path(), &["clone", "--quiet", p(&lab.bare), p(&scratch)]).expect("clone");
+    git(
+        lab.tmp.path(),
+        &["clone", "--quiet", p(&lab.bare), p(&scratch)],
+    )
+    .expect("clone");
     std::fs::remove_dir_all(scratch.join("policies")).expect("rm");
     std::os::unix::fs::symlink(&victim, scratch.join("policies")).expect("symlink");
     git(&scratch, &["add", "--all"]).expect("add");
     git(&scratch, &["commit", "--quiet", "-m", "link"]).expect("commit");
     git(&scratch, &["push", "--quiet", "origin", "main"]).expect("push");
     let flows = lab.flows("flows.jsonl", &base_flows());
-    for extra in [&["--provider", "none"][..], &["--provider", "none", "--dry-run"]] {
+    for extra in [
+        &["--provider", "none"][..],
+        &["--provider", "none", "--dry-run"],
+    ] {
         let o = lab.pr(&flows, extra);
         assert_code(&o, 2);
         assert!(stderr(&o).contains("policies"), "{}", stderr(&o));
@@ -1023,7 +1120,10 @@ fn a_body_over_the_limit_links_the_full_body_on_the_branch() {
         .expect("file")
         .expect("the full body on the branch");
     assert!(full.chars().count() > 65_536, "{}", full.len());
-    assert!(full.contains("svc\\-299\\.partner\\.test"), "the last evidence row");
+    assert!(
+        full.contains("svc\\-299\\.partner\\.test"),
+        "the last evidence row"
+    );
 
     // Unchanged observations: still nothing to do (the full body is not a policy).
     let requests = gh.requests().len();
@@ -1043,24 +1143,40 @@ fn a_workload_gone_from_the_cluster_has_its_policy_removed() {
     let flows = lab.flows("flows.jsonl", &base_flows());
     let api = gh.api_url();
     assert_code(&lab.pr(&flows, &lab.github_flags(&api)), 0);
-    git(&lab.bare, &["update-ref", "refs/heads/main", "refs/heads/leash/shop"]).expect("merge");
+    git(
+        &lab.bare,
+        &["update-ref", "refs/heads/main", "refs/heads/leash/shop"],
+    )
+    .expect("merge");
     assert!(gh.merge_pull("o/policies", 2));
     // frontend is deleted: the snapshot without its pod, the records without its flows.
-    let start = SNAPSHOT.find("- apiVersion: v1\n  kind: Pod\n").expect("first pod");
-    let end = start + SNAPSHOT[start..].find("- apiVersion: v1\n  kind: Pod\n  metadata:\n    name: postgres-0").expect("second pod");
+    let start = SNAPSHOT
+        .find("- apiVersion: v1\n  kind: Pod\n")
+        .expect("first pod");
+    let end = start
+        + SNAPSHOT[start..]
+            .find("- apiVersion: v1\n  kind: Pod\n  metadata:\n    name: postgres-0")
+            .expect("second pod");
     let without = format!("{}{}", &SNAPSHOT[..start], &SNAPSHOT[end..]);
     assert!(!without.contains("frontend"), "{without}");
     std::fs::write(&lab.cluster, without).expect("writes");
     let flows = lab.flows("after.jsonl", &base_flows()[2..]);
     let o = lab.pr(&flows, &lab.github_flags(&api));
     assert_code(&o, 0);
-    assert!(stdout(&o).contains(" to leash/shop, opened #3 "), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains(" to leash/shop, opened #3 "),
+        "{}",
+        stdout(&o)
+    );
     let files = files_at(&lab.bare, "leash/shop").expect("files");
     assert!(
         !files.iter().any(|f| f.ends_with("frontend-egress.yaml") || f.ends_with("default-deny-egress.yaml")),
         "{files:?}"
     );
-    assert!(files.contains(&"policies/shop/custom.yaml".to_owned()), "{files:?}");
+    assert!(
+        files.contains(&"policies/shop/custom.yaml".to_owned()),
+        "{files:?}"
+    );
     let body = gh.pull("o/policies", 3).expect("#3").body.expect("body");
     assert!(body.contains("2 removed"), "{body}");
 }

@@ -588,7 +588,8 @@ fn propose_group(
 /// files of those namespaces removed. A namespace's group leaves the index `REPORT.md`
 /// alone, so that the branches of two namespaces never conflict.
 fn write_group(dir: &Path, cluster: &Cluster, g: Group<'_>) -> Result<()> {
-    let mut files = render::outdir::files(cluster, g.recommendation).map_err(|e| Error::Write(Box::new(e)))?;
+    let mut files =
+        render::outdir::files(cluster, g.recommendation).map_err(|e| Error::Write(Box::new(e)))?;
     if g.name != "all" {
         files.retain(|(path, _)| path != Path::new(render::outdir::REPORT));
     }
