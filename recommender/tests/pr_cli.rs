@@ -1180,3 +1180,45 @@ fn a_workload_gone_from_the_cluster_has_its_policy_removed() {
     let body = gh.pull("o/policies", 3).expect("#3").body.expect("body");
     assert!(body.contains("2 removed"), "{body}");
 }
+
+/// The defaults: `--path .` (the repository's root) and, for a local path, no provider: the
+/// branches are pushed, the team's files stay.
+#[test]
+fn defaults_write_at_the_root_and_only_push_for_a_local_path() {
+    let lab = lab(SNAPSHOT);
+    let flows = lab.flows("flows.jsonl", &base_flows());
+    let o = leash(
+        &[
+            "pr",
+            "--cluster",
+            p(&lab.cluster),
+            "--flows",
+            p(&flows),
+            "--repo",
+            p(&lab.bare),
+            "--cache-dir",
+            p(&lab.cache),
+        ],
+        &[],
+    );
+    assert_code(&o, 0);
+    assert!(
+        stdout(&o).contains("shop: pushed ") && !stdout(&o).contains('#'),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(lab.branches(), ["leash/data", "leash/shop", "main"]);
+    let files = files_at(&lab.bare, "leash/shop").expect("files");
+    assert!(
+        files.contains(&"shop/frontend-egress.yaml".to_owned())
+            && !files.iter().any(|f| f.starts_with("data/") || f == "REPORT.md"),
+        "{files:?}"
+    );
+    for (path, text) in TEAM_FILES {
+        assert_eq!(
+            file_at(&lab.bare, "leash/shop", path).expect("file").as_deref(),
+            Some(*text),
+            "{path}"
+        );
+    }
+}
