@@ -1222,3 +1222,75 @@ fn defaults_write_at_the_root_and_only_push_for_a_local_path() {
         );
     }
 }
+
+/// The observations from `leash serve`'s store: the first run pushes, the second (the same
+/// store, later) changes nothing.
+#[test]
+fn from_the_store_the_second_run_changes_nothing() {
+    use leash::store::{BatchId, SqliteStore, Store as _};
+    use leash_records::Record;
+
+    let lab = lab(SNAPSHOT);
+    let now = chrono::Utc::now();
+    let first = leash_records::time::rfc3339(now - chrono::Duration::days(3));
+    let last = leash_records::time::rfc3339(now - chrono::Duration::hours(1));
+    let text = base_flows()
+        .join("\n")
+        .replace(FIRST, &first)
+        .replace(LAST, &last);
+    let path = lab.tmp.path().join("records.jsonl");
+    let flows: Vec<leash_records::FlowRecord> =
+        leash_records::read_records(std::io::Cursor::new(text.into_bytes()), &path)
+            .filter_map(|l| match l.expect("a valid record").record {
+                Record::Flow(f) => Some(f),
+                Record::Dns(_) => None,
+            })
+            .collect();
+    assert_eq!(flows.len(), 3);
+    let cluster = leash::cluster::Cluster::load(&lab.cluster).expect("snapshot");
+    let db = lab.tmp.path().join("leash.db");
+    let store = SqliteStore::open(&db).expect("store");
+    let (f, d) = leash::observations::from_batch(&cluster, &flows, &[]);
+    let id = BatchId {
+        node: "n1".into(),
+        boot_id: "boot".into(),
+        seq: 0,
+    };
+    store.commit(&id, &f, &d).expect("commit");
+    drop(store);
+
+    let run = || {
+        leash(
+            &[
+                "pr",
+                "--cluster",
+                p(&lab.cluster),
+                "--store",
+                p(&db),
+                "--since",
+                "7d",
+                "--repo",
+                p(&lab.bare),
+                "--path",
+                "policies",
+                "--cache-dir",
+                p(&lab.cache),
+                "--provider",
+                "none",
+            ],
+            &[],
+        )
+    };
+    let o = run();
+    assert_code(&o, 0);
+    assert!(stdout(&o).contains(" to leash/shop\n"), "{}", stdout(&o));
+    let tip = lab.tip("leash/shop").expect("pushed");
+    let o = run();
+    assert_code(&o, 0);
+    assert!(
+        stdout(&o).contains("shop: leash/shop already holds these policies"),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(lab.tip("leash/shop").as_deref(), Some(&*tip));
+}
