@@ -1211,12 +1211,16 @@ fn defaults_write_at_the_root_and_only_push_for_a_local_path() {
     let files = files_at(&lab.bare, "leash/shop").expect("files");
     assert!(
         files.contains(&"shop/frontend-egress.yaml".to_owned())
-            && !files.iter().any(|f| f.starts_with("data/") || f == "REPORT.md"),
+            && !files
+                .iter()
+                .any(|f| f.starts_with("data/") || f == "REPORT.md"),
         "{files:?}"
     );
     for (path, text) in TEAM_FILES {
         assert_eq!(
-            file_at(&lab.bare, "leash/shop", path).expect("file").as_deref(),
+            file_at(&lab.bare, "leash/shop", path)
+                .expect("file")
+                .as_deref(),
             Some(*text),
             "{path}"
         );
@@ -1293,4 +1297,41 @@ fn from_the_store_the_second_run_changes_nothing() {
         stdout(&o)
     );
     assert_eq!(lab.tip("leash/shop").as_deref(), Some(&*tip));
+}
+
+/// HTTPS with a private CA (`--api-ca-file`) for both the git server and the API, whatever
+/// the machine's `GIT_SSL_CAINFO` says; without the CA, the run fails before any push.
+#[test]
+fn https_with_a_private_ca() {
+    let lab = lab(SNAPSHOT);
+    let ca = leash_lab::forge::TestCa::generate().expect("CA");
+    let ca_file = lab.tmp.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.ca_pem()).expect("writes");
+    let server =
+        GitServer::start_tls(&lab.tmp.path().join("repos"), &lab.token, &ca).expect("git server");
+    let gh = GitHub::builder(&lab.token)
+        .repo_with_git("o/policies", &lab.bare)
+        .tls(&ca)
+        .start()
+        .expect("GitHub stand-in");
+    let url = server.url("policies.git");
+    assert!(url.starts_with("https://"), "{url}");
+    let api = gh.api_url();
+    let flows = lab.flows("flows.jsonl", &base_flows());
+    let mut flags = lab.github_flags(&api);
+    // Without the CA: git refuses the server's certificate.
+    let o = lab.pr_repo(&url, &flows, &flags, &[("GIT_SSL_CAINFO", "/dev/null")]);
+    assert_ne!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert_eq!(lab.branches(), ["main"]);
+    assert_eq!(gh.requests(), []);
+    flags.extend(["--api-ca-file", p(&ca_file)]);
+    let o = lab.pr_repo(&url, &flows, &flags, &[("GIT_SSL_CAINFO", "/dev/null")]);
+    assert_code(&o, 0);
+    assert!(
+        stdout(&o).contains(" to leash/shop, opened #2 "),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(lab.branches(), ["leash/data", "leash/shop", "main"]);
+    lab.assert_no_token(&lab.token, &[&o]);
 }
