@@ -1132,6 +1132,26 @@ fn a_body_over_the_limit_links_the_full_body_on_the_branch() {
     assert_code(&o, 0);
     assert_eq!(gh.requests().len(), requests);
     assert_eq!(lab.tip("leash/shop"), tip);
+
+    // Merged; the next change is small and its body fits: the full body of the last one,
+    // now on main, is removed rather than left to mislead.
+    git(
+        &lab.bare,
+        &["update-ref", "refs/heads/main", "refs/heads/leash/shop"],
+    )
+    .expect("merge");
+    assert!(gh.merge_pull("o/policies", 1));
+    let mut more = lines_;
+    more.push(flow("shop", "app-0-1", "192.0.2.50", 8443, ""));
+    let flows = lab.flows("more.jsonl", &more);
+    let o = lab.pr(&flows, &lab.github_flags(&api));
+    assert_code(&o, 0);
+    let body = gh.pull("o/policies", 2).expect("#2").body.expect("body");
+    assert!(!body.contains("PULL_REQUEST.md"), "{body}");
+    assert_eq!(
+        file_at(&lab.bare, "leash/shop", "policies/shop/PULL_REQUEST.md").expect("file"),
+        None
+    );
 }
 
 /// A workload gone from the cluster: its merged policy is removed on leash's branch, and the

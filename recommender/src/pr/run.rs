@@ -541,6 +541,8 @@ fn propose_group(
             None => rel,
         })
     } else {
+        // The full body of an earlier change, merged with it, would mislead next to this one.
+        remove_full_body(&full_path)?;
         None
     };
     let body_text = if over_limit {
@@ -657,6 +659,20 @@ fn no_link(root: &Path, path: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Removes leash's [`FULL_BODY`] at `path`: a regular file that starts with its mark, never
+/// another file or a link.
+fn remove_full_body(path: &Path) -> Result<()> {
+    let ours = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file())
+        && std::fs::read_to_string(path).is_ok_and(|t| t.starts_with(FULL_BODY_MARK));
+    if !ours {
+        return Ok(());
+    }
+    std::fs::remove_file(path).map_err(|source| Error::Io {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// leash's policies and evidence under `dir` (none when it does not exist).
