@@ -770,6 +770,33 @@ fn gitlab_one_merge_request_for_all_namespaces() {
         "{body}"
     );
     lab.assert_no_token(&lab.token, &[&o]);
+
+    // Again: nothing to do.
+    let tip = lab.tip("leash/all");
+    let o = lab.pr(
+        &flows,
+        &[
+            "--provider",
+            "gitlab",
+            "--api-url",
+            &api,
+            "--project",
+            "g/policies",
+            "--token-file",
+            p(&lab.token_file),
+            "--group-by",
+            "all",
+        ],
+    );
+    assert_code(&o, 0);
+    assert_eq!(
+        stdout(&o),
+        "all: leash/all already holds these policies\n",
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(gl.requests().len(), 2);
+    assert_eq!(lab.tip("leash/all"), tip);
 }
 
 /// The repository over HTTP with token authentication: the token from `--token-file`, then
