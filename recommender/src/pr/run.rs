@@ -58,6 +58,16 @@ pub enum Error {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The proposal's directory, or a directory above it, is a symlink (or not a directory)
+    /// in the repository: leash neither reads nor writes through the repository's links.
+    #[error(
+        "{}: is a symlink or not a directory in the repository; leash does not follow it",
+        path.display()
+    )]
+    Link {
+        /// The path inside the repository.
+        path: PathBuf,
+    },
     /// No proposal could be made.
     #[error(transparent)]
     Proposal(#[from] proposal::Error),
@@ -93,7 +103,7 @@ impl Error {
                     | provider::Error::Unauthorized { .. }
                     | provider::Error::NotFound { .. }
             ),
-            Error::Read { .. } | Error::Eval { .. } => true,
+            Error::Read { .. } | Error::Eval { .. } | Error::Link { .. } => true,
             Error::Proposal(e) => matches!(e, proposal::Error::Applied { .. }),
             Error::Write(_) | Error::Io { .. } => false,
         }
@@ -316,6 +326,7 @@ pub fn run(
     opts: &Options,
     rt: &tokio::runtime::Handle,
 ) -> Result<Report> {
+    check_path(&target.path)?;
     let wc = git::WorkingCopy::sync(
         &target.cache,
         target.remote.clone(),
@@ -325,6 +336,7 @@ pub fn run(
     let dir = wc.dir().join(&target.path);
     let base_commit = wc.base_commit().to_owned();
     wc.checkout(&base_commit)?;
+    no_link(wc.dir(), &target.path)?;
     let (base_policies, base_evidence) = read_proposal(&dir, &target.base)?;
     let (previous, warnings) = Previous::from_policies(&base_policies, &base_evidence);
     let cluster = observed.cluster;
@@ -449,6 +461,7 @@ fn propose_group(
     }
     if let Some(tip) = wc.branch_tip(g.branch) {
         wc.checkout(&tip)?;
+        no_link(wc.dir(), &target.path)?;
         let (on_branch, _) = read_proposal(g.dir, g.branch)?;
         let on_branch: Vec<NetworkPolicy> = on_branch
             .into_iter()
@@ -528,6 +541,8 @@ fn propose_group(
             None => rel,
         })
     } else {
+        // The full body of an earlier change, merged with it, would mislead next to this one.
+        remove_full_body(&full_path)?;
         None
     };
     let body_text = if over_limit {
@@ -545,14 +560,24 @@ fn propose_group(
     let Some(commit) = wc.commit(&target.path, &message, &target.author)? else {
         return Ok(Outcome::Unchanged);
     };
+    let previous_tip = wc.branch_tip(g.branch);
     wc.push(&commit, g.branch)?;
     let pull_request = match &target.provider {
-        Some(client) => Some(rt.block_on(client.open_or_update(&provider::Proposal {
+        Some(client) => match rt.block_on(client.open_or_update(&provider::Proposal {
             branch: g.branch,
             base: &target.base,
             title: &title,
             body: &body_text,
-        }))?),
+        })) {
+            Ok(pr) => Some(pr),
+            Err(e) => {
+                // Put the branch back (on the base when it is new), or the next run would
+                // find these policies on it, take them as proposed, and never open the pull
+                // request. The provider's error is the one to report.
+                let _ = wc.push(previous_tip.as_deref().unwrap_or(g.base_commit), g.branch);
+                return Err(e.into());
+            }
+        },
         None => None,
     };
     Ok(Outcome::Pushed {
@@ -598,6 +623,56 @@ fn write_full_body(path: &Path, full: &str) -> Result<()> {
         std::fs::create_dir_all(parent).map_err(io)?;
     }
     std::fs::write(path, format!("{FULL_BODY_MARK}\n{full}")).map_err(io)
+}
+
+/// `--path` names a directory inside the repository: checked before anything is read or
+/// written there (the commit checks it too, but files would be written first).
+fn check_path(path: &Path) -> Result<()> {
+    use std::path::Component;
+    let mut parts = path.components().filter(|c| *c != Component::CurDir);
+    let inside = parts.clone().all(|c| matches!(c, Component::Normal(_)))
+        && parts.next() != Some(Component::Normal(".git".as_ref()));
+    if inside {
+        return Ok(());
+    }
+    Err(Error::Git(git::Error::Name {
+        what: "directory",
+        value: path.display().to_string(),
+        reason: "must be relative and stay inside the repository, outside .git",
+    }))
+}
+
+/// Checks that `path` (relative, see [`check_path`]) and each directory above it inside
+/// `root` is a directory or absent, never a symlink: a link committed in the repository
+/// would make leash read and write outside the working copy.
+fn no_link(root: &Path, path: &Path) -> Result<()> {
+    let mut at = root.to_path_buf();
+    let mut rel = PathBuf::new();
+    for c in path.components() {
+        at.push(c);
+        rel.push(c);
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(Error::Link { path: rel }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => return Err(Error::Io { path: at, source }),
+        }
+    }
+    Ok(())
+}
+
+/// Removes leash's [`FULL_BODY`] at `path`: a regular file that starts with its mark, never
+/// another file or a link.
+fn remove_full_body(path: &Path) -> Result<()> {
+    let ours = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file())
+        && std::fs::read_to_string(path).is_ok_and(|t| t.starts_with(FULL_BODY_MARK));
+    if !ours {
+        return Ok(());
+    }
+    std::fs::remove_file(path).map_err(|source| Error::Io {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// leash's policies and evidence under `dir` (none when it does not exist).
