@@ -616,18 +616,18 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let prev = previous_proposal(previous.as_deref(), &applied.policies)?;
             let history = store_history(store.as_deref(), since, &cluster)?;
             let skipped = leash::recommend::skipped_lines(&skipped);
-            let inputs = leash::proposal::Inputs {
+            let inputs = leash::proposal::Observed {
                 cluster: &cluster,
                 applied: &applied.policies,
                 applied_source: &applied.source,
                 observations: &observations,
                 history: history.as_ref(),
-                previous: prev.as_ref(),
                 as_of: window_end(store.is_some(), &observations),
                 skipped: &skipped,
             };
-            let proposal = leash::proposal::propose(&inputs, &options, chrono::Utc::now())
-                .map_err(proposal_failure)?;
+            let proposal =
+                leash::proposal::propose(&inputs, prev.as_ref(), &options, chrono::Utc::now())
+                    .map_err(proposal_failure)?;
             let recommendation = proposal.recommendation;
             match output {
                 Some(dir) => {
@@ -971,13 +971,12 @@ fn rollout_statuses(
     min_observation: chrono::Duration,
     namespaces: BTreeSet<String>,
 ) -> Result<Vec<leash::rollout::WorkloadStatus>, Failure> {
-    let inputs = leash::proposal::Inputs {
+    let inputs = leash::proposal::Observed {
         cluster,
         applied: &applied.policies,
         applied_source: &applied.source,
         observations,
         history: None,
-        previous: None,
         as_of: chrono::Utc::now(),
         skipped: &[],
     };
@@ -1094,7 +1093,7 @@ fn pr(args: PrCommand) -> Result<(), Failure> {
         observe(&cluster, args.store.as_deref(), args.since, &args.flows)?;
     let history = store_history(args.store.as_deref(), args.since, &cluster)?;
     let skipped = leash::recommend::skipped_lines(&skipped);
-    let observed = leash::pr::run::Observed {
+    let observed = leash::proposal::Observed {
         cluster: &cluster,
         applied: &applied.policies,
         applied_source: &applied.source,

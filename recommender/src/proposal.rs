@@ -32,9 +32,9 @@ pub enum Error {
 /// `Result` with this module's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// What a proposal is made from.
+/// What a proposal is made from, besides the previous proposal.
 #[derive(Debug, Clone, Copy)]
-pub struct Inputs<'a> {
+pub struct Observed<'a> {
     /// The cluster model.
     pub cluster: &'a Cluster,
     /// The NetworkPolicies applied in the cluster.
@@ -45,8 +45,6 @@ pub struct Inputs<'a> {
     pub observations: &'a Observations,
     /// The observations of the store's whole retention, when the window is shorter.
     pub history: Option<&'a Observations>,
-    /// The previous proposal.
-    pub previous: Option<&'a Previous>,
     /// The end of the window (now for a store; the last observation for record files).
     pub as_of: DateTime<Utc>,
     /// Observations that could not be used, for the report.
@@ -77,9 +75,14 @@ pub struct Proposal {
     pub rollout: Option<Vec<WorkloadStatus>>,
 }
 
-/// Makes the proposal. `now` is when the rollout phases are judged.
-pub fn propose(inputs: &Inputs<'_>, opts: &Options, now: DateTime<Utc>) -> Result<Proposal> {
-    let Inputs {
+/// Makes the proposal over `previous`. `now` is when the rollout phases are judged.
+pub fn propose(
+    inputs: &Observed<'_>,
+    previous: Option<&Previous>,
+    opts: &Options,
+    now: DateTime<Utc>,
+) -> Result<Proposal> {
+    let Observed {
         cluster,
         applied,
         applied_source,
@@ -87,7 +90,7 @@ pub fn propose(inputs: &Inputs<'_>, opts: &Options, now: DateTime<Utc>) -> Resul
         ..
     } = *inputs;
     let stability = Stability {
-        previous: inputs.previous,
+        previous,
         history: inputs.history,
         as_of: inputs.as_of,
         expire_after: opts.expire_after,
@@ -127,7 +130,7 @@ pub fn propose(inputs: &Inputs<'_>, opts: &Options, now: DateTime<Utc>) -> Resul
 /// Every workload's rollout phase against the applied policies and, when `given` is, the
 /// proposal `given` laid over them.
 pub fn phases(
-    inputs: &Inputs<'_>,
+    inputs: &Observed<'_>,
     given: Option<&[NetworkPolicy]>,
     min_observation: chrono::Duration,
     namespaces: BTreeSet<String>,

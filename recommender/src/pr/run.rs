@@ -17,7 +17,7 @@ use super::{body, git, provider};
 use crate::cluster::Cluster;
 use crate::diff::{self, FlowChange};
 use crate::observations::Observations;
-use crate::proposal;
+use crate::proposal::{self, Observed};
 use crate::recommend::{self, Previous, Recommendation};
 use crate::render;
 
@@ -141,25 +141,6 @@ pub struct Target {
     pub provider: Option<provider::Client>,
     /// Author and committer of leash's commits.
     pub author: git::Author,
-}
-
-/// What the proposal is made from.
-#[derive(Debug, Clone, Copy)]
-pub struct Observed<'a> {
-    /// The cluster model.
-    pub cluster: &'a Cluster,
-    /// The NetworkPolicies applied in the cluster.
-    pub applied: &'a [NetworkPolicy],
-    /// Where `applied` was read, for errors.
-    pub applied_source: &'a str,
-    /// The window's observations.
-    pub observations: &'a Observations,
-    /// The store's whole retention, when the window is shorter.
-    pub history: Option<&'a Observations>,
-    /// The end of the window.
-    pub as_of: chrono::DateTime<chrono::Utc>,
-    /// Observations that could not be used, for the report.
-    pub skipped: &'a [String],
 }
 
 /// How to run.
@@ -341,16 +322,8 @@ pub fn run(
     let (previous, warnings) = Previous::from_policies(&base_policies, &base_evidence);
     let cluster = observed.cluster;
     let made = proposal::propose(
-        &proposal::Inputs {
-            cluster,
-            applied: observed.applied,
-            applied_source: observed.applied_source,
-            observations: observed.observations,
-            history: observed.history,
-            previous: Some(&previous),
-            as_of: observed.as_of,
-            skipped: observed.skipped,
-        },
+        observed,
+        Some(&previous),
         &proposal::Options {
             rollout: true,
             ..opts.propose.clone()
@@ -379,6 +352,21 @@ pub fn run(
         groups: Vec::new(),
         warnings,
     };
+    // The diff of every group at once, made when the first group needs it: the base's
+    // proposal over the applied policies, then the new one over them. Each group's part is
+    // what its own diff would be (`Diff::restricted`), without compiling the cluster's
+    // policies and evaluating the traffic again per namespace.
+    let mut whole = Whole {
+        from_name: format!("{} ({})", target.base, short(&base_commit)),
+        before: base_policies
+            .iter()
+            .filter(|p| namespace_of(p).is_some_and(|ns| in_scope(&ns)))
+            .cloned()
+            .collect(),
+        after: recommend::all_policies(cluster, rec),
+        namespaces: wanted.clone(),
+        diff: None,
+    };
     for (group, namespaces) in groups {
         let branch = format!("{}{group}", target.branch_prefix);
         let covers = |p: &NetworkPolicy| {
@@ -400,6 +388,7 @@ pub fn run(
             observed,
             opts,
             rt,
+            &mut whole,
             Group {
                 name: &group,
                 branch: &branch,
@@ -434,6 +423,51 @@ pub fn run(
     Ok(report)
 }
 
+/// The diff of every group, made once ([`Whole::part`]).
+struct Whole {
+    from_name: String,
+    /// leash's policies on the base branch, in the namespaces of the run.
+    before: Vec<NetworkPolicy>,
+    /// The new proposal's policies.
+    after: Vec<NetworkPolicy>,
+    namespaces: BTreeSet<String>,
+    diff: Option<diff::Diff>,
+}
+
+impl Whole {
+    /// The part of the diff about `namespaces`, the whole made on the first call.
+    fn part(
+        &mut self,
+        observed: &Observed<'_>,
+        namespaces: &BTreeSet<String>,
+    ) -> Result<diff::Diff> {
+        if let Some(whole) = &self.diff {
+            return Ok(whole.restricted(namespaces));
+        }
+        let state = |what: &str, given: &[NetworkPolicy]| {
+            crate::policy_state::compiled(observed.applied, given).map_err(|source| Error::Eval {
+                what: what.to_owned(),
+                source,
+            })
+        };
+        let before_set = state(&self.from_name, &self.before)?;
+        let after_set = state(PROPOSAL, &self.after)?;
+        let whole = self.diff.insert(diff::diff(
+            observed.cluster,
+            (&self.from_name, &before_set),
+            (PROPOSAL, &after_set),
+            Some(observed.observations),
+            &diff::Options {
+                namespaces: self.namespaces.clone(),
+            },
+        ));
+        Ok(whole.restricted(namespaces))
+    }
+}
+
+/// The name of the new proposal in the diff.
+const PROPOSAL: &str = "the proposal";
+
 /// One group's part of a run.
 #[derive(Clone, Copy)]
 struct Group<'a> {
@@ -454,6 +488,7 @@ fn propose_group(
     observed: &Observed<'_>,
     opts: &Options,
     rt: &tokio::runtime::Handle,
+    whole: &mut Whole,
     g: Group<'_>,
 ) -> Result<Outcome> {
     if canonical(g.before) == canonical(g.after) {
@@ -477,24 +512,7 @@ fn propose_group(
 
     // The change, as the reviewer will merge it: the base's proposal over the applied
     // policies, then the new one over them, with the observed traffic.
-    let state = |what: &str, given: &[NetworkPolicy]| {
-        crate::policy_state::compiled(observed.applied, given).map_err(|source| Error::Eval {
-            what: what.to_owned(),
-            source,
-        })
-    };
-    let from_name = format!("{} ({})", target.base, short(g.base_commit));
-    let before_set = state(&from_name, g.before)?;
-    let after_set = state("the proposal", g.after)?;
-    let change = diff::diff(
-        observed.cluster,
-        (&from_name, &before_set),
-        ("the proposal", &after_set),
-        Some(observed.observations),
-        &diff::Options {
-            namespaces: g.namespaces.clone(),
-        },
-    );
+    let change = whole.part(observed, g.namespaces)?;
     let breaks: Vec<FlowChange> = change.breaks().cloned().collect();
     if !breaks.is_empty() && !opts.allow_breaks {
         return Ok(Outcome::Refused { breaks });

@@ -324,7 +324,7 @@ async fn run_once(
             crate::observations::load(store.as_ref(), &state.cluster, None)
                 .map_err(|e| Chain(&e).to_string())?;
         let skipped = crate::recommend::skipped_lines(&skipped);
-        let observed = run::Observed {
+        let observed = crate::proposal::Observed {
             cluster: &state.cluster,
             applied: &state.policies,
             applied_source: "the cluster",
