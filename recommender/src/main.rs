@@ -1196,6 +1196,8 @@ fn pr_target(spec: &PrSpec, cache: PathBuf) -> Result<leash::pr::run::Target, Fa
     };
     let client = match kind {
         provider::Kind::None => None,
+        // A dry run calls no API: it needs no token.
+        _ if spec.dry_run && token.is_none() => None,
         kind => {
             let token = token.ok_or_else(|| {
                 Failure::BadInput(format!(

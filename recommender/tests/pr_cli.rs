@@ -873,12 +873,16 @@ fn a_wrong_token_fails_without_showing_it() {
         "--token-file",
         p(&wrong_file),
     ];
-    // Over HTTP, git is refused first (git's refusal is a runtime error: pr/git.rs does not
-    // tell a rejected token from a server that refuses everyone).
+    // Over HTTP, git is refused first: the configuration's fault (exit 2), said as such.
     let url = server.url("policies.git");
     let o = lab.pr_repo(&url, &flows, &flags, &[]);
-    assert_code(&o, 1);
+    assert_code(&o, 2);
     assert!(stderr(&o).contains(&url), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("the repository refused the credentials"),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(lab.branches(), ["main"]);
     assert_eq!(gh.requests(), []);
     // Over a local path, the API refuses it.

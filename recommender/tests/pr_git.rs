@@ -457,7 +457,7 @@ fn https_with_a_token_and_a_private_ca() {
     )
     .expect_err("wrong token");
     let text = Chain(&e).to_string();
-    assert!(matches!(e, Error::Git { .. }), "{e:?}");
+    assert!(matches!(e, Error::Denied { .. }), "{e:?}");
     assert!(text.contains(&url), "{text}");
     assert!(!text.contains(&wrong), "{text}");
     errors.push(text);

@@ -132,6 +132,15 @@ pub enum Error {
         /// The end of its stderr, redacted, on one line.
         stderr: String,
     },
+    /// The repository refused the credentials (a token refused over HTTPS, or no usable
+    /// SSH key): the configuration's fault, not the network's.
+    #[error("`{command}`: the repository refused the credentials (HTTPS: the token of --token-file, --pr-token-file or $LEASH_GIT_TOKEN; SSH: --ssh-key): {stderr}")]
+    Denied {
+        /// The command line (the URL included; never the token).
+        command: String,
+        /// The end of its stderr, redacted, on one line.
+        stderr: String,
+    },
     /// The base branch does not exist on the remote.
     #[error("{url}: the base branch {base:?} does not exist")]
     NoBase {

@@ -91,6 +91,7 @@ impl Error {
                 e,
                 git::Error::Url { .. }
                     | git::Error::Credentials { .. }
+                    | git::Error::Denied { .. }
                     | git::Error::Auth { .. }
                     | git::Error::Name { .. }
                     | git::Error::Author { .. }

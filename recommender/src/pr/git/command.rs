@@ -254,12 +254,34 @@ impl Runner {
         if out.status.success() {
             return Ok(());
         }
+        let stderr = shown_stderr(&out.stderr);
+        if refused_credentials(&stderr) {
+            return Err(Error::Denied {
+                command: self.show(args),
+                stderr,
+            });
+        }
         Err(Error::Git {
             command: self.show(args),
             status: out.status.to_string(),
-            stderr: shown_stderr(&out.stderr),
+            stderr,
         })
     }
+}
+
+/// Whether git's stderr says the remote refused the credentials: git's own words for a
+/// refused or missing HTTP authorization (with prompts disabled) and OpenSSH's for a key.
+fn refused_credentials(stderr: &str) -> bool {
+    [
+        "Authentication failed",
+        "could not read Username",
+        "could not read Password",
+        "The requested URL returned error: 401",
+        "The requested URL returned error: 403",
+        "Permission denied (publickey",
+    ]
+    .iter()
+    .any(|m| stderr.contains(m))
 }
 
 /// Kills every process of group `pgid` (ESRCH when none is left is fine).
@@ -326,6 +348,19 @@ pub(crate) fn shown_stderr(stderr: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refused_credentials_are_told_apart() {
+        assert!(refused_credentials(
+            "fatal: could not read Username for 'http://127.0.0.1:9': terminal prompts disabled"
+        ));
+        assert!(refused_credentials(
+            "git@h: Permission denied (publickey). fatal: Could not read from remote repository."
+        ));
+        assert!(!refused_credentials(
+            "fatal: unable to access 'https://h/': Could not resolve host: h"
+        ));
+    }
 
     #[test]
     fn stderr_is_one_bounded_line_without_hints() {
