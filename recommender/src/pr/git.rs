@@ -134,7 +134,9 @@ pub enum Error {
     },
     /// The repository refused the credentials (a token refused over HTTPS, or no usable
     /// SSH key): the configuration's fault, not the network's.
-    #[error("`{command}`: the repository refused the credentials (HTTPS: the token of --token-file, --pr-token-file or $LEASH_GIT_TOKEN; SSH: --ssh-key): {stderr}")]
+    #[error(
+        "`{command}`: the repository refused the credentials (HTTPS: the token of --token-file, --pr-token-file or $LEASH_GIT_TOKEN; SSH: --ssh-key): {stderr}"
+    )]
     Denied {
         /// The command line (the URL included; never the token).
         command: String,
