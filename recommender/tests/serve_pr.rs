@@ -440,8 +440,13 @@ fn a_recurring_alert_opens_one_pull_request_that_names_its_trigger() {
         "{:?}",
         lab.github.requests()
     );
-    assert!(
-        !server.metrics().contains("leash_pr_runs_total{"),
+    let runs: f64 = ["pushed", "unchanged", "refused", "error"]
+        .iter()
+        .filter_map(|r| server.metric(&format!("leash_pr_runs_total{{result=\"{r}\"}}")))
+        .sum();
+    assert_eq!(
+        runs,
+        0.0,
         "no run at start nor below --pr-after:\n{}",
         server.metrics()
     );
@@ -511,10 +516,9 @@ fn a_recurring_alert_opens_one_pull_request_that_names_its_trigger() {
     assert_eq!(lab.github.requests().len(), requests, "no API call");
     assert_eq!(lab.github.pulls(PROJECT).len(), 1);
     assert_eq!(lab.branch_tip("leash/shop").unwrap(), tip);
-    assert!(
-        !server
-            .metrics()
-            .contains("leash_pr_runs_total{result=\"unchanged\"}"),
+    assert_eq!(
+        server.metric("leash_pr_runs_total{result=\"unchanged\"}"),
+        Some(0.0),
         "no run: {}",
         server.metrics()
     );

@@ -43,6 +43,9 @@ pub struct Options {
 /// Namespace → the web URL of the pull request that carries its proposal; alerts link it.
 pub type PullsTx = watch::Sender<BTreeMap<String, String>>;
 
+/// The results a run is counted by.
+const RESULTS: [&str; 4] = ["pushed", "unchanged", "refused", "error"];
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ResultLabels {
     result: String,
@@ -59,6 +62,13 @@ pub struct PrMetrics {
 impl PrMetrics {
     /// Registers under `registry`.
     pub fn register(&self, registry: &mut Registry) {
+        // Every result at 0 from the start: a rate over the family works before the first
+        // run, and the family is served without `--pr-repo` too.
+        for result in RESULTS {
+            let _ = self.runs.get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            });
+        }
         registry.register(
             "pr_runs",
             "Runs of the pull-request loop by result: pushed (a branch changed), unchanged, \
