@@ -29,15 +29,8 @@ enum Command {
     Recommend {
         #[command(flatten)]
         source: ClusterArgs,
-        /// Flow and DNS records (JSON lines, v1); `-` reads stdin. Repeatable.
-        #[arg(long = "flows", num_args = 1..)]
-        flows: Vec<PathBuf>,
-        /// The observation store of `leash serve` (a SQLite file), instead of `--flows`.
-        #[arg(long)]
-        store: Option<PathBuf>,
-        /// With `--store`: only observations last seen within this long (e.g. 7d, 1h30m).
-        #[arg(long, requires = "store", conflicts_with = "flows", value_parser = leash_records::duration::parse)]
-        since: Option<std::time::Duration>,
+        #[command(flatten)]
+        observed: ObservedArgs,
         /// Write `<ns>/<workload>-egress.yaml`, `<ns>/default-deny-egress.yaml` and REPORT.md
         /// here instead of printing a YAML stream; remove the policy files earlier runs wrote
         /// that this run no longer recommends (only in the namespaces it covers).
@@ -133,15 +126,8 @@ enum RolloutCommand {
     Status {
         #[command(flatten)]
         source: ClusterArgs,
-        /// Flow and DNS records (JSON lines, v1). Repeatable.
-        #[arg(long = "flows", num_args = 1..)]
-        flows: Vec<PathBuf>,
-        /// The observation store of `leash serve` (a SQLite file), instead of `--flows`.
-        #[arg(long)]
-        store: Option<PathBuf>,
-        /// With `--store`: only observations last seen within this long are recent flows.
-        #[arg(long, requires = "store", conflicts_with = "flows", value_parser = leash_records::duration::parse)]
-        since: Option<std::time::Duration>,
+        #[command(flatten)]
+        observed: ObservedArgs,
         /// The proposal: a policy file or directory, or `git:REV:PATH`; laid over the applied
         /// policies as `audit --policies` does. Without it there is no `would-deny`.
         #[arg(long)]
@@ -232,15 +218,8 @@ recommend_flags!(
 struct PrCommand {
     #[command(flatten)]
     source: ClusterArgs,
-    /// Flow and DNS records (JSON lines, v1); `-` reads stdin. Repeatable.
-    #[arg(long = "flows", num_args = 1..)]
-    flows: Vec<PathBuf>,
-    /// The observation store of `leash serve` (a SQLite file), instead of `--flows`.
-    #[arg(long)]
-    store: Option<PathBuf>,
-    /// With `--store`: only observations last seen within this long (e.g. 7d, 1h30m).
-    #[arg(long, requires = "store", conflicts_with = "flows", value_parser = leash_records::duration::parse)]
-    since: Option<std::time::Duration>,
+    #[command(flatten)]
+    observed: ObservedArgs,
     #[command(flatten)]
     target: PrArgs,
     /// Where clones of the repository are kept; default `$XDG_CACHE_HOME/leash/repos`
@@ -364,6 +343,54 @@ struct PrSpec {
     author: String,
     allow_breaks: bool,
     dry_run: bool,
+}
+
+/// Where `recommend`, `pr` and `rollout status` read the observations: record files or the
+/// store of `leash serve` (the command's `observed` group requires one of them).
+#[derive(clap::Args, Debug, Clone)]
+struct ObservedArgs {
+    /// Flow and DNS records (JSON lines, v1); `-` reads stdin. Repeatable.
+    #[arg(long = "flows", num_args = 1..)]
+    flows: Vec<PathBuf>,
+    /// The observation store of `leash serve` (a SQLite file), instead of `--flows`.
+    #[arg(long)]
+    store: Option<PathBuf>,
+    /// With `--store`: only observations last seen within this long (e.g. 7d, 1h30m).
+    #[arg(long, requires = "store", conflicts_with = "flows", value_parser = leash_records::duration::parse)]
+    since: Option<std::time::Duration>,
+}
+
+impl ObservedArgs {
+    /// The observations, attributed to `cluster`'s pods, and the stored ones that could not
+    /// be (said on stderr).
+    fn observe(
+        &self,
+        cluster: &leash::cluster::Cluster,
+    ) -> Result<
+        (
+            leash::observations::Observations,
+            Vec<leash::observations::Skipped>,
+        ),
+        Failure,
+    > {
+        observe(cluster, self.store.as_deref(), self.since, &self.flows)
+    }
+
+    /// The store's whole retention when `--since` narrows the window ([`store_history`]).
+    fn history(
+        &self,
+        cluster: &leash::cluster::Cluster,
+    ) -> Result<Option<leash::observations::Observations>, Failure> {
+        store_history(self.store.as_deref(), self.since, cluster)
+    }
+
+    /// The end of the observation window ([`window_end`]).
+    fn window_end(
+        &self,
+        observations: &leash::observations::Observations,
+    ) -> chrono::DateTime<chrono::Utc> {
+        window_end(self.store.is_some(), observations)
+    }
 }
 
 /// Where the cluster model comes from: a snapshot file, or the API server.
@@ -601,20 +628,18 @@ fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Recommend {
             source,
-            flows,
-            store,
-            since,
+            observed,
             output,
             knobs,
             previous,
         } => {
             let options = knobs.options();
             let (cluster, applied) = load_cluster(&source)?;
-            let (observations, skipped) = observe(&cluster, store.as_deref(), since, &flows)?;
+            let (observations, skipped) = observed.observe(&cluster)?;
             // Stability: the previous proposal, and the last evidence of its rules over the
             // store's whole retention (not only --since).
             let prev = previous_proposal(previous.as_deref(), &applied.policies)?;
-            let history = store_history(store.as_deref(), since, &cluster)?;
+            let history = observed.history(&cluster)?;
             let skipped = leash::recommend::skipped_lines(&skipped);
             let inputs = leash::proposal::Observed {
                 cluster: &cluster,
@@ -622,7 +647,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 applied_source: &applied.source,
                 observations: &observations,
                 history: history.as_ref(),
-                as_of: window_end(store.is_some(), &observations),
+                as_of: observed.window_end(&observations),
                 skipped: &skipped,
             };
             let proposal =
@@ -721,9 +746,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Rollout(RolloutCommand::Status {
             source,
-            flows,
-            store,
-            since,
+            observed,
             proposed,
             min_observation,
             namespaces,
@@ -734,7 +757,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 Some(p) => p.load().map_err(bad_input)?,
                 None => None,
             };
-            let (observations, _skipped) = observe(&cluster, store.as_deref(), since, &flows)?;
+            let (observations, _skipped) = observed.observe(&cluster)?;
             let statuses = rollout_statuses(
                 &cluster,
                 &applied,
@@ -1089,9 +1112,8 @@ fn pr(args: PrCommand) -> Result<(), Failure> {
     };
     let target = pr_target(&spec, cache)?;
     let (cluster, applied) = load_cluster(&args.source)?;
-    let (observations, skipped) =
-        observe(&cluster, args.store.as_deref(), args.since, &args.flows)?;
-    let history = store_history(args.store.as_deref(), args.since, &cluster)?;
+    let (observations, skipped) = args.observed.observe(&cluster)?;
+    let history = args.observed.history(&cluster)?;
     let skipped = leash::recommend::skipped_lines(&skipped);
     let observed = leash::proposal::Observed {
         cluster: &cluster,
@@ -1099,7 +1121,7 @@ fn pr(args: PrCommand) -> Result<(), Failure> {
         applied_source: &applied.source,
         observations: &observations,
         history: history.as_ref(),
-        as_of: window_end(args.store.is_some(), &observations),
+        as_of: args.observed.window_end(&observations),
         skipped: &skipped,
     };
     let opts = leash::pr::run::Options {
