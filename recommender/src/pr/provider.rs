@@ -266,6 +266,8 @@ impl Outcome {
 struct Found {
     pull: PullRequest,
     open: bool,
+    /// The body (GitHub) or description (GitLab).
+    body: Option<String>,
 }
 
 /// A request to send: path under the API URL (with its query), method, JSON body.
@@ -293,6 +295,8 @@ trait Api: Sync {
     /// The headers besides `User-Agent` and `Content-Type`: the token, `Accept`, versions.
     fn headers(&self, token: &Secret) -> Vec<(HeaderName, HeaderValue)>;
     fn find_open(&self, project: &str, branch: &str) -> Call;
+    /// The closed (and, on GitLab, merged) pull requests of `branch`, newest first.
+    fn find_closed(&self, project: &str, branch: &str) -> Call;
     fn create(&self, project: &str, p: &Proposal<'_>) -> Call;
     fn update(&self, project: &str, number: u64, p: &Proposal<'_>) -> Call;
     fn decode_one(&self, body: &[u8]) -> serde_json::Result<Found>;
@@ -423,6 +427,28 @@ impl Client {
             .filter(|f| f.open && f.pull.branch == branch)
             .map(|f| f.pull)
             .min_by_key(|p| p.number))
+    }
+
+    /// The closed pull requests whose head is `branch`, with their bodies, newest first: what
+    /// a reviewer already turned down (or merged). GitHub: `GET
+    /// /repos/{owner}/{repo}/pulls?head={owner}:{branch}&state=closed`; GitLab: `GET
+    /// /projects/{path}/merge_requests?source_branch={branch}&state=closed`.
+    pub async fn closed(&self, branch: &str) -> Result<Vec<(PullRequest, String)>> {
+        let call = self.api.find_closed(&self.project, branch);
+        let answer = self.send(&call).await?;
+        let found = self
+            .api
+            .decode_list(&answer.body)
+            .map_err(|e| self.decode_error(&call, &e))?;
+        let mut closed: Vec<Found> = found
+            .into_iter()
+            .filter(|f| !f.open && f.pull.branch == branch)
+            .collect();
+        closed.sort_by_key(|f| std::cmp::Reverse(f.pull.number));
+        Ok(closed
+            .into_iter()
+            .map(|f| (f.pull, f.body.unwrap_or_default()))
+            .collect())
     }
 
     /// Updates the open pull request of `p.branch` (title and body), or creates one. A closed

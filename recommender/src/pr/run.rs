@@ -166,6 +166,12 @@ pub enum Outcome {
     Unchanged,
     /// The branch already holds these policies; its pull request is left as it is.
     UpToDate,
+    /// The branch is gone and a closed pull request of it proposed exactly these policies:
+    /// a reviewer turned them down (and deleted the branch), so they are not proposed again.
+    Declined {
+        /// The closed pull request's web URL, when the provider gave one.
+        url: Option<String>,
+    },
     /// The change breaks observed traffic and `--allow-breaks` was not given.
     Refused {
         /// The flows allowed by the base's proposal and denied by the new one.
@@ -246,6 +252,13 @@ pub fn describe(g: &GroupReport) -> String {
         }
         Outcome::UpToDate => {
             let _ = writeln!(s, "{}: {} already holds these policies", g.group, g.branch);
+        }
+        Outcome::Declined { .. } => {
+            let _ = writeln!(
+                s,
+                "{}: a closed pull request of {} proposed these policies; not proposed again",
+                g.group, g.branch
+            );
         }
         Outcome::Refused { breaks } => {
             let _ = writeln!(
@@ -511,6 +524,23 @@ fn propose_group(
         }
     }
 
+    // The body's second line names these policies: a closed pull request that carries it
+    // proposed exactly them.
+    let digest = digest_line(g.after);
+    if wc.branch_tip(g.branch).is_none()
+        && !opts.dry_run
+        && let Some(client) = &target.provider
+    {
+        // The branch is gone: merged (then the base holds the policies: unchanged above),
+        // or turned down and deleted, which a closed pull request of this proposal tells.
+        let closed = rt.block_on(client.closed(g.branch))?;
+        if let Some((pr, _)) = closed.iter().find(|(_, body)| body.contains(&digest)) {
+            return Ok(Outcome::Declined {
+                url: Some(pr.url.clone()),
+            });
+        }
+    }
+
     // The change, as the reviewer will merge it: the base's proposal over the applied
     // policies, then the new one over them, with the observed traffic.
     let change = whole.part(observed, g.namespaces)?;
@@ -537,7 +567,8 @@ fn propose_group(
     let max = target
         .provider
         .as_ref()
-        .map_or(body::GITHUB_MAX_BODY, provider::Client::max_body_chars);
+        .map_or(body::GITHUB_MAX_BODY, provider::Client::max_body_chars)
+        .saturating_sub(digest.chars().count() + 1);
     let full = body::full_body(&input);
     let over_limit = full.chars().count() > max;
 
@@ -564,11 +595,14 @@ fn propose_group(
         remove_full_body(&full_path)?;
         None
     };
-    let body_text = if over_limit {
-        body::body(&input, max, link.as_deref())
-    } else {
-        full
-    };
+    let body_text = with_digest(
+        &if over_limit {
+            body::body(&input, max, link.as_deref())
+        } else {
+            full
+        },
+        &digest,
+    );
     if opts.dry_run {
         return Ok(Outcome::DryRun {
             message,
@@ -692,6 +726,23 @@ fn remove_full_body(path: &Path) -> Result<()> {
         path: path.to_owned(),
         source,
     })
+}
+
+/// `<!-- leash:proposal sha256=HEX -->`: the digest of a group's policies (canonical, sorted),
+/// which identifies the proposal a pull request carried.
+fn digest_line(policies: &[NetworkPolicy]) -> String {
+    let text = canonical(policies).join("---\n");
+    let hash = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    let hex: String = hash.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("<!-- leash:proposal sha256={hex} -->")
+}
+
+/// `body` with `digest` as its second line, after the marker.
+fn with_digest(body: &str, digest: &str) -> String {
+    match body.split_once('\n') {
+        Some((marker, rest)) => format!("{marker}\n{digest}\n{rest}"),
+        None => format!("{body}\n{digest}"),
+    }
 }
 
 /// leash's policies and evidence under `dir` (none when it does not exist).

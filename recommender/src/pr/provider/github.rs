@@ -1,6 +1,7 @@
 //! GitHub REST v3 pull requests (github.com and GitHub Enterprise Server).
 //!
-//! - find: `GET /repos/{owner}/{repo}/pulls?head={owner}:{branch}&state=open&per_page=100`;
+//! - find: `GET /repos/{owner}/{repo}/pulls?head={owner}:{branch}&state=open&per_page=100`
+//!   (`state=closed` for the ones a reviewer closed);
 //! - create: `POST /repos/{owner}/{repo}/pulls` with `title`, `head`, `base`, `body`;
 //! - update: `PATCH /repos/{owner}/{repo}/pulls/{number}` with `title` and `body`.
 //!
@@ -32,12 +33,29 @@ const PUBLIC_API_HOST: &str = "api.github.com";
 
 pub(super) struct GitHub;
 
+/// `GET …/pulls?head=OWNER:BRANCH&state=STATE`.
+fn find(project: &str, branch: &str, state: &str) -> Call {
+    let (path, owner) = pulls(project);
+    Call {
+        method: Method::GET,
+        path,
+        query: vec![
+            ("head", format!("{owner}:{branch}")),
+            ("state", state.to_owned()),
+            ("per_page", PER_PAGE.to_owned()),
+        ],
+        body: None,
+    }
+}
+
 #[derive(Deserialize)]
 struct Pull {
     number: u64,
     html_url: String,
     state: String,
     head: Head,
+    #[serde(default)]
+    body: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -50,6 +68,7 @@ impl From<Pull> for Found {
     fn from(p: Pull) -> Self {
         Found {
             open: p.state == "open",
+            body: p.body,
             pull: PullRequest {
                 number: p.number,
                 url: p.html_url,
@@ -94,17 +113,11 @@ impl Api for GitHub {
     }
 
     fn find_open(&self, project: &str, branch: &str) -> Call {
-        let (path, owner) = pulls(project);
-        Call {
-            method: Method::GET,
-            path,
-            query: vec![
-                ("head", format!("{owner}:{branch}")),
-                ("state", "open".to_owned()),
-                ("per_page", PER_PAGE.to_owned()),
-            ],
-            body: None,
-        }
+        find(project, branch, "open")
+    }
+
+    fn find_closed(&self, project: &str, branch: &str) -> Call {
+        find(project, branch, "closed")
     }
 
     fn create(&self, project: &str, p: &Proposal<'_>) -> Call {

@@ -1,6 +1,7 @@
 //! GitLab REST v4 merge requests (gitlab.com and self-hosted).
 //!
-//! - find: `GET /projects/{path}/merge_requests?source_branch={branch}&state=opened&per_page=100`;
+//! - find: `GET /projects/{path}/merge_requests?source_branch={branch}&state=opened&per_page=100`
+//!   (`state=closed` for the ones a reviewer closed);
 //! - create: `POST /projects/{path}/merge_requests` with `source_branch`, `target_branch`,
 //!   `title`, `description`;
 //! - update: `PUT /projects/{path}/merge_requests/{iid}` with `title` and `description`.
@@ -27,18 +28,35 @@ pub const DESCRIPTION_LIMIT: usize = 1_048_576;
 
 pub(super) struct GitLab;
 
+/// `GET …/merge_requests?source_branch=BRANCH&state=STATE`.
+fn find(project: &str, branch: &str, state: &str) -> Call {
+    Call {
+        method: Method::GET,
+        path: merge_requests(project),
+        query: vec![
+            ("source_branch", branch.to_owned()),
+            ("state", state.to_owned()),
+            ("per_page", PER_PAGE.to_owned()),
+        ],
+        body: None,
+    }
+}
+
 #[derive(Deserialize)]
 struct MergeRequest {
     iid: u64,
     web_url: String,
     state: String,
     source_branch: String,
+    #[serde(default)]
+    description: Option<String>,
 }
 
 impl From<MergeRequest> for Found {
     fn from(m: MergeRequest) -> Self {
         Found {
             open: m.state == "opened",
+            body: m.description,
             pull: PullRequest {
                 number: m.iid,
                 url: m.web_url,
@@ -87,16 +105,11 @@ impl Api for GitLab {
     }
 
     fn find_open(&self, project: &str, branch: &str) -> Call {
-        Call {
-            method: Method::GET,
-            path: merge_requests(project),
-            query: vec![
-                ("source_branch", branch.to_owned()),
-                ("state", "opened".to_owned()),
-                ("per_page", PER_PAGE.to_owned()),
-            ],
-            body: None,
-        }
+        find(project, branch, "opened")
+    }
+
+    fn find_closed(&self, project: &str, branch: &str) -> Call {
+        find(project, branch, "closed")
     }
 
     fn create(&self, project: &str, p: &Proposal<'_>) -> Call {
