@@ -24,6 +24,9 @@ pub fn namespace(name: &str) -> String {
 /// A Deployment `app` (selector `app: APP`, uid `uid-deploy-APP`) and its one running pod
 /// `pod` (uid `uid-pod-APP`) at `ip` on node n1.
 pub fn deployment(ns: &str, app: &str, pod: &str, ip: &str) -> String {
+    let owner = format!(
+        "    ownerReferences: [{{apiVersion: apps/v1, kind: Deployment, name: {app}, uid: uid-deploy-{app}, controller: true}}]\n"
+    );
     format!(
         "- apiVersion: apps/v1
   kind: Deployment
@@ -33,15 +36,27 @@ pub fn deployment(ns: &str, app: &str, pod: &str, ip: &str) -> String {
     template:
       metadata: {{labels: {{app: {app}}}}}
       spec: {{containers: [{{name: {app}, image: {app}:1}}]}}
-- apiVersion: v1
+{}",
+        pod_item(ns, app, pod, ip, &owner)
+    )
+}
+
+/// A running pod `pod` labelled `app: APP` (uid `uid-pod-APP`) at `ip` on node n1, owned by
+/// no controller.
+pub fn bare_pod(ns: &str, app: &str, pod: &str, ip: &str) -> String {
+    pod_item(ns, app, pod, ip, "")
+}
+
+fn pod_item(ns: &str, app: &str, pod: &str, ip: &str, owner: &str) -> String {
+    format!(
+        "- apiVersion: v1
   kind: Pod
   metadata:
     name: {pod}
     namespace: {ns}
     uid: uid-pod-{app}
     labels: {{app: {app}}}
-    ownerReferences: [{{apiVersion: apps/v1, kind: Deployment, name: {app}, uid: uid-deploy-{app}, controller: true}}]
-  spec: {{nodeName: n1, containers: [{{name: {app}, image: {app}:1}}]}}
+{owner}  spec: {{nodeName: n1, containers: [{{name: {app}, image: {app}:1}}]}}
   status: {{phase: Running, podIP: {ip}, podIPs: [{{ip: {ip}}}]}}
 "
     )
