@@ -9,6 +9,12 @@
 //! The SSH test needs `sshd` (`openssh-server`); without it the test skips with the reason,
 //! unless `LEASH_REQUIRE_PRIVILEGED=1`, which makes it fail.
 
+#[expect(
+    dead_code,
+    reason = "each test crate uses only part of the shared test support"
+)]
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -18,7 +24,7 @@ use leash_lab::forge::{Request, random_token};
 use leash_lab::git_server::{
     GitServer, branches, create_bare_repo, file_at, files_at, find_text, git, rev_parse,
 };
-use leash_records::error::Chain;
+use support::sshd::sshd_or_skip;
 
 /// shop: Deployment `frontend` (pod frontend-1); data: StatefulSet `postgres` (postgres-0,
 /// behind Service data/postgres 10.96.0.20). No policy applied.
@@ -185,6 +191,11 @@ impl Lab {
         leash(&args, env)
     }
 
+    /// `leash pr` on `flows` with [`Lab::github_flags`].
+    fn pr_github(&self, flows: &Path, api: &str) -> Output {
+        self.pr(flows, &self.github_flags(api))
+    }
+
     /// The GitHub flags for stand-in `gh`, the token from the token file.
     fn github_flags<'a>(&'a self, api: &'a str) -> Vec<&'a str> {
         vec![
@@ -225,6 +236,16 @@ impl Lab {
             Vec::<String>::new()
         );
     }
+}
+
+/// The lab on [`SNAPSHOT`], the GitHub stand-in serving its repository, the base flows
+/// file and the stand-in's API URL.
+fn github_lab() -> (Lab, GitHub, PathBuf, String) {
+    let lab = lab(SNAPSHOT);
+    let gh = github(&lab);
+    let flows = lab.flows("flows.jsonl", &base_flows());
+    let api = gh.api_url();
+    (lab, gh, flows, api)
 }
 
 fn github(lab: &Lab) -> GitHub {
@@ -272,6 +293,11 @@ fn assert_code(o: &Output, code: i32) {
     assert!(!stderr(o).contains("panicked"), "{}", stderr(o));
 }
 
+#[track_caller]
+fn assert_stdout_contains(o: &Output, text: &str) {
+    assert!(stdout(o).contains(text), "{}", stdout(o));
+}
+
 /// `METHOD path?query` of every request.
 fn lines(requests: &[Request]) -> Vec<String> {
     requests.iter().map(Request::line).collect()
@@ -289,12 +315,9 @@ fn json_str<'a>(r: &'a Request, field: &str) -> &'a str {
 /// namespace's files, the team's files and the base branch untouched.
 #[test]
 fn first_run_opens_one_pull_request_per_namespace() {
-    let lab = lab(SNAPSHOT);
-    let gh = github(&lab);
+    let (lab, gh, flows, api) = github_lab();
     let main = lab.tip("main").expect("main");
-    let flows = lab.flows("flows.jsonl", &base_flows());
-    let api = gh.api_url();
-    let o = lab.pr(&flows, &lab.github_flags(&api));
+    let o = lab.pr_github(&flows, &api);
     assert_code(&o, 0);
     let out = stdout(&o);
     assert!(
@@ -409,21 +432,14 @@ fn first_run_opens_one_pull_request_per_namespace() {
 /// the same pull request, and only that namespace's branch moves.
 #[test]
 fn same_observations_do_nothing_and_new_ones_update_the_same_pull_request() {
-    let lab = lab(SNAPSHOT);
-    let gh = github(&lab);
-    let flows = lab.flows("flows.jsonl", &base_flows());
-    let api = gh.api_url();
-    assert_code(&lab.pr(&flows, &lab.github_flags(&api)), 0);
+    let (lab, gh, flows, api) = github_lab();
+    assert_code(&lab.pr_github(&flows, &api), 0);
     let requests = gh.requests().len();
     let (shop, data) = (lab.tip("leash/shop"), lab.tip("leash/data"));
 
-    let o = lab.pr(&flows, &lab.github_flags(&api));
+    let o = lab.pr_github(&flows, &api);
     assert_code(&o, 0);
-    assert!(
-        stdout(&o).contains("shop: leash/shop already holds these policies"),
-        "{}",
-        stdout(&o)
-    );
+    assert_stdout_contains(&o, "shop: leash/shop already holds these policies");
     assert_eq!(
         gh.requests().len(),
         requests,
@@ -435,13 +451,9 @@ fn same_observations_do_nothing_and_new_ones_update_the_same_pull_request() {
     // The next days' records of the same traffic: the evidence and reports differ, the
     // policies do not, so nothing happens either.
     let next = lab.flows("next.jsonl", &later(&base_flows(), 2));
-    let o = lab.pr(&next, &lab.github_flags(&api));
+    let o = lab.pr_github(&next, &api);
     assert_code(&o, 0);
-    assert!(
-        stdout(&o).contains("shop: leash/shop already holds these policies"),
-        "{}",
-        stdout(&o)
-    );
+    assert_stdout_contains(&o, "shop: leash/shop already holds these policies");
     assert_eq!(
         gh.requests().len(),
         requests,
@@ -459,13 +471,9 @@ fn same_observations_do_nothing_and_new_ones_update_the_same_pull_request() {
         r#""new.pay.test""#,
     ));
     let flows = lab.flows("more.jsonl", &more);
-    let o = lab.pr(&flows, &lab.github_flags(&api));
+    let o = lab.pr_github(&flows, &api);
     assert_code(&o, 0);
-    assert!(
-        stdout(&o).contains(" to leash/shop, updated #2 "),
-        "{}",
-        stdout(&o)
-    );
+    assert_stdout_contains(&o, " to leash/shop, updated #2 ");
     let new = gh.requests();
     assert_eq!(
         lines(&new[requests..]),
@@ -495,16 +503,13 @@ fn same_observations_do_nothing_and_new_ones_update_the_same_pull_request() {
 /// A pull request the user closed is not reopened; the next change opens a new one.
 #[test]
 fn a_closed_pull_request_is_not_reopened_and_the_next_change_opens_a_new_one() {
-    let lab = lab(SNAPSHOT);
-    let gh = github(&lab);
-    let flows = lab.flows("flows.jsonl", &base_flows());
-    let api = gh.api_url();
-    assert_code(&lab.pr(&flows, &lab.github_flags(&api)), 0);
+    let (lab, gh, flows, api) = github_lab();
+    assert_code(&lab.pr_github(&flows, &api), 0);
     assert!(gh.close_pull("o/policies", 2));
     let requests = gh.requests().len();
     let shop = lab.tip("leash/shop");
 
-    let o = lab.pr(&flows, &lab.github_flags(&api));
+    let o = lab.pr_github(&flows, &api);
     assert_code(&o, 0);
     assert_eq!(
         gh.requests().len(),
@@ -517,13 +522,9 @@ fn a_closed_pull_request_is_not_reopened_and_the_next_change_opens_a_new_one() {
     let mut more = base_flows();
     more.push(flow("shop", "frontend-1", "192.0.2.50", 8443, ""));
     let flows = lab.flows("more.jsonl", &more);
-    let o = lab.pr(&flows, &lab.github_flags(&api));
+    let o = lab.pr_github(&flows, &api);
     assert_code(&o, 0);
-    assert!(
-        stdout(&o).contains(" to leash/shop, opened #3 "),
-        "{}",
-        stdout(&o)
-    );
+    assert_stdout_contains(&o, " to leash/shop, opened #3 ");
     let new = gh.requests();
     assert_eq!(
         lines(&new[requests..]),
@@ -545,11 +546,8 @@ fn a_closed_pull_request_is_not_reopened_and_the_next_change_opens_a_new_one() {
 /// no commit, no API call.
 #[test]
 fn after_a_merge_the_same_observations_are_unchanged() {
-    let lab = lab(SNAPSHOT);
-    let gh = github(&lab);
-    let flows = lab.flows("flows.jsonl", &base_flows());
-    let api = gh.api_url();
-    assert_code(&lab.pr(&flows, &lab.github_flags(&api)), 0);
+    let (lab, gh, flows, api) = github_lab();
+    assert_code(&lab.pr_github(&flows, &api), 0);
     // The user merges #2: main fast-forwards to leash/shop.
     git(
         &lab.bare,
@@ -560,18 +558,10 @@ fn after_a_merge_the_same_observations_are_unchanged() {
     let requests = gh.requests().len();
     let tips: Vec<Option<String>> = lab.branches().iter().map(|b| lab.tip(b)).collect();
 
-    let o = lab.pr(&flows, &lab.github_flags(&api));
+    let o = lab.pr_github(&flows, &api);
     assert_code(&o, 0);
-    assert!(
-        stdout(&o).contains("shop: unchanged (the base branch holds these policies)"),
-        "{}",
-        stdout(&o)
-    );
-    assert!(
-        stdout(&o).contains("data: leash/data already holds these policies"),
-        "{}",
-        stdout(&o)
-    );
+    assert_stdout_contains(&o, "shop: unchanged (the base branch holds these policies)");
+    assert_stdout_contains(&o, "data: leash/data already holds these policies");
     assert_eq!(
         gh.requests().len(),
         requests,
@@ -585,13 +575,9 @@ fn after_a_merge_the_same_observations_are_unchanged() {
     let mut more = base_flows();
     more.push(flow("shop", "frontend-1", "192.0.2.50", 8443, ""));
     let flows = lab.flows("more.jsonl", &more);
-    let o = lab.pr(&flows, &lab.github_flags(&api));
+    let o = lab.pr_github(&flows, &api);
     assert_code(&o, 0);
-    assert!(
-        stdout(&o).contains(" to leash/shop, opened #3 "),
-        "{}",
-        stdout(&o)
-    );
+    assert_stdout_contains(&o, " to leash/shop, opened #3 ");
     assert_eq!(
         git(&lab.bare, &["rev-parse", "leash/shop^"]).expect("parent"),
         main
@@ -615,10 +601,7 @@ fn after_a_merge_the_same_observations_are_unchanged() {
 /// `--dry-run` prints the commit message and the body, and pushes and asks nothing.
 #[test]
 fn dry_run_prints_and_pushes_nothing() {
-    let lab = lab(SNAPSHOT);
-    let gh = github(&lab);
-    let flows = lab.flows("flows.jsonl", &base_flows());
-    let api = gh.api_url();
+    let (lab, gh, flows, api) = github_lab();
     let mut args = lab.github_flags(&api);
     args.push("--dry-run");
     let o = lab.pr(&flows, &args);
@@ -651,7 +634,7 @@ fn a_change_that_breaks_observed_traffic_is_refused_unless_allowed() {
     lines_.push(flow("shop", "debug", "198.51.100.9", 443, ""));
     let flows = lab.flows("flows.jsonl", &lines_);
     let api = gh.api_url();
-    let o = lab.pr(&flows, &lab.github_flags(&api));
+    let o = lab.pr_github(&flows, &api);
     assert_code(&o, 3);
     let out = stdout(&o);
     assert!(
@@ -679,11 +662,7 @@ fn a_change_that_breaks_observed_traffic_is_refused_unless_allowed() {
     args.push("--allow-breaks");
     let o = lab.pr(&flows, &args);
     assert_code(&o, 0);
-    assert!(
-        stdout(&o).contains(" to leash/shop, opened #2 "),
-        "{}",
-        stdout(&o)
-    );
+    assert_stdout_contains(&o, " to leash/shop, opened #2 ");
     let pull = gh.pull("o/policies", 2).expect("#2");
     let body = pull.body.expect("a body");
     assert!(
@@ -706,28 +685,22 @@ fn gitlab_one_merge_request_for_all_namespaces() {
     let main = lab.tip("main");
     let flows = lab.flows("flows.jsonl", &base_flows());
     let api = gl.api_url();
-    let o = lab.pr(
-        &flows,
-        &[
-            "--provider",
-            "gitlab",
-            "--api-url",
-            &api,
-            "--project",
-            "g/policies",
-            "--token-file",
-            p(&lab.token_file),
-            "--group-by",
-            "all",
-        ],
-    );
+    let flags = [
+        "--provider",
+        "gitlab",
+        "--api-url",
+        &api,
+        "--project",
+        "g/policies",
+        "--token-file",
+        p(&lab.token_file),
+        "--group-by",
+        "all",
+    ];
+    let o = lab.pr(&flows, &flags);
     assert_code(&o, 0);
-    assert!(stdout(&o).contains("all: pushed "), "{}", stdout(&o));
-    assert!(
-        stdout(&o).contains(" to leash/all, opened #1 "),
-        "{}",
-        stdout(&o)
-    );
+    assert_stdout_contains(&o, "all: pushed ");
+    assert_stdout_contains(&o, " to leash/all, opened #1 ");
     assert_eq!(lab.branches(), ["leash/all", "main"]);
     assert_eq!(lab.tip("main"), main);
     let files = files_at(&lab.bare, "leash/all").expect("files");
@@ -773,21 +746,7 @@ fn gitlab_one_merge_request_for_all_namespaces() {
 
     // Again: nothing to do.
     let tip = lab.tip("leash/all");
-    let o = lab.pr(
-        &flows,
-        &[
-            "--provider",
-            "gitlab",
-            "--api-url",
-            &api,
-            "--project",
-            "g/policies",
-            "--token-file",
-            p(&lab.token_file),
-            "--group-by",
-            "all",
-        ],
-    );
+    let o = lab.pr(&flows, &flags);
     assert_code(&o, 0);
     assert_eq!(
         stdout(&o),
@@ -811,11 +770,7 @@ fn http_repository_with_a_token_keeps_the_token_secret() {
     let flows = lab.flows("flows.jsonl", &base_flows());
     let o = lab.pr_repo(&url, &flows, &lab.github_flags(&api), &[]);
     assert_code(&o, 0);
-    assert!(
-        stdout(&o).contains(" to leash/shop, opened #2 "),
-        "{}",
-        stdout(&o)
-    );
+    assert_stdout_contains(&o, " to leash/shop, opened #2 ");
     assert_eq!(lab.branches(), ["leash/data", "leash/shop", "main"]);
     assert!(
         server
@@ -843,11 +798,7 @@ fn http_repository_with_a_token_keeps_the_token_secret() {
         &[("LEASH_GIT_TOKEN", &lab.token)],
     );
     assert_code(&o2, 0);
-    assert!(
-        stdout(&o2).contains(" to leash/shop, updated #2 "),
-        "{}",
-        stdout(&o2)
-    );
+    assert_stdout_contains(&o2, " to leash/shop, updated #2 ");
     lab.assert_no_token(&lab.token, &[&o, &o2]);
     assert!(!stdout(&o).contains(&lab.token) && !stdout(&o2).contains(&lab.token));
 }
@@ -899,7 +850,7 @@ fn a_wrong_token_fails_without_showing_it() {
     assert_eq!(lab.tip("leash/data"), lab.tip("main"));
 
     // With the right token, the pull requests are opened after all.
-    let o3 = lab.pr(&flows, &lab.github_flags(&api));
+    let o3 = lab.pr_github(&flows, &api);
     assert_code(&o3, 0);
     assert_eq!(
         gh.pulls("o/policies").len(),
@@ -914,10 +865,7 @@ fn a_wrong_token_fails_without_showing_it() {
 /// host that is not loopback.
 #[test]
 fn usage_errors_exit_2_before_any_request() {
-    let lab = lab(SNAPSHOT);
-    let gh = github(&lab);
-    let flows = lab.flows("flows.jsonl", &base_flows());
-    let api = gh.api_url();
+    let (lab, gh, flows, api) = github_lab();
     let o = lab.pr(
         &flows,
         &[
@@ -990,25 +938,6 @@ fn usage_errors_exit_2_before_any_request() {
         assert!(!outside.exists(), "{path}: written outside the repository");
     }
     assert_eq!(lab.branches(), ["main"]);
-}
-
-/// The SSH server, or `None` (the test skips) when `sshd` is not installed and
-/// `LEASH_REQUIRE_PRIVILEGED` is not `1`.
-fn sshd_or_skip() -> Option<leash_lab::sshd::Sshd> {
-    match leash_lab::sshd::Sshd::start() {
-        Ok(s) => Some(s),
-        Err(e @ leash_lab::sshd::Error::Unavailable(_)) => {
-            assert!(
-                std::env::var(leash_lab::REQUIRE_PRIVILEGED_ENV).as_deref() != Ok("1"),
-                "{}=1 but {}",
-                leash_lab::REQUIRE_PRIVILEGED_ENV,
-                Chain(&e)
-            );
-            eprintln!("SKIPPED: {}", Chain(&e));
-            None
-        }
-        Err(e) => panic!("sshd: {}", Chain(&e)),
-    }
 }
 
 /// The repository over SSH with a key file and pinned host keys; `--provider none` only
@@ -1136,7 +1065,7 @@ fn a_body_over_the_limit_links_the_full_body_on_the_branch() {
         .collect();
     let flows = lab.flows("flows.jsonl", &lines_);
     let api = gh.api_url();
-    let o = lab.pr(&flows, &lab.github_flags(&api));
+    let o = lab.pr_github(&flows, &api);
     assert_code(&o, 0);
     let pull = gh.pull("o/policies", 1).expect("#1");
     let body = pull.body.expect("body");
@@ -1159,7 +1088,7 @@ fn a_body_over_the_limit_links_the_full_body_on_the_branch() {
     // Unchanged observations: still nothing to do (the full body is not a policy).
     let requests = gh.requests().len();
     let tip = lab.tip("leash/shop");
-    let o = lab.pr(&flows, &lab.github_flags(&api));
+    let o = lab.pr_github(&flows, &api);
     assert_code(&o, 0);
     assert_eq!(gh.requests().len(), requests);
     assert_eq!(lab.tip("leash/shop"), tip);
@@ -1175,7 +1104,7 @@ fn a_body_over_the_limit_links_the_full_body_on_the_branch() {
     let mut more = lines_;
     more.push(flow("shop", "app-0-1", "192.0.2.50", 8443, ""));
     let flows = lab.flows("more.jsonl", &more);
-    let o = lab.pr(&flows, &lab.github_flags(&api));
+    let o = lab.pr_github(&flows, &api);
     assert_code(&o, 0);
     let body = gh.pull("o/policies", 2).expect("#2").body.expect("body");
     assert!(!body.contains("PULL_REQUEST.md"), "{body}");
@@ -1189,11 +1118,8 @@ fn a_body_over_the_limit_links_the_full_body_on_the_branch() {
 /// team's file beside it stays.
 #[test]
 fn a_workload_gone_from_the_cluster_has_its_policy_removed() {
-    let lab = lab(SNAPSHOT);
-    let gh = github(&lab);
-    let flows = lab.flows("flows.jsonl", &base_flows());
-    let api = gh.api_url();
-    assert_code(&lab.pr(&flows, &lab.github_flags(&api)), 0);
+    let (lab, gh, flows, api) = github_lab();
+    assert_code(&lab.pr_github(&flows, &api), 0);
     git(
         &lab.bare,
         &["update-ref", "refs/heads/main", "refs/heads/leash/shop"],
@@ -1212,13 +1138,9 @@ fn a_workload_gone_from_the_cluster_has_its_policy_removed() {
     assert!(!without.contains("frontend"), "{without}");
     std::fs::write(&lab.cluster, without).expect("writes");
     let flows = lab.flows("after.jsonl", &base_flows()[2..]);
-    let o = lab.pr(&flows, &lab.github_flags(&api));
+    let o = lab.pr_github(&flows, &api);
     assert_code(&o, 0);
-    assert!(
-        stdout(&o).contains(" to leash/shop, opened #3 "),
-        "{}",
-        stdout(&o)
-    );
+    assert_stdout_contains(&o, " to leash/shop, opened #3 ");
     let files = files_at(&lab.bare, "leash/shop").expect("files");
     assert!(
         !files.iter().any(|f| f.ends_with("frontend-egress.yaml") || f.ends_with("default-deny-egress.yaml")),
@@ -1338,15 +1260,11 @@ fn from_the_store_the_second_run_changes_nothing() {
     };
     let o = run();
     assert_code(&o, 0);
-    assert!(stdout(&o).contains(" to leash/shop\n"), "{}", stdout(&o));
+    assert_stdout_contains(&o, " to leash/shop\n");
     let tip = lab.tip("leash/shop").expect("pushed");
     let o = run();
     assert_code(&o, 0);
-    assert!(
-        stdout(&o).contains("shop: leash/shop already holds these policies"),
-        "{}",
-        stdout(&o)
-    );
+    assert_stdout_contains(&o, "shop: leash/shop already holds these policies");
     assert_eq!(lab.tip("leash/shop").as_deref(), Some(&*tip));
 }
 
@@ -1378,11 +1296,7 @@ fn https_with_a_private_ca() {
     flags.extend(["--api-ca-file", p(&ca_file)]);
     let o = lab.pr_repo(&url, &flows, &flags, &[("GIT_SSL_CAINFO", "/dev/null")]);
     assert_code(&o, 0);
-    assert!(
-        stdout(&o).contains(" to leash/shop, opened #2 "),
-        "{}",
-        stdout(&o)
-    );
+    assert_stdout_contains(&o, " to leash/shop, opened #2 ");
     assert_eq!(lab.branches(), ["leash/data", "leash/shop", "main"]);
     lab.assert_no_token(&lab.token, &[&o]);
 }
