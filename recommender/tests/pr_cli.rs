@@ -24,48 +24,20 @@ use leash_lab::forge::{Request, random_token};
 use leash_lab::git_server::{
     GitServer, branches, create_bare_repo, file_at, files_at, find_text, git, rev_parse,
 };
+use support::snapshots;
 use support::sshd::sshd_or_skip;
 
 /// shop: Deployment `frontend` (pod frontend-1); data: StatefulSet `postgres` (postgres-0,
 /// behind Service data/postgres 10.96.0.20). No policy applied.
-const SNAPSHOT: &str = r#"
-apiVersion: v1
-kind: List
-items:
-- apiVersion: v1
-  kind: Namespace
-  metadata: {name: shop, labels: {kubernetes.io/metadata.name: shop}}
-- apiVersion: v1
-  kind: Namespace
-  metadata: {name: data, labels: {kubernetes.io/metadata.name: data}}
-- apiVersion: v1
-  kind: Pod
-  metadata:
-    name: frontend-1
-    namespace: shop
-    uid: uid-frontend-1
-    labels: {app: frontend, pod-template-hash: 5d8f}
-    ownerReferences: [{apiVersion: apps/v1, kind: ReplicaSet, name: frontend-5d8f, uid: uid-rs, controller: true}]
-  spec: {nodeName: n1, containers: [{name: web, image: web:1}]}
-  status: {phase: Running, podIP: 10.244.1.10, podIPs: [{ip: 10.244.1.10}]}
-- apiVersion: v1
-  kind: Pod
-  metadata:
-    name: postgres-0
-    namespace: data
-    uid: uid-postgres-0
-    labels: {app: postgres}
-    ownerReferences: [{apiVersion: apps/v1, kind: StatefulSet, name: postgres, uid: uid-sts, controller: true}]
-  spec: {nodeName: n1, containers: [{name: pg, image: pg:1, ports: [{containerPort: 5432}]}]}
-  status: {phase: Running, podIP: 10.244.2.20, podIPs: [{ip: 10.244.2.20}]}
-- apiVersion: v1
-  kind: Service
-  metadata: {name: postgres, namespace: data}
-  spec:
-    clusterIP: 10.96.0.20
-    selector: {app: postgres}
-    ports: [{port: 5432, targetPort: 5432, protocol: TCP}]
-"#;
+fn snapshot() -> String {
+    snapshots::list(&[
+        snapshots::namespace("shop"),
+        snapshots::namespace("data"),
+        snapshots::frontend_pod(1, "10.244.1.10"),
+        snapshots::postgres_pod(),
+        snapshots::postgres_service(),
+    ])
+}
 
 /// A bare pod in shop without labels: no selector can target it, so the namespace's
 /// default deny blocks its egress (a real break of observed traffic).
@@ -238,10 +210,10 @@ impl Lab {
     }
 }
 
-/// The lab on [`SNAPSHOT`], the GitHub stand-in serving its repository, the base flows
+/// The lab on [`snapshot`], the GitHub stand-in serving its repository, the base flows
 /// file and the stand-in's API URL.
 fn github_lab() -> (Lab, GitHub, PathBuf, String) {
-    let lab = lab(SNAPSHOT);
+    let lab = lab(&snapshot());
     let gh = github(&lab);
     let flows = lab.flows("flows.jsonl", &base_flows());
     let api = gh.api_url();
@@ -628,7 +600,7 @@ fn dry_run_prints_and_pushes_nothing() {
 /// printed, nothing pushed for that namespace); `--allow-breaks` opens it with a warning.
 #[test]
 fn a_change_that_breaks_observed_traffic_is_refused_unless_allowed() {
-    let lab = lab(&format!("{SNAPSHOT}{UNLABELLED_POD}"));
+    let lab = lab(&format!("{}{UNLABELLED_POD}", snapshot()));
     let gh = github(&lab);
     let mut lines_ = base_flows();
     lines_.push(flow("shop", "debug", "198.51.100.9", 443, ""));
@@ -677,7 +649,7 @@ fn a_change_that_breaks_observed_traffic_is_refused_unless_allowed() {
 /// branch with every namespace and the index.
 #[test]
 fn gitlab_one_merge_request_for_all_namespaces() {
-    let lab = lab(SNAPSHOT);
+    let lab = lab(&snapshot());
     let gl = GitLab::builder(&lab.token)
         .project_with_git("g/policies", &lab.bare)
         .start()
@@ -762,7 +734,7 @@ fn gitlab_one_merge_request_for_all_namespaces() {
 /// from `LEASH_GIT_TOKEN`, reaches neither the outputs nor the clone nor the repository.
 #[test]
 fn http_repository_with_a_token_keeps_the_token_secret() {
-    let lab = lab(SNAPSHOT);
+    let lab = lab(&snapshot());
     let server = GitServer::start(&lab.tmp.path().join("repos"), &lab.token).expect("git server");
     let gh = github(&lab);
     let url = server.url("policies.git");
@@ -806,7 +778,7 @@ fn http_repository_with_a_token_keeps_the_token_secret() {
 /// A wrong token fails with a message that names the repository or the API, not the token.
 #[test]
 fn a_wrong_token_fails_without_showing_it() {
-    let lab = lab(SNAPSHOT);
+    let lab = lab(&snapshot());
     let server = GitServer::start(&lab.tmp.path().join("repos"), &lab.token).expect("git server");
     let gh = github(&lab);
     let wrong = random_token("ghp_");
@@ -947,7 +919,7 @@ fn ssh_repository_with_a_key_pushes_the_branches() {
     let Some(sshd) = sshd_or_skip() else {
         return;
     };
-    let lab = lab(SNAPSHOT);
+    let lab = lab(&snapshot());
     let main = lab.tip("main");
     let flows = lab.flows("flows.jsonl", &base_flows());
     let url = sshd.url(&lab.bare);
@@ -986,7 +958,7 @@ fn ssh_repository_with_a_key_pushes_the_branches() {
 /// leash never writes through the repository's links.
 #[test]
 fn a_symlinked_path_in_the_repository_is_refused() {
-    let lab = lab(SNAPSHOT);
+    let lab = lab(&snapshot());
     let victim = lab.tmp.path().join("victim");
     std::fs::create_dir_all(&victim).expect("mkdir");
     // The team's repository holds `policies -> VICTIM`.
@@ -1127,14 +1099,15 @@ fn a_workload_gone_from_the_cluster_has_its_policy_removed() {
     .expect("merge");
     assert!(gh.merge_pull("o/policies", 2));
     // frontend is deleted: the snapshot without its pod, the records without its flows.
-    let start = SNAPSHOT
+    let snapshot = snapshot();
+    let start = snapshot
         .find("- apiVersion: v1\n  kind: Pod\n")
         .expect("first pod");
     let end = start
-        + SNAPSHOT[start..]
+        + snapshot[start..]
             .find("- apiVersion: v1\n  kind: Pod\n  metadata:\n    name: postgres-0")
             .expect("second pod");
-    let without = format!("{}{}", &SNAPSHOT[..start], &SNAPSHOT[end..]);
+    let without = format!("{}{}", &snapshot[..start], &snapshot[end..]);
     assert!(!without.contains("frontend"), "{without}");
     std::fs::write(&lab.cluster, without).expect("writes");
     let flows = lab.flows("after.jsonl", &base_flows()[2..]);
@@ -1158,7 +1131,7 @@ fn a_workload_gone_from_the_cluster_has_its_policy_removed() {
 /// branches are pushed, the team's files stay.
 #[test]
 fn defaults_write_at_the_root_and_only_push_for_a_local_path() {
-    let lab = lab(SNAPSHOT);
+    let lab = lab(&snapshot());
     let flows = lab.flows("flows.jsonl", &base_flows());
     let o = leash(
         &[
@@ -1207,7 +1180,7 @@ fn from_the_store_the_second_run_changes_nothing() {
     use leash::store::{BatchId, SqliteStore, Store as _};
     use leash_records::Record;
 
-    let lab = lab(SNAPSHOT);
+    let lab = lab(&snapshot());
     let now = chrono::Utc::now();
     let first = leash_records::time::rfc3339(now - chrono::Duration::days(3));
     let last = leash_records::time::rfc3339(now - chrono::Duration::hours(1));
@@ -1272,7 +1245,7 @@ fn from_the_store_the_second_run_changes_nothing() {
 /// the machine's `GIT_SSL_CAINFO` says; without the CA, the run fails before any push.
 #[test]
 fn https_with_a_private_ca() {
-    let lab = lab(SNAPSHOT);
+    let lab = lab(&snapshot());
     let ca = leash_lab::forge::TestCa::generate().expect("CA");
     let ca_file = lab.tmp.path().join("ca.pem");
     std::fs::write(&ca_file, ca.ca_pem()).expect("writes");

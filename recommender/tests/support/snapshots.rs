@@ -88,3 +88,50 @@ pub fn shop_web_dns_only_and_bank(bank_app: &str) -> String {
         dns_only("shop", "web"),
     ])
 }
+
+/// Pod `frontend-N` (uid `uid-frontend-N`) of shop's Deployment `frontend`, through its
+/// ReplicaSet `frontend-5d8f`, at `ip`: the web tier of the `diff` and `pr` CLI tests.
+pub fn frontend_pod(n: u8, ip: &str) -> String {
+    format!(
+        "- apiVersion: v1
+  kind: Pod
+  metadata:
+    name: frontend-{n}
+    namespace: shop
+    uid: uid-frontend-{n}
+    labels: {{app: frontend, pod-template-hash: 5d8f}}
+    ownerReferences: [{{apiVersion: apps/v1, kind: ReplicaSet, name: frontend-5d8f, uid: uid-rs, controller: true}}]
+  spec: {{nodeName: n1, containers: [{{name: web, image: web:1}}]}}
+  status: {{phase: Running, podIP: {ip}, podIPs: [{{ip: {ip}}}]}}
+"
+    )
+}
+
+/// Pod `postgres-0` of data's StatefulSet `postgres`, at 10.244.2.20 and listening on 5432.
+pub fn postgres_pod() -> String {
+    "- apiVersion: v1
+  kind: Pod
+  metadata:
+    name: postgres-0
+    namespace: data
+    uid: uid-postgres-0
+    labels: {app: postgres}
+    ownerReferences: [{apiVersion: apps/v1, kind: StatefulSet, name: postgres, uid: uid-sts, controller: true}]
+  spec: {nodeName: n1, containers: [{name: pg, image: pg:1, ports: [{containerPort: 5432}]}]}
+  status: {phase: Running, podIP: 10.244.2.20, podIPs: [{ip: 10.244.2.20}]}
+"
+    .to_owned()
+}
+
+/// Service data/postgres (10.96.0.20:5432) in front of [`postgres_pod`].
+pub fn postgres_service() -> String {
+    "- apiVersion: v1
+  kind: Service
+  metadata: {name: postgres, namespace: data}
+  spec:
+    clusterIP: 10.96.0.20
+    selector: {app: postgres}
+    ports: [{port: 5432, targetPort: 5432, protocol: TCP}]
+"
+    .to_owned()
+}
