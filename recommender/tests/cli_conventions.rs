@@ -10,12 +10,13 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
 use chrono::{Duration, Utc};
 use leash::store::{BatchId, FlowObservation, SqliteStore, Store as _, WorkloadRef};
 use leash_records::Protocol;
+use support::cli::{assert_code, p, stderr};
 use support::snapshots;
 
 /// shop: Deployment `web` (pod web-1) and a bare pod `worker`; db: `postgres-0`. Applied
@@ -138,26 +139,6 @@ fn leash(args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("runs the leash binary")
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().expect("utf-8 path")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-#[track_caller]
-fn assert_code(o: &Output, code: i32) {
-    assert_eq!(
-        o.status.code(),
-        Some(code),
-        "stderr: {}\nstdout: {}",
-        stderr(o),
-        String::from_utf8_lossy(&o.stdout)
-    );
-    assert!(!stderr(o).contains("panicked"), "{}", stderr(o));
 }
 
 /// `audit --format json` with `extra` arguments: each flow's (workload, verdict, egress,

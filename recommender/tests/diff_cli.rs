@@ -20,6 +20,7 @@ use chrono::{DateTime, Duration, SubsecRound as _, Utc};
 use leash::evidence::PodNames;
 use leash::store::{BatchId, FlowObservation, SqliteStore, Store as _, WorkloadRef};
 use leash_records::Protocol;
+use support::cli::{assert_code, p, stderr, stdout};
 use support::snapshots;
 
 /// shop: Deployment `frontend` (pods frontend-1 and frontend-2); data: StatefulSet
@@ -209,30 +210,6 @@ fn leash_in(dir: Option<&Path>, args: &[&str]) -> Output {
 
 fn leash(args: &[&str]) -> Output {
     leash_in(None, args)
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().expect("utf-8 path")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-#[track_caller]
-fn assert_code(o: &Output, code: i32) {
-    assert_eq!(
-        o.status.code(),
-        Some(code),
-        "stderr: {}\nstdout: {}",
-        stderr(o),
-        stdout(o)
-    );
-    assert!(!stderr(o).contains("panicked"), "{}", stderr(o));
 }
 
 /// `leash diff --cluster … --flows … --from FROM --to TO` with `extra` arguments.

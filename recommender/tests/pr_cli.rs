@@ -24,6 +24,7 @@ use leash_lab::forge::{Request, random_token};
 use leash_lab::git_server::{
     GitServer, branches, create_bare_repo, file_at, files_at, find_text, git, rev_parse,
 };
+use support::cli::{assert_code, p, stderr, stdout};
 use support::snapshots;
 use support::sshd::sshd_or_skip;
 
@@ -239,30 +240,6 @@ fn leash(args: &[&str], env: &[(&str, &str)]) -> Output {
         cmd.env(k, v);
     }
     cmd.output().expect("runs the leash binary")
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().expect("utf-8 path")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-#[track_caller]
-fn assert_code(o: &Output, code: i32) {
-    assert_eq!(
-        o.status.code(),
-        Some(code),
-        "stderr: {}\nstdout: {}",
-        stderr(o),
-        stdout(o)
-    );
-    assert!(!stderr(o).contains("panicked"), "{}", stderr(o));
 }
 
 #[track_caller]

@@ -29,11 +29,11 @@ use chrono::{DateTime, Utc};
 use k8s_openapi::api::networking::v1::NetworkPolicyEgressRule;
 use leash::eval::Verdict;
 use leash::serve::alert::{self, Alert, AlertSink};
-use leash::store::{BatchId, FlowObservation, SqliteStore, Store, WorkloadRef};
-use leash_records::Protocol;
+use leash::store::{FlowObservation, SqliteStore, Store};
 use support::http::{self, get};
 use support::serve_process::ServeProcess;
 use support::snapshots;
+use support::store_flows::{self, commit};
 
 /// shop/web is locked down to DNS; bank/db is a workload it may come to call.
 fn snapshot() -> String {
@@ -46,39 +46,8 @@ const HOSTILE: &str = "<!channel>&<https://evil.test|click>\nforged.test";
 /// The secret part of the webhook URL: never in a log line.
 const SECRET_PATH: &str = "/services/T0/B0/SECRETPATH";
 
-fn web() -> WorkloadRef {
-    WorkloadRef {
-        namespace: "shop".into(),
-        kind: "Deployment".into(),
-        name: "web".into(),
-    }
-}
-
 fn flow(dst: &str, port: u16, names: &[&str], at: DateTime<Utc>) -> FlowObservation {
-    FlowObservation {
-        workload: web(),
-        protocol: Protocol::Tcp,
-        dst: dst.parse().unwrap(),
-        port,
-        count: 2,
-        first_seen: at,
-        last_seen: at,
-        names: names.iter().map(|n| (*n).to_owned()).collect(),
-        pods: Default::default(),
-        established: 2,
-        failed: 0,
-    }
-}
-
-/// Commits `flows` as a new batch, as ingest would.
-fn commit(store: &Path, seq: u64, flows: &[FlowObservation]) {
-    let store = SqliteStore::open(store).unwrap();
-    let id = BatchId {
-        node: "n1".into(),
-        boot_id: "test".into(),
-        seq,
-    };
-    store.commit(&id, flows, &[]).unwrap();
+    store_flows::deployment_flow("shop", "web", dst, port, names, at)
 }
 
 /// One request the receiver got, and what it answered.

@@ -22,14 +22,14 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use leash::store::{BatchId, FlowObservation, SqliteStore, Store, WorkloadRef};
+use leash::store::FlowObservation;
 use leash_lab::forge::github::GitHub;
 use leash_lab::forge::random_token;
 use leash_lab::git_server::{self, create_bare_repo};
-use leash_records::Protocol;
 use support::http::{self, get};
 use support::serve_process::ServeProcess;
 use support::snapshots;
+use support::store_flows::{self, commit};
 
 /// The repository at the stand-in.
 const PROJECT: &str = "acme/policies";
@@ -58,34 +58,7 @@ fn flow(dst: (&str, u16), at: DateTime<Utc>) -> FlowObservation {
 }
 
 fn flow_of(ns: &str, name: &str, (dst, port): (&str, u16), at: DateTime<Utc>) -> FlowObservation {
-    FlowObservation {
-        workload: WorkloadRef {
-            namespace: ns.into(),
-            kind: "Deployment".into(),
-            name: name.into(),
-        },
-        protocol: Protocol::Tcp,
-        dst: dst.parse().unwrap(),
-        port,
-        count: 2,
-        first_seen: at,
-        last_seen: at,
-        names: Default::default(),
-        pods: Default::default(),
-        established: 2,
-        failed: 0,
-    }
-}
-
-/// Commits `flows` as a new batch, as ingest would.
-fn commit(store: &Path, seq: u64, flows: &[FlowObservation]) {
-    let store = SqliteStore::open(store).unwrap();
-    let id = BatchId {
-        node: "n1".into(),
-        boot_id: "test".into(),
-        seq,
-    };
-    store.commit(&id, flows, &[]).unwrap();
+    store_flows::deployment_flow(ns, name, dst, port, &[], at)
 }
 
 /// Every file under `dir`, relative, with its text, sorted.
