@@ -27,6 +27,7 @@ use leash_lab::git_server::{
 use support::cli::{assert_code, p, stderr, stdout};
 use support::snapshots;
 use support::sshd::sshd_or_skip;
+use support::store_flows::commit_records;
 
 /// shop: Deployment `frontend` (pod frontend-1); data: StatefulSet `postgres` (postgres-0,
 /// behind Service data/postgres 10.96.0.20). No policy applied.
@@ -181,6 +182,17 @@ impl Lab {
             "--token-file",
             p(&self.token_file),
         ]
+    }
+
+    /// The user merges pull request `number` of leash/shop: main fast-forwards to it.
+    #[track_caller]
+    fn merge_shop(&self, gh: &GitHub, number: u64) {
+        git(
+            &self.bare,
+            &["update-ref", "refs/heads/main", "refs/heads/leash/shop"],
+        )
+        .expect("merge");
+        assert!(gh.merge_pull("o/policies", number));
     }
 
     fn tip(&self, branch: &str) -> Option<String> {
@@ -498,12 +510,7 @@ fn after_a_merge_the_same_observations_are_unchanged() {
     let (lab, gh, flows, api) = github_lab();
     assert_code(&lab.pr_github(&flows, &api), 0);
     // The user merges #2: main fast-forwards to leash/shop.
-    git(
-        &lab.bare,
-        &["update-ref", "refs/heads/main", "refs/heads/leash/shop"],
-    )
-    .expect("merge");
-    assert!(gh.merge_pull("o/policies", 2));
+    lab.merge_shop(&gh, 2);
     let requests = gh.requests().len();
     let tips: Vec<Option<String>> = lab.branches().iter().map(|b| lab.tip(b)).collect();
 
@@ -1044,12 +1051,7 @@ fn a_body_over_the_limit_links_the_full_body_on_the_branch() {
 
     // Merged; the next change is small and its body fits: the full body of the last one,
     // now on main, is removed rather than left to mislead.
-    git(
-        &lab.bare,
-        &["update-ref", "refs/heads/main", "refs/heads/leash/shop"],
-    )
-    .expect("merge");
-    assert!(gh.merge_pull("o/policies", 1));
+    lab.merge_shop(&gh, 1);
     let mut more = lines_;
     more.push(flow("shop", "app-0-1", "192.0.2.50", 8443, ""));
     let flows = lab.flows("more.jsonl", &more);
@@ -1069,12 +1071,7 @@ fn a_body_over_the_limit_links_the_full_body_on_the_branch() {
 fn a_workload_gone_from_the_cluster_has_its_policy_removed() {
     let (lab, gh, flows, api) = github_lab();
     assert_code(&lab.pr_github(&flows, &api), 0);
-    git(
-        &lab.bare,
-        &["update-ref", "refs/heads/main", "refs/heads/leash/shop"],
-    )
-    .expect("merge");
-    assert!(gh.merge_pull("o/policies", 2));
+    lab.merge_shop(&gh, 2);
     // frontend is deleted: the snapshot without its pod, the records without its flows.
     let snapshot = snapshot();
     let start = snapshot
@@ -1154,7 +1151,6 @@ fn defaults_write_at_the_root_and_only_push_for_a_local_path() {
 /// store, later) changes nothing.
 #[test]
 fn from_the_store_the_second_run_changes_nothing() {
-    use leash::store::{BatchId, SqliteStore, Store as _};
     use leash_records::Record;
 
     let lab = lab(&snapshot());
@@ -1176,15 +1172,7 @@ fn from_the_store_the_second_run_changes_nothing() {
     assert_eq!(flows.len(), 3);
     let cluster = leash::cluster::Cluster::load(&lab.cluster).expect("snapshot");
     let db = lab.tmp.path().join("leash.db");
-    let store = SqliteStore::open(&db).expect("store");
-    let (f, d) = leash::observations::from_batch(&cluster, &flows, &[]);
-    let id = BatchId {
-        node: "n1".into(),
-        boot_id: "boot".into(),
-        seq: 0,
-    };
-    store.commit(&id, &f, &d).expect("commit");
-    drop(store);
+    commit_records(&db, &cluster, &flows);
 
     let run = || {
         leash(

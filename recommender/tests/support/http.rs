@@ -38,7 +38,12 @@ pub fn get_answer(addr: SocketAddr, path: &str) -> std::io::Result<Answer> {
     )?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
+    Ok(parse_answer(&raw))
+}
+
+/// The status and body of an HTTP/1.1 answer read to its end.
+pub fn parse_answer(raw: &[u8]) -> Answer {
+    let text = String::from_utf8_lossy(raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head
         .split_whitespace()
@@ -53,11 +58,11 @@ pub fn get_answer(addr: SocketAddr, path: &str) -> std::io::Result<Answer> {
     } else {
         body.to_owned()
     };
-    Ok(Answer {
+    Answer {
         status,
         chunked,
         body,
-    })
+    }
 }
 
 fn dechunk(mut body: &str) -> String {

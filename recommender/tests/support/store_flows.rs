@@ -4,8 +4,9 @@
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
+use leash::cluster::Cluster;
 use leash::store::{BatchId, FlowObservation, SqliteStore, Store as _, WorkloadRef};
-use leash_records::Protocol;
+use leash_records::{FlowRecord, Protocol};
 
 /// Deployment `name` in `ns` sent TCP to `dst:port` at `at`, twice, both connections
 /// established, resolving `names`.
@@ -45,4 +46,17 @@ pub fn commit(store: &Path, seq: u64, flows: &[FlowObservation]) {
         seq,
     };
     store.commit(&id, flows, &[]).expect("commits the batch");
+}
+
+/// Commits agents' flow records, joined to `cluster` as ingest joins them, as the one batch of
+/// node n1.
+pub fn commit_records(store: &Path, cluster: &Cluster, flows: &[FlowRecord]) {
+    let store = SqliteStore::open(store).expect("store opens");
+    let (f, d) = leash::observations::from_batch(cluster, flows, &[]);
+    let id = BatchId {
+        node: "n1".into(),
+        boot_id: "boot".into(),
+        seq: 0,
+    };
+    store.commit(&id, &f, &d).expect("commit");
 }
