@@ -170,6 +170,22 @@ impl Lab {
         self.pr(flows, &self.github_flags(api))
     }
 
+    /// [`Lab::pr_github`], which must exit 0.
+    #[track_caller]
+    fn pr_github_ok(&self, flows: &Path, api: &str) -> Output {
+        let o = self.pr_github(flows, api);
+        assert_code(&o, 0);
+        o
+    }
+
+    /// The base flows and frontend's new destination 192.0.2.50:8443 (resolved from `names`),
+    /// written as `more.jsonl`.
+    fn more_flows(&self, names: &str) -> PathBuf {
+        let mut more = base_flows();
+        more.push(flow("shop", "frontend-1", "192.0.2.50", 8443, names));
+        self.flows("more.jsonl", &more)
+    }
+
     /// The GitHub flags for stand-in `gh`, the token from the token file.
     fn github_flags<'a>(&'a self, api: &'a str) -> Vec<&'a str> {
         vec![
@@ -278,8 +294,7 @@ fn json_str<'a>(r: &'a Request, field: &str) -> &'a str {
 fn first_run_opens_one_pull_request_per_namespace() {
     let (lab, gh, flows, api) = github_lab();
     let main = lab.tip("main").expect("main");
-    let o = lab.pr_github(&flows, &api);
-    assert_code(&o, 0);
+    let o = lab.pr_github_ok(&flows, &api);
     let out = stdout(&o);
     assert!(
         out.contains("data: pushed ") && out.contains(" to leash/data, opened #1 "),
@@ -394,12 +409,11 @@ fn first_run_opens_one_pull_request_per_namespace() {
 #[test]
 fn same_observations_do_nothing_and_new_ones_update_the_same_pull_request() {
     let (lab, gh, flows, api) = github_lab();
-    assert_code(&lab.pr_github(&flows, &api), 0);
+    lab.pr_github_ok(&flows, &api);
     let requests = gh.requests().len();
     let (shop, data) = (lab.tip("leash/shop"), lab.tip("leash/data"));
 
-    let o = lab.pr_github(&flows, &api);
-    assert_code(&o, 0);
+    let o = lab.pr_github_ok(&flows, &api);
     assert_stdout_contains(&o, "shop: leash/shop already holds these policies");
     assert_eq!(
         gh.requests().len(),
@@ -412,8 +426,7 @@ fn same_observations_do_nothing_and_new_ones_update_the_same_pull_request() {
     // The next days' records of the same traffic: the evidence and reports differ, the
     // policies do not, so nothing happens either.
     let next = lab.flows("next.jsonl", &later(&base_flows(), 2));
-    let o = lab.pr_github(&next, &api);
-    assert_code(&o, 0);
+    let o = lab.pr_github_ok(&next, &api);
     assert_stdout_contains(&o, "shop: leash/shop already holds these policies");
     assert_eq!(
         gh.requests().len(),
@@ -423,17 +436,8 @@ fn same_observations_do_nothing_and_new_ones_update_the_same_pull_request() {
     assert_eq!(lab.tip("leash/shop"), shop);
 
     // frontend calls a new address: the same pull request, updated.
-    let mut more = base_flows();
-    more.push(flow(
-        "shop",
-        "frontend-1",
-        "192.0.2.50",
-        8443,
-        r#""new.pay.test""#,
-    ));
-    let flows = lab.flows("more.jsonl", &more);
-    let o = lab.pr_github(&flows, &api);
-    assert_code(&o, 0);
+    let flows = lab.more_flows(r#""new.pay.test""#);
+    let o = lab.pr_github_ok(&flows, &api);
     assert_stdout_contains(&o, " to leash/shop, updated #2 ");
     let new = gh.requests();
     assert_eq!(
@@ -465,13 +469,12 @@ fn same_observations_do_nothing_and_new_ones_update_the_same_pull_request() {
 #[test]
 fn a_closed_pull_request_is_not_reopened_and_the_next_change_opens_a_new_one() {
     let (lab, gh, flows, api) = github_lab();
-    assert_code(&lab.pr_github(&flows, &api), 0);
+    lab.pr_github_ok(&flows, &api);
     assert!(gh.close_pull("o/policies", 2));
     let requests = gh.requests().len();
     let shop = lab.tip("leash/shop");
 
-    let o = lab.pr_github(&flows, &api);
-    assert_code(&o, 0);
+    lab.pr_github_ok(&flows, &api);
     assert_eq!(
         gh.requests().len(),
         requests,
@@ -480,11 +483,8 @@ fn a_closed_pull_request_is_not_reopened_and_the_next_change_opens_a_new_one() {
     assert_eq!(lab.tip("leash/shop"), shop);
     assert_eq!(gh.pull("o/policies", 2).expect("#2").state, "closed");
 
-    let mut more = base_flows();
-    more.push(flow("shop", "frontend-1", "192.0.2.50", 8443, ""));
-    let flows = lab.flows("more.jsonl", &more);
-    let o = lab.pr_github(&flows, &api);
-    assert_code(&o, 0);
+    let flows = lab.more_flows("");
+    let o = lab.pr_github_ok(&flows, &api);
     assert_stdout_contains(&o, " to leash/shop, opened #3 ");
     let new = gh.requests();
     assert_eq!(
@@ -508,14 +508,13 @@ fn a_closed_pull_request_is_not_reopened_and_the_next_change_opens_a_new_one() {
 #[test]
 fn after_a_merge_the_same_observations_are_unchanged() {
     let (lab, gh, flows, api) = github_lab();
-    assert_code(&lab.pr_github(&flows, &api), 0);
+    lab.pr_github_ok(&flows, &api);
     // The user merges #2: main fast-forwards to leash/shop.
     lab.merge_shop(&gh, 2);
     let requests = gh.requests().len();
     let tips: Vec<Option<String>> = lab.branches().iter().map(|b| lab.tip(b)).collect();
 
-    let o = lab.pr_github(&flows, &api);
-    assert_code(&o, 0);
+    let o = lab.pr_github_ok(&flows, &api);
     assert_stdout_contains(&o, "shop: unchanged (the base branch holds these policies)");
     assert_stdout_contains(&o, "data: leash/data already holds these policies");
     assert_eq!(
@@ -528,11 +527,8 @@ fn after_a_merge_the_same_observations_are_unchanged() {
 
     // The next change to shop starts from the merged main and opens a new pull request.
     let main = lab.tip("main").expect("main");
-    let mut more = base_flows();
-    more.push(flow("shop", "frontend-1", "192.0.2.50", 8443, ""));
-    let flows = lab.flows("more.jsonl", &more);
-    let o = lab.pr_github(&flows, &api);
-    assert_code(&o, 0);
+    let flows = lab.more_flows("");
+    let o = lab.pr_github_ok(&flows, &api);
     assert_stdout_contains(&o, " to leash/shop, opened #3 ");
     assert_eq!(
         git(&lab.bare, &["rev-parse", "leash/shop^"]).expect("parent"),
@@ -737,9 +733,7 @@ fn http_repository_with_a_token_keeps_the_token_secret() {
     );
 
     // The token from the environment, for a change.
-    let mut more = base_flows();
-    more.push(flow("shop", "frontend-1", "192.0.2.50", 8443, ""));
-    let flows = lab.flows("more.jsonl", &more);
+    let flows = lab.more_flows("");
     let o2 = lab.pr_repo(
         &url,
         &flows,
@@ -1021,8 +1015,7 @@ fn a_body_over_the_limit_links_the_full_body_on_the_branch() {
         .collect();
     let flows = lab.flows("flows.jsonl", &lines_);
     let api = gh.api_url();
-    let o = lab.pr_github(&flows, &api);
-    assert_code(&o, 0);
+    lab.pr_github_ok(&flows, &api);
     let pull = gh.pull("o/policies", 1).expect("#1");
     let body = pull.body.expect("body");
     assert!(body.chars().count() <= 65_536, "{}", body.len());
@@ -1044,8 +1037,7 @@ fn a_body_over_the_limit_links_the_full_body_on_the_branch() {
     // Unchanged observations: still nothing to do (the full body is not a policy).
     let requests = gh.requests().len();
     let tip = lab.tip("leash/shop");
-    let o = lab.pr_github(&flows, &api);
-    assert_code(&o, 0);
+    lab.pr_github_ok(&flows, &api);
     assert_eq!(gh.requests().len(), requests);
     assert_eq!(lab.tip("leash/shop"), tip);
 
@@ -1055,8 +1047,7 @@ fn a_body_over_the_limit_links_the_full_body_on_the_branch() {
     let mut more = lines_;
     more.push(flow("shop", "app-0-1", "192.0.2.50", 8443, ""));
     let flows = lab.flows("more.jsonl", &more);
-    let o = lab.pr_github(&flows, &api);
-    assert_code(&o, 0);
+    lab.pr_github_ok(&flows, &api);
     let body = gh.pull("o/policies", 2).expect("#2").body.expect("body");
     assert!(!body.contains("PULL_REQUEST.md"), "{body}");
     assert_eq!(
@@ -1070,7 +1061,7 @@ fn a_body_over_the_limit_links_the_full_body_on_the_branch() {
 #[test]
 fn a_workload_gone_from_the_cluster_has_its_policy_removed() {
     let (lab, gh, flows, api) = github_lab();
-    assert_code(&lab.pr_github(&flows, &api), 0);
+    lab.pr_github_ok(&flows, &api);
     lab.merge_shop(&gh, 2);
     // frontend is deleted: the snapshot without its pod, the records without its flows.
     let snapshot = snapshot();
@@ -1085,8 +1076,7 @@ fn a_workload_gone_from_the_cluster_has_its_policy_removed() {
     assert!(!without.contains("frontend"), "{without}");
     std::fs::write(&lab.cluster, without).expect("writes");
     let flows = lab.flows("after.jsonl", &base_flows()[2..]);
-    let o = lab.pr_github(&flows, &api);
-    assert_code(&o, 0);
+    let o = lab.pr_github_ok(&flows, &api);
     assert_stdout_contains(&o, " to leash/shop, opened #3 ");
     let files = files_at(&lab.bare, "leash/shop").expect("files");
     assert!(
