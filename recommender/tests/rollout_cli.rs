@@ -20,10 +20,10 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use leash::store::{BatchId, FlowObservation, SqliteStore, Store, WorkloadRef};
-use leash_records::Protocol;
+use leash::store::{BatchId, FlowObservation, SqliteStore, Store};
 use serde_json::Value;
 use support::http::{free_port, get};
+use support::store_flows;
 
 const LEASH: &str = env!("CARGO_BIN_EXE_leash");
 
@@ -505,21 +505,11 @@ fn store(path: &Path) {
     let store = SqliteStore::open(path).unwrap();
     let flow = |ns: &str, name: &str, dst: &str, port: u16, count: u64, first: DateTime<Utc>| {
         FlowObservation {
-            workload: WorkloadRef {
-                namespace: ns.into(),
-                kind: "Deployment".into(),
-                name: name.into(),
-            },
-            protocol: Protocol::Tcp,
-            dst: dst.parse().unwrap(),
-            port,
             count,
             first_seen: first,
             last_seen: Utc::now() - chrono::Duration::minutes(5),
-            names: Default::default(),
-            pods: Default::default(),
             established: count,
-            failed: 0,
+            ..store_flows::deployment_flow(ns, name, dst, port, &[], first)
         }
     };
     let old = days_ago(8);
