@@ -3,46 +3,36 @@
 //! state `audit` and `explain` evaluate (an empty set, the applied policies combined with a
 //! given set, `--policies-only`).
 
+#[expect(
+    dead_code,
+    reason = "each test crate uses only part of the shared test support"
+)]
+mod support;
+
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
 use chrono::{Duration, Utc};
 use leash::store::{BatchId, FlowObservation, SqliteStore, Store as _, WorkloadRef};
 use leash_records::Protocol;
+use support::cli::{assert_code, p, stderr};
+use support::snapshots;
 
 /// shop: Deployment `web` (pod web-1) and a bare pod `worker`; db: `postgres-0`. Applied
 /// policies: an ingress policy of the database team, and two leash-managed egress policies
 /// in shop (web: DNS only; worker: nothing).
-const SNAPSHOT: &str = r#"
-apiVersion: v1
-kind: List
-items:
-- apiVersion: v1
-  kind: Namespace
-  metadata: {name: shop, labels: {kubernetes.io/metadata.name: shop}}
-- apiVersion: v1
-  kind: Namespace
-  metadata: {name: db, labels: {kubernetes.io/metadata.name: db}}
-- apiVersion: apps/v1
-  kind: Deployment
-  metadata: {name: web, namespace: shop, uid: uid-deploy-web}
-  spec:
-    selector: {matchLabels: {app: web}}
-    template:
-      metadata: {labels: {app: web}}
-      spec: {containers: [{name: web, image: web:1}]}
-- apiVersion: v1
-  kind: Pod
-  metadata:
-    name: web-1
-    namespace: shop
-    uid: uid-pod-web
-    labels: {app: web}
-    ownerReferences: [{apiVersion: apps/v1, kind: Deployment, name: web, uid: uid-deploy-web, controller: true}]
-  spec: {nodeName: n1, containers: [{name: web, image: web:1}]}
-  status: {phase: Running, podIP: 10.244.1.10, podIPs: [{ip: 10.244.1.10}]}
-- apiVersion: v1
+fn snapshot() -> String {
+    snapshots::list(&[
+        snapshots::namespace("shop"),
+        snapshots::namespace("db"),
+        snapshots::deployment("shop", "web", "web-1", "10.244.1.10"),
+        REST.to_owned(),
+    ])
+}
+
+/// The bare pods and the applied policies of [`snapshot`].
+const REST: &str = r#"- apiVersion: v1
   kind: Pod
   metadata: {name: worker, namespace: shop, uid: uid-pod-worker, labels: {app: worker}}
   spec: {nodeName: n1, containers: [{name: worker, image: worker:1}]}
@@ -119,7 +109,7 @@ struct Fixture {
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let cluster = dir.path().join("cluster.yaml");
-    std::fs::write(&cluster, SNAPSHOT).expect("writes the snapshot");
+    std::fs::write(&cluster, snapshot()).expect("writes the snapshot");
     let proposal = dir.path().join("proposal");
     std::fs::create_dir_all(proposal.join("shop")).expect("mkdir");
     std::fs::write(proposal.join("shop/web-egress.yaml"), PROPOSAL).expect("writes");
@@ -149,26 +139,6 @@ fn leash(args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("runs the leash binary")
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().expect("utf-8 path")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-#[track_caller]
-fn assert_code(o: &Output, code: i32) {
-    assert_eq!(
-        o.status.code(),
-        Some(code),
-        "stderr: {}\nstdout: {}",
-        stderr(o),
-        String::from_utf8_lossy(&o.stdout)
-    );
-    assert!(!stderr(o).contains("panicked"), "{}", stderr(o));
 }
 
 /// `audit --format json` with `extra` arguments: each flow's (workload, verdict, egress,
@@ -317,7 +287,7 @@ fn an_empty_policy_directory_is_an_empty_set() {
 
     // A snapshot without policies and no --policies: the same empty state.
     let bare = f.dir.path().join("bare.yaml");
-    let without: String = SNAPSHOT
+    let without: String = snapshot()
         .split("\n- ")
         .filter(|item| !item.contains("kind: NetworkPolicy"))
         .collect::<Vec<_>>()

@@ -6,6 +6,12 @@
 //! The reachability lines come from the symbolic engine (`leash::diff::reach`): the tests
 //! named `reachability_*` check them; every other test checks the observed flows.
 
+#[expect(
+    dead_code,
+    reason = "each test crate uses only part of the shared test support"
+)]
+mod support;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -14,67 +20,37 @@ use chrono::{DateTime, Duration, SubsecRound as _, Utc};
 use leash::evidence::PodNames;
 use leash::store::{BatchId, FlowObservation, SqliteStore, Store as _, WorkloadRef};
 use leash_records::Protocol;
+use support::cli::{assert_code, p, stderr, stdout};
+use support::snapshots;
 
 /// shop: Deployment `frontend` (pods frontend-1 and frontend-2); data: StatefulSet
 /// `postgres` (postgres-0, behind Service data/postgres 10.96.0.20); ops: a bare pod
 /// `debug`. Applied: the data team's ingress policy (frontend only), and leash's egress
 /// policy for frontend (HTTPS to 203.0.113.0/24, and postgres).
-const SNAPSHOT: &str = r#"
-apiVersion: v1
-kind: List
-items:
-- apiVersion: v1
-  kind: Namespace
-  metadata: {name: shop, labels: {kubernetes.io/metadata.name: shop}}
-- apiVersion: v1
-  kind: Namespace
-  metadata: {name: data, labels: {kubernetes.io/metadata.name: data}}
-- apiVersion: v1
-  kind: Namespace
-  metadata: {name: ops, labels: {kubernetes.io/metadata.name: ops}}
-- apiVersion: v1
-  kind: Pod
-  metadata:
-    name: frontend-1
-    namespace: shop
-    uid: uid-frontend-1
-    labels: {app: frontend, pod-template-hash: 5d8f}
-    ownerReferences: [{apiVersion: apps/v1, kind: ReplicaSet, name: frontend-5d8f, uid: uid-rs, controller: true}]
-  spec: {nodeName: n1, containers: [{name: web, image: web:1}]}
-  status: {phase: Running, podIP: 10.244.1.10, podIPs: [{ip: 10.244.1.10}]}
-- apiVersion: v1
-  kind: Pod
-  metadata:
-    name: frontend-2
-    namespace: shop
-    uid: uid-frontend-2
-    labels: {app: frontend, pod-template-hash: 5d8f}
-    ownerReferences: [{apiVersion: apps/v1, kind: ReplicaSet, name: frontend-5d8f, uid: uid-rs, controller: true}]
-  spec: {nodeName: n1, containers: [{name: web, image: web:1}]}
-  status: {phase: Running, podIP: 10.244.1.11, podIPs: [{ip: 10.244.1.11}]}
-- apiVersion: v1
-  kind: Pod
-  metadata:
-    name: postgres-0
-    namespace: data
-    uid: uid-postgres-0
-    labels: {app: postgres}
-    ownerReferences: [{apiVersion: apps/v1, kind: StatefulSet, name: postgres, uid: uid-sts, controller: true}]
-  spec: {nodeName: n1, containers: [{name: pg, image: pg:1, ports: [{containerPort: 5432}]}]}
-  status: {phase: Running, podIP: 10.244.2.20, podIPs: [{ip: 10.244.2.20}]}
-- apiVersion: v1
+fn snapshot() -> String {
+    snapshots::list(&[
+        snapshots::namespace("shop"),
+        snapshots::namespace("data"),
+        snapshots::namespace("ops"),
+        snapshots::frontend_pod(1, "10.244.1.10"),
+        snapshots::frontend_pod(2, "10.244.1.11"),
+        snapshots::postgres_pod(),
+        DEBUG_POD.to_owned(),
+        snapshots::postgres_service(),
+        POLICIES.to_owned(),
+    ])
+}
+
+/// ops' bare pod `debug`.
+const DEBUG_POD: &str = r"- apiVersion: v1
   kind: Pod
   metadata: {name: debug, namespace: ops, uid: uid-debug, labels: {app: debug}}
   spec: {nodeName: n1, containers: [{name: sh, image: busybox:1}]}
   status: {phase: Running, podIP: 10.244.3.30, podIPs: [{ip: 10.244.3.30}]}
-- apiVersion: v1
-  kind: Service
-  metadata: {name: postgres, namespace: data}
-  spec:
-    clusterIP: 10.96.0.20
-    selector: {app: postgres}
-    ports: [{port: 5432, targetPort: 5432, protocol: TCP}]
-- apiVersion: networking.k8s.io/v1
+";
+
+/// The applied policies of [`snapshot`].
+const POLICIES: &str = r#"- apiVersion: networking.k8s.io/v1
   kind: NetworkPolicy
   metadata: {name: postgres-ingress, namespace: data}
   spec:
@@ -204,7 +180,7 @@ fn write_policy(dir: &Path, blocks: &[&str]) {
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let cluster = dir.path().join("cluster.yaml");
-    std::fs::write(&cluster, SNAPSHOT).expect("writes the snapshot");
+    std::fs::write(&cluster, snapshot()).expect("writes the snapshot");
     let flows = dir.path().join("flows.jsonl");
     std::fs::write(&flows, flow_lines().join("\n") + "\n").expect("writes the flows");
     let proposal = dir.path().join("proposal");
@@ -234,30 +210,6 @@ fn leash_in(dir: Option<&Path>, args: &[&str]) -> Output {
 
 fn leash(args: &[&str]) -> Output {
     leash_in(None, args)
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().expect("utf-8 path")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-#[track_caller]
-fn assert_code(o: &Output, code: i32) {
-    assert_eq!(
-        o.status.code(),
-        Some(code),
-        "stderr: {}\nstdout: {}",
-        stderr(o),
-        stdout(o)
-    );
-    assert!(!stderr(o).contains("panicked"), "{}", stderr(o));
 }
 
 /// `leash diff --cluster … --flows … --from FROM --to TO` with `extra` arguments.

@@ -25,7 +25,7 @@ use leash::recommend::{self, Recommendation};
 use leash::rollout::{self, WorkloadStatus};
 use leash_records::Record;
 use proptest::prelude::*;
-use support::recommend::{Fx, flow};
+use support::recommend::{Fx, deployment_pod as pod, deployments, flow};
 
 /// A DNS name a tenant controls, written to become a link, an image, HTML, a mention and a
 /// heading.
@@ -42,22 +42,7 @@ fn at(s: &str) -> DateTime<Utc> {
 
 /// shop: four Deployments.
 fn shop() -> Fx {
-    let mut fx = Fx::new();
-    fx.namespace("shop");
-    for (i, name) in ["api", "web", "cart", "fresh"].iter().enumerate() {
-        fx.deployment(
-            "shop",
-            name,
-            &[("app", name)],
-            &[&format!("10.0.1.{}", i + 10)],
-            &[],
-        );
-    }
-    fx
-}
-
-fn pod(name: &str) -> String {
-    format!("{name}-5c9f7d-p0")
+    deployments("shop", &["api", "web", "cart", "fresh"])
 }
 
 /// The base branch's observations: api, web and cart each dial one address on 443.

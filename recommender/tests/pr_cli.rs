@@ -9,6 +9,12 @@
 //! The SSH test needs `sshd` (`openssh-server`); without it the test skips with the reason,
 //! unless `LEASH_REQUIRE_PRIVILEGED=1`, which makes it fail.
 
+#[expect(
+    dead_code,
+    reason = "each test crate uses only part of the shared test support"
+)]
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -18,48 +24,22 @@ use leash_lab::forge::{Request, random_token};
 use leash_lab::git_server::{
     GitServer, branches, create_bare_repo, file_at, files_at, find_text, git, rev_parse,
 };
-use leash_records::error::Chain;
+use support::cli::{assert_code, p, stderr, stdout};
+use support::snapshots;
+use support::sshd::sshd_or_skip;
+use support::store_flows::commit_records;
 
 /// shop: Deployment `frontend` (pod frontend-1); data: StatefulSet `postgres` (postgres-0,
 /// behind Service data/postgres 10.96.0.20). No policy applied.
-const SNAPSHOT: &str = r#"
-apiVersion: v1
-kind: List
-items:
-- apiVersion: v1
-  kind: Namespace
-  metadata: {name: shop, labels: {kubernetes.io/metadata.name: shop}}
-- apiVersion: v1
-  kind: Namespace
-  metadata: {name: data, labels: {kubernetes.io/metadata.name: data}}
-- apiVersion: v1
-  kind: Pod
-  metadata:
-    name: frontend-1
-    namespace: shop
-    uid: uid-frontend-1
-    labels: {app: frontend, pod-template-hash: 5d8f}
-    ownerReferences: [{apiVersion: apps/v1, kind: ReplicaSet, name: frontend-5d8f, uid: uid-rs, controller: true}]
-  spec: {nodeName: n1, containers: [{name: web, image: web:1}]}
-  status: {phase: Running, podIP: 10.244.1.10, podIPs: [{ip: 10.244.1.10}]}
-- apiVersion: v1
-  kind: Pod
-  metadata:
-    name: postgres-0
-    namespace: data
-    uid: uid-postgres-0
-    labels: {app: postgres}
-    ownerReferences: [{apiVersion: apps/v1, kind: StatefulSet, name: postgres, uid: uid-sts, controller: true}]
-  spec: {nodeName: n1, containers: [{name: pg, image: pg:1, ports: [{containerPort: 5432}]}]}
-  status: {phase: Running, podIP: 10.244.2.20, podIPs: [{ip: 10.244.2.20}]}
-- apiVersion: v1
-  kind: Service
-  metadata: {name: postgres, namespace: data}
-  spec:
-    clusterIP: 10.96.0.20
-    selector: {app: postgres}
-    ports: [{port: 5432, targetPort: 5432, protocol: TCP}]
-"#;
+fn snapshot() -> String {
+    snapshots::list(&[
+        snapshots::namespace("shop"),
+        snapshots::namespace("data"),
+        snapshots::frontend_pod(1, "10.244.1.10"),
+        snapshots::postgres_pod(),
+        snapshots::postgres_service(),
+    ])
+}
 
 /// A bare pod in shop without labels: no selector can target it, so the namespace's
 /// default deny blocks its egress (a real break of observed traffic).
@@ -185,6 +165,27 @@ impl Lab {
         leash(&args, env)
     }
 
+    /// `leash pr` on `flows` with [`Lab::github_flags`].
+    fn pr_github(&self, flows: &Path, api: &str) -> Output {
+        self.pr(flows, &self.github_flags(api))
+    }
+
+    /// [`Lab::pr_github`], which must exit 0.
+    #[track_caller]
+    fn pr_github_ok(&self, flows: &Path, api: &str) -> Output {
+        let o = self.pr_github(flows, api);
+        assert_code(&o, 0);
+        o
+    }
+
+    /// The base flows and frontend's new destination 192.0.2.50:8443 (resolved from `names`),
+    /// written as `more.jsonl`.
+    fn more_flows(&self, names: &str) -> PathBuf {
+        let mut more = base_flows();
+        more.push(flow("shop", "frontend-1", "192.0.2.50", 8443, names));
+        self.flows("more.jsonl", &more)
+    }
+
     /// The GitHub flags for stand-in `gh`, the token from the token file.
     fn github_flags<'a>(&'a self, api: &'a str) -> Vec<&'a str> {
         vec![
@@ -197,6 +198,17 @@ impl Lab {
             "--token-file",
             p(&self.token_file),
         ]
+    }
+
+    /// The user merges pull request `number` of leash/shop: main fast-forwards to it.
+    #[track_caller]
+    fn merge_shop(&self, gh: &GitHub, number: u64) {
+        git(
+            &self.bare,
+            &["update-ref", "refs/heads/main", "refs/heads/leash/shop"],
+        )
+        .expect("merge");
+        assert!(gh.merge_pull("o/policies", number));
     }
 
     fn tip(&self, branch: &str) -> Option<String> {
@@ -227,6 +239,16 @@ impl Lab {
     }
 }
 
+/// The lab on [`snapshot`], the GitHub stand-in serving its repository, the base flows
+/// file and the stand-in's API URL.
+fn github_lab() -> (Lab, GitHub, PathBuf, String) {
+    let lab = lab(&snapshot());
+    let gh = github(&lab);
+    let flows = lab.flows("flows.jsonl", &base_flows());
+    let api = gh.api_url();
+    (lab, gh, flows, api)
+}
+
 fn github(lab: &Lab) -> GitHub {
     GitHub::builder(&lab.token)
         .repo_with_git("o/policies", &lab.bare)
@@ -248,28 +270,9 @@ fn leash(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().expect("runs the leash binary")
 }
 
-fn p(path: &Path) -> &str {
-    path.to_str().expect("utf-8 path")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
 #[track_caller]
-fn assert_code(o: &Output, code: i32) {
-    assert_eq!(
-        o.status.code(),
-        Some(code),
-        "stderr: {}\nstdout: {}",
-        stderr(o),
-        stdout(o)
-    );
-    assert!(!stderr(o).contains("panicked"), "{}", stderr(o));
+fn assert_stdout_contains(o: &Output, text: &str) {
+    assert!(stdout(o).contains(text), "{}", stdout(o));
 }
 
 /// `METHOD path?query` of every request.
@@ -289,13 +292,9 @@ fn json_str<'a>(r: &'a Request, field: &str) -> &'a str {
 /// namespace's files, the team's files and the base branch untouched.
 #[test]
 fn first_run_opens_one_pull_request_per_namespace() {
-    let lab = lab(SNAPSHOT);
-    let gh = github(&lab);
+    let (lab, gh, flows, api) = github_lab();
     let main = lab.tip("main").expect("main");
-    let flows = lab.flows("flows.jsonl", &base_flows());
-    let api = gh.api_url();
-    let o = lab.pr(&flows, &lab.github_flags(&api));
-    assert_code(&o, 0);
+    let o = lab.pr_github_ok(&flows, &api);
     let out = stdout(&o);
     assert!(
         out.contains("data: pushed ") && out.contains(" to leash/data, opened #1 "),
@@ -409,21 +408,13 @@ fn first_run_opens_one_pull_request_per_namespace() {
 /// the same pull request, and only that namespace's branch moves.
 #[test]
 fn same_observations_do_nothing_and_new_ones_update_the_same_pull_request() {
-    let lab = lab(SNAPSHOT);
-    let gh = github(&lab);
-    let flows = lab.flows("flows.jsonl", &base_flows());
-    let api = gh.api_url();
-    assert_code(&lab.pr(&flows, &lab.github_flags(&api)), 0);
+    let (lab, gh, flows, api) = github_lab();
+    lab.pr_github_ok(&flows, &api);
     let requests = gh.requests().len();
     let (shop, data) = (lab.tip("leash/shop"), lab.tip("leash/data"));
 
-    let o = lab.pr(&flows, &lab.github_flags(&api));
-    assert_code(&o, 0);
-    assert!(
-        stdout(&o).contains("shop: leash/shop already holds these policies"),
-        "{}",
-        stdout(&o)
-    );
+    let o = lab.pr_github_ok(&flows, &api);
+    assert_stdout_contains(&o, "shop: leash/shop already holds these policies");
     assert_eq!(
         gh.requests().len(),
         requests,
@@ -435,13 +426,8 @@ fn same_observations_do_nothing_and_new_ones_update_the_same_pull_request() {
     // The next days' records of the same traffic: the evidence and reports differ, the
     // policies do not, so nothing happens either.
     let next = lab.flows("next.jsonl", &later(&base_flows(), 2));
-    let o = lab.pr(&next, &lab.github_flags(&api));
-    assert_code(&o, 0);
-    assert!(
-        stdout(&o).contains("shop: leash/shop already holds these policies"),
-        "{}",
-        stdout(&o)
-    );
+    let o = lab.pr_github_ok(&next, &api);
+    assert_stdout_contains(&o, "shop: leash/shop already holds these policies");
     assert_eq!(
         gh.requests().len(),
         requests,
@@ -450,22 +436,9 @@ fn same_observations_do_nothing_and_new_ones_update_the_same_pull_request() {
     assert_eq!(lab.tip("leash/shop"), shop);
 
     // frontend calls a new address: the same pull request, updated.
-    let mut more = base_flows();
-    more.push(flow(
-        "shop",
-        "frontend-1",
-        "192.0.2.50",
-        8443,
-        r#""new.pay.test""#,
-    ));
-    let flows = lab.flows("more.jsonl", &more);
-    let o = lab.pr(&flows, &lab.github_flags(&api));
-    assert_code(&o, 0);
-    assert!(
-        stdout(&o).contains(" to leash/shop, updated #2 "),
-        "{}",
-        stdout(&o)
-    );
+    let flows = lab.more_flows(r#""new.pay.test""#);
+    let o = lab.pr_github_ok(&flows, &api);
+    assert_stdout_contains(&o, " to leash/shop, updated #2 ");
     let new = gh.requests();
     assert_eq!(
         lines(&new[requests..]),
@@ -495,17 +468,13 @@ fn same_observations_do_nothing_and_new_ones_update_the_same_pull_request() {
 /// A pull request the user closed is not reopened; the next change opens a new one.
 #[test]
 fn a_closed_pull_request_is_not_reopened_and_the_next_change_opens_a_new_one() {
-    let lab = lab(SNAPSHOT);
-    let gh = github(&lab);
-    let flows = lab.flows("flows.jsonl", &base_flows());
-    let api = gh.api_url();
-    assert_code(&lab.pr(&flows, &lab.github_flags(&api)), 0);
+    let (lab, gh, flows, api) = github_lab();
+    lab.pr_github_ok(&flows, &api);
     assert!(gh.close_pull("o/policies", 2));
     let requests = gh.requests().len();
     let shop = lab.tip("leash/shop");
 
-    let o = lab.pr(&flows, &lab.github_flags(&api));
-    assert_code(&o, 0);
+    lab.pr_github_ok(&flows, &api);
     assert_eq!(
         gh.requests().len(),
         requests,
@@ -514,16 +483,9 @@ fn a_closed_pull_request_is_not_reopened_and_the_next_change_opens_a_new_one() {
     assert_eq!(lab.tip("leash/shop"), shop);
     assert_eq!(gh.pull("o/policies", 2).expect("#2").state, "closed");
 
-    let mut more = base_flows();
-    more.push(flow("shop", "frontend-1", "192.0.2.50", 8443, ""));
-    let flows = lab.flows("more.jsonl", &more);
-    let o = lab.pr(&flows, &lab.github_flags(&api));
-    assert_code(&o, 0);
-    assert!(
-        stdout(&o).contains(" to leash/shop, opened #3 "),
-        "{}",
-        stdout(&o)
-    );
+    let flows = lab.more_flows("");
+    let o = lab.pr_github_ok(&flows, &api);
+    assert_stdout_contains(&o, " to leash/shop, opened #3 ");
     let new = gh.requests();
     assert_eq!(
         lines(&new[requests..]),
@@ -545,33 +507,16 @@ fn a_closed_pull_request_is_not_reopened_and_the_next_change_opens_a_new_one() {
 /// no commit, no API call.
 #[test]
 fn after_a_merge_the_same_observations_are_unchanged() {
-    let lab = lab(SNAPSHOT);
-    let gh = github(&lab);
-    let flows = lab.flows("flows.jsonl", &base_flows());
-    let api = gh.api_url();
-    assert_code(&lab.pr(&flows, &lab.github_flags(&api)), 0);
+    let (lab, gh, flows, api) = github_lab();
+    lab.pr_github_ok(&flows, &api);
     // The user merges #2: main fast-forwards to leash/shop.
-    git(
-        &lab.bare,
-        &["update-ref", "refs/heads/main", "refs/heads/leash/shop"],
-    )
-    .expect("merge");
-    assert!(gh.merge_pull("o/policies", 2));
+    lab.merge_shop(&gh, 2);
     let requests = gh.requests().len();
     let tips: Vec<Option<String>> = lab.branches().iter().map(|b| lab.tip(b)).collect();
 
-    let o = lab.pr(&flows, &lab.github_flags(&api));
-    assert_code(&o, 0);
-    assert!(
-        stdout(&o).contains("shop: unchanged (the base branch holds these policies)"),
-        "{}",
-        stdout(&o)
-    );
-    assert!(
-        stdout(&o).contains("data: leash/data already holds these policies"),
-        "{}",
-        stdout(&o)
-    );
+    let o = lab.pr_github_ok(&flows, &api);
+    assert_stdout_contains(&o, "shop: unchanged (the base branch holds these policies)");
+    assert_stdout_contains(&o, "data: leash/data already holds these policies");
     assert_eq!(
         gh.requests().len(),
         requests,
@@ -582,16 +527,9 @@ fn after_a_merge_the_same_observations_are_unchanged() {
 
     // The next change to shop starts from the merged main and opens a new pull request.
     let main = lab.tip("main").expect("main");
-    let mut more = base_flows();
-    more.push(flow("shop", "frontend-1", "192.0.2.50", 8443, ""));
-    let flows = lab.flows("more.jsonl", &more);
-    let o = lab.pr(&flows, &lab.github_flags(&api));
-    assert_code(&o, 0);
-    assert!(
-        stdout(&o).contains(" to leash/shop, opened #3 "),
-        "{}",
-        stdout(&o)
-    );
+    let flows = lab.more_flows("");
+    let o = lab.pr_github_ok(&flows, &api);
+    assert_stdout_contains(&o, " to leash/shop, opened #3 ");
     assert_eq!(
         git(&lab.bare, &["rev-parse", "leash/shop^"]).expect("parent"),
         main
@@ -615,10 +553,7 @@ fn after_a_merge_the_same_observations_are_unchanged() {
 /// `--dry-run` prints the commit message and the body, and pushes and asks nothing.
 #[test]
 fn dry_run_prints_and_pushes_nothing() {
-    let lab = lab(SNAPSHOT);
-    let gh = github(&lab);
-    let flows = lab.flows("flows.jsonl", &base_flows());
-    let api = gh.api_url();
+    let (lab, gh, flows, api) = github_lab();
     let mut args = lab.github_flags(&api);
     args.push("--dry-run");
     let o = lab.pr(&flows, &args);
@@ -645,13 +580,13 @@ fn dry_run_prints_and_pushes_nothing() {
 /// printed, nothing pushed for that namespace); `--allow-breaks` opens it with a warning.
 #[test]
 fn a_change_that_breaks_observed_traffic_is_refused_unless_allowed() {
-    let lab = lab(&format!("{SNAPSHOT}{UNLABELLED_POD}"));
+    let lab = lab(&format!("{}{UNLABELLED_POD}", snapshot()));
     let gh = github(&lab);
     let mut lines_ = base_flows();
     lines_.push(flow("shop", "debug", "198.51.100.9", 443, ""));
     let flows = lab.flows("flows.jsonl", &lines_);
     let api = gh.api_url();
-    let o = lab.pr(&flows, &lab.github_flags(&api));
+    let o = lab.pr_github(&flows, &api);
     assert_code(&o, 3);
     let out = stdout(&o);
     assert!(
@@ -679,11 +614,7 @@ fn a_change_that_breaks_observed_traffic_is_refused_unless_allowed() {
     args.push("--allow-breaks");
     let o = lab.pr(&flows, &args);
     assert_code(&o, 0);
-    assert!(
-        stdout(&o).contains(" to leash/shop, opened #2 "),
-        "{}",
-        stdout(&o)
-    );
+    assert_stdout_contains(&o, " to leash/shop, opened #2 ");
     let pull = gh.pull("o/policies", 2).expect("#2");
     let body = pull.body.expect("a body");
     assert!(
@@ -698,7 +629,7 @@ fn a_change_that_breaks_observed_traffic_is_refused_unless_allowed() {
 /// branch with every namespace and the index.
 #[test]
 fn gitlab_one_merge_request_for_all_namespaces() {
-    let lab = lab(SNAPSHOT);
+    let lab = lab(&snapshot());
     let gl = GitLab::builder(&lab.token)
         .project_with_git("g/policies", &lab.bare)
         .start()
@@ -706,28 +637,22 @@ fn gitlab_one_merge_request_for_all_namespaces() {
     let main = lab.tip("main");
     let flows = lab.flows("flows.jsonl", &base_flows());
     let api = gl.api_url();
-    let o = lab.pr(
-        &flows,
-        &[
-            "--provider",
-            "gitlab",
-            "--api-url",
-            &api,
-            "--project",
-            "g/policies",
-            "--token-file",
-            p(&lab.token_file),
-            "--group-by",
-            "all",
-        ],
-    );
+    let flags = [
+        "--provider",
+        "gitlab",
+        "--api-url",
+        &api,
+        "--project",
+        "g/policies",
+        "--token-file",
+        p(&lab.token_file),
+        "--group-by",
+        "all",
+    ];
+    let o = lab.pr(&flows, &flags);
     assert_code(&o, 0);
-    assert!(stdout(&o).contains("all: pushed "), "{}", stdout(&o));
-    assert!(
-        stdout(&o).contains(" to leash/all, opened #1 "),
-        "{}",
-        stdout(&o)
-    );
+    assert_stdout_contains(&o, "all: pushed ");
+    assert_stdout_contains(&o, " to leash/all, opened #1 ");
     assert_eq!(lab.branches(), ["leash/all", "main"]);
     assert_eq!(lab.tip("main"), main);
     let files = files_at(&lab.bare, "leash/all").expect("files");
@@ -773,21 +698,7 @@ fn gitlab_one_merge_request_for_all_namespaces() {
 
     // Again: nothing to do.
     let tip = lab.tip("leash/all");
-    let o = lab.pr(
-        &flows,
-        &[
-            "--provider",
-            "gitlab",
-            "--api-url",
-            &api,
-            "--project",
-            "g/policies",
-            "--token-file",
-            p(&lab.token_file),
-            "--group-by",
-            "all",
-        ],
-    );
+    let o = lab.pr(&flows, &flags);
     assert_code(&o, 0);
     assert_eq!(
         stdout(&o),
@@ -803,7 +714,7 @@ fn gitlab_one_merge_request_for_all_namespaces() {
 /// from `LEASH_GIT_TOKEN`, reaches neither the outputs nor the clone nor the repository.
 #[test]
 fn http_repository_with_a_token_keeps_the_token_secret() {
-    let lab = lab(SNAPSHOT);
+    let lab = lab(&snapshot());
     let server = GitServer::start(&lab.tmp.path().join("repos"), &lab.token).expect("git server");
     let gh = github(&lab);
     let url = server.url("policies.git");
@@ -811,11 +722,7 @@ fn http_repository_with_a_token_keeps_the_token_secret() {
     let flows = lab.flows("flows.jsonl", &base_flows());
     let o = lab.pr_repo(&url, &flows, &lab.github_flags(&api), &[]);
     assert_code(&o, 0);
-    assert!(
-        stdout(&o).contains(" to leash/shop, opened #2 "),
-        "{}",
-        stdout(&o)
-    );
+    assert_stdout_contains(&o, " to leash/shop, opened #2 ");
     assert_eq!(lab.branches(), ["leash/data", "leash/shop", "main"]);
     assert!(
         server
@@ -826,9 +733,7 @@ fn http_repository_with_a_token_keeps_the_token_secret() {
     );
 
     // The token from the environment, for a change.
-    let mut more = base_flows();
-    more.push(flow("shop", "frontend-1", "192.0.2.50", 8443, ""));
-    let flows = lab.flows("more.jsonl", &more);
+    let flows = lab.more_flows("");
     let o2 = lab.pr_repo(
         &url,
         &flows,
@@ -843,11 +748,7 @@ fn http_repository_with_a_token_keeps_the_token_secret() {
         &[("LEASH_GIT_TOKEN", &lab.token)],
     );
     assert_code(&o2, 0);
-    assert!(
-        stdout(&o2).contains(" to leash/shop, updated #2 "),
-        "{}",
-        stdout(&o2)
-    );
+    assert_stdout_contains(&o2, " to leash/shop, updated #2 ");
     lab.assert_no_token(&lab.token, &[&o, &o2]);
     assert!(!stdout(&o).contains(&lab.token) && !stdout(&o2).contains(&lab.token));
 }
@@ -855,7 +756,7 @@ fn http_repository_with_a_token_keeps_the_token_secret() {
 /// A wrong token fails with a message that names the repository or the API, not the token.
 #[test]
 fn a_wrong_token_fails_without_showing_it() {
-    let lab = lab(SNAPSHOT);
+    let lab = lab(&snapshot());
     let server = GitServer::start(&lab.tmp.path().join("repos"), &lab.token).expect("git server");
     let gh = github(&lab);
     let wrong = random_token("ghp_");
@@ -899,7 +800,7 @@ fn a_wrong_token_fails_without_showing_it() {
     assert_eq!(lab.tip("leash/data"), lab.tip("main"));
 
     // With the right token, the pull requests are opened after all.
-    let o3 = lab.pr(&flows, &lab.github_flags(&api));
+    let o3 = lab.pr_github(&flows, &api);
     assert_code(&o3, 0);
     assert_eq!(
         gh.pulls("o/policies").len(),
@@ -914,10 +815,7 @@ fn a_wrong_token_fails_without_showing_it() {
 /// host that is not loopback.
 #[test]
 fn usage_errors_exit_2_before_any_request() {
-    let lab = lab(SNAPSHOT);
-    let gh = github(&lab);
-    let flows = lab.flows("flows.jsonl", &base_flows());
-    let api = gh.api_url();
+    let (lab, gh, flows, api) = github_lab();
     let o = lab.pr(
         &flows,
         &[
@@ -992,25 +890,6 @@ fn usage_errors_exit_2_before_any_request() {
     assert_eq!(lab.branches(), ["main"]);
 }
 
-/// The SSH server, or `None` (the test skips) when `sshd` is not installed and
-/// `LEASH_REQUIRE_PRIVILEGED` is not `1`.
-fn sshd_or_skip() -> Option<leash_lab::sshd::Sshd> {
-    match leash_lab::sshd::Sshd::start() {
-        Ok(s) => Some(s),
-        Err(e @ leash_lab::sshd::Error::Unavailable(_)) => {
-            assert!(
-                std::env::var(leash_lab::REQUIRE_PRIVILEGED_ENV).as_deref() != Ok("1"),
-                "{}=1 but {}",
-                leash_lab::REQUIRE_PRIVILEGED_ENV,
-                Chain(&e)
-            );
-            eprintln!("SKIPPED: {}", Chain(&e));
-            None
-        }
-        Err(e) => panic!("sshd: {}", Chain(&e)),
-    }
-}
-
 /// The repository over SSH with a key file and pinned host keys; `--provider none` only
 /// pushes.
 #[test]
@@ -1018,7 +897,7 @@ fn ssh_repository_with_a_key_pushes_the_branches() {
     let Some(sshd) = sshd_or_skip() else {
         return;
     };
-    let lab = lab(SNAPSHOT);
+    let lab = lab(&snapshot());
     let main = lab.tip("main");
     let flows = lab.flows("flows.jsonl", &base_flows());
     let url = sshd.url(&lab.bare);
@@ -1057,7 +936,7 @@ fn ssh_repository_with_a_key_pushes_the_branches() {
 /// leash never writes through the repository's links.
 #[test]
 fn a_symlinked_path_in_the_repository_is_refused() {
-    let lab = lab(SNAPSHOT);
+    let lab = lab(&snapshot());
     let victim = lab.tmp.path().join("victim");
     std::fs::create_dir_all(&victim).expect("mkdir");
     // The team's repository holds `policies -> VICTIM`.
@@ -1136,8 +1015,7 @@ fn a_body_over_the_limit_links_the_full_body_on_the_branch() {
         .collect();
     let flows = lab.flows("flows.jsonl", &lines_);
     let api = gh.api_url();
-    let o = lab.pr(&flows, &lab.github_flags(&api));
-    assert_code(&o, 0);
+    lab.pr_github_ok(&flows, &api);
     let pull = gh.pull("o/policies", 1).expect("#1");
     let body = pull.body.expect("body");
     assert!(body.chars().count() <= 65_536, "{}", body.len());
@@ -1159,24 +1037,17 @@ fn a_body_over_the_limit_links_the_full_body_on_the_branch() {
     // Unchanged observations: still nothing to do (the full body is not a policy).
     let requests = gh.requests().len();
     let tip = lab.tip("leash/shop");
-    let o = lab.pr(&flows, &lab.github_flags(&api));
-    assert_code(&o, 0);
+    lab.pr_github_ok(&flows, &api);
     assert_eq!(gh.requests().len(), requests);
     assert_eq!(lab.tip("leash/shop"), tip);
 
     // Merged; the next change is small and its body fits: the full body of the last one,
     // now on main, is removed rather than left to mislead.
-    git(
-        &lab.bare,
-        &["update-ref", "refs/heads/main", "refs/heads/leash/shop"],
-    )
-    .expect("merge");
-    assert!(gh.merge_pull("o/policies", 1));
+    lab.merge_shop(&gh, 1);
     let mut more = lines_;
     more.push(flow("shop", "app-0-1", "192.0.2.50", 8443, ""));
     let flows = lab.flows("more.jsonl", &more);
-    let o = lab.pr(&flows, &lab.github_flags(&api));
-    assert_code(&o, 0);
+    lab.pr_github_ok(&flows, &api);
     let body = gh.pull("o/policies", 2).expect("#2").body.expect("body");
     assert!(!body.contains("PULL_REQUEST.md"), "{body}");
     assert_eq!(
@@ -1189,36 +1060,24 @@ fn a_body_over_the_limit_links_the_full_body_on_the_branch() {
 /// team's file beside it stays.
 #[test]
 fn a_workload_gone_from_the_cluster_has_its_policy_removed() {
-    let lab = lab(SNAPSHOT);
-    let gh = github(&lab);
-    let flows = lab.flows("flows.jsonl", &base_flows());
-    let api = gh.api_url();
-    assert_code(&lab.pr(&flows, &lab.github_flags(&api)), 0);
-    git(
-        &lab.bare,
-        &["update-ref", "refs/heads/main", "refs/heads/leash/shop"],
-    )
-    .expect("merge");
-    assert!(gh.merge_pull("o/policies", 2));
+    let (lab, gh, flows, api) = github_lab();
+    lab.pr_github_ok(&flows, &api);
+    lab.merge_shop(&gh, 2);
     // frontend is deleted: the snapshot without its pod, the records without its flows.
-    let start = SNAPSHOT
+    let snapshot = snapshot();
+    let start = snapshot
         .find("- apiVersion: v1\n  kind: Pod\n")
         .expect("first pod");
     let end = start
-        + SNAPSHOT[start..]
+        + snapshot[start..]
             .find("- apiVersion: v1\n  kind: Pod\n  metadata:\n    name: postgres-0")
             .expect("second pod");
-    let without = format!("{}{}", &SNAPSHOT[..start], &SNAPSHOT[end..]);
+    let without = format!("{}{}", &snapshot[..start], &snapshot[end..]);
     assert!(!without.contains("frontend"), "{without}");
     std::fs::write(&lab.cluster, without).expect("writes");
     let flows = lab.flows("after.jsonl", &base_flows()[2..]);
-    let o = lab.pr(&flows, &lab.github_flags(&api));
-    assert_code(&o, 0);
-    assert!(
-        stdout(&o).contains(" to leash/shop, opened #3 "),
-        "{}",
-        stdout(&o)
-    );
+    let o = lab.pr_github_ok(&flows, &api);
+    assert_stdout_contains(&o, " to leash/shop, opened #3 ");
     let files = files_at(&lab.bare, "leash/shop").expect("files");
     assert!(
         !files.iter().any(|f| f.ends_with("frontend-egress.yaml") || f.ends_with("default-deny-egress.yaml")),
@@ -1236,7 +1095,7 @@ fn a_workload_gone_from_the_cluster_has_its_policy_removed() {
 /// branches are pushed, the team's files stay.
 #[test]
 fn defaults_write_at_the_root_and_only_push_for_a_local_path() {
-    let lab = lab(SNAPSHOT);
+    let lab = lab(&snapshot());
     let flows = lab.flows("flows.jsonl", &base_flows());
     let o = leash(
         &[
@@ -1282,10 +1141,9 @@ fn defaults_write_at_the_root_and_only_push_for_a_local_path() {
 /// store, later) changes nothing.
 #[test]
 fn from_the_store_the_second_run_changes_nothing() {
-    use leash::store::{BatchId, SqliteStore, Store as _};
     use leash_records::Record;
 
-    let lab = lab(SNAPSHOT);
+    let lab = lab(&snapshot());
     let now = chrono::Utc::now();
     let first = leash_records::time::rfc3339(now - chrono::Duration::days(3));
     let last = leash_records::time::rfc3339(now - chrono::Duration::hours(1));
@@ -1304,15 +1162,7 @@ fn from_the_store_the_second_run_changes_nothing() {
     assert_eq!(flows.len(), 3);
     let cluster = leash::cluster::Cluster::load(&lab.cluster).expect("snapshot");
     let db = lab.tmp.path().join("leash.db");
-    let store = SqliteStore::open(&db).expect("store");
-    let (f, d) = leash::observations::from_batch(&cluster, &flows, &[]);
-    let id = BatchId {
-        node: "n1".into(),
-        boot_id: "boot".into(),
-        seq: 0,
-    };
-    store.commit(&id, &f, &d).expect("commit");
-    drop(store);
+    commit_records(&db, &cluster, &flows);
 
     let run = || {
         leash(
@@ -1338,15 +1188,11 @@ fn from_the_store_the_second_run_changes_nothing() {
     };
     let o = run();
     assert_code(&o, 0);
-    assert!(stdout(&o).contains(" to leash/shop\n"), "{}", stdout(&o));
+    assert_stdout_contains(&o, " to leash/shop\n");
     let tip = lab.tip("leash/shop").expect("pushed");
     let o = run();
     assert_code(&o, 0);
-    assert!(
-        stdout(&o).contains("shop: leash/shop already holds these policies"),
-        "{}",
-        stdout(&o)
-    );
+    assert_stdout_contains(&o, "shop: leash/shop already holds these policies");
     assert_eq!(lab.tip("leash/shop").as_deref(), Some(&*tip));
 }
 
@@ -1354,7 +1200,7 @@ fn from_the_store_the_second_run_changes_nothing() {
 /// the machine's `GIT_SSL_CAINFO` says; without the CA, the run fails before any push.
 #[test]
 fn https_with_a_private_ca() {
-    let lab = lab(SNAPSHOT);
+    let lab = lab(&snapshot());
     let ca = leash_lab::forge::TestCa::generate().expect("CA");
     let ca_file = lab.tmp.path().join("ca.pem");
     std::fs::write(&ca_file, ca.ca_pem()).expect("writes");
@@ -1378,11 +1224,7 @@ fn https_with_a_private_ca() {
     flags.extend(["--api-ca-file", p(&ca_file)]);
     let o = lab.pr_repo(&url, &flows, &flags, &[("GIT_SSL_CAINFO", "/dev/null")]);
     assert_code(&o, 0);
-    assert!(
-        stdout(&o).contains(" to leash/shop, opened #2 "),
-        "{}",
-        stdout(&o)
-    );
+    assert_stdout_contains(&o, " to leash/shop, opened #2 ");
     assert_eq!(lab.branches(), ["leash/data", "leash/shop", "main"]);
     lab.assert_no_token(&lab.token, &[&o]);
 }

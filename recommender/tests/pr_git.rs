@@ -6,6 +6,12 @@
 //! The SSH test needs `sshd` (`openssh-server`); without it the test skips with the reason,
 //! unless `LEASH_REQUIRE_PRIVILEGED=1`, which makes it fail.
 
+#[expect(
+    dead_code,
+    reason = "each test crate uses only part of the shared test support"
+)]
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -17,6 +23,7 @@ use leash_lab::git_server::{
     rev_parse,
 };
 use leash_records::error::Chain;
+use support::sshd::sshd_or_skip;
 
 fn author() -> Author {
     Author {
@@ -596,25 +603,6 @@ fn a_hanging_remote_times_out_and_the_cache_is_locked() {
         "{}",
         Chain(&e)
     );
-}
-
-/// The SSH server, or `None` (the test skips) when `sshd` is not installed and
-/// `LEASH_REQUIRE_PRIVILEGED` is not `1`.
-fn sshd_or_skip() -> Option<leash_lab::sshd::Sshd> {
-    match leash_lab::sshd::Sshd::start() {
-        Ok(s) => Some(s),
-        Err(e @ leash_lab::sshd::Error::Unavailable(_)) => {
-            assert!(
-                std::env::var(leash_lab::REQUIRE_PRIVILEGED_ENV).as_deref() != Ok("1"),
-                "{}=1 but {}",
-                leash_lab::REQUIRE_PRIVILEGED_ENV,
-                Chain(&e)
-            );
-            eprintln!("SKIPPED: {}", Chain(&e));
-            None
-        }
-        Err(e) => panic!("sshd: {}", Chain(&e)),
-    }
 }
 
 #[test]

@@ -19,7 +19,7 @@ use leash::policy_state::{MANAGED_BY, combine};
 use leash::rollout::{self, Phase, Policies, WorkloadStatus};
 use leash_records::Record;
 use support::eval::policy;
-use support::recommend::{Fx, dns, flow};
+use support::recommend::{Fx, deployment_pod as pod, deployments, dns, flow};
 
 /// The fixture records' flows were first seen at 2026-11-20T00:00:00Z.
 fn at(s: &str) -> DateTime<Utc> {
@@ -45,25 +45,7 @@ fn managed(id: &str, spec: &str) -> NetworkPolicy {
 
 /// shop: six Deployments, one per phase, each dialing one or two external addresses.
 fn shop() -> Fx {
-    let mut fx = Fx::new();
-    fx.namespace("shop");
-    for (i, name) in ["legacy", "cart", "web", "fresh", "api", "batch"]
-        .iter()
-        .enumerate()
-    {
-        fx.deployment(
-            "shop",
-            name,
-            &[("app", name)],
-            &[&format!("10.0.1.{}", i + 10)],
-            &[],
-        );
-    }
-    fx
-}
-
-fn pod(name: &str) -> String {
-    format!("{name}-5c9f7d-p0")
+    deployments("shop", &["legacy", "cart", "web", "fresh", "api", "batch"])
 }
 
 /// Every workload's flows: 443 to its own address; `cart` also dials 5432, `api` also 8443.

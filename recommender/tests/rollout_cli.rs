@@ -8,16 +8,22 @@
     reason = "test helpers: a failed setup step must fail the test loudly"
 )]
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+#[expect(
+    dead_code,
+    reason = "each test crate uses only part of the shared test support"
+)]
+mod support;
+
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use leash::store::{BatchId, FlowObservation, SqliteStore, Store, WorkloadRef};
-use leash_records::Protocol;
+use leash::store::{BatchId, FlowObservation, SqliteStore, Store};
 use serde_json::Value;
+use support::http::{free_port, get};
+use support::store_flows;
 
 const LEASH: &str = env!("CARGO_BIN_EXE_leash");
 
@@ -417,33 +423,6 @@ fn recommend_ready_only_writes_ready_workloads_and_lists_the_others() {
     );
 }
 
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// A minimal HTTP/1.1 GET: the status and the body.
-fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    Ok((status, body.to_owned()))
-}
-
 /// A running `leash serve --insecure`, killed on drop.
 struct Server {
     child: Child,
@@ -526,21 +505,11 @@ fn store(path: &Path) {
     let store = SqliteStore::open(path).unwrap();
     let flow = |ns: &str, name: &str, dst: &str, port: u16, count: u64, first: DateTime<Utc>| {
         FlowObservation {
-            workload: WorkloadRef {
-                namespace: ns.into(),
-                kind: "Deployment".into(),
-                name: name.into(),
-            },
-            protocol: Protocol::Tcp,
-            dst: dst.parse().unwrap(),
-            port,
             count,
             first_seen: first,
             last_seen: Utc::now() - chrono::Duration::minutes(5),
-            names: Default::default(),
-            pods: Default::default(),
             established: count,
-            failed: 0,
+            ..store_flows::deployment_flow(ns, name, dst, port, &[], first)
         }
     };
     let old = days_ago(8);

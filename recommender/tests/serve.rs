@@ -8,8 +8,13 @@
     reason = "test helpers: a failed setup step must fail the test loudly"
 )]
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+#[expect(
+    dead_code,
+    reason = "each test crate uses only part of the shared test support"
+)]
+mod support;
+
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,6 +24,7 @@ use leash_records::tls::{TlsConnector, TlsFiles};
 use leash_records::wire::v1::ingest_client::IngestClient;
 use leash_records::wire::{self, v1};
 use leash_records::{FlowRecord, PodRef, Protocol};
+use support::http::{self, free_port, get};
 
 const LEASH: &str = env!("CARGO_BIN_EXE_leash");
 
@@ -66,13 +72,6 @@ items:
     egress:
     - ports: [{port: 53, protocol: UDP}]
 "#;
-
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 /// A running `leash serve`, killed on drop.
 struct Server {
@@ -136,47 +135,6 @@ impl Server {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-}
-
-/// A minimal HTTP/1.1 GET: the status and the body.
-fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    Ok((status, body))
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
-    }
-    out
 }
 
 fn certs(dir: &Path) -> PathBuf {
@@ -251,12 +209,13 @@ async fn push(certs: &Path, grpc: SocketAddr, batches: Vec<v1::Batch>) -> Vec<(u
     out
 }
 
-fn wait_for(mut check: impl FnMut() -> bool, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+fn wait_for(check: impl FnMut() -> bool, what: &str) {
+    http::wait_for(
+        what,
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        check,
+    );
 }
 
 #[test]

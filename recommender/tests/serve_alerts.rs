@@ -9,11 +9,15 @@
     reason = "test helpers: a failed setup step must fail the test loudly"
 )]
 
+#[expect(
+    dead_code,
+    reason = "each test crate uses only part of the shared test support"
+)]
+mod support;
+
 use std::collections::BTreeMap;
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,67 +29,16 @@ use chrono::{DateTime, Utc};
 use k8s_openapi::api::networking::v1::NetworkPolicyEgressRule;
 use leash::eval::Verdict;
 use leash::serve::alert::{self, Alert, AlertSink};
-use leash::store::{BatchId, FlowObservation, SqliteStore, Store, WorkloadRef};
-use leash_records::Protocol;
-
-const LEASH: &str = env!("CARGO_BIN_EXE_leash");
+use leash::store::{FlowObservation, SqliteStore, Store};
+use support::http::{self, get};
+use support::serve_process::ServeProcess;
+use support::snapshots;
+use support::store_flows::{self, commit};
 
 /// shop/web is locked down to DNS; bank/db is a workload it may come to call.
-const SNAPSHOT: &str = r#"
-apiVersion: v1
-kind: List
-items:
-- apiVersion: v1
-  kind: Namespace
-  metadata: {name: shop, labels: {kubernetes.io/metadata.name: shop}}
-- apiVersion: v1
-  kind: Namespace
-  metadata: {name: bank, labels: {kubernetes.io/metadata.name: bank}}
-- apiVersion: apps/v1
-  kind: Deployment
-  metadata: {name: web, namespace: shop, uid: uid-deploy-web}
-  spec:
-    selector: {matchLabels: {app: web}}
-    template:
-      metadata: {labels: {app: web}}
-      spec: {containers: [{name: web, image: web:1}]}
-- apiVersion: v1
-  kind: Pod
-  metadata:
-    name: web-x2
-    namespace: shop
-    uid: uid-pod-web
-    labels: {app: web}
-    ownerReferences: [{apiVersion: apps/v1, kind: Deployment, name: web, uid: uid-deploy-web, controller: true}]
-  spec: {nodeName: n1, containers: [{name: web, image: web:1}]}
-  status: {phase: Running, podIP: 198.51.100.10, podIPs: [{ip: 198.51.100.10}]}
-- apiVersion: apps/v1
-  kind: Deployment
-  metadata: {name: db, namespace: bank, uid: uid-deploy-db}
-  spec:
-    selector: {matchLabels: {app: db}}
-    template:
-      metadata: {labels: {app: db}}
-      spec: {containers: [{name: db, image: db:1}]}
-- apiVersion: v1
-  kind: Pod
-  metadata:
-    name: db-y7
-    namespace: bank
-    uid: uid-pod-db
-    labels: {app: db}
-    ownerReferences: [{apiVersion: apps/v1, kind: Deployment, name: db, uid: uid-deploy-db, controller: true}]
-  spec: {nodeName: n1, containers: [{name: db, image: db:1}]}
-  status: {phase: Running, podIP: 198.51.100.20, podIPs: [{ip: 198.51.100.20}]}
-- apiVersion: networking.k8s.io/v1
-  kind: NetworkPolicy
-  metadata: {name: web-dns-only, namespace: shop}
-  spec:
-    podSelector: {matchLabels: {app: web}}
-    policyTypes: [Egress]
-    egress:
-    - ports: [{port: 53, protocol: UDP}]
-"#;
+fn snapshot() -> String {
+    snapshots::shop_web_dns_only_and_bank("db")
+}
 
 /// A DNS name a tenant controls: Slack link and mention syntax, a pipe, a line break.
 const HOSTILE: &str = "<!channel>&<https://evil.test|click>\nforged.test";
@@ -93,46 +46,8 @@ const HOSTILE: &str = "<!channel>&<https://evil.test|click>\nforged.test";
 /// The secret part of the webhook URL: never in a log line.
 const SECRET_PATH: &str = "/services/T0/B0/SECRETPATH";
 
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-fn web() -> WorkloadRef {
-    WorkloadRef {
-        namespace: "shop".into(),
-        kind: "Deployment".into(),
-        name: "web".into(),
-    }
-}
-
 fn flow(dst: &str, port: u16, names: &[&str], at: DateTime<Utc>) -> FlowObservation {
-    FlowObservation {
-        workload: web(),
-        protocol: Protocol::Tcp,
-        dst: dst.parse().unwrap(),
-        port,
-        count: 2,
-        first_seen: at,
-        last_seen: at,
-        names: names.iter().map(|n| (*n).to_owned()).collect(),
-        pods: Default::default(),
-        established: 2,
-        failed: 0,
-    }
-}
-
-/// Commits `flows` as a new batch, as ingest would.
-fn commit(store: &Path, seq: u64, flows: &[FlowObservation]) {
-    let store = SqliteStore::open(store).unwrap();
-    let id = BatchId {
-        node: "n1".into(),
-        boot_id: "test".into(),
-        seq,
-    };
-    store.commit(&id, flows, &[]).unwrap();
+    store_flows::deployment_flow("shop", "web", dst, port, names, at)
 }
 
 /// One request the receiver got, and what it answered.
@@ -210,67 +125,33 @@ impl Receiver {
     }
 }
 
-/// A running `leash serve` over a snapshot and a store, its stderr in a file; killed on drop.
-struct Server {
-    child: Child,
-    http: SocketAddr,
-    log: PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// `leash serve` over the snapshot and store in `dir`, checking every 200 ms.
+struct Server(ServeProcess);
 
 impl Server {
     fn start(dir: &Path, extra: &[&str]) -> Server {
-        let http = free_port();
-        let log = dir.join(format!("serve-{}.log", http.port()));
-        let child = Command::new(LEASH)
-            .arg("serve")
-            .args(["--listen", &free_port().to_string()])
-            .args(["--http", &http.to_string()])
-            .arg("--store")
-            .arg(dir.join("leash.db"))
-            .arg("--cluster")
-            .arg(dir.join("cluster.yaml"))
-            .arg("--insecure")
-            .args(["--check-interval", "200ms"])
-            .args(extra)
-            .env("LEASH_LOG", "leash=debug,info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut server = Server { child, http, log };
-        wait_for("leash serve to be ready", || {
-            if let Some(status) = server.child.try_wait().unwrap() {
-                panic!(
-                    "leash serve exited: {status}\n{}",
-                    std::fs::read_to_string(&server.log).unwrap_or_default()
-                );
-            }
-            matches!(get(server.http, "/readyz"), Ok((200, _)))
-        });
-        server
+        Server(ServeProcess::start(
+            dir,
+            &dir.join("leash.db"),
+            &dir.join("cluster.yaml"),
+            "200ms",
+            extra,
+        ))
     }
 
     fn get(&self, path: &str) -> serde_json::Value {
-        let (status, body) = get(self.http, path).unwrap();
-        assert_eq!(status, 200, "{path}: {body}");
-        serde_json::from_str(&body).unwrap()
+        self.0.get_json(path)
     }
 
     fn metric(&self, line: &str) -> bool {
-        get(self.http, "/metrics").is_ok_and(|(_, m)| m.lines().any(|l| l == line))
+        get(self.0.http, "/metrics").is_ok_and(|(_, m)| m.lines().any(|l| l == line))
     }
 
     /// The number of checks so far.
     fn checks(&self) -> u64 {
-        let (_, m) = get(self.http, "/metrics").unwrap();
-        m.lines()
+        self.0
+            .metrics()
+            .lines()
             .find_map(|l| l.strip_prefix("leash_egress_checks_total "))
             .and_then(|n| n.parse().ok())
             .unwrap_or(0)
@@ -283,59 +164,18 @@ impl Server {
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.0.log()
     }
 }
 
-/// A minimal HTTP/1.1 GET: the status and the body.
-fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    Ok((status, body))
+fn wait_for(what: &str, check: impl FnMut() -> bool) {
+    http::wait_for(
+        what,
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        check,
+    );
 }
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
-fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// The verdict of web's flow to `dst:port/TCP` under the snapshot's policies plus a policy
 /// for web whose egress is `fix`, with leash's evaluator.
 fn verdict_with_fix(dir: &Path, fix: &str, dst: &str, port: u16) -> Verdict {
@@ -346,7 +186,11 @@ fn verdict_with_fix(dir: &Path, fix: &str, dst: &str, port: u16) -> Verdict {
         "metadata": {"name": "web-fix", "namespace": "shop"},
         "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Egress"], "egress": rules},
     });
-    let snapshot = format!("{SNAPSHOT}- {}\n", serde_json::to_string(&policy).unwrap());
+    let snapshot = format!(
+        "{}- {}\n",
+        snapshot(),
+        serde_json::to_string(&policy).unwrap()
+    );
     let path = dir.join("with-fix.yaml");
     std::fs::write(&path, snapshot).unwrap();
     let state = leash::serve::state_from_file(&path).unwrap();
@@ -360,7 +204,7 @@ fn verdict_with_fix(dir: &Path, fix: &str, dst: &str, port: u16) -> Verdict {
 #[test]
 fn webhook_delivers_after_retries_and_a_restart_does_not_send_again() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("cluster.yaml"), SNAPSHOT).unwrap();
+    std::fs::write(dir.path().join("cluster.yaml"), snapshot()).unwrap();
     let db = dir.path().join("leash.db");
     let receiver = Receiver::start(vec![(503, None), (429, Some("1"))]);
     let url_file = dir.path().join("webhook-url");
@@ -507,7 +351,7 @@ fn webhook_delivers_after_retries_and_a_restart_does_not_send_again() {
 #[test]
 fn a_refused_alert_is_not_retried_and_a_recurring_one_is_sent_again_after_the_repeat() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("cluster.yaml"), SNAPSHOT).unwrap();
+    std::fs::write(dir.path().join("cluster.yaml"), snapshot()).unwrap();
     let db = dir.path().join("leash.db");
     let receiver = Receiver::start(vec![(400, None)]);
     let url = receiver.url();
@@ -580,7 +424,7 @@ async fn wait_async(what: &str, mut check: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recurrences_feed_the_pull_request_loop_and_alerts_carry_the_pull_request() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("cluster.yaml"), SNAPSHOT).unwrap();
+    std::fs::write(dir.path().join("cluster.yaml"), snapshot()).unwrap();
     let db = dir.path().join("leash.db");
     let state = leash::serve::state_from_file(&dir.path().join("cluster.yaml")).unwrap();
     let (_model_tx, model) = tokio::sync::watch::channel(Some(Arc::new(state)));

@@ -7,6 +7,12 @@
     reason = "test helpers: a failed setup step must fail the test loudly"
 )]
 
+#[expect(
+    dead_code,
+    reason = "each test crate uses only part of the shared test support"
+)]
+mod support;
+
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::atomic::AtomicBool;
@@ -22,65 +28,14 @@ use leash::store::{
     WorkloadRef, WorkloadTotals,
 };
 use leash_records::Protocol;
+use support::snapshots;
 use tokio::sync::watch;
 use tower::ServiceExt as _;
 
 /// Two namespaces, one Deployment each; shop's egress is locked down to DNS.
-const SNAPSHOT: &str = r#"
-apiVersion: v1
-kind: List
-items:
-- apiVersion: v1
-  kind: Namespace
-  metadata: {name: shop, labels: {kubernetes.io/metadata.name: shop}}
-- apiVersion: v1
-  kind: Namespace
-  metadata: {name: bank, labels: {kubernetes.io/metadata.name: bank}}
-- apiVersion: apps/v1
-  kind: Deployment
-  metadata: {name: web, namespace: shop, uid: uid-deploy-web}
-  spec:
-    selector: {matchLabels: {app: web}}
-    template:
-      metadata: {labels: {app: web}}
-      spec: {containers: [{name: web, image: web:1}]}
-- apiVersion: v1
-  kind: Pod
-  metadata:
-    name: web-x2
-    namespace: shop
-    uid: uid-pod-web
-    labels: {app: web}
-    ownerReferences: [{apiVersion: apps/v1, kind: Deployment, name: web, uid: uid-deploy-web, controller: true}]
-  spec: {nodeName: n1, containers: [{name: web, image: web:1}]}
-  status: {phase: Running, podIP: 198.51.100.10, podIPs: [{ip: 198.51.100.10}]}
-- apiVersion: apps/v1
-  kind: Deployment
-  metadata: {name: ledger, namespace: bank, uid: uid-deploy-ledger}
-  spec:
-    selector: {matchLabels: {app: ledger}}
-    template:
-      metadata: {labels: {app: ledger}}
-      spec: {containers: [{name: ledger, image: ledger:1}]}
-- apiVersion: v1
-  kind: Pod
-  metadata:
-    name: ledger-y7
-    namespace: bank
-    uid: uid-pod-ledger
-    labels: {app: ledger}
-    ownerReferences: [{apiVersion: apps/v1, kind: Deployment, name: ledger, uid: uid-deploy-ledger, controller: true}]
-  spec: {nodeName: n1, containers: [{name: ledger, image: ledger:1}]}
-  status: {phase: Running, podIP: 198.51.100.20, podIPs: [{ip: 198.51.100.20}]}
-- apiVersion: networking.k8s.io/v1
-  kind: NetworkPolicy
-  metadata: {name: web-dns-only, namespace: shop}
-  spec:
-    podSelector: {matchLabels: {app: web}}
-    policyTypes: [Egress]
-    egress:
-    - ports: [{port: 53, protocol: UDP}]
-"#;
+fn snapshot() -> String {
+    snapshots::shop_web_dns_only_and_bank("ledger")
+}
 
 fn workload(ns: &str, name: &str) -> WorkloadRef {
     WorkloadRef {
@@ -193,7 +148,7 @@ struct Fixture {
 /// The read API over a store holding flows of shop/web (203.0.113.10) and bank/ledger
 /// (203.0.113.20), and DNS answers of each.
 fn fixture(limits: ReadLimits) -> Fixture {
-    fixture_with(limits, SNAPSHOT)
+    fixture_with(limits, &snapshot())
 }
 
 /// [`fixture`] with the cluster model of `snapshot`.
@@ -515,11 +470,12 @@ async fn recommendations_are_self_checked_like_leash_recommend() {
     // The ledger pod no longer carries its Deployment's label: the policy leash derives from
     // the Deployment's selector would not select it, and `default-deny-egress` would cut its
     // observed egress. `leash recommend` refuses such policies; the API used to serve them.
-    let relabelled = SNAPSHOT.replace(
+    let snapshot = snapshot();
+    let relabelled = snapshot.replace(
         "    uid: uid-pod-ledger\n    labels: {app: ledger}",
         "    uid: uid-pod-ledger\n    labels: {app: ledger-canary}",
     );
-    assert_ne!(relabelled, SNAPSHOT);
+    assert_ne!(relabelled, snapshot);
     let f = fixture_with(ReadLimits::default(), &relabelled);
     let (status, _, body) = get(&f.app, "/v1/namespaces/bank/recommendations").await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");

@@ -4,6 +4,12 @@
 //! misbehaving clients speak HTTP/2 frame by frame (a well-behaved client library would never
 //! open a stream beyond the server's limit), a well-behaved agent uses the gRPC client.
 
+#[expect(
+    dead_code,
+    reason = "each test crate uses only part of the shared test support"
+)]
+mod support;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,6 +18,7 @@ use leash::serve::{ClusterSource, Config, conn::Limits};
 use leash_records::tls::{self, TlsConnector, TlsFiles};
 use leash_records::wire::{self, v1, v1::ingest_client::IngestClient};
 use leash_records::{FlowRecord, PodRef, Protocol};
+use support::http;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::oneshot;
@@ -179,14 +186,8 @@ async fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let raw = tokio::time::timeout(WAIT, exchange)
         .await
         .map_err(|_| std::io::Error::other("no answer"))??;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    Ok((status, body.to_owned()))
+    let answer = http::parse_answer(&raw);
+    Ok((answer.status, answer.body))
 }
 
 /// Polls `done` every 20 ms for up to [`WAIT`].

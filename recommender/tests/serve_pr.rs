@@ -11,73 +11,39 @@
     reason = "test helpers: a failed setup step must fail the test loudly"
 )]
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+#[expect(
+    dead_code,
+    reason = "each test crate uses only part of the shared test support"
+)]
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use leash::store::{BatchId, FlowObservation, SqliteStore, Store, WorkloadRef};
+use leash::store::FlowObservation;
 use leash_lab::forge::github::GitHub;
 use leash_lab::forge::random_token;
 use leash_lab::git_server::{self, create_bare_repo};
-use leash_records::Protocol;
-
-const LEASH: &str = env!("CARGO_BIN_EXE_leash");
+use support::http::{self, get};
+use support::serve_process::ServeProcess;
+use support::snapshots;
+use support::store_flows::{self, commit};
 
 /// The repository at the stand-in.
 const PROJECT: &str = "acme/policies";
 
 /// shop/payment, with no policy yet: the base's proposal is made from its first flows; bank/db,
 /// not yet observed, which becomes `ready` when its flows arrive.
-const SNAPSHOT: &str = r#"
-apiVersion: v1
-kind: List
-items:
-- apiVersion: v1
-  kind: Namespace
-  metadata: {name: shop, labels: {kubernetes.io/metadata.name: shop}}
-- apiVersion: apps/v1
-  kind: Deployment
-  metadata: {name: payment, namespace: shop, uid: uid-deploy-payment}
-  spec:
-    selector: {matchLabels: {app: payment}}
-    template:
-      metadata: {labels: {app: payment}}
-      spec: {containers: [{name: payment, image: payment:1}]}
-- apiVersion: v1
-  kind: Pod
-  metadata:
-    name: payment-x2
-    namespace: shop
-    uid: uid-pod-payment
-    labels: {app: payment}
-    ownerReferences: [{apiVersion: apps/v1, kind: Deployment, name: payment, uid: uid-deploy-payment, controller: true}]
-  spec: {nodeName: n1, containers: [{name: payment, image: payment:1}]}
-  status: {phase: Running, podIP: 198.51.100.10, podIPs: [{ip: 198.51.100.10}]}
-- apiVersion: v1
-  kind: Namespace
-  metadata: {name: bank, labels: {kubernetes.io/metadata.name: bank}}
-- apiVersion: apps/v1
-  kind: Deployment
-  metadata: {name: db, namespace: bank, uid: uid-deploy-db}
-  spec:
-    selector: {matchLabels: {app: db}}
-    template:
-      metadata: {labels: {app: db}}
-      spec: {containers: [{name: db, image: db:1}]}
-- apiVersion: v1
-  kind: Pod
-  metadata:
-    name: db-y7
-    namespace: bank
-    uid: uid-pod-db
-    labels: {app: db}
-    ownerReferences: [{apiVersion: apps/v1, kind: Deployment, name: db, uid: uid-deploy-db, controller: true}]
-  spec: {nodeName: n1, containers: [{name: db, image: db:1}]}
-  status: {phase: Running, podIP: 198.51.100.20, podIPs: [{ip: 198.51.100.20}]}
-"#;
+fn snapshot() -> String {
+    snapshots::list(&[
+        snapshots::namespace("shop"),
+        snapshots::deployment("shop", "payment", "payment-x2", "198.51.100.10"),
+        snapshots::namespace("bank"),
+        snapshots::deployment("bank", "db", "db-y7", "198.51.100.20"),
+    ])
+}
 
 /// The destination the base's proposal allows.
 const KNOWN: (&str, u16) = ("203.0.113.50", 443);
@@ -87,46 +53,12 @@ const NEW: (&str, u16) = ("203.0.113.60", 8443);
 const TRIGGER: &str =
     "unexpected egress from Deployment/payment in shop to 203.0.113.60:8443/TCP, seen in";
 
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 fn flow(dst: (&str, u16), at: DateTime<Utc>) -> FlowObservation {
     flow_of("shop", "payment", dst, at)
 }
 
 fn flow_of(ns: &str, name: &str, (dst, port): (&str, u16), at: DateTime<Utc>) -> FlowObservation {
-    FlowObservation {
-        workload: WorkloadRef {
-            namespace: ns.into(),
-            kind: "Deployment".into(),
-            name: name.into(),
-        },
-        protocol: Protocol::Tcp,
-        dst: dst.parse().unwrap(),
-        port,
-        count: 2,
-        first_seen: at,
-        last_seen: at,
-        names: Default::default(),
-        pods: Default::default(),
-        established: 2,
-        failed: 0,
-    }
-}
-
-/// Commits `flows` as a new batch, as ingest would.
-fn commit(store: &Path, seq: u64, flows: &[FlowObservation]) {
-    let store = SqliteStore::open(store).unwrap();
-    let id = BatchId {
-        node: "n1".into(),
-        boot_id: "test".into(),
-        seq,
-    };
-    store.commit(&id, flows, &[]).unwrap();
+    store_flows::deployment_flow(ns, name, dst, port, &[], at)
 }
 
 /// Every file under `dir`, relative, with its text, sorted.
@@ -176,9 +108,9 @@ impl Lab {
             &[flow(KNOWN, Utc::now() - chrono::Duration::hours(1))],
         );
         let bare_snapshot = dir.path().join("cluster-without-policies.yaml");
-        std::fs::write(&bare_snapshot, SNAPSHOT).unwrap();
+        std::fs::write(&bare_snapshot, snapshot()).unwrap();
         let out = dir.path().join("first-proposal");
-        let status = Command::new(LEASH)
+        let status = Command::new(env!("CARGO_BIN_EXE_leash"))
             .arg("recommend")
             .arg("--cluster")
             .arg(&bare_snapshot)
@@ -195,7 +127,7 @@ impl Lab {
         // The cluster applies the base's proposal.
         let (policies, _) = leash::render::outdir::read_previous(&out).unwrap();
         assert!(!policies.is_empty(), "the first proposal has policies");
-        let mut snapshot = SNAPSHOT.to_owned();
+        let mut snapshot = snapshot();
         for p in &policies {
             snapshot.push_str(&format!("- {}\n", serde_json::to_string(p).unwrap()));
         }
@@ -254,146 +186,47 @@ impl Lab {
     }
 }
 
-/// A running `leash serve` over the lab's snapshot and store, its stderr in a file; killed on
-/// drop.
-struct Server {
-    child: Child,
-    http: SocketAddr,
-    log: PathBuf,
+/// `leash serve` over the lab's snapshot and store, checking every second.
+fn serve(lab: &Lab, extra: &[String]) -> ServeProcess {
+    ServeProcess::start(
+        lab.dir.path(),
+        &lab.db,
+        &lab.dir.path().join("cluster.yaml"),
+        "1s",
+        extra,
+    )
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn alerts(server: &ServeProcess) -> serde_json::Value {
+    server.get_json("/v1/alerts")
 }
 
-impl Server {
-    fn start(lab: &Lab, extra: &[String]) -> Server {
-        let http = free_port();
-        let log = lab.dir.path().join(format!("serve-{}.log", http.port()));
-        let child = Command::new(LEASH)
-            .arg("serve")
-            .args(["--listen", &free_port().to_string()])
-            .args(["--http", &http.to_string()])
-            .arg("--store")
-            .arg(&lab.db)
-            .arg("--cluster")
-            .arg(lab.dir.path().join("cluster.yaml"))
-            .arg("--insecure")
-            .args(["--check-interval", "1s"])
-            .args(extra)
-            .env("LEASH_LOG", "leash=debug,info")
-            .env_remove(leash::pr::secret::TOKEN_ENV)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut server = Server { child, http, log };
-        wait_for("leash serve to be ready", || {
-            server.assert_running();
-            matches!(get(server.http, "/readyz"), Ok((200, _)))
-        });
-        server
-    }
-
-    fn assert_running(&mut self) {
-        if let Some(status) = self.child.try_wait().unwrap() {
-            panic!("leash serve exited: {status}\n{}", self.log());
-        }
-    }
-
-    fn alerts(&self) -> serde_json::Value {
-        let (status, body) = get(self.http, "/v1/alerts").unwrap();
-        assert_eq!(status, 200, "{body}");
-        serde_json::from_str(&body).unwrap()
-    }
-
-    /// The occurrences of the alert of `dst`, 0 when there is none.
-    fn occurrences(&self, (dst, port): (&str, u16)) -> u64 {
-        self.alerts()
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|a| a["dst"] == dst && a["port"] == port)
-            .and_then(|a| a["occurrences"].as_u64())
-            .unwrap_or(0)
-    }
-
-    fn metrics(&self) -> String {
-        get(self.http, "/metrics").unwrap().1
-    }
-
-    /// The value of the metric line starting with `name` (labels included), if it is there.
-    fn metric(&self, name: &str) -> Option<f64> {
-        self.metrics().lines().find_map(|l| {
-            l.strip_prefix(name)
-                .and_then(|v| v.strip_prefix(' '))
-                .and_then(|v| v.parse().ok())
-        })
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
+/// The occurrences of the alert of `dst`, 0 when there is none.
+fn occurrences(server: &ServeProcess, (dst, port): (&str, u16)) -> u64 {
+    alerts(server)
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["dst"] == dst && a["port"] == port)
+        .and_then(|a| a["occurrences"].as_u64())
+        .unwrap_or(0)
 }
 
-/// A minimal HTTP/1.1 GET: the status and the body.
-fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    Ok((status, body))
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
-fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn wait_for(what: &str, check: impl FnMut() -> bool) {
+    http::wait_for(
+        what,
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        check,
+    );
 }
 
 /// Writes new events of the new destination and waits until a check found them: the alert's
 /// occurrences reach `n`.
-fn recur(lab: &Lab, server: &Server, seq: u64, n: u64) {
+fn recur(lab: &Lab, server: &ServeProcess, seq: u64, n: u64) {
     commit(&lab.db, seq, &[flow(NEW, Utc::now())]);
-    wait_for(&format!("occurrence {n}"), || server.occurrences(NEW) >= n);
-    assert_eq!(server.occurrences(NEW), n, "one occurrence per check");
+    wait_for(&format!("occurrence {n}"), || occurrences(server, NEW) >= n);
+    assert_eq!(occurrences(server, NEW), n, "one occurrence per check");
 }
 
 /// The markdown body without its escapes, to look for plain text in it.
@@ -427,7 +260,7 @@ fn a_recurring_alert_opens_one_pull_request_that_names_its_trigger() {
         "--state-dir".into(),
         state_dir.to_string_lossy().into_owned(),
     ]);
-    let mut server = Server::start(&lab, &flags);
+    let mut server = serve(&lab, &flags);
     let main_before = lab.branch_tip("main").unwrap();
 
     // Two occurrences: below --pr-after, no run, no pull request, no API call.
@@ -500,7 +333,7 @@ fn a_recurring_alert_opens_one_pull_request_that_names_its_trigger() {
     // The alert links the pull request once it recurs after the run.
     let url = format!("{}/{PROJECT}/pull/{}", lab.github.base_url(), pr.number);
     recur(&lab, &server, 5, 4);
-    let alerts = server.alerts();
+    let alerts = alerts(&server);
     let alert = alerts
         .as_array()
         .unwrap()
@@ -564,7 +397,7 @@ fn the_periodic_run_waits_an_interval_and_a_run_with_nothing_new_calls_no_api() 
     let mut flags = lab.pr_flags(100);
     flags.extend(["--pr-interval".into(), "4s".into()]);
     let started = Instant::now();
-    let server = Server::start(&lab, &flags);
+    let server = serve(&lab, &flags);
     std::thread::sleep(Duration::from_millis(1500));
     if started.elapsed() < Duration::from_millis(3500) {
         assert!(
@@ -611,7 +444,7 @@ fn the_periodic_run_waits_an_interval_and_a_run_with_nothing_new_calls_no_api() 
     // would be 16 s.
     flags.extend(["--pr-interval".into(), "16s".into()]);
     let started = Instant::now();
-    let server = Server::start(&lab, &flags);
+    let server = serve(&lab, &flags);
     wait_for("the run after the restart", || {
         server.metric("leash_pr_runs_total{result=\"unchanged\"}") == Some(1.0)
     });
@@ -632,7 +465,7 @@ fn a_failing_run_counts_an_error_and_serve_keeps_running() {
     std::fs::write(&lab.token_file, format!("{wrong}\n")).unwrap();
     let mut flags = lab.pr_flags(1);
     flags.extend(["--pr-interval".into(), "1h".into()]);
-    let mut server = Server::start(&lab, &flags);
+    let mut server = serve(&lab, &flags);
     recur(&lab, &server, 2, 1);
     wait_for("the failed run", || {
         server.metric("leash_pr_runs_total{result=\"error\"}") == Some(1.0)
@@ -669,7 +502,7 @@ fn a_workload_newly_ready_opens_its_pull_request() {
         "--min-observation".into(),
         "30m".into(),
     ]);
-    let server = Server::start(&lab, &flags);
+    let server = serve(&lab, &flags);
     wait_for("the first board", || {
         get(server.http, "/v1/rollout").is_ok_and(|(status, _)| status == 200)
     });

@@ -7,9 +7,15 @@
     reason = "test helpers: a failed setup step must fail the test loudly"
 )]
 
+#[expect(
+    dead_code,
+    reason = "each test crate uses only part of the shared test support"
+)]
+mod support;
+
 use std::collections::BTreeSet;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -19,43 +25,20 @@ use std::time::{Duration, Instant};
 use leash_records::wire::v1::ingest_client::IngestClient;
 use leash_records::wire::{self, v1};
 use leash_records::{FlowRecord, PodRef, Protocol};
+use support::http::{self, free_port};
+use support::snapshots;
 
 const LEASH: &str = env!("CARGO_BIN_EXE_leash");
 
 const EMPTY_CLUSTER: &str = "apiVersion: v1\nkind: List\nitems: []\n";
 
 /// A Deployment's pod whose egress is locked down to DNS: [`batch`]'s flow is unexpected.
-const LOCKED_DOWN: &str = r#"
-apiVersion: v1
-kind: List
-items:
-- apiVersion: v1
-  kind: Namespace
-  metadata: {name: shop, labels: {kubernetes.io/metadata.name: shop}}
-- apiVersion: v1
-  kind: Pod
-  metadata:
-    name: web-7d4-x2
-    namespace: shop
-    uid: uid-pod-web
-    labels: {app: web}
-  spec: {nodeName: n1, containers: [{name: web, image: web:1}]}
-  status: {phase: Running, podIP: 198.51.100.10, podIPs: [{ip: 198.51.100.10}]}
-- apiVersion: networking.k8s.io/v1
-  kind: NetworkPolicy
-  metadata: {name: web-dns-only, namespace: shop}
-  spec:
-    podSelector: {matchLabels: {app: web}}
-    policyTypes: [Egress]
-    egress:
-    - ports: [{port: 53, protocol: UDP}]
-"#;
-
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+fn locked_down() -> String {
+    snapshots::list(&[
+        snapshots::namespace("shop"),
+        snapshots::bare_pod("shop", "web", "web-7d4-x2", "198.51.100.10"),
+        snapshots::dns_only("shop", "web"),
+    ])
 }
 
 /// A running `leash serve --insecure` with its stderr collected; killed on drop.
@@ -210,28 +193,9 @@ fn batch() -> v1::Batch {
 
 /// A minimal HTTP/1.1 GET: the status and the body (the server answers with a length).
 fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    assert!(
-        !head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked"),
-        "chunked answer: {head}"
-    );
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    Ok((status, body.to_owned()))
+    let answer = http::get_answer(addr, path)?;
+    assert!(!answer.chunked, "chunked answer to {path}");
+    Ok((answer.status, answer.body))
 }
 
 /// The metric names of `leash serve` the README names: `leash_*` but not the agent's
@@ -343,7 +307,7 @@ fn every_metric_the_readmes_name_is_on_the_served_metrics() {
     .unwrap();
     // Short timeouts and a per-address limit of 2, so that each labelled family gets a value.
     let server = Server::start(
-        LOCKED_DOWN,
+        &locked_down(),
         &[
             "--proposed",
             proposed.path().to_str().unwrap(),

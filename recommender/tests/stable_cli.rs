@@ -4,10 +4,17 @@
 //! messages, the changes section, the applied policies that also allow a rule, and the
 //! warning of `serve` about a retention shorter than the expiry.
 
+#[expect(
+    dead_code,
+    reason = "each test crate uses only part of the shared test support"
+)]
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use chrono::{DateTime, Duration, Utc};
+use support::store_flows::commit_records;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -406,7 +413,6 @@ fn serve_warns_when_retention_is_shorter_than_expiry() {
 /// the store last saw its 198.51.100.7 traffic 20 days ago, outside the 7-day window.
 #[test]
 fn the_store_dates_previous_rules_beyond_the_window() {
-    use leash::store::{BatchId, SqliteStore, Store};
     use leash_records::{FlowRecord, Record};
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -445,15 +451,7 @@ fn the_store_dates_previous_rules_beyond_the_window() {
         })
         .collect();
     let db = dir.path().join("leash.db");
-    let store = SqliteStore::open(&db).expect("store opens");
-    let (f, d) = leash::observations::from_batch(&cluster, &flows, &[]);
-    let id = BatchId {
-        node: "n1".into(),
-        boot_id: "boot".into(),
-        seq: 0,
-    };
-    store.commit(&id, &f, &d).expect("commit");
-    drop(store);
+    commit_records(&db, &cluster, &flows);
 
     let run = |expire: &str, out: &str| {
         let out = dir.path().join(out);

@@ -3,10 +3,23 @@
 //! - [`eval`]: builders for the small lab cluster and the policies the evaluator tests run on
 //!   (`eval_table.rs`, `audit.rs`, `explain.rs`);
 //! - [`recommend`]: the snapshot and record fixture builder (`Fx`) and the API server's
-//!   NetworkPolicy validation rules (`recommend.rs`, `recommend_props.rs`, `store_*.rs`).
+//!   NetworkPolicy validation rules (`recommend.rs`, `recommend_props.rs`, `store_*.rs`);
+//! - [`cli`]: reading the output of the built `leash` binary;
+//! - [`http`]: a free loopback port, a minimal HTTP GET and a poll loop, for the tests that run
+//!   `leash serve` as a process;
+//! - [`serve_process`]: `leash serve` as a process with its log, ready when `/readyz` is;
+//! - [`snapshots`]: cluster snapshots as YAML `List`s, built from small item functions;
+//! - [`sshd`]: the lab's SSH server, or a skip when `sshd` is not installed;
+//! - [`store_flows`]: flows committed straight into a SQLite store.
 //!
 //! The synthetic cluster generator the `recommend` bench and test share lives in the lab crate
 //! (`leash_lab::synthetic`), since a bench cannot declare a module of `tests/`.
 
+pub mod cli;
 pub mod eval;
+pub mod http;
 pub mod recommend;
+pub mod serve_process;
+pub mod snapshots;
+pub mod sshd;
+pub mod store_flows;

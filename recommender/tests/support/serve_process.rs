@@ -1,0 +1,105 @@
+//! `leash serve` as a process, for the tests of its alerts and its pull-request loop
+//! (`serve_alerts.rs`, `serve_pr.rs`): plaintext on free loopback ports, its stderr (at
+//! `leash=debug`) in a file, ready once `/readyz` answers `200`, killed on drop.
+
+use std::ffi::OsStr;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::http::{free_port, get, wait_for};
+
+/// A running `leash serve --insecure` over a snapshot and a store; killed on drop.
+pub struct ServeProcess {
+    child: Child,
+    /// The address of the HTTP API.
+    pub http: SocketAddr,
+    log: PathBuf,
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ServeProcess {
+    /// Starts `leash serve` with `--store store --cluster cluster --check-interval interval`
+    /// and `extra`, its log in `dir`, without the git token of the test's environment; waits
+    /// until it is ready.
+    pub fn start<S: AsRef<OsStr>>(
+        dir: &Path,
+        store: &Path,
+        cluster: &Path,
+        interval: &str,
+        extra: &[S],
+    ) -> ServeProcess {
+        let http = free_port();
+        let log = dir.join(format!("serve-{}.log", http.port()));
+        let child = Command::new(env!("CARGO_BIN_EXE_leash"))
+            .arg("serve")
+            .args(["--listen", &free_port().to_string()])
+            .args(["--http", &http.to_string()])
+            .arg("--store")
+            .arg(store)
+            .arg("--cluster")
+            .arg(cluster)
+            .arg("--insecure")
+            .args(["--check-interval", interval])
+            .args(extra)
+            .env("LEASH_LOG", "leash=debug,info")
+            .env_remove(leash::pr::secret::TOKEN_ENV)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("creates the log file"))
+            .spawn()
+            .expect("starts leash serve");
+        let mut server = ServeProcess { child, http, log };
+        wait_for(
+            "leash serve to be ready",
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+            || {
+                server.assert_running();
+                matches!(get(server.http, "/readyz"), Ok((200, _)))
+            },
+        );
+        server
+    }
+
+    /// Fails the test, with the log, if the process has exited.
+    #[track_caller]
+    pub fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().expect("polls leash serve") {
+            panic!("leash serve exited: {status}\n{}", self.log());
+        }
+    }
+
+    /// The JSON answer to `GET path`, which must be `200`.
+    #[track_caller]
+    pub fn get_json(&self, path: &str) -> serde_json::Value {
+        let (status, body) = get(self.http, path).expect("GET from leash serve");
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str(&body).expect("a JSON answer")
+    }
+
+    /// The served `/metrics`.
+    pub fn metrics(&self) -> String {
+        get(self.http, "/metrics").expect("GET /metrics").1
+    }
+
+    /// The value of the metric line starting with `name` (labels included), if it is there.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        self.metrics().lines().find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|v| v.strip_prefix(' '))
+                .and_then(|v| v.parse().ok())
+        })
+    }
+
+    /// Everything it wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
