@@ -357,13 +357,16 @@ fn first_run_opens_one_pull_request_per_namespace() {
         "{message}"
     );
 
-    // Per branch: find the open one, then create; the token in the Authorization header.
+    // Per new branch: the closed ones (a reviewer may have turned this proposal down), the
+    // open one, then create; the token in the Authorization header.
     let requests = gh.requests();
     assert_eq!(
         lines(&requests),
         [
+            "GET /repos/o/policies/pulls?head=o%3Aleash%2Fdata&state=closed&per_page=100",
             "GET /repos/o/policies/pulls?head=o%3Aleash%2Fdata&state=open&per_page=100",
             "POST /repos/o/policies/pulls",
+            "GET /repos/o/policies/pulls?head=o%3Aleash%2Fshop&state=closed&per_page=100",
             "GET /repos/o/policies/pulls?head=o%3Aleash%2Fshop&state=open&per_page=100",
             "POST /repos/o/policies/pulls",
         ]
@@ -375,11 +378,17 @@ fn first_run_opens_one_pull_request_per_namespace() {
         );
         assert!(!r.contains_outside(&lab.token, "authorization"), "{r:?}");
     }
-    let post = &requests[3];
+    let post = &requests[5];
     assert_eq!(json_str(post, "head"), "leash/shop");
     assert_eq!(json_str(post, "base"), "main");
     let body = json_str(post, "body");
     assert!(body.starts_with("<!-- leash:pr group=shop -->\n"), "{body}");
+    // The second line names the proposal: the digest of the group's policies.
+    let digest = body.lines().nth(1).unwrap_or_default();
+    assert!(
+        digest.starts_with("<!-- leash:proposal sha256=") && digest.len() == 95,
+        "{digest}"
+    );
     assert!(body.contains("## leash diff: "), "{body}");
     assert!(body.contains("## Evidence"), "{body}");
     assert!(body.contains("203.0.113.10/32"), "{body}");
@@ -398,7 +407,7 @@ fn first_run_opens_one_pull_request_per_namespace() {
     assert_eq!(pulls.len(), 2);
     assert!(pulls.iter().all(|p| p.state == "open" && p.base == "main"));
     assert_eq!(
-        json_str(&requests[1], "body").lines().next(),
+        json_str(&requests[2], "body").lines().next(),
         Some("<!-- leash:pr group=data -->")
     );
     lab.assert_no_token(&lab.token, &[&o]);
@@ -501,6 +510,46 @@ fn a_closed_pull_request_is_not_reopened_and_the_next_change_opens_a_new_one() {
         (opened.state.as_str(), opened.head.as_str()),
         ("open", "leash/shop")
     );
+}
+
+/// A reviewer closes the pull request and deletes its branch (GitHub offers both in one
+/// click): the same proposal is not opened again — the closed one carries its digest —, and
+/// the next change is.
+#[test]
+fn a_declined_proposal_whose_branch_was_deleted_is_not_proposed_again() {
+    let (lab, gh, flows, api) = github_lab();
+    lab.pr_github_ok(&flows, &api);
+    assert!(gh.close_pull("o/policies", 2));
+    git(&lab.bare, &["branch", "-D", "leash/shop"]).expect("delete the branch");
+    let requests = gh.requests().len();
+
+    let o = lab.pr_github_ok(&flows, &api);
+    assert_stdout_contains(
+        &o,
+        "shop: a closed pull request of leash/shop proposed these policies; not proposed again",
+    );
+    assert_eq!(
+        lines(&gh.requests()[requests..]),
+        ["GET /repos/o/policies/pulls?head=o%3Aleash%2Fshop&state=closed&per_page=100"],
+        "only the closed pull requests are read"
+    );
+    assert_eq!(lab.tip("leash/shop"), None, "nothing pushed");
+    assert_eq!(gh.pulls("o/policies").len(), 2);
+
+    // A new destination is a new proposal: a new pull request.
+    let requests = gh.requests().len();
+    let flows = lab.more_flows("");
+    let o = lab.pr_github_ok(&flows, &api);
+    assert_stdout_contains(&o, " to leash/shop, opened #3 ");
+    assert_eq!(
+        lines(&gh.requests()[requests..]),
+        [
+            "GET /repos/o/policies/pulls?head=o%3Aleash%2Fshop&state=closed&per_page=100",
+            "GET /repos/o/policies/pulls?head=o%3Aleash%2Fshop&state=open&per_page=100",
+            "POST /repos/o/policies/pulls",
+        ]
+    );
+    assert_eq!(gh.pull("o/policies", 2).expect("#2").state, "closed");
 }
 
 /// Once the user merged leash's branch, the same observations are unchanged against the base:
@@ -669,6 +718,7 @@ fn gitlab_one_merge_request_for_all_namespaces() {
     assert_eq!(
         lines(&requests),
         [
+            "GET /api/v4/projects/g%2Fpolicies/merge_requests?source_branch=leash%2Fall&state=closed&per_page=100",
             "GET /api/v4/projects/g%2Fpolicies/merge_requests?source_branch=leash%2Fall&state=opened&per_page=100",
             "POST /api/v4/projects/g%2Fpolicies/merge_requests",
         ]
@@ -706,7 +756,7 @@ fn gitlab_one_merge_request_for_all_namespaces() {
         "{}",
         stderr(&o)
     );
-    assert_eq!(gl.requests().len(), 2);
+    assert_eq!(gl.requests().len(), 3);
     assert_eq!(lab.tip("leash/all"), tip);
 }
 
@@ -795,9 +845,9 @@ fn a_wrong_token_fails_without_showing_it() {
         stderr(&o2)
     );
     lab.assert_no_token(&wrong, &[&o, &o2]);
-    // The branch pushed before the API refused was put back on the base, so that the next
-    // run does not take it as proposed already.
-    assert_eq!(lab.tip("leash/data"), lab.tip("main"));
+    // The API refused the first call (the closed pull requests of the new branch), before
+    // anything was pushed.
+    assert_eq!(lab.branches(), ["main"]);
 
     // With the right token, the pull requests are opened after all.
     let o3 = lab.pr_github(&flows, &api);

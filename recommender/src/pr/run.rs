@@ -524,6 +524,14 @@ fn propose_group(
         }
     }
 
+    // The change, as the reviewer will merge it: the base's proposal over the applied
+    // policies, then the new one over them, with the observed traffic.
+    let change = whole.part(observed, g.namespaces)?;
+    let breaks: Vec<FlowChange> = change.breaks().cloned().collect();
+    if !breaks.is_empty() && !opts.allow_breaks {
+        return Ok(Outcome::Refused { breaks });
+    }
+
     // The body's second line names these policies: a closed pull request that carries it
     // proposed exactly them.
     let digest = digest_line(g.after);
@@ -539,14 +547,6 @@ fn propose_group(
                 url: Some(pr.url.clone()),
             });
         }
-    }
-
-    // The change, as the reviewer will merge it: the base's proposal over the applied
-    // policies, then the new one over them, with the observed traffic.
-    let change = whole.part(observed, g.namespaces)?;
-    let breaks: Vec<FlowChange> = change.breaks().cloned().collect();
-    if !breaks.is_empty() && !opts.allow_breaks {
-        return Ok(Outcome::Refused { breaks });
     }
 
     let input = body::Input {
