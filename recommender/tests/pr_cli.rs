@@ -148,6 +148,19 @@ impl Lab {
     }
 
     fn pr_repo(&self, repo: &str, flows: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
+        self.pr_at(repo, Some("policies"), flows, extra, env)
+    }
+
+    /// `leash pr --cluster C --flows F --repo REPO [--path PATH] --cache-dir CACHE` and
+    /// `extra`, with `env`.
+    fn pr_at(
+        &self,
+        repo: &str,
+        path: Option<&str>,
+        flows: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Output {
         let mut args = vec![
             "pr",
             "--cluster",
@@ -156,11 +169,11 @@ impl Lab {
             p(flows),
             "--repo",
             repo,
-            "--path",
-            "policies",
-            "--cache-dir",
-            p(&self.cache),
         ];
+        if let Some(path) = path {
+            args.extend(["--path", path]);
+        }
+        args.extend(["--cache-dir", p(&self.cache)]);
         args.extend_from_slice(extra);
         leash(&args, env)
     }
@@ -864,23 +877,11 @@ fn usage_errors_exit_2_before_any_request() {
         "../../outside".to_owned(),
         ".git/hooks".to_owned(),
     ] {
-        let o = leash(
-            &[
-                "pr",
-                "--cluster",
-                p(&lab.cluster),
-                "--flows",
-                p(&flows),
-                "--repo",
-                p(&lab.bare),
-                "--path",
-                &path,
-                "--cache-dir",
-                p(&lab.cache),
-                "--provider",
-                "none",
-                "--dry-run",
-            ],
+        let o = lab.pr_at(
+            p(&lab.bare),
+            Some(&path),
+            &flows,
+            &["--provider", "none", "--dry-run"],
             &[],
         );
         assert_code(&o, 2);
@@ -1097,20 +1098,7 @@ fn a_workload_gone_from_the_cluster_has_its_policy_removed() {
 fn defaults_write_at_the_root_and_only_push_for_a_local_path() {
     let lab = lab(&snapshot());
     let flows = lab.flows("flows.jsonl", &base_flows());
-    let o = leash(
-        &[
-            "pr",
-            "--cluster",
-            p(&lab.cluster),
-            "--flows",
-            p(&flows),
-            "--repo",
-            p(&lab.bare),
-            "--cache-dir",
-            p(&lab.cache),
-        ],
-        &[],
-    );
+    let o = lab.pr_at(p(&lab.bare), None, &flows, &[], &[]);
     assert_code(&o, 0);
     assert!(
         stdout(&o).contains("shop: pushed ") && !stdout(&o).contains('#'),
