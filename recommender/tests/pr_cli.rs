@@ -283,6 +283,12 @@ fn leash(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().expect("runs the leash binary")
 }
 
+/// The stand-in got no request beyond its first `requests`.
+#[track_caller]
+fn assert_no_new_request(gh: &GitHub, requests: usize, why: &str) {
+    assert_eq!(gh.requests().len(), requests, "{why}");
+}
+
 #[track_caller]
 fn assert_stdout_contains(o: &Output, text: &str) {
     assert!(stdout(o).contains(text), "{}", stdout(o));
@@ -428,11 +434,7 @@ fn same_observations_do_nothing_and_new_ones_update_the_same_pull_request() {
 
     let o = lab.pr_github_ok(&flows, &api);
     assert_stdout_contains(&o, "shop: leash/shop already holds these policies");
-    assert_eq!(
-        gh.requests().len(),
-        requests,
-        "an API call without a change"
-    );
+    assert_no_new_request(&gh, requests, "an API call without a change");
     assert_eq!(lab.tip("leash/shop"), shop);
     assert_eq!(lab.tip("leash/data"), data);
 
@@ -441,11 +443,7 @@ fn same_observations_do_nothing_and_new_ones_update_the_same_pull_request() {
     let next = lab.flows("next.jsonl", &later(&base_flows(), 2));
     let o = lab.pr_github_ok(&next, &api);
     assert_stdout_contains(&o, "shop: leash/shop already holds these policies");
-    assert_eq!(
-        gh.requests().len(),
-        requests,
-        "an API call for new evidence alone"
-    );
+    assert_no_new_request(&gh, requests, "an API call for new evidence alone");
     assert_eq!(lab.tip("leash/shop"), shop);
 
     // frontend calls a new address: the same pull request, updated.
@@ -488,11 +486,7 @@ fn a_closed_pull_request_is_not_reopened_and_the_next_change_opens_a_new_one() {
     let shop = lab.tip("leash/shop");
 
     lab.pr_github_ok(&flows, &api);
-    assert_eq!(
-        gh.requests().len(),
-        requests,
-        "an API call without a change"
-    );
+    assert_no_new_request(&gh, requests, "an API call without a change");
     assert_eq!(lab.tip("leash/shop"), shop);
     assert_eq!(gh.pull("o/policies", 2).expect("#2").state, "closed");
 
@@ -530,11 +524,7 @@ fn after_a_merge_the_same_observations_are_unchanged() {
     let o = lab.pr_github_ok(&flows, &api);
     assert_stdout_contains(&o, "shop: unchanged (the base branch holds these policies)");
     assert_stdout_contains(&o, "data: leash/data already holds these policies");
-    assert_eq!(
-        gh.requests().len(),
-        requests,
-        "an API call without a change"
-    );
+    assert_no_new_request(&gh, requests, "an API call without a change");
     let after: Vec<Option<String>> = lab.branches().iter().map(|b| lab.tip(b)).collect();
     assert_eq!(after, tips);
 
