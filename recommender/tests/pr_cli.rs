@@ -148,6 +148,19 @@ impl Lab {
     }
 
     fn pr_repo(&self, repo: &str, flows: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
+        self.pr_at(repo, Some("policies"), flows, extra, env)
+    }
+
+    /// `leash pr --cluster C --flows F --repo REPO [--path PATH] --cache-dir CACHE` and
+    /// `extra`, with `env`.
+    fn pr_at(
+        &self,
+        repo: &str,
+        path: Option<&str>,
+        flows: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Output {
         let mut args = vec![
             "pr",
             "--cluster",
@@ -156,11 +169,11 @@ impl Lab {
             p(flows),
             "--repo",
             repo,
-            "--path",
-            "policies",
-            "--cache-dir",
-            p(&self.cache),
         ];
+        if let Some(path) = path {
+            args.extend(["--path", path]);
+        }
+        args.extend(["--cache-dir", p(&self.cache)]);
         args.extend_from_slice(extra);
         leash(&args, env)
     }
@@ -268,6 +281,12 @@ fn leash(args: &[&str], env: &[(&str, &str)]) -> Output {
         cmd.env(k, v);
     }
     cmd.output().expect("runs the leash binary")
+}
+
+/// The stand-in got no request beyond its first `requests`.
+#[track_caller]
+fn assert_no_new_request(gh: &GitHub, requests: usize, why: &str) {
+    assert_eq!(gh.requests().len(), requests, "{why}");
 }
 
 #[track_caller]
@@ -424,11 +443,7 @@ fn same_observations_do_nothing_and_new_ones_update_the_same_pull_request() {
 
     let o = lab.pr_github_ok(&flows, &api);
     assert_stdout_contains(&o, "shop: leash/shop already holds these policies");
-    assert_eq!(
-        gh.requests().len(),
-        requests,
-        "an API call without a change"
-    );
+    assert_no_new_request(&gh, requests, "an API call without a change");
     assert_eq!(lab.tip("leash/shop"), shop);
     assert_eq!(lab.tip("leash/data"), data);
 
@@ -437,11 +452,7 @@ fn same_observations_do_nothing_and_new_ones_update_the_same_pull_request() {
     let next = lab.flows("next.jsonl", &later(&base_flows(), 2));
     let o = lab.pr_github_ok(&next, &api);
     assert_stdout_contains(&o, "shop: leash/shop already holds these policies");
-    assert_eq!(
-        gh.requests().len(),
-        requests,
-        "an API call for new evidence alone"
-    );
+    assert_no_new_request(&gh, requests, "an API call for new evidence alone");
     assert_eq!(lab.tip("leash/shop"), shop);
 
     // frontend calls a new address: the same pull request, updated.
@@ -484,11 +495,7 @@ fn a_closed_pull_request_is_not_reopened_and_the_next_change_opens_a_new_one() {
     let shop = lab.tip("leash/shop");
 
     lab.pr_github_ok(&flows, &api);
-    assert_eq!(
-        gh.requests().len(),
-        requests,
-        "an API call without a change"
-    );
+    assert_no_new_request(&gh, requests, "an API call without a change");
     assert_eq!(lab.tip("leash/shop"), shop);
     assert_eq!(gh.pull("o/policies", 2).expect("#2").state, "closed");
 
@@ -566,11 +573,7 @@ fn after_a_merge_the_same_observations_are_unchanged() {
     let o = lab.pr_github_ok(&flows, &api);
     assert_stdout_contains(&o, "shop: unchanged (the base branch holds these policies)");
     assert_stdout_contains(&o, "data: leash/data already holds these policies");
-    assert_eq!(
-        gh.requests().len(),
-        requests,
-        "an API call without a change"
-    );
+    assert_no_new_request(&gh, requests, "an API call without a change");
     let after: Vec<Option<String>> = lab.branches().iter().map(|b| lab.tip(b)).collect();
     assert_eq!(after, tips);
 
@@ -914,23 +917,11 @@ fn usage_errors_exit_2_before_any_request() {
         "../../outside".to_owned(),
         ".git/hooks".to_owned(),
     ] {
-        let o = leash(
-            &[
-                "pr",
-                "--cluster",
-                p(&lab.cluster),
-                "--flows",
-                p(&flows),
-                "--repo",
-                p(&lab.bare),
-                "--path",
-                &path,
-                "--cache-dir",
-                p(&lab.cache),
-                "--provider",
-                "none",
-                "--dry-run",
-            ],
+        let o = lab.pr_at(
+            p(&lab.bare),
+            Some(&path),
+            &flows,
+            &["--provider", "none", "--dry-run"],
             &[],
         );
         assert_code(&o, 2);
@@ -1147,20 +1138,7 @@ fn a_workload_gone_from_the_cluster_has_its_policy_removed() {
 fn defaults_write_at_the_root_and_only_push_for_a_local_path() {
     let lab = lab(&snapshot());
     let flows = lab.flows("flows.jsonl", &base_flows());
-    let o = leash(
-        &[
-            "pr",
-            "--cluster",
-            p(&lab.cluster),
-            "--flows",
-            p(&flows),
-            "--repo",
-            p(&lab.bare),
-            "--cache-dir",
-            p(&lab.cache),
-        ],
-        &[],
-    );
+    let o = lab.pr_at(p(&lab.bare), None, &flows, &[], &[]);
     assert_code(&o, 0);
     assert!(
         stdout(&o).contains("shop: pushed ") && !stdout(&o).contains('#'),
