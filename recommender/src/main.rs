@@ -44,23 +44,16 @@ enum Command {
         previous: Option<PathBuf>,
     },
     /// Evaluate every flow against a set of policies (egress at the source, ingress at the
-    /// destination, Services after DNAT) and print a verdict for each.
+    /// destination, Services after DNAT) and print a verdict for each: per flow record, or
+    /// with `--store` per stored (pod, destination, port, protocol).
     #[command(group(ArgGroup::new("observed").required(true).args(["flows", "store"])))]
     Audit {
         #[command(flatten)]
         source: ClusterArgs,
         #[command(flatten)]
         policies: PolicyArgs,
-        /// Flow records (JSON lines, v1). Repeatable.
-        #[arg(long = "flows", num_args = 1..)]
-        flows: Vec<PathBuf>,
-        /// The observation store of `leash serve` (a SQLite file), instead of `--flows`: one
-        /// verdict per stored (pod, destination, port, protocol).
-        #[arg(long)]
-        store: Option<PathBuf>,
-        /// With `--store`: only observations last seen within this long (e.g. 7d, 1h30m).
-        #[arg(long, requires = "store", conflicts_with = "flows", value_parser = leash_records::duration::parse)]
-        since: Option<std::time::Duration>,
+        #[command(flatten)]
+        observed: ObservedArgs,
         /// `json`: one object per flow, in input order; `table`: aligned, with a summary.
         #[arg(long, default_value = "table")]
         format: leash::audit::Format,
@@ -345,8 +338,8 @@ struct PrSpec {
     dry_run: bool,
 }
 
-/// Where `recommend`, `pr` and `rollout status` read the observations: record files or the
-/// store of `leash serve` (the command's `observed` group requires one of them).
+/// Where `recommend`, `audit`, `pr` and `rollout status` read the observations: record files
+/// or the store of `leash serve` (the command's `observed` group requires one of them).
 #[derive(clap::Args, Debug, Clone)]
 struct ObservedArgs {
     /// Flow and DNS records (JSON lines, v1); `-` reads stdin. Repeatable.
@@ -691,9 +684,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Audit {
             source,
             policies,
-            flows,
-            store,
-            since,
+            observed: ObservedArgs {
+                flows,
+                store,
+                since,
+            },
             format,
             fail_on_deny,
         } => {
