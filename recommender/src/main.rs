@@ -684,11 +684,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Audit {
             source,
             policies,
-            observed: ObservedArgs {
-                flows,
-                store,
-                since,
-            },
+            observed:
+                ObservedArgs {
+                    flows,
+                    store,
+                    since,
+                },
             format,
             fail_on_deny,
         } => {
