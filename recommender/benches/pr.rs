@@ -67,7 +67,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         synthetic::write_flows(&shape, &mut w)?;
         w.flush()?;
     }
-    let bare = git_server::create_bare_repo(dir.path(), "policies.git", &[("README.md", "team\n")])?;
+    let bare =
+        git_server::create_bare_repo(dir.path(), "policies.git", &[("README.md", "team\n")])?;
 
     let (first, out) = leash_pr(dir.path(), &bare)?;
     let rss_first = children_peak_rss_kb();
@@ -79,14 +80,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .into());
     }
-    let tips = git_server::git(&bare, &["for-each-ref", "--format=%(objectname) %(refname)"])?;
+    let tips = git_server::git(
+        &bare,
+        &["for-each-ref", "--format=%(objectname) %(refname)"],
+    )?;
 
     let (second, out) = leash_pr(dir.path(), &bare)?;
     let up_to_date = out.lines().filter(|l| l.contains("already holds")).count();
     if up_to_date != pushed || out.lines().any(|l| l.contains(": pushed ")) {
         return Err(format!("the second run changed something:\n{out}").into());
     }
-    let after = git_server::git(&bare, &["for-each-ref", "--format=%(objectname) %(refname)"])?;
+    let after = git_server::git(
+        &bare,
+        &["for-each-ref", "--format=%(objectname) %(refname)"],
+    )?;
     if after != tips {
         return Err("the second run moved a branch".into());
     }

@@ -366,10 +366,8 @@ pub fn run(
         groups: Vec::new(),
         warnings,
     };
-    // The diff of every group at once, made when the first group needs it: the base's
-    // proposal over the applied policies, then the new one over them. Each group's part is
-    // what its own diff would be (`Diff::restricted`), without compiling the cluster's
-    // policies and evaluating the traffic again per namespace.
+    // The states every group's diff compares, compiled when the first group needs them: the
+    // base's proposal over the applied policies, then the new one over them.
     let mut whole = Whole {
         from_name: format!("{} ({})", target.base, short(&base_commit)),
         before: base_policies
@@ -378,8 +376,7 @@ pub fn run(
             .cloned()
             .collect(),
         after: recommend::all_policies(cluster, rec),
-        namespaces: wanted.clone(),
-        diff: None,
+        sets: None,
     };
     for (group, namespaces) in groups {
         let branch = format!("{}{group}", target.branch_prefix);
@@ -437,45 +434,55 @@ pub fn run(
     Ok(report)
 }
 
-/// The diff of every group, made once ([`Whole::part`]).
+/// The two policy states every group's diff compares, compiled once ([`Whole::part`]).
 struct Whole {
     from_name: String,
     /// leash's policies on the base branch, in the namespaces of the run.
     before: Vec<NetworkPolicy>,
     /// The new proposal's policies.
     after: Vec<NetworkPolicy>,
-    namespaces: BTreeSet<String>,
-    diff: Option<diff::Diff>,
+    /// `before` and `after` over the applied policies, compiled on the first call.
+    sets: Option<(crate::eval::PolicySet, crate::eval::PolicySet)>,
 }
 
 impl Whole {
-    /// The part of the diff about `namespaces`, the whole made on the first call.
+    /// The diff of the sources in `namespaces`. The states are compiled once for all groups;
+    /// each group's diff covers only its sources, so its size (and memory) is the group's,
+    /// and it equals what the group's own states would give: a source's egress depends only
+    /// on its namespace's egress policies and its destinations' ingress policies, which
+    /// leash does not write (`Diff::restricted` tests the same split).
     fn part(
         &mut self,
         observed: &Observed<'_>,
         namespaces: &BTreeSet<String>,
     ) -> Result<diff::Diff> {
-        if let Some(whole) = &self.diff {
-            return Ok(whole.restricted(namespaces));
-        }
-        let state = |what: &str, given: &[NetworkPolicy]| {
-            crate::policy_state::compiled(observed.applied, given).map_err(|source| Error::Eval {
-                what: what.to_owned(),
-                source,
-            })
+        let sets = match self.sets.take() {
+            Some(sets) => sets,
+            None => {
+                let state = |what: &str, given: &[NetworkPolicy]| {
+                    crate::policy_state::compiled(observed.applied, given).map_err(|source| {
+                        Error::Eval {
+                            what: what.to_owned(),
+                            source,
+                        }
+                    })
+                };
+                (
+                    state(&self.from_name, &self.before)?,
+                    state(PROPOSAL, &self.after)?,
+                )
+            }
         };
-        let before_set = state(&self.from_name, &self.before)?;
-        let after_set = state(PROPOSAL, &self.after)?;
-        let whole = self.diff.insert(diff::diff(
+        let (before, after) = self.sets.insert(sets);
+        Ok(diff::diff(
             observed.cluster,
-            (&self.from_name, &before_set),
-            (PROPOSAL, &after_set),
+            (&self.from_name, before),
+            (PROPOSAL, after),
             Some(observed.observations),
             &diff::Options {
-                namespaces: self.namespaces.clone(),
+                namespaces: namespaces.clone(),
             },
-        ));
-        Ok(whole.restricted(namespaces))
+        ))
     }
 }
 
