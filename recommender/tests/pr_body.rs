@@ -827,7 +827,7 @@ proptest! {
         let want: String = s
             .chars()
             .filter(|&c| c != BREAK)
-            .map(|c| if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}') { '\u{FFFD}' } else { c })
+            .map(|c| if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200B}'..='\u{200F}' | '\u{061C}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}') { '\u{FFFD}' } else { c })
             .collect();
         prop_assert_eq!(unescape(&e), want);
     }

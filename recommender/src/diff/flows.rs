@@ -76,8 +76,6 @@ pub struct ObservedFlows {
     pub workloads: BTreeSet<WorkloadKey>,
     /// Observed (workload, destination, port, protocol) evaluated.
     pub evaluated: usize,
-    /// [`Self::evaluated`] per namespace of the source.
-    pub evaluated_by_namespace: BTreeMap<String, usize>,
     /// Flow events outside pods: not evaluated (NetworkPolicy does not apply to them).
     pub unattributed_events: u64,
 }
@@ -238,11 +236,6 @@ pub fn changes(
         }
     }
     out.evaluated = seen.len();
-    for (w, _) in &seen {
-        *out.evaluated_by_namespace
-            .entry(keys[*w].namespace.clone())
-            .or_default() += 1;
-    }
     let ids: HashSet<usize> = seen.iter().map(|(w, _)| *w).collect();
     out.workloads = ids.into_iter().map(|w| keys[w].clone()).collect();
     out.changes = groups

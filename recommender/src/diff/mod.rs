@@ -149,90 +149,6 @@ fn source_workload(cluster: &Cluster, s: &Source) -> WorkloadKey {
 }
 
 impl Diff {
-    /// The part of the diff whose sources are in `namespaces` (all when empty): what a diff
-    /// with `Options::namespaces` set to them gives, without evaluating again. A source's
-    /// egress depends only on the egress policies of its own namespace and the ingress
-    /// policies of its destinations, so one diff over many namespaces splits into the diffs
-    /// of each (`leash pr`, one pull request per namespace).
-    pub fn restricted(&self, namespaces: &BTreeSet<String>) -> Diff {
-        let wanted = |ns: &str| namespaces.is_empty() || namespaces.contains(ns);
-        fn source_ns(s: &Source) -> &str {
-            match s {
-                Source::Workload { namespace, .. } | Source::Pod { namespace, .. } => namespace,
-            }
-        }
-        let mut reach_index = BTreeMap::new();
-        let reachability: Vec<ReachChange> = self
-            .reachability
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| wanted(source_ns(&c.source)))
-            .map(|(i, c)| {
-                reach_index.insert(i, reach_index.len());
-                c.clone()
-            })
-            .collect();
-        let mut flow_index = BTreeMap::new();
-        let observed = self.observed.as_ref().map(|o| ObservedFlows {
-            evaluated_by_namespace: o
-                .evaluated_by_namespace
-                .iter()
-                .filter(|(ns, _)| wanted(ns))
-                .map(|(ns, n)| (ns.clone(), *n))
-                .collect(),
-            evaluated: o
-                .evaluated_by_namespace
-                .iter()
-                .filter(|(ns, _)| wanted(ns))
-                .map(|(_, n)| n)
-                .sum(),
-            unattributed_events: o.unattributed_events,
-            changes: o
-                .changes
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| wanted(&c.source.namespace))
-                .map(|(i, c)| {
-                    flow_index.insert(i, flow_index.len());
-                    c.clone()
-                })
-                .collect(),
-            workloads: o
-                .workloads
-                .iter()
-                .filter(|w| wanted(&w.namespace))
-                .cloned()
-                .collect(),
-        });
-        let workloads = self
-            .workloads
-            .iter()
-            .filter(|(w, _)| wanted(&w.namespace))
-            .map(|(w, c)| {
-                let changes = WorkloadChanges {
-                    reachability: c
-                        .reachability
-                        .iter()
-                        .filter_map(|i| reach_index.get(i).copied())
-                        .collect(),
-                    flows: c
-                        .flows
-                        .iter()
-                        .filter_map(|i| flow_index.get(i).copied())
-                        .collect(),
-                };
-                (w.clone(), changes)
-            })
-            .collect();
-        Diff {
-            from: self.from.clone(),
-            to: self.to.clone(),
-            reachability,
-            observed,
-            workloads,
-        }
-    }
-
     /// The observed flows that change verdict (none when no traffic was given).
     pub fn flow_changes(&self) -> &[FlowChange] {
         self.observed.as_ref().map_or(&[], |o| &o.changes)
@@ -307,31 +223,6 @@ spec: {podSelector: {matchLabels: {app: web}}, policyTypes: [Egress]}
             obs.flows.insert(key, Evidence::new(1, t, t));
         }
         obs
-    }
-
-    /// One diff over every namespace, restricted to some, is the diff of those namespaces.
-    #[test]
-    fn a_restricted_diff_is_the_diff_of_its_namespaces() {
-        let c = cluster();
-        let obs = observations(&c);
-        let states = (PolicySet::default(), deny_shop_egress());
-        let of = |namespaces: &[&str]| {
-            diff(
-                &c,
-                ("applied", &states.0),
-                ("proposal", &states.1),
-                Some(&obs),
-                &Options {
-                    namespaces: namespaces.iter().map(|n| (*n).to_owned()).collect(),
-                },
-            )
-        };
-        let all = of(&[]);
-        assert!(!all.reachability.is_empty());
-        for namespaces in [&["shop"][..], &["db"], &["shop", "db"], &["nowhere"]] {
-            let wanted: BTreeSet<String> = namespaces.iter().map(|n| (*n).to_owned()).collect();
-            assert_eq!(all.restricted(&wanted), of(namespaces), "{namespaces:?}");
-        }
     }
 
     #[test]

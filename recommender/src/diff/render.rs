@@ -671,7 +671,6 @@ mod tests {
                 changes,
                 workloads: BTreeSet::new(),
                 evaluated: 7,
-                evaluated_by_namespace: BTreeMap::from([("shop".to_owned(), 7)]),
                 unattributed_events: 0,
             }),
             workloads,

@@ -450,7 +450,7 @@ impl Whole {
     /// each group's diff covers only its sources, so its size (and memory) is the group's,
     /// and it equals what the group's own states would give: a source's egress depends only
     /// on its namespace's egress policies and its destinations' ingress policies, which
-    /// leash does not write (`Diff::restricted` tests the same split).
+    /// leash does not write.
     fn part(
         &mut self,
         observed: &Observed<'_>,

@@ -14,13 +14,13 @@ pub const BREAK: char = '\u{200B}';
 const SIGILS: [char; 8] = ['@', '#', '!', '~', '%', '$', '&', ':'];
 
 /// Whether `c` changes how text around it reads or breaks a line without being a control
-/// character: line and paragraph separators, and the bidirectional overrides that reorder
-/// what a reviewer sees.
+/// character: line and paragraph separators, zero-width characters that hide text or join
+/// it, and the bidirectional overrides that reorder what a reviewer sees.
 fn is_invisible_control(c: char) -> bool {
     matches!(
         c,
-        '\u{2028}' | '\u{2029}' | '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{202A}'..='\u{202E}'
-            | '\u{2066}'..='\u{2069}'
+        '\u{2028}' | '\u{2029}' | '\u{200B}'..='\u{200F}' | '\u{061C}' | '\u{202A}'..='\u{202E}'
+            | '\u{2066}'..='\u{2069}' | '\u{FEFF}'
     )
 }
 

@@ -129,9 +129,7 @@ pub(crate) fn plain(s: &str, max: usize) -> String {
         .chars()
         .take(max)
         .map(|c| {
-            if c.is_control()
-                || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
-            {
+            if crate::render::escape::is_replaced(c) {
                 char::REPLACEMENT_CHARACTER
             } else {
                 c

@@ -7,7 +7,6 @@
 //! cache (`last-run`) so that restarts do not postpone it.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -269,10 +268,7 @@ fn recurring(
     if !triggered.insert(alert.key()) {
         return None;
     }
-    let dst = match alert.dst {
-        IpAddr::V4(a) => format!("{a}:{}", alert.port),
-        IpAddr::V6(a) => format!("[{a}]:{}", alert.port),
-    };
+    let dst = std::net::SocketAddr::new(alert.dst, alert.port);
     Some(format!(
         "unexpected egress from {}/{} in {} to {dst}/{}, seen in {} checks",
         alert.workload.kind,
