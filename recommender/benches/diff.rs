@@ -117,17 +117,7 @@ fn command(
     if !status.success() {
         return Err(format!("leash diff exited with {status}").into());
     }
-    Ok((elapsed, children_peak_rss_kb()))
-}
-
-/// The largest peak RSS of the waited-for children (kB), from getrusage.
-fn children_peak_rss_kb() -> Option<u64> {
-    // SAFETY: getrusage writes into the zeroed struct it is given and reads nothing else.
-    let usage = unsafe {
-        let mut u: libc::rusage = std::mem::zeroed();
-        (libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) == 0).then_some(u)
-    }?;
-    u64::try_from(usage.ru_maxrss).ok()
+    Ok((elapsed, leash_lab::children_peak_rss_kb()))
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

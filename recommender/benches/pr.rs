@@ -18,16 +18,6 @@ use std::time::{Duration, Instant};
 use leash_lab::git_server;
 use leash_lab::synthetic::{self, Shape};
 
-/// The largest peak RSS of the waited-for children (kB), from getrusage.
-fn children_peak_rss_kb() -> Option<u64> {
-    // SAFETY: getrusage writes into the zeroed struct it is given and reads nothing else.
-    let usage = unsafe {
-        let mut u: libc::rusage = std::mem::zeroed();
-        (libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) == 0).then_some(u)
-    }?;
-    u64::try_from(usage.ru_maxrss).ok()
-}
-
 /// One `leash pr` run: its wall time and stdout.
 fn leash_pr(dir: &Path, bare: &Path) -> Result<(Duration, String), Box<dyn std::error::Error>> {
     let t = Instant::now();
@@ -71,7 +61,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         git_server::create_bare_repo(dir.path(), "policies.git", &[("README.md", "team\n")])?;
 
     let (first, out) = leash_pr(dir.path(), &bare)?;
-    let rss_first = children_peak_rss_kb();
+    let rss_first = leash_lab::children_peak_rss_kb();
     let pushed = out.lines().filter(|l| l.contains(": pushed ")).count();
     if pushed != shape.namespaces as usize {
         return Err(format!(

@@ -124,7 +124,7 @@ pub use spec::{
     CgroupDriver, ContainerPort, Owner, PodSpec, Port, Qos, Runtime, ServicePort, ServiceSpec,
     TargetPort,
 };
-pub use sys::{CGROUP2_SUPER_MAGIC, cgroup2_mount};
+pub use sys::{CGROUP2_SUPER_MAGIC, cgroup2_mount, children_peak_rss_kb};
 
 /// Environment variable that turns privileged-test skips into failures (set by CI).
 pub const REQUIRE_PRIVILEGED_ENV: &str = "LEASH_REQUIRE_PRIVILEGED";

@@ -287,3 +287,14 @@ fn remove_dirs_bottom_up(dir: &Path) -> Result<()> {
 pub fn pid_alive(pid: i32) -> bool {
     Path::new("/proc").join(pid.to_string()).exists()
 }
+
+/// The largest peak resident set size of this process's waited-for children, in kB (from
+/// `getrusage(RUSAGE_CHILDREN)`), for benches that run a release binary.
+pub fn children_peak_rss_kb() -> Option<u64> {
+    // SAFETY: getrusage writes into the zeroed struct it is given and reads nothing else.
+    let usage = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        (libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) == 0).then_some(u)
+    }?;
+    u64::try_from(usage.ru_maxrss).ok()
+}
