@@ -84,6 +84,7 @@ fn dns_batch(round: usize) -> Vec<DnsObservation> {
             resolved: [(format!("svc{i}.example.test"), dst(i))]
                 .into_iter()
                 .collect(),
+            addresses: Default::default(),
         })
         .collect()
 }

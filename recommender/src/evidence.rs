@@ -131,3 +131,43 @@ pub fn merge_pods<'a>(
     }
     *more = mine.max(theirs).saturating_sub(len(names));
 }
+
+/// One address a DNS name resolved to, as one workload saw it: when first and last, and the
+/// TTL and CNAME chain of the latest answer that gave it. The store keeps one per
+/// (workload, resolver, query name, address): the name's address history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddressSeen {
+    /// The earliest answer that gave it.
+    pub first_seen: DateTime<Utc>,
+    /// The latest answer that gave it.
+    pub last_seen: DateTime<Utc>,
+    /// The TTL, in seconds, of the latest answer's address record.
+    pub ttl: u32,
+    /// The CNAME chain of the latest answer: the names followed from the query name to the
+    /// owner of the address record, in order, without the query name itself (normalized:
+    /// lower case, no trailing dot). Empty when the query name owns the address record.
+    pub chain: Vec<String>,
+}
+
+impl AddressSeen {
+    /// Folds another sighting of the same address in: times as [`fold`] does; the TTL and
+    /// chain of the later sighting (on equal last seen, the larger of the two, so that the
+    /// result does not depend on the order sightings come in).
+    pub fn merge(&mut self, other: &AddressSeen) {
+        let later =
+            (other.last_seen, other.ttl, &other.chain) > (self.last_seen, self.ttl, &self.chain);
+        if later {
+            self.ttl = other.ttl;
+            self.chain.clone_from(&other.chain);
+        }
+        let mut count = 0;
+        fold(
+            &mut count,
+            &mut self.first_seen,
+            &mut self.last_seen,
+            0,
+            other.first_seen,
+            other.last_seen,
+        );
+    }
+}

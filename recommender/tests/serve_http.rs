@@ -71,6 +71,7 @@ fn dns(w: &WorkloadRef, query: &str, ip: &str, at: DateTime<Utc>) -> DnsObservat
         first_seen: at,
         last_seen: at,
         resolved: BTreeSet::from([(query.to_owned(), ip)]),
+        addresses: Default::default(),
     }
 }
 

@@ -78,6 +78,7 @@ fn dns(
             .iter()
             .map(|(n, ip)| ((*n).to_owned(), ip.parse::<IpAddr>().expect("test address")))
             .collect(),
+        addresses: Default::default(),
     }
 }
 

@@ -208,6 +208,7 @@ fn dns_query_counts_saturate() {
         first_seen: "2026-11-20T00:00:00Z".parse().expect("time"),
         last_seen: "2026-11-20T00:00:00Z".parse().expect("time"),
         resolved: BTreeSet::new(),
+        addresses: Default::default(),
     };
     let (mut a, _) = observations::from_stored(&cluster, &[], std::slice::from_ref(&stored));
     let (b, _) = observations::from_stored(&cluster, &[], &[stored]);

@@ -11,7 +11,7 @@ use leash_records::bounded::{self, InputError, Limits, LineReader};
 use leash_records::error::Chain;
 use leash_records::{DnsRecord, FlowRecord, PodRef, Protocol, Record, RecordError, TimeError};
 
-use super::{Evidence, FlowKey, Observations, answer_names, normalize_name};
+use super::{Evidence, FlowKey, Observations, answer_addresses, answer_names, normalize_name};
 use crate::cluster::{Cluster, PodId};
 
 /// Errors reading records.
@@ -325,6 +325,13 @@ impl Observations {
             kind: "dns",
             pod: pod_ref.clone(),
         })?;
+        let query = normalize_name(&d.query);
+        if !query.is_empty() {
+            let history = self.history.entry((pod, query)).or_default();
+            for (ip, seen) in answer_addresses(d) {
+                super::merge_seen(history, ip, &seen);
+            }
+        }
         let e = self
             .dns
             .entry((pod, server))

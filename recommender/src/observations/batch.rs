@@ -1,14 +1,14 @@
 //! One agent batch → per-workload store rows: what `leash serve` commits.
 
-use std::collections::BTreeSet;
 use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 // Fx hashing: these maps are probed once per record on the ingest path.
 use leash_records::{DnsRecord, FlowRecord, Outcome, PodRef, Protocol, wire::SourceFlows};
 use rustc_hash::FxHashMap as HashMap;
 
-use super::{PodNames, answer_names, normalize_name, resolve_pod};
+use super::{PodNames, answer_addresses, answer_names, normalize_name, resolve_pod};
 use crate::cluster::Cluster;
 use crate::evidence::fold;
 use crate::store::{DnsObservation, FlowObservation, KIND_NODE, KIND_POD, WorkloadRef};
@@ -226,6 +226,7 @@ fn aggregate<'r>(
                     first_seen: d.time,
                     last_seen: d.time,
                     resolved: BTreeSet::new(),
+                    addresses: BTreeMap::new(),
                 });
                 dns_out.len() - 1
             });
@@ -239,6 +240,9 @@ fn aggregate<'r>(
             d.time,
         );
         o.resolved.extend(answer_names(d));
+        for (ip, seen) in answer_addresses(d) {
+            super::merge_seen(&mut o.addresses, ip, &seen);
+        }
     }
 
     (flow_out, dns_out)

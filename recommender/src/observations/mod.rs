@@ -24,10 +24,10 @@ pub mod batch;
 pub mod names;
 pub mod stored;
 
-pub use crate::evidence::{Evidence, PodNames};
+pub use crate::evidence::{AddressSeen, Evidence, PodNames};
 pub use attribute::{Error, Result, Unlocated, parse_flow_fast, parse_record, resolve_pod};
 pub use batch::{from_batch, from_groups, workload_ref};
-pub use names::{answer_names, normalize_name};
+pub use names::{answer_addresses, answer_names, normalize_name};
 pub use stored::{SkipReason, Skipped, from_stored, load};
 
 /// One observed connection key, from one pod.
@@ -64,6 +64,10 @@ pub struct Observations {
     /// Names that resolved to each address (A/AAAA answers, with the query name and CNAME
     /// owners of the chain).
     pub names_by_ip: HashMap<IpAddr, BTreeSet<String>>,
+    /// Every name's address history per (pod that asked, query name): each address the
+    /// query resolved to ([`answer_addresses`]). For observations read from a store the pod
+    /// stands in for its workload, as in [`Observations::flows`]. Names are normalized.
+    pub history: BTreeMap<(PodId, String), History>,
     /// Flow records not attributed to any pod (host processes): counted, not enforceable.
     pub unattributed_flows: u64,
     /// Records read.
@@ -91,10 +95,29 @@ impl Observations {
         for (ip, names) in other.names_by_ip {
             self.names_by_ip.entry(ip).or_default().extend(names);
         }
+        for (k, h) in other.history {
+            let mine = self.history.entry(k).or_default();
+            for (ip, seen) in h {
+                merge_seen(mine, ip, &seen);
+            }
+        }
         self.unattributed_flows = self
             .unattributed_flows
             .saturating_add(other.unattributed_flows);
         self.records = self.records.saturating_add(other.records);
+    }
+}
+
+/// The addresses one query name resolved to, with when and how ([`AddressSeen`]).
+pub type History = BTreeMap<IpAddr, AddressSeen>;
+
+/// Folds one sighting of `ip` into a name's history.
+pub fn merge_seen(history: &mut History, ip: IpAddr, seen: &AddressSeen) {
+    match history.get_mut(&ip) {
+        Some(have) => have.merge(seen),
+        None => {
+            history.insert(ip, seen.clone());
+        }
     }
 }
 

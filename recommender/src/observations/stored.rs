@@ -194,6 +194,12 @@ pub fn from_stored(
                 continue;
             }
         };
+        if !d.query.is_empty() && !d.addresses.is_empty() {
+            let history = obs.history.entry((pod, d.query.clone())).or_default();
+            for (ip, seen) in &d.addresses {
+                super::merge_seen(history, ip.to_canonical(), seen);
+            }
+        }
         let u = obs
             .dns
             .entry((pod, server))

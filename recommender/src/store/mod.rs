@@ -12,13 +12,14 @@
 //! Ingest, `recommend`, `audit` and `serve` see only the [`Store`] trait, so a server-grade
 //! database can be added later without touching them; commands open the file.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 use leash_records::Protocol;
 
+pub use crate::evidence::AddressSeen;
 use crate::evidence::{PodNames, fold};
 
 pub mod sqlite;
@@ -98,6 +99,10 @@ pub struct DnsObservation {
     /// name, the owner names of the answer's CNAME chain and the owner of its A/AAAA record
     /// (as `crate::observations::answer_names` computes them).
     pub resolved: BTreeSet<(String, IpAddr)>,
+    /// The query name's address history: every address it resolved to, with first and last
+    /// seen, the latest TTL and CNAME chain (`crate::observations::answer_addresses`). Kept
+    /// per address; retention removes addresses last seen before its cut.
+    pub addresses: BTreeMap<IpAddr, AddressSeen>,
 }
 
 /// One batch of a group commit ([`Store::commit_many`]).

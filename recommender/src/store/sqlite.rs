@@ -1029,6 +1029,7 @@ impl SqliteStore {
                     first_seen: DateTime::from_timestamp_nanos(r.get(4).map_err(ReadError::Sql)?),
                     last_seen: DateTime::from_timestamp_nanos(r.get(5).map_err(ReadError::Sql)?),
                     resolved: BTreeSet::new(),
+                    addresses: std::collections::BTreeMap::new(),
                 });
             }
         }
@@ -1692,6 +1693,7 @@ mod tests {
                     IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7)),
                 )]
                 .into(),
+                addresses: std::collections::BTreeMap::new(),
             });
         }
         store.commit(&id(1), &flows, &dns)?;
