@@ -6,8 +6,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, CNAME};
@@ -225,11 +225,12 @@ impl DnsCounters {
     }
 }
 
-/// The compiled zone.
+/// The compiled zone. Its records may change while the lab runs ([`Zone::set_addresses`]):
+/// a name moving to new addresses, as a provider's does.
 #[derive(Debug, Default)]
 pub(crate) struct Zone {
     ttl: u32,
-    records: BTreeMap<String, Vec<DnsRecord>>,
+    records: RwLock<BTreeMap<String, Vec<DnsRecord>>>,
     malformed: BTreeSet<String>,
 }
 
@@ -284,7 +285,7 @@ impl Zone {
         }
         Ok(Self {
             ttl: cfg.ttl,
-            records,
+            records: RwLock::new(records),
             malformed: cfg.malformed.clone(),
         })
     }
@@ -299,12 +300,44 @@ impl Zone {
         Some(Record::from_rdata(owner, self.ttl, data))
     }
 
+    /// Replaces the A and AAAA records of `name` with `ips` (its CNAME, if any, stays; a name
+    /// with neither left is removed). `check` validates each address as [`Zone::build`] does.
+    pub(crate) fn set_addresses(
+        &self,
+        name: &str,
+        ips: &[IpAddr],
+        check: impl Fn(IpAddr) -> Result<()>,
+    ) -> Result<()> {
+        for ip in ips {
+            check(*ip)?;
+        }
+        let mut records = self
+            .records
+            .write()
+            .map_err(|_| Error::Config("the DNS zone's lock is poisoned".into()))?;
+        let entry = records.entry(fqdn(name)).or_default();
+        entry.retain(|r| matches!(r, DnsRecord::Cname(_)));
+        entry.extend(ips.iter().map(|ip| match ip {
+            IpAddr::V4(v4) => DnsRecord::A(*v4),
+            IpAddr::V6(v6) => DnsRecord::Aaaa(*v6),
+        }));
+        entry.sort();
+        entry.dedup();
+        if entry.is_empty() {
+            records.remove(&fqdn(name));
+        }
+        Ok(())
+    }
+
     /// Resolves `name`/`qtype` in the zone, following CNAME chains (at most 8 links).
     fn lookup(&self, name: &str, qtype: RecordType) -> (ResponseCode, Vec<Record>) {
+        let Ok(records) = self.records.read() else {
+            return (ResponseCode::ServFail, Vec::new());
+        };
         let mut out = Vec::new();
         let mut cur = name.to_owned();
         for _ in 0..8 {
-            let Some(recs) = self.records.get(&cur) else {
+            let Some(recs) = records.get(&cur) else {
                 let code = if out.is_empty() {
                     ResponseCode::NXDomain
                 } else {
@@ -456,6 +489,47 @@ mod tests {
             ]
         );
         assert_eq!(dc.snapshot().udp_queries, 1);
+    }
+
+    #[test]
+    fn a_name_moves_to_new_addresses_and_keeps_its_cname() {
+        let dc = DnsCounters::default();
+        let z = zone();
+        let moved: Vec<IpAddr> = vec!["203.0.113.99".parse().unwrap()];
+        z.set_addresses("Edge.stripe.test", &moved, |_| Ok(()))
+            .unwrap();
+        let r = z
+            .respond(
+                &query("api.stripe.test.", RecordType::A, None),
+                Transport::Udp,
+                &dc,
+            )
+            .unwrap();
+        let m = Message::from_vec(&r).unwrap();
+        let data: Vec<String> = m.answers.iter().map(|a| a.data.to_string()).collect();
+        assert_eq!(data, ["edge.stripe.test.", "203.0.113.99"]);
+        // The AAAA record was replaced too (the new list has none).
+        let r = z
+            .respond(
+                &query("edge.stripe.test.", RecordType::AAAA, None),
+                Transport::Udp,
+                &dc,
+            )
+            .unwrap();
+        assert!(Message::from_vec(&r).unwrap().answers.is_empty());
+        // A refused address changes nothing.
+        let refused = z.set_addresses("edge.stripe.test", &["192.0.2.1".parse().unwrap()], |ip| {
+            Err(Error::BadAddress(ip.to_string()))
+        });
+        assert!(refused.is_err());
+        let r = z
+            .respond(
+                &query("edge.stripe.test.", RecordType::A, None),
+                Transport::Udp,
+                &dc,
+            )
+            .unwrap();
+        assert_eq!(Message::from_vec(&r).unwrap().answers.len(), 1);
     }
 
     #[test]

@@ -260,6 +260,22 @@ fn dns_answers_a_aaaa_cname_over_udp_and_tcp() {
     assert_eq!(answers(&v).len(), 3);
     let v = dns(&lab, &["dns", &vip, "nothing.stripe.test", "A"]);
     assert_eq!(v["rcode"], "NXDOMAIN");
+    // The name moves while the lab runs: the next answer has the new address.
+    lab.set_dns_addresses("edge.stripe.test", &["203.0.113.99".parse().unwrap()])
+        .unwrap();
+    let v = dns(&lab, &["dns", &vip, "api.stripe.test", "A"]);
+    assert_eq!(
+        answers(&v),
+        vec![
+            ("CNAME".to_owned(), "edge.stripe.test.".to_owned()),
+            ("A".to_owned(), "203.0.113.99".to_owned())
+        ]
+    );
+    assert!(
+        lab.set_dns_addresses("edge.stripe.test", &["192.0.2.1".parse().unwrap()])
+            .is_err(),
+        "an address outside the lab's ranges is refused"
+    );
 
     let stats = lab.dns_stats();
     assert!(stats.tcp_queries >= 3, "{stats:?}");

@@ -298,6 +298,7 @@ impl Lab {
         }
         self.dns = Some(DnsInfo {
             pod,
+            zone,
             counters,
             port,
         });

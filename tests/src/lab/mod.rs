@@ -19,7 +19,7 @@ mod service;
 mod teardown;
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -38,7 +38,7 @@ pub use service::{External, Service};
 
 use leash_records::error::Chain;
 
-use crate::dns::{DnsCounters, DnsStats};
+use crate::dns::{DnsCounters, DnsStats, Zone};
 use crate::error::{Error, Result};
 use crate::servers::{Proto, ServerStats, Servers};
 use crate::sys;
@@ -54,6 +54,8 @@ pub(crate) struct NetNs {
 struct DnsInfo {
     /// Index of its pod in the lab's pods.
     pod: usize,
+    /// The zone it answers from, shared with its server threads.
+    zone: Arc<Zone>,
     counters: Arc<DnsCounters>,
     port: u16,
 }
@@ -197,6 +199,17 @@ impl Lab {
     /// The port the DNS pod listens on.
     pub fn dns_port(&self) -> Option<u16> {
         self.dns.as_ref().map(|d| d.port)
+    }
+
+    /// Moves `name` to `ips` in the lab's DNS zone: from now on its A/AAAA answers are these
+    /// (a CNAME of the name stays). Addresses must be lab addresses, as in [`crate::DnsConfig`].
+    pub fn set_dns_addresses(&self, name: &str, ips: &[IpAddr]) -> Result<()> {
+        let dns = self
+            .dns
+            .as_ref()
+            .ok_or_else(|| Error::Config("the lab runs no DNS server".into()))?;
+        dns.zone
+            .set_addresses(name, ips, addresses::check_lab_address)
     }
 
     /// What the DNS server has received (all of its sockets together).
