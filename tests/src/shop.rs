@@ -80,6 +80,9 @@ pub const STRIPE_ADDRS: [Ipv4Addr; 3] = [
     Ipv4Addr::new(203, 0, 113, 11),
     Ipv4Addr::new(203, 0, 113, 12),
 ];
+/// The address [`STRIPE_HOST`] moves to in the demo ([`Shop::move_stripe`]), in place of
+/// the last of [`STRIPE_ADDRS`].
+pub const STRIPE_MOVED_ADDR: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 99);
 /// The port payment connects to on [`STRIPE_ADDRS`].
 pub const STRIPE_PORT: u16 = 443;
 /// The external syslog collector's name.
@@ -191,6 +194,7 @@ pub fn shop_spec() -> LabBuilder {
         .external(&stripe[0], [Port::tcp(STRIPE_PORT)])
         .external(&stripe[1], [Port::tcp(STRIPE_PORT)])
         .external(&stripe[2], [Port::tcp(STRIPE_PORT)])
+        .external(&STRIPE_MOVED_ADDR.to_string(), [Port::tcp(STRIPE_PORT)])
         .external(&COLLECTOR_ADDR.to_string(), [Port::udp(SYSLOG_PORT)])
         .external(&FRAUD_ADDR.to_string(), [Port::tcp(FRAUD_PORT)])
         .dns(
@@ -393,6 +397,42 @@ impl Shop {
         )?);
         traffic.elapsed = t0.elapsed();
         Ok(traffic)
+    }
+
+    /// [`STRIPE_HOST`] moves: from now on it answers the first two of [`STRIPE_ADDRS`] and
+    /// [`STRIPE_MOVED_ADDR`] (in place of the third), as a provider's name does.
+    pub fn move_stripe(&self) -> Result<()> {
+        let ips = [
+            IpAddr::V4(STRIPE_ADDRS[0]),
+            IpAddr::V4(STRIPE_ADDRS[1]),
+            IpAddr::V4(STRIPE_MOVED_ADDR),
+        ];
+        Ok(self.lab.set_dns_addresses(STRIPE_HOST, &ips)?)
+    }
+
+    /// payment looks up [`STRIPE_HOST`] and returns the lookup and its addresses, without
+    /// connecting (the DNS answer alone, as leash's drift check sees it first).
+    pub fn stripe_lookup(&self) -> Result<(Step, Vec<IpAddr>)> {
+        let lookup = self.step(PAYMENT, &["dns", &DNS_VIP_V4.to_string(), STRIPE_HOST, "A"])?;
+        let addrs = answers(&lookup);
+        Ok((lookup, addrs))
+    }
+
+    /// payment opens one TCP connection to `addr` on [`STRIPE_PORT`].
+    pub fn stripe_call(&self, addr: IpAddr) -> Result<Step> {
+        let (addr, port) = (addr.to_string(), STRIPE_PORT.to_string());
+        self.step(
+            PAYMENT,
+            &[
+                "tcp",
+                &addr,
+                &port,
+                "--count",
+                "1",
+                "--send",
+                "POST /v1/charges",
+            ],
+        )
     }
 
     /// Runs one client step and checks it fully succeeded.

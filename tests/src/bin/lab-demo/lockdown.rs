@@ -272,7 +272,7 @@ pub(crate) fn read_tree(step: &'static str, dir: &Path) -> Result<BTreeMap<Strin
     Ok(files)
 }
 
-fn json_lines(step: &'static str, text: &str) -> Result<Vec<Value>> {
+pub(crate) fn json_lines(step: &'static str, text: &str) -> Result<Vec<Value>> {
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
@@ -282,6 +282,6 @@ fn json_lines(step: &'static str, text: &str) -> Result<Vec<Value>> {
         .collect()
 }
 
-fn write(step: &'static str, path: &Path, text: &str) -> Result<()> {
+pub(crate) fn write(step: &'static str, path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text).map_err(|e| fail(step, format!("{}: {}", path.display(), Chain(&e))))
 }

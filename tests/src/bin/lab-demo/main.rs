@@ -19,7 +19,11 @@
 //!    `DIR/audit-probes.jsonl`;
 //! 8. lock down (`lockdown`): apply the proposal to the snapshot, make one new call, then
 //!    `leash rollout status`, `leash recommend --previous` and `leash diff` must show exactly it;
-//! 9. print a summary table and stop `leash serve`.
+//! 9. the loop (`pull_request`): an alert on the new call opens a pull request;
+//! 10. a name moves (`names`): `api.stripe.test` answers a new address; drift is reported
+//!     before payment connects to it, the Cilium output names the name, the report shows
+//!     its churn;
+//! 11. print a summary table and stop `leash serve`.
 //!
 //! `--restart-agent` stops the agent after half of the rounds and starts a new one for the rest
 //! (its records are appended to `DIR/flows.jsonl`), to show that counts stay exact across an
@@ -37,6 +41,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 mod lockdown;
+mod names;
 mod pull_request;
 
 use leash_lab::shop::{self, Shop};
@@ -344,6 +349,38 @@ impl Drop for Background {
     }
 }
 
+/// Waits up to `timeout` for `/readyz` on `http` to answer 200, failing `step` when the server
+/// exits first or never becomes ready.
+fn wait_ready(
+    step: &'static str,
+    bg: &mut Background,
+    http: SocketAddr,
+    timeout: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if http_status(http, "/readyz") == Some(200) {
+            return Ok(());
+        }
+        if let Some(status) = bg.exited() {
+            return Err(fail(
+                step,
+                format!("{} exited with {status}; {}", bg.name, bg.log_tail()),
+            ));
+        }
+        if Instant::now() >= deadline {
+            return Err(fail(
+                step,
+                format!(
+                    "http://{http}/readyz did not answer 200 within {timeout:?}; {}",
+                    bg.log_tail()
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A free port on 127.0.0.1 (bound and released; the demo owns the machine's loopback briefly).
 fn free_port(step: &'static str) -> Result<u16> {
     TcpListener::bind("127.0.0.1:0")
@@ -647,28 +684,7 @@ fn demo(o: &Opts) -> Result<()> {
             out.join("serve.log"),
             None,
         )?;
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if http_status(http, "/readyz") == Some(200) {
-                break;
-            }
-            if let Some(status) = bg.exited() {
-                return Err(fail(
-                    "start leash serve",
-                    format!("leash serve exited with {status}; {}", bg.log_tail()),
-                ));
-            }
-            if Instant::now() >= deadline {
-                return Err(fail(
-                    "start leash serve",
-                    format!(
-                        "http://{http}/readyz did not answer 200 within {READY_TIMEOUT:?}; {}",
-                        bg.log_tail()
-                    ),
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_ready("start leash serve", &mut bg, http, READY_TIMEOUT)?;
         eprintln!("   gRPC https://{listen}, HTTP http://{http} ready");
         serve = Some(bg);
         grpc = Some(listen);
@@ -678,60 +694,68 @@ fn demo(o: &Opts) -> Result<()> {
     // 3. The agent.
     eprintln!("== leash-agent on the lab's cgroup");
     let flows = out.join("flows.jsonl");
-    let start_agent = |output: &Path, log: &str| -> Result<Background> {
-        let mut cmd = Command::new(&agent_bin);
-        cmd.arg("--cgroup")
-            .arg(lab.cgroup_root())
-            .arg("--cluster-snapshot")
-            .arg(&cluster)
-            .arg("--output")
-            .arg(output)
-            .args(["--flush-interval", "1s"])
-            .args(["--duration", AGENT_SAFETY_DURATION])
-            .arg("--node-name")
-            .arg(lab.node_name())
-            .env("LEASH_LOG", "info")
-            .env("NO_COLOR", "1");
-        if let Some(listen) = grpc {
-            cmd.arg("--recommender")
-                .arg(format!("https://{listen}"))
-                .arg("--tls-ca")
-                .arg(certs.join("ca.pem"))
-                .arg("--tls-cert")
-                .arg(certs.join(format!("{CLIENT_NAME}.pem")))
-                .arg("--tls-key")
-                .arg(certs.join(format!("{CLIENT_NAME}-key.pem")));
-        }
-        let (mut agent, attached) = Background::start(
-            "start leash-agent",
-            "leash-agent",
-            &mut cmd,
-            out.join(log),
-            Some("capturing"),
-        )?;
-        match attached.recv_timeout(ATTACH_TIMEOUT) {
-            Ok(()) => Ok(agent),
-            Err(mpsc::RecvTimeoutError::Timeout) => Err(fail(
+    // Streams to `plain` in plaintext when given (a later step's `leash serve --insecure`),
+    // else over mTLS to the first `leash serve`, if any.
+    let start_agent_to =
+        |output: &Path, log: &str, plain: Option<SocketAddr>| -> Result<Background> {
+            let mut cmd = Command::new(&agent_bin);
+            cmd.arg("--cgroup")
+                .arg(lab.cgroup_root())
+                .arg("--cluster-snapshot")
+                .arg(&cluster)
+                .arg("--output")
+                .arg(output)
+                .args(["--flush-interval", "1s"])
+                .args(["--duration", AGENT_SAFETY_DURATION])
+                .arg("--node-name")
+                .arg(lab.node_name())
+                .env("LEASH_LOG", "info")
+                .env("NO_COLOR", "1");
+            if let Some(listen) = plain {
+                cmd.arg("--recommender")
+                    .arg(format!("http://{listen}"))
+                    .arg("--insecure");
+            } else if let Some(listen) = grpc {
+                cmd.arg("--recommender")
+                    .arg(format!("https://{listen}"))
+                    .arg("--tls-ca")
+                    .arg(certs.join("ca.pem"))
+                    .arg("--tls-cert")
+                    .arg(certs.join(format!("{CLIENT_NAME}.pem")))
+                    .arg("--tls-key")
+                    .arg(certs.join(format!("{CLIENT_NAME}-key.pem")));
+            }
+            let (mut agent, attached) = Background::start(
                 "start leash-agent",
-                format!(
-                    "it did not log `capturing` within {ATTACH_TIMEOUT:?}; {}",
-                    agent.log_tail()
-                ),
-            )),
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                // Its stderr closed: it is exiting. The status follows the closed pipe shortly.
-                let status = agent.wait_exit(Duration::from_secs(5));
-                Err(fail(
+                "leash-agent",
+                &mut cmd,
+                out.join(log),
+                Some("capturing"),
+            )?;
+            match attached.recv_timeout(ATTACH_TIMEOUT) {
+                Ok(()) => Ok(agent),
+                Err(mpsc::RecvTimeoutError::Timeout) => Err(fail(
                     "start leash-agent",
                     format!(
-                        "it exited ({}) before capturing; {}",
-                        status.map_or_else(|| "status unknown".to_owned(), |s| s.to_string()),
+                        "it did not log `capturing` within {ATTACH_TIMEOUT:?}; {}",
                         agent.log_tail()
                     ),
-                ))
+                )),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    // Its stderr closed: it is exiting. The status follows the closed pipe shortly.
+                    let status = agent.wait_exit(Duration::from_secs(5));
+                    Err(fail(
+                        "start leash-agent",
+                        format!(
+                            "it exited ({}) before capturing; {}",
+                            status.map_or_else(|| "status unknown".to_owned(), |s| s.to_string()),
+                            agent.log_tail()
+                        ),
+                    ))
+                }
             }
-        }
-    };
+        };
+    let start_agent = |output: &Path, log: &str| start_agent_to(output, log, None);
     let mut agent = start_agent(&flows, "agent.log")?;
     lap("agent attach", &mut timings);
 
@@ -925,7 +949,23 @@ fn demo(o: &Opts) -> Result<()> {
     )?;
     lap("pull request", &mut timings);
 
-    // 10. Summary.
+    // 10. A name moves: drift before the connection, names in the outputs.
+    let names_in = if o.serve {
+        names::Observed::Store(out.join("leash.db"))
+    } else {
+        names::Observed::Flows(vec![flows.clone(), out.join("flows-new.jsonl")])
+    };
+    let named = names::names(
+        &leash,
+        out,
+        &shop,
+        &out.join("cluster-locked.yaml"),
+        names_in,
+        &start_agent_to,
+    )?;
+    lap("names", &mut timings);
+
+    // 11. Summary.
     let mut rows: BTreeMap<String, Row> = BTreeMap::new();
     for (pod, _, _) in shop::WORKLOADS {
         rows.entry(workload_of(pod)).or_default();
@@ -959,6 +999,7 @@ fn demo(o: &Opts) -> Result<()> {
     );
     print!("{}", lockdown_summary(&locked));
     print!("{}", loop_summary(&looped));
+    print!("{}", names_summary(&named));
     Ok(())
 }
 
@@ -1050,6 +1091,22 @@ fn loop_summary(l: &pull_request::Outcome) -> String {
         "pull request #{} \"{}\" ({} -> main; body in pull-request.md)",
         l.number, l.title, l.branch
     );
+    s
+}
+
+fn names_summary(n: &names::Outcome) -> String {
+    let mut s = String::from("\nA name moves:\n");
+    let _ = writeln!(
+        s,
+        "  drift: {} ({} ms before the connection)",
+        n.drift,
+        n.ahead.num_milliseconds()
+    );
+    if let Some(a) = &n.alert {
+        let _ = writeln!(s, "  alert: {a}");
+    }
+    let _ = writeln!(s, "  cilium: {} names the name (toFQDNs)", n.cilium_file);
+    let _ = writeln!(s, "  report: {}", n.churn);
     s
 }
 
