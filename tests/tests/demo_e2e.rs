@@ -19,7 +19,7 @@ use std::sync::Mutex;
 
 use leash_lab::shop::{
     API_PORT, API_TARGET_PORT, COLLECTOR_ADDR, DB_PORT, FRAUD_ADDR, FRAUD_HOST, FRAUD_PORT,
-    STRIPE_ADDRS, STRIPE_HOST, STRIPE_PORT, SYSLOG_PORT,
+    STRIPE_ADDRS, STRIPE_HOST, STRIPE_MOVED_ADDR, STRIPE_PORT, SYSLOG_PORT,
 };
 use leash_records::{DnsRecord, FlowRecord, Protocol, Record, read_records};
 use serde_json::Value;
@@ -526,6 +526,90 @@ fn check_artifacts(run: &Run) {
         "the loop in the summary:\n{}",
         run.stdout
     );
+
+    // A name moves: api.stripe.test answers a new address after the lockdown. leash flags the
+    // DNS answer as drift (the applied policy allows the name's other addresses, not this one)
+    // with the answer's time, earlier than payment's first connection to it.
+    let moved = IpAddr::V4(STRIPE_MOVED_ADDR);
+    let names_audit: Vec<Value> = std::fs::read_to_string(out.join("audit-names.jsonl"))
+        .expect("out/audit-names.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        names_audit
+            .iter()
+            .filter(|l| l["kind"] != "dns-drift")
+            .all(|l| l["kind"] == "flow"),
+        "flow lines carry kind flow: {names_audit:?}"
+    );
+    let drift = names_audit
+        .iter()
+        .find(|l| l["kind"] == "dns-drift" && l["address"] == moved.to_string().as_str())
+        .unwrap_or_else(|| panic!("a dns-drift line for {moved}: {names_audit:?}"));
+    assert_eq!(drift["name"], STRIPE_HOST, "{drift}");
+    assert_eq!(drift["source"]["namespace"], "shop", "{drift}");
+    assert_eq!(drift["source"]["workload"], "Deployment/payment", "{drift}");
+    assert_eq!(
+        drift["ports"],
+        serde_json::json!([{"protocol": "TCP", "port": STRIPE_PORT}]),
+        "{drift}"
+    );
+    assert!(
+        drift["policies"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p == "shop/payment-egress")),
+        "{drift}"
+    );
+    let drift_time: chrono::DateTime<chrono::Utc> =
+        drift["time"].as_str().unwrap().parse().unwrap();
+    let names_recs = records(&out.join("flows-names.jsonl"));
+    let connected = flows_of(&names_recs, "payment")
+        .into_iter()
+        .filter(|f| f.dst == moved)
+        .map(|f| f.first_seen)
+        .min()
+        .expect("payment connected to the new address");
+    assert!(
+        drift_time < connected,
+        "drift at {drift_time}, before the connection at {connected}"
+    );
+    // The Cilium output names what payment asked for.
+    let cilium = std::fs::read_to_string(out.join("cilium/shop/payment-egress.yaml"))
+        .expect("out/cilium/shop/payment-egress.yaml");
+    let cnp: Value = serde_norway::from_str(&cilium).unwrap();
+    assert_eq!(cnp["apiVersion"], "cilium.io/v2", "{cilium}");
+    assert_eq!(cnp["kind"], "CiliumNetworkPolicy", "{cilium}");
+    let fqdn_rule = cnp["spec"]["egress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| {
+            r["toFQDNs"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|f| f["matchName"] == STRIPE_HOST))
+        })
+        .unwrap_or_else(|| panic!("a toFQDNs rule for {STRIPE_HOST}:\n{cilium}"));
+    assert_eq!(
+        fqdn_rule["toPorts"][0]["ports"][0]["port"],
+        STRIPE_PORT.to_string(),
+        "{cilium}"
+    );
+    assert!(
+        cnp["spec"]["egress"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["toPorts"]
+                .as_array()
+                .is_some_and(|p| p.iter().any(|p| p["rules"]["dns"].is_array()))),
+        "the DNS rule lets Cilium's proxy see the lookups:\n{cilium}"
+    );
+    // The NetworkPolicy output follows the name.
+    let named = std::fs::read_to_string(out.join("policies-names/shop/payment-egress.yaml"))
+        .expect("out/policies-names/shop/payment-egress.yaml");
+    assert!(named.contains(&format!("{moved}/32")), "{named}");
+    assert!(run.stdout.contains("A name moves"), "{}", run.stdout);
 
     // The summary table names every workload and the outcome.
     for w in [
