@@ -487,6 +487,7 @@ pub fn scoped(cluster: &Cluster, rec: &Recommendation, ns: &str) -> Recommendati
             .filter(|w| here(&w.workload))
             .cloned()
             .collect(),
+        names: rec.names.only(|w| here(&w)),
     }
 }
 
