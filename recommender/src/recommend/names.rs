@@ -257,7 +257,13 @@ pub fn name_churn(
                 (s.first_seen, s.last_seen, Some(s.ttl), s.chain.clone()),
             )
         });
-        out.push(entry(window_end, rules, Some(name.clone()), tied, addresses));
+        out.push(entry(
+            window_end,
+            rules,
+            Some(name.clone()),
+            tied,
+            addresses,
+        ));
     }
     // Names only flows show (no answer of this workload asked for them in the window).
     let mut flow_names: BTreeMap<&str, Vec<IpAddr>> = BTreeMap::new();
@@ -293,7 +299,9 @@ pub fn name_churn(
         .map(|(ip, _)| *ip)
         .collect();
     if !unnamed.is_empty() {
-        let tied = unnamed.iter().filter_map(|ip| reached.get(ip).map(|(_, r)| r));
+        let tied = unnamed
+            .iter()
+            .filter_map(|ip| reached.get(ip).map(|(_, r)| r));
         let tied: Vec<&BTreeSet<usize>> = tied.collect();
         out.push(entry(window_end, rules, None, tied, from_flows(&unnamed)));
     }
@@ -375,7 +383,8 @@ mod tests {
     }
 
     fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+        s.parse()
+            .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
     }
 
     fn rule(kind: RuleKind, cidrs: &[&str], except: &[&str], port: u16) -> EgressRule {
@@ -461,7 +470,11 @@ mod tests {
             ),
         ]);
         let out = name_churn(Some(t(END)), &rules, &reached, &history);
-        assert_eq!(out.len(), 1, "the CNAME target is not listed apart: {out:?}");
+        assert_eq!(
+            out.len(),
+            1,
+            "the CNAME target is not listed apart: {out:?}"
+        );
         let n = &out[0];
         assert_eq!(n.name.as_deref(), Some("api.stripe.test"));
         assert_eq!(n.rules, [2]);
@@ -504,7 +517,10 @@ mod tests {
         .into();
         let reached = BTreeMap::from([
             (ip("198.51.100.1"), reached(END, &["billing.test"], 443)),
-            (ip("198.51.100.2"), reached("2026-11-01T00:00:00Z", &[], 443)),
+            (
+                ip("198.51.100.2"),
+                reached("2026-11-01T00:00:00Z", &[], 443),
+            ),
             (ip("198.51.100.3"), reached(END, &[], 443)),
             (ip("203.0.113.20"), reached(END, &["legacy.test"], 8443)),
             // Reached on a port no rule allows: not an address of these rules.
@@ -523,6 +539,9 @@ mod tests {
             none.addresses.keys().copied().collect::<Vec<_>>(),
             [ip("198.51.100.2"), ip("198.51.100.3")]
         );
-        assert_eq!((none.covered, none.new_last_day, none.new_last_week), (2, 1, 1));
+        assert_eq!(
+            (none.covered, none.new_last_day, none.new_last_week),
+            (2, 1, 1)
+        );
     }
 }
