@@ -238,6 +238,10 @@ pub fn name_churn(
     let mut listed: BTreeSet<&str> = BTreeSet::new();
     let mut answered: BTreeSet<IpAddr> = BTreeSet::new();
     for (name, h) in history {
+        // A query answered without addresses (NXDOMAIN, another type) is no history.
+        if h.is_empty() {
+            continue;
+        }
         let tied: Vec<&BTreeSet<usize>> = reached
             .iter()
             .filter(|(ip, (r, _))| h.contains_key(ip) || r.names.contains(name))
