@@ -138,10 +138,9 @@ pub fn churn(
         (!p.host_network && with_external.contains_key(&w)).then_some(w)
     };
     let mut reached: BTreeMap<WorkloadId, BTreeMap<IpAddr, Reached>> = BTreeMap::new();
-    // Sorted, so that classifying (which caches) does not depend on the map's order.
-    let mut flows: Vec<_> = obs.flows.iter().collect();
-    flows.sort_by_key(|(k, _)| **k);
-    for (key, ev) in flows {
+    // In the map's order: what is folded below (earliest, latest, unions) does not depend on
+    // it, nor does a classification (the classifier only caches them).
+    for (key, ev) in &obs.flows {
         let Some(w) = workload(key.pod) else {
             continue;
         };
