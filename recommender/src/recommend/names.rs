@@ -296,6 +296,8 @@ pub fn name_churn(
             from_flows(&ips),
         ));
     }
+    // Names of answers and names of flows, in one order.
+    out.sort_by(|a, b| a.name.cmp(&b.name));
     let unnamed: Vec<IpAddr> = reached
         .iter()
         .filter(|(ip, (r, _))| r.names.is_empty() && !answered.contains(ip))
@@ -499,7 +501,8 @@ mod tests {
     }
 
     /// Addresses no answer named are "no name", last; names only flows carry are listed with
-    /// the flows' times; a name whose addresses no external rule allows is not listed.
+    /// the flows' times, sorted among the names of answers; a name whose addresses no
+    /// external rule allows is not listed.
     #[test]
     fn no_name_flow_names_and_unrelated_names() {
         let rules = [
@@ -513,13 +516,13 @@ mod tests {
                 History::from([(ip("10.96.0.20"), seen(END, END, &[]))]),
             ),
             (
-                "billing.test".to_owned(),
+                "web.billing.test".to_owned(),
                 History::from([(ip("198.51.100.1"), seen(END, END, &[]))]),
             ),
         ]
         .into();
         let reached = BTreeMap::from([
-            (ip("198.51.100.1"), reached(END, &["billing.test"], 443)),
+            (ip("198.51.100.1"), reached(END, &["web.billing.test"], 443)),
             (
                 ip("198.51.100.2"),
                 reached("2026-11-01T00:00:00Z", &[], 443),
@@ -531,8 +534,8 @@ mod tests {
         ]);
         let out = name_churn(Some(t(END)), &rules, &reached, &history);
         let names: Vec<Option<&str>> = out.iter().map(|n| n.name.as_deref()).collect();
-        assert_eq!(names, [Some("billing.test"), Some("legacy.test"), None]);
-        let legacy = &out[1];
+        assert_eq!(names, [Some("legacy.test"), Some("web.billing.test"), None]);
+        let legacy = &out[0];
         assert_eq!(legacy.rules, [2]);
         assert_eq!(legacy.addresses[&ip("203.0.113.20")].ttl, None);
         assert_eq!((legacy.covered, legacy.distinct()), (1, 1));
