@@ -233,3 +233,59 @@ fn the_report_groups_external_rules_by_name_with_their_churn() {
         );
     }
 }
+
+/// The rows of REPORT.md's names section and the `names` of evidence.json.
+fn names_of(out: &Path) -> (String, Value) {
+    let report = std::fs::read_to_string(out.join("shop/REPORT.md")).expect("report");
+    let evidence: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("shop/evidence.json")).expect("evidence"),
+    )
+    .expect("JSON");
+    (
+        name_rows(&report).join("\n"),
+        evidence["policies"][0]["names"].clone(),
+    )
+}
+
+/// The same records committed to a store, one batch per record (so that every address is
+/// merged across commits) and the file reopened: `recommend --store` reports the same names.
+#[test]
+fn the_store_path_reports_the_same_names() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flows = dir.path().join("records.jsonl");
+    std::fs::write(&flows, records()).expect("writes records");
+    let db = dir.path().join("leash.db");
+    {
+        let cluster = leash::cluster::Cluster::load(&cluster()).expect("fixture cluster");
+        let store = leash::store::SqliteStore::open(&db).expect("store opens");
+        for (seq, line) in records().lines().enumerate() {
+            let record: leash_records::Record = serde_json::from_str(line).expect("a record");
+            let (f, d) = match record {
+                leash_records::Record::Flow(f) => {
+                    leash::observations::from_batch(&cluster, &[f], &[])
+                }
+                leash_records::Record::Dns(d) => {
+                    leash::observations::from_batch(&cluster, &[], &[d])
+                }
+            };
+            let id = leash::store::BatchId {
+                node: "n1".into(),
+                boot_id: "boot".into(),
+                seq: seq as u64,
+            };
+            leash::store::Store::commit(&store, &id, &f, &d).expect("commits");
+        }
+    }
+    let snapshot = cluster();
+    let run = |input: &[&str], out: &Path| {
+        let mut args = vec!["recommend", "--cluster", p(&snapshot), "-o", p(out)];
+        args.extend_from_slice(input);
+        let o = leash(&args);
+        assert_code(&o, 0);
+        names_of(out)
+    };
+    let from_files = run(&["--flows", p(&flows)], &dir.path().join("files"));
+    let from_store = run(&["--store", p(&db)], &dir.path().join("store"));
+    assert!(from_files.0.contains("api.stripe.test"), "{}", from_files.0);
+    assert_eq!(from_store, from_files);
+}
