@@ -500,6 +500,27 @@ mod tests {
         assert_eq!((out[0].new_last_day, out[0].new_last_week), (0, 0));
     }
 
+    /// A namespace's part keeps its workloads' names and the window's end.
+    #[test]
+    fn only_keeps_the_workloads_asked_for() {
+        let one = |name: &str| NameChurn {
+            name: Some(name.to_owned()),
+            rules: vec![1],
+            addresses: BTreeMap::new(),
+            new_last_day: 0,
+            new_last_week: 0,
+            covered: 0,
+        };
+        let names = Names {
+            window_end: Some(t(END)),
+            workloads: [(1, vec![one("a.test")]), (2, vec![one("b.test")])].into(),
+        };
+        let part = names.only(|w| w == 2);
+        assert_eq!(part.window_end, Some(t(END)));
+        assert_eq!(part.workloads.keys().copied().collect::<Vec<_>>(), [2]);
+        assert_eq!(part.workloads[&2], [one("b.test")]);
+    }
+
     /// Addresses no answer named are "no name", last; names only flows carry are listed with
     /// the flows' times, sorted among the names of answers; a name whose addresses no
     /// external rule allows is not listed.
