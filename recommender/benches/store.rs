@@ -3,7 +3,7 @@
 //!
 //! The store is first filled with 20,000 flow keys (200 workloads × 100 destinations); each
 //! batch then carries 4,096 flow observations of which 95% update existing keys and 5% are
-//! new keys, and a few DNS observations. Throughput is in flow observations (or records) per
+//! new keys, and a few DNS observations (each with an address of its history). Throughput is in flow observations (or records) per
 //! second, on one thread.
 //!
 //! `cargo bench -p leash --bench store`
@@ -14,7 +14,9 @@ use chrono::{DateTime, Duration, Utc};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group};
 use leash::cluster::Cluster;
 use leash::observations::from_batch;
-use leash::store::{BatchId, DnsObservation, FlowObservation, SqliteStore, Store, WorkloadRef};
+use leash::store::{
+    AddressSeen, BatchId, DnsObservation, FlowObservation, SqliteStore, Store, WorkloadRef,
+};
 use leash_records::{FlowRecord, PodRef, Protocol, Snapshot};
 
 const WORKLOADS: usize = 200;
@@ -84,7 +86,18 @@ fn dns_batch(round: usize) -> Vec<DnsObservation> {
             resolved: [(format!("svc{i}.example.test"), dst(i))]
                 .into_iter()
                 .collect(),
-            addresses: Default::default(),
+            // The query's address history: one address with its TTL, as an answer gives it.
+            addresses: [(
+                dst(i),
+                AddressSeen {
+                    first_seen: t,
+                    last_seen: t,
+                    ttl: 30,
+                    chain: Vec::new(),
+                },
+            )]
+            .into_iter()
+            .collect(),
         })
         .collect()
 }

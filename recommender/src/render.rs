@@ -14,6 +14,7 @@ use crate::recommend::{
 pub mod columns;
 pub mod escape;
 pub mod evidence;
+pub mod names;
 pub mod outdir;
 
 pub use outdir::{files, write_dir};
@@ -487,6 +488,7 @@ pub fn scoped(cluster: &Cluster, rec: &Recommendation, ns: &str) -> Recommendati
             .filter(|w| here(&w.workload))
             .cloned()
             .collect(),
+        names: rec.names.only(|w| here(&w)),
     }
 }
 
@@ -842,6 +844,7 @@ fn report_titled(cluster: &Cluster, rec: &Recommendation, title: &str) -> String
                 );
             }
         }
+        names::section(&mut s, &rec.names, p);
         let _ = writeln!(s, "<details><summary>destinations as dialed</summary>\n");
         for (i, r) in p.rules.iter().enumerate() {
             let _ = writeln!(

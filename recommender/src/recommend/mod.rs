@@ -14,7 +14,8 @@
 //! - `rules`: a workload's observed destinations → its egress rules (ports, CIDR covers,
 //!   selectors);
 //! - [`objects`]: policy names and the Kubernetes objects;
-//! - [`check`]: the self-check with the one NetworkPolicy evaluator.
+//! - [`check`]: the self-check with the one NetworkPolicy evaluator;
+//! - [`names`]: external rules grouped by DNS name, with each name's address churn.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -32,6 +33,7 @@ pub mod check;
 pub mod evidence;
 pub mod existing;
 pub mod model;
+pub mod names;
 pub mod objects;
 pub mod previous;
 mod rules;
@@ -246,6 +248,7 @@ pub fn recommend_stable(
     name_policies(cluster, &mut rec.policies);
     rec.policies
         .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    rec.names = names::churn(cluster, obs, &mut classifier, &rec.policies);
     let names: BTreeMap<WorkloadId, &str> = rec
         .policies
         .iter()

@@ -222,6 +222,9 @@ pub struct Recommendation {
     pub changes: Vec<Change>,
     /// Policies left out by `recommend --ready-only` (`crate::rollout::keep_ready`), sorted.
     pub withheld: Vec<Withheld>,
+    /// The external rules of each policy grouped by DNS name, with each name's addresses and
+    /// churn ([`super::names`]).
+    pub names: super::names::Names,
 }
 
 /// A workload whose policy `recommend --ready-only` left out: its rollout phase and why.

@@ -1,7 +1,8 @@
 //! `<namespace>/evidence.json`: the evidence of every rule of a namespace's policies, for
 //! machines, and for the next run (`recommend --previous`). The policy files carry the
 //! policy only; what backs each rule (events, first and last seen, DNS names, pods) changes
-//! with every run and lives here and in REPORT.md.
+//! with every run and lives here and in REPORT.md, with each policy's external destinations
+//! by DNS name and every address each name had (`crate::recommend::names`).
 //!
 //! Deterministic: fields in a fixed order, lists sorted, times in RFC 3339.
 
@@ -43,6 +44,10 @@ pub struct EvidenceFile {
     pub format: u32,
     /// The namespace.
     pub namespace: String,
+    /// The window's end that the names' "new" counts are relative to, RFC 3339
+    /// (`crate::recommend::names`); only when a policy lists names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_end: Option<String>,
     /// Its workload policies, by name.
     pub policies: Vec<PolicyEvidence>,
 }
@@ -56,6 +61,79 @@ pub struct PolicyEvidence {
     pub workload: String,
     /// One entry per egress rule, in the policy's order.
     pub rules: Vec<Rule>,
+    /// The external rules by DNS name, with each name's address history
+    /// (`crate::recommend::names`): sorted by name, the addresses no answer named (`name`
+    /// null) last. Absent when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<NameEvidence>,
+}
+
+/// One DNS name of a policy's external rules, or the addresses no answer named.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameEvidence {
+    /// The name; null for the addresses no DNS answer named.
+    pub name: Option<String>,
+    /// The rules (1-based) that allow its observed addresses.
+    pub rules: Vec<usize>,
+    /// Distinct addresses in the window.
+    pub churn: usize,
+    /// Addresses first seen less than a day before the window's end.
+    pub new_last_day: usize,
+    /// Addresses first seen less than a week before the window's end.
+    pub new_last_week: usize,
+    /// How many of the addresses the rules' blocks allow.
+    pub covered: usize,
+    /// Every address, in address order.
+    pub addresses: Vec<AddressEvidence>,
+}
+
+/// One address of a name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressEvidence {
+    /// The address.
+    pub address: String,
+    /// The first answer that gave it (or its first flow, without an answer), RFC 3339.
+    pub first_seen: String,
+    /// The last one, RFC 3339.
+    pub last_seen: String,
+    /// The TTL of the latest answer, in seconds; absent when only flows show the address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<u32>,
+    /// The CNAME chain of the latest answer, from the query name (excluded) to the owner of
+    /// the address record.
+    #[serde(default)]
+    pub chain: Vec<String>,
+    /// Whether the rules' blocks allow it.
+    pub covered: bool,
+}
+
+/// The names of workload `w` as evidence ([`NameEvidence`]).
+fn names(rec: &Recommendation, w: usize) -> Vec<NameEvidence> {
+    let Some(list) = rec.names.workloads.get(&w) else {
+        return Vec::new();
+    };
+    list.iter()
+        .map(|n| NameEvidence {
+            name: n.name.clone(),
+            rules: n.rules.clone(),
+            churn: n.distinct(),
+            new_last_day: n.new_last_day,
+            new_last_week: n.new_last_week,
+            covered: n.covered,
+            addresses: n
+                .addresses
+                .iter()
+                .map(|(ip, a)| AddressEvidence {
+                    address: ip.to_string(),
+                    first_seen: leash_records::time::rfc3339(a.first_seen),
+                    last_seen: leash_records::time::rfc3339(a.last_seen),
+                    ttl: a.ttl,
+                    chain: a.chain.clone(),
+                    covered: a.covered,
+                })
+                .collect(),
+        })
+        .collect()
 }
 
 /// The evidence of one rule.
@@ -91,7 +169,16 @@ pub struct Rule {
 /// The evidence file of namespace `ns`, as JSON text ending in a newline.
 pub fn render(cluster: &Cluster, rec: &Recommendation, ns: &str) -> String {
     let time = |t: Option<DateTime<Utc>>| t.map(leash_records::time::rfc3339);
+    let named = rec
+        .policies
+        .iter()
+        .any(|p| p.namespace == ns && rec.names.workloads.contains_key(&p.workload));
     let file = EvidenceFile {
+        window_end: if named {
+            time(rec.names.window_end)
+        } else {
+            None
+        },
         api_version: "v1".to_owned(),
         kind: "List".to_owned(),
         items: Vec::new(),
@@ -127,6 +214,7 @@ pub fn render(cluster: &Cluster, rec: &Recommendation, ns: &str) -> String {
                         also_allowed_by: r.also_allowed_by.clone(),
                     })
                     .collect(),
+                names: names(rec, p.workload),
             })
             .collect(),
     };

@@ -1,7 +1,9 @@
 //! Where `leash serve` keeps what agents observed.
 //!
 //! Observations are aggregated by (workload, destination, port, protocol) for flows and by
-//! (workload, resolver, query) for DNS, with counts, first and last seen, and names. Batches
+//! (workload, resolver, query) for DNS, with counts, first and last seen, and names; each DNS
+//! observation keeps its query's address history (every address it resolved to, with first
+//! and last seen, the latest TTL and CNAME chain: [`AddressSeen`]). Batches
 //! from agents are committed exactly once: [`Store::commit`] records the batch id in the same
 //! transaction as its observations and ignores an id it has already stored.
 //!
@@ -101,7 +103,10 @@ pub struct DnsObservation {
     pub resolved: BTreeSet<(String, IpAddr)>,
     /// The query name's address history: every address it resolved to, with first and last
     /// seen, the latest TTL and CNAME chain (`crate::observations::answer_addresses`). Kept
-    /// per address; retention removes addresses last seen before its cut.
+    /// per address: a commit merges each address into the stored one ([`AddressSeen::merge`]);
+    /// reads return the addresses last seen at or after their `since`; retention
+    /// ([`Store::prune`]) removes addresses last seen before its cut, and keeps the
+    /// observation while it has newer answers.
     pub addresses: BTreeMap<IpAddr, AddressSeen>,
 }
 
@@ -296,7 +301,7 @@ pub trait Store: Send + Sync {
     fn flows(&self, since: Option<DateTime<Utc>>) -> Result<Vec<FlowObservation>>;
 
     /// DNS observations last seen at or after `since` (all when `None`), sorted by workload,
-    /// resolver and query.
+    /// resolver and query, each with its addresses last seen at or after `since`.
     fn dns(&self, since: Option<DateTime<Utc>>) -> Result<Vec<DnsObservation>>;
 
     /// Flow observations in `scope`, at most `max` of them: whole workloads first, in
@@ -349,8 +354,10 @@ pub trait Store: Send + Sync {
         Ok(out)
     }
 
-    /// Deletes observations last seen before `before`, batch ids committed before it, and
-    /// remembered alerts last seen before it. Returns how many observations were removed.
+    /// Deletes observations last seen before `before`, the addresses of DNS observations
+    /// ([`DnsObservation::addresses`]) last seen before it, batch ids committed before it, and
+    /// remembered alerts last seen before it. Returns how many observations were removed
+    /// (addresses are not counted).
     fn prune(&self, before: DateTime<Utc>) -> Result<u64>;
 
     /// The remembered alerts ([`AlertRecord`]), of one namespace when given, sorted by

@@ -4,7 +4,8 @@
 //! are `WITHOUT ROWID` tables keyed by their aggregation key, so a commit is one upsert per
 //! observation into one b-tree. Addresses are stored as 4- or 16-byte blobs, times as
 //! nanoseconds since the Unix epoch (which limits them to the years 1677–2262), counts as
-//! integers saturating at 2^63−1.
+//! integers saturating at 2^63−1. A DNS observation's address history is `dns_addresses`,
+//! one row per (observation, address), merged by one upsert per address of a commit.
 //!
 //! Migrations are [`MIGRATIONS`], applied in order inside one transaction each; the
 //! database's `PRAGMA user_version` is the number of migrations applied.
@@ -22,8 +23,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use super::{
-    AlertRecord, BatchCommit, BatchId, Commit, DnsObservation, Error, FlowObservation, Result,
-    Scope, Store, Subject, WorkloadRef, WorkloadTotals, dns_order, flow_order,
+    AddressSeen, AlertRecord, BatchCommit, BatchId, Commit, DnsObservation, Error, FlowObservation,
+    Result, Scope, Store, Subject, WorkloadRef, WorkloadTotals, dns_order, flow_order,
 };
 use crate::evidence::PodNames;
 
@@ -143,12 +144,49 @@ pub const MIGRATIONS: &[Migration] = &[
             CREATE INDEX alerts_last_seen ON alerts (last_seen);
         ",
     },
+    Migration {
+        description: "the address history of each DNS observation",
+        // One row per (DNS observation, address): when the query first and last resolved to
+        // it, and the TTL and CNAME chain of the latest answer. `chain` is the names of the
+        // chain, each followed by a zero byte ([`encode_chain`]), so that SQLite's byte-wise
+        // order of the blobs is the order of the names' lists, and `commit` can merge in SQL
+        // exactly as `AddressSeen::merge` does. Rows of DNS observations stored before this
+        // version have no addresses.
+        sql: "
+            CREATE TABLE dns_addresses (
+                workload INTEGER NOT NULL,
+                server BLOB NOT NULL,
+                query INTEGER NOT NULL,
+                ip BLOB NOT NULL,
+                first_seen INTEGER NOT NULL,
+                last_seen INTEGER NOT NULL,
+                ttl INTEGER NOT NULL,
+                chain BLOB NOT NULL,
+                PRIMARY KEY (workload, server, query, ip)
+            ) WITHOUT ROWID;
+        ",
+    },
 ];
 
 /// The schema version this build writes: the number of [`MIGRATIONS`].
 pub fn schema_version() -> i64 {
     i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX)
 }
+
+/// Merges one address of a DNS observation into its history as `AddressSeen::merge` does:
+/// the earliest first seen, the latest last seen, and the TTL and chain of the later sighting
+/// (on equal last seen, of the larger (TTL, chain)). SQL evaluates every `SET` on the row as
+/// it was, so both `CASE`s compare the same values.
+const UPSERT_ADDRESS: &str = "
+    INSERT INTO dns_addresses (workload, server, query, ip, first_seen, last_seen, ttl, chain)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+    ON CONFLICT DO UPDATE SET
+        first_seen = min(first_seen, excluded.first_seen),
+        last_seen = max(last_seen, excluded.last_seen),
+        ttl = CASE WHEN (excluded.last_seen, excluded.ttl, excluded.chain) > (last_seen, ttl, chain)
+            THEN excluded.ttl ELSE ttl END,
+        chain = CASE WHEN (excluded.last_seen, excluded.ttl, excluded.chain) > (last_seen, ttl, chain)
+            THEN excluded.chain ELSE chain END";
 
 /// How long a statement waits for another connection's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -612,6 +650,8 @@ impl SqliteStore {
                      VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
                 )
                 .map_err(op)?;
+            // Prepared on the first observation with addresses: batches without any pay nothing.
+            let mut upsert_address: Option<rusqlite::CachedStatement<'_>> = None;
             for d in dns {
                 let w = ids.workload(&d.workload).map_err(op)?;
                 let server = IpBytes::new(d.server);
@@ -637,6 +677,27 @@ impl SqliteStore {
                             IpBytes::new(*ip).as_slice()
                         ])
                         .map_err(op)?;
+                }
+                if d.addresses.is_empty() {
+                    continue;
+                }
+                let stmt = match &mut upsert_address {
+                    Some(stmt) => stmt,
+                    None => upsert_address.insert(tx.prepare_cached(UPSERT_ADDRESS).map_err(op)?),
+                };
+                for (ip, seen) in &d.addresses {
+                    let chain = self.encode_chain(&seen.chain)?;
+                    stmt.execute(params![
+                        w,
+                        server.as_slice(),
+                        query,
+                        IpBytes::new(*ip).as_slice(),
+                        self.time(seen.first_seen)?,
+                        self.time(seen.last_seen)?,
+                        seen.ttl,
+                        chain,
+                    ])
+                    .map_err(op)?;
                 }
             }
         }
@@ -729,6 +790,51 @@ impl SqliteStore {
                 what: format!("{table}: an address of {n} bytes (expected 4 or 16)"),
             }),
         }
+    }
+}
+
+impl SqliteStore {
+    /// A CNAME chain as stored: each name followed by a zero byte. Byte-wise, the blobs
+    /// compare as the lists of names do (a name that is a prefix of another ends first, at a
+    /// zero byte below every byte of a name), which the merge in SQL relies on. A name with a
+    /// zero byte, which no DNS name has, cannot be stored.
+    fn encode_chain(&self, chain: &[String]) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(chain.iter().map(|n| n.len() + 1).sum());
+        for name in chain {
+            if name.as_bytes().contains(&0) {
+                return Err(Error::Invalid {
+                    path: self.path.clone(),
+                    what: format!("a CNAME chain name contains a zero byte: {name:?}"),
+                });
+            }
+            out.extend_from_slice(name.as_bytes());
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    /// A stored CNAME chain ([`Self::encode_chain`]) back to its names.
+    fn decode_chain(&self, value: rusqlite::types::ValueRef<'_>) -> Result<Vec<String>> {
+        let corrupt = |what: &str| Error::Corrupt {
+            path: self.path.clone(),
+            what: format!("dns_addresses: a CNAME chain {what}"),
+        };
+        let rusqlite::types::ValueRef::Blob(bytes) = value else {
+            return Err(corrupt("that is not a blob"));
+        };
+        let Some(body) = bytes.strip_suffix(&[0]) else {
+            if bytes.is_empty() {
+                return Ok(Vec::new());
+            }
+            return Err(corrupt("without its final zero byte"));
+        };
+        body.split(|b| *b == 0)
+            .map(|name| {
+                std::str::from_utf8(name)
+                    .map(str::to_owned)
+                    .map_err(|_| corrupt("with a name that is not UTF-8"))
+            })
+            .collect()
     }
 }
 
@@ -1056,6 +1162,40 @@ impl SqliteStore {
                 let ip = self.decode_ip("dns_resolved", &ip)?;
                 d.resolved.insert((r.get(2).map_err(ReadError::Sql)?, ip));
             }
+        }
+        // The addresses in the window, as the observations are.
+        let mut stmt = tx
+            .prepare_cached(
+                "SELECT server, query, ip, first_seen, last_seen, ttl, chain
+                 FROM dns_addresses WHERE workload = ?1 AND last_seen >= ?2",
+            )
+            .map_err(ReadError::Sql)?;
+        let mut rows = stmt.query(params![id, since]).map_err(ReadError::Sql)?;
+        while let Some(r) = rows.next().map_err(ReadError::Sql)? {
+            let key = (
+                r.get(0).map_err(ReadError::Sql)?,
+                r.get(1).map_err(ReadError::Sql)?,
+            );
+            let Some(d) = index.get(&key).and_then(|&i| out.get_mut(i)) else {
+                continue;
+            };
+            let ip: Vec<u8> = r.get(2).map_err(ReadError::Sql)?;
+            let ip = self.decode_ip("dns_addresses", &ip)?;
+            let ttl: i64 = r.get(5).map_err(ReadError::Sql)?;
+            let ttl = u32::try_from(ttl).map_err(|_| Error::Corrupt {
+                path: self.path.clone(),
+                what: format!("dns_addresses: TTL {ttl} is out of range"),
+            })?;
+            let chain = self.decode_chain(r.get_ref(6).map_err(ReadError::Sql)?)?;
+            d.addresses.insert(
+                ip,
+                AddressSeen {
+                    first_seen: DateTime::from_timestamp_nanos(r.get(3).map_err(ReadError::Sql)?),
+                    last_seen: DateTime::from_timestamp_nanos(r.get(4).map_err(ReadError::Sql)?),
+                    ttl,
+                    chain,
+                },
+            );
         }
         Ok(())
     }
@@ -1398,6 +1538,14 @@ impl Store for SqliteStore {
             .map_err(op)?;
         tx.execute(
             "DELETE FROM dns_resolved WHERE (workload, server, query) IN
+                 (SELECT workload, server, query FROM dns WHERE last_seen < ?1)",
+            params![before],
+        )
+        .map_err(op)?;
+        // Addresses last seen before the cut go, whether or not their observation stays;
+        // an observation that goes takes all of its addresses.
+        tx.execute(
+            "DELETE FROM dns_addresses WHERE last_seen < ?1 OR (workload, server, query) IN
                  (SELECT workload, server, query FROM dns WHERE last_seen < ?1)",
             params![before],
         )
