@@ -80,14 +80,20 @@ fn records(dir: &Path) -> PathBuf {
 /// the shop report.
 fn recommend(dir: &Path, extra: &[&str]) -> (String, String) {
     let flows = records(dir);
-    let out = dir.join("out");
+    recommend_into(dir, &flows, "out", extra)
+}
+
+/// `leash recommend --flows flows -o dir/out` with `extra` flags: the payment policy and the
+/// shop report.
+fn recommend_into(dir: &Path, flows: &Path, out: &str, extra: &[&str]) -> (String, String) {
+    let out = dir.join(out);
     let cluster = fixture("recommend/kubeadm/cluster.yaml");
     let mut args = vec![
         "recommend",
         "--cluster",
         p(&cluster),
         "--flows",
-        p(&flows),
+        p(flows),
         "-o",
         p(&out),
     ];
@@ -257,4 +263,72 @@ fn every_format_and_every_command() {
             assert!(help.contains(flag), "{command:?}: {flag}");
         }
     }
+}
+
+/// A name that moved: the previous proposal allows its old address; the new answer, not yet
+/// dialed, is added over it (what serve's loop turns into a pull request), and nothing else
+/// changes.
+#[test]
+fn a_moved_name_gets_its_new_address_over_the_previous_proposal() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let before = [
+        dns("api.pay.test", &["203.0.113.10"], "2026-11-23T08:00:00Z"),
+        flow("203.0.113.10", 443, "api.pay.test"),
+    ];
+    let first = dir.path().join("first.jsonl");
+    std::fs::write(&first, before.join("\n") + "\n").expect("writes");
+    let (policy, _) = recommend_into(dir.path(), &first, "out1", &[]);
+    assert!(cidrs(&policy).contains(&"203.0.113.10/32".to_owned()), "{policy}");
+
+    let mut after = before.to_vec();
+    after.push(dns("api.pay.test", &["203.0.113.99"], "2026-11-25T08:00:00Z"));
+    let second = dir.path().join("second.jsonl");
+    std::fs::write(&second, after.join("\n") + "\n").expect("writes");
+    let previous = dir.path().join("out1");
+    let (policy, report) =
+        recommend_into(dir.path(), &second, "out2", &["--previous", p(&previous)]);
+    let got = cidrs(&policy);
+    assert!(got.contains(&"203.0.113.10/32".to_owned()), "{policy}");
+    assert!(got.contains(&"203.0.113.99/32".to_owned()), "{policy}");
+    assert!(report.contains("| widened |"), "{report}");
+    assert!(report.contains("not dialed in the window: 203.0.113.99"), "{report}");
+
+    // Unchanged input over this proposal: the same policy, no change.
+    let (again, report) = recommend_into(
+        dir.path(),
+        &second,
+        "out3",
+        &["--previous", p(&dir.path().join("out2"))],
+    );
+    assert_eq!(again, policy);
+    assert!(
+        report.contains("None: every rule is as in the previous proposal."),
+        "{report}"
+    );
+}
+
+/// A proposal that uses a published range is stable over itself.
+#[test]
+fn published_ranges_are_stable_over_the_previous_proposal() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let flows = records(dir.path());
+    let aws = fixture("ranges/aws-ip-ranges.json");
+    let (first, _) = recommend_into(dir.path(), &flows, "out1", &["--ip-ranges", p(&aws)]);
+    assert!(cidrs(&first).contains(&"198.51.100.0/24".to_owned()), "{first}");
+    let previous = dir.path().join("out1");
+    let (second, report) = recommend_into(
+        dir.path(),
+        &flows,
+        "out2",
+        &["--ip-ranges", p(&aws), "--previous", p(&previous)],
+    );
+    assert_eq!(first, second);
+    assert!(
+        report.contains("None: every rule is as in the previous proposal."),
+        "{report}"
+    );
+    assert!(
+        report.contains("AWS S3 us-east-1, published range, covers 3 observed addresses"),
+        "{report}"
+    );
 }

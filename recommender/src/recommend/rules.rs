@@ -187,8 +187,8 @@ pub(super) fn build_rules(
         ips.dedup();
         let dialed: BTreeSet<IpAddr> = ips.iter().copied().collect();
         // The name, not last week's connections: the other addresses the rule's names
-        // resolved to for this workload, where they are external and no previous rule
-        // already allows them on these ports.
+        // resolved to for this workload, where they are external and no other previous rule
+        // than the one this group is built against already allows them on these ports.
         let implied: BTreeSet<IpAddr> = named
             .addresses(w, &names)
             .into_iter()
@@ -198,7 +198,10 @@ pub(super) fn build_rules(
                     && port_set
                         .iter()
                         .all(|&(proto, port)| classifier.is_external(*ip, port, proto))
-                    && super::previous::explaining(live, *ip, &port_set).is_none()
+                    && {
+                        let by = super::previous::explaining(live, *ip, &port_set);
+                        by.is_none() || by == explained
+                    }
             })
             .collect();
         let all: BTreeSet<IpAddr> = dialed.union(&implied).copied().collect();
