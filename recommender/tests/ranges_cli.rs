@@ -28,7 +28,8 @@ fn leash(args: &[&str]) -> Output {
         .expect("runs the leash binary")
 }
 
-const POD: &str = r#"{"uid":"00000000-0000-0000-0000-0000000000a1","namespace":"shop","name":"payment-7d4-x2"}"#;
+const POD: &str =
+    r#"{"uid":"00000000-0000-0000-0000-0000000000a1","namespace":"shop","name":"payment-7d4-x2"}"#;
 
 fn dns(query: &str, answers: &[&str], time: &str) -> String {
     let answers: Vec<String> = answers
@@ -100,7 +101,8 @@ fn recommend_into(dir: &Path, flows: &Path, out: &str, extra: &[&str]) -> (Strin
     args.extend_from_slice(extra);
     let o = leash(&args);
     assert_code(&o, 0);
-    let read = |f: &str| std::fs::read_to_string(out.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+    let read =
+        |f: &str| std::fs::read_to_string(out.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
     (read("shop/payment-egress.yaml"), read("shop/REPORT.md"))
 }
 
@@ -148,8 +150,14 @@ fn published_ranges_and_names_cover_the_rules() {
         ),
         "{report}"
     );
-    assert!(!report.contains("AWS EC2 eu-west-1"), "/36 is wider than /40: {report}");
-    assert!(!report.contains("AWS AMAZON"), "the specific service is used: {report}");
+    assert!(
+        !report.contains("AWS EC2 eu-west-1"),
+        "/36 is wider than /40: {report}"
+    );
+    assert!(
+        !report.contains("AWS AMAZON"),
+        "the specific service is used: {report}"
+    );
 
     // A wider IPv6 maximum uses EC2's /36; a narrower IPv4 one leaves S3's /24 out.
     let (policy, report) = recommend(
@@ -167,12 +175,18 @@ fn published_ranges_and_names_cover_the_rules() {
     assert!(got.contains(&"2001:db8:2000::/36".to_owned()), "{policy}");
     assert!(!got.contains(&"198.51.100.0/24".to_owned()), "{policy}");
     assert!(got.contains(&"198.51.100.10/31".to_owned()), "{policy}");
-    assert!(got.contains(&"198.51.100.12/32".to_owned()), "name-implied: {policy}");
+    assert!(
+        got.contains(&"198.51.100.12/32".to_owned()),
+        "name-implied: {policy}"
+    );
     assert!(
         report.contains("AWS EC2 eu-west-1, published range, covers 1 observed address"),
         "{report}"
     );
-    assert!(!report.contains("AWS S3 us-east-1, published range"), "{report}");
+    assert!(
+        !report.contains("AWS S3 us-east-1, published range"),
+        "{report}"
+    );
 }
 
 /// Without range files, a name's other addresses are still allowed, and the output is
@@ -278,10 +292,17 @@ fn a_moved_name_gets_its_new_address_over_the_previous_proposal() {
     let first = dir.path().join("first.jsonl");
     std::fs::write(&first, before.join("\n") + "\n").expect("writes");
     let (policy, _) = recommend_into(dir.path(), &first, "out1", &[]);
-    assert!(cidrs(&policy).contains(&"203.0.113.10/32".to_owned()), "{policy}");
+    assert!(
+        cidrs(&policy).contains(&"203.0.113.10/32".to_owned()),
+        "{policy}"
+    );
 
     let mut after = before.to_vec();
-    after.push(dns("api.pay.test", &["203.0.113.99"], "2026-11-25T08:00:00Z"));
+    after.push(dns(
+        "api.pay.test",
+        &["203.0.113.99"],
+        "2026-11-25T08:00:00Z",
+    ));
     let second = dir.path().join("second.jsonl");
     std::fs::write(&second, after.join("\n") + "\n").expect("writes");
     let previous = dir.path().join("out1");
@@ -291,7 +312,10 @@ fn a_moved_name_gets_its_new_address_over_the_previous_proposal() {
     assert!(got.contains(&"203.0.113.10/32".to_owned()), "{policy}");
     assert!(got.contains(&"203.0.113.99/32".to_owned()), "{policy}");
     assert!(report.contains("| widened |"), "{report}");
-    assert!(report.contains("not dialed in the window: 203.0.113.99"), "{report}");
+    assert!(
+        report.contains("not dialed in the window: 203.0.113.99"),
+        "{report}"
+    );
 
     // Unchanged input over this proposal: the same policy, no change.
     let (again, report) = recommend_into(
@@ -314,7 +338,10 @@ fn published_ranges_are_stable_over_the_previous_proposal() {
     let flows = records(dir.path());
     let aws = fixture("ranges/aws-ip-ranges.json");
     let (first, _) = recommend_into(dir.path(), &flows, "out1", &["--ip-ranges", p(&aws)]);
-    assert!(cidrs(&first).contains(&"198.51.100.0/24".to_owned()), "{first}");
+    assert!(
+        cidrs(&first).contains(&"198.51.100.0/24".to_owned()),
+        "{first}"
+    );
     let previous = dir.path().join("out1");
     let (second, report) = recommend_into(
         dir.path(),

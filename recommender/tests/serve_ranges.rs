@@ -43,7 +43,11 @@ fn files_under(dir: &Path) -> Vec<(String, String)> {
             if path.is_dir() {
                 dirs.push(path);
             } else {
-                let rel = path.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+                let rel = path
+                    .strip_prefix(dir)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
                 out.push((rel, std::fs::read_to_string(&path).unwrap()));
             }
         }
@@ -70,7 +74,14 @@ fn lab(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     commit(
         &db,
         1,
-        &[deployment_flow("shop", "payment", "203.0.113.50", 443, &["api.pay.test"], at)],
+        &[deployment_flow(
+            "shop",
+            "payment",
+            "203.0.113.50",
+            443,
+            &["api.pay.test"],
+            at,
+        )],
     );
     let bare = dir.join("cluster-without-policies.yaml");
     std::fs::write(&bare, snapshot()).unwrap();
@@ -99,7 +110,10 @@ fn lab(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         .into_iter()
         .map(|(p, t)| (format!("policies/{p}"), t))
         .collect();
-    let files: Vec<(&str, &str)> = files.iter().map(|(p, t)| (p.as_str(), t.as_str())).collect();
+    let files: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(p, t)| (p.as_str(), t.as_str()))
+        .collect();
     let repo = create_bare_repo(&dir.join("git"), "policies.git", &files).unwrap();
     (db, cluster_file, repo)
 }

@@ -42,7 +42,12 @@ pub(super) fn parse(file: &str, obj: &Map<String, Value>) -> Result<Vec<Publishe
     for (i, v) in array(file, obj, "ipv6_prefixes", false)?.iter().enumerate() {
         let at = format!("ipv6_prefixes[{i}]");
         let e: V6 = entry(file, &at, v)?;
-        let net = cidr(file, &format!("{at}.ipv6_prefix"), &e.ipv6_prefix, Family::V6)?;
+        let net = cidr(
+            file,
+            &format!("{at}.ipv6_prefix"),
+            &e.ipv6_prefix,
+            Family::V6,
+        )?;
         out.push(range(net, e.service, e.region));
     }
     Ok(out)

@@ -321,7 +321,9 @@ fn parse_json(
     };
     if has("createDate") || has("ipv6_prefixes") || first_prefix_has("ip_prefix") {
         Ok((Provider::Aws, aws::parse(file, obj)?))
-    } else if has("creationTime") || first_prefix_has("ipv4Prefix") || first_prefix_has("ipv6Prefix")
+    } else if has("creationTime")
+        || first_prefix_has("ipv4Prefix")
+        || first_prefix_has("ipv6Prefix")
     {
         Ok((Provider::GoogleCloud, gcp::parse(file, obj)?))
     } else if has("values") {

@@ -9,7 +9,10 @@ use super::*;
 
 macro_rules! fixture {
     ($name:literal) => {
-        ($name, include_str!(concat!("../../tests/fixtures/ranges/", $name)))
+        (
+            $name,
+            include_str!(concat!("../../tests/fixtures/ranges/", $name)),
+        )
     };
 }
 
@@ -66,7 +69,10 @@ fn aws_ip_ranges() {
         ]
     );
     assert!(r[0].generic && !r[1].generic, "AMAZON is the catch-all");
-    assert_eq!((r[1].service.as_str(), r[1].region.as_str()), ("S3", "us-east-1"));
+    assert_eq!(
+        (r[1].service.as_str(), r[1].region.as_str()),
+        ("S3", "us-east-1")
+    );
 }
 
 #[test]
@@ -99,7 +105,11 @@ fn azure_service_tags() {
         .find(|r| r.label == "Azure AzureStorage.WestEurope")
         .expect("regional tag");
     assert_eq!(
-        (storage.service.as_str(), storage.region.as_str(), storage.generic),
+        (
+            storage.service.as_str(),
+            storage.region.as_str(),
+            storage.generic
+        ),
         ("AzureStorage", "westeurope", false)
     );
 }
@@ -157,7 +167,10 @@ fn malformed_files_name_the_file_and_entry() {
             "list.yaml: (top): expected a map of names to lists of CIDRs",
         ),
         (
-            ("v6.json", r#"{"createDate": "x", "prefixes": [{"ip_prefix": "2001:db8::/32", "region": "r", "service": "S3", "network_border_group": "r"}]}"#),
+            (
+                "v6.json",
+                r#"{"createDate": "x", "prefixes": [{"ip_prefix": "2001:db8::/32", "region": "r", "service": "S3", "network_border_group": "r"}]}"#,
+            ),
             r#"v6.json: prefixes[0].ip_prefix: "2001:db8::/32" is not an IPv4 CIDR"#,
         ),
         (
@@ -191,18 +204,50 @@ fn the_most_specific_range_contains_the_address() {
     let best = |a: &str, v4: u8, v6: u8| r.best(ip(a), v4, v6).map(|r| r.label.clone());
     // AWS AMAZON and S3 list the same /24; Azure's AzureCloud too (generic); Google and the
     // mail relay list narrower ranges inside it.
-    assert_eq!(best("198.51.100.1", 16, 40).as_deref(), Some("AWS S3 us-east-1"));
+    assert_eq!(
+        best("198.51.100.1", 16, 40).as_deref(),
+        Some("AWS S3 us-east-1")
+    );
     assert_eq!(best("198.51.100.70", 16, 40).as_deref(), Some("mail relay"));
-    assert_eq!(best("198.51.100.200", 16, 40).as_deref(), Some("Google Cloud europe-west1"));
-    assert_eq!(best("198.51.100.200", 25, 40).as_deref(), Some("Google Cloud europe-west1"));
-    assert_eq!(best("198.51.100.1", 25, 40), None, "every range is wider than /25");
-    assert_eq!(best("203.0.113.65", 16, 40).as_deref(), Some("Azure AzureStorage.WestEurope"));
+    assert_eq!(
+        best("198.51.100.200", 16, 40).as_deref(),
+        Some("Google Cloud europe-west1")
+    );
+    assert_eq!(
+        best("198.51.100.200", 25, 40).as_deref(),
+        Some("Google Cloud europe-west1")
+    );
+    assert_eq!(
+        best("198.51.100.1", 25, 40),
+        None,
+        "every range is wider than /25"
+    );
+    assert_eq!(
+        best("203.0.113.65", 16, 40).as_deref(),
+        Some("Azure AzureStorage.WestEurope")
+    );
     assert_eq!(best("203.0.113.1", 16, 40).as_deref(), Some("payments"));
-    assert_eq!(best("203.0.113.129", 16, 40).as_deref(), Some("AWS CLOUDFRONT GLOBAL"));
-    assert_eq!(best("2001:db8:1000::1", 16, 40).as_deref(), Some("AWS S3 us-east-1"));
-    assert_eq!(best("2001:db8:2000::1", 16, 40), None, "EC2's /36 is wider than /40");
-    assert_eq!(best("2001:db8:2000::1", 16, 36).as_deref(), Some("AWS EC2 eu-west-1"));
-    assert_eq!(best("::ffff:198.51.100.1", 16, 40).as_deref(), Some("AWS S3 us-east-1"));
+    assert_eq!(
+        best("203.0.113.129", 16, 40).as_deref(),
+        Some("AWS CLOUDFRONT GLOBAL")
+    );
+    assert_eq!(
+        best("2001:db8:1000::1", 16, 40).as_deref(),
+        Some("AWS S3 us-east-1")
+    );
+    assert_eq!(
+        best("2001:db8:2000::1", 16, 40),
+        None,
+        "EC2's /36 is wider than /40"
+    );
+    assert_eq!(
+        best("2001:db8:2000::1", 16, 36).as_deref(),
+        Some("AWS EC2 eu-west-1")
+    );
+    assert_eq!(
+        best("::ffff:198.51.100.1", 16, 40).as_deref(),
+        Some("AWS S3 us-east-1")
+    );
     assert_eq!(best("192.0.0.1", 0, 0), None);
     let containing: Vec<String> = r
         .containing(ip("203.0.113.65"))

@@ -23,7 +23,10 @@ pub(super) fn parse(file: &str, value: &serde_norway::Value) -> Result<Vec<Publi
     let mut out = Vec::new();
     for (k, v) in map {
         let Some(key) = k.as_str() else {
-            return Err(err(format!("key {}", shown(&format!("{k:?}"))), "a name must be a string"));
+            return Err(err(
+                format!("key {}", shown(&format!("{k:?}"))),
+                "a name must be a string",
+            ));
         };
         let at = shown(key);
         let name = label(file, &at, key)?;

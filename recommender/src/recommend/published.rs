@@ -128,7 +128,11 @@ pub(super) fn implied_note(implied: &BTreeSet<IpAddr>) -> Option<String> {
     if implied.is_empty() {
         return None;
     }
-    let mut list: Vec<String> = implied.iter().take(SHOWN).map(ToString::to_string).collect();
+    let mut list: Vec<String> = implied
+        .iter()
+        .take(SHOWN)
+        .map(ToString::to_string)
+        .collect();
     if implied.len() > SHOWN {
         list.push(format!("and {} more", implied.len() - SHOWN));
     }
@@ -187,7 +191,12 @@ mod tests {
         let p = published();
         let got = published_blocks(
             &p,
-            &ips(&["198.51.100.1", "198.51.100.2", "198.51.100.200", "2001:db8::1"]),
+            &ips(&[
+                "198.51.100.1",
+                "198.51.100.2",
+                "198.51.100.200",
+                "2001:db8::1",
+            ]),
             16,
             40,
             &[],
@@ -196,7 +205,13 @@ mod tests {
             shown(&got),
             ["198.51.100.0/24 AWS S3 us-east-1, published range, covers 3 observed addresses"]
         );
-        let got = published_blocks(&p, &ips(&["198.51.100.200", "2001:db8:1000::9"]), 25, 40, &[]);
+        let got = published_blocks(
+            &p,
+            &ips(&["198.51.100.200", "2001:db8:1000::9"]),
+            25,
+            40,
+            &[],
+        );
         assert_eq!(
             shown(&got),
             [
@@ -208,8 +223,14 @@ mod tests {
         assert!(published_blocks(&p, &ips(&["203.0.113.1"]), 16, 40, &protected).is_empty());
         assert!(published_blocks(&p, &ips(&["203.0.113.1"]), 25, 40, &[]).is_empty());
         assert!(
-            published_blocks(&PublishedRanges::default(), &ips(&["203.0.113.1"]), 0, 0, &[])
-                .is_empty()
+            published_blocks(
+                &PublishedRanges::default(),
+                &ips(&["203.0.113.1"]),
+                0,
+                0,
+                &[]
+            )
+            .is_empty()
         );
     }
 

@@ -161,6 +161,10 @@ impl Triggers {
 /// one interval after start), and soon after a trigger (others arriving within [`DEBOUNCE`]
 /// share its run, for at most [`DEBOUNCE_MAX`]). Runs never overlap; triggers that arrive
 /// during a run are folded into the next one.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the one call site, serve::run, hands over each feed of the loop"
+)]
 pub async fn watch(
     store: Arc<dyn Store>,
     mut model: ModelRx,
