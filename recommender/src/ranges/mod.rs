@@ -174,7 +174,7 @@ type Level = (u8, HashMap<u128, Vec<u32>>);
 
 /// Published ranges, indexed for look-ups by address. Equal when they hold the same ranges,
 /// whatever files they came from.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct PublishedRanges {
     /// Sorted by (prefix, label), without duplicates.
     ranges: Vec<PublishedRange>,
@@ -182,6 +182,16 @@ pub struct PublishedRanges {
     sources: Vec<Source>,
     /// Per family (IPv4, IPv6): the prefix lengths present, longest first.
     index: [Vec<Level>; 2],
+}
+
+/// A summary: the files and how many ranges (the index would fill a log).
+impl std::fmt::Debug for PublishedRanges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublishedRanges")
+            .field("ranges", &self.ranges.len())
+            .field("sources", &self.sources)
+            .finish()
+    }
 }
 
 impl PartialEq for PublishedRanges {

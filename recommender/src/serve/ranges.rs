@@ -41,10 +41,12 @@ fn stamps(files: &[PathBuf]) -> Vec<Stamp> {
 /// that differ from the current ones are sent on `tx`; a file that cannot be used is
 /// logged once per change and the current ranges stay. Runs until `tx` has no receiver.
 pub async fn watch(opts: Options, tx: watch::Sender<Arc<PublishedRanges>>) {
-    let mut last = stamps(&opts.files);
+    // No stamps yet: the first poll reads the files once more, so that a change between
+    // the read at start and this task is not missed (the same ranges send nothing).
+    let mut last: Vec<Stamp> = Vec::new();
     let mut ticker = tokio::time::interval(opts.poll);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The first tick is immediate: the files were read at start.
+    // The first tick is immediate: the files were just read at start.
     ticker.tick().await;
     loop {
         ticker.tick().await;
