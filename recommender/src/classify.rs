@@ -184,6 +184,18 @@ impl<'a> Classifier<'a> {
         c
     }
 
+    /// Whether `dst` dialed on `port`/`protocol` would be an external address
+    /// ([`DestinationPeer::External`]): not the resolver, a Service, a pod or a node.
+    pub fn is_external(&self, dst: IpAddr, port: u16, protocol: Protocol) -> bool {
+        matches!(
+            self.classify_uncached(dst, port, protocol),
+            Class::Direct(Target {
+                peer: DestinationPeer::External(_),
+                ..
+            })
+        )
+    }
+
     fn classify_uncached(&self, dst: IpAddr, port: u16, protocol: Protocol) -> Class {
         if let Some(reason) = unenforceable(dst, port) {
             return Class::Unresolved(reason.to_owned());

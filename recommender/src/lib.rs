@@ -42,6 +42,7 @@ pub mod policy_state;
 pub mod ports;
 pub mod pr;
 pub mod proposal;
+pub mod ranges;
 pub mod recommend;
 pub mod render;
 pub mod rollout;

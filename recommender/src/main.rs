@@ -169,31 +169,62 @@ macro_rules! recommend_flags {
             /// of `enforced` ones); REPORT.md lists the others with their phase and why.
             #[arg(id = concat!($prefix, "ready-only"), long = concat!($prefix, "ready-only"))]
             ready_only: bool,
+            /// Published ranges: the same flags for every command (`leash serve` watches them).
+            #[command(flatten)]
+            ranges: IpRangesArgs,
         }
 
         impl $name {
-            /// The proposal's options.
-            fn options(&self) -> leash::proposal::Options {
+            /// The proposal's options; exit 2 when a range file cannot be used.
+            fn options(&self) -> Result<leash::proposal::Options, Failure> {
                 let mut recommend = leash::recommend::Options {
                     max_cidrs: self.max_cidrs,
                     max_prefix_v4: self.max_prefix_v4,
                     max_prefix_v6: self.max_prefix_v6,
                     min_observation: self.min_observation,
                     namespaces: self.namespaces.iter().cloned().collect(),
+                    published: self.ranges.load()?,
+                    max_published_prefix_v4: self.ranges.max_published_prefix_v4,
+                    max_published_prefix_v6: self.ranges.max_published_prefix_v6,
                     ..leash::recommend::Options::default()
                 };
                 if !self.node_local_dns.is_empty() {
                     recommend.classify.node_local_dns = self.node_local_dns.iter().copied().collect();
                 }
-                leash::proposal::Options {
+                Ok(leash::proposal::Options {
                     recommend,
                     expire_after: self.expire_after,
                     ready_only: self.ready_only,
                     rollout: false,
-                }
+                })
             }
         }
     };
+}
+
+/// Published provider ranges (`leash::ranges`) for `recommend`, `pr` and `serve`.
+#[derive(clap::Args, Debug, Clone)]
+struct IpRangesArgs {
+    /// Published ranges: AWS ip-ranges.json, Google Cloud cloud.json, Azure Service Tags
+    /// JSON, or a YAML map of names to CIDR lists. A named external rule allows the range
+    /// its addresses fall in instead of /32s. Repeatable.
+    #[arg(long = "ip-ranges", num_args = 1.., value_name = "FILE")]
+    ip_ranges: Vec<PathBuf>,
+    /// Use no published IPv4 range wider than this prefix length.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u8).range(0..=32))]
+    max_published_prefix_v4: u8,
+    /// Use no published IPv6 range wider than this prefix length.
+    #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u8).range(0..=128))]
+    max_published_prefix_v6: u8,
+}
+
+impl IpRangesArgs {
+    /// The files' ranges; exit 2 naming the file and entry when one cannot be used.
+    fn load(&self) -> Result<std::sync::Arc<leash::ranges::PublishedRanges>, Failure> {
+        leash::ranges::load(&self.ip_ranges)
+            .map(std::sync::Arc::new)
+            .map_err(bad_input)
+    }
 }
 
 recommend_flags!(
@@ -516,6 +547,10 @@ struct ServeArgs {
     pr: ServePrArgs,
     #[command(flatten)]
     pr_knobs: ServePrRecommendArgs,
+    /// How often the `--ip-ranges` files are looked at; changed ranges trigger a
+    /// pull-request run.
+    #[arg(long, default_value = "30s", value_parser = leash_records::duration::parse_positive)]
+    ip_ranges_poll: std::time::Duration,
     /// With `--pr-repo`: a pull-request run at least this often.
     #[arg(long, default_value = "24h", value_parser = leash_records::duration::parse_positive)]
     pr_interval: std::time::Duration,
@@ -626,7 +661,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             knobs,
             previous,
         } => {
-            let options = knobs.options();
+            let options = knobs.options()?;
             let (cluster, applied) = load_cluster(&source)?;
             let (observations, skipped) = observed.observe(&cluster)?;
             // Stability: the previous proposal, and the last evidence of its rules over the
@@ -1121,7 +1156,7 @@ fn pr(args: PrCommand) -> Result<(), Failure> {
         skipped: &skipped,
     };
     let opts = leash::pr::run::Options {
-        propose: args.knobs.options(),
+        propose: args.knobs.options()?,
         allow_breaks: spec.allow_breaks,
         dry_run: spec.dry_run,
         command: reproducing_command(),
@@ -1354,7 +1389,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             Some(std::sync::Arc::new(leash::serve::propose::Options {
                 target: pr_target(&spec, state_dir.join("repos"))?,
                 run: leash::pr::run::Options {
-                    propose: args.pr_knobs.options(),
+                    propose: args.pr_knobs.options()?,
                     allow_breaks: spec.allow_breaks,
                     dry_run: spec.dry_run,
                     command,
@@ -1378,8 +1413,15 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         max_message_bytes: args.max_message_bytes,
         options: leash::recommend::Options {
             max_cidrs: args.max_cidrs,
+            published: args.pr_knobs.ranges.load()?,
+            max_published_prefix_v4: args.pr_knobs.ranges.max_published_prefix_v4,
+            max_published_prefix_v6: args.pr_knobs.ranges.max_published_prefix_v6,
             ..leash::recommend::Options::default()
         },
+        ranges: Some(leash::serve::ranges::Options {
+            files: args.pr_knobs.ranges.ip_ranges.clone(),
+            poll: args.ip_ranges_poll,
+        }),
         rollout: leash::serve::shadow::Options {
             proposed: args.proposed,
             poll: args.proposed_poll,

@@ -88,6 +88,7 @@ impl Server {
             rollout: leash::serve::shadow::Options::default(),
             alerts: leash::serve::AlertOptions::default(),
             pull_requests: None,
+            ranges: None,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {

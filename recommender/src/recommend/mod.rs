@@ -36,6 +36,7 @@ pub mod model;
 pub mod names;
 pub mod objects;
 pub mod previous;
+mod published;
 mod rules;
 
 use objects::name_policies;
@@ -72,6 +73,13 @@ pub struct Options {
     pub namespaces: BTreeSet<String>,
     /// Consecutive ports from which a run becomes `port`/`endPort`.
     pub min_port_run: usize,
+    /// Published provider ranges (`--ip-ranges`); empty by default.
+    pub published: std::sync::Arc<crate::ranges::PublishedRanges>,
+    /// A published IPv4 range no wider than this prefix may stand for a name's addresses
+    /// (`--max-published-prefix-v4`).
+    pub max_published_prefix_v4: u8,
+    /// The same for IPv6 (`--max-published-prefix-v6`).
+    pub max_published_prefix_v6: u8,
 }
 
 impl Default for Options {
@@ -84,6 +92,9 @@ impl Default for Options {
             min_observation: Duration::hours(24),
             namespaces: BTreeSet::new(),
             min_port_run: ports::DEFAULT_MIN_RUN,
+            published: std::sync::Arc::default(),
+            max_published_prefix_v4: 16,
+            max_published_prefix_v6: 40,
         }
     }
 }
@@ -205,6 +216,7 @@ pub fn recommend_stable(
     for (w, acc) in accs {
         workloads.insert(w, Some(acc));
     }
+    let named = published::NameIndex::new(cluster, &obs.history);
     let mut changes: Vec<(WorkloadId, Change)> = Vec::new();
     for (w, acc) in workloads {
         let wl = &cluster.workloads[w];
@@ -217,7 +229,17 @@ pub fn recommend_stable(
         let prev = carried.get(&w);
         let live = prev.map_or(&[][..], |c| c.live.as_slice());
         let new = match acc {
-            Some(acc) => build_rules(cluster, &classifier, obs, &cover_opts, opts, w, acc, live),
+            Some(acc) => build_rules(
+                cluster,
+                &classifier,
+                obs,
+                &cover_opts,
+                opts,
+                w,
+                &named,
+                acc,
+                live,
+            ),
             None => Vec::new(),
         };
         let (rules, ch) = if rec.has_previous {

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use leash_records::Protocol;
 
+use super::published::{self, NameIndex};
 use super::{Acc, EgressPeer, EgressRule, Options, RuleEvidence, RuleKind};
 use crate::cidr::{self, CoverOptions};
 use crate::classify::{self, Classifier, DestinationPeer, HostKind, Resolver};
@@ -36,6 +37,7 @@ pub(super) fn build_rules(
     cover_opts: &CoverOptions,
     opts: &Options,
     w: WorkloadId,
+    named: &NameIndex<'_>,
     acc: Acc,
     live: &[super::previous::Live],
 ) -> Vec<EgressRule> {
@@ -180,13 +182,47 @@ pub(super) fn build_rules(
             notes: Vec::new(),
         });
     }
-    for ((explained, port_set, _names), (mut ips, evidence)) in externals {
+    for ((explained, port_set, names), (mut ips, evidence)) in externals {
         ips.sort();
         ips.dedup();
-        let kept = match explained {
+        let dialed: BTreeSet<IpAddr> = ips.iter().copied().collect();
+        // The name, not last week's connections: the other addresses the rule's names
+        // resolved to for this workload, where they are external and no other previous rule
+        // than the one this group is built against already allows them on these ports.
+        let implied: BTreeSet<IpAddr> = named
+            .addresses(w, &names)
+            .into_iter()
+            .filter(|ip| {
+                !dialed.contains(ip)
+                    && !cover_opts.protected.iter().any(|r| r.contains(ip))
+                    && port_set
+                        .iter()
+                        .all(|&(proto, port)| classifier.is_external(*ip, port, proto))
+                    && {
+                        let by = super::previous::explaining(live, *ip, &port_set);
+                        by.is_none() || by == explained
+                    }
+            })
+            .collect();
+        let all: BTreeSet<IpAddr> = dialed.union(&implied).copied().collect();
+        let published = if names.is_empty() {
+            Vec::new()
+        } else {
+            published::published_blocks(
+                &opts.published,
+                &all,
+                opts.max_published_prefix_v4,
+                opts.max_published_prefix_v6,
+                &cover_opts.protected,
+            )
+        };
+        let ips: Vec<IpAddr> = all.into_iter().collect();
+        let mut kept = match explained {
             Some(i) => super::previous::blocks_of(&live[i]),
             None => super::previous::kept_blocks(live, &mut claimed, &ips, &group(&port_set)),
         };
+        // A published range is one more block to keep whole, as a previous one is.
+        kept.extend(published.iter().map(|p| p.net));
         let cover = if kept.is_empty() {
             cidr::cover_addrs(&ips, cover_opts)
         } else {
@@ -208,6 +244,8 @@ pub(super) fn build_rules(
                         )
                     })
             })
+            .chain(published.into_iter().map(|p| p.note))
+            .chain(published::implied_note(&implied))
             .collect();
         rules.push(EgressRule {
             notes,

@@ -10,6 +10,7 @@ pub mod alert;
 pub mod conn;
 pub mod http;
 pub mod propose;
+pub mod ranges;
 pub mod shadow;
 pub mod verdicts;
 pub mod webhook;
@@ -77,6 +78,9 @@ pub struct Config {
     pub rollout: shadow::Options,
     /// The pull-request loop (`--pr-repo` and its twins); `None` without it.
     pub pull_requests: Option<Arc<propose::Options>>,
+    /// The published range files to read again when they change (`--ip-ranges`), for the
+    /// pull-request loop; the ranges read at start are `options.published`.
+    pub ranges: Option<ranges::Options>,
     /// Alerts: how long before a recurring one is sent again (`--alert-repeat`), and the
     /// webhook sink (`--alert-webhook`).
     pub alerts: AlertOptions,
@@ -374,6 +378,15 @@ pub async fn run(
         shadow_metrics.clone(),
         board_tx,
     )));
+    // The loop follows the range files; nothing else re-reads them.
+    let (ranges_rx, _ranges_task) = match (&config.ranges, &config.pull_requests) {
+        (Some(r), Some(_)) if !r.files.is_empty() => {
+            let (tx, rx) = watch::channel(Arc::clone(&config.options.published));
+            let task = AbortOnDrop(tokio::spawn(ranges::watch(r.clone(), tx)));
+            (Some(rx), Some(task))
+        }
+        _ => (None, None),
+    };
     let _pull_requests = match (&config.pull_requests, recurrences_rx) {
         (Some(options), Some(recurrences)) => Some(AbortOnDrop(tokio::spawn(propose::watch(
             Arc::clone(&store),
@@ -383,6 +396,7 @@ pub async fn run(
             Arc::clone(options),
             pr_metrics,
             pull_requests_tx,
+            ranges_rx,
         )))),
         _ => None,
     };

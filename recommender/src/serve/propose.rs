@@ -2,7 +2,8 @@
 //! interval, and soon after a trigger, the proposal is made again from the store and the
 //! same run as `leash pr` ([`crate::pr::run`]) commits, pushes and opens or updates the pull
 //! requests. Triggers: an unexpected-egress alert that keeps recurring (`--pr-after`
-//! occurrences), and workloads newly `ready` on the rollout board. Each pull request says
+//! occurrences), workloads newly `ready` on the rollout board, and new published ranges
+//! (`--ip-ranges` files that changed, [`super::ranges`]). Each pull request says
 //! what triggered it. The interval counts from the last run, remembered under the clone
 //! cache (`last-run`) so that restarts do not postpone it.
 
@@ -115,16 +116,32 @@ struct Triggers {
     after: u64,
     /// The namespaces the loop proposes for (`--pr-namespace`); empty means all.
     scope: BTreeSet<String>,
+    /// The published ranges (`--ip-ranges`), when there are files to watch.
+    ranges: Option<super::ranges::RangesRx>,
+}
+
+/// The trigger of new published ranges; pending forever without them (or once closed).
+async fn ranges_changed(rx: &mut Option<super::ranges::RangesRx>) -> Option<String> {
+    let Some(r) = rx else {
+        return std::future::pending().await;
+    };
+    if r.changed().await.is_err() {
+        *rx = None;
+        return None;
+    }
+    let text = super::ranges::files_text(&r.borrow_and_update());
+    Some(format!("the published ranges changed: {text}"))
 }
 
 impl Triggers {
     /// The next trigger from an alert or the board; `None` for news that triggers nothing
     /// (and, forever, once both feeds are closed).
     async fn next(&mut self) -> Option<String> {
-        if !self.alerts_open && !self.board_open {
+        if !self.alerts_open && !self.board_open && self.ranges.is_none() {
             return std::future::pending().await;
         }
         tokio::select! {
+            t = ranges_changed(&mut self.ranges) => t,
             alert = self.recurrences.recv(), if self.alerts_open => match alert {
                 Some(a) => recurring(&a, self.after, &self.scope, &mut self.triggered),
                 None => { self.alerts_open = false; None }
@@ -144,6 +161,10 @@ impl Triggers {
 /// one interval after start), and soon after a trigger (others arriving within [`DEBOUNCE`]
 /// share its run, for at most [`DEBOUNCE_MAX`]). Runs never overlap; triggers that arrive
 /// during a run are folded into the next one.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the one call site, serve::run, hands over each feed of the loop"
+)]
 pub async fn watch(
     store: Arc<dyn Store>,
     mut model: ModelRx,
@@ -152,6 +173,7 @@ pub async fn watch(
     opts: Arc<Options>,
     metrics: PrMetrics,
     pulls: PullsTx,
+    ranges: Option<super::ranges::RangesRx>,
 ) {
     if model.wait_for(Option::is_some).await.is_err() {
         return;
@@ -172,6 +194,7 @@ pub async fn watch(
         ready: None,
         after: opts.after,
         scope: opts.run.propose.recommend.namespaces.clone(),
+        ranges,
     };
     loop {
         let trigger = tokio::select! {
@@ -184,7 +207,8 @@ pub async fn watch(
                 None => continue,
             },
         };
-        run_once(&store, &model, &opts, &metrics, &pulls, trigger).await;
+        let published = triggers.ranges.as_ref().map(|r| Arc::clone(&r.borrow()));
+        run_once(&store, &model, &opts, &metrics, &pulls, trigger, published).await;
         // The interval counts from the last run, across restarts too.
         ticker.reset();
         remember_run(&opts.target.cache, chrono::Utc::now());
@@ -309,7 +333,8 @@ fn newly_ready(
     Some(format!("newly ready: {}", new.join(", ")))
 }
 
-/// One run of [`run::run`] over the whole store, on a blocking thread.
+/// One run of [`run::run`] over the whole store, on a blocking thread, with the current
+/// published ranges when they are watched.
 async fn run_once(
     store: &Arc<dyn Store>,
     model: &ModelRx,
@@ -317,6 +342,7 @@ async fn run_once(
     metrics: &PrMetrics,
     pulls: &PullsTx,
     trigger: String,
+    published: Option<Arc<crate::ranges::PublishedRanges>>,
 ) {
     let Some(state) = model.borrow().clone() else {
         return;
@@ -339,10 +365,13 @@ async fn run_once(
             as_of: chrono::Utc::now(),
             skipped: &skipped,
         };
-        let run_opts = run::Options {
+        let mut run_opts = run::Options {
             trigger: Some(trigger),
             ..opts.run.clone()
         };
+        if let Some(p) = published {
+            run_opts.propose.recommend.published = p;
+        }
         run::run(&opts.target, &observed, &run_opts, &handle).map_err(|e| Chain(&e).to_string())
     })
     .await;
@@ -574,6 +603,7 @@ mod tests {
             ready: None,
             after: 2,
             scope: BTreeSet::new(),
+            ranges: None,
         };
         let feed = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(300)).await;
