@@ -197,12 +197,23 @@ impl alert::AlertSink for EventAlerts {
             let Some(reference) = reference else {
                 return;
             };
-            if let Err(e) = self
-                .publisher
-                .publish_unexpected_egress(&reference, &alert.message())
-                .await
-            {
-                tracing::warn!(error = %Chain(&e), pod = %alert.pod, "cannot create the UnexpectedEgress event");
+            let message = alert.message();
+            let (published, reason) = match alert.kind {
+                alert::AlertKind::EgressDenied => (
+                    self.publisher
+                        .publish_unexpected_egress(&reference, &message)
+                        .await,
+                    crate::cluster::events::REASON_UNEXPECTED_EGRESS,
+                ),
+                alert::AlertKind::DnsDrift => (
+                    self.publisher
+                        .publish_egress_drift(&reference, &message)
+                        .await,
+                    crate::cluster::events::REASON_EGRESS_DRIFT,
+                ),
+            };
+            if let Err(e) = published {
+                tracing::warn!(error = %Chain(&e), pod = %alert.pod, "cannot create the {reason} event");
             }
         })
     }
