@@ -626,7 +626,12 @@ pub async fn watch(
 async fn load_memory(store: &Arc<dyn Store>) -> Memory {
     let reader = Arc::clone(store);
     match tokio::task::spawn_blocking(move || reader.alerts(None)).await {
-        Ok(Ok(records)) => memory_of(&records),
+        Ok(Ok(mut records)) => {
+            // A drift alert was about an answer: a denied connection to its address later is
+            // an alert of its own, after a restart as before it.
+            records.retain(|r| !is_drift(r));
+            memory_of(&records)
+        }
         Ok(Err(e)) => {
             tracing::warn!(error = %Chain(&e), "cannot read remembered alerts; alerts may be sent again");
             Memory::new()
@@ -636,6 +641,12 @@ async fn load_memory(store: &Arc<dyn Store>) -> Memory {
             Memory::new()
         }
     }
+}
+
+/// Whether a remembered alert is a DNS drift ([`AlertKind::DnsDrift`]).
+fn is_drift(record: &AlertRecord) -> bool {
+    serde_json::from_str::<AlertJson>(&record.detail)
+        .is_ok_and(|a| a.alert_type == AlertKind::DnsDrift)
 }
 
 /// Writes the alerts found to `store`; failures are logged.
@@ -698,6 +709,29 @@ mod tests {
             "Deployment/web web-1 sent 3 egress to 203.0.113.10:443/TCP (api.stripe.test) that \
              the applied policies deny (shop/web-egress); last seen 2027-01-15T08:00:00Z"
         );
+    }
+
+    /// A drift says which name moved where, and its JSON carries its type; an alert
+    /// remembered before drift existed reads as `egress-denied`.
+    #[test]
+    fn drift_messages_name_the_answer() {
+        let mut a = alert(vec!["api.stripe.test\nforged".into()], "web");
+        a.kind = AlertKind::DnsDrift;
+        a.dst = "203.0.113.99".parse().expect("address");
+        assert_eq!(
+            a.message(),
+            "Deployment/web web-1 was given 203.0.113.99 for api.stripe.test\u{fffd}forged by \
+             DNS; the applied policies allow the name's other addresses on TCP/443 but not this \
+             one (shop/web-egress); answered 2027-01-15T08:00:00Z"
+        );
+        let json = serde_json::to_value(a.to_json()).expect("JSON");
+        assert_eq!(json["type"], "dns-drift");
+        let record = a.record().expect("record");
+        assert!(is_drift(&record));
+        let mut old = serde_json::to_value(alert(vec![], "web").to_json()).expect("JSON");
+        old.as_object_mut().expect("object").remove("type");
+        let old: AlertJson = serde_json::from_value(old).expect("an old alert reads");
+        assert_eq!(old.alert_type, AlertKind::EgressDenied);
     }
 
     /// Names that bypassed ingest (an old store) cannot add lines, hide text or grow the
