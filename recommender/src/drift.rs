@@ -205,7 +205,10 @@ impl Checker {
     /// for a name whose other known addresses are `others`, the workload having used `used`
     /// towards the name (empty: it never connected): the ports on which some other address
     /// is allowed and `address` is not. Empty when the answer is no drift.
-    #[expect(clippy::too_many_arguments, reason = "the one decision, over plain values")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the one decision, over plain values"
+    )]
     pub fn drift_ports<V: ClusterView + ?Sized>(
         &mut self,
         view: &V,
@@ -243,7 +246,10 @@ impl Checker {
 
     /// The drift of an answer (see [`Checker::drift_ports`]), with its source, workload and
     /// deciding policies; `None` when it is no drift.
-    #[expect(clippy::too_many_arguments, reason = "the one decision, over plain values")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the one decision, over plain values"
+    )]
     pub fn check<V: ClusterView + ?Sized>(
         &mut self,
         view: &V,
@@ -287,9 +293,7 @@ impl Checker {
 
 /// A pod's workload as a store reference: its owner workload, or the pod itself.
 pub fn workload_ref<V: ClusterView + ?Sized>(view: &V, pod: &V::Pod) -> WorkloadRef {
-    let (kind, name) = view
-        .pod_workload(pod)
-        .unwrap_or((KIND_POD, pod.name()));
+    let (kind, name) = view.pod_workload(pod).unwrap_or((KIND_POD, pod.name()));
     WorkloadRef {
         namespace: pod.namespace().to_owned(),
         kind: kind.to_owned(),
@@ -640,17 +644,61 @@ spec:
     const TCP443: Port = (Protocol::Tcp, 443);
     const TCP8443: Port = (Protocol::Tcp, 8443);
 
+    /// (case, pod, address, others, used, drift ports).
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        &'a str,
+        &'a [&'a str],
+        &'a [Port],
+        &'a [Port],
+    );
+
     #[test]
     fn drift_ports_table() {
         let c = cluster();
         let set = policies();
-        // (case, pod, address, others, used, drift ports)
-        let table: &[(&str, &str, &str, &[&str], &[Port], &[Port])] = &[
-            ("allowed", "payment-1", "203.0.113.10", &["203.0.113.11"], &[TCP443], &[]),
-            ("drift", "payment-1", "203.0.113.99", &["203.0.113.10"], &[TCP443], &[TCP443]),
-            ("not selected", "free", "203.0.113.99", &["203.0.113.10"], &[TCP443], &[]),
-            ("no other allowed", "payment-1", "203.0.113.99", &["203.0.113.98"], &[TCP443], &[]),
-            ("no other address", "payment-1", "203.0.113.99", &[], &[TCP443], &[]),
+        let table: &[Case<'_>] = &[
+            (
+                "allowed",
+                "payment-1",
+                "203.0.113.10",
+                &["203.0.113.11"],
+                &[TCP443],
+                &[],
+            ),
+            (
+                "drift",
+                "payment-1",
+                "203.0.113.99",
+                &["203.0.113.10"],
+                &[TCP443],
+                &[TCP443],
+            ),
+            (
+                "not selected",
+                "free",
+                "203.0.113.99",
+                &["203.0.113.10"],
+                &[TCP443],
+                &[],
+            ),
+            (
+                "no other allowed",
+                "payment-1",
+                "203.0.113.99",
+                &["203.0.113.98"],
+                &[TCP443],
+                &[],
+            ),
+            (
+                "no other address",
+                "payment-1",
+                "203.0.113.99",
+                &[],
+                &[TCP443],
+                &[],
+            ),
             (
                 "ports partially allowed",
                 "payment-1",
@@ -675,23 +723,36 @@ spec:
                 &[],
                 &[TCP8443],
             ),
-            ("another port than the allowed ones", "payment-1", "203.0.113.99", &["203.0.113.10"], &[(Protocol::Udp, 443)], &[]),
-            ("IPv6", "payment-1", "2001:db8::99", &["2001:db8::10"], &[TCP443], &[TCP443]),
-            ("IPv6 allowed", "payment-1", "2001:db8::10", &["2001:db8::99"], &[TCP443], &[]),
+            (
+                "another port than the allowed ones",
+                "payment-1",
+                "203.0.113.99",
+                &["203.0.113.10"],
+                &[(Protocol::Udp, 443)],
+                &[],
+            ),
+            (
+                "IPv6",
+                "payment-1",
+                "2001:db8::99",
+                &["2001:db8::10"],
+                &[TCP443],
+                &[TCP443],
+            ),
+            (
+                "IPv6 allowed",
+                "payment-1",
+                "2001:db8::10",
+                &["2001:db8::99"],
+                &[TCP443],
+                &[],
+            ),
         ];
         for &(case, pod, address, others, used, want) in table {
             let mut checker = Checker::new();
             let id = c.pod_by_name("shop", pod).expect("pod");
             let others: Vec<IpAddr> = others.iter().map(|s| ip(s)).collect();
-            let got = checker.drift_ports(
-                &c,
-                &set,
-                &c.pods[id],
-                id,
-                ip(address),
-                &others,
-                used,
-            );
+            let got = checker.drift_ports(&c, &set, &c.pods[id], id, ip(address), &others, used);
             assert_eq!(got, want, "{case}");
         }
     }
@@ -769,9 +830,21 @@ spec:
             answer("payment-2", "api.stripe.test", &[("203.0.113.99", 30)]),
             answer("payment-1", "api.stripe.test", &[("203.0.113.99", 20)]),
             // Never connected towards: the policy's ports allowed for .20 (8443 only).
-            answer("payment-1", "other.test", &[("203.0.113.20", 1), ("203.0.113.98", 2)]),
-            answer("free", "api.stripe.test", &[("203.0.113.10", 0), ("203.0.113.99", 1)]),
-            answer("gone", "api.stripe.test", &[("203.0.113.10", 0), ("203.0.113.99", 1)]),
+            answer(
+                "payment-1",
+                "other.test",
+                &[("203.0.113.20", 1), ("203.0.113.98", 2)],
+            ),
+            answer(
+                "free",
+                "api.stripe.test",
+                &[("203.0.113.10", 0), ("203.0.113.99", 1)],
+            ),
+            answer(
+                "gone",
+                "api.stripe.test",
+                &[("203.0.113.10", 0), ("203.0.113.99", 1)],
+            ),
         ];
         let connections = [connection("payment-2", "203.0.113.10", 443)];
         let drift = from_answers(&c, &set, &answers, &connections);
@@ -790,8 +863,20 @@ spec:
         assert_eq!(
             lines,
             [
-                (2, "payment-1", "other.test", "203.0.113.98".into(), vec![TCP8443]),
-                (20, "payment-1", "api.stripe.test", "203.0.113.99".into(), vec![TCP443]),
+                (
+                    2,
+                    "payment-1",
+                    "other.test",
+                    "203.0.113.98".into(),
+                    vec![TCP8443]
+                ),
+                (
+                    20,
+                    "payment-1",
+                    "api.stripe.test",
+                    "203.0.113.99".into(),
+                    vec![TCP443]
+                ),
             ]
         );
     }
@@ -819,11 +904,18 @@ spec:
             tracker.answer(&c, &set, &w, pod, id, name, ip("203.0.113.10"), t(2)),
             None
         );
-        assert_eq!(tracker.checker.cached(), cached, "the repeat path evaluates nothing");
+        assert_eq!(
+            tracker.checker.cached(),
+            cached,
+            "the repeat path evaluates nothing"
+        );
         let d = tracker
             .answer(&c, &set, &w, pod, id, name, ip("203.0.113.99"), t(3))
             .expect("drift");
-        assert_eq!((d.address, d.ports.as_slice(), d.time), (ip("203.0.113.99"), &[TCP443][..], t(3)));
+        assert_eq!(
+            (d.address, d.ports.as_slice(), d.time),
+            (ip("203.0.113.99"), &[TCP443][..], t(3))
+        );
         assert_eq!(
             tracker.answer(&c, &set, &w, pod, id, name, ip("203.0.113.99"), t(4)),
             None,

@@ -63,11 +63,31 @@ fn fixture() -> Fixture {
     std::fs::write(&cluster, snapshot()).expect("writes the snapshot");
     let flows = dir.path().join("flows.jsonl");
     let lines = [
-        dns("payment-1", "api.stripe.test", "203.0.113.10", "2026-11-23T08:00:00Z"),
+        dns(
+            "payment-1",
+            "api.stripe.test",
+            "203.0.113.10",
+            "2026-11-23T08:00:00Z",
+        ),
         flow("payment-1", "203.0.113.10", 443, "2026-11-23T08:00:01Z"),
-        dns("free", "api.stripe.test", "203.0.113.10", "2026-11-23T08:00:00Z"),
-        dns("payment-1", "API.Stripe.test", "203.0.113.99", "2026-11-23T09:00:00Z"),
-        dns("free", "api.stripe.test", "203.0.113.99", "2026-11-23T09:00:00Z"),
+        dns(
+            "free",
+            "api.stripe.test",
+            "203.0.113.10",
+            "2026-11-23T08:00:00Z",
+        ),
+        dns(
+            "payment-1",
+            "API.Stripe.test",
+            "203.0.113.99",
+            "2026-11-23T09:00:00Z",
+        ),
+        dns(
+            "free",
+            "api.stripe.test",
+            "203.0.113.99",
+            "2026-11-23T09:00:00Z",
+        ),
         flow("free", "203.0.113.99", 443, "2026-11-23T09:00:01Z"),
     ];
     std::fs::write(&flows, lines.join("\n") + "\n").expect("writes the records");
@@ -145,5 +165,9 @@ fn fail_on_drift_exits_3() {
     assert_code(&audit(&f, &["--fail-on-deny"]), 0);
     let o = audit(&f, &["--fail-on-drift"]);
     assert_code(&o, 3);
-    assert!(stderr(&o).contains("1 DNS answers drifted"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("1 DNS answers drifted"),
+        "{}",
+        stderr(&o)
+    );
 }

@@ -501,7 +501,9 @@ impl Webhook {
                 let mut buf = [0u8; 4096];
                 // Headers, then the body of Content-Length bytes.
                 let body = loop {
-                    let Ok(n) = stream.read(&mut buf) else { break None };
+                    let Ok(n) = stream.read(&mut buf) else {
+                        break None;
+                    };
                     if n == 0 {
                         break None;
                     }
@@ -578,7 +580,10 @@ fn serve_flags_dns_drift_as_answers_are_ingested() {
     let metric = |line: &str| {
         get(server.http, "/metrics").is_ok_and(|(_, body)| body.lines().any(|l| l == line))
     };
-    assert!(metric("leash_dns_drift_total 0"), "served at 0 from the start");
+    assert!(
+        metric("leash_dns_drift_total 0"),
+        "served at 0 from the start"
+    );
 
     let t0 = Utc::now() - chrono::Duration::minutes(5);
     // The old address, and a connection to it on 443: allowed.
@@ -620,9 +625,15 @@ fn serve_flags_dns_drift_as_answers_are_ingested() {
     assert_eq!(alert["names"], serde_json::json!(["api.stripe.test"]));
     assert_eq!(alert["policies"], serde_json::json!(["shop/web-dns-only"]));
     let fix = alert["fix"].as_str().unwrap_or_default();
-    assert!(fix.contains("203.0.113.99/32") && fix.contains("443"), "{fix}");
     assert!(
-        body["text"].as_str().unwrap_or_default().contains("api.stripe.test"),
+        fix.contains("203.0.113.99/32") && fix.contains("443"),
+        "{fix}"
+    );
+    assert!(
+        body["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("api.stripe.test"),
         "{body}"
     );
 
@@ -650,8 +661,7 @@ fn serve_flags_dns_drift_as_answers_are_ingested() {
     );
     // Nothing was denied: no connection to the new address happened.
     assert!(
-        !api
-            .requests()
+        !api.requests()
             .iter()
             .any(|r| String::from_utf8_lossy(&r.body).contains("UnexpectedEgress")),
         "no UnexpectedEgress event"

@@ -576,7 +576,9 @@ mod tests {
         drift.names = vec!["api.stripe.test".into()];
         assert_eq!(
             recurring(&drift, 3, &shop, &mut triggered).as_deref(),
-            Some("DNS drift for Deployment/payment in shop: api.stripe.test moved to [2001:db8::60]:8443/TCP")
+            Some(
+                "DNS drift for Deployment/payment in shop: api.stripe.test moved to [2001:db8::60]:8443/TCP"
+            )
         );
     }
 
