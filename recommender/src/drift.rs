@@ -345,11 +345,7 @@ pub fn from_answers<V: ClusterView + ?Sized>(
 ) -> Vec<Drift> {
     // Pods are interned: the index is the checker's key.
     let mut pods: Vec<&V::Pod> = Vec::new();
-    let mut pod_index: HashMap<(String, String), usize> = HashMap::default();
-    let mut intern = |pod: &'_ V::Pod, pods: &mut Vec<_>| -> usize {
-        let k = (pod.namespace().to_owned(), pod.name().to_owned());
-        *pod_index.entry(k).or_insert_with(|| pods.len())
-    };
+    let mut pod_index: HashMap<(&str, &str), usize> = HashMap::default();
     // (workload, name) → address → (first seen, the pod that first got it).
     type Seen = BTreeMap<IpAddr, (DateTime<Utc>, usize)>;
     let mut names: BTreeMap<(WorkloadRef, String), Seen> = BTreeMap::new();
@@ -357,10 +353,12 @@ pub fn from_answers<V: ClusterView + ?Sized>(
         let Some(pod) = view.pod_by_ref(&a.pod) else {
             continue;
         };
-        let i = intern(pod, &mut pods);
-        if i == pods.len() {
-            pods.push(pod);
-        }
+        let i = *pod_index
+            .entry((pod.namespace(), pod.name()))
+            .or_insert_with(|| {
+                pods.push(pod);
+                pods.len() - 1
+            });
         let seen = names
             .entry((workload_ref(view, pod), a.name.clone()))
             .or_default();
@@ -510,8 +508,10 @@ impl Tracker {
         if !self.workloads.contains_key(workload) {
             self.workloads.insert(workload.clone(), Known::default());
         }
-        // Inserted above when missing.
-        self.workloads.entry(workload.clone()).or_default()
+        // Looked up by reference: cloning the key for every flow would allocate each time.
+        self.workloads
+            .get_mut(workload)
+            .expect("the workload was inserted above")
     }
 
     /// One DNS answer: `workload`, as its pod `source` (cached as `key`), got `address` for
