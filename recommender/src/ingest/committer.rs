@@ -279,14 +279,14 @@ fn commit_group(
                 metrics.stored(job.records.0, job.records.1);
                 // Drift is checked as answers arrive; the writer never waits for it.
                 if let Some(tx) = committed
-                    && !job.dns.is_empty()
+                    && !(job.dns.is_empty() && job.flows.is_empty())
                 {
                     let batch = super::Committed {
                         flows: std::mem::take(&mut job.flows),
                         dns: std::mem::take(&mut job.dns),
                     };
                     if tx.try_send(batch).is_err() {
-                        tracing::debug!(batch = %job.name, "the drift check is behind; a batch's DNS answers were not checked");
+                        tracing::debug!(batch = %job.name, "the drift check is behind; a batch was not checked");
                     }
                 }
                 if !job.refused.is_empty() {

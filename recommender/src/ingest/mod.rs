@@ -115,8 +115,8 @@ impl IngestService {
         Self::with_committed(store, cluster, limits, None)
     }
 
-    /// [`IngestService::new`], and each stored batch with DNS answers goes to `committed`
-    /// after its commit, before its ack (`leash serve`'s drift check). The writer never waits
+    /// [`IngestService::new`], and each stored batch goes to `committed` after its commit,
+    /// before its ack (`leash serve`'s drift check). The writer never waits
     /// for it: when the channel is full, the batch is not sent.
     pub fn with_committed(
         store: Arc<dyn Store>,

@@ -8,7 +8,8 @@
 //!
 //! Ingest hands over each stored batch without waiting ([`crate::ingest::Committed`], a
 //! bounded channel); this task keeps, per workload, its names' addresses and the ports it
-//! used, loading a workload's stored history from the store the first time it is seen.
+//! used, loading a workload's stored history (answers and flows) from the store the first time
+//! one of its answers comes, and learning the ports of later batches' flows.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
@@ -121,9 +122,13 @@ fn addresses(d: &DnsObservation) -> Vec<(IpAddr, DateTime<Utc>)> {
     }
 }
 
+/// Learns the ports of `flows` of workloads the tracker knows; the others' are read from the
+/// store with their history when their first answer comes.
 fn learn_flows(tracker: &mut Tracker, flows: &[FlowObservation]) {
     for f in flows {
-        tracker.learn_flow(&f.workload, f.dst, (f.protocol, f.port), &f.names);
+        if tracker.knows(&f.workload) {
+            tracker.learn_flow(&f.workload, f.dst, (f.protocol, f.port), &f.names);
+        }
     }
 }
 
@@ -257,6 +262,7 @@ pub async fn watch(
             .collect();
         if !new.is_empty() {
             for (w, flows, dns) in stored_history(&store, new.into_iter().collect()).await {
+                // Known from now on, even with an empty history, so it is read once.
                 tracker.start(&w);
                 learn_flows(&mut tracker, &flows);
                 for d in &dns {
