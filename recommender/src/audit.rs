@@ -3,8 +3,10 @@
 //! The library side of the command: load the policies ([`load_policies`]), take the flows
 //! from record files ([`read_flows`]) or from a store's observations ([`stored_flows`]), each
 //! with its [`Origin`], evaluate them in input order ([`audit`]) and render the report as
-//! JSON lines or a table ([`AuditReport`]). The CLI maps [`AuditReport::any_denied`] to exit code 3
-//! under `--fail-on-deny`, and every [`Error`] to exit code 2.
+//! JSON lines or a table ([`AuditReport`]). The input's DNS answers ([`read_inputs`],
+//! [`stored_answers`]) give the report's drift ([`crate::drift::from_answers`]). The CLI maps
+//! [`AuditReport::any_denied`] to exit code 3 under `--fail-on-deny`,
+//! [`AuditReport::any_drift`] under `--fail-on-drift`, and every [`Error`] to exit code 2.
 
 use std::{
     collections::{HashMap, HashSet},
