@@ -673,4 +673,47 @@ fn serve_flags_dns_drift_as_answers_are_ingested() {
     assert_eq!(alerts[0]["type"], "dns-drift", "{alerts}");
     assert_eq!(alerts[0]["dst"], "203.0.113.99", "{alerts}");
     assert!(server.stop().success());
+
+    // After a restart the same answer is not sent again; a new move is.
+    let server = Server::start(
+        dir.path(),
+        &[
+            "--kube",
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--alert-webhook",
+            &url,
+        ],
+        free_port(),
+        free_port(),
+    );
+    let t2 = t1 + chrono::Duration::minutes(1);
+    let acks = rt.block_on(push(
+        &certs,
+        server.grpc,
+        vec![batch_with_dns(
+            3,
+            &[],
+            &[
+                answer("api.stripe.test", &["203.0.113.99"], t2),
+                answer("api.stripe.test", &["203.0.113.98"], t2),
+            ],
+        )],
+    ));
+    assert_eq!(acks, vec![(3, false)]);
+    let metric = |line: &str| {
+        get(server.http, "/metrics").is_ok_and(|(_, body)| body.lines().any(|l| l == line))
+    };
+    wait_for(|| metric("leash_dns_drift_total 1"), "the new drift");
+    wait_for(
+        || webhook.bodies().len() >= 2,
+        "the new drift on the webhook",
+    );
+    let dsts: Vec<serde_json::Value> = webhook
+        .bodies()
+        .iter()
+        .map(|b| b["alert"]["dst"].clone())
+        .collect();
+    assert_eq!(dsts, ["203.0.113.99", "203.0.113.98"], "nothing sent twice");
+    assert!(server.stop().success());
 }
