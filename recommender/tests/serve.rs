@@ -709,6 +709,9 @@ fn serve_flags_dns_drift_as_answers_are_ingested() {
         || webhook.bodies().len() >= 2,
         "the new drift on the webhook",
     );
+    // Both addresses were in one batch, checked together: anything resent would be by now.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(metric("leash_dns_drift_total 1"));
     let dsts: Vec<serde_json::Value> = webhook
         .bodies()
         .iter()
