@@ -3,8 +3,10 @@
 //! The library side of the command: load the policies ([`load_policies`]), take the flows
 //! from record files ([`read_flows`]) or from a store's observations ([`stored_flows`]), each
 //! with its [`Origin`], evaluate them in input order ([`audit`]) and render the report as
-//! JSON lines or a table ([`AuditReport`]). The CLI maps [`AuditReport::any_denied`] to exit code 3
-//! under `--fail-on-deny`, and every [`Error`] to exit code 2.
+//! JSON lines or a table ([`AuditReport`]). The input's DNS answers ([`read_inputs`],
+//! [`stored_answers`]) give the report's drift ([`crate::drift::from_answers`]). The CLI maps
+//! [`AuditReport::any_denied`] to exit code 3 under `--fail-on-deny`,
+//! [`AuditReport::any_drift`] under `--fail-on-drift`, and every [`Error`] to exit code 2.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -334,6 +336,13 @@ pub fn stored_flows<'o>(
 /// Reads the flow records of a JSON-lines file (`-` for stdin), skipping DNS records,
 /// within the [`Limits`] of the environment.
 pub fn read_flows(path: &Path) -> Result<Vec<AttributedFlow>> {
+    Ok(read_inputs(path)?.0)
+}
+
+/// Reads the flow records of a JSON-lines file (`-` for stdin), in order, and its DNS
+/// records as answers for [`crate::drift::from_answers`] (those without a pod are left out),
+/// within the [`Limits`] of the environment.
+pub fn read_inputs(path: &Path) -> Result<(Vec<AttributedFlow>, Vec<crate::drift::Answer>)> {
     let limits = Limits::from_env()?;
     let located = if path == Path::new("-") {
         read_records_limited(std::io::stdin().lock(), path, limits)
@@ -342,10 +351,11 @@ pub fn read_flows(path: &Path) -> Result<Vec<AttributedFlow>> {
         let file = bounded::open(path, false)?;
         read_records_limited(file, path, limits).collect::<Result<Vec<_>, _>>()?
     };
-    Ok(located
-        .into_iter()
-        .filter_map(|l| match l.record {
-            Record::Flow(flow) => Some(AttributedFlow {
+    let mut flows = Vec::new();
+    let mut answers = Vec::new();
+    for l in located {
+        match l.record {
+            Record::Flow(flow) => flows.push(AttributedFlow {
                 origin: Origin::File {
                     path: path.to_path_buf(),
                     line: l.line,
@@ -357,9 +367,41 @@ pub fn read_flows(path: &Path) -> Result<Vec<AttributedFlow>> {
                     dst_port: flow.dst_port,
                 },
             }),
-            Record::Dns(_) => None,
+            Record::Dns(dns) => {
+                let addresses = crate::observations::answer_addresses(&dns);
+                if let Some(pod) = dns.pod
+                    && !addresses.is_empty()
+                {
+                    answers.push(crate::drift::Answer {
+                        pod,
+                        name: crate::observations::normalize_name(&dns.query),
+                        addresses,
+                    });
+                }
+            }
+        }
+    }
+    Ok((flows, answers))
+}
+
+/// The DNS answers of observations read from a store ([`Observations::history`]), as input
+/// for [`crate::drift::from_answers`]: one per (pod standing in for its workload, name).
+pub fn stored_answers(cluster: &Cluster, obs: &Observations) -> Vec<crate::drift::Answer> {
+    obs.history
+        .iter()
+        .filter_map(|((pod, name), history)| {
+            let pod = cluster.pods.get(*pod)?;
+            Some(crate::drift::Answer {
+                pod: PodRef {
+                    uid: pod.uid.clone().unwrap_or_default(),
+                    namespace: pod.namespace.clone(),
+                    name: pod.name.clone(),
+                },
+                name: name.clone(),
+                addresses: history.clone(),
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// The verdict for one input flow.
@@ -377,11 +419,14 @@ pub struct AuditEntry {
     pub evaluation: Evaluation,
 }
 
-/// One verdict per input flow, in input order.
+/// One verdict per input flow, in input order, and the drift of the input's DNS answers.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct AuditReport {
     /// The entries, in input order.
     pub entries: Vec<AuditEntry>,
+    /// The drift of the input's DNS answers ([`crate::drift::from_answers`]), sorted; empty
+    /// until the caller sets it.
+    pub drift: Vec<crate::drift::Drift>,
 }
 
 /// Evaluates every flow, in input order. A flow without a pod, or for a pod not in the
@@ -419,7 +464,10 @@ pub fn audit<V: ClusterView + ?Sized>(
             evaluation,
         });
     }
-    Ok(AuditReport { entries })
+    Ok(AuditReport {
+        entries,
+        drift: Vec::new(),
+    })
 }
 
 /// The error for a flow whose pod is missing or not in the cluster, naming its origin.
@@ -446,6 +494,7 @@ fn unattributed(af: &AttributedFlow) -> Error {
 /// The JSON shape of one verdict; field order is part of the contract.
 #[derive(Serialize)]
 struct JsonEntry<'a> {
+    kind: &'static str,
     source: JsonSource<'a>,
     protocol: &'static str,
     dst: String,
@@ -517,13 +566,20 @@ impl AuditReport {
             .count()
     }
 
-    /// One JSON object per flow, one per line, each line ending with `\n`:
-    /// `{"source":{"namespace":…,"workload":"Kind/name","pod":…},"protocol":…,"dst":…,"dst_port":…,"verdict":…,
-    /// "egress":…,"ingress":…,"policies":[…]}`.
+    /// Whether any DNS answer drifted (`--fail-on-drift` exits 3 then).
+    pub fn any_drift(&self) -> bool {
+        !self.drift.is_empty()
+    }
+
+    /// One JSON object per flow, one per line, each line ending with `\n`, in input order:
+    /// `{"kind":"flow","source":{"namespace":…,"workload":"Kind/name","pod":…},"protocol":…,"dst":…,"dst_port":…,"verdict":…,
+    /// "egress":…,"ingress":…,"policies":[…]}`; then one line per drift
+    /// ([`crate::drift::Drift::to_json`], `"kind":"dns-drift"`), sorted.
     pub fn to_json_lines(&self) -> String {
         let mut out = String::new();
         for e in &self.entries {
             let entry = JsonEntry {
+                kind: "flow",
                 source: JsonSource {
                     namespace: &e.source.namespace,
                     workload: &e.workload,
@@ -547,6 +603,10 @@ impl AuditReport {
                 out.push_str(&line);
                 out.push('\n');
             }
+        }
+        for d in &self.drift {
+            out.push_str(&d.to_json());
+            out.push('\n');
         }
         out
     }
@@ -611,6 +671,49 @@ impl AuditReport {
             "{total} flow{}: {} allowed, {denied} denied",
             if total == 1 { "" } else { "s" },
             total - denied
+        );
+        if !self.drift.is_empty() {
+            out.push('\n');
+            out.push_str(&self.drift_table());
+        }
+        out
+    }
+
+    /// The drift section of the table: one row per drift, and its count. Names come from DNS
+    /// answers: shown as plain text.
+    fn drift_table(&self) -> String {
+        let header = [
+            "DRIFT SOURCE",
+            "NAME",
+            "NEW ADDRESS",
+            "PORTS",
+            "POLICIES",
+            "ANSWERED",
+        ];
+        let rows: Vec<[String; 6]> = self
+            .drift
+            .iter()
+            .map(|d| {
+                [
+                    d.source.to_string(),
+                    crate::render::escape::plain(&d.name, 253),
+                    d.address.to_string(),
+                    d.ports_text(),
+                    d.policies
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    leash_records::time::rfc3339(d.time),
+                ]
+            })
+            .collect();
+        let mut out = crate::render::columns::aligned(header, &rows);
+        let n = self.drift.len();
+        let _ = writeln!(
+            out,
+            "{n} DNS answer{} drifted: the policies allow the name's other addresses on these ports, not the new one",
+            if n == 1 { "" } else { "s" },
         );
         out
     }

@@ -29,6 +29,7 @@ pub mod cidr;
 pub mod classify;
 pub mod cluster;
 pub mod diff;
+pub mod drift;
 pub mod eval;
 pub mod evidence;
 pub mod explain;

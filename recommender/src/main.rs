@@ -60,6 +60,10 @@ enum Command {
         /// Exit with 3 when any flow is denied.
         #[arg(long)]
         fail_on_deny: bool,
+        /// Exit with 3 when any DNS answer drifted (a name moved to an address the policies
+        /// deny on the ports they allow for its other addresses).
+        #[arg(long)]
+        fail_on_drift: bool,
     },
     /// Name the policy and rule that allow a connection, or the policies that isolate the
     /// pod without allowing it.
@@ -727,10 +731,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 },
             format,
             fail_on_deny,
+            fail_on_drift,
         } => {
             let (cluster, applied) = load_cluster(&source)?;
             let set = policy_state(applied, &policies)?;
             let mut located = Vec::new();
+            // Drift: the input's DNS answers and the connections that give each name's ports.
+            let mut answers = Vec::new();
+            let mut connections = Vec::new();
             if let Some(store) = &store {
                 let store = open_store(store)?;
                 let (obs, skipped) = leash::observations::load(&store, &cluster, since_time(since))
@@ -742,21 +750,44 @@ fn run(cli: Cli) -> Result<(), Failure> {
                         obs.unattributed_flows
                     );
                 }
-                located = leash::audit::stored_flows(&cluster, &obs)
-                    .into_iter()
-                    .map(|(flow, _)| flow)
-                    .collect();
+                answers = leash::audit::stored_answers(&cluster, &obs);
+                for (flow, ev) in leash::audit::stored_flows(&cluster, &obs) {
+                    if let Some(pod) = &flow.pod {
+                        connections.push(leash::drift::Connection {
+                            pod: pod.clone(),
+                            flow: flow.flow,
+                            names: ev.names.clone(),
+                        });
+                    }
+                    located.push(flow);
+                }
             }
             for f in &flows {
-                located.extend(leash::audit::read_flows(f).map_err(bad_input)?);
+                let (read, dns) = leash::audit::read_inputs(f).map_err(bad_input)?;
+                connections.extend(read.iter().filter_map(|a| {
+                    Some(leash::drift::Connection {
+                        pod: a.pod.clone()?,
+                        flow: a.flow,
+                        names: Default::default(),
+                    })
+                }));
+                located.extend(read);
+                answers.extend(dns);
             }
-            let report = leash::audit::audit(&cluster, &set, &located).map_err(bad_input)?;
+            let mut report = leash::audit::audit(&cluster, &set, &located).map_err(bad_input)?;
+            report.drift = leash::drift::from_answers(&cluster, &set, &answers, &connections);
             write_stdout(&report.render(format))?;
             if fail_on_deny && report.any_denied() {
                 return Err(Failure::CheckFailed(format!(
                     "{} of {} flows denied",
                     report.denied(),
                     report.entries.len()
+                )));
+            }
+            if fail_on_drift && report.any_drift() {
+                return Err(Failure::CheckFailed(format!(
+                    "{} DNS answers drifted",
+                    report.drift.len()
                 )));
             }
             Ok(())

@@ -73,12 +73,12 @@ fn loads_policies_recursively_sorted_skipping_hidden_and_other_kinds() {
 fn json_lines_one_per_flow_in_input_order() {
     let json = report().to_json_lines();
     let want = [
-        r#"{"source":{"namespace":"shop","workload":"Pod/web","pod":"web"},"protocol":"UDP","dst":"10.96.0.10","dst_port":53,"verdict":"allow","egress":"allow","ingress":"allow","policies":["shop/web-egress"]}"#,
-        r#"{"source":{"namespace":"shop","workload":"Pod/web","pod":"web"},"protocol":"TCP","dst":"203.0.113.10","dst_port":443,"verdict":"allow","egress":"allow","ingress":"allow","policies":["shop/web-egress"]}"#,
-        r#"{"source":{"namespace":"shop","workload":"Pod/web","pod":"web"},"protocol":"TCP","dst":"10.96.0.30","dst_port":5432,"verdict":"deny","egress":"allow","ingress":"deny","policies":["db/postgres-ingress"]}"#,
-        r#"{"source":{"namespace":"shop","workload":"Pod/worker","pod":"worker"},"protocol":"TCP","dst":"203.0.113.10","dst_port":443,"verdict":"deny","egress":"deny","ingress":"allow","policies":["shop/default-deny-egress"]}"#,
-        r#"{"source":{"namespace":"shop","workload":"Pod/web","pod":"web"},"protocol":"TCP","dst":"203.0.113.10","dst_port":443,"verdict":"allow","egress":"allow","ingress":"allow","policies":["shop/web-egress"]}"#,
-        r#"{"source":{"namespace":"shop","workload":"Pod/web","pod":"web"},"protocol":"TCP","dst":"2001:db8:ffff::1","dst_port":443,"verdict":"deny","egress":"deny","ingress":"allow","policies":["shop/default-deny-egress","shop/web-egress"]}"#,
+        r#"{"kind":"flow","source":{"namespace":"shop","workload":"Pod/web","pod":"web"},"protocol":"UDP","dst":"10.96.0.10","dst_port":53,"verdict":"allow","egress":"allow","ingress":"allow","policies":["shop/web-egress"]}"#,
+        r#"{"kind":"flow","source":{"namespace":"shop","workload":"Pod/web","pod":"web"},"protocol":"TCP","dst":"203.0.113.10","dst_port":443,"verdict":"allow","egress":"allow","ingress":"allow","policies":["shop/web-egress"]}"#,
+        r#"{"kind":"flow","source":{"namespace":"shop","workload":"Pod/web","pod":"web"},"protocol":"TCP","dst":"10.96.0.30","dst_port":5432,"verdict":"deny","egress":"allow","ingress":"deny","policies":["db/postgres-ingress"]}"#,
+        r#"{"kind":"flow","source":{"namespace":"shop","workload":"Pod/worker","pod":"worker"},"protocol":"TCP","dst":"203.0.113.10","dst_port":443,"verdict":"deny","egress":"deny","ingress":"allow","policies":["shop/default-deny-egress"]}"#,
+        r#"{"kind":"flow","source":{"namespace":"shop","workload":"Pod/web","pod":"web"},"protocol":"TCP","dst":"203.0.113.10","dst_port":443,"verdict":"allow","egress":"allow","ingress":"allow","policies":["shop/web-egress"]}"#,
+        r#"{"kind":"flow","source":{"namespace":"shop","workload":"Pod/web","pod":"web"},"protocol":"TCP","dst":"2001:db8:ffff::1","dst_port":443,"verdict":"deny","egress":"deny","ingress":"allow","policies":["shop/default-deny-egress","shop/web-egress"]}"#,
     ];
     let got: Vec<&str> = json.lines().collect();
     assert_eq!(got, want);

@@ -17,7 +17,7 @@ use std::{
 use chrono::{DateTime, Utc};
 use leash::{
     cluster::Cluster,
-    ingest::{IngestService, Limits},
+    ingest::{Committed, IngestService, Limits},
     state::ClusterState,
     store::{
         self, BatchCommit, BatchId, Commit, DnsObservation, FlowObservation, Store,
@@ -215,6 +215,17 @@ async fn serve(pki: &Pki, store: Arc<dyn Store>, limits: Limits) -> Server {
 }
 
 async fn serve_model(pki: &Pki, store: Arc<dyn Store>, limits: Limits, model: Cluster) -> Server {
+    serve_with(pki, store, limits, model, None).await
+}
+
+/// [`serve_model`], handing each stored batch to `committed`.
+async fn serve_with(
+    pki: &Pki,
+    store: Arc<dyn Store>,
+    limits: Limits,
+    model: Cluster,
+    committed: Option<mpsc::Sender<Committed>>,
+) -> Server {
     let files = TlsFiles {
         cert: pki.path("server.pem"),
         key: pki.path("server-key.pem"),
@@ -226,7 +237,8 @@ async fn serve_model(pki: &Pki, store: Arc<dyn Store>, limits: Limits, model: Cl
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (_tx, cluster) = watch::channel(Some(Arc::new(ClusterState::from_cluster(model))));
-    let service = IngestService::new(store, cluster, limits).expect("ingest service");
+    let service =
+        IngestService::with_committed(store, cluster, limits, committed).expect("ingest service");
     let server = service.clone().into_server();
     let incoming = tls::incoming(listener, config.subscribe(), Duration::from_secs(5));
     let task = tokio::spawn(async move {
@@ -490,6 +502,71 @@ async fn acks_arrive_only_after_the_commit() {
         counts.get(&("payment-1".into(), "203.0.113.10".into(), 443)),
         Some(&3)
     );
+}
+
+/// Each stored batch goes to the drift check after its commit, before its ack; one that nobody
+/// takes never holds an ack back (the channel full, batches are not handed over), and a
+/// duplicate is not handed over again.
+#[tokio::test]
+async fn stored_batches_are_handed_over_without_waiting() {
+    let pki = Pki::new();
+    let store = Arc::new(MemStore::default());
+    let (tx, mut rx) = mpsc::channel(1);
+    let server = serve_with(
+        &pki,
+        store.clone(),
+        Limits::default(),
+        Cluster::default(),
+        Some(tx),
+    )
+    .await;
+    let mut c = client(&pki, "node-a", server.addr).await;
+    let mut p = push(&mut c).await;
+    let t: DateTime<Utc> = "2026-11-25T09:00:00Z".parse().expect("time");
+    let answer = |address: &str| leash_records::DnsRecord {
+        node: "node-a".into(),
+        pod: Some(PodRef {
+            uid: String::new(),
+            namespace: "shop".into(),
+            name: "payment-1".into(),
+        }),
+        cgroup: String::new(),
+        server: "10.96.0.10".parse().expect("address"),
+        query: "api.stripe.test.".into(),
+        qtype: "A".into(),
+        rcode: "NOERROR".into(),
+        answers: vec![leash_records::DnsAnswer {
+            name: "api.stripe.test.".into(),
+            rtype: "A".into(),
+            data: address.into(),
+            ttl: 60,
+        }],
+        time: t,
+    };
+    let with_dns = |seq: u64, address: &str| {
+        wire::batch_to_wire(id("node-a", seq), &[], &[answer(address)]).expect("valid batch")
+    };
+    for seq in 1..=3 {
+        p.send(with_dns(seq, &format!("203.0.113.{seq}"))).await;
+        let ack = p.ack().await;
+        assert!(!ack.duplicate);
+    }
+    assert_eq!(store.batches(), 3);
+    let first = rx.try_recv().expect("the first batch was handed over");
+    let addresses: Vec<String> = first
+        .dns
+        .iter()
+        .flat_map(|d| d.addresses.keys().map(ToString::to_string))
+        .collect();
+    assert_eq!(addresses, ["203.0.113.1"]);
+    assert!(rx.try_recv().is_err(), "the full channel took nothing more");
+    // Room again; a resend is stored once, and handed over once.
+    p.send(with_dns(1, "203.0.113.1")).await;
+    assert!(p.ack().await.duplicate);
+    assert!(rx.try_recv().is_err(), "a duplicate is not handed over");
+    p.send(with_dns(4, "203.0.113.4")).await;
+    assert!(!p.ack().await.duplicate);
+    assert_eq!(rx.try_recv().expect("handed over").dns.len(), 1);
 }
 
 /// Sends batch 1 twice on one stream and once more on a new connection: stored once.

@@ -23,7 +23,7 @@ use chrono::{DateTime, Utc};
 use leash_records::tls::{TlsConnector, TlsFiles};
 use leash_records::wire::v1::ingest_client::IngestClient;
 use leash_records::wire::{self, v1};
-use leash_records::{FlowRecord, PodRef, Protocol};
+use leash_records::{DnsAnswer, DnsRecord, FlowRecord, PodRef, Protocol};
 use support::http::{self, free_port, get};
 
 const LEASH: &str = env!("CARGO_BIN_EXE_leash");
@@ -349,7 +349,12 @@ fn serve_refuses_agents_without_a_client_certificate() {
 
 /// The snapshot's objects into the fake API server, by kind.
 fn load_into(api: &leash_lab::fake_api::FakeApi) {
-    let list: serde_json::Value = serde_norway::from_str(SNAPSHOT).unwrap();
+    load_snapshot(api, SNAPSHOT);
+}
+
+/// A snapshot's objects into the fake API server, by kind.
+fn load_snapshot(api: &leash_lab::fake_api::FakeApi, snapshot: &str) {
+    let list: serde_json::Value = serde_norway::from_str(snapshot).unwrap();
     for item in list["items"].as_array().unwrap() {
         let collection = match item["kind"].as_str().unwrap() {
             "Namespace" => "/api/v1/namespaces",
@@ -432,5 +437,286 @@ fn serve_with_kube_watches_the_cluster_and_creates_events_for_unexpected_egress(
         },
         "the audit to follow the updated policy",
     );
+    assert!(server.stop().success());
+}
+
+/// web's DNS answer at `at`: `name` resolves to `addresses`.
+fn answer(name: &str, addresses: &[&str], at: DateTime<Utc>) -> DnsRecord {
+    DnsRecord {
+        node: "n1".into(),
+        pod: Some(PodRef {
+            uid: "uid-pod-web".into(),
+            namespace: "shop".into(),
+            name: "web-7d4-x2".into(),
+        }),
+        cgroup: "/kubepods.slice/x".into(),
+        server: "10.96.0.10".parse().unwrap(),
+        query: format!("{name}."),
+        qtype: "A".into(),
+        rcode: "NOERROR".into(),
+        answers: addresses
+            .iter()
+            .map(|a| DnsAnswer {
+                name: format!("{name}."),
+                rtype: "A".into(),
+                data: (*a).into(),
+                ttl: 60,
+            })
+            .collect(),
+        time: at,
+    }
+}
+
+fn batch_with_dns(seq: u64, flows: &[FlowRecord], dns: &[DnsRecord]) -> v1::Batch {
+    wire::batch_to_wire(
+        v1::BatchId {
+            node: "n1".into(),
+            boot_id: "boot-1".into(),
+            seq,
+        },
+        flows,
+        dns,
+    )
+    .unwrap()
+}
+
+/// A webhook stand-in over real loopback HTTP: answers `200` and keeps each request body.
+struct Webhook {
+    addr: SocketAddr,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Webhook {
+    fn start() -> Webhook {
+        use std::io::{Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = std::sync::Arc::clone(&bodies);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut raw = Vec::new();
+                let mut buf = [0u8; 4096];
+                // Headers, then the body of Content-Length bytes.
+                let body = loop {
+                    let Ok(n) = stream.read(&mut buf) else {
+                        break None;
+                    };
+                    if n == 0 {
+                        break None;
+                    }
+                    raw.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&raw).into_owned();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse().ok())?
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= length {
+                            break Some(body.to_owned());
+                        }
+                    }
+                };
+                if let Some(body) = body {
+                    keep.lock().unwrap().push(body);
+                }
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            }
+        });
+        Webhook { addr, bodies }
+    }
+
+    fn bodies(&self) -> Vec<serde_json::Value> {
+        self.bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|b| serde_json::from_str(b).ok())
+            .collect()
+    }
+}
+
+/// A DNS answer moves api.stripe.test to an address web's applied policy does not allow,
+/// while it allows the old one on 443: before any connection to the new address, the drift
+/// is counted, the webhook gets a `dns-drift` alert with the fix, and the API server an
+/// `EgressDrift` Event; `/v1/alerts` remembers it.
+#[test]
+fn serve_flags_dns_drift_as_answers_are_ingested() {
+    let snapshot = SNAPSHOT.replace(
+        "    - ports: [{port: 53, protocol: UDP}]\n",
+        "    - ports: [{port: 53, protocol: UDP}]\n    - to: [{ipBlock: {cidr: 203.0.113.10/32}}]\n      ports: [{port: 443, protocol: TCP}]\n",
+    );
+    assert_ne!(snapshot, SNAPSHOT);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let api = rt.block_on(leash_lab::fake_api::FakeApi::start()).unwrap();
+    load_snapshot(&api, &snapshot);
+    let dir = tempfile::tempdir().unwrap();
+    let certs = certs(dir.path());
+    let kubeconfig = dir.path().join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig).unwrap();
+    let webhook = Webhook::start();
+    let url = format!("http://{}/hook", webhook.addr);
+    // A long check interval: drift must not wait for it.
+    let server = Server::start(
+        dir.path(),
+        &[
+            "--kube",
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--alert-webhook",
+            &url,
+        ],
+        free_port(),
+        free_port(),
+    );
+    let metric = |line: &str| {
+        get(server.http, "/metrics").is_ok_and(|(_, body)| body.lines().any(|l| l == line))
+    };
+    assert!(
+        metric("leash_dns_drift_total 0"),
+        "served at 0 from the start"
+    );
+
+    let t0 = Utc::now() - chrono::Duration::minutes(5);
+    // The old address, and a connection to it on 443: allowed.
+    let acks = rt.block_on(push(
+        &certs,
+        server.grpc,
+        vec![batch_with_dns(
+            1,
+            &[flow("203.0.113.10", 443, 1, t0)],
+            &[answer("api.stripe.test", &["203.0.113.10"], t0)],
+        )],
+    ));
+    assert_eq!(acks, vec![(1, false)]);
+    // The name moves; no connection to the new address is ever sent.
+    let t1 = t0 + chrono::Duration::minutes(1);
+    let acks = rt.block_on(push(
+        &certs,
+        server.grpc,
+        vec![batch_with_dns(
+            2,
+            &[],
+            &[answer("api.stripe.test", &["203.0.113.99"], t1)],
+        )],
+    ));
+    assert_eq!(acks, vec![(2, false)]);
+
+    wait_for(|| metric("leash_dns_drift_total 1"), "the drift metric");
+    wait_for(|| !webhook.bodies().is_empty(), "the drift on the webhook");
+    let bodies = webhook.bodies();
+    assert_eq!(bodies.len(), 1, "{bodies:#?}");
+    let body = &bodies[0];
+    assert_eq!(body["kind"], "dns-drift", "{body}");
+    let alert = &body["alert"];
+    assert_eq!(alert["type"], "dns-drift");
+    assert_eq!(alert["dst"], "203.0.113.99");
+    assert_eq!(alert["port"], 443);
+    assert_eq!(alert["protocol"], "TCP");
+    assert_eq!(alert["workload"], "Deployment/web");
+    assert_eq!(alert["names"], serde_json::json!(["api.stripe.test"]));
+    assert_eq!(alert["policies"], serde_json::json!(["shop/web-dns-only"]));
+    let fix = alert["fix"].as_str().unwrap_or_default();
+    assert!(
+        fix.contains("203.0.113.99/32") && fix.contains("443"),
+        "{fix}"
+    );
+    assert!(
+        body["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("api.stripe.test"),
+        "{body}"
+    );
+
+    wait_for(
+        || {
+            api.requests().iter().any(|r| {
+                r.method == "POST"
+                    && r.path == "/apis/events.k8s.io/v1/namespaces/shop/events"
+                    && String::from_utf8_lossy(&r.body).contains("EgressDrift")
+            })
+        },
+        "an EgressDrift event",
+    );
+    let event = api
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "POST" && String::from_utf8_lossy(&r.body).contains("EgressDrift"))
+        .unwrap();
+    let event: serde_json::Value = serde_json::from_slice(&event.body).unwrap();
+    assert_eq!(event["regarding"]["name"], "web-7d4-x2");
+    let note = event["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains("203.0.113.99") && note.contains("api.stripe.test"),
+        "{note}"
+    );
+    // Nothing was denied: no connection to the new address happened.
+    assert!(
+        !api.requests()
+            .iter()
+            .any(|r| String::from_utf8_lossy(&r.body).contains("UnexpectedEgress")),
+        "no UnexpectedEgress event"
+    );
+
+    let (status, alerts) = get(server.http, "/v1/alerts").unwrap();
+    assert_eq!(status, 200, "{alerts}");
+    let alerts: serde_json::Value = serde_json::from_str(&alerts).unwrap();
+    assert_eq!(alerts[0]["type"], "dns-drift", "{alerts}");
+    assert_eq!(alerts[0]["dst"], "203.0.113.99", "{alerts}");
+    assert!(server.stop().success());
+
+    // After a restart the same answer is not sent again; a new move is.
+    let server = Server::start(
+        dir.path(),
+        &[
+            "--kube",
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--alert-webhook",
+            &url,
+        ],
+        free_port(),
+        free_port(),
+    );
+    let t2 = t1 + chrono::Duration::minutes(1);
+    let acks = rt.block_on(push(
+        &certs,
+        server.grpc,
+        vec![batch_with_dns(
+            3,
+            &[],
+            &[
+                answer("api.stripe.test", &["203.0.113.99"], t2),
+                answer("api.stripe.test", &["203.0.113.98"], t2),
+            ],
+        )],
+    ));
+    assert_eq!(acks, vec![(3, false)]);
+    let metric = |line: &str| {
+        get(server.http, "/metrics").is_ok_and(|(_, body)| body.lines().any(|l| l == line))
+    };
+    wait_for(|| metric("leash_dns_drift_total 1"), "the new drift");
+    wait_for(
+        || webhook.bodies().len() >= 2,
+        "the new drift on the webhook",
+    );
+    // Both addresses were in one batch, checked together: anything resent would be by now.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(metric("leash_dns_drift_total 1"));
+    let dsts: Vec<serde_json::Value> = webhook
+        .bodies()
+        .iter()
+        .map(|b| b["alert"]["dst"].clone())
+        .collect();
+    assert_eq!(dsts, ["203.0.113.99", "203.0.113.98"], "nothing sent twice");
     assert!(server.stop().success());
 }

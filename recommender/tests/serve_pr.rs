@@ -527,3 +527,103 @@ fn a_workload_newly_ready_opens_its_pull_request() {
     });
     assert_eq!(lab.branch_tip("leash/shop"), None, "shop is unchanged");
 }
+
+/// web's DNS answer for `name` at `at`, as an agent sends it.
+fn dns_answer(name: &str, address: &str, at: DateTime<Utc>) -> leash_records::DnsRecord {
+    leash_records::DnsRecord {
+        node: "n1".into(),
+        pod: Some(leash_records::PodRef {
+            uid: String::new(),
+            namespace: "shop".into(),
+            name: "payment-x2".into(),
+        }),
+        cgroup: "/kubepods.slice/x".into(),
+        server: "10.96.0.10".parse().unwrap(),
+        query: format!("{name}."),
+        qtype: "A".into(),
+        rcode: "NOERROR".into(),
+        answers: vec![leash_records::DnsAnswer {
+            name: format!("{name}."),
+            rtype: "A".into(),
+            data: address.into(),
+            ttl: 60,
+        }],
+        time: at,
+    }
+}
+
+/// Sends one batch of DNS answers to serve's plaintext gRPC ingest, as an agent does, and
+/// waits for its ack.
+fn push_dns(server: &ServeProcess, seq: u64, dns: &[leash_records::DnsRecord]) {
+    use leash_records::wire::{self, v1};
+    let batch = wire::batch_to_wire(
+        v1::BatchId {
+            node: "n1".into(),
+            boot_id: "boot-1".into(),
+            seq,
+        },
+        &[],
+        dns,
+    )
+    .unwrap();
+    let grpc = server.grpc;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ack = rt.block_on(async move {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = v1::ingest_client::IngestClient::new(channel);
+        let mut acks = client
+            .push(tokio_stream::iter(vec![batch]))
+            .await
+            .unwrap()
+            .into_inner();
+        acks.message().await.unwrap()
+    });
+    assert!(ack.is_some_and(|a| !a.duplicate), "the batch is stored");
+}
+
+/// A DNS answer moving the known destination's name to an address the applied policy does
+/// not allow triggers a run at once, whatever `--pr-after`, and the run names it. No flow to
+/// the new address exists.
+#[test]
+fn a_dns_drift_triggers_a_run_at_once() {
+    let lab = Lab::new();
+    let mut flags = lab.pr_flags(100);
+    flags.extend(["--pr-interval".into(), "1h".into()]);
+    let server = serve(&lab, &flags);
+    let runs = |server: &ServeProcess| -> f64 {
+        ["pushed", "unchanged", "refused", "error"]
+            .iter()
+            .filter_map(|r| server.metric(&format!("leash_pr_runs_total{{result=\"{r}\"}}")))
+            .sum()
+    };
+    let t = Utc::now() - chrono::Duration::minutes(2);
+    push_dns(&server, 1, &[dns_answer("api.stripe.test", KNOWN.0, t)]);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(runs(&server), 0.0, "the known address triggers nothing");
+    assert_eq!(server.metric("leash_dns_drift_total"), Some(0.0));
+
+    push_dns(
+        &server,
+        2,
+        &[dns_answer(
+            "api.stripe.test",
+            "203.0.113.61",
+            t + chrono::Duration::minutes(1),
+        )],
+    );
+    wait_for("the drift", || {
+        server.metric("leash_dns_drift_total") == Some(1.0)
+    });
+    wait_for("the run the drift triggered", || runs(&server) >= 1.0);
+    let log = server.log();
+    assert!(
+        log.contains(
+            "DNS drift for Deployment/payment in shop: api.stripe.test moved to 203.0.113.61:443/TCP"
+        ),
+        "the run names its trigger:\n{log}"
+    );
+}

@@ -33,6 +33,12 @@ pub const REASON_UNEXPECTED_EGRESS: &str = "UnexpectedEgress";
 /// The `action` of [`EventPublisher::publish_unexpected_egress`] events.
 pub const ACTION_OBSERVE_EGRESS: &str = "ObserveEgress";
 
+/// The `reason` of [`EventPublisher::publish_egress_drift`] events.
+pub const REASON_EGRESS_DRIFT: &str = "EgressDrift";
+
+/// The `action` of [`EventPublisher::publish_egress_drift`] events.
+pub const ACTION_OBSERVE_DNS: &str = "ObserveDNS";
+
 /// The API limits an event's note to 1 kB.
 const MAX_NOTE: usize = 1024;
 
@@ -69,6 +75,24 @@ impl EventPublisher {
             reason: REASON_UNEXPECTED_EGRESS.to_owned(),
             note: Some(truncate(message, MAX_NOTE).to_owned()),
             action: ACTION_OBSERVE_EGRESS.to_owned(),
+            secondary: None,
+        };
+        self.recorder.publish(&event, regarding).await
+    }
+
+    /// Publishes a Warning `EgressDrift` event about `regarding`: a DNS answer moved a name
+    /// to an address its applied policies deny (`crate::drift`), with `message` as its note
+    /// (cut to 1 kB), as [`EventPublisher::publish_unexpected_egress`] does.
+    pub async fn publish_egress_drift(
+        &self,
+        regarding: &ObjectReference,
+        message: &str,
+    ) -> Result<(), kube::Error> {
+        let event = Event {
+            type_: EventType::Warning,
+            reason: REASON_EGRESS_DRIFT.to_owned(),
+            note: Some(truncate(message, MAX_NOTE).to_owned()),
+            action: ACTION_OBSERVE_DNS.to_owned(),
             secondary: None,
         };
         self.recorder.publish(&event, regarding).await

@@ -127,8 +127,13 @@ impl Drop for AliveGuard {
 }
 
 impl Committer {
-    /// Starts the writer thread for `store`.
-    pub fn start(store: Arc<dyn Store>, metrics: Metrics) -> std::io::Result<Self> {
+    /// Starts the writer thread for `store`. Each stored batch's observations go to
+    /// `committed` when given, without waiting (a full channel drops them).
+    pub fn start(
+        store: Arc<dyn Store>,
+        metrics: Metrics,
+        committed: Option<mpsc::Sender<super::Committed>>,
+    ) -> std::io::Result<Self> {
         let (queue, jobs) = mpsc::channel(QUEUE);
         let writer = metrics.clone();
         // The writer's own clock for the commit delay; its commits block only its thread.
@@ -146,7 +151,13 @@ impl Committer {
             .name("leash-ingest-commit".to_owned())
             .spawn(move || {
                 let _guard = guard;
-                runtime.block_on(run(jobs, store.as_ref(), &writer, &writer_busy));
+                runtime.block_on(run(
+                    jobs,
+                    store.as_ref(),
+                    &writer,
+                    &writer_busy,
+                    committed.as_ref(),
+                ));
             })?;
         Ok(Committer {
             queue,
@@ -186,7 +197,13 @@ impl Committer {
 /// The writer: takes the first waiting job, then what else is queued (waiting up to
 /// [`COMMIT_DELAY`] while the group is small) up to the group limits, commits them together
 /// and replies to each.
-async fn run(mut jobs: mpsc::Receiver<Job>, store: &dyn Store, metrics: &Metrics, busy: &Busy) {
+async fn run(
+    mut jobs: mpsc::Receiver<Job>,
+    store: &dyn Store,
+    metrics: &Metrics,
+    busy: &Busy,
+    committed: Option<&mpsc::Sender<super::Committed>>,
+) {
     let mut group: Vec<Job> = Vec::with_capacity(MAX_GROUP_BATCHES);
     while let Some(first) = jobs.recv().await {
         busy.set(first.queued_at);
@@ -209,13 +226,19 @@ async fn run(mut jobs: mpsc::Receiver<Job>, store: &dyn Store, metrics: &Metrics
             group.push(job);
         }
         metrics.queued(-i64::try_from(group.len()).unwrap_or(i64::MAX));
-        commit_group(store, metrics, busy, &mut group);
+        commit_group(store, metrics, busy, committed, &mut group);
     }
 }
 
 /// Commits `group` and answers each batch; `busy` is cleared once the store has answered,
 /// before the acks go out.
-fn commit_group(store: &dyn Store, metrics: &Metrics, busy: &Busy, group: &mut Vec<Job>) {
+fn commit_group(
+    store: &dyn Store,
+    metrics: &Metrics,
+    busy: &Busy,
+    committed: Option<&mpsc::Sender<super::Committed>>,
+    group: &mut Vec<Job>,
+) {
     let batches: Vec<BatchCommit<'_>> = group
         .iter()
         .map(|j| BatchCommit {
@@ -250,10 +273,22 @@ fn commit_group(store: &dyn Store, metrics: &Metrics, busy: &Busy, group: &mut V
     };
     drop(batches);
     busy.clear();
-    for (job, outcome) in group.drain(..).zip(outcomes) {
+    for (mut job, outcome) in group.drain(..).zip(outcomes) {
         let reply = match outcome {
             Ok(Commit::Stored) => {
                 metrics.stored(job.records.0, job.records.1);
+                // Drift is checked as answers arrive; the writer never waits for it.
+                if let Some(tx) = committed
+                    && !(job.dns.is_empty() && job.flows.is_empty())
+                {
+                    let batch = super::Committed {
+                        flows: std::mem::take(&mut job.flows),
+                        dns: std::mem::take(&mut job.dns),
+                    };
+                    if tx.try_send(batch).is_err() {
+                        tracing::debug!(batch = %job.name, "the drift check is behind; a batch was not checked");
+                    }
+                }
                 if !job.refused.is_empty() {
                     log_refused(&job);
                     for r in &job.refused {

@@ -79,6 +79,15 @@ impl Default for Limits {
     }
 }
 
+/// A stored batch's observations, for those who act on them as they arrive.
+#[derive(Debug, Clone, Default)]
+pub struct Committed {
+    /// The batch's flow observations.
+    pub flows: Vec<crate::store::FlowObservation>,
+    /// The batch's DNS observations.
+    pub dns: Vec<crate::store::DnsObservation>,
+}
+
 /// The ingest service; clone it freely (clones share store, cluster and metrics).
 #[derive(Clone)]
 pub struct IngestService {
@@ -103,10 +112,22 @@ impl IngestService {
         cluster: watch::Receiver<Option<Arc<ClusterState>>>,
         limits: Limits,
     ) -> std::io::Result<Self> {
+        Self::with_committed(store, cluster, limits, None)
+    }
+
+    /// [`IngestService::new`], and each stored batch goes to `committed` after its commit,
+    /// before its ack (`leash serve`'s drift check). The writer never waits
+    /// for it: when the channel is full, the batch is not sent.
+    pub fn with_committed(
+        store: Arc<dyn Store>,
+        cluster: watch::Receiver<Option<Arc<ClusterState>>>,
+        limits: Limits,
+        committed: Option<mpsc::Sender<Committed>>,
+    ) -> std::io::Result<Self> {
         let metrics = Metrics::default();
         Ok(IngestService {
             inner: Arc::new(Inner {
-                committer: Committer::start(store, metrics.clone())?,
+                committer: Committer::start(store, metrics.clone(), committed)?,
                 cluster,
                 limits,
                 metrics,

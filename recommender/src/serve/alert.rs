@@ -36,9 +36,36 @@ use crate::recommend;
 use crate::state::ClusterState;
 use crate::store::{AlertRecord, FlowObservation, Store, WorkloadRef};
 
-/// One denied flow.
+/// What an alert reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum AlertKind {
+    /// A stored flow the applied policies deny (Event reason `UnexpectedEgress`).
+    #[default]
+    #[serde(rename = "egress-denied")]
+    EgressDenied,
+    /// A DNS answer moved a name to an address the applied policies deny on the ports they
+    /// allow for its other addresses ([`crate::drift`]; Event reason `EgressDrift`), before
+    /// any connection to it.
+    #[serde(rename = "dns-drift")]
+    DnsDrift,
+}
+
+impl AlertKind {
+    /// `egress-denied` or `dns-drift`: the webhook's `kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::EgressDenied => "egress-denied",
+            AlertKind::DnsDrift => "dns-drift",
+        }
+    }
+}
+
+/// One denied flow, or one drifted DNS answer (then `dst` is the new address, `names` the
+/// name, `last_seen` the answer's time and `count` 1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Alert {
+    /// What it reports.
+    pub kind: AlertKind,
     /// The workload that made it.
     pub workload: WorkloadRef,
     /// The pod it was evaluated as (namespace is the workload's).
@@ -108,6 +135,9 @@ pub struct AlertJson {
     pub protocol: String,
     /// [`Alert::pull_request`].
     pub pull_request: Option<String>,
+    /// [`Alert::kind`] (`egress-denied` when absent: alerts remembered before drift).
+    #[serde(rename = "type", default)]
+    pub alert_type: AlertKind,
     /// `Kind/name`.
     pub workload: String,
 }
@@ -170,16 +200,21 @@ impl Alert {
         } else {
             format!(" ({})", plain_list(&self.names, NAMES_SHOWN))
         };
-        let mut message = format!(
-            "{}/{} {} sent {} egress to {dst}/{}{names} that the applied policies deny ({}); last seen {}",
-            plain(&self.workload.kind, MAX_SHOWN),
-            plain(&self.workload.name, MAX_SHOWN),
-            plain(&self.pod, MAX_SHOWN),
-            self.count,
-            self.protocol,
-            plain_list(&self.policies, NAMES_SHOWN),
-            leash_records::time::rfc3339(self.last_seen),
-        );
+        let mut message = match self.kind {
+            AlertKind::EgressDenied => self.denied_message(&dst, &names),
+            AlertKind::DnsDrift => format!(
+                "{}/{} {} was given {} for {} by DNS; the applied policies allow the name's other addresses on {}/{} but not this one ({}); answered {}",
+                plain(&self.workload.kind, MAX_SHOWN),
+                plain(&self.workload.name, MAX_SHOWN),
+                plain(&self.pod, MAX_SHOWN),
+                self.dst,
+                plain_list(&self.names, NAMES_SHOWN),
+                self.protocol,
+                self.port,
+                plain_list(&self.policies, NAMES_SHOWN),
+                leash_records::time::rfc3339(self.last_seen),
+            ),
+        };
         if message.len() > MAX_MESSAGE {
             let mut end = MAX_MESSAGE - '…'.len_utf8();
             while !message.is_char_boundary(end) {
@@ -189,6 +224,19 @@ impl Alert {
             message.push('…');
         }
         message
+    }
+
+    fn denied_message(&self, dst: &str, names: &str) -> String {
+        format!(
+            "{}/{} {} sent {} egress to {dst}/{}{names} that the applied policies deny ({}); last seen {}",
+            plain(&self.workload.kind, MAX_SHOWN),
+            plain(&self.workload.name, MAX_SHOWN),
+            plain(&self.pod, MAX_SHOWN),
+            self.count,
+            self.protocol,
+            plain_list(&self.policies, NAMES_SHOWN),
+            leash_records::time::rfc3339(self.last_seen),
+        )
     }
 }
 
@@ -218,6 +266,7 @@ impl Alert {
             port: self.port,
             protocol: self.protocol.as_str().to_owned(),
             pull_request: self.pull_request.clone(),
+            alert_type: self.kind,
             workload: crate::json::workload(&self.workload.kind, &self.workload.name),
         }
     }
@@ -402,6 +451,7 @@ pub fn denied_flows(
         });
         let fix = source.and_then(|f| proposed_fix(state, f, check.options));
         let alert = Alert {
+            kind: AlertKind::EgressDenied,
             pull_request: check.pull_requests.get(&j.workload.namespace).cloned(),
             workload: j.workload,
             pod: j.pod,
@@ -576,7 +626,12 @@ pub async fn watch(
 async fn load_memory(store: &Arc<dyn Store>) -> Memory {
     let reader = Arc::clone(store);
     match tokio::task::spawn_blocking(move || reader.alerts(None)).await {
-        Ok(Ok(records)) => memory_of(&records),
+        Ok(Ok(mut records)) => {
+            // A drift alert was about an answer: a denied connection to its address later is
+            // an alert of its own, after a restart as before it.
+            records.retain(|r| !is_drift(r));
+            memory_of(&records)
+        }
         Ok(Err(e)) => {
             tracing::warn!(error = %Chain(&e), "cannot read remembered alerts; alerts may be sent again");
             Memory::new()
@@ -586,6 +641,12 @@ async fn load_memory(store: &Arc<dyn Store>) -> Memory {
             Memory::new()
         }
     }
+}
+
+/// Whether a remembered alert is a DNS drift ([`AlertKind::DnsDrift`]).
+fn is_drift(record: &AlertRecord) -> bool {
+    serde_json::from_str::<AlertJson>(&record.detail)
+        .is_ok_and(|a| a.alert_type == AlertKind::DnsDrift)
 }
 
 /// Writes the alerts found to `store`; failures are logged.
@@ -619,6 +680,7 @@ mod tests {
 
     fn alert(names: Vec<String>, name: &str) -> Alert {
         Alert {
+            kind: AlertKind::EgressDenied,
             workload: WorkloadRef {
                 namespace: "shop".into(),
                 kind: "Deployment".into(),
@@ -647,6 +709,29 @@ mod tests {
             "Deployment/web web-1 sent 3 egress to 203.0.113.10:443/TCP (api.stripe.test) that \
              the applied policies deny (shop/web-egress); last seen 2027-01-15T08:00:00Z"
         );
+    }
+
+    /// A drift says which name moved where, and its JSON carries its type; an alert
+    /// remembered before drift existed reads as `egress-denied`.
+    #[test]
+    fn drift_messages_name_the_answer() {
+        let mut a = alert(vec!["api.stripe.test\nforged".into()], "web");
+        a.kind = AlertKind::DnsDrift;
+        a.dst = "203.0.113.99".parse().expect("address");
+        assert_eq!(
+            a.message(),
+            "Deployment/web web-1 was given 203.0.113.99 for api.stripe.test\u{fffd}forged by \
+             DNS; the applied policies allow the name's other addresses on TCP/443 but not this \
+             one (shop/web-egress); answered 2027-01-15T08:00:00Z"
+        );
+        let json = serde_json::to_value(a.to_json()).expect("JSON");
+        assert_eq!(json["type"], "dns-drift");
+        let record = a.record().expect("record");
+        assert!(is_drift(&record));
+        let mut old = serde_json::to_value(alert(vec![], "web").to_json()).expect("JSON");
+        old.as_object_mut().expect("object").remove("type");
+        let old: AlertJson = serde_json::from_value(old).expect("an old alert reads");
+        assert_eq!(old.alert_type, AlertKind::EgressDenied);
     }
 
     /// Names that bypassed ingest (an old store) cannot add lines, hide text or grow the

@@ -3,11 +3,13 @@
 //! Agents stream batches over gRPC ([`crate::ingest`]) into the [`crate::store`]; the cluster
 //! model comes from a snapshot file or is kept live from the API server; the HTTP side
 //! ([`http`]) serves health, metrics and the read API; [`alert`] reports egress that the
-//! applied policies deny; [`shadow`] judges the stored flows against a proposed set too and
+//! applied policies deny; [`drift`] checks DNS answers as they are stored and alerts when a
+//! name moved to an address the applied policies deny; [`shadow`] judges the stored flows against a proposed set too and
 //! keeps the rollout board. Data flows one way: agents → ingest → store → recommendations.
 
 pub mod alert;
 pub mod conn;
+pub mod drift;
 pub mod http;
 pub mod propose;
 pub mod ranges;
@@ -201,12 +203,23 @@ impl alert::AlertSink for EventAlerts {
             let Some(reference) = reference else {
                 return;
             };
-            if let Err(e) = self
-                .publisher
-                .publish_unexpected_egress(&reference, &alert.message())
-                .await
-            {
-                tracing::warn!(error = %Chain(&e), pod = %alert.pod, "cannot create the UnexpectedEgress event");
+            let message = alert.message();
+            let (published, reason) = match alert.kind {
+                alert::AlertKind::EgressDenied => (
+                    self.publisher
+                        .publish_unexpected_egress(&reference, &message)
+                        .await,
+                    crate::cluster::events::REASON_UNEXPECTED_EGRESS,
+                ),
+                alert::AlertKind::DnsDrift => (
+                    self.publisher
+                        .publish_egress_drift(&reference, &message)
+                        .await,
+                    crate::cluster::events::REASON_EGRESS_DRIFT,
+                ),
+            };
+            if let Err(e) = published {
+                tracing::warn!(error = %Chain(&e), pod = %alert.pod, "cannot create the {reason} event");
             }
         })
     }
@@ -301,8 +314,17 @@ pub async fn run(
     let shadow_metrics = shadow::ShadowMetrics::default();
     shadow_metrics.register(&mut registry);
     let (board_tx, board_rx) = watch::channel(None);
-    let (ingest, ingest_handle) =
-        ingest_service(&config, Arc::clone(&store), model_rx.clone(), &mut registry)?;
+    // DNS answers are checked for drift as they are stored, not on the check interval.
+    let drift_metrics = drift::DriftMetrics::default();
+    drift_metrics.register(&mut registry);
+    let (drift_tx, drift_rx) = tokio::sync::mpsc::channel(drift::QUEUE);
+    let (ingest, ingest_handle) = ingest_service(
+        &config,
+        Arc::clone(&store),
+        model_rx.clone(),
+        &mut registry,
+        drift_tx,
+    )?;
     let connections = conn::Shared::new(config.limits);
     connections.register(&mut registry);
 
@@ -353,6 +375,18 @@ pub async fn run(
     let _prune = AbortOnDrop(tokio::spawn(prune_loop(
         Arc::clone(&store),
         config.retention,
+    )));
+    let _drift = AbortOnDrop(tokio::spawn(drift::watch(
+        Arc::clone(&store),
+        model_rx.clone(),
+        drift_rx,
+        drift_metrics,
+        drift::Outputs {
+            sinks: alert_sinks.clone(),
+            pull_requests: pull_requests_rx.clone(),
+            recurrences: recurrences_tx.clone(),
+            recommend: config.options.clone(),
+        },
     )));
     let _check = AbortOnDrop(tokio::spawn(alert::watch(
         Arc::clone(&store),
@@ -488,11 +522,12 @@ fn ingest_service(
     store: Arc<dyn Store>,
     model: ModelRx,
     registry: &mut Registry,
+    drift: tokio::sync::mpsc::Sender<crate::ingest::Committed>,
 ) -> Result<(
     leash_records::wire::v1::ingest_server::IngestServer<crate::ingest::IngestService>,
     crate::ingest::IngestService,
 )> {
-    let service = crate::ingest::IngestService::new(
+    let service = crate::ingest::IngestService::with_committed(
         store,
         model,
         crate::ingest::Limits {
@@ -500,6 +535,7 @@ fn ingest_service(
             max_message_bytes: config.max_message_bytes,
             ..crate::ingest::Limits::default()
         },
+        Some(drift),
     )
     .map_err(Error::Writer)?;
     service.register(registry);

@@ -285,7 +285,10 @@ fn recurring(
     scope: &BTreeSet<String>,
     triggered: &mut HashSet<AlertKey>,
 ) -> Option<String> {
-    if alert.occurrences < after || !(scope.is_empty() || scope.contains(&alert.workload.namespace))
+    // A drift is news at once: the name moved, and the next connection to it is denied.
+    let drift = alert.kind == crate::serve::alert::AlertKind::DnsDrift;
+    if (!drift && alert.occurrences < after)
+        || !(scope.is_empty() || scope.contains(&alert.workload.namespace))
     {
         return None;
     }
@@ -293,6 +296,16 @@ fn recurring(
         return None;
     }
     let dst = std::net::SocketAddr::new(alert.dst, alert.port);
+    if drift {
+        return Some(format!(
+            "DNS drift for {}/{} in {}: {} moved to {dst}/{}",
+            alert.workload.kind,
+            alert.workload.name,
+            alert.workload.namespace,
+            alert.names.join(", "),
+            alert.protocol,
+        ));
+    }
     Some(format!(
         "unexpected egress from {}/{} in {} to {dst}/{}, seen in {} checks",
         alert.workload.kind,
@@ -486,6 +499,7 @@ mod tests {
     fn alert(ns: &str, occurrences: u64) -> Alert {
         let t = chrono::DateTime::from_timestamp(1_800_000_000, 0).expect("time");
         Alert {
+            kind: crate::serve::alert::AlertKind::EgressDenied,
             workload: WorkloadRef {
                 namespace: ns.into(),
                 kind: "Deployment".into(),
@@ -585,6 +599,16 @@ mod tests {
         let mut triggered = HashSet::new();
         assert_eq!(recurring(&alert("bank", 5), 3, &shop, &mut triggered), None);
         assert!(triggered.is_empty());
+        // A drift triggers at once.
+        let mut drift = alert("shop", 1);
+        drift.kind = crate::serve::alert::AlertKind::DnsDrift;
+        drift.names = vec!["api.stripe.test".into()];
+        assert_eq!(
+            recurring(&drift, 3, &shop, &mut triggered).as_deref(),
+            Some(
+                "DNS drift for Deployment/payment in shop: api.stripe.test moved to [2001:db8::60]:8443/TCP"
+            )
+        );
     }
 
     /// Triggers arriving within the debounce share a run; board updates that trigger nothing

@@ -1,5 +1,5 @@
 //! The webhook alert sink (`--alert-webhook`): each alert as a JSON POST,
-//! `{"alert": {…}, "text": "…"}`, through the one HTTP client ([`crate::https::Client`]).
+//! `{"alert": {…}, "kind": "egress-denied" | "dns-drift", "text": "…"}`, through the one HTTP client ([`crate::https::Client`]).
 //!
 //! `text` is a Slack-compatible one-liner (Slack's incoming webhooks read it; so do
 //! Mattermost's and many others): the alert's plain-text message ([`Alert::message`]) with
@@ -250,6 +250,8 @@ impl AlertSink for WebhookSink {
 #[derive(Debug, Serialize)]
 struct Body {
     alert: AlertJson,
+    /// `egress-denied` or `dns-drift` ([`super::alert::AlertKind`]).
+    kind: &'static str,
     text: String,
 }
 
@@ -257,6 +259,7 @@ struct Body {
 pub fn body(alert: &Alert) -> Bytes {
     let body = Body {
         alert: alert.to_json(),
+        kind: alert.kind.as_str(),
         text: text(alert),
     };
     // A struct of strings and numbers always serializes.

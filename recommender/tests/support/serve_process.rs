@@ -15,6 +15,8 @@ pub struct ServeProcess {
     child: Child,
     /// The address of the HTTP API.
     pub http: SocketAddr,
+    /// The address of gRPC ingest (plaintext).
+    pub grpc: SocketAddr,
     log: PathBuf,
 }
 
@@ -37,10 +39,11 @@ impl ServeProcess {
         extra: &[S],
     ) -> ServeProcess {
         let http = free_port();
+        let grpc = free_port();
         let log = dir.join(format!("serve-{}.log", http.port()));
         let child = Command::new(env!("CARGO_BIN_EXE_leash"))
             .arg("serve")
-            .args(["--listen", &free_port().to_string()])
+            .args(["--listen", &grpc.to_string()])
             .args(["--http", &http.to_string()])
             .arg("--store")
             .arg(store)
@@ -55,7 +58,12 @@ impl ServeProcess {
             .stderr(std::fs::File::create(&log).expect("creates the log file"))
             .spawn()
             .expect("starts leash serve");
-        let mut server = ServeProcess { child, http, log };
+        let mut server = ServeProcess {
+            child,
+            http,
+            grpc,
+            log,
+        };
         wait_for(
             "leash serve to be ready",
             Duration::from_secs(60),
