@@ -36,6 +36,11 @@ enum Command {
         /// that this run no longer recommends (only in the namespaces it covers).
         #[arg(short = 'o', long = "output")]
         output: Option<PathBuf>,
+        /// `networkpolicy`: Kubernetes NetworkPolicies (portable, by address); `cilium`:
+        /// CiliumNetworkPolicies (`cilium.io/v2`) with external names as `toFQDNs`, which
+        /// need Cilium's DNS proxy (the default denies stay NetworkPolicies).
+        #[arg(long, default_value = "networkpolicy")]
+        format: leash::render::cilium::Format,
         #[command(flatten)]
         knobs: RecommendArgs,
         /// The last proposal (normally the `-o` DIR of the last run), with its evidence.json
@@ -623,6 +628,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             source,
             observed,
             output,
+            format,
             knobs,
             previous,
         } => {
@@ -647,20 +653,31 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 leash::proposal::propose(&inputs, prev.as_ref(), &options, chrono::Utc::now())
                     .map_err(proposal_failure)?;
             let recommendation = proposal.recommendation;
+            // `--format cilium`: the same recommendation as CiliumNetworkPolicies, with their
+            // own self-check (a failure is leash's bug, as for the NetworkPolicies).
+            let cilium = match format {
+                leash::render::cilium::Format::NetworkPolicy => None,
+                leash::render::cilium::Format::Cilium => Some(
+                    leash::render::cilium::checked(&cluster, &recommendation, &observations)
+                        .map_err(|e| proposal_failure(leash::proposal::Error::SelfCheck(e)))?,
+                ),
+            };
             match output {
                 Some(dir) => {
                     // Every name is checked and DIR inspected before anything is written; a
                     // failed run leaves DIR as it was, and says only why.
-                    let written = leash::render::write_dir(
+                    let written = leash::render::outdir::write_dir_as(
                         &dir,
                         &cluster,
                         &recommendation,
                         &options.recommend.namespaces,
+                        cilium.as_ref(),
                     )
                     .map_err(|e| match e {
                         // The checks passed; writing failed.
                         leash::render::outdir::Error::Io { .. }
-                        | leash::render::outdir::Error::Render(_) => runtime_error(e),
+                        | leash::render::outdir::Error::Render(_)
+                        | leash::render::outdir::Error::RenderCilium(_) => runtime_error(e),
                         e => bad_input(e),
                     })?;
                     for w in &written.warnings {
@@ -670,12 +687,16 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 }
                 None => {
                     eprintln!("{}", leash::render::summary(&recommendation));
-                    let text = leash::render::yaml_stream(&leash::recommend::all_policies(
-                        &cluster,
-                        &recommendation,
-                    ))
                     // Serializing our own objects: a bug, not the user's input.
-                    .map_err(runtime_error)?;
+                    let text = match &cilium {
+                        Some(c) => leash::render::cilium::yaml_stream(&recommendation, c)
+                            .map_err(runtime_error)?,
+                        None => leash::render::yaml_stream(&leash::recommend::all_policies(
+                            &cluster,
+                            &recommendation,
+                        ))
+                        .map_err(runtime_error)?,
+                    };
                     write_stdout(&text)?;
                 }
             }

@@ -659,3 +659,38 @@ pub fn self_check(
         Err(SelfCheckError::Denied(denied))
     }
 }
+
+/// The output of `leash recommend --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// Kubernetes NetworkPolicies (portable, by address).
+    #[default]
+    NetworkPolicy,
+    /// CiliumNetworkPolicies (names by `toFQDNs`), with the default denies as NetworkPolicies.
+    Cilium,
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "networkpolicy" => Ok(Format::NetworkPolicy),
+            "cilium" => Ok(Format::Cilium),
+            other => Err(format!(
+                "unknown format {other:?} (expected networkpolicy or cilium)"
+            )),
+        }
+    }
+}
+
+/// [`build`], self-checked ([`self_check`]): what `recommend --format cilium` writes.
+pub fn checked(
+    cluster: &Cluster,
+    rec: &Recommendation,
+    obs: &Observations,
+) -> Result<Output, SelfCheckError> {
+    let out = build(cluster, rec, obs);
+    self_check(cluster, obs, rec, &out)?;
+    Ok(out)
+}
