@@ -172,14 +172,52 @@ pub struct CidrRule {
 }
 
 /// A name selector (`toFQDNs` entry, `rules.dns` entry): exactly one of the two fields.
+/// (YAML writes a tagged enum as a tag, `!matchName x`: it goes through a map instead.)
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(try_from = "FqdnFields", into = "FqdnFields")]
 pub enum FqdnSelector {
     /// Exactly this name.
     MatchName(String),
     /// A pattern: `*` stands for any run of DNS characters within one label; `*` alone for
     /// every name.
     MatchPattern(String),
+}
+
+/// [`FqdnSelector`] as the CRD writes it.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct FqdnFields {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    match_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    match_pattern: Option<String>,
+}
+
+impl TryFrom<FqdnFields> for FqdnSelector {
+    type Error = &'static str;
+
+    fn try_from(f: FqdnFields) -> Result<Self, Self::Error> {
+        match (f.match_name, f.match_pattern) {
+            (Some(n), None) => Ok(FqdnSelector::MatchName(n)),
+            (None, Some(p)) => Ok(FqdnSelector::MatchPattern(p)),
+            _ => Err("exactly one of matchName and matchPattern"),
+        }
+    }
+}
+
+impl From<FqdnSelector> for FqdnFields {
+    fn from(s: FqdnSelector) -> Self {
+        match s {
+            FqdnSelector::MatchName(n) => FqdnFields {
+                match_name: Some(n),
+                match_pattern: None,
+            },
+            FqdnSelector::MatchPattern(p) => FqdnFields {
+                match_name: None,
+                match_pattern: Some(p),
+            },
+        }
+    }
 }
 
 /// A `toPorts` entry: ports, and optionally the DNS proxy's rules.

@@ -248,6 +248,9 @@ fn external(ctx: &Ctx<'_>, w: WorkloadId, r: &EgressRule, notes: &mut Vec<String
     };
     let empty = BTreeMap::new();
     let asked = ctx.asked.get(&w).unwrap_or(&empty);
+    // Per block of the rule: its nameless addresses, and whether it holds named ones.
+    let mut nameless: BTreeMap<usize, Vec<IpAddr>> = BTreeMap::new();
+    let mut named: BTreeSet<usize> = BTreeSet::new();
     let dialed = ctx.dialed.get(&w).cloned().unwrap_or_default();
     for (ip, used) in &dialed {
         let Some(b) = inside(ip) else { continue };
@@ -274,8 +277,9 @@ fn external(ctx: &Ctx<'_>, w: WorkloadId, r: &EgressRule, notes: &mut Vec<String
             }
         }
         if valid.is_empty() {
-            ext.blocks.insert(blocks[b].clone());
+            nameless.entry(b).or_default().push(*ip);
         } else {
+            named.insert(b);
             if valid.len() > 1 {
                 notes.push(format!(
                     "{ip} was returned for {}: each name's rule allows it, no toCIDRSet",
@@ -283,6 +287,16 @@ fn external(ctx: &Ctx<'_>, w: WorkloadId, r: &EgressRule, notes: &mut Vec<String
                 ));
             }
             ext.names.extend(valid);
+        }
+    }
+    for (b, ips) in nameless {
+        if named.contains(&b) {
+            // The block also holds named addresses, which their names allow: the nameless
+            // ones alone, exactly.
+            ext.blocks
+                .extend(ips.into_iter().map(|ip| (IpNet::from(ip), Vec::new())));
+        } else {
+            ext.blocks.insert(blocks[b].clone());
         }
     }
     // A rule of the previous proposal, or one whose flows are gone: its blocks stand.
@@ -409,6 +423,9 @@ fn pod_selectors(own_ns: &str, r: &EgressRule) -> Vec<Selector> {
 fn policy(ctx: &Ctx<'_>, p: &PolicySpec) -> (CiliumNetworkPolicy, Vec<String>) {
     let mut notes = Vec::new();
     let mut rules: Vec<CRule> = Vec::new();
+    // The names of every external rule, per port set: one toFQDNs rule each, after the loop
+    // (the NetworkPolicy groups addresses by their names; a pattern looks across them).
+    let mut fqdns: BTreeMap<String, (Vec<PortRange>, BTreeSet<String>)> = BTreeMap::new();
     for r in &p.rules {
         match &r.kind {
             RuleKind::Dns => {
@@ -451,11 +468,11 @@ fn policy(ctx: &Ctx<'_>, p: &PolicySpec) -> (CiliumNetworkPolicy, Vec<String>) {
                     });
                 }
                 if !ext.names.is_empty() {
-                    rules.push(CRule {
-                        to_fqdns: fqdn_selectors(&ext.names, &mut notes),
-                        to_ports: ports(&r.ports, false),
-                        ..CRule::default()
-                    });
+                    fqdns
+                        .entry(r.ports_text())
+                        .or_insert_with(|| (r.ports.clone(), BTreeSet::new()))
+                        .1
+                        .extend(ext.names);
                 }
                 if !ext.blocks.is_empty() {
                     rules.push(CRule {
@@ -466,6 +483,13 @@ fn policy(ctx: &Ctx<'_>, p: &PolicySpec) -> (CiliumNetworkPolicy, Vec<String>) {
                 }
             }
         }
+    }
+    for (ranges, names) in fqdns.into_values() {
+        rules.push(CRule {
+            to_fqdns: fqdn_selectors(&names, &mut notes),
+            to_ports: ports(&ranges, false),
+            ..CRule::default()
+        });
     }
     let w = &ctx.cluster.workloads[p.workload];
     let nw = recommend::to_network_policy(ctx.cluster, p);
