@@ -9,13 +9,16 @@
 //! Field order is the YAML's order (serde writes struct fields in declaration order, maps
 //! sorted): identity, `endpointSelector`, then per egress rule its peers before `toPorts`.
 //!
-//! - [`eval`]: the evaluator of this subset, from Cilium's documented semantics.
+//! - [`eval`]: the evaluator of this subset, from Cilium's documented semantics;
+//! - [`mixed`]: CiliumNetworkPolicies laid over NetworkPolicy evaluations (`audit`,
+//!   `explain`), and the facts the output and its checks share.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 pub mod eval;
+pub mod mixed;
 
 /// `apiVersion` of every object.
 pub const API_VERSION: &str = "cilium.io/v2";
@@ -298,4 +301,61 @@ pub fn valid_match_name(name: &str) -> bool {
 /// Reads CiliumNetworkPolicies of leash's subset from a YAML document.
 pub fn from_yaml(text: &str) -> Result<CiliumNetworkPolicy, serde_norway::Error> {
     serde_norway::from_str(text)
+}
+
+/// Why a policy file's CiliumNetworkPolicies could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// A document is not YAML or JSON.
+    #[error("document {document}: not YAML or JSON")]
+    Syntax {
+        /// 1-based document of the file.
+        document: usize,
+        /// The parser's error.
+        source: serde_norway::Error,
+    },
+    /// A CiliumNetworkPolicy outside leash's subset, or malformed.
+    #[error("CiliumNetworkPolicy {policy}: outside the subset leash evaluates")]
+    Object {
+        /// `namespace/name`, as far as it could be read.
+        policy: String,
+        /// The field that is not in the subset, or malformed.
+        source: serde_json::Error,
+    },
+}
+
+/// The CiliumNetworkPolicies (`cilium.io/v2`) of a policy file's text, in file order: every
+/// document, and the items of `List`s. Other kinds are left to the NetworkPolicy reader.
+pub fn objects_of_text(text: &str) -> Result<Vec<CiliumNetworkPolicy>, ReadError> {
+    let mut out = Vec::new();
+    for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
+        let value = serde_json::Value::deserialize(doc).map_err(|source| ReadError::Syntax {
+            document: i + 1,
+            source,
+        })?;
+        let items = match value.get("items").and_then(serde_json::Value::as_array) {
+            Some(items) if value.get("kind").and_then(serde_json::Value::as_str).is_some_and(|k| k.ends_with("List")) => items.clone(),
+            _ => vec![value],
+        };
+        for item in items {
+            if item.get("kind").and_then(serde_json::Value::as_str) != Some(KIND)
+                || item.get("apiVersion").and_then(serde_json::Value::as_str) != Some(API_VERSION)
+            {
+                continue;
+            }
+            let text_of = |k: &str| {
+                item.get("metadata")
+                    .and_then(|m| m.get(k))
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or("")
+                    .to_owned()
+            };
+            let policy = format!("{}/{}", text_of("namespace"), text_of("name"));
+            out.push(
+                serde_json::from_value(item)
+                    .map_err(|source| ReadError::Object { policy, source })?,
+            );
+        }
+    }
+    Ok(out)
 }

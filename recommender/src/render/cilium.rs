@@ -35,7 +35,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use leash_records::Protocol;
 
-use crate::cilium::eval::{self, Destination, Peer, PolicySet, Source};
+use crate::cilium::eval::{self, Destination, PolicySet, Source};
+use crate::cilium::mixed::{self, AskedNames, api_server_ips, asked_names, is_node};
 use crate::cilium::{
     self, CidrRule, CiliumNetworkPolicy, EgressRule as CRule, Entity, FqdnSelector, L7Rules,
     Metadata, PortProtocol, PortProtocolKind, PortRule, Selector,
@@ -69,49 +70,6 @@ pub struct Output {
 pub fn in_cluster_domain(name: &str) -> bool {
     let n = name.trim_end_matches('.');
     n == CLUSTER_DOMAIN || n.ends_with(&format!(".{CLUSTER_DOMAIN}"))
-}
-
-/// Per workload, per external address: the names its pods asked that returned it.
-type AskedNames = BTreeMap<WorkloadId, BTreeMap<IpAddr, BTreeSet<String>>>;
-
-fn asked_names(cluster: &Cluster, obs: &Observations) -> AskedNames {
-    let mut out: AskedNames = BTreeMap::new();
-    for ((pod, query), history) in &obs.history {
-        let Some(w) = cluster.workload_of(*pod) else {
-            continue;
-        };
-        let by_ip = out.entry(w).or_default();
-        for ip in history.keys() {
-            by_ip
-                .entry(ip.to_canonical())
-                .or_default()
-                .insert(query.clone());
-        }
-    }
-    out
-}
-
-/// The API server's addresses: the endpoints of `default/kubernetes` that are not pods.
-fn api_server_ips(cluster: &Cluster) -> BTreeSet<IpAddr> {
-    let mut out = BTreeSet::new();
-    let Some(s) = cluster.service_by_name("default", "kubernetes") else {
-        return out;
-    };
-    let svc = &cluster.services[s];
-    for ip in &svc.cluster_ips {
-        for p in &svc.ports {
-            if let ServiceLookup::Resolved { backends, .. } =
-                cluster.resolve_service(*ip, p.port, p.protocol)
-            {
-                out.extend(backends.iter().filter(|b| b.pod.is_none()).map(|b| b.ip));
-            }
-        }
-    }
-    out
-}
-
-fn is_node(cluster: &Cluster, ip: IpAddr) -> bool {
-    cluster.node_by_ip(ip).is_some() || !cluster.host_pods_by_ip(ip).is_empty()
 }
 
 /// A selector of pods of `namespace`: the namespace label AND `sel`.
@@ -584,14 +542,6 @@ pub fn report_section(out: &Output, ns: &str) -> String {
     s
 }
 
-/// What a destination is for Cilium, after service translation.
-enum Kind {
-    Pod(PodId),
-    KubeApiserver,
-    Node,
-    World,
-}
-
 /// The self-check of the Cilium output: every observed flow of a workload with a policy must
 /// be allowed by the CiliumNetworkPolicies, given the names its pods' lookups returned for
 /// the address. Flows the report lists elsewhere (hostNetwork, unresolved, loopback) are
@@ -639,22 +589,7 @@ pub fn self_check(
             labels: &pod.labels,
         };
         for (ip, port, target_pod) in targets {
-            let kind = match target_pod {
-                Some(p) if !cluster.pods[p].host_network => Kind::Pod(p),
-                Some(_) => Kind::Node,
-                None if api.contains(&ip) => Kind::KubeApiserver,
-                None if is_node(cluster, ip) => Kind::Node,
-                None => Kind::World,
-            };
-            let peer = match kind {
-                Kind::Pod(p) => Peer::Endpoint {
-                    namespace: &cluster.pods[p].namespace,
-                    labels: &cluster.pods[p].labels,
-                },
-                Kind::KubeApiserver => Peer::KubeApiserver,
-                Kind::Node => Peer::RemoteNode,
-                Kind::World => Peer::World,
-            };
+            let peer = mixed::peer(cluster, mixed::peer_kind(cluster, &api, ip, target_pod));
             let names = asked.get(&w).and_then(|m| m.get(&ip)).unwrap_or(&none);
             let d = Destination { ip, peer, names };
             let v = eval::evaluate(&set, &source, &d, port, key.protocol);
