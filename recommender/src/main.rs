@@ -79,6 +79,10 @@ enum Command {
         /// The destination as dialed, `IP:PORT/PROTO` (`[v6]:PORT/PROTO` for IPv6).
         #[arg(long)]
         to: String,
+        /// A name the pod's DNS lookup returned the destination for (repeatable): what
+        /// CiliumNetworkPolicies' `toFQDNs` rules match.
+        #[arg(long = "name")]
+        names: Vec<String>,
     },
     /// Compare two policy states: the exact reachability change per source workload, and the
     /// observed traffic whose verdict changes (allowed before and denied after: a break).
@@ -715,7 +719,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             fail_on_deny,
         } => {
             let (cluster, applied) = load_cluster(&source)?;
-            let set = policy_state(applied, &policies)?;
+            let (set, cilium) = policy_state(applied, &policies)?;
             let mut located = Vec::new();
             if let Some(store) = &store {
                 let store = open_store(store)?;
@@ -736,7 +740,23 @@ fn run(cli: Cli) -> Result<(), Failure> {
             for f in &flows {
                 located.extend(leash::audit::read_flows(f).map_err(bad_input)?);
             }
-            let report = leash::audit::audit(&cluster, &set, &located).map_err(bad_input)?;
+            let mut report = leash::audit::audit(&cluster, &set, &located).map_err(bad_input)?;
+            if !cilium.is_empty() {
+                // The CiliumNetworkPolicies' toFQDNs need the names the input's DNS records
+                // returned for each address.
+                let (obs, _) = observe(&cluster, store.as_deref(), since, &flows)?;
+                let overlay = leash::cilium::mixed::Overlay::new(
+                    &cluster,
+                    cilium,
+                    Some(&obs),
+                    std::collections::BTreeSet::new(),
+                );
+                for e in &mut report.entries {
+                    if let Some(pod) = cluster.pod_by_name(&e.source.namespace, &e.source.name) {
+                        overlay.apply(&cluster, pod, e.flow.protocol, &mut e.evaluation);
+                    }
+                }
+            }
             write_stdout(&report.render(format))?;
             if fail_on_deny && report.any_denied() {
                 return Err(Failure::CheckFailed(format!(
@@ -752,13 +772,27 @@ fn run(cli: Cli) -> Result<(), Failure> {
             policies,
             from,
             to,
+            names,
         } => {
             let from = leash::explain::parse_pod(&from).map_err(bad_input)?;
             let flow = leash::explain::parse_target(&to).map_err(bad_input)?;
             let (cluster, applied) = load_cluster(&source)?;
-            let set = policy_state(applied, &policies)?;
-            let explanation =
-                leash::explain::explain(&cluster, &set, &from, &flow).map_err(bad_input)?;
+            let (set, cilium) = policy_state(applied, &policies)?;
+            let names = names
+                .iter()
+                .map(|n| leash::observations::normalize_name(n))
+                .collect();
+            let overlay =
+                leash::cilium::mixed::Overlay::new(&cluster, cilium.clone(), None, names);
+            let explanation = leash::explain::explain_with(&cluster, &set, &from, &flow, |ev| {
+                match cluster.pod_by_name(&from.namespace, &from.name) {
+                    Some(pod) if !cilium.is_empty() => {
+                        overlay.apply(&cluster, pod, flow.protocol, ev)
+                    }
+                    _ => Vec::new(),
+                }
+            })
+            .map_err(bad_input)?;
             write_stdout(&explanation.to_string())
         }
         Command::Rollout(RolloutCommand::Status {
@@ -960,12 +994,19 @@ fn load_cluster(args: &ClusterArgs) -> Result<(leash::cluster::Cluster, Applied)
 /// The policies `audit` and `explain` evaluate (see `leash::policy_state`): the applied
 /// ones, with `--policies` in place of those it replaces, or with `--policies-only` the
 /// given set alone. An empty state is valid (nothing is isolated); stderr says so.
-fn policy_state(applied: Applied, args: &PolicyArgs) -> Result<leash::eval::PolicySet, Failure> {
+/// With them, the CiliumNetworkPolicies of `--policies` (Cilium enforces both kinds).
+fn policy_state(
+    applied: Applied,
+    args: &PolicyArgs,
+) -> Result<(leash::eval::PolicySet, leash::cilium::eval::PolicySet), Failure> {
+    let mut cilium = Vec::new();
     let state = match &args.policies {
         None => leash::policy_state::combine(&applied.policies, &[]),
         Some(path) => {
-            let given = leash::audit::load_policies(path).map_err(bad_input)?;
-            if given.is_empty() {
+            let (given, given_cilium) = leash::audit::load_mixed(path).map_err(bad_input)?;
+            let given: Vec<_> = given.into_iter().map(|(_, np)| np).collect();
+            cilium = given_cilium.into_iter().map(|(_, c)| c).collect();
+            if given.is_empty() && cilium.is_empty() {
                 eprintln!(
                     "leash: {}: no NetworkPolicy found (looked for *.yaml, *.yml and *.json): \
                      the given set is empty",
@@ -991,14 +1032,16 @@ fn policy_state(applied: Applied, args: &PolicyArgs) -> Result<leash::eval::Poli
             }
         }
     };
-    if state.objects.is_empty() {
+    if state.objects.is_empty() && cilium.is_empty() {
         eprintln!(
             "leash: no NetworkPolicy to evaluate: nothing is isolated, every connection is allowed"
         );
     }
     // The given policies were validated with their files; an error is in an applied one.
-    leash::eval::PolicySet::new(&state.objects)
-        .map_err(|e| Failure::BadInput(format!("{}: {}", applied.source, Chain(&e))))
+    let set = leash::eval::PolicySet::new(&state.objects)
+        .map_err(|e| Failure::BadInput(format!("{}: {}", applied.source, Chain(&e))))?;
+    let cilium = leash::cilium::eval::PolicySet::new(&cilium).map_err(bad_input)?;
+    Ok((set, cilium))
 }
 
 /// Every workload's rollout phase (`leash::rollout`) against the applied policies and, when
