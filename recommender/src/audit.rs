@@ -279,7 +279,9 @@ pub fn load_mixed(path: &Path) -> Result<MixedPolicies> {
 }
 
 /// [`policies_of_texts`], keeping the CiliumNetworkPolicies.
-fn mixed_of_texts(texts: impl IntoIterator<Item = Result<(String, PathBuf)>>) -> Result<MixedPolicies> {
+fn mixed_of_texts(
+    texts: impl IntoIterator<Item = Result<(String, PathBuf)>>,
+) -> Result<MixedPolicies> {
     let mut out: Vec<(PathBuf, NetworkPolicy)> = Vec::new();
     let mut cilium = Vec::new();
     let mut seen: HashMap<PolicyId, PathBuf> = HashMap::new();
@@ -287,11 +289,7 @@ fn mixed_of_texts(texts: impl IntoIterator<Item = Result<(String, PathBuf)>>) ->
     for text in texts {
         let (text, file) = text?;
         let snapshot = leash_records::snapshot::parse_str(&text, &file)?;
-        let cilium_kind = format!(
-            "{}/{}",
-            crate::cilium::API_VERSION,
-            crate::cilium::KIND
-        );
+        let cilium_kind = format!("{}/{}", crate::cilium::API_VERSION, crate::cilium::KIND);
         if snapshot.ignored.contains_key(&cilium_kind) {
             let invalid = |source| Error::InvalidCilium {
                 path: file.clone(),

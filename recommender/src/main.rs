@@ -782,8 +782,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 .iter()
                 .map(|n| leash::observations::normalize_name(n))
                 .collect();
-            let overlay =
-                leash::cilium::mixed::Overlay::new(&cluster, cilium.clone(), None, names);
+            let overlay = leash::cilium::mixed::Overlay::new(&cluster, cilium.clone(), None, names);
             let explanation = leash::explain::explain_with(&cluster, &set, &from, &flow, |ev| {
                 match cluster.pod_by_name(&from.namespace, &from.name) {
                     Some(pod) if !cilium.is_empty() => {

@@ -28,8 +28,16 @@ const DNS: &str = "10.96.0.10";
 /// DNS; the API server 10.0.0.1:6443 behind `default/kubernetes`.
 fn shop() -> (Fx, String) {
     let mut fx = Fx::new();
-    fx.namespace("shop").kubeadm_dns().api_server("10.0.0.1", 6443);
-    let pods = fx.deployment("shop", "payment", &[("app", "payment")], &["10.0.1.10"], &[]);
+    fx.namespace("shop")
+        .kubeadm_dns()
+        .api_server("10.0.0.1", 6443);
+    let pods = fx.deployment(
+        "shop",
+        "payment",
+        &[("app", "payment")],
+        &["10.0.1.10"],
+        &[],
+    );
     let orders = fx.deployment(
         "shop",
         "orders",
@@ -65,7 +73,11 @@ fn answer(pod: &str, query: &str, chain: &[&str], ips: &[&str], time: &str) -> R
     for ip in ips {
         answers.push(json!({"name": owner, "type": "A", "data": ip, "ttl": 30}));
     }
-    let rcode = if ips.is_empty() { "NXDOMAIN" } else { "NOERROR" };
+    let rcode = if ips.is_empty() {
+        "NXDOMAIN"
+    } else {
+        "NOERROR"
+    };
     serde_json::from_value(json!({
         "v": 1, "kind": "dns", "node": "n1",
         "pod": {"uid": "", "namespace": "shop", "name": pod},
@@ -194,8 +206,13 @@ fn the_demo_names_what_the_pod_asked_and_passes_the_crd_schema() {
     assert_eq!(
         fqdn_names(p),
         BTreeSet::from(
-            ["a.shared.test", "api.stripe.test", "b.shared.test", "cdn.shop.test"]
-                .map(String::from)
+            [
+                "a.shared.test",
+                "api.stripe.test",
+                "b.shared.test",
+                "cdn.shop.test"
+            ]
+            .map(String::from)
         )
     );
     let egress = p.spec.egress.as_ref().expect("egress");
@@ -228,16 +245,34 @@ fn the_demo_names_what_the_pod_asked_and_passes_the_crd_schema() {
         "shop"
     );
     // The API server by entity, not by address.
-    assert!(egress.iter().any(|r| r.to_entities == [Entity::KubeApiserver]
-        && r.to_ports[0].ports[0].port == "6443"));
+    assert!(
+        egress
+            .iter()
+            .any(|r| r.to_entities == [Entity::KubeApiserver]
+                && r.to_ports[0].ports[0].port == "6443")
+    );
     // Only the nameless addresses by CIDR: the wildcard-answered expansion's and the one no
     // lookup returned; no named address (the shared one included) is in a block.
     let blocks = cidrs(p);
     let nets: Vec<ipnet::IpNet> = blocks.iter().map(|b| b.parse().expect("cidr")).collect();
-    let covered = |ip: &str| nets.iter().any(|n| n.contains(&ip.parse::<IpAddr>().expect("ip")));
-    assert!(covered("198.51.100.99") && covered("203.0.113.200"), "{blocks:?}");
-    for named in ["203.0.113.10", "203.0.113.11", "198.51.100.20", "198.51.100.30"] {
-        assert!(!covered(named), "{named} is allowed by name, not by {blocks:?}");
+    let covered = |ip: &str| {
+        nets.iter()
+            .any(|n| n.contains(&ip.parse::<IpAddr>().expect("ip")))
+    };
+    assert!(
+        covered("198.51.100.99") && covered("203.0.113.200"),
+        "{blocks:?}"
+    );
+    for named in [
+        "203.0.113.10",
+        "203.0.113.11",
+        "198.51.100.20",
+        "198.51.100.30",
+    ] {
+        assert!(
+            !covered(named),
+            "{named} is allowed by name, not by {blocks:?}"
+        );
     }
     // The traps are in the report's notes, escaped.
     let section = render::report_section(&out, "shop");
@@ -258,7 +293,12 @@ fn the_stream_keeps_the_default_deny_as_a_network_policy() {
     let text = render::yaml_stream(&run.rec, &cilium(&run)).expect("renders");
     let docs: Vec<&str> = text.split("---\n").filter(|d| !d.is_empty()).collect();
     assert!(docs[0].contains("kind: NetworkPolicy") && docs[0].contains("default-deny-egress"));
-    assert!(docs.iter().skip(1).all(|d| d.starts_with("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\n")), "{text}");
+    assert!(
+        docs.iter()
+            .skip(1)
+            .all(|d| d.starts_with("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\n")),
+        "{text}"
+    );
     assert!(text.contains("matchName: api.stripe.test"), "{text}");
 }
 
@@ -275,8 +315,11 @@ fn the_self_check_fails_when_a_named_flow_is_not_allowed() {
     }
     match render::self_check(&run.cluster, &run.obs, &run.rec, &out) {
         Err(SelfCheckError::Denied(d)) => {
-            assert!(d.iter().any(|d| d.destination == "203.0.113.11:443/TCP"
-                && d.reason.contains("api.stripe.test")), "{d:?}");
+            assert!(
+                d.iter().any(|d| d.destination == "203.0.113.11:443/TCP"
+                    && d.reason.contains("api.stripe.test")),
+                "{d:?}"
+            );
         }
         other => panic!("expected denied flows, got {other:?}"),
     }
@@ -288,8 +331,20 @@ fn hostile_names_are_never_written_and_are_escaped_in_the_notes() {
     let hostile = "evil.test\nspec: {}";
     let markdown = "x*[click](https://evil.test)*.test";
     let mut records = vec![
-        answer(&pod, hostile, &[], &["198.51.100.66"], "2026-11-21T00:00:00Z"),
-        answer(&pod, markdown, &[], &["198.51.100.67"], "2026-11-21T00:00:00Z"),
+        answer(
+            &pod,
+            hostile,
+            &[],
+            &["198.51.100.66"],
+            "2026-11-21T00:00:00Z",
+        ),
+        answer(
+            &pod,
+            markdown,
+            &[],
+            &["198.51.100.67"],
+            "2026-11-21T00:00:00Z",
+        ),
         flow("shop", &pod, "TCP", "198.51.100.66", 443, 1, &[]),
         flow("shop", &pod, "TCP", "198.51.100.67", 443, 1, &[]),
     ];
@@ -298,11 +353,17 @@ fn hostile_names_are_never_written_and_are_escaped_in_the_notes() {
     let out = cilium(&run);
     assert_valid(&out);
     let names = fqdn_names(payment(&out));
-    assert!(names.iter().all(|n| leash::cilium::valid_match_name(n)), "{names:?}");
+    assert!(
+        names.iter().all(|n| leash::cilium::valid_match_name(n)),
+        "{names:?}"
+    );
     assert!(!names.iter().any(|n| n.contains("evil")), "{names:?}");
     let section = render::report_section(&out, "shop");
     assert!(!section.contains("[click](https"), "{section}");
-    assert!(section.lines().all(|l| !l.starts_with("spec:")), "{section}");
+    assert!(
+        section.lines().all(|l| !l.starts_with("spec:")),
+        "{section}"
+    );
 }
 
 #[test]
@@ -311,7 +372,13 @@ fn many_sibling_names_justify_a_pattern_and_a_few_do_not() {
     let mut records = demo_records(&pod);
     for (i, label) in ["a", "b", "c", "d", "e"].iter().enumerate() {
         let ip = format!("203.0.113.{}", 50 + i);
-        records.push(answer(&pod, &format!("{label}.tiles.maps.test"), &[], &[&ip], "2026-11-21T00:00:00Z"));
+        records.push(answer(
+            &pod,
+            &format!("{label}.tiles.maps.test"),
+            &[],
+            &[&ip],
+            "2026-11-21T00:00:00Z",
+        ));
         records.push(flow("shop", &pod, "TCP", &ip, 443, 1, &[]));
     }
     let run = run(&fx, &records, &Options::default());
@@ -319,7 +386,11 @@ fn many_sibling_names_justify_a_pattern_and_a_few_do_not() {
     assert_valid(&out);
     let names = fqdn_names(payment(&out));
     assert!(names.contains("*.tiles.maps.test"), "{names:?}");
-    assert!(!names.iter().any(|n| n.ends_with(".tiles.maps.test") && !n.starts_with('*')));
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.ends_with(".tiles.maps.test") && !n.starts_with('*'))
+    );
     // Two siblings (a.shared.test, b.shared.test) stay exact names.
     assert!(names.contains("a.shared.test") && !names.contains("*.shared.test"));
     assert!(render::report_section(&out, "shop").contains("5 sibling names"));
@@ -338,16 +409,26 @@ fn the_validator_rejects_what_the_crd_refuses() {
     };
     assert!(mutate(&|_| {}).is_empty());
     let unknown = mutate(&|v| v["spec"]["egress"][0]["toFQDN"] = json!([]));
-    assert!(unknown.iter().any(|e| e.contains("toFQDN: unknown field")), "{unknown:?}");
+    assert!(
+        unknown.iter().any(|e| e.contains("toFQDN: unknown field")),
+        "{unknown:?}"
+    );
     let name = mutate(&|v| v["spec"]["egress"][0]["toFQDNs"] = json!([{"matchName": "a b"}]));
-    assert!(name.iter().any(|e| e.contains("does not match")), "{name:?}");
+    assert!(
+        name.iter().any(|e| e.contains("does not match")),
+        "{name:?}"
+    );
     let both = mutate(&|v| {
-        v["spec"]["egress"][0]["toFQDNs"] = json!([{"matchName": "a.test", "matchPattern": "*.test"}])
+        v["spec"]["egress"][0]["toFQDNs"] =
+            json!([{"matchName": "a.test", "matchPattern": "*.test"}])
     });
     assert!(both.iter().any(|e| e.contains("oneOf")), "{both:?}");
     let entity = mutate(&|v| v["spec"]["egress"][0]["toEntities"] = json!(["everything"]));
     assert!(!entity.is_empty());
-    let port = mutate(&|v| v["spec"]["egress"][0]["toPorts"] = json!([{"ports": [{"port": "443", "protocol": "QUIC"}]}]));
+    let port = mutate(&|v| {
+        v["spec"]["egress"][0]["toPorts"] =
+            json!([{"ports": [{"port": "443", "protocol": "QUIC"}]}])
+    });
     assert!(!port.is_empty());
     let cidr = mutate(&|v| v["spec"]["egress"][0]["toCIDRSet"] = json!([{"cidr": "not-a-cidr"}]));
     assert!(cidr.iter().any(|e| e.contains("not a CIDR")), "{cidr:?}");
@@ -367,7 +448,13 @@ fn observed() -> impl Strategy<Value = Gen> {
     let parent = prop::sample::select(vec!["stripe.test", "bucket.store.test"]);
     let port = prop::sample::select(vec![443u16, 8443, 5432]);
     let named = prop::collection::vec(
-        (label, parent, any::<bool>(), prop::collection::vec(0u8..12, 1..4), port.clone())
+        (
+            label,
+            parent,
+            any::<bool>(),
+            prop::collection::vec(0u8..12, 1..4),
+            port.clone(),
+        )
             .prop_map(|(l, p, cname, ips, port)| (format!("{l}.{p}"), cname, ips, port)),
         1..10,
     );

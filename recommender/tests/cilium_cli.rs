@@ -54,7 +54,10 @@ fn output_dir_writes_cilium_files_and_each_format_replaces_the_other() {
     ok(&recommend(&["--format", "cilium", "-o", d]));
     let file = dir.path().join("shop/payment-egress.yaml");
     let text = std::fs::read_to_string(&file).expect("payment's policy");
-    assert!(text.starts_with("# Egress of Deployment shop/payment"), "{text}");
+    assert!(
+        text.starts_with("# Egress of Deployment shop/payment"),
+        "{text}"
+    );
     assert!(text.contains("kind: CiliumNetworkPolicy") && text.contains("toFQDNs"));
     let deny = std::fs::read_to_string(dir.path().join("shop/default-deny-egress.yaml"))
         .expect("default deny");
@@ -64,7 +67,10 @@ fn output_dir_writes_cilium_files_and_each_format_replaces_the_other() {
     assert_eq!(std::fs::read_to_string(&file).expect("again"), text);
     ok(&recommend(&["-o", d]));
     let np = std::fs::read_to_string(&file).expect("replaced");
-    assert!(np.contains("kind: NetworkPolicy") && !np.contains("toFQDNs"), "{np}");
+    assert!(
+        np.contains("kind: NetworkPolicy") && !np.contains("toFQDNs"),
+        "{np}"
+    );
 }
 
 #[test]
@@ -99,23 +105,61 @@ fn audit_evaluates_cilium_policies_with_the_names_of_the_input() {
     let dir = cilium_dir();
     let d = dir.path().to_str().expect("utf-8");
     let (cluster, flows) = (fixture("cluster.yaml"), fixture("flows.jsonl"));
-    let base = ["audit", "--cluster", &cluster, "--flows", &flows, "--policies", d];
-    let all = ok(&leash(&[&base[..], &["--policies-only", "--fail-on-deny"]].concat()));
+    let base = [
+        "audit",
+        "--cluster",
+        &cluster,
+        "--flows",
+        &flows,
+        "--policies",
+        d,
+    ];
+    let all = ok(&leash(
+        &[&base[..], &["--policies-only", "--fail-on-deny"]].concat(),
+    ));
     assert!(all.contains("13 allowed, 0 denied"), "{all}");
     // Name another host: the addresses api.stripe.test returned are denied now, by the
     // CiliumNetworkPolicy selecting the pod (the NetworkPolicy default deny alone would say
     // the same; the policy named is the Cilium one).
     let file = dir.path().join("shop/payment-egress.yaml");
     let text = std::fs::read_to_string(&file).expect("policy");
-    std::fs::write(&file, text.replace("matchName: api.stripe.test", "matchName: other.stripe.test"))
-        .expect("rewrites");
-    let o = leash(&[&base[..], &["--policies-only", "--fail-on-deny", "--format", "json"]].concat());
-    assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::write(
+        &file,
+        text.replace("matchName: api.stripe.test", "matchName: other.stripe.test"),
+    )
+    .expect("rewrites");
+    let o = leash(
+        &[
+            &base[..],
+            &["--policies-only", "--fail-on-deny", "--format", "json"],
+        ]
+        .concat(),
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let out = String::from_utf8_lossy(&o.stdout);
-    let stripe: Vec<&str> = out.lines().filter(|l| l.contains("\"dst\":\"203.0.113.1")).collect();
+    let stripe: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("\"dst\":\"203.0.113.1"))
+        .collect();
     assert_eq!(stripe.len(), 3, "{out}");
-    assert!(stripe.iter().all(|l| l.contains("\"verdict\":\"deny\"") && l.contains("shop/payment-egress")), "{out}");
-    assert!(out.lines().filter(|l| l.contains("\"verdict\":\"deny\"")).count() == 3, "{out}");
+    assert!(
+        stripe
+            .iter()
+            .all(|l| l.contains("\"verdict\":\"deny\"") && l.contains("shop/payment-egress")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .filter(|l| l.contains("\"verdict\":\"deny\""))
+            .count()
+            == 3,
+        "{out}"
+    );
 }
 
 #[test]
@@ -124,15 +168,37 @@ fn explain_matches_to_fqdns_by_the_names_given() {
     let d = dir.path().to_str().expect("utf-8");
     let cluster = fixture("cluster.yaml");
     let base = [
-        "explain", "--cluster", &cluster, "--policies", d, "--policies-only",
-        "--from", "shop/payment-7d4-x2", "--to", "203.0.113.10:443/TCP",
+        "explain",
+        "--cluster",
+        &cluster,
+        "--policies",
+        d,
+        "--policies-only",
+        "--from",
+        "shop/payment-7d4-x2",
+        "--to",
+        "203.0.113.10:443/TCP",
     ];
     let bare = ok(&leash(&base));
-    assert!(bare.lines().next().is_some_and(|l| l.ends_with("DENY")), "{bare}");
-    assert!(bare.contains("no DNS lookup returned this address"), "{bare}");
-    let named = ok(&leash(&[&base[..], &["--name", "API.stripe.test."]].concat()));
-    assert!(named.lines().next().is_some_and(|l| l.ends_with("ALLOW")), "{named}");
-    assert!(named.contains("toFQDNs matchName api.stripe.test"), "{named}");
+    assert!(
+        bare.lines().next().is_some_and(|l| l.ends_with("DENY")),
+        "{bare}"
+    );
+    assert!(
+        bare.contains("no DNS lookup returned this address"),
+        "{bare}"
+    );
+    let named = ok(&leash(
+        &[&base[..], &["--name", "API.stripe.test."]].concat(),
+    ));
+    assert!(
+        named.lines().next().is_some_and(|l| l.ends_with("ALLOW")),
+        "{named}"
+    );
+    assert!(
+        named.contains("toFQDNs matchName api.stripe.test"),
+        "{named}"
+    );
 }
 
 #[test]
@@ -140,7 +206,15 @@ fn diff_refuses_cilium_policies_naming_them_and_audit_refuses_fields_outside_the
     let dir = cilium_dir();
     let d = dir.path().to_str().expect("utf-8");
     let cluster = fixture("cluster.yaml");
-    let o = leash(&["diff", "--cluster", &cluster, "--from", "applied", "--to", d]);
+    let o = leash(&[
+        "diff",
+        "--cluster",
+        &cluster,
+        "--from",
+        "applied",
+        "--to",
+        d,
+    ]);
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -150,11 +224,26 @@ fn diff_refuses_cilium_policies_naming_them_and_audit_refuses_fields_outside_the
     );
     let file = dir.path().join("shop/payment-egress.yaml");
     let text = std::fs::read_to_string(&file).expect("policy");
-    std::fs::write(&file, text.replace("  egress:\n", "  egressDeny: []\n  egress:\n")).expect("rewrites");
+    std::fs::write(
+        &file,
+        text.replace("  egress:\n", "  egressDeny: []\n  egress:\n"),
+    )
+    .expect("rewrites");
     let o = leash(&[
-        "audit", "--cluster", &cluster, "--flows", &fixture("flows.jsonl"), "--policies", d,
+        "audit",
+        "--cluster",
+        &cluster,
+        "--flows",
+        &fixture("flows.jsonl"),
+        "--policies",
+        d,
     ]);
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("payment-egress.yaml") && err.contains("egressDeny") && err.contains("shop/payment-egress"), "{err}");
+    assert!(
+        err.contains("payment-egress.yaml")
+            && err.contains("egressDeny")
+            && err.contains("shop/payment-egress"),
+        "{err}"
+    );
 }

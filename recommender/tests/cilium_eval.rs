@@ -34,7 +34,14 @@ fn ip(s: &str) -> IpAddr {
 }
 
 /// `payment` in `shop` egress to `to`, on `port`/`proto`, with the names its lookups returned.
-fn allowed(set: &PolicySet, to: Peer<'_>, addr: &str, n: &[&str], port: u16, proto: Protocol) -> bool {
+fn allowed(
+    set: &PolicySet,
+    to: Peer<'_>,
+    addr: &str,
+    n: &[&str],
+    port: u16,
+    proto: Protocol,
+) -> bool {
     let l = labels(&[("app", "payment")]);
     let ns = names(n);
     eval::evaluate(
@@ -72,7 +79,9 @@ const PAYMENT: &str = "  endpointSelector:\n    matchLabels:\n      app: payment
 fn to_fqdns_allows_only_addresses_returned_for_the_name() {
     let s = set(&[(
         "shop",
-        &format!("{PAYMENT}  egress:\n  - toFQDNs:\n    - matchName: api.stripe.test\n    toPorts:\n    - ports:\n      - port: \"443\"\n        protocol: TCP\n"),
+        &format!(
+            "{PAYMENT}  egress:\n  - toFQDNs:\n    - matchName: api.stripe.test\n    toPorts:\n    - ports:\n      - port: \"443\"\n        protocol: TCP\n"
+        ),
     )]);
     // (names returned for the address, address, port, proto, allowed)
     let table: &[(&[&str], &str, u16, Protocol, bool)] = &[
@@ -89,15 +98,35 @@ fn to_fqdns_allows_only_addresses_returned_for_the_name() {
         (&["api.stripe.test"], "203.0.113.10", 80, TCP, false),
         (&["api.stripe.test"], "203.0.113.10", 443, UDP, false),
         // Several names: one that matches is enough (a shared address).
-        (&["cdn.test", "api.stripe.test"], "198.51.100.7", 443, TCP, true),
+        (
+            &["cdn.test", "api.stripe.test"],
+            "198.51.100.7",
+            443,
+            TCP,
+            true,
+        ),
     ];
     for (n, a, port, proto, want) in table {
-        assert_eq!(allowed(&s, Peer::World, a, n, *port, *proto), *want, "{n:?} {a}:{port}/{proto}");
+        assert_eq!(
+            allowed(&s, Peer::World, a, n, *port, *proto),
+            *want,
+            "{n:?} {a}:{port}/{proto}"
+        );
     }
     // toFQDNs never selects a pod, whatever the name.
     let l = labels(&[("app", "x")]);
-    let pod = Peer::Endpoint { namespace: "shop", labels: &l };
-    assert!(!allowed(&s, pod, "10.0.1.9", &["api.stripe.test"], 443, TCP));
+    let pod = Peer::Endpoint {
+        namespace: "shop",
+        labels: &l,
+    };
+    assert!(!allowed(
+        &s,
+        pod,
+        "10.0.1.9",
+        &["api.stripe.test"],
+        443,
+        TCP
+    ));
 }
 
 #[test]
@@ -123,15 +152,31 @@ fn match_pattern_stars_stay_within_one_label() {
         "shop",
         &format!("{PAYMENT}  egress:\n  - toFQDNs:\n    - matchPattern: \"*.x.test\"\n"),
     )]);
-    assert!(allowed(&s, Peer::World, "198.51.100.1", &["a.x.test"], 1234, TCP));
-    assert!(!allowed(&s, Peer::World, "198.51.100.1", &["x.test"], 1234, TCP));
+    assert!(allowed(
+        &s,
+        Peer::World,
+        "198.51.100.1",
+        &["a.x.test"],
+        1234,
+        TCP
+    ));
+    assert!(!allowed(
+        &s,
+        Peer::World,
+        "198.51.100.1",
+        &["x.test"],
+        1234,
+        TCP
+    ));
 }
 
 #[test]
 fn cidr_sets_carve_out_their_excepts_and_select_only_the_world() {
     let s = set(&[(
         "shop",
-        &format!("{PAYMENT}  egress:\n  - toCIDRSet:\n    - cidr: 203.0.113.0/24\n      except:\n      - 203.0.113.128/25\n    - cidr: 2001:db8::/32\n"),
+        &format!(
+            "{PAYMENT}  egress:\n  - toCIDRSet:\n    - cidr: 203.0.113.0/24\n      except:\n      - 203.0.113.128/25\n    - cidr: 2001:db8::/32\n"
+        ),
     )]);
     let table: &[(&str, bool)] = &[
         ("203.0.113.1", true),
@@ -149,16 +194,28 @@ fn cidr_sets_carve_out_their_excepts_and_select_only_the_world() {
     }
     // A pod inside the block is not selected by CIDR.
     let l = labels(&[("app", "x")]);
-    let pod = Peer::Endpoint { namespace: "shop", labels: &l };
+    let pod = Peer::Endpoint {
+        namespace: "shop",
+        labels: &l,
+    };
     assert!(!allowed(&s, pod, "203.0.113.1", &[], 443, TCP));
-    assert!(!allowed(&s, Peer::KubeApiserver, "203.0.113.1", &[], 443, TCP));
+    assert!(!allowed(
+        &s,
+        Peer::KubeApiserver,
+        "203.0.113.1",
+        &[],
+        443,
+        TCP
+    ));
 }
 
 #[test]
 fn to_ports_ranges_protocols_and_port_zero() {
     let s = set(&[(
         "shop",
-        &format!("{PAYMENT}  egress:\n  - toCIDRSet:\n    - cidr: 198.51.100.0/24\n    toPorts:\n    - ports:\n      - port: \"8000\"\n        endPort: 8080\n        protocol: TCP\n      - port: \"53\"\n        protocol: ANY\n  - toCIDRSet:\n    - cidr: 203.0.113.0/24\n    toPorts:\n    - ports:\n      - port: \"0\"\n        protocol: UDP\n"),
+        &format!(
+            "{PAYMENT}  egress:\n  - toCIDRSet:\n    - cidr: 198.51.100.0/24\n    toPorts:\n    - ports:\n      - port: \"8000\"\n        endPort: 8080\n        protocol: TCP\n      - port: \"53\"\n        protocol: ANY\n  - toCIDRSet:\n    - cidr: 203.0.113.0/24\n    toPorts:\n    - ports:\n      - port: \"0\"\n        protocol: UDP\n"
+        ),
     )]);
     let table: &[(&str, u16, Protocol, bool)] = &[
         ("198.51.100.1", 8000, TCP, true),
@@ -173,7 +230,11 @@ fn to_ports_ranges_protocols_and_port_zero() {
         ("203.0.113.1", 9, TCP, false),
     ];
     for (a, port, proto, want) in table {
-        assert_eq!(allowed(&s, Peer::World, a, &[], *port, *proto), *want, "{a}:{port}/{proto}");
+        assert_eq!(
+            allowed(&s, Peer::World, a, &[], *port, *proto),
+            *want,
+            "{a}:{port}/{proto}"
+        );
     }
 }
 
@@ -181,32 +242,65 @@ fn to_ports_ranges_protocols_and_port_zero() {
 fn selection_default_deny_and_the_union_of_allows() {
     let l = labels(&[("app", "payment")]);
     let none = BTreeSet::new();
-    let world = |a: &str| Destination { ip: ip(a), peer: Peer::World, names: &none };
-    let src = Source { namespace: "shop", labels: &l };
+    let world = |a: &str| Destination {
+        ip: ip(a),
+        peer: Peer::World,
+        names: &none,
+    };
+    let src = Source {
+        namespace: "shop",
+        labels: &l,
+    };
     // No policy selects the endpoint: allowed.
     let empty = PolicySet::new(&[]).expect("empty");
     let v = eval::evaluate(&empty, &src, &world("198.51.100.1"), 443, TCP);
     assert!(v.allowed && v.reason == Reason::NotSelected);
     // A policy for other pods, or in another namespace, or with no egress: still allowed.
     let others = set(&[
-        ("shop", "  endpointSelector:\n    matchLabels:\n      app: web\n  egress:\n  - toEntities:\n    - world\n"),
-        ("bank", &format!("{PAYMENT}  egress:\n  - toEntities:\n    - world\n")),
+        (
+            "shop",
+            "  endpointSelector:\n    matchLabels:\n      app: web\n  egress:\n  - toEntities:\n    - world\n",
+        ),
+        (
+            "bank",
+            &format!("{PAYMENT}  egress:\n  - toEntities:\n    - world\n"),
+        ),
         ("shop", PAYMENT),
     ]);
-    assert!(eval::evaluate(&others, &src, &world("198.51.100.1"), 443, TCP).reason == Reason::NotSelected);
+    assert!(
+        eval::evaluate(&others, &src, &world("198.51.100.1"), 443, TCP).reason
+            == Reason::NotSelected
+    );
     // Selected for egress: default deny except the rules; two policies are a union.
     let two = set(&[
-        ("shop", &format!("{PAYMENT}  egress:\n  - toCIDRSet:\n    - cidr: 198.51.100.0/24\n")),
-        ("shop", "  endpointSelector: {}\n  egress:\n  - toCIDRSet:\n    - cidr: 203.0.113.0/24\n"),
+        (
+            "shop",
+            &format!("{PAYMENT}  egress:\n  - toCIDRSet:\n    - cidr: 198.51.100.0/24\n"),
+        ),
+        (
+            "shop",
+            "  endpointSelector: {}\n  egress:\n  - toCIDRSet:\n    - cidr: 203.0.113.0/24\n",
+        ),
     ]);
     let v = eval::evaluate(&two, &src, &world("203.0.113.9"), 443, TCP);
     assert!(v.allowed, "{v:?}");
-    assert_eq!(v.matched.as_ref().map(|m| m.policy.as_str()), Some("shop/p1"));
-    assert_eq!(v.selected_by, vec!["shop/p0".to_owned(), "shop/p1".to_owned()]);
+    assert_eq!(
+        v.matched.as_ref().map(|m| m.policy.as_str()),
+        Some("shop/p1")
+    );
+    assert_eq!(
+        v.selected_by,
+        vec!["shop/p0".to_owned(), "shop/p1".to_owned()]
+    );
     let v = eval::evaluate(&two, &src, &world("2001:db8::9"), 443, TCP);
     assert!(!v.allowed && v.reason == Reason::NoRuleMatched);
     // A rule with ports and no peer applies to every destination.
-    let any = set(&[("shop", &format!("{PAYMENT}  egress:\n  - toPorts:\n    - ports:\n      - port: \"443\"\n        protocol: TCP\n"))]);
+    let any = set(&[(
+        "shop",
+        &format!(
+            "{PAYMENT}  egress:\n  - toPorts:\n    - ports:\n      - port: \"443\"\n        protocol: TCP\n"
+        ),
+    )]);
     assert!(allowed(&any, Peer::World, "198.51.100.1", &[], 443, TCP));
     assert!(!allowed(&any, Peer::World, "198.51.100.1", &[], 80, TCP));
 }
@@ -215,20 +309,46 @@ fn selection_default_deny_and_the_union_of_allows() {
 fn endpoints_default_to_the_policys_namespace_and_entities_are_identities() {
     let s = set(&[(
         "shop",
-        &format!("{PAYMENT}  egress:\n  - toEndpoints:\n    - matchLabels:\n        app: orders\n  - toEndpoints:\n    - matchLabels:\n        k8s:io.kubernetes.pod.namespace: kube-system\n        k8s-app: kube-dns\n  - toEntities:\n    - kube-apiserver\n"),
+        &format!(
+            "{PAYMENT}  egress:\n  - toEndpoints:\n    - matchLabels:\n        app: orders\n  - toEndpoints:\n    - matchLabels:\n        k8s:io.kubernetes.pod.namespace: kube-system\n        k8s-app: kube-dns\n  - toEntities:\n    - kube-apiserver\n"
+        ),
     )]);
     let orders = labels(&[("app", "orders")]);
     let dns = labels(&[("k8s-app", "kube-dns")]);
     let ep = |namespace, labels| Peer::Endpoint { namespace, labels };
-    assert!(allowed(&s, ep("shop", &orders), "10.0.1.20", &[], 8080, TCP));
+    assert!(allowed(
+        &s,
+        ep("shop", &orders),
+        "10.0.1.20",
+        &[],
+        8080,
+        TCP
+    ));
     // Same labels in another namespace: the selector names no namespace, so it is shop's.
-    assert!(!allowed(&s, ep("bank", &orders), "10.0.2.20", &[], 8080, TCP));
-    assert!(allowed(&s, ep("kube-system", &dns), "10.244.0.2", &[], 53, UDP));
+    assert!(!allowed(
+        &s,
+        ep("bank", &orders),
+        "10.0.2.20",
+        &[],
+        8080,
+        TCP
+    ));
+    assert!(allowed(
+        &s,
+        ep("kube-system", &dns),
+        "10.244.0.2",
+        &[],
+        53,
+        UDP
+    ));
     assert!(!allowed(&s, ep("shop", &dns), "10.0.1.30", &[], 53, UDP));
     assert!(allowed(&s, Peer::KubeApiserver, "10.0.0.1", &[], 6443, TCP));
     assert!(!allowed(&s, Peer::World, "10.0.0.1", &[], 6443, TCP));
     assert!(!allowed(&s, Peer::RemoteNode, "10.0.0.2", &[], 10250, TCP));
-    let c = set(&[("shop", &format!("{PAYMENT}  egress:\n  - toEntities:\n    - cluster\n"))]);
+    let c = set(&[(
+        "shop",
+        &format!("{PAYMENT}  egress:\n  - toEntities:\n    - cluster\n"),
+    )]);
     assert!(allowed(&c, Peer::RemoteNode, "10.0.0.2", &[], 10250, TCP));
     assert!(allowed(&c, Peer::KubeApiserver, "10.0.0.1", &[], 6443, TCP));
     assert!(!allowed(&c, Peer::World, "198.51.100.1", &[], 443, TCP));
@@ -238,13 +358,25 @@ fn endpoints_default_to_the_policys_namespace_and_entities_are_identities() {
 fn dns_rules_filter_lookups_at_the_proxy() {
     let s = set(&[(
         "shop",
-        &format!("{PAYMENT}  egress:\n  - toEndpoints:\n    - matchLabels:\n        k8s:io.kubernetes.pod.namespace: kube-system\n    toPorts:\n    - ports:\n      - port: \"53\"\n        protocol: ANY\n      rules:\n        dns:\n        - matchPattern: \"*\"\n  - toEndpoints:\n    - matchLabels:\n        k8s:io.kubernetes.pod.namespace: infra\n    toPorts:\n    - ports:\n      - port: \"53\"\n        protocol: UDP\n      rules:\n        dns:\n        - matchName: api.stripe.test\n"),
+        &format!(
+            "{PAYMENT}  egress:\n  - toEndpoints:\n    - matchLabels:\n        k8s:io.kubernetes.pod.namespace: kube-system\n    toPorts:\n    - ports:\n      - port: \"53\"\n        protocol: ANY\n      rules:\n        dns:\n        - matchPattern: \"*\"\n  - toEndpoints:\n    - matchLabels:\n        k8s:io.kubernetes.pod.namespace: infra\n    toPorts:\n    - ports:\n      - port: \"53\"\n        protocol: UDP\n      rules:\n        dns:\n        - matchName: api.stripe.test\n"
+        ),
     )]);
     let l = labels(&[("app", "payment")]);
-    let src = Source { namespace: "shop", labels: &l };
+    let src = Source {
+        namespace: "shop",
+        labels: &l,
+    };
     let none = BTreeSet::new();
     let kd = labels(&[]);
-    let resolver = |ns| Destination { ip: ip("10.244.0.2"), peer: Peer::Endpoint { namespace: ns, labels: &kd }, names: &none };
+    let resolver = |ns| Destination {
+        ip: ip("10.244.0.2"),
+        peer: Peer::Endpoint {
+            namespace: ns,
+            labels: &kd,
+        },
+        names: &none,
+    };
     // `*` lets every lookup through.
     assert!(eval::lookup(&s, &src, &resolver("kube-system"), 53, UDP, "anything.test").allowed);
     assert!(eval::lookup(&s, &src, &resolver("kube-system"), 53, TCP, "x").allowed);
@@ -256,11 +388,26 @@ fn dns_rules_filter_lookups_at_the_proxy() {
 #[test]
 fn policies_outside_the_subset_are_refused_naming_the_field() {
     let bad: &[(&str, &str)] = &[
-        ("  endpointSelector: {}\n  egress:\n  - toCIDRSet:\n    - cidr: 203.0.113.0/33\n", "toCIDRSet[0]"),
-        ("  endpointSelector: {}\n  egress:\n  - toCIDRSet:\n    - cidr: 203.0.113.0/24\n      except:\n      - 198.51.100.0/24\n", "is not inside"),
-        ("  endpointSelector: {}\n  egress:\n  - toPorts:\n    - ports:\n      - port: https\n", "only numeric ports"),
-        ("  endpointSelector: {}\n  egress:\n  - toPorts:\n    - ports:\n      - port: \"90\"\n        endPort: 80\n", "endPort 80 is below port 90"),
-        ("  endpointSelector:\n    matchLabels:\n      reserved:host: \"\"\n  egress:\n  - {}\n", "unsupported label source"),
+        (
+            "  endpointSelector: {}\n  egress:\n  - toCIDRSet:\n    - cidr: 203.0.113.0/33\n",
+            "toCIDRSet[0]",
+        ),
+        (
+            "  endpointSelector: {}\n  egress:\n  - toCIDRSet:\n    - cidr: 203.0.113.0/24\n      except:\n      - 198.51.100.0/24\n",
+            "is not inside",
+        ),
+        (
+            "  endpointSelector: {}\n  egress:\n  - toPorts:\n    - ports:\n      - port: https\n",
+            "only numeric ports",
+        ),
+        (
+            "  endpointSelector: {}\n  egress:\n  - toPorts:\n    - ports:\n      - port: \"90\"\n        endPort: 80\n",
+            "endPort 80 is below port 90",
+        ),
+        (
+            "  endpointSelector:\n    matchLabels:\n      reserved:host: \"\"\n  egress:\n  - {}\n",
+            "unsupported label source",
+        ),
     ];
     for (spec, want) in bad {
         let err = PolicySet::new(&[policy("shop", "bad", spec)]).expect_err(spec);
@@ -269,12 +416,23 @@ fn policies_outside_the_subset_are_refused_naming_the_field() {
     }
     // Fields outside the subset are refused when read, with the field's name.
     for (spec, field) in [
-        ("  endpointSelector: {}\n  egressDeny:\n  - toEntities:\n    - world\n", "egressDeny"),
+        (
+            "  endpointSelector: {}\n  egressDeny:\n  - toEntities:\n    - world\n",
+            "egressDeny",
+        ),
         ("  endpointSelector: {}\n  ingress:\n  - {}\n", "ingress"),
-        ("  endpointSelector: {}\n  egress:\n  - toServices:\n    - k8sService:\n        serviceName: x\n", "toServices"),
-        ("  endpointSelector: {}\n  egress:\n  - toEntities:\n    - health\n", "health"),
+        (
+            "  endpointSelector: {}\n  egress:\n  - toServices:\n    - k8sService:\n        serviceName: x\n",
+            "toServices",
+        ),
+        (
+            "  endpointSelector: {}\n  egress:\n  - toEntities:\n    - health\n",
+            "health",
+        ),
     ] {
-        let text = format!("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: x\n  namespace: shop\nspec:\n{spec}");
+        let text = format!(
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: x\n  namespace: shop\nspec:\n{spec}"
+        );
         let err = cilium::from_yaml(&text).expect_err(spec).to_string();
         assert!(err.contains(field), "{err}");
     }

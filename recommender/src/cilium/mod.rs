@@ -334,7 +334,14 @@ pub fn objects_of_text(text: &str) -> Result<Vec<CiliumNetworkPolicy>, ReadError
             source,
         })?;
         let items = match value.get("items").and_then(serde_json::Value::as_array) {
-            Some(items) if value.get("kind").and_then(serde_json::Value::as_str).is_some_and(|k| k.ends_with("List")) => items.clone(),
+            Some(items)
+                if value
+                    .get("kind")
+                    .and_then(serde_json::Value::as_str)
+                    .is_some_and(|k| k.ends_with("List")) =>
+            {
+                items.clone()
+            }
             _ => vec![value],
         };
         for item in items {

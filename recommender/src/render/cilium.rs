@@ -212,7 +212,10 @@ fn external(ctx: &Ctx<'_>, w: WorkloadId, r: &EgressRule, notes: &mut Vec<String
     let dialed = ctx.dialed.get(&w).cloned().unwrap_or_default();
     for (ip, used) in &dialed {
         let Some(b) = inside(ip) else { continue };
-        if !used.iter().any(|(proto, port)| in_ports(&r.ports, *proto, *port)) {
+        if !used
+            .iter()
+            .any(|(proto, port)| in_ports(&r.ports, *proto, *port))
+        {
             continue;
         }
         if ctx.api.contains(ip) {
@@ -308,8 +311,7 @@ fn host_rule(ctx: &Ctx<'_>, r: &EgressRule, notes: &mut Vec<String>) -> Vec<CRul
                 let ip = cidr.addr();
                 if cidr.prefix_len() == cidr.max_prefix_len() && ctx.api.contains(&ip) {
                     entities.insert(Entity::KubeApiserver);
-                } else if cidr.prefix_len() == cidr.max_prefix_len() && is_node(ctx.cluster, ip)
-                {
+                } else if cidr.prefix_len() == cidr.max_prefix_len() && is_node(ctx.cluster, ip) {
                     entities.insert(Entity::Host);
                     entities.insert(Entity::RemoteNode);
                     notes.push(format!(
@@ -506,11 +508,11 @@ pub fn yaml_stream(rec: &Recommendation, out: &Output) -> Result<String, Error> 
     for ns in namespaces {
         if rec.default_deny_namespaces.iter().any(|d| d == ns) {
             text.push_str("---\n");
-            text.push_str(
-                &super::policy_yaml(&recommend::default_deny(ns)).map_err(|e| match e {
+            text.push_str(&super::policy_yaml(&recommend::default_deny(ns)).map_err(
+                |e| match e {
                     super::Error::Yaml { name, source } => Error::Yaml { name, source },
-                })?,
-            );
+                },
+            )?);
         }
         for p in out.policies.iter().filter(|p| p.metadata.namespace == ns) {
             text.push_str("---\n");

@@ -144,7 +144,9 @@ fn check(s: &Value, v: &Value, path: &str, strict: bool, errors: &mut Vec<String
             match props.and_then(|p| p.get(k)) {
                 Some(ps) => check(ps, child, &at, strict, errors),
                 None => match &s["additionalProperties"] {
-                    Value::Object(_) => check(&s["additionalProperties"], child, &at, strict, errors),
+                    Value::Object(_) => {
+                        check(&s["additionalProperties"], child, &at, strict, errors)
+                    }
                     Value::Bool(false) => errors.push(format!("{at}: unknown field")),
                     _ if props.is_some() && strict && !preserve => {
                         errors.push(format!("{at}: unknown field"));
