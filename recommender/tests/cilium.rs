@@ -359,6 +359,10 @@ fn hostile_names_are_never_written_and_are_escaped_in_the_notes() {
     );
     assert!(!names.iter().any(|n| n.contains("evil")), "{names:?}");
     let section = render::report_section(&out, "shop");
+    assert!(
+        section.contains("not a name a matchName may hold"),
+        "{section}"
+    );
     assert!(!section.contains("[click](https"), "{section}");
     assert!(
         section.lines().all(|l| !l.starts_with("spec:")),

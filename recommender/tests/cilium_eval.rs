@@ -148,6 +148,14 @@ fn match_pattern_stars_stay_within_one_label() {
         let sel = cilium::FqdnSelector::MatchPattern((*pattern).to_owned());
         assert_eq!(eval::name_matches(&sel, name), *want, "{pattern} ~ {name}");
     }
+    // A hostile pattern answers at once (no backtracking blow-up).
+    let hostile = cilium::FqdnSelector::MatchPattern("*a".repeat(40));
+    let started = std::time::Instant::now();
+    assert!(!eval::name_matches(
+        &hostile,
+        &format!("{}b", "a".repeat(250))
+    ));
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
     let s = set(&[(
         "shop",
         &format!("{PAYMENT}  egress:\n  - toFQDNs:\n    - matchPattern: \"*.x.test\"\n"),
@@ -435,5 +443,56 @@ fn policies_outside_the_subset_are_refused_naming_the_field() {
         );
         let err = cilium::from_yaml(&text).expect_err(spec).to_string();
         assert!(err.contains(field), "{err}");
+    }
+}
+
+mod parsers {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Policy-like YAML assembled from fragments of the subset and of what lies outside it.
+    fn fragments() -> impl Strategy<Value = String> {
+        let piece = prop::sample::select(vec![
+            "  egress:\n",
+            "  - toFQDNs:\n    - matchName: a.test\n",
+            "    - matchPattern: \"*.b.test\"\n",
+            "    - matchName: x\n      matchPattern: y\n",
+            "  - toCIDRSet:\n    - cidr: 203.0.113.0/24\n      except:\n      - 203.0.113.0/25\n",
+            "    - cidr: nonsense\n",
+            "  - toPorts:\n    - ports:\n      - port: \"443\"\n        endPort: 80\n",
+            "      - port: \"65536\"\n        protocol: ANY\n",
+            "      rules:\n        dns:\n        - matchPattern: \"*\"\n",
+            "  - toEntities:\n    - kube-apiserver\n    - world\n",
+            "  - toEndpoints:\n    - matchExpressions:\n      - key: app\n        operator: Maybe\n",
+            "  endpointSelector: {}\n",
+            "  ingress: []\n",
+            "- [\n",
+            "---\n",
+            ": :\n",
+        ]);
+        prop::collection::vec(piece, 0..8).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn reading_and_compiling_never_panic(body in fragments(), noise in ".{0,40}") {
+            let text = format!("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: p\n  namespace: shop\nspec:\n{body}{noise}");
+            let _ = cilium::from_yaml(&text);
+            if let Ok(objects) = cilium::objects_of_text(&text)
+                && let Ok(set) = PolicySet::new(&objects)
+            {
+                let l = labels(&[("app", "payment")]);
+                let n = names(&["a.test"]);
+                let d = Destination { ip: ip("203.0.113.1"), peer: Peer::World, names: &n };
+                let _ = eval::evaluate(&set, &Source { namespace: "shop", labels: &l }, &d, 443, TCP);
+            }
+            let _ = cilium::objects_of_text(&noise);
+        }
+
+        #[test]
+        fn patterns_never_panic_and_star_matches_every_name(p in "[a-z*.-]{0,12}", n in "[a-z.-]{0,20}") {
+            let _ = eval::name_matches(&cilium::FqdnSelector::MatchPattern(p), &n);
+            prop_assert!(eval::name_matches(&cilium::FqdnSelector::MatchPattern("*".into()), &n));
+        }
     }
 }

@@ -440,17 +440,27 @@ fn pattern_matches(pattern: &str, name: &str) -> bool {
     if pattern == "*" {
         return true;
     }
-    fn go(p: &[u8], n: &[u8]) -> bool {
-        match p.split_first() {
-            None => n.is_empty(),
-            Some((b'*', rest)) => {
-                let run = n.iter().take_while(|&&c| c != b'.').count();
-                (0..=run).any(|k| go(rest, &n[k..]))
+    // Dynamic programming over (pattern, name) prefixes: linear in their product, whatever
+    // the stars (a hostile pattern must not make backtracking explode).
+    let (p, n) = (pattern.as_bytes(), name.as_bytes());
+    // row[j]: pattern[..i] matches name[..j].
+    let mut row = vec![false; n.len() + 1];
+    row[0] = true;
+    for &c in p {
+        let mut next = vec![false; n.len() + 1];
+        if c == b'*' {
+            // Either the star takes nothing, or one more non-dot character.
+            for j in 0..=n.len() {
+                next[j] = row[j] || (j > 0 && next[j - 1] && n[j - 1] != b'.');
             }
-            Some((c, rest)) => n.first() == Some(c) && go(rest, &n[1..]),
+        } else {
+            for j in 1..=n.len() {
+                next[j] = row[j - 1] && n[j - 1] == c;
+            }
         }
+        row = next;
     }
-    go(pattern.as_bytes(), name.as_bytes())
+    row[n.len()]
 }
 
 fn port_matches(rule: &Rule, port: u16, protocol: Protocol) -> Option<Option<&PortRule>> {
