@@ -655,3 +655,63 @@ pub fn checked(
     self_check(cluster, obs, rec, &out)?;
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn a_pattern_needs_enough_siblings_under_a_parent_of_two_labels() {
+        let mut notes = Vec::new();
+        // Five names directly under a one-label parent: never `*.test`.
+        let tld = fqdn_selectors(
+            &set(&["a.test", "b.test", "c.test", "d.test", "e.test"]),
+            &mut notes,
+        );
+        assert!(
+            tld.iter().all(|s| matches!(s, FqdnSelector::MatchName(_))),
+            "{tld:?}"
+        );
+        // Four siblings: not enough.
+        let four = fqdn_selectors(
+            &set(&["a.x.test", "b.x.test", "c.x.test", "d.x.test"]),
+            &mut notes,
+        );
+        assert_eq!(four.len(), 4);
+        assert!(notes.is_empty(), "{notes:?}");
+        // Five siblings and a grandchild: the pattern covers the siblings, the grandchild
+        // (two labels under the parent) keeps its name.
+        let five = fqdn_selectors(
+            &set(&[
+                "a.x.test",
+                "b.x.test",
+                "c.x.test",
+                "d.x.test",
+                "e.x.test",
+                "deep.a.x.test",
+            ]),
+            &mut notes,
+        );
+        assert_eq!(
+            five,
+            vec![
+                FqdnSelector::MatchName("deep.a.x.test".into()),
+                FqdnSelector::MatchPattern("*.x.test".into()),
+            ]
+        );
+        assert_eq!(notes.len(), 1);
+    }
+
+    #[test]
+    fn the_cluster_domain_is_recognised_with_or_without_the_root_dot() {
+        assert!(in_cluster_domain("api.stripe.test.shop.svc.cluster.local"));
+        assert!(in_cluster_domain("kubernetes.default.svc.cluster.local."));
+        assert!(in_cluster_domain("cluster.local"));
+        assert!(!in_cluster_domain("notcluster.local"));
+        assert!(!in_cluster_domain("api.stripe.test"));
+    }
+}
