@@ -64,6 +64,32 @@ pub enum Error {
         /// The first file.
         first: PathBuf,
     },
+    /// A CiliumNetworkPolicy that cannot be read or is outside leash's subset.
+    #[error("{}", path.display())]
+    InvalidCilium {
+        /// The file it was read from.
+        path: PathBuf,
+        /// What is wrong, naming the policy and field.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The same CiliumNetworkPolicy in two places.
+    #[error("{}: CiliumNetworkPolicy {policy} is already defined in {}", path.display(), first.display())]
+    DuplicateCilium {
+        /// The second file.
+        path: PathBuf,
+        /// `namespace/name`.
+        policy: String,
+        /// The first file.
+        first: PathBuf,
+    },
+    /// A CiliumNetworkPolicy given where only NetworkPolicies are compared.
+    #[error("diff compares NetworkPolicies only; {}: CiliumNetworkPolicy {policy} (audit and explain evaluate CiliumNetworkPolicies)", path.display())]
+    CiliumNotCompared {
+        /// The file.
+        path: PathBuf,
+        /// `namespace/name`.
+        policy: String,
+    },
     /// A flow record could not be read.
     #[error(transparent)]
     Record(#[from] RecordError),
@@ -194,6 +220,11 @@ fn walk(dir: &Path, w: &mut Walk) -> Result<()> {
 /// read once; files found in the tree must be regular files. Every file is read within the
 /// [`Limits`] of the environment.
 pub fn load_policy_files(path: &Path) -> Result<Vec<(PathBuf, NetworkPolicy)>> {
+    policies_of_texts(policy_texts(path)?)
+}
+
+/// The texts of the policy files of `path` (see [`load_policy_files`]), as `(text, path)`.
+fn policy_texts(path: &Path) -> Result<Vec<Result<(String, PathBuf)>>> {
     let limits = Limits::from_env()?;
     let files = if path.is_dir() {
         let root = std::fs::canonicalize(path).map_err(|source| Error::Io {
@@ -213,23 +244,73 @@ pub fn load_policy_files(path: &Path) -> Result<Vec<(PathBuf, NetworkPolicy)>> {
     // A file named by the user is read whatever it is (bounded); one found by the walk must
     // be a regular file, also when it was swapped for a FIFO after the walk looked.
     let named = !path.is_dir();
-    let texts = files
+    Ok(files
         .into_iter()
-        .map(|file| Ok((bounded::read_to_string(&file, !named, limits)?, file)));
-    policies_of_texts(texts)
+        .map(|file| Ok((bounded::read_to_string(&file, !named, limits)?, file)))
+        .collect())
 }
 
 /// The policies of files already read, as `(text, name)` in order: parsed, validated, and
 /// refused when one is defined twice. The name is what errors show (a path, or a git
-/// revision and path).
+/// revision and path). A CiliumNetworkPolicy is refused, naming it: the commands that take
+/// a policy STATE (`diff`, `rollout`, `serve --proposed`) compare NetworkPolicies only.
 pub fn policies_of_texts(
     texts: impl IntoIterator<Item = Result<(String, PathBuf)>>,
 ) -> Result<Vec<(PathBuf, NetworkPolicy)>> {
+    let (policies, cilium) = mixed_of_texts(texts)?;
+    match cilium.into_iter().next() {
+        Some((path, c)) => Err(Error::CiliumNotCompared {
+            path,
+            policy: format!("{}/{}", c.metadata.namespace, c.metadata.name),
+        }),
+        None => Ok(policies),
+    }
+}
+
+/// NetworkPolicies and CiliumNetworkPolicies with their files.
+pub type MixedPolicies = (
+    Vec<(PathBuf, NetworkPolicy)>,
+    Vec<(PathBuf, crate::cilium::CiliumNetworkPolicy)>,
+);
+
+/// The NetworkPolicies and the CiliumNetworkPolicies (leash's subset, [`crate::cilium`]) of a
+/// file or directory tree, for `audit` and `explain`; each validated and refused when defined
+/// twice, naming its file.
+pub fn load_mixed(path: &Path) -> Result<MixedPolicies> {
+    mixed_of_texts(policy_texts(path)?)
+}
+
+/// [`policies_of_texts`], keeping the CiliumNetworkPolicies.
+fn mixed_of_texts(
+    texts: impl IntoIterator<Item = Result<(String, PathBuf)>>,
+) -> Result<MixedPolicies> {
     let mut out: Vec<(PathBuf, NetworkPolicy)> = Vec::new();
+    let mut cilium = Vec::new();
     let mut seen: HashMap<PolicyId, PathBuf> = HashMap::new();
+    let mut seen_cilium: HashMap<String, PathBuf> = HashMap::new();
     for text in texts {
         let (text, file) = text?;
         let snapshot = leash_records::snapshot::parse_str(&text, &file)?;
+        let cilium_kind = format!("{}/{}", crate::cilium::API_VERSION, crate::cilium::KIND);
+        if snapshot.ignored.contains_key(&cilium_kind) {
+            let invalid = |source| Error::InvalidCilium {
+                path: file.clone(),
+                source,
+            };
+            for c in crate::cilium::objects_of_text(&text).map_err(|e| invalid(e.into()))? {
+                crate::cilium::eval::PolicySet::new(std::slice::from_ref(&c))
+                    .map_err(|e| invalid(e.into()))?;
+                let id = format!("{}/{}", c.metadata.namespace, c.metadata.name);
+                if let Some(first) = seen_cilium.insert(id.clone(), file.clone()) {
+                    return Err(Error::DuplicateCilium {
+                        path: file.clone(),
+                        policy: id,
+                        first,
+                    });
+                }
+                cilium.push((file.clone(), c));
+            }
+        }
         for np in snapshot.network_policies {
             let compiled = CompiledPolicy::compile(&np).map_err(|source| Error::InvalidPolicy {
                 path: file.clone(),
@@ -246,7 +327,7 @@ pub fn policies_of_texts(
             out.push((file.clone(), np));
         }
     }
-    Ok(out)
+    Ok((out, cilium))
 }
 
 /// The policies of a file or directory tree (see [`load_policy_files`]).

@@ -143,11 +143,30 @@ pub fn explain<V: ClusterView + ?Sized>(
     from: &PolicyId,
     flow: &Flow,
 ) -> Result<Explanation> {
+    explain_with(view, policies, from, flow, |_| Vec::new())
+}
+
+/// [`explain`], with `overlay` changing the evaluation before it is rendered (the
+/// CiliumNetworkPolicies of `crate::cilium::mixed`); the lines it returns are shown after
+/// the evaluation.
+pub fn explain_with<V: ClusterView + ?Sized>(
+    view: &V,
+    policies: &PolicySet,
+    from: &PolicyId,
+    flow: &Flow,
+    overlay: impl FnOnce(&mut Evaluation) -> Vec<String>,
+) -> Result<Explanation> {
     let pod = view
         .pod(&from.namespace, &from.name)
         .ok_or_else(|| Error::UnknownPod(from.clone()))?;
-    let evaluation = evaluate(view, policies, pod, flow);
-    let text = render(policies, from, flow, &evaluation);
+    let mut evaluation = evaluate(view, policies, pod, flow);
+    let notes = overlay(&mut evaluation);
+    let mut text = render(policies, from, flow, &evaluation);
+    for n in notes {
+        text.push_str("  ");
+        text.push_str(&n);
+        text.push('\n');
+    }
     Ok(Explanation {
         source: from.clone(),
         flow: *flow,

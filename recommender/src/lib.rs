@@ -26,6 +26,7 @@
 pub mod audit;
 pub mod certs;
 pub mod cidr;
+pub mod cilium;
 pub mod classify;
 pub mod cluster;
 pub mod diff;

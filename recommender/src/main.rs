@@ -36,6 +36,11 @@ enum Command {
         /// that this run no longer recommends (only in the namespaces it covers).
         #[arg(short = 'o', long = "output")]
         output: Option<PathBuf>,
+        /// `networkpolicy`: Kubernetes NetworkPolicies (portable, by address); `cilium`:
+        /// CiliumNetworkPolicies (`cilium.io/v2`) with external names as `toFQDNs`, which
+        /// need Cilium's DNS proxy (the default denies stay NetworkPolicies).
+        #[arg(long, default_value = "networkpolicy")]
+        format: leash::render::cilium::Format,
         #[command(flatten)]
         knobs: RecommendArgs,
         /// The last proposal (normally the `-o` DIR of the last run), with its evidence.json
@@ -78,6 +83,10 @@ enum Command {
         /// The destination as dialed, `IP:PORT/PROTO` (`[v6]:PORT/PROTO` for IPv6).
         #[arg(long)]
         to: String,
+        /// A name the pod's DNS lookup returned the destination for (repeatable): what
+        /// CiliumNetworkPolicies' `toFQDNs` rules match.
+        #[arg(long = "name")]
+        names: Vec<String>,
     },
     /// Compare two policy states: the exact reachability change per source workload, and the
     /// observed traffic whose verdict changes (allowed before and denied after: a break).
@@ -662,6 +671,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             source,
             observed,
             output,
+            format,
             knobs,
             previous,
         } => {
@@ -686,20 +696,31 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 leash::proposal::propose(&inputs, prev.as_ref(), &options, chrono::Utc::now())
                     .map_err(proposal_failure)?;
             let recommendation = proposal.recommendation;
+            // `--format cilium`: the same recommendation as CiliumNetworkPolicies, with their
+            // own self-check (a failure is leash's bug, as for the NetworkPolicies).
+            let cilium = match format {
+                leash::render::cilium::Format::NetworkPolicy => None,
+                leash::render::cilium::Format::Cilium => Some(
+                    leash::render::cilium::checked(&cluster, &recommendation, &observations)
+                        .map_err(|e| proposal_failure(leash::proposal::Error::SelfCheck(e)))?,
+                ),
+            };
             match output {
                 Some(dir) => {
                     // Every name is checked and DIR inspected before anything is written; a
                     // failed run leaves DIR as it was, and says only why.
-                    let written = leash::render::write_dir(
+                    let written = leash::render::outdir::write_dir_as(
                         &dir,
                         &cluster,
                         &recommendation,
                         &options.recommend.namespaces,
+                        cilium.as_ref(),
                     )
                     .map_err(|e| match e {
                         // The checks passed; writing failed.
                         leash::render::outdir::Error::Io { .. }
-                        | leash::render::outdir::Error::Render(_) => runtime_error(e),
+                        | leash::render::outdir::Error::Render(_)
+                        | leash::render::outdir::Error::RenderCilium(_) => runtime_error(e),
                         e => bad_input(e),
                     })?;
                     for w in &written.warnings {
@@ -709,12 +730,16 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 }
                 None => {
                     eprintln!("{}", leash::render::summary(&recommendation));
-                    let text = leash::render::yaml_stream(&leash::recommend::all_policies(
-                        &cluster,
-                        &recommendation,
-                    ))
                     // Serializing our own objects: a bug, not the user's input.
-                    .map_err(runtime_error)?;
+                    let text = match &cilium {
+                        Some(c) => leash::render::cilium::yaml_stream(&recommendation, c)
+                            .map_err(runtime_error)?,
+                        None => leash::render::yaml_stream(&leash::recommend::all_policies(
+                            &cluster,
+                            &recommendation,
+                        ))
+                        .map_err(runtime_error)?,
+                    };
                     write_stdout(&text)?;
                 }
             }
@@ -734,7 +759,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             fail_on_drift,
         } => {
             let (cluster, applied) = load_cluster(&source)?;
-            let set = policy_state(applied, &policies)?;
+            let (set, cilium) = policy_state(applied, &policies)?;
             let mut located = Vec::new();
             // Drift: the input's DNS answers and the connections that give each name's ports.
             let mut answers = Vec::new();
@@ -776,6 +801,22 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             let mut report = leash::audit::audit(&cluster, &set, &located).map_err(bad_input)?;
             report.drift = leash::drift::from_answers(&cluster, &set, &answers, &connections);
+            if !cilium.is_empty() {
+                // The CiliumNetworkPolicies' toFQDNs need the names the input's DNS records
+                // returned for each address.
+                let (obs, _) = observe(&cluster, store.as_deref(), since, &flows)?;
+                let overlay = leash::cilium::mixed::Overlay::new(
+                    &cluster,
+                    cilium,
+                    Some(&obs),
+                    std::collections::BTreeSet::new(),
+                );
+                for e in &mut report.entries {
+                    if let Some(pod) = cluster.pod_by_name(&e.source.namespace, &e.source.name) {
+                        overlay.apply(&cluster, pod, e.flow.protocol, &mut e.evaluation);
+                    }
+                }
+            }
             write_stdout(&report.render(format))?;
             if fail_on_deny && report.any_denied() {
                 return Err(Failure::CheckFailed(format!(
@@ -797,13 +838,26 @@ fn run(cli: Cli) -> Result<(), Failure> {
             policies,
             from,
             to,
+            names,
         } => {
             let from = leash::explain::parse_pod(&from).map_err(bad_input)?;
             let flow = leash::explain::parse_target(&to).map_err(bad_input)?;
             let (cluster, applied) = load_cluster(&source)?;
-            let set = policy_state(applied, &policies)?;
-            let explanation =
-                leash::explain::explain(&cluster, &set, &from, &flow).map_err(bad_input)?;
+            let (set, cilium) = policy_state(applied, &policies)?;
+            let names = names
+                .iter()
+                .map(|n| leash::observations::normalize_name(n))
+                .collect();
+            let overlay = leash::cilium::mixed::Overlay::new(&cluster, cilium.clone(), None, names);
+            let explanation = leash::explain::explain_with(&cluster, &set, &from, &flow, |ev| {
+                match cluster.pod_by_name(&from.namespace, &from.name) {
+                    Some(pod) if !cilium.is_empty() => {
+                        overlay.apply(&cluster, pod, flow.protocol, ev)
+                    }
+                    _ => Vec::new(),
+                }
+            })
+            .map_err(bad_input)?;
             write_stdout(&explanation.to_string())
         }
         Command::Rollout(RolloutCommand::Status {
@@ -1005,12 +1059,19 @@ fn load_cluster(args: &ClusterArgs) -> Result<(leash::cluster::Cluster, Applied)
 /// The policies `audit` and `explain` evaluate (see `leash::policy_state`): the applied
 /// ones, with `--policies` in place of those it replaces, or with `--policies-only` the
 /// given set alone. An empty state is valid (nothing is isolated); stderr says so.
-fn policy_state(applied: Applied, args: &PolicyArgs) -> Result<leash::eval::PolicySet, Failure> {
+/// With them, the CiliumNetworkPolicies of `--policies` (Cilium enforces both kinds).
+fn policy_state(
+    applied: Applied,
+    args: &PolicyArgs,
+) -> Result<(leash::eval::PolicySet, leash::cilium::eval::PolicySet), Failure> {
+    let mut cilium = Vec::new();
     let state = match &args.policies {
         None => leash::policy_state::combine(&applied.policies, &[]),
         Some(path) => {
-            let given = leash::audit::load_policies(path).map_err(bad_input)?;
-            if given.is_empty() {
+            let (given, given_cilium) = leash::audit::load_mixed(path).map_err(bad_input)?;
+            let given: Vec<_> = given.into_iter().map(|(_, np)| np).collect();
+            cilium = given_cilium.into_iter().map(|(_, c)| c).collect();
+            if given.is_empty() && cilium.is_empty() {
                 eprintln!(
                     "leash: {}: no NetworkPolicy found (looked for *.yaml, *.yml and *.json): \
                      the given set is empty",
@@ -1036,14 +1097,16 @@ fn policy_state(applied: Applied, args: &PolicyArgs) -> Result<leash::eval::Poli
             }
         }
     };
-    if state.objects.is_empty() {
+    if state.objects.is_empty() && cilium.is_empty() {
         eprintln!(
             "leash: no NetworkPolicy to evaluate: nothing is isolated, every connection is allowed"
         );
     }
     // The given policies were validated with their files; an error is in an applied one.
-    leash::eval::PolicySet::new(&state.objects)
-        .map_err(|e| Failure::BadInput(format!("{}: {}", applied.source, Chain(&e))))
+    let set = leash::eval::PolicySet::new(&state.objects)
+        .map_err(|e| Failure::BadInput(format!("{}: {}", applied.source, Chain(&e))))?;
+    let cilium = leash::cilium::eval::PolicySet::new(&cilium).map_err(bad_input)?;
+    Ok((set, cilium))
 }
 
 /// Every workload's rollout phase (`leash::rollout`) against the applied policies and, when

@@ -11,6 +11,7 @@ use crate::recommend::{
     self, EgressPeer, EgressRule, PolicySpec, Recommendation, RuleEvidence, RuleKind,
 };
 
+pub mod cilium;
 pub mod columns;
 pub mod escape;
 pub mod evidence;

@@ -107,7 +107,7 @@ struct Acc {
 }
 
 /// A destination as dialed, for the report: `ip:port/PROTO`, an IPv6 address in brackets.
-fn dest(ip: IpAddr, port: u16, proto: Protocol) -> String {
+pub(crate) fn dest(ip: IpAddr, port: u16, proto: Protocol) -> String {
     match ip {
         IpAddr::V4(a) => format!("{a}:{port}/{proto}"),
         IpAddr::V6(a) => format!("[{a}]:{port}/{proto}"),

@@ -48,6 +48,9 @@ pub enum Error {
     /// Rendering a policy failed.
     #[error(transparent)]
     Render(#[from] super::Error),
+    /// Rendering a CiliumNetworkPolicy failed.
+    #[error(transparent)]
+    RenderCilium(#[from] super::cilium::Error),
     /// A name that would become part of a path is not a Kubernetes name of its kind.
     #[error("{object}: invalid {what} ({reason}); it must be {rule}, and nothing was written")]
     InvalidName {
@@ -173,6 +176,17 @@ fn policy_header(kind: &str, ns: &str, name: &str) -> String {
 /// before it becomes a path; a policy name too long for a file name is shortened by
 /// [`file_name`].
 pub fn files(cluster: &Cluster, rec: &Recommendation) -> Result<Vec<(PathBuf, String)>> {
+    files_as(cluster, rec, None)
+}
+
+/// [`files`], with each workload's policy the CiliumNetworkPolicy of `cilium` when given
+/// (`recommend --format cilium`; the namespaces' default denies stay NetworkPolicies, and each
+/// namespace's REPORT.md gains the Cilium notes).
+pub fn files_as(
+    cluster: &Cluster,
+    rec: &Recommendation,
+    cilium: Option<&super::cilium::Output>,
+) -> Result<Vec<(PathBuf, String)>> {
     // (path, contents, the object it is written for).
     let mut out: Vec<(PathBuf, String, String)> = Vec::new();
     for p in &rec.policies {
@@ -195,10 +209,17 @@ pub fn files(cluster: &Cluster, rec: &Recommendation) -> Result<Vec<(PathBuf, St
                 rule: SUBDOMAIN_RULE,
             })?;
         }
+        let body = match cilium.and_then(|c| {
+            c.policies
+                .iter()
+                .find(|x| x.metadata.namespace == p.namespace && x.metadata.name == p.name)
+        }) {
+            Some(cnp) => super::cilium::policy_yaml(cnp)?,
+            None => super::policy_yaml(&recommend::to_network_policy(cluster, p))?,
+        };
         out.push((
             Path::new(&p.namespace).join(file_name(&p.name)),
-            policy_header(kind, &p.namespace, wname)
-                + &super::policy_yaml(&recommend::to_network_policy(cluster, p))?,
+            policy_header(kind, &p.namespace, wname) + &body,
             format!("{} {}/{wname}", shown_kind(kind), p.namespace),
         ));
     }
@@ -214,7 +235,8 @@ pub fn files(cluster: &Cluster, rec: &Recommendation) -> Result<Vec<(PathBuf, St
         check_namespace(&ns, || namespace_object(&ns))?;
         out.push((
             Path::new(&ns).join(REPORT),
-            super::namespace_report(cluster, rec, &ns),
+            super::namespace_report(cluster, rec, &ns)
+                + &cilium.map_or_else(String::new, |c| super::cilium::report_section(c, &ns)),
             format!("{ns}/{REPORT}"),
         ));
         out.push((
@@ -264,6 +286,17 @@ pub fn write_dir(
     namespaces: &BTreeSet<String>,
 ) -> Result<Written> {
     plan(dir, files(cluster, rec)?, namespaces)?.commit()
+}
+
+/// [`write_dir`] of [`files_as`]: with `cilium`, the workloads' CiliumNetworkPolicies.
+pub fn write_dir_as(
+    dir: &Path,
+    cluster: &Cluster,
+    rec: &Recommendation,
+    namespaces: &BTreeSet<String>,
+    cilium: Option<&super::cilium::Output>,
+) -> Result<Written> {
+    plan(dir, files_as(cluster, rec, cilium)?, namespaces)?.commit()
 }
 
 /// Everything a run will change in DIR, decided before anything is changed.
@@ -332,7 +365,11 @@ pub fn is_leash_policy(text: &[u8]) -> bool {
         .next()
         .is_some_and(|l| l.starts_with("# ") && l.contains(HEADER_MARK));
     let Ok(policy) = serde_norway::from_str::<NetworkPolicy>(text) else {
-        return false;
+        // `recommend --format cilium` writes CiliumNetworkPolicies: the label and header.
+        return header
+            && crate::cilium::from_yaml(text).is_ok_and(|c| {
+                c.metadata.labels.get(MANAGED_BY.0).map(String::as_str) == Some(MANAGED_BY.1)
+            });
     };
     let meta = &policy.metadata;
     let labelled = meta
@@ -666,6 +703,11 @@ pub fn read_previous(
             };
             if is_leash_policy(&bytes) {
                 let text = String::from_utf8_lossy(&bytes);
+                // A CiliumNetworkPolicy (`--format cilium`) is not a previous proposal's
+                // NetworkPolicy: its rules are not carried (its evidence file still is read).
+                if crate::cilium::from_yaml(&text).is_ok() {
+                    continue;
+                }
                 let np: NetworkPolicy =
                     serde_norway::from_str(&text).map_err(|source| PreviousError::Policy {
                         path: path.clone(),

@@ -5,6 +5,7 @@
 //! - [`recommend`]: the snapshot and record fixture builder (`Fx`) and the API server's
 //!   NetworkPolicy validation rules (`recommend.rs`, `recommend_props.rs`, `store_*.rs`);
 //! - [`cli`]: reading the output of the built `leash` binary;
+//! - [`crd`]: a strict validator of objects against the CRD schemas of `shared/schemas/`;
 //! - [`http`]: a free loopback port, a minimal HTTP GET and a poll loop, for the tests that run
 //!   `leash serve` as a process;
 //! - [`serve_process`]: `leash serve` as a process with its log, ready when `/readyz` is;
@@ -16,6 +17,7 @@
 //! (`leash_lab::synthetic`), since a bench cannot declare a module of `tests/`.
 
 pub mod cli;
+pub mod crd;
 pub mod eval;
 pub mod http;
 pub mod recommend;
