@@ -160,11 +160,13 @@ fn the_report_groups_external_rules_by_name_with_their_churn() {
     assert_eq!(
         stripe[2..],
         [
-            "203.0.113.12 (not allowed), 203.0.113.10, 203.0.113.11",
+            // The name's new address was never dialed, but the rule follows the name
+            // (`recommend::published`): all three are covered.
+            "203.0.113.10, 203.0.113.11, 203.0.113.12",
             "3",
             "1",
             "2",
-            "2 of 3 addresses |"
+            "3 of 3 addresses |"
         ],
         "{report}"
     );
@@ -208,7 +210,7 @@ fn the_report_groups_external_rules_by_name_with_their_churn() {
             "last_seen": "2026-11-24T12:00:00Z",
             "ttl": 20,
             "chain": ["edge.stripe-cdn.test"],
-            "covered": false
+            "covered": true
         })
     );
     assert_eq!(

@@ -326,9 +326,11 @@ impl Observations {
             pod: pod_ref.clone(),
         })?;
         let query = normalize_name(&d.query);
-        if !query.is_empty() {
+        let addresses = answer_addresses(d);
+        // An answer without addresses (NXDOMAIN, another type) is no history, as in the store.
+        if !query.is_empty() && !addresses.is_empty() {
             let history = self.history.entry((pod, query)).or_default();
-            for (ip, seen) in answer_addresses(d) {
+            for (ip, seen) in addresses {
                 super::merge_seen(history, ip, &seen);
             }
         }

@@ -474,6 +474,20 @@ fn parse_audit(step: &'static str, json_lines: &str) -> Result<Vec<Verdict>> {
                     format!("audit output line {}: {e}: {l}", i + 1, e = Chain(&e)),
                 )
             })?;
+            Ok((i, l, v))
+        })
+        .filter(|r| !matches!(r, Ok((_, _, v)) if v["kind"] == "dns-drift"))
+        .map(|r| {
+            let (i, l, v) = r?;
+            if v["kind"] != "flow" {
+                return Err(fail(
+                    step,
+                    format!(
+                        "audit output line {}: not a flow or dns-drift line: {l}",
+                        i + 1
+                    ),
+                ));
+            }
             let verdict = v["verdict"].as_str().unwrap_or_default();
             if verdict != "allow" && verdict != "deny" {
                 return Err(fail(
@@ -1175,14 +1189,22 @@ mod tests {
     fn audit_json_lines_parse_and_bad_lines_name_the_step() {
         let v = parse_audit(
             "audit probes",
-            r#"{"source":{"namespace":"shop","pod":"p"},"protocol":"TCP","dst":"203.0.113.10","dst_port":80,"verdict":"deny","egress":"deny","ingress":"allow","policies":[]}"#,
+            concat!(
+                r#"{"kind":"flow","source":{"namespace":"shop","pod":"p"},"protocol":"TCP","dst":"203.0.113.10","dst_port":80,"verdict":"deny","egress":"deny","ingress":"allow","policies":[]}"#,
+                "\n",
+                r#"{"kind":"dns-drift","source":{"namespace":"shop","pod":"p"},"name":"a.test","address":"203.0.113.9"}"#,
+            ),
         )
         .unwrap();
-        assert_eq!(v.len(), 1);
+        assert_eq!(v.len(), 1, "drift lines are not verdicts");
         assert!(!v[0].allowed);
         assert_eq!(v[0].source, "shop/p");
         assert_eq!(v[0].dst_port, 80);
-        let e = parse_audit("audit probes", "{\"verdict\":\"maybe\"}").unwrap_err();
+        let e =
+            parse_audit("audit probes", "{\"kind\":\"flow\",\"verdict\":\"maybe\"}").unwrap_err();
+        assert!(e.to_string().contains("no verdict"), "{e}");
+        let e = parse_audit("audit probes", "{\"verdict\":\"allow\"}").unwrap_err();
+        assert!(e.to_string().contains("not a flow"), "{e}");
         assert!(e.to_string().contains("step `audit probes` failed"), "{e}");
         assert!(parse_audit("x", "not json").is_err());
     }

@@ -289,14 +289,16 @@ fn wait_drift_alert(
             && let Ok(listed) = serde_json::from_str::<Vec<Value>>(&text)
             && let Some(a) = listed
                 .iter()
-                .find(|a| a["kind"] == "dns-drift" && a["dst"] == address.to_string().as_str())
+                .find(|a| a["type"] == "dns-drift" && a["dst"] == address.to_string().as_str())
         {
             return Ok(format!(
-                "{} {} {} -> {}",
+                "{}/{} {} -> {} {}/{}",
                 a["namespace"].as_str().unwrap_or_default(),
-                a["workload"].as_str().unwrap_or_default(),
+                a["name"].as_str().unwrap_or_default(),
                 shop::STRIPE_HOST,
-                address
+                address,
+                a["port"],
+                a["protocol"].as_str().unwrap_or_default()
             ));
         }
         if let Some(status) = serve.exited() {
