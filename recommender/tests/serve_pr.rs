@@ -626,4 +626,15 @@ fn a_dns_drift_triggers_a_run_at_once() {
         ),
         "the run names its trigger:\n{log}"
     );
+    // The incremental pull request follows the name: the rule now allows the new address
+    // (the name's address history, `recommend::published`), before any flow to it.
+    wait_for("the pushed proposal", || {
+        server.metric("leash_pr_runs_total{result=\"pushed\"}") >= Some(1.0)
+    });
+    let tip = lab.branch_tip("leash/shop").unwrap();
+    let policy = git_server::file_at(&lab.repo, &tip, "policies/shop/payment-egress.yaml")
+        .unwrap()
+        .unwrap_or_else(|| panic!("{:?}", git_server::files_at(&lab.repo, &tip).unwrap()));
+    assert!(policy.contains("203.0.113.61/32"), "{policy}");
+    assert!(policy.contains(&format!("{}/32", KNOWN.0)), "{policy}");
 }
