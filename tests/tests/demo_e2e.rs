@@ -696,10 +696,12 @@ fn counts_are_exact_across_an_agent_restart() {
     let agent_2 = std::fs::read_to_string(run.out.join("agent-2.log")).unwrap();
     assert!(agent_2.contains("capturing"), "{agent_2}");
 
-    // Everything the three agents wrote: two for the traffic, one for the lockdown's call.
+    // Everything the four agents wrote: two for the traffic, one for the lockdown's call, one
+    // for the names step.
     let (mut flow_events, mut dns_records) = (0u64, 0u64);
     let mut recs = records(&run.out.join("flows.jsonl"));
     recs.extend(records(&run.out.join("flows-new.jsonl")));
+    recs.extend(records(&run.out.join("flows-names.jsonl")));
     for r in recs {
         match r {
             Record::Flow(f) => flow_events += f.count,
@@ -721,6 +723,6 @@ fn counts_are_exact_across_an_agent_restart() {
         flow_events
     );
     assert_eq!(sum("SELECT coalesce(sum(count), 0) FROM dns"), dns_records);
-    // Three agent processes, each with its own boot id, each batch stored once.
-    assert_eq!(sum("SELECT count(DISTINCT boot_id) FROM batches"), 3);
+    // Four agent processes, each with its own boot id, each batch stored once.
+    assert_eq!(sum("SELECT count(DISTINCT boot_id) FROM batches"), 4);
 }
