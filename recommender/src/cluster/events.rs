@@ -70,14 +70,13 @@ impl EventPublisher {
         regarding: &ObjectReference,
         message: &str,
     ) -> Result<(), kube::Error> {
-        let event = Event {
-            type_: EventType::Warning,
-            reason: REASON_UNEXPECTED_EGRESS.to_owned(),
-            note: Some(truncate(message, MAX_NOTE).to_owned()),
-            action: ACTION_OBSERVE_EGRESS.to_owned(),
-            secondary: None,
-        };
-        self.recorder.publish(&event, regarding).await
+        self.warning(
+            REASON_UNEXPECTED_EGRESS,
+            ACTION_OBSERVE_EGRESS,
+            regarding,
+            message,
+        )
+        .await
     }
 
     /// Publishes a Warning `EgressDrift` event about `regarding`: a DNS answer moved a name
@@ -88,11 +87,23 @@ impl EventPublisher {
         regarding: &ObjectReference,
         message: &str,
     ) -> Result<(), kube::Error> {
+        self.warning(REASON_EGRESS_DRIFT, ACTION_OBSERVE_DNS, regarding, message)
+            .await
+    }
+
+    /// Publishes a Warning event with `message` as its note, cut to the API's 1 kB limit.
+    async fn warning(
+        &self,
+        reason: &str,
+        action: &str,
+        regarding: &ObjectReference,
+        message: &str,
+    ) -> Result<(), kube::Error> {
         let event = Event {
             type_: EventType::Warning,
-            reason: REASON_EGRESS_DRIFT.to_owned(),
+            reason: reason.to_owned(),
             note: Some(truncate(message, MAX_NOTE).to_owned()),
-            action: ACTION_OBSERVE_DNS.to_owned(),
+            action: action.to_owned(),
             secondary: None,
         };
         self.recorder.publish(&event, regarding).await

@@ -23,6 +23,24 @@ pub struct Denied {
     pub reason: String,
 }
 
+/// Whether a self-check must find the observed flow `key` allowed: its pod is known, not on
+/// the host network, of a workload with a policy (`covered`), and its destination is one a
+/// policy can enforce. Every output format's self-check asks this one question.
+pub fn must_allow(
+    cluster: &Cluster,
+    covered: &BTreeSet<WorkloadId>,
+    key: &crate::observations::FlowKey,
+) -> bool {
+    let Some(pod) = cluster.pods.get(key.pod) else {
+        return false;
+    };
+    cluster
+        .workload_of(key.pod)
+        .is_some_and(|w| covered.contains(&w))
+        && !pod.host_network
+        && classify::unenforceable(key.dst, key.port).is_none()
+}
+
 /// Checks the recommendation with the one NetworkPolicy evaluator: every observed flow from a
 /// pod that got a policy must be allowed at egress by the generated policies (the default
 /// denies included). Flows the report already lists as unresolved, hostNetwork or from
@@ -42,18 +60,10 @@ pub fn self_check<V: ClusterView + Sync + ?Sized>(
         std::collections::HashMap::new();
     let mut checks: BTreeSet<(usize, IpAddr, u16, Protocol)> = BTreeSet::new();
     for key in obs.flows.keys() {
-        let Some(pod) = cluster.pods.get(key.pod) else {
-            continue;
-        };
-        let Some(w) = cluster.workload_of(key.pod) else {
-            continue;
-        };
-        if !covered.contains(&w)
-            || pod.host_network
-            || classify::unenforceable(key.dst, key.port).is_some()
-        {
+        if !must_allow(cluster, &covered, key) {
             continue;
         }
+        let pod = &cluster.pods[key.pod];
         let rep = *reps.entry((&pod.namespace, &pod.labels)).or_insert(key.pod);
         checks.insert((rep, key.dst, key.port, key.protocol));
     }

@@ -41,7 +41,6 @@ use crate::cilium::{
     self, CidrRule, CiliumNetworkPolicy, EgressRule as CRule, Entity, FqdnSelector, L7Rules,
     Metadata, PortProtocol, PortProtocolKind, PortRule, Selector,
 };
-use crate::classify;
 use crate::cluster::{Cluster, LabelSelector, PodId, ServiceLookup, WorkloadId};
 use crate::observations::Observations;
 use crate::ports::PortRange;
@@ -564,18 +563,13 @@ pub fn self_check(
     keys.sort();
     let mut denied = Vec::new();
     for key in keys {
-        let Some(pod) = cluster.pods.get(key.pod) else {
+        if !crate::recommend::check::must_allow(cluster, &covered, key) {
             continue;
-        };
+        }
+        let pod = &cluster.pods[key.pod];
         let Some(w) = cluster.workload_of(key.pod) else {
             continue;
         };
-        if !covered.contains(&w)
-            || pod.host_network
-            || classify::unenforceable(key.dst, key.port).is_some()
-        {
-            continue;
-        }
         let dst = key.dst.to_canonical();
         let targets: Vec<(IpAddr, u16, Option<PodId>)> =
             match cluster.resolve_service(dst, key.port, key.protocol) {

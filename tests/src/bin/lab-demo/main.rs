@@ -357,10 +357,28 @@ fn wait_ready(
     http: SocketAddr,
     timeout: Duration,
 ) -> Result<()> {
+    poll_until(
+        step,
+        bg,
+        timeout,
+        &format!("answer 200 from http://{http}/readyz"),
+        || (http_status(http, "/readyz") == Some(200)).then_some(()),
+    )
+}
+
+/// Calls `check` every 100 ms until it gives a value, failing `step` when `bg` exits first or
+/// `timeout` passes (the message says what was awaited, `what`, and shows `bg`'s log).
+fn poll_until<T>(
+    step: &'static str,
+    bg: &mut Background,
+    timeout: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Option<T>,
+) -> Result<T> {
     let deadline = Instant::now() + timeout;
     loop {
-        if http_status(http, "/readyz") == Some(200) {
-            return Ok(());
+        if let Some(v) = check() {
+            return Ok(v);
         }
         if let Some(status) = bg.exited() {
             return Err(fail(
@@ -371,10 +389,7 @@ fn wait_ready(
         if Instant::now() >= deadline {
             return Err(fail(
                 step,
-                format!(
-                    "http://{http}/readyz did not answer 200 within {timeout:?}; {}",
-                    bg.log_tail()
-                ),
+                format!("no {what} within {timeout:?}; {}", bg.log_tail()),
             ));
         }
         std::thread::sleep(Duration::from_millis(100));

@@ -15,7 +15,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use leash_lab::shop::{self, Shop};
@@ -283,41 +283,23 @@ fn wait_drift_alert(
     http: SocketAddr,
     address: IpAddr,
 ) -> Result<String> {
-    let deadline = Instant::now() + DRIFT_TIMEOUT;
-    loop {
-        if let Some(text) = super::http_get(http, "/v1/alerts")
-            && let Ok(listed) = serde_json::from_str::<Vec<Value>>(&text)
-            && let Some(a) = listed
-                .iter()
-                .find(|a| a["type"] == "dns-drift" && a["dst"] == address.to_string().as_str())
-        {
-            return Ok(format!(
-                "{}/{} {} -> {} {}/{}",
-                a["namespace"].as_str().unwrap_or_default(),
-                a["name"].as_str().unwrap_or_default(),
-                shop::STRIPE_HOST,
-                address,
-                a["port"],
-                a["protocol"].as_str().unwrap_or_default()
-            ));
-        }
-        if let Some(status) = serve.exited() {
-            return Err(fail(
-                step,
-                format!("leash serve exited with {status}; {}", serve.log_tail()),
-            ));
-        }
-        if Instant::now() >= deadline {
-            return Err(fail(
-                step,
-                format!(
-                    "no dns-drift alert for {address} within {DRIFT_TIMEOUT:?}; {}",
-                    serve.log_tail()
-                ),
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let what = format!("dns-drift alert for {address}");
+    super::poll_until(step, serve, DRIFT_TIMEOUT, &what, || {
+        let text = super::http_get(http, "/v1/alerts")?;
+        let listed = serde_json::from_str::<Vec<Value>>(&text).ok()?;
+        let a = listed
+            .iter()
+            .find(|a| a["type"] == "dns-drift" && a["dst"] == address.to_string().as_str())?;
+        Some(format!(
+            "{}/{} {} -> {} {}/{}",
+            a["namespace"].as_str().unwrap_or_default(),
+            a["name"].as_str().unwrap_or_default(),
+            shop::STRIPE_HOST,
+            address,
+            a["port"],
+            a["protocol"].as_str().unwrap_or_default()
+        ))
+    })
 }
 
 /// The first event of the flows to `dst` in the agent's record file.

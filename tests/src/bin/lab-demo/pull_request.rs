@@ -13,7 +13,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use leash_lab::forge::github::GitHub;
 use leash_lab::git_server;
@@ -122,28 +122,13 @@ pub(crate) fn pull_request(
                 out.join("serve-pr.log"),
                 None,
             )?;
-            let deadline = Instant::now() + READY_TIMEOUT + PR_TIMEOUT;
-            loop {
-                if !github.pulls(PROJECT).is_empty() {
-                    break;
-                }
-                if let Some(status) = serve.exited() {
-                    return Err(fail(
-                        step,
-                        format!("leash serve exited with {status}; {}", serve.log_tail()),
-                    ));
-                }
-                if Instant::now() >= deadline {
-                    return Err(fail(
-                        step,
-                        format!(
-                            "no pull request within {PR_TIMEOUT:?}; {}",
-                            serve.log_tail()
-                        ),
-                    ));
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
+            super::poll_until(
+                step,
+                &mut serve,
+                READY_TIMEOUT + PR_TIMEOUT,
+                "pull request",
+                || (!github.pulls(PROJECT).is_empty()).then_some(()),
+            )?;
             let alerts = super::http_get(http, "/v1/alerts")
                 .ok_or_else(|| fail(step, "GET /v1/alerts failed"))?;
             let listed: Vec<serde_json::Value> = serde_json::from_str(&alerts)
