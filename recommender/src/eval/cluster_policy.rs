@@ -380,6 +380,15 @@ impl ClusterPolicies {
         self.admin.is_empty() && self.baseline.is_empty()
     }
 
+    /// Whether a rule has a `domainNames` peer: evaluations then need the names each
+    /// address was resolved from.
+    pub fn has_domain_names(&self) -> bool {
+        self.iter()
+            .flat_map(|c| &c.egress)
+            .flat_map(|r| &r.peers)
+            .any(|p| matches!(p, ClusterPeer::DomainNames(_)))
+    }
+
     /// Evaluates `tier` for a pod-network pod (`ns_labels`, `labels`) in `dir`: by priority,
     /// each selecting policy's first matching rule; equal priorities that disagree deny.
     pub fn evaluate(
