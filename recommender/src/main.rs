@@ -1210,9 +1210,18 @@ fn diff(args: DiffArgs) -> Result<(), Failure> {
             );
         }
         // The given policies were validated with their files; an error is in an applied one.
+        // The applied ClusterNetworkPolicies are the tiers of both states.
         leash::eval::PolicySet::new(&state.objects)
+            .and_then(|s| s.with_cluster_policies(&applied.cluster_policies))
             .map_err(|e| Failure::BadInput(format!("{}: {}", applied.source, Chain(&e))))
     };
+    if !applied.cluster_policies.is_empty() {
+        eprintln!(
+            "leash: {} applied ClusterNetworkPolicies: observed flows are evaluated with them; \
+             the reachability changes compare NetworkPolicies only",
+            applied.cluster_policies.len()
+        );
+    }
     let before = state("--from", &args.from, from_given)?;
     let after = state("--to", &args.to, to_given)?;
     let observations = if args.store.is_some() || !args.flows.is_empty() {

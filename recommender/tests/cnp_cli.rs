@@ -319,3 +319,55 @@ fn diff_refuses_cluster_network_policies_by_name() {
         "{err}"
     );
 }
+
+#[test]
+fn diff_evaluates_observed_flows_with_the_applied_cluster_network_policies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = dir.path().join("cluster.yaml");
+    let text = std::fs::read_to_string(fixture("cluster.yaml")).expect("fixture");
+    // The Admin tier accepts the lab range whatever the NetworkPolicies say.
+    let lab = "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: lab}\nspec: {tier: Admin, priority: 3, subject: {namespaces: {}}, egress: [{action: Accept, to: [{networks: [198.51.100.0/24]}]}]}\n";
+    std::fs::write(&cluster, format!("{text}\n---\n{lab}")).expect("writes");
+    let proposal = policy_dir(&[(
+        "deny.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: shop}\nspec: {podSelector: {}, policyTypes: [Egress]}\n",
+    )]);
+    let flows = fixture("flows.jsonl");
+    let o = leash(&[
+        "diff",
+        "--cluster",
+        cluster.to_str().expect("utf-8"),
+        "--flows",
+        &flows,
+        "--from",
+        "applied",
+        "--to",
+        proposal.path().to_str().expect("utf-8"),
+        "--format",
+        "json",
+    ]);
+    assert_code(&o, 0);
+    let out = stdout(&o);
+    let breaks: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("{\"kind\":\"flow\""))
+        .collect();
+    // The default deny breaks the stripe flow, not the lab range's.
+    assert!(
+        breaks
+            .iter()
+            .any(|l| l.contains("\"dst\":\"203.0.113.10\"")),
+        "{out}"
+    );
+    assert!(
+        !breaks
+            .iter()
+            .any(|l| l.contains("\"dst\":\"198.51.100.7\"")),
+        "{out}"
+    );
+    assert!(
+        stderr(&o).contains("1 applied ClusterNetworkPolicies"),
+        "{}",
+        stderr(&o)
+    );
+}

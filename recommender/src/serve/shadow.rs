@@ -112,9 +112,12 @@ pub fn load(source: &PolicySource) -> Result<Proposal, Error> {
     })
 }
 
-/// The proposed policy state of `state`: `given` laid over its applied policies, compiled.
+/// The proposed policy state of `state`: `given` laid over its applied policies, compiled,
+/// with the applied ClusterNetworkPolicies as its tiers (a proposal holds NetworkPolicies only).
 pub fn proposed_set(state: &ClusterState, given: &[NetworkPolicy]) -> Result<PolicySet, Error> {
-    crate::policy_state::compiled(&state.policies, given).map_err(Error::Combine)
+    crate::policy_state::compiled(&state.policies, given)
+        .and_then(|s| s.with_cluster_policies(&state.cluster_policies))
+        .map_err(Error::Combine)
 }
 
 /// Evaluates every stored flow against the applied policies and `proposed` (the compiled
