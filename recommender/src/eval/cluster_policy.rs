@@ -28,7 +28,7 @@ use crate::cnp::{
 };
 
 /// Which pods a subject or a selector peer reaches.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PodSelection {
     /// The namespaces (by their labels).
     pub namespaces: LabelSelector,
@@ -101,70 +101,70 @@ pub struct CompiledClusterPolicy {
     pub egress: Vec<ClusterRule>,
 }
 
-fn selector(s: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector) -> LabelSelector {
-    // Validated by `cnp::validate` before; a failure here cannot happen, and matching
-    // nothing would be the safe reading of it.
-    LabelSelector::parse(s, "").unwrap_or_else(|_| {
-        LabelSelector::labels(BTreeMap::from([(
-            String::from("leash.invalid/selector"),
-            String::new(),
-        )]))
-    })
-}
+type K8sSelector = k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-fn namespaced(p: &NamespacedPod) -> PodSelection {
-    PodSelection {
-        namespaces: p
-            .namespace_selector
-            .as_ref()
-            .map(selector)
-            .unwrap_or_default(),
-        pods: Some(selector(&p.pod_selector)),
-    }
+/// Compiles a selector; `cnp::validate` checked it already, so an error here names the field
+/// all the same.
+fn selector(s: &K8sSelector, at: &str) -> Result<LabelSelector, String> {
+    LabelSelector::parse(s, at)
 }
 
 fn pod_peer(
-    ns: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+    ns: Option<&K8sSelector>,
     pods: Option<&NamespacedPod>,
-) -> Option<PodSelection> {
-    match (ns, pods) {
+    at: &str,
+) -> Result<Option<PodSelection>, String> {
+    Ok(match (ns, pods) {
         (Some(n), _) => Some(PodSelection {
-            namespaces: selector(n),
+            namespaces: selector(n, &format!("{at}.namespaces"))?,
             pods: None,
         }),
-        (None, Some(p)) => Some(namespaced(p)),
+        (None, Some(p)) => Some(PodSelection {
+            namespaces: match &p.namespace_selector {
+                Some(n) => selector(n, &format!("{at}.pods.namespaceSelector"))?,
+                // Absent, like empty: every namespace.
+                None => LabelSelector::default(),
+            },
+            pods: Some(selector(
+                &p.pod_selector,
+                &format!("{at}.pods.podSelector"),
+            )?),
+        }),
         (None, None) => None,
-    }
+    })
 }
 
-fn ingress_peer(p: &IngressPeer) -> Vec<ClusterPeer> {
-    pod_peer(p.namespaces.as_ref(), p.pods.as_ref())
+fn ingress_peer(p: &IngressPeer, at: &str) -> Result<Vec<ClusterPeer>, String> {
+    Ok(pod_peer(p.namespaces.as_ref(), p.pods.as_ref(), at)?
         .map(ClusterPeer::Pods)
         .into_iter()
-        .collect()
+        .collect())
 }
 
-fn egress_peer(p: &EgressPeer) -> Vec<ClusterPeer> {
-    let mut out: Vec<ClusterPeer> = pod_peer(p.namespaces.as_ref(), p.pods.as_ref())
+fn egress_peer(p: &EgressPeer, at: &str) -> Result<Vec<ClusterPeer>, String> {
+    let mut out: Vec<ClusterPeer> = pod_peer(p.namespaces.as_ref(), p.pods.as_ref(), at)?
         .map(ClusterPeer::Pods)
         .into_iter()
         .collect();
     if let Some(nets) = &p.networks {
-        out.push(ClusterPeer::Networks(
-            nets.iter()
-                .filter_map(|n| cnp::validate::parse_cel_cidr(n))
-                .collect(),
-        ));
+        let mut compiled = Vec::new();
+        for (i, n) in nets.iter().enumerate() {
+            compiled.push(
+                cnp::validate::parse_cel_cidr(n)
+                    .ok_or_else(|| format!("{at}.networks[{i}]: Invalid CIDR format provided"))?,
+            );
+        }
+        out.push(ClusterPeer::Networks(compiled));
     }
     if let Some(n) = &p.nodes {
-        out.push(ClusterPeer::Nodes(selector(n)));
+        out.push(ClusterPeer::Nodes(selector(n, &format!("{at}.nodes"))?));
     }
     if let Some(names) = &p.domain_names {
         out.push(ClusterPeer::DomainNames(
             names.iter().map(|n| normal_name(n)).collect(),
         ));
     }
-    out
+    Ok(out)
 }
 
 fn normal_name(n: &str) -> String {
@@ -185,6 +185,7 @@ fn ports(list: Option<&[ProtocolPort]>) -> Vec<ClusterPort> {
             let Some(port) = ports.as_ref().and_then(|p| p.destination_port.as_ref()) else {
                 continue;
             };
+            // Validated: 1 to 65535.
             let clamp = |n: i32| u16::try_from(n).unwrap_or(0);
             match (port.number, &port.range) {
                 (Some(n), _) => out.push(ClusterPort::Range(proto, clamp(n), clamp(n))),
@@ -201,45 +202,57 @@ fn ports(list: Option<&[ProtocolPort]>) -> Vec<ClusterPort> {
 impl CompiledClusterPolicy {
     /// Validates (the CRD's limits and CEL rules) and compiles one policy.
     pub fn compile(c: &ClusterNetworkPolicy) -> Result<Self> {
-        cnp::validate(c).map_err(|e| Error::InvalidClusterPolicy {
+        let invalid = |message: String| Error::InvalidClusterPolicy {
             policy: c.name().to_owned(),
-            message: e.to_string(),
-        })?;
+            message,
+        };
+        cnp::validate(c).map_err(|e| invalid(e.to_string()))?;
         let s = &c.spec;
-        let subject = pod_peer(s.subject.namespaces.as_ref(), s.subject.pods.as_ref())
-            .unwrap_or_else(|| PodSelection {
-                namespaces: LabelSelector::default(),
-                pods: None,
+        let subject = pod_peer(
+            s.subject.namespaces.as_ref(),
+            s.subject.pods.as_ref(),
+            "spec.subject",
+        )
+        .map_err(invalid)?
+        .unwrap_or_default();
+        let mut ingress = Vec::new();
+        for (i, r) in s.ingress.iter().enumerate() {
+            let mut peers = Vec::new();
+            for (j, p) in r.from.iter().enumerate() {
+                peers.extend(
+                    ingress_peer(p, &format!("spec.ingress[{i}].from[{j}]")).map_err(invalid)?,
+                );
+            }
+            ingress.push(ClusterRule {
+                index: i,
+                name: r.name.clone(),
+                action: r.action,
+                peers,
+                ports: ports(r.protocols.as_deref()),
             });
+        }
+        let mut egress = Vec::new();
+        for (i, r) in s.egress.iter().enumerate() {
+            let mut peers = Vec::new();
+            for (j, p) in r.to.iter().enumerate() {
+                peers
+                    .extend(egress_peer(p, &format!("spec.egress[{i}].to[{j}]")).map_err(invalid)?);
+            }
+            egress.push(ClusterRule {
+                index: i,
+                name: r.name.clone(),
+                action: r.action,
+                peers,
+                ports: ports(r.protocols.as_deref()),
+            });
+        }
         Ok(Self {
             name: c.name().to_owned(),
             tier: s.tier,
             priority: s.priority,
             subject,
-            ingress: s
-                .ingress
-                .iter()
-                .enumerate()
-                .map(|(i, r)| ClusterRule {
-                    index: i,
-                    name: r.name.clone(),
-                    action: r.action,
-                    peers: r.from.iter().flat_map(ingress_peer).collect(),
-                    ports: ports(r.protocols.as_deref()),
-                })
-                .collect(),
-            egress: s
-                .egress
-                .iter()
-                .enumerate()
-                .map(|(i, r)| ClusterRule {
-                    index: i,
-                    name: r.name.clone(),
-                    action: r.action,
-                    peers: r.to.iter().flat_map(egress_peer).collect(),
-                    ports: ports(r.protocols.as_deref()),
-                })
-                .collect(),
+            ingress,
+            egress,
         })
     }
 }
