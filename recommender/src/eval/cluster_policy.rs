@@ -472,3 +472,34 @@ impl ClusterPolicies {
         TierOutcome::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CRD's examples for `domainNames`.
+    #[test]
+    fn domain_names_match_as_documented() {
+        let cases = [
+            ("kubernetes.io", "kubernetes.io", true),
+            ("kubernetes.io", "www.kubernetes.io", false),
+            ("kubernetes.io", "my-kubernetes.io", false),
+            ("blog.kubernetes.io", "blog.kubernetes.io", true),
+            ("blog.kubernetes.io", "kubernetes.io", false),
+            ("*.kubernetes.io", "www.kubernetes.io", true),
+            ("*.kubernetes.io", "latest.blog.kubernetes.io", true),
+            ("*.kubernetes.io", "kubernetes.io", false),
+            ("*.kubernetes.io", "wikipedia.org", false),
+            ("*.kubernetes.io", "xkubernetes.io", false),
+            // DNS names compare without case and without the root's dot.
+            ("kubernetes.io", "Kubernetes.IO.", true),
+        ];
+        for (pattern, name, want) in cases {
+            assert_eq!(
+                name_matches(&normal_name(pattern), name),
+                want,
+                "{pattern} {name}"
+            );
+        }
+    }
+}
