@@ -807,9 +807,6 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 let asked = leash::cilium::mixed::asked_names(&cluster, &obs);
                 leash::audit::with_names(&mut report, &cluster, &set, &asked);
             }
-            for c in leash::audit::conflicts(&report) {
-                eprintln!("leash: warning: {c}");
-            }
             report.drift = leash::drift::from_answers(&cluster, &set, &answers, &connections);
             if !cilium.is_empty() {
                 // The CiliumNetworkPolicies' toFQDNs need the names the input's DNS records
@@ -826,6 +823,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
                         overlay.apply(&cluster, pod, e.flow.protocol, &mut e.evaluation);
                     }
                 }
+            }
+            for c in leash::audit::conflicts(&report) {
+                eprintln!("leash: warning: {c}");
             }
             write_stdout(&report.render(format))?;
             if fail_on_deny && report.any_denied() {

@@ -371,3 +371,56 @@ fn diff_evaluates_observed_flows_with_the_applied_cluster_network_policies() {
         stderr(&o)
     );
 }
+
+const CILIUM_LAB: &str = "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: lab, namespace: shop}
+spec:
+  endpointSelector: {}
+  egress:
+  - toCIDRSet: [{cidr: 198.51.100.0/24}]
+";
+
+#[test]
+fn the_admin_tier_comes_before_cilium_network_policies_and_the_baseline_after() {
+    // The Admin tier's Deny beats the CiliumNetworkPolicy's allow.
+    let dir = policy_dir(&[("guard.yaml", GUARD), ("cilium.yaml", CILIUM_LAB)]);
+    let d = dir.path().to_str().expect("utf-8");
+    let out = explain(d, "198.51.100.7:9000/TCP", &[]);
+    assert!(
+        out.lines().next().is_some_and(|l| l.ends_with("DENY")),
+        "{out}"
+    );
+    assert!(
+        out.contains("CiliumNetworkPolicy: not consulted, the Admin tier decided"),
+        "{out}"
+    );
+    // A pod a CiliumNetworkPolicy selects never reaches the Baseline tier's Deny.
+    let baseline = "apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: base}
+spec: {tier: Baseline, priority: 1, subject: {namespaces: {}}, egress: [{action: Deny, to: [{networks: [0.0.0.0/0]}]}]}
+";
+    let dir = policy_dir(&[("base.yaml", baseline), ("cilium.yaml", CILIUM_LAB)]);
+    let d = dir.path().to_str().expect("utf-8");
+    let out = explain(d, "198.51.100.7:9000/TCP", &[]);
+    assert!(
+        out.lines().next().is_some_and(|l| l.ends_with("ALLOW")),
+        "{out}"
+    );
+    // Without it, the Baseline denies.
+    let dir = policy_dir(&[("base.yaml", baseline)]);
+    let out = explain(
+        dir.path().to_str().expect("utf-8"),
+        "198.51.100.7:9000/TCP",
+        &[],
+    );
+    assert!(
+        out.lines().next().is_some_and(|l| l.ends_with("DENY")),
+        "{out}"
+    );
+    assert!(
+        out.contains("Baseline tier: ClusterNetworkPolicy base (priority 1) rule 0: Deny"),
+        "{out}"
+    );
+}
