@@ -438,6 +438,22 @@ mod tests {
         text
     }
 
+    /// The proposed state keeps the applied ClusterNetworkPolicies as its tiers.
+    #[test]
+    fn the_proposed_set_keeps_the_applied_cluster_network_policies() {
+        let text = "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: guard}\nspec: {tier: Admin, priority: 1, subject: {namespaces: {}}}\n";
+        let snap =
+            leash_records::snapshot::parse_str(text, std::path::Path::new("s.yaml")).unwrap();
+        let state = ClusterState::build(&snap, 1);
+        let set = proposed_set(&state, &[]).unwrap();
+        let names: Vec<&str> = set
+            .cluster_policies()
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(names, ["guard"]);
+    }
+
     /// The counter counts a denied flow's events once, then only its new events; the gauges
     /// follow the latest board, every phase listed.
     #[test]
