@@ -371,3 +371,36 @@ proptest::proptest! {
         proptest::prop_assert_eq!(ev.egress, reference(&policies, np_denies), "{:?}", ev);
     }
 }
+
+#[test]
+fn a_name_allowed_by_domain_names_is_no_dns_drift() {
+    let cluster = cluster();
+    let cnps = [cnp(
+        "names",
+        "{tier: Admin, priority: 1, subject: {namespaces: {}}, egress: [{action: Accept, to: [{domainNames: [api.example.com]}], protocols: [{tcp: {destinationPort: {number: 443}}}]}, {action: Accept, to: [{networks: [203.0.113.10/32]}]}, {action: Deny, to: [{networks: [0.0.0.0/0]}]}]}",
+    )];
+    let set = PolicySet::new(&[])
+        .and_then(|s| s.with_cluster_policies(&cnps))
+        .expect("valid");
+    let source = ClusterView::pod(&cluster, "shop", "web").expect("pod");
+    let new: std::net::IpAddr = "203.0.113.20".parse().expect("ip");
+    let old: std::net::IpAddr = "203.0.113.10".parse().expect("ip");
+    let check = |name: &str| {
+        leash::drift::Checker::new().check(
+            &cluster,
+            &set,
+            source,
+            0,
+            name,
+            new,
+            chrono::DateTime::UNIX_EPOCH,
+            &[old],
+            &[(leash_records::Protocol::Tcp, 443)],
+        )
+    };
+    // The name's new address is allowed by the name: no drift.
+    assert_eq!(check("api.example.com"), None);
+    // Another name moving to the denied address is drift, decided by the ClusterNetworkPolicy.
+    let d = check("other.example.com").expect("drift");
+    assert_eq!(d.policies, [PolicyId::cluster("names")]);
+}
