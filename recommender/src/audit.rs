@@ -82,6 +82,32 @@ pub enum Error {
         /// The first file.
         first: PathBuf,
     },
+    /// A ClusterNetworkPolicy that cannot be read or is invalid under its CRD.
+    #[error("{}", path.display())]
+    InvalidClusterPolicy {
+        /// The file it was read from.
+        path: PathBuf,
+        /// What is wrong, naming the policy and field.
+        source: crate::cnp::ReadError,
+    },
+    /// The same ClusterNetworkPolicy in two places.
+    #[error("{}: ClusterNetworkPolicy {policy} is already defined in {}", path.display(), first.display())]
+    DuplicateClusterPolicy {
+        /// The second file.
+        path: PathBuf,
+        /// The name.
+        policy: String,
+        /// The first file.
+        first: PathBuf,
+    },
+    /// A ClusterNetworkPolicy given where only NetworkPolicies are compared.
+    #[error("diff, rollout and serve --proposed compare NetworkPolicies only; {}: ClusterNetworkPolicy {policy} (audit and explain evaluate ClusterNetworkPolicies)", path.display())]
+    ClusterPolicyNotCompared {
+        /// The file.
+        path: PathBuf,
+        /// The name.
+        policy: String,
+    },
     /// A CiliumNetworkPolicy given where only NetworkPolicies are compared.
     #[error("diff compares NetworkPolicies only; {}: CiliumNetworkPolicy {policy} (audit and explain evaluate CiliumNetworkPolicies)", path.display())]
     CiliumNotCompared {
@@ -257,7 +283,13 @@ fn policy_texts(path: &Path) -> Result<Vec<Result<(String, PathBuf)>>> {
 pub fn policies_of_texts(
     texts: impl IntoIterator<Item = Result<(String, PathBuf)>>,
 ) -> Result<Vec<(PathBuf, NetworkPolicy)>> {
-    let (policies, cilium) = mixed_of_texts(texts)?;
+    let (policies, cilium, cluster) = mixed_of_texts(texts)?;
+    if let Some((path, c)) = cluster.into_iter().next() {
+        return Err(Error::ClusterPolicyNotCompared {
+            path,
+            policy: c.name().to_owned(),
+        });
+    }
     match cilium.into_iter().next() {
         Some((path, c)) => Err(Error::CiliumNotCompared {
             path,
@@ -267,14 +299,15 @@ pub fn policies_of_texts(
     }
 }
 
-/// NetworkPolicies and CiliumNetworkPolicies with their files.
+/// NetworkPolicies, CiliumNetworkPolicies and ClusterNetworkPolicies with their files.
 pub type MixedPolicies = (
     Vec<(PathBuf, NetworkPolicy)>,
     Vec<(PathBuf, crate::cilium::CiliumNetworkPolicy)>,
+    Vec<(PathBuf, crate::cnp::ClusterNetworkPolicy)>,
 );
 
-/// The NetworkPolicies and the CiliumNetworkPolicies (leash's subset, [`crate::cilium`]) of a
-/// file or directory tree, for `audit` and `explain`; each validated and refused when defined
+/// The NetworkPolicies, the CiliumNetworkPolicies (leash's subset, [`crate::cilium`]) and the
+/// ClusterNetworkPolicies ([`crate::cnp`]) of a file or directory tree, for `audit` and `explain`; each validated and refused when defined
 /// twice, naming its file.
 pub fn load_mixed(path: &Path) -> Result<MixedPolicies> {
     mixed_of_texts(policy_texts(path)?)
@@ -288,9 +321,30 @@ fn mixed_of_texts(
     let mut cilium = Vec::new();
     let mut seen: HashMap<PolicyId, PathBuf> = HashMap::new();
     let mut seen_cilium: HashMap<String, PathBuf> = HashMap::new();
+    let mut cluster = Vec::new();
+    let mut seen_cluster: HashMap<String, PathBuf> = HashMap::new();
     for text in texts {
         let (text, file) = text?;
         let snapshot = leash_records::snapshot::parse_str(&text, &file)?;
+        for v in &snapshot.cluster_network_policies {
+            let Some(c) = crate::cnp::object_of_value(v.clone()).map_err(|source| {
+                Error::InvalidClusterPolicy {
+                    path: file.clone(),
+                    source,
+                }
+            })?
+            else {
+                continue;
+            };
+            if let Some(first) = seen_cluster.insert(c.name().to_owned(), file.clone()) {
+                return Err(Error::DuplicateClusterPolicy {
+                    path: file.clone(),
+                    policy: c.name().to_owned(),
+                    first,
+                });
+            }
+            cluster.push((file.clone(), c));
+        }
         let cilium_kind = format!("{}/{}", crate::cilium::API_VERSION, crate::cilium::KIND);
         if snapshot.ignored.contains_key(&cilium_kind) {
             let invalid = |source| Error::InvalidCilium {
@@ -327,7 +381,7 @@ fn mixed_of_texts(
             out.push((file.clone(), np));
         }
     }
-    Ok((out, cilium))
+    Ok((out, cilium, cluster))
 }
 
 /// The policies of a file or directory tree (see [`load_policy_files`]).
@@ -551,6 +605,43 @@ pub fn audit<V: ClusterView + ?Sized>(
     })
 }
 
+/// Evaluates again, with the names the source workload's lookups returned for the flow's
+/// destination (`asked`, from the DNS evidence), the entries that have such names: for the
+/// `domainNames` peers of ClusterNetworkPolicies.
+pub fn with_names(
+    report: &mut AuditReport,
+    cluster: &Cluster,
+    policies: &PolicySet,
+    asked: &crate::cilium::mixed::AskedNames,
+) {
+    for e in &mut report.entries {
+        let Some(id) = cluster.pod_by_name(&e.source.namespace, &e.source.name) else {
+            continue;
+        };
+        let Some(names) = cluster
+            .workload_of(id)
+            .and_then(|w| asked.get(&w))
+            .and_then(|by_ip| by_ip.get(&e.flow.dst.to_canonical()))
+        else {
+            continue;
+        };
+        if let Some(pod) = cluster.pods.get(id) {
+            e.evaluation = eval::evaluate_with_names(cluster, policies, pod, &e.flow, names);
+        }
+    }
+}
+
+/// Every ClusterNetworkPolicy conflict of the report's evaluations (equal priorities that
+/// disagree, evaluated as deny), sorted and once each.
+pub fn conflicts(report: &AuditReport) -> Vec<eval::Conflict> {
+    let all: std::collections::BTreeSet<&eval::Conflict> = report
+        .entries
+        .iter()
+        .flat_map(|e| &e.evaluation.conflicts)
+        .collect();
+    all.into_iter().cloned().collect()
+}
+
 /// The error for a flow whose pod is missing or not in the cluster, naming its origin.
 fn unattributed(af: &AttributedFlow) -> Error {
     match (&af.origin, &af.pod) {
@@ -584,6 +675,9 @@ struct JsonEntry<'a> {
     egress: Verdict,
     ingress: Verdict,
     policies: Vec<String>,
+    /// ClusterNetworkPolicy conflicts (equal priorities that disagree), when any.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -675,6 +769,12 @@ impl AuditReport {
                 policies: e
                     .evaluation
                     .policies()
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+                warnings: e
+                    .evaluation
+                    .conflicts
                     .iter()
                     .map(ToString::to_string)
                     .collect(),

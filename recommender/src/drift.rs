@@ -23,7 +23,10 @@ use leash_records::{PodRef, Protocol};
 use rustc_hash::FxHashMap as HashMap;
 use serde::Serialize;
 
-use crate::eval::{ClusterView, Flow, PodView, PolicyId, PolicySet, PortMatch, Verdict, evaluate};
+use crate::eval::{
+    ClusterView, Flow, PodView, PolicyId, PolicySet, PortMatch, Verdict, evaluate,
+    evaluate_with_names,
+};
 use crate::observations::History;
 use crate::store::{KIND_POD, WorkloadRef};
 
@@ -262,7 +265,19 @@ impl Checker {
         others: &[IpAddr],
         used: &[Port],
     ) -> Option<Drift> {
-        let ports = self.drift_ports(view, policies, source, key, address, others, used);
+        let mut ports = self.drift_ports(view, policies, source, key, address, others, used);
+        if policies.cluster_policies().has_domain_names() {
+            // A ClusterNetworkPolicy's domainNames allow the name's new address by the name.
+            let names = BTreeSet::from([name.to_owned()]);
+            ports.retain(|&(protocol, port)| {
+                let flow = Flow {
+                    protocol,
+                    dst: address,
+                    dst_port: port,
+                };
+                evaluate_with_names(view, policies, source, &flow, &names).verdict != Verdict::Allow
+            });
+        }
         if ports.is_empty() {
             return None;
         }

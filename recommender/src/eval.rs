@@ -24,9 +24,16 @@
 //! **deny** with a [`Problem`], not an error: kube-proxy rejects such connections, and one stale
 //! flow should not stop an audit of thousands.
 //!
+//! ClusterNetworkPolicies (`cluster_policy`) wrap the NetworkPolicies, in both directions:
+//! the Admin tier by priority (the first matching rule decides: Accept allows, Deny denies,
+//! Pass goes on), then the NetworkPolicies (when any selects the pod in that direction they
+//! decide, and the Baseline tier is never reached), then the Baseline tier, then allow.
+//! Equal-priority policies of one tier that match and disagree deny, with a [`Conflict`].
+//!
 //! The cluster is reached through [`ClusterView`] (implemented by `cluster::Cluster`, in
 //! `cluster_view`); pods through [`PodView`].
 
+mod cluster_policy;
 mod cluster_view;
 mod policy;
 mod view;
@@ -38,9 +45,15 @@ use std::{
 };
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+
+use crate::cnp::{Action, ClusterNetworkPolicy, Tier};
 use leash_records::Protocol;
 use serde::Serialize;
 
+pub use cluster_policy::{
+    ClusterPeer, ClusterPolicies, ClusterPort, ClusterRule, ClusterRuleMatch,
+    CompiledClusterPolicy, Conflict, PodSelection, TierDirection, TierOutcome, name_matches,
+};
 pub use policy::{CompiledPolicy, NamespaceMatch, PolicyPeer, PolicyRule, PortMatch, PortRule};
 pub use view::{BackendView, ClusterView, PodView, ServiceRoute};
 
@@ -61,6 +74,20 @@ pub enum Error {
         /// `namespace/name`.
         policy: String,
     },
+    /// A ClusterNetworkPolicy the API server would reject.
+    #[error("ClusterNetworkPolicy {policy}: {message}")]
+    InvalidClusterPolicy {
+        /// The name.
+        policy: String,
+        /// The rule it breaks, naming the field.
+        message: String,
+    },
+    /// Two ClusterNetworkPolicies with the same name.
+    #[error("ClusterNetworkPolicy {policy} is defined twice")]
+    DuplicateClusterPolicy {
+        /// The name.
+        policy: String,
+    },
 }
 
 /// The evaluator's result type.
@@ -75,8 +102,23 @@ pub struct PolicyId {
     pub name: String,
 }
 
+impl PolicyId {
+    /// A ClusterNetworkPolicy's identity among policies: no namespace, and its name as
+    /// `ClusterNetworkPolicy/name`.
+    pub fn cluster(name: &str) -> Self {
+        PolicyId {
+            namespace: String::new(),
+            name: format!("{}/{name}", crate::cnp::KIND),
+        }
+    }
+}
+
 impl fmt::Display for PolicyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Cluster-scoped objects have no namespace.
+        if self.namespace.is_empty() {
+            return f.write_str(&self.name);
+        }
         write!(f, "{}/{}", self.namespace, self.name)
     }
 }
@@ -130,6 +172,8 @@ pub struct PolicySet {
     // per workload, so scanning every policy of a namespace for every flow would be
     // quadratic in practice.
     index: HashMap<String, NamespaceIndex>,
+    // The Admin and Baseline tiers around the NetworkPolicies.
+    cluster: ClusterPolicies,
 }
 
 /// Candidate policies of one namespace, by the anchor label of their pod selector.
@@ -171,7 +215,20 @@ impl PolicySet {
         Ok(PolicySet {
             policies: compiled,
             index,
+            cluster: ClusterPolicies::default(),
         })
+    }
+
+    /// This set with the ClusterNetworkPolicies `cluster` (validated: the CRD's limits and
+    /// CEL rules) as its Admin and Baseline tiers, replacing any it had.
+    pub fn with_cluster_policies(mut self, cluster: &[ClusterNetworkPolicy]) -> Result<Self> {
+        self.cluster = ClusterPolicies::new(cluster)?;
+        Ok(self)
+    }
+
+    /// The ClusterNetworkPolicies, by tier and priority.
+    pub fn cluster_policies(&self) -> &ClusterPolicies {
+        &self.cluster
     }
 
     /// Every policy, sorted by `namespace/name`.
@@ -187,14 +244,14 @@ impl PolicySet {
             .map(|i| &self.policies[i])
     }
 
-    /// The number of policies.
+    /// The number of NetworkPolicies.
     pub fn len(&self) -> usize {
         self.policies.len()
     }
 
-    /// Whether the set is empty.
+    /// Whether the set holds no policy of either kind.
     pub fn is_empty(&self) -> bool {
-        self.policies.is_empty()
+        self.policies.is_empty() && self.cluster.is_empty()
     }
 
     /// The policies of `ns` whose pod selector may match `labels` (a superset of those that
@@ -245,6 +302,16 @@ pub enum Reason {
     RuleMatched,
     /// The pod is isolated and no rule matched.
     NoRuleMatched,
+    /// A ClusterNetworkPolicy rule of the Admin tier accepted it.
+    AdminAccept,
+    /// A ClusterNetworkPolicy rule of the Admin tier denied it.
+    AdminDeny,
+    /// A ClusterNetworkPolicy rule of the Baseline tier accepted it.
+    BaselineAccept,
+    /// A ClusterNetworkPolicy rule of the Baseline tier denied it.
+    BaselineDeny,
+    /// ClusterNetworkPolicies of equal priority disagreed: denied (fail closed).
+    TierConflict,
 }
 
 impl fmt::Display for Reason {
@@ -261,6 +328,13 @@ impl fmt::Display for Reason {
             Reason::FromOwnNode => "ingress from the pod's own node is always allowed",
             Reason::RuleMatched => "allowed by a rule",
             Reason::NoRuleMatched => "isolated, and no rule allows it",
+            Reason::AdminAccept => "accepted by a ClusterNetworkPolicy of the Admin tier",
+            Reason::AdminDeny => "denied by a ClusterNetworkPolicy of the Admin tier",
+            Reason::BaselineAccept => "accepted by a ClusterNetworkPolicy of the Baseline tier",
+            Reason::BaselineDeny => "denied by a ClusterNetworkPolicy of the Baseline tier",
+            Reason::TierConflict => {
+                "ClusterNetworkPolicies of equal priority disagree; evaluated as deny"
+            }
         })
     }
 }
@@ -292,6 +366,11 @@ pub struct DirectionResult {
     /// When denied: the rules that matched the peer but no port, or a port but no peer,
     /// sorted. They are what a reader most likely meant to allow.
     pub near_misses: Vec<NearMiss>,
+    /// The ClusterNetworkPolicy rules reached, in evaluation order: Admin then Baseline,
+    /// each tier's Pass or deciding rules.
+    pub cluster: Vec<ClusterRuleMatch>,
+    /// Set when equal-priority ClusterNetworkPolicies disagreed (the direction is denied).
+    pub conflict: Option<Conflict>,
 }
 
 /// A rule that matched one half of a connection (peer or port) but not the other.
@@ -322,6 +401,19 @@ impl DirectionResult {
             isolated_by: Vec::new(),
             matches: Vec::new(),
             near_misses: Vec::new(),
+            cluster: Vec::new(),
+            conflict: None,
+        }
+    }
+
+    /// The ClusterNetworkPolicy rule that decided, when a tier decided.
+    pub fn deciding_cluster_rule(&self) -> Option<&ClusterRuleMatch> {
+        match self.reason {
+            Reason::AdminAccept
+            | Reason::AdminDeny
+            | Reason::BaselineAccept
+            | Reason::BaselineDeny => self.cluster.last(),
+            _ => None,
         }
     }
 }
@@ -414,15 +506,32 @@ pub struct Evaluation {
     /// One result per destination: the flow's own, or one per ready Service backend,
     /// sorted by address and port.
     pub targets: Vec<TargetResult>,
+    /// Equal-priority ClusterNetworkPolicies that matched and disagreed, over every target
+    /// and direction, sorted: warnings (each was evaluated as deny).
+    pub conflicts: Vec<Conflict>,
 }
 
 impl Evaluation {
     /// The deciding policies, sorted and deduplicated: for an allowed flow the policies whose
     /// rules allow it; for a denied flow the policies that isolate it in a denying direction.
+    /// A ClusterNetworkPolicy that decided a direction counts as deciding, as
+    /// [`PolicyId::cluster`].
     pub fn policies(&self) -> Vec<PolicyId> {
         let mut out = BTreeSet::new();
         for t in &self.targets {
             for d in [&t.egress, &t.ingress] {
+                if let Some(c) = &d.conflict {
+                    if d.verdict == Verdict::Deny && self.verdict == Verdict::Deny {
+                        out.extend(c.rules.iter().map(|r| PolicyId::cluster(&r.policy)));
+                    }
+                    continue;
+                }
+                if let Some(r) = d.deciding_cluster_rule() {
+                    if self.verdict == Verdict::Allow || d.verdict == Verdict::Deny {
+                        out.insert(PolicyId::cluster(&r.policy));
+                    }
+                    continue;
+                }
                 if self.verdict == Verdict::Allow {
                     out.extend(d.matches.iter().map(|m| m.policy.clone()));
                 } else if d.verdict == Verdict::Deny {
@@ -441,11 +550,24 @@ struct SourceInfo<'a, P> {
 }
 
 /// Evaluates one flow from `source` against `policies`, resolving destinations with `view`.
+/// ClusterNetworkPolicies' `domainNames` match nothing: see [`evaluate_with_names`].
 pub fn evaluate<V: ClusterView + ?Sized>(
     view: &V,
     policies: &PolicySet,
     source: &V::Pod,
     flow: &Flow,
+) -> Evaluation {
+    evaluate_with_names(view, policies, source, flow, &BTreeSet::new())
+}
+
+/// [`evaluate`], with the DNS names the source's lookups returned the flow's destination
+/// address for (leash's DNS evidence): ClusterNetworkPolicies' `domainNames` peers match them.
+pub fn evaluate_with_names<V: ClusterView + ?Sized>(
+    view: &V,
+    policies: &PolicySet,
+    source: &V::Pod,
+    flow: &Flow,
+    names: &BTreeSet<String>,
 ) -> Evaluation {
     let src = SourceInfo {
         pod: source,
@@ -460,6 +582,7 @@ pub fn evaluate<V: ClusterView + ?Sized>(
         service,
         problem: Some(problem),
         targets: Vec::new(),
+        conflicts: Vec::new(),
     };
     let (service, backends) = match view.service(dst_ip, flow.dst_port, flow.protocol) {
         ServiceRoute::NotAService => {
@@ -483,12 +606,18 @@ pub fn evaluate<V: ClusterView + ?Sized>(
     };
     let mut targets: Vec<TargetResult> = backends
         .iter()
-        .map(|b| evaluate_target(view, policies, &src, flow.protocol, b))
+        .map(|b| evaluate_target(view, policies, &src, flow.protocol, b, names))
         .collect();
     targets.sort_by(|a, b| (a.ip, a.port, &a.destination).cmp(&(b.ip, b.port, &b.destination)));
     targets.dedup();
     let egress = Verdict::from_bool(targets.iter().all(|t| t.egress.verdict == Verdict::Allow));
     let ingress = Verdict::from_bool(targets.iter().all(|t| t.ingress.verdict == Verdict::Allow));
+    let conflicts: BTreeSet<Conflict> = targets
+        .iter()
+        .flat_map(|t| [&t.egress.conflict, &t.ingress.conflict])
+        .flatten()
+        .cloned()
+        .collect();
     Evaluation {
         verdict: Verdict::from_bool(egress == Verdict::Allow && ingress == Verdict::Allow),
         egress,
@@ -496,6 +625,7 @@ pub fn evaluate<V: ClusterView + ?Sized>(
         service,
         problem: None,
         targets,
+        conflicts: conflicts.into_iter().collect(),
     }
 }
 
@@ -513,6 +643,9 @@ struct DstInfo<'a, P> {
     ip: IpAddr,
     port: u16,
     protocol: Protocol,
+    /// The names the destination address was resolved from (ClusterNetworkPolicy's
+    /// `domainNames`).
+    names: &'a BTreeSet<String>,
 }
 
 fn evaluate_target<V: ClusterView + ?Sized>(
@@ -521,6 +654,7 @@ fn evaluate_target<V: ClusterView + ?Sized>(
     src: &SourceInfo<'_, V::Pod>,
     protocol: Protocol,
     backend: &BackendView<'_, V::Pod>,
+    names: &BTreeSet<String>,
 ) -> TargetResult {
     let (destination, dst_pod) = match backend.pod {
         Some(p) if p.host_network() => (Destination::HostNetworkPod(pod_id(p)), None),
@@ -532,16 +666,27 @@ fn evaluate_target<V: ClusterView + ?Sized>(
         ip: backend.ip,
         port: backend.port,
         protocol,
+        names,
     };
     let egress = if src.host_network {
         DirectionResult::exempt(Reason::SourceHostNetwork)
     } else {
-        evaluate_direction(
+        tiered(
+            view,
             policies,
             src.pod,
-            Direction::Egress,
-            |peer| egress_peer_matches(view, peer, &dst),
+            TierDirection::Egress,
+            |peer| cluster_egress_peer_matches(view, peer, &dst),
             &dst,
+            || {
+                evaluate_direction(
+                    policies,
+                    src.pod,
+                    Direction::Egress,
+                    |peer| egress_peer_matches(view, peer, &dst),
+                    &dst,
+                )
+            },
         )
     };
     let ingress = match dst_pod {
@@ -555,12 +700,22 @@ fn evaluate_target<V: ClusterView + ?Sized>(
         }
         Some(pod) => {
             let src_ip = source_ip(src, backend.ip);
-            evaluate_direction(
+            tiered(
+                view,
                 policies,
                 pod,
-                Direction::Ingress,
-                |peer| ingress_peer_matches(view, peer, src, src_ip),
+                TierDirection::Ingress,
+                |peer| cluster_ingress_peer_matches(view, peer, src),
                 &dst,
+                || {
+                    evaluate_direction(
+                        policies,
+                        pod,
+                        Direction::Ingress,
+                        |peer| ingress_peer_matches(view, peer, src, src_ip),
+                        &dst,
+                    )
+                },
             )
         }
         None if matches!(destination, Destination::HostNetworkPod(_)) => {
@@ -662,6 +817,124 @@ fn evaluate_direction<P: PodView>(
         isolated_by,
         matches,
         near_misses,
+        cluster: Vec::new(),
+        conflict: None,
+    }
+}
+
+/// A namespace's labels; an unknown namespace still carries its automatic name label.
+fn ns_labels<'a, V: ClusterView + ?Sized>(
+    view: &'a V,
+    ns: &str,
+) -> std::borrow::Cow<'a, BTreeMap<String, String>> {
+    match view.namespace_labels(ns) {
+        Some(labels) => std::borrow::Cow::Borrowed(labels),
+        None => std::borrow::Cow::Owned(BTreeMap::from([(
+            "kubernetes.io/metadata.name".to_string(),
+            ns.to_string(),
+        )])),
+    }
+}
+
+/// The full precedence for one direction of a pod-network `pod`: the Admin tier, then the
+/// NetworkPolicies (`network_policies`, which decide when any selects the pod), then the
+/// Baseline tier, then allow.
+fn tiered<V: ClusterView + ?Sized>(
+    view: &V,
+    policies: &PolicySet,
+    pod: &V::Pod,
+    dir: TierDirection,
+    peer_matches: impl Fn(&ClusterPeer) -> bool,
+    dst: &DstInfo<'_, V::Pod>,
+    network_policies: impl FnOnce() -> DirectionResult,
+) -> DirectionResult {
+    let tiers = &policies.cluster;
+    if tiers.is_empty() || pod.host_network() {
+        return network_policies();
+    }
+    let ns = ns_labels(view, pod.namespace());
+    let run = |tier| {
+        tiers.evaluate(tier, dir, &ns, pod.labels(), &peer_matches, |p| {
+            cluster_port_matches(p, dst)
+        })
+    };
+    let decided = |outcome: TierOutcome, mut prior: Vec<ClusterRuleMatch>, tier| {
+        let (verdict, reason) = match (outcome.decision, tier) {
+            (_, _) if outcome.conflict.is_some() => (Verdict::Deny, Reason::TierConflict),
+            (Some(Action::Accept), Tier::Admin) => (Verdict::Allow, Reason::AdminAccept),
+            (Some(Action::Accept), Tier::Baseline) => (Verdict::Allow, Reason::BaselineAccept),
+            (_, Tier::Admin) => (Verdict::Deny, Reason::AdminDeny),
+            (_, Tier::Baseline) => (Verdict::Deny, Reason::BaselineDeny),
+        };
+        prior.extend(outcome.matched);
+        DirectionResult {
+            verdict,
+            reason,
+            isolated_by: Vec::new(),
+            matches: Vec::new(),
+            near_misses: Vec::new(),
+            cluster: prior,
+            conflict: outcome.conflict,
+        }
+    };
+    let admin = run(Tier::Admin);
+    if admin.decision.is_some() {
+        return decided(admin, Vec::new(), Tier::Admin);
+    }
+    let mut np = network_policies();
+    np.cluster = admin.matched;
+    if !np.isolated_by.is_empty() || np.reason != Reason::NotIsolated {
+        return np;
+    }
+    let baseline = run(Tier::Baseline);
+    if baseline.decision.is_some() {
+        return decided(baseline, np.cluster, Tier::Baseline);
+    }
+    np.cluster.extend(baseline.matched);
+    np
+}
+
+/// A ClusterNetworkPolicy port: a protocol's number or range, or a named container port of
+/// the destination pod (with its protocol).
+fn cluster_port_matches<P: PodView>(port: &ClusterPort, dst: &DstInfo<'_, P>) -> bool {
+    match port {
+        ClusterPort::Range(proto, a, b) => *proto == dst.protocol && (*a..=*b).contains(&dst.port),
+        ClusterPort::Named(name) => {
+            dst.pod.and_then(|p| p.named_port(name, dst.protocol)) == Some(dst.port)
+        }
+    }
+}
+
+fn cluster_egress_peer_matches<V: ClusterView + ?Sized>(
+    view: &V,
+    peer: &ClusterPeer,
+    dst: &DstInfo<'_, V::Pod>,
+) -> bool {
+    match peer {
+        // `dst.pod` is a pod-network pod: host-networked pods are never selected.
+        ClusterPeer::Pods(sel) => dst
+            .pod
+            .is_some_and(|p| sel.matches(&ns_labels(view, p.namespace()), p.labels())),
+        ClusterPeer::Networks(nets) => nets.iter().any(|n| n.contains(&dst.ip)),
+        ClusterPeer::Nodes(sel) => view.node_labels(dst.ip).is_some_and(|l| sel.matches(l)),
+        ClusterPeer::DomainNames(patterns) => patterns
+            .iter()
+            .any(|p| dst.names.iter().any(|n| name_matches(p, n))),
+    }
+}
+
+fn cluster_ingress_peer_matches<V: ClusterView + ?Sized>(
+    view: &V,
+    peer: &ClusterPeer,
+    src: &SourceInfo<'_, V::Pod>,
+) -> bool {
+    match peer {
+        ClusterPeer::Pods(sel) => {
+            !src.host_network
+                && sel.matches(&ns_labels(view, src.pod.namespace()), src.pod.labels())
+        }
+        // Ingress peers are namespaces and pods only.
+        ClusterPeer::Networks(_) | ClusterPeer::Nodes(_) | ClusterPeer::DomainNames(_) => false,
     }
 }
 

@@ -5,6 +5,7 @@
 //! isolate the pod without allowing it. Through a Service, it explains each backend.
 
 use std::{
+    collections::BTreeSet,
     fmt::{self, Write as _},
     net::IpAddr,
 };
@@ -13,7 +14,7 @@ use leash_records::Protocol;
 
 use crate::eval::{
     ClusterView, DirectionResult, Evaluation, Flow, Half, NearMiss, PolicyId, PolicyRule,
-    PolicySet, Reason, RuleMatch, TargetResult, Verdict, evaluate,
+    PolicySet, Reason, RuleMatch, TargetResult, Verdict, evaluate_with_names,
 };
 
 /// Errors of `explain`.
@@ -156,10 +157,23 @@ pub fn explain_with<V: ClusterView + ?Sized>(
     flow: &Flow,
     overlay: impl FnOnce(&mut Evaluation) -> Vec<String>,
 ) -> Result<Explanation> {
+    explain_with_names(view, policies, from, flow, &BTreeSet::new(), overlay)
+}
+
+/// [`explain_with`], with the DNS names the destination address was resolved from (`--name`):
+/// ClusterNetworkPolicies' `domainNames` peers match them.
+pub fn explain_with_names<V: ClusterView + ?Sized>(
+    view: &V,
+    policies: &PolicySet,
+    from: &PolicyId,
+    flow: &Flow,
+    names: &BTreeSet<String>,
+    overlay: impl FnOnce(&mut Evaluation) -> Vec<String>,
+) -> Result<Explanation> {
     let pod = view
         .pod(&from.namespace, &from.name)
         .ok_or_else(|| Error::UnknownPod(from.clone()))?;
-    let mut evaluation = evaluate(view, policies, pod, flow);
+    let mut evaluation = evaluate_with_names(view, policies, pod, flow, names);
     let notes = overlay(&mut evaluation);
     let mut text = render(policies, from, flow, &evaluation);
     for n in notes {
@@ -310,6 +324,13 @@ fn render_result(
         other => {
             let _ = writeln!(out, "{}: {other}", r.verdict);
         }
+    }
+    // The ClusterNetworkPolicy rules reached, in order: tier, policy, rule and action.
+    for m in &r.cluster {
+        let _ = writeln!(out, "{indent}  {m}");
+    }
+    if let Some(c) = &r.conflict {
+        let _ = writeln!(out, "{indent}  warning: {c}");
     }
 }
 

@@ -29,6 +29,7 @@ pub mod cidr;
 pub mod cilium;
 pub mod classify;
 pub mod cluster;
+pub mod cnp;
 pub mod diff;
 pub mod drift;
 pub mod eval;

@@ -800,6 +800,13 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 answers.extend(dns);
             }
             let mut report = leash::audit::audit(&cluster, &set, &located).map_err(bad_input)?;
+            if set.cluster_policies().has_domain_names() {
+                // ClusterNetworkPolicies' domainNames match the names the input's DNS
+                // records returned for each address.
+                let (obs, _) = observe(&cluster, store.as_deref(), since, &flows)?;
+                let asked = leash::cilium::mixed::asked_names(&cluster, &obs);
+                leash::audit::with_names(&mut report, &cluster, &set, &asked);
+            }
             report.drift = leash::drift::from_answers(&cluster, &set, &answers, &connections);
             if !cilium.is_empty() {
                 // The CiliumNetworkPolicies' toFQDNs need the names the input's DNS records
@@ -816,6 +823,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
                         overlay.apply(&cluster, pod, e.flow.protocol, &mut e.evaluation);
                     }
                 }
+            }
+            for c in leash::audit::conflicts(&report) {
+                eprintln!("leash: warning: {c}");
             }
             write_stdout(&report.render(format))?;
             if fail_on_deny && report.any_denied() {
@@ -844,20 +854,22 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let flow = leash::explain::parse_target(&to).map_err(bad_input)?;
             let (cluster, applied) = load_cluster(&source)?;
             let (set, cilium) = policy_state(applied, &policies)?;
-            let names = names
+            let names: BTreeSet<String> = names
                 .iter()
                 .map(|n| leash::observations::normalize_name(n))
                 .collect();
-            let overlay = leash::cilium::mixed::Overlay::new(&cluster, cilium.clone(), None, names);
-            let explanation = leash::explain::explain_with(&cluster, &set, &from, &flow, |ev| {
-                match cluster.pod_by_name(&from.namespace, &from.name) {
-                    Some(pod) if !cilium.is_empty() => {
-                        overlay.apply(&cluster, pod, flow.protocol, ev)
+            let overlay =
+                leash::cilium::mixed::Overlay::new(&cluster, cilium.clone(), None, names.clone());
+            let explanation =
+                leash::explain::explain_with_names(&cluster, &set, &from, &flow, &names, |ev| {
+                    match cluster.pod_by_name(&from.namespace, &from.name) {
+                        Some(pod) if !cilium.is_empty() => {
+                            overlay.apply(&cluster, pod, flow.protocol, ev)
+                        }
+                        _ => Vec::new(),
                     }
-                    _ => Vec::new(),
-                }
-            })
-            .map_err(bad_input)?;
+                })
+                .map_err(bad_input)?;
             write_stdout(&explanation.to_string())
         }
         Command::Rollout(RolloutCommand::Status {
@@ -1016,6 +1028,8 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 struct Applied {
     /// As the source holds them.
     policies: Vec<k8s_openapi::api::networking::v1::NetworkPolicy>,
+    /// The applied ClusterNetworkPolicies (a snapshot's; the API server's are not read yet).
+    cluster_policies: Vec<leash::cnp::ClusterNetworkPolicy>,
     /// The snapshot file, or the API server.
     source: String,
 }
@@ -1031,8 +1045,22 @@ fn load_cluster(args: &ClusterArgs) -> Result<(leash::cluster::Cluster, Applied)
                 source,
             })
             .map_err(bad_input)?;
+        // Validated against their CRD (the file may be a pipe: never read twice).
+        let invalid = |e: &dyn std::error::Error| {
+            Failure::BadInput(format!("{}: {}", path.display(), Chain(e)))
+        };
+        let mut cluster_policies: Vec<leash::cnp::ClusterNetworkPolicy> = Vec::new();
+        for v in &snapshot.cluster_network_policies {
+            let Some(c) = leash::cnp::object_of_value(v.clone()).map_err(|e| invalid(&e))? else {
+                continue;
+            };
+            cluster_policies.push(c);
+        }
+        // A name given twice is refused with the set.
+        leash::eval::ClusterPolicies::new(&cluster_policies).map_err(|e| invalid(&e))?;
         let applied = Applied {
             policies: snapshot.network_policies,
+            cluster_policies,
             source: path.display().to_string(),
         };
         return Ok((cluster, applied));
@@ -1051,6 +1079,7 @@ fn load_cluster(args: &ClusterArgs) -> Result<(leash::cluster::Cluster, Applied)
     state.log_rejected(None);
     let applied = Applied {
         policies: state.policies,
+        cluster_policies: state.cluster_policies,
         source: "the Kubernetes API".to_owned(),
     };
     Ok((state.cluster, applied))
@@ -1065,13 +1094,22 @@ fn policy_state(
     args: &PolicyArgs,
 ) -> Result<(leash::eval::PolicySet, leash::cilium::eval::PolicySet), Failure> {
     let mut cilium = Vec::new();
+    // ClusterNetworkPolicies: the given ones replace the applied ones of the same name.
+    let mut cluster = applied.cluster_policies.clone();
     let state = match &args.policies {
         None => leash::policy_state::combine(&applied.policies, &[]),
         Some(path) => {
-            let (given, given_cilium) = leash::audit::load_mixed(path).map_err(bad_input)?;
+            let (given, given_cilium, given_cluster) =
+                leash::audit::load_mixed(path).map_err(bad_input)?;
             let given: Vec<_> = given.into_iter().map(|(_, np)| np).collect();
             cilium = given_cilium.into_iter().map(|(_, c)| c).collect();
-            if given.is_empty() && cilium.is_empty() {
+            let given_cluster: Vec<_> = given_cluster.into_iter().map(|(_, c)| c).collect();
+            if args.policies_only {
+                cluster.clear();
+            }
+            cluster.retain(|a| given_cluster.iter().all(|g| g.name() != a.name()));
+            cluster.extend(given_cluster);
+            if given.is_empty() && cilium.is_empty() && cluster.is_empty() {
                 eprintln!(
                     "leash: {}: no NetworkPolicy found (looked for *.yaml, *.yml and *.json): \
                      the given set is empty",
@@ -1097,13 +1135,14 @@ fn policy_state(
             }
         }
     };
-    if state.objects.is_empty() && cilium.is_empty() {
+    if state.objects.is_empty() && cilium.is_empty() && cluster.is_empty() {
         eprintln!(
             "leash: no NetworkPolicy to evaluate: nothing is isolated, every connection is allowed"
         );
     }
     // The given policies were validated with their files; an error is in an applied one.
     let set = leash::eval::PolicySet::new(&state.objects)
+        .and_then(|s| s.with_cluster_policies(&cluster))
         .map_err(|e| Failure::BadInput(format!("{}: {}", applied.source, Chain(&e))))?;
     let cilium = leash::cilium::eval::PolicySet::new(&cilium).map_err(bad_input)?;
     Ok((set, cilium))
@@ -1171,9 +1210,18 @@ fn diff(args: DiffArgs) -> Result<(), Failure> {
             );
         }
         // The given policies were validated with their files; an error is in an applied one.
+        // The applied ClusterNetworkPolicies are the tiers of both states.
         leash::eval::PolicySet::new(&state.objects)
+            .and_then(|s| s.with_cluster_policies(&applied.cluster_policies))
             .map_err(|e| Failure::BadInput(format!("{}: {}", applied.source, Chain(&e))))
     };
+    if !applied.cluster_policies.is_empty() {
+        eprintln!(
+            "leash: {} applied ClusterNetworkPolicies: observed flows are evaluated with them; \
+             the reachability changes compare NetworkPolicies only",
+            applied.cluster_policies.len()
+        );
+    }
     let before = state("--from", &args.from, from_given)?;
     let after = state("--to", &args.to, to_given)?;
     let observations = if args.store.is_some() || !args.flows.is_empty() {

@@ -23,7 +23,10 @@ pub struct ClusterState {
     pub cluster: Cluster,
     /// The applied NetworkPolicies the evaluator accepts, sorted by namespace and name.
     pub policies: Vec<NetworkPolicy>,
-    /// [`Self::policies`], compiled for evaluation.
+    /// The applied ClusterNetworkPolicies the evaluator accepts (valid under their CRD),
+    /// sorted by name.
+    pub cluster_policies: Vec<crate::cnp::ClusterNetworkPolicy>,
+    /// [`Self::policies`] and [`Self::cluster_policies`], compiled for evaluation.
     pub policy_set: PolicySet,
     /// Counts the states a source published: 1 for the first, +1 per rebuild.
     pub generation: u64,
@@ -41,6 +44,7 @@ impl ClusterState {
         ClusterState {
             cluster,
             policies: Vec::new(),
+            cluster_policies: Vec::new(),
             policy_set: PolicySet::default(),
             generation: 1,
             built_at: SystemTime::now(),
@@ -79,9 +83,12 @@ impl ClusterState {
                 }
             }
         });
+        let cluster_policies = applied_cluster_policies(snapshot, &mut rejected);
         // Each policy compiled alone and names are unique, so the set compiles; should it not,
         // evaluating with no policies at all would silently allow everything, so say so loudly.
-        let policy_set = PolicySet::new(&policies).unwrap_or_else(|e| {
+        let policy_set = PolicySet::new(&policies)
+            .and_then(|s| s.with_cluster_policies(&cluster_policies))
+            .unwrap_or_else(|e| {
             tracing::error!(error = %Chain(&e), "the applied NetworkPolicies do not compile as a set");
             rejected.push(Rejected {
                 kind: "NetworkPolicy".to_owned(),
@@ -94,6 +101,7 @@ impl ClusterState {
         ClusterState {
             cluster,
             policies,
+            cluster_policies,
             policy_set,
             generation,
             built_at: SystemTime::now(),
@@ -113,6 +121,40 @@ impl ClusterState {
                 "object left out of the cluster model");
         }
     }
+}
+
+/// The snapshot's ClusterNetworkPolicies that are valid under their CRD (its limits and CEL
+/// rules), sorted by name; the others, and a name's second definition, go to `rejected`.
+fn applied_cluster_policies(
+    snapshot: &Snapshot,
+    rejected: &mut Vec<Rejected>,
+) -> Vec<crate::cnp::ClusterNetworkPolicy> {
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    for v in &snapshot.cluster_network_policies {
+        let reject = |name: &str, reason: String| Rejected {
+            kind: crate::cnp::KIND.to_owned(),
+            name: name.to_owned(),
+            reason,
+        };
+        match crate::cnp::object_of_value(v.clone()) {
+            Ok(Some(c)) if seen.insert(c.name().to_owned()) => out.push(c),
+            Ok(Some(c)) => rejected.push(reject(
+                c.name(),
+                "defined twice; the first one is kept".to_owned(),
+            )),
+            Ok(None) => {}
+            Err(e) => {
+                let name = v
+                    .pointer("/metadata/name")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or("");
+                rejected.push(reject(name, Chain(&e).to_string()));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.name().cmp(b.name()));
+    out
 }
 
 impl FromSnapshot for ClusterState {
@@ -196,5 +238,46 @@ items:
             .collect();
         assert_eq!(policies, [Some("deny")]);
         assert_eq!(state.policy_set.len(), 1);
+    }
+
+    #[test]
+    fn applied_cluster_network_policies_are_validated_and_compiled() {
+        let text = r#"
+apiVersion: v1
+kind: List
+items:
+- apiVersion: policy.networking.k8s.io/v1alpha2
+  kind: ClusterNetworkPolicy
+  metadata: {name: guard}
+  spec: {tier: Admin, priority: 1, subject: {namespaces: {}}, egress: [{action: Deny, to: [{networks: [203.0.113.0/24]}]}]}
+- apiVersion: policy.networking.k8s.io/v1alpha2
+  kind: ClusterNetworkPolicy
+  metadata: {name: bad}
+  spec: {tier: Admin, priority: 1, subject: {namespaces: {}}, egress: [{action: Deny, to: [{networks: [nope]}]}]}
+- apiVersion: policy.networking.k8s.io/v1alpha2
+  kind: ClusterNetworkPolicy
+  metadata: {name: guard}
+  spec: {tier: Baseline, priority: 1, subject: {namespaces: {}}}
+"#;
+        let snap = leash_records::snapshot::parse_str(text, Path::new("s.yaml")).unwrap();
+        let state = ClusterState::build(&snap, 1);
+        let names: Vec<&str> = state.cluster_policies.iter().map(|c| c.name()).collect();
+        assert_eq!(names, ["guard"]);
+        assert_eq!(state.policy_set.cluster_policies().len(), 1);
+        let rejected: Vec<(&str, &str)> = state
+            .rejected
+            .iter()
+            .map(|r| (r.name.as_str(), r.reason.as_str()))
+            .collect();
+        assert_eq!(
+            rejected,
+            [
+                (
+                    "bad",
+                    "ClusterNetworkPolicy bad: invalid: spec.egress[0].to[0].networks[0]: Invalid CIDR format provided"
+                ),
+                ("guard", "defined twice; the first one is kept"),
+            ]
+        );
     }
 }

@@ -99,6 +99,9 @@ pub struct Snapshot {
     pub cron_jobs: Vec<CronJob>,
     /// Objects of kinds leash does not model, counted by `apiVersion/kind`.
     pub ignored: BTreeMap<String, usize>,
+    /// ClusterNetworkPolicies (`policy.networking.k8s.io/v1alpha2`), as read: the recommender
+    /// reads and validates them against their CRD.
+    pub cluster_network_policies: Vec<Value>,
 }
 
 /// Loads a snapshot file (YAML or JSON), read within the [`Limits`](bounded::Limits) of the
@@ -316,6 +319,9 @@ impl Snapshot {
             ("apps/v1", "DaemonSet") => self.daemon_sets.push(decode(item).map_err(invalid)?),
             ("batch/v1", "Job") => self.jobs.push(decode(item).map_err(invalid)?),
             ("batch/v1", "CronJob") => self.cron_jobs.push(decode(item).map_err(invalid)?),
+            ("policy.networking.k8s.io/v1alpha2", "ClusterNetworkPolicy") => {
+                self.cluster_network_policies.push(item)
+            }
             _ => {
                 *self
                     .ignored

@@ -183,6 +183,29 @@ impl Overlay {
             if v.selected_by.is_empty() {
                 continue;
             }
+            // The ClusterNetworkPolicies' Admin tier comes before both kinds; a pod a
+            // CiliumNetworkPolicy selects never reaches the Baseline tier.
+            let admin = |tier: Option<crate::cnp::Tier>| tier == Some(crate::cnp::Tier::Admin);
+            if matches!(t.egress.reason, Reason::AdminAccept | Reason::AdminDeny)
+                || admin(t.egress.conflict.as_ref().map(|c| c.tier))
+            {
+                lines.push(String::from(
+                    "CiliumNetworkPolicy: not consulted, the Admin tier decided",
+                ));
+                continue;
+            }
+            if t.egress.conflict.is_some()
+                || matches!(
+                    t.egress.reason,
+                    Reason::BaselineAccept | Reason::BaselineDeny
+                )
+            {
+                t.egress
+                    .cluster
+                    .retain(|m| m.tier == crate::cnp::Tier::Admin);
+                t.egress.conflict = None;
+                t.egress.reason = Reason::NotIsolated;
+            }
             let named = if names.is_empty() {
                 String::from(" (no DNS lookup returned this address)")
             } else {
@@ -235,6 +258,14 @@ impl Overlay {
             ev.egress = all(&|t| t.egress.verdict == Verdict::Allow);
             ev.verdict = all(&|t| t.verdict() == Verdict::Allow);
         }
+        let conflicts: BTreeSet<_> = ev
+            .targets
+            .iter()
+            .flat_map(|t| [&t.egress.conflict, &t.ingress.conflict])
+            .flatten()
+            .cloned()
+            .collect();
+        ev.conflicts = conflicts.into_iter().collect();
         lines
     }
 }

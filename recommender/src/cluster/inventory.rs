@@ -106,6 +106,8 @@ pub struct NodeInfo {
     pub ips: Vec<IpAddr>,
     /// `spec.podCIDRs`.
     pub pod_cidrs: Vec<IpNet>,
+    /// Its labels (ClusterNetworkPolicy's `nodes` peers select by them).
+    pub labels: Labels,
 }
 
 /// A declared container port.
@@ -377,6 +379,13 @@ impl Inventory {
             name,
             ips,
             pod_cidrs,
+            labels: node
+                .metadata
+                .labels
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
         });
         Ok(())
     }

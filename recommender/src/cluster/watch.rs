@@ -315,6 +315,8 @@ impl Stores {
             jobs: take!(jobs),
             cron_jobs: take!(cron_jobs),
             ignored: Default::default(),
+            // Not watched: ClusterNetworkPolicies come from snapshot files only.
+            cluster_network_policies: Vec::new(),
         };
         (snapshot, bad)
     }
@@ -469,6 +471,8 @@ pub async fn load_once<S: FromSnapshot>(client: kube::Client) -> Result<S> {
         jobs: list_all(&client, &mut bad).await?,
         cron_jobs: list_all(&client, &mut bad).await?,
         ignored: Default::default(),
+        // Not watched: ClusterNetworkPolicies come from snapshot files only.
+        cluster_network_policies: Vec::new(),
     };
     let state = S::from_snapshot(&snapshot, 1, bad, 0);
     state.log_rejected(None);

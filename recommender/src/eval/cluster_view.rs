@@ -64,6 +64,12 @@ impl ClusterView for Cluster {
         self.namespaces.get(namespace).map(|n| &n.labels)
     }
 
+    fn node_labels(&self, ip: IpAddr) -> Option<&BTreeMap<String, String>> {
+        self.node_by_ip(ip)
+            .and_then(|n| self.nodes.get(n))
+            .map(|n| &n.labels)
+    }
+
     fn pod_workload(&self, pod: &Self::Pod) -> Option<(&str, &str)> {
         let w = self
             .pod_by_name(&pod.namespace, &pod.name)

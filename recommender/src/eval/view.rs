@@ -85,6 +85,12 @@ pub trait ClusterView {
     /// Where a connection to `ip:port/protocol` goes when `ip` may be a Service address.
     fn service(&self, ip: IpAddr, port: u16, protocol: Protocol) -> ServiceRoute<'_, Self::Pod>;
 
+    /// The labels of the Node that has this address (in `status.addresses`); `None` when no
+    /// Node does, or the view knows no Nodes.
+    fn node_labels(&self, _ip: IpAddr) -> Option<&BTreeMap<String, String>> {
+        None
+    }
+
     /// The workload running a pod, `(kind, name)`; `None` when the pod is its own (a bare
     /// pod, or a view without owners).
     fn pod_workload(&self, _pod: &Self::Pod) -> Option<(&str, &str)> {

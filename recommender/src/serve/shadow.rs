@@ -112,9 +112,12 @@ pub fn load(source: &PolicySource) -> Result<Proposal, Error> {
     })
 }
 
-/// The proposed policy state of `state`: `given` laid over its applied policies, compiled.
+/// The proposed policy state of `state`: `given` laid over its applied policies, compiled,
+/// with the applied ClusterNetworkPolicies as its tiers (a proposal holds NetworkPolicies only).
 pub fn proposed_set(state: &ClusterState, given: &[NetworkPolicy]) -> Result<PolicySet, Error> {
-    crate::policy_state::compiled(&state.policies, given).map_err(Error::Combine)
+    crate::policy_state::compiled(&state.policies, given)
+        .and_then(|s| s.with_cluster_policies(&state.cluster_policies))
+        .map_err(Error::Combine)
 }
 
 /// Evaluates every stored flow against the applied policies and `proposed` (the compiled
@@ -433,6 +436,22 @@ mod tests {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap_or_default();
         text
+    }
+
+    /// The proposed state keeps the applied ClusterNetworkPolicies as its tiers.
+    #[test]
+    fn the_proposed_set_keeps_the_applied_cluster_network_policies() {
+        let text = "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: guard}\nspec: {tier: Admin, priority: 1, subject: {namespaces: {}}}\n";
+        let snap =
+            leash_records::snapshot::parse_str(text, std::path::Path::new("s.yaml")).unwrap();
+        let state = ClusterState::build(&snap, 1);
+        let set = proposed_set(&state, &[]).unwrap();
+        let names: Vec<&str> = set
+            .cluster_policies()
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(names, ["guard"]);
     }
 
     /// The counter counts a denied flow's events once, then only its new events; the gauges
