@@ -206,6 +206,7 @@ fn assert_within(requests: &[Request], declared: &[ApiAccess]) {
 fn fast() -> WatchOptions {
     WatchOptions {
         debounce: Duration::from_millis(100),
+        ..WatchOptions::default()
     }
 }
 
@@ -540,6 +541,7 @@ async fn bursts_are_debounced_and_the_task_ends_with_its_receivers() {
     load_fixtures(&api);
     let options = WatchOptions {
         debounce: Duration::from_millis(300),
+        ..WatchOptions::default()
     };
     let (mut rx, task) = watch_cluster::<ClusterState>(api.client().unwrap(), options);
     let first = state_where(&mut rx, "ready", |_| true).await;

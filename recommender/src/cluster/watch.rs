@@ -9,6 +9,9 @@
 //! result does not depend on event order, and built into whatever the caller asks for through
 //! [`FromSnapshot`] (the model with the policies applied in it, for `serve`): the same path a
 //! snapshot file takes. [`load_once`] lists each kind once instead, for one-shot commands.
+//! ClusterNetworkPolicies, a CRD a cluster may lack, are read by [`cnp`].
+
+pub mod cnp;
 
 use std::fmt::Debug;
 use std::path::{Path, PathBuf};
@@ -75,6 +78,7 @@ pub const API_ACCESS: &[ApiAccess] = &[
     access("apps", "daemonsets"),
     access("batch", "jobs"),
     access("batch", "cronjobs"),
+    access(cnp::GROUP, cnp::PLURAL),
 ];
 
 const fn access(group: &'static str, resource: &'static str) -> ApiAccess {
@@ -144,18 +148,22 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client> {
 pub struct WatchOptions {
     /// After a change, wait this long (absorbing further changes) before rebuilding the model.
     pub debounce: Duration,
+    /// When the API does not serve ClusterNetworkPolicies (no CRD, `404`) or forbids reading
+    /// them (`403`), ask again after this long.
+    pub cnp_recheck: Duration,
 }
 
 impl Default for WatchOptions {
     fn default() -> Self {
         WatchOptions {
             debounce: Duration::from_millis(500),
+            cnp_recheck: Duration::from_secs(300),
         }
     }
 }
 
 /// The kinds, in [`Stores`] field order; index into `synced`.
-const KINDS: [&str; 12] = [
+const KINDS: [&str; 13] = [
     "namespaces",
     "nodes",
     "pods",
@@ -168,6 +176,7 @@ const KINDS: [&str; 12] = [
     "daemonsets",
     "jobs",
     "cronjobs",
+    "clusternetworkpolicies",
 ];
 
 /// What one reflector reported.
@@ -197,6 +206,7 @@ struct Stores {
     daemon_sets: Store<Lenient<DaemonSet>>,
     jobs: Store<Lenient<Job>>,
     cron_jobs: Store<Lenient<CronJob>>,
+    cluster_network_policies: Store<kube::api::DynamicObject>,
 }
 
 /// The bounds every modelled kind meets.
@@ -262,7 +272,10 @@ const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 impl Stores {
     /// Starts the reflectors; their events come out of the returned stream.
-    fn start(client: &kube::Client) -> (Self, BoxStream<'static, (usize, Signal)>) {
+    fn start(
+        client: &kube::Client,
+        cnp_recheck: Duration,
+    ) -> (Self, BoxStream<'static, (usize, Signal)>) {
         let (namespaces, s0) = reflect(client, 0);
         let (nodes, s1) = reflect(client, 1);
         let (pods, s2) = reflect(client, 2);
@@ -275,6 +288,7 @@ impl Stores {
         let (daemon_sets, s9) = reflect(client, 9);
         let (jobs, s10) = reflect(client, 10);
         let (cron_jobs, s11) = reflect(client, 11);
+        let (cluster_network_policies, s12) = cnp::reflect(client, 12, cnp_recheck);
         let stores = Stores {
             namespaces,
             nodes,
@@ -288,8 +302,11 @@ impl Stores {
             daemon_sets,
             jobs,
             cron_jobs,
+            cluster_network_policies,
         };
-        let events = stream::select_all([s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11]);
+        let events = stream::select_all([
+            s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12,
+        ]);
         (stores, events.boxed())
     }
 
@@ -315,8 +332,10 @@ impl Stores {
             jobs: take!(jobs),
             cron_jobs: take!(cron_jobs),
             ignored: Default::default(),
-            // Not watched: ClusterNetworkPolicies come from snapshot files only.
-            cluster_network_policies: Vec::new(),
+            cluster_network_policies: cnp::values(
+                self.cluster_network_policies.state().iter().map(|o| o.as_ref()),
+                &mut bad,
+            ),
         };
         (snapshot, bad)
     }
@@ -375,7 +394,7 @@ async fn run<S: FromSnapshot>(
     options: WatchOptions,
     tx: watch::Sender<Option<Arc<S>>>,
 ) {
-    let (stores, mut events) = Stores::start(&client);
+    let (stores, mut events) = Stores::start(&client, options.cnp_recheck);
     let mut synced = [false; KINDS.len()];
     // When the first change not yet in the published state arrived.
     let mut dirty_since: Option<Instant> = None;
@@ -471,8 +490,7 @@ pub async fn load_once<S: FromSnapshot>(client: kube::Client) -> Result<S> {
         jobs: list_all(&client, &mut bad).await?,
         cron_jobs: list_all(&client, &mut bad).await?,
         ignored: Default::default(),
-        // Not watched: ClusterNetworkPolicies come from snapshot files only.
-        cluster_network_policies: Vec::new(),
+        cluster_network_policies: cnp::list_all(&client, &mut bad).await?,
     };
     let state = S::from_snapshot(&snapshot, 1, bad, 0);
     state.log_rejected(None);
