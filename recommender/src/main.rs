@@ -1065,6 +1065,9 @@ fn load_cluster(args: &ClusterArgs) -> Result<(leash::cluster::Cluster, Applied)
         };
         return Ok((cluster, applied));
     }
+    // What loading logs (objects left out, ClusterNetworkPolicies not served or forbidden)
+    // must reach stderr, not vanish.
+    init_logging();
     let state = runtime()?
         .block_on(async {
             let client = leash::cluster::watch::client(args.kubeconfig.as_deref()).await?;

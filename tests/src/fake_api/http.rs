@@ -56,6 +56,9 @@ async fn dispatch(
         Err(message) => return failure(400, "BadRequest", &message),
     };
     lock(&state).requests.push(req.clone());
+    if let Some(response) = group_version(&lock(&state), &req.path) {
+        return response;
+    }
     let Some(target) = Target::parse(&req.path) else {
         return failure(404, "NotFound", &format!("no such path {}", req.path));
     };
@@ -74,6 +77,34 @@ async fn dispatch(
     }
     let (code, body) = objects::handle(&mut lock(&state), &req, &target, &filter);
     json_response(code, Body::from(body.to_string()))
+}
+
+/// The answer for paths of a group version that is not served (the real server's `404`
+/// `Status`), or for a group version's discovery document (`GET /apis/GROUP/VERSION`, an
+/// `APIResourceList`); `None` for everything else.
+fn group_version(state: &State, path: &str) -> Option<Response> {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let gv = match segments.as_slice() {
+        ["apis", group, version, ..] => format!("{group}/{version}"),
+        ["api", version, ..] => (*version).to_owned(),
+        _ => return None,
+    };
+    if state.unserved.contains(&gv) {
+        // What kube-apiserver answers for a group/version nobody serves.
+        return Some(failure(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        ));
+    }
+    let discovery = matches!(segments.as_slice(), ["apis", _, _] | ["api", _]);
+    if !discovery {
+        return None;
+    }
+    let resources = state.discovery.get(&gv)?;
+    let body = serde_json::json!({"kind": "APIResourceList", "apiVersion": "v1",
+        "groupVersion": gv, "resources": resources});
+    Some(json_response(200, Body::from(body.to_string())))
 }
 
 /// The recorded form of a request: method, decoded path and query, content type, whole body.

@@ -212,6 +212,44 @@ impl FakeApi {
         self.lock().failures.clear();
     }
 
+    /// Serves `plural` (kind `kind`) in group version `api_version` (e.g.
+    /// `policy.networking.k8s.io/v1alpha2`), as installing its CRD does: the group version is
+    /// served again if [`Self::unserve`] stopped it, and its discovery document
+    /// (`GET /apis/GROUP/VERSION`) lists the resource. (Any other path is served too, without
+    /// discovery, as before.)
+    pub fn serve_kind(&self, api_version: &str, plural: &str, kind: &str, namespaced: bool) {
+        let mut state = self.lock();
+        state.unserved.remove(api_version);
+        let resources = state.discovery.entry(api_version.to_owned()).or_default();
+        resources.retain(|r| r["name"] != plural);
+        resources.push(json!({"name": plural, "singularName": kind.to_lowercase(),
+            "namespaced": namespaced, "kind": kind,
+            "verbs": ["delete", "deletecollection", "get", "list", "patch", "create",
+                      "update", "watch"]}));
+    }
+
+    /// Stops serving group version `api_version`, as when its CRD is not installed (or is
+    /// deleted): every request under it, discovery included, gets the real server's `404`
+    /// `Status` ("the server could not find the requested resource"), and open watches of it
+    /// end. Stored objects stay, and come back with [`Self::serve_kind`].
+    pub fn unserve(&self, api_version: &str) {
+        let mut state = self.lock();
+        state.unserved.insert(api_version.to_owned());
+        let prefix = if api_version.contains('/') {
+            format!("/apis/{api_version}/")
+        } else {
+            format!("/api/{api_version}/")
+        };
+        state.watchers.retain(|w| {
+            if w.collection.starts_with(&prefix) {
+                let _ = w.tx.send(WatchMsg::End);
+                false
+            } else {
+                true
+            }
+        });
+    }
+
     /// Every request received so far, in arrival order.
     pub fn requests(&self) -> Vec<Request> {
         self.lock().requests.clone()

@@ -1,7 +1,7 @@
 //! The stored objects, their resource versions and the change log watches replay, plus the
 //! failures a test injects.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, MutexGuard};
 
 use serde_json::{Map, Value, json};
@@ -48,6 +48,12 @@ pub(super) struct State {
     pub(super) requests: Vec<Request>,
     /// Injected failures, tried in order.
     pub(super) failures: Vec<Failure>,
+    /// Group versions (`policy.networking.k8s.io/v1alpha2`) the server does not serve, as
+    /// when their CRD is not installed: every path under them answers `404`.
+    pub(super) unserved: BTreeSet<String>,
+    /// Discovery: the `APIResource` entries of each group version registered with
+    /// [`super::FakeApi::serve_kind`].
+    pub(super) discovery: BTreeMap<String, Vec<Value>>,
 }
 
 /// A failure injected by the test: the next `remaining` requests with this verb (on this

@@ -51,9 +51,10 @@ enum Unavailable {
 }
 
 fn unavailable_status(status: &kube::core::Status) -> Option<Unavailable> {
-    if status.is_not_found() {
+    // By code first: the reason is advisory (a proxy may answer with its own).
+    if status.code == 404 || (status.code == 0 && status.is_not_found()) {
         Some(Unavailable::NotServed)
-    } else if status.is_forbidden() {
+    } else if status.code == 403 || (status.code == 0 && status.is_forbidden()) {
         Some(Unavailable::Forbidden)
     } else {
         None
@@ -79,7 +80,7 @@ fn unavailable_watch(error: &watcher::Error) -> Option<Unavailable> {
 
 /// Logs why there are none; `recheck` is when the watch tries again (`None` for one-shot loads).
 fn log(why: Unavailable, recheck: Option<Duration>) {
-    let recheck = recheck.map_or_else(|| "never".to_owned(), |d| format!("{}s", d.as_secs()));
+    let recheck = recheck.map_or_else(|| "never".to_owned(), |d| format!("{d:?}"));
     match why {
         Unavailable::NotServed => tracing::info!(
             api = crate::cnp::API_VERSION,
@@ -172,7 +173,8 @@ async fn run(
             match event {
                 Ok(event) => {
                     writer.apply_watcher_event(&event);
-                    if reported.take().is_some() {
+                    // A completed list, not the start of one, shows they are readable again.
+                    if matches!(event, Event::InitDone) && reported.take().is_some() {
                         tracing::info!(api = crate::cnp::API_VERSION,
                             "ClusterNetworkPolicies are readable now; watching them");
                     }
