@@ -73,7 +73,10 @@ fn baseline() -> Value {
 }
 
 fn cnp_names(s: &ClusterState) -> Vec<String> {
-    s.cluster_policies.iter().map(|c| c.name().to_owned()).collect()
+    s.cluster_policies
+        .iter()
+        .map(|c| c.name().to_owned())
+        .collect()
 }
 
 fn fast(recheck_ms: u64) -> WatchOptions {
@@ -110,7 +113,9 @@ async fn state_where(
 /// Every request stayed within the declared permissions.
 fn assert_within_declared(api: &FakeApi) {
     for r in api.requests() {
-        let a = r.access().unwrap_or_else(|| panic!("outside the API: {r:?}"));
+        let a = r
+            .access()
+            .unwrap_or_else(|| panic!("outside the API: {r:?}"));
         assert!(
             API_ACCESS.iter().any(|d| d.group == a.group
                 && d.resource == a.resource
@@ -191,7 +196,11 @@ async fn listed_and_watched_policies_reach_the_model_and_invalid_ones_are_named(
         .map(|r| (r.kind.as_str(), r.name.as_str()))
         .collect();
     assert_eq!(rejected, [("ClusterNetworkPolicy", "broken")]);
-    assert!(s.rejected[0].reason.contains("priority"), "{:?}", s.rejected);
+    assert!(
+        s.rejected[0].reason.contains("priority"),
+        "{:?}",
+        s.rejected
+    );
     assert_eq!(cnp_names(&s), ["baseline", "guard"]);
 
     // Deleted, it leaves the model.
@@ -240,7 +249,11 @@ async fn without_the_crd_the_model_works_logs_once_and_picks_up_a_later_install(
     let said = logs.lines_with("ClusterNetworkPolicies are not served");
     assert_eq!(said.len(), 1, "{said:?}");
     assert!(said[0].contains("INFO"), "{said:?}");
-    assert!(logs.lines_with("WARN").is_empty(), "{:?}", logs.lines_with("WARN"));
+    assert!(
+        logs.lines_with("WARN").is_empty(),
+        "{:?}",
+        logs.lines_with("WARN")
+    );
 
     // The CRD is installed later: discovery names it, and the next check reads its objects.
     api.serve_kind(GV, "clusternetworkpolicies", "ClusterNetworkPolicy", false);
@@ -256,7 +269,8 @@ async fn without_the_crd_the_model_works_logs_once_and_picks_up_a_later_install(
     let s = state_where(&mut rx, "gone", |s| s.cluster_policies.is_empty()).await;
     assert!(s.cluster.pod_by_name("shop", "payment-7d4-x2").is_some());
     assert_eq!(
-        logs.lines_with("ClusterNetworkPolicies are not served").len(),
+        logs.lines_with("ClusterNetworkPolicies are not served")
+            .len(),
         2
     );
 
@@ -286,10 +300,7 @@ async fn forbidden_is_a_warning_naming_the_permission() {
         warned[0].contains("WARN") && warned[0].contains(watch::cnp::PERMISSION),
         "{warned:?}"
     );
-    assert!(
-        watch::cnp::PERMISSION
-            .contains("clusternetworkpolicies.policy.networking.k8s.io")
-    );
+    assert!(watch::cnp::PERMISSION.contains("clusternetworkpolicies.policy.networking.k8s.io"));
 
     // Granted: the next check reads them.
     api.clear_failures();
@@ -342,7 +353,9 @@ fn audit_kube_evaluates_the_clusters_policies_and_works_without_the_crd() {
     let lab = line(&stdout(&o), "198.51.100.7", 9000);
     assert!(lab.contains("\"verdict\":\"allow\""), "{lab}");
     assert_eq!(
-        stderr(&o).matches("ClusterNetworkPolicies are not served").count(),
+        stderr(&o)
+            .matches("ClusterNetworkPolicies are not served")
+            .count(),
         1,
         "{}",
         stderr(&o)

@@ -304,9 +304,7 @@ impl Stores {
             cron_jobs,
             cluster_network_policies,
         };
-        let events = stream::select_all([
-            s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12,
-        ]);
+        let events = stream::select_all([s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12]);
         (stores, events.boxed())
     }
 
@@ -333,7 +331,10 @@ impl Stores {
             cron_jobs: take!(cron_jobs),
             ignored: Default::default(),
             cluster_network_policies: cnp::values(
-                self.cluster_network_policies.state().iter().map(|o| o.as_ref()),
+                self.cluster_network_policies
+                    .state()
+                    .iter()
+                    .map(|o| o.as_ref()),
                 &mut bad,
             ),
         };

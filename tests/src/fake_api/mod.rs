@@ -20,6 +20,8 @@
 //! [`FakeApi::fail_next_watches`]. Every request is recorded ([`FakeApi::requests`]) with its
 //! method, path, decoded query and body, and [`Request::access`] names the RBAC verb and resource
 //! it needs, so a test can check a client against its declared permissions.
+//! [`FakeApi::unserve`] makes a group version answer `404` as when its CRD is not installed;
+//! [`FakeApi::serve_kind`] installs it again, with its discovery document (`APIResourceList`).
 //!
 //! The server binds 127.0.0.1 only, on a port the kernel picks. Dropping the [`FakeApi`] stops it
 //! and ends the open watches.

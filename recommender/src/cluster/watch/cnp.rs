@@ -175,8 +175,10 @@ async fn run(
                     writer.apply_watcher_event(&event);
                     // A completed list, not the start of one, shows they are readable again.
                     if matches!(event, Event::InitDone) && reported.take().is_some() {
-                        tracing::info!(api = crate::cnp::API_VERSION,
-                            "ClusterNetworkPolicies are readable now; watching them");
+                        tracing::info!(
+                            api = crate::cnp::API_VERSION,
+                            "ClusterNetworkPolicies are readable now; watching them"
+                        );
                     }
                     let signal = match event {
                         Event::InitDone => Signal::Synced,
