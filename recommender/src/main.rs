@@ -88,6 +88,35 @@ enum Command {
         #[arg(long = "name")]
         names: Vec<String>,
     },
+    /// Propose the cluster baseline as ClusterNetworkPolicies: Admin denies to the cloud
+    /// metadata addresses (where never used) and `--protected` ranges, a Baseline DNS accept
+    /// and default deny; self-checked over the whole stack.
+    #[command(group(ArgGroup::new("observed").required(true).args(["flows", "store"])))]
+    Guardrails {
+        #[command(flatten)]
+        source: ClusterArgs,
+        #[command(flatten)]
+        observed: ObservedArgs,
+        /// Write `DIR/cluster/guardrails-*.yaml` and `DIR/cluster/REPORT.md` instead of a YAML
+        /// stream (stale `guardrails-*.yaml` files there are removed).
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+        /// A namespace the Baseline default deny leaves alone (repeatable); given, it
+        /// replaces the default (kube-system and the CNI's namespaces present).
+        #[arg(long = "exempt-namespace")]
+        exempt: Vec<String>,
+        /// A range the Admin tier denies from every namespace never observed reaching it
+        /// (repeatable).
+        #[arg(long)]
+        protected: Vec<ipnet::IpNet>,
+        /// Allow the experimental channel's fields (checked against its CRD).
+        #[arg(long)]
+        experimental: bool,
+        /// leash's proposal (a policy file or directory, or `git:REV:PATH`), laid over the
+        /// applied NetworkPolicies for the self-check.
+        #[arg(long)]
+        proposed: Option<leash::policy_source::PolicySource>,
+    },
     /// Compare two policy states: the exact reachability change per source workload, and the
     /// observed traffic whose verdict changes (allowed before and denied after: a break).
     Diff(DiffArgs),
@@ -896,6 +925,23 @@ fn run(cli: Cli) -> Result<(), Failure> {
             )?;
             write_stdout(&leash::rollout::render(&statuses, format))
         }
+        Command::Guardrails {
+            source,
+            observed,
+            output,
+            exempt,
+            protected,
+            experimental,
+            proposed,
+        } => guardrails(
+            source,
+            observed,
+            output,
+            exempt,
+            protected,
+            experimental,
+            proposed,
+        ),
         Command::Pr(args) => pr(*args),
         Command::Serve(args) => serve(*args),
         Command::Diff(args) => diff(args),
@@ -922,6 +968,65 @@ fn run(cli: Cli) -> Result<(), Failure> {
             eprintln!("leash: wrote {what} to {}", out.display());
             Ok(())
         }
+    }
+}
+
+/// `leash guardrails`: propose, self-check over the whole stack (exit 1 on failure: a bug or
+/// traffic the guardrails would break), then print or write `-o DIR`.
+fn guardrails(
+    source: ClusterArgs,
+    observed: ObservedArgs,
+    output: Option<PathBuf>,
+    exempt: Vec<String>,
+    protected: Vec<ipnet::IpNet>,
+    experimental: bool,
+    proposed: Option<leash::policy_source::PolicySource>,
+) -> Result<(), Failure> {
+    let (cluster, applied) = load_cluster(&source)?;
+    let given = match &proposed {
+        Some(p) => p.load().map_err(bad_input)?,
+        None => None,
+    };
+    let (observations, _skipped) = observed.observe(&cluster)?;
+    let options = leash::guardrails::Options {
+        exempt: (!exempt.is_empty()).then(|| exempt.into_iter().collect()),
+        protected,
+        experimental,
+    };
+    let config = leash::classify::ClassifierConfig::default();
+    let g = leash::guardrails::propose(&cluster, &observations, &config, &options)
+        .map_err(runtime_error)?;
+    let stack = leash::policy_state::combine(&applied.policies, given.as_deref().unwrap_or(&[]));
+    leash::guardrails::self_check(
+        &cluster,
+        &cluster,
+        &observations,
+        &g,
+        &stack.objects,
+        &applied.cluster_policies,
+    )
+    .map_err(|e| {
+        if let leash::guardrails::Error::Denied(denied) = &e {
+            for d in denied {
+                eprintln!(
+                    "leash: denied by the stack: {} -> {} ({})",
+                    d.pod, d.destination, d.reason
+                );
+            }
+        }
+        Failure::Runtime(format!("guardrails self-check failed: {}", Chain(&e)))
+    })?;
+    match output {
+        Some(dir) => {
+            let written = leash::guardrails::outdir::write_dir(&dir, &g).map_err(runtime_error)?;
+            eprintln!(
+                "leash: wrote {} guardrail file(s) to {}",
+                written.len(),
+                dir.join("cluster").display()
+            );
+            Ok(())
+        }
+        None => write_stdout(&leash::guardrails::yaml(&g).map_err(runtime_error)?),
     }
 }
 

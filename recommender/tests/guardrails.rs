@@ -163,7 +163,8 @@ fn shop_guardrails_are_valid_and_pass_the_self_check_with_the_proposal() {
 
     // The whole stack: guardrails plus leash's proposal allow every observed flow, and deny
     // the metadata address from batch and kube-system.
-    guardrails::self_check(&r.cluster, &fx.view(), &r.obs, &g, &r.policies).expect("self-check");
+    guardrails::self_check(&r.cluster, &fx.view(), &r.obs, &g, &r.policies, &[])
+        .expect("self-check");
 
     // Deterministic bytes.
     let (_, again) = propose(&fx, &records, &Options::default());
@@ -177,7 +178,7 @@ fn shop_guardrails_are_valid_and_pass_the_self_check_with_the_proposal() {
 fn without_networkpolicies_the_baseline_breaks_external_traffic_and_the_self_check_says_so() {
     let (fx, records) = shop();
     let (r, g) = propose(&fx, &records, &Options::default());
-    let err = guardrails::self_check(&r.cluster, &fx.view(), &r.obs, &g, &[])
+    let err = guardrails::self_check(&r.cluster, &fx.view(), &r.obs, &g, &[], &[])
         .expect_err("the default deny denies web's external flow");
     let Error::Denied(denied) = err else {
         panic!("{err}");
@@ -200,7 +201,7 @@ fn a_metadata_deny_dropped_from_the_stack_fails_the_self_check() {
     let (fx, records) = shop();
     let (r, mut g) = propose(&fx, &records, &Options::default());
     g.policies.retain(|p| p.name() != "guardrails-metadata");
-    let err = guardrails::self_check(&r.cluster, &fx.view(), &r.obs, &g, &r.policies)
+    let err = guardrails::self_check(&r.cluster, &fx.view(), &r.obs, &g, &r.policies, &[])
         .expect_err("metadata allowed");
     assert!(matches!(err, Error::MetadataAllowed { .. }), "{err}");
 }
@@ -242,7 +243,8 @@ fn protected_ranges_split_at_the_api_limits_with_stable_names() {
         subject["namespaces"]["matchExpressions"][0]["values"],
         serde_json::json!(["batch", "kube-system"])
     );
-    guardrails::self_check(&r.cluster, &fx.view(), &r.obs, &g, &r.policies).expect("self-check");
+    guardrails::self_check(&r.cluster, &fx.view(), &r.obs, &g, &r.policies, &[])
+        .expect("self-check");
 
     // 25 * 25 * 25 + 1 ranges: two policies, numbered.
     let many: Vec<IpNet> = (0..(25 * 25 * 25 + 1) as u32)
@@ -317,11 +319,12 @@ fn node_local_dns_and_host_network_resolvers_are_accepted_by_address() {
     // Link-local mode: the NodeLocal address; iptables mode: the kube-dns ClusterIP itself.
     assert!(dns_rules.contains("169.254.20.10/32"), "{dns_rules}");
     assert!(dns_rules.contains("10.96.0.10/32"), "{dns_rules}");
-    guardrails::self_check(&r.cluster, &fx.view(), &r.obs, &g, &r.policies).expect("self-check");
+    guardrails::self_check(&r.cluster, &fx.view(), &r.obs, &g, &r.policies, &[])
+        .expect("self-check");
     // Without the proposal, the web pod (no NetworkPolicy) still resolves through the
     // Baseline accept: only the external flow is denied.
     let Err(Error::Denied(denied)) =
-        guardrails::self_check(&r.cluster, &fx.view(), &r.obs, &g, &[])
+        guardrails::self_check(&r.cluster, &fx.view(), &r.obs, &g, &[], &[])
     else {
         panic!("the external flow is denied");
     };

@@ -12,7 +12,9 @@
 //!
 //! The API's limits (25 rules per policy, 25 peers per rule, 25 CIDRs per `networks` peer)
 //! are met by splitting into policies with stable, numbered names. Every object passes
-//! [`cnp::validate`].
+//! [`cnp::validate`]. `outdir` writes `-o DIR` (the one I/O of the module).
+
+pub mod outdir;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -700,8 +702,8 @@ pub fn report_md(g: &Guardrails) -> String {
     out
 }
 
-/// The self-check over the whole stack (the guardrails, `network_policies`: the applied ones
-/// and leash's proposal): every observed flow a policy can enforce from a pod-network pod is
+/// The self-check over the whole stack (the guardrails over `applied_cluster`, and
+/// `network_policies`: the applied ones and leash's proposal): every observed flow a policy can enforce from a pod-network pod is
 /// allowed, and each metadata address is denied from one pod of every namespace that never
 /// used it.
 pub fn self_check<V: ClusterView + Sync + ?Sized>(
@@ -710,9 +712,17 @@ pub fn self_check<V: ClusterView + Sync + ?Sized>(
     obs: &Observations,
     g: &Guardrails,
     network_policies: &[NetworkPolicy],
+    applied_cluster: &[ClusterNetworkPolicy],
 ) -> Result<()> {
+    // The applied ClusterNetworkPolicies stay, but for earlier guardrails of the same names.
+    let mut tiers: Vec<ClusterNetworkPolicy> = applied_cluster
+        .iter()
+        .filter(|a| !g.policies.iter().any(|p| p.name() == a.name()))
+        .cloned()
+        .collect();
+    tiers.extend(g.policies.iter().cloned());
     let set = PolicySet::new(network_policies)
-        .and_then(|s| s.with_cluster_policies(&g.policies))
+        .and_then(|s| s.with_cluster_policies(&tiers))
         .map_err(|e| Error::Stack(Chain(&e).to_string()))?;
     let mut checks: BTreeSet<(usize, IpAddr, u16, Protocol)> = BTreeSet::new();
     for key in obs.flows.keys() {
