@@ -41,6 +41,10 @@ enum Command {
         /// need Cilium's DNS proxy (the default denies stay NetworkPolicies).
         #[arg(long, default_value = "networkpolicy")]
         format: leash::render::cilium::Format,
+        /// `networkpolicy`: a `default-deny-egress` NetworkPolicy per namespace; `cnp`: none,
+        /// the Baseline tier of `leash guardrails` denies by default instead.
+        #[arg(long, default_value = "networkpolicy")]
+        baseline: leash::guardrails::Baseline,
         #[command(flatten)]
         knobs: RecommendArgs,
         /// The last proposal (normally the `-o` DIR of the last run), with its evidence.json
@@ -701,6 +705,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             observed,
             output,
             format,
+            baseline,
             knobs,
             previous,
         } => {
@@ -724,7 +729,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let proposal =
                 leash::proposal::propose(&inputs, prev.as_ref(), &options, chrono::Utc::now())
                     .map_err(proposal_failure)?;
-            let recommendation = proposal.recommendation;
+            let mut recommendation = proposal.recommendation;
+            leash::guardrails::apply_baseline(&mut recommendation, baseline);
             // `--format cilium`: the same recommendation as CiliumNetworkPolicies, with their
             // own self-check (a failure is leash's bug, as for the NetworkPolicies).
             let cilium = match format {

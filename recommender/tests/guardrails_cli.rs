@@ -222,3 +222,45 @@ fn bad_input_exits_2() {
     let out = leash(&["guardrails", "--cluster", &fixture("cluster.yaml")]);
     assert_code(&out, 2);
 }
+
+#[test]
+fn recommend_baseline_cnp_drops_the_default_denies_and_keeps_the_dns_rule() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().to_str().expect("utf-8");
+    let cluster = fixture("cluster.yaml");
+    let flows = fixture("flows.jsonl");
+    let recommend = |extra: &[&str]| {
+        let mut args = vec![
+            "recommend",
+            "--cluster",
+            &cluster,
+            "--flows",
+            &flows,
+            "-o",
+            d,
+        ];
+        args.extend_from_slice(extra);
+        assert_code(&leash(&args), 0);
+    };
+    recommend(&[]);
+    assert!(dir.path().join("shop/default-deny-egress.yaml").is_file());
+    // The Baseline tier replaces it: the earlier file is removed, the workload's stays.
+    recommend(&["--baseline", "cnp"]);
+    assert!(!dir.path().join("shop/default-deny-egress.yaml").exists());
+    let payment =
+        std::fs::read_to_string(dir.path().join("shop/payment-egress.yaml")).expect("reads");
+    assert!(payment.contains("port: 53"), "{payment}");
+    assert!(payment.contains("k8s-app: kube-dns"), "{payment}");
+    // The whole stack still allows every observed flow.
+    assert_code(&guardrails(dir.path(), &[]), 0);
+    let out = leash(&[
+        "recommend",
+        "--cluster",
+        &fixture("cluster.yaml"),
+        "--flows",
+        &fixture("flows.jsonl"),
+        "--baseline",
+        "nope",
+    ]);
+    assert_code(&out, 2);
+}

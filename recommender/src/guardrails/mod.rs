@@ -801,3 +801,37 @@ pub fn self_check<V: ClusterView + Sync + ?Sized>(
     }
     Ok(())
 }
+
+/// `recommend --baseline`: where each namespace's default deny comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Baseline {
+    /// A `default-deny-egress` NetworkPolicy per namespace (the default).
+    #[default]
+    NetworkPolicy,
+    /// The guardrails' Baseline tier: no per-namespace default-deny NetworkPolicies.
+    Cnp,
+}
+
+impl std::str::FromStr for Baseline {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "networkpolicy" => Ok(Baseline::NetworkPolicy),
+            "cnp" => Ok(Baseline::Cnp),
+            other => Err(format!(
+                "unknown baseline {other:?} (expected networkpolicy or cnp)"
+            )),
+        }
+    }
+}
+
+/// `recommend --baseline cnp`'s one filter: drops the per-namespace default-deny
+/// NetworkPolicies, which the guardrails' Baseline tier replaces. The per-workload policies
+/// keep their DNS rule: a NetworkPolicy that selects a pod decides its verdict, so the
+/// Baseline tier's DNS accept never reaches it.
+pub fn apply_baseline(rec: &mut recommend::Recommendation, baseline: Baseline) {
+    if baseline == Baseline::Cnp {
+        rec.default_deny_namespaces.clear();
+    }
+}
