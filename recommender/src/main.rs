@@ -1294,8 +1294,8 @@ fn diff(args: DiffArgs) -> Result<(), Failure> {
     // The states' files are read while the cluster loads: neither needs the other, and both
     // take seconds on a large cluster.
     let (loaded, from_given, to_given) = std::thread::scope(|s| {
-        let from = s.spawn(|| args.from.load());
-        let to = s.spawn(|| args.to.load());
+        let from = s.spawn(|| args.from.load_tiers());
+        let to = s.spawn(|| args.to.load_tiers());
         let loaded = load_cluster(&args.source);
         let from = from.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
         let to = to.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
@@ -1306,8 +1306,14 @@ fn diff(args: DiffArgs) -> Result<(), Failure> {
     // does. Errors name the state; the flag says which side.
     let state = |flag: &str,
                  s: &leash::policy_source::PolicySource,
-                 given: leash::policy_source::Result<Option<Vec<_>>>| {
+                 given: leash::policy_source::Result<Option<(Vec<_>, Vec<_>)>>| {
         let given = given.map_err(|e| Failure::BadInput(format!("{flag}: {}", Chain(&e))))?;
+        // The state's ClusterNetworkPolicies replace the applied ones of the same name.
+        let (given, given_tiers) = match given {
+            Some((np, cnp)) => (Some(np), cnp),
+            None => (None, Vec::new()),
+        };
+        let tiers = leash::guardrails::lay_over(&applied.cluster_policies, &given_tiers);
         let state =
             leash::policy_state::combine(&applied.policies, given.as_deref().unwrap_or(&[]));
         if let Some(given) = &given {
@@ -1321,20 +1327,23 @@ fn diff(args: DiffArgs) -> Result<(), Failure> {
             );
         }
         // The given policies were validated with their files; an error is in an applied one.
-        // The applied ClusterNetworkPolicies are the tiers of both states.
+        // Each state's tiers: the applied ClusterNetworkPolicies with the state's over them.
         leash::eval::PolicySet::new(&state.objects)
-            .and_then(|s| s.with_cluster_policies(&applied.cluster_policies))
+            .and_then(|s| s.with_cluster_policies(&tiers))
             .map_err(|e| Failure::BadInput(format!("{}: {}", applied.source, Chain(&e))))
     };
-    if !applied.cluster_policies.is_empty() {
-        eprintln!(
-            "leash: {} applied ClusterNetworkPolicies: observed flows are evaluated with them; \
-             the reachability changes compare NetworkPolicies only",
-            applied.cluster_policies.len()
-        );
-    }
     let before = state("--from", &args.from, from_given)?;
     let after = state("--to", &args.to, to_given)?;
+    let tiers = before
+        .cluster_policies()
+        .len()
+        .max(after.cluster_policies().len());
+    if tiers > 0 {
+        eprintln!(
+            "leash: ClusterNetworkPolicies in the compared states: observed flows are evaluated \
+             with each state's tiers; the reachability changes compare NetworkPolicies only"
+        );
+    }
     let observations = if args.store.is_some() || !args.flows.is_empty() {
         let (obs, _) = observe(&cluster, args.store.as_deref(), args.since, &args.flows)?;
         if obs.unattributed_flows > 0 {

@@ -264,3 +264,59 @@ fn recommend_baseline_cnp_drops_the_default_denies_and_keeps_the_dns_rule() {
     ]);
     assert_code(&out, 2);
 }
+
+#[test]
+fn diff_shows_what_the_guardrails_break_workload_by_workload() {
+    let prop = proposal();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().to_str().expect("utf-8");
+    assert_code(&guardrails(prop.path(), &["-o", d]), 0);
+    let diff = |to: &str| {
+        leash(&[
+            "diff",
+            "--cluster",
+            &fixture("cluster.yaml"),
+            "--flows",
+            &fixture("flows.jsonl"),
+            "--from",
+            "applied",
+            "--to",
+            to,
+            "--format",
+            "json",
+            "--fail-on-break",
+        ])
+    };
+    // The guardrails alone: payment, which no NetworkPolicy selects, falls to the Baseline
+    // default deny; its DNS stays allowed.
+    let o = diff(d);
+    assert_code(&o, 3);
+    let out = stdout(&o);
+    let breaks: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("{\"kind\":\"flow\""))
+        .collect();
+    assert!(
+        breaks.iter().any(|l| l.contains("\"dst\":\"203.0.113.10\"")
+            && l.contains("\"dst_port\":443")
+            && l.contains("payment")),
+        "{out}"
+    );
+    assert!(
+        !breaks.iter().any(|l| l.contains("\"dst_port\":53")),
+        "{out}"
+    );
+    // With leash's proposal beside them: nothing breaks.
+    for entry in std::fs::read_dir(prop.path()).expect("lists") {
+        let entry = entry.expect("entry");
+        if entry.file_type().expect("type").is_dir() {
+            let target = dir.path().join(entry.file_name());
+            std::fs::create_dir_all(&target).expect("mkdir");
+            for f in std::fs::read_dir(entry.path()).expect("lists") {
+                let f = f.expect("entry");
+                std::fs::copy(f.path(), target.join(f.file_name())).expect("copies");
+            }
+        }
+    }
+    assert_code(&diff(d), 0);
+}

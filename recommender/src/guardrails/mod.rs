@@ -715,12 +715,7 @@ pub fn self_check<V: ClusterView + Sync + ?Sized>(
     applied_cluster: &[ClusterNetworkPolicy],
 ) -> Result<()> {
     // The applied ClusterNetworkPolicies stay, but for earlier guardrails of the same names.
-    let mut tiers: Vec<ClusterNetworkPolicy> = applied_cluster
-        .iter()
-        .filter(|a| !g.policies.iter().any(|p| p.name() == a.name()))
-        .cloned()
-        .collect();
-    tiers.extend(g.policies.iter().cloned());
+    let tiers = lay_over(applied_cluster, &g.policies);
     let set = PolicySet::new(network_policies)
         .and_then(|s| s.with_cluster_policies(&tiers))
         .map_err(|e| Error::Stack(Chain(&e).to_string()))?;
@@ -800,6 +795,22 @@ pub fn self_check<V: ClusterView + Sync + ?Sized>(
         }
     }
     Ok(())
+}
+
+/// The applied ClusterNetworkPolicies with `given` in place of those of the same name, sorted
+/// by name: a policy state's tiers (as `self_check` and `diff` lay them).
+pub fn lay_over(
+    applied: &[ClusterNetworkPolicy],
+    given: &[ClusterNetworkPolicy],
+) -> Vec<ClusterNetworkPolicy> {
+    let mut out: Vec<ClusterNetworkPolicy> = applied
+        .iter()
+        .filter(|a| !given.iter().any(|g| g.name() == a.name()))
+        .chain(given)
+        .cloned()
+        .collect();
+    out.sort_by(|a, b| a.name().cmp(b.name()));
+    out
 }
 
 /// `recommend --baseline`: where each namespace's default deny comes from.
