@@ -19,6 +19,7 @@ use leash::recommend;
 use support::recommend::{Fx, deployment_pod, dns, flow, run};
 
 const STANDARD: &str = "policy.networking.k8s.io_clusternetworkpolicies.standard.yaml";
+const EXPERIMENTAL: &str = "policy.networking.k8s.io_clusternetworkpolicies.experimental.yaml";
 
 /// The shop: web and api in `shop` (web dials api and an external address, api the metadata
 /// address), a worker in `batch`; kubeadm DNS.
@@ -99,13 +100,28 @@ fn by_name<'a>(g: &'a Guardrails, name: &str) -> &'a ClusterNetworkPolicy {
         })
 }
 
+/// Valid under the standard CRD (hence the experimental one, a superset) and its CEL rules.
 fn crd_valid(g: &Guardrails) {
-    let schema = support::crd::schema(STANDARD, "v1alpha2");
+    for file in [STANDARD, EXPERIMENTAL] {
+        let schema = support::crd::schema(file, "v1alpha2");
+        for p in &g.policies {
+            let v = serde_json::to_value(p).expect("serializes");
+            let problems = support::crd::validate(&schema, &v);
+            assert!(problems.is_empty(), "{file}: {}: {problems:?}", p.name());
+        }
+    }
     for p in &g.policies {
-        let v = serde_json::to_value(p).expect("serializes");
-        let problems = support::crd::validate(&schema, &v);
-        assert!(problems.is_empty(), "{}: {problems:?}", p.name());
         leash::cnp::validate(p).expect("passes the CEL rules");
+        // Standard channel only: no experimental peers.
+        assert!(
+            p.spec
+                .egress
+                .iter()
+                .flat_map(|r| &r.to)
+                .all(|peer| peer.nodes.is_none() && peer.domain_names.is_none()),
+            "{}",
+            p.name()
+        );
     }
 }
 
@@ -292,8 +308,20 @@ fn node_local_dns_and_host_network_resolvers_are_accepted_by_address() {
         None,
     );
     fx.deployment("shop", "web", &[("app", "web")], &["10.244.1.10"], &[]);
+    // A hostNetwork pod of shop: no ClusterNetworkPolicy applies to it, its flow is no break.
+    fx.pod(
+        "shop",
+        "agent-n1",
+        &[("app", "agent")],
+        &["10.0.0.1"],
+        true,
+        "n1",
+        &[],
+        None,
+    );
     let web = deployment_pod("web");
     let records = vec![
+        flow("shop", "agent-n1", "TCP", "203.0.113.50", 443, 2, &[]),
         dns(
             "shop",
             &web,
