@@ -477,7 +477,6 @@ pub fn propose(
         cluster,
         obs,
         config,
-        opts,
     )
 }
 
@@ -494,7 +493,6 @@ fn finish(
     cluster: &Cluster,
     obs: &Observations,
     config: &ClassifierConfig,
-    opts: &Options,
 ) -> Result<Guardrails> {
     let subject = non_exempt(&exempt);
     // Baseline: DNS, one rule set per port set, peers from recommend's DNS rule.
@@ -590,9 +588,10 @@ fn finish(
         });
     }
     policies.extend(dns_made);
+    // The defaults are 0.0.0.0/0 and ::/0.
     let everything = BTreeSet::from([
-        IpNet::from(IpAddr::V4(Ipv4Addr::UNSPECIFIED)).supernet_zero(),
-        IpNet::from(IpAddr::V6(Ipv6Addr::UNSPECIFIED)).supernet_zero(),
+        IpNet::V4(ipnet::Ipv4Net::default()),
+        IpNet::V6(ipnet::Ipv6Net::default()),
     ]);
     policies.push(object(
         "guardrails-default-deny".into(),
@@ -622,7 +621,6 @@ fn finish(
         })?;
     }
     why.sort();
-    let _ = opts.experimental;
     Ok(Guardrails {
         policies,
         justifications: why,
@@ -630,17 +628,6 @@ fn finish(
         metadata_users,
         protected_users,
     })
-}
-
-trait ZeroPrefix {
-    fn supernet_zero(self) -> IpNet;
-}
-
-impl ZeroPrefix for IpNet {
-    /// The /0 of this address family.
-    fn supernet_zero(self) -> IpNet {
-        IpNet::new(self.addr(), 0).map_or(self, |n| n.trunc())
-    }
 }
 
 /// The objects as one YAML stream, canonical (serde, sorted by name).
