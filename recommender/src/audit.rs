@@ -100,8 +100,8 @@ pub enum Error {
         /// The first file.
         first: PathBuf,
     },
-    /// A ClusterNetworkPolicy given where only NetworkPolicies are compared.
-    #[error("diff, rollout and serve --proposed compare NetworkPolicies only; {}: ClusterNetworkPolicy {policy} (audit and explain evaluate ClusterNetworkPolicies)", path.display())]
+    /// A ClusterNetworkPolicy given where only NetworkPolicies are compared (rollout, serve).
+    #[error("rollout and serve --proposed compare NetworkPolicies only; {}: ClusterNetworkPolicy {policy} (audit, explain and diff evaluate ClusterNetworkPolicies)", path.display())]
     ClusterPolicyNotCompared {
         /// The file.
         path: PathBuf,
@@ -276,10 +276,36 @@ fn policy_texts(path: &Path) -> Result<Vec<Result<(String, PathBuf)>>> {
         .collect())
 }
 
+/// [`policies_of_texts`], with the ClusterNetworkPolicies kept (validated, a name given twice
+/// refused) rather than refused: `diff`'s observed flows compare the tiers of both states.
+pub fn tiers_of_texts(
+    texts: impl IntoIterator<Item = Result<(String, PathBuf)>>,
+) -> Result<(Vec<NetworkPolicy>, Vec<crate::cnp::ClusterNetworkPolicy>)> {
+    let (policies, cilium, cluster) = mixed_of_texts(texts)?;
+    if let Some((path, c)) = cilium.into_iter().next() {
+        return Err(Error::CiliumNotCompared {
+            path,
+            policy: format!("{}/{}", c.metadata.namespace, c.metadata.name),
+        });
+    }
+    Ok((
+        policies.into_iter().map(|(_, np)| np).collect(),
+        cluster.into_iter().map(|(_, c)| c).collect(),
+    ))
+}
+
+/// The texts of the policy files of `path` for [`tiers_of_texts`].
+pub fn tiers_of_files(
+    path: &Path,
+) -> Result<(Vec<NetworkPolicy>, Vec<crate::cnp::ClusterNetworkPolicy>)> {
+    tiers_of_texts(policy_texts(path)?)
+}
+
 /// The policies of files already read, as `(text, name)` in order: parsed, validated, and
 /// refused when one is defined twice. The name is what errors show (a path, or a git
 /// revision and path). A CiliumNetworkPolicy is refused, naming it: the commands that take
-/// a policy STATE (`diff`, `rollout`, `serve --proposed`) compare NetworkPolicies only.
+/// a policy STATE (`rollout`, `serve --proposed`) compare NetworkPolicies only (`diff` reads
+/// ClusterNetworkPolicies with [`tiers_of_texts`]).
 pub fn policies_of_texts(
     texts: impl IntoIterator<Item = Result<(String, PathBuf)>>,
 ) -> Result<Vec<(PathBuf, NetworkPolicy)>> {

@@ -35,6 +35,7 @@ pub mod drift;
 pub mod eval;
 pub mod evidence;
 pub mod explain;
+pub mod guardrails;
 pub mod https;
 pub mod ingest;
 pub mod json;

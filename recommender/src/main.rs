@@ -41,6 +41,10 @@ enum Command {
         /// need Cilium's DNS proxy (the default denies stay NetworkPolicies).
         #[arg(long, default_value = "networkpolicy")]
         format: leash::render::cilium::Format,
+        /// `networkpolicy`: a `default-deny-egress` NetworkPolicy per namespace; `cnp`: none,
+        /// the Baseline tier of `leash guardrails` denies by default instead.
+        #[arg(long, default_value = "networkpolicy")]
+        baseline: leash::guardrails::Baseline,
         #[command(flatten)]
         knobs: RecommendArgs,
         /// The last proposal (normally the `-o` DIR of the last run), with its evidence.json
@@ -87,6 +91,35 @@ enum Command {
         /// CiliumNetworkPolicies' `toFQDNs` rules match.
         #[arg(long = "name")]
         names: Vec<String>,
+    },
+    /// Propose the cluster baseline as ClusterNetworkPolicies: Admin denies to the cloud
+    /// metadata addresses (where never used) and `--protected` ranges, a Baseline DNS accept
+    /// and default deny; self-checked over the whole stack.
+    #[command(group(ArgGroup::new("observed").required(true).args(["flows", "store"])))]
+    Guardrails {
+        #[command(flatten)]
+        source: ClusterArgs,
+        #[command(flatten)]
+        observed: ObservedArgs,
+        /// Write `DIR/cluster/guardrails-*.yaml` and `DIR/cluster/REPORT.md` instead of a YAML
+        /// stream (stale `guardrails-*.yaml` files there are removed).
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+        /// A namespace the Baseline default deny leaves alone (repeatable); given, it
+        /// replaces the default (kube-system and the CNI's namespaces present).
+        #[arg(long = "exempt-namespace")]
+        exempt: Vec<String>,
+        /// A range the Admin tier denies from every namespace never observed reaching it
+        /// (repeatable).
+        #[arg(long)]
+        protected: Vec<ipnet::IpNet>,
+        /// Allow the experimental channel's fields (checked against its CRD).
+        #[arg(long)]
+        experimental: bool,
+        /// leash's proposal (a policy file or directory, or `git:REV:PATH`), laid over the
+        /// applied NetworkPolicies for the self-check.
+        #[arg(long)]
+        proposed: Option<leash::policy_source::PolicySource>,
     },
     /// Compare two policy states: the exact reachability change per source workload, and the
     /// observed traffic whose verdict changes (allowed before and denied after: a break).
@@ -672,6 +705,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             observed,
             output,
             format,
+            baseline,
             knobs,
             previous,
         } => {
@@ -695,7 +729,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let proposal =
                 leash::proposal::propose(&inputs, prev.as_ref(), &options, chrono::Utc::now())
                     .map_err(proposal_failure)?;
-            let recommendation = proposal.recommendation;
+            let mut recommendation = proposal.recommendation;
+            leash::guardrails::apply_baseline(&mut recommendation, baseline);
             // `--format cilium`: the same recommendation as CiliumNetworkPolicies, with their
             // own self-check (a failure is leash's bug, as for the NetworkPolicies).
             let cilium = match format {
@@ -896,6 +931,23 @@ fn run(cli: Cli) -> Result<(), Failure> {
             )?;
             write_stdout(&leash::rollout::render(&statuses, format))
         }
+        Command::Guardrails {
+            source,
+            observed,
+            output,
+            exempt,
+            protected,
+            experimental,
+            proposed,
+        } => guardrails(
+            source,
+            observed,
+            output,
+            exempt,
+            protected,
+            experimental,
+            proposed,
+        ),
         Command::Pr(args) => pr(*args),
         Command::Serve(args) => serve(*args),
         Command::Diff(args) => diff(args),
@@ -922,6 +974,65 @@ fn run(cli: Cli) -> Result<(), Failure> {
             eprintln!("leash: wrote {what} to {}", out.display());
             Ok(())
         }
+    }
+}
+
+/// `leash guardrails`: propose, self-check over the whole stack (exit 1 on failure: a bug or
+/// traffic the guardrails would break), then print or write `-o DIR`.
+fn guardrails(
+    source: ClusterArgs,
+    observed: ObservedArgs,
+    output: Option<PathBuf>,
+    exempt: Vec<String>,
+    protected: Vec<ipnet::IpNet>,
+    experimental: bool,
+    proposed: Option<leash::policy_source::PolicySource>,
+) -> Result<(), Failure> {
+    let (cluster, applied) = load_cluster(&source)?;
+    let given = match &proposed {
+        Some(p) => p.load().map_err(bad_input)?,
+        None => None,
+    };
+    let (observations, _skipped) = observed.observe(&cluster)?;
+    let options = leash::guardrails::Options {
+        exempt: (!exempt.is_empty()).then(|| exempt.into_iter().collect()),
+        protected,
+        experimental,
+    };
+    let config = leash::classify::ClassifierConfig::default();
+    let g = leash::guardrails::propose(&cluster, &observations, &config, &options)
+        .map_err(runtime_error)?;
+    let stack = leash::policy_state::combine(&applied.policies, given.as_deref().unwrap_or(&[]));
+    leash::guardrails::self_check(
+        &cluster,
+        &cluster,
+        &observations,
+        &g,
+        &stack.objects,
+        &applied.cluster_policies,
+    )
+    .map_err(|e| {
+        if let leash::guardrails::Error::Denied(denied) = &e {
+            for d in denied {
+                eprintln!(
+                    "leash: denied by the stack: {} -> {} ({})",
+                    d.pod, d.destination, d.reason
+                );
+            }
+        }
+        Failure::Runtime(format!("guardrails self-check failed: {}", Chain(&e)))
+    })?;
+    match output {
+        Some(dir) => {
+            let written = leash::guardrails::outdir::write_dir(&dir, &g).map_err(runtime_error)?;
+            eprintln!(
+                "leash: wrote {} guardrail file(s) to {}",
+                written.len(),
+                dir.join("cluster").display()
+            );
+            Ok(())
+        }
+        None => write_stdout(&leash::guardrails::yaml(&g).map_err(runtime_error)?),
     }
 }
 
@@ -1186,8 +1297,8 @@ fn diff(args: DiffArgs) -> Result<(), Failure> {
     // The states' files are read while the cluster loads: neither needs the other, and both
     // take seconds on a large cluster.
     let (loaded, from_given, to_given) = std::thread::scope(|s| {
-        let from = s.spawn(|| args.from.load());
-        let to = s.spawn(|| args.to.load());
+        let from = s.spawn(|| args.from.load_tiers());
+        let to = s.spawn(|| args.to.load_tiers());
         let loaded = load_cluster(&args.source);
         let from = from.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
         let to = to.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
@@ -1198,8 +1309,14 @@ fn diff(args: DiffArgs) -> Result<(), Failure> {
     // does. Errors name the state; the flag says which side.
     let state = |flag: &str,
                  s: &leash::policy_source::PolicySource,
-                 given: leash::policy_source::Result<Option<Vec<_>>>| {
+                 given: leash::policy_source::Result<Option<(Vec<_>, Vec<_>)>>| {
         let given = given.map_err(|e| Failure::BadInput(format!("{flag}: {}", Chain(&e))))?;
+        // The state's ClusterNetworkPolicies replace the applied ones of the same name.
+        let (given, given_tiers) = match given {
+            Some((np, cnp)) => (Some(np), cnp),
+            None => (None, Vec::new()),
+        };
+        let tiers = leash::guardrails::lay_over(&applied.cluster_policies, &given_tiers);
         let state =
             leash::policy_state::combine(&applied.policies, given.as_deref().unwrap_or(&[]));
         if let Some(given) = &given {
@@ -1213,20 +1330,23 @@ fn diff(args: DiffArgs) -> Result<(), Failure> {
             );
         }
         // The given policies were validated with their files; an error is in an applied one.
-        // The applied ClusterNetworkPolicies are the tiers of both states.
+        // Each state's tiers: the applied ClusterNetworkPolicies with the state's over them.
         leash::eval::PolicySet::new(&state.objects)
-            .and_then(|s| s.with_cluster_policies(&applied.cluster_policies))
+            .and_then(|s| s.with_cluster_policies(&tiers))
             .map_err(|e| Failure::BadInput(format!("{}: {}", applied.source, Chain(&e))))
     };
-    if !applied.cluster_policies.is_empty() {
-        eprintln!(
-            "leash: {} applied ClusterNetworkPolicies: observed flows are evaluated with them; \
-             the reachability changes compare NetworkPolicies only",
-            applied.cluster_policies.len()
-        );
-    }
     let before = state("--from", &args.from, from_given)?;
     let after = state("--to", &args.to, to_given)?;
+    let tiers = before
+        .cluster_policies()
+        .len()
+        .max(after.cluster_policies().len());
+    if tiers > 0 {
+        eprintln!(
+            "leash: ClusterNetworkPolicies in the compared states: observed flows are evaluated \
+             with each state's tiers; the reachability changes compare NetworkPolicies only"
+        );
+    }
     let observations = if args.store.is_some() || !args.flows.is_empty() {
         let (obs, _) = observe(&cluster, args.store.as_deref(), args.since, &args.flows)?;
         if obs.unattributed_flows > 0 {

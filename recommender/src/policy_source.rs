@@ -160,6 +160,25 @@ impl PolicySource {
         Ok(Some(files.into_iter().map(|(_, np)| np).collect()))
     }
 
+    /// [`PolicySource::load`], with the state's ClusterNetworkPolicies kept (`diff`'s observed
+    /// flows evaluate both states' tiers).
+    pub fn load_tiers(
+        &self,
+    ) -> Result<Option<(Vec<NetworkPolicy>, Vec<crate::cnp::ClusterNetworkPolicy>)>> {
+        let read = match self {
+            PolicySource::Applied => return Ok(None),
+            PolicySource::Files(path) => audit::tiers_of_files(path),
+            PolicySource::Git { rev, path } => {
+                let texts = self.git_texts(rev, path)?;
+                audit::tiers_of_texts(texts.into_iter().map(Ok))
+            }
+        };
+        read.map(Some).map_err(|source| Error::Policies {
+            state: self.to_string(),
+            source: Box::new(source),
+        })
+    }
+
     /// The policy files under `path` at `rev`, as `(text, "git:COMMIT:file")`, sorted by path.
     fn git_texts(&self, rev: &str, path: &Path) -> Result<Vec<(String, PathBuf)>> {
         let state = self.to_string();

@@ -2,7 +2,7 @@
 //! NetworkPolicies (domainNames by the input's DNS evidence, conflicts warned on stderr and in
 //! the JSON), `explain` names the tier, policy, rule and action, a cluster snapshot's
 //! ClusterNetworkPolicies count as applied, invalid ones are refused naming file and rule, and
-//! `diff` refuses them by name rather than ignoring them.
+//! `diff` evaluates observed flows with each compared state's tiers.
 
 #[expect(
     dead_code,
@@ -299,24 +299,46 @@ fn invalid_given_policies_are_refused_naming_file_and_rule() {
 }
 
 #[test]
-fn diff_refuses_cluster_network_policies_by_name() {
-    let dir = policy_dir(&[("guard.yaml", GUARD)]);
-    let d = dir.path().to_str().expect("utf-8");
-    let cluster = fixture("cluster.yaml");
+fn diff_compares_the_tiers_of_both_states() {
+    // The --to state's Admin Deny of the lab range breaks payment's flows there; the
+    // reachability section stays NetworkPolicy-only and stderr says so.
+    let deny = "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: no-lab}\nspec: {tier: Admin, priority: 3, subject: {namespaces: {}}, egress: [{action: Deny, to: [{networks: [198.51.100.0/24]}]}]}\n";
+    let dir = policy_dir(&[("no-lab.yaml", deny)]);
     let o = leash(&[
         "diff",
         "--cluster",
-        &cluster,
+        &fixture("cluster.yaml"),
+        "--flows",
+        &fixture("flows.jsonl"),
         "--from",
         "applied",
         "--to",
-        d,
+        dir.path().to_str().expect("utf-8"),
+        "--format",
+        "json",
     ]);
-    assert_code(&o, 2);
-    let err = stderr(&o);
+    assert_code(&o, 0);
+    let out = stdout(&o);
+    let breaks: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("{\"kind\":\"flow\""))
+        .collect();
     assert!(
-        err.contains("ClusterNetworkPolicy guard") && err.contains("compare NetworkPolicies only"),
-        "{err}"
+        breaks
+            .iter()
+            .any(|l| l.contains("\"dst\":\"198.51.100.7\"")),
+        "{out}"
+    );
+    assert!(
+        !breaks
+            .iter()
+            .any(|l| l.contains("\"dst\":\"203.0.113.10\"")),
+        "{out}"
+    );
+    assert!(
+        stderr(&o).contains("the reachability changes compare NetworkPolicies only"),
+        "{}",
+        stderr(&o)
     );
 }
 
@@ -366,7 +388,7 @@ fn diff_evaluates_observed_flows_with_the_applied_cluster_network_policies() {
         "{out}"
     );
     assert!(
-        stderr(&o).contains("1 applied ClusterNetworkPolicies"),
+        stderr(&o).contains("evaluated with each state's tiers"),
         "{}",
         stderr(&o)
     );

@@ -90,6 +90,9 @@ struct Changed<'a> {
     /// Whether any of them isolates ingress: proposals of egress policies never do, and then
     /// no destination needs resolving.
     any_ingress: bool,
+    /// Whether the states' ClusterNetworkPolicies differ: they apply across namespaces, so
+    /// then every flow is evaluated.
+    tiers_differ: bool,
 }
 
 impl<'a> Changed<'a> {
@@ -109,9 +112,14 @@ impl<'a> Changed<'a> {
             }
         }
         let any_ingress = by_namespace.values().flatten().any(|p| p.ingress.is_some());
+        let tiers_differ = !from
+            .cluster_policies()
+            .iter()
+            .eq(to.cluster_policies().iter());
         Changed {
             by_namespace,
             any_ingress,
+            tiers_differ,
         }
     }
 
@@ -133,6 +141,9 @@ impl<'a> Changed<'a> {
 
     /// Whether the verdict of `flow` from `pod` may differ between the states.
     fn may_change(&self, cluster: &Cluster, pod: &PodInfo, flow: &Flow) -> bool {
+        if self.tiers_differ {
+            return true;
+        }
         if self.by_namespace.is_empty() {
             return false;
         }

@@ -41,6 +41,8 @@ mod rules;
 
 use objects::name_policies;
 use rules::build_rules;
+/// The DNS rule's peers for a resolver (also the guardrails' Baseline DNS rule).
+pub(crate) use rules::dns_peers;
 
 pub use check::{Denied, SelfCheckError, self_check};
 pub use evidence::RuleEvidence;

@@ -275,7 +275,7 @@ pub(super) fn build_rules(
 /// The DNS rule's peers: namespaceSelector AND podSelector in one peer for a DNS Service (its
 /// own selector, else its backends' workloads), the workload for a resolver pod, an ipBlock /32
 /// for an address (NodeLocal DNSCache).
-fn dns_peers(cluster: &Cluster, own_ns: &str, r: Resolver) -> Vec<EgressPeer> {
+pub(crate) fn dns_peers(cluster: &Cluster, own_ns: &str, r: Resolver) -> Vec<EgressPeer> {
     match r {
         Resolver::Service(s) => {
             let svc = &cluster.services[s];
