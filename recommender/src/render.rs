@@ -179,10 +179,18 @@ pub(crate) fn plural(n: usize, one: &str, many: &str) -> String {
 
 /// A one-paragraph summary for the terminal: what was written and what needs attention.
 pub fn summary(rec: &Recommendation) -> String {
+    // Count the namespaces of the workload policies too: with `--baseline cnp` there are no
+    // default denies, and the policies still belong to namespaces.
+    let namespaces: std::collections::BTreeSet<&str> = rec
+        .default_deny_namespaces
+        .iter()
+        .map(String::as_str)
+        .chain(rec.policies.iter().map(|p| p.namespace.as_str()))
+        .collect();
     let mut s = format!(
         "leash: {} for {}",
         plural(rec.policies.len(), "policy", "policies"),
-        plural(rec.default_deny_namespaces.len(), "namespace", "namespaces"),
+        plural(namespaces.len(), "namespace", "namespaces"),
     );
     for (n, what) in [
         (
