@@ -39,6 +39,7 @@ pub mod guardrails;
 pub mod https;
 pub mod ingest;
 pub mod json;
+pub mod manifests;
 pub mod observations;
 pub mod parallel;
 pub mod policy_source;

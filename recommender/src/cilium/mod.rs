@@ -328,41 +328,27 @@ pub enum ReadError {
 /// document, and the items of `List`s. Other kinds are left to the NetworkPolicy reader.
 pub fn objects_of_text(text: &str) -> Result<Vec<CiliumNetworkPolicy>, ReadError> {
     let mut out = Vec::new();
-    for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
-        let value = serde_json::Value::deserialize(doc).map_err(|source| ReadError::Syntax {
-            document: i + 1,
-            source,
-        })?;
-        let items = match value.get("items").and_then(serde_json::Value::as_array) {
-            Some(items)
-                if value
-                    .get("kind")
-                    .and_then(serde_json::Value::as_str)
-                    .is_some_and(|k| k.ends_with("List")) =>
-            {
-                items.clone()
-            }
-            _ => vec![value],
-        };
-        for item in items {
-            if item.get("kind").and_then(serde_json::Value::as_str) != Some(KIND)
-                || item.get("apiVersion").and_then(serde_json::Value::as_str) != Some(API_VERSION)
-            {
-                continue;
-            }
-            let text_of = |k: &str| {
-                item.get("metadata")
-                    .and_then(|m| m.get(k))
-                    .and_then(serde_json::Value::as_str)
-                    .unwrap_or("")
-                    .to_owned()
-            };
-            let policy = format!("{}/{}", text_of("namespace"), text_of("name"));
-            out.push(
-                serde_json::from_value(item)
-                    .map_err(|source| ReadError::Object { policy, source })?,
-            );
+    let objects = crate::manifests::objects(text).map_err(|e| ReadError::Syntax {
+        document: e.document,
+        source: e.source,
+    })?;
+    for item in objects {
+        if item.get("kind").and_then(serde_json::Value::as_str) != Some(KIND)
+            || item.get("apiVersion").and_then(serde_json::Value::as_str) != Some(API_VERSION)
+        {
+            continue;
         }
+        let text_of = |k: &str| {
+            item.get("metadata")
+                .and_then(|m| m.get(k))
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("")
+                .to_owned()
+        };
+        let policy = format!("{}/{}", text_of("namespace"), text_of("name"));
+        out.push(
+            serde_json::from_value(item).map_err(|source| ReadError::Object { policy, source })?,
+        );
     }
     Ok(out)
 }

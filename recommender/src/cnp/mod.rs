@@ -272,26 +272,13 @@ pub enum ReadError {
 /// of `List`s, each read strictly and validated. Other kinds are skipped.
 pub fn objects_of_text(text: &str) -> Result<Vec<ClusterNetworkPolicy>, ReadError> {
     let mut out = Vec::new();
-    for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
-        let value = serde_json::Value::deserialize(doc).map_err(|source| ReadError::Syntax {
-            document: i + 1,
-            source,
-        })?;
-        let items = match value.get("items").and_then(serde_json::Value::as_array) {
-            Some(items)
-                if value
-                    .get("kind")
-                    .and_then(serde_json::Value::as_str)
-                    .is_some_and(|k| k.ends_with("List")) =>
-            {
-                items.clone()
-            }
-            _ => vec![value],
-        };
-        for item in items {
-            if let Some(c) = object_of_value(item)? {
-                out.push(c);
-            }
+    let objects = crate::manifests::objects(text).map_err(|e| ReadError::Syntax {
+        document: e.document,
+        source: e.source,
+    })?;
+    for item in objects {
+        if let Some(c) = object_of_value(item)? {
+            out.push(c);
         }
     }
     Ok(out)
