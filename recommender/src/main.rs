@@ -117,7 +117,9 @@ enum Command {
         #[arg(long)]
         experimental: bool,
         /// leash's proposal (a policy file or directory, or `git:REV:PATH`), laid over the
-        /// applied NetworkPolicies for the self-check.
+        /// applied NetworkPolicies: the guardrails are proposed for (and self-checked over)
+        /// that state. Without it the Baseline defers every namespace whose egress the
+        /// applied NetworkPolicies do not lock down yet.
         #[arg(long)]
         proposed: Option<leash::policy_source::PolicySource>,
     },
@@ -1000,18 +1002,23 @@ fn guardrails(
         experimental,
     };
     let config = leash::classify::ClassifierConfig::default();
-    let g = leash::guardrails::propose(&cluster, &observations, &config, &options)
+    // The NetworkPolicies in force: the applied ones, with the proposal over them when given.
+    let nps = leash::policy_state::combine(&applied.policies, given.as_deref().unwrap_or(&[]));
+    let stack = leash::guardrails::Stack {
+        network_policies: &nps.objects,
+        cluster_policies: &applied.cluster_policies,
+    };
+    let g = leash::guardrails::propose(&cluster, &observations, &config, &options, &stack)
         .map_err(runtime_error)?;
-    let stack = leash::policy_state::combine(&applied.policies, given.as_deref().unwrap_or(&[]));
-    leash::guardrails::self_check(
-        &cluster,
-        &cluster,
-        &observations,
-        &g,
-        &stack.objects,
-        &applied.cluster_policies,
-    )
-    .map_err(|e| {
+    if !g.deferred.is_empty() {
+        eprintln!(
+            "leash: the Baseline default deny defers {} namespace(s) whose egress no \
+             NetworkPolicy locks down yet: {} (see REPORT.md)",
+            g.deferred.len(),
+            g.deferred.keys().cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
+    leash::guardrails::self_check(&cluster, &cluster, &observations, &g, &stack).map_err(|e| {
         if let leash::guardrails::Error::Denied(denied) = &e {
             for d in denied {
                 eprintln!(

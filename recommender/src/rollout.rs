@@ -256,9 +256,10 @@ type Keyed<'a> = (
 );
 
 /// Summed denied flows of one workload, by destination.
-type Denials = BTreeMap<(IpAddr, u16, Protocol), DeniedFlow>;
+pub(crate) type Denials = BTreeMap<(IpAddr, u16, Protocol), DeniedFlow>;
 
-fn add_denied(d: &mut Denials, flow: &Flow, ev: &crate::observations::Evidence) {
+/// Adds `ev` of `flow` to `d` (events summed, last seen and names merged).
+pub(crate) fn add_denied(d: &mut Denials, flow: &Flow, ev: &crate::observations::Evidence) {
     let e = d
         .entry((flow.dst, flow.dst_port, flow.protocol))
         .or_insert_with(|| DeniedFlow {

@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use ipnet::IpNet;
 use leash::classify::ClassifierConfig;
 use leash::cnp::{ClusterNetworkPolicy, Tier};
-use leash::guardrails::{self, Error, Guardrails, Options};
+use leash::guardrails::{self, Error, Guardrails, Options, Stack};
 use leash::recommend;
 use support::recommend::{Fx, deployment_pod, dns, flow, run};
 
@@ -77,15 +77,33 @@ fn shop() -> (Fx, Vec<leash_records::Record>) {
     (fx, records)
 }
 
+/// The guardrails over leash's proposal (the final state of a rollout).
 fn propose(
     fx: &Fx,
     records: &[leash_records::Record],
     opts: &Options,
 ) -> (support::recommend::Run, Guardrails) {
     let r = run(fx, records, &recommend::Options::default());
-    let g = guardrails::propose(&r.cluster, &r.obs, &ClassifierConfig::default(), opts)
-        .expect("proposes");
+    let g = guardrails::propose(
+        &r.cluster,
+        &r.obs,
+        &ClassifierConfig::default(),
+        opts,
+        &Stack {
+            network_policies: &r.policies,
+            cluster_policies: &[],
+        },
+    )
+    .expect("proposes");
     (r, g)
+}
+
+/// The stack of the self-check: leash's proposal.
+fn with_proposal(r: &support::recommend::Run) -> Stack<'_> {
+    Stack {
+        network_policies: &r.policies,
+        cluster_policies: &[],
+    }
 }
 
 fn by_name<'a>(g: &'a Guardrails, name: &str) -> &'a ClusterNetworkPolicy {
@@ -179,7 +197,7 @@ fn shop_guardrails_are_valid_and_pass_the_self_check_with_the_proposal() {
 
     // The whole stack: guardrails plus leash's proposal allow every observed flow, and deny
     // the metadata address from batch and kube-system.
-    guardrails::self_check(&r.cluster, &fx.view(), &r.obs, &g, &r.policies, &[])
+    guardrails::self_check(&r.cluster, &fx.view(), &r.obs, &g, &with_proposal(&r))
         .expect("self-check");
 
     // Deterministic bytes.
@@ -194,7 +212,7 @@ fn shop_guardrails_are_valid_and_pass_the_self_check_with_the_proposal() {
 fn without_networkpolicies_the_baseline_breaks_external_traffic_and_the_self_check_says_so() {
     let (fx, records) = shop();
     let (r, g) = propose(&fx, &records, &Options::default());
-    let err = guardrails::self_check(&r.cluster, &fx.view(), &r.obs, &g, &[], &[])
+    let err = guardrails::self_check(&r.cluster, &fx.view(), &r.obs, &g, &Stack::default())
         .expect_err("the default deny denies web's external flow");
     let Error::Denied(denied) = err else {
         panic!("{err}");
@@ -213,11 +231,90 @@ fn without_networkpolicies_the_baseline_breaks_external_traffic_and_the_self_che
 }
 
 #[test]
+fn over_the_applied_policies_alone_the_baseline_defers_the_namespaces_it_would_break() {
+    // Nothing applied yet: the guardrails must go first and break nothing. shop's web dials
+    // api and an external address with no NetworkPolicy: shop is deferred. batch only
+    // resolves names (the Baseline's DNS accept): it gets the default deny. (api's call to
+    // the metadata address would be denied by the Baseline too.)
+    let (fx, records) = shop();
+    let r = run(&fx, &records, &recommend::Options::default());
+    let g = guardrails::propose(
+        &r.cluster,
+        &r.obs,
+        &ClassifierConfig::default(),
+        &Options::default(),
+        &Stack::default(),
+    )
+    .expect("proposes");
+    crd_valid(&g);
+    assert_eq!(
+        g.deferred.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["shop"]
+    );
+    assert_eq!(
+        g.deferred["shop"]
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        ["Deployment/api", "Deployment/web"]
+    );
+    for name in ["guardrails-default-deny", "guardrails-dns"] {
+        let subject = serde_json::to_value(&by_name(&g, name).spec.subject).expect("json");
+        assert_eq!(
+            subject["namespaces"]["matchExpressions"][0],
+            serde_json::json!({
+                "key": "kubernetes.io/metadata.name",
+                "operator": "NotIn",
+                "values": ["kube-system", "shop"]
+            }),
+            "{name}"
+        );
+    }
+    // The Admin tier is not deferred: the metadata deny still covers batch.
+    let meta =
+        serde_json::to_value(&by_name(&g, "guardrails-metadata").spec.subject).expect("json");
+    assert_eq!(
+        meta["namespaces"]["matchExpressions"][0]["values"],
+        serde_json::json!(["batch", "kube-system"])
+    );
+    // Safe to apply first: the self-check over the applied state alone passes.
+    guardrails::self_check(&r.cluster, &fx.view(), &r.obs, &g, &Stack::default())
+        .expect("breaks nothing");
+    // The report says why and what comes next.
+    let report = guardrails::report_md(&g);
+    assert!(report.contains("## Deferred namespaces"), "{report}");
+    assert!(
+        report.contains("| shop | Deployment/api, Deployment/web |"),
+        "{report}"
+    );
+    assert!(report.contains("## Rollout order"), "{report}");
+    assert!(
+        g.justifications
+            .iter()
+            .any(|j| j.text.starts_with("namespace shop deferred")),
+        "{:?}",
+        g.justifications
+    );
+
+    // Once shop's proposal is applied, the next proposal covers shop too.
+    let applied = guardrails::propose(
+        &r.cluster,
+        &r.obs,
+        &ClassifierConfig::default(),
+        &Options::default(),
+        &with_proposal(&r),
+    )
+    .expect("proposes");
+    assert!(applied.deferred.is_empty(), "{:?}", applied.deferred);
+    assert!(!guardrails::report_md(&applied).contains("## Deferred namespaces"));
+}
+
+#[test]
 fn a_metadata_deny_dropped_from_the_stack_fails_the_self_check() {
     let (fx, records) = shop();
     let (r, mut g) = propose(&fx, &records, &Options::default());
     g.policies.retain(|p| p.name() != "guardrails-metadata");
-    let err = guardrails::self_check(&r.cluster, &fx.view(), &r.obs, &g, &r.policies, &[])
+    let err = guardrails::self_check(&r.cluster, &fx.view(), &r.obs, &g, &with_proposal(&r))
         .expect_err("metadata allowed");
     assert!(matches!(err, Error::MetadataAllowed { .. }), "{err}");
 }
@@ -259,7 +356,7 @@ fn protected_ranges_split_at_the_api_limits_with_stable_names() {
         subject["namespaces"]["matchExpressions"][0]["values"],
         serde_json::json!(["batch", "kube-system"])
     );
-    guardrails::self_check(&r.cluster, &fx.view(), &r.obs, &g, &r.policies, &[])
+    guardrails::self_check(&r.cluster, &fx.view(), &r.obs, &g, &with_proposal(&r))
         .expect("self-check");
 
     // 25 * 25 * 25 + 1 ranges: two policies, numbered.
@@ -347,12 +444,12 @@ fn node_local_dns_and_host_network_resolvers_are_accepted_by_address() {
     // Link-local mode: the NodeLocal address; iptables mode: the kube-dns ClusterIP itself.
     assert!(dns_rules.contains("169.254.20.10/32"), "{dns_rules}");
     assert!(dns_rules.contains("10.96.0.10/32"), "{dns_rules}");
-    guardrails::self_check(&r.cluster, &fx.view(), &r.obs, &g, &r.policies, &[])
+    guardrails::self_check(&r.cluster, &fx.view(), &r.obs, &g, &with_proposal(&r))
         .expect("self-check");
     // Without the proposal, the web pod (no NetworkPolicy) still resolves through the
     // Baseline accept: only the external flow is denied.
     let Err(Error::Denied(denied)) =
-        guardrails::self_check(&r.cluster, &fx.view(), &r.obs, &g, &[], &[])
+        guardrails::self_check(&r.cluster, &fx.view(), &r.obs, &g, &Stack::default())
     else {
         panic!("the external flow is denied");
     };

@@ -15,6 +15,7 @@
 //! [`cnp::validate`]. `outdir` writes `-o DIR` (the one I/O of the module).
 
 pub mod outdir;
+pub mod stage;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -57,6 +58,8 @@ pub const PRIORITY_DEFAULT_DENY: i32 = 1000;
 pub const MAX: usize = 25;
 /// Name prefix of every object.
 pub const PREFIX: &str = "guardrails-";
+/// The Baseline default deny's name.
+pub const DEFAULT_DENY: &str = "guardrails-default-deny";
 /// Namespaces CNIs install themselves into: exempt by default when they exist.
 pub const CNI_NAMESPACES: [&str; 5] = [
     "calico-system",
@@ -96,6 +99,11 @@ pub struct Guardrails {
     pub justifications: Vec<Justification>,
     /// The exempt namespaces.
     pub exempt: BTreeSet<String>,
+    /// Namespaces the Baseline tier leaves out for now, with the workloads (`Kind/name`)
+    /// whose observed egress it would deny: no NetworkPolicy of the stack locks them down
+    /// yet. They join once their namespace is locked down and the guardrails are proposed
+    /// again, so that the guardrails break nothing whenever they are applied.
+    pub deferred: BTreeMap<String, BTreeSet<String>>,
     /// Namespaces observed using a metadata address, with the pods (`ns/name`) that did.
     pub metadata_users: BTreeMap<String, BTreeSet<String>>,
     /// Namespaces observed reaching a protected range, with the pods that did.
@@ -194,6 +202,10 @@ fn object(
             annotations: Some(BTreeMap::from([(
                 recommend::ANNOTATION_GENERATED_BY.to_owned(),
                 "leash guardrails".to_owned(),
+            )])),
+            labels: Some(BTreeMap::from([(
+                crate::policy_state::MANAGED_BY.0.to_owned(),
+                crate::policy_state::MANAGED_BY.1.to_owned(),
             )])),
             ..ObjectMeta::default()
         },
@@ -358,12 +370,26 @@ fn ports(set: &BTreeSet<(Protocol, u16)>) -> Vec<ProtocolPort> {
         .collect()
 }
 
-/// Proposes the guardrails for this cluster and these observations.
+/// The policies the guardrails are applied over: what decides the Baseline's deferrals.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stack<'a> {
+    /// The NetworkPolicies in force: the applied ones, with a proposal laid over them when
+    /// the guardrails go with it.
+    pub network_policies: &'a [NetworkPolicy],
+    /// The applied ClusterNetworkPolicies (leash's earlier guardrails among them are
+    /// replaced).
+    pub cluster_policies: &'a [ClusterNetworkPolicy],
+}
+
+/// Proposes the guardrails for this cluster and these observations, over `stack`: the
+/// Baseline tier defers every namespace where it would deny observed traffic
+/// ([`Guardrails::deferred`]), so that the guardrails can go first in a rollout.
 pub fn propose(
     cluster: &Cluster,
     obs: &Observations,
     config: &ClassifierConfig,
     opts: &Options,
+    stack: &Stack<'_>,
 ) -> Result<Guardrails> {
     let exempt = opts
         .exempt
@@ -468,33 +494,129 @@ pub fn propose(
             policies.extend(made);
         }
     }
-    finish(
+    let admin = Admin {
         policies,
         why,
-        exempt,
         metadata_users,
         protected_users,
+    };
+    let all_in = baseline(
+        admin.clone(),
+        exempt.clone(),
+        BTreeMap::new(),
         cluster,
         obs,
         config,
-    )
+    )?;
+    let deferred = deferrals(cluster, obs, &all_in, stack)?;
+    if deferred.is_empty() {
+        return Ok(all_in);
+    }
+    baseline(admin, exempt, deferred, cluster, obs, config)
 }
 
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the second half of propose, over its state"
-)]
-fn finish(
-    mut policies: Vec<ClusterNetworkPolicy>,
-    mut why: Vec<Justification>,
-    exempt: BTreeSet<String>,
+/// The Admin tier's part of a proposal, which the Baseline is added to.
+#[derive(Clone)]
+struct Admin {
+    policies: Vec<ClusterNetworkPolicy>,
+    why: Vec<Justification>,
     metadata_users: BTreeMap<String, BTreeSet<String>>,
     protected_users: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// The namespaces (with their workloads) where the Baseline default deny of `g` would deny
+/// observed traffic that the stack's NetworkPolicies leave to it: their workloads' egress is
+/// not yet locked down by a NetworkPolicy.
+fn deferrals(
+    cluster: &Cluster,
+    obs: &Observations,
+    g: &Guardrails,
+    stack: &Stack<'_>,
+) -> Result<BTreeMap<String, BTreeSet<String>>> {
+    let set = stack_set(g, stack)?;
+    let checks = observed_checks(cluster, obs);
+    let denied_by_baseline = |&(p, dst, port, protocol): &(usize, IpAddr, u16, Protocol)| {
+        let flow = eval::Flow {
+            protocol,
+            dst,
+            dst_port: port,
+        };
+        let ev = eval::evaluate(cluster, &set, &cluster.pods[p], &flow);
+        ev.problem.is_none()
+            && ev.targets.iter().any(|t| {
+                t.egress.verdict == eval::Verdict::Deny
+                    && t.egress
+                        .deciding_cluster_rule()
+                        .is_some_and(|m| m.policy == DEFAULT_DENY)
+            })
+    };
+    let verdicts = crate::parallel::map(&checks, denied_by_baseline);
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (&(p, ..), denied) in checks.iter().zip(verdicts) {
+        if denied {
+            let pod = &cluster.pods[p];
+            out.entry(pod.namespace.clone())
+                .or_default()
+                .insert(crate::diff::flows::workload_of(cluster, pod).workload);
+        }
+    }
+    Ok(out)
+}
+
+/// The policies in force once the guardrails are applied, compiled: the stack's
+/// NetworkPolicies, its ClusterNetworkPolicies with leash's earlier guardrails replaced by
+/// `g`'s.
+fn stack_set(g: &Guardrails, stack: &Stack<'_>) -> Result<PolicySet> {
+    let tiers = replace_guardrails(stack.cluster_policies, &g.policies);
+    PolicySet::new(stack.network_policies)
+        .and_then(|s| s.with_cluster_policies(&tiers))
+        .map_err(|e| Error::Stack(Chain(&e).to_string()))
+}
+
+/// The observed flows a policy can enforce, once per (pod, destination, port, protocol):
+/// from pod-network pods, to destinations NetworkPolicy can restrict. Sorted.
+fn observed_checks(cluster: &Cluster, obs: &Observations) -> Vec<(usize, IpAddr, u16, Protocol)> {
+    let mut checks: BTreeSet<(usize, IpAddr, u16, Protocol)> = BTreeSet::new();
+    for key in obs.flows.keys() {
+        let Some(pod) = cluster.pods.get(key.pod) else {
+            continue;
+        };
+        if pod.host_network || crate::classify::unenforceable(key.dst, key.port).is_some() {
+            continue;
+        }
+        checks.insert((key.pod, key.dst, key.port, key.protocol));
+    }
+    checks.into_iter().collect()
+}
+
+/// The Baseline tier over `admin`, for every namespace but `exempt` and `deferred`.
+fn baseline(
+    admin: Admin,
+    exempt: BTreeSet<String>,
+    deferred: BTreeMap<String, BTreeSet<String>>,
     cluster: &Cluster,
     obs: &Observations,
     config: &ClassifierConfig,
 ) -> Result<Guardrails> {
-    let subject = non_exempt(&exempt);
+    let Admin {
+        mut policies,
+        mut why,
+        metadata_users,
+        protected_users,
+    } = admin;
+    let left_out: BTreeSet<String> = exempt.iter().chain(deferred.keys()).cloned().collect();
+    let subject = non_exempt(&left_out);
+    for (ns, workloads) in &deferred {
+        why.push(Justification {
+            policy: DEFAULT_DENY.into(),
+            text: format!(
+                "namespace {ns} deferred: no NetworkPolicy locks down the egress of {} yet, so \
+                 the Baseline default deny would break its observed traffic; lock the \
+                 namespace down (leash recommend), then propose the guardrails again",
+                workloads.iter().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        });
+    }
     // Baseline: DNS, one rule set per port set, peers from recommend's DNS rule.
     let classifier = Classifier::new(cluster, config, obs);
     let mut by_ports: BTreeMap<BTreeSet<(Protocol, u16)>, BTreeSet<String>> = BTreeMap::new();
@@ -594,7 +716,7 @@ fn finish(
         IpNet::V6(ipnet::Ipv6Net::default()),
     ]);
     policies.push(object(
-        "guardrails-default-deny".into(),
+        DEFAULT_DENY.into(),
         Tier::Baseline,
         PRIORITY_DEFAULT_DENY,
         subject,
@@ -606,11 +728,19 @@ fn finish(
         ),
     ));
     why.push(Justification {
-        policy: "guardrails-default-deny".into(),
+        policy: DEFAULT_DENY.into(),
         text: format!(
-            "Baseline Deny of all other egress for every namespace but the exempt ones ({}); \
+            "Baseline Deny of all other egress for every namespace but the exempt ones ({}){}; \
              replaces the per-namespace default-deny NetworkPolicies (recommend --baseline cnp)",
-            exempt.iter().cloned().collect::<Vec<_>>().join(", ")
+            exempt.iter().cloned().collect::<Vec<_>>().join(", "),
+            if deferred.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " and the deferred ones ({})",
+                    deferred.keys().cloned().collect::<Vec<_>>().join(", ")
+                )
+            }
         ),
     });
     policies.sort_by(|a, b| a.name().cmp(b.name()));
@@ -625,6 +755,7 @@ fn finish(
         policies,
         justifications: why,
         exempt,
+        deferred,
         metadata_users,
         protected_users,
     })
@@ -648,14 +779,14 @@ pub fn object_yaml(p: &ClusterNetworkPolicy) -> Result<String, crate::render::Er
     })
 }
 
-/// `REPORT.md` of `-o DIR`: the rules, why, and what was left out; tenant text escaped.
+/// `REPORT.md` of `-o DIR`: the rules, why, what was left out and deferred, and the stage
+/// order of a rollout; tenant text escaped.
 pub fn report_md(g: &Guardrails) -> String {
     let mut out = String::from("# leash guardrails\n\n");
     out.push_str(
         "ClusterNetworkPolicies (`policy.networking.k8s.io/v1alpha2`). The Admin tier is \
          evaluated before every NetworkPolicy; the Baseline tier only for pods no \
-         NetworkPolicy selects. Roll them out first, in audit (shadow) mode, then namespace \
-         by namespace.\n\n",
+         NetworkPolicy selects.\n\n",
     );
     let _ = writeln!(
         out,
@@ -677,6 +808,27 @@ pub fn report_md(g: &Guardrails) -> String {
             p.spec.egress.len()
         );
     }
+    out.push_str(STAGE_ORDER);
+    if !g.deferred.is_empty() {
+        out.push_str(
+            "\n## Deferred namespaces\n\nThe Baseline default deny leaves these namespaces \
+             out for now: it would deny the observed egress of these workloads, which no \
+             NetworkPolicy locks down yet. Lock each namespace down, then propose the \
+             guardrails again: it joins the Baseline.\n\n| Namespace | Workloads |\n|---|---|\n",
+        );
+        for (ns, workloads) in &g.deferred {
+            let _ = writeln!(
+                out,
+                "| {} | {} |",
+                escape::md(ns),
+                workloads
+                    .iter()
+                    .map(|w| escape::md(w))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
     out.push_str("\n## Why\n\n");
     for j in &g.justifications {
         let _ = writeln!(
@@ -689,34 +841,33 @@ pub fn report_md(g: &Guardrails) -> String {
     out
 }
 
-/// The self-check over the whole stack (the guardrails over `applied_cluster`, and
-/// `network_policies`: the applied ones and leash's proposal): every observed flow a policy can enforce from a pod-network pod is
-/// allowed, and each metadata address is denied from one pod of every namespace that never
-/// used it.
+/// The stage order of a cluster-wide rollout, for the reports and pull requests.
+pub const STAGE_ORDER: &str = "\n## Rollout order\n\n\
+1. **Guardrails, in audit first.** Shadow-evaluate them before enforcing: `leash rollout \
+status --proposed DIR` (or `leash serve --proposed DIR`) shows the guardrails stage and every \
+workload whose observed traffic they would break, which must be none. Then apply them. They \
+go first because they protect every namespace at once and break nothing: the Admin tier \
+leaves out namespaces observed using what it denies, and the Baseline tier defers namespaces \
+whose egress no NetworkPolicy locks down yet.\n\
+2. **Then namespace by namespace.** Propose each namespace's NetworkPolicies (`leash \
+recommend`), watch its workloads reach `ready` on the rollout board, and apply them.\n\
+3. **Then the guardrails again.** Each locked-down namespace joins the Baseline tier's \
+default deny the next time the guardrails are proposed (the pull-request loop does it by \
+itself).\n";
+
+/// The self-check over the whole stack (the guardrails over `stack`: the applied policies and,
+/// when given, leash's proposal): every observed flow a policy can enforce from a pod-network
+/// pod is allowed, and each metadata address is denied from one pod of every namespace that
+/// never used it.
 pub fn self_check<V: ClusterView + Sync + ?Sized>(
     cluster: &Cluster,
     view: &V,
     obs: &Observations,
     g: &Guardrails,
-    network_policies: &[NetworkPolicy],
-    applied_cluster: &[ClusterNetworkPolicy],
+    stack: &Stack<'_>,
 ) -> Result<()> {
-    // The applied ClusterNetworkPolicies stay, but for earlier guardrails of the same names.
-    let tiers = lay_over(applied_cluster, &g.policies);
-    let set = PolicySet::new(network_policies)
-        .and_then(|s| s.with_cluster_policies(&tiers))
-        .map_err(|e| Error::Stack(Chain(&e).to_string()))?;
-    let mut checks: BTreeSet<(usize, IpAddr, u16, Protocol)> = BTreeSet::new();
-    for key in obs.flows.keys() {
-        let Some(pod) = cluster.pods.get(key.pod) else {
-            continue;
-        };
-        if pod.host_network || crate::classify::unenforceable(key.dst, key.port).is_some() {
-            continue;
-        }
-        checks.insert((key.pod, key.dst, key.port, key.protocol));
-    }
-    let checks: Vec<_> = checks.into_iter().collect();
+    let set = stack_set(g, stack)?;
+    let checks = observed_checks(cluster, obs);
     let check_one = |&(p, dst, port, protocol): &(usize, IpAddr, u16, Protocol)| {
         let pod = &cluster.pods[p];
         let source = view.pod(&pod.namespace, &pod.name)?;
@@ -784,8 +935,29 @@ pub fn self_check<V: ClusterView + Sync + ?Sized>(
     Ok(())
 }
 
+/// Whether `p` is one of leash's guardrails: its name and leash's managed-by label.
+pub fn is_guardrail(p: &ClusterNetworkPolicy) -> bool {
+    p.name().starts_with(PREFIX) && crate::policy_state::is_managed(&p.metadata)
+}
+
+/// The applied ClusterNetworkPolicies with leash's guardrails replaced by `guardrails` (all
+/// of them: a guardrail no longer proposed is removed, as `-o DIR` and the pull request
+/// remove its file), and any other of the same name as one of `guardrails` too. Sorted by
+/// name.
+pub fn replace_guardrails(
+    applied: &[ClusterNetworkPolicy],
+    guardrails: &[ClusterNetworkPolicy],
+) -> Vec<ClusterNetworkPolicy> {
+    let kept: Vec<ClusterNetworkPolicy> = applied
+        .iter()
+        .filter(|a| !is_guardrail(a))
+        .cloned()
+        .collect();
+    lay_over(&kept, guardrails)
+}
+
 /// The applied ClusterNetworkPolicies with `given` in place of those of the same name, sorted
-/// by name: a policy state's tiers (as `self_check` and `diff` lay them).
+/// by name: a policy state's tiers (as `diff` lays them).
 pub fn lay_over(
     applied: &[ClusterNetworkPolicy],
     given: &[ClusterNetworkPolicy],
