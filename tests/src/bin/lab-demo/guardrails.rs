@@ -85,7 +85,9 @@ pub(crate) fn guardrails(
     let report = first.get("REPORT.md").map_or("", String::as_str);
     let deferred = deferred_table(report);
     let names: Vec<&str> = deferred.keys().map(String::as_str).collect();
-    if !ran.stderr.contains(&format!("defers {} namespace(s)", deferred.len()))
+    if !ran
+        .stderr
+        .contains(&format!("defers {} namespace(s)", deferred.len()))
         || !ran.stderr.contains(&names.join(", "))
     {
         return Err(fail(
@@ -97,7 +99,10 @@ pub(crate) fn guardrails(
         ));
     }
     if !report.contains(ROLLOUT_HEADING) {
-        return Err(fail(step, format!("no {ROLLOUT_HEADING:?} in REPORT.md:\n{report}")));
+        return Err(fail(
+            step,
+            format!("no {ROLLOUT_HEADING:?} in REPORT.md:\n{report}"),
+        ));
     }
     let first_objects = objects(step, &first)?;
     let left_out_first = not_in(step, &first_objects, DEFAULT_DENY_POLICY)?;
@@ -187,7 +192,9 @@ pub(crate) fn guardrails(
     if deferred != expected {
         return Err(fail(
             "guardrails",
-            format!("deferred {deferred:?}; expected the namespaces with non-DNS egress {expected:?}"),
+            format!(
+                "deferred {deferred:?}; expected the namespaces with non-DNS egress {expected:?}"
+            ),
         ));
     }
 
@@ -230,7 +237,12 @@ pub(crate) fn guardrails(
     let probe = verdicts
         .iter()
         .find(|v| v["dst"] == metadata_addr.as_str())
-        .ok_or_else(|| fail(step, format!("no verdict for the metadata probe: {verdicts:?}")))?;
+        .ok_or_else(|| {
+            fail(
+                step,
+                format!("no verdict for the metadata probe: {verdicts:?}"),
+            )
+        })?;
     let by_metadata = serde_json::json!([format!("ClusterNetworkPolicy/{METADATA_POLICY}")]);
     if probe["verdict"] != "deny" || probe["policies"] != by_metadata {
         return Err(fail(
@@ -364,7 +376,12 @@ fn deferred_table(report: &str) -> BTreeMap<String, BTreeSet<String>> {
     section
         .lines()
         .filter_map(|l| {
-            let cells: Vec<&str> = l.trim().trim_matches('|').split('|').map(str::trim).collect();
+            let cells: Vec<&str> = l
+                .trim()
+                .trim_matches('|')
+                .split('|')
+                .map(str::trim)
+                .collect();
             match cells.as_slice() {
                 [ns, workloads] if *ns != "Namespace" && !ns.starts_with("---") => Some((
                     (*ns).to_owned(),
@@ -385,7 +402,10 @@ fn objects(step: &'static str, tree: &BTreeMap<String, String>) -> Result<Vec<Va
         if v["kind"] != "ClusterNetworkPolicy"
             || v["apiVersion"] != "policy.networking.k8s.io/v1alpha2"
         {
-            return Err(fail(step, format!("{file}: not a ClusterNetworkPolicy: {v}")));
+            return Err(fail(
+                step,
+                format!("{file}: not a ClusterNetworkPolicy: {v}"),
+            ));
         }
         out.push(v);
     }
@@ -411,7 +431,12 @@ fn subject_values(
     let exprs = p["spec"]["subject"]["namespaces"]["matchExpressions"]
         .as_array()
         .filter(|e| e.len() == 1)
-        .ok_or_else(|| fail(step, format!("{name}: one namespace expression expected: {p}")))?;
+        .ok_or_else(|| {
+            fail(
+                step,
+                format!("{name}: one namespace expression expected: {p}"),
+            )
+        })?;
     let e = &exprs[0];
     if e["key"] != "kubernetes.io/metadata.name" || e["operator"] != operator {
         return Err(fail(
@@ -451,16 +476,21 @@ mod tests {
         assert_eq!(t.keys().collect::<Vec<_>>(), ["data", "shop"]);
         assert_eq!(
             t["shop"],
-            BTreeSet::from(["Deployment/api".to_owned(), "Deployment/frontend".to_owned()])
+            BTreeSet::from([
+                "Deployment/api".to_owned(),
+                "Deployment/frontend".to_owned()
+            ])
         );
         assert!(deferred_table("# leash guardrails\n\n## Why\n").is_empty());
     }
 
     #[test]
     fn subjects_are_read_by_operator() {
-        let objs = vec![serde_json::json!({"metadata": {"name": "p"}, "spec": {"subject": {
+        let objs = vec![
+            serde_json::json!({"metadata": {"name": "p"}, "spec": {"subject": {
             "namespaces": {"matchExpressions": [{"key": "kubernetes.io/metadata.name",
-            "operator": "NotIn", "values": ["kube-system", "shop"]}]}}}})];
+            "operator": "NotIn", "values": ["kube-system", "shop"]}]}}}}),
+        ];
         assert_eq!(
             not_in("t", &objs, "p").unwrap(),
             BTreeSet::from(["kube-system".to_owned(), "shop".to_owned()])
