@@ -789,6 +789,12 @@ fn check_guardrails(run: &Run) {
         run.stdout
     );
 
+    assert!(
+        run.stdout.contains("default deny from the start: data\n"),
+        "data has no egress: its namespace joins the Baseline at once:\n{}",
+        run.stdout
+    );
+
     // No break: the diff's flow lines (if any) deny nothing, and its report says so.
     let diff = std::fs::read_to_string(out.join("guardrails-diff.jsonl")).unwrap();
     for l in diff.lines() {

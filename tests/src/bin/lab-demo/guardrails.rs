@@ -44,6 +44,8 @@ const ROLLOUT_HEADING: &str = "## Rollout order";
 pub(crate) struct Outcome {
     /// Namespaces the first guardrails defer, with their workloads (`Kind/name`).
     pub deferred: BTreeMap<String, BTreeSet<String>>,
+    /// The namespaces the first Baseline default deny covers at once (no egress to defer).
+    pub baseline_first: BTreeSet<String>,
     /// The namespaces the metadata deny covers.
     pub metadata: BTreeSet<String>,
     /// The exempt namespaces (the Baseline leaves them out in both stages).
@@ -54,18 +56,34 @@ pub(crate) struct Outcome {
     pub explained: String,
 }
 
-/// Runs the guardrails step. `cluster` is the lab's snapshot, `policies` leash's first
-/// proposal (`recommend -o`), `flows` the agent's records and `probes` the probe records.
+/// What the earlier steps left for this one.
+pub(crate) struct Inputs<'a> {
+    /// The lab's snapshot (`DIR/cluster.yaml`).
+    pub cluster: &'a Path,
+    /// leash's first proposal (`recommend -o DIR/policies`).
+    pub policies: &'a Path,
+    /// The agent's records (`DIR/flows.jsonl`, written in both modes).
+    pub flows: &'a Path,
+    /// The probe records (`DIR/probes.jsonl`).
+    pub probes: &'a Path,
+    /// Where the leash commands read the observations (the store, or the records).
+    pub observed: &'a Observed,
+}
+
+/// Runs the guardrails step over `inputs`.
 pub(crate) fn guardrails(
     leash: &Path,
     out: &Path,
     shop: &Shop,
-    cluster: &Path,
-    policies: &Path,
-    flows: &Path,
-    probes: &Path,
-    observed: &Observed,
+    inputs: &Inputs<'_>,
 ) -> Result<Outcome> {
+    let Inputs {
+        cluster,
+        policies,
+        flows,
+        probes,
+        observed,
+    } = *inputs;
     let first_dir = out.join("guardrails");
     let final_dir = out.join("guardrails-final");
     let _ = std::fs::remove_dir_all(&first_dir);
@@ -278,6 +296,7 @@ pub(crate) fn guardrails(
         })?;
     eprintln!("   {} -> {to}: {explained}", shop::FRONTEND);
     Ok(Outcome {
+        baseline_first: namespaces.difference(&left_out_first).cloned().collect(),
         deferred,
         metadata,
         exempt,
@@ -298,6 +317,11 @@ pub(crate) fn summary(g: &Outcome) -> String {
             .map(|(ns, w)| format!("{ns} ({})", list(&mut w.iter())))
             .collect::<Vec<_>>()
             .join("; ")
+    );
+    let _ = writeln!(
+        s,
+        "default deny from the start: {}",
+        list(&mut g.baseline_first.iter())
     );
     let _ = writeln!(
         s,

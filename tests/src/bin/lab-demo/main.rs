@@ -16,9 +16,9 @@
 //!    REPORT.md and evidence.json, indexed by `DIR/policies/REPORT.md`);
 //! 7. `leash audit` of `DIR/flows.jsonl` (every flow must be allowed) and of `DIR/probes.jsonl`
 //!    (every probe must be denied), as JSON lines in `DIR/audit-flows.jsonl` and
-//!    `DIR/audit-probes.jsonl`;
-//! 7b. the guardrails (`guardrails`): `leash guardrails` defers the namespaces not locked down
-//!     yet, its diff breaks nothing, and over the proposal nothing is deferred;
+//!    `DIR/audit-probes.jsonl`; then the guardrails, first in a rollout (`guardrails`): `leash
+//!    guardrails` defers the namespaces not locked down yet and its diff breaks nothing; over
+//!    the proposal nothing is deferred and the final state allows every observed flow;
 //! 8. lock down (`lockdown`): apply the proposal to the snapshot, make one new call, then
 //!    `leash rollout status`, `leash recommend --previous` and `leash diff` must show exactly it;
 //! 9. the loop (`pull_request`): an alert on the new call opens a pull request;
@@ -954,14 +954,16 @@ fn demo(o: &Opts) -> Result<()> {
         &leash,
         out,
         &shop,
-        &cluster,
-        &policies,
-        &flows,
-        &probes_path,
-        &if o.serve {
-            lockdown::Observed::Store(out.join("leash.db"))
-        } else {
-            lockdown::Observed::Flows(vec![flows.clone()])
+        &guardrails::Inputs {
+            cluster: &cluster,
+            policies: &policies,
+            flows: &flows,
+            probes: &probes_path,
+            observed: &if o.serve {
+                lockdown::Observed::Store(out.join("leash.db"))
+            } else {
+                lockdown::Observed::Flows(vec![flows.clone()])
+            },
         },
     )?;
     lap("guardrails", &mut timings);
