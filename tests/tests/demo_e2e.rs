@@ -19,7 +19,7 @@ use std::sync::Mutex;
 
 use leash_lab::shop::{
     API_PORT, API_TARGET_PORT, COLLECTOR_ADDR, DB_PORT, FRAUD_ADDR, FRAUD_HOST, FRAUD_PORT,
-    STRIPE_ADDRS, STRIPE_HOST, STRIPE_MOVED_ADDR, STRIPE_PORT, SYSLOG_PORT,
+    PAYMENT, STRIPE_ADDRS, STRIPE_HOST, STRIPE_MOVED_ADDR, STRIPE_PORT, SYSLOG_PORT, WORKER,
 };
 use leash_records::{DnsRecord, FlowRecord, Protocol, Record, read_records};
 use serde_json::Value;
@@ -858,6 +858,74 @@ fn check_guardrails(run: &Run) {
     );
 }
 
+/// The guardrails' self-check on the lab shop's real evidence, both ways: over the proposal it
+/// passes; with an Admin-tier ClusterNetworkPolicy of the platform team applied that denies
+/// TEST-NET-3 (where the shop's external hosts live), it fails, naming exactly the observed
+/// flows the stack would deny, and writes nothing.
+fn check_self_check(run: &Run) {
+    let out = &run.out;
+    let guardrails = |cluster: &Path, dir: &Path| {
+        Command::new(&run.leash)
+            .arg("guardrails")
+            .arg("--cluster")
+            .arg(cluster)
+            .arg("--flows")
+            .arg(out.join("flows.jsonl"))
+            .arg("--proposed")
+            .arg(out.join("policies"))
+            .arg("-o")
+            .arg(dir)
+            .output()
+            .unwrap()
+    };
+    let again = out.join("guardrails-again");
+    let ok = guardrails(&out.join("cluster.yaml"), &again);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert_eq!(
+        guardrail_objects(out, "guardrails-again"),
+        guardrail_objects(out, "guardrails-final"),
+        "the same evidence and proposal give the same guardrails"
+    );
+
+    let mut snapshot: Value =
+        serde_norway::from_str(&std::fs::read_to_string(out.join("cluster.yaml")).unwrap())
+            .unwrap();
+    snapshot["items"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "apiVersion": "policy.networking.k8s.io/v1alpha2",
+            "kind": "ClusterNetworkPolicy",
+            "metadata": {"name": "platform-no-test-net-3"},
+            "spec": {"tier": "Admin", "priority": 5, "subject": {"namespaces": {}},
+                     "egress": [{"name": "deny", "action": "Deny",
+                                 "to": [{"networks": ["203.0.113.0/24"]}]}]},
+        }));
+    let platform = out.join("cluster-platform.yaml");
+    std::fs::write(&platform, serde_norway::to_string(&snapshot).unwrap()).unwrap();
+    let refused = out.join("guardrails-refused");
+    let failed = guardrails(&platform, &refused);
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert_eq!(failed.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("guardrails self-check failed"), "{stderr}");
+    let denied: BTreeSet<String> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("leash: denied by the stack: "))
+        .map(|l| l.split(" (").next().unwrap().to_owned())
+        .collect();
+    let mut want: BTreeSet<String> = STRIPE_ADDRS
+        .iter()
+        .map(|ip| format!("{PAYMENT} -> {ip}:{STRIPE_PORT}/TCP"))
+        .collect();
+    want.insert(format!("{WORKER} -> {COLLECTOR_ADDR}:{SYSLOG_PORT}/UDP"));
+    assert_eq!(denied, want, "{stderr}");
+    assert!(!refused.exists(), "a failed self-check writes nothing");
+}
+
 /// The pipeline without `leash serve`: the agent writes flows.jsonl, `leash recommend --flows`.
 #[test]
 fn demo_pipeline_without_serve() {
@@ -865,6 +933,7 @@ fn demo_pipeline_without_serve() {
         return;
     };
     check_artifacts(&run);
+    check_self_check(&run);
     assert!(!run.out.join("leash.db").exists());
 }
 
