@@ -2,7 +2,9 @@
 # The demo: the shop lab (two namespaces, Services, DNS, external hosts), the real leash-agent
 # streaming over mTLS to `leash serve` on SQLite, then `leash recommend` and two audits (every
 # observed flow allowed, every probe denied), and a summary table. Needs root (namespaces,
-# cgroups, BPF). Then the lockdown: the proposal applied, one new call, rollout status,
+# cgroups, BPF). Then the guardrails, first in a rollout: `leash guardrails` (out/guardrails,
+# shop deferred), its diff with no break, and over the proposal (out/guardrails-final) the
+# final state audited. Then the lockdown: the proposal applied, one new call, rollout status,
 # recommend --previous and diff. Then the loop: the policy repository (a local bare repository)
 # holds the applied proposal, `leash serve --pr-repo` raises an alert on the new call and opens
 # a pull request at a GitHub stand-in on loopback, and its body is printed. Leaves

@@ -19,10 +19,26 @@ use std::sync::Mutex;
 
 use leash_lab::shop::{
     API_PORT, API_TARGET_PORT, COLLECTOR_ADDR, DB_PORT, FRAUD_ADDR, FRAUD_HOST, FRAUD_PORT,
-    STRIPE_ADDRS, STRIPE_HOST, STRIPE_MOVED_ADDR, STRIPE_PORT, SYSLOG_PORT,
+    PAYMENT, STRIPE_ADDRS, STRIPE_HOST, STRIPE_MOVED_ADDR, STRIPE_PORT, SYSLOG_PORT, WORKER,
 };
 use leash_records::{DnsRecord, FlowRecord, Protocol, Record, read_records};
 use serde_json::Value;
+
+/// The strict validator of objects against a published CRD's schema, shared with the
+/// recommender's tests (one implementation; it finds `shared/schemas/` above either crate).
+#[path = "../../recommender/tests/support/crd.rs"]
+#[expect(
+    dead_code,
+    reason = "the demo checks ClusterNetworkPolicies only, not the Cilium CRD"
+)]
+mod crd;
+
+/// The published ClusterNetworkPolicy CRDs: the guardrails use the standard channel only, so
+/// they are valid under both.
+const CNP_CRDS: [&str; 2] = [
+    "policy.networking.k8s.io_clusternetworkpolicies.standard.yaml",
+    "policy.networking.k8s.io_clusternetworkpolicies.experimental.yaml",
+];
 
 /// One demo at a time: each runs an agent and a lab, and they would only compete for the CPU.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -207,12 +223,17 @@ fn rules(policy: &Value) -> Vec<(BTreeSet<(u64, String)>, &Value)> {
 }
 
 fn audit(run: &Run, flows: &Path) -> Vec<Value> {
+    audit_with(run, "cluster.yaml", "policies", flows)
+}
+
+/// `leash audit --format json` over `out/<cluster>` with `out/<policies>` given.
+fn audit_with(run: &Run, cluster: &str, policies: &str, flows: &Path) -> Vec<Value> {
     let out = Command::new(&run.leash)
         .arg("audit")
         .arg("--cluster")
-        .arg(run.out.join("cluster.yaml"))
+        .arg(run.out.join(cluster))
         .arg("--policies")
-        .arg(run.out.join("policies"))
+        .arg(run.out.join(policies))
         .arg("--flows")
         .arg(flows)
         .args(["--format", "json"])
@@ -418,6 +439,8 @@ fn check_artifacts(run: &Run) {
             .iter()
             .any(|(src, _, port)| src == "frontend" && *port == u64::from(DB_PORT))
     );
+
+    check_guardrails(run);
 
     // The lockdown: payment's new call was seen, drifted it, and is exactly what the next
     // proposal newly allows.
@@ -633,6 +656,276 @@ fn check_artifacts(run: &Run) {
     );
 }
 
+/// The guardrail objects of `out/<dir>/cluster`, by name, each valid under the published CRDs
+/// (strictly).
+fn guardrail_objects(out: &Path, dir: &str) -> BTreeMap<String, Value> {
+    let schemas: Vec<Value> = CNP_CRDS
+        .iter()
+        .map(|f| crd::schema(f, "v1alpha2"))
+        .collect();
+    let mut objects = BTreeMap::new();
+    for f in std::fs::read_dir(out.join(dir).join("cluster"))
+        .unwrap()
+        .flatten()
+    {
+        let path = f.path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let v: Value = serde_norway::from_str(&std::fs::read_to_string(&path).unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        for (file, schema) in CNP_CRDS.iter().zip(&schemas) {
+            let problems = crd::validate(schema, &v);
+            assert!(
+                problems.is_empty(),
+                "{}: {file}: {problems:?}",
+                path.display()
+            );
+        }
+        assert_eq!(v["kind"], "ClusterNetworkPolicy", "{}", path.display());
+        let name = v["metadata"]["name"].as_str().unwrap().to_owned();
+        assert_eq!(
+            path.file_stem().unwrap().to_string_lossy(),
+            name,
+            "one file per policy, named after it"
+        );
+        objects.insert(name, v);
+    }
+    objects
+}
+
+/// The `kubernetes.io/metadata.name` values of a policy's namespace subject, with its operator.
+fn subject(policy: &Value) -> (String, Vec<String>) {
+    let e = &policy["spec"]["subject"]["namespaces"]["matchExpressions"];
+    assert_eq!(e.as_array().map(Vec::len), Some(1), "{policy}");
+    assert_eq!(e[0]["key"], "kubernetes.io/metadata.name", "{policy}");
+    (
+        e[0]["operator"].as_str().unwrap().to_owned(),
+        e[0]["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect(),
+    )
+}
+
+/// The guardrails step: first `shop` deferred (its workloads' egress is not locked down yet),
+/// the metadata address denied from every namespace (nothing in the shop dials it), no break;
+/// over the proposal nothing deferred, and that final state allows every observed flow and
+/// denies the metadata probe by the Admin tier. CEL rules: leash validates every
+/// ClusterNetworkPolicy it reads, so the audits below (which read each directory and the
+/// guarded snapshot) would refuse an invalid one.
+fn check_guardrails(run: &Run) {
+    let out = &run.out;
+    let names = [
+        "guardrails-default-deny",
+        "guardrails-dns",
+        "guardrails-metadata",
+    ];
+    let first = guardrail_objects(out, "guardrails");
+    let last = guardrail_objects(out, "guardrails-final");
+    assert_eq!(first.keys().map(String::as_str).collect::<Vec<_>>(), names);
+    assert_eq!(last.keys().map(String::as_str).collect::<Vec<_>>(), names);
+    let all = vec![
+        "data".to_owned(),
+        "kube-system".to_owned(),
+        "shop".to_owned(),
+    ];
+    for g in [&first, &last] {
+        let metadata = &g["guardrails-metadata"];
+        assert_eq!(metadata["spec"]["tier"], "Admin", "{metadata}");
+        assert_eq!(subject(metadata), ("In".to_owned(), all.clone()));
+        let rule = &metadata["spec"]["egress"][0];
+        assert_eq!(rule["action"], "Deny", "{metadata}");
+        assert_eq!(
+            rule["to"][0]["networks"],
+            serde_json::json!(["169.254.169.254/32", "fd00:ec2::254/128"]),
+            "{metadata}"
+        );
+        assert_eq!(g["guardrails-default-deny"]["spec"]["tier"], "Baseline");
+    }
+    // Deferred: shop, until its NetworkPolicies go with the guardrails.
+    assert_eq!(
+        subject(&first["guardrails-default-deny"]),
+        (
+            "NotIn".to_owned(),
+            vec!["kube-system".to_owned(), "shop".to_owned()]
+        )
+    );
+    assert_eq!(
+        subject(&last["guardrails-default-deny"]),
+        ("NotIn".to_owned(), vec!["kube-system".to_owned()])
+    );
+    let report = std::fs::read_to_string(out.join("guardrails/cluster/REPORT.md")).unwrap();
+    let deferred = report
+        .split_once("## Deferred namespaces")
+        .unwrap_or_else(|| panic!("deferred namespaces in the report:\n{report}"))
+        .1;
+    let deferred = deferred.split("\n## ").next().unwrap();
+    let rows: Vec<&str> = deferred
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| Namespace"))
+        .collect();
+    assert_eq!(
+        rows,
+        ["| shop | Deployment/api, Deployment/frontend, Deployment/payment, Deployment/worker |"],
+        "{report}"
+    );
+    let final_report =
+        std::fs::read_to_string(out.join("guardrails-final/cluster/REPORT.md")).unwrap();
+    assert!(!final_report.contains("Deferred"), "{final_report}");
+    for r in [&report, &final_report] {
+        assert!(r.contains("## Rollout order"), "{r}");
+        assert!(r.contains("Guardrails, in audit first"), "{r}");
+        assert!(r.contains("Then namespace by namespace"), "{r}");
+    }
+    assert!(
+        run.stdout.contains(
+            "deferred (egress not locked down yet): shop (Deployment/api, Deployment/frontend, \
+             Deployment/payment, Deployment/worker)"
+        ),
+        "{}",
+        run.stdout
+    );
+
+    assert!(
+        run.stdout.contains("default deny from the start: data\n"),
+        "data has no egress: its namespace joins the Baseline at once:\n{}",
+        run.stdout
+    );
+
+    // No break: the diff's flow lines (if any) deny nothing, and its report says so.
+    let diff = std::fs::read_to_string(out.join("guardrails-diff.jsonl")).unwrap();
+    for l in diff.lines() {
+        let v: Value = serde_json::from_str(l).unwrap();
+        assert!(v["kind"] != "flow" || v["to"] == "allow", "a break: {v}");
+    }
+    let md = std::fs::read_to_string(out.join("guardrails-diff.md")).unwrap();
+    for ns in ["data", "kube-system", "shop"] {
+        assert!(md.contains(&format!("- `{ns}`: no break")), "{ns}: {md}");
+    }
+    assert!(
+        md.contains("None: no observed flow is allowed under"),
+        "{md}"
+    );
+
+    // Re-run independently: the first guardrails alone allow every observed flow; the final
+    // ones alone would break shop's (the deferral is what makes them safe to apply first);
+    // with the proposal they allow every observed flow again.
+    let flows = out.join("flows.jsonl");
+    for v in audit_with(run, "cluster.yaml", "guardrails", &flows) {
+        assert_eq!(v["verdict"], "allow", "the first guardrails alone: {v}");
+    }
+    let alone = audit_with(run, "cluster.yaml", "guardrails-final", &flows);
+    let stripe = IpAddr::V4(STRIPE_ADDRS[0]).to_string();
+    let to_stripe = alone
+        .iter()
+        .find(|v| v["dst"] == stripe.as_str() && v["dst_port"] == STRIPE_PORT)
+        .unwrap_or_else(|| panic!("payment -> {stripe}: {alone:?}"));
+    assert_eq!(to_stripe["verdict"], "deny", "{to_stripe}");
+    assert_eq!(
+        to_stripe["policies"],
+        serde_json::json!(["ClusterNetworkPolicy/guardrails-default-deny"]),
+        "{to_stripe}"
+    );
+    for v in audit_with(run, "cluster-guarded.yaml", "policies", &flows) {
+        assert_eq!(v["verdict"], "allow", "the final state: {v}");
+    }
+    let probes = audit_with(
+        run,
+        "cluster-guarded.yaml",
+        "policies",
+        &out.join("probes.jsonl"),
+    );
+    let metadata = probes
+        .iter()
+        .find(|v| v["dst"] == "169.254.169.254")
+        .unwrap_or_else(|| panic!("the metadata probe: {probes:?}"));
+    assert_eq!(metadata["verdict"], "deny", "{metadata}");
+    assert_eq!(
+        metadata["policies"],
+        serde_json::json!(["ClusterNetworkPolicy/guardrails-metadata"]),
+        "{metadata}"
+    );
+    let explained = std::fs::read_to_string(out.join("explain-metadata.txt")).unwrap();
+    assert!(
+        explained.contains(
+            "Admin tier: ClusterNetworkPolicy guardrails-metadata (priority 10) rule 0 \
+             (\"deny-cloud-metadata\"): Deny"
+        ),
+        "{explained}"
+    );
+}
+
+/// The guardrails' self-check on the lab shop's real evidence, both ways: over the proposal it
+/// passes; with an Admin-tier ClusterNetworkPolicy of the platform team applied that denies
+/// TEST-NET-3 (where the shop's external hosts live), it fails, naming exactly the observed
+/// flows the stack would deny, and writes nothing.
+fn check_self_check(run: &Run) {
+    let out = &run.out;
+    let guardrails = |cluster: &Path, dir: &Path| {
+        Command::new(&run.leash)
+            .arg("guardrails")
+            .arg("--cluster")
+            .arg(cluster)
+            .arg("--flows")
+            .arg(out.join("flows.jsonl"))
+            .arg("--proposed")
+            .arg(out.join("policies"))
+            .arg("-o")
+            .arg(dir)
+            .output()
+            .unwrap()
+    };
+    let again = out.join("guardrails-again");
+    let ok = guardrails(&out.join("cluster.yaml"), &again);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert_eq!(
+        guardrail_objects(out, "guardrails-again"),
+        guardrail_objects(out, "guardrails-final"),
+        "the same evidence and proposal give the same guardrails"
+    );
+
+    let mut snapshot: Value =
+        serde_norway::from_str(&std::fs::read_to_string(out.join("cluster.yaml")).unwrap())
+            .unwrap();
+    snapshot["items"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "apiVersion": "policy.networking.k8s.io/v1alpha2",
+            "kind": "ClusterNetworkPolicy",
+            "metadata": {"name": "platform-no-test-net-3"},
+            "spec": {"tier": "Admin", "priority": 5, "subject": {"namespaces": {}},
+                     "egress": [{"name": "deny", "action": "Deny",
+                                 "to": [{"networks": ["203.0.113.0/24"]}]}]},
+        }));
+    let platform = out.join("cluster-platform.yaml");
+    std::fs::write(&platform, serde_norway::to_string(&snapshot).unwrap()).unwrap();
+    let refused = out.join("guardrails-refused");
+    let failed = guardrails(&platform, &refused);
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert_eq!(failed.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("guardrails self-check failed"), "{stderr}");
+    let denied: BTreeSet<String> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("leash: denied by the stack: "))
+        .map(|l| l.split(" (").next().unwrap().to_owned())
+        .collect();
+    let mut want: BTreeSet<String> = STRIPE_ADDRS
+        .iter()
+        .map(|ip| format!("{PAYMENT} -> {ip}:{STRIPE_PORT}/TCP"))
+        .collect();
+    want.insert(format!("{WORKER} -> {COLLECTOR_ADDR}:{SYSLOG_PORT}/UDP"));
+    assert_eq!(denied, want, "{stderr}");
+    assert!(!refused.exists(), "a failed self-check writes nothing");
+}
+
 /// The pipeline without `leash serve`: the agent writes flows.jsonl, `leash recommend --flows`.
 #[test]
 fn demo_pipeline_without_serve() {
@@ -640,6 +933,7 @@ fn demo_pipeline_without_serve() {
         return;
     };
     check_artifacts(&run);
+    check_self_check(&run);
     assert!(!run.out.join("leash.db").exists());
 }
 

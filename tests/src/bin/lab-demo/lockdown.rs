@@ -30,7 +30,7 @@ pub(crate) enum Observed {
 }
 
 impl Observed {
-    fn args(&self, cmd: &mut Command) {
+    pub(crate) fn args(&self, cmd: &mut Command) {
         match self {
             Observed::Store(db) => {
                 cmd.arg("--store").arg(db);

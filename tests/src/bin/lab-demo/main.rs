@@ -16,7 +16,9 @@
 //!    REPORT.md and evidence.json, indexed by `DIR/policies/REPORT.md`);
 //! 7. `leash audit` of `DIR/flows.jsonl` (every flow must be allowed) and of `DIR/probes.jsonl`
 //!    (every probe must be denied), as JSON lines in `DIR/audit-flows.jsonl` and
-//!    `DIR/audit-probes.jsonl`;
+//!    `DIR/audit-probes.jsonl`; then the guardrails, first in a rollout (`guardrails`): `leash
+//!    guardrails` defers the namespaces not locked down yet and its diff breaks nothing; over
+//!    the proposal nothing is deferred and the final state allows every observed flow;
 //! 8. lock down (`lockdown`): apply the proposal to the snapshot, make one new call, then
 //!    `leash rollout status`, `leash recommend --previous` and `leash diff` must show exactly it;
 //! 9. the loop (`pull_request`): an alert on the new call opens a pull request;
@@ -40,6 +42,7 @@ use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+mod guardrails;
 mod lockdown;
 mod names;
 mod pull_request;
@@ -946,6 +949,25 @@ fn demo(o: &Opts) -> Result<()> {
     }
     lap("audit", &mut timings);
 
+    // 7b. The guardrails, first in a rollout: deferred, then over the proposal.
+    let guarded = guardrails::guardrails(
+        &leash,
+        out,
+        &shop,
+        &guardrails::Inputs {
+            cluster: &cluster,
+            policies: &policies,
+            flows: &flows,
+            probes: &probes_path,
+            observed: &if o.serve {
+                lockdown::Observed::Store(out.join("leash.db"))
+            } else {
+                lockdown::Observed::Flows(vec![flows.clone()])
+            },
+        },
+    )?;
+    lap("guardrails", &mut timings);
+
     // 8. Lock down, then keep it true.
     let observed_in = if o.serve {
         lockdown::Observed::Store(out.join("leash.db"))
@@ -1026,6 +1048,7 @@ fn demo(o: &Opts) -> Result<()> {
         "{}",
         summary(o, &rows, (nflow, ndns), &files, &timings, t0.elapsed())
     );
+    print!("{}", guardrails::summary(&guarded));
     print!("{}", lockdown_summary(&locked));
     print!("{}", loop_summary(&looped));
     print!("{}", names_summary(&named));
