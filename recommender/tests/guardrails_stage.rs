@@ -166,7 +166,11 @@ fn guardrails_proposed_over_the_applied_state_are_ready() {
             "guardrails-metadata"
         ]
     );
-    assert!(s.why().starts_with("3 proposed guardrails break no"), "{}", s.why());
+    assert!(
+        s.why().starts_with("3 proposed guardrails break no"),
+        "{}",
+        s.why()
+    );
 }
 
 #[test]
@@ -344,14 +348,20 @@ fn the_board_evaluates_workloads_against_the_applied_cluster_network_policies() 
     assert_eq!(worker.phase, leash::rollout::Phase::Drifted, "{worker:?}");
     let text = leash::rollout::render(&b.stage, &b.workloads, leash::rollout::Format::Table);
     let lines: Vec<&str> = text.lines().collect();
-    assert!(lines[0].starts_with("STAGE 1  guardrails  drifted  "), "{text}");
+    assert!(
+        lines[0].starts_with("STAGE 1  guardrails  drifted  "),
+        "{text}"
+    );
     assert_eq!(
         lines[1],
         "  denied  batch/Deployment/worker  1 flow: 169.254.169.254:80/TCP (1 event)"
     );
     assert_eq!(lines[2], "STAGE 2  namespaces");
     assert!(lines[3].starts_with("NAMESPACE "), "{text}");
-    assert_eq!(lines.last().copied(), Some(leash::rollout::render::STAGE_ORDER_LINE));
+    assert_eq!(
+        lines.last().copied(),
+        Some(leash::rollout::render::STAGE_ORDER_LINE)
+    );
     let json = leash::rollout::render(&b.stage, &b.workloads, leash::rollout::Format::Json);
     let first = json.lines().next().expect("the stage");
     assert!(

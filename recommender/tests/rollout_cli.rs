@@ -298,7 +298,10 @@ fn rollout_status_json_and_table() {
         lines[8],
         "5 workloads: 1 unmanaged, 1 enforced, 1 observing, 1 would-deny, 1 ready"
     );
-    assert!(lines[9].starts_with("Stage order: 1. the guardrails"), "{table}");
+    assert!(
+        lines[9].starts_with("Stage order: 1. the guardrails"),
+        "{table}"
+    );
     assert_eq!(lines.len(), 10, "{table}");
 
     // Without a proposal there is no would-deny; --namespace narrows the board.
@@ -751,7 +754,10 @@ const UNLOCKED: [(&str, usize); 3] = [
 ];
 
 fn unlocked() -> Vec<(String, usize)> {
-    UNLOCKED.iter().map(|(w, n)| ((*w).to_owned(), *n)).collect()
+    UNLOCKED
+        .iter()
+        .map(|(w, n)| ((*w).to_owned(), *n))
+        .collect()
 }
 
 #[test]
@@ -790,7 +796,10 @@ fn rollout_status_shows_the_guardrails_stage_first() {
     assert_eq!(phases(&workloads), owned(&BOARD));
     let table = String::from_utf8_lossy(&status(&proposed, "table").stdout).into_owned();
     let lines: Vec<&str> = table.lines().collect();
-    assert!(lines[0].starts_with("STAGE 1  guardrails  ready  "), "{table}");
+    assert!(
+        lines[0].starts_with("STAGE 1  guardrails  ready  "),
+        "{table}"
+    );
     assert_eq!(lines[1], "STAGE 2  namespaces", "{table}");
 
     // Proposed over a full proposal, the Baseline covers shop: applied before shop's
@@ -830,10 +839,16 @@ fn rollout_status_shows_the_guardrails_stage_first() {
          203.0.113.4:8443/TCP (3 events)",
         "{table}"
     );
-    assert!(lines[3].starts_with("  would break  shop/Deployment/fresh  "), "{table}");
+    assert!(
+        lines[3].starts_with("  would break  shop/Deployment/fresh  "),
+        "{table}"
+    );
     assert_eq!(lines[4], "STAGE 2  namespaces", "{table}");
     assert!(lines[5].starts_with("NAMESPACE  WORKLOAD"), "{table}");
-    assert!(lines[lines.len() - 1].starts_with("Stage order: "), "{table}");
+    assert!(
+        lines[lines.len() - 1].starts_with("Stage order: "),
+        "{table}"
+    );
     // Deterministic.
     assert_eq!(status(&full, "table").stdout, o.stdout);
 }
@@ -849,7 +864,10 @@ fn serve_shows_the_guardrails_stage_and_reevaluates_it_on_reload() {
 
     let answer = server.answer("/v1/rollout");
     assert_eq!(answer["guardrails"]["phase"], "ready", "{answer}");
-    assert_eq!(phases(answer["workloads"].as_array().unwrap()), owned(&BOARD));
+    assert_eq!(
+        phases(answer["workloads"].as_array().unwrap()),
+        owned(&BOARD)
+    );
     let metrics = server.metrics();
     for line in [
         "leash_guardrails_stage{phase=\"ready\"} 1\n",
@@ -866,7 +884,11 @@ fn serve_shows_the_guardrails_stage_and_reevaluates_it_on_reload() {
     write_guardrails(&cluster, &flows, Some(&full), &full);
     for entry in std::fs::read_dir(full.join("cluster")).unwrap() {
         let entry = entry.unwrap();
-        std::fs::copy(entry.path(), proposed.join("cluster").join(entry.file_name())).unwrap();
+        std::fs::copy(
+            entry.path(),
+            proposed.join("cluster").join(entry.file_name()),
+        )
+        .unwrap();
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     let answer = loop {
@@ -874,7 +896,10 @@ fn serve_shows_the_guardrails_stage_and_reevaluates_it_on_reload() {
         if answer["guardrails"]["phase"] == "would-break" {
             break answer;
         }
-        assert!(Instant::now() < deadline, "not would-break in 20 s: {answer}");
+        assert!(
+            Instant::now() < deadline,
+            "not would-break in 20 s: {answer}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(breaks(&answer["guardrails"]), unlocked(), "{answer}");
@@ -890,8 +915,15 @@ fn serve_shows_the_guardrails_stage_and_reevaluates_it_on_reload() {
     // A namespace's answer: the cluster's phase, its own workloads' breaks only.
     let bank = server.answer("/v1/namespaces/bank/rollout");
     assert_eq!(bank["guardrails"]["phase"], "would-break", "{bank}");
-    assert_eq!(bank["guardrails"]["breaks"], serde_json::json!([]), "{bank}");
-    assert_eq!(phases(bank["workloads"].as_array().unwrap()), owned(&BOARD[..1]));
+    assert_eq!(
+        bank["guardrails"]["breaks"],
+        serde_json::json!([]),
+        "{bank}"
+    );
+    assert_eq!(
+        phases(bank["workloads"].as_array().unwrap()),
+        owned(&BOARD[..1])
+    );
     let shop = server.answer("/v1/namespaces/shop/rollout");
     assert_eq!(breaks(&shop["guardrails"]), unlocked(), "{shop}");
 }
