@@ -161,15 +161,20 @@ fn bench_shadow(c: &mut Criterion) {
     group.throughput(Throughput::Elements(n as u64));
     group.bench_function(format!("reload: re-evaluate {n} stored flows"), |b| {
         b.iter(|| {
+            let given = leash::rollout::board::State {
+                network_policies: &given,
+                cluster_policies: &[],
+            };
             let proposed = shadow::proposed_set(&state, &given).expect("proposal compiles");
             shadow::evaluate(
                 &state,
-                Some(&proposed),
+                Some((&proposed, &given)),
                 &stored,
                 &[],
                 Duration::hours(24),
                 base_time(),
             )
+            .expect("the stage evaluates")
         });
     });
     group.finish();

@@ -100,8 +100,9 @@ pub enum Error {
         /// The first file.
         first: PathBuf,
     },
-    /// A ClusterNetworkPolicy given where only NetworkPolicies are compared (rollout, serve).
-    #[error("rollout and serve --proposed compare NetworkPolicies only; {}: ClusterNetworkPolicy {policy} (audit, explain and diff evaluate ClusterNetworkPolicies)", path.display())]
+    /// A ClusterNetworkPolicy given where only NetworkPolicies are read (`guardrails
+    /// --proposed`).
+    #[error("this state is read for its NetworkPolicies only; {}: ClusterNetworkPolicy {policy} (audit, explain, diff, rollout status and serve --proposed evaluate ClusterNetworkPolicies)", path.display())]
     ClusterPolicyNotCompared {
         /// The file.
         path: PathBuf,

@@ -161,8 +161,9 @@ enum Command {
 /// `leash rollout`.
 #[derive(Subcommand)]
 enum RolloutCommand {
-    /// One line (or JSON object) per workload: its phase, how long it was observed, and the
-    /// flows the applied policies or the proposal deny.
+    /// The guardrails stage first (what the proposed guardrails would break), then one line
+    /// (or JSON object) per workload: its phase, how long it was observed, and the flows the
+    /// applied policies or the proposal deny.
     #[command(group(ArgGroup::new("observed").required(true).args(["flows", "store"])))]
     Status {
         #[command(flatten)]
@@ -170,7 +171,9 @@ enum RolloutCommand {
         #[command(flatten)]
         observed: ObservedArgs,
         /// The proposal: a policy file or directory, or `git:REV:PATH`; laid over the applied
-        /// policies as `audit --policies` does. Without it there is no `would-deny`.
+        /// policies as `audit --policies` does. Without it there is no `would-deny`. Its
+        /// ClusterNetworkPolicies are laid over the applied ones (leash's guardrails replace
+        /// the applied guardrails): the guardrails stage.
         #[arg(long)]
         proposed: Option<leash::policy_source::PolicySource>,
         /// A workload observed for less than this is `observing`.
@@ -179,7 +182,8 @@ enum RolloutCommand {
         /// Only workloads in these namespaces. Repeatable.
         #[arg(long = "namespace", num_args = 1..)]
         namespaces: Vec<String>,
-        /// `table`: aligned, with a summary; `json`: one object per workload per line.
+        /// `table`: the stage, then aligned, with a summary; `json`: one object per line, the
+        /// stage (`"kind":"guardrails"`) then each workload (`"kind":"workload"`).
         #[arg(long, default_value = "table")]
         format: leash::rollout::Format,
     },
@@ -919,19 +923,23 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }) => {
             let (cluster, applied) = load_cluster(&source)?;
             let given = match &proposed {
-                Some(p) => p.load().map_err(bad_input)?,
+                Some(p) => p.load_tiers().map_err(bad_input)?,
                 None => None,
             };
             let (observations, _skipped) = observed.observe(&cluster)?;
-            let statuses = rollout_statuses(
+            let board = rollout_board(
                 &cluster,
                 &applied,
                 &observations,
-                given.as_deref(),
+                given.as_ref(),
                 min_observation,
                 namespaces.into_iter().collect(),
             )?;
-            write_stdout(&leash::rollout::render(&statuses, format))
+            write_stdout(&leash::rollout::render(
+                &board.stage,
+                &board.workloads,
+                format,
+            ))
         }
         Command::Guardrails {
             source,
@@ -1269,33 +1277,36 @@ fn policy_state(
     Ok((set, cilium))
 }
 
-/// Every workload's rollout phase (`leash::rollout`) against the applied policies and, when
-/// `given` is, the proposal `given` laid over them.
-fn rollout_statuses(
+/// The rollout board (`leash::rollout::board`): the guardrails stage, then every workload's
+/// phase, against the applied policies and, when `given` is, the proposal (NetworkPolicies
+/// and ClusterNetworkPolicies) laid over them.
+fn rollout_board(
     cluster: &leash::cluster::Cluster,
     applied: &Applied,
     observations: &leash::observations::Observations,
-    given: Option<&[k8s_openapi::api::networking::v1::NetworkPolicy]>,
+    given: Option<&(
+        Vec<k8s_openapi::api::networking::v1::NetworkPolicy>,
+        Vec<leash::cnp::ClusterNetworkPolicy>,
+    )>,
     min_observation: chrono::Duration,
     namespaces: BTreeSet<String>,
-) -> Result<Vec<leash::rollout::WorkloadStatus>, Failure> {
-    let inputs = leash::proposal::Observed {
-        cluster,
-        applied: &applied.policies,
-        applied_source: &applied.source,
-        observations,
-        history: None,
-        as_of: chrono::Utc::now(),
-        skipped: &[],
+) -> Result<leash::rollout::board::Board, Failure> {
+    use leash::rollout::board::State;
+    let state = State {
+        network_policies: &applied.policies,
+        cluster_policies: &applied.cluster_policies,
     };
-    leash::proposal::phases(
-        &inputs,
-        given,
+    let given = given.map(|(np, cnp)| State {
+        network_policies: np,
+        cluster_policies: cnp,
+    });
+    let opts = leash::rollout::Options {
         min_observation,
+        now: chrono::Utc::now(),
         namespaces,
-        chrono::Utc::now(),
-    )
-    .map_err(|e| Failure::BadInput(format!("{}: {}", applied.source, Chain(&e))))
+    };
+    leash::rollout::board::board(cluster, observations, &state, given.as_ref(), &opts)
+        .map_err(|e| Failure::BadInput(format!("{}: {}", applied.source, Chain(&e))))
 }
 
 /// `leash diff`: both states over the same cluster source, the observed traffic when

@@ -22,6 +22,9 @@
 //! and does no I/O (it spreads the evaluations over the available cores, as the
 //! recommendation's self-check does). `leash rollout status`, `leash serve` (`GET /v1/rollout`, the metrics)
 //! and `leash recommend --ready-only` share it.
+//!
+//! The board puts the guardrails first, as their own stage ([`board`],
+//! [`crate::guardrails::stage`]); [`render`] writes it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::{self, Write as _};
@@ -37,6 +40,11 @@ use crate::eval::{CompiledPolicy, Flow, PolicySet, Verdict, evaluate};
 use crate::observations::Observations;
 use crate::policy_state::is_managed;
 use crate::recommend::{Recommendation, Withheld};
+
+pub mod board;
+pub mod render;
+
+pub use render::{Format, render, to_json_lines, to_table};
 
 /// A workload's rollout phase, in order of precedence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -454,83 +462,6 @@ pub fn counts(statuses: &[WorkloadStatus]) -> Vec<(Phase, usize)> {
         .iter()
         .map(|&p| (p, statuses.iter().filter(|s| s.phase == p).count()))
         .collect()
-}
-
-/// The output format of `leash rollout status --format`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Format {
-    /// One JSON object per workload per line ([`to_json_lines`]).
-    Json,
-    /// An aligned table with a summary ([`to_table`]).
-    #[default]
-    Table,
-}
-
-impl std::str::FromStr for Format {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "json" => Ok(Format::Json),
-            "table" => Ok(Format::Table),
-            other => Err(format!("unknown format {other:?} (expected json or table)")),
-        }
-    }
-}
-
-/// Renders `statuses` in `format`.
-pub fn render(statuses: &[WorkloadStatus], format: Format) -> String {
-    match format {
-        Format::Json => to_json_lines(statuses),
-        Format::Table => to_table(statuses),
-    }
-}
-
-/// One JSON object per workload, one per line, each ending with `\n`.
-pub fn to_json_lines(statuses: &[WorkloadStatus]) -> String {
-    let mut out = String::new();
-    for s in statuses {
-        // Strings, numbers and enums: serialization cannot fail.
-        if let Ok(line) = serde_json::to_string(s) {
-            out.push_str(&line);
-            out.push('\n');
-        }
-    }
-    out
-}
-
-/// An aligned table (namespace, workload, phase, observed for, why) and a summary line.
-pub fn to_table(statuses: &[WorkloadStatus]) -> String {
-    let header = ["NAMESPACE", "WORKLOAD", "PHASE", "OBSERVED", "WHY"];
-    let rows: Vec<[String; 5]> = statuses
-        .iter()
-        .map(|s| {
-            [
-                s.namespace.clone(),
-                s.workload.clone(),
-                s.phase.to_string(),
-                crate::render::human_duration(Duration::seconds(
-                    i64::try_from(s.observed_for_seconds).unwrap_or(i64::MAX),
-                )),
-                s.why(),
-            ]
-        })
-        .collect();
-    let mut out = crate::render::columns::aligned(header, &rows);
-    let parts: Vec<String> = counts(statuses)
-        .into_iter()
-        .filter(|(_, n)| *n > 0)
-        .map(|(p, n)| format!("{n} {p}"))
-        .collect();
-    let _ = writeln!(
-        out,
-        "{} workload{}{}{}",
-        statuses.len(),
-        if statuses.len() == 1 { "" } else { "s" },
-        if parts.is_empty() { "" } else { ": " },
-        parts.join(", ")
-    );
-    out
 }
 
 /// `recommend --ready-only`: keeps the policies of `ready` workloads, and of `enforced` ones

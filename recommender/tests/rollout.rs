@@ -228,7 +228,7 @@ fn each_phase_first_that_applies() {
     let first = json.lines().next().expect("one line per workload");
     assert_eq!(
         first,
-        r#"{"namespace":"shop","workload":"Deployment/api","phase":"would-deny","observed_for_seconds":604800,"would_deny":[{"dst":"203.0.113.4","dst_port":8443,"protocol":"TCP","events":3,"last_seen":"2026-11-24T00:00:00Z","names":["api.partner.test"]}],"denied":[],"policies":[]}"#
+        r#"{"kind":"workload","namespace":"shop","workload":"Deployment/api","phase":"would-deny","observed_for_seconds":604800,"would_deny":[{"dst":"203.0.113.4","dst_port":8443,"protocol":"TCP","events":3,"last_seen":"2026-11-24T00:00:00Z","names":["api.partner.test"]}],"denied":[],"policies":[]}"#
     );
     assert_eq!(json.lines().count(), 6);
 }

@@ -199,6 +199,17 @@ fn json_lines(o: &Output) -> Vec<Value> {
         .collect()
 }
 
+/// The JSON lines of `rollout status`: the guardrails stage first (`"kind":"guardrails"`),
+/// then the workloads (`"kind":"workload"`).
+fn board_lines(o: &Output) -> (Value, Vec<Value>) {
+    let mut lines = json_lines(o);
+    assert!(!lines.is_empty(), "no stage line");
+    let stage = lines.remove(0);
+    assert_eq!(stage["kind"], "guardrails", "{stage}");
+    assert!(lines.iter().all(|l| l["kind"] == "workload"), "{lines:?}");
+    (stage, lines)
+}
+
 fn phases(objects: &[Value]) -> Vec<(String, String, String)> {
     objects
         .iter()
@@ -243,7 +254,8 @@ fn rollout_status_json_and_table() {
     ];
     let o = leash(&[&base[..], &["--format", "json"]].concat());
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let objects = json_lines(&o);
+    let (stage, objects) = board_lines(&o);
+    assert_eq!(stage["phase"], "absent", "{stage}");
     assert_eq!(phases(&objects), owned(&BOARD));
     let api = &objects[1];
     let observed = api["observed_for_seconds"].as_u64().unwrap();
@@ -268,19 +280,29 @@ fn rollout_status_json_and_table() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let table = String::from_utf8_lossy(&o.stdout).into_owned();
     let lines: Vec<&str> = table.lines().collect();
-    assert!(lines[0].starts_with("NAMESPACE  WORKLOAD"), "{table}");
+    assert!(
+        lines[0].starts_with("STAGE 1  guardrails  absent  no guardrails applied or proposed"),
+        "{table}"
+    );
+    assert_eq!(lines[1], "STAGE 2  namespaces", "{table}");
+    assert!(lines[2].starts_with("NAMESPACE  WORKLOAD"), "{table}");
     for (i, (ns, workload, phase)) in BOARD.iter().enumerate() {
-        let cells: Vec<&str> = lines[i + 1].split_whitespace().collect();
+        let cells: Vec<&str> = lines[i + 3].split_whitespace().collect();
         assert_eq!(&cells[..3], [*ns, *workload, *phase], "{table}");
     }
     assert!(
-        lines[2].contains("203.0.113.4:8443/TCP (3 events)"),
+        lines[4].contains("203.0.113.4:8443/TCP (3 events)"),
         "{table}"
     );
     assert_eq!(
-        lines[6],
+        lines[8],
         "5 workloads: 1 unmanaged, 1 enforced, 1 observing, 1 would-deny, 1 ready"
     );
+    assert!(
+        lines[9].starts_with("Stage order: 1. the guardrails"),
+        "{table}"
+    );
+    assert_eq!(lines.len(), 10, "{table}");
 
     // Without a proposal there is no would-deny; --namespace narrows the board.
     let o = leash(&[
@@ -297,7 +319,7 @@ fn rollout_status_json_and_table() {
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(
-        phases(&json_lines(&o)),
+        phases(&board_lines(&o).1),
         owned(&[
             ("shop", "Deployment/api", "ready"),
             ("shop", "Deployment/batch", "ready"),
@@ -470,10 +492,17 @@ impl Server {
         }
     }
 
-    fn board(&self, path: &str) -> Vec<Value> {
+    /// The answer of a rollout endpoint: `{"guardrails":…,"workloads":[…]}`.
+    fn answer(&self, path: &str) -> Value {
         let (status, body) = get(self.http, path).unwrap();
         assert_eq!(status, 200, "{body}");
         serde_json::from_str(&body).unwrap()
+    }
+
+    /// The workloads of a rollout endpoint's answer.
+    fn board(&self, path: &str) -> Vec<Value> {
+        let answer = self.answer(path);
+        answer["workloads"].as_array().unwrap().clone()
     }
 
     fn metrics(&self) -> String {
@@ -548,6 +577,8 @@ fn serve_shadow_evaluates_the_proposal_and_reloads_it_when_the_directory_changes
     store(&db);
     let server = Server::start(&cluster, &db, path_str(&proposed));
 
+    let answer = server.answer("/v1/rollout");
+    assert_eq!(answer["guardrails"]["phase"], "absent", "{answer}");
     let board = server.board("/v1/rollout");
     assert_eq!(phases(&board), owned(&BOARD));
     assert_eq!(board[1]["would_deny"][0]["dst_port"], 8443);
@@ -566,6 +597,8 @@ fn serve_shadow_evaluates_the_proposal_and_reloads_it_when_the_directory_changes
         "leash_shadow_denied_total{namespace=\"shop\",workload=\"Deployment/api\"} 3\n",
         "leash_shadow_denied_total{namespace=\"shop\",workload=\"Deployment/fresh\"} 1\n",
         "leash_proposed_reloads_total 0\n",
+        "leash_guardrails_stage{phase=\"absent\"} 1\n",
+        "leash_guardrails_breaks 0\n",
     ] {
         assert!(metrics.contains(line), "{line:?} not in\n{metrics}");
     }
@@ -655,4 +688,242 @@ fn serve_follows_a_git_branch_of_proposed_policies() {
         "{}",
         server.metrics()
     );
+}
+
+/// A proposal that allows every flow of [`board_fixture`]: `api` 443 and 8443, `batch`,
+/// `fresh` and `web` 443 (leash's whole proposal: web's applied policy is leash's).
+fn write_full_proposal(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (name, ports) in [
+        ("api", &[443, 8443][..]),
+        ("batch", &[443]),
+        ("fresh", &[443]),
+        ("web", &[443]),
+    ] {
+        std::fs::write(
+            dir.join(format!("{name}-egress.yaml")),
+            policy_file("shop", &format!("{name}-egress"), name, ports),
+        )
+        .unwrap();
+    }
+}
+
+/// `leash guardrails -o out` on the fixture, over `proposed` when given.
+fn write_guardrails(cluster: &Path, flows: &Path, proposed: Option<&Path>, out: &Path) {
+    let mut args = vec![
+        "guardrails",
+        "--cluster",
+        path_str(cluster),
+        "--flows",
+        path_str(flows),
+        "-o",
+        path_str(out),
+    ];
+    if let Some(p) = proposed {
+        args.extend(["--proposed", path_str(p)]);
+    }
+    let o = leash(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(out.join("cluster/guardrails-default-deny.yaml").exists());
+}
+
+/// `(namespace/workload, flows)` of a stage's `breaks`.
+fn breaks(stage: &Value) -> Vec<(String, usize)> {
+    stage["breaks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                format!(
+                    "{}/{}",
+                    b["namespace"].as_str().unwrap(),
+                    b["workload"].as_str().unwrap()
+                ),
+                b["flows"].as_array().unwrap().len(),
+            )
+        })
+        .collect()
+}
+
+/// The workloads whose egress the applied policies do not lock down, with their flows.
+const UNLOCKED: [(&str, usize); 3] = [
+    ("shop/Deployment/api", 2),
+    ("shop/Deployment/batch", 1),
+    ("shop/Deployment/fresh", 1),
+];
+
+fn unlocked() -> Vec<(String, usize)> {
+    UNLOCKED
+        .iter()
+        .map(|(w, n)| ((*w).to_owned(), *n))
+        .collect()
+}
+
+#[test]
+fn rollout_status_shows_the_guardrails_stage_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, flows, proposed) = board_fixture(dir.path());
+    // Proposed over the applied state: the Baseline defers shop, and breaks nothing.
+    write_guardrails(&cluster, &flows, None, &proposed);
+    let status = |proposed: &Path, format: &str| {
+        let o = leash(&[
+            "rollout",
+            "status",
+            "--cluster",
+            path_str(&cluster),
+            "--flows",
+            path_str(&flows),
+            "--proposed",
+            path_str(proposed),
+            "--format",
+            format,
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        o
+    };
+    let o = status(&proposed, "json");
+    let (stage, workloads) = board_lines(&o);
+    assert_eq!(stage["phase"], "ready", "{stage}");
+    assert_eq!(stage["breaks"], serde_json::json!([]), "{stage}");
+    assert_eq!(stage["applied"], serde_json::json!([]), "{stage}");
+    let proposed_names = stage["proposed"].as_array().unwrap();
+    assert!(
+        proposed_names.contains(&Value::from("guardrails-default-deny")),
+        "{stage}"
+    );
+    // The workloads' phases with the guardrails in the proposed state: unchanged.
+    assert_eq!(phases(&workloads), owned(&BOARD));
+    let table = String::from_utf8_lossy(&status(&proposed, "table").stdout).into_owned();
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with("STAGE 1  guardrails  ready  "),
+        "{table}"
+    );
+    assert_eq!(lines[1], "STAGE 2  namespaces", "{table}");
+
+    // Proposed over a full proposal, the Baseline covers shop: applied before shop's
+    // NetworkPolicies, it would break every shop workload that none selects yet.
+    let full = dir.path().join("full");
+    write_full_proposal(&full);
+    write_guardrails(&cluster, &flows, Some(&full), &full);
+    let o = status(&full, "json");
+    let (stage, workloads) = board_lines(&o);
+    assert_eq!(stage["phase"], "would-break", "{stage}");
+    assert_eq!(breaks(&stage), unlocked(), "{stage}");
+    assert_eq!(stage["breaks"][0]["flows"][1]["dst_port"], 8443, "{stage}");
+    // With the full proposal's NetworkPolicies over them, the workloads are ready.
+    assert_eq!(
+        phases(&workloads),
+        owned(&[
+            ("bank", "Deployment/ledger", "unmanaged"),
+            ("shop", "Deployment/api", "ready"),
+            ("shop", "Deployment/batch", "ready"),
+            ("shop", "Deployment/fresh", "observing"),
+            ("shop", "Deployment/web", "enforced"),
+        ])
+    );
+    let o = status(&full, "table");
+    let table = String::from_utf8_lossy(&o.stdout).into_owned();
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(
+        lines[0],
+        "STAGE 1  guardrails  would-break  the proposed guardrails would break the observed \
+         traffic of 3 workloads: shop/Deployment/api (2 flows), shop/Deployment/batch (1 flow), \
+         shop/Deployment/fresh (1 flow)",
+        "{table}"
+    );
+    assert_eq!(
+        lines[1],
+        "  would break  shop/Deployment/api  2 flows: 203.0.113.4:443/TCP (5 events), \
+         203.0.113.4:8443/TCP (3 events)",
+        "{table}"
+    );
+    assert!(
+        lines[3].starts_with("  would break  shop/Deployment/fresh  "),
+        "{table}"
+    );
+    assert_eq!(lines[4], "STAGE 2  namespaces", "{table}");
+    assert!(lines[5].starts_with("NAMESPACE  WORKLOAD"), "{table}");
+    assert!(
+        lines[lines.len() - 1].starts_with("Stage order: "),
+        "{table}"
+    );
+    // Deterministic.
+    assert_eq!(status(&full, "table").stdout, o.stdout);
+}
+
+#[test]
+fn serve_shows_the_guardrails_stage_and_reevaluates_it_on_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, flows, proposed) = board_fixture(dir.path());
+    write_guardrails(&cluster, &flows, None, &proposed);
+    let db = dir.path().join("leash.db");
+    store(&db);
+    let server = Server::start(&cluster, &db, path_str(&proposed));
+
+    let answer = server.answer("/v1/rollout");
+    assert_eq!(answer["guardrails"]["phase"], "ready", "{answer}");
+    assert_eq!(
+        phases(answer["workloads"].as_array().unwrap()),
+        owned(&BOARD)
+    );
+    let metrics = server.metrics();
+    for line in [
+        "leash_guardrails_stage{phase=\"ready\"} 1\n",
+        "leash_guardrails_stage{phase=\"would-break\"} 0\n",
+        "leash_guardrails_stage{phase=\"absent\"} 0\n",
+        "leash_guardrails_breaks 0\n",
+    ] {
+        assert!(metrics.contains(line), "{line:?} not in\n{metrics}");
+    }
+
+    // New guardrails, proposed over the full proposal: the reload re-evaluates the stage.
+    let full = dir.path().join("full");
+    write_full_proposal(&full);
+    write_guardrails(&cluster, &flows, Some(&full), &full);
+    for entry in std::fs::read_dir(full.join("cluster")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(
+            entry.path(),
+            proposed.join("cluster").join(entry.file_name()),
+        )
+        .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let answer = loop {
+        let answer = server.answer("/v1/rollout");
+        if answer["guardrails"]["phase"] == "would-break" {
+            break answer;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not would-break in 20 s: {answer}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(breaks(&answer["guardrails"]), unlocked(), "{answer}");
+    let metrics = server.metrics();
+    for line in [
+        "leash_guardrails_stage{phase=\"ready\"} 0\n",
+        "leash_guardrails_stage{phase=\"would-break\"} 1\n",
+        "leash_guardrails_breaks 3\n",
+        "leash_proposed_reloads_total 1\n",
+    ] {
+        assert!(metrics.contains(line), "{line:?} not in\n{metrics}");
+    }
+    // A namespace's answer: the cluster's phase, its own workloads' breaks only.
+    let bank = server.answer("/v1/namespaces/bank/rollout");
+    assert_eq!(bank["guardrails"]["phase"], "would-break", "{bank}");
+    assert_eq!(
+        bank["guardrails"]["breaks"],
+        serde_json::json!([]),
+        "{bank}"
+    );
+    assert_eq!(
+        phases(bank["workloads"].as_array().unwrap()),
+        owned(&BOARD[..1])
+    );
+    let shop = server.answer("/v1/namespaces/shop/rollout");
+    assert_eq!(breaks(&shop["guardrails"]), unlocked(), "{shop}");
 }

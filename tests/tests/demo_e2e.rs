@@ -457,7 +457,8 @@ fn check_artifacts(run: &Run) {
     let rollout: Vec<Value> = std::fs::read_to_string(out.join("rollout.json"))
         .expect("out/rollout.json")
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|l| l["kind"] == "workload")
         .collect();
     let phase = |w: &str| {
         rollout

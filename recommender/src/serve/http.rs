@@ -8,9 +8,9 @@
 //! - `GET /v1/namespaces/{ns}/recommendations`: the recommended policies as a YAML stream.
 //! - `GET /v1/namespaces/{ns}/workloads/{kind}/{name}/destinations`: observed destinations.
 //! - `GET /v1/namespaces/{ns}/audit`: each workload's stored flows against the applied policies.
-//! - `GET /v1/rollout`, `GET /v1/namespaces/{ns}/rollout`: each workload's rollout phase, from
-//!   the latest board of [`super::shadow`] (the whole store against the applied and the
-//!   proposed policies).
+//! - `GET /v1/rollout`, `GET /v1/namespaces/{ns}/rollout`: the guardrails stage and each
+//!   workload's rollout phase, `{"guardrails":…,"workloads":[…]}`, from the latest board of
+//!   [`super::shadow`] (the whole store against the applied and the proposed policies).
 //! - `GET /v1/alerts[?namespace=NS]`: the alerts remembered in the store ([`super::alert`]), as
 //!   the webhook sends them.
 //!
@@ -751,15 +751,30 @@ fn current_board(s: &AppState) -> ApiResult<Arc<super::shadow::Board>> {
         .ok_or_else(|| unavailable("the rollout board is not evaluated yet"))
 }
 
-/// `/v1/rollout`: every workload's rollout phase, as `leash rollout status --format json`
-/// writes them, in one array.
+/// The answer of the rollout endpoints: the guardrails stage and the workloads, each as
+/// `leash rollout status --format json` writes them (without its `kind`).
+#[derive(Serialize)]
+struct RolloutAnswer<'a, W: Serialize> {
+    guardrails: &'a crate::guardrails::stage::Stage,
+    workloads: W,
+}
+
+/// `/v1/rollout`: the guardrails stage and every workload's rollout phase.
 async fn rollout(slot: Slot, State(s): State<Arc<AppState>>) -> ApiResult<Response> {
     let board = current_board(&s)?;
-    let body = blocking(slot, move |_| to_json(&board.statuses)).await?;
+    let body = blocking(slot, move |_| {
+        to_json(&RolloutAnswer {
+            guardrails: &board.stage,
+            workloads: &board.statuses,
+        })
+    })
+    .await?;
     Ok(json_response(body))
 }
 
-/// `/v1/namespaces/{ns}/rollout`: the rollout phases of one namespace's workloads.
+/// `/v1/namespaces/{ns}/rollout`: the guardrails stage as the namespace sees it (its
+/// workloads the proposal would break or the guardrails deny) and the rollout phases of its
+/// workloads.
 async fn namespace_rollout(
     slot: Slot,
     State(s): State<Arc<AppState>>,
@@ -774,7 +789,10 @@ async fn namespace_rollout(
             .iter()
             .filter(|w| w.namespace == ns)
             .collect();
-        to_json(&mine)
+        to_json(&RolloutAnswer {
+            guardrails: &crate::rollout::board::stage_of_namespace(&board.stage, &ns),
+            workloads: mine,
+        })
     })
     .await?;
     Ok(json_response(body))

@@ -489,6 +489,13 @@ mod tests {
     fn board(statuses: Vec<crate::rollout::WorkloadStatus>) -> Board {
         Board {
             statuses,
+            stage: crate::guardrails::stage::Stage {
+                phase: crate::guardrails::stage::Phase::Absent,
+                applied: Vec::new(),
+                proposed: Vec::new(),
+                breaks: Vec::new(),
+                denied: Vec::new(),
+            },
             model_generation: 1,
             proposal_generation: Some(1),
             flows: 0,

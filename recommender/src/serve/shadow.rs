@@ -3,11 +3,14 @@
 //!
 //! The proposed set is the given policies (`--proposed DIR|git:REV:PATH`, read with
 //! [`PolicySource`]) laid over the applied ones ([`crate::policy_state::combine`]), the rule
-//! `audit --policies` follows. [`reload`] polls the source and publishes a new [`Proposal`]
+//! `audit --policies` follows; its ClusterNetworkPolicies over the applied ones
+//! ([`crate::rollout::board::proposed_tiers`]), and leash's guardrails among them make the
+//! board's guardrails stage ([`crate::guardrails::stage`]). [`reload`] polls the source and publishes a new [`Proposal`]
 //! when the policies it gives differ (a file changed, a new git revision); [`watch`] then
 //! re-evaluates the whole store at once, and also every check interval, into a [`Board`]:
-//! each workload's rollout phase ([`crate::rollout`]). `GET /v1/rollout` answers the board;
-//! the metrics count its phases and what the proposal would deny.
+//! the guardrails stage and each workload's rollout phase ([`crate::rollout`]). `GET
+//! /v1/rollout` answers the board; the metrics count its phases, the stage's phase and what the
+//! proposal would deny or break.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -26,8 +29,11 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
 use super::ModelRx;
+use crate::cnp::ClusterNetworkPolicy;
 use crate::eval::PolicySet;
+use crate::guardrails::stage::{self, Stage};
 use crate::policy_source::{self, PolicySource};
+use crate::rollout::board::{self as rollout_board, State};
 use crate::rollout::{self, WorkloadStatus};
 use crate::state::ClusterState;
 use crate::store::{DnsObservation, FlowObservation, Store};
@@ -58,8 +64,11 @@ impl Default for Options {
 pub struct Proposal {
     /// Where it was read.
     pub source: PolicySource,
-    /// The policies it gives, validated.
+    /// The NetworkPolicies it gives, validated.
     pub policies: Vec<NetworkPolicy>,
+    /// The ClusterNetworkPolicies it gives, validated (leash's guardrails among them are the
+    /// guardrails stage's proposal).
+    pub cluster_policies: Vec<ClusterNetworkPolicy>,
     /// 1 for the first load, +1 per reload that changed the policies.
     pub generation: u64,
 }
@@ -72,6 +81,8 @@ pub type ProposalRx = watch::Receiver<Option<Arc<Proposal>>>;
 pub struct Board {
     /// One per workload, sorted by namespace, kind and name.
     pub statuses: Vec<WorkloadStatus>,
+    /// The guardrails stage, the first of the rollout.
+    pub stage: Stage,
     /// The cluster model it was evaluated on.
     pub model_generation: u64,
     /// The proposal it was evaluated with, if any.
@@ -99,56 +110,90 @@ pub enum Error {
     Source(#[from] policy_source::Error),
     /// The proposed policies laid over the applied ones do not compile as a set.
     #[error("the proposed policies laid over the applied ones")]
-    Combine(#[source] crate::eval::Error),
+    Combine(#[source] rollout_board::Error),
 }
 
 /// Reads the proposal once (at start: a bad one stops `leash serve`).
 pub fn load(source: &PolicySource) -> Result<Proposal, Error> {
-    let policies = source.load()?.unwrap_or_default();
+    let (policies, cluster_policies) = source.load_tiers()?.unwrap_or_default();
     Ok(Proposal {
         source: source.clone(),
         policies,
+        cluster_policies,
         generation: 1,
     })
 }
 
+/// The applied policies of `state`.
+fn applied(state: &ClusterState) -> State<'_> {
+    State {
+        network_policies: &state.policies,
+        cluster_policies: &state.cluster_policies,
+    }
+}
+
+/// The policies `proposal` gives.
+fn policies_of(proposal: &Proposal) -> State<'_> {
+    State {
+        network_policies: &proposal.policies,
+        cluster_policies: &proposal.cluster_policies,
+    }
+}
+
 /// The proposed policy state of `state`: `given` laid over its applied policies, compiled,
-/// with the applied ClusterNetworkPolicies as its tiers (a proposal holds NetworkPolicies only).
-pub fn proposed_set(state: &ClusterState, given: &[NetworkPolicy]) -> Result<PolicySet, Error> {
-    crate::policy_state::compiled(&state.policies, given)
-        .and_then(|s| s.with_cluster_policies(&state.cluster_policies))
-        .map_err(Error::Combine)
+/// with its ClusterNetworkPolicies over the applied ones as the tiers
+/// ([`rollout_board::proposed_set`]).
+pub fn proposed_set(state: &ClusterState, given: &State<'_>) -> Result<PolicySet, Error> {
+    rollout_board::proposed_set(&applied(state), given).map_err(Error::Combine)
 }
 
 /// Evaluates every stored flow against the applied policies and `proposed` (the compiled
-/// proposed state, [`proposed_set`]), and returns each workload's phase. Pure.
+/// proposed state, [`proposed_set`]), and returns each workload's phase and the guardrails
+/// stage of `given` (the proposal's policies). Pure.
 pub fn evaluate(
     state: &ClusterState,
-    proposed: Option<&PolicySet>,
+    proposed: Option<(&PolicySet, &State<'_>)>,
     flows: &[FlowObservation],
     dns: &[DnsObservation],
     min_observation: chrono::Duration,
     now: DateTime<Utc>,
-) -> Vec<WorkloadStatus> {
+) -> Result<(Vec<WorkloadStatus>, Stage), stage::Error> {
     let (obs, _skipped) = crate::observations::from_stored(&state.cluster, flows, dns);
-    rollout::phases(
+    let statuses = rollout::phases(
         &state.cluster,
         &obs,
         &rollout::Policies {
             applied: &state.policies,
             applied_set: &state.policy_set,
-            proposed,
+            proposed: proposed.map(|(set, _)| set),
         },
         &rollout::Options {
             min_observation,
             now,
             namespaces: Default::default(),
         },
-    )
+    );
+    let proposed_guardrails =
+        proposed.and_then(|(_, g)| rollout_board::given_guardrails(g.cluster_policies));
+    let stage = stage::stage(
+        &state.cluster,
+        &obs,
+        &stage::Input {
+            network_policies: &state.policies,
+            cluster_policies: &state.cluster_policies,
+            proposed: proposed_guardrails.as_deref(),
+        },
+    )?;
+    Ok((statuses, stage))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct PhaseLabels {
+    phase: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct StageLabels {
     phase: String,
 }
 
@@ -162,6 +207,8 @@ struct WorkloadLabels {
 #[derive(Debug, Clone, Default)]
 pub struct ShadowMetrics {
     workloads: Family<PhaseLabels, Gauge>,
+    stage: Family<StageLabels, Gauge>,
+    breaks: Gauge,
     denied: Family<WorkloadLabels, Counter>,
     reloads: Counter,
     reload_errors: Counter,
@@ -174,6 +221,16 @@ impl ShadowMetrics {
             "rollout_workloads",
             "Workloads per rollout phase, as of the latest evaluation of the store",
             self.workloads.clone(),
+        );
+        registry.register(
+            "guardrails_stage",
+            "The guardrails stage's phase: 1 for the current one, 0 for the others",
+            self.stage.clone(),
+        );
+        registry.register(
+            "guardrails_breaks",
+            "Workloads whose observed traffic the proposed guardrails would break",
+            self.breaks.clone(),
         );
         registry.register(
             "shadow_denied",
@@ -207,6 +264,15 @@ impl ShadowMetrics {
                 })
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
+        for phase in stage::Phase::ALL {
+            self.stage
+                .get_or_create(&StageLabels {
+                    phase: phase.to_string(),
+                })
+                .set(i64::from(phase == board.stage.phase));
+        }
+        self.breaks
+            .set(i64::try_from(board.stage.breaks.len()).unwrap_or(i64::MAX));
         for s in &board.statuses {
             for f in &s.would_deny {
                 let key = (
@@ -246,7 +312,7 @@ pub async fn reload(
     loop {
         ticker.tick().await;
         let s = source.clone();
-        let loaded = match tokio::task::spawn_blocking(move || s.load()).await {
+        let loaded = match tokio::task::spawn_blocking(move || s.load_tiers()).await {
             Ok(Ok(p)) => p.unwrap_or_default(),
             Ok(Err(e)) => {
                 metrics.reload_errors.inc();
@@ -260,15 +326,20 @@ pub async fn reload(
             }
         };
         let current = tx.borrow().clone();
-        if current.as_ref().is_some_and(|c| c.policies == loaded) {
+        if current
+            .as_ref()
+            .is_some_and(|c| (&c.policies, &c.cluster_policies) == (&loaded.0, &loaded.1))
+        {
             continue;
         }
         let generation = current.map_or(1, |c| c.generation + 1);
-        tracing::info!(source = %source, policies = loaded.len(), generation, "proposed policies changed: re-evaluating the stored flows");
+        let (policies, cluster_policies) = loaded;
+        tracing::info!(source = %source, policies = policies.len(), cluster_policies = cluster_policies.len(), generation, "proposed policies changed: re-evaluating the stored flows");
         metrics.reloads.inc();
         tx.send_replace(Some(Arc::new(Proposal {
             source: source.clone(),
-            policies: loaded,
+            policies,
+            cluster_policies,
             generation,
         })));
     }
@@ -313,7 +384,7 @@ pub async fn watch(
                 let key = (state.generation, p.generation);
                 match &compiled {
                     Some((k, set)) if *k == key => Some(Arc::clone(set)),
-                    _ => match proposed_set(&state, &p.policies) {
+                    _ => match proposed_set(&state, &policies_of(p)) {
                         Ok(set) => {
                             let set = Arc::new(set);
                             compiled = Some((key, Arc::clone(&set)));
@@ -333,16 +404,18 @@ pub async fn watch(
             let flows = reader.flows(None)?;
             let dns = reader.dns(None)?;
             let now = Utc::now();
-            let statuses = evaluate(
+            let proposal = given.as_deref().map(policies_of);
+            let (statuses, stage) = evaluate(
                 &state,
-                proposed.as_deref(),
+                proposed.as_deref().zip(proposal.as_ref()),
                 &flows,
                 &dns,
                 min_observation,
                 now,
-            );
-            Ok::<_, crate::store::Error>(Board {
+            )?;
+            Ok::<_, BoardError>(Board {
                 statuses,
+                stage,
                 model_generation: state.generation,
                 proposal_generation,
                 flows: flows.len(),
@@ -367,11 +440,22 @@ pub async fn watch(
                 board.send_replace(Some(Arc::new(b)));
             }
             Ok(Err(e)) => {
-                tracing::warn!(error = %Chain(&e), "cannot read stored flows for the rollout board")
+                tracing::warn!(error = %Chain(&e), "cannot evaluate the rollout board")
             }
             Err(_) => tracing::warn!("the rollout board thread stopped without an answer"),
         }
     }
+}
+
+/// Why one evaluation of the board failed (the previous board stays).
+#[derive(Debug, thiserror::Error)]
+enum BoardError {
+    /// The stored flows cannot be read.
+    #[error("cannot read the stored flows")]
+    Store(#[from] crate::store::Error),
+    /// The guardrails stage cannot be evaluated.
+    #[error("the guardrails stage")]
+    Stage(#[from] stage::Error),
 }
 
 /// Runs `f` on a thread of its own at the read API's lower CPU priority: evaluating the whole
@@ -423,6 +507,17 @@ mod tests {
     fn board(statuses: Vec<WorkloadStatus>) -> Board {
         Board {
             statuses,
+            stage: Stage {
+                phase: stage::Phase::WouldBreak,
+                applied: Vec::new(),
+                proposed: vec!["guardrails-default-deny".into()],
+                breaks: vec![stage::WorkloadFlows {
+                    namespace: "shop".into(),
+                    workload: "Deployment/api".into(),
+                    flows: Vec::new(),
+                }],
+                denied: Vec::new(),
+            },
             model_generation: 1,
             proposal_generation: Some(1),
             flows: 0,
@@ -445,7 +540,7 @@ mod tests {
         let snap =
             leash_records::snapshot::parse_str(text, std::path::Path::new("s.yaml")).unwrap();
         let state = ClusterState::build(&snap, 1);
-        let set = proposed_set(&state, &[]).unwrap();
+        let set = proposed_set(&state, &State::default()).unwrap();
         let names: Vec<&str> = set
             .cluster_policies()
             .iter()
@@ -479,6 +574,15 @@ mod tests {
             text.contains("leash_rollout_workloads{phase=\"ready\"} 0\n"),
             "{text}"
         );
+        // The guardrails stage: its phase 1, every other listed with 0; one workload broken.
+        for line in [
+            "leash_guardrails_stage{phase=\"would-break\"} 1\n",
+            "leash_guardrails_stage{phase=\"ready\"} 0\n",
+            "leash_guardrails_stage{phase=\"absent\"} 0\n",
+            "leash_guardrails_breaks 1\n",
+        ] {
+            assert!(text.contains(line), "{line:?} not in {text}");
+        }
         // The same board again adds nothing; one flow's count grew by 4.
         metrics.observe(
             &board(vec![status("Deployment/api", Phase::WouldDeny, &[3, 2])]),

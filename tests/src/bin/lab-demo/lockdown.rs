@@ -124,7 +124,11 @@ pub(crate) fn lockdown(
     let ran = run_ok(step, &mut cmd)?;
     write(step, &out.join("rollout.json"), &ran.stdout)?;
     let mut phases = BTreeMap::new();
-    for line in json_lines(step, &ran.stdout)? {
+    // The first line is the guardrails stage (`"kind":"guardrails"`).
+    for line in json_lines(step, &ran.stdout)?
+        .into_iter()
+        .filter(|l| l["kind"] == "workload")
+    {
         let workload = format!(
             "{}/{}",
             line["namespace"].as_str().unwrap_or_default(),
