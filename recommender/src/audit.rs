@@ -100,9 +100,8 @@ pub enum Error {
         /// The first file.
         first: PathBuf,
     },
-    /// A ClusterNetworkPolicy given where only NetworkPolicies are read (`guardrails
-    /// --proposed`).
-    #[error("this state is read for its NetworkPolicies only; {}: ClusterNetworkPolicy {policy} (audit, explain, diff, rollout status and serve --proposed evaluate ClusterNetworkPolicies)", path.display())]
+    /// A ClusterNetworkPolicy given where only NetworkPolicies are read.
+    #[error("this state is read for its NetworkPolicies only; {}: ClusterNetworkPolicy {policy} (audit, explain, diff, guardrails, rollout status and serve --proposed evaluate ClusterNetworkPolicies)", path.display())]
     ClusterPolicyNotCompared {
         /// The file.
         path: PathBuf,

@@ -999,10 +999,13 @@ fn guardrails(
     proposed: Option<leash::policy_source::PolicySource>,
 ) -> Result<(), Failure> {
     let (cluster, applied) = load_cluster(&source)?;
-    let given = match &proposed {
-        Some(p) => p.load().map_err(bad_input)?,
-        None => None,
+    // The proposal may hold guardrails already (`guardrails -o` into recommend's directory):
+    // they are proposed again; its other ClusterNetworkPolicies are laid over the applied ones.
+    let (given, given_tiers) = match &proposed {
+        Some(p) => p.load_tiers().map_err(bad_input)?.unwrap_or_default(),
+        None => Default::default(),
     };
+    let tiers = leash::rollout::board::proposed_tiers(&applied.cluster_policies, &given_tiers);
     let (observations, _skipped) = observed.observe(&cluster)?;
     let options = leash::guardrails::Options {
         exempt: (!exempt.is_empty()).then(|| exempt.into_iter().collect()),
@@ -1011,10 +1014,10 @@ fn guardrails(
     };
     let config = leash::classify::ClassifierConfig::default();
     // The NetworkPolicies in force: the applied ones, with the proposal over them when given.
-    let nps = leash::policy_state::combine(&applied.policies, given.as_deref().unwrap_or(&[]));
+    let nps = leash::policy_state::combine(&applied.policies, &given);
     let stack = leash::guardrails::Stack {
         network_policies: &nps.objects,
-        cluster_policies: &applied.cluster_policies,
+        cluster_policies: &tiers,
     };
     let g = leash::guardrails::propose(&cluster, &observations, &config, &options, &stack)
         .map_err(runtime_error)?;

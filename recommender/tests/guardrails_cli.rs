@@ -1,6 +1,6 @@
 //! The built `leash guardrails` on the kubeadm demo fixture: the YAML stream and `-o DIR`
 //! (CRD-valid objects, the report, stale files removed), the self-check over the whole stack
-//! (exit 1 without leash's proposal, 0 with it), the flags, and bad input (exit 2).
+//! (the Baseline deferred without leash's proposal; exit 1 when the stack denies observed traffic), the flags, and bad input (exit 2).
 
 #[expect(
     dead_code,
@@ -108,7 +108,7 @@ fn the_stream_is_crd_valid_and_self_checked_with_the_proposal() {
 }
 
 #[test]
-fn without_the_proposal_the_self_check_fails_naming_the_broken_flows() {
+fn without_the_proposal_the_baseline_defers_what_it_would_break_and_says_so() {
     let out = leash(&[
         "guardrails",
         "--cluster",
@@ -116,14 +116,72 @@ fn without_the_proposal_the_self_check_fails_naming_the_broken_flows() {
         "--flows",
         &fixture("flows.jsonl"),
     ]);
+    assert_code(&out, 0);
+    let err = stderr(&out);
+    assert!(
+        err.contains("the Baseline default deny defers 1 namespace(s)") && err.contains(": shop"),
+        "{err}"
+    );
+    let all = objects(&stdout(&out));
+    assert_eq!(
+        subject_values(by_name(&all, "guardrails-default-deny")),
+        serde_json::json!(["kube-system", "shop"])
+    );
+}
+
+#[test]
+fn an_applied_admin_deny_of_observed_traffic_fails_the_self_check_naming_the_flows() {
+    // A platform team's Admin deny of TEST-NET-3 is applied: the stack denies payment's
+    // external call whatever leash proposes, and the self-check says so (exit 1, nothing out).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cluster = std::fs::read_to_string(fixture("cluster.yaml")).expect("reads");
+    cluster.push_str(
+        "\n---\napiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\n\
+         metadata:\n  name: platform-deny\nspec:\n  tier: Admin\n  priority: 5\n  subject:\n\
+         \x20   namespaces: {}\n  egress:\n  - action: Deny\n    to:\n    - networks: \
+         [\"203.0.113.0/24\"]\n",
+    );
+    let path = dir.path().join("cluster.yaml");
+    std::fs::write(&path, cluster).expect("writes");
+    let prop = proposal();
+    let out = leash(&[
+        "guardrails",
+        "--cluster",
+        path.to_str().expect("utf-8"),
+        "--flows",
+        &fixture("flows.jsonl"),
+        "--proposed",
+        prop.path().to_str().expect("utf-8"),
+    ]);
     assert_code(&out, 1);
     assert!(stdout(&out).is_empty(), "nothing printed on failure");
     let err = stderr(&out);
     assert!(err.contains("guardrails self-check failed"), "{err}");
     assert!(
-        err.contains("shop/payment-7d4-x2 -> 203.0.113.10:443/TCP")
-            && err.contains("Baseline tier"),
+        err.contains("shop/payment-7d4-x2 -> 203.0.113.10:443/TCP") && err.contains("Admin tier"),
         "{err}"
+    );
+}
+
+#[test]
+fn a_proposal_directory_holding_earlier_guardrails_is_read_and_they_are_proposed_again() {
+    // recommend -o DIR, then guardrails --proposed DIR -o DIR, twice: the second run reads
+    // the first run's ClusterNetworkPolicies in DIR and gives the same bytes.
+    let prop = proposal();
+    let dir = prop.path().to_str().expect("utf-8");
+    let run = || {
+        let out = guardrails(prop.path(), &["-o", dir]);
+        assert_code(&out, 0);
+        std::fs::read_to_string(prop.path().join("cluster/guardrails-default-deny.yaml"))
+            .expect("written")
+    };
+    let first = run();
+    assert_eq!(first, run());
+    let out = guardrails(prop.path(), &[]);
+    assert_code(&out, 0);
+    assert_eq!(
+        subject_values(by_name(&objects(&stdout(&out)), "guardrails-default-deny")),
+        serde_json::json!(["kube-system"])
     );
 }
 
