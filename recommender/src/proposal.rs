@@ -39,6 +39,9 @@ pub struct Observed<'a> {
     pub cluster: &'a Cluster,
     /// The NetworkPolicies applied in the cluster.
     pub applied: &'a [NetworkPolicy],
+    /// The ClusterNetworkPolicies applied in the cluster (the pull-request loop's guardrails
+    /// are proposed over them).
+    pub applied_cluster: &'a [crate::cnp::ClusterNetworkPolicy],
     /// Where `applied` was read (a snapshot file, the API server), for errors.
     pub applied_source: &'a str,
     /// The window's observations.
