@@ -156,10 +156,11 @@ pub fn propose(
     check(cluster, obs, g, state)
 }
 
-/// The gate of a proposal over `state`: the self-check over the applied ClusterNetworkPolicies
-/// and the NetworkPolicies the merge produces must pass, and the stage from the base branch's
-/// guardrails (laid over the applied ones) to `g` lists every workload whose observed traffic
-/// `g` would break.
+/// The gate of a proposal over `state`: the stage from the base branch's guardrails (laid
+/// over the applied ones) to `g` lists every workload whose observed traffic `g` would break,
+/// and the self-check over the applied ClusterNetworkPolicies and the NetworkPolicies the
+/// merge produces must pass. Observed flows it finds denied are the stage's breaks to report
+/// when there are any (refused, or opened with `--allow-breaks`); else they fail it.
 pub fn check(
     cluster: &Cluster,
     obs: &Observations,
@@ -167,11 +168,6 @@ pub fn check(
     state: &State<'_>,
 ) -> Result<Proposal> {
     let nps = crate::policy_state::combine(state.applied, state.base);
-    let stack = Stack {
-        network_policies: &nps.objects,
-        cluster_policies: state.applied_cluster,
-    };
-    guardrails::self_check(cluster, cluster, obs, &g, &stack).map_err(Error::SelfCheck)?;
     // Merged guardrails replace leash's applied ones; none merged: the applied state as it is.
     let before = if state.base_guardrails.is_empty() {
         state.applied_cluster.to_vec()
@@ -188,6 +184,15 @@ pub fn check(
         },
     )
     .map_err(Error::Stage)?;
+    let stack = Stack {
+        network_policies: &nps.objects,
+        cluster_policies: state.applied_cluster,
+    };
+    match guardrails::self_check(cluster, cluster, obs, &g, &stack) {
+        Ok(()) => {}
+        Err(guardrails::Error::Denied(_)) if !stage.breaks.is_empty() => {}
+        Err(e) => return Err(Error::SelfCheck(e)),
+    }
     Ok(Proposal {
         guardrails: g,
         stage,
