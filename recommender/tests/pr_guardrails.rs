@@ -242,6 +242,63 @@ fn guardrails_that_would_break_observed_traffic_are_refused_with_every_workload(
 }
 
 #[test]
+fn a_namespace_whose_policies_lag_behind_its_traffic_is_warned_about_not_failed() {
+    // shop's default deny alone is applied: web's calls are denied by a NetworkPolicy, with
+    // or without the guardrails. No break of the guardrails' (the Baseline never decides
+    // for shop), so the group proposes them and warns.
+    let (fx, records) = shop();
+    let r = run(&fx, &records, &recommend::Options::default());
+    let deny: Vec<_> = r
+        .policies
+        .iter()
+        .filter(|p| {
+            p.metadata.namespace.as_deref() == Some("shop")
+                && p.metadata.name.as_deref() == Some("default-deny-egress")
+        })
+        .cloned()
+        .collect();
+    assert_eq!(deny.len(), 1, "{:?}", r.policies);
+    let state = State {
+        applied: &deny,
+        ..EMPTY
+    };
+    let made = group::propose(
+        &r.cluster,
+        &r.obs,
+        &ClassifierConfig::default(),
+        &Options::default(),
+        &state,
+    )
+    .expect("proposes");
+    assert!(made.stage.breaks.is_empty(), "{:?}", made.stage.breaks);
+    assert!(made.guardrails.deferred.is_empty(), "{:?}", made.guardrails.deferred);
+    assert!(
+        made.denied_already.iter().all(|d| d.pod.starts_with("shop/")),
+        "{:?}",
+        made.denied_already
+    );
+    let warning = made.warning().expect("a warning");
+    assert!(
+        warning.starts_with("guardrails: ") && warning.contains("observed flow(s) are denied with or without the guardrails"),
+        "{warning}"
+    );
+    // Nothing lags behind over the whole proposal: no warning.
+    let merged = State {
+        base: &r.policies,
+        ..state
+    };
+    let clean = group::propose(
+        &r.cluster,
+        &r.obs,
+        &ClassifierConfig::default(),
+        &Options::default(),
+        &merged,
+    )
+    .expect("proposes");
+    assert_eq!(clean.warning(), None);
+}
+
+#[test]
 fn the_body_explains_the_stage_order_and_the_deferrals_and_fits_the_limit() {
     let (fx, records) = shop();
     let r = run(&fx, &records, &recommend::Options::default());

@@ -137,6 +137,26 @@ pub struct Proposal {
     pub guardrails: Guardrails,
     /// The stage from the base branch's guardrails to these: its `breaks` must be empty.
     pub stage: Stage,
+    /// Observed flows the self-check found denied although the stage shows no break: the
+    /// state denies them with or without the guardrails (a namespace's NetworkPolicies behind
+    /// its traffic, which that namespace's pull request updates). Warned about, not failed.
+    pub denied_already: Vec<crate::recommend::Denied>,
+}
+
+impl Proposal {
+    /// The warning about [`Self::denied_already`], if any; names as plain text.
+    pub fn warning(&self) -> Option<String> {
+        let first = self.denied_already.first()?;
+        Some(format!(
+            "guardrails: {} observed flow(s) are denied with or without the guardrails, by the \
+             NetworkPolicies of the applied state and the base branch's proposal (first: {} -> \
+             {}, {}); the namespaces' pull requests address them",
+            self.denied_already.len(),
+            body::plain(&first.pod, 130),
+            body::plain(&first.destination, 60),
+            body::plain(&first.reason, 200),
+        ))
+    }
 }
 
 /// Proposes the guardrails over `state` and checks them ([`check`]).
@@ -159,8 +179,9 @@ pub fn propose(
 /// The gate of a proposal over `state`: the stage from the base branch's guardrails (laid
 /// over the applied ones) to `g` lists every workload whose observed traffic `g` would break,
 /// and the self-check over the applied ClusterNetworkPolicies and the NetworkPolicies the
-/// merge produces must pass. Observed flows it finds denied are the stage's breaks to report
-/// when there are any (refused, or opened with `--allow-breaks`); else they fail it.
+/// merge produces must pass. Observed flows it finds denied are the stage's to tell: with
+/// breaks, the guardrails deny them (refused, or opened with `--allow-breaks`); without, the
+/// state denies them already, guardrails or not ([`Proposal::denied_already`]).
 pub fn check(
     cluster: &Cluster,
     obs: &Observations,
@@ -188,14 +209,16 @@ pub fn check(
         network_policies: &nps.objects,
         cluster_policies: state.applied_cluster,
     };
-    match guardrails::self_check(cluster, cluster, obs, &g, &stack) {
-        Ok(()) => {}
-        Err(guardrails::Error::Denied(_)) if !stage.breaks.is_empty() => {}
+    let denied_already = match guardrails::self_check(cluster, cluster, obs, &g, &stack) {
+        Ok(()) => Vec::new(),
+        Err(guardrails::Error::Denied(_)) if !stage.breaks.is_empty() => Vec::new(),
+        Err(guardrails::Error::Denied(denied)) => denied,
         Err(e) => return Err(Error::SelfCheck(e)),
-    }
+    };
     Ok(Proposal {
         guardrails: g,
         stage,
+        denied_already,
     })
 }
 
@@ -313,6 +336,7 @@ pub(super) fn group(
     rt: &tokio::runtime::Handle,
     base_policies: &[NetworkPolicy],
     dir: &Path,
+    warnings: &mut Vec<String>,
 ) -> run::Result<Outcome> {
     let branch = format!("{}{GROUP}", target.branch_prefix);
     let base_guardrails = read(dir, &target.base)?;
@@ -329,6 +353,7 @@ pub(super) fn group(
         gopts,
         &state,
     )?;
+    warnings.extend(made.warning());
     let after = &made.guardrails.policies;
     let canonical = stage::canonical(after);
     if stage::canonical(&base_guardrails) == canonical {

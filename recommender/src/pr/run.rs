@@ -443,6 +443,7 @@ pub fn run(
             rt,
             &base_policies,
             &dir,
+            &mut report.warnings,
         ) {
             Ok(outcome) => outcome,
             Err(Error::Guardrails(e)) => Outcome::Failed {
