@@ -274,7 +274,8 @@ pub fn read(dir: &Path, what: &str) -> Result<Vec<ClusterNetworkPolicy>> {
 }
 
 /// Writes the guardrails' files into `dir/cluster/` and removes the `guardrails-*.yaml` files
-/// they no longer hold; symlinks are refused, never followed.
+/// they no longer hold; symlinks are refused, never followed (the caller checks the
+/// directories above `dir`).
 pub fn write(dir: &Path, g: &Guardrails) -> Result<()> {
     let files = guardrails::outdir::files(g).map_err(Error::Render)?;
     let cluster = dir.join(DIR);
@@ -287,7 +288,7 @@ pub fn write(dir: &Path, g: &Guardrails) -> Result<()> {
             Ok(m) if m.is_dir() => {}
             Ok(_) => return Err(Error::Link { path: d.to_owned() }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir(d).map_err(write_err(d))?;
+                std::fs::create_dir_all(d).map_err(write_err(d))?;
             }
             Err(e) => return Err(write_err(d)(e)),
         }
