@@ -709,3 +709,73 @@ fn a_namespace_named_cluster_is_refused_clearly_and_the_others_run() {
         ["leash/guardrails", "leash/shop", "main"]
     );
 }
+
+#[test]
+fn a_dry_run_pushes_nothing_and_a_declined_proposal_is_not_opened_again() {
+    let lab = lab();
+    let o = lab.pr(&["--dry-run"]);
+    let out = stdout(&o);
+    assert!(
+        out.starts_with(
+            "guardrails: would commit to leash/guardrails and propose \"leash: cluster \
+             guardrails ("
+        ),
+        "{out}"
+    );
+    assert!(out.contains("<!-- leash:pr group=guardrails -->\n<!-- leash:proposal sha256="), "{out}");
+    assert_eq!(branches(&lab.bare).expect("branches"), ["main"]);
+    assert!(lab.gh.requests().is_empty(), "a dry run calls no API");
+
+    lab.pr(&[]);
+    assert!(lab.gh.close_pull("o/policies", 1));
+    git(&lab.bare, &["branch", "-D", "leash/guardrails"]).expect("delete the branch");
+    let o = lab.pr(&[]);
+    assert!(
+        stdout(&o).contains(
+            "guardrails: a closed pull request of leash/guardrails proposed these policies; not \
+             proposed again"
+        ),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(lab.tip("leash/guardrails"), None, "nothing pushed");
+}
+
+#[test]
+fn the_files_replace_stale_guardrails_keep_others_and_never_follow_a_symlink() {
+    let (fx, records) = shop();
+    let r = run(&fx, &records, &recommend::Options::default());
+    let made = group::propose(
+        &r.cluster,
+        &r.obs,
+        &ClassifierConfig::default(),
+        &Options::default(),
+        &EMPTY,
+    )
+    .expect("proposes");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("repo/policies");
+    group::write(&dir, &made.guardrails).expect("writes");
+    assert_eq!(
+        group::read(&dir, "main").expect("reads"),
+        made.guardrails.policies
+    );
+    // A guardrail an earlier run wrote and this one no longer proposes goes; the team's file
+    // stays.
+    let cluster = dir.join("cluster");
+    let stale = cluster.join("guardrails-protected.yaml");
+    std::fs::copy(cluster.join("guardrails-metadata.yaml"), &stale).expect("copies");
+    std::fs::write(cluster.join("notes.yaml"), "kind: ConfigMap\n").expect("writes");
+    group::write(&dir, &made.guardrails).expect("writes");
+    assert!(!stale.exists());
+    assert!(cluster.join("notes.yaml").exists());
+
+    // A symlinked report is refused, its target untouched.
+    let outside = tmp.path().join("outside.md");
+    std::fs::write(&outside, "mine\n").expect("writes");
+    std::fs::remove_file(cluster.join("REPORT.md")).expect("removes");
+    std::os::unix::fs::symlink(&outside, cluster.join("REPORT.md")).expect("links");
+    let err = group::write(&dir, &made.guardrails).expect_err("a symlink");
+    assert!(matches!(err, group::Error::Link { .. }), "{err}");
+    assert_eq!(std::fs::read_to_string(&outside).expect("reads"), "mine\n");
+}
