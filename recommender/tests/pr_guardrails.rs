@@ -103,8 +103,8 @@ fn over_the_merged_state_the_guardrails_break_nothing_and_defer_what_is_not_lock
     let config = ClassifierConfig::default();
 
     // Nothing applied or merged: shop (its egress unlocked) is deferred, nothing breaks.
-    let first = group::propose(&r.cluster, &r.obs, &config, &Options::default(), &EMPTY)
-        .expect("proposes");
+    let first =
+        group::propose(&r.cluster, &r.obs, &config, &Options::default(), &EMPTY).expect("proposes");
     assert_eq!(
         first.guardrails.deferred.keys().collect::<Vec<_>>(),
         ["shop"]
@@ -184,7 +184,10 @@ fn guardrails_that_would_break_observed_traffic_are_refused_with_every_workload(
         .iter()
         .map(|w| format!("{}/{}", w.namespace, w.workload))
         .collect();
-    assert!(broken.contains(&"shop/Deployment/web".to_owned()), "{broken:?}");
+    assert!(
+        broken.contains(&"shop/Deployment/web".to_owned()),
+        "{broken:?}"
+    );
     assert!(broken.iter().all(|w| w.starts_with("shop/")), "{broken:?}");
     let web = checked
         .stage
@@ -193,7 +196,9 @@ fn guardrails_that_would_break_observed_traffic_are_refused_with_every_workload(
         .find(|w| w.workload == "Deployment/web")
         .expect("web");
     assert!(
-        web.flows.iter().any(|f| f.destination() == "203.0.113.7:443/TCP"),
+        web.flows
+            .iter()
+            .any(|f| f.destination() == "203.0.113.7:443/TCP"),
         "{web:?}"
     );
 
@@ -271,15 +276,22 @@ fn a_namespace_whose_policies_lag_behind_its_traffic_is_warned_about_not_failed(
     )
     .expect("proposes");
     assert!(made.stage.breaks.is_empty(), "{:?}", made.stage.breaks);
-    assert!(made.guardrails.deferred.is_empty(), "{:?}", made.guardrails.deferred);
     assert!(
-        made.denied_already.iter().all(|d| d.pod.starts_with("shop/")),
+        made.guardrails.deferred.is_empty(),
+        "{:?}",
+        made.guardrails.deferred
+    );
+    assert!(
+        made.denied_already
+            .iter()
+            .all(|d| d.pod.starts_with("shop/")),
         "{:?}",
         made.denied_already
     );
     let warning = made.warning().expect("a warning");
     assert!(
-        warning.starts_with("guardrails: ") && warning.contains("observed flow(s) are denied with or without the guardrails"),
+        warning.starts_with("guardrails: ")
+            && warning.contains("observed flow(s) are denied with or without the guardrails"),
         "{warning}"
     );
     // Nothing lags behind over the whole proposal: no warning.
@@ -320,7 +332,10 @@ fn the_body_explains_the_stage_order_and_the_deferrals_and_fits_the_limit() {
         allow_breaks: false,
     };
     let full = body::guardrails_full_body(&input);
-    assert!(full.starts_with("<!-- leash:pr group=guardrails -->\n"), "{full}");
+    assert!(
+        full.starts_with("<!-- leash:pr group=guardrails -->\n"),
+        "{full}"
+    );
     assert!(full.contains(guardrails::STAGE_ORDER), "{full}");
     assert!(
         full.contains("- Observed traffic: breaks no workload's observed traffic"),
@@ -328,11 +343,17 @@ fn the_body_explains_the_stage_order_and_the_deferrals_and_fits_the_limit() {
     );
     assert!(full.contains("- Deferred namespaces: `shop` "), "{full}");
     assert!(full.contains("## Deferred namespaces"), "{full}");
-    assert!(full.contains("| `guardrails-default-deny` | added |"), "{full}");
+    assert!(
+        full.contains("| `guardrails-default-deny` | added |"),
+        "{full}"
+    );
     assert!(!full.contains("# leash guardrails"), "{full}");
     assert!(!full.contains("[!CAUTION]"), "{full}");
     // The trigger is tenant text: escaped.
-    assert!(full.contains(r"newly ready\: \*web\* in \`shop\`"), "{full}");
+    assert!(
+        full.contains(r"newly ready\: \*web\* in \`shop\`"),
+        "{full}"
+    );
     let title = body::guardrails_title(&input);
     assert_eq!(
         title,
@@ -349,7 +370,10 @@ fn the_body_explains_the_stage_order_and_the_deferrals_and_fits_the_limit() {
     // Over the limit: the summary and a link to the report on the branch.
     let short = body::guardrails_body(&input, 1200, Some("https://forge.test/r/cluster/REPORT.md"));
     assert!(short.chars().count() <= 1200, "{short}");
-    assert!(short.starts_with("<!-- leash:pr group=guardrails -->\n"), "{short}");
+    assert!(
+        short.starts_with("<!-- leash:pr group=guardrails -->\n"),
+        "{short}"
+    );
     assert!(
         short.contains("[the guardrails' report](<https://forge.test/r/cluster/REPORT.md>)"),
         "{short}"
@@ -483,7 +507,11 @@ impl Lab {
     fn merge(&self, branch: &str) {
         git(
             &self.bare,
-            &["update-ref", "refs/heads/main", &format!("refs/heads/{branch}")],
+            &[
+                "update-ref",
+                "refs/heads/main",
+                &format!("refs/heads/{branch}"),
+            ],
         )
         .expect("merge");
     }
@@ -532,12 +560,12 @@ fn the_guardrails_pull_request_goes_first_and_follows_the_merges() {
     // First run: the guardrails' pull request first, then one per namespace.
     let o = lab.pr(&[]);
     let out = stdout(&o);
-    let order: Vec<&str> = out
-        .lines()
-        .filter_map(|l| l.split(':').next())
-        .collect();
+    let order: Vec<&str> = out.lines().filter_map(|l| l.split(':').next()).collect();
     assert_eq!(order, ["guardrails", "data", "shop"], "{out}");
-    assert!(out.contains("guardrails: pushed ") && out.contains(" to leash/guardrails, opened #1 "), "{out}");
+    assert!(
+        out.contains("guardrails: pushed ") && out.contains(" to leash/guardrails, opened #1 "),
+        "{out}"
+    );
     assert_eq!(
         branches(&lab.bare).expect("branches"),
         ["leash/data", "leash/guardrails", "leash/shop", "main"]
@@ -563,7 +591,10 @@ fn the_guardrails_pull_request_goes_first_and_follows_the_merges() {
     );
     assert!(changed.contains(&"policies/cluster/guardrails-default-deny.yaml".to_owned()));
     // Nothing is locked down yet: both namespaces are deferred (and kube-system exempt).
-    assert_eq!(lab.left_out("leash/guardrails"), r#"["data","kube-system","shop"]"#);
+    assert_eq!(
+        lab.left_out("leash/guardrails"),
+        r#"["data","kube-system","shop"]"#
+    );
     // The namespace branches never touch cluster/.
     for branch in ["leash/shop", "leash/data"] {
         let changed = lab.changed(&main, branch);
@@ -586,17 +617,30 @@ fn the_guardrails_pull_request_goes_first_and_follows_the_merges() {
         .unwrap_or_default();
     assert!(title.starts_with("leash: cluster guardrails ("), "{title}");
     let body = body_of(post);
-    assert!(body.starts_with("<!-- leash:pr group=guardrails -->\n<!-- leash:proposal sha256="), "{body}");
+    assert!(
+        body.starts_with("<!-- leash:pr group=guardrails -->\n<!-- leash:proposal sha256="),
+        "{body}"
+    );
     assert!(body.contains("## Rollout order"), "{body}");
-    assert!(body.contains("breaks no workload's observed traffic"), "{body}");
-    assert!(body.contains("- Deferred namespaces: `data`, `shop` "), "{body}");
+    assert!(
+        body.contains("breaks no workload's observed traffic"),
+        "{body}"
+    );
+    assert!(
+        body.contains("- Deferred namespaces: `data`, `shop` "),
+        "{body}"
+    );
     // A namespace's body says it is the second stage.
     let shop_post = requests
         .iter()
         .filter(|r| r.line() == "POST /repos/o/policies/pulls")
         .find(|r| r.json.as_ref().and_then(|j| j["head"].as_str()) == Some("leash/shop"))
         .expect("shop's pull request");
-    assert!(body_of(shop_post).contains(body::STAGE_TWO), "{}", body_of(shop_post));
+    assert!(
+        body_of(shop_post).contains(body::STAGE_TWO),
+        "{}",
+        body_of(shop_post)
+    );
 
     // Second run, same input: the guardrails' branch holds these guardrails.
     let before = lab.gh.requests().len();
@@ -618,21 +662,32 @@ fn the_guardrails_pull_request_goes_first_and_follows_the_merges() {
     let out = stdout(&o);
     assert!(out.contains(" to leash/guardrails, updated #1 "), "{out}");
     assert!(out.contains("shop: unchanged"), "{out}");
-    assert_eq!(lab.left_out("leash/guardrails"), r#"["data","kube-system"]"#);
+    assert_eq!(
+        lab.left_out("leash/guardrails"),
+        r#"["data","kube-system"]"#
+    );
     let update = lab
         .gh
         .requests()
         .into_iter()
         .rfind(|r| r.line().starts_with("PATCH "))
         .expect("an update");
-    assert!(body_of(&update).contains("- Deferred namespaces: `data` "), "{}", body_of(&update));
+    assert!(
+        body_of(&update).contains("- Deferred namespaces: `data` "),
+        "{}",
+        body_of(&update)
+    );
 
     // The guardrails are merged too: the next runs leave them, and the namespace groups
     // (by namespace, then all at once) neither fail on the files in cluster/ nor remove them.
     lab.merge("leash/guardrails");
     let merged = lab.tip("main").expect("main");
     let o = lab.pr(&[]);
-    assert!(stdout(&o).contains("guardrails: unchanged"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("guardrails: unchanged"),
+        "{}",
+        stdout(&o)
+    );
     let o = lab.pr(&["--group-by", "all"]);
     let out = stdout(&o);
     assert!(out.contains("guardrails: unchanged"), "{out}");
@@ -661,7 +716,9 @@ fn a_namespace_named_cluster_is_refused_clearly_and_the_others_run() {
     ]);
     std::fs::write(&lab.cluster, snapshot).expect("snapshot");
     let mut more = flows()[..2].to_vec();
-    more.push(flow("cluster", "app-1", "203.0.113.20", 443, "").replace("uid-app-1", "uid-pod-app"));
+    more.push(
+        flow("cluster", "app-1", "203.0.113.20", 443, "").replace("uid-app-1", "uid-pod-app"),
+    );
     std::fs::write(&lab.flows, more.join("\n") + "\n").expect("flows");
     let api = lab.gh.api_url();
     let out = Command::new(env!("CARGO_BIN_EXE_leash"))
@@ -722,7 +779,10 @@ fn a_dry_run_pushes_nothing_and_a_declined_proposal_is_not_opened_again() {
         ),
         "{out}"
     );
-    assert!(out.contains("<!-- leash:pr group=guardrails -->\n<!-- leash:proposal sha256="), "{out}");
+    assert!(
+        out.contains("<!-- leash:pr group=guardrails -->\n<!-- leash:proposal sha256="),
+        "{out}"
+    );
     assert_eq!(branches(&lab.bare).expect("branches"), ["main"]);
     assert!(lab.gh.requests().is_empty(), "a dry run calls no API");
 

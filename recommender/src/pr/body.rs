@@ -946,7 +946,11 @@ fn guardrails_summary(input: &GuardrailsInput) -> Vec<String> {
         format!(
             "- Deferred namespaces: {} (no NetworkPolicy locks their egress down yet; they join \
              the Baseline once their pull requests are merged and applied)",
-            deferred.keys().map(|ns| code(ns)).collect::<Vec<_>>().join(", ")
+            deferred
+                .keys()
+                .map(|ns| code(ns))
+                .collect::<Vec<_>>()
+                .join(", ")
         )
     });
     out
@@ -1011,7 +1015,10 @@ pub fn guardrails_body(
         blocks.push((
             4,
             true,
-            guardrails_breaks(input).lines().map(str::to_owned).collect(),
+            guardrails_breaks(input)
+                .lines()
+                .map(str::to_owned)
+                .collect(),
         ));
     }
     if let Some(t) = input.trigger {

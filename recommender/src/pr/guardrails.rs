@@ -398,10 +398,7 @@ pub(super) fn group(
         Some(p) => p.file_url(&branch, &report.to_string_lossy()),
         None => report.to_string_lossy().into_owned(),
     };
-    let body_text = run::with_digest(
-        &body::guardrails_body(&input, max, Some(&link)),
-        &digest,
-    );
+    let body_text = run::with_digest(&body::guardrails_body(&input, max, Some(&link)), &digest);
 
     let base_commit = wc.base_commit().to_owned();
     wc.checkout(&base_commit)?;

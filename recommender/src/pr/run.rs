@@ -243,14 +243,12 @@ pub struct Report {
 impl Report {
     /// Whether a group was refused for breaking observed traffic.
     pub fn refused(&self) -> bool {
-        self.groups
-            .iter()
-            .any(|g| {
-                matches!(
-                    g.outcome,
-                    Outcome::Refused { .. } | Outcome::RefusedGuardrails { .. }
-                )
-            })
+        self.groups.iter().any(|g| {
+            matches!(
+                g.outcome,
+                Outcome::Refused { .. } | Outcome::RefusedGuardrails { .. }
+            )
+        })
     }
 
     /// Whether a group failed ([`Outcome::Failed`]): `Some(true)` when every failure is the
