@@ -393,10 +393,18 @@ pub(super) fn group(
         .as_ref()
         .map_or(body::GITHUB_MAX_BODY, provider::Client::max_body_chars)
         .saturating_sub(digest.chars().count() + 1);
-    let report = target.path.join(DIR).join(crate::render::outdir::REPORT);
+    // The report's path in the repository (`./` left out).
+    let report: PathBuf = target
+        .path
+        .join(DIR)
+        .join(crate::render::outdir::REPORT)
+        .components()
+        .filter(|c| *c != std::path::Component::CurDir)
+        .collect();
+    let report = report.to_string_lossy();
     let link = match &target.provider {
-        Some(p) => p.file_url(&branch, &report.to_string_lossy()),
-        None => report.to_string_lossy().into_owned(),
+        Some(p) => p.file_url(&branch, &report),
+        None => report.into_owned(),
     };
     let body_text = run::with_digest(&body::guardrails_body(&input, max, Some(&link)), &digest);
 

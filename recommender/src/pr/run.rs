@@ -1,7 +1,8 @@
 //! One run of `leash pr` (and of the pull-request loop of `leash serve`): sync the working
 //! copy, read the base branch's proposal, make the new one over it, and for each group
-//! (a namespace, or all) commit, push and open or update the pull request — or nothing, when
-//! no policy changed.
+//! (with `--guardrails` the cluster guardrails first, [`super::guardrails`]; then a namespace,
+//! or all) commit, push and open or update the pull request — or nothing, when no policy
+//! changed.
 //!
 //! Idempotence comes from comparing policies, never files: a group whose policies equal the
 //! base's is unchanged, and one whose policies equal what its branch already holds is up to
@@ -225,7 +226,8 @@ pub struct GroupReport {
     pub group: String,
     /// Its branch.
     pub branch: String,
-    /// The namespaces its proposal covers.
+    /// The namespaces its proposal covers (none for the guardrails' group, whose pull
+    /// request is no namespace's).
     pub namespaces: BTreeSet<String>,
     /// What happened.
     pub outcome: Outcome,
