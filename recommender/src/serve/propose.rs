@@ -435,6 +435,9 @@ async fn run_once(
             .open
             .set(i64::try_from(distinct.len()).unwrap_or(i64::MAX));
     });
+    for w in &report.warnings {
+        tracing::warn!(warning = %w, "pull-request run");
+    }
     for g in &report.groups {
         match &g.outcome {
             Outcome::Refused { breaks } => tracing::warn!(
