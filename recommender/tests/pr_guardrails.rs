@@ -688,6 +688,8 @@ fn the_guardrails_pull_request_goes_first_and_follows_the_merges() {
         "{}",
         stdout(&o)
     );
+    // shop's proposal is read from main beside the guardrails' files: unchanged.
+    assert!(stdout(&o).contains("shop: unchanged"), "{}", stdout(&o));
     let o = lab.pr(&["--group-by", "all"]);
     let out = stdout(&o);
     assert!(out.contains("guardrails: unchanged"), "{out}");
