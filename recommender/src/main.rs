@@ -365,6 +365,20 @@ macro_rules! pr_flags {
             /// Print each commit message and pull request body; push nothing, call no API.
             #[arg(id = concat!($prefix, "dry-run"), long = concat!($prefix, "dry-run"))]
             dry_run: bool,
+            /// Propose the cluster guardrails (ClusterNetworkPolicies, as `leash guardrails`)
+            /// as their own pull request, branch `<prefix>guardrails`, files under
+            /// `<path>/cluster/`, before the namespaces'. Off by default: it needs a
+            /// ClusterNetworkPolicy implementation in the cluster.
+            #[arg(id = concat!($prefix, "guardrails"), long = concat!($prefix, "guardrails"))]
+            guardrails: bool,
+            /// With guardrails: a namespace the Baseline default deny leaves alone
+            /// (repeatable); given, it replaces the default (kube-system and the CNI's).
+            #[arg(id = concat!($prefix, "exempt-namespace"), long = concat!($prefix, "exempt-namespace"), requires = concat!($prefix, "guardrails"), value_name = "NS")]
+            exempt: Vec<String>,
+            /// With guardrails: a range the Admin tier denies from every namespace never
+            /// observed reaching it (repeatable).
+            #[arg(id = concat!($prefix, "protected"), long = concat!($prefix, "protected"), requires = concat!($prefix, "guardrails"), value_name = "CIDR")]
+            protected: Vec<ipnet::IpNet>,
         }
 
         impl $name {
@@ -386,6 +400,12 @@ macro_rules! pr_flags {
                     author: self.author.clone(),
                     allow_breaks: self.allow_breaks,
                     dry_run: self.dry_run,
+                    guardrails: self.guardrails.then(|| leash::guardrails::Options {
+                        exempt: (!self.exempt.is_empty())
+                            .then(|| self.exempt.iter().cloned().collect()),
+                        protected: self.protected.clone(),
+                        experimental: false,
+                    }),
                 }
             }
         }
@@ -419,6 +439,8 @@ struct PrSpec {
     author: String,
     allow_breaks: bool,
     dry_run: bool,
+    /// `--guardrails` and its knobs.
+    guardrails: Option<leash::guardrails::Options>,
 }
 
 /// Where `recommend`, `audit`, `pr` and `rollout status` read the observations: record files
@@ -726,6 +748,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let inputs = leash::proposal::Observed {
                 cluster: &cluster,
                 applied: &applied.policies,
+                applied_cluster: &applied.cluster_policies,
                 applied_source: &applied.source,
                 observations: &observations,
                 history: history.as_ref(),
@@ -1435,6 +1458,7 @@ fn pr(args: PrCommand) -> Result<(), Failure> {
     let observed = leash::proposal::Observed {
         cluster: &cluster,
         applied: &applied.policies,
+        applied_cluster: &applied.cluster_policies,
         applied_source: &applied.source,
         observations: &observations,
         history: history.as_ref(),
@@ -1447,6 +1471,7 @@ fn pr(args: PrCommand) -> Result<(), Failure> {
         dry_run: spec.dry_run,
         command: reproducing_command(),
         trigger: None,
+        guardrails: spec.guardrails.clone(),
     };
     let rt = runtime()?;
     let report = leash::pr::run::run(&target, &observed, &opts, rt.handle()).map_err(pr_failure)?;
@@ -1458,6 +1483,11 @@ fn pr(args: PrCommand) -> Result<(), Failure> {
         out.push_str(&leash::pr::run::describe(g));
     }
     write_stdout(&out)?;
+    match report.failed() {
+        Some(true) => return Err(Failure::BadInput("a group failed (see above)".to_owned())),
+        Some(false) => return Err(Failure::Runtime("a group failed (see above)".to_owned())),
+        None => {}
+    }
     if report.refused() {
         return Err(Failure::CheckFailed(
             "a pull request was refused: its change breaks observed traffic (see above; \
@@ -1662,7 +1692,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
                 Some(path) => format!("--cluster {}", path.display()),
                 None => "--kube".to_owned(),
             };
-            let command = format!(
+            let mut command = format!(
                 "leash pr {cluster_flag} --store {} --repo {repo} --path {} --base {} --group-by {}",
                 args.store.display(),
                 spec.path.display(),
@@ -1672,6 +1702,15 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
                     leash::pr::run::GroupBy::All => "all",
                 },
             );
+            if let Some(g) = &spec.guardrails {
+                command.push_str(" --guardrails");
+                for ns in g.exempt.iter().flatten() {
+                    command.push_str(&format!(" --exempt-namespace {ns}"));
+                }
+                for range in &g.protected {
+                    command.push_str(&format!(" --protected {range}"));
+                }
+            }
             Some(std::sync::Arc::new(leash::serve::propose::Options {
                 target: pr_target(&spec, state_dir.join("repos"))?,
                 run: leash::pr::run::Options {
@@ -1680,6 +1719,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
                     dry_run: spec.dry_run,
                     command,
                     trigger: None,
+                    guardrails: spec.guardrails.clone(),
                 },
                 interval: args.pr_interval,
                 after: args.pr_after,

@@ -39,6 +39,9 @@ pub struct Observed<'a> {
     pub cluster: &'a Cluster,
     /// The NetworkPolicies applied in the cluster.
     pub applied: &'a [NetworkPolicy],
+    /// The ClusterNetworkPolicies applied in the cluster (the pull-request loop's guardrails
+    /// are proposed over them).
+    pub applied_cluster: &'a [crate::cnp::ClusterNetworkPolicy],
     /// Where `applied` was read (a snapshot file, the API server), for errors.
     pub applied_source: &'a str,
     /// The window's observations.
@@ -127,8 +130,8 @@ pub fn propose(
     })
 }
 
-/// Every workload's rollout phase against the applied policies and, when `given` is, the
-/// proposal `given` laid over them.
+/// Every workload's rollout phase against the applied policies (NetworkPolicies and
+/// ClusterNetworkPolicies) and, when `given` is, the NetworkPolicies `given` laid over them.
 pub fn phases(
     inputs: &Observed<'_>,
     given: Option<&[NetworkPolicy]>,
@@ -136,9 +139,13 @@ pub fn phases(
     namespaces: BTreeSet<String>,
     now: DateTime<Utc>,
 ) -> Result<Vec<WorkloadStatus>, crate::eval::Error> {
-    let applied_set = crate::eval::PolicySet::new(inputs.applied)?;
+    let applied_set = crate::eval::PolicySet::new(inputs.applied)?
+        .with_cluster_policies(inputs.applied_cluster)?;
     let proposed = given
-        .map(|g| crate::policy_state::compiled(inputs.applied, g))
+        .map(|g| {
+            crate::policy_state::compiled(inputs.applied, g)
+                .and_then(|s| s.with_cluster_policies(inputs.applied_cluster))
+        })
         .transpose()?;
     Ok(rollout::phases(
         inputs.cluster,

@@ -188,6 +188,7 @@ impl Case {
             command: COMMAND,
             trigger: None,
             allow_breaks: false,
+            guardrails: false,
         }
     }
 }
@@ -479,6 +480,7 @@ fn rules_removed_from_a_changed_policy_say_why() {
         command: COMMAND,
         trigger: None,
         allow_breaks: false,
+        guardrails: false,
     };
     let full = body::full_body(&input);
     let evidence = section(&full, "\n## Evidence\n", "## ");

@@ -445,6 +445,51 @@ fn recommend_ready_only_writes_ready_workloads_and_lists_the_others() {
     );
 }
 
+#[test]
+fn recommend_ready_only_counts_the_applied_cluster_network_policies() {
+    // An applied Admin deny of etl's destination: etl's traffic is denied today, so it is
+    // `drifted`, not `ready`, and its policy is withheld.
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = dir.path().join("cluster.yaml");
+    let mut text = snapshot(
+        &[("data", "etl", "10.0.3.10"), ("shop", "api", "10.0.1.10")],
+        "",
+    );
+    text.push_str(
+        "---\napiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\n\
+         metadata:\n  name: platform-deny\nspec:\n  tier: Admin\n  priority: 5\n  subject:\n\
+         \x20   namespaces: {}\n  egress:\n  - action: Deny\n    to:\n    - networks: \
+         [\"203.0.113.9/32\"]\n",
+    );
+    std::fs::write(&cluster, text).unwrap();
+    let old = days_ago(8);
+    let flows = dir.path().join("flows.jsonl");
+    let lines = [
+        record("shop", "api", "203.0.113.4", 443, 5, old),
+        record("data", "etl", "203.0.113.9", 443, 1, old),
+    ];
+    std::fs::write(&flows, lines.join("\n") + "\n").unwrap();
+    let out = dir.path().join("out");
+    let o = leash(&[
+        "recommend",
+        "--cluster",
+        path_str(&cluster),
+        "--flows",
+        path_str(&flows),
+        "-o",
+        path_str(&out),
+        "--ready-only",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(out.join("shop/api-egress.yaml").exists());
+    assert!(!out.join("data/etl-egress.yaml").exists(), "etl is drifted");
+    let report = std::fs::read_to_string(out.join("data/REPORT.md")).unwrap();
+    assert!(
+        report.contains("| data/Deployment/etl | `drifted` | the applied policies deny 1 recent flow: 203.0.113.9:443/TCP"),
+        "{report}"
+    );
+}
+
 /// A running `leash serve --insecure`, killed on drop.
 struct Server {
     child: Child,

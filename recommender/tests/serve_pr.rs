@@ -638,3 +638,54 @@ fn a_dns_drift_triggers_a_run_at_once() {
     assert!(policy.contains("203.0.113.61/32"), "{policy}");
     assert!(policy.contains(&format!("{}/32", KNOWN.0)), "{policy}");
 }
+
+/// `--pr-guardrails`: each run proposes the cluster guardrails first, as their own pull
+/// request on `leash/guardrails` under `policies/cluster/`; the namespace's pull request
+/// says it is the second stage; the second run changes nothing.
+#[test]
+fn with_pr_guardrails_the_guardrails_pull_request_comes_first() {
+    let lab = Lab::new();
+    commit(&lab.db, 2, &[flow(NEW, Utc::now())]);
+    let mut flags = lab.pr_flags(100);
+    flags.extend([
+        "--pr-interval".into(),
+        "2s".into(),
+        "--pr-guardrails".into(),
+        "--pr-protected".into(),
+        "198.51.100.128/25".into(),
+    ]);
+    let server = serve(&lab, &flags);
+    wait_for("the periodic run", || {
+        server.metric("leash_pr_runs_total{result=\"pushed\"}") == Some(1.0)
+    });
+    let pulls = lab.github.pulls(PROJECT);
+    let heads: Vec<(u64, &str)> = pulls.iter().map(|p| (p.number, p.head.as_str())).collect();
+    assert_eq!(heads, [(1, "leash/guardrails"), (2, "leash/shop")]);
+    let guardrails = pulls[0].body.as_deref().unwrap();
+    assert!(guardrails.contains("## Rollout order"), "{guardrails}");
+    assert!(
+        guardrails.contains("--guardrails --protected 198.51.100.128/25"),
+        "{guardrails}"
+    );
+    assert!(
+        pulls[1]
+            .body
+            .as_deref()
+            .unwrap()
+            .contains(leash::pr::body::STAGE_TWO),
+        "{:?}",
+        pulls[1].body
+    );
+    let files = git_server::files_at(&lab.repo, "leash/guardrails").unwrap();
+    assert!(
+        files.contains(&"policies/cluster/guardrails-protected.yaml".to_owned())
+            && files.contains(&"policies/cluster/REPORT.md".to_owned()),
+        "{files:?}"
+    );
+    let tip = lab.branch_tip("leash/guardrails").unwrap();
+    wait_for("the second run", || {
+        server.metric("leash_pr_runs_total{result=\"unchanged\"}") == Some(1.0)
+    });
+    assert_eq!(lab.branch_tip("leash/guardrails").unwrap(), tip);
+    assert_eq!(lab.github.pulls(PROJECT)[0].updates, 0);
+}

@@ -19,6 +19,8 @@ use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyEgressRule};
 use crate::render::escape;
 pub use crate::render::escape::{BREAK, escape, plain};
 
+use crate::cnp::ClusterNetworkPolicy;
+use crate::guardrails::stage::WorkloadFlows;
 use crate::recommend::{ANNOTATION_WORKLOAD, ChangeKind, EgressRule, PolicySpec, RuleEvidence};
 use crate::render::{cell, code, plural};
 use crate::rollout::{Phase, WorkloadStatus};
@@ -65,6 +67,8 @@ pub struct Input<'a> {
     pub trigger: Option<&'a str>,
     /// Whether the change may break observed traffic (`--allow-breaks`).
     pub allow_breaks: bool,
+    /// Whether the guardrails' pull request goes first (`--guardrails`): one line says so.
+    pub guardrails: bool,
 }
 
 /// How one policy changes from the base branch to the new proposal.
@@ -362,6 +366,13 @@ fn short_body(input: &Input, max_chars: usize, full_report_url: Option<&str>) ->
         blocks.push((3, false, vec![format!("Triggered by: {}", escape(t))]));
     }
     blocks.push((5, false, vec![note]));
+    fit(blocks, max_chars)
+}
+
+/// Blocks (priority, whether it goes whole, lines) within `max_chars`: past the limit, lines
+/// are left out from the end of the lowest-priority block first, whole lines only (a whole
+/// block all at once), so every construct left stays intact.
+fn fit(mut blocks: Vec<(u8, bool, Vec<String>)>, max_chars: usize) -> String {
     let text = |blocks: &[(u8, bool, Vec<String>)]| {
         let parts: Vec<String> = blocks
             .iter()
@@ -417,10 +428,19 @@ fn intro(input: &Input) -> String {
     } else {
         format!("namespace {}", code(input.group))
     };
-    format!(
+    let mut s = format!(
         "**leash** proposes the egress NetworkPolicies of {scope}, from the traffic it observed."
-    )
+    );
+    if input.guardrails {
+        s.push(' ');
+        s.push_str(STAGE_TWO);
+    }
+    s
 }
+
+/// The line of a namespace's body with `--guardrails`.
+pub const STAGE_TWO: &str = "Stage 2 of the rollout: the cluster guardrails pull request \
+    goes first (in audit, then enforced), then each namespace's like this one.";
 
 /// The summary's list: policies, rollout phases, diff counts.
 fn summary_lines(input: &Input) -> Vec<String> {
@@ -739,5 +759,333 @@ pub fn marker_value(group: &str) -> String {
             out.push_str(&format!("%{b:02X}"));
         }
     }
+    out
+}
+
+/// What the guardrails' pull request is about ([`super::guardrails`]).
+#[derive(Debug, Clone, Copy)]
+pub struct GuardrailsInput<'a> {
+    /// The proposed guardrails.
+    pub guardrails: &'a crate::guardrails::Guardrails,
+    /// leash's guardrails on the base branch.
+    pub before: &'a [ClusterNetworkPolicy],
+    /// The workloads whose observed traffic the proposal would break
+    /// ([`crate::guardrails::stage::Stage::breaks`]).
+    pub breaks: &'a [WorkloadFlows],
+    /// The observation window.
+    pub window: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    /// The command that reproduces the proposal, free of secrets.
+    pub command: &'a str,
+    /// What triggered the pull request in `leash serve`, if anything; shown escaped.
+    pub trigger: Option<&'a str>,
+    /// Whether the change may break observed traffic (`--allow-breaks`).
+    pub allow_breaks: bool,
+}
+
+/// How each guardrail changes from the base branch to the proposal, by name (canonical
+/// texts compared).
+pub fn guardrail_changes(
+    before: &[ClusterNetworkPolicy],
+    after: &[ClusterNetworkPolicy],
+) -> Vec<(String, PolicyChange)> {
+    let text = |ps: &[ClusterNetworkPolicy]| -> BTreeMap<String, String> {
+        ps.iter()
+            .map(|p| {
+                (
+                    p.name().to_owned(),
+                    crate::guardrails::object_yaml(p).unwrap_or_default(),
+                )
+            })
+            .collect()
+    };
+    let (old, new) = (text(before), text(after));
+    let names: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    names
+        .into_iter()
+        .map(|n| {
+            let change = match (old.get(n), new.get(n)) {
+                (None, _) => PolicyChange::Added,
+                (Some(_), None) => PolicyChange::Removed,
+                (Some(o), Some(n)) if o == n => PolicyChange::Unchanged,
+                _ => PolicyChange::Changed,
+            };
+            (n.clone(), change)
+        })
+        .collect()
+}
+
+/// `6 ClusterNetworkPolicies`, and the breaks.
+fn guardrails_counts(input: &GuardrailsInput) -> String {
+    let mut s = plural(
+        input.guardrails.policies.len(),
+        "ClusterNetworkPolicy",
+        "ClusterNetworkPolicies",
+    );
+    if !input.breaks.is_empty() {
+        let _ = write!(
+            s,
+            ", {} broken",
+            plural(input.breaks.len(), "workload", "workloads")
+        );
+    }
+    s
+}
+
+/// The guardrails' pull request title: `leash: cluster guardrails (6 ClusterNetworkPolicies)`.
+pub fn guardrails_title(input: &GuardrailsInput) -> String {
+    escape::truncate(
+        &format!("leash: cluster guardrails ({})", guardrails_counts(input)),
+        MAX_TITLE,
+    )
+}
+
+/// The guardrails' commit message: the subject, the guardrails added, changed and removed,
+/// the deferred namespaces, the breaks and the trigger.
+pub fn guardrails_commit_message(input: &GuardrailsInput) -> String {
+    let subject = escape::truncate(
+        &format!("leash: cluster guardrails ({})", guardrails_counts(input)),
+        MAX_SUBJECT,
+    );
+    let mut out = format!("{subject}\n\n");
+    let changes = guardrail_changes(input.before, &input.guardrails.policies);
+    for change in [
+        PolicyChange::Added,
+        PolicyChange::Changed,
+        PolicyChange::Removed,
+    ] {
+        let these: Vec<&String> = changes
+            .iter()
+            .filter(|(_, c)| *c == change)
+            .map(|(n, _)| n)
+            .collect();
+        if these.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "Guardrails {} ({}):", change.as_str(), these.len());
+        for n in these.iter().take(MAX_LISTED) {
+            let _ = writeln!(out, "- {}", plain(n, 80));
+        }
+        if these.len() > MAX_LISTED {
+            let _ = writeln!(out, "- and {} more", these.len() - MAX_LISTED);
+        }
+    }
+    let deferred = &input.guardrails.deferred;
+    if !deferred.is_empty() {
+        let shown: Vec<String> = deferred
+            .keys()
+            .take(MAX_LISTED)
+            .map(|ns| plain(ns, MAX_GROUP))
+            .collect();
+        let more = deferred.len().saturating_sub(MAX_LISTED);
+        let _ = writeln!(
+            out,
+            "Deferred by the Baseline (egress not locked down yet): {}{}.",
+            shown.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        );
+    }
+    let _ = writeln!(
+        out,
+        "Observed traffic: {} broken.",
+        plural(input.breaks.len(), "workload", "workloads")
+    );
+    if let Some(t) = input.trigger {
+        let _ = writeln!(out, "Triggered by: {}", plain(t, 200));
+    }
+    out
+}
+
+/// The guardrails body's first paragraph.
+fn guardrails_intro(input: &GuardrailsInput) -> String {
+    format!(
+        "**leash** proposes the cluster guardrails: {} (`policy.networking.k8s.io/v1alpha2`), \
+         the first stage of a cluster-wide rollout, before every namespace's NetworkPolicies.",
+        plural(
+            input.guardrails.policies.len(),
+            "ClusterNetworkPolicy",
+            "ClusterNetworkPolicies"
+        )
+    )
+}
+
+/// The guardrails body's summary list.
+fn guardrails_summary(input: &GuardrailsInput) -> Vec<String> {
+    let mut c = Counts::default();
+    for (_, change) in guardrail_changes(input.before, &input.guardrails.policies) {
+        match change {
+            PolicyChange::Added => c.added += 1,
+            PolicyChange::Changed => c.changed += 1,
+            PolicyChange::Removed => c.removed += 1,
+            PolicyChange::Unchanged => c.unchanged += 1,
+        }
+    }
+    let mut out = vec![format!(
+        "- Guardrails: {} added, {} changed, {} removed, {} unchanged",
+        c.added, c.changed, c.removed, c.unchanged
+    )];
+    out.push(if input.breaks.is_empty() {
+        "- Observed traffic: breaks no workload's observed traffic (over the applied policies \
+         and the base branch's proposal)"
+            .to_owned()
+    } else {
+        format!(
+            "- Observed traffic: **breaks the observed traffic of {}**",
+            plural(input.breaks.len(), "workload", "workloads")
+        )
+    });
+    let deferred = &input.guardrails.deferred;
+    out.push(if deferred.is_empty() {
+        "- Deferred namespaces: none, the Baseline default deny covers every namespace but the \
+         exempt ones"
+            .to_owned()
+    } else {
+        format!(
+            "- Deferred namespaces: {} (no NetworkPolicy locks their egress down yet; they join \
+             the Baseline once their pull requests are merged and applied)",
+            deferred
+                .keys()
+                .map(|ns| code(ns))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    });
+    out
+}
+
+/// The loud warning and the list of every workload the guardrails would break.
+fn guardrails_breaks(input: &GuardrailsInput) -> String {
+    let what = format!(
+        "> [!CAUTION]\n> **These guardrails break the observed traffic of {}**: traffic seen in \
+         the observation window is allowed by the base branch's state and denied by these.",
+        plural(input.breaks.len(), "workload", "workloads")
+    );
+    let mut out = if input.allow_breaks {
+        format!(
+            "{what} It was opened with `--allow-breaks`: merge it only if these flows must \
+             stop.\n"
+        )
+    } else {
+        format!("{what} leash opens such a change only with `--allow-breaks`: do not merge it.\n")
+    };
+    out.push_str(
+        "\n| Workload | Destination | Events | Last seen | DNS names |\n|---|---|---|---|---|\n",
+    );
+    for w in input.breaks {
+        for f in &w.flows {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} |",
+                cell(&code(&format!("{}/{}", w.namespace, w.workload))),
+                cell(&code(&f.destination())),
+                f.events,
+                leash_records::time::rfc3339(f.last_seen),
+                bounded(&f.names.iter().cloned().collect(), 0),
+            );
+        }
+    }
+    out
+}
+
+/// The guardrails' body within `max_chars`: the whole one when it fits, else the marker, the
+/// summary, the breaks and a note linking the full report (`cluster/REPORT.md` on the branch,
+/// at `report_url`).
+pub fn guardrails_body(
+    input: &GuardrailsInput,
+    max_chars: usize,
+    report_url: Option<&str>,
+) -> String {
+    let full = guardrails_full_body(input);
+    if full.chars().count() <= max_chars {
+        return full;
+    }
+    let where_ = match report_url {
+        Some(url) => format!("[the guardrails' report]({})", link_destination(url)),
+        None => "the guardrails' report committed on this branch".to_owned(),
+    };
+    let mut blocks: Vec<(u8, bool, Vec<String>)> = vec![
+        (6, false, vec![marker(super::guardrails::GROUP)]),
+        (1, false, vec![guardrails_intro(input)]),
+        (2, false, guardrails_summary(input)),
+    ];
+    if !input.breaks.is_empty() {
+        blocks.push((
+            4,
+            true,
+            guardrails_breaks(input)
+                .lines()
+                .map(str::to_owned)
+                .collect(),
+        ));
+    }
+    if let Some(t) = input.trigger {
+        blocks.push((3, false, vec![format!("Triggered by: {}", escape(t))]));
+    }
+    blocks.push((
+        5,
+        false,
+        vec![format!(
+            "The full body is longer than this provider's limit ({max_chars} characters): \
+             read {where_}."
+        )],
+    ));
+    fit(blocks, max_chars)
+}
+
+/// The guardrails' unbounded body: the marker, the intro, the summary, the breaks, the
+/// guardrails' report ([`crate::guardrails::report_md`]: the policies, the rollout order, the
+/// deferred namespaces and every justification), the window, the trigger, the command.
+pub fn guardrails_full_body(input: &GuardrailsInput) -> String {
+    let mut out = marker(super::guardrails::GROUP);
+    out.push('\n');
+    out.push_str(&guardrails_intro(input));
+    out.push_str("\n\n## Summary\n\n");
+    for l in guardrails_summary(input) {
+        out.push_str(&l);
+        out.push('\n');
+    }
+    let changed: Vec<(String, PolicyChange)> =
+        guardrail_changes(input.before, &input.guardrails.policies)
+            .into_iter()
+            .filter(|(_, c)| *c != PolicyChange::Unchanged)
+            .collect();
+    if !changed.is_empty() {
+        out.push_str("\n| Guardrail | Change |\n|---|---|\n");
+        for (name, change) in changed {
+            let _ = writeln!(out, "| {} | {} |", cell(&code(&name)), change.as_str());
+        }
+    }
+    if !input.breaks.is_empty() {
+        out.push('\n');
+        out.push_str(&guardrails_breaks(input));
+    }
+    // The report as `leash guardrails -o` writes it, under this body's title.
+    let report = crate::guardrails::report_md(input.guardrails);
+    let report = report
+        .strip_prefix("# leash guardrails\n")
+        .unwrap_or(&report);
+    out.push_str("\n## The guardrails\n");
+    out.push_str(report);
+    out.push_str("\n## Observation window\n\n");
+    match input.window {
+        Some((from, to)) => {
+            let _ = writeln!(
+                out,
+                "From {} to {} ({}).",
+                leash_records::time::rfc3339(from),
+                leash_records::time::rfc3339(to),
+                crate::render::human_duration(to - from)
+            );
+        }
+        None => out.push_str("No observation backs this proposal.\n"),
+    }
+    if let Some(t) = input.trigger {
+        let _ = writeln!(out, "\n## Trigger\n\n{}", escape(t));
+    }
+    out.push_str("\n## Reproduce\n\n");
+    out.push_str(&code_block(input.command));
     out
 }

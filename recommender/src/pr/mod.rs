@@ -6,11 +6,13 @@
 //!   the base, commit, push leash's own branches only.
 //! - [`provider`]: the pull and merge request APIs (GitHub REST v3, GitLab REST v4).
 //! - [`body`]: the pull request's markdown (pure).
+//! - [`guardrails`]: the cluster guardrails' pull request (`--guardrails`), the first stage.
 //! - [`run`]: one run, from the working copy to the pull requests, the same for `leash pr`
 //!   and `leash serve`.
 
 pub mod body;
 pub mod git;
+pub mod guardrails;
 pub mod provider;
 pub mod run;
 pub mod secret;

@@ -1,7 +1,8 @@
 //! One run of `leash pr` (and of the pull-request loop of `leash serve`): sync the working
 //! copy, read the base branch's proposal, make the new one over it, and for each group
-//! (a namespace, or all) commit, push and open or update the pull request — or nothing, when
-//! no policy changed.
+//! (with `--guardrails` the cluster guardrails first, [`super::guardrails`]; then a namespace,
+//! or all) commit, push and open or update the pull request — or nothing, when no policy
+//! changed.
 //!
 //! Idempotence comes from comparing policies, never files: a group whose policies equal the
 //! base's is unchanged, and one whose policies equal what its branch already holds is up to
@@ -71,6 +72,10 @@ pub enum Error {
     /// No proposal could be made.
     #[error(transparent)]
     Proposal(#[from] proposal::Error),
+    /// The guardrails' group failed (reported as its [`Outcome::Failed`]; the namespace
+    /// groups still run).
+    #[error("the guardrails' pull request")]
+    Guardrails(#[from] super::guardrails::Error),
     /// A policy state cannot be evaluated.
     #[error("{what}: the policies cannot be evaluated")]
     Eval {
@@ -106,6 +111,7 @@ impl Error {
             ),
             Error::Read { .. } | Error::Eval { .. } | Error::Link { .. } => true,
             Error::Proposal(e) => matches!(e, proposal::Error::Applied { .. }),
+            Error::Guardrails(e) => e.is_input(),
             Error::Write(_) | Error::Io { .. } => false,
         }
     }
@@ -157,6 +163,9 @@ pub struct Options {
     pub command: String,
     /// What triggered the run (`leash serve`), for the body.
     pub trigger: Option<String>,
+    /// `--guardrails`: propose the cluster guardrails as their own group, first
+    /// ([`super::guardrails`]), with these knobs.
+    pub guardrails: Option<crate::guardrails::Options>,
 }
 
 /// What happened to one group.
@@ -176,6 +185,21 @@ pub enum Outcome {
     Refused {
         /// The flows allowed by the base's proposal and denied by the new one.
         breaks: Vec<FlowChange>,
+    },
+    /// The guardrails would break observed traffic and `--allow-breaks` was not given.
+    RefusedGuardrails {
+        /// The workloads whose observed flows the base branch's state allows and the new
+        /// guardrails deny.
+        breaks: Vec<crate::guardrails::stage::WorkloadFlows>,
+    },
+    /// The group failed (the guardrails' only: their proposal, self-check or files); the
+    /// other groups still ran.
+    Failed {
+        /// Why, with its causes.
+        error: String,
+        /// Whether the user's input or the repository's files are at fault
+        /// ([`Error::is_input`]), rather than leash.
+        input: bool,
     },
     /// `--dry-run`: what would have been committed and proposed.
     DryRun {
@@ -202,7 +226,8 @@ pub struct GroupReport {
     pub group: String,
     /// Its branch.
     pub branch: String,
-    /// The namespaces its proposal covers.
+    /// The namespaces its proposal covers (none for the guardrails' group, whose pull
+    /// request is no namespace's).
     pub namespaces: BTreeSet<String>,
     /// What happened.
     pub outcome: Outcome,
@@ -211,7 +236,7 @@ pub struct GroupReport {
 /// A run's result.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {
-    /// Every group, sorted.
+    /// Every group: the guardrails first (with `--guardrails`), then the others sorted.
     pub groups: Vec<GroupReport>,
     /// Lines to show on stderr (rules of the base's proposal that could not be carried).
     pub warnings: Vec<String>,
@@ -220,9 +245,24 @@ pub struct Report {
 impl Report {
     /// Whether a group was refused for breaking observed traffic.
     pub fn refused(&self) -> bool {
+        self.groups.iter().any(|g| {
+            matches!(
+                g.outcome,
+                Outcome::Refused { .. } | Outcome::RefusedGuardrails { .. }
+            )
+        })
+    }
+
+    /// Whether a group failed ([`Outcome::Failed`]): `Some(true)` when every failure is the
+    /// input's, `Some(false)` when one is leash's or the system's.
+    pub fn failed(&self) -> Option<bool> {
         self.groups
             .iter()
-            .any(|g| matches!(g.outcome, Outcome::Refused { .. }))
+            .filter_map(|g| match g.outcome {
+                Outcome::Failed { input, .. } => Some(input),
+                _ => None,
+            })
+            .reduce(|a, b| a && b)
     }
 
     /// The pull requests opened or updated.
@@ -281,6 +321,31 @@ pub fn describe(g: &GroupReport) -> String {
                     leash_records::time::rfc3339(b.evidence.last_seen),
                 );
             }
+        }
+        Outcome::RefusedGuardrails { breaks } => {
+            let _ = writeln!(
+                s,
+                "{}: refused: the guardrails break the observed traffic of {} (--allow-breaks \
+                 opens it anyway):",
+                g.group,
+                crate::render::plural(breaks.len(), "workload", "workloads")
+            );
+            for w in breaks {
+                for f in &w.flows {
+                    let _ = writeln!(
+                        s,
+                        "  {} {} -> {}, {} events, last seen {}",
+                        body::plain(&w.namespace, 63),
+                        body::plain(&w.workload, 120),
+                        f.destination(),
+                        f.events,
+                        leash_records::time::rfc3339(f.last_seen),
+                    );
+                }
+            }
+        }
+        Outcome::Failed { error, .. } => {
+            let _ = writeln!(s, "{}: failed: {error}", g.group);
         }
         Outcome::DryRun {
             message,
@@ -366,6 +431,34 @@ pub fn run(
         groups: Vec::new(),
         warnings,
     };
+    // The guardrails go first: the first stage of a cluster-wide rollout. The base branch is
+    // checked out.
+    if let Some(gopts) = &opts.guardrails {
+        let outcome = match super::guardrails::group(
+            &wc,
+            target,
+            observed,
+            opts,
+            gopts,
+            rt,
+            &base_policies,
+            &dir,
+            &mut report.warnings,
+        ) {
+            Ok(outcome) => outcome,
+            Err(Error::Guardrails(e)) => Outcome::Failed {
+                error: leash_records::error::Chain(&e).to_string(),
+                input: e.is_input(),
+            },
+            Err(e) => return Err(e),
+        };
+        report.groups.push(GroupReport {
+            group: super::guardrails::GROUP.to_owned(),
+            branch: format!("{}{}", target.branch_prefix, super::guardrails::GROUP),
+            namespaces: BTreeSet::new(),
+            outcome,
+        });
+    }
     // The states every group's diff compares, compiled when the first group needs them: the
     // base's proposal over the applied policies, then the new one over them.
     let mut whole = Whole {
@@ -393,6 +486,31 @@ pub fn run(
             .cloned()
             .collect();
         let after = recommend::all_policies(cluster, &group_rec);
+        let covered = match target.group_by {
+            GroupBy::Namespace => namespaces.clone(),
+            GroupBy::All => render::namespaces(cluster, rec)
+                .into_iter()
+                .chain(base_policies.iter().filter_map(namespace_of))
+                .filter(|ns| in_scope(ns))
+                .collect(),
+        };
+        // `<path>/cluster/` is the guardrails' with --guardrails: a namespace of that name
+        // would write its files among them.
+        if opts.guardrails.is_some() && covered.contains(super::guardrails::DIR) {
+            let e = super::guardrails::Error::Collision {
+                path: target.path.join(super::guardrails::DIR),
+            };
+            report.groups.push(GroupReport {
+                group,
+                branch,
+                namespaces: covered,
+                outcome: Outcome::Failed {
+                    error: leash_records::error::Chain(&e).to_string(),
+                    input: true,
+                },
+            });
+            continue;
+        }
         let outcome = propose_group(
             &wc,
             target,
@@ -416,14 +534,6 @@ pub fn run(
                 dir: &dir,
             },
         )?;
-        let covered = match target.group_by {
-            GroupBy::Namespace => namespaces,
-            GroupBy::All => render::namespaces(cluster, rec)
-                .into_iter()
-                .chain(base_policies.iter().filter_map(namespace_of))
-                .filter(|ns| in_scope(ns))
-                .collect(),
-        };
         report.groups.push(GroupReport {
             group,
             branch,
@@ -542,18 +652,8 @@ fn propose_group(
     // The body's second line names these policies: a closed pull request that carries it
     // proposed exactly them.
     let digest = digest_line(g.after);
-    if wc.branch_tip(g.branch).is_none()
-        && !opts.dry_run
-        && let Some(client) = &target.provider
-    {
-        // The branch is gone: merged (then the base holds the policies: unchanged above),
-        // or turned down and deleted, which a closed pull request of this proposal tells.
-        let closed = rt.block_on(client.closed(g.branch))?;
-        if let Some((pr, _)) = closed.iter().find(|(_, body)| body.contains(&digest)) {
-            return Ok(Outcome::Declined {
-                url: Some(pr.url.clone()),
-            });
-        }
+    if let Some(url) = declined(wc, target, opts, rt, g.branch, &digest)? {
+        return Ok(Outcome::Declined { url });
     }
 
     let input = body::Input {
@@ -568,6 +668,7 @@ fn propose_group(
         command: &opts.command,
         trigger: opts.trigger.as_deref(),
         allow_breaks: opts.allow_breaks,
+        guardrails: opts.guardrails.is_some(),
     };
     let title = body::title(&input);
     let message = body::commit_message(&input);
@@ -610,31 +711,97 @@ fn propose_group(
         },
         &digest,
     );
-    if opts.dry_run {
-        return Ok(Outcome::DryRun {
+    publish(
+        wc,
+        target,
+        opts,
+        rt,
+        Publish {
+            branch: g.branch,
+            base_commit: g.base_commit,
+            subdir: &target.path,
             message,
             title,
             body: body_text,
+        },
+    )
+}
+
+/// A declined proposal: the branch is gone (merged, then the base holds the policies and the
+/// group is unchanged; or turned down and deleted) and a closed pull request of it carries
+/// `digest`. Its URL. Never asked in a dry run or without a provider.
+pub(super) fn declined(
+    wc: &git::WorkingCopy,
+    target: &Target,
+    opts: &Options,
+    rt: &tokio::runtime::Handle,
+    branch: &str,
+    digest: &str,
+) -> Result<Option<Option<String>>> {
+    if wc.branch_tip(branch).is_some() || opts.dry_run {
+        return Ok(None);
+    }
+    let Some(client) = &target.provider else {
+        return Ok(None);
+    };
+    let closed = rt.block_on(client.closed(branch))?;
+    Ok(closed
+        .iter()
+        .find(|(_, body)| body.contains(digest))
+        .map(|(pr, _)| Some(pr.url.clone())))
+}
+
+/// What [`publish`] commits and proposes.
+pub(super) struct Publish<'a> {
+    /// The group's branch.
+    pub branch: &'a str,
+    /// The base branch's commit the group's files were written over.
+    pub base_commit: &'a str,
+    /// The directory inside the repository whose changes are committed.
+    pub subdir: &'a Path,
+    /// The commit message.
+    pub message: String,
+    /// The pull request's title.
+    pub title: String,
+    /// The pull request's body.
+    pub body: String,
+}
+
+/// The end of a group, its files written into the working copy: with `--dry-run` what would
+/// be done; else commit `p.subdir`, push and open or update the pull request (putting the
+/// branch back when the provider fails).
+pub(super) fn publish(
+    wc: &git::WorkingCopy,
+    target: &Target,
+    opts: &Options,
+    rt: &tokio::runtime::Handle,
+    p: Publish<'_>,
+) -> Result<Outcome> {
+    if opts.dry_run {
+        return Ok(Outcome::DryRun {
+            message: p.message,
+            title: p.title,
+            body: p.body,
         });
     }
-    let Some(commit) = wc.commit(&target.path, &message, &target.author)? else {
+    let Some(commit) = wc.commit(p.subdir, &p.message, &target.author)? else {
         return Ok(Outcome::Unchanged);
     };
-    let previous_tip = wc.branch_tip(g.branch);
-    wc.push(&commit, g.branch)?;
+    let previous_tip = wc.branch_tip(p.branch);
+    wc.push(&commit, p.branch)?;
     let pull_request = match &target.provider {
         Some(client) => match rt.block_on(client.open_or_update(&provider::Proposal {
-            branch: g.branch,
+            branch: p.branch,
             base: &target.base,
-            title: &title,
-            body: &body_text,
+            title: &p.title,
+            body: &p.body,
         })) {
             Ok(pr) => Some(pr),
             Err(e) => {
                 // Put the branch back (on the base when it is new), or the next run would
                 // find these policies on it, take them as proposed, and never open the pull
                 // request. The provider's error is the one to report.
-                let _ = wc.push(previous_tip.as_deref().unwrap_or(g.base_commit), g.branch);
+                let _ = wc.push(previous_tip.as_deref().unwrap_or(p.base_commit), p.branch);
                 return Err(e.into());
             }
         },
@@ -705,7 +872,7 @@ fn check_path(path: &Path) -> Result<()> {
 /// Checks that `path` (relative, see [`check_path`]) and each directory above it inside
 /// `root` is a directory or absent, never a symlink: a link committed in the repository
 /// would make leash read and write outside the working copy.
-fn no_link(root: &Path, path: &Path) -> Result<()> {
+pub(super) fn no_link(root: &Path, path: &Path) -> Result<()> {
     let mut at = root.to_path_buf();
     let mut rel = PathBuf::new();
     for c in path.components() {
@@ -738,14 +905,19 @@ fn remove_full_body(path: &Path) -> Result<()> {
 /// `<!-- leash:proposal sha256=HEX -->`: the digest of a group's policies (canonical, sorted),
 /// which identifies the proposal a pull request carried.
 fn digest_line(policies: &[NetworkPolicy]) -> String {
-    let text = canonical(policies).join("---\n");
+    digest_of(&canonical(policies))
+}
+
+/// `<!-- leash:proposal sha256=HEX -->` over canonical texts (sorted).
+pub(super) fn digest_of(canonical: &[String]) -> String {
+    let text = canonical.join("---\n");
     let hash = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
     let hex: String = hash.as_ref().iter().map(|b| format!("{b:02x}")).collect();
     format!("<!-- leash:proposal sha256={hex} -->")
 }
 
 /// `body` with `digest` as its second line, after the marker.
-fn with_digest(body: &str, digest: &str) -> String {
+pub(super) fn with_digest(body: &str, digest: &str) -> String {
     match body.split_once('\n') {
         Some((marker, rest)) => format!("{marker}\n{digest}\n{rest}"),
         None => format!("{body}\n{digest}"),
@@ -783,7 +955,7 @@ fn namespace_of(p: &NetworkPolicy) -> Option<String> {
 }
 
 /// The observation window: the first observation to the end.
-fn window(
+pub(super) fn window(
     obs: &Observations,
     as_of: chrono::DateTime<chrono::Utc>,
 ) -> Option<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> {

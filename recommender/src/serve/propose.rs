@@ -372,6 +372,7 @@ async fn run_once(
         let observed = crate::proposal::Observed {
             cluster: &state.cluster,
             applied: &state.policies,
+            applied_cluster: &state.cluster_policies,
             applied_source: "the cluster",
             observations: &observations,
             history: None,
@@ -434,12 +435,25 @@ async fn run_once(
             .open
             .set(i64::try_from(distinct.len()).unwrap_or(i64::MAX));
     });
+    for w in &report.warnings {
+        tracing::warn!(warning = %w, "pull-request run");
+    }
     for g in &report.groups {
         match &g.outcome {
             Outcome::Refused { breaks } => tracing::warn!(
                 group = %g.group,
                 breaks = breaks.len(),
                 "pull request refused: the change breaks observed traffic (--pr-allow-breaks)"
+            ),
+            Outcome::RefusedGuardrails { breaks } => tracing::warn!(
+                group = %g.group,
+                workloads = breaks.len(),
+                "pull request refused: the guardrails break observed traffic (--pr-allow-breaks)"
+            ),
+            Outcome::Failed { error, .. } => tracing::warn!(
+                group = %g.group,
+                %error,
+                "pull request failed; the other groups ran"
             ),
             Outcome::Pushed { commit, .. } => {
                 tracing::info!(group = %g.group, branch = %g.branch, %commit, "pull request pushed")
@@ -455,6 +469,8 @@ async fn run_once(
 fn result(report: &Report) -> &'static str {
     if report.refused() {
         "refused"
+    } else if report.failed().is_some() {
+        "error"
     } else if report
         .groups
         .iter()
