@@ -344,7 +344,7 @@ pub fn build(cluster: &Cluster, obs: &Observations, inputs: &Inputs<'_>) -> Map 
     let mut edges = Vec::with_capacity(by_edge.len());
     let mut all_rows = Vec::new();
     for ((from, to_id), (to, mut rs)) in by_edge {
-        rs.sort_by(|a, b| (a.protocol, a.address, a.port).cmp(&(b.protocol, b.address, b.port)));
+        rs.sort_by_key(|r| (r.protocol, r.address, r.port));
         let start = all_rows.len();
         edges.push(fold_edge(&workloads[from].id, from, to, to_id, &rs, start));
         all_rows.extend(rs);
