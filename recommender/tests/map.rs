@@ -756,3 +756,135 @@ fn views_serialize_to_the_documented_shapes() {
         })
     );
 }
+
+/// A Service of several workloads, one without endpoints, a nameless IPv6 address and
+/// loopback.
+#[test]
+fn services_of_several_workloads_ipv6_and_loopback() {
+    let mut fx = shop();
+    let web = deployment_pod("web");
+    let api = deployment_pod("api");
+    fx.service(
+        "shop",
+        "all",
+        "10.96.0.30",
+        None,
+        &[("http", 80, "TCP", IntOrString::Int(8080))],
+    );
+    fx.slice(
+        "shop",
+        "all",
+        &[("http", 8080, "TCP")],
+        &[("10.244.1.10", Some(&web)), ("10.244.1.11", Some(&api))],
+    );
+    fx.service(
+        "shop",
+        "empty",
+        "10.96.0.31",
+        Some(&[("app", "none")]),
+        &[("http", 80, "TCP", IntOrString::Int(8080))],
+    );
+    let cluster = fx.cluster();
+    let obs = observe(
+        &cluster,
+        &[
+            flow("shop", &web, "TCP", "10.96.0.30", 80, 1, &[]),
+            flow("shop", &web, "TCP", "10.96.0.31", 80, 1, &[]),
+            flow("shop", &web, "TCP", "2001:db8:1::5", 443, 1, &[]),
+            flow("shop", &web, "TCP", "127.0.0.1", 8080, 1, &[]),
+        ],
+    );
+    let applied = PolicySet::default();
+    let proposed = policies(&[PROPOSED]);
+    let config = ClassifierConfig::default();
+    let m = map::build(
+        &cluster,
+        &obs,
+        &Inputs {
+            proposed: Some(&proposed),
+            ..Inputs::new(&applied, &config, now())
+        },
+    );
+    let v = m.overview(&Filter::default());
+    assert_eq!(
+        edge_ids(&v),
+        [
+            "wl:shop/Deployment/web->cidr:2001:db8:1::/64",
+            "wl:shop/Deployment/web->svc:shop/all",
+            "wl:shop/Deployment/web->svc:shop/empty",
+        ]
+    );
+    let svc = node(&v, "svc:shop/all");
+    assert_eq!(
+        (svc.kind, svc.label.as_str(), svc.namespace.as_deref()),
+        (map::NodeKind::Service, "shop/all", Some("shop"))
+    );
+    // Both backends are pods the proposal lets web reach.
+    assert_eq!(
+        edge(&v, "wl:shop/Deployment/web->svc:shop/all").verdict,
+        Verdict::Allowed
+    );
+    // kube-proxy refuses a Service without endpoints: no policy would deny it.
+    assert_eq!(
+        edge(&v, "wl:shop/Deployment/web->svc:shop/empty").verdict,
+        Verdict::Allowed
+    );
+    assert_eq!(
+        edge(&v, "wl:shop/Deployment/web->cidr:2001:db8:1::/64").verdict,
+        Verdict::WouldDeny
+    );
+}
+
+#[test]
+fn drift_and_stored_outcomes_key_flows_by_workload() {
+    let d = leash::drift::Drift {
+        time: now(),
+        source: eval::PolicyId {
+            namespace: "shop".into(),
+            name: deployment_pod("web"),
+        },
+        workload: "Deployment/web".into(),
+        name: "api.example.test".into(),
+        address: "::ffff:203.0.113.8".parse().expect("ip"),
+        ports: vec![(Protocol::Tcp, 443), (Protocol::Udp, 443)],
+        policies: Vec::new(),
+    };
+    let refs = FlowRef::from_drift(&d);
+    assert_eq!(refs.len(), 2);
+    assert_eq!(refs[0], drift()[0]);
+    assert_eq!(refs[1].protocol, Protocol::Udp);
+
+    let row = |port: u16, established: u64, failed: u64| leash::store::FlowObservation {
+        workload: leash::store::WorkloadRef {
+            namespace: "shop".into(),
+            kind: "Deployment".into(),
+            name: "web".into(),
+        },
+        protocol: Protocol::Tcp,
+        dst: "203.0.113.7".parse().expect("ip"),
+        port,
+        count: 1,
+        first_seen: now(),
+        last_seen: now(),
+        names: BTreeSet::new(),
+        pods: Default::default(),
+        established,
+        failed,
+    };
+    let o = map::outcomes(&[row(443, 3, 1), row(443, 1, 0), row(80, 0, 0)]);
+    assert_eq!(o.len(), 1, "a row without outcomes adds none");
+    let key = FlowRef {
+        namespace: "shop".into(),
+        workload: "Deployment/web".into(),
+        address: "203.0.113.7".parse().expect("ip"),
+        port: 443,
+        protocol: Protocol::Tcp,
+    };
+    assert_eq!(
+        o.get(&key),
+        Some(&Outcome {
+            established: 4,
+            failed: 1
+        })
+    );
+}
