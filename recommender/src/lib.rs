@@ -40,6 +40,7 @@ pub mod https;
 pub mod ingest;
 pub mod json;
 pub mod manifests;
+pub mod map;
 pub mod observations;
 pub mod parallel;
 pub mod policy_source;
