@@ -976,6 +976,7 @@ async fn http_get(service: &IngestService, path: &str) -> (u16, String) {
         ingest: service.clone(),
         options: leash::recommend::Options::default(),
         rollout: leash::serve::shadow::no_board(),
+        map: leash::serve::map_api::no_map(),
         pull_requests: tokio::sync::watch::channel(Default::default()).1,
     });
     let request = axum::http::Request::get(path)

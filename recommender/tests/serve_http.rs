@@ -200,6 +200,7 @@ fn fixture_with(limits: ReadLimits, snapshot: &str) -> Fixture {
             ingest,
             options: leash::recommend::Options::default(),
             rollout: leash::serve::shadow::no_board(),
+            map: leash::serve::map_api::no_map(),
             pull_requests: tokio::sync::watch::channel(Default::default()).1,
         }),
         limits,

@@ -115,6 +115,11 @@ impl Metrics {
         );
     }
 
+    /// Batches stored so far: serve's egress map is built again when it grows.
+    pub fn batches_stored(&self) -> u64 {
+        self.stored.get()
+    }
+
     pub(crate) fn stored(&self, flows: usize, dns: usize) {
         self.stored.inc();
         self.records

@@ -13,6 +13,8 @@
 //!   [`super::shadow`] (the whole store against the applied and the proposed policies).
 //! - `GET /v1/alerts[?namespace=NS]`: the alerts remembered in the store ([`super::alert`]), as
 //!   the webhook sends them.
+//! - `GET /v1/map…`: the egress map ([`super::map_api`]); `GET /` and `/assets/…`: the web UI
+//!   ([`super::ui`]).
 //!
 //! Every answer is computed from the store and the current model, and sorted.
 //!
@@ -69,6 +71,8 @@ pub struct AppState {
     /// Each namespace's open pull request (`serve --pr-repo`): a remembered alert shows the
     /// current one, even when its flow stopped before the pull request was opened.
     pub pull_requests: tokio::sync::watch::Receiver<std::collections::BTreeMap<String, String>>,
+    /// The latest egress map ([`super::map_api::watch`]).
+    pub map: super::map_api::MapRx,
 }
 
 /// Bounds of the `/v1` read API.
@@ -101,7 +105,7 @@ const RETRY_AFTER_SECS: u64 = 1;
 
 /// The router's state: the shared state, and the read API's slots.
 #[derive(Clone)]
-struct Shared {
+pub(super) struct Shared {
     app: Arc<AppState>,
     limits: ReadLimits,
     slots: Arc<Semaphore>,
@@ -142,13 +146,16 @@ pub fn router_with(state: Arc<AppState>, limits: ReadLimits) -> Router {
         .route("/v1/rollout", get(rollout))
         .route("/v1/alerts", get(alerts))
         .route("/v1/namespaces/{namespace}/rollout", get(namespace_rollout))
+        // The egress map's API and the web UI, one block (they move together).
+        .merge(super::map_api::routes())
+        .merge(super::ui::routes())
         .with_state(shared)
 }
 
 /// One of the read API's concurrent slots, held until the answer is computed. Handlers move
 /// it into their blocking task, so that a client that hangs up does not free the slot while
 /// the work it started still runs.
-struct Slot {
+pub(super) struct Slot {
     _permit: OwnedSemaphorePermit,
     limits: ReadLimits,
 }
@@ -182,7 +189,7 @@ impl FromRequestParts<Shared> for Slot {
 }
 
 /// An error answer: a status and a one-line message.
-struct ApiError(StatusCode, String);
+pub(super) struct ApiError(pub(super) StatusCode, pub(super) String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -190,9 +197,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(super) type ApiResult<T> = Result<T, ApiError>;
 
-fn unavailable(what: impl std::fmt::Display) -> ApiError {
+pub(super) fn unavailable(what: impl std::fmt::Display) -> ApiError {
     ApiError(StatusCode::SERVICE_UNAVAILABLE, what.to_string())
 }
 
@@ -251,14 +258,14 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
 
 /// `?since=7d`: only observations last seen within this long.
 #[derive(Debug, Deserialize)]
-struct Window {
-    since: Option<String>,
+pub(super) struct Window {
+    pub(super) since: Option<String>,
 }
 
 impl Window {
     /// The earliest last-seen time kept; `None` for everything. A duration outside the one
     /// grammar (`leash_records::duration`) or its range is a `400`.
-    fn cutoff(&self) -> ApiResult<Option<DateTime<Utc>>> {
+    pub(super) fn cutoff(&self) -> ApiResult<Option<DateTime<Utc>>> {
         let Some(s) = &self.since else {
             return Ok(None);
         };
@@ -268,7 +275,7 @@ impl Window {
     }
 }
 
-fn current_model(s: &AppState) -> ApiResult<Arc<ClusterState>> {
+pub(super) fn current_model(s: &AppState) -> ApiResult<Arc<ClusterState>> {
     s.model
         .borrow()
         .clone()
@@ -283,7 +290,7 @@ const READ_NICE: libc::c_int = 10;
 /// thread of its own at a lower CPU priority than ingest: when reads and ingest compete for
 /// the CPU, acknowledgements win. (Not on tokio's blocking pool: ingest uses it too, and a
 /// thread's priority cannot be raised back without privileges.)
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     slot: Slot,
     f: impl FnOnce(&ReadLimits) -> ApiResult<T> + Send + 'static,
 ) -> ApiResult<T> {
@@ -323,7 +330,7 @@ pub(super) fn lower_priority() {
 }
 
 /// A store failure as an answer.
-fn store_error(e: crate::store::Error) -> ApiError {
+pub(super) fn store_error(e: crate::store::Error) -> ApiError {
     unavailable(Chain(&e))
 }
 
@@ -339,7 +346,7 @@ fn too_many(what: &str, max: usize) -> ApiError {
 }
 
 /// Reads the flow observations of `scope`, refusing more than `max`.
-fn scoped_flows(
+pub(super) fn scoped_flows(
     store: &dyn Store,
     scope: &Scope,
     max: usize,
@@ -366,7 +373,7 @@ fn namespace_scope(s: &AppState, ns: &str, w: &Window) -> ApiResult<(Arc<Cluster
     Ok((model, scope))
 }
 
-fn known_namespace(model: &ClusterState, ns: &str) -> ApiResult<()> {
+pub(super) fn known_namespace(model: &ClusterState, ns: &str) -> ApiResult<()> {
     if model.cluster.namespaces.contains_key(ns) {
         Ok(())
     } else {
@@ -480,12 +487,12 @@ async fn workloads(
 
 /// JSON bytes, serialized on the read thread rather than on the runtime that also serves
 /// ingest.
-fn to_json<T: Serialize>(value: &T) -> ApiResult<Vec<u8>> {
+pub(super) fn to_json<T: Serialize>(value: &T) -> ApiResult<Vec<u8>> {
     serde_json::to_vec(value)
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, Chain(&e).to_string()))
 }
 
-fn json_response(body: Vec<u8>) -> Response {
+pub(super) fn json_response(body: Vec<u8>) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
@@ -744,7 +751,7 @@ fn present(state: &ClusterState, w: &WorkloadRef) -> bool {
 }
 
 /// The latest rollout board, or `503` until the first evaluation.
-fn current_board(s: &AppState) -> ApiResult<Arc<super::shadow::Board>> {
+pub(super) fn current_board(s: &AppState) -> ApiResult<Arc<super::shadow::Board>> {
     s.rollout
         .borrow()
         .clone()

@@ -5,15 +5,17 @@
 //! ([`http`]) serves health, metrics and the read API; [`alert`] reports egress that the
 //! applied policies deny; [`drift`] checks DNS answers as they are stored and alerts when a
 //! name moved to an address the applied policies deny; [`shadow`] judges the stored flows against a proposed set too and
-//! keeps the rollout board. Data flows one way: agents → ingest → store → recommendations.
+//! keeps the rollout board; [`map_api`] keeps the egress map and [`ui`] serves the web UI. Data flows one way: agents → ingest → store → recommendations.
 
 pub mod alert;
 pub mod conn;
 pub mod drift;
 pub mod http;
+pub mod map_api;
 pub mod propose;
 pub mod ranges;
 pub mod shadow;
+pub mod ui;
 pub mod verdicts;
 pub mod webhook;
 
@@ -352,6 +354,19 @@ pub async fn run(
             None
         }
     };
+    // The egress map of the web UI, built again as the store and the board change.
+    let (map_tx, map_rx) = watch::channel(None);
+    let _map = AbortOnDrop(tokio::spawn(map_api::watch(
+        map_api::Sources {
+            store: Arc::clone(&store),
+            model: model_rx.clone(),
+            board: board_rx.clone(),
+            proposal: proposal_rx.clone(),
+            ingest: ingest_handle.clone(),
+            classifier: config.options.classify.clone(),
+        },
+        map_tx,
+    )));
     let state = Arc::new(http::AppState {
         store: Arc::clone(&store),
         model: model_rx.clone(),
@@ -361,6 +376,7 @@ pub async fn run(
         options: config.options.clone(),
         rollout: board_rx.clone(),
         pull_requests: pull_requests_rx.clone(),
+        map: map_rx,
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
