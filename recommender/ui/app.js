@@ -1,0 +1,641 @@
+// leash's web UI: the egress map, a workload's panel, the rollout board and the alerts.
+// It reads only the documented /v1 JSON. Every value from the server is tenant-controlled
+// text (names come from DNS answers): the DOM is built with textContent and setAttribute,
+// never from HTML strings. No inline script or style (the page runs under a strict CSP).
+"use strict";
+
+(function () {
+  const SVG = "http://www.w3.org/2000/svg";
+  const VERDICTS = [
+    { id: "allowed", text: "allowed", long: "Allowed by the applied policies and the proposal" },
+    { id: "would-deny", text: "would be denied", long: "Allowed now, the proposal would deny it" },
+    { id: "denied", text: "denied", long: "Denied by the applied policies (unexpected egress)" },
+    { id: "drift", text: "DNS drift", long: "A name moved to an address the policies deny" },
+  ];
+  const VERDICT_TEXT = Object.fromEntries(VERDICTS.map((v) => [v.id, v.text]));
+  const KIND_TEXT = {
+    namespace: "namespace",
+    workload: "workload",
+    service: "Service",
+    dns: "DNS",
+    "api-server": "API server",
+    nodes: "nodes",
+    external: "external name",
+    cidr: "external range",
+  };
+
+  const $ = (id) => document.getElementById(id);
+
+  // One element, its attributes and its children (strings become text nodes).
+  function el(tag, attrs, ...children) {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v !== undefined && v !== null && v !== false) e.setAttribute(k, String(v));
+    }
+    for (const c of children) {
+      if (c === undefined || c === null) continue;
+      e.append(typeof c === "string" || typeof c === "number" ? document.createTextNode(String(c)) : c);
+    }
+    return e;
+  }
+
+  function svg(tag, attrs) {
+    const e = document.createElementNS(SVG, tag);
+    for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, String(v));
+    return e;
+  }
+
+  function status(text) {
+    $("status").textContent = text;
+  }
+
+  async function getJSON(path) {
+    const r = await fetch(path, { headers: { Accept: "application/json" }, credentials: "same-origin" });
+    if (!r.ok) {
+      const body = (await r.text()).trim();
+      throw new Error(`${r.status}: ${body || r.statusText}`);
+    }
+    return r.json();
+  }
+
+  function when(t) {
+    if (!t) return "";
+    const d = new Date(t);
+    return isNaN(d) ? String(t) : d.toISOString().replace(".000Z", "Z");
+  }
+
+  function duration(seconds) {
+    const s = Number(seconds) || 0;
+    if (s >= 86400) return `${Math.floor(s / 86400)}d ${Math.floor((s % 86400) / 3600)}h`;
+    if (s >= 3600) return `${Math.floor(s / 3600)}h ${Math.floor((s % 3600) / 60)}m`;
+    if (s >= 60) return `${Math.floor(s / 60)}m`;
+    return `${s}s`;
+  }
+
+  // "Kind/name" of a workload, and its namespace, to the panel's path.
+  function workloadPath(namespace, workload) {
+    const i = workload.indexOf("/");
+    const kind = i < 0 ? workload : workload.slice(0, i);
+    const name = i < 0 ? "" : workload.slice(i + 1);
+    return `/v1/map/workloads/${encodeURIComponent(namespace)}/${encodeURIComponent(kind)}/${encodeURIComponent(name)}`;
+  }
+
+  // ---- Views (tabs) ----
+  const views = { map: "view-map", rollout: "view-rollout", alerts: "view-alerts" };
+  function show(view) {
+    for (const [name, id] of Object.entries(views)) {
+      $(id).hidden = name !== view;
+      $(`tab-${name}`).setAttribute("aria-pressed", String(name === view));
+    }
+    if (view === "rollout") loadRollout();
+    if (view === "alerts") loadAlerts();
+  }
+  for (const name of Object.keys(views)) $(`tab-${name}`).addEventListener("click", () => show(name));
+
+  // ---- The legend: stroke AND text per verdict ----
+  function legend() {
+    const ul = $("legend");
+    ul.replaceChildren();
+    for (const v of VERDICTS) {
+      const s = svg("svg", { width: 48, height: 12, "aria-hidden": "true", focusable: "false" });
+      s.append(svg("line", { x1: 2, y1: 6, x2: 46, y2: 6, class: `edge v-${v.id}` }));
+      ul.append(el("li", { "data-verdict": v.id }, s, el("strong", {}, v.text), `: ${v.long}`));
+    }
+  }
+
+  // ---- The map ----
+  const map = { namespace: null, namespaces: new Set(), view: null, focus: null };
+
+  function filterQuery(withNamespace) {
+    const p = new URLSearchParams();
+    const since = $("f-since").value;
+    const verdict = $("f-verdict").value;
+    const q = $("f-search").value.trim();
+    const ns = $("f-namespace").value;
+    if (since && since !== "all") p.set("since", since);
+    if (verdict && verdict !== "all") p.set("verdict", verdict);
+    if (q) p.set("q", q);
+    if (withNamespace && ns) p.set("namespace", ns);
+    const s = p.toString();
+    return s ? `?${s}` : "";
+  }
+
+  async function loadMap() {
+    const path = map.namespace
+      ? `/v1/map/namespaces/${encodeURIComponent(map.namespace)}${filterQuery(false)}`
+      : `/v1/map${filterQuery(true)}`;
+    status("Loading the map…");
+    try {
+      const view = await getJSON(path);
+      map.view = view;
+      remember(view);
+      render(view);
+      status("");
+    } catch (e) {
+      status(`Cannot load the map: ${e.message}`);
+    }
+  }
+
+  // Namespaces seen, for the namespace filter.
+  function remember(view) {
+    let added = false;
+    for (const n of view.nodes) {
+      const ns = n.kind === "namespace" ? n.label : n.namespace;
+      if (ns && !map.namespaces.has(ns)) {
+        map.namespaces.add(ns);
+        added = true;
+      }
+    }
+    if (!added) return;
+    const select = $("f-namespace");
+    const current = select.value;
+    select.replaceChildren(el("option", { value: "" }, "All namespaces"));
+    for (const ns of [...map.namespaces].sort()) select.append(el("option", { value: ns }, ns));
+    select.value = current;
+  }
+
+  function nodeLabel(n) {
+    const kind = KIND_TEXT[n.kind] || n.kind;
+    const parts = [`${kind} ${n.label}`];
+    if (n.kind === "workload" && n.namespace) parts[0] = `workload ${n.namespace}/${n.label}`;
+    if (n.phase) parts.push(`phase ${n.phase}`);
+    if (n.pods !== undefined) parts.push(`${n.pods} pod${n.pods === 1 ? "" : "s"}`);
+    if (n.workloads !== undefined) parts.push(`${n.workloads} workload${n.workloads === 1 ? "" : "s"}`);
+    if (n.addresses && n.addresses.length) parts.push(`addresses ${n.addresses.join(", ")}`);
+    if (n.kind === "namespace") parts.push("press Enter to expand");
+    if (n.kind === "workload" && n.pods !== undefined) parts.push("press Enter for its panel");
+    return parts.join(", ");
+  }
+
+  function edgeTitle(e, byId) {
+    const name = (id) => (byId.get(id) ? byId.get(id).label : id);
+    const lines = [
+      `${name(e.from)} → ${name(e.to)}`,
+      `verdict: ${VERDICT_TEXT[e.verdict] || e.verdict}`,
+      `events: ${e.events}`,
+      `first seen: ${when(e.first_seen)}`,
+      `last seen: ${when(e.last_seen)}`,
+      `ports: ${e.ports.join(", ")}`,
+    ];
+    if (e.edges > 1) lines.push(`workload edges folded: ${e.edges}`);
+    return lines.join("\n");
+  }
+
+  // Where each group sits: namespaces on a circle, destinations of other kinds beside it.
+  function anchors(view, width, height) {
+    const groups = [];
+    for (const n of view.nodes) {
+      const g = groupOf(n);
+      if (!groups.includes(g)) groups.push(g);
+    }
+    const at = new Map();
+    const r = Math.min(width, height) * 0.33;
+    groups.forEach((g, i) => {
+      const a = (2 * Math.PI * i) / Math.max(groups.length, 1) - Math.PI / 2;
+      at.set(g, groups.length === 1 ? [width / 2, height / 2] : [width / 2 + r * Math.cos(a), height / 2 + r * Math.sin(a)]);
+    });
+    return at;
+  }
+
+  function groupOf(n) {
+    if (n.kind === "workload") return n.parent || `ns:${n.namespace}`;
+    if (n.kind === "namespace") return n.id;
+    if (n.kind === "service" && n.namespace) return `ns:${n.namespace}`;
+    return `dest:${n.kind}`;
+  }
+
+  function render(view) {
+    const root = $("map");
+    root.replaceChildren();
+    const width = Math.max(root.clientWidth || 960, 480);
+    const height = Math.max(560, Math.min(1400, 140 + view.nodes.length * 14));
+    root.setAttribute("viewBox", `0 0 ${width} ${height}`);
+    root.setAttribute("height", String(height));
+
+    $("map-back").hidden = !map.namespace;
+    const t = view.totals;
+    const c = t.verdicts;
+    $("map-summary").textContent =
+      (map.namespace ? `Namespace ${map.namespace}: ` : view.expanded ? "All workloads: " : "Namespaces (select one to expand): ") +
+      `${t.workloads} workloads, ${t.edges} edges, ${t.events} events; ` +
+      `${c.allowed} allowed, ${c["would-deny"]} would be denied, ${c.denied} denied, ${c.drift} drift`;
+
+    // Workloads drawn inside their namespace's box: namespace nodes of an expanded view
+    // are the boxes, not nodes.
+    const boxes = view.expanded ? view.nodes.filter((n) => n.kind === "namespace") : [];
+    const nodes = view.nodes
+      .filter((n) => !(view.expanded && n.kind === "namespace" && !view.edges.some((e) => e.from === n.id || e.to === n.id)))
+      .map((n) => Object.assign({}, n));
+    const byId = new Map(nodes.map((n) => [n.id, n]));
+    const links = view.edges.filter((e) => byId.has(e.from) && byId.has(e.to)).map((e) => Object.assign({ source: e.from, target: e.to }, e));
+
+    const at = anchors(view, width, height);
+    for (const n of nodes) {
+      const [x, y] = at.get(groupOf(n)) || [width / 2, height / 2];
+      n.ax = x;
+      n.ay = y;
+    }
+    if (window.d3 && d3.forceSimulation) {
+      const sim = d3
+        .forceSimulation(nodes)
+        .force("link", d3.forceLink(links).id((d) => d.id).distance(110).strength(0.2))
+        .force("charge", d3.forceManyBody().strength(-260))
+        .force("x", d3.forceX((d) => d.ax).strength(0.25))
+        .force("y", d3.forceY((d) => d.ay).strength(0.25))
+        .force("collide", d3.forceCollide(34))
+        .stop();
+      // Laid out at once: a static picture (stable for screenshots), no animation.
+      for (let i = 0; i < 300; i++) sim.tick();
+    } else {
+      nodes.forEach((n, i) => {
+        n.x = n.ax + 40 * Math.cos(i);
+        n.y = n.ay + 40 * Math.sin(i);
+      });
+    }
+    for (const n of nodes) {
+      n.x = Math.max(60, Math.min(width - 60, n.x));
+      n.y = Math.max(40, Math.min(height - 30, n.y));
+    }
+
+    const defs = svg("defs");
+    for (const v of VERDICTS) {
+      const m = svg("marker", { id: `arrow-${v.id}`, viewBox: "0 0 10 10", refX: 22, refY: 5, markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" });
+      m.append(svg("path", { d: "M 0 0 L 10 5 L 0 10 z", class: `arrow v-${v.id}` }));
+      defs.append(m);
+    }
+    root.append(defs);
+
+    // Namespace boxes around their workloads.
+    const boxLayer = svg("g", { class: "boxes" });
+    for (const b of boxes) {
+      const members = nodes.filter((n) => n.kind === "workload" && n.parent === b.id);
+      if (!members.length) continue;
+      const xs = members.map((n) => n.x);
+      const ys = members.map((n) => n.y);
+      const x0 = Math.min(...xs) - 56;
+      const y0 = Math.min(...ys) - 40;
+      const g = svg("g", { class: "box", "data-id": b.id });
+      g.append(svg("rect", { x: x0, y: y0, width: Math.max(...xs) + 56 - x0, height: Math.max(...ys) + 34 - y0, rx: 14 }));
+      const label = svg("text", { x: x0 + 10, y: y0 + 16, class: "box-label" });
+      label.textContent = `namespace ${b.label}`;
+      g.append(label);
+      boxLayer.append(g);
+    }
+    root.append(boxLayer);
+
+    const edgeLayer = svg("g", { class: "edges" });
+    for (const l of links) {
+      const g = svg("g", { class: `edge-group v-${l.verdict}`, "data-id": l.id, "data-verdict": l.verdict, "data-from": l.from, "data-to": l.to });
+      const line = svg("line", {
+        x1: l.source.x, y1: l.source.y, x2: l.target.x, y2: l.target.y,
+        class: `edge v-${l.verdict}`, "marker-end": `url(#arrow-${l.verdict})`,
+      });
+      const title = svg("title");
+      title.textContent = edgeTitle(l, byId);
+      line.append(title);
+      g.append(line);
+      if (l.verdict !== "allowed") {
+        // Not colour alone: the verdict in words on the edge.
+        const mark = svg("text", { x: (l.source.x + l.target.x) / 2, y: (l.source.y + l.target.y) / 2 - 4, class: `edge-mark v-${l.verdict}` });
+        mark.textContent = VERDICT_TEXT[l.verdict];
+        g.append(mark);
+      }
+      edgeLayer.append(g);
+    }
+    root.append(edgeLayer);
+
+    const nodeLayer = svg("g", { class: "nodes" });
+    for (const n of nodes) {
+      const openable = n.kind === "namespace" || (n.kind === "workload" && n.pods !== undefined);
+      const g = svg("g", {
+        class: `node kind-${n.kind}${n.phase ? ` phase-${n.phase}` : ""}`,
+        transform: `translate(${n.x.toFixed(1)},${n.y.toFixed(1)})`,
+        "data-id": n.id,
+        "aria-label": nodeLabel(n),
+      });
+      if (openable) {
+        g.setAttribute("tabindex", "0");
+        g.setAttribute("role", "button");
+      } else {
+        g.setAttribute("role", "img");
+      }
+      const shape =
+        n.kind === "workload"
+          ? svg("circle", { r: 14 })
+          : n.kind === "namespace"
+            ? svg("rect", { x: -22, y: -16, width: 44, height: 32, rx: 8 })
+            : svg("rect", { x: -13, y: -13, width: 26, height: 26, rx: 3, transform: "rotate(45)" });
+      shape.setAttribute("class", "shape");
+      g.append(shape);
+      const text = svg("text", { y: n.kind === "namespace" ? 32 : 28, class: "node-label" });
+      text.textContent = n.label.length > 40 ? `${n.label.slice(0, 39)}…` : n.label;
+      g.append(text);
+      const title = svg("title");
+      title.textContent = nodeLabel(n);
+      g.append(title);
+      if (openable) {
+        const open = () => {
+          map.focus = n.id;
+          if (n.kind === "namespace") expand(n.label);
+          else openPanel(n.namespace, n.workload);
+        };
+        g.addEventListener("click", open);
+        g.addEventListener("keydown", (ev) => {
+          if (ev.key === "Enter" || ev.key === " ") {
+            ev.preventDefault();
+            open();
+          }
+        });
+      }
+      nodeLayer.append(g);
+    }
+    root.append(nodeLayer);
+
+    edgeTable(view, byId);
+  }
+
+  function edgeTable(view, byId) {
+    const body = $("edge-table").querySelector("tbody");
+    body.replaceChildren();
+    const name = (id) => {
+      const n = byId.get(id) || view.nodes.find((x) => x.id === id);
+      if (!n) return id;
+      return n.kind === "workload" ? `${n.namespace}/${n.label}` : n.label;
+    };
+    for (const e of view.edges) {
+      body.append(
+        el(
+          "tr",
+          { "data-id": e.id, "data-verdict": e.verdict },
+          el("td", {}, name(e.from)),
+          el("td", {}, name(e.to)),
+          el("td", { class: `verdict v-${e.verdict}` }, VERDICT_TEXT[e.verdict] || e.verdict),
+          el("td", { class: "num" }, String(e.events)),
+          el("td", {}, when(e.last_seen)),
+          el("td", {}, e.ports.join(", ")),
+        ),
+      );
+    }
+  }
+
+  function expand(ns) {
+    map.namespace = ns;
+    loadMap();
+  }
+
+  $("map-back").addEventListener("click", () => {
+    map.namespace = null;
+    loadMap();
+  });
+
+  for (const id of ["f-since", "f-verdict", "f-namespace"]) {
+    $(id).addEventListener("change", () => {
+      if (id === "f-namespace") map.namespace = null;
+      loadMap();
+    });
+  }
+  let typing = null;
+  $("f-search").addEventListener("input", () => {
+    clearTimeout(typing);
+    typing = setTimeout(loadMap, 250);
+  });
+  $("filters").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    clearTimeout(typing);
+    loadMap();
+  });
+
+  // ---- The workload panel ----
+  let opener = null;
+
+  async function openPanel(namespace, workload) {
+    opener = document.activeElement;
+    const panel = $("panel");
+    panel.hidden = false;
+    $("panel-title").textContent = `${namespace}/${workload}`;
+    for (const id of ["panel-phase", "panel-why", "panel-pods", "panel-yaml", "panel-diff", "panel-proposed-note"]) $(id).textContent = "";
+    $("panel-destinations").querySelector("tbody").replaceChildren();
+    $("panel-alerts").replaceChildren();
+    panel.setAttribute("data-workload", `${namespace}/${workload}`);
+    panel.setAttribute("aria-busy", "true");
+    $("panel-title").focus();
+    try {
+      const d = await getJSON(workloadPath(namespace, workload));
+      fillPanel(d);
+    } catch (e) {
+      $("panel-why").textContent = `Cannot load the panel: ${e.message}`;
+    } finally {
+      panel.setAttribute("aria-busy", "false");
+    }
+  }
+
+  function fillPanel(d) {
+    $("panel-phase").textContent = d.phase || "unknown (no rollout board yet)";
+    $("panel-why").textContent = d.why || "";
+    $("panel-pods").textContent = String(d.pods);
+    const body = $("panel-destinations").querySelector("tbody");
+    for (const r of d.destinations) {
+      const pods = r.pods.join(", ") + (r.more_pods ? ` and ${r.more_pods} more` : "");
+      const outcome = r.outcome ? `${r.outcome.established} established, ${r.outcome.failed} failed` : "";
+      body.append(
+        el(
+          "tr",
+          { "data-to": r.to, "data-verdict": r.verdict },
+          el("td", {}, r.label + (r.service ? ` (Service ${r.service})` : "")),
+          el("td", {}, `${r.address}:${r.port}/${r.protocol}`),
+          el("td", { class: `verdict v-${r.verdict}` }, VERDICT_TEXT[r.verdict] || r.verdict),
+          el("td", { class: "num" }, String(r.events)),
+          el("td", {}, when(r.first_seen)),
+          el("td", {}, when(r.last_seen)),
+          el("td", {}, r.names.join(", ")),
+          el("td", {}, pods),
+          el("td", {}, outcome),
+        ),
+      );
+    }
+    if (d.proposed) {
+      $("panel-yaml").textContent = d.proposed.yaml;
+      $("panel-proposed-note").textContent =
+        `NetworkPolicy ${d.proposed.name}` + (d.applied ? ", applied under the same name (diff below)" : ", not applied yet") +
+        (d.breaks ? `; it would break ${d.breaks} observed flow${d.breaks === 1 ? "" : "s"}` : "");
+    } else {
+      $("panel-proposed-note").textContent = d.proposed_error || "No policy proposed: no observed egress.";
+    }
+    $("panel-copy").disabled = !d.proposed;
+    $("panel-diff").textContent = d.diff || "";
+    const alerts = $("panel-alerts");
+    if (!d.alerts.length) alerts.append(el("li", {}, "No alerts."));
+    for (const a of d.alerts) alerts.append(alertItem(a));
+  }
+
+  function alertItem(a) {
+    const li = el("li", { "data-type": a.type || "egress-denied" });
+    li.append(
+      el("strong", {}, a.type === "dns-drift" ? "DNS drift" : "Unexpected egress"),
+      ` to ${a.dst}:${a.port}/${a.protocol}`,
+      a.names && a.names.length ? ` (${a.names.join(", ")})` : "",
+      `, ${a.count} events, last seen ${when(a.last_seen)}`,
+    );
+    const pr = prLink(a.pull_request);
+    if (pr) li.append(" ", pr);
+    if (a.fix) li.append(el("pre", { class: "code" }, a.fix));
+    return li;
+  }
+
+  // A pull request's link, only for http(s) addresses.
+  function prLink(url) {
+    if (!url) return null;
+    let u;
+    try {
+      u = new URL(url);
+    } catch (_) {
+      return null;
+    }
+    if (u.protocol !== "https:" && u.protocol !== "http:") return null;
+    return el("a", { href: u.href, rel: "noopener noreferrer" }, "pull request");
+  }
+
+  function closePanel() {
+    $("panel").hidden = true;
+    if (opener && document.contains(opener)) opener.focus();
+    else if (map.focus) {
+      const n = document.querySelector(`[data-id="${CSS.escape(map.focus)}"]`);
+      if (n) n.focus();
+    }
+  }
+  $("panel-close").addEventListener("click", closePanel);
+  document.addEventListener("keydown", (ev) => {
+    if (ev.key === "Escape" && !$("panel").hidden) closePanel();
+  });
+  $("panel-copy").addEventListener("click", async () => {
+    const text = $("panel-yaml").textContent;
+    try {
+      await navigator.clipboard.writeText(text);
+      status("Copied the proposed YAML.");
+    } catch (_) {
+      const range = document.createRange();
+      range.selectNodeContents($("panel-yaml"));
+      const sel = window.getSelection();
+      sel.removeAllRanges();
+      sel.addRange(range);
+      status("Select and copy the YAML by hand (the clipboard is not available).");
+    }
+  });
+
+  // ---- The rollout board ----
+  const rollout = { rows: [], key: "namespace", asc: true };
+  const PHASE_ORDER = ["unmanaged", "drifted", "enforced", "observing", "would-deny", "ready"];
+
+  async function loadRollout() {
+    status("Loading the rollout board…");
+    try {
+      const b = await getJSON("/v1/rollout");
+      fillRollout(b);
+      status("");
+    } catch (e) {
+      status(`Cannot load the rollout board: ${e.message}`);
+    }
+  }
+
+  function fillRollout(b) {
+    const g = b.guardrails;
+    $("guardrails-phase").textContent =
+      `Phase: ${g.phase}. Applied: ${g.applied.join(", ") || "none"}. Proposed: ${g.proposed.join(", ") || "none"}.`;
+    const breaks = $("guardrails-breaks");
+    breaks.replaceChildren();
+    for (const w of g.breaks) breaks.append(el("li", {}, `would break ${w.namespace}/${w.workload}: ${w.flows.length} flows`));
+    for (const w of g.denied) breaks.append(el("li", {}, `denies ${w.namespace}/${w.workload}: ${w.flows.length} flows`));
+
+    const counts = new Map(PHASE_ORDER.map((p) => [p, 0]));
+    for (const w of b.workloads) counts.set(w.phase, (counts.get(w.phase) || 0) + 1);
+    const ul = $("phase-counts");
+    ul.replaceChildren();
+    for (const [phase, n] of counts) {
+      ul.append(el("li", { "data-phase": phase }, el("span", { class: `phase phase-${phase}` }, phase), " ", el("strong", { class: "count" }, String(n))));
+    }
+    rollout.rows = b.workloads.map((w) => ({
+      namespace: w.namespace,
+      workload: w.workload,
+      phase: w.phase,
+      observed: w.observed_for_seconds,
+      wouldDeny: w.would_deny.length,
+      denied: w.denied.length,
+    }));
+    rolloutTable();
+  }
+
+  function rolloutTable() {
+    const k = rollout.key;
+    const rows = rollout.rows.slice().sort((a, b) => {
+      const x = k === "phase" ? PHASE_ORDER.indexOf(a[k]) : a[k];
+      const y = k === "phase" ? PHASE_ORDER.indexOf(b[k]) : b[k];
+      const c = x < y ? -1 : x > y ? 1 : 0;
+      return (rollout.asc ? c : -c) || (a.namespace + a.workload < b.namespace + b.workload ? -1 : 1);
+    });
+    const body = $("rollout-table").querySelector("tbody");
+    body.replaceChildren();
+    for (const r of rows) {
+      const open = el("button", { type: "button", class: "link", "aria-label": `Open the panel of ${r.namespace}/${r.workload}` }, r.workload);
+      open.addEventListener("click", () => openPanel(r.namespace, r.workload));
+      body.append(
+        el(
+          "tr",
+          { "data-workload": `${r.namespace}/${r.workload}`, "data-phase": r.phase },
+          el("td", {}, r.namespace),
+          el("td", {}, open),
+          el("td", {}, el("span", { class: `phase phase-${r.phase}` }, r.phase)),
+          el("td", {}, duration(r.observed)),
+          el("td", { class: "num" }, String(r.wouldDeny)),
+          el("td", { class: "num" }, String(r.denied)),
+        ),
+      );
+    }
+    for (const th of $("rollout-table").querySelectorAll("th")) {
+      const b = th.querySelector("button");
+      th.setAttribute("aria-sort", b && b.dataset.sort === k ? (rollout.asc ? "ascending" : "descending") : "none");
+    }
+  }
+
+  for (const b of $("rollout-table").querySelectorAll("th button")) {
+    b.addEventListener("click", () => {
+      const k = b.dataset.sort;
+      rollout.asc = rollout.key === k ? !rollout.asc : true;
+      rollout.key = k;
+      rolloutTable();
+    });
+  }
+
+  // ---- Alerts ----
+  async function loadAlerts() {
+    status("Loading the alerts…");
+    try {
+      const list = await getJSON("/v1/alerts");
+      const body = $("alerts-table").querySelector("tbody");
+      body.replaceChildren();
+      if (!list.length) body.append(el("tr", {}, el("td", { colspan: 7 }, "No alerts.")));
+      for (const a of list) {
+        const open = el("button", { type: "button", class: "link", "aria-label": `Open the panel of ${a.namespace}/${a.workload}` }, `${a.namespace}/${a.workload}`);
+        open.addEventListener("click", () => openPanel(a.namespace, a.workload));
+        body.append(
+          el(
+            "tr",
+            { "data-type": a.type || "egress-denied" },
+            el("td", {}, a.type === "dns-drift" ? "DNS drift" : "Unexpected egress"),
+            el("td", {}, open),
+            el("td", {}, `${a.dst}:${a.port}/${a.protocol}` + (a.names && a.names.length ? ` (${a.names.join(", ")})` : "")),
+            el("td", { class: "num" }, String(a.count)),
+            el("td", {}, when(a.last_seen)),
+            el("td", {}, a.fix ? el("pre", { class: "code" }, a.fix) : ""),
+            el("td", {}, prLink(a.pull_request) || "none"),
+          ),
+        );
+      }
+      status("");
+    } catch (e) {
+      status(`Cannot load the alerts: ${e.message}`);
+    }
+  }
+
+  legend();
+  loadMap();
+})();
