@@ -11,7 +11,8 @@
 //! - [`serve_process`]: `leash serve` as a process with its log, ready when `/readyz` is;
 //! - [`snapshots`]: cluster snapshots as YAML `List`s, built from small item functions;
 //! - [`sshd`]: the lab's SSH server, or a skip when `sshd` is not installed;
-//! - [`store_flows`]: flows committed straight into a SQLite store.
+//! - [`store_flows`]: flows committed straight into a SQLite store;
+//! - [`webdriver`]: headless Chromium over WebDriver (`chromedriver`), for the web UI's tests.
 //!
 //! The synthetic cluster generator the `recommend` bench and test share lives in the lab crate
 //! (`leash_lab::synthetic`), since a bench cannot declare a module of `tests/`.
@@ -25,3 +26,4 @@ pub mod serve_process;
 pub mod snapshots;
 pub mod sshd;
 pub mod store_flows;
+pub mod webdriver;

@@ -1,0 +1,580 @@
+//! The web UI of `leash serve` in a real, headless Chromium driven over WebDriver
+//! (`chromedriver`), against `leash serve --insecure` holding fixture data: the map's workloads
+//! and edges, a would-be-denied edge marked in words, the filters, a workload's panel with its
+//! evidence and YAML (by mouse and by keyboard), the rollout board's counts against
+//! `/v1/rollout`, the alerts, labels on every control, and a hostile DNS name shown as text.
+//! Also the `/v1/map` API's answers and refusals, and the UI's headers.
+//!
+//! Screenshots go to `target/ui-screenshots/`. Without `chromedriver` the browser test is
+//! skipped with a message, unless `LEASH_REQUIRE_BROWSER=1` (CI) makes that a failure.
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed setup step must fail the test loudly"
+)]
+
+#[expect(
+    dead_code,
+    reason = "each test crate uses only part of the shared test support"
+)]
+mod support;
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::Utc;
+use leash::evidence::PodNames;
+use leash::store::{BatchId, FlowObservation, SqliteStore, Store};
+use serde_json::{Value, json};
+use support::http::get;
+use support::serve_process::ServeProcess;
+use support::snapshots::{deployment, list, namespace};
+use support::store_flows::deployment_flow;
+use support::webdriver::{Browser, keys};
+
+/// How long any one wait in the browser may take.
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A DNS name a tenant controls, made to look like markup.
+const HOSTILE: &str = "<img src=x onerror=\"window.pwned=1\">.evil.example";
+
+/// An egress NetworkPolicy `ns/name` for pods `app: app` allowing TCP `ports` anywhere, as a
+/// list item; with leash's label when `leash`.
+fn egress_policy(ns: &str, name: &str, app: &str, ports: &[u16], leash: bool) -> String {
+    let labels = if leash {
+        ", labels: {app.kubernetes.io/managed-by: leash}"
+    } else {
+        ""
+    };
+    let ports: Vec<String> = ports.iter().map(|p| format!("{{port: {p}}}")).collect();
+    format!(
+        "- apiVersion: networking.k8s.io/v1\n  kind: NetworkPolicy\n  metadata: {{name: {name}, namespace: {ns}{labels}}}\n  spec:\n    podSelector: {{matchLabels: {{app: {app}}}}}\n    policyTypes: [Egress]\n    egress: [{{ports: [{}]}}]\n",
+        ports.join(", ")
+    )
+}
+
+/// The same policy as a file of its own.
+fn policy_file(ns: &str, name: &str, app: &str, ports: &[u16]) -> String {
+    egress_policy(ns, name, app, ports, true)
+        .lines()
+        .map(|l| {
+            l.strip_prefix("- ")
+                .or_else(|| l.strip_prefix("  "))
+                .unwrap_or(l)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+/// The fixture: shop's `api` (external by name on 443, allowed; a nameless address on 5432,
+/// which the proposal would deny), `web` (to `api`, and to a hostile name), `batch` (ready);
+/// bank's `ledger`, whose applied policy denies its 443 (unexpected egress). Returns the
+/// cluster file, the store and the proposal directory.
+fn fixture(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let cluster = dir.join("cluster.yaml");
+    std::fs::write(
+        &cluster,
+        list(&[
+            namespace("bank"),
+            namespace("shop"),
+            deployment("bank", "ledger", "ledger-x1", "10.0.2.10"),
+            deployment("shop", "api", "api-x1", "10.0.1.10"),
+            deployment("shop", "batch", "batch-x1", "10.0.1.11"),
+            deployment("shop", "web", "web-x1", "10.0.1.12"),
+            egress_policy("bank", "ledger-egress", "ledger", &[80], false),
+        ]),
+    )
+    .unwrap();
+    let proposed = dir.join("proposed");
+    std::fs::create_dir(&proposed).unwrap();
+    std::fs::write(
+        proposed.join("api-egress.yaml"),
+        policy_file("shop", "api-egress", "api", &[443]),
+    )
+    .unwrap();
+    std::fs::write(
+        proposed.join("batch-egress.yaml"),
+        policy_file("shop", "batch-egress", "batch", &[443]),
+    )
+    .unwrap();
+
+    let db = dir.join("leash.db");
+    let store = SqliteStore::open(&db).unwrap();
+    let old = Utc::now() - chrono::Duration::days(8);
+    let flow = |ns: &str, name: &str, dst: &str, port: u16, names: &[&str], count: u64| {
+        FlowObservation {
+            count,
+            first_seen: old,
+            last_seen: Utc::now() - chrono::Duration::minutes(5),
+            established: count,
+            pods: PodNames {
+                names: [format!("{name}-x1")].into(),
+                more: 0,
+            },
+            ..deployment_flow(ns, name, dst, port, names, old)
+        }
+    };
+    store
+        .commit(
+            &BatchId {
+                node: "n1".into(),
+                boot_id: "b".into(),
+                seq: 1,
+            },
+            &[
+                flow("shop", "api", "203.0.113.4", 443, &["api.payments.example"], 7),
+                flow("shop", "api", "198.51.100.7", 5432, &[], 3),
+                flow("shop", "web", "10.0.1.10", 8080, &[], 11),
+                flow("shop", "web", "203.0.113.9", 443, &[HOSTILE], 2),
+                flow("shop", "batch", "203.0.113.5", 443, &["batch.example"], 2),
+                flow("bank", "ledger", "203.0.113.8", 443, &["ledger.bank.example"], 4),
+            ],
+            &[],
+        )
+        .unwrap();
+    (cluster, db, proposed)
+}
+
+/// Starts `leash serve` on the fixture and waits until its map carries the rollout phases.
+fn serve(dir: &Path) -> ServeProcess {
+    let (cluster, db, proposed) = fixture(dir);
+    let server = ServeProcess::start(
+        dir,
+        &db,
+        &cluster,
+        "1h",
+        &["--proposed".as_ref(), proposed.as_os_str()],
+    );
+    support::http::wait_for(
+        "the egress map with the rollout phases",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || {
+            let Ok((200, body)) = get(server.http, "/v1/map") else {
+                return false;
+            };
+            let view: Value = serde_json::from_str(&body).unwrap();
+            view["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n["id"] == "wl:shop/Deployment/api" && n["phase"] == "would-deny")
+        },
+    );
+    server
+}
+
+/// A raw GET: the status line, the headers (lower case) and the body.
+fn raw_get(addr: SocketAddr, path: &str) -> (String, String, Vec<u8>) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let (status, headers) = head.split_once("\r\n").unwrap();
+    (
+        status.to_owned(),
+        headers.to_ascii_lowercase(),
+        raw[split + 4..].to_vec(),
+    )
+}
+
+fn json(addr: SocketAddr, path: &str) -> Value {
+    let (status, body) = get(addr, path).unwrap();
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn ids(view: &Value, what: &str) -> Vec<String> {
+    view[what]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+const API_TO_CIDR: &str = "wl:shop/Deployment/api->cidr:198.51.100.0/24";
+const LEDGER_EDGE: &str = "wl:bank/Deployment/ledger->ext:ledger.bank.example";
+
+/// The `/v1/map` API: the overview, a namespace, a workload's panel, its refusals; and the
+/// UI's files with their types and policy.
+#[test]
+fn the_map_api_answers_and_refuses_bad_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path());
+    let http = server.http;
+
+    let overview = json(http, "/v1/map");
+    assert_eq!(overview["expanded"], true, "{overview}");
+    let nodes = ids(&overview, "nodes");
+    for id in [
+        "wl:bank/Deployment/ledger",
+        "wl:shop/Deployment/api",
+        "wl:shop/Deployment/batch",
+        "wl:shop/Deployment/web",
+        "ext:api.payments.example",
+        "cidr:198.51.100.0/24",
+        "ns:shop",
+    ] {
+        assert!(nodes.contains(&id.to_owned()), "{id} not in {nodes:?}");
+    }
+    let verdict = |view: &Value, id: &str| {
+        view["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["id"] == id)
+            .map(|e| e["verdict"].as_str().unwrap().to_owned())
+    };
+    assert_eq!(
+        verdict(&overview, API_TO_CIDR).as_deref(),
+        Some("would-deny")
+    );
+    assert_eq!(verdict(&overview, LEDGER_EDGE).as_deref(), Some("denied"));
+    assert_eq!(
+        verdict(
+            &overview,
+            "wl:shop/Deployment/web->wl:shop/Deployment/api"
+        )
+        .as_deref(),
+        Some("allowed")
+    );
+
+    // Filters: a verdict, a search, one namespace.
+    let denied = json(http, "/v1/map?verdict=denied");
+    assert_eq!(ids(&denied, "edges"), [LEDGER_EDGE]);
+    let search = json(http, "/v1/map?q=PAYMENTS");
+    assert_eq!(
+        ids(&search, "edges"),
+        ["wl:shop/Deployment/api->ext:api.payments.example"]
+    );
+    let bank = json(http, "/v1/map?namespace=bank&since=24h");
+    assert_eq!(ids(&bank, "edges"), [LEDGER_EDGE]);
+    // Nothing was seen in the last second.
+    let none = json(http, "/v1/map?since=1s");
+    assert_eq!(ids(&none, "edges"), Vec::<String>::new());
+
+    let shop = json(http, "/v1/map/namespaces/shop?verdict=would-deny");
+    assert_eq!(shop["namespace"], "shop");
+    assert_eq!(ids(&shop, "edges"), [API_TO_CIDR]);
+
+    // The panel: phase and why, evidence, the proposed policy and its diff.
+    let panel = json(http, "/v1/map/workloads/shop/Deployment/api");
+    assert_eq!(panel["phase"], "would-deny", "{panel}");
+    assert!(panel["why"].as_str().unwrap().contains("5432"), "{panel}");
+    let rows = panel["destinations"].as_array().unwrap();
+    let row = rows.iter().find(|r| r["port"] == 5432).unwrap();
+    assert_eq!(row["verdict"], "would-deny");
+    assert_eq!(row["events"], 3);
+    assert_eq!(row["pods"], json!(["api-x1"]));
+    assert_eq!(row["outcome"], json!({"established": 3, "failed": 0}));
+    let yaml = panel["proposed"]["yaml"].as_str().unwrap();
+    assert!(yaml.contains("kind: NetworkPolicy"), "{yaml}");
+    assert!(yaml.contains("port: 5432"), "{yaml}");
+    assert_eq!(panel["proposed"]["name"], "api-egress");
+    assert!(panel["diff"].as_str().unwrap().contains("shop"), "{panel}");
+    assert_eq!(panel["applied"], Value::Null);
+    assert_eq!(panel["alerts"], json!([]));
+
+    // Refusals name the parameter.
+    for (path, status, text) in [
+        ("/v1/map?verdict=blocked", 400, "verdict=\"blocked\""),
+        ("/v1/map?since=soon", 400, "since: "),
+        ("/v1/map?colour=red", 400, "colour"),
+        ("/v1/map/namespaces/nowhere", 404, "nowhere"),
+        ("/v1/map/namespaces/shop?namespace=bank", 400, "namespace="),
+        ("/v1/map/workloads/shop/Deployment/nobody", 404, "shop/Deployment/nobody"),
+    ] {
+        let (got, body) = get(http, path).unwrap();
+        assert_eq!(got, status, "{path}: {body}");
+        assert!(body.contains(text), "{path}: {body}");
+    }
+    let long = format!("/v1/map?q={}", "x".repeat(300));
+    assert_eq!(get(http, &long).unwrap().0, 400);
+
+    // The UI: the page and its assets, typed, under a policy allowing only them.
+    let (status, headers, body) = raw_get(http, "/");
+    assert!(status.contains(" 200 "), "{status}");
+    assert!(headers.contains("content-type: text/html; charset=utf-8"), "{headers}");
+    assert!(
+        headers.contains("content-security-policy: default-src 'none'; script-src 'self'; style-src 'self'"),
+        "{headers}"
+    );
+    let page = String::from_utf8(body).unwrap();
+    assert!(!page.contains("<script>") && !page.contains("style="), "inline code in the page");
+    for (path, kind) in [
+        ("/assets/app.js", "text/javascript"),
+        ("/assets/style.css", "text/css"),
+        ("/assets/vendor/d3-force.min.js", "text/javascript"),
+        ("/assets/vendor/d3-force.LICENSE", "text/plain"),
+    ] {
+        let (status, headers, body) = raw_get(http, path);
+        assert!(status.contains(" 200 "), "{path}: {status}");
+        assert!(headers.contains(&format!("content-type: {kind}")), "{path}: {headers}");
+        assert!(headers.contains("x-content-type-options: nosniff"), "{path}");
+        assert!(!body.is_empty(), "{path}");
+    }
+    assert!(raw_get(http, "/assets/nothing.js").0.contains(" 404 "));
+}
+
+fn screenshots() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .join("ui-screenshots")
+}
+
+/// Whether the browser tests must run (CI) rather than skip.
+fn required() -> bool {
+    std::env::var("LEASH_REQUIRE_BROWSER").is_ok_and(|v| v == "1")
+}
+
+/// The `data-id`s of the elements matching `selector`.
+fn data_ids(b: &Browser, selector: &str) -> Vec<String> {
+    let v = b.script(
+        "return [...document.querySelectorAll(arguments[0])].map(e => e.getAttribute('data-id'));",
+        &[json!(selector)],
+    );
+    serde_json::from_value(v).unwrap()
+}
+
+/// The UI in a real browser, against a served fixture.
+#[test]
+fn the_ui_in_a_real_browser() {
+    let (driver, chromium) = match support::webdriver::find() {
+        Ok(found) => found,
+        Err(why) if !required() => {
+            eprintln!("skipping the browser test: {why}; set LEASH_REQUIRE_BROWSER=1 to fail instead");
+            return;
+        }
+        Err(why) => panic!("LEASH_REQUIRE_BROWSER=1 but {why}"),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path());
+    let shots = screenshots();
+    let b = Browser::start(&driver, &chromium, 1400, 1000);
+    b.goto(&format!("http://{}/", server.http));
+
+    // The map: every workload, the destinations, the edges.
+    b.wait_find("#map g.node[data-id='wl:shop/Deployment/api']", WAIT);
+    let nodes = data_ids(&b, "#map g.node");
+    for id in [
+        "wl:bank/Deployment/ledger",
+        "wl:shop/Deployment/api",
+        "wl:shop/Deployment/batch",
+        "wl:shop/Deployment/web",
+        "ext:api.payments.example",
+        "ext:ledger.bank.example",
+        "cidr:198.51.100.0/24",
+    ] {
+        assert!(nodes.contains(&id.to_owned()), "{id} not drawn: {nodes:?}");
+    }
+    let edges = data_ids(&b, "#map g.edge-group");
+    let api = json(server.http, "/v1/map");
+    assert_eq!(edges, ids(&api, "edges"), "the edges drawn are the API's");
+    // The would-be-denied edge: its verdict, its stroke, and the words on it.
+    let would = b.wait_find(&format!("#map g.edge-group[data-id='{API_TO_CIDR}']"), WAIT);
+    assert_eq!(b.attribute(&would, "data-verdict").as_deref(), Some("would-deny"));
+    let marked = b.script(
+        "const g = document.querySelector(`#map g.edge-group[data-id='${arguments[0]}']`);
+         const line = g.querySelector('line');
+         return [g.querySelector('text.edge-mark').textContent,
+                 getComputedStyle(line).strokeDasharray,
+                 line.querySelector('title').textContent];",
+        &[json!(API_TO_CIDR)],
+    );
+    assert_eq!(marked[0], "would be denied");
+    assert_ne!(marked[1], "none", "a would-deny edge is dashed");
+    let title = marked[2].as_str().unwrap();
+    for part in ["events: 3", "ports: 5432/TCP", "verdict: would be denied", "last seen: "] {
+        assert!(title.contains(part), "{part:?} not in the edge's title {title:?}");
+    }
+    let denied = b.wait_find(&format!("#map g.edge-group[data-id='{LEDGER_EDGE}'] text.edge-mark"), WAIT);
+    assert_eq!(b.text(&denied), "denied");
+    // The legend says each verdict in words.
+    let legend = b.text(&b.wait_find("#legend", WAIT));
+    for word in ["allowed", "would be denied", "denied", "DNS drift"] {
+        assert!(legend.contains(word), "{word} not in the legend {legend:?}");
+    }
+    // The hostile name is text: no element was made of it, no script ran.
+    let hostile = b.script(
+        "return [document.querySelectorAll('img').length, window.pwned === undefined,
+                 document.querySelector('#edge-table').textContent.includes(arguments[0])];",
+        &[json!(HOSTILE)],
+    );
+    assert_eq!(hostile, json!([0, true, true]), "the hostile name");
+    b.screenshot(&shots.join("map.png"));
+
+    // A filter hides what it should: only would-deny edges, then a search.
+    b.click(&b.wait_find("#f-verdict option[value='would-deny']", WAIT));
+    b.wait_until("only the would-deny edge", WAIT, || {
+        data_ids(&b, "#map g.edge-group") == [API_TO_CIDR]
+    });
+    assert!(data_ids(&b, "#map g.node").iter().all(|n| !n.contains("ledger")));
+    b.screenshot(&shots.join("map-would-deny.png"));
+    b.click(&b.wait_find("#f-verdict option[value='all']", WAIT));
+    let search = b.wait_find("#f-search", WAIT);
+    b.type_into(&search, "ledger");
+    b.wait_until("only ledger's edge", WAIT, || {
+        data_ids(&b, "#map g.edge-group") == [LEDGER_EDGE]
+    });
+    b.clear(&search);
+    b.type_into(&search, " ");
+    b.wait_until("every edge again", WAIT, || {
+        data_ids(&b, "#map g.edge-group").len() == edges.len()
+    });
+
+    // Clicking a workload opens its panel: phase, evidence, YAML, diff.
+    b.click(&b.wait_find("#map g.node[data-id='wl:shop/Deployment/api'] .shape", WAIT));
+    b.wait_until("api's panel", WAIT, || {
+        b.script(
+            "const p = document.getElementById('panel');
+             return !p.hidden && p.getAttribute('aria-busy') === 'false';",
+            &[],
+        ) == json!(true)
+    });
+    assert_eq!(b.text(&b.wait_find("#panel-title", WAIT)), "shop/Deployment/api");
+    assert_eq!(b.text(&b.wait_find("#panel-phase", WAIT)), "would-deny");
+    let row = b.wait_find("#panel-destinations tr[data-to='cidr:198.51.100.0/24']", WAIT);
+    let row = b.text(&row);
+    for part in ["198.51.100.7:5432/TCP", "would be denied", "api-x1", "3 established, 0 failed"] {
+        assert!(row.contains(part), "{part:?} not in the row {row:?}");
+    }
+    let yaml = b.text(&b.wait_find("#panel-yaml", WAIT));
+    assert!(yaml.contains("name: api-egress") && yaml.contains("port: 5432"), "{yaml}");
+    assert!(!b.text(&b.wait_find("#panel-diff", WAIT)).is_empty());
+    b.screenshot(&shots.join("panel.png"));
+    b.click(&b.wait_find("#panel-close", WAIT));
+
+    // The keyboard reaches a workload: Tab to batch's node, Enter opens its panel.
+    b.script("document.activeElement.blur(); window.scrollTo(0, 0);", &[]);
+    let mut reached = false;
+    for _ in 0..60 {
+        b.press(keys::TAB);
+        let focused = b.script(
+            "return document.activeElement && document.activeElement.getAttribute('data-id');",
+            &[],
+        );
+        if focused == "wl:shop/Deployment/batch" {
+            reached = true;
+            break;
+        }
+    }
+    assert!(reached, "Tab never reached batch's node");
+    b.press(keys::ENTER);
+    b.wait_until("batch's panel by keyboard", WAIT, || {
+        b.script(
+            "const p = document.getElementById('panel');
+             return !p.hidden && p.getAttribute('aria-busy') === 'false'
+                 && document.getElementById('panel-title').textContent;",
+            &[],
+        ) == "shop/Deployment/batch"
+    });
+    assert_eq!(
+        b.script("return document.activeElement.id;", &[]),
+        "panel-title",
+        "the panel takes the focus"
+    );
+    b.press(keys::ESCAPE);
+    b.wait_until("the panel closed, the focus back on the node", WAIT, || {
+        b.script(
+            "return document.getElementById('panel').hidden
+                 && document.activeElement.getAttribute('data-id');",
+            &[],
+        ) == "wl:shop/Deployment/batch"
+    });
+
+    // The rollout board: the guardrails first, counts as /v1/rollout's.
+    b.click(&b.wait_find("#tab-rollout", WAIT));
+    b.wait_find("#rollout-table tbody tr", WAIT);
+    let board = json(server.http, "/v1/rollout");
+    let workloads = board["workloads"].as_array().unwrap();
+    let mut expected = std::collections::BTreeMap::<String, u64>::new();
+    for w in workloads {
+        *expected.entry(w["phase"].as_str().unwrap().to_owned()).or_default() += 1;
+    }
+    let shown = b.script(
+        "return Object.fromEntries([...document.querySelectorAll('#phase-counts li')]
+             .map(li => [li.dataset.phase, Number(li.querySelector('.count').textContent)]));",
+        &[],
+    );
+    for (phase, n) in shown.as_object().unwrap() {
+        assert_eq!(
+            n.as_u64().unwrap(),
+            expected.get(phase).copied().unwrap_or(0),
+            "{phase}: {shown} against {board}"
+        );
+    }
+    assert_eq!(
+        b.find_all("#rollout-table tbody tr").len(),
+        workloads.len()
+    );
+    let stage = b.text(&b.wait_find("#guardrails-phase", WAIT));
+    assert!(
+        stage.contains(board["guardrails"]["phase"].as_str().unwrap()),
+        "{stage}"
+    );
+    let order = b.script(
+        "const g = document.getElementById('guardrails'), t = document.getElementById('rollout-table');
+         return !!(g.compareDocumentPosition(t) & Node.DOCUMENT_POSITION_FOLLOWING);",
+        &[],
+    );
+    assert_eq!(order, true, "the guardrails stage comes first");
+    // Sorting by phase, then opening a panel from the table.
+    b.click(&b.wait_find("#rollout-table th button[data-sort='phase']", WAIT));
+    b.wait_until("sorted by phase", WAIT, || {
+        b.script(
+            "return document.querySelector(\"#rollout-table th button[data-sort='phase']\").parentElement.getAttribute('aria-sort');",
+            &[],
+        ) == "ascending"
+    });
+    b.screenshot(&shots.join("rollout.png"));
+    b.click(&b.wait_find(
+        "#rollout-table tr[data-workload='bank/Deployment/ledger'] button",
+        WAIT,
+    ));
+    b.wait_until("ledger's panel from the board", WAIT, || {
+        b.script("return document.getElementById('panel-title').textContent;", &[])
+            == "bank/Deployment/ledger"
+    });
+    b.click(&b.wait_find("#panel-close", WAIT));
+
+    // The alerts: ledger's unexpected egress, with its proposed fix.
+    b.click(&b.wait_find("#tab-alerts", WAIT));
+    b.wait_until("ledger's alert", WAIT, || {
+        b.click(&b.wait_find("#tab-alerts", WAIT));
+        b.find_all("#alerts-table tr[data-type='egress-denied']")
+            .first()
+            .is_some_and(|r| b.text(r).contains("bank/Deployment/ledger"))
+    });
+    let alert = b.text(&b.wait_find("#alerts-table tr[data-type='egress-denied']", WAIT));
+    assert!(alert.contains("203.0.113.8:443/TCP") && alert.contains("port: 443"), "{alert}");
+    b.screenshot(&shots.join("alerts.png"));
+
+    // Every control has a label; every focusable node a name and a role.
+    let unlabelled = b.script(
+        "const out = [];
+         for (const c of document.querySelectorAll('input, select, textarea, button')) {
+           const named = (c.labels && c.labels.length) || c.getAttribute('aria-label')
+             || (c.tagName === 'BUTTON' && c.textContent.trim());
+           if (!named) out.push(c.outerHTML.slice(0, 80));
+         }
+         for (const n of document.querySelectorAll('#map [tabindex]')) {
+           if (!n.getAttribute('aria-label') || n.getAttribute('role') !== 'button'
+               || n.getAttribute('tabindex') !== '0') out.push(n.outerHTML.slice(0, 80));
+         }
+         return out;",
+        &[],
+    );
+    assert_eq!(unlabelled, json!([]), "controls without a label");
+}
