@@ -508,6 +508,8 @@ fn the_ui_in_a_real_browser() {
              .map(li => [li.dataset.phase, Number(li.querySelector('.count').textContent)]));",
         &[],
     );
+    let total: u64 = shown.as_object().unwrap().values().filter_map(Value::as_u64).sum();
+    assert_eq!(total, workloads.len() as u64, "{shown}");
     for (phase, n) in shown.as_object().unwrap() {
         assert_eq!(
             n.as_u64().unwrap(),

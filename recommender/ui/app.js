@@ -188,12 +188,17 @@
       const g = groupOf(n);
       if (!groups.includes(g)) groups.push(g);
     }
+    // Namespaces on an inner circle, destinations (other than Services) on an outer one.
     const at = new Map();
-    const r = Math.min(width, height) * 0.33;
-    groups.forEach((g, i) => {
-      const a = (2 * Math.PI * i) / Math.max(groups.length, 1) - Math.PI / 2;
-      at.set(g, groups.length === 1 ? [width / 2, height / 2] : [width / 2 + r * Math.cos(a), height / 2 + r * Math.sin(a)]);
-    });
+    const inner = groups.filter((g) => g.startsWith("ns:"));
+    const outer = groups.filter((g) => !g.startsWith("ns:"));
+    const ring = (list, r, turn) =>
+      list.forEach((g, i) => {
+        const a = (2 * Math.PI * i) / Math.max(list.length, 1) - Math.PI / 2 + turn;
+        at.set(g, list.length === 1 && r < 0.2 ? [width / 2, height / 2] : [width / 2 + r * width * Math.cos(a), height / 2 + r * height * Math.sin(a)]);
+      });
+    ring(inner, inner.length === 1 ? 0 : 0.18, 0);
+    ring(outer, 0.36, Math.PI / Math.max(outer.length, 1));
     return at;
   }
 
@@ -238,11 +243,11 @@
     if (window.d3 && d3.forceSimulation) {
       const sim = d3
         .forceSimulation(nodes)
-        .force("link", d3.forceLink(links).id((d) => d.id).distance(110).strength(0.2))
-        .force("charge", d3.forceManyBody().strength(-260))
-        .force("x", d3.forceX((d) => d.ax).strength(0.25))
-        .force("y", d3.forceY((d) => d.ay).strength(0.25))
-        .force("collide", d3.forceCollide(34))
+        .force("link", d3.forceLink(links).id((d) => d.id).distance(140).strength(0.1))
+        .force("charge", d3.forceManyBody().strength(-420))
+        .force("x", d3.forceX((d) => d.ax).strength(0.3))
+        .force("y", d3.forceY((d) => d.ay).strength(0.3))
+        .force("collide", d3.forceCollide(48))
         .stop();
       // Laid out at once: a static picture (stable for screenshots), no animation.
       for (let i = 0; i < 300; i++) sim.tick();
