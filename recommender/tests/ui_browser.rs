@@ -104,8 +104,8 @@ fn fixture(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let db = dir.join("leash.db");
     let store = SqliteStore::open(&db).unwrap();
     let old = Utc::now() - chrono::Duration::days(8);
-    let flow = |ns: &str, name: &str, dst: &str, port: u16, names: &[&str], count: u64| {
-        FlowObservation {
+    let flow =
+        |ns: &str, name: &str, dst: &str, port: u16, names: &[&str], count: u64| FlowObservation {
             count,
             first_seen: old,
             last_seen: Utc::now() - chrono::Duration::minutes(5),
@@ -115,8 +115,7 @@ fn fixture(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
                 more: 0,
             },
             ..deployment_flow(ns, name, dst, port, names, old)
-        }
-    };
+        };
     store
         .commit(
             &BatchId {
@@ -125,12 +124,26 @@ fn fixture(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
                 seq: 1,
             },
             &[
-                flow("shop", "api", "203.0.113.4", 443, &["api.payments.example"], 7),
+                flow(
+                    "shop",
+                    "api",
+                    "203.0.113.4",
+                    443,
+                    &["api.payments.example"],
+                    7,
+                ),
                 flow("shop", "api", "198.51.100.7", 5432, &[], 3),
                 flow("shop", "web", "10.0.1.10", 8080, &[], 11),
                 flow("shop", "web", "203.0.113.9", 443, &[HOSTILE], 2),
                 flow("shop", "batch", "203.0.113.5", 443, &["batch.example"], 2),
-                flow("bank", "ledger", "203.0.113.8", 443, &["ledger.bank.example"], 4),
+                flow(
+                    "bank",
+                    "ledger",
+                    "203.0.113.8",
+                    443,
+                    &["ledger.bank.example"],
+                    4,
+                ),
             ],
             &[],
         )
@@ -242,11 +255,7 @@ fn the_map_api_answers_and_refuses_bad_queries() {
     );
     assert_eq!(verdict(&overview, LEDGER_EDGE).as_deref(), Some("denied"));
     assert_eq!(
-        verdict(
-            &overview,
-            "wl:shop/Deployment/web->wl:shop/Deployment/api"
-        )
-        .as_deref(),
+        verdict(&overview, "wl:shop/Deployment/web->wl:shop/Deployment/api").as_deref(),
         Some("allowed")
     );
 
@@ -293,7 +302,11 @@ fn the_map_api_answers_and_refuses_bad_queries() {
         ("/v1/map?colour=red", 400, "colour"),
         ("/v1/map/namespaces/nowhere", 404, "nowhere"),
         ("/v1/map/namespaces/shop?namespace=bank", 400, "namespace="),
-        ("/v1/map/workloads/shop/Deployment/nobody", 404, "shop/Deployment/nobody"),
+        (
+            "/v1/map/workloads/shop/Deployment/nobody",
+            404,
+            "shop/Deployment/nobody",
+        ),
     ] {
         let (got, body) = get(http, path).unwrap();
         assert_eq!(got, status, "{path}: {body}");
@@ -305,13 +318,21 @@ fn the_map_api_answers_and_refuses_bad_queries() {
     // The UI: the page and its assets, typed, under a policy allowing only them.
     let (status, headers, body) = raw_get(http, "/");
     assert!(status.contains(" 200 "), "{status}");
-    assert!(headers.contains("content-type: text/html; charset=utf-8"), "{headers}");
     assert!(
-        headers.contains("content-security-policy: default-src 'none'; script-src 'self'; style-src 'self'"),
+        headers.contains("content-type: text/html; charset=utf-8"),
+        "{headers}"
+    );
+    assert!(
+        headers.contains(
+            "content-security-policy: default-src 'none'; script-src 'self'; style-src 'self'"
+        ),
         "{headers}"
     );
     let page = String::from_utf8(body).unwrap();
-    assert!(!page.contains("<script>") && !page.contains("style="), "inline code in the page");
+    assert!(
+        !page.contains("<script>") && !page.contains("style="),
+        "inline code in the page"
+    );
     for (path, kind) in [
         ("/assets/app.js", "text/javascript"),
         ("/assets/style.css", "text/css"),
@@ -320,8 +341,14 @@ fn the_map_api_answers_and_refuses_bad_queries() {
     ] {
         let (status, headers, body) = raw_get(http, path);
         assert!(status.contains(" 200 "), "{path}: {status}");
-        assert!(headers.contains(&format!("content-type: {kind}")), "{path}: {headers}");
-        assert!(headers.contains("x-content-type-options: nosniff"), "{path}");
+        assert!(
+            headers.contains(&format!("content-type: {kind}")),
+            "{path}: {headers}"
+        );
+        assert!(
+            headers.contains("x-content-type-options: nosniff"),
+            "{path}"
+        );
         assert!(!body.is_empty(), "{path}");
     }
     assert!(raw_get(http, "/assets/nothing.js").0.contains(" 404 "));
@@ -354,7 +381,9 @@ fn the_ui_in_a_real_browser() {
     let (driver, chromium) = match support::webdriver::find() {
         Ok(found) => found,
         Err(why) if !required() => {
-            eprintln!("skipping the browser test: {why}; set LEASH_REQUIRE_BROWSER=1 to fail instead");
+            eprintln!(
+                "skipping the browser test: {why}; set LEASH_REQUIRE_BROWSER=1 to fail instead"
+            );
             return;
         }
         Err(why) => panic!("LEASH_REQUIRE_BROWSER=1 but {why}"),
@@ -384,7 +413,10 @@ fn the_ui_in_a_real_browser() {
     assert_eq!(edges, ids(&api, "edges"), "the edges drawn are the API's");
     // The would-be-denied edge: its verdict, its stroke, and the words on it.
     let would = b.wait_find(&format!("#map g.edge-group[data-id='{API_TO_CIDR}']"), WAIT);
-    assert_eq!(b.attribute(&would, "data-verdict").as_deref(), Some("would-deny"));
+    assert_eq!(
+        b.attribute(&would, "data-verdict").as_deref(),
+        Some("would-deny")
+    );
     let marked = b.script(
         "const g = document.querySelector(`#map g.edge-group[data-id='${arguments[0]}']`);
          const line = g.querySelector('line');
@@ -396,10 +428,21 @@ fn the_ui_in_a_real_browser() {
     assert_eq!(marked[0], "would be denied");
     assert_ne!(marked[1], "none", "a would-deny edge is dashed");
     let title = marked[2].as_str().unwrap();
-    for part in ["events: 3", "ports: 5432/TCP", "verdict: would be denied", "last seen: "] {
-        assert!(title.contains(part), "{part:?} not in the edge's title {title:?}");
+    for part in [
+        "events: 3",
+        "ports: 5432/TCP",
+        "verdict: would be denied",
+        "last seen: ",
+    ] {
+        assert!(
+            title.contains(part),
+            "{part:?} not in the edge's title {title:?}"
+        );
     }
-    let denied = b.wait_find(&format!("#map g.edge-group[data-id='{LEDGER_EDGE}'] text.edge-mark"), WAIT);
+    let denied = b.wait_find(
+        &format!("#map g.edge-group[data-id='{LEDGER_EDGE}'] text.edge-mark"),
+        WAIT,
+    );
     assert_eq!(b.text(&denied), "denied");
     // The legend says each verdict in words.
     let legend = b.text(&b.wait_find("#legend", WAIT));
@@ -420,7 +463,11 @@ fn the_ui_in_a_real_browser() {
     b.wait_until("only the would-deny edge", WAIT, || {
         data_ids(&b, "#map g.edge-group") == [API_TO_CIDR]
     });
-    assert!(data_ids(&b, "#map g.node").iter().all(|n| !n.contains("ledger")));
+    assert!(
+        data_ids(&b, "#map g.node")
+            .iter()
+            .all(|n| !n.contains("ledger"))
+    );
     b.screenshot(&shots.join("map-would-deny.png"));
     b.click(&b.wait_find("#f-verdict option[value='all']", WAIT));
     let search = b.wait_find("#f-search", WAIT);
@@ -443,15 +490,29 @@ fn the_ui_in_a_real_browser() {
             &[],
         ) == json!(true)
     });
-    assert_eq!(b.text(&b.wait_find("#panel-title", WAIT)), "shop/Deployment/api");
+    assert_eq!(
+        b.text(&b.wait_find("#panel-title", WAIT)),
+        "shop/Deployment/api"
+    );
     assert_eq!(b.text(&b.wait_find("#panel-phase", WAIT)), "would-deny");
-    let row = b.wait_find("#panel-destinations tr[data-to='cidr:198.51.100.0/24']", WAIT);
+    let row = b.wait_find(
+        "#panel-destinations tr[data-to='cidr:198.51.100.0/24']",
+        WAIT,
+    );
     let row = b.text(&row);
-    for part in ["198.51.100.7:5432/TCP", "would be denied", "api-x1", "3 established, 0 failed"] {
+    for part in [
+        "198.51.100.7:5432/TCP",
+        "would be denied",
+        "api-x1",
+        "3 established, 0 failed",
+    ] {
         assert!(row.contains(part), "{part:?} not in the row {row:?}");
     }
     let yaml = b.text(&b.wait_find("#panel-yaml", WAIT));
-    assert!(yaml.contains("name: api-egress") && yaml.contains("port: 5432"), "{yaml}");
+    assert!(
+        yaml.contains("name: api-egress") && yaml.contains("port: 5432"),
+        "{yaml}"
+    );
     assert!(!b.text(&b.wait_find("#panel-diff", WAIT)).is_empty());
     b.screenshot(&shots.join("panel.png"));
     b.click(&b.wait_find("#panel-close", WAIT));
@@ -501,14 +562,21 @@ fn the_ui_in_a_real_browser() {
     let workloads = board["workloads"].as_array().unwrap();
     let mut expected = std::collections::BTreeMap::<String, u64>::new();
     for w in workloads {
-        *expected.entry(w["phase"].as_str().unwrap().to_owned()).or_default() += 1;
+        *expected
+            .entry(w["phase"].as_str().unwrap().to_owned())
+            .or_default() += 1;
     }
     let shown = b.script(
         "return Object.fromEntries([...document.querySelectorAll('#phase-counts li')]
              .map(li => [li.dataset.phase, Number(li.querySelector('.count').textContent)]));",
         &[],
     );
-    let total: u64 = shown.as_object().unwrap().values().filter_map(Value::as_u64).sum();
+    let total: u64 = shown
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(Value::as_u64)
+        .sum();
     assert_eq!(total, workloads.len() as u64, "{shown}");
     for (phase, n) in shown.as_object().unwrap() {
         assert_eq!(
@@ -517,10 +585,7 @@ fn the_ui_in_a_real_browser() {
             "{phase}: {shown} against {board}"
         );
     }
-    assert_eq!(
-        b.find_all("#rollout-table tbody tr").len(),
-        workloads.len()
-    );
+    assert_eq!(b.find_all("#rollout-table tbody tr").len(), workloads.len());
     let stage = b.text(&b.wait_find("#guardrails-phase", WAIT));
     assert!(
         stage.contains(board["guardrails"]["phase"].as_str().unwrap()),
@@ -546,8 +611,10 @@ fn the_ui_in_a_real_browser() {
         WAIT,
     ));
     b.wait_until("ledger's panel from the board", WAIT, || {
-        b.script("return document.getElementById('panel-title').textContent;", &[])
-            == "bank/Deployment/ledger"
+        b.script(
+            "return document.getElementById('panel-title').textContent;",
+            &[],
+        ) == "bank/Deployment/ledger"
     });
     b.click(&b.wait_find("#panel-close", WAIT));
 
@@ -560,7 +627,10 @@ fn the_ui_in_a_real_browser() {
             .is_some_and(|r| b.text(r).contains("bank/Deployment/ledger"))
     });
     let alert = b.text(&b.wait_find("#alerts-table tr[data-type='egress-denied']", WAIT));
-    assert!(alert.contains("203.0.113.8:443/TCP") && alert.contains("port: 443"), "{alert}");
+    assert!(
+        alert.contains("203.0.113.8:443/TCP") && alert.contains("port: 443"),
+        "{alert}"
+    );
     b.screenshot(&shots.join("alerts.png"));
 
     // Every control has a label; every focusable node a name and a role.

@@ -189,6 +189,7 @@ impl FromRequestParts<Shared> for Slot {
 }
 
 /// An error answer: a status and a one-line message.
+#[derive(Debug)]
 pub(super) struct ApiError(pub(super) StatusCode, pub(super) String);
 
 impl IntoResponse for ApiError {

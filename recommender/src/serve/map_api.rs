@@ -61,10 +61,7 @@ pub(super) fn routes() -> Router<Shared> {
     Router::new()
         .route("/v1/map", get(overview))
         .route("/v1/map/namespaces/{namespace}", get(namespace))
-        .route(
-            "/v1/map/workloads/{namespace}/{kind}/{name}",
-            get(workload),
-        )
+        .route("/v1/map/workloads/{namespace}/{kind}/{name}", get(workload))
 }
 
 /// The namespaces the request may read; empty means every namespace. The one place the
@@ -574,7 +571,8 @@ fn build(
         .alerts(None)?
         .iter()
         .filter(|r| {
-            serde_json::from_str::<AlertType>(&r.detail).is_ok_and(|t| t.kind == AlertKind::DnsDrift)
+            serde_json::from_str::<AlertType>(&r.detail)
+                .is_ok_and(|t| t.kind == AlertKind::DnsDrift)
         })
         .map(|r| FlowRef {
             namespace: r.workload.namespace.clone(),

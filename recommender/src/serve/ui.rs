@@ -103,7 +103,10 @@ fn answer(content_type: &'static str, body: &'static [u8]) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     // The binary is the version: a new one may change every file.
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     r

@@ -86,8 +86,7 @@ impl Browser {
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if b
-                .call("GET", "/status", None)
+            if b.call("GET", "/status", None)
                 .is_ok_and(|v| v["ready"] == true)
             {
                 break;
@@ -111,10 +110,7 @@ impl Browser {
         let v = b
             .call("POST", "/session", Some(&caps))
             .expect("a new browser session");
-        b.session = v["sessionId"]
-            .as_str()
-            .expect("a session id")
-            .to_owned();
+        b.session = v["sessionId"].as_str().expect("a session id").to_owned();
         b
     }
 
@@ -137,7 +133,10 @@ impl Browser {
         let v: Value = serde_json::from_str(&answer.body)
             .map_err(|e| format!("{method} {path}: {e}: {}", answer.body))?;
         if answer.status != 200 {
-            return Err(format!("{method} {path}: {}: {}", answer.status, v["value"]));
+            return Err(format!(
+                "{method} {path}: {}: {}",
+                answer.status, v["value"]
+            ));
         }
         Ok(v["value"].clone())
     }
@@ -190,7 +189,10 @@ impl Browser {
     pub fn wait_until(&self, what: &str, within: Duration, mut check: impl FnMut() -> bool) {
         let deadline = Instant::now() + within;
         while !check() {
-            assert!(Instant::now() < deadline, "timed out ({within:?}) waiting for {what}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out ({within:?}) waiting for {what}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
