@@ -72,22 +72,28 @@ fn policy_file(ns: &str, name: &str, app: &str, ports: &[u16]) -> String {
 /// The fixture: shop's `api` (external by name on 443, allowed; a nameless address on 5432,
 /// which the proposal would deny), `web` (to `api`, and to a hostile name), `batch` (ready);
 /// bank's `ledger`, whose applied policy denies its 443 (unexpected egress). Returns the
-/// cluster file, the store and the proposal directory.
-fn fixture(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+/// cluster file, the store and the proposal directory. `idle` more Deployments without
+/// egress in namespace `bulk` make a larger cluster.
+fn fixture(dir: &Path, idle: usize) -> (PathBuf, PathBuf, PathBuf) {
     let cluster = dir.join("cluster.yaml");
-    std::fs::write(
-        &cluster,
-        list(&[
-            namespace("bank"),
-            namespace("shop"),
-            deployment("bank", "ledger", "ledger-x1", "10.0.2.10"),
-            deployment("shop", "api", "api-x1", "10.0.1.10"),
-            deployment("shop", "batch", "batch-x1", "10.0.1.11"),
-            deployment("shop", "web", "web-x1", "10.0.1.12"),
-            egress_policy("bank", "ledger-egress", "ledger", &[80], false),
-        ]),
-    )
-    .unwrap();
+    let mut items = vec![
+        namespace("bank"),
+        namespace("shop"),
+        deployment("bank", "ledger", "ledger-x1", "10.0.2.10"),
+        deployment("shop", "api", "api-x1", "10.0.1.10"),
+        deployment("shop", "batch", "batch-x1", "10.0.1.11"),
+        deployment("shop", "web", "web-x1", "10.0.1.12"),
+        egress_policy("bank", "ledger-egress", "ledger", &[80], false),
+    ];
+    if idle > 0 {
+        items.push(namespace("bulk"));
+    }
+    for i in 0..idle {
+        let app = format!("idle{i}");
+        let ip = format!("10.0.{}.{}", 3 + i / 250, i % 250 + 1);
+        items.push(deployment("bulk", &app, &format!("{app}-x1"), &ip));
+    }
+    std::fs::write(&cluster, list(&items)).unwrap();
     let proposed = dir.join("proposed");
     std::fs::create_dir(&proposed).unwrap();
     std::fs::write(
@@ -151,9 +157,10 @@ fn fixture(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     (cluster, db, proposed)
 }
 
-/// Starts `leash serve` on the fixture and waits until its map carries the rollout phases.
-fn serve(dir: &Path) -> ServeProcess {
-    let (cluster, db, proposed) = fixture(dir);
+/// Starts `leash serve` on the fixture (with `idle` more workloads) and waits until its map
+/// carries the rollout phases.
+fn serve(dir: &Path, idle: usize) -> ServeProcess {
+    let (cluster, db, proposed) = fixture(dir, idle);
     let server = ServeProcess::start(
         dir,
         &db,
@@ -166,7 +173,7 @@ fn serve(dir: &Path) -> ServeProcess {
         Duration::from_secs(30),
         Duration::from_millis(200),
         || {
-            let Ok((200, body)) = get(server.http, "/v1/map") else {
+            let Ok((200, body)) = get(server.http, "/v1/map/namespaces/shop") else {
                 return false;
             };
             let view: Value = serde_json::from_str(&body).unwrap();
@@ -224,7 +231,7 @@ const LEDGER_EDGE: &str = "wl:bank/Deployment/ledger->ext:ledger.bank.example";
 #[test]
 fn the_map_api_answers_and_refuses_bad_queries() {
     let dir = tempfile::tempdir().unwrap();
-    let server = serve(dir.path());
+    let server = serve(dir.path(), 0);
     let http = server.http;
 
     let overview = json(http, "/v1/map");
@@ -375,23 +382,29 @@ fn data_ids(b: &Browser, selector: &str) -> Vec<String> {
     serde_json::from_value(v).unwrap()
 }
 
-/// The UI in a real browser, against a served fixture.
-#[test]
-fn the_ui_in_a_real_browser() {
-    let (driver, chromium) = match support::webdriver::find() {
-        Ok(found) => found,
+/// A headless browser, or `None` (with a message) when there is none and none is required.
+fn browser() -> Option<Browser> {
+    match support::webdriver::find() {
+        Ok((driver, chromium)) => Some(Browser::start(&driver, &chromium, 1400, 1000)),
         Err(why) if !required() => {
             eprintln!(
                 "skipping the browser test: {why}; set LEASH_REQUIRE_BROWSER=1 to fail instead"
             );
-            return;
+            None
         }
         Err(why) => panic!("LEASH_REQUIRE_BROWSER=1 but {why}"),
+    }
+}
+
+/// The UI in a real browser, against a served fixture.
+#[test]
+fn the_ui_in_a_real_browser() {
+    let Some(b) = browser() else {
+        return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let server = serve(dir.path());
+    let server = serve(dir.path(), 0);
     let shots = screenshots();
-    let b = Browser::start(&driver, &chromium, 1400, 1000);
     b.goto(&format!("http://{}/", server.http));
 
     // The map: every workload, the destinations, the edges.
@@ -477,9 +490,14 @@ fn the_ui_in_a_real_browser() {
     });
     b.clear(&search);
     b.type_into(&search, " ");
-    b.wait_until("every edge again", WAIT, || {
-        data_ids(&b, "#map g.edge-group").len() == edges.len()
+    b.wait_until("the whole map again", WAIT, || {
+        b.script(
+            "const m = document.getElementById('map');
+             return m.getAttribute('aria-busy') === 'false' && m.getAttribute('data-query');",
+            &[],
+        ) == "/v1/map"
     });
+    assert_eq!(data_ids(&b, "#map g.edge-group"), edges);
 
     // Clicking a workload opens its panel: phase, evidence, YAML, diff.
     b.click(&b.wait_find("#map g.node[data-id='wl:shop/Deployment/api'] .shape", WAIT));
@@ -620,13 +638,21 @@ fn the_ui_in_a_real_browser() {
 
     // The alerts: ledger's unexpected egress, with its proposed fix.
     b.click(&b.wait_find("#tab-alerts", WAIT));
+    // The alerts are remembered by the first check: ask again until it has run. One script
+    // reads the rows, so a re-rendered table never leaves a stale element.
+    let rows = || {
+        b.script(
+            "return [...document.querySelectorAll(\"#alerts-table tr[data-type='egress-denied']\")]
+                 .map(r => r.textContent);",
+            &[],
+        )
+    };
     b.wait_until("ledger's alert", WAIT, || {
         b.click(&b.wait_find("#tab-alerts", WAIT));
-        b.find_all("#alerts-table tr[data-type='egress-denied']")
-            .first()
-            .is_some_and(|r| b.text(r).contains("bank/Deployment/ledger"))
+        std::thread::sleep(Duration::from_millis(200));
+        rows().to_string().contains("bank/Deployment/ledger")
     });
-    let alert = b.text(&b.wait_find("#alerts-table tr[data-type='egress-denied']", WAIT));
+    let alert = rows().to_string();
     assert!(
         alert.contains("203.0.113.8:443/TCP") && alert.contains("port: 443"),
         "{alert}"
@@ -649,4 +675,64 @@ fn the_ui_in_a_real_browser() {
         &[],
     );
     assert_eq!(unlabelled, json!([]), "controls without a label");
+}
+
+/// A cluster of more than 200 workloads opens on its namespaces; Enter on one expands it
+/// (`/v1/map/namespaces/NS`), and the namespace filter narrows the overview to one.
+#[test]
+fn a_large_cluster_opens_on_namespaces_and_expands_one() {
+    let Some(b) = browser() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path(), 200);
+    let shots = screenshots();
+    b.goto(&format!("http://{}/", server.http));
+
+    b.wait_find("#map g.node[data-id='ns:shop']", WAIT);
+    let nodes = data_ids(&b, "#map g.node");
+    assert!(
+        nodes.iter().all(|n| !n.starts_with("wl:")),
+        "workloads drawn in the overview: {nodes:?}"
+    );
+    for id in ["ns:bank", "ns:shop", "ext:api.payments.example"] {
+        assert!(nodes.contains(&id.to_owned()), "{id} not drawn: {nodes:?}");
+    }
+    let folded = b.wait_find(
+        "#map g.edge-group[data-id='ns:shop->cidr:198.51.100.0/24']",
+        WAIT,
+    );
+    assert_eq!(
+        b.attribute(&folded, "data-verdict").as_deref(),
+        Some("would-deny")
+    );
+    let summary = b.text(&b.wait_find("#map-summary", WAIT));
+    assert!(summary.contains("204 workloads"), "{summary}");
+    b.screenshot(&shots.join("overview-namespaces.png"));
+
+    // Enter on shop's node expands it.
+    b.script(
+        "document.querySelector(\"#map g.node[data-id='ns:shop']\").focus();",
+        &[],
+    );
+    b.press(keys::ENTER);
+    b.wait_find("#map g.node[data-id='wl:shop/Deployment/api']", WAIT);
+    let back = b.wait_find("#map-back", WAIT);
+    assert_eq!(b.attribute(&back, "hidden"), None, "the way back is shown");
+    assert!(
+        data_ids(&b, "#map g.edge-group").contains(&API_TO_CIDR.to_owned()),
+        "the expanded namespace's would-deny edge"
+    );
+    b.screenshot(&shots.join("namespace-shop.png"));
+    b.click(&back);
+    b.wait_until("the overview again", WAIT, || {
+        let nodes = data_ids(&b, "#map g.node");
+        nodes.contains(&"ns:shop".to_owned()) && nodes.iter().all(|n| !n.starts_with("wl:"))
+    });
+
+    // The namespace filter: bank alone is small enough to show its workloads.
+    b.click(&b.wait_find("#f-namespace option[value='bank']", WAIT));
+    b.wait_until("bank's workload alone", WAIT, || {
+        data_ids(&b, "#map g.edge-group") == [LEDGER_EDGE]
+    });
 }

@@ -125,14 +125,22 @@
       ? `/v1/map/namespaces/${encodeURIComponent(map.namespace)}${filterQuery(false)}`
       : `/v1/map${filterQuery(true)}`;
     status("Loading the map…");
+    const root = $("map");
+    root.setAttribute("aria-busy", "true");
+    const asked = (map.asked = (map.asked || 0) + 1);
     try {
       const view = await getJSON(path);
+      // An older answer arriving late must not replace a newer one.
+      if (asked !== map.asked) return;
       map.view = view;
       remember(view);
       render(view);
+      root.setAttribute("data-query", path);
       status("");
     } catch (e) {
-      status(`Cannot load the map: ${e.message}`);
+      if (asked === map.asked) status(`Cannot load the map: ${e.message}`);
+    } finally {
+      if (asked === map.asked) root.setAttribute("aria-busy", "false");
     }
   }
 
@@ -401,6 +409,7 @@
   }
   let typing = null;
   $("f-search").addEventListener("input", () => {
+    $("map").setAttribute("aria-busy", "true");
     clearTimeout(typing);
     typing = setTimeout(loadMap, 250);
   });
