@@ -298,7 +298,13 @@ fn the_map_api_answers_and_refuses_bad_queries() {
     assert!(yaml.contains("kind: NetworkPolicy"), "{yaml}");
     assert!(yaml.contains("port: 5432"), "{yaml}");
     assert_eq!(panel["proposed"]["name"], "api-egress");
-    assert!(panel["diff"].as_str().unwrap().contains("shop"), "{panel}");
+    // The proposal allows exactly what api did: everything else becomes denied, nothing
+    // observed breaks.
+    let diff = panel["diff"].as_str().unwrap();
+    for part in ["5433-65535  198.51.100.7", "444-65535   203.0.113.4", "0 breaks"] {
+        assert!(diff.contains(part), "{part:?} not in the diff {diff}");
+    }
+    assert_eq!(panel["breaks"], 0);
     assert_eq!(panel["applied"], Value::Null);
     assert_eq!(panel["alerts"], json!([]));
 

@@ -341,7 +341,8 @@
       shape.setAttribute("class", "shape");
       g.append(shape);
       const text = svg("text", { y: n.kind === "namespace" ? 32 : 28, class: "node-label" });
-      text.textContent = n.label.length > 40 ? `${n.label.slice(0, 39)}…` : n.label;
+      const short = n.label.length > 40 ? `${n.label.slice(0, 39)}…` : n.label;
+      text.textContent = n.kind === "namespace" && n.workloads !== undefined ? `${short} (${n.workloads})` : short;
       g.append(text);
       const title = svg("title");
       title.textContent = nodeLabel(n);
