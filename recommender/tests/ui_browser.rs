@@ -26,7 +26,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use leash::evidence::PodNames;
-use leash::store::{BatchId, FlowObservation, SqliteStore, Store};
+use leash::store::{AlertRecord, BatchId, FlowObservation, SqliteStore, Store, WorkloadRef};
+use leash_records::Protocol;
 use serde_json::{Value, json};
 use support::http::get;
 use support::serve_process::ServeProcess;
@@ -154,6 +155,34 @@ fn fixture(dir: &Path, idle: usize) -> (PathBuf, PathBuf, PathBuf) {
             &[],
         )
         .unwrap();
+    // A DNS drift remembered for web's hostile name, as `serve`'s drift check leaves it.
+    let now = Utc::now();
+    let drift = json!({
+        "count": 2, "dst": "203.0.113.9", "first_sent": leash_records::time::rfc3339(now),
+        "fix": "- to:\n  - ipBlock:\n      cidr: 203.0.113.9/32\n", "kind": "Deployment",
+        "last_seen": leash_records::time::rfc3339(now), "last_sent": leash_records::time::rfc3339(now),
+        "name": "web", "names": [HOSTILE], "namespace": "shop", "occurrences": 1,
+        "pod": "web-x1", "policies": [], "port": 443, "protocol": "TCP",
+        "pull_request": "https://git.example/shop/pull/7", "type": "dns-drift",
+        "workload": "Deployment/web",
+    });
+    store
+        .remember_alerts(&[AlertRecord {
+            workload: WorkloadRef {
+                namespace: "shop".into(),
+                kind: "Deployment".into(),
+                name: "web".into(),
+            },
+            dst: "203.0.113.9".parse().unwrap(),
+            port: 443,
+            protocol: Protocol::Tcp,
+            first_sent: now,
+            last_sent: now,
+            last_seen: now,
+            occurrences: 1,
+            detail: drift.to_string(),
+        }])
+        .unwrap();
     (cluster, db, proposed)
 }
 
@@ -225,6 +254,8 @@ fn ids(view: &Value, what: &str) -> Vec<String> {
 
 const API_TO_CIDR: &str = "wl:shop/Deployment/api->cidr:198.51.100.0/24";
 const LEDGER_EDGE: &str = "wl:bank/Deployment/ledger->ext:ledger.bank.example";
+const DRIFT_EDGE: &str =
+    "wl:shop/Deployment/web->ext:<img src=x onerror=\"window.pwned=1\">.evil.example";
 
 /// The `/v1/map` API: the overview, a namespace, a workload's panel, its refusals; and the
 /// UI's files with their types and policy.
@@ -261,6 +292,7 @@ fn the_map_api_answers_and_refuses_bad_queries() {
         Some("would-deny")
     );
     assert_eq!(verdict(&overview, LEDGER_EDGE).as_deref(), Some("denied"));
+    assert_eq!(verdict(&overview, DRIFT_EDGE).as_deref(), Some("drift"));
     assert_eq!(
         verdict(&overview, "wl:shop/Deployment/web->wl:shop/Deployment/api").as_deref(),
         Some("allowed")
@@ -301,7 +333,11 @@ fn the_map_api_answers_and_refuses_bad_queries() {
     // The proposal allows exactly what api did: everything else becomes denied, nothing
     // observed breaks.
     let diff = panel["diff"].as_str().unwrap();
-    for part in ["5433-65535  198.51.100.7", "444-65535   203.0.113.4", "0 breaks"] {
+    for part in [
+        "5433-65535  198.51.100.7",
+        "444-65535   203.0.113.4",
+        "0 breaks",
+    ] {
         assert!(diff.contains(part), "{part:?} not in the diff {diff}");
     }
     assert_eq!(panel["breaks"], 0);
@@ -463,6 +499,15 @@ fn the_ui_in_a_real_browser() {
         WAIT,
     );
     assert_eq!(b.text(&denied), "denied");
+    let drift = b.script(
+        "return document.querySelector(`#map g.edge-group[data-verdict='drift'] text.edge-mark`).textContent;",
+        &[],
+    );
+    assert_eq!(drift, "DNS drift");
+    assert_eq!(
+        data_ids(&b, "#map g.edge-group[data-verdict='drift']"),
+        [DRIFT_EDGE]
+    );
     // The legend says each verdict in words.
     let legend = b.text(&b.wait_find("#legend", WAIT));
     for word in ["allowed", "would be denied", "denied", "DNS drift"] {
@@ -663,6 +708,12 @@ fn the_ui_in_a_real_browser() {
         alert.contains("203.0.113.8:443/TCP") && alert.contains("port: 443"),
         "{alert}"
     );
+    let drift = b.script(
+        "const r = document.querySelector(\"#alerts-table tr[data-type='dns-drift']\");
+         return [r.textContent.includes('DNS drift'), r.querySelector('a').getAttribute('href')];",
+        &[],
+    );
+    assert_eq!(drift, json!([true, "https://git.example/shop/pull/7"]));
     b.screenshot(&shots.join("alerts.png"));
 
     // Every control has a label; every focusable node a name and a role.
