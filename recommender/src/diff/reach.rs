@@ -43,6 +43,7 @@ mod naming;
 mod pairs;
 mod rules;
 mod sets;
+mod tiers;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -51,10 +52,11 @@ use leash_records::Protocol;
 use serde::Serialize;
 
 use crate::cluster::{Cluster, LabelSelector, PodId};
-use crate::eval::{PolicyId, PolicySet};
+use crate::eval::{ClusterPolicies, PolicyId, PolicySet};
 use classes::{DestClass, Group, SourceClass};
 use pairs::Dests;
 use sets::{Family, PortSet};
+use tiers::GroupTiers;
 
 /// Who connects: a workload, or one pod of it when its pods would change differently.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -190,14 +192,20 @@ pub fn reachability_of(
     }
     // Towards addresses only egress counts: the same for every class with the same egress
     // policies (pods of a StatefulSet, say, each with its own labels).
-    let mut external: HashMap<[Vec<&PolicyId>; 2], BTreeSet<(Entry, Target)>> = HashMap::new();
+    // With ClusterNetworkPolicies the group (namespace and labels: the tiers' subject) counts
+    // too.
+    type Key<'k> = ([Vec<&'k PolicyId>; 2], Option<usize>);
+    let mut external: HashMap<Key<'_>, BTreeSet<(Entry, Target)>> = HashMap::new();
     for (sk, out) in per_source.iter_mut().enumerate() {
         if e.egress_changed(sk) && wanted_source(sk) {
-            let g = &e.groups[e.sources[sk].group];
-            let key = g
-                .egress
-                .each_ref()
-                .map(|ps| ps.iter().map(|p| &p.id).collect());
+            let group = e.sources[sk].group;
+            let g = &e.groups[group];
+            let key = (
+                g.egress
+                    .each_ref()
+                    .map(|ps| ps.iter().map(|p| &p.id).collect()),
+                e.tiers.is_some().then_some(group),
+            );
             let found = external
                 .entry(key)
                 .or_insert_with(|| e.external_changes(sk));
@@ -211,6 +219,11 @@ pub fn reachability_of(
 struct Engine<'a> {
     cluster: &'a Cluster,
     groups: Vec<Group<'a>>,
+    /// The ClusterNetworkPolicies of both states; `None` when neither has any (then no tier
+    /// code runs).
+    tiers: Option<[&'a ClusterPolicies; 2]>,
+    /// Per group, the tier policies selecting it (empty without tiers).
+    group_tiers: Vec<GroupTiers<'a>>,
     sources: Vec<SourceClass>,
     dests: Vec<DestClass>,
     /// Pod destinations: (pod, address).
@@ -235,15 +248,27 @@ struct Engine<'a> {
 
 impl<'a> Engine<'a> {
     fn new(cluster: &'a Cluster, states: [&'a PolicySet; 2]) -> Self {
+        let tiers = states.map(PolicySet::cluster_policies);
+        let tiers = tiers.iter().any(|t| !t.is_empty()).then_some(tiers);
+        let mut bounds = addresses::policy_bounds(states);
+        if let Some(t) = tiers {
+            tiers::network_bounds(t, &mut bounds);
+            for b in &mut bounds {
+                b.sort_unstable();
+                b.dedup();
+            }
+        }
         let mut e = Engine {
             cluster,
             groups: Vec::new(),
+            tiers,
+            group_tiers: Vec::new(),
             sources: Vec::new(),
             dests: Vec::new(),
             units: Vec::new(),
             units_of_pod: HashMap::new(),
             units_of_workload: HashMap::new(),
-            bounds: addresses::policy_bounds(states),
+            bounds,
             dests_by_namespace: HashMap::new(),
             dests_by_atom: BTreeMap::new(),
             sources_by_namespace: HashMap::new(),
