@@ -13,6 +13,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use leash::cnp::ClusterNetworkPolicy;
 use leash::cluster::Cluster;
 use leash::diff::reach::{Change, ReachChange, Source, Target, reachability, reachability_of};
 use leash::eval::{Flow, PolicySet, Verdict, evaluate};
@@ -465,6 +466,146 @@ fn policy_strategy() -> impl Strategy<Value = (usize, serde_json::Value)> {
         })
 }
 
+/// `networks` of the random ClusterNetworkPolicies (canonical CIDRs, as the CRD's CEL rule
+/// wants them).
+const NETWORKS: &[&str] = &[
+    "10.244.0.8/29",
+    "10.244.0.12/31",
+    "203.0.113.0/24",
+    "203.0.113.64/26",
+    "0.0.0.0/0",
+    "172.18.0.2/32",
+    "169.254.169.254/32",
+    "2001:db8::/64",
+];
+
+/// A ClusterNetworkPolicy selector of pods: `namespaces` or `pods` (with or without a
+/// namespaceSelector), over the labels of the random cluster.
+fn cnp_pods_strategy() -> impl Strategy<Value = serde_json::Value> {
+    prop_oneof![
+        proptest::option::of(0..2usize).prop_map(|ns| match ns {
+            Some(n) => serde_json::json!({"namespaces": {"matchLabels": {"team": NAMESPACES[n]}}}),
+            None => serde_json::json!({"namespaces": {}}),
+        }),
+        (0..2usize, proptest::option::of(0..2usize), proptest::option::of(0..2usize)).prop_map(
+            |(app, tier, ns)| {
+                let mut pods = serde_json::json!({"podSelector": {"matchLabels": {"app": APPS[app]}}});
+                if let Some(t) = tier {
+                    pods["podSelector"]["matchExpressions"] =
+                        serde_json::json!([{"key": "tier", "operator": "NotIn", "values": [TIERS[t]]}]);
+                }
+                if let Some(n) = ns {
+                    pods["namespaceSelector"] = serde_json::json!({"matchLabels": {"team": NAMESPACES[n]}});
+                }
+                serde_json::json!({"pods": pods})
+            }
+        ),
+    ]
+}
+
+/// An egress peer: namespaces, pods, networks, nodes or domainNames (which the symbolic diff
+/// and `evaluate` without names both match to nothing).
+fn cnp_egress_peer_strategy() -> impl Strategy<Value = (serde_json::Value, bool)> {
+    prop_oneof![
+        3 => cnp_pods_strategy().prop_map(|p| (p, false)),
+        3 => proptest::sample::subsequence(NETWORKS.to_vec(), 1..3)
+            .prop_map(|n| (serde_json::json!({"networks": n}), true)),
+        1 => proptest::option::of(0..2usize).prop_map(|z| {
+            let sel = match z {
+                Some(z) => serde_json::json!({"matchLabels": {"zone": ZONES[z]}}),
+                None => serde_json::json!({}),
+            };
+            (serde_json::json!({"nodes": sel}), true)
+        }),
+        1 => Just((serde_json::json!({"domainNames": ["api.example.com"]}), true)),
+    ]
+}
+
+fn cnp_port_strategy() -> impl Strategy<Value = serde_json::Value> {
+    prop_oneof![
+        Just(serde_json::json!({"tcp": {"destinationPort": {"number": 80}}})),
+        Just(serde_json::json!({"tcp": {"destinationPort": {"range": {"start": 8080, "end": 8090}}}})),
+        Just(serde_json::json!({"udp": {"destinationPort": {"number": 53}}})),
+        Just(serde_json::json!({"sctp": {"destinationPort": {"range": {"start": 1, "end": 79}}}})),
+        Just(serde_json::json!({"destinationNamedPort": "http"})),
+    ]
+}
+
+const ACTIONS: [&str; 3] = ["Accept", "Deny", "Pass"];
+const ZONES: [&str; 2] = ["a", "b"];
+
+fn cnp_rule_strategy(egress: bool) -> impl Strategy<Value = serde_json::Value> {
+    (
+        0..3usize,
+        proptest::collection::vec(cnp_egress_peer_strategy(), 1..3),
+        proptest::collection::vec(cnp_pods_strategy(), 1..3),
+        proptest::collection::vec(cnp_port_strategy(), 0..3),
+    )
+        .prop_map(move |(action, to, from, mut ports)| {
+            let mut rule = serde_json::json!({"action": ACTIONS[action]});
+            if egress {
+                // The CRD refuses named ports next to address peers.
+                if to.iter().any(|(_, address)| *address) {
+                    ports.retain(|p| p.get("destinationNamedPort").is_none());
+                }
+                rule["to"] = to.into_iter().map(|(p, _)| p).collect();
+            } else {
+                rule["from"] = from.into();
+            }
+            if !ports.is_empty() {
+                rule["protocols"] = ports.into();
+            }
+            rule
+        })
+}
+
+/// A ClusterNetworkPolicy spec: either tier, a priority among few (equal ones conflict),
+/// a subject, and egress and ingress rules.
+fn cnp_strategy() -> impl Strategy<Value = serde_json::Value> {
+    (
+        any::<bool>(),
+        0..3i32,
+        cnp_pods_strategy(),
+        proptest::collection::vec(cnp_rule_strategy(true), 0..3),
+        proptest::collection::vec(cnp_rule_strategy(false), 0..3),
+    )
+        .prop_map(|(admin, priority, subject, egress, ingress)| {
+            serde_json::json!({
+                "tier": if admin { "Admin" } else { "Baseline" },
+                "priority": priority,
+                "subject": subject,
+                "egress": egress,
+                "ingress": ingress,
+            })
+        })
+}
+
+/// Per name c0..c2: absent, or one of two variants, in each state.
+fn cnp_states_strategy() -> impl Strategy<Value = (Vec<ClusterNetworkPolicy>, Vec<ClusterNetworkPolicy>)> {
+    proptest::collection::vec((cnp_strategy(), cnp_strategy(), 0..3usize, 0..3usize), 0..4)
+        .prop_map(|slots| {
+            let mut from = Vec::new();
+            let mut to = Vec::new();
+            for (i, (v1, v2, f, t)) in slots.into_iter().enumerate() {
+                let variants = [None, Some(&v1), Some(&v2)];
+                for (choice, out) in [(f, &mut from), (t, &mut to)] {
+                    if let Some(Some(spec)) = variants.get(choice) {
+                        out.push(
+                            serde_json::from_value(serde_json::json!({
+                                "apiVersion": "policy.networking.k8s.io/v1alpha2",
+                                "kind": "ClusterNetworkPolicy",
+                                "metadata": {"name": format!("c{i}")},
+                                "spec": spec,
+                            }))
+                            .expect("cluster policy"),
+                        );
+                    }
+                }
+            }
+            (from, to)
+        })
+}
+
 /// Per policy name p0..p3: absent, or one of two variants, in each state.
 fn states_strategy() -> impl Strategy<Value = (Vec<NetworkPolicy>, Vec<NetworkPolicy>)> {
     proptest::collection::vec(
@@ -556,7 +697,7 @@ fn random_cluster(pods: &[PodSpec]) -> Cluster {
         .enumerate()
         .map(|(i, ip)| {
             serde_json::from_value(serde_json::json!({
-                "metadata": {"name": format!("n{}", i + 1)},
+                "metadata": {"name": format!("n{}", i + 1), "labels": {"zone": ZONES[i]}},
                 "status": {"addresses": [{"type": "InternalIP", "address": ip}]},
             }))
             .expect("node")
@@ -582,7 +723,8 @@ fn random_cluster(pods: &[PodSpec]) -> Cluster {
 /// both spaces, and some random ones (never a Service address: those are not destinations).
 fn probe_addresses(c: &Cluster, random: &[IpAddr]) -> BTreeSet<IpAddr> {
     let mut out: BTreeSet<IpAddr> = random.iter().copied().collect();
-    for (cidr, except) in BLOCKS {
+    let networks = NETWORKS.iter().map(|n| (n, &[] as &[&str]));
+    for (cidr, except) in BLOCKS.iter().map(|(c, e)| (c, *e)).chain(networks) {
         for net in std::iter::once(cidr).chain(except.iter()) {
             let net: ipnet::IpNet = net.parse().expect("cidr");
             for a in [net.network(), net.broadcast()] {
@@ -679,6 +821,7 @@ proptest! {
     fn symbolic_diff_agrees_with_brute_force(
         pods in proptest::collection::vec(pod_strategy(), 1..7),
         (from, to) in states_strategy(),
+        (cnp_from, cnp_to) in cnp_states_strategy(),
         random in proptest::collection::vec(
             prop_oneof![
                 any::<u32>().prop_map(|a| IpAddr::V4(a.into())),
@@ -689,7 +832,9 @@ proptest! {
         ),
     ) {
         let c = random_cluster(&pods);
-        let (Ok(from), Ok(to)) = (PolicySet::new(&from), PolicySet::new(&to)) else {
+        let from = PolicySet::new(&from).and_then(|s| s.with_cluster_policies(&cnp_from));
+        let to = PolicySet::new(&to).and_then(|s| s.with_cluster_policies(&cnp_to));
+        let (Ok(from), Ok(to)) = (from, to) else {
             // Random specs may be invalid (an ipBlock except of the other family never is
             // generated, but an empty peer list with ports is fine): skip what the API
             // server would refuse.
