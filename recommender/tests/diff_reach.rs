@@ -340,6 +340,269 @@ fn hostnetwork_source_reaches_by_node_address_only() {
     );
 }
 
+// ---- ClusterNetworkPolicy tiers ----
+
+fn cnp(name: &str, spec: &str) -> ClusterNetworkPolicy {
+    let spec: serde_json::Value =
+        serde_norway::from_str(spec).unwrap_or_else(|e| panic!("{name}: bad spec: {e}"));
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "policy.networking.k8s.io/v1alpha2",
+        "kind": "ClusterNetworkPolicy",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// A state: NetworkPolicies `(ns/name, spec)` and ClusterNetworkPolicies `(name, spec)`.
+type State = (&'static [(&'static str, &'static str)], &'static [(&'static str, &'static str)]);
+
+fn tiered_set((nps, cnps): State) -> PolicySet {
+    let cnps: Vec<ClusterNetworkPolicy> = cnps.iter().map(|(n, y)| cnp(n, y)).collect();
+    set(nps)
+        .with_cluster_policies(&cnps)
+        .expect("valid cluster policies")
+}
+
+fn tiered_diff(from: State, to: State) -> Vec<String> {
+    let c = cluster();
+    let out = reachability(&c, &tiered_set(from), &tiered_set(to));
+    let mut sorted = out.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(out, sorted, "the diff is sorted and free of duplicates");
+    out.iter().map(line).collect()
+}
+
+struct TierCase {
+    name: &'static str,
+    from: State,
+    to: State,
+    want: &'static [&'static str],
+}
+
+const WEB_ONLY: &str = "{pods: {podSelector: {matchLabels: {app: web}}}}";
+
+#[rustfmt::skip]
+const TIER_CASES: &[TierCase] = &[
+    TierCase {
+        name: "Pass then NetworkPolicy: the Admin Deny becomes a Pass, the NetworkPolicy allows 443",
+        from: (&[("shop/web-egress", "{podSelector: {matchLabels: {app: web}}, policyTypes: [Egress], egress: [{to: [{ipBlock: {cidr: 203.0.113.0/24}}], ports: [{port: 443}]}]}")],
+               &[("admin", "{tier: Admin, priority: 1, subject: {pods: {podSelector: {matchLabels: {app: web}}}}, egress: [{action: Deny, to: [{networks: [203.0.113.0/24]}]}]}")]),
+        to: (&[("shop/web-egress", "{podSelector: {matchLabels: {app: web}}, policyTypes: [Egress], egress: [{to: [{ipBlock: {cidr: 203.0.113.0/24}}], ports: [{port: 443}]}]}")],
+             &[("admin", "{tier: Admin, priority: 1, subject: {pods: {podSelector: {matchLabels: {app: web}}}}, egress: [{action: Pass, to: [{networks: [203.0.113.0/24]}]}]}")]),
+        want: &[
+            "shop Pod/web allowed TCP 443 -> 203.0.113.0-203.0.113.255",
+            "shop Pod/web-2 allowed TCP 443 -> 203.0.113.0-203.0.113.255",
+        ],
+    },
+    TierCase {
+        name: "a NetworkPolicy selecting the pod hides the Baseline",
+        from: (&[("shop/web-all", "{podSelector: {matchLabels: {app: web}}, policyTypes: [Egress], egress: [{}]}")], &[]),
+        to: (&[("shop/web-all", "{podSelector: {matchLabels: {app: web}}, policyTypes: [Egress], egress: [{}]}")],
+             &[("base", "{tier: Baseline, priority: 1, subject: {namespaces: {matchLabels: {team: shop}}}, egress: [{action: Deny, to: [{networks: [203.0.113.0/24]}]}]}")]),
+        want: &[
+            "shop Pod/api denied TCP 0-65535 -> 203.0.113.0-203.0.113.255",
+            "shop Pod/api denied UDP 0-65535 -> 203.0.113.0-203.0.113.255",
+            "shop Pod/api denied SCTP 0-65535 -> 203.0.113.0-203.0.113.255",
+            "shop Pod/api-2 denied TCP 0-65535 -> 203.0.113.0-203.0.113.255",
+            "shop Pod/api-2 denied UDP 0-65535 -> 203.0.113.0-203.0.113.255",
+            "shop Pod/api-2 denied SCTP 0-65535 -> 203.0.113.0-203.0.113.255",
+            "shop Pod/worker denied TCP 0-65535 -> 203.0.113.0-203.0.113.255",
+            "shop Pod/worker denied UDP 0-65535 -> 203.0.113.0-203.0.113.255",
+            "shop Pod/worker denied SCTP 0-65535 -> 203.0.113.0-203.0.113.255",
+            "shop StatefulSet/cache denied TCP 0-65535 -> 203.0.113.0-203.0.113.255",
+            "shop StatefulSet/cache denied UDP 0-65535 -> 203.0.113.0-203.0.113.255",
+            "shop StatefulSet/cache denied SCTP 0-65535 -> 203.0.113.0-203.0.113.255",
+        ],
+    },
+    TierCase {
+        name: "equal priorities that disagree deny where both match",
+        from: (&[], &[("b-accept", "{tier: Admin, priority: 5, subject: {pods: {podSelector: {matchLabels: {app: web}}}}, egress: [{action: Accept, to: [{networks: [203.0.113.0/24]}]}]}")]),
+        to: (&[], &[
+            ("b-accept", "{tier: Admin, priority: 5, subject: {pods: {podSelector: {matchLabels: {app: web}}}}, egress: [{action: Accept, to: [{networks: [203.0.113.0/24]}]}]}"),
+            ("a-deny", "{tier: Admin, priority: 5, subject: {pods: {podSelector: {matchLabels: {app: web}}}}, egress: [{action: Deny, to: [{networks: [203.0.113.0/25]}], protocols: [{tcp: {destinationPort: {number: 443}}}]}]}"),
+        ]),
+        want: &[
+            "shop Pod/web denied TCP 443 -> 203.0.113.0-203.0.113.127",
+            "shop Pod/web-2 denied TCP 443 -> 203.0.113.0-203.0.113.127",
+        ],
+    },
+    TierCase {
+        name: "ingress: an Admin Deny at the destination from a namespace, on one port",
+        from: (&[], &[]),
+        to: (&[], &[("protect-db", "{tier: Admin, priority: 1, subject: {namespaces: {matchLabels: {team: data}}}, ingress: [{action: Deny, from: [{namespaces: {matchLabels: {team: shop}}}], protocols: [{tcp: {destinationPort: {number: 5432}}}]}]}")]),
+        // Every pod of `db` (the port is a number, whatever the pod listens on); not
+        // host-agent: a hostNetwork source is never a namespaces peer.
+        want: &[
+            "shop Pod/api denied TCP 5432 -> db Pod/postgres",
+            "shop Pod/api denied TCP 5432 -> db Pod/replica",
+            "shop Pod/api-2 denied TCP 5432 -> db Pod/postgres",
+            "shop Pod/api-2 denied TCP 5432 -> db Pod/replica",
+            "shop Pod/web denied TCP 5432 -> db Pod/postgres",
+            "shop Pod/web denied TCP 5432 -> db Pod/replica",
+            "shop Pod/web-2 denied TCP 5432 -> db Pod/postgres",
+            "shop Pod/web-2 denied TCP 5432 -> db Pod/replica",
+            "shop Pod/worker denied TCP 5432 -> db Pod/postgres",
+            "shop Pod/worker denied TCP 5432 -> db Pod/replica",
+            "shop StatefulSet/cache denied TCP 5432 -> db Pod/postgres",
+            "shop StatefulSet/cache denied TCP 5432 -> db Pod/replica",
+        ],
+    },
+    TierCase {
+        name: "a named port of the tier resolves on each destination pod",
+        from: (&[], &[]),
+        to: (&[], &[("no-pg", "{tier: Admin, priority: 1, subject: {pods: {podSelector: {matchLabels: {app: web}}}}, egress: [{action: Deny, to: [{namespaces: {}}], protocols: [{destinationNamedPort: pg}]}]}")]),
+        want: &[
+            "shop Pod/web denied TCP 5432 -> db Pod/postgres",
+            "shop Pod/web denied TCP 5433 -> db Pod/replica",
+            "shop Pod/web-2 denied TCP 5432 -> db Pod/postgres",
+            "shop Pod/web-2 denied TCP 5433 -> db Pod/replica",
+        ],
+    },
+    TierCase {
+        name: "identical tiers with renamed NetworkPolicies change nothing",
+        from: (&[("shop/a", "{podSelector: {}, policyTypes: [Egress]}")], &[("base", "{tier: Baseline, priority: 1, subject: {namespaces: {}}, egress: [{action: Deny, to: [{networks: [0.0.0.0/0]}]}]}")]),
+        to: (&[("shop/b", "{podSelector: {}, policyTypes: [Egress]}")], &[("base", "{tier: Baseline, priority: 1, subject: {namespaces: {}}, egress: [{action: Deny, to: [{networks: [0.0.0.0/0]}]}]}")]),
+        want: &[],
+    },
+];
+
+#[test]
+fn tier_tables() {
+    let _ = WEB_ONLY;
+    let mut failures = Vec::new();
+    for case in TIER_CASES {
+        let mut got = tiered_diff(case.from, case.to);
+        got.sort();
+        let mut want: Vec<String> = case.want.iter().map(ToString::to_string).collect();
+        want.sort();
+        if got != want {
+            failures.push(format!(
+                "{}:\n  got:\n    {}\n  want:\n    {}",
+                case.name,
+                got.join("\n    "),
+                want.join("\n    ")
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The cluster's source workloads: every workload with a pod-network pod.
+fn pod_network_workloads(c: &Cluster) -> BTreeSet<String> {
+    c.pods
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| !p.host_network)
+        .map(|(pid, p)| {
+            let w = &c.workloads[c.workload_of(pid).expect("workload")];
+            format!("{} {}/{}", p.namespace, w.kind, w.name)
+        })
+        .collect()
+}
+
+/// An Admin Deny of the metadata address for every namespace: every pod-network workload
+/// loses 169.254.169.254 on every port of every protocol, and nothing else changes.
+#[test]
+fn metadata_admin_deny_on_every_namespace() {
+    let got = tiered_diff(
+        (&[("shop/web-egress", "{podSelector: {matchLabels: {app: web}}, policyTypes: [Egress], egress: [{}]}")], &[]),
+        (
+            &[("shop/web-egress", "{podSelector: {matchLabels: {app: web}}, policyTypes: [Egress], egress: [{}]}")],
+            &[(
+                "metadata",
+                "{tier: Admin, priority: 0, subject: {namespaces: {}}, egress: [{action: Deny, to: [{networks: [169.254.169.254/32]}]}]}",
+            )],
+        ),
+    );
+    let c = cluster();
+    let mut want = Vec::new();
+    for w in pod_network_workloads(&c) {
+        for proto in ["TCP", "UDP", "SCTP"] {
+            want.push(format!(
+                "{w} denied {proto} 0-65535 -> 169.254.169.254-169.254.169.254"
+            ));
+        }
+    }
+    let mut got_sorted = got.clone();
+    got_sorted.sort();
+    want.sort();
+    assert_eq!(got_sorted, want);
+    assert!(
+        want.iter().any(|l| l.starts_with("shop Pod/web ")),
+        "a workload whose NetworkPolicy allows everything loses it too"
+    );
+}
+
+/// A Baseline default deny with a DNS Accept, on the namespace `db` that no NetworkPolicy
+/// covers: its workloads lose everything but DNS to the DNS pods; no other namespace changes.
+#[test]
+fn baseline_default_deny_keeps_dns_only() {
+    let base = "{tier: Baseline, priority: 10, subject: {namespaces: {matchLabels: {team: data}}}, egress: [\
+        {action: Accept, to: [{pods: {namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: kube-system}}, podSelector: {matchLabels: {k8s-app: kube-dns}}}}], protocols: [{udp: {destinationPort: {number: 53}}}, {tcp: {destinationPort: {number: 53}}}]},\
+        {action: Deny, to: [{namespaces: {}}, {networks: [0.0.0.0/0, '::/0']}]}]}";
+    let to_cnps: &'static [(&'static str, &'static str)] =
+        Box::leak(Box::new([("baseline", base)]));
+    let got = tiered_diff((&[], &[]), (&[], to_cnps));
+    assert!(!got.is_empty());
+    let c = cluster();
+    let sources: BTreeSet<&str> = got
+        .iter()
+        .map(|l| l.split(" denied ").next().unwrap_or(l))
+        .collect();
+    assert_eq!(
+        sources,
+        BTreeSet::from(["db Pod/postgres", "db Pod/replica"]),
+        "{got:#?}"
+    );
+    assert!(got.iter().all(|l| l.contains(" denied ")), "{got:#?}");
+    // Towards the DNS pods only port 53 of UDP and TCP stays allowed.
+    for src in ["db Pod/postgres", "db Pod/replica"] {
+        for dns in ["coredns-a", "coredns-b"] {
+            let mut to_dns: Vec<&String> = got
+                .iter()
+                .filter(|l| l.starts_with(src) && l.ends_with(&format!("kube-system Pod/{dns}")))
+                .collect();
+            to_dns.sort();
+            let want: Vec<String> = [
+                "SCTP 0-65535",
+                "TCP 0-52",
+                "TCP 54-65535",
+                "UDP 0-52",
+                "UDP 54-65535",
+            ]
+            .iter()
+            .map(|p| format!("{src} denied {p} -> kube-system Pod/{dns}"))
+            .collect();
+            assert_eq!(to_dns, want.iter().collect::<Vec<_>>());
+        }
+        // Every other pod-network workload, on every port.
+        for w in pod_network_workloads(&c) {
+            if w.starts_with("kube-system ") {
+                continue;
+            }
+            for proto in ["TCP", "UDP", "SCTP"] {
+                let l = format!("{src} denied {proto} 0-65535 -> {w}");
+                assert!(got.contains(&l), "missing {l}");
+            }
+        }
+        // And the world: an address range around 203.0.113.10 on every port.
+        for proto in ["TCP", "UDP", "SCTP"] {
+            let world = got.iter().any(|l| {
+                l.strip_prefix(&format!("{src} denied {proto} 0-65535 -> "))
+                    .and_then(|r| r.split_once('-'))
+                    .and_then(|(a, b)| Some((a.parse::<IpAddr>().ok()?, b.parse::<IpAddr>().ok()?)))
+                    .is_some_and(|(a, b)| {
+                        let ip: IpAddr = "203.0.113.10".parse().expect("ip");
+                        a.is_ipv4() && a <= ip && ip <= b
+                    })
+            });
+            assert!(world, "{src} {proto}: {got:#?}");
+        }
+    }
+}
+
 // ---- the property: symbolic diff ⇔ brute-force evaluation ----
 
 const NAMESPACES: [&str; 2] = ["a", "b"];
