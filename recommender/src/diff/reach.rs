@@ -3,19 +3,28 @@
 //! A connection from a source pod to `ip:port/protocol` is allowed when the source's egress
 //! allows it and, for a pod-network pod destination, that pod's ingress allows it: the rules of
 //! [`crate::eval::evaluate`], which this module must always agree with (a property test checks
-//! it against brute-force evaluation). Instead of probing, it works on sets:
+//! it against brute-force evaluation). Each direction follows the evaluator's full precedence:
+//! the ClusterNetworkPolicy Admin tier, then the NetworkPolicies when any selects the pod, then
+//! the Baseline tier, then allow (`tiers`); `domainNames` peers match nothing, as `evaluate`
+//! without DNS names. Instead of probing, it works on sets:
 //!
 //! - ports are interval sets per protocol, addresses interval sets per IP family, over the
 //!   whole IPv4 and IPv6 spaces;
 //! - pods fall into classes that no policy can tell apart: a **source class** shares namespace,
 //!   labels, hostNetwork (and then its node) and which ipBlock interval holds its address; a
 //!   **destination class** (one per pod address) shares namespace, labels, container ports,
-//!   family and ipBlock interval;
-//! - only pairs where the states differ are evaluated: a source class whose egress policies are
-//!   the same in both states can only change towards destinations whose ingress changed, and
-//!   of those only the ones some rule's peer can match (and vice versa);
+//!   family and ipBlock interval (the tiers' `networks` ends count as ipBlock boundaries), and
+//!   with tiers the Node owning the address, if any (`nodes` peers);
+//! - only pairs where the states differ are evaluated: a source class whose egress policies
+//!   (NetworkPolicies and the tier policies selecting it) are the same in both states can only
+//!   change towards destinations whose ingress changed, and of those only the ones some rule's
+//!   peer can match (and vice versa); a changed tier reaches the classes its rules' peers
+//!   (in either state) can match;
 //! - non-pod destinations are evaluated per interval between the changed rules' ipBlock
-//!   boundaries, then cut around the pod addresses and Service addresses.
+//!   boundaries (and the tiers' `networks` ends and Node addresses), then cut around the pod
+//!   addresses and Service addresses.
+//!
+//! Without ClusterNetworkPolicies in either state no tier code runs.
 //!
 //! What is a destination:
 //! - a Service address is never one: a connection to it is a connection to its backends on
@@ -34,8 +43,9 @@
 //!
 //! This module holds the public types and the flow; its submodules one concern each: `classes`
 //! (pods no policy can tell apart), `pairs` (which class pairs may change), `rules` (what the
-//! rules allow, and the change), `addresses` (the non-pod address space), `naming` (changes to
-//! workloads, pods and ranges), `sets` (interval sets of ports and addresses).
+//! rules allow, and the change), `tiers` (the ClusterNetworkPolicy tiers as port sets),
+//! `addresses` (the non-pod address space), `naming` (changes to workloads, pods and ranges),
+//! `sets` (interval sets of ports and addresses).
 
 mod addresses;
 mod classes;
