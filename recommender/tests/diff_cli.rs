@@ -668,18 +668,47 @@ fn reachability_of_the_guardrails_names_the_workloads_that_lose_egress() {
     let proposal = tempfile::tempdir().expect("tempdir");
     let guardrails = tempfile::tempdir().expect("tempdir");
     let (p_dir, g_dir) = (p(proposal.path()), p(guardrails.path()));
-    let o = leash(&["recommend", "--cluster", &cluster, "--flows", &flows, "-o", p_dir]);
-    assert_code(&o, 0);
     let o = leash(&[
-        "guardrails", "--cluster", &cluster, "--flows", &flows, "--proposed", p_dir, "-o", g_dir,
+        "recommend",
+        "--cluster",
+        &cluster,
+        "--flows",
+        &flows,
+        "-o",
+        p_dir,
     ]);
     assert_code(&o, 0);
     let o = leash(&[
-        "diff", "--cluster", &cluster, "--flows", &flows, "--from", "applied", "--to", g_dir,
-        "--format", "json",
+        "guardrails",
+        "--cluster",
+        &cluster,
+        "--flows",
+        &flows,
+        "--proposed",
+        p_dir,
+        "-o",
+        g_dir,
     ]);
     assert_code(&o, 0);
-    assert!(!stderr(&o).contains("NetworkPolicies only"), "{}", stderr(&o));
+    let o = leash(&[
+        "diff",
+        "--cluster",
+        &cluster,
+        "--flows",
+        &flows,
+        "--from",
+        "applied",
+        "--to",
+        g_dir,
+        "--format",
+        "json",
+    ]);
+    assert_code(&o, 0);
+    assert!(
+        !stderr(&o).contains("NetworkPolicies only"),
+        "{}",
+        stderr(&o)
+    );
     let changes: Vec<serde_json::Value> = lines_of(&o, "reachability")
         .iter()
         .map(|l| serde_json::from_str(l).expect("json"))
@@ -716,7 +745,10 @@ fn reachability_of_the_guardrails_names_the_workloads_that_lose_egress() {
         .map(|c| {
             format!(
                 "{} {}-{} {}-{}",
-                c["protocol"], c["port_from"], c["port_to"], c["destination"]["first"],
+                c["protocol"],
+                c["port_from"],
+                c["port_to"],
+                c["destination"]["first"],
                 c["destination"]["last"]
             )
         })
@@ -735,17 +767,23 @@ fn reachability_of_the_guardrails_names_the_workloads_that_lose_egress() {
     assert_eq!(coredns, want);
     // payment loses HTTPS to the world, and keeps DNS to coredns: only the ports around 53.
     let payment = of("shop/Deployment/payment");
-    assert!(payment.iter().any(|c| c["protocol"] == "TCP"
-        && c["port_from"].as_u64() <= Some(443)
-        && c["port_to"].as_u64() >= Some(443)
-        && c["destination"]["first"]
-            .as_str()
-            .and_then(|a| a.parse::<std::net::IpAddr>().ok())
-            .zip(c["destination"]["last"].as_str().and_then(|a| a.parse::<std::net::IpAddr>().ok()))
-            .is_some_and(|(a, b)| {
-                let ip: std::net::IpAddr = "203.0.113.10".parse().expect("ip");
-                a <= ip && ip <= b
-            })));
+    assert!(payment.iter().any(|c| {
+        c["protocol"] == "TCP"
+            && c["port_from"].as_u64() <= Some(443)
+            && c["port_to"].as_u64() >= Some(443)
+            && c["destination"]["first"]
+                .as_str()
+                .and_then(|a| a.parse::<std::net::IpAddr>().ok())
+                .zip(
+                    c["destination"]["last"]
+                        .as_str()
+                        .and_then(|a| a.parse::<std::net::IpAddr>().ok()),
+                )
+                .is_some_and(|(a, b)| {
+                    let ip: std::net::IpAddr = "203.0.113.10".parse().expect("ip");
+                    a <= ip && ip <= b
+                })
+    }));
     let mut to_dns: Vec<String> = payment
         .iter()
         .filter(|c| c["destination"]["workload"] == "Deployment/coredns")

@@ -13,8 +13,8 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use leash::cnp::ClusterNetworkPolicy;
 use leash::cluster::Cluster;
+use leash::cnp::ClusterNetworkPolicy;
 use leash::diff::reach::{Change, ReachChange, Source, Target, reachability, reachability_of};
 use leash::eval::{Flow, PolicySet, Verdict, evaluate};
 use leash_records::Protocol;
@@ -355,7 +355,10 @@ fn cnp(name: &str, spec: &str) -> ClusterNetworkPolicy {
 }
 
 /// A state: NetworkPolicies `(ns/name, spec)` and ClusterNetworkPolicies `(name, spec)`.
-type State = (&'static [(&'static str, &'static str)], &'static [(&'static str, &'static str)]);
+type State = (
+    &'static [(&'static str, &'static str)],
+    &'static [(&'static str, &'static str)],
+);
 
 fn tiered_set((nps, cnps): State) -> PolicySet {
     let cnps: Vec<ClusterNetworkPolicy> = cnps.iter().map(|(n, y)| cnp(n, y)).collect();
@@ -507,9 +510,18 @@ fn pod_network_workloads(c: &Cluster) -> BTreeSet<String> {
 #[test]
 fn metadata_admin_deny_on_every_namespace() {
     let got = tiered_diff(
-        (&[("shop/web-egress", "{podSelector: {matchLabels: {app: web}}, policyTypes: [Egress], egress: [{}]}")], &[]),
         (
-            &[("shop/web-egress", "{podSelector: {matchLabels: {app: web}}, policyTypes: [Egress], egress: [{}]}")],
+            &[(
+                "shop/web-egress",
+                "{podSelector: {matchLabels: {app: web}}, policyTypes: [Egress], egress: [{}]}",
+            )],
+            &[],
+        ),
+        (
+            &[(
+                "shop/web-egress",
+                "{podSelector: {matchLabels: {app: web}}, policyTypes: [Egress], egress: [{}]}",
+            )],
             &[(
                 "metadata",
                 "{tier: Admin, priority: 0, subject: {namespaces: {}}, egress: [{action: Deny, to: [{networks: [169.254.169.254/32]}]}]}",
@@ -787,7 +799,9 @@ fn cnp_egress_peer_strategy() -> impl Strategy<Value = (serde_json::Value, bool)
 fn cnp_port_strategy() -> impl Strategy<Value = serde_json::Value> {
     prop_oneof![
         Just(serde_json::json!({"tcp": {"destinationPort": {"number": 80}}})),
-        Just(serde_json::json!({"tcp": {"destinationPort": {"range": {"start": 8080, "end": 8090}}}})),
+        Just(
+            serde_json::json!({"tcp": {"destinationPort": {"range": {"start": 8080, "end": 8090}}}})
+        ),
         Just(serde_json::json!({"udp": {"destinationPort": {"number": 53}}})),
         Just(serde_json::json!({"sctp": {"destinationPort": {"range": {"start": 1, "end": 79}}}})),
         Just(serde_json::json!({"destinationNamedPort": "http"})),
@@ -844,7 +858,8 @@ fn cnp_strategy() -> impl Strategy<Value = serde_json::Value> {
 }
 
 /// Per name c0..c2: absent, or one of two variants, in each state.
-fn cnp_states_strategy() -> impl Strategy<Value = (Vec<ClusterNetworkPolicy>, Vec<ClusterNetworkPolicy>)> {
+fn cnp_states_strategy()
+-> impl Strategy<Value = (Vec<ClusterNetworkPolicy>, Vec<ClusterNetworkPolicy>)> {
     proptest::collection::vec((cnp_strategy(), cnp_strategy(), 0..3usize, 0..3usize), 0..4)
         .prop_map(|slots| {
             let mut from = Vec::new();

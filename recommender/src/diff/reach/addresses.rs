@@ -115,7 +115,12 @@ impl Engine<'_> {
                         None,
                         || {
                             (!g.egress[st].is_empty()).then(|| {
-                                allowed(&g.egress[st], true, |p| self.egress_peer(p, None, ip), None)
+                                allowed(
+                                    &g.egress[st],
+                                    true,
+                                    |p| self.egress_peer(p, None, ip),
+                                    None,
+                                )
                             })
                         },
                     )

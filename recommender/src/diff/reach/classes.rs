@@ -207,9 +207,13 @@ impl<'a> Engine<'a> {
 
     /// Whether the tier policies selecting a group in one direction differ between the states.
     pub(super) fn tier_changed(&self, group: usize, egress: bool) -> bool {
-        self.group_tiers
-            .get(group)
-            .is_some_and(|t| if egress { t.egress_changed } else { t.ingress_changed })
+        self.group_tiers.get(group).is_some_and(|t| {
+            if egress {
+                t.egress_changed
+            } else {
+                t.ingress_changed
+            }
+        })
     }
 }
 

@@ -9,7 +9,8 @@ use super::tiers;
 use super::{Change, Engine, Entry, STATES};
 use crate::cluster::{Labels, NAMESPACE_NAME_LABEL, PodInfo};
 use crate::eval::{
-    ClusterPeer, CompiledPolicy, NamespaceMatch, PodView, PolicyPeer, PolicyRule, PortMatch};
+    ClusterPeer, CompiledPolicy, NamespaceMatch, PodView, PolicyPeer, PolicyRule, PortMatch,
+};
 
 impl Engine<'_> {
     /// The change set between one source class and one destination class (as if on
@@ -84,7 +85,11 @@ impl Engine<'_> {
     ) -> PortSet {
         match self.group_tiers.get(group) {
             Some(t) => {
-                let list = if egress { &t.egress[st] } else { &t.ingress[st] };
+                let list = if egress {
+                    &t.egress[st]
+                } else {
+                    &t.ingress[st]
+                };
                 tiers::allowed(list, egress, tier_peer, dst, np)
             }
             None => np().unwrap_or_else(PortSet::full),

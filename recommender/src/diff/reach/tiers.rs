@@ -35,7 +35,11 @@ pub(super) struct GroupTiers<'a> {
 
 impl<'a> GroupTiers<'a> {
     /// The policies of both states selecting a pod-network pod with these labels.
-    pub(super) fn of(states: [&'a ClusterPolicies; 2], ns_labels: &Labels, labels: &Labels) -> Self {
+    pub(super) fn of(
+        states: [&'a ClusterPolicies; 2],
+        ns_labels: &Labels,
+        labels: &Labels,
+    ) -> Self {
         let select = |st: usize, egress: bool| -> Vec<&'a CompiledClusterPolicy> {
             states[st]
                 .iter()
@@ -202,9 +206,9 @@ impl<'a> Engine<'a> {
         ip: IpAddr,
     ) -> bool {
         match peer {
-            ClusterPeer::Pods(sel) => dst.is_some_and(|p| {
-                sel.matches(&self.namespace_labels(&p.namespace), &p.labels)
-            }),
+            ClusterPeer::Pods(sel) => {
+                dst.is_some_and(|p| sel.matches(&self.namespace_labels(&p.namespace), &p.labels))
+            }
             ClusterPeer::Networks(nets) => nets.iter().any(|n| n.contains(&ip)),
             ClusterPeer::Nodes(sel) => self.node_labels(ip).is_some_and(|l| sel.matches(l)),
             ClusterPeer::DomainNames(_) => false,
@@ -216,11 +220,10 @@ impl<'a> Engine<'a> {
     pub(super) fn tier_ingress_peer(&self, peer: &ClusterPeer, src: &PodInfo) -> bool {
         match peer {
             ClusterPeer::Pods(sel) => {
-                !src.host_network && sel.matches(&self.namespace_labels(&src.namespace), &src.labels)
+                !src.host_network
+                    && sel.matches(&self.namespace_labels(&src.namespace), &src.labels)
             }
-            ClusterPeer::Networks(_) | ClusterPeer::Nodes(_) | ClusterPeer::DomainNames(_) => {
-                false
-            }
+            ClusterPeer::Networks(_) | ClusterPeer::Nodes(_) | ClusterPeer::DomainNames(_) => false,
         }
     }
 
@@ -348,4 +351,3 @@ pub(super) fn network_bounds(states: [&ClusterPolicies; 2], bounds: &mut [Vec<u1
         }
     }
 }
-
