@@ -1381,14 +1381,13 @@ fn diff(args: DiffArgs) -> Result<(), Failure> {
     };
     let before = state("--from", &args.from, from_given)?;
     let after = state("--to", &args.to, to_given)?;
-    let tiers = before
-        .cluster_policies()
-        .len()
-        .max(after.cluster_policies().len());
-    if tiers > 0 {
+    if [&before, &after]
+        .iter()
+        .any(|s| s.cluster_policies().has_domain_names())
+    {
         eprintln!(
-            "leash: ClusterNetworkPolicies in the compared states: observed flows are evaluated \
-             with each state's tiers; the reachability changes compare NetworkPolicies only"
+            "leash: the reachability changes match ClusterNetworkPolicy domainNames peers to no \
+             address (observed flows use the DNS evidence)"
         );
     }
     let observations = if args.store.is_some() || !args.flows.is_empty() {
