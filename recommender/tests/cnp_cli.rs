@@ -363,6 +363,47 @@ fn diff_compares_the_tiers_of_both_states() {
 }
 
 #[test]
+fn diff_matches_domain_names_of_observed_flows_by_the_dns_evidence() {
+    // An Admin Deny of api.stripe.test (domainNames, experimental): the observed flows to the
+    // addresses that name resolved to become breaks; the 198.51.100.7 flow does not.
+    let deny = "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: no-stripe}\nspec: {tier: Admin, priority: 3, subject: {namespaces: {}}, egress: [{action: Deny, to: [{domainNames: [api.stripe.test]}]}]}\n";
+    let dir = policy_dir(&[("no-stripe.yaml", deny)]);
+    let o = leash(&[
+        "diff",
+        "--cluster",
+        &fixture("cluster.yaml"),
+        "--flows",
+        &fixture("flows.jsonl"),
+        "--from",
+        "applied",
+        "--to",
+        dir.path().to_str().expect("utf-8"),
+        "--format",
+        "json",
+    ]);
+    assert_code(&o, 0);
+    let out = stdout(&o);
+    let broken: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("{\"kind\":\"flow\"") && l.contains("\"to\":\"deny\""))
+        .collect();
+    for dst in ["203.0.113.10", "203.0.113.11", "203.0.113.12"] {
+        assert!(
+            broken
+                .iter()
+                .any(|l| l.contains(&format!("\"dst\":\"{dst}\""))),
+            "{dst}: {out}"
+        );
+    }
+    assert!(
+        !broken
+            .iter()
+            .any(|l| l.contains("\"dst\":\"198.51.100.7\"")),
+        "{out}"
+    );
+}
+
+#[test]
 fn diff_evaluates_observed_flows_with_the_applied_cluster_network_policies() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cluster = dir.path().join("cluster.yaml");
