@@ -279,6 +279,7 @@ pub(super) mod tests {
     use leash_records::Protocol;
 
     use super::*;
+    use crate::eval::evaluate;
     use crate::observations::{FlowKey, PodNames};
 
     /// shop: Deployment `web` (pods web-1, web-2) and a bare pod `worker`; db: `pg-0`. The
