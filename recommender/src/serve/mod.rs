@@ -265,7 +265,7 @@ pub async fn run(
     // The UI's authentication is settled before anything starts.
     let api_server = matches!(config.cluster, ClusterSource::Kube { .. });
     let ui_auth = auth::decide(config.ui_auth, config.ui, api_server)?;
-    if ui_auth == auth::UiAuth::None && !config.ui.ip().is_loopback() {
+    if ui_auth == auth::UiAuth::None && !auth::is_loopback(config.ui) {
         tracing::warn!(ui = %config.ui, "--ui-auth none: the UI and /v1 (the cluster's egress inventory) are served without authentication to everyone who can reach this address");
     }
     let mut registry = Registry::with_prefix("leash");

@@ -92,9 +92,14 @@ pub fn decide(
     match requested {
         Some(UiAuth::Kube) if !api_server => Err(ModeError::NoApiServer),
         Some(mode) => Ok(mode),
-        None if addr.ip().is_loopback() => Ok(UiAuth::None),
+        None if is_loopback(addr) => Ok(UiAuth::None),
         None => Err(ModeError::Exposed { addr }),
     }
+}
+
+/// Whether `addr` is a loopback address (an IPv4-mapped `::ffff:127.0.0.1` too).
+pub fn is_loopback(addr: SocketAddr) -> bool {
+    addr.ip().to_canonical().is_loopback()
 }
 
 /// The namespaces a request may see. The gate puts one into every request it lets through to
@@ -481,6 +486,10 @@ mod tests {
     fn loopback_needs_no_auth_and_other_addresses_need_it_said() {
         assert_eq!(decide(None, addr("127.0.0.1:8081"), false), Ok(UiAuth::None));
         assert_eq!(decide(None, addr("[::1]:8081"), true), Ok(UiAuth::None));
+        assert_eq!(
+            decide(None, addr("[::ffff:127.0.0.1]:8081"), true),
+            Ok(UiAuth::None)
+        );
         assert_eq!(
             decide(None, addr("0.0.0.0:8081"), true),
             Err(ModeError::Exposed {
