@@ -48,6 +48,15 @@ pub enum UiAuth {
     Kube,
 }
 
+impl std::fmt::Display for UiAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            UiAuth::None => "none",
+            UiAuth::Kube => "kube",
+        })
+    }
+}
+
 impl std::str::FromStr for UiAuth {
     type Err = String;
 
