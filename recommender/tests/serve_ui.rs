@@ -433,6 +433,21 @@ fn with_kube_auth_each_user_sees_only_the_namespaces_rbac_grants() {
         (&attributes["verb"], &attributes["group"], &attributes["resource"]),
         (&Value::from("get"), &Value::from("leash.dev"), &Value::from("egressmaps"))
     );
+    // Every request the recommender made is one its RBAC grants (deploy/tests/rbac.rs).
+    let declared = [
+        leash::cluster::watch::API_ACCESS,
+        leash::cluster::events::EVENTS_ACCESS,
+        leash::serve::auth::review::REVIEW_ACCESS,
+    ]
+    .concat();
+    for access in requests.iter().filter_map(leash_lab::fake_api::Request::access) {
+        assert!(
+            declared.iter().any(|d| d.group == access.group
+                && d.resource == access.resource
+                && d.verbs.contains(&access.verb)),
+            "{access:?} is not declared"
+        );
+    }
     // Decisions are cached per token: far fewer TokenReviews than requests.
     let token_reviews = requests
         .iter()

@@ -10,6 +10,7 @@ use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
 use kube::api::PostParams;
+use leash_records::access::ApiAccess;
 
 use super::session::Token;
 
@@ -21,6 +22,21 @@ pub const RESOURCE: &str = "egressmaps";
 
 /// The verb checked.
 pub const VERB: &str = "get";
+
+/// The permissions [`Reviewer`] uses (`--ui-auth kube`): `create` on TokenReviews and
+/// SubjectAccessReviews, nothing else.
+pub const REVIEW_ACCESS: &[ApiAccess] = &[
+    ApiAccess {
+        group: "authentication.k8s.io",
+        resource: "tokenreviews",
+        verbs: &["create"],
+    },
+    ApiAccess {
+        group: "authorization.k8s.io",
+        resource: "subjectaccessreviews",
+        verbs: &["create"],
+    },
+];
 
 /// How long one review may take before the request is answered `503`.
 const TIMEOUT: Duration = Duration::from_secs(10);
