@@ -395,9 +395,12 @@ fn tls_files_come_from_the_mounted_secret_and_the_service_matches_the_agents_url
         );
         // `kubectl port-forward svc/leash-recommender 8081:ui` resolves the UI port by name.
         assert!(
-            spec.ports.iter().flatten().any(|p| p.name.as_deref() == Some("ui")
-                && p.port == 8081
-                && p.target_port == Some(IntOrString::String("ui".into()))),
+            spec.ports
+                .iter()
+                .flatten()
+                .any(|p| p.name.as_deref() == Some("ui")
+                    && p.port == 8081
+                    && p.target_port == Some(IntOrString::String("ui".into()))),
             "{ctx}: ui service port"
         );
         // The Service selects the recommender's pods.

@@ -65,7 +65,14 @@ fn store(dir: &Path) -> std::path::PathBuf {
         1,
         &[
             deployment_flow("shop", "web", "203.0.113.10", 443, &["api.shop.test"], now),
-            deployment_flow("bank", "ledger", "203.0.113.20", 443, &["api.bank.test"], now),
+            deployment_flow(
+                "bank",
+                "ledger",
+                "203.0.113.20",
+                443,
+                &["api.bank.test"],
+                now,
+            ),
         ],
     );
     db
@@ -303,13 +310,8 @@ fn with_kube_auth_each_user_sees_only_the_namespaces_rbac_grants() {
     api.write_kubeconfig(&kubeconfig).unwrap();
     let db = store(dir.path());
     let source = ["--kube", "--kubeconfig", kubeconfig.to_str().unwrap()];
-    let server = ServeProcess::start_from(
-        dir.path(),
-        &db,
-        &source,
-        "200ms",
-        &["--ui-auth", "kube"],
-    );
+    let server =
+        ServeProcess::start_from(dir.path(), &db, &source, "200ms", &["--ui-auth", "kube"]);
     let ui = server.ui;
     let admin = bearer(ADMIN);
     let alice = bearer(ALICE);
@@ -391,9 +393,18 @@ fn with_kube_auth_each_user_sees_only_the_namespaces_rbac_grants() {
     // Bob may `get` nowhere (his `list` grant is not `get`): empty answers, 403 by name.
     let bob = bearer(BOB);
     let as_bob = [("Authorization", bob.as_str())];
-    assert_eq!(json(&get_with(ui, "/v1/workloads", &as_bob)), Value::Array(vec![]));
-    assert_eq!(json(&get_with(ui, "/v1/alerts", &as_bob)), Value::Array(vec![]));
-    assert_eq!(get_with(ui, "/v1/namespaces/bank/audit", &as_bob).status, 403);
+    assert_eq!(
+        json(&get_with(ui, "/v1/workloads", &as_bob)),
+        Value::Array(vec![])
+    );
+    assert_eq!(
+        json(&get_with(ui, "/v1/alerts", &as_bob)),
+        Value::Array(vec![])
+    );
+    assert_eq!(
+        get_with(ui, "/v1/namespaces/bank/audit", &as_bob).status,
+        403
+    );
 
     // Identity headers of proxies are not trusted: alone they are no login, and with a
     // token they change nobody's access.
@@ -425,13 +436,23 @@ fn with_kube_auth_each_user_sees_only_the_namespaces_rbac_grants() {
         .collect();
     let for_alice = reviews
         .iter()
-        .find(|r| r["spec"]["user"] == "alice" && r["spec"]["resourceAttributes"]["namespace"] == "bank")
+        .find(|r| {
+            r["spec"]["user"] == "alice" && r["spec"]["resourceAttributes"]["namespace"] == "bank"
+        })
         .expect("a SubjectAccessReview of alice in bank");
     assert_eq!(for_alice["spec"]["groups"][0], "team-shop");
     let attributes = &for_alice["spec"]["resourceAttributes"];
     assert_eq!(
-        (&attributes["verb"], &attributes["group"], &attributes["resource"]),
-        (&Value::from("get"), &Value::from("leash.dev"), &Value::from("egressmaps"))
+        (
+            &attributes["verb"],
+            &attributes["group"],
+            &attributes["resource"]
+        ),
+        (
+            &Value::from("get"),
+            &Value::from("leash.dev"),
+            &Value::from("egressmaps")
+        )
     );
     // Every request the recommender made is one its RBAC grants (deploy/tests/rbac.rs).
     let declared = [
@@ -440,7 +461,10 @@ fn with_kube_auth_each_user_sees_only_the_namespaces_rbac_grants() {
         leash::serve::auth::review::REVIEW_ACCESS,
     ]
     .concat();
-    for access in requests.iter().filter_map(leash_lab::fake_api::Request::access) {
+    for access in requests
+        .iter()
+        .filter_map(leash_lab::fake_api::Request::access)
+    {
         assert!(
             declared.iter().any(|d| d.group == access.group
                 && d.resource == access.resource
@@ -456,7 +480,10 @@ fn with_kube_auth_each_user_sees_only_the_namespaces_rbac_grants() {
                 && r.body_json().is_some_and(|b| b["spec"]["token"] == ALICE)
         })
         .count();
-    assert!((1..=3).contains(&token_reviews), "{token_reviews} TokenReviews of alice");
+    assert!(
+        (1..=3).contains(&token_reviews),
+        "{token_reviews} TokenReviews of alice"
+    );
 
     // The recommender's own credentials refused by the API server: 503, never access.
     api.refuse_reviews(Some(403));
@@ -481,13 +508,8 @@ fn the_login_form_opens_a_session_cookie_that_logout_ends() {
     api.write_kubeconfig(&kubeconfig).unwrap();
     let db = store(dir.path());
     let source = ["--kube", "--kubeconfig", kubeconfig.to_str().unwrap()];
-    let server = ServeProcess::start_from(
-        dir.path(),
-        &db,
-        &source,
-        "200ms",
-        &["--ui-auth", "kube"],
-    );
+    let server =
+        ServeProcess::start_from(dir.path(), &db, &source, "200ms", &["--ui-auth", "kube"]);
     let ui = server.ui;
     let origin = format!("http://{ui}");
     let form_type = ("Content-Type", "application/x-www-form-urlencoded");
@@ -522,7 +544,11 @@ fn the_login_form_opens_a_session_cookie_that_logout_ends() {
         vec![form_type, ("Origin", "http://evil.test")],
         vec![form_type, ("Referer", "http://evil.test/page")],
         vec![form_type],
-        vec![form_type, ("Origin", origin.as_str()), ("Sec-Fetch-Site", "cross-site")],
+        vec![
+            form_type,
+            ("Origin", origin.as_str()),
+            ("Sec-Fetch-Site", "cross-site"),
+        ],
     ] {
         let r = request(ui, "POST", "/login", &headers, &body).unwrap();
         assert_eq!(r.status, 403, "{headers:?}: {}", r.body);
@@ -538,7 +564,12 @@ fn the_login_form_opens_a_session_cookie_that_logout_ends() {
         &body,
     )
     .unwrap();
-    assert_eq!((r.status, r.header("location")), (303, Some("/")), "{}", r.body);
+    assert_eq!(
+        (r.status, r.header("location")),
+        (303, Some("/")),
+        "{}",
+        r.body
+    );
     let set_cookie = r.header("set-cookie").unwrap().to_owned();
     let (pair, flags) = set_cookie.split_once("; ").unwrap();
     assert_eq!(
@@ -555,7 +586,10 @@ fn the_login_form_opens_a_session_cookie_that_logout_ends() {
     let with_cookie = [("Cookie", cookie.as_str())];
     let r = get_with(ui, "/v1/workloads", &with_cookie);
     assert_eq!(namespaces(&json(&r)), set(&["shop"]));
-    assert_eq!(get_with(ui, "/v1/namespaces/bank/audit", &with_cookie).status, 403);
+    assert_eq!(
+        get_with(ui, "/v1/namespaces/bank/audit", &with_cookie).status,
+        403
+    );
     // A made-up session is nobody.
     let r = get_with(ui, "/v1/workloads", &[("Cookie", "leash_session=made-up")]);
     assert_eq!(r.status, 401);

@@ -92,8 +92,7 @@ impl Reviews {
     }
 
     fn token_review(&self, mut review: Value) -> (u16, Value) {
-        if review["kind"] != "TokenReview" || review["apiVersion"] != "authentication.k8s.io/v1"
-        {
+        if review["kind"] != "TokenReview" || review["apiVersion"] != "authentication.k8s.io/v1" {
             return (
                 400,
                 status(400, "BadRequest", "the body is not a TokenReview"),
@@ -101,7 +100,10 @@ impl Reviews {
         }
         let token = review["spec"]["token"].as_str().unwrap_or_default();
         if token.is_empty() {
-            return invalid("tokenreviews.authentication.k8s.io", "spec.token: Required value");
+            return invalid(
+                "tokenreviews.authentication.k8s.io",
+                "spec.token: Required value",
+            );
         }
         review["status"] = match self.tokens.get(token) {
             Some(user) => json!({"authenticated": true,

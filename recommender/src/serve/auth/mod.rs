@@ -194,7 +194,7 @@ pub struct Auth {
 
 enum Mode {
     Open,
-    Kube(Kube),
+    Kube(Box<Kube>),
 }
 
 /// `--ui-auth kube`'s state.
@@ -224,11 +224,11 @@ impl Auth {
     /// `--ui-auth kube` through `client` (the recommender's own credentials).
     pub fn kube(client: kube::Client) -> Arc<Auth> {
         Arc::new(Auth {
-            mode: Mode::Kube(Kube {
+            mode: Mode::Kube(Box::new(Kube {
                 reviewer: review::Reviewer::new(client),
                 decisions: Mutex::default(),
                 sessions: session::Sessions::default(),
-            }),
+            })),
         })
     }
 
@@ -356,7 +356,10 @@ fn unauthenticated(kind: &Kind<'_>, method: &Method, why: &str) -> Response {
 
 /// `503` when the API server cannot review: logged, with no token in it.
 fn review_failed(e: &review::Error) -> Response {
-    tracing::warn!("cannot review a UI request with the API server: {}", Chain(e));
+    tracing::warn!(
+        "cannot review a UI request with the API server: {}",
+        Chain(e)
+    );
     (
         StatusCode::SERVICE_UNAVAILABLE,
         [(header::RETRY_AFTER, HeaderValue::from_static("5"))],
@@ -464,15 +467,14 @@ impl Kube {
         if self.allowed(token, user, "").await? {
             return Ok(Access::All);
         }
-        let answers: Vec<(String, Result<bool, review::Error>)> =
-            futures::stream::iter(namespaces)
-                .map(|ns| async move {
-                    let allowed = self.allowed(token, user, &ns).await;
-                    (ns, allowed)
-                })
-                .buffer_unordered(CONCURRENT_REVIEWS)
-                .collect()
-                .await;
+        let answers: Vec<(String, Result<bool, review::Error>)> = futures::stream::iter(namespaces)
+            .map(|ns| async move {
+                let allowed = self.allowed(token, user, &ns).await;
+                (ns, allowed)
+            })
+            .buffer_unordered(CONCURRENT_REVIEWS)
+            .collect()
+            .await;
         let mut visible = BTreeSet::new();
         for (ns, allowed) in answers {
             if allowed? {
@@ -493,7 +495,10 @@ mod tests {
 
     #[test]
     fn loopback_needs_no_auth_and_other_addresses_need_it_said() {
-        assert_eq!(decide(None, addr("127.0.0.1:8081"), false), Ok(UiAuth::None));
+        assert_eq!(
+            decide(None, addr("127.0.0.1:8081"), false),
+            Ok(UiAuth::None)
+        );
         assert_eq!(decide(None, addr("[::1]:8081"), true), Ok(UiAuth::None));
         assert_eq!(
             decide(None, addr("[::ffff:127.0.0.1]:8081"), true),

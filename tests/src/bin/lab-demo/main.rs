@@ -702,7 +702,9 @@ fn demo(o: &Opts) -> Result<()> {
                 .arg("--http")
                 .arg(http.to_string())
                 .arg("--ui-listen")
-                .arg(SocketAddr::from(([127, 0, 0, 1], free_port("start leash serve")?)).to_string())
+                .arg(
+                    SocketAddr::from(([127, 0, 0, 1], free_port("start leash serve")?)).to_string(),
+                )
                 .arg("--store")
                 .arg(out.join("leash.db"))
                 .arg("--cluster")
