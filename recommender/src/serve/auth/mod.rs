@@ -267,7 +267,7 @@ enum Kind<'a> {
     Namespace(&'a str),
     /// Any other `/v1` path.
     ClusterWide,
-    /// A UI page: needs a valid token, shows no data by itself.
+    /// A UI page: needs a valid token, shows no data by itself (no [`Access`] is given).
     Page,
 }
 
@@ -304,7 +304,9 @@ pub async fn gate(State(g): State<Gate>, mut request: Request, next: Next) -> Re
         Err(e) => return review_failed(&e),
     };
     let access = match kind {
-        Kind::Public | Kind::Page => Access::All,
+        // A page shows no data by itself: it gets no `Access`, so a handler that wanted
+        // one would refuse (its data comes from `/v1`, decided there).
+        Kind::Public | Kind::Page => return next.run(request).await,
         // `""` would ask for every namespace.
         Kind::Namespace("") => return StatusCode::NOT_FOUND.into_response(),
         Kind::Namespace(ns) => match kube.allowed(&token, &user, ns).await {
@@ -539,6 +541,35 @@ mod tests {
         assert_eq!(kind("/v1"), Kind::ClusterWide);
         assert_eq!(kind("/v1x"), Kind::Page);
         assert_eq!(kind("/"), Kind::Page);
+    }
+
+    /// A handler reached without the gate refuses (fail closed); through the open gate it
+    /// sees everything.
+    #[tokio::test]
+    async fn handlers_without_a_decision_refuse() {
+        use axum::Router;
+        use axum::body::Body;
+        use axum::routing::get;
+        use tower::ServiceExt as _;
+
+        async fn show(access: Access) -> &'static str {
+            if access.is_all() { "all" } else { "some" }
+        }
+        let call = |app: Router, path: &'static str| async move {
+            let request = axum::http::Request::get(path)
+                .body(Body::empty())
+                .expect("a request");
+            app.oneshot(request).await.expect("an answer").status()
+        };
+        let routes = Router::new().route("/v1/x", get(show));
+        assert_eq!(call(routes.clone(), "/v1/x").await, StatusCode::FORBIDDEN);
+        let (_tx, model) = tokio::sync::watch::channel(None);
+        let gate = Gate {
+            auth: Auth::open(),
+            model,
+        };
+        let gated = routes.layer(axum::middleware::from_fn_with_state(gate, super::gate));
+        assert_eq!(call(gated, "/v1/x").await, StatusCode::OK);
     }
 
     #[test]
