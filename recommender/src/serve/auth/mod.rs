@@ -583,3 +583,37 @@ mod tests {
         assert!(Access::All.allows("bank"));
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use axum::http::HeaderValue;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever a client sends, the parsers of paths, cookies, tokens and origins answer
+        /// without panicking, and a cookie or token found is never empty.
+        #[test]
+        fn request_parsers_take_any_input(
+            path in ".{0,64}",
+            cookie in "[ -~]{0,80}",
+            origin in "[ -~]{0,80}",
+            host in "[ -~]{0,40}",
+        ) {
+            let _ = kind(&path);
+            let mut headers = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_str(&cookie) {
+                headers.insert(header::COOKIE, v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&origin) {
+                headers.insert(header::ORIGIN, v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&host) {
+                headers.insert(header::HOST, v);
+            }
+            prop_assert!(session::cookie(&headers).is_none_or(|c| !c.is_empty()));
+            let _ = login::same_origin(&headers);
+            prop_assert!(session::Token::parse(&cookie).is_none_or(|t| !t.expose().is_empty()));
+        }
+    }
+}
