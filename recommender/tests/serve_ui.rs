@@ -215,11 +215,32 @@ fn a_ui_beyond_loopback_without_ui_auth_is_refused_and_kube_needs_the_api_server
     assert_eq!(o.status.code(), Some(2));
 }
 
+/// Whether the test may make a network namespace of its own (`unshare -rn`: user and network
+/// namespaces, and `ip` and `curl` inside); if not, it skips with the reason, unless
+/// `LEASH_REQUIRE_PRIVILEGED=1` makes that a failure.
+fn private_netns_available() -> bool {
+    let ok = Command::new("unshare")
+        .args(["-rn", "sh", "-c", "ip link set lo up && command -v curl"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var("LEASH_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
+            "LEASH_REQUIRE_PRIVILEGED=1 but `unshare -rn` (with ip and curl) cannot run"
+        );
+        eprintln!("skipped: no private network namespace (`unshare -rn`, ip, curl)");
+    }
+    ok
+}
+
 /// `--ui-auth none` on an address that is not loopback starts and serves `/v1`, with a
 /// warning. The address exists only in a network namespace of the test's own (`unshare -rn`),
 /// where the server and its client run.
 #[test]
 fn ui_auth_none_serves_beyond_loopback_with_a_warning() {
+    if !private_netns_available() {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let cluster_file = dir.path().join("cluster.yaml");
     std::fs::write(&cluster_file, cluster()).unwrap();
