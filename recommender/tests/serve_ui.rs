@@ -216,19 +216,19 @@ fn a_ui_beyond_loopback_without_ui_auth_is_refused_and_kube_needs_the_api_server
 }
 
 /// Whether the test may make a network namespace of its own (`unshare -rn`: user and network
-/// namespaces, and `ip` and `curl` inside); if not, it skips with the reason, unless
+/// namespaces, with `ip` inside); if not, it skips with the reason, unless
 /// `LEASH_REQUIRE_PRIVILEGED=1` makes that a failure.
 fn private_netns_available() -> bool {
     let ok = Command::new("unshare")
-        .args(["-rn", "sh", "-c", "ip link set lo up && command -v curl"])
+        .args(["-rn", "bash", "-c", "ip link set lo up"])
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
         assert!(
             std::env::var("LEASH_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
-            "LEASH_REQUIRE_PRIVILEGED=1 but `unshare -rn` (with ip and curl) cannot run"
+            "LEASH_REQUIRE_PRIVILEGED=1 but `unshare -rn` (with ip) cannot run"
         );
-        eprintln!("skipped: no private network namespace (`unshare -rn`, ip, curl)");
+        eprintln!("skipped: no private network namespace (`unshare -rn`, ip)");
     }
     ok
 }
@@ -255,16 +255,20 @@ ip addr add 203.0.113.5/32 dev lo
 pid=$!
 code=000
 for _ in $(seq 1 300); do
-    code=$(curl -s -o /dev/null -w '%{http_code}' http://203.0.113.5:8081/v1/workloads || true)
-    [ "$code" = 200 ] && break
+    if exec 3<>/dev/tcp/203.0.113.5/8081; then
+        printf 'GET /v1/workloads HTTP/1.1\r\nHost: 203.0.113.5:8081\r\nConnection: close\r\n\r\n' >&3
+        read -r _ code _ <&3 || true
+        exec 3>&-
+        [ "$code" = 200 ] && break
+    fi
     sleep 0.1
-done
+done 2>/dev/null
 kill "$pid"
 wait "$pid" || true
 echo "status=$code"
 "#;
     let o = Command::new("unshare")
-        .args(["-rn", "sh", "-c", script])
+        .args(["-rn", "bash", "-c", script])
         .env("LEASH", LEASH)
         .env("DB", &db)
         .env("CLUSTER", &cluster_file)
