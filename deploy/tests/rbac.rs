@@ -7,12 +7,14 @@ use leash_deploy::{Manifests, stage};
 use leash_records::access::ApiAccess;
 use leash_records::error::Chain;
 
-/// What `leash serve` uses: reflectors (list + watch) on the cluster model's kinds, and
-/// kube-rs's event `Recorder` (create, then patch for a repeated event).
+/// What `leash serve` uses: reflectors (list + watch) on the cluster model's kinds,
+/// kube-rs's event `Recorder` (create, then patch for a repeated event), and the reviews of
+/// `--ui-auth kube` (create TokenReviews and SubjectAccessReviews).
 fn recommender_access() -> Vec<ApiAccess> {
     [
         leash::cluster::watch::API_ACCESS,
         leash::cluster::events::EVENTS_ACCESS,
+        leash::serve::auth::review::REVIEW_ACCESS,
     ]
     .concat()
 }

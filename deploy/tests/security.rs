@@ -300,6 +300,19 @@ fn recommender_statefulset_is_non_root_and_keeps_its_store_on_a_volume() {
             Some(port_of(arg(&args, "--http").expect("--http"))),
             named.get("http").copied()
         );
+        // The UI and /v1 (the egress inventory) listen on the pod's loopback only, reached
+        // with `kubectl port-forward` (RBAC-checked); exposing them needs --ui-auth.
+        assert_eq!(named.get("ui"), Some(&8081), "{ctx}");
+        let ui: std::net::SocketAddr = arg(&args, "--ui-listen")
+            .expect("--ui-listen")
+            .parse()
+            .expect("--ui-listen is an address");
+        assert!(ui.ip().is_loopback(), "{ctx}: --ui-listen {ui}");
+        assert_eq!(Some(i32::from(ui.port())), named.get("ui").copied());
+        assert!(
+            !args.contains(&"--ui-auth".to_owned()),
+            "{ctx}: loopback needs no --ui-auth, and `none` must not be set"
+        );
         for (probe, path) in [
             (&c.liveness_probe, "/healthz"),
             (&c.readiness_probe, "/readyz"),
@@ -379,6 +392,16 @@ fn tls_files_come_from_the_mounted_secret_and_the_service_matches_the_agents_url
                 .flatten()
                 .any(|p| p.name.as_deref() == Some("http") && p.port == 8080),
             "{ctx}: http service port"
+        );
+        // `kubectl port-forward svc/leash-recommender 8081:ui` resolves the UI port by name.
+        assert!(
+            spec.ports
+                .iter()
+                .flatten()
+                .any(|p| p.name.as_deref() == Some("ui")
+                    && p.port == 8081
+                    && p.target_port == Some(IntOrString::String("ui".into()))),
+            "{ctx}: ui service port"
         );
         // The Service selects the recommender's pods.
         let labels = m

@@ -474,11 +474,12 @@ fn main() -> Result<(), Error> {
     let db = dir.path().join("leash.db");
     prefill(&db, prefill_flows)?;
 
-    let (grpc, http) = (free_port()?, free_port()?);
+    let (grpc, http, ui) = (free_port()?, free_port()?, free_port()?);
     let server = Server(
         Command::new(LEASH)
             .arg("serve")
             .args(["--listen", &grpc.to_string(), "--http", &http.to_string()])
+            .args(["--ui-listen", &ui.to_string()])
             .arg("--store")
             .arg(&db)
             .arg("--cluster")
@@ -530,7 +531,7 @@ fn main() -> Result<(), Error> {
         let until = Instant::now() + scenario;
         let stats = Arc::new(HttpStats::default());
         let readers: Vec<_> = (0..HTTP_CLIENTS)
-            .map(|i| tokio::spawn(http_reader(http, i, until, Arc::clone(&stats))))
+            .map(|i| tokio::spawn(http_reader(ui, i, until, Arc::clone(&stats))))
             .collect();
         let (run, peak) = tokio::join!(
             steady_agent(pki.clone(), grpc, "readers".into(), until),

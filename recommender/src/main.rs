@@ -562,9 +562,18 @@ struct ServeArgs {
     /// gRPC ingest address (agents connect here).
     #[arg(long, default_value = "0.0.0.0:7443")]
     listen: std::net::SocketAddr,
-    /// HTTP address: /healthz, /readyz, /metrics and the /v1 read API.
+    /// HTTP address: /healthz, /readyz and /metrics.
     #[arg(long, default_value = "0.0.0.0:8080")]
     http: std::net::SocketAddr,
+    /// The UI listener: the web UI and the /v1 read API. Reach it with `kubectl
+    /// port-forward`; another address than loopback needs --ui-auth.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    ui_listen: std::net::SocketAddr,
+    /// The UI listener's authentication: `kube` (bearer tokens and RBAC through the API
+    /// server: TokenReview, SubjectAccessReview of `get` on egressmaps.leash.dev per
+    /// namespace; needs --kube) or `none`. Default: none on loopback; refused elsewhere.
+    #[arg(long, value_name = "kube|none")]
+    ui_auth: Option<leash::serve::auth::UiAuth>,
     /// The SQLite store (created if missing).
     #[arg(long, default_value = "/var/lib/leash/leash.db")]
     store: PathBuf,
@@ -1381,14 +1390,13 @@ fn diff(args: DiffArgs) -> Result<(), Failure> {
     };
     let before = state("--from", &args.from, from_given)?;
     let after = state("--to", &args.to, to_given)?;
-    let tiers = before
-        .cluster_policies()
-        .len()
-        .max(after.cluster_policies().len());
-    if tiers > 0 {
+    if [&before, &after]
+        .iter()
+        .any(|s| s.cluster_policies().has_domain_names())
+    {
         eprintln!(
-            "leash: ClusterNetworkPolicies in the compared states: observed flows are evaluated \
-             with each state's tiers; the reachability changes compare NetworkPolicies only"
+            "leash: the reachability changes match ClusterNetworkPolicy domainNames peers to no \
+             address (observed flows use the DNS evidence)"
         );
     }
     let observations = if args.store.is_some() || !args.flows.is_empty() {
@@ -1730,6 +1738,8 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         limits,
         listen: args.listen,
         http: args.http,
+        ui: args.ui_listen,
+        ui_auth: args.ui_auth,
         store: args.store,
         cluster,
         tls,
@@ -1778,6 +1788,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             leash::serve::Error::Cluster(_)
             | leash::serve::Error::Tls(_)
             | leash::serve::Error::Proposed(_)
+            | leash::serve::Error::UiAuth(_)
             | leash::serve::Error::Webhook(_) => bad_input(e),
             e => runtime_error(e),
         })

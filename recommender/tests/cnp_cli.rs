@@ -300,8 +300,8 @@ fn invalid_given_policies_are_refused_naming_file_and_rule() {
 
 #[test]
 fn diff_compares_the_tiers_of_both_states() {
-    // The --to state's Admin Deny of the lab range breaks payment's flows there; the
-    // reachability section stays NetworkPolicy-only and stderr says so.
+    // The --to state's Admin Deny of the lab range breaks payment's flows there, and the
+    // reachability section counts the tiers too: payment loses the whole range.
     let deny = "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: no-lab}\nspec: {tier: Admin, priority: 3, subject: {namespaces: {}}, egress: [{action: Deny, to: [{networks: [198.51.100.0/24]}]}]}\n";
     let dir = policy_dir(&[("no-lab.yaml", deny)]);
     let o = leash(&[
@@ -335,10 +335,71 @@ fn diff_compares_the_tiers_of_both_states() {
             .any(|l| l.contains("\"dst\":\"203.0.113.10\"")),
         "{out}"
     );
+    let reach: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("{\"kind\":\"reachability\""))
+        .collect();
     assert!(
-        stderr(&o).contains("the reachability changes compare NetworkPolicies only"),
+        reach
+            .iter()
+            .any(|l| l.contains("\"workload\":\"Deployment/payment\"")
+                && l.contains("\"change\":\"newly-denied\"")
+                && l.contains(
+                    "\"destination\":{\"first\":\"198.51.100.0\",\"last\":\"198.51.100.255\"}"
+                )),
+        "{out}"
+    );
+    assert!(
+        reach
+            .iter()
+            .all(|l| l.contains("\"first\":\"198.51.100.0\",\"last\":\"198.51.100.255\"")),
+        "{out}"
+    );
+    assert!(
+        !stderr(&o).contains("NetworkPolicies only"),
         "{}",
         stderr(&o)
+    );
+}
+
+#[test]
+fn diff_matches_domain_names_of_observed_flows_by_the_dns_evidence() {
+    // An Admin Deny of api.stripe.test (domainNames, experimental): the observed flows to the
+    // addresses that name resolved to become breaks; the 198.51.100.7 flow does not.
+    let deny = "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: no-stripe}\nspec: {tier: Admin, priority: 3, subject: {namespaces: {}}, egress: [{action: Deny, to: [{domainNames: [api.stripe.test]}]}]}\n";
+    let dir = policy_dir(&[("no-stripe.yaml", deny)]);
+    let o = leash(&[
+        "diff",
+        "--cluster",
+        &fixture("cluster.yaml"),
+        "--flows",
+        &fixture("flows.jsonl"),
+        "--from",
+        "applied",
+        "--to",
+        dir.path().to_str().expect("utf-8"),
+        "--format",
+        "json",
+    ]);
+    assert_code(&o, 0);
+    let out = stdout(&o);
+    let broken: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("{\"kind\":\"flow\"") && l.contains("\"to\":\"deny\""))
+        .collect();
+    for dst in ["203.0.113.10", "203.0.113.11", "203.0.113.12"] {
+        assert!(
+            broken
+                .iter()
+                .any(|l| l.contains(&format!("\"dst\":\"{dst}\""))),
+            "{dst}: {out}"
+        );
+    }
+    assert!(
+        !broken
+            .iter()
+            .any(|l| l.contains("\"dst\":\"198.51.100.7\"")),
+        "{out}"
     );
 }
 
@@ -387,11 +448,26 @@ fn diff_evaluates_observed_flows_with_the_applied_cluster_network_policies() {
             .any(|l| l.contains("\"dst\":\"198.51.100.7\"")),
         "{out}"
     );
-    assert!(
-        stderr(&o).contains("evaluated with each state's tiers"),
-        "{}",
-        stderr(&o)
-    );
+    // So do the reachability changes: shop loses the world but the lab range, which the
+    // Admin tier accepts.
+    let ranges: Vec<(std::net::IpAddr, std::net::IpAddr)> = out
+        .lines()
+        .filter(|l| l.starts_with("{\"kind\":\"reachability\""))
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("json");
+            let d = &v["destination"];
+            Some((
+                d["first"].as_str()?.parse().ok()?,
+                d["last"].as_str()?.parse().ok()?,
+            ))
+        })
+        .collect();
+    let inside = |ip: &str| {
+        let ip: std::net::IpAddr = ip.parse().expect("ip");
+        ranges.iter().any(|(a, b)| *a <= ip && ip <= *b)
+    };
+    assert!(inside("203.0.113.10"), "{out}");
+    assert!(!inside("198.51.100.7"), "{out}");
 }
 
 const CILIUM_LAB: &str = "apiVersion: cilium.io/v2

@@ -646,3 +646,158 @@ fn bad_states_are_bad_input_naming_the_state() {
     let o = diff(&f, p(&broken), "applied", &[]);
     assert!(stderr(&o).contains("--from"), "{}", stderr(&o));
 }
+
+/// The kubeadm demo fixture of `recommend` and `guardrails`.
+fn kubeadm(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/recommend/kubeadm")
+        .join(name)
+        .to_str()
+        .expect("utf-8 path")
+        .to_owned()
+}
+
+/// `leash diff --from applied --to DIR` on the guardrails `leash guardrails -o DIR` writes:
+/// the reachability changes evaluate the tiers. Every pod-network workload loses the metadata
+/// addresses (the Admin tier); the workloads of the namespaces the Baseline default deny
+/// covers lose everything but DNS to the DNS pods; kube-system (exempt from the Baseline)
+/// loses only the metadata addresses; the hostNetwork node-exporter changes nothing.
+#[test]
+fn reachability_of_the_guardrails_names_the_workloads_that_lose_egress() {
+    let (cluster, flows) = (kubeadm("cluster.yaml"), kubeadm("flows.jsonl"));
+    let proposal = tempfile::tempdir().expect("tempdir");
+    let guardrails = tempfile::tempdir().expect("tempdir");
+    let (p_dir, g_dir) = (p(proposal.path()), p(guardrails.path()));
+    let o = leash(&[
+        "recommend",
+        "--cluster",
+        &cluster,
+        "--flows",
+        &flows,
+        "-o",
+        p_dir,
+    ]);
+    assert_code(&o, 0);
+    let o = leash(&[
+        "guardrails",
+        "--cluster",
+        &cluster,
+        "--flows",
+        &flows,
+        "--proposed",
+        p_dir,
+        "-o",
+        g_dir,
+    ]);
+    assert_code(&o, 0);
+    let o = leash(&[
+        "diff",
+        "--cluster",
+        &cluster,
+        "--flows",
+        &flows,
+        "--from",
+        "applied",
+        "--to",
+        g_dir,
+        "--format",
+        "json",
+    ]);
+    assert_code(&o, 0);
+    assert!(
+        !stderr(&o).contains("NetworkPolicies only"),
+        "{}",
+        stderr(&o)
+    );
+    let changes: Vec<serde_json::Value> = lines_of(&o, "reachability")
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert!(changes.iter().all(|c| c["change"] == "newly-denied"));
+    let source = |c: &serde_json::Value| {
+        let s = &c["source"];
+        format!(
+            "{}/{}",
+            s["namespace"].as_str().expect("namespace"),
+            s["workload"].as_str().expect("a whole workload")
+        )
+    };
+    let sources: BTreeSet<String> = changes.iter().map(source).collect();
+    assert_eq!(
+        sources,
+        BTreeSet::from(
+            [
+                "billing/StatefulSet/ledger",
+                "kube-system/Deployment/coredns",
+                "shop/Deployment/api",
+                "shop/Deployment/payment",
+                "shop/Pod/debug",
+            ]
+            .map(str::to_owned)
+        )
+    );
+    let of = |workload: &str| -> Vec<&serde_json::Value> {
+        changes.iter().filter(|c| source(c) == workload).collect()
+    };
+    // kube-system: the metadata addresses on every port of every protocol, nothing else.
+    let mut coredns: Vec<String> = of("kube-system/Deployment/coredns")
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {}-{} {}-{}",
+                c["protocol"],
+                c["port_from"],
+                c["port_to"],
+                c["destination"]["first"],
+                c["destination"]["last"]
+            )
+        })
+        .collect();
+    coredns.sort();
+    let mut want: Vec<String> = ["\"SCTP\"", "\"TCP\"", "\"UDP\""]
+        .iter()
+        .flat_map(|p| {
+            [
+                format!("{p} 0-65535 \"169.254.169.254\"-\"169.254.169.254\""),
+                format!("{p} 0-65535 \"fd00:ec2::254\"-\"fd00:ec2::254\""),
+            ]
+        })
+        .collect();
+    want.sort();
+    assert_eq!(coredns, want);
+    // payment loses HTTPS to the world, and keeps DNS to coredns: only the ports around 53.
+    let payment = of("shop/Deployment/payment");
+    assert!(payment.iter().any(|c| {
+        c["protocol"] == "TCP"
+            && c["port_from"].as_u64() <= Some(443)
+            && c["port_to"].as_u64() >= Some(443)
+            && c["destination"]["first"]
+                .as_str()
+                .and_then(|a| a.parse::<std::net::IpAddr>().ok())
+                .zip(
+                    c["destination"]["last"]
+                        .as_str()
+                        .and_then(|a| a.parse::<std::net::IpAddr>().ok()),
+                )
+                .is_some_and(|(a, b)| {
+                    let ip: std::net::IpAddr = "203.0.113.10".parse().expect("ip");
+                    a <= ip && ip <= b
+                })
+    }));
+    let mut to_dns: Vec<String> = payment
+        .iter()
+        .filter(|c| c["destination"]["workload"] == "Deployment/coredns")
+        .map(|c| format!("{} {}-{}", c["protocol"], c["port_from"], c["port_to"]))
+        .collect();
+    to_dns.sort();
+    assert_eq!(
+        to_dns,
+        [
+            "\"SCTP\" 0-65535",
+            "\"TCP\" 0-52",
+            "\"TCP\" 54-65535",
+            "\"UDP\" 0-52",
+            "\"UDP\" 54-65535"
+        ]
+    );
+}

@@ -14,6 +14,7 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use leash::cluster::Cluster;
+use leash::cnp::ClusterNetworkPolicy;
 use leash::diff::reach::{Change, ReachChange, Source, Target, reachability, reachability_of};
 use leash::eval::{Flow, PolicySet, Verdict, evaluate};
 use leash_records::Protocol;
@@ -339,6 +340,281 @@ fn hostnetwork_source_reaches_by_node_address_only() {
     );
 }
 
+// ---- ClusterNetworkPolicy tiers ----
+
+fn cnp(name: &str, spec: &str) -> ClusterNetworkPolicy {
+    let spec: serde_json::Value =
+        serde_norway::from_str(spec).unwrap_or_else(|e| panic!("{name}: bad spec: {e}"));
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "policy.networking.k8s.io/v1alpha2",
+        "kind": "ClusterNetworkPolicy",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// A state: NetworkPolicies `(ns/name, spec)` and ClusterNetworkPolicies `(name, spec)`.
+type State = (
+    &'static [(&'static str, &'static str)],
+    &'static [(&'static str, &'static str)],
+);
+
+fn tiered_set((nps, cnps): State) -> PolicySet {
+    let cnps: Vec<ClusterNetworkPolicy> = cnps.iter().map(|(n, y)| cnp(n, y)).collect();
+    set(nps)
+        .with_cluster_policies(&cnps)
+        .expect("valid cluster policies")
+}
+
+fn tiered_diff(from: State, to: State) -> Vec<String> {
+    let c = cluster();
+    let out = reachability(&c, &tiered_set(from), &tiered_set(to));
+    let mut sorted = out.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(out, sorted, "the diff is sorted and free of duplicates");
+    out.iter().map(line).collect()
+}
+
+struct TierCase {
+    name: &'static str,
+    from: State,
+    to: State,
+    want: &'static [&'static str],
+}
+
+const WEB_ONLY: &str = "{pods: {podSelector: {matchLabels: {app: web}}}}";
+
+#[rustfmt::skip]
+const TIER_CASES: &[TierCase] = &[
+    TierCase {
+        name: "Pass then NetworkPolicy: the Admin Deny becomes a Pass, the NetworkPolicy allows 443",
+        from: (&[("shop/web-egress", "{podSelector: {matchLabels: {app: web}}, policyTypes: [Egress], egress: [{to: [{ipBlock: {cidr: 203.0.113.0/24}}], ports: [{port: 443}]}]}")],
+               &[("admin", "{tier: Admin, priority: 1, subject: {pods: {podSelector: {matchLabels: {app: web}}}}, egress: [{action: Deny, to: [{networks: [203.0.113.0/24]}]}]}")]),
+        to: (&[("shop/web-egress", "{podSelector: {matchLabels: {app: web}}, policyTypes: [Egress], egress: [{to: [{ipBlock: {cidr: 203.0.113.0/24}}], ports: [{port: 443}]}]}")],
+             &[("admin", "{tier: Admin, priority: 1, subject: {pods: {podSelector: {matchLabels: {app: web}}}}, egress: [{action: Pass, to: [{networks: [203.0.113.0/24]}]}]}")]),
+        want: &[
+            "shop Pod/web allowed TCP 443 -> 203.0.113.0-203.0.113.255",
+            "shop Pod/web-2 allowed TCP 443 -> 203.0.113.0-203.0.113.255",
+        ],
+    },
+    TierCase {
+        name: "a NetworkPolicy selecting the pod hides the Baseline",
+        from: (&[("shop/web-all", "{podSelector: {matchLabels: {app: web}}, policyTypes: [Egress], egress: [{}]}")], &[]),
+        to: (&[("shop/web-all", "{podSelector: {matchLabels: {app: web}}, policyTypes: [Egress], egress: [{}]}")],
+             &[("base", "{tier: Baseline, priority: 1, subject: {namespaces: {matchLabels: {team: shop}}}, egress: [{action: Deny, to: [{networks: [203.0.113.0/24]}]}]}")]),
+        want: &[
+            "shop Pod/api denied TCP 0-65535 -> 203.0.113.0-203.0.113.255",
+            "shop Pod/api denied UDP 0-65535 -> 203.0.113.0-203.0.113.255",
+            "shop Pod/api denied SCTP 0-65535 -> 203.0.113.0-203.0.113.255",
+            "shop Pod/api-2 denied TCP 0-65535 -> 203.0.113.0-203.0.113.255",
+            "shop Pod/api-2 denied UDP 0-65535 -> 203.0.113.0-203.0.113.255",
+            "shop Pod/api-2 denied SCTP 0-65535 -> 203.0.113.0-203.0.113.255",
+            "shop Pod/worker denied TCP 0-65535 -> 203.0.113.0-203.0.113.255",
+            "shop Pod/worker denied UDP 0-65535 -> 203.0.113.0-203.0.113.255",
+            "shop Pod/worker denied SCTP 0-65535 -> 203.0.113.0-203.0.113.255",
+            "shop StatefulSet/cache denied TCP 0-65535 -> 203.0.113.0-203.0.113.255",
+            "shop StatefulSet/cache denied UDP 0-65535 -> 203.0.113.0-203.0.113.255",
+            "shop StatefulSet/cache denied SCTP 0-65535 -> 203.0.113.0-203.0.113.255",
+        ],
+    },
+    TierCase {
+        name: "equal priorities that disagree deny where both match",
+        from: (&[], &[("b-accept", "{tier: Admin, priority: 5, subject: {pods: {podSelector: {matchLabels: {app: web}}}}, egress: [{action: Accept, to: [{networks: [203.0.113.0/24]}]}]}")]),
+        to: (&[], &[
+            ("b-accept", "{tier: Admin, priority: 5, subject: {pods: {podSelector: {matchLabels: {app: web}}}}, egress: [{action: Accept, to: [{networks: [203.0.113.0/24]}]}]}"),
+            ("a-deny", "{tier: Admin, priority: 5, subject: {pods: {podSelector: {matchLabels: {app: web}}}}, egress: [{action: Deny, to: [{networks: [203.0.113.0/25]}], protocols: [{tcp: {destinationPort: {number: 443}}}]}]}"),
+        ]),
+        want: &[
+            "shop Pod/web denied TCP 443 -> 203.0.113.0-203.0.113.127",
+            "shop Pod/web-2 denied TCP 443 -> 203.0.113.0-203.0.113.127",
+        ],
+    },
+    TierCase {
+        name: "ingress: an Admin Deny at the destination from a namespace, on one port",
+        from: (&[], &[]),
+        to: (&[], &[("protect-db", "{tier: Admin, priority: 1, subject: {namespaces: {matchLabels: {team: data}}}, ingress: [{action: Deny, from: [{namespaces: {matchLabels: {team: shop}}}], protocols: [{tcp: {destinationPort: {number: 5432}}}]}]}")]),
+        // Every pod of `db` (the port is a number, whatever the pod listens on); not
+        // host-agent: a hostNetwork source is never a namespaces peer.
+        want: &[
+            "shop Pod/api denied TCP 5432 -> db Pod/postgres",
+            "shop Pod/api denied TCP 5432 -> db Pod/replica",
+            "shop Pod/api-2 denied TCP 5432 -> db Pod/postgres",
+            "shop Pod/api-2 denied TCP 5432 -> db Pod/replica",
+            "shop Pod/web denied TCP 5432 -> db Pod/postgres",
+            "shop Pod/web denied TCP 5432 -> db Pod/replica",
+            "shop Pod/web-2 denied TCP 5432 -> db Pod/postgres",
+            "shop Pod/web-2 denied TCP 5432 -> db Pod/replica",
+            "shop Pod/worker denied TCP 5432 -> db Pod/postgres",
+            "shop Pod/worker denied TCP 5432 -> db Pod/replica",
+            "shop StatefulSet/cache denied TCP 5432 -> db Pod/postgres",
+            "shop StatefulSet/cache denied TCP 5432 -> db Pod/replica",
+        ],
+    },
+    TierCase {
+        name: "a named port of the tier resolves on each destination pod",
+        from: (&[], &[]),
+        to: (&[], &[("no-pg", "{tier: Admin, priority: 1, subject: {pods: {podSelector: {matchLabels: {app: web}}}}, egress: [{action: Deny, to: [{namespaces: {}}], protocols: [{destinationNamedPort: pg}]}]}")]),
+        want: &[
+            "shop Pod/web denied TCP 5432 -> db Pod/postgres",
+            "shop Pod/web denied TCP 5433 -> db Pod/replica",
+            "shop Pod/web-2 denied TCP 5432 -> db Pod/postgres",
+            "shop Pod/web-2 denied TCP 5433 -> db Pod/replica",
+        ],
+    },
+    TierCase {
+        name: "identical tiers with renamed NetworkPolicies change nothing",
+        from: (&[("shop/a", "{podSelector: {}, policyTypes: [Egress]}")], &[("base", "{tier: Baseline, priority: 1, subject: {namespaces: {}}, egress: [{action: Deny, to: [{networks: [0.0.0.0/0]}]}]}")]),
+        to: (&[("shop/b", "{podSelector: {}, policyTypes: [Egress]}")], &[("base", "{tier: Baseline, priority: 1, subject: {namespaces: {}}, egress: [{action: Deny, to: [{networks: [0.0.0.0/0]}]}]}")]),
+        want: &[],
+    },
+];
+
+#[test]
+fn tier_tables() {
+    let _ = WEB_ONLY;
+    let mut failures = Vec::new();
+    for case in TIER_CASES {
+        let mut got = tiered_diff(case.from, case.to);
+        got.sort();
+        let mut want: Vec<String> = case.want.iter().map(ToString::to_string).collect();
+        want.sort();
+        if got != want {
+            failures.push(format!(
+                "{}:\n  got:\n    {}\n  want:\n    {}",
+                case.name,
+                got.join("\n    "),
+                want.join("\n    ")
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The cluster's source workloads: every workload with a pod-network pod.
+fn pod_network_workloads(c: &Cluster) -> BTreeSet<String> {
+    c.pods
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| !p.host_network)
+        .map(|(pid, p)| {
+            let w = &c.workloads[c.workload_of(pid).expect("workload")];
+            format!("{} {}/{}", p.namespace, w.kind, w.name)
+        })
+        .collect()
+}
+
+/// An Admin Deny of the metadata address for every namespace: every pod-network workload
+/// loses 169.254.169.254 on every port of every protocol, and nothing else changes.
+#[test]
+fn metadata_admin_deny_on_every_namespace() {
+    let got = tiered_diff(
+        (
+            &[(
+                "shop/web-egress",
+                "{podSelector: {matchLabels: {app: web}}, policyTypes: [Egress], egress: [{}]}",
+            )],
+            &[],
+        ),
+        (
+            &[(
+                "shop/web-egress",
+                "{podSelector: {matchLabels: {app: web}}, policyTypes: [Egress], egress: [{}]}",
+            )],
+            &[(
+                "metadata",
+                "{tier: Admin, priority: 0, subject: {namespaces: {}}, egress: [{action: Deny, to: [{networks: [169.254.169.254/32]}]}]}",
+            )],
+        ),
+    );
+    let c = cluster();
+    let mut want = Vec::new();
+    for w in pod_network_workloads(&c) {
+        for proto in ["TCP", "UDP", "SCTP"] {
+            want.push(format!(
+                "{w} denied {proto} 0-65535 -> 169.254.169.254-169.254.169.254"
+            ));
+        }
+    }
+    let mut got_sorted = got.clone();
+    got_sorted.sort();
+    want.sort();
+    assert_eq!(got_sorted, want);
+    assert!(
+        want.iter().any(|l| l.starts_with("shop Pod/web ")),
+        "a workload whose NetworkPolicy allows everything loses it too"
+    );
+}
+
+/// A Baseline default deny with a DNS Accept, on the namespace `db` that no NetworkPolicy
+/// covers: its workloads lose everything but DNS to the DNS pods; no other namespace changes.
+#[test]
+fn baseline_default_deny_keeps_dns_only() {
+    let base = "{tier: Baseline, priority: 10, subject: {namespaces: {matchLabels: {team: data}}}, egress: [\
+        {action: Accept, to: [{pods: {namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: kube-system}}, podSelector: {matchLabels: {k8s-app: kube-dns}}}}], protocols: [{udp: {destinationPort: {number: 53}}}, {tcp: {destinationPort: {number: 53}}}]},\
+        {action: Deny, to: [{namespaces: {}}, {networks: [0.0.0.0/0, '::/0']}]}]}";
+    let to_cnps: &'static [(&'static str, &'static str)] =
+        Box::leak(Box::new([("baseline", base)]));
+    let got = tiered_diff((&[], &[]), (&[], to_cnps));
+    assert!(!got.is_empty());
+    let c = cluster();
+    let sources: BTreeSet<&str> = got
+        .iter()
+        .map(|l| l.split(" denied ").next().unwrap_or(l))
+        .collect();
+    assert_eq!(
+        sources,
+        BTreeSet::from(["db Pod/postgres", "db Pod/replica"]),
+        "{got:#?}"
+    );
+    assert!(got.iter().all(|l| l.contains(" denied ")), "{got:#?}");
+    // Towards the DNS pods only port 53 of UDP and TCP stays allowed.
+    for src in ["db Pod/postgres", "db Pod/replica"] {
+        for dns in ["coredns-a", "coredns-b"] {
+            let mut to_dns: Vec<&String> = got
+                .iter()
+                .filter(|l| l.starts_with(src) && l.ends_with(&format!("kube-system Pod/{dns}")))
+                .collect();
+            to_dns.sort();
+            let want: Vec<String> = [
+                "SCTP 0-65535",
+                "TCP 0-52",
+                "TCP 54-65535",
+                "UDP 0-52",
+                "UDP 54-65535",
+            ]
+            .iter()
+            .map(|p| format!("{src} denied {p} -> kube-system Pod/{dns}"))
+            .collect();
+            assert_eq!(to_dns, want.iter().collect::<Vec<_>>());
+        }
+        // Every other pod-network workload, on every port.
+        for w in pod_network_workloads(&c) {
+            if w.starts_with("kube-system ") {
+                continue;
+            }
+            for proto in ["TCP", "UDP", "SCTP"] {
+                let l = format!("{src} denied {proto} 0-65535 -> {w}");
+                assert!(got.contains(&l), "missing {l}");
+            }
+        }
+        // And the world: an address range around 203.0.113.10 on every port.
+        for proto in ["TCP", "UDP", "SCTP"] {
+            let world = got.iter().any(|l| {
+                l.strip_prefix(&format!("{src} denied {proto} 0-65535 -> "))
+                    .and_then(|r| r.split_once('-'))
+                    .and_then(|(a, b)| Some((a.parse::<IpAddr>().ok()?, b.parse::<IpAddr>().ok()?)))
+                    .is_some_and(|(a, b)| {
+                        let ip: IpAddr = "203.0.113.10".parse().expect("ip");
+                        a.is_ipv4() && a <= ip && ip <= b
+                    })
+            });
+            assert!(world, "{src} {proto}: {got:#?}");
+        }
+    }
+}
+
 // ---- the property: symbolic diff ⇔ brute-force evaluation ----
 
 const NAMESPACES: [&str; 2] = ["a", "b"];
@@ -465,6 +741,149 @@ fn policy_strategy() -> impl Strategy<Value = (usize, serde_json::Value)> {
         })
 }
 
+/// `networks` of the random ClusterNetworkPolicies (canonical CIDRs, as the CRD's CEL rule
+/// wants them).
+const NETWORKS: &[&str] = &[
+    "10.244.0.8/29",
+    "10.244.0.12/31",
+    "203.0.113.0/24",
+    "203.0.113.64/26",
+    "0.0.0.0/0",
+    "172.18.0.2/32",
+    "169.254.169.254/32",
+    "2001:db8::/64",
+];
+
+/// A ClusterNetworkPolicy selector of pods: `namespaces` or `pods` (with or without a
+/// namespaceSelector), over the labels of the random cluster.
+fn cnp_pods_strategy() -> impl Strategy<Value = serde_json::Value> {
+    prop_oneof![
+        proptest::option::of(0..2usize).prop_map(|ns| match ns {
+            Some(n) => serde_json::json!({"namespaces": {"matchLabels": {"team": NAMESPACES[n]}}}),
+            None => serde_json::json!({"namespaces": {}}),
+        }),
+        (0..2usize, proptest::option::of(0..2usize), proptest::option::of(0..2usize)).prop_map(
+            |(app, tier, ns)| {
+                let mut pods = serde_json::json!({"podSelector": {"matchLabels": {"app": APPS[app]}}});
+                if let Some(t) = tier {
+                    pods["podSelector"]["matchExpressions"] =
+                        serde_json::json!([{"key": "tier", "operator": "NotIn", "values": [TIERS[t]]}]);
+                }
+                if let Some(n) = ns {
+                    pods["namespaceSelector"] = serde_json::json!({"matchLabels": {"team": NAMESPACES[n]}});
+                }
+                serde_json::json!({"pods": pods})
+            }
+        ),
+    ]
+}
+
+/// An egress peer: namespaces, pods, networks, nodes or domainNames (which the symbolic diff
+/// and `evaluate` without names both match to nothing).
+fn cnp_egress_peer_strategy() -> impl Strategy<Value = (serde_json::Value, bool)> {
+    prop_oneof![
+        3 => cnp_pods_strategy().prop_map(|p| (p, false)),
+        3 => proptest::sample::subsequence(NETWORKS.to_vec(), 1..3)
+            .prop_map(|n| (serde_json::json!({"networks": n}), true)),
+        1 => proptest::option::of(0..2usize).prop_map(|z| {
+            let sel = match z {
+                Some(z) => serde_json::json!({"matchLabels": {"zone": ZONES[z]}}),
+                None => serde_json::json!({}),
+            };
+            (serde_json::json!({"nodes": sel}), true)
+        }),
+        1 => Just((serde_json::json!({"domainNames": ["api.example.com"]}), true)),
+    ]
+}
+
+fn cnp_port_strategy() -> impl Strategy<Value = serde_json::Value> {
+    prop_oneof![
+        Just(serde_json::json!({"tcp": {"destinationPort": {"number": 80}}})),
+        Just(
+            serde_json::json!({"tcp": {"destinationPort": {"range": {"start": 8080, "end": 8090}}}})
+        ),
+        Just(serde_json::json!({"udp": {"destinationPort": {"number": 53}}})),
+        Just(serde_json::json!({"sctp": {"destinationPort": {"range": {"start": 1, "end": 79}}}})),
+        Just(serde_json::json!({"destinationNamedPort": "http"})),
+    ]
+}
+
+const ACTIONS: [&str; 3] = ["Accept", "Deny", "Pass"];
+const ZONES: [&str; 2] = ["a", "b"];
+
+fn cnp_rule_strategy(egress: bool) -> impl Strategy<Value = serde_json::Value> {
+    (
+        0..3usize,
+        proptest::collection::vec(cnp_egress_peer_strategy(), 1..3),
+        proptest::collection::vec(cnp_pods_strategy(), 1..3),
+        proptest::collection::vec(cnp_port_strategy(), 0..3),
+    )
+        .prop_map(move |(action, to, from, mut ports)| {
+            let mut rule = serde_json::json!({"action": ACTIONS[action]});
+            if egress {
+                // The CRD refuses named ports next to address peers.
+                if to.iter().any(|(_, address)| *address) {
+                    ports.retain(|p| p.get("destinationNamedPort").is_none());
+                }
+                rule["to"] = to.into_iter().map(|(p, _)| p).collect();
+            } else {
+                rule["from"] = from.into();
+            }
+            if !ports.is_empty() {
+                rule["protocols"] = ports.into();
+            }
+            rule
+        })
+}
+
+/// A ClusterNetworkPolicy spec: either tier, a priority among few (equal ones conflict),
+/// a subject, and egress and ingress rules.
+fn cnp_strategy() -> impl Strategy<Value = serde_json::Value> {
+    (
+        any::<bool>(),
+        0..3i32,
+        cnp_pods_strategy(),
+        proptest::collection::vec(cnp_rule_strategy(true), 0..3),
+        proptest::collection::vec(cnp_rule_strategy(false), 0..3),
+    )
+        .prop_map(|(admin, priority, subject, egress, ingress)| {
+            serde_json::json!({
+                "tier": if admin { "Admin" } else { "Baseline" },
+                "priority": priority,
+                "subject": subject,
+                "egress": egress,
+                "ingress": ingress,
+            })
+        })
+}
+
+/// Per name c0..c2: absent, or one of two variants, in each state.
+fn cnp_states_strategy()
+-> impl Strategy<Value = (Vec<ClusterNetworkPolicy>, Vec<ClusterNetworkPolicy>)> {
+    proptest::collection::vec((cnp_strategy(), cnp_strategy(), 0..3usize, 0..3usize), 0..4)
+        .prop_map(|slots| {
+            let mut from = Vec::new();
+            let mut to = Vec::new();
+            for (i, (v1, v2, f, t)) in slots.into_iter().enumerate() {
+                let variants = [None, Some(&v1), Some(&v2)];
+                for (choice, out) in [(f, &mut from), (t, &mut to)] {
+                    if let Some(Some(spec)) = variants.get(choice) {
+                        out.push(
+                            serde_json::from_value(serde_json::json!({
+                                "apiVersion": "policy.networking.k8s.io/v1alpha2",
+                                "kind": "ClusterNetworkPolicy",
+                                "metadata": {"name": format!("c{i}")},
+                                "spec": spec,
+                            }))
+                            .expect("cluster policy"),
+                        );
+                    }
+                }
+            }
+            (from, to)
+        })
+}
+
 /// Per policy name p0..p3: absent, or one of two variants, in each state.
 fn states_strategy() -> impl Strategy<Value = (Vec<NetworkPolicy>, Vec<NetworkPolicy>)> {
     proptest::collection::vec(
@@ -556,7 +975,7 @@ fn random_cluster(pods: &[PodSpec]) -> Cluster {
         .enumerate()
         .map(|(i, ip)| {
             serde_json::from_value(serde_json::json!({
-                "metadata": {"name": format!("n{}", i + 1)},
+                "metadata": {"name": format!("n{}", i + 1), "labels": {"zone": ZONES[i]}},
                 "status": {"addresses": [{"type": "InternalIP", "address": ip}]},
             }))
             .expect("node")
@@ -582,7 +1001,8 @@ fn random_cluster(pods: &[PodSpec]) -> Cluster {
 /// both spaces, and some random ones (never a Service address: those are not destinations).
 fn probe_addresses(c: &Cluster, random: &[IpAddr]) -> BTreeSet<IpAddr> {
     let mut out: BTreeSet<IpAddr> = random.iter().copied().collect();
-    for (cidr, except) in BLOCKS {
+    let networks = NETWORKS.iter().map(|n| (n, &[] as &[&str]));
+    for (cidr, except) in BLOCKS.iter().map(|(c, e)| (c, *e)).chain(networks) {
         for net in std::iter::once(cidr).chain(except.iter()) {
             let net: ipnet::IpNet = net.parse().expect("cidr");
             for a in [net.network(), net.broadcast()] {
@@ -679,6 +1099,7 @@ proptest! {
     fn symbolic_diff_agrees_with_brute_force(
         pods in proptest::collection::vec(pod_strategy(), 1..7),
         (from, to) in states_strategy(),
+        (cnp_from, cnp_to) in cnp_states_strategy(),
         random in proptest::collection::vec(
             prop_oneof![
                 any::<u32>().prop_map(|a| IpAddr::V4(a.into())),
@@ -689,7 +1110,9 @@ proptest! {
         ),
     ) {
         let c = random_cluster(&pods);
-        let (Ok(from), Ok(to)) = (PolicySet::new(&from), PolicySet::new(&to)) else {
+        let from = PolicySet::new(&from).and_then(|s| s.with_cluster_policies(&cnp_from));
+        let to = PolicySet::new(&to).and_then(|s| s.with_cluster_policies(&cnp_to));
+        let (Ok(from), Ok(to)) = (from, to) else {
             // Random specs may be invalid (an ipBlock except of the other family never is
             // generated, but an empty peer list with ports is fine): skip what the API
             // server would refuse.

@@ -21,60 +21,8 @@ use support::recommend::{Fx, deployment_pod, dns, flow, run};
 const STANDARD: &str = "policy.networking.k8s.io_clusternetworkpolicies.standard.yaml";
 const EXPERIMENTAL: &str = "policy.networking.k8s.io_clusternetworkpolicies.experimental.yaml";
 
-/// The shop: web and api in `shop` (web dials api and an external address, api the metadata
-/// address), a worker in `batch`; kubeadm DNS.
 fn shop() -> (Fx, Vec<leash_records::Record>) {
-    let mut fx = Fx::new();
-    fx.kubeadm_dns();
-    fx.namespace("shop").namespace("batch");
-    fx.deployment("shop", "web", &[("app", "web")], &["10.244.1.10"], &[]);
-    fx.deployment(
-        "shop",
-        "api",
-        &[("app", "api")],
-        &["10.244.1.11"],
-        &[(Some("http"), 8080, "TCP")],
-    );
-    fx.deployment(
-        "batch",
-        "worker",
-        &[("app", "worker")],
-        &["10.244.2.10"],
-        &[],
-    );
-    let web = deployment_pod("web");
-    let api = deployment_pod("api");
-    let worker = deployment_pod("worker");
-    let records = vec![
-        dns(
-            "shop",
-            &web,
-            "10.96.0.10",
-            "api.example.test",
-            &["203.0.113.7"],
-        ),
-        flow("shop", &web, "UDP", "10.96.0.10", 53, 3, &[]),
-        flow("shop", &web, "TCP", "10.244.1.11", 8080, 5, &[]),
-        flow(
-            "shop",
-            &web,
-            "TCP",
-            "203.0.113.7",
-            443,
-            5,
-            &["api.example.test"],
-        ),
-        flow("shop", &api, "TCP", "169.254.169.254", 80, 1, &[]),
-        dns(
-            "batch",
-            &worker,
-            "10.96.0.10",
-            "db.example.test",
-            &["198.51.100.9"],
-        ),
-        flow("batch", &worker, "UDP", "10.96.0.10", 53, 2, &[]),
-    ];
-    (fx, records)
+    support::recommend::small_shop()
 }
 
 /// The guardrails over leash's proposal (the final state of a rollout).

@@ -17,55 +17,10 @@ use leash::guardrails::{self, Guardrails, Options, Stack};
 use leash::observations::Observations;
 use leash::recommend;
 use leash::rollout::board;
-use support::recommend::{Fx, Run, deployment_pod, dns, flow, run};
+use support::recommend::{Fx, Run, deployment_pod, flow, run};
 
-/// The shop: web (dials api and 203.0.113.7) and api (the metadata address) in `shop`, a
-/// worker in `batch` that only resolves names; kubeadm DNS.
 fn shop() -> (Fx, Vec<leash_records::Record>) {
-    let mut fx = Fx::new();
-    fx.kubeadm_dns();
-    fx.namespace("shop").namespace("batch");
-    fx.deployment("shop", "web", &[("app", "web")], &["10.244.1.10"], &[]);
-    fx.deployment(
-        "shop",
-        "api",
-        &[("app", "api")],
-        &["10.244.1.11"],
-        &[(Some("http"), 8080, "TCP")],
-    );
-    fx.deployment(
-        "batch",
-        "worker",
-        &[("app", "worker")],
-        &["10.244.2.10"],
-        &[],
-    );
-    let web = deployment_pod("web");
-    let api = deployment_pod("api");
-    let worker = deployment_pod("worker");
-    let records = vec![
-        dns(
-            "shop",
-            &web,
-            "10.96.0.10",
-            "api.example.test",
-            &["203.0.113.7"],
-        ),
-        flow("shop", &web, "UDP", "10.96.0.10", 53, 3, &[]),
-        flow("shop", &web, "TCP", "10.244.1.11", 8080, 5, &[]),
-        flow(
-            "shop",
-            &web,
-            "TCP",
-            "203.0.113.7",
-            443,
-            5,
-            &["api.example.test"],
-        ),
-        flow("shop", &api, "TCP", "169.254.169.254", 80, 1, &[]),
-        flow("batch", &worker, "UDP", "10.96.0.10", 53, 2, &[]),
-    ];
-    (fx, records)
+    support::recommend::small_shop()
 }
 
 /// The guardrails proposed for `r` over `network_policies` (nothing else applied).

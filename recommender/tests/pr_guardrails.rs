@@ -28,65 +28,13 @@ use leash_lab::forge::github::GitHub;
 use leash_lab::forge::{Request, random_token};
 use leash_lab::git_server::{branches, create_bare_repo, file_at, files_at, git, rev_parse};
 use support::cli::{assert_code, p, stdout};
-use support::recommend::{Fx, deployment_pod, dns, flow as record, run};
+use support::recommend::{Fx, run};
 use support::snapshots;
 
 // ---- The group's logic, pure ----
 
-/// The shop of `tests/guardrails.rs`: web dials api and an external address (named
-/// `api.example.test`), api the metadata address; a worker in `batch` only resolves names.
 fn shop() -> (Fx, Vec<leash_records::Record>) {
-    let mut fx = Fx::new();
-    fx.kubeadm_dns();
-    fx.namespace("shop").namespace("batch");
-    fx.deployment("shop", "web", &[("app", "web")], &["10.244.1.10"], &[]);
-    fx.deployment(
-        "shop",
-        "api",
-        &[("app", "api")],
-        &["10.244.1.11"],
-        &[(Some("http"), 8080, "TCP")],
-    );
-    fx.deployment(
-        "batch",
-        "worker",
-        &[("app", "worker")],
-        &["10.244.2.10"],
-        &[],
-    );
-    let web = deployment_pod("web");
-    let api = deployment_pod("api");
-    let worker = deployment_pod("worker");
-    let records = vec![
-        dns(
-            "shop",
-            &web,
-            "10.96.0.10",
-            "api.example.test",
-            &["203.0.113.7"],
-        ),
-        record("shop", &web, "UDP", "10.96.0.10", 53, 3, &[]),
-        record("shop", &web, "TCP", "10.244.1.11", 8080, 5, &[]),
-        record(
-            "shop",
-            &web,
-            "TCP",
-            "203.0.113.7",
-            443,
-            5,
-            &["api.example.test"],
-        ),
-        record("shop", &api, "TCP", "169.254.169.254", 80, 1, &[]),
-        dns(
-            "batch",
-            &worker,
-            "10.96.0.10",
-            "db.example.test",
-            &["198.51.100.9"],
-        ),
-        record("batch", &worker, "UDP", "10.96.0.10", 53, 2, &[]),
-    ];
-    (fx, records)
+    support::recommend::small_shop()
 }
 
 const EMPTY: State<'static> = State {

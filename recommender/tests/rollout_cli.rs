@@ -493,7 +493,10 @@ fn recommend_ready_only_counts_the_applied_cluster_network_policies() {
 /// A running `leash serve --insecure`, killed on drop.
 struct Server {
     child: Child,
+    /// `--http`: health and metrics.
     http: SocketAddr,
+    /// `--ui-listen`: the `/v1` read API.
+    ui: SocketAddr,
 }
 
 impl Drop for Server {
@@ -508,11 +511,13 @@ impl Server {
     /// 200 ms; the check interval is an hour, so only a reload re-evaluates the store.
     fn start(cluster: &Path, db: &Path, proposed: &str) -> Server {
         let http = free_port();
+        let ui = free_port();
         let child = Command::new(LEASH)
             .arg("serve")
             .arg("--insecure")
             .args(["--listen", &free_port().to_string()])
             .args(["--http", &http.to_string()])
+            .args(["--ui-listen", &ui.to_string()])
             .arg("--store")
             .arg(db)
             .arg("--cluster")
@@ -523,10 +528,10 @@ impl Server {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let mut server = Server { child, http };
+        let mut server = Server { child, http, ui };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok((200, _)) = get(server.http, "/v1/rollout") {
+            if let Ok((200, _)) = get(server.ui, "/v1/rollout") {
                 return server;
             }
             if let Some(status) = server.child.try_wait().unwrap() {
@@ -539,7 +544,7 @@ impl Server {
 
     /// The answer of a rollout endpoint: `{"guardrails":…,"workloads":[…]}`.
     fn answer(&self, path: &str) -> Value {
-        let (status, body) = get(self.http, path).unwrap();
+        let (status, body) = get(self.ui, path).unwrap();
         assert_eq!(status, 200, "{body}");
         serde_json::from_str(&body).unwrap()
     }
@@ -629,7 +634,7 @@ fn serve_shadow_evaluates_the_proposal_and_reloads_it_when_the_directory_changes
     assert_eq!(board[1]["would_deny"][0]["dst_port"], 8443);
     let shop = server.board("/v1/namespaces/shop/rollout");
     assert_eq!(phases(&shop), owned(&BOARD[1..]));
-    let (status, body) = get(server.http, "/v1/namespaces/nowhere/rollout").unwrap();
+    let (status, body) = get(server.ui, "/v1/namespaces/nowhere/rollout").unwrap();
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("\"nowhere\""), "{body}");
 

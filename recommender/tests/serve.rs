@@ -78,6 +78,8 @@ struct Server {
     child: Child,
     grpc: SocketAddr,
     http: SocketAddr,
+    /// `--ui-listen`: the `/v1` read API.
+    ui: SocketAddr,
 }
 
 impl Drop for Server {
@@ -90,9 +92,11 @@ impl Drop for Server {
 impl Server {
     fn start(dir: &Path, cluster: &[&str], grpc: SocketAddr, http: SocketAddr) -> Server {
         let certs = dir.join("certs");
+        let ui = free_port();
         let child = Command::new(LEASH)
             .arg("serve")
             .args(["--listen", &grpc.to_string(), "--http", &http.to_string()])
+            .args(["--ui-listen", &ui.to_string()])
             .arg("--store")
             .arg(dir.join("leash.db"))
             .args(cluster)
@@ -107,7 +111,12 @@ impl Server {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let mut server = Server { child, grpc, http };
+        let mut server = Server {
+            child,
+            grpc,
+            http,
+            ui,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok((200, _)) = get(server.http, "/readyz") {
@@ -241,7 +250,7 @@ fn serve_ingests_exactly_once_and_answers_from_the_store() {
     assert_eq!(acks, vec![(1, false), (2, false), (1, true)]);
 
     let (status, body) = get(
-        server.http,
+        server.ui,
         "/v1/namespaces/shop/workloads/Deployment/web/destinations",
     )
     .unwrap();
@@ -252,14 +261,14 @@ fn serve_ingests_exactly_once_and_answers_from_the_store() {
     assert_eq!(dests[0]["count"], 8, "5 + 3, the resend ignored: {body}");
     assert_eq!(dests[0]["names"][0], "api.stripe.test");
 
-    let (status, yaml) = get(server.http, "/v1/namespaces/shop/recommendations").unwrap();
+    let (status, yaml) = get(server.ui, "/v1/namespaces/shop/recommendations").unwrap();
     assert_eq!(status, 200, "{yaml}");
     assert!(yaml.contains("203.0.113.10/32"), "{yaml}");
     assert!(yaml.contains("port: 443"), "{yaml}");
     assert!(yaml.contains("default-deny-egress"), "{yaml}");
 
     // The applied policy allows DNS only: the stored flow is denied, and named.
-    let (status, body) = get(server.http, "/v1/namespaces/shop/audit").unwrap();
+    let (status, body) = get(server.ui, "/v1/namespaces/shop/audit").unwrap();
     assert_eq!(status, 200, "{body}");
     let audit: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(audit["applied_policies"], 1);
@@ -284,13 +293,13 @@ fn serve_ingests_exactly_once_and_answers_from_the_store() {
         "the unexpected egress metric",
     );
 
-    let (status, _) = get(server.http, "/v1/namespaces/nope/audit").unwrap();
+    let (status, _) = get(server.ui, "/v1/namespaces/nope/audit").unwrap();
     assert_eq!(status, 404);
     // A window reaching before any representable time is refused, not a dead handler.
-    let (status, body) = get(server.http, "/v1/workloads?since=300000years").unwrap();
+    let (status, body) = get(server.ui, "/v1/workloads?since=300000years").unwrap();
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("1000 years"), "{body}");
-    let (status, body) = get(server.http, "/v1/workloads").unwrap();
+    let (status, body) = get(server.ui, "/v1/workloads").unwrap();
     assert_eq!(status, 200);
     assert!(body.contains("\"present\":true"), "{body}");
 
@@ -301,7 +310,7 @@ fn serve_ingests_exactly_once_and_answers_from_the_store() {
     let acks = rt.block_on(push(&certs, server.grpc, vec![b2]));
     assert_eq!(acks, vec![(2, true)]);
     let (_, body) = get(
-        server.http,
+        server.ui,
         "/v1/namespaces/shop/workloads/Deployment/web/destinations",
     )
     .unwrap();
@@ -343,7 +352,7 @@ fn serve_refuses_agents_without_a_client_certificate() {
     });
     assert!(result.is_err(), "a client without a certificate was served");
     let _ = certs;
-    let (_, body) = get(server.http, "/v1/workloads").unwrap();
+    let (_, body) = get(server.ui, "/v1/workloads").unwrap();
     assert_eq!(body.trim(), "[]", "nothing was stored");
 }
 
@@ -392,7 +401,7 @@ fn serve_with_kube_watches_the_cluster_and_creates_events_for_unexpected_egress(
     assert_eq!(acks, vec![(1, false)]);
     // Attributed through the live model: the Deployment, not the pod.
     let (status, body) = get(
-        server.http,
+        server.ui,
         "/v1/namespaces/shop/workloads/Deployment/web/destinations",
     )
     .unwrap();
@@ -432,7 +441,7 @@ fn serve_with_kube_watches_the_cluster_and_creates_events_for_unexpected_egress(
     api.apply_json("/apis/networking.k8s.io/v1/networkpolicies", policy);
     wait_for(
         || {
-            get(server.http, "/v1/namespaces/shop/audit")
+            get(server.ui, "/v1/namespaces/shop/audit")
                 .is_ok_and(|(_, b)| b.contains("\"allowed\":1,\"denied\":0"))
         },
         "the audit to follow the updated policy",
@@ -667,7 +676,7 @@ fn serve_flags_dns_drift_as_answers_are_ingested() {
         "no UnexpectedEgress event"
     );
 
-    let (status, alerts) = get(server.http, "/v1/alerts").unwrap();
+    let (status, alerts) = get(server.ui, "/v1/alerts").unwrap();
     assert_eq!(status, 200, "{alerts}");
     let alerts: serde_json::Value = serde_json::from_str(&alerts).unwrap();
     assert_eq!(alerts[0]["type"], "dns-drift", "{alerts}");

@@ -22,7 +22,9 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use chrono::{DateTime, Utc};
-use leash::serve::http::{AppState, ReadLimits, router_with};
+use leash::serve::auth::Auth;
+use leash::serve::http::{AppState, ReadLimits, router};
+use leash::serve::ui_http::ui_router;
 use leash::store::{
     self, BatchId, Commit, DnsObservation, FlowObservation, Scope, SqliteStore, Store, Subject,
     WorkloadRef, WorkloadTotals,
@@ -191,20 +193,20 @@ fn fixture_with(limits: ReadLimits, snapshot: &str) -> Fixture {
         leash::ingest::Limits::default(),
     )
     .unwrap();
-    let app = router_with(
-        Arc::new(AppState {
-            store: Arc::clone(&store) as Arc<dyn Store>,
-            model,
-            registry: Arc::new(prometheus_client::registry::Registry::default()),
-            ingest_listening: AtomicBool::new(true),
-            ingest,
-            options: leash::recommend::Options::default(),
-            rollout: leash::serve::shadow::no_board(),
-            map: leash::serve::map_api::no_map(),
-            pull_requests: tokio::sync::watch::channel(Default::default()).1,
-        }),
-        limits,
-    );
+    let state = Arc::new(AppState {
+        store: Arc::clone(&store) as Arc<dyn Store>,
+        model,
+        registry: Arc::new(prometheus_client::registry::Registry::default()),
+        ingest_listening: AtomicBool::new(true),
+        ingest,
+        options: leash::recommend::Options::default(),
+        rollout: leash::serve::shadow::no_board(),
+        map: leash::serve::map_api::no_map(),
+        pull_requests: tokio::sync::watch::channel(Default::default()).1,
+    });
+    // Both listeners' routes in one router: the UI's `/v1` (without authentication, as on
+    // loopback) and `--http`'s health and metrics.
+    let app = ui_router(Arc::clone(&state), limits, Auth::open()).merge(router(state));
     Fixture {
         _dir: dir,
         store,

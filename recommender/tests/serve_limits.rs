@@ -72,6 +72,8 @@ impl Server {
         let config = Config {
             listen: grpc,
             http,
+            ui: free_port(),
+            ui_auth: None,
             store: dir.path().join("leash.db"),
             cluster: ClusterSource::File(snapshot),
             tls: Some(TlsFiles {

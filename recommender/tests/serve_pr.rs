@@ -504,7 +504,7 @@ fn a_workload_newly_ready_opens_its_pull_request() {
     ]);
     let server = serve(&lab, &flags);
     wait_for("the first board", || {
-        get(server.http, "/v1/rollout").is_ok_and(|(status, _)| status == 200)
+        get(server.ui, "/v1/rollout").is_ok_and(|(status, _)| status == 200)
     });
     std::thread::sleep(Duration::from_millis(1500));
     assert!(lab.github.requests().is_empty());

@@ -71,6 +71,7 @@ impl Server {
             .arg("serve")
             .arg("--insecure")
             .args(["--listen", &grpc.to_string(), "--http", &http.to_string()])
+            .args(["--ui-listen", &free_port().to_string()])
             .arg("--store")
             .arg(dir.path().join("leash.db"))
             .arg("--cluster")

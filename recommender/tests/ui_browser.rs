@@ -202,7 +202,7 @@ fn serve(dir: &Path, idle: usize) -> ServeProcess {
         Duration::from_secs(30),
         Duration::from_millis(200),
         || {
-            let Ok((200, body)) = get(server.http, "/v1/map/namespaces/shop") else {
+            let Ok((200, body)) = get(server.ui, "/v1/map/namespaces/shop") else {
                 return false;
             };
             let view: Value = serde_json::from_str(&body).unwrap();
@@ -263,7 +263,7 @@ const DRIFT_EDGE: &str =
 fn the_map_api_answers_and_refuses_bad_queries() {
     let dir = tempfile::tempdir().unwrap();
     let server = serve(dir.path(), 0);
-    let http = server.http;
+    let http = server.ui;
 
     let overview = json(http, "/v1/map");
     assert_eq!(overview["expanded"], true, "{overview}");
@@ -447,7 +447,7 @@ fn the_ui_in_a_real_browser() {
     let dir = tempfile::tempdir().unwrap();
     let server = serve(dir.path(), 0);
     let shots = screenshots();
-    b.goto(&format!("http://{}/", server.http));
+    b.goto(&format!("http://{}/", server.ui));
 
     // The map: every workload, the destinations, the edges.
     b.wait_find("#map g.node[data-id='wl:shop/Deployment/api']", WAIT);
@@ -464,7 +464,7 @@ fn the_ui_in_a_real_browser() {
         assert!(nodes.contains(&id.to_owned()), "{id} not drawn: {nodes:?}");
     }
     let edges = data_ids(&b, "#map g.edge-group");
-    let api = json(server.http, "/v1/map");
+    let api = json(server.ui, "/v1/map");
     assert_eq!(edges, ids(&api, "edges"), "the edges drawn are the API's");
     // The would-be-denied edge: its verdict, its stroke, and the words on it.
     let would = b.wait_find(&format!("#map g.edge-group[data-id='{API_TO_CIDR}']"), WAIT);
@@ -627,7 +627,7 @@ fn the_ui_in_a_real_browser() {
     // The rollout board: the guardrails first, counts as /v1/rollout's.
     b.click(&b.wait_find("#tab-rollout", WAIT));
     b.wait_find("#rollout-table tbody tr", WAIT);
-    let board = json(server.http, "/v1/rollout");
+    let board = json(server.ui, "/v1/rollout");
     let workloads = board["workloads"].as_array().unwrap();
     let mut expected = std::collections::BTreeMap::<String, u64>::new();
     for w in workloads {
@@ -744,7 +744,7 @@ fn a_large_cluster_opens_on_namespaces_and_expands_one() {
     let dir = tempfile::tempdir().unwrap();
     let server = serve(dir.path(), 200);
     let shots = screenshots();
-    b.goto(&format!("http://{}/", server.http));
+    b.goto(&format!("http://{}/", server.ui));
 
     b.wait_find("#map g.node[data-id='ns:shop']", WAIT);
     let nodes = data_ids(&b, "#map g.node");

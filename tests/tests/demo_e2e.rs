@@ -802,6 +802,25 @@ fn check_guardrails(run: &Run) {
         let v: Value = serde_json::from_str(l).unwrap();
         assert!(v["kind"] != "flow" || v["to"] == "allow", "a break: {v}");
     }
+    // The exact reachability names what the guardrails take: data/postgres (no egress but
+    // DNS observed, so not deferred) loses the world outside DNS, and the metadata address is
+    // newly denied from the shop's workloads.
+    let reach: Vec<Value> = diff
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["kind"] == "reachability" && v["change"] == "newly-denied")
+        .collect();
+    assert!(
+        reach.iter().any(|v| v["source"]["namespace"] == "data"
+            && v["source"]["workload"] == "StatefulSet/postgres"),
+        "postgres falls to the Baseline default deny: {reach:?}"
+    );
+    assert!(
+        reach.iter().any(|v| v["source"]["namespace"] == "shop"
+            && v["destination"]["first"] == "169.254.169.254"
+            && v["destination"]["last"] == "169.254.169.254"),
+        "the metadata address is newly denied from shop: {reach:?}"
+    );
     let md = std::fs::read_to_string(out.join("guardrails-diff.md")).unwrap();
     for ns in ["data", "kube-system", "shop"] {
         assert!(md.contains(&format!("- `{ns}`: no break")), "{ns}: {md}");

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::cluster::{Cluster, PodInfo};
 use crate::eval::{
-    ClusterView as _, CompiledPolicy, Flow, PolicySet, ServiceRoute, Verdict, evaluate,
+    ClusterView as _, CompiledPolicy, Flow, PolicySet, ServiceRoute, Verdict, evaluate_with_names,
 };
 use crate::observations::{Evidence, Observations};
 
@@ -215,10 +215,16 @@ pub fn changes(
             candidates.push((key, ev, pod, id, flow));
         }
     }
+    // A ClusterNetworkPolicy's domainNames peer matches by the names the address resolved to.
+    let no_names = BTreeSet::new();
     let verdicts = crate::parallel::map(&candidates, |(_, _, pod, _, flow)| {
+        let names = obs
+            .names_by_ip
+            .get(&flow.dst.to_canonical())
+            .unwrap_or(&no_names);
         (
-            evaluate(cluster, from, *pod, flow).verdict,
-            evaluate(cluster, to, *pod, flow).verdict,
+            evaluate_with_names(cluster, from, *pod, flow, names).verdict,
+            evaluate_with_names(cluster, to, *pod, flow, names).verdict,
         )
     });
     for ((key, ev, pod, id, flow), (before, after)) in candidates.into_iter().zip(verdicts) {
@@ -273,6 +279,7 @@ pub(super) mod tests {
     use leash_records::Protocol;
 
     use super::*;
+    use crate::eval::evaluate;
     use crate::observations::{FlowKey, PodNames};
 
     /// shop: Deployment `web` (pods web-1, web-2) and a bare pod `worker`; db: `pg-0`. The

@@ -3,19 +3,28 @@
 //! A connection from a source pod to `ip:port/protocol` is allowed when the source's egress
 //! allows it and, for a pod-network pod destination, that pod's ingress allows it: the rules of
 //! [`crate::eval::evaluate`], which this module must always agree with (a property test checks
-//! it against brute-force evaluation). Instead of probing, it works on sets:
+//! it against brute-force evaluation). Each direction follows the evaluator's full precedence:
+//! the ClusterNetworkPolicy Admin tier, then the NetworkPolicies when any selects the pod, then
+//! the Baseline tier, then allow (`tiers`); `domainNames` peers match nothing, as `evaluate`
+//! without DNS names. Instead of probing, it works on sets:
 //!
 //! - ports are interval sets per protocol, addresses interval sets per IP family, over the
 //!   whole IPv4 and IPv6 spaces;
 //! - pods fall into classes that no policy can tell apart: a **source class** shares namespace,
 //!   labels, hostNetwork (and then its node) and which ipBlock interval holds its address; a
 //!   **destination class** (one per pod address) shares namespace, labels, container ports,
-//!   family and ipBlock interval;
-//! - only pairs where the states differ are evaluated: a source class whose egress policies are
-//!   the same in both states can only change towards destinations whose ingress changed, and
-//!   of those only the ones some rule's peer can match (and vice versa);
+//!   family and ipBlock interval (the tiers' `networks` ends count as ipBlock boundaries), and
+//!   with tiers the Node owning the address, if any (`nodes` peers);
+//! - only pairs where the states differ are evaluated: a source class whose egress policies
+//!   (NetworkPolicies and the tier policies selecting it) are the same in both states can only
+//!   change towards destinations whose ingress changed, and of those only the ones some rule's
+//!   peer can match (and vice versa); a changed tier reaches the classes its rules' peers
+//!   (in either state) can match;
 //! - non-pod destinations are evaluated per interval between the changed rules' ipBlock
-//!   boundaries, then cut around the pod addresses and Service addresses.
+//!   boundaries (and the tiers' `networks` ends and Node addresses), then cut around the pod
+//!   addresses and Service addresses.
+//!
+//! Without ClusterNetworkPolicies in either state no tier code runs.
 //!
 //! What is a destination:
 //! - a Service address is never one: a connection to it is a connection to its backends on
@@ -34,8 +43,9 @@
 //!
 //! This module holds the public types and the flow; its submodules one concern each: `classes`
 //! (pods no policy can tell apart), `pairs` (which class pairs may change), `rules` (what the
-//! rules allow, and the change), `addresses` (the non-pod address space), `naming` (changes to
-//! workloads, pods and ranges), `sets` (interval sets of ports and addresses).
+//! rules allow, and the change), `tiers` (the ClusterNetworkPolicy tiers as port sets),
+//! `addresses` (the non-pod address space), `naming` (changes to workloads, pods and ranges),
+//! `sets` (interval sets of ports and addresses).
 
 mod addresses;
 mod classes;
@@ -43,6 +53,7 @@ mod naming;
 mod pairs;
 mod rules;
 mod sets;
+mod tiers;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -51,10 +62,11 @@ use leash_records::Protocol;
 use serde::Serialize;
 
 use crate::cluster::{Cluster, LabelSelector, PodId};
-use crate::eval::{PolicyId, PolicySet};
+use crate::eval::{ClusterPolicies, PolicyId, PolicySet};
 use classes::{DestClass, Group, SourceClass};
 use pairs::Dests;
 use sets::{Family, PortSet};
+use tiers::GroupTiers;
 
 /// Who connects: a workload, or one pod of it when its pods would change differently.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -190,14 +202,20 @@ pub fn reachability_of(
     }
     // Towards addresses only egress counts: the same for every class with the same egress
     // policies (pods of a StatefulSet, say, each with its own labels).
-    let mut external: HashMap<[Vec<&PolicyId>; 2], BTreeSet<(Entry, Target)>> = HashMap::new();
+    // With ClusterNetworkPolicies the group (namespace and labels: the tiers' subject) counts
+    // too.
+    type Key<'k> = ([Vec<&'k PolicyId>; 2], Option<usize>);
+    let mut external: HashMap<Key<'_>, BTreeSet<(Entry, Target)>> = HashMap::new();
     for (sk, out) in per_source.iter_mut().enumerate() {
         if e.egress_changed(sk) && wanted_source(sk) {
-            let g = &e.groups[e.sources[sk].group];
-            let key = g
-                .egress
-                .each_ref()
-                .map(|ps| ps.iter().map(|p| &p.id).collect());
+            let group = e.sources[sk].group;
+            let g = &e.groups[group];
+            let key = (
+                g.egress
+                    .each_ref()
+                    .map(|ps| ps.iter().map(|p| &p.id).collect()),
+                e.tiers.is_some().then_some(group),
+            );
             let found = external
                 .entry(key)
                 .or_insert_with(|| e.external_changes(sk));
@@ -211,6 +229,11 @@ pub fn reachability_of(
 struct Engine<'a> {
     cluster: &'a Cluster,
     groups: Vec<Group<'a>>,
+    /// The ClusterNetworkPolicies of both states; `None` when neither has any (then no tier
+    /// code runs).
+    tiers: Option<[&'a ClusterPolicies; 2]>,
+    /// Per group, the tier policies selecting it (empty without tiers).
+    group_tiers: Vec<GroupTiers<'a>>,
     sources: Vec<SourceClass>,
     dests: Vec<DestClass>,
     /// Pod destinations: (pod, address).
@@ -235,15 +258,27 @@ struct Engine<'a> {
 
 impl<'a> Engine<'a> {
     fn new(cluster: &'a Cluster, states: [&'a PolicySet; 2]) -> Self {
+        let tiers = states.map(PolicySet::cluster_policies);
+        let tiers = tiers.iter().any(|t| !t.is_empty()).then_some(tiers);
+        let mut bounds = addresses::policy_bounds(states);
+        if let Some(t) = tiers {
+            tiers::network_bounds(t, &mut bounds);
+            for b in &mut bounds {
+                b.sort_unstable();
+                b.dedup();
+            }
+        }
         let mut e = Engine {
             cluster,
             groups: Vec::new(),
+            tiers,
+            group_tiers: Vec::new(),
             sources: Vec::new(),
             dests: Vec::new(),
             units: Vec::new(),
             units_of_pod: HashMap::new(),
             units_of_workload: HashMap::new(),
-            bounds: addresses::policy_bounds(states),
+            bounds,
             dests_by_namespace: HashMap::new(),
             dests_by_atom: BTreeMap::new(),
             sources_by_namespace: HashMap::new(),

@@ -523,24 +523,7 @@ pub fn full_body(input: &Input) -> String {
 
     evidence_section(&mut out, input, &entries);
 
-    out.push_str("\n## Observation window\n\n");
-    match input.window {
-        Some((from, to)) => {
-            let _ = writeln!(
-                out,
-                "From {} to {} ({}).",
-                leash_records::time::rfc3339(from),
-                leash_records::time::rfc3339(to),
-                crate::render::human_duration(to - from)
-            );
-        }
-        None => out.push_str("No observation backs this proposal.\n"),
-    }
-    if let Some(t) = input.trigger {
-        let _ = writeln!(out, "\n## Trigger\n\n{}", escape(t));
-    }
-    out.push_str("\n## Reproduce\n\n");
-    out.push_str(&code_block(input.command));
+    closing(&mut out, input.window, input.trigger, input.command);
     out
 }
 
@@ -1069,8 +1052,20 @@ pub fn guardrails_full_body(input: &GuardrailsInput) -> String {
         .unwrap_or(&report);
     out.push_str("\n## The guardrails\n");
     out.push_str(report);
+    closing(&mut out, input.window, input.trigger, input.command);
+    out
+}
+
+/// The closing sections of every body: the observation window, the trigger, and the command
+/// that reproduces the run.
+fn closing(
+    out: &mut String,
+    window: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    trigger: Option<&str>,
+    command: &str,
+) {
     out.push_str("\n## Observation window\n\n");
-    match input.window {
+    match window {
         Some((from, to)) => {
             let _ = writeln!(
                 out,
@@ -1082,10 +1077,9 @@ pub fn guardrails_full_body(input: &GuardrailsInput) -> String {
         }
         None => out.push_str("No observation backs this proposal.\n"),
     }
-    if let Some(t) = input.trigger {
+    if let Some(t) = trigger {
         let _ = writeln!(out, "\n## Trigger\n\n{}", escape(t));
     }
     out.push_str("\n## Reproduce\n\n");
-    out.push_str(&code_block(input.command));
-    out
+    out.push_str(&code_block(command));
 }

@@ -1,4 +1,5 @@
-//! The HTTP side of `leash serve`: health, metrics and a read API.
+//! The HTTP side of `leash serve`: health and metrics on `--http` ([`router`]), and the read
+//! API that the UI listener serves ([`api_router_with`], mounted by [`super::ui_http`]).
 //!
 //! - `GET /healthz`: the process is up and ingest can still store batches.
 //! - `GET /readyz`: the store is open, the cluster model is built, ingest is listening and its
@@ -13,10 +14,11 @@
 //!   [`super::shadow`] (the whole store against the applied and the proposed policies).
 //! - `GET /v1/alerts[?namespace=NS]`: the alerts remembered in the store ([`super::alert`]), as
 //!   the webhook sends them.
-//! - `GET /v1/map…`: the egress map ([`super::map_api`]); `GET /` and `/assets/…`: the web UI
-//!   ([`super::ui`]).
+//! - `GET /v1/map…`: the egress map ([`super::map_api`]).
 //!
-//! Every answer is computed from the store and the current model, and sorted.
+//! Every answer is computed from the store and the current model, and sorted. Every `/v1`
+//! handler takes the request's [`Access`] (decided by [`super::auth::gate`]) and shows only
+//! its namespaces: a path naming another is `403`, a cluster-wide answer is filtered.
 //!
 //! The `/v1` API must not slow ingest down nor grow memory without bound ([`ReadLimits`]):
 //! it reads on the store's read connections, which never wait for the commit writer; each
@@ -44,6 +46,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::ModelRx;
+use super::auth::{Access, Forbidden};
 use super::verdicts::judge;
 use crate::eval::Verdict;
 use crate::ingest::IngestService;
@@ -117,22 +120,26 @@ impl FromRef<Shared> for Arc<AppState> {
     }
 }
 
-/// The router over `state`, with the default [`ReadLimits`].
+/// The `--http` router over `state`: `/healthz`, `/readyz` and `/metrics`, for the kubelet
+/// and Prometheus. The read API is not here: it is on the UI listener, behind its gate.
 pub fn router(state: Arc<AppState>) -> Router {
-    router_with(state, ReadLimits::default())
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
 }
 
-/// The router over `state`, bounding the read API by `limits`.
-pub fn router_with(state: Arc<AppState>, limits: ReadLimits) -> Router {
+/// The `/v1` read API over `state`, bounded by `limits`. Its handlers need an [`Access`] in
+/// each request's extensions: serve it through [`super::ui_http::ui_router`], whose gate puts
+/// it there (without one, a handler answers `403`).
+pub fn api_router_with(state: Arc<AppState>, limits: ReadLimits) -> Router {
     let shared = Shared {
         app: state,
         limits,
         slots: Arc::new(Semaphore::new(limits.concurrent.max(1))),
     };
     Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .route("/v1/workloads", get(workloads))
         .route(
             "/v1/namespaces/{namespace}/recommendations",
@@ -148,7 +155,6 @@ pub fn router_with(state: Arc<AppState>, limits: ReadLimits) -> Router {
         .route("/v1/namespaces/{namespace}/rollout", get(namespace_rollout))
         // The egress map's API and the web UI, one block (they move together).
         .merge(super::map_api::routes())
-        .merge(super::ui::routes())
         .with_state(shared)
 }
 
@@ -199,6 +205,12 @@ impl IntoResponse for ApiError {
 }
 
 pub(super) type ApiResult<T> = Result<T, ApiError>;
+
+impl From<Forbidden> for ApiError {
+    fn from(f: Forbidden) -> Self {
+        ApiError(StatusCode::FORBIDDEN, f.to_string())
+    }
+}
 
 pub(super) fn unavailable(what: impl std::fmt::Display) -> ApiError {
     ApiError(StatusCode::SERVICE_UNAVAILABLE, what.to_string())
@@ -431,6 +443,7 @@ fn parse_after(s: &str) -> ApiResult<WorkloadRef> {
 
 async fn workloads(
     slot: Slot,
+    access: Access,
     State(s): State<Arc<AppState>>,
     Query(p): Query<Page>,
 ) -> ApiResult<Response> {
@@ -452,9 +465,7 @@ async fn workloads(
     let after = p.after.as_deref().map(parse_after).transpose()?;
     let store = Arc::clone(&s.store);
     let (body, next) = blocking(slot, move |_| {
-        let mut page = store
-            .workload_totals(since, after.as_ref(), limit.saturating_add(1))
-            .map_err(store_error)?;
+        let mut page = visible_totals(store.as_ref(), &access, since, after, limit)?;
         // One more than the page was asked for: whether there is a next page.
         let next = if page.len() > limit {
             page.truncate(limit);
@@ -486,6 +497,33 @@ async fn workloads(
     Ok(response)
 }
 
+/// Up to `limit + 1` workload totals after `after` (one more than a page: whether there is a
+/// next one), of the namespaces `access` shows: the store's pages are read and filtered until
+/// enough are visible or the store has no more.
+fn visible_totals(
+    store: &dyn Store,
+    access: &Access,
+    since: Option<DateTime<Utc>>,
+    mut after: Option<WorkloadRef>,
+    limit: usize,
+) -> ApiResult<Vec<WorkloadTotals>> {
+    let want = limit.saturating_add(1);
+    let mut out = Vec::new();
+    loop {
+        let mut page = store
+            .workload_totals(since, after.as_ref(), want)
+            .map_err(store_error)?;
+        let exhausted = page.len() < want;
+        after = page.last().map(|t| t.workload.clone());
+        access.retain(&mut page, |t| t.workload.namespace.as_str());
+        out.extend(page);
+        if exhausted || out.len() >= want || access.is_all() {
+            out.truncate(want);
+            return Ok(out);
+        }
+    }
+}
+
 /// JSON bytes, serialized on the read thread rather than on the runtime that also serves
 /// ingest.
 pub(super) fn to_json<T: Serialize>(value: &T) -> ApiResult<Vec<u8>> {
@@ -511,10 +549,12 @@ fn next_page(last: &WorkloadTotals, p: &Page, limit: usize) -> String {
 
 async fn recommendations(
     slot: Slot,
+    access: Access,
     State(s): State<Arc<AppState>>,
     Path(ns): Path<String>,
     Query(w): Query<Window>,
 ) -> ApiResult<Response> {
+    access.require(&ns)?;
     let (model, scope) = namespace_scope(&s, &ns, &w)?;
     let mut opts = s.options.clone();
     opts.namespaces = BTreeSet::from([ns.clone()]);
@@ -600,10 +640,12 @@ impl From<&FlowObservation> for Destination {
 
 async fn destinations(
     slot: Slot,
+    access: Access,
     State(s): State<Arc<AppState>>,
     Path((ns, kind, name)): Path<(String, String, String)>,
     Query(w): Query<Window>,
 ) -> ApiResult<Response> {
+    access.require(&ns)?;
     let workload = WorkloadRef {
         namespace: ns,
         kind,
@@ -675,10 +717,12 @@ struct NamespaceAudit {
 
 async fn audit(
     slot: Slot,
+    access: Access,
     State(s): State<Arc<AppState>>,
     Path(ns): Path<String>,
     Query(w): Query<Window>,
 ) -> ApiResult<Response> {
+    access.require(&ns)?;
     let (model, scope) = namespace_scope(&s, &ns, &w)?;
     let store = Arc::clone(&s.store);
     let report = blocking(slot, move |limits| {
@@ -768,12 +812,27 @@ struct RolloutAnswer<'a, W: Serialize> {
 }
 
 /// `/v1/rollout`: the guardrails stage and every workload's rollout phase.
-async fn rollout(slot: Slot, State(s): State<Arc<AppState>>) -> ApiResult<Response> {
+async fn rollout(
+    slot: Slot,
+    access: Access,
+    State(s): State<Arc<AppState>>,
+) -> ApiResult<Response> {
     let board = current_board(&s)?;
     let body = blocking(slot, move |_| {
+        if access.is_all() {
+            return to_json(&RolloutAnswer {
+                guardrails: &board.stage,
+                workloads: &board.statuses,
+            });
+        }
+        let mut stage = board.stage.clone();
+        access.retain(&mut stage.breaks, |w| w.namespace.as_str());
+        access.retain(&mut stage.denied, |w| w.namespace.as_str());
+        let mut mine: Vec<&crate::rollout::WorkloadStatus> = board.statuses.iter().collect();
+        access.retain(&mut mine, |w| w.namespace.as_str());
         to_json(&RolloutAnswer {
-            guardrails: &board.stage,
-            workloads: &board.statuses,
+            guardrails: &stage,
+            workloads: mine,
         })
     })
     .await?;
@@ -785,9 +844,11 @@ async fn rollout(slot: Slot, State(s): State<Arc<AppState>>) -> ApiResult<Respon
 /// workloads.
 async fn namespace_rollout(
     slot: Slot,
+    access: Access,
     State(s): State<Arc<AppState>>,
     Path(ns): Path<String>,
 ) -> ApiResult<Response> {
+    access.require(&ns)?;
     let model = current_model(&s)?;
     known_namespace(&model, &ns)?;
     let board = current_board(&s)?;
@@ -816,9 +877,13 @@ struct AlertsQuery {
 /// each in the shape of the webhook's `alert` ([`super::alert::AlertJson`]).
 async fn alerts(
     slot: Slot,
+    access: Access,
     State(s): State<Arc<AppState>>,
     Query(q): Query<AlertsQuery>,
 ) -> ApiResult<Response> {
+    if let Some(ns) = &q.namespace {
+        access.require(ns)?;
+    }
     let store = Arc::clone(&s.store);
     let pulls = s.pull_requests.borrow().clone();
     let body = blocking(slot, move |_| {
@@ -841,6 +906,7 @@ async fn alerts(
             }
             out.push(alert);
         }
+        access.retain(&mut out, |a| a.namespace.as_str());
         to_json(&out)
     })
     .await?;

@@ -12,17 +12,18 @@
 //! whenever ingest stored batches, the rollout board was evaluated again, the proposal or the
 //! model changed, at most every [`MIN_REBUILD`]; the views only read the latest one.
 //!
-//! Every handler takes the namespaces the request may read from one function, [`scope`]
-//! (today every namespace); it is the map's [`Filter::namespaces`].
+//! Every handler takes the namespaces the request may read from the gate's [`Access`]
+//! ([`super::auth::gate`]) through one function, [`scope`]: they are the map's
+//! [`Filter::namespaces`] (only edges from them; other namespaces' workloads only as their
+//! destinations), and a namespace or a workload outside them is `403`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::http::request::Parts;
 use axum::response::Response;
 use axum::routing::get;
 use chrono::{DateTime, Utc};
@@ -32,6 +33,7 @@ use tokio::sync::watch;
 
 use super::ModelRx;
 use super::alert::{AlertJson, AlertKind};
+use super::auth::Access;
 use super::http::{self as api, ApiError, ApiResult, AppState, Shared, Slot};
 use super::shadow::{BoardRx, ProposalRx};
 use crate::diff::{self, Diff, ObservedFlows, WorkloadChanges, WorkloadKey};
@@ -64,14 +66,21 @@ pub(super) fn routes() -> Router<Shared> {
         .route("/v1/map/workloads/{namespace}/{kind}/{name}", get(workload))
 }
 
-/// The namespaces the request may read; empty means every namespace. The one place the
-/// map's handlers learn a user's scope: today every request may read everything.
-pub fn scope(_parts: &Parts) -> BTreeSet<String> {
-    BTreeSet::new()
+/// The namespaces `access` may read, as the map's [`Filter::namespaces`]: empty for every
+/// namespace. A user who may read none is refused (`403`): an empty set would mean all.
+pub(super) fn scope(access: &Access) -> ApiResult<NamespaceScope> {
+    match access {
+        Access::All => Ok(NamespaceScope(BTreeSet::new())),
+        Access::Namespaces(set) if set.is_empty() => Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "forbidden: get egressmaps.leash.dev is granted in no namespace".into(),
+        )),
+        Access::Namespaces(set) => Ok(NamespaceScope(set.as_ref().clone())),
+    }
 }
 
-/// The request's [`scope`], as an extractor.
-struct NamespaceScope(BTreeSet<String>);
+/// The namespaces a request may read ([`scope`]); empty for every namespace.
+pub(super) struct NamespaceScope(BTreeSet<String>);
 
 impl NamespaceScope {
     fn allows(&self, namespace: &str) -> bool {
@@ -85,17 +94,11 @@ impl NamespaceScope {
         } else {
             Err(ApiError(
                 StatusCode::FORBIDDEN,
-                format!("namespace {namespace:?} is not in your scope"),
+                format!(
+                    "forbidden: get egressmaps.leash.dev in namespace {namespace:?} is not granted"
+                ),
             ))
         }
-    }
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for NamespaceScope {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(NamespaceScope(scope(parts)))
     }
 }
 
@@ -169,10 +172,11 @@ fn current_map(s: &AppState) -> ApiResult<Arc<Map>> {
 /// `GET /v1/map`: the overview.
 async fn overview(
     slot: Slot,
-    scope: NamespaceScope,
+    access: Access,
     State(s): State<Arc<AppState>>,
     Query(q): Query<MapQuery>,
 ) -> ApiResult<Response> {
+    let scope = scope(&access)?;
     let filter = filter(&q, &scope)?;
     let map = current_map(&s)?;
     let body = api::blocking(slot, move |_| api::to_json(&map.overview(&filter))).await?;
@@ -182,7 +186,7 @@ async fn overview(
 /// `GET /v1/map/namespaces/{ns}`: one namespace expanded.
 async fn namespace(
     slot: Slot,
-    scope: NamespaceScope,
+    access: Access,
     State(s): State<Arc<AppState>>,
     Path(ns): Path<String>,
     Query(q): Query<MapQuery>,
@@ -193,6 +197,7 @@ async fn namespace(
             "namespace=: the namespace is the path's".into(),
         ));
     }
+    let scope = scope(&access)?;
     scope.check(&ns)?;
     let filter = filter(&q, &scope)?;
     let model = api::current_model(&s)?;
@@ -236,11 +241,11 @@ struct WorkloadAnswer {
 /// `GET /v1/map/workloads/{ns}/{kind}/{name}`: a workload's panel.
 async fn workload(
     slot: Slot,
-    scope: NamespaceScope,
+    access: Access,
     State(s): State<Arc<AppState>>,
     Path((ns, kind, name)): Path<(String, String, String)>,
 ) -> ApiResult<Response> {
-    scope.check(&ns)?;
+    scope(&access)?.check(&ns)?;
     let map = current_map(&s)?;
     let model = api::current_model(&s)?;
     let workload = crate::json::workload(&kind, &name);
@@ -657,5 +662,22 @@ mod tests {
         // The scope is the filter's namespaces when none is asked for.
         let f = filter(&q(None, None, None), &shop).unwrap();
         assert_eq!(f.namespaces, BTreeSet::from(["shop".to_owned()]));
+    }
+
+    /// The gate's access is the scope: every namespace is the empty set; none at all is
+    /// refused rather than read as every namespace.
+    #[test]
+    fn the_scope_comes_from_the_access() {
+        assert!(scope(&Access::All).unwrap().0.is_empty());
+        let shop = BTreeSet::from(["shop".to_owned()]);
+        let s = scope(&Access::Namespaces(Arc::new(shop.clone()))).unwrap();
+        assert_eq!(s.0, shop);
+        assert!(s.check("shop").is_ok());
+        assert!(matches!(
+            s.check("bank"),
+            Err(ApiError(StatusCode::FORBIDDEN, _))
+        ));
+        let none = scope(&Access::Namespaces(Arc::new(BTreeSet::new())));
+        assert!(matches!(none, Err(ApiError(StatusCode::FORBIDDEN, _))));
     }
 }

@@ -1,13 +1,15 @@
 //! `leash serve`: the recommender as a service.
 //!
 //! Agents stream batches over gRPC ([`crate::ingest`]) into the [`crate::store`]; the cluster
-//! model comes from a snapshot file or is kept live from the API server; the HTTP side
-//! ([`http`]) serves health, metrics and the read API; [`alert`] reports egress that the
+//! model comes from a snapshot file or is kept live from the API server; `--http` ([`http`])
+//! serves health and metrics, the UI listener ([`ui_http`]) the read API and the UI behind
+//! [`auth`]; [`alert`] reports egress that the
 //! applied policies deny; [`drift`] checks DNS answers as they are stored and alerts when a
 //! name moved to an address the applied policies deny; [`shadow`] judges the stored flows against a proposed set too and
 //! keeps the rollout board; [`map_api`] keeps the egress map and [`ui`] serves the web UI. Data flows one way: agents → ingest → store → recommendations.
 
 pub mod alert;
+pub mod auth;
 pub mod conn;
 pub mod drift;
 pub mod http;
@@ -16,6 +18,7 @@ pub mod propose;
 pub mod ranges;
 pub mod shadow;
 pub mod ui;
+pub mod ui_http;
 pub mod verdicts;
 pub mod webhook;
 
@@ -55,8 +58,13 @@ pub enum ClusterSource {
 pub struct Config {
     /// gRPC ingest address.
     pub listen: SocketAddr,
-    /// HTTP address (health, metrics, read API).
+    /// HTTP address (health and metrics).
     pub http: SocketAddr,
+    /// The UI listener's address (`/v1` and the UI).
+    pub ui: SocketAddr,
+    /// How the UI listener authenticates (`--ui-auth`); `None` when not given: [`run`]
+    /// settles it with [`auth::decide`], refusing a non-loopback `ui` without it.
+    pub ui_auth: Option<auth::UiAuth>,
     /// The SQLite store file.
     pub store: PathBuf,
     /// The cluster model's source.
@@ -161,6 +169,9 @@ pub enum Error {
     /// The alert webhook cannot be set up.
     #[error(transparent)]
     Webhook(#[from] webhook::Error),
+    /// The UI listener's settings are refused.
+    #[error(transparent)]
+    UiAuth(#[from] auth::ModeError),
     /// The HTTP server failed.
     #[error("HTTP server on {addr} failed")]
     Http {
@@ -253,6 +264,12 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    // The UI's authentication is settled before anything starts.
+    let api_server = matches!(config.cluster, ClusterSource::Kube { .. });
+    let ui_auth = auth::decide(config.ui_auth, config.ui, api_server)?;
+    if ui_auth == auth::UiAuth::None && !auth::is_loopback(config.ui) {
+        tracing::warn!(ui = %config.ui, "--ui-auth none: the UI and /v1 (the cluster's egress inventory) are served without authentication to everyone who can reach this address");
+    }
     let mut registry = Registry::with_prefix("leash");
     let store: Arc<dyn Store> = Arc::new(crate::store::SqliteStore::open(&config.store)?);
     // A proposal that cannot be read is refused at start; later, a bad reload keeps the last.
@@ -262,6 +279,7 @@ pub async fn run(
     };
     let (proposal_tx, proposal_rx) = watch::channel(proposal.clone());
 
+    let mut kube_client = None;
     // One model, two sources: a file read once, or the API server watched.
     let (model_rx, mut alert_sinks, _watch_task): (ModelRx, Vec<Arc<dyn alert::AlertSink>>, _) =
         match &config.cluster {
@@ -273,6 +291,7 @@ pub async fn run(
             }
             ClusterSource::Kube { kubeconfig } => {
                 let client = crate::cluster::watch::client(kubeconfig.as_deref()).await?;
+                kube_client = Some(client.clone());
                 let (rx, task) = crate::cluster::watch::watch_cluster(
                     client.clone(),
                     crate::cluster::watch::WatchOptions::default(),
@@ -344,6 +363,18 @@ pub async fn run(
             what: "HTTP",
             source,
         })?;
+    let ui_listener = tokio::net::TcpListener::bind(config.ui)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: config.ui,
+            what: "UI",
+            source,
+        })?;
+    let ui_gate = match (ui_auth, kube_client) {
+        (auth::UiAuth::Kube, Some(client)) => auth::Auth::kube(client),
+        (auth::UiAuth::Kube, None) => return Err(auth::ModeError::NoApiServer.into()),
+        (auth::UiAuth::None, _) => auth::Auth::open(),
+    };
     let tls = match &config.tls {
         Some(files) => Some(leash_records::tls::ReloadingServerConfig::start(
             files.clone(),
@@ -470,6 +501,12 @@ pub async fn run(
         config.limits.handshake_timeout,
         stop_rx.clone(),
     ));
+    let ui_task = tokio::spawn(conn::serve_http(
+        ui_listener,
+        ui_http::ui_router(Arc::clone(&state), http::ReadLimits::default(), ui_gate),
+        config.limits.handshake_timeout,
+        stop_rx.clone(),
+    ));
 
     // Ingest starts once the model exists, so every batch is attributed to workloads.
     let mut ready = model_rx.clone();
@@ -487,7 +524,7 @@ pub async fn run(
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
     state.ingest_listening.store(true, Ordering::Release);
-    tracing::info!(grpc = %config.listen, http = %config.http, store = %config.store.display(), tls = tls.is_some(), "leash serve ready");
+    tracing::info!(grpc = %config.listen, http = %config.http, ui = %config.ui, ui_auth = %ui_auth, store = %config.store.display(), tls = tls.is_some(), "leash serve ready");
     let grpc_result = match &tls {
         Some(reloading) => {
             let current = reloading.subscribe();
@@ -521,12 +558,17 @@ pub async fn run(
     };
     state.ingest_listening.store(false, Ordering::Release);
     let http_result = http_task.await;
+    let ui_result = ui_task.await;
     grpc_result.map_err(|source| Error::Grpc {
         addr: config.listen,
         source,
     })?;
     http_result.map_err(|e| Error::Http {
         addr: config.http,
+        source: std::io::Error::other(e),
+    })?;
+    ui_result.map_err(|e| Error::Http {
+        addr: config.ui,
         source: std::io::Error::other(e),
     })
 }

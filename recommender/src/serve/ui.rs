@@ -2,19 +2,15 @@
 //! binary from `recommender/ui/` (no CDN, no download at run time). The page reads only the
 //! documented `/v1` JSON ([`super::map_api`], `/v1/rollout`, `/v1/alerts`).
 //!
-//! No inline script or style: the answers carry a Content-Security-Policy that allows only
-//! these assets, and the page works under it.
+//! No inline script or style: the page works under the Content-Security-Policy that
+//! [`super::ui_http::security_headers`] sets on every answer of the UI listener. The gate lets
+//! anyone fetch `/assets/*` and asks a token for `/` ([`super::auth::gate`]).
 
 use axum::Router;
 use axum::extract::Path;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-
-/// The policy of every UI answer: only this server's scripts, styles, images and JSON.
-pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
-     style-src 'self'; img-src 'self'; connect-src 'self'; base-uri 'none'; \
-     form-action 'self'; frame-ancestors 'none'";
 
 /// One embedded file.
 struct Asset {
@@ -90,23 +86,11 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/assets/{*name}", get(asset))
 }
 
-/// An embedded file with its type and the UI's headers.
+/// An embedded file with its type.
 fn answer(content_type: &'static str, body: &'static [u8]) -> Response {
     let mut r = body.into_response();
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
-    );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
     // The binary is the version: a new one may change every file.
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     r
@@ -121,9 +105,4 @@ async fn asset(Path(name): Path<String>) -> Response {
         Some(a) => answer(a.content_type, a.body),
         None => (StatusCode::NOT_FOUND, "no such asset\n").into_response(),
     }
-}
-
-/// The names of the embedded assets, for tests.
-pub fn asset_names() -> impl Iterator<Item = &'static str> {
-    ASSETS.iter().map(|a| a.name)
 }

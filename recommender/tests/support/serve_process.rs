@@ -1,6 +1,7 @@
-//! `leash serve` as a process, for the tests of its alerts and its pull-request loop
-//! (`serve_alerts.rs`, `serve_pr.rs`): plaintext on free loopback ports, its stderr (at
-//! `leash=debug`) in a file, ready once `/readyz` answers `200`, killed on drop.
+//! `leash serve` as a process, for the tests of its alerts, its pull-request loop and its UI
+//! listener (`serve_alerts.rs`, `serve_pr.rs`, `serve_ui.rs`): plaintext on free loopback
+//! ports (`--http`, `--ui-listen`), its stderr (at `leash=debug`) in a file, ready once
+//! `/readyz` answers `200`, killed on drop.
 
 use std::ffi::OsStr;
 use std::net::SocketAddr;
@@ -13,8 +14,10 @@ use super::http::{free_port, get, wait_for};
 /// A running `leash serve --insecure` over a snapshot and a store; killed on drop.
 pub struct ServeProcess {
     child: Child,
-    /// The address of the HTTP API.
+    /// The address of `--http` (health and metrics).
     pub http: SocketAddr,
+    /// The address of `--ui-listen` (`/v1` and the UI).
+    pub ui: SocketAddr,
     /// The address of gRPC ingest (plaintext).
     pub grpc: SocketAddr,
     log: PathBuf,
@@ -38,17 +41,31 @@ impl ServeProcess {
         interval: &str,
         extra: &[S],
     ) -> ServeProcess {
+        let source = [OsStr::new("--cluster"), cluster.as_os_str()];
+        Self::start_from(dir, store, &source, interval, extra)
+    }
+
+    /// [`Self::start`] with the cluster model from `source` (`--cluster FILE`, or `--kube
+    /// --kubeconfig FILE`).
+    pub fn start_from<S: AsRef<OsStr>, T: AsRef<OsStr>>(
+        dir: &Path,
+        store: &Path,
+        source: &[T],
+        interval: &str,
+        extra: &[S],
+    ) -> ServeProcess {
         let http = free_port();
         let grpc = free_port();
+        let ui = free_port();
         let log = dir.join(format!("serve-{}.log", http.port()));
         let child = Command::new(env!("CARGO_BIN_EXE_leash"))
             .arg("serve")
             .args(["--listen", &grpc.to_string()])
             .args(["--http", &http.to_string()])
+            .args(["--ui-listen", &ui.to_string()])
             .arg("--store")
             .arg(store)
-            .arg("--cluster")
-            .arg(cluster)
+            .args(source)
             .arg("--insecure")
             .args(["--check-interval", interval])
             .args(extra)
@@ -61,6 +78,7 @@ impl ServeProcess {
         let mut server = ServeProcess {
             child,
             http,
+            ui,
             grpc,
             log,
         };
@@ -84,10 +102,10 @@ impl ServeProcess {
         }
     }
 
-    /// The JSON answer to `GET path`, which must be `200`.
+    /// The JSON answer to `GET path` on the UI listener, which must be `200`.
     #[track_caller]
     pub fn get_json(&self, path: &str) -> serde_json::Value {
-        let (status, body) = get(self.http, path).expect("GET from leash serve");
+        let (status, body) = get(self.ui, path).expect("GET from leash serve");
         assert_eq!(status, 200, "{path}: {body}");
         serde_json::from_str(&body).expect("a JSON answer")
     }

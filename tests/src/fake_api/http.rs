@@ -70,6 +70,9 @@ async fn dispatch(
     if let Some(code) = injected {
         return failure(code, "Injected", "failure injected by the test");
     }
+    if let Some((code, body)) = lock(&state).reviews.handle(&req) {
+        return json_response(code, Body::from(body.to_string()));
+    }
     if req.method == "GET" && target.name.is_none() && req.is_watch() {
         // Replay and subscribe under one lock, so no event falls in between.
         let rx = watch::subscribe(&mut lock(&state), &target, filter, &req);

@@ -22,12 +22,15 @@
 //! it needs, so a test can check a client against its declared permissions.
 //! [`FakeApi::unserve`] makes a group version answer `404` as when its CRD is not installed;
 //! [`FakeApi::serve_kind`] installs it again, with its discovery document (`APIResourceList`).
+//! TokenReview and SubjectAccessReview are answered from the tokens ([`FakeApi::add_token`])
+//! and RBAC grants ([`FakeApi::grant`]) the test configured; [`FakeApi::refuse_reviews`]
+//! makes the API refuse the client's own reviews (`401`/`403`).
 //!
 //! The server binds 127.0.0.1 only, on a port the kernel picks. Dropping the [`FakeApi`] stops it
 //! and ends the open watches.
 //!
 //! By concern: `request` (what a request asks for), `store` (objects, versions, history,
-//! injected failures), `select` (label and field selectors), `objects` (list, get and the
+//! injected failures), `reviews` (TokenReview and SubjectAccessReview), `select` (label and field selectors), `objects` (list, get and the
 //! writes), `watch` (replay and streaming), `http` (the HTTP layer), `config` (how clients
 //! reach the server).
 
@@ -35,6 +38,7 @@ mod config;
 mod http;
 mod objects;
 mod request;
+mod reviews;
 mod select;
 mod store;
 #[cfg(test)]
@@ -50,6 +54,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub use request::{Access, Request, collection_path};
+pub use reviews::{ACCESS_REVIEWS, Grant, Subject, TOKEN_REVIEWS, User};
 use store::{Failure, State, lock, status, to_json};
 use watch::WatchMsg;
 
@@ -250,6 +255,48 @@ impl FakeApi {
                 true
             }
         });
+    }
+
+    /// Makes `token` authenticate (TokenReview) as `username` in `groups`.
+    pub fn add_token(&self, token: &str, username: &str, groups: &[&str]) {
+        self.lock().reviews.tokens.insert(
+            token.to_owned(),
+            User {
+                username: username.to_owned(),
+                groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+            },
+        );
+    }
+
+    /// Forgets `token`: it no longer authenticates.
+    pub fn remove_token(&self, token: &str) {
+        self.lock().reviews.tokens.remove(token);
+    }
+
+    /// Grants `verb` on `group`/`resource` to `subject`, in `namespace` (a RoleBinding) or
+    /// in every namespace (`None`, a ClusterRoleBinding), for SubjectAccessReviews.
+    pub fn grant(
+        &self,
+        subject: Subject,
+        namespace: Option<&str>,
+        verb: &str,
+        group: &str,
+        resource: &str,
+    ) {
+        self.lock().reviews.grants.push(Grant {
+            subject,
+            namespace: namespace.map(str::to_owned),
+            verb: verb.to_owned(),
+            group: group.to_owned(),
+            resource: resource.to_owned(),
+        });
+    }
+
+    /// Refuses every TokenReview and SubjectAccessReview with the API's own `status` (`401`:
+    /// the client's credentials are bad; `403`: it may not create reviews); `None` answers
+    /// them again.
+    pub fn refuse_reviews(&self, status: Option<u16>) {
+        self.lock().reviews.refuse = status;
     }
 
     /// Every request received so far, in arrival order.

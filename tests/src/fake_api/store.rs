@@ -54,6 +54,8 @@ pub(super) struct State {
     /// Discovery: the `APIResource` entries of each group version registered with
     /// [`super::FakeApi::serve_kind`].
     pub(super) discovery: BTreeMap<String, Vec<Value>>,
+    /// Tokens, users and grants for TokenReview and SubjectAccessReview.
+    pub(super) reviews: super::reviews::Reviews,
 }
 
 /// A failure injected by the test: the next `remaining` requests with this verb (on this

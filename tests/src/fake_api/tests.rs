@@ -85,3 +85,68 @@ fn merge_patch_follows_rfc_7386() {
     merge_patch(&mut doc, &json!({"a": null, "b": {"c": 5}, "e": [1]}));
     assert_eq!(doc, json!({"b": {"c": 5, "d": 3}, "e": [1]}));
 }
+
+#[test]
+fn reviews_answer_from_tokens_and_grants() {
+    use super::reviews::{Grant, Reviews, Subject, User};
+    let mut reviews = Reviews::default();
+    reviews.tokens.insert(
+        "t-alice".into(),
+        User {
+            username: "alice".into(),
+            groups: vec!["team-shop".into()],
+        },
+    );
+    reviews.grants.push(Grant {
+        subject: Subject::Group("team-shop".into()),
+        namespace: Some("shop".into()),
+        verb: "get".into(),
+        group: "leash.dev".into(),
+        resource: "egressmaps".into(),
+    });
+    let post = |path: &str, body: serde_json::Value| Request {
+        method: "POST".into(),
+        path: path.into(),
+        query: Vec::new(),
+        content_type: Some("application/json".into()),
+        body: body.to_string().into_bytes(),
+    };
+    let tr = |token: &str| {
+        post(
+            super::TOKEN_REVIEWS,
+            json!({"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
+                   "spec": {"token": token}}),
+        )
+    };
+    let (code, answer) = reviews.handle(&tr("t-alice")).unwrap();
+    assert_eq!(code, 201);
+    assert_eq!(answer["status"]["authenticated"], true);
+    assert_eq!(answer["status"]["user"]["username"], "alice");
+    let (code, answer) = reviews.handle(&tr("nope")).unwrap();
+    assert_eq!(code, 201);
+    assert!(answer["status"].get("authenticated").is_none());
+    assert_eq!(reviews.handle(&tr("")).unwrap().0, 422);
+
+    let sar = |ns: Option<&str>| {
+        let mut attributes = json!({"verb": "get", "group": "leash.dev", "resource": "egressmaps"});
+        if let Some(ns) = ns {
+            attributes["namespace"] = json!(ns);
+        }
+        post(
+            super::ACCESS_REVIEWS,
+            json!({"kind": "SubjectAccessReview", "apiVersion": "authorization.k8s.io/v1",
+                   "spec": {"user": "alice", "groups": ["team-shop"],
+                            "resourceAttributes": attributes}}),
+        )
+    };
+    let allowed = |ns| reviews.handle(&sar(ns)).unwrap().1["status"]["allowed"].clone();
+    assert_eq!(allowed(Some("shop")), true);
+    assert_eq!(allowed(Some("bank")), false);
+    // A RoleBinding does not grant all namespaces.
+    assert_eq!(allowed(None), false);
+
+    reviews.refuse = Some(403);
+    let (code, answer) = reviews.handle(&sar(Some("shop"))).unwrap();
+    assert_eq!((code, answer["reason"].as_str()), (403, Some("Forbidden")));
+    assert!(reviews.handle(&req("GET", "/api/v1/pods", &[])).is_none());
+}

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::rules::{allowed, direction, entries};
-use super::sets::{Family, PortSet, addr, key, merge_ranges, without};
+use super::sets::{Family, addr, key, merge_ranges, without};
 use super::{Engine, Entry, STATES, Target};
 use crate::eval::{PolicyPeer, PolicySet};
 
@@ -80,8 +80,10 @@ impl Engine<'_> {
     /// The changes of a source class (whose egress changed) towards non-pod addresses.
     pub(super) fn external_changes(&self, sk: usize) -> BTreeSet<(Entry, Target)> {
         let mut out = BTreeSet::new();
-        let g = &self.groups[self.sources[sk].group];
-        // The intervals between this class's own ipBlock boundaries.
+        let group = self.sources[sk].group;
+        let g = &self.groups[group];
+        // The intervals between this class's own ipBlock boundaries (and its tiers' networks
+        // and Node addresses).
         let mut bounds: [Vec<u128>; 2] = [Vec::new(), Vec::new()];
         for st in STATES {
             for rule in g.egress[st].iter().flat_map(|p| direction(p, true)) {
@@ -94,6 +96,7 @@ impl Engine<'_> {
                 }
             }
         }
+        self.tier_bounds(group, &mut bounds);
         for f in Family::ALL {
             let mut starts = std::mem::take(&mut bounds[f.index()]);
             starts.push(0);
@@ -104,11 +107,23 @@ impl Engine<'_> {
                 let hi = starts.get(i + 1).map_or(f.max(), |next| next - 1);
                 let ip = addr(f, lo);
                 let verdicts = STATES.map(|st| {
-                    if g.egress[st].is_empty() {
-                        PortSet::full()
-                    } else {
-                        allowed(&g.egress[st], true, |p| self.egress_peer(p, None, ip), None)
-                    }
+                    self.tiered(
+                        st,
+                        group,
+                        true,
+                        |p| self.tier_egress_peer(p, None, ip),
+                        None,
+                        || {
+                            (!g.egress[st].is_empty()).then(|| {
+                                allowed(
+                                    &g.egress[st],
+                                    true,
+                                    |p| self.egress_peer(p, None, ip),
+                                    None,
+                                )
+                            })
+                        },
+                    )
                 });
                 if verdicts[0] == verdicts[1] {
                     continue;
@@ -191,7 +206,7 @@ fn range(f: Family, (lo, hi): (u128, u128)) -> Target {
     }
 }
 
-fn push_bounds(bounds: &mut [Vec<u128>; 2], net: &ipnet::IpNet) {
+pub(super) fn push_bounds(bounds: &mut [Vec<u128>; 2], net: &ipnet::IpNet) {
     let (f, lo) = key(net.network());
     let (_, hi) = key(net.broadcast());
     bounds[f.index()].push(lo);

@@ -8,6 +8,7 @@ use leash_records::Protocol;
 
 use super::rules::same_rules;
 use super::sets::{Family, key};
+use super::tiers::GroupTiers;
 use super::{Engine, STATES};
 use crate::cluster::{Labels, PodId, PodInfo};
 use crate::eval::{CompiledPolicy, PolicySet};
@@ -51,6 +52,8 @@ struct DestKey<'a> {
     ports: Vec<(&'a str, Protocol, u16)>,
     family: Family,
     atom: usize,
+    /// The Node owning the address too (a tier's `nodes` peer matches it); only with tiers.
+    node: Option<usize>,
 }
 
 impl<'a> Engine<'a> {
@@ -88,6 +91,11 @@ impl<'a> Engine<'a> {
                 };
                 let egress = [select(0, true), select(1, true)];
                 let ingress = [select(0, false), select(1, false)];
+                if let Some(t) = self.tiers {
+                    let ns_labels = self.namespace_labels(&pod.namespace);
+                    self.group_tiers
+                        .push(GroupTiers::of(t, &ns_labels, &pod.labels));
+                }
                 self.groups.push(Group {
                     labels: &pod.labels,
                     egress_changed: !same_rules(&egress, true),
@@ -155,6 +163,7 @@ impl<'a> Engine<'a> {
                         .collect(),
                     family: f,
                     atom: self.atom(ip),
+                    node: self.tier_node_of(ip),
                 };
                 let unit = self.units.len();
                 self.units.push((pid, ip));
@@ -192,7 +201,19 @@ impl<'a> Engine<'a> {
 
     pub(super) fn egress_changed(&self, sk: usize) -> bool {
         let s = &self.sources[sk];
-        s.host_node.is_none() && self.groups[s.group].egress_changed
+        s.host_node.is_none()
+            && (self.groups[s.group].egress_changed || self.tier_changed(s.group, true))
+    }
+
+    /// Whether the tier policies selecting a group in one direction differ between the states.
+    pub(super) fn tier_changed(&self, group: usize, egress: bool) -> bool {
+        self.group_tiers.get(group).is_some_and(|t| {
+            if egress {
+                t.egress_changed
+            } else {
+                t.ingress_changed
+            }
+        })
     }
 }
 

@@ -49,14 +49,24 @@ impl<'a> Engine<'a> {
             if !self.egress_changed(sk) {
                 continue;
             }
-            let g = &self.groups[self.sources[sk].group];
-            let Some(rules) = changed_rules(&g.egress, true) else {
-                pairs.insert(sk, Dests::All);
-                continue;
-            };
+            let group = self.sources[sk].group;
+            let g = &self.groups[group];
             let mut set = BTreeSet::new();
-            for peer in rules.iter().flat_map(|r| &r.peers) {
-                self.dests_for_peer(peer, &mut set);
+            if g.egress_changed {
+                let Some(rules) = changed_rules(&g.egress, true) else {
+                    pairs.insert(sk, Dests::All);
+                    continue;
+                };
+                for peer in rules.iter().flat_map(|r| &r.peers) {
+                    self.dests_for_peer(peer, &mut set);
+                }
+            }
+            // A destination no tier rule of either state can match sees the tiers pass it
+            // by in both: only the NetworkPolicies (above) can change it.
+            if self.tier_changed(group, true) {
+                for peer in self.tier_peers(group, true) {
+                    self.dests_for_tier_peer(peer, &mut set);
+                }
             }
             pairs.insert(sk, Dests::Some(set));
         }
@@ -65,21 +75,27 @@ impl<'a> Engine<'a> {
         let mut candidates: HashMap<(usize, Family), Vec<usize>> = HashMap::new();
         for (dk, d) in self.dests.iter().enumerate() {
             let g = &self.groups[d.group];
-            if !g.ingress_changed {
+            let tier_changed = self.tier_changed(d.group, false);
+            if !g.ingress_changed && !tier_changed {
                 continue;
             }
-            let sks = candidates
-                .entry((d.group, d.family))
-                .or_insert_with(|| match changed_rules(&g.ingress, false) {
-                    None => (0..self.sources.len()).collect(),
-                    Some(rules) => {
-                        let mut set = BTreeSet::new();
-                        for peer in rules.iter().flat_map(|r| &r.peers) {
-                            self.sources_for_peer(peer, d.family, &mut set);
-                        }
-                        set.into_iter().collect()
+            let sks = candidates.entry((d.group, d.family)).or_insert_with(|| {
+                let mut set = BTreeSet::new();
+                if g.ingress_changed {
+                    let Some(rules) = changed_rules(&g.ingress, false) else {
+                        return (0..self.sources.len()).collect();
+                    };
+                    for peer in rules.iter().flat_map(|r| &r.peers) {
+                        self.sources_for_peer(peer, d.family, &mut set);
                     }
-                });
+                }
+                if tier_changed {
+                    for peer in self.tier_peers(d.group, false) {
+                        self.sources_for_tier_peer(peer, &mut set);
+                    }
+                }
+                set.into_iter().collect()
+            });
             for &sk in sks.iter() {
                 match pairs
                     .entry(sk)
@@ -142,7 +158,7 @@ impl<'a> Engine<'a> {
     }
 
     /// The classes indexed under the ipBlock intervals inside `cidr`.
-    fn in_block(
+    pub(super) fn in_block(
         &self,
         index: &BTreeMap<(Family, usize), Vec<usize>>,
         cidr: &ipnet::IpNet,

@@ -5,9 +5,12 @@ use std::net::IpAddr;
 
 use super::classes::source_ip;
 use super::sets::PortSet;
+use super::tiers;
 use super::{Change, Engine, Entry, STATES};
 use crate::cluster::{Labels, NAMESPACE_NAME_LABEL, PodInfo};
-use crate::eval::{CompiledPolicy, NamespaceMatch, PodView, PolicyPeer, PolicyRule, PortMatch};
+use crate::eval::{
+    ClusterPeer, CompiledPolicy, NamespaceMatch, PodView, PolicyPeer, PolicyRule, PortMatch,
+};
 
 impl Engine<'_> {
     /// The change set between one source class and one destination class (as if on
@@ -22,32 +25,75 @@ impl Engine<'_> {
         let dg = &self.groups[d.group];
         let src_ip = source_ip(src, d.family);
         let verdicts = STATES.map(|st| {
-            let egress = if s.host_node.is_some() || sg.egress[st].is_empty() {
+            let egress = if s.host_node.is_some() {
                 PortSet::full()
             } else {
-                allowed(
-                    &sg.egress[st],
+                self.tiered(
+                    st,
+                    s.group,
                     true,
-                    |p| self.egress_peer(p, Some(dst), dip),
+                    |p| self.tier_egress_peer(p, Some(dst), dip),
                     Some(dst),
+                    || {
+                        (!sg.egress[st].is_empty()).then(|| {
+                            allowed(
+                                &sg.egress[st],
+                                true,
+                                |p| self.egress_peer(p, Some(dst), dip),
+                                Some(dst),
+                            )
+                        })
+                    },
                 )
             };
             if egress.is_empty() {
                 return egress;
             }
-            let ingress = if dg.ingress[st].is_empty() {
-                PortSet::full()
-            } else {
-                allowed(
-                    &dg.ingress[st],
-                    false,
-                    |p| self.ingress_peer(p, src, src_ip),
-                    Some(dst),
-                )
-            };
+            let ingress = self.tiered(
+                st,
+                d.group,
+                false,
+                |p| self.tier_ingress_peer(p, src),
+                Some(dst),
+                || {
+                    (!dg.ingress[st].is_empty()).then(|| {
+                        allowed(
+                            &dg.ingress[st],
+                            false,
+                            |p| self.ingress_peer(p, src, src_ip),
+                            Some(dst),
+                        )
+                    })
+                },
+            );
             egress.intersect(&ingress)
         });
         entries(&verdicts)
+    }
+
+    /// What one direction allows in state `st` for a pod of `group`: the tiers around the
+    /// NetworkPolicies (`np`: `None` when none selects the pod), or the NetworkPolicies alone
+    /// (everything when none selects it) when neither state has a ClusterNetworkPolicy.
+    pub(super) fn tiered(
+        &self,
+        st: usize,
+        group: usize,
+        egress: bool,
+        tier_peer: impl Fn(&ClusterPeer) -> bool,
+        dst: Option<&PodInfo>,
+        np: impl FnOnce() -> Option<PortSet>,
+    ) -> PortSet {
+        match self.group_tiers.get(group) {
+            Some(t) => {
+                let list = if egress {
+                    &t.egress[st]
+                } else {
+                    &t.ingress[st]
+                };
+                tiers::allowed(list, egress, tier_peer, dst, np)
+            }
+            None => np().unwrap_or_else(PortSet::full),
+        }
     }
 
     pub(super) fn egress_peer(&self, peer: &PolicyPeer, dst: Option<&PodInfo>, ip: IpAddr) -> bool {

@@ -701,6 +701,10 @@ fn demo(o: &Opts) -> Result<()> {
                 .arg(listen.to_string())
                 .arg("--http")
                 .arg(http.to_string())
+                .arg("--ui-listen")
+                .arg(
+                    SocketAddr::from(([127, 0, 0, 1], free_port("start leash serve")?)).to_string(),
+                )
                 .arg("--store")
                 .arg(out.join("leash.db"))
                 .arg("--cluster")

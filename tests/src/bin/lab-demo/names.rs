@@ -78,9 +78,12 @@ pub(crate) fn names(
             let step = "leash serve: drift";
             let listen = SocketAddr::from(([127, 0, 0, 1], free_port(step)?));
             let http = SocketAddr::from(([127, 0, 0, 1], free_port(step)?));
+            // The UI listener: `/v1`.
+            let ui = SocketAddr::from(([127, 0, 0, 1], free_port(step)?));
             let mut cmd = Command::new(leash);
             cmd.arg("serve")
                 .args(["--listen", &listen.to_string(), "--http", &http.to_string()])
+                .args(["--ui-listen", &ui.to_string()])
                 .arg("--store")
                 .arg(db)
                 .arg("--cluster")
@@ -104,7 +107,7 @@ pub(crate) fn names(
                     format!("the lookup did not answer {moved}: {addrs:?}"),
                 ));
             }
-            let alert = wait_drift_alert(step, &mut serve, http, moved)?;
+            let alert = wait_drift_alert(step, &mut serve, ui, moved)?;
             eprintln!("   drift alert before any connection: {alert}");
             connect(shop, moved)?;
             agent.stop("stop leash-agent after the names step", STOP_TIMEOUT)?;

@@ -102,9 +102,12 @@ pub(crate) fn pull_request(
             );
             let listen = SocketAddr::from(([127, 0, 0, 1], free_port(step)?));
             let http = SocketAddr::from(([127, 0, 0, 1], free_port(step)?));
+            // The UI listener: `/v1`.
+            let ui = SocketAddr::from(([127, 0, 0, 1], free_port(step)?));
             let mut cmd = Command::new(leash);
             cmd.arg("serve")
                 .args(["--listen", &listen.to_string(), "--http", &http.to_string()])
+                .args(["--ui-listen", &ui.to_string()])
                 .arg("--store")
                 .arg(&store)
                 .arg("--cluster")
@@ -129,7 +132,7 @@ pub(crate) fn pull_request(
                 "pull request",
                 || (!github.pulls(PROJECT).is_empty()).then_some(()),
             )?;
-            let alerts = super::http_get(http, "/v1/alerts")
+            let alerts = super::http_get(ui, "/v1/alerts")
                 .ok_or_else(|| fail(step, "GET /v1/alerts failed"))?;
             let listed: Vec<serde_json::Value> = serde_json::from_str(&alerts)
                 .map_err(|e| fail(step, format!("/v1/alerts: {}: {alerts}", Chain(&e))))?;
