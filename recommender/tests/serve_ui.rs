@@ -415,6 +415,45 @@ fn with_kube_auth_each_user_sees_only_the_namespaces_rbac_grants() {
         assert_security_headers(&r, true);
     }
 
+    // The egress map: alice's shows only edges from shop; bank's namespace and workloads are
+    // 403 by name, and its flow appears nowhere.
+    wait_for("the egress map", || {
+        get_with(ui, "/v1/map", &as_admin).status == 200
+    });
+    let map = json(&get_with(ui, "/v1/map", &as_admin));
+    assert!(
+        map.to_string().contains("wl:bank/Deployment/ledger"),
+        "{map}"
+    );
+    let map = get_with(ui, "/v1/map", &as_alice);
+    assert_security_headers(&map, true);
+    let map = json(&map);
+    let sources: BTreeSet<&str> = map["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["from"].as_str().unwrap())
+        .collect();
+    assert_eq!(sources, BTreeSet::from(["wl:shop/Deployment/web"]), "{map}");
+    assert!(!map.to_string().contains("ledger"), "{map}");
+    assert!(!map.to_string().contains("203.0.113.20"), "{map}");
+    for path in [
+        "/v1/map/namespaces/shop",
+        "/v1/map/workloads/shop/Deployment/web",
+    ] {
+        let r = get_with(ui, path, &as_alice);
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+    }
+    for path in [
+        "/v1/map?namespace=bank",
+        "/v1/map/namespaces/bank",
+        "/v1/map/workloads/bank/Deployment/ledger",
+    ] {
+        let r = get_with(ui, path, &as_alice);
+        assert_eq!(r.status, 403, "{path}: {}", r.body);
+        assert!(!r.body.contains("203.0.113.20"), "{path}: {}", r.body);
+    }
+
     // Bob may `get` nowhere (his `list` grant is not `get`): empty answers, 403 by name.
     let bob = bearer(BOB);
     let as_bob = [("Authorization", bob.as_str())];
@@ -430,6 +469,8 @@ fn with_kube_auth_each_user_sees_only_the_namespaces_rbac_grants() {
         get_with(ui, "/v1/namespaces/bank/audit", &as_bob).status,
         403
     );
+    // No namespace at all is no map, rather than every namespace's.
+    assert_eq!(get_with(ui, "/v1/map", &as_bob).status, 403);
 
     // Identity headers of proxies are not trusted: alone they are no login, and with a
     // token they change nobody's access.

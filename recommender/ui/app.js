@@ -170,7 +170,7 @@
     if (n.pods !== undefined) parts.push(`${n.pods} pod${n.pods === 1 ? "" : "s"}`);
     if (n.workloads !== undefined) parts.push(`${n.workloads} workload${n.workloads === 1 ? "" : "s"}`);
     if (n.addresses && n.addresses.length) parts.push(`addresses ${n.addresses.join(", ")}`);
-    if (n.kind === "namespace") parts.push("press Enter to expand");
+    if (n.kind === "namespace" && n.workloads !== undefined) parts.push("press Enter to expand");
     if (n.kind === "workload" && n.pods !== undefined) parts.push("press Enter for its panel");
     return parts.join(", ");
   }
@@ -319,7 +319,8 @@
 
     const nodeLayer = svg("g", { class: "nodes" });
     for (const n of nodes) {
-      const openable = n.kind === "namespace" || (n.kind === "workload" && n.pods !== undefined);
+      // Another namespace's (outside the user's scope) comes without figures: not openable.
+      const openable = (n.kind === "namespace" && n.workloads !== undefined) || (n.kind === "workload" && n.pods !== undefined);
       const g = svg("g", {
         class: `node kind-${n.kind}${n.phase ? ` phase-${n.phase}` : ""}`,
         transform: `translate(${n.x.toFixed(1)},${n.y.toFixed(1)})`,
