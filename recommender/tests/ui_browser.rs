@@ -793,3 +793,154 @@ fn a_large_cluster_opens_on_namespaces_and_expands_one() {
         data_ids(&b, "#map g.edge-group") == [LEDGER_EDGE]
     });
 }
+
+/// The cluster of the issue's performance targets: 2,000 Deployments in 40 namespaces
+/// (`ns-00` holds 200), each with 10 observed destinations: three pods of its namespace, one
+/// of another, five of 40 external names, one nameless address. 20,000 workload edges.
+fn large_fixture(dir: &Path) -> (PathBuf, PathBuf) {
+    const WORKLOADS: usize = 2_000;
+    let ns = |w: usize| {
+        if w < 200 {
+            "ns-00".to_owned()
+        } else {
+            format!("ns-{:02}", 1 + (w - 200) % 39)
+        }
+    };
+    let ip = |w: usize| format!("10.64.{}.{}", w / 250, w % 250 + 1);
+    let mut items: Vec<String> = (0..40).map(|i| namespace(&format!("ns-{i:02}"))).collect();
+    for w in 0..WORKLOADS {
+        items.push(deployment(
+            &ns(w),
+            &format!("w{w}"),
+            &format!("w{w}-x1"),
+            &ip(w),
+        ));
+    }
+    let cluster = dir.join("cluster.yaml");
+    std::fs::write(&cluster, list(&items)).unwrap();
+    let db = dir.join("leash.db");
+    let store = SqliteStore::open(&db).unwrap();
+    let at = Utc::now() - chrono::Duration::hours(2);
+    let mut flows = Vec::new();
+    for w in 0..WORKLOADS {
+        let (n, name) = (ns(w), format!("w{w}"));
+        let same: Vec<usize> = (0..WORKLOADS)
+            .filter(|&o| ns(o) == n && o != w)
+            .take(3)
+            .collect();
+        for o in same {
+            flows.push(deployment_flow(&n, &name, &ip(o), 8080, &[], at));
+        }
+        flows.push(deployment_flow(
+            &n,
+            &name,
+            &ip((w + 997) % WORKLOADS),
+            8443,
+            &[],
+            at,
+        ));
+        for k in 0..5 {
+            let e = (w + k * 7) % 40;
+            let host = format!("api{e}.example.com");
+            flows.push(deployment_flow(
+                &n,
+                &name,
+                &format!("203.0.113.{}", e + 1),
+                443,
+                &[&host],
+                at,
+            ));
+        }
+        flows.push(deployment_flow(
+            &n,
+            &name,
+            &format!("198.51.100.{}", w % 200 + 1),
+            9000,
+            &[],
+            at,
+        ));
+    }
+    for (seq, chunk) in flows.chunks(4_000).enumerate() {
+        store
+            .commit(
+                &BatchId {
+                    node: "n1".into(),
+                    boot_id: "b".into(),
+                    seq: seq as u64 + 1,
+                },
+                chunk,
+                &[],
+            )
+            .unwrap();
+    }
+    (cluster, db)
+}
+
+/// The issue's figures, in the browser: at 2,000 workloads and 20,000 edges the overview is
+/// drawn in under 1 s after the page loads, and a namespace of 200 workloads expands in under
+/// 300 ms. Measured by the page itself (`data-drawn-at`, `data-ms`: fetch, layout and SVG);
+/// asserted with room for a loaded CI machine, printed for the README.
+#[test]
+fn the_ui_stays_fast_at_2000_workloads() {
+    let Some(b) = browser() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, db) = large_fixture(dir.path());
+    let server = ServeProcess::start(dir.path(), &db, &cluster, "1h", &[] as &[&str]);
+    support::http::wait_for(
+        "the large egress map",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || matches!(get(server.ui, "/v1/map"), Ok((200, _))),
+    );
+    let overview = json(server.ui, "/v1/map");
+    assert_eq!(overview["expanded"], false);
+    assert_eq!(overview["totals"]["workloads"], 2_000);
+    assert_eq!(overview["totals"]["edges"], 20_000);
+
+    b.goto(&format!("http://{}/", server.ui));
+    let drawn = |query: &str| {
+        b.script(
+            "const m = document.getElementById('map');
+             return m.getAttribute('aria-busy') === 'false' && m.getAttribute('data-query') === arguments[0]
+               ? [Number(m.getAttribute('data-drawn-at')), Number(m.getAttribute('data-ms')),
+                  document.querySelectorAll('#map g.node').length,
+                  document.querySelectorAll('#map g.edge-group').length]
+               : null;",
+            &[json!(query)],
+        )
+    };
+    let mut first = Value::Null;
+    b.wait_until("the overview drawn", WAIT, || {
+        first = drawn("/v1/map");
+        !first.is_null()
+    });
+    let overview_at = first[0].as_f64().unwrap();
+    b.screenshot(&screenshots().join("large-overview.png"));
+
+    b.script(
+        "document.querySelector(\"#map g.node[data-id='ns:ns-00']\").focus();",
+        &[],
+    );
+    b.press(keys::ENTER);
+    let mut expanded = Value::Null;
+    b.wait_until("ns-00 expanded", WAIT, || {
+        expanded = drawn("/v1/map/namespaces/ns-00");
+        !expanded.is_null()
+    });
+    let expand_ms = expanded[1].as_f64().unwrap();
+    b.screenshot(&screenshots().join("large-namespace.png"));
+    eprintln!(
+        "2,000 workloads, 20,000 edges: overview ({} nodes, {} edges) drawn {overview_at} ms after \
+         navigation; ns-00 ({} nodes, {} edges) expanded in {expand_ms} ms",
+        first[2], first[3], expanded[2], expanded[3]
+    );
+    assert!(expanded[2].as_u64().unwrap() > 200, "{expanded}");
+    // The targets are 1 s and 300 ms; a shared CI machine gets three times that.
+    assert!(
+        overview_at < 3_000.0,
+        "overview drawn after {overview_at} ms"
+    );
+    assert!(expand_ms < 900.0, "expanding took {expand_ms} ms");
+}
