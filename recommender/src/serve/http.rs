@@ -153,7 +153,7 @@ pub fn api_router_with(state: Arc<AppState>, limits: ReadLimits) -> Router {
         .route("/v1/rollout", get(rollout))
         .route("/v1/alerts", get(alerts))
         .route("/v1/namespaces/{namespace}/rollout", get(namespace_rollout))
-        // The egress map's API and the web UI, one block (they move together).
+        // The egress map (`super::map_api`).
         .merge(super::map_api::routes())
         .with_state(shared)
 }
@@ -796,7 +796,7 @@ fn present(state: &ClusterState, w: &WorkloadRef) -> bool {
 }
 
 /// The latest rollout board, or `503` until the first evaluation.
-pub(super) fn current_board(s: &AppState) -> ApiResult<Arc<super::shadow::Board>> {
+fn current_board(s: &AppState) -> ApiResult<Arc<super::shadow::Board>> {
     s.rollout
         .borrow()
         .clone()
