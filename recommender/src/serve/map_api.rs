@@ -55,6 +55,11 @@ pub fn no_map() -> MapRx {
 /// The map is built again at most this often (it reads the whole store).
 pub const MIN_REBUILD: Duration = Duration::from_secs(3);
 
+/// After a build that took `t`, the next waits `IDLE_FACTOR × t` more: on a store large enough
+/// for a build to take longer than [`MIN_REBUILD`], rebuilding under steady ingest uses at
+/// most about a fifth of one core (at the read API's lower priority).
+const IDLE_FACTOR: u32 = 4;
+
 /// The longest search (`?q=`), in characters.
 pub const MAX_SEARCH: usize = 256;
 
@@ -471,9 +476,9 @@ struct Inputs {
     batches: u64,
 }
 
-/// Builds the map once the model exists, then again at most every [`MIN_REBUILD`] when
-/// batches were stored, the board was evaluated, or the model or the proposal changed;
-/// publishes it on `tx`. A failed build keeps the previous map. Runs until dropped.
+/// Builds the map once the model exists, then again at most every [`MIN_REBUILD`] (and
+/// [`IDLE_FACTOR`] times a build's duration) when batches were stored, the board was
+/// evaluated, or the model or the proposal changed; publishes it on `tx`. A failed build keeps the previous map. Runs until dropped.
 pub async fn watch(sources: Sources, tx: watch::Sender<Option<Arc<Map>>>) {
     let mut model = sources.model.clone();
     if model.wait_for(Option::is_some).await.is_err() {
@@ -528,6 +533,7 @@ pub async fn watch(sources: Sources, tx: watch::Sender<Option<Arc<Map>>>) {
             }
         };
         let s = Arc::clone(&sources);
+        let started = std::time::Instant::now();
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let spawned = std::thread::Builder::new()
             .name("leash-map".into())
@@ -552,6 +558,7 @@ pub async fn watch(sources: Sources, tx: watch::Sender<Option<Arc<Map>>>) {
             Ok(Err(e)) => tracing::warn!(error = %Chain(&e), "cannot build the egress map"),
             Err(_) => tracing::warn!("the egress map thread stopped without an answer"),
         }
+        tokio::time::sleep(started.elapsed().saturating_mul(IDLE_FACTOR)).await;
     }
 }
 
