@@ -51,6 +51,10 @@
 
   async function getJSON(path) {
     const r = await fetch(path, { headers: { Accept: "application/json" }, credentials: "same-origin" });
+    if (r.status === 401) {
+      // The session ended (--ui-auth kube): log in again.
+      window.location.assign("/login");
+    }
     if (!r.ok) {
       const body = (await r.text()).trim();
       throw new Error(`${r.status}: ${body || r.statusText}`);
