@@ -1604,6 +1604,8 @@ struct Serve {
     child: Option<Child>,
     grpc: SocketAddr,
     http: SocketAddr,
+    /// `--ui-listen`: the `/v1` API.
+    ui: SocketAddr,
     dir: tempfile::TempDir,
 }
 
@@ -1614,7 +1616,11 @@ impl Serve {
         let snapshot = dir.path().join("snapshot.yaml");
         lab.write_snapshot(&snapshot)
             .expect("writing the lab snapshot");
-        let (grpc, http) = (free_loopback_port(), free_loopback_port());
+        let (grpc, http, ui) = (
+            free_loopback_port(),
+            free_loopback_port(),
+            free_loopback_port(),
+        );
         let log = File::create(dir.path().join("serve.log")).expect("creating serve.log");
         let child = Command::new(leash)
             .arg("serve")
@@ -1623,6 +1629,8 @@ impl Serve {
             .arg(grpc.to_string())
             .arg("--http")
             .arg(http.to_string())
+            .arg("--ui-listen")
+            .arg(ui.to_string())
             .arg("--store")
             .arg(dir.path().join("leash.db"))
             .arg("--cluster")
@@ -1638,12 +1646,13 @@ impl Serve {
             child: Some(child),
             grpc,
             http,
+            ui,
             dir,
         };
         let deadline = Instant::now() + SERVE_READY_TIMEOUT;
         loop {
             if serve
-                .get("/readyz")
+                .get_on(serve.http, "/readyz")
                 .is_some_and(|(status, _)| status == 200)
             {
                 return serve;
@@ -1674,10 +1683,16 @@ impl Serve {
         fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
     }
 
-    /// `GET path` on the HTTP API: status and body, `None` when it does not answer. HTTP/1.0,
-    /// so that the body is never chunked: it ends when the server closes the connection.
+    /// `GET path` on the `/v1` API (the UI listener): status and body, `None` when it does
+    /// not answer.
     fn get(&self, path: &str) -> Option<(u16, String)> {
-        let mut stream = TcpStream::connect_timeout(&self.http, Duration::from_secs(2)).ok()?;
+        self.get_on(self.ui, path)
+    }
+
+    /// `GET path` on `addr`. HTTP/1.0, so that the body is never chunked: it ends when the
+    /// server closes the connection.
+    fn get_on(&self, addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
         stream
             .set_read_timeout(Some(Duration::from_secs(30)))
             .ok()?;
