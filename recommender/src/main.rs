@@ -1753,9 +1753,12 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         ui: args.ui_listen,
         ui_auth: args.ui_auth,
         ui_transport: match (args.ui_tls_cert, args.ui_tls_key) {
-            (Some(cert), Some(key)) => leash::serve::auth::UiTransport::Https(
-                leash_records::tls::ServerIdentity { cert, key },
-            ),
+            (Some(cert), Some(key)) => {
+                leash::serve::auth::UiTransport::Https(leash_records::tls::ServerIdentity {
+                    cert,
+                    key,
+                })
+            }
             _ if args.ui_insecure_http => leash::serve::auth::UiTransport::InsecureHttp,
             _ => leash::serve::auth::UiTransport::Http,
         },

@@ -53,7 +53,14 @@ fn store(dir: &Path) -> PathBuf {
         1,
         &[
             deployment_flow("shop", "web", "203.0.113.10", 443, &["api.shop.test"], now),
-            deployment_flow("bank", "ledger", "203.0.113.20", 443, &["api.bank.test"], now),
+            deployment_flow(
+                "bank",
+                "ledger",
+                "203.0.113.20",
+                443,
+                &["api.bank.test"],
+                now,
+            ),
         ],
     );
     db
@@ -235,7 +242,10 @@ fn over_https_the_right_ca_gets_the_ui_and_the_login_cookie_round_trips() {
     assert!(set_cookie.contains("; Secure;"), "{set_cookie}");
     let pair = set_cookie.split_once("; ").unwrap().0.to_owned();
     let cookie = [("Cookie", pair.as_str())];
-    assert_eq!(namespaces(&get(ui, &ca, "/v1/workloads", &cookie)), ["shop"]);
+    assert_eq!(
+        namespaces(&get(ui, &ca, "/v1/workloads", &cookie)),
+        ["shop"]
+    );
     assert_eq!(
         get(ui, &ca, "/v1/namespaces/bank/audit", &cookie).status,
         403
@@ -250,11 +260,20 @@ fn over_https_the_right_ca_gets_the_ui_and_the_login_cookie_round_trips() {
         for (name, value) in headers {
             builder = builder.header(*name, *value);
         }
-        builder.body(axum::body::Body::from(body.to_owned())).unwrap()
+        builder
+            .body(axum::body::Body::from(body.to_owned()))
+            .unwrap()
     };
-    let (version, status, _, body) =
-        rt.block_on(h2_request(ui, &ca, request("GET", "/v1/workloads", &cookie, "")));
-    assert_eq!((version, status), (axum::http::Version::HTTP_2, 200), "{body}");
+    let (version, status, _, body) = rt.block_on(h2_request(
+        ui,
+        &ca,
+        request("GET", "/v1/workloads", &cookie, ""),
+    ));
+    assert_eq!(
+        (version, status),
+        (axum::http::Version::HTTP_2, 200),
+        "{body}"
+    );
     let login = request(
         "POST",
         "/login",
@@ -280,15 +299,16 @@ fn over_https_the_right_ca_gets_the_ui_and_the_login_cookie_round_trips() {
 
     // Plain HTTP to the TLS port gets no HTTP answer: the handshake fails and the
     // connection is closed.
-    if let Ok(reply) = http::request(ui, "GET", "/v1/workloads", &[("Cookie", pair.as_str())], "")
-    {
+    if let Ok(reply) = http::request(ui, "GET", "/v1/workloads", &[("Cookie", pair.as_str())], "") {
         assert_eq!(reply.status, 0, "plain HTTP answered: {}", reply.body);
     }
     // And the listener still serves TLS after it.
     assert_eq!(get(ui, &ca, "/v1/workloads", &cookie).status, 200);
 
     let log = server.log();
-    let plain = regex::Regex::new("\x1b\\[[0-9;]*m").unwrap().replace_all(&log, "");
+    let plain = regex::Regex::new("\x1b\\[[0-9;]*m")
+        .unwrap()
+        .replace_all(&log, "");
     assert!(plain.contains("ui_auth=kube ui_tls=true"), "{plain}");
     assert!(!log.contains(ALICE), "a token in the log:\n{log}");
 }
@@ -435,7 +455,11 @@ fn kube_auth_beyond_loopback_needs_tls_unless_ui_insecure_http_is_said() {
     // A key file that cannot be read is the user's input: exit 2, naming it.
     let loopback = http::free_port().to_string();
     let mut bad_key = vec!["--ui-auth", "kube", "--ui-tls-cert"];
-    bad_key.extend([cert.to_str().unwrap(), "--ui-tls-key", "/nonexistent/ui-key.pem"]);
+    bad_key.extend([
+        cert.to_str().unwrap(),
+        "--ui-tls-key",
+        "/nonexistent/ui-key.pem",
+    ]);
     let (code, stderr) = serve_exposed(dir.path(), &loopback, &bad_key);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("/nonexistent/ui-key.pem"), "{stderr}");

@@ -338,7 +338,9 @@ impl ReloadingServerConfig {
     /// Outside a tokio runtime.
     pub fn start(files: TlsFiles, poll: Duration) -> Result<Self> {
         let paths = files.paths().map(Path::to_path_buf).to_vec();
-        Self::follow(paths, files.cert.clone(), poll, move || server_config(&files))
+        Self::follow(paths, files.cert.clone(), poll, move || {
+            server_config(&files)
+        })
     }
 
     /// [`Self::start`] for HTTPS without client certificates ([`https_server_config`]).

@@ -409,12 +409,10 @@ async fn https_client(
     .with_root_certificates(roots)
     .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let tcp = tokio::net::TcpStream::connect((
-        "127.0.0.1",
-        uri.port_u16().expect("the URI has a port"),
-    ))
-    .await
-    .expect("connect");
+    let tcp =
+        tokio::net::TcpStream::connect(("127.0.0.1", uri.port_u16().expect("the URI has a port")))
+            .await
+            .expect("connect");
     let name = rustls_pki_types::ServerName::try_from("127.0.0.1").expect("name");
     let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(name, tcp)

@@ -1033,12 +1033,11 @@ async fn http2<I>(
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let connection =
-        hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .timer(hyper_util::rt::TokioTimer::new())
-            .keep_alive_interval(Some(super::KEEPALIVE_INTERVAL))
-            .keep_alive_timeout(super::KEEPALIVE_TIMEOUT)
-            .serve_connection(hyper_util::rt::TokioIo::new(io), service);
+    let connection = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Some(super::KEEPALIVE_INTERVAL))
+        .keep_alive_timeout(super::KEEPALIVE_TIMEOUT)
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service);
     let mut connection = std::pin::pin!(connection);
     tokio::select! {
         result = connection.as_mut() => result,

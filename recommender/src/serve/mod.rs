@@ -273,12 +273,12 @@ pub async fn run(
     auth::check_transport(ui_auth, config.ui, &config.ui_transport)?;
     auth::warn_exposed(ui_auth, config.ui, &config.ui_transport);
     let ui_tls = match &config.ui_transport {
-        auth::UiTransport::Https(identity) => Some(
-            leash_records::tls::ReloadingServerConfig::start_https(
+        auth::UiTransport::Https(identity) => {
+            Some(leash_records::tls::ReloadingServerConfig::start_https(
                 identity.clone(),
                 leash_records::tls::DEFAULT_POLL,
-            )?,
-        ),
+            )?)
+        }
         _ => None,
     };
     let mut registry = Registry::with_prefix("leash");

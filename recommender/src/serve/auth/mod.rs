@@ -1,7 +1,9 @@
 //! Who may look at the UI and `/v1` of `leash serve` (`--ui-listen`, `--ui-auth`).
 //!
 //! The egress map is the cluster's egress inventory, so the UI listener is loopback-only
-//! unless authentication is on ([`decide`]). With `--ui-auth kube`:
+//! unless authentication is on ([`decide`]), and tokens cross a network only over TLS
+//! (`--ui-tls-cert`) or a proxy's TLS said with `--ui-insecure-http` ([`check_transport`]).
+//! With `--ui-auth kube`:
 //! - a request bears a token: `Authorization: Bearer TOKEN`, or the session cookie of the
 //!   login form ([`session`], [`login`]), which stands for the token given there;
 //! - the token is authenticated by the API server with a TokenReview, and access is decided by
@@ -628,7 +630,12 @@ mod tests {
             Ok(())
         );
         let message = ModeError::Cleartext { addr: exposed }.to_string();
-        for flag in ["--ui-tls-cert", "--ui-tls-key", "--ui-insecure-http", "198.51.100.7:8081"] {
+        for flag in [
+            "--ui-tls-cert",
+            "--ui-tls-key",
+            "--ui-insecure-http",
+            "198.51.100.7:8081",
+        ] {
             assert!(message.contains(flag), "{flag}: {message}");
         }
         assert!(https.is_tls() && !UiTransport::InsecureHttp.is_tls());
