@@ -574,6 +574,18 @@ struct ServeArgs {
     /// namespace; needs --kube) or `none`. Default: none on loopback; refused elsewhere.
     #[arg(long, value_name = "kube|none")]
     ui_auth: Option<leash::serve::auth::UiAuth>,
+    /// The UI listener's PEM certificate chain: with --ui-tls-key it speaks HTTPS (HTTP/1.1
+    /// and h2; no client certificates), reloading both files when they change. Required for
+    /// --ui-auth kube beyond loopback.
+    #[arg(long, requires = "ui_tls_key")]
+    ui_tls_cert: Option<PathBuf>,
+    /// The UI listener's PEM private key (with --ui-tls-cert).
+    #[arg(long, requires = "ui_tls_cert")]
+    ui_tls_key: Option<PathBuf>,
+    /// Serve --ui-auth kube over plain HTTP beyond loopback: only behind a proxy that
+    /// terminates TLS in front of leash.
+    #[arg(long, conflicts_with = "ui_tls_cert")]
+    ui_insecure_http: bool,
     /// The SQLite store (created if missing).
     #[arg(long, default_value = "/var/lib/leash/leash.db")]
     store: PathBuf,
@@ -1740,6 +1752,16 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         http: args.http,
         ui: args.ui_listen,
         ui_auth: args.ui_auth,
+        ui_transport: match (args.ui_tls_cert, args.ui_tls_key) {
+            (Some(cert), Some(key)) => {
+                leash::serve::auth::UiTransport::Https(leash_records::tls::ServerIdentity {
+                    cert,
+                    key,
+                })
+            }
+            _ if args.ui_insecure_http => leash::serve::auth::UiTransport::InsecureHttp,
+            _ => leash::serve::auth::UiTransport::Http,
+        },
         store: args.store,
         cluster,
         tls,

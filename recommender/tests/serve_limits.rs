@@ -74,6 +74,7 @@ impl Server {
             http,
             ui: free_port(),
             ui_auth: None,
+            ui_transport: leash::serve::auth::UiTransport::Http,
             store: dir.path().join("leash.db"),
             cluster: ClusterSource::File(snapshot),
             tls: Some(TlsFiles {

@@ -1,8 +1,9 @@
 //! rustls for both ends of the `leash.v1` stream: mutual TLS from PEM files, reloaded when the
-//! files change.
+//! files change; and for HTTPS servers that ask no client certificate (the UI listener).
 //!
-//! - [`server_config`] / [`client_config`]: one-shot configurations from [`TlsFiles`].
-//! - [`ReloadingServerConfig`]: the server configuration, re-read whenever one of its files
+//! - [`server_config`] / [`client_config`]: one-shot configurations from [`TlsFiles`];
+//!   [`https_server_config`] from a [`ServerIdentity`] alone.
+//! - [`ReloadingServerConfig`]: either server configuration, re-read whenever one of its files
 //!   changes (Kubernetes swaps secret files through symlinks, so the path is stat'ed following
 //!   links). A bad file on reload is logged and the previous configuration kept.
 //! - [`incoming`]: TLS connections for `tonic::transport::Server::serve_with_incoming`; each
@@ -53,6 +54,9 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The ALPN protocol gRPC runs on.
 const H2: &[u8] = b"h2";
+
+/// The ALPN protocol of HTTP/1.1, offered by [`https_server_config`] after `h2`.
+pub const HTTP1: &[u8] = b"http/1.1";
 
 /// ring, passed to every builder explicitly so the process default never matters.
 static PROVIDER: LazyLock<Arc<CryptoProvider>> =
@@ -159,6 +163,16 @@ impl TlsFiles {
     }
 }
 
+/// The PEM files of a server that asks no client certificate: its certificate chain (leaf
+/// first) and its private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerIdentity {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key.
+    pub key: PathBuf,
+}
+
 fn read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|source| Error::Read {
         path: path.to_owned(),
@@ -244,6 +258,26 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>> {
     Ok(Arc::new(config))
 }
 
+/// A server configuration for HTTPS from PEM files: `identity` as the server's identity, no
+/// client certificate asked, ALPN `h2` then `http/1.1` (a client offering neither gets
+/// HTTP/1.1: [`TlsConnection::alpn_protocol`] is `None`).
+pub fn https_server_config(identity: &ServerIdentity) -> Result<Arc<ServerConfig>> {
+    let chain = read_certs(&identity.cert)?;
+    let key = read_key(&identity.key)?;
+    let mut config = ServerConfig::builder_with_provider(PROVIDER.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Config(Chain(&e).to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| Error::Identity {
+            cert: identity.cert.clone(),
+            key: identity.key.clone(),
+            message: Chain(&e).to_string(),
+        })?;
+    config.alpn_protocols = vec![H2.to_vec(), HTTP1.to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// A client configuration from PEM files: the server verified against `files.ca`,
 /// `files.cert` + `files.key` presented as the client's identity, ALPN `h2`.
 pub fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>> {
@@ -274,9 +308,8 @@ struct Stamp {
     modified: Option<SystemTime>,
 }
 
-fn stamps(files: &TlsFiles) -> Vec<Option<Stamp>> {
-    files
-        .paths()
+fn stamps(paths: &[PathBuf]) -> Vec<Option<Stamp>> {
+    paths
         .iter()
         .map(|p| {
             std::fs::metadata(p).ok().map(|m| Stamp {
@@ -298,14 +331,38 @@ pub struct ReloadingServerConfig {
 }
 
 impl ReloadingServerConfig {
-    /// Loads the configuration (an error here is returned: there is nothing to fall back to)
-    /// and starts polling its files on the current tokio runtime.
+    /// Loads the mutual-TLS configuration ([`server_config`]; an error here is returned: there
+    /// is nothing to fall back to) and starts polling its files on the current tokio runtime.
     ///
     /// # Panics
     /// Outside a tokio runtime.
     pub fn start(files: TlsFiles, poll: Duration) -> Result<Self> {
-        let mut seen = stamps(&files);
-        let config = server_config(&files)?;
+        let paths = files.paths().map(Path::to_path_buf).to_vec();
+        Self::follow(paths, files.cert.clone(), poll, move || {
+            server_config(&files)
+        })
+    }
+
+    /// [`Self::start`] for HTTPS without client certificates ([`https_server_config`]).
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub fn start_https(identity: ServerIdentity, poll: Duration) -> Result<Self> {
+        let paths = vec![identity.cert.clone(), identity.key.clone()];
+        Self::follow(paths, identity.cert.clone(), poll, move || {
+            https_server_config(&identity)
+        })
+    }
+
+    /// The one reload loop: `build` once now, and again whenever a file of `paths` changes.
+    fn follow(
+        paths: Vec<PathBuf>,
+        cert: PathBuf,
+        poll: Duration,
+        build: impl Fn() -> Result<Arc<ServerConfig>> + Send + 'static,
+    ) -> Result<Self> {
+        let mut seen = stamps(&paths);
+        let config = build()?;
         let (tx, current) = watch::channel(config);
         let task = tokio::spawn(async move {
             let mut last_error: Option<String> = None;
@@ -314,16 +371,16 @@ impl ReloadingServerConfig {
             ticks.tick().await;
             loop {
                 ticks.tick().await;
-                let now = stamps(&files);
+                let now = stamps(&paths);
                 if now == seen {
                     continue;
                 }
-                match server_config(&files) {
+                match build() {
                     Ok(config) => {
                         tx.send_replace(config);
                         seen = now;
                         last_error = None;
-                        tracing::info!(cert = %files.cert.display(), "reloaded TLS certificates");
+                        tracing::info!(cert = %cert.display(), "reloaded TLS certificates");
                     }
                     // Keep `seen` so the next poll retries: a secret update may be half done.
                     Err(e) => {
@@ -453,6 +510,11 @@ impl TlsConnection {
     pub fn info(&self) -> &TlsConnectInfo {
         &self.info
     }
+
+    /// The application protocol agreed by ALPN (`h2`, [`HTTP1`]), if any.
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        self.stream.get_ref().1.alpn_protocol()
+    }
 }
 
 impl tonic::transport::server::Connected for TlsConnection {
@@ -525,7 +587,8 @@ impl Drop for Incoming {
 }
 
 /// Completes the server side of a TLS handshake on an accepted TCP connection with `config`
-/// (a client certificate is required by [`server_config`]), within `timeout`. A client that
+/// (a client certificate is required by [`server_config`], none by [`https_server_config`]),
+/// within `timeout`. A client that
 /// does not finish in time gets `TimedOut`: it would otherwise hold its socket and buffers
 /// for as long as it likes.
 pub async fn handshake(

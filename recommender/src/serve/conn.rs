@@ -904,6 +904,52 @@ pub async fn serve_http(
     listener: TcpListener,
     router: axum::Router,
     header_timeout: Duration,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    serve(listener, router, None, header_timeout, stop).await;
+}
+
+/// [`serve_http`] over TLS without client certificates (the UI listener with
+/// `--ui-tls-cert`): each connection's handshake uses the configuration `tls` holds at its
+/// accept ([`leash_records::tls::ReloadingServerConfig`]) and must finish within
+/// `header_timeout`; a client that is not speaking TLS (plain HTTP) fails it and is closed
+/// unanswered. ALPN picks HTTP/2 (`h2`) or HTTP/1.1; HTTP/2 requests carry their host as the
+/// URI's authority, which is copied into `Host` for the handlers that read it (the login
+/// form's same-origin check).
+pub async fn serve_https(
+    listener: TcpListener,
+    router: axum::Router,
+    tls: tokio::sync::watch::Receiver<Arc<rustls::ServerConfig>>,
+    header_timeout: Duration,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let router = router.layer(axum::middleware::map_request(host_from_authority));
+    serve(listener, router, Some(tls), header_timeout, stop).await;
+}
+
+/// Sets `Host` from the URI's authority when the request has none (HTTP/2's `:authority`).
+async fn host_from_authority(mut request: axum::extract::Request) -> axum::extract::Request {
+    if !request.headers().contains_key(axum::http::header::HOST)
+        && let Some(value) = request
+            .uri()
+            .authority()
+            .and_then(|a| axum::http::HeaderValue::from_str(a.as_str()).ok())
+    {
+        request
+            .headers_mut()
+            .insert(axum::http::header::HOST, value);
+    }
+    request
+}
+
+type HttpService = hyper_util::service::TowerToHyperService<axum::Router>;
+
+/// The accept loop of [`serve_http`] and [`serve_https`].
+async fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    tls: Option<tokio::sync::watch::Receiver<Arc<rustls::ServerConfig>>>,
+    header_timeout: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut connections = tokio::task::JoinSet::new();
@@ -912,28 +958,35 @@ pub async fn serve_http(
             accepted = listener.accept() => accepted,
             () = stopped(&mut stop) => break,
         };
-        let tcp = match accepted {
-            Ok((tcp, _)) => tcp,
+        let (tcp, remote) = match accepted {
+            Ok(a) => a,
             Err(e) => {
                 tracing::warn!("HTTP accept failed: {}", Chain(&e));
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        let _ = tcp.set_nodelay(true);
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
-        let mut stop = stop.clone();
+        let stop = stop.clone();
+        let config = tls.as_ref().map(|t| t.borrow().clone());
         connections.spawn(async move {
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
-            let mut connection = std::pin::pin!(connection);
-            let result = tokio::select! {
-                result = connection.as_mut() => result,
-                () = stopped(&mut stop) => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
+            let result = match config {
+                None => {
+                    let _ = tcp.set_nodelay(true);
+                    http1(tcp, service, header_timeout, stop).await
+                }
+                Some(config) => {
+                    match leash_records::tls::handshake(tcp, config, header_timeout).await {
+                        Ok(tls) if tls.alpn_protocol() == Some(b"h2") => {
+                            http2(tls, service, stop).await
+                        }
+                        Ok(tls) => http1(tls, service, header_timeout, stop).await,
+                        Err(e) => {
+                            // Scanners and plain-HTTP clients end here: not worth a warning.
+                            tracing::debug!("TLS handshake with {remote} failed: {}", Chain(&e));
+                            return;
+                        }
+                    }
                 }
             };
             if let Err(e) = result {
@@ -944,6 +997,55 @@ pub async fn serve_http(
     }
     drop(listener);
     while connections.join_next().await.is_some() {}
+}
+
+/// One HTTP/1 connection, closed gracefully when `stop` turns true.
+async fn http1<I>(
+    io: I,
+    service: HttpService,
+    header_timeout: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> hyper::Result<()>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service);
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => result,
+        () = stopped(&mut stop) => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    }
+}
+
+/// One HTTP/2 connection (TLS only, by ALPN), closed gracefully when `stop` turns true;
+/// keepalive pings close it when its client went away.
+async fn http2<I>(
+    io: I,
+    service: HttpService,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> hyper::Result<()>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let connection = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Some(super::KEEPALIVE_INTERVAL))
+        .keep_alive_timeout(super::KEEPALIVE_TIMEOUT)
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service);
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => result,
+        () = stopped(&mut stop) => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    }
 }
 
 async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {

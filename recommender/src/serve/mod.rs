@@ -65,6 +65,9 @@ pub struct Config {
     /// How the UI listener authenticates (`--ui-auth`); `None` when not given: [`run`]
     /// settles it with [`auth::decide`], refusing a non-loopback `ui` without it.
     pub ui_auth: Option<auth::UiAuth>,
+    /// Whether the UI listener speaks HTTPS (`--ui-tls-cert`/`--ui-tls-key`) or plain HTTP;
+    /// [`run`] refuses `kube` auth over plain HTTP beyond loopback ([`auth::check_transport`]).
+    pub ui_transport: auth::UiTransport,
     /// The SQLite store file.
     pub store: PathBuf,
     /// The cluster model's source.
@@ -267,9 +270,17 @@ pub async fn run(
     // The UI's authentication is settled before anything starts.
     let api_server = matches!(config.cluster, ClusterSource::Kube { .. });
     let ui_auth = auth::decide(config.ui_auth, config.ui, api_server)?;
-    if ui_auth == auth::UiAuth::None && !auth::is_loopback(config.ui) {
-        tracing::warn!(ui = %config.ui, "--ui-auth none: the UI and /v1 (the cluster's egress inventory) are served without authentication to everyone who can reach this address");
-    }
+    auth::check_transport(ui_auth, config.ui, &config.ui_transport)?;
+    auth::warn_exposed(ui_auth, config.ui, &config.ui_transport);
+    let ui_tls = match &config.ui_transport {
+        auth::UiTransport::Https(identity) => {
+            Some(leash_records::tls::ReloadingServerConfig::start_https(
+                identity.clone(),
+                leash_records::tls::DEFAULT_POLL,
+            )?)
+        }
+        _ => None,
+    };
     let mut registry = Registry::with_prefix("leash");
     let store: Arc<dyn Store> = Arc::new(crate::store::SqliteStore::open(&config.store)?);
     // A proposal that cannot be read is refused at start; later, a bad reload keeps the last.
@@ -501,12 +512,23 @@ pub async fn run(
         config.limits.handshake_timeout,
         stop_rx.clone(),
     ));
-    let ui_task = tokio::spawn(conn::serve_http(
-        ui_listener,
-        ui_http::ui_router(Arc::clone(&state), http::ReadLimits::default(), ui_gate),
-        config.limits.handshake_timeout,
-        stop_rx.clone(),
-    ));
+    let ui_router = ui_http::ui_router(Arc::clone(&state), http::ReadLimits::default(), ui_gate);
+    let header_timeout = config.limits.handshake_timeout;
+    let ui_task = match &ui_tls {
+        Some(tls) => tokio::spawn(conn::serve_https(
+            ui_listener,
+            ui_router,
+            tls.subscribe(),
+            header_timeout,
+            stop_rx.clone(),
+        )),
+        None => tokio::spawn(conn::serve_http(
+            ui_listener,
+            ui_router,
+            header_timeout,
+            stop_rx.clone(),
+        )),
+    };
 
     // Ingest starts once the model exists, so every batch is attributed to workloads.
     let mut ready = model_rx.clone();
@@ -524,7 +546,7 @@ pub async fn run(
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
     state.ingest_listening.store(true, Ordering::Release);
-    tracing::info!(grpc = %config.listen, http = %config.http, ui = %config.ui, ui_auth = %ui_auth, store = %config.store.display(), tls = tls.is_some(), "leash serve ready");
+    tracing::info!(grpc = %config.listen, http = %config.http, ui = %config.ui, ui_auth = %ui_auth, ui_tls = ui_tls.is_some(), store = %config.store.display(), tls = tls.is_some(), "leash serve ready");
     let grpc_result = match &tls {
         Some(reloading) => {
             let current = reloading.subscribe();

@@ -119,6 +119,19 @@ pub fn request(
 ) -> std::io::Result<Reply> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    request_on(&mut s, addr, method, path, headers, body)
+}
+
+/// [`request`] on a connection already open to `addr` (e.g. TLS over it). A connection that
+/// ends without TLS's close_notify after an answer counts as ended.
+pub fn request_on(
+    s: &mut (impl std::io::Read + std::io::Write),
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> std::io::Result<Reply> {
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
@@ -130,7 +143,12 @@ pub fn request(
     s.write_all(head.as_bytes())?;
     s.write_all(body.as_bytes())?;
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
+    match s.read_to_end(&mut raw) {
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+        other => {
+            other?;
+        }
+    }
     let answer = parse_answer(&raw);
     let text = String::from_utf8_lossy(&raw);
     let head = text.split_once("\r\n\r\n").map_or(&*text, |(h, _)| h);

@@ -1,7 +1,9 @@
 //! Who may look at the UI and `/v1` of `leash serve` (`--ui-listen`, `--ui-auth`).
 //!
 //! The egress map is the cluster's egress inventory, so the UI listener is loopback-only
-//! unless authentication is on ([`decide`]). With `--ui-auth kube`:
+//! unless authentication is on ([`decide`]), and tokens cross a network only over TLS
+//! (`--ui-tls-cert`) or a proxy's TLS said with `--ui-insecure-http` ([`check_transport`]).
+//! With `--ui-auth kube`:
 //! - a request bears a token: `Authorization: Bearer TOKEN`, or the session cookie of the
 //!   login form ([`session`], [`login`]), which stands for the token given there;
 //! - the token is authenticated by the API server with a TokenReview, and access is decided by
@@ -88,6 +90,73 @@ pub enum ModeError {
          there is none; use --kube, or keep --ui-listen on loopback without --ui-auth"
     )]
     NoApiServer,
+    /// `--ui-auth kube` on a non-loopback address over plain HTTP, without
+    /// `--ui-insecure-http`: tokens and session cookies would cross the network in clear.
+    #[error(
+        "--ui-auth kube on --ui-listen {addr} (not a loopback address) needs TLS: bearer tokens \
+         and session cookies would cross the network in clear (and browsers keep the Secure \
+         session cookie only over HTTPS); give --ui-tls-cert and --ui-tls-key, or \
+         --ui-insecure-http when a proxy in front terminates TLS"
+    )]
+    Cleartext {
+        /// The address.
+        addr: SocketAddr,
+    },
+}
+
+/// How the UI listener speaks (`--ui-tls-cert`/`--ui-tls-key`, `--ui-insecure-http`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum UiTransport {
+    /// Plain HTTP: on loopback (`kubectl port-forward`), or with `--ui-auth none`.
+    #[default]
+    Http,
+    /// Plain HTTP on purpose (`--ui-insecure-http`): a proxy in front terminates TLS.
+    InsecureHttp,
+    /// HTTPS (HTTP/1.1 and h2) with these files, reloaded when they change.
+    Https(leash_records::tls::ServerIdentity),
+}
+
+impl UiTransport {
+    /// Whether the listener itself speaks TLS.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, UiTransport::Https(_))
+    }
+}
+
+/// Warns (in the log, on stderr) when the UI listener on `addr` is reachable from a network
+/// and something a user should know about is off: authentication (`--ui-auth none`), or TLS
+/// on the listener itself (`--ui-insecure-http`).
+pub fn warn_exposed(auth: UiAuth, addr: SocketAddr, transport: &UiTransport) {
+    if is_loopback(addr) {
+        return;
+    }
+    let over = if transport.is_tls() {
+        "over HTTPS"
+    } else {
+        "over plain HTTP"
+    };
+    if auth == UiAuth::None {
+        tracing::warn!(ui = %addr, tls = transport.is_tls(), "--ui-auth none: the UI and /v1 (the cluster's egress inventory) are served without authentication, {over}, to everyone who can reach this address");
+    }
+    if *transport == UiTransport::InsecureHttp {
+        tracing::warn!(ui = %addr, "--ui-insecure-http: the UI listener speaks plain HTTP beyond loopback; bearer tokens and session cookies cross the network in clear unless a proxy in front terminates TLS (browsers keep the Secure session cookie only over HTTPS)");
+    }
+}
+
+/// Whether `auth` may be served over `transport` on `addr`: tokens cross a network only over
+/// TLS ([`ModeError::Cleartext`]), unless TLS ends in a proxy in front
+/// ([`UiTransport::InsecureHttp`]). Loopback stays plain (`kubectl port-forward`).
+pub fn check_transport(
+    auth: UiAuth,
+    addr: SocketAddr,
+    transport: &UiTransport,
+) -> Result<(), ModeError> {
+    match (auth, transport) {
+        (UiAuth::Kube, UiTransport::Http) if !is_loopback(addr) => {
+            Err(ModeError::Cleartext { addr })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The authentication of a UI listener on `addr`: `requested` (`--ui-auth`) when given;
@@ -529,6 +598,47 @@ mod tests {
         }
         .to_string();
         assert!(message.contains("--ui-auth kube") && message.contains("--ui-auth none"));
+    }
+
+    #[test]
+    fn kube_tokens_cross_a_network_only_over_tls_or_when_said() {
+        let exposed = addr("198.51.100.7:8081");
+        let https = UiTransport::Https(leash_records::tls::ServerIdentity {
+            cert: "ui.pem".into(),
+            key: "ui-key.pem".into(),
+        });
+        assert_eq!(
+            check_transport(UiAuth::Kube, exposed, &UiTransport::Http),
+            Err(ModeError::Cleartext { addr: exposed })
+        );
+        assert_eq!(
+            check_transport(UiAuth::Kube, addr("[2001:db8::7]:8081"), &UiTransport::Http),
+            Err(ModeError::Cleartext {
+                addr: addr("[2001:db8::7]:8081")
+            })
+        );
+        for ok in [&https, &UiTransport::InsecureHttp] {
+            assert_eq!(check_transport(UiAuth::Kube, exposed, ok), Ok(()));
+        }
+        // Loopback stays plain (port-forward); `none` has no token to protect.
+        for loopback in ["127.0.0.1:8081", "[::1]:8081", "[::ffff:127.0.0.1]:8081"] {
+            let plain = check_transport(UiAuth::Kube, addr(loopback), &UiTransport::Http);
+            assert_eq!(plain, Ok(()));
+        }
+        assert_eq!(
+            check_transport(UiAuth::None, exposed, &UiTransport::Http),
+            Ok(())
+        );
+        let message = ModeError::Cleartext { addr: exposed }.to_string();
+        for flag in [
+            "--ui-tls-cert",
+            "--ui-tls-key",
+            "--ui-insecure-http",
+            "198.51.100.7:8081",
+        ] {
+            assert!(message.contains(flag), "{flag}: {message}");
+        }
+        assert!(https.is_tls() && !UiTransport::InsecureHttp.is_tls());
     }
 
     #[test]
