@@ -1068,19 +1068,35 @@ fn check_store_and_map(run: &Run) {
         png.len()
     );
     let nodes = std::fs::read_to_string(out.join("map-nodes.txt")).unwrap();
-    let drawn: BTreeSet<&str> = nodes
+    let drawn: BTreeSet<String> = nodes
         .lines()
         .filter_map(|l| l.strip_prefix("wl:"))
+        .map(str::to_owned)
         .collect();
+    // Every workload of the shop, and only workloads of the lab (its DNS server too).
     let shop: BTreeSet<String> = leash_lab::shop::WORKLOADS
         .iter()
         .map(|(pod, kind, name)| format!("{}/{kind}/{name}", pod.split('/').next().unwrap()))
         .collect();
-    assert_eq!(
-        drawn,
-        shop.iter().map(String::as_str).collect::<BTreeSet<_>>(),
-        "the map's workloads: {nodes}"
-    );
+    assert!(drawn.is_superset(&shop), "the map's workloads: {nodes}");
+    let snapshot: Value =
+        serde_norway::from_str(&std::fs::read_to_string(out.join("cluster.yaml")).unwrap())
+            .unwrap();
+    let lab: BTreeSet<String> = snapshot["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            let m = &i["metadata"];
+            format!(
+                "{}/{}/{}",
+                m["namespace"].as_str().unwrap_or_default(),
+                i["kind"].as_str().unwrap_or_default(),
+                m["name"].as_str().unwrap_or_default()
+            )
+        })
+        .collect();
+    assert!(drawn.is_subset(&lab), "workloads not in the lab: {nodes}");
 }
 
 /// Counts stay exact across an agent restart: the demo stops its agent after the first round

@@ -1034,6 +1034,10 @@ fn demo(o: &Opts) -> Result<()> {
         names_in,
         &start_agent_to,
     )?;
+    if o.serve {
+        // Its `leash serve` stopped: fold the copy's log back, one file left.
+        map::checkpoint("names", &out.join("leash-loop.db"))?;
+    }
     lap("names", &mut timings);
 
     // 11. Summary.

@@ -134,7 +134,7 @@ pub(crate) fn screenshot(
     })?;
 
     let shot = (|| -> webdriver::Result<Vec<String>> {
-        let b = Browser::start(&driver, &chromium, 1400, 900)?;
+        let b = Browser::start(&driver, &chromium, 1400, 1200)?;
         b.goto(&format!("http://{ui}/"))?;
         b.wait_until("the map drawn", MAP_TIMEOUT, || {
             let done = b.script(
