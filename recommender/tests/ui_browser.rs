@@ -3,7 +3,9 @@
 //! and edges, a would-be-denied edge marked in words, the filters, a workload's panel with its
 //! evidence and YAML (by mouse and by keyboard), the rollout board's counts against
 //! `/v1/rollout`, the alerts, labels on every control, and a hostile DNS name shown as text.
-//! Also the `/v1/map` API's answers and refusals, and the UI's headers.
+//! Also the `/v1/map` API's answers and refusals, the UI's headers, and the map at 2,000
+//! workloads opening on its namespaces (untimed: the figures are `benches/ui.rs`'s). The
+//! browser is `leash_lab::webdriver`'s.
 //!
 //! Screenshots go to `target/ui-screenshots/`. Without `chromedriver` the browser test is
 //! skipped with a message, unless `LEASH_REQUIRE_BROWSER=1` (CI) makes that a failure.
