@@ -10,7 +10,8 @@
 # a pull request at a GitHub stand-in on loopback, and its body is printed. Leaves
 # out/cluster.yaml, out/flows.jsonl, out/policies/ (with its REPORT.md index),
 # out/cluster-locked.yaml, out/rollout.json, out/diff.jsonl, out/policies.git (branch
-# leash/shop) and out/pull-request.md.
+# leash/shop), out/pull-request.md, the demo's store out/leash.db and a screenshot of its map
+# in headless Chromium, out/map.png.
 #
 # Usage: scripts/demo.sh [lab-demo options], e.g. `--no-serve` (agent writes flows.jsonl only,
 # `leash recommend --flows`) or `--rounds 5`. Set-up and the release build run first; both are

@@ -3,7 +3,9 @@
 //! and edges, a would-be-denied edge marked in words, the filters, a workload's panel with its
 //! evidence and YAML (by mouse and by keyboard), the rollout board's counts against
 //! `/v1/rollout`, the alerts, labels on every control, and a hostile DNS name shown as text.
-//! Also the `/v1/map` API's answers and refusals, and the UI's headers.
+//! Also the `/v1/map` API's answers and refusals, the UI's headers, and the map at 2,000
+//! workloads opening on its namespaces (untimed: the figures are `benches/ui.rs`'s). The
+//! browser is `leash_lab::webdriver`'s.
 //!
 //! Screenshots go to `target/ui-screenshots/`. Without `chromedriver` the browser test is
 //! skipped with a message, unless `LEASH_REQUIRE_BROWSER=1` (CI) makes that a failure.
@@ -27,13 +29,13 @@ use std::time::Duration;
 use chrono::Utc;
 use leash::evidence::PodNames;
 use leash::store::{AlertRecord, BatchId, FlowObservation, SqliteStore, Store, WorkloadRef};
+use leash_lab::webdriver::{self, Browser, keys};
 use leash_records::Protocol;
 use serde_json::{Value, json};
 use support::http::get;
 use support::serve_process::ServeProcess;
 use support::snapshots::{deployment, list, namespace};
 use support::store_flows::deployment_flow;
-use support::webdriver::{Browser, keys};
 
 /// How long any one wait in the browser may take.
 const WAIT: Duration = Duration::from_secs(20);
@@ -410,48 +412,47 @@ fn screenshots() -> PathBuf {
         .join("ui-screenshots")
 }
 
-/// Whether the browser tests must run (CI) rather than skip.
-fn required() -> bool {
-    std::env::var("LEASH_REQUIRE_BROWSER").is_ok_and(|v| v == "1")
-}
-
 /// The `data-id`s of the elements matching `selector`.
-fn data_ids(b: &Browser, selector: &str) -> Vec<String> {
+fn data_ids(b: &Browser, selector: &str) -> webdriver::Result<Vec<String>> {
     let v = b.script(
         "return [...document.querySelectorAll(arguments[0])].map(e => e.getAttribute('data-id'));",
         &[json!(selector)],
-    );
-    serde_json::from_value(v).unwrap()
+    )?;
+    Ok(serde_json::from_value(v).unwrap())
 }
 
 /// A headless browser, or `None` (with a message) when there is none and none is required.
 fn browser() -> Option<Browser> {
-    match support::webdriver::find() {
-        Ok((driver, chromium)) => Some(Browser::start(&driver, &chromium, 1400, 1000)),
-        Err(why) if !required() => {
+    match webdriver::find() {
+        Ok((driver, chromium)) => Some(Browser::start(&driver, &chromium, 1400, 1000).unwrap()),
+        Err(why) if !webdriver::required() => {
             eprintln!(
-                "skipping the browser test: {why}; set LEASH_REQUIRE_BROWSER=1 to fail instead"
+                "skipping the browser test: {why}; set {}=1 to fail instead",
+                webdriver::REQUIRE_ENV
             );
             None
         }
-        Err(why) => panic!("LEASH_REQUIRE_BROWSER=1 but {why}"),
+        Err(why) => panic!("{}=1 but {why}", webdriver::REQUIRE_ENV),
     }
 }
 
+/// A browser test's result: a WebDriver error fails it with its message.
+type Outcome = Result<(), webdriver::Error>;
+
 /// The UI in a real browser, against a served fixture.
 #[test]
-fn the_ui_in_a_real_browser() {
+fn the_ui_in_a_real_browser() -> Outcome {
     let Some(b) = browser() else {
-        return;
+        return Ok(());
     };
     let dir = tempfile::tempdir().unwrap();
     let server = serve(dir.path(), 0);
     let shots = screenshots();
-    b.goto(&format!("http://{}/", server.ui));
+    b.goto(&format!("http://{}/", server.ui))?;
 
     // The map: every workload, the destinations, the edges.
-    b.wait_find("#map g.node[data-id='wl:shop/Deployment/api']", WAIT);
-    let nodes = data_ids(&b, "#map g.node");
+    b.wait_find("#map g.node[data-id='wl:shop/Deployment/api']", WAIT)?;
+    let nodes = data_ids(&b, "#map g.node")?;
     for id in [
         "wl:bank/Deployment/ledger",
         "wl:shop/Deployment/api",
@@ -463,13 +464,13 @@ fn the_ui_in_a_real_browser() {
     ] {
         assert!(nodes.contains(&id.to_owned()), "{id} not drawn: {nodes:?}");
     }
-    let edges = data_ids(&b, "#map g.edge-group");
+    let edges = data_ids(&b, "#map g.edge-group")?;
     let api = json(server.ui, "/v1/map");
     assert_eq!(edges, ids(&api, "edges"), "the edges drawn are the API's");
     // The would-be-denied edge: its verdict, its stroke, and the words on it.
-    let would = b.wait_find(&format!("#map g.edge-group[data-id='{API_TO_CIDR}']"), WAIT);
+    let would = b.wait_find(&format!("#map g.edge-group[data-id='{API_TO_CIDR}']"), WAIT)?;
     assert_eq!(
-        b.attribute(&would, "data-verdict").as_deref(),
+        b.attribute(&would, "data-verdict")?.as_deref(),
         Some("would-deny")
     );
     let marked = b.script(
@@ -479,7 +480,7 @@ fn the_ui_in_a_real_browser() {
                  getComputedStyle(line).strokeDasharray,
                  line.querySelector('title').textContent];",
         &[json!(API_TO_CIDR)],
-    );
+    )?;
     assert_eq!(marked[0], "would be denied");
     assert_ne!(marked[1], "none", "a would-deny edge is dashed");
     let title = marked[2].as_str().unwrap();
@@ -497,19 +498,19 @@ fn the_ui_in_a_real_browser() {
     let denied = b.wait_find(
         &format!("#map g.edge-group[data-id='{LEDGER_EDGE}'] text.edge-mark"),
         WAIT,
-    );
-    assert_eq!(b.text(&denied), "denied");
+    )?;
+    assert_eq!(b.text(&denied)?, "denied");
     let drift = b.script(
         "return document.querySelector(`#map g.edge-group[data-verdict='drift'] text.edge-mark`).textContent;",
         &[],
-    );
+    )?;
     assert_eq!(drift, "DNS drift");
     assert_eq!(
-        data_ids(&b, "#map g.edge-group[data-verdict='drift']"),
+        data_ids(&b, "#map g.edge-group[data-verdict='drift']")?,
         [DRIFT_EDGE]
     );
     // The legend says each verdict in words.
-    let legend = b.text(&b.wait_find("#legend", WAIT));
+    let legend = b.text(&b.wait_find("#legend", WAIT)?)?;
     for word in ["allowed", "would be denied", "denied", "DNS drift"] {
         assert!(legend.contains(word), "{word} not in the legend {legend:?}");
     }
@@ -518,57 +519,57 @@ fn the_ui_in_a_real_browser() {
         "return [document.querySelectorAll('img').length, window.pwned === undefined,
                  document.querySelector('#edge-table').textContent.includes(arguments[0])];",
         &[json!(HOSTILE)],
-    );
+    )?;
     assert_eq!(hostile, json!([0, true, true]), "the hostile name");
-    b.screenshot(&shots.join("map.png"));
+    b.screenshot(&shots.join("map.png"))?;
 
     // A filter hides what it should: only would-deny edges, then a search.
-    b.click(&b.wait_find("#f-verdict option[value='would-deny']", WAIT));
+    b.click(&b.wait_find("#f-verdict option[value='would-deny']", WAIT)?)?;
     b.wait_until("only the would-deny edge", WAIT, || {
-        data_ids(&b, "#map g.edge-group") == [API_TO_CIDR]
-    });
+        Ok(data_ids(&b, "#map g.edge-group")? == [API_TO_CIDR])
+    })?;
     assert!(
-        data_ids(&b, "#map g.node")
+        data_ids(&b, "#map g.node")?
             .iter()
             .all(|n| !n.contains("ledger"))
     );
-    b.screenshot(&shots.join("map-would-deny.png"));
-    b.click(&b.wait_find("#f-verdict option[value='all']", WAIT));
-    let search = b.wait_find("#f-search", WAIT);
-    b.type_into(&search, "ledger");
+    b.screenshot(&shots.join("map-would-deny.png"))?;
+    b.click(&b.wait_find("#f-verdict option[value='all']", WAIT)?)?;
+    let search = b.wait_find("#f-search", WAIT)?;
+    b.type_into(&search, "ledger")?;
     b.wait_until("only ledger's edge", WAIT, || {
-        data_ids(&b, "#map g.edge-group") == [LEDGER_EDGE]
-    });
-    b.clear(&search);
-    b.type_into(&search, " ");
+        Ok(data_ids(&b, "#map g.edge-group")? == [LEDGER_EDGE])
+    })?;
+    b.clear(&search)?;
+    b.type_into(&search, " ")?;
     b.wait_until("the whole map again", WAIT, || {
-        b.script(
+        Ok(b.script(
             "const m = document.getElementById('map');
              return m.getAttribute('aria-busy') === 'false' && m.getAttribute('data-query');",
             &[],
-        ) == "/v1/map"
-    });
-    assert_eq!(data_ids(&b, "#map g.edge-group"), edges);
+        )? == "/v1/map")
+    })?;
+    assert_eq!(data_ids(&b, "#map g.edge-group")?, edges);
 
     // Clicking a workload opens its panel: phase, evidence, YAML, diff.
-    b.click(&b.wait_find("#map g.node[data-id='wl:shop/Deployment/api'] .shape", WAIT));
+    b.click(&b.wait_find("#map g.node[data-id='wl:shop/Deployment/api'] .shape", WAIT)?)?;
     b.wait_until("api's panel", WAIT, || {
-        b.script(
+        Ok(b.script(
             "const p = document.getElementById('panel');
              return !p.hidden && p.getAttribute('aria-busy') === 'false';",
             &[],
-        ) == json!(true)
-    });
+        )? == json!(true))
+    })?;
     assert_eq!(
-        b.text(&b.wait_find("#panel-title", WAIT)),
+        b.text(&b.wait_find("#panel-title", WAIT)?)?,
         "shop/Deployment/api"
     );
-    assert_eq!(b.text(&b.wait_find("#panel-phase", WAIT)), "would-deny");
+    assert_eq!(b.text(&b.wait_find("#panel-phase", WAIT)?)?, "would-deny");
     let row = b.wait_find(
         "#panel-destinations tr[data-to='cidr:198.51.100.0/24']",
         WAIT,
-    );
-    let row = b.text(&row);
+    )?;
+    let row = b.text(&row)?;
     for part in [
         "198.51.100.7:5432/TCP",
         "would be denied",
@@ -577,56 +578,56 @@ fn the_ui_in_a_real_browser() {
     ] {
         assert!(row.contains(part), "{part:?} not in the row {row:?}");
     }
-    let yaml = b.text(&b.wait_find("#panel-yaml", WAIT));
+    let yaml = b.text(&b.wait_find("#panel-yaml", WAIT)?)?;
     assert!(
         yaml.contains("name: api-egress") && yaml.contains("port: 5432"),
         "{yaml}"
     );
-    assert!(!b.text(&b.wait_find("#panel-diff", WAIT)).is_empty());
-    b.screenshot(&shots.join("panel.png"));
-    b.click(&b.wait_find("#panel-close", WAIT));
+    assert!(!b.text(&b.wait_find("#panel-diff", WAIT)?)?.is_empty());
+    b.screenshot(&shots.join("panel.png"))?;
+    b.click(&b.wait_find("#panel-close", WAIT)?)?;
 
     // The keyboard reaches a workload: Tab to batch's node, Enter opens its panel.
-    b.script("document.activeElement.blur(); window.scrollTo(0, 0);", &[]);
+    b.script("document.activeElement.blur(); window.scrollTo(0, 0);", &[])?;
     let mut reached = false;
     for _ in 0..60 {
-        b.press(keys::TAB);
+        b.press(keys::TAB)?;
         let focused = b.script(
             "return document.activeElement && document.activeElement.getAttribute('data-id');",
             &[],
-        );
+        )?;
         if focused == "wl:shop/Deployment/batch" {
             reached = true;
             break;
         }
     }
     assert!(reached, "Tab never reached batch's node");
-    b.press(keys::ENTER);
+    b.press(keys::ENTER)?;
     b.wait_until("batch's panel by keyboard", WAIT, || {
-        b.script(
+        Ok(b.script(
             "const p = document.getElementById('panel');
              return !p.hidden && p.getAttribute('aria-busy') === 'false'
                  && document.getElementById('panel-title').textContent;",
             &[],
-        ) == "shop/Deployment/batch"
-    });
+        )? == "shop/Deployment/batch")
+    })?;
     assert_eq!(
-        b.script("return document.activeElement.id;", &[]),
+        b.script("return document.activeElement.id;", &[])?,
         "panel-title",
         "the panel takes the focus"
     );
-    b.press(keys::ESCAPE);
+    b.press(keys::ESCAPE)?;
     b.wait_until("the panel closed, the focus back on the node", WAIT, || {
-        b.script(
+        Ok(b.script(
             "return document.getElementById('panel').hidden
                  && document.activeElement.getAttribute('data-id');",
             &[],
-        ) == "wl:shop/Deployment/batch"
-    });
+        )? == "wl:shop/Deployment/batch")
+    })?;
 
     // The rollout board: the guardrails first, counts as /v1/rollout's.
-    b.click(&b.wait_find("#tab-rollout", WAIT));
-    b.wait_find("#rollout-table tbody tr", WAIT);
+    b.click(&b.wait_find("#tab-rollout", WAIT)?)?;
+    b.wait_find("#rollout-table tbody tr", WAIT)?;
     let board = json(server.ui, "/v1/rollout");
     let workloads = board["workloads"].as_array().unwrap();
     let mut expected = std::collections::BTreeMap::<String, u64>::new();
@@ -639,7 +640,7 @@ fn the_ui_in_a_real_browser() {
         "return Object.fromEntries([...document.querySelectorAll('#phase-counts li')]
              .map(li => [li.dataset.phase, Number(li.querySelector('.count').textContent)]));",
         &[],
-    );
+    )?;
     let total: u64 = shown
         .as_object()
         .unwrap()
@@ -654,8 +655,11 @@ fn the_ui_in_a_real_browser() {
             "{phase}: {shown} against {board}"
         );
     }
-    assert_eq!(b.find_all("#rollout-table tbody tr").len(), workloads.len());
-    let stage = b.text(&b.wait_find("#guardrails-phase", WAIT));
+    assert_eq!(
+        b.find_all("#rollout-table tbody tr")?.len(),
+        workloads.len()
+    );
+    let stage = b.text(&b.wait_find("#guardrails-phase", WAIT)?)?;
     assert!(
         stage.contains(board["guardrails"]["phase"].as_str().unwrap()),
         "{stage}"
@@ -664,31 +668,31 @@ fn the_ui_in_a_real_browser() {
         "const g = document.getElementById('guardrails'), t = document.getElementById('rollout-table');
          return !!(g.compareDocumentPosition(t) & Node.DOCUMENT_POSITION_FOLLOWING);",
         &[],
-    );
+    )?;
     assert_eq!(order, true, "the guardrails stage comes first");
     // Sorting by phase, then opening a panel from the table.
-    b.click(&b.wait_find("#rollout-table th button[data-sort='phase']", WAIT));
+    b.click(&b.wait_find("#rollout-table th button[data-sort='phase']", WAIT)?)?;
     b.wait_until("sorted by phase", WAIT, || {
-        b.script(
+        Ok(b.script(
             "return document.querySelector(\"#rollout-table th button[data-sort='phase']\").parentElement.getAttribute('aria-sort');",
             &[],
-        ) == "ascending"
-    });
-    b.screenshot(&shots.join("rollout.png"));
+        )? == "ascending")
+    })?;
+    b.screenshot(&shots.join("rollout.png"))?;
     b.click(&b.wait_find(
         "#rollout-table tr[data-workload='bank/Deployment/ledger'] button",
         WAIT,
-    ));
+    )?)?;
     b.wait_until("ledger's panel from the board", WAIT, || {
-        b.script(
+        Ok(b.script(
             "return document.getElementById('panel-title').textContent;",
             &[],
-        ) == "bank/Deployment/ledger"
-    });
-    b.click(&b.wait_find("#panel-close", WAIT));
+        )? == "bank/Deployment/ledger")
+    })?;
+    b.click(&b.wait_find("#panel-close", WAIT)?)?;
 
     // The alerts: ledger's unexpected egress, with its proposed fix.
-    b.click(&b.wait_find("#tab-alerts", WAIT));
+    b.click(&b.wait_find("#tab-alerts", WAIT)?)?;
     // The alerts are remembered by the first check: ask again until it has run. One script
     // reads the rows, so a re-rendered table never leaves a stale element.
     let rows = || {
@@ -699,11 +703,11 @@ fn the_ui_in_a_real_browser() {
         )
     };
     b.wait_until("ledger's alert", WAIT, || {
-        b.click(&b.wait_find("#tab-alerts", WAIT));
+        b.click(&b.wait_find("#tab-alerts", WAIT)?)?;
         std::thread::sleep(Duration::from_millis(200));
-        rows().to_string().contains("bank/Deployment/ledger")
-    });
-    let alert = rows().to_string();
+        Ok(rows()?.to_string().contains("bank/Deployment/ledger"))
+    })?;
+    let alert = rows()?.to_string();
     assert!(
         alert.contains("203.0.113.8:443/TCP") && alert.contains("port: 443"),
         "{alert}"
@@ -712,9 +716,9 @@ fn the_ui_in_a_real_browser() {
         "const r = document.querySelector(\"#alerts-table tr[data-type='dns-drift']\");
          return [r.textContent.includes('DNS drift'), r.querySelector('a').getAttribute('href')];",
         &[],
-    );
+    )?;
     assert_eq!(drift, json!([true, "https://git.example/shop/pull/7"]));
-    b.screenshot(&shots.join("alerts.png"));
+    b.screenshot(&shots.join("alerts.png"))?;
 
     // Every control has a label; every focusable node a name and a role.
     let unlabelled = b.script(
@@ -730,24 +734,25 @@ fn the_ui_in_a_real_browser() {
          }
          return out;",
         &[],
-    );
+    )?;
     assert_eq!(unlabelled, json!([]), "controls without a label");
+    Ok(())
 }
 
 /// A cluster of more than 200 workloads opens on its namespaces; Enter on one expands it
 /// (`/v1/map/namespaces/NS`), and the namespace filter narrows the overview to one.
 #[test]
-fn a_large_cluster_opens_on_namespaces_and_expands_one() {
+fn a_large_cluster_opens_on_namespaces_and_expands_one() -> Outcome {
     let Some(b) = browser() else {
-        return;
+        return Ok(());
     };
     let dir = tempfile::tempdir().unwrap();
     let server = serve(dir.path(), 200);
     let shots = screenshots();
-    b.goto(&format!("http://{}/", server.ui));
+    b.goto(&format!("http://{}/", server.ui))?;
 
-    b.wait_find("#map g.node[data-id='ns:shop']", WAIT);
-    let nodes = data_ids(&b, "#map g.node");
+    b.wait_find("#map g.node[data-id='ns:shop']", WAIT)?;
+    let nodes = data_ids(&b, "#map g.node")?;
     assert!(
         nodes.iter().all(|n| !n.starts_with("wl:")),
         "workloads drawn in the overview: {nodes:?}"
@@ -758,189 +763,90 @@ fn a_large_cluster_opens_on_namespaces_and_expands_one() {
     let folded = b.wait_find(
         "#map g.edge-group[data-id='ns:shop->cidr:198.51.100.0/24']",
         WAIT,
-    );
+    )?;
     assert_eq!(
-        b.attribute(&folded, "data-verdict").as_deref(),
+        b.attribute(&folded, "data-verdict")?.as_deref(),
         Some("would-deny")
     );
-    let summary = b.text(&b.wait_find("#map-summary", WAIT));
+    let summary = b.text(&b.wait_find("#map-summary", WAIT)?)?;
     assert!(summary.contains("204 workloads"), "{summary}");
-    b.screenshot(&shots.join("overview-namespaces.png"));
+    b.screenshot(&shots.join("overview-namespaces.png"))?;
 
     // Enter on shop's node expands it.
     b.script(
         "document.querySelector(\"#map g.node[data-id='ns:shop']\").focus();",
         &[],
-    );
-    b.press(keys::ENTER);
-    b.wait_find("#map g.node[data-id='wl:shop/Deployment/api']", WAIT);
-    let back = b.wait_find("#map-back", WAIT);
-    assert_eq!(b.attribute(&back, "hidden"), None, "the way back is shown");
+    )?;
+    b.press(keys::ENTER)?;
+    b.wait_find("#map g.node[data-id='wl:shop/Deployment/api']", WAIT)?;
+    let back = b.wait_find("#map-back", WAIT)?;
+    assert_eq!(b.attribute(&back, "hidden")?, None, "the way back is shown");
     assert!(
-        data_ids(&b, "#map g.edge-group").contains(&API_TO_CIDR.to_owned()),
+        data_ids(&b, "#map g.edge-group")?.contains(&API_TO_CIDR.to_owned()),
         "the expanded namespace's would-deny edge"
     );
-    b.screenshot(&shots.join("namespace-shop.png"));
-    b.click(&back);
+    b.screenshot(&shots.join("namespace-shop.png"))?;
+    b.click(&back)?;
     b.wait_until("the overview again", WAIT, || {
-        let nodes = data_ids(&b, "#map g.node");
-        nodes.contains(&"ns:shop".to_owned()) && nodes.iter().all(|n| !n.starts_with("wl:"))
-    });
+        let nodes = data_ids(&b, "#map g.node")?;
+        Ok(nodes.contains(&"ns:shop".to_owned()) && nodes.iter().all(|n| !n.starts_with("wl:")))
+    })?;
 
     // The namespace filter: bank alone is small enough to show its workloads.
-    b.click(&b.wait_find("#f-namespace option[value='bank']", WAIT));
+    b.click(&b.wait_find("#f-namespace option[value='bank']", WAIT)?)?;
     b.wait_until("bank's workload alone", WAIT, || {
-        data_ids(&b, "#map g.edge-group") == [LEDGER_EDGE]
-    });
+        Ok(data_ids(&b, "#map g.edge-group")? == [LEDGER_EDGE])
+    })?;
+    Ok(())
 }
 
-/// The cluster of the issue's performance targets: 2,000 Deployments in 40 namespaces
-/// (`ns-00` holds 200), each with 10 observed destinations: three pods of its namespace, one
-/// of another, five of 40 external names, one nameless address. 20,000 workload edges.
-fn large_fixture(dir: &Path) -> (PathBuf, PathBuf) {
-    const WORKLOADS: usize = 2_000;
-    let ns = |w: usize| {
-        if w < 200 {
-            "ns-00".to_owned()
-        } else {
-            format!("ns-{:02}", 1 + (w - 200) % 39)
-        }
-    };
-    let ip = |w: usize| format!("10.64.{}.{}", w / 250, w % 250 + 1);
-    let mut items: Vec<String> = (0..40).map(|i| namespace(&format!("ns-{i:02}"))).collect();
-    for w in 0..WORKLOADS {
-        items.push(deployment(
-            &ns(w),
-            &format!("w{w}"),
-            &format!("w{w}-x1"),
-            &ip(w),
-        ));
-    }
-    let cluster = dir.join("cluster.yaml");
-    std::fs::write(&cluster, list(&items)).unwrap();
-    let db = dir.join("leash.db");
-    let store = SqliteStore::open(&db).unwrap();
-    let at = Utc::now() - chrono::Duration::hours(2);
-    let mut flows = Vec::new();
-    for w in 0..WORKLOADS {
-        let (n, name) = (ns(w), format!("w{w}"));
-        let same: Vec<usize> = (0..WORKLOADS)
-            .filter(|&o| ns(o) == n && o != w)
-            .take(3)
-            .collect();
-        for o in same {
-            flows.push(deployment_flow(&n, &name, &ip(o), 8080, &[], at));
-        }
-        flows.push(deployment_flow(
-            &n,
-            &name,
-            &ip((w + 997) % WORKLOADS),
-            8443,
-            &[],
-            at,
-        ));
-        for k in 0..5 {
-            let e = (w + k * 7) % 40;
-            let host = format!("api{e}.example.com");
-            flows.push(deployment_flow(
-                &n,
-                &name,
-                &format!("203.0.113.{}", e + 1),
-                443,
-                &[&host],
-                at,
-            ));
-        }
-        flows.push(deployment_flow(
-            &n,
-            &name,
-            &format!("198.51.100.{}", w % 200 + 1),
-            9000,
-            &[],
-            at,
-        ));
-    }
-    for (seq, chunk) in flows.chunks(4_000).enumerate() {
-        store
-            .commit(
-                &BatchId {
-                    node: "n1".into(),
-                    boot_id: "b".into(),
-                    seq: seq as u64 + 1,
-                },
-                chunk,
-                &[],
-            )
-            .unwrap();
-    }
-    (cluster, db)
-}
-
-/// The issue's figures, in the browser: at 2,000 workloads and 20,000 edges the overview is
-/// drawn in under 1 s after the page loads, and a namespace of 200 workloads expands in under
-/// 300 ms. Measured by the page itself (`data-drawn-at`, `data-ms`: fetch, layout and SVG);
-/// asserted with room for a loaded CI machine, printed for the README.
+/// The issue's scale, without timing (the figures are `benches/ui.rs`'s): at 2,000 workloads
+/// and 20,000 edges the map opens on its namespaces, and `ns-00`'s 200 workloads expand.
 #[test]
-fn the_ui_stays_fast_at_2000_workloads() {
+fn the_2000_workload_map_opens_on_namespaces_and_expands_one() -> Outcome {
     let Some(b) = browser() else {
-        return;
+        return Ok(());
     };
     let dir = tempfile::tempdir().unwrap();
-    let (cluster, db) = large_fixture(dir.path());
+    let (cluster, db) = support::large_map::fixture(dir.path());
     let server = ServeProcess::start(dir.path(), &db, &cluster, "1h", &[] as &[&str]);
-    support::http::wait_for(
-        "the large egress map",
-        Duration::from_secs(60),
-        Duration::from_millis(200),
-        || matches!(get(server.ui, "/v1/map"), Ok((200, _))),
-    );
+    support::large_map::wait_built(&server);
     let overview = json(server.ui, "/v1/map");
     assert_eq!(overview["expanded"], false);
     assert_eq!(overview["totals"]["workloads"], 2_000);
     assert_eq!(overview["totals"]["edges"], 20_000);
 
-    b.goto(&format!("http://{}/", server.ui));
-    let drawn = |query: &str| {
-        b.script(
-            "const m = document.getElementById('map');
-             return m.getAttribute('aria-busy') === 'false' && m.getAttribute('data-query') === arguments[0]
-               ? [Number(m.getAttribute('data-drawn-at')), Number(m.getAttribute('data-ms')),
-                  document.querySelectorAll('#map g.node').length,
-                  document.querySelectorAll('#map g.edge-group').length]
-               : null;",
-            &[json!(query)],
-        )
-    };
-    let mut first = Value::Null;
+    b.goto(&format!("http://{}/", server.ui))?;
+    let mut drawn = Value::Null;
     b.wait_until("the overview drawn", WAIT, || {
-        first = drawn("/v1/map");
-        !first.is_null()
-    });
-    let overview_at = first[0].as_f64().unwrap();
-    b.screenshot(&screenshots().join("large-overview.png"));
+        drawn = b.script(support::large_map::DRAWN, &[json!("/v1/map")])?;
+        Ok(!drawn.is_null())
+    })?;
+    let nodes = data_ids(&b, "#map g.node")?;
+    assert!(nodes.contains(&"ns:ns-00".to_owned()), "{nodes:?}");
+    assert!(
+        nodes.iter().all(|n| !n.starts_with("wl:")),
+        "workloads drawn in the overview"
+    );
+    b.screenshot(&screenshots().join("large-overview.png"))?;
 
     b.script(
         "document.querySelector(\"#map g.node[data-id='ns:ns-00']\").focus();",
         &[],
-    );
-    b.press(keys::ENTER);
-    let mut expanded = Value::Null;
+    )?;
+    b.press(keys::ENTER)?;
     b.wait_until("ns-00 expanded", WAIT, || {
-        expanded = drawn("/v1/map/namespaces/ns-00");
-        !expanded.is_null()
-    });
-    let expand_ms = expanded[1].as_f64().unwrap();
-    b.screenshot(&screenshots().join("large-namespace.png"));
-    eprintln!(
-        "2,000 workloads, 20,000 edges: overview ({} nodes, {} edges) drawn {overview_at} ms after \
-         navigation; ns-00 ({} nodes, {} edges) expanded in {expand_ms} ms",
-        first[2], first[3], expanded[2], expanded[3]
-    );
-    assert!(expanded[2].as_u64().unwrap() > 200, "{expanded}");
-    // The targets are 1 s and 300 ms; a shared CI machine gets three times that.
-    assert!(
-        overview_at < 3_000.0,
-        "overview drawn after {overview_at} ms"
-    );
-    assert!(expand_ms < 900.0, "expanding took {expand_ms} ms");
+        drawn = b.script(
+            support::large_map::DRAWN,
+            &[json!("/v1/map/namespaces/ns-00")],
+        )?;
+        Ok(!drawn.is_null())
+    })?;
+    let workloads = data_ids(&b, "#map g.node")?
+        .into_iter()
+        .filter(|n| n.starts_with("wl:ns-00/"))
+        .count();
+    assert_eq!(workloads, 200, "ns-00's workloads drawn");
+    b.screenshot(&screenshots().join("large-namespace.png"))?;
+    Ok(())
 }

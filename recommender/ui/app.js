@@ -147,6 +147,8 @@
       const t1 = performance.now();
       root.setAttribute("data-ms", String(Math.round(t1 - t0)));
       root.setAttribute("data-drawn-at", String(Math.round(t1)));
+      // The same as a User Timing measure, for `benches/ui.rs` and the browser's profiler.
+      performance.measure(`leash:map ${path}`, { start: t0, end: t1 });
       status("");
     } catch (e) {
       if (asked === map.asked) status(`Cannot load the map: ${e.message}`);

@@ -42,7 +42,8 @@
 //! server ([`fake_api`]), the shop demo ([`shop`]), a synthetic cluster and flow generator
 //! for scale tests and benches ([`synthetic`]), and the stand-ins of a git host: an HTTP git
 //! server with token authentication ([`git_server`]), a local OpenSSH server for git over SSH
-//! ([`sshd`]), and GitHub and GitLab pull request APIs ([`forge`]).
+//! ([`sshd`]), and GitHub and GitLab pull request APIs ([`forge`]); and a headless Chromium over
+//! WebDriver ([`webdriver`]) for the web UI's tests, its benchmark and the demo's screenshot.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -100,6 +101,7 @@ mod spec;
 pub mod sshd;
 pub mod synthetic;
 mod sys;
+pub mod webdriver;
 
 use std::fs;
 use std::path::Path;

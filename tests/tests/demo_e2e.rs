@@ -954,7 +954,10 @@ fn demo_pipeline_without_serve() {
     };
     check_artifacts(&run);
     check_self_check(&run);
-    assert!(!run.out.join("leash.db").exists());
+    // leash has no command that imports record files into a store: no store, no map.
+    for f in ["leash.db", "map.png", "map-nodes.txt"] {
+        assert!(!run.out.join(f).exists(), "{f}");
+    }
 }
 
 /// The pipeline as `make demo` runs it: the agent streams over mTLS to `leash serve` on SQLite,
@@ -996,11 +999,110 @@ fn demo_pipeline_streams_through_leash_serve() {
         policies(from_file.path()),
         "policies from the store differ from policies from flows.jsonl"
     );
+    check_store_and_map(&run);
+}
+
+/// The demo's store and map: `leash recommend --cluster out/cluster.yaml --store out/leash.db`
+/// proposes exactly `out/policies` (every YAML file byte for byte); the store is one file (its
+/// log folded back); `out/map.png` is a PNG of a browser window and `out/map-nodes.txt` shows
+/// every workload of the shop (without `chromedriver`, both are missing unless
+/// `LEASH_REQUIRE_BROWSER=1`, which fails the demo).
+fn check_store_and_map(run: &Run) {
+    let out = &run.out;
+    assert!(
+        !out.join("leash.db-wal").exists(),
+        "the store's log is folded back"
+    );
+    let again = tempfile::tempdir().unwrap();
+    let ran = Command::new(&run.leash)
+        .arg("recommend")
+        .arg("--cluster")
+        .arg(out.join("cluster.yaml"))
+        .arg("--store")
+        .arg(out.join("leash.db"))
+        .arg("-o")
+        .arg(again.path())
+        .output()
+        .unwrap();
+    assert!(
+        ran.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    let yaml = |dir: &Path| -> BTreeMap<String, String> {
+        let mut files = BTreeMap::new();
+        for ns in std::fs::read_dir(dir).unwrap().flatten() {
+            for f in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
+                if f.path().extension().is_some_and(|e| e == "yaml") {
+                    let key = f.path().strip_prefix(dir).unwrap().display().to_string();
+                    files.insert(key, std::fs::read_to_string(f.path()).unwrap());
+                }
+            }
+        }
+        files
+    };
+    let (kept, reproduced) = (yaml(&out.join("policies")), yaml(again.path()));
+    assert!(!kept.is_empty());
+    assert_eq!(
+        kept, reproduced,
+        "recommend over out/leash.db does not reproduce out/policies"
+    );
+
+    if leash_lab::webdriver::find().is_err() {
+        eprintln!("no chromedriver: the demo took no screenshot");
+        assert!(!out.join("map.png").exists());
+        return;
+    }
+    let png = std::fs::read(out.join("map.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "a PNG signature");
+    assert_eq!(&png[12..16], b"IHDR", "the first chunk is IHDR");
+    let be = |at: usize| u32::from_be_bytes(png[at..at + 4].try_into().unwrap());
+    let (width, height) = (be(16), be(20));
+    assert!(
+        (800..=4000).contains(&width) && (400..=4000).contains(&height),
+        "{width}x{height}"
+    );
+    assert!(
+        png.len() > 10_000,
+        "a drawn map, not an empty page: {} bytes",
+        png.len()
+    );
+    let nodes = std::fs::read_to_string(out.join("map-nodes.txt")).unwrap();
+    let drawn: BTreeSet<String> = nodes
+        .lines()
+        .filter_map(|l| l.strip_prefix("wl:"))
+        .map(str::to_owned)
+        .collect();
+    // Every workload of the shop, and only workloads of the lab (its DNS server too).
+    let shop: BTreeSet<String> = leash_lab::shop::WORKLOADS
+        .iter()
+        .map(|(pod, kind, name)| format!("{}/{kind}/{name}", pod.split('/').next().unwrap()))
+        .collect();
+    assert!(drawn.is_superset(&shop), "the map's workloads: {nodes}");
+    let snapshot: Value =
+        serde_norway::from_str(&std::fs::read_to_string(out.join("cluster.yaml")).unwrap())
+            .unwrap();
+    let lab: BTreeSet<String> = snapshot["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            let m = &i["metadata"];
+            format!(
+                "{}/{}/{}",
+                m["namespace"].as_str().unwrap_or_default(),
+                i["kind"].as_str().unwrap_or_default(),
+                m["name"].as_str().unwrap_or_default()
+            )
+        })
+        .collect();
+    assert!(drawn.is_subset(&lab), "workloads not in the lab: {nodes}");
 }
 
 /// Counts stay exact across an agent restart: the demo stops its agent after the first round
 /// and a new agent process (new boot id) captures the second. Everything both wrote to
-/// flows.jsonl is in the store exactly once, read straight from its SQLite file.
+/// flows.jsonl is in the store exactly once, read straight from its SQLite file: the demo's
+/// store (`leash.db`, up to the lockdown's call) and the later steps' copy (`leash-loop.db`).
 #[test]
 fn counts_are_exact_across_an_agent_restart() {
     let Some(run) = run_demo(&["--rounds", "2", "--restart-agent"]) else {
@@ -1010,33 +1112,45 @@ fn counts_are_exact_across_an_agent_restart() {
     let agent_2 = std::fs::read_to_string(run.out.join("agent-2.log")).unwrap();
     assert!(agent_2.contains("capturing"), "{agent_2}");
 
-    // Everything the four agents wrote: two for the traffic, one for the lockdown's call, one
-    // for the names step.
-    let (mut flow_events, mut dns_records) = (0u64, 0u64);
-    let mut recs = records(&run.out.join("flows.jsonl"));
-    recs.extend(records(&run.out.join("flows-new.jsonl")));
-    recs.extend(records(&run.out.join("flows-names.jsonl")));
-    for r in recs {
-        match r {
-            Record::Flow(f) => flow_events += f.count,
-            Record::Dns(_) => dns_records += 1,
+    // Everything the agents wrote: two for the traffic and one for the lockdown's call into
+    // the demo's store; one more for the names step into the copy.
+    let mut files = vec!["flows.jsonl", "flows-new.jsonl"];
+    for (store, agents) in [("leash.db", 3), ("leash-loop.db", 4)] {
+        if store == "leash-loop.db" {
+            files.push("flows-names.jsonl");
         }
+        let (mut flow_events, mut dns_records) = (0u64, 0u64);
+        for r in files.iter().flat_map(|f| records(&run.out.join(f))) {
+            match r {
+                Record::Flow(f) => flow_events += f.count,
+                Record::Dns(_) => dns_records += 1,
+            }
+        }
+        assert!(flow_events > 0 && dns_records > 0);
+        let db = rusqlite::Connection::open_with_flags(
+            run.out.join(store),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        let sum = |sql: &str| -> u64 {
+            let v: i64 = db.query_row(sql, [], |r| r.get(0)).unwrap();
+            u64::try_from(v).unwrap()
+        };
+        assert_eq!(
+            sum("SELECT coalesce(sum(count), 0) FROM flows"),
+            flow_events,
+            "{store}"
+        );
+        assert_eq!(
+            sum("SELECT coalesce(sum(count), 0) FROM dns"),
+            dns_records,
+            "{store}"
+        );
+        // One boot id per agent process, each batch stored once.
+        assert_eq!(
+            sum("SELECT count(DISTINCT boot_id) FROM batches"),
+            agents,
+            "{store}"
+        );
     }
-    assert!(flow_events > 0 && dns_records > 0);
-    let db = rusqlite::Connection::open_with_flags(
-        run.out.join("leash.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
-    let sum = |sql: &str| -> u64 {
-        let v: i64 = db.query_row(sql, [], |r| r.get(0)).unwrap();
-        u64::try_from(v).unwrap()
-    };
-    assert_eq!(
-        sum("SELECT coalesce(sum(count), 0) FROM flows"),
-        flow_events
-    );
-    assert_eq!(sum("SELECT coalesce(sum(count), 0) FROM dns"), dns_records);
-    // Four agent processes, each with its own boot id, each batch stored once.
-    assert_eq!(sum("SELECT count(DISTINCT boot_id) FROM batches"), 4);
 }

@@ -6,13 +6,13 @@
 //!   NetworkPolicy validation rules (`recommend.rs`, `recommend_props.rs`, `store_*.rs`);
 //! - [`cli`]: reading the output of the built `leash` binary;
 //! - [`crd`]: a strict validator of objects against the CRD schemas of `shared/schemas/`;
+//! - [`large_map`]: the egress map at 2,000 workloads and 20,000 edges (a cluster and a store);
 //! - [`http`]: a free loopback port, a minimal HTTP GET and a poll loop, for the tests that run
 //!   `leash serve` as a process;
 //! - [`serve_process`]: `leash serve` as a process with its log, ready when `/readyz` is;
 //! - [`snapshots`]: cluster snapshots as YAML `List`s, built from small item functions;
 //! - [`sshd`]: the lab's SSH server, or a skip when `sshd` is not installed;
-//! - [`store_flows`]: flows committed straight into a SQLite store;
-//! - [`webdriver`]: headless Chromium over WebDriver (`chromedriver`), for the web UI's tests.
+//! - [`store_flows`]: flows committed straight into a SQLite store.
 //!
 //! The synthetic cluster generator the `recommend` bench and test share lives in the lab crate
 //! (`leash_lab::synthetic`), since a bench cannot declare a module of `tests/`.
@@ -21,9 +21,9 @@ pub mod cli;
 pub mod crd;
 pub mod eval;
 pub mod http;
+pub mod large_map;
 pub mod recommend;
 pub mod serve_process;
 pub mod snapshots;
 pub mod sshd;
 pub mod store_flows;
-pub mod webdriver;

@@ -21,16 +21,22 @@
 //!    the proposal nothing is deferred and the final state allows every observed flow;
 //! 8. lock down (`lockdown`): apply the proposal to the snapshot, make one new call, then
 //!    `leash rollout status`, `leash recommend --previous` and `leash diff` must show exactly it;
-//! 9. the loop (`pull_request`): an alert on the new call opens a pull request;
+//! 9. the first `leash serve` stops: `DIR/leash.db` is the demo's store, what `DIR/policies`
+//!    was made from; the later steps work on a copy, `DIR/leash-loop.db` (`map`); the loop
+//!    (`pull_request`): an alert on the new call opens a pull request;
 //! 10. a name moves (`names`): `api.stripe.test` answers a new address; drift is reported
 //!     before payment connects to it, the Cilium output names the name, the report shows
 //!     its churn;
-//! 11. print a summary table and stop `leash serve`.
+//! 11. print a summary table and stop `leash serve`;
+//! 12. the map (`map`): `leash serve` over `DIR/leash.db` and `DIR/cluster.yaml`, headless
+//!     Chromium on its UI: `DIR/map.png` and the nodes it drew, `DIR/map-nodes.txt` (skipped
+//!     without `chromedriver` unless `LEASH_REQUIRE_BROWSER=1`).
 //!
 //! `--restart-agent` stops the agent after half of the rounds and starts a new one for the rest
 //! (its records are appended to `DIR/flows.jsonl`), to show that counts stay exact across an
 //! agent restart. `--no-serve` skips certificates and `leash serve`: the agent only writes `DIR/flows.jsonl` and
-//! `leash recommend` reads it with `--flows`. `leash` and `leash-agent` are found next to this
+//! `leash recommend` reads it with `--flows`; leash has no command that imports record files into a store,
+//! so there is no `DIR/leash.db` and no map then. `leash` and `leash-agent` are found next to this
 //! binary unless given. Exit status 0 when every check passed, 1 otherwise.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -44,6 +50,7 @@ use std::time::{Duration, Instant};
 
 mod guardrails;
 mod lockdown;
+mod map;
 mod names;
 mod pull_request;
 
@@ -647,6 +654,11 @@ fn demo(o: &Opts) -> Result<()> {
         "leash.db",
         "leash.db-wal",
         "leash.db-shm",
+        "leash-loop.db",
+        "leash-loop.db-wal",
+        "leash-loop.db-shm",
+        "map.png",
+        "map-nodes.txt",
         "audit-flows.jsonl",
         "audit-probes.jsonl",
         "flows-2.jsonl",
@@ -980,7 +992,8 @@ fn demo(o: &Opts) -> Result<()> {
     };
     let initial = lockdown::read_tree("read the proposal", &policies)?;
     let pr_source = match &observed_in {
-        lockdown::Observed::Store(db) => pull_request::Source::Serve(db.clone()),
+        // The loop works on a copy: DIR/leash.db stays what the proposal was made from.
+        lockdown::Observed::Store(_) => pull_request::Source::Serve(out.join("leash-loop.db")),
         lockdown::Observed::Flows(files) => {
             let mut files = files.clone();
             files.push(out.join("flows-new.jsonl"));
@@ -994,6 +1007,9 @@ fn demo(o: &Opts) -> Result<()> {
     // first: the loop's serve works on the same store.
     if let Some(mut bg) = serve.take() {
         bg.stop("stop leash serve", STOP_TIMEOUT)?;
+        let step = "keep the store";
+        map::checkpoint(step, &out.join("leash.db"))?;
+        map::copy_store(step, &out.join("leash.db"), &out.join("leash-loop.db"))?;
     }
     let looped = pull_request::pull_request(
         &leash,
@@ -1006,7 +1022,7 @@ fn demo(o: &Opts) -> Result<()> {
 
     // 10. A name moves: drift before the connection, names in the outputs.
     let names_in = if o.serve {
-        names::Observed::Store(out.join("leash.db"))
+        names::Observed::Store(out.join("leash-loop.db"))
     } else {
         names::Observed::Flows(vec![flows.clone(), out.join("flows-new.jsonl")])
     };
@@ -1018,6 +1034,10 @@ fn demo(o: &Opts) -> Result<()> {
         names_in,
         &start_agent_to,
     )?;
+    if o.serve {
+        // Its `leash serve` stopped: fold the copy's log back, one file left.
+        map::checkpoint("names", &out.join("leash-loop.db"))?;
+    }
     lap("names", &mut timings);
 
     // 11. Summary.
@@ -1048,6 +1068,17 @@ fn demo(o: &Opts) -> Result<()> {
         bg.stop("stop leash serve", STOP_TIMEOUT)?;
     }
     lap("stop", &mut timings);
+
+    // 12. The map of the demo's store, in a browser.
+    let shot = if o.serve {
+        map::screenshot(&leash, out, &cluster, &out.join("leash.db"))?
+    } else {
+        eprintln!(
+            "== no store and no map: leash has no command that imports record files into a store"
+        );
+        None
+    };
+    lap("map", &mut timings);
     print!(
         "{}",
         summary(o, &rows, (nflow, ndns), &files, &timings, t0.elapsed())
@@ -1056,6 +1087,7 @@ fn demo(o: &Opts) -> Result<()> {
     print!("{}", lockdown_summary(&locked));
     print!("{}", loop_summary(&looped));
     print!("{}", names_summary(&named));
+    print!("{}", map_summary(o, shot.as_ref()));
     Ok(())
 }
 
@@ -1132,6 +1164,23 @@ fn summary(
         o.out.display()
     );
     s
+}
+
+fn map_summary(o: &Opts, shot: Option<&map::Shot>) -> String {
+    let out = o.out.display();
+    match shot {
+        Some(shot) => format!(
+            "\nthe map: {out}/map.png ({} nodes; workloads {}); the store: {out}/leash.db\n  \
+             again: leash serve --cluster {out}/cluster.yaml --store {out}/leash.db --insecure\n",
+            shot.nodes,
+            shot.workloads.join(", ")
+        ),
+        None if o.serve => format!(
+            "\nthe store: {out}/leash.db (no screenshot: chromedriver is missing)\n  \
+             again: leash serve --cluster {out}/cluster.yaml --store {out}/leash.db --insecure\n"
+        ),
+        None => String::new(),
+    }
 }
 
 fn loop_summary(l: &pull_request::Outcome) -> String {
