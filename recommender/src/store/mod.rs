@@ -380,13 +380,25 @@ pub trait Store: Send + Sync {
     }
 
     /// Every stored batch id with when it was committed, sorted by (node, boot id, seq).
-    fn batch_ids(&self) -> Result<Vec<(BatchId, DateTime<Utc>)>>;
+    /// The default (a store that cannot list them) is an error.
+    fn batch_ids(&self) -> Result<Vec<(BatchId, DateTime<Utc>)>> {
+        Err(Error::Database {
+            path: String::new(),
+            message: "this store cannot list its batch ids".into(),
+        })
+    }
 
     /// Writes another store's contents ([`Export`]): its batch ids with their commit times
     /// (ids already stored are kept as they are), its observations merged into the
     /// aggregates as commits merge them, its alerts replacing those of their keys. Into an
-    /// empty store, reading it back gives `data` again.
-    fn import(&self, data: &Export) -> Result<()>;
+    /// empty store, reading it back gives `data` again. The default is an error.
+    fn import(&self, data: &Export) -> Result<()> {
+        let _ = data;
+        Err(Error::Database {
+            path: String::new(),
+            message: "this store cannot import".into(),
+        })
+    }
 }
 
 /// A whole store's contents, as `leash store migrate` moves them ([`Store::batch_ids`],
