@@ -74,7 +74,7 @@ impl Server {
             http,
             ui: free_port(),
             ui_auth: None,
-            store: dir.path().join("leash.db"),
+            store: leash::store::Location::Sqlite(dir.path().join("leash.db")),
             cluster: ClusterSource::File(snapshot),
             tls: Some(TlsFiles {
                 cert: dir.path().join("server.pem"),

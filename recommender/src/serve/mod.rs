@@ -63,8 +63,8 @@ pub struct Config {
     /// How the UI listener authenticates (`--ui-auth`); `None` when not given: [`run`]
     /// settles it with [`auth::decide`], refusing a non-loopback `ui` without it.
     pub ui_auth: Option<auth::UiAuth>,
-    /// The SQLite store file.
-    pub store: PathBuf,
+    /// The store (`crate::store::Location`: a SQLite file or a PostgreSQL URL).
+    pub store: crate::store::Location,
     /// The cluster model's source.
     pub cluster: ClusterSource,
     /// mTLS for ingest (`ca` verifies agents' client certificates); `None` only with
@@ -269,7 +269,7 @@ pub async fn run(
         tracing::warn!(ui = %config.ui, "--ui-auth none: the UI and /v1 (the cluster's egress inventory) are served without authentication to everyone who can reach this address");
     }
     let mut registry = Registry::with_prefix("leash");
-    let store: Arc<dyn Store> = Arc::new(crate::store::SqliteStore::open(&config.store)?);
+    let store: Arc<dyn Store> = Arc::from(config.store.open()?);
     // A proposal that cannot be read is refused at start; later, a bad reload keeps the last.
     let proposal = match &config.rollout.proposed {
         Some(source) => Some(Arc::new(shadow::load(source)?)),
@@ -508,7 +508,7 @@ pub async fn run(
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
     state.ingest_listening.store(true, Ordering::Release);
-    tracing::info!(grpc = %config.listen, http = %config.http, ui = %config.ui, ui_auth = %ui_auth, store = %config.store.display(), tls = tls.is_some(), "leash serve ready");
+    tracing::info!(grpc = %config.listen, http = %config.http, ui = %config.ui, ui_auth = %ui_auth, store = %config.store, tls = tls.is_some(), "leash serve ready");
     let grpc_result = match &tls {
         Some(reloading) => {
             let current = reloading.subscribe();
