@@ -138,6 +138,9 @@ enum Command {
     /// Run the recommender as a service: agents stream records over gRPC (mTLS) into a
     /// SQLite store; HTTP serves health, metrics, recommendations, destinations and audits.
     Serve(Box<ServeArgs>),
+    /// Work on a store of `leash serve`: `migrate` moves one into another.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Write mTLS certificates for `leash serve` and its agents (PEM files), signed by the CA
     /// in `--out` (made there if missing).
     Certs {
@@ -156,6 +159,57 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+}
+
+/// `leash store`.
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Move a store into another (SQLite to PostgreSQL, or back): every batch id, flow and DNS
+    /// observation with its names, pods and address history, and remembered alert. The
+    /// target must be empty; the counts are checked after. Stop `leash serve` first.
+    Migrate(MigrateArgs),
+}
+
+/// `leash store migrate`.
+#[derive(clap::Args, Debug)]
+#[command(group(ArgGroup::new("source").required(true).args(["from", "from_file"])))]
+#[command(group(ArgGroup::new("target").required(true).args(["to", "to_file"])))]
+struct MigrateArgs {
+    /// The store to read (the `--store` grammar: `PATH`, `sqlite:PATH`, `postgres://…`).
+    #[arg(long, value_name = "STORE")]
+    from: Option<leash::store::Location>,
+    /// Read `--from`'s value from this file (one line).
+    #[arg(long, value_name = "FILE")]
+    from_file: Option<PathBuf>,
+    /// The store to write (created if missing).
+    #[arg(long, value_name = "STORE")]
+    to: Option<leash::store::Location>,
+    /// Read `--to`'s value from this file (one line): a password stays out of arguments.
+    #[arg(long, value_name = "FILE")]
+    to_file: Option<PathBuf>,
+    /// Merge into a target that already holds data (observations add up as commits do;
+    /// the counts are not compared).
+    #[arg(long)]
+    into_non_empty: bool,
+}
+
+/// `leash store migrate`: exit 2 for a store that cannot be opened or a non-empty target,
+/// 1 when the move fails or the counts differ.
+fn store_migrate(args: &MigrateArgs) -> Result<(), Failure> {
+    use leash::store::Location;
+    let from = Location::resolve(args.from.as_ref(), args.from_file.as_deref())
+        .map_err(bad_input)?
+        .ok_or_else(|| Failure::BadInput("--from or --from-file is required".into()))?;
+    let to = Location::resolve(args.to.as_ref(), args.to_file.as_deref())
+        .map_err(bad_input)?
+        .ok_or_else(|| Failure::BadInput("--to or --to-file is required".into()))?;
+    let source = from.open_existing().map_err(bad_input)?;
+    let target = to.open().map_err(bad_input)?;
+    match leash::store::migrate::migrate(&*source, &*target, args.into_non_empty) {
+        Ok(moved) => write_stdout(&format!("leash: moved {moved} from {from} to {to}\n")),
+        Err(e @ leash::store::migrate::Error::NotEmpty(_)) => Err(bad_input(e)),
+        Err(e) => Err(runtime_error(e)),
+    }
 }
 
 /// `leash rollout`.
@@ -752,6 +806,7 @@ fn runtime_error(e: impl std::error::Error) -> Failure {
 
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
+        Command::Store(StoreCommand::Migrate(args)) => store_migrate(&args),
         Command::Recommend {
             source,
             observed,

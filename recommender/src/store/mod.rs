@@ -26,6 +26,7 @@ pub use crate::evidence::AddressSeen;
 use crate::evidence::{PodNames, fold};
 
 pub mod location;
+pub mod migrate;
 pub mod postgres;
 pub mod sqlite;
 
