@@ -910,8 +910,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let mut connections = Vec::new();
             if let Some(store) = &store {
                 let store = open_store(store)?;
-                let (obs, skipped) = leash::observations::load(&*store, &cluster, since_time(since))
-                    .map_err(bad_input)?;
+                let (obs, skipped) =
+                    leash::observations::load(&*store, &cluster, since_time(since))
+                        .map_err(bad_input)?;
                 report_skipped(&skipped);
                 if obs.unattributed_flows > 0 {
                     eprintln!(
@@ -1231,7 +1232,8 @@ fn observe(
         Some(path) => {
             let store = open_store(path)?;
             let (observations, skipped) =
-                leash::observations::load(&*store, cluster, since_time(since)).map_err(bad_input)?;
+                leash::observations::load(&*store, cluster, since_time(since))
+                    .map_err(bad_input)?;
             report_skipped(&skipped);
             Ok((observations, skipped))
         }
@@ -1244,9 +1246,7 @@ fn observe(
 
 /// Opens the store of `leash serve` for reading; a missing SQLite file is an error, not an
 /// empty store.
-fn open_store(
-    location: &leash::store::Location,
-) -> Result<Box<dyn leash::store::Store>, Failure> {
+fn open_store(location: &leash::store::Location) -> Result<Box<dyn leash::store::Store>, Failure> {
     location.open_existing().map_err(bad_input)
 }
 

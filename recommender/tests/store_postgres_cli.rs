@@ -136,7 +136,10 @@ fn migrate_into_postgres_and_back_and_every_reader_sees_the_same() {
     assert!(!out.contains(support::postgres::PASSWORD), "{out}");
     assert!(out.contains("postgres://leash:***@127.0.0.1"), "{out}");
     let source = export(&*open(&sqlite)).expect("export");
-    assert!(source.flows.len() > 3 && !source.dns.is_empty(), "a real fixture");
+    assert!(
+        source.flows.len() > 3 && !source.dns.is_empty(),
+        "a real fixture"
+    );
     assert!(source.dns.iter().any(|d| !d.addresses.is_empty()));
     assert_eq!(source.batches.len(), 3);
     assert_eq!(source.alerts.len(), 2);
@@ -149,10 +152,7 @@ fn migrate_into_postgres_and_back_and_every_reader_sees_the_same() {
     assert_eq!(target.alerts, source.alerts);
 
     // A non-empty target is refused (exit 2), unless told.
-    let again = leash(
-        &["store", "migrate", "--from", &sqlite, "--to", &url],
-        None,
-    );
+    let again = leash(&["store", "migrate", "--from", &sqlite, "--to", &url], None);
     assert_eq!(again.status.code(), Some(2), "{}", text(&again));
     assert!(text(&again).contains("not empty"), "{}", text(&again));
     assert!(!text(&again).contains(support::postgres::PASSWORD));
@@ -198,7 +198,12 @@ fn migrate_into_postgres_and_back_and_every_reader_sees_the_same() {
         let by_url = leash(&[cmd, &["--store", &url]].concat(), None);
         let by_env = leash(cmd, Some(&url));
         for o in [&by_file, &by_url, &by_env] {
-            assert_eq!(o.status.code(), from_sqlite.status.code(), "{cmd:?}: {}", text(o));
+            assert_eq!(
+                o.status.code(),
+                from_sqlite.status.code(),
+                "{cmd:?}: {}",
+                text(o)
+            );
             assert_eq!(
                 String::from_utf8_lossy(&o.stdout),
                 String::from_utf8_lossy(&from_sqlite.stdout),
@@ -208,9 +213,17 @@ fn migrate_into_postgres_and_back_and_every_reader_sees_the_same() {
         }
     }
     let diff_args = ["diff", "--cluster", c, "--from", "applied", "--to", c];
-    let diff_sqlite = leash(&[&diff_args[..], &["--store", path_str(&db)]].concat(), None);
+    let diff_sqlite = leash(
+        &[&diff_args[..], &["--store", path_str(&db)]].concat(),
+        None,
+    );
     let diff_pg = leash(&[&diff_args[..], &["--store-file", file]].concat(), None);
-    assert_eq!(diff_pg.status.code(), diff_sqlite.status.code(), "{}", text(&diff_pg));
+    assert_eq!(
+        diff_pg.status.code(),
+        diff_sqlite.status.code(),
+        "{}",
+        text(&diff_pg)
+    );
     assert_eq!(diff_pg.stdout, diff_sqlite.stdout);
 
     // Neither --flows nor a store: a usage error naming the ways to give one.
@@ -227,7 +240,10 @@ fn a_wrong_password_is_a_clear_error_without_the_password() {
     pg.create_database("pw");
     let wrong = pg.url_with_password("pw", "Wr0ng-Pa55word");
     let cluster = fixture("cluster.yaml");
-    let o = leash(&["recommend", "--cluster", path_str(&cluster)], Some(&wrong));
+    let o = leash(
+        &["recommend", "--cluster", path_str(&cluster)],
+        Some(&wrong),
+    );
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     let err = text(&o);
     assert!(!err.contains("Wr0ng-Pa55word"), "{err}");

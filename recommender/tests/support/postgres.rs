@@ -231,7 +231,15 @@ impl Postgres {
     /// Creates database `db` and returns its URL.
     pub fn create_database(&self, db: &str) -> String {
         let out = Command::new(self.bin.join("createdb"))
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", USER, db])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                USER,
+                db,
+            ])
             .env("PGPASSWORD", PASSWORD)
             .output()
             .expect("createdb runs");

@@ -25,7 +25,7 @@ pub struct Migration {
 }
 
 /// The advisory lock key held while migrating (`'leash'` in ASCII).
-pub const MIGRATION_LOCK: i64 = 0x6c65_6173_68;
+pub const MIGRATION_LOCK: i64 = 0x006c_6561_7368;
 
 /// Creates the migrations table; run under the lock before reading it.
 pub const CREATE_VERSIONS: &str = "
