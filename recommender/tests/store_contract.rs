@@ -731,3 +731,71 @@ fn postgres_errors_never_show_the_password() {
         Chain(&err)
     );
 }
+
+/// `sslmode` is honoured: a server that accepts TLS clients only; `disable` is refused,
+/// `require` encrypts, `verify-full` checks the chain and the name, `verify-ca` the chain.
+#[test]
+fn postgres_tls_honours_sslmode() {
+    let Some(bin) = support::postgres::bin_dir() else {
+        // postgres_or_skip says why, or fails under LEASH_REQUIRE_PRIVILEGED=1.
+        assert!(support::postgres::postgres_or_skip().is_none());
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().join("certs");
+    leash::certs::generate(&certs, &["127.0.0.1".to_owned()], &[]).expect("certificates");
+    let other = dir.path().join("other");
+    leash::certs::generate(&other, &["127.0.0.1".to_owned()], &[]).expect("another CA");
+    let pg = support::postgres::Postgres::start_with(
+        &bin,
+        Some((&certs.join("server.pem"), &certs.join("server-key.pem"))),
+    );
+    pg.create_database("tls");
+    let base = format!(
+        "postgres://{}:{}@127.0.0.1:{}/tls",
+        support::postgres::USER,
+        support::postgres::PASSWORD,
+        pg.port()
+    );
+    let by_name = base.replace("127.0.0.1", "localhost");
+    let ca = certs.join("ca.pem");
+    let other_ca = other.join("ca.pem");
+    let try_url = |url: String| -> Result<(), String> {
+        let Ok(Location::Postgres(url)) = url.parse::<Location>() else {
+            panic!("not a PostgreSQL URL")
+        };
+        PostgresStore::connect(&url)
+            .map(drop)
+            .map_err(|e| Chain(&e).to_string())
+    };
+    let rootcert = |p: &std::path::Path| p.to_str().expect("utf-8").replace('/', "%2F");
+    assert!(try_url(format!("{base}?sslmode=disable")).is_err());
+    try_url(format!("{base}?sslmode=require")).expect("require");
+    try_url(base.clone()).expect("prefer, the default");
+    try_url(format!(
+        "{base}?sslmode=verify-full&sslrootcert={}",
+        rootcert(&ca)
+    ))
+    .expect("verify-full against the CA");
+    let wrong_ca = try_url(format!(
+        "{base}?sslmode=verify-full&sslrootcert={}",
+        rootcert(&other_ca)
+    ))
+    .expect_err("another CA");
+    assert!(
+        !wrong_ca.contains(support::postgres::PASSWORD),
+        "{wrong_ca}"
+    );
+    // The certificate names 127.0.0.1, not localhost.
+    try_url(format!(
+        "{by_name}?sslmode=verify-full&sslrootcert={}",
+        rootcert(&ca)
+    ))
+    .expect_err("a name the certificate does not carry");
+    try_url(format!(
+        "{by_name}?sslmode=verify-ca&sslrootcert={}",
+        rootcert(&ca)
+    ))
+    .expect("verify-ca checks the chain only");
+    try_url(format!("{base}?sslmode=bogus")).expect_err("an unknown sslmode");
+}

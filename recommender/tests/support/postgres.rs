@@ -107,6 +107,12 @@ fn free_port() -> u16 {
 impl Postgres {
     /// Initializes and starts a server with the binaries of `bin`.
     pub fn start(bin: &Path) -> Postgres {
+        Postgres::start_with(bin, None)
+    }
+
+    /// As [`Postgres::start`], serving TLS with `tls` (a PEM certificate chain and key) and
+    /// refusing TCP clients without it (`hostssl` only).
+    pub fn start_with(bin: &Path, tls: Option<(&Path, &Path)>) -> Postgres {
         let dir = tempfile::Builder::new()
             .prefix("leash-pg-")
             .tempdir()
@@ -144,6 +150,25 @@ impl Postgres {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        let mut conf = Vec::new();
+        if let Some((cert, key)) = tls {
+            for (from, name) in [(cert, "server.crt"), (key, "server.key")] {
+                let to = data.join(name);
+                std::fs::copy(from, &to).expect("copy the TLS files");
+                std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600))
+                    .expect("chmod the TLS files");
+                if is_root() {
+                    let (uid, gid) = nobody();
+                    std::os::unix::fs::chown(&to, Some(uid), Some(gid)).expect("chown");
+                }
+            }
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all scram-sha-256\nhostssl all all 127.0.0.1/32 scram-sha-256\n",
+            )
+            .expect("pg_hba.conf");
+            conf.extend(["-c", "ssl=on"]);
+        }
         let port = free_port();
         let log = std::fs::File::create(dir.path().join("server.log")).expect("the server log");
         if is_root() {
@@ -161,6 +186,7 @@ impl Postgres {
             // A test server: durability is not what is tested.
             .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
             .args(["-c", "full_page_writes=off", "-c", "max_connections=200"])
+            .args(&conf)
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .process_group(0)
