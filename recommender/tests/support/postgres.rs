@@ -28,6 +28,8 @@ pub struct Postgres {
     port: u16,
     bin: PathBuf,
     data: PathBuf,
+    /// Extra `-c` settings.
+    conf: Vec<String>,
     // Removed last: the server's files.
     _dir: tempfile::TempDir,
 }
@@ -170,39 +172,84 @@ impl Postgres {
             conf.extend(["-c", "ssl=on"]);
         }
         let port = free_port();
-        let log = std::fs::File::create(dir.path().join("server.log")).expect("the server log");
+        std::fs::File::create(dir.path().join("server.log")).expect("the server log");
         if is_root() {
             let (uid, gid) = nobody();
             std::os::unix::fs::chown(dir.path().join("server.log"), Some(uid), Some(gid))
                 .expect("chown the log");
         }
-        let child = command(&bin.join("postgres"))
+        let mut pg = Postgres {
+            child: None,
+            port,
+            bin: bin.to_path_buf(),
+            data,
+            conf: conf.iter().map(|c| (*c).to_owned()).collect(),
+            _dir: dir,
+        };
+        pg.spawn();
+        pg.wait_ready();
+        pg
+    }
+
+    /// Starts `postgres` on the data directory (appending to its log).
+    fn spawn(&mut self) {
+        let dir = self._dir.path();
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.join("server.log"))
+            .expect("the server log");
+        let child = command(&self.bin.join("postgres"))
             .arg("-D")
-            .arg(&data)
+            .arg(&self.data)
             .args(["-c", "listen_addresses=127.0.0.1", "-c"])
-            .arg(format!("port={port}"))
+            .arg(format!("port={}", self.port))
             .arg("-c")
-            .arg(format!("unix_socket_directories={}", sockets.display()))
+            .arg(format!(
+                "unix_socket_directories={}",
+                dir.join("sockets").display()
+            ))
             // A test server: durability is not what is tested.
             .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
             .args(["-c", "full_page_writes=off", "-c", "max_connections=200"])
-            .args(&conf)
-            .current_dir(dir.path())
+            .args(&self.conf)
+            .current_dir(dir)
             .stdin(Stdio::null())
             .process_group(0)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("postgres starts");
-        let mut pg = Postgres {
-            child: Some(child),
-            port,
-            bin: bin.to_path_buf(),
-            data,
-            _dir: dir,
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    /// Stops the server (a fast shutdown: clients are disconnected) and starts it again on
+    /// the same data and port.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Stops the server: SIGINT, a bounded wait, then SIGKILL.
+    fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
         };
-        pg.wait_ready();
-        pg
+        if let Ok(pid) = i32::try_from(child.id()) {
+            // SAFETY: signalling our own child (setpriv execs postgres in place).
+            unsafe {
+                libc::kill(pid, libc::SIGINT);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     fn wait_ready(&mut self) {
@@ -301,24 +348,6 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        // SIGINT: "fast" shutdown (disconnect clients, stop); then wait a bounded time.
-        if let Ok(pid) = i32::try_from(child.id()) {
-            // SAFETY: signalling our own child (setpriv execs postgres in place).
-            unsafe {
-                libc::kill(pid, libc::SIGINT);
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
+        self.stop();
     }
 }

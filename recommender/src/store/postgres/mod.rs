@@ -380,49 +380,65 @@ impl PostgresStore {
     }
 
     /// Runs `f` in one read-only, repeatable-read transaction (one snapshot) on a pooled
-    /// read connection.
+    /// read connection; once more on a new connection when a pooled one was lost (the
+    /// server restarted).
     fn read<T>(
         &self,
         operation: &'static str,
-        f: impl AsyncFnOnce(&Transaction<'_>) -> std::result::Result<T, ReadError>,
+        f: impl AsyncFn(&Transaction<'_>) -> std::result::Result<T, ReadError>,
     ) -> Result<T> {
-        let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let mut client = match pooled {
-            Some(c) if !c.is_closed() => c,
-            _ => self.new_client().map_err(|e| self.op_boxed(operation, e))?,
-        };
-        let out = wait(async {
-            let tx = client
-                .build_transaction()
-                .isolation_level(IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await?;
-            let out = f(&tx).await?;
-            tx.rollback().await?;
-            Ok::<_, ReadError>(out)
-        });
-        if !client.is_closed() {
-            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-            if idle.len() < MAX_IDLE_READERS {
-                idle.push(client);
+        let mut fresh = false;
+        loop {
+            let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let mut client = match pooled {
+                Some(c) if !c.is_closed() && !fresh => c,
+                _ => {
+                    fresh = true;
+                    self.new_client().map_err(|e| self.op_boxed(operation, e))?
+                }
+            };
+            let out = wait(async {
+                let tx = client
+                    .build_transaction()
+                    .isolation_level(IsolationLevel::RepeatableRead)
+                    .read_only(true)
+                    .start()
+                    .await?;
+                let out = f(&tx).await?;
+                tx.rollback().await?;
+                Ok::<_, ReadError>(out)
+            });
+            if !client.is_closed() {
+                let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+                if idle.len() < MAX_IDLE_READERS {
+                    idle.push(client);
+                }
             }
+            return match out {
+                Ok(v) => Ok(v),
+                Err(ReadError::Sql(e)) if e.is_closed() && !fresh => {
+                    fresh = true;
+                    continue;
+                }
+                Err(ReadError::Sql(e)) => Err(self.op(operation, e)),
+                Err(ReadError::Store(e)) => Err(e),
+            };
         }
-        out.map_err(|e| match e {
-            ReadError::Sql(e) => self.op(operation, e),
-            ReadError::Store(e) => e,
-        })
     }
 
     /// Runs `f` in a read-write transaction on the writer connection (reconnecting when it
-    /// was lost), retrying deadlocks and serialization failures between replicas.
+    /// was lost), retrying deadlocks and serialization failures between replicas. With
+    /// `again_if_lost` (`f` may run twice: a batch id makes a commit's second run a
+    /// duplicate), a connection lost mid-transaction is replaced and `f` runs again once.
     fn write<T>(
         &self,
         operation: &'static str,
+        again_if_lost: bool,
         mut f: impl AsyncFnMut(&Transaction<'_>) -> std::result::Result<T, ReadError>,
     ) -> Result<T> {
         let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let mut tries = 0;
+        let mut lost = false;
         loop {
             tries += 1;
             let client = match writer.take() {
@@ -439,6 +455,10 @@ impl PostgresStore {
             match out {
                 Ok(v) => return Ok(v),
                 Err(ReadError::Sql(e)) if tries < COMMIT_TRIES && retryable(&e) => continue,
+                Err(ReadError::Sql(e)) if again_if_lost && e.is_closed() && !lost => {
+                    lost = true;
+                    continue;
+                }
                 Err(ReadError::Sql(e)) => return Err(self.op(operation, e)),
                 Err(ReadError::Store(e)) => return Err(e),
             }
@@ -1109,7 +1129,7 @@ impl Store for PostgresStore {
 
     fn commit_many(&self, batches: &[BatchCommit<'_>]) -> Result<Vec<Commit>> {
         let now = self.time(Utc::now())?;
-        self.write("commit a batch", async |tx| {
+        self.write("commit a batch", true, async |tx| {
             let mut out = Vec::with_capacity(batches.len());
             for b in batches {
                 if self.insert_batch(tx, b.id, now).await? {
@@ -1240,7 +1260,7 @@ impl Store for PostgresStore {
 
     fn prune(&self, before: DateTime<Utc>) -> Result<u64> {
         let before = self.time(before)?;
-        self.write("prune", async |tx| {
+        self.write("prune", true, async |tx| {
             tx.execute(
                 "DELETE FROM flow_names n USING flows f
                      WHERE (n.namespace, n.kind, n.name, n.dst, n.port, n.protocol)
@@ -1313,7 +1333,7 @@ impl Store for PostgresStore {
         if records.is_empty() {
             return Ok(());
         }
-        self.write("remember alerts", async |tx| {
+        self.write("remember alerts", true, async |tx| {
             self.upsert_alerts(tx, records).await
         })
     }
@@ -1328,7 +1348,7 @@ impl Store for PostgresStore {
             times.push(self.time(*at)?);
         }
         let times = &times;
-        self.write("import", async |tx| {
+        self.write("import", false, async |tx| {
             for ((id, _), at) in data.batches.iter().zip(times) {
                 self.insert_batch(tx, id, *at).await?;
             }
