@@ -269,7 +269,16 @@ pub async fn run(
         tracing::warn!(ui = %config.ui, "--ui-auth none: the UI and /v1 (the cluster's egress inventory) are served without authentication to everyone who can reach this address");
     }
     let mut registry = Registry::with_prefix("leash");
-    let store: Arc<dyn Store> = Arc::from(config.store.open()?);
+    // Opening may connect to a database: on a blocking thread, not on an async worker.
+    let location = config.store.clone();
+    let store: Arc<dyn Store> = Arc::from(
+        tokio::task::spawn_blocking(move || location.open())
+            .await
+            .map_err(|e| crate::store::Error::Database {
+                path: config.store.to_string(),
+                message: e.to_string(),
+            })??,
+    );
     // A proposal that cannot be read is refused at start; later, a bad reload keeps the last.
     let proposal = match &config.rollout.proposed {
         Some(source) => Some(Arc::new(shadow::load(source)?)),
