@@ -829,3 +829,89 @@ fn postgres_restart_is_survived() {
     );
     assert_eq!(store.batch_ids().expect("ids").len(), 2);
 }
+
+/// The address history merged in SQL equals `AddressSeen::merge` folded over any sightings
+/// (chains that are prefixes of each other, equal last seens, v4 and v6), whether the
+/// sightings come one batch each, several in one batch (the same key repeated), or several
+/// batches in one group commit; on both stores.
+#[test]
+fn address_history_merges_like_the_model_on_both_stores() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    const ADDRS: [&str; 3] = ["203.0.113.1", "203.0.113.2", "2001:db8::1"];
+    const CHAINS: [&[&str]; 5] = [
+        &[],
+        &["a.test"],
+        &["a.test", "b.test"],
+        &["a.test-b"],
+        &["b.test"],
+    ];
+    let pg = support::postgres::postgres_or_skip();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut stores: Vec<Box<dyn Store>> = vec![Box::new(
+        SqliteStore::open(dir.path().join("leash.db")).expect("opens"),
+    )];
+    if let Some(pg) = &pg {
+        stores.push(Box::new(connect(&pg.create_database("history"))));
+    }
+    let sighting = (0..ADDRS.len(), 0i64..4, 0i64..3, 0u32..3, 0..CHAINS.len());
+    let strategy = (
+        prop::collection::vec(prop::collection::vec(sighting, 1..4), 1..6),
+        1usize..4,
+    );
+    let case = std::sync::atomic::AtomicU64::new(0);
+    let mut runner = TestRunner::new(Config {
+        cases: 32,
+        ..Config::default()
+    });
+    runner
+        .run(&strategy, |(batches, group)| {
+            let case = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let query = format!("api-{case}.test");
+            let node = format!("n{case}");
+            let mut model: BTreeMap<IpAddr, AddressSeen> = BTreeMap::new();
+            let rows: Vec<Vec<DnsObservation>> = batches
+                .iter()
+                .map(|b| {
+                    b.iter()
+                        .map(|&(addr, first, span, ttl, chain)| {
+                            let one = seen(first, first + span, ttl, CHAINS[chain]);
+                            match model.get_mut(&ip(ADDRS[addr])) {
+                                Some(m) => m.merge(&one),
+                                None => {
+                                    model.insert(ip(ADDRS[addr]), one.clone());
+                                }
+                            }
+                            let mut d = dns(&wl("shop", "api"), &query, 1, 0, 10);
+                            d.addresses.insert(ip(ADDRS[addr]), one);
+                            d
+                        })
+                        .collect()
+                })
+                .collect();
+            let ids: Vec<BatchId> = (0..rows.len() as u64).map(|s| id(&node, s)).collect();
+            let commits: Vec<BatchCommit<'_>> = rows
+                .iter()
+                .zip(&ids)
+                .map(|(dns, id)| BatchCommit {
+                    id,
+                    flows: &[],
+                    dns,
+                })
+                .collect();
+            for store in &stores {
+                for chunk in commits.chunks(group) {
+                    store.commit_many(chunk).expect("commits");
+                }
+                let stored = store.dns(None).expect("dns");
+                let got = stored
+                    .iter()
+                    .find(|d| d.query == query)
+                    .map(|d| d.addresses.clone())
+                    .unwrap_or_default();
+                prop_assert_eq!(&got, &model);
+            }
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+}
