@@ -156,6 +156,25 @@ fn migrate_into_postgres_and_back_and_every_reader_sees_the_same() {
     assert_eq!(again.status.code(), Some(2), "{}", text(&again));
     assert!(text(&again).contains("not empty"), "{}", text(&again));
     assert!(!text(&again).contains(support::postgres::PASSWORD));
+    // Told to merge, observations add up as commits do; batch ids stay one each.
+    let merged_db = pg.create_database("merged");
+    for extra in [&[][..], &["--into-non-empty"][..]] {
+        let o = leash(
+            &[
+                &["store", "migrate", "--from", &sqlite, "--to", &merged_db][..],
+                extra,
+            ]
+            .concat(),
+            None,
+        );
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    }
+    let merged = export(&*open(&merged_db)).expect("export");
+    assert_eq!(merged.batches, source.batches);
+    assert_eq!(merged.flows.len(), source.flows.len());
+    for (m, s) in merged.flows.iter().zip(&source.flows) {
+        assert_eq!(m.count, s.count * 2);
+    }
 
     // And back, into a new SQLite file.
     let back = dir.path().join("back.db");
