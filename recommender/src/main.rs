@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Propose one egress NetworkPolicy per workload from observed flows.
-    #[command(group(ArgGroup::new("observed").required(true).args(["flows", "store"])))]
+    #[command(group(ArgGroup::new("observed").args(["flows", "store", "store_file"])))]
     Recommend {
         #[command(flatten)]
         source: ClusterArgs,
@@ -55,7 +55,7 @@ enum Command {
     /// Evaluate every flow against a set of policies (egress at the source, ingress at the
     /// destination, Services after DNAT) and print a verdict for each: per flow record, or
     /// with `--store` per stored (pod, destination, port, protocol).
-    #[command(group(ArgGroup::new("observed").required(true).args(["flows", "store"])))]
+    #[command(group(ArgGroup::new("observed").args(["flows", "store", "store_file"])))]
     Audit {
         #[command(flatten)]
         source: ClusterArgs,
@@ -95,7 +95,7 @@ enum Command {
     /// Propose the cluster baseline as ClusterNetworkPolicies: Admin denies to the cloud
     /// metadata addresses (where never used) and `--protected` ranges, a Baseline DNS accept
     /// and default deny; self-checked over the whole stack.
-    #[command(group(ArgGroup::new("observed").required(true).args(["flows", "store"])))]
+    #[command(group(ArgGroup::new("observed").args(["flows", "store", "store_file"])))]
     Guardrails {
         #[command(flatten)]
         source: ClusterArgs,
@@ -138,6 +138,9 @@ enum Command {
     /// Run the recommender as a service: agents stream records over gRPC (mTLS) into a
     /// SQLite store; HTTP serves health, metrics, recommendations, destinations and audits.
     Serve(Box<ServeArgs>),
+    /// Work on a store of `leash serve`: `migrate` moves one into another.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Write mTLS certificates for `leash serve` and its agents (PEM files), signed by the CA
     /// in `--out` (made there if missing).
     Certs {
@@ -158,13 +161,64 @@ enum Command {
     },
 }
 
+/// `leash store`.
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Move a store into another (SQLite to PostgreSQL, or back): every batch id, flow and DNS
+    /// observation with its names, pods and address history, and remembered alert. The
+    /// target must be empty; the counts are checked after. Stop `leash serve` first.
+    Migrate(MigrateArgs),
+}
+
+/// `leash store migrate`.
+#[derive(clap::Args, Debug)]
+#[command(group(ArgGroup::new("source").required(true).args(["from", "from_file"])))]
+#[command(group(ArgGroup::new("target").required(true).args(["to", "to_file"])))]
+struct MigrateArgs {
+    /// The store to read (the `--store` grammar: `PATH`, `sqlite:PATH`, `postgres://…`).
+    #[arg(long, value_name = "STORE")]
+    from: Option<leash::store::Location>,
+    /// Read `--from`'s value from this file (one line).
+    #[arg(long, value_name = "FILE")]
+    from_file: Option<PathBuf>,
+    /// The store to write (created if missing).
+    #[arg(long, value_name = "STORE")]
+    to: Option<leash::store::Location>,
+    /// Read `--to`'s value from this file (one line): a password stays out of arguments.
+    #[arg(long, value_name = "FILE")]
+    to_file: Option<PathBuf>,
+    /// Merge into a target that already holds data (observations add up as commits do;
+    /// the counts are not compared).
+    #[arg(long)]
+    into_non_empty: bool,
+}
+
+/// `leash store migrate`: exit 2 for a store that cannot be opened or a non-empty target,
+/// 1 when the move fails or the counts differ.
+fn store_migrate(args: &MigrateArgs) -> Result<(), Failure> {
+    use leash::store::Location;
+    let from = Location::resolve(args.from.as_ref(), args.from_file.as_deref())
+        .map_err(bad_input)?
+        .ok_or_else(|| Failure::BadInput("--from or --from-file is required".into()))?;
+    let to = Location::resolve(args.to.as_ref(), args.to_file.as_deref())
+        .map_err(bad_input)?
+        .ok_or_else(|| Failure::BadInput("--to or --to-file is required".into()))?;
+    let source = from.open_existing().map_err(bad_input)?;
+    let target = to.open().map_err(bad_input)?;
+    match leash::store::migrate::migrate(&*source, &*target, args.into_non_empty) {
+        Ok(moved) => write_stdout(&format!("leash: moved {moved} from {from} to {to}\n")),
+        Err(e @ leash::store::migrate::Error::NotEmpty(_)) => Err(bad_input(e)),
+        Err(e) => Err(runtime_error(e)),
+    }
+}
+
 /// `leash rollout`.
 #[derive(Subcommand)]
 enum RolloutCommand {
     /// The guardrails stage first (what the proposed guardrails would break), then one line
     /// (or JSON object) per workload: its phase, how long it was observed, and the flows the
     /// applied policies or the proposal deny.
-    #[command(group(ArgGroup::new("observed").required(true).args(["flows", "store"])))]
+    #[command(group(ArgGroup::new("observed").args(["flows", "store", "store_file"])))]
     Status {
         #[command(flatten)]
         source: ClusterArgs,
@@ -290,7 +344,7 @@ recommend_flags!(
 
 /// `leash pr`.
 #[derive(clap::Args, Debug)]
-#[command(group(ArgGroup::new("observed").required(true).args(["flows", "store"])))]
+#[command(group(ArgGroup::new("observed").args(["flows", "store", "store_file"])))]
 struct PrCommand {
     #[command(flatten)]
     source: ClusterArgs,
@@ -450,11 +504,15 @@ struct ObservedArgs {
     /// Flow and DNS records (JSON lines, v1); `-` reads stdin. Repeatable.
     #[arg(long = "flows", num_args = 1..)]
     flows: Vec<PathBuf>,
-    /// The observation store of `leash serve` (a SQLite file), instead of `--flows`.
-    #[arg(long)]
-    store: Option<PathBuf>,
-    /// With `--store`: only observations last seen within this long (e.g. 7d, 1h30m).
-    #[arg(long, requires = "store", conflicts_with = "flows", value_parser = leash_records::duration::parse)]
+    /// The observation store of `leash serve`, instead of `--flows`: a SQLite file (`PATH`,
+    /// `sqlite:PATH`) or `postgres://…`. Default: `$LEASH_STORE` (when no `--flows`).
+    #[arg(long, value_name = "STORE")]
+    store: Option<leash::store::Location>,
+    /// Read `--store`'s value from this file (one line): a password stays out of arguments.
+    #[arg(long, value_name = "FILE")]
+    store_file: Option<PathBuf>,
+    /// With a store: only observations last seen within this long (e.g. 7d, 1h30m).
+    #[arg(long, conflicts_with = "flows", value_parser = leash_records::duration::parse)]
     since: Option<std::time::Duration>,
 }
 
@@ -471,7 +529,8 @@ impl ObservedArgs {
         ),
         Failure,
     > {
-        observe(cluster, self.store.as_deref(), self.since, &self.flows)
+        let store = observed_store(self.store.as_ref(), self.store_file.as_deref(), &self.flows)?;
+        observe(cluster, store.as_ref(), self.since, &self.flows)
     }
 
     /// The store's whole retention when `--since` narrows the window ([`store_history`]).
@@ -479,7 +538,8 @@ impl ObservedArgs {
         &self,
         cluster: &leash::cluster::Cluster,
     ) -> Result<Option<leash::observations::Observations>, Failure> {
-        store_history(self.store.as_deref(), self.since, cluster)
+        let store = observed_store(self.store.as_ref(), self.store_file.as_deref(), &self.flows)?;
+        store_history(store.as_ref(), self.since, cluster)
     }
 
     /// The end of the observation window ([`window_end`]).
@@ -487,7 +547,8 @@ impl ObservedArgs {
         &self,
         observations: &leash::observations::Observations,
     ) -> chrono::DateTime<chrono::Utc> {
-        window_end(self.store.is_some(), observations)
+        // Exactly one of the records and a store is read (`observed_store`).
+        window_end(self.flows.is_empty(), observations)
     }
 }
 
@@ -523,7 +584,7 @@ struct PolicyArgs {
 
 /// `leash diff`.
 #[derive(clap::Args, Debug)]
-#[command(group(ArgGroup::new("observed").args(["flows", "store"])))]
+#[command(group(ArgGroup::new("observed").args(["flows", "store", "store_file"])))]
 struct DiffArgs {
     #[command(flatten)]
     source: ClusterArgs,
@@ -538,11 +599,15 @@ struct DiffArgs {
     /// `-` reads stdin. Repeatable.
     #[arg(long = "flows", num_args = 1..)]
     flows: Vec<PathBuf>,
-    /// The observation store of `leash serve` (a SQLite file), instead of `--flows`.
-    #[arg(long)]
-    store: Option<PathBuf>,
-    /// With `--store`: only observations last seen within this long (e.g. 7d, 1h30m).
-    #[arg(long, requires = "store", value_parser = leash_records::duration::parse)]
+    /// The observation store of `leash serve`, instead of `--flows` (the grammar of
+    /// `recommend --store`). Not `$LEASH_STORE`: diff reads observations only when asked.
+    #[arg(long, value_name = "STORE")]
+    store: Option<leash::store::Location>,
+    /// Read `--store`'s value from this file (one line).
+    #[arg(long, value_name = "FILE")]
+    store_file: Option<PathBuf>,
+    /// With a store: only observations last seen within this long (e.g. 7d, 1h30m).
+    #[arg(long, conflicts_with = "flows", value_parser = leash_records::duration::parse)]
     since: Option<std::time::Duration>,
     /// Only sources in these namespaces. Repeatable.
     #[arg(long = "namespace", num_args = 1..)]
@@ -586,9 +651,13 @@ struct ServeArgs {
     /// terminates TLS in front of leash.
     #[arg(long, conflicts_with = "ui_tls_cert")]
     ui_insecure_http: bool,
-    /// The SQLite store (created if missing).
-    #[arg(long, default_value = "/var/lib/leash/leash.db")]
-    store: PathBuf,
+    /// The store (created if missing): a SQLite file (`PATH`, `sqlite:PATH`) or
+    /// `postgres://…`. Default: `$LEASH_STORE`, else /var/lib/leash/leash.db.
+    #[arg(long, value_name = "STORE")]
+    store: Option<leash::store::Location>,
+    /// Read `--store`'s value from this file (one line): a password stays out of arguments.
+    #[arg(long, value_name = "FILE", conflicts_with = "store")]
+    store_file: Option<PathBuf>,
     #[command(flatten)]
     source: ClusterArgs,
     /// The server's PEM certificate chain (mTLS).
@@ -749,6 +818,7 @@ fn runtime_error(e: impl std::error::Error) -> Failure {
 
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
+        Command::Store(StoreCommand::Migrate(args)) => store_migrate(&args),
         Command::Recommend {
             source,
             observed,
@@ -833,16 +903,17 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Audit {
             source,
             policies,
-            observed:
-                ObservedArgs {
-                    flows,
-                    store,
-                    since,
-                },
+            observed,
             format,
             fail_on_deny,
             fail_on_drift,
         } => {
+            let store = observed_store(
+                observed.store.as_ref(),
+                observed.store_file.as_deref(),
+                &observed.flows,
+            )?;
+            let ObservedArgs { flows, since, .. } = observed;
             let (cluster, applied) = load_cluster(&source)?;
             let (set, cilium) = policy_state(applied, &policies)?;
             let mut located = Vec::new();
@@ -851,8 +922,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let mut connections = Vec::new();
             if let Some(store) = &store {
                 let store = open_store(store)?;
-                let (obs, skipped) = leash::observations::load(&store, &cluster, since_time(since))
-                    .map_err(bad_input)?;
+                let (obs, skipped) =
+                    leash::observations::load(&*store, &cluster, since_time(since))
+                        .map_err(bad_input)?;
                 report_skipped(&skipped);
                 if obs.unattributed_flows > 0 {
                     eprintln!(
@@ -888,7 +960,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             if set.cluster_policies().has_domain_names() {
                 // ClusterNetworkPolicies' domainNames match the names the input's DNS
                 // records returned for each address.
-                let (obs, _) = observe(&cluster, store.as_deref(), since, &flows)?;
+                let (obs, _) = observe(&cluster, store.as_ref(), since, &flows)?;
                 let asked = leash::cilium::mixed::asked_names(&cluster, &obs);
                 leash::audit::with_names(&mut report, &cluster, &set, &asked);
             }
@@ -896,7 +968,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             if !cilium.is_empty() {
                 // The CiliumNetworkPolicies' toFQDNs need the names the input's DNS records
                 // returned for each address.
-                let (obs, _) = observe(&cluster, store.as_deref(), since, &flows)?;
+                let (obs, _) = observe(&cluster, store.as_ref(), since, &flows)?;
                 let overlay = leash::cilium::mixed::Overlay::new(
                     &cluster,
                     cilium,
@@ -1118,13 +1190,13 @@ fn previous_proposal(
 /// The observations of the store's whole retention when `--since` narrows the window (the
 /// last evidence of previous rules), else none: the window's are the history.
 fn store_history(
-    store: Option<&std::path::Path>,
+    store: Option<&leash::store::Location>,
     since: Option<std::time::Duration>,
     cluster: &leash::cluster::Cluster,
 ) -> Result<Option<leash::observations::Observations>, Failure> {
     match (store, since) {
         (Some(path), Some(_)) => Ok(Some(
-            leash::observations::load(&open_store(path)?, cluster, None)
+            leash::observations::load(&*open_store(path)?, cluster, None)
                 .map_err(bad_input)?
                 .0,
         )),
@@ -1158,7 +1230,7 @@ fn proposal_failure(e: leash::proposal::Error) -> Failure {
 /// with the stored observations that could not be (also said on stderr).
 fn observe(
     cluster: &leash::cluster::Cluster,
-    store: Option<&std::path::Path>,
+    store: Option<&leash::store::Location>,
     since: Option<std::time::Duration>,
     flows: &[PathBuf],
 ) -> Result<
@@ -1172,7 +1244,8 @@ fn observe(
         Some(path) => {
             let store = open_store(path)?;
             let (observations, skipped) =
-                leash::observations::load(&store, cluster, since_time(since)).map_err(bad_input)?;
+                leash::observations::load(&*store, cluster, since_time(since))
+                    .map_err(bad_input)?;
             report_skipped(&skipped);
             Ok((observations, skipped))
         }
@@ -1183,10 +1256,30 @@ fn observe(
     }
 }
 
-/// Opens the store file of `leash serve` for reading; a missing file is an error, not an
+/// Opens the store of `leash serve` for reading; a missing SQLite file is an error, not an
 /// empty store.
-fn open_store(path: &std::path::Path) -> Result<leash::store::SqliteStore, Failure> {
-    leash::store::SqliteStore::open_existing(path).map_err(bad_input)
+fn open_store(location: &leash::store::Location) -> Result<Box<dyn leash::store::Store>, Failure> {
+    location.open_existing().map_err(bad_input)
+}
+
+/// The store a command reads observations from: `--store`, `--store-file`, else
+/// `$LEASH_STORE` when no `--flows` are given; `None` with `--flows`. Neither is a usage
+/// error.
+fn observed_store(
+    store: Option<&leash::store::Location>,
+    store_file: Option<&std::path::Path>,
+    flows: &[PathBuf],
+) -> Result<Option<leash::store::Location>, Failure> {
+    if !flows.is_empty() {
+        return Ok(None);
+    }
+    match leash::store::Location::resolve(store, store_file).map_err(bad_input)? {
+        Some(l) => Ok(Some(l)),
+        None => Err(Failure::BadInput(format!(
+            "one of --flows, --store or --store-file is required (or {})",
+            leash::store::location::ENV
+        ))),
+    }
 }
 
 /// A tokio runtime for the commands that talk to the network.
@@ -1411,8 +1504,14 @@ fn diff(args: DiffArgs) -> Result<(), Failure> {
              address (observed flows use the DNS evidence)"
         );
     }
-    let observations = if args.store.is_some() || !args.flows.is_empty() {
-        let (obs, _) = observe(&cluster, args.store.as_deref(), args.since, &args.flows)?;
+    let store = match (&args.store, &args.store_file) {
+        (None, None) => None,
+        (store, file) => {
+            leash::store::Location::resolve(store.as_ref(), file.as_deref()).map_err(bad_input)?
+        }
+    };
+    let observations = if store.is_some() || !args.flows.is_empty() {
+        let (obs, _) = observe(&cluster, store.as_ref(), args.since, &args.flows)?;
         if obs.unattributed_flows > 0 {
             eprintln!(
                 "leash: {} flow events outside pods are not evaluated",
@@ -1696,17 +1795,26 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         max_inflight_bytes: limits.max_inflight_bytes,
         inflight_bytes_per_connection: limits.inflight_bytes_per_connection,
     };
+    // The store: --store, --store-file, $LEASH_STORE, else the default file.
+    let store = leash::store::Location::resolve(args.store.as_ref(), args.store_file.as_deref())
+        .map_err(bad_input)?
+        .unwrap_or_else(|| leash::store::Location::Sqlite("/var/lib/leash/leash.db".into()));
     let pull_requests = match &args.pr.repo {
         None => None,
         Some(repo) => {
             let spec = args.pr.spec();
-            let state_dir = match &args.state_dir {
-                Some(d) => d.clone(),
-                None => args
-                    .store
+            let state_dir = match (&args.state_dir, &store) {
+                (Some(d), _) => d.clone(),
+                (None, leash::store::Location::Sqlite(path)) => path
                     .parent()
                     .filter(|p| !p.as_os_str().is_empty())
                     .map_or_else(|| PathBuf::from("."), std::path::Path::to_path_buf),
+                (None, leash::store::Location::Postgres(_)) => {
+                    return Err(Failure::BadInput(
+                        "--repo with a PostgreSQL --store needs --state-dir (the working copies' directory)"
+                            .to_owned(),
+                    ));
+                }
             };
             let cluster_flag = match &args.source.cluster {
                 Some(path) => format!("--cluster {}", path.display()),
@@ -1714,7 +1822,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             };
             let mut command = format!(
                 "leash pr {cluster_flag} --store {} --repo {repo} --path {} --base {} --group-by {}",
-                args.store.display(),
+                store,
                 spec.path.display(),
                 spec.base,
                 match spec.group_by {
@@ -1762,7 +1870,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             _ if args.ui_insecure_http => leash::serve::auth::UiTransport::InsecureHttp,
             _ => leash::serve::auth::UiTransport::Http,
         },
-        store: args.store,
+        store,
         cluster,
         tls,
         retention: args.retention,

@@ -91,14 +91,26 @@ impl Drop for Server {
 
 impl Server {
     fn start(dir: &Path, cluster: &[&str], grpc: SocketAddr, http: SocketAddr) -> Server {
+        let db = dir.join("leash.db");
+        let store = ["--store", db.to_str().unwrap()];
+        Server::start_with(dir, cluster, &store, grpc, http)
+    }
+
+    /// As [`Server::start`], with `store` the store's flags.
+    fn start_with(
+        dir: &Path,
+        cluster: &[&str],
+        store: &[&str],
+        grpc: SocketAddr,
+        http: SocketAddr,
+    ) -> Server {
         let certs = dir.join("certs");
         let ui = free_port();
         let child = Command::new(LEASH)
             .arg("serve")
             .args(["--listen", &grpc.to_string(), "--http", &http.to_string()])
             .args(["--ui-listen", &ui.to_string()])
-            .arg("--store")
-            .arg(dir.join("leash.db"))
+            .args(store)
             .args(cluster)
             .arg("--tls-cert")
             .arg(certs.join("server.pem"))
@@ -315,6 +327,55 @@ fn serve_ingests_exactly_once_and_answers_from_the_store() {
     )
     .unwrap();
     assert!(body.contains("\"count\":8"), "{body}");
+}
+
+/// Two `leash serve` replicas on one PostgreSQL database (its URL in a file): an agent's
+/// batches, resent to the other replica after a lost ack, are stored once; both answer from
+/// the shared store; both stop cleanly (the store's connections close on the way out).
+#[test]
+fn serve_replicas_on_postgres_store_each_batch_once() {
+    let Some(pg) = support::postgres::postgres_or_skip() else {
+        return;
+    };
+    let url = pg.create_database("serve");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cluster.yaml"), SNAPSHOT).unwrap();
+    let certs = certs(dir.path());
+    let url_file = dir.path().join("store-url");
+    std::fs::write(&url_file, format!("{url}\n")).unwrap();
+    let cluster = dir.path().join("cluster.yaml");
+    let cluster_args = ["--cluster", cluster.to_str().unwrap()];
+    let store = ["--store-file", url_file.to_str().unwrap()];
+    let a = Server::start_with(dir.path(), &cluster_args, &store, free_port(), free_port());
+    let b = Server::start_with(dir.path(), &cluster_args, &store, free_port(), free_port());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let now = Utc::now();
+    let b1 = batch(1, &[flow("203.0.113.10", 443, 5, now)]);
+    let b2 = batch(2, &[flow("203.0.113.10", 443, 3, now)]);
+    let b3 = batch(3, &[flow("203.0.113.11", 443, 1, now)]);
+    assert_eq!(
+        rt.block_on(push(&certs, a.grpc, vec![b1.clone(), b2.clone()])),
+        vec![(1, false), (2, false)]
+    );
+    // The agent reconnects to the other replica and resends what it has no ack for.
+    assert_eq!(
+        rt.block_on(push(&certs, b.grpc, vec![b2, b3, b1])),
+        vec![(2, true), (3, false), (1, true)]
+    );
+    for server in [&a, &b] {
+        let (status, body) = get(
+            server.ui,
+            "/v1/namespaces/shop/workloads/Deployment/web/destinations",
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{body}");
+        let dests: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(dests[0]["count"], 8, "5 + 3, the resends ignored: {body}");
+        assert_eq!(dests[1]["count"], 1, "{body}");
+    }
+    assert_eq!(pg.psql("serve", "SELECT count(*) FROM batches"), "3");
+    assert!(a.stop().success(), "clean exit on SIGTERM");
+    assert!(b.stop().success(), "clean exit on SIGTERM");
 }
 
 #[test]

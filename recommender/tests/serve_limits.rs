@@ -75,7 +75,7 @@ impl Server {
             ui: free_port(),
             ui_auth: None,
             ui_transport: leash::serve::auth::UiTransport::Http,
-            store: dir.path().join("leash.db"),
+            store: leash::store::Location::Sqlite(dir.path().join("leash.db")),
             cluster: ClusterSource::File(snapshot),
             tls: Some(TlsFiles {
                 cert: dir.path().join("server.pem"),

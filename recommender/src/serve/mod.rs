@@ -68,8 +68,8 @@ pub struct Config {
     /// Whether the UI listener speaks HTTPS (`--ui-tls-cert`/`--ui-tls-key`) or plain HTTP;
     /// [`run`] refuses `kube` auth over plain HTTP beyond loopback ([`auth::check_transport`]).
     pub ui_transport: auth::UiTransport,
-    /// The SQLite store file.
-    pub store: PathBuf,
+    /// The store (`crate::store::Location`: a SQLite file or a PostgreSQL URL).
+    pub store: crate::store::Location,
     /// The cluster model's source.
     pub cluster: ClusterSource,
     /// mTLS for ingest (`ca` verifies agents' client certificates); `None` only with
@@ -282,7 +282,16 @@ pub async fn run(
         _ => None,
     };
     let mut registry = Registry::with_prefix("leash");
-    let store: Arc<dyn Store> = Arc::new(crate::store::SqliteStore::open(&config.store)?);
+    // Opening may connect to a database: on a blocking thread, not on an async worker.
+    let location = config.store.clone();
+    let store: Arc<dyn Store> = Arc::from(
+        tokio::task::spawn_blocking(move || location.open())
+            .await
+            .map_err(|e| crate::store::Error::Database {
+                path: config.store.to_string(),
+                message: e.to_string(),
+            })??,
+    );
     // A proposal that cannot be read is refused at start; later, a bad reload keeps the last.
     let proposal = match &config.rollout.proposed {
         Some(source) => Some(Arc::new(shadow::load(source)?)),
@@ -546,7 +555,7 @@ pub async fn run(
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
     state.ingest_listening.store(true, Ordering::Release);
-    tracing::info!(grpc = %config.listen, http = %config.http, ui = %config.ui, ui_auth = %ui_auth, ui_tls = ui_tls.is_some(), store = %config.store.display(), tls = tls.is_some(), "leash serve ready");
+    tracing::info!(grpc = %config.listen, http = %config.http, ui = %config.ui, ui_auth = %ui_auth, ui_tls = ui_tls.is_some(), store = %config.store, tls = tls.is_some(), "leash serve ready");
     let grpc_result = match &tls {
         Some(reloading) => {
             let current = reloading.subscribe();

@@ -7,12 +7,13 @@
 //! from agents are committed exactly once: [`Store::commit`] records the batch id in the same
 //! transaction as its observations and ignores an id it has already stored.
 //!
-//! Persistence only: the [`Store`] trait, its row types, and [`sqlite`], the embedded
-//! implementation ([`SqliteStore`]). It knows nothing of records or of the cluster model:
+//! Persistence only: the [`Store`] trait, its row types, [`sqlite`], the embedded
+//! implementation ([`SqliteStore`]), and [`postgres`], a database shared by replicas
+//! ([`PostgresStore`]); [`location`] is the one `--store` grammar that names either. It knows nothing of records or of the cluster model:
 //! `crate::observations` turns batches into rows and rows into the engine's observations.
 //!
-//! Ingest, `recommend`, `audit` and `serve` see only the [`Store`] trait, so a server-grade
-//! database can be added later without touching them; commands open the file.
+//! Ingest, `recommend`, `audit` and `serve` see only the [`Store`] trait; commands open a
+//! store through [`Location::open`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -24,8 +25,13 @@ use leash_records::Protocol;
 pub use crate::evidence::AddressSeen;
 use crate::evidence::{PodNames, fold};
 
+pub mod location;
+pub mod migrate;
+pub mod postgres;
 pub mod sqlite;
 
+pub use location::Location;
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// The unit observations are aggregated by: a workload, as the cluster model names it.
@@ -373,6 +379,42 @@ pub trait Store: Send + Sync {
         let _ = records;
         Ok(())
     }
+
+    /// Every stored batch id with when it was committed, sorted by (node, boot id, seq).
+    /// The default (a store that cannot list them) is an error.
+    fn batch_ids(&self) -> Result<Vec<(BatchId, DateTime<Utc>)>> {
+        Err(Error::Database {
+            path: String::new(),
+            message: "this store cannot list its batch ids".into(),
+        })
+    }
+
+    /// Writes another store's contents ([`Export`]): its batch ids with their commit times
+    /// (ids already stored are kept as they are), its observations merged into the
+    /// aggregates as commits merge them, its alerts replacing those of their keys. Into an
+    /// empty store, reading it back gives `data` again. The default is an error.
+    fn import(&self, data: &Export) -> Result<()> {
+        let _ = data;
+        Err(Error::Database {
+            path: String::new(),
+            message: "this store cannot import".into(),
+        })
+    }
+}
+
+/// A whole store's contents, as `leash store migrate` moves them ([`Store::batch_ids`],
+/// [`Store::flows`], [`Store::dns`], [`Store::alerts`] of one store; [`Store::import`] into
+/// another).
+#[derive(Debug, Clone, Default)]
+pub struct Export {
+    /// Every batch id, with when it was committed (retention prunes by it).
+    pub batches: Vec<(BatchId, DateTime<Utc>)>,
+    /// Every flow observation.
+    pub flows: Vec<FlowObservation>,
+    /// Every DNS observation, with its whole address history.
+    pub dns: Vec<DnsObservation>,
+    /// Every remembered alert.
+    pub alerts: Vec<AlertRecord>,
 }
 
 /// An alert of `leash serve` (`crate::serve::alert`), remembered so that a restart does not

@@ -532,6 +532,20 @@ impl SqliteStore {
         if inserted == 0 {
             return Ok(Commit::Duplicate);
         }
+        self.apply_rows(tx, ids, links, flows, dns)?;
+        Ok(Commit::Stored)
+    }
+
+    /// Merges observations into the aggregates inside `tx` (a batch's, or an import's).
+    fn apply_rows(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        ids: &mut Ids<'_, '_>,
+        links: &mut HashSet<LinkKey>,
+        flows: &[FlowObservation],
+        dns: &[DnsObservation],
+    ) -> Result<()> {
+        let op = |e| self.op("commit a batch", e);
         {
             let mut add_flow_name = tx
                 .prepare_cached(
@@ -701,7 +715,7 @@ impl SqliteStore {
                 }
             }
         }
-        Ok(Commit::Stored)
+        Ok(())
     }
 
     /// Links a pod to a flow row while the row names fewer than [`PodNames::MAX`] pods.
@@ -1629,6 +1643,22 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
+    fn batch_ids(&self) -> Result<Vec<(BatchId, DateTime<Utc>)>> {
+        self.read_batch_ids()
+    }
+
+    fn import(&self, data: &super::Export) -> Result<()> {
+        {
+            let mut inner = self.lock();
+            let result = self.import_inner(&mut inner, data);
+            if result.is_err() {
+                inner.clear_caches();
+            }
+            result?;
+        }
+        self.remember_alerts(&data.alerts)
+    }
+
     fn remember_alerts(&self, records: &[AlertRecord]) -> Result<()> {
         if records.is_empty() {
             return Ok(());
@@ -1672,6 +1702,75 @@ impl Store for SqliteStore {
                 .map_err(op)?;
             }
         }
+        tx.commit().map_err(op)
+    }
+}
+
+impl SqliteStore {
+    /// Every stored batch id with when it was committed, sorted.
+    fn read_batch_ids(&self) -> Result<Vec<(BatchId, DateTime<Utc>)>> {
+        let op = |e| self.op("read batch ids", e);
+        self.read(|tx| {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT node, boot_id, seq, committed_at FROM batches
+                     ORDER BY node, boot_id, seq",
+                )
+                .map_err(ReadError::Sql)?;
+            let mut rows = stmt.query([]).map_err(ReadError::Sql)?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next().map_err(ReadError::Sql)? {
+                let seq: i64 = r.get(2).map_err(ReadError::Sql)?;
+                out.push((
+                    BatchId {
+                        node: r.get(0).map_err(ReadError::Sql)?,
+                        boot_id: r.get(1).map_err(ReadError::Sql)?,
+                        seq: u64::try_from(seq).map_err(|_| Error::Corrupt {
+                            path: self.path.clone(),
+                            what: format!("batches: sequence number {seq}"),
+                        })?,
+                    },
+                    DateTime::from_timestamp_nanos(r.get(3).map_err(ReadError::Sql)?),
+                ));
+            }
+            Ok(out)
+        })
+        .map_err(|e| e.or_op(op))
+    }
+
+    /// Writes `data` in one transaction (see [`Store::import`]).
+    fn import_inner(&self, inner: &mut Inner, data: &super::Export) -> Result<()> {
+        let op = |e| self.op("import", e);
+        inner.clear_caches();
+        let Inner {
+            conn,
+            workloads,
+            names,
+            links,
+            ..
+        } = inner;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(op)?;
+        for (id, at) in &data.batches {
+            let seq = i64::try_from(id.seq).map_err(|_| Error::Invalid {
+                path: self.path.clone(),
+                what: format!("batch sequence number {} exceeds 2^63-1", id.seq),
+            })?;
+            let at = self.time(*at)?;
+            tx.prepare_cached(
+                "INSERT INTO batches (node, boot_id, seq, committed_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT DO NOTHING",
+            )
+            .and_then(|mut s| s.execute(params![id.node, id.boot_id, seq, at]))
+            .map_err(op)?;
+        }
+        let mut ids = Ids {
+            tx: &tx,
+            workloads,
+            names,
+        };
+        self.apply_rows(&tx, &mut ids, links, &data.flows, &data.dns)?;
         tx.commit().map_err(op)
     }
 }

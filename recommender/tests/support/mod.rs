@@ -11,6 +11,8 @@
 //!   `leash serve` as a process;
 //! - [`serve_process`]: `leash serve` as a process with its log, ready when `/readyz` is;
 //! - [`snapshots`]: cluster snapshots as YAML `List`s, built from small item functions;
+//! - [`postgres`]: a real PostgreSQL server (`initdb` in a temporary directory, unprivileged),
+//!   or a skip when PostgreSQL is not installed;
 //! - [`sshd`]: the lab's SSH server, or a skip when `sshd` is not installed;
 //! - [`store_flows`]: flows committed straight into a SQLite store.
 //!
@@ -22,6 +24,7 @@ pub mod crd;
 pub mod eval;
 pub mod http;
 pub mod large_map;
+pub mod postgres;
 pub mod recommend;
 pub mod serve_process;
 pub mod snapshots;

@@ -1,0 +1,1362 @@
+//! The PostgreSQL store: one database shared by any number of `leash serve` replicas and
+//! readers, with the semantics of the SQLite store ([`super::SqliteStore`]).
+//!
+//! - **Exactly once.** A batch id is inserted into `batches` (primary key (node, boot id,
+//!   seq)) in the transaction of its observations, `ON CONFLICT DO NOTHING`: a second
+//!   commit of the id, by this process or another replica, waits for the first transaction
+//!   and then finds the id stored, and changes nothing.
+//! - **Aggregation and group commit.** [`Store::commit_many`] is one transaction; each
+//!   batch's rows go out as one multi-row upsert per table (`INSERT … SELECT FROM unnest($1,
+//!   …) ON CONFLICT DO UPDATE`: one statement and one round trip for all the rows of a
+//!   table), in key order so that concurrent replicas lock rows in the same order. A
+//!   deadlock or serialization failure between replicas retries the whole group.
+//!   `COPY … FROM STDIN BINARY` into a temporary staging table then one
+//!   `INSERT … SELECT … ON CONFLICT` was tried against this: 200 batches of 2,000 distinct
+//!   flows into one table, on one local server (debug build, `fsync=off`), `unnest` stored
+//!   65,000 rows/s and `COPY` 53,000: COPY's extra statement and staging writes cost more
+//!   than it saves on batches of this size. `unnest` is kept; the ingest benchmark decides.
+//! - **Address history.** Merged in SQL as `AddressSeen::merge` does ([`UPSERT_ADDRESSES`]);
+//!   duplicates within one batch are first merged with `AddressSeen::merge` itself, since
+//!   one upsert statement cannot update a row twice.
+//! - **Migrations**: `schema.rs`, under an advisory lock.
+//!
+//! The driver is `tokio-postgres`. [`Store`] is synchronous and is called from blocking
+//! threads (`spawn_blocking`, the ingest writer's thread, the read API's threads), some of
+//! which are inside a tokio `block_on` already (the ingest writer): a nested runtime would
+//! panic. So the store owns a runtime of one worker thread on which every connection's I/O
+//! task runs, and callers wait for a query's answer with `futures::executor::block_on`
+//! (the client's futures only exchange messages with the connection task): no caller
+//! enters a tokio runtime, and no async worker of the caller's runtime is used. Connections:
+//! one writer behind a mutex (one process commits one group at a time anyway: the ingest
+//! writer is one thread), and a small pool of readers, as the SQLite store has; a pool crate
+//! would add nothing to that shape.
+
+pub mod schema;
+pub mod tls;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use leash_records::Protocol;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, IsolationLevel, Row, Transaction};
+
+use super::location::PostgresUrl;
+use super::{
+    AddressSeen, AlertRecord, BatchCommit, BatchId, Commit, DnsObservation, Error, FlowObservation,
+    Result, Scope, Store, Subject, WorkloadRef, WorkloadTotals, dns_order, flow_order,
+};
+use crate::evidence::PodNames;
+
+/// How long connecting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Idle read connections kept for reuse.
+const MAX_IDLE_READERS: usize = 8;
+
+/// How often a group commit is tried when replicas deadlock or conflict.
+const COMMIT_TRIES: usize = 5;
+
+/// The largest count stored; sums saturate here.
+const MAX_COUNT: i64 = i64::MAX;
+
+/// Merges a DNS observation's addresses into their history as `AddressSeen::merge` does:
+/// the earliest first seen, the latest last seen, and the TTL and chain of the later sighting
+/// (on equal last seen, of the larger (TTL, chain)). PostgreSQL evaluates every `SET` on the
+/// row as it was, so both `CASE`s compare the same values; row comparison is lexicographic,
+/// `bigint` compares as Rust's integers and `bytea` byte-wise, as the encoded chains'
+/// `Vec<String>` order (`schema.rs`).
+pub const UPSERT_ADDRESSES: &str = r#"
+    INSERT INTO dns_addresses AS d (namespace, kind, name, server, query, ip, first_seen,
+        last_seen, ttl, chain)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::inet[], $5::text[],
+        $6::inet[], $7::int8[], $8::int8[], $9::int8[], $10::bytea[])
+    ON CONFLICT (namespace, kind, name, server, query, ip) DO UPDATE SET
+        first_seen = least(d.first_seen, excluded.first_seen),
+        last_seen = greatest(d.last_seen, excluded.last_seen),
+        ttl = CASE WHEN (excluded.last_seen, excluded.ttl, excluded.chain)
+                > (d.last_seen, d.ttl, d.chain) THEN excluded.ttl ELSE d.ttl END,
+        chain = CASE WHEN (excluded.last_seen, excluded.ttl, excluded.chain)
+                > (d.last_seen, d.ttl, d.chain) THEN excluded.chain ELSE d.chain END"#;
+
+const UPSERT_FLOWS: &str = r#"
+    INSERT INTO flows AS f (namespace, kind, name, dst, port, protocol, count, first_seen,
+        last_seen, established, failed, pods)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::inet[], $5::int4[],
+        $6::int2[], $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], $12::int8[])
+    ON CONFLICT (namespace, kind, name, dst, port, protocol) DO UPDATE SET
+        count = CASE WHEN f.count > 9223372036854775807 - excluded.count
+            THEN 9223372036854775807 ELSE f.count + excluded.count END,
+        first_seen = least(f.first_seen, excluded.first_seen),
+        last_seen = greatest(f.last_seen, excluded.last_seen),
+        established = CASE WHEN f.established > 9223372036854775807 - excluded.established
+            THEN 9223372036854775807 ELSE f.established + excluded.established END,
+        failed = CASE WHEN f.failed > 9223372036854775807 - excluded.failed
+            THEN 9223372036854775807 ELSE f.failed + excluded.failed END,
+        pods = greatest(f.pods, excluded.pods)"#;
+
+const INSERT_FLOW_NAMES: &str = r#"
+    INSERT INTO flow_names (namespace, kind, name, dst, port, protocol, dns_name)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::inet[], $5::int4[],
+        $6::int2[], $7::text[])
+    ON CONFLICT DO NOTHING"#;
+
+/// Links a batch's pods to their flows while a flow names fewer than `$8`
+/// ([`PodNames::MAX`]) pods, in name order, and raises a full flow's count of pods to `$8`
+/// plus the batch's distinct pods it could not name (a lower bound), as the SQLite store
+/// does pod by pod.
+const INSERT_FLOW_PODS: &str = r#"
+    WITH new AS (
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::inet[], $5::int4[],
+            $6::int2[], $7::text[]) AS t (namespace, kind, name, dst, port, protocol, pod)
+    ), fresh AS (
+        SELECT n.*,
+            (SELECT count(*) FROM flow_pods p
+             WHERE (p.namespace, p.kind, p.name, p.dst, p.port, p.protocol)
+                 = (n.namespace, n.kind, n.name, n.dst, n.port, n.protocol)) AS have,
+            row_number() OVER (PARTITION BY n.namespace, n.kind, n.name, n.dst, n.port,
+                n.protocol ORDER BY n.pod COLLATE "C") AS rn
+        FROM new n
+        WHERE NOT EXISTS (SELECT 1 FROM flow_pods p
+            WHERE (p.namespace, p.kind, p.name, p.dst, p.port, p.protocol, p.pod)
+                = (n.namespace, n.kind, n.name, n.dst, n.port, n.protocol, n.pod))
+    ), ins AS (
+        INSERT INTO flow_pods (namespace, kind, name, dst, port, protocol, pod)
+        SELECT namespace, kind, name, dst, port, protocol, pod FROM fresh
+        WHERE have + rn <= $8
+        ON CONFLICT DO NOTHING
+    ), over AS (
+        SELECT namespace, kind, name, dst, port, protocol, count(*) AS n FROM fresh
+        WHERE have + rn > $8
+        GROUP BY namespace, kind, name, dst, port, protocol
+    )
+    UPDATE flows f SET pods = greatest(f.pods, $8 + over.n) FROM over
+    WHERE (f.namespace, f.kind, f.name, f.dst, f.port, f.protocol)
+        = (over.namespace, over.kind, over.name, over.dst, over.port, over.protocol)"#;
+
+const UPSERT_DNS: &str = r#"
+    INSERT INTO dns AS d (namespace, kind, name, server, query, count, first_seen, last_seen)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::inet[], $5::text[],
+        $6::int8[], $7::int8[], $8::int8[])
+    ON CONFLICT (namespace, kind, name, server, query) DO UPDATE SET
+        count = CASE WHEN d.count > 9223372036854775807 - excluded.count
+            THEN 9223372036854775807 ELSE d.count + excluded.count END,
+        first_seen = least(d.first_seen, excluded.first_seen),
+        last_seen = greatest(d.last_seen, excluded.last_seen)"#;
+
+const INSERT_RESOLVED: &str = r#"
+    INSERT INTO dns_resolved (namespace, kind, name, server, query, answer, ip)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::inet[], $5::text[],
+        $6::text[], $7::inet[])
+    ON CONFLICT DO NOTHING"#;
+
+/// The PostgreSQL store. See the module's documentation.
+pub struct PostgresStore {
+    /// The URL without its password, for messages.
+    shown: PathBuf,
+    config: tokio_postgres::Config,
+    tls: tls::MakeRustls,
+    /// Runs every connection's I/O; shut down in the background on drop (a runtime may not
+    /// be dropped where blocking is not allowed).
+    runtime: Option<tokio::runtime::Runtime>,
+    writer: Mutex<Option<Client>>,
+    idle: Mutex<Vec<Client>>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("url", &self.shown)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+fn boxed(e: impl std::error::Error + Send + Sync + 'static) -> super::BoxError {
+    Box::new(e)
+}
+
+/// Waits for a client future on the calling thread (see the module's documentation).
+fn wait<F: std::future::Future>(f: F) -> F::Output {
+    futures::executor::block_on(f)
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url` and migrates it to this build's schema.
+    pub fn connect(url: &PostgresUrl) -> Result<Self> {
+        let shown = PathBuf::from(url.redacted());
+        let invalid = |what: String| Error::Invalid {
+            path: shown.clone(),
+            what,
+        };
+        let (driver_url, settings) = tls::split_url(url.expose()).map_err(&invalid)?;
+        let mut config: tokio_postgres::Config = driver_url.parse().map_err(|e| Error::Open {
+            path: shown.clone(),
+            source: boxed(e),
+        })?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("leash");
+        }
+        config.ssl_mode(match settings.mode {
+            tls::SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            tls::SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            _ => tokio_postgres::config::SslMode::Require,
+        });
+        let tls = tls::MakeRustls(Arc::new(tls::client_config(&settings).map_err(&invalid)?));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("leash-postgres")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Open {
+                path: shown.clone(),
+                source: boxed(e),
+            })?;
+        let store = Self {
+            shown,
+            config,
+            tls,
+            runtime: Some(runtime),
+            writer: Mutex::new(None),
+            idle: Mutex::new(Vec::new()),
+        };
+        let mut client = store.new_client().map_err(|e| Error::Open {
+            path: store.shown.clone(),
+            source: e,
+        })?;
+        store.migrate(&mut client)?;
+        *store.writer.lock().unwrap_or_else(|p| p.into_inner()) = Some(client);
+        Ok(store)
+    }
+
+    /// The URL, without its password.
+    pub fn shown(&self) -> &Path {
+        &self.shown
+    }
+
+    /// A new connection, its I/O task on the store's runtime.
+    fn new_client(&self) -> std::result::Result<Client, super::BoxError> {
+        let Some(rt) = &self.runtime else {
+            return Err("the store's runtime is gone".into());
+        };
+        let config = self.config.clone();
+        let tls = self.tls.clone();
+        let join = rt.spawn(async move {
+            let (client, connection) = config.connect(tls).await?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %leash_records::error::Chain(&e), "PostgreSQL connection closed");
+                }
+            });
+            Ok::<_, tokio_postgres::Error>(client)
+        });
+        match wait(join) {
+            Ok(Ok(client)) => Ok(client),
+            Ok(Err(e)) => Err(boxed(e)),
+            Err(e) => Err(boxed(e)),
+        }
+    }
+
+    fn op(&self, operation: &'static str, e: tokio_postgres::Error) -> Error {
+        Error::Operation {
+            path: self.shown.clone(),
+            operation,
+            source: boxed(e),
+        }
+    }
+
+    fn op_boxed(&self, operation: &'static str, source: super::BoxError) -> Error {
+        Error::Operation {
+            path: self.shown.clone(),
+            operation,
+            source,
+        }
+    }
+
+    fn time(&self, t: DateTime<Utc>) -> Result<i64> {
+        t.timestamp_nanos_opt()
+            .ok_or_else(|| Error::TimeOutOfRange {
+                path: self.shown.clone(),
+                time: t,
+            })
+    }
+
+    fn corrupt(&self, what: String) -> Error {
+        Error::Corrupt {
+            path: self.shown.clone(),
+            what,
+        }
+    }
+
+    /// The schema version of the database.
+    pub fn version(&self) -> Result<i64> {
+        self.read("read the schema version", async |tx| {
+            let row = tx
+                .query_one(
+                    "SELECT coalesce(max(version), 0)::int8 FROM leash_schema",
+                    &[],
+                )
+                .await?;
+            Ok(row.try_get::<_, i64>(0)?)
+        })
+    }
+
+    fn migrate(&self, client: &mut Client) -> Result<()> {
+        let supported = schema::schema_version();
+        let found = wait(async {
+            let tx = client.transaction().await?;
+            // Replicas starting at once: the first migrates, the others wait here and then
+            // find every migration applied. The lock ends with the transaction.
+            tx.execute(
+                "SELECT pg_advisory_xact_lock($1)",
+                &[&schema::MIGRATION_LOCK],
+            )
+            .await?;
+            tx.batch_execute(schema::CREATE_VERSIONS).await?;
+            let found: i64 = tx
+                .query_one(
+                    "SELECT coalesce(max(version), 0)::int8 FROM leash_schema",
+                    &[],
+                )
+                .await?
+                .try_get(0)?;
+            if found > supported {
+                return Ok::<_, MigrateError>(found);
+            }
+            for (i, m) in schema::MIGRATIONS
+                .iter()
+                .enumerate()
+                .skip(usize::try_from(found).unwrap_or(0))
+            {
+                let version = i32::try_from(i + 1).unwrap_or(i32::MAX);
+                tx.batch_execute(m.sql)
+                    .await
+                    .map_err(|e| MigrateError::Step(i64::from(version), m.description, e))?;
+                tx.execute(
+                    "INSERT INTO leash_schema (version, description) VALUES ($1, $2)",
+                    &[&version, &m.description],
+                )
+                .await
+                .map_err(|e| MigrateError::Step(i64::from(version), m.description, e))?;
+            }
+            tx.commit().await?;
+            Ok(found)
+        })
+        .map_err(|e| match e {
+            MigrateError::Sql(e) => Error::Open {
+                path: self.shown.clone(),
+                source: boxed(e),
+            },
+            MigrateError::Step(version, description, e) => Error::Migrate {
+                path: self.shown.clone(),
+                version,
+                description,
+                source: boxed(e),
+            },
+        })?;
+        if found > supported {
+            return Err(Error::NewerSchema {
+                path: self.shown.clone(),
+                found,
+                supported,
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs `f` in one read-only, repeatable-read transaction (one snapshot) on a pooled
+    /// read connection; once more on a new connection when a pooled one was lost (the
+    /// server restarted).
+    fn read<T>(
+        &self,
+        operation: &'static str,
+        f: impl AsyncFn(&Transaction<'_>) -> std::result::Result<T, ReadError>,
+    ) -> Result<T> {
+        let mut fresh = false;
+        loop {
+            let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let mut client = match pooled {
+                Some(c) if !c.is_closed() && !fresh => c,
+                _ => {
+                    fresh = true;
+                    self.new_client().map_err(|e| self.op_boxed(operation, e))?
+                }
+            };
+            let out = wait(async {
+                let tx = client
+                    .build_transaction()
+                    .isolation_level(IsolationLevel::RepeatableRead)
+                    .read_only(true)
+                    .start()
+                    .await?;
+                let out = f(&tx).await?;
+                tx.rollback().await?;
+                Ok::<_, ReadError>(out)
+            });
+            if !client.is_closed() {
+                let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+                if idle.len() < MAX_IDLE_READERS {
+                    idle.push(client);
+                }
+            }
+            return match out {
+                Ok(v) => Ok(v),
+                Err(ReadError::Sql(e)) if e.is_closed() && !fresh => {
+                    fresh = true;
+                    continue;
+                }
+                Err(ReadError::Sql(e)) => Err(self.op(operation, e)),
+                Err(ReadError::Store(e)) => Err(e),
+            };
+        }
+    }
+
+    /// Runs `f` in a read-write transaction on the writer connection (reconnecting when it
+    /// was lost), retrying deadlocks and serialization failures between replicas. With
+    /// `again_if_lost` (`f` may run twice: a batch id makes a commit's second run a
+    /// duplicate), a connection lost mid-transaction is replaced and `f` runs again once.
+    fn write<T>(
+        &self,
+        operation: &'static str,
+        again_if_lost: bool,
+        mut f: impl AsyncFnMut(&Transaction<'_>) -> std::result::Result<T, ReadError>,
+    ) -> Result<T> {
+        let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tries = 0;
+        let mut lost = false;
+        loop {
+            tries += 1;
+            let client = match writer.take() {
+                Some(c) if !c.is_closed() => c,
+                _ => self.new_client().map_err(|e| self.op_boxed(operation, e))?,
+            };
+            let client = writer.insert(client);
+            let out = wait(async {
+                let tx = client.transaction().await?;
+                let out = f(&tx).await?;
+                tx.commit().await?;
+                Ok::<_, ReadError>(out)
+            });
+            match out {
+                Ok(v) => return Ok(v),
+                Err(ReadError::Sql(e)) if tries < COMMIT_TRIES && retryable(&e) => continue,
+                Err(ReadError::Sql(e)) if again_if_lost && e.is_closed() && !lost => {
+                    lost = true;
+                    continue;
+                }
+                Err(ReadError::Sql(e)) => return Err(self.op(operation, e)),
+                Err(ReadError::Store(e)) => return Err(e),
+            }
+        }
+    }
+
+    /// Every stored batch id with when it was committed (for `leash store migrate`).
+    fn read_batch_ids(&self) -> Result<Vec<(BatchId, DateTime<Utc>)>> {
+        let rows = self.read("read batch ids", async |tx| {
+            Ok(tx
+                .query(
+                    "SELECT node, boot_id, seq, committed_at FROM batches
+                         ORDER BY node, boot_id, seq",
+                    &[],
+                )
+                .await?)
+        })?;
+        rows.iter()
+            .map(|r| {
+                let seq: i64 = r.try_get(2).map_err(|e| self.op("read batch ids", e))?;
+                Ok((
+                    BatchId {
+                        node: r.try_get(0).map_err(|e| self.op("read batch ids", e))?,
+                        boot_id: r.try_get(1).map_err(|e| self.op("read batch ids", e))?,
+                        seq: u64::try_from(seq)
+                            .map_err(|_| self.corrupt(format!("batches: seq {seq}")))?,
+                    },
+                    DateTime::from_timestamp_nanos(
+                        r.try_get(3).map_err(|e| self.op("read batch ids", e))?,
+                    ),
+                ))
+            })
+            .collect()
+    }
+}
+
+/// Whether a failed transaction may succeed when tried again: replicas that deadlocked or
+/// conflicted.
+fn retryable(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|c| {
+        *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
+    })
+}
+
+enum MigrateError {
+    Sql(tokio_postgres::Error),
+    Step(i64, &'static str, tokio_postgres::Error),
+}
+
+impl From<tokio_postgres::Error> for MigrateError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        MigrateError::Sql(e)
+    }
+}
+
+/// A failure inside a transaction: SQL, or a value this build cannot store or did not write.
+enum ReadError {
+    Sql(tokio_postgres::Error),
+    Store(Error),
+}
+
+impl From<tokio_postgres::Error> for ReadError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        ReadError::Sql(e)
+    }
+}
+
+impl From<Error> for ReadError {
+    fn from(e: Error) -> Self {
+        ReadError::Store(e)
+    }
+}
+
+/// The IANA protocol number.
+fn protocol_number(p: Protocol) -> i16 {
+    match p {
+        Protocol::Tcp => 6,
+        Protocol::Udp => 17,
+        Protocol::Sctp => 132,
+    }
+}
+
+fn protocol_from_number(n: i16) -> Option<Protocol> {
+    match n {
+        6 => Some(Protocol::Tcp),
+        17 => Some(Protocol::Udp),
+        132 => Some(Protocol::Sctp),
+        _ => None,
+    }
+}
+
+fn clamp(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(MAX_COUNT)
+}
+
+fn unclamp(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// A `since` bound in stored units; bounds outside the storable range clamp to its ends.
+fn since_nanos(since: Option<DateTime<Utc>>) -> i64 {
+    match since {
+        None => i64::MIN,
+        Some(t) => t.timestamp_nanos_opt().unwrap_or(if t.timestamp() < 0 {
+            i64::MIN
+        } else {
+            i64::MAX
+        }),
+    }
+}
+
+/// A CNAME chain as stored: each name followed by a zero byte (`schema.rs`).
+fn encode_chain(chain: &[String]) -> std::result::Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(chain.iter().map(|n| n.len() + 1).sum());
+    for name in chain {
+        if name.as_bytes().contains(&0) {
+            return Err(format!("a CNAME chain name contains a zero byte: {name:?}"));
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.push(0);
+    }
+    Ok(out)
+}
+
+fn decode_chain(bytes: &[u8]) -> std::result::Result<Vec<String>, &'static str> {
+    let Some(body) = bytes.strip_suffix(&[0]) else {
+        if bytes.is_empty() {
+            return Ok(Vec::new());
+        }
+        return Err("without its final zero byte");
+    };
+    body.split(|b| *b == 0)
+        .map(|name| {
+            std::str::from_utf8(name)
+                .map(str::to_owned)
+                .map_err(|_| "with a name that is not UTF-8")
+        })
+        .collect()
+}
+
+/// The key columns of a workload, as parameter arrays.
+#[derive(Default)]
+struct WorkloadCols<'a> {
+    namespace: Vec<&'a str>,
+    kind: Vec<&'a str>,
+    name: Vec<&'a str>,
+}
+
+impl<'a> WorkloadCols<'a> {
+    fn push(&mut self, w: &'a WorkloadRef) {
+        self.namespace.push(&w.namespace);
+        self.kind.push(&w.kind);
+        self.name.push(&w.name);
+    }
+}
+
+/// One flow observation merged from a batch's rows of the same key.
+struct FlowAgg<'a> {
+    count: u64,
+    first: i64,
+    last: i64,
+    established: u64,
+    failed: u64,
+    pods: u64,
+    names: BTreeSet<&'a str>,
+    pod_names: BTreeSet<&'a str>,
+}
+
+type FlowKey<'a> = (&'a WorkloadRef, IpAddr, u16, Protocol);
+type DnsKey<'a> = (&'a WorkloadRef, IpAddr, &'a str);
+
+/// One DNS observation merged from a batch's rows of the same key.
+struct DnsAgg<'a> {
+    count: u64,
+    first: i64,
+    last: i64,
+    resolved: BTreeSet<(&'a str, IpAddr)>,
+    addresses: BTreeMap<IpAddr, AddressSeen>,
+}
+
+impl PostgresStore {
+    /// Applies one batch's observations inside `tx` (the batch id is the caller's), as one
+    /// upsert per table.
+    async fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        flows: &[FlowObservation],
+        dns: &[DnsObservation],
+    ) -> std::result::Result<(), ReadError> {
+        // Rows of one key merged first (one statement cannot update a row twice), in key
+        // order (replicas lock rows in the same order).
+        let mut fl: BTreeMap<FlowKey<'_>, FlowAgg<'_>> = BTreeMap::new();
+        for f in flows {
+            let first = self.time(f.first_seen)?;
+            let last = self.time(f.last_seen)?;
+            let key = (&f.workload, f.dst.to_canonical(), f.port, f.protocol);
+            let agg = fl.entry(key).or_insert_with(|| FlowAgg {
+                count: 0,
+                first,
+                last,
+                established: 0,
+                failed: 0,
+                pods: 0,
+                names: BTreeSet::new(),
+                pod_names: BTreeSet::new(),
+            });
+            agg.count = agg.count.saturating_add(f.count);
+            agg.first = agg.first.min(first);
+            agg.last = agg.last.max(last);
+            agg.established = agg.established.saturating_add(f.established);
+            agg.failed = agg.failed.saturating_add(f.failed);
+            agg.pods = agg.pods.max(f.pods.total());
+            agg.names.extend(f.names.iter().map(String::as_str));
+            agg.pod_names
+                .extend(f.pods.names.iter().map(String::as_str));
+        }
+        if !fl.is_empty() {
+            let mut w = WorkloadCols::default();
+            let (mut dst, mut port, mut proto) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut count, mut first, mut last) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut est, mut failed, mut pods) = (Vec::new(), Vec::new(), Vec::new());
+            let mut nw = WorkloadCols::default();
+            let (mut ndst, mut nport, mut nproto, mut nname) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            let mut pw = WorkloadCols::default();
+            let (mut pdst, mut pport, mut pproto, mut pname) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for ((wl, ip, p, pr), a) in &fl {
+                w.push(wl);
+                dst.push(*ip);
+                port.push(i32::from(*p));
+                proto.push(protocol_number(*pr));
+                count.push(clamp(a.count));
+                first.push(a.first);
+                last.push(a.last);
+                est.push(clamp(a.established));
+                failed.push(clamp(a.failed));
+                pods.push(clamp(a.pods));
+                for n in &a.names {
+                    nw.push(wl);
+                    ndst.push(*ip);
+                    nport.push(i32::from(*p));
+                    nproto.push(protocol_number(*pr));
+                    nname.push(*n);
+                }
+                for n in &a.pod_names {
+                    pw.push(wl);
+                    pdst.push(*ip);
+                    pport.push(i32::from(*p));
+                    pproto.push(protocol_number(*pr));
+                    pname.push(*n);
+                }
+            }
+            tx.execute(
+                UPSERT_FLOWS,
+                &[
+                    &w.namespace,
+                    &w.kind,
+                    &w.name,
+                    &dst,
+                    &port,
+                    &proto,
+                    &count,
+                    &first,
+                    &last,
+                    &est,
+                    &failed,
+                    &pods,
+                ],
+            )
+            .await?;
+            if !nname.is_empty() {
+                tx.execute(
+                    INSERT_FLOW_NAMES,
+                    &[
+                        &nw.namespace,
+                        &nw.kind,
+                        &nw.name,
+                        &ndst,
+                        &nport,
+                        &nproto,
+                        &nname,
+                    ],
+                )
+                .await?;
+            }
+            if !pname.is_empty() {
+                let max = i64::try_from(PodNames::MAX).unwrap_or(i64::MAX);
+                tx.execute(
+                    INSERT_FLOW_PODS,
+                    &[
+                        &pw.namespace,
+                        &pw.kind,
+                        &pw.name,
+                        &pdst,
+                        &pport,
+                        &pproto,
+                        &pname,
+                        &max,
+                    ],
+                )
+                .await?;
+            }
+        }
+        let mut dn: BTreeMap<DnsKey<'_>, DnsAgg<'_>> = BTreeMap::new();
+        for d in dns {
+            let first = self.time(d.first_seen)?;
+            let last = self.time(d.last_seen)?;
+            let agg = dn
+                .entry((&d.workload, d.server, d.query.as_str()))
+                .or_insert_with(|| DnsAgg {
+                    count: 0,
+                    first,
+                    last,
+                    resolved: BTreeSet::new(),
+                    addresses: BTreeMap::new(),
+                });
+            agg.count = agg.count.saturating_add(d.count);
+            agg.first = agg.first.min(first);
+            agg.last = agg.last.max(last);
+            agg.resolved
+                .extend(d.resolved.iter().map(|(n, ip)| (n.as_str(), *ip)));
+            for (ip, seen) in &d.addresses {
+                // The model's own merge for duplicates within the batch.
+                match agg.addresses.get_mut(ip) {
+                    Some(a) => a.merge(seen),
+                    None => {
+                        agg.addresses.insert(*ip, seen.clone());
+                    }
+                }
+            }
+        }
+        if dn.is_empty() {
+            return Ok(());
+        }
+        let mut w = WorkloadCols::default();
+        let (mut server, mut query, mut count, mut first, mut last) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut rw = WorkloadCols::default();
+        let (mut rserver, mut rquery, mut ranswer, mut rip) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut aw = WorkloadCols::default();
+        let (mut aserver, mut aquery, mut aip) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut afirst, mut alast, mut attl, mut achain) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for ((wl, srv, q), a) in &dn {
+            w.push(wl);
+            server.push(*srv);
+            query.push(*q);
+            count.push(clamp(a.count));
+            first.push(a.first);
+            last.push(a.last);
+            for (n, ip) in &a.resolved {
+                rw.push(wl);
+                rserver.push(*srv);
+                rquery.push(*q);
+                ranswer.push(*n);
+                rip.push(*ip);
+            }
+            for (ip, seen) in &a.addresses {
+                aw.push(wl);
+                aserver.push(*srv);
+                aquery.push(*q);
+                aip.push(*ip);
+                afirst.push(self.time(seen.first_seen)?);
+                alast.push(self.time(seen.last_seen)?);
+                attl.push(i64::from(seen.ttl));
+                achain.push(encode_chain(&seen.chain).map_err(|what| Error::Invalid {
+                    path: self.shown.clone(),
+                    what,
+                })?);
+            }
+        }
+        tx.execute(
+            UPSERT_DNS,
+            &[
+                &w.namespace,
+                &w.kind,
+                &w.name,
+                &server,
+                &query,
+                &count,
+                &first,
+                &last,
+            ],
+        )
+        .await?;
+        if !ranswer.is_empty() {
+            tx.execute(
+                INSERT_RESOLVED,
+                &[
+                    &rw.namespace,
+                    &rw.kind,
+                    &rw.name,
+                    &rserver,
+                    &rquery,
+                    &ranswer,
+                    &rip,
+                ],
+            )
+            .await?;
+        }
+        if !aip.is_empty() {
+            tx.execute(
+                UPSERT_ADDRESSES,
+                &[
+                    &aw.namespace,
+                    &aw.kind,
+                    &aw.name,
+                    &aserver,
+                    &aquery,
+                    &aip,
+                    &afirst,
+                    &alast,
+                    &attl,
+                    &achain,
+                ],
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// The `WHERE` clause (after `last_seen >= $1`) and parameters of `subject`.
+    fn subject_filter(subject: &Subject) -> (&'static str, Vec<&str>) {
+        match subject {
+            Subject::All => ("", Vec::new()),
+            Subject::Namespace(ns) => (" AND t.namespace = $2", vec![ns.as_str()]),
+            Subject::Workload(w) => (
+                " AND t.namespace = $2 AND t.kind = $3 AND t.name = $4",
+                vec![w.namespace.as_str(), w.kind.as_str(), w.name.as_str()],
+            ),
+        }
+    }
+
+    fn flow_from_row(&self, r: &Row) -> std::result::Result<FlowObservation, ReadError> {
+        let port: i32 = r.try_get("port")?;
+        let proto: i16 = r.try_get("protocol")?;
+        let port = u16::try_from(port)
+            .map_err(|_| self.corrupt(format!("flows: port {port} out of range")))?;
+        let protocol = protocol_from_number(proto)
+            .ok_or_else(|| self.corrupt(format!("flows: unknown protocol number {proto}")))?;
+        let names: Vec<String> = r.try_get("names")?;
+        let pod_names: Vec<String> = r.try_get("pod_names")?;
+        let total = unclamp(r.try_get("pods")?);
+        let pod_names: BTreeSet<String> = pod_names.into_iter().collect();
+        let named = u64::try_from(pod_names.len()).unwrap_or(u64::MAX);
+        Ok(FlowObservation {
+            workload: WorkloadRef {
+                namespace: r.try_get("namespace")?,
+                kind: r.try_get("kind")?,
+                name: r.try_get("name")?,
+            },
+            protocol,
+            dst: r.try_get("dst")?,
+            port,
+            count: unclamp(r.try_get("count")?),
+            first_seen: DateTime::from_timestamp_nanos(r.try_get("first_seen")?),
+            last_seen: DateTime::from_timestamp_nanos(r.try_get("last_seen")?),
+            names: names.into_iter().collect(),
+            pods: PodNames {
+                names: pod_names,
+                more: total.saturating_sub(named),
+            },
+            established: unclamp(r.try_get("established")?),
+            failed: unclamp(r.try_get("failed")?),
+        })
+    }
+
+    fn dns_from_row(&self, r: &Row) -> std::result::Result<DnsObservation, ReadError> {
+        let answers: Vec<String> = r.try_get("answers")?;
+        let answer_ips: Vec<IpAddr> = r.try_get("answer_ips")?;
+        let ips: Vec<IpAddr> = r.try_get("ips")?;
+        let firsts: Vec<i64> = r.try_get("firsts")?;
+        let lasts: Vec<i64> = r.try_get("lasts")?;
+        let ttls: Vec<i64> = r.try_get("ttls")?;
+        let chains: Vec<Vec<u8>> = r.try_get("chains")?;
+        let mut addresses = BTreeMap::new();
+        for (i, ip) in ips.into_iter().enumerate() {
+            let (Some(first), Some(last), Some(ttl), Some(chain)) =
+                (firsts.get(i), lasts.get(i), ttls.get(i), chains.get(i))
+            else {
+                return Err(self
+                    .corrupt("dns_addresses: columns of unequal lengths".into())
+                    .into());
+            };
+            let ttl = u32::try_from(*ttl)
+                .map_err(|_| self.corrupt(format!("dns_addresses: TTL {ttl} is out of range")))?;
+            let chain = decode_chain(chain)
+                .map_err(|what| self.corrupt(format!("dns_addresses: a CNAME chain {what}")))?;
+            addresses.insert(
+                ip,
+                AddressSeen {
+                    first_seen: DateTime::from_timestamp_nanos(*first),
+                    last_seen: DateTime::from_timestamp_nanos(*last),
+                    ttl,
+                    chain,
+                },
+            );
+        }
+        Ok(DnsObservation {
+            workload: WorkloadRef {
+                namespace: r.try_get("namespace")?,
+                kind: r.try_get("kind")?,
+                name: r.try_get("name")?,
+            },
+            server: r.try_get("server")?,
+            query: r.try_get("query")?,
+            count: unclamp(r.try_get("count")?),
+            first_seen: DateTime::from_timestamp_nanos(r.try_get("first_seen")?),
+            last_seen: DateTime::from_timestamp_nanos(r.try_get("last_seen")?),
+            resolved: answers.into_iter().zip(answer_ips).collect(),
+            addresses,
+        })
+    }
+
+    fn alert_from_row(&self, r: &Row) -> std::result::Result<AlertRecord, ReadError> {
+        let port: i32 = r.try_get("port")?;
+        let proto: i16 = r.try_get("protocol")?;
+        Ok(AlertRecord {
+            workload: WorkloadRef {
+                namespace: r.try_get("namespace")?,
+                kind: r.try_get("kind")?,
+                name: r.try_get("name")?,
+            },
+            dst: r.try_get("dst")?,
+            port: u16::try_from(port)
+                .map_err(|_| self.corrupt(format!("alerts: port {port} is out of range")))?,
+            protocol: protocol_from_number(proto)
+                .ok_or_else(|| self.corrupt(format!("alerts: unknown protocol number {proto}")))?,
+            first_sent: DateTime::from_timestamp_nanos(r.try_get("first_sent")?),
+            last_sent: DateTime::from_timestamp_nanos(r.try_get("last_sent")?),
+            last_seen: DateTime::from_timestamp_nanos(r.try_get("last_seen")?),
+            occurrences: unclamp(r.try_get("occurrences")?),
+            detail: r.try_get("detail")?,
+        })
+    }
+
+    async fn insert_batch(
+        &self,
+        tx: &Transaction<'_>,
+        id: &BatchId,
+        at: i64,
+    ) -> std::result::Result<bool, ReadError> {
+        let seq = i64::try_from(id.seq).map_err(|_| Error::Invalid {
+            path: self.shown.clone(),
+            what: format!("batch sequence number {} exceeds 2^63-1", id.seq),
+        })?;
+        let n = tx
+            .execute(
+                "INSERT INTO batches (node, boot_id, seq, committed_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT DO NOTHING",
+                &[&id.node, &id.boot_id, &seq, &at],
+            )
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn upsert_alerts(
+        &self,
+        tx: &Transaction<'_>,
+        records: &[AlertRecord],
+    ) -> std::result::Result<(), ReadError> {
+        // The last record of a key wins, as one replacing upsert after the other would.
+        let mut by_key: BTreeMap<(&WorkloadRef, IpAddr, u16, Protocol), &AlertRecord> =
+            BTreeMap::new();
+        for a in records {
+            by_key.insert((&a.workload, a.dst.to_canonical(), a.port, a.protocol), a);
+        }
+        let mut w = WorkloadCols::default();
+        let (mut dst, mut port, mut proto) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut fs, mut ls, mut seen, mut occ, mut detail) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for ((wl, ip, p, pr), a) in &by_key {
+            w.push(wl);
+            dst.push(*ip);
+            port.push(i32::from(*p));
+            proto.push(protocol_number(*pr));
+            fs.push(self.time(a.first_sent)?);
+            ls.push(self.time(a.last_sent)?);
+            seen.push(self.time(a.last_seen)?);
+            occ.push(clamp(a.occurrences));
+            detail.push(a.detail.as_str());
+        }
+        tx.execute(
+            r#"INSERT INTO alerts (namespace, kind, name, dst, port, protocol, first_sent,
+                   last_sent, last_seen, occurrences, detail)
+               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::inet[],
+                   $5::int4[], $6::int2[], $7::int8[], $8::int8[], $9::int8[], $10::int8[],
+                   $11::text[])
+               ON CONFLICT (namespace, kind, name, dst, port, protocol) DO UPDATE SET
+                   first_sent = excluded.first_sent, last_sent = excluded.last_sent,
+                   last_seen = excluded.last_seen, occurrences = excluded.occurrences,
+                   detail = excluded.detail"#,
+            &[
+                &w.namespace,
+                &w.kind,
+                &w.name,
+                &dst,
+                &port,
+                &proto,
+                &fs,
+                &ls,
+                &seen,
+                &occ,
+                &detail,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+const SELECT_FLOWS: &str = r#"
+    SELECT t.namespace, t.kind, t.name, t.dst, t.port, t.protocol, t.count, t.first_seen,
+        t.last_seen, t.established, t.failed, t.pods,
+        ARRAY(SELECT n.dns_name FROM flow_names n
+              WHERE (n.namespace, n.kind, n.name, n.dst, n.port, n.protocol)
+                  = (t.namespace, t.kind, t.name, t.dst, t.port, t.protocol)) AS names,
+        ARRAY(SELECT p.pod FROM flow_pods p
+              WHERE (p.namespace, p.kind, p.name, p.dst, p.port, p.protocol)
+                  = (t.namespace, t.kind, t.name, t.dst, t.port, t.protocol)) AS pod_names
+    FROM flows t WHERE t.last_seen >= $1"#;
+
+const SELECT_DNS: &str = r#"
+    SELECT t.namespace, t.kind, t.name, t.server, t.query, t.count, t.first_seen, t.last_seen,
+        ARRAY(SELECT r.answer FROM dns_resolved r
+              WHERE (r.namespace, r.kind, r.name, r.server, r.query)
+                  = (t.namespace, t.kind, t.name, t.server, t.query)
+              ORDER BY r.answer, r.ip) AS answers,
+        ARRAY(SELECT r.ip FROM dns_resolved r
+              WHERE (r.namespace, r.kind, r.name, r.server, r.query)
+                  = (t.namespace, t.kind, t.name, t.server, t.query)
+              ORDER BY r.answer, r.ip) AS answer_ips,
+        a.ips, a.firsts, a.lasts, a.ttls, a.chains
+    FROM dns t
+    CROSS JOIN LATERAL (
+        SELECT coalesce(array_agg(x.ip ORDER BY x.ip), '{}') AS ips,
+            coalesce(array_agg(x.first_seen ORDER BY x.ip), '{}') AS firsts,
+            coalesce(array_agg(x.last_seen ORDER BY x.ip), '{}') AS lasts,
+            coalesce(array_agg(x.ttl ORDER BY x.ip), '{}') AS ttls,
+            coalesce(array_agg(x.chain ORDER BY x.ip), '{}') AS chains
+        FROM dns_addresses x
+        WHERE (x.namespace, x.kind, x.name, x.server, x.query)
+            = (t.namespace, t.kind, t.name, t.server, t.query)
+          AND x.last_seen >= $1
+    ) a
+    WHERE t.last_seen >= $1"#;
+
+impl Store for PostgresStore {
+    fn commit(
+        &self,
+        id: &BatchId,
+        flows: &[FlowObservation],
+        dns: &[DnsObservation],
+    ) -> Result<Commit> {
+        match self
+            .commit_many(&[BatchCommit { id, flows, dns }])?
+            .as_slice()
+        {
+            [one] => Ok(*one),
+            other => Err(Error::Invalid {
+                path: self.shown.clone(),
+                what: format!("a commit of one batch returned {} outcomes", other.len()),
+            }),
+        }
+    }
+
+    fn commit_many(&self, batches: &[BatchCommit<'_>]) -> Result<Vec<Commit>> {
+        let now = self.time(Utc::now())?;
+        self.write("commit a batch", true, async |tx| {
+            let mut out = Vec::with_capacity(batches.len());
+            for b in batches {
+                if self.insert_batch(tx, b.id, now).await? {
+                    self.apply(tx, b.flows, b.dns).await?;
+                    out.push(Commit::Stored);
+                } else {
+                    out.push(Commit::Duplicate);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn flows(&self, since: Option<DateTime<Utc>>) -> Result<Vec<FlowObservation>> {
+        self.flows_in(
+            &Scope {
+                since,
+                subject: Subject::All,
+            },
+            usize::MAX,
+        )
+    }
+
+    fn dns(&self, since: Option<DateTime<Utc>>) -> Result<Vec<DnsObservation>> {
+        self.dns_in(
+            &Scope {
+                since,
+                subject: Subject::All,
+            },
+            usize::MAX,
+        )
+    }
+
+    fn flows_in(&self, scope: &Scope, max: usize) -> Result<Vec<FlowObservation>> {
+        let since = since_nanos(scope.since);
+        let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        let (filter, args) = Self::subject_filter(&scope.subject);
+        let sql = format!(
+            "{SELECT_FLOWS}{filter} ORDER BY t.namespace, t.kind, t.name, t.dst, t.port,
+             t.protocol LIMIT {limit}"
+        );
+        let mut out = self.read("read flows", async |tx| {
+            let mut params: Vec<&(dyn ToSql + Sync)> = vec![&since];
+            params.extend(args.iter().map(|a| a as &(dyn ToSql + Sync)));
+            let rows = tx.query(sql.as_str(), &params).await?;
+            rows.iter()
+                .map(|r| self.flow_from_row(r))
+                .collect::<std::result::Result<Vec<_>, _>>()
+        })?;
+        out.sort_by(|a, b| flow_order(a).cmp(&flow_order(b)));
+        Ok(out)
+    }
+
+    fn dns_in(&self, scope: &Scope, max: usize) -> Result<Vec<DnsObservation>> {
+        let since = since_nanos(scope.since);
+        let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        let (filter, args) = Self::subject_filter(&scope.subject);
+        let sql = format!(
+            "{SELECT_DNS}{filter} ORDER BY t.namespace, t.kind, t.name, t.server, t.query
+             LIMIT {limit}"
+        );
+        let mut out = self.read("read DNS observations", async |tx| {
+            let mut params: Vec<&(dyn ToSql + Sync)> = vec![&since];
+            params.extend(args.iter().map(|a| a as &(dyn ToSql + Sync)));
+            let rows = tx.query(sql.as_str(), &params).await?;
+            rows.iter()
+                .map(|r| self.dns_from_row(r))
+                .collect::<std::result::Result<Vec<_>, _>>()
+        })?;
+        out.sort_by(|a, b| dns_order(a).cmp(&dns_order(b)));
+        Ok(out)
+    }
+
+    fn workload_totals(
+        &self,
+        since: Option<DateTime<Utc>>,
+        after: Option<&WorkloadRef>,
+        max: usize,
+    ) -> Result<Vec<WorkloadTotals>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let since = since_nanos(since);
+        let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        let after = after.cloned();
+        let rows = self.read("read workload totals", async |tx| {
+            let (ns, kind, name) = match &after {
+                Some(a) => (Some(&a.namespace), Some(&a.kind), Some(&a.name)),
+                None => (None, None, None),
+            };
+            // Sums in `numeric` (no overflow), saturating as `WorkloadTotals::add_counts`
+            // does at 2^64-1, read back as text.
+            Ok(tx
+                .query(
+                    "SELECT namespace, kind, name, count(*)::int8,
+                             least(sum(count::numeric), 18446744073709551615)::text,
+                             min(first_seen), max(last_seen)
+                         FROM flows WHERE last_seen >= $1
+                           AND ($2::text IS NULL
+                                OR (namespace, kind, name) > ($2::text, $3::text, $4::text))
+                         GROUP BY namespace, kind, name
+                         ORDER BY namespace, kind, name
+                         LIMIT $5",
+                    &[&since, &ns, &kind, &name, &limit],
+                )
+                .await?)
+        })?;
+        let get = |e| self.op("read workload totals", e);
+        rows.iter()
+            .map(|r| {
+                let count: String = r.try_get(4).map_err(get)?;
+                Ok(WorkloadTotals {
+                    workload: WorkloadRef {
+                        namespace: r.try_get(0).map_err(get)?,
+                        kind: r.try_get(1).map_err(get)?,
+                        name: r.try_get(2).map_err(get)?,
+                    },
+                    destinations: unclamp(r.try_get(3).map_err(get)?),
+                    count: count
+                        .parse()
+                        .map_err(|_| self.corrupt(format!("flows: a sum of counts {count:?}")))?,
+                    first_seen: DateTime::from_timestamp_nanos(r.try_get(5).map_err(get)?),
+                    last_seen: DateTime::from_timestamp_nanos(r.try_get(6).map_err(get)?),
+                })
+            })
+            .collect()
+    }
+
+    fn prune(&self, before: DateTime<Utc>) -> Result<u64> {
+        let before = self.time(before)?;
+        self.write("prune", true, async |tx| {
+            tx.execute(
+                "DELETE FROM flow_names n USING flows f
+                     WHERE (n.namespace, n.kind, n.name, n.dst, n.port, n.protocol)
+                         = (f.namespace, f.kind, f.name, f.dst, f.port, f.protocol)
+                       AND f.last_seen < $1",
+                &[&before],
+            )
+            .await?;
+            tx.execute(
+                "DELETE FROM flow_pods n USING flows f
+                     WHERE (n.namespace, n.kind, n.name, n.dst, n.port, n.protocol)
+                         = (f.namespace, f.kind, f.name, f.dst, f.port, f.protocol)
+                       AND f.last_seen < $1",
+                &[&before],
+            )
+            .await?;
+            let flows = tx
+                .execute("DELETE FROM flows WHERE last_seen < $1", &[&before])
+                .await?;
+            tx.execute(
+                "DELETE FROM dns_resolved r USING dns d
+                     WHERE (r.namespace, r.kind, r.name, r.server, r.query)
+                         = (d.namespace, d.kind, d.name, d.server, d.query)
+                       AND d.last_seen < $1",
+                &[&before],
+            )
+            .await?;
+            // Addresses last seen before the cut go, whether or not their observation
+            // stays; an observation that goes takes all of its addresses.
+            tx.execute("DELETE FROM dns_addresses WHERE last_seen < $1", &[&before])
+                .await?;
+            tx.execute(
+                "DELETE FROM dns_addresses a USING dns d
+                     WHERE (a.namespace, a.kind, a.name, a.server, a.query)
+                         = (d.namespace, d.kind, d.name, d.server, d.query)
+                       AND d.last_seen < $1",
+                &[&before],
+            )
+            .await?;
+            let dns = tx
+                .execute("DELETE FROM dns WHERE last_seen < $1", &[&before])
+                .await?;
+            tx.execute("DELETE FROM batches WHERE committed_at < $1", &[&before])
+                .await?;
+            tx.execute("DELETE FROM alerts WHERE last_seen < $1", &[&before])
+                .await?;
+            Ok(flows.saturating_add(dns))
+        })
+    }
+
+    fn alerts(&self, namespace: Option<&str>) -> Result<Vec<AlertRecord>> {
+        let mut out = self.read("read remembered alerts", async |tx| {
+            let rows = tx
+                .query(
+                    "SELECT namespace, kind, name, dst, port, protocol, first_sent,
+                             last_sent, last_seen, occurrences, detail
+                         FROM alerts WHERE $1::text IS NULL OR namespace = $1",
+                    &[&namespace],
+                )
+                .await?;
+            rows.iter()
+                .map(|r| self.alert_from_row(r))
+                .collect::<std::result::Result<Vec<_>, _>>()
+        })?;
+        out.sort_by(|a, b| a.key().cmp(&b.key()));
+        Ok(out)
+    }
+
+    fn remember_alerts(&self, records: &[AlertRecord]) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.write("remember alerts", true, async |tx| {
+            self.upsert_alerts(tx, records).await
+        })
+    }
+
+    fn batch_ids(&self) -> Result<Vec<(BatchId, DateTime<Utc>)>> {
+        self.read_batch_ids()
+    }
+
+    fn import(&self, data: &super::Export) -> Result<()> {
+        let mut times = Vec::with_capacity(data.batches.len());
+        for (_, at) in &data.batches {
+            times.push(self.time(*at)?);
+        }
+        let times = &times;
+        self.write("import", false, async |tx| {
+            for ((id, _), at) in data.batches.iter().zip(times) {
+                self.insert_batch(tx, id, *at).await?;
+            }
+            self.apply(tx, &data.flows, &data.dns).await?;
+            if !data.alerts.is_empty() {
+                self.upsert_alerts(tx, &data.alerts).await?;
+            }
+            Ok(())
+        })
+    }
+}
