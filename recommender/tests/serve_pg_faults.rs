@@ -229,6 +229,10 @@ fn a_stream_cut_mid_way_resumes_on_the_other_replica_exactly_once() {
         .unwrap();
     b.assert_running();
     let acks = acks.lock().unwrap();
+    eprintln!(
+        "cut after {before} acks; the other replica found {} of the resent batches stored",
+        acks.by_seq.values().filter(|d| **d).count()
+    );
     assert!(acks.twice.is_empty(), "acked twice: {:?}", acks.twice);
     assert_eq!(
         acks.by_seq.keys().copied().collect::<Vec<_>>(),
@@ -292,6 +296,11 @@ fn postgres_restarted_under_load_answers_unavailable_and_loses_nothing() {
     serve.assert_running();
 
     let codes = codes.lock().unwrap();
+    eprintln!(
+        "restart: {} cut streams: {:?}",
+        codes.len(),
+        codes.iter().map(|s| s.message()).collect::<Vec<_>>()
+    );
     assert!(
         !codes.is_empty(),
         "the restart cut at least one stream: {} acks",
