@@ -50,10 +50,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 // The tests' PostgreSQL harness: `initdb` in a tempdir (as `nobody` when root), a private port.
 #[path = "../tests/support/postgres.rs"]
-#[expect(
-    dead_code,
-    reason = "the bench uses only part of the test harness"
-)]
+#[expect(dead_code, reason = "the bench uses only part of the test harness")]
 mod postgres;
 
 const WORKLOADS: usize = 200;
@@ -411,7 +408,11 @@ fn postgres_cpu(postmaster: u32) -> Result<f64, Error> {
     // utime, stime, cutime, cstime are fields 14–17: indices 11–14 from field 3.
     let mut total: u64 = main.get(11..15).map_or(0, |f| f.iter().sum());
     for entry in std::fs::read_dir("/proc")?.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
             continue;
         };
         if let Some(f) = proc_stat(pid)

@@ -292,7 +292,10 @@ fn postgres_restarted_under_load_answers_unavailable_and_loses_nothing() {
     });
     wait_acked(&acks, 40);
     pg.restart();
-    assert!(rt.block_on(agent).unwrap(), "every batch acked within 200 streams");
+    assert!(
+        rt.block_on(agent).unwrap(),
+        "every batch acked within 200 streams"
+    );
     serve.assert_running();
 
     let codes = codes.lock().unwrap();
