@@ -531,8 +531,14 @@ fn main() -> Result<(), Error> {
     match postgres::bin_dir() {
         None => println!("  PostgreSQL: SKIPPED, not installed (./scripts/setup.sh installs it)"),
         Some(bin) => {
+            // `LEASH_BENCH_PG_STATEMENTS=1`: the server's time by statement, to profile.
+            let statements = std::env::var_os("LEASH_BENCH_PG_STATEMENTS").is_some();
             for (label, settings) in pg_settings {
-                let pg = postgres::Postgres::start_with_settings(&bin, settings);
+                let mut settings = settings.to_vec();
+                if statements {
+                    settings.push("shared_preload_libraries=pg_stat_statements");
+                }
+                let pg = postgres::Postgres::start_with_settings(&bin, &settings);
                 let url = pg.create_database("bench");
                 let Ok(Location::Postgres(url)) = url.parse::<Location>() else {
                     return Err("not a PostgreSQL URL".into());
@@ -545,6 +551,19 @@ fn main() -> Result<(), Error> {
                     format!("{label} (server {version})"),
                     run(&rt, &pki, store, &db, total, per_batch)?,
                 ));
+                if statements {
+                    pg.psql("bench", "CREATE EXTENSION pg_stat_statements");
+                    println!("  {label}: server time by statement (ms, calls, rows)");
+                    let top = pg.psql(
+                        "bench",
+                        "SELECT round(total_exec_time)::text || ' ' || calls || ' ' || rows || ' '
+                             || left(regexp_replace(query, '\\s+', ' ', 'g'), 90)
+                         FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 8",
+                    );
+                    for line in top.lines() {
+                        println!("    {line}");
+                    }
+                }
             }
         }
     }
