@@ -12,6 +12,11 @@
 //! agent's do; every 20th record goes to a destination never seen before. Records come by
 //! cgroup, as the agent sends them, about 10 per pod per batch.
 //!
+//! The same flow is measured side by side into SQLite and into PostgreSQL (a server started
+//! by the bench with the tests' harness, fsync and synchronous_commit on as in production,
+//! then once more with synchronous_commit off), with the database server's CPU read from
+//! `/proc` (its processes' utime + stime) before and after.
+//!
 //! `cargo bench -p leash --bench ingest` (env `LEASH_BENCH_RECORDS`, default 1,000,000).
 
 use std::{
@@ -29,7 +34,10 @@ use leash::{
     ingest::{IngestService, Limits},
     observations::{from_batch, from_groups},
     state::ClusterState,
-    store::{BatchCommit, BatchId, Store, sqlite::SqliteStore},
+    store::{
+        BatchCommit, BatchId, Store, location::Location, postgres::PostgresStore,
+        sqlite::SqliteStore,
+    },
 };
 use leash_records::{
     FlowRecord, Outcome, PodRef, Protocol, Snapshot,
@@ -39,6 +47,11 @@ use leash_records::{
 use prost::Message as _;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
+
+// The tests' PostgreSQL harness: `initdb` in a tempdir (as `nobody` when root), a private port.
+#[path = "../tests/support/postgres.rs"]
+#[expect(dead_code, reason = "the bench uses only part of the test harness")]
+mod postgres;
 
 const WORKLOADS: usize = 200;
 const PODS: usize = WORKLOADS * 2;
@@ -374,24 +387,65 @@ fn breakdown(
     Ok(())
 }
 
-fn main() -> Result<(), Error> {
-    let per_batch = env_usize("LEASH_BENCH_BATCH", 4_000).max(1);
-    let total = env_usize("LEASH_BENCH_RECORDS", 1_000_000).max(1);
-    if let Ok(addr) = std::env::var("LEASH_BENCH_CLIENT") {
-        let pki = PathBuf::from(std::env::var("LEASH_BENCH_PKI")?);
-        return client(&addr, &pki, total, per_batch);
+/// `/proc/<pid>/stat`'s fields after the command name.
+fn proc_stat(pid: u32) -> Option<Vec<u64>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 1..];
+    // From field 3 (state, not a number: 0) on.
+    Some(
+        rest.split_whitespace()
+            .map(|f| f.parse().unwrap_or(0))
+            .collect(),
+    )
+}
+
+/// The CPU seconds of the PostgreSQL server: the postmaster's own and its reaped children's
+/// time, plus that of its live children (backends, WAL writer, checkpointer, …).
+fn postgres_cpu(postmaster: u32) -> Result<f64, Error> {
+    // SAFETY: plain sysconf.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let main = proc_stat(postmaster).ok_or("the postmaster is gone")?;
+    // utime, stime, cutime, cstime are fields 14–17: indices 11–14 from field 3.
+    let mut total: u64 = main.get(11..15).map_or(0, |f| f.iter().sum());
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Some(f) = proc_stat(pid)
+            && f.get(1) == Some(&u64::from(postmaster))
+        {
+            total += f.get(11..13).map_or(0, |f| f.iter().sum::<u64>());
+        }
     }
+    Ok(total as f64 / ticks)
+}
 
-    let dir = tempfile::tempdir()?;
-    let pki = dir.path().join("pki");
-    leash::certs::generate(&pki, &["127.0.0.1".to_owned()], &["bench-agent".to_owned()])?;
-    let store = Arc::new(SqliteStore::open(dir.path().join("leash.db"))?);
-    let rt = tokio::runtime::Runtime::new()?;
-    let (addr, service) = start_server(&rt, &pki, store.clone(), cluster()?)?;
+/// What one run measured.
+struct Run {
+    wall: f64,
+    server_cpu: f64,
+    db_cpu: Option<f64>,
+    transactions: f64,
+    observations: usize,
+}
 
+/// Streams `total` records from a child client into a new ingest service on `store`.
+fn run(
+    rt: &tokio::runtime::Runtime,
+    pki: &Path,
+    store: Arc<dyn Store>,
+    db_cpu: &dyn Fn() -> Result<Option<f64>, Error>,
+    total: usize,
+    per_batch: usize,
+) -> Result<Run, Error> {
+    let (addr, service) = start_server(rt, pki, store.clone(), cluster()?)?;
     let mut child = Command::new(std::env::current_exe()?)
         .env("LEASH_BENCH_CLIENT", addr.to_string())
-        .env("LEASH_BENCH_PKI", &pki)
+        .env("LEASH_BENCH_PKI", pki)
         .env("LEASH_BENCH_RECORDS", total.to_string())
         .env("LEASH_BENCH_BATCH", per_batch.to_string())
         .stdin(Stdio::piped())
@@ -404,11 +458,13 @@ fn main() -> Result<(), Error> {
     if line.trim() != "ready" {
         return Err(format!("client: {line:?}").into());
     }
+    let db0 = db_cpu()?;
     let cpu0 = rusage(libc::RUSAGE_SELF)?;
     writeln!(to_child, "go")?;
     line.clear();
     from_child.read_line(&mut line)?;
     let cpu1 = rusage(libc::RUSAGE_SELF)?;
+    let db1 = db_cpu()?;
     let wall: f64 = line
         .trim()
         .strip_prefix("done ")
@@ -418,49 +474,132 @@ fn main() -> Result<(), Error> {
     if !status.success() {
         return Err(format!("client exited with {status}").into());
     }
-    let client_cpu = rusage(libc::RUSAGE_CHILDREN)?;
-
     // Prefixed as `leash serve`'s registry is.
     let mut registry = prometheus_client::registry::Registry::with_prefix("leash");
     service.register(&mut registry);
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry)?;
     let stored = metric(&text, "leash_ingest_records_total{kind=\"flow\"}");
-    let commit_secs = metric(&text, "leash_ingest_commit_seconds_sum");
-    let transactions = metric(&text, "leash_ingest_batches_per_commit_count");
+    if stored != total as f64 {
+        return Err(format!("stored {stored} records of {total}").into());
+    }
+    Ok(Run {
+        wall,
+        server_cpu: (cpu1.user - cpu0.user) + (cpu1.sys - cpu0.sys),
+        db_cpu: db0.zip(db1).map(|(a, b)| b - a),
+        transactions: metric(&text, "leash_ingest_batches_per_commit_count"),
+        observations: store.flows(None)?.len(),
+    })
+}
 
+fn main() -> Result<(), Error> {
+    let per_batch = env_usize("LEASH_BENCH_BATCH", 4_000).max(1);
+    let total = env_usize("LEASH_BENCH_RECORDS", 1_000_000).max(1);
+    if let Ok(addr) = std::env::var("LEASH_BENCH_CLIENT") {
+        let pki = PathBuf::from(std::env::var("LEASH_BENCH_PKI")?);
+        return client(&addr, &pki, total, per_batch);
+    }
+
+    let dir = tempfile::tempdir()?;
+    let pki = dir.path().join("pki");
+    leash::certs::generate(&pki, &["127.0.0.1".to_owned()], &["bench-agent".to_owned()])?;
+    let sqlite = Arc::new(SqliteStore::open(dir.path().join("leash.db"))?);
+    let rt = tokio::runtime::Runtime::new()?;
+    let batches = total.div_ceil(per_batch);
+    println!(
+        "ingest: {total} flow records in {batches} batches of {per_batch}, one mTLS gRPC stream on loopback into `leash serve`'s ingest service (group commit: Store::commit_many)"
+    );
+    let mut runs: Vec<(String, Run)> = Vec::new();
+    let no_db = || Ok(None);
+    runs.push((
+        "SQLite (WAL, synchronous=NORMAL) in a tempdir".to_owned(),
+        run(&rt, &pki, sqlite.clone(), &no_db, total, per_batch)?,
+    ));
+
+    // PostgreSQL as in production (fsync, synchronous_commit, full_page_writes on), then
+    // with synchronous_commit off; each a new server on the same machine.
+    let pg_settings: [(&str, &[&str]); 2] = [
+        (
+            "PostgreSQL, fsync=on synchronous_commit=on full_page_writes=on",
+            &["fsync=on", "synchronous_commit=on", "full_page_writes=on"],
+        ),
+        (
+            "PostgreSQL, fsync=on synchronous_commit=OFF full_page_writes=on",
+            &["fsync=on", "synchronous_commit=off", "full_page_writes=on"],
+        ),
+    ];
+    match postgres::bin_dir() {
+        None => println!("  PostgreSQL: SKIPPED, not installed (./scripts/setup.sh installs it)"),
+        Some(bin) => {
+            // `LEASH_BENCH_PG_STATEMENTS=1`: the server's time by statement, to profile.
+            let statements = std::env::var_os("LEASH_BENCH_PG_STATEMENTS").is_some();
+            for (label, settings) in pg_settings {
+                let mut settings = settings.to_vec();
+                if statements {
+                    settings.push("shared_preload_libraries=pg_stat_statements");
+                }
+                let pg = postgres::Postgres::start_with_settings(&bin, &settings);
+                let url = pg.create_database("bench");
+                let Ok(Location::Postgres(url)) = url.parse::<Location>() else {
+                    return Err("not a PostgreSQL URL".into());
+                };
+                let store = Arc::new(PostgresStore::connect(&url)?);
+                let pid = pg.pid().ok_or("no postmaster")?;
+                let db = move || postgres_cpu(pid).map(Some);
+                let version = pg.psql("bench", "SHOW server_version");
+                runs.push((
+                    format!("{label} (server {version})"),
+                    run(&rt, &pki, store, &db, total, per_batch)?,
+                ));
+                if statements {
+                    pg.psql("bench", "CREATE EXTENSION pg_stat_statements");
+                    println!("  {label}: server time by statement (ms, calls, rows)");
+                    let top = pg.psql(
+                        "bench",
+                        "SELECT round(total_exec_time)::text || ' ' || calls || ' ' || rows || ' '
+                             || left(regexp_replace(query, '\\s+', ' ', 'g'), 90)
+                         FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 8",
+                    );
+                    for line in top.lines() {
+                        println!("    {line}");
+                    }
+                }
+            }
+        }
+    }
     let n = total as f64;
-    let server_cpu = (cpu1.user - cpu0.user) + (cpu1.sys - cpu0.sys);
-    let observations = store.flows(None)?.len();
-    println!(
-        "ingest: {total} flow records in {} batches of {per_batch}, one mTLS gRPC stream on loopback, SQLite (WAL) in a tempdir",
-        total.div_ceil(per_batch)
-    );
-    println!("  stored records (metric)       {stored}");
-    println!("  flow observations in store    {observations}");
-    println!(
-        "  wall time                     {wall:.3} s  → {:.0} records/s",
-        n / wall
-    );
-    println!(
-        "  server CPU (this process)     {server_cpu:.3} s (user {:.3}, sys {:.3}) → {:.3} µs/record",
-        cpu1.user - cpu0.user,
-        cpu1.sys - cpu0.sys,
-        server_cpu / n * 1e6
-    );
-    println!("  records/s per core (server)   {:.0}", n / server_cpu);
-    println!(
-        "  store transactions            {transactions} ({:.1} batches each on average)",
-        total.div_ceil(per_batch) as f64 / transactions
-    );
-    println!(
-        "  of which commits (wall)       {commit_secs:.3} s ({:.0}% of server CPU)",
-        commit_secs / server_cpu * 100.0
-    );
-    println!(
-        "  client CPU (child process)    {:.3} s, including building the batches",
-        client_cpu.user + client_cpu.sys
-    );
-    breakdown(&store, &cluster()?, per_batch, 25)?;
+    for (label, r) in &runs {
+        println!("  {label}");
+        println!(
+            "    wall {:.3} s → {:.0} records/s; {} flow observations stored; {} transactions ({:.1} batches each)",
+            r.wall,
+            n / r.wall,
+            r.observations,
+            r.transactions,
+            batches as f64 / r.transactions
+        );
+        println!(
+            "    serve CPU {:.3} s → {:.0} records/s per serve core ({:.3} µs/record)",
+            r.server_cpu,
+            n / r.server_cpu,
+            r.server_cpu / n * 1e6
+        );
+        if let Some(db) = r.db_cpu {
+            println!(
+                "    database server CPU {db:.3} s → {:.0} records/s per database core; database/serve CPU ratio {:.2}",
+                n / db,
+                db / r.server_cpu
+            );
+        }
+    }
+    if let [(_, base), rest @ ..] = runs.as_slice() {
+        for (label, r) in rest {
+            println!(
+                "  serve CPU per record vs SQLite: {:.2}× ({label})",
+                r.server_cpu / base.server_cpu
+            );
+        }
+    }
+    breakdown(&sqlite, &cluster()?, per_batch, 25)?;
     Ok(())
 }

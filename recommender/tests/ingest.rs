@@ -654,6 +654,33 @@ async fn resent_batch_is_counted_once_in_sqlite() {
     );
 }
 
+/// A batch the store cannot take as it is (here a sequence number over SQLite's and
+/// PostgreSQL's 2^63-1) is refused as invalid, a permanent answer the agent does not resend
+/// as it is; a transient store failure stays UNAVAILABLE (tests above and
+/// `serve_pg_faults.rs`). The stream's earlier batch is stored and acked.
+#[tokio::test]
+async fn a_batch_the_store_cannot_take_is_invalid_not_unavailable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(SqliteStore::open(dir.path().join("leash.db")).expect("store"));
+    let pki = Pki::new();
+    let server = serve(&pki, store.clone(), Limits::default()).await;
+    let mut c = client(&pki, "node-a", server.addr).await;
+    let mut p = push(&mut c).await;
+    p.send(batch("node-a", 1, &[flow("node-a", "payment-1", 10, 1)]))
+        .await;
+    assert_eq!(p.ack().await.id, Some(id("node-a", 1)));
+    p.send(batch(
+        "node-a",
+        u64::MAX,
+        &[flow("node-a", "payment-1", 10, 2)],
+    ))
+    .await;
+    let status = p.status().await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("exceeds 2^63-1"), "{status:?}");
+    assert_eq!(store.batch_ids().expect("batch ids").len(), 1);
+}
+
 /// The refused records of an ack, as (index, reason, detail).
 fn refused(ack: &v1::Ack) -> Vec<(u32, v1::RejectReason, &str)> {
     ack.rejected

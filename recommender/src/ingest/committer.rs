@@ -27,7 +27,9 @@ use tokio::sync::{mpsc, mpsc::error::TryRecvError, oneshot};
 use tonic::Status;
 
 use super::metrics::{Cause, Metrics};
-use crate::store::{BatchCommit, BatchId, Commit, DnsObservation, FlowObservation, Store};
+use crate::store::{
+    BatchCommit, BatchId, Commit, DnsObservation, Error as StoreError, FlowObservation, Store,
+};
 
 /// Batches waiting for the writer; senders wait when it is full (backpressure to the streams).
 const QUEUE: usize = 64;
@@ -261,15 +263,18 @@ fn commit_group(
                     let start = Instant::now();
                     let outcome = store.commit(&j.id, &j.flows, &j.dns);
                     metrics.commit_took(start.elapsed().as_secs_f64(), 1);
-                    outcome.map_err(|e| Chain(&e).to_string())
+                    outcome.map_err(|e| Failure::of(&e))
                 })
                 .collect()
         }
-        Ok(outcomes) => vec![Err(format!(
-            "the store returned {} outcomes for one batch",
-            outcomes.len()
-        ))],
-        Err(e) => vec![Err(Chain(&e).to_string())],
+        Ok(outcomes) => vec![Err(Failure {
+            permanent: false,
+            message: format!(
+                "the store returned {} outcomes for one batch",
+                outcomes.len()
+            ),
+        })],
+        Err(e) => vec![Err(Failure::of(&e))],
     };
     drop(batches);
     busy.clear();
@@ -303,13 +308,40 @@ fn commit_group(
                 metrics.duplicate();
                 Ok(ack(&job, true))
             }
-            Err(e) => {
+            Err(Failure { permanent, message }) => {
                 metrics.rejected(Cause::Store);
-                Err(Status::unavailable(format!("{}: {e}", job.name)))
+                let message = format!("{}: {message}", job.name);
+                Err(if permanent {
+                    Status::invalid_argument(message)
+                } else {
+                    Status::unavailable(message)
+                })
             }
         };
         // The agent may have gone; its batch is stored (or not) either way.
         let _ = job.reply.send(reply);
+    }
+}
+
+/// Why a batch was not stored.
+struct Failure {
+    /// The store cannot take the batch as it is (a value it cannot represent): resending
+    /// it cannot help, so it is refused as invalid (INVALID_ARGUMENT, the agent splits and
+    /// drops it). Anything else (a lost connection, a restarting PostgreSQL, a full disk, a
+    /// deadlock) is transient: UNAVAILABLE, and the agent resends the same batch.
+    permanent: bool,
+    message: String,
+}
+
+impl Failure {
+    fn of(e: &StoreError) -> Failure {
+        Failure {
+            permanent: matches!(
+                e,
+                StoreError::Invalid { .. } | StoreError::TimeOutOfRange { .. }
+            ),
+            message: Chain(e).to_string(),
+        }
     }
 }
 

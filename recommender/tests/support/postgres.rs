@@ -112,6 +112,24 @@ impl Postgres {
         Postgres::start_with(bin, None)
     }
 
+    /// As [`Postgres::start`], with extra server settings (`name=value`) that override the
+    /// test defaults (`fsync=off`, `synchronous_commit=off`, `full_page_writes=off`): the
+    /// ingest benchmark runs with production durability.
+    pub fn start_with_settings(bin: &Path, settings: &[&str]) -> Postgres {
+        let mut pg = Postgres::start_with(bin, None);
+        pg.stop();
+        for s in settings {
+            pg.conf.extend(["-c".to_owned(), (*s).to_owned()]);
+        }
+        pg.spawn();
+        pg
+    }
+
+    /// The postmaster's process id (its backends are its children).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// As [`Postgres::start`], serving TLS with `tls` (a PEM certificate chain and key) and
     /// refusing TCP clients without it (`hostssl` only).
     pub fn start_with(bin: &Path, tls: Option<(&Path, &Path)>) -> Postgres {
