@@ -469,36 +469,39 @@ mod tests {
         assert!(t.retry_period < t.renew_deadline);
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn while_leading_starts_and_aborts_with_leadership() {
+        let ms = Duration::from_millis;
         let (tx, rx) = watch::channel(false);
         let (runs_tx, mut runs) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
         let task = tokio::spawn(while_leading(rx, move || {
             let runs = runs_tx.clone();
             async move {
                 let _ = runs.send("started");
-                let mut ticker = tokio::time::interval(Duration::from_secs(1));
                 loop {
-                    ticker.tick().await;
+                    tokio::time::sleep(ms(10)).await;
                     let _ = runs.send("tick");
                 }
             }
         }));
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        tokio::time::sleep(ms(100)).await;
         assert!(runs.try_recv().is_err(), "nothing runs before leadership");
         tx.send(true).expect("receiver alive");
-        tokio::time::sleep(Duration::from_millis(2500)).await;
+        tokio::time::sleep(ms(100)).await;
         assert_eq!(runs.try_recv().ok(), Some("started"));
         tx.send(false).expect("receiver alive");
-        tokio::task::yield_now().await;
+        tokio::time::sleep(ms(50)).await;
         while runs.try_recv().is_ok() {}
-        tokio::time::sleep(Duration::from_secs(10)).await;
+        tokio::time::sleep(ms(100)).await;
         assert!(runs.try_recv().is_err(), "the task stopped with leadership");
         tx.send(true).expect("receiver alive");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(ms(50)).await;
         assert_eq!(runs.try_recv().ok(), Some("started"), "restarted next term");
         drop(tx);
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(ms(50)).await;
         assert!(task.is_finished());
+        while runs.try_recv().is_ok() {}
+        tokio::time::sleep(ms(50)).await;
+        assert!(runs.try_recv().is_err(), "the task stopped with the sender");
     }
 }
