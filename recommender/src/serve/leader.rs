@@ -116,15 +116,19 @@ impl std::fmt::Display for LeaseRef {
     }
 }
 
-/// This replica's identity in the Lease: the pod's name (`POD_NAME`), else the host name.
+/// This replica's identity in the Lease: the pod's name (`POD_NAME`, unique in its namespace),
+/// else the host name and the process id (two processes on one host must not share one).
 pub fn identity() -> String {
-    std::env::var(POD_NAME_ENV)
+    if let Some(pod) = std::env::var(POD_NAME_ENV).ok().filter(|p| !p.is_empty()) {
+        return pod;
+    }
+    let host = std::env::var("HOSTNAME")
         .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
         .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| format!("leash-serve-{}", std::process::id()))
+        .unwrap_or_else(|| "leash-serve".to_owned());
+    format!("{host}_{}", std::process::id())
 }
 
 /// The `leash_leader` gauge: 1 on the replica that runs the singleton work, 0 elsewhere.
