@@ -110,7 +110,10 @@ async fn one_of_two_leads_and_the_other_takes_over_when_it_dies() {
     assert_eq!(held.holder_identity.as_deref(), Some(names[0]));
     assert_eq!(held.lease_transitions, Some(0));
     assert_eq!(held.lease_duration_seconds, Some(3));
-    assert!(held.renew_time > held.acquire_time, "renewed since acquired");
+    assert!(
+        held.renew_time > held.acquire_time,
+        "renewed since acquired"
+    );
     assert_eq!(served_gauge(&leader.metrics), "leash_leader 1");
     assert_eq!(served_gauge(&other.metrics), "leash_leader 0");
 
@@ -175,7 +178,11 @@ async fn a_leader_that_cannot_renew_stops_its_singleton_work_before_another_star
     tokio::time::sleep(Duration::from_millis(100)).await;
     let frozen = ticks_a.load(Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(ticks_a.load(Ordering::SeqCst), frozen, "work stopped with leadership");
+    assert_eq!(
+        ticks_a.load(Ordering::SeqCst),
+        frozen,
+        "work stopped with leadership"
+    );
     assert_eq!(served_gauge(&a.metrics), "leash_leader 0");
 
     // The API server recovers: exactly one of them leads again, and the work resumes there.
@@ -189,7 +196,11 @@ async fn a_leader_that_cannot_renew_stops_its_singleton_work_before_another_star
     };
     assert!(working.load(Ordering::SeqCst) > if next == 0 { frozen } else { 0 });
     if next == 1 {
-        assert_eq!(idle.load(Ordering::SeqCst), frozen, "the old leader stays idle");
+        assert_eq!(
+            idle.load(Ordering::SeqCst),
+            frozen,
+            "the old leader stays idle"
+        );
     }
     a.task.abort();
     b.task.abort();
@@ -214,7 +225,11 @@ async fn a_stale_resource_version_is_a_conflict() {
     };
     assert_eq!(status.code, 409);
     assert_eq!(status.reason, "Conflict");
-    assert!(status.message.contains("leases.coordination.k8s.io \"leash-serve\""));
+    assert!(
+        status
+            .message
+            .contains("leases.coordination.k8s.io \"leash-serve\"")
+    );
     assert_eq!(
         lease(&api).await.spec.unwrap().holder_identity.as_deref(),
         Some("serve-a")

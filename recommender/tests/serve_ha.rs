@@ -95,10 +95,17 @@ fn two_replicas_elect_one_leader_and_the_other_takes_over_when_it_dies() {
         },
     );
     // Not before the lease had expired (15 s without a renewal, minus one retry period).
-    assert!(died.elapsed() >= Duration::from_secs(13), "{:?}", died.elapsed());
+    assert!(
+        died.elapsed() >= Duration::from_secs(13),
+        "{:?}",
+        died.elapsed()
+    );
     let lease = api.get_json(LEASES, "leash-system", "leash-serve").unwrap();
     assert_eq!(lease["spec"]["leaseTransitions"], 1);
-    assert_ne!(lease["spec"]["holderIdentity"].as_str().unwrap(), first_holder);
+    assert_ne!(
+        lease["spec"]["holderIdentity"].as_str().unwrap(),
+        first_holder
+    );
     wait_for(
         "the new leader's checks",
         Duration::from_secs(10),

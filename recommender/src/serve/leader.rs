@@ -49,6 +49,14 @@ pub const POD_NAMESPACE_ENV: &str = "POD_NAMESPACE";
 /// The downward-API variable holding the pod's name: this replica's identity.
 pub const POD_NAME_ENV: &str = "POD_NAME";
 
+/// What the election does with the API: read, create and renew (replace) its Lease, in its
+/// namespace only (deploy/overlays/ha grants exactly this with a Role).
+pub const LEASE_ACCESS: &[leash_records::access::ApiAccess] = &[leash_records::access::ApiAccess {
+    group: "coordination.k8s.io",
+    resource: "leases",
+    verbs: &["get", "create", "update"],
+}];
+
 /// The election's timing; [`Timing::default`] is the constants above. Tests shorten it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timing {

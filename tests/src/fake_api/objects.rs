@@ -77,7 +77,9 @@ pub(super) fn handle(
             // A replace carrying a resourceVersion is conditional, as on the real server: a
             // stale one is a `409 Conflict` (optimistic concurrency, e.g. Lease elections).
             let sent = meta_str(&body, "resourceVersion");
-            if req.method == "PUT" && !sent.is_empty() && sent != meta_str(&current, "resourceVersion")
+            if req.method == "PUT"
+                && !sent.is_empty()
+                && sent != meta_str(&current, "resourceVersion")
             {
                 return (409, conflict(target, name));
             }
