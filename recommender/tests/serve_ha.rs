@@ -3,11 +3,6 @@
 //! health and the read API; when the leader is killed the other takes over once the lease
 //! expires, and the Lease counts the transition.
 
-#![expect(
-    clippy::unwrap_used,
-    reason = "test helpers: a failed setup step must fail the test loudly"
-)]
-
 #[expect(
     dead_code,
     reason = "each test crate uses only part of the shared test support"
