@@ -113,3 +113,32 @@ fn two_replicas_elect_one_leader_and_the_other_takes_over_when_it_dies() {
         follower.log()
     );
 }
+
+/// `--leader-elect` needs the API server: with `--cluster FILE` (one replica) it is refused
+/// before anything starts; a malformed `--leader-lease` too.
+#[test]
+fn leader_election_is_refused_without_the_api_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let snapshot = dir.path().join("cluster.yaml");
+    std::fs::write(&snapshot, "apiVersion: v1\nkind: List\nitems: []\n").unwrap();
+    let run = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_leash"))
+            .args(["serve", "--insecure", "--cluster"])
+            .arg(&snapshot)
+            .arg("--store")
+            .arg(dir.path().join("leash.db"))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--leader-elect"]);
+    support::cli::assert_code(&out, 2);
+    assert!(
+        support::cli::stderr(&out).contains("--leader-elect needs --kube"),
+        "{}",
+        support::cli::stderr(&out)
+    );
+    let out = run(&["--leader-lease", "no-slash"]);
+    support::cli::assert_code(&out, 2);
+    assert!(support::cli::stderr(&out).contains("NAMESPACE/NAME"));
+}
