@@ -5,7 +5,8 @@ use std::path::Path;
 
 use k8s_openapi::api::{
     apps::v1::{DaemonSet, Deployment, StatefulSet},
-    core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount},
+    core::v1::{ConfigMap, Namespace, PodSpec, Secret, Service, ServiceAccount},
+    policy::v1::PodDisruptionBudget,
     rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
 };
 use leash_records::error::Chain;
@@ -86,6 +87,8 @@ pub enum Object {
     StatefulSet(Box<StatefulSet>),
     /// `apps/v1 Deployment`.
     Deployment(Box<Deployment>),
+    /// `policy/v1 PodDisruptionBudget`.
+    PodDisruptionBudget(Box<PodDisruptionBudget>),
     /// `cert-manager.io/v1 Issuer`.
     Issuer(Box<Issuer>),
     /// `cert-manager.io/v1 Certificate`.
@@ -183,6 +186,7 @@ pub fn parse_object(value: &Value, source: &str, document: usize) -> Result<Type
         ("apps/v1", "DaemonSet") => typed!(DaemonSet),
         ("apps/v1", "StatefulSet") => typed!(StatefulSet),
         ("apps/v1", "Deployment") => typed!(Deployment),
+        ("policy/v1", "PodDisruptionBudget") => typed!(PodDisruptionBudget),
         ("cert-manager.io/v1", "Issuer") => typed!(Issuer),
         ("cert-manager.io/v1", "Certificate") => typed!(Certificate),
         _ => {
@@ -227,6 +231,44 @@ impl Manifests {
     pub fn stateful_set(&self, name: &str) -> Option<&StatefulSet> {
         self.objects.iter().find_map(|t| match &t.object {
             Object::StatefulSet(s) if t.id.name == name => Some(&**s),
+            _ => None,
+        })
+    }
+
+    /// The Deployment named `name`.
+    pub fn deployment(&self, name: &str) -> Option<&Deployment> {
+        self.objects.iter().find_map(|t| match &t.object {
+            Object::Deployment(d) if t.id.name == name => Some(&**d),
+            _ => None,
+        })
+    }
+
+    /// The pod template of the workload `name`: a DaemonSet, StatefulSet or Deployment.
+    pub fn pod_spec(&self, name: &str) -> Option<&PodSpec> {
+        self.daemon_set(name)
+            .and_then(|d| d.spec.template.spec.as_ref())
+            .or_else(|| {
+                self.stateful_set(name)
+                    .and_then(|s| s.spec.template.spec.as_ref())
+            })
+            .or_else(|| {
+                self.deployment(name)
+                    .and_then(|d| d.spec.template.spec.as_ref())
+            })
+    }
+
+    /// The PodDisruptionBudget named `name`.
+    pub fn pod_disruption_budget(&self, name: &str) -> Option<&PodDisruptionBudget> {
+        self.objects.iter().find_map(|t| match &t.object {
+            Object::PodDisruptionBudget(p) if t.id.name == name => Some(&**p),
+            _ => None,
+        })
+    }
+
+    /// The Role named `name`.
+    pub fn role(&self, name: &str) -> Option<&Role> {
+        self.objects.iter().find_map(|t| match &t.object {
+            Object::Role(r) if t.id.name == name => Some(&**r),
             _ => None,
         })
     }

@@ -38,9 +38,7 @@ fn the_recommender_gets_its_pod_name_from_the_downward_api() {
     // What `leash serve` reads for its Events' reporting instance.
     let name = leash::cluster::events::INSTANCE_ENV;
     for m in renderings() {
-        let pod = m
-            .stateful_set("leash-recommender")
-            .and_then(|s| s.spec.template.spec.as_ref());
+        let pod = m.pod_spec("leash-recommender");
         let var = env(container(pod, "recommender", &m.source), name, &m.source);
         assert_eq!(
             field_path(var),
@@ -59,9 +57,7 @@ fn both_binaries_get_the_log_filter_variable_they_read() {
         let agent = m
             .daemon_set("leash-agent")
             .and_then(|d| d.spec.template.spec.as_ref());
-        let recommender = m
-            .stateful_set("leash-recommender")
-            .and_then(|s| s.spec.template.spec.as_ref());
+        let recommender = m.pod_spec("leash-recommender");
         for c in [
             container(agent, "agent", &m.source),
             container(recommender, "recommender", &m.source),

@@ -37,12 +37,7 @@ fn help(bin: &PathBuf, sub: &[&str]) -> String {
 
 fn container_args(m: &Manifests, workload: &str) -> Vec<String> {
     let pod = m
-        .daemon_set(workload)
-        .and_then(|d| d.spec.template.spec.as_ref())
-        .or_else(|| {
-            m.stateful_set(workload)
-                .and_then(|s| s.spec.template.spec.as_ref())
-        })
+        .pod_spec(workload)
         .unwrap_or_else(|| panic!("{}: no workload {workload}", m.source));
     pod.containers[0].args.clone().unwrap_or_default()
 }

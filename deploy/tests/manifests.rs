@@ -43,7 +43,7 @@ fn base_and_every_overlay_render_and_parse_strictly() {
         .iter()
         .filter_map(|o| Some(o.file_name()?.to_str()?.to_owned()))
         .collect();
-    assert_eq!(overlay_names, set(&["cert-manager", "self-signed"]));
+    assert_eq!(overlay_names, set(&["cert-manager", "ha", "self-signed"]));
     assert_eq!(renderings.len(), 1 + overlays.len());
 
     for m in &renderings {
@@ -54,13 +54,17 @@ fn base_and_every_overlay_render_and_parse_strictly() {
             "ClusterRole",
             "ClusterRoleBinding",
             "DaemonSet",
-            "StatefulSet",
             "Service",
         ] {
             assert!(k.contains(want), "{}: no {want} in {k:?}", m.source);
         }
         assert_eq!(names(m, "DaemonSet"), set(&["leash-agent"]), "{}", m.source);
-        assert_eq!(names(m, "StatefulSet"), set(&["leash-recommender"]));
+        // The recommender: a StatefulSet (SQLite), or a Deployment in the HA overlay.
+        let recommender: BTreeSet<String> = names(m, "StatefulSet")
+            .union(&names(m, "Deployment"))
+            .cloned()
+            .collect();
+        assert_eq!(recommender, set(&["leash-recommender"]), "{}", m.source);
         assert_eq!(
             names(m, "ClusterRole"),
             set(&["leash-agent", "leash-recommender"])

@@ -48,10 +48,24 @@ fn cluster_roles_grant_exactly_what_the_code_declares() {
         let roles: Vec<_> = m
             .objects
             .iter()
-            .filter(|t| t.id.kind.ends_with("Role"))
+            .filter(|t| t.id.kind == "ClusterRole")
             .map(|t| t.id.name.clone())
             .collect();
         assert_eq!(roles, ["leash-agent", "leash-recommender"], "{}", m.source);
+        // Only the HA overlay adds a (namespaced) Role: the Lease, checked below.
+        let namespaced: Vec<_> = m
+            .objects
+            .iter()
+            .filter(|t| t.id.kind == "Role")
+            .map(|t| t.id.name.clone())
+            .collect();
+        let ha = m.deployment("leash-recommender").is_some();
+        let want: &[&str] = if ha {
+            &["leash-recommender-leader"]
+        } else {
+            &[]
+        };
+        assert_eq!(namespaced, want, "{}", m.source);
     }
 }
 
@@ -114,4 +128,44 @@ fn each_role_is_bound_to_its_workloads_service_account() {
             );
         }
     }
+}
+
+/// The HA overlay's replicas elect a leader with a Lease: a Role in leash's namespace grants
+/// exactly what the election does, bound to the recommender's ServiceAccount; the
+/// ClusterRole gains nothing.
+#[test]
+fn the_ha_overlay_grants_the_lease_access_in_its_namespace_only() {
+    let m = Manifests::load(&leash_deploy::deploy_dir().join("overlays/ha"))
+        .unwrap_or_else(|e| panic!("{}", Chain(&e)));
+    let role = m.role("leash-recommender-leader").expect("the Lease Role");
+    assert_eq!(role.metadata.namespace.as_deref(), Some("leash-system"));
+    let granted = grants_of_rules(role.rules.as_deref().unwrap_or_default()).expect("plain rules");
+    let diff = GrantDiff::between(
+        &granted,
+        &grants_of_access(leash::serve::leader::LEASE_ACCESS),
+    );
+    assert!(diff.is_empty(), "Role leash-recommender-leader: {diff}");
+    let binding = m
+        .objects
+        .iter()
+        .find_map(|t| match &t.object {
+            leash_deploy::manifests::Object::RoleBinding(b) => Some(b),
+            _ => None,
+        })
+        .expect("a RoleBinding");
+    assert_eq!(binding.metadata.namespace.as_deref(), Some("leash-system"));
+    assert_eq!(binding.role_ref.kind, "Role");
+    assert_eq!(binding.role_ref.name, "leash-recommender-leader");
+    let subjects: Vec<_> = binding
+        .subjects
+        .iter()
+        .flatten()
+        .map(|s| (s.kind.as_str(), s.namespace.as_deref(), s.name.as_str()))
+        .collect();
+    assert_eq!(
+        subjects,
+        [("ServiceAccount", Some("leash-system"), "leash-recommender")]
+    );
+    // Leases stay out of the cluster-wide role.
+    check_role(&m, "leash-recommender", &recommender_access());
 }

@@ -23,8 +23,7 @@ fn agent_pod(m: &Manifests) -> &PodSpec {
 }
 
 fn recommender_pod(m: &Manifests) -> &PodSpec {
-    m.stateful_set("leash-recommender")
-        .and_then(|s| s.spec.template.spec.as_ref())
+    m.pod_spec("leash-recommender")
         .unwrap_or_else(|| panic!("{}: no leash-recommender pod template", m.source))
 }
 
@@ -233,7 +232,11 @@ fn capabilities_in_the_agent_manifest_each_carry_their_reason() {
 
 #[test]
 fn recommender_statefulset_is_non_root_and_keeps_its_store_on_a_volume() {
-    for m in renderings() {
+    // The HA overlay runs a Deployment on PostgreSQL instead: `ha_overlay_*` below.
+    for m in renderings()
+        .into_iter()
+        .filter(|m| m.deployment("leash-recommender").is_none())
+    {
         let ctx = &m.source;
         let sts = m.stateful_set("leash-recommender").expect("StatefulSet");
         let spec = &sts.spec;
@@ -406,11 +409,145 @@ fn tls_files_come_from_the_mounted_secret_and_the_service_matches_the_agents_url
         // The Service selects the recommender's pods.
         let labels = m
             .stateful_set("leash-recommender")
-            .and_then(|s| s.spec.template.metadata.as_ref()?.labels.clone())
+            .map(|s| &s.spec.template)
+            .or_else(|| m.deployment("leash-recommender").map(|d| &d.spec.template))
+            .and_then(|t| t.metadata.as_ref()?.labels.clone())
             .expect("pod labels");
         for (k, v) in spec.selector.iter().flatten() {
             assert_eq!(labels.get(k), Some(v), "{ctx}: selector {k}");
         }
         assert!(spec.selector.as_ref().is_some_and(|s| !s.is_empty()));
     }
+}
+
+/// The HA overlay: 3 replicas of `leash serve` as a Deployment, spread over zones and nodes,
+/// a PodDisruptionBudget keeping 2, leader election with the pod's name and namespace from
+/// the downward API, and the PostgreSQL URL from a Secret mounted as a file — never an
+/// argument nor an environment variable.
+#[test]
+fn ha_overlay_runs_three_spread_replicas_reading_the_store_url_from_a_secret_file() {
+    let m = leash_deploy::Manifests::load(&leash_deploy::deploy_dir().join("overlays/ha"))
+        .unwrap_or_else(|e| panic!("{}", Chain(&e)));
+    assert!(
+        m.stateful_set("leash-recommender").is_none(),
+        "no SQLite StatefulSet"
+    );
+    assert!(m.service("leash-recommender-headless").is_none());
+    assert!(
+        m.service("leash-recommender").is_some(),
+        "agents' Service kept"
+    );
+    let d = m.deployment("leash-recommender").expect("Deployment");
+    assert_eq!(d.spec.replicas, Some(3));
+    let labels = d
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .expect("pod labels");
+    let selects_pods =
+        |sel: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>| {
+            let wanted = sel.and_then(|s| s.match_labels.clone()).unwrap_or_default();
+            !wanted.is_empty() && wanted.iter().all(|(k, v)| labels.get(k) == Some(v))
+        };
+    let pod = recommender_pod(&m);
+    common_invariants(&m.source, "recommender", pod);
+
+    // Spread across zones and nodes.
+    let spread: BTreeSet<String> = pod
+        .topology_spread_constraints
+        .iter()
+        .flatten()
+        .inspect(|c| assert!(selects_pods(c.label_selector.as_ref()), "{c:?}"))
+        .map(|c| c.topology_key.clone())
+        .collect();
+    assert_eq!(
+        spread,
+        set(&["kubernetes.io/hostname", "topology.kubernetes.io/zone"])
+    );
+
+    // Voluntary disruptions keep 2 of 3.
+    let pdb = m
+        .pod_disruption_budget("leash-recommender")
+        .and_then(|p| p.spec.as_ref())
+        .expect("PodDisruptionBudget");
+    assert!(
+        pdb.min_available == Some(IntOrString::Int(2))
+            || pdb.max_unavailable == Some(IntOrString::Int(1)),
+        "{pdb:?}"
+    );
+    assert!(selects_pods(pdb.selector.as_ref()));
+
+    // Leader election, and the store URL from a file of the mounted Secret.
+    let c = &pod.containers[0];
+    let args = c.args.clone().unwrap_or_default();
+    assert!(args.contains(&"--leader-elect".to_owned()), "{args:?}");
+    assert!(
+        !args
+            .iter()
+            .any(|a| a.starts_with("--store=") || a == "--store")
+    );
+    let file = arg(&args, "--store-file").expect("--store-file");
+    assert_eq!(file, "/etc/leash/store/url");
+    let mount = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|vm| vm.mount_path == "/etc/leash/store")
+        .expect("the store Secret's mount");
+    assert_eq!(mount.read_only, Some(true));
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)
+        .and_then(|v| v.secret.as_ref())
+        .expect("a Secret volume");
+    assert_eq!(volume.secret_name.as_deref(), Some("leash-store"));
+    let items: Vec<_> = volume
+        .items
+        .iter()
+        .flatten()
+        .map(|i| (i.key.as_str(), i.path.as_str()))
+        .collect();
+    assert_eq!(items, [("url", "url")]);
+    for container in all_containers(pod) {
+        for var in container.env.iter().flatten() {
+            assert_ne!(
+                var.name, "LEASH_STORE",
+                "the URL never goes to the environment"
+            );
+            assert!(
+                var.value_from
+                    .as_ref()
+                    .and_then(|f| f.secret_key_ref.as_ref())
+                    .is_none(),
+                "no Secret in the environment: {var:?}"
+            );
+            assert!(
+                !var.value
+                    .as_deref()
+                    .unwrap_or_default()
+                    .contains("postgres")
+            );
+        }
+        assert!(container.env_from.is_none(), "no env from Secrets");
+    }
+    let downward = |name: &str| {
+        c.env
+            .iter()
+            .flatten()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value_from.as_ref()?.field_ref.as_ref())
+            .map(|f| f.field_path.clone())
+    };
+    assert_eq!(
+        downward(leash::serve::leader::POD_NAME_ENV).as_deref(),
+        Some("metadata.name")
+    );
+    assert_eq!(
+        downward(leash::serve::leader::POD_NAMESPACE_ENV).as_deref(),
+        Some("metadata.namespace")
+    );
 }

@@ -683,6 +683,15 @@ struct ServeArgs {
     /// How often stored flows are checked against the applied policies (unexpected egress).
     #[arg(long, default_value = "60s", value_parser = leash_records::duration::parse_positive)]
     check_interval: std::time::Duration,
+    /// Elect one leader among the replicas with a coordination.k8s.io Lease: only the leader
+    /// runs the alert checks, the pull-request loop and retention. Default: on with --kube,
+    /// off (one replica) with --cluster FILE.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true")]
+    leader_elect: Option<bool>,
+    /// The Lease, NAMESPACE/NAME. Default: leash-serve in $POD_NAMESPACE, else leash-system.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    leader_lease: Option<leash::serve::leader::LeaseRef>,
     /// At most this many records in one batch.
     #[arg(long, default_value_t = 65_536)]
     max_batch_records: usize,
@@ -1854,7 +1863,19 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             }))
         }
     };
+    let leader = match (args.leader_elect, &args.source.cluster) {
+        (Some(true), Some(_)) => {
+            return Err(Failure::BadInput("--leader-elect needs --kube".to_owned()));
+        }
+        (Some(false), _) | (None, Some(_)) => None,
+        (Some(true) | None, None) => Some(
+            args.leader_lease
+                .clone()
+                .unwrap_or_else(leash::serve::leader::LeaseRef::from_env),
+        ),
+    };
     let config = leash::serve::Config {
+        leader,
         limits,
         listen: args.listen,
         http: args.http,

@@ -92,6 +92,7 @@ impl Server {
             alerts: leash::serve::AlertOptions::default(),
             pull_requests: None,
             ranges: None,
+            leader: None,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {

@@ -520,11 +520,13 @@ fn with_kube_auth_each_user_sees_only_the_namespaces_rbac_grants() {
             &Value::from("egressmaps")
         )
     );
-    // Every request the recommender made is one its RBAC grants (deploy/tests/rbac.rs).
+    // Every request the recommender made is one its RBAC grants (deploy/tests/rbac.rs; the
+    // Lease of leader election, on by default with --kube: the ha overlay's Role).
     let declared = [
         leash::cluster::watch::API_ACCESS,
         leash::cluster::events::EVENTS_ACCESS,
         leash::serve::auth::review::REVIEW_ACCESS,
+        leash::serve::leader::LEASE_ACCESS,
     ]
     .concat();
     for access in requests

@@ -308,6 +308,16 @@ pub async fn watch(
         if found.is_empty() {
             continue;
         }
+        // Replicas sharing a store each check the answers they ingest: another one may have
+        // remembered (and sent) the same drift since this one started. Ask the store again.
+        if let Some(records) = store_alerts(&store).await {
+            let shared = memory_of(&records);
+            found.retain(|a| !shared.contains_key(&a.key()));
+            remembered.extend(shared.into_keys());
+        }
+        if found.is_empty() {
+            continue;
+        }
         // Remembered before they are sent, as the flow check does.
         remember(&store, &found).await;
         for alert in &found {

@@ -13,6 +13,7 @@ pub mod auth;
 pub mod conn;
 pub mod drift;
 pub mod http;
+pub mod leader;
 pub mod map_api;
 pub mod propose;
 pub mod ranges;
@@ -99,6 +100,9 @@ pub struct Config {
     /// Alerts: how long before a recurring one is sent again (`--alert-repeat`), and the
     /// webhook sink (`--alert-webhook`).
     pub alerts: AlertOptions,
+    /// Elect a leader with this Lease (needs [`ClusterSource::Kube`]); `None`: this replica
+    /// is the only one and runs the singleton work itself.
+    pub leader: Option<leader::LeaseRef>,
 }
 
 /// Where alerts go besides logs, metrics and (with `--kube`) Kubernetes Events.
@@ -175,6 +179,9 @@ pub enum Error {
     /// The UI listener's settings are refused.
     #[error(transparent)]
     UiAuth(#[from] auth::ModeError),
+    /// Leader election was asked for without the API server.
+    #[error("leader election needs the API server (--kube)")]
+    LeaderNeedsKube,
     /// The HTTP server failed.
     #[error("HTTP server on {addr} failed")]
     Http {
@@ -331,6 +338,12 @@ pub async fn run(
 
     let alert_metrics = alert::AlertMetrics::default();
     alert_metrics.register(&mut registry);
+    let leader_metrics = leader::LeaderMetrics::default();
+    leader_metrics.register(&mut registry);
+    if config.leader.is_some() && kube_client.is_none() {
+        return Err(Error::LeaderNeedsKube);
+    }
+    let leadership = leader::start(config.leader.clone(), kube_client.clone(), leader_metrics);
     // Registered without a webhook too: the family is served, at 0.
     let webhook_metrics = webhook::WebhookMetrics::default();
     webhook_metrics.register(&mut registry);
@@ -439,10 +452,13 @@ pub async fn run(
         let _ = rx.wait_for(|s| *s).await;
     };
 
-    let _prune = AbortOnDrop(tokio::spawn(prune_loop(
-        Arc::clone(&store),
-        config.retention,
-    )));
+    // Singleton work (retention, the alert checks, the pull-request loop) runs on the leader
+    // only: `leader::while_leading` starts it with leadership and aborts it when lost.
+    let leading = leadership.leading();
+    let _prune = AbortOnDrop(tokio::spawn(leader::while_leading(leading.clone(), {
+        let (store, retention) = (Arc::clone(&store), config.retention);
+        move || prune_loop(Arc::clone(&store), retention)
+    })));
     let _drift = AbortOnDrop(tokio::spawn(drift::watch(
         Arc::clone(&store),
         model_rx.clone(),
@@ -455,20 +471,26 @@ pub async fn run(
             recommend: config.options.clone(),
         },
     )));
-    let _check = AbortOnDrop(tokio::spawn(alert::watch(
-        Arc::clone(&store),
-        model_rx.clone(),
-        alert::Options {
-            interval: config.check_interval,
-            repeat: config.alerts.repeat,
-            retention: config.retention,
-            recommend: config.options.clone(),
-        },
-        alert_metrics,
-        alert_sinks,
-        pull_requests_rx,
-        recurrences_tx,
-    )));
+    let check_options = alert::Options {
+        interval: config.check_interval,
+        repeat: config.alerts.repeat,
+        retention: config.retention,
+        recommend: config.options.clone(),
+    };
+    let _check = AbortOnDrop(tokio::spawn(leader::while_leading(leading.clone(), {
+        let (store, model) = (Arc::clone(&store), model_rx.clone());
+        move || {
+            alert::watch(
+                Arc::clone(&store),
+                model.clone(),
+                check_options.clone(),
+                alert_metrics.clone(),
+                alert_sinks.clone(),
+                pull_requests_rx.clone(),
+                recurrences_tx.clone(),
+            )
+        }
+    })));
 
     let _shadow = AbortOnDrop(tokio::spawn(shadow::watch(
         Arc::clone(&store),
@@ -489,16 +511,31 @@ pub async fn run(
         _ => (None, None),
     };
     let _pull_requests = match (&config.pull_requests, recurrences_rx) {
-        (Some(options), Some(recurrences)) => Some(AbortOnDrop(tokio::spawn(propose::watch(
-            Arc::clone(&store),
-            model_rx.clone(),
-            board_rx,
-            recurrences,
-            Arc::clone(options),
-            pr_metrics,
-            pull_requests_tx,
-            ranges_rx,
-        )))),
+        (Some(options), Some(recurrences)) => {
+            // The loop takes its receiver by value: each term gets a fresh one, relayed.
+            let recurrences = Arc::new(tokio::sync::Mutex::new(recurrences));
+            let (store, model, options) =
+                (Arc::clone(&store), model_rx.clone(), Arc::clone(options));
+            Some(AbortOnDrop(tokio::spawn(leader::while_leading(
+                leading.clone(),
+                move || {
+                    let (rx, relay) = leader::relay(Arc::clone(&recurrences), RECURRENCES);
+                    let run = propose::watch(
+                        Arc::clone(&store),
+                        model.clone(),
+                        board_rx.clone(),
+                        rx,
+                        Arc::clone(&options),
+                        pr_metrics.clone(),
+                        pull_requests_tx.clone(),
+                        ranges_rx.clone(),
+                    );
+                    async move {
+                        tokio::join!(relay, run);
+                    }
+                },
+            ))))
+        }
         _ => None,
     };
     // Without `--proposed` the sender is dropped: the board is evaluated without a proposal.

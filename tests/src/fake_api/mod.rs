@@ -10,7 +10,10 @@
 //!   from a version older than the last compaction it gets an `ERROR` event with a `410 Gone`
 //!   status, which makes kube-rs's watcher re-list. `timeoutSeconds` ends the stream;
 //! - **get**, **create** (`POST`), **patch** (`PATCH`, merge semantics), **replace** (`PUT`) and
-//!   **delete** of single objects, each producing the matching watch event.
+//!   **delete** of single objects, each producing the matching watch event. A replace carrying a
+//!   `metadata.resourceVersion` other than the stored one is refused with the real `409
+//!   Conflict` `Status` (optimistic concurrency: Lease leader election relies on it), as is a
+//!   create of an existing name (`409 AlreadyExists`).
 //!
 //! Tests change objects with [`FakeApi::apply`], [`FakeApi::delete`], and their `*_silently`
 //! variants (changes no watch will ever replay, as if the events had been compacted away while a

@@ -74,6 +74,15 @@ pub(super) fn handle(
             let Some(body) = req.body_json() else {
                 return (400, status(400, "BadRequest", "body is not JSON"));
             };
+            // A replace carrying a resourceVersion is conditional, as on the real server: a
+            // stale one is a `409 Conflict` (optimistic concurrency, e.g. Lease elections).
+            let sent = meta_str(&body, "resourceVersion");
+            if req.method == "PUT"
+                && !sent.is_empty()
+                && sent != meta_str(&current, "resourceVersion")
+            {
+                return (409, conflict(target, name));
+            }
             let ct = req.content_type.as_deref().unwrap_or_default();
             let mut object = if req.method == "PUT" {
                 body
@@ -107,6 +116,28 @@ pub(super) fn handle(
             ),
         ),
     }
+}
+
+/// The real server's `Status` for a write with a stale `resourceVersion`.
+fn conflict(target: &Target, name: &str) -> Value {
+    // Collections are `/apis/GROUP/VERSION/PLURAL` or `/api/VERSION/PLURAL` (the core group).
+    let group = target
+        .collection
+        .strip_prefix("/apis/")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_default();
+    let qualified = if group.is_empty() {
+        target.resource.clone()
+    } else {
+        format!("{}.{group}", target.resource)
+    };
+    let message = format!(
+        "Operation cannot be fulfilled on {qualified} {name:?}: the object has been modified; \
+         please apply your changes to the latest version and try again"
+    );
+    let mut body = status(409, "Conflict", &message);
+    body["details"] = json!({"name": name, "group": group, "kind": target.resource});
+    body
 }
 
 fn list(state: &State, target: &Target, filter: &Filter, req: &Request) -> Value {
