@@ -3,7 +3,7 @@
 # - Debian's LLVM 22 (matches nightly rustc's LLVM) for bpf-linker
 # - the nightly rust-src component (aya-build uses -Z build-std=core)
 # - bpf-linker 0.13.0 built against LLVM 22
-# - nftables (lab ClusterIP DNAT), dnsmasq-base (lab DNS), iproute2, util-linux (setpriv)
+# - nftables (lab ClusterIP DNAT), dnsmasq-base (lab DNS), iproute2, util-linux (setpriv; unshare for the tests that expose the UI inside a private network namespace; runuser/setpriv to run the test PostgreSQL unprivileged)
 # - git (policy states at a revision, `git:REV:PATH`, and their tests; its http-backend serves the
 #   lab's HTTP git server)
 # - openssh-server and openssh-client (leash-lab's local sshd, its keys from ssh-keygen, and
