@@ -444,9 +444,15 @@ pub async fn run(
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
+    let resign = leadership.resign();
+    tokio::spawn({
+        let resign = resign.clone();
+        async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+            // A leader hands the Lease over now, not after it expires.
+            resign.ask();
+        }
     });
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -627,6 +633,9 @@ pub async fn run(
     state.ingest_listening.store(false, Ordering::Release);
     let http_result = http_task.await;
     let ui_result = ui_task.await;
+    // Also when a listener failed: the election ends with the process.
+    resign.ask();
+    resign.finished().await;
     grpc_result.map_err(|source| Error::Grpc {
         addr: config.listen,
         source,
