@@ -447,8 +447,7 @@ impl Kube {
             return value
                 .to_str()
                 .ok()
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .and_then(session::Token::parse);
+                .and_then(session::Token::from_bearer);
         }
         session::cookie(headers).and_then(|id| self.sessions.token(&id))
     }
