@@ -89,6 +89,25 @@ impl std::str::FromStr for AgentAuth {
     }
 }
 
+/// How `leash serve` identifies agents (`--agent-auth`, `--agent-service-account`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// `--agent-auth`; `None`: [`decide`] picks by the cluster source.
+    pub mode: Option<AgentAuth>,
+    /// The agents' user (`system:serviceaccount:NAMESPACE:NAME`).
+    pub user: String,
+}
+
+impl Default for Options {
+    /// The mode decided by the cluster source, the agents of `deploy/base`.
+    fn default() -> Self {
+        Options {
+            mode: None,
+            user: DEFAULT_AGENT_USER.to_owned(),
+        }
+    }
+}
+
 /// `--agent-auth token` without an API server to review tokens.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error(
