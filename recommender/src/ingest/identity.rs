@@ -214,7 +214,7 @@ pub fn caller(user: &UserInfo, expected: &str) -> Result<String, Refusal> {
     let name = user.username.clone().unwrap_or_default();
     if name != expected {
         return Err(Refusal::WrongIdentity {
-            user: names::display_prefix(&name).to_string(),
+            user: bounded(&name),
             expected: expected.to_owned(),
         });
     }
@@ -233,10 +233,16 @@ pub fn check_node(caller: &str, id: Option<&v1::BatchId>, batch: &str) -> Result
         None => Ok(()),
         Some(id) => Err(Refusal::WrongNode {
             batch: batch.to_owned(),
-            node: names::display_prefix(&id.node).to_string(),
+            node: bounded(&id.node),
             caller: caller.to_owned(),
         }),
     }
+}
+
+/// At most 253 characters of a name from a token or a batch, for a message (which shows it
+/// with `{:?}`, escaped).
+fn bounded(name: &str) -> String {
+    name.chars().take(names::MAX_SUBDOMAIN).collect()
 }
 
 /// Who a stream's caller is, once authenticated.
