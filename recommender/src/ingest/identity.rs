@@ -497,11 +497,14 @@ mod tests {
             remember(&mut cache, key, None, t0 + Duration::from_millis(i as u64));
         }
         assert_eq!(cache.len(), MAX_CACHED);
-        remember(&mut cache, [0xff; 32], None, t0 + Duration::from_secs(1));
+        let later = t0 + Duration::from_secs(30);
+        remember(&mut cache, [0xff; 32], None, later);
         assert_eq!(cache.len(), MAX_CACHED);
         assert!(!cache.contains_key(&[0u8; 32]), "the oldest went");
-        // Past the TTL every old verdict goes at once.
-        remember(&mut cache, [0xfe; 32], None, t0 + VERDICT_TTL + Duration::from_secs(5));
+        // Once they are past the TTL, the old verdicts go at once; the younger one stays.
+        let expired = later + VERDICT_TTL - Duration::from_secs(1);
+        remember(&mut cache, [0xfe; 32], None, expired);
         assert_eq!(cache.len(), 2);
+        assert!(cache.contains_key(&[0xff; 32]));
     }
 }
