@@ -25,9 +25,12 @@
 //! it needs, so a test can check a client against its declared permissions.
 //! [`FakeApi::unserve`] makes a group version answer `404` as when its CRD is not installed;
 //! [`FakeApi::serve_kind`] installs it again, with its discovery document (`APIResourceList`).
-//! TokenReview and SubjectAccessReview are answered from the tokens ([`FakeApi::add_token`])
-//! and RBAC grants ([`FakeApi::grant`]) the test configured; [`FakeApi::refuse_reviews`]
-//! makes the API refuse the client's own reviews (`401`/`403`).
+//! TokenReview and SubjectAccessReview are answered from the tokens ([`FakeApi::add_token`];
+//! projected ServiceAccount tokens with their audiences and node,
+//! [`FakeApi::add_service_account_token`]) and RBAC grants ([`FakeApi::grant`]) the test
+//! configured; [`FakeApi::refuse_reviews`] makes the API refuse the client's own reviews
+//! (`401`/`403`). [`FakeApi::start_at`] starts the server on a port clients already know,
+//! as an API server coming back after an outage.
 //!
 //! The server binds 127.0.0.1 only, on a port the kernel picks. Dropping the [`FakeApi`] stops it
 //! and ends the open watches.
