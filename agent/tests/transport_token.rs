@@ -117,7 +117,10 @@ async fn a_rotated_token_goes_on_a_new_stream_and_nothing_is_lost_or_doubled() {
         let metrics = Metrics::new();
         let mut sink = GrpcSink::start(config(&server, &token), &metrics).unwrap();
         let mut written = write(&mut sink, 0..60).await;
-        wait_for("the first records stored", || server.seen().events == written).await;
+        wait_for("the first records stored", || {
+            server.seen().events == written
+        })
+        .await;
 
         // The kubelet rotates the token; the old one is then refused.
         rotate(&token, "token-2");
@@ -131,7 +134,10 @@ async fn a_rotated_token_goes_on_a_new_stream_and_nothing_is_lost_or_doubled() {
 
         let seen = server.seen();
         assert_eq!(seen.events, written, "every event once");
-        assert_eq!(seen.tokens.first(), Some(&Some("Bearer token-1".to_owned())));
+        assert_eq!(
+            seen.tokens.first(),
+            Some(&Some("Bearer token-1".to_owned()))
+        );
         assert!(
             seen.tokens
                 .iter()
@@ -221,5 +227,8 @@ async fn an_unusable_token_file_stops_the_agent_at_start_naming_it() {
     std::fs::write(&token, "two words\n").unwrap();
     let e = GrpcSink::start(config(&server, &token), &metrics).expect_err("no token");
     let message = leash_records::error::Chain(&e).to_string();
-    assert!(message.contains("holds no token") && !message.contains("words"), "{message}");
+    assert!(
+        message.contains("holds no token") && !message.contains("words"),
+        "{message}"
+    );
 }

@@ -235,7 +235,10 @@ fn agents_send_a_short_lived_token_for_audience_leash_that_the_recommender_requi
         );
         let expiry = token.expiration_seconds.expect("expirationSeconds");
         // The API server's minimum is 600 s; an hour keeps a stolen token short-lived.
-        assert!((600..=3600).contains(&expiry), "{ctx}: expirationSeconds {expiry}");
+        assert!(
+            (600..=3600).contains(&expiry),
+            "{ctx}: expirationSeconds {expiry}"
+        );
 
         let c = &pod.containers[0];
         let mount = c

@@ -46,12 +46,8 @@ struct Pki {
 impl Pki {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        leash::certs::generate(
-            dir.path(),
-            &["127.0.0.1".to_owned()],
-            &["agent".to_owned()],
-        )
-        .unwrap();
+        leash::certs::generate(dir.path(), &["127.0.0.1".to_owned()], &["agent".to_owned()])
+            .unwrap();
         Pki { dir }
     }
 
@@ -88,14 +84,9 @@ async fn serve(pki: &Pki, db: &Path, identity: Identity) -> Ingest {
     let (_tx, cluster) = watch::channel(Some(Arc::new(ClusterState::from_cluster(
         Cluster::default(),
     ))));
-    let service = IngestService::with_identity(
-        store.clone(),
-        cluster,
-        Limits::default(),
-        None,
-        identity,
-    )
-    .unwrap();
+    let service =
+        IngestService::with_identity(store.clone(), cluster, Limits::default(), None, identity)
+            .unwrap();
     let server = service.clone().into_server();
     let incoming = tls::incoming(listener, config.subscribe(), Duration::from_secs(5));
     let task = tokio::spawn(async move {
@@ -191,7 +182,10 @@ async fn push(
             .metadata_mut()
             .insert("authorization", format!("Bearer {token}").parse().unwrap());
     }
-    let mut acks = match tokio::time::timeout(WAIT, client.push(request)).await.unwrap() {
+    let mut acks = match tokio::time::timeout(WAIT, client.push(request))
+        .await
+        .unwrap()
+    {
         Ok(response) => response.into_inner(),
         Err(status) => return (Vec::new(), Some(status)),
     };
@@ -214,7 +208,13 @@ fn reviews(api: &FakeApi) -> usize {
 
 async fn api_with_agents() -> FakeApi {
     let api = FakeApi::start().await.unwrap();
-    api.add_service_account_token(TOKEN_A, "leash-system", "leash-agent", Some("node-a"), &["leash"]);
+    api.add_service_account_token(
+        TOKEN_A,
+        "leash-system",
+        "leash-agent",
+        Some("node-a"),
+        &["leash"],
+    );
     api
 }
 
@@ -245,8 +245,16 @@ async fn a_nodes_batches_are_stored_and_another_nodes_are_refused_for_good() {
     assert_eq!(acks, vec![2]);
     let status = end.expect("refused");
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
-    assert!(status.message().contains("batch node-b/boot-1/1"), "{}", status.message());
-    assert!(status.message().contains("\"node-a\""), "{}", status.message());
+    assert!(
+        status.message().contains("batch node-b/boot-1/1"),
+        "{}",
+        status.message()
+    );
+    assert!(
+        status.message().contains("\"node-a\""),
+        "{}",
+        status.message()
+    );
     assert!(!status.message().contains(TOKEN_A));
     assert_eq!(ingest.stored(), ["node-a/1", "node-a/2"]);
     assert_eq!(
@@ -287,7 +295,11 @@ async fn a_stream_without_a_valid_agent_token_is_unauthenticated() {
     ] {
         let (acks, end) = push(&pki, ingest.addr, token, vec![batch("node-a", 1)]).await;
         let status = end.expect("refused");
-        assert_eq!(status.code(), Code::Unauthenticated, "{token:?}: {status:?}");
+        assert_eq!(
+            status.code(),
+            Code::Unauthenticated,
+            "{token:?}: {status:?}"
+        );
         assert!(acks.is_empty());
         if let Some(token) = token {
             assert!(!status.message().contains(token));
@@ -307,8 +319,16 @@ async fn another_service_account_or_a_token_of_no_node_is_permission_denied() {
     let dir = tempfile::tempdir().unwrap();
     let ingest = serve(&pki, &dir.path().join("leash.db"), token_identity(&api)).await;
     for (token, cause, says) in [
-        ("web-token", "wrong_identity", "system:serviceaccount:shop:web"),
-        ("unbound", "no_node", "authentication.kubernetes.io/node-name"),
+        (
+            "web-token",
+            "wrong_identity",
+            "system:serviceaccount:shop:web",
+        ),
+        (
+            "unbound",
+            "no_node",
+            "authentication.kubernetes.io/node-name",
+        ),
     ] {
         let (acks, end) = push(&pki, ingest.addr, Some(token), vec![batch("node-a", 1)]).await;
         let status = end.expect("refused");
@@ -328,10 +348,9 @@ async fn an_api_server_that_cannot_review_is_unavailable_and_the_batch_is_taken_
         .unwrap()
         .local_addr()
         .unwrap();
-    let client = kube::Client::try_from(kube::Config::new(
-        format!("http://{addr}").parse().unwrap(),
-    ))
-    .unwrap();
+    let client =
+        kube::Client::try_from(kube::Config::new(format!("http://{addr}").parse().unwrap()))
+            .unwrap();
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
     let identity = Identity::token(client, DEFAULT_AGENT_USER.to_owned());
@@ -343,7 +362,13 @@ async fn an_api_server_that_cannot_review_is_unavailable_and_the_batch_is_taken_
     assert!(ingest.stored().is_empty());
 
     let api = FakeApi::start_at(addr).await.unwrap();
-    api.add_service_account_token(TOKEN_A, "leash-system", "leash-agent", Some("node-a"), &["leash"]);
+    api.add_service_account_token(
+        TOKEN_A,
+        "leash-system",
+        "leash-agent",
+        Some("node-a"),
+        &["leash"],
+    );
     // The API server answers, but refuses the recommender's own review (no RBAC): still
     // the recommender's problem, not the agent's.
     api.refuse_reviews(Some(403));
@@ -420,7 +445,11 @@ fn serve_with_kube_asks_for_tokens_by_default() {
         "{metrics}"
     );
     // No warning that any agent may write for any node.
-    assert!(!server.log().contains("--agent-auth mtls"), "{}", server.log());
+    assert!(
+        !server.log().contains("--agent-auth mtls"),
+        "{}",
+        server.log()
+    );
 
     let snapshot = dir.path().join("cluster.yaml");
     std::fs::write(&snapshot, "apiVersion: v1\nkind: List\nitems: []\n").unwrap();
@@ -434,5 +463,8 @@ fn serve_with_kube_asks_for_tokens_by_default() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("--agent-auth token needs the API server"), "{stderr}");
+    assert!(
+        stderr.contains("--agent-auth token needs the API server"),
+        "{stderr}"
+    );
 }

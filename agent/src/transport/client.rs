@@ -347,17 +347,17 @@ async fn session(
     let sent_token = match &config.token_file {
         Some(path) => match super::token::read(path) {
             Ok(value) => {
-                request.metadata_mut().insert("authorization", value.clone());
+                request
+                    .metadata_mut()
+                    .insert("authorization", value.clone());
                 Some(value)
             }
             Err(e) => return Ended::Broken(Chain(&e).to_string()),
         },
         None => None,
     };
-    let mut token_check = tokio::time::interval_at(
-        Instant::now() + config.token_check,
-        config.token_check,
-    );
+    let mut token_check =
+        tokio::time::interval_at(Instant::now() + config.token_check, config.token_check);
     let mut client = v1::ingest_client::IngestClient::new(channel);
     let mut acks = match client.push(request).await {
         Ok(response) => response.into_inner(),

@@ -37,9 +37,9 @@ pub mod backoff;
 pub mod buffer;
 pub mod client;
 pub mod split;
-pub mod token;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod token;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;

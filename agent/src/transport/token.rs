@@ -72,7 +72,13 @@ mod tests {
         let value = bearer(b"  eyJhbGc.abc.def\n").expect("a token");
         assert_eq!(value.to_str().ok(), Some("Bearer eyJhbGc.abc.def"));
         assert!(value.is_sensitive());
-        for bad in [&b""[..], b" \n", b"a b", b"\xff\xfe", &[b'x'; MAX_TOKEN_BYTES + 1]] {
+        for bad in [
+            &b""[..],
+            b" \n",
+            b"a b",
+            b"\xff\xfe",
+            &[b'x'; MAX_TOKEN_BYTES + 1],
+        ] {
             assert!(bearer(bad).is_none(), "{bad:?}");
         }
     }
@@ -88,6 +94,9 @@ mod tests {
         assert!(e.to_string().contains(&path.display().to_string()));
         assert!(!e.to_string().contains("secret"), "{e}");
         std::fs::write(&path, "s3cr3t\n").expect("write");
-        assert_eq!(read(&path).expect("read").to_str().ok(), Some("Bearer s3cr3t"));
+        assert_eq!(
+            read(&path).expect("read").to_str().ok(),
+            Some("Bearer s3cr3t")
+        );
     }
 }

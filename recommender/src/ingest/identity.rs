@@ -424,7 +424,10 @@ mod tests {
     #[test]
     fn the_caller_is_the_agents_service_account_bound_to_one_node() {
         let agent = DEFAULT_AGENT_USER;
-        assert_eq!(caller(&user(agent, &["node-a"]), agent).ok(), Some("node-a".to_owned()));
+        assert_eq!(
+            caller(&user(agent, &["node-a"]), agent).ok(),
+            Some("node-a".to_owned())
+        );
         let other = "system:serviceaccount:shop:web";
         let e = caller(&user(other, &["node-a"]), agent).expect_err("another account");
         assert_eq!(e.cause(), "wrong_identity");
@@ -439,7 +442,10 @@ mod tests {
             username: Some(agent.to_owned()),
             ..UserInfo::default()
         };
-        assert_eq!(caller(&no_extra, agent).expect_err("no extra").cause(), "no_node");
+        assert_eq!(
+            caller(&no_extra, agent).expect_err("no extra").cause(),
+            "no_node"
+        );
     }
 
     #[test]
@@ -456,8 +462,16 @@ mod tests {
         assert_eq!(e.cause(), "wrong_node");
         let status = e.status();
         assert_eq!(status.code(), Code::PermissionDenied);
-        assert!(status.message().contains("batch node-b/b/1"), "{}", status.message());
-        assert!(status.message().contains("\"node-a\""), "{}", status.message());
+        assert!(
+            status.message().contains("batch node-b/b/1"),
+            "{}",
+            status.message()
+        );
+        assert!(
+            status.message().contains("\"node-a\""),
+            "{}",
+            status.message()
+        );
     }
 
     #[test]
@@ -467,7 +481,10 @@ mod tests {
         metadata.insert("authorization", "Basic abc".parse().expect("ascii"));
         assert!(bearer(&metadata).is_err());
         metadata.insert("authorization", "Bearer abc.def".parse().expect("ascii"));
-        assert_eq!(bearer(&metadata).map(|t| t.expose().to_owned()).ok(), Some("abc.def".into()));
+        assert_eq!(
+            bearer(&metadata).map(|t| t.expose().to_owned()).ok(),
+            Some("abc.def".into())
+        );
         metadata.append("authorization", "Bearer other".parse().expect("ascii"));
         assert!(bearer(&metadata).is_err(), "two tokens are none");
         let e = Refusal::NoToken.status();

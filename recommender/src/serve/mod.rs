@@ -286,7 +286,9 @@ pub async fn run(
     auth::warn_exposed(ui_auth, config.ui, &config.ui_transport);
     let agent_auth = crate::ingest::identity::decide(config.agents.mode, api_server)?;
     if agent_auth == crate::ingest::identity::AgentAuth::Mtls {
-        tracing::warn!("--agent-auth mtls: agents are identified by the shared client certificate only, so any agent may write records for any node (--agent-auth token binds each batch to its node; it needs --kube)");
+        tracing::warn!(
+            "--agent-auth mtls: agents are identified by the shared client certificate only, so any agent may write records for any node (--agent-auth token binds each batch to its node; it needs --kube)"
+        );
     }
     let ui_tls = match &config.ui_transport {
         auth::UiTransport::Https(identity) => {

@@ -149,7 +149,9 @@ fn reviews_answer_from_tokens_and_grants() {
                    "spec": {"token": token, "audiences": audiences}}),
         )
     };
-    let (_, answer) = reviews.handle(&tr_for("t-agent", json!(["leash"]))).unwrap();
+    let (_, answer) = reviews
+        .handle(&tr_for("t-agent", json!(["leash"])))
+        .unwrap();
     assert_eq!(answer["status"]["authenticated"], true);
     assert_eq!(answer["status"]["audiences"], json!(["leash"]));
     assert_eq!(
@@ -165,7 +167,9 @@ fn reviews_answer_from_tokens_and_grants() {
             .contains("is invalid for the target audiences")
     );
     // The UI's token is the API server's: not for `leash`.
-    let (_, answer) = reviews.handle(&tr_for("t-alice", json!(["leash"]))).unwrap();
+    let (_, answer) = reviews
+        .handle(&tr_for("t-alice", json!(["leash"])))
+        .unwrap();
     assert!(answer["status"].get("authenticated").is_none());
 
     let sar = |ns: Option<&str>| {

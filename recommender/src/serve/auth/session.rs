@@ -20,9 +20,9 @@ pub const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
 /// At most this many sessions at once.
 pub const MAX_SESSIONS: usize = 4096;
 
-pub use crate::kube_review::Token;
 #[cfg(test)]
 use crate::kube_review::MAX_TOKEN_BYTES;
+pub use crate::kube_review::Token;
 
 /// A session id (base64url of 32 random bytes).
 #[derive(Clone, PartialEq, Eq, Hash)]
