@@ -59,6 +59,16 @@ pub const AGENT_REVIEW_ACCESS: &[ApiAccess] = &[ApiAccess {
     verbs: &["create"],
 }];
 
+/// The causes of a refused stream ([`Refusal::cause`] of every refusal but
+/// [`Refusal::WrongNode`], a rejected batch): `leash_ingest_refused_streams_total{cause}`.
+pub const STREAM_CAUSES: [&str; 5] = [
+    "no_token",
+    "invalid_token",
+    "wrong_identity",
+    "no_node",
+    "review_unavailable",
+];
+
 /// How agents are identified (`--agent-auth`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AgentAuth {
@@ -490,6 +500,22 @@ mod tests {
         let e = Refusal::NoToken.status();
         assert_eq!(e.code(), Code::Unauthenticated);
         assert_eq!(Refusal::InvalidToken.status().code(), Code::Unauthenticated);
+        // Every stream refusal is served from the start under its cause.
+        let stream_refusals = [
+            Refusal::NoToken,
+            Refusal::InvalidToken,
+            Refusal::WrongIdentity {
+                user: String::new(),
+                expected: String::new(),
+            },
+            Refusal::NoNode {
+                user: String::new(),
+            },
+        ];
+        for r in stream_refusals {
+            assert!(STREAM_CAUSES.contains(&r.cause()), "{}", r.cause());
+        }
+        assert!(STREAM_CAUSES.contains(&"review_unavailable"));
     }
 
     #[test]

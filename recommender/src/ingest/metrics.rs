@@ -55,12 +55,27 @@ pub struct Metrics {
 }
 
 impl Default for Metrics {
+    /// Every cause of a rejected batch and of a refused stream is served from the start, at 0.
     fn default() -> Self {
+        let rejected: Family<Labels, Counter> = Family::default();
+        for cause in [
+            Cause::Malformed,
+            Cause::TooManyRecords,
+            Cause::TooLarge,
+            Cause::Store,
+            Cause::WrongNode,
+        ] {
+            rejected.get_or_create(&[("cause", cause.label())]);
+        }
+        let refused_streams: Family<Labels, Counter> = Family::default();
+        for cause in super::identity::STREAM_CAUSES {
+            refused_streams.get_or_create(&[("cause", cause)]);
+        }
         Metrics {
             stored: Counter::default(),
             duplicates: Counter::default(),
-            rejected: Family::default(),
-            refused_streams: Family::default(),
+            rejected,
+            refused_streams,
             refused_records: Family::default(),
             records: Family::default(),
             // 100 µs to ~52 s: a slow store shows in the top buckets, not only in +Inf.
