@@ -65,11 +65,11 @@ impl Default for Metrics {
             Cause::Store,
             Cause::WrongNode,
         ] {
-            rejected.get_or_create(&[("cause", cause.label())]);
+            let _ = rejected.get_or_create(&[("cause", cause.label())]);
         }
         let refused_streams: Family<Labels, Counter> = Family::default();
         for cause in super::identity::STREAM_CAUSES {
-            refused_streams.get_or_create(&[("cause", cause)]);
+            let _ = refused_streams.get_or_create(&[("cause", cause)]);
         }
         Metrics {
             stored: Counter::default(),
