@@ -4,7 +4,8 @@
 //! with node A's token is refused for good (PERMISSION_DENIED), counted, nothing stored; no
 //! token or one for another audience is UNAUTHENTICATED; another ServiceAccount's token, or
 //! one bound to no node, PERMISSION_DENIED; an unreachable API server UNAVAILABLE, and the
-//! same batch accepted once it is back. Verdicts are cached per token. `leash serve --kube`
+//! same batch accepted once it is back. Verdicts are cached per token, and an open stream
+//! ends once its token stops being valid. `leash serve --kube`
 //! asks for tokens by default and refuses `--agent-auth token` without an API server.
 
 #![expect(
@@ -383,6 +384,46 @@ async fn an_api_server_that_cannot_review_is_unavailable_and_the_batch_is_taken_
         ingest.metric("leash_ingest_refused_streams_total{cause=\"review_unavailable\"}"),
         2
     );
+}
+
+/// A stream outlives its token by at most the verdict's lifetime: once the API server no
+/// longer authenticates it (expired, its pod deleted), the next batch after the verdict
+/// expired ends the stream with UNAUTHENTICATED, and nothing of it is stored.
+#[tokio::test]
+async fn an_open_stream_ends_when_its_token_stops_being_valid() {
+    let api = api_with_agents().await;
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ttl = Duration::from_millis(300);
+    let identity = token_identity(&api).with_verdict_ttl(ttl);
+    let ingest = serve(&pki, &dir.path().join("leash.db"), identity).await;
+    let channel = Endpoint::from_shared(format!("https://{}", ingest.addr))
+        .unwrap()
+        .connect_with_connector(TlsConnector::new(pki.files("agent")))
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {TOKEN_A}").parse().unwrap(),
+    );
+    let mut acks = IngestClient::new(channel)
+        .push(request)
+        .await
+        .unwrap()
+        .into_inner();
+    tx.send(batch("node-a", 1)).await.unwrap();
+    let ack = tokio::time::timeout(WAIT, acks.message()).await.unwrap();
+    assert_eq!(ack.unwrap().unwrap().id.unwrap().seq, 1);
+
+    api.remove_token(TOKEN_A);
+    tokio::time::sleep(ttl * 2).await;
+    tx.send(batch("node-a", 2)).await.unwrap();
+    let end = tokio::time::timeout(WAIT, acks.message()).await.unwrap();
+    assert_eq!(end.expect_err("ended").code(), Code::Unauthenticated);
+    assert_eq!(ingest.stored(), ["node-a/1"]);
+    assert_eq!(reviews(&api), 2, "reviewed again once the verdict expired");
 }
 
 #[tokio::test]

@@ -292,6 +292,8 @@ enum Mode {
 struct TokenCheck {
     client: kube::Client,
     expected: String,
+    /// How long a verdict is reused ([`VERDICT_TTL`]).
+    ttl: Duration,
     verdicts: Mutex<HashMap<[u8; 32], Verdict>>,
 }
 
@@ -313,9 +315,18 @@ impl Identity {
             mode: Mode::Token(Box::new(TokenCheck {
                 client,
                 expected,
+                ttl: VERDICT_TTL,
                 verdicts: Mutex::default(),
             })),
         }
+    }
+
+    /// Reuses token verdicts for `ttl` instead of [`VERDICT_TTL`] (tests of expiry).
+    pub fn with_verdict_ttl(mut self, ttl: Duration) -> Self {
+        if let Mode::Token(check) = &mut self.mode {
+            check.ttl = ttl;
+        }
+        self
     }
 
     /// The mode, as `--agent-auth` names it.
@@ -372,7 +383,7 @@ impl TokenCheck {
             let cache = self.cache();
             cache
                 .get(&key)
-                .filter(|v| v.at.elapsed() < VERDICT_TTL)
+                .filter(|v| v.at.elapsed() < self.ttl)
                 .map(|v| v.user.clone())
         };
         let user = match cached {
@@ -382,7 +393,13 @@ impl TokenCheck {
                     .await
                     .map_err(Refusal::Unavailable)?
                     .map(Arc::new);
-                remember(&mut self.cache(), key, user.clone(), Instant::now());
+                remember(
+                    &mut self.cache(),
+                    key,
+                    user.clone(),
+                    Instant::now(),
+                    self.ttl,
+                );
                 user
             }
         };
@@ -391,16 +408,17 @@ impl TokenCheck {
     }
 }
 
-/// Caches `user` under `key` at `now`, making room when full: expired verdicts go first,
-/// then the oldest.
+/// Caches `user` under `key` at `now`, making room when full: verdicts older than `ttl` go
+/// first, then the oldest.
 fn remember(
     cache: &mut HashMap<[u8; 32], Verdict>,
     key: [u8; 32],
     user: Option<Arc<UserInfo>>,
     now: Instant,
+    ttl: Duration,
 ) {
     if !cache.contains_key(&key) && cache.len() >= MAX_CACHED {
-        cache.retain(|_, v| now.duration_since(v.at) < VERDICT_TTL);
+        cache.retain(|_, v| now.duration_since(v.at) < ttl);
         if cache.len() >= MAX_CACHED
             && let Some(oldest) = cache.iter().min_by_key(|(_, v)| v.at).map(|(k, _)| *k)
         {
@@ -537,16 +555,17 @@ mod tests {
         for i in 0..MAX_CACHED {
             let mut key = [0u8; 32];
             key[..8].copy_from_slice(&(i as u64).to_le_bytes());
-            remember(&mut cache, key, None, t0 + Duration::from_millis(i as u64));
+            let at = t0 + Duration::from_millis(i as u64);
+            remember(&mut cache, key, None, at, VERDICT_TTL);
         }
         assert_eq!(cache.len(), MAX_CACHED);
         let later = t0 + Duration::from_secs(30);
-        remember(&mut cache, [0xff; 32], None, later);
+        remember(&mut cache, [0xff; 32], None, later, VERDICT_TTL);
         assert_eq!(cache.len(), MAX_CACHED);
         assert!(!cache.contains_key(&[0u8; 32]), "the oldest went");
         // Once they are past the TTL, the old verdicts go at once; the younger one stays.
         let expired = later + VERDICT_TTL - Duration::from_secs(1);
-        remember(&mut cache, [0xfe; 32], None, expired);
+        remember(&mut cache, [0xfe; 32], None, expired, VERDICT_TTL);
         assert_eq!(cache.len(), 2);
         assert!(cache.contains_key(&[0xff; 32]));
     }
