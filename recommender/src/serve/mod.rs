@@ -619,7 +619,7 @@ pub async fn run(
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
     state.ingest_listening.store(true, Ordering::Release);
-    tracing::info!(grpc = %config.listen, http = %config.http, ui = %config.ui, ui_auth = %ui_auth, agent_auth = %agent_auth, ui_tls = ui_tls.is_some(), store = %config.store, tls = tls.is_some(), "leash serve ready");
+    tracing::info!(grpc = %config.listen, http = %config.http, ui = %config.ui, ui_auth = %ui_auth, ui_tls = ui_tls.is_some(), store = %config.store, tls = tls.is_some(), agent_auth = %agent_auth, "leash serve ready");
     let grpc_result = match &tls {
         Some(reloading) => {
             let current = reloading.subscribe();
