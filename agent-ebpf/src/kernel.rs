@@ -10,7 +10,7 @@ use agent_ebpf::{
     ConfigIndex, Counter, DEFAULT_REFRESH_NS, DNS_FLAG_TCP_PREFIX, DNS_FLAG_TRUNCATED,
     DNS_PAYLOAD_MAX, DNS_PORTS_MAX, DNS_RING_BYTES, DnsHeader, DnsRecord, FAMILY_V4, FAMILY_V6,
     FLOW_RECORD_RESIDUAL, FLOW_RING_BYTES, FLOWS_MAX_ENTRIES, FlowKey, FlowRecord, FlowValue,
-    PENDING_TCP_MAX_ENTRIES, PROTO_TCP, PROTO_UDP,
+    PENDING_TCP_MAX_ENTRIES, PROTO_TCP, PROTO_UDP, PathCounter,
 };
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, BPF_SK_STORAGE_GET_F_CREATE},
@@ -39,6 +39,9 @@ static DNS_EVENTS: RingBuf = RingBuf::with_byte_size(DNS_RING_BYTES, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+#[map]
+static PATH_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PathCounter::COUNT, 0);
 
 #[map]
 static CONFIG: Array<u64> = Array::with_max_entries(ConfigIndex::COUNT, 0);

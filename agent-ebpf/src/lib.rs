@@ -30,6 +30,9 @@ pub const MAP_FLOW_EVENTS: &str = "FLOW_EVENTS";
 pub const MAP_DNS_EVENTS: &str = "DNS_EVENTS";
 /// Name of the per-CPU `u64` counter array indexed by [`Counter`].
 pub const MAP_COUNTERS: &str = "COUNTERS";
+/// Name of the per-CPU `u64` array indexed by [`PathCounter`]: what the programs did on the
+/// data path (not drops, so kept apart from [`MAP_COUNTERS`] and its metrics).
+pub const MAP_PATH_COUNTERS: &str = "PATH_COUNTERS";
 /// Name of the `u64` config array indexed by [`ConfigIndex`].
 pub const MAP_CONFIG: &str = "CONFIG";
 /// Name of the hash map `u16 (host order) -> u8 (1 = enabled)` of DNS source ports.
@@ -196,6 +199,21 @@ impl Counter {
             Self::OutcomeKeyMissing => "outcome_key_missing",
         }
     }
+}
+
+/// Indices of the per-CPU `PATH_COUNTERS` array. Only the slow paths count, so that the fast
+/// path stays free: the share of packets that left early is one minus these over the
+/// programs' run counts (BPF run-time statistics).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PathCounter {
+    /// Ingress packets that passed the early exit and were inspected (possible DNS answers).
+    IngressInspected = 0,
+}
+
+impl PathCounter {
+    /// Number of path counters (size of the `PATH_COUNTERS` array).
+    pub const COUNT: u32 = 1;
 }
 
 /// Indices of the `CONFIG` array (`u64` values).

@@ -74,9 +74,10 @@ use std::{
 };
 
 pub use agent_ebpf::Counter;
+pub use agent_ebpf::PathCounter;
 use agent_ebpf::{
     ConfigIndex, FlowKey, FlowValue, MAP_CONFIG, MAP_COUNTERS, MAP_DNS_EVENTS, MAP_DNS_PORTS,
-    MAP_FLOW_EVENTS, MAP_FLOWS,
+    MAP_FLOW_EVENTS, MAP_FLOWS, MAP_PATH_COUNTERS,
 };
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
@@ -272,6 +273,7 @@ pub struct Capture {
     dns_ring: AsyncFd<RingBuf<MapData>>,
     flows: HashMap<MapData, FlowKey, FlowValue>,
     counters: PerCpuArray<MapData, u64>,
+    path_counters: PerCpuArray<MapData, u64>,
     dns_ports: HashMap<MapData, u16, u8>,
     ebpf: Option<Ebpf>,
     clock: KernelClock,
@@ -480,6 +482,8 @@ impl Capture {
             .map_err(|e| map_error("opening", MAP_FLOWS, e))?;
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, MAP_COUNTERS)?)
             .map_err(|e| map_error("opening", MAP_COUNTERS, e))?;
+        let path_counters = PerCpuArray::try_from(take_map(&mut ebpf, MAP_PATH_COUNTERS)?)
+            .map_err(|e| map_error("opening", MAP_PATH_COUNTERS, e))?;
         let flow_ring = RingBuf::try_from(take_map(&mut ebpf, MAP_FLOW_EVENTS)?)
             .map_err(|e| map_error("opening", MAP_FLOW_EVENTS, e))?;
         let dns_ring = RingBuf::try_from(take_map(&mut ebpf, MAP_DNS_EVENTS)?)
@@ -522,6 +526,7 @@ impl Capture {
             dns_ring,
             flows,
             counters,
+            path_counters,
             dns_ports,
             ebpf: Some(ebpf),
             clock,
@@ -607,6 +612,31 @@ impl Capture {
         }
     }
 
+    /// Each attached program's cumulative run count and run time, as the kernel keeps them
+    /// while BPF run-time statistics are enabled ([`enable_run_time_stats`], or the sysctl
+    /// `kernel.bpf_stats_enabled=1`); both stay 0 otherwise. Sorted by program name. Empty
+    /// after [`Capture::detach`].
+    pub fn program_stats(&self) -> Result<Vec<ProgramStats>> {
+        let Some(ebpf) = &self.ebpf else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for (name, prog) in ebpf.programs() {
+            // A program the configuration left unattached (sock_release without TCP outcome)
+            // is loaded all the same; its counts stay 0.
+            let info = prog.info().map_err(|e| {
+                program_error("reading statistics of", static_program_name(name), e)
+            })?;
+            out.push(ProgramStats {
+                name: name.to_owned(),
+                run_count: info.run_count(),
+                run_time_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
     /// Reads the kernel counters (produced records, drops per cause), summed over CPUs.
     pub fn counters(&self) -> Result<KernelCounters> {
         let mut values = BTreeMap::new();
@@ -621,6 +651,15 @@ impl Capture {
             );
         }
         Ok(KernelCounters { values })
+    }
+
+    /// One data-path counter ([`PathCounter`]), summed over CPUs.
+    pub fn path_counter(&self, counter: PathCounter) -> Result<u64> {
+        let per_cpu = self
+            .path_counters
+            .get(&(counter as u32), 0)
+            .map_err(|e| map_error("lookup", MAP_PATH_COUNTERS, e))?;
+        Ok(per_cpu.iter().copied().fold(0u64, u64::wrapping_add))
     }
 
     /// The latest cumulative state of one flow ("settle"), or `None` if the kernel no longer
@@ -809,6 +848,46 @@ impl Capture {
         }
         Ok(self.flows.keys().filter(Result::is_ok).count())
     }
+}
+
+/// One program's cumulative statistics ([`Capture::program_stats`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProgramStats {
+    /// The program's function name (e.g. `leash_ingress`).
+    pub name: String,
+    /// Runs counted while statistics were enabled (`bpf_prog_info.run_cnt`).
+    pub run_count: u64,
+    /// Nanoseconds spent in those runs (`bpf_prog_info.run_time_ns`).
+    pub run_time_ns: u64,
+}
+
+/// Turns on the kernel's BPF run-time statistics (`BPF_ENABLE_STATS`, `BPF_STATS_RUN_TIME`)
+/// for as long as the returned descriptor stays open: the same switch as the sysctl
+/// `kernel.bpf_stats_enabled`, but closed (and so restored) even if the process dies.
+/// Statistics cost two clock reads per program run, so benchmarks of throughput run without.
+pub fn enable_run_time_stats() -> Result<std::os::fd::OwnedFd> {
+    aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| {
+        if e.io_error.raw_os_error() == Some(libc::EPERM) {
+            Error::MissingPrivileges {
+                action: "enabling BPF run-time statistics".to_owned(),
+                source: Box::new(e.io_error),
+            }
+        } else {
+            Error::Syscall {
+                call: "bpf(BPF_ENABLE_STATS)",
+                source: e.io_error,
+            }
+        }
+    })
+}
+
+/// The `&'static str` of a program this module loads (errors carry static names).
+fn static_program_name(name: &str) -> &'static str {
+    SOCK_ADDR_PROGRAMS
+        .into_iter()
+        .chain([RELEASE_PROGRAM, INGRESS_PROGRAM])
+        .find(|&p| p == name)
+        .unwrap_or("(unknown)")
 }
 
 /// [`Capture::lookup_many`] never batches this many ids or fewer.
