@@ -432,14 +432,23 @@ fn run() -> Result<(), String> {
         .map_err(|e| format!("enabling statistics: {}", leash_records::error::Chain(&e)))?;
     println!(
         "datapath: programs' own cost, {} rounds per workload with BPF run-time statistics on \
-         (kernel.bpf_stats_enabled = {}), ns per run: mean ± 95% CI",
+         (BPF_ENABLE_STATS: the switch of kernel.bpf_stats_enabled, off again at exit), \
+         ns per run: mean ± 95% CI over the rounds",
         opts.stats_rounds,
-        std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_else(|_| "?".into())
     );
-    let mut capture = attach(&lab)?;
-    for w in Workload::ALL {
+    let phases = [
+        (Workload::TcpRx, true),
+        (Workload::UdpTx, true),
+        (Workload::Connect, true),
+        // What TCP outcome tracking adds to a connect.
+        (Workload::Connect, false),
+    ];
+    for (w, tcp_outcome) in phases {
+        let mut capture = Capture::start(&CaptureConfig {
+            tcp_outcome,
+            ..CaptureConfig::new(lab.cgroup_root())
+        })
+        .map_err(|e| format!("Capture::start: {}", leash_records::error::Chain(&e)))?;
         // program -> (ns/run per round, runs per round)
         let mut per_prog: BTreeMap<String, (Vec<f64>, u64)> = BTreeMap::new();
         let (mut ingress_runs, mut inspected) = (0u64, 0u64);
@@ -482,8 +491,9 @@ fn run() -> Result<(), String> {
             )
         };
         println!(
-            "  {}: ingress packets leaving at the early exit {share} ({inspected} of {ingress_runs} inspected)",
-            w.short()
+            "  {}{}: ingress packets leaving at the early exit {share} ({inspected} of {ingress_runs} inspected)",
+            w.short(),
+            if tcp_outcome { "" } else { " without TCP outcome tracking" }
         );
         for (name, (ns, runs)) in &per_prog {
             let (mean, ci) = mean_ci(ns);
@@ -493,7 +503,6 @@ fn run() -> Result<(), String> {
             );
         }
     }
-    drop(capture);
     drop(stats_fd);
     Ok(())
 }

@@ -212,7 +212,7 @@ pub struct CaptureConfig {
     pub cgroup: PathBuf,
     /// An active key is pushed to user space at most once per this interval (≥ 1 ms).
     pub refresh: Duration,
-    /// Source ports whose UDP/TCP payloads are captured as DNS responses (at most 16).
+    /// Source ports whose UDP/TCP payloads are captured as DNS responses.
     pub dns_ports: Vec<u16>,
     /// Count TCP outcomes (established / failed): one pending-map entry per TCP connect and
     /// the `sock_release` program; see `benches/connect_latency.rs` for the cost.
@@ -274,7 +274,7 @@ pub struct Capture {
     flows: HashMap<MapData, FlowKey, FlowValue>,
     counters: PerCpuArray<MapData, u64>,
     path_counters: PerCpuArray<MapData, u64>,
-    dns_ports: HashMap<MapData, u16, u8>,
+    dns_ports: Array<MapData, u64>,
     ebpf: Option<Ebpf>,
     clock: KernelClock,
     cgroup_id: u64,
@@ -417,6 +417,16 @@ fn register_ring(ring: RingBuf<MapData>) -> Result<AsyncFd<RingBuf<MapData>>> {
     })
 }
 
+/// Sets `port`'s bit in the kernel's DNS port bitmap (word `port / 64`, bit `port % 64`).
+fn set_dns_port(map: &mut Array<MapData, u64>, port: u16) -> Result<()> {
+    let index = u32::from(port >> 6);
+    let word = map
+        .get(&index, 0)
+        .map_err(|e| map_error("reading the DNS port bitmap", MAP_DNS_PORTS, e))?;
+    map.set(index, word | (1u64 << (port & 63)), 0)
+        .map_err(|e| map_error("adding a DNS port", MAP_DNS_PORTS, e))
+}
+
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map> {
     ebpf.take_map(name)
         .ok_or(Error::Missing { kind: "map", name })
@@ -470,13 +480,11 @@ impl Capture {
             )
             .map_err(|e| map_error("setting TCP outcome tracking", MAP_CONFIG, e))?;
         }
-        let mut dns_ports: HashMap<MapData, u16, u8> =
-            HashMap::try_from(take_map(&mut ebpf, MAP_DNS_PORTS)?)
+        let mut dns_ports: Array<MapData, u64> =
+            Array::try_from(take_map(&mut ebpf, MAP_DNS_PORTS)?)
                 .map_err(|e| map_error("opening", MAP_DNS_PORTS, e))?;
         for &port in &config.dns_ports {
-            dns_ports
-                .insert(port, 1, 0)
-                .map_err(|e| map_error("adding a DNS port", MAP_DNS_PORTS, e))?;
+            set_dns_port(&mut dns_ports, port)?;
         }
         let flows = HashMap::try_from(take_map(&mut ebpf, MAP_FLOWS)?)
             .map_err(|e| map_error("opening", MAP_FLOWS, e))?;
@@ -549,9 +557,7 @@ impl Capture {
 
     /// Adds a DNS source port at run time.
     pub fn add_dns_port(&mut self, port: u16) -> Result<()> {
-        self.dns_ports
-            .insert(port, 1, 0)
-            .map_err(|e| map_error("adding a DNS port", MAP_DNS_PORTS, e))
+        set_dns_port(&mut self.dns_ports, port)
     }
 
     /// Detaches all programs (no new events); the rings and maps stay readable.
