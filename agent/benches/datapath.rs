@@ -493,7 +493,11 @@ fn run() -> Result<(), String> {
         println!(
             "  {}{}: ingress packets leaving at the early exit {share} ({inspected} of {ingress_runs} inspected)",
             w.short(),
-            if tcp_outcome { "" } else { " without TCP outcome tracking" }
+            if tcp_outcome {
+                ""
+            } else {
+                " without TCP outcome tracking"
+            }
         );
         for (name, (ns, runs)) in &per_prog {
             let (mean, ci) = mean_ci(ns);
