@@ -10,15 +10,15 @@ use agent_ebpf::{
     ConfigIndex, Counter, DEFAULT_REFRESH_NS, DNS_FLAG_TCP_PREFIX, DNS_FLAG_TRUNCATED,
     DNS_PAYLOAD_MAX, DNS_PORT_WORDS, DNS_RING_BYTES, DnsHeader, DnsRecord, FAMILY_V4, FAMILY_V6,
     FLOW_RECORD_RESIDUAL, FLOW_RING_BYTES, FLOWS_MAX_ENTRIES, FlowKey, FlowRecord, FlowValue,
-    PROTO_TCP, PROTO_UDP, PathCounter,
+    PENDING_TCP_MAX_ENTRIES, PROTO_TCP, PROTO_UDP, PathCounter,
 };
 use aya_ebpf::{
     bindings::__sk_buff,
     bindings::{BPF_NOEXIST, BPF_SK_STORAGE_GET_F_CREATE},
     btf_maps::SkStorage,
     helpers::{
-        bpf_get_current_cgroup_id, bpf_ktime_get_ns, bpf_sk_storage_get, bpf_skb_cgroup_id,
-        bpf_skb_load_bytes,
+        bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_sk_storage_get,
+        bpf_skb_cgroup_id, bpf_skb_load_bytes,
     },
     macros::{btf_map, cgroup_skb, cgroup_sock, cgroup_sock_addr, map},
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
@@ -52,24 +52,18 @@ static CONFIG: Array<u64> = Array::with_max_entries(ConfigIndex::COUNT, 0);
 #[map]
 static DNS_PORTS: Array<u64> = Array::with_max_entries(DNS_PORT_WORDS, 0);
 
-/// A TCP connect awaiting its outcome, kept in the connecting socket's own storage: the flow
-/// key (pre-DNAT destination, the connecting task's cgroup) to credit later, in contexts
-/// (softirq) where the current cgroup is unrelated.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct PendingTcp {
-    key: FlowKey,
-    /// 1 while the outcome is awaited; swapped to 0 by whoever settles it, once.
-    pending: u64,
-}
-
-/// Each connecting TCP socket's [`PendingTcp`], written by `connect4/6` and settled at the
-/// outcome: a SYN-ACK (established) or RST (refused) seen by `leash_ingress`, or the socket's
-/// release while still pending (failed: timed out or abandoned). The storage lives and dies
-/// with its socket, so nothing is ever left behind (a hash map keyed by socket cookie needed
-/// LRU eviction for that, and its insert was most of what `connect4` cost).
-#[btf_map]
-static PENDING_TCP: SkStorage<PendingTcp> = SkStorage::new();
+/// The flow key of each TCP socket in SYN_SENT, by socket cookie, stored at connect time so
+/// that the outcome can be credited to the pre-DNAT destination and the connecting task's
+/// cgroup later, in contexts (softirq) where the current cgroup is unrelated. The entry is
+/// removed at the outcome: a SYN-ACK (established) or RST (refused) seen by `leash_ingress`,
+/// or the socket's release while still pending (failed: timed out or abandoned). LRU bounds
+/// the map if an outcome is ever missed. A preallocated hash costs no allocation per connect.
+/// Measured with `benches/datapath.rs` (`connect4` ns per run, README): socket storage
+/// (allocated per socket) and a plain preallocated hash cost the same as this LRU hash, so
+/// the LRU stays.
+#[map]
+static PENDING_TCP: LruHashMap<u64, FlowKey> =
+    LruHashMap::with_max_entries(PENDING_TCP_MAX_ENTRIES, 0);
 
 /// Atomic `*p += 1` (BPF `lock xadd`). The bpf target has no `AtomicU64::fetch_add`
 /// (it declares no CAS support), so the intrinsic is used directly.
@@ -325,26 +319,10 @@ fn try_connect(ctx: &SockAddrContext, v6: bool) -> Result<i32, i32> {
     if key.protocol == PROTO_TCP
         && !matches!(CONFIG.get(ConfigIndex::NoTcpOutcome as u32), Some(&v) if v != 0)
     {
-        // SAFETY: ctx field read; the verifier types it as a (non-null) socket pointer.
-        let sk = unsafe { read_volatile(addr_of!((*ctx.sock_addr).__bindgen_anon_1.sk)) };
-        // SAFETY: the helper validates `sk` and zero-initialises a new value; a failed
-        // allocation only loses this socket's outcome.
-        let state = unsafe {
-            bpf_sk_storage_get(
-                pending_map(),
-                sk.cast(),
-                core::ptr::null_mut(),
-                BPF_SK_STORAGE_GET_F_CREATE.into(),
-            )
-        }
-        .cast::<PendingTcp>();
-        if !state.is_null() {
-            // SAFETY: non-null pointer to this socket's storage.
-            unsafe {
-                write_volatile(addr_of_mut!((*state).key), key);
-                write_volatile(addr_of_mut!((*state).pending), 1);
-            }
-        }
+        // SAFETY: helper on this program's context.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+        // A failed insert only loses this socket's outcome (counted as missing later).
+        let _ = PENDING_TCP.insert(cookie, key, 0);
     }
     Ok(ALLOW)
 }
@@ -395,32 +373,17 @@ enum Outcome {
     Failed,
 }
 
+/// Credits the outcome of a pending TCP connect (by socket cookie) to its flow, once.
 #[inline(always)]
-fn pending_map() -> *mut c_void {
-    core::ptr::from_ref(&PENDING_TCP)
-        .cast_mut()
-        .cast::<c_void>()
-}
-
-/// Credits the outcome of the pending TCP connect of socket `sk` (if any) to its flow, once.
-#[inline(always)]
-fn settle_pending(sk: *mut c_void, outcome: Outcome) {
-    if sk.is_null() {
+fn settle_pending(cookie: u64, outcome: Outcome) {
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(key) = (unsafe { PENDING_TCP.get(cookie) }).copied() else {
+        return;
+    };
+    // Only the CPU whose delete succeeds counts, so a race never counts twice.
+    if PENDING_TCP.remove(cookie).is_err() {
         return;
     }
-    // SAFETY: the helper validates `sk` (full socket only); no storage is created.
-    let state = unsafe { bpf_sk_storage_get(pending_map(), sk, core::ptr::null_mut(), 0) }
-        .cast::<PendingTcp>();
-    if state.is_null() {
-        return;
-    }
-    // SAFETY: non-null pointer to this socket's storage, aligned u64 field. Only the CPU whose
-    // swap succeeds counts, so a race never counts twice.
-    if !unsafe { atomic_cas(addr_of_mut!((*state).pending), 1, 0) } {
-        return;
-    }
-    // SAFETY: as above.
-    let key = unsafe { read_volatile(addr_of!((*state).key)) };
     let Some(value) = FLOWS.get_ptr_mut(key) else {
         bump(Counter::OutcomeKeyMissing);
         return;
@@ -451,7 +414,9 @@ fn try_sock_release(ctx: &SockContext) -> Result<i32, i32> {
     // SAFETY: ctx field read at a constant offset.
     let protocol = unsafe { read_volatile(addr_of!((*ctx.sock).protocol)) };
     if protocol == u32::from(PROTO_TCP) {
-        settle_pending(ctx.sock.cast(), Outcome::Failed);
+        // SAFETY: helper on this program's context.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.sock.cast()) };
+        settle_pending(cookie, Outcome::Failed);
     }
     Ok(ALLOW)
 }
@@ -470,13 +435,6 @@ struct DnsTcpState {
 /// of each response), skipping continuation segments and retransmissions.
 #[btf_map]
 static DNS_TCP: SkStorage<DnsTcpState> = SkStorage::new();
-
-/// The receiving socket of an ingress packet (null if none).
-#[inline(always)]
-fn skb_socket(skb: &SkBuff) -> *mut c_void {
-    // SAFETY: ctx field read; the verifier types it as a nullable socket pointer.
-    unsafe { read_volatile(addr_of!((*skb.skb).__bindgen_anon_2.sk)) }.cast()
-}
 
 /// Decides whether a TCP segment with sequence `seq` starts a DNS message and, if so, records
 /// where the following message starts. Without socket storage it errs on capturing.
@@ -612,9 +570,17 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<i32, i32> {
             let [doff, tcp_flags]: [u8; 2] = skb.load(l4 as usize + 12).map_err(|_| ALLOW)?;
             // TCP outcome of our connects: SYN-ACK = established, RST in SYN_SENT = refused.
             if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
-                settle_pending(skb_socket(skb), Outcome::Established);
+                // SAFETY: helper on this program's skb.
+                settle_pending(
+                    unsafe { bpf_get_socket_cookie(skb.skb.cast()) },
+                    Outcome::Established,
+                );
             } else if tcp_flags & TCP_RST != 0 {
-                settle_pending(skb_socket(skb), Outcome::Failed);
+                // SAFETY: as above.
+                settle_pending(
+                    unsafe { bpf_get_socket_cookie(skb.skb.cast()) },
+                    Outcome::Failed,
+                );
             }
             (l4 + u32::from(doff >> 4) * 4, DNS_FLAG_TCP_PREFIX)
         }

@@ -43,6 +43,8 @@ pub const DNS_PORT_WORDS: u32 = 1024;
 
 /// Capacity of the flow LRU map (number of distinct keys kept in the kernel).
 pub const FLOWS_MAX_ENTRIES: u32 = 131_072;
+/// Capacity of the map of TCP sockets awaiting their outcome (connects in SYN_SENT).
+pub const PENDING_TCP_MAX_ENTRIES: u32 = 65_536;
 /// Byte size of the flow ring buffer (a power of two, multiple of the page size).
 pub const FLOW_RING_BYTES: u32 = 1 << 20;
 /// Byte size of the DNS ring buffer.
