@@ -19,7 +19,7 @@
 //! that left at the early exit (1 − `ingress_inspected` / the ingress program's runs).
 //!
 //! `cargo bench -p leash-agent --bench datapath [-- --rounds N --secs S --connects N
-//! --stats-rounds N]` (defaults 8, 3, 500, 5). Needs root and `iperf3` (`scripts/setup.sh`);
+//! --stats-rounds N]` (defaults 8, 3, 500, 5; `-- --test`: one short round). Needs root and `iperf3` (`scripts/setup.sh`);
 //! otherwise it prints why and exits 0 (or fails with `LEASH_REQUIRE_PRIVILEGED=1`).
 
 use std::{
@@ -68,6 +68,13 @@ fn parse_opts() -> Result<Opts, String> {
             "--secs" => o.secs = value("--secs")?.clamp(1, 60),
             "--connects" => o.connects = value("--connects")?.clamp(10, 100_000) as usize,
             "--stats-rounds" => o.stats_rounds = value("--stats-rounds")?.clamp(2, 100) as usize,
+            // `cargo bench -- --test`: one short round, to check that the bench runs.
+            "--test" => {
+                o.rounds = 1;
+                o.secs = 1;
+                o.connects = 50;
+                o.stats_rounds = 2;
+            }
             // cargo bench passes `--bench`; ignore it and anything unknown to cargo's harness.
             _ => {}
         }
