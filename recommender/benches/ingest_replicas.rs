@@ -44,7 +44,6 @@ mod postgres;
 mod http;
 
 #[path = "support/ingest_data.rs"]
-#[expect(dead_code, reason = "each ingest bench uses part of the data")]
 mod data;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
