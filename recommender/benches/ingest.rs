@@ -83,7 +83,7 @@ fn cluster() -> Result<Cluster, Error> {
 
 /// The records of batch `round` (0-based) of the one agent, `node-1`.
 fn records(round: usize, per_batch: usize) -> Vec<FlowRecord> {
-    data::records("node-1", round, per_batch)
+    data::records("node-1", 0..data::PODS, round, per_batch)
 }
 
 fn batch_id(boot: &str, seq: u64) -> v1::BatchId {

@@ -6,7 +6,9 @@
 //! Agents (`LEASH_BENCH_AGENTS`, default 4; each its own node, batch ids and stream) stream
 //! batches of `LEASH_BENCH_BATCH` records (default 4,000; the data of `ingest.rs`) as fast as
 //! the acks come, and after a cut stream resend what has no ack to the next replica, as the
-//! agent does behind the Service. Three phases, `LEASH_BENCH_RECORDS` records each (default
+//! agent does behind the Service. A warm-up phase with one replica stores the keys first.
+//! Each node runs its own pods (`LEASH_BENCH_SHARED_PODS=1`:
+//! every node all of them, so that every agent sends the same keys). Three phases, `LEASH_BENCH_RECORDS` records each (default
 //! 400,000):
 //!
 //! 1. one replica takes every agent;
@@ -117,6 +119,21 @@ impl Replica {
         }
     }
 
+    /// Waits until its start-up work (the first alert check, retention) is done: its CPU
+    /// time grows by less than 20 ms in 500 ms, at most 30 s.
+    fn settle(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut last = self.cpu();
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(500));
+            let now = self.cpu();
+            if now - last < 0.02 {
+                return;
+            }
+            last = now;
+        }
+    }
+
     fn cpu(&self) -> f64 {
         data::process_cpu(self.child.id()).unwrap_or(f64::NAN)
     }
@@ -132,6 +149,8 @@ struct Acks {
     at: BTreeMap<(usize, u64), Instant>,
     twice: usize,
     duplicates: usize,
+    /// Why streams were cut, and how often.
+    cuts: BTreeMap<String, usize>,
 }
 
 type Shared = Arc<Mutex<Acks>>;
@@ -197,9 +216,9 @@ async fn agent(
     agent: usize,
     batches: Vec<v1::Batch>,
     acks: Shared,
-) -> Result<usize, Error> {
+) -> Result<(), Error> {
     let mut target = first;
-    for cuts in 0..200 {
+    for _ in 0..200 {
         let rest: Vec<v1::Batch> = {
             let acks = lock(&acks);
             batches
@@ -212,12 +231,13 @@ async fn agent(
                 .collect()
         };
         if rest.is_empty() {
-            return Ok(cuts);
+            return Ok(());
         }
         let Some(addr) = replicas.get(target % replicas.len()) else {
             return Err("no replica".into());
         };
-        if stream_once(&pki, *addr, agent, rest, &acks).await.is_err() {
+        if let Err(e) = stream_once(&pki, *addr, agent, rest, &acks).await {
+            *lock(&acks).cuts.entry(e.to_string()).or_default() += 1;
             target += 1;
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -238,17 +258,28 @@ struct Phase {
     kill: Option<(f64, f64, f64, f64, usize)>,
 }
 
-/// The batches of `agents` agents for a phase: `per_agent` batches each, ids (node-i,
-/// boot `phase`, 1…).
+/// The batches of `agents` agents for phase `index`: `per_agent` batches each, ids (node-i,
+/// boot `phase`, 1…), the rounds of the data going on from the phase before (so that every
+/// phase has destinations never seen before).
 fn batches(
     phase: &str,
+    index: usize,
     agents: usize,
     per_agent: usize,
     per_batch: usize,
 ) -> Result<Vec<Vec<v1::Batch>>, Error> {
+    let shared = std::env::var_os("LEASH_BENCH_SHARED_PODS").is_some();
     (0..agents)
         .map(|a| {
             let node = format!("node-{a}");
+            // Each node its own pods (a workload's two on one node), or every node all of
+            // them (`LEASH_BENCH_SHARED_PODS=1`: the same keys from every agent).
+            let share = data::PODS / agents / 2 * 2;
+            let pods = if shared {
+                0..data::PODS
+            } else {
+                a * share..(a + 1) * share
+            };
             (0..per_agent)
                 .map(|r| {
                     let id = v1::BatchId {
@@ -258,7 +289,7 @@ fn batches(
                     };
                     Ok(wire::batch_to_wire(
                         id,
-                        &data::records(&node, r, per_batch),
+                        &data::records(&node, pods.clone(), index * per_agent + r, per_batch),
                         &[],
                     )?)
                 })
@@ -282,11 +313,13 @@ fn phase(
     pg_pid: u32,
 ) -> Result<Phase, Error> {
     let total: usize = work.iter().map(Vec::len).sum();
+    for r in replicas.iter().flatten() {
+        r.settle();
+    }
     let addrs: Vec<SocketAddr> = replicas.iter().flatten().map(|r| r.grpc).collect();
     let acks = Shared::default();
-    let serve_cpu = |replicas: &[Option<Replica>]| -> f64 {
-        replicas.iter().flatten().map(Replica::cpu).sum()
-    };
+    let serve_cpu =
+        |replicas: &[Option<Replica>]| -> f64 { replicas.iter().flatten().map(Replica::cpu).sum() };
     let cpu0 = serve_cpu(replicas);
     let db0 = data::postgres_cpu(pg_pid)?;
     let start = Instant::now();
@@ -311,7 +344,10 @@ fn phase(
             std::thread::sleep(Duration::from_millis(2));
         }
         // The victim's CPU up to its death: the last reading before SIGKILL.
-        let victim_cpu = replicas.get(k).and_then(Option::as_ref).map_or(0.0, Replica::cpu);
+        let victim_cpu = replicas
+            .get(k)
+            .and_then(Option::as_ref)
+            .map_or(0.0, Replica::cpu);
         let survivors_cpu: f64 = replicas
             .iter()
             .enumerate()
@@ -328,14 +364,14 @@ fn phase(
         }
         killed = Some((at, acked, victim_cpu, survivors_cpu, db_at));
     }
-    let mut cuts = 0;
     for t in tasks {
-        cuts += rt.block_on(t)??;
+        rt.block_on(t)??;
     }
     let wall = start.elapsed().as_secs_f64();
     let cpu1 = serve_cpu(replicas);
     let db1 = data::postgres_cpu(pg_pid)?;
     let acks = lock(&acks);
+    let cuts: usize = acks.cuts.values().sum();
     if acks.at.len() != total || acks.twice > 0 {
         return Err(format!(
             "{label}: {} of {total} batches acked, {} twice",
@@ -361,8 +397,8 @@ fn phase(
             cuts,
         ));
         println!(
-            "  {label}: killed after {acked} of {total} batches; {} resent batches were found stored (duplicate acks)",
-            acks.duplicates
+            "  {label}: killed after {acked} of {total} batches; {} resent batches were found stored (duplicate acks); cuts: {:?}",
+            acks.duplicates, acks.cuts
         );
     }
     Ok(Phase {
@@ -382,7 +418,9 @@ fn main() -> Result<(), Error> {
     let agents = env_usize("LEASH_BENCH_AGENTS", 4).max(2);
     let per_agent = records.div_ceil(per_batch * agents).max(3);
     let Some(bin) = postgres::bin_dir() else {
-        println!("ingest_replicas: SKIPPED, PostgreSQL is not installed (./scripts/setup.sh installs it)");
+        println!(
+            "ingest_replicas: SKIPPED, PostgreSQL is not installed (./scripts/setup.sh installs it)"
+        );
         return Ok(());
     };
     let dir = tempfile::tempdir()?;
@@ -417,7 +455,20 @@ fn main() -> Result<(), Error> {
         &store_file,
         &cluster,
     )?)];
+    // A warm-up phase stores the keys, so that the measured phases all update as many
+    // stored flows and insert as many new ones.
     let mut phases = Vec::new();
+    phases.push(phase(
+        &rt,
+        "warm-up: one replica, every agent (stores the keys)",
+        &pki,
+        &mut replicas,
+        &[0],
+        None,
+        batches("warm", 0, agents, per_agent, per_batch)?,
+        per_batch,
+        pg_pid,
+    )?);
     phases.push(phase(
         &rt,
         "one replica, every agent",
@@ -425,7 +476,7 @@ fn main() -> Result<(), Error> {
         &mut replicas,
         &[0],
         None,
-        batches("one", agents, per_agent, per_batch)?,
+        batches("one", 1, agents, per_agent, per_batch)?,
         per_batch,
         pg_pid,
     )?);
@@ -442,7 +493,7 @@ fn main() -> Result<(), Error> {
         &mut replicas,
         &[0, 1],
         None,
-        batches("two", agents, per_agent, per_batch)?,
+        batches("two", 2, agents, per_agent, per_batch)?,
         per_batch,
         pg_pid,
     )?);
@@ -453,13 +504,13 @@ fn main() -> Result<(), Error> {
         &mut replicas,
         &[0, 1],
         Some(0),
-        batches("kill", agents, per_agent, per_batch)?,
+        batches("kill", 3, agents, per_agent, per_batch)?,
         per_batch,
         pg_pid,
     )?);
 
     // Nothing lost, nothing twice: every batch id once, every record counted once.
-    let batches_sent = 3 * agents * per_agent;
+    let batches_sent = phases.len() * agents * per_agent;
     let records_sent = batches_sent * per_batch;
     let stored = pg.psql(
         "bench",

@@ -62,19 +62,26 @@ pub fn pod_objects() -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// The records of batch `round` (0-based) of agent `node`, as an agent sends them: in the
-/// order its merge buffer cuts them, by cgroup (so `batch_to_wire` sends each pod's runs as
-/// one flow group, as the agent's batches do).
-pub fn records(node: &str, round: usize, per_batch: usize) -> Vec<FlowRecord> {
+/// The records of batch `round` (0-based) of agent `node` running the pods `pods` (a range
+/// of `0..PODS`; of even bounds, so that a workload's two pods stay on one node), as an
+/// agent sends them: in the order its merge buffer cuts them, by cgroup (so `batch_to_wire`
+/// sends each pod's runs as one flow group, as the agent's batches do).
+pub fn records(
+    node: &str,
+    pods: std::ops::Range<usize>,
+    round: usize,
+    per_batch: usize,
+) -> Vec<FlowRecord> {
     let t = base_time() + chrono::Duration::seconds(i64::try_from(round).unwrap_or(0));
+    let n = pods.len().max(1);
     let mut records: Vec<FlowRecord> = (0..per_batch)
         .map(|i| {
-            let k = (round * per_batch + i) % (PODS * DESTINATIONS);
-            let p = k % PODS;
+            let k = (round * per_batch + i) % (n * DESTINATIONS);
+            let p = pods.start + k % n;
             let d = if i % 20 == 0 {
                 DESTINATIONS + round * per_batch / 20 + i / 20
             } else {
-                k / PODS
+                k / n
             };
             let pod = pod(p);
             FlowRecord {

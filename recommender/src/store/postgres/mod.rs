@@ -700,7 +700,13 @@ impl Store for PostgresStore {
             self.apply(tx, &stored).await?;
             Ok(new
                 .iter()
-                .map(|new| if *new { Commit::Stored } else { Commit::Duplicate })
+                .map(|new| {
+                    if *new {
+                        Commit::Stored
+                    } else {
+                        Commit::Duplicate
+                    }
+                })
                 .collect())
         })
     }

@@ -332,9 +332,7 @@ impl PostgresStore {
             boot.push(*b);
             seq.push(*s);
         }
-        let rows = tx
-            .query(INSERT_BATCHES, &[&node, &boot, &seq, &at])
-            .await?;
+        let rows = tx.query(INSERT_BATCHES, &[&node, &boot, &seq, &at]).await?;
         for r in &rows {
             let key: (&str, &str, i64) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
             if let Some(new) = distinct.get_mut(&key) {
@@ -495,8 +493,11 @@ impl PostgresStore {
             }
             writer.finish().await?;
             // A new staging table's heap is read in the order it was written: key order.
-            tx.execute(&format!("{UPSERT_FLOWS_FROM_STAGE} {ON_FLOW_CONFLICT}"), &[])
-                .await?;
+            tx.execute(
+                &format!("{UPSERT_FLOWS_FROM_STAGE} {ON_FLOW_CONFLICT}"),
+                &[],
+            )
+            .await?;
             return Ok(());
         }
         let mut keys = FlowKeyCols::default();
@@ -514,7 +515,9 @@ impl PostgresStore {
         let [a, b, c, d, e, f] = keys.params();
         tx.execute(
             &format!("{UPSERT_FLOWS} {ON_FLOW_CONFLICT}"),
-            &[a, b, c, d, e, f, &count, &first, &last, &est, &failed, &pods],
+            &[
+                a, b, c, d, e, f, &count, &first, &last, &est, &failed, &pods,
+            ],
         )
         .await?;
         Ok(())
