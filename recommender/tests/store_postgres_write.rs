@@ -120,7 +120,9 @@ fn batch(rng: &mut Lcg, b: u64) -> (Vec<FlowObservation>, Vec<DnsObservation>) {
                     first_seen: t(b * 10 + rng.next(3)),
                     last_seen: t(b * 10 + 3 + rng.next(3)),
                     ttl: u32::try_from(rng.next(3) * 30).expect("small"),
-                    chain: (0..rng.next(2)).map(|i| format!("c{i}.example.test")).collect(),
+                    chain: (0..rng.next(2))
+                        .map(|i| format!("c{i}.example.test"))
+                        .collect(),
                 },
             );
         }
@@ -182,7 +184,9 @@ fn a_group_stores_what_its_batches_store_one_by_one() {
     assert_eq!(start, batches.len());
     let flows = grouped.flows(None).expect("flows");
     assert!(
-        flows.iter().any(|f| f.pods.names.len() == PodNames::MAX && f.pods.more > 0),
+        flows
+            .iter()
+            .any(|f| f.pods.names.len() == PodNames::MAX && f.pods.more > 0),
         "the data fills some flow's pods past the bound"
     );
     assert_eq!(
@@ -224,7 +228,10 @@ fn migration_2_keeps_version_1_data_and_makes_ingest_updates_hot() {
     });
     assert_eq!(a.version().expect("version"), schema::schema_version());
     assert_eq!(
-        pg.psql("v1", "SELECT string_agg(version::text, ',' ORDER BY version) FROM leash_schema"),
+        pg.psql(
+            "v1",
+            "SELECT string_agg(version::text, ',' ORDER BY version) FROM leash_schema"
+        ),
         "1,2"
     );
     assert_eq!(
@@ -236,7 +243,10 @@ fn migration_2_keeps_version_1_data_and_makes_ingest_updates_hot() {
         "only alerts_last_seen is left"
     );
     assert_eq!(
-        pg.psql("v1", "SELECT reloptions::text FROM pg_class WHERE relname = 'flows'"),
+        pg.psql(
+            "v1",
+            "SELECT reloptions::text FROM pg_class WHERE relname = 'flows'"
+        ),
         "{fillfactor=70}"
     );
     let before = a.flows(None).expect("flows");
@@ -265,7 +275,10 @@ fn migration_2_keeps_version_1_data_and_makes_ingest_updates_hot() {
         if hot == "3" {
             break;
         }
-        assert!(Instant::now() < deadline, "HOT updates of flows: {hot}, not 3");
+        assert!(
+            Instant::now() < deadline,
+            "HOT updates of flows: {hot}, not 3"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
