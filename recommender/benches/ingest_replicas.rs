@@ -134,6 +134,21 @@ impl Replica {
         }
     }
 
+    /// Transactions committed so far (`leash_ingest_batches_per_commit_count`).
+    fn commits(&self) -> f64 {
+        http::get(self.http, "/metrics")
+            .ok()
+            .and_then(|(_, text)| {
+                text.lines().find_map(|l| {
+                    l.strip_prefix("leash_ingest_batches_per_commit_count ")?
+                        .trim()
+                        .parse()
+                        .ok()
+                })
+            })
+            .unwrap_or(0.0)
+    }
+
     fn cpu(&self) -> f64 {
         data::process_cpu(self.child.id()).unwrap_or(f64::NAN)
     }
@@ -253,6 +268,8 @@ struct Phase {
     serve_cpu: f64,
     db_cpu: f64,
     load: String,
+    /// Transactions of the replicas alive at the end.
+    transactions: f64,
     /// Phase 3: (records/s before the kill, after it, the survivor's CPU µs/record after it,
     /// the database's CPU µs/record after it, streams cut).
     kill: Option<(f64, f64, f64, f64, usize)>,
@@ -320,6 +337,10 @@ fn phase(
     let acks = Shared::default();
     let serve_cpu =
         |replicas: &[Option<Replica>]| -> f64 { replicas.iter().flatten().map(Replica::cpu).sum() };
+    let commits0: Vec<f64> = replicas
+        .iter()
+        .map(|r| r.as_ref().map_or(0.0, Replica::commits))
+        .collect();
     let cpu0 = serve_cpu(replicas);
     let db0 = data::postgres_cpu(pg_pid)?;
     let start = Instant::now();
@@ -369,6 +390,12 @@ fn phase(
     }
     let wall = start.elapsed().as_secs_f64();
     let cpu1 = serve_cpu(replicas);
+    // The survivors' transactions (a killed replica's are lost with it).
+    let transactions: f64 = replicas
+        .iter()
+        .zip(&commits0)
+        .filter_map(|(r, c0)| r.as_ref().map(|r| r.commits() - c0))
+        .sum();
     let db1 = data::postgres_cpu(pg_pid)?;
     let acks = lock(&acks);
     let cuts: usize = acks.cuts.values().sum();
@@ -408,6 +435,7 @@ fn phase(
         serve_cpu: serve_total,
         db_cpu: db1 - db0,
         load: data::load_average(),
+        transactions,
         kill: kill_figures,
     })
 }
@@ -538,6 +566,10 @@ fn main() -> Result<(), Error> {
             n / p.serve_cpu,
             p.db_cpu,
             p.db_cpu / n * 1e6,
+        );
+        println!(
+            "    {:.0} transactions by the replicas alive at the end",
+            p.transactions
         );
         if let Some((before, after, serve_us, db_us, cuts)) = p.kill {
             println!(
