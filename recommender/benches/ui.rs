@@ -152,9 +152,11 @@ fn one_run(
     b.press(keys::ENTER).unwrap();
     let path = format!("/v1/map/namespaces/{BIG}");
     let expanded = measured(&b, &path);
-    let split: Option<(f64, f64)> =
-        serde_json::from_value(b.script(FRAMES, &[json!(format!("leash:map {path}"))]).unwrap())
-            .unwrap();
+    let split: Option<(f64, f64)> = serde_json::from_value(
+        b.script(FRAMES, &[json!(format!("leash:map {path}"))])
+            .unwrap(),
+    )
+    .unwrap();
     drop(b);
     let api = PATHS.map(|(path, _)| answer_ms(server, path, answers));
     Run {

@@ -882,7 +882,10 @@ fn the_2000_workload_map_opens_on_namespaces_and_expands_one() -> Outcome {
     assert_eq!(title[0], true, "no edge title before the pointer comes");
     let text = title[1].as_str().unwrap_or_default();
     for part in ["events: 2", "last seen: ", "ports: "] {
-        assert!(text.contains(part), "{part:?} not in the edge's title {text:?}");
+        assert!(
+            text.contains(part),
+            "{part:?} not in the edge's title {text:?}"
+        );
     }
     // And its edge table when it is opened: every edge of the view, as text.
     let edges = data_ids(&b, "#map g.edge-group")?.len();
