@@ -153,13 +153,7 @@ async fn agent(
 
 fn start(dir: &Path, store: &Path) -> ServeProcess {
     tokio::task::block_in_place(|| {
-        ServeProcess::start(
-            dir,
-            store,
-            &dir.join("cluster.yaml"),
-            "1h",
-            &[] as &[&str],
-        )
+        ServeProcess::start(dir, store, &dir.join("cluster.yaml"), "1h", &[] as &[&str])
     })
 }
 
@@ -218,7 +212,10 @@ async fn kill_9_three_times_during_group_commits_loses_and_duplicates_nothing() 
         reports.iter().all(|r| r.reconnects >= 3),
         "every agent lost its stream: {reports:?}"
     );
-    assert!(resent > 0, "batches were in flight at the kill: {reports:?}");
+    assert!(
+        resent > 0,
+        "batches were in flight at the kill: {reports:?}"
+    );
     let served_dups = server
         .metric("leash_ingest_duplicate_batches_total")
         .unwrap_or(0.0);

@@ -2,7 +2,9 @@
 //! (the agent keeps the batch and resends it), `/healthz` stays `200` and says why (a restart
 //! would not free the disk), `/readyz` stays `200` (out of the Service, the agents' resends
 //! that find out space returned would stop), `leash_ingest_store_failing` is 1; once space
-//! returns the resent batches are stored, each once, and everything is as before.
+//! returns the resent batches are stored, each once, and everything is as before. A store on a
+//! file system mounted read-only: the same answers; once writable again it takes a restart
+//! (SQLite keeps a connection opened read-only so), after which the resent batches are stored.
 //!
 //! Mounting needs root: without it the test is skipped with a message, unless
 //! `LEASH_REQUIRE_PRIVILEGED=1`, which makes it fail.
@@ -106,7 +108,10 @@ fn batch(seq: u64) -> v1::Batch {
 
 /// One stream, as the agent opens after a reconnect: `seqs` in order; their acks, or the
 /// status that ended the stream.
-async fn push(addr: SocketAddr, seqs: std::ops::RangeInclusive<u64>) -> Result<Vec<v1::Ack>, Status> {
+async fn push(
+    addr: SocketAddr,
+    seqs: std::ops::RangeInclusive<u64>,
+) -> Result<Vec<v1::Ack>, Status> {
     let channel = Endpoint::from_shared(format!("http://{addr}"))
         .expect("uri")
         .connect()
@@ -169,13 +174,21 @@ async fn a_full_disk_is_unavailable_and_everything_resumes_when_space_returns() 
     // The disk fills up: the batch is refused as transient, by name, and nothing is lost.
     let filler = fs.path().join("filler");
     fill(&filler);
-    let status = push(server.grpc, 2..=4).await.expect_err("the disk is full");
+    let status = push(server.grpc, 2..=4)
+        .await
+        .expect_err("the disk is full");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    assert!(status.message().contains("batch node-a/boot-1/2"), "{status:?}");
+    assert!(
+        status.message().contains("batch node-a/boot-1/2"),
+        "{status:?}"
+    );
     assert!(status.message().contains("disk is full"), "{status:?}");
     let (code, body) = healthz(&server);
     assert_eq!(code, 200, "a full disk does not restart the pod: {body}");
-    assert!(body.starts_with("ok, degraded: store commits fail since "), "{body}");
+    assert!(
+        body.starts_with("ok, degraded: store commits fail since "),
+        "{body}"
+    );
     assert!(body.contains("disk is full"), "{body}");
     assert_eq!(
         get(server.http, "/readyz").expect("GET /readyz").0,
@@ -191,13 +204,23 @@ async fn a_full_disk_is_unavailable_and_everything_resumes_when_space_returns() 
         server.metrics()
     );
     // Still full on a resend (the agent's backoff): still UNAVAILABLE, still running.
-    let status = push(server.grpc, 2..=4).await.expect_err("the disk is still full");
+    let status = push(server.grpc, 2..=4)
+        .await
+        .expect_err("the disk is still full");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
 
     // Space returns: the agent's resends are stored, once each, and health is plain again.
     std::fs::remove_file(&filler).expect("frees the space");
-    let acks = push(server.grpc, 2..=4).await.expect("stored after space returned");
-    assert!(acks.iter().all(|a| !a.duplicate), "{acks:?}");
+    // (A batch read ahead of the refused one may have been stored, its ack lost with the
+    // stream: its resend is answered `duplicate`. The store's contents below say "once".)
+    let acks = push(server.grpc, 2..=4)
+        .await
+        .expect("stored after space returned");
+    let seqs: Vec<u64> = acks
+        .iter()
+        .filter_map(|a| a.id.as_ref().map(|i| i.seq))
+        .collect();
+    assert_eq!(seqs, [2, 3, 4]);
     assert_eq!(healthz(&server), (200, "ok\n".to_owned()));
     assert_eq!(server.metric("leash_ingest_store_failing"), Some(0.0));
     let acks = push(server.grpc, 1..=4).await.expect("resent");
@@ -218,4 +241,67 @@ async fn a_full_disk_is_unavailable_and_everything_resumes_when_space_returns() 
     assert!(flows.iter().all(|f| f.count == 4), "{flows:?}");
     drop(store);
     drop(fs);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_store_is_unavailable_and_resumes_when_writable_and_restarted() {
+    let Some(fs) = tmpfs_or_skip("8m") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = dir.path().join("cluster.yaml");
+    std::fs::write(&cluster, snapshots::shop_web_dns_only_and_bank("db")).expect("snapshot");
+    let store: PathBuf = fs.path().join("leash.db");
+    let start = || {
+        tokio::task::block_in_place(|| {
+            ServeProcess::start(dir.path(), &store, &cluster, "1h", &[] as &[&str])
+        })
+    };
+    let server = start();
+    assert_eq!(push(server.grpc, 1..=1).await.expect("stored").len(), 1);
+    // The kernel refuses to make a file system with files open for writing read-only
+    // (EBUSY): it is read-only when the pod starts (a volume mounted read-only, or remounted
+    // so by the kernel after an I/O error).
+    drop(server);
+    remount(fs.path(), "ro");
+    let server = start();
+    let status = push(server.grpc, 2..=3)
+        .await
+        .expect_err("the store is read-only");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("readonly database"), "{status:?}");
+    let (code, body) = healthz(&server);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("readonly database"), "{body}");
+    assert_eq!(server.metric("leash_ingest_store_failing"), Some(1.0));
+
+    // Writable again. SQLite's connection stays read-only once opened on a read-only file
+    // system, so it takes a restart of the process (nothing is lost meanwhile: the agent
+    // keeps the batches).
+    remount(fs.path(), "rw");
+    let status = push(server.grpc, 2..=3)
+        .await
+        .expect_err("still read-only until restarted");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    drop(server);
+    let server = start();
+    let acks = push(server.grpc, 2..=3)
+        .await
+        .expect("stored once writable");
+    assert!(acks.iter().all(|a| !a.duplicate), "{acks:?}");
+    assert_eq!(healthz(&server), (200, "ok\n".to_owned()));
+    drop(server);
+    let store = SqliteStore::open_existing(&store).expect("opens the store");
+    assert_eq!(store.batch_ids().expect("batch ids").len(), 3);
+    drop(store);
+    drop(fs);
+}
+
+fn remount(path: &Path, mode: &str) {
+    let ok = Command::new("mount")
+        .args(["-o", &format!("remount,{mode}")])
+        .arg(path)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "mount -o remount,{mode}");
 }
