@@ -318,10 +318,12 @@ fn commit_group(
     busy.clear();
     // A transient failure is the store's state (`/healthz` and `leash_ingest_store_failing`
     // say so until a commit succeeds); a batch the store cannot take is that batch's.
-    let transient = outcomes.iter().find_map(|o: &Result<Commit, Failure>| match o {
-        Err(f) if !f.permanent => Some(f.message.as_str()),
-        _ => None,
-    });
+    let transient = outcomes
+        .iter()
+        .find_map(|o: &Result<Commit, Failure>| match o {
+            Err(f) if !f.permanent => Some(f.message.as_str()),
+            _ => None,
+        });
     if let Some(message) = transient {
         fault.failed(message);
         metrics.store_failing(true);
