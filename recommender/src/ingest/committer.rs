@@ -88,6 +88,33 @@ pub(crate) struct Committer {
     alive: Arc<AtomicBool>,
     /// When the batch the writer is working on was queued.
     busy: Arc<Busy>,
+    /// Why the store's last commit failed, while it fails.
+    fault: Arc<Fault>,
+}
+
+/// The store's transient failure (a full disk, a read-only file system, a lost database
+/// connection) since its first failed commit, cleared by the next commit that succeeds.
+#[derive(Default)]
+pub(crate) struct Fault(std::sync::Mutex<Option<(chrono::DateTime<chrono::Utc>, String)>>);
+
+impl Fault {
+    fn failed(&self, message: &str) {
+        let mut fault = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match fault.as_mut() {
+            // Keep the first failure's time: how long the store has been failing.
+            Some((_, m)) => message.clone_into(m),
+            None => *fault = Some((chrono::Utc::now(), message.to_owned())),
+        }
+    }
+
+    fn cleared(&self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Since when, and why, commits fail.
+    pub(crate) fn get(&self) -> Option<(chrono::DateTime<chrono::Utc>, String)> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 /// When the oldest batch still waiting for its commit was queued, as nanoseconds after
@@ -149,6 +176,8 @@ impl Committer {
             since: AtomicU64::new(0),
         });
         let writer_busy = Arc::clone(&busy);
+        let fault = Arc::new(Fault::default());
+        let writer_fault = Arc::clone(&fault);
         std::thread::Builder::new()
             .name("leash-ingest-commit".to_owned())
             .spawn(move || {
@@ -158,6 +187,7 @@ impl Committer {
                     store.as_ref(),
                     &writer,
                     &writer_busy,
+                    &writer_fault,
                     committed.as_ref(),
                 ));
             })?;
@@ -166,7 +196,13 @@ impl Committer {
             metrics,
             alive,
             busy,
+            fault,
         })
+    }
+
+    /// Since when, and why, the store's commits fail (`None` while they succeed).
+    pub fn fault(&self) -> Option<(chrono::DateTime<chrono::Utc>, String)> {
+        self.fault.get()
     }
 
     /// How long the oldest batch without an answer has waited for the writer, or `None`
@@ -204,6 +240,7 @@ async fn run(
     store: &dyn Store,
     metrics: &Metrics,
     busy: &Busy,
+    fault: &Fault,
     committed: Option<&mpsc::Sender<super::Committed>>,
 ) {
     let mut group: Vec<Job> = Vec::with_capacity(MAX_GROUP_BATCHES);
@@ -228,7 +265,7 @@ async fn run(
             group.push(job);
         }
         metrics.queued(-i64::try_from(group.len()).unwrap_or(i64::MAX));
-        commit_group(store, metrics, busy, committed, &mut group);
+        commit_group(store, metrics, busy, fault, committed, &mut group);
     }
 }
 
@@ -238,6 +275,7 @@ fn commit_group(
     store: &dyn Store,
     metrics: &Metrics,
     busy: &Busy,
+    fault: &Fault,
     committed: Option<&mpsc::Sender<super::Committed>>,
     group: &mut Vec<Job>,
 ) {
@@ -278,6 +316,21 @@ fn commit_group(
     };
     drop(batches);
     busy.clear();
+    // A transient failure is the store's state (`/healthz` and `leash_ingest_store_failing`
+    // say so until a commit succeeds); a batch the store cannot take is that batch's.
+    let transient = outcomes
+        .iter()
+        .find_map(|o: &Result<Commit, Failure>| match o {
+            Err(f) if !f.permanent => Some(f.message.as_str()),
+            _ => None,
+        });
+    if let Some(message) = transient {
+        fault.failed(message);
+        metrics.store_failing(true);
+    } else if outcomes.iter().any(Result::is_ok) {
+        fault.cleared();
+        metrics.store_failing(false);
+    }
     for (mut job, outcome) in group.drain(..).zip(outcomes) {
         let reply = match outcome {
             Ok(Commit::Stored) => {

@@ -52,6 +52,7 @@ pub struct Metrics {
     commit_seconds: Histogram,
     batches_per_commit: Histogram,
     queued: Gauge,
+    store_failing: Gauge,
 }
 
 impl Default for Metrics {
@@ -83,6 +84,7 @@ impl Default for Metrics {
             // 1 to 64 (the most batches one transaction takes).
             batches_per_commit: Histogram::new(exponential_buckets(1.0, 2.0, 7)),
             queued: Gauge::default(),
+            store_failing: Gauge::default(),
         }
     }
 }
@@ -139,6 +141,12 @@ impl Metrics {
             "Converted batches waiting for the store writer",
             self.queued.clone(),
         );
+        r.register(
+            "store_failing",
+            "1 while the store's commits fail transiently (a full disk, a read-only file system, \
+             a lost database connection): batches are answered UNAVAILABLE and agents keep them",
+            self.store_failing.clone(),
+        );
     }
 
     /// Batches stored so far: serve's egress map is built again when it grows.
@@ -180,6 +188,10 @@ impl Metrics {
 
     pub(crate) fn queued(&self, change: i64) {
         self.queued.inc_by(change);
+    }
+
+    pub(crate) fn store_failing(&self, failing: bool) {
+        self.store_failing.set(i64::from(failing));
     }
 
     pub(crate) fn commit_took(&self, seconds: f64, batches: usize) {

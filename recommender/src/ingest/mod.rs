@@ -31,7 +31,12 @@
 //! Readiness ([`IngestService::ready`]): the service is not ready while a batch has waited for
 //! its commit longer than [`Limits::slow_commit`], which a slow store or a backlog causes; it
 //! is ready again once the writer catches up. Only a dead writer makes it unhealthy
-//! ([`IngestService::writer_alive`]).
+//! ([`IngestService::writer_alive`]). A store whose commits fail (a full disk, a read-only
+//! file system) makes neither: batches are answered UNAVAILABLE, agents keep and resend
+//! them, and the first commit that succeeds ends it ([`IngestService::store_fault`],
+//! `leash_ingest_store_failing`, and `/healthz`'s answer say so meanwhile). Not ready would
+//! take the server out of its Service, so the agents' resends, the only thing that finds out
+//! that space returned, would stop; unhealthy would restart the pod, which frees no disk.
 
 mod committer;
 pub mod identity;
@@ -166,6 +171,14 @@ impl IngestService {
     /// no batch can be stored any more, and the process should be restarted.
     pub fn writer_alive(&self) -> bool {
         self.inner.committer.alive()
+    }
+
+    /// Since when, and why, the store's commits fail transiently (a full disk, a read-only
+    /// file system, a lost database connection); `None` once a commit succeeds. Ingest then
+    /// answers UNAVAILABLE and agents keep their batches: `/healthz` says why but stays `200`,
+    /// as a restart would not free the disk.
+    pub fn store_fault(&self) -> Option<(chrono::DateTime<chrono::Utc>, String)> {
+        self.inner.committer.fault()
     }
 
     /// Whether ingest keeps up, for `/readyz`: an error saying why not when the writer has

@@ -1,7 +1,8 @@
 //! The HTTP side of `leash serve`: health and metrics on `--http` ([`router`]), and the read
 //! API that the UI listener serves ([`api_router_with`], mounted by [`super::ui_http`]).
 //!
-//! - `GET /healthz`: the process is up and ingest can still store batches.
+//! - `GET /healthz`: the process is up and ingest's writer runs (`200`); while the store's
+//!   commits fail (a full disk, a read-only file system) still `200`, saying why.
 //! - `GET /readyz`: the store is open, the cluster model is built, ingest is listening and its
 //!   store writer keeps up (no batch has waited longer than `Limits::slow_commit`).
 //! - `GET /metrics`: Prometheus text.
@@ -218,7 +219,20 @@ pub(super) fn unavailable(what: impl std::fmt::Display) -> ApiError {
 
 async fn healthz(State(s): State<Arc<AppState>>) -> Response {
     if s.ingest.writer_alive() {
-        (StatusCode::OK, "ok\n").into_response()
+        // A failing store is said, not failed: a restart frees no disk, and the agents keep
+        // their batches until a commit succeeds again (see `ingest`'s module doc).
+        match s.ingest.store_fault() {
+            None => (StatusCode::OK, "ok\n").into_response(),
+            Some((since, why)) => (
+                StatusCode::OK,
+                format!(
+                    "ok, degraded: store commits fail since {}: {why}; batches are answered \
+                     UNAVAILABLE and agents keep them until a commit succeeds\n",
+                    leash_records::time::rfc3339(since)
+                ),
+            )
+                .into_response(),
+        }
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,

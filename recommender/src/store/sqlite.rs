@@ -289,6 +289,20 @@ struct Inner {
     /// connection (say `leash store prune` on the same file) commits, which may have deleted
     /// rows the caches claim exist.
     data_version: Option<i64>,
+    /// The last commit failed because the database was read-only: the connection is opened
+    /// again before the next one.
+    reopen: bool,
+}
+
+/// Whether `e` is SQLite's SQLITE_READONLY (a read-only file system or file).
+fn read_only(e: &Error) -> bool {
+    let Error::Operation { source, .. } = e else {
+        return false;
+    };
+    source
+        .downcast_ref::<rusqlite::Error>()
+        .and_then(rusqlite::Error::sqlite_error_code)
+        == Some(rusqlite::ErrorCode::ReadOnly)
 }
 
 impl Inner {
@@ -304,6 +318,46 @@ fn boxed(e: rusqlite::Error) -> Box<dyn std::error::Error + Send + Sync> {
     Box::new(e)
 }
 
+/// Opens the writer's connection to `path` (creating the file): WAL journal,
+/// `synchronous=NORMAL`, busy timeout, cache and checkpoint sizes.
+fn writer_connection(path: &Path) -> Result<Connection> {
+    let open_err = |e: rusqlite::Error| Error::Open {
+        path: path.to_path_buf(),
+        source: boxed(e),
+    };
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(open_err)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+    // The first statement reads the file: a non-database file fails here.
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(open_err)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(Error::Open {
+            path: path.to_path_buf(),
+            source: format!("cannot switch to WAL journal mode (got {mode})").into(),
+        });
+    }
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(open_err)?;
+    conn.pragma_update(None, "foreign_keys", false)
+        .map_err(open_err)?;
+    // A server's working set of aggregates stays in memory (64 MiB of pages), and the WAL
+    // is folded back into the database every 64 MiB rather than every 4 MiB: each
+    // checkpoint rewrites the pages that changed, and a busy store changes the same ones.
+    conn.pragma_update(None, "cache_size", -65_536)
+        .map_err(open_err)?;
+    conn.pragma_update(None, "wal_autocheckpoint", 16_384)
+        .map_err(open_err)?;
+    conn.set_prepared_statement_cache_capacity(32);
+    Ok(conn)
+}
+
 impl SqliteStore {
     /// Opens (creating if needed, with its parent directory) the database at `path`, and
     /// migrates it to the current schema. WAL journal, `synchronous=NORMAL` (a commit is
@@ -317,40 +371,7 @@ impl SqliteStore {
                 source,
             })?;
         }
-        let open_err = |e: rusqlite::Error| Error::Open {
-            path: path.clone(),
-            source: boxed(e),
-        };
-        let conn = Connection::open_with_flags(
-            &path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE
-                | OpenFlags::SQLITE_OPEN_CREATE
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(open_err)?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
-        // The first statement reads the file: a non-database file fails here.
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-            .map_err(open_err)?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(Error::Open {
-                path,
-                source: format!("cannot switch to WAL journal mode (got {mode})").into(),
-            });
-        }
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(open_err)?;
-        conn.pragma_update(None, "foreign_keys", false)
-            .map_err(open_err)?;
-        // A server's working set of aggregates stays in memory (64 MiB of pages), and the WAL
-        // is folded back into the database every 64 MiB rather than every 4 MiB: each
-        // checkpoint rewrites the pages that changed, and a busy store changes the same ones.
-        conn.pragma_update(None, "cache_size", -65_536)
-            .map_err(open_err)?;
-        conn.pragma_update(None, "wal_autocheckpoint", 16_384)
-            .map_err(open_err)?;
-        conn.set_prepared_statement_cache_capacity(32);
+        let conn = writer_connection(&path)?;
         let mut store = Self {
             path,
             inner: Mutex::new(Inner {
@@ -359,6 +380,7 @@ impl SqliteStore {
                 names: HashMap::default(),
                 links: HashSet::default(),
                 data_version: None,
+                reopen: false,
             }),
             readers: ReadPool {
                 idle: Mutex::new(Vec::new()),
@@ -473,6 +495,7 @@ impl SqliteStore {
             names,
             links,
             data_version,
+            reopen: _,
         } = inner;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -909,6 +932,35 @@ impl Drop for Reader<'_> {
 }
 
 impl SqliteStore {
+    /// Opens the writer's connection again after a commit failed as read-only: SQLite keeps
+    /// a file opened on a read-only file system read-only for every connection of the
+    /// process, so the idle readers and the old writer are closed first. Until the file
+    /// system is writable, the new connection fails too (or is read-only again) and the next
+    /// commit tries again; meanwhile the writer is an empty in-memory database, on which
+    /// every commit fails, so nothing is acknowledged that is not stored.
+    fn reopen(&self, inner: &mut Inner) {
+        let Ok(placeholder) = Connection::open_in_memory() else {
+            return;
+        };
+        drop(std::mem::replace(&mut inner.conn, placeholder));
+        self.readers
+            .idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        inner.clear_caches();
+        match writer_connection(&self.path) {
+            Ok(conn) => {
+                tracing::debug!(path = %self.path.display(), "store writer reopened after a read-only failure");
+                inner.conn = conn;
+                inner.reopen = false;
+            }
+            Err(e) => {
+                tracing::debug!(path = %self.path.display(), "store writer not reopened: {}", leash_records::error::Chain(&e));
+            }
+        }
+    }
+
     /// A read connection from the pool, or a new one.
     fn reader(&self) -> Result<Reader<'_>> {
         let pooled = self
@@ -1417,10 +1469,14 @@ impl Store for SqliteStore {
 
     fn commit_many(&self, batches: &[BatchCommit<'_>]) -> Result<Vec<Commit>> {
         let mut inner = self.lock();
+        if inner.reopen {
+            self.reopen(&mut inner);
+        }
         let result = self.commit_inner(&mut inner, batches);
-        if result.is_err() {
+        if let Err(e) = &result {
             // The transaction rolled back; ids cached during it may not exist.
             inner.clear_caches();
+            inner.reopen = inner.reopen || read_only(e);
         }
         result
     }
