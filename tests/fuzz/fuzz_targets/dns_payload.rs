@@ -35,15 +35,20 @@ fn ring_record(mode: u8, extra: u8, payload: &[u8]) -> Vec<u8> {
         time_ns: 1_000_000_000,
         addr: if v6 {
             // 2001:db8::53
-            [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x53]
+            [
+                0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x53,
+            ]
         } else {
             [198, 51, 100, 53, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
         },
         port: 53,
         family: if v6 { FAMILY_V6 } else { FAMILY_V4 },
         transport: if mode & 8 != 0 { 6 } else { 17 },
-        flags: (if mode & 2 != 0 { DNS_FLAG_TCP_PREFIX } else { 0 })
-            | (if mode & 4 != 0 { DNS_FLAG_TRUNCATED } else { 0 }),
+        flags: (if mode & 2 != 0 {
+            DNS_FLAG_TCP_PREFIX
+        } else {
+            0
+        }) | (if mode & 4 != 0 { DNS_FLAG_TRUNCATED } else { 0 }),
         pad: [0; 3],
         captured_len: u32::try_from(payload.len()).unwrap_or(u32::MAX),
         payload_len: u32::try_from(payload.len() + usize::from(extra)).unwrap_or(u32::MAX),
@@ -113,7 +118,10 @@ fuzz_target!(|data: &[u8]| {
     assert!(
         back.refused.is_empty(),
         "the recommender refuses a record the agent built: {:?}",
-        back.refused.iter().map(wire::Refused::detail).collect::<Vec<_>>()
+        back.refused
+            .iter()
+            .map(wire::Refused::detail)
+            .collect::<Vec<_>>()
     );
     assert_eq!(back.dns, vec![dns]);
 });

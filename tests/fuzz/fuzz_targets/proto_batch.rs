@@ -19,7 +19,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let total = batch.flows.len()
-        + batch.flow_groups.iter().map(|g| g.flows.len()).sum::<usize>()
+        + batch
+            .flow_groups
+            .iter()
+            .map(|g| g.flows.len())
+            .sum::<usize>()
         + batch.dns.len();
     let strict = wire::batch_from_wire(batch.clone());
     let Ok(grouped) = wire::grouped_batch_from_wire(batch) else {
