@@ -28,7 +28,7 @@ product-check:
 # Stable toolchain with RUSTC_BOOTSTRAP=1 (run.sh).
 FUZZ_SECONDS ?= 60
 FUZZ_PROFILE ?= release
-FUZZ_CI_SECONDS ?= 20
+FUZZ_CI_SECONDS ?= 15
 FUZZ_CI_PROFILE ?= dev
 fuzz: setup
 	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_PROFILE=$(FUZZ_PROFILE) ./tests/fuzz/run.sh
