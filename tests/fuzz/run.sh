@@ -43,8 +43,12 @@ for t in $targets; do
     corpus=$CARGO_TARGET_DIR/corpus/$t
     mkdir -p "$corpus" "tests/fuzz/artifacts/$t"
     out=$CARGO_TARGET_DIR/$t.log
+    # Inputs that once failed (each also a regression test in its crate) are replayed first.
+    regressions=()
+    [ -d "tests/fuzz/regressions/$t" ] && regressions=("tests/fuzz/regressions/$t")
     # -timeout: one input taking longer is a hang; -rss_limit_mb: memory is bounded.
-    if "${fuzz[@]}" run --fuzz-dir tests/fuzz --sanitizer "$sanitizer" "${profile[@]}" "$t" "$corpus" "tests/fuzz/seeds/$t" -- \
+    if "${fuzz[@]}" run --fuzz-dir tests/fuzz --sanitizer "$sanitizer" "${profile[@]}" "$t" "$corpus" "tests/fuzz/seeds/$t" \
+        ${regressions[@]+"${regressions[@]}"} -- \
         -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
         -print_final_stats=1 >"$out" 2>&1; then
         runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$out" | grep -o '[0-9]*$' || echo '?')
