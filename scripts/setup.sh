@@ -12,10 +12,13 @@
 # - iperf3 (the agent's data-path benchmark, agent/benches/datapath.rs)
 # - postgresql (the PostgreSQL store's tests run a private server: initdb in a temporary
 #   directory as an unprivileged user, from /usr/lib/postgresql/*/bin)
+# - cargo-fuzz from crates.io (`make fuzz`, tests/fuzz; built by the stable toolchain with
+#   RUSTC_BOOTSTRAP=1)
 # - checks for kubectl (deploy tests), which it cannot install from the package mirrors
 set -euo pipefail
 
 BPF_LINKER_VERSION=0.13.0
+CARGO_FUZZ_VERSION=0.13.2
 log() { printf 'setup: %s\n' "$*" >&2; }
 
 need_pkgs=()
@@ -54,5 +57,10 @@ if ! { command -v bpf-linker >/dev/null && bpf-linker --version | grep -q "$BPF_
     log "building bpf-linker $BPF_LINKER_VERSION against LLVM 22 (about a minute)"
     PATH=/usr/lib/llvm-22/bin:$PATH cargo install bpf-linker --version "$BPF_LINKER_VERSION" --locked \
         --no-default-features --features llvm-22
+fi
+
+if ! { command -v cargo-fuzz >/dev/null && cargo fuzz --version | grep -q "$CARGO_FUZZ_VERSION"; }; then
+    log "installing cargo-fuzz $CARGO_FUZZ_VERSION (about a minute and a half)"
+    cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked
 fi
 log "ok"

@@ -80,8 +80,8 @@ pub struct Metrics {
     /// Names dropped from a (pod, address) entry of the DNS cache over
     /// `--dns-max-names-per-address`.
     pub dns_names_evicted: Counter,
-    /// Answers left out of DNS records, by cause (`too_many`, `invalid_name`, `too_large`,
-    /// `query_refused`).
+    /// Answers left out of DNS records, by cause (`too_many`, `invalid_name`, `invalid_data`,
+    /// `too_large`, `query_refused`).
     pub dns_answers_cut: Family<CauseLabel, Counter>,
     /// DNS records dropped because more than the pipeline's bound waited for one flush.
     pub dns_records_dropped: Counter,

@@ -19,6 +19,7 @@ use hickory_proto::op::{Message, MessageType, ResponseCode};
 use hickory_proto::rr::{RData, RecordType};
 use leash_records::error::Chain;
 use leash_records::names::{self, NameError};
+use leash_records::wire::{self, AnswerDataError};
 use leash_records::{DnsAnswer, DnsRecord};
 
 use crate::attribution::Attribution;
@@ -228,7 +229,9 @@ pub fn checked_name(name: &str) -> Result<String, NameError> {
 ///   for such a name (a root `.` query has no address answers).
 /// - An answer whose owner name, or whose CNAME target, is refused is left out: its address is
 ///   not labelled with that name, and a CNAME chain through a refused name is cut there (names
-///   before it do not reach the address).
+///   before it do not reach the address). So is one whose other data the recommender would
+///   refuse ([`wire::answer_data`]: a `PTR`, `NS` or `DNAME` name as `invalid_name`; an `A` or
+///   `AAAA` without an address, over-long text as `invalid_data`), which would cost the record.
 /// - Answers beyond [`MAX_ANSWERS`] (`too_many`) and beyond [`MAX_ANSWER_BYTES`] of text
 ///   (`too_large`) are left out; later, smaller answers may still fit.
 ///
@@ -250,7 +253,22 @@ pub fn check_response(mut response: DnsResponse, metrics: &Metrics) -> Option<Dn
     response.answers.retain(|answer| {
         let target = match &answer.data {
             AnswerData::Cname(target) => checked_name(target).map(drop),
-            AnswerData::Addr(_) | AnswerData::Other(_) => Ok(()),
+            AnswerData::Addr(_) => Ok(()),
+            // What the recommender checks of other data (a PTR's name, an A record's data
+            // that hickory could not read as an address): else it refuses the whole record.
+            AnswerData::Other(text) => match wire::answer_data(&answer.rtype, text) {
+                Ok(()) => Ok(()),
+                Err(AnswerDataError::Name(error)) => Err(error),
+                Err(error) => {
+                    metrics.add_dns_answers_cut("invalid_data", 1);
+                    tracing::debug!(
+                        rtype = %names::display_prefix(&answer.rtype),
+                        error = %Chain(&error),
+                        "skipping DNS answer: data refused"
+                    );
+                    return false;
+                }
+            },
         };
         if let Err(error) = checked_name(&answer.name).map(drop).and(target) {
             metrics.add_dns_name_skipped(error.reason());

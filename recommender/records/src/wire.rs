@@ -676,28 +676,64 @@ fn dns_record_from_wire(
     })
 }
 
-/// An answer's data by its type: an address for `A` and `AAAA`, a DNS name for the types whose
-/// data is one name (`CNAME`, `DNAME`, `NS`, `PTR`), and bounded text for the others.
-fn check_answer_data(i: usize, rtype: &str, data: &str) -> Result<(), Problem> {
-    let field = || format!("answers[{i}].data");
-    let rtype = rtype.to_ascii_uppercase();
-    match rtype.as_str() {
-        "A" if data.parse::<std::net::Ipv4Addr>().is_err() => Err(bad_field(
-            field(),
-            format!("{}: not an IPv4 address", names::display_prefix(data)),
-        )),
-        "AAAA" if data.parse::<std::net::Ipv6Addr>().is_err() => Err(bad_field(
-            field(),
-            format!("{}: not an IPv6 address", names::display_prefix(data)),
-        )),
+/// Why an answer's data cannot cross the wire for its type ([`answer_data`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AnswerDataError {
+    /// An `A` answer whose data is not an IPv4 address, or an `AAAA` one not an IPv6 address.
+    #[error("not an {family} address")]
+    NotAnAddress {
+        /// `IPv4` or `IPv6`.
+        family: &'static str,
+    },
+    /// A type whose data is one DNS name (`CNAME`, `DNAME`, `NS`, `PTR`), with data that
+    /// [`names::dns_name`] refuses.
+    #[error("invalid DNS name")]
+    Name(#[source] names::NameError),
+    /// Other data longer than [`MAX_ANSWER_DATA_BYTES`].
+    #[error("{len} bytes, more than {MAX_ANSWER_DATA_BYTES}")]
+    TooLong {
+        /// The data's length in bytes.
+        len: usize,
+    },
+}
+
+/// Checks an answer's data by its type, as the recommender does for every answer it stores:
+/// an address for `A` and `AAAA`, a DNS name (one trailing dot allowed) for the types whose
+/// data is one name (`CNAME`, `DNAME`, `NS`, `PTR`), and bounded text for the others. The
+/// agent leaves out answers this refuses, so that it never builds a record the recommender
+/// would refuse.
+pub fn answer_data(rtype: &str, data: &str) -> Result<(), AnswerDataError> {
+    match rtype.to_ascii_uppercase().as_str() {
+        "A" if data.parse::<std::net::Ipv4Addr>().is_err() => {
+            Err(AnswerDataError::NotAnAddress { family: "IPv4" })
+        }
+        "AAAA" if data.parse::<std::net::Ipv6Addr>().is_err() => {
+            Err(AnswerDataError::NotAnAddress { family: "IPv6" })
+        }
         "A" | "AAAA" => Ok(()),
-        "CNAME" | "DNAME" | "NS" | "PTR" => check_dns_name(field(), data),
-        _ if data.len() > MAX_ANSWER_DATA_BYTES => Err(problem(
-            v1::RejectReason::TooLarge,
-            field(),
-            format!("{} bytes, more than {MAX_ANSWER_DATA_BYTES}", data.len()),
-        )),
+        "CNAME" | "DNAME" | "NS" | "PTR" => {
+            names::dns_name(data.strip_suffix('.').unwrap_or(data)).map_err(AnswerDataError::Name)
+        }
+        _ if data.len() > MAX_ANSWER_DATA_BYTES => {
+            Err(AnswerDataError::TooLong { len: data.len() })
+        }
         _ => Ok(()),
+    }
+}
+
+/// [`answer_data`] for answer `i` of a wire record, as the refusal's problem.
+fn check_answer_data(i: usize, rtype: &str, data: &str) -> Result<(), Problem> {
+    let field = format!("answers[{i}].data");
+    match answer_data(rtype, data) {
+        Ok(()) => Ok(()),
+        Err(AnswerDataError::Name(_)) => check_dns_name(field, data),
+        Err(e @ AnswerDataError::NotAnAddress { .. }) => Err(bad_field(
+            field,
+            format!("{}: {e}", names::display_prefix(data)),
+        )),
+        Err(e @ AnswerDataError::TooLong { .. }) => {
+            Err(problem(v1::RejectReason::TooLarge, field, e.to_string()))
+        }
     }
 }
 
