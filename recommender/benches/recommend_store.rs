@@ -39,8 +39,8 @@ use chrono::{DateTime, Duration, Utc};
 use leash::cluster::Cluster;
 use leash::evidence::PodNames;
 use leash::store::{
-    AddressSeen, BatchCommit, BatchId, DnsObservation, FlowObservation, PostgresStore,
-    SqliteStore, Store, WorkloadRef, location::Location,
+    AddressSeen, BatchCommit, BatchId, DnsObservation, FlowObservation, PostgresStore, SqliteStore,
+    Store, WorkloadRef, location::Location,
 };
 use leash_lab::synthetic::{self, Shape};
 use leash_records::Protocol;
@@ -55,6 +55,10 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 /// Flow observations per batch, and batches per `commit_many` transaction, of the fill.
 const BATCH_FLOWS: usize = 20_000;
 const BATCHES_PER_COMMIT: usize = 10;
+
+/// Each workload's observations arrive in this many rounds, interleaved with the other
+/// workloads' (as agents' batches do), so that the tables' rows are not stored in key order.
+const ROUNDS: usize = 20;
 
 /// The synthetic cluster's DNS Service address (`leash_lab::synthetic`).
 const DNS_SERVER: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -119,15 +123,23 @@ impl Universe {
         total / n + usize::from(i < total % n)
     }
 
-    /// Workload `i`'s flow and DNS observations. Every flow key is distinct within the
-    /// workload (`j` determines the destination, port and protocol one to one).
-    fn observations(&self, i: usize, total: usize) -> (Vec<FlowObservation>, Vec<DnsObservation>) {
+    /// Round `round` of `ROUNDS` of workload `i`'s flow and DNS observations: its flows
+    /// `j` in the round's share of `0..n`, and the DNS observations `k` with `20 k` there.
+    /// Every flow key is distinct within the workload (`j` determines the destination, port
+    /// and protocol one to one).
+    fn observations(
+        &self,
+        i: usize,
+        total: usize,
+        round: usize,
+    ) -> (Vec<FlowObservation>, Vec<DnsObservation>) {
         let Some((workload, pods)) = self.workloads.get(i) else {
             return (Vec::new(), Vec::new());
         };
         let n = self.flows_of(i, total);
+        let (lo, hi) = (n * round / ROUNDS, n * (round + 1) / ROUNDS);
         let t0 = base_time();
-        let flows = (0..n)
+        let flows = (lo..hi)
             .map(|j| {
                 let jj = u32::try_from(j).unwrap_or(u32::MAX);
                 let (dst, port, protocol, name) = match j % 8 {
@@ -167,7 +179,8 @@ impl Universe {
                 let count = 1 + ((i * 31 + j) % 1000) as u64;
                 let first_seen = t0 + Duration::seconds(((i * 17 + j * 13) % 600_000) as i64);
                 let last_seen = first_seen + Duration::seconds((j % 3600) as i64);
-                let mut pod_names: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+                let mut pod_names: std::collections::BTreeSet<String> =
+                    std::collections::BTreeSet::new();
                 if let Some(p) = pods.get(j % pods.len()) {
                     pod_names.insert(p.clone());
                 }
@@ -195,7 +208,7 @@ impl Universe {
                 }
             })
             .collect();
-        let dns = (0..n / 20)
+        let dns = (lo.div_ceil(20)..hi.div_ceil(20).min(n / 20))
             .map(|k| {
                 let query = format!("api-{k}.example.test");
                 let first_seen = t0 + Duration::seconds(((i * 7 + k * 11) % 600_000) as i64);
@@ -253,7 +266,8 @@ impl Universe {
     }
 }
 
-/// Fills `store` with every workload's observations, in `commit_many` groups.
+/// Fills `store` with every workload's observations, round by round, in `commit_many`
+/// groups.
 fn fill(store: &dyn Store, universe: &Universe, total: usize) -> Result<(usize, usize), Error> {
     let mut batches: Vec<(BatchId, Vec<FlowObservation>, Vec<DnsObservation>)> = Vec::new();
     let mut pending = (Vec::new(), Vec::new());
@@ -273,13 +287,15 @@ fn fill(store: &dyn Store, universe: &Universe, total: usize) -> Result<(usize, 
         batches.clear();
         Ok(())
     };
-    for i in 0..universe.workloads.len() {
-        let (f, d) = universe.observations(i, total);
+    let workloads = universe.workloads.len();
+    for step in 0..ROUNDS * workloads {
+        let (round, i) = (step / workloads, step % workloads);
+        let (f, d) = universe.observations(i, total, round);
         flows += f.len();
         dns += d.len();
         pending.0.extend(f);
         pending.1.extend(d);
-        let last = i + 1 == universe.workloads.len();
+        let last = step + 1 == ROUNDS * workloads;
         if pending.0.len() >= BATCH_FLOWS || last {
             seq += 1;
             let id = BatchId {
@@ -287,7 +303,11 @@ fn fill(store: &dyn Store, universe: &Universe, total: usize) -> Result<(usize, 
                 boot_id: "bench-fill".into(),
                 seq,
             };
-            batches.push((id, std::mem::take(&mut pending.0), std::mem::take(&mut pending.1)));
+            batches.push((
+                id,
+                std::mem::take(&mut pending.0),
+                std::mem::take(&mut pending.1),
+            ));
         }
         if batches.len() >= BATCHES_PER_COMMIT || (last && !batches.is_empty()) {
             flush(&mut batches)?;
@@ -338,6 +358,41 @@ fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
+}
+
+/// This process's CPU seconds (user + system, all threads).
+fn self_cpu() -> f64 {
+    // SAFETY: getrusage writes one rusage into the zeroed value.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` is a valid, writable rusage.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &raw mut u) } != 0 {
+        return 0.0;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(u.ru_utime) + secs(u.ru_stime)
+}
+
+/// A whole read of a store, as `recommend` makes it.
+struct Read {
+    wall: f64,
+    cpu: f64,
+    db_cpu: Option<f64>,
+    flows: usize,
+    dns: usize,
+}
+
+fn read_all(store: &dyn Store, postmaster: Option<u32>) -> Result<Read, Error> {
+    let db_before = postmaster.map(postgres_cpu);
+    let (start, cpu) = (Instant::now(), self_cpu());
+    let flows = store.flows(None)?;
+    let dns = store.dns(None)?;
+    Ok(Read {
+        wall: start.elapsed().as_secs_f64(),
+        cpu: self_cpu() - cpu,
+        db_cpu: postmaster.map(|p| postgres_cpu(p) - db_before.unwrap_or(0.0)),
+        flows: flows.len(),
+        dns: dns.len(),
+    })
 }
 
 /// One `leash recommend` run.
@@ -449,7 +504,9 @@ fn main() -> Result<(), Error> {
         (Some(_), _) => None,
         (None, Some(bin)) => Some(postgres::Postgres::start(&bin)),
         (None, None) => {
-            println!("recommend --store: SKIPPED, PostgreSQL is not installed (./scripts/setup.sh)");
+            println!(
+                "recommend --store: SKIPPED, PostgreSQL is not installed (./scripts/setup.sh)"
+            );
             return Ok(());
         }
     };
@@ -499,16 +556,41 @@ fn main() -> Result<(), Error> {
         }
     }
     let sqlite_size = std::fs::metadata(&sqlite_path).map_or(0, |m| m.len());
-    println!(
-        "  SQLite file {:.2} GB",
-        sqlite_size as f64 / 1e9
-    );
+    println!("  SQLite file {:.2} GB", sqlite_size as f64 / 1e9);
     if let Some(pg) = &server {
         println!(
             "  PostgreSQL {} database {}",
             pg.psql("bench", "SHOW server_version"),
             pg.psql("bench", "SELECT pg_size_pretty(pg_database_size('bench'))")
         );
+    }
+
+    // The store's part alone: what `recommend` reads, in this process.
+    let Ok(Location::Postgres(url)) = pg_url.parse::<Location>() else {
+        return Err("not a PostgreSQL URL".into());
+    };
+    let lite_read = read_all(&SqliteStore::open(&sqlite_path)?, None)?;
+    let pg_read = read_all(&PostgresStore::connect(&url)?, postmaster)?;
+    for (label, r) in [("SQLite    ", &lite_read), ("PostgreSQL", &pg_read)] {
+        println!(
+            "  Store::flows + Store::dns alone (in this process): {label} wall {:.2} s, CPU {:.2} s{}; {} flows, {} DNS",
+            r.wall,
+            r.cpu,
+            r.db_cpu
+                .map(|c| format!(", database server CPU {c:.2} s"))
+                .unwrap_or_default(),
+            r.flows,
+            r.dns
+        );
+    }
+    println!(
+        "  Store::flows + Store::dns alone: PostgreSQL/SQLite wall {:.2}×, CPU {:.2}×; load average {}",
+        pg_read.wall / lite_read.wall,
+        pg_read.cpu / lite_read.cpu,
+        load_average()
+    );
+    if (lite_read.flows, lite_read.dns) != (pg_read.flows, pg_read.dns) {
+        return Err("the stores returned different numbers of observations".into());
     }
 
     let sqlite_arg = format!("sqlite:{}", sqlite_path.display());
