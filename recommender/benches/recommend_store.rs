@@ -560,6 +560,8 @@ fn main() -> Result<(), Error> {
             std::fs::write(dir.join("filled"), b"")?;
         }
     }
+    // Its memory is not the commands'.
+    drop(universe);
     let sqlite_size = std::fs::metadata(&sqlite_path).map_or(0, |m| m.len());
     println!("  SQLite file {:.2} GB", sqlite_size as f64 / 1e9);
     if let Some(pg) = &server {
