@@ -642,9 +642,6 @@ fn main() -> Result<(), Error> {
             .into());
         }
     }
-    if std::env::var_os("LEASH_BENCH_DIR").is_none() {
-        // The tempdir goes with `temp`; the server's with `server`.
-        drop(server);
-    }
+    // The server stops and its files go with `server`; the tempdir with `temp`.
     Ok(())
 }
