@@ -16,7 +16,7 @@
 //!
 //! Then the release `leash recommend --cluster SNAPSHOT --store STORE` runs against each in
 //! turn (SQLite first), as a child process: wall time, CPU (user + system of the child, from
-//! `wait4`), peak RSS (`ru_maxrss`), and for PostgreSQL the database server's CPU over the
+//! `wait4`), peak RSS (the child's VmHWM, sampled every 50 ms), and for PostgreSQL the database server's CPU over the
 //! run; then the PostgreSQL/SQLite ratios. Both outputs must be byte-identical (the bench
 //! fails otherwise). `LEASH_BENCH_RUNS` (default 1) repeats the pair.
 //!
@@ -432,6 +432,28 @@ fn recommend(
         .stderr(stderr)
         .spawn()?;
     let pid = libc::pid_t::try_from(child.id())?;
+    // The child's own peak RSS: `ru_maxrss` would also count the memory of this process,
+    // which the child shares until it execs. VmHWM of the child's (new) memory map only
+    // grows; it is read until the child exits.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hwm = std::thread::spawn({
+        let done = done.clone();
+        move || {
+            let mut peak_kib = 0u64;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(kib) = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                    .ok()
+                    .as_deref()
+                    .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmHWM:")))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                {
+                    peak_kib = peak_kib.max(kib);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            peak_kib
+        }
+    });
     let mut status = 0;
     // SAFETY: wait4 writes one rusage into the zeroed value.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -441,12 +463,13 @@ fn recommend(
         return Err(format!("wait4: {}", std::io::Error::last_os_error()).into());
     }
     let wall = start.elapsed().as_secs_f64();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak_kib = hwm.join().map_err(|_| "the RSS sampler panicked")?;
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     Ok(Measured {
         wall,
         cpu: secs(usage.ru_utime) + secs(usage.ru_stime),
-        // Linux reports ru_maxrss in KiB.
-        peak_rss_mib: usage.ru_maxrss as f64 / 1024.0,
+        peak_rss_mib: peak_kib as f64 / 1024.0,
         db_cpu: postmaster.map(|p| postgres_cpu(p) - db_before.unwrap_or(0.0)),
         status: if libc::WIFEXITED(status) {
             libc::WEXITSTATUS(status)
