@@ -25,8 +25,8 @@
 //!
 //! Everything lives in a temporary directory under the target directory (`target/tmp`),
 //! removed at the end: per million flows, the SQLite file takes about 0.11 GB, the PostgreSQL
-//! database 0.65 GB, and `recommend` peaks at about 2.7 GB of RSS (the engine's: the same on
-//! both stores), so that the full 10M needs a machine of more than 27 GB.
+//! database 0.65 GB, and `recommend` peaks at about 2.5 GB of RSS (the engine's: the same on
+//! both stores), so that the full 10M needs a machine of more than 25 GB.
 //!
 //! `cargo bench -p leash --bench recommend_store` (full size); `LEASH_BENCH_SCALE=0.1` for a
 //! tenth of the cluster and of the observations; `-- --test` for a tiny run. To iterate on
