@@ -5,13 +5,19 @@
 #   scale     agent/benches/agent_scale.rs      real agent, 100k keys: CPU/record, RSS (<= 64 MiB),
 #                                               produced = delivered + drops, exact counts; run
 #                                               twice: paced, then all keys in one burst
+#   datapath  agent/benches/datapath.rs         the programs on a pod's data path: iperf3 bulk TCP
+#                                               receive (>= 0.99x) and 64-byte UDP send (>= 0.99x),
+#                                               loopback connect (<= 1.03x), attached vs not in
+#                                               alternating rounds; then ns per program run
+#                                               (BPF run-time statistics) and the early-exit share
 #   outage    agent/benches/outage.rs           real agent streaming to a recommender that is down
 #                                               for 5 minutes: RSS growth (<= +10%), exact counts
-# Usage: scripts/bench-agent.sh [connect] [pipeline] [scale] [outage]   (default: the first three;
+# Usage: scripts/bench-agent.sh [connect] [pipeline] [scale] [datapath] [outage]   (default: the first three;
 #        outage takes over 5 minutes, OUTAGE_ARGS=--quick makes it 30 s)
-# connect and scale need root (BPF, namespaces, cgroups); without it they print why and skip.
+# connect, scale and datapath need root (BPF, namespaces, cgroups), datapath also iperf3 (scripts/setup.sh); without it they print why and skip.
 # Extra arguments: CONNECT_ARGS="ROUNDS PER_ROUND", SCALE_ARGS="--keys N --active N --rounds N",
-# OUTAGE_ARGS="--quick | --outage SECS --keys N".
+# OUTAGE_ARGS="--quick | --outage SECS --keys N",
+# DATAPATH_ARGS="--rounds N --secs S --connects N --stats-rounds N".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
@@ -20,9 +26,9 @@ which=("$@")
 [ ${#which[@]} -eq 0 ] && which=(connect pipeline scale)
 for w in "${which[@]}"; do
     case "$w" in
-        connect | pipeline | scale | outage) ;;
+        connect | pipeline | scale | datapath | outage) ;;
         *)
-            echo "unknown benchmark '$w' (expected connect, pipeline, scale or outage)" >&2
+            echo "unknown benchmark '$w' (expected connect, pipeline, scale, datapath or outage)" >&2
             exit 2
             ;;
     esac
@@ -76,6 +82,11 @@ if wants scale; then
     cargo bench -p leash-agent --bench agent_scale -- ${SCALE_ARGS:-} || status=1
     echo "== real agent, the same 100k keys in one burst with a 1 s flush (counted drops, if the ring overruns, are recovered by a sweep)"
     cargo bench -p leash-agent --bench agent_scale -- --chunk 100000 --flush-ms 1000 || status=1
+fi
+if wants datapath; then
+    echo "== the programs on a pod's data path (datapath)"
+    # shellcheck disable=SC2086 # DATAPATH_ARGS is a list of words
+    cargo bench -p leash-agent --bench datapath -- ${DATAPATH_ARGS:-} || status=1
 fi
 if wants outage; then
     echo "== real agent, recommender down and back (outage)"

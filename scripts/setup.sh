@@ -9,6 +9,7 @@
 # - openssh-server and openssh-client (leash-lab's local sshd, its keys from ssh-keygen, and
 #   the ssh client git uses: the tests of git over SSH with a key file)
 # - chromium and chromium-driver (the web UI's tests drive a real, headless browser over WebDriver)
+# - iperf3 (the agent's data-path benchmark, agent/benches/datapath.rs)
 # - postgresql (the PostgreSQL store's tests run a private server: initdb in a temporary
 #   directory as an unprivileged user, from /usr/lib/postgresql/*/bin)
 # - checks for kubectl (deploy tests), which it cannot install from the package mirrors
@@ -18,7 +19,7 @@ BPF_LINKER_VERSION=0.13.0
 log() { printf 'setup: %s\n' "$*" >&2; }
 
 need_pkgs=()
-for p in llvm-22-dev libpolly-22-dev zlib1g-dev libzstd-dev nftables dnsmasq-base iproute2 util-linux git openssh-server openssh-client chromium chromium-driver postgresql; do
+for p in llvm-22-dev libpolly-22-dev zlib1g-dev libzstd-dev nftables dnsmasq-base iproute2 util-linux git openssh-server openssh-client chromium chromium-driver postgresql iperf3; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need_pkgs+=("$p")
 done
 if ((${#need_pkgs[@]})); then

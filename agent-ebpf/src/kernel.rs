@@ -8,11 +8,12 @@ use core::{
 
 use agent_ebpf::{
     ConfigIndex, Counter, DEFAULT_REFRESH_NS, DNS_FLAG_TCP_PREFIX, DNS_FLAG_TRUNCATED,
-    DNS_PAYLOAD_MAX, DNS_PORTS_MAX, DNS_RING_BYTES, DnsHeader, DnsRecord, FAMILY_V4, FAMILY_V6,
+    DNS_PAYLOAD_MAX, DNS_PORT_WORDS, DNS_RING_BYTES, DnsHeader, DnsRecord, FAMILY_V4, FAMILY_V6,
     FLOW_RECORD_RESIDUAL, FLOW_RING_BYTES, FLOWS_MAX_ENTRIES, FlowKey, FlowRecord, FlowValue,
-    PENDING_TCP_MAX_ENTRIES, PROTO_TCP, PROTO_UDP,
+    PENDING_TCP_MAX_ENTRIES, PROTO_TCP, PROTO_UDP, PathCounter,
 };
 use aya_ebpf::{
+    bindings::__sk_buff,
     bindings::{BPF_NOEXIST, BPF_SK_STORAGE_GET_F_CREATE},
     btf_maps::SkStorage,
     helpers::{
@@ -20,7 +21,7 @@ use aya_ebpf::{
         bpf_skb_cgroup_id, bpf_skb_load_bytes,
     },
     macros::{btf_map, cgroup_skb, cgroup_sock, cgroup_sock_addr, map},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
     programs::{SkBuffContext, SockAddrContext, SockContext, sk_buff::SkBuff},
 };
 
@@ -41,10 +42,15 @@ static DNS_EVENTS: RingBuf = RingBuf::with_byte_size(DNS_RING_BYTES, 0);
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
 #[map]
-static CONFIG: Array<u64> = Array::with_max_entries(ConfigIndex::COUNT, 0);
+static PATH_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PathCounter::COUNT, 0);
 
 #[map]
-static DNS_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(DNS_PORTS_MAX, 0);
+static CONFIG: Array<u64> = Array::with_max_entries(ConfigIndex::COUNT, 0);
+
+/// DNS source ports as a bitmap: bit `port % 64` of word `port / 64`. An array lookup is
+/// inlined by the verifier, so a test costs a few instructions and no hashing.
+#[map]
+static DNS_PORTS: Array<u64> = Array::with_max_entries(DNS_PORT_WORDS, 0);
 
 /// The flow key of each TCP socket in SYN_SENT, by socket cookie, stored at connect time so
 /// that the outcome can be credited to the pre-DNAT destination and the connecting task's
@@ -52,6 +58,9 @@ static DNS_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(DNS_PORTS_MAX, 0)
 /// removed at the outcome: a SYN-ACK (established) or RST (refused) seen by `leash_ingress`,
 /// or the socket's release while still pending (failed: timed out or abandoned). LRU bounds
 /// the map if an outcome is ever missed. A preallocated hash costs no allocation per connect.
+/// Measured with `benches/datapath.rs` (`connect4` ns per run, README): socket storage
+/// (allocated per socket) and a plain preallocated hash cost the same as this LRU hash, so
+/// the LRU stays.
 #[map]
 static PENDING_TCP: LruHashMap<u64, FlowKey> =
     LruHashMap::with_max_entries(PENDING_TCP_MAX_ENTRIES, 0);
@@ -463,16 +472,86 @@ fn tcp_segment_starts_message(skb: &SkBuff, seq: u32, message_len: u16) -> bool 
 
 #[inline(always)]
 fn is_dns_port(port: u16) -> bool {
-    // SAFETY: read-only lookup of a plain u8 value.
-    unsafe { DNS_PORTS.get(port) }.is_some_and(|&v| v != 0)
+    DNS_PORTS
+        .get(u32::from(port >> 6))
+        .is_some_and(|&word| word & (1u64 << (port & 63)) != 0)
 }
 
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 
+/// Whether the `CONFIG` slot `index` is non-zero.
+#[inline(always)]
+fn config_flag(index: ConfigIndex) -> bool {
+    matches!(CONFIG.get(index as u32), Some(&v) if v != 0)
+}
+
+/// The early exit: true if the packet can be neither a DNS answer nor a TCP handshake reply,
+/// decided from the receiving socket and, for TCP, the flags byte read directly from the
+/// packet (no helper call, no hash lookup).
+///
+/// A connected socket (a non-zero remote port: every TCP socket, a connected UDP socket)
+/// receives only from its peer, so a packet's source port is the socket's remote port: if that
+/// is not a DNS port, the packet is no DNS answer. What remains is a TCP SYN-ACK or RST, whose
+/// outcome `connect4/6` may be waiting for. Unconnected sockets and listeners (remote port 0),
+/// DNS peers and anything the direct read cannot see go the slow path, unchanged.
+#[inline(always)]
+fn leaves_early(skb: *mut __sk_buff) -> bool {
+    // SAFETY: ctx field reads at constant offsets; the verifier rewrites `remote_port` into a
+    // load of the socket's `skc_dport` (network order, in the upper 16 bits on little-endian)
+    // and `data`/`data_end` into packet pointers (CAP_BPF).
+    let (remote, data, end) = unsafe {
+        (
+            read_volatile(addr_of!((*skb).remote_port)),
+            read_volatile(addr_of!((*skb).data)) as usize,
+            read_volatile(addr_of!((*skb).data_end)) as usize,
+        )
+    };
+    let remote = u16::from_be((remote >> 16) as u16);
+    if remote == 0 || is_dns_port(remote) {
+        return false;
+    }
+    if config_flag(ConfigIndex::NoTcpOutcome) {
+        return true;
+    }
+    if data + 40 > end {
+        return false;
+    }
+    // SAFETY: bounds checked against `data_end` just above (40 bytes: either IP header).
+    let first = unsafe { *(data as *const u8) };
+    let (protocol, l4) = match first >> 4 {
+        // SAFETY: as above.
+        4 => (
+            unsafe { *((data + 9) as *const u8) },
+            usize::from(first & 0x0f) * 4,
+        ),
+        // SAFETY: as above.
+        6 => (unsafe { *((data + 6) as *const u8) }, 40),
+        _ => return false,
+    };
+    if protocol != PROTO_TCP {
+        // The slow path inspects only UDP and TCP.
+        return true;
+    }
+    if data + l4 + 14 > end {
+        return false;
+    }
+    // SAFETY: bounds checked just above; `l4` is at most 60.
+    let flags = unsafe { *((data + l4 + 13) as *const u8) };
+    flags & (TCP_SYN | TCP_RST) == 0
+}
+
 fn try_ingress(ctx: &SkBuffContext) -> Result<i32, i32> {
     let skb = &ctx.skb;
+    if leaves_early(skb.skb) {
+        return Ok(ALLOW);
+    }
+    if let Some(p) = PATH_COUNTERS.get_ptr_mut(PathCounter::IngressInspected as u32) {
+        // SAFETY: this CPU's slot of a live map value. A plain add: ingress programs run with
+        // bottom halves off and do not nest on one CPU, and nothing else writes this slot.
+        unsafe { *p += 1 };
+    }
     let len = skb.len();
     let first: u8 = skb.load(0).map_err(|_| ALLOW)?;
     let (family, l4, protocol) = match first >> 4 {

@@ -30,17 +30,21 @@ pub const MAP_FLOW_EVENTS: &str = "FLOW_EVENTS";
 pub const MAP_DNS_EVENTS: &str = "DNS_EVENTS";
 /// Name of the per-CPU `u64` counter array indexed by [`Counter`].
 pub const MAP_COUNTERS: &str = "COUNTERS";
+/// Name of the per-CPU `u64` array indexed by [`PathCounter`]: what the programs did on the
+/// data path (not drops, so kept apart from [`MAP_COUNTERS`] and its metrics).
+pub const MAP_PATH_COUNTERS: &str = "PATH_COUNTERS";
 /// Name of the `u64` config array indexed by [`ConfigIndex`].
 pub const MAP_CONFIG: &str = "CONFIG";
-/// Name of the hash map `u16 (host order) -> u8 (1 = enabled)` of DNS source ports.
+/// Name of the `u64` array of DNS source ports, a bitmap: port `p` (host order) is enabled
+/// when bit `p % 64` of word `p / 64` is set.
 pub const MAP_DNS_PORTS: &str = "DNS_PORTS";
+/// Number of `u64` words of the DNS port bitmap (65,536 bits).
+pub const DNS_PORT_WORDS: u32 = 1024;
 
 /// Capacity of the flow LRU map (number of distinct keys kept in the kernel).
 pub const FLOWS_MAX_ENTRIES: u32 = 131_072;
 /// Capacity of the map of TCP sockets awaiting their outcome (connects in SYN_SENT).
 pub const PENDING_TCP_MAX_ENTRIES: u32 = 65_536;
-/// Maximum number of configurable DNS source ports.
-pub const DNS_PORTS_MAX: u32 = 16;
 /// Byte size of the flow ring buffer (a power of two, multiple of the page size).
 pub const FLOW_RING_BYTES: u32 = 1 << 20;
 /// Byte size of the DNS ring buffer.
@@ -196,6 +200,21 @@ impl Counter {
             Self::OutcomeKeyMissing => "outcome_key_missing",
         }
     }
+}
+
+/// Indices of the per-CPU `PATH_COUNTERS` array. Only the slow paths count, so that the fast
+/// path stays free: the share of packets that left early is one minus these over the
+/// programs' run counts (BPF run-time statistics).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PathCounter {
+    /// Ingress packets that passed the early exit and were inspected (possible DNS answers).
+    IngressInspected = 0,
+}
+
+impl PathCounter {
+    /// Number of path counters (size of the `PATH_COUNTERS` array).
+    pub const COUNT: u32 = 1;
 }
 
 /// Indices of the `CONFIG` array (`u64` values).

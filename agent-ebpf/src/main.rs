@@ -15,6 +15,11 @@
 //!   segment of each response, with its 2-byte length prefix); continuation segments and
 //!   retransmissions are skipped. If a segment boundary is missed (e.g. two responses in one
 //!   segment), the socket's later responses are skipped.
+//! - `cgroup_skb/ingress` leaves early for every packet that can be neither a DNS answer nor a
+//!   TCP handshake reply: the receiving socket is connected to a port that is not a DNS port
+//!   (`__sk_buff.remote_port`, the `DNS_PORTS` bitmap) and, for TCP, the segment has neither SYN
+//!   nor RST (one byte read directly from the packet). Only the others are counted in
+//!   `PATH_COUNTERS` and inspected.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 // Atomic add / compare-exchange intrinsics: the bpf target exposes no `AtomicU64::fetch_add`.

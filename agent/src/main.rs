@@ -41,6 +41,11 @@ struct Cli {
     /// This agent's private key (PEM).
     #[arg(long, value_name = "FILE", requires = "recommender")]
     tls_key: Option<PathBuf>,
+    /// Send this projected ServiceAccount token (audience `leash`) on every stream to the
+    /// recommender, which binds the batches to the token's node (`leash serve --agent-auth
+    /// token`). Read again for each stream and every minute, as the kubelet rotates it.
+    #[arg(long, value_name = "FILE", requires = "recommender")]
+    token_file: Option<PathBuf>,
     /// Talk to the recommender in plaintext (http://); never use across a network you do not
     /// control.
     #[arg(long, requires = "recommender")]
@@ -139,6 +144,7 @@ fn main() -> ExitCode {
                     let mut transport = TransportConfig::new(url, tls, &node);
                     transport.buffer_keys = cli.buffer_keys;
                     transport.shutdown_timeout = cli.shutdown_timeout;
+                    transport.token_file = cli.token_file;
                     Some(transport)
                 }
                 Err(e) => {

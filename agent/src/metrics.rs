@@ -126,7 +126,8 @@ pub struct TransportMetrics {
     /// Failed connection attempts and broken streams (each is retried with backoff).
     pub connect_errors: Counter,
     /// Records not delivered, by cause (`buffer_full`, `dns_buffer_full`, `shutdown`,
-    /// `unencodable`, and `rejected` and `too_large` for records the recommender refused).
+    /// `unencodable`, and `rejected`, `too_large` and `forbidden` for records the recommender
+    /// refused).
     pub dropped_records: Family<CauseLabel, Counter>,
     /// Flow events (the sum of `count`) in those records, by cause.
     pub dropped_events: Family<CauseLabel, Counter>,

@@ -8,13 +8,15 @@ use leash_records::access::ApiAccess;
 use leash_records::error::Chain;
 
 /// What `leash serve` uses: reflectors (list + watch) on the cluster model's kinds,
-/// kube-rs's event `Recorder` (create, then patch for a repeated event), and the reviews of
-/// `--ui-auth kube` (create TokenReviews and SubjectAccessReviews).
+/// kube-rs's event `Recorder` (create, then patch for a repeated event), the reviews of
+/// `--ui-auth kube` (create TokenReviews and SubjectAccessReviews) and of `--agent-auth
+/// token` (create TokenReviews: nothing more than the UI's).
 fn recommender_access() -> Vec<ApiAccess> {
     [
         leash::cluster::watch::API_ACCESS,
         leash::cluster::events::EVENTS_ACCESS,
         leash::serve::auth::review::REVIEW_ACCESS,
+        leash::ingest::identity::AGENT_REVIEW_ACCESS,
     ]
     .concat()
 }

@@ -155,10 +155,10 @@ fn agent_daemonset_runs_with_exactly_three_capabilities_and_two_host_paths() {
             set(&["/sys/fs/cgroup", "/sys/fs/bpf"]),
             "{ctx}: hostPath volumes"
         );
-        // Every other volume is a Secret (the TLS material).
+        // Every other volume is a Secret (the TLS material) or the projected token.
         for v in pod.volumes.iter().flatten() {
             assert!(
-                v.host_path.is_some() || v.secret.is_some(),
+                v.host_path.is_some() || v.secret.is_some() || v.name == "leash-token",
                 "{ctx}: unexpected volume {v:?}"
             );
         }
@@ -200,6 +200,83 @@ fn agent_daemonset_runs_with_exactly_three_capabilities_and_two_host_paths() {
         let metrics = arg(&args, "--metrics-addr").expect("--metrics-addr");
         assert_eq!(ports(c).get("metrics"), Some(&port_of(metrics)), "{ctx}");
         assert!(args.contains(&"--kube".to_owned()), "{ctx}: --kube");
+    }
+}
+
+/// The agent proves its node to the recommender with a projected ServiceAccount token for
+/// audience `leash` only (never the API server's), short-lived, read from the file
+/// `--token-file` names; the recommender asks for it (`--agent-auth token`) and its RBAC
+/// lets it review tokens.
+#[test]
+fn agents_send_a_short_lived_token_for_audience_leash_that_the_recommender_requires() {
+    for m in renderings() {
+        let ctx = &m.source;
+        let pod = agent_pod(&m);
+        let volume = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "leash-token")
+            .unwrap_or_else(|| panic!("{ctx}: no leash-token volume"));
+        let projected = volume
+            .projected
+            .as_ref()
+            .unwrap_or_else(|| panic!("{ctx}: leash-token is not a projected volume"));
+        let sources = projected.sources.as_deref().unwrap_or_default();
+        assert_eq!(sources.len(), 1, "{ctx}: one source, the token alone");
+        let token = sources[0]
+            .service_account_token
+            .as_ref()
+            .unwrap_or_else(|| panic!("{ctx}: the source is no serviceAccountToken"));
+        assert_eq!(
+            token.audience.as_deref(),
+            Some(leash::ingest::identity::AUDIENCE),
+            "{ctx}: audience"
+        );
+        let expiry = token.expiration_seconds.expect("expirationSeconds");
+        // The API server's minimum is 600 s; an hour keeps a stolen token short-lived.
+        assert!(
+            (600..=3600).contains(&expiry),
+            "{ctx}: expirationSeconds {expiry}"
+        );
+
+        let c = &pod.containers[0];
+        let mount = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == "leash-token")
+            .unwrap_or_else(|| panic!("{ctx}: leash-token not mounted"));
+        assert_eq!(mount.read_only, Some(true), "{ctx}: token mount read-only");
+        let args = c.args.clone().unwrap_or_default();
+        let file = arg(&args, "--token-file").unwrap_or_else(|| panic!("{ctx}: no --token-file"));
+        assert_eq!(
+            file,
+            format!("{}/{}", mount.mount_path, token.path),
+            "{ctx}: --token-file is the projected file"
+        );
+
+        let recommender = &recommender_pod(&m).containers[0];
+        let args = recommender.args.clone().unwrap_or_default();
+        assert!(args.contains(&"--kube".to_owned()), "{ctx}: serve --kube");
+        assert_eq!(
+            arg(&args, "--agent-auth"),
+            Some("token"),
+            "{ctx}: serve --agent-auth"
+        );
+        // The agents' user the recommender expects is the DaemonSet's ServiceAccount.
+        let expected = arg(&args, "--agent-service-account")
+            .unwrap_or(leash::ingest::identity::DEFAULT_AGENT_USER);
+        let namespace = m
+            .daemon_set("leash-agent")
+            .and_then(|d| d.metadata.namespace.clone())
+            .unwrap_or_default();
+        let account = pod.service_account_name.clone().unwrap_or_default();
+        assert_eq!(
+            expected,
+            format!("system:serviceaccount:{namespace}:{account}"),
+            "{ctx}: the agents' user"
+        );
     }
 }
 

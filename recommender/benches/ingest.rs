@@ -6,29 +6,31 @@
 //! divided by the server's CPU seconds. The client builds and encodes all batches before the
 //! clock starts.
 //!
-//! Data: 200 DaemonSet workloads with 2 pods each, every pod talking to many destinations;
-//! each batch carries `LEASH_BENCH_BATCH` (default 4,000) distinct pod-level keys, taken in
-//! turn from a universe of 400 pods × 100 destinations, so keys repeat across batches as an
-//! agent's do; every 20th record goes to a destination never seen before. Records come by
-//! cgroup, as the agent sends them, about 10 per pod per batch.
+//! Data (`support/ingest_data.rs`): 200 DaemonSet workloads with 2 pods each, every pod
+//! talking to many destinations; each batch carries `LEASH_BENCH_BATCH` (default 4,000)
+//! distinct pod-level keys, taken in turn from a universe of 400 pods × 100 destinations, so
+//! keys repeat across batches as an agent's do; every 20th record goes to a destination never
+//! seen before. Records come by cgroup, as the agent sends them, about 10 per pod per batch.
 //!
 //! The same flow is measured side by side into SQLite and into PostgreSQL (a server started
 //! by the bench with the tests' harness, fsync and synchronous_commit on as in production,
 //! then once more with synchronous_commit off), with the database server's CPU read from
 //! `/proc` (its processes' utime + stime) before and after.
 //!
+//! Flows go to PostgreSQL by one `unnest` upsert per table (the store's default), and, in a
+//! run of their own, by `COPY` into a staging table then `INSERT … SELECT … ON CONFLICT`.
+//!
 //! `cargo bench -p leash --bench ingest` (env `LEASH_BENCH_RECORDS`, default 1,000,000).
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use chrono::{DateTime, Utc};
 use leash::{
     cluster::Cluster,
     ingest::{IngestService, Limits},
@@ -40,7 +42,7 @@ use leash::{
     },
 };
 use leash_records::{
-    FlowRecord, Outcome, PodRef, Protocol, Snapshot,
+    FlowRecord, Snapshot,
     tls::{self, TlsConnector, TlsFiles},
     wire::{self, v1},
 };
@@ -53,9 +55,9 @@ use tokio_stream::wrappers::ReceiverStream;
 #[expect(dead_code, reason = "the bench uses only part of the test harness")]
 mod postgres;
 
-const WORKLOADS: usize = 200;
-const PODS: usize = WORKLOADS * 2;
-const DESTINATIONS: usize = 100;
+#[path = "support/ingest_data.rs"]
+#[expect(dead_code, reason = "each ingest bench uses part of the data")]
+mod data;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -66,48 +68,11 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn base_time() -> DateTime<Utc> {
-    DateTime::from_timestamp(1_795_000_000, 0).unwrap_or_default()
-}
-
-fn dst(i: usize) -> IpAddr {
-    let i = u32::try_from(i).unwrap_or(u32::MAX);
-    // 203.0.113.0/24 and, past 256 destinations, the same low byte in other /24s of
-    // 198.51.100.0/22-like blocks: the address value itself does not matter to the store.
-    IpAddr::V4(Ipv4Addr::from(
-        0xCB00_7100u32 + (i % 256) + ((i / 256) << 8),
-    ))
-}
-
-fn pod(p: usize) -> PodRef {
-    let w = p / 2;
-    PodRef {
-        uid: format!("6f1c2a9e-0000-4000-8000-{p:012}"),
-        namespace: format!("ns{}", w % 10),
-        name: format!("app-{w}-{p}"),
-    }
-}
-
 /// The cluster the server attributes records with: `WORKLOADS` DaemonSets of two pods.
 fn cluster() -> Result<Cluster, Error> {
-    let pods = (0..PODS)
-        .map(|p| {
-            let w = p / 2;
-            let PodRef {
-                uid,
-                namespace,
-                name,
-            } = pod(p);
-            serde_json::from_value(serde_json::json!({
-                "apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": name, "namespace": namespace, "uid": uid,
-                    "labels": {"app": format!("app-{w}")},
-                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet",
-                        "name": format!("app-{w}"), "uid": "x", "controller": true}]},
-                "spec": {"nodeName": "node-1", "containers": [{"name": "c", "image": "i"}]},
-                "status": {"phase": "Running", "podIP": format!("10.244.{}.{}", p / 250, p % 250)}
-            }))
-        })
+    let pods = data::pod_objects()
+        .into_iter()
+        .map(serde_json::from_value)
         .collect::<Result<Vec<_>, _>>()?;
     let snapshot = Snapshot {
         pods,
@@ -116,45 +81,9 @@ fn cluster() -> Result<Cluster, Error> {
     Ok(Cluster::from_snapshot(&snapshot)?)
 }
 
-/// The records of batch `round` (0-based), as an agent on `node-1` sends them: in the order
-/// its merge buffer cuts them, by cgroup (so `batch_to_wire` sends each pod's runs as one
-/// flow group, as the agent's batches do).
+/// The records of batch `round` (0-based) of the one agent, `node-1`.
 fn records(round: usize, per_batch: usize) -> Vec<FlowRecord> {
-    let t = base_time() + chrono::Duration::seconds(i64::try_from(round).unwrap_or(0));
-    let mut records: Vec<FlowRecord> = (0..per_batch)
-        .map(|i| {
-            let k = (round * per_batch + i) % (PODS * DESTINATIONS);
-            let p = k % PODS;
-            let d = if i % 20 == 0 {
-                DESTINATIONS + round * per_batch / 20 + i / 20
-            } else {
-                k / PODS
-            };
-            let pod = pod(p);
-            FlowRecord {
-                node: "node-1".into(),
-                cgroup: format!(
-                    "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{:064x}.scope",
-                    pod.uid.replace('-', "_"),
-                    p
-                ),
-                pod: Some(pod),
-                protocol: Protocol::Tcp,
-                dst: dst(d),
-                dst_port: 443,
-                count: 3,
-                first_seen: t,
-                last_seen: t + chrono::Duration::milliseconds(900),
-                names: vec![format!("svc-{}.example.test", d % 50)],
-                outcome: Some(Outcome {
-                    established: 3,
-                    failed: 0,
-                }),
-            }
-        })
-        .collect();
-    records.sort_by(|a, b| a.cgroup.cmp(&b.cgroup));
-    records
+    data::records("node-1", 0..data::PODS, round, per_batch)
 }
 
 fn batch_id(boot: &str, seq: u64) -> v1::BatchId {
@@ -387,43 +316,6 @@ fn breakdown(
     Ok(())
 }
 
-/// `/proc/<pid>/stat`'s fields after the command name.
-fn proc_stat(pid: u32) -> Option<Vec<u64>> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &text[text.rfind(')')? + 1..];
-    // From field 3 (state, not a number: 0) on.
-    Some(
-        rest.split_whitespace()
-            .map(|f| f.parse().unwrap_or(0))
-            .collect(),
-    )
-}
-
-/// The CPU seconds of the PostgreSQL server: the postmaster's own and its reaped children's
-/// time, plus that of its live children (backends, WAL writer, checkpointer, …).
-fn postgres_cpu(postmaster: u32) -> Result<f64, Error> {
-    // SAFETY: plain sysconf.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let main = proc_stat(postmaster).ok_or("the postmaster is gone")?;
-    // utime, stime, cutime, cstime are fields 14–17: indices 11–14 from field 3.
-    let mut total: u64 = main.get(11..15).map_or(0, |f| f.iter().sum());
-    for entry in std::fs::read_dir("/proc")?.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if let Some(f) = proc_stat(pid)
-            && f.get(1) == Some(&u64::from(postmaster))
-        {
-            total += f.get(11..13).map_or(0, |f| f.iter().sum::<u64>());
-        }
-    }
-    Ok(total as f64 / ticks)
-}
-
 /// What one run measured.
 struct Run {
     wall: f64,
@@ -431,6 +323,8 @@ struct Run {
     db_cpu: Option<f64>,
     transactions: f64,
     observations: usize,
+    /// The load average at the end of the run.
+    load: String,
 }
 
 /// Streams `total` records from a child client into a new ingest service on `store`.
@@ -489,6 +383,7 @@ fn run(
         db_cpu: db0.zip(db1).map(|(a, b)| b - a),
         transactions: metric(&text, "leash_ingest_batches_per_commit_count"),
         observations: store.flows(None)?.len(),
+        load: data::load_average(),
     })
 }
 
@@ -518,14 +413,24 @@ fn main() -> Result<(), Error> {
 
     // PostgreSQL as in production (fsync, synchronous_commit, full_page_writes on), then
     // with synchronous_commit off; each a new server on the same machine.
-    let pg_settings: [(&str, &[&str]); 2] = [
+    // Flows sent by one `unnest` upsert (the default), then by `COPY` into a staging table
+    // and one `INSERT … SELECT … ON CONFLICT`, each on a new server.
+    let production: &[&str] = &["fsync=on", "synchronous_commit=on", "full_page_writes=on"];
+    let pg_settings: [(&str, &[&str], bool); 3] = [
         (
-            "PostgreSQL, fsync=on synchronous_commit=on full_page_writes=on",
-            &["fsync=on", "synchronous_commit=on", "full_page_writes=on"],
+            "PostgreSQL unnest, fsync=on synchronous_commit=on full_page_writes=on",
+            production,
+            false,
         ),
         (
-            "PostgreSQL, fsync=on synchronous_commit=OFF full_page_writes=on",
+            "PostgreSQL COPY, fsync=on synchronous_commit=on full_page_writes=on",
+            production,
+            true,
+        ),
+        (
+            "PostgreSQL unnest, fsync=on synchronous_commit=OFF full_page_writes=on",
             &["fsync=on", "synchronous_commit=off", "full_page_writes=on"],
+            false,
         ),
     ];
     match postgres::bin_dir() {
@@ -533,7 +438,7 @@ fn main() -> Result<(), Error> {
         Some(bin) => {
             // `LEASH_BENCH_PG_STATEMENTS=1`: the server's time by statement, to profile.
             let statements = std::env::var_os("LEASH_BENCH_PG_STATEMENTS").is_some();
-            for (label, settings) in pg_settings {
+            for (label, settings, copy) in pg_settings {
                 let mut settings = settings.to_vec();
                 if statements {
                     settings.push("shared_preload_libraries=pg_stat_statements");
@@ -544,8 +449,9 @@ fn main() -> Result<(), Error> {
                     return Err("not a PostgreSQL URL".into());
                 };
                 let store = Arc::new(PostgresStore::connect(&url)?);
+                store.set_copy_upserts(copy);
                 let pid = pg.pid().ok_or("no postmaster")?;
-                let db = move || postgres_cpu(pid).map(Some);
+                let db = move || data::postgres_cpu(pid).map(Some);
                 let version = pg.psql("bench", "SHOW server_version");
                 runs.push((
                     format!("{label} (server {version})"),
@@ -569,7 +475,7 @@ fn main() -> Result<(), Error> {
     }
     let n = total as f64;
     for (label, r) in &runs {
-        println!("  {label}");
+        println!("  {label} (load average {})", r.load);
         println!(
             "    wall {:.3} s → {:.0} records/s; {} flow observations stored; {} transactions ({:.1} batches each)",
             r.wall,

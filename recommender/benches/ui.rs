@@ -2,10 +2,15 @@
 //! 2,000 workloads and 20,000 edges (`tests/support/large_map.rs`), headless Chromium driven
 //! by `chromedriver` (`leash_lab::webdriver`). Per run, in a fresh browser:
 //!
-//! - **overview**: from navigation to the namespace overview drawn (the UI's own User Timing
-//!   measure `leash:map /v1/map`: its end, in ms since the navigation started);
-//! - **expand**: Enter on `ns-00` (200 workloads) to its view drawn (the measure
-//!   `leash:map /v1/map/namespaces/ns-00`: fetch, JSON, layout and SVG);
+//! - **overview**: from navigation to the namespace overview on screen (the UI's own User
+//!   Timing measure `leash:map /v1/map`: its end, in ms since the navigation started);
+//! - **expand**: Enter on `ns-00` (200 workloads) to its view on screen (the measure
+//!   `leash:map /v1/map/namespaces/ns-00`, from the key event's time stamp to the first frame
+//!   painted after drawing), split into **input** (the key event to the request), **answer**
+//!   (the request to its response's end, from Resource Timing: the server and loopback) and
+//!   **draw** (the response's end to painted: JSON, layout, SVG, style, layout, paint), and the
+//!   Long Animation Frame entries of that time: **script** (the answer's JSON to the SVG built)
+//!   and **render** (style, layout, paint), `-` when no frame took over 50 ms;
 //! - **`/v1`**: the median of 10 answers over loopback (a new connection each) to `/v1/map`,
 //!   `/v1/map/namespaces/ns-00` and `/v1/map/workloads/ns-00/Deployment/w0`.
 //!
@@ -58,6 +63,27 @@ const MEASURED: &str = "const m = document.getElementById('map');
     return [last.startTime + last.duration, last.duration,
             document.querySelectorAll('#map g.node').length];";
 
+/// A page script: starts keeping the Long Animation Frame entries (frames over 50 ms).
+const OBSERVE_FRAMES: &str = "window.leashFrames = [];
+    new PerformanceObserver((l) => window.leashFrames.push(...l.getEntries()))
+      .observe({type: 'long-animation-frame'});";
+
+/// A page script: the last measure named `leash:map arguments[0]` split in ms: `[input (the
+/// key event to the request), answer (request to response end: the server and loopback),
+/// draw (response end to painted: JSON, layout, SVG, style, layout, paint), script, render]`,
+/// the last two the Long Animation Frame entries (over 50 ms) that started during the measure
+/// (`null` without any).
+const SPLIT: &str = "const e = performance.getEntriesByName('leash:map ' + arguments[0], 'measure');
+    const m = e[e.length - 1];
+    const end = m.startTime + m.duration;
+    const r = performance.getEntriesByType('resource')
+      .filter((x) => x.name.endsWith(arguments[0]) && x.startTime >= m.startTime).pop();
+    const f = (window.leashFrames || []).filter((x) => x.startTime >= m.startTime && x.startTime < end);
+    return [r ? r.startTime - m.startTime : null, r ? r.responseEnd - r.startTime : null,
+            r ? end - r.responseEnd : null,
+            f.length ? f.reduce((s, x) => s + x.scripts.reduce((t, y) => t + y.duration, 0), 0) : null,
+            f.length ? f.reduce((s, x) => s + x.startTime + x.duration - x.renderStart, 0) : null];";
+
 /// One run's figures, in ms.
 struct Run {
     load: f64,
@@ -65,6 +91,8 @@ struct Run {
     overview_nodes: u64,
     expand: f64,
     expand_nodes: u64,
+    /// The expansion's [`SPLIT`].
+    split: [Option<f64>; 5],
     api: [f64; 3],
 }
 
@@ -127,8 +155,14 @@ fn one_run(
         &[json!(BIG)],
     )
     .unwrap();
+    b.script(OBSERVE_FRAMES, &[]).unwrap();
     b.press(keys::ENTER).unwrap();
-    let expanded = measured(&b, &format!("/v1/map/namespaces/{BIG}"));
+    let path = format!("/v1/map/namespaces/{BIG}");
+    let expanded = measured(&b, &path);
+    // The browser hands Long Animation Frame entries to observers when it is idle.
+    std::thread::sleep(Duration::from_millis(500));
+    let split: [Option<f64>; 5] =
+        serde_json::from_value(b.script(SPLIT, &[json!(path)]).unwrap()).unwrap();
     drop(b);
     let api = PATHS.map(|(path, _)| answer_ms(server, path, answers));
     Run {
@@ -137,6 +171,7 @@ fn one_run(
         overview_nodes: overview[2] as u64,
         expand: expanded[1],
         expand_nodes: expanded[2] as u64,
+        split,
         api,
     }
 }
@@ -173,18 +208,30 @@ fn main() {
         mem_total_mb(),
     );
     println!(
-        "{:<7} {:>9} {:>15} {:>12} {:>10} {:>11} {:>10}",
-        "run", "load 1m", "overview drawn", "ns-00 expand", "/v1 map", "/v1 ns-00", "/v1 panel"
+        "{:<7} {:>9} {:>15} {:>12} {:>34} {:>10} {:>11} {:>10}",
+        "run",
+        "load 1m",
+        "overview drawn",
+        "ns-00 expand",
+        "input/answer/draw (script/render)",
+        "/v1 map",
+        "/v1 ns-00",
+        "/v1 panel"
     );
     let mut all = Vec::new();
     for i in 1..=runs {
         let r = one_run(&server, &driver, &chromium, answers);
+        let split = r
+            .split
+            .map(|v| v.map_or_else(|| "-".to_owned(), |ms| format!("{ms:.0}")))
+            .join("/");
         println!(
-            "{:<7} {:>9.2} {:>12.0} ms {:>9.0} ms {:>7.1} ms {:>8.1} ms {:>7.1} ms   ({} overview nodes, {} in ns-00's view)",
+            "{:<7} {:>9.2} {:>12.0} ms {:>9.0} ms {:>31} ms {:>7.1} ms {:>8.1} ms {:>7.1} ms   ({} overview nodes, {} in ns-00's view)",
             i,
             r.load,
             r.overview_at,
             r.expand,
+            split,
             r.api[0],
             r.api[1],
             r.api[2],
@@ -197,21 +244,23 @@ fn main() {
     let (overview, expand) = (med(&|r| r.overview_at), med(&|r| r.expand));
     let api: Vec<f64> = (0..3).map(|k| med(&|r| r.api[k])).collect();
     println!(
-        "{:<7} {:>9.2} {:>12.0} ms {:>9.0} ms {:>7.1} ms {:>8.1} ms {:>7.1} ms",
+        "{:<7} {:>9.2} {:>12.0} ms {:>9.0} ms {:>34} {:>7.1} ms {:>8.1} ms {:>7.1} ms",
         "median",
         med(&|r| r.load),
         overview,
         expand,
+        "",
         api[0],
         api[1],
         api[2]
     );
     println!(
-        "{:<7} {:>9} {:>13.2}x {:>11.2}x {:>9.2}x {:>10.2}x {:>9.2}x   (median / target: 1 s, 300 ms, 50 ms)",
+        "{:<7} {:>9} {:>13.2}x {:>11.2}x {:>34} {:>9.2}x {:>10.2}x {:>9.2}x   (median / target: 1 s, 300 ms, 50 ms)",
         "ratio",
         "",
         overview / 1_000.0,
         expand / 300.0,
+        "",
         api[0] / 50.0,
         api[1] / 50.0,
         api[2] / 50.0

@@ -39,6 +39,7 @@ pub mod guardrails;
 pub mod https;
 pub mod ingest;
 pub mod json;
+pub mod kube_review;
 pub mod manifests;
 pub mod map;
 pub mod observations;

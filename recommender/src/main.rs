@@ -669,6 +669,17 @@ struct ServeArgs {
     /// The PEM CA bundle agents' client certificates must chain to.
     #[arg(long, requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
+    /// How agents are identified: `token` (each stream carries the agent's projected
+    /// ServiceAccount token, audience `leash`, reviewed with TokenReview; a batch is accepted
+    /// only for the node the token is bound to) or `mtls` (the shared client certificate
+    /// only: any agent may write for any node). Default: token with --kube; mtls with
+    /// --cluster FILE, which has no API server to review tokens.
+    #[arg(long, value_name = "token|mtls")]
+    agent_auth: Option<leash::ingest::identity::AgentAuth>,
+    /// With --agent-auth token: the agents' user, `system:serviceaccount:NAMESPACE:NAME`.
+    #[arg(long, value_name = "USER",
+          default_value = leash::ingest::identity::DEFAULT_AGENT_USER)]
+    agent_service_account: String,
     /// Accept agents over plaintext gRPC without client certificates. For tests only.
     #[arg(long, conflicts_with_all = ["tls_cert", "tls_key", "tls_client_ca"])]
     insecure: bool,
@@ -1931,6 +1942,10 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
                 }),
         },
         pull_requests,
+        agents: leash::ingest::identity::Options {
+            mode: args.agent_auth,
+            user: args.agent_service_account,
+        },
     };
     runtime()?
         .block_on(leash::serve::run(config, shutdown_signal()))
@@ -1940,6 +1955,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             | leash::serve::Error::Tls(_)
             | leash::serve::Error::Proposed(_)
             | leash::serve::Error::UiAuth(_)
+            | leash::serve::Error::AgentAuth(_)
             | leash::serve::Error::Webhook(_) => bad_input(e),
             e => runtime_error(e),
         })

@@ -449,7 +449,14 @@ fn serve_with_kube_watches_the_cluster_and_creates_events_for_unexpected_egress(
     api.write_kubeconfig(&kubeconfig).unwrap();
     let server = Server::start(
         dir.path(),
-        &["--kube", "--kubeconfig", kubeconfig.to_str().unwrap()],
+        &[
+            "--kube",
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            // These tests push with the client certificate alone (ingest_identity.rs: tokens).
+            "--agent-auth",
+            "mtls",
+        ],
         free_port(),
         free_port(),
     );
@@ -641,6 +648,8 @@ fn serve_flags_dns_drift_as_answers_are_ingested() {
             "--kube",
             "--kubeconfig",
             kubeconfig.to_str().unwrap(),
+            "--agent-auth",
+            "mtls",
             "--alert-webhook",
             &url,
         ],
@@ -751,6 +760,8 @@ fn serve_flags_dns_drift_as_answers_are_ingested() {
             "--kube",
             "--kubeconfig",
             kubeconfig.to_str().unwrap(),
+            "--agent-auth",
+            "mtls",
             "--alert-webhook",
             &url,
         ],

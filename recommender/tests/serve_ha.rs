@@ -9,6 +9,7 @@
 )]
 mod support;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use support::http::{get, wait_for};
@@ -111,6 +112,81 @@ fn two_replicas_elect_one_leader_and_the_other_takes_over_when_it_dies() {
         follower.log().contains("leader election: leading"),
         "{}",
         follower.log()
+    );
+}
+
+/// Two replicas sharing one PostgreSQL store (as `deploy/overlays/ha` runs them): one leads;
+/// stopped gracefully (SIGTERM, as in a rolling update), it releases the Lease and the other
+/// leads at its next try, long before the lease would have expired; both read the one store.
+#[test]
+fn on_postgres_a_leader_stopped_gracefully_hands_the_lease_over_at_once() {
+    let Some(pg) = support::postgres::postgres_or_skip() else {
+        return;
+    };
+    let url = pg.create_database("ha");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let api = rt.block_on(leash_lab::fake_api::FakeApi::start()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig).unwrap();
+    let source = ["--kube", "--kubeconfig", kubeconfig.to_str().unwrap()];
+    let none: [&str; 0] = [];
+    let start = || ServeProcess::start_from(dir.path(), Path::new(&url), &source, "1s", &none);
+    let a = start();
+    let b = start();
+    wait_for(
+        "one leader",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || leading(&a) || leading(&b),
+    );
+    assert!(!(leading(&a) && leading(&b)), "two leaders");
+    let (mut leader, mut follower) = if leading(&a) { (a, b) } else { (b, a) };
+    wait_for(
+        "the leader's checks",
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        || checks(&leader) >= 1.0,
+    );
+    // Both answer the read API from the shared store.
+    assert_eq!(
+        leader.get_json("/v1/workloads"),
+        follower.get_json("/v1/workloads")
+    );
+
+    let status = leader.terminate(Duration::from_secs(10));
+    assert!(status.success(), "{status}\n{}", leader.log());
+    let stopped = Instant::now();
+    assert!(
+        leader.log().contains("leader election: released the lease"),
+        "{}",
+        leader.log()
+    );
+    let lease = api.get_json(LEASES, "leash-system", "leash-serve").unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "", "released: {lease}");
+    wait_for(
+        "the takeover",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || {
+            follower.assert_running();
+            leading(&follower)
+        },
+    );
+    // At the follower's next try (every 2 s), not after the 15 s expiry of a crash.
+    assert!(
+        stopped.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        stopped.elapsed()
+    );
+    let lease = api.get_json(LEASES, "leash-system", "leash-serve").unwrap();
+    assert_eq!(lease["spec"]["leaseTransitions"], 1);
+    assert_eq!(lease["spec"]["leaseDurationSeconds"], 15);
+    wait_for(
+        "the new leader's checks",
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        || checks(&follower) >= 1.0,
     );
 }
 

@@ -93,6 +93,7 @@ impl Server {
             pull_requests: None,
             ranges: None,
             leader: None,
+            agents: Default::default(),
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {

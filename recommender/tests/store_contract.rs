@@ -20,6 +20,7 @@ use leash::evidence::PodNames;
 use leash::store::{
     AddressSeen, AlertRecord, BatchCommit, BatchId, Commit, DnsObservation, Error, Export,
     FlowObservation, Location, PostgresStore, Scope, SqliteStore, Store, Subject, WorkloadRef,
+    postgres::schema,
 };
 use leash_records::Protocol;
 use leash_records::error::Chain;
@@ -748,11 +749,17 @@ fn postgres_replicas_commit_a_batch_id_once_and_migrate_once() {
     assert_eq!(
         pg.psql(
             "replicas",
-            "SELECT string_agg(version::text, ',') FROM leash_schema"
+            "SELECT string_agg(version::text, ',' ORDER BY version) FROM leash_schema"
         ),
-        "1"
+        (1..=schema::schema_version())
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
     );
-    assert_eq!(stores[0].version().expect("version"), 1);
+    assert_eq!(
+        stores[0].version().expect("version"),
+        schema::schema_version()
+    );
     // Two replicas commit the same batch ids at once, many times: each is stored once.
     let stores = Arc::new(stores);
     let api = wl("shop", "api");

@@ -848,5 +848,54 @@ fn the_2000_workload_map_opens_on_namespaces_and_expands_one() -> Outcome {
         .count();
     assert_eq!(workloads, 200, "ns-00's workloads drawn");
     b.screenshot(&screenshots().join("large-namespace.png"))?;
+
+    // Laid out in blocks: no two nodes on top of each other, ns-00's workloads in its box.
+    let layout = b.script(
+        "const pos = [...document.querySelectorAll('#map g.node')].map(g => {
+           const m = /translate\\(([-\\d.]+),([-\\d.]+)\\)/.exec(g.getAttribute('transform'));
+           return [g.getAttribute('data-id'), Number(m[1]), Number(m[2])];
+         });
+         let close = 0;
+         for (let i = 0; i < pos.length; i++)
+           for (let j = i + 1; j < pos.length; j++)
+             if (Math.hypot(pos[i][1] - pos[j][1], pos[i][2] - pos[j][2]) < 40) close++;
+         const box = document.querySelector(\"#map g.box[data-id='ns:ns-00'] rect\").getBBox();
+         const outside = pos.filter(([id, x, y]) => id.startsWith('wl:ns-00/')
+           && !(x > box.x && x < box.x + box.width && y > box.y && y < box.y + box.height));
+         return [close, outside.length];",
+        &[],
+    )?;
+    assert_eq!(
+        layout,
+        json!([0, 0]),
+        "[pairs of nodes closer than 40 px, ns-00's workloads outside its box]"
+    );
+    // A large view's edge titles are made when the pointer reaches an edge.
+    let title = b.script(
+        "const line = document.querySelector('#map g.edge-group line');
+         const before = line.querySelector('title');
+         line.dispatchEvent(new PointerEvent('pointerover', {bubbles: true}));
+         const after = line.querySelector('title');
+         return [before === null, after && after.textContent];",
+        &[],
+    )?;
+    assert_eq!(title[0], true, "no edge title before the pointer comes");
+    let text = title[1].as_str().unwrap_or_default();
+    for part in ["events: 2", "last seen: ", "ports: "] {
+        assert!(
+            text.contains(part),
+            "{part:?} not in the edge's title {text:?}"
+        );
+    }
+    // And its edge table when it is opened: every edge of the view, as text.
+    let edges = data_ids(&b, "#map g.edge-group")?.len();
+    assert_eq!(edges, 2_200, "ns-00's edges drawn");
+    b.script("document.getElementById('edges-details').open = true;", &[])?;
+    b.wait_until("the edge table filled", WAIT, || {
+        Ok(b.script(
+            "return document.querySelectorAll('#edge-table tbody tr').length;",
+            &[],
+        )? == json!(edges))
+    })?;
     Ok(())
 }

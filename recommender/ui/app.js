@@ -41,7 +41,7 @@
 
   function svg(tag, attrs) {
     const e = document.createElementNS(SVG, tag);
-    for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, String(v));
+    for (const [k, v] of Object.entries(attrs || {})) if (v !== undefined) e.setAttribute(k, String(v));
     return e;
   }
 
@@ -124,7 +124,18 @@
     return s ? `?${s}` : "";
   }
 
-  async function loadMap() {
+  // Resolves once the browser has shown what was just drawn: a task queued from the next
+  // frame's callback runs after that frame's style, layout and paint.
+  function shown() {
+    return new Promise((resolve) => {
+      if (document.visibilityState === "hidden") resolve();
+      else requestAnimationFrame(() => setTimeout(resolve, 0));
+    });
+  }
+
+  // Asks for the map and draws it. `since`: when the user asked (the event's timeStamp), for
+  // the timing below; else now.
+  async function loadMap(since) {
     const path = map.namespace
       ? `/v1/map/namespaces/${encodeURIComponent(map.namespace)}${filterQuery(false)}`
       : `/v1/map${filterQuery(true)}`;
@@ -132,18 +143,20 @@
     const root = $("map");
     root.setAttribute("aria-busy", "true");
     const asked = (map.asked = (map.asked || 0) + 1);
-    const t0 = performance.now();
+    const t0 = typeof since === "number" ? since : performance.now();
     try {
       const view = await getJSON(path);
-
       // An older answer arriving late must not replace a newer one.
       if (asked !== map.asked) return;
       map.view = view;
       remember(view);
       render(view);
+      await shown();
+      if (asked !== map.asked) return;
       root.setAttribute("data-query", path);
-      // How long the answer took to draw, and when it was drawn since the page's navigation
-      // (the browser tests read them; README: Performance).
+      // How long from the question to the map on screen (fetch, JSON, layout, DOM, style,
+      // layout and paint), and when that was since the page's navigation (the browser tests
+      // read them; README: Performance).
       const t1 = performance.now();
       root.setAttribute("data-ms", String(Math.round(t1 - t0)));
       root.setAttribute("data-drawn-at", String(Math.round(t1)));
@@ -188,6 +201,7 @@
     return parts.join(", ");
   }
 
+  // An edge's title (its tooltip): both ends, verdict, events, first and last seen, ports.
   function edgeTitle(e, byId) {
     const name = (id) => (byId.get(id) ? byId.get(id).label : id);
     const lines = [
@@ -199,7 +213,9 @@
       `ports: ${e.ports.join(", ")}`,
     ];
     if (e.edges > 1) lines.push(`workload edges folded: ${e.edges}`);
-    return lines.join("\n");
+    const title = document.createElementNS(SVG, "title");
+    title.textContent = lines.join("\n");
+    return title;
   }
 
   // Where each group sits: namespaces on a circle, destinations of other kinds beside it.
@@ -230,31 +246,14 @@
     return `dest:${n.kind}`;
   }
 
-  function render(view) {
-    const root = $("map");
-    root.replaceChildren();
-    const width = Math.max(root.clientWidth || 960, 480);
+  // Views of more nodes than this are laid out in blocks: a force layout of hundreds of
+  // nodes and thousands of edges costs hundreds of ms and draws a tangle.
+  const LARGE = 150;
+
+  // Small views: a force layout (d3-force) from positions around each group's anchor, run to
+  // its end at once (a static picture, stable for screenshots). Returns the height.
+  function forceLayout(view, nodes, links, byId, width) {
     const height = Math.max(560, Math.min(1400, 140 + view.nodes.length * 14));
-    root.setAttribute("viewBox", `0 0 ${width} ${height}`);
-    root.setAttribute("height", String(height));
-
-    $("map-back").hidden = !map.namespace;
-    const t = view.totals;
-    const c = t.verdicts;
-    $("map-summary").textContent =
-      (map.namespace ? `Namespace ${map.namespace}: ` : view.expanded ? "All workloads: " : "Namespaces (select one to expand): ") +
-      `${t.workloads} workloads, ${t.edges} edges, ${t.events} events; ` +
-      `${c.allowed} allowed, ${c["would-deny"]} would be denied, ${c.denied} denied, ${c.drift} drift`;
-
-    // Workloads drawn inside their namespace's box: namespace nodes of an expanded view
-    // are the boxes, not nodes.
-    const boxes = view.expanded ? view.nodes.filter((n) => n.kind === "namespace") : [];
-    const nodes = view.nodes
-      .filter((n) => !(view.expanded && n.kind === "namespace" && !view.edges.some((e) => e.from === n.id || e.to === n.id)))
-      .map((n) => Object.assign({}, n));
-    const byId = new Map(nodes.map((n) => [n.id, n]));
-    const links = view.edges.filter((e) => byId.has(e.from) && byId.has(e.to)).map((e) => Object.assign({ source: e.from, target: e.to }, e));
-
     // Each node starts on a small spiral around its group's anchor, so that a short layout
     // already keeps groups apart.
     const at = anchors(view, width, height);
@@ -271,20 +270,19 @@
       n.x = x + r * Math.cos(a);
       n.y = y + r * Math.sin(a);
     }
-    // Fewer steps for larger graphs: a namespace of 200 workloads must draw in well under
-    // 300 ms (each step costs about its nodes and edges).
-    const ticks = Math.max(30, Math.min(300, Math.round(40000 / (nodes.length + links.length + 1))));
     if (window.d3 && d3.forceSimulation) {
+      // Fewer steps for more nodes and edges (each step costs about their number).
+      const ticks = Math.max(30, Math.min(300, Math.round(40000 / (nodes.length + links.length + 1))));
+      const simLinks = links.map((e) => ({ source: byId.get(e.from), target: byId.get(e.to) }));
       const sim = d3
         .forceSimulation(nodes)
-        .force("link", d3.forceLink(links).id((d) => d.id).distance(140).strength(0.1))
+        .force("link", d3.forceLink(simLinks).distance(140).strength(0.1))
         .force("charge", d3.forceManyBody().strength(-420))
         .force("x", d3.forceX((d) => d.ax).strength(0.3))
         .force("y", d3.forceY((d) => d.ay).strength(0.3))
         .force("collide", d3.forceCollide(48))
         .alphaDecay(1 - Math.pow(0.001, 1 / ticks))
         .stop();
-      // Laid out at once: a static picture (stable for screenshots), no animation.
       for (let i = 0; i < ticks; i++) sim.tick();
     } else {
       nodes.forEach((n, i) => {
@@ -296,6 +294,81 @@
       n.x = Math.max(60, Math.min(width - 60, n.x));
       n.y = Math.max(40, Math.min(height - 30, n.y));
     }
+    return height;
+  }
+
+  // Large views: each group (a namespace, a kind of destination) a block of nodes in rows,
+  // the blocks packed in rows across the width. Deterministic, linear in the nodes, no
+  // overlap. Returns the height.
+  function blockLayout(nodes, width) {
+    const COL = 130;
+    const ROW = 58;
+    const PAD = 24;
+    const groups = new Map();
+    for (const n of nodes) {
+      const g = groupOf(n);
+      if (!groups.has(g)) groups.set(g, []);
+      groups.get(g).push(n);
+    }
+    // An expanded namespace, then what it talks to outside the cluster, then the other
+    // namespaces; without one, the namespaces, then the destinations.
+    const focus = map.namespace ? `ns:${map.namespace}` : null;
+    const rank = (g) => (g === focus ? 0 : g.startsWith("ns:") === !focus ? 1 : 2);
+    const order = [...groups.keys()].sort((a, b) => rank(a) - rank(b) || (a < b ? -1 : a > b ? 1 : 0));
+    const maxCols = Math.max(1, Math.floor((width - 2 * PAD) / COL));
+    let x = 0;
+    let y = 0;
+    let rowHeight = 0;
+    for (const g of order) {
+      // A namespace's own node first, then its members in the server's (sorted) order.
+      const members = groups.get(g).sort((a, b) => (a.kind === "namespace" ? -1 : b.kind === "namespace" ? 1 : 0));
+      const cols = Math.max(1, Math.min(maxCols, members.length, Math.ceil(Math.sqrt((members.length * ROW) / COL))));
+      const rows = Math.ceil(members.length / cols);
+      const w = cols * COL;
+      const h = rows * ROW + 28;
+      if (x > 0 && x + w > width) {
+        x = 0;
+        y += rowHeight;
+        rowHeight = 0;
+      }
+      members.forEach((n, i) => {
+        n.x = x + PAD + COL / 2 + (i % cols) * COL;
+        n.y = y + PAD + 40 + Math.floor(i / cols) * ROW;
+      });
+      x += w + PAD;
+      rowHeight = Math.max(rowHeight, h + PAD);
+    }
+    return Math.max(560, y + rowHeight + PAD);
+  }
+
+  function render(view) {
+    const root = $("map");
+    const width = Math.max(root.clientWidth || 960, 480);
+    root.replaceChildren();
+
+    $("map-back").hidden = !map.namespace;
+    const t = view.totals;
+    const c = t.verdicts;
+    $("map-summary").textContent =
+      (map.namespace ? `Namespace ${map.namespace}: ` : view.expanded ? "All workloads: " : "Namespaces (select one to expand): ") +
+      `${t.workloads} workloads, ${t.edges} edges, ${t.events} events; ` +
+      `${c.allowed} allowed, ${c["would-deny"]} would be denied, ${c.denied} denied, ${c.drift} drift`;
+
+    // Workloads drawn inside their namespace's box: namespace nodes of an expanded view
+    // are the boxes, not nodes (unless edges fold into them).
+    const boxes = view.expanded ? view.nodes.filter((n) => n.kind === "namespace") : [];
+    const ends = new Set();
+    for (const e of view.edges) {
+      ends.add(e.from);
+      ends.add(e.to);
+    }
+    const nodes = view.nodes.filter((n) => !(view.expanded && n.kind === "namespace" && !ends.has(n.id))).map((n) => Object.assign({}, n));
+    const byId = new Map(nodes.map((n) => [n.id, n]));
+    const links = view.edges.filter((e) => byId.has(e.from) && byId.has(e.to));
+
+    const height = nodes.length > LARGE ? blockLayout(nodes, width) : forceLayout(view, nodes, links, byId, width);
+    root.setAttribute("viewBox", `0 0 ${width} ${height}`);
+    root.setAttribute("height", String(height));
 
     const defs = svg("defs");
     for (const v of VERDICTS) {
@@ -307,9 +380,14 @@
 
     // Namespace boxes around their workloads.
     const boxLayer = svg("g", { class: "boxes" });
+    const inBox = new Map(boxes.map((b) => [b.id, []]));
+    for (const n of nodes) {
+      const list = n.kind === "workload" ? inBox.get(n.parent) : n.kind === "namespace" ? inBox.get(n.id) : undefined;
+      if (list) list.push(n);
+    }
     for (const b of boxes) {
-      const members = nodes.filter((n) => n.kind === "workload" && n.parent === b.id);
-      if (!members.length) continue;
+      const members = inBox.get(b.id);
+      if (!members.some((n) => n.kind === "workload")) continue;
       const xs = members.map((n) => n.x);
       const ys = members.map((n) => n.y);
       const x0 = Math.min(...xs) - 56;
@@ -323,24 +401,45 @@
     }
     root.append(boxLayer);
 
+    // A large view's edge titles (tooltips) are made when the pointer first reaches an edge:
+    // thousands of them cost more to build and style than the whole drawing otherwise.
     const edgeLayer = svg("g", { class: "edges" });
+    const eager = links.length <= LAZY_TABLE;
+    const byEdge = eager ? null : new Map();
     for (const l of links) {
-      const g = svg("g", { class: `edge-group v-${l.verdict}`, "data-id": l.id, "data-verdict": l.verdict, "data-from": l.from, "data-to": l.to });
-      const line = svg("line", {
-        x1: l.source.x, y1: l.source.y, x2: l.target.x, y2: l.target.y,
-        class: `edge v-${l.verdict}`, "marker-end": `url(#arrow-${l.verdict})`,
-      });
-      const title = svg("title");
-      title.textContent = edgeTitle(l, byId);
-      line.append(title);
+      const from = byId.get(l.from);
+      const to = byId.get(l.to);
+      const g = document.createElementNS(SVG, "g");
+      g.setAttribute("class", `edge-group v-${l.verdict}`);
+      g.setAttribute("data-id", l.id);
+      g.setAttribute("data-verdict", l.verdict);
+      g.setAttribute("data-from", l.from);
+      g.setAttribute("data-to", l.to);
+      const line = document.createElementNS(SVG, "line");
+      line.setAttribute("x1", from.x);
+      line.setAttribute("y1", from.y);
+      line.setAttribute("x2", to.x);
+      line.setAttribute("y2", to.y);
+      line.setAttribute("class", `edge v-${l.verdict}`);
+      line.setAttribute("marker-end", `url(#arrow-${l.verdict})`);
+      if (eager) line.append(edgeTitle(l, byId));
+      else byEdge.set(l.id, l);
       g.append(line);
       if (l.verdict !== "allowed") {
         // Not colour alone: the verdict in words on the edge.
-        const mark = svg("text", { x: (l.source.x + l.target.x) / 2, y: (l.source.y + l.target.y) / 2 - 4, class: `edge-mark v-${l.verdict}` });
+        const mark = svg("text", { x: (from.x + to.x) / 2, y: (from.y + to.y) / 2 - 4, class: `edge-mark v-${l.verdict}` });
         mark.textContent = VERDICT_TEXT[l.verdict];
         g.append(mark);
       }
       edgeLayer.append(g);
+    }
+    if (!eager) {
+      edgeLayer.addEventListener("pointerover", (ev) => {
+        const g = ev.target.closest && ev.target.closest("g.edge-group");
+        const line = g && g.querySelector("line");
+        const l = g && byEdge.get(g.getAttribute("data-id"));
+        if (line && l && !line.querySelector("title")) line.append(edgeTitle(l, byId));
+      });
     }
     root.append(edgeLayer);
 
@@ -348,11 +447,12 @@
     for (const n of nodes) {
       // Another namespace's (outside the user's scope) comes without figures: not openable.
       const openable = (n.kind === "namespace" && n.workloads !== undefined) || (n.kind === "workload" && n.pods !== undefined);
+      const label = nodeLabel(n);
       const g = svg("g", {
         class: `node kind-${n.kind}${n.phase ? ` phase-${n.phase}` : ""}`,
         transform: `translate(${n.x.toFixed(1)},${n.y.toFixed(1)})`,
         "data-id": n.id,
-        "aria-label": nodeLabel(n),
+        "aria-label": label,
       });
       if (openable) {
         g.setAttribute("tabindex", "0");
@@ -373,24 +473,25 @@
       text.textContent = n.kind === "namespace" && n.workloads !== undefined ? `${short} (${n.workloads})` : short;
       g.append(text);
       const title = svg("title");
-      title.textContent = nodeLabel(n);
+      title.textContent = label;
       g.append(title);
-      if (openable) {
-        const open = () => {
-          map.focus = n.id;
-          if (n.kind === "namespace") expand(n.label);
-          else openPanel(n.namespace, n.workload);
-        };
-        g.addEventListener("click", open);
-        g.addEventListener("keydown", (ev) => {
-          if (ev.key === "Enter" || ev.key === " ") {
-            ev.preventDefault();
-            open();
-          }
-        });
-      }
       nodeLayer.append(g);
     }
+    // One listener for every node: a node opens (a namespace expands, a workload's panel)
+    // by click, Enter or Space.
+    const open = (ev) => {
+      const g = ev.target.closest && ev.target.closest("g.node[role='button']");
+      const n = g && byId.get(g.getAttribute("data-id"));
+      if (!n) return false;
+      map.focus = n.id;
+      if (n.kind === "namespace") expand(n.label, ev.timeStamp);
+      else openPanel(n.namespace, n.workload);
+      return true;
+    };
+    nodeLayer.addEventListener("click", open);
+    nodeLayer.addEventListener("keydown", (ev) => {
+      if ((ev.key === "Enter" || ev.key === " ") && open(ev)) ev.preventDefault();
+    });
     root.append(nodeLayer);
 
     // A large view's table is filled when it is opened, not with every drawing.
@@ -438,20 +539,20 @@
     }
   }
 
-  function expand(ns) {
+  function expand(ns, since) {
     map.namespace = ns;
-    loadMap();
+    loadMap(since);
   }
 
-  $("map-back").addEventListener("click", () => {
+  $("map-back").addEventListener("click", (ev) => {
     map.namespace = null;
-    loadMap();
+    loadMap(ev.timeStamp);
   });
 
   for (const id of ["f-since", "f-verdict", "f-namespace"]) {
-    $(id).addEventListener("change", () => {
+    $(id).addEventListener("change", (ev) => {
       if (id === "f-namespace") map.namespace = null;
-      loadMap();
+      loadMap(ev.timeStamp);
     });
   }
   let typing = null;

@@ -74,9 +74,10 @@ use std::{
 };
 
 pub use agent_ebpf::Counter;
+pub use agent_ebpf::PathCounter;
 use agent_ebpf::{
     ConfigIndex, FlowKey, FlowValue, MAP_CONFIG, MAP_COUNTERS, MAP_DNS_EVENTS, MAP_DNS_PORTS,
-    MAP_FLOW_EVENTS, MAP_FLOWS,
+    MAP_FLOW_EVENTS, MAP_FLOWS, MAP_PATH_COUNTERS,
 };
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
@@ -211,7 +212,7 @@ pub struct CaptureConfig {
     pub cgroup: PathBuf,
     /// An active key is pushed to user space at most once per this interval (≥ 1 ms).
     pub refresh: Duration,
-    /// Source ports whose UDP/TCP payloads are captured as DNS responses (at most 16).
+    /// Source ports whose UDP/TCP payloads are captured as DNS responses.
     pub dns_ports: Vec<u16>,
     /// Count TCP outcomes (established / failed): one pending-map entry per TCP connect and
     /// the `sock_release` program; see `benches/connect_latency.rs` for the cost.
@@ -272,7 +273,8 @@ pub struct Capture {
     dns_ring: AsyncFd<RingBuf<MapData>>,
     flows: HashMap<MapData, FlowKey, FlowValue>,
     counters: PerCpuArray<MapData, u64>,
-    dns_ports: HashMap<MapData, u16, u8>,
+    path_counters: PerCpuArray<MapData, u64>,
+    dns_ports: Array<MapData, u64>,
     ebpf: Option<Ebpf>,
     clock: KernelClock,
     cgroup_id: u64,
@@ -415,6 +417,16 @@ fn register_ring(ring: RingBuf<MapData>) -> Result<AsyncFd<RingBuf<MapData>>> {
     })
 }
 
+/// Sets `port`'s bit in the kernel's DNS port bitmap (word `port / 64`, bit `port % 64`).
+fn set_dns_port(map: &mut Array<MapData, u64>, port: u16) -> Result<()> {
+    let index = u32::from(port >> 6);
+    let word = map
+        .get(&index, 0)
+        .map_err(|e| map_error("reading the DNS port bitmap", MAP_DNS_PORTS, e))?;
+    map.set(index, word | (1u64 << (port & 63)), 0)
+        .map_err(|e| map_error("adding a DNS port", MAP_DNS_PORTS, e))
+}
+
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map> {
     ebpf.take_map(name)
         .ok_or(Error::Missing { kind: "map", name })
@@ -468,18 +480,18 @@ impl Capture {
             )
             .map_err(|e| map_error("setting TCP outcome tracking", MAP_CONFIG, e))?;
         }
-        let mut dns_ports: HashMap<MapData, u16, u8> =
-            HashMap::try_from(take_map(&mut ebpf, MAP_DNS_PORTS)?)
+        let mut dns_ports: Array<MapData, u64> =
+            Array::try_from(take_map(&mut ebpf, MAP_DNS_PORTS)?)
                 .map_err(|e| map_error("opening", MAP_DNS_PORTS, e))?;
         for &port in &config.dns_ports {
-            dns_ports
-                .insert(port, 1, 0)
-                .map_err(|e| map_error("adding a DNS port", MAP_DNS_PORTS, e))?;
+            set_dns_port(&mut dns_ports, port)?;
         }
         let flows = HashMap::try_from(take_map(&mut ebpf, MAP_FLOWS)?)
             .map_err(|e| map_error("opening", MAP_FLOWS, e))?;
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, MAP_COUNTERS)?)
             .map_err(|e| map_error("opening", MAP_COUNTERS, e))?;
+        let path_counters = PerCpuArray::try_from(take_map(&mut ebpf, MAP_PATH_COUNTERS)?)
+            .map_err(|e| map_error("opening", MAP_PATH_COUNTERS, e))?;
         let flow_ring = RingBuf::try_from(take_map(&mut ebpf, MAP_FLOW_EVENTS)?)
             .map_err(|e| map_error("opening", MAP_FLOW_EVENTS, e))?;
         let dns_ring = RingBuf::try_from(take_map(&mut ebpf, MAP_DNS_EVENTS)?)
@@ -522,6 +534,7 @@ impl Capture {
             dns_ring,
             flows,
             counters,
+            path_counters,
             dns_ports,
             ebpf: Some(ebpf),
             clock,
@@ -544,9 +557,7 @@ impl Capture {
 
     /// Adds a DNS source port at run time.
     pub fn add_dns_port(&mut self, port: u16) -> Result<()> {
-        self.dns_ports
-            .insert(port, 1, 0)
-            .map_err(|e| map_error("adding a DNS port", MAP_DNS_PORTS, e))
+        set_dns_port(&mut self.dns_ports, port)
     }
 
     /// Detaches all programs (no new events); the rings and maps stay readable.
@@ -607,6 +618,31 @@ impl Capture {
         }
     }
 
+    /// Each attached program's cumulative run count and run time, as the kernel keeps them
+    /// while BPF run-time statistics are enabled ([`enable_run_time_stats`], or the sysctl
+    /// `kernel.bpf_stats_enabled=1`); both stay 0 otherwise. Sorted by program name. Empty
+    /// after [`Capture::detach`].
+    pub fn program_stats(&self) -> Result<Vec<ProgramStats>> {
+        let Some(ebpf) = &self.ebpf else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for (name, prog) in ebpf.programs() {
+            // A program the configuration left unattached (sock_release without TCP outcome)
+            // is loaded all the same; its counts stay 0.
+            let info = prog.info().map_err(|e| {
+                program_error("reading statistics of", static_program_name(name), e)
+            })?;
+            out.push(ProgramStats {
+                name: name.to_owned(),
+                run_count: info.run_count(),
+                run_time_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
     /// Reads the kernel counters (produced records, drops per cause), summed over CPUs.
     pub fn counters(&self) -> Result<KernelCounters> {
         let mut values = BTreeMap::new();
@@ -621,6 +657,15 @@ impl Capture {
             );
         }
         Ok(KernelCounters { values })
+    }
+
+    /// One data-path counter ([`PathCounter`]), summed over CPUs.
+    pub fn path_counter(&self, counter: PathCounter) -> Result<u64> {
+        let per_cpu = self
+            .path_counters
+            .get(&(counter as u32), 0)
+            .map_err(|e| map_error("lookup", MAP_PATH_COUNTERS, e))?;
+        Ok(per_cpu.iter().copied().fold(0u64, u64::wrapping_add))
     }
 
     /// The latest cumulative state of one flow ("settle"), or `None` if the kernel no longer
@@ -809,6 +854,46 @@ impl Capture {
         }
         Ok(self.flows.keys().filter(Result::is_ok).count())
     }
+}
+
+/// One program's cumulative statistics ([`Capture::program_stats`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProgramStats {
+    /// The program's function name (e.g. `leash_ingress`).
+    pub name: String,
+    /// Runs counted while statistics were enabled (`bpf_prog_info.run_cnt`).
+    pub run_count: u64,
+    /// Nanoseconds spent in those runs (`bpf_prog_info.run_time_ns`).
+    pub run_time_ns: u64,
+}
+
+/// Turns on the kernel's BPF run-time statistics (`BPF_ENABLE_STATS`, `BPF_STATS_RUN_TIME`)
+/// for as long as the returned descriptor stays open: the same switch as the sysctl
+/// `kernel.bpf_stats_enabled`, but closed (and so restored) even if the process dies.
+/// Statistics cost two clock reads per program run, so benchmarks of throughput run without.
+pub fn enable_run_time_stats() -> Result<std::os::fd::OwnedFd> {
+    aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| {
+        if e.io_error.raw_os_error() == Some(libc::EPERM) {
+            Error::MissingPrivileges {
+                action: "enabling BPF run-time statistics".to_owned(),
+                source: Box::new(e.io_error),
+            }
+        } else {
+            Error::Syscall {
+                call: "bpf(BPF_ENABLE_STATS)",
+                source: e.io_error,
+            }
+        }
+    })
+}
+
+/// The `&'static str` of a program this module loads (errors carry static names).
+fn static_program_name(name: &str) -> &'static str {
+    SOCK_ADDR_PROGRAMS
+        .into_iter()
+        .chain([RELEASE_PROGRAM, INGRESS_PROGRAM])
+        .find(|&p| p == name)
+        .unwrap_or("(unknown)")
 }
 
 /// [`Capture::lookup_many`] never batches this many ids or fewer.

@@ -62,6 +62,11 @@ impl Connector {
             }
             None => None,
         };
+        if let Some(path) = &config.token_file {
+            // A missing or empty file stops the agent at start, naming the file; later it is
+            // read again for every stream.
+            super::token::read(path)?;
+        }
         Ok(Self { endpoint, tls })
     }
 
@@ -88,6 +93,8 @@ enum Ended {
     /// The recommender refused the oldest un-acked batch for good; it was split in two or, a
     /// single record, dropped. The connection is fine: open a new stream on it.
     Refused,
+    /// The token file changed: open a new stream on the same connection with the new token.
+    Rotated,
     /// The stream broke; reconnect.
     Broken(String),
 }
@@ -103,6 +110,9 @@ enum Refusal {
     /// RESOURCE_EXHAUSTED (too many records, too large a message), or OUT_OF_RANGE, which is
     /// how tonic reports a message over the receiver's limit when nothing maps it.
     TooLarge,
+    /// PERMISSION_DENIED: this agent may not write the batch (its node is not its token's,
+    /// or the token is not the agents'). Halves would be refused too: dropped whole.
+    Forbidden,
 }
 
 impl Refusal {
@@ -112,6 +122,7 @@ impl Refusal {
         match status.code() {
             Code::InvalidArgument => Some(Refusal::Invalid),
             Code::ResourceExhausted | Code::OutOfRange => Some(Refusal::TooLarge),
+            Code::PermissionDenied => Some(Refusal::Forbidden),
             _ => None,
         }
     }
@@ -121,7 +132,13 @@ impl Refusal {
         match self {
             Refusal::Invalid => "rejected",
             Refusal::TooLarge => "too_large",
+            Refusal::Forbidden => "forbidden",
         }
+    }
+
+    /// Whether halves of the batch could be taken.
+    fn splits(self) -> bool {
+        self != Refusal::Forbidden
     }
 }
 
@@ -159,7 +176,7 @@ impl RefusalLog {
         tracing::warn!(
             %refused,
             example = %example(),
-            "the recommender refused records as invalid or too large: dropped, never resent (counted in leash_agent_transport_dropped_records_total)"
+            "the recommender refused records as invalid, too large or forbidden: dropped, never resent (counted in leash_agent_transport_dropped_records_total)"
         );
         self.pending.clear();
         self.last = Some(now);
@@ -208,8 +225,8 @@ pub(super) async fn run(shared: Arc<Shared>, connector: Connector) {
                         session(&shared, channel.clone(), &mut backoff, &mut refusals, first).await;
                     match ended {
                         Ended::Done => return,
-                        Ended::Refused if finished(&shared) => return,
-                        Ended::Refused => first = false,
+                        Ended::Refused | Ended::Rotated if finished(&shared) => return,
+                        Ended::Refused | Ended::Rotated => first = false,
                         Ended::Broken(reason) => break reason,
                     }
                 }
@@ -326,8 +343,23 @@ async fn session(
         }
         shared.metrics.batches_resent.inc();
     }
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    let sent_token = match &config.token_file {
+        Some(path) => match super::token::read(path) {
+            Ok(value) => {
+                request
+                    .metadata_mut()
+                    .insert("authorization", value.clone());
+                Some(value)
+            }
+            Err(e) => return Ended::Broken(Chain(&e).to_string()),
+        },
+        None => None,
+    };
+    let mut token_check =
+        tokio::time::interval_at(Instant::now() + config.token_check, config.token_check);
     let mut client = v1::ingest_client::IngestClient::new(channel);
-    let mut acks = match client.push(ReceiverStream::new(rx)).await {
+    let mut acks = match client.push(request).await {
         Ok(response) => response.into_inner(),
         Err(status) => return ended_by(shared, &status, refusals, "push"),
     };
@@ -366,6 +398,16 @@ async fn session(
             () = tokio::time::sleep_until(ack_deadline), if waiting => {
                 return Ended::Broken(format!("no ack within {:?}", config.ack_timeout));
             }
+            _ = token_check.tick(), if sent_token.is_some() => {
+                if let Some(path) = &config.token_file
+                    && super::token::read(path).is_ok_and(|now| Some(now) != sent_token)
+                {
+                    // Un-acked batches go again on the new stream; the recommender
+                    // acknowledges those it stored as duplicates.
+                    tracing::debug!("the token file changed: a new stream with the new token");
+                    return Ended::Rotated;
+                }
+            }
         }
     }
 }
@@ -399,7 +441,12 @@ fn refuse_oldest(
     let Some(oldest) = state.unacked.pop_front() else {
         return false;
     };
-    match split::halves(&oldest.batch) {
+    let halves = if refusal.splits() {
+        split::halves(&oldest.batch)
+    } else {
+        None
+    };
+    match halves {
         Some((first, second)) => {
             let first = number(shared, &mut state, first);
             let second = number(shared, &mut state, second);
@@ -663,6 +710,7 @@ mod tests {
             (Code::Cancelled, None),
             (Code::DeadlineExceeded, None),
             (Code::Unauthenticated, None),
+            (Code::PermissionDenied, Some(Refusal::Forbidden)),
         ] {
             assert_eq!(Refusal::of(&Status::new(code, "x")), refusal, "{code:?}");
         }

@@ -16,14 +16,21 @@
 //! the stream: it is [`split`] into halves with fresh ids, resent first on a new stream over the
 //! same connection, down to single records; a single refused record is dropped. Every other
 //! error (UNAVAILABLE, a broken connection, no ack in time) is transient: the same batches are
-//! resent after the backoff.
+//! resent after the backoff. A batch refused with PERMISSION_DENIED (its node is not the node
+//! of the agent's token) is dropped whole, never split or resent (`forbidden`).
+//! UNAUTHENTICATED (no valid token yet) is transient: the stream is retried with backoff,
+//! reading the token file again.
+//!
+//! With `--token-file` every stream carries the agent's ServiceAccount token as
+//! `authorization: Bearer` ([`token`]), read again for each stream and while one is open.
 //!
 //! What cannot be delivered is counted, never lost silently
 //! (`leash_agent_transport_dropped_{records,events}_total{cause}`): `buffer_full` (a new flow
 //! key when the buffer holds `--buffer-keys` keys), `dns_buffer_full`, `shutdown` (what was
 //! still buffered or un-acked when the shutdown deadline passed), `rejected` (refused as
 //! invalid: listed in an ack, or a single record answered INVALID_ARGUMENT), `too_large` (a
-//! single record answered RESOURCE_EXHAUSTED or OUT_OF_RANGE) and `unencodable`. So the sum of
+//! single record answered RESOURCE_EXHAUSTED or OUT_OF_RANGE), `forbidden` (a batch answered
+//! PERMISSION_DENIED) and `unencodable`. So the sum of
 //! `count` the recommender stored equals the sum written to the sink minus the dropped events.
 
 pub mod backoff;
@@ -32,6 +39,7 @@ pub mod client;
 pub mod split;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod token;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -65,6 +73,9 @@ pub enum Error {
     /// A TLS file could not be read or parsed.
     #[error("TLS setup: {0}")]
     Tls(String),
+    /// The token file cannot be used at start.
+    #[error(transparent)]
+    Token(#[from] token::Error),
 }
 
 /// `Result` with this module's [`Error`].
@@ -79,6 +90,10 @@ pub struct TransportConfig {
     pub url: String,
     /// Mutual TLS; `None` only with `--insecure`.
     pub tls: Option<TlsFiles>,
+    /// The projected ServiceAccount token sent on every stream (`--token-file`).
+    pub token_file: Option<PathBuf>,
+    /// How often the token file is read again while a stream is open.
+    pub token_check: Duration,
     /// The node name: the `node` of every batch id and record.
     pub node: String,
     /// Most flow keys buffered (`--buffer-keys`).
@@ -102,13 +117,15 @@ pub struct TransportConfig {
 }
 
 impl TransportConfig {
-    /// Defaults for `url` and `node`: 100,000 keys, 10,000 DNS records, 64 names per key,
-    /// 2,000 records per batch,
+    /// Defaults for `url` and `node`: no token, read again every 60 s when given, 100,000
+    /// keys, 10,000 DNS records, 64 names per key, 2,000 records per batch,
     /// 16 batches in flight, backoff 100 ms to 30 s, 30 s ack timeout, 10 s shutdown deadline.
     pub fn new(url: &str, tls: Option<TlsFiles>, node: &str) -> Self {
         Self {
             url: url.to_owned(),
             tls,
+            token_file: None,
+            token_check: Duration::from_secs(60),
             node: node.to_owned(),
             buffer_keys: 100_000,
             buffer_dns: 10_000,

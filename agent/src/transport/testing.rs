@@ -79,6 +79,12 @@ pub struct Seen {
     pub too_large: u64,
     /// Batches answered UNAVAILABLE.
     pub unavailable: u64,
+    /// The `authorization` value of every stream opened, in order (`None`: not sent).
+    pub tokens: Vec<Option<String>>,
+    /// Streams refused with UNAUTHENTICATED (not the required token).
+    pub unauthenticated: u64,
+    /// Batches refused with PERMISSION_DENIED.
+    pub forbidden: u64,
 }
 
 #[derive(Clone, Default)]
@@ -89,6 +95,9 @@ struct Recorder {
     answers: Arc<AtomicU8>,
     refuse_all: Arc<AtomicBool>,
     unavailable: Arc<AtomicU32>,
+    /// Streams without this `authorization` value are refused with UNAUTHENTICATED.
+    required_token: Arc<Mutex<Option<String>>>,
+    forbid: Arc<AtomicBool>,
 }
 
 impl Recorder {
@@ -128,6 +137,13 @@ impl Recorder {
             self.seen().unavailable += 1;
             return Err(Status::unavailable(format!(
                 "{name}: the store is busy; retry"
+            )));
+        }
+        if self.forbid.load(Ordering::SeqCst) {
+            self.seen().forbidden += 1;
+            return Err(Status::permission_denied(format!(
+                "{name}: node {:?} is not the caller's node",
+                id.node
             )));
         }
         if self.refuse_all.load(Ordering::SeqCst) {
@@ -228,6 +244,21 @@ impl v1::ingest_server::Ingest for Recorder {
         &self,
         request: Request<Streaming<v1::Batch>>,
     ) -> Result<Response<Self::PushStream>, Status> {
+        let token = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        self.seen().tokens.push(token.clone());
+        let required = self
+            .required_token
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if required.is_some() && token != required {
+            self.seen().unauthenticated += 1;
+            return Err(Status::unauthenticated("the token is not valid"));
+        }
         let mut batches = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let this = self.clone();
@@ -412,6 +443,22 @@ impl RecordingServer {
     /// Answers the next `batches` batches with UNAVAILABLE (overload), each ending its stream.
     pub fn unavailable_for(&self, batches: u32) {
         self.recorder.unavailable.store(batches, Ordering::SeqCst);
+    }
+
+    /// Refuses every stream whose `authorization` value is not `value` with UNAUTHENTICATED
+    /// (`None`: takes any).
+    pub fn require_authorization(&self, value: Option<&str>) {
+        *self
+            .recorder
+            .required_token
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = value.map(str::to_owned);
+    }
+
+    /// While `true`, every batch is refused with PERMISSION_DENIED, as a recommender refuses
+    /// a batch of another node than the agent's token.
+    pub fn forbid(&self, forbid: bool) {
+        self.recorder.forbid.store(forbid, Ordering::SeqCst);
     }
 
     /// A copy of what the server saw.

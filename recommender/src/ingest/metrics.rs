@@ -22,6 +22,8 @@ pub enum Cause {
     TooLarge,
     /// The store failed to commit.
     Store,
+    /// The batch's node is not the node of the caller's token (`--agent-auth token`).
+    WrongNode,
 }
 
 impl Cause {
@@ -31,6 +33,7 @@ impl Cause {
             Cause::TooManyRecords => "too_many_records",
             Cause::TooLarge => "too_large",
             Cause::Store => "store",
+            Cause::WrongNode => "wrong_node",
         }
     }
 }
@@ -43,6 +46,7 @@ pub struct Metrics {
     stored: Counter,
     duplicates: Counter,
     rejected: Family<Labels, Counter>,
+    refused_streams: Family<Labels, Counter>,
     refused_records: Family<Labels, Counter>,
     records: Family<Labels, Counter>,
     commit_seconds: Histogram,
@@ -51,11 +55,27 @@ pub struct Metrics {
 }
 
 impl Default for Metrics {
+    /// Every cause of a rejected batch and of a refused stream is served from the start, at 0.
     fn default() -> Self {
+        let rejected: Family<Labels, Counter> = Family::default();
+        for cause in [
+            Cause::Malformed,
+            Cause::TooManyRecords,
+            Cause::TooLarge,
+            Cause::Store,
+            Cause::WrongNode,
+        ] {
+            let _ = rejected.get_or_create(&[("cause", cause.label())]);
+        }
+        let refused_streams: Family<Labels, Counter> = Family::default();
+        for cause in super::identity::STREAM_CAUSES {
+            let _ = refused_streams.get_or_create(&[("cause", cause)]);
+        }
         Metrics {
             stored: Counter::default(),
             duplicates: Counter::default(),
-            rejected: Family::default(),
+            rejected,
+            refused_streams,
             refused_records: Family::default(),
             records: Family::default(),
             // 100 µs to ~52 s: a slow store shows in the top buckets, not only in +Inf.
@@ -86,6 +106,12 @@ impl Metrics {
             "rejected_batches",
             "Batches rejected, by cause",
             self.rejected.clone(),
+        );
+        r.register(
+            "refused_streams",
+            "Streams ended because the agent's token does not allow them (--agent-auth token), \
+             by cause: no_token, invalid_token, wrong_identity, no_node or review_unavailable",
+            self.refused_streams.clone(),
         );
         r.register(
             "rejected_records",
@@ -137,6 +163,12 @@ impl Metrics {
     pub(crate) fn rejected(&self, cause: Cause) {
         self.rejected
             .get_or_create(&[("cause", cause.label())])
+            .inc();
+    }
+
+    pub(crate) fn refused_stream(&self, cause: &'static str) {
+        self.refused_streams
+            .get_or_create(&[("cause", cause)])
             .inc();
     }
 

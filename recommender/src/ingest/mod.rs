@@ -22,12 +22,19 @@
 //! message → `RESOURCE_EXHAUSTED`, store failure → `UNAVAILABLE` (the agent reconnects and
 //! resends).
 //!
+//! Who may write which node's batches is [`identity`]'s (`--agent-auth`): with `token`, a
+//! stream without a valid agent token is `UNAUTHENTICATED` (`UNAVAILABLE` while the API server
+//! cannot review it), another ServiceAccount's or a token bound to no node `PERMISSION_DENIED`,
+//! both before any batch is read; a batch of another node than the token's is refused with
+//! `PERMISSION_DENIED`, permanent (`leash_ingest_rejected_batches_total{cause="wrong_node"}`).
+//!
 //! Readiness ([`IngestService::ready`]): the service is not ready while a batch has waited for
 //! its commit longer than [`Limits::slow_commit`], which a slow store or a backlog causes; it
 //! is ready again once the writer catches up. Only a dead writer makes it unhealthy
 //! ([`IngestService::writer_alive`]).
 
 mod committer;
+pub mod identity;
 pub mod metrics;
 
 use std::{pin::Pin, sync::Arc, time::Duration};
@@ -53,6 +60,7 @@ use crate::observations;
 use crate::state::ClusterState;
 use crate::store::{BatchId, Store, WorkloadRef};
 use committer::{Committer, Job};
+use identity::{Caller, Identity, Refusal};
 pub use metrics::{Cause, Metrics};
 
 /// Bounds on what one agent may send, and on how long the store may keep a batch waiting.
@@ -99,6 +107,7 @@ struct Inner {
     cluster: watch::Receiver<Option<Arc<ClusterState>>>,
     limits: Limits,
     metrics: Metrics,
+    identity: Identity,
 }
 
 impl IngestService {
@@ -124,6 +133,18 @@ impl IngestService {
         limits: Limits,
         committed: Option<mpsc::Sender<Committed>>,
     ) -> std::io::Result<Self> {
+        Self::with_identity(store, cluster, limits, committed, Identity::mtls())
+    }
+
+    /// [`IngestService::with_committed`], with agents authenticated by `identity`
+    /// (`--agent-auth`).
+    pub fn with_identity(
+        store: Arc<dyn Store>,
+        cluster: watch::Receiver<Option<Arc<ClusterState>>>,
+        limits: Limits,
+        committed: Option<mpsc::Sender<Committed>>,
+        identity: Identity,
+    ) -> std::io::Result<Self> {
         let metrics = Metrics::default();
         Ok(IngestService {
             inner: Arc::new(Inner {
@@ -131,6 +152,7 @@ impl IngestService {
                 cluster,
                 limits,
                 metrics,
+                identity,
             }),
         })
     }
@@ -188,14 +210,29 @@ impl Ingest for IngestService {
         &self,
         request: Request<Streaming<v1::Batch>>,
     ) -> Result<Response<AckStream>, Status> {
-        let peer = describe_peer(&request);
+        let mut peer = describe_peer(&request);
+        let caller = match self.inner.identity.authenticate(request.metadata()).await {
+            Ok(caller) => caller,
+            Err(refusal) => {
+                self.inner.count(&refusal);
+                tracing::warn!(%peer, cause = refusal.cause(), "agent stream refused: {}", Chain(&refusal));
+                return Err(refusal.status());
+            }
+        };
+        if let Some(node) = caller.node() {
+            peer = format!("node {node} ({peer})");
+        }
         let batches = request.into_inner();
         // Acks queue here while the agent reads them; a few suffice as batches are sequential.
         let (tx, rx) = mpsc::channel(8);
         // Batches read but not yet answered, in stream order: the stream keeps reading (and
         // converting) while earlier batches wait for their group commit.
         let (pending_tx, mut pending) = mpsc::channel::<Pending>(MAX_IN_FLIGHT);
-        tokio::spawn(self.inner.clone().read(batches, pending_tx, peer.clone()));
+        tokio::spawn(
+            self.inner
+                .clone()
+                .read(batches, pending_tx, peer.clone(), caller),
+        );
         tokio::spawn(async move {
             while let Some(reply) = pending.recv().await {
                 let result = match reply.await {
@@ -244,6 +281,7 @@ impl Inner {
         mut batches: Streaming<v1::Batch>,
         pending: mpsc::Sender<Pending>,
         peer: String,
+        caller: Caller,
     ) {
         tracing::debug!(%peer, "ingest stream opened");
         loop {
@@ -254,10 +292,10 @@ impl Inner {
                 () = pending.closed() => return,
             };
             let (reply, last) = match next {
-                Ok(Some(batch)) => {
-                    let reply = self.submit(batch).await;
-                    (reply, false)
-                }
+                Ok(Some(batch)) => match self.authorize(&caller, &batch).await {
+                    Ok(()) => (self.submit(batch).await, false),
+                    Err(status) => (ready(Err(status)), true),
+                },
                 Ok(None) => {
                     tracing::debug!(%peer, "ingest stream closed by the agent");
                     return;
@@ -270,6 +308,30 @@ impl Inner {
             if pending.send(reply).await.is_err() || last {
                 return;
             }
+        }
+    }
+
+    /// Whether `caller` may write `batch` ([`Identity::authorize`]); a refusal is counted.
+    async fn authorize(&self, caller: &Caller, batch: &v1::Batch) -> Result<(), Status> {
+        if matches!(caller, Caller::Any) && self.identity.mode() == identity::AgentAuth::Mtls {
+            return Ok(());
+        }
+        let name = describe_batch(batch.id.as_ref());
+        self.identity
+            .authorize(caller, batch.id.as_ref(), &name)
+            .await
+            .map_err(|refusal| {
+                self.count(&refusal);
+                refusal.status()
+            })
+    }
+
+    /// Counts a refusal: a batch of another node as a rejected batch, the rest as a refused
+    /// stream.
+    fn count(&self, refusal: &Refusal) {
+        match refusal {
+            Refusal::WrongNode { .. } => self.metrics.rejected(Cause::WrongNode),
+            other => self.metrics.refused_stream(other.cause()),
         }
     }
 

@@ -167,18 +167,61 @@ pub fn always(metrics: &LeaderMetrics) -> (watch::Sender<bool>, watch::Receiver<
     watch::channel(true)
 }
 
+/// How long a resigning replica waits for its Lease's release before it exits anyway (an
+/// unreachable API server must not hold up a shutdown; the Lease then expires as after a
+/// crash).
+pub const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// This replica's leadership: a receiver that is `true` while it leads, and what keeps it
 /// alive (the election, or the constant `true` of a single replica).
 pub struct Leadership {
     leading: watch::Receiver<bool>,
     _always: Option<watch::Sender<bool>>,
     _election: Option<AbortGuard>,
+    resign: Resign,
 }
 
 impl Leadership {
     /// `true` while this replica leads.
     pub fn leading(&self) -> watch::Receiver<bool> {
         self.leading.clone()
+    }
+
+    /// What asks the election to end (graceful shutdown) and waits for its Lease's release.
+    pub fn resign(&self) -> Resign {
+        self.resign.clone()
+    }
+}
+
+/// Ends a replica's candidacy on graceful shutdown: a leader stops its singleton work and
+/// releases the Lease (an empty holder, as client-go's `ReleaseOnCancel`), so that another
+/// replica takes over at its next try instead of after [`LEASE_DURATION`].
+#[derive(Clone)]
+pub struct Resign {
+    ask: std::sync::Arc<tokio::sync::Notify>,
+    done: watch::Receiver<bool>,
+}
+
+impl Resign {
+    /// A resignation that has nothing to do (a single replica without an election).
+    fn done() -> Self {
+        let (_, done) = watch::channel(true);
+        Self {
+            ask: std::sync::Arc::default(),
+            done,
+        }
+    }
+
+    /// Asks the election to end; returns at once.
+    pub fn ask(&self) {
+        self.ask.notify_one();
+    }
+
+    /// Waits until the election has ended (the Lease released when it was held), at most
+    /// [`RELEASE_TIMEOUT`].
+    pub async fn finished(&self) {
+        let mut done = self.done.clone();
+        let _ = tokio::time::timeout(RELEASE_TIMEOUT, done.wait_for(|d| *d)).await;
     }
 }
 
@@ -194,11 +237,13 @@ pub fn start(
             let (tx, rx) = watch::channel(false);
             metrics.set(false);
             let elector = Elector::new(client, lease, identity(), Timing::default(), metrics);
-            let task = tokio::spawn(elector.run(tx));
+            let (resign, ended) = resignation();
+            let task = tokio::spawn(elector.run_until_resigned(tx, ended));
             Leadership {
                 leading: rx,
                 _always: None,
                 _election: Some(AbortGuard(task.abort_handle())),
+                resign,
             }
         }
         _ => {
@@ -207,9 +252,29 @@ pub fn start(
                 leading: rx,
                 _always: Some(tx),
                 _election: None,
+                resign: Resign::done(),
             }
         }
     }
+}
+
+/// The election's side of a [`Resign`]: asked to end, and says when it has.
+pub struct Resigned {
+    ask: std::sync::Arc<tokio::sync::Notify>,
+    done: watch::Sender<bool>,
+}
+
+/// A [`Resign`] and the [`Resigned`] an [`Elector`] ends with.
+pub fn resignation() -> (Resign, Resigned) {
+    let ask = std::sync::Arc::new(tokio::sync::Notify::new());
+    let (done_tx, done) = watch::channel(false);
+    (
+        Resign {
+            ask: std::sync::Arc::clone(&ask),
+            done,
+        },
+        Resigned { ask, done: done_tx },
+    )
 }
 
 /// Feeds a fresh receiver from a shared one, so that a consumer that takes its receiver by
@@ -275,6 +340,70 @@ impl Elector {
 
     /// Campaigns until the receivers are all gone, sending `true` while this replica leads.
     pub async fn run(self, leading: watch::Sender<bool>) {
+        let (_resign, resigned) = resignation();
+        self.run_until_resigned(leading, resigned).await;
+    }
+
+    /// [`Self::run`] until asked to resign through `resigned`: then a leader sends `false`
+    /// (its singleton work is aborted), releases the Lease, and says it is done.
+    pub async fn run_until_resigned(self, leading: watch::Sender<bool>, resigned: Resigned) {
+        let ask = std::sync::Arc::clone(&resigned.ask);
+        let asked = tokio::select! {
+            () = self.campaign(&leading) => false,
+            () = ask.notified() => true,
+        };
+        if asked {
+            if *leading.borrow() {
+                self.metrics.set(false);
+                let _ = leading.send(false);
+                // Let the aborted singleton tasks reach their cancellation point first.
+                tokio::task::yield_now().await;
+            }
+            // Also when not known to lead: an acquisition may have been stored just before
+            // the campaign was interrupted. `release` changes only a Lease held by us.
+            match tokio::time::timeout(RELEASE_TIMEOUT, self.release()).await {
+                Ok(Ok(true)) => {
+                    tracing::info!(lease = %self.lease, identity = %self.identity, "leader election: released the lease");
+                }
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(lease = %self.lease, error = %Chain(&e), "leader election: cannot release the lease: it expires by itself");
+                }
+                Err(_) => {
+                    tracing::warn!(lease = %self.lease, "leader election: releasing the lease timed out: it expires by itself");
+                }
+            }
+        }
+        let _ = resigned.done.send(true);
+    }
+
+    /// Gives the Lease up if this replica holds it: an empty holder and a one-second
+    /// duration, the `resourceVersion` read kept (a concurrent writer wins). `Ok(false)`: not
+    /// ours.
+    async fn release(&self) -> Result<bool, kube::Error> {
+        let Some(mut current) = self.api.get_opt(&self.lease.name).await? else {
+            return Ok(false);
+        };
+        let spec = current.spec.take().unwrap_or_default();
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return Ok(false);
+        }
+        let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
+        current.spec = Some(LeaseSpec {
+            holder_identity: Some(String::new()),
+            lease_duration_seconds: Some(1),
+            acquire_time: Some(now.clone()),
+            renew_time: Some(now),
+            ..spec
+        });
+        self.api
+            .replace(&self.lease.name, &PostParams::default(), &current)
+            .await?;
+        Ok(true)
+    }
+
+    /// The campaign loop; returns when the receivers are gone.
+    async fn campaign(&self, leading: &watch::Sender<bool>) {
         // The other holder's record as last seen, and when it was first seen (our clock).
         let mut observed: Option<(Observed, Instant)> = None;
         let mut renewed: Option<Instant> = None;

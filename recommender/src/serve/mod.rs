@@ -103,6 +103,8 @@ pub struct Config {
     /// Elect a leader with this Lease (needs [`ClusterSource::Kube`]); `None`: this replica
     /// is the only one and runs the singleton work itself.
     pub leader: Option<leader::LeaseRef>,
+    /// How agents are identified (`--agent-auth`, `--agent-service-account`).
+    pub agents: crate::ingest::identity::Options,
 }
 
 /// Where alerts go besides logs, metrics and (with `--kube`) Kubernetes Events.
@@ -179,6 +181,9 @@ pub enum Error {
     /// The UI listener's settings are refused.
     #[error(transparent)]
     UiAuth(#[from] auth::ModeError),
+    /// `--agent-auth token` without the API server.
+    #[error(transparent)]
+    AgentAuth(#[from] crate::ingest::identity::NoApiServer),
     /// Leader election was asked for without the API server.
     #[error("leader election needs the API server (--kube)")]
     LeaderNeedsKube,
@@ -279,6 +284,12 @@ pub async fn run(
     let ui_auth = auth::decide(config.ui_auth, config.ui, api_server)?;
     auth::check_transport(ui_auth, config.ui, &config.ui_transport)?;
     auth::warn_exposed(ui_auth, config.ui, &config.ui_transport);
+    let agent_auth = crate::ingest::identity::decide(config.agents.mode, api_server)?;
+    if agent_auth == crate::ingest::identity::AgentAuth::Mtls {
+        tracing::warn!(
+            "--agent-auth mtls: agents are identified by the shared client certificate only, so any agent may write records for any node (--agent-auth token binds each batch to its node; it needs --kube)"
+        );
+    }
     let ui_tls = match &config.ui_transport {
         auth::UiTransport::Https(identity) => {
             Some(leash_records::tls::ReloadingServerConfig::start_https(
@@ -372,7 +383,17 @@ pub async fn run(
     let drift_metrics = drift::DriftMetrics::default();
     drift_metrics.register(&mut registry);
     let (drift_tx, drift_rx) = tokio::sync::mpsc::channel(drift::QUEUE);
+    let identity = match (agent_auth, &kube_client) {
+        (crate::ingest::identity::AgentAuth::Token, Some(client)) => {
+            crate::ingest::identity::Identity::token(client.clone(), config.agents.user.clone())
+        }
+        (crate::ingest::identity::AgentAuth::Token, None) => {
+            return Err(crate::ingest::identity::NoApiServer.into());
+        }
+        (crate::ingest::identity::AgentAuth::Mtls, _) => crate::ingest::identity::Identity::mtls(),
+    };
     let (ingest, ingest_handle) = ingest_service(
+        identity,
         &config,
         Arc::clone(&store),
         model_rx.clone(),
@@ -444,9 +465,15 @@ pub async fn run(
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
+    let resign = leadership.resign();
+    tokio::spawn({
+        let resign = resign.clone();
+        async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+            // A leader hands the Lease over now, not after it expires.
+            resign.ask();
+        }
     });
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -592,7 +619,7 @@ pub async fn run(
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
     state.ingest_listening.store(true, Ordering::Release);
-    tracing::info!(grpc = %config.listen, http = %config.http, ui = %config.ui, ui_auth = %ui_auth, ui_tls = ui_tls.is_some(), store = %config.store, tls = tls.is_some(), "leash serve ready");
+    tracing::info!(grpc = %config.listen, http = %config.http, ui = %config.ui, ui_auth = %ui_auth, ui_tls = ui_tls.is_some(), store = %config.store, tls = tls.is_some(), agent_auth = %agent_auth, "leash serve ready");
     let grpc_result = match &tls {
         Some(reloading) => {
             let current = reloading.subscribe();
@@ -627,6 +654,9 @@ pub async fn run(
     state.ingest_listening.store(false, Ordering::Release);
     let http_result = http_task.await;
     let ui_result = ui_task.await;
+    // Also when a listener failed: the election ends with the process.
+    resign.ask();
+    resign.finished().await;
     grpc_result.map_err(|source| Error::Grpc {
         addr: config.listen,
         source,
@@ -644,6 +674,7 @@ pub async fn run(
 /// The gRPC ingest service over `store`, attributing with the current model, and a handle to
 /// it for the health check.
 fn ingest_service(
+    identity: crate::ingest::identity::Identity,
     config: &Config,
     store: Arc<dyn Store>,
     model: ModelRx,
@@ -653,7 +684,7 @@ fn ingest_service(
     leash_records::wire::v1::ingest_server::IngestServer<crate::ingest::IngestService>,
     crate::ingest::IngestService,
 )> {
-    let service = crate::ingest::IngestService::with_committed(
+    let service = crate::ingest::IngestService::with_identity(
         store,
         model,
         crate::ingest::Limits {
@@ -662,6 +693,7 @@ fn ingest_service(
             ..crate::ingest::Limits::default()
         },
         Some(drift),
+        identity,
     )
     .map_err(Error::Writer)?;
     service.register(registry);

@@ -94,6 +94,26 @@ impl ServeProcess {
         server
     }
 
+    /// Stops it as Kubernetes does (SIGTERM) and waits for its exit status, at most `within`.
+    #[track_caller]
+    pub fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
+        let pid = i32::try_from(self.child.id()).expect("a pid");
+        // SAFETY: kill(2) on our own child, which has not been waited for.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "kill -TERM");
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("polls leash serve") {
+                return status;
+            }
+            assert!(
+                start.elapsed() < within,
+                "leash serve did not exit within {within:?} of SIGTERM\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Fails the test, with the log, if the process has exited.
     #[track_caller]
     pub fn assert_running(&mut self) {

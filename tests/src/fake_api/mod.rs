@@ -25,9 +25,12 @@
 //! it needs, so a test can check a client against its declared permissions.
 //! [`FakeApi::unserve`] makes a group version answer `404` as when its CRD is not installed;
 //! [`FakeApi::serve_kind`] installs it again, with its discovery document (`APIResourceList`).
-//! TokenReview and SubjectAccessReview are answered from the tokens ([`FakeApi::add_token`])
-//! and RBAC grants ([`FakeApi::grant`]) the test configured; [`FakeApi::refuse_reviews`]
-//! makes the API refuse the client's own reviews (`401`/`403`).
+//! TokenReview and SubjectAccessReview are answered from the tokens ([`FakeApi::add_token`];
+//! projected ServiceAccount tokens with their audiences and node,
+//! [`FakeApi::add_service_account_token`]) and RBAC grants ([`FakeApi::grant`]) the test
+//! configured; [`FakeApi::refuse_reviews`] makes the API refuse the client's own reviews
+//! (`401`/`403`). [`FakeApi::start_at`] starts the server on a port clients already know,
+//! as an API server coming back after an outage.
 //!
 //! The server binds 127.0.0.1 only, on a port the kernel picks. Dropping the [`FakeApi`] stops it
 //! and ends the open watches.
@@ -57,7 +60,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub use request::{Access, Request, collection_path};
-pub use reviews::{ACCESS_REVIEWS, Grant, Subject, TOKEN_REVIEWS, User};
+pub use reviews::{ACCESS_REVIEWS, API_AUDIENCE, Grant, Subject, TOKEN_REVIEWS, User};
 use store::{Failure, State, lock, status, to_json};
 use watch::WatchMsg;
 
@@ -71,7 +74,13 @@ pub struct FakeApi {
 impl FakeApi {
     /// Starts a server on 127.0.0.1 (a free port). Needs a tokio runtime.
     pub async fn start() -> io::Result<Self> {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        Self::start_at(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await
+    }
+
+    /// Starts a server on `addr` (a loopback address): on a port a client was given while
+    /// nothing listened there, it is an API server coming back after an outage.
+    pub async fn start_at(addr: SocketAddr) -> io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let state: Arc<Mutex<State>> = Arc::default();
         let accept = tokio::spawn(http::serve(listener, state.clone()));
@@ -267,6 +276,48 @@ impl FakeApi {
             User {
                 username: username.to_owned(),
                 groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+                ..User::default()
+            },
+        );
+    }
+
+    /// Makes `token` a projected ServiceAccount token of `namespace/service_account` for
+    /// `audiences`, bound to a pod on `node` (its `extra` names the node, as Kubernetes 1.30+
+    /// does) or to no node (`None`).
+    pub fn add_service_account_token(
+        &self,
+        token: &str,
+        namespace: &str,
+        service_account: &str,
+        node: Option<&str>,
+        audiences: &[&str],
+    ) {
+        let mut extra = std::collections::BTreeMap::new();
+        extra.insert(
+            "authentication.kubernetes.io/credential-id".to_owned(),
+            vec![format!("JTI={token}-id")],
+        );
+        if let Some(node) = node {
+            extra.insert(
+                "authentication.kubernetes.io/node-name".to_owned(),
+                vec![node.to_owned()],
+            );
+            extra.insert(
+                "authentication.kubernetes.io/pod-name".to_owned(),
+                vec![format!("{service_account}-{node}")],
+            );
+        }
+        self.lock().reviews.tokens.insert(
+            token.to_owned(),
+            User {
+                username: format!("system:serviceaccount:{namespace}:{service_account}"),
+                groups: vec![
+                    "system:serviceaccounts".to_owned(),
+                    format!("system:serviceaccounts:{namespace}"),
+                    "system:authenticated".to_owned(),
+                ],
+                extra,
+                audiences: audiences.iter().map(|a| (*a).to_owned()).collect(),
             },
         );
     }

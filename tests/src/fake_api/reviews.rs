@@ -5,10 +5,16 @@
 //! ([`super::FakeApi::grant`]).
 //!
 //! Answers have the real API's shapes: `201 Created` with the review and its `status`
-//! (`authenticated` and `user`, or `error`; `allowed`, with a `reason`); `422 Invalid` for a
+//! (`authenticated`, `user` with its `extra` and the `audiences` granted, or `error`;
+//! `allowed`, with a `reason`); `422 Invalid` for a
 //! review without a token, or without user, groups or attributes; and, after
 //! [`super::FakeApi::refuse_reviews`], the API's own `401 Unauthorized` or `403 Forbidden` as
 //! when the client's credentials are bad or lack `create` on the review resources.
+//!
+//! Audiences work as in kube-apiserver: a TokenReview without `spec.audiences` asks for the
+//! API server's own ([`API_AUDIENCE`]); a token is authenticated only when its audiences
+//! (the API server's unless given, as for a default ServiceAccount token) meet those asked
+//! for, and `status.audiences` lists the ones they share; otherwise the real error text.
 
 use std::collections::BTreeMap;
 
@@ -24,13 +30,23 @@ pub const TOKEN_REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
 /// The SubjectAccessReview collection.
 pub const ACCESS_REVIEWS: &str = "/apis/authorization.k8s.io/v1/subjectaccessreviews";
 
+/// The API server's own audience: what a token without other audiences is for.
+pub const API_AUDIENCE: &str = "https://kubernetes.default.svc";
+
 /// Who a token authenticates as.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
     /// The user name.
     pub username: String,
     /// Its groups.
     pub groups: Vec<String>,
+    /// The user's `extra` (a projected token's pod and node, e.g.
+    /// `authentication.kubernetes.io/node-name`).
+    #[serde(default)]
+    pub extra: BTreeMap<String, Vec<String>>,
+    /// The token's audiences; empty: [`API_AUDIENCE`].
+    #[serde(default)]
+    pub audiences: Vec<String>,
 }
 
 /// One RBAC grant: `verb` on `group`/`resource`, to a user or a group, in one namespace (a
@@ -105,11 +121,35 @@ impl Reviews {
                 "spec.token: Required value",
             );
         }
+        let asked: Vec<String> = match review["spec"]["audiences"].as_array() {
+            Some(a) if !a.is_empty() => a
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect(),
+            _ => vec![API_AUDIENCE.to_owned()],
+        };
         review["status"] = match self.tokens.get(token) {
-            Some(user) => json!({"authenticated": true,
-                "user": {"username": user.username, "uid": format!("uid-{}", user.username),
-                         "groups": user.groups},
-                "audiences": ["https://kubernetes.default.svc"]}),
+            Some(user) => {
+                let own = if user.audiences.is_empty() {
+                    vec![API_AUDIENCE.to_owned()]
+                } else {
+                    user.audiences.clone()
+                };
+                let shared: Vec<&String> = own.iter().filter(|a| asked.contains(a)).collect();
+                if shared.is_empty() {
+                    // kube-apiserver's text (Go's %q of the two lists).
+                    json!({"user": {}, "error": format!(
+                        "[invalid bearer token, token audiences {own:?} is invalid for the \
+                         target audiences {asked:?}]")})
+                } else {
+                    let mut u = json!({"username": user.username,
+                        "uid": format!("uid-{}", user.username), "groups": user.groups});
+                    if !user.extra.is_empty() {
+                        u["extra"] = json!(user.extra);
+                    }
+                    json!({"authenticated": true, "user": u, "audiences": shared})
+                }
+            }
             // The real server omits `authenticated: false` and says why in `error`.
             None => json!({"user": {}, "error": "[invalid bearer token, token lookup failed]"}),
         };

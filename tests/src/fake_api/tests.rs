@@ -95,6 +95,7 @@ fn reviews_answer_from_tokens_and_grants() {
         User {
             username: "alice".into(),
             groups: vec!["team-shop".into()],
+            ..User::default()
         },
     );
     reviews.grants.push(Grant {
@@ -126,6 +127,50 @@ fn reviews_answer_from_tokens_and_grants() {
     assert_eq!(code, 201);
     assert!(answer["status"].get("authenticated").is_none());
     assert_eq!(reviews.handle(&tr("")).unwrap().0, 422);
+
+    // A node-bound token for audience `leash`: authenticated for it only, with its node.
+    reviews.tokens.insert(
+        "t-agent".into(),
+        User {
+            username: "system:serviceaccount:leash-system:leash-agent".into(),
+            extra: [(
+                "authentication.kubernetes.io/node-name".to_owned(),
+                vec!["node-a".to_owned()],
+            )]
+            .into(),
+            audiences: vec!["leash".into()],
+            ..User::default()
+        },
+    );
+    let tr_for = |token: &str, audiences: serde_json::Value| {
+        post(
+            super::TOKEN_REVIEWS,
+            json!({"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
+                   "spec": {"token": token, "audiences": audiences}}),
+        )
+    };
+    let (_, answer) = reviews
+        .handle(&tr_for("t-agent", json!(["leash"])))
+        .unwrap();
+    assert_eq!(answer["status"]["authenticated"], true);
+    assert_eq!(answer["status"]["audiences"], json!(["leash"]));
+    assert_eq!(
+        answer["status"]["user"]["extra"]["authentication.kubernetes.io/node-name"],
+        json!(["node-a"])
+    );
+    let (_, answer) = reviews.handle(&tr("t-agent")).unwrap();
+    assert!(answer["status"].get("authenticated").is_none());
+    assert!(
+        answer["status"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("is invalid for the target audiences")
+    );
+    // The UI's token is the API server's: not for `leash`.
+    let (_, answer) = reviews
+        .handle(&tr_for("t-alice", json!(["leash"])))
+        .unwrap();
+    assert!(answer["status"].get("authenticated").is_none());
 
     let sar = |ns: Option<&str>| {
         let mut attributes = json!({"verb": "get", "group": "leash.dev", "resource": "egressmaps"});

@@ -444,11 +444,7 @@ impl Kube {
     fn token_of(&self, headers: &HeaderMap) -> Option<session::Token> {
         if let Some(value) = headers.get(header::AUTHORIZATION) {
             // A malformed header is no token at all, not a fall-back to the cookie.
-            return value
-                .to_str()
-                .ok()
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .and_then(session::Token::parse);
+            return value.to_str().ok().and_then(session::Token::from_bearer);
         }
         session::cookie(headers).and_then(|id| self.sessions.token(&id))
     }

@@ -20,48 +20,9 @@ pub const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
 /// At most this many sessions at once.
 pub const MAX_SESSIONS: usize = 4096;
 
-/// The longest token accepted (service account tokens are about 1 KiB; OIDC ones a few).
-const MAX_TOKEN_BYTES: usize = 16 << 10;
-
-/// A user's bearer token. `Debug` and `Display` never show it; [`Token::expose`] is the one
-/// way to read it, where it goes into a TokenReview.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Token(String);
-
-impl std::fmt::Debug for Token {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Token([redacted])")
-    }
-}
-
-impl std::fmt::Display for Token {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-impl Token {
-    /// A token from its text (surrounding whitespace dropped); `None` when empty, too long or
-    /// not printable ASCII.
-    pub fn parse(text: &str) -> Option<Token> {
-        let t = text.trim();
-        (!t.is_empty() && t.len() <= MAX_TOKEN_BYTES && t.bytes().all(|b| b.is_ascii_graphic()))
-            .then(|| Token(t.to_owned()))
-    }
-
-    /// The token's text, for the TokenReview's body. Nothing else may call it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// Its SHA-256: the key its decisions are cached under.
-    pub fn digest(&self) -> [u8; 32] {
-        let d = ring::digest::digest(&ring::digest::SHA256, self.0.as_bytes());
-        let mut out = [0; 32];
-        out.copy_from_slice(d.as_ref());
-        out
-    }
-}
+#[cfg(test)]
+use crate::kube_review::MAX_TOKEN_BYTES;
+pub use crate::kube_review::Token;
 
 /// A session id (base64url of 32 random bytes).
 #[derive(Clone, PartialEq, Eq, Hash)]

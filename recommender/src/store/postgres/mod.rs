@@ -5,18 +5,15 @@
 //!   seq)) in the transaction of its observations, `ON CONFLICT DO NOTHING`: a second
 //!   commit of the id, by this process or another replica, waits for the first transaction
 //!   and then finds the id stored, and changes nothing.
-//! - **Aggregation and group commit.** [`Store::commit_many`] is one transaction; each
-//!   batch's rows go out as one multi-row upsert per table (`INSERT … SELECT FROM unnest($1,
-//!   …) ON CONFLICT DO UPDATE`: one statement and one round trip for all the rows of a
-//!   table), in key order so that concurrent replicas lock rows in the same order. A
-//!   deadlock or serialization failure between replicas retries the whole group.
-//!   `COPY … FROM STDIN BINARY` into a temporary staging table then one
-//!   `INSERT … SELECT … ON CONFLICT` was tried against this: 200 batches of 2,000 distinct
-//!   flows into one table, on one local server (debug build, `fsync=off`), `unnest` stored
-//!   65,000 rows/s and `COPY` 53,000: COPY's extra statement and staging writes cost more
-//!   than it saves on batches of this size. `unnest` is kept; the ingest benchmark decides.
+//! - **Aggregation and group commit.** [`Store::commit_many`] is one transaction, and its
+//!   new batches' rows go out merged, as one multi-row upsert per table (`INSERT … SELECT
+//!   FROM unnest($1, …) ON CONFLICT DO UPDATE`), in key order so that concurrent replicas
+//!   lock rows in the same order; the links of flows to names and pods are read once per
+//!   flow and only the new ones inserted (`write.rs`). A deadlock or serialization failure
+//!   between replicas retries the whole group. `COPY` into a staging table was measured
+//!   against `unnest` in the ingest benchmark (README, Benchmarks); `unnest` is kept.
 //! - **Address history.** Merged in SQL as `AddressSeen::merge` does ([`UPSERT_ADDRESSES`]);
-//!   duplicates within one batch are first merged with `AddressSeen::merge` itself, since
+//!   duplicates within one group are first merged with `AddressSeen::merge` itself, since
 //!   one upsert statement cannot update a row twice.
 //! - **Migrations**: `schema.rs`, under an advisory lock.
 //!
@@ -34,10 +31,12 @@
 mod read;
 pub mod schema;
 pub mod tls;
+mod write;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
+pub use write::UPSERT_ADDRESSES;
+
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -51,7 +50,6 @@ use super::{
     AddressSeen, AlertRecord, BatchCommit, BatchId, Commit, DnsObservation, Error, FlowObservation,
     Result, Scope, Store, Subject, WorkloadRef, WorkloadTotals,
 };
-use crate::evidence::PodNames;
 
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -65,96 +63,6 @@ const COMMIT_TRIES: usize = 5;
 /// The largest count stored; sums saturate here.
 const MAX_COUNT: i64 = i64::MAX;
 
-/// Merges a DNS observation's addresses into their history as `AddressSeen::merge` does:
-/// the earliest first seen, the latest last seen, and the TTL and chain of the later sighting
-/// (on equal last seen, of the larger (TTL, chain)). PostgreSQL evaluates every `SET` on the
-/// row as it was, so both `CASE`s compare the same values; row comparison is lexicographic,
-/// `bigint` compares as Rust's integers and `bytea` byte-wise, as the encoded chains'
-/// `Vec<String>` order (`schema.rs`).
-pub const UPSERT_ADDRESSES: &str = r#"
-    INSERT INTO dns_addresses AS d (namespace, kind, name, server, query, ip, first_seen,
-        last_seen, ttl, chain)
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::inet[], $5::text[],
-        $6::inet[], $7::int8[], $8::int8[], $9::int8[], $10::bytea[])
-    ON CONFLICT (namespace, kind, name, server, query, ip) DO UPDATE SET
-        first_seen = least(d.first_seen, excluded.first_seen),
-        last_seen = greatest(d.last_seen, excluded.last_seen),
-        ttl = CASE WHEN (excluded.last_seen, excluded.ttl, excluded.chain)
-                > (d.last_seen, d.ttl, d.chain) THEN excluded.ttl ELSE d.ttl END,
-        chain = CASE WHEN (excluded.last_seen, excluded.ttl, excluded.chain)
-                > (d.last_seen, d.ttl, d.chain) THEN excluded.chain ELSE d.chain END"#;
-
-const UPSERT_FLOWS: &str = r#"
-    INSERT INTO flows AS f (namespace, kind, name, dst, port, protocol, count, first_seen,
-        last_seen, established, failed, pods)
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::inet[], $5::int4[],
-        $6::int2[], $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], $12::int8[])
-    ON CONFLICT (namespace, kind, name, dst, port, protocol) DO UPDATE SET
-        count = CASE WHEN f.count > 9223372036854775807 - excluded.count
-            THEN 9223372036854775807 ELSE f.count + excluded.count END,
-        first_seen = least(f.first_seen, excluded.first_seen),
-        last_seen = greatest(f.last_seen, excluded.last_seen),
-        established = CASE WHEN f.established > 9223372036854775807 - excluded.established
-            THEN 9223372036854775807 ELSE f.established + excluded.established END,
-        failed = CASE WHEN f.failed > 9223372036854775807 - excluded.failed
-            THEN 9223372036854775807 ELSE f.failed + excluded.failed END,
-        pods = greatest(f.pods, excluded.pods)"#;
-
-const INSERT_FLOW_NAMES: &str = r#"
-    INSERT INTO flow_names (namespace, kind, name, dst, port, protocol, dns_name)
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::inet[], $5::int4[],
-        $6::int2[], $7::text[])
-    ON CONFLICT DO NOTHING"#;
-
-/// Links a batch's pods to their flows while a flow names fewer than `$8`
-/// ([`PodNames::MAX`]) pods, in name order, and raises a full flow's count of pods to `$8`
-/// plus the batch's distinct pods it could not name (a lower bound), as the SQLite store
-/// does pod by pod.
-const INSERT_FLOW_PODS: &str = r#"
-    WITH new AS (
-        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::inet[], $5::int4[],
-            $6::int2[], $7::text[]) AS t (namespace, kind, name, dst, port, protocol, pod)
-    ), fresh AS (
-        SELECT n.*,
-            (SELECT count(*) FROM flow_pods p
-             WHERE (p.namespace, p.kind, p.name, p.dst, p.port, p.protocol)
-                 = (n.namespace, n.kind, n.name, n.dst, n.port, n.protocol)) AS have,
-            row_number() OVER (PARTITION BY n.namespace, n.kind, n.name, n.dst, n.port,
-                n.protocol ORDER BY n.pod COLLATE "C") AS rn
-        FROM new n
-        WHERE NOT EXISTS (SELECT 1 FROM flow_pods p
-            WHERE (p.namespace, p.kind, p.name, p.dst, p.port, p.protocol, p.pod)
-                = (n.namespace, n.kind, n.name, n.dst, n.port, n.protocol, n.pod))
-    ), ins AS (
-        INSERT INTO flow_pods (namespace, kind, name, dst, port, protocol, pod)
-        SELECT namespace, kind, name, dst, port, protocol, pod FROM fresh
-        WHERE have + rn <= $8
-        ON CONFLICT DO NOTHING
-    ), over AS (
-        SELECT namespace, kind, name, dst, port, protocol, count(*) AS n FROM fresh
-        WHERE have + rn > $8
-        GROUP BY namespace, kind, name, dst, port, protocol
-    )
-    UPDATE flows f SET pods = greatest(f.pods, $8 + over.n) FROM over
-    WHERE (f.namespace, f.kind, f.name, f.dst, f.port, f.protocol)
-        = (over.namespace, over.kind, over.name, over.dst, over.port, over.protocol)"#;
-
-const UPSERT_DNS: &str = r#"
-    INSERT INTO dns AS d (namespace, kind, name, server, query, count, first_seen, last_seen)
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::inet[], $5::text[],
-        $6::int8[], $7::int8[], $8::int8[])
-    ON CONFLICT (namespace, kind, name, server, query) DO UPDATE SET
-        count = CASE WHEN d.count > 9223372036854775807 - excluded.count
-            THEN 9223372036854775807 ELSE d.count + excluded.count END,
-        first_seen = least(d.first_seen, excluded.first_seen),
-        last_seen = greatest(d.last_seen, excluded.last_seen)"#;
-
-const INSERT_RESOLVED: &str = r#"
-    INSERT INTO dns_resolved (namespace, kind, name, server, query, answer, ip)
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::inet[], $5::text[],
-        $6::text[], $7::inet[])
-    ON CONFLICT DO NOTHING"#;
-
 /// The PostgreSQL store. See the module's documentation.
 pub struct PostgresStore {
     /// The URL without its password, for messages.
@@ -166,6 +74,8 @@ pub struct PostgresStore {
     runtime: Option<tokio::runtime::Runtime>,
     writer: Mutex<Option<Client>>,
     idle: Mutex<Vec<Client>>,
+    /// Flows go out by `COPY` rather than `unnest` (`write.rs`; the benchmark compares).
+    copy_upserts: AtomicBool,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -234,6 +144,7 @@ impl PostgresStore {
             runtime: Some(runtime),
             writer: Mutex::new(None),
             idle: Mutex::new(Vec::new()),
+            copy_upserts: AtomicBool::new(false),
         };
         let mut client = store.new_client().map_err(|e| Error::Open {
             path: store.shown.clone(),
@@ -599,289 +510,7 @@ fn decode_chain(bytes: &[u8]) -> std::result::Result<Vec<String>, &'static str> 
         .collect()
 }
 
-/// The key columns of a workload, as parameter arrays.
-#[derive(Default)]
-struct WorkloadCols<'a> {
-    namespace: Vec<&'a str>,
-    kind: Vec<&'a str>,
-    name: Vec<&'a str>,
-}
-
-impl<'a> WorkloadCols<'a> {
-    fn push(&mut self, w: &'a WorkloadRef) {
-        self.namespace.push(&w.namespace);
-        self.kind.push(&w.kind);
-        self.name.push(&w.name);
-    }
-}
-
-/// One flow observation merged from a batch's rows of the same key.
-struct FlowAgg<'a> {
-    count: u64,
-    first: i64,
-    last: i64,
-    established: u64,
-    failed: u64,
-    pods: u64,
-    names: BTreeSet<&'a str>,
-    pod_names: BTreeSet<&'a str>,
-}
-
-type FlowKey<'a> = (&'a WorkloadRef, IpAddr, u16, Protocol);
-type DnsKey<'a> = (&'a WorkloadRef, IpAddr, &'a str);
-
-/// One DNS observation merged from a batch's rows of the same key.
-struct DnsAgg<'a> {
-    count: u64,
-    first: i64,
-    last: i64,
-    resolved: BTreeSet<(&'a str, IpAddr)>,
-    addresses: BTreeMap<IpAddr, AddressSeen>,
-}
-
 impl PostgresStore {
-    /// Applies one batch's observations inside `tx` (the batch id is the caller's), as one
-    /// upsert per table.
-    async fn apply(
-        &self,
-        tx: &Transaction<'_>,
-        flows: &[FlowObservation],
-        dns: &[DnsObservation],
-    ) -> std::result::Result<(), ReadError> {
-        // Rows of one key merged first (one statement cannot update a row twice), in key
-        // order (replicas lock rows in the same order).
-        let mut fl: BTreeMap<FlowKey<'_>, FlowAgg<'_>> = BTreeMap::new();
-        for f in flows {
-            let first = self.time(f.first_seen)?;
-            let last = self.time(f.last_seen)?;
-            let key = (&f.workload, f.dst.to_canonical(), f.port, f.protocol);
-            let agg = fl.entry(key).or_insert_with(|| FlowAgg {
-                count: 0,
-                first,
-                last,
-                established: 0,
-                failed: 0,
-                pods: 0,
-                names: BTreeSet::new(),
-                pod_names: BTreeSet::new(),
-            });
-            agg.count = agg.count.saturating_add(f.count);
-            agg.first = agg.first.min(first);
-            agg.last = agg.last.max(last);
-            agg.established = agg.established.saturating_add(f.established);
-            agg.failed = agg.failed.saturating_add(f.failed);
-            agg.pods = agg.pods.max(f.pods.total());
-            agg.names.extend(f.names.iter().map(String::as_str));
-            agg.pod_names
-                .extend(f.pods.names.iter().map(String::as_str));
-        }
-        if !fl.is_empty() {
-            let mut w = WorkloadCols::default();
-            let (mut dst, mut port, mut proto) = (Vec::new(), Vec::new(), Vec::new());
-            let (mut count, mut first, mut last) = (Vec::new(), Vec::new(), Vec::new());
-            let (mut est, mut failed, mut pods) = (Vec::new(), Vec::new(), Vec::new());
-            let mut nw = WorkloadCols::default();
-            let (mut ndst, mut nport, mut nproto, mut nname) =
-                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            let mut pw = WorkloadCols::default();
-            let (mut pdst, mut pport, mut pproto, mut pname) =
-                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            for ((wl, ip, p, pr), a) in &fl {
-                w.push(wl);
-                dst.push(*ip);
-                port.push(i32::from(*p));
-                proto.push(protocol_number(*pr));
-                count.push(clamp(a.count));
-                first.push(a.first);
-                last.push(a.last);
-                est.push(clamp(a.established));
-                failed.push(clamp(a.failed));
-                pods.push(clamp(a.pods));
-                for n in &a.names {
-                    nw.push(wl);
-                    ndst.push(*ip);
-                    nport.push(i32::from(*p));
-                    nproto.push(protocol_number(*pr));
-                    nname.push(*n);
-                }
-                for n in &a.pod_names {
-                    pw.push(wl);
-                    pdst.push(*ip);
-                    pport.push(i32::from(*p));
-                    pproto.push(protocol_number(*pr));
-                    pname.push(*n);
-                }
-            }
-            tx.execute(
-                UPSERT_FLOWS,
-                &[
-                    &w.namespace,
-                    &w.kind,
-                    &w.name,
-                    &dst,
-                    &port,
-                    &proto,
-                    &count,
-                    &first,
-                    &last,
-                    &est,
-                    &failed,
-                    &pods,
-                ],
-            )
-            .await?;
-            if !nname.is_empty() {
-                tx.execute(
-                    INSERT_FLOW_NAMES,
-                    &[
-                        &nw.namespace,
-                        &nw.kind,
-                        &nw.name,
-                        &ndst,
-                        &nport,
-                        &nproto,
-                        &nname,
-                    ],
-                )
-                .await?;
-            }
-            if !pname.is_empty() {
-                let max = i64::try_from(PodNames::MAX).unwrap_or(i64::MAX);
-                tx.execute(
-                    INSERT_FLOW_PODS,
-                    &[
-                        &pw.namespace,
-                        &pw.kind,
-                        &pw.name,
-                        &pdst,
-                        &pport,
-                        &pproto,
-                        &pname,
-                        &max,
-                    ],
-                )
-                .await?;
-            }
-        }
-        let mut dn: BTreeMap<DnsKey<'_>, DnsAgg<'_>> = BTreeMap::new();
-        for d in dns {
-            let first = self.time(d.first_seen)?;
-            let last = self.time(d.last_seen)?;
-            let agg = dn
-                .entry((&d.workload, d.server, d.query.as_str()))
-                .or_insert_with(|| DnsAgg {
-                    count: 0,
-                    first,
-                    last,
-                    resolved: BTreeSet::new(),
-                    addresses: BTreeMap::new(),
-                });
-            agg.count = agg.count.saturating_add(d.count);
-            agg.first = agg.first.min(first);
-            agg.last = agg.last.max(last);
-            agg.resolved
-                .extend(d.resolved.iter().map(|(n, ip)| (n.as_str(), *ip)));
-            for (ip, seen) in &d.addresses {
-                // The model's own merge for duplicates within the batch.
-                match agg.addresses.get_mut(ip) {
-                    Some(a) => a.merge(seen),
-                    None => {
-                        agg.addresses.insert(*ip, seen.clone());
-                    }
-                }
-            }
-        }
-        if dn.is_empty() {
-            return Ok(());
-        }
-        let mut w = WorkloadCols::default();
-        let (mut server, mut query, mut count, mut first, mut last) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut rw = WorkloadCols::default();
-        let (mut rserver, mut rquery, mut ranswer, mut rip) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut aw = WorkloadCols::default();
-        let (mut aserver, mut aquery, mut aip) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut afirst, mut alast, mut attl, mut achain) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for ((wl, srv, q), a) in &dn {
-            w.push(wl);
-            server.push(*srv);
-            query.push(*q);
-            count.push(clamp(a.count));
-            first.push(a.first);
-            last.push(a.last);
-            for (n, ip) in &a.resolved {
-                rw.push(wl);
-                rserver.push(*srv);
-                rquery.push(*q);
-                ranswer.push(*n);
-                rip.push(*ip);
-            }
-            for (ip, seen) in &a.addresses {
-                aw.push(wl);
-                aserver.push(*srv);
-                aquery.push(*q);
-                aip.push(*ip);
-                afirst.push(self.time(seen.first_seen)?);
-                alast.push(self.time(seen.last_seen)?);
-                attl.push(i64::from(seen.ttl));
-                achain.push(encode_chain(&seen.chain).map_err(|what| Error::Invalid {
-                    path: self.shown.clone(),
-                    what,
-                })?);
-            }
-        }
-        tx.execute(
-            UPSERT_DNS,
-            &[
-                &w.namespace,
-                &w.kind,
-                &w.name,
-                &server,
-                &query,
-                &count,
-                &first,
-                &last,
-            ],
-        )
-        .await?;
-        if !ranswer.is_empty() {
-            tx.execute(
-                INSERT_RESOLVED,
-                &[
-                    &rw.namespace,
-                    &rw.kind,
-                    &rw.name,
-                    &rserver,
-                    &rquery,
-                    &ranswer,
-                    &rip,
-                ],
-            )
-            .await?;
-        }
-        if !aip.is_empty() {
-            tx.execute(
-                UPSERT_ADDRESSES,
-                &[
-                    &aw.namespace,
-                    &aw.kind,
-                    &aw.name,
-                    &aserver,
-                    &aquery,
-                    &aip,
-                    &afirst,
-                    &alast,
-                    &attl,
-                    &achain,
-                ],
-            )
-            .await?;
-        }
-        Ok(())
-    }
-
     fn alert_from_row(&self, r: &Row) -> std::result::Result<AlertRecord, ReadError> {
         let port: i32 = r.try_get("port")?;
         let proto: i16 = r.try_get("protocol")?;
@@ -902,80 +531,6 @@ impl PostgresStore {
             occurrences: unclamp(r.try_get("occurrences")?),
             detail: r.try_get("detail")?,
         })
-    }
-
-    async fn insert_batch(
-        &self,
-        tx: &Transaction<'_>,
-        id: &BatchId,
-        at: i64,
-    ) -> std::result::Result<bool, ReadError> {
-        let seq = i64::try_from(id.seq).map_err(|_| Error::Invalid {
-            path: self.shown.clone(),
-            what: format!("batch sequence number {} exceeds 2^63-1", id.seq),
-        })?;
-        let n = tx
-            .execute(
-                "INSERT INTO batches (node, boot_id, seq, committed_at) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT DO NOTHING",
-                &[&id.node, &id.boot_id, &seq, &at],
-            )
-            .await?;
-        Ok(n > 0)
-    }
-
-    async fn upsert_alerts(
-        &self,
-        tx: &Transaction<'_>,
-        records: &[AlertRecord],
-    ) -> std::result::Result<(), ReadError> {
-        // The last record of a key wins, as one replacing upsert after the other would.
-        let mut by_key: BTreeMap<(&WorkloadRef, IpAddr, u16, Protocol), &AlertRecord> =
-            BTreeMap::new();
-        for a in records {
-            by_key.insert((&a.workload, a.dst.to_canonical(), a.port, a.protocol), a);
-        }
-        let mut w = WorkloadCols::default();
-        let (mut dst, mut port, mut proto) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut fs, mut ls, mut seen, mut occ, mut detail) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for ((wl, ip, p, pr), a) in &by_key {
-            w.push(wl);
-            dst.push(*ip);
-            port.push(i32::from(*p));
-            proto.push(protocol_number(*pr));
-            fs.push(self.time(a.first_sent)?);
-            ls.push(self.time(a.last_sent)?);
-            seen.push(self.time(a.last_seen)?);
-            occ.push(clamp(a.occurrences));
-            detail.push(a.detail.as_str());
-        }
-        tx.execute(
-            r#"INSERT INTO alerts (namespace, kind, name, dst, port, protocol, first_sent,
-                   last_sent, last_seen, occurrences, detail)
-               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::inet[],
-                   $5::int4[], $6::int2[], $7::int8[], $8::int8[], $9::int8[], $10::int8[],
-                   $11::text[])
-               ON CONFLICT (namespace, kind, name, dst, port, protocol) DO UPDATE SET
-                   first_sent = excluded.first_sent, last_sent = excluded.last_sent,
-                   last_seen = excluded.last_seen, occurrences = excluded.occurrences,
-                   detail = excluded.detail"#,
-            &[
-                &w.namespace,
-                &w.kind,
-                &w.name,
-                &dst,
-                &port,
-                &proto,
-                &fs,
-                &ls,
-                &seen,
-                &occ,
-                &detail,
-            ],
-        )
-        .await?;
-        Ok(())
     }
 }
 
@@ -1000,17 +555,27 @@ impl Store for PostgresStore {
 
     fn commit_many(&self, batches: &[BatchCommit<'_>]) -> Result<Vec<Commit>> {
         let now = self.time(Utc::now())?;
+        let ids: Vec<&BatchId> = batches.iter().map(|b| b.id).collect();
         self.write("commit a batch", true, async |tx| {
-            let mut out = Vec::with_capacity(batches.len());
-            for b in batches {
-                if self.insert_batch(tx, b.id, now).await? {
-                    self.apply(tx, b.flows, b.dns).await?;
-                    out.push(Commit::Stored);
-                } else {
-                    out.push(Commit::Duplicate);
-                }
-            }
-            Ok(out)
+            let new = self.insert_batches(tx, &ids, now).await?;
+            // The new batches' observations, in order, as one set of statements.
+            let stored: Vec<(&[FlowObservation], &[DnsObservation])> = batches
+                .iter()
+                .zip(&new)
+                .filter(|(_, new)| **new)
+                .map(|(b, _)| (b.flows, b.dns))
+                .collect();
+            self.apply(tx, &stored).await?;
+            Ok(new
+                .iter()
+                .map(|new| {
+                    if *new {
+                        Commit::Stored
+                    } else {
+                        Commit::Duplicate
+                    }
+                })
+                .collect())
         })
     }
 
@@ -1189,9 +754,9 @@ impl Store for PostgresStore {
         let times = &times;
         self.write("import", false, async |tx| {
             for ((id, _), at) in data.batches.iter().zip(times) {
-                self.insert_batch(tx, id, *at).await?;
+                self.insert_batches(tx, &[id], *at).await?;
             }
-            self.apply(tx, &data.flows, &data.dns).await?;
+            self.apply(tx, &[(&data.flows, &data.dns)]).await?;
             if !data.alerts.is_empty() {
                 self.upsert_alerts(tx, &data.alerts).await?;
             }
