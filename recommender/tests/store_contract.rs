@@ -125,6 +125,7 @@ const CASES: &[(&str, Case)] = &[
     ("saturation", saturation),
     ("concurrent_readers", concurrent_readers),
     ("export_import", export_import),
+    ("whole_reads_and_pages_agree", whole_reads_and_pages_agree),
 ];
 
 fn exactly_once(store: &dyn Store) {
@@ -525,6 +526,96 @@ fn pods_bounded(store: &dyn Store) {
         "the first to arrive, in name order"
     );
     assert_eq!(p.total(), 12);
+}
+
+/// Names, pods, answers and address history stay with their own observation, whether a
+/// read takes everything (`max` unbounded) or a page; links of observations that a read
+/// leaves out (`since`, subject) go nowhere. Batches arrive out of key order.
+fn whole_reads_and_pages_agree(store: &dyn Store) {
+    let mut batches: Vec<(Vec<FlowObservation>, Vec<DnsObservation>)> = Vec::new();
+    for round in 0..3u8 {
+        let (mut flows, mut dns_obs) = (Vec::new(), Vec::new());
+        for (ns, name) in [("shop", "web"), ("bank", "ledger"), ("shop", "api")] {
+            let w = wl(ns, name);
+            for i in 0..4u8 {
+                let last = i64::from(round * 10 + i);
+                let mut f = flow(&w, &format!("203.0.113.{}", round * 4 + i), 443, 1, 0, last);
+                if i % 2 == 0 {
+                    f.names = [format!("{name}-{round}-{i}.example.test")].into();
+                }
+                f.pods = PodNames {
+                    names: [format!("{name}-pod-{i}")].into(),
+                    more: u64::from(i),
+                };
+                flows.push(f);
+            }
+            let mut d = dns(
+                &w,
+                &format!("{name}-{round}.example.test"),
+                1,
+                0,
+                i64::from(round * 10 + 3),
+            );
+            let a = ip(&format!("198.51.100.{}", round + 1));
+            d.resolved = [(d.query.clone(), a)].into();
+            d.addresses = [(
+                a,
+                seen(0, i64::from(round * 10 + 1), 30, &["edge.example.test"]),
+            )]
+            .into();
+            dns_obs.push(d);
+        }
+        flows.reverse();
+        batches.push((flows, dns_obs));
+    }
+    for (seq, (f, d)) in batches.iter().enumerate().rev() {
+        store
+            .commit(&id("n1", seq as u64 + 1), f, d)
+            .expect("commit");
+    }
+    let mut all_flows: Vec<FlowObservation> = batches.iter().flat_map(|b| b.0.clone()).collect();
+    all_flows.sort_by(|a, b| {
+        (&a.workload, a.dst, a.port, a.protocol).cmp(&(&b.workload, b.dst, b.port, b.protocol))
+    });
+    let mut all_dns: Vec<DnsObservation> = batches.iter().flat_map(|b| b.1.clone()).collect();
+    all_dns
+        .sort_by(|a, b| (&a.workload, a.server, &a.query).cmp(&(&b.workload, b.server, &b.query)));
+    assert_eq!(store.flows(None).expect("flows"), all_flows);
+    assert_eq!(store.dns(None).expect("dns"), all_dns);
+    for since in [None, Some(t(12)), Some(t(40))] {
+        for subject in [
+            Subject::All,
+            Subject::Namespace("shop".into()),
+            Subject::Workload(wl("bank", "ledger")),
+        ] {
+            let scope = Scope {
+                since,
+                subject: subject.clone(),
+            };
+            let kept = |w: &WorkloadRef, last: DateTime<Utc>| {
+                subject.contains(w) && since.is_none_or(|s| last >= s)
+            };
+            let want: Vec<_> = all_flows
+                .iter()
+                .filter(|f| kept(&f.workload, f.last_seen))
+                .cloned()
+                .collect();
+            assert_eq!(store.flows_in(&scope, usize::MAX).expect("whole"), want);
+            assert_eq!(store.flows_in(&scope, 1_000).expect("page"), want);
+            let want: Vec<_> = all_dns
+                .iter()
+                .filter(|d| kept(&d.workload, d.last_seen))
+                .cloned()
+                .map(|mut d| {
+                    d.addresses
+                        .retain(|_, a| since.is_none_or(|s| a.last_seen >= s));
+                    d
+                })
+                .collect();
+            assert_eq!(store.dns_in(&scope, usize::MAX).expect("whole"), want);
+            assert_eq!(store.dns_in(&scope, 1_000).expect("page"), want);
+        }
+    }
 }
 
 fn saturation(store: &dyn Store) {

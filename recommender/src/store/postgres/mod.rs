@@ -28,14 +28,13 @@
 //! writer is one thread), and a small pool of readers, as the SQLite store has; a pool crate
 //! would add nothing to that shape.
 
+mod read;
 pub mod schema;
 pub mod tls;
 mod write;
 
 pub use write::UPSERT_ADDRESSES;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -44,15 +43,13 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use leash_records::Protocol;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, IsolationLevel, Row, Transaction};
 
 use super::location::PostgresUrl;
 use super::{
     AddressSeen, AlertRecord, BatchCommit, BatchId, Commit, DnsObservation, Error, FlowObservation,
-    Result, Scope, Store, Subject, WorkloadRef, WorkloadTotals, dns_order, flow_order,
+    Result, Scope, Store, Subject, WorkloadRef, WorkloadTotals,
 };
-use crate::evidence::PodNames;
 
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -514,99 +511,6 @@ fn decode_chain(bytes: &[u8]) -> std::result::Result<Vec<String>, &'static str> 
 }
 
 impl PostgresStore {
-    /// The `WHERE` clause (after `last_seen >= $1`) and parameters of `subject`.
-    fn subject_filter(subject: &Subject) -> (&'static str, Vec<&str>) {
-        match subject {
-            Subject::All => ("", Vec::new()),
-            Subject::Namespace(ns) => (" AND t.namespace = $2", vec![ns.as_str()]),
-            Subject::Workload(w) => (
-                " AND t.namespace = $2 AND t.kind = $3 AND t.name = $4",
-                vec![w.namespace.as_str(), w.kind.as_str(), w.name.as_str()],
-            ),
-        }
-    }
-
-    fn flow_from_row(&self, r: &Row) -> std::result::Result<FlowObservation, ReadError> {
-        let port: i32 = r.try_get("port")?;
-        let proto: i16 = r.try_get("protocol")?;
-        let port = u16::try_from(port)
-            .map_err(|_| self.corrupt(format!("flows: port {port} out of range")))?;
-        let protocol = protocol_from_number(proto)
-            .ok_or_else(|| self.corrupt(format!("flows: unknown protocol number {proto}")))?;
-        let names: Vec<String> = r.try_get("names")?;
-        let pod_names: Vec<String> = r.try_get("pod_names")?;
-        let total = unclamp(r.try_get("pods")?);
-        let pod_names: BTreeSet<String> = pod_names.into_iter().collect();
-        let named = u64::try_from(pod_names.len()).unwrap_or(u64::MAX);
-        Ok(FlowObservation {
-            workload: WorkloadRef {
-                namespace: r.try_get("namespace")?,
-                kind: r.try_get("kind")?,
-                name: r.try_get("name")?,
-            },
-            protocol,
-            dst: r.try_get("dst")?,
-            port,
-            count: unclamp(r.try_get("count")?),
-            first_seen: DateTime::from_timestamp_nanos(r.try_get("first_seen")?),
-            last_seen: DateTime::from_timestamp_nanos(r.try_get("last_seen")?),
-            names: names.into_iter().collect(),
-            pods: PodNames {
-                names: pod_names,
-                more: total.saturating_sub(named),
-            },
-            established: unclamp(r.try_get("established")?),
-            failed: unclamp(r.try_get("failed")?),
-        })
-    }
-
-    fn dns_from_row(&self, r: &Row) -> std::result::Result<DnsObservation, ReadError> {
-        let answers: Vec<String> = r.try_get("answers")?;
-        let answer_ips: Vec<IpAddr> = r.try_get("answer_ips")?;
-        let ips: Vec<IpAddr> = r.try_get("ips")?;
-        let firsts: Vec<i64> = r.try_get("firsts")?;
-        let lasts: Vec<i64> = r.try_get("lasts")?;
-        let ttls: Vec<i64> = r.try_get("ttls")?;
-        let chains: Vec<Vec<u8>> = r.try_get("chains")?;
-        let mut addresses = BTreeMap::new();
-        for (i, ip) in ips.into_iter().enumerate() {
-            let (Some(first), Some(last), Some(ttl), Some(chain)) =
-                (firsts.get(i), lasts.get(i), ttls.get(i), chains.get(i))
-            else {
-                return Err(self
-                    .corrupt("dns_addresses: columns of unequal lengths".into())
-                    .into());
-            };
-            let ttl = u32::try_from(*ttl)
-                .map_err(|_| self.corrupt(format!("dns_addresses: TTL {ttl} is out of range")))?;
-            let chain = decode_chain(chain)
-                .map_err(|what| self.corrupt(format!("dns_addresses: a CNAME chain {what}")))?;
-            addresses.insert(
-                ip,
-                AddressSeen {
-                    first_seen: DateTime::from_timestamp_nanos(*first),
-                    last_seen: DateTime::from_timestamp_nanos(*last),
-                    ttl,
-                    chain,
-                },
-            );
-        }
-        Ok(DnsObservation {
-            workload: WorkloadRef {
-                namespace: r.try_get("namespace")?,
-                kind: r.try_get("kind")?,
-                name: r.try_get("name")?,
-            },
-            server: r.try_get("server")?,
-            query: r.try_get("query")?,
-            count: unclamp(r.try_get("count")?),
-            first_seen: DateTime::from_timestamp_nanos(r.try_get("first_seen")?),
-            last_seen: DateTime::from_timestamp_nanos(r.try_get("last_seen")?),
-            resolved: answers.into_iter().zip(answer_ips).collect(),
-            addresses,
-        })
-    }
-
     fn alert_from_row(&self, r: &Row) -> std::result::Result<AlertRecord, ReadError> {
         let port: i32 = r.try_get("port")?;
         let proto: i16 = r.try_get("protocol")?;
@@ -629,42 +533,6 @@ impl PostgresStore {
         })
     }
 }
-
-const SELECT_FLOWS: &str = r#"
-    SELECT t.namespace, t.kind, t.name, t.dst, t.port, t.protocol, t.count, t.first_seen,
-        t.last_seen, t.established, t.failed, t.pods,
-        ARRAY(SELECT n.dns_name FROM flow_names n
-              WHERE (n.namespace, n.kind, n.name, n.dst, n.port, n.protocol)
-                  = (t.namespace, t.kind, t.name, t.dst, t.port, t.protocol)) AS names,
-        ARRAY(SELECT p.pod FROM flow_pods p
-              WHERE (p.namespace, p.kind, p.name, p.dst, p.port, p.protocol)
-                  = (t.namespace, t.kind, t.name, t.dst, t.port, t.protocol)) AS pod_names
-    FROM flows t WHERE t.last_seen >= $1"#;
-
-const SELECT_DNS: &str = r#"
-    SELECT t.namespace, t.kind, t.name, t.server, t.query, t.count, t.first_seen, t.last_seen,
-        ARRAY(SELECT r.answer FROM dns_resolved r
-              WHERE (r.namespace, r.kind, r.name, r.server, r.query)
-                  = (t.namespace, t.kind, t.name, t.server, t.query)
-              ORDER BY r.answer, r.ip) AS answers,
-        ARRAY(SELECT r.ip FROM dns_resolved r
-              WHERE (r.namespace, r.kind, r.name, r.server, r.query)
-                  = (t.namespace, t.kind, t.name, t.server, t.query)
-              ORDER BY r.answer, r.ip) AS answer_ips,
-        a.ips, a.firsts, a.lasts, a.ttls, a.chains
-    FROM dns t
-    CROSS JOIN LATERAL (
-        SELECT coalesce(array_agg(x.ip ORDER BY x.ip), '{}') AS ips,
-            coalesce(array_agg(x.first_seen ORDER BY x.ip), '{}') AS firsts,
-            coalesce(array_agg(x.last_seen ORDER BY x.ip), '{}') AS lasts,
-            coalesce(array_agg(x.ttl ORDER BY x.ip), '{}') AS ttls,
-            coalesce(array_agg(x.chain ORDER BY x.ip), '{}') AS chains
-        FROM dns_addresses x
-        WHERE (x.namespace, x.kind, x.name, x.server, x.query)
-            = (t.namespace, t.kind, t.name, t.server, t.query)
-          AND x.last_seen >= $1
-    ) a
-    WHERE t.last_seen >= $1"#;
 
 impl Store for PostgresStore {
     fn commit(
@@ -732,43 +600,11 @@ impl Store for PostgresStore {
     }
 
     fn flows_in(&self, scope: &Scope, max: usize) -> Result<Vec<FlowObservation>> {
-        let since = since_nanos(scope.since);
-        let limit = i64::try_from(max).unwrap_or(i64::MAX);
-        let (filter, args) = Self::subject_filter(&scope.subject);
-        let sql = format!(
-            "{SELECT_FLOWS}{filter} ORDER BY t.namespace, t.kind, t.name, t.dst, t.port,
-             t.protocol LIMIT {limit}"
-        );
-        let mut out = self.read("read flows", async |tx| {
-            let mut params: Vec<&(dyn ToSql + Sync)> = vec![&since];
-            params.extend(args.iter().map(|a| a as &(dyn ToSql + Sync)));
-            let rows = tx.query(sql.as_str(), &params).await?;
-            rows.iter()
-                .map(|r| self.flow_from_row(r))
-                .collect::<std::result::Result<Vec<_>, _>>()
-        })?;
-        out.sort_by(|a, b| flow_order(a).cmp(&flow_order(b)));
-        Ok(out)
+        self.read_flows(scope, max)
     }
 
     fn dns_in(&self, scope: &Scope, max: usize) -> Result<Vec<DnsObservation>> {
-        let since = since_nanos(scope.since);
-        let limit = i64::try_from(max).unwrap_or(i64::MAX);
-        let (filter, args) = Self::subject_filter(&scope.subject);
-        let sql = format!(
-            "{SELECT_DNS}{filter} ORDER BY t.namespace, t.kind, t.name, t.server, t.query
-             LIMIT {limit}"
-        );
-        let mut out = self.read("read DNS observations", async |tx| {
-            let mut params: Vec<&(dyn ToSql + Sync)> = vec![&since];
-            params.extend(args.iter().map(|a| a as &(dyn ToSql + Sync)));
-            let rows = tx.query(sql.as_str(), &params).await?;
-            rows.iter()
-                .map(|r| self.dns_from_row(r))
-                .collect::<std::result::Result<Vec<_>, _>>()
-        })?;
-        out.sort_by(|a, b| dns_order(a).cmp(&dns_order(b)));
-        Ok(out)
+        self.read_dns(scope, max)
     }
 
     fn workload_totals(
