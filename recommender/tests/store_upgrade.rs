@@ -4,8 +4,9 @@
 //! the previous release wrote it; after the upgrade every flow, name, DNS answer, alert and
 //! batch id reads back, and a batch id stored before the upgrade is still a duplicate.
 //!
-//! PostgreSQL: its store has a single schema version on this branch, so there is no older
-//! version to upgrade from yet.
+//! PostgreSQL: the upgrade from its version 1 to 2, by the store's opening as `leash serve`
+//! opens it and by two replicas at once, is `store_postgres_write.rs`
+//! (`migration_2_keeps_version_1_data_and_makes_ingest_updates_hot`).
 
 #[expect(
     dead_code,
