@@ -154,11 +154,11 @@ impl Store for MemStore {
             .collect())
     }
 
-    fn flows(&self, _since: Option<DateTime<Utc>>) -> store::Result<Vec<FlowObservation>> {
+    fn flows_in(&self, _scope: &store::Scope, _max: usize) -> store::Result<Vec<FlowObservation>> {
         Ok(Vec::new())
     }
 
-    fn dns(&self, _since: Option<DateTime<Utc>>) -> store::Result<Vec<DnsObservation>> {
+    fn dns_in(&self, _scope: &store::Scope, _max: usize) -> store::Result<Vec<DnsObservation>> {
         Ok(Vec::new())
     }
 

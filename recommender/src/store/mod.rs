@@ -303,34 +303,39 @@ pub trait Store: Send + Sync {
     }
 
     /// Flow observations last seen at or after `since` (all when `None`), sorted by workload,
-    /// destination, port and protocol.
-    fn flows(&self, since: Option<DateTime<Utc>>) -> Result<Vec<FlowObservation>>;
+    /// destination, port and protocol: [`Store::flows_in`] of every workload.
+    fn flows(&self, since: Option<DateTime<Utc>>) -> Result<Vec<FlowObservation>> {
+        self.flows_in(
+            &Scope {
+                since,
+                subject: Subject::All,
+            },
+            usize::MAX,
+        )
+    }
 
     /// DNS observations last seen at or after `since` (all when `None`), sorted by workload,
-    /// resolver and query, each with its addresses last seen at or after `since`.
-    fn dns(&self, since: Option<DateTime<Utc>>) -> Result<Vec<DnsObservation>>;
+    /// resolver and query, each with its addresses last seen at or after `since`:
+    /// [`Store::dns_in`] of every workload.
+    fn dns(&self, since: Option<DateTime<Utc>>) -> Result<Vec<DnsObservation>> {
+        self.dns_in(
+            &Scope {
+                since,
+                subject: Subject::All,
+            },
+            usize::MAX,
+        )
+    }
 
     /// Flow observations in `scope`, at most `max` of them: whole workloads first, in
     /// (namespace, kind, name) order, so a caller asking for one more than it accepts learns
-    /// whether there were more. Sorted as [`Store::flows`].
-    ///
-    /// Implementations should read only the subject asked for, without blocking commits; the
-    /// default filters [`Store::flows`].
-    fn flows_in(&self, scope: &Scope, max: usize) -> Result<Vec<FlowObservation>> {
-        let mut flows = self.flows(scope.since)?;
-        flows.retain(|f| scope.subject.contains(&f.workload));
-        flows.truncate(max);
-        Ok(flows)
-    }
+    /// whether there were more. Sorted as [`Store::flows`]. Implementations read only the
+    /// subject asked for, without blocking commits.
+    fn flows_in(&self, scope: &Scope, max: usize) -> Result<Vec<FlowObservation>>;
 
     /// DNS observations in `scope`, at most `max` of them (as [`Store::flows_in`]). Sorted as
     /// [`Store::dns`].
-    fn dns_in(&self, scope: &Scope, max: usize) -> Result<Vec<DnsObservation>> {
-        let mut dns = self.dns(scope.since)?;
-        dns.retain(|d| scope.subject.contains(&d.workload));
-        dns.truncate(max);
-        Ok(dns)
-    }
+    fn dns_in(&self, scope: &Scope, max: usize) -> Result<Vec<DnsObservation>>;
 
     /// Per-workload totals of flows last seen at or after `since`, for at most `max`
     /// workloads with such flows, in (namespace, kind, name) order, starting after `after`

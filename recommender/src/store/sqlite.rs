@@ -1481,26 +1481,6 @@ impl Store for SqliteStore {
         result
     }
 
-    fn flows(&self, since: Option<DateTime<Utc>>) -> Result<Vec<FlowObservation>> {
-        self.flows_in(
-            &Scope {
-                since,
-                subject: Subject::All,
-            },
-            usize::MAX,
-        )
-    }
-
-    fn dns(&self, since: Option<DateTime<Utc>>) -> Result<Vec<DnsObservation>> {
-        self.dns_in(
-            &Scope {
-                since,
-                subject: Subject::All,
-            },
-            usize::MAX,
-        )
-    }
-
     fn flows_in(&self, scope: &Scope, max: usize) -> Result<Vec<FlowObservation>> {
         let since = since_nanos(scope.since);
         let op = |e| self.op("read flows", e);

@@ -48,7 +48,7 @@ use tokio_postgres::{Client, IsolationLevel, Row, Transaction};
 use super::location::PostgresUrl;
 use super::{
     AddressSeen, AlertRecord, BatchCommit, BatchId, Commit, DnsObservation, Error, FlowObservation,
-    Result, Scope, Store, Subject, WorkloadRef, WorkloadTotals,
+    Result, Scope, Store, WorkloadRef, WorkloadTotals,
 };
 
 /// How long connecting may take.
@@ -577,26 +577,6 @@ impl Store for PostgresStore {
                 })
                 .collect())
         })
-    }
-
-    fn flows(&self, since: Option<DateTime<Utc>>) -> Result<Vec<FlowObservation>> {
-        self.flows_in(
-            &Scope {
-                since,
-                subject: Subject::All,
-            },
-            usize::MAX,
-        )
-    }
-
-    fn dns(&self, since: Option<DateTime<Utc>>) -> Result<Vec<DnsObservation>> {
-        self.dns_in(
-            &Scope {
-                since,
-                subject: Subject::All,
-            },
-            usize::MAX,
-        )
     }
 
     fn flows_in(&self, scope: &Scope, max: usize) -> Result<Vec<FlowObservation>> {
