@@ -881,6 +881,28 @@ async fn namespace_rollout(
     Ok(json_response(body))
 }
 
+/// A remembered alert in the shape of the webhook's `alert`, with its namespace's open pull
+/// request (`pulls`: namespace → URL).
+pub(super) fn remembered_alert(
+    r: &crate::store::AlertRecord,
+    pulls: &BTreeMap<String, String>,
+) -> ApiResult<super::alert::AlertJson> {
+    let mut alert: super::alert::AlertJson = serde_json::from_str(&r.detail).map_err(|e| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "a remembered alert of {} is not readable: {}",
+                r.workload,
+                Chain(&e)
+            ),
+        )
+    })?;
+    if let Some(url) = pulls.get(&alert.namespace) {
+        alert.pull_request = Some(url.clone());
+    }
+    Ok(alert)
+}
+
 /// `/v1/alerts?namespace=`: remembered alerts of one namespace, or of all.
 #[derive(Debug, Deserialize)]
 struct AlertsQuery {
@@ -902,24 +924,10 @@ async fn alerts(
     let pulls = s.pull_requests.borrow().clone();
     let body = blocking(slot, move |_| {
         let records = store.alerts(q.namespace.as_deref()).map_err(store_error)?;
-        let mut out = Vec::with_capacity(records.len());
-        for r in records {
-            let alert: super::alert::AlertJson = serde_json::from_str(&r.detail).map_err(|e| {
-                ApiError(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!(
-                        "a remembered alert of {} is not readable: {}",
-                        r.workload,
-                        Chain(&e)
-                    ),
-                )
-            })?;
-            let mut alert = alert;
-            if let Some(url) = pulls.get(&alert.namespace) {
-                alert.pull_request = Some(url.clone());
-            }
-            out.push(alert);
-        }
+        let mut out = records
+            .iter()
+            .map(|r| remembered_alert(r, &pulls))
+            .collect::<ApiResult<Vec<_>>>()?;
         access.retain(&mut out, |a| a.namespace.as_str());
         to_json(&out)
     })

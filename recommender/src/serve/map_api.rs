@@ -428,27 +428,11 @@ fn alerts_of(
     let records = store
         .alerts(Some(&who.namespace))
         .map_err(api::store_error)?;
-    let mut out = Vec::new();
-    for r in records
+    records
         .iter()
         .filter(|r| r.workload.kind == who.kind && r.workload.name == who.name)
-    {
-        let mut alert: AlertJson = serde_json::from_str(&r.detail).map_err(|e| {
-            ApiError(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!(
-                    "a remembered alert of {} is not readable: {}",
-                    r.workload,
-                    Chain(&e)
-                ),
-            )
-        })?;
-        if let Some(url) = pulls.get(&alert.namespace) {
-            alert.pull_request = Some(url.clone());
-        }
-        out.push(alert);
-    }
-    Ok(out)
+        .map(|r| api::remembered_alert(r, pulls))
+        .collect()
 }
 
 /// What [`watch`] builds the map from.
