@@ -25,6 +25,33 @@ fn checks(s: &ServeProcess) -> f64 {
     s.metric("leash_egress_checks_total").unwrap_or(0.0)
 }
 
+/// Waits until exactly one of `a` and `b` leads; returns (leader, follower).
+fn elect(a: ServeProcess, b: ServeProcess) -> (ServeProcess, ServeProcess) {
+    wait_for(
+        "one leader",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || leading(&a) || leading(&b),
+    );
+    assert!(
+        !(leading(&a) && leading(&b)),
+        "two leaders:\n{}\n{}",
+        a.log(),
+        b.log()
+    );
+    if leading(&a) { (a, b) } else { (b, a) }
+}
+
+/// Waits until `s` has run at least `n` alert checks.
+fn wait_checks(what: &str, s: &ServeProcess, n: f64) {
+    wait_for(
+        what,
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        || checks(s) >= n,
+    );
+}
+
 #[test]
 fn two_replicas_elect_one_leader_and_the_other_takes_over_when_it_dies() {
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -43,35 +70,15 @@ fn two_replicas_elect_one_leader_and_the_other_takes_over_when_it_dies() {
             &none,
         )
     };
-    let a = start("a");
-    let b = start("b");
-    wait_for(
-        "one leader",
-        Duration::from_secs(20),
-        Duration::from_millis(200),
-        || leading(&a) || leading(&b),
-    );
-    assert!(
-        !(leading(&a) && leading(&b)),
-        "two leaders:\n{}\n{}\n{:?}",
-        a.log(),
-        b.log(),
-        api.objects(LEASES)
-    );
+    let (leader, mut follower) = elect(start("a"), start("b"));
     let lease = api
         .get_json(LEASES, "leash-system", "leash-serve")
         .expect("the lease was created");
     assert_eq!(lease["spec"]["leaseTransitions"], 0);
     assert_eq!(lease["spec"]["leaseDurationSeconds"], 15);
     let first_holder = lease["spec"]["holderIdentity"].as_str().unwrap().to_owned();
-    let (leader, mut follower) = if leading(&a) { (a, b) } else { (b, a) };
     // Only the leader runs the periodic checks; both serve health and the read API.
-    wait_for(
-        "the leader's checks",
-        Duration::from_secs(10),
-        Duration::from_millis(200),
-        || checks(&leader) >= 2.0,
-    );
+    wait_checks("the leader's checks", &leader, 2.0);
     assert_eq!(checks(&follower), 0.0, "the follower runs no checks");
     for s in [&leader, &follower] {
         assert_eq!(get(s.http, "/readyz").unwrap().0, 200);
@@ -102,12 +109,7 @@ fn two_replicas_elect_one_leader_and_the_other_takes_over_when_it_dies() {
         lease["spec"]["holderIdentity"].as_str().unwrap(),
         first_holder
     );
-    wait_for(
-        "the new leader's checks",
-        Duration::from_secs(10),
-        Duration::from_millis(200),
-        || checks(&follower) >= 1.0,
-    );
+    wait_checks("the new leader's checks", &follower, 1.0);
     assert!(
         follower.log().contains("leader election: leading"),
         "{}",
@@ -132,22 +134,8 @@ fn on_postgres_a_leader_stopped_gracefully_hands_the_lease_over_at_once() {
     let source = ["--kube", "--kubeconfig", kubeconfig.to_str().unwrap()];
     let none: [&str; 0] = [];
     let start = || ServeProcess::start_from(dir.path(), Path::new(&url), &source, "1s", &none);
-    let a = start();
-    let b = start();
-    wait_for(
-        "one leader",
-        Duration::from_secs(20),
-        Duration::from_millis(200),
-        || leading(&a) || leading(&b),
-    );
-    assert!(!(leading(&a) && leading(&b)), "two leaders");
-    let (mut leader, mut follower) = if leading(&a) { (a, b) } else { (b, a) };
-    wait_for(
-        "the leader's checks",
-        Duration::from_secs(10),
-        Duration::from_millis(200),
-        || checks(&leader) >= 1.0,
-    );
+    let (mut leader, mut follower) = elect(start(), start());
+    wait_checks("the leader's checks", &leader, 1.0);
     // Both answer the read API from the shared store.
     assert_eq!(
         leader.get_json("/v1/workloads"),
@@ -182,12 +170,7 @@ fn on_postgres_a_leader_stopped_gracefully_hands_the_lease_over_at_once() {
     let lease = api.get_json(LEASES, "leash-system", "leash-serve").unwrap();
     assert_eq!(lease["spec"]["leaseTransitions"], 1);
     assert_eq!(lease["spec"]["leaseDurationSeconds"], 15);
-    wait_for(
-        "the new leader's checks",
-        Duration::from_secs(10),
-        Duration::from_millis(200),
-        || checks(&follower) >= 1.0,
-    );
+    wait_checks("the new leader's checks", &follower, 1.0);
 }
 
 /// `--leader-elect` needs the API server: with `--cluster FILE` (one replica) it is refused
