@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::http::{free_port, get, wait_for};
+use super::http::{free_port, get};
 
 /// A running `leash serve --insecure` over a snapshot and a store; killed on drop.
 pub struct ServeProcess {
@@ -54,6 +54,25 @@ impl ServeProcess {
         interval: &str,
         extra: &[S],
     ) -> ServeProcess {
+        // A free port may be taken by a parallel test before leash binds it: try new ports.
+        for attempt in 1.. {
+            let mut server = Self::spawn(dir, store, source, interval, extra);
+            match server.wait_ready(Duration::from_secs(60)) {
+                Ok(()) => return server,
+                Err(log) if attempt < 4 && log.contains("Address already in use") => {}
+                Err(log) => panic!("leash serve exited before it was ready\n{log}"),
+            }
+        }
+        unreachable!("the loop returns or panics")
+    }
+
+    fn spawn<S: AsRef<OsStr>, T: AsRef<OsStr>>(
+        dir: &Path,
+        store: &Path,
+        source: &[T],
+        interval: &str,
+        extra: &[S],
+    ) -> ServeProcess {
         let http = free_port();
         let grpc = free_port();
         let ui = free_port();
@@ -75,23 +94,32 @@ impl ServeProcess {
             .stderr(std::fs::File::create(&log).expect("creates the log file"))
             .spawn()
             .expect("starts leash serve");
-        let mut server = ServeProcess {
+        ServeProcess {
             child,
             http,
             ui,
             grpc,
             log,
-        };
-        wait_for(
-            "leash serve to be ready",
-            Duration::from_secs(60),
-            Duration::from_millis(100),
-            || {
-                server.assert_running();
-                matches!(get(server.http, "/readyz"), Ok((200, _)))
-            },
-        );
-        server
+        }
+    }
+
+    /// Waits until `/readyz` answers `200`; the log when the process exits first.
+    fn wait_ready(&mut self, within: Duration) -> Result<(), String> {
+        let start = std::time::Instant::now();
+        loop {
+            if self.child.try_wait().expect("polls leash serve").is_some() {
+                return Err(self.log());
+            }
+            if matches!(get(self.http, "/readyz"), Ok((200, _))) {
+                return Ok(());
+            }
+            assert!(
+                start.elapsed() < within,
+                "leash serve not ready within {within:?}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Stops it as Kubernetes does (SIGTERM) and waits for its exit status, at most `within`.
